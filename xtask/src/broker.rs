@@ -1,0 +1,645 @@
+//! `cargo xtask broker up | down | status | logs`: a real broker on demand.
+//!
+//! The default engine is Apache Kafka in KRaft mode (one combined broker and
+//! controller), started with the machine's Java from jars that Maven fetches
+//! from Maven Central (`broker/pom.xml`). No tarball, no Docker. Everything it
+//! owns lives under `target/broker/`:
+//!
+//! ```text
+//! target/broker/
+//!   jars/            Maven's copy-dependencies output (+ .pom-hash marker)
+//!   certs/           test CA, broker keystore, client cert (see certs.rs)
+//!   config/          server.properties, log4j2.properties
+//!   data/            log.dirs; wiped on every fresh start
+//!   broker.pid       pid of the java process we started (only that is ever killed)
+//!   broker.log       its stdout and stderr
+//!   env              KEY=value lines for tests and users (`source target/broker/env`)
+//! ```
+//!
+//! `--engine redpanda` runs the repo's `docker-compose.yml` instead, when a
+//! Docker engine answers.
+
+use std::collections::hash_map::DefaultHasher;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Subcommand, ValueEnum};
+
+use crate::certs;
+use crate::shell::{self, workspace_root};
+
+/// The Kafka version the harness runs; keep in step with `broker/pom.xml`.
+pub const KAFKA_VERSION: &str = "4.3.1";
+const SASL_USER: &str = "alice";
+const SASL_PASSWORD: &str = "alice-secret";
+const REDPANDA_BOOTSTRAP: &str = "127.0.0.1:19092";
+
+#[derive(Debug, Subcommand)]
+pub enum Action {
+    /// Start the broker, or reuse the one already running; print its endpoints.
+    Up {
+        #[arg(long, value_enum, default_value_t = Engine::Kafka)]
+        engine: Engine,
+    },
+    /// Stop the broker this harness started (by pid), and nothing else.
+    Down,
+    /// Say what is running and where.
+    Status,
+    /// Show the broker log.
+    Logs {
+        /// How many trailing lines to show.
+        #[arg(long, short = 'n', default_value_t = 200)]
+        lines: usize,
+        /// Keep printing new lines as they arrive.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Engine {
+    /// Apache Kafka (KRaft) from Maven Central jars with the machine's Java.
+    Kafka,
+    /// Redpanda through `docker compose` (needs a Docker engine).
+    Redpanda,
+}
+
+pub fn run(action: Action) -> anyhow::Result<()> {
+    match action {
+        Action::Up { engine } => {
+            let up = up(engine)?;
+            println!(
+                "{} broker {} ({})",
+                if up.started_now { "started" } else { "reusing" },
+                up.describe(),
+                Dirs::new().env.display()
+            );
+            print!("{}", up.env_lines());
+            Ok(())
+        }
+        Action::Down => down(),
+        Action::Status => status(),
+        Action::Logs { lines, follow } => logs(lines, follow),
+    }
+}
+
+/// Where the harness keeps its state.
+struct Dirs {
+    root: PathBuf,
+    jars: PathBuf,
+    certs: PathBuf,
+    config: PathBuf,
+    data: PathBuf,
+    pid: PathBuf,
+    log: PathBuf,
+    env: PathBuf,
+}
+
+impl Dirs {
+    fn new() -> Self {
+        let root = workspace_root().join("target").join("broker");
+        Self {
+            jars: root.join("jars"),
+            certs: root.join("certs"),
+            config: root.join("config"),
+            data: root.join("data"),
+            pid: root.join("broker.pid"),
+            log: root.join("broker.log"),
+            env: root.join("env"),
+            root,
+        }
+    }
+}
+
+/// A running broker and how to reach it.
+#[derive(Debug, Clone)]
+pub struct RunningBroker {
+    pub engine: Engine,
+    pub started_now: bool,
+    pub pid: Option<u32>,
+    /// `KEY=value` pairs, in the order they are written to `target/broker/env`.
+    pub env: Vec<(String, String)>,
+}
+
+impl RunningBroker {
+    pub fn bootstrap(&self) -> &str {
+        self.get("KAFKA_BOOTSTRAP").unwrap_or("?")
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn describe(&self) -> String {
+        match self.engine {
+            Engine::Kafka => format!(
+                "Apache Kafka {KAFKA_VERSION} pid {} at {}",
+                self.pid.unwrap_or(0),
+                self.bootstrap()
+            ),
+            Engine::Redpanda => format!("Redpanda (docker compose) at {}", self.bootstrap()),
+        }
+    }
+
+    fn env_lines(&self) -> String {
+        self.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+    }
+}
+
+/// Start the broker unless ours is already running. Idempotent.
+pub fn up(engine: Engine) -> anyhow::Result<RunningBroker> {
+    let dirs = Dirs::new();
+    if let Some(running) = find_running(&dirs)? {
+        if running.engine != engine {
+            bail!(
+                "a {:?} broker from this harness is already running; `cargo xtask broker down` first",
+                running.engine
+            );
+        }
+        return Ok(running);
+    }
+    match engine {
+        Engine::Kafka => start_kafka(&dirs),
+        Engine::Redpanda => start_redpanda(&dirs),
+    }
+}
+
+/// The broker this harness started, if it is still running.
+fn find_running(dirs: &Dirs) -> anyhow::Result<Option<RunningBroker>> {
+    let Ok(text) = fs::read_to_string(&dirs.env) else {
+        return Ok(None);
+    };
+    let env: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let engine = match get("KAFKA_BROKER_ENGINE").as_deref() {
+        Some("redpanda") => Engine::Redpanda,
+        _ => Engine::Kafka,
+    };
+    let pid = get("KAFKA_BROKER_PID").and_then(|p| p.parse::<u32>().ok());
+    let alive = match engine {
+        Engine::Kafka => pid.is_some_and(|p| is_our_java(p, dirs)),
+        Engine::Redpanda => true,
+    };
+    let reachable = get("KAFKA_BOOTSTRAP").is_some_and(|b| tcp_ready(&b));
+    if alive && reachable {
+        Ok(Some(RunningBroker {
+            engine,
+            started_now: false,
+            pid,
+            env,
+        }))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Is `pid` the java process we started with our config? Guards `down` from
+/// killing anything else that happens to reuse a stale pid.
+fn is_our_java(pid: u32, dirs: &Dirs) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    let config = dirs.config.join("server.properties");
+    cmdline.contains("kafka.Kafka") && cmdline.contains(&*config.to_string_lossy())
+}
+
+fn tcp_ready(addr: &str) -> bool {
+    addr.parse::<SocketAddr>()
+        .ok()
+        .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_millis(500)).ok())
+        .is_some()
+}
+
+/// Check for Java 17+ and Maven; on a fresh Debian machine where we are root,
+/// install them, because the README's commands must do all the set-up.
+fn ensure_java_and_maven() -> anyhow::Result<()> {
+    let java_ok = java_major().is_some_and(|v| v >= 17);
+    let mvn_ok = shell::available("mvn", "-v");
+    if java_ok && mvn_ok {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if !java_ok {
+        missing.push("openjdk-17-jre-headless");
+    }
+    if !mvn_ok {
+        missing.push("maven");
+    }
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false);
+    if is_root && shell::available("apt-get", "--version") {
+        eprintln!("xtask: installing {} with apt-get", missing.join(" "));
+        shell::run(Command::new("apt-get").args(["update", "-q"]))?;
+        shell::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+        return Ok(());
+    }
+    bail!(
+        "the Kafka broker needs Java 17+ and Maven on PATH. Install them \
+         (Debian/Ubuntu: `sudo apt-get install {}`; macOS: `brew install openjdk@17 maven`), \
+         or run Redpanda with `cargo xtask broker up --engine redpanda` if Docker is available, \
+         or point KAFKA_BOOTSTRAP at an existing cluster",
+        missing.join(" ")
+    )
+}
+
+fn java_major() -> Option<u32> {
+    let out = Command::new("java").arg("-version").output().ok()?;
+    // `openjdk version "17.0.15" 2025-04-15` (printed on stderr)
+    let text = String::from_utf8_lossy(&out.stderr);
+    let quoted = text.split('"').nth(1)?;
+    let major = quoted.split('.').next()?;
+    // Java 8 and older print "1.8.0_..."
+    match major.parse::<u32>().ok()? {
+        1 => quoted.split('.').nth(1)?.parse().ok(),
+        v => Some(v),
+    }
+}
+
+/// Gather the broker's jars with Maven, once per change of `broker/pom.xml`.
+fn ensure_jars(dirs: &Dirs) -> anyhow::Result<()> {
+    let pom = workspace_root().join("broker").join("pom.xml");
+    let pom_text =
+        fs::read_to_string(&pom).with_context(|| format!("reading {}", pom.display()))?;
+    let mut hasher = DefaultHasher::new();
+    pom_text.hash(&mut hasher);
+    let hash = format!("{:016x}", hasher.finish());
+    let marker = dirs.jars.join(".pom-hash");
+    if fs::read_to_string(&marker).ok().as_deref() == Some(hash.as_str()) {
+        return Ok(());
+    }
+    eprintln!("xtask: fetching Apache Kafka {KAFKA_VERSION} jars from Maven Central (cached after the first run)");
+    let _ = fs::remove_dir_all(&dirs.jars);
+    shell::run(
+        Command::new("mvn")
+            .args(["-q", "-B", "-f"])
+            .arg(&pom)
+            .args([
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                "-DoverWriteReleases=true",
+            ])
+            .arg(format!("-DoutputDirectory={}", dirs.jars.display())),
+    )
+    .context("Maven could not fetch the Kafka jars; is Maven Central reachable?")?;
+    fs::write(marker, hash)?;
+    Ok(())
+}
+
+/// `N` distinct free ports on 127.0.0.1 (held together so they differ).
+fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    let mut ports = [0u16; N];
+    for (slot, l) in ports.iter_mut().zip(&listeners) {
+        *slot = l.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
+struct Ports {
+    plaintext: u16,
+    ssl: u16,
+    sasl_ssl: u16,
+    controller: u16,
+}
+
+fn server_properties(dirs: &Dirs, ports: &Ports, certs: &certs::CertPaths) -> String {
+    let p = ports;
+    let jaas_plain = format!(
+        "org.apache.kafka.common.security.plain.PlainLoginModule required \
+         username=\"{SASL_USER}\" password=\"{SASL_PASSWORD}\" user_{SASL_USER}=\"{SASL_PASSWORD}\";"
+    );
+    // Java properties files have no trailing comments: keep comments on their own lines.
+    format!(
+        "# Written by `cargo xtask broker up`; regenerated on every fresh start.
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:{ctl}
+listeners=PLAINTEXT://127.0.0.1:{pt},SSL://127.0.0.1:{ssl},SASL_SSL://127.0.0.1:{sasl},CONTROLLER://127.0.0.1:{ctl}
+advertised.listeners=PLAINTEXT://127.0.0.1:{pt},SSL://127.0.0.1:{ssl},SASL_SSL://127.0.0.1:{sasl},CONTROLLER://127.0.0.1:{ctl}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
+log.dirs={data}
+# Test-friendly: one replica, no rebalance delay, explicit topic creation.
+num.partitions=1
+default.replication.factor=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=12
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+group.min.session.timeout.ms=1000
+auto.create.topics.enable=false
+# TLS: PEM keystore (PKCS#8 key + chain) and the test CA as truststore.
+ssl.keystore.type=PEM
+ssl.keystore.location={keystore}
+ssl.truststore.type=PEM
+ssl.truststore.location={ca}
+listener.name.ssl.ssl.client.auth=requested
+# SASL over TLS: PLAIN, both SCRAM variants (users added at format time) and unsecured OAUTHBEARER.
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER
+listener.name.sasl_ssl.plain.sasl.jaas.config={jaas_plain}
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub=\"{SASL_USER}\";
+",
+        pt = p.plaintext,
+        ssl = p.ssl,
+        sasl = p.sasl_ssl,
+        ctl = p.controller,
+        data = dirs.data.display(),
+        keystore = certs.broker_keystore.display(),
+        ca = certs.ca_pem.display(),
+    )
+}
+
+const LOG4J2_PROPERTIES: &str = "status = warn
+appender.stdout.type = Console
+appender.stdout.name = STDOUT
+appender.stdout.layout.type = PatternLayout
+appender.stdout.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.controller.name = org.apache.kafka.controller
+logger.controller.level = WARN
+";
+
+fn java(dirs: &Dirs) -> Command {
+    let mut cmd = Command::new("java");
+    cmd.arg("-cp")
+        .arg(format!("{}/*", dirs.jars.display()))
+        .arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            dirs.config.join("log4j2.properties").display()
+        ));
+    cmd
+}
+
+fn start_kafka(dirs: &Dirs) -> anyhow::Result<RunningBroker> {
+    let started = Instant::now();
+    ensure_java_and_maven()?;
+    ensure_jars(dirs)?;
+    let certs = certs::ensure(&dirs.certs)?;
+
+    let [plaintext, ssl, sasl_ssl, controller] = free_ports::<4>()?;
+    let ports = Ports {
+        plaintext,
+        ssl,
+        sasl_ssl,
+        controller,
+    };
+    let _ = fs::remove_dir_all(&dirs.data);
+    fs::create_dir_all(&dirs.data)?;
+    fs::create_dir_all(&dirs.config)?;
+    let server_props = dirs.config.join("server.properties");
+    fs::write(&server_props, server_properties(dirs, &ports, &certs))?;
+    fs::write(dirs.config.join("log4j2.properties"), LOG4J2_PROPERTIES)?;
+
+    eprintln!("xtask: formatting KRaft storage");
+    let cluster_id = shell::output(java(dirs).args(["kafka.tools.StorageTool", "random-uuid"]))?
+        .trim()
+        .to_string();
+    let scram = |mech: &str| format!("{mech}=[name={SASL_USER},password={SASL_PASSWORD}]");
+    shell::output(
+        java(dirs)
+            .args(["kafka.tools.StorageTool", "format", "--standalone", "-t"])
+            .arg(&cluster_id)
+            .arg("-c")
+            .arg(&server_props)
+            .arg("--add-scram")
+            .arg(scram("SCRAM-SHA-256"))
+            .arg("--add-scram")
+            .arg(scram("SCRAM-SHA-512")),
+    )
+    .context("formatting the KRaft log dir failed")?;
+
+    eprintln!("xtask: starting Apache Kafka {KAFKA_VERSION}");
+    let log = fs::File::create(&dirs.log)?;
+    let mut child = java(dirs)
+        .args([
+            "-Xms512m",
+            "-Xmx512m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+        ])
+        .arg("kafka.Kafka")
+        .arg(&server_props)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C on xtask must not take the broker down with it.
+        .process_group(0)
+        .spawn()
+        .context("could not start java")?;
+    let pid = child.id();
+    fs::write(&dirs.pid, pid.to_string())?;
+
+    let bootstrap = format!("127.0.0.1:{}", ports.plaintext);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // The broker opens its client port only once it is ready to serve.
+    while !tcp_ready(&bootstrap) {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the broker exited during start-up ({status}); last lines of {}:\n{}",
+                dirs.log.display(),
+                tail(&dirs.log, 40)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the broker did not open {bootstrap} within 120 s; see `cargo xtask broker logs`"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let path = |p: &Path| p.display().to_string();
+    let env = vec![
+        ("KAFKA_BOOTSTRAP".into(), bootstrap),
+        (
+            "KAFKA_BOOTSTRAP_SSL".into(),
+            format!("127.0.0.1:{}", ports.ssl),
+        ),
+        (
+            "KAFKA_BOOTSTRAP_SASL_SSL".into(),
+            format!("127.0.0.1:{}", ports.sasl_ssl),
+        ),
+        ("KAFKA_CA_PEM".into(), path(&certs.ca_pem)),
+        ("KAFKA_CLIENT_CERT_PEM".into(), path(&certs.client_cert)),
+        ("KAFKA_CLIENT_KEY_PEM".into(), path(&certs.client_key)),
+        ("KAFKA_SASL_USER".into(), SASL_USER.into()),
+        ("KAFKA_SASL_PASSWORD".into(), SASL_PASSWORD.into()),
+        ("KAFKA_BROKER_ENGINE".into(), "kafka".into()),
+        ("KAFKA_BROKER_PID".into(), pid.to_string()),
+    ];
+    let running = RunningBroker {
+        engine: Engine::Kafka,
+        started_now: true,
+        pid: Some(pid),
+        env,
+    };
+    write_env(dirs, &running)?;
+    eprintln!(
+        "xtask: broker ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(running)
+}
+
+fn write_env(dirs: &Dirs, running: &RunningBroker) -> anyhow::Result<()> {
+    fs::create_dir_all(&dirs.root)?;
+    let mut f = fs::File::create(&dirs.env)?;
+    f.write_all(running.env_lines().as_bytes())?;
+    Ok(())
+}
+
+fn docker_engine_answers() -> bool {
+    shell::available("docker", "info")
+}
+
+fn start_redpanda(dirs: &Dirs) -> anyhow::Result<RunningBroker> {
+    if !docker_engine_answers() {
+        bail!(
+            "--engine redpanda needs a running Docker engine (`docker info` failed); \
+             use the default engine (Java 17+ and Maven) instead"
+        );
+    }
+    shell::run(
+        Command::new("docker")
+            .args(["compose", "-f"])
+            .arg(workspace_root().join("docker-compose.yml"))
+            .args(["up", "-d"]),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !tcp_ready(REDPANDA_BOOTSTRAP) {
+        if Instant::now() > deadline {
+            bail!(
+                "Redpanda did not open {REDPANDA_BOOTSTRAP} within 90 s; see `docker compose logs`"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let running = RunningBroker {
+        engine: Engine::Redpanda,
+        started_now: true,
+        pid: None,
+        env: vec![
+            ("KAFKA_BOOTSTRAP".into(), REDPANDA_BOOTSTRAP.into()),
+            ("KAFKA_BROKER_ENGINE".into(), "redpanda".into()),
+        ],
+    };
+    write_env(dirs, &running)?;
+    Ok(running)
+}
+
+/// Stop the broker this harness started. Never touches other processes.
+pub fn down() -> anyhow::Result<()> {
+    let dirs = Dirs::new();
+    let engine_is_redpanda = fs::read_to_string(&dirs.env)
+        .map(|t| t.contains("KAFKA_BROKER_ENGINE=redpanda"))
+        .unwrap_or(false);
+    if engine_is_redpanda {
+        shell::run(
+            Command::new("docker")
+                .args(["compose", "-f"])
+                .arg(workspace_root().join("docker-compose.yml"))
+                .arg("down"),
+        )?;
+        let _ = fs::remove_file(&dirs.env);
+        println!("stopped Redpanda");
+        return Ok(());
+    }
+    let pid = fs::read_to_string(&dirs.pid)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok());
+    let Some(pid) = pid.filter(|&p| is_our_java(p, &dirs)) else {
+        let _ = fs::remove_file(&dirs.pid);
+        let _ = fs::remove_file(&dirs.env);
+        println!("no broker of ours is running");
+        return Ok(());
+    };
+    // SIGTERM lets Kafka shut down cleanly; SIGKILL only if it hangs.
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while is_our_java(pid, &dirs) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if is_our_java(pid, &dirs) {
+        eprintln!("xtask: broker pid {pid} ignored SIGTERM for 30 s; sending SIGKILL");
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = fs::remove_file(&dirs.pid);
+    let _ = fs::remove_file(&dirs.env);
+    println!("stopped broker pid {pid}");
+    Ok(())
+}
+
+fn status() -> anyhow::Result<()> {
+    let dirs = Dirs::new();
+    match find_running(&dirs)? {
+        Some(running) => {
+            println!("running: {}", running.describe());
+            print!("{}", running.env_lines());
+        }
+        None => println!("no broker of ours is running (start one with `cargo xtask broker up`)"),
+    }
+    Ok(())
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let Ok(f) = fs::File::open(path) else {
+        return String::new();
+    };
+    let all: Vec<String> = BufReader::new(f).lines().map_while(Result::ok).collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn logs(lines: usize, follow: bool) -> anyhow::Result<()> {
+    let dirs = Dirs::new();
+    if !dirs.log.exists() {
+        bail!("no broker log at {} yet", dirs.log.display());
+    }
+    if follow {
+        shell::run(
+            Command::new("tail")
+                .arg(format!("-n{lines}"))
+                .arg("-F")
+                .arg(&dirs.log),
+        )
+    } else {
+        println!("{}", tail(&dirs.log, lines));
+        Ok(())
+    }
+}

@@ -1,0 +1,63 @@
+//! `cargo xtask`: the project's automation.
+//!
+//! Layout:
+//! - [`broker`]: a real Apache Kafka broker (KRaft, from Maven Central jars) on demand.
+//! - [`certs`]: the test CA and the broker certificate for the SSL listeners.
+//! - [`pure`]: `check-pure`, the proof that the library crates need no C toolchain.
+//! - [`test`]: `cargo xtask test`, the README's test command and what CI runs.
+//! - [`lab`]: `cargo xtask lab`, the README's "main job".
+
+mod broker;
+mod certs;
+mod lab;
+mod pure;
+mod shell;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Project automation: broker harness, tests, lab, benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start, stop or inspect the local test broker.
+    Broker {
+        #[command(subcommand)]
+        action: broker::Action,
+    },
+    /// Prove the library crates build without a C toolchain.
+    CheckPure,
+    /// fmt + clippy + check-pure + every test against a real broker (what CI runs).
+    Test(test::Args),
+    /// Start the broker and run the lab.
+    Lab(lab::Args),
+    /// Benchmarks against librdkafka and the Java client (not built yet).
+    Bench {
+        /// Small counts, one round: a smoke test.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Broker { action } => broker::run(action),
+        Command::CheckPure => pure::check_pure(),
+        Command::Test(args) => test::run(args),
+        Command::Lab(args) => lab::run(args),
+        Command::Bench { quick } => anyhow::bail!(
+            "`cargo xtask bench{}` is not built yet (see the benchmarks issue); \
+             nothing was measured",
+            if quick { " --quick" } else { "" }
+        ),
+    }
+}

@@ -1,0 +1,119 @@
+//! `cargo xtask check-pure`: the library crates need no C toolchain.
+//!
+//! Two independent checks, because each alone can be fooled:
+//! 1. the dependency tree (normal + build edges, every target platform) names
+//!    none of the crates that compile or link C;
+//! 2. a fresh build of the library crates succeeds with `CC` and `CXX` set to
+//!    `/bin/false`, in its own target directory so nothing cached hides a C build.
+
+use std::time::Instant;
+
+use anyhow::bail;
+
+use crate::shell::{self, workspace_root};
+
+/// The crates users embed. Everything else (lab, tests, xtask, bench) may use C.
+pub const LIBRARY_CRATES: &[&str] = &["kafka-wire", "consumer-core", "resilience"];
+
+/// Crates that build or link C/C++ code, or need a system library.
+pub const FORBIDDEN: &[&str] = &[
+    "cc",
+    "cmake",
+    "pkg-config",
+    "bindgen",
+    "ring",
+    "aws-lc-sys",
+    "aws-lc-rs",
+    "openssl-sys",
+    "zstd-sys",
+    "lz4-sys",
+];
+
+/// Names of forbidden crates in `cargo tree --prefix none` output.
+pub fn forbidden_in_tree(tree: &str) -> Vec<String> {
+    let mut found: Vec<String> = tree
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| FORBIDDEN.contains(name))
+        .map(str::to_string)
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+pub fn check_pure() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut tree_cmd = shell::cargo();
+    tree_cmd.args([
+        "tree",
+        "--edges",
+        "normal,build",
+        "--prefix",
+        "none",
+        "--target",
+        "all",
+    ]);
+    for krate in LIBRARY_CRATES {
+        tree_cmd.args(["--package", krate]);
+    }
+    let tree = shell::output(&mut tree_cmd)?;
+    let found = forbidden_in_tree(&tree);
+    if !found.is_empty() {
+        bail!(
+            "check-pure: the library crates depend on {} (C toolchain or system library). \
+             Find the path with `cargo tree -e normal,build -i <crate> -p kafka-wire` and \
+             switch to a pure-Rust alternative",
+            found.join(", ")
+        );
+    }
+    println!(
+        "check-pure: dependency tree of {} is free of {}",
+        LIBRARY_CRATES.join(", "),
+        FORBIDDEN.join("/")
+    );
+
+    let mut build = shell::cargo();
+    build
+        .args(["build", "--quiet", "--target-dir"])
+        .arg(workspace_root().join("target").join("check-pure"))
+        .env("CC", "/bin/false")
+        .env("CXX", "/bin/false");
+    for krate in LIBRARY_CRATES {
+        build.args(["--package", krate]);
+    }
+    shell::run(&mut build).map_err(|e| {
+        anyhow::anyhow!(
+            "check-pure: building the library crates with CC=/bin/false CXX=/bin/false failed, \
+             so something needs a C compiler: {e}"
+        )
+    })?;
+    println!(
+        "check-pure: library crates build with CC=/bin/false CXX=/bin/false ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_forbidden_crates_by_exact_name() {
+        let tree = "kafka-wire v0.1.0 (/w/kafka-wire)\n\
+                    bytes v1.10.0\n\
+                    cc v1.2.3\n\
+                    ring v0.17.8\n\
+                    ccc v0.1.0\n\
+                    cc-utils v0.1.0\n\
+                    zstd-sys v2.0.0+zstd.1.5.6\n";
+        assert_eq!(forbidden_in_tree(tree), vec!["cc", "ring", "zstd-sys"]);
+    }
+
+    #[test]
+    fn clean_tree_passes() {
+        let tree = "kafka-wire v0.1.0 (/w)\nlz4_flex v0.11.3\nruzstd v0.8.1\n";
+        assert!(forbidden_in_tree(tree).is_empty());
+    }
+}

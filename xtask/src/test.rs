@@ -1,0 +1,235 @@
+//! `cargo xtask test`: the README's test command and exactly what CI runs.
+//!
+//! fmt, clippy and check-pure first (fail fast), then the broker (ours, or the
+//! one `KAFKA_BOOTSTRAP` names), then every test in the workspace with the
+//! broker's env exported, then the broker is stopped if we started it, even
+//! when tests fail. The last line is a plain `summary: N passed, N failed`.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::broker::{self, Engine};
+use crate::pure;
+use crate::shell;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Skip fmt, clippy and check-pure; only run the tests.
+    #[arg(long)]
+    no_lint: bool,
+    /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+    #[arg(last = true)]
+    cargo_test_args: Vec<String>,
+}
+
+/// One line of the final summary.
+struct Step {
+    name: &'static str,
+    took: Duration,
+    ok: bool,
+    detail: String,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+}
+
+impl Counts {
+    /// Add the counts of one libtest `test result:` line; other lines are ignored.
+    pub fn absorb(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match label {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut steps: Vec<Step> = Vec::new();
+    let mut counts = Counts::default();
+    let outcome = run_steps(&args, &mut steps, &mut counts);
+    print_summary(&steps, &counts, started.elapsed());
+    outcome
+}
+
+fn timed(
+    steps: &mut Vec<Step>,
+    name: &'static str,
+    f: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
+    eprintln!("\n==> {name}");
+    let t = Instant::now();
+    let result = f();
+    steps.push(Step {
+        name,
+        took: t.elapsed(),
+        ok: result.is_ok(),
+        detail: match &result {
+            Ok(d) => d.clone(),
+            Err(e) => format!("{e:#}")
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        },
+    });
+    result.map(|_| ())
+}
+
+fn run_steps(args: &Args, steps: &mut Vec<Step>, counts: &mut Counts) -> anyhow::Result<()> {
+    if !args.no_lint {
+        timed(steps, "fmt", || {
+            shell::run(shell::cargo().args(["fmt", "--all", "--check"]))
+                .context("run `cargo fmt --all` to fix")?;
+            Ok(String::new())
+        })?;
+        timed(steps, "clippy", || {
+            shell::run(shell::cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--quiet",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            Ok(String::new())
+        })?;
+        timed(steps, "check-pure", || {
+            pure::check_pure()?;
+            Ok(pure::LIBRARY_CRATES.join(", "))
+        })?;
+    }
+
+    // Use the cluster the caller named, or start ours.
+    let mut broker_env: Vec<(String, String)> = Vec::new();
+    let mut started_broker = false;
+    if let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP") {
+        steps.push(Step {
+            name: "broker",
+            took: Duration::ZERO,
+            ok: true,
+            detail: format!("using KAFKA_BOOTSTRAP={bootstrap}"),
+        });
+    } else {
+        timed(steps, "broker up", || {
+            let running = broker::up(Engine::Kafka)?;
+            started_broker = running.started_now;
+            broker_env = running.env.clone();
+            Ok(format!(
+                "{} {}",
+                if running.started_now {
+                    "started"
+                } else {
+                    "reused"
+                },
+                running.bootstrap()
+            ))
+        })?;
+    }
+
+    let tests = timed(steps, "tests", || {
+        *counts = cargo_test(&broker_env, &args.cargo_test_args)?;
+        let line = format!(
+            "{} passed, {} failed, {} skipped",
+            counts.passed, counts.failed, counts.ignored
+        );
+        if counts.failed > 0 {
+            bail!("{line}");
+        }
+        Ok(line)
+    });
+
+    // Stop what we started, even when tests failed.
+    if started_broker {
+        let _ = timed(steps, "broker down", || {
+            broker::down()?;
+            Ok(String::new())
+        });
+    }
+    tests
+}
+
+/// Run `cargo test --workspace`, echoing its output and counting results.
+fn cargo_test(env: &[(String, String)], extra: &[String]) -> anyhow::Result<Counts> {
+    let mut cmd = shell::cargo();
+    cmd.args(["test", "--workspace"])
+        .args(extra)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        // Under `xtask test` a broker is always expected: never skip.
+        .env("KAFKA_REQUIRE_BROKER", "1")
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().context("could not start cargo test")?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut counts = Counts::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        counts.absorb(&line);
+    }
+    let status = child.wait()?;
+    if !status.success() && counts.failed == 0 {
+        // A build error or a crashed test binary: no `test result` line says so.
+        bail!("cargo test failed with {status} (see the output above)");
+    }
+    Ok(counts)
+}
+
+fn print_summary(steps: &[Step], counts: &Counts, total: Duration) {
+    println!("\n==> cargo xtask test summary");
+    for s in steps {
+        println!(
+            "  {:<12} {:>6.1}s  {}  {}",
+            s.name,
+            s.took.as_secs_f64(),
+            if s.ok { "ok  " } else { "FAIL" },
+            s.detail
+        );
+    }
+    println!("  {:<12} {:>6.1}s", "total", total.as_secs_f64());
+    // The plain closing line CI reads.
+    println!(
+        "summary: {} passed, {} failed, {} skipped",
+        counts.passed, counts.failed, counts.ignored
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_libtest_result_lines() {
+        let mut c = Counts::default();
+        c.absorb("test result: ok. 12 passed; 0 failed; 3 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        c.absorb("test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        c.absorb("running 3 tests");
+        assert_eq!(
+            c,
+            Counts {
+                passed: 13,
+                failed: 2,
+                ignored: 3
+            }
+        );
+    }
+}
