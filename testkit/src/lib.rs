@@ -1,1 +1,148 @@
-//! placeholder
+//! Test support shared by every crate's integration tests.
+//!
+//! [`broker()`] finds the broker that `cargo xtask broker up` started (from the
+//! process environment, or from `target/broker/env`), or the cluster that
+//! `KAFKA_BOOTSTRAP` names. When none is reachable a test **fails** if
+//! `CI=true` or `KAFKA_REQUIRE_BROKER=1` (set by `cargo xtask test`), and
+//! otherwise skips with a message, so `cargo test` on a laptop without a
+//! broker still runs the unit tests.
+//!
+//! ```no_run
+//! #[tokio::test]
+//! async fn talks_to_kafka() {
+//!     let broker = testkit::require_broker!();
+//!     println!("{}", broker.bootstrap);
+//! }
+//! ```
+
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Endpoints and credentials of the test broker.
+#[derive(Debug, Clone)]
+pub struct BrokerEnv {
+    /// PLAINTEXT listener, `host:port`.
+    pub bootstrap: String,
+    /// SSL listener, if the harness started one.
+    pub bootstrap_ssl: Option<String>,
+    /// SASL_SSL listener (PLAIN, SCRAM-SHA-256/512, OAUTHBEARER).
+    pub bootstrap_sasl_ssl: Option<String>,
+    /// The CA that signed the broker certificate.
+    pub ca_pem: Option<PathBuf>,
+    /// A client certificate signed by that CA (mTLS).
+    pub client_cert_pem: Option<PathBuf>,
+    /// The client certificate's key.
+    pub client_key_pem: Option<PathBuf>,
+    /// SASL user known to the broker.
+    pub sasl_user: Option<String>,
+    /// Its password.
+    pub sasl_password: Option<String>,
+}
+
+/// Is a missing broker a failure (CI, `cargo xtask test`) or a skip?
+pub fn broker_required() -> bool {
+    let truthy = |k: &str| {
+        std::env::var(k)
+            .map(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes"))
+            .unwrap_or(false)
+    };
+    truthy("CI") || truthy("KAFKA_REQUIRE_BROKER")
+}
+
+fn env_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives in the workspace")
+        .join("target/broker/env")
+}
+
+/// Read a variable from the process env, else from `target/broker/env`.
+fn lookup(key: &str, file: &[(String, String)]) -> Option<String> {
+    std::env::var(key)
+        .ok()
+        .or_else(|| file.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()))
+}
+
+fn reachable(addr: &str) -> bool {
+    let Some(addrs) = addr
+        .to_socket_addrs()
+        .ok()
+        .map(|a| a.collect::<Vec<SocketAddr>>())
+    else {
+        return false;
+    };
+    addrs
+        .iter()
+        .any(|a| TcpStream::connect_timeout(a, Duration::from_secs(2)).is_ok())
+}
+
+/// The test broker, or `None` (skip) when there is none and none is required.
+///
+/// # Panics
+/// When no broker is reachable and [`broker_required`] is true.
+pub fn broker() -> Option<BrokerEnv> {
+    // With KAFKA_BOOTSTRAP in the env, the env is the whole truth: do not mix
+    // in a stale file from an earlier `broker up`.
+    let file: Vec<(String, String)> = if std::env::var_os("KAFKA_BOOTSTRAP").is_some() {
+        Vec::new()
+    } else {
+        std::fs::read_to_string(env_file())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let get = |k: &str| lookup(k, &file);
+    let problem = match get("KAFKA_BOOTSTRAP") {
+        None => "KAFKA_BOOTSTRAP is not set and target/broker/env does not exist".to_string(),
+        Some(b) if !reachable(&b) => format!("no broker answers at KAFKA_BOOTSTRAP={b}"),
+        Some(bootstrap) => {
+            return Some(BrokerEnv {
+                bootstrap,
+                bootstrap_ssl: get("KAFKA_BOOTSTRAP_SSL"),
+                bootstrap_sasl_ssl: get("KAFKA_BOOTSTRAP_SASL_SSL"),
+                ca_pem: get("KAFKA_CA_PEM").map(PathBuf::from),
+                client_cert_pem: get("KAFKA_CLIENT_CERT_PEM").map(PathBuf::from),
+                client_key_pem: get("KAFKA_CLIENT_KEY_PEM").map(PathBuf::from),
+                sasl_user: get("KAFKA_SASL_USER"),
+                sasl_password: get("KAFKA_SASL_PASSWORD"),
+            })
+        }
+    };
+    if broker_required() {
+        panic!(
+            "this test needs a Kafka broker and none is reachable: {problem}. \
+             Start one with `cargo xtask broker up`, or run `cargo xtask test`"
+        );
+    }
+    eprintln!("SKIPPED (no broker): {problem}. Start one with `cargo xtask broker up`.");
+    None
+}
+
+/// `let broker = require_broker!();` — the broker, or return early (skip).
+#[macro_export]
+macro_rules! require_broker {
+    () => {
+        match $crate::broker() {
+            Some(broker) => broker,
+            None => return,
+        }
+    };
+}
+
+/// A name no other test (or earlier run) uses: `prefix-<time>-<pid>-<n>`.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{millis}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,347 @@
+//! Client configuration: every default in one place, validated once.
+//!
+//! Build it in code with [`ClientConfig::builder`], or paste the properties
+//! you already have (`bootstrap.servers`, `security.protocol`, …) into
+//! [`ClientConfigBuilder::set`]. Unknown keys are an error that names the key.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::connector::{BrokerAddress, Connector, TcpConnector};
+use crate::error::{Error, Result};
+use crate::frame::DEFAULT_MAX_FRAME;
+use crate::sasl::SaslConfig;
+use crate::tls::TlsConfig;
+
+/// `security.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SecurityProtocol {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn uses_tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+    pub fn uses_sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+}
+
+/// Settings shared by every role (producer, consumer, admin).
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// `bootstrap.servers`. Required.
+    pub bootstrap_servers: Vec<BrokerAddress>,
+    /// `client.id`. Default `kafka-rs`.
+    pub client_id: String,
+    /// `security.protocol`. Default PLAINTEXT.
+    pub security_protocol: SecurityProtocol,
+    /// `ssl.*`.
+    pub tls: TlsConfig,
+    /// `sasl.*`. Required when the protocol uses SASL.
+    pub sasl: Option<SaslConfig>,
+    /// `request.timeout.ms`: how long one request may take, write included. Default 30 s.
+    pub request_timeout: Duration,
+    /// `socket.connection.setup.timeout.ms`: dial + TLS + auth. Default 10 s.
+    pub connect_timeout: Duration,
+    /// `reconnect.backoff.ms`: first delay before redialing a broker. Default 50 ms.
+    pub reconnect_backoff: Duration,
+    /// `reconnect.backoff.max.ms`: the delay cap. Default 1 s.
+    pub reconnect_backoff_max: Duration,
+    /// `metadata.max.age.ms`: refresh metadata at least this often. Default 5 min.
+    pub metadata_max_age: Duration,
+    /// `max.in.flight.requests.per.connection`. Default 5.
+    pub max_in_flight: usize,
+    /// `receive.message.max.bytes`: cap on one response frame. Default 100 MiB.
+    pub max_frame_bytes: usize,
+    /// How connections are dialed (tests route them through a fault proxy).
+    pub connector: Arc<dyn Connector>,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("client_id", &self.client_id)
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl", &self.sasl.as_ref().map(|s| s.mechanism_name()))
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientConfig {
+    /// A builder with every default set.
+    pub fn builder() -> ClientConfigBuilder {
+        ClientConfigBuilder {
+            cfg: ClientConfig {
+                bootstrap_servers: Vec::new(),
+                client_id: "kafka-rs".into(),
+                security_protocol: SecurityProtocol::Plaintext,
+                tls: TlsConfig::default(),
+                sasl: None,
+                request_timeout: Duration::from_secs(30),
+                connect_timeout: Duration::from_secs(10),
+                reconnect_backoff: Duration::from_millis(50),
+                reconnect_backoff_max: Duration::from_secs(1),
+                metadata_max_age: Duration::from_secs(300),
+                max_in_flight: 5,
+                max_frame_bytes: DEFAULT_MAX_FRAME,
+                connector: Arc::new(TcpConnector),
+            },
+            sasl_props: SaslProps::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct SaslProps {
+    mechanism: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+/// Builds a [`ClientConfig`]; see the field docs for defaults.
+#[derive(Debug, Clone)]
+pub struct ClientConfigBuilder {
+    cfg: ClientConfig,
+    sasl_props: SaslProps,
+}
+
+fn parse_ms(key: &str, value: &str) -> Result<Duration> {
+    value
+        .trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| Error::Config(format!("{key}={value:?} is not a number of milliseconds")))
+}
+
+fn parse_usize(key: &str, value: &str) -> Result<usize> {
+    value
+        .trim()
+        .parse::<usize>()
+        .map_err(|_| Error::Config(format!("{key}={value:?} is not a non-negative integer")))
+}
+
+impl ClientConfigBuilder {
+    /// `bootstrap.servers` as `host:port[,host:port…]`.
+    pub fn bootstrap(mut self, servers: &str) -> Result<Self> {
+        self.set_mut("bootstrap.servers", servers)?;
+        Ok(self)
+    }
+
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.cfg.client_id = id.into();
+        self
+    }
+
+    pub fn security_protocol(mut self, p: SecurityProtocol) -> Self {
+        self.cfg.security_protocol = p;
+        self
+    }
+
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.cfg.tls = tls;
+        self
+    }
+
+    pub fn sasl(mut self, sasl: SaslConfig) -> Self {
+        self.cfg.sasl = Some(sasl);
+        self
+    }
+
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.cfg.request_timeout = d;
+        self
+    }
+
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.cfg.connect_timeout = d;
+        self
+    }
+
+    pub fn metadata_max_age(mut self, d: Duration) -> Self {
+        self.cfg.metadata_max_age = d;
+        self
+    }
+
+    /// Route every connection through `connector` (fault injection, proxies).
+    pub fn connector(mut self, connector: Arc<dyn Connector>) -> Self {
+        self.cfg.connector = connector;
+        self
+    }
+
+    /// Set one Kafka property. Unknown keys are an error naming the key.
+    pub fn set(mut self, key: &str, value: &str) -> Result<Self> {
+        self.set_mut(key, value)?;
+        Ok(self)
+    }
+
+    /// Set many Kafka properties (`key=value` pairs from a Java or librdkafka config).
+    pub fn properties<'a>(
+        mut self,
+        props: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self> {
+        for (k, v) in props {
+            self.set_mut(k, v)?;
+        }
+        Ok(self)
+    }
+
+    /// Apply a property if it is a client-level one. Returns `Ok(false)` for
+    /// keys that belong to no client setting, so role builders (producer,
+    /// consumer) can try their own keys first and report the unknown ones.
+    pub fn try_set(&mut self, key: &str, value: &str) -> Result<bool> {
+        let c = &mut self.cfg;
+        match key {
+            "bootstrap.servers" | "metadata.broker.list" => {
+                c.bootstrap_servers = value
+                    .split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| {
+                        BrokerAddress::parse(s).ok_or_else(|| {
+                            Error::Config(format!(
+                                "bootstrap.servers entry {s:?} is not host:port"
+                            ))
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            "client.id" => c.client_id = value.to_string(),
+            "security.protocol" => {
+                c.security_protocol = match value.to_ascii_uppercase().as_str() {
+                    "PLAINTEXT" => SecurityProtocol::Plaintext,
+                    "SSL" => SecurityProtocol::Ssl,
+                    "SASL_PLAINTEXT" => SecurityProtocol::SaslPlaintext,
+                    "SASL_SSL" => SecurityProtocol::SaslSsl,
+                    _ => {
+                        return Err(Error::Config(format!(
+                            "security.protocol={value:?}: expected PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+                        )))
+                    }
+                }
+            }
+            "ssl.ca.location" | "ssl.truststore.location" => {
+                c.tls.ca_pem = Some(PathBuf::from(value))
+            }
+            "ssl.certificate.location" => c.tls.client_cert_pem = Some(PathBuf::from(value)),
+            "ssl.key.location" => c.tls.client_key_pem = Some(PathBuf::from(value)),
+            "sasl.mechanism" | "sasl.mechanisms" => {
+                self.sasl_props.mechanism = Some(value.to_string())
+            }
+            "sasl.username" => self.sasl_props.username = Some(value.to_string()),
+            "sasl.password" => self.sasl_props.password = Some(value.to_string()),
+            "request.timeout.ms" => c.request_timeout = parse_ms(key, value)?,
+            "socket.connection.setup.timeout.ms" | "socket.timeout.ms" => {
+                c.connect_timeout = parse_ms(key, value)?
+            }
+            "reconnect.backoff.ms" => c.reconnect_backoff = parse_ms(key, value)?,
+            "reconnect.backoff.max.ms" => c.reconnect_backoff_max = parse_ms(key, value)?,
+            "metadata.max.age.ms" | "topic.metadata.refresh.interval.ms" => {
+                c.metadata_max_age = parse_ms(key, value)?
+            }
+            "max.in.flight.requests.per.connection" | "max.in.flight" => {
+                c.max_in_flight = parse_usize(key, value)?
+            }
+            "receive.message.max.bytes" => c.max_frame_bytes = parse_usize(key, value)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn set_mut(&mut self, key: &str, value: &str) -> Result<()> {
+        if self.try_set(key, value)? {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "unknown client property {key:?} (producer and consumer properties go to their own builders)"
+            )))
+        }
+    }
+
+    /// Validate and build.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the offending setting.
+    pub fn build(mut self) -> Result<ClientConfig> {
+        let s = std::mem::take(&mut self.sasl_props);
+        if let Some(mech) = s.mechanism {
+            self.cfg.sasl = Some(SaslConfig::from_properties(
+                &mech,
+                s.username.as_deref(),
+                s.password.as_deref(),
+            )?);
+        }
+        let c = self.cfg;
+        if c.bootstrap_servers.is_empty() {
+            return Err(Error::Config(
+                "bootstrap.servers is required (e.g. 127.0.0.1:9092)".into(),
+            ));
+        }
+        if c.security_protocol.uses_sasl() && c.sasl.is_none() {
+            return Err(Error::Config(format!(
+                "security.protocol={:?} needs sasl.mechanism (and sasl.username/sasl.password)",
+                c.security_protocol
+            )));
+        }
+        if c.max_in_flight == 0 {
+            return Err(Error::Config(
+                "max.in.flight.requests.per.connection must be at least 1".into(),
+            ));
+        }
+        if c.max_frame_bytes < 1024 {
+            return Err(Error::Config(
+                "receive.message.max.bytes must be at least 1024".into(),
+            ));
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_property_names_are_accepted() {
+        let cfg = ClientConfig::builder()
+            .properties([
+                ("bootstrap.servers", "a:9092,b:9093"),
+                ("client.id", "svc"),
+                ("security.protocol", "sasl_ssl"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", "u"),
+                ("sasl.password", "p"),
+                ("ssl.ca.location", "/tmp/ca.pem"),
+                ("request.timeout.ms", "5000"),
+            ])
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(cfg.bootstrap_servers.len(), 2);
+        assert_eq!(cfg.security_protocol, SecurityProtocol::SaslSsl);
+        assert_eq!(cfg.request_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.sasl.unwrap().mechanism_name(), "SCRAM-SHA-512");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = ClientConfig::builder()
+            .set("bootstrap.servrs", "x:1")
+            .unwrap_err();
+        assert!(err.to_string().contains("bootstrap.servrs"), "{err}");
+    }
+
+    #[test]
+    fn missing_bootstrap_says_what_to_set() {
+        let err = ClientConfig::builder().build().unwrap_err();
+        assert!(err.to_string().contains("bootstrap.servers"), "{err}");
+    }
+}

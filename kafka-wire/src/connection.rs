@@ -1,0 +1,599 @@
+//! One broker connection: an owning task plus a cheap, cloneable handle.
+//!
+//! ```text
+//!  caller ──Envelope{frame, reply}──▶ mpsc ──▶ ┌──────────── connection task ───────────┐
+//!  caller ◀──────── oneshot reply ──────────── │ assigns correlation ids                │
+//!                                              │ writes whole frames (write_buf)        │◀─▶ socket
+//!                                              │ reads frames, matches the in-flight    │
+//!                                              │ queue in order, checks correlation ids │
+//!                                              └────────────────────────────────────────┘
+//! ```
+//!
+//! Why a task owns the socket:
+//! - A caller that is cancelled only drops its oneshot receiver. The frame it
+//!   queued is written whole or not at all, so a half-written frame cannot
+//!   happen.
+//! - Reads and writes proceed concurrently inside one `select!`. A broker
+//!   mutes a connection while it answers, so a client that blocks in a large
+//!   write without reading can deadlock against a large response.
+//! - Any framing error, correlation mismatch or timeout *poisons* the
+//!   connection: every request in flight fails with a retriable
+//!   [`Error::Connection`] that says whether it may have been written, and
+//!   the task exits. The owner ([`crate::client`]) dials a fresh one.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::connector::{BoxTransport, BrokerAddress};
+use crate::error::{DecodeError, Error, Result};
+use crate::frame::FrameDecoder;
+use crate::versions::ApiVersionTable;
+
+/// Stop accepting new requests while this many bytes wait to be written.
+const WRITE_BUFFER_HIGH: usize = 4 * 1024 * 1024;
+
+/// A request on its way to the connection task.
+struct Envelope {
+    /// Length-prefixed frame; bytes 8..12 are the correlation id placeholder.
+    frame: BytesMut,
+    api: ApiKey,
+    response_header_version: i16,
+    /// `false` for acks=0 produce: the broker sends nothing back.
+    expects_response: bool,
+    timeout: Duration,
+    reply: oneshot::Sender<Result<Bytes>>,
+}
+
+/// A request written (or being written) and awaiting its response.
+struct InFlight {
+    correlation_id: i32,
+    api: ApiKey,
+    response_header_version: i16,
+    deadline: Instant,
+    timeout: Duration,
+    /// Stream position of the frame's first byte: if the writer got past it,
+    /// the broker may have the request.
+    start: u64,
+    reply: oneshot::Sender<Result<Bytes>>,
+}
+
+/// Static facts about one connection.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    /// Broker id, or a negative id for a bootstrap address.
+    pub broker_id: i32,
+    pub address: BrokerAddress,
+    /// The versions negotiated through ApiVersions.
+    pub versions: ApiVersionTable,
+    pub client_id: String,
+}
+
+/// A handle to one broker connection. Cheap to clone; dropping every handle
+/// closes the connection once its in-flight requests are answered.
+#[derive(Clone)]
+pub struct Connection {
+    raw: RawConnection,
+    info: Arc<ConnectionInfo>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("broker_id", &self.info.broker_id)
+            .field("address", &self.info.address)
+            .finish()
+    }
+}
+
+impl Connection {
+    pub(crate) fn new(raw: RawConnection, info: ConnectionInfo) -> Self {
+        Self {
+            raw,
+            info: Arc::new(info),
+        }
+    }
+
+    pub fn info(&self) -> &ConnectionInfo {
+        &self.info
+    }
+
+    /// Has the connection task exited (poisoned or closed)?
+    pub fn is_closed(&self) -> bool {
+        self.raw.tx.is_closed()
+    }
+
+    /// The negotiated version for `api` on this broker.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedVersion`] when the broker and this client share none.
+    pub fn version(&self, api: ApiKey) -> Result<i16> {
+        self.info.versions.version(api).ok_or_else(|| {
+            let ours = crate::versions::client_range(api)
+                .map(|(a, b)| format!("v{a}-v{b}"))
+                .unwrap_or_else(|| "none".into());
+            let theirs = self
+                .info
+                .versions
+                .broker_range(api)
+                .map(|(a, b)| format!("v{a}-v{b}"))
+                .unwrap_or_else(|| "none".into());
+            Error::UnsupportedVersion {
+                api,
+                broker: self.info.address.to_string(),
+                ours,
+                theirs,
+            }
+        })
+    }
+
+    /// Send `req` at the negotiated version and wait for its response.
+    ///
+    /// `extra_timeout` extends the request timeout for long polls (a fetch's
+    /// `max.wait.ms`, a join's rebalance timeout).
+    ///
+    /// # Errors
+    /// Connection, timeout, decode or version errors. Error codes inside the
+    /// response body are the caller's to check.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future abandons the response only; the
+    /// request is written whole or not at all. Whether a cancelled request
+    /// reached the broker is unknown.
+    pub async fn send<R: Request>(
+        &self,
+        req: &R,
+        request_timeout: Duration,
+        extra_timeout: Duration,
+    ) -> Result<R::Response> {
+        let api = api_key::<R>();
+        let version = self.version(api)?;
+        self.raw
+            .call(req, version, request_timeout + extra_timeout)
+            .await
+    }
+
+    /// Send `req` without waiting for a response (acks=0 produce).
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Connection::send`].
+    pub async fn send_no_response<R: Request>(&self, req: &R, timeout: Duration) -> Result<()> {
+        let api = api_key::<R>();
+        let version = self.version(api)?;
+        self.raw
+            .enqueue(req, version, timeout, false)
+            .await?
+            .await
+            .map_err(|_| self.raw.closed_error(true))?
+            .map(|_| ())
+    }
+}
+
+pub(crate) fn api_key<R: Request>() -> ApiKey {
+    ApiKey::try_from(R::KEY).expect("kafka-protocol request types have known keys")
+}
+
+/// The connection before ApiVersions: requests at explicit versions.
+#[derive(Clone)]
+pub(crate) struct RawConnection {
+    tx: mpsc::Sender<Envelope>,
+    label: Arc<str>,
+    client_id: StrBytes,
+}
+
+impl RawConnection {
+    /// Start the task that owns `stream`.
+    pub(crate) fn spawn(
+        stream: BoxTransport,
+        label: String,
+        client_id: &str,
+        max_frame: usize,
+        max_in_flight: usize,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(max_in_flight.max(1));
+        let label: Arc<str> = label.into();
+        tokio::spawn(run_task(
+            stream,
+            rx,
+            label.clone(),
+            FrameDecoder::new(max_frame),
+            max_in_flight.max(1),
+        ));
+        Self {
+            tx,
+            label,
+            client_id: StrBytes::from_string(client_id.to_string()),
+        }
+    }
+
+    fn closed_error(&self, maybe_written: bool) -> Error {
+        Error::Connection {
+            broker: self.label.to_string(),
+            reason: "connection closed".into(),
+            maybe_written,
+        }
+    }
+
+    async fn enqueue<R: Request>(
+        &self,
+        req: &R,
+        version: i16,
+        timeout: Duration,
+        expects_response: bool,
+    ) -> Result<oneshot::Receiver<Result<Bytes>>> {
+        let api = api_key::<R>();
+        let frame = encode_request(req, api, version, &self.client_id)?;
+        let (reply, rx) = oneshot::channel();
+        let env = Envelope {
+            frame,
+            api,
+            response_header_version: R::Response::header_version(version),
+            expects_response,
+            timeout,
+            reply,
+        };
+        self.tx
+            .send(env)
+            .await
+            .map_err(|_| self.closed_error(false))?;
+        Ok(rx)
+    }
+
+    /// Send at an explicit `version` and decode the response.
+    pub(crate) async fn call<R: Request>(
+        &self,
+        req: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response> {
+        let api = api_key::<R>();
+        let rx = self.enqueue(req, version, timeout, true).await?;
+        let mut body = rx.await.map_err(|_| self.closed_error(true))??;
+        let resp = R::Response::decode(&mut body, version).map_err(|e| Error::Decode {
+            context: format!("{api:?} v{version} response from {}", self.label),
+            source: DecodeError::Malformed {
+                what: "response body",
+                reason: e.to_string(),
+            },
+        })?;
+        Ok(resp)
+    }
+}
+
+/// Encode header and body into one length-prefixed frame with a zero
+/// correlation id; the task patches in the real one.
+fn encode_request<R: Request>(
+    req: &R,
+    api: ApiKey,
+    version: i16,
+    client_id: &StrBytes,
+) -> Result<BytesMut> {
+    let header = RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(0)
+        .with_client_id(Some(client_id.clone()));
+    let header_version = R::header_version(version);
+    let encode_err = |e: anyhow::Error| Error::Encode {
+        api,
+        reason: e.to_string(),
+    };
+    let size = header.compute_size(header_version).map_err(encode_err)?
+        + req.compute_size(version).map_err(encode_err)?;
+    let mut buf = BytesMut::with_capacity(4 + size);
+    buf.put_i32(size as i32);
+    header
+        .encode(&mut buf, header_version)
+        .map_err(encode_err)?;
+    req.encode(&mut buf, version).map_err(encode_err)?;
+    Ok(buf)
+}
+
+/// Why the task stopped; turned into the error every waiter receives.
+enum Poison {
+    Io(std::io::Error),
+    Closed,
+    Frame(DecodeError),
+    Correlation { expected: i32, got: i32 },
+    Unexpected(i32),
+    Timeout { api: ApiKey, timeout: Duration },
+}
+
+async fn run_task(
+    stream: BoxTransport,
+    mut rx: mpsc::Receiver<Envelope>,
+    label: Arc<str>,
+    decoder: FrameDecoder,
+    max_in_flight: usize,
+) {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut read_buf = BytesMut::with_capacity(64 * 1024);
+    let mut write_buf = BytesMut::new();
+    let mut needs_flush = false;
+    let mut written: u64 = 0;
+    let mut queued: u64 = 0;
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut next_correlation: i32 = 1;
+    let mut handles_gone = false;
+
+    let poison: Poison = loop {
+        if handles_gone && in_flight.is_empty() && write_buf.is_empty() && !needs_flush {
+            return; // every handle dropped and nothing owed: close quietly
+        }
+        let front_deadline = in_flight.front().map(|f| f.deadline);
+        let can_accept =
+            !handles_gone && in_flight.len() < max_in_flight && write_buf.len() < WRITE_BUFFER_HIGH;
+        tokio::select! {
+            read = reader.read_buf(&mut read_buf) => {
+                match read {
+                    Ok(0) => break Poison::Closed,
+                    Ok(_) => {}
+                    Err(e) => break Poison::Io(e),
+                }
+                let mut failure = None;
+                loop {
+                    let frame = match decoder.decode(&mut read_buf) {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => break,
+                        Err(e) => { failure = Some(Poison::Frame(e)); break; }
+                    };
+                    if let Err(p) = complete(&mut in_flight, frame) {
+                        failure = Some(p);
+                        break;
+                    }
+                }
+                if let Some(p) = failure { break p; }
+            }
+            res = async {
+                if write_buf.is_empty() {
+                    writer.flush().await.map(|_| None)
+                } else {
+                    writer.write_buf(&mut write_buf).await.map(Some)
+                }
+            }, if !write_buf.is_empty() || needs_flush => {
+                match res {
+                    Ok(Some(0)) => break Poison::Io(std::io::ErrorKind::WriteZero.into()),
+                    Ok(Some(n)) => { written += n as u64; needs_flush = true; }
+                    Ok(None) => needs_flush = false,
+                    Err(e) => break Poison::Io(e),
+                }
+            }
+            env = rx.recv(), if can_accept => {
+                let Some(mut env) = env else { handles_gone = true; continue };
+                let correlation_id = next_correlation;
+                next_correlation = next_correlation.wrapping_add(1).max(1);
+                env.frame[8..12].copy_from_slice(&correlation_id.to_be_bytes());
+                let start = queued;
+                queued += env.frame.len() as u64;
+                write_buf.extend_from_slice(&env.frame);
+                if env.expects_response {
+                    in_flight.push_back(InFlight {
+                        correlation_id,
+                        api: env.api,
+                        response_header_version: env.response_header_version,
+                        deadline: Instant::now() + env.timeout,
+                        timeout: env.timeout,
+                        start,
+                        reply: env.reply,
+                    });
+                } else {
+                    // acks=0: queued in order behind everything before it.
+                    let _ = env.reply.send(Ok(Bytes::new()));
+                }
+            }
+            _ = sleep_until_opt(front_deadline) => {
+                let f = in_flight.front().expect("deadline implies a request");
+                break Poison::Timeout { api: f.api, timeout: f.timeout };
+            }
+        }
+    };
+
+    // Poisoned: fail everything in flight and everything still queued.
+    let reason = match &poison {
+        Poison::Io(e) => format!("I/O error: {e}"),
+        Poison::Closed => "closed by the broker".to_string(),
+        Poison::Frame(e) => format!("bad frame: {e}"),
+        Poison::Correlation { expected, got } => {
+            format!("correlation id mismatch: expected {expected}, got {got}")
+        }
+        Poison::Unexpected(id) => format!("response {id} with no request in flight"),
+        Poison::Timeout { api, timeout } => {
+            format!("{api:?} got no response within {} ms", timeout.as_millis())
+        }
+    };
+    tracing::debug!(broker = %label, %reason, in_flight = in_flight.len(), "connection poisoned");
+    for f in in_flight.drain(..) {
+        let err = match &poison {
+            Poison::Timeout { api, timeout } if f.api == *api => Error::Timeout {
+                api: *api,
+                broker: label.to_string(),
+                timeout_ms: timeout.as_millis() as u64,
+            },
+            _ => Error::Connection {
+                broker: label.to_string(),
+                reason: reason.clone(),
+                maybe_written: written > f.start,
+            },
+        };
+        let _ = f.reply.send(Err(err));
+    }
+    rx.close();
+    while let Ok(env) = rx.try_recv() {
+        let _ = env.reply.send(Err(Error::Connection {
+            broker: label.to_string(),
+            reason: reason.clone(),
+            maybe_written: false,
+        }));
+    }
+}
+
+/// Match one response frame to the oldest request in flight.
+fn complete(in_flight: &mut VecDeque<InFlight>, mut frame: Bytes) -> Result<(), Poison> {
+    if frame.len() < 4 {
+        return Err(Poison::Frame(DecodeError::Truncated {
+            what: "response header",
+            needed: 4 - frame.len(),
+        }));
+    }
+    let got = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+    let Some(front) = in_flight.pop_front() else {
+        return Err(Poison::Unexpected(got));
+    };
+    if got != front.correlation_id {
+        let expected = front.correlation_id;
+        in_flight.push_front(front);
+        return Err(Poison::Correlation { expected, got });
+    }
+    let result = if front.response_header_version >= 1 {
+        ResponseHeader::decode(&mut frame, front.response_header_version)
+            .map(|_| frame)
+            .map_err(|e| Error::Decode {
+                context: format!("{:?} response header", front.api),
+                source: DecodeError::Malformed {
+                    what: "response header",
+                    reason: e.to_string(),
+                },
+            })
+    } else {
+        frame.advance(4);
+        Ok(frame)
+    };
+    // The caller may have been cancelled; that only drops its receiver.
+    let _ = front.reply.send(result);
+    Ok(())
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse};
+    use tokio::io::duplex;
+
+    /// A scripted peer: reads one request frame, answers with `reply(corr)`.
+    async fn peer_once(
+        mut io: tokio::io::DuplexStream,
+        reply: impl Fn(i32) -> Vec<u8>,
+    ) -> tokio::io::DuplexStream {
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+        io.read_exact(&mut body).await.unwrap();
+        let corr = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+        io.write_all(&reply(corr)).await.unwrap();
+        io
+    }
+
+    fn api_versions_response(corr: i32) -> Vec<u8> {
+        let resp = ApiVersionsResponse::default();
+        let mut body = BytesMut::new();
+        body.put_i32(corr);
+        resp.encode(&mut body, 0).unwrap();
+        let mut out = BytesMut::new();
+        crate::frame::encode_frame(&body, &mut out);
+        out.to_vec()
+    }
+
+    #[tokio::test]
+    async fn request_response_round_trip() {
+        let (client, server) = duplex(1 << 16);
+        let raw = RawConnection::spawn(Box::new(client), "test".into(), "t", 1 << 20, 4);
+        let peer = tokio::spawn(peer_once(server, api_versions_response));
+        let resp = raw
+            .call(&ApiVersionsRequest::default(), 0, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(resp.error_code, 0);
+        peer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn correlation_mismatch_poisons_and_fails_in_flight() {
+        let (client, server) = duplex(1 << 16);
+        let raw = RawConnection::spawn(Box::new(client), "test".into(), "t", 1 << 20, 4);
+        let _peer = tokio::spawn(peer_once(server, |corr| api_versions_response(corr + 7)));
+        let err = raw
+            .call(&ApiVersionsRequest::default(), 0, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        match err {
+            Error::Connection {
+                reason,
+                maybe_written,
+                ..
+            } => {
+                assert!(reason.contains("correlation"), "{reason}");
+                assert!(maybe_written);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Poisoned for good: later calls fail fast.
+        assert!(raw
+            .call(&ApiVersionsRequest::default(), 0, Duration::from_secs(5))
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn oversized_response_frame_poisons() {
+        let (client, server) = duplex(1 << 16);
+        let raw = RawConnection::spawn(Box::new(client), "test".into(), "t", 1024, 4);
+        let _peer = tokio::spawn(peer_once(server, |_| {
+            let mut v = (1_000_000i32).to_be_bytes().to_vec();
+            v.extend_from_slice(&[0; 16]);
+            v
+        }));
+        let err = raw
+            .call(&ApiVersionsRequest::default(), 0, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("exceeds the limit"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_broker_times_out() {
+        let (client, _server) = duplex(1 << 16);
+        let raw = RawConnection::spawn(Box::new(client), "test".into(), "t", 1024, 4);
+        let err = raw
+            .call(&ApiVersionsRequest::default(), 0, Duration::from_secs(3))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+        assert!(err.maybe_written());
+    }
+
+    #[tokio::test]
+    async fn cancelled_caller_does_not_break_the_stream() {
+        let (client, server) = duplex(1 << 16);
+        let raw = RawConnection::spawn(Box::new(client), "test".into(), "t", 1 << 20, 4);
+        // First call is cancelled before its response arrives.
+        let req = ApiVersionsRequest::default();
+        let first = raw.call(&req, 0, Duration::from_secs(5));
+        let _ = tokio::time::timeout(Duration::from_millis(20), first).await;
+        // The peer answers both in order; the second caller gets its own.
+        let peer = tokio::spawn(async move {
+            let s = peer_once(server, api_versions_response).await;
+            peer_once(s, api_versions_response).await
+        });
+        let resp = raw
+            .call(&ApiVersionsRequest::default(), 0, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(resp.error_code, 0);
+        peer.await.unwrap();
+    }
+}

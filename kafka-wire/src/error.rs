@@ -1,0 +1,315 @@
+//! Errors, and what to do about each one.
+//!
+//! Every [`Error`] answers [`Error::action`]: the one next step a caller should
+//! take (retry, refresh metadata, find the coordinator, rejoin, reset the
+//! producer id, reconnect, or give up). Whether a request *may have been
+//! written* is tracked separately by [`Error::maybe_written`], because it is
+//! what makes a produce or commit ambiguous.
+
+use std::fmt;
+
+pub use kafka_protocol::error::ResponseError as KafkaCode;
+use kafka_protocol::messages::ApiKey;
+
+/// A `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a caller should do next about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorAction {
+    /// Try the same request again after a backoff.
+    Retry,
+    /// Refresh metadata (leader moved, topic unknown), then retry.
+    RefreshMetadataAndRetry,
+    /// Find the group or transaction coordinator again, then retry.
+    FindCoordinatorAndRetry,
+    /// The group moved on: rejoin before committing or fetching for it.
+    Rejoin,
+    /// The producer's id or epoch is no longer valid: get a new one.
+    ResetProducerId,
+    /// The connection is gone: reconnect (with backoff), then retry.
+    Reconnect,
+    /// Not recoverable by retrying: fix configuration, permissions or code.
+    Fatal,
+}
+
+/// Why decoding bytes from the network failed. Bytes from the network are
+/// hostile: every malformed input maps to one of these, never to a panic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    #[error("frame length {0} is negative")]
+    NegativeLength(i64),
+    #[error("frame length {len} exceeds the limit of {max} bytes")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("input ended early: needed {needed} more bytes while reading {what}")]
+    Truncated { what: &'static str, needed: usize },
+    #[error("malformed varint while reading {0}")]
+    Varint(&'static str),
+    #[error("CRC mismatch: batch says {expected:#010x}, bytes give {actual:#010x}")]
+    Crc { expected: u32, actual: u32 },
+    #[error("unsupported record batch magic {0} (only v2 is supported)")]
+    Magic(i8),
+    #[error("unknown compression codec id {0}")]
+    UnknownCodec(u8),
+    #[error("{codec} payload is corrupt: {reason}")]
+    Decompress { codec: &'static str, reason: String },
+    #[error(
+        "{codec} payload decompresses past the {limit}-byte ceiling (possible compression bomb)"
+    )]
+    DecompressLimit { codec: &'static str, limit: usize },
+    #[error("malformed {what}: {reason}")]
+    Malformed { what: &'static str, reason: String },
+}
+
+/// Errors from this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Could not connect, or the connection broke. Everything in flight on it
+    /// failed with this error; whether each request reached the broker is
+    /// unknown (see [`Error::maybe_written`]).
+    #[error("connection to {broker} failed: {reason}")]
+    Connection {
+        broker: String,
+        reason: String,
+        /// True when the request may have been sent before the failure.
+        maybe_written: bool,
+    },
+    /// No response within the request timeout; the connection was dropped.
+    #[error("{api:?} to {broker} timed out after {timeout_ms} ms")]
+    Timeout {
+        api: ApiKey,
+        broker: String,
+        timeout_ms: u64,
+    },
+    /// TLS set-up or verification failed. Not retried: fix the certificates.
+    #[error("TLS with {broker} failed: {reason}")]
+    Tls { broker: String, reason: String },
+    /// Authentication failed. Not retried: fix the credentials or mechanism.
+    #[error("SASL {mechanism} authentication with {broker} failed: {reason}")]
+    Auth {
+        mechanism: String,
+        broker: String,
+        reason: String,
+    },
+    /// The broker answered with an error code.
+    #[error("{api:?} failed{}: {code} ({})", scope_suffix(topic, *partition), code_hint(code))]
+    Broker {
+        api: ApiKey,
+        code: KafkaCode,
+        topic: Option<String>,
+        partition: Option<i32>,
+    },
+    /// The broker does not support any version of an API that we can speak.
+    #[error("the broker at {broker} supports no version of {api:?} this client speaks (we speak {ours}, it speaks {theirs})")]
+    UnsupportedVersion {
+        api: ApiKey,
+        broker: String,
+        ours: String,
+        theirs: String,
+    },
+    /// Bytes from the network could not be decoded.
+    #[error("could not decode {context}: {source}")]
+    Decode {
+        context: String,
+        #[source]
+        source: DecodeError,
+    },
+    /// A record batch failed validation; it is never delivered.
+    #[error("corrupt record batch in {topic}-{partition} at offset {offset}: {source}")]
+    CorruptBatch {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        #[source]
+        source: DecodeError,
+    },
+    /// The request could not be encoded (a bug or an invalid argument).
+    #[error("could not encode {api:?}: {reason}")]
+    Encode { api: ApiKey, reason: String },
+    /// Invalid configuration; the message names the key.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Metadata has no answer (topic or partition or broker unknown).
+    #[error("metadata: {0}")]
+    Metadata(String),
+    /// The client was shut down.
+    #[error("the client is closed")]
+    Closed,
+}
+
+fn scope_suffix(topic: &Option<String>, partition: Option<i32>) -> String {
+    match (topic, partition) {
+        (Some(t), Some(p)) => format!(" for {t}-{p}"),
+        (Some(t), None) => format!(" for {t}"),
+        _ => String::new(),
+    }
+}
+
+fn code_hint(code: &KafkaCode) -> &'static str {
+    match action_for_code(*code) {
+        ErrorAction::Retry => "retriable",
+        ErrorAction::RefreshMetadataAndRetry => "refresh metadata and retry",
+        ErrorAction::FindCoordinatorAndRetry => "find the coordinator and retry",
+        ErrorAction::Rejoin => "rejoin the group",
+        ErrorAction::ResetProducerId => "reset the producer id",
+        ErrorAction::Reconnect => "reconnect",
+        ErrorAction::Fatal => "not retriable",
+    }
+}
+
+/// The reaction to a Kafka error code. One table, used by every layer.
+pub fn action_for_code(code: KafkaCode) -> ErrorAction {
+    use KafkaCode as C;
+    match code {
+        C::NotLeaderOrFollower
+        | C::UnknownTopicOrPartition
+        | C::LeaderNotAvailable
+        | C::FencedLeaderEpoch
+        | C::UnknownLeaderEpoch
+        | C::KafkaStorageError
+        | C::ReplicaNotAvailable
+        | C::OffsetNotAvailable
+        | C::UnknownTopicId
+        | C::InconsistentTopicId
+        | C::NotController => ErrorAction::RefreshMetadataAndRetry,
+        C::NotCoordinator | C::CoordinatorNotAvailable => ErrorAction::FindCoordinatorAndRetry,
+        C::IllegalGeneration
+        | C::UnknownMemberId
+        | C::RebalanceInProgress
+        | C::MemberIdRequired
+        | C::StaleMemberEpoch
+        | C::FencedMemberEpoch => ErrorAction::Rejoin,
+        C::UnknownProducerId
+        | C::InvalidProducerEpoch
+        | C::OutOfOrderSequenceNumber
+        | C::InvalidProducerIdMapping => ErrorAction::ResetProducerId,
+        C::NetworkException => ErrorAction::Reconnect,
+        C::ProducerFenced
+        | C::TransactionalIdAuthorizationFailed
+        | C::FencedInstanceId
+        | C::GroupMaxSizeReached => ErrorAction::Fatal,
+        other if other.is_retriable() => ErrorAction::Retry,
+        _ => ErrorAction::Fatal,
+    }
+}
+
+impl Error {
+    /// What the caller should do next.
+    pub fn action(&self) -> ErrorAction {
+        match self {
+            Error::Connection { .. } | Error::Timeout { .. } => ErrorAction::Reconnect,
+            Error::Broker { code, .. } => action_for_code(*code),
+            Error::Metadata(_) => ErrorAction::RefreshMetadataAndRetry,
+            // A corrupt batch can be a transient network corruption: refetch.
+            Error::CorruptBatch { .. } => ErrorAction::Retry,
+            Error::Decode { .. } => ErrorAction::Reconnect,
+            Error::Tls { .. }
+            | Error::Auth { .. }
+            | Error::UnsupportedVersion { .. }
+            | Error::Encode { .. }
+            | Error::Config(_)
+            | Error::Closed => ErrorAction::Fatal,
+        }
+    }
+
+    /// Is retrying (after the action's preparation) worthwhile?
+    pub fn is_retriable(&self) -> bool {
+        self.action() != ErrorAction::Fatal
+    }
+
+    /// May the request have reached the broker? True for connection losses
+    /// and timeouts after the frame was handed to the socket: the outcome of
+    /// a produce or commit is then unknown ("ambiguous"), not failed.
+    pub fn maybe_written(&self) -> bool {
+        match self {
+            Error::Connection { maybe_written, .. } => *maybe_written,
+            Error::Timeout { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The Kafka error code, if the broker sent one.
+    pub fn code(&self) -> Option<KafkaCode> {
+        match self {
+            Error::Broker { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn broker(api: ApiKey, code: KafkaCode) -> Self {
+        Error::Broker {
+            api,
+            code,
+            topic: None,
+            partition: None,
+        }
+    }
+
+    pub(crate) fn broker_for(api: ApiKey, code: KafkaCode, topic: &str, partition: i32) -> Self {
+        Error::Broker {
+            api,
+            code,
+            topic: Some(topic.to_string()),
+            partition: Some(partition),
+        }
+    }
+}
+
+/// Turn a Kafka error code into `Ok(())` or an [`Error::Broker`].
+pub(crate) fn check_code(api: ApiKey, code: i16) -> Result<()> {
+    match KafkaCode::try_from_code(code) {
+        None => Ok(()),
+        Some(code) => Err(Error::broker(api, code)),
+    }
+}
+
+impl fmt::Display for ErrorAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_one_action_and_group_codes_rejoin() {
+        for code in -1i16..=130 {
+            let Some(c) = KafkaCode::try_from_code(code) else {
+                continue;
+            };
+            let _ = action_for_code(c); // exhaustive: never panics
+        }
+        assert_eq!(
+            action_for_code(KafkaCode::IllegalGeneration),
+            ErrorAction::Rejoin
+        );
+        assert_eq!(
+            action_for_code(KafkaCode::NotCoordinator),
+            ErrorAction::FindCoordinatorAndRetry
+        );
+        assert_eq!(
+            action_for_code(KafkaCode::NotLeaderOrFollower),
+            ErrorAction::RefreshMetadataAndRetry
+        );
+        assert_eq!(
+            action_for_code(KafkaCode::FencedInstanceId),
+            ErrorAction::Fatal
+        );
+        assert_eq!(
+            action_for_code(KafkaCode::RequestTimedOut),
+            ErrorAction::Retry
+        );
+    }
+
+    #[test]
+    fn messages_name_scope_and_next_step() {
+        let e = Error::broker_for(ApiKey::Produce, KafkaCode::NotLeaderOrFollower, "orders", 3);
+        let text = e.to_string();
+        assert!(text.contains("orders-3"), "{text}");
+        assert!(text.contains("refresh metadata"), "{text}");
+    }
+}

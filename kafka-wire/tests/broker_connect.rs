@@ -1,0 +1,235 @@
+//! Against the real broker from `cargo xtask broker up`: connect, negotiate
+//! versions, read metadata; TLS and every SASL mechanism on the harness's
+//! listeners.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kafka_wire::connector::{BoxTransport, ConnectFuture};
+use kafka_wire::messages::ApiKey;
+use kafka_wire::{
+    BrokerAddress, Client, ClientConfig, Connector, Error, Lane, SaslConfig, SecurityProtocol,
+    TcpConnector, TlsConfig, UnsecuredJwt,
+};
+
+fn tls(b: &testkit::BrokerEnv) -> TlsConfig {
+    TlsConfig {
+        ca_pem: b.ca_pem.clone(),
+        ..TlsConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn api_versions_and_metadata_against_real_broker() {
+    let broker = testkit::require_broker!();
+    let config = ClientConfig::builder()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .unwrap()
+        .build()
+        .unwrap();
+    let client = Client::connect(config).await.expect("connect");
+    let md = client.metadata();
+    assert_eq!(md.brokers.len(), 1, "single-node harness: {:?}", md.brokers);
+    let b = md.brokers.values().next().unwrap();
+    assert_eq!(b.id, 1, "the harness runs node.id=1");
+    let port: u16 = broker
+        .bootstrap
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(b.address.port, port, "advertised PLAINTEXT port");
+    assert!(md.cluster_id.is_some());
+
+    let conn = client.connection(1, Lane::Control).await.unwrap();
+    for api in [
+        ApiKey::Fetch,
+        ApiKey::Produce,
+        ApiKey::JoinGroup,
+        ApiKey::OffsetCommit,
+    ] {
+        let v = conn.version(api).unwrap_or_else(|e| panic!("{api:?}: {e}"));
+        assert!(v >= 0);
+    }
+    // Kafka 4.x serves Fetch v12 (our ceiling) and more.
+    assert_eq!(conn.version(ApiKey::Fetch).unwrap(), 12);
+}
+
+#[tokio::test]
+async fn lanes_are_separate_connections() {
+    let broker = testkit::require_broker!();
+    let client = Client::connect(
+        ClientConfig::builder()
+            .bootstrap(&broker.bootstrap)
+            .unwrap()
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let a = client.connection(1, Lane::Fetch).await.unwrap();
+    let b = client.connection(1, Lane::Group).await.unwrap();
+    let a2 = client.connection(1, Lane::Fetch).await.unwrap();
+    assert!(!a.is_closed() && !b.is_closed() && !a2.is_closed());
+    assert_eq!(format!("{a:?}"), format!("{a2:?}"));
+}
+
+#[tokio::test]
+async fn ssl_listener_with_ca_verification() {
+    let broker = testkit::require_broker!();
+    let Some(ssl) = broker.bootstrap_ssl.clone() else {
+        return assert!(!testkit::broker_required(), "harness has no SSL listener");
+    };
+    let config = ClientConfig::builder()
+        .bootstrap(&ssl)
+        .unwrap()
+        .security_protocol(SecurityProtocol::Ssl)
+        .tls(tls(&broker))
+        .build()
+        .unwrap();
+    let client = Client::connect(config).await.expect("TLS connect");
+    assert!(!client.metadata().brokers.is_empty());
+}
+
+#[tokio::test]
+async fn mtls_client_certificate_is_accepted() {
+    let broker = testkit::require_broker!();
+    let Some(ssl) = broker.bootstrap_ssl.clone() else {
+        return;
+    };
+    let config = ClientConfig::builder()
+        .bootstrap(&ssl)
+        .unwrap()
+        .security_protocol(SecurityProtocol::Ssl)
+        .tls(TlsConfig {
+            ca_pem: broker.ca_pem.clone(),
+            client_cert_pem: broker.client_cert_pem.clone(),
+            client_key_pem: broker.client_key_pem.clone(),
+        })
+        .build()
+        .unwrap();
+    Client::connect(config).await.expect("mTLS connect");
+}
+
+/// Dials the real broker whatever host name the client asks for, so TLS
+/// verification sees a name the certificate does not carry.
+#[derive(Debug)]
+struct RedirectTo(BrokerAddress);
+
+impl Connector for RedirectTo {
+    fn connect<'a>(&'a self, _addr: &'a BrokerAddress, timeout: Duration) -> ConnectFuture<'a> {
+        Box::pin(async move {
+            let s: BoxTransport = TcpConnector.connect(&self.0, timeout).await?;
+            Ok(s)
+        })
+    }
+}
+
+#[tokio::test]
+async fn hostname_mismatch_fails_before_sasl() {
+    let broker = testkit::require_broker!();
+    let Some(sasl_ssl) = broker.bootstrap_sasl_ssl.clone() else {
+        return;
+    };
+    let real = BrokerAddress::parse(&sasl_ssl).unwrap();
+    let config = ClientConfig::builder()
+        .bootstrap(&format!("wrong-host.invalid:{}", real.port))
+        .unwrap()
+        .security_protocol(SecurityProtocol::SaslSsl)
+        .tls(tls(&broker))
+        .sasl(SaslConfig::ScramSha256 {
+            username: broker.sasl_user.clone().unwrap(),
+            password: broker.sasl_password.clone().unwrap(),
+        })
+        .connector(Arc::new(RedirectTo(real)))
+        .build()
+        .unwrap();
+    let err = Client::connect(config).await.unwrap_err();
+    // A TLS error, not an auth error: the handshake failed before SASL began.
+    assert!(matches!(err, Error::Tls { .. }), "{err:?}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+}
+
+async fn sasl_connect(broker: &testkit::BrokerEnv, sasl: SaslConfig) -> Result<Client, Error> {
+    let config = ClientConfig::builder()
+        .bootstrap(broker.bootstrap_sasl_ssl.as_deref().unwrap())
+        .unwrap()
+        .security_protocol(SecurityProtocol::SaslSsl)
+        .tls(tls(broker))
+        .sasl(sasl)
+        .build()
+        .unwrap();
+    Client::connect(config).await
+}
+
+#[tokio::test]
+async fn sasl_ssl_every_mechanism_authenticates() {
+    let broker = testkit::require_broker!();
+    if broker.bootstrap_sasl_ssl.is_none() {
+        return;
+    }
+    let (u, p) = (
+        broker.sasl_user.clone().unwrap(),
+        broker.sasl_password.clone().unwrap(),
+    );
+    let mechanisms = [
+        SaslConfig::Plain {
+            username: u.clone(),
+            password: p.clone(),
+        },
+        SaslConfig::ScramSha256 {
+            username: u.clone(),
+            password: p.clone(),
+        },
+        SaslConfig::ScramSha512 {
+            username: u.clone(),
+            password: p.clone(),
+        },
+        SaslConfig::OAuthBearer {
+            provider: Arc::new(UnsecuredJwt {
+                principal: u.clone(),
+                lifetime: Duration::from_secs(3600),
+            }),
+        },
+    ];
+    for sasl in mechanisms {
+        let name = sasl.mechanism_name();
+        let client = sasl_connect(&broker, sasl)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!client.metadata().brokers.is_empty(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn wrong_password_fails_fast_with_auth_error() {
+    let broker = testkit::require_broker!();
+    if broker.bootstrap_sasl_ssl.is_none() {
+        return;
+    }
+    for sasl in [
+        SaslConfig::ScramSha256 {
+            username: broker.sasl_user.clone().unwrap(),
+            password: "wrong".into(),
+        },
+        SaslConfig::ScramSha512 {
+            username: broker.sasl_user.clone().unwrap(),
+            password: "wrong".into(),
+        },
+    ] {
+        let name = sasl.mechanism_name();
+        let started = Instant::now();
+        let err = sasl_connect(&broker, sasl).await.unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, Error::Auth { .. }), "{name}: {err:?}");
+        assert!(!err.is_retriable(), "auth failures are fatal");
+        let text = err.to_string();
+        assert!(text.contains(name), "names the mechanism: {text}");
+        assert!(text.contains("bootstrap"), "names the broker: {text}");
+        assert!(took < Duration::from_secs(5), "{name} took {took:?}");
+    }
+}
