@@ -1,1 +1,114 @@
-fn main() {}
+//! `kafka-lab`: the lab CLI.
+//!
+//! Today: `check` (connect, negotiate versions, list topics). The produce,
+//! consume, topic and group tools and the failure scenarios land here as the
+//! library grows.
+
+mod connect;
+
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use kafka_wire::messages::ApiKey;
+use kafka_wire::{Client, Lane};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kafka-lab",
+    version,
+    about = "The Kafka failure lab and client tools (pure Rust, no librdkafka)"
+)]
+struct Cli {
+    #[command(flatten)]
+    connect: connect::ConnectArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Connect to the cluster and print the brokers, API versions and topics.
+    Check,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable chain of causes, not a backtrace.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check => check(&cli.connect).await,
+    }
+}
+
+async fn check(args: &connect::ConnectArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let client = Client::connect(args.client_config()?).await?;
+    let md = client.refresh_metadata(None).await?;
+    println!(
+        "connected to {} in {} ms — cluster {} (controller {})",
+        args.bootstrap,
+        started.elapsed().as_millis(),
+        md.cluster_id.as_deref().unwrap_or("?"),
+        md.controller_id
+    );
+
+    let mut brokers: Vec<_> = md.brokers.values().collect();
+    brokers.sort_by_key(|b| b.id);
+    println!("\nbrokers ({}):", brokers.len());
+    for b in &brokers {
+        println!("  {:>4}  {}", b.id, b.address);
+    }
+
+    if let Some(first) = brokers.first() {
+        let conn = client.connection(first.id, Lane::Control).await?;
+        println!(
+            "\nAPI versions with broker {} (used / broker's range):",
+            first.id
+        );
+        let versions = &conn.info().versions;
+        let mut apis: Vec<_> = versions.broker_apis().to_vec();
+        apis.sort_by_key(|a| a.0);
+        for (key, lo, hi) in apis {
+            let Ok(api) = ApiKey::try_from(key) else {
+                continue;
+            };
+            let used = versions
+                .version(api)
+                .map(|v| format!("v{v}"))
+                .unwrap_or_else(|| "-".into());
+            println!("  {:<28} {:>4}   v{lo}-v{hi}", format!("{api:?}"), used);
+        }
+    }
+
+    let mut topics: Vec<_> = md.topics.values().collect();
+    topics.sort_by(|a, b| a.name.cmp(&b.name));
+    println!("\ntopics ({}):", topics.len());
+    if topics.is_empty() {
+        println!("  (none yet)");
+    }
+    for t in topics {
+        println!(
+            "  {:<40} {:>4} partitions{}",
+            t.name,
+            t.partitions.len(),
+            if t.is_internal { "  (internal)" } else { "" }
+        );
+    }
+    Ok(())
+}

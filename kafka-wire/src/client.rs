@@ -50,10 +50,13 @@ struct Slot {
     retry_at: Option<Instant>,
 }
 
+/// One async lock per (broker, lane), so concurrent callers share one dial.
+type Slots = HashMap<(i32, Lane), Arc<tokio::sync::Mutex<Slot>>>;
+
 struct Inner {
     config: ClientConfig,
     tls: Option<TlsConnector>,
-    slots: Mutex<HashMap<(i32, Lane), Arc<tokio::sync::Mutex<Slot>>>>,
+    slots: Mutex<Slots>,
     metadata: RwLock<Arc<Metadata>>,
     /// Serialises refreshes; the generation lets waiters skip a redundant one.
     refresh_lock: tokio::sync::Mutex<()>,

@@ -426,8 +426,13 @@ fn start_kafka(dirs: &Dirs) -> anyhow::Result<RunningBroker> {
     fs::write(dirs.config.join("log4j2.properties"), LOG4J2_PROPERTIES)?;
 
     eprintln!("xtask: formatting KRaft storage");
+    // Log lines may precede the id on stdout: the id is the last line.
     let cluster_id = shell::output(java(dirs).args(["kafka.tools.StorageTool", "random-uuid"]))?
-        .trim()
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .context("StorageTool random-uuid printed nothing")?
         .to_string();
     let scram = |mech: &str| format!("{mech}=[name={SASL_USER},password={SASL_PASSWORD}]");
     shell::output(

@@ -172,7 +172,7 @@ fn run_steps(args: &Args, steps: &mut Vec<Step>, counts: &mut Counts) -> anyhow:
 /// Run `cargo test --workspace`, echoing its output and counting results.
 fn cargo_test(env: &[(String, String)], extra: &[String]) -> anyhow::Result<Counts> {
     let mut cmd = shell::cargo();
-    cmd.args(["test", "--workspace"])
+    cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(extra)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         // Under `xtask test` a broker is always expected: never skip.

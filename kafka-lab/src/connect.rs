@@ -1,0 +1,68 @@
+//! Connection options shared by every subcommand. Names mirror Kafka's
+//! property names; `-X key=value` passes any other client property through.
+
+use anyhow::Context;
+use clap::Args;
+use kafka_wire::ClientConfig;
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// bootstrap.servers (host:port,…).
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
+    pub bootstrap: String,
+    /// security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
+    #[arg(long, global = true)]
+    pub security_protocol: Option<String>,
+    /// ssl.ca.location: PEM file of CAs to trust.
+    #[arg(long, global = true)]
+    pub ssl_ca_location: Option<String>,
+    /// sasl.mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[arg(long, global = true)]
+    pub sasl_mechanism: Option<String>,
+    /// sasl.username.
+    #[arg(long, global = true)]
+    pub sasl_username: Option<String>,
+    /// sasl.password.
+    #[arg(
+        long,
+        global = true,
+        env = "KAFKA_SASL_PASSWORD",
+        hide_env_values = true
+    )]
+    pub sasl_password: Option<String>,
+    /// Any client property, as key=value (repeatable), e.g. -X client.id=lab.
+    #[arg(short = 'X', value_name = "KEY=VALUE", global = true)]
+    pub properties: Vec<String>,
+}
+
+impl ConnectArgs {
+    pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        let mut b = ClientConfig::builder()
+            .set("bootstrap.servers", &self.bootstrap)?
+            .set("client.id", "kafka-lab")?;
+        let named = [
+            ("security.protocol", &self.security_protocol),
+            ("ssl.ca.location", &self.ssl_ca_location),
+            ("sasl.mechanism", &self.sasl_mechanism),
+            ("sasl.username", &self.sasl_username),
+            ("sasl.password", &self.sasl_password),
+        ];
+        for (key, value) in named {
+            if let Some(v) = value {
+                b = b.set(key, v)?;
+            }
+        }
+        for kv in &self.properties {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("-X {kv:?}: expected key=value"))?;
+            b = b.set(k.trim(), v.trim())?;
+        }
+        Ok(b.build()?)
+    }
+}
