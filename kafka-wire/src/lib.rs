@@ -45,6 +45,7 @@ pub mod connector;
 pub mod error;
 pub mod frame;
 pub mod metadata;
+pub mod records;
 pub mod sasl;
 pub mod tls;
 pub mod versions;

@@ -1,0 +1,255 @@
+//! The four codecs, in pure Rust, with a decompression ceiling.
+//!
+//! Every decoder reads through a `take(limit + 1)`: output past the ceiling
+//! is an error ([`DecodeError::DecompressLimit`]) before it is buffered, so a
+//! compression bomb costs at most `limit` bytes. Snappy checks each block's
+//! declared length against the remaining budget before allocating.
+
+use std::io::{Read, Write};
+
+use crate::error::DecodeError;
+
+/// `compression.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    /// From the low three bits of a batch's attributes.
+    pub fn from_attributes(attributes: i16) -> Result<Self, DecodeError> {
+        Ok(match attributes & 0x07 {
+            0 => Compression::None,
+            1 => Compression::Gzip,
+            2 => Compression::Snappy,
+            3 => Compression::Lz4,
+            4 => Compression::Zstd,
+            other => return Err(DecodeError::UnknownCodec(other as u8)),
+        })
+    }
+
+    /// The codec id for a batch's attributes.
+    pub fn id(self) -> i16 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+        }
+    }
+
+    /// `compression.type` values: none, gzip, snappy, lz4, zstd.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "none" | "uncompressed" => Compression::None,
+            "gzip" => Compression::Gzip,
+            "snappy" => Compression::Snappy,
+            "lz4" => Compression::Lz4,
+            "zstd" => Compression::Zstd,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// The xerial snappy-java stream header the Java client writes.
+const XERIAL_MAGIC: [u8; 8] = [0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0];
+
+fn corrupt(codec: &'static str, e: impl std::fmt::Display) -> DecodeError {
+    DecodeError::Decompress {
+        codec,
+        reason: e.to_string(),
+    }
+}
+
+/// Read all of `reader`, failing once more than `limit` bytes come out.
+fn read_bounded(
+    reader: impl Read,
+    codec: &'static str,
+    limit: usize,
+) -> Result<Vec<u8>, DecodeError> {
+    let mut out = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| corrupt(codec, e))?;
+    if out.len() > limit {
+        return Err(DecodeError::DecompressLimit { codec, limit });
+    }
+    Ok(out)
+}
+
+/// Decompress a batch's records section, producing at most `limit` bytes.
+pub fn decompress(codec: Compression, input: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
+    match codec {
+        Compression::None => Ok(input.to_vec()),
+        Compression::Gzip => read_bounded(flate2::read::GzDecoder::new(input), "gzip", limit),
+        Compression::Lz4 => read_bounded(lz4_flex::frame::FrameDecoder::new(input), "lz4", limit),
+        Compression::Zstd => {
+            let decoder =
+                ruzstd::decoding::StreamingDecoder::new(input).map_err(|e| corrupt("zstd", e))?;
+            read_bounded(decoder, "zstd", limit)
+        }
+        Compression::Snappy => decompress_snappy(input, limit),
+    }
+}
+
+fn snappy_block(block: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), DecodeError> {
+    let len = snap::raw::decompress_len(block).map_err(|e| corrupt("snappy", e))?;
+    if out.len() + len > limit {
+        return Err(DecodeError::DecompressLimit {
+            codec: "snappy",
+            limit,
+        });
+    }
+    let start = out.len();
+    out.resize(start + len, 0);
+    snap::raw::Decoder::new()
+        .decompress(block, &mut out[start..])
+        .map_err(|e| corrupt("snappy", e))?;
+    Ok(())
+}
+
+/// Snappy as Kafka clients write it: xerial framing (Java) or one raw block.
+fn decompress_snappy(input: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
+    let mut out = Vec::new();
+    if input.len() >= 16 && input[..8] == XERIAL_MAGIC {
+        let mut rest = &input[16..];
+        while !rest.is_empty() {
+            if rest.len() < 4 {
+                return Err(corrupt("snappy", "truncated xerial block length"));
+            }
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            rest = &rest[4..];
+            if len > rest.len() {
+                return Err(corrupt("snappy", "xerial block longer than the payload"));
+            }
+            snappy_block(&rest[..len], &mut out, limit)?;
+            rest = &rest[len..];
+        }
+    } else {
+        snappy_block(input, &mut out, limit)?;
+    }
+    Ok(out)
+}
+
+/// Compress a records section. Snappy uses xerial framing, so that the Java
+/// client (which expects it) can read what we write.
+pub fn compress(codec: Compression, input: &[u8]) -> Vec<u8> {
+    match codec {
+        Compression::None => input.to_vec(),
+        Compression::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            enc.write_all(input).expect("writing to a Vec cannot fail");
+            enc.finish().expect("writing to a Vec cannot fail")
+        }
+        Compression::Lz4 => {
+            let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            enc.write_all(input).expect("writing to a Vec cannot fail");
+            enc.finish().expect("writing to a Vec cannot fail")
+        }
+        Compression::Zstd => {
+            ruzstd::encoding::compress_to_vec(input, ruzstd::encoding::CompressionLevel::Fastest)
+        }
+        Compression::Snappy => {
+            let mut out = Vec::with_capacity(16 + input.len());
+            out.extend_from_slice(&XERIAL_MAGIC);
+            out.extend_from_slice(&1i32.to_be_bytes()); // version
+            out.extend_from_slice(&1i32.to_be_bytes()); // min compatible version
+            let mut enc = snap::raw::Encoder::new();
+            // snappy-java's default block size
+            for chunk in input.chunks(32 * 1024) {
+                let block = enc
+                    .compress_vec(chunk)
+                    .expect("snappy compresses any input");
+                out.extend_from_slice(&(block.len() as u32).to_be_bytes());
+                out.extend_from_slice(&block);
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ALL: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
+    #[test]
+    fn compression_bomb_is_stopped_at_the_ceiling_for_each_codec() {
+        // 16 MiB of zeros compresses to almost nothing.
+        let bomb_source = vec![0u8; 16 * 1024 * 1024];
+        for codec in ALL.into_iter().filter(|c| *c != Compression::None) {
+            let bomb = compress(codec, &bomb_source);
+            assert!(bomb.len() < 1024 * 1024, "{codec:?} compresses zeros well");
+            let err = decompress(codec, &bomb, 64 * 1024).unwrap_err();
+            assert!(
+                matches!(err, DecodeError::DecompressLimit { limit: 65536, .. }),
+                "{codec:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_is_a_typed_error_for_each_codec() {
+        let garbage = b"definitely not a compressed payload \x00\x01\x02";
+        for codec in ALL.into_iter().filter(|c| *c != Compression::None) {
+            let err = decompress(codec, garbage, 1 << 20).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    DecodeError::Decompress { .. } | DecodeError::DecompressLimit { .. }
+                ),
+                "{codec:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn raw_snappy_blocks_are_read_too() {
+        let raw = snap::raw::Encoder::new()
+            .compress_vec(b"hello hello hello")
+            .unwrap();
+        assert_eq!(
+            decompress(Compression::Snappy, &raw, 1024).unwrap(),
+            b"hello hello hello"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn every_codec_round_trips(data in prop::collection::vec(any::<u8>(), 0..5000), pick in 0usize..5) {
+            let codec = ALL[pick];
+            let packed = compress(codec, &data);
+            prop_assert_eq!(decompress(codec, &packed, 1 << 20).unwrap(), data);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..512), pick in 1usize..5) {
+            let _ = decompress(ALL[pick], &data, 1 << 16);
+        }
+    }
+}
