@@ -38,6 +38,7 @@
 
 #![deny(clippy::disallowed_methods)]
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod connection;
@@ -50,6 +51,7 @@ pub mod sasl;
 pub mod tls;
 pub mod versions;
 
+pub use admin::NewTopic;
 pub use client::{Client, Lane};
 pub use config::{ClientConfig, ClientConfigBuilder, SecurityProtocol};
 pub use connection::Connection;
