@@ -41,6 +41,19 @@ impl NewTopic {
     }
 }
 
+/// A topic-scoped error code as an [`Error::Broker`] naming the topic.
+fn check_topic_code(api: ApiKey, code: i16, topic: &str) -> Result<()> {
+    match KafkaCode::try_from_code(code) {
+        None => Ok(()),
+        Some(code) => Err(Error::Broker {
+            api,
+            code,
+            topic: Some(topic.to_string()),
+            partition: None,
+        }),
+    }
+}
+
 /// How long create/delete wait for metadata to agree.
 const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -77,14 +90,7 @@ impl Client {
             .send(&req, self.config().request_timeout, PROPAGATION_TIMEOUT)
             .await?;
         for t in &resp.topics {
-            if let Some(code) = KafkaCode::try_from_code(t.error_code) {
-                return Err(Error::Broker {
-                    api: ApiKey::CreateTopics,
-                    code,
-                    topic: Some(topic.name.clone()),
-                    partition: None,
-                });
-            }
+            check_topic_code(ApiKey::CreateTopics, t.error_code, &topic.name)?;
         }
         self.wait_for_topic(&topic.name, topic.partitions as usize)
             .await
@@ -132,14 +138,7 @@ impl Client {
             .send(&req, self.config().request_timeout, PROPAGATION_TIMEOUT)
             .await?;
         for r in &resp.responses {
-            if let Some(code) = KafkaCode::try_from_code(r.error_code) {
-                return Err(Error::Broker {
-                    api: ApiKey::DeleteTopics,
-                    code,
-                    topic: Some(name.to_string()),
-                    partition: None,
-                });
-            }
+            check_topic_code(ApiKey::DeleteTopics, r.error_code, name)?;
         }
         self.refresh_metadata(Some(&[name.to_string()])).await?;
         Ok(())

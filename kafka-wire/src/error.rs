@@ -62,8 +62,9 @@ pub enum DecodeError {
     Malformed { what: &'static str, reason: String },
 }
 
-/// Errors from this crate.
-#[derive(Debug, thiserror::Error)]
+/// Errors from this crate. `Clone`, because one failure completes every
+/// record of a batch.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Could not connect, or the connection broke. Everything in flight on it
@@ -128,6 +129,23 @@ pub enum Error {
     /// The request could not be encoded (a bug or an invalid argument).
     #[error("could not encode {api:?}: {reason}")]
     Encode { api: ApiKey, reason: String },
+    /// A record was not acknowledged within `delivery.timeout.ms`. With
+    /// `maybe_written`, it was sent and may be in the log: the outcome is
+    /// ambiguous, not failed.
+    #[error("delivery to {topic}-{partition} timed out after {timeout_ms} ms{}", if *maybe_written { " (it was sent and may have been written)" } else { " (never sent)" })]
+    DeliveryTimeout {
+        topic: String,
+        partition: i32,
+        timeout_ms: u64,
+        maybe_written: bool,
+    },
+    /// A record is larger than `max.request.size` or `buffer.memory`.
+    #[error("record of {size} bytes exceeds {limit_name}={limit}")]
+    RecordTooLarge {
+        size: usize,
+        limit_name: &'static str,
+        limit: usize,
+    },
     /// Invalid configuration; the message names the key.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -205,7 +223,9 @@ impl Error {
             // A corrupt batch can be a transient network corruption: refetch.
             Error::CorruptBatch { .. } => ErrorAction::Retry,
             Error::Decode { .. } => ErrorAction::Reconnect,
+            Error::DeliveryTimeout { .. } => ErrorAction::Retry,
             Error::Tls { .. }
+            | Error::RecordTooLarge { .. }
             | Error::Auth { .. }
             | Error::UnsupportedVersion { .. }
             | Error::Encode { .. }
@@ -226,6 +246,7 @@ impl Error {
         match self {
             Error::Connection { maybe_written, .. } => *maybe_written,
             Error::Timeout { .. } => true,
+            Error::DeliveryTimeout { maybe_written, .. } => *maybe_written,
             _ => false,
         }
     }

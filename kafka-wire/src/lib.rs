@@ -46,6 +46,7 @@ pub mod connector;
 pub mod error;
 pub mod frame;
 pub mod metadata;
+pub mod producer;
 pub mod records;
 pub mod sasl;
 pub mod tls;
@@ -57,6 +58,9 @@ pub use config::{ClientConfig, ClientConfigBuilder, SecurityProtocol};
 pub use connection::Connection;
 pub use connector::{BrokerAddress, Connector, TcpConnector};
 pub use error::{Error, ErrorAction, KafkaCode, Result};
+pub use producer::{
+    Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+};
 pub use sasl::{SaslConfig, TokenProvider, UnsecuredJwt};
 pub use tls::TlsConfig;
 

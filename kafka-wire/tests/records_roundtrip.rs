@@ -2,14 +2,15 @@
 //! every codec: proves the Java broker accepts our CRC, xerial snappy, LZ4
 //! frames and ruzstd output, and that we decode what it serves.
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use kafka_wire::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_wire::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_wire::messages::{FetchRequest, ProduceRequest, TopicName};
-use kafka_wire::records::{encode_batch, BatchOptions, BatchReader, Compression, NewRecord};
-use kafka_wire::{Client, ClientConfig, KafkaCode, Lane, NewTopic, StrBytes};
+use kafka_wire::messages::{ProduceRequest, TopicName};
+use kafka_wire::records::{encode_batch, BatchOptions, Compression, NewRecord};
+use kafka_wire::{Client, KafkaCode, Lane, NewTopic, StrBytes};
 
 const PARTITIONS: i32 = 6;
 const RECORDS: usize = 10_000;
@@ -63,58 +64,10 @@ async fn produce(client: &Client, topic: &str, partition: i32, batch: Bytes) -> 
     panic!("produce to {topic}-{partition} kept failing with retriable errors");
 }
 
-async fn fetch_all(
-    client: &Client,
-    topic: &str,
-    partition: i32,
-    until: i64,
-) -> Vec<kafka_wire::records::Record> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    while offset < until {
-        let req = FetchRequest::default()
-            .with_max_wait_ms(500)
-            .with_min_bytes(1)
-            .with_max_bytes(1 << 20)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(partition)
-                    .with_fetch_offset(offset)
-                    .with_partition_max_bytes(256 * 1024)])]);
-        let leader = client.leader_for(topic, partition).await.unwrap();
-        let resp = client
-            .send_to(leader, Lane::Fetch, &req, Duration::from_millis(500))
-            .await
-            .unwrap();
-        let p = &resp.responses[0].partitions[0];
-        assert_eq!(p.error_code, 0);
-        for batch in BatchReader::new(p.records.clone().unwrap_or_default()) {
-            let batch = batch.unwrap();
-            for r in batch.records(64 << 20).unwrap() {
-                let r = r.unwrap();
-                if r.offset >= offset {
-                    out.push(r);
-                }
-            }
-            offset = batch.next_offset();
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn produce_fetch_round_trip_every_codec() {
     let broker = testkit::require_broker!();
-    let client = Client::connect(
-        ClientConfig::builder()
-            .bootstrap(&broker.bootstrap)
-            .unwrap()
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let client = common::plaintext_client(&broker).await;
     for codec in [
         Compression::None,
         Compression::Gzip,
@@ -150,7 +103,7 @@ async fn produce_fetch_round_trip_every_codec() {
             }
         }
         for (p, want) in expected.iter().enumerate() {
-            let got = fetch_all(&client, &topic, p as i32, want.len() as i64).await;
+            let got = common::fetch_all(&client, &topic, p as i32, want.len() as i64).await;
             assert_eq!(got.len(), want.len(), "{codec:?} partition {p}");
             for (i, (g, w)) in got.iter().zip(want).enumerate() {
                 assert_eq!(g.offset, i as i64);

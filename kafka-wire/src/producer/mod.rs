@@ -1,0 +1,630 @@
+//! The producer: batching per partition, idempotent by default.
+//!
+//! ```text
+//!  send / try_send ──▶ partition (murmur2 | sticky) ──▶ buffer.memory permit
+//!        │                                                     │
+//!        └── DeliveryFuture ◀── oneshot ── Accumulator (one lock) ◀┘
+//!                                              │ ready batches
+//!                                      sender task ──▶ Produce to the leader (≤ 5 in flight)
+//! ```
+//!
+//! Defaults are Kafka 4.x's: `acks=all`, `enable.idempotence=true`,
+//! `linger.ms=5`, `batch.size=16384`, `buffer.memory=32 MiB`,
+//! `delivery.timeout.ms=120000`. With idempotence the broker drops
+//! duplicates of retried batches, so a retry after a lost connection does
+//! not write a record twice.
+
+mod accumulator;
+pub mod partitioner;
+mod sender;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch, Notify, Semaphore};
+use tokio::time::Instant;
+
+use crate::client::Client;
+use crate::config::{ClientConfig, ClientConfigBuilder};
+use crate::error::{Error, KafkaCode, Result};
+use crate::records::{Compression, NewRecord};
+
+pub use accumulator::TopicPartition;
+use accumulator::{Accumulator, AccumulatorConfig};
+use partitioner::StickyPartitioner;
+
+/// `acks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// `acks=0`: fire and forget; offsets are unknown (-1).
+    None,
+    /// `acks=1`: the leader wrote it.
+    Leader,
+    /// `acks=all` (-1): every in-sync replica wrote it. Required for idempotence.
+    #[default]
+    All,
+}
+
+impl Acks {
+    fn code(self) -> i16 {
+        match self {
+            Acks::None => 0,
+            Acks::Leader => 1,
+            Acks::All => -1,
+        }
+    }
+}
+
+/// Producer settings; see [`ProducerConfig::builder`] for defaults.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    pub client: ClientConfig,
+    /// `acks`. Default all.
+    pub acks: Acks,
+    /// `linger.ms`: wait this long for a batch to fill. Default 5 ms.
+    pub linger: Duration,
+    /// `batch.size`: bytes per partition batch. Default 16384.
+    pub batch_size: usize,
+    /// `max.request.size`: cap on one request and one record. Default 1 MiB.
+    pub max_request_size: usize,
+    /// `compression.type`. Default none.
+    pub compression: Compression,
+    /// `enable.idempotence`. Default true (needs acks=all).
+    pub idempotent: bool,
+    /// `buffer.memory`: bytes of unsent records; `send` waits, `try_send` refuses. Default 32 MiB.
+    pub buffer_memory: usize,
+    /// `delivery.timeout.ms`: from `send` to acknowledgement. Default 120 s.
+    pub delivery_timeout: Duration,
+    /// `retry.backoff.ms`. Default 100 ms.
+    pub retry_backoff: Duration,
+    /// `transactional.id`. Default none.
+    pub transactional_id: Option<String>,
+    /// `transaction.timeout.ms`. Default 60 s.
+    pub transaction_timeout: Duration,
+}
+
+impl ProducerConfig {
+    pub fn builder() -> ProducerConfigBuilder {
+        ProducerConfigBuilder {
+            client: ClientConfig::builder(),
+            acks: Acks::All,
+            acks_set: false,
+            linger: Duration::from_millis(5),
+            batch_size: 16 * 1024,
+            max_request_size: 1024 * 1024,
+            compression: Compression::None,
+            idempotent: None,
+            buffer_memory: 32 * 1024 * 1024,
+            delivery_timeout: Duration::from_secs(120),
+            retry_backoff: Duration::from_millis(100),
+            transactional_id: None,
+            transaction_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Builds a [`ProducerConfig`]; accepts Kafka's producer and client property names.
+#[derive(Debug, Clone)]
+pub struct ProducerConfigBuilder {
+    client: ClientConfigBuilder,
+    acks: Acks,
+    acks_set: bool,
+    linger: Duration,
+    batch_size: usize,
+    max_request_size: usize,
+    compression: Compression,
+    idempotent: Option<bool>,
+    buffer_memory: usize,
+    delivery_timeout: Duration,
+    retry_backoff: Duration,
+    transactional_id: Option<String>,
+    transaction_timeout: Duration,
+}
+
+fn ms(key: &str, v: &str) -> Result<Duration> {
+    v.trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| Error::Config(format!("{key}={v:?} is not a number of milliseconds")))
+}
+
+fn size(key: &str, v: &str) -> Result<usize> {
+    v.trim()
+        .parse::<usize>()
+        .map_err(|_| Error::Config(format!("{key}={v:?} is not a byte count")))
+}
+
+impl ProducerConfigBuilder {
+    /// Set one Kafka property (producer or client). Unknown keys are an error.
+    pub fn set(mut self, key: &str, value: &str) -> Result<Self> {
+        match key {
+            "acks" | "request.required.acks" => {
+                self.acks = match value.trim().to_ascii_lowercase().as_str() {
+                    "all" | "-1" => Acks::All,
+                    "1" => Acks::Leader,
+                    "0" => Acks::None,
+                    _ => {
+                        return Err(Error::Config(format!(
+                            "acks={value:?}: expected all, 1 or 0"
+                        )))
+                    }
+                };
+                self.acks_set = true;
+            }
+            "linger.ms" | "queue.buffering.max.ms" => self.linger = ms(key, value)?,
+            "batch.size" => self.batch_size = size(key, value)?,
+            "max.request.size" | "message.max.bytes" => self.max_request_size = size(key, value)?,
+            "compression.type" | "compression.codec" => {
+                self.compression = Compression::parse(value).ok_or_else(|| {
+                    Error::Config(format!(
+                        "{key}={value:?}: expected none, gzip, snappy, lz4 or zstd"
+                    ))
+                })?
+            }
+            "enable.idempotence" => {
+                self.idempotent = Some(match value.trim() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(Error::Config(format!(
+                            "{key}={value:?}: expected true or false"
+                        )))
+                    }
+                })
+            }
+            "buffer.memory" => self.buffer_memory = size(key, value)?,
+            "delivery.timeout.ms" | "message.timeout.ms" => self.delivery_timeout = ms(key, value)?,
+            "retry.backoff.ms" => self.retry_backoff = ms(key, value)?,
+            "transactional.id" => self.transactional_id = Some(value.to_string()),
+            "transaction.timeout.ms" => self.transaction_timeout = ms(key, value)?,
+            // Accepted for compatibility; retries are bounded by delivery.timeout.ms.
+            "retries" | "max.block.ms" => {}
+            _ => {
+                if !self.client.try_set(key, value)? {
+                    return Err(Error::Config(format!("unknown producer property {key:?}")));
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    pub fn bootstrap(self, servers: &str) -> Result<Self> {
+        self.set("bootstrap.servers", servers)
+    }
+
+    pub fn client(mut self, f: impl FnOnce(ClientConfigBuilder) -> ClientConfigBuilder) -> Self {
+        self.client = f(self.client);
+        self
+    }
+
+    pub fn acks(mut self, acks: Acks) -> Self {
+        self.acks = acks;
+        self.acks_set = true;
+        self
+    }
+    pub fn linger(mut self, d: Duration) -> Self {
+        self.linger = d;
+        self
+    }
+    pub fn batch_size(mut self, bytes: usize) -> Self {
+        self.batch_size = bytes;
+        self
+    }
+    pub fn compression(mut self, c: Compression) -> Self {
+        self.compression = c;
+        self
+    }
+    pub fn idempotent(mut self, on: bool) -> Self {
+        self.idempotent = Some(on);
+        self
+    }
+    pub fn buffer_memory(mut self, bytes: usize) -> Self {
+        self.buffer_memory = bytes;
+        self
+    }
+    pub fn delivery_timeout(mut self, d: Duration) -> Self {
+        self.delivery_timeout = d;
+        self
+    }
+    pub fn transactional_id(mut self, id: impl Into<String>) -> Self {
+        self.transactional_id = Some(id.into());
+        self
+    }
+
+    /// Validate and build.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the conflicting settings.
+    pub fn build(self) -> Result<ProducerConfig> {
+        let client = self.client.build()?;
+        // Idempotence is on by default unless acks says otherwise (as in Java).
+        let idempotent = match self.idempotent {
+            Some(v) => v,
+            None => !self.acks_set || self.acks == Acks::All,
+        };
+        if idempotent && self.acks != Acks::All {
+            return Err(Error::Config(
+                "enable.idempotence=true requires acks=all".into(),
+            ));
+        }
+        if self.transactional_id.is_some() && !idempotent {
+            return Err(Error::Config(
+                "transactional.id requires enable.idempotence=true".into(),
+            ));
+        }
+        if self.batch_size == 0 || self.buffer_memory < self.batch_size {
+            return Err(Error::Config(
+                "batch.size must be > 0 and buffer.memory at least batch.size".into(),
+            ));
+        }
+        Ok(ProducerConfig {
+            client,
+            acks: self.acks,
+            linger: self.linger,
+            batch_size: self.batch_size,
+            max_request_size: self.max_request_size,
+            compression: self.compression,
+            idempotent,
+            buffer_memory: self.buffer_memory,
+            delivery_timeout: self.delivery_timeout,
+            retry_backoff: self.retry_backoff,
+            transactional_id: self.transactional_id,
+            transaction_timeout: self.transaction_timeout,
+        })
+    }
+}
+
+/// A record to send.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProducerRecord {
+    pub topic: String,
+    /// Explicit partition; otherwise murmur2(key) or sticky.
+    pub partition: Option<i32>,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// Milliseconds since the epoch; default now.
+    pub timestamp: Option<i64>,
+}
+
+impl ProducerRecord {
+    pub fn new(topic: impl Into<String>) -> Self {
+        Self {
+            topic: topic.into(),
+            ..Self::default()
+        }
+    }
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+    pub fn value(mut self, value: impl Into<Bytes>) -> Self {
+        self.value = Some(value.into());
+        self
+    }
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.push((key.into(), Some(value.into())));
+        self
+    }
+    pub fn partition(mut self, p: i32) -> Self {
+        self.partition = Some(p);
+        self
+    }
+    pub fn timestamp(mut self, ms: i64) -> Self {
+        self.timestamp = Some(ms);
+        self
+    }
+
+    fn size_estimate(&self) -> usize {
+        // record framing (varints, attributes) ≈ 16 bytes
+        16 + self.key.as_ref().map_or(0, |k| k.len())
+            + self.value.as_ref().map_or(0, |v| v.len())
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| 4 + k.len() + v.as_ref().map_or(0, |v| v.len()))
+                .sum::<usize>()
+    }
+}
+
+/// Where a record landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMetadata {
+    pub topic: String,
+    pub partition: i32,
+    /// -1 with acks=0 (unknown).
+    pub offset: i64,
+    pub timestamp: i64,
+}
+
+/// Resolves when the record is acknowledged, or fails.
+#[derive(Debug)]
+pub struct DeliveryFuture {
+    rx: oneshot::Receiver<Result<RecordMetadata>>,
+}
+
+impl std::future::Future for DeliveryFuture {
+    type Output = Result<RecordMetadata>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Error::Closed)))
+    }
+}
+
+/// Why `try_send` handed the record back.
+#[derive(Debug, thiserror::Error)]
+pub enum TrySendError {
+    /// `buffer.memory` is exhausted; the record is returned untouched.
+    #[error("the producer buffer is full (buffer.memory); try again after deliveries complete")]
+    BufferFull(ProducerRecord),
+    /// Any other failure before the record was queued.
+    #[error(transparent)]
+    Failed(#[from] Error),
+}
+
+pub(crate) struct State {
+    acc: Accumulator,
+    sticky: StickyPartitioner,
+    producer: (i64, i16),
+    reset_producer_id: bool,
+    flushing: usize,
+    closing: bool,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    wake: Notify,
+    memory: Arc<Semaphore>,
+    pending: watch::Sender<usize>,
+}
+
+impl Shared {
+    /// A fatal error before any batch could be sent: fail everything queued.
+    fn fail_all(&self, err: &Error) {
+        let mut st = self.state.lock().expect("producer state lock");
+        for b in st.acc.expire(
+            Instant::now() + Duration::from_secs(1 << 30),
+            Duration::ZERO,
+        ) {
+            let n = b.records.len();
+            b.fail(err);
+            st.acc.completed(n);
+        }
+        self.pending.send_replace(st.acc.pending_records);
+    }
+}
+
+/// A Kafka producer. Cheap to clone; clones share one sender.
+#[derive(Clone)]
+pub struct Producer {
+    shared: Arc<Shared>,
+    client: Client,
+    cfg: Arc<ProducerConfig>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("acks", &self.cfg.acks)
+            .field("idempotent", &self.cfg.idempotent)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Producer {
+    /// Connect and start the sender task.
+    ///
+    /// # Errors
+    /// Connection errors from [`Client::connect`].
+    pub async fn connect(cfg: ProducerConfig) -> Result<Producer> {
+        let client = Client::connect(cfg.client.clone()).await?;
+        Ok(Self::with_client(client, cfg))
+    }
+
+    /// Start a producer on an existing client (sharing its connections).
+    pub fn with_client(client: Client, cfg: ProducerConfig) -> Producer {
+        let cfg = Arc::new(cfg);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                acc: Accumulator::new(AccumulatorConfig {
+                    batch_size: cfg.batch_size,
+                    linger: cfg.linger,
+                    max_in_flight: client.config().max_in_flight,
+                    idempotent: cfg.idempotent,
+                }),
+                sticky: StickyPartitioner::default(),
+                producer: (-1, -1),
+                reset_producer_id: false,
+                flushing: 0,
+                closing: false,
+            }),
+            wake: Notify::new(),
+            memory: Arc::new(Semaphore::new(cfg.buffer_memory)),
+            pending: watch::channel(0).0,
+        });
+        tokio::spawn(sender::run(shared.clone(), client.clone(), cfg.clone()));
+        Producer {
+            shared,
+            client,
+            cfg,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn partition_for(&self, rec: &ProducerRecord) -> Result<i32> {
+        let count = match self.client.metadata().partition_count(&rec.topic) {
+            Some(n) => n,
+            None => self
+                .client
+                .refresh_metadata(Some(std::slice::from_ref(&rec.topic)))
+                .await?
+                .partition_count(&rec.topic)
+                .ok_or_else(|| {
+                    Error::broker_for(
+                        crate::messages::ApiKey::Metadata,
+                        KafkaCode::UnknownTopicOrPartition,
+                        &rec.topic,
+                        rec.partition.unwrap_or(-1),
+                    )
+                })?,
+        };
+        if let Some(p) = rec.partition {
+            if p < 0 || p as usize >= count {
+                return Err(Error::broker_for(
+                    crate::messages::ApiKey::Produce,
+                    KafkaCode::UnknownTopicOrPartition,
+                    &rec.topic,
+                    p,
+                ));
+            }
+            return Ok(p);
+        }
+        Ok(match &rec.key {
+            Some(k) => partitioner::partition_for_key(k, count),
+            None => {
+                let mut st = self.shared.state.lock().expect("producer state lock");
+                st.sticky.partition(&rec.topic, count)
+            }
+        })
+    }
+
+    fn check_size(&self, size: usize) -> Result<()> {
+        let limit = self.cfg.max_request_size.min(self.cfg.buffer_memory);
+        if size > limit {
+            return Err(Error::RecordTooLarge {
+                size,
+                limit_name: if limit == self.cfg.max_request_size {
+                    "max.request.size"
+                } else {
+                    "buffer.memory"
+                },
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    fn enqueue(
+        &self,
+        rec: ProducerRecord,
+        partition: i32,
+        size: usize,
+        memory: tokio::sync::OwnedSemaphorePermit,
+    ) -> DeliveryFuture {
+        let (tx, rx) = oneshot::channel();
+        let record = NewRecord {
+            key: rec.key,
+            value: rec.value,
+            headers: rec.headers,
+            timestamp: rec.timestamp.unwrap_or_else(now_ms),
+        };
+        let appended = {
+            let mut st = self.shared.state.lock().expect("producer state lock");
+            st.acc.append(
+                (Arc::from(rec.topic.as_str()), partition),
+                record,
+                size,
+                tx,
+                memory,
+                Instant::now(),
+            )
+        };
+        if appended.batch_full || appended.new_batch {
+            self.shared.wake.notify_one();
+        }
+        DeliveryFuture { rx }
+    }
+
+    /// Queue a record, waiting for buffer memory if it is full. The returned
+    /// future resolves when the broker acknowledges the record.
+    ///
+    /// # Errors
+    /// Unknown topic or partition, a record too large, or a closed producer.
+    /// Delivery errors arrive through the [`DeliveryFuture`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe until it returns: a cancelled `send` queued nothing.
+    pub async fn send(&self, rec: ProducerRecord) -> Result<DeliveryFuture> {
+        let size = rec.size_estimate();
+        self.check_size(size)?;
+        let partition = self.partition_for(&rec).await?;
+        let memory = self
+            .shared
+            .memory
+            .clone()
+            .acquire_many_owned(size as u32)
+            .await
+            .map_err(|_| Error::Closed)?;
+        Ok(self.enqueue(rec, partition, size, memory))
+    }
+
+    /// Queue a record if buffer memory allows, without waiting. A full
+    /// buffer hands the record back in [`TrySendError::BufferFull`].
+    ///
+    /// # Errors
+    /// [`TrySendError::BufferFull`], or the errors of [`Producer::send`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe (it waits only for metadata of an unknown topic).
+    pub async fn try_send(&self, rec: ProducerRecord) -> Result<DeliveryFuture, TrySendError> {
+        let size = rec.size_estimate();
+        self.check_size(size)?;
+        let partition = self.partition_for(&rec).await?;
+        match self
+            .shared
+            .memory
+            .clone()
+            .try_acquire_many_owned(size as u32)
+        {
+            Ok(memory) => Ok(self.enqueue(rec, partition, size, memory)),
+            Err(_) => Err(TrySendError::BufferFull(rec)),
+        }
+    }
+
+    /// Send everything queued now (ignoring linger) and wait until every
+    /// record accepted before this call is acknowledged or failed.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: records are still delivered.
+    pub async fn flush(&self) {
+        let mut pending = {
+            let mut st = self.shared.state.lock().expect("producer state lock");
+            st.flushing += 1;
+            self.shared.pending.send_replace(st.acc.pending_records);
+            self.shared.pending.subscribe()
+        };
+        self.shared.wake.notify_one();
+        let _ = pending.wait_for(|n| *n == 0).await;
+        self.shared
+            .state
+            .lock()
+            .expect("producer state lock")
+            .flushing -= 1;
+    }
+
+    /// Flush, then stop the sender task.
+    pub async fn close(&self) {
+        self.flush().await;
+        self.shared
+            .state
+            .lock()
+            .expect("producer state lock")
+            .closing = true;
+        self.shared.wake.notify_one();
+    }
+}

@@ -1,0 +1,335 @@
+//! The sender task: drains ready batches, groups them by leader, sends
+//! Produce requests (up to `max.in.flight` per broker) and settles each
+//! batch: delivered, requeued for retry, or failed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, InitProducerIdRequest, ProduceRequest, ProduceResponse, TopicName, TransactionalId,
+};
+use kafka_protocol::protocol::StrBytes;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::client::{Client, Lane};
+use crate::error::{Error, ErrorAction, KafkaCode, Result};
+use crate::records::{encode_batch, BatchOptions};
+
+use super::accumulator::{Batch, TopicPartition};
+use super::{Acks, ProducerConfig, Shared};
+
+type Outcome = (i32, Vec<Batch>, Result<Option<ProduceResponse>>);
+
+pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerConfig>) {
+    let mut in_flight: JoinSet<Outcome> = JoinSet::new();
+    let mut per_broker: HashMap<i32, usize> = HashMap::new();
+    loop {
+        let now = Instant::now();
+        let (ready, deadline, closing_done, need_pid) = {
+            let mut st = shared.state.lock().expect("producer state lock");
+            for b in st.acc.expire(now, cfg.delivery_timeout) {
+                let err = Error::DeliveryTimeout {
+                    topic: b.tp.0.to_string(),
+                    partition: b.tp.1,
+                    timeout_ms: cfg.delivery_timeout.as_millis() as u64,
+                    maybe_written: b.ever_sent,
+                };
+                if b.ever_sent && cfg.idempotent {
+                    // Its sequence may or may not be on the broker: start over.
+                    st.reset_producer_id = true;
+                }
+                let n = b.records.len();
+                b.fail(&err);
+                st.acc.completed(n);
+            }
+            let flush = st.flushing > 0 || st.closing;
+            let need_pid = cfg.idempotent
+                && (st.producer.0 < 0 || st.reset_producer_id)
+                && st.acc.in_flight_total() == 0;
+            let ready = if need_pid || (cfg.idempotent && st.producer.0 < 0) {
+                Vec::new()
+            } else {
+                st.acc.ready(now, flush)
+            };
+            let done = st.closing && st.acc.is_idle() && in_flight.is_empty();
+            shared.pending.send_replace(st.acc.pending_records);
+            (ready, st.acc.next_deadline(), done, need_pid)
+        };
+        if closing_done {
+            return;
+        }
+        if need_pid {
+            match init_producer_id(&client, &cfg).await {
+                Ok(pid) => {
+                    let mut st = shared.state.lock().expect("producer state lock");
+                    st.producer = pid;
+                    st.reset_producer_id = false;
+                    st.acc.reset_sequences();
+                    tracing::debug!(producer_id = pid.0, epoch = pid.1, "producer id assigned");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "InitProducerId failed; retrying");
+                    if !e.is_retriable() {
+                        shared.fail_all(&e);
+                    }
+                    tokio::time::sleep(cfg.retry_backoff).await;
+                }
+            }
+            continue;
+        }
+
+        // Group ready partitions by leader; at most one batch per partition per request.
+        let md = client.metadata();
+        let mut by_leader: HashMap<i32, Vec<TopicPartition>> = HashMap::new();
+        let mut unknown_leader = Vec::new();
+        for tp in ready {
+            match md.leader(&tp.0, tp.1) {
+                Some(b) => by_leader.entry(b.id).or_default().push(tp),
+                None => unknown_leader.push(tp.0.to_string()),
+            }
+        }
+        if !unknown_leader.is_empty() {
+            unknown_leader.sort();
+            unknown_leader.dedup();
+            let _ = client.refresh_metadata(Some(&unknown_leader)).await;
+        }
+        for (leader, tps) in by_leader {
+            let busy = per_broker.get(&leader).copied().unwrap_or(0);
+            if busy >= client.config().max_in_flight {
+                continue;
+            }
+            let batches = {
+                let mut st = shared.state.lock().expect("producer state lock");
+                let producer = st.producer;
+                let mut out = Vec::new();
+                let mut bytes = 0usize;
+                for tp in tps {
+                    if bytes >= cfg.max_request_size {
+                        break;
+                    }
+                    if let Some(b) = st.acc.take(&tp, producer) {
+                        bytes += b.bytes;
+                        st.sticky
+                            .batch_sealed(&tp.0, tp.1, md.partition_count(&tp.0).unwrap_or(1));
+                        out.push(b);
+                    }
+                }
+                out
+            };
+            if batches.is_empty() {
+                continue;
+            }
+            *per_broker.entry(leader).or_default() += 1;
+            let client = client.clone();
+            let cfg = cfg.clone();
+            in_flight.spawn(async move {
+                let mut batches = batches;
+                let result = send_batches(&client, &cfg, leader, &mut batches).await;
+                (leader, batches, result)
+            });
+        }
+
+        // Wait for news: new records, a deadline, or a response. A deadline
+        // already past belongs to a partition blocked on capacity: the
+        // response that frees it wakes us, so never spin on it.
+        let mut wake_at = deadline
+            .filter(|d| *d > now)
+            .unwrap_or_else(|| now + Duration::from_secs(3600));
+        if !unknown_leader.is_empty() {
+            wake_at = wake_at.min(now + cfg.retry_backoff);
+        }
+        let sleep_until = wake_at;
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep_until(sleep_until) => {}
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                let Ok((leader, batches, result)) = done else { continue };
+                if let Some(n) = per_broker.get_mut(&leader) {
+                    *n = n.saturating_sub(1);
+                }
+                let refresh = settle(&shared, &cfg, batches, result);
+                refresh_topics(&client, refresh).await;
+                shared.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// Encode (once) and send one Produce request.
+async fn send_batches(
+    client: &Client,
+    cfg: &ProducerConfig,
+    leader: i32,
+    batches: &mut [Batch],
+) -> Result<Option<ProduceResponse>> {
+    let mut topics: HashMap<Arc<str>, Vec<PartitionProduceData>> = HashMap::new();
+    for b in batches.iter_mut() {
+        let encoded = b
+            .encoded
+            .get_or_insert_with(|| {
+                let mut buf = BytesMut::with_capacity(b.bytes + 128);
+                encode_batch(
+                    &mut buf,
+                    &BatchOptions {
+                        compression: cfg.compression,
+                        producer_id: b.producer_id,
+                        producer_epoch: b.producer_epoch,
+                        base_sequence: b.base_sequence,
+                        transactional: cfg.transactional_id.is_some(),
+                        ..BatchOptions::default()
+                    },
+                    &b.records,
+                );
+                buf.freeze()
+            })
+            .clone();
+        topics.entry(b.tp.0.clone()).or_default().push(
+            PartitionProduceData::default()
+                .with_index(b.tp.1)
+                .with_records(Some(encoded)),
+        );
+    }
+    let req = ProduceRequest::default()
+        .with_acks(cfg.acks.code())
+        .with_timeout_ms(client.config().request_timeout.as_millis() as i32)
+        .with_transactional_id(
+            cfg.transactional_id
+                .as_ref()
+                .map(|t| TransactionalId(StrBytes::from_string(t.clone()))),
+        )
+        .with_topic_data(
+            topics
+                .into_iter()
+                .map(|(topic, partitions)| {
+                    TopicProduceData::default()
+                        .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                        .with_partition_data(partitions)
+                })
+                .collect(),
+        );
+    for b in batches.iter_mut() {
+        b.ever_sent = true;
+    }
+    let conn = client.connection(leader, Lane::Produce).await?;
+    if cfg.acks == Acks::None {
+        conn.send_no_response(&req, client.config().request_timeout)
+            .await?;
+        return Ok(None);
+    }
+    conn.send(&req, client.config().request_timeout, Duration::ZERO)
+        .await
+        .map(Some)
+}
+
+/// Decide each batch's fate from the response (or the request's error).
+/// Returns the topics whose metadata should be refreshed.
+fn settle(
+    shared: &Shared,
+    cfg: &ProducerConfig,
+    batches: Vec<Batch>,
+    result: Result<Option<ProduceResponse>>,
+) -> Vec<String> {
+    let now = Instant::now();
+    let mut refresh = Vec::new();
+    let mut st = shared.state.lock().expect("producer state lock");
+    for b in &batches {
+        st.acc.returned(&b.tp);
+    }
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            // Whole request failed: every batch may or may not be written.
+            for b in batches {
+                if e.is_retriable() {
+                    refresh.push(b.tp.0.to_string());
+                    st.acc.requeue(b, now + cfg.retry_backoff);
+                } else {
+                    let n = b.records.len();
+                    b.fail(&e);
+                    st.acc.completed(n);
+                }
+            }
+            shared.pending.send_replace(st.acc.pending_records);
+            return refresh;
+        }
+    };
+    for b in batches {
+        let code_and_info = resp.as_ref().and_then(|r| {
+            r.responses
+                .iter()
+                .filter(|t| t.name.0.as_str() == &*b.tp.0)
+                .flat_map(|t| &t.partition_responses)
+                .find(|p| p.index == b.tp.1)
+                .map(|p| (p.error_code, p.base_offset, p.log_append_time_ms))
+        });
+        let (code, base_offset, append_time) = match (&resp, code_and_info) {
+            (None, _) => (0, -1, -1), // acks=0
+            (Some(_), Some(x)) => x,
+            (Some(_), None) => (KafkaCode::UnknownServerError.code(), -1, -1),
+        };
+        let n = b.records.len();
+        match KafkaCode::try_from_code(code) {
+            None | Some(KafkaCode::DuplicateSequenceNumber) => {
+                st.acc.confirm(&b.tp);
+                b.succeed(base_offset, append_time);
+                st.acc.completed(n);
+            }
+            Some(code) => {
+                let err = Error::broker_for(ApiKey::Produce, code, &b.tp.0, b.tp.1);
+                let expected_gap = code == KafkaCode::OutOfOrderSequenceNumber
+                    && st.acc.earlier_retry_pending(&b.tp, b.base_sequence);
+                match err.action() {
+                    _ if expected_gap => st.acc.requeue(b, now + cfg.retry_backoff),
+                    ErrorAction::ResetProducerId if cfg.idempotent => {
+                        tracing::warn!(topic = %b.tp.0, partition = b.tp.1, %code, "resetting the producer id");
+                        st.reset_producer_id = true;
+                        st.acc.requeue(b, now + cfg.retry_backoff);
+                    }
+                    ErrorAction::Fatal => {
+                        b.fail(&err);
+                        st.acc.completed(n);
+                    }
+                    ErrorAction::RefreshMetadataAndRetry => {
+                        refresh.push(b.tp.0.to_string());
+                        st.acc.requeue(b, now + cfg.retry_backoff);
+                    }
+                    _ => st.acc.requeue(b, now + cfg.retry_backoff),
+                }
+            }
+        }
+    }
+    shared.pending.send_replace(st.acc.pending_records);
+    refresh
+}
+
+async fn refresh_topics(client: &Client, mut topics: Vec<String>) {
+    if topics.is_empty() {
+        return;
+    }
+    topics.sort();
+    topics.dedup();
+    if let Err(e) = client.refresh_metadata(Some(&topics)).await {
+        tracing::debug!(error = %e, "metadata refresh after a produce error failed");
+    }
+}
+
+/// InitProducerId for an idempotent (non-transactional) producer.
+pub(crate) async fn init_producer_id(client: &Client, cfg: &ProducerConfig) -> Result<(i64, i16)> {
+    let req = InitProducerIdRequest::default()
+        .with_transactional_id(
+            cfg.transactional_id
+                .as_ref()
+                .map(|t| TransactionalId(StrBytes::from_string(t.clone()))),
+        )
+        .with_transaction_timeout_ms(cfg.transaction_timeout.as_millis() as i32);
+    let conn = client.any_connection(Lane::Control).await?;
+    let resp = conn
+        .send(&req, client.config().request_timeout, Duration::ZERO)
+        .await?;
+    crate::error::check_code(ApiKey::InitProducerId, resp.error_code)?;
+    Ok((resp.producer_id.0, resp.producer_epoch))
+}

@@ -1,0 +1,316 @@
+//! The producer against the real broker: round trips for every codec,
+//! murmur2 placement, compact batching, and exactly-once-in-order delivery
+//! while connections are killed mid-flight.
+
+mod common;
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_wire::connector::{BoxTransport, ConnectFuture};
+use kafka_wire::producer::partitioner::partition_for_key;
+use kafka_wire::records::{BatchReader, Compression};
+use kafka_wire::{
+    BrokerAddress, Client, Connector, NewTopic, Producer, ProducerConfig, ProducerRecord,
+    TcpConnector,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+async fn topic(client: &Client, prefix: &str, partitions: i32) -> String {
+    let name = testkit::unique_name(prefix);
+    client
+        .create_topic(NewTopic::new(&name, partitions))
+        .await
+        .unwrap();
+    name
+}
+
+fn producer_config(bootstrap: &str) -> kafka_wire::producer::ProducerConfigBuilder {
+    ProducerConfig::builder().bootstrap(bootstrap).unwrap()
+}
+
+#[tokio::test]
+async fn keyed_records_round_trip_with_every_codec_and_land_where_java_puts_them() {
+    let broker = testkit::require_broker!();
+    let client = common::plaintext_client(&broker).await;
+    for codec in [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ] {
+        let t = topic(&client, &format!("produce-{}", codec.name()), 6).await;
+        let producer = Producer::with_client(
+            client.clone(),
+            producer_config(&broker.bootstrap)
+                .compression(codec)
+                .build()
+                .unwrap(),
+        );
+        let mut deliveries = Vec::new();
+        for i in 0..2_000u32 {
+            let rec = ProducerRecord::new(&t)
+                .key(format!("k{}", i % 97))
+                .value(format!("v{i}"))
+                .header("n", Bytes::from(i.to_be_bytes().to_vec()))
+                .timestamp(1_700_000_000_000 + i as i64);
+            deliveries.push(producer.send(rec).await.unwrap());
+        }
+        producer.flush().await;
+        let mut per_partition = [0i64; 6];
+        for (i, d) in deliveries.into_iter().enumerate() {
+            let md = d.await.unwrap_or_else(|e| panic!("{codec:?} #{i}: {e}"));
+            let key = format!("k{}", i % 97);
+            assert_eq!(md.partition, partition_for_key(key.as_bytes(), 6));
+            // Per-partition offsets are dense and in send order.
+            assert_eq!(
+                md.offset, per_partition[md.partition as usize],
+                "{codec:?} record #{i} p{}",
+                md.partition
+            );
+            per_partition[md.partition as usize] += 1;
+        }
+        for p in 0..6 {
+            let got = common::fetch_all(&client, &t, p, per_partition[p as usize]).await;
+            for r in &got {
+                let n = u32::from_be_bytes(
+                    r.headers[0].value.as_ref().unwrap()[..4]
+                        .try_into()
+                        .unwrap(),
+                );
+                assert_eq!(r.value.as_deref(), Some(format!("v{n}").as_bytes()));
+                assert_eq!(r.key.as_deref(), Some(format!("k{}", n % 97).as_bytes()));
+                assert_eq!(r.timestamp, 1_700_000_000_000 + n as i64);
+            }
+        }
+        producer.close().await;
+    }
+}
+
+#[tokio::test]
+async fn small_records_are_batched_not_sent_one_per_batch() {
+    let broker = testkit::require_broker!();
+    let client = common::plaintext_client(&broker).await;
+    let t = topic(&client, "batching", 1).await;
+    let producer = Producer::with_client(
+        client.clone(),
+        producer_config(&broker.bootstrap)
+            .linger(Duration::from_millis(50))
+            .build()
+            .unwrap(),
+    );
+    let mut deliveries = Vec::new();
+    for i in 0..1_000 {
+        deliveries.push(
+            producer
+                .send(ProducerRecord::new(&t).value(format!("{i:010}")))
+                .await
+                .unwrap(),
+        );
+    }
+    for d in deliveries {
+        d.await.unwrap();
+    }
+    // Count the batches and bytes the broker stored.
+    let records = common::fetch_all(&client, &t, 0, 1_000).await;
+    assert_eq!(records.len(), 1_000);
+    let raw = common::fetch_raw(&client, &t, 0).await;
+    let batches = BatchReader::new(raw.clone()).count();
+    assert!(
+        batches <= 4,
+        "1,000 records of 10 bytes took {batches} batches"
+    );
+    assert!(
+        raw.len() < 20_000,
+        "1,000 records of 10 bytes took {} bytes on the wire",
+        raw.len()
+    );
+}
+
+/// Kills every connection it made whenever the generation is bumped.
+#[derive(Debug, Default)]
+struct KillSwitch {
+    generation: Arc<AtomicU64>,
+    dials: AtomicU64,
+}
+
+struct Killable {
+    inner: BoxTransport,
+    born: u64,
+    generation: Arc<AtomicU64>,
+}
+
+impl Killable {
+    fn dead(&self) -> bool {
+        self.generation.load(Ordering::Relaxed) != self.born
+    }
+}
+
+fn killed() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::ConnectionReset, "killed by the test")
+}
+
+impl AsyncRead for Killable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.dead() {
+            return Poll::Ready(Err(killed()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Killable {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.dead() {
+            return Poll::Ready(Err(killed()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Connector for KillSwitch {
+    fn connect<'a>(&'a self, addr: &'a BrokerAddress, timeout: Duration) -> ConnectFuture<'a> {
+        Box::pin(async move {
+            self.dials.fetch_add(1, Ordering::Relaxed);
+            let inner = TcpConnector.connect(addr, timeout).await?;
+            let s: BoxTransport = Box::new(Killable {
+                inner,
+                born: self.generation.load(Ordering::Relaxed),
+                generation: self.generation.clone(),
+            });
+            Ok(s)
+        })
+    }
+}
+
+#[tokio::test]
+async fn idempotent_producer_writes_each_record_once_in_order_despite_killed_connections() {
+    let broker = testkit::require_broker!();
+    let admin = common::plaintext_client(&broker).await;
+    let t = topic(&admin, "idempotence", 2).await;
+    let switch = Arc::new(KillSwitch::default());
+    let generation = switch.generation.clone();
+    let cfg = ProducerConfig::builder()
+        .client(|c| {
+            c.bootstrap(&broker.bootstrap)
+                .unwrap()
+                .connector(switch.clone())
+                .request_timeout(Duration::from_secs(5))
+        })
+        .linger(Duration::from_millis(2))
+        .batch_size(2048)
+        .build()
+        .unwrap();
+    let producer = Producer::connect(cfg).await.unwrap();
+
+    // Kill every connection every 40 ms while records flow.
+    let killer = tokio::spawn(async move {
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            generation.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    const N: u32 = 6_000;
+    let mut deliveries = Vec::new();
+    for i in 0..N {
+        let rec = ProducerRecord::new(&t)
+            .partition((i % 2) as i32)
+            .value(i.to_be_bytes().to_vec());
+        deliveries.push(producer.send(rec).await.unwrap());
+        if i % 500 == 0 {
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    }
+    killer.await.unwrap();
+    for d in deliveries {
+        d.await.expect("every record is eventually acknowledged");
+    }
+    let dials = switch.dials.load(Ordering::Relaxed);
+    assert!(
+        dials >= 10,
+        "the kill switch must really have cut connections ({dials} dials)"
+    );
+    // Each partition holds its records exactly once, in send order.
+    for p in 0..2 {
+        let want: Vec<u32> = (0..N).filter(|i| i % 2 == p as u32).collect();
+        let got: Vec<u32> = common::fetch_all(&admin, &t, p, want.len() as i64)
+            .await
+            .iter()
+            .map(|r| u32::from_be_bytes(r.value.as_ref().unwrap()[..4].try_into().unwrap()))
+            .collect();
+        let end = admin_end_offset(&admin, &t, p).await;
+        assert_eq!(end, want.len() as i64, "no duplicates in partition {p}");
+        assert_eq!(got, want, "partition {p}: every record once, in order");
+    }
+}
+
+async fn admin_end_offset(client: &Client, topic: &str, partition: i32) -> i64 {
+    common::high_watermark(client, topic, partition).await
+}
+
+#[tokio::test]
+async fn unknown_topic_is_an_error_naming_it() {
+    let broker = testkit::require_broker!();
+    let producer = Producer::connect(
+        ProducerConfig::builder()
+            .client(|c| c.bootstrap(&broker.bootstrap).unwrap())
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let err = producer
+        .send(ProducerRecord::new("no-such-topic-xyz").value("v"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no-such-topic-xyz"), "{err}");
+}
+
+#[test]
+fn producer_config_accepts_kafka_property_names() {
+    let cfg = ProducerConfig::builder()
+        .set("bootstrap.servers", "127.0.0.1:9092")
+        .unwrap()
+        .set("acks", "all")
+        .unwrap()
+        .set("linger.ms", "20")
+        .unwrap()
+        .set("compression.type", "zstd")
+        .unwrap()
+        .set("client.id", "x")
+        .unwrap()
+        .build()
+        .unwrap();
+    assert!(cfg.idempotent);
+    assert_eq!(cfg.compression, Compression::Zstd);
+    assert!(ProducerConfig::builder().set("lingr.ms", "1").is_err());
+    let err = ProducerConfig::builder()
+        .set("bootstrap.servers", "h:1")
+        .unwrap()
+        .set("acks", "1")
+        .unwrap()
+        .set("enable.idempotence", "true")
+        .unwrap()
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("acks=all"), "{err}");
+}
