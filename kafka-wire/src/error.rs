@@ -146,6 +146,10 @@ pub enum Error {
         limit_name: &'static str,
         limit: usize,
     },
+    /// A transactional call out of order, or on a failed transaction; the
+    /// message says which call is allowed next.
+    #[error("transaction: {0}")]
+    Transaction(String),
     /// Invalid configuration; the message names the key.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -204,6 +208,9 @@ pub fn action_for_code(code: KafkaCode) -> ErrorAction {
         | C::OutOfOrderSequenceNumber
         | C::InvalidProducerIdMapping => ErrorAction::ResetProducerId,
         C::NetworkException => ErrorAction::Reconnect,
+        // Not marked retriable by the protocol, but every client retries it:
+        // the coordinator is still finishing the previous transaction.
+        C::ConcurrentTransactions => ErrorAction::Retry,
         C::ProducerFenced
         | C::TransactionalIdAuthorizationFailed
         | C::FencedInstanceId
@@ -226,6 +233,7 @@ impl Error {
             Error::DeliveryTimeout { .. } => ErrorAction::Retry,
             Error::Tls { .. }
             | Error::RecordTooLarge { .. }
+            | Error::Transaction(_)
             | Error::Auth { .. }
             | Error::UnsupportedVersion { .. }
             | Error::Encode { .. }

@@ -43,6 +43,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod connector;
+pub mod coordinator;
 pub mod error;
 pub mod frame;
 pub mod metadata;

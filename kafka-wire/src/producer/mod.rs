@@ -17,6 +17,7 @@
 mod accumulator;
 pub mod partitioner;
 mod sender;
+mod transaction;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,6 +34,8 @@ use crate::records::{Compression, NewRecord};
 pub use accumulator::TopicPartition;
 use accumulator::{Accumulator, AccumulatorConfig};
 use partitioner::StickyPartitioner;
+pub use transaction::GroupMetadata;
+use transaction::TxnState;
 
 /// `acks`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -374,6 +377,8 @@ pub(crate) struct State {
     reset_producer_id: bool,
     flushing: usize,
     closing: bool,
+    /// The first delivery failure inside the open transaction.
+    txn_error: Option<Error>,
 }
 
 pub(crate) struct Shared {
@@ -405,6 +410,7 @@ pub struct Producer {
     shared: Arc<Shared>,
     client: Client,
     cfg: Arc<ProducerConfig>,
+    txn: Arc<tokio::sync::Mutex<TxnState>>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -449,6 +455,7 @@ impl Producer {
                 reset_producer_id: false,
                 flushing: 0,
                 closing: false,
+                txn_error: None,
             }),
             wake: Notify::new(),
             memory: Arc::new(Semaphore::new(cfg.buffer_memory)),
@@ -459,6 +466,7 @@ impl Producer {
             shared,
             client,
             cfg,
+            txn: Arc::new(tokio::sync::Mutex::new(TxnState::default())),
         }
     }
 
@@ -563,6 +571,10 @@ impl Producer {
         let size = rec.size_estimate();
         self.check_size(size)?;
         let partition = self.partition_for(&rec).await?;
+        if self.cfg.transactional_id.is_some() {
+            self.add_to_transaction(&(Arc::from(rec.topic.as_str()), partition))
+                .await?;
+        }
         let memory = self
             .shared
             .memory

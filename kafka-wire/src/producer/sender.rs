@@ -42,12 +42,17 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
                     // Its sequence may or may not be on the broker: start over.
                     st.reset_producer_id = true;
                 }
+                if cfg.transactional_id.is_some() && st.txn_error.is_none() {
+                    st.txn_error = Some(err.clone());
+                }
                 let n = b.records.len();
                 b.fail(&err);
                 st.acc.completed(n);
             }
             let flush = st.flushing > 0 || st.closing;
+            // Transactional producers get their id from init_transactions.
             let need_pid = cfg.idempotent
+                && cfg.transactional_id.is_none()
                 && (st.producer.0 < 0 || st.reset_producer_id)
                 && st.acc.in_flight_total() == 0;
             let ready = if need_pid || (cfg.idempotent && st.producer.0 < 0) {
@@ -284,12 +289,17 @@ fn settle(
                     && st.acc.earlier_retry_pending(&b.tp, b.base_sequence);
                 match err.action() {
                     _ if expected_gap => st.acc.requeue(b, now + cfg.retry_backoff),
-                    ErrorAction::ResetProducerId if cfg.idempotent => {
+                    ErrorAction::ResetProducerId
+                        if cfg.idempotent && cfg.transactional_id.is_none() =>
+                    {
                         tracing::warn!(topic = %b.tp.0, partition = b.tp.1, %code, "resetting the producer id");
                         st.reset_producer_id = true;
                         st.acc.requeue(b, now + cfg.retry_backoff);
                     }
-                    ErrorAction::Fatal => {
+                    ErrorAction::Fatal | ErrorAction::ResetProducerId => {
+                        if cfg.transactional_id.is_some() && st.txn_error.is_none() {
+                            st.txn_error = Some(err.clone());
+                        }
                         b.fail(&err);
                         st.acc.completed(n);
                     }

@@ -1,0 +1,160 @@
+//! Transactions against the real broker: committed and aborted
+//! transactions with their markers, offsets committed inside a transaction,
+//! and fencing of a producer that reuses a transactional id.
+
+mod common;
+
+use kafka_wire::messages::offset_fetch_request::{
+    OffsetFetchRequestGroup, OffsetFetchRequestTopics,
+};
+use kafka_wire::messages::{GroupId, OffsetFetchRequest, TopicName};
+use kafka_wire::producer::GroupMetadata;
+use kafka_wire::records::{BatchReader, ControlType};
+use kafka_wire::{
+    coordinator::CoordinatorKind, Client, Lane, NewTopic, Producer, ProducerConfig, ProducerRecord,
+    StrBytes,
+};
+
+async fn transactional(client: &Client, broker: &testkit::BrokerEnv, id: &str) -> Producer {
+    let p = Producer::with_client(
+        client.clone(),
+        ProducerConfig::builder()
+            .bootstrap(&broker.bootstrap)
+            .unwrap()
+            .transactional_id(id)
+            .build()
+            .unwrap(),
+    );
+    p.init_transactions().await.expect("init_transactions");
+    p
+}
+
+async fn send_all(p: &Producer, topic: &str, values: &[&str]) {
+    for v in values {
+        p.send(ProducerRecord::new(topic).partition(0).value(v.to_string()))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn committed_and_aborted_transactions_with_markers() {
+    let broker = testkit::require_broker!();
+    let client = common::plaintext_client(&broker).await;
+    let topic = testkit::unique_name("txn");
+    client.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    let p = transactional(&client, &broker, &testkit::unique_name("txn-id")).await;
+
+    p.begin_transaction().await.unwrap();
+    send_all(&p, &topic, &["c0", "c1", "c2"]).await;
+    p.commit_transaction().await.unwrap();
+    p.begin_transaction().await.unwrap();
+    send_all(&p, &topic, &["a0", "a1"]).await;
+    p.abort_transaction().await.unwrap();
+    p.begin_transaction().await.unwrap();
+    send_all(&p, &topic, &["c3"]).await;
+    p.commit_transaction().await.unwrap();
+
+    // read_uncommitted sees everything, markers included.
+    let raw = common::fetch_raw(&client, &topic, 0).await;
+    let mut data = Vec::new();
+    let mut markers = Vec::new();
+    for batch in BatchReader::new(raw) {
+        let batch = batch.unwrap();
+        assert!(batch.is_transactional());
+        for r in batch.records(1 << 20).unwrap() {
+            let r = r.unwrap();
+            if batch.is_control() {
+                markers.push((r.offset, r.control_type().unwrap()));
+            } else {
+                data.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+            }
+        }
+    }
+    assert_eq!(data, ["c0", "c1", "c2", "a0", "a1", "c3"]);
+    assert_eq!(
+        markers.iter().map(|m| m.1).collect::<Vec<_>>(),
+        [ControlType::Commit, ControlType::Abort, ControlType::Commit]
+    );
+    assert_eq!(markers.iter().map(|m| m.0).collect::<Vec<_>>(), [3, 6, 8]);
+}
+
+#[tokio::test]
+async fn calls_out_of_order_say_what_to_call_next() {
+    let broker = testkit::require_broker!();
+    let client = common::plaintext_client(&broker).await;
+    let topic = testkit::unique_name("txn-order");
+    client.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    let p = transactional(&client, &broker, &testkit::unique_name("txn-id")).await;
+    let err = p
+        .send(ProducerRecord::new(&topic).value("x"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("begin_transaction"), "{err}");
+    let err = p.commit_transaction().await.unwrap_err();
+    assert!(err.to_string().contains("begin_transaction"), "{err}");
+}
+
+#[tokio::test]
+async fn offsets_sent_to_a_committed_transaction_are_committed() {
+    let broker = testkit::require_broker!();
+    let client = common::plaintext_client(&broker).await;
+    let topic = testkit::unique_name("txn-offsets");
+    client.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    let group = testkit::unique_name("txn-group");
+    let p = transactional(&client, &broker, &testkit::unique_name("txn-id")).await;
+    p.begin_transaction().await.unwrap();
+    send_all(&p, &topic, &["out"]).await;
+    p.send_offsets_to_transaction(
+        &[(topic.clone(), 0, 42)],
+        &GroupMetadata {
+            group_id: group.clone(),
+            generation_id: -1,
+            member_id: String::new(),
+            group_instance_id: None,
+        },
+    )
+    .await
+    .unwrap();
+    p.commit_transaction().await.unwrap();
+
+    let coordinator = client
+        .find_coordinator(CoordinatorKind::Group, &group)
+        .await
+        .unwrap();
+    let req = OffsetFetchRequest::default()
+        .with_require_stable(true)
+        .with_groups(vec![OffsetFetchRequestGroup::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.clone())))
+            .with_topics(Some(vec![OffsetFetchRequestTopics::default()
+                .with_name(TopicName(StrBytes::from_string(topic.clone())))
+                .with_partition_indexes(vec![0])]))]);
+    let resp = client
+        .send_to(coordinator, Lane::Control, &req, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    let committed = resp.groups[0].topics[0].partitions[0].committed_offset;
+    assert_eq!(committed, 42);
+}
+
+#[tokio::test]
+async fn a_second_producer_with_the_same_id_fences_the_first() {
+    let broker = testkit::require_broker!();
+    let client = common::plaintext_client(&broker).await;
+    let topic = testkit::unique_name("txn-fence");
+    client.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    let id = testkit::unique_name("txn-id");
+    let old = transactional(&client, &broker, &id).await;
+    old.begin_transaction().await.unwrap();
+    send_all(&old, &topic, &["zombie"]).await;
+    let _new = transactional(&client, &broker, &id).await; // bumps the epoch
+    let err = old.commit_transaction().await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("ProducerFenced")
+            || text.contains("InvalidProducerEpoch")
+            || text.contains("abort"),
+        "{text}"
+    );
+    assert!(!err.is_retriable(), "{err:?}");
+}
