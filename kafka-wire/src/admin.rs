@@ -140,7 +140,357 @@ impl Client {
         for r in &resp.responses {
             check_topic_code(ApiKey::DeleteTopics, r.error_code, name)?;
         }
-        self.refresh_metadata(Some(&[name.to_string()])).await?;
+        // Deletion is asynchronous: wait until metadata forgets the topic.
+        let deadline = Instant::now() + PROPAGATION_TIMEOUT;
+        loop {
+            let md = self.refresh_metadata(Some(&[name.to_string()])).await?;
+            if !md.topics.contains_key(name) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Metadata(format!(
+                    "topic {name} still in metadata {PROPAGATION_TIMEOUT:?} after deletion"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Which offset `list_offsets` looks up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The log start offset.
+    Earliest,
+    /// The log end offset (high watermark, or last stable offset with read_committed).
+    Latest,
+    /// The first offset whose timestamp is at or after this (ms since epoch).
+    Timestamp(i64),
+}
+
+impl OffsetSpec {
+    fn wire(self) -> i64 {
+        match self {
+            OffsetSpec::Earliest => -2,
+            OffsetSpec::Latest => -1,
+            OffsetSpec::Timestamp(t) => t,
+        }
+    }
+}
+
+/// A consumer group as `list_groups` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    pub group_id: String,
+    pub protocol_type: String,
+    pub state: String,
+}
+
+/// One member of a described group. Metadata and assignment are the raw
+/// consumer-protocol bytes (consumer-core decodes them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: bytes::Bytes,
+    pub assignment: bytes::Bytes,
+}
+
+/// A described group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    pub group_id: String,
+    pub state: String,
+    pub protocol_type: String,
+    /// The assignor the group chose (e.g. `range`).
+    pub protocol: String,
+    pub members: Vec<GroupMember>,
+}
+
+/// A config resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigResource {
+    Topic(String),
+    Broker(i32),
+}
+
+impl ConfigResource {
+    fn wire(&self) -> (i8, String) {
+        match self {
+            ConfigResource::Topic(t) => (2, t.clone()),
+            ConfigResource::Broker(b) => (4, b.to_string()),
+        }
+    }
+}
+
+/// One config entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigEntry {
+    pub name: String,
+    /// `None` for sensitive values and unset ones.
+    pub value: Option<String>,
+    pub read_only: bool,
+    /// Set explicitly on the resource (not a default).
+    pub is_override: bool,
+}
+
+fn s(v: &StrBytes) -> String {
+    v.as_str().to_string()
+}
+
+impl Client {
+    /// Offsets of `topic` per partition for `spec`, asking each leader.
+    ///
+    /// # Errors
+    /// [`Error::Broker`] naming the partition.
+    pub async fn list_offsets(&self, topic: &str, spec: OffsetSpec) -> Result<Vec<(i32, i64)>> {
+        use kafka_protocol::messages::list_offsets_request::{
+            ListOffsetsPartition, ListOffsetsTopic,
+        };
+        use kafka_protocol::messages::ListOffsetsRequest;
+        let md = self.refresh_metadata(Some(&[topic.to_string()])).await?;
+        let info = md.topics.get(topic).ok_or_else(|| {
+            Error::broker_for(
+                ApiKey::ListOffsets,
+                KafkaCode::UnknownTopicOrPartition,
+                topic,
+                -1,
+            )
+        })?;
+        let mut by_leader: std::collections::HashMap<i32, Vec<i32>> = Default::default();
+        for p in &info.partitions {
+            by_leader.entry(p.leader).or_default().push(p.partition);
+        }
+        let mut out = Vec::new();
+        for (leader, partitions) in by_leader {
+            let req = ListOffsetsRequest::default().with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(
+                    partitions
+                        .iter()
+                        .map(|&p| {
+                            ListOffsetsPartition::default()
+                                .with_partition_index(p)
+                                .with_timestamp(spec.wire())
+                        })
+                        .collect(),
+                )]);
+            let resp = self
+                .send_to(leader, Lane::Control, &req, Duration::ZERO)
+                .await?;
+            for p in resp.topics.iter().flat_map(|t| &t.partitions) {
+                if let Some(code) = KafkaCode::try_from_code(p.error_code) {
+                    return Err(Error::broker_for(
+                        ApiKey::ListOffsets,
+                        code,
+                        topic,
+                        p.partition_index,
+                    ));
+                }
+                out.push((p.partition_index, p.offset));
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Cluster id, controller and brokers (DescribeCluster).
+    ///
+    /// # Errors
+    /// Connection or broker errors.
+    pub async fn describe_cluster(&self) -> Result<crate::metadata::Metadata> {
+        use kafka_protocol::messages::DescribeClusterRequest;
+        let conn = self.any_connection(Lane::Control).await?;
+        let resp = conn
+            .send(
+                &DescribeClusterRequest::default(),
+                self.config().request_timeout,
+                Duration::ZERO,
+            )
+            .await?;
+        crate::error::check_code(ApiKey::DescribeCluster, resp.error_code)?;
+        let mut md = crate::metadata::Metadata {
+            cluster_id: Some(s(&resp.cluster_id)),
+            controller_id: resp.controller_id.0,
+            ..Default::default()
+        };
+        for b in &resp.brokers {
+            md.brokers.insert(
+                b.broker_id.0,
+                crate::metadata::BrokerInfo {
+                    id: b.broker_id.0,
+                    address: crate::connector::BrokerAddress {
+                        host: s(&b.host),
+                        port: b.port as u16,
+                    },
+                    rack: b.rack.as_ref().map(s),
+                },
+            );
+        }
+        Ok(md)
+    }
+
+    /// Every consumer group on every broker.
+    ///
+    /// # Errors
+    /// Connection or broker errors.
+    pub async fn list_groups(&self) -> Result<Vec<GroupListing>> {
+        use kafka_protocol::messages::ListGroupsRequest;
+        let md = self.refresh_metadata(Some(&[])).await?;
+        let mut out = Vec::new();
+        for &broker in md.brokers.keys() {
+            let resp = self
+                .send_to(
+                    broker,
+                    Lane::Control,
+                    &ListGroupsRequest::default(),
+                    Duration::ZERO,
+                )
+                .await?;
+            crate::error::check_code(ApiKey::ListGroups, resp.error_code)?;
+            out.extend(resp.groups.iter().map(|g| GroupListing {
+                group_id: g.group_id.0.to_string(),
+                protocol_type: s(&g.protocol_type),
+                state: s(&g.group_state),
+            }));
+        }
+        out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        Ok(out)
+    }
+
+    /// Members and assignments of a group (DescribeGroups, classic protocol).
+    ///
+    /// # Errors
+    /// Coordinator and broker errors.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        use kafka_protocol::messages::{DescribeGroupsRequest, GroupId};
+        let coordinator = self
+            .find_coordinator(crate::coordinator::CoordinatorKind::Group, group)
+            .await?;
+        let req = DescribeGroupsRequest::default()
+            .with_groups(vec![GroupId(StrBytes::from_string(group.to_string()))]);
+        let resp = self
+            .send_to(coordinator, Lane::Control, &req, Duration::ZERO)
+            .await?;
+        let g = resp.groups.into_iter().next().ok_or_else(|| {
+            Error::Metadata(format!("DescribeGroups returned nothing for {group}"))
+        })?;
+        crate::error::check_code(ApiKey::DescribeGroups, g.error_code)?;
+        Ok(GroupDescription {
+            group_id: g.group_id.0.to_string(),
+            state: s(&g.group_state),
+            protocol_type: s(&g.protocol_type),
+            protocol: s(&g.protocol_data),
+            members: g
+                .members
+                .into_iter()
+                .map(|m| GroupMember {
+                    member_id: s(&m.member_id),
+                    group_instance_id: m.group_instance_id.as_ref().map(s),
+                    client_id: s(&m.client_id),
+                    client_host: s(&m.client_host),
+                    metadata: m.member_metadata,
+                    assignment: m.member_assignment,
+                })
+                .collect(),
+        })
+    }
+
+    /// Delete an empty consumer group (and its committed offsets).
+    ///
+    /// # Errors
+    /// NON_EMPTY_GROUP while members remain; GROUP_ID_NOT_FOUND.
+    pub async fn delete_group(&self, group: &str) -> Result<()> {
+        use kafka_protocol::messages::{DeleteGroupsRequest, GroupId};
+        let coordinator = self
+            .find_coordinator(crate::coordinator::CoordinatorKind::Group, group)
+            .await?;
+        let req = DeleteGroupsRequest::default()
+            .with_groups_names(vec![GroupId(StrBytes::from_string(group.to_string()))]);
+        let resp = self
+            .send_to(coordinator, Lane::Control, &req, Duration::ZERO)
+            .await?;
+        for r in &resp.results {
+            crate::error::check_code(ApiKey::DeleteGroups, r.error_code)?;
+        }
+        Ok(())
+    }
+
+    /// The configs of a topic or broker.
+    ///
+    /// # Errors
+    /// Broker errors naming the resource.
+    pub async fn describe_configs(&self, resource: &ConfigResource) -> Result<Vec<ConfigEntry>> {
+        use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+        use kafka_protocol::messages::DescribeConfigsRequest;
+        let (kind, name) = resource.wire();
+        let req = DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(kind)
+                .with_resource_name(StrBytes::from_string(name.clone())),
+        ]);
+        let broker = match resource {
+            ConfigResource::Broker(id) => *id,
+            ConfigResource::Topic(_) => self.any_connection(Lane::Control).await?.info().broker_id,
+        };
+        let resp = self
+            .send_to(broker, Lane::Control, &req, Duration::ZERO)
+            .await?;
+        let r = resp.results.into_iter().next().ok_or_else(|| {
+            Error::Metadata(format!("DescribeConfigs returned nothing for {name}"))
+        })?;
+        check_topic_code(ApiKey::DescribeConfigs, r.error_code, &name)?;
+        Ok(r.configs
+            .iter()
+            .map(|c| ConfigEntry {
+                name: s(&c.name),
+                value: c.value.as_ref().map(s),
+                read_only: c.read_only,
+                // config_source 1 = dynamic topic config, 2/3/4 = dynamic broker configs
+                is_override: matches!(c.config_source, 1..=4),
+            })
+            .collect())
+    }
+
+    /// Set (`Some`) or delete (`None`) configs on a resource (IncrementalAlterConfigs).
+    ///
+    /// # Errors
+    /// INVALID_CONFIG and friends, naming the resource.
+    pub async fn alter_configs(
+        &self,
+        resource: &ConfigResource,
+        changes: &[(&str, Option<&str>)],
+    ) -> Result<()> {
+        use kafka_protocol::messages::incremental_alter_configs_request::{
+            AlterConfigsResource, AlterableConfig,
+        };
+        use kafka_protocol::messages::IncrementalAlterConfigsRequest;
+        let (kind, name) = resource.wire();
+        let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(kind)
+                .with_resource_name(StrBytes::from_string(name.clone()))
+                .with_configs(
+                    changes
+                        .iter()
+                        .map(|(k, v)| {
+                            AlterableConfig::default()
+                                .with_name(StrBytes::from_string(k.to_string()))
+                                .with_config_operation(if v.is_some() { 0 } else { 1 })
+                                .with_value(v.map(|v| StrBytes::from_string(v.to_string())))
+                        })
+                        .collect(),
+                ),
+        ]);
+        let conn = self.any_connection(Lane::Control).await?;
+        let resp = conn
+            .send(&req, self.config().request_timeout, Duration::ZERO)
+            .await?;
+        for r in &resp.responses {
+            check_topic_code(ApiKey::IncrementalAlterConfigs, r.error_code, &name)?;
+        }
         Ok(())
     }
 }

@@ -53,7 +53,7 @@ pub mod sasl;
 pub mod tls;
 pub mod versions;
 
-pub use admin::NewTopic;
+pub use admin::{ConfigResource, NewTopic, OffsetSpec};
 pub use client::{Client, Lane};
 pub use config::{ClientConfig, ClientConfigBuilder, SecurityProtocol};
 pub use connection::Connection;

@@ -1,0 +1,146 @@
+//! Admin calls against the real broker.
+
+mod common;
+
+use std::time::Duration;
+
+use kafka_wire::coordinator::CoordinatorKind;
+use kafka_wire::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_wire::messages::{GroupId, OffsetCommitRequest, TopicName};
+use kafka_wire::{
+    ConfigResource, KafkaCode, Lane, NewTopic, OffsetSpec, Producer, ProducerConfig,
+    ProducerRecord, StrBytes,
+};
+
+#[tokio::test]
+async fn topics_configs_and_offsets() {
+    let broker = testkit::require_broker!();
+    let client = common::plaintext_client(&broker).await;
+    let topic = testkit::unique_name("admin");
+    client
+        .create_topic(NewTopic::new(&topic, 3).config("retention.ms", "3600000"))
+        .await
+        .unwrap();
+    assert_eq!(client.metadata().partition_count(&topic), Some(3));
+
+    // Creating it again names the topic and the code.
+    let err = client
+        .create_topic(NewTopic::new(&topic, 3))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(KafkaCode::TopicAlreadyExists));
+    assert!(err.to_string().contains(&topic));
+
+    let res = ConfigResource::Topic(topic.clone());
+    let retention = |entries: &[kafka_wire::admin::ConfigEntry]| {
+        entries
+            .iter()
+            .find(|c| c.name == "retention.ms")
+            .cloned()
+            .unwrap()
+    };
+    let before = retention(&client.describe_configs(&res).await.unwrap());
+    assert_eq!(before.value.as_deref(), Some("3600000"));
+    assert!(before.is_override);
+    client
+        .alter_configs(&res, &[("retention.ms", Some("7200000"))])
+        .await
+        .unwrap();
+    let after = retention(&client.describe_configs(&res).await.unwrap());
+    assert_eq!(after.value.as_deref(), Some("7200000"));
+
+    // Offsets: empty, then after 5 records on partition 1.
+    assert_eq!(
+        client
+            .list_offsets(&topic, OffsetSpec::Latest)
+            .await
+            .unwrap(),
+        vec![(0, 0), (1, 0), (2, 0)]
+    );
+    let producer = Producer::with_client(
+        client.clone(),
+        ProducerConfig::builder()
+            .bootstrap(&broker.bootstrap)
+            .unwrap()
+            .build()
+            .unwrap(),
+    );
+    for i in 0..5 {
+        producer
+            .send(
+                ProducerRecord::new(&topic)
+                    .partition(1)
+                    .value("x")
+                    .timestamp(1_000 + i),
+            )
+            .await
+            .unwrap();
+    }
+    producer.flush().await;
+    let latest = client
+        .list_offsets(&topic, OffsetSpec::Latest)
+        .await
+        .unwrap();
+    assert_eq!(latest[1], (1, 5));
+    let earliest = client
+        .list_offsets(&topic, OffsetSpec::Earliest)
+        .await
+        .unwrap();
+    assert_eq!(earliest[1], (1, 0));
+    let by_time = client
+        .list_offsets(&topic, OffsetSpec::Timestamp(1_003))
+        .await
+        .unwrap();
+    assert_eq!(by_time[1], (1, 3));
+
+    client.delete_topic(&topic).await.unwrap();
+    assert!(!client.metadata().topics.contains_key(&topic));
+}
+
+#[tokio::test]
+async fn describe_cluster_names_the_single_broker() {
+    let broker = testkit::require_broker!();
+    let client = common::plaintext_client(&broker).await;
+    let md = client.describe_cluster().await.unwrap();
+    assert_eq!(md.brokers.len(), 1);
+    assert!(md.controller_id >= -1);
+    assert!(md.cluster_id.is_some());
+}
+
+#[tokio::test]
+async fn groups_list_describe_delete() {
+    let broker = testkit::require_broker!();
+    let client = common::plaintext_client(&broker).await;
+    let topic = testkit::unique_name("admin-groups");
+    client.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    let group = testkit::unique_name("admin-group");
+    // A simple (memberless) commit creates an Empty group with offsets.
+    let coordinator = client
+        .find_coordinator(CoordinatorKind::Group, &group)
+        .await
+        .unwrap();
+    let commit = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.clone())))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![OffsetCommitRequestTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.clone())))
+            .with_partitions(vec![OffsetCommitRequestPartition::default()
+                .with_partition_index(0)
+                .with_committed_offset(0)])]);
+    let resp = client
+        .send_to(coordinator, Lane::Control, &commit, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(resp.topics[0].partitions[0].error_code, 0);
+
+    let groups = client.list_groups().await.unwrap();
+    assert!(groups.iter().any(|g| g.group_id == group), "{groups:?}");
+    let d = client.describe_group(&group).await.unwrap();
+    assert_eq!(d.state, "Empty");
+    assert!(d.members.is_empty());
+    client.delete_group(&group).await.unwrap();
+    let groups = client.list_groups().await.unwrap();
+    assert!(!groups.iter().any(|g| g.group_id == group));
+}
