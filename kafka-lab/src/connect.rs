@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Args;
-use kafka_wire::ClientConfig;
+use kafka_wire::{ClientConfig, ClientConfigBuilder};
 
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
@@ -42,6 +42,11 @@ pub struct ConnectArgs {
 
 impl ConnectArgs {
     pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        Ok(self.client_builder()?.build()?)
+    }
+
+    /// The client settings, for role builders (producer, consumer) to extend.
+    pub fn client_builder(&self) -> anyhow::Result<ClientConfigBuilder> {
         let mut b = ClientConfig::builder()
             .set("bootstrap.servers", &self.bootstrap)?
             .set("client.id", "kafka-lab")?;
@@ -63,6 +68,6 @@ impl ConnectArgs {
                 .with_context(|| format!("-X {kv:?}: expected key=value"))?;
             b = b.set(k.trim(), v.trim())?;
         }
-        Ok(b.build()?)
+        Ok(b)
     }
 }

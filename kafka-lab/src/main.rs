@@ -5,6 +5,8 @@
 //! library grows.
 
 mod connect;
+mod produce;
+mod topics;
 
 use std::time::Instant;
 
@@ -29,6 +31,13 @@ struct Cli {
 enum Command {
     /// Connect to the cluster and print the brokers, API versions and topics.
     Check,
+    /// Create, list or delete topics.
+    Topics {
+        #[command(subcommand)]
+        command: topics::TopicsCommand,
+    },
+    /// Produce records from stdin (one per line) or generated ones.
+    Produce(produce::ProduceArgs),
 }
 
 #[tokio::main]
@@ -53,6 +62,14 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Check => check(&cli.connect).await,
+        Command::Topics { command } => {
+            let client = Client::connect(cli.connect.client_config()?).await?;
+            topics::run(&client, command).await
+        }
+        Command::Produce(args) => {
+            let client = Client::connect(cli.connect.client_config()?).await?;
+            produce::run(&cli.connect, &client, args).await
+        }
     }
 }
 

@@ -45,3 +45,95 @@ fn unknown_property_is_named_in_the_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bootstrap.srevers"), "{stderr}");
 }
+
+fn run_ok(args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = lab()
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}\n{stdout}\n{stderr}");
+    stdout + &stderr
+}
+
+#[test]
+fn topics_and_produce_round_trip() {
+    let broker = testkit::require_broker!();
+    let b = broker.bootstrap.as_str();
+    let topic = testkit::unique_name("cli");
+    let out = run_ok(
+        &[
+            "--bootstrap",
+            b,
+            "topics",
+            "create",
+            &topic,
+            "--partitions",
+            "3",
+            "--config",
+            "retention.ms=60000",
+        ],
+        None,
+    );
+    assert!(out.contains("created"), "{out}");
+    assert!(run_ok(&["--bootstrap", b, "topics", "list"], None).contains(&topic));
+
+    let out = run_ok(
+        &[
+            "--bootstrap",
+            b,
+            "produce",
+            "--topic",
+            &topic,
+            "--key-prefix",
+            "k",
+            "--distinct-keys",
+            "2",
+            "--header",
+            "src=cli",
+            "--json",
+        ],
+        Some("one\ntwo\nthree\n"),
+    );
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].contains("\"key\":\"k0\"") && lines[1].contains("\"key\":\"k1\""),
+        "{out}"
+    );
+    assert!(out.contains("produced 3 records"), "{out}");
+
+    let out = run_ok(
+        &[
+            "--bootstrap",
+            b,
+            "produce",
+            "--topic",
+            &topic,
+            "--count",
+            "50",
+            "--size",
+            "10",
+            "--compression",
+            "zstd",
+            "--transactional-id",
+            &testkit::unique_name("cli-tx"),
+            "--abort",
+        ],
+        None,
+    );
+    assert!(out.contains("transaction aborted"), "{out}");
+    assert!(run_ok(&["--bootstrap", b, "topics", "delete", &topic], None).contains("deleted"));
+}

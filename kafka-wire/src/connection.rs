@@ -161,6 +161,30 @@ impl Connection {
             .await
     }
 
+    /// Queue `req` on the connection and return once it is queued: requests
+    /// queued by successive `start` calls reach the broker in that order.
+    /// The returned [`PendingResponse`] resolves to the response. Use it
+    /// where order matters across requests (a producer's sequence numbers).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: if cancelled, the request was either queued whole (and
+    /// its response is dropped) or not at all.
+    pub async fn start<R: Request>(
+        &self,
+        req: &R,
+        timeout: Duration,
+    ) -> Result<PendingResponse<R>> {
+        let api = api_key::<R>();
+        let version = self.version(api)?;
+        let rx = self.raw.enqueue(req, version, timeout, true).await?;
+        Ok(PendingResponse {
+            rx,
+            version,
+            raw: self.raw.clone(),
+            _marker: std::marker::PhantomData,
+        })
+    }
+
     /// Send `req` without waiting for a response (acks=0 produce).
     ///
     /// # Cancel safety
@@ -174,6 +198,34 @@ impl Connection {
             .await
             .map_err(|_| self.raw.closed_error(true))?
             .map(|_| ())
+    }
+}
+
+/// A request already queued on a connection; await [`PendingResponse::response`].
+pub struct PendingResponse<R: Request> {
+    rx: oneshot::Receiver<Result<Bytes>>,
+    version: i16,
+    raw: RawConnection,
+    _marker: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R: Request> fmt::Debug for PendingResponse<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingResponse")
+            .field("api", &api_key::<R>())
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+impl<R: Request> PendingResponse<R> {
+    /// Wait for and decode the response.
+    ///
+    /// # Errors
+    /// Connection, timeout and decode errors.
+    pub async fn response(self) -> Result<R::Response> {
+        let body = self.rx.await.map_err(|_| self.raw.closed_error(true))??;
+        self.raw.decode::<R>(body, self.version)
     }
 }
 
@@ -254,17 +306,23 @@ impl RawConnection {
         version: i16,
         timeout: Duration,
     ) -> Result<R::Response> {
-        let api = api_key::<R>();
         let rx = self.enqueue(req, version, timeout, true).await?;
-        let mut body = rx.await.map_err(|_| self.closed_error(true))??;
-        let resp = R::Response::decode(&mut body, version).map_err(|e| Error::Decode {
-            context: format!("{api:?} v{version} response from {}", self.label),
+        let body = rx.await.map_err(|_| self.closed_error(true))??;
+        self.decode::<R>(body, version)
+    }
+
+    fn decode<R: Request>(&self, mut body: Bytes, version: i16) -> Result<R::Response> {
+        R::Response::decode(&mut body, version).map_err(|e| Error::Decode {
+            context: format!(
+                "{:?} v{version} response from {}",
+                api_key::<R>(),
+                self.label
+            ),
             source: DecodeError::Malformed {
                 what: "response body",
                 reason: e.to_string(),
             },
-        })?;
-        Ok(resp)
+        })
     }
 }
 

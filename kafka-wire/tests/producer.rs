@@ -229,15 +229,17 @@ async fn idempotent_producer_writes_each_record_once_in_order_despite_killed_con
             generation.fetch_add(1, Ordering::Relaxed);
         }
     });
-    const N: u32 = 6_000;
+    // Keep records flowing for as long as the killer runs.
     let mut deliveries = Vec::new();
-    for i in 0..N {
+    let mut n: u32 = 0;
+    while !killer.is_finished() {
         let rec = ProducerRecord::new(&t)
-            .partition((i % 2) as i32)
-            .value(i.to_be_bytes().to_vec());
+            .partition((n % 2) as i32)
+            .value(n.to_be_bytes().to_vec());
         deliveries.push(producer.send(rec).await.unwrap());
-        if i % 500 == 0 {
-            tokio::time::sleep(Duration::from_millis(15)).await;
+        n += 1;
+        if n % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
     killer.await.unwrap();
@@ -251,7 +253,7 @@ async fn idempotent_producer_writes_each_record_once_in_order_despite_killed_con
     );
     // Each partition holds its records exactly once, in send order.
     for p in 0..2 {
-        let want: Vec<u32> = (0..N).filter(|i| i % 2 == p as u32).collect();
+        let want: Vec<u32> = (0..n).filter(|i| i % 2 == p as u32).collect();
         let got: Vec<u32> = common::fetch_all(&admin, &t, p, want.len() as i64)
             .await
             .iter()
@@ -313,4 +315,39 @@ fn producer_config_accepts_kafka_property_names() {
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("acks=all"), "{err}");
+}
+
+#[tokio::test]
+async fn pipelined_batches_keep_send_order_under_load() {
+    // Small batches and many partitions put several requests in flight per
+    // broker at once; offsets must still follow send order in every partition.
+    let broker = testkit::require_broker!();
+    let client = common::plaintext_client(&broker).await;
+    let t = topic(&client, "pipelined", 12).await;
+    let producer = Producer::with_client(
+        client.clone(),
+        producer_config(&broker.bootstrap)
+            .batch_size(1024)
+            .linger(Duration::from_millis(1))
+            .build()
+            .unwrap(),
+    );
+    let mut deliveries = Vec::new();
+    for i in 0..60_000u32 {
+        let rec = ProducerRecord::new(&t)
+            .key(format!("key-{}", i % 1000))
+            .value(vec![b'x'; 50]);
+        deliveries.push(producer.send(rec).await.unwrap());
+    }
+    let mut next = [0i64; 12];
+    for d in deliveries {
+        let md = d.await.unwrap();
+        assert_eq!(
+            md.offset, next[md.partition as usize],
+            "partition {} out of send order",
+            md.partition
+        );
+        next[md.partition as usize] += 1;
+    }
+    assert_eq!(next.iter().sum::<i64>(), 60_000);
 }

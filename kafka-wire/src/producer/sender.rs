@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::client::{Client, Lane};
+use crate::connection::PendingResponse;
 use crate::error::{Error, ErrorAction, KafkaCode, Result};
 use crate::records::{encode_batch, BatchOptions};
 
@@ -129,13 +130,24 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
                 continue;
             }
             *per_broker.entry(leader).or_default() += 1;
-            let client = client.clone();
-            let cfg = cfg.clone();
-            in_flight.spawn(async move {
-                let mut batches = batches;
-                let result = send_batches(&client, &cfg, leader, &mut batches).await;
-                (leader, batches, result)
-            });
+            // Queue the request here, in drain order, so a partition's
+            // sequences reach the broker in order; only the wait for the
+            // response runs concurrently.
+            let mut batches = batches;
+            match start_request(&client, &cfg, leader, &mut batches).await {
+                Ok(pending) => {
+                    in_flight.spawn(async move {
+                        let result = match pending {
+                            Some(p) => p.response().await.map(Some),
+                            None => Ok(None),
+                        };
+                        (leader, batches, result)
+                    });
+                }
+                Err(e) => {
+                    in_flight.spawn(async move { (leader, batches, Err(e)) });
+                }
+            }
         }
 
         // Wait for news: new records, a deadline, or a response. A deadline
@@ -164,13 +176,14 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
     }
 }
 
-/// Encode (once) and send one Produce request.
-async fn send_batches(
+/// Encode (once) and queue one Produce request on the leader's connection.
+/// `None`: acks=0, nothing to wait for.
+async fn start_request(
     client: &Client,
     cfg: &ProducerConfig,
     leader: i32,
     batches: &mut [Batch],
-) -> Result<Option<ProduceResponse>> {
+) -> Result<Option<PendingResponse<ProduceRequest>>> {
     let mut topics: HashMap<Arc<str>, Vec<PartitionProduceData>> = HashMap::new();
     for b in batches.iter_mut() {
         let encoded = b
@@ -225,7 +238,7 @@ async fn send_batches(
             .await?;
         return Ok(None);
     }
-    conn.send(&req, client.config().request_timeout, Duration::ZERO)
+    conn.start(&req, client.config().request_timeout)
         .await
         .map(Some)
 }

@@ -1,0 +1,248 @@
+//! `kafka-lab produce`: a kcat-like producer with progress and a summary.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Args;
+use kafka_wire::producer::ProducerConfigBuilder;
+use kafka_wire::records::Compression;
+use kafka_wire::{Client, DeliveryFuture, Producer, ProducerConfig, ProducerRecord};
+use tokio::io::AsyncBufReadExt;
+
+use crate::connect::ConnectArgs;
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    #[arg(long)]
+    topic: String,
+    /// Generate this many records instead of reading lines from stdin.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Size of each generated value in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// The same key for every record.
+    #[arg(long, conflicts_with = "key_prefix")]
+    key: Option<String>,
+    /// Keys P0, P1, … cycling over --distinct-keys.
+    #[arg(long)]
+    key_prefix: Option<String>,
+    #[arg(long, default_value_t = 1000, requires = "key_prefix")]
+    distinct_keys: u64,
+    /// Record header as key=value (repeatable).
+    #[arg(long = "header", value_name = "KEY=VALUE")]
+    headers: Vec<String>,
+    /// Send everything to this partition.
+    #[arg(long)]
+    partition: Option<i32>,
+    /// none, gzip, snappy, lz4 or zstd.
+    #[arg(long, default_value = "none")]
+    compression: String,
+    /// all, 1 or 0.
+    #[arg(long, default_value = "all")]
+    acks: String,
+    /// Run the whole produce in one transaction with this transactional.id.
+    #[arg(long)]
+    transactional_id: Option<String>,
+    /// With --transactional-id: abort instead of commit at the end.
+    #[arg(long, requires = "transactional_id")]
+    abort: bool,
+    /// Print one JSON line per delivered record: {"topic","partition","offset","key"}.
+    #[arg(long)]
+    json: bool,
+    /// Producer property as key=value (repeatable), e.g. -P linger.ms=20.
+    #[arg(short = 'P', value_name = "KEY=VALUE")]
+    producer_properties: Vec<String>,
+}
+
+/// Deliveries awaited in order, so output and errors follow send order.
+const MAX_OUTSTANDING: usize = 50_000;
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+struct Progress {
+    started: Instant,
+    last_print: Instant,
+    sent: u64,
+    delivered: u64,
+    bytes: u64,
+    show: bool,
+}
+
+impl Progress {
+    fn tick(&mut self) {
+        if self.show && self.last_print.elapsed() >= Duration::from_secs(1) {
+            self.last_print = Instant::now();
+            let secs = self.started.elapsed().as_secs_f64();
+            eprintln!(
+                "  … {} sent, {} delivered ({:.0} records/s)",
+                self.sent,
+                self.delivered,
+                self.delivered as f64 / secs.max(1e-9)
+            );
+        }
+    }
+}
+
+async fn settle(
+    pending: &mut VecDeque<(Option<String>, DeliveryFuture)>,
+    json: bool,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
+    let (key, delivery) = pending.pop_front().expect("caller checks non-empty");
+    let md = delivery.await.context("a record was not delivered")?;
+    progress.delivered += 1;
+    if json {
+        println!(
+            "{{\"topic\":{},\"partition\":{},\"offset\":{},\"key\":{}}}",
+            json_str(&md.topic),
+            md.partition,
+            md.offset,
+            key.as_deref()
+                .map(json_str)
+                .unwrap_or_else(|| "null".into())
+        );
+    }
+    Ok(())
+}
+
+fn config(args: &ProduceArgs, connect: &ConnectArgs) -> anyhow::Result<ProducerConfig> {
+    let compression = Compression::parse(&args.compression).with_context(|| {
+        format!(
+            "--compression {:?}: expected none, gzip, snappy, lz4 or zstd",
+            args.compression
+        )
+    })?;
+    let client = connect.client_builder()?;
+    let mut b: ProducerConfigBuilder = ProducerConfig::builder()
+        .client(|_| client)
+        .set("acks", &args.acks)?
+        .compression(compression);
+    if args.acks != "all" && args.acks != "-1" {
+        b = b.idempotent(false);
+    }
+    if let Some(id) = &args.transactional_id {
+        b = b.transactional_id(id);
+    }
+    for kv in &args.producer_properties {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("-P {kv:?}: expected key=value"))?;
+        b = b.set(k.trim(), v.trim())?;
+    }
+    Ok(b.build()?)
+}
+
+pub async fn run(connect: &ConnectArgs, client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
+    let producer = Producer::with_client(client.clone(), config(&args, connect)?);
+    let headers: Vec<(String, Option<Bytes>)> = args
+        .headers
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), Some(Bytes::from(v.to_string()))))
+                .with_context(|| format!("--header {kv:?}: expected key=value"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if args.transactional_id.is_some() {
+        producer.init_transactions().await?;
+        producer.begin_transaction().await?;
+    }
+
+    let mut progress = Progress {
+        started: Instant::now(),
+        last_print: Instant::now(),
+        sent: 0,
+        delivered: 0,
+        bytes: 0,
+        show: args.count.is_some_and(|c| c >= 100_000),
+    };
+    let mut pending: VecDeque<(Option<String>, DeliveryFuture)> = VecDeque::new();
+    let payload: Bytes = Bytes::from(vec![b'x'; args.size]);
+    let mut stdin =
+        (args.count.is_none()).then(|| tokio::io::BufReader::new(tokio::io::stdin()).lines());
+    let mut i: u64 = 0;
+    loop {
+        let value = match (&mut stdin, args.count) {
+            (Some(lines), _) => match lines.next_line().await? {
+                Some(line) => Bytes::from(line),
+                None => break,
+            },
+            (None, Some(n)) if i < n => payload.clone(),
+            _ => break,
+        };
+        let key = match (&args.key, &args.key_prefix) {
+            (Some(k), _) => Some(k.clone()),
+            (None, Some(p)) => Some(format!("{p}{}", i % args.distinct_keys.max(1))),
+            _ => None,
+        };
+        let mut rec = ProducerRecord::new(&args.topic).value(value.clone());
+        rec.headers = headers.clone();
+        if let Some(k) = &key {
+            rec = rec.key(k.clone());
+        }
+        if let Some(p) = args.partition {
+            rec = rec.partition(p);
+        }
+        progress.bytes += value.len() as u64;
+        pending.push_back((key, producer.send(rec).await?));
+        progress.sent += 1;
+        i += 1;
+        while pending.len() > MAX_OUTSTANDING {
+            settle(&mut pending, args.json, &mut progress).await?;
+        }
+        progress.tick();
+    }
+    producer.flush().await;
+    while !pending.is_empty() {
+        settle(&mut pending, args.json, &mut progress).await?;
+    }
+    let outcome = match (&args.transactional_id, args.abort) {
+        (Some(_), false) => {
+            producer.commit_transaction().await?;
+            " (transaction committed)"
+        }
+        (Some(_), true) => {
+            producer.abort_transaction().await?;
+            " (transaction aborted)"
+        }
+        _ => "",
+    };
+    producer.close().await;
+    let secs = progress.started.elapsed().as_secs_f64();
+    if progress.delivered != progress.sent {
+        bail!(
+            "{} sent but {} delivered",
+            progress.sent,
+            progress.delivered
+        );
+    }
+    eprintln!(
+        "produced {} records ({:.1} MB) to {} in {:.2} s: {:.0} records/s, {:.1} MB/s{outcome}",
+        progress.delivered,
+        progress.bytes as f64 / 1e6,
+        args.topic,
+        secs,
+        progress.delivered as f64 / secs.max(1e-9),
+        progress.bytes as f64 / 1e6 / secs.max(1e-9),
+    );
+    Ok(())
+}

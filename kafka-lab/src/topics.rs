@@ -1,0 +1,68 @@
+//! `kafka-lab topics create | list | delete`.
+
+use anyhow::Context;
+use clap::Subcommand;
+use kafka_wire::{Client, NewTopic};
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create a topic.
+    Create {
+        topic: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+        /// -1: the broker's default.
+        #[arg(long, default_value_t = -1)]
+        replication_factor: i16,
+        /// Topic config as key=value (repeatable), e.g. --config cleanup.policy=compact.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+    },
+    /// List topics with their partition counts.
+    List {
+        /// Include internal topics (__consumer_offsets, …).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete a topic.
+    Delete { topic: String },
+}
+
+pub async fn run(client: &Client, cmd: TopicsCommand) -> anyhow::Result<()> {
+    match cmd {
+        TopicsCommand::Create {
+            topic,
+            partitions,
+            replication_factor,
+            configs,
+        } => {
+            let mut t = NewTopic::new(&topic, partitions);
+            t.replication_factor = replication_factor;
+            for kv in &configs {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--config {kv:?}: expected key=value"))?;
+                t = t.config(k.trim(), v.trim());
+            }
+            client.create_topic(t).await?;
+            println!("created {topic} ({partitions} partitions)");
+        }
+        TopicsCommand::List { all } => {
+            let md = client.refresh_metadata(None).await?;
+            let mut topics: Vec<_> = md
+                .topics
+                .values()
+                .filter(|t| all || !t.is_internal)
+                .collect();
+            topics.sort_by(|a, b| a.name.cmp(&b.name));
+            for t in topics {
+                println!("{}\t{}", t.name, t.partitions.len());
+            }
+        }
+        TopicsCommand::Delete { topic } => {
+            client.delete_topic(&topic).await?;
+            println!("deleted {topic}");
+        }
+    }
+    Ok(())
+}
