@@ -1,8 +1,9 @@
 //! # kafka-wire
 //!
 //! A pure-Rust Kafka protocol client: connections (TCP, rustls TLS, SASL),
-//! ApiVersions negotiation, metadata and routing. No librdkafka, no C
-//! toolchain: it builds with `CC=/bin/false`.
+//! ApiVersions negotiation, metadata and routing, record batches with all
+//! four codecs, an idempotent and transactional producer, and admin calls.
+//! No librdkafka, no C toolchain: it builds with `CC=/bin/false`.
 //!
 //! ## Layout
 //!
@@ -15,24 +16,33 @@
 //! | [`frame`] | length-prefixed frames, bounded before allocation |
 //! | [`versions`] | the one table of API versions this client speaks, and negotiation |
 //! | [`metadata`] | the metadata cache (pure) |
+//! | [`records`] | record batches v2: lazy zero-copy decode, CRC32C, gzip/snappy/lz4/zstd |
+//! | [`producer`] | [`Producer`]: accumulator (pure), sender task, partitioner, transactions |
+//! | [`coordinator`] | FindCoordinator for groups and transactions |
+//! | [`admin`] | topics, offsets, groups, configs, cluster |
 //! | [`tls`], [`sasl`] | rustls with the graviola provider; PLAIN, SCRAM, OAUTHBEARER |
 //! | [`error`] | [`Error`] and its [`ErrorAction`]: what to do next |
 //!
-//! ## Example
+//! ## Example: produce
 //!
 //! ```no_run
 //! # async fn demo() -> kafka_wire::Result<()> {
-//! use kafka_wire::{Client, ClientConfig};
+//! use kafka_wire::{Producer, ProducerConfig, ProducerRecord};
 //!
-//! let config = ClientConfig::builder()
+//! // Kafka's own property names work, so existing configs can be pasted.
+//! let config = ProducerConfig::builder()
 //!     .set("bootstrap.servers", "127.0.0.1:9092")?
-//!     .set("client.id", "inventory-service")?
-//!     .build()?;
-//! let client = Client::connect(config).await?;
-//! let metadata = client.refresh_metadata(None).await?;
-//! for (name, topic) in &metadata.topics {
-//!     println!("{name}: {} partitions", topic.partitions.len());
-//! }
+//!     .set("compression.type", "lz4")?
+//!     .set("linger.ms", "5")?
+//!     .build()?; // acks=all and idempotence are the defaults
+//! let producer = Producer::connect(config).await?;
+//!
+//! let delivery = producer
+//!     .send(ProducerRecord::new("orders").key("customer-42").value("{\"total\": 99}"))
+//!     .await?; // queued (waits only if buffer.memory is full)
+//! let md = delivery.await?; // acknowledged by every in-sync replica
+//! println!("stored at {}-{} offset {}", md.topic, md.partition, md.offset);
+//! producer.close().await;
 //! # Ok(()) }
 //! ```
 
@@ -68,4 +78,4 @@ pub use tls::TlsConfig;
 /// The generated protocol messages this crate speaks, re-exported so
 /// callers need not depend on `kafka-protocol` themselves.
 pub use kafka_protocol::messages;
-pub use kafka_protocol::protocol::StrBytes;
+pub use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
