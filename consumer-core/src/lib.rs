@@ -1,14 +1,25 @@
 //! # consumer-core
 //!
-//! The hand-written group coordinator client and fetcher: group membership
-//! (classic protocol, as a pure state machine with a thin async driver),
-//! assignors (range, roundrobin, sticky, cooperative-sticky), fetch sessions,
-//! pause/resume/seek, and generation-fenced offset commits.
+//! The hand-written group coordinator client and fetcher.
 //!
-//! **Status: not built yet.** This crate is a placeholder in the workspace so
-//! the layering (`kafka-wire` ← `consumer-core` ← `resilience`) and the
-//! no-C-toolchain check cover it from the start. See the README's status table.
+//! ## Layout
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`tp`] | [`TopicPartition`] |
+//! | [`protocol`] | consumer-protocol subscription/assignment bytes (Java/librdkafka compatible) |
+//! | [`assignor`] | the [`Assignor`] trait; range, roundrobin, sticky, cooperative-sticky |
+//!
+//! **Status:** the assignors and the consumer protocol are built and
+//! property-tested. Group membership, the fetcher and commits are not built
+//! yet; see the README's status table.
 
 #![forbid(unsafe_code)]
 
-pub use kafka_wire;
+pub mod assignor;
+pub mod protocol;
+pub mod tp;
+
+pub use assignor::{Assignor, RebalanceProtocol};
+pub use protocol::{Assignment, Subscription};
+pub use tp::TopicPartition;

@@ -1,0 +1,230 @@
+//! `sticky` and `cooperative-sticky`: balanced assignments that move as few
+//! partitions as possible between generations.
+//!
+//! The algorithm (shared by both):
+//! 1. Keep each partition with the member that owned it, if that member is
+//!    still subscribed to its topic. When two members claim one partition,
+//!    the higher generation wins (a zombie's stale claim loses).
+//! 2. Give every unowned partition to the eligible member with the fewest.
+//! 3. While some member has two more partitions than another member that
+//!    could take one of them, move one. Only over-full members lose
+//!    partitions, so the movement is the minimum balance requires.
+//!
+//! `cooperative-sticky` (KIP-429) then withholds every partition that
+//! changes owner: its old owner sees it missing and revokes it, and the
+//! follow-up rebalance hands it to the new owner. Nobody stops consuming the
+//! partitions that stay.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::{
+    empty_assignment, sorted_members, subscribed_partitions, Assignor, GroupAssignment, Member,
+    RebalanceProtocol,
+};
+use crate::tp::TopicPartition;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StickyAssignor;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CooperativeStickyAssignor;
+
+/// Java's `StickyAssignor` user data (v1): the previous assignment and its
+/// generation, so Java leaders and ours can read each other's state.
+/// Schema: `[topic: string, partitions: [i32]]`, then `generation: i32`.
+pub fn encode_sticky_user_data(owned: &[TopicPartition], generation: i32) -> Bytes {
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for tp in owned {
+        by_topic.entry(&tp.topic).or_default().push(tp.partition);
+    }
+    let mut b = BytesMut::new();
+    b.put_i32(by_topic.len() as i32);
+    for (topic, parts) in by_topic {
+        b.put_i16(topic.len() as i16);
+        b.put_slice(topic.as_bytes());
+        b.put_i32(parts.len() as i32);
+        for p in parts {
+            b.put_i32(p);
+        }
+    }
+    b.put_i32(generation);
+    b.freeze()
+}
+
+/// Decode Java's sticky user data; `None` when absent or malformed (then
+/// the member simply has no claims).
+pub fn decode_sticky_user_data(data: &Bytes) -> Option<(Vec<TopicPartition>, i32)> {
+    let mut b = data.clone();
+    let mut owned = Vec::new();
+    if b.remaining() < 4 {
+        return None;
+    }
+    let topics = b.get_i32();
+    if topics < 0 || topics as usize > b.remaining() {
+        return None;
+    }
+    for _ in 0..topics {
+        if b.remaining() < 2 {
+            return None;
+        }
+        let len = b.get_i16();
+        if len < 0 || b.remaining() < len as usize + 4 {
+            return None;
+        }
+        let topic = String::from_utf8(b.split_to(len as usize).to_vec()).ok()?;
+        let n = b.get_i32();
+        if n < 0 || b.remaining() < n as usize * 4 {
+            return None;
+        }
+        for _ in 0..n {
+            owned.push(TopicPartition::new(topic.clone(), b.get_i32()));
+        }
+    }
+    let generation = if b.remaining() >= 4 { b.get_i32() } else { -1 };
+    Some((owned, generation))
+}
+
+/// What a member says it owns: subscription v1+ owned partitions, else
+/// Java-style sticky user data.
+fn claims(m: &Member) -> (Vec<TopicPartition>, i32) {
+    let s = &m.subscription;
+    if !s.owned.is_empty() {
+        return (s.owned.clone(), s.generation);
+    }
+    s.user_data
+        .as_ref()
+        .and_then(decode_sticky_user_data)
+        .unwrap_or((Vec::new(), s.generation))
+}
+
+/// The balanced, sticky assignment (steps 1–3 above).
+fn sticky_assign(
+    members: &[Member],
+    partitions_per_topic: &BTreeMap<String, i32>,
+) -> GroupAssignment {
+    let mut out = empty_assignment(members);
+    let sorted = sorted_members(members);
+    let all = subscribed_partitions(members, partitions_per_topic);
+    let eligible = |m: &Member, tp: &TopicPartition| m.subscription.topics.contains(&tp.topic);
+    let by_id: HashMap<&str, &Member> = members.iter().map(|m| (m.member_id.as_str(), m)).collect();
+
+    // 1. Keep previous owners; the highest generation wins a contested partition.
+    let mut owner: BTreeMap<TopicPartition, (i32, &str)> = BTreeMap::new();
+    for m in &sorted {
+        let (owned, generation) = claims(m);
+        for tp in owned {
+            if !all.contains(&tp) || !eligible(m, &tp) {
+                continue;
+            }
+            match owner.get(&tp) {
+                Some((g, _)) if *g >= generation => {}
+                _ => {
+                    owner.insert(tp, (generation, &m.member_id));
+                }
+            }
+        }
+    }
+    for (tp, (_, id)) in &owner {
+        out.get_mut(*id).expect("member").push(tp.clone());
+    }
+
+    // 2. Unowned partitions to the eligible member with the fewest.
+    for tp in all.iter().filter(|tp| !owner.contains_key(*tp)) {
+        let target = sorted
+            .iter()
+            .filter(|m| eligible(m, tp))
+            .min_by_key(|m| out[&m.member_id].len());
+        if let Some(m) = target {
+            out.get_mut(&m.member_id).expect("member").push(tp.clone());
+        }
+    }
+
+    // 3. Move from the fullest to the emptiest eligible member until balanced.
+    loop {
+        let mut best: Option<(String, String, TopicPartition)> = None;
+        let mut best_gap = 1;
+        for from in &sorted {
+            for to in &sorted {
+                let gap = out[&from.member_id].len() as i64 - out[&to.member_id].len() as i64;
+                if gap <= best_gap {
+                    continue;
+                }
+                // Move the highest partition `to` can take (deterministic).
+                if let Some(tp) = out[&from.member_id]
+                    .iter()
+                    .filter(|tp| eligible(by_id[to.member_id.as_str()], tp))
+                    .max()
+                {
+                    best_gap = gap;
+                    best = Some((from.member_id.clone(), to.member_id.clone(), tp.clone()));
+                }
+            }
+        }
+        let Some((from, to, tp)) = best else { break };
+        out.get_mut(&from).expect("member").retain(|x| *x != tp);
+        out.get_mut(&to).expect("member").push(tp);
+    }
+    for parts in out.values_mut() {
+        parts.sort();
+    }
+    out
+}
+
+impl Assignor for StickyAssignor {
+    fn name(&self) -> &'static str {
+        "sticky"
+    }
+
+    fn subscription_user_data(&self, owned: &[TopicPartition], generation: i32) -> Option<Bytes> {
+        Some(encode_sticky_user_data(owned, generation))
+    }
+
+    fn assign(
+        &self,
+        members: &[Member],
+        partitions_per_topic: &BTreeMap<String, i32>,
+    ) -> GroupAssignment {
+        sticky_assign(members, partitions_per_topic)
+    }
+}
+
+impl Assignor for CooperativeStickyAssignor {
+    fn name(&self) -> &'static str {
+        "cooperative-sticky"
+    }
+
+    fn rebalance_protocol(&self) -> RebalanceProtocol {
+        RebalanceProtocol::Cooperative
+    }
+
+    fn subscription_user_data(&self, _owned: &[TopicPartition], generation: i32) -> Option<Bytes> {
+        // Java's CooperativeStickyAssignor user data: just the generation.
+        let mut b = BytesMut::new();
+        b.put_i32(generation);
+        Some(b.freeze())
+    }
+
+    fn assign(
+        &self,
+        members: &[Member],
+        partitions_per_topic: &BTreeMap<String, i32>,
+    ) -> GroupAssignment {
+        let mut out = sticky_assign(members, partitions_per_topic);
+        // Withhold partitions that change owner: revoke first, assign next round.
+        let mut previous: HashMap<TopicPartition, &str> = HashMap::new();
+        for m in members {
+            for tp in &m.subscription.owned {
+                previous.insert(tp.clone(), &m.member_id);
+            }
+        }
+        for (member, parts) in out.iter_mut() {
+            parts.retain(|tp| match previous.get(tp) {
+                Some(prev) => prev == member,
+                None => true,
+            });
+        }
+        out
+    }
+}
