@@ -9,17 +9,21 @@
 //! | [`tp`] | [`TopicPartition`] |
 //! | [`protocol`] | consumer-protocol subscription/assignment bytes (Java/librdkafka compatible) |
 //! | [`assignor`] | the [`Assignor`] trait; range, roundrobin, sticky, cooperative-sticky |
+//! | [`membership`] | group membership as a pure state machine (events + `now` in, [`Action`]s out) |
 //!
-//! **Status:** the assignors and the consumer protocol are built and
-//! property-tested. Group membership, the fetcher and commits are not built
+//! **Status:** the assignors, the consumer protocol and the membership state
+//! machine are built and unit/property-tested. The async driver that runs
+//! the state machine against a broker, the fetcher and commits are not built
 //! yet; see the README's status table.
 
 #![forbid(unsafe_code)]
 
 pub mod assignor;
+pub mod membership;
 pub mod protocol;
 pub mod tp;
 
 pub use assignor::{Assignor, RebalanceProtocol};
+pub use membership::{Action, Membership, MembershipConfig, State};
 pub use protocol::{Assignment, Subscription};
 pub use tp::TopicPartition;

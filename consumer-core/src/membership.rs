@@ -1,0 +1,639 @@
+//! Group membership (classic protocol) as a pure state machine.
+//!
+//! Events and `now` go in ([`Membership::handle_join`], `handle_sync`,
+//! `handle_heartbeat`, `handle_request_failed`, `polled`, …); actions come
+//! out ([`Membership::poll_action`]) with the next deadline
+//! ([`Membership::poll_timeout`]). It never awaits and never reads a clock,
+//! so every transition is unit-tested below with a fake clock. A thin async
+//! driver (not built yet) executes the actions on the Group lane.
+//!
+//! ```text
+//!            ┌──────────────────────── NOT_COORDINATOR / coordinator lost ◀───────────┐
+//!            ▼                                                                        │
+//!   FindCoordinator ──found──▶ Joining ──JoinGroup ok──▶ Syncing ──SyncGroup ok──▶ Stable ──┐
+//!            ▲                  │  ▲ MEMBER_ID_REQUIRED (retry with the id, KIP-394)   │   heartbeat every
+//!            │                  │  └ REBALANCE_IN_PROGRESS / load in progress (backoff)│   heartbeat.interval
+//!            │                  ▼                                                      │
+//!            │               Fatal ◀── FENCED_INSTANCE_ID, GROUP_MAX_SIZE_REACHED, …   │
+//!            │                                                                         │
+//!            └── rejoin ◀── REBALANCE_IN_PROGRESS (heartbeat) · ILLEGAL_GENERATION /
+//!                           UNKNOWN_MEMBER_ID (partitions lost) · session timeout ·
+//!                           max.poll.interval exceeded (leave on purpose, then wait for poll)
+//! ```
+//!
+//! Invariants:
+//! - Partitions are *revoked* (commit allowed) only while this member still
+//!   owns them in the current generation; they are *lost* (no commit) when
+//!   the generation is gone (ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, session
+//!   timeout, fencing, poll timeout).
+//! - Cooperative (KIP-429): only partitions that move are revoked; a
+//!   revocation is followed by an immediate rejoin (the second phase).
+//! - Every rejoin carries a reason, logged by the driver.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_wire::KafkaCode;
+
+use crate::assignor::{Assignor, Member, RebalanceProtocol};
+use crate::protocol::{Assignment, Subscription, CONSUMER_PROTOCOL_VERSION};
+use crate::tp::TopicPartition;
+
+/// Membership settings (the `group.*`/`*.timeout.ms` consumer properties).
+#[derive(Debug, Clone)]
+pub struct MembershipConfig {
+    pub group_id: String,
+    /// `group.instance.id`: static membership (KIP-345).
+    pub group_instance_id: Option<String>,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub max_poll_interval: Duration,
+    pub retry_backoff: Duration,
+}
+
+/// Where the member is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Looking for the coordinator.
+    FindingCoordinator,
+    /// JoinGroup in flight (or about to be sent).
+    Joining,
+    /// SyncGroup in flight.
+    Syncing { generation: i32, leader: bool },
+    /// Assigned and heartbeating.
+    Stable { generation: i32 },
+    /// Left because the application stopped polling; rejoins on the next poll.
+    LeftForPollTimeout,
+    /// Left the group on close.
+    Left,
+    /// Unrecoverable; the message says what to fix.
+    Fatal(String),
+}
+
+/// What the driver should do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    FindCoordinator,
+    Join {
+        member_id: String,
+        group_instance_id: Option<String>,
+        session_timeout: Duration,
+        rebalance_timeout: Duration,
+        /// `(assignor name, subscription bytes)` in preference order.
+        protocols: Vec<(String, Bytes)>,
+        reason: String,
+    },
+    Sync {
+        generation: i32,
+        member_id: String,
+        /// Leader only: member id → assignment bytes.
+        assignments: Vec<(String, Bytes)>,
+    },
+    Heartbeat {
+        generation: i32,
+        member_id: String,
+    },
+    Leave {
+        member_id: String,
+        reason: String,
+    },
+    /// Call the listener's `on_revoked`; commits for these are still valid.
+    Revoke(Vec<TopicPartition>),
+    /// Call `on_assigned`; start fetching these.
+    Assign(Vec<TopicPartition>),
+    /// Call `on_lost`; never commit these.
+    Lose(Vec<TopicPartition>),
+    /// Give up; the string tells the user what to fix.
+    Fatal(String),
+}
+
+/// A JoinGroup response, as the driver decodes it.
+#[derive(Debug, Clone, Default)]
+pub struct JoinResult {
+    pub error: Option<KafkaCode>,
+    pub generation: i32,
+    pub member_id: String,
+    pub leader: String,
+    /// The assignor the group chose.
+    pub protocol_name: Option<String>,
+    /// Leader only: every member and its subscription bytes.
+    pub members: Vec<(String, Option<String>, Bytes)>,
+}
+
+/// The pure membership state machine.
+#[derive(Debug)]
+pub struct Membership {
+    cfg: MembershipConfig,
+    assignors: Vec<Arc<dyn Assignor>>,
+    topics: Vec<String>,
+    state: State,
+    member_id: String,
+    /// The generation of the last successful sync (-1 before).
+    generation: i32,
+    owned: BTreeSet<TopicPartition>,
+    actions: VecDeque<Action>,
+    /// Wait until then before the next join/find (backoff).
+    retry_at: Option<Instant>,
+    pending_join_reason: Option<String>,
+    next_heartbeat: Option<Instant>,
+    heartbeat_in_flight: bool,
+    last_heartbeat_ok: Instant,
+    last_poll: Instant,
+    rejoin_after_sync: bool,
+}
+
+fn describe(code: KafkaCode) -> String {
+    format!("{code}")
+}
+
+impl Membership {
+    /// Start looking for the coordinator of `cfg.group_id`.
+    pub fn new(
+        cfg: MembershipConfig,
+        assignors: Vec<Arc<dyn Assignor>>,
+        topics: Vec<String>,
+        now: Instant,
+    ) -> Self {
+        let mut m = Self {
+            cfg,
+            assignors,
+            topics,
+            state: State::FindingCoordinator,
+            member_id: String::new(),
+            generation: -1,
+            owned: BTreeSet::new(),
+            actions: VecDeque::new(),
+            retry_at: None,
+            pending_join_reason: Some("initial join".into()),
+            next_heartbeat: None,
+            heartbeat_in_flight: false,
+            last_heartbeat_ok: now,
+            last_poll: now,
+            rejoin_after_sync: false,
+        };
+        m.actions.push_back(Action::FindCoordinator);
+        m
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+    pub fn member_id(&self) -> &str {
+        &self.member_id
+    }
+    pub fn generation(&self) -> i32 {
+        self.generation
+    }
+    /// Partitions this member owns in the current generation.
+    pub fn owned(&self) -> &BTreeSet<TopicPartition> {
+        &self.owned
+    }
+
+    /// May offsets for `tp` be committed now? Only for partitions owned in
+    /// the current, stable generation: this is what refuses a late commit
+    /// after a rebalance locally, before it reaches the broker.
+    pub fn may_commit(&self, tp: &TopicPartition) -> bool {
+        matches!(self.state, State::Stable { .. }) && self.owned.contains(tp)
+    }
+
+    fn protocol(&self) -> RebalanceProtocol {
+        // The group is cooperative only if our first choice is.
+        self.assignors
+            .first()
+            .map(|a| a.rebalance_protocol())
+            .unwrap_or(RebalanceProtocol::Eager)
+    }
+
+    fn fatal(&mut self, msg: String) {
+        let lost: Vec<_> = std::mem::take(&mut self.owned).into_iter().collect();
+        if !lost.is_empty() {
+            self.actions.push_back(Action::Lose(lost));
+        }
+        self.actions.push_back(Action::Fatal(msg.clone()));
+        self.state = State::Fatal(msg);
+        self.next_heartbeat = None;
+    }
+
+    /// The generation is gone: partitions are lost, not revoked.
+    fn lose_all_and_reset(&mut self, reset_member_id: bool) {
+        let lost: Vec<_> = std::mem::take(&mut self.owned).into_iter().collect();
+        if !lost.is_empty() {
+            self.actions.push_back(Action::Lose(lost));
+        }
+        self.generation = -1;
+        if reset_member_id {
+            self.member_id.clear();
+        }
+    }
+
+    fn rejoin(&mut self, reason: impl Into<String>, now: Instant, backoff: bool) {
+        let reason = reason.into();
+        if self.protocol() == RebalanceProtocol::Eager && !self.owned.is_empty() {
+            // Eager: give everything back (commits still valid) before joining.
+            let revoked: Vec<_> = std::mem::take(&mut self.owned).into_iter().collect();
+            self.actions.push_back(Action::Revoke(revoked));
+        }
+        self.state = State::Joining;
+        self.next_heartbeat = None;
+        self.heartbeat_in_flight = false;
+        self.pending_join_reason = Some(reason);
+        self.retry_at = backoff.then(|| now + self.cfg.retry_backoff);
+    }
+
+    fn find_coordinator(&mut self, now: Instant) {
+        self.state = State::FindingCoordinator;
+        self.next_heartbeat = None;
+        self.heartbeat_in_flight = false;
+        self.retry_at = Some(now + self.cfg.retry_backoff);
+        self.actions.push_back(Action::FindCoordinator);
+    }
+
+    fn join_action(&mut self) -> Action {
+        let owned: Vec<TopicPartition> = self.owned.iter().cloned().collect();
+        let protocols = self
+            .assignors
+            .iter()
+            .map(|a| {
+                let sub = Subscription {
+                    topics: self.topics.clone(),
+                    user_data: a.subscription_user_data(&owned, self.generation),
+                    owned: owned.clone(),
+                    generation: self.generation,
+                    rack: None,
+                };
+                (a.name().to_string(), sub.encode(CONSUMER_PROTOCOL_VERSION))
+            })
+            .collect();
+        Action::Join {
+            member_id: self.member_id.clone(),
+            group_instance_id: self.cfg.group_instance_id.clone(),
+            session_timeout: self.cfg.session_timeout,
+            rebalance_timeout: self.cfg.rebalance_timeout,
+            protocols,
+            reason: self.pending_join_reason.take().unwrap_or_default(),
+        }
+    }
+
+    /// The coordinator is known (FindCoordinator succeeded).
+    pub fn coordinator_found(&mut self, now: Instant) {
+        if self.state != State::FindingCoordinator {
+            return;
+        }
+        self.retry_at = None;
+        if self.pending_join_reason.is_none() && self.generation >= 0 {
+            // The coordinator moved while we were stable: heartbeat there.
+            self.state = State::Stable {
+                generation: self.generation,
+            };
+            self.next_heartbeat = Some(now);
+            return;
+        }
+        self.state = State::Joining;
+        self.pending_join_reason
+            .get_or_insert_with(|| "coordinator found".into());
+    }
+
+    /// A request could not be completed (connection lost, timeout).
+    pub fn handle_request_failed(&mut self, now: Instant) {
+        match self.state {
+            State::Fatal(_) | State::Left | State::LeftForPollTimeout => {}
+            State::Joining | State::Syncing { .. } => {
+                self.pending_join_reason = Some("a join or sync request failed".into());
+                self.find_coordinator(now);
+            }
+            _ => {
+                self.heartbeat_in_flight = false;
+                self.find_coordinator(now);
+            }
+        }
+    }
+
+    /// The JoinGroup response. `partitions_per_topic` (from metadata) is used
+    /// only if this member is the leader and must assign.
+    pub fn handle_join(
+        &mut self,
+        r: JoinResult,
+        partitions_per_topic: &BTreeMap<String, i32>,
+        now: Instant,
+    ) {
+        if self.state != State::Joining {
+            return;
+        }
+        use KafkaCode as C;
+        match r.error {
+            None => {}
+            Some(C::MemberIdRequired) => {
+                // KIP-394: the broker assigned us an id; join again with it.
+                self.member_id = r.member_id;
+                self.pending_join_reason = Some("rejoining with the member id the broker assigned (KIP-394)".into());
+                return;
+            }
+            Some(C::UnknownMemberId) => {
+                self.lose_all_and_reset(true);
+                return self.rejoin("the coordinator does not know our member id", now, false);
+            }
+            Some(C::IllegalGeneration) => {
+                self.lose_all_and_reset(false);
+                return self.rejoin("our generation is stale", now, false);
+            }
+            Some(C::RebalanceInProgress | C::CoordinatorLoadInProgress) => {
+                return self.rejoin(describe(r.error.unwrap()), now, true);
+            }
+            Some(C::NotCoordinator | C::CoordinatorNotAvailable) => {
+                self.pending_join_reason = Some("the coordinator moved".into());
+                return self.find_coordinator(now);
+            }
+            Some(C::FencedInstanceId) => {
+                return self.fatal(format!(
+                    "FENCED_INSTANCE_ID: another consumer uses group.instance.id {:?} in group {:?}; \
+                     give each instance a unique id",
+                    self.cfg.group_instance_id.as_deref().unwrap_or(""),
+                    self.cfg.group_id
+                ))
+            }
+            Some(C::GroupMaxSizeReached) => {
+                return self.fatal(format!(
+                    "GROUP_MAX_SIZE_REACHED: group {:?} is full (group.max.size on the broker)",
+                    self.cfg.group_id
+                ))
+            }
+            Some(C::InconsistentGroupProtocol) => {
+                return self.fatal(format!(
+                    "INCONSISTENT_GROUP_PROTOCOL: no assignor in common with the other members of {:?}; \
+                     configure partition.assignment.strategy to share one",
+                    self.cfg.group_id
+                ))
+            }
+            Some(code) if code.is_retriable() => {
+                return self.rejoin(describe(code), now, true);
+            }
+            Some(code) => {
+                return self.fatal(format!(
+                    "JoinGroup for {:?} failed with {code}",
+                    self.cfg.group_id
+                ))
+            }
+        }
+        self.member_id = r.member_id.clone();
+        let leader = r.leader == r.member_id;
+        let assignments = if leader {
+            self.assign_as_leader(&r, partitions_per_topic)
+        } else {
+            Vec::new()
+        };
+        self.state = State::Syncing {
+            generation: r.generation,
+            leader,
+        };
+        self.actions.push_back(Action::Sync {
+            generation: r.generation,
+            member_id: self.member_id.clone(),
+            assignments,
+        });
+    }
+
+    fn assign_as_leader(
+        &self,
+        r: &JoinResult,
+        partitions_per_topic: &BTreeMap<String, i32>,
+    ) -> Vec<(String, Bytes)> {
+        let name = r.protocol_name.as_deref().unwrap_or_default();
+        let Some(assignor) = self.assignors.iter().find(|a| a.name() == name) else {
+            return Vec::new();
+        };
+        let members: Vec<Member> = r
+            .members
+            .iter()
+            .map(|(id, instance, meta)| Member {
+                member_id: id.clone(),
+                group_instance_id: instance.clone(),
+                // An undecodable subscription subscribes to nothing.
+                subscription: Subscription::decode(meta).unwrap_or_default(),
+            })
+            .collect();
+        assignor
+            .assign(&members, partitions_per_topic)
+            .into_iter()
+            .map(|(id, partitions)| {
+                let bytes = Assignment {
+                    partitions,
+                    user_data: None,
+                }
+                .encode(CONSUMER_PROTOCOL_VERSION);
+                (id, bytes)
+            })
+            .collect()
+    }
+
+    /// The SyncGroup response: the assignment bytes, or an error.
+    pub fn handle_sync(&mut self, error: Option<KafkaCode>, assignment: &Bytes, now: Instant) {
+        let State::Syncing { generation, .. } = self.state else {
+            return;
+        };
+        use KafkaCode as C;
+        match error {
+            None => {}
+            Some(C::RebalanceInProgress) => {
+                return self.rejoin("the group rebalanced during sync", now, false)
+            }
+            Some(C::UnknownMemberId | C::IllegalGeneration) => {
+                self.lose_all_and_reset(error == Some(C::UnknownMemberId));
+                return self.rejoin(format!("sync failed: {}", describe(error.unwrap())), now, false);
+            }
+            Some(C::NotCoordinator | C::CoordinatorNotAvailable) => {
+                self.pending_join_reason = Some("the coordinator moved during sync".into());
+                return self.find_coordinator(now);
+            }
+            Some(C::FencedInstanceId) => {
+                return self.fatal(format!(
+                    "FENCED_INSTANCE_ID during sync: group.instance.id {:?} is used by another consumer",
+                    self.cfg.group_instance_id.as_deref().unwrap_or("")
+                ))
+            }
+            Some(code) if code.is_retriable() => return self.rejoin(describe(code), now, true),
+            Some(code) => return self.fatal(format!("SyncGroup failed with {code}")),
+        }
+        let new: BTreeSet<TopicPartition> = Assignment::decode(assignment)
+            .map(|a| a.partitions.into_iter().collect())
+            .unwrap_or_default();
+        let revoked: Vec<_> = self.owned.difference(&new).cloned().collect();
+        let added: Vec<_> = new.difference(&self.owned).cloned().collect();
+        if !revoked.is_empty() {
+            // Cooperative: only what moves; it is still ours until now, so
+            // the listener may commit it.
+            self.actions.push_back(Action::Revoke(revoked.clone()));
+        }
+        self.owned = new;
+        self.generation = generation;
+        if !added.is_empty() {
+            self.actions.push_back(Action::Assign(added));
+        }
+        self.state = State::Stable { generation };
+        self.last_heartbeat_ok = now;
+        self.next_heartbeat = Some(now + self.cfg.heartbeat_interval);
+        if !revoked.is_empty() && self.protocol() == RebalanceProtocol::Cooperative {
+            // KIP-429 second phase: rejoin so the revoked partitions can move.
+            self.rejoin_after_sync = true;
+        }
+    }
+
+    /// The Heartbeat response.
+    pub fn handle_heartbeat(&mut self, error: Option<KafkaCode>, now: Instant) {
+        self.heartbeat_in_flight = false;
+        if !matches!(self.state, State::Stable { .. }) {
+            return;
+        }
+        use KafkaCode as C;
+        match error {
+            None => {
+                self.last_heartbeat_ok = now;
+                self.next_heartbeat = Some(now + self.cfg.heartbeat_interval);
+            }
+            Some(C::RebalanceInProgress) => self.rejoin("the group is rebalancing", now, false),
+            Some(C::IllegalGeneration | C::UnknownMemberId) => {
+                let reset = error == Some(C::UnknownMemberId);
+                self.lose_all_and_reset(reset);
+                self.rejoin(
+                    format!(
+                        "heartbeat: {}; our partitions were reassigned",
+                        describe(error.unwrap())
+                    ),
+                    now,
+                    false,
+                );
+            }
+            Some(C::NotCoordinator | C::CoordinatorNotAvailable) => self.find_coordinator(now),
+            Some(C::FencedInstanceId) => self.fatal(format!(
+                "FENCED_INSTANCE_ID on heartbeat: group.instance.id {:?} was taken over",
+                self.cfg.group_instance_id.as_deref().unwrap_or("")
+            )),
+            Some(code) if code.is_retriable() => {
+                self.next_heartbeat = Some(now + self.cfg.retry_backoff);
+            }
+            Some(code) => self.fatal(format!("Heartbeat failed with {code}")),
+        }
+    }
+
+    /// The application called poll: it is alive.
+    pub fn polled(&mut self, now: Instant) {
+        self.last_poll = now;
+        if self.state == State::LeftForPollTimeout {
+            self.state = State::FindingCoordinator;
+            self.pending_join_reason =
+                Some("the application polled again after a poll timeout".into());
+            self.actions.push_back(Action::FindCoordinator);
+        }
+    }
+
+    /// Leave the group on close. Static members do not send LeaveGroup, so a
+    /// restart within the session timeout causes no rebalance (KIP-345).
+    pub fn close(&mut self) {
+        let owned: Vec<_> = std::mem::take(&mut self.owned).into_iter().collect();
+        if !owned.is_empty() {
+            self.actions.push_back(Action::Revoke(owned));
+        }
+        if self.cfg.group_instance_id.is_none() && !self.member_id.is_empty() {
+            self.actions.push_back(Action::Leave {
+                member_id: self.member_id.clone(),
+                reason: "the consumer is closing".into(),
+            });
+        }
+        self.state = State::Left;
+        self.next_heartbeat = None;
+    }
+
+    /// The next action, taking time into account.
+    pub fn poll_action(&mut self, now: Instant) -> Option<Action> {
+        self.check_timers(now);
+        if let Some(a) = self.actions.pop_front() {
+            return Some(a);
+        }
+        if self.retry_at.is_some_and(|t| now < t) {
+            return None;
+        }
+        match self.state {
+            State::Joining if self.pending_join_reason.is_some() => {
+                self.retry_at = None;
+                Some(self.join_action())
+            }
+            State::Stable { generation } => {
+                if self.rejoin_after_sync {
+                    self.rejoin_after_sync = false;
+                    self.rejoin(
+                        "cooperative rebalance: second phase after revoking",
+                        now,
+                        false,
+                    );
+                    return Some(self.join_action());
+                }
+                if !self.heartbeat_in_flight && self.next_heartbeat.is_some_and(|t| now >= t) {
+                    self.heartbeat_in_flight = true;
+                    self.next_heartbeat = None;
+                    return Some(Action::Heartbeat {
+                        generation,
+                        member_id: self.member_id.clone(),
+                    });
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn check_timers(&mut self, now: Instant) {
+        if matches!(
+            self.state,
+            State::Fatal(_) | State::Left | State::LeftForPollTimeout
+        ) {
+            return;
+        }
+        if now.duration_since(self.last_poll) > self.cfg.max_poll_interval {
+            // Deliberately leave: a stuck application must not hold partitions.
+            tracing::warn!(
+                group = %self.cfg.group_id,
+                "leaving the group: the application did not poll within max.poll.interval.ms ({:?})",
+                self.cfg.max_poll_interval
+            );
+            let member_id = self.member_id.clone();
+            self.lose_all_and_reset(false);
+            if !member_id.is_empty() {
+                self.actions.push_back(Action::Leave {
+                    member_id,
+                    reason: "max.poll.interval.ms exceeded".into(),
+                });
+            }
+            self.member_id.clear();
+            self.state = State::LeftForPollTimeout;
+            self.next_heartbeat = None;
+            return;
+        }
+        if matches!(self.state, State::Stable { .. })
+            && now.duration_since(self.last_heartbeat_ok) > self.cfg.session_timeout
+        {
+            // No heartbeat got through for a whole session: the coordinator
+            // has expired us; our partitions belong to someone else now.
+            self.lose_all_and_reset(true);
+            self.rejoin(
+                "no successful heartbeat within session.timeout.ms",
+                now,
+                false,
+            );
+            self.find_coordinator(now);
+        }
+    }
+
+    /// When the driver should call [`Membership::poll_action`] again at the latest.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let poll_deadline = self.last_poll + self.cfg.max_poll_interval;
+        [self.retry_at, self.next_heartbeat, Some(poll_deadline)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests;
