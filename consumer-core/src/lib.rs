@@ -9,6 +9,10 @@
 //! | [`tp`] | [`TopicPartition`] |
 //! | [`protocol`] | consumer-protocol subscription/assignment bytes (Java/librdkafka compatible) |
 //! | [`assignor`] | the [`Assignor`] trait; range, roundrobin, sticky, cooperative-sticky |
+//! | [`config`] | [`ConsumerConfig`]: defaults in one place, Kafka property names |
+//! | [`fetch_session`] | KIP-227 fetch sessions per broker (pure bookkeeping) |
+//! | [`fetcher`] | one partition's fetch response → records (CRC, read_committed) |
+//! | [`error`] | [`ConsumerError`] |
 //! | [`membership`] | group membership as a pure state machine (events + `now` in, [`Action`]s out) |
 //!
 //! **Status:** the assignors, the consumer protocol and the membership state
@@ -19,11 +23,17 @@
 #![forbid(unsafe_code)]
 
 pub mod assignor;
+pub mod config;
+pub mod error;
+pub mod fetch_session;
+pub mod fetcher;
 pub mod membership;
 pub mod protocol;
 pub mod tp;
 
 pub use assignor::{Assignor, RebalanceProtocol};
+pub use config::{ConsumerConfig, IsolationLevel, OffsetReset};
+pub use error::ConsumerError;
 pub use membership::{Action, Membership, MembershipConfig, State};
 pub use protocol::{Assignment, Subscription};
 pub use tp::TopicPartition;

@@ -1,0 +1,279 @@
+//! Consumer configuration: defaults in one place, Kafka property names accepted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_wire::{ClientConfig, ClientConfigBuilder, Error, Result};
+
+use crate::assignor::{self, Assignor};
+
+/// `auto.offset.reset`: where to start when there is no committed offset
+/// (or the committed one is out of range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+    /// Fail with an error that names the partition.
+    None,
+}
+
+/// `isolation.level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsolationLevel {
+    ReadUncommitted,
+    /// Never return records of aborted transactions, nor any past the last stable offset.
+    ReadCommitted,
+}
+
+/// Consumer settings; see [`ConsumerConfig::builder`].
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub client: ClientConfig,
+    /// `group.id`; `None` for manual assignment only.
+    pub group_id: Option<String>,
+    /// `group.instance.id` (static membership).
+    pub group_instance_id: Option<String>,
+    /// `session.timeout.ms`. Default 45 s.
+    pub session_timeout: Duration,
+    /// `heartbeat.interval.ms`. Default 3 s.
+    pub heartbeat_interval: Duration,
+    /// `max.poll.interval.ms`: also the rebalance timeout. Default 300 s.
+    pub max_poll_interval: Duration,
+    /// `auto.offset.reset`. Default latest (as Java).
+    pub auto_offset_reset: OffsetReset,
+    /// `enable.auto.commit`. Default **false**: commit after processing.
+    pub enable_auto_commit: bool,
+    /// `auto.commit.interval.ms`. Default 5 s.
+    pub auto_commit_interval: Duration,
+    /// `fetch.min.bytes`. Default 1.
+    pub fetch_min_bytes: i32,
+    /// `fetch.max.bytes`. Default 50 MiB.
+    pub fetch_max_bytes: i32,
+    /// `max.partition.fetch.bytes`. Default 1 MiB.
+    pub max_partition_fetch_bytes: i32,
+    /// `fetch.max.wait.ms`. Default 500 ms.
+    pub fetch_max_wait: Duration,
+    /// `isolation.level`. Default read_uncommitted.
+    pub isolation_level: IsolationLevel,
+    /// `max.poll.records`. Default 500.
+    pub max_poll_records: usize,
+    /// `partition.assignment.strategy`. Default [range, cooperative-sticky] (Java's).
+    pub assignors: Vec<Arc<dyn Assignor>>,
+    /// Ceiling on one batch's decompressed size. Default 64 MiB.
+    pub max_decompressed_bytes: usize,
+}
+
+impl ConsumerConfig {
+    pub fn builder() -> ConsumerConfigBuilder {
+        ConsumerConfigBuilder {
+            client: ClientConfig::builder(),
+            group_id: None,
+            group_instance_id: None,
+            session_timeout: Duration::from_secs(45),
+            heartbeat_interval: Duration::from_secs(3),
+            max_poll_interval: Duration::from_secs(300),
+            auto_offset_reset: OffsetReset::Latest,
+            enable_auto_commit: false,
+            auto_commit_interval: Duration::from_secs(5),
+            fetch_min_bytes: 1,
+            fetch_max_bytes: 50 * 1024 * 1024,
+            max_partition_fetch_bytes: 1024 * 1024,
+            fetch_max_wait: Duration::from_millis(500),
+            isolation_level: IsolationLevel::ReadUncommitted,
+            max_poll_records: 500,
+            assignors: vec![
+                Arc::new(assignor::RangeAssignor),
+                Arc::new(assignor::CooperativeStickyAssignor),
+            ],
+            max_decompressed_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Builds a [`ConsumerConfig`].
+#[derive(Debug, Clone)]
+pub struct ConsumerConfigBuilder {
+    client: ClientConfigBuilder,
+    group_id: Option<String>,
+    group_instance_id: Option<String>,
+    session_timeout: Duration,
+    heartbeat_interval: Duration,
+    max_poll_interval: Duration,
+    auto_offset_reset: OffsetReset,
+    enable_auto_commit: bool,
+    auto_commit_interval: Duration,
+    fetch_min_bytes: i32,
+    fetch_max_bytes: i32,
+    max_partition_fetch_bytes: i32,
+    fetch_max_wait: Duration,
+    isolation_level: IsolationLevel,
+    max_poll_records: usize,
+    assignors: Vec<Arc<dyn Assignor>>,
+    max_decompressed_bytes: usize,
+}
+
+fn ms(key: &str, v: &str) -> Result<Duration> {
+    v.trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| Error::Config(format!("{key}={v:?} is not a number of milliseconds")))
+}
+
+fn int<T: std::str::FromStr>(key: &str, v: &str) -> Result<T> {
+    v.trim()
+        .parse::<T>()
+        .map_err(|_| Error::Config(format!("{key}={v:?} is not a valid number")))
+}
+
+fn boolean(key: &str, v: &str) -> Result<bool> {
+    match v.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(Error::Config(format!(
+            "{key}={v:?}: expected true or false"
+        ))),
+    }
+}
+
+impl ConsumerConfigBuilder {
+    /// Set one Kafka property (consumer or client). Unknown keys are an error.
+    pub fn set(mut self, key: &str, value: &str) -> Result<Self> {
+        match key {
+            "group.id" => self.group_id = Some(value.to_string()),
+            "group.instance.id" => self.group_instance_id = Some(value.to_string()),
+            "session.timeout.ms" => self.session_timeout = ms(key, value)?,
+            "heartbeat.interval.ms" => self.heartbeat_interval = ms(key, value)?,
+            "max.poll.interval.ms" => self.max_poll_interval = ms(key, value)?,
+            "auto.offset.reset" => {
+                self.auto_offset_reset = match value.trim() {
+                    "earliest" | "smallest" | "beginning" => OffsetReset::Earliest,
+                    "latest" | "largest" | "end" => OffsetReset::Latest,
+                    "none" | "error" => OffsetReset::None,
+                    _ => {
+                        return Err(Error::Config(format!(
+                            "auto.offset.reset={value:?}: expected earliest, latest or none"
+                        )))
+                    }
+                }
+            }
+            "enable.auto.commit" => self.enable_auto_commit = boolean(key, value)?,
+            "auto.commit.interval.ms" => self.auto_commit_interval = ms(key, value)?,
+            "fetch.min.bytes" => self.fetch_min_bytes = int(key, value)?,
+            "fetch.max.bytes" => self.fetch_max_bytes = int(key, value)?,
+            "max.partition.fetch.bytes" => self.max_partition_fetch_bytes = int(key, value)?,
+            "fetch.max.wait.ms" | "fetch.wait.max.ms" => self.fetch_max_wait = ms(key, value)?,
+            "isolation.level" => {
+                self.isolation_level = match value.trim() {
+                    "read_uncommitted" => IsolationLevel::ReadUncommitted,
+                    "read_committed" => IsolationLevel::ReadCommitted,
+                    _ => {
+                        return Err(Error::Config(format!(
+                            "isolation.level={value:?}: expected read_uncommitted or read_committed"
+                        )))
+                    }
+                }
+            }
+            "max.poll.records" => self.max_poll_records = int(key, value)?,
+            "check.crcs" => {
+                if !boolean(key, value)? {
+                    return Err(Error::Config(
+                        "check.crcs=false is not supported: every batch's CRC32C is verified"
+                            .into(),
+                    ));
+                }
+            }
+            "partition.assignment.strategy" => {
+                self.assignors = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|name| {
+                        assignor::by_name(name).map(Arc::from).ok_or_else(|| {
+                            Error::Config(format!(
+                                "partition.assignment.strategy: unknown assignor {name:?} \
+                                 (range, roundrobin, sticky, cooperative-sticky)"
+                            ))
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            // Accepted for compatibility; this client has no use for them.
+            "key.deserializer" | "value.deserializer" | "allow.auto.create.topics" => {}
+            _ => {
+                if !self.client.try_set(key, value)? {
+                    return Err(Error::Config(format!("unknown consumer property {key:?}")));
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    pub fn bootstrap(self, servers: &str) -> Result<Self> {
+        self.set("bootstrap.servers", servers)
+    }
+
+    pub fn client(mut self, f: impl FnOnce(ClientConfigBuilder) -> ClientConfigBuilder) -> Self {
+        self.client = f(self.client);
+        self
+    }
+
+    pub fn group_id(mut self, id: impl Into<String>) -> Self {
+        self.group_id = Some(id.into());
+        self
+    }
+
+    pub fn assignor(mut self, a: Arc<dyn Assignor>) -> Self {
+        self.assignors = vec![a];
+        self
+    }
+
+    pub fn auto_offset_reset(mut self, r: OffsetReset) -> Self {
+        self.auto_offset_reset = r;
+        self
+    }
+
+    pub fn isolation_level(mut self, l: IsolationLevel) -> Self {
+        self.isolation_level = l;
+        self
+    }
+
+    /// Validate and build.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the setting.
+    pub fn build(self) -> Result<ConsumerConfig> {
+        let client = self.client.build()?;
+        if self.heartbeat_interval >= self.session_timeout {
+            return Err(Error::Config(
+                "heartbeat.interval.ms must be lower than session.timeout.ms".into(),
+            ));
+        }
+        if self.assignors.is_empty() {
+            return Err(Error::Config(
+                "partition.assignment.strategy needs at least one assignor".into(),
+            ));
+        }
+        if self.group_instance_id.is_some() && self.group_id.is_none() {
+            return Err(Error::Config("group.instance.id needs group.id".into()));
+        }
+        Ok(ConsumerConfig {
+            client,
+            group_id: self.group_id,
+            group_instance_id: self.group_instance_id,
+            session_timeout: self.session_timeout,
+            heartbeat_interval: self.heartbeat_interval,
+            max_poll_interval: self.max_poll_interval,
+            auto_offset_reset: self.auto_offset_reset,
+            enable_auto_commit: self.enable_auto_commit,
+            auto_commit_interval: self.auto_commit_interval,
+            fetch_min_bytes: self.fetch_min_bytes,
+            fetch_max_bytes: self.fetch_max_bytes,
+            max_partition_fetch_bytes: self.max_partition_fetch_bytes,
+            fetch_max_wait: self.fetch_max_wait,
+            isolation_level: self.isolation_level,
+            max_poll_records: self.max_poll_records.max(1),
+            assignors: self.assignors,
+            max_decompressed_bytes: self.max_decompressed_bytes,
+        })
+    }
+}

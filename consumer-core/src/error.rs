@@ -1,0 +1,47 @@
+//! Consumer errors.
+
+use kafka_wire::ErrorAction;
+
+use crate::tp::TopicPartition;
+
+/// Errors from the consumer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumerError {
+    /// From the protocol client (connection, broker code, corrupt batch, …).
+    #[error(transparent)]
+    Wire(#[from] kafka_wire::Error),
+    /// `auto.offset.reset=none` and there is no valid offset to start from.
+    #[error("no valid offset for {tp} ({reason}) and auto.offset.reset=none; seek() to a position or set auto.offset.reset")]
+    NoOffset { tp: TopicPartition, reason: String },
+    /// A commit for a partition this member does not own in the current
+    /// generation; refused before it reached the broker.
+    #[error("refusing to commit {tp}: not owned by this member in the current generation ({generation}); it was revoked or lost in a rebalance")]
+    NotOwned { tp: TopicPartition, generation: i32 },
+    /// The group membership failed for good (fenced, group full, …).
+    #[error("group membership failed: {0}")]
+    Fatal(String),
+    /// An operation that needs a `group.id` (subscribe, commit) without one.
+    #[error("{0} needs group.id")]
+    NoGroup(&'static str),
+    /// The consumer was closed.
+    #[error("the consumer is closed")]
+    Closed,
+}
+
+impl ConsumerError {
+    /// What to do next.
+    pub fn action(&self) -> ErrorAction {
+        match self {
+            ConsumerError::Wire(e) => e.action(),
+            ConsumerError::NotOwned { .. } => ErrorAction::Rejoin,
+            ConsumerError::NoOffset { .. }
+            | ConsumerError::Fatal(_)
+            | ConsumerError::NoGroup(_)
+            | ConsumerError::Closed => ErrorAction::Fatal,
+        }
+    }
+}
+
+/// A `Result` with [`ConsumerError`].
+pub type Result<T, E = ConsumerError> = std::result::Result<T, E>;
