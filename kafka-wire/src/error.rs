@@ -267,7 +267,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn broker(api: ApiKey, code: KafkaCode) -> Self {
+    /// A broker error code without a topic or partition scope.
+    pub fn broker(api: ApiKey, code: KafkaCode) -> Self {
         Error::Broker {
             api,
             code,
@@ -276,7 +277,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn broker_for(api: ApiKey, code: KafkaCode, topic: &str, partition: i32) -> Self {
+    /// A broker error code scoped to a topic-partition.
+    pub fn broker_for(api: ApiKey, code: KafkaCode, topic: &str, partition: i32) -> Self {
         Error::Broker {
             api,
             code,

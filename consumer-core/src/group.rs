@@ -1,0 +1,363 @@
+//! The thin async driver of [`Membership`]: one task per consumer that
+//! executes its actions against the coordinator and reports assignment
+//! changes to the consumer.
+//!
+//! It runs independently of `poll()`: heartbeats continue however long the
+//! application takes to process, on the Group lane (its own connection, so a
+//! fetch long poll never delays them). Liveness is still enforced by
+//! `max.poll.interval.ms` through the `polled` watch channel.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_wire::coordinator::CoordinatorKind;
+use kafka_wire::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_wire::messages::leave_group_request::MemberIdentity;
+use kafka_wire::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_wire::messages::{
+    ApiKey, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, SyncGroupRequest,
+};
+use kafka_wire::{Client, KafkaCode, Lane, StrBytes};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::ConsumerConfig;
+use crate::membership::{Action, JoinResult, Membership, MembershipConfig, State};
+use crate::tp::TopicPartition;
+
+/// What the group task tells the consumer.
+#[derive(Debug)]
+pub(crate) enum GroupEvent {
+    Assigned(Vec<TopicPartition>),
+    /// Commits for these are still valid until `done` is sent.
+    Revoked(Vec<TopicPartition>, oneshot::Sender<()>),
+    /// Never commit these.
+    Lost(Vec<TopicPartition>, oneshot::Sender<()>),
+    Fatal(String),
+}
+
+/// What commits are checked against; updated by the group task.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GroupSnapshot {
+    pub generation: i32,
+    pub member_id: String,
+    pub stable: bool,
+    pub owned: BTreeSet<TopicPartition>,
+    /// Being revoked right now: commits still allowed (eager `on_revoked`).
+    pub revoking: BTreeSet<TopicPartition>,
+    pub coordinator: Option<i32>,
+}
+
+impl GroupSnapshot {
+    pub fn may_commit(&self, tp: &TopicPartition) -> bool {
+        (self.stable && self.owned.contains(tp)) || self.revoking.contains(tp)
+    }
+}
+
+pub(crate) struct GroupTask {
+    pub client: Client,
+    pub cfg: Arc<ConsumerConfig>,
+    pub group_id: String,
+    pub topics: Vec<String>,
+    pub snapshot: Arc<Mutex<GroupSnapshot>>,
+    pub events: mpsc::Sender<GroupEvent>,
+    pub polled: watch::Receiver<std::time::Instant>,
+    pub close: watch::Receiver<bool>,
+}
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+impl GroupTask {
+    pub async fn run(mut self) {
+        let now = std::time::Instant::now();
+        let mut m = Membership::new(
+            MembershipConfig {
+                group_id: self.group_id.clone(),
+                group_instance_id: self.cfg.group_instance_id.clone(),
+                session_timeout: self.cfg.session_timeout,
+                rebalance_timeout: self.cfg.max_poll_interval,
+                heartbeat_interval: self.cfg.heartbeat_interval,
+                max_poll_interval: self.cfg.max_poll_interval,
+                retry_backoff: Duration::from_millis(100),
+            },
+            self.cfg.assignors.clone(),
+            self.topics.clone(),
+            now,
+        );
+        let mut protocol_name: Option<String> = None;
+        let mut closing = false;
+        loop {
+            if *self.close.borrow() && !closing {
+                closing = true;
+                m.close();
+            }
+            if self.polled.has_changed().unwrap_or(false) {
+                let at = *self.polled.borrow_and_update();
+                m.polled(at);
+            }
+            while let Some(action) = m.poll_action(std::time::Instant::now()) {
+                if let Action::Fatal(msg) = &action {
+                    tracing::error!(group = %self.group_id, "{msg}");
+                    let _ = self.events.send(GroupEvent::Fatal(msg.clone())).await;
+                    return;
+                }
+                self.execute(&mut m, action, &mut protocol_name).await;
+                self.publish(&m);
+            }
+            if closing && matches!(m.state(), State::Left) {
+                return;
+            }
+            let wait = m
+                .poll_timeout()
+                .map(|t| t.saturating_duration_since(std::time::Instant::now()))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.polled.changed() => {}
+                _ = self.close.changed() => {}
+            }
+        }
+    }
+
+    fn publish(&self, m: &Membership) {
+        let mut snap = self.snapshot.lock().expect("group snapshot lock");
+        snap.generation = m.generation();
+        snap.member_id = m.member_id().to_string();
+        snap.stable = matches!(m.state(), State::Stable { .. });
+        snap.owned = m.owned().clone();
+    }
+
+    fn coordinator(&self) -> Option<i32> {
+        self.snapshot
+            .lock()
+            .expect("group snapshot lock")
+            .coordinator
+    }
+
+    async fn execute(&mut self, m: &mut Membership, action: Action, protocol: &mut Option<String>) {
+        let now = std::time::Instant::now;
+        match action {
+            Action::FindCoordinator => {
+                match self
+                    .client
+                    .find_coordinator(CoordinatorKind::Group, &self.group_id)
+                    .await
+                {
+                    Ok(node) => {
+                        self.snapshot.lock().expect("lock").coordinator = Some(node);
+                        m.coordinator_found(now());
+                    }
+                    Err(e) => {
+                        tracing::warn!(group = %self.group_id, error = %e, "cannot find the group coordinator; retrying");
+                        m.handle_request_failed(now());
+                    }
+                }
+            }
+            Action::Join {
+                member_id,
+                group_instance_id,
+                session_timeout,
+                rebalance_timeout,
+                protocols,
+                reason,
+            } => {
+                tracing::info!(group = %self.group_id, %reason, "joining the group");
+                let req = JoinGroupRequest::default()
+                    .with_group_id(GroupId(s(&self.group_id)))
+                    .with_session_timeout_ms(session_timeout.as_millis() as i32)
+                    .with_rebalance_timeout_ms(rebalance_timeout.as_millis() as i32)
+                    .with_member_id(s(&member_id))
+                    .with_group_instance_id(group_instance_id.as_deref().map(s))
+                    .with_protocol_type(StrBytes::from_static_str("consumer"))
+                    .with_protocols(
+                        protocols
+                            .into_iter()
+                            .map(|(name, meta)| {
+                                JoinGroupRequestProtocol::default()
+                                    .with_name(s(&name))
+                                    .with_metadata(meta)
+                            })
+                            .collect(),
+                    )
+                    .with_reason(Some(s(&reason)));
+                let Some(node) = self.coordinator() else {
+                    return m.handle_request_failed(now());
+                };
+                match self
+                    .client
+                    .send_to(node, Lane::Group, &req, rebalance_timeout)
+                    .await
+                {
+                    Ok(r) => {
+                        *protocol = r.protocol_name.as_ref().map(|p| p.to_string());
+                        let parts = self.partitions_per_topic(&r.members).await;
+                        m.handle_join(
+                            JoinResult {
+                                error: KafkaCode::try_from_code(r.error_code),
+                                generation: r.generation_id,
+                                member_id: r.member_id.to_string(),
+                                leader: r.leader.to_string(),
+                                protocol_name: protocol.clone(),
+                                members: r
+                                    .members
+                                    .into_iter()
+                                    .map(|mm| {
+                                        (
+                                            mm.member_id.to_string(),
+                                            mm.group_instance_id.map(|g| g.to_string()),
+                                            mm.metadata,
+                                        )
+                                    })
+                                    .collect(),
+                            },
+                            &parts,
+                            now(),
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(group = %self.group_id, error = %e, "JoinGroup failed");
+                        m.handle_request_failed(now());
+                    }
+                }
+            }
+            Action::Sync {
+                generation,
+                member_id,
+                assignments,
+            } => {
+                let req = SyncGroupRequest::default()
+                    .with_group_id(GroupId(s(&self.group_id)))
+                    .with_generation_id(generation)
+                    .with_member_id(s(&member_id))
+                    .with_group_instance_id(self.cfg.group_instance_id.as_deref().map(s))
+                    .with_protocol_type(Some(StrBytes::from_static_str("consumer")))
+                    .with_protocol_name(protocol.as_deref().map(s))
+                    .with_assignments(
+                        assignments
+                            .into_iter()
+                            .map(|(id, bytes)| {
+                                SyncGroupRequestAssignment::default()
+                                    .with_member_id(s(&id))
+                                    .with_assignment(bytes)
+                            })
+                            .collect(),
+                    );
+                let Some(node) = self.coordinator() else {
+                    return m.handle_request_failed(now());
+                };
+                match self
+                    .client
+                    .send_to(node, Lane::Group, &req, self.cfg.max_poll_interval)
+                    .await
+                {
+                    Ok(r) => {
+                        m.handle_sync(KafkaCode::try_from_code(r.error_code), &r.assignment, now())
+                    }
+                    Err(_) => m.handle_request_failed(now()),
+                }
+            }
+            Action::Heartbeat {
+                generation,
+                member_id,
+            } => {
+                let req = HeartbeatRequest::default()
+                    .with_group_id(GroupId(s(&self.group_id)))
+                    .with_generation_id(generation)
+                    .with_member_id(s(&member_id))
+                    .with_group_instance_id(self.cfg.group_instance_id.as_deref().map(s));
+                let Some(node) = self.coordinator() else {
+                    return m.handle_request_failed(now());
+                };
+                match self
+                    .client
+                    .send_to(node, Lane::Group, &req, Duration::ZERO)
+                    .await
+                {
+                    Ok(r) => m.handle_heartbeat(KafkaCode::try_from_code(r.error_code), now()),
+                    Err(_) => m.handle_request_failed(now()),
+                }
+            }
+            Action::Leave { member_id, reason } => {
+                tracing::info!(group = %self.group_id, %reason, "leaving the group");
+                if let Some(node) = self.coordinator() {
+                    let mut req =
+                        LeaveGroupRequest::default().with_group_id(GroupId(s(&self.group_id)));
+                    let v = self
+                        .client
+                        .connection(node, Lane::Group)
+                        .await
+                        .and_then(|c| c.version(ApiKey::LeaveGroup))
+                        .unwrap_or(3);
+                    req = if v >= 3 {
+                        req.with_members(vec![MemberIdentity::default()
+                            .with_member_id(s(&member_id))
+                            .with_group_instance_id(self.cfg.group_instance_id.as_deref().map(s))
+                            .with_reason(Some(s(&reason)))])
+                    } else {
+                        req.with_member_id(s(&member_id))
+                    };
+                    let _ = self
+                        .client
+                        .send_to(node, Lane::Group, &req, Duration::ZERO)
+                        .await;
+                }
+            }
+            Action::Revoke(parts) => {
+                self.snapshot.lock().expect("lock").revoking = parts.iter().cloned().collect();
+                let (done, wait) = oneshot::channel();
+                if self
+                    .events
+                    .send(GroupEvent::Revoked(parts, done))
+                    .await
+                    .is_ok()
+                {
+                    // on_revoked runs inside poll(); give it the rebalance timeout.
+                    let _ = tokio::time::timeout(self.cfg.max_poll_interval, wait).await;
+                }
+                self.snapshot.lock().expect("lock").revoking.clear();
+            }
+            Action::Lose(parts) => {
+                self.snapshot.lock().expect("lock").owned.clear();
+                let (done, wait) = oneshot::channel();
+                if self
+                    .events
+                    .send(GroupEvent::Lost(parts, done))
+                    .await
+                    .is_ok()
+                {
+                    let _ = tokio::time::timeout(self.cfg.max_poll_interval, wait).await;
+                }
+            }
+            Action::Assign(parts) => {
+                let _ = self.events.send(GroupEvent::Assigned(parts)).await;
+            }
+            Action::Fatal(_) => unreachable!("handled by run()"),
+        }
+    }
+
+    /// Partition counts for every topic the members subscribe to (the leader assigns them).
+    async fn partitions_per_topic(
+        &self,
+        members: &[kafka_wire::messages::join_group_response::JoinGroupResponseMember],
+    ) -> BTreeMap<String, i32> {
+        let mut topics: BTreeSet<String> = self.topics.iter().cloned().collect();
+        for mm in members {
+            if let Ok(sub) = crate::protocol::Subscription::decode(&Bytes::clone(&mm.metadata)) {
+                topics.extend(sub.topics);
+            }
+        }
+        let topics: Vec<String> = topics.into_iter().collect();
+        let md = match self.client.refresh_metadata(Some(&topics)).await {
+            Ok(md) => md,
+            Err(_) => self.client.metadata(),
+        };
+        topics
+            .iter()
+            .filter_map(|t| md.partition_count(t).map(|n| (t.clone(), n as i32)))
+            .collect()
+    }
+}

@@ -1,0 +1,321 @@
+//! The consumer against the real broker.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use consumer_core::{
+    Consumer, ConsumerConfig, ConsumerError, IsolationLevel, OffsetReset, TopicPartition,
+};
+use kafka_wire::{Client, ClientConfig, NewTopic, Producer, ProducerConfig, ProducerRecord};
+
+async fn client(b: &testkit::BrokerEnv) -> Client {
+    Client::connect(
+        ClientConfig::builder()
+            .bootstrap(&b.bootstrap)
+            .unwrap()
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn produce(client: &Client, b: &testkit::BrokerEnv, topic: &str, n: usize) {
+    let p = Producer::with_client(
+        client.clone(),
+        ProducerConfig::builder()
+            .bootstrap(&b.bootstrap)
+            .unwrap()
+            .build()
+            .unwrap(),
+    );
+    let mut ds = Vec::new();
+    for i in 0..n {
+        ds.push(
+            p.send(
+                ProducerRecord::new(topic)
+                    .key(format!("k{i}"))
+                    .value(format!("{i}")),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for d in ds {
+        d.await.unwrap();
+    }
+}
+
+fn config(
+    b: &testkit::BrokerEnv,
+    group: Option<&str>,
+) -> consumer_core::config::ConsumerConfigBuilder {
+    let mut c = ConsumerConfig::builder()
+        .bootstrap(&b.bootstrap)
+        .unwrap()
+        .set("auto.offset.reset", "earliest")
+        .unwrap()
+        .set("session.timeout.ms", "6000")
+        .unwrap()
+        .set("heartbeat.interval.ms", "500")
+        .unwrap()
+        .set("fetch.max.wait.ms", "100")
+        .unwrap();
+    if let Some(g) = group {
+        c = c.group_id(g);
+    }
+    c
+}
+
+/// Poll until `n` records arrived or `limit` passed.
+async fn consume(
+    c: &mut Consumer,
+    n: usize,
+    limit: Duration,
+) -> Vec<(TopicPartition, i64, String)> {
+    let end = Instant::now() + limit;
+    let mut out = Vec::new();
+    while out.len() < n && Instant::now() < end {
+        for batch in c.poll(Duration::from_millis(200)).await.unwrap() {
+            for r in batch.records {
+                out.push((
+                    batch.tp.clone(),
+                    r.offset,
+                    String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn assign_mode_reads_everything_in_order_and_seek_pause_resume_work() {
+    let b = testkit::require_broker!();
+    let admin = client(&b).await;
+    let topic = testkit::unique_name("consume-assign");
+    admin.create_topic(NewTopic::new(&topic, 3)).await.unwrap();
+    produce(&admin, &b, &topic, 1_000).await;
+
+    let mut c = Consumer::connect(config(&b, None).build().unwrap())
+        .await
+        .unwrap();
+    let parts: Vec<TopicPartition> = (0..3).map(|p| TopicPartition::new(&topic, p)).collect();
+    c.assign(&parts);
+    let got = consume(&mut c, 1_000, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 1_000);
+    let mut last: BTreeMap<&TopicPartition, i64> = BTreeMap::new();
+    for (tp, off, _) in &got {
+        if let Some(prev) = last.insert(tp, *off) {
+            assert_eq!(*off, prev + 1, "{tp}: offsets are dense and in order");
+        }
+    }
+    assert_eq!(c.lag(&parts[0]), Some(0));
+
+    // seek back on partition 0 and read it again
+    c.seek(&parts[0], 0);
+    let n0 = got.iter().filter(|(tp, _, _)| *tp == parts[0]).count();
+    let again = consume(&mut c, n0, Duration::from_secs(10)).await;
+    assert_eq!(again.len(), n0);
+    assert!(again.iter().all(|(tp, _, _)| *tp == parts[0]));
+
+    // pause partition 1: new records there are not returned until resume
+    produce(&admin, &b, &topic, 300).await;
+    c.pause(&[parts[1].clone()]);
+    let during = consume(&mut c, 300, Duration::from_secs(3)).await;
+    assert!(
+        during.iter().all(|(tp, _, _)| *tp != parts[1]),
+        "paused partition delivered"
+    );
+    c.resume(&[parts[1].clone()]);
+    let after = consume(&mut c, 300 - during.len(), Duration::from_secs(10)).await;
+    assert!(after.iter().any(|(tp, _, _)| *tp == parts[1]));
+}
+
+#[tokio::test]
+async fn offset_reset_policies() {
+    let b = testkit::require_broker!();
+    let admin = client(&b).await;
+    let topic = testkit::unique_name("consume-reset");
+    admin.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    produce(&admin, &b, &topic, 10).await;
+    let tp = TopicPartition::new(&topic, 0);
+
+    let mut latest = Consumer::connect(
+        config(&b, None)
+            .auto_offset_reset(OffsetReset::Latest)
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    latest.assign(std::slice::from_ref(&tp));
+    assert!(latest
+        .poll(Duration::from_millis(500))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(latest.position(&tp), Some(10));
+
+    let group = testkit::unique_name("reset-none");
+    let mut none = Consumer::connect(
+        config(&b, Some(&group))
+            .auto_offset_reset(OffsetReset::None)
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    none.assign(std::slice::from_ref(&tp));
+    let err = none.poll(Duration::from_millis(500)).await.unwrap_err();
+    assert!(matches!(err, ConsumerError::NoOffset { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&tp.to_string()),
+        "names the partition: {err}"
+    );
+
+    // with a committed offset, `none` starts there
+    none.commit(&[(tp.clone(), 7)]).await.unwrap();
+    let got = consume(&mut none, 3, Duration::from_secs(10)).await;
+    assert_eq!(got.iter().map(|r| r.1).collect::<Vec<_>>(), [7, 8, 9]);
+}
+
+#[tokio::test]
+async fn three_members_split_twelve_partitions_and_read_everything() {
+    let b = testkit::require_broker!();
+    let admin = client(&b).await;
+    let topic = testkit::unique_name("consume-group");
+    admin.create_topic(NewTopic::new(&topic, 12)).await.unwrap();
+    produce(&admin, &b, &topic, 3_000).await;
+    let group = testkit::unique_name("group3");
+
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        let mut c = Consumer::connect(config(&b, Some(&group)).build().unwrap())
+            .await
+            .unwrap();
+        c.subscribe(&[&topic]).unwrap();
+        members.push(c);
+    }
+    // Poll all members until the assignment settles and everything is read.
+    let mut seen: BTreeSet<(TopicPartition, i64)> = BTreeSet::new();
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut settled = false;
+    while Instant::now() < end {
+        for c in members.iter_mut() {
+            for batch in c.poll(Duration::from_millis(100)).await.unwrap() {
+                for r in batch.records {
+                    seen.insert((batch.tp.clone(), r.offset));
+                }
+            }
+        }
+        let sets: Vec<BTreeSet<TopicPartition>> = members
+            .iter()
+            .map(|c| c.assignment().into_iter().collect())
+            .collect();
+        let total: usize = sets.iter().map(|s| s.len()).sum();
+        let union: BTreeSet<_> = sets.iter().flatten().collect();
+        settled = total == 12 && union.len() == 12 && sets.iter().all(|s| s.len() == 4);
+        if settled && seen.len() >= 3_000 {
+            break;
+        }
+    }
+    assert!(
+        settled,
+        "assignments: {:?}",
+        members.iter().map(|c| c.assignment()).collect::<Vec<_>>()
+    );
+    assert_eq!(seen.len(), 3_000, "every record consumed");
+    for c in members {
+        c.close(Duration::from_secs(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn read_committed_returns_exactly_the_committed_records() {
+    let b = testkit::require_broker!();
+    let admin = client(&b).await;
+    let topic = testkit::unique_name("consume-txn");
+    admin.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    let p = Producer::with_client(
+        admin.clone(),
+        ProducerConfig::builder()
+            .bootstrap(&b.bootstrap)
+            .unwrap()
+            .transactional_id(testkit::unique_name("tx"))
+            .build()
+            .unwrap(),
+    );
+    p.init_transactions().await.unwrap();
+    for (values, commit) in [
+        (&["c0", "c1"][..], true),
+        (&["a0", "a1", "a2"][..], false),
+        (&["c2"][..], true),
+    ] {
+        p.begin_transaction().await.unwrap();
+        for v in values {
+            p.send(
+                ProducerRecord::new(&topic)
+                    .partition(0)
+                    .value(v.to_string()),
+            )
+            .await
+            .unwrap();
+        }
+        if commit {
+            p.commit_transaction().await.unwrap();
+        } else {
+            p.abort_transaction().await.unwrap();
+        }
+    }
+    let mut c = Consumer::connect(
+        config(&b, None)
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let tp = TopicPartition::new(&topic, 0);
+    c.assign(std::slice::from_ref(&tp));
+    let got = consume(&mut c, 3, Duration::from_secs(10)).await;
+    let values: Vec<&str> = got.iter().map(|r| r.2.as_str()).collect();
+    assert_eq!(values, ["c0", "c1", "c2"]);
+    // Nothing more arrives (no markers, no aborted data), and the position is past the last marker.
+    assert!(consume(&mut c, 1, Duration::from_millis(800))
+        .await
+        .is_empty());
+    assert_eq!(c.position(&tp), Some(9));
+}
+
+#[tokio::test]
+async fn stuck_member_leaves_and_its_late_commit_is_refused_locally() {
+    let b = testkit::require_broker!();
+    let admin = client(&b).await;
+    let topic = testkit::unique_name("consume-stuck");
+    admin.create_topic(NewTopic::new(&topic, 2)).await.unwrap();
+    produce(&admin, &b, &topic, 20).await;
+    let group = testkit::unique_name("stuck");
+    let mut c = Consumer::connect(
+        config(&b, Some(&group))
+            .set("max.poll.interval.ms", "2000")
+            .unwrap()
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    c.subscribe(&[&topic]).unwrap();
+    let got = consume(&mut c, 20, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 20);
+    let tp = TopicPartition::new(&topic, 0);
+    c.commit(&[(tp.clone(), 1)])
+        .await
+        .expect("owned: commit allowed");
+    // "Process" for longer than max.poll.interval.ms without polling.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let err = c.commit(&[(tp.clone(), 5)]).await.unwrap_err();
+    assert!(matches!(err, ConsumerError::NotOwned { .. }), "{err}");
+    // Nothing moved backwards or forwards.
+    assert_eq!(c.committed(std::slice::from_ref(&tp)).await.unwrap().get(&tp), Some(&1));
+}
