@@ -317,5 +317,11 @@ async fn stuck_member_leaves_and_its_late_commit_is_refused_locally() {
     let err = c.commit(&[(tp.clone(), 5)]).await.unwrap_err();
     assert!(matches!(err, ConsumerError::NotOwned { .. }), "{err}");
     // Nothing moved backwards or forwards.
-    assert_eq!(c.committed(std::slice::from_ref(&tp)).await.unwrap().get(&tp), Some(&1));
+    assert_eq!(
+        c.committed(std::slice::from_ref(&tp))
+            .await
+            .unwrap()
+            .get(&tp),
+        Some(&1)
+    );
 }

@@ -5,6 +5,9 @@
 //! library grows.
 
 mod connect;
+mod consume;
+mod groups;
+mod json;
 mod produce;
 mod topics;
 
@@ -38,6 +41,13 @@ enum Command {
     },
     /// Produce records from stdin (one per line) or generated ones.
     Produce(produce::ProduceArgs),
+    /// Consume a topic as a group member or from given partitions.
+    Consume(consume::ConsumeArgs),
+    /// List or describe consumer groups (members, offsets, lag).
+    Groups {
+        #[command(subcommand)]
+        command: groups::GroupsCommand,
+    },
 }
 
 #[tokio::main]
@@ -65,6 +75,11 @@ async fn run() -> anyhow::Result<()> {
         Command::Topics { command } => {
             let client = Client::connect(cli.connect.client_config()?).await?;
             topics::run(&client, command).await
+        }
+        Command::Consume(args) => consume::run(&cli.connect, args).await,
+        Command::Groups { command } => {
+            let client = Client::connect(cli.connect.client_config()?).await?;
+            groups::run(&cli.connect, &client, command).await
         }
         Command::Produce(args) => {
             let client = Client::connect(cli.connect.client_config()?).await?;

@@ -12,6 +12,7 @@ use kafka_wire::{Client, DeliveryFuture, Producer, ProducerConfig, ProducerRecor
 use tokio::io::AsyncBufReadExt;
 
 use crate::connect::ConnectArgs;
+use crate::json::json_str;
 
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
@@ -59,24 +60,6 @@ pub struct ProduceArgs {
 
 /// Deliveries awaited in order, so output and errors follow send order.
 const MAX_OUTSTANDING: usize = 50_000;
-
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
 
 struct Progress {
     started: Instant,

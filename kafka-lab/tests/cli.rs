@@ -137,3 +137,87 @@ fn topics_and_produce_round_trip() {
     assert!(out.contains("transaction aborted"), "{out}");
     assert!(run_ok(&["--bootstrap", b, "topics", "delete", &topic], None).contains("deleted"));
 }
+
+#[test]
+fn consume_as_a_group_commits_and_groups_describe_shows_lag() {
+    let broker = testkit::require_broker!();
+    let b = broker.bootstrap.as_str();
+    let topic = testkit::unique_name("cli-consume");
+    let group = testkit::unique_name("cli-group");
+    run_ok(
+        &[
+            "--bootstrap",
+            b,
+            "topics",
+            "create",
+            &topic,
+            "--partitions",
+            "2",
+        ],
+        None,
+    );
+    run_ok(
+        &[
+            "--bootstrap",
+            b,
+            "produce",
+            "--topic",
+            &topic,
+            "--partition",
+            "0",
+            "--header",
+            "h=v",
+        ],
+        Some("a\nb\nc\nd\n"),
+    );
+    let out = run_ok(
+        &[
+            "--bootstrap",
+            b,
+            "consume",
+            "--topic",
+            &topic,
+            "--group",
+            &group,
+            "--max",
+            "3",
+            "--json",
+            "--commit",
+        ],
+        None,
+    );
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].contains("\"value\":\"a\"") && lines[0].contains("\"headers\":{\"h\":\"v\"}"),
+        "{out}"
+    );
+    let described = run_ok(&["--bootstrap", b, "groups", "describe", &group], None);
+    let row = described
+        .lines()
+        .find(|l| l.starts_with(&format!("{topic}-0")))
+        .unwrap_or_else(|| panic!("{described}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        &cols[1..4],
+        ["3", "4", "1"],
+        "committed 3, end 4, lag 1: {row}"
+    );
+    assert!(run_ok(&["--bootstrap", b, "groups", "list"], None).contains(&group));
+    // Reading partitions directly, until idle.
+    let out = run_ok(
+        &[
+            "--bootstrap",
+            b,
+            "consume",
+            "--topic",
+            &topic,
+            "--partitions",
+            "0,1",
+            "--idle-exit-ms",
+            "1500",
+        ],
+        None,
+    );
+    assert!(out.contains("consumed 4 records"), "{out}");
+}

@@ -1,0 +1,164 @@
+//! `kafka-lab consume`: read a topic as a group member or from given partitions.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use clap::Args;
+use consumer_core::{Consumer, ConsumerConfig, TopicPartition};
+use kafka_wire::records::Record;
+
+use crate::connect::ConnectArgs;
+use crate::json::json_str;
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    #[arg(long)]
+    topic: String,
+    /// Consume as a member of this group.
+    #[arg(long, conflicts_with = "partitions")]
+    group: Option<String>,
+    /// Consume these partitions (comma-separated) without a group.
+    #[arg(long, value_delimiter = ',')]
+    partitions: Vec<i32>,
+    /// Where to start without a committed offset: earliest or latest.
+    #[arg(long, default_value = "earliest")]
+    from: String,
+    /// Stop after this many records.
+    #[arg(long)]
+    max: Option<u64>,
+    /// Exit after this many milliseconds without a new record.
+    #[arg(long)]
+    idle_exit_ms: Option<u64>,
+    /// read_uncommitted or read_committed.
+    #[arg(long, default_value = "read_uncommitted")]
+    isolation: String,
+    /// range, roundrobin, sticky or cooperative-sticky.
+    #[arg(long)]
+    assignor: Option<String>,
+    /// group.instance.id (static membership).
+    #[arg(long, requires = "group")]
+    instance_id: Option<String>,
+    /// Commit what was printed, then leave the group.
+    #[arg(long, requires = "group")]
+    commit: bool,
+    /// One JSON object per record.
+    #[arg(long)]
+    json: bool,
+    /// Consumer property as key=value (repeatable).
+    #[arg(short = 'C', value_name = "KEY=VALUE")]
+    consumer_properties: Vec<String>,
+}
+
+fn bytes_json(b: &Option<bytes::Bytes>) -> String {
+    match b {
+        None => "null".into(),
+        Some(b) => match std::str::from_utf8(b) {
+            Ok(s) => json_str(s),
+            Err(_) => format!(
+                "{{\"base64\":\"{}\"}}",
+                base64::engine::general_purpose::STANDARD.encode(b)
+            ),
+        },
+    }
+}
+
+fn print(tp: &TopicPartition, r: &Record, json: bool) {
+    if json {
+        let headers: Vec<String> = r
+            .headers
+            .iter()
+            .map(|h| format!("{}:{}", json_str(&h.key_str()), bytes_json(&h.value)))
+            .collect();
+        println!(
+            "{{\"topic\":{},\"partition\":{},\"offset\":{},\"timestamp\":{},\"key\":{},\"value\":{},\"headers\":{{{}}}}}",
+            json_str(&tp.topic),
+            tp.partition,
+            r.offset,
+            r.timestamp,
+            bytes_json(&r.key),
+            bytes_json(&r.value),
+            headers.join(",")
+        );
+    } else {
+        let value = r
+            .value
+            .as_ref()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        println!("{}\t{}\t{}", tp, r.offset, value);
+    }
+}
+
+pub async fn run(connect: &ConnectArgs, args: ConsumeArgs) -> anyhow::Result<()> {
+    if args.group.is_none() && args.partitions.is_empty() {
+        bail!("give --group G to consume as a group member, or --partitions 0,1,… to read partitions directly");
+    }
+    let client = connect.client_builder()?;
+    let mut b = ConsumerConfig::builder()
+        .client(|_| client)
+        .set("auto.offset.reset", &args.from)?
+        .set("isolation.level", &args.isolation)?;
+    if let Some(g) = &args.group {
+        b = b.group_id(g);
+    }
+    if let Some(a) = &args.assignor {
+        b = b.set("partition.assignment.strategy", a)?;
+    }
+    if let Some(i) = &args.instance_id {
+        b = b.set("group.instance.id", i)?;
+    }
+    for kv in &args.consumer_properties {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("-C {kv:?}: expected key=value"))?;
+        b = b.set(k.trim(), v.trim())?;
+    }
+    let mut consumer = Consumer::connect(b.build()?).await?;
+    if args.group.is_some() {
+        consumer.subscribe(&[&args.topic])?;
+    } else {
+        let parts: Vec<TopicPartition> = args
+            .partitions
+            .iter()
+            .map(|p| TopicPartition::new(&args.topic, *p))
+            .collect();
+        consumer.assign(&parts);
+    }
+    let started = Instant::now();
+    let mut last_record = Instant::now();
+    let mut count: u64 = 0;
+    let mut printed: Vec<(TopicPartition, i64)> = Vec::new();
+    'outer: loop {
+        if let Some(ms) = args.idle_exit_ms {
+            if last_record.elapsed() >= Duration::from_millis(ms) {
+                break;
+            }
+        }
+        for batch in consumer.poll(Duration::from_millis(200)).await? {
+            for r in &batch.records {
+                print(&batch.tp, r, args.json);
+                count += 1;
+                last_record = Instant::now();
+                match printed.iter_mut().find(|(tp, _)| *tp == batch.tp) {
+                    Some(e) => e.1 = r.offset + 1,
+                    None => printed.push((batch.tp.clone(), r.offset + 1)),
+                }
+                if args.max.is_some_and(|m| count >= m) {
+                    break 'outer;
+                }
+            }
+        }
+    }
+    if args.commit && !printed.is_empty() {
+        consumer.commit(&printed).await?;
+    }
+    consumer.close(Duration::from_secs(10)).await;
+    eprintln!(
+        "consumed {count} records from {} in {:.2} s{}",
+        args.topic,
+        started.elapsed().as_secs_f64(),
+        if args.commit { " (committed)" } else { "" }
+    );
+    Ok(())
+}
