@@ -370,6 +370,13 @@ impl Consumer {
         }
     }
 
+    /// The group generation this member is in, if it is a stable member.
+    pub fn generation(&self) -> Option<i32> {
+        let snap = self.committer.snapshot.as_ref()?;
+        let s = snap.lock().expect("snapshot lock");
+        (s.stable && s.generation >= 0).then_some(s.generation)
+    }
+
     /// Partitions currently assigned.
     pub fn assignment(&self) -> Vec<TopicPartition> {
         self.parts.keys().cloned().collect()
@@ -589,15 +596,32 @@ impl Consumer {
         if missing.is_empty() {
             return Ok(());
         }
+        // Retriable failures (coordinator loading, leader moving) leave the
+        // position unset; the next poll iteration tries again.
+        let retriable = |e: &ConsumerError| e.action() != kafka_wire::ErrorAction::Fatal;
         let committed = if self.cfg.group_id.is_some() {
-            self.committed(&missing).await?
+            match self.committed(&missing).await {
+                Ok(c) => c,
+                Err(e) if retriable(&e) => {
+                    tracing::debug!(error = %e, "committed offsets not available yet; retrying");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
         } else {
             BTreeMap::new()
         };
         for tp in &missing {
             let pos = match committed.get(tp) {
                 Some(o) => *o,
-                None => self.reset_offset(tp, "no committed offset").await?,
+                None => match self.reset_offset(tp, "no committed offset").await {
+                    Ok(o) => o,
+                    Err(e) if retriable(&e) => {
+                        tracing::debug!(%tp, error = %e, "offset reset failed; retrying");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
             };
             if let Some(p) = self.parts.get_mut(tp) {
                 p.position = Some(pos);

@@ -246,6 +246,21 @@ impl Client {
     /// # Errors
     /// [`Error::Broker`] naming the partition.
     pub async fn list_offsets(&self, topic: &str, spec: OffsetSpec) -> Result<Vec<(i32, i64)>> {
+        // A new or moving leader answers NOT_LEADER_OR_FOLLOWER and friends
+        // for a moment: refresh and retry those briefly.
+        let mut attempt = 0;
+        loop {
+            match self.list_offsets_once(topic, spec).await {
+                Err(e) if e.is_retriable() && attempt < 20 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50 * attempt.min(4))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn list_offsets_once(&self, topic: &str, spec: OffsetSpec) -> Result<Vec<(i32, i64)>> {
         use kafka_protocol::messages::list_offsets_request::{
             ListOffsetsPartition, ListOffsetsTopic,
         };

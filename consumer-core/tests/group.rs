@@ -1,0 +1,347 @@
+//! Group behaviour against the real broker: cooperative rebalancing keeps
+//! unaffected partitions flowing, static members restart without a
+//! rebalance, and a killed member's partitions move without losing records.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use consumer_core::consumer::ListenerFuture;
+use consumer_core::{Committer, Consumer, ConsumerConfig, RebalanceListener, TopicPartition};
+use kafka_wire::{Client, ClientConfig, NewTopic, Producer, ProducerConfig, ProducerRecord};
+
+async fn client(b: &testkit::BrokerEnv) -> Client {
+    Client::connect(
+        ClientConfig::builder()
+            .bootstrap(&b.bootstrap)
+            .unwrap()
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+fn config(b: &testkit::BrokerEnv, group: &str) -> consumer_core::config::ConsumerConfigBuilder {
+    ConsumerConfig::builder()
+        .bootstrap(&b.bootstrap)
+        .unwrap()
+        .group_id(group)
+        .set("auto.offset.reset", "earliest")
+        .unwrap()
+        .set("session.timeout.ms", "6000")
+        .unwrap()
+        .set("heartbeat.interval.ms", "300")
+        .unwrap()
+        .set("fetch.max.wait.ms", "50")
+        .unwrap()
+}
+
+#[derive(Default)]
+struct Revocations(Mutex<Vec<TopicPartition>>);
+
+impl RebalanceListener for Revocations {
+    fn on_revoked<'a>(
+        &'a self,
+        _c: &'a Committer,
+        parts: &'a [TopicPartition],
+    ) -> ListenerFuture<'a> {
+        self.0.lock().unwrap().extend_from_slice(parts);
+        Box::pin(async {})
+    }
+}
+
+type Deliveries = Arc<Mutex<BTreeMap<TopicPartition, Vec<Instant>>>>;
+
+/// Poll in a loop, recording when each partition delivered a record.
+fn spawn_member(
+    mut c: Consumer,
+    seen: Deliveries,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Consumer> {
+    tokio::spawn(async move {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(batches) = c.poll(Duration::from_millis(50)).await {
+                let now = Instant::now();
+                let mut s = seen.lock().unwrap();
+                for b in batches {
+                    if !b.records.is_empty() {
+                        s.entry(b.tp).or_default().push(now);
+                    }
+                }
+            }
+        }
+        c
+    })
+}
+
+#[tokio::test]
+async fn cooperative_join_revokes_only_moved_partitions_and_others_keep_flowing() {
+    let b = testkit::require_broker!();
+    let admin = client(&b).await;
+    let topic = testkit::unique_name("coop");
+    admin.create_topic(NewTopic::new(&topic, 12)).await.unwrap();
+    let group = testkit::unique_name("coop-group");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    // Steady traffic on every partition: one record per partition every 10 ms.
+    let producer = Producer::with_client(
+        admin.clone(),
+        ProducerConfig::builder()
+            .bootstrap(&b.bootstrap)
+            .unwrap()
+            .linger(Duration::from_millis(1))
+            .build()
+            .unwrap(),
+    );
+    let stop_p = stop.clone();
+    let topic_p = topic.clone();
+    let traffic = tokio::spawn(async move {
+        while !stop_p.load(std::sync::atomic::Ordering::Relaxed) {
+            for p in 0..12 {
+                let _ = producer
+                    .send(ProducerRecord::new(&topic_p).partition(p).value("x"))
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        producer.flush().await;
+    });
+
+    let mut listeners = Vec::new();
+    let mut members = Vec::new();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let mut c = Consumer::connect(
+            config(&b, &group)
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                .unwrap()
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let l = Arc::new(Revocations::default());
+        c.set_listener(l.clone());
+        c.subscribe(&[&topic]).unwrap();
+        let s: Deliveries = Arc::default();
+        members.push(spawn_member(c, s.clone(), stop.clone()));
+        listeners.push(l);
+        seen.push(s);
+    }
+    // Wait until the three members each deliver from 4 distinct partitions.
+    let recent = |s: &Deliveries| -> BTreeSet<TopicPartition> {
+        let now = Instant::now();
+        s.lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, ts)| {
+                ts.last()
+                    .is_some_and(|t| now.duration_since(*t) < Duration::from_millis(300))
+            })
+            .map(|(tp, _)| tp.clone())
+            .collect()
+    };
+    let settle = Instant::now() + Duration::from_secs(30);
+    let owned_before = loop {
+        let sets: Vec<BTreeSet<TopicPartition>> = seen.iter().map(&recent).collect();
+        let union: BTreeSet<&TopicPartition> = sets.iter().flatten().collect();
+        if sets.iter().all(|s| s.len() == 4) && union.len() == 12 {
+            break sets;
+        }
+        assert!(Instant::now() < settle, "the group never settled: {sets:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for l in &listeners {
+        l.0.lock().unwrap().clear(); // count only revocations caused by the join
+    }
+
+    // A fourth member joins.
+    let joined_at = Instant::now();
+    let mut c4 = Consumer::connect(
+        config(&b, &group)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .unwrap()
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    c4.subscribe(&[&topic]).unwrap();
+    let s4: Deliveries = Arc::default();
+    members.push(spawn_member(c4, s4.clone(), stop.clone()));
+    let until = Instant::now() + Duration::from_secs(30);
+    while s4.lock().unwrap().len() < 3 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let revoked_at_join: Vec<Vec<TopicPartition>> = listeners
+        .iter()
+        .map(|l| l.0.lock().unwrap().clone())
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.await.unwrap();
+    for m in members {
+        m.await.unwrap().close(Duration::from_secs(5)).await;
+    }
+    let moved: BTreeSet<TopicPartition> = s4.lock().unwrap().keys().cloned().collect();
+    assert_eq!(moved.len(), 3, "the new member took 3 partitions");
+
+    // Only the moved partitions were revoked from the old members (before close).
+    let revoked: BTreeSet<TopicPartition> = revoked_at_join.into_iter().flatten().collect();
+    assert_eq!(
+        revoked, moved,
+        "cooperative: exactly the moved partitions were revoked"
+    );
+
+    // Unaffected partitions kept delivering: the longest gap after the join.
+    let mut worst = Duration::ZERO;
+    for (i, s) in seen.iter().enumerate() {
+        for (tp, times) in s.lock().unwrap().iter() {
+            if moved.contains(tp) || !owned_before[i].contains(tp) {
+                continue;
+            }
+            let window: Vec<&Instant> = times.iter().filter(|t| **t >= joined_at).collect();
+            for w in window.windows(2) {
+                worst = worst.max(w[1].duration_since(*w[0]));
+            }
+        }
+    }
+    println!("cooperative rebalance: longest delivery gap on an unaffected partition = {worst:?}");
+    assert!(
+        worst < Duration::from_secs(2),
+        "unaffected partitions stalled for {worst:?}"
+    );
+}
+
+#[tokio::test]
+async fn static_member_restart_within_session_timeout_causes_no_rebalance() {
+    let b = testkit::require_broker!();
+    let admin = client(&b).await;
+    let topic = testkit::unique_name("static");
+    admin.create_topic(NewTopic::new(&topic, 4)).await.unwrap();
+    let group = testkit::unique_name("static-group");
+    let make = |instance: &str| {
+        config(&b, &group)
+            .set("group.instance.id", instance)
+            .unwrap()
+            .build()
+            .unwrap()
+    };
+
+    let mut a = Consumer::connect(make("instance-a")).await.unwrap();
+    a.subscribe(&[&topic]).unwrap();
+    let mut other = Consumer::connect(make("instance-b")).await.unwrap();
+    other.subscribe(&[&topic]).unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < end {
+        a.poll(Duration::from_millis(50)).await.unwrap();
+        other.poll(Duration::from_millis(50)).await.unwrap();
+        if a.assignment().len() == 2
+            && other.assignment().len() == 2
+            && a.generation().is_some()
+            && other.generation().is_some()
+        {
+            break;
+        }
+    }
+    let generation = other.generation().expect("stable");
+    let a_parts = a.assignment();
+    a.close(Duration::from_secs(5)).await; // static: no LeaveGroup
+
+    let mut restarted = Consumer::connect(make("instance-a")).await.unwrap();
+    restarted.subscribe(&[&topic]).unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while restarted.assignment().len() < 2 && Instant::now() < end {
+        restarted.poll(Duration::from_millis(50)).await.unwrap();
+        other.poll(Duration::from_millis(50)).await.unwrap();
+    }
+    for _ in 0..10 {
+        other.poll(Duration::from_millis(50)).await.unwrap();
+    }
+    assert_eq!(
+        restarted.assignment(),
+        a_parts,
+        "the same partitions come back"
+    );
+    assert_eq!(
+        other.generation(),
+        Some(generation),
+        "no rebalance for the other member"
+    );
+}
+
+#[tokio::test]
+async fn killed_member_partitions_move_after_session_timeout_and_nothing_committed_is_lost() {
+    let b = testkit::require_broker!();
+    let admin = client(&b).await;
+    let topic = testkit::unique_name("killed");
+    admin.create_topic(NewTopic::new(&topic, 2)).await.unwrap();
+    let producer = Producer::with_client(
+        admin.clone(),
+        ProducerConfig::builder()
+            .bootstrap(&b.bootstrap)
+            .unwrap()
+            .build()
+            .unwrap(),
+    );
+    for i in 0..200 {
+        producer
+            .send(
+                ProducerRecord::new(&topic)
+                    .partition(i % 2)
+                    .value(format!("{i}")),
+            )
+            .await
+            .unwrap();
+    }
+    producer.flush().await;
+    let group = testkit::unique_name("killed-group");
+
+    // The victim owns both partitions, consumes and commits 100 records, then dies.
+    let mut victim = Consumer::connect(
+        config(&b, &group)
+            .set("max.poll.records", "10")
+            .unwrap()
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    victim.subscribe(&[&topic]).unwrap();
+    let mut handled: BTreeSet<String> = BTreeSet::new();
+    let end = Instant::now() + Duration::from_secs(30);
+    while handled.len() < 100 && Instant::now() < end {
+        for batch in victim.poll(Duration::from_millis(100)).await.unwrap() {
+            for r in &batch.records {
+                handled.insert(String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap());
+            }
+            let next = batch.records.last().unwrap().offset + 1;
+            victim.commit(&[(batch.tp.clone(), next)]).await.unwrap();
+        }
+    }
+    drop(victim); // killed: no LeaveGroup, no final commit
+
+    let killed_at = Instant::now();
+    let mut survivor = Consumer::connect(config(&b, &group).build().unwrap())
+        .await
+        .unwrap();
+    survivor.subscribe(&[&topic]).unwrap();
+    let end = Instant::now() + Duration::from_secs(40);
+    while handled.len() < 200 && Instant::now() < end {
+        for batch in survivor.poll(Duration::from_millis(100)).await.unwrap() {
+            for r in &batch.records {
+                handled.insert(String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap());
+            }
+        }
+    }
+    assert_eq!(
+        handled.len(),
+        200,
+        "every record handled by the victim or the survivor"
+    );
+    assert!(
+        killed_at.elapsed() >= Duration::from_secs(4),
+        "the partitions moved only after the session timeout"
+    );
+}
