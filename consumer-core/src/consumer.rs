@@ -174,8 +174,12 @@ impl Committer {
                     })
                     .collect(),
             );
+        // NOT_COORDINATOR / loading: re-find and retry, with backoff, for a while.
         let mut last_err = None;
-        for _ in 0..3 {
+        for attempt in 0..30u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt.min(6)))).await;
+            }
             let node = self
                 .client
                 .find_coordinator(CoordinatorKind::Group, &group)
@@ -203,7 +207,9 @@ impl Committer {
                         };
                         if matches!(
                             code,
-                            KafkaCode::NotCoordinator | KafkaCode::CoordinatorNotAvailable
+                            KafkaCode::NotCoordinator
+                                | KafkaCode::CoordinatorNotAvailable
+                                | KafkaCode::CoordinatorLoadInProgress
                         ) {
                             retry = true;
                             last_err = Some(e);
