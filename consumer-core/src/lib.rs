@@ -17,10 +17,49 @@
 //! | [`error`] | [`ConsumerError`] |
 //! | [`membership`] | group membership as a pure state machine (events + `now` in, [`Action`]s out) |
 //!
-//! **Status:** the assignors, the consumer protocol and the membership state
-//! machine are built and unit/property-tested. The async driver that runs
-//! the state machine against a broker, the fetcher and commits are not built
-//! yet; see the README's status table.
+//! ## Example
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), consumer_core::ConsumerError> {
+//! use std::time::Duration;
+//! use consumer_core::{Consumer, ConsumerConfig};
+//!
+//! let mut consumer = Consumer::connect(
+//!     ConsumerConfig::builder()
+//!         .set("bootstrap.servers", "127.0.0.1:9092")?
+//!         .set("group.id", "billing")?
+//!         .set("auto.offset.reset", "earliest")?
+//!         .set("partition.assignment.strategy", "cooperative-sticky")?
+//!         .build()?, // enable.auto.commit is false: commit after processing
+//! )
+//! .await?;
+//! consumer.subscribe(&["orders"])?;
+//! loop {
+//!     for batch in consumer.poll(Duration::from_secs(1)).await? {
+//!         for record in &batch.records {
+//!             // handle(record) ...
+//!         }
+//!         if let Some(last) = batch.records.last() {
+//!             // Refused locally if a rebalance took the partition away.
+//!             consumer.commit(&[(batch.tp.clone(), last.offset + 1)]).await?;
+//!         }
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! ## Membership states
+//!
+//! ```text
+//! FindCoordinator ─▶ Joining ─▶ Syncing ─▶ Stable ─(heartbeat REBALANCE_IN_PROGRESS)─▶ Joining
+//!        ▲              │                     │ ILLEGAL_GENERATION / UNKNOWN_MEMBER_ID / session timeout:
+//!        └─ NOT_COORDINATOR ◀─────────────────┘ partitions lost, then rejoin
+//!                 FENCED_INSTANCE_ID, GROUP_MAX_SIZE_REACHED, … ─▶ Fatal
+//! ```
+//! (Full diagram and every transition: [`membership`].)
+//!
+//! **Not built yet:** KIP-320 leader-epoch validation and truncation
+//! detection, KIP-848, and a `Stream` adaptor.
 
 #![forbid(unsafe_code)]
 

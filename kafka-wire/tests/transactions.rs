@@ -129,12 +129,31 @@ async fn offsets_sent_to_a_committed_transaction_are_committed() {
             .with_topics(Some(vec![OffsetFetchRequestTopics::default()
                 .with_name(TopicName(StrBytes::from_string(topic.clone())))
                 .with_partition_indexes(vec![0])]))]);
-    let resp = client
-        .send_to(coordinator, Lane::Control, &req, std::time::Duration::ZERO)
-        .await
-        .unwrap();
-    let committed = resp.groups[0].topics[0].partitions[0].committed_offset;
-    assert_eq!(committed, 42);
+    // The commit marker reaches __consumer_offsets asynchronously: until it
+    // does, require_stable answers UNSTABLE_OFFSET_COMMIT (never a wrong offset).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let resp = client
+            .send_to(coordinator, Lane::Control, &req, std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        let p = &resp.groups[0].topics[0].partitions[0];
+        if p.error_code == 0 && p.committed_offset == 42 {
+            break;
+        }
+        assert!(
+            p.error_code == kafka_wire::KafkaCode::UnstableOffsetCommit.code()
+                || (p.error_code == 0 && p.committed_offset == -1),
+            "unexpected answer: code {} offset {}",
+            p.error_code,
+            p.committed_offset
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "offset never became stable"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
