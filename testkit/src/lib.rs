@@ -7,7 +7,7 @@
 //! otherwise skips with a message, so `cargo test` on a laptop without a
 //! broker still runs the unit tests.
 //!
-//! ```ignore
+//! ```text
 //! #[tokio::test]
 //! async fn talks_to_kafka() {
 //!     let broker = testkit::require_broker!();
