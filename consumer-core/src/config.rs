@@ -112,28 +112,7 @@ pub struct ConsumerConfigBuilder {
     max_decompressed_bytes: usize,
 }
 
-fn ms(key: &str, v: &str) -> Result<Duration> {
-    v.trim()
-        .parse::<u64>()
-        .map(Duration::from_millis)
-        .map_err(|_| Error::Config(format!("{key}={v:?} is not a number of milliseconds")))
-}
-
-fn int<T: std::str::FromStr>(key: &str, v: &str) -> Result<T> {
-    v.trim()
-        .parse::<T>()
-        .map_err(|_| Error::Config(format!("{key}={v:?} is not a valid number")))
-}
-
-fn boolean(key: &str, v: &str) -> Result<bool> {
-    match v.trim() {
-        "true" => Ok(true),
-        "false" => Ok(false),
-        _ => Err(Error::Config(format!(
-            "{key}={v:?}: expected true or false"
-        ))),
-    }
-}
+use kafka_wire::config::parse::{boolean, ms, number as int};
 
 impl ConsumerConfigBuilder {
     /// Set one Kafka property (consumer or client). Unknown keys are an error.

@@ -1,24 +1,12 @@
 //! The consumer against the real broker.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use consumer_core::{
-    Consumer, ConsumerConfig, ConsumerError, IsolationLevel, OffsetReset, TopicPartition,
-};
-use kafka_wire::{Client, ClientConfig, NewTopic, Producer, ProducerConfig, ProducerRecord};
-
-async fn client(b: &testkit::BrokerEnv) -> Client {
-    Client::connect(
-        ClientConfig::builder()
-            .bootstrap(&b.bootstrap)
-            .unwrap()
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap()
-}
+use consumer_core::{Consumer, ConsumerError, IsolationLevel, OffsetReset, TopicPartition};
+use kafka_wire::{Client, NewTopic, Producer, ProducerConfig, ProducerRecord};
 
 async fn produce(client: &Client, b: &testkit::BrokerEnv, topic: &str, n: usize) {
     let p = Producer::with_client(
@@ -46,27 +34,6 @@ async fn produce(client: &Client, b: &testkit::BrokerEnv, topic: &str, n: usize)
     }
 }
 
-fn config(
-    b: &testkit::BrokerEnv,
-    group: Option<&str>,
-) -> consumer_core::config::ConsumerConfigBuilder {
-    let mut c = ConsumerConfig::builder()
-        .bootstrap(&b.bootstrap)
-        .unwrap()
-        .set("auto.offset.reset", "earliest")
-        .unwrap()
-        .set("session.timeout.ms", "6000")
-        .unwrap()
-        .set("heartbeat.interval.ms", "500")
-        .unwrap()
-        .set("fetch.max.wait.ms", "100")
-        .unwrap();
-    if let Some(g) = group {
-        c = c.group_id(g);
-    }
-    c
-}
-
 /// Poll until `n` records arrived or `limit` passed.
 async fn consume(
     c: &mut Consumer,
@@ -92,12 +59,12 @@ async fn consume(
 #[tokio::test]
 async fn assign_mode_reads_everything_in_order_and_seek_pause_resume_work() {
     let b = testkit::require_broker!();
-    let admin = client(&b).await;
+    let admin = common::client(&b).await;
     let topic = testkit::unique_name("consume-assign");
     admin.create_topic(NewTopic::new(&topic, 3)).await.unwrap();
     produce(&admin, &b, &topic, 1_000).await;
 
-    let mut c = Consumer::connect(config(&b, None).build().unwrap())
+    let mut c = Consumer::connect(common::config(&b, None).build().unwrap())
         .await
         .unwrap();
     let parts: Vec<TopicPartition> = (0..3).map(|p| TopicPartition::new(&topic, p)).collect();
@@ -135,14 +102,14 @@ async fn assign_mode_reads_everything_in_order_and_seek_pause_resume_work() {
 #[tokio::test]
 async fn offset_reset_policies() {
     let b = testkit::require_broker!();
-    let admin = client(&b).await;
+    let admin = common::client(&b).await;
     let topic = testkit::unique_name("consume-reset");
     admin.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
     produce(&admin, &b, &topic, 10).await;
     let tp = TopicPartition::new(&topic, 0);
 
     let mut latest = Consumer::connect(
-        config(&b, None)
+        common::config(&b, None)
             .auto_offset_reset(OffsetReset::Latest)
             .build()
             .unwrap(),
@@ -159,7 +126,7 @@ async fn offset_reset_policies() {
 
     let group = testkit::unique_name("reset-none");
     let mut none = Consumer::connect(
-        config(&b, Some(&group))
+        common::config(&b, Some(&group))
             .auto_offset_reset(OffsetReset::None)
             .build()
             .unwrap(),
@@ -183,7 +150,7 @@ async fn offset_reset_policies() {
 #[tokio::test]
 async fn three_members_split_twelve_partitions_and_read_everything() {
     let b = testkit::require_broker!();
-    let admin = client(&b).await;
+    let admin = common::client(&b).await;
     let topic = testkit::unique_name("consume-group");
     admin.create_topic(NewTopic::new(&topic, 12)).await.unwrap();
     produce(&admin, &b, &topic, 3_000).await;
@@ -191,7 +158,7 @@ async fn three_members_split_twelve_partitions_and_read_everything() {
 
     let mut members = Vec::new();
     for _ in 0..3 {
-        let mut c = Consumer::connect(config(&b, Some(&group)).build().unwrap())
+        let mut c = Consumer::connect(common::config(&b, Some(&group)).build().unwrap())
             .await
             .unwrap();
         c.subscribe(&[&topic]).unwrap();
@@ -234,7 +201,7 @@ async fn three_members_split_twelve_partitions_and_read_everything() {
 #[tokio::test]
 async fn read_committed_returns_exactly_the_committed_records() {
     let b = testkit::require_broker!();
-    let admin = client(&b).await;
+    let admin = common::client(&b).await;
     let topic = testkit::unique_name("consume-txn");
     admin.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
     let p = Producer::with_client(
@@ -269,7 +236,7 @@ async fn read_committed_returns_exactly_the_committed_records() {
         }
     }
     let mut c = Consumer::connect(
-        config(&b, None)
+        common::config(&b, None)
             .isolation_level(IsolationLevel::ReadCommitted)
             .build()
             .unwrap(),
@@ -291,13 +258,13 @@ async fn read_committed_returns_exactly_the_committed_records() {
 #[tokio::test]
 async fn stuck_member_leaves_and_its_late_commit_is_refused_locally() {
     let b = testkit::require_broker!();
-    let admin = client(&b).await;
+    let admin = common::client(&b).await;
     let topic = testkit::unique_name("consume-stuck");
     admin.create_topic(NewTopic::new(&topic, 2)).await.unwrap();
     produce(&admin, &b, &topic, 20).await;
     let group = testkit::unique_name("stuck");
     let mut c = Consumer::connect(
-        config(&b, Some(&group))
+        common::config(&b, Some(&group))
             .set("max.poll.interval.ms", "2000")
             .unwrap()
             .build()

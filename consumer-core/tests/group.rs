@@ -2,40 +2,15 @@
 //! unaffected partitions flowing, static members restart without a
 //! rebalance, and a killed member's partitions move without losing records.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use consumer_core::consumer::ListenerFuture;
-use consumer_core::{Committer, Consumer, ConsumerConfig, RebalanceListener, TopicPartition};
-use kafka_wire::{Client, ClientConfig, NewTopic, Producer, ProducerConfig, ProducerRecord};
-
-async fn client(b: &testkit::BrokerEnv) -> Client {
-    Client::connect(
-        ClientConfig::builder()
-            .bootstrap(&b.bootstrap)
-            .unwrap()
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap()
-}
-
-fn config(b: &testkit::BrokerEnv, group: &str) -> consumer_core::config::ConsumerConfigBuilder {
-    ConsumerConfig::builder()
-        .bootstrap(&b.bootstrap)
-        .unwrap()
-        .group_id(group)
-        .set("auto.offset.reset", "earliest")
-        .unwrap()
-        .set("session.timeout.ms", "6000")
-        .unwrap()
-        .set("heartbeat.interval.ms", "300")
-        .unwrap()
-        .set("fetch.max.wait.ms", "50")
-        .unwrap()
-}
+use consumer_core::{Committer, Consumer, RebalanceListener, TopicPartition};
+use kafka_wire::{NewTopic, Producer, ProducerConfig, ProducerRecord};
 
 #[derive(Default)]
 struct Revocations(Mutex<Vec<TopicPartition>>);
@@ -78,7 +53,7 @@ fn spawn_member(
 #[tokio::test]
 async fn cooperative_join_revokes_only_moved_partitions_and_others_keep_flowing() {
     let b = testkit::require_broker!();
-    let admin = client(&b).await;
+    let admin = common::client(&b).await;
     let topic = testkit::unique_name("coop");
     admin.create_topic(NewTopic::new(&topic, 12)).await.unwrap();
     let group = testkit::unique_name("coop-group");
@@ -113,7 +88,7 @@ async fn cooperative_join_revokes_only_moved_partitions_and_others_keep_flowing(
     let mut seen = Vec::new();
     for _ in 0..3 {
         let mut c = Consumer::connect(
-            config(&b, &group)
+            common::config(&b, Some(&group))
                 .set("partition.assignment.strategy", "cooperative-sticky")
                 .unwrap()
                 .build()
@@ -159,7 +134,7 @@ async fn cooperative_join_revokes_only_moved_partitions_and_others_keep_flowing(
     // A fourth member joins.
     let joined_at = Instant::now();
     let mut c4 = Consumer::connect(
-        config(&b, &group)
+        common::config(&b, Some(&group))
             .set("partition.assignment.strategy", "cooperative-sticky")
             .unwrap()
             .build()
@@ -217,12 +192,12 @@ async fn cooperative_join_revokes_only_moved_partitions_and_others_keep_flowing(
 #[tokio::test]
 async fn static_member_restart_within_session_timeout_causes_no_rebalance() {
     let b = testkit::require_broker!();
-    let admin = client(&b).await;
+    let admin = common::client(&b).await;
     let topic = testkit::unique_name("static");
     admin.create_topic(NewTopic::new(&topic, 4)).await.unwrap();
     let group = testkit::unique_name("static-group");
     let make = |instance: &str| {
-        config(&b, &group)
+        common::config(&b, Some(&group))
             .set("group.instance.id", instance)
             .unwrap()
             .build()
@@ -274,7 +249,7 @@ async fn static_member_restart_within_session_timeout_causes_no_rebalance() {
 #[tokio::test]
 async fn killed_member_partitions_move_after_session_timeout_and_nothing_committed_is_lost() {
     let b = testkit::require_broker!();
-    let admin = client(&b).await;
+    let admin = common::client(&b).await;
     let topic = testkit::unique_name("killed");
     admin.create_topic(NewTopic::new(&topic, 2)).await.unwrap();
     let producer = Producer::with_client(
@@ -300,7 +275,7 @@ async fn killed_member_partitions_move_after_session_timeout_and_nothing_committ
 
     // The victim owns both partitions, consumes and commits 100 records, then dies.
     let mut victim = Consumer::connect(
-        config(&b, &group)
+        common::config(&b, Some(&group))
             .set("max.poll.records", "10")
             .unwrap()
             .build()
@@ -323,7 +298,7 @@ async fn killed_member_partitions_move_after_session_timeout_and_nothing_committ
     drop(victim); // killed: no LeaveGroup, no final commit
 
     let killed_at = Instant::now();
-    let mut survivor = Consumer::connect(config(&b, &group).build().unwrap())
+    let mut survivor = Consumer::connect(common::config(&b, Some(&group)).build().unwrap())
         .await
         .unwrap();
     survivor.subscribe(&[&topic]).unwrap();

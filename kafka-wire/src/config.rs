@@ -115,20 +115,43 @@ pub struct ClientConfigBuilder {
     sasl_props: SaslProps,
 }
 
-fn parse_ms(key: &str, value: &str) -> Result<Duration> {
-    value
-        .trim()
-        .parse::<u64>()
-        .map(Duration::from_millis)
-        .map_err(|_| Error::Config(format!("{key}={value:?} is not a number of milliseconds")))
+/// Parsers for Kafka property values, shared by every role's builder so
+/// each error names the key the same way.
+pub mod parse {
+    use std::time::Duration;
+
+    use crate::error::{Error, Result};
+
+    /// `*.ms` properties.
+    pub fn ms(key: &str, value: &str) -> Result<Duration> {
+        value
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| Error::Config(format!("{key}={value:?} is not a number of milliseconds")))
+    }
+
+    /// Counts and byte sizes.
+    pub fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T> {
+        value
+            .trim()
+            .parse::<T>()
+            .map_err(|_| Error::Config(format!("{key}={value:?} is not a valid number")))
+    }
+
+    /// `true` / `false`.
+    pub fn boolean(key: &str, value: &str) -> Result<bool> {
+        match value.trim() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(Error::Config(format!(
+                "{key}={value:?}: expected true or false"
+            ))),
+        }
+    }
 }
 
-fn parse_usize(key: &str, value: &str) -> Result<usize> {
-    value
-        .trim()
-        .parse::<usize>()
-        .map_err(|_| Error::Config(format!("{key}={value:?} is not a non-negative integer")))
-}
+use parse::{ms as parse_ms, number};
 
 impl ClientConfigBuilder {
     /// `bootstrap.servers` as `host:port[,host:port…]`.
@@ -248,9 +271,9 @@ impl ClientConfigBuilder {
                 c.metadata_max_age = parse_ms(key, value)?
             }
             "max.in.flight.requests.per.connection" | "max.in.flight" => {
-                c.max_in_flight = parse_usize(key, value)?
+                c.max_in_flight = number(key, value)?
             }
-            "receive.message.max.bytes" => c.max_frame_bytes = parse_usize(key, value)?,
+            "receive.message.max.bytes" => c.max_frame_bytes = number(key, value)?,
             _ => return Ok(false),
         }
         Ok(true)

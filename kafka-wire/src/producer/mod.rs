@@ -125,18 +125,7 @@ pub struct ProducerConfigBuilder {
     transaction_timeout: Duration,
 }
 
-fn ms(key: &str, v: &str) -> Result<Duration> {
-    v.trim()
-        .parse::<u64>()
-        .map(Duration::from_millis)
-        .map_err(|_| Error::Config(format!("{key}={v:?} is not a number of milliseconds")))
-}
-
-fn size(key: &str, v: &str) -> Result<usize> {
-    v.trim()
-        .parse::<usize>()
-        .map_err(|_| Error::Config(format!("{key}={v:?} is not a byte count")))
-}
+use crate::config::parse::{boolean, ms, number as size};
 
 impl ProducerConfigBuilder {
     /// Set one Kafka property (producer or client). Unknown keys are an error.
@@ -165,17 +154,7 @@ impl ProducerConfigBuilder {
                     ))
                 })?
             }
-            "enable.idempotence" => {
-                self.idempotent = Some(match value.trim() {
-                    "true" => true,
-                    "false" => false,
-                    _ => {
-                        return Err(Error::Config(format!(
-                            "{key}={value:?}: expected true or false"
-                        )))
-                    }
-                })
-            }
+            "enable.idempotence" => self.idempotent = Some(boolean(key, value)?),
             "buffer.memory" => self.buffer_memory = size(key, value)?,
             "delivery.timeout.ms" | "message.timeout.ms" => self.delivery_timeout = ms(key, value)?,
             "retry.backoff.ms" => self.retry_backoff = ms(key, value)?,

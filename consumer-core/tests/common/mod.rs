@@ -1,0 +1,37 @@
+//! Helpers shared by consumer-core's integration tests.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use consumer_core::config::ConsumerConfigBuilder;
+use consumer_core::ConsumerConfig;
+use kafka_wire::{Client, ClientConfig};
+
+pub async fn client(b: &testkit::BrokerEnv) -> Client {
+    Client::connect(
+        ClientConfig::builder()
+            .bootstrap(&b.bootstrap)
+            .unwrap()
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Test-friendly consumer settings: earliest, short session, fast fetches.
+pub fn config(b: &testkit::BrokerEnv, group: Option<&str>) -> ConsumerConfigBuilder {
+    let mut c = ConsumerConfig::builder()
+        .bootstrap(&b.bootstrap)
+        .unwrap()
+        .set("auto.offset.reset", "earliest")
+        .unwrap()
+        .set("session.timeout.ms", "6000")
+        .unwrap()
+        .set("heartbeat.interval.ms", "300")
+        .unwrap()
+        .set("fetch.max.wait.ms", "50")
+        .unwrap();
+    if let Some(g) = group {
+        c = c.group_id(g);
+    }
+    c
+}
