@@ -5,10 +5,22 @@
 //! pause/resume backpressure, rebalance-safe draining, retry with backoff, a
 //! dead-letter topic, idempotent processing, metrics and tracing.
 //!
-//! **Status: not built yet.** This crate is a placeholder in the workspace so
-//! the layering and the no-C-toolchain check cover it from the start. See the
+//! ## Layout
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`offset_tracker`] | per-partition completions in any order → the safe commit point (pure) |
+//! | [`commit_metadata`] | completed-beyond-the-commit-point offsets in commit metadata (versioned) |
+//!
+//! **Status:** only the offset tracker and its metadata codec are built (pure,
+//! unit- and property-tested). The runtime itself (`Processor`, workers,
+//! backpressure, retry, DLT, idempotency, metrics) is not built yet; see the
 //! README's status table.
 
 #![forbid(unsafe_code)]
 
+pub mod commit_metadata;
+pub mod offset_tracker;
+
 pub use consumer_core;
+pub use offset_tracker::OffsetTracker;
