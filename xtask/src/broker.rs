@@ -47,13 +47,24 @@ pub enum Action {
     Up {
         #[arg(long, value_enum, default_value_t = Engine::Kafka)]
         engine: Engine,
+        /// Apache Kafka version from Maven Central (3.9+ for `--standalone` KRaft).
+        #[arg(long, default_value = KAFKA_VERSION)]
+        kafka_version: String,
     },
     /// Stop the broker this harness started (by pid), and nothing else.
-    Down,
+    Down {
+        #[arg(long, default_value = KAFKA_VERSION)]
+        kafka_version: String,
+    },
     /// Say what is running and where.
-    Status,
+    Status {
+        #[arg(long, default_value = KAFKA_VERSION)]
+        kafka_version: String,
+    },
     /// Show the broker log.
     Logs {
+        #[arg(long, default_value = KAFKA_VERSION)]
+        kafka_version: String,
         /// How many trailing lines to show.
         #[arg(long, short = 'n', default_value_t = 200)]
         lines: usize,
@@ -73,25 +84,33 @@ pub enum Engine {
 
 pub fn run(action: Action) -> anyhow::Result<()> {
     match action {
-        Action::Up { engine } => {
-            let up = up(engine)?;
+        Action::Up {
+            engine,
+            kafka_version,
+        } => {
+            let up = up(engine, &kafka_version)?;
             println!(
                 "{} broker {} ({})",
                 if up.started_now { "started" } else { "reusing" },
                 up.describe(),
-                Dirs::new().env.display()
+                Dirs::new(&kafka_version).env.display()
             );
             print!("{}", up.env_lines());
             Ok(())
         }
-        Action::Down => down(),
-        Action::Status => status(),
-        Action::Logs { lines, follow } => logs(lines, follow),
+        Action::Down { kafka_version } => down(&kafka_version),
+        Action::Status { kafka_version } => status(&kafka_version),
+        Action::Logs {
+            kafka_version,
+            lines,
+            follow,
+        } => logs(&kafka_version, lines, follow),
     }
 }
 
 /// Where the harness keeps its state.
 struct Dirs {
+    version: String,
     root: PathBuf,
     jars: PathBuf,
     certs: PathBuf,
@@ -103,9 +122,16 @@ struct Dirs {
 }
 
 impl Dirs {
-    fn new() -> Self {
-        let root = workspace_root().join("target").join("broker");
+    /// `target/broker` for the default version, `target/broker-<version>` otherwise.
+    fn new(version: &str) -> Self {
+        let name = if version == KAFKA_VERSION {
+            "broker".to_string()
+        } else {
+            format!("broker-{version}")
+        };
+        let root = workspace_root().join("target").join(name);
         Self {
+            version: version.to_string(),
             jars: root.join("jars"),
             certs: root.join("certs"),
             config: root.join("config"),
@@ -143,7 +169,8 @@ impl RunningBroker {
     fn describe(&self) -> String {
         match self.engine {
             Engine::Kafka => format!(
-                "Apache Kafka {KAFKA_VERSION} pid {} at {}",
+                "Apache Kafka {} pid {} at {}",
+                self.get("KAFKA_BROKER_VERSION").unwrap_or(KAFKA_VERSION),
                 self.pid.unwrap_or(0),
                 self.bootstrap()
             ),
@@ -157,8 +184,8 @@ impl RunningBroker {
 }
 
 /// Start the broker unless ours is already running. Idempotent.
-pub fn up(engine: Engine) -> anyhow::Result<RunningBroker> {
-    let dirs = Dirs::new();
+pub fn up(engine: Engine, version: &str) -> anyhow::Result<RunningBroker> {
+    let dirs = Dirs::new(version);
     if let Some(running) = find_running(&dirs)? {
         if running.engine != engine {
             bail!(
@@ -285,12 +312,16 @@ fn ensure_jars(dirs: &Dirs) -> anyhow::Result<()> {
         fs::read_to_string(&pom).with_context(|| format!("reading {}", pom.display()))?;
     let mut hasher = DefaultHasher::new();
     pom_text.hash(&mut hasher);
+    dirs.version.hash(&mut hasher);
     let hash = format!("{:016x}", hasher.finish());
     let marker = dirs.jars.join(".pom-hash");
     if fs::read_to_string(&marker).ok().as_deref() == Some(hash.as_str()) {
         return Ok(());
     }
-    eprintln!("xtask: fetching Apache Kafka {KAFKA_VERSION} jars from Maven Central (cached after the first run)");
+    eprintln!(
+        "xtask: fetching Apache Kafka {} jars from Maven Central (cached after the first run)",
+        dirs.version
+    );
     let _ = fs::remove_dir_all(&dirs.jars);
     shell::run(
         Command::new("mvn")
@@ -301,6 +332,7 @@ fn ensure_jars(dirs: &Dirs) -> anyhow::Result<()> {
                 "-DincludeScope=runtime",
                 "-DoverWriteReleases=true",
             ])
+            .arg(format!("-Dkafka.version={}", dirs.version))
             .arg(format!("-DoutputDirectory={}", dirs.jars.display())),
     )
     .context("Maven could not fetch the Kafka jars; is Maven Central reachable?")?;
@@ -448,7 +480,7 @@ fn start_kafka(dirs: &Dirs) -> anyhow::Result<RunningBroker> {
     )
     .context("formatting the KRaft log dir failed")?;
 
-    eprintln!("xtask: starting Apache Kafka {KAFKA_VERSION}");
+    eprintln!("xtask: starting Apache Kafka {}", dirs.version);
     let log = fs::File::create(&dirs.log)?;
     let mut child = java(dirs)
         .args([
@@ -506,6 +538,7 @@ fn start_kafka(dirs: &Dirs) -> anyhow::Result<RunningBroker> {
         ("KAFKA_SASL_USER".into(), SASL_USER.into()),
         ("KAFKA_SASL_PASSWORD".into(), SASL_PASSWORD.into()),
         ("KAFKA_BROKER_ENGINE".into(), "kafka".into()),
+        ("KAFKA_BROKER_VERSION".into(), dirs.version.clone()),
         ("KAFKA_BROKER_PID".into(), pid.to_string()),
     ];
     let running = RunningBroker {
@@ -569,8 +602,8 @@ fn start_redpanda(dirs: &Dirs) -> anyhow::Result<RunningBroker> {
 }
 
 /// Stop the broker this harness started. Never touches other processes.
-pub fn down() -> anyhow::Result<()> {
-    let dirs = Dirs::new();
+pub fn down(version: &str) -> anyhow::Result<()> {
+    let dirs = Dirs::new(version);
     let engine_is_redpanda = fs::read_to_string(&dirs.env)
         .map(|t| t.contains("KAFKA_BROKER_ENGINE=redpanda"))
         .unwrap_or(false);
@@ -611,8 +644,8 @@ pub fn down() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn status() -> anyhow::Result<()> {
-    let dirs = Dirs::new();
+fn status(version: &str) -> anyhow::Result<()> {
+    let dirs = Dirs::new(version);
     match find_running(&dirs)? {
         Some(running) => {
             println!("running: {}", running.describe());
@@ -631,8 +664,8 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn logs(lines: usize, follow: bool) -> anyhow::Result<()> {
-    let dirs = Dirs::new();
+fn logs(version: &str, lines: usize, follow: bool) -> anyhow::Result<()> {
+    let dirs = Dirs::new(version);
     if !dirs.log.exists() {
         bail!("no broker log at {} yet", dirs.log.display());
     }

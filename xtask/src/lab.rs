@@ -22,7 +22,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut env: Vec<(String, String)> = Vec::new();
     let mut started = false;
     if std::env::var_os("KAFKA_BOOTSTRAP").is_none() {
-        let running = broker::up(Engine::Kafka)?;
+        let running = broker::up(Engine::Kafka, broker::KAFKA_VERSION)?;
         started = running.started_now;
         env = running.env;
     }
@@ -46,7 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     )
     .context("kafka-lab failed");
     if args.down && started {
-        broker::down()?;
+        broker::down(broker::KAFKA_VERSION)?;
     } else if started {
         eprintln!(
             "\nThe broker keeps running (`source target/broker/env` to use it); \

@@ -20,6 +20,13 @@ pub struct Args {
     /// Skip fmt, clippy and check-pure; only run the tests.
     #[arg(long)]
     no_lint: bool,
+    /// Apache Kafka version to test against.
+    #[arg(long, default_value = broker::KAFKA_VERSION)]
+    kafka_version: String,
+    /// Then run the suite again against these versions (the client must also
+    /// work with Kafka 3.x). Pass an empty value to skip.
+    #[arg(long, value_delimiter = ',', default_value = "3.9.1")]
+    compat_versions: Vec<String>,
     /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
     #[arg(last = true)]
     cargo_test_args: Vec<String>,
@@ -132,7 +139,7 @@ fn run_steps(args: &Args, steps: &mut Vec<Step>, counts: &mut Counts) -> anyhow:
         });
     } else {
         timed(steps, "broker up", || {
-            let running = broker::up(Engine::Kafka)?;
+            let running = broker::up(Engine::Kafka, &args.kafka_version)?;
             started_broker = running.started_now;
             broker_env = running.env.clone();
             Ok(format!(
@@ -162,11 +169,47 @@ fn run_steps(args: &Args, steps: &mut Vec<Step>, counts: &mut Counts) -> anyhow:
     // Stop what we started, even when tests failed.
     if started_broker {
         let _ = timed(steps, "broker down", || {
-            broker::down()?;
+            broker::down(&args.kafka_version)?;
             Ok(String::new())
         });
     }
-    tests
+    tests?;
+    if std::env::var_os("KAFKA_BOOTSTRAP").is_some() {
+        return Ok(()); // the caller's cluster: no other versions to try
+    }
+    for version in args.compat_versions.iter().filter(|v| !v.trim().is_empty()) {
+        let version = version.trim();
+        let mut env = Vec::new();
+        let mut started = false;
+        timed(steps, "compat broker", || {
+            let running = broker::up(Engine::Kafka, version)?;
+            started = running.started_now;
+            env = running.env.clone();
+            Ok(format!("Apache Kafka {version} at {}", running.bootstrap()))
+        })?;
+        let result = timed(steps, "compat tests", || {
+            let c = cargo_test(&env, &args.cargo_test_args)?;
+            counts.passed += c.passed;
+            counts.failed += c.failed;
+            counts.ignored += c.ignored;
+            let line = format!(
+                "Kafka {version}: {} passed, {} failed, {} skipped",
+                c.passed, c.failed, c.ignored
+            );
+            if c.failed > 0 {
+                bail!("{line}");
+            }
+            Ok(line)
+        });
+        if started {
+            let _ = timed(steps, "compat down", || {
+                broker::down(version)?;
+                Ok(String::new())
+            });
+        }
+        result?;
+    }
+    Ok(())
 }
 
 /// Run `cargo test --workspace`, echoing its output and counting results.
