@@ -292,3 +292,39 @@ async fn stuck_member_leaves_and_its_late_commit_is_refused_locally() {
         Some(&1)
     );
 }
+
+#[tokio::test]
+async fn auto_commit_commits_what_poll_returned_even_if_it_was_never_processed() {
+    // Why auto-commit is off by default: it commits positions, not completions.
+    let b = testkit::require_broker!();
+    let admin = common::client(&b).await;
+    let topic = testkit::unique_name("auto-commit");
+    admin.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    produce(&admin, &b, &topic, 50).await;
+    let group = testkit::unique_name("auto");
+    let mut c = Consumer::connect(
+        common::config(&b, Some(&group))
+            .set("enable.auto.commit", "true")
+            .unwrap()
+            .set("auto.commit.interval.ms", "100")
+            .unwrap()
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let tp = TopicPartition::new(&topic, 0);
+    c.assign(std::slice::from_ref(&tp));
+    let got = consume(&mut c, 50, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 50);
+    // The application "crashes" before processing anything; one more poll
+    // after the interval is all it takes for the offsets to be committed.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    c.poll(Duration::from_millis(50)).await.unwrap();
+    let committed = c.committed(std::slice::from_ref(&tp)).await.unwrap();
+    assert_eq!(
+        committed.get(&tp),
+        Some(&50),
+        "50 records committed, 0 processed: lost on restart"
+    );
+}

@@ -1,0 +1,167 @@
+//! A group that mixes our consumer with the Java client (kafka-clients, via
+//! `ConsoleConsumer` from the jars `cargo xtask broker up` fetched): both
+//! speak the same consumer protocol and assignor, so the partitions split
+//! between them and every record is read by one of them (at least once).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use consumer_core::{Assignment, Consumer, TopicPartition};
+use kafka_wire::{NewTopic, Producer, ProducerConfig, ProducerRecord};
+
+fn java_client_jars() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/broker/jars");
+    let found = dir.join("kafka-clients-4.3.1.jar").exists()
+        && Command::new("java").arg("-version").output().is_ok();
+    match (found, testkit::broker_required()) {
+        (true, _) => Some(dir),
+        (false, true) => {
+            panic!("the Java client jars are missing: run `cargo xtask broker up` first")
+        }
+        (false, false) => {
+            eprintln!("SKIPPED: no Java client jars in {}", dir.display());
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn our_member_and_a_java_member_share_one_group() {
+    let b = testkit::require_broker!();
+    let Some(jars) = java_client_jars() else {
+        return;
+    };
+    let admin = common::client(&b).await;
+    let topic = testkit::unique_name("interop");
+    admin.create_topic(NewTopic::new(&topic, 6)).await.unwrap();
+    let p = Producer::with_client(
+        admin.clone(),
+        ProducerConfig::builder()
+            .bootstrap(&b.bootstrap)
+            .unwrap()
+            .build()
+            .unwrap(),
+    );
+    for i in 0..600 {
+        p.send(
+            ProducerRecord::new(&topic)
+                .partition(i % 6)
+                .value(format!("{i}")),
+        )
+        .await
+        .unwrap();
+    }
+    p.flush().await;
+    let group = testkit::unique_name("interop-group");
+
+    // The Java member, range assignor, classic protocol.
+    let mut java = Command::new("java")
+        .arg("-cp")
+        .arg(format!("{}/*", jars.display()))
+        .arg("org.apache.kafka.tools.consumer.ConsoleConsumer")
+        .args([
+            "--bootstrap-server",
+            &b.bootstrap,
+            "--topic",
+            &topic,
+            "--group",
+            &group,
+        ])
+        .args(["--consumer-property", "auto.offset.reset=earliest"])
+        .args(["--consumer-property", "group.protocol=classic"])
+        .args([
+            "--consumer-property",
+            "partition.assignment.strategy=org.apache.kafka.clients.consumer.RangeAssignor",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("java");
+    let java_seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let reader = {
+        let seen = java_seen.clone();
+        let out = java.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            // Record values are the numbers we produced; skip any log line.
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if line.trim().parse::<u32>().is_ok() {
+                    seen.lock().unwrap().push(line.trim().to_string());
+                }
+            }
+        })
+    };
+
+    // Our member joins once the Java one is in; same protocol name ("range").
+    let end = Instant::now() + Duration::from_secs(60);
+    while java_seen.lock().unwrap().is_empty() && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut ours = Consumer::connect(
+        common::config(&b, Some(&group))
+            .set("partition.assignment.strategy", "range")
+            .unwrap()
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    ours.subscribe(&[&topic]).unwrap();
+    let mut ours_seen: Vec<String> = Vec::new();
+    let mut split = false;
+    while Instant::now() < end {
+        for batch in ours.poll(Duration::from_millis(100)).await.unwrap() {
+            for r in batch.records {
+                ours_seen.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+            }
+        }
+        // The group's view: two members, disjoint assignments covering all 6.
+        if !split {
+            if let Ok(d) = admin.describe_group(&group).await {
+                let sets: Vec<BTreeSet<TopicPartition>> = d
+                    .members
+                    .iter()
+                    .map(|m| {
+                        Assignment::decode(&m.assignment)
+                            .unwrap_or_default()
+                            .partitions
+                            .into_iter()
+                            .collect()
+                    })
+                    .collect();
+                let union: BTreeSet<&TopicPartition> = sets.iter().flatten().collect();
+                split = d.members.len() == 2
+                    && d.protocol == "range"
+                    && union.len() == 6
+                    && sets.iter().all(|s| s.len() == 3);
+            }
+        }
+        let total = java_seen.lock().unwrap().len() + ours_seen.len();
+        if split && total >= 600 && ours.commit_positions().await.is_ok() {
+            break;
+        }
+    }
+    let _ = java.kill();
+    let _ = java.wait();
+    let _ = reader.join();
+    assert!(
+        split,
+        "the Java and Rust members never split the partitions"
+    );
+    let java_values: BTreeSet<String> = java_seen.lock().unwrap().iter().cloned().collect();
+    let all: BTreeSet<String> = java_values
+        .iter()
+        .cloned()
+        .chain(ours_seen.iter().cloned())
+        .collect();
+    assert_eq!(
+        all.len(),
+        600,
+        "every record read by one of the two members"
+    );
+}
