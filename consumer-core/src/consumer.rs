@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use crate::config::{ConsumerConfig, IsolationLevel, OffsetReset};
 use crate::error::{ConsumerError, Result};
 use crate::fetch_session::FetchSession;
-use crate::fetcher::{decode_partition, Decoded};
+use crate::fetcher::{decode_partition, truncation_point, Decoded};
 use crate::group::{GroupEvent, GroupSnapshot, GroupTask};
 use crate::tp::TopicPartition;
 
@@ -239,6 +239,8 @@ struct PartState {
     position: Option<i64>,
     paused: bool,
     high_watermark: i64,
+    /// Epoch of the last batch handed out (KIP-320), -1 if unknown.
+    last_fetched_epoch: i32,
 }
 
 type FetchOutcome = (
@@ -366,6 +368,7 @@ impl Consumer {
                         position: None,
                         paused: false,
                         high_watermark: -1,
+                        last_fetched_epoch: -1,
                     },
                 )
             })
@@ -536,6 +539,7 @@ impl Consumer {
                         position: None,
                         paused: false,
                         high_watermark: -1,
+                        last_fetched_epoch: -1,
                     });
                 }
             }
@@ -661,6 +665,7 @@ impl Consumer {
         let buffered: BTreeSet<&TopicPartition> =
             self.buffered.iter().map(|(tp, _, _)| tp).collect();
         let mut by_leader: BTreeMap<i32, BTreeMap<TopicPartition, i64>> = BTreeMap::new();
+        let mut epochs: BTreeMap<TopicPartition, (i32, i32)> = BTreeMap::new();
         let mut unknown = Vec::new();
         for (tp, p) in &self.parts {
             let (Some(pos), false) = (p.position, p.paused) else {
@@ -672,6 +677,11 @@ impl Consumer {
             match md.leader(&tp.topic, tp.partition) {
                 Some(b) => {
                     by_leader.entry(b.id).or_default().insert(tp.clone(), pos);
+                    // KIP-320: fence stale leaders and detect log divergence.
+                    let current = md
+                        .partition(&tp.topic, tp.partition)
+                        .map_or(-1, |p| p.leader_epoch);
+                    epochs.insert(tp.clone(), (current, p.last_fetched_epoch));
                 }
                 None => unknown.push(tp.topic.clone()),
             }
@@ -693,6 +703,8 @@ impl Consumer {
                     FetchPartition::default()
                         .with_partition(tp.partition)
                         .with_fetch_offset(*offset)
+                        .with_current_leader_epoch(epochs.get(tp).map_or(-1, |e| e.0))
+                        .with_last_fetched_epoch(epochs.get(tp).map_or(-1, |e| e.1))
                         .with_partition_max_bytes(self.cfg.max_partition_fetch_bytes),
                 );
             }
@@ -786,6 +798,23 @@ impl Consumer {
                         continue;
                     }
                 }
+                if let Some(to) = truncation_point(
+                    requested_pos,
+                    p.diverging_epoch.epoch,
+                    p.diverging_epoch.end_offset,
+                ) {
+                    tracing::warn!(%tp, from = requested_pos, to, "log truncation detected (KIP-320): rewinding");
+                    if self.cfg.auto_offset_reset == OffsetReset::None {
+                        return Err(ConsumerError::NoOffset {
+                            tp,
+                            reason: format!(
+                                "log truncated below our position {requested_pos} (to {to})"
+                            ),
+                        });
+                    }
+                    state.position = Some(to);
+                    continue;
+                }
                 state.high_watermark = p.high_watermark;
                 let decoded = decode_partition(
                     &tp,
@@ -832,6 +861,9 @@ impl Consumer {
             let records: Vec<Record> = decoded.records[idx..idx + take].to_vec();
             idx += take;
             budget -= take;
+            if decoded.last_epoch >= 0 {
+                state.last_fetched_epoch = decoded.last_epoch;
+            }
             if idx == decoded.records.len() {
                 state.position = Some(decoded.next_offset);
                 decoded.records.clear();

@@ -27,6 +27,21 @@ pub struct Decoded {
     pub next_offset: i64,
     pub high_watermark: i64,
     pub last_stable_offset: i64,
+    /// Leader epoch of the last batch seen (-1 if none): sent back as
+    /// `last_fetched_epoch` so the broker can detect divergence (KIP-320).
+    pub last_epoch: i32,
+}
+
+/// KIP-320: the broker says our log diverged from the leader's (the leader
+/// changed and truncated). Returns the offset to truncate our position to,
+/// when the divergence point is below it.
+pub fn truncation_point(
+    position: i64,
+    diverging_epoch: i32,
+    diverging_end_offset: i64,
+) -> Option<i64> {
+    (diverging_epoch >= 0 && diverging_end_offset >= 0 && diverging_end_offset < position)
+        .then_some(diverging_end_offset)
 }
 
 /// Decode `data` fetched from `position`.
@@ -45,6 +60,7 @@ pub fn decode_partition(
         next_offset: position,
         high_watermark: data.high_watermark,
         last_stable_offset: data.last_stable_offset,
+        last_epoch: -1,
     };
     // Aborted transactions: producer id → first offsets, sorted.
     let mut aborted: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
@@ -83,6 +99,7 @@ pub fn decode_partition(
         if batch.next_offset() <= position {
             continue; // entirely before our position
         }
+        out.last_epoch = batch.partition_leader_epoch;
         let corrupt = |source| Error::CorruptBatch {
             topic: tp.topic.clone(),
             partition: tp.partition,
@@ -250,6 +267,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(values(&d)[0], "a1");
+    }
+
+    #[test]
+    fn truncation_is_detected_only_below_the_position() {
+        // The new leader's log for our last epoch ends at 90: we read to 100.
+        assert_eq!(truncation_point(100, 4, 90), Some(90));
+        assert_eq!(
+            truncation_point(100, 4, 100),
+            None,
+            "no divergence below us"
+        );
+        assert_eq!(truncation_point(100, -1, -1), None, "the broker sent none");
+    }
+
+    #[test]
+    fn last_epoch_comes_from_the_batches() {
+        let tp = TopicPartition::new("t", 0);
+        let mut b = BytesMut::new();
+        encode_batch(
+            &mut b,
+            &BatchOptions {
+                partition_leader_epoch: 7,
+                ..BatchOptions::default()
+            },
+            &[rec("x")],
+        );
+        let d = PartitionData::default().with_records(Some(b.freeze()));
+        let out = decode_partition(&tp, &d, 0, IsolationLevel::ReadUncommitted, 1 << 20).unwrap();
+        assert_eq!(out.last_epoch, 7);
     }
 
     #[test]
