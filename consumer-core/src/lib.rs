@@ -13,6 +13,7 @@
 //! | [`fetch_session`] | KIP-227 fetch sessions per broker (pure bookkeeping) |
 //! | [`fetcher`] | one partition's fetch response → records (CRC, read_committed) |
 //! | [`consumer`] | [`Consumer`]: subscribe/assign, poll, commit, pause/resume/seek |
+//! | [`stream`] | [`stream::RecordStream`]: the consumer as a `Stream` |
 //! | `group` | the async driver of the membership state machine (one task per consumer) |
 //! | [`error`] | [`ConsumerError`] |
 //! | [`membership`] | group membership as a pure state machine (events + `now` in, [`Action`]s out) |
@@ -58,8 +59,7 @@
 //! ```
 //! (Full diagram and every transition: [`membership`].)
 //!
-//! **Not built yet:** KIP-320 leader-epoch validation and truncation
-//! detection, KIP-848, and a `Stream` adaptor.
+//! **Not built yet:** KIP-848 (the new group protocol).
 
 #![forbid(unsafe_code)]
 
@@ -72,6 +72,7 @@ pub mod fetcher;
 mod group;
 pub mod membership;
 pub mod protocol;
+pub mod stream;
 pub mod tp;
 
 pub use assignor::{Assignor, RebalanceProtocol};

@@ -328,3 +328,32 @@ async fn auto_commit_commits_what_poll_returned_even_if_it_was_never_processed()
         "50 records committed, 0 processed: lost on restart"
     );
 }
+
+#[tokio::test]
+async fn the_consumer_as_a_stream() {
+    use std::future::poll_fn;
+    use std::pin::Pin;
+
+    use futures_core::Stream;
+
+    let b = testkit::require_broker!();
+    let admin = common::client(&b).await;
+    let topic = testkit::unique_name("stream");
+    admin.create_topic(NewTopic::new(&topic, 2)).await.unwrap();
+    produce(&admin, &b, &topic, 100).await;
+    let mut c = Consumer::connect(common::config(&b, None).build().unwrap())
+        .await
+        .unwrap();
+    c.assign(&[
+        TopicPartition::new(&topic, 0),
+        TopicPartition::new(&topic, 1),
+    ]);
+    let mut stream = c.into_stream(Duration::from_millis(100));
+    let mut n = 0;
+    let end = Instant::now() + Duration::from_secs(10);
+    while n < 100 && Instant::now() < end {
+        let item = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await;
+        n += item.unwrap().unwrap().records.len();
+    }
+    assert_eq!(n, 100);
+}
