@@ -243,6 +243,13 @@ struct PartState {
     last_fetched_epoch: i32,
 }
 
+/// Run a listener callback, abandoning it after `deadline`.
+async fn bounded(deadline: Duration, what: &str, f: ListenerFuture<'_>) {
+    if tokio::time::timeout(deadline, f).await.is_err() {
+        tracing::warn!("rebalance listener {what} exceeded max.poll.interval.ms; abandoned");
+    }
+}
+
 type FetchOutcome = (
     i32,
     BTreeMap<TopicPartition, i64>,
@@ -282,6 +289,9 @@ impl Consumer {
     ///
     /// # Errors
     /// Connection errors.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
     pub async fn connect(cfg: ConsumerConfig) -> Result<Consumer> {
         let client = Client::connect(cfg.client.clone()).await?;
         Ok(Self::with_client(client, cfg))
@@ -431,6 +441,9 @@ impl Consumer {
     ///
     /// # Errors
     /// As [`Committer::commit`].
+    ///
+    /// # Cancel safety
+    /// As [`Committer::commit`]: the commit may land even if cancelled.
     pub async fn commit(&self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
         self.committer.commit(offsets).await
     }
@@ -438,6 +451,9 @@ impl Consumer {
     /// Commit the current position of every assigned partition.
     ///
     /// # Errors
+    /// As [`Committer::commit`].
+    ///
+    /// # Cancel safety
     /// As [`Committer::commit`].
     pub async fn commit_positions(&self) -> Result<()> {
         let offsets: Vec<_> = self
@@ -452,6 +468,9 @@ impl Consumer {
     ///
     /// # Errors
     /// Coordinator errors.
+    ///
+    /// # Cancel safety
+    /// Cancel safe (read only).
     pub async fn committed(&self, tps: &[TopicPartition]) -> Result<BTreeMap<TopicPartition, i64>> {
         let group = self
             .cfg
@@ -553,19 +572,26 @@ impl Consumer {
         }
     }
 
-    /// Handle group events; run listener callbacks.
+    /// Handle group events; run listener callbacks, each bounded by the
+    /// rebalance timeout (`max.poll.interval.ms`).
     async fn handle_event(&mut self, e: GroupEvent) -> Result<()> {
         let listener = self.listener.clone();
+        let deadline = self.cfg.max_poll_interval;
         match &e {
             GroupEvent::Assigned(parts) => {
                 self.apply_event(&e);
                 if let Some(l) = &listener {
-                    l.on_assigned(&self.committer, parts).await;
+                    bounded(
+                        deadline,
+                        "on_assigned",
+                        l.on_assigned(&self.committer, parts),
+                    )
+                    .await;
                 }
             }
             GroupEvent::Revoked(parts, _) => {
                 if let Some(l) = &listener {
-                    l.on_revoked(&self.committer, parts).await;
+                    bounded(deadline, "on_revoked", l.on_revoked(&self.committer, parts)).await;
                 } else if self.cfg.enable_auto_commit {
                     let offsets: Vec<_> = parts
                         .iter()
@@ -577,7 +603,7 @@ impl Consumer {
             }
             GroupEvent::Lost(parts, _) => {
                 if let Some(l) = &listener {
-                    l.on_lost(&self.committer, parts).await;
+                    bounded(deadline, "on_lost", l.on_lost(&self.committer, parts)).await;
                 }
                 self.apply_event(&e);
             }
@@ -949,7 +975,11 @@ impl Consumer {
     }
 
     /// Leave the group (committing positions first if auto-commit is on),
-    /// within `timeout`.
+    /// within `timeout`. Revoked partitions go through the listener first.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping it mid-way may skip the LeaveGroup (the
+    /// group then waits for the session timeout).
     pub async fn close(mut self, timeout: Duration) {
         if self.cfg.enable_auto_commit {
             let _ = self.commit_positions().await;

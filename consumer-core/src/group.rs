@@ -315,8 +315,9 @@ impl GroupTask {
                     .await
                     .is_ok()
                 {
-                    // on_revoked runs inside poll(); give it the rebalance timeout.
-                    let _ = tokio::time::timeout(self.cfg.max_poll_interval, wait).await;
+                    // on_revoked runs inside poll(), up to the rebalance timeout;
+                    // a cooperative member is still Stable and keeps heartbeating.
+                    self.wait_heartbeating(m, wait).await;
                 }
                 self.snapshot.lock().expect("lock").revoking.clear();
             }
@@ -336,6 +337,35 @@ impl GroupTask {
                 let _ = self.events.send(GroupEvent::Assigned(parts)).await;
             }
             Action::Fatal(_) => unreachable!("handled by run()"),
+        }
+    }
+
+    /// Wait for a listener's ack (bounded by the rebalance timeout) while
+    /// heartbeats continue, so a slow callback cannot get the member expelled.
+    async fn wait_heartbeating(&mut self, m: &mut Membership, wait: oneshot::Receiver<()>) {
+        let deadline = tokio::time::Instant::now() + self.cfg.max_poll_interval;
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => return,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(group = %self.group_id, "rebalance listener exceeded the rebalance timeout; continuing without it");
+                    return;
+                }
+                _ = tokio::time::sleep(self.cfg.heartbeat_interval) => {
+                    let State::Stable { generation } = *m.state() else { continue };
+                    let Some(node) = self.coordinator() else { continue };
+                    let req = HeartbeatRequest::default()
+                        .with_group_id(GroupId(s(&self.group_id)))
+                        .with_generation_id(generation)
+                        .with_member_id(s(m.member_id()))
+                        .with_group_instance_id(self.cfg.group_instance_id.as_deref().map(s));
+                    match self.client.send_to(node, Lane::Group, &req, Duration::ZERO).await {
+                        Ok(r) => m.handle_heartbeat(KafkaCode::try_from_code(r.error_code), std::time::Instant::now()),
+                        Err(_) => m.handle_request_failed(std::time::Instant::now()),
+                    }
+                }
+            }
         }
     }
 

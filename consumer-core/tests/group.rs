@@ -320,3 +320,54 @@ async fn killed_member_partitions_move_after_session_timeout_and_nothing_committ
         "the partitions moved only after the session timeout"
     );
 }
+
+/// Sleeps in `on_revoked` for longer than the session timeout.
+struct SlowRevoke(Duration, Mutex<usize>);
+
+impl RebalanceListener for SlowRevoke {
+    fn on_revoked<'a>(&'a self, _c: &'a Committer, _p: &'a [TopicPartition]) -> ListenerFuture<'a> {
+        *self.1.lock().unwrap() += 1;
+        Box::pin(tokio::time::sleep(self.0))
+    }
+    fn on_lost<'a>(&'a self, _c: &'a Committer, _p: &'a [TopicPartition]) -> ListenerFuture<'a> {
+        panic!("partitions were lost: the member was expelled during its slow callback");
+    }
+}
+
+#[tokio::test]
+async fn heartbeats_continue_while_a_slow_revoke_callback_runs() {
+    let b = testkit::require_broker!();
+    let admin = common::client(&b).await;
+    let topic = testkit::unique_name("slow-revoke");
+    admin.create_topic(NewTopic::new(&topic, 4)).await.unwrap();
+    let group = testkit::unique_name("slow-revoke-group");
+    let coop = || {
+        common::config(&b, Some(&group))
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .unwrap()
+            .build()
+            .unwrap()
+    };
+    let mut a = Consumer::connect(coop()).await.unwrap();
+    let slow = Arc::new(SlowRevoke(Duration::from_secs(8), Mutex::new(0))); // session is 6 s
+    a.set_listener(slow.clone());
+    a.subscribe(&[&topic]).unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while a.assignment().len() < 4 && Instant::now() < end {
+        a.poll(Duration::from_millis(50)).await.unwrap();
+    }
+    let mut other = Consumer::connect(coop()).await.unwrap();
+    other.subscribe(&[&topic]).unwrap();
+    let end = Instant::now() + Duration::from_secs(40);
+    while other.assignment().len() < 2 && Instant::now() < end {
+        a.poll(Duration::from_millis(50)).await.unwrap(); // runs the 8 s callback once
+        other.poll(Duration::from_millis(50)).await.unwrap();
+    }
+    assert_eq!(*slow.1.lock().unwrap(), 1, "the slow callback ran");
+    assert_eq!(other.assignment().len(), 2);
+    assert_eq!(
+        a.assignment().len(),
+        2,
+        "a kept its other partitions (not expelled)"
+    );
+}

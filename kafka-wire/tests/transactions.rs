@@ -55,7 +55,13 @@ async fn committed_and_aborted_transactions_with_markers() {
     send_all(&p, &topic, &["c3"]).await;
     p.commit_transaction().await.unwrap();
 
-    // read_uncommitted sees everything, markers included.
+    // read_uncommitted sees everything, markers included. The coordinator
+    // writes markers after EndTxn returns: wait for the last one (offset 8).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while common::high_watermark(&client, &topic, 0).await < 9 {
+        assert!(std::time::Instant::now() < deadline, "markers never landed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let raw = common::fetch_raw(&client, &topic, 0).await;
     let mut data = Vec::new();
     let mut markers = Vec::new();
