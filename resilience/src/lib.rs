@@ -11,16 +11,22 @@
 //! |---|---|
 //! | [`offset_tracker`] | per-partition completions in any order → the safe commit point (pure) |
 //! | [`commit_metadata`] | completed-beyond-the-commit-point offsets in commit metadata (versioned) |
+//! | [`retry`] | [`retry::HandlerError`] classification and [`retry::BackoffPolicy`] (delays with injectable jitter) |
+//! | [`dlt`] | dead-letter records with `kafka_dlt-*` provenance headers |
+//! | [`dedup`] | the [`dedup::DedupStore`] trait and a bounded in-memory store |
 //!
-//! **Status:** only the offset tracker and its metadata codec are built (pure,
-//! unit- and property-tested). The runtime itself (`Processor`, workers,
-//! backpressure, retry, DLT, idempotency, metrics) is not built yet; see the
-//! README's status table.
+//! **Status:** the pure building blocks are built and tested (offset tracker,
+//! metadata codec, retry policy, DLT records, in-memory dedup store). The
+//! runtime that puts them together (`Processor`, workers, backpressure,
+//! rebalance draining, metrics, the PostgreSQL store) is not built yet.
 
 #![forbid(unsafe_code)]
 
 pub mod commit_metadata;
+pub mod dedup;
+pub mod dlt;
 pub mod offset_tracker;
+pub mod retry;
 
 pub use consumer_core;
 pub use offset_tracker::OffsetTracker;

@@ -1,0 +1,72 @@
+//! Idempotent processing: a `DedupStore` remembers which event ids already
+//! had their side effects applied, so a redelivered record skips them.
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+
+/// A boxed future for store calls.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+
+/// Where processed event ids live. `mark` must be durable before the
+/// offset is committed (check, process, mark, then ack).
+pub trait DedupStore: Send + Sync {
+    fn seen<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool>;
+    fn mark<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()>;
+}
+
+/// Bounded in-memory store: remembers the last `capacity` ids. For tests
+/// and single-process consumers; a restart forgets everything.
+#[derive(Debug)]
+pub struct InMemoryDedup {
+    capacity: usize,
+    inner: Mutex<(HashSet<String>, VecDeque<String>)>,
+}
+
+impl InMemoryDedup {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            inner: Mutex::new((HashSet::new(), VecDeque::new())),
+        }
+    }
+}
+
+impl DedupStore for InMemoryDedup {
+    fn seen<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
+        let hit = self.inner.lock().expect("dedup lock").0.contains(id);
+        Box::pin(async move { Ok(hit) })
+    }
+
+    fn mark<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+        let mut g = self.inner.lock().expect("dedup lock");
+        if g.0.insert(id.to_string()) {
+            g.1.push_back(id.to_string());
+            while g.1.len() > self.capacity {
+                if let Some(old) = g.1.pop_front() {
+                    g.0.remove(&old);
+                }
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn remembers_marked_ids_within_capacity() {
+        let s = InMemoryDedup::new(2);
+        assert!(!s.seen("a").await.unwrap());
+        s.mark("a").await.unwrap();
+        s.mark("a").await.unwrap();
+        assert!(s.seen("a").await.unwrap());
+        s.mark("b").await.unwrap();
+        s.mark("c").await.unwrap(); // evicts "a"
+        assert!(!s.seen("a").await.unwrap());
+        assert!(s.seen("b").await.unwrap() && s.seen("c").await.unwrap());
+    }
+}

@@ -1,0 +1,191 @@
+//! Retry as a small value type: a backoff policy is an iterator of delays
+//! with an injectable random source, and a handler error says whether a
+//! retry can help. The same policy drives blocking retries (only the
+//! record's partition or key waits) and retry topics.
+
+use std::time::Duration;
+
+/// How a handler failed: decides retry, dead-letter, or both after attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerError {
+    /// Worth retrying (timeouts, unavailable dependencies). The default.
+    Retryable(String),
+    /// Retrying cannot help (validation failure, poison record): dead-letter now.
+    NonRetryable(String),
+    /// The bytes could not be decoded: dead-letter now.
+    Deserialization(String),
+}
+
+impl HandlerError {
+    /// Any other error is retryable unless the handler says otherwise.
+    pub fn from_display(e: impl std::fmt::Display) -> Self {
+        HandlerError::Retryable(e.to_string())
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, HandlerError::Retryable(_))
+    }
+
+    /// A short class name for the DLT's exception header.
+    pub fn class(&self) -> &'static str {
+        match self {
+            HandlerError::Retryable(_) => "Retryable",
+            HandlerError::NonRetryable(_) => "NonRetryable",
+            HandlerError::Deserialization(_) => "Deserialization",
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            HandlerError::Retryable(m)
+            | HandlerError::NonRetryable(m)
+            | HandlerError::Deserialization(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.class(), self.message())
+    }
+}
+
+/// Exponential backoff with jitter. Defaults match the seeds: 1 s initial,
+/// ×2, 3 attempts in all (so 2 retries: 1 s then 2 s), 30 s cap, ±20 % jitter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackoffPolicy {
+    pub initial: Duration,
+    pub multiplier: f64,
+    pub max_delay: Duration,
+    /// Attempts in all, the first one included.
+    pub max_attempts: u32,
+    /// Fraction of each delay to randomise, in [0, 1].
+    pub jitter: f64,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            multiplier: 2.0,
+            max_delay: Duration::from_secs(30),
+            max_attempts: 3,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl BackoffPolicy {
+    /// The delays before attempt 2, 3, …; `random` yields values in [0, 1).
+    pub fn delays<R: FnMut() -> f64>(&self, random: R) -> Delays<R> {
+        Delays {
+            policy: *self,
+            next: self.initial,
+            given: 0,
+            random,
+        }
+    }
+
+    /// What to do after attempt number `attempt` (1-based) failed with `err`.
+    pub fn decide(&self, attempt: u32, err: &HandlerError, delay: Option<Duration>) -> Decision {
+        match (err.is_retryable(), attempt < self.max_attempts, delay) {
+            (true, true, Some(d)) => Decision::RetryAfter(d),
+            _ => Decision::DeadLetter,
+        }
+    }
+}
+
+/// What happens to a failed record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    RetryAfter(Duration),
+    DeadLetter,
+}
+
+/// Iterator of retry delays (see [`BackoffPolicy::delays`]).
+#[derive(Debug, Clone)]
+pub struct Delays<R> {
+    policy: BackoffPolicy,
+    next: Duration,
+    given: u32,
+    random: R,
+}
+
+impl<R: FnMut() -> f64> Iterator for Delays<R> {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        if self.given + 1 >= self.policy.max_attempts {
+            return None;
+        }
+        self.given += 1;
+        let base = self.next.min(self.policy.max_delay);
+        self.next = self.next.mul_f64(self.policy.multiplier.max(1.0));
+        let spread = self.policy.jitter.clamp(0.0, 1.0);
+        let factor = 1.0 - spread + 2.0 * spread * (self.random)().clamp(0.0, 1.0);
+        Some(base.mul_f64(factor).min(self.policy.max_delay))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn seeds_defaults_give_one_then_two_seconds() {
+        let d: Vec<Duration> = BackoffPolicy::default().delays(|| 0.5).collect();
+        assert_eq!(d, [Duration::from_secs(1), Duration::from_secs(2)]);
+    }
+
+    #[test]
+    fn decisions() {
+        let p = BackoffPolicy::default();
+        let transient = HandlerError::Retryable("db down".into());
+        assert_eq!(
+            p.decide(1, &transient, Some(Duration::from_secs(1))),
+            Decision::RetryAfter(Duration::from_secs(1))
+        );
+        assert_eq!(
+            p.decide(3, &transient, None),
+            Decision::DeadLetter,
+            "attempts exhausted"
+        );
+        assert_eq!(
+            p.decide(
+                1,
+                &HandlerError::NonRetryable("bad".into()),
+                Some(Duration::ZERO)
+            ),
+            Decision::DeadLetter
+        );
+        assert_eq!(
+            p.decide(
+                1,
+                &HandlerError::Deserialization("?".into()),
+                Some(Duration::ZERO)
+            ),
+            Decision::DeadLetter
+        );
+        assert!(
+            HandlerError::from_display("anything").is_retryable(),
+            "unknown errors are retryable"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn delays_are_bounded_and_counted(
+            initial_ms in 1u64..5_000, mult in 1.0f64..4.0, max_ms in 1u64..60_000,
+            attempts in 1u32..10, jitter in 0.0f64..1.0, seed in any::<u64>()
+        ) {
+            let p = BackoffPolicy { initial: Duration::from_millis(initial_ms), multiplier: mult,
+                max_delay: Duration::from_millis(max_ms), max_attempts: attempts, jitter };
+            let mut x = seed;
+            let rng = move || { x = x.wrapping_mul(6364136223846793005).wrapping_add(1); (x >> 11) as f64 / (1u64 << 53) as f64 };
+            let d: Vec<Duration> = p.delays(rng).collect();
+            prop_assert_eq!(d.len() as u32, attempts - 1);
+            for delay in d { prop_assert!(delay <= p.max_delay); }
+        }
+    }
+}
