@@ -13,12 +13,16 @@
 //! | [`commit_metadata`] | completed-beyond-the-commit-point offsets in commit metadata (versioned) |
 //! | [`retry`] | [`retry::HandlerError`] classification and [`retry::BackoffPolicy`] (delays with injectable jitter) |
 //! | [`dlt`] | dead-letter records with `kafka_dlt-*` provenance headers |
+//! | [`processor`] | [`processor::Processor`]: poll task, per-partition workers, backpressure, drain on revoke, DLT |
 //! | [`dedup`] | the [`dedup::DedupStore`] trait and a bounded in-memory store |
 //!
-//! **Status:** the pure building blocks are built and tested (offset tracker,
-//! metadata codec, retry policy, DLT records, in-memory dedup store). The
-//! runtime that puts them together (`Processor`, workers, backpressure,
-//! rebalance draining, metrics, the PostgreSQL store) is not built yet.
+//! **Status:** built: the pure building blocks (offset tracker, metadata
+//! codec, retry policy, DLT records, in-memory dedup store) and a first
+//! `Processor` (per-partition ordering, bounded concurrency, pause/resume
+//! backpressure, blocking retry, DLT with commit-after-ack, drain and
+//! commit on revoke and shutdown). Not built: per-key and unordered modes,
+//! retry topics, the DedupStore wiring and PostgreSQL/embedded stores,
+//! exactly-once mode, commit metadata in commits, metrics.
 
 #![forbid(unsafe_code)]
 
@@ -26,7 +30,9 @@ pub mod commit_metadata;
 pub mod dedup;
 pub mod dlt;
 pub mod offset_tracker;
+pub mod processor;
 pub mod retry;
 
 pub use consumer_core;
 pub use offset_tracker::OffsetTracker;
+pub use processor::{Handler, Processor, ProcessorConfig};
