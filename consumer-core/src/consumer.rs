@@ -264,7 +264,7 @@ pub struct Consumer {
     sessions: HashMap<i32, FetchSession>,
     in_flight: JoinSet<FetchOutcome>,
     busy: BTreeSet<i32>,
-    buffered: VecDeque<(TopicPartition, Decoded, usize)>,
+    buffered: VecDeque<(TopicPartition, Decoded)>,
     committer: Committer,
     listener: Option<Arc<dyn RebalanceListener>>,
     events: Option<mpsc::Receiver<GroupEvent>>,
@@ -423,7 +423,7 @@ impl Consumer {
         if let Some(p) = self.parts.get_mut(tp) {
             p.position = Some(offset);
         }
-        self.buffered.retain(|(t, _, _)| t != tp);
+        self.buffered.retain(|(t, _)| t != tp);
     }
 
     /// The next offset `poll` returns for `tp`.
@@ -566,7 +566,7 @@ impl Consumer {
                 for tp in parts {
                     self.parts.remove(tp);
                 }
-                self.buffered.retain(|(tp, _, _)| !parts.contains(tp));
+                self.buffered.retain(|(tp, _)| !parts.contains(tp));
             }
             GroupEvent::Fatal(msg) => self.fatal = Some(msg.clone()),
         }
@@ -688,8 +688,7 @@ impl Consumer {
     /// Send a fetch to every broker that has fetchable partitions and none in flight.
     async fn send_fetches(&mut self) {
         let md = self.client.metadata();
-        let buffered: BTreeSet<&TopicPartition> =
-            self.buffered.iter().map(|(tp, _, _)| tp).collect();
+        let buffered: BTreeSet<&TopicPartition> = self.buffered.iter().map(|(tp, _)| tp).collect();
         let mut by_leader: BTreeMap<i32, BTreeMap<TopicPartition, i64>> = BTreeMap::new();
         let mut epochs: BTreeMap<TopicPartition, (i32, i32)> = BTreeMap::new();
         let mut unknown = Vec::new();
@@ -856,7 +855,7 @@ impl Consumer {
                     }
                     continue;
                 }
-                self.buffered.push_back((tp, decoded, 0));
+                self.buffered.push_back((tp, decoded));
             }
         }
         if !refresh.is_empty() {
@@ -871,37 +870,35 @@ impl Consumer {
     }
 
     /// Take up to `max.poll.records` buffered records (unpaused partitions).
+    /// Records are moved out, never cloned: this runs for every record.
     fn drain(&mut self) -> Vec<PartitionRecords> {
         let mut out = Vec::new();
         let mut budget = self.cfg.max_poll_records;
         let mut keep = VecDeque::new();
-        while let Some((tp, mut decoded, mut idx)) = self.buffered.pop_front() {
+        while let Some((tp, mut decoded)) = self.buffered.pop_front() {
             let Some(state) = self.parts.get_mut(&tp) else {
                 continue;
             };
             if state.paused || budget == 0 {
-                keep.push_back((tp, decoded, idx));
+                keep.push_back((tp, decoded));
                 continue;
             }
-            let take = (decoded.records.len() - idx).min(budget);
-            let records: Vec<Record> = decoded.records[idx..idx + take].to_vec();
-            idx += take;
-            budget -= take;
-            if decoded.last_epoch >= 0 {
-                state.last_fetched_epoch = decoded.last_epoch;
-            }
-            if idx == decoded.records.len() {
+            let records = if decoded.records.len() <= budget {
+                // Whole response handed out: the position moves past it all
+                // (control batches and aborted data included).
                 state.position = Some(decoded.next_offset);
-                decoded.records.clear();
+                if decoded.last_epoch >= 0 {
+                    state.last_fetched_epoch = decoded.last_epoch;
+                }
+                std::mem::take(&mut decoded.records)
             } else {
-                state.position = Some(
-                    records
-                        .last()
-                        .map(|r| r.offset + 1)
-                        .unwrap_or(decoded.next_offset),
-                );
-                keep.push_back((tp.clone(), decoded, idx));
-            }
+                let rest = decoded.records.split_off(budget);
+                let head = std::mem::replace(&mut decoded.records, rest);
+                state.position = head.last().map(|r| r.offset + 1);
+                keep.push_back((tp.clone(), decoded));
+                head
+            };
+            budget -= records.len();
             out.push(PartitionRecords {
                 tp,
                 records,

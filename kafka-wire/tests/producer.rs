@@ -351,3 +351,37 @@ async fn pipelined_batches_keep_send_order_under_load() {
     }
     assert_eq!(next.iter().sum::<i64>(), 60_000);
 }
+
+#[tokio::test]
+async fn try_send_hands_the_record_back_when_buffer_memory_is_full() {
+    let broker = testkit::require_broker!();
+    let client = common::plaintext_client(&broker).await;
+    let t = topic(&client, "buffer-full", 1).await;
+    // One 2 KiB buffer, one open batch that never fills or lingers out.
+    let producer = Producer::with_client(
+        client.clone(),
+        producer_config(&broker.bootstrap)
+            .buffer_memory(2048)
+            .batch_size(2048)
+            .linger(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+    );
+    let record = |i: u8| ProducerRecord::new(&t).partition(0).value(vec![i; 500]);
+    let mut accepted = Vec::new();
+    for i in 0..3 {
+        accepted.push(producer.try_send(record(i)).await.unwrap());
+    }
+    match producer.try_send(record(9)).await {
+        Err(kafka_wire::producer::TrySendError::BufferFull(back)) => assert_eq!(back, record(9)),
+        other => panic!("expected BufferFull, got {other:?}"),
+    }
+    producer.flush().await;
+    for d in accepted {
+        d.await.unwrap();
+    }
+    // Memory came back with the acknowledgements.
+    let last = producer.try_send(record(9)).await.unwrap();
+    producer.flush().await;
+    last.await.unwrap();
+}

@@ -183,3 +183,31 @@ async fn a_second_producer_with_the_same_id_fences_the_first() {
     );
     assert!(!err.is_retriable(), "{err:?}");
 }
+
+#[tokio::test]
+async fn try_send_inside_a_transaction_adds_the_partition_too() {
+    let broker = testkit::require_broker!();
+    let client = common::plaintext_client(&broker).await;
+    let topic = testkit::unique_name("txn-try-send");
+    client.create_topic(NewTopic::new(&topic, 2)).await.unwrap();
+    let p = transactional(&client, &broker, &testkit::unique_name("txn-id")).await;
+    p.begin_transaction().await.unwrap();
+    let mut deliveries = Vec::new();
+    for i in 0..4 {
+        deliveries.push(
+            p.try_send(
+                ProducerRecord::new(&topic)
+                    .partition(i % 2)
+                    .value(format!("v{i}")),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    p.commit_transaction()
+        .await
+        .expect("both partitions were in the transaction");
+    for d in deliveries {
+        d.await.unwrap();
+    }
+}

@@ -19,6 +19,7 @@ pub mod partitioner;
 mod sender;
 mod transaction;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -358,6 +359,8 @@ pub(crate) struct State {
     closing: bool,
     /// The first delivery failure inside the open transaction.
     txn_error: Option<Error>,
+    /// One shared `Arc<str>` per topic, so queuing a record allocates no key.
+    topics: HashMap<String, Arc<str>>,
 }
 
 pub(crate) struct Shared {
@@ -435,6 +438,7 @@ impl Producer {
                 flushing: 0,
                 closing: false,
                 txn_error: None,
+                topics: HashMap::new(),
             }),
             wake: Notify::new(),
             memory: Arc::new(Semaphore::new(cfg.buffer_memory)),
@@ -509,7 +513,7 @@ impl Producer {
     fn enqueue(
         &self,
         rec: ProducerRecord,
-        partition: i32,
+        tp: TopicPartition,
         size: usize,
         memory: tokio::sync::OwnedSemaphorePermit,
     ) -> DeliveryFuture {
@@ -522,19 +526,36 @@ impl Producer {
         };
         let appended = {
             let mut st = self.shared.state.lock().expect("producer state lock");
-            st.acc.append(
-                (Arc::from(rec.topic.as_str()), partition),
-                record,
-                size,
-                tx,
-                memory,
-                Instant::now(),
-            )
+            st.acc.append(tp, record, size, tx, memory, Instant::now())
         };
         if appended.batch_full || appended.new_batch {
             self.shared.wake.notify_one();
         }
         DeliveryFuture { rx }
+    }
+
+    /// What `send` and `try_send` share: size check, partition choice,
+    /// the interned topic key, and (in a transaction) AddPartitionsToTxn.
+    async fn prepare(&self, rec: &ProducerRecord) -> Result<(TopicPartition, usize)> {
+        let size = rec.size_estimate();
+        self.check_size(size)?;
+        let partition = self.partition_for(rec).await?;
+        let topic = {
+            let mut st = self.shared.state.lock().expect("producer state lock");
+            match st.topics.get(&rec.topic) {
+                Some(t) => t.clone(),
+                None => {
+                    let t: Arc<str> = Arc::from(rec.topic.as_str());
+                    st.topics.insert(rec.topic.clone(), t.clone());
+                    t
+                }
+            }
+        };
+        let tp = (topic, partition);
+        if self.cfg.transactional_id.is_some() {
+            self.add_to_transaction(&tp).await?;
+        }
+        Ok((tp, size))
     }
 
     /// Queue a record, waiting for buffer memory if it is full. The returned
@@ -547,13 +568,7 @@ impl Producer {
     /// # Cancel safety
     /// Cancel safe until it returns: a cancelled `send` queued nothing.
     pub async fn send(&self, rec: ProducerRecord) -> Result<DeliveryFuture> {
-        let size = rec.size_estimate();
-        self.check_size(size)?;
-        let partition = self.partition_for(&rec).await?;
-        if self.cfg.transactional_id.is_some() {
-            self.add_to_transaction(&(Arc::from(rec.topic.as_str()), partition))
-                .await?;
-        }
+        let (tp, size) = self.prepare(&rec).await?;
         let memory = self
             .shared
             .memory
@@ -561,7 +576,7 @@ impl Producer {
             .acquire_many_owned(size as u32)
             .await
             .map_err(|_| Error::Closed)?;
-        Ok(self.enqueue(rec, partition, size, memory))
+        Ok(self.enqueue(rec, tp, size, memory))
     }
 
     /// Queue a record if buffer memory allows, without waiting. A full
@@ -573,16 +588,14 @@ impl Producer {
     /// # Cancel safety
     /// Cancel safe (it waits only for metadata of an unknown topic).
     pub async fn try_send(&self, rec: ProducerRecord) -> Result<DeliveryFuture, TrySendError> {
-        let size = rec.size_estimate();
-        self.check_size(size)?;
-        let partition = self.partition_for(&rec).await?;
+        let (tp, size) = self.prepare(&rec).await?;
         match self
             .shared
             .memory
             .clone()
             .try_acquire_many_owned(size as u32)
         {
-            Ok(memory) => Ok(self.enqueue(rec, partition, size, memory)),
+            Ok(memory) => Ok(self.enqueue(rec, tp, size, memory)),
             Err(_) => Err(TrySendError::BufferFull(rec)),
         }
     }
