@@ -106,6 +106,11 @@ impl std::fmt::Debug for Committer {
 impl Committer {
     /// Commit `offsets` (the *next* offset to consume, per partition).
     ///
+    /// A commit lower than one this consumer already made for a partition is
+    /// skipped: a late commit (from a slow task, or a retry that lost a race)
+    /// never moves an offset backwards. To rewind on purpose, commit from a
+    /// new consumer or reset the group's offsets with admin tools.
+    ///
     /// # Errors
     /// [`ConsumerError::NotOwned`] (refused locally) for a partition this
     /// member does not own in the current generation; broker codes such as

@@ -357,3 +357,20 @@ async fn the_consumer_as_a_stream() {
     }
     assert_eq!(n, 100);
 }
+
+#[tokio::test]
+async fn commits_never_move_an_offset_backwards() {
+    let b = testkit::require_broker!();
+    let admin = common::client(&b).await;
+    let topic = testkit::unique_name("no-backwards");
+    admin.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    let group = testkit::unique_name("no-backwards");
+    let c = Consumer::connect(common::config(&b, Some(&group)).build().unwrap())
+        .await
+        .unwrap();
+    let tp = TopicPartition::new(&topic, 0);
+    c.commit(&[(tp.clone(), 10)]).await.unwrap();
+    c.commit(&[(tp.clone(), 5)]).await.unwrap(); // a late, stale commit
+    let committed = c.committed(std::slice::from_ref(&tp)).await.unwrap();
+    assert_eq!(committed.get(&tp), Some(&10));
+}

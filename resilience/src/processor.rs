@@ -10,9 +10,11 @@
 //!     └── commit (interval) ◀─ OffsetTracker (epoch-fenced completions)
 //! ```
 //!
-//! On revoke the listener (inside `poll`) waits for the revoked partitions'
-//! in-flight work up to `drain_timeout`, commits what completed, and bumps
-//! their epoch: completions that arrive later are ignored and never commit.
+//! On revoke the listener (inside `poll`) stops the revoked partitions'
+//! workers from starting queued records, waits up to `drain_timeout` for the
+//! records already running, commits the completed prefix, and forgets the
+//! partitions: completions that arrive later carry a dead epoch and never
+//! commit. The queued records go to the next owner, from that offset.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -89,8 +91,17 @@ pub struct Stats {
     pub peak_in_flight_bytes: AtomicUsize,
 }
 
+/// One assigned partition in the runtime.
+struct PartRuntime {
+    tracker: OffsetTracker,
+    /// Dispatched to the worker and not yet finished or skipped.
+    queued: usize,
+    /// Being revoked: queued records are skipped, not started.
+    revoking: bool,
+}
+
 struct Shared {
-    trackers: Mutex<HashMap<TopicPartition, OffsetTracker>>,
+    parts: Mutex<HashMap<TopicPartition, PartRuntime>>,
     changed: Notify,
     in_flight_bytes: AtomicUsize,
     in_flight_records: AtomicUsize,
@@ -99,38 +110,51 @@ struct Shared {
 }
 
 impl Shared {
-    fn complete(&self, tp: &TopicPartition, epoch: u64, offset: i64, bytes: usize) {
-        if let Some(t) = self.trackers.lock().expect("trackers").get_mut(tp) {
-            // A stale epoch (revoked meanwhile) is ignored: it never commits.
-            let _ = t.complete(epoch, offset);
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TopicPartition, PartRuntime>> {
+        self.parts.lock().expect("runtime partitions lock")
+    }
+
+    /// A worker is done with a record: `handled` (or dead-lettered) records
+    /// complete in the tracker; skipped ones do not, so they are never committed.
+    fn finish(&self, tp: &TopicPartition, epoch: u64, offset: i64, bytes: usize, handled: bool) {
+        if let Some(p) = self
+            .lock()
+            .get_mut(tp)
+            .filter(|p| p.tracker.epoch() == epoch)
+        {
+            if handled {
+                let _ = p.tracker.complete(epoch, offset);
+            }
+            p.queued = p.queued.saturating_sub(1);
         }
+        // A stale epoch (revoked, maybe reassigned since) touches no tracker.
         self.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.in_flight_records.fetch_sub(1, Ordering::AcqRel);
         self.changed.notify_waiters();
     }
 
-    fn is_current(&self, tp: &TopicPartition, epoch: u64) -> bool {
-        self.trackers
-            .lock()
-            .expect("trackers")
+    /// May a worker start this record? Not if its partition was revoked,
+    /// reassigned, or is being revoked.
+    fn may_start(&self, tp: &TopicPartition, epoch: u64) -> bool {
+        self.lock()
             .get(tp)
-            .is_some_and(|t| t.epoch() == epoch)
+            .is_some_and(|p| p.tracker.epoch() == epoch && !p.revoking)
     }
 
     /// Offsets ready to commit for `tps` (all if `None`).
     fn commit_points(&self, only: Option<&[TopicPartition]>) -> Vec<(TopicPartition, i64)> {
-        let mut t = self.trackers.lock().expect("trackers");
-        t.iter_mut()
+        self.lock()
+            .iter_mut()
             .filter(|(tp, _)| only.is_none_or(|o| o.contains(tp)))
-            .filter_map(|(tp, tr)| tr.take_commit().map(|o| (tp.clone(), o)))
+            .filter_map(|(tp, p)| p.tracker.take_commit().map(|o| (tp.clone(), o)))
             .collect()
     }
 
-    fn in_flight_of(&self, tps: &[TopicPartition]) -> usize {
-        let t = self.trackers.lock().expect("trackers");
+    fn queued_of(&self, tps: &[TopicPartition]) -> usize {
+        let parts = self.lock();
         tps.iter()
-            .filter_map(|tp| t.get(tp))
-            .map(|tr| tr.in_flight())
+            .filter_map(|tp| parts.get(tp))
+            .map(|p| p.queued)
             .sum()
     }
 }
@@ -142,11 +166,25 @@ struct DrainOnRevoke {
 }
 
 impl DrainOnRevoke {
+    /// Stop starting records of `parts`, then wait (bounded) for the ones
+    /// already running. Queued records are skipped: the next owner gets them.
     async fn drain(&self, parts: &[TopicPartition]) {
+        for tp in parts {
+            if let Some(p) = self.shared.lock().get_mut(tp) {
+                p.revoking = true;
+            }
+        }
         let deadline = Instant::now() + self.drain_timeout;
-        while self.shared.in_flight_of(parts) > 0 && Instant::now() < deadline {
+        while self.shared.queued_of(parts) > 0 && Instant::now() < deadline {
             let wait = self.shared.changed.notified();
             let _ = tokio::time::timeout(Duration::from_millis(50), wait).await;
+        }
+    }
+
+    fn forget(&self, parts: &[TopicPartition]) {
+        let mut all = self.shared.lock();
+        for tp in parts {
+            all.remove(tp); // later completions find no epoch: discarded
         }
     }
 }
@@ -163,18 +201,12 @@ impl RebalanceListener for DrainOnRevoke {
             if !offsets.is_empty() && c.commit(&offsets).await.is_ok() {
                 self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
             }
-            let mut t = self.shared.trackers.lock().expect("trackers");
-            for tp in parts {
-                t.remove(tp); // later completions find no tracker: discarded
-            }
+            self.forget(parts);
         })
     }
 
     fn on_lost<'a>(&'a self, _c: &'a Committer, parts: &'a [TopicPartition]) -> ListenerFuture<'a> {
-        let mut t = self.shared.trackers.lock().expect("trackers");
-        for tp in parts {
-            t.remove(tp); // never commit lost partitions
-        }
+        self.forget(parts); // never commit lost partitions
         Box::pin(async {})
     }
 }
@@ -227,7 +259,7 @@ impl<H: Handler> Processor<H> {
         let cfg = self.cfg;
         let group = cfg.consumer.group_id.clone().unwrap_or_default();
         let shared = Arc::new(Shared {
-            trackers: Mutex::new(HashMap::new()),
+            parts: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             in_flight_bytes: AtomicUsize::new(0),
             in_flight_records: AtomicUsize::new(0),
@@ -258,15 +290,22 @@ impl<H: Handler> Processor<H> {
             };
             for batch in batches {
                 let epoch = {
-                    let mut t = shared.trackers.lock().expect("trackers");
-                    let tracker = t.entry(batch.tp.clone()).or_insert_with(|| {
-                        let start = batch.records.first().map_or(0, |r| r.offset);
-                        OffsetTracker::new(shared.next_epoch.fetch_add(1, Ordering::Relaxed), start)
-                    });
+                    let mut parts = shared.lock();
+                    let p = parts
+                        .entry(batch.tp.clone())
+                        .or_insert_with(|| PartRuntime {
+                            tracker: OffsetTracker::new(
+                                shared.next_epoch.fetch_add(1, Ordering::Relaxed),
+                                batch.records.first().map_or(0, |r| r.offset),
+                            ),
+                            queued: 0,
+                            revoking: false,
+                        });
                     for r in &batch.records {
-                        tracker.dispatch(r.offset);
+                        p.tracker.dispatch(r.offset);
                     }
-                    tracker.epoch()
+                    p.queued += batch.records.len();
+                    p.tracker.epoch()
                 };
                 let tx = workers.entry(batch.tp.clone()).or_insert_with(|| {
                     spawn_worker(
@@ -356,12 +395,13 @@ fn spawn_worker<H: Handler>(
     let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
     tokio::spawn(async move {
         while let Some(work) = rx.recv().await {
-            if !shared.is_current(&tp, work.epoch) {
-                // Revoked or lost since dispatch: another member owns it now.
-                shared.complete(&tp, work.epoch, work.record.offset, work.bytes);
+            let _permit = permits.acquire().await.expect("semaphore open");
+            if !shared.may_start(&tp, work.epoch) {
+                // Revoked (or being revoked) since dispatch: the next owner
+                // processes it from the committed offset.
+                shared.finish(&tp, work.epoch, work.record.offset, work.bytes, false);
                 continue;
             }
-            let _permit = permits.acquire().await.expect("semaphore open");
             let mut delays = backoff.delays(rand_unit);
             let mut attempt = 1;
             loop {
@@ -395,7 +435,7 @@ fn spawn_worker<H: Handler>(
                     }
                 }
             }
-            shared.complete(&tp, work.epoch, work.record.offset, work.bytes);
+            shared.finish(&tp, work.epoch, work.record.offset, work.bytes, true);
         }
     });
     tx

@@ -22,6 +22,9 @@ const N: u32 = 1_000;
 struct Sink {
     applied: Mutex<Vec<u32>>,
     attempts: Mutex<HashMap<u32, u32>>,
+    /// Fail every 20th record (poison) and every 20th+1 once (transient).
+    failures: bool,
+    delay: Duration,
 }
 
 struct SinkHandler(Arc<Sink>);
@@ -40,13 +43,13 @@ impl Handler for SinkHandler {
                 *e += 1;
                 *e
             };
-            if n % 20 == 0 {
+            if sink.failures && n % 20 == 0 {
                 return Err(HandlerError::NonRetryable(format!("poison {n}")));
             }
-            if n % 20 == 1 && attempt == 1 {
+            if sink.failures && n % 20 == 1 && attempt == 1 {
                 return Err(HandlerError::Retryable("downstream hiccup".into()));
             }
-            tokio::time::sleep(Duration::from_micros(200)).await;
+            tokio::time::sleep(sink.delay).await;
             sink.applied.lock().unwrap().push(n);
             Ok(())
         })
@@ -116,7 +119,11 @@ async fn poison_and_transient_failures_end_in_exactly_one_place() {
             .build()
             .unwrap(),
     );
-    let sink = Arc::new(Sink::default());
+    let sink = Arc::new(Sink {
+        failures: true,
+        delay: Duration::from_micros(200),
+        ..Sink::default()
+    });
     let processor = Processor::new(cfg, SinkHandler(sink.clone()));
     let stats = processor.stats();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -219,4 +226,102 @@ async fn poison_and_transient_failures_end_in_exactly_one_place() {
             "partition {p}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_member_joining_mid_run_causes_no_duplicate_and_no_loss() {
+    // The first member is busy when the second joins: the eager revoke must
+    // drain its in-flight work, commit it, and hand over exactly there.
+    let b = testkit::require_broker!();
+    let admin = Client::connect(
+        ClientConfig::builder()
+            .bootstrap(&b.bootstrap)
+            .unwrap()
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let topic = testkit::unique_name("proc-rebalance");
+    admin.create_topic(NewTopic::new(&topic, 4)).await.unwrap();
+    let p = Producer::with_client(
+        admin.clone(),
+        ProducerConfig::builder()
+            .bootstrap(&b.bootstrap)
+            .unwrap()
+            .build()
+            .unwrap(),
+    );
+    const TOTAL: u32 = 2_000;
+    for i in 0..TOTAL {
+        p.send(
+            ProducerRecord::new(&topic)
+                .key(format!("k{i}"))
+                .value(i.to_string()),
+        )
+        .await
+        .unwrap();
+    }
+    p.flush().await;
+    let group = testkit::unique_name("proc-rebalance");
+    let consumer = ConsumerConfig::builder()
+        .bootstrap(&b.bootstrap)
+        .unwrap()
+        .group_id(&group)
+        .set("auto.offset.reset", "earliest")
+        .unwrap()
+        .set("session.timeout.ms", "6000")
+        .unwrap()
+        .set("heartbeat.interval.ms", "300")
+        .unwrap()
+        .build()
+        .unwrap();
+    let sink = Arc::new(Sink {
+        delay: Duration::from_millis(1),
+        ..Sink::default()
+    });
+    let start = |sink: Arc<Sink>| {
+        let mut cfg = ProcessorConfig::new(consumer.clone(), &[&topic]);
+        cfg.commit_interval = Duration::from_millis(200);
+        let processor = Processor::new(cfg, SinkHandler(sink));
+        let stats = processor.stats();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(processor.run(async move {
+            let _ = stopped.await;
+        }));
+        (stop, run, stats)
+    };
+    let (stop1, run1, _) = start(sink.clone());
+    let end = Instant::now() + Duration::from_secs(30);
+    while sink.applied.lock().unwrap().len() < 300 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (stop2, run2, stats2) = start(sink.clone());
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let distinct: BTreeSet<u32> = sink.applied.lock().unwrap().iter().copied().collect();
+        if distinct.len() as u32 == TOTAL || Instant::now() > end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop1.send(());
+    let _ = stop2.send(());
+    run1.await.unwrap().unwrap();
+    run2.await.unwrap().unwrap();
+    let applied = sink.applied.lock().unwrap().clone();
+    let distinct: BTreeSet<u32> = applied.iter().copied().collect();
+    assert_eq!(distinct.len() as u32, TOTAL, "lost records");
+    assert_eq!(
+        applied.len(),
+        distinct.len(),
+        "{} duplicate side effects",
+        applied.len() - distinct.len()
+    );
+    let second = stats2.handled.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        second > 0,
+        "the second member never took over any partition"
+    );
+    println!("handover: the joining member handled {second} of {TOTAL}");
 }
