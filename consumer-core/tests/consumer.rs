@@ -8,30 +8,13 @@ use std::time::{Duration, Instant};
 use consumer_core::{Consumer, ConsumerError, IsolationLevel, OffsetReset, TopicPartition};
 use kafka_wire::{Client, NewTopic, Producer, ProducerConfig, ProducerRecord};
 
-async fn produce(client: &Client, b: &testkit::BrokerEnv, topic: &str, n: usize) {
-    let p = Producer::with_client(
-        client.clone(),
-        ProducerConfig::builder()
-            .bootstrap(&b.bootstrap)
-            .unwrap()
-            .build()
-            .unwrap(),
-    );
-    let mut ds = Vec::new();
-    for i in 0..n {
-        ds.push(
-            p.send(
-                ProducerRecord::new(topic)
-                    .key(format!("k{i}"))
-                    .value(format!("{i}")),
-            )
-            .await
-            .unwrap(),
-        );
-    }
-    for d in ds {
-        d.await.unwrap();
-    }
+async fn produce(client: &Client, b: &testkit::BrokerEnv, topic: &str, n: u32) {
+    common::produce(client, b, n, |i| {
+        ProducerRecord::new(topic)
+            .key(format!("k{i}"))
+            .value(format!("{i}"))
+    })
+    .await;
 }
 
 /// Poll until `n` records arrived or `limit` passed.

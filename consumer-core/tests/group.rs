@@ -252,25 +252,12 @@ async fn killed_member_partitions_move_after_session_timeout_and_nothing_committ
     let admin = common::client(&b).await;
     let topic = testkit::unique_name("killed");
     admin.create_topic(NewTopic::new(&topic, 2)).await.unwrap();
-    let producer = Producer::with_client(
-        admin.clone(),
-        ProducerConfig::builder()
-            .bootstrap(&b.bootstrap)
-            .unwrap()
-            .build()
-            .unwrap(),
-    );
-    for i in 0..200 {
-        producer
-            .send(
-                ProducerRecord::new(&topic)
-                    .partition(i % 2)
-                    .value(format!("{i}")),
-            )
-            .await
-            .unwrap();
-    }
-    producer.flush().await;
+    common::produce(&admin, &b, 200, |i| {
+        ProducerRecord::new(&topic)
+            .partition((i % 2) as i32)
+            .value(format!("{i}"))
+    })
+    .await;
     let group = testkit::unique_name("killed-group");
 
     // The victim owns both partitions, consumes and commits 100 records, then dies.

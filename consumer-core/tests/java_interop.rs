@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use consumer_core::{Assignment, Consumer, TopicPartition};
-use kafka_wire::{NewTopic, Producer, ProducerConfig, ProducerRecord};
+use kafka_wire::{NewTopic, ProducerRecord};
 
 fn java_client_jars() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/broker/jars");
@@ -40,24 +40,12 @@ async fn our_member_and_a_java_member_share_one_group() {
     let admin = common::client(&b).await;
     let topic = testkit::unique_name("interop");
     admin.create_topic(NewTopic::new(&topic, 6)).await.unwrap();
-    let p = Producer::with_client(
-        admin.clone(),
-        ProducerConfig::builder()
-            .bootstrap(&b.bootstrap)
-            .unwrap()
-            .build()
-            .unwrap(),
-    );
-    for i in 0..600 {
-        p.send(
-            ProducerRecord::new(&topic)
-                .partition(i % 6)
-                .value(format!("{i}")),
-        )
-        .await
-        .unwrap();
-    }
-    p.flush().await;
+    common::produce(&admin, &b, 600, |i| {
+        ProducerRecord::new(&topic)
+            .partition((i % 6) as i32)
+            .value(format!("{i}"))
+    })
+    .await;
     let group = testkit::unique_name("interop-group");
 
     // The Java member, range assignor, classic protocol.

@@ -56,9 +56,13 @@ impl Handler for SinkHandler {
     }
 }
 
-#[tokio::test]
-async fn poison_and_transient_failures_end_in_exactly_one_place() {
-    let b = testkit::require_broker!();
+/// A new topic of `partitions` partitions holding values "0".."n-1", keyed "k<i>".
+async fn topic_with_records(
+    b: &testkit::BrokerEnv,
+    prefix: &str,
+    partitions: i32,
+    n: u32,
+) -> (Client, String) {
     let admin = Client::connect(
         ClientConfig::builder()
             .bootstrap(&b.bootstrap)
@@ -68,10 +72,9 @@ async fn poison_and_transient_failures_end_in_exactly_one_place() {
     )
     .await
     .unwrap();
-    let topic = testkit::unique_name("proc");
-    admin.create_topic(NewTopic::new(&topic, 3)).await.unwrap();
+    let topic = testkit::unique_name(prefix);
     admin
-        .create_topic(NewTopic::new(format!("{topic}.DLT"), 1))
+        .create_topic(NewTopic::new(&topic, partitions))
         .await
         .unwrap();
     let p = Producer::with_client(
@@ -82,7 +85,7 @@ async fn poison_and_transient_failures_end_in_exactly_one_place() {
             .build()
             .unwrap(),
     );
-    for i in 0..N {
+    for i in 0..n {
         p.send(
             ProducerRecord::new(&topic)
                 .key(format!("k{i}"))
@@ -92,12 +95,15 @@ async fn poison_and_transient_failures_end_in_exactly_one_place() {
         .unwrap();
     }
     p.flush().await;
+    (admin, topic)
+}
 
-    let group = testkit::unique_name("proc-group");
-    let consumer = ConsumerConfig::builder()
+/// A group member reading from the earliest offset, with a short session.
+fn group_consumer(b: &testkit::BrokerEnv, group: &str) -> ConsumerConfig {
+    ConsumerConfig::builder()
         .bootstrap(&b.bootstrap)
         .unwrap()
-        .group_id(&group)
+        .group_id(group)
         .set("auto.offset.reset", "earliest")
         .unwrap()
         .set("session.timeout.ms", "6000")
@@ -105,7 +111,20 @@ async fn poison_and_transient_failures_end_in_exactly_one_place() {
         .set("heartbeat.interval.ms", "300")
         .unwrap()
         .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn poison_and_transient_failures_end_in_exactly_one_place() {
+    let b = testkit::require_broker!();
+    let (admin, topic) = topic_with_records(&b, "proc", 3, N).await;
+    admin
+        .create_topic(NewTopic::new(format!("{topic}.DLT"), 1))
+        .await
         .unwrap();
+
+    let group = testkit::unique_name("proc-group");
+    let consumer = group_consumer(&b, &group);
     let mut cfg = ProcessorConfig::new(consumer.clone(), &[&topic]);
     cfg.backoff = BackoffPolicy {
         initial: Duration::from_millis(10),
@@ -230,52 +249,14 @@ async fn poison_and_transient_failures_end_in_exactly_one_place() {
 
 #[tokio::test]
 async fn a_member_joining_mid_run_causes_no_duplicate_and_no_loss() {
-    // The first member is busy when the second joins: the eager revoke must
-    // drain its in-flight work, commit it, and hand over exactly there.
+    // The first member is busy when the second joins: the eager revoke waits
+    // for the records already running, commits, and hands the queued rest
+    // over from exactly there.
     let b = testkit::require_broker!();
-    let admin = Client::connect(
-        ClientConfig::builder()
-            .bootstrap(&b.bootstrap)
-            .unwrap()
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let topic = testkit::unique_name("proc-rebalance");
-    admin.create_topic(NewTopic::new(&topic, 4)).await.unwrap();
-    let p = Producer::with_client(
-        admin.clone(),
-        ProducerConfig::builder()
-            .bootstrap(&b.bootstrap)
-            .unwrap()
-            .build()
-            .unwrap(),
-    );
     const TOTAL: u32 = 2_000;
-    for i in 0..TOTAL {
-        p.send(
-            ProducerRecord::new(&topic)
-                .key(format!("k{i}"))
-                .value(i.to_string()),
-        )
-        .await
-        .unwrap();
-    }
-    p.flush().await;
+    let (_admin, topic) = topic_with_records(&b, "proc-rebalance", 4, TOTAL).await;
     let group = testkit::unique_name("proc-rebalance");
-    let consumer = ConsumerConfig::builder()
-        .bootstrap(&b.bootstrap)
-        .unwrap()
-        .group_id(&group)
-        .set("auto.offset.reset", "earliest")
-        .unwrap()
-        .set("session.timeout.ms", "6000")
-        .unwrap()
-        .set("heartbeat.interval.ms", "300")
-        .unwrap()
-        .build()
-        .unwrap();
+    let consumer = group_consumer(&b, &group);
     let sink = Arc::new(Sink {
         delay: Duration::from_millis(1),
         ..Sink::default()

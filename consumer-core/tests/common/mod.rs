@@ -3,7 +3,7 @@
 
 use consumer_core::config::ConsumerConfigBuilder;
 use consumer_core::ConsumerConfig;
-use kafka_wire::{Client, ClientConfig};
+use kafka_wire::{Client, ClientConfig, Producer, ProducerConfig, ProducerRecord};
 
 pub async fn client(b: &testkit::BrokerEnv) -> Client {
     Client::connect(
@@ -34,4 +34,25 @@ pub fn config(b: &testkit::BrokerEnv, group: Option<&str>) -> ConsumerConfigBuil
         c = c.group_id(g);
     }
     c
+}
+
+/// Produce `n` records built by `record(i)` and wait until all are acknowledged.
+pub async fn produce(
+    client: &Client,
+    b: &testkit::BrokerEnv,
+    n: u32,
+    record: impl Fn(u32) -> ProducerRecord,
+) {
+    let p = Producer::with_client(
+        client.clone(),
+        ProducerConfig::builder()
+            .bootstrap(&b.bootstrap)
+            .unwrap()
+            .build()
+            .unwrap(),
+    );
+    for i in 0..n {
+        p.send(record(i)).await.unwrap();
+    }
+    p.flush().await;
 }

@@ -26,24 +26,8 @@ pub async fn fetch_all(client: &Client, topic: &str, partition: i32, until: i64)
     let mut out = Vec::new();
     let mut offset = 0;
     while offset < until {
-        let req = FetchRequest::default()
-            .with_max_wait_ms(500)
-            .with_min_bytes(1)
-            .with_max_bytes(1 << 20)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(partition)
-                    .with_fetch_offset(offset)
-                    .with_partition_max_bytes(256 * 1024)])]);
-        let leader = client.leader_for(topic, partition).await.unwrap();
-        let resp = client
-            .send_to(leader, Lane::Fetch, &req, Duration::from_millis(500))
-            .await
-            .unwrap();
-        let p = &resp.responses[0].partitions[0];
-        assert_eq!(p.error_code, 0);
-        for batch in BatchReader::new(p.records.clone().unwrap_or_default()) {
+        let (records, _) = fetch_once(client, topic, partition, offset).await;
+        for batch in BatchReader::new(records) {
             let batch = batch.unwrap();
             for r in batch.records(64 << 20).unwrap() {
                 let r = r.unwrap();
@@ -69,6 +53,7 @@ pub async fn high_watermark(client: &Client, topic: &str, partition: i32) -> i64
     hw
 }
 
+/// One fetch from `offset` (up to 1 MiB): the records bytes and the high watermark.
 async fn fetch_once(
     client: &Client,
     topic: &str,
