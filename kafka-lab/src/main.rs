@@ -1,8 +1,7 @@
 //! `kafka-lab`: the lab CLI.
 //!
-//! Today: `check` (connect, negotiate versions, list topics). The produce,
-//! consume, topic and group tools and the failure scenarios land here as the
-//! library grows.
+//! Tools: `check`, `topics`, `produce`, `consume`, `groups`. The lab's
+//! failure scenarios (naive vs resilient) are not built yet.
 
 mod connect;
 mod consume;
