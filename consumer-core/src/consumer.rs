@@ -83,6 +83,13 @@ pub trait RebalanceListener: Send + Sync {
     }
 }
 
+/// An offset committed for the group, with the metadata string stored next to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    pub metadata: String,
+}
+
 /// Commits offsets for the group, fenced by generation. Cheap to clone.
 #[derive(Clone)]
 pub struct Committer {
@@ -119,6 +126,25 @@ impl Committer {
     /// # Cancel safety
     /// Not cancel safe in effect: the commit may land even if the future is dropped.
     pub async fn commit(&self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+        let with: Vec<(TopicPartition, i64, Option<String>)> = offsets
+            .iter()
+            .map(|(tp, o)| (tp.clone(), *o, None))
+            .collect();
+        self.commit_with_metadata(&with).await
+    }
+
+    /// [`Committer::commit`] with a metadata string per partition (kept by
+    /// the broker next to the offset, up to `offset.metadata.max.bytes`).
+    ///
+    /// # Errors
+    /// As [`Committer::commit`].
+    ///
+    /// # Cancel safety
+    /// As [`Committer::commit`].
+    pub async fn commit_with_metadata(
+        &self,
+        offsets: &[(TopicPartition, i64, Option<String>)],
+    ) -> Result<()> {
         let group = self
             .group_id
             .clone()
@@ -126,7 +152,7 @@ impl Committer {
         let (generation, member_id) = match &self.snapshot {
             Some(snap) => {
                 let s = snap.lock().expect("snapshot lock");
-                for (tp, _) in offsets {
+                for (tp, _, _) in offsets {
                     if !s.may_commit(tp) {
                         return Err(ConsumerError::NotOwned {
                             tp: tp.clone(),
@@ -139,11 +165,11 @@ impl Committer {
             None => (-1, String::new()),
         };
         // Never move an offset backwards.
-        let offsets: Vec<(TopicPartition, i64)> = {
+        let offsets: Vec<(TopicPartition, i64, Option<String>)> = {
             let done = self.committed.lock().expect("committed lock");
             offsets
                 .iter()
-                .filter(|(tp, o)| done.get(tp).is_none_or(|c| o >= c))
+                .filter(|(tp, o, _)| done.get(tp).is_none_or(|c| o >= c))
                 .cloned()
                 .collect()
         };
@@ -151,12 +177,13 @@ impl Committer {
             return Ok(());
         }
         let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
-        for (tp, o) in &offsets {
+        for (tp, o, meta) in &offsets {
             topics.entry(&tp.topic).or_default().push(
                 OffsetCommitRequestPartition::default()
                     .with_partition_index(tp.partition)
                     .with_committed_offset(*o)
-                    .with_committed_leader_epoch(-1),
+                    .with_committed_leader_epoch(-1)
+                    .with_committed_metadata(meta.clone().map(StrBytes::from_string)),
             );
         }
         let req = OffsetCommitRequest::default()
@@ -226,7 +253,7 @@ impl Committer {
             }
             if !retry {
                 let mut done = self.committed.lock().expect("committed lock");
-                for (tp, o) in offsets {
+                for (tp, o, _) in offsets {
                     done.insert(tp, o);
                 }
                 return Ok(());
@@ -235,6 +262,101 @@ impl Committer {
         Err(last_err
             .map(ConsumerError::from)
             .unwrap_or(ConsumerError::Closed))
+    }
+
+    /// Committed offsets (with their metadata) of `tps` for this group.
+    ///
+    /// # Errors
+    /// Coordinator errors.
+    ///
+    /// # Cancel safety
+    /// Cancel safe (read only).
+    pub async fn committed(
+        &self,
+        tps: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, CommittedOffset>> {
+        let group = self
+            .group_id
+            .clone()
+            .ok_or(ConsumerError::NoGroup("committed"))?;
+        let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+        for tp in tps {
+            by_topic.entry(&tp.topic).or_default().push(tp.partition);
+        }
+        let req = OffsetFetchRequest::default()
+            .with_require_stable(true)
+            .with_groups(vec![OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(StrBytes::from_string(group.clone())))
+                .with_topics(Some(
+                    by_topic
+                        .into_iter()
+                        .map(|(t, ps)| {
+                            OffsetFetchRequestTopics::default()
+                                .with_name(TopicName(StrBytes::from_string(t.to_string())))
+                                .with_partition_indexes(ps)
+                        })
+                        .collect(),
+                ))]);
+        for attempt in 0..50 {
+            let node = self
+                .client
+                .find_coordinator(CoordinatorKind::Group, &group)
+                .await?;
+            let resp = self
+                .client
+                .send_to(node, Lane::Control, &req, Duration::ZERO)
+                .await?;
+            let Some(g) = resp.groups.first() else {
+                return Ok(BTreeMap::new());
+            };
+            let mut out = BTreeMap::new();
+            let mut unstable = false;
+            for t in &g.topics {
+                for p in &t.partitions {
+                    match KafkaCode::try_from_code(p.error_code) {
+                        None => {
+                            if p.committed_offset >= 0 {
+                                out.insert(
+                                    TopicPartition::new(t.name.0.to_string(), p.partition_index),
+                                    CommittedOffset {
+                                        offset: p.committed_offset,
+                                        metadata: p
+                                            .metadata
+                                            .as_ref()
+                                            .map(|m| m.to_string())
+                                            .unwrap_or_default(),
+                                    },
+                                );
+                            }
+                        }
+                        Some(KafkaCode::UnstableOffsetCommit) => unstable = true,
+                        Some(code) => {
+                            return Err(Error::broker_for(
+                                ApiKey::OffsetFetch,
+                                code,
+                                &t.name.0,
+                                p.partition_index,
+                            )
+                            .into())
+                        }
+                    }
+                }
+            }
+            let group_error = KafkaCode::try_from_code(g.error_code);
+            if !unstable && group_error.is_none() {
+                return Ok(out);
+            }
+            if let Some(code) = group_error {
+                if !code.is_retriable() {
+                    return Err(Error::broker_for(ApiKey::OffsetFetch, code, &group, -1).into());
+                }
+            }
+            // A transaction is still committing offsets: wait for it (KIP-447).
+            tokio::time::sleep(Duration::from_millis(20 * (attempt + 1))).await;
+        }
+        Err(ConsumerError::Wire(Error::Metadata(format!(
+            "offsets of group {group} stayed unstable"
+        ))))
     }
 }
 
@@ -477,82 +599,26 @@ impl Consumer {
     /// # Cancel safety
     /// Cancel safe (read only).
     pub async fn committed(&self, tps: &[TopicPartition]) -> Result<BTreeMap<TopicPartition, i64>> {
-        let group = self
-            .cfg
-            .group_id
-            .clone()
-            .ok_or(ConsumerError::NoGroup("committed"))?;
-        let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-        for tp in tps {
-            by_topic.entry(&tp.topic).or_default().push(tp.partition);
-        }
-        let req = OffsetFetchRequest::default()
-            .with_require_stable(true)
-            .with_groups(vec![OffsetFetchRequestGroup::default()
-                .with_group_id(GroupId(StrBytes::from_string(group.clone())))
-                .with_topics(Some(
-                    by_topic
-                        .into_iter()
-                        .map(|(t, ps)| {
-                            OffsetFetchRequestTopics::default()
-                                .with_name(TopicName(StrBytes::from_string(t.to_string())))
-                                .with_partition_indexes(ps)
-                        })
-                        .collect(),
-                ))]);
-        for attempt in 0..50 {
-            let node = self
-                .client
-                .find_coordinator(CoordinatorKind::Group, &group)
-                .await?;
-            let resp = self
-                .client
-                .send_to(node, Lane::Control, &req, Duration::ZERO)
-                .await?;
-            let Some(g) = resp.groups.first() else {
-                return Ok(BTreeMap::new());
-            };
-            let mut out = BTreeMap::new();
-            let mut unstable = false;
-            for t in &g.topics {
-                for p in &t.partitions {
-                    match KafkaCode::try_from_code(p.error_code) {
-                        None => {
-                            if p.committed_offset >= 0 {
-                                out.insert(
-                                    TopicPartition::new(t.name.0.to_string(), p.partition_index),
-                                    p.committed_offset,
-                                );
-                            }
-                        }
-                        Some(KafkaCode::UnstableOffsetCommit) => unstable = true,
-                        Some(code) => {
-                            return Err(Error::broker_for(
-                                ApiKey::OffsetFetch,
-                                code,
-                                &t.name.0,
-                                p.partition_index,
-                            )
-                            .into())
-                        }
-                    }
-                }
-            }
-            let group_error = KafkaCode::try_from_code(g.error_code);
-            if !unstable && group_error.is_none() {
-                return Ok(out);
-            }
-            if let Some(code) = group_error {
-                if !code.is_retriable() {
-                    return Err(Error::broker_for(ApiKey::OffsetFetch, code, &group, -1).into());
-                }
-            }
-            // A transaction is still committing offsets: wait for it (KIP-447).
-            tokio::time::sleep(Duration::from_millis(20 * (attempt + 1))).await;
-        }
-        Err(ConsumerError::Wire(Error::Metadata(format!(
-            "offsets of group {group} stayed unstable"
-        ))))
+        Ok(self
+            .committer
+            .committed(tps)
+            .await?
+            .into_iter()
+            .map(|(tp, c)| (tp, c.offset))
+            .collect())
+    }
+
+    /// The group identity a transactional producer needs to commit this
+    /// consumer's offsets (KIP-447); `None` outside a stable group.
+    pub fn group_metadata(&self) -> Option<kafka_wire::producer::GroupMetadata> {
+        let snap = self.committer.snapshot.as_ref()?;
+        let s = snap.lock().expect("snapshot lock");
+        (s.stable && s.generation >= 0).then(|| kafka_wire::producer::GroupMetadata {
+            group_id: self.cfg.group_id.clone().unwrap_or_default(),
+            generation_id: s.generation,
+            member_id: s.member_id.clone(),
+            group_instance_id: self.cfg.group_instance_id.clone(),
+        })
     }
 
     fn apply_event(&mut self, e: &GroupEvent) {

@@ -52,30 +52,71 @@ fn get_varint(input: &mut &[u8]) -> Option<u64> {
 /// # Errors
 /// [`TooLarge`] when the string would exceed `limit`.
 pub fn encode(commit_point: i64, done: &BTreeSet<i64>, limit: usize) -> Result<String, TooLarge> {
-    let mut runs: Vec<u8> = Vec::new();
-    let mut cursor = commit_point;
-    let mut iter = done.range(commit_point..).peekable();
-    while let Some(&start) = iter.next() {
-        let mut end = start + 1;
-        while iter.peek().is_some_and(|&&n| n == end) {
-            iter.next();
-            end += 1;
-        }
-        put_varint(&mut runs, (start - cursor) as u64);
-        put_varint(&mut runs, (end - start) as u64);
-        cursor = end;
-    }
-    if runs.is_empty() {
-        return Ok(String::new());
-    }
-    let s = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(&runs));
+    let ranges = ranges_of(done.range(commit_point..).copied());
+    let (s, fitted) = encode_ranges(commit_point, &ranges, usize::MAX);
     if s.len() > limit {
         return Err(TooLarge {
             needed: s.len(),
             limit,
         });
     }
+    debug_assert_eq!(fitted, ranges.len());
     Ok(s)
+}
+
+/// Sorted offsets as half-open ranges of consecutive offsets.
+pub fn ranges_of(sorted: impl IntoIterator<Item = i64>) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for o in sorted {
+        match out.last_mut() {
+            Some((_, end)) if *end == o => *end += 1,
+            _ => out.push((o, o + 1)),
+        }
+    }
+    out
+}
+
+/// Sorted, possibly overlapping ranges → sorted, disjoint, non-adjacent ones.
+pub fn merge_ranges(mut ranges: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(i64, i64)> = Vec::with_capacity(ranges.len());
+    for (s, e) in ranges.into_iter().filter(|(s, e)| s < e) {
+        match out.last_mut() {
+            Some((_, end)) if s <= *end => *end = (*end).max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+/// Encode as many of `ranges` (sorted, disjoint, all ≥ `commit_point`) as
+/// fit in `limit` bytes, lowest first. Returns the string and how many
+/// ranges it holds: leaving some out is safe (that work is merely redone
+/// after a restart); the caller should apply backpressure when it happens.
+pub fn encode_ranges(commit_point: i64, ranges: &[(i64, i64)], limit: usize) -> (String, usize) {
+    // base64 without padding: 4 characters per 3 bytes, rounded up.
+    let fits = |bytes: usize| PREFIX.len() + (bytes * 4).div_ceil(3) <= limit;
+    let mut runs: Vec<u8> = Vec::new();
+    let mut cursor = commit_point;
+    let mut taken = 0;
+    for &(start, end) in ranges {
+        if start < cursor || end <= start {
+            break; // not sorted/disjoint or below the point: stop, never corrupt
+        }
+        let before = runs.len();
+        put_varint(&mut runs, (start - cursor) as u64);
+        put_varint(&mut runs, (end - start) as u64);
+        if !fits(runs.len()) {
+            runs.truncate(before);
+            break;
+        }
+        cursor = end;
+        taken += 1;
+    }
+    if runs.is_empty() {
+        return (String::new(), 0);
+    }
+    (format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(&runs)), taken)
 }
 
 /// Offsets already done beyond `committed`, as half-open ranges. Unknown
@@ -161,6 +202,18 @@ mod tests {
             for o in point..point + 5_000 {
                 prop_assert_eq!(is_done(&ranges, o), done.contains(&o), "offset {}", o);
             }
+        }
+
+        #[test]
+        fn truncated_encodings_stay_within_the_limit_and_keep_a_prefix(
+            point in 0i64..1_000,
+            offs in prop::collection::btree_set(0i64..20_000, 0..2_000),
+            limit in 8usize..600,
+        ) {
+            let ranges = ranges_of(offs.iter().map(|o| point + o));
+            let (s, taken) = encode_ranges(point, &ranges, limit);
+            prop_assert!(s.len() <= limit);
+            prop_assert_eq!(decode(point, &s), ranges[..taken].to_vec());
         }
 
         #[test]

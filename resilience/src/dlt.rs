@@ -19,12 +19,117 @@ pub const EXCEPTION_MESSAGE: &str = "kafka_dlt-exception-message";
 /// Attempts made before dead-lettering (Spring's retry-topic header name).
 pub const ATTEMPTS: &str = "retry_topic-attempts";
 
+/// When a record in a retry topic is due (big-endian epoch millis).
+pub const BACKOFF_TIMESTAMP: &str = "retry_topic-backoff-timestamp";
+
 /// The default DLT name for `topic`.
 pub fn dlt_topic(topic: &str) -> String {
     format!("{topic}.DLT")
 }
 
-/// Build the dead-letter record for `record` that failed with `err`.
+/// Where a record first came from. A record that already went through a
+/// retry topic carries its origin in headers; the DLT keeps that origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: i64,
+}
+
+fn header<'a>(record: &'a Record, name: &str) -> Option<&'a [u8]> {
+    record
+        .headers
+        .iter()
+        .rev()
+        .find(|h| h.key.as_ref() == name.as_bytes())
+        .and_then(|h| h.value.as_deref())
+}
+
+/// A big-endian integer header (as Spring writes them).
+pub fn int_header(record: &Record, name: &str) -> Option<i64> {
+    let v = header(record, name)?;
+    match v.len() {
+        4 => Some(i64::from(i32::from_be_bytes(v.try_into().ok()?))),
+        8 => Some(i64::from_be_bytes(v.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+impl Provenance {
+    /// The origin of `record`, read from `tp` (partition `tp_partition` of
+    /// `tp_topic`) unless its headers name an earlier one.
+    pub fn of(tp_topic: &str, tp_partition: i32, record: &Record) -> Provenance {
+        let from_headers = || {
+            Some(Provenance {
+                topic: String::from_utf8(header(record, ORIGINAL_TOPIC)?.to_vec()).ok()?,
+                partition: i32::try_from(int_header(record, ORIGINAL_PARTITION)?).ok()?,
+                offset: int_header(record, ORIGINAL_OFFSET)?,
+                timestamp: int_header(record, ORIGINAL_TIMESTAMP).unwrap_or(record.timestamp),
+            })
+        };
+        from_headers().unwrap_or_else(|| Provenance {
+            topic: tp_topic.to_string(),
+            partition: tp_partition,
+            offset: record.offset,
+            timestamp: record.timestamp,
+        })
+    }
+}
+
+/// Attempts made so far, as the record's headers tell (0 for a first delivery).
+pub fn attempts_so_far(record: &Record) -> u32 {
+    int_header(record, ATTEMPTS)
+        .and_then(|a| u32::try_from(a).ok())
+        .unwrap_or(0)
+}
+
+/// Copy `record` to `target` with its original key, value, timestamp and
+/// headers (minus this module's own), plus provenance and failure headers.
+pub fn forward(
+    target: &str,
+    origin: &Provenance,
+    group: &str,
+    record: &Record,
+    err: &HandlerError,
+    attempts: u32,
+) -> ProducerRecord {
+    let mut out = ProducerRecord::new(target);
+    out.key = record.key.clone();
+    out.value = record.value.clone();
+    out.timestamp = Some(record.timestamp);
+    out.headers = record
+        .headers
+        .iter()
+        .filter(|h| !(h.key.starts_with(b"kafka_dlt-") || h.key.starts_with(b"retry_topic-")))
+        .map(|h| (h.key_str().into_owned(), h.value.clone()))
+        .collect();
+    let mut add = |k: &str, v: Bytes| out.headers.push((k.to_string(), Some(v)));
+    add(ORIGINAL_TOPIC, Bytes::from(origin.topic.clone()));
+    add(
+        ORIGINAL_PARTITION,
+        Bytes::copy_from_slice(&origin.partition.to_be_bytes()),
+    );
+    add(
+        ORIGINAL_OFFSET,
+        Bytes::copy_from_slice(&origin.offset.to_be_bytes()),
+    );
+    add(
+        ORIGINAL_TIMESTAMP,
+        Bytes::copy_from_slice(&origin.timestamp.to_be_bytes()),
+    );
+    add(ORIGINAL_CONSUMER_GROUP, Bytes::from(group.to_string()));
+    add(EXCEPTION_FQCN, Bytes::from(err.class().to_string()));
+    add(EXCEPTION_MESSAGE, Bytes::from(err.message().to_string()));
+    add(
+        ATTEMPTS,
+        Bytes::copy_from_slice(&(attempts.min(i32::MAX as u32) as i32).to_be_bytes()),
+    );
+    out
+}
+
+/// Build the dead-letter record for `record` of `topic`/`partition` that
+/// failed with `err` after `attempts` attempts.
 pub fn dead_letter(
     dlt: &str,
     topic: &str,
@@ -34,37 +139,8 @@ pub fn dead_letter(
     err: &HandlerError,
     attempts: u32,
 ) -> ProducerRecord {
-    let mut out = ProducerRecord::new(dlt);
-    out.key = record.key.clone();
-    out.value = record.value.clone();
-    out.timestamp = Some(record.timestamp);
-    out.headers = record
-        .headers
-        .iter()
-        .map(|h| (h.key_str().into_owned(), h.value.clone()))
-        .collect();
-    let mut add = |k: &str, v: Bytes| out.headers.push((k.to_string(), Some(v)));
-    add(ORIGINAL_TOPIC, Bytes::from(topic.to_string()));
-    add(
-        ORIGINAL_PARTITION,
-        Bytes::copy_from_slice(&partition.to_be_bytes()),
-    );
-    add(
-        ORIGINAL_OFFSET,
-        Bytes::copy_from_slice(&record.offset.to_be_bytes()),
-    );
-    add(
-        ORIGINAL_TIMESTAMP,
-        Bytes::copy_from_slice(&record.timestamp.to_be_bytes()),
-    );
-    add(ORIGINAL_CONSUMER_GROUP, Bytes::from(group.to_string()));
-    add(EXCEPTION_FQCN, Bytes::from(err.class().to_string()));
-    add(EXCEPTION_MESSAGE, Bytes::from(err.message().to_string()));
-    add(
-        ATTEMPTS,
-        Bytes::copy_from_slice(&(attempts as i32).to_be_bytes()),
-    );
-    out
+    let origin = Provenance::of(topic, partition, record);
+    forward(dlt, &origin, group, record, err, attempts)
 }
 
 #[cfg(test)]
@@ -118,5 +194,71 @@ mod tests {
         assert_eq!(get(EXCEPTION_MESSAGE).as_ref(), b"bad total");
         assert_eq!(get(ATTEMPTS).as_ref(), 1i32.to_be_bytes());
         assert_eq!(dlt_topic("orders"), "orders.DLT");
+    }
+
+    #[test]
+    fn a_second_hop_keeps_the_first_origin_and_no_duplicate_headers() {
+        let rec = Record {
+            offset: 7,
+            timestamp: 5,
+            key: None,
+            value: Some(Bytes::from_static(b"v")),
+            headers: vec![],
+        };
+        let err = HandlerError::Retryable("down".into());
+        let hop = forward(
+            "orders.retry.1s",
+            &Provenance::of("orders", 2, &rec),
+            "g",
+            &rec,
+            &err,
+            1,
+        );
+        let again = Record {
+            offset: 99,
+            timestamp: 6,
+            key: None,
+            value: hop.value.clone(),
+            headers: hop
+                .headers
+                .iter()
+                .map(|(k, v)| Header {
+                    key: Bytes::from(k.clone()),
+                    value: v.clone(),
+                })
+                .collect(),
+        };
+        assert_eq!(attempts_so_far(&again), 1);
+        let d = dead_letter("orders.DLT", "orders.retry.1s", 0, "g", &again, &err, 2);
+        let count = |k: &str| d.headers.iter().filter(|(n, _)| n == k).count();
+        assert_eq!(count(ORIGINAL_TOPIC), 1);
+        assert_eq!(count(ATTEMPTS), 1);
+        let origin = Provenance::of(
+            "x",
+            0,
+            &Record {
+                offset: 0,
+                timestamp: 0,
+                key: None,
+                value: None,
+                headers: d
+                    .headers
+                    .iter()
+                    .map(|(k, v)| Header {
+                        key: Bytes::from(k.clone()),
+                        value: v.clone(),
+                    })
+                    .collect(),
+            },
+        );
+        assert_eq!(
+            origin,
+            Provenance {
+                topic: "orders".into(),
+                partition: 2,
+                offset: 7,
+                timestamp: 5
+            }
+        );
     }
 }

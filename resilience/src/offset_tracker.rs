@@ -54,6 +54,11 @@ impl OffsetTracker {
         self.epoch
     }
 
+    /// One past the last dispatched offset (or a later position).
+    pub fn end(&self) -> i64 {
+        self.end
+    }
+
     /// A record at `offset` goes to a worker. Offsets must increase.
     pub fn dispatch(&mut self, offset: i64) {
         debug_assert!(offset >= self.end, "offsets are dispatched in order");

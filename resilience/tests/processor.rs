@@ -1,211 +1,86 @@
-//! The runtime against the real broker: poison records and transient
-//! failures with a DLT. Every record ends in exactly one place (the sink or
-//! the DLT), transient failures that recover never reach the DLT, DLT
-//! headers are complete, and the committed offsets reach the end.
+//! The runtime against the real broker: every record ends in exactly one
+//! place (the sink or the DLT), ordering modes keep their promise, and a
+//! rebalance in the middle of work loses nothing, duplicates nothing and
+//! commits nothing for partitions already given up.
+
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+use std::time::Duration;
 
-use consumer_core::{Consumer, ConsumerConfig, TopicPartition};
+use common::*;
 use kafka_wire::records::Record;
-use kafka_wire::{
-    Client, ClientConfig, NewTopic, OffsetSpec, Producer, ProducerConfig, ProducerRecord,
-};
-use resilience::processor::HandlerFuture;
-use resilience::retry::{BackoffPolicy, HandlerError};
-use resilience::{Handler, Processor, ProcessorConfig};
+use kafka_wire::NewTopic;
+use resilience::observe::EventLog;
+use resilience::retry::BackoffPolicy;
+use resilience::{HandlerError, Ordering, Processor, ProcessorConfig};
 
-const N: u32 = 1_000;
-
-#[derive(Default)]
-struct Sink {
-    applied: Mutex<Vec<u32>>,
-    attempts: Mutex<HashMap<u32, u32>>,
-    /// Fail every 20th record (poison) and every 20th+1 once (transient).
-    failures: bool,
-    delay: Duration,
-}
-
-struct SinkHandler(Arc<Sink>);
-
-impl Handler for SinkHandler {
-    fn handle<'a>(&'a self, _tp: &'a TopicPartition, r: &'a Record) -> HandlerFuture<'a> {
-        let sink = &self.0;
-        Box::pin(async move {
-            let n: u32 = std::str::from_utf8(r.value.as_ref().unwrap())
-                .unwrap()
-                .parse()
-                .unwrap();
-            let attempt = {
-                let mut a = sink.attempts.lock().unwrap();
-                let e = a.entry(n).or_insert(0);
-                *e += 1;
-                *e
-            };
-            if sink.failures && n % 20 == 0 {
-                return Err(HandlerError::NonRetryable(format!("poison {n}")));
-            }
-            if sink.failures && n % 20 == 1 && attempt == 1 {
-                return Err(HandlerError::Retryable("downstream hiccup".into()));
-            }
-            tokio::time::sleep(sink.delay).await;
-            sink.applied.lock().unwrap().push(n);
-            Ok(())
-        })
+fn fast_backoff() -> BackoffPolicy {
+    BackoffPolicy {
+        initial: Duration::from_millis(10),
+        ..BackoffPolicy::default()
     }
-}
-
-/// A new topic of `partitions` partitions holding values "0".."n-1", keyed "k<i>".
-async fn topic_with_records(
-    b: &testkit::BrokerEnv,
-    prefix: &str,
-    partitions: i32,
-    n: u32,
-) -> (Client, String) {
-    let admin = Client::connect(
-        ClientConfig::builder()
-            .bootstrap(&b.bootstrap)
-            .unwrap()
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let topic = testkit::unique_name(prefix);
-    admin
-        .create_topic(NewTopic::new(&topic, partitions))
-        .await
-        .unwrap();
-    let p = Producer::with_client(
-        admin.clone(),
-        ProducerConfig::builder()
-            .bootstrap(&b.bootstrap)
-            .unwrap()
-            .build()
-            .unwrap(),
-    );
-    for i in 0..n {
-        p.send(
-            ProducerRecord::new(&topic)
-                .key(format!("k{i}"))
-                .value(i.to_string()),
-        )
-        .await
-        .unwrap();
-    }
-    p.flush().await;
-    (admin, topic)
-}
-
-/// A group member reading from the earliest offset, with a short session.
-fn group_consumer(b: &testkit::BrokerEnv, group: &str) -> ConsumerConfig {
-    ConsumerConfig::builder()
-        .bootstrap(&b.bootstrap)
-        .unwrap()
-        .group_id(group)
-        .set("auto.offset.reset", "earliest")
-        .unwrap()
-        .set("session.timeout.ms", "6000")
-        .unwrap()
-        .set("heartbeat.interval.ms", "300")
-        .unwrap()
-        .build()
-        .unwrap()
 }
 
 #[tokio::test]
 async fn poison_and_transient_failures_end_in_exactly_one_place() {
+    const N: u32 = 1_000;
     let b = testkit::require_broker!();
     let (admin, topic) = topic_with_records(&b, "proc", 3, N).await;
     admin
         .create_topic(NewTopic::new(format!("{topic}.DLT"), 1))
         .await
         .unwrap();
-
     let group = testkit::unique_name("proc-group");
     let consumer = group_consumer(&b, &group);
-    let mut cfg = ProcessorConfig::new(consumer.clone(), &[&topic]);
-    cfg.backoff = BackoffPolicy {
-        initial: Duration::from_millis(10),
-        ..BackoffPolicy::default()
-    };
-    cfg.commit_interval = Duration::from_millis(200);
-    cfg.dlt_producer = Some(
-        ProducerConfig::builder()
-            .bootstrap(&b.bootstrap)
-            .unwrap()
-            .build()
-            .unwrap(),
-    );
+    let cfg = ProcessorConfig::new(consumer.clone(), &[&topic])
+        .backoff(fast_backoff())
+        .commit_policy(resilience::CommitPolicy::Interval(Duration::from_millis(
+            200,
+        )))
+        .dead_letter(producer_config(&b));
+    // Every 20th record is poison; every 20th+1 fails once.
     let sink = Arc::new(Sink {
-        failures: true,
         delay: Duration::from_micros(200),
-        ..Sink::default()
+        ..Sink::with_failures(|n, attempt| match n % 20 {
+            0 => Some(HandlerError::NonRetryable(format!("poison {n}"))),
+            1 if attempt == 1 => Some(HandlerError::Retryable("downstream hiccup".into())),
+            _ => None,
+        })
     });
-    let processor = Processor::new(cfg, SinkHandler(sink.clone()));
-    let stats = processor.stats();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(processor.run(async move {
-        let _ = stop_rx.await;
-    }));
-
-    let expected_dlt = (0..N).filter(|n| n % 20 == 0).count() as u64;
-    let end = Instant::now() + Duration::from_secs(60);
-    while (stats.handled.load(std::sync::atomic::Ordering::Relaxed)
-        + stats
-            .dead_lettered
-            .load(std::sync::atomic::Ordering::Relaxed))
-        < N as u64
-        && Instant::now() < end
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let run = start(Processor::new(cfg, SinkHandler(sink.clone())));
+    run.wait_finished(u64::from(N), Duration::from_secs(60))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await; // one more commit interval
-    let _ = stop_tx.send(());
-    run.await.unwrap().unwrap();
+    run.stop().await;
 
-    // The sink: every non-poison record exactly once.
-    let applied = sink.applied.lock().unwrap().clone();
-    let applied_set: BTreeSet<u32> = applied.iter().copied().collect();
-    assert_eq!(
-        applied.len(),
-        applied_set.len(),
-        "a side effect was applied twice"
-    );
+    let (distinct, dups) = sink.distinct_and_duplicates();
+    assert_eq!(dups, 0, "a side effect was applied twice");
     let want: BTreeSet<u32> = (0..N).filter(|n| n % 20 != 0).collect();
     assert_eq!(
-        applied_set, want,
+        distinct, want,
         "transient failures recovered; poison never applied"
     );
 
-    // The DLT: exactly the poison records, with complete headers.
-    let mut dlt_reader = Consumer::connect(
-        ConsumerConfig::builder()
-            .bootstrap(&b.bootstrap)
-            .unwrap()
-            .set("auto.offset.reset", "earliest")
-            .unwrap()
-            .build()
-            .unwrap(),
+    // The DLT: exactly the poison records, once each, with complete headers.
+    let expected_dlt = (0..N).filter(|n| n % 20 == 0).count();
+    let dead = read_all(
+        &b,
+        &format!("{topic}.DLT"),
+        1,
+        expected_dlt,
+        false,
+        Duration::from_secs(15),
     )
-    .await
-    .unwrap();
-    dlt_reader.assign(&[TopicPartition::new(format!("{topic}.DLT"), 0)]);
-    let mut dead: BTreeMap<u32, Record> = BTreeMap::new();
-    let end = Instant::now() + Duration::from_secs(15);
-    while (dead.len() as u64) < expected_dlt && Instant::now() < end {
-        for batch in dlt_reader.poll(Duration::from_millis(200)).await.unwrap() {
-            for r in batch.records {
-                let n: u32 = std::str::from_utf8(r.value.as_ref().unwrap())
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                dead.insert(n, r);
-            }
-        }
-    }
-    assert_eq!(dead.len() as u64, expected_dlt);
+    .await;
+    assert_eq!(
+        dead.len(),
+        expected_dlt,
+        "each poison record dead-lettered once"
+    );
+    let dead: BTreeMap<u32, Record> = dead.into_iter().map(|r| (number(&r), r)).collect();
     assert!(
         dead.keys().all(|n| n % 20 == 0),
         "only poison records are dead-lettered"
@@ -220,6 +95,7 @@ async fn poison_and_transient_failures_end_in_exactly_one_place() {
             "kafka_dlt-original-consumer-group",
             "kafka_dlt-exception-fqcn",
             "kafka_dlt-exception-message",
+            "retry_topic-attempts",
         ] {
             assert!(names.contains(h), "record {n} lacks {h}");
         }
@@ -229,31 +105,21 @@ async fn poison_and_transient_failures_end_in_exactly_one_place() {
             "original key kept"
         );
     }
-
-    // Offsets: committed up to the end of every partition.
-    let ends = admin
-        .list_offsets(&topic, OffsetSpec::Latest)
-        .await
-        .unwrap();
-    let checker = Consumer::connect(consumer).await.unwrap();
-    let parts: Vec<TopicPartition> = (0..3).map(|p| TopicPartition::new(&topic, p)).collect();
-    let committed = checker.committed(&parts).await.unwrap();
-    for (p, end) in ends {
-        assert_eq!(
-            committed.get(&TopicPartition::new(&topic, p)),
-            Some(&end),
-            "partition {p}"
-        );
-    }
+    let behind = uncommitted_partitions(&admin, consumer, &topic, 3).await;
+    assert!(
+        behind.is_empty(),
+        "committed offsets short of the end: {behind:?}"
+    );
 }
 
 #[tokio::test]
-async fn a_member_joining_mid_run_causes_no_duplicate_and_no_loss() {
+async fn a_member_joining_mid_run_causes_no_duplicate_no_loss_and_no_commit_after_revoke() {
     // The first member is busy when the second joins: the eager revoke waits
     // for the records already running, commits, and hands the queued rest
-    // over from exactly there.
-    let b = testkit::require_broker!();
+    // over from exactly there. No commit lands for a partition between its
+    // revocation and its next assignment.
     const TOTAL: u32 = 2_000;
+    let b = testkit::require_broker!();
     let (_admin, topic) = topic_with_records(&b, "proc-rebalance", 4, TOTAL).await;
     let group = testkit::unique_name("proc-rebalance");
     let consumer = group_consumer(&b, &group);
@@ -261,48 +127,132 @@ async fn a_member_joining_mid_run_causes_no_duplicate_and_no_loss() {
         delay: Duration::from_millis(1),
         ..Sink::default()
     });
-    let start = |sink: Arc<Sink>| {
-        let mut cfg = ProcessorConfig::new(consumer.clone(), &[&topic]);
-        cfg.commit_interval = Duration::from_millis(200);
-        let processor = Processor::new(cfg, SinkHandler(sink));
-        let stats = processor.stats();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let run = tokio::spawn(processor.run(async move {
-            let _ = stopped.await;
-        }));
-        (stop, run, stats)
+    let (log1, log2) = (Arc::new(EventLog::default()), Arc::new(EventLog::default()));
+    let cfg = |log: &Arc<EventLog>| {
+        ProcessorConfig::new(consumer.clone(), &[&topic])
+            .commit_policy(resilience::CommitPolicy::Interval(Duration::from_millis(
+                100,
+            )))
+            .observer(log.clone())
     };
-    let (stop1, run1, _) = start(sink.clone());
-    let end = Instant::now() + Duration::from_secs(30);
-    while sink.applied.lock().unwrap().len() < 300 && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let (stop2, run2, stats2) = start(sink.clone());
-    let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        let distinct: BTreeSet<u32> = sink.applied.lock().unwrap().iter().copied().collect();
-        if distinct.len() as u32 == TOTAL || Instant::now() > end {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = stop1.send(());
-    let _ = stop2.send(());
-    run1.await.unwrap().unwrap();
-    run2.await.unwrap().unwrap();
-    let applied = sink.applied.lock().unwrap().clone();
-    let distinct: BTreeSet<u32> = applied.iter().copied().collect();
-    assert_eq!(distinct.len() as u32, TOTAL, "lost records");
-    assert_eq!(
-        applied.len(),
-        distinct.len(),
-        "{} duplicate side effects",
-        applied.len() - distinct.len()
+    let run1 = start(Processor::new(cfg(&log1), SinkHandler(sink.clone())));
+    assert!(
+        eventually(Duration::from_secs(30), || sink
+            .applied
+            .lock()
+            .unwrap()
+            .len()
+            >= 300)
+        .await
     );
-    let second = stats2.handled.load(std::sync::atomic::Ordering::Relaxed);
+    let run2 = start(Processor::new(cfg(&log2), SinkHandler(sink.clone())));
+    let stats2 = run2.stats.clone();
+    eventually(Duration::from_secs(60), || {
+        sink.distinct_and_duplicates().0.len() as u32 == TOTAL
+    })
+    .await;
+    run1.stop().await;
+    run2.stop().await;
+
+    let (distinct, dups) = sink.distinct_and_duplicates();
+    assert_eq!(distinct.len() as u32, TOTAL, "lost records");
+    assert_eq!(dups, 0, "duplicate side effects");
+    let second = stats2.handled.load(AtomicOrdering::Relaxed);
     assert!(
         second > 0,
         "the second member never took over any partition"
     );
+    for (name, log) in [("first", &log1), ("second", &log2)] {
+        let late = log.commits_after_revoke();
+        assert!(
+            late.is_empty(),
+            "{name} member committed after revoke: {late:?}"
+        );
+    }
     println!("handover: the joining member handled {second} of {TOTAL}");
+}
+
+#[tokio::test]
+async fn every_ordering_mode_handles_each_record_once_and_keeps_its_order() {
+    const N: u32 = 600;
+    let b = testkit::require_broker!();
+    // 8 keys over 2 partitions: per-key mode may run keys of one partition
+    // in parallel, and must keep each key's order.
+    let (_admin, topic) =
+        topic_with_keyed_records(&b, "proc-modes", 2, N, |i| format!("key{}", i % 8)).await;
+    for mode in [
+        Ordering::PerPartition,
+        Ordering::PerKey,
+        Ordering::Unordered,
+    ] {
+        let group = testkit::unique_name("proc-modes");
+        let sink = Arc::new(Sink {
+            delay: Duration::from_millis(2),
+            ..Sink::default()
+        });
+        let cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
+            .ordering(mode)
+            .concurrency(16);
+        let run = start(Processor::new(cfg, SinkHandler(sink.clone())));
+        run.wait_finished(u64::from(N), Duration::from_secs(60))
+            .await;
+        run.stop().await;
+
+        let (distinct, dups) = sink.distinct_and_duplicates();
+        assert_eq!(
+            (distinct.len() as u32, dups),
+            (N, 0),
+            "{mode:?}: lost or duplicated"
+        );
+        let applied = sink.applied.lock().unwrap().clone();
+        let peak = sink.peak_running.load(AtomicOrdering::SeqCst);
+        // Producer order within a key is offset order (same key → same partition).
+        let mut per_key: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut per_partition: HashMap<i32, Vec<u32>> = HashMap::new();
+        for (p, n) in &applied {
+            per_key.entry(n % 8).or_default().push(*n);
+            per_partition.entry(*p).or_default().push(*n);
+        }
+        let sorted = |v: &Vec<u32>| v.windows(2).all(|w| w[0] < w[1]);
+        match mode {
+            Ordering::PerPartition => {
+                assert!(per_partition.values().all(sorted), "partition order broken");
+                assert!(
+                    peak <= 2,
+                    "more than one record per partition at once: {peak}"
+                );
+            }
+            Ordering::PerKey => {
+                assert!(per_key.values().all(sorted), "key order broken");
+                assert!(
+                    peak > 2,
+                    "keys of a partition never ran in parallel (peak {peak})"
+                );
+            }
+            Ordering::Unordered => assert!(peak > 2, "no parallelism (peak {peak})"),
+        }
+        println!("{mode:?}: peak {peak} records at once");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_handler_gets_consecutive_records_of_a_partition() {
+    const N: u32 = 500;
+    let b = testkit::require_broker!();
+    let (_admin, topic) = topic_with_records(&b, "proc-batch", 1, N).await;
+    let group = testkit::unique_name("proc-batch");
+    let sink = Arc::new(Sink::default());
+    let cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic]);
+    let run = start(Processor::batched(cfg, SinkHandler(sink.clone()), 50));
+    run.wait_finished(u64::from(N), Duration::from_secs(60))
+        .await;
+    run.stop().await;
+    let applied = sink.applied_numbers();
+    assert_eq!(applied, (0..N).collect::<Vec<_>>(), "in order, each once");
+    let sizes = sink.batch_sizes.lock().unwrap().clone();
+    assert!(
+        sizes.iter().all(|s| *s <= 50),
+        "a batch above max_batch: {sizes:?}"
+    );
+    assert!(sizes.iter().any(|s| *s > 1), "never batched: {sizes:?}");
 }

@@ -1,7 +1,7 @@
 //! # sim-tests
 //!
 //! Scenario, fault-injection and property tests against the real broker from
-//! `cargo xtask broker up`. The tests live in `tests/`; this library will hold
-//! the shared support (fault proxy, scenario runners, invariant checks).
-//!
-//! **Status: not built yet** beyond the workspace slot.
+//! `cargo xtask broker up` (and PostgreSQL from `cargo xtask postgres up`).
+//! The tests live in `tests/`; [`support`] holds what they share.
+
+pub mod support;

@@ -146,3 +146,56 @@ pub fn unique_name(prefix: &str) -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// The PostgreSQL server of `cargo xtask postgres up` (or `PG_URL`), as a
+/// libpq-style connection string; `None` (skip) when there is none and none
+/// is required, as for the broker.
+///
+/// # Panics
+/// When no server is reachable and [`broker_required`] is true.
+pub fn postgres() -> Option<String> {
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives in the workspace")
+        .join("target/postgres/env");
+    let url = std::env::var("PG_URL").ok().or_else(|| {
+        std::fs::read_to_string(file)
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("PG_URL=").map(str::to_string))
+    });
+    let problem = match &url {
+        None => "PG_URL is not set and target/postgres/env does not exist".to_string(),
+        Some(u) => {
+            let field = |k: &str| {
+                u.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(k).map(str::to_string))
+            };
+            let host = field("host=").unwrap_or_else(|| "127.0.0.1".into());
+            let port = field("port=").unwrap_or_else(|| "5432".into());
+            if reachable(&format!("{host}:{port}")) {
+                return url;
+            }
+            format!("no PostgreSQL answers at {host}:{port}")
+        }
+    };
+    if broker_required() {
+        panic!(
+            "this test needs PostgreSQL and none is reachable: {problem}. \
+             Start one with `cargo xtask postgres up`, or run `cargo xtask test`"
+        );
+    }
+    eprintln!("SKIPPED (no PostgreSQL): {problem}. Start one with `cargo xtask postgres up`.");
+    None
+}
+
+/// `let pg_url = require_postgres!();` — the server, or return early (skip).
+#[macro_export]
+macro_rules! require_postgres {
+    () => {
+        match $crate::postgres() {
+            Some(url) => url,
+            None => return,
+        }
+    };
+}

@@ -267,20 +267,7 @@ fn ensure_java_and_maven() -> anyhow::Result<()> {
     if !mvn_ok {
         missing.push("maven");
     }
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.trim_ascii() == b"0")
-        .unwrap_or(false);
-    if is_root && shell::available("apt-get", "--version") {
-        eprintln!("xtask: installing {} with apt-get", missing.join(" "));
-        shell::run(Command::new("apt-get").args(["update", "-q"]))?;
-        shell::run(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+    if shell::apt_install(&missing)? {
         return Ok(());
     }
     bail!(

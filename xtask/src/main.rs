@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`broker`]: a real Apache Kafka broker (KRaft, from Maven Central jars) on demand.
 //! - [`certs`]: the test CA and the broker certificate for the SSL listeners.
+//! - [`postgres`]: a throwaway PostgreSQL server for the idempotency-store tests.
 //! - [`pure`]: `check-pure`, the proof that the library crates need no C toolchain.
 //! - [`test`]: `cargo xtask test`, the README's test command and what CI runs.
 //! - [`lab`]: `cargo xtask lab`, the README's "main job".
@@ -10,6 +11,7 @@
 mod broker;
 mod certs;
 mod lab;
+mod postgres;
 mod pure;
 mod shell;
 mod test;
@@ -32,6 +34,11 @@ enum Command {
     Broker {
         #[command(subcommand)]
         action: broker::Action,
+    },
+    /// Start, stop or inspect the local PostgreSQL (idempotency-store tests).
+    Postgres {
+        #[command(subcommand)]
+        action: postgres::Action,
     },
     /// Prove the library crates build without a C toolchain.
     CheckPure,
@@ -60,6 +67,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Broker { action } => broker::run(action),
+        Command::Postgres { action } => postgres::run(action),
         Command::CheckPure => pure::check_pure(),
         Command::Test(args) => test::run(args),
         Command::Lab(args) => lab::run(args),

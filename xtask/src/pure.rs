@@ -53,6 +53,8 @@ pub fn check_pure() -> anyhow::Result<()> {
         "none",
         "--target",
         "all",
+        // Optional features too (resilience's `postgres`): all must be pure.
+        "--all-features",
     ]);
     for krate in LIBRARY_CRATES {
         tree_cmd.args(["--package", krate]);
@@ -75,7 +77,7 @@ pub fn check_pure() -> anyhow::Result<()> {
 
     let mut build = shell::cargo();
     build
-        .args(["build", "--quiet", "--target-dir"])
+        .args(["build", "--quiet", "--all-features", "--target-dir"])
         .arg(workspace_root().join("target").join("check-pure"))
         .env("CC", "/bin/false")
         .env("CXX", "/bin/false");

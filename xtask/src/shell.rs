@@ -58,3 +58,27 @@ pub fn available(program: &str, version_arg: &str) -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+/// Are we root (so we may install Debian packages)?
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
+}
+
+/// Install Debian packages when we are root and apt-get exists; `false`
+/// (nothing done) otherwise, so the caller can explain what to install.
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<bool> {
+    if !is_root() || !available("apt-get", "--version") {
+        return Ok(false);
+    }
+    eprintln!("xtask: installing {} with apt-get", packages.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    Ok(true)
+}

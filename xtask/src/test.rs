@@ -73,7 +73,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut steps: Vec<Step> = Vec::new();
     let mut counts = Counts::default();
-    let outcome = run_steps(&args, &mut steps, &mut counts);
+    // PostgreSQL for the idempotency-store tests: the caller's (PG_URL), or ours.
+    let mut pg_env: Vec<(String, String)> = Vec::new();
+    let mut started_pg = false;
+    let outcome = if std::env::var_os("PG_URL").is_some() {
+        run_steps(&args, &pg_env, &mut steps, &mut counts)
+    } else {
+        match timed(&mut steps, "postgres up", || {
+            let pg = crate::postgres::up()?;
+            started_pg = pg.started_now;
+            pg_env.push(("PG_URL".into(), pg.url.clone()));
+            Ok(pg.url)
+        }) {
+            Ok(()) => run_steps(&args, &pg_env, &mut steps, &mut counts),
+            Err(e) => Err(e),
+        }
+    };
+    if started_pg {
+        let _ = timed(&mut steps, "postgres down", || {
+            crate::postgres::down()?;
+            Ok(String::new())
+        });
+    }
     print_summary(&steps, &counts, started.elapsed());
     outcome
 }
@@ -102,7 +123,12 @@ fn timed(
     result.map(|_| ())
 }
 
-fn run_steps(args: &Args, steps: &mut Vec<Step>, counts: &mut Counts) -> anyhow::Result<()> {
+fn run_steps(
+    args: &Args,
+    extra_env: &[(String, String)],
+    steps: &mut Vec<Step>,
+    counts: &mut Counts,
+) -> anyhow::Result<()> {
     if !args.no_lint {
         timed(steps, "fmt", || {
             shell::run(shell::cargo().args(["fmt", "--all", "--check"]))
@@ -128,7 +154,7 @@ fn run_steps(args: &Args, steps: &mut Vec<Step>, counts: &mut Counts) -> anyhow:
     }
 
     // Use the cluster the caller named, or start ours.
-    let mut broker_env: Vec<(String, String)> = Vec::new();
+    let mut broker_env: Vec<(String, String)> = extra_env.to_vec();
     let mut started_broker = false;
     if let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP") {
         steps.push(Step {
@@ -141,7 +167,7 @@ fn run_steps(args: &Args, steps: &mut Vec<Step>, counts: &mut Counts) -> anyhow:
         timed(steps, "broker up", || {
             let running = broker::up(Engine::Kafka, &args.kafka_version)?;
             started_broker = running.started_now;
-            broker_env = running.env.clone();
+            broker_env.extend(running.env.iter().cloned());
             Ok(format!(
                 "{} {}",
                 if running.started_now {
@@ -179,12 +205,12 @@ fn run_steps(args: &Args, steps: &mut Vec<Step>, counts: &mut Counts) -> anyhow:
     }
     for version in args.compat_versions.iter().filter(|v| !v.trim().is_empty()) {
         let version = version.trim();
-        let mut env = Vec::new();
+        let mut env = extra_env.to_vec();
         let mut started = false;
         timed(steps, "compat broker", || {
             let running = broker::up(Engine::Kafka, version)?;
             started = running.started_now;
-            env = running.env.clone();
+            env.extend(running.env.iter().cloned());
             Ok(format!("Apache Kafka {version} at {}", running.bootstrap()))
         })?;
         let result = timed(steps, "compat tests", || {

@@ -1,5 +1,21 @@
 //! Idempotent processing: a `DedupStore` remembers which event ids already
 //! had their side effects applied, so a redelivered record skips them.
+//!
+//! | store | survives a restart | shared by instances | notes |
+//! |---|---|---|---|
+//! | [`InMemoryDedup`] | no | no | bounded; tests and single processes |
+//! | [`FileDedup`] | yes | no | embedded append-only log, fsync per mark, no server |
+//! | `PgDedup` (feature `postgres`) | yes | yes | `processed_events` table; [`postgres::PgDedup::process_once`] runs your write and the mark in one transaction (the inbox pattern) |
+//!
+//! The generic path is check, process, mark, then commit: a crash between
+//! the side effect and the mark can still repeat that one side effect. The
+//! PostgreSQL inbox closes that window by putting both in one transaction.
+
+mod file;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+pub use file::FileDedup;
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;

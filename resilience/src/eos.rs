@@ -1,0 +1,246 @@
+//! Exactly-once consume-transform-produce: each polled batch's output
+//! records, dead letters and input offsets are committed in one Kafka
+//! transaction (`send_offsets_to_transaction`, fenced by the group
+//! generation, KIP-447). Downstream `read_committed` consumers see every
+//! input's outputs exactly once, or not at all.
+//!
+//! ```no_run
+//! use resilience::eos::{TransactionalProcessor, Transformer, TransformFuture};
+//! use resilience::consumer_core::{ConsumerConfig, TopicPartition};
+//! use kafka_wire::{ProducerConfig, ProducerRecord, records::Record};
+//!
+//! struct Upper;
+//! impl Transformer for Upper {
+//!     fn transform<'a>(&'a self, _tp: &'a TopicPartition, r: &'a Record) -> TransformFuture<'a> {
+//!         Box::pin(async move {
+//!             let v = r.value.as_deref().unwrap_or_default().to_ascii_uppercase();
+//!             Ok(vec![ProducerRecord::new("orders-upper").value(v)])
+//!         })
+//!     }
+//! }
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let consumer = ConsumerConfig::builder()
+//!     .set("bootstrap.servers", "localhost:9092")?
+//!     .set("group.id", "upper")?
+//!     .build()?;
+//! let producer = ProducerConfig::builder()
+//!     .set("bootstrap.servers", "localhost:9092")?
+//!     .set("transactional.id", "upper-0")?
+//!     .build()?;
+//! TransactionalProcessor::new(consumer, producer, &["orders"])
+//!     .run(Upper, std::future::pending())
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Records are handled one partition batch at a time inside the poll
+//! loop's transaction (heartbeats run on their own task meanwhile). A
+//! failed transaction is aborted and its inputs are read again from where
+//! the last committed transaction left them.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use consumer_core::{
+    Consumer, ConsumerConfig, ConsumerError, IsolationLevel, PartitionRecords, TopicPartition,
+};
+use kafka_wire::records::Record;
+use kafka_wire::{Producer, ProducerConfig, ProducerRecord};
+
+use crate::dlt;
+use crate::retry::{BackoffPolicy, Decision, HandlerError};
+
+/// A boxed future returned by [`Transformer::transform`].
+pub type TransformFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<ProducerRecord>, HandlerError>> + Send + 'a>>;
+
+/// Turns one input record into output records (none is fine).
+pub trait Transformer: Send + Sync + 'static {
+    fn transform<'a>(&'a self, tp: &'a TopicPartition, record: &'a Record) -> TransformFuture<'a>;
+}
+
+/// Counters of a run.
+#[derive(Debug, Default)]
+pub struct EosStats {
+    pub transactions: AtomicU64,
+    pub aborted: AtomicU64,
+    pub records_in: AtomicU64,
+    pub records_out: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+/// Consume-transform-produce in transactions. See the module docs.
+#[derive(Debug)]
+pub struct TransactionalProcessor {
+    consumer: ConsumerConfig,
+    producer: ProducerConfig,
+    topics: Vec<String>,
+    /// Retries of one record inside a transaction (short: the transaction
+    /// stays open meanwhile). Default 3 attempts from 100 ms.
+    pub backoff: BackoffPolicy,
+    stats: Arc<EosStats>,
+}
+
+impl TransactionalProcessor {
+    /// `producer` must have a `transactional.id`; the consumer is switched
+    /// to `read_committed` with auto-commit off.
+    pub fn new(mut consumer: ConsumerConfig, producer: ProducerConfig, topics: &[&str]) -> Self {
+        consumer.isolation_level = IsolationLevel::ReadCommitted;
+        consumer.enable_auto_commit = false;
+        Self {
+            consumer,
+            producer,
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            backoff: BackoffPolicy {
+                initial: Duration::from_millis(100),
+                ..BackoffPolicy::default()
+            },
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<EosStats> {
+        self.stats.clone()
+    }
+
+    /// Run until `shutdown` completes.
+    ///
+    /// # Errors
+    /// No `transactional.id`; a fenced producer (another instance took the
+    /// id over); fatal consumer errors.
+    pub async fn run(
+        self,
+        transformer: impl Transformer,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ConsumerError> {
+        if self.producer.transactional_id.is_none() {
+            return Err(ConsumerError::Fatal(
+                "exactly-once mode needs a producer with transactional.id".into(),
+            ));
+        }
+        let producer = Producer::connect(self.producer.clone()).await?;
+        producer.init_transactions().await?;
+        let mut consumer = Consumer::connect(self.consumer.clone()).await?;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        let group = self.consumer.group_id.clone().unwrap_or_default();
+        tokio::pin!(shutdown);
+        let result = loop {
+            let batches = tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                r = consumer.poll(Duration::from_millis(100)) => match r {
+                    Ok(b) => b,
+                    Err(e) => break Err(e),
+                },
+            };
+            if batches.is_empty() {
+                continue;
+            }
+            let Some(gm) = consumer.group_metadata() else {
+                // Not a stable member right now: read these again later.
+                rewind(&mut consumer, &batches);
+                continue;
+            };
+            match self
+                .transaction(&producer, &transformer, &batches, &gm, &group)
+                .await
+            {
+                Ok(()) => {
+                    self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.stats.aborted.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "transaction failed; aborting and reading its inputs again");
+                    if let Err(abort) = producer.abort_transaction().await {
+                        break Err(ConsumerError::Wire(abort));
+                    }
+                    rewind(&mut consumer, &batches);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        producer.close().await;
+        consumer.close(Duration::from_secs(10)).await;
+        result
+    }
+
+    async fn transaction(
+        &self,
+        producer: &Producer,
+        transformer: &impl Transformer,
+        batches: &[PartitionRecords],
+        gm: &kafka_wire::producer::GroupMetadata,
+        group: &str,
+    ) -> kafka_wire::Result<()> {
+        producer.begin_transaction().await?;
+        let mut offsets: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        for batch in batches {
+            for r in &batch.records {
+                for out in self.transform_one(transformer, &batch.tp, r, group).await {
+                    producer.send(out).await?;
+                    self.stats.records_out.fetch_add(1, Ordering::Relaxed);
+                }
+                offsets.insert(batch.tp.clone(), r.offset + 1);
+            }
+        }
+        let offsets: Vec<(String, i32, i64)> = offsets
+            .into_iter()
+            .map(|(tp, o)| (tp.topic, tp.partition, o))
+            .collect();
+        producer.send_offsets_to_transaction(&offsets, gm).await?;
+        producer.commit_transaction().await?;
+        let n: usize = batches.iter().map(|b| b.records.len()).sum();
+        self.stats.records_in.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The outputs of one record: the transformer's, or (after retries)
+    /// its dead letter, written in the same transaction.
+    async fn transform_one(
+        &self,
+        transformer: &impl Transformer,
+        tp: &TopicPartition,
+        r: &Record,
+        group: &str,
+    ) -> Vec<ProducerRecord> {
+        let mut delays = self.backoff.delays(rand::random::<f64>);
+        let mut attempt = 1;
+        loop {
+            let err = match transformer.transform(tp, r).await {
+                Ok(outs) => return outs,
+                Err(e) => e,
+            };
+            match self.backoff.decide(attempt, &err, delays.next()) {
+                Decision::RetryAfter(d) => {
+                    tokio::time::sleep(d).await;
+                    attempt += 1;
+                }
+                Decision::DeadLetter => {
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    return vec![dlt::dead_letter(
+                        &dlt::dlt_topic(&tp.topic),
+                        &tp.topic,
+                        tp.partition,
+                        group,
+                        r,
+                        &err,
+                        attempt,
+                    )];
+                }
+            }
+        }
+    }
+}
+
+/// Read `batches` again: seek each partition back to its first record.
+fn rewind(consumer: &mut Consumer, batches: &[PartitionRecords]) {
+    for b in batches {
+        if let Some(first) = b.records.first() {
+            consumer.seek(&b.tp, first.offset);
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! The processing runtime: one poll task owns the consumer; workers handle
+//! records by ordering lane; offsets are committed only after a record was
+//! handled, or its dead-letter (or retry-topic) write was acknowledged.
+//!
+//! ```text
+//!  poll task ──records──▶ scheduler (lanes by ordering) ──▶ units of work (≤ concurrency)
+//!     │  ▲                                                  │ dedup · deadline · retry
+//!     │  └── pause/resume ◀── in-flight records/bytes,      │ DLT / retry topic, acked
+//!     │                       per-partition queue, quarantine
+//!     └── rebalance listener         commit task ◀── OffsetTracker per partition
+//!          (drain, commit, forget)      (fenced, with completed-offset metadata)
+//! ```
+//!
+//! The poll loop never waits for a handler, so heartbeats and
+//! `max.poll.interval.ms` never starve. On revoke the listener stops the
+//! revoked partitions from starting queued records, waits up to
+//! `drain_timeout` for the running ones, commits, and forgets the
+//! partitions: completions that arrive later carry a dead epoch and never
+//! commit. Queued records go to the next owner, from the committed offset.
+
+mod listener;
+mod runtime;
+mod unit;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use consumer_core::{Consumer, ConsumerError, TopicPartition};
+use kafka_wire::records::Record;
+use kafka_wire::{Client, NewTopic, Producer};
+use tokio::time::Instant;
+
+use crate::config::{CommitPolicy, ProcessorConfig};
+use crate::observe::{self, Event};
+use listener::RuntimeListener;
+use runtime::Runtime;
+
+/// A boxed future returned by handlers.
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
+
+pub use crate::retry::HandlerError;
+
+/// The application's code for one record.
+pub trait Handler: Send + Sync + 'static {
+    fn handle<'a>(&'a self, tp: &'a TopicPartition, record: &'a Record) -> HandlerFuture<'a>;
+}
+
+/// The application's code for a batch of one lane's records (in order).
+/// A failure retries, and then dead-letters, the whole batch.
+pub trait BatchHandler: Send + Sync + 'static {
+    fn handle_batch<'a>(
+        &'a self,
+        tp: &'a TopicPartition,
+        records: &'a [Record],
+    ) -> HandlerFuture<'a>;
+}
+
+pub(crate) enum AnyHandler {
+    One(Arc<dyn Handler>),
+    Batch(Arc<dyn BatchHandler>),
+}
+
+/// Counters of a run (shared with the running processor).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub handled: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub sent_to_retry: AtomicU64,
+    pub deduplicated: AtomicU64,
+    /// Skipped because the committed metadata said they were done.
+    pub already_done: AtomicU64,
+    pub commits: AtomicU64,
+    pub commit_failures: AtomicU64,
+    pub dlt_write_failures: AtomicU64,
+    pub pauses: AtomicU64,
+    pub quarantines: AtomicU64,
+    pub peak_in_flight_bytes: AtomicUsize,
+    pub peak_in_flight_records: AtomicUsize,
+}
+
+impl Stats {
+    /// Records that reached an end: handled, dead-lettered, sent to a retry
+    /// topic, skipped as duplicates or as already done.
+    pub fn finished(&self) -> u64 {
+        [
+            &self.handled,
+            &self.dead_lettered,
+            &self.sent_to_retry,
+            &self.deduplicated,
+            &self.already_done,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
+}
+
+/// The runtime. Configure with [`ProcessorConfig`], give it a handler, `run`.
+pub struct Processor {
+    cfg: ProcessorConfig,
+    handler: AnyHandler,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for Processor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Processor")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Processor {
+    /// A processor calling `handler` for each record.
+    pub fn new(cfg: ProcessorConfig, handler: impl Handler) -> Self {
+        Self {
+            cfg,
+            handler: AnyHandler::One(Arc::new(handler)),
+            stats: Arc::default(),
+        }
+    }
+
+    /// A processor calling `handler` with up to `max_batch` records of one
+    /// lane at a time (in per-partition ordering: consecutive records of a
+    /// partition).
+    pub fn batched(mut cfg: ProcessorConfig, handler: impl BatchHandler, max_batch: usize) -> Self {
+        cfg.max_batch = max_batch.max(1);
+        Self {
+            cfg,
+            handler: AnyHandler::Batch(Arc::new(handler)),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Consume and process until `shutdown` completes; then stop starting
+    /// records, wait for running ones (up to `drain_timeout`), commit, and
+    /// leave the group.
+    ///
+    /// # Errors
+    /// Connection failures at start, and fatal consumer errors (fenced, no
+    /// offset with `auto.offset.reset=none`, …).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ConsumerError> {
+        let cfg = self.cfg;
+        let producer = match &cfg.dlt_producer {
+            Some(p) => Some(Producer::connect(p.clone()).await?),
+            None => None,
+        };
+        let mut consumer = Consumer::connect(cfg.consumer.clone()).await?;
+        if cfg.create_topics {
+            if let Some(p) = &producer {
+                create_failure_topics(p.client(), &cfg).await;
+            }
+        }
+        let mut topics: Vec<String> = cfg.topics.clone();
+        if let Some(chain) = &cfg.retry_topics {
+            for t in &cfg.topics {
+                topics.extend(chain.topics_for(t));
+            }
+        }
+        let rt = Arc::new(Runtime::new(
+            cfg,
+            self.handler,
+            self.stats.clone(),
+            producer,
+        ));
+        consumer.set_listener(Arc::new(RuntimeListener(rt.clone())));
+        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topic_refs)?;
+
+        let committer = consumer.committer().clone();
+        let commit_task = match rt.cfg.commit_policy {
+            CommitPolicy::Interval(every) => {
+                let (rt, c) = (rt.clone(), committer.clone());
+                Some(tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        rt.commit(&c, None).await;
+                    }
+                }))
+            }
+            CommitPolicy::AfterEachCompletion => {
+                let (rt, c) = (rt.clone(), committer.clone());
+                Some(tokio::spawn(async move {
+                    loop {
+                        let changed = rt.changed.notified();
+                        let _ = tokio::time::timeout(Duration::from_millis(100), changed).await;
+                        rt.commit(&c, None).await;
+                    }
+                }))
+            }
+            CommitPolicy::OnRevokeAndShutdown => None,
+        };
+
+        let mut paused: HashSet<TopicPartition> = HashSet::new();
+        let mut globally_paused = false;
+        let mut last_lag = Instant::now();
+        tokio::pin!(shutdown);
+        let result = loop {
+            let batches = tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                r = consumer.poll(Duration::from_millis(100)) => match r {
+                    Ok(b) => b,
+                    Err(e) => break Err(e),
+                },
+            };
+            for batch in batches {
+                rt.dispatch(batch);
+            }
+            let records = rt.in_flight_records.load(Ordering::Acquire);
+            rt.stats
+                .peak_in_flight_records
+                .fetch_max(records, Ordering::Relaxed);
+            apply_backpressure(&rt, &mut consumer, &mut paused, &mut globally_paused);
+            if last_lag.elapsed() >= Duration::from_secs(1) {
+                last_lag = Instant::now();
+                for tp in consumer.assignment() {
+                    if let Some(lag) = consumer.lag(&tp) {
+                        metrics::gauge!(observe::PARTITION_LAG, "topic" => tp.topic.clone(), "partition" => tp.partition.to_string())
+                            .set(lag as f64);
+                    }
+                }
+            }
+        };
+
+        // Shutdown: stop polling and starting records, drain, commit, leave.
+        let all: Vec<TopicPartition> = rt.lock().parts.keys().cloned().collect();
+        rt.stop_partitions(&all);
+        rt.wait_idle(None, rt.cfg.drain_timeout).await;
+        if let Some(t) = commit_task {
+            t.abort();
+        }
+        rt.commit(&committer, None).await;
+        if let Some(p) = &rt.producer {
+            p.close().await;
+        }
+        consumer.close(rt.cfg.drain_timeout).await;
+        result
+    }
+}
+
+/// Pause what should not be fetched now, resume what may be again:
+/// everything above the global in-flight bound (until below half), and
+/// single partitions that are full, quarantined, or whose completed-offset
+/// map no longer fits the commit metadata.
+fn apply_backpressure(
+    rt: &Runtime,
+    consumer: &mut Consumer,
+    paused: &mut HashSet<TopicPartition>,
+    globally: &mut bool,
+) {
+    let cfg = &rt.cfg;
+    let bytes = rt.in_flight_bytes.load(Ordering::Acquire);
+    let records = rt.in_flight_records.load(Ordering::Acquire);
+    metrics::gauge!(observe::IN_FLIGHT_BYTES).set(bytes as f64);
+    metrics::gauge!(observe::IN_FLIGHT_RECORDS).set(records as f64);
+    if bytes >= cfg.max_in_flight_bytes || records >= cfg.max_in_flight_records {
+        if !*globally {
+            rt.stats.pauses.fetch_add(1, Ordering::Relaxed);
+        }
+        *globally = true;
+    } else if bytes <= cfg.max_in_flight_bytes / 2 && records <= cfg.max_in_flight_records / 2 {
+        *globally = false;
+    }
+    let assigned = consumer.assignment();
+    let want: HashSet<TopicPartition> = if *globally {
+        assigned.into_iter().collect()
+    } else {
+        let now = Instant::now();
+        let per_part = cfg.max_queued_per_partition.max(1);
+        let mut st = rt.lock();
+        assigned
+            .into_iter()
+            .filter(|tp| {
+                let Some(p) = st.parts.get_mut(tp) else {
+                    return false;
+                };
+                if p.queued >= per_part {
+                    p.full = true;
+                } else if p.queued <= per_part / 2 {
+                    p.full = false;
+                }
+                p.full || p.metadata_full || p.quarantined_until.is_some_and(|u| u > now)
+            })
+            .collect()
+    };
+    let to_pause: Vec<TopicPartition> = want.difference(paused).cloned().collect();
+    let to_resume: Vec<TopicPartition> = paused.difference(&want).cloned().collect();
+    if !to_pause.is_empty() {
+        consumer.pause(&to_pause);
+        rt.observe(Event::Paused(to_pause));
+    }
+    if !to_resume.is_empty() {
+        consumer.resume(&to_resume);
+        rt.observe(Event::Resumed(to_resume));
+    }
+    *paused = want;
+    metrics::gauge!(observe::PAUSED_PARTITIONS).set(paused.len() as f64);
+}
+
+/// Create the DLT and retry topics that are missing, with the source's
+/// partition count. Failures are logged: a missing DLT stalls only the
+/// partitions that need it, and says so.
+async fn create_failure_topics(client: &Client, cfg: &ProcessorConfig) {
+    for source in &cfg.topics {
+        let partitions = match client
+            .refresh_metadata(Some(std::slice::from_ref(source)))
+            .await
+        {
+            Ok(md) => md.partition_count(source).unwrap_or(1) as i32,
+            Err(_) => 1,
+        };
+        let mut wanted = vec![(cfg.dlt_topic)(source)];
+        if let Some(chain) = &cfg.retry_topics {
+            wanted.extend(chain.topics_for(source));
+        }
+        for name in wanted {
+            let exists = client
+                .refresh_metadata(Some(std::slice::from_ref(&name)))
+                .await
+                .ok()
+                .and_then(|md| md.partition_count(&name))
+                .is_some_and(|n| n > 0);
+            if exists {
+                continue;
+            }
+            match client.create_topic(NewTopic::new(&name, partitions)).await {
+                Ok(()) => tracing::info!(topic = %name, partitions, "created"),
+                Err(e) if e.to_string().contains("TopicAlreadyExists") => {}
+                Err(e) => {
+                    tracing::warn!(topic = %name, error = %e, "could not create; records that need it will wait")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! The state shared by the poll task, the workers, the commit task and the
+//! rebalance listener, and the operations on it. One `std` mutex guards it;
+//! nothing awaits while holding it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use consumer_core::{Committer, PartitionRecords, TopicPartition};
+use kafka_wire::records::Record;
+use kafka_wire::Producer;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+
+use super::{AnyHandler, Stats};
+use crate::commit_metadata::{self, encode_ranges, merge_ranges, ranges_of};
+use crate::config::{Idempotency, ProcessorConfig};
+use crate::observe::{self, Event};
+use crate::offset_tracker::OffsetTracker;
+use crate::scheduler::Scheduler;
+
+/// One record on its way through the runtime.
+#[derive(Debug)]
+pub(crate) struct Work {
+    pub record: Record,
+    pub epoch: u64,
+    pub bytes: usize,
+}
+
+/// What the committed metadata said was already done beyond the offset.
+#[derive(Debug, Clone)]
+pub(crate) struct Loaded {
+    pub committed: i64,
+    pub metadata: String,
+    pub done: Vec<(i64, i64)>,
+}
+
+/// One assigned partition in the runtime.
+#[derive(Debug)]
+pub(crate) struct PartRuntime {
+    pub tracker: OffsetTracker,
+    /// Dispatched and not yet finished or skipped.
+    pub queued: usize,
+    /// Being revoked (or shutting down): nothing new starts.
+    pub revoking: bool,
+    /// Paused because `queued` reached the per-partition bound.
+    pub full: bool,
+    /// The last (offset, metadata) the broker accepted, to skip no-op commits.
+    pub last_commit: Option<(i64, String)>,
+    /// Done offsets from the committed metadata (not redone).
+    pub loaded_done: Vec<(i64, i64)>,
+    /// The completed-offset map no longer fits the metadata limit.
+    pub metadata_full: bool,
+    pub failures_in_row: u32,
+    pub quarantined_until: Option<Instant>,
+}
+
+pub(crate) struct State {
+    pub parts: HashMap<TopicPartition, PartRuntime>,
+    pub sched: Scheduler<Work>,
+    pub loaded: HashMap<TopicPartition, Loaded>,
+}
+
+/// Everything the runtime's tasks share.
+pub(crate) struct Runtime {
+    pub cfg: ProcessorConfig,
+    pub handler: AnyHandler,
+    pub stats: Arc<Stats>,
+    pub state: Mutex<State>,
+    /// Signalled whenever work finishes (drains wait on it).
+    pub changed: Notify,
+    pub in_flight_bytes: AtomicUsize,
+    pub in_flight_records: AtomicUsize,
+    next_epoch: AtomicU64,
+    pub permits: Arc<Semaphore>,
+    pub producer: Option<Producer>,
+    pub group: String,
+    /// Retry topic → (source topic, step).
+    pub retry_index: HashMap<String, (String, usize)>,
+    /// One commit at a time, so commits never reorder and a revoke can
+    /// finish with no commit in flight for its partitions.
+    pub commit_lock: tokio::sync::Mutex<()>,
+}
+
+/// Bytes a record holds in memory (payloads plus a fixed overhead).
+pub(crate) fn record_bytes(r: &Record) -> usize {
+    let headers: usize = r
+        .headers
+        .iter()
+        .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
+        .sum();
+    96 + headers + r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len())
+}
+
+impl Runtime {
+    pub fn new(
+        cfg: ProcessorConfig,
+        handler: AnyHandler,
+        stats: Arc<Stats>,
+        producer: Option<Producer>,
+    ) -> Self {
+        let max_batch = match handler {
+            AnyHandler::One(_) => 1,
+            AnyHandler::Batch(_) => cfg.max_batch.max(1),
+        };
+        let retry_index = cfg
+            .retry_topics
+            .as_ref()
+            .map(|r| r.index(&cfg.topics))
+            .unwrap_or_default();
+        Self {
+            group: cfg.consumer.group_id.clone().unwrap_or_default(),
+            permits: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
+            state: Mutex::new(State {
+                parts: HashMap::new(),
+                sched: Scheduler::new(cfg.ordering, max_batch),
+                loaded: HashMap::new(),
+            }),
+            cfg,
+            handler,
+            stats,
+            changed: Notify::new(),
+            in_flight_bytes: AtomicUsize::new(0),
+            in_flight_records: AtomicUsize::new(0),
+            next_epoch: AtomicU64::new(1),
+            producer,
+            retry_index,
+            commit_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("runtime state lock")
+    }
+
+    pub fn observe(&self, e: Event) {
+        if let Some(o) = &self.cfg.observer {
+            o.on_event(&e);
+        }
+    }
+
+    pub fn idempotency(&self) -> Option<&Idempotency> {
+        self.cfg.idempotency.as_ref()
+    }
+
+    /// The source topic of `topic` (itself, unless it is a retry topic),
+    /// and its step in the retry chain.
+    pub fn source_of<'a>(&'a self, topic: &'a str) -> (&'a str, Option<usize>) {
+        match self.retry_index.get(topic) {
+            Some((src, step)) => (src.as_str(), Some(*step)),
+            None => (topic, None),
+        }
+    }
+
+    /// Hand polled records to the scheduler (skipping those the committed
+    /// metadata says are done), then start what may start.
+    pub fn dispatch(self: &Arc<Self>, batch: PartitionRecords) {
+        let Some(first) = batch.records.first().map(|r| r.offset) else {
+            return;
+        };
+        let tp = batch.tp;
+        let mut added_bytes = 0;
+        let mut added = 0;
+        {
+            let mut st = self.lock();
+            let State {
+                parts,
+                sched,
+                loaded,
+            } = &mut *st;
+            let p = parts.entry(tp.clone()).or_insert_with(|| {
+                let l = loaded.remove(&tp);
+                PartRuntime {
+                    tracker: OffsetTracker::new(
+                        self.next_epoch.fetch_add(1, Ordering::Relaxed),
+                        first,
+                    ),
+                    queued: 0,
+                    revoking: false,
+                    full: false,
+                    last_commit: l.as_ref().map(|l| (l.committed, l.metadata.clone())),
+                    loaded_done: l.map(|l| l.done).unwrap_or_default(),
+                    metadata_full: false,
+                    failures_in_row: 0,
+                    quarantined_until: None,
+                }
+            });
+            let epoch = p.tracker.epoch();
+            for record in batch.records {
+                p.tracker.dispatch(record.offset);
+                if commit_metadata::is_done(&p.loaded_done, record.offset) {
+                    let _ = p.tracker.complete(epoch, record.offset);
+                    self.stats.already_done.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let bytes = record_bytes(&record);
+                added_bytes += bytes;
+                added += 1;
+                p.queued += 1;
+                let key = record.key.clone();
+                sched.push(
+                    &tp,
+                    key.as_deref(),
+                    Work {
+                        record,
+                        epoch,
+                        bytes,
+                    },
+                );
+            }
+        }
+        let now = self
+            .in_flight_bytes
+            .fetch_add(added_bytes, Ordering::AcqRel)
+            + added_bytes;
+        self.in_flight_records.fetch_add(added, Ordering::AcqRel);
+        self.stats
+            .peak_in_flight_bytes
+            .fetch_max(now, Ordering::Relaxed);
+        self.pump();
+    }
+
+    /// Start units of work while permits and ready lanes last.
+    pub fn pump(self: &Arc<Self>) {
+        loop {
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                return;
+            };
+            let Some((lane, items)) = self.lock().sched.next_unit() else {
+                return;
+            };
+            let rt = self.clone();
+            tokio::spawn(async move {
+                rt.clone().run_unit(&lane, items, permit).await;
+                rt.lock().sched.done(&lane);
+                rt.pump();
+            });
+        }
+    }
+
+    /// A worker is done with a record: `handled` (or forwarded and acked)
+    /// records complete in the tracker; skipped ones do not, so they are
+    /// never committed. A stale epoch touches no tracker.
+    pub fn finish(&self, tp: &TopicPartition, work: &Work, handled: bool) {
+        if let Some(p) = self
+            .lock()
+            .parts
+            .get_mut(tp)
+            .filter(|p| p.tracker.epoch() == work.epoch)
+        {
+            if handled {
+                let _ = p.tracker.complete(work.epoch, work.record.offset);
+            }
+            p.queued = p.queued.saturating_sub(1);
+        }
+        self.in_flight_bytes.fetch_sub(work.bytes, Ordering::AcqRel);
+        self.in_flight_records.fetch_sub(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    /// May work of this epoch start or go on (retry, forward)? Not once
+    /// the partition is revoked, reassigned, lost, or being revoked.
+    pub fn may_continue(&self, tp: &TopicPartition, epoch: u64) -> bool {
+        self.lock()
+            .parts
+            .get(tp)
+            .is_some_and(|p| p.tracker.epoch() == epoch && !p.revoking)
+    }
+
+    /// Stop starting records of `tps` (revoke or shutdown): queued records
+    /// are skipped (the next owner gets them) and running ones may finish.
+    pub fn stop_partitions(&self, tps: &[TopicPartition]) {
+        let removed: Vec<(TopicPartition, Work)> = {
+            let mut st = self.lock();
+            let mut removed = Vec::new();
+            for tp in tps {
+                if let Some(p) = st.parts.get_mut(tp) {
+                    p.revoking = true;
+                }
+                removed.extend(
+                    st.sched
+                        .remove_partition(tp)
+                        .into_iter()
+                        .map(|w| (tp.clone(), w)),
+                );
+            }
+            removed
+        };
+        for (tp, w) in &removed {
+            self.finish(tp, w, false);
+        }
+    }
+
+    /// Wait (up to `timeout`) until no record of `tps` (all if `None`) runs.
+    pub async fn wait_idle(&self, tps: Option<&[TopicPartition]>, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let busy: usize = {
+                let st = self.lock();
+                st.parts
+                    .iter()
+                    .filter(|(tp, _)| tps.is_none_or(|t| t.contains(tp)))
+                    .map(|(_, p)| p.queued)
+                    .sum()
+            };
+            if busy == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    records = busy,
+                    ?timeout,
+                    "drain deadline passed; their completions will be discarded"
+                );
+                return false;
+            }
+            let wait = self.changed.notified();
+            let _ = tokio::time::timeout(Duration::from_millis(50), wait).await;
+        }
+    }
+
+    /// Forget `tps`: later completions find no epoch and are discarded.
+    pub fn forget(&self, tps: &[TopicPartition]) {
+        let mut st = self.lock();
+        for tp in tps {
+            st.parts.remove(tp);
+            st.loaded.remove(tp);
+        }
+    }
+
+    /// Commit the completed prefix (and the completed-beyond map as
+    /// metadata) of `only` (all if `None`), if it changed.
+    pub async fn commit(&self, committer: &Committer, only: Option<&[TopicPartition]>) {
+        let _one_at_a_time = self.commit_lock.lock().await;
+        self.commit_locked(committer, only).await;
+    }
+
+    /// [`Runtime::commit`] for a caller already holding `commit_lock`.
+    pub async fn commit_locked(&self, committer: &Committer, only: Option<&[TopicPartition]>) {
+        let offsets = self.commit_points(only);
+        if offsets.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let result = committer.commit_with_metadata(&offsets).await;
+        metrics::histogram!(observe::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                {
+                    let mut st = self.lock();
+                    for (tp, o, m) in &offsets {
+                        if let Some(p) = st.parts.get_mut(tp) {
+                            p.last_commit = Some((*o, m.clone().unwrap_or_default()));
+                        }
+                    }
+                }
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(observe::COMMITS).increment(1);
+                self.observe(Event::Committed(
+                    offsets
+                        .into_iter()
+                        .map(|(tp, o, m)| (tp, o, m.unwrap_or_default()))
+                        .collect(),
+                ));
+            }
+            Err(e) => {
+                self.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(observe::COMMIT_FAILURES).increment(1);
+                tracing::warn!(error = %e, "commit failed; the next one retries (nothing is lost: uncommitted work is redone)");
+            }
+        }
+    }
+
+    fn commit_points(
+        &self,
+        only: Option<&[TopicPartition]>,
+    ) -> Vec<(TopicPartition, i64, Option<String>)> {
+        let limit = self.cfg.metadata_limit;
+        let mut st = self.lock();
+        let mut out = Vec::new();
+        for (tp, p) in st.parts.iter_mut() {
+            if only.is_some_and(|o| !o.contains(tp)) {
+                continue;
+            }
+            let point = p.tracker.commit_point();
+            let end = p.tracker.end();
+            // Done beyond the point: this run's completions, plus loaded
+            // ones not dispatched yet.
+            let mut ranges = ranges_of(p.tracker.done_beyond_commit_point());
+            ranges.extend(
+                p.loaded_done
+                    .iter()
+                    .filter(|(_, e)| *e > end)
+                    .map(|(s, e)| ((*s).max(end), *e)),
+            );
+            let ranges = merge_ranges(ranges);
+            let (meta, fitted) = encode_ranges(point, &ranges, limit);
+            p.metadata_full = fitted < ranges.len();
+            let next = (point, meta);
+            if p.last_commit.as_ref() != Some(&next) {
+                out.push((tp.clone(), next.0, Some(next.1)));
+            }
+        }
+        out
+    }
+}
