@@ -90,11 +90,13 @@ impl std::fmt::Debug for Idempotency {
     }
 }
 
-/// A partition that keeps failing waits on its own; the others go on.
+/// A partition whose records keep exhausting their retries (a downstream
+/// outage, not poison data) waits on its own; the others go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quarantine {
-    /// Records in a row that ended in the DLT (or a retry topic) before
-    /// the partition is quarantined. 0 disables quarantine.
+    /// Records in a row that were dead-lettered after exhausting their
+    /// retries with a *retryable* error, before the partition is
+    /// quarantined. Poison (non-retryable) records never count. 0 disables.
     pub after_failures: u32,
     /// How long a quarantined partition waits before its next record.
     pub pause: Duration,

@@ -70,6 +70,9 @@ pub(crate) struct Runtime {
     pub state: Mutex<State>,
     /// Signalled whenever work finishes (drains wait on it).
     pub changed: Notify,
+    /// Signalled when partitions stop (revoke, loss, shutdown): sleeping
+    /// retries and quarantines wake up and give their records back.
+    pub stopped: Notify,
     pub in_flight_bytes: AtomicUsize,
     pub in_flight_records: AtomicUsize,
     next_epoch: AtomicU64,
@@ -121,6 +124,7 @@ impl Runtime {
             handler,
             stats,
             changed: Notify::new(),
+            stopped: Notify::new(),
             in_flight_bytes: AtomicUsize::new(0),
             in_flight_records: AtomicUsize::new(0),
             next_epoch: AtomicU64::new(1),
@@ -290,6 +294,7 @@ impl Runtime {
         for (tp, w) in &removed {
             self.finish(tp, w, false);
         }
+        self.stopped.notify_waiters();
     }
 
     /// Wait (up to `timeout`) until no record of `tps` (all if `None`) runs.

@@ -56,8 +56,7 @@ impl Runtime {
         // Wait without holding a permit: the other lanes go on meanwhile.
         if let Some(until) = self.wait_until(tp, &items) {
             drop(permit);
-            tokio::time::sleep_until(until).await;
-            if !self.may_continue(tp, epoch) {
+            if !self.sleep_unless_stopped(tp, epoch, until).await {
                 for w in &items {
                     self.finish(tp, w, false);
                 }
@@ -119,8 +118,10 @@ impl Runtime {
                     metrics::counter!(observe::RETRIED).increment(1);
                     tracing::debug!(%tp, offset = records[0].offset, attempt, error = %err, delay = ?d, "retrying");
                     drop(permit); // only this lane waits
-                    tokio::time::sleep(d).await;
-                    if !self.may_continue(tp, epoch) {
+                    if !self
+                        .sleep_unless_stopped(tp, epoch, Instant::now() + d)
+                        .await
+                    {
                         for w in &items {
                             self.finish(tp, w, false);
                         }
@@ -140,6 +141,25 @@ impl Runtime {
         drop(records);
         self.forward_failed(tp, epoch, &items, &err, attempt).await;
         drop(permit);
+    }
+
+    /// Sleep until `until`, waking early when the partition is revoked or
+    /// the runtime stops; `false` if work of `epoch` may not go on.
+    async fn sleep_unless_stopped(&self, tp: &TopicPartition, epoch: u64, until: Instant) -> bool {
+        loop {
+            // Created before the check, so a stop in between is not missed.
+            let stopped = self.stopped.notified();
+            if !self.may_continue(tp, epoch) {
+                return false;
+            }
+            if Instant::now() >= until {
+                return true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {}
+                _ = stopped => {}
+            }
+        }
     }
 
     async fn call_handler(
@@ -325,7 +345,12 @@ impl Runtime {
             }
             self.finish(tp, w, true);
         }
-        self.count_failure(tp);
+        // Poison (non-retryable) records are the DLT's job and never
+        // quarantine; retryable ones that ran out of retries suggest an
+        // outage, and a run of them pauses the partition.
+        if err.is_retryable() && matches!(hop, NextHop::DeadLetter) {
+            self.count_failure(tp);
+        }
     }
 
     /// Write `out` and wait for the acknowledgement, retrying: the
@@ -358,10 +383,12 @@ impl Runtime {
                         .dlt_write_failures
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::error!(%tp, offset, error = %e, target, "could not write the failed record; its partition waits and nothing past it commits");
-                    if !self.may_continue(tp, epoch) {
+                    if !self
+                        .sleep_unless_stopped(tp, epoch, Instant::now() + delay)
+                        .await
+                    {
                         return false;
                     }
-                    tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }

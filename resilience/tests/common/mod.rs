@@ -29,6 +29,8 @@ pub struct Sink {
     pub delay: Duration,
     /// This record never finishes (a hung call).
     pub hang: Option<u32>,
+    /// (record number, attempt) → how long the call takes before applying.
+    pub stall: Arc<dyn Fn(u32, u32) -> Duration + Send + Sync>,
     pub running: AtomicUsize,
     pub peak_running: AtomicUsize,
     pub batch_sizes: Mutex<Vec<usize>>,
@@ -42,6 +44,7 @@ impl Default for Sink {
             fail: Arc::new(|_, _| None),
             delay: Duration::ZERO,
             hang: None,
+            stall: Arc::new(|_, _| Duration::ZERO),
             running: AtomicUsize::new(0),
             peak_running: AtomicUsize::new(0),
             batch_sizes: Mutex::default(),
@@ -79,6 +82,10 @@ impl Sink {
         }
         if self.hang == Some(n) {
             std::future::pending::<()>().await;
+        }
+        let stall = (self.stall)(n, attempt);
+        if !stall.is_zero() {
+            tokio::time::sleep(stall).await;
         }
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak_running.fetch_max(now, Ordering::SeqCst);

@@ -1,0 +1,261 @@
+//! Failure handling against the real broker: handler deadlines, the
+//! retry-topic chain, quarantine of a partition whose records keep
+//! exhausting their retries, and a DLT that cannot be written (the
+//! partition stalls; nothing commits past the record).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use consumer_core::{Consumer, TopicPartition};
+use kafka_wire::{NewTopic, ProducerRecord};
+use resilience::config::Quarantine;
+use resilience::dlt;
+use resilience::retry::BackoffPolicy;
+use resilience::{CommitPolicy, HandlerError, Processor, ProcessorConfig};
+
+fn fast_backoff() -> BackoffPolicy {
+    BackoffPolicy {
+        initial: Duration::from_millis(10),
+        ..BackoffPolicy::default()
+    }
+}
+
+async fn committed(b: &testkit::BrokerEnv, group: &str, tp: &TopicPartition) -> Option<i64> {
+    let c = Consumer::connect(group_consumer(b, group)).await.unwrap();
+    c.committed(std::slice::from_ref(tp))
+        .await
+        .unwrap()
+        .get(tp)
+        .copied()
+}
+
+#[tokio::test]
+async fn a_handler_past_its_deadline_is_retried_not_waited_for() {
+    const N: u32 = 50;
+    let b = testkit::require_broker!();
+    let (_admin, topic) = topic_with_records(&b, "deadline", 1, N).await;
+    let group = testkit::unique_name("deadline");
+    // Every 10th record hangs for 30 s on its first attempt.
+    let sink = Arc::new(Sink {
+        stall: Arc::new(|n, attempt| {
+            if n % 10 == 0 && attempt == 1 {
+                Duration::from_secs(30)
+            } else {
+                Duration::ZERO
+            }
+        }),
+        ..Sink::default()
+    });
+    let cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
+        .handler_timeout(Duration::from_millis(300))
+        .backoff(fast_backoff());
+    let run = start(Processor::new(cfg, SinkHandler(sink.clone())));
+    let stats = run.stats.clone();
+    run.wait_finished(u64::from(N), Duration::from_secs(30))
+        .await;
+    run.stop().await;
+    assert_eq!(
+        sink.applied_numbers(),
+        (0..N).collect::<Vec<_>>(),
+        "in order, each once"
+    );
+    assert_eq!(
+        stats.retried.load(AtomicOrdering::Relaxed),
+        5,
+        "one retry per hung call"
+    );
+    assert_eq!(stats.dead_lettered.load(AtomicOrdering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn retry_topics_move_failures_off_the_partition_then_to_the_dlt() {
+    const N: u32 = 100;
+    let b = testkit::require_broker!();
+    let (admin, topic) = topic_with_records(&b, "retrytopics", 1, N).await;
+    let group = testkit::unique_name("retrytopics");
+    // n % 10 == 0: always fails (transient-looking); n % 10 == 1: fails once.
+    let sink = Arc::new(Sink::with_failures(|n, attempt| match n % 10 {
+        0 => Some(HandlerError::Retryable(format!("still down for {n}"))),
+        1 if attempt == 1 => Some(HandlerError::Retryable("blip".into())),
+        _ => None,
+    }));
+    let mut cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
+        .retry_topics(&[Duration::from_millis(200), Duration::from_millis(400)])
+        .dead_letter(producer_config(&b))
+        .commit_policy(CommitPolicy::Interval(Duration::from_millis(100)));
+    cfg.quarantine.after_failures = 0; // ten exhausted records in a row would trip it
+    let run = start(Processor::new(cfg, SinkHandler(sink.clone())));
+    let stats = run.stats.clone();
+    // Each record finishes once in the source topic, and once per hop.
+    let hops = 10 + 10 + 10; // →retry.200ms (always + once), →retry.400ms (always)
+    run.wait_finished(u64::from(N) + hops, Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    run.stop().await;
+
+    let (distinct, dups) = sink.distinct_and_duplicates();
+    let want: BTreeSet<u32> = (0..N).filter(|n| n % 10 != 0).collect();
+    assert_eq!((distinct, dups), (want, 0));
+    let applied = sink.applied_numbers();
+    let pos = |x: u32| applied.iter().position(|n| *n == x).unwrap();
+    assert!(
+        pos(1) > pos(2),
+        "record 1's retry did not block the partition"
+    );
+    assert_eq!(stats.sent_to_retry.load(AtomicOrdering::Relaxed), 30);
+
+    let dead = read_all(
+        &b,
+        &dlt::dlt_topic(&topic),
+        1,
+        10,
+        false,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(dead.len(), 10, "the always-failing records, once each");
+    for r in &dead {
+        let n = number(r);
+        assert_eq!(n % 10, 0);
+        let header = |k: &str| dlt::int_header(r, k);
+        assert_eq!(
+            header(dlt::ATTEMPTS),
+            Some(3),
+            "record {n}: source + 2 retry topics"
+        );
+        assert_eq!(
+            header(dlt::ORIGINAL_OFFSET),
+            Some(i64::from(n)),
+            "origin kept across hops"
+        );
+        let origin = r
+            .headers
+            .iter()
+            .find(|h| h.key.as_ref() == dlt::ORIGINAL_TOPIC.as_bytes());
+        assert_eq!(
+            origin.and_then(|h| h.value.as_deref()),
+            Some(topic.as_bytes())
+        );
+    }
+    for t in [
+        topic.clone(),
+        format!("{topic}.retry.200ms"),
+        format!("{topic}.retry.400ms"),
+    ] {
+        let behind = uncommitted_partitions(&admin, group_consumer(&b, &group), &t, 1).await;
+        assert!(
+            behind.is_empty(),
+            "{t}: not committed to the end: {behind:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failing_partition_quarantines_only_itself() {
+    let b = testkit::require_broker!();
+    let admin = admin(&b).await;
+    let topic = testkit::unique_name("quarantine");
+    admin.create_topic(NewTopic::new(&topic, 2)).await.unwrap();
+    let p = kafka_wire::Producer::with_client(admin.clone(), producer_config(&b));
+    for i in 0..20u32 {
+        p.send(
+            ProducerRecord::new(&topic)
+                .partition(0)
+                .value(i.to_string()),
+        )
+        .await
+        .unwrap();
+    }
+    for i in 1000..1200u32 {
+        p.send(
+            ProducerRecord::new(&topic)
+                .partition(1)
+                .value(i.to_string()),
+        )
+        .await
+        .unwrap();
+    }
+    p.flush().await;
+    let group = testkit::unique_name("quarantine");
+    // Partition 0's dependency is down: every record exhausts its retries.
+    let sink = Arc::new(Sink::with_failures(|n, _| {
+        (n < 1000).then(|| HandlerError::Retryable(format!("dependency down for {n}")))
+    }));
+    let mut cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
+        .backoff(fast_backoff())
+        .dead_letter(producer_config(&b))
+        .commit_policy(CommitPolicy::Interval(Duration::from_millis(100)));
+    cfg.quarantine = Quarantine {
+        after_failures: 3,
+        pause: Duration::from_secs(120),
+    };
+    let run = start(Processor::new(cfg, SinkHandler(sink.clone())));
+    let stats = run.stats.clone();
+    let healthy_done = eventually(Duration::from_secs(30), || {
+        sink.applied_numbers().len() == 200
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dead = stats.dead_lettered.load(AtomicOrdering::Relaxed);
+    let quarantines = stats.quarantines.load(AtomicOrdering::Relaxed);
+    run.stop().await;
+    assert!(
+        healthy_done,
+        "the healthy partition did not finish while the other was quarantined"
+    );
+    assert_eq!(
+        (dead, quarantines),
+        (3, 1),
+        "3 exhausted records, then quarantine"
+    );
+    assert_eq!(
+        committed(&b, &group, &TopicPartition::new(&topic, 0)).await,
+        Some(3)
+    );
+    assert_eq!(
+        committed(&b, &group, &TopicPartition::new(&topic, 1)).await,
+        Some(200)
+    );
+}
+
+#[tokio::test]
+async fn without_a_writable_dlt_the_partition_stalls_and_nothing_commits_past_the_record() {
+    const N: u32 = 20;
+    let b = testkit::require_broker!();
+    let (_admin, topic) = topic_with_records(&b, "stall", 1, N).await;
+    let group = testkit::unique_name("stall");
+    let sink = Arc::new(Sink::with_failures(|n, _| {
+        (n == 5).then(|| HandlerError::NonRetryable("poison".into()))
+    }));
+    let mut cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
+        .commit_policy(CommitPolicy::Interval(Duration::from_millis(100)))
+        .drain_timeout(Duration::from_secs(2));
+    cfg.quarantine.after_failures = 0;
+    // No dead_letter(...) producer: the failed record cannot be parked.
+    let run = start(Processor::new(cfg, SinkHandler(sink.clone())));
+    let stats = run.stats.clone();
+    assert!(
+        eventually(Duration::from_secs(30), || stats
+            .dlt_write_failures
+            .load(AtomicOrdering::Relaxed)
+            >= 3)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    run.stop().await;
+    assert_eq!(
+        sink.applied_numbers(),
+        (0..5).collect::<Vec<_>>(),
+        "nothing after the stalled record"
+    );
+    assert_eq!(
+        committed(&b, &group, &TopicPartition::new(&topic, 0)).await,
+        Some(5),
+        "committed up to, never past, the record that could not be dead-lettered"
+    );
+}
