@@ -9,7 +9,9 @@ use kafka_wire::{ClientConfig, ClientConfigBuilder};
 pub struct ConnectArgs {
     /// bootstrap.servers (host:port,…).
     #[arg(
+        short = 'b',
         long,
+        visible_alias = "bootstrap-server",
         env = "KAFKA_BOOTSTRAP",
         default_value = "127.0.0.1:9092",
         global = true

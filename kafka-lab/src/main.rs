@@ -1,13 +1,15 @@
 //! `kafka-lab`: the lab CLI.
 //!
-//! Tools: `check`, `topics`, `produce`, `consume`, `groups`. The lab's
+//! Tools: `check`, `topics`, `produce`, `consume`, `process`, `groups`. The lab's
 //! failure scenarios (naive vs resilient) are not built yet.
 
 mod connect;
 mod consume;
 mod groups;
 mod json;
+mod process;
 mod produce;
+mod prometheus;
 mod topics;
 
 use std::time::Instant;
@@ -42,6 +44,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Consume a topic as a group member or from given partitions.
     Consume(consume::ConsumeArgs),
+    /// Run the resilient runtime on a topic with a simulated handler
+    /// (poison, transient failures, latency), DLT and optional Prometheus metrics.
+    Process(process::ProcessArgs),
     /// List or describe consumer groups (members, offsets, lag).
     Groups {
         #[command(subcommand)]
@@ -76,6 +81,7 @@ async fn run() -> anyhow::Result<()> {
             topics::run(&client, command).await
         }
         Command::Consume(args) => consume::run(&cli.connect, args).await,
+        Command::Process(args) => process::run(&cli.connect, args).await,
         Command::Groups { command } => {
             let client = Client::connect(cli.connect.client_config()?).await?;
             groups::run(&cli.connect, &client, command).await

@@ -221,3 +221,93 @@ fn consume_as_a_group_commits_and_groups_describe_shows_lag() {
     );
     assert!(out.contains("consumed 4 records"), "{out}");
 }
+
+#[test]
+fn process_dead_letters_poison_and_serves_prometheus_metrics() {
+    let broker = testkit::require_broker!();
+    let b = broker.bootstrap.as_str();
+    let topic = testkit::unique_name("lab-process");
+    run_ok(
+        &["-b", b, "topics", "create", &topic, "--partitions", "1"],
+        None,
+    );
+    run_ok(
+        &["-b", b, "produce", "--topic", &topic, "--count", "200"],
+        None,
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let group = testkit::unique_name("lab-process");
+    let child = lab()
+        .args([
+            "-b",
+            b,
+            "process",
+            "--topic",
+            &topic,
+            "--group",
+            &group,
+            "--poison-every",
+            "50",
+            "--seconds",
+            "6",
+            "--metrics-addr",
+            &addr,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Offsets 0, 50, 100, 150 are poison.
+    assert!(stdout.contains("196 handled"), "{stdout}");
+    assert!(stdout.contains("4 dead-lettered"), "{stdout}");
+    assert!(
+        metrics.contains("resilience_records_dead_lettered_total 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("resilience_handler_seconds_count"),
+        "{metrics}"
+    );
+    let dlt = run_ok(
+        &[
+            "-b",
+            b,
+            "consume",
+            "--topic",
+            &format!("{topic}.DLT"),
+            "--partitions",
+            "0",
+            "--idle-exit-ms",
+            "2000",
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(
+        dlt.lines().filter(|l| l.starts_with('{')).count(),
+        4,
+        "{dlt}"
+    );
+}
