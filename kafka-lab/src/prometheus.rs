@@ -151,8 +151,9 @@ impl Prometheus {
             while let Ok((mut sock, _)) = listener.accept().await {
                 let body = served.render();
                 tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    let _ = sock.read(&mut buf).await; // one request; its path is ignored
+                    // One request, read once; its path is ignored.
+                    let mut buf = Vec::with_capacity(1024);
+                    let _ = sock.read_buf(&mut buf).await;
                     let head = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                         body.len()
