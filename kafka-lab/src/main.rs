@@ -47,6 +47,11 @@ enum Command {
     /// Run the resilient runtime on a topic with a simulated handler
     /// (poison, transient failures, latency), DLT and optional Prometheus metrics.
     Process(process::ProcessArgs),
+    /// Run a failure scenario (naive vs resilient) and print its report.
+    Scenario {
+        /// rebalance, crash, poison, chaos, ambiguous-commit, dlt-unavailable, or all.
+        name: String,
+    },
     /// List or describe consumer groups (members, offsets, lag).
     Groups {
         #[command(subcommand)]
@@ -82,6 +87,7 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Consume(args) => consume::run(&cli.connect, args).await,
         Command::Process(args) => process::run(&cli.connect, args).await,
+        Command::Scenario { name } => scenario(&cli.connect, &name).await,
         Command::Groups { command } => {
             let client = Client::connect(cli.connect.client_config()?).await?;
             groups::run(&cli.connect, &client, command).await
@@ -146,6 +152,47 @@ async fn check(args: &connect::ConnectArgs) -> anyhow::Result<()> {
             t.partitions.len(),
             if t.is_internal { "  (internal)" } else { "" }
         );
+    }
+    Ok(())
+}
+
+/// Run one scenario (or all) against `--bootstrap` and print the table.
+async fn scenario(connect: &connect::ConnectArgs, name: &str) -> anyhow::Result<()> {
+    use sim_tests::scenarios::{self, Report};
+    let broker = testkit::BrokerEnv {
+        bootstrap: connect.bootstrap.clone(),
+        bootstrap_ssl: None,
+        bootstrap_sasl_ssl: None,
+        ca_pem: None,
+        client_cert_pem: None,
+        client_key_pem: None,
+        sasl_user: None,
+        sasl_password: None,
+    };
+    let names: Vec<&str> = if name == "all" {
+        scenarios::NAMES.to_vec()
+    } else {
+        vec![name]
+    };
+    let mut all = Vec::new();
+    for n in names {
+        eprintln!("scenario {n}: running (naive, then resilient)…");
+        let started = Instant::now();
+        let reports = scenarios::run_by_name(&broker, n).await.ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown scenario {n}; one of: {}",
+                scenarios::NAMES.join(", ")
+            )
+        })?;
+        eprintln!(
+            "scenario {n}: done in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        all.extend(reports);
+    }
+    println!("{}", Report::header());
+    for r in &all {
+        println!("{r}");
     }
     Ok(())
 }

@@ -4,4 +4,6 @@
 //! `cargo xtask broker up` (and PostgreSQL from `cargo xtask postgres up`).
 //! The tests live in `tests/`; [`support`] holds what they share.
 
+pub mod proxy;
+pub mod scenarios;
 pub mod support;

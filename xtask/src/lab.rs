@@ -1,7 +1,8 @@
 //! `cargo xtask lab`: start the broker (or use `KAFKA_BOOTSTRAP`) and run the lab.
 //!
-//! Today the lab is `kafka-lab check`: connect, negotiate versions, list
-//! topics. The failure scenarios land here as they are built.
+//! By default: `kafka-lab check` (connect, negotiate versions, list topics),
+//! then `kafka-lab scenario all`: each classic failure run by a naive
+//! consumer and by the runtime, with a table of counts.
 
 use anyhow::Context;
 
@@ -13,7 +14,7 @@ pub struct Args {
     /// Stop the broker afterwards (by default it keeps running for you to explore).
     #[arg(long)]
     down: bool,
-    /// Arguments passed to `kafka-lab` (default: `check`).
+    /// Arguments passed to `kafka-lab` (default: `check`, then `scenario all`).
     #[arg(last = true)]
     lab_args: Vec<String>,
 }
@@ -26,25 +27,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         started = running.started_now;
         env = running.env;
     }
-    let lab_args = if args.lab_args.is_empty() {
-        vec!["check".to_string()]
+    let runs: Vec<Vec<String>> = if args.lab_args.is_empty() {
+        vec![
+            vec!["check".to_string()],
+            vec!["scenario".to_string(), "all".to_string()],
+        ]
     } else {
-        args.lab_args
+        vec![args.lab_args]
     };
-    let result = shell::run(
-        shell::cargo()
-            .args([
-                "run",
-                "--quiet",
-                "--release",
-                "--package",
-                "kafka-lab",
-                "--",
-            ])
-            .args(&lab_args)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
-    )
-    .context("kafka-lab failed");
+    let mut result = Ok(());
+    for lab_args in runs {
+        result = shell::run(
+            shell::cargo()
+                .args([
+                    "run",
+                    "--quiet",
+                    "--release",
+                    "--package",
+                    "kafka-lab",
+                    "--",
+                ])
+                .args(&lab_args)
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+        )
+        .with_context(|| format!("kafka-lab {} failed", lab_args.join(" ")));
+        if result.is_err() {
+            break;
+        }
+    }
     if args.down && started {
         broker::down(broker::KAFKA_VERSION)?;
     } else if started {
