@@ -94,11 +94,14 @@ impl GroupTask {
                 closing = true;
                 m.close();
             }
-            if self.polled.has_changed().unwrap_or(false) {
-                let at = *self.polled.borrow_and_update();
-                m.polled(at);
-            }
-            while let Some(action) = m.poll_action(std::time::Instant::now()) {
+            loop {
+                // The latest poll time, before every decision: an action
+                // (a JoinGroup can block for the whole rebalance) may have
+                // taken long while the application kept polling.
+                self.feed_poll_time(&mut m);
+                let Some(action) = m.poll_action(std::time::Instant::now()) else {
+                    break;
+                };
                 if let Action::Fatal(msg) = &action {
                     tracing::error!(group = %self.group_id, "{msg}");
                     let _ = self.events.send(GroupEvent::Fatal(msg.clone())).await;
@@ -120,6 +123,16 @@ impl GroupTask {
                 _ = self.polled.changed() => {}
                 _ = self.close.changed() => {}
             }
+        }
+    }
+
+    /// Hand the application's last poll time to the state machine. Read
+    /// with `borrow`, not `has_changed`: `changed()` in the wait below marks
+    /// the value seen, and a poll seen that way must still reach `m`.
+    fn feed_poll_time(&mut self, m: &mut Membership) {
+        let at = *self.polled.borrow_and_update();
+        if at > m.last_poll() {
+            m.polled(at);
         }
     }
 

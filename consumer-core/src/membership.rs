@@ -517,6 +517,11 @@ impl Membership {
         }
     }
 
+    /// When the application last polled (as told by [`Membership::polled`]).
+    pub fn last_poll(&self) -> Instant {
+        self.last_poll
+    }
+
     /// The application called poll: it is alive.
     pub fn polled(&mut self, now: Instant) {
         self.last_poll = now;

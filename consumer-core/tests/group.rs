@@ -358,3 +358,46 @@ async fn heartbeats_continue_while_a_slow_revoke_callback_runs() {
         "a kept its other partitions (not expelled)"
     );
 }
+
+#[tokio::test]
+async fn a_member_that_keeps_polling_stays_past_max_poll_interval() {
+    // Regression: the group task once consumed poll notifications without
+    // recording them, so a member polling every 50 ms still "timed out"
+    // after max.poll.interval.ms and left (losing its partitions).
+    let b = testkit::require_broker!();
+    let admin = common::client(&b).await;
+    let topic = testkit::unique_name("keeps-polling");
+    admin.create_topic(NewTopic::new(&topic, 2)).await.unwrap();
+    let group = testkit::unique_name("keeps-polling");
+    let mut c = Consumer::connect(
+        common::config(&b, Some(&group))
+            .set("max.poll.interval.ms", "1500")
+            .unwrap()
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let revoked = Arc::new(Revocations::default());
+    c.set_listener(revoked.clone());
+    c.subscribe(&[&topic]).unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while c.generation().is_none() && Instant::now() < end {
+        let _ = c.poll(Duration::from_millis(50)).await;
+    }
+    let generation = c.generation().expect("joined");
+    let end = Instant::now() + Duration::from_millis(4_500); // three intervals
+    while Instant::now() < end {
+        c.poll(Duration::from_millis(50)).await.unwrap();
+    }
+    assert_eq!(
+        c.generation(),
+        Some(generation),
+        "the member left and rejoined"
+    );
+    assert!(
+        revoked.0.lock().unwrap().is_empty(),
+        "partitions were given up"
+    );
+    c.close(Duration::from_secs(5)).await;
+}
