@@ -143,6 +143,25 @@ pub fn dead_letter(
     forward(dlt, &origin, group, record, err, attempts)
 }
 
+/// `out` as a consumer reads it back at `offset` (tests of multi-hop headers).
+#[cfg(test)]
+pub(crate) fn consumed(out: &ProducerRecord, offset: i64) -> Record {
+    Record {
+        offset,
+        timestamp: out.timestamp.unwrap_or(0),
+        key: out.key.clone(),
+        value: out.value.clone(),
+        headers: out
+            .headers
+            .iter()
+            .map(|(k, v)| kafka_wire::records::Header {
+                key: Bytes::from(k.clone()),
+                value: v.clone(),
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,43 +233,13 @@ mod tests {
             &err,
             1,
         );
-        let again = Record {
-            offset: 99,
-            timestamp: 6,
-            key: None,
-            value: hop.value.clone(),
-            headers: hop
-                .headers
-                .iter()
-                .map(|(k, v)| Header {
-                    key: Bytes::from(k.clone()),
-                    value: v.clone(),
-                })
-                .collect(),
-        };
+        let again = consumed(&hop, 99);
         assert_eq!(attempts_so_far(&again), 1);
         let d = dead_letter("orders.DLT", "orders.retry.1s", 0, "g", &again, &err, 2);
         let count = |k: &str| d.headers.iter().filter(|(n, _)| n == k).count();
         assert_eq!(count(ORIGINAL_TOPIC), 1);
         assert_eq!(count(ATTEMPTS), 1);
-        let origin = Provenance::of(
-            "x",
-            0,
-            &Record {
-                offset: 0,
-                timestamp: 0,
-                key: None,
-                value: None,
-                headers: d
-                    .headers
-                    .iter()
-                    .map(|(k, v)| Header {
-                        key: Bytes::from(k.clone()),
-                        value: v.clone(),
-                    })
-                    .collect(),
-            },
-        );
+        let origin = Provenance::of("x", 0, &consumed(&d, 0));
         assert_eq!(
             origin,
             Provenance {

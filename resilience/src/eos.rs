@@ -38,7 +38,6 @@
 //! failed transaction is aborted and its inputs are read again from where
 //! the last committed transaction left them.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -177,20 +176,26 @@ impl TransactionalProcessor {
         group: &str,
     ) -> kafka_wire::Result<()> {
         producer.begin_transaction().await?;
-        let mut offsets: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        let mut offsets: Vec<(String, i32, i64)> = Vec::with_capacity(batches.len());
         for batch in batches {
             for r in &batch.records {
                 for out in self.transform_one(transformer, &batch.tp, r, group).await {
                     producer.send(out).await?;
                     self.stats.records_out.fetch_add(1, Ordering::Relaxed);
                 }
-                offsets.insert(batch.tp.clone(), r.offset + 1);
+            }
+            let Some(next) = batch.records.last().map(|r| r.offset + 1) else {
+                continue;
+            };
+            let tp = &batch.tp;
+            match offsets
+                .iter_mut()
+                .find(|(t, p, _)| *t == tp.topic && *p == tp.partition)
+            {
+                Some(o) => o.2 = o.2.max(next), // two batches of one partition in a poll
+                None => offsets.push((tp.topic.clone(), tp.partition, next)),
             }
         }
-        let offsets: Vec<(String, i32, i64)> = offsets
-            .into_iter()
-            .map(|(tp, o)| (tp.topic, tp.partition, o))
-            .collect();
         producer.send_offsets_to_transaction(&offsets, gm).await?;
         producer.commit_transaction().await?;
         let n: usize = batches.iter().map(|b| b.records.len()).sum();

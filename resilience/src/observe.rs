@@ -83,6 +83,38 @@ impl EventLog {
         self.0.lock().expect("event log lock").clone()
     }
 
+    /// How many times partitions were assigned (one per rebalance taken part in).
+    pub fn assignments(&self) -> usize {
+        self.events()
+            .iter()
+            .filter(|e| matches!(e, Event::Assigned(_)))
+            .count()
+    }
+
+    /// How many times partitions were lost (not revoked).
+    pub fn losses(&self) -> usize {
+        self.events()
+            .iter()
+            .filter(|e| matches!(e, Event::Lost(_)))
+            .count()
+    }
+
+    /// Commits that moved a partition's offset backwards. The runtime promises zero.
+    pub fn commit_regressions(&self) -> usize {
+        let mut last: std::collections::HashMap<TopicPartition, i64> = Default::default();
+        let mut bad = 0;
+        for e in self.events() {
+            if let Event::Committed(offsets) = e {
+                for (tp, o, _) in offsets {
+                    if last.insert(tp, o).is_some_and(|prev| prev > o) {
+                        bad += 1;
+                    }
+                }
+            }
+        }
+        bad
+    }
+
     /// Commits that landed for a partition after its revocation (or loss)
     /// and before it was assigned again. The runtime promises zero.
     pub fn commits_after_revoke(&self) -> Vec<(TopicPartition, i64)> {

@@ -126,7 +126,6 @@ pub fn due_ms(record: &Record) -> Option<i64> {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use kafka_wire::records::Header;
 
     #[test]
     fn names_and_chain() {
@@ -192,20 +191,7 @@ mod tests {
             &rec,
             &err,
         );
-        let back = Record {
-            offset: 0,
-            timestamp: 2,
-            key: hop.key.clone(),
-            value: None,
-            headers: hop
-                .headers
-                .iter()
-                .map(|(k, v)| Header {
-                    key: Bytes::from(k.clone()),
-                    value: v.clone(),
-                })
-                .collect(),
-        };
+        let back = dlt::consumed(&hop, 0);
         assert_eq!(due_ms(&back), Some(11_000));
         assert_eq!(dlt::attempts_so_far(&back), 1);
         let hop2 = to_retry_topic(

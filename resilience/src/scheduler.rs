@@ -16,6 +16,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use consumer_core::TopicPartition;
 
@@ -32,7 +33,8 @@ pub enum Ordering {
 }
 
 /// A lane: the partition and a sub-lane (key hash, record number, or 0).
-pub type LaneId = (TopicPartition, u64);
+/// The partition is shared, so naming a lane never allocates.
+pub type LaneId = (Arc<TopicPartition>, u64);
 
 const NO_KEY_LANE: u64 = u64::MAX;
 
@@ -42,14 +44,21 @@ struct Lane<T> {
     busy: bool,
 }
 
+/// The lanes of one partition.
+#[derive(Debug)]
+struct PartitionLanes<T> {
+    tp: Arc<TopicPartition>,
+    lanes: HashMap<u64, Lane<T>>,
+}
+
 /// Lanes of pending work and which of them may start.
 #[derive(Debug)]
 pub struct Scheduler<T> {
     ordering: Ordering,
     max_batch: usize,
-    lanes: HashMap<LaneId, Lane<T>>,
+    partitions: HashMap<TopicPartition, PartitionLanes<T>>,
     /// Lanes that were idle with pending work when last touched (may hold
-    /// lanes emptied since by `remove_partition`; `next` skips them).
+    /// lanes emptied since by `remove_partition`; `next_unit` skips them).
     ready: VecDeque<LaneId>,
     next_record_lane: u64,
     pending: usize,
@@ -61,7 +70,7 @@ impl<T> Scheduler<T> {
         Self {
             ordering,
             max_batch: max_batch.max(1),
-            lanes: HashMap::new(),
+            partitions: HashMap::new(),
             ready: VecDeque::new(),
             next_record_lane: 0,
             pending: 0,
@@ -83,15 +92,27 @@ impl<T> Scheduler<T> {
         }
     }
 
+    fn lane_mut(&mut self, id: &LaneId) -> Option<&mut Lane<T>> {
+        self.partitions.get_mut(&*id.0)?.lanes.get_mut(&id.1)
+    }
+
     /// Queue `item` of partition `tp` with record key `key`.
     pub fn push(&mut self, tp: &TopicPartition, key: Option<&[u8]>, item: T) {
-        let id = (tp.clone(), self.lane_of(key));
-        let lane = self.lanes.entry(id.clone()).or_insert_with(|| Lane {
+        let sub = self.lane_of(key);
+        if !self.partitions.contains_key(tp) {
+            let lanes = PartitionLanes {
+                tp: Arc::new(tp.clone()),
+                lanes: HashMap::new(),
+            };
+            self.partitions.insert(tp.clone(), lanes);
+        }
+        let part = self.partitions.get_mut(tp).expect("inserted above");
+        let lane = part.lanes.entry(sub).or_insert_with(|| Lane {
             pending: VecDeque::new(),
             busy: false,
         });
         if lane.pending.is_empty() && !lane.busy {
-            self.ready.push_back(id);
+            self.ready.push_back((part.tp.clone(), sub));
         }
         lane.pending.push_back(item);
         self.pending += 1;
@@ -100,14 +121,15 @@ impl<T> Scheduler<T> {
     /// The next unit of work: up to `max_batch` items of one idle lane,
     /// which is busy until [`Scheduler::done`].
     pub fn next_unit(&mut self) -> Option<(LaneId, Vec<T>)> {
+        let max_batch = self.max_batch;
         while let Some(id) = self.ready.pop_front() {
-            let Some(lane) = self.lanes.get_mut(&id) else {
+            let Some(lane) = self.lane_mut(&id) else {
                 continue;
             };
             if lane.busy || lane.pending.is_empty() {
                 continue;
             }
-            let take = lane.pending.len().min(self.max_batch);
+            let take = lane.pending.len().min(max_batch);
             let items: Vec<T> = lane.pending.drain(..take).collect();
             lane.busy = true;
             self.pending -= items.len();
@@ -118,12 +140,18 @@ impl<T> Scheduler<T> {
 
     /// The unit of work of `lane` finished: its next items may start.
     pub fn done(&mut self, id: &LaneId) {
-        let Some(lane) = self.lanes.get_mut(id) else {
+        let Some(part) = self.partitions.get_mut(&*id.0) else {
+            return;
+        };
+        let Some(lane) = part.lanes.get_mut(&id.1) else {
             return;
         };
         lane.busy = false;
         if lane.pending.is_empty() {
-            self.lanes.remove(id);
+            part.lanes.remove(&id.1);
+            if part.lanes.is_empty() {
+                self.partitions.remove(&*id.0);
+            }
         } else {
             self.ready.push_back(id.clone());
         }
@@ -132,14 +160,17 @@ impl<T> Scheduler<T> {
     /// Take every pending (not started) item of `tp`, in no particular
     /// order. Running units stay busy until `done`.
     pub fn remove_partition(&mut self, tp: &TopicPartition) -> Vec<T> {
+        let Some(part) = self.partitions.get_mut(tp) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
-        self.lanes.retain(|(t, _), lane| {
-            if t != tp {
-                return true;
-            }
+        part.lanes.retain(|_, lane| {
             out.extend(lane.pending.drain(..));
             lane.busy
         });
+        if part.lanes.is_empty() {
+            self.partitions.remove(tp);
+        }
         self.pending -= out.len();
         out
     }

@@ -59,6 +59,23 @@ pub trait BatchHandler: Send + Sync + 'static {
     ) -> HandlerFuture<'a>;
 }
 
+/// A shared handler is a handler (one instance across runs or processors).
+impl<H: Handler> Handler for Arc<H> {
+    fn handle<'a>(&'a self, tp: &'a TopicPartition, record: &'a Record) -> HandlerFuture<'a> {
+        (**self).handle(tp, record)
+    }
+}
+
+impl<H: BatchHandler> BatchHandler for Arc<H> {
+    fn handle_batch<'a>(
+        &'a self,
+        tp: &'a TopicPartition,
+        records: &'a [Record],
+    ) -> HandlerFuture<'a> {
+        (**self).handle_batch(tp, records)
+    }
+}
+
 pub(crate) enum AnyHandler {
     One(Arc<dyn Handler>),
     Batch(Arc<dyn BatchHandler>),
@@ -216,10 +233,6 @@ impl Processor {
             for batch in batches {
                 rt.dispatch(batch);
             }
-            let records = rt.in_flight_records.load(Ordering::Acquire);
-            rt.stats
-                .peak_in_flight_records
-                .fetch_max(records, Ordering::Relaxed);
             apply_backpressure(&rt, &mut consumer, &mut paused, &mut globally_paused);
             if last_lag.elapsed() >= Duration::from_secs(1) {
                 last_lag = Instant::now();
@@ -335,7 +348,11 @@ async fn create_failure_topics(client: &Client, cfg: &ProcessorConfig) {
             }
             match client.create_topic(NewTopic::new(&name, partitions)).await {
                 Ok(()) => tracing::info!(topic = %name, partitions, "created"),
-                Err(e) if e.to_string().contains("TopicAlreadyExists") => {}
+                // Another member created it first.
+                Err(kafka_wire::Error::Broker {
+                    code: kafka_wire::error::KafkaCode::TopicAlreadyExists,
+                    ..
+                }) => {}
                 Err(e) => {
                     tracing::warn!(topic = %name, error = %e, "could not create; records that need it will wait")
                 }

@@ -24,7 +24,16 @@ use crate::scheduler::Scheduler;
 #[derive(Debug)]
 pub(crate) struct Work {
     pub record: Record,
+    pub ticket: Ticket,
+}
+
+/// What finishing a record needs to know about it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket {
+    pub offset: i64,
+    /// The assignment epoch it was dispatched in.
     pub epoch: u64,
+    /// Its share of the in-flight bytes.
     pub bytes: usize,
 }
 
@@ -202,26 +211,26 @@ impl Runtime {
                 added_bytes += bytes;
                 added += 1;
                 p.queued += 1;
-                let key = record.key.clone();
-                sched.push(
-                    &tp,
-                    key.as_deref(),
-                    Work {
-                        record,
-                        epoch,
-                        bytes,
-                    },
-                );
+                let ticket = Ticket {
+                    offset: record.offset,
+                    epoch,
+                    bytes,
+                };
+                let key = record.key.clone(); // a refcount, not a copy
+                sched.push(&tp, key.as_deref(), Work { record, ticket });
             }
         }
         let now = self
             .in_flight_bytes
             .fetch_add(added_bytes, Ordering::AcqRel)
             + added_bytes;
-        self.in_flight_records.fetch_add(added, Ordering::AcqRel);
+        let records = self.in_flight_records.fetch_add(added, Ordering::AcqRel) + added;
         self.stats
             .peak_in_flight_bytes
             .fetch_max(now, Ordering::Relaxed);
+        self.stats
+            .peak_in_flight_records
+            .fetch_max(records, Ordering::Relaxed);
         self.pump();
     }
 
@@ -246,20 +255,35 @@ impl Runtime {
     /// A worker is done with a record: `handled` (or forwarded and acked)
     /// records complete in the tracker; skipped ones do not, so they are
     /// never committed. A stale epoch touches no tracker.
-    pub fn finish(&self, tp: &TopicPartition, work: &Work, handled: bool) {
-        if let Some(p) = self
-            .lock()
-            .parts
-            .get_mut(tp)
-            .filter(|p| p.tracker.epoch() == work.epoch)
+    pub fn finish(&self, tp: &TopicPartition, t: Ticket, handled: bool) {
+        self.finish_all(tp, [t], handled);
+    }
+
+    /// [`Runtime::finish`] for several records of `tp`, under one lock.
+    pub fn finish_all(
+        &self,
+        tp: &TopicPartition,
+        tickets: impl IntoIterator<Item = Ticket>,
+        handled: bool,
+    ) {
+        let (mut records, mut bytes) = (0, 0);
         {
-            if handled {
-                let _ = p.tracker.complete(work.epoch, work.record.offset);
+            let mut st = self.lock();
+            let mut part = st.parts.get_mut(tp);
+            for t in tickets {
+                records += 1;
+                bytes += t.bytes;
+                // A stale epoch (revoked, maybe reassigned since) touches no tracker.
+                if let Some(p) = part.as_deref_mut().filter(|p| p.tracker.epoch() == t.epoch) {
+                    if handled {
+                        let _ = p.tracker.complete(t.epoch, t.offset);
+                    }
+                    p.queued = p.queued.saturating_sub(1);
+                }
             }
-            p.queued = p.queued.saturating_sub(1);
         }
-        self.in_flight_bytes.fetch_sub(work.bytes, Ordering::AcqRel);
-        self.in_flight_records.fetch_sub(1, Ordering::AcqRel);
+        self.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.in_flight_records.fetch_sub(records, Ordering::AcqRel);
         self.changed.notify_waiters();
     }
 
@@ -275,24 +299,15 @@ impl Runtime {
     /// Stop starting records of `tps` (revoke or shutdown): queued records
     /// are skipped (the next owner gets them) and running ones may finish.
     pub fn stop_partitions(&self, tps: &[TopicPartition]) {
-        let removed: Vec<(TopicPartition, Work)> = {
-            let mut st = self.lock();
-            let mut removed = Vec::new();
-            for tp in tps {
+        for tp in tps {
+            let removed = {
+                let mut st = self.lock();
                 if let Some(p) = st.parts.get_mut(tp) {
                     p.revoking = true;
                 }
-                removed.extend(
-                    st.sched
-                        .remove_partition(tp)
-                        .into_iter()
-                        .map(|w| (tp.clone(), w)),
-                );
-            }
-            removed
-        };
-        for (tp, w) in &removed {
-            self.finish(tp, w, false);
+                st.sched.remove_partition(tp)
+            };
+            self.finish_all(tp, removed.into_iter().map(|w| w.ticket), false);
         }
         self.stopped.notify_waiters();
     }

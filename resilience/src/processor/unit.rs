@@ -15,7 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::runtime::{Runtime, Work};
+use super::runtime::{Runtime, Ticket, Work};
 use super::AnyHandler;
 use crate::observe::{self, Event};
 use crate::retry::{Decision, HandlerError};
@@ -39,13 +39,10 @@ impl Runtime {
         items: Vec<Work>,
         mut permit: OwnedSemaphorePermit,
     ) {
-        let tp = &lane.0;
-        let epoch = items.first().map_or(0, |w| w.epoch);
+        let tp: &TopicPartition = &lane.0;
+        let epoch = items.first().map_or(0, |w| w.ticket.epoch);
         if !self.may_continue(tp, epoch) {
-            for w in &items {
-                self.finish(tp, w, false);
-            }
-            return;
+            return self.finish_all(tp, items.iter().map(|w| w.ticket), false);
         }
         let Some((items, keys)) = self.skip_duplicates(tp, items).await else {
             return;
@@ -53,24 +50,17 @@ impl Runtime {
         if items.is_empty() {
             return;
         }
+        let (records, tickets): (Vec<Record>, Vec<Ticket>) =
+            items.into_iter().map(|w| (w.record, w.ticket)).unzip();
         // Wait without holding a permit: the other lanes go on meanwhile.
-        if let Some(until) = self.wait_until(tp, &items) {
+        if let Some(until) = self.wait_until(tp, &records) {
             drop(permit);
             if !self.sleep_unless_stopped(tp, epoch, until).await {
-                for w in &items {
-                    self.finish(tp, w, false);
-                }
-                return;
+                return self.finish_all(tp, tickets, false);
             }
-            permit = self
-                .permits
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("permits open");
+            permit = self.permit().await;
         }
 
-        let records: Vec<&Record> = items.iter().map(|w| &w.record).collect();
         let mut delays = self.cfg.backoff.delays(rand_unit);
         let mut attempt = 1u32;
         let err = loop {
@@ -90,24 +80,18 @@ impl Runtime {
                     self.mark_done(&keys).await;
                     self.stats
                         .handled
-                        .fetch_add(items.len() as u64, Ordering::Relaxed);
-                    metrics::counter!(observe::HANDLED).increment(items.len() as u64);
+                        .fetch_add(records.len() as u64, Ordering::Relaxed);
+                    metrics::counter!(observe::HANDLED).increment(records.len() as u64);
                     if let Some(p) = self.lock().parts.get_mut(tp) {
                         p.failures_in_row = 0;
                     }
-                    for w in &items {
-                        self.finish(tp, w, true);
-                    }
-                    return;
+                    return self.finish_all(tp, tickets, true);
                 }
                 Err(e) => e,
             };
             if !self.may_continue(tp, epoch) {
                 // Revoked meanwhile: the next owner handles these records.
-                for w in &items {
-                    self.finish(tp, w, false);
-                }
-                return;
+                return self.finish_all(tp, tickets, false);
             }
             if self.cfg.retry_topics.is_some() {
                 break err; // no blocking retry: the retry topic is the retry
@@ -122,25 +106,25 @@ impl Runtime {
                         .sleep_unless_stopped(tp, epoch, Instant::now() + d)
                         .await
                     {
-                        for w in &items {
-                            self.finish(tp, w, false);
-                        }
-                        return;
+                        return self.finish_all(tp, tickets, false);
                     }
-                    permit = self
-                        .permits
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("permits open");
+                    permit = self.permit().await;
                     attempt += 1;
                 }
                 Decision::DeadLetter => break err,
             }
         };
-        drop(records);
-        self.forward_failed(tp, epoch, &items, &err, attempt).await;
+        self.forward_failed(tp, epoch, &records, &tickets, &err, attempt)
+            .await;
         drop(permit);
+    }
+
+    async fn permit(&self) -> OwnedSemaphorePermit {
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the permits are never closed")
     }
 
     /// Sleep until `until`, waking early when the partition is revoked or
@@ -165,15 +149,12 @@ impl Runtime {
     async fn call_handler(
         &self,
         tp: &TopicPartition,
-        records: &[&Record],
+        records: &[Record],
     ) -> Result<(), HandlerError> {
         let call = async {
             match &self.handler {
-                AnyHandler::One(h) => h.handle(tp, records[0]).await,
-                AnyHandler::Batch(h) => {
-                    let owned: Vec<Record> = records.iter().map(|r| (*r).clone()).collect();
-                    h.handle_batch(tp, &owned).await
-                }
+                AnyHandler::One(h) => h.handle(tp, &records[0]).await,
+                AnyHandler::Batch(h) => h.handle_batch(tp, records).await,
             }
         };
         match self.cfg.handler_timeout {
@@ -188,7 +169,7 @@ impl Runtime {
 
     /// When this unit may start: after a quarantine, and (for a retry
     /// topic's records) when the last of them is due.
-    fn wait_until(&self, tp: &TopicPartition, items: &[Work]) -> Option<Instant> {
+    fn wait_until(&self, tp: &TopicPartition, records: &[Record]) -> Option<Instant> {
         let quarantine = self
             .lock()
             .parts
@@ -196,9 +177,9 @@ impl Runtime {
             .and_then(|p| p.quarantined_until)
             .filter(|u| *u > Instant::now());
         let due = if self.retry_index.contains_key(&tp.topic) {
-            items
+            records
                 .iter()
-                .filter_map(|w| retry_topics::due_ms(&w.record))
+                .filter_map(retry_topics::due_ms)
                 .max()
                 .map(|due| due - now_ms())
                 .filter(|ms| *ms > 0)
@@ -209,8 +190,40 @@ impl Runtime {
         quarantine.max(due)
     }
 
+    /// Retry `op` until it succeeds, pausing 50 ms, doubling up to 5 s, and
+    /// telling `failed` about each error. With a `fence` (partition, epoch),
+    /// give up (`None`) once that work may not go on; without one, never.
+    async fn until_ok<T, E, Fut>(
+        &self,
+        fence: Option<(&TopicPartition, u64)>,
+        mut op: impl FnMut() -> Fut,
+        failed: impl Fn(&E),
+    ) -> Option<T>
+    where
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match op().await {
+                Ok(v) => return Some(v),
+                Err(e) => failed(&e),
+            }
+            let until = Instant::now() + delay;
+            match fence {
+                Some((tp, epoch)) => {
+                    if !self.sleep_unless_stopped(tp, epoch, until).await {
+                        return None;
+                    }
+                }
+                None => tokio::time::sleep_until(until).await,
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
     /// Drop records whose side effects were already applied (idempotency
-    /// store), completing them. `None` if the partition went away.
+    /// store), completing them. `None` if the partition went away meanwhile
+    /// (every record is then given back).
     async fn skip_duplicates(
         &self,
         tp: &TopicPartition,
@@ -227,31 +240,28 @@ impl Runtime {
                 keep.push(w);
                 continue;
             };
-            let mut delay = Duration::from_millis(50);
-            let seen = loop {
-                match idem.store.seen(&key).await {
-                    Ok(seen) => break seen,
-                    Err(e) => {
-                        tracing::error!(%tp, offset = w.record.offset, error = %e, "idempotency store unavailable; partition waits");
-                        if !self.may_continue(tp, w.epoch) {
-                            self.finish(tp, &w, false);
-                            for rest in keep.iter().chain(items.as_slice()) {
-                                self.finish(tp, rest, false);
-                            }
-                            return None;
-                        }
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
+            let seen = self
+                .until_ok(
+                    Some((tp, w.ticket.epoch)),
+                    || idem.store.seen(&key),
+                    |e| tracing::error!(%tp, offset = w.record.offset, error = %e, "idempotency store unavailable; partition waits"),
+                )
+                .await;
+            match seen {
+                None => {
+                    let rest = std::iter::once(&w).chain(&keep).chain(items.as_slice());
+                    self.finish_all(tp, rest.map(|w| w.ticket), false);
+                    return None;
                 }
-            };
-            if seen {
-                self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(observe::DEDUPLICATED).increment(1);
-                self.finish(tp, &w, true);
-            } else {
-                keep.push(w);
-                keys.push(key);
+                Some(true) => {
+                    self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(observe::DEDUPLICATED).increment(1);
+                    self.finish(tp, w.ticket, true);
+                }
+                Some(false) => {
+                    keep.push(w);
+                    keys.push(key);
+                }
             }
         }
         Some((keep, keys))
@@ -264,12 +274,12 @@ impl Runtime {
             return;
         };
         for key in keys {
-            let mut delay = Duration::from_millis(50);
-            while let Err(e) = idem.store.mark(key).await {
-                tracing::error!(key, error = %e, "could not mark an event processed; retrying before its offset may commit");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
+            self.until_ok(
+                None,
+                || idem.store.mark(key),
+                |e| tracing::error!(key, error = %e, "could not mark an event processed; retrying before its offset may commit"),
+            )
+            .await;
         }
     }
 
@@ -279,7 +289,8 @@ impl Runtime {
         &self,
         tp: &TopicPartition,
         epoch: u64,
-        items: &[Work],
+        records: &[Record],
+        tickets: &[Ticket],
         err: &HandlerError,
         attempts: u32,
     ) {
@@ -289,7 +300,7 @@ impl Runtime {
             None => NextHop::DeadLetter,
         };
         let dlt = (self.cfg.dlt_topic)(source);
-        for w in items {
+        for (record, ticket) in records.iter().zip(tickets) {
             let (out, target) = match &hop {
                 NextHop::Retry { topic, delay } => (
                     retry_topics::to_retry_topic(
@@ -299,7 +310,7 @@ impl Runtime {
                         &tp.topic,
                         tp.partition,
                         &self.group,
-                        &w.record,
+                        record,
                         err,
                     ),
                     topic.as_str(),
@@ -310,28 +321,30 @@ impl Runtime {
                         &tp.topic,
                         tp.partition,
                         &self.group,
-                        &w.record,
+                        record,
                         err,
-                        crate::dlt::attempts_so_far(&w.record) + attempts,
+                        crate::dlt::attempts_so_far(record) + attempts,
                     ),
                     dlt.as_str(),
                 ),
             };
             if !self
-                .write_until_acked(tp, epoch, w.record.offset, target, out)
+                .write_until_acked(tp, epoch, record.offset, target, out)
                 .await
             {
-                self.finish(tp, w, false);
+                self.finish(tp, *ticket, false);
                 continue;
             }
+            let offset = record.offset;
             match &hop {
                 NextHop::Retry { topic, .. } => {
                     self.stats.sent_to_retry.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(observe::SENT_TO_RETRY_TOPIC).increment(1);
+                    let topic = topic.clone();
                     self.observe(Event::SentToRetryTopic {
                         tp: tp.clone(),
-                        offset: w.record.offset,
-                        topic: topic.clone(),
+                        offset,
+                        topic,
                     });
                 }
                 NextHop::DeadLetter => {
@@ -339,11 +352,11 @@ impl Runtime {
                     metrics::counter!(observe::DEAD_LETTERED).increment(1);
                     self.observe(Event::DeadLettered {
                         tp: tp.clone(),
-                        offset: w.record.offset,
+                        offset,
                     });
                 }
             }
-            self.finish(tp, w, true);
+            self.finish(tp, *ticket, true);
         }
         // Poison (non-retryable) records are the DLT's job and never
         // quarantine; retryable ones that ran out of retries suggest an
@@ -364,35 +377,25 @@ impl Runtime {
         target: &str,
         out: ProducerRecord,
     ) -> bool {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let result = match &self.producer {
-                Some(p) => match p.send(out.clone()).await {
-                    Ok(d) => d.await.map(|_| ()).map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                },
-                None => {
-                    Err("no dead-letter producer configured (ProcessorConfig::dead_letter)".into())
-                }
+        let write = || async {
+            let Some(p) = &self.producer else {
+                return Err(
+                    "no dead-letter producer configured (ProcessorConfig::dead_letter)".to_string(),
+                );
             };
-            match result {
-                Ok(()) => return true,
-                Err(e) => {
-                    metrics::counter!(observe::DLT_WRITE_FAILURES).increment(1);
-                    self.stats
-                        .dlt_write_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(%tp, offset, error = %e, target, "could not write the failed record; its partition waits and nothing past it commits");
-                    if !self
-                        .sleep_unless_stopped(tp, epoch, Instant::now() + delay)
-                        .await
-                    {
-                        return false;
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+            let delivery = p.send(out.clone()).await.map_err(|e| e.to_string())?;
+            delivery.await.map(|_| ()).map_err(|e| e.to_string())
+        };
+        let failed = |e: &String| {
+            metrics::counter!(observe::DLT_WRITE_FAILURES).increment(1);
+            self.stats
+                .dlt_write_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%tp, offset, error = %e, target, "could not write the failed record; its partition waits and nothing past it commits");
+        };
+        self.until_ok(Some((tp, epoch)), write, failed)
+            .await
+            .is_some()
     }
 
     /// One more failure in a row; quarantine the partition at the threshold.
