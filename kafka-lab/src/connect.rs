@@ -65,11 +65,17 @@ impl ConnectArgs {
             }
         }
         for kv in &self.properties {
-            let (k, v) = kv
-                .split_once('=')
-                .with_context(|| format!("-X {kv:?}: expected key=value"))?;
-            b = b.set(k.trim(), v.trim())?;
+            let (k, v) = key_value("-X", kv)?;
+            b = b.set(k, v)?;
         }
         Ok(b)
     }
+}
+
+/// Split a `key=value` flag argument (both sides trimmed); the error names the flag.
+pub fn key_value<'a>(flag: &str, kv: &'a str) -> anyhow::Result<(&'a str, &'a str)> {
+    let (k, v) = kv
+        .split_once('=')
+        .with_context(|| format!("{flag} {kv:?}: expected key=value"))?;
+    Ok((k.trim(), v.trim()))
 }

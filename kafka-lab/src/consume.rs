@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use base64::Engine;
 use clap::Args;
 use consumer_core::{Consumer, ConsumerConfig, TopicPartition};
@@ -112,10 +112,8 @@ pub async fn run(connect: &ConnectArgs, args: ConsumeArgs) -> anyhow::Result<()>
         b = b.set("group.instance.id", i)?;
     }
     for kv in &args.consumer_properties {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("-C {kv:?}: expected key=value"))?;
-        b = b.set(k.trim(), v.trim())?;
+        let (k, v) = crate::connect::key_value("-C", kv)?;
+        b = b.set(k, v)?;
     }
     let mut consumer = Consumer::connect(b.build()?).await?;
     if args.group.is_some() {

@@ -1,7 +1,8 @@
 //! `kafka-lab`: the lab CLI.
 //!
-//! Tools: `check`, `topics`, `produce`, `consume`, `process`, `groups`. The lab's
-//! failure scenarios (naive vs resilient) are not built yet.
+//! Tools: `check`, `topics`, `produce`, `consume`, `process`, `groups`, and
+//! `scenario`: the classic failures run naively and with the runtime
+//! (`sim_tests::scenarios`), with a table of counts.
 
 mod connect;
 mod consume;
@@ -159,16 +160,7 @@ async fn check(args: &connect::ConnectArgs) -> anyhow::Result<()> {
 /// Run one scenario (or all) against `--bootstrap` and print the table.
 async fn scenario(connect: &connect::ConnectArgs, name: &str) -> anyhow::Result<()> {
     use sim_tests::scenarios::{self, Report};
-    let broker = testkit::BrokerEnv {
-        bootstrap: connect.bootstrap.clone(),
-        bootstrap_ssl: None,
-        bootstrap_sasl_ssl: None,
-        ca_pem: None,
-        client_cert_pem: None,
-        client_key_pem: None,
-        sasl_user: None,
-        sasl_password: None,
-    };
+    let broker = testkit::BrokerEnv::plaintext(connect.bootstrap.clone());
     let names: Vec<&str> = if name == "all" {
         scenarios::NAMES.to_vec()
     } else {

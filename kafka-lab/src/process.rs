@@ -84,21 +84,17 @@ pub async fn run(connect: &ConnectArgs, args: ProcessArgs) -> anyhow::Result<()>
     if let Some(addr) = &args.metrics_addr {
         crate::prometheus::Prometheus::install_and_serve(addr).await?;
     }
-    let client = connect.client_builder()?;
+    let (consumer_client, dlt_client) = (connect.client_builder()?, connect.client_builder()?);
     let mut b = ConsumerConfig::builder()
-        .client(|_| client)
+        .client(|_| consumer_client)
         .group_id(&args.group)
         .set("auto.offset.reset", "earliest")?;
     for kv in &args.consumer_properties {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("-C wants key=value, got {kv}"))?;
+        let (k, v) = crate::connect::key_value("-C", kv)?;
         b = b.set(k, v)?;
     }
     let consumer = b.build()?;
-    let dlt = ProducerConfig::builder()
-        .client(|_| connect.client_builder().expect("checked above"))
-        .build()?;
+    let dlt = ProducerConfig::builder().client(|_| dlt_client).build()?;
     let ordering = match args.ordering.as_str() {
         "per-partition" => Ordering::PerPartition,
         "per-key" => Ordering::PerKey,

@@ -126,10 +126,8 @@ fn config(args: &ProduceArgs, connect: &ConnectArgs) -> anyhow::Result<ProducerC
         b = b.transactional_id(id);
     }
     for kv in &args.producer_properties {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("-P {kv:?}: expected key=value"))?;
-        b = b.set(k.trim(), v.trim())?;
+        let (k, v) = crate::connect::key_value("-P", kv)?;
+        b = b.set(k, v)?;
     }
     Ok(b.build()?)
 }
@@ -140,9 +138,8 @@ pub async fn run(connect: &ConnectArgs, client: &Client, args: ProduceArgs) -> a
         .headers
         .iter()
         .map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_string(), Some(Bytes::from(v.to_string()))))
-                .with_context(|| format!("--header {kv:?}: expected key=value"))
+            let (k, v) = crate::connect::key_value("--header", kv)?;
+            Ok((k.to_string(), Some(Bytes::from(v.to_string()))))
         })
         .collect::<anyhow::Result<_>>()?;
     if args.transactional_id.is_some() {

@@ -1,6 +1,5 @@
 //! `kafka-lab topics create | list | delete`.
 
-use anyhow::Context;
 use clap::Subcommand;
 use kafka_wire::{Client, NewTopic};
 
@@ -39,10 +38,8 @@ pub async fn run(client: &Client, cmd: TopicsCommand) -> anyhow::Result<()> {
             let mut t = NewTopic::new(&topic, partitions);
             t.replication_factor = replication_factor;
             for kv in &configs {
-                let (k, v) = kv
-                    .split_once('=')
-                    .with_context(|| format!("--config {kv:?}: expected key=value"))?;
-                t = t.config(k.trim(), v.trim());
+                let (k, v) = crate::connect::key_value("--config", kv)?;
+                t = t.config(k, v);
             }
             client.create_topic(t).await?;
             println!("created {topic} ({partitions} partitions)");

@@ -11,28 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use consumer_core::{Consumer, TopicPartition};
+use consumer_core::TopicPartition;
 use kafka_wire::{NewTopic, ProducerRecord};
 use resilience::config::Quarantine;
 use resilience::dlt;
-use resilience::retry::BackoffPolicy;
 use resilience::{CommitPolicy, HandlerError, Processor, ProcessorConfig};
-
-fn fast_backoff() -> BackoffPolicy {
-    BackoffPolicy {
-        initial: Duration::from_millis(10),
-        ..BackoffPolicy::default()
-    }
-}
-
-async fn committed(b: &testkit::BrokerEnv, group: &str, tp: &TopicPartition) -> Option<i64> {
-    let c = Consumer::connect(group_consumer(b, group)).await.unwrap();
-    c.committed(std::slice::from_ref(tp))
-        .await
-        .unwrap()
-        .get(tp)
-        .copied()
-}
 
 #[tokio::test]
 async fn a_handler_past_its_deadline_is_retried_not_waited_for() {
@@ -41,20 +24,18 @@ async fn a_handler_past_its_deadline_is_retried_not_waited_for() {
     let (_admin, topic) = topic_with_records(&b, "deadline", 1, N).await;
     let group = testkit::unique_name("deadline");
     // Every 10th record hangs for 30 s on its first attempt.
-    let sink = Arc::new(Sink {
-        stall: Arc::new(|n, attempt| {
-            if n % 10 == 0 && attempt == 1 {
-                Duration::from_secs(30)
-            } else {
-                Duration::ZERO
-            }
-        }),
-        ..Sink::default()
+    let sink = Arc::new(Sink::default());
+    let behaviour: Behaviour = Arc::new(|n, attempt| {
+        Ok(if n % 10 == 0 && attempt == 1 {
+            Duration::from_secs(30)
+        } else {
+            Duration::ZERO
+        })
     });
     let cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
         .handler_timeout(Duration::from_millis(300))
         .backoff(fast_backoff());
-    let run = start(Processor::new(cfg, SinkHandler(sink.clone())));
+    let run = start(Processor::new(cfg, SinkHandler::new(&sink, behaviour)));
     let stats = run.stats.clone();
     run.wait_finished(u64::from(N), Duration::from_secs(30))
         .await;
@@ -79,17 +60,18 @@ async fn retry_topics_move_failures_off_the_partition_then_to_the_dlt() {
     let (admin, topic) = topic_with_records(&b, "retrytopics", 1, N).await;
     let group = testkit::unique_name("retrytopics");
     // n % 10 == 0: always fails (transient-looking); n % 10 == 1: fails once.
-    let sink = Arc::new(Sink::with_failures(|n, attempt| match n % 10 {
+    let sink = Arc::new(Sink::default());
+    let behaviour = failing(|n, attempt| match n % 10 {
         0 => Some(HandlerError::Retryable(format!("still down for {n}"))),
         1 if attempt == 1 => Some(HandlerError::Retryable("blip".into())),
         _ => None,
-    }));
+    });
     let mut cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
         .retry_topics(&[Duration::from_millis(200), Duration::from_millis(400)])
         .dead_letter(producer_config(&b))
         .commit_policy(CommitPolicy::Interval(Duration::from_millis(100)));
     cfg.quarantine.after_failures = 0; // ten exhausted records in a row would trip it
-    let run = start(Processor::new(cfg, SinkHandler(sink.clone())));
+    let run = start(Processor::new(cfg, SinkHandler::new(&sink, behaviour)));
     let stats = run.stats.clone();
     // Each record finishes once in the source topic, and once per hop.
     let hops = 10 + 10 + 10; // →retry.200ms (always + once), →retry.400ms (always)
@@ -147,7 +129,7 @@ async fn retry_topics_move_failures_off_the_partition_then_to_the_dlt() {
         format!("{topic}.retry.200ms"),
         format!("{topic}.retry.400ms"),
     ] {
-        let behind = uncommitted_partitions(&admin, group_consumer(&b, &group), &t, 1).await;
+        let behind = uncommitted_partitions(&b, &admin, &group, &t, 1).await;
         assert!(
             behind.is_empty(),
             "{t}: not committed to the end: {behind:?}"
@@ -183,9 +165,10 @@ async fn a_failing_partition_quarantines_only_itself() {
     p.flush().await;
     let group = testkit::unique_name("quarantine");
     // Partition 0's dependency is down: every record exhausts its retries.
-    let sink = Arc::new(Sink::with_failures(|n, _| {
+    let sink = Arc::new(Sink::default());
+    let behaviour = failing(|n, _| {
         (n < 1000).then(|| HandlerError::Retryable(format!("dependency down for {n}")))
-    }));
+    });
     let mut cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
         .backoff(fast_backoff())
         .dead_letter(producer_config(&b))
@@ -194,7 +177,7 @@ async fn a_failing_partition_quarantines_only_itself() {
         after_failures: 3,
         pause: Duration::from_secs(120),
     };
-    let run = start(Processor::new(cfg, SinkHandler(sink.clone())));
+    let run = start(Processor::new(cfg, SinkHandler::new(&sink, behaviour)));
     let stats = run.stats.clone();
     let healthy_done = eventually(Duration::from_secs(30), || {
         sink.applied_numbers().len() == 200
@@ -214,11 +197,11 @@ async fn a_failing_partition_quarantines_only_itself() {
         "3 exhausted records, then quarantine"
     );
     assert_eq!(
-        committed(&b, &group, &TopicPartition::new(&topic, 0)).await,
+        committed_offset(&b, &group, &TopicPartition::new(&topic, 0)).await,
         Some(3)
     );
     assert_eq!(
-        committed(&b, &group, &TopicPartition::new(&topic, 1)).await,
+        committed_offset(&b, &group, &TopicPartition::new(&topic, 1)).await,
         Some(200)
     );
 }
@@ -229,15 +212,14 @@ async fn without_a_writable_dlt_the_partition_stalls_and_nothing_commits_past_th
     let b = testkit::require_broker!();
     let (_admin, topic) = topic_with_records(&b, "stall", 1, N).await;
     let group = testkit::unique_name("stall");
-    let sink = Arc::new(Sink::with_failures(|n, _| {
-        (n == 5).then(|| HandlerError::NonRetryable("poison".into()))
-    }));
+    let sink = Arc::new(Sink::default());
+    let behaviour = failing(|n, _| (n == 5).then(|| HandlerError::NonRetryable("poison".into())));
     let mut cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
         .commit_policy(CommitPolicy::Interval(Duration::from_millis(100)))
         .drain_timeout(Duration::from_secs(2));
     cfg.quarantine.after_failures = 0;
     // No dead_letter(...) producer: the failed record cannot be parked.
-    let run = start(Processor::new(cfg, SinkHandler(sink.clone())));
+    let run = start(Processor::new(cfg, SinkHandler::new(&sink, behaviour)));
     let stats = run.stats.clone();
     assert!(
         eventually(Duration::from_secs(30), || stats
@@ -254,7 +236,7 @@ async fn without_a_writable_dlt_the_partition_stalls_and_nothing_commits_past_th
         "nothing after the stalled record"
     );
     assert_eq!(
-        committed(&b, &group, &TopicPartition::new(&topic, 0)).await,
+        committed_offset(&b, &group, &TopicPartition::new(&topic, 0)).await,
         Some(5),
         "committed up to, never past, the record that could not be dead-lettered"
     );

@@ -23,9 +23,13 @@ async fn completed_offsets_travel_in_commit_metadata_and_are_not_redone_after_a_
     let group = testkit::unique_name("metadata");
     let tp = TopicPartition::new(&topic, 0);
     // Record 0 hangs: the commit point stays at 0 while 1..N complete.
-    let first = Arc::new(Sink {
-        hang: Some(0),
-        ..Sink::default()
+    let first = Arc::new(Sink::default());
+    let hang_on_0: Behaviour = Arc::new(|n, _| {
+        Ok(if n == 0 {
+            Duration::from_secs(3600)
+        } else {
+            Duration::ZERO
+        })
     });
     let cfg = || {
         ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
@@ -33,7 +37,7 @@ async fn completed_offsets_travel_in_commit_metadata_and_are_not_redone_after_a_
             .concurrency(16)
             .commit_policy(CommitPolicy::Interval(Duration::from_millis(100)))
     };
-    let run = start(Processor::new(cfg(), SinkHandler(first.clone())));
+    let run = start(Processor::new(cfg(), SinkHandler::new(&first, hang_on_0)));
     assert!(
         eventually(Duration::from_secs(30), || first.applied_numbers().len()
             == N as usize - 1)
@@ -58,7 +62,7 @@ async fn completed_offsets_travel_in_commit_metadata_and_are_not_redone_after_a_
     drop(checker);
 
     let second = Arc::new(Sink::default());
-    let run = start(Processor::new(cfg(), SinkHandler(second.clone())));
+    let run = start(Processor::new(cfg(), SinkHandler::new(&second, instant())));
     let stats = run.stats.clone();
     run.wait_finished(u64::from(N), Duration::from_secs(30))
         .await;
@@ -100,11 +104,11 @@ async fn a_dedup_store_makes_the_redelivery_after_a_crash_harmless() {
                 cfg
             }
         };
-        let run = start(Processor::new(cfg(), SinkHandler(sink.clone())));
+        let run = start(Processor::new(cfg(), SinkHandler::new(&sink, instant())));
         run.wait_finished(u64::from(N), Duration::from_secs(30))
             .await;
         run.crash().await; // nothing committed: everything comes again
-        let run = start(Processor::new(cfg(), SinkHandler(sink.clone())));
+        let run = start(Processor::new(cfg(), SinkHandler::new(&sink, instant())));
         let stats = run.stats.clone();
         run.wait_finished(u64::from(N), Duration::from_secs(60))
             .await;

@@ -14,15 +14,7 @@ use common::*;
 use kafka_wire::records::Record;
 use kafka_wire::NewTopic;
 use resilience::observe::EventLog;
-use resilience::retry::BackoffPolicy;
 use resilience::{HandlerError, Ordering, Processor, ProcessorConfig};
-
-fn fast_backoff() -> BackoffPolicy {
-    BackoffPolicy {
-        initial: Duration::from_millis(10),
-        ..BackoffPolicy::default()
-    }
-}
 
 #[tokio::test]
 async fn poison_and_transient_failures_end_in_exactly_one_place() {
@@ -34,23 +26,20 @@ async fn poison_and_transient_failures_end_in_exactly_one_place() {
         .await
         .unwrap();
     let group = testkit::unique_name("proc-group");
-    let consumer = group_consumer(&b, &group);
-    let cfg = ProcessorConfig::new(consumer.clone(), &[&topic])
+    let cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
         .backoff(fast_backoff())
         .commit_policy(resilience::CommitPolicy::Interval(Duration::from_millis(
             200,
         )))
         .dead_letter(producer_config(&b));
     // Every 20th record is poison; every 20th+1 fails once.
-    let sink = Arc::new(Sink {
-        delay: Duration::from_micros(200),
-        ..Sink::with_failures(|n, attempt| match n % 20 {
-            0 => Some(HandlerError::NonRetryable(format!("poison {n}"))),
-            1 if attempt == 1 => Some(HandlerError::Retryable("downstream hiccup".into())),
-            _ => None,
-        })
+    let sink = Arc::new(Sink::default());
+    let behaviour: Behaviour = Arc::new(|n, attempt| match n % 20 {
+        0 => Err(HandlerError::NonRetryable(format!("poison {n}"))),
+        1 if attempt == 1 => Err(HandlerError::Retryable("downstream hiccup".into())),
+        _ => Ok(Duration::from_micros(200)),
     });
-    let run = start(Processor::new(cfg, SinkHandler(sink.clone())));
+    let run = start(Processor::new(cfg, SinkHandler::new(&sink, behaviour)));
     run.wait_finished(u64::from(N), Duration::from_secs(60))
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await; // one more commit interval
@@ -105,7 +94,7 @@ async fn poison_and_transient_failures_end_in_exactly_one_place() {
             "original key kept"
         );
     }
-    let behind = uncommitted_partitions(&admin, consumer, &topic, 3).await;
+    let behind = uncommitted_partitions(&b, &admin, &group, &topic, 3).await;
     assert!(
         behind.is_empty(),
         "committed offsets short of the end: {behind:?}"
@@ -123,10 +112,8 @@ async fn a_member_joining_mid_run_causes_no_duplicate_no_loss_and_no_commit_afte
     let (_admin, topic) = topic_with_records(&b, "proc-rebalance", 4, TOTAL).await;
     let group = testkit::unique_name("proc-rebalance");
     let consumer = group_consumer(&b, &group);
-    let sink = Arc::new(Sink {
-        delay: Duration::from_millis(1),
-        ..Sink::default()
-    });
+    let sink = Arc::new(Sink::default());
+    let handler = || SinkHandler::new(&sink, taking(Duration::from_millis(1)));
     let (log1, log2) = (Arc::new(EventLog::default()), Arc::new(EventLog::default()));
     let cfg = |log: &Arc<EventLog>| {
         ProcessorConfig::new(consumer.clone(), &[&topic])
@@ -135,17 +122,9 @@ async fn a_member_joining_mid_run_causes_no_duplicate_no_loss_and_no_commit_afte
             )))
             .observer(log.clone())
     };
-    let run1 = start(Processor::new(cfg(&log1), SinkHandler(sink.clone())));
-    assert!(
-        eventually(Duration::from_secs(30), || sink
-            .applied
-            .lock()
-            .unwrap()
-            .len()
-            >= 300)
-        .await
-    );
-    let run2 = start(Processor::new(cfg(&log2), SinkHandler(sink.clone())));
+    let run1 = start(Processor::new(cfg(&log1), handler()));
+    assert!(eventually(Duration::from_secs(30), || sink.applied().len() >= 300).await);
+    let run2 = start(Processor::new(cfg(&log2), handler()));
     let stats2 = run2.stats.clone();
     eventually(Duration::from_secs(60), || {
         sink.distinct_and_duplicates().0.len() as u32 == TOTAL
@@ -178,22 +157,20 @@ async fn every_ordering_mode_handles_each_record_once_and_keeps_its_order() {
     let b = testkit::require_broker!();
     // 8 keys over 2 partitions: per-key mode may run keys of one partition
     // in parallel, and must keep each key's order.
-    let (_admin, topic) =
-        topic_with_keyed_records(&b, "proc-modes", 2, N, |i| format!("key{}", i % 8)).await;
+    let admin = admin(&b).await;
+    let topic = numbered_topic(&b, &admin, "proc-modes", 2, N, |i| format!("key{}", i % 8)).await;
     for mode in [
         Ordering::PerPartition,
         Ordering::PerKey,
         Ordering::Unordered,
     ] {
         let group = testkit::unique_name("proc-modes");
-        let sink = Arc::new(Sink {
-            delay: Duration::from_millis(2),
-            ..Sink::default()
-        });
+        let sink = Arc::new(Sink::default());
         let cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
             .ordering(mode)
             .concurrency(16);
-        let run = start(Processor::new(cfg, SinkHandler(sink.clone())));
+        let handler = SinkHandler::new(&sink, taking(Duration::from_millis(2)));
+        let run = start(Processor::new(cfg, handler));
         run.wait_finished(u64::from(N), Duration::from_secs(60))
             .await;
         run.stop().await;
@@ -204,8 +181,8 @@ async fn every_ordering_mode_handles_each_record_once_and_keeps_its_order() {
             (N, 0),
             "{mode:?}: lost or duplicated"
         );
-        let applied = sink.applied.lock().unwrap().clone();
-        let peak = sink.peak_running.load(AtomicOrdering::SeqCst);
+        let applied = sink.applied();
+        let peak = sink.peak_running();
         // Producer order within a key is offset order (same key → same partition).
         let mut per_key: HashMap<u32, Vec<u32>> = HashMap::new();
         let mut per_partition: HashMap<i32, Vec<u32>> = HashMap::new();
@@ -243,13 +220,17 @@ async fn a_batch_handler_gets_consecutive_records_of_a_partition() {
     let group = testkit::unique_name("proc-batch");
     let sink = Arc::new(Sink::default());
     let cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic]);
-    let run = start(Processor::batched(cfg, SinkHandler(sink.clone()), 50));
+    let run = start(Processor::batched(
+        cfg,
+        SinkHandler::new(&sink, instant()),
+        50,
+    ));
     run.wait_finished(u64::from(N), Duration::from_secs(60))
         .await;
     run.stop().await;
     let applied = sink.applied_numbers();
     assert_eq!(applied, (0..N).collect::<Vec<_>>(), "in order, each once");
-    let sizes = sink.batch_sizes.lock().unwrap().clone();
+    let sizes = sink.batch_sizes();
     assert!(
         sizes.iter().all(|s| *s <= 50),
         "a batch above max_batch: {sizes:?}"

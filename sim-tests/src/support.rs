@@ -1,15 +1,20 @@
-//! Shared set-up: topics, producing, group consumers, a running processor,
-//! and a handler that counts side effects by record value.
+//! What every real-broker test of the runtime shares (the scenarios here,
+//! `resilience`'s own integration tests, the PostgreSQL tests): topics of
+//! numbered records, group consumers, a running processor, and a
+//! [`Sink`] that records side effects with injectable failures and delays.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use consumer_core::{ConsumerConfig, ConsumerError, TopicPartition};
+use consumer_core::{Consumer, ConsumerConfig, ConsumerError, TopicPartition};
 use kafka_wire::records::Record;
-use kafka_wire::{Client, ClientConfig, NewTopic, Producer, ProducerConfig, ProducerRecord};
-use resilience::processor::HandlerFuture;
-use resilience::{Handler, Processor, Stats};
+use kafka_wire::{
+    Client, ClientConfig, NewTopic, OffsetSpec, Producer, ProducerConfig, ProducerRecord,
+};
+use resilience::processor::{BatchHandler, HandlerFuture};
+use resilience::{Handler, HandlerError, Processor, Stats};
 
 pub async fn admin(b: &testkit::BrokerEnv) -> Client {
     Client::connect(
@@ -54,20 +59,49 @@ pub async fn produce(
     p.flush().await;
 }
 
-/// A group member reading from the earliest offset, with a short session.
-pub fn group_consumer(b: &testkit::BrokerEnv, group: &str) -> ConsumerConfig {
-    ConsumerConfig::builder()
+/// A new topic holding values "0".."n-1", keyed by `key(i)`.
+pub async fn numbered_topic(
+    b: &testkit::BrokerEnv,
+    admin: &Client,
+    prefix: &str,
+    partitions: i32,
+    n: u32,
+    key: impl Fn(u32) -> String,
+) -> String {
+    let topic = create_topic(admin, prefix, partitions).await;
+    produce(
+        admin,
+        b,
+        (0..n).map(|i| ProducerRecord::new(&topic).key(key(i)).value(i.to_string())),
+    )
+    .await;
+    topic
+}
+
+/// A group member reading from the earliest offset, with a short session,
+/// plus `props` (Kafka property names).
+pub fn group_consumer_with(
+    b: &testkit::BrokerEnv,
+    group: &str,
+    props: &[(&str, &str)],
+) -> ConsumerConfig {
+    let mut builder = ConsumerConfig::builder()
         .bootstrap(&b.bootstrap)
         .expect("bootstrap")
-        .group_id(group)
-        .set("auto.offset.reset", "earliest")
-        .expect("reset")
-        .set("session.timeout.ms", "6000")
-        .expect("session")
-        .set("heartbeat.interval.ms", "300")
-        .expect("heartbeat")
-        .build()
-        .expect("config")
+        .group_id(group);
+    let defaults = [
+        ("auto.offset.reset", "earliest"),
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "300"),
+    ];
+    for (k, v) in defaults.iter().chain(props) {
+        builder = builder.set(k, v).expect("a valid consumer property");
+    }
+    builder.build().expect("config")
+}
+
+pub fn group_consumer(b: &testkit::BrokerEnv, group: &str) -> ConsumerConfig {
+    group_consumer_with(b, group, &[])
 }
 
 /// A processor running on its own task.
@@ -105,40 +139,251 @@ impl Running {
 
     /// Wait until `n` records reached an end (or `timeout`); returns how many did.
     pub async fn wait_finished(&self, n: u64, timeout: Duration) -> u64 {
-        let end = Instant::now() + timeout;
-        loop {
-            let done = self.stats.finished();
-            if done >= n || Instant::now() > end {
-                return done;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        eventually(timeout, || self.stats.finished() >= n).await;
+        self.stats.finished()
+    }
+}
+
+/// Wait until `cond` holds (or `timeout`); returns whether it did.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+/// Every record of `topic` (read_committed if `committed_only`), until
+/// `want` arrived or `timeout`, and a little longer to catch extras.
+pub async fn read_all(
+    b: &testkit::BrokerEnv,
+    topic: &str,
+    partitions: i32,
+    want: usize,
+    committed_only: bool,
+    timeout: Duration,
+) -> Vec<Record> {
+    let mut cfg = ConsumerConfig::builder()
+        .bootstrap(&b.bootstrap)
+        .expect("bootstrap")
+        .set("auto.offset.reset", "earliest")
+        .expect("reset");
+    if committed_only {
+        cfg = cfg
+            .set("isolation.level", "read_committed")
+            .expect("isolation");
+    }
+    let mut c = Consumer::connect(cfg.build().expect("config"))
+        .await
+        .expect("connect");
+    let tps: Vec<TopicPartition> = (0..partitions)
+        .map(|p| TopicPartition::new(topic, p))
+        .collect();
+    c.assign(&tps);
+    let mut out = Vec::new();
+    let end = Instant::now() + timeout;
+    while out.len() < want && Instant::now() < end {
+        for batch in c.poll(Duration::from_millis(200)).await.expect("poll") {
+            out.extend(batch.records);
+        }
+    }
+    for batch in c.poll(Duration::from_millis(300)).await.expect("poll") {
+        out.extend(batch.records);
+    }
+    out
+}
+
+/// The partitions of `topic` whose committed offset (for `group`) is not
+/// the log end: partition → (committed, end).
+pub async fn uncommitted_partitions(
+    b: &testkit::BrokerEnv,
+    admin: &Client,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> BTreeMap<i32, (Option<i64>, i64)> {
+    let ends = admin
+        .list_offsets(topic, OffsetSpec::Latest)
+        .await
+        .expect("list offsets");
+    let checker = Consumer::connect(group_consumer(b, group))
+        .await
+        .expect("connect");
+    let tps: Vec<TopicPartition> = (0..partitions)
+        .map(|p| TopicPartition::new(topic, p))
+        .collect();
+    let committed = checker.committed(&tps).await.expect("committed");
+    ends.into_iter()
+        .filter_map(|(p, end)| {
+            let c = committed.get(&TopicPartition::new(topic, p)).copied();
+            (c != Some(end)).then_some((p, (c, end)))
+        })
+        .collect()
+}
+
+/// The offset `group` committed for `tp`, if any.
+pub async fn committed_offset(
+    b: &testkit::BrokerEnv,
+    group: &str,
+    tp: &TopicPartition,
+) -> Option<i64> {
+    Consumer::connect(group_consumer(b, group))
+        .await
+        .expect("connect")
+        .committed(std::slice::from_ref(tp))
+        .await
+        .expect("committed")
+        .get(tp)
+        .copied()
+}
+
+/// The number a record's value holds (`u32::MAX` if none).
+pub fn number(r: &Record) -> u32 {
+    std::str::from_utf8(r.value.as_deref().unwrap_or_default())
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+/// What handling record `n` does on attempt `attempt`: take this long and
+/// apply, or fail. A very long duration is a hung call.
+pub type Behaviour = Arc<dyn Fn(u32, u32) -> Result<Duration, HandlerError> + Send + Sync>;
+
+/// Every record applies at once.
+pub fn instant() -> Behaviour {
+    Arc::new(|_, _| Ok(Duration::ZERO))
+}
+
+/// Every record takes `d`.
+pub fn taking(d: Duration) -> Behaviour {
+    Arc::new(move |_, _| Ok(d))
+}
+
+/// Side effects as they were applied, shared by every member of a run.
+#[derive(Debug, Default)]
+pub struct Sink {
+    /// (partition, record number) in application order.
+    applied: Mutex<Vec<(i32, u32)>>,
+    attempts: Mutex<HashMap<u32, u32>>,
+    running: AtomicUsize,
+    peak_running: AtomicUsize,
+    batch_sizes: Mutex<Vec<usize>>,
+}
+
+impl Sink {
+    /// Count an attempt at `n`; returns its number (1 for the first).
+    pub fn attempt(&self, n: u32) -> u32 {
+        let mut a = self.attempts.lock().expect("lock");
+        let e = a.entry(n).or_default();
+        *e += 1;
+        *e
+    }
+
+    pub fn apply(&self, partition: i32, n: u32) {
+        self.applied.lock().expect("lock").push((partition, n));
+    }
+
+    /// Run `behaviour` for record `n` of `partition`: apply it, or fail.
+    pub async fn handle(
+        &self,
+        behaviour: &Behaviour,
+        partition: i32,
+        n: u32,
+    ) -> Result<(), HandlerError> {
+        let took = behaviour(n, self.attempt(n))?;
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak_running.fetch_max(now, Ordering::SeqCst);
+        if !took.is_zero() {
+            tokio::time::sleep(took).await;
+        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        self.apply(partition, n);
+        Ok(())
+    }
+
+    /// (partition, number) in application order.
+    pub fn applied(&self) -> Vec<(i32, u32)> {
+        self.applied.lock().expect("lock").clone()
+    }
+
+    /// Record numbers in application order.
+    pub fn applied_numbers(&self) -> Vec<u32> {
+        self.applied().into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// (distinct records applied, side effects beyond the first per record).
+    pub fn distinct_and_duplicates(&self) -> (BTreeSet<u32>, usize) {
+        let all = self.applied_numbers();
+        let distinct: BTreeSet<u32> = all.iter().copied().collect();
+        let dups = all.len() - distinct.len();
+        (distinct, dups)
+    }
+
+    pub fn distinct(&self) -> usize {
+        self.distinct_and_duplicates().0.len()
+    }
+
+    /// Most calls that ran at once.
+    pub fn peak_running(&self) -> usize {
+        self.peak_running.load(Ordering::SeqCst)
+    }
+
+    /// Sizes of the batches a batch handler got.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        self.batch_sizes.lock().expect("lock").clone()
+    }
+
+    /// Does each partition's application order follow record (= offset) order?
+    pub fn ordered_per_partition(&self) -> bool {
+        let mut last: HashMap<i32, u32> = HashMap::new();
+        self.applied
+            .lock()
+            .expect("lock")
+            .iter()
+            .all(|(p, n)| last.insert(*p, *n).is_none_or(|prev| prev < *n))
+    }
+}
+
+/// A [`Handler`] and [`BatchHandler`] applying numbered records to a [`Sink`].
+pub struct SinkHandler {
+    pub sink: Arc<Sink>,
+    pub behaviour: Behaviour,
+}
+
+impl std::fmt::Debug for SinkHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkHandler").finish_non_exhaustive()
+    }
+}
+
+impl SinkHandler {
+    pub fn new(sink: &Arc<Sink>, behaviour: Behaviour) -> Self {
+        Self {
+            sink: sink.clone(),
+            behaviour,
         }
     }
 }
 
-/// Counts side effects per record value.
-#[derive(Debug, Default)]
-pub struct CountingHandler {
-    pub seen: Mutex<HashMap<String, u32>>,
-}
-
-impl CountingHandler {
-    /// (distinct values, side effects beyond the first per value).
-    pub fn distinct_and_duplicates(&self) -> (usize, usize) {
-        let seen = self.seen.lock().expect("lock");
-        let dups = seen.values().map(|n| (*n as usize).saturating_sub(1)).sum();
-        (seen.len(), dups)
+impl Handler for SinkHandler {
+    fn handle<'a>(&'a self, tp: &'a TopicPartition, r: &'a Record) -> HandlerFuture<'a> {
+        Box::pin(self.sink.handle(&self.behaviour, tp.partition, number(r)))
     }
 }
 
-/// A [`CountingHandler`] shared between runs.
-#[derive(Debug)]
-pub struct SharedCounting(pub Arc<CountingHandler>);
-
-impl Handler for SharedCounting {
-    fn handle<'a>(&'a self, _tp: &'a TopicPartition, r: &'a Record) -> HandlerFuture<'a> {
-        let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned();
-        *self.0.seen.lock().expect("lock").entry(value).or_insert(0) += 1;
-        Box::pin(async { Ok(()) })
+impl BatchHandler for SinkHandler {
+    fn handle_batch<'a>(&'a self, tp: &'a TopicPartition, rs: &'a [Record]) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            self.sink.batch_sizes.lock().expect("lock").push(rs.len());
+            for r in rs {
+                self.sink
+                    .handle(&self.behaviour, tp.partition, number(r))
+                    .await?;
+            }
+            Ok(())
+        })
     }
 }

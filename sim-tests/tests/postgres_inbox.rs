@@ -100,13 +100,13 @@ async fn the_inbox_applies_each_event_once_across_duplicates_and_a_crash() {
             .commit_policy(CommitPolicy::OnRevokeAndShutdown)
             .concurrency(8)
     };
-    let first = support::start(Processor::new(cfg(), SharedLedger(ledger.clone())));
+    let first = support::start(Processor::new(cfg(), ledger.clone()));
     first
         .wait_finished(total / 2, Duration::from_secs(60))
         .await;
     first.crash().await;
 
-    let second = support::start(Processor::new(cfg(), SharedLedger(ledger.clone())));
+    let second = support::start(Processor::new(cfg(), ledger.clone()));
     let end = Instant::now() + Duration::from_secs(90);
     while pg
         .query_i64(&format!("SELECT count(DISTINCT event_id) FROM {table}"))
@@ -142,15 +142,6 @@ async fn the_inbox_applies_each_event_once_across_duplicates_and_a_crash() {
     );
 }
 
-/// The handler shared by both runs (so the counters span the crash).
-struct SharedLedger(Arc<Ledger>);
-
-impl Handler for SharedLedger {
-    fn handle<'a>(&'a self, tp: &'a TopicPartition, r: &'a Record) -> HandlerFuture<'a> {
-        self.0.handle(tp, r)
-    }
-}
-
 #[tokio::test]
 async fn the_postgres_dedup_store_skips_marked_events_in_the_generic_path() {
     const EVENTS: u32 = 200;
@@ -168,13 +159,13 @@ async fn the_postgres_dedup_store_skips_marked_events_in_the_generic_path() {
     });
     support::produce(&admin, &b, records).await;
 
-    let counter = Arc::new(support::CountingHandler::default());
+    let sink = Arc::new(support::Sink::default());
     let group = testkit::unique_name("pg-dedup");
     let cfg = ProcessorConfig::new(support::group_consumer(&b, &group), &[&topic])
         .idempotency(KeySource::Header("event-id".into()), store.clone());
     let run = support::start(Processor::new(
         cfg,
-        support::SharedCounting(counter.clone()),
+        support::SinkHandler::new(&sink, support::instant()),
     ));
     let finished = run
         .wait_finished(u64::from(EVENTS) * 2, Duration::from_secs(60))
@@ -182,6 +173,7 @@ async fn the_postgres_dedup_store_skips_marked_events_in_the_generic_path() {
     let deduplicated = run.stats.deduplicated.load(Ordering::Relaxed);
     run.stop().await;
     assert_eq!(finished, u64::from(EVENTS) * 2);
-    assert_eq!(counter.distinct_and_duplicates(), (EVENTS as usize, 0));
+    let (distinct, dups) = sink.distinct_and_duplicates();
+    assert_eq!((distinct.len(), dups), (EVENTS as usize, 0));
     assert_eq!(deduplicated, u64::from(EVENTS), "each second copy skipped");
 }

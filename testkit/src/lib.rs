@@ -41,6 +41,22 @@ pub struct BrokerEnv {
     pub sasl_password: Option<String>,
 }
 
+impl BrokerEnv {
+    /// A broker known only by its PLAINTEXT address.
+    pub fn plaintext(bootstrap: impl Into<String>) -> BrokerEnv {
+        BrokerEnv {
+            bootstrap: bootstrap.into(),
+            bootstrap_ssl: None,
+            bootstrap_sasl_ssl: None,
+            ca_pem: None,
+            client_cert_pem: None,
+            client_key_pem: None,
+            sasl_user: None,
+            sasl_password: None,
+        }
+    }
+}
+
 /// Is a missing broker a failure (CI, `cargo xtask test`) or a skip?
 pub fn broker_required() -> bool {
     let truthy = |k: &str| {
