@@ -1,7 +1,9 @@
 //! Offsets and memory against the real broker: completed offsets beyond a
 //! stuck record travel in the commit metadata and are not redone after a
 //! crash; a DedupStore turns the redelivery after a crash into zero
-//! duplicate side effects; in-flight bytes stay within the bound.
+//! duplicate side effects; in-flight bytes stay within the bound; a
+//! partition whose completed-offset map outgrows the metadata limit, or
+//! whose queue is full, pauses alone; each commit policy commits when it says.
 
 mod common;
 
@@ -213,5 +215,164 @@ impl resilience::Handler for BurstHandler {
             self.0.lock().unwrap().insert(id);
             Ok(())
         })
+    }
+}
+
+/// Records below 1000 never finish (a hung dependency); the rest are instant.
+fn hang_below_1000() -> Behaviour {
+    Arc::new(|n, _| {
+        Ok(if n < 1000 {
+            Duration::from_secs(3600)
+        } else {
+            Duration::ZERO
+        })
+    })
+}
+
+/// Is `tp` paused after the last pause/resume the log shows?
+fn paused(log: &resilience::observe::EventLog, tp: &TopicPartition) -> bool {
+    use resilience::observe::Event;
+    log.events()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Paused(tps) if tps.contains(tp) => Some(true),
+            Event::Resumed(tps) if tps.contains(tp) => Some(false),
+            _ => None,
+        })
+        .next_back()
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn a_full_partition_queue_pauses_that_partition_only() {
+    let b = testkit::require_broker!();
+    let admin = admin(&b).await;
+    let topic = create_topic(&admin, "queue-bound", 2).await;
+    let records = (0..200u32).flat_map(|i| {
+        [
+            ProducerRecord::new(&topic)
+                .partition(0)
+                .value(i.to_string()),
+            ProducerRecord::new(&topic)
+                .partition(1)
+                .value((1000 + i).to_string()),
+        ]
+    });
+    produce(&admin, &b, records).await;
+    let group = testkit::unique_name("queue-bound");
+    let log = Arc::new(resilience::observe::EventLog::default());
+    let consumer = group_consumer_with(&b, &group, &[("max.poll.records", "20")]);
+    let mut cfg = ProcessorConfig::new(consumer, &[&topic])
+        .observer(log.clone())
+        .drain_timeout(Duration::from_secs(1));
+    cfg.max_queued_per_partition = 20;
+    let sink = Arc::new(Sink::default());
+    let run = start(Processor::new(
+        cfg,
+        SinkHandler::new(&sink, hang_below_1000()),
+    ));
+    let stats = run.stats.clone();
+    let other_done = eventually(Duration::from_secs(30), || sink.distinct() == 200).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    run.stop().await;
+    assert!(other_done, "the healthy partition did not finish");
+    assert!(
+        paused(&log, &TopicPartition::new(&topic, 0)),
+        "the stuck partition never paused"
+    );
+    assert!(
+        !paused(&log, &TopicPartition::new(&topic, 1)),
+        "the healthy one paused"
+    );
+    let peak = stats.peak_in_flight_records.load(AtomicOrdering::Relaxed);
+    assert!(
+        peak < 200 + 200,
+        "the stuck partition's whole backlog was fetched ({peak})"
+    );
+}
+
+#[tokio::test]
+async fn an_outgrown_completed_offset_map_is_cut_to_the_limit_and_pauses_its_partition() {
+    const N: u32 = 200;
+    const LIMIT: usize = 24;
+    let b = testkit::require_broker!();
+    let (_admin, topic) = topic_with_records(&b, "metadata-limit", 1, N).await;
+    let group = testkit::unique_name("metadata-limit");
+    let tp = TopicPartition::new(&topic, 0);
+    let log = Arc::new(resilience::observe::EventLog::default());
+    let mut cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
+        .ordering(Ordering::Unordered)
+        .concurrency(64)
+        .commit_policy(CommitPolicy::Interval(Duration::from_millis(100)))
+        .observer(log.clone());
+    cfg.metadata_limit = LIMIT;
+    // Every 10th record hangs: 20 separate runs of done offsets.
+    let every_tenth: Behaviour = Arc::new(|n, _| {
+        Ok(if n % 10 == 0 {
+            Duration::from_secs(3600)
+        } else {
+            Duration::ZERO
+        })
+    });
+    let sink = Arc::new(Sink::default());
+    let run = start(Processor::new(cfg, SinkHandler::new(&sink, every_tenth)));
+    assert!(eventually(Duration::from_secs(30), || sink.distinct() == 180).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    run.crash().await;
+    let checker = Consumer::connect(group_consumer(&b, &group)).await.unwrap();
+    let c = checker
+        .committer()
+        .committed(std::slice::from_ref(&tp))
+        .await
+        .unwrap()
+        .remove(&tp)
+        .expect("a commit landed");
+    assert_eq!(c.offset, 0);
+    assert!(
+        c.metadata.len() <= LIMIT,
+        "metadata {} bytes > {LIMIT}",
+        c.metadata.len()
+    );
+    let kept = resilience::commit_metadata::decode(0, &c.metadata);
+    assert!(!kept.is_empty(), "the lowest runs that fit are kept");
+    assert_eq!(kept[0], (1, 10), "lowest first");
+    assert!(paused(&log, &tp), "the partition did not pause");
+}
+
+#[tokio::test]
+async fn each_commit_policy_commits_when_it_says() {
+    const N: u32 = 50;
+    let b = testkit::require_broker!();
+    let (_admin, topic) = topic_with_records(&b, "commit-policy", 1, N).await;
+    let tp = TopicPartition::new(&topic, 0);
+    for policy in [
+        CommitPolicy::AfterEachCompletion,
+        CommitPolicy::OnRevokeAndShutdown,
+    ] {
+        let group = testkit::unique_name("commit-policy");
+        let cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic]).commit_policy(policy);
+        let sink = Arc::new(Sink::default());
+        let run = start(Processor::new(cfg, SinkHandler::new(&sink, instant())));
+        run.wait_finished(u64::from(N), Duration::from_secs(30))
+            .await;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let while_running = committed_offset(&b, &group, &tp).await;
+        run.stop().await;
+        let after_stop = committed_offset(&b, &group, &tp).await;
+        match policy {
+            CommitPolicy::AfterEachCompletion => {
+                assert_eq!(
+                    while_running,
+                    Some(i64::from(N)),
+                    "committed as records completed"
+                )
+            }
+            _ => assert_eq!(while_running, None, "nothing committed before shutdown"),
+        }
+        assert_eq!(
+            after_stop,
+            Some(i64::from(N)),
+            "{policy:?}: committed on shutdown"
+        );
     }
 }
