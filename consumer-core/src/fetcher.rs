@@ -225,47 +225,29 @@ mod tests {
             .collect()
     }
 
+    /// Decode the test log (aborted transactions `aborted`) from `position`.
+    fn decode_log(aborted: Vec<(i64, i64)>, position: i64, isolation: IsolationLevel) -> Decoded {
+        let tp = TopicPartition::new("t", 0);
+        decode_partition(&tp, &data(aborted), position, isolation, 1 << 20).unwrap()
+    }
+
     #[test]
     fn read_committed_skips_aborted_and_markers() {
-        let tp = TopicPartition::new("t", 0);
-        let d = decode_partition(
-            &tp,
-            &data(vec![(1, 3)]),
-            0,
-            IsolationLevel::ReadCommitted,
-            1 << 20,
-        )
-        .unwrap();
+        let d = decode_log(vec![(1, 3)], 0, IsolationLevel::ReadCommitted);
         assert_eq!(values(&d), ["a0", "a1", "c"]);
         assert_eq!(d.next_offset, 7);
     }
 
     #[test]
     fn read_uncommitted_returns_all_data_but_never_markers() {
-        let tp = TopicPartition::new("t", 0);
-        let d = decode_partition(
-            &tp,
-            &data(vec![]),
-            0,
-            IsolationLevel::ReadUncommitted,
-            1 << 20,
-        )
-        .unwrap();
+        let d = decode_log(vec![], 0, IsolationLevel::ReadUncommitted);
         assert_eq!(values(&d), ["a0", "a1", "b0", "b1", "c"]);
         assert_eq!(d.next_offset, 7);
     }
 
     #[test]
     fn records_before_the_position_are_dropped() {
-        let tp = TopicPartition::new("t", 0);
-        let d = decode_partition(
-            &tp,
-            &data(vec![]),
-            1,
-            IsolationLevel::ReadUncommitted,
-            1 << 20,
-        )
-        .unwrap();
+        let d = decode_log(vec![], 1, IsolationLevel::ReadUncommitted);
         assert_eq!(values(&d)[0], "a1");
     }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use consumer_core::{Consumer, ConsumerError, IsolationLevel, OffsetReset, TopicPartition};
-use kafka_wire::{Client, NewTopic, Producer, ProducerConfig, ProducerRecord};
+use kafka_wire::{Client, Producer, ProducerConfig, ProducerRecord};
 
 async fn produce(client: &Client, b: &testkit::BrokerEnv, topic: &str, n: u32) {
     common::produce(client, b, n, |i| {
@@ -43,13 +43,10 @@ async fn consume(
 async fn assign_mode_reads_everything_in_order_and_seek_pause_resume_work() {
     let b = testkit::require_broker!();
     let admin = common::client(&b).await;
-    let topic = testkit::unique_name("consume-assign");
-    admin.create_topic(NewTopic::new(&topic, 3)).await.unwrap();
+    let topic = common::topic(&admin, "consume-assign", 3).await;
     produce(&admin, &b, &topic, 1_000).await;
 
-    let mut c = Consumer::connect(common::config(&b, None).build().unwrap())
-        .await
-        .unwrap();
+    let mut c = common::connect(&b, None, &[]).await;
     let parts: Vec<TopicPartition> = (0..3).map(|p| TopicPartition::new(&topic, p)).collect();
     c.assign(&parts);
     let got = consume(&mut c, 1_000, Duration::from_secs(20)).await;
@@ -86,8 +83,7 @@ async fn assign_mode_reads_everything_in_order_and_seek_pause_resume_work() {
 async fn offset_reset_policies() {
     let b = testkit::require_broker!();
     let admin = common::client(&b).await;
-    let topic = testkit::unique_name("consume-reset");
-    admin.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    let topic = common::topic(&admin, "consume-reset", 1).await;
     produce(&admin, &b, &topic, 10).await;
     let tp = TopicPartition::new(&topic, 0);
 
@@ -134,16 +130,13 @@ async fn offset_reset_policies() {
 async fn three_members_split_twelve_partitions_and_read_everything() {
     let b = testkit::require_broker!();
     let admin = common::client(&b).await;
-    let topic = testkit::unique_name("consume-group");
-    admin.create_topic(NewTopic::new(&topic, 12)).await.unwrap();
+    let topic = common::topic(&admin, "consume-group", 12).await;
     produce(&admin, &b, &topic, 3_000).await;
     let group = testkit::unique_name("group3");
 
     let mut members = Vec::new();
     for _ in 0..3 {
-        let mut c = Consumer::connect(common::config(&b, Some(&group)).build().unwrap())
-            .await
-            .unwrap();
+        let mut c = common::connect(&b, Some(&group), &[]).await;
         c.subscribe(&[&topic]).unwrap();
         members.push(c);
     }
@@ -185,8 +178,7 @@ async fn three_members_split_twelve_partitions_and_read_everything() {
 async fn read_committed_returns_exactly_the_committed_records() {
     let b = testkit::require_broker!();
     let admin = common::client(&b).await;
-    let topic = testkit::unique_name("consume-txn");
-    admin.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    let topic = common::topic(&admin, "consume-txn", 1).await;
     let p = Producer::with_client(
         admin.clone(),
         ProducerConfig::builder()
@@ -242,19 +234,10 @@ async fn read_committed_returns_exactly_the_committed_records() {
 async fn stuck_member_leaves_and_its_late_commit_is_refused_locally() {
     let b = testkit::require_broker!();
     let admin = common::client(&b).await;
-    let topic = testkit::unique_name("consume-stuck");
-    admin.create_topic(NewTopic::new(&topic, 2)).await.unwrap();
+    let topic = common::topic(&admin, "consume-stuck", 2).await;
     produce(&admin, &b, &topic, 20).await;
     let group = testkit::unique_name("stuck");
-    let mut c = Consumer::connect(
-        common::config(&b, Some(&group))
-            .set("max.poll.interval.ms", "2000")
-            .unwrap()
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut c = common::connect(&b, Some(&group), &[("max.poll.interval.ms", "2000")]).await;
     c.subscribe(&[&topic]).unwrap();
     let got = consume(&mut c, 20, Duration::from_secs(20)).await;
     assert_eq!(got.len(), 20);
@@ -281,21 +264,18 @@ async fn auto_commit_commits_what_poll_returned_even_if_it_was_never_processed()
     // Why auto-commit is off by default: it commits positions, not completions.
     let b = testkit::require_broker!();
     let admin = common::client(&b).await;
-    let topic = testkit::unique_name("auto-commit");
-    admin.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    let topic = common::topic(&admin, "auto-commit", 1).await;
     produce(&admin, &b, &topic, 50).await;
     let group = testkit::unique_name("auto");
-    let mut c = Consumer::connect(
-        common::config(&b, Some(&group))
-            .set("enable.auto.commit", "true")
-            .unwrap()
-            .set("auto.commit.interval.ms", "100")
-            .unwrap()
-            .build()
-            .unwrap(),
+    let mut c = common::connect(
+        &b,
+        Some(&group),
+        &[
+            ("enable.auto.commit", "true"),
+            ("auto.commit.interval.ms", "100"),
+        ],
     )
-    .await
-    .unwrap();
+    .await;
     let tp = TopicPartition::new(&topic, 0);
     c.assign(std::slice::from_ref(&tp));
     let got = consume(&mut c, 50, Duration::from_secs(10)).await;
@@ -321,12 +301,9 @@ async fn the_consumer_as_a_stream() {
 
     let b = testkit::require_broker!();
     let admin = common::client(&b).await;
-    let topic = testkit::unique_name("stream");
-    admin.create_topic(NewTopic::new(&topic, 2)).await.unwrap();
+    let topic = common::topic(&admin, "stream", 2).await;
     produce(&admin, &b, &topic, 100).await;
-    let mut c = Consumer::connect(common::config(&b, None).build().unwrap())
-        .await
-        .unwrap();
+    let mut c = common::connect(&b, None, &[]).await;
     c.assign(&[
         TopicPartition::new(&topic, 0),
         TopicPartition::new(&topic, 1),
@@ -345,12 +322,9 @@ async fn the_consumer_as_a_stream() {
 async fn commits_never_move_an_offset_backwards() {
     let b = testkit::require_broker!();
     let admin = common::client(&b).await;
-    let topic = testkit::unique_name("no-backwards");
-    admin.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    let topic = common::topic(&admin, "no-backwards", 1).await;
     let group = testkit::unique_name("no-backwards");
-    let c = Consumer::connect(common::config(&b, Some(&group)).build().unwrap())
-        .await
-        .unwrap();
+    let c = common::connect(&b, Some(&group), &[]).await;
     let tp = TopicPartition::new(&topic, 0);
     c.commit(&[(tp.clone(), 10)]).await.unwrap();
     c.commit(&[(tp.clone(), 5)]).await.unwrap(); // a late, stale commit

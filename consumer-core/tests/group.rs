@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use consumer_core::consumer::ListenerFuture;
 use consumer_core::{Committer, Consumer, RebalanceListener, TopicPartition};
-use kafka_wire::{NewTopic, Producer, ProducerConfig, ProducerRecord};
+use kafka_wire::{Producer, ProducerConfig, ProducerRecord};
 
 #[derive(Default)]
 struct Revocations(Mutex<Vec<TopicPartition>>);
@@ -54,8 +54,7 @@ fn spawn_member(
 async fn cooperative_join_revokes_only_moved_partitions_and_others_keep_flowing() {
     let b = testkit::require_broker!();
     let admin = common::client(&b).await;
-    let topic = testkit::unique_name("coop");
-    admin.create_topic(NewTopic::new(&topic, 12)).await.unwrap();
+    let topic = common::topic(&admin, "coop", 12).await;
     let group = testkit::unique_name("coop-group");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
@@ -87,15 +86,12 @@ async fn cooperative_join_revokes_only_moved_partitions_and_others_keep_flowing(
     let mut members = Vec::new();
     let mut seen = Vec::new();
     for _ in 0..3 {
-        let mut c = Consumer::connect(
-            common::config(&b, Some(&group))
-                .set("partition.assignment.strategy", "cooperative-sticky")
-                .unwrap()
-                .build()
-                .unwrap(),
+        let mut c = common::connect(
+            &b,
+            Some(&group),
+            &[("partition.assignment.strategy", "cooperative-sticky")],
         )
-        .await
-        .unwrap();
+        .await;
         let l = Arc::new(Revocations::default());
         c.set_listener(l.clone());
         c.subscribe(&[&topic]).unwrap();
@@ -133,15 +129,12 @@ async fn cooperative_join_revokes_only_moved_partitions_and_others_keep_flowing(
 
     // A fourth member joins.
     let joined_at = Instant::now();
-    let mut c4 = Consumer::connect(
-        common::config(&b, Some(&group))
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .unwrap()
-            .build()
-            .unwrap(),
+    let mut c4 = common::connect(
+        &b,
+        Some(&group),
+        &[("partition.assignment.strategy", "cooperative-sticky")],
     )
-    .await
-    .unwrap();
+    .await;
     c4.subscribe(&[&topic]).unwrap();
     let s4: Deliveries = Arc::default();
     members.push(spawn_member(c4, s4.clone(), stop.clone()));
@@ -193,8 +186,7 @@ async fn cooperative_join_revokes_only_moved_partitions_and_others_keep_flowing(
 async fn static_member_restart_within_session_timeout_causes_no_rebalance() {
     let b = testkit::require_broker!();
     let admin = common::client(&b).await;
-    let topic = testkit::unique_name("static");
-    admin.create_topic(NewTopic::new(&topic, 4)).await.unwrap();
+    let topic = common::topic(&admin, "static", 4).await;
     let group = testkit::unique_name("static-group");
     let make = |instance: &str| {
         common::config(&b, Some(&group))
@@ -250,8 +242,7 @@ async fn static_member_restart_within_session_timeout_causes_no_rebalance() {
 async fn killed_member_partitions_move_after_session_timeout_and_nothing_committed_is_lost() {
     let b = testkit::require_broker!();
     let admin = common::client(&b).await;
-    let topic = testkit::unique_name("killed");
-    admin.create_topic(NewTopic::new(&topic, 2)).await.unwrap();
+    let topic = common::topic(&admin, "killed", 2).await;
     common::produce(&admin, &b, 200, |i| {
         ProducerRecord::new(&topic)
             .partition((i % 2) as i32)
@@ -261,15 +252,7 @@ async fn killed_member_partitions_move_after_session_timeout_and_nothing_committ
     let group = testkit::unique_name("killed-group");
 
     // The victim owns both partitions, consumes and commits 100 records, then dies.
-    let mut victim = Consumer::connect(
-        common::config(&b, Some(&group))
-            .set("max.poll.records", "10")
-            .unwrap()
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut victim = common::connect(&b, Some(&group), &[("max.poll.records", "10")]).await;
     victim.subscribe(&[&topic]).unwrap();
     let mut handled: BTreeSet<String> = BTreeSet::new();
     let end = Instant::now() + Duration::from_secs(30);
@@ -285,9 +268,7 @@ async fn killed_member_partitions_move_after_session_timeout_and_nothing_committ
     drop(victim); // killed: no LeaveGroup, no final commit
 
     let killed_at = Instant::now();
-    let mut survivor = Consumer::connect(common::config(&b, Some(&group)).build().unwrap())
-        .await
-        .unwrap();
+    let mut survivor = common::connect(&b, Some(&group), &[]).await;
     survivor.subscribe(&[&topic]).unwrap();
     let end = Instant::now() + Duration::from_secs(40);
     while handled.len() < 200 && Instant::now() < end {
@@ -325,8 +306,7 @@ impl RebalanceListener for SlowRevoke {
 async fn heartbeats_continue_while_a_slow_revoke_callback_runs() {
     let b = testkit::require_broker!();
     let admin = common::client(&b).await;
-    let topic = testkit::unique_name("slow-revoke");
-    admin.create_topic(NewTopic::new(&topic, 4)).await.unwrap();
+    let topic = common::topic(&admin, "slow-revoke", 4).await;
     let group = testkit::unique_name("slow-revoke-group");
     let coop = || {
         common::config(&b, Some(&group))
@@ -366,18 +346,9 @@ async fn a_member_that_keeps_polling_stays_past_max_poll_interval() {
     // after max.poll.interval.ms and left (losing its partitions).
     let b = testkit::require_broker!();
     let admin = common::client(&b).await;
-    let topic = testkit::unique_name("keeps-polling");
-    admin.create_topic(NewTopic::new(&topic, 2)).await.unwrap();
+    let topic = common::topic(&admin, "keeps-polling", 2).await;
     let group = testkit::unique_name("keeps-polling");
-    let mut c = Consumer::connect(
-        common::config(&b, Some(&group))
-            .set("max.poll.interval.ms", "1500")
-            .unwrap()
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut c = common::connect(&b, Some(&group), &[("max.poll.interval.ms", "1500")]).await;
     let revoked = Arc::new(Revocations::default());
     c.set_listener(revoked.clone());
     c.subscribe(&[&topic]).unwrap();

@@ -37,13 +37,7 @@ fn producer_config(bootstrap: &str) -> kafka_wire::producer::ProducerConfigBuild
 async fn keyed_records_round_trip_with_every_codec_and_land_where_java_puts_them() {
     let broker = testkit::require_broker!();
     let client = common::plaintext_client(&broker).await;
-    for codec in [
-        Compression::None,
-        Compression::Gzip,
-        Compression::Snappy,
-        Compression::Lz4,
-        Compression::Zstd,
-    ] {
+    for codec in Compression::ALL {
         let t = topic(&client, &format!("produce-{}", codec.name()), 6).await;
         let producer = Producer::with_client(
             client.clone(),

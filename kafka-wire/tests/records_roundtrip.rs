@@ -68,13 +68,7 @@ async fn produce(client: &Client, topic: &str, partition: i32, batch: Bytes) -> 
 async fn produce_fetch_round_trip_every_codec() {
     let broker = testkit::require_broker!();
     let client = common::plaintext_client(&broker).await;
-    for codec in [
-        Compression::None,
-        Compression::Gzip,
-        Compression::Snappy,
-        Compression::Lz4,
-        Compression::Zstd,
-    ] {
+    for codec in Compression::ALL {
         let topic = testkit::unique_name(&format!("roundtrip-{}", codec.name()));
         client
             .create_topic(NewTopic::new(&topic, PARTITIONS))

@@ -153,9 +153,7 @@ fn run_steps(
         })?;
     }
 
-    // Use the cluster the caller named, or start ours.
-    let mut broker_env: Vec<(String, String)> = extra_env.to_vec();
-    let mut started_broker = false;
+    // The caller's cluster: one run, no other versions to try.
     if let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP") {
         steps.push(Step {
             name: "broker",
@@ -163,72 +161,44 @@ fn run_steps(
             ok: true,
             detail: format!("using KAFKA_BOOTSTRAP={bootstrap}"),
         });
-    } else {
-        timed(steps, "broker up", || {
-            let running = broker::up(Engine::Kafka, &args.kafka_version)?;
-            started_broker = running.started_now;
-            broker_env.extend(running.env.iter().cloned());
-            Ok(format!(
-                "{} {}",
-                if running.started_now {
-                    "started"
-                } else {
-                    "reused"
-                },
-                running.bootstrap()
-            ))
-        })?;
+        return timed(steps, "tests", || tests(extra_env, args, "", counts));
     }
-
-    let tests = timed(steps, "tests", || {
-        *counts = cargo_test(&broker_env, &args.cargo_test_args)?;
-        let line = format!(
-            "{} passed, {} failed, {} skipped",
-            counts.passed, counts.failed, counts.ignored
-        );
-        if counts.failed > 0 {
-            bail!("{line}");
-        }
-        Ok(line)
-    });
-
-    // Stop what we started, even when tests failed.
-    if started_broker {
-        let _ = timed(steps, "broker down", || {
-            broker::down(&args.kafka_version)?;
-            Ok(String::new())
-        });
-    }
-    tests?;
-    if std::env::var_os("KAFKA_BOOTSTRAP").is_some() {
-        return Ok(()); // the caller's cluster: no other versions to try
-    }
-    for version in args.compat_versions.iter().filter(|v| !v.trim().is_empty()) {
-        let version = version.trim();
+    // Ours: the main version, then each compatibility version.
+    let compat = args
+        .compat_versions
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty());
+    for (i, version) in std::iter::once(args.kafka_version.as_str())
+        .chain(compat)
+        .enumerate()
+    {
+        let names = if i == 0 {
+            ["broker up", "tests", "broker down"]
+        } else {
+            ["compat broker", "compat tests", "compat down"]
+        };
         let mut env = extra_env.to_vec();
         let mut started = false;
-        timed(steps, "compat broker", || {
+        timed(steps, names[0], || {
             let running = broker::up(Engine::Kafka, version)?;
             started = running.started_now;
             env.extend(running.env.iter().cloned());
-            Ok(format!("Apache Kafka {version} at {}", running.bootstrap()))
+            let how = if started { "started" } else { "reused" };
+            Ok(format!(
+                "{how} Apache Kafka {version} at {}",
+                running.bootstrap()
+            ))
         })?;
-        let result = timed(steps, "compat tests", || {
-            let c = cargo_test(&env, &args.cargo_test_args)?;
-            counts.passed += c.passed;
-            counts.failed += c.failed;
-            counts.ignored += c.ignored;
-            let line = format!(
-                "Kafka {version}: {} passed, {} failed, {} skipped",
-                c.passed, c.failed, c.ignored
-            );
-            if c.failed > 0 {
-                bail!("{line}");
-            }
-            Ok(line)
-        });
+        let label = if i == 0 {
+            String::new()
+        } else {
+            format!("Kafka {version}: ")
+        };
+        let result = timed(steps, names[1], || tests(&env, args, &label, counts));
+        // Stop what we started, even when tests failed.
         if started {
-            let _ = timed(steps, "compat down", || {
+            let _ = timed(steps, names[2], || {
                 broker::down(version)?;
                 Ok(String::new())
             });
@@ -236,6 +206,27 @@ fn run_steps(
         result?;
     }
     Ok(())
+}
+
+/// One `cargo test` run with `env`, added to `counts`; fails if a test did.
+fn tests(
+    env: &[(String, String)],
+    args: &Args,
+    label: &str,
+    counts: &mut Counts,
+) -> anyhow::Result<String> {
+    let c = cargo_test(env, &args.cargo_test_args)?;
+    counts.passed += c.passed;
+    counts.failed += c.failed;
+    counts.ignored += c.ignored;
+    let line = format!(
+        "{label}{} passed, {} failed, {} skipped",
+        c.passed, c.failed, c.ignored
+    );
+    if c.failed > 0 {
+        bail!("{line}");
+    }
+    Ok(line)
 }
 
 /// Run `cargo test --workspace`, echoing its output and counting results.

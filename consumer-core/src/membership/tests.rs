@@ -21,6 +21,23 @@ fn machine(assignor: Arc<dyn Assignor>, instance: Option<&str>, t0: Instant) -> 
     Membership::new(cfg(instance), vec![assignor], vec!["t".into()], t0)
 }
 
+/// A fresh member that found its coordinator and sent JoinGroup.
+fn joining(instance: Option<&str>, t0: Instant) -> Membership {
+    let mut m = machine(Arc::new(RangeAssignor), instance, t0);
+    m.poll_action(t0);
+    m.coordinator_found(t0);
+    assert!(matches!(m.poll_action(t0), Some(Action::Join { .. })));
+    m
+}
+
+/// A JoinGroup answered with `code`.
+fn join_error(code: KafkaCode) -> JoinResult {
+    JoinResult {
+        error: Some(code),
+        ..JoinResult::default()
+    }
+}
+
 fn parts() -> BTreeMap<String, i32> {
     [("t".to_string(), 4)].into_iter().collect()
 }
@@ -111,22 +128,12 @@ fn member_id_required_rejoins_with_the_assigned_id() {
 #[test]
 fn rebalance_in_progress_on_join_retries_after_backoff() {
     let t0 = Instant::now();
-    let mut m = machine(Arc::new(RangeAssignor), None, t0);
-    m.poll_action(t0);
-    m.coordinator_found(t0);
-    m.poll_action(t0);
+    let mut m = joining(None, t0);
     for code in [
         KafkaCode::RebalanceInProgress,
         KafkaCode::CoordinatorLoadInProgress,
     ] {
-        m.handle_join(
-            JoinResult {
-                error: Some(code),
-                ..JoinResult::default()
-            },
-            &parts(),
-            t0,
-        );
+        m.handle_join(join_error(code), &parts(), t0);
         assert_eq!(m.poll_action(t0), None, "{code:?}: waits for the backoff");
         assert!(
             matches!(m.poll_action(t0 + SEC), Some(Action::Join { .. })),
@@ -142,18 +149,8 @@ fn not_coordinator_finds_the_coordinator_again() {
         KafkaCode::NotCoordinator,
         KafkaCode::CoordinatorNotAvailable,
     ] {
-        let mut m = machine(Arc::new(RangeAssignor), None, t0);
-        m.poll_action(t0);
-        m.coordinator_found(t0);
-        m.poll_action(t0);
-        m.handle_join(
-            JoinResult {
-                error: Some(code),
-                ..JoinResult::default()
-            },
-            &parts(),
-            t0,
-        );
+        let mut m = joining(None, t0);
+        m.handle_join(join_error(code), &parts(), t0);
         assert_eq!(m.poll_action(t0), Some(Action::FindCoordinator));
         m.coordinator_found(t0 + SEC);
         assert!(matches!(m.poll_action(t0 + SEC), Some(Action::Join { .. })));
@@ -175,18 +172,8 @@ fn fatal_join_codes_stop_with_a_message_that_says_what_to_fix() {
             "GroupAuthorizationFailed",
         ),
     ] {
-        let mut m = machine(Arc::new(RangeAssignor), Some("i-1"), t0);
-        m.poll_action(t0);
-        m.coordinator_found(t0);
-        m.poll_action(t0);
-        m.handle_join(
-            JoinResult {
-                error: Some(code),
-                ..JoinResult::default()
-            },
-            &parts(),
-            t0,
-        );
+        let mut m = joining(Some("i-1"), t0);
+        m.handle_join(join_error(code), &parts(), t0);
         let Some(Action::Fatal(msg)) = m.poll_action(t0) else {
             panic!("{code:?}")
         };
@@ -402,10 +389,7 @@ fn static_members_do_not_leave_on_close() {
 #[test]
 fn connection_failure_during_join_finds_the_coordinator_and_rejoins() {
     let t0 = Instant::now();
-    let mut m = machine(Arc::new(RangeAssignor), None, t0);
-    m.poll_action(t0);
-    m.coordinator_found(t0);
-    m.poll_action(t0);
+    let mut m = joining(None, t0);
     m.handle_request_failed(t0);
     assert_eq!(m.poll_action(t0), Some(Action::FindCoordinator));
     m.coordinator_found(t0 + SEC);

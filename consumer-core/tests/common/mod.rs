@@ -2,8 +2,8 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use consumer_core::config::ConsumerConfigBuilder;
-use consumer_core::ConsumerConfig;
-use kafka_wire::{Client, ClientConfig, Producer, ProducerConfig, ProducerRecord};
+use consumer_core::{Consumer, ConsumerConfig};
+use kafka_wire::{Client, ClientConfig, NewTopic, Producer, ProducerConfig, ProducerRecord};
 
 pub async fn client(b: &testkit::BrokerEnv) -> Client {
     Client::connect(
@@ -55,4 +55,27 @@ pub async fn produce(
         p.send(record(i)).await.unwrap();
     }
     p.flush().await;
+}
+
+/// A new uniquely named topic.
+pub async fn topic(admin: &Client, prefix: &str, partitions: i32) -> String {
+    let topic = testkit::unique_name(prefix);
+    admin
+        .create_topic(NewTopic::new(&topic, partitions))
+        .await
+        .unwrap();
+    topic
+}
+
+/// A consumer with [`config`]'s settings plus `props` (Kafka property names).
+pub async fn connect(
+    b: &testkit::BrokerEnv,
+    group: Option<&str>,
+    props: &[(&str, &str)],
+) -> Consumer {
+    let mut c = config(b, group);
+    for (k, v) in props {
+        c = c.set(k, v).unwrap();
+    }
+    Consumer::connect(c.build().unwrap()).await.unwrap()
 }

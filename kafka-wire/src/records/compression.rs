@@ -21,6 +21,15 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// Every codec, `None` first.
+    pub const ALL: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
     /// From the low three bits of a batch's attributes.
     pub fn from_attributes(attributes: i16) -> Result<Self, DecodeError> {
         Ok(match attributes & 0x07 {
@@ -190,19 +199,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const ALL: [Compression; 5] = [
-        Compression::None,
-        Compression::Gzip,
-        Compression::Snappy,
-        Compression::Lz4,
-        Compression::Zstd,
-    ];
-
     #[test]
     fn compression_bomb_is_stopped_at_the_ceiling_for_each_codec() {
         // 16 MiB of zeros compresses to almost nothing.
         let bomb_source = vec![0u8; 16 * 1024 * 1024];
-        for codec in ALL.into_iter().filter(|c| *c != Compression::None) {
+        for codec in Compression::ALL
+            .into_iter()
+            .filter(|c| *c != Compression::None)
+        {
             let bomb = compress(codec, &bomb_source);
             assert!(bomb.len() < 1024 * 1024, "{codec:?} compresses zeros well");
             let err = decompress(codec, &bomb, 64 * 1024).unwrap_err();
@@ -216,7 +220,10 @@ mod tests {
     #[test]
     fn garbage_is_a_typed_error_for_each_codec() {
         let garbage = b"definitely not a compressed payload \x00\x01\x02";
-        for codec in ALL.into_iter().filter(|c| *c != Compression::None) {
+        for codec in Compression::ALL
+            .into_iter()
+            .filter(|c| *c != Compression::None)
+        {
             let err = decompress(codec, garbage, 1 << 20).unwrap_err();
             assert!(
                 matches!(
@@ -242,14 +249,14 @@ mod tests {
     proptest! {
         #[test]
         fn every_codec_round_trips(data in prop::collection::vec(any::<u8>(), 0..5000), pick in 0usize..5) {
-            let codec = ALL[pick];
+            let codec = Compression::ALL[pick];
             let packed = compress(codec, &data);
             prop_assert_eq!(decompress(codec, &packed, 1 << 20).unwrap(), data);
         }
 
         #[test]
         fn arbitrary_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..512), pick in 1usize..5) {
-            let _ = decompress(ALL[pick], &data, 1 << 16);
+            let _ = decompress(Compression::ALL[pick], &data, 1 << 16);
         }
     }
 }
