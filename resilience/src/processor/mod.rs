@@ -84,16 +84,24 @@ pub(crate) enum AnyHandler {
 /// Counters of a run (shared with the running processor).
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Records whose handler succeeded.
     pub handled: AtomicU64,
+    /// Blocking retries (attempts after the first).
     pub retried: AtomicU64,
+    /// Records written to the DLT (acknowledged).
     pub dead_lettered: AtomicU64,
+    /// Records written to a retry topic (acknowledged).
     pub sent_to_retry: AtomicU64,
+    /// Records skipped because the DedupStore had their key.
     pub deduplicated: AtomicU64,
     /// Skipped because the committed metadata said they were done.
     pub already_done: AtomicU64,
+    /// Commits the broker accepted.
     pub commits: AtomicU64,
     pub commit_failures: AtomicU64,
+    /// Failed DLT or retry-topic writes (each is retried).
     pub dlt_write_failures: AtomicU64,
+    /// Times the global in-flight bound paused every partition.
     pub pauses: AtomicU64,
     pub quarantines: AtomicU64,
     pub peak_in_flight_bytes: AtomicUsize,
