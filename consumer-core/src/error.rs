@@ -41,6 +41,11 @@ impl ConsumerError {
             | ConsumerError::Closed => ErrorAction::Fatal,
         }
     }
+
+    /// Is retrying (after the action's preparation) worthwhile?
+    pub fn is_retriable(&self) -> bool {
+        self.action() != ErrorAction::Fatal
+    }
 }
 
 /// A `Result` with [`ConsumerError`].

@@ -143,6 +143,10 @@ pub struct ProcessorConfig {
     pub quarantine: Quarantine,
     /// How long a revoke or shutdown waits for running work. Default 30 s.
     pub drain_timeout: Duration,
+    /// How long `run` keeps retrying (with backoff, logging each attempt)
+    /// when the cluster cannot be reached at start. Default `None`: until
+    /// shutdown, like a service that starts before its broker.
+    pub startup_timeout: Option<Duration>,
     /// Broker's `offset.metadata.max.bytes`. Default 4096.
     pub metadata_limit: usize,
     pub observer: Option<Arc<dyn Observer>>,
@@ -186,6 +190,7 @@ impl ProcessorConfig {
                 pause: Duration::from_secs(30),
             },
             drain_timeout: Duration::from_secs(30),
+            startup_timeout: None,
             metadata_limit: DEFAULT_METADATA_LIMIT,
             observer: None,
         }
@@ -241,6 +246,12 @@ impl ProcessorConfig {
 
     pub fn drain_timeout(mut self, d: Duration) -> Self {
         self.drain_timeout = d;
+        self
+    }
+
+    /// Give up starting after `d` of failed connection attempts.
+    pub fn startup_timeout(mut self, d: Duration) -> Self {
+        self.startup_timeout = Some(d);
         self
     }
 

@@ -376,3 +376,52 @@ async fn each_commit_policy_commits_when_it_says() {
         );
     }
 }
+
+/// Dropping `run`'s future (a crash, or a `select!` that picked another
+/// branch) stops everything the runtime spawned: no handler call starts and
+/// no commit lands afterwards. A leaked commit loop would keep committing
+/// for a member that is gone.
+#[tokio::test]
+async fn a_dropped_processor_stops_handling_and_committing_at_once() {
+    const N: u32 = 2_000;
+    let b = testkit::require_broker!();
+    let (_admin, topic) = topic_with_records(&b, "dropped", 2, N).await;
+    let group = testkit::unique_name("dropped");
+    let cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
+        .commit_policy(CommitPolicy::Interval(Duration::from_millis(50)));
+    let sink = Arc::new(Sink::default());
+    let run = start(Processor::new(
+        cfg,
+        SinkHandler::new(&sink, taking(Duration::from_millis(5))),
+    ));
+    eventually(Duration::from_secs(30), || sink.distinct() >= 200).await;
+    run.crash().await;
+    let applied_at_crash = sink.applied().len();
+    let committed_at_crash = [0, 1].map(|p| TopicPartition::new(&topic, p));
+    let before = committed_offsets(&b, &group, &committed_at_crash).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // ten commit intervals
+                                                          // Units already inside the handler when the task died may not finish;
+                                                          // none may start or complete after it.
+    assert_eq!(
+        sink.applied().len(),
+        applied_at_crash,
+        "side effects after the crash"
+    );
+    assert_eq!(
+        committed_offsets(&b, &group, &committed_at_crash).await,
+        before,
+        "commits landed after the crash"
+    );
+}
+
+async fn committed_offsets(
+    b: &testkit::BrokerEnv,
+    group: &str,
+    tps: &[TopicPartition],
+) -> Vec<Option<i64>> {
+    let mut out = Vec::new();
+    for tp in tps {
+        out.push(committed_offset(b, group, tp).await);
+    }
+    out
+}

@@ -1,10 +1,14 @@
 //! The fault proxy: a [`Connector`] that wraps every broker connection a
 //! client opens (brokers advertise their own addresses, so proxying only
 //! the bootstrap port would miss most traffic). Per connection it can add
-//! latency and jitter to writes, black-hole traffic (the connection hangs),
-//! reset it, close it after N bytes, and, because it follows the request
-//! frames the client writes, reset a connection right after a given request
-//! (say, OffsetCommit) was sent and before its response arrives.
+//! latency and jitter to writes, limit bandwidth both ways, refuse new
+//! connections (the broker is not up), black-hole traffic (the connection
+//! hangs), reset it, and close it after N bytes. Because it follows the
+//! request frames the client writes and the response frames that come
+//! back (responses arrive in request order on a connection), it can also
+//! reset a connection right after a given request (say, OffsetCommit) was
+//! sent and before its response arrives, delay every request of one kind
+//! (say, Heartbeat), and drop the Nth response of one kind (say, Fetch).
 //!
 //! Random choices come from one seeded generator: a run with the same seed
 //! and the same traffic makes the same choices.
@@ -35,6 +39,15 @@ pub struct Faults {
     /// Reset a connection right after a complete request with this API key
     /// was written (before its response is read), with this probability.
     pub reset_after_request: Option<(i16, f64)>,
+    /// New connections fail at once with "connection refused".
+    pub refuse_connections: bool,
+    /// Bytes per second, per connection and direction.
+    pub bandwidth: Option<u64>,
+    /// Hold each request with this API key back this long before sending.
+    pub delay_request: Option<(i16, Duration)>,
+    /// Swallow the Nth (1-based, counted over all connections) response to
+    /// a request with this API key: the client never sees it.
+    pub drop_response: Option<(i16, u64)>,
 }
 
 /// Counters of what the proxy did.
@@ -43,6 +56,11 @@ pub struct ProxyStats {
     pub dials: AtomicU64,
     pub resets: AtomicU64,
     pub requests_cut: AtomicU64,
+    pub refused: AtomicU64,
+    pub requests_delayed: AtomicU64,
+    pub responses_dropped: AtomicU64,
+    /// Responses seen to requests with `drop_response`'s API key.
+    pub responses_counted: AtomicU64,
 }
 
 /// See the module docs. A cheap handle: clone it freely; give
@@ -117,6 +135,13 @@ impl Connector for FaultProxy {
     fn connect<'a>(&'a self, addr: &'a BrokerAddress, timeout: Duration) -> ConnectFuture<'a> {
         Box::pin(async move {
             self.stats.dials.fetch_add(1, Ordering::Relaxed);
+            if self.faults().refuse_connections {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "refused by the fault proxy (the broker is \"down\")",
+                ));
+            }
             if self.faults().black_hole {
                 tokio::time::sleep(timeout).await;
                 return Err(std::io::Error::new(
@@ -132,7 +157,12 @@ impl Connector for FaultProxy {
                 carried: 0,
                 cut: false,
                 scan: FrameScan::default(),
+                responses: ResponseScan::default(),
                 delay: None,
+                write_debt: Duration::ZERO,
+                read_pause: None,
+                ready: Vec::new(),
+                scratch: vec![0; 64 * 1024],
             });
             Ok(s)
         })
@@ -149,6 +179,11 @@ struct FrameScan {
 }
 
 impl FrameScan {
+    /// Is the next byte written the first of a new frame?
+    fn at_boundary(&self) -> bool {
+        self.remaining == 0 && self.header.is_empty()
+    }
+
     /// Feed written bytes; returns the API keys of frames completed.
     fn feed(&mut self, mut bytes: &[u8]) -> Vec<i16> {
         let mut done = Vec::new();
@@ -181,6 +216,51 @@ impl FrameScan {
     }
 }
 
+/// Follows the response frames coming back (a 4-byte length, then the
+/// body), pairing each with the API key of the oldest unanswered request,
+/// and filters out the bytes of responses chosen to be dropped.
+#[derive(Debug, Default)]
+struct ResponseScan {
+    /// API keys of requests sent and not yet answered, oldest first.
+    pending: std::collections::VecDeque<i16>,
+    header: Vec<u8>,
+    remaining: u64,
+    dropping: bool,
+}
+
+impl ResponseScan {
+    /// The bytes of `input` to pass on; `drop(key)` decides, once per
+    /// response, whether a response to a request with `key` vanishes.
+    fn filter(&mut self, mut input: &[u8], mut drop: impl FnMut(i16) -> bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(input.len());
+        while !input.is_empty() {
+            if self.remaining == 0 {
+                let take = (4 - self.header.len()).min(input.len());
+                self.header.extend_from_slice(&input[..take]);
+                input = &input[take..];
+                if self.header.len() == 4 {
+                    let len = i32::from_be_bytes(self.header[..4].try_into().expect("4 bytes"));
+                    self.remaining = u64::try_from(len).unwrap_or(0);
+                    let key = self.pending.pop_front();
+                    self.dropping = key.is_some_and(&mut drop);
+                    if !self.dropping {
+                        out.extend_from_slice(&self.header);
+                    }
+                    self.header.clear();
+                }
+            } else {
+                let take = (self.remaining as usize).min(input.len());
+                if !self.dropping {
+                    out.extend_from_slice(&input[..take]);
+                }
+                self.remaining -= take as u64;
+                input = &input[take..];
+            }
+        }
+        out
+    }
+}
+
 struct FaultStream {
     inner: BoxTransport,
     proxy: FaultProxy,
@@ -189,7 +269,15 @@ struct FaultStream {
     /// Reset after a request: reads fail from now on.
     cut: bool,
     scan: FrameScan,
+    responses: ResponseScan,
     delay: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Time owed to the bandwidth limit by bytes already written.
+    write_debt: Duration,
+    /// Bandwidth limit on reads: no read before this sleep ends.
+    read_pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Filtered response bytes not yet handed to the reader.
+    ready: Vec<u8>,
+    scratch: Vec<u8>,
 }
 
 fn reset(why: &str) -> std::io::Error {
@@ -226,12 +314,55 @@ impl AsyncRead for FaultStream {
         if self.proxy.faults().black_hole {
             return Poll::Pending; // hangs until the client's own timeout
         }
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        self.carried += n as u64;
-        r
+        if let Some(pause) = self.read_pause.as_mut() {
+            if pause.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.read_pause = None;
+        }
+        loop {
+            if !self.ready.is_empty() {
+                let n = self.ready.len().min(buf.remaining());
+                buf.put_slice(&self.ready[..n]);
+                self.ready.drain(..n);
+                self.carried += n as u64;
+                if let Some(rate) = self.proxy.faults().bandwidth {
+                    self.read_pause = Some(Box::pin(tokio::time::sleep(per_rate(n, rate))));
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let this = &mut *self;
+            let mut tmp = ReadBuf::new(&mut this.scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut tmp) {
+                Poll::Ready(Ok(())) if tmp.filled().is_empty() => return Poll::Ready(Ok(())), // EOF
+                Poll::Ready(Ok(())) => {
+                    let drop_rule = this.proxy.faults().drop_response;
+                    let stats = &this.proxy.stats;
+                    let kept = this.responses.filter(tmp.filled(), |key| {
+                        let Some((k, nth)) = drop_rule else {
+                            return false;
+                        };
+                        if key != k {
+                            return false;
+                        }
+                        let seen = stats.responses_counted.fetch_add(1, Ordering::SeqCst) + 1;
+                        let drop = seen == nth;
+                        if drop {
+                            stats.responses_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        drop
+                    });
+                    this.ready = kept;
+                }
+                other => return other,
+            }
+        }
     }
+}
+
+/// How long `n` bytes take at `rate` bytes per second.
+fn per_rate(n: usize, rate: u64) -> Duration {
+    Duration::from_secs_f64(n as f64 / rate.max(1) as f64)
 }
 
 impl AsyncWrite for FaultStream {
@@ -245,7 +376,17 @@ impl AsyncWrite for FaultStream {
             return Poll::Ready(Ok(buf.len())); // swallowed
         }
         if self.delay.is_none() {
-            let d = self.proxy.write_delay();
+            let mut d = self.proxy.write_delay() + std::mem::take(&mut self.write_debt);
+            if let Some((key, by)) = self.proxy.faults().delay_request {
+                // Our client writes each frame whole, so a frame starts here.
+                if self.scan.at_boundary() && buf.len() >= 6 && buf[4..6] == key.to_be_bytes() {
+                    d += by;
+                    self.proxy
+                        .stats
+                        .requests_delayed
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
             if !d.is_zero() {
                 self.delay = Some(Box::pin(tokio::time::sleep(d)));
             }
@@ -260,8 +401,12 @@ impl AsyncWrite for FaultStream {
             let n = *n;
             self.delay = None;
             self.carried += n as u64;
+            if let Some(rate) = self.proxy.faults().bandwidth {
+                self.write_debt = per_rate(n, rate);
+            }
             let written = buf[..n].to_vec();
             let completed = self.scan.feed(&written);
+            self.responses.pending.extend(completed.iter().copied());
             if let Some((key, p)) = self.proxy.faults().reset_after_request {
                 for k in completed {
                     if k == key && self.proxy.draw() < p {
@@ -304,6 +449,30 @@ mod tests {
             let mut keys = s.feed(&bytes[..split]);
             keys.extend(s.feed(&bytes[split..]));
             assert_eq!(keys, [8, 1], "split at {split}");
+        }
+    }
+
+    #[test]
+    fn response_scan_drops_only_the_chosen_response_across_splits() {
+        // Three responses (bodies 1, 2, 3 bytes) to requests 1 (Fetch), 12, 1.
+        let frame = |body: &[u8]| {
+            let mut f = (body.len() as i32).to_be_bytes().to_vec();
+            f.extend_from_slice(body);
+            f
+        };
+        let (a, b, c) = (frame(&[1]), frame(&[2, 2]), frame(&[3, 3, 3]));
+        let bytes = [a.clone(), b.clone(), c.clone()].concat();
+        for split in 0..bytes.len() {
+            let mut s = ResponseScan::default();
+            s.pending.extend([1, 12, 1]);
+            let mut fetches = 0;
+            let mut drop_second_fetch = |key: i16| {
+                fetches += i32::from(key == 1);
+                key == 1 && fetches == 2
+            };
+            let mut out = s.filter(&bytes[..split], &mut drop_second_fetch);
+            out.extend(s.filter(&bytes[split..], &mut drop_second_fetch));
+            assert_eq!(out, [a.clone(), b.clone()].concat(), "split at {split}");
         }
     }
 

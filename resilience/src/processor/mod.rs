@@ -176,11 +176,33 @@ impl Processor {
     /// offset with `auto.offset.reset=none`, …).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ConsumerError> {
         let cfg = self.cfg;
+        tokio::pin!(shutdown);
+        let started = Instant::now();
+        let deadline = cfg.startup_timeout.map(|t| started + t);
         let producer = match &cfg.dlt_producer {
-            Some(p) => Some(Producer::connect(p.clone()).await?),
+            Some(p) => {
+                let connect = || Producer::connect(p.clone());
+                match until_connected("dead-letter producer", connect, &mut shutdown, deadline)
+                    .await?
+                {
+                    Some(p) => Some(p),
+                    None => return Ok(()), // shut down before the cluster came up
+                }
+            }
             None => None,
         };
-        let mut consumer = Consumer::connect(cfg.consumer.clone()).await?;
+        let connect = || Consumer::connect(cfg.consumer.clone());
+        let Some(mut consumer) =
+            until_connected("consumer", connect, &mut shutdown, deadline).await?
+        else {
+            return Ok(());
+        };
+        if started.elapsed() > Duration::from_secs(1) {
+            tracing::info!(
+                waited_ms = started.elapsed().as_millis() as u64,
+                "connected to the Kafka cluster"
+            );
+        }
         if cfg.create_topics {
             if let Some(p) = &producer {
                 create_failure_topics(p.client(), &cfg).await;
@@ -198,6 +220,7 @@ impl Processor {
             self.stats.clone(),
             producer,
         ));
+        let _abort_on_drop = AbortTasksOnDrop(rt.clone());
         consumer.set_listener(Arc::new(RuntimeListener(rt.clone())));
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topic_refs)?;
@@ -205,8 +228,9 @@ impl Processor {
         let committer = consumer.committer().clone();
         let commit_task = match rt.cfg.commit_policy {
             CommitPolicy::Interval(every) => {
-                let (rt, c) = (rt.clone(), committer.clone());
-                Some(tokio::spawn(async move {
+                let (task_rt, c) = (rt.clone(), committer.clone());
+                Some(rt.spawn(async move {
+                    let rt = task_rt;
                     loop {
                         tokio::time::sleep(every).await;
                         rt.commit(&c, None).await;
@@ -214,8 +238,9 @@ impl Processor {
                 }))
             }
             CommitPolicy::AfterEachCompletion => {
-                let (rt, c) = (rt.clone(), committer.clone());
-                Some(tokio::spawn(async move {
+                let (task_rt, c) = (rt.clone(), committer.clone());
+                Some(rt.spawn(async move {
+                    let rt = task_rt;
                     loop {
                         let changed = rt.changed.notified();
                         let _ = tokio::time::timeout(Duration::from_millis(100), changed).await;
@@ -229,7 +254,6 @@ impl Processor {
         let mut paused: HashSet<TopicPartition> = HashSet::new();
         let mut globally_paused = false;
         let mut last_lag = Instant::now();
-        tokio::pin!(shutdown);
         let result = loop {
             let batches = tokio::select! {
                 _ = &mut shutdown => break Ok(()),
@@ -266,6 +290,15 @@ impl Processor {
         }
         consumer.close(rt.cfg.drain_timeout).await;
         result
+    }
+}
+
+/// Aborts the runtime's tasks when `run` returns or is dropped mid-way.
+struct AbortTasksOnDrop(Arc<Runtime>);
+
+impl Drop for AbortTasksOnDrop {
+    fn drop(&mut self) {
+        self.0.abort_tasks();
     }
 }
 
@@ -366,5 +399,47 @@ async fn create_failure_topics(client: &Client, cfg: &ProcessorConfig) {
                 }
             }
         }
+    }
+}
+
+/// Connect, retrying retriable failures (broker not up yet, coordinator
+/// loading, connection refused) with capped exponential backoff until it
+/// works, `shutdown` fires (`Ok(None)`), or `deadline` passes. A fatal
+/// error (bad credentials, TLS, config) is returned at once: retrying
+/// cannot fix it.
+async fn until_connected<T, E, F, Fut>(
+    what: &str,
+    mut connect: F,
+    shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    deadline: Option<Instant>,
+) -> Result<Option<T>, ConsumerError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: Into<ConsumerError>,
+{
+    let mut wait = Duration::from_millis(200);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let err: ConsumerError = match connect().await {
+            Ok(t) => return Ok(Some(t)),
+            Err(e) => e.into(),
+        };
+        let past_deadline = deadline.is_some_and(|d| Instant::now() + wait > d);
+        if !err.is_retriable() || past_deadline {
+            return Err(err);
+        }
+        tracing::warn!(
+            attempt,
+            retry_in_ms = wait.as_millis() as u64,
+            error = %err,
+            "{what} cannot reach the Kafka cluster yet; retrying. Check bootstrap.servers and that the brokers are up"
+        );
+        tokio::select! {
+            _ = shutdown.as_mut() => return Ok(None),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(10));
     }
 }

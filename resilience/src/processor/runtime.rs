@@ -3,6 +3,7 @@
 //! nothing awaits while holding it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use consumer_core::{Committer, PartitionRecords, TopicPartition};
 use kafka_wire::records::Record;
 use kafka_wire::Producer;
 use tokio::sync::{Notify, Semaphore};
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::{AnyHandler, Stats};
@@ -93,6 +95,11 @@ pub(crate) struct Runtime {
     /// One commit at a time, so commits never reorder and a revoke can
     /// finish with no commit in flight for its partitions.
     pub commit_lock: tokio::sync::Mutex<()>,
+    /// Every task the runtime spawned (units of work, the commit loop):
+    /// all are aborted when `run` ends or its future is dropped, so a
+    /// dropped processor stops handling and committing at once, as a
+    /// crashed process would.
+    tasks: Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// Bytes a record holds in memory (payloads plus a fixed overhead).
@@ -140,6 +147,21 @@ impl Runtime {
             producer,
             retry_index,
             commit_lock: tokio::sync::Mutex::new(()),
+            tasks: Mutex::new(tokio::task::JoinSet::new()),
+        }
+    }
+
+    /// Spawn a task owned by this runtime (see `tasks`).
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> AbortHandle {
+        let mut tasks = self.tasks.lock().expect("runtime tasks lock");
+        while tasks.try_join_next().is_some() {} // reap finished ones
+        tasks.spawn(task)
+    }
+
+    /// Abort every task this runtime spawned.
+    pub fn abort_tasks(&self) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.abort_all();
         }
     }
 
@@ -244,7 +266,7 @@ impl Runtime {
                 return;
             };
             let rt = self.clone();
-            tokio::spawn(async move {
+            self.spawn(async move {
                 rt.clone().run_unit(&lane, items, permit).await;
                 rt.lock().sched.done(&lane);
                 rt.pump();
