@@ -240,12 +240,58 @@ pub async fn committed_offset(
         .copied()
 }
 
-/// The number a record's value holds (`u32::MAX` if none).
+/// The number a record's value starts with (`u32::MAX` if none); padding
+/// after a space is ignored.
 pub fn number(r: &Record) -> u32 {
     std::str::from_utf8(r.value.as_deref().unwrap_or_default())
         .ok()
-        .and_then(|s| s.parse().ok())
+        .and_then(|s| s.split(' ').next()?.parse().ok())
         .unwrap_or(u32::MAX)
+}
+
+/// Produce records numbered from `first`, keyed "k<n>", at about
+/// `per_second`, until `stop` is set; every record is retried until
+/// acknowledged (through broker restarts). Returns how many were acked:
+/// numbers `first..first + count`.
+pub async fn produce_steadily(
+    cfg: ProducerConfig,
+    topic: String,
+    first: u32,
+    per_second: u32,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> u32 {
+    let p = Producer::connect(cfg).await.expect("connect producer");
+    let record = |n: u32| {
+        ProducerRecord::new(&topic)
+            .key(format!("k{n}"))
+            .value(n.to_string())
+    };
+    let tick = Duration::from_millis(20);
+    let per_tick = (per_second / 50).max(1);
+    let mut n = first;
+    while !stop.load(Ordering::SeqCst) {
+        let mut pending = Vec::new();
+        for i in n..n + per_tick {
+            pending.push((i, p.send(record(i)).await));
+        }
+        for (i, sent) in pending {
+            let mut outcome = match sent {
+                Ok(f) => f.await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            while outcome.is_err() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                outcome = match p.send(record(i)).await {
+                    Ok(f) => f.await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+            }
+        }
+        n += per_tick;
+        tokio::time::sleep(tick).await;
+    }
+    p.close().await;
+    n - first
 }
 
 /// What handling record `n` does on attempt `attempt`: take this long and
@@ -262,6 +308,27 @@ pub fn taking(d: Duration) -> Behaviour {
     Arc::new(move |_, _| Ok(d))
 }
 
+/// A downstream that accepts `per_second` records in all, however many
+/// calls run at once: each call takes the next free slot (sleeping only
+/// when more than a millisecond ahead, so timer granularity does not cap
+/// the rate).
+pub fn rate_limited(per_second: u32) -> Behaviour {
+    let interval = Duration::from_secs(1) / per_second.max(1);
+    let next = Mutex::new(Instant::now());
+    Arc::new(move |_, _| {
+        let now = Instant::now();
+        let mut next = next.lock().expect("rate lock");
+        let slot = (*next).max(now);
+        *next = slot + interval;
+        let ahead = slot - now;
+        Ok(if ahead > Duration::from_millis(1) {
+            ahead
+        } else {
+            Duration::ZERO
+        })
+    })
+}
+
 /// Side effects as they were applied, shared by every member of a run.
 #[derive(Debug, Default)]
 pub struct Sink {
@@ -271,6 +338,8 @@ pub struct Sink {
     running: AtomicUsize,
     peak_running: AtomicUsize,
     batch_sizes: Mutex<Vec<usize>>,
+    /// Record number → offset, as handlers saw them.
+    offsets: Mutex<HashMap<u32, i64>>,
 }
 
 impl Sink {
@@ -326,6 +395,28 @@ impl Sink {
         self.distinct_and_duplicates().0.len()
     }
 
+    /// Note where record `n` sits in its partition.
+    pub fn saw(&self, n: u32, offset: i64) {
+        self.offsets.lock().expect("lock").insert(n, offset);
+    }
+
+    /// The offset of record `n`, if a handler saw it.
+    pub fn offset_of(&self, n: u32) -> Option<i64> {
+        self.offsets.lock().expect("lock").get(&n).copied()
+    }
+
+    /// Records applied more than once: (partition, number).
+    pub fn duplicated(&self) -> Vec<(i32, u32)> {
+        let mut seen = BTreeSet::new();
+        let mut dups = Vec::new();
+        for (p, n) in self.applied() {
+            if !seen.insert(n) {
+                dups.push((p, n));
+            }
+        }
+        dups
+    }
+
     /// Most calls that ran at once.
     pub fn peak_running(&self) -> usize {
         self.peak_running.load(Ordering::SeqCst)
@@ -370,6 +461,7 @@ impl SinkHandler {
 
 impl Handler for SinkHandler {
     fn handle<'a>(&'a self, tp: &'a TopicPartition, r: &'a Record) -> HandlerFuture<'a> {
+        self.sink.saw(number(r), r.offset);
         Box::pin(self.sink.handle(&self.behaviour, tp.partition, number(r)))
     }
 }
@@ -379,6 +471,7 @@ impl BatchHandler for SinkHandler {
         Box::pin(async move {
             self.sink.batch_sizes.lock().expect("lock").push(rs.len());
             for r in rs {
+                self.sink.saw(number(r), r.offset);
                 self.sink
                     .handle(&self.behaviour, tp.partition, number(r))
                     .await?;

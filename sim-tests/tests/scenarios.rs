@@ -149,3 +149,111 @@ async fn dlt_unavailable_naive_vs_resilient() {
         res.notes
     );
 }
+
+fn noted(r: &Report, note: &str) -> bool {
+    r.notes.iter().any(|n| n == note)
+}
+
+#[tokio::test]
+async fn burst_stays_within_the_memory_bound_naive_vs_resilient() {
+    let b = testkit::require_broker!();
+    let (naive, res) = scenarios::burst_with_slow_downstream(&b).await;
+    show(&[&naive, &res]);
+    const BOUND: u64 = 1024 * 1024;
+    assert!(
+        naive.peak_in_flight_bytes > 5 * BOUND,
+        "naive: the unbounded queue should hold most of the burst"
+    );
+    assert_eq!((res.lost, res.duplicates), (0, 0));
+    assert!(
+        res.peak_in_flight_bytes <= BOUND + BOUND / 5,
+        "in-flight bytes {} beyond the bound + 20 %",
+        res.peak_in_flight_bytes
+    );
+    assert_eq!(res.rebalances, 1, "one assignment, no rebalance");
+    assert!(
+        !res.notes.iter().any(|n| n.starts_with("paused 0 times")),
+        "{:?}",
+        res.notes
+    );
+    assert!(
+        noted(&res, "partitions with lag after the run: 0"),
+        "{:?}",
+        res.notes
+    );
+}
+
+#[tokio::test]
+async fn restart_and_rebalance_under_load_naive_vs_resilient() {
+    let b = testkit::require_broker!();
+    let [naive, res, deduped] = scenarios::restart_under_load(&b).await;
+    show(&[&naive, &res, &deduped]);
+    assert!(
+        naive.lost > 0,
+        "naive: the stopped and killed members' queues are lost"
+    );
+    for r in [&res, &deduped] {
+        assert_eq!(r.lost, 0, "{}: nothing lost", r.mode);
+        assert!(noted(r, "commits after revoke: 0"), "{:?}", r.notes);
+        assert!(
+            noted(
+                r,
+                "redeliveries outside the killed member's uncommitted window: 0"
+            ),
+            "{:?}",
+            r.notes
+        );
+    }
+    assert_eq!(
+        deduped.duplicates, 0,
+        "a DedupStore makes redelivery harmless"
+    );
+}
+
+#[tokio::test]
+async fn scaling_out_drains_the_lag() {
+    let b = testkit::require_broker!();
+    let (naive, res) = scenarios::scale_out_under_lag(&b).await;
+    show(&[&naive, &res]);
+    assert_eq!((res.lost, res.duplicates), (0, 0));
+    assert!(
+        res.notes.iter().any(|n| n.contains("drained in")),
+        "{:?}",
+        res.notes
+    );
+    assert!(noted(&res, "commits after revoke: 0"), "{:?}", res.notes);
+    assert!(
+        noted(&res, "partitions with lag after the run: 0"),
+        "{:?}",
+        res.notes
+    );
+}
+
+#[tokio::test]
+async fn startup_race_naive_exits_resilient_retries() {
+    let b = testkit::require_broker!();
+    let (naive, res) = scenarios::startup_race(&b).await;
+    show(&[&naive, &res]);
+    assert!(
+        naive.notes.iter().any(|n| n.starts_with("exited at start")),
+        "{:?}",
+        naive.notes
+    );
+    assert_eq!((res.lost, res.duplicates), (0, 0));
+    assert!(
+        !noted(&res, "connection attempts refused: 0"),
+        "the fault never fired: {:?}",
+        res.notes
+    );
+}
+
+#[tokio::test]
+async fn slow_lossy_network_loses_nothing() {
+    let b = testkit::require_broker!();
+    let r = scenarios::slow_lossy_network(&b, 42).await;
+    show(&[&r]);
+    assert_eq!((r.lost, r.duplicates), (0, 0));
+    assert!(noted(&r, "partitions lost: 0"), "{:?}", r.notes);
+    assert!(noted(&r, "fetch responses dropped: 1"), "{:?}", r.notes);
+    assert!(!noted(&r, "heartbeats delayed: 0"), "{:?}", r.notes);
+}

@@ -67,11 +67,29 @@ pub fn broker_required() -> bool {
     truthy("CI") || truthy("KAFKA_REQUIRE_BROKER")
 }
 
-fn env_file() -> PathBuf {
+fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("testkit lives in the workspace")
-        .join("target/broker/env")
+        .to_path_buf()
+}
+
+fn env_file() -> PathBuf {
+    workspace_root().join("target/broker/env")
+}
+
+fn env_file_pairs() -> Vec<(String, String)> {
+    std::fs::read_to_string(env_file())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A harness variable: the process env, else `target/broker/env`.
+fn env_var(key: &str) -> Option<String> {
+    lookup(key, &env_file_pairs())
 }
 
 /// Read a variable from the process env, else from `target/broker/env`.
@@ -104,12 +122,7 @@ pub fn broker() -> Option<BrokerEnv> {
     let file: Vec<(String, String)> = if std::env::var_os("KAFKA_BOOTSTRAP").is_some() {
         Vec::new()
     } else {
-        std::fs::read_to_string(env_file())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        env_file_pairs()
     };
     let get = |k: &str| lookup(k, &file);
     let problem = match get("KAFKA_BOOTSTRAP") {
@@ -170,10 +183,7 @@ pub fn unique_name(prefix: &str) -> String {
 /// # Panics
 /// When no server is reachable and [`broker_required`] is true.
 pub fn postgres() -> Option<String> {
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("testkit lives in the workspace")
-        .join("target/postgres/env");
+    let file = workspace_root().join("target/postgres/env");
     let url = std::env::var("PG_URL").ok().or_else(|| {
         std::fs::read_to_string(file)
             .ok()?
@@ -214,4 +224,38 @@ macro_rules! require_postgres {
             None => return,
         }
     };
+}
+
+/// Restart the test broker through the harness (`xtask broker restart`):
+/// stopped with SIGTERM (or SIGKILL if `hard`), down for `down_for`, then
+/// started on the same ports and data. Blocks until it serves again. Only
+/// for tests that run alone (`cargo xtask test` runs them after the rest):
+/// every other test would see the broker vanish.
+///
+/// Uses the xtask binary in `KAFKA_BROKER_CONTROL` (set by `cargo xtask
+/// test`), else `target/debug/xtask` (built by any `cargo xtask` call).
+pub fn restart_broker(hard: bool, down_for: Duration) -> Result<(), String> {
+    let xtask = std::env::var_os("KAFKA_BROKER_CONTROL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug/xtask"));
+    let mut cmd = std::process::Command::new(&xtask);
+    cmd.args(["broker", "restart", "--down-for"])
+        .arg(down_for.as_secs_f64().to_string());
+    if let Some(v) = env_var("KAFKA_BROKER_VERSION") {
+        cmd.args(["--kafka-version", &v]);
+    }
+    if hard {
+        cmd.arg("--hard");
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("could not run {}: {e}", xtask.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`xtask broker restart` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }

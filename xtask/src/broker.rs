@@ -56,6 +56,18 @@ pub enum Action {
         #[arg(long, default_value = KAFKA_VERSION)]
         kafka_version: String,
     },
+    /// Stop the broker (SIGTERM, or SIGKILL with --hard), keep it down a
+    /// while, and start it again on the same ports and data.
+    Restart {
+        #[arg(long, default_value = KAFKA_VERSION)]
+        kafka_version: String,
+        /// SIGKILL instead of a clean shutdown.
+        #[arg(long)]
+        hard: bool,
+        /// Seconds to stay down before starting again.
+        #[arg(long, default_value_t = 0.0)]
+        down_for: f64,
+    },
     /// Say what is running and where.
     Status {
         #[arg(long, default_value = KAFKA_VERSION)]
@@ -99,6 +111,15 @@ pub fn run(action: Action) -> anyhow::Result<()> {
             Ok(())
         }
         Action::Down { kafka_version } => down(&kafka_version),
+        Action::Restart {
+            kafka_version,
+            hard,
+            down_for,
+        } => restart(
+            &kafka_version,
+            hard,
+            Duration::from_secs_f64(down_for.max(0.0)),
+        ),
         Action::Status { kafka_version } => status(&kafka_version),
         Action::Logs {
             kafka_version,
@@ -467,46 +488,9 @@ fn start_kafka(dirs: &Dirs) -> anyhow::Result<RunningBroker> {
     )
     .context("formatting the KRaft log dir failed")?;
 
-    eprintln!("xtask: starting Apache Kafka {}", dirs.version);
-    let log = fs::File::create(&dirs.log)?;
-    let mut child = java(dirs)
-        .args([
-            "-Xms512m",
-            "-Xmx512m",
-            "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20",
-            "-Djava.awt.headless=true",
-        ])
-        .arg("kafka.Kafka")
-        .arg(&server_props)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        // Its own process group: a Ctrl-C on xtask must not take the broker down with it.
-        .process_group(0)
-        .spawn()
-        .context("could not start java")?;
-    let pid = child.id();
-    fs::write(&dirs.pid, pid.to_string())?;
-
+    let _ = fs::remove_file(&dirs.log); // a fresh broker, a fresh log
     let bootstrap = format!("127.0.0.1:{}", ports.plaintext);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    // The broker opens its client port only once it is ready to serve.
-    while !tcp_ready(&bootstrap) {
-        if let Some(status) = child.try_wait()? {
-            bail!(
-                "the broker exited during start-up ({status}); last lines of {}:\n{}",
-                dirs.log.display(),
-                tail(&dirs.log, 40)
-            );
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the broker did not open {bootstrap} within 120 s; see `cargo xtask broker logs`"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let pid = launch(dirs, &bootstrap)?;
 
     let path = |p: &Path| p.display().to_string();
     let env = vec![
@@ -540,6 +524,57 @@ fn start_kafka(dirs: &Dirs) -> anyhow::Result<RunningBroker> {
         started.elapsed().as_secs_f64()
     );
     Ok(running)
+}
+
+/// Start the java process on the config and data already in `dirs` and
+/// wait until it serves `bootstrap`; its pid.
+fn launch(dirs: &Dirs, bootstrap: &str) -> anyhow::Result<u32> {
+    let server_props = dirs.config.join("server.properties");
+    eprintln!("xtask: starting Apache Kafka {}", dirs.version);
+    // Appended: a restart keeps the log of the run before it.
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&dirs.log)?;
+    let mut child = java(dirs)
+        .args([
+            "-Xms512m",
+            "-Xmx512m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+        ])
+        .arg("kafka.Kafka")
+        .arg(&server_props)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C on xtask must not take the broker down with it.
+        .process_group(0)
+        .spawn()
+        .context("could not start java")?;
+    let pid = child.id();
+    fs::write(&dirs.pid, pid.to_string())?;
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // The broker opens its client port only once it is ready to serve.
+    while !tcp_ready(bootstrap) {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the broker exited during start-up ({status}); last lines of {}:\n{}",
+                dirs.log.display(),
+                tail(&dirs.log, 40)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the broker did not open {bootstrap} within 120 s; see `cargo xtask broker logs`"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    Ok(pid)
 }
 
 fn write_env(dirs: &Dirs, running: &RunningBroker) -> anyhow::Result<()> {
@@ -614,20 +649,80 @@ pub fn down(version: &str) -> anyhow::Result<()> {
         println!("no broker of ours is running");
         return Ok(());
     };
-    // SIGTERM lets Kafka shut down cleanly; SIGKILL only if it hangs.
-    let _ = Command::new("kill").arg(pid.to_string()).status();
+    stop_pid(pid, &dirs, false);
+    let _ = fs::remove_file(&dirs.pid);
+    let _ = fs::remove_file(&dirs.env);
+    println!("stopped broker pid {pid}");
+    Ok(())
+}
+
+/// Stop our java process: SIGTERM and a clean shutdown (SIGKILL only if it
+/// hangs for 30 s), or with `hard` SIGKILL at once, like a power cut.
+fn stop_pid(pid: u32, dirs: &Dirs, hard: bool) {
+    if hard {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    } else {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while is_our_java(pid, &dirs) && Instant::now() < deadline {
+    while is_our_java(pid, dirs) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    if is_our_java(pid, &dirs) {
+    if is_our_java(pid, dirs) {
         eprintln!("xtask: broker pid {pid} ignored SIGTERM for 30 s; sending SIGKILL");
         let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         std::thread::sleep(Duration::from_millis(500));
     }
-    let _ = fs::remove_file(&dirs.pid);
-    let _ = fs::remove_file(&dirs.env);
-    println!("stopped broker pid {pid}");
+}
+
+/// Stop the running broker, keep it down for `down_for`, and start it again
+/// on the same ports and data (for the broker-restart scenarios).
+fn restart(version: &str, hard: bool, down_for: Duration) -> anyhow::Result<()> {
+    let dirs = Dirs::new(version);
+    let env = fs::read_to_string(&dirs.env).with_context(|| {
+        format!(
+            "no broker to restart: {} is missing; run `cargo xtask broker up`",
+            dirs.env.display()
+        )
+    })?;
+    let value = |key: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    if value("KAFKA_BROKER_ENGINE").as_deref() != Some("kafka") {
+        bail!("`broker restart` drives the Apache Kafka engine only");
+    }
+    let bootstrap = value("KAFKA_BOOTSTRAP").context("env has no KAFKA_BOOTSTRAP")?;
+    let old = value("KAFKA_BROKER_PID")
+        .and_then(|p| p.parse::<u32>().ok())
+        .filter(|&p| is_our_java(p, &dirs))
+        .context("the broker in the env file is not running; run `cargo xtask broker up`")?;
+    let started = Instant::now();
+    stop_pid(old, &dirs, hard);
+    eprintln!(
+        "xtask: broker pid {old} stopped ({}) in {:.1} s; down for {:.1} s",
+        if hard { "SIGKILL" } else { "SIGTERM" },
+        started.elapsed().as_secs_f64(),
+        down_for.as_secs_f64()
+    );
+    std::thread::sleep(down_for);
+    let pid = launch(&dirs, &bootstrap)?;
+    let env: String = env
+        .lines()
+        .map(|l| {
+            if l.starts_with("KAFKA_BROKER_PID=") {
+                format!("KAFKA_BROKER_PID={pid}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    fs::write(&dirs.env, env)?;
+    println!(
+        "restarted broker: pid {pid} at {bootstrap}, {:.1} s after the stop began",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -161,7 +161,7 @@ fn run_steps(
             ok: true,
             detail: format!("using KAFKA_BOOTSTRAP={bootstrap}"),
         });
-        return timed(steps, "tests", || tests(extra_env, args, "", counts));
+        return timed(steps, "tests", || tests(extra_env, args, "", false, counts));
     }
     // Ours: the main version, then each compatibility version.
     let compat = args
@@ -195,7 +195,7 @@ fn run_steps(
         } else {
             format!("Kafka {version}: ")
         };
-        let result = timed(steps, names[1], || tests(&env, args, &label, counts));
+        let result = timed(steps, names[1], || tests(&env, args, &label, true, counts));
         // Stop what we started, even when tests failed.
         if started {
             let _ = timed(steps, names[2], || {
@@ -208,14 +208,38 @@ fn run_steps(
     Ok(())
 }
 
-/// One `cargo test` run with `env`, added to `counts`; fails if a test did.
+/// The test binary whose tests stop or restart the broker: ignored in the
+/// workspace run (other tests would see the broker vanish), run alone after.
+const ALONE: [&str; 4] = ["-p", "sim-tests", "--test", "broker_restart"];
+
+/// `cargo test --workspace` with `env`, then (with `restartable`, on our
+/// own broker, without a name filter) the broker-restart tests alone; added
+/// to `counts`; fails if a test did.
 fn tests(
     env: &[(String, String)],
     args: &Args,
     label: &str,
+    restartable: bool,
     counts: &mut Counts,
 ) -> anyhow::Result<String> {
-    let c = cargo_test(env, &args.cargo_test_args)?;
+    let mut workspace = vec!["--workspace".to_string()];
+    workspace.extend(args.cargo_test_args.iter().cloned());
+    let mut c = cargo_test(env, &workspace, &[])?;
+    if restartable && args.cargo_test_args.is_empty() {
+        let mut env = env.to_vec();
+        let xtask = std::env::current_exe().context("the xtask binary's path")?;
+        env.push(("KAFKA_BROKER_CONTROL".into(), xtask.display().to_string()));
+        eprintln!("\n==> {label}tests that restart the broker, alone");
+        let alone = cargo_test(
+            &env,
+            &ALONE.map(String::from),
+            &["--ignored", "--test-threads=1"],
+        )?;
+        // They were counted as ignored in the workspace run; now they ran.
+        c.ignored = c.ignored.saturating_sub(alone.passed + alone.failed);
+        c.passed += alone.passed;
+        c.failed += alone.failed;
+    }
     counts.passed += c.passed;
     counts.failed += c.failed;
     counts.ignored += c.ignored;
@@ -229,12 +253,19 @@ fn tests(
     Ok(line)
 }
 
-/// Run `cargo test --workspace`, echoing its output and counting results.
-fn cargo_test(env: &[(String, String)], extra: &[String]) -> anyhow::Result<Counts> {
+/// Run `cargo test <cargo_args> -- <test_args>`, echoing its output and
+/// counting results.
+fn cargo_test(
+    env: &[(String, String)],
+    cargo_args: &[String],
+    test_args: &[&str],
+) -> anyhow::Result<Counts> {
     let mut cmd = shell::cargo();
-    cmd.args(["test", "--workspace", "--no-fail-fast"])
-        .args(extra)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    cmd.arg("test").arg("--no-fail-fast").args(cargo_args);
+    if !test_args.is_empty() {
+        cmd.arg("--").args(test_args);
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         // Under `xtask test` a broker is always expected: never skip.
         .env("KAFKA_REQUIRE_BROKER", "1")
         .stdout(Stdio::piped());

@@ -43,6 +43,7 @@ use runtime::Runtime;
 pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
 
 pub use crate::retry::HandlerError;
+pub use runtime::record_bytes;
 
 /// The application's code for one record.
 pub trait Handler: Send + Sync + 'static {

@@ -102,8 +102,9 @@ pub(crate) struct Runtime {
     tasks: Mutex<tokio::task::JoinSet<()>>,
 }
 
-/// Bytes a record holds in memory (payloads plus a fixed overhead).
-pub(crate) fn record_bytes(r: &Record) -> usize {
+/// Bytes a record holds in memory (payloads plus a fixed overhead): what
+/// `max_in_flight_bytes` counts.
+pub fn record_bytes(r: &Record) -> usize {
     let headers: usize = r
         .headers
         .iter()

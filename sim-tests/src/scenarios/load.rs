@@ -1,0 +1,363 @@
+//! Load: a burst against a slow downstream (4), members stopping, dying
+//! and joining while records flow (5), and scaling out under lag (6).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kafka_wire::ProducerRecord;
+use resilience::dedup::InMemoryDedup;
+use resilience::observe::{Event, EventLog};
+use resilience::{KeySource, Processor};
+
+use super::*;
+use crate::support::{self, eventually, rate_limited, taking, Sink};
+
+/// 4. A burst of 100,000 records (≈100-byte values) against a downstream
+///    that takes 25,000 records/s. Naive: poll hands everything to an
+///    unbounded queue, so memory holds the whole burst. Resilient: in-flight
+///    bytes stay within the bound (to within one poll), partitions pause and
+///    resume, nobody leaves the group, and the lag drains to 0.
+pub async fn burst_with_slow_downstream(b: &testkit::BrokerEnv) -> (Report, Report) {
+    const N: u32 = 100_000;
+    const RATE: u32 = 25_000;
+    const BOUND: usize = 1024 * 1024;
+    const NAME: &str = "4 burst vs slow downstream";
+    let admin = support::admin(b).await;
+    let topic = support::create_topic(&admin, "sc-burst", 4).await;
+    let pad = "x".repeat(94);
+    support::produce(
+        &admin,
+        b,
+        (0..N).map(|i| {
+            ProducerRecord::new(&topic)
+                .key(format!("k{i}"))
+                .value(format!("{i} {pad}"))
+        }),
+    )
+    .await;
+
+    let sink = Arc::new(Sink::default());
+    let group = testkit::unique_name("sc-burst-naive");
+    let naive = NaiveHandoff::start(
+        naive_config(b, &group, &[]),
+        &topic,
+        &sink,
+        &rate_limited(RATE),
+    );
+    eventually(Duration::from_secs(60), || sink.distinct() >= N as usize).await;
+    let peak = naive.peak();
+    naive.stop().await;
+    let mut naive = Report::of(NAME, "naive", N, &sink, 0)
+        .note("unbounded hand-off queue: memory grows with the burst");
+    naive.peak_in_flight_bytes = peak;
+
+    let sink = Arc::new(Sink::default());
+    let group = testkit::unique_name("sc-burst");
+    let log = Arc::new(EventLog::default());
+    let cfg = resilient(b, &group, &topic)
+        .max_in_flight(usize::MAX, BOUND)
+        .observer(log.clone());
+    let run = start(cfg, &sink, &rate_limited(RATE));
+    let stats = run.stats.clone();
+    let started = Instant::now();
+    run.wait_finished(u64::from(N), Duration::from_secs(60))
+        .await;
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await; // a last interval commit
+    run.stop().await;
+    let lagging = support::uncommitted_partitions(b, &admin, &group, &topic, 4).await;
+    let resumes = log
+        .events()
+        .iter()
+        .filter(|e| matches!(e, Event::Resumed(_)))
+        .count();
+    let mut res = Report::of(NAME, "resilient", N, &sink, 0)
+        .note(format!("bound {BOUND} bytes"))
+        .note(format!(
+            "paused {} times, resumed {resumes} times",
+            stats.pauses.load(AtomicOrdering::Relaxed)
+        ))
+        .note(format!(
+            "partitions with lag after the run: {}",
+            lagging.len()
+        ))
+        .note(format!("drained in {:.1} s", took.as_secs_f64()));
+    res.peak_in_flight_bytes = stats.peak_in_flight_bytes.load(AtomicOrdering::Relaxed) as u64;
+    res.rebalances = log.assignments() as u64;
+    (naive, res)
+}
+
+/// A group member of scenario 5, naive or resilient.
+enum Member {
+    Naive(NaiveHandoff),
+    Resilient(Running, Arc<EventLog>),
+}
+
+impl Member {
+    async fn stop(self) {
+        match self {
+            Member::Naive(m) => m.stop().await,
+            Member::Resilient(r, _) => r.stop().await,
+        }
+    }
+
+    async fn crash(self) -> Option<Arc<EventLog>> {
+        match self {
+            Member::Naive(m) => {
+                m.crash().await;
+                None
+            }
+            Member::Resilient(r, log) => {
+                r.crash().await;
+                Some(log)
+            }
+        }
+    }
+}
+
+/// What one run of scenario 5 saw.
+struct Churn {
+    produced: u32,
+    /// The crashed member's events (resilient runs).
+    crashed: Option<Arc<EventLog>>,
+    /// Every member's events.
+    logs: Vec<Arc<EventLog>>,
+}
+
+/// Three members share a group while a producer writes 2,000 records/s
+/// for 8 s: one stops gracefully at 2.5 s, one is killed at 4.5 s, one
+/// joins at 5 s. Then the survivors drain.
+async fn churn(
+    b: &testkit::BrokerEnv,
+    topic: &str,
+    sink: &Arc<Sink>,
+    mut member: impl FnMut() -> Member,
+) -> Churn {
+    let stop_producing = Arc::new(AtomicBool::new(false));
+    let producer = tokio::spawn(support::produce_steadily(
+        support::producer_config(b),
+        topic.to_string(),
+        0,
+        2_000,
+        stop_producing.clone(),
+    ));
+    let mut logs = Vec::new();
+    let mut keep = |m: Member| {
+        if let Member::Resilient(_, log) = &m {
+            logs.push(log.clone());
+        }
+        m
+    };
+    let (a, killed, c) = (keep(member()), keep(member()), keep(member()));
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    a.stop().await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let crashed = killed.crash().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let d = keep(member());
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    stop_producing.store(true, AtomicOrdering::SeqCst);
+    let produced = producer.await.expect("producer task");
+    // The killed member's partitions move after its session times out (6 s).
+    eventually(Duration::from_secs(40), || {
+        sink.distinct() >= produced as usize
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.stop().await;
+    d.stop().await;
+    Churn {
+        produced,
+        crashed,
+        logs,
+    }
+}
+
+/// 5. Restart mid-processing and rebalance under load. Naive (hand-off,
+///    auto-commit): what the stopped and the killed member had queued is
+///    lost. Resilient: 0 lost; without a DedupStore, redeliveries only from
+///    the killed member's uncommitted window; with one, 0 duplicates.
+pub async fn restart_under_load(b: &testkit::BrokerEnv) -> [Report; 3] {
+    const NAME: &str = "5 restart + rebalance under load";
+    let admin = support::admin(b).await;
+    let work = taking(Duration::from_millis(1));
+
+    let topic = support::create_topic(&admin, "sc-churn-naive", 4).await;
+    let sink = Arc::new(Sink::default());
+    let group = testkit::unique_name("sc-churn-naive");
+    let run = churn(b, &topic, &sink, || {
+        Member::Naive(NaiveHandoff::start(
+            naive_config(b, &group, &[]),
+            &topic,
+            &sink,
+            &work,
+        ))
+    })
+    .await;
+    let naive = Report::of(NAME, "naive", run.produced, &sink, 0);
+
+    let mut reports = vec![naive];
+    for with_store in [false, true] {
+        let topic = support::create_topic(&admin, "sc-churn", 4).await;
+        let sink = Arc::new(Sink::default());
+        let group = testkit::unique_name("sc-churn");
+        // One store shared by every member, as a database would be.
+        let store = Arc::new(InMemoryDedup::new(1_000_000));
+        let run = churn(b, &topic, &sink, || {
+            let log = Arc::new(EventLog::default());
+            let mut cfg = resilient(b, &group, &topic).observer(log.clone());
+            if with_store {
+                cfg = cfg.idempotency(KeySource::RecordKey, store.clone());
+            }
+            Member::Resilient(
+                support::start(Processor::new(cfg, SinkHandler::new(&sink, work.clone()))),
+                log,
+            )
+        })
+        .await;
+        let mode = if with_store {
+            "resilient + DedupStore"
+        } else {
+            "resilient"
+        };
+        let outside = run
+            .crashed
+            .as_ref()
+            .map_or(0, |log| outside_uncommitted_window(log, &topic, &sink));
+        let late: usize = run
+            .logs
+            .iter()
+            .map(|l| l.commits_after_revoke().len())
+            .sum();
+        let mut r = Report::of(NAME, mode, run.produced, &sink, 0)
+            .note(format!(
+                "redeliveries outside the killed member's uncommitted window: {outside}"
+            ))
+            .note(format!("commits after revoke: {late}"));
+        r.rebalances = run.logs.iter().map(|l| l.assignments() as u64).sum();
+        reports.push(r);
+    }
+    reports.try_into().expect("three reports")
+}
+
+/// Duplicated records that the killed member (events in `log`) cannot
+/// explain: on a partition it did not own when it died, or below the
+/// offset it had committed there.
+fn outside_uncommitted_window(log: &EventLog, topic: &str, sink: &Sink) -> usize {
+    let mut owned: BTreeSet<i32> = BTreeSet::new();
+    let mut committed: HashMap<i32, i64> = HashMap::new();
+    for e in log.events() {
+        match e {
+            Event::Assigned(tps) => owned.extend(tps.iter().map(|tp| tp.partition)),
+            Event::Revoked(tps) | Event::Lost(tps) => {
+                for tp in tps {
+                    owned.remove(&tp.partition);
+                }
+            }
+            Event::Committed(offsets) => {
+                for (tp, o, _) in offsets {
+                    if tp.topic == topic {
+                        committed.insert(tp.partition, o);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    sink.duplicated()
+        .into_iter()
+        .filter(|(p, n)| {
+            let at = sink.offset_of(*n).unwrap_or(-1);
+            !owned.contains(p) || at < committed.get(p).copied().unwrap_or(0)
+        })
+        .count()
+}
+
+/// 6. Lag builds with one member (2 workers, 2 ms a record); two more
+///    join. Reports how long the lag took to drain after they joined.
+pub async fn scale_out_under_lag(b: &testkit::BrokerEnv) -> (Report, Report) {
+    const N: u32 = 12_000;
+    const NAME: &str = "6 scale out under lag";
+    let admin = support::admin(b).await;
+    let work = taking(Duration::from_millis(2));
+
+    let topic = numbered(b, &admin, "sc-scale-naive", 6, N).await;
+    let sink = Arc::new(Sink::default());
+    let group = testkit::unique_name("sc-scale-naive");
+    let until = Instant::now() + Duration::from_secs(40);
+    let member = |sink: &Arc<Sink>| {
+        tokio::spawn(naive_inline_loop(
+            naive_config(b, &group, &[]),
+            topic.clone(),
+            sink.clone(),
+            work.clone(),
+            until,
+        ))
+    };
+    let first = member(&sink);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (before, joined) = (sink.distinct(), Instant::now());
+    let others = [member(&sink), member(&sink)];
+    let drained_naive = eventually(Duration::from_secs(35), || sink.distinct() >= N as usize).await;
+    let took = joined.elapsed();
+    let mut rebalances = first.await.unwrap_or(0);
+    for m in others {
+        rebalances += m.await.unwrap_or(0);
+    }
+    let mut naive = Report::of(NAME, "naive", N, &sink, 0).note(format!(
+        "handled {before} alone in 3 s; {} after two joined{}",
+        N as usize - before.min(N as usize),
+        if drained_naive {
+            format!(", drained in {:.1} s", took.as_secs_f64())
+        } else {
+            ", not drained in 35 s".into()
+        }
+    ));
+    naive.rebalances = rebalances;
+
+    let topic = numbered(b, &admin, "sc-scale", 6, N).await;
+    let sink = Arc::new(Sink::default());
+    let group = testkit::unique_name("sc-scale");
+    let logs: Vec<Arc<EventLog>> = (0..3).map(|_| Arc::new(EventLog::default())).collect();
+    let member = |log: &Arc<EventLog>| {
+        start(
+            resilient(b, &group, &topic)
+                .concurrency(2)
+                .observer(log.clone()),
+            &sink,
+            &work,
+        )
+    };
+    let first = member(&logs[0]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (before, joined) = (sink.distinct(), Instant::now());
+    let others = [member(&logs[1]), member(&logs[2])];
+    let drained_res = eventually(Duration::from_secs(35), || sink.distinct() >= N as usize).await;
+    let took = joined.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let alone = before as f64 / 3.0;
+    for r in others.into_iter().chain([first]) {
+        r.stop().await;
+    }
+    let lagging = support::uncommitted_partitions(b, &admin, &group, &topic, 6).await;
+    let late: usize = logs.iter().map(|l| l.commits_after_revoke().len()).sum();
+    let mut res = Report::of(NAME, "resilient", N, &sink, 0)
+        .note(format!(
+            "{before} handled alone in 3 s (alone, the rest would take {:.1} s); {}",
+            (N as f64 - before as f64) / alone.max(1.0),
+            if drained_res {
+                format!("drained in {:.1} s after two joined", took.as_secs_f64())
+            } else {
+                "not drained in 35 s".into()
+            }
+        ))
+        .note(format!("commits after revoke: {late}"))
+        .note(format!(
+            "partitions with lag after the run: {}",
+            lagging.len()
+        ));
+    res.rebalances = logs.iter().map(|l| l.assignments() as u64).sum();
+    (naive, res)
+}

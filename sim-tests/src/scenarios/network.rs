@@ -1,0 +1,170 @@
+//! The network misbehaves: every connection reset at random (9), commits
+//! cut off after they were sent (10).
+
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use resilience::observe::EventLog;
+use resilience::CommitPolicy;
+
+use super::*;
+use crate::proxy::{FaultProxy, Faults};
+use crate::support::{self, taking, Sink};
+
+/// 9. Every connection reset at random every 0.5–1.5 s under load.
+pub async fn connection_chaos(b: &testkit::BrokerEnv, seed: u64, duration: Duration) -> Report {
+    const N: u32 = 3_000;
+    let admin = support::admin(b).await;
+    let topic = numbered(b, &admin, "sc-chaos", 3, N).await;
+    let proxy = FaultProxy::new(seed);
+    let group = testkit::unique_name("sc-chaos");
+    let log = Arc::new(EventLog::default());
+    let mut cfg = resilient(b, &group, &topic).observer(log.clone());
+    cfg.consumer.client.connector = proxy.connector();
+    let sink = Arc::new(Sink::default());
+    let run = start(cfg, &sink, &taking(Duration::from_millis(1)));
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        let wait = Duration::from_millis(500) + Duration::from_millis(1000).mul_f64(proxy.draw());
+        tokio::time::sleep(wait).await;
+        proxy.reset_all();
+    }
+    drained(&sink, N, Duration::from_secs(60)).await;
+    run.stop().await;
+    let mut r = Report::of("9 connection chaos", "resilient", N, &sink, 0)
+        .note(format!(
+            "connections reset {} times",
+            proxy.stats.resets.load(AtomicOrdering::Relaxed)
+        ))
+        .note(format!(
+            "order kept per partition: {}",
+            sink.ordered_per_partition()
+        ))
+        .note(format!("commits regressed: {}", log.commit_regressions()));
+    r.rebalances = log.assignments() as u64;
+    r
+}
+
+/// 10. The connection is reset right after OffsetCommit is sent, often.
+pub async fn ambiguous_commit(b: &testkit::BrokerEnv, seed: u64) -> Report {
+    const N: u32 = 1_000;
+    const OFFSET_COMMIT: i16 = 8;
+    let admin = support::admin(b).await;
+    let topic = numbered(b, &admin, "sc-ambiguous", 2, N).await;
+    let proxy = FaultProxy::new(seed);
+    proxy.set(Faults {
+        reset_after_request: Some((OFFSET_COMMIT, 0.5)),
+        ..Faults::default()
+    });
+    let group = testkit::unique_name("sc-ambiguous");
+    let log = Arc::new(EventLog::default());
+    let mut cfg = resilient(b, &group, &topic)
+        .commit_policy(CommitPolicy::Interval(Duration::from_millis(50)))
+        .observer(log.clone());
+    cfg.consumer.client.connector = proxy.connector();
+    let sink = Arc::new(Sink::default());
+    let run = start(cfg, &sink, &taking(Duration::from_millis(2)));
+    drained(&sink, N, Duration::from_secs(60)).await;
+    run.stop().await;
+    let behind = support::uncommitted_partitions(b, &admin, &group, &topic, 2).await;
+    Report::of("10 ambiguous commit", "resilient", N, &sink, 0)
+        .note(format!(
+            "commit requests cut: {}",
+            proxy.stats.requests_cut.load(AtomicOrdering::Relaxed)
+        ))
+        .note(format!("commits regressed: {}", log.commit_regressions()))
+        .note(format!(
+            "partitions not committed to the end: {}",
+            behind.len()
+        ))
+}
+
+/// 7. Startup race: the cluster refuses connections for the first 3 s (the
+///    broker is not up yet). Naive: `connect` fails and the consumer exits.
+///    Resilient: `run` retries with backoff, logging each attempt, and
+///    consumes everything once the broker answers.
+pub async fn startup_race(b: &testkit::BrokerEnv) -> (Report, Report) {
+    const N: u32 = 500;
+    const NAME: &str = "7 startup race (refused)";
+    let admin = support::admin(b).await;
+    let topic = numbered(b, &admin, "sc-startup", 2, N).await;
+    let refusing = Faults {
+        refuse_connections: true,
+        ..Faults::default()
+    };
+
+    let proxy = FaultProxy::new(7);
+    proxy.set(refusing.clone());
+    let mut cfg = naive_config(b, &testkit::unique_name("sc-startup-naive"), &[]);
+    cfg.client.connector = proxy.connector();
+    let outcome = consumer_core::Consumer::connect(cfg).await;
+    let sink = Sink::default();
+    let naive = Report::of(NAME, "naive", N, &sink, 0).note(match outcome {
+        Ok(_) => "connected?".to_string(),
+        Err(e) => format!("exited at start: {e}"),
+    });
+
+    let proxy = FaultProxy::new(7);
+    proxy.set(refusing);
+    let group = testkit::unique_name("sc-startup");
+    let mut cfg = resilient(b, &group, &topic);
+    cfg.consumer.client.connector = proxy.connector();
+    let sink = Arc::new(Sink::default());
+    let run = start(cfg, &sink, &taking(Duration::ZERO));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refused = proxy.stats.refused.load(AtomicOrdering::Relaxed);
+    proxy.set(Faults::default()); // the broker is up
+    let up = Instant::now();
+    drained(&sink, N, Duration::from_secs(30)).await;
+    let took = up.elapsed();
+    run.stop().await;
+    let res = Report::of(NAME, "resilient", N, &sink, 0)
+        .note(format!("connection attempts refused: {refused}"))
+        .note(format!(
+            "all consumed {:.1} s after the broker answered",
+            took.as_secs_f64()
+        ));
+    (naive, res)
+}
+
+/// 12. A slow, lossy network: 256 KiB/s per connection each way, every
+///     Heartbeat held back 1 s, and the 1st Fetch response dropped (the
+///     request times out after 3 s and is sent again). 0 lost, 0 duplicates,
+///     no member dropped from the group.
+pub async fn slow_lossy_network(b: &testkit::BrokerEnv, seed: u64) -> Report {
+    const N: u32 = 2_000;
+    const HEARTBEAT: i16 = 12;
+    const FETCH: i16 = 1;
+    let admin = support::admin(b).await;
+    let topic = numbered(b, &admin, "sc-network", 2, N).await;
+    let proxy = FaultProxy::new(seed);
+    proxy.set(Faults {
+        bandwidth: Some(256 * 1024),
+        delay_request: Some((HEARTBEAT, Duration::from_secs(1))),
+        drop_response: Some((FETCH, 1)),
+        ..Faults::default()
+    });
+    let group = testkit::unique_name("sc-network");
+    let log = Arc::new(EventLog::default());
+    let mut cfg = resilient(b, &group, &topic).observer(log.clone());
+    cfg.consumer = support::group_consumer_with(b, &group, &[("request.timeout.ms", "3000")]);
+    cfg.consumer.client.connector = proxy.connector();
+    let sink = Arc::new(Sink::default());
+    let run = start(cfg, &sink, &taking(Duration::from_millis(1)));
+    drained(&sink, N, Duration::from_secs(60)).await;
+    run.stop().await;
+    let stat = |c: &std::sync::atomic::AtomicU64| c.load(AtomicOrdering::Relaxed);
+    let mut r = Report::of("12 slow, lossy network", "resilient", N, &sink, 0)
+        .note(format!(
+            "heartbeats delayed: {}",
+            stat(&proxy.stats.requests_delayed)
+        ))
+        .note(format!(
+            "fetch responses dropped: {}",
+            stat(&proxy.stats.responses_dropped)
+        ))
+        .note(format!("partitions lost: {}", log.losses()));
+    r.rebalances = log.assignments() as u64;
+    r
+}
