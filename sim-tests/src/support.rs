@@ -338,8 +338,8 @@ pub struct Sink {
     running: AtomicUsize,
     peak_running: AtomicUsize,
     batch_sizes: Mutex<Vec<usize>>,
-    /// Record number → offset, as handlers saw them.
-    offsets: Mutex<HashMap<u32, i64>>,
+    /// Record number → (partition, offset), as handlers saw them.
+    positions: Mutex<HashMap<u32, (i32, i64)>>,
 }
 
 impl Sink {
@@ -395,14 +395,27 @@ impl Sink {
         self.distinct_and_duplicates().0.len()
     }
 
-    /// Note where record `n` sits in its partition.
-    pub fn saw(&self, n: u32, offset: i64) {
-        self.offsets.lock().expect("lock").insert(n, offset);
+    /// Note where record `n` sits.
+    pub fn saw(&self, n: u32, partition: i32, offset: i64) {
+        self.positions
+            .lock()
+            .expect("lock")
+            .insert(n, (partition, offset));
     }
 
-    /// The offset of record `n`, if a handler saw it.
-    pub fn offset_of(&self, n: u32) -> Option<i64> {
-        self.offsets.lock().expect("lock").get(&n).copied()
+    /// (partition, offset) of record `n`, if a handler saw it.
+    pub fn position_of(&self, n: u32) -> Option<(i32, i64)> {
+        self.positions.lock().expect("lock").get(&n).copied()
+    }
+
+    /// Every record a handler saw: (partition, offset) → number.
+    pub fn positions(&self) -> HashMap<(i32, i64), u32> {
+        self.positions
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(n, pos)| (*pos, *n))
+            .collect()
     }
 
     /// Records applied more than once: (partition, number).
@@ -461,7 +474,7 @@ impl SinkHandler {
 
 impl Handler for SinkHandler {
     fn handle<'a>(&'a self, tp: &'a TopicPartition, r: &'a Record) -> HandlerFuture<'a> {
-        self.sink.saw(number(r), r.offset);
+        self.sink.saw(number(r), tp.partition, r.offset);
         Box::pin(self.sink.handle(&self.behaviour, tp.partition, number(r)))
     }
 }
@@ -471,7 +484,7 @@ impl BatchHandler for SinkHandler {
         Box::pin(async move {
             self.sink.batch_sizes.lock().expect("lock").push(rs.len());
             for r in rs {
-                self.sink.saw(number(r), r.offset);
+                self.sink.saw(number(r), tp.partition, r.offset);
                 self.sink
                     .handle(&self.behaviour, tp.partition, number(r))
                     .await?;

@@ -269,7 +269,7 @@ fn outside_uncommitted_window(log: &EventLog, topic: &str, sink: &Sink) -> usize
     sink.duplicated()
         .into_iter()
         .filter(|(p, n)| {
-            let at = sink.offset_of(*n).unwrap_or(-1);
+            let at = sink.position_of(*n).map_or(-1, |(_, o)| o);
             !owned.contains(p) || at < committed.get(p).copied().unwrap_or(0)
         })
         .count()
