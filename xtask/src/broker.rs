@@ -434,6 +434,12 @@ logger.controller.name = org.apache.kafka.controller
 logger.controller.level = WARN
 ";
 
+/// `java` with the Kafka jars of `version` on the class path (the tools in
+/// `kafka-tools`, e.g. the benchmark's `ConsumerPerformance`).
+pub fn java_with_kafka(version: &str) -> Command {
+    java(&Dirs::new(version))
+}
+
 fn java(dirs: &Dirs) -> Command {
     let mut cmd = Command::new("java");
     cmd.arg("-cp")

@@ -8,6 +8,7 @@
 //! - [`test`]: `cargo xtask test`, the README's test command and what CI runs.
 //! - [`lab`]: `cargo xtask lab`, the README's "main job".
 
+mod bench;
 mod broker;
 mod certs;
 mod lab;
@@ -46,12 +47,8 @@ enum Command {
     Test(test::Args),
     /// Start the broker and run the lab.
     Lab(lab::Args),
-    /// Benchmarks against librdkafka and the Java client (not built yet).
-    Bench {
-        /// Small counts, one round: a smoke test.
-        #[arg(long)]
-        quick: bool,
-    },
+    /// Benchmarks side by side with librdkafka and the Java client.
+    Bench(bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,10 +68,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckPure => pure::check_pure(),
         Command::Test(args) => test::run(args),
         Command::Lab(args) => lab::run(args),
-        Command::Bench { quick } => anyhow::bail!(
-            "`cargo xtask bench{}` is not built yet (see the benchmarks issue); \
-             nothing was measured",
-            if quick { " --quick" } else { "" }
-        ),
+        Command::Bench(args) => bench::run(args),
     }
 }

@@ -1,0 +1,795 @@
+//! `cargo xtask bench`: this project's consumer, runtime and producer side
+//! by side with librdkafka (rust-rdkafka, in `bench/`, its own workspace)
+//! and the Java client (`ConsumerPerformance`, `ProducerPerformance` from
+//! the broker's `kafka-tools` jar), on one broker, the same pre-produced
+//! topics and the same knobs, in the same run.
+//!
+//! Every measurement is its own process; `wait4` gives its CPU time (user +
+//! sys) and peak RSS. Peers alternate (A B C A B C …) for `rounds` rounds;
+//! the report gives median, min and max, and the ratio to librdkafka from
+//! the same round. Output: `target/bench/report.json`, `report.md` and
+//! `chart.svg`. `--quick` (small counts, one round) is the CI smoke test: it
+//! asserts only that every peer read or wrote every record.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::broker::{self, Engine, KAFKA_VERSION};
+use crate::shell::{self, workspace_root};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Small counts and one round: a smoke test (CI).
+    #[arg(long)]
+    quick: bool,
+    /// Rounds of alternating peers (default 3; 1 with --quick).
+    #[arg(long)]
+    rounds: Option<usize>,
+}
+
+/// Settings every consumer gets (Kafka's names; librdkafka's where they differ).
+const CONSUMER_KNOBS: &[(&str, &str, &str)] = &[
+    // (Java / ours, librdkafka, value)
+    ("fetch.min.bytes", "fetch.min.bytes", "1"),
+    ("fetch.max.bytes", "fetch.max.bytes", "52428800"),
+    (
+        "max.partition.fetch.bytes",
+        "max.partition.fetch.bytes",
+        "1048576",
+    ),
+    ("fetch.max.wait.ms", "fetch.wait.max.ms", "500"),
+    // This project always verifies CRC32C (a corrupt batch is never
+    // delivered), so every peer checks CRCs here: equal work, equal safety.
+    // (librdkafka's default is off; ConsumerPerformance's is off too.)
+    ("check.crcs", "check.crcs", "true"),
+];
+
+/// Settings every producer gets.
+const PRODUCER_KNOBS: &[(&str, &str)] = &[
+    ("acks", "all"),
+    ("enable.idempotence", "true"),
+    ("linger.ms", "5"),
+    ("batch.size", "262144"),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Peer {
+    OursConsume,
+    OursRuntimePartition,
+    OursRuntimeKey,
+    OursProduce,
+    RdkafkaConsume,
+    RdkafkaProduce,
+    JavaConsume,
+    JavaProduce,
+}
+
+impl Peer {
+    fn name(self) -> &'static str {
+        match self {
+            Peer::OursConsume => "ours (consumer-core)",
+            Peer::OursRuntimePartition => "ours (runtime, per partition)",
+            Peer::OursRuntimeKey => "ours (runtime, per key, 8 workers)",
+            Peer::OursProduce => "ours (kafka-wire producer)",
+            Peer::RdkafkaConsume => "librdkafka (BaseConsumer)",
+            Peer::RdkafkaProduce => "librdkafka (BaseProducer)",
+            Peer::JavaConsume => "Java (ConsumerPerformance)",
+            Peer::JavaProduce => "Java (ProducerPerformance)",
+        }
+    }
+
+    fn is_reference(self) -> bool {
+        matches!(self, Peer::RdkafkaConsume | Peer::RdkafkaProduce)
+    }
+}
+
+struct Workload {
+    name: &'static str,
+    topic: String,
+    produce: bool,
+    count: u64,
+    size: usize,
+    compression: &'static str,
+    peers: Vec<Peer>,
+}
+
+/// One measured process.
+#[derive(Debug, Clone)]
+struct Run {
+    round: usize,
+    peer: Peer,
+    records: u64,
+    secs: f64,
+    cpu_secs: f64,
+    max_rss_kb: u64,
+    broker_cpu_secs: f64,
+}
+
+impl Run {
+    fn records_per_sec(&self) -> f64 {
+        self.records as f64 / self.secs.max(1e-9)
+    }
+    fn cpu_per_million(&self) -> f64 {
+        self.cpu_secs / (self.records.max(1) as f64 / 1e6)
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    eprintln!("==> broker");
+    let b = broker::up(Engine::Kafka, KAFKA_VERSION)?;
+    let result = measure_all(&args, &b);
+    if b.started_now {
+        // Stop what we started, even when a measurement failed.
+        let _ = broker::down(KAFKA_VERSION);
+    }
+    result
+}
+
+fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 });
+    let (big, small) = if args.quick {
+        (20_000, 5_000)
+    } else {
+        (5_000_000, 1_000_000)
+    };
+    let out = workspace_root().join("target/bench");
+    fs::create_dir_all(&out)?;
+
+    let bootstrap = b.bootstrap().to_string();
+    let broker_pid = b.pid;
+
+    eprintln!("==> building the peers (release; librdkafka's first build takes a few minutes)");
+    shell::run(shell::cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "--manifest-path",
+        "bench/Cargo.toml",
+    ]))?;
+    let peer_bin = workspace_root().join("bench/target/release/bench-peer");
+
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let topic = |what: &str| format!("bench-{what}-{stamp}");
+    use Peer::*;
+    let consumers = vec![
+        OursConsume,
+        RdkafkaConsume,
+        JavaConsume,
+        OursRuntimePartition,
+        OursRuntimeKey,
+    ];
+    let workloads = vec![
+        Workload {
+            name: "consume 100 B, uncompressed",
+            topic: topic("100b-none"),
+            produce: false,
+            count: big,
+            size: 100,
+            compression: "none",
+            peers: consumers.clone(),
+        },
+        Workload {
+            name: "consume 100 B, lz4",
+            topic: topic("100b-lz4"),
+            produce: false,
+            count: big,
+            size: 100,
+            compression: "lz4",
+            peers: consumers.clone(),
+        },
+        Workload {
+            name: "consume 1 KiB, zstd",
+            topic: topic("1k-zstd"),
+            produce: false,
+            count: small,
+            size: 1024,
+            compression: "zstd",
+            peers: vec![OursConsume, RdkafkaConsume, JavaConsume],
+        },
+        Workload {
+            name: "produce 100 B, uncompressed",
+            topic: topic("produce-none"),
+            produce: true,
+            count: big,
+            size: 100,
+            compression: "none",
+            peers: vec![OursProduce, RdkafkaProduce, JavaProduce],
+        },
+        Workload {
+            name: "produce 100 B, lz4",
+            topic: topic("produce-lz4"),
+            produce: true,
+            count: big,
+            size: 100,
+            compression: "lz4",
+            peers: vec![OursProduce, RdkafkaProduce, JavaProduce],
+        },
+    ];
+
+    eprintln!("==> topics (12 partitions) and data, produced once (not timed)");
+    for w in &workloads {
+        let status = Command::new(&peer_bin)
+            .args(["create-topic", &bootstrap, &w.topic, "12"])
+            .status()?;
+        if !status.success() {
+            bail!("could not create {}", w.topic);
+        }
+        if !w.produce {
+            let t = Instant::now();
+            let mut cmd = Command::new(&peer_bin);
+            cmd.args(["ours-produce", &bootstrap, &w.topic, &w.count.to_string()])
+                .arg(format!("size={}", w.size))
+                .arg(format!("compression.type={}", w.compression))
+                .args(PRODUCER_KNOBS.iter().map(|(k, v)| format!("{k}={v}")));
+            measure(&mut cmd, None).with_context(|| format!("producing {}", w.topic))?;
+            eprintln!(
+                "    {}: {} records in {:.1} s",
+                w.topic,
+                w.count,
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    let java_config = out.join("java-consumer.properties");
+    fs::write(
+        &java_config,
+        CONSUMER_KNOBS
+            .iter()
+            .map(|(k, _, v)| format!("{k}={v}\n"))
+            .collect::<String>(),
+    )?;
+
+    let mut results: Vec<(&Workload, Vec<Run>)> = Vec::new();
+    for w in &workloads {
+        let mut runs = Vec::new();
+        for round in 1..=rounds {
+            for &peer in &w.peers {
+                eprint!(
+                    "==> {} | round {round}/{rounds} | {} … ",
+                    w.name,
+                    peer.name()
+                );
+                let mut cmd = command(peer, w, &peer_bin, &bootstrap, &java_config);
+                let broker_before = broker_pid.and_then(process_cpu_secs);
+                let m = measure(&mut cmd, Some(peer))
+                    .with_context(|| format!("{} on {}", peer.name(), w.name))?;
+                let broker_cpu = match (broker_before, broker_pid.and_then(process_cpu_secs)) {
+                    (Some(a), Some(b)) => b - a,
+                    _ => 0.0,
+                };
+                if m.records != w.count {
+                    bail!(
+                        "{} on {}: {} of {} records",
+                        peer.name(),
+                        w.name,
+                        m.records,
+                        w.count
+                    );
+                }
+                let run = Run {
+                    round,
+                    peer,
+                    records: m.records,
+                    secs: m.secs,
+                    cpu_secs: m.cpu_secs,
+                    max_rss_kb: m.max_rss_kb,
+                    broker_cpu_secs: broker_cpu,
+                };
+                eprintln!(
+                    "{:.0} records/s, {:.2} CPU s per M records",
+                    run.records_per_sec(),
+                    run.cpu_per_million()
+                );
+                runs.push(run);
+            }
+        }
+        results.push((w, runs));
+    }
+
+    let md = markdown(&results, rounds, args.quick);
+    fs::write(out.join("report.md"), &md)?;
+    fs::write(out.join("report.json"), json(&results))?;
+    fs::write(out.join("chart.svg"), chart(&results))?;
+    println!("{md}");
+    println!(
+        "bench: {} workloads × {rounds} round(s), every peer read or wrote every record, in {:.0} s; wrote {}/report.md, report.json, chart.svg",
+        results.len(),
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn command(peer: Peer, w: &Workload, bin: &Path, bootstrap: &str, java_cfg: &Path) -> Command {
+    let count = w.count.to_string();
+    let bench_peer = |role: &str| {
+        let mut c = Command::new(bin);
+        c.args([role, bootstrap, &w.topic, &count]);
+        c
+    };
+    let consumer_knobs = |c: &mut Command, librdkafka: bool| {
+        for (java, rd, v) in CONSUMER_KNOBS {
+            c.arg(format!("{}={v}", if librdkafka { rd } else { java }));
+        }
+    };
+    let producer_knobs = |c: &mut Command| {
+        c.arg(format!("size={}", w.size))
+            .arg(format!("compression.type={}", w.compression))
+            .args(PRODUCER_KNOBS.iter().map(|(k, v)| format!("{k}={v}")));
+    };
+    match peer {
+        Peer::OursConsume | Peer::OursRuntimePartition | Peer::OursRuntimeKey => {
+            let role = match peer {
+                Peer::OursConsume => "ours-consume",
+                Peer::OursRuntimePartition => "ours-runtime-partition",
+                _ => "ours-runtime-key",
+            };
+            let mut c = bench_peer(role);
+            consumer_knobs(&mut c, false);
+            c
+        }
+        Peer::RdkafkaConsume => {
+            let mut c = bench_peer("rdkafka-consume");
+            consumer_knobs(&mut c, true);
+            c
+        }
+        Peer::OursProduce | Peer::RdkafkaProduce => {
+            let mut c = bench_peer(if peer == Peer::OursProduce {
+                "ours-produce"
+            } else {
+                "rdkafka-produce"
+            });
+            producer_knobs(&mut c);
+            c
+        }
+        Peer::JavaConsume => {
+            let mut c = broker::java_with_kafka(KAFKA_VERSION);
+            c.args([
+                "org.apache.kafka.tools.ConsumerPerformance",
+                "--bootstrap-server",
+                bootstrap,
+                "--topic",
+                &w.topic,
+                "--num-records",
+                &count,
+                "--timeout",
+                "120000",
+                "--group",
+            ])
+            .arg(format!("bench-java-{}", std::process::id()) + &w.topic)
+            .arg("--command-config")
+            .arg(java_cfg);
+            c
+        }
+        Peer::JavaProduce => {
+            let mut c = broker::java_with_kafka(KAFKA_VERSION);
+            c.args([
+                "org.apache.kafka.tools.ProducerPerformance",
+                "--topic",
+                &w.topic,
+                "--num-records",
+                &count,
+                "--record-size",
+                &w.size.to_string(),
+                "--throughput",
+                "-1",
+                "--producer-props",
+            ])
+            .arg(format!("bootstrap.servers={bootstrap}"))
+            .arg(format!("compression.type={}", w.compression))
+            .args(PRODUCER_KNOBS.iter().map(|(k, v)| format!("{k}={v}")));
+            c
+        }
+    }
+}
+
+/// What one process reported and used.
+struct Measured {
+    records: u64,
+    secs: f64,
+    cpu_secs: f64,
+    max_rss_kb: u64,
+}
+
+/// Run `cmd` to completion; its own figures (from its output), its CPU
+/// time (the growth of our reaped children's CPU time in /proc/self/stat)
+/// and its peak RSS (VmHWM, sampled every 20 ms while it runs).
+/// `peer` None: a bench-peer setup step.
+fn measure(cmd: &mut Command, peer: Option<Peer>) -> anyhow::Result<Measured> {
+    let children_cpu_before = children_cpu_secs()?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("could not start the peer")?;
+    let pid = child.id();
+    let read_all = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = pipe.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = read_all(Box::new(child.stdout.take().expect("piped")));
+    let err = read_all(Box::new(child.stderr.take().expect("piped")));
+    let mut max_rss_kb = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        max_rss_kb = max_rss_kb.max(peak_rss_kb(pid).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let cpu_secs = children_cpu_secs()? - children_cpu_before;
+    let (stdout, stderr) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    if !status.success() {
+        bail!("exited with {status}:\n{stdout}\n{stderr}");
+    }
+    let (records, secs) = match peer {
+        Some(Peer::JavaConsume) => parse_consumer_performance(&stdout)?,
+        Some(Peer::JavaProduce) => parse_producer_performance(&stdout)?,
+        _ => parse_result_line(&stdout)?,
+    };
+    Ok(Measured {
+        records,
+        secs,
+        cpu_secs,
+        max_rss_kb,
+    })
+}
+
+/// Clock ticks per second in /proc (USER_HZ: 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+/// Fields of /proc/<pid>/stat after the command name (index 0 = state).
+fn stat_fields(pid: &str) -> Option<Vec<f64>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    Some(
+        after
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0.0))
+            .collect(),
+    )
+}
+
+/// user + sys CPU seconds of our reaped children so far (cutime + cstime).
+fn children_cpu_secs() -> anyhow::Result<f64> {
+    let f = stat_fields("self").context("reading /proc/self/stat")?;
+    Ok((f.get(13).copied().unwrap_or(0.0) + f.get(14).copied().unwrap_or(0.0)) / USER_HZ)
+}
+
+/// user + sys CPU seconds of a process so far (utime + stime).
+fn process_cpu_secs(pid: u32) -> Option<f64> {
+    let f = stat_fields(&pid.to_string())?;
+    Some((f.get(11)? + f.get(12)?) / USER_HZ)
+}
+
+/// A process's peak resident set so far (VmHWM), in KiB.
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `RESULT records=<n> bytes=<n> secs=<f>` from bench-peer.
+fn parse_result_line(out: &str) -> anyhow::Result<(u64, f64)> {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("RESULT "))
+        .with_context(|| format!("no RESULT line in:\n{out}"))?;
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+            .with_context(|| format!("no {k} in {line}"))
+    };
+    Ok((field("records")?.parse()?, field("secs")?.parse()?))
+}
+
+/// ConsumerPerformance prints a CSV header and one data line:
+/// `start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg,
+/// nMsg.sec, rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec`.
+/// Records and fetch time (which excludes the group join).
+fn parse_consumer_performance(out: &str) -> anyhow::Result<(u64, f64)> {
+    let mut lines = out.lines().filter(|l| l.contains(','));
+    let header: Vec<&str> = lines
+        .find(|l| l.contains("nMsg"))
+        .with_context(|| format!("no ConsumerPerformance header in:\n{out}"))?
+        .split(',')
+        .map(str::trim)
+        .collect();
+    // The data line has as many fields as the header (log lines may come between).
+    let data: Vec<&str> = lines
+        .map(|l| l.split(',').map(str::trim).collect::<Vec<_>>())
+        .find(|fields| fields.len() == header.len())
+        .with_context(|| format!("no ConsumerPerformance data line in:\n{out}"))?;
+    let col = |name: &str| -> anyhow::Result<f64> {
+        let i = header
+            .iter()
+            .position(|h| *h == name)
+            .with_context(|| format!("no column {name}"))?;
+        Ok(data.get(i).context("short data line")?.parse()?)
+    };
+    Ok((
+        col("data.consumed.in.nMsg")? as u64,
+        col("fetch.time.ms")? / 1000.0,
+    ))
+}
+
+/// ProducerPerformance ends with `N records sent, X records/sec (…)`.
+fn parse_producer_performance(out: &str) -> anyhow::Result<(u64, f64)> {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.contains("records sent,"))
+        .with_context(|| format!("no ProducerPerformance summary in:\n{out}"))?;
+    let mut words = line.split_whitespace();
+    let n: u64 = words.next().context("count")?.parse()?;
+    let rate: f64 = line
+        .split("records sent,")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .context("rate")?
+        .parse()?;
+    Ok((n, n as f64 / rate.max(1e-9)))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return 0.0;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Per peer: (median, min, max) of a figure over its runs.
+fn spread(runs: &[Run], peer: Peer, f: impl Fn(&Run) -> f64) -> (f64, f64, f64) {
+    let v: Vec<f64> = runs.iter().filter(|r| r.peer == peer).map(f).collect();
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(0.0, f64::max);
+    (median(v), min, max)
+}
+
+/// Median over rounds of (peer's figure / librdkafka's figure in the same round).
+fn ratio(runs: &[Run], peer: Peer, f: impl Fn(&Run) -> f64) -> Option<f64> {
+    let reference = runs.iter().find(|r| r.peer.is_reference())?.peer;
+    let v: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.peer == peer)
+        .filter_map(|r| {
+            let base = runs
+                .iter()
+                .find(|b| b.peer == reference && b.round == r.round)?;
+            Some(f(r) / f(base).max(1e-12))
+        })
+        .collect();
+    (!v.is_empty()).then(|| median(v))
+}
+
+fn markdown(results: &[(&Workload, Vec<Run>)], rounds: usize, quick: bool) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Benchmark report{}\n\n{} round(s), peers alternating; median (min–max). Ratios are to librdkafka in the same round. CPU is the client process's user + sys time (whole process: start-up and group join included; for Java, JVM start-up and JIT too); throughput runs from the first record to the last. Broker CPU is the broker's user + sys time during the run.\n",
+        if quick { " (--quick smoke test: small counts, not for comparison)" } else { "" },
+        rounds
+    );
+    let _ = writeln!(
+        md,
+        "Consumer settings: {}  ",
+        CONSUMER_KNOBS
+            .iter()
+            .map(|(k, _, v)| format!("`{k}={v}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        md,
+        "Producer settings: {}\n",
+        PRODUCER_KNOBS
+            .iter()
+            .map(|(k, v)| format!("`{k}={v}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for (w, runs) in results {
+        let _ = writeln!(
+            md,
+            "## {} ({} records × {} B, 12 partitions)\n\n| peer | records/s | MB/s | CPU s per M records | peak RSS MB | broker CPU s per M | records/s vs librdkafka | CPU vs librdkafka |\n|---|---|---|---|---|---|---|---|",
+            w.name, w.count, w.size
+        );
+        for &peer in &w.peers {
+            let (rps, rmin, rmax) = spread(runs, peer, Run::records_per_sec);
+            let (cpu, cmin, cmax) = spread(runs, peer, Run::cpu_per_million);
+            let (rss, _, _) = spread(runs, peer, |r| r.max_rss_kb as f64 / 1024.0);
+            let (bcpu, _, _) = spread(runs, peer, |r| {
+                r.broker_cpu_secs / (r.records.max(1) as f64 / 1e6)
+            });
+            let fmt_ratio = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.2}×"));
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} ({:.0}–{:.0}) | {:.1} | {:.2} ({:.2}–{:.2}) | {:.0} | {:.2} | {} | {} |",
+                peer.name(),
+                rps,
+                rmin,
+                rmax,
+                rps * w.size as f64 / 1e6,
+                cpu,
+                cmin,
+                cmax,
+                rss,
+                bcpu,
+                fmt_ratio(ratio(runs, peer, Run::records_per_sec)),
+                fmt_ratio(ratio(runs, peer, Run::cpu_per_million)),
+            );
+        }
+        let _ = writeln!(md);
+    }
+    md
+}
+
+fn json(results: &[(&Workload, Vec<Run>)]) -> String {
+    let mut s = String::from("{\n  \"workloads\": [\n");
+    for (i, (w, runs)) in results.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "    {{\"name\": \"{}\", \"records\": {}, \"record_bytes\": {}, \"compression\": \"{}\", \"runs\": [",
+            w.name, w.count, w.size, w.compression
+        );
+        for (j, r) in runs.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "      {{\"round\": {}, \"peer\": \"{}\", \"records\": {}, \"secs\": {:.6}, \"records_per_sec\": {:.1}, \"cpu_secs\": {:.4}, \"cpu_secs_per_million\": {:.4}, \"max_rss_kb\": {}, \"broker_cpu_secs\": {:.4}}}{}",
+                r.round,
+                r.peer.name(),
+                r.records,
+                r.secs,
+                r.records_per_sec(),
+                r.cpu_secs,
+                r.cpu_per_million(),
+                r.max_rss_kb,
+                r.broker_cpu_secs,
+                if j + 1 < runs.len() { "," } else { "" }
+            );
+        }
+        let _ = writeln!(s, "    ]}}{}", if i + 1 < results.len() { "," } else { "" });
+    }
+    s.push_str("  ]\n}\n");
+    s
+}
+
+/// Two bar charts (records/s, CPU s per M records), one group per workload.
+fn chart(results: &[(&Workload, Vec<Run>)]) -> String {
+    const W: f64 = 1000.0;
+    const PANEL: f64 = 300.0;
+    let colors = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f"];
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+        2.0 * PANEL + 140.0
+    );
+    type Figure = fn(&Run) -> f64;
+    let panels: [(&str, Figure); 2] = [
+        ("records/s (median)", Run::records_per_sec),
+        ("CPU s per million records (median)", Run::cpu_per_million),
+    ];
+    for (pi, (title, f)) in panels.iter().enumerate() {
+        let top = 20.0 + pi as f64 * (PANEL + 50.0);
+        let _ = writeln!(
+            svg,
+            "<text x=\"10\" y=\"{top}\" font-size=\"14\">{title}</text>"
+        );
+        let max = results
+            .iter()
+            .flat_map(|(w, runs)| w.peers.iter().map(|&p| spread(runs, p, f).0))
+            .fold(0.0, f64::max)
+            .max(1e-9);
+        let group_w = (W - 40.0) / results.len() as f64;
+        for (gi, (w, runs)) in results.iter().enumerate() {
+            let x0 = 20.0 + gi as f64 * group_w;
+            let bar_w = (group_w - 20.0) / w.peers.len() as f64;
+            for (bi, &peer) in w.peers.iter().enumerate() {
+                let v = spread(runs, peer, f).0;
+                let h = v / max * (PANEL - 60.0);
+                let x = x0 + bi as f64 * bar_w;
+                let y = top + PANEL - 30.0 - h;
+                let color = colors[bi % colors.len()];
+                let _ = writeln!(svg, "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{color}\"><title>{}: {v:.2}</title></rect>", bar_w - 2.0, peer.name());
+                let _ = writeln!(svg, "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"middle\">{}</text>", x + bar_w / 2.0, y - 3.0, short(v));
+            }
+            let _ = writeln!(
+                svg,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+                x0 + (group_w - 20.0) / 2.0,
+                top + PANEL - 14.0,
+                w.name
+            );
+        }
+    }
+    // Legend: peers by position within a workload.
+    let mut y = 2.0 * PANEL + 90.0;
+    let names: Vec<Vec<&str>> = results
+        .iter()
+        .map(|(w, _)| w.peers.iter().map(|p| p.name()).collect())
+        .collect();
+    let longest = names
+        .iter()
+        .max_by_key(|n| n.len())
+        .cloned()
+        .unwrap_or_default();
+    for (i, _) in longest.iter().enumerate() {
+        let label: Vec<&str> = names
+            .iter()
+            .filter_map(|n| n.get(i).copied())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let _ = writeln!(svg, "<rect x=\"20\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"36\" y=\"{:.1}\">{}</text>", y - 9.0, colors[i % colors.len()], y, label.join(" / "));
+        y += 14.0;
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn short(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.0}k", v / 1e3)
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_consumer_performance_output() {
+        let out = "start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec\n2026-11-23 12:00:00:000, 2026-11-23 12:00:05:000, 476.8372, 95.3674, 5000000, 1000000.0000, 3000, 2000, 238.4186, 2500000.0000\n";
+        assert_eq!(parse_consumer_performance(out).unwrap(), (5_000_000, 2.0));
+    }
+
+    #[test]
+    fn parses_producer_performance_output() {
+        let out = "500000 records sent, 99990.0 records/sec (9.54 MB/sec), 5.0 ms avg latency\n5000000 records sent, 250000.0 records/sec (23.84 MB/sec), 100.00 ms avg latency, 300.00 ms max latency, 50 ms 50th, 200 ms 95th, 250 ms 99th, 290 ms 99.9th.\n";
+        assert_eq!(parse_producer_performance(out).unwrap(), (5_000_000, 20.0));
+    }
+
+    #[test]
+    fn parses_result_lines() {
+        assert_eq!(
+            parse_result_line("noise\nRESULT records=10 bytes=1000 secs=0.5\n").unwrap(),
+            (10, 0.5)
+        );
+    }
+
+    #[test]
+    fn median_of_even_and_odd() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
