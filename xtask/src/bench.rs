@@ -365,7 +365,12 @@ fn command(peer: Peer, w: &Workload, bin: &Path, bootstrap: &str, java_cfg: &Pat
                 "120000",
                 "--group",
             ])
-            .arg(format!("bench-java-{}", std::process::id()) + &w.topic)
+            .arg(format!(
+                "bench-java-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ))
             .arg("--command-config")
             .arg(java_cfg);
             c

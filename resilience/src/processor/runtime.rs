@@ -267,11 +267,14 @@ impl Runtime {
                 return;
             };
             let rt = self.clone();
-            self.spawn(async move {
+            // Boxed: a unit's future is about 4 KB (retries, DLT writes) and
+            // spawning moves a future several times; a box moves a pointer.
+            let fut = async move {
                 rt.clone().run_unit(&lane, items, permit).await;
                 rt.lock().sched.done(&lane);
                 rt.pump();
-            });
+            };
+            self.spawn(Box::pin(fut));
         }
     }
 
