@@ -258,7 +258,7 @@ impl Processor {
         let result = loop {
             let batches = tokio::select! {
                 _ = &mut shutdown => break Ok(()),
-                r = consumer.poll(Duration::from_millis(100)) => match r {
+                r = consumer.poll(poll_wait(&paused, globally_paused)) => match r {
                     Ok(b) => b,
                     Err(e) => break Err(e),
                 },
@@ -291,6 +291,19 @@ impl Processor {
         }
         consumer.close(rt.cfg.drain_timeout).await;
         result
+    }
+}
+
+/// How long one poll may wait. While anything is paused for backpressure
+/// the loop must come back soon to resume it: a paused consumer has
+/// nothing to return, so a long wait idles the workers once they drain
+/// (measured: a 100 ms wait capped the runtime at one in-flight bound per
+/// 100 ms, about 100k records/s).
+fn poll_wait(paused: &HashSet<TopicPartition>, globally_paused: bool) -> Duration {
+    if globally_paused || !paused.is_empty() {
+        Duration::from_millis(2)
+    } else {
+        Duration::from_millis(100)
     }
 }
 
