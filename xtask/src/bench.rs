@@ -612,33 +612,14 @@ fn markdown(results: &[(&Workload, Vec<Run>)], rounds: usize, quick: bool) -> St
         if quick { " (--quick smoke test: small counts, not for comparison)" } else { "" },
         rounds
     );
-    let _ = writeln!(
-        md,
-        "Consumer settings: {}  ",
-        CONSUMER_KNOBS
-            .iter()
-            .map(|(k, _, v)| format!("`{k}={v}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let consumer: Vec<(&str, &str)> = CONSUMER_KNOBS.iter().map(|(k, _, v)| (*k, *v)).collect();
+    let _ = writeln!(md, "Consumer settings: {}  ", settings(&consumer));
     let _ = writeln!(
         md,
         "librdkafka consumer only: {}  ",
-        RDKAFKA_CONSUMER_EXTRA
-            .iter()
-            .map(|(k, v)| format!("`{k}={v}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        settings(RDKAFKA_CONSUMER_EXTRA)
     );
-    let _ = writeln!(
-        md,
-        "Producer settings: {}\n",
-        PRODUCER_KNOBS
-            .iter()
-            .map(|(k, v)| format!("`{k}={v}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let _ = writeln!(md, "Producer settings: {}\n", settings(PRODUCER_KNOBS));
     for (w, runs) in results {
         let _ = writeln!(
             md,
@@ -673,6 +654,15 @@ fn markdown(results: &[(&Workload, Vec<Run>)], rounds: usize, quick: bool) -> St
         let _ = writeln!(md);
     }
     md
+}
+
+/// `` `k=v`, `k=v` `` for the report.
+fn settings(knobs: &[(&str, &str)]) -> String {
+    knobs
+        .iter()
+        .map(|(k, v)| format!("`{k}={v}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn json(results: &[(&Workload, Vec<Run>)]) -> String {
