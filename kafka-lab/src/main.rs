@@ -196,9 +196,6 @@ async fn scenario(connect: &connect::ConnectArgs, name: &str) -> anyhow::Result<
         );
         all.extend(reports);
     }
-    println!("{}", Report::header());
-    for r in &all {
-        println!("{r}");
-    }
+    println!("{}", Report::table(&all));
     Ok(())
 }

@@ -51,6 +51,7 @@ use kafka_wire::records::Record;
 use kafka_wire::{Producer, ProducerConfig, ProducerRecord};
 
 use crate::dlt;
+use crate::processor::until_connected;
 use crate::retry::{BackoffPolicy, Decision, HandlerError};
 
 /// A boxed future returned by [`Transformer::transform`].
@@ -121,13 +122,22 @@ impl TransactionalProcessor {
                 "exactly-once mode needs a producer with transactional.id".into(),
             ));
         }
-        let producer = Producer::connect(self.producer.clone()).await?;
+        tokio::pin!(shutdown);
+        // Like `Processor::run`: a service started before its broker waits.
+        let connect = || Producer::connect(self.producer.clone());
+        let Some(producer) = until_connected("producer", connect, &mut shutdown, None).await?
+        else {
+            return Ok(());
+        };
         producer.init_transactions().await?;
-        let mut consumer = Consumer::connect(self.consumer.clone()).await?;
+        let connect = || Consumer::connect(self.consumer.clone());
+        let Some(mut consumer) = until_connected("consumer", connect, &mut shutdown, None).await?
+        else {
+            return Ok(());
+        };
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let group = self.consumer.group_id.clone().unwrap_or_default();
-        tokio::pin!(shutdown);
         let result = loop {
             let batches = tokio::select! {
                 _ = &mut shutdown => break Ok(()),

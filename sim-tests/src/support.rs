@@ -268,23 +268,26 @@ pub async fn produce_steadily(
     };
     let tick = Duration::from_millis(20);
     let per_tick = (per_second / 50).max(1);
+    // Sent and acknowledged, or the error.
+    let deliver = |n: u32| {
+        let send = p.send(record(n));
+        async move { send.await?.await.map(|_| ()) }
+    };
     let mut n = first;
     while !stop.load(Ordering::SeqCst) {
+        // A tick's records are all sent before the first ack is awaited.
         let mut pending = Vec::new();
         for i in n..n + per_tick {
             pending.push((i, p.send(record(i)).await));
         }
         for (i, sent) in pending {
             let mut outcome = match sent {
-                Ok(f) => f.await.map(|_| ()),
+                Ok(ack) => ack.await.map(|_| ()),
                 Err(e) => Err(e),
             };
             while outcome.is_err() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                outcome = match p.send(record(i)).await {
-                    Ok(f) => f.await.map(|_| ()),
-                    Err(e) => Err(e),
-                };
+                outcome = deliver(i).await;
             }
         }
         n += per_tick;
@@ -440,14 +443,17 @@ impl Sink {
         self.batch_sizes.lock().expect("lock").clone()
     }
 
-    /// Does each partition's application order follow record (= offset) order?
-    pub fn ordered_per_partition(&self) -> bool {
+    /// Partitions whose application order does not follow record (=
+    /// offset) order at some point.
+    pub fn partitions_out_of_order(&self) -> usize {
         let mut last: HashMap<i32, u32> = HashMap::new();
-        self.applied
-            .lock()
-            .expect("lock")
-            .iter()
-            .all(|(p, n)| last.insert(*p, *n).is_none_or(|prev| prev < *n))
+        let mut bad = BTreeSet::new();
+        for (p, n) in self.applied.lock().expect("lock").iter() {
+            if last.insert(*p, *n).is_some_and(|prev| prev >= *n) {
+                bad.insert(*p);
+            }
+        }
+        bad.len()
     }
 }
 

@@ -254,11 +254,14 @@ impl Processor {
 
         let mut paused: HashSet<TopicPartition> = HashSet::new();
         let mut globally_paused = false;
+        // Paused until workers drain (global bound, a full partition queue):
+        // poll briefly, so fetching resumes as soon as they have.
+        let mut draining = false;
         let mut last_lag = Instant::now();
         let result = loop {
             let batches = tokio::select! {
                 _ = &mut shutdown => break Ok(()),
-                r = consumer.poll(poll_wait(&paused, globally_paused)) => match r {
+                r = consumer.poll(poll_wait(draining)) => match r {
                     Ok(b) => b,
                     Err(e) => break Err(e),
                 },
@@ -266,7 +269,7 @@ impl Processor {
             for batch in batches {
                 rt.dispatch(batch);
             }
-            apply_backpressure(&rt, &mut consumer, &mut paused, &mut globally_paused);
+            draining = apply_backpressure(&rt, &mut consumer, &mut paused, &mut globally_paused);
             if last_lag.elapsed() >= Duration::from_secs(1) {
                 last_lag = Instant::now();
                 for tp in consumer.assignment() {
@@ -294,13 +297,14 @@ impl Processor {
     }
 }
 
-/// How long one poll may wait. While anything is paused for backpressure
-/// the loop must come back soon to resume it: a paused consumer has
-/// nothing to return, so a long wait idles the workers once they drain
+/// How long one poll may wait. While fetching is paused until workers
+/// drain, the loop must come back soon to resume it: a paused consumer has
+/// nothing to return, so a long wait idles the workers once they are done
 /// (measured: a 100 ms wait capped the runtime at one in-flight bound per
-/// 100 ms, about 100k records/s).
-fn poll_wait(paused: &HashSet<TopicPartition>, globally_paused: bool) -> Duration {
-    if globally_paused || !paused.is_empty() {
+/// 100 ms, about 100k records/s). Pauses that wait on time (quarantine) or
+/// on a commit (metadata full) keep the normal wait.
+fn poll_wait(draining: bool) -> Duration {
+    if draining {
         Duration::from_millis(2)
     } else {
         Duration::from_millis(100)
@@ -319,13 +323,14 @@ impl Drop for AbortTasksOnDrop {
 /// Pause what should not be fetched now, resume what may be again:
 /// everything above the global in-flight bound (until below half), and
 /// single partitions that are full, quarantined, or whose completed-offset
-/// map no longer fits the commit metadata.
+/// map no longer fits the commit metadata. Returns whether a pause waits
+/// only for workers to drain (the global bound or a full queue).
 fn apply_backpressure(
     rt: &Runtime,
     consumer: &mut Consumer,
     paused: &mut HashSet<TopicPartition>,
     globally: &mut bool,
-) {
+) -> bool {
     let cfg = &rt.cfg;
     let bytes = rt.in_flight_bytes.load(Ordering::Acquire);
     let records = rt.in_flight_records.load(Ordering::Acquire);
@@ -340,6 +345,7 @@ fn apply_backpressure(
         *globally = false;
     }
     let assigned = consumer.assignment();
+    let mut queue_full = false;
     let want: HashSet<TopicPartition> = if *globally {
         assigned.into_iter().collect()
     } else {
@@ -357,6 +363,7 @@ fn apply_backpressure(
                 } else if p.queued <= per_part / 2 {
                     p.full = false;
                 }
+                queue_full |= p.full;
                 p.full || p.metadata_full || p.quarantined_until.is_some_and(|u| u > now)
             })
             .collect()
@@ -373,6 +380,7 @@ fn apply_backpressure(
     }
     *paused = want;
     metrics::gauge!(observe::PAUSED_PARTITIONS).set(paused.len() as f64);
+    *globally || queue_full
 }
 
 /// Create the DLT and retry topics that are missing, with the source's
@@ -421,7 +429,7 @@ async fn create_failure_topics(client: &Client, cfg: &ProcessorConfig) {
 /// works, `shutdown` fires (`Ok(None)`), or `deadline` passes. A fatal
 /// error (bad credentials, TLS, config) is returned at once: retrying
 /// cannot fix it.
-async fn until_connected<T, E, F, Fut>(
+pub(crate) async fn until_connected<T, E, F, Fut>(
     what: &str,
     mut connect: F,
     shutdown: &mut Pin<&mut impl Future<Output = ()>>,

@@ -70,8 +70,8 @@ pub async fn rebalance_duplicates(b: &testkit::BrokerEnv) -> (Report, Report) {
     let lost: usize = logs.iter().map(|l| l.losses()).sum();
     let late: usize = logs.iter().map(|l| l.commits_after_revoke().len()).sum();
     let res = res
-        .note(format!("partitions lost: {lost}"))
-        .note(format!("commits after revoke: {late}"));
+        .fact("partitions lost", lost)
+        .fact("commits after revoke", late);
     (naive, res)
 }
 
@@ -162,11 +162,15 @@ pub async fn poison_and_transient(b: &testkit::BrokerEnv) -> (Report, Report) {
     let expected: Vec<u32> = (0..N).filter(|n| n % 20 != 0).collect();
     let avg = |v: &[u32]| v.iter().map(|x| f64::from(*x)).sum::<f64>() / v.len().max(1) as f64;
     let dead = stats.dead_lettered.load(AtomicOrdering::Relaxed);
-    let res = Report::of(NAME, "resilient", N, &sink, dead).note(format!(
-        "sink average {:.3} = expected {:.3}",
-        avg(&applied),
-        avg(&expected)
-    ));
+    let res = Report::of(NAME, "resilient", N, &sink, dead)
+        .fact(
+            "sink average ×1000",
+            (avg(&applied) * 1000.0).round() as u64,
+        )
+        .fact(
+            "expected average ×1000",
+            (avg(&expected) * 1000.0).round() as u64,
+        );
     (naive, res)
 }
 
@@ -203,10 +207,8 @@ pub async fn dlt_unavailable(b: &testkit::BrokerEnv) -> (Report, Report) {
     }
     c.close(Duration::from_secs(5)).await;
     let behind = support::uncommitted_partitions(b, &admin, &group, &topic, 1).await;
-    let naive = Report::of(NAME, "naive", N, &sink, 0).note(format!(
-        "committed to the end anyway: {}",
-        behind.is_empty()
-    ));
+    let naive = Report::of(NAME, "naive", N, &sink, 0)
+        .fact("partitions not committed to the end", behind.len());
 
     let sink = Arc::new(Sink::default());
     let group = testkit::unique_name("sc-dlt");
@@ -231,13 +233,11 @@ pub async fn dlt_unavailable(b: &testkit::BrokerEnv) -> (Report, Report) {
     run.stop().await;
     let behind = support::uncommitted_partitions(b, &admin, &group, &topic, 1).await;
     let dead = stats.dead_lettered.load(AtomicOrdering::Relaxed);
-    let res = Report::of(NAME, "resilient", N, &sink, dead)
-        .note(format!(
-            "while the DLT was missing: committed {stalled_at:?}, handled {handled_while_stalled}"
-        ))
-        .note(format!(
-            "partitions not committed to the end after the DLT appeared: {}",
-            behind.len()
-        ));
+    let mut res = Report::of(NAME, "resilient", N, &sink, dead)
+        .fact("handled while the DLT was missing", handled_while_stalled)
+        .fact("partitions not committed to the end", behind.len());
+    if let Some(offset) = stalled_at {
+        res = res.fact("committed while the DLT was missing", offset);
+    }
     (naive, res)
 }

@@ -74,16 +74,11 @@ pub async fn burst_with_slow_downstream(b: &testkit::BrokerEnv) -> (Report, Repo
         .filter(|e| matches!(e, Event::Resumed(_)))
         .count();
     let mut res = Report::of(NAME, "resilient", N, &sink, 0)
-        .note(format!("bound {BOUND} bytes"))
-        .note(format!(
-            "paused {} times, resumed {resumes} times",
-            stats.pauses.load(AtomicOrdering::Relaxed)
-        ))
-        .note(format!(
-            "partitions with lag after the run: {}",
-            lagging.len()
-        ))
-        .note(format!("drained in {:.1} s", took.as_secs_f64()));
+        .fact("bound bytes", BOUND)
+        .fact("pauses", stats.pauses.load(AtomicOrdering::Relaxed))
+        .fact("resumes", resumes)
+        .fact("partitions with lag after the run", lagging.len())
+        .millis("drained in ms", took);
     res.peak_in_flight_bytes = stats.peak_in_flight_bytes.load(AtomicOrdering::Relaxed) as u64;
     res.rebalances = log.assignments() as u64;
     (naive, res)
@@ -232,10 +227,11 @@ pub async fn restart_under_load(b: &testkit::BrokerEnv) -> [Report; 3] {
             .map(|l| l.commits_after_revoke().len())
             .sum();
         let mut r = Report::of(NAME, mode, run.produced, &sink, 0)
-            .note(format!(
-                "redeliveries outside the killed member's uncommitted window: {outside}"
-            ))
-            .note(format!("commits after revoke: {late}"));
+            .fact(
+                "redeliveries outside the killed member's uncommitted window",
+                outside,
+            )
+            .fact("commits after revoke", late);
         r.rebalances = run.logs.iter().map(|l| l.assignments() as u64).sum();
         reports.push(r);
     }
@@ -275,6 +271,31 @@ fn outside_uncommitted_window(log: &EventLog, topic: &str, sink: &Sink) -> usize
         .count()
 }
 
+/// One member for 3 s, then two more, until `sink` holds `n` records (or
+/// 35 s): (records handled alone, time to drain after the join if it
+/// drained, the members).
+async fn one_then_three<M>(
+    sink: &Sink,
+    n: u32,
+    mut member: impl FnMut() -> M,
+) -> (usize, Option<Duration>, Vec<M>) {
+    let mut members = vec![member()];
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (alone, joined) = (sink.distinct(), Instant::now());
+    members.extend([member(), member()]);
+    let drained = eventually(Duration::from_secs(35), || sink.distinct() >= n as usize).await;
+    (alone, drained.then(|| joined.elapsed()), members)
+}
+
+/// The facts of one scale-out run.
+fn scaled(r: Report, alone: usize, drained: Option<Duration>) -> Report {
+    let r = r.fact("handled alone in 3 s", alone);
+    match drained {
+        Some(d) => r.millis("drained after two joined, ms", d),
+        None => r.note("not drained 35 s after two joined"),
+    }
+}
+
 /// 6. Lag builds with one member (2 workers, 2 ms a record); two more
 ///    join. Reports how long the lag took to drain after they joined.
 pub async fn scale_out_under_lag(b: &testkit::BrokerEnv) -> (Report, Report) {
@@ -287,7 +308,7 @@ pub async fn scale_out_under_lag(b: &testkit::BrokerEnv) -> (Report, Report) {
     let sink = Arc::new(Sink::default());
     let group = testkit::unique_name("sc-scale-naive");
     let until = Instant::now() + Duration::from_secs(40);
-    let member = |sink: &Arc<Sink>| {
+    let (alone, drained, members) = one_then_three(&sink, N, || {
         tokio::spawn(naive_inline_loop(
             naive_config(b, &group, &[]),
             topic.clone(),
@@ -295,69 +316,35 @@ pub async fn scale_out_under_lag(b: &testkit::BrokerEnv) -> (Report, Report) {
             work.clone(),
             until,
         ))
-    };
-    let first = member(&sink);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (before, joined) = (sink.distinct(), Instant::now());
-    let others = [member(&sink), member(&sink)];
-    let drained_naive = eventually(Duration::from_secs(35), || sink.distinct() >= N as usize).await;
-    let took = joined.elapsed();
-    let mut rebalances = first.await.unwrap_or(0);
-    for m in others {
+    })
+    .await;
+    let mut rebalances = 0;
+    for m in members {
         rebalances += m.await.unwrap_or(0);
     }
-    let mut naive = Report::of(NAME, "naive", N, &sink, 0).note(format!(
-        "handled {before} alone in 3 s; {} after two joined{}",
-        N as usize - before.min(N as usize),
-        if drained_naive {
-            format!(", drained in {:.1} s", took.as_secs_f64())
-        } else {
-            ", not drained in 35 s".into()
-        }
-    ));
+    let mut naive = scaled(Report::of(NAME, "naive", N, &sink, 0), alone, drained);
     naive.rebalances = rebalances;
 
     let topic = numbered(b, &admin, "sc-scale", 6, N).await;
     let sink = Arc::new(Sink::default());
     let group = testkit::unique_name("sc-scale");
-    let logs: Vec<Arc<EventLog>> = (0..3).map(|_| Arc::new(EventLog::default())).collect();
-    let member = |log: &Arc<EventLog>| {
-        start(
-            resilient(b, &group, &topic)
-                .concurrency(2)
-                .observer(log.clone()),
-            &sink,
-            &work,
-        )
-    };
-    let first = member(&logs[0]);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (before, joined) = (sink.distinct(), Instant::now());
-    let others = [member(&logs[1]), member(&logs[2])];
-    let drained_res = eventually(Duration::from_secs(35), || sink.distinct() >= N as usize).await;
-    let took = joined.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let alone = before as f64 / 3.0;
-    for r in others.into_iter().chain([first]) {
-        r.stop().await;
+    let mut logs: Vec<Arc<EventLog>> = Vec::new();
+    let (alone, drained, members) = one_then_three(&sink, N, || {
+        let log = Arc::new(EventLog::default());
+        logs.push(log.clone());
+        let cfg = resilient(b, &group, &topic).concurrency(2).observer(log);
+        start(cfg, &sink, &work)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // a last interval commit
+    for m in members {
+        m.stop().await;
     }
     let lagging = support::uncommitted_partitions(b, &admin, &group, &topic, 6).await;
     let late: usize = logs.iter().map(|l| l.commits_after_revoke().len()).sum();
-    let mut res = Report::of(NAME, "resilient", N, &sink, 0)
-        .note(format!(
-            "{before} handled alone in 3 s (alone, the rest would take {:.1} s); {}",
-            (N as f64 - before as f64) / alone.max(1.0),
-            if drained_res {
-                format!("drained in {:.1} s after two joined", took.as_secs_f64())
-            } else {
-                "not drained in 35 s".into()
-            }
-        ))
-        .note(format!("commits after revoke: {late}"))
-        .note(format!(
-            "partitions with lag after the run: {}",
-            lagging.len()
-        ));
+    let mut res = scaled(Report::of(NAME, "resilient", N, &sink, 0), alone, drained)
+        .fact("commits after revoke", late)
+        .fact("partitions with lag after the run", lagging.len());
     res.rebalances = logs.iter().map(|l| l.assignments() as u64).sum();
     (naive, res)
 }

@@ -52,7 +52,10 @@ pub struct Report {
     pub rebalances: u64,
     /// Most record bytes held in memory at once (queued or being handled).
     pub peak_in_flight_bytes: u64,
-    /// Scenario-specific facts, e.g. "commits regressed: 0".
+    /// Scenario-specific measurements by name, e.g. ("commits regressed",
+    /// 0): what the tests assert (see [`Report::get`]).
+    pub facts: Vec<(&'static str, u64)>,
+    /// Free text for the reader, e.g. the error a naive consumer exited with.
     pub notes: Vec<String>,
 }
 
@@ -78,13 +81,53 @@ impl Report {
             dead_lettered: dead,
             rebalances: 0,
             peak_in_flight_bytes: 0,
+            facts: Vec::new(),
             notes: Vec::new(),
         }
+    }
+
+    pub(crate) fn fact(mut self, name: &'static str, value: impl TryInto<u64>) -> Self {
+        self.facts
+            .push((name, value.try_into().unwrap_or(u64::MAX)));
+        self
+    }
+
+    /// A duration fact, in milliseconds (named "… ms").
+    pub(crate) fn millis(self, name: &'static str, d: Duration) -> Self {
+        self.fact(name, d.as_millis())
+    }
+
+    /// The fact called `name`.
+    ///
+    /// # Panics
+    /// If the run did not record it (a scenario that did not get that far),
+    /// naming the facts it did record.
+    pub fn get(&self, name: &str) -> u64 {
+        self.facts
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} ({}) recorded no {name:?}: {self}",
+                    self.scenario, self.mode
+                )
+            })
     }
 
     pub(crate) fn note(mut self, note: impl Into<String>) -> Self {
         self.notes.push(note.into());
         self
+    }
+
+    /// A markdown table of `reports`, header first.
+    pub fn table<'a>(reports: impl IntoIterator<Item = &'a Report>) -> String {
+        let mut t = Report::header().to_string();
+        for r in reports {
+            t.push('\n');
+            t.push_str(&r.to_string());
+        }
+        t
     }
 
     pub fn header() -> &'static str {
@@ -107,7 +150,12 @@ impl fmt::Display for Report {
             self.dead_lettered,
             self.rebalances,
             self.peak_in_flight_bytes,
-            self.notes.join("; ")
+            self.facts
+                .iter()
+                .map(|(n, v)| format!("{n}: {v}"))
+                .chain(self.notes.iter().cloned())
+                .collect::<Vec<_>>()
+                .join("; ")
         )
     }
 }
@@ -195,6 +243,16 @@ pub(crate) async fn drained(sink: &Sink, n: u32, timeout: Duration) {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
+/// The seeds' start-up: connect once, and exit if that fails. Records
+/// "exited at start" (1 or 0) and the error.
+pub(crate) async fn naive_start(name: &'static str, n: u32, cfg: ConsumerConfig) -> Report {
+    let report = Report::of(name, "naive", n, &Sink::default(), 0);
+    match Consumer::connect(cfg).await {
+        Ok(_) => report.fact("exited at start", 0u64),
+        Err(e) => report.fact("exited at start", 1u64).note(e.to_string()),
+    }
+}
+
 /// The seeds' "async" consumer: poll hands every record to one worker over
 /// an unbounded channel, and auto-commit commits what was polled. Nothing
 /// bounds the queue, and a stop or crash loses what it held.
@@ -203,7 +261,7 @@ pub(crate) struct NaiveHandoff {
     worker: tokio::task::JoinHandle<()>,
     stop: Arc<AtomicBool>,
     /// Most record bytes queued at once (counted as the runtime counts them).
-    pub peak_queued_bytes: Arc<AtomicUsize>,
+    peak_queued_bytes: Arc<AtomicUsize>,
 }
 
 impl NaiveHandoff {

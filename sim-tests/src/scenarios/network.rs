@@ -33,15 +33,12 @@ pub async fn connection_chaos(b: &testkit::BrokerEnv, seed: u64, duration: Durat
     drained(&sink, N, Duration::from_secs(60)).await;
     run.stop().await;
     let mut r = Report::of("9 connection chaos", "resilient", N, &sink, 0)
-        .note(format!(
-            "connections reset {} times",
-            proxy.stats.resets.load(AtomicOrdering::Relaxed)
-        ))
-        .note(format!(
-            "order kept per partition: {}",
-            sink.ordered_per_partition()
-        ))
-        .note(format!("commits regressed: {}", log.commit_regressions()));
+        .fact(
+            "connection resets",
+            proxy.stats.resets.load(AtomicOrdering::Relaxed),
+        )
+        .fact("partitions out of order", sink.partitions_out_of_order())
+        .fact("commits regressed", log.commit_regressions());
     r.rebalances = log.assignments() as u64;
     r
 }
@@ -69,15 +66,12 @@ pub async fn ambiguous_commit(b: &testkit::BrokerEnv, seed: u64) -> Report {
     run.stop().await;
     let behind = support::uncommitted_partitions(b, &admin, &group, &topic, 2).await;
     Report::of("10 ambiguous commit", "resilient", N, &sink, 0)
-        .note(format!(
-            "commit requests cut: {}",
-            proxy.stats.requests_cut.load(AtomicOrdering::Relaxed)
-        ))
-        .note(format!("commits regressed: {}", log.commit_regressions()))
-        .note(format!(
-            "partitions not committed to the end: {}",
-            behind.len()
-        ))
+        .fact(
+            "commit requests cut",
+            proxy.stats.requests_cut.load(AtomicOrdering::Relaxed),
+        )
+        .fact("commits regressed", log.commit_regressions())
+        .fact("partitions not committed to the end", behind.len())
 }
 
 /// 7. Startup race: the cluster refuses connections for the first 3 s (the
@@ -98,12 +92,7 @@ pub async fn startup_race(b: &testkit::BrokerEnv) -> (Report, Report) {
     proxy.set(refusing.clone());
     let mut cfg = naive_config(b, &testkit::unique_name("sc-startup-naive"), &[]);
     cfg.client.connector = proxy.connector();
-    let outcome = consumer_core::Consumer::connect(cfg).await;
-    let sink = Sink::default();
-    let naive = Report::of(NAME, "naive", N, &sink, 0).note(match outcome {
-        Ok(_) => "connected?".to_string(),
-        Err(e) => format!("exited at start: {e}"),
-    });
+    let naive = naive_start(NAME, N, cfg).await;
 
     let proxy = FaultProxy::new(7);
     proxy.set(refusing);
@@ -120,11 +109,8 @@ pub async fn startup_race(b: &testkit::BrokerEnv) -> (Report, Report) {
     let took = up.elapsed();
     run.stop().await;
     let res = Report::of(NAME, "resilient", N, &sink, 0)
-        .note(format!("connection attempts refused: {refused}"))
-        .note(format!(
-            "all consumed {:.1} s after the broker answered",
-            took.as_secs_f64()
-        ));
+        .fact("connection attempts refused", refused)
+        .millis("all consumed after the broker answered, ms", took);
     (naive, res)
 }
 
@@ -156,15 +142,12 @@ pub async fn slow_lossy_network(b: &testkit::BrokerEnv, seed: u64) -> Report {
     run.stop().await;
     let stat = |c: &std::sync::atomic::AtomicU64| c.load(AtomicOrdering::Relaxed);
     let mut r = Report::of("12 slow, lossy network", "resilient", N, &sink, 0)
-        .note(format!(
-            "heartbeats delayed: {}",
-            stat(&proxy.stats.requests_delayed)
-        ))
-        .note(format!(
-            "fetch responses dropped: {}",
-            stat(&proxy.stats.responses_dropped)
-        ))
-        .note(format!("partitions lost: {}", log.losses()));
+        .fact("heartbeats delayed", stat(&proxy.stats.requests_delayed))
+        .fact(
+            "fetch responses dropped",
+            stat(&proxy.stats.responses_dropped),
+        )
+        .fact("partitions lost", log.losses());
     r.rebalances = log.assignments() as u64;
     r
 }

@@ -1,0 +1,121 @@
+//! Starting before the cluster is reachable: `run` keeps retrying (it
+//! must not exit, like a service started before its broker), gives up only
+//! after `startup_timeout`, and a shutdown while it waits returns cleanly.
+//! No broker needed: the bootstrap address is a closed port.
+
+use std::time::{Duration, Instant};
+
+use consumer_core::ConsumerConfig;
+use resilience::processor::HandlerFuture;
+use resilience::{Handler, Processor, ProcessorConfig};
+
+struct Never;
+
+impl Handler for Never {
+    fn handle<'a>(
+        &'a self,
+        _: &'a consumer_core::TopicPartition,
+        _: &'a kafka_wire::records::Record,
+    ) -> HandlerFuture<'a> {
+        Box::pin(async { panic!("no record can arrive from a closed port") })
+    }
+}
+
+/// An address that refuses connections.
+fn closed_port() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port(); // the listener is dropped: the port is closed
+    format!("127.0.0.1:{port}")
+}
+
+fn unreachable_consumer() -> ConsumerConfig {
+    ConsumerConfig::builder()
+        .bootstrap(&closed_port())
+        .expect("bootstrap")
+        .group_id("startup")
+        .build()
+        .expect("config")
+}
+
+/// A config whose bootstrap port refuses connections.
+fn unreachable() -> ProcessorConfig {
+    ProcessorConfig::new(unreachable_consumer(), &["t"])
+}
+
+#[tokio::test]
+async fn run_gives_up_only_after_the_startup_timeout() {
+    let started = Instant::now();
+    let cfg = unreachable().startup_timeout(Duration::from_secs(1));
+    let result = Processor::new(cfg, Never).run(std::future::pending()).await;
+    let took = started.elapsed();
+    let err = result.expect_err("nothing to connect to");
+    assert!(err.is_retriable(), "a connection failure, not fatal: {err}");
+    assert!(
+        took >= Duration::from_millis(500),
+        "retried before giving up (took {took:?})"
+    );
+}
+
+#[tokio::test]
+async fn without_a_timeout_run_keeps_retrying_until_shutdown() {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(Processor::new(unreachable(), Never).run(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !run.is_finished(),
+        "run gave up although no timeout was set"
+    );
+    let _ = stop.send(());
+    let result = tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .expect("shutdown ends the retrying at once")
+        .expect("task");
+    assert!(
+        result.is_ok(),
+        "a shutdown before start is not an error: {result:?}"
+    );
+}
+
+struct Identity;
+
+impl resilience::eos::Transformer for Identity {
+    fn transform<'a>(
+        &'a self,
+        _: &'a consumer_core::TopicPartition,
+        _: &'a kafka_wire::records::Record,
+    ) -> resilience::eos::TransformFuture<'a> {
+        Box::pin(async { panic!("no record can arrive from a closed port") })
+    }
+}
+
+#[tokio::test]
+async fn the_exactly_once_processor_also_waits_for_the_cluster() {
+    let producer = kafka_wire::ProducerConfig::builder()
+        .bootstrap(&closed_port())
+        .expect("bootstrap")
+        .set("transactional.id", "startup")
+        .expect("transactional.id")
+        .build()
+        .expect("config");
+    let eos =
+        resilience::eos::TransactionalProcessor::new(unreachable_consumer(), producer, &["t"]);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(eos.run(Identity, async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !run.is_finished(),
+        "run exited although the cluster may still come up"
+    );
+    let _ = stop.send(());
+    let result = tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .expect("shutdown ends the retrying at once")
+        .expect("task");
+    assert!(result.is_ok(), "{result:?}");
+}
