@@ -38,6 +38,23 @@ pub type LaneId = (Arc<TopicPartition>, u64);
 
 const NO_KEY_LANE: u64 = u64::MAX;
 
+/// The sub-lane of a record with `key` (`next_record_lane` numbers the
+/// records in unordered mode).
+fn lane_of(ordering: Ordering, next_record_lane: &mut u64, key: Option<&[u8]>) -> u64 {
+    match ordering {
+        Ordering::PerPartition => 0,
+        Ordering::PerKey => key.map_or(NO_KEY_LANE, |k| {
+            let mut h = DefaultHasher::new();
+            k.hash(&mut h);
+            h.finish() & !(1 << 63) // never NO_KEY_LANE
+        }),
+        Ordering::Unordered => {
+            *next_record_lane = next_record_lane.wrapping_add(1);
+            *next_record_lane
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Lane<T> {
     pending: VecDeque<T>,
@@ -77,28 +94,36 @@ impl<T> Scheduler<T> {
         }
     }
 
-    fn lane_of(&mut self, key: Option<&[u8]>) -> u64 {
-        match self.ordering {
-            Ordering::PerPartition => 0,
-            Ordering::PerKey => key.map_or(NO_KEY_LANE, |k| {
-                let mut h = DefaultHasher::new();
-                k.hash(&mut h);
-                h.finish() & !(1 << 63) // never NO_KEY_LANE
-            }),
-            Ordering::Unordered => {
-                self.next_record_lane = self.next_record_lane.wrapping_add(1);
-                self.next_record_lane
-            }
-        }
-    }
-
     fn lane_mut(&mut self, id: &LaneId) -> Option<&mut Lane<T>> {
         self.partitions.get_mut(&*id.0)?.lanes.get_mut(&id.1)
     }
 
     /// Queue `item` of partition `tp` with record key `key`.
     pub fn push(&mut self, tp: &TopicPartition, key: Option<&[u8]>, item: T) {
-        let sub = self.lane_of(key);
+        self.push_with(tp, [item], |ordering, counter, _| {
+            lane_of(ordering, counter, key)
+        });
+    }
+
+    /// Queue `items` of partition `tp` in order (`key_of` gives each one's
+    /// record key), looking the partition up once.
+    pub fn push_all(
+        &mut self,
+        tp: &TopicPartition,
+        items: impl IntoIterator<Item = T>,
+        key_of: impl Fn(&T) -> Option<&[u8]>,
+    ) {
+        self.push_with(tp, items, |ordering, counter, item| {
+            lane_of(ordering, counter, key_of(item))
+        });
+    }
+
+    fn push_with(
+        &mut self,
+        tp: &TopicPartition,
+        items: impl IntoIterator<Item = T>,
+        mut sub_lane: impl FnMut(Ordering, &mut u64, &T) -> u64,
+    ) {
         if !self.partitions.contains_key(tp) {
             let lanes = PartitionLanes {
                 tp: Arc::new(tp.clone()),
@@ -106,16 +131,46 @@ impl<T> Scheduler<T> {
             };
             self.partitions.insert(tp.clone(), lanes);
         }
-        let part = self.partitions.get_mut(tp).expect("inserted above");
-        let lane = part.lanes.entry(sub).or_insert_with(|| Lane {
-            pending: VecDeque::new(),
-            busy: false,
-        });
-        if lane.pending.is_empty() && !lane.busy {
-            self.ready.push_back((part.tp.clone(), sub));
+        let Self {
+            ordering,
+            partitions,
+            ready,
+            next_record_lane,
+            pending,
+            ..
+        } = self;
+        let part = partitions.get_mut(tp).expect("inserted above");
+        for item in items {
+            let sub = sub_lane(*ordering, next_record_lane, &item);
+            let lane = part.lanes.entry(sub).or_insert_with(|| Lane {
+                pending: VecDeque::new(),
+                busy: false,
+            });
+            if lane.pending.is_empty() && !lane.busy {
+                ready.push_back((part.tp.clone(), sub));
+            }
+            lane.pending.push_back(item);
+            *pending += 1;
         }
-        lane.pending.push_back(item);
-        self.pending += 1;
+        if part.lanes.is_empty() {
+            partitions.remove(tp); // nothing was pushed
+        }
+    }
+
+    /// Put items a unit took but did not start back at the front of its
+    /// (still busy) lane, in their order, before [`Scheduler::done`].
+    pub fn give_back(&mut self, id: &LaneId, items: Vec<T>) {
+        if items.is_empty() {
+            return;
+        }
+        let added = items.len();
+        let Some(lane) = self.lane_mut(id) else {
+            return;
+        };
+        for item in items.into_iter().rev() {
+            lane.pending.push_front(item);
+        }
+        self.pending += added;
     }
 
     /// The next unit of work: up to `max_batch` items of one idle lane,

@@ -4,14 +4,14 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use consumer_core::{Committer, PartitionRecords, TopicPartition};
 use kafka_wire::records::Record;
 use kafka_wire::Producer;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
@@ -20,7 +20,7 @@ use crate::commit_metadata::{self, encode_ranges, merge_ranges, ranges_of};
 use crate::config::{Idempotency, ProcessorConfig};
 use crate::observe::{self, Event};
 use crate::offset_tracker::OffsetTracker;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{LaneId, Scheduler};
 
 /// One record on its way through the runtime.
 #[derive(Debug)]
@@ -39,6 +39,36 @@ pub(crate) struct Ticket {
     pub bytes: usize,
 }
 
+/// How a record's work ended, for [`Runtime::finish_all`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Done {
+    /// The handler succeeded: complete it, and end a run of failures.
+    Handled,
+    /// Written to a retry topic or the DLT and acknowledged: complete it.
+    Forwarded,
+    /// Not done here (revoked, shutting down): never complete it, so it is
+    /// never committed and the next owner handles it.
+    Skipped,
+}
+
+/// Up to this many records of one lane make a unit of work for a
+/// one-record handler: the worker calls the handler for each in turn, so
+/// the scheduling and bookkeeping cost is paid once per unit.
+pub(crate) const UNIT_RECORDS: usize = 256;
+
+/// A unit of a one-record handler gives its lane back after this long, so
+/// other lanes get a worker too (records not started go back in front).
+pub(crate) const UNIT_TIME_BUDGET: Duration = Duration::from_millis(5);
+
+/// Some records of one lane, taken by a worker.
+pub(crate) struct Unit {
+    pub lane: LaneId,
+    pub items: Vec<Work>,
+    /// Set when the partition's epoch stops (revoke, loss, shutdown), so
+    /// a unit stops starting records without taking the lock per record.
+    pub stop: Arc<AtomicBool>,
+}
+
 /// What the committed metadata said was already done beyond the offset.
 #[derive(Debug, Clone)]
 pub(crate) struct Loaded {
@@ -53,8 +83,6 @@ pub(crate) struct PartRuntime {
     pub tracker: OffsetTracker,
     /// Dispatched and not yet finished or skipped.
     pub queued: usize,
-    /// Being revoked (or shutting down): nothing new starts.
-    pub revoking: bool,
     /// Paused because `queued` reached the per-partition bound.
     pub full: bool,
     /// The last (offset, metadata) the broker accepted, to skip no-op commits.
@@ -65,6 +93,9 @@ pub(crate) struct PartRuntime {
     pub metadata_full: bool,
     pub failures_in_row: u32,
     pub quarantined_until: Option<Instant>,
+    /// Set once this epoch stops (revoke, loss, shutdown): nothing new
+    /// starts. Shared with its units (see [`Unit::stop`]).
+    pub stop: Arc<AtomicBool>,
 }
 
 pub(crate) struct State {
@@ -121,7 +152,7 @@ impl Runtime {
         producer: Option<Producer>,
     ) -> Self {
         let max_batch = match handler {
-            AnyHandler::One(_) => 1,
+            AnyHandler::One(_) => UNIT_RECORDS,
             AnyHandler::Batch(_) => cfg.max_batch.max(1),
         };
         let retry_index = cfg
@@ -197,7 +228,7 @@ impl Runtime {
         };
         let tp = batch.tp;
         let mut added_bytes = 0;
-        let mut added = 0;
+        let added;
         {
             let mut st = self.lock();
             let State {
@@ -213,35 +244,38 @@ impl Runtime {
                         first,
                     ),
                     queued: 0,
-                    revoking: false,
                     full: false,
                     last_commit: l.as_ref().map(|l| (l.committed, l.metadata.clone())),
                     loaded_done: l.map(|l| l.done).unwrap_or_default(),
                     metadata_full: false,
                     failures_in_row: 0,
                     quarantined_until: None,
+                    stop: Arc::new(AtomicBool::new(false)),
                 }
             });
             let epoch = p.tracker.epoch();
+            let mut work = Vec::with_capacity(batch.records.len());
             for record in batch.records {
                 p.tracker.dispatch(record.offset);
-                if commit_metadata::is_done(&p.loaded_done, record.offset) {
+                if !p.loaded_done.is_empty()
+                    && commit_metadata::is_done(&p.loaded_done, record.offset)
+                {
                     let _ = p.tracker.complete(epoch, record.offset);
                     self.stats.already_done.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 let bytes = record_bytes(&record);
                 added_bytes += bytes;
-                added += 1;
-                p.queued += 1;
                 let ticket = Ticket {
                     offset: record.offset,
                     epoch,
                     bytes,
                 };
-                let key = record.key.clone(); // a refcount, not a copy
-                sched.push(&tp, key.as_deref(), Work { record, ticket });
+                work.push(Work { record, ticket });
             }
+            added = work.len();
+            p.queued += added;
+            sched.push_all(&tp, work, |w| w.record.key.as_deref());
         }
         let now = self
             .in_flight_bytes
@@ -257,40 +291,78 @@ impl Runtime {
         self.pump();
     }
 
-    /// Start units of work while permits and ready lanes last.
+    /// Start workers while permits and ready lanes last.
+    ///
+    /// A worker holds a permit and runs units until no lane is ready; then
+    /// it releases the permit and ends. Permits are taken and released
+    /// under the state lock, so a record pushed after a worker found
+    /// nothing always finds a permit here.
     pub fn pump(self: &Arc<Self>) {
+        let mut st = self.lock();
         loop {
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 return;
             };
-            let Some((lane, items)) = self.lock().sched.next_unit() else {
-                return;
+            let Some(unit) = take_unit(&mut st) else {
+                return; // the permit is released under the lock
             };
-            let rt = self.clone();
-            // Boxed: a unit's future is about 4 KB (retries, DLT writes) and
-            // spawning moves a future several times; a box moves a pointer.
-            let fut = async move {
-                rt.clone().run_unit(&lane, items, permit).await;
-                rt.lock().sched.done(&lane);
-                rt.pump();
-            };
-            self.spawn(Box::pin(fut));
+            // Boxed: a worker's future is several KB (retries, DLT writes)
+            // and spawning moves a future several times; a box moves a pointer.
+            self.spawn(Box::pin(self.clone().worker(unit, permit)));
         }
     }
 
-    /// A worker is done with a record: `handled` (or forwarded and acked)
-    /// records complete in the tracker; skipped ones do not, so they are
-    /// never committed. A stale epoch touches no tracker.
-    pub fn finish(&self, tp: &TopicPartition, t: Ticket, handled: bool) {
-        self.finish_all(tp, [t], handled);
+    /// Run units until no lane is ready (see [`Runtime::pump`]).
+    async fn worker(self: Arc<Self>, unit: Unit, permit: OwnedSemaphorePermit) {
+        let mut permit = Some(permit);
+        let mut next = Some(unit);
+        while let Some(unit) = next {
+            let lane = unit.lane.clone();
+            let not_started = self.run_unit(unit, &mut permit).await;
+            let mut st = self.lock();
+            st.sched.give_back(&lane, not_started);
+            st.sched.done(&lane);
+            if permit.is_none() {
+                // It waited without one (retry, quarantine): let pump decide.
+                drop(st);
+                return self.pump();
+            }
+            next = take_unit(&mut st);
+            if next.is_none() {
+                permit = None; // released under the lock: see pump
+            }
+        }
     }
 
-    /// [`Runtime::finish`] for several records of `tp`, under one lock.
+    /// Give up this worker's permit while it waits (a retry's backoff, a
+    /// quarantine), so other lanes go on meanwhile.
+    pub fn release(self: &Arc<Self>, permit: &mut Option<OwnedSemaphorePermit>) {
+        if permit.take().is_some() {
+            self.pump();
+        }
+    }
+
+    /// Take a permit back after [`Runtime::release`].
+    pub async fn reacquire(&self, permit: &mut Option<OwnedSemaphorePermit>) {
+        if permit.is_none() {
+            let p = self.permits.clone().acquire_owned().await;
+            *permit = Some(p.expect("the permits are never closed"));
+        }
+    }
+
+    /// A worker is done with a record (see [`Done`]).
+    pub fn finish(&self, tp: &TopicPartition, t: Ticket, done: Done) {
+        self.finish_all(tp, [t], done);
+    }
+
+    /// A worker is done with these records of `tp`: handled or forwarded
+    /// ones complete in the tracker; skipped ones do not, so they are never
+    /// committed. A stale epoch touches no tracker.
     pub fn finish_all(
         &self,
         tp: &TopicPartition,
         tickets: impl IntoIterator<Item = Ticket>,
-        handled: bool,
+        done: Done,
     ) {
         let (mut records, mut bytes) = (0, 0);
         {
@@ -301,12 +373,20 @@ impl Runtime {
                 bytes += t.bytes;
                 // A stale epoch (revoked, maybe reassigned since) touches no tracker.
                 if let Some(p) = part.as_deref_mut().filter(|p| p.tracker.epoch() == t.epoch) {
-                    if handled {
+                    if done != Done::Skipped {
                         let _ = p.tracker.complete(t.epoch, t.offset);
                     }
                     p.queued = p.queued.saturating_sub(1);
                 }
             }
+            if done == Done::Handled && records > 0 {
+                if let Some(p) = part {
+                    p.failures_in_row = 0;
+                }
+            }
+        }
+        if records == 0 {
+            return;
         }
         self.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.in_flight_records.fetch_sub(records, Ordering::AcqRel);
@@ -319,7 +399,7 @@ impl Runtime {
         self.lock()
             .parts
             .get(tp)
-            .is_some_and(|p| p.tracker.epoch() == epoch && !p.revoking)
+            .is_some_and(|p| p.tracker.epoch() == epoch && !p.stop.load(Ordering::Acquire))
     }
 
     /// Stop starting records of `tps` (revoke or shutdown): queued records
@@ -329,11 +409,11 @@ impl Runtime {
             let removed = {
                 let mut st = self.lock();
                 if let Some(p) = st.parts.get_mut(tp) {
-                    p.revoking = true;
+                    p.stop.store(true, Ordering::Release);
                 }
                 st.sched.remove_partition(tp)
             };
-            self.finish_all(tp, removed.into_iter().map(|w| w.ticket), false);
+            self.finish_all(tp, removed.into_iter().map(|w| w.ticket), Done::Skipped);
         }
         self.stopped.notify_waiters();
     }
@@ -370,7 +450,9 @@ impl Runtime {
     pub fn forget(&self, tps: &[TopicPartition]) {
         let mut st = self.lock();
         for tp in tps {
-            st.parts.remove(tp);
+            if let Some(p) = st.parts.remove(tp) {
+                p.stop.store(true, Ordering::Release);
+            }
             st.loaded.remove(tp);
         }
     }
@@ -450,4 +532,14 @@ impl Runtime {
         }
         out
     }
+}
+
+/// The next ready lane's unit, with its partition's stop flag.
+fn take_unit(st: &mut State) -> Option<Unit> {
+    let (lane, items) = st.sched.next_unit()?;
+    let stop = match st.parts.get(&*lane.0) {
+        Some(p) => p.stop.clone(),
+        None => Arc::new(AtomicBool::new(true)), // forgotten: nothing starts
+    };
+    Some(Unit { lane, items, stop })
 }

@@ -15,12 +15,11 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::runtime::{Runtime, Ticket, Work};
+use super::runtime::{Done, Runtime, Ticket, Unit, Work, UNIT_TIME_BUDGET};
 use super::AnyHandler;
 use crate::observe::{self, Event};
 use crate::retry::{Decision, HandlerError};
 use crate::retry_topics::{self, NextHop};
-use crate::scheduler::LaneId;
 
 fn rand_unit() -> f64 {
     rand::random::<f64>()
@@ -33,98 +32,182 @@ fn now_ms() -> i64 {
 }
 
 impl Runtime {
+    /// Run `unit`: call the handler for each record in turn (a one-record
+    /// handler) or once for them all (a batch handler). Returns the records
+    /// not started when the unit's time budget ran out, for the lane's front.
     pub(crate) async fn run_unit(
-        self: Arc<Self>,
-        lane: &LaneId,
-        items: Vec<Work>,
-        mut permit: OwnedSemaphorePermit,
-    ) {
+        self: &Arc<Self>,
+        unit: Unit,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) -> Vec<Work> {
+        let Unit { lane, items, stop } = unit;
         let tp: &TopicPartition = &lane.0;
         let epoch = items.first().map_or(0, |w| w.ticket.epoch);
         if !self.may_continue(tp, epoch) {
-            return self.finish_all(tp, items.iter().map(|w| w.ticket), false);
+            self.finish_all(tp, items.iter().map(|w| w.ticket), Done::Skipped);
+            return Vec::new();
         }
-        let Some((items, keys)) = self.skip_duplicates(tp, items).await else {
-            return;
+        let Some((items, keys, later)) = self.skip_duplicates(tp, items).await else {
+            return Vec::new();
         };
-        if items.is_empty() {
-            return;
-        }
-        let (records, tickets): (Vec<Record>, Vec<Ticket>) =
+        let (mut records, tickets): (Vec<Record>, Vec<Ticket>) =
             items.into_iter().map(|w| (w.record, w.ticket)).unzip();
-        // Wait without holding a permit: the other lanes go on meanwhile.
-        if let Some(until) = self.wait_until(tp, &records) {
-            drop(permit);
-            if !self.sleep_unless_stopped(tp, epoch, until).await {
-                return self.finish_all(tp, tickets, false);
+        let per_call = match self.handler {
+            AnyHandler::One(_) => 1,
+            AnyHandler::Batch(_) => records.len().max(1),
+        };
+        let from_retry_topic = self.retry_index.contains_key(&tp.topic);
+        let started = std::time::Instant::now();
+        // One clock read per call: a call's end is the next one's start.
+        let mut now = started;
+        // Handled, not yet finished: finished together, under one lock.
+        let mut handled: Vec<Ticket> = Vec::new();
+        let mut failed_before = false;
+        let mut i = 0;
+        while i < records.len() {
+            let j = (i + per_call).min(records.len());
+            if i > 0 {
+                if stop.load(Ordering::Acquire) {
+                    break; // revoked: the rest is the next owner's
+                }
+                if now - started >= UNIT_TIME_BUDGET {
+                    self.finish_all(tp, handled, Done::Handled);
+                    let rest = records.drain(i..).zip(&tickets[i..]);
+                    let rest = rest.map(|(record, &ticket)| Work { record, ticket });
+                    return rest.chain(later).collect();
+                }
             }
-            permit = self.permit().await;
+            // Wait without a permit: the other lanes go on meanwhile.
+            if i == 0 || failed_before || from_retry_topic {
+                if let Some(until) = self.wait_until(tp, &records[i..j]) {
+                    self.finish_all(tp, std::mem::take(&mut handled), Done::Handled);
+                    self.release(permit);
+                    if !self.sleep_unless_stopped(tp, epoch, until).await {
+                        break;
+                    }
+                    self.reacquire(permit).await;
+                    now = std::time::Instant::now();
+                }
+            }
+            let keys = keys.get(i..j).unwrap_or_default();
+            let result;
+            (result, now) = self.attempt(tp, &records[i..j], 1, now).await;
+            match result {
+                Ok(()) => {
+                    if !keys.is_empty() {
+                        self.mark_done(keys).await;
+                        now = std::time::Instant::now();
+                    }
+                    handled.extend_from_slice(&tickets[i..j]);
+                }
+                Err(err) => {
+                    self.finish_all(tp, std::mem::take(&mut handled), Done::Handled);
+                    failed_before = true;
+                    let (records, tickets) = (&records[i..j], &tickets[i..j]);
+                    self.after_failure(tp, epoch, records, tickets, keys, err, permit)
+                        .await;
+                    now = std::time::Instant::now();
+                }
+            }
+            i = j;
         }
+        self.finish_all(tp, handled, Done::Handled);
+        if i < records.len() {
+            // Stopped early: the rest is the next owner's.
+            let rest = tickets[i..].iter().copied();
+            self.finish_all(
+                tp,
+                rest.chain(later.iter().map(|w| w.ticket)),
+                Done::Skipped,
+            );
+            return Vec::new();
+        }
+        later
+    }
 
+    /// Call the handler once (attempt number `attempt`, from `started`),
+    /// with its deadline, a span and the timing metric; count what it
+    /// handled. Returns when it ended.
+    async fn attempt(
+        &self,
+        tp: &TopicPartition,
+        records: &[Record],
+        attempt: u32,
+        started: std::time::Instant,
+    ) -> (Result<(), HandlerError>, std::time::Instant) {
+        let span = tracing::info_span!(
+            "handle",
+            topic = %tp.topic,
+            partition = tp.partition,
+            offset = records[0].offset,
+            records = records.len(),
+            attempt,
+        );
+        let result = self.call_handler(tp, records).instrument(span).await;
+        let ended = std::time::Instant::now();
+        metrics::histogram!(observe::HANDLER_SECONDS).record((ended - started).as_secs_f64());
+        if result.is_ok() {
+            self.stats
+                .handled
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            metrics::counter!(observe::HANDLED).increment(records.len() as u64);
+        }
+        (result, ended)
+    }
+
+    /// The first attempt at `records` failed with `err`: retry with backoff
+    /// (only this lane waits), then forward them to a retry topic or the
+    /// DLT. Every ticket is finished on return.
+    #[allow(clippy::too_many_arguments)]
+    async fn after_failure(
+        self: &Arc<Self>,
+        tp: &TopicPartition,
+        epoch: u64,
+        records: &[Record],
+        tickets: &[Ticket],
+        keys: &[Option<String>],
+        mut err: HandlerError,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) {
+        let tickets_ = || tickets.iter().copied();
         let mut delays = self.cfg.backoff.delays(rand_unit);
         let mut attempt = 1u32;
-        let err = loop {
-            let span = tracing::info_span!(
-                "handle",
-                topic = %tp.topic,
-                partition = tp.partition,
-                offset = records[0].offset,
-                records = records.len(),
-                attempt,
-            );
-            let started = std::time::Instant::now();
-            let result = self.call_handler(tp, &records).instrument(span).await;
-            metrics::histogram!(observe::HANDLER_SECONDS).record(started.elapsed().as_secs_f64());
-            let err = match result {
-                Ok(()) => {
-                    self.mark_done(&keys).await;
-                    self.stats
-                        .handled
-                        .fetch_add(records.len() as u64, Ordering::Relaxed);
-                    metrics::counter!(observe::HANDLED).increment(records.len() as u64);
-                    if let Some(p) = self.lock().parts.get_mut(tp) {
-                        p.failures_in_row = 0;
-                    }
-                    return self.finish_all(tp, tickets, true);
-                }
-                Err(e) => e,
-            };
+        loop {
             if !self.may_continue(tp, epoch) {
                 // Revoked meanwhile: the next owner handles these records.
-                return self.finish_all(tp, tickets, false);
+                return self.finish_all(tp, tickets_(), Done::Skipped);
             }
             if self.cfg.retry_topics.is_some() {
-                break err; // no blocking retry: the retry topic is the retry
+                break; // no blocking retry: the retry topic is the retry
             }
             match self.cfg.backoff.decide(attempt, &err, delays.next()) {
                 Decision::RetryAfter(d) => {
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(observe::RETRIED).increment(1);
                     tracing::debug!(%tp, offset = records[0].offset, attempt, error = %err, delay = ?d, "retrying");
-                    drop(permit); // only this lane waits
+                    self.release(permit); // only this lane waits
                     if !self
                         .sleep_unless_stopped(tp, epoch, Instant::now() + d)
                         .await
                     {
-                        return self.finish_all(tp, tickets, false);
+                        return self.finish_all(tp, tickets_(), Done::Skipped);
                     }
-                    permit = self.permit().await;
+                    self.reacquire(permit).await;
                     attempt += 1;
+                    let started = std::time::Instant::now();
+                    match self.attempt(tp, records, attempt, started).await.0 {
+                        Ok(()) => {
+                            self.mark_done(keys).await;
+                            return self.finish_all(tp, tickets_(), Done::Handled);
+                        }
+                        Err(e) => err = e,
+                    }
                 }
-                Decision::DeadLetter => break err,
+                Decision::DeadLetter => break,
             }
-        };
-        self.forward_failed(tp, epoch, &records, &tickets, &err, attempt)
+        }
+        self.forward_failed(tp, epoch, records, tickets, &err, attempt)
             .await;
-        drop(permit);
-    }
-
-    async fn permit(&self) -> OwnedSemaphorePermit {
-        self.permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the permits are never closed")
     }
 
     /// Sleep until `until`, waking early when the partition is revoked or
@@ -222,24 +305,34 @@ impl Runtime {
     }
 
     /// Drop records whose side effects were already applied (idempotency
-    /// store), completing them. `None` if the partition went away meanwhile
-    /// (every record is then given back).
+    /// store), completing them. Returns the rest with their idempotency
+    /// keys (none at all without a store), and the records from the first
+    /// one whose key repeats a key kept here on: those wait for a later
+    /// unit, after this one has marked its keys done, or both copies would
+    /// pass the check. `None` if the partition went away meanwhile (every
+    /// record is then given back).
     async fn skip_duplicates(
         &self,
         tp: &TopicPartition,
         items: Vec<Work>,
-    ) -> Option<(Vec<Work>, Vec<String>)> {
+    ) -> Option<(Vec<Work>, Vec<Option<String>>, Vec<Work>)> {
         let Some(idem) = self.idempotency() else {
-            return Some((items, Vec::new()));
+            return Some((items, Vec::new(), Vec::new()));
         };
         let mut keep = Vec::with_capacity(items.len());
         let mut keys = Vec::with_capacity(items.len());
+        let mut kept_keys = std::collections::HashSet::new();
         let mut items = items.into_iter();
         while let Some(w) = items.next() {
             let Some(key) = idem.key.key_of(tp, &w.record) else {
                 keep.push(w);
+                keys.push(None);
                 continue;
             };
+            if kept_keys.contains(&key) {
+                let later = std::iter::once(w).chain(items).collect();
+                return Some((keep, keys, later));
+            }
             let seen = self
                 .until_ok(
                     Some((tp, w.ticket.epoch)),
@@ -250,30 +343,31 @@ impl Runtime {
             match seen {
                 None => {
                     let rest = std::iter::once(&w).chain(&keep).chain(items.as_slice());
-                    self.finish_all(tp, rest.map(|w| w.ticket), false);
+                    self.finish_all(tp, rest.map(|w| w.ticket), Done::Skipped);
                     return None;
                 }
                 Some(true) => {
                     self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(observe::DEDUPLICATED).increment(1);
-                    self.finish(tp, w.ticket, true);
+                    self.finish(tp, w.ticket, Done::Handled);
                 }
                 Some(false) => {
+                    kept_keys.insert(key.clone());
                     keep.push(w);
-                    keys.push(key);
+                    keys.push(Some(key));
                 }
             }
         }
-        Some((keep, keys))
+        Some((keep, keys, Vec::new()))
     }
 
     /// Record the side effects as applied, before the offsets may commit.
     /// Retries until the store answers: giving up would redo side effects.
-    async fn mark_done(&self, keys: &[String]) {
+    async fn mark_done(&self, keys: &[Option<String>]) {
         let Some(idem) = self.idempotency() else {
             return;
         };
-        for key in keys {
+        for key in keys.iter().flatten() {
             self.until_ok(
                 None,
                 || idem.store.mark(key),
@@ -332,7 +426,7 @@ impl Runtime {
                 .write_until_acked(tp, epoch, record.offset, target, out)
                 .await
             {
-                self.finish(tp, *ticket, false);
+                self.finish(tp, *ticket, Done::Skipped);
                 continue;
             }
             let offset = record.offset;
@@ -356,7 +450,7 @@ impl Runtime {
                     });
                 }
             }
-            self.finish(tp, *ticket, true);
+            self.finish(tp, *ticket, Done::Forwarded);
         }
         // Poison (non-retryable) records are the DLT's job and never
         // quarantine; retryable ones that ran out of retries suggest an
