@@ -14,6 +14,9 @@
 //! (producers) to the last record or acknowledgement. The last line printed
 //! is `RESULT records=<n> bytes=<n> secs=<f>`.
 
+mod latency;
+mod rebalance;
+
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +33,12 @@ struct Args {
     topic: String,
     count: u64,
     size: usize,
+    /// Records per second (`rate=`, latency runs).
+    rate: u64,
+    /// Settings for the consumer (or the producer of a throughput run).
     props: Vec<(String, String)>,
+    /// `producer.<property>=`: the producer of a latency or rebalance run.
+    producer_props: Vec<(String, String)>,
 }
 
 fn args() -> Args {
@@ -38,12 +46,16 @@ fn args() -> Args {
     let mut next = |what: &str| a.next().unwrap_or_else(|| usage(what));
     let (peer, bootstrap, topic) = (next("peer"), next("bootstrap"), next("topic"));
     let count = next("count").parse().unwrap_or_else(|_| usage("count"));
-    let mut size = 100;
-    let mut props = Vec::new();
+    let (mut size, mut rate) = (100, 10_000);
+    let (mut props, mut producer_props) = (Vec::new(), Vec::new());
     for kv in a {
         let (k, v) = kv.split_once('=').unwrap_or_else(|| usage("key=value"));
         if k == "size" {
             size = v.parse().unwrap_or_else(|_| usage("size"));
+        } else if k == "rate" {
+            rate = v.parse().unwrap_or_else(|_| usage("rate"));
+        } else if let Some(k) = k.strip_prefix("producer.") {
+            producer_props.push((k.to_string(), v.to_string()));
         } else {
             props.push((k.to_string(), v.to_string()));
         }
@@ -54,7 +66,9 @@ fn args() -> Args {
         topic,
         count,
         size,
+        rate,
         props,
+        producer_props,
     }
 }
 
@@ -91,18 +105,27 @@ async fn main() {
         "rdkafka-consume" => rdkafka_consume(&a),
         "rdkafka-produce" => rdkafka_produce(&a),
         "create-topic" => create_topic(&a).await,
+        "ours-latency" => latency::ours(&a).await,
+        "rdkafka-latency" => latency::rdkafka(&a).await,
+        "ours-rebalance" => rebalance::ours(&a).await,
         other => usage(&format!("peer ({other})")),
     }
 }
 
 fn ours_consumer_config(a: &Args) -> ConsumerConfig {
+    ours_consumer_config_with(a, &[])
+}
+
+/// A fresh group reading from the earliest offset, `a.props`, then `extra`.
+fn ours_consumer_config_with(a: &Args, extra: &[(&str, &str)]) -> ConsumerConfig {
     let mut b = ConsumerConfig::builder()
         .bootstrap(&a.bootstrap)
         .expect("bootstrap")
         .group_id(group())
         .set("auto.offset.reset", "earliest")
         .expect("property");
-    for (k, v) in &a.props {
+    let props = a.props.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    for (k, v) in props.chain(extra.iter().copied()) {
         b = b
             .set(k, v)
             .unwrap_or_else(|e| panic!("consumer property {k}={v}: {e}"));
@@ -177,23 +200,17 @@ async fn ours_runtime(a: &Args, ordering: Ordering) {
     let took = first.elapsed();
     let _ = stop_tx.send(());
     let _ = run.await;
+    eprintln!(
+        "runtime: pauses={} peak_in_flight_records={} commits={}",
+        stats.pauses.load(AtomicOrdering::Relaxed),
+        stats.peak_in_flight_records.load(AtomicOrdering::Relaxed),
+        stats.commits.load(AtomicOrdering::Relaxed)
+    );
     report(handled(), 0, took);
 }
 
 async fn ours_produce(a: &Args) {
-    let mut b = ProducerConfig::builder()
-        .bootstrap(&a.bootstrap)
-        .expect("bootstrap");
-    for (k, v) in &a.props {
-        b = b
-            .set(k, v)
-            .unwrap_or_else(|e| panic!("producer property {k}={v}: {e}"));
-    }
-    let p = Arc::new(
-        Producer::connect(b.build().expect("config"))
-            .await
-            .expect("connect"),
-    );
+    let p = Arc::new(ours_producer(&a.bootstrap, &a.props).await);
     let value = bytes::Bytes::from(vec![b'x'; a.size]);
     let started = Instant::now();
     // Acks are awaited on another task so sending never waits for one.
@@ -221,6 +238,21 @@ async fn ours_produce(a: &Args) {
     p.close().await;
     assert_eq!(failed, 0, "{failed} records were not acknowledged");
     report(a.count, a.count * a.size as u64, took);
+}
+
+/// This project's producer with `props`.
+async fn ours_producer(bootstrap: &str, props: &[(String, String)]) -> Producer {
+    let mut b = ProducerConfig::builder()
+        .bootstrap(bootstrap)
+        .expect("bootstrap");
+    for (k, v) in props {
+        b = b
+            .set(k, v)
+            .unwrap_or_else(|e| panic!("producer property {k}={v}: {e}"));
+    }
+    Producer::connect(b.build().expect("config"))
+        .await
+        .expect("connect")
 }
 
 fn rdkafka_config(a: &Args) -> rdkafka::ClientConfig {

@@ -62,6 +62,18 @@ const PRODUCER_KNOBS: &[(&str, &str)] = &[
     ("batch.size", "262144"),
 ];
 
+/// The producer of the latency and rebalance runs: every record on its
+/// own (no linger), fully acknowledged.
+const STREAM_PRODUCER_KNOBS: &[(&str, &str)] = &[
+    ("acks", "all"),
+    ("enable.idempotence", "true"),
+    ("linger.ms", "0"),
+];
+
+/// Workload 5's fixed rate and workload 6's steady stream, records/s.
+const LATENCY_RATE: u64 = 10_000;
+const REBALANCE_RATE: u64 = 6_000;
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Peer {
     OursConsume,
@@ -72,6 +84,10 @@ enum Peer {
     RdkafkaProduce,
     JavaConsume,
     JavaProduce,
+    OursLatency,
+    RdkafkaLatency,
+    OursRebalanceCooperative,
+    OursRebalanceEager,
 }
 
 impl Peer {
@@ -85,18 +101,38 @@ impl Peer {
             Peer::RdkafkaProduce => "librdkafka (BaseProducer)",
             Peer::JavaConsume => "Java (ConsumerPerformance)",
             Peer::JavaProduce => "Java (ProducerPerformance)",
+            Peer::OursLatency => "ours (producer → runtime handler)",
+            Peer::RdkafkaLatency => "librdkafka (BaseProducer → BaseConsumer)",
+            Peer::OursRebalanceCooperative => "ours (runtime, cooperative-sticky)",
+            Peer::OursRebalanceEager => "ours (runtime, eager range)",
         }
     }
 
     fn is_reference(self) -> bool {
-        matches!(self, Peer::RdkafkaConsume | Peer::RdkafkaProduce)
+        matches!(
+            self,
+            Peer::RdkafkaConsume | Peer::RdkafkaProduce | Peer::RdkafkaLatency
+        )
     }
+}
+
+/// What a workload measures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    /// Read a pre-produced topic: records/s, CPU, RSS.
+    Consume,
+    /// Write `count` records: records/s, CPU, RSS.
+    Produce,
+    /// Produce → handler latency at a fixed rate (workload 5).
+    Latency,
+    /// Processing gap on unmoved partitions when a member joins (workload 6).
+    Rebalance,
 }
 
 struct Workload {
     name: &'static str,
     topic: String,
-    produce: bool,
+    kind: Kind,
     count: u64,
     size: usize,
     compression: &'static str,
@@ -113,9 +149,18 @@ struct Run {
     cpu_secs: f64,
     max_rss_kb: u64,
     broker_cpu_secs: f64,
+    /// `LATENCY …` or `REBALANCE …` figures, by name.
+    figures: Vec<(String, f64)>,
 }
 
 impl Run {
+    fn figure(&self, name: &str) -> f64 {
+        self.figures
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or(f64::NAN, |(_, v)| *v)
+    }
+
     fn records_per_sec(&self) -> f64 {
         self.records as f64 / self.secs.max(1e-9)
     }
@@ -175,7 +220,7 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
         Workload {
             name: "consume 100 B, uncompressed",
             topic: topic("100b-none"),
-            produce: false,
+            kind: Kind::Consume,
             count: big,
             size: 100,
             compression: "none",
@@ -184,7 +229,7 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
         Workload {
             name: "consume 100 B, lz4",
             topic: topic("100b-lz4"),
-            produce: false,
+            kind: Kind::Consume,
             count: big,
             size: 100,
             compression: "lz4",
@@ -193,7 +238,7 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
         Workload {
             name: "consume 1 KiB, zstd",
             topic: topic("1k-zstd"),
-            produce: false,
+            kind: Kind::Consume,
             count: small,
             size: 1024,
             compression: "zstd",
@@ -202,7 +247,7 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
         Workload {
             name: "produce 100 B, uncompressed",
             topic: topic("produce-none"),
-            produce: true,
+            kind: Kind::Produce,
             count: big,
             size: 100,
             compression: "none",
@@ -211,11 +256,29 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
         Workload {
             name: "produce 100 B, lz4",
             topic: topic("produce-lz4"),
-            produce: true,
+            kind: Kind::Produce,
             count: big,
             size: 100,
             compression: "lz4",
             peers: vec![OursProduce, RdkafkaProduce, JavaProduce],
+        },
+        Workload {
+            name: "latency at 10k records/s",
+            topic: topic("latency"),
+            kind: Kind::Latency,
+            count: LATENCY_RATE * if args.quick { 2 } else { 30 },
+            size: 100,
+            compression: "none",
+            peers: vec![OursLatency, RdkafkaLatency],
+        },
+        Workload {
+            name: "rebalance: a 4th member joins",
+            topic: topic("rebalance"),
+            kind: Kind::Rebalance,
+            count: 0,
+            size: 100,
+            compression: "none",
+            peers: vec![OursRebalanceCooperative, OursRebalanceEager],
         },
     ];
 
@@ -227,7 +290,7 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
         if !status.success() {
             bail!("could not create {}", w.topic);
         }
-        if !w.produce {
+        if w.kind == Kind::Consume {
             let t = Instant::now();
             let mut cmd = Command::new(&peer_bin);
             cmd.args(["ours-produce", &bootstrap, &w.topic, &w.count.to_string()])
@@ -271,7 +334,7 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
                     (Some(a), Some(b)) => b - a,
                     _ => 0.0,
                 };
-                if m.records != w.count {
+                if w.kind != Kind::Rebalance && m.records != w.count {
                     bail!(
                         "{} on {}: {} of {} records",
                         peer.name(),
@@ -288,12 +351,28 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
                     cpu_secs: m.cpu_secs,
                     max_rss_kb: m.max_rss_kb,
                     broker_cpu_secs: broker_cpu,
+                    figures: m.figures,
                 };
-                eprintln!(
-                    "{:.0} records/s, {:.2} CPU s per M records",
-                    run.records_per_sec(),
-                    run.cpu_per_million()
-                );
+                match w.kind {
+                    Kind::Consume | Kind::Produce => eprintln!(
+                        "{:.0} records/s, {:.2} CPU s per M records",
+                        run.records_per_sec(),
+                        run.cpu_per_million()
+                    ),
+                    Kind::Latency => eprintln!(
+                        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                        run.figure("p50_us") / 1e3,
+                        run.figure("p99_us") / 1e3,
+                        run.figure("max_us") / 1e3
+                    ),
+                    Kind::Rebalance => eprintln!(
+                        "longest gap {:.0} ms on {} unmoved partitions ({:.0} ms on {} moved)",
+                        run.figure("unmoved_max_gap_ms"),
+                        run.figure("unmoved"),
+                        run.figure("moved_max_gap_ms"),
+                        run.figure("moved")
+                    ),
+                }
                 runs.push(run);
             }
         }
@@ -303,7 +382,12 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
     let md = markdown(&results, rounds, args.quick);
     fs::write(out.join("report.md"), &md)?;
     fs::write(out.join("report.json"), json(&results))?;
-    fs::write(out.join("chart.svg"), chart(&results))?;
+    let throughput: Vec<(&Workload, Vec<Run>)> = results
+        .iter()
+        .filter(|(w, _)| matches!(w.kind, Kind::Consume | Kind::Produce))
+        .cloned()
+        .collect();
+    fs::write(out.join("chart.svg"), chart(&throughput))?;
     println!("{md}");
     println!(
         "bench: {} workloads × {rounds} round(s), every peer read or wrote every record, in {:.0} s; wrote {}/report.md, report.json, chart.svg",
@@ -331,7 +415,37 @@ fn command(peer: Peer, w: &Workload, bin: &Path, bootstrap: &str, java_cfg: &Pat
             .arg(format!("compression.type={}", w.compression))
             .args(PRODUCER_KNOBS.iter().map(|(k, v)| format!("{k}={v}")));
     };
+    let stream_producer = |c: &mut Command, rate: u64| {
+        c.arg(format!("rate={rate}")).args(
+            STREAM_PRODUCER_KNOBS
+                .iter()
+                .map(|(k, v)| format!("producer.{k}={v}")),
+        );
+    };
     match peer {
+        Peer::OursLatency | Peer::RdkafkaLatency => {
+            let rd = peer == Peer::RdkafkaLatency;
+            let mut c = bench_peer(if rd {
+                "rdkafka-latency"
+            } else {
+                "ours-latency"
+            });
+            consumer_knobs(&mut c, rd);
+            stream_producer(&mut c, LATENCY_RATE);
+            c
+        }
+        Peer::OursRebalanceCooperative | Peer::OursRebalanceEager => {
+            let mut c = bench_peer("ours-rebalance");
+            consumer_knobs(&mut c, false);
+            stream_producer(&mut c, REBALANCE_RATE);
+            c.arg(match peer {
+                Peer::OursRebalanceCooperative => {
+                    "partition.assignment.strategy=cooperative-sticky"
+                }
+                _ => "partition.assignment.strategy=range",
+            });
+            c
+        }
         Peer::OursConsume | Peer::OursRuntimePartition | Peer::OursRuntimeKey => {
             let role = match peer {
                 Peer::OursConsume => "ours-consume",
@@ -413,6 +527,7 @@ struct Measured {
     secs: f64,
     cpu_secs: f64,
     max_rss_kb: u64,
+    figures: Vec<(String, f64)>,
 }
 
 /// Run `cmd` to completion; its own figures (from its output), its CPU
@@ -462,6 +577,7 @@ fn measure(cmd: &mut Command, peer: Option<Peer>) -> anyhow::Result<Measured> {
         secs,
         cpu_secs,
         max_rss_kb,
+        figures: parse_figures(&stdout),
     })
 }
 
@@ -517,6 +633,18 @@ fn parse_result_line(out: &str) -> anyhow::Result<(u64, f64)> {
             .with_context(|| format!("no {k} in {line}"))
     };
     Ok((field("records")?.parse()?, field("secs")?.parse()?))
+}
+
+/// The `key=number` pairs of a `LATENCY …` or `REBALANCE …` line.
+fn parse_figures(out: &str) -> Vec<(String, f64)> {
+    out.lines()
+        .filter(|l| l.starts_with("LATENCY ") || l.starts_with("REBALANCE "))
+        .flat_map(|l| l.split_whitespace().skip(1))
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
 }
 
 /// ConsumerPerformance prints a CSV header and one data line:
@@ -619,8 +747,24 @@ fn markdown(results: &[(&Workload, Vec<Run>)], rounds: usize, quick: bool) -> St
         "librdkafka consumer only: {}  ",
         settings(RDKAFKA_CONSUMER_EXTRA)
     );
-    let _ = writeln!(md, "Producer settings: {}\n", settings(PRODUCER_KNOBS));
+    let _ = writeln!(md, "Producer settings: {}  ", settings(PRODUCER_KNOBS));
+    let _ = writeln!(
+        md,
+        "Latency and rebalance producers: {}; latency at {LATENCY_RATE} records/s, measured from each record's scheduled send time to its handler call (after 1 s of warm-up); rebalance stream at {REBALANCE_RATE} records/s round-robin over the partitions\n",
+        settings(STREAM_PRODUCER_KNOBS)
+    );
     for (w, runs) in results {
+        match w.kind {
+            Kind::Latency => {
+                latency_table(&mut md, w, runs);
+                continue;
+            }
+            Kind::Rebalance => {
+                rebalance_table(&mut md, w, runs);
+                continue;
+            }
+            Kind::Consume | Kind::Produce => {}
+        }
         let _ = writeln!(
             md,
             "## {} ({} records × {} B, 12 partitions)\n\n| peer | records/s | MB/s | CPU s per M records | peak RSS MB | broker CPU s per M | records/s vs librdkafka | CPU vs librdkafka |\n|---|---|---|---|---|---|---|---|",
@@ -656,6 +800,61 @@ fn markdown(results: &[(&Workload, Vec<Run>)], rounds: usize, quick: bool) -> St
     md
 }
 
+/// `median (min–max)` of a figure, scaled.
+fn figure_spread(runs: &[Run], peer: Peer, name: &str, scale: f64) -> String {
+    let (m, lo, hi) = spread(runs, peer, |r| r.figure(name) * scale);
+    format!("{m:.1} ({lo:.1}–{hi:.1})")
+}
+
+fn latency_table(md: &mut String, w: &Workload, runs: &[Run]) {
+    let _ = writeln!(
+        md,
+        "## {} ({} measured records × {} B, 12 partitions)\n\n| peer | p50 ms | p99 ms | max ms | CPU s per M records | peak RSS MB |\n|---|---|---|---|---|---|",
+        w.name, w.count, w.size
+    );
+    for &peer in &w.peers {
+        let (cpu, _, _) = spread(runs, peer, Run::cpu_per_million);
+        let (rss, _, _) = spread(runs, peer, |r| r.max_rss_kb as f64 / 1024.0);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {cpu:.2} | {rss:.0} |",
+            peer.name(),
+            figure_spread(runs, peer, "p50_us", 1e-3),
+            figure_spread(runs, peer, "p99_us", 1e-3),
+            figure_spread(runs, peer, "max_us", 1e-3),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nCPU covers the whole process: producer and consumer.\n"
+    );
+}
+
+fn rebalance_table(md: &mut String, w: &Workload, runs: &[Run]) {
+    let _ = writeln!(
+        md,
+        "## {} (3 members, then 4; 12 partitions)\n\n| peer | partitions kept | longest gap on kept partitions, ms | partitions moved | longest gap on moved ones, ms | longest gap before the join (noise floor), ms |\n|---|---|---|---|---|---|",
+        w.name
+    );
+    for &peer in &w.peers {
+        let (kept, _, _) = spread(runs, peer, |r| r.figure("unmoved"));
+        let (moved, _, _) = spread(runs, peer, |r| r.figure("moved"));
+        let _ = writeln!(
+            md,
+            "| {} | {kept:.0} | {} | {moved:.0} | {} | {} |",
+            peer.name(),
+            figure_spread(runs, peer, "unmoved_max_gap_ms", 1.0),
+            figure_spread(runs, peer, "moved_max_gap_ms", 1.0),
+            figure_spread(runs, peer, "quiet_max_gap_ms", 1.0),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nA kept partition has the same owner before the join and at the end. Its gap runs from its last record handled before the join; records arrive every {:.0} ms per partition. The noise floor is the same measure over the 2 s of steady consumption before the join. Members start 1.37 s apart, but every member's heartbeat timer restarts when a rebalance completes, so all of them hear of the next one on the same heartbeat.\n",
+        12e3 / REBALANCE_RATE as f64
+    );
+}
+
 /// `` `k=v`, `k=v` `` for the report.
 fn settings(knobs: &[(&str, &str)]) -> String {
     knobs
@@ -676,7 +875,7 @@ fn json(results: &[(&Workload, Vec<Run>)]) -> String {
         for (j, r) in runs.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "      {{\"round\": {}, \"peer\": \"{}\", \"records\": {}, \"secs\": {:.6}, \"records_per_sec\": {:.1}, \"cpu_secs\": {:.4}, \"cpu_secs_per_million\": {:.4}, \"max_rss_kb\": {}, \"broker_cpu_secs\": {:.4}}}{}",
+                "      {{\"round\": {}, \"peer\": \"{}\", \"records\": {}, \"secs\": {:.6}, \"records_per_sec\": {:.1}, \"cpu_secs\": {:.4}, \"cpu_secs_per_million\": {:.4}, \"max_rss_kb\": {}, \"broker_cpu_secs\": {:.4}{}}}{}",
                 r.round,
                 r.peer.name(),
                 r.records,
@@ -686,6 +885,10 @@ fn json(results: &[(&Workload, Vec<Run>)]) -> String {
                 r.cpu_per_million(),
                 r.max_rss_kb,
                 r.broker_cpu_secs,
+                r.figures
+                    .iter()
+                    .map(|(k, v)| format!(", \"{k}\": {v}"))
+                    .collect::<String>(),
                 if j + 1 < runs.len() { "," } else { "" }
             );
         }
@@ -799,6 +1002,15 @@ mod tests {
             parse_result_line("noise\nRESULT records=10 bytes=1000 secs=0.5\n").unwrap(),
             (10, 0.5)
         );
+    }
+
+    #[test]
+    fn parses_latency_and_rebalance_figures() {
+        let out = "x\nLATENCY records=5 p50_us=800 p99_us=2500 max_us=9000\nRESULT records=5 bytes=0 secs=1\nREBALANCE unmoved=9 moved=3 unmoved_max_gap_ms=12.5\n";
+        let f = parse_figures(out);
+        assert_eq!(f[1], ("p50_us".to_string(), 800.0));
+        assert_eq!(f.len(), 7);
+        assert_eq!(f[6], ("unmoved_max_gap_ms".to_string(), 12.5));
     }
 
     #[test]
