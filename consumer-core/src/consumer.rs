@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use crate::config::{ConsumerConfig, IsolationLevel, OffsetReset};
 use crate::error::{ConsumerError, Result};
 use crate::fetch_session::FetchSession;
-use crate::fetcher::{decode_partition, truncation_point, Decoded};
+use crate::fetcher::{truncation_point, PartitionCursor};
 use crate::group::{GroupEvent, GroupSnapshot, GroupTask};
 use crate::tp::TopicPartition;
 
@@ -409,7 +409,10 @@ pub struct Consumer {
     sessions: HashMap<i32, FetchSession>,
     in_flight: JoinSet<FetchOutcome>,
     busy: BTreeSet<i32>,
-    buffered: VecDeque<(TopicPartition, Decoded)>,
+    buffered: VecDeque<(TopicPartition, PartitionCursor)>,
+    /// A corrupt batch found while draining after other records were
+    /// taken: those are returned first, this with the next poll.
+    deferred_error: Option<ConsumerError>,
     committer: Committer,
     listener: Option<Arc<dyn RebalanceListener>>,
     events: Option<mpsc::Receiver<GroupEvent>>,
@@ -459,6 +462,7 @@ impl Consumer {
             in_flight: JoinSet::new(),
             busy: BTreeSet::new(),
             buffered: VecDeque::new(),
+            deferred_error: None,
             committer,
             listener: None,
             events: None,
@@ -947,21 +951,16 @@ impl Consumer {
                     continue;
                 }
                 state.high_watermark = p.high_watermark;
-                let decoded = decode_partition(
-                    &tp,
+                let cursor = PartitionCursor::new(
                     p,
                     requested_pos,
                     self.cfg.isolation_level,
                     self.cfg.max_decompressed_bytes,
-                )?;
-                if decoded.records.is_empty() {
-                    // Only markers or aborted data: still move past them.
-                    if decoded.next_offset > requested_pos {
-                        state.position = Some(decoded.next_offset);
-                    }
-                    continue;
+                );
+                if !cursor.is_empty_response() {
+                    // Decoded as drained (markers and aborted data too).
+                    self.buffered.push_back((tp, cursor));
                 }
-                self.buffered.push_back((tp, decoded));
             }
         }
         if !refresh.is_empty() {
@@ -975,35 +974,41 @@ impl Consumer {
         Ok(())
     }
 
-    /// Take up to `max.poll.records` buffered records (unpaused partitions).
-    /// Records are moved out, never cloned: this runs for every record.
+    /// Take up to `max.poll.records` buffered records (unpaused partitions),
+    /// decoding them as they are taken. Records are moved out, never cloned.
+    /// A corrupt batch ends its partition's buffer (the position stays at
+    /// it, so the next fetch meets it again) and is returned by the next
+    /// poll, after the records taken before it.
     fn drain(&mut self) -> Vec<PartitionRecords> {
         let mut out = Vec::new();
         let mut budget = self.cfg.max_poll_records;
         let mut keep = VecDeque::new();
-        while let Some((tp, mut decoded)) = self.buffered.pop_front() {
+        while let Some((tp, mut cursor)) = self.buffered.pop_front() {
             let Some(state) = self.parts.get_mut(&tp) else {
                 continue;
             };
             if state.paused || budget == 0 {
-                keep.push_back((tp, decoded));
+                keep.push_back((tp, cursor));
                 continue;
             }
-            let records = if decoded.records.len() <= budget {
-                // Whole response handed out: the position moves past it all
-                // (control batches and aborted data included).
-                state.position = Some(decoded.next_offset);
-                if decoded.last_epoch >= 0 {
-                    state.last_fetched_epoch = decoded.last_epoch;
+            let taken = cursor.take(&tp, budget);
+            state.position = Some(cursor.position());
+            if cursor.last_epoch >= 0 {
+                state.last_fetched_epoch = cursor.last_epoch;
+            }
+            let records = match taken {
+                Ok(records) => records,
+                Err(e) => {
+                    self.deferred_error.get_or_insert(e.into());
+                    continue; // dropped: never read past a corrupt batch
                 }
-                std::mem::take(&mut decoded.records)
-            } else {
-                let rest = decoded.records.split_off(budget);
-                let head = std::mem::replace(&mut decoded.records, rest);
-                state.position = head.last().map(|r| r.offset + 1);
-                keep.push_back((tp.clone(), decoded));
-                head
             };
+            if !cursor.is_finished() {
+                keep.push_back((tp.clone(), cursor));
+            }
+            if records.is_empty() {
+                continue; // only markers or aborted data: the position moved past them
+            }
             budget -= records.len();
             out.push(PartitionRecords {
                 tp,
@@ -1040,6 +1045,9 @@ impl Consumer {
             let out = self.drain();
             if !out.is_empty() {
                 return Ok(out);
+            }
+            if let Some(e) = self.deferred_error.take() {
+                return Err(e);
             }
             self.send_fetches().await;
             let events = self.events.as_mut();

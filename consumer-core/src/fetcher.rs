@@ -1,15 +1,17 @@
 //! Turning one partition's fetch response into records (pure).
 //!
-//! - CRC-checked lazy decoding ([`kafka_wire::records`]); a corrupt batch is
-//!   an error naming topic, partition and offset, and none of its records
-//!   are returned.
+//! - Decoded as taken, one batch at a time ([`PartitionCursor`]), so memory
+//!   does not grow with the compression ratio.
+//! - CRC-checked ([`kafka_wire::records`]); a corrupt batch is an error
+//!   naming topic, partition and offset, and none of its records are
+//!   returned.
 //! - Records below the fetch position are dropped (a compressed batch can
 //!   start before it).
 //! - `read_committed`: batches of aborted transactions are skipped using the
 //!   response's aborted-transaction list, and control batches (markers) are
 //!   never returned. The position still moves past them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use kafka_wire::messages::fetch_response::PartitionData;
 use kafka_wire::records::{BatchReader, ControlType, Record};
@@ -18,18 +20,202 @@ use kafka_wire::Error;
 use crate::config::IsolationLevel;
 use crate::tp::TopicPartition;
 
-/// Records decoded from one partition's fetch.
-#[derive(Debug, Clone, Default)]
-pub struct Decoded {
-    pub records: Vec<Record>,
-    /// Where the next fetch starts: past every batch seen, including
-    /// control and aborted ones.
-    pub next_offset: i64,
-    pub high_watermark: i64,
-    pub last_stable_offset: i64,
+/// One partition's fetched data, decoded as it is taken.
+///
+/// Only one batch is decompressed and decoded at a time, so the memory a
+/// buffered response holds is its compressed bytes plus one batch, however
+/// well it compresses (eagerly inflating a whole 1 MB lz4 response of
+/// repetitive values took hundreds of MB per partition). A batch's records
+/// are decoded all at once before any is handed out, so a batch with a bad
+/// record is never partly delivered.
+#[derive(Debug)]
+pub struct PartitionCursor {
+    reader: BatchReader,
+    /// The fetch position: records below it are dropped.
+    position: i64,
+    isolation: IsolationLevel,
+    max_decompressed: usize,
+    /// Aborted transactions: producer id → first offsets, sorted.
+    aborted: BTreeMap<i64, Vec<i64>>,
+    /// Producers whose current transaction (at this point of the log) aborted.
+    active_aborts: HashSet<i64>,
+    /// The decoded records of the current batch not handed out yet.
+    current: VecDeque<Record>,
+    /// Past every batch decoded so far, including control and aborted ones.
+    next_offset: i64,
     /// Leader epoch of the last batch seen (-1 if none): sent back as
     /// `last_fetched_epoch` so the broker can detect divergence (KIP-320).
     pub last_epoch: i32,
+    /// A corrupt batch found after some records were taken: the next
+    /// `take` returns it.
+    failed: Option<Error>,
+    /// Nothing more comes out (exhausted, or a corrupt batch reported):
+    /// never read past a corrupt batch.
+    done: bool,
+}
+
+impl PartitionCursor {
+    /// A cursor over `data`, fetched from `position`.
+    pub fn new(
+        data: &PartitionData,
+        position: i64,
+        isolation: IsolationLevel,
+        max_decompressed: usize,
+    ) -> Self {
+        let mut aborted: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+        if isolation == IsolationLevel::ReadCommitted {
+            for a in data.aborted_transactions.iter().flatten() {
+                aborted
+                    .entry(a.producer_id.0)
+                    .or_default()
+                    .push(a.first_offset);
+            }
+            for offsets in aborted.values_mut() {
+                offsets.sort_unstable();
+            }
+        }
+        Self {
+            reader: BatchReader::new(data.records.clone().unwrap_or_default()),
+            position,
+            isolation,
+            max_decompressed,
+            aborted,
+            active_aborts: HashSet::new(),
+            current: VecDeque::new(),
+            next_offset: position,
+            last_epoch: -1,
+            failed: None,
+            done: false,
+        }
+    }
+
+    /// Whether the response held no bytes at all (nothing to buffer).
+    pub fn is_empty_response(&self) -> bool {
+        self.reader.peek_base_offset().is_none() && self.current.is_empty()
+    }
+
+    /// Everything was taken (and any error reported): drop it.
+    pub fn is_finished(&self) -> bool {
+        self.done && self.current.is_empty() && self.failed.is_none()
+    }
+
+    /// Where a fetch should resume after what was taken: the next record
+    /// not handed out, or past every batch decoded.
+    pub fn position(&self) -> i64 {
+        self.current.front().map_or(self.next_offset, |r| r.offset)
+    }
+
+    /// Up to `max` records, in order. Empty when nothing is left.
+    ///
+    /// # Errors
+    /// [`Error::CorruptBatch`] naming the partition and the batch's offset;
+    /// the records of the good batches before it come first (taken with
+    /// the next call), and [`PartitionCursor::position`] stays at the bad
+    /// batch.
+    pub fn take(&mut self, tp: &TopicPartition, max: usize) -> Result<Vec<Record>, Error> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let mut out = Vec::with_capacity(max.min(self.current.len().max(64)));
+        while out.len() < max {
+            if self.current.is_empty() {
+                if self.done {
+                    break;
+                }
+                match self.decode_next_batch(tp) {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        self.done = true;
+                        break;
+                    }
+                    Err(e) => {
+                        self.done = true;
+                        if out.is_empty() {
+                            return Err(e);
+                        }
+                        self.failed = Some(e); // after the good records
+                        break;
+                    }
+                }
+            }
+            let n = (max - out.len()).min(self.current.len());
+            out.extend(self.current.drain(..n));
+        }
+        Ok(out)
+    }
+
+    /// Decode the next batch with records to deliver into `current`,
+    /// skipping what is before the position, control batches and aborted
+    /// data. `false` when the response is exhausted.
+    fn decode_next_batch(&mut self, tp: &TopicPartition) -> Result<bool, Error> {
+        loop {
+            let base = self.reader.peek_base_offset();
+            let batch = match self.reader.next() {
+                None => return Ok(false),
+                Some(Ok(b)) => b,
+                Some(Err(source)) => {
+                    return Err(Error::CorruptBatch {
+                        topic: tp.topic.clone(),
+                        partition: tp.partition,
+                        offset: base.unwrap_or(self.next_offset),
+                        source,
+                    })
+                }
+            };
+            if batch.next_offset() <= self.position {
+                continue; // entirely before our position
+            }
+            let corrupt = |source| Error::CorruptBatch {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                offset: batch.base_offset,
+                source,
+            };
+            if self.isolation == IsolationLevel::ReadCommitted && batch.is_transactional() {
+                // A transaction starting at or before this batch that later aborted?
+                if let Some(firsts) = self.aborted.get_mut(&batch.producer_id) {
+                    while firsts.first().is_some_and(|f| *f <= batch.base_offset) {
+                        firsts.remove(0);
+                        self.active_aborts.insert(batch.producer_id);
+                    }
+                }
+                if batch.is_control() {
+                    for r in batch.records(self.max_decompressed).map_err(corrupt)? {
+                        let r = r.map_err(corrupt)?;
+                        if matches!(
+                            r.control_type(),
+                            Some(ControlType::Abort | ControlType::Commit)
+                        ) {
+                            self.active_aborts.remove(&batch.producer_id);
+                        }
+                    }
+                }
+                if batch.is_control() || self.active_aborts.contains(&batch.producer_id) {
+                    self.last_epoch = batch.partition_leader_epoch;
+                    self.next_offset = batch.next_offset();
+                    continue;
+                }
+            }
+            if batch.is_control() {
+                self.last_epoch = batch.partition_leader_epoch;
+                self.next_offset = batch.next_offset();
+                continue; // markers are never delivered
+            }
+            let mut records = VecDeque::new();
+            for r in batch.records(self.max_decompressed).map_err(corrupt)? {
+                let r = r.map_err(corrupt)?;
+                if r.offset >= self.position {
+                    records.push_back(r);
+                }
+            }
+            self.last_epoch = batch.partition_leader_epoch;
+            self.next_offset = batch.next_offset();
+            if !records.is_empty() {
+                self.current = records;
+                return Ok(true);
+            }
+        }
+    }
 }
 
 /// KIP-320: the broker says our log diverged from the leader's (the leader
@@ -42,109 +228,6 @@ pub fn truncation_point(
 ) -> Option<i64> {
     (diverging_epoch >= 0 && diverging_end_offset >= 0 && diverging_end_offset < position)
         .then_some(diverging_end_offset)
-}
-
-/// Decode `data` fetched from `position`.
-///
-/// # Errors
-/// [`Error::CorruptBatch`] naming the partition and the batch's offset.
-pub fn decode_partition(
-    tp: &TopicPartition,
-    data: &PartitionData,
-    position: i64,
-    isolation: IsolationLevel,
-    max_decompressed: usize,
-) -> Result<Decoded, Error> {
-    let mut out = Decoded {
-        records: Vec::new(),
-        next_offset: position,
-        high_watermark: data.high_watermark,
-        last_stable_offset: data.last_stable_offset,
-        last_epoch: -1,
-    };
-    // Aborted transactions: producer id → first offsets, sorted.
-    let mut aborted: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
-    if isolation == IsolationLevel::ReadCommitted {
-        for a in data.aborted_transactions.iter().flatten() {
-            aborted
-                .entry(a.producer_id.0)
-                .or_default()
-                .push(a.first_offset);
-        }
-        for offsets in aborted.values_mut() {
-            offsets.sort_unstable();
-        }
-    }
-    // Producers whose current transaction (at this point of the log) aborted.
-    let mut active_aborts: HashSet<i64> = HashSet::new();
-
-    let Some(bytes) = data.records.clone() else {
-        return Ok(out);
-    };
-    let mut reader = BatchReader::new(bytes);
-    loop {
-        let base = reader.peek_base_offset();
-        let batch = match reader.next() {
-            None => break,
-            Some(Ok(b)) => b,
-            Some(Err(source)) => {
-                return Err(Error::CorruptBatch {
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                    offset: base.unwrap_or(out.next_offset),
-                    source,
-                })
-            }
-        };
-        if batch.next_offset() <= position {
-            continue; // entirely before our position
-        }
-        out.last_epoch = batch.partition_leader_epoch;
-        let corrupt = |source| Error::CorruptBatch {
-            topic: tp.topic.clone(),
-            partition: tp.partition,
-            offset: batch.base_offset,
-            source,
-        };
-        if isolation == IsolationLevel::ReadCommitted && batch.is_transactional() {
-            // A transaction starting at or before this batch that later aborted?
-            if let Some(firsts) = aborted.get_mut(&batch.producer_id) {
-                while firsts.first().is_some_and(|f| *f <= batch.base_offset) {
-                    firsts.remove(0);
-                    active_aborts.insert(batch.producer_id);
-                }
-            }
-            if batch.is_control() {
-                for r in batch.records(max_decompressed).map_err(corrupt)? {
-                    let r = r.map_err(corrupt)?;
-                    if matches!(
-                        r.control_type(),
-                        Some(ControlType::Abort | ControlType::Commit)
-                    ) {
-                        active_aborts.remove(&batch.producer_id);
-                    }
-                }
-                out.next_offset = batch.next_offset();
-                continue;
-            }
-            if active_aborts.contains(&batch.producer_id) {
-                out.next_offset = batch.next_offset();
-                continue;
-            }
-        }
-        if batch.is_control() {
-            out.next_offset = batch.next_offset();
-            continue; // markers are never delivered
-        }
-        for r in batch.records(max_decompressed).map_err(corrupt)? {
-            let r = r.map_err(corrupt)?;
-            if r.offset >= position {
-                out.records.push(r);
-            }
-        }
-        out.next_offset = batch.next_offset();
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -218,37 +301,98 @@ mod tests {
             ))
     }
 
-    fn values(d: &Decoded) -> Vec<String> {
-        d.records
+    fn values(records: &[Record]) -> Vec<String> {
+        records
             .iter()
             .map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap())
             .collect()
     }
 
-    /// Decode the test log (aborted transactions `aborted`) from `position`.
-    fn decode_log(aborted: Vec<(i64, i64)>, position: i64, isolation: IsolationLevel) -> Decoded {
+    /// Take everything, `step` records at a time; the records and where
+    /// the next fetch would start.
+    fn take_all(c: &mut PartitionCursor, step: usize) -> (Vec<Record>, i64) {
         let tp = TopicPartition::new("t", 0);
-        decode_partition(&tp, &data(aborted), position, isolation, 1 << 20).unwrap()
+        let mut out = Vec::new();
+        loop {
+            let got = c.take(&tp, step).unwrap();
+            if got.is_empty() {
+                assert!(c.is_finished());
+                return (out, c.position());
+            }
+            assert!(got.len() <= step);
+            out.extend(got);
+        }
+    }
+
+    /// Decode the test log (aborted transactions `aborted`) from `position`.
+    fn decode_log(
+        aborted: Vec<(i64, i64)>,
+        position: i64,
+        isolation: IsolationLevel,
+    ) -> (Vec<Record>, i64) {
+        let mut c = PartitionCursor::new(&data(aborted), position, isolation, 1 << 20);
+        take_all(&mut c, 100)
     }
 
     #[test]
     fn read_committed_skips_aborted_and_markers() {
-        let d = decode_log(vec![(1, 3)], 0, IsolationLevel::ReadCommitted);
-        assert_eq!(values(&d), ["a0", "a1", "c"]);
-        assert_eq!(d.next_offset, 7);
+        let (records, next) = decode_log(vec![(1, 3)], 0, IsolationLevel::ReadCommitted);
+        assert_eq!(values(&records), ["a0", "a1", "c"]);
+        assert_eq!(next, 7);
     }
 
     #[test]
     fn read_uncommitted_returns_all_data_but_never_markers() {
-        let d = decode_log(vec![], 0, IsolationLevel::ReadUncommitted);
-        assert_eq!(values(&d), ["a0", "a1", "b0", "b1", "c"]);
-        assert_eq!(d.next_offset, 7);
+        let (records, next) = decode_log(vec![], 0, IsolationLevel::ReadUncommitted);
+        assert_eq!(values(&records), ["a0", "a1", "b0", "b1", "c"]);
+        assert_eq!(next, 7);
+    }
+
+    #[test]
+    fn taking_in_small_steps_gives_the_same_records_and_positions() {
+        for step in 1..=3 {
+            let mut c = PartitionCursor::new(
+                &data(vec![(1, 3)]),
+                0,
+                IsolationLevel::ReadCommitted,
+                1 << 20,
+            );
+            let tp = TopicPartition::new("t", 0);
+            let first = c.take(&tp, 1).unwrap();
+            assert_eq!(values(&first), ["a0"]);
+            assert_eq!(c.position(), 1, "the next record not handed out");
+            let (rest, next) = take_all(&mut c, step);
+            assert_eq!(values(&rest), ["a1", "c"]);
+            assert_eq!(next, 7);
+        }
+    }
+
+    #[test]
+    fn only_one_batch_is_decoded_at_a_time() {
+        let mut b = BytesMut::new();
+        for base in 0..50 {
+            let opts = BatchOptions {
+                base_offset: base * 100,
+                compression: kafka_wire::records::Compression::Lz4,
+                ..BatchOptions::default()
+            };
+            let batch: Vec<NewRecord> = (0..100).map(|_| rec(&"x".repeat(1000))).collect();
+            encode_batch(&mut b, &opts, &batch);
+        }
+        let d = PartitionData::default().with_records(Some(b.freeze()));
+        let mut c = PartitionCursor::new(&d, 0, IsolationLevel::ReadUncommitted, 1 << 20);
+        let tp = TopicPartition::new("t", 0);
+        assert_eq!(c.take(&tp, 1).unwrap().len(), 1);
+        assert_eq!(c.current.len(), 99, "the rest of the first batch, no more");
+        let (rest, next) = take_all(&mut c, 500);
+        assert_eq!(rest.len(), 4999);
+        assert_eq!(next, 5000);
     }
 
     #[test]
     fn records_before_the_position_are_dropped() {
-        let d = decode_log(vec![], 1, IsolationLevel::ReadUncommitted);
-        assert_eq!(values(&d)[0], "a1");
+        let (records, _) = decode_log(vec![], 1, IsolationLevel::ReadUncommitted);
+        assert_eq!(values(&records)[0], "a1");
     }
 
     #[test]
@@ -276,23 +420,33 @@ mod tests {
             &[rec("x")],
         );
         let d = PartitionData::default().with_records(Some(b.freeze()));
-        let out = decode_partition(&tp, &d, 0, IsolationLevel::ReadUncommitted, 1 << 20).unwrap();
-        assert_eq!(out.last_epoch, 7);
+        let mut c = PartitionCursor::new(&d, 0, IsolationLevel::ReadUncommitted, 1 << 20);
+        assert_eq!(c.take(&tp, 10).unwrap().len(), 1);
+        assert_eq!(c.last_epoch, 7);
     }
 
     #[test]
-    fn corrupt_batch_names_partition_and_offset_and_returns_nothing() {
+    fn corrupt_batch_names_partition_and_offset_and_returns_nothing_of_it() {
         let tp = TopicPartition::new("orders", 3);
         let mut bytes = BytesMut::from(&log()[..]);
         let n = bytes.len();
-        bytes[n - 2] ^= 0xff; // damage the last batch
+        bytes[n - 2] ^= 0xff; // damage the last batch (offset 6)
         let d = PartitionData::default().with_records(Some(bytes.freeze()));
-        let err =
-            decode_partition(&tp, &d, 0, IsolationLevel::ReadUncommitted, 1 << 20).unwrap_err();
+        let mut c = PartitionCursor::new(&d, 0, IsolationLevel::ReadUncommitted, 1 << 20);
+        let good = c.take(&tp, 100).unwrap();
+        assert_eq!(
+            values(&good),
+            ["a0", "a1", "b0", "b1"],
+            "the good batches before it"
+        );
+        let err = c.take(&tp, 100).unwrap_err();
         let text = err.to_string();
         assert!(
             text.contains("orders-3") && text.contains("offset 6"),
             "{text}"
         );
+        assert_eq!(c.position(), 6, "a refetch starts at the bad batch");
+        assert!(c.take(&tp, 100).unwrap().is_empty(), "never read past it");
+        assert!(c.is_finished());
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::*;
 use consumer_core::{Consumer, TopicPartition};
 use kafka_wire::{NewTopic, ProducerRecord};
-use resilience::dedup::{DedupStore, FileDedup};
+use resilience::dedup::{DedupStore, FileDedup, InMemoryDedup};
 use resilience::{CommitPolicy, KeySource, Ordering, Processor, ProcessorConfig};
 
 #[tokio::test]
@@ -135,6 +135,39 @@ async fn a_dedup_store_makes_the_redelivery_after_a_crash_harmless() {
     );
     assert_eq!(duplicates[1], 0, "with the store: no side effect twice");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The runtime takes up to 256 records of a lane per unit of work: two
+/// copies of an event in one fetch must still apply once (the unit stops
+/// at a key it already holds, so the second copy sees the first marked).
+#[tokio::test]
+async fn copies_of_an_event_side_by_side_apply_once() {
+    const EVENTS: u32 = 300;
+    let b = testkit::require_broker!();
+    let admin = admin(&b).await;
+    let topic = create_topic(&admin, "adjacent-dups", 1).await;
+    let records = (0..EVENTS).flat_map(|i| {
+        let rec = ProducerRecord::new(&topic)
+            .value(i.to_string())
+            .header("event-id", format!("e-{i}"));
+        [rec.clone(), rec]
+    });
+    produce(&admin, &b, records).await;
+    let sink = Arc::new(Sink::default());
+    let group = testkit::unique_name("adjacent-dups");
+    let store: Arc<dyn DedupStore> = Arc::new(InMemoryDedup::new(10_000));
+    let cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
+        .idempotency(KeySource::Header("event-id".into()), store);
+    let run = start(Processor::new(cfg, SinkHandler::new(&sink, instant())));
+    let finished = run
+        .wait_finished(u64::from(EVENTS) * 2, Duration::from_secs(60))
+        .await;
+    let deduplicated = run.stats.deduplicated.load(AtomicOrdering::Relaxed);
+    run.stop().await;
+    assert_eq!(finished, u64::from(EVENTS) * 2);
+    let (distinct, dups) = sink.distinct_and_duplicates();
+    assert_eq!((distinct.len(), dups), (EVENTS as usize, 0));
+    assert_eq!(deduplicated, u64::from(EVENTS), "each second copy skipped");
 }
 
 #[tokio::test]

@@ -135,7 +135,7 @@ impl Accumulator {
         size: usize,
         reply: Reply,
         memory: OwnedSemaphorePermit,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
     ) -> Appended {
         let batch_size = self.cfg.batch_size;
         let q = self.queues.entry(tp.clone()).or_default();
@@ -156,7 +156,7 @@ impl Accumulator {
                     replies: Vec::new(),
                     memory: None,
                     bytes: 0,
-                    created: now,
+                    created: now(),
                     sealed: false,
                     base_sequence: -1,
                     producer_id: -1,
@@ -338,7 +338,7 @@ mod tests {
         let sem = Arc::new(tokio::sync::Semaphore::new(1 << 20));
         let permit = sem.try_acquire_many_owned(size as u32).unwrap();
         let (tx, _rx) = oneshot::channel();
-        a.append(tp.clone(), NewRecord::default(), size, tx, permit, now);
+        a.append(tp.clone(), NewRecord::default(), size, tx, permit, || now);
     }
 
     #[tokio::test]

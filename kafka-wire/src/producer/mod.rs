@@ -359,12 +359,12 @@ pub(crate) struct State {
     closing: bool,
     /// The first delivery failure inside the open transaction.
     txn_error: Option<Error>,
-    /// One shared `Arc<str>` per topic, so queuing a record allocates no key.
-    topics: HashMap<String, Arc<str>>,
 }
 
 pub(crate) struct Shared {
     state: Mutex<State>,
+    /// One shared `Arc<str>` per topic, so queuing a record allocates no key.
+    topics: std::sync::RwLock<HashMap<String, Arc<str>>>,
     wake: Notify,
     memory: Arc<Semaphore>,
     pending: watch::Sender<usize>,
@@ -438,8 +438,8 @@ impl Producer {
                 flushing: 0,
                 closing: false,
                 txn_error: None,
-                topics: HashMap::new(),
             }),
+            topics: std::sync::RwLock::new(HashMap::new()),
             wake: Notify::new(),
             memory: Arc::new(Semaphore::new(cfg.buffer_memory)),
             pending: watch::channel(0).0,
@@ -526,12 +526,25 @@ impl Producer {
         };
         let appended = {
             let mut st = self.shared.state.lock().expect("producer state lock");
-            st.acc.append(tp, record, size, tx, memory, Instant::now())
+            st.acc.append(tp, record, size, tx, memory, Instant::now)
         };
         if appended.batch_full || appended.new_batch {
             self.shared.wake.notify_one();
         }
         DeliveryFuture { rx }
+    }
+
+    /// The shared name of `topic` (batches key on it, so a send allocates
+    /// no string). A read lock: every send of every task passes here.
+    fn interned(&self, topic: &str) -> Arc<str> {
+        if let Some(t) = self.shared.topics.read().expect("topics lock").get(topic) {
+            return t.clone();
+        }
+        let mut topics = self.shared.topics.write().expect("topics lock");
+        topics
+            .entry(topic.to_string())
+            .or_insert_with(|| Arc::from(topic))
+            .clone()
     }
 
     /// What `send` and `try_send` share: size check, partition choice,
@@ -540,17 +553,7 @@ impl Producer {
         let size = rec.size_estimate();
         self.check_size(size)?;
         let partition = self.partition_for(rec).await?;
-        let topic = {
-            let mut st = self.shared.state.lock().expect("producer state lock");
-            match st.topics.get(&rec.topic) {
-                Some(t) => t.clone(),
-                None => {
-                    let t: Arc<str> = Arc::from(rec.topic.as_str());
-                    st.topics.insert(rec.topic.clone(), t.clone());
-                    t
-                }
-            }
-        };
+        let topic = self.interned(&rec.topic);
         let tp = (topic, partition);
         if self.cfg.transactional_id.is_some() {
             self.add_to_transaction(&tp).await?;
