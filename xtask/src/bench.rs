@@ -756,49 +756,46 @@ fn markdown(results: &[(&Workload, Vec<Run>)], rounds: usize, quick: bool) -> St
     );
     for (w, runs) in results {
         match w.kind {
-            Kind::Latency => {
-                latency_table(&mut md, w, runs);
-                continue;
-            }
-            Kind::Rebalance => {
-                rebalance_table(&mut md, w, runs);
-                continue;
-            }
-            Kind::Consume | Kind::Produce => {}
+            Kind::Latency => latency_table(&mut md, w, runs),
+            Kind::Rebalance => rebalance_table(&mut md, w, runs),
+            Kind::Consume | Kind::Produce => throughput_table(&mut md, w, runs),
         }
-        let _ = writeln!(
-            md,
-            "## {} ({} records × {} B, 12 partitions)\n\n| peer | records/s | MB/s | CPU s per M records | peak RSS MB | broker CPU s per M | records/s vs librdkafka | CPU vs librdkafka |\n|---|---|---|---|---|---|---|---|",
-            w.name, w.count, w.size
-        );
-        for &peer in &w.peers {
-            let (rps, rmin, rmax) = spread(runs, peer, Run::records_per_sec);
-            let (cpu, cmin, cmax) = spread(runs, peer, Run::cpu_per_million);
-            let (rss, _, _) = spread(runs, peer, |r| r.max_rss_kb as f64 / 1024.0);
-            let (bcpu, _, _) = spread(runs, peer, |r| {
-                r.broker_cpu_secs / (r.records.max(1) as f64 / 1e6)
-            });
-            let fmt_ratio = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.2}×"));
-            let _ = writeln!(
-                md,
-                "| {} | {:.0} ({:.0}–{:.0}) | {:.1} | {:.2} ({:.2}–{:.2}) | {:.0} | {:.2} | {} | {} |",
-                peer.name(),
-                rps,
-                rmin,
-                rmax,
-                rps * w.size as f64 / 1e6,
-                cpu,
-                cmin,
-                cmax,
-                rss,
-                bcpu,
-                fmt_ratio(ratio(runs, peer, Run::records_per_sec)),
-                fmt_ratio(ratio(runs, peer, Run::cpu_per_million)),
-            );
-        }
-        let _ = writeln!(md);
     }
     md
+}
+
+fn throughput_table(md: &mut String, w: &Workload, runs: &[Run]) {
+    let _ = writeln!(
+        md,
+        "## {} ({} records × {} B, 12 partitions)\n\n| peer | records/s | MB/s | CPU s per M records | peak RSS MB | broker CPU s per M | records/s vs librdkafka | CPU vs librdkafka |\n|---|---|---|---|---|---|---|---|",
+        w.name, w.count, w.size
+    );
+    for &peer in &w.peers {
+        let (rps, rmin, rmax) = spread(runs, peer, Run::records_per_sec);
+        let (cpu, cmin, cmax) = spread(runs, peer, Run::cpu_per_million);
+        let (rss, _, _) = spread(runs, peer, |r| r.max_rss_kb as f64 / 1024.0);
+        let (bcpu, _, _) = spread(runs, peer, |r| {
+            r.broker_cpu_secs / (r.records.max(1) as f64 / 1e6)
+        });
+        let fmt_ratio = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.2}×"));
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} ({:.0}–{:.0}) | {:.1} | {:.2} ({:.2}–{:.2}) | {:.0} | {:.2} | {} | {} |",
+            peer.name(),
+            rps,
+            rmin,
+            rmax,
+            rps * w.size as f64 / 1e6,
+            cpu,
+            cmin,
+            cmax,
+            rss,
+            bcpu,
+            fmt_ratio(ratio(runs, peer, Run::records_per_sec)),
+            fmt_ratio(ratio(runs, peer, Run::cpu_per_million)),
+        );
+    }
+    let _ = writeln!(md);
 }
 
 /// `median (min–max)` of a figure, scaled.
