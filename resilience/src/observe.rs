@@ -38,6 +38,9 @@ pub const COMMIT_FAILURES: &str = "resilience_commit_failures_total";
 pub const COMMIT_SECONDS: &str = "resilience_commit_seconds";
 pub const REBALANCES: &str = "resilience_rebalances_total";
 pub const DLT_WRITE_FAILURES: &str = "resilience_dlt_write_failures_total";
+/// Polls that failed with a retriable error (a corrupt batch, a lost
+/// connection): the loop backs off and polls again.
+pub const POLL_ERRORS: &str = "resilience_poll_errors_total";
 
 /// Something the runtime did, as it happened.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -48,6 +48,10 @@ pub struct Faults {
     /// Swallow the Nth (1-based, counted over all connections) response to
     /// a request with this API key: the client never sees it.
     pub drop_response: Option<(i16, u64)>,
+    /// Damage every record batch in this many Fetch responses (counted
+    /// over all connections; only responses that carry a batch count):
+    /// each batch's CRC no longer matches, as after corruption in transit.
+    pub corrupt_fetch_responses: u64,
 }
 
 /// Counters of what the proxy did.
@@ -61,6 +65,49 @@ pub struct ProxyStats {
     pub responses_dropped: AtomicU64,
     /// Responses seen to requests with `drop_response`'s API key.
     pub responses_counted: AtomicU64,
+    /// Fetch responses damaged (`corrupt_fetch_responses`).
+    pub responses_corrupted: AtomicU64,
+    /// Record batches damaged in them.
+    pub batches_corrupted: AtomicU64,
+}
+
+/// What happens to one response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Verdict {
+    #[default]
+    Pass,
+    Drop,
+    /// Held whole until it ends, then offered to the corrupting function.
+    Hold,
+}
+
+const FETCH: i16 = 1;
+
+/// Flip the last byte of every valid record batch in `body` (a Fetch
+/// response after its length prefix); how many were hit. A batch is
+/// recognised by magic 2, a length that fits, and a CRC-32C that matches,
+/// so nothing else is touched.
+pub fn corrupt_batches(body: &mut [u8]) -> u64 {
+    const HEADER: usize = 61; // a v2 batch with no records
+    let be32 = |b: &[u8]| u32::from_be_bytes(b[..4].try_into().expect("4 bytes"));
+    let mut hit = 0;
+    let mut i = 0;
+    while i + HEADER <= body.len() {
+        let len = be32(&body[i + 8..]) as usize;
+        let end = i + 12 + len;
+        let batch = body[i + 16] == 2
+            && len >= HEADER - 12
+            && end <= body.len()
+            && crc32c::crc32c(&body[i + 21..end]) == be32(&body[i + 17..]);
+        if batch {
+            body[end - 1] ^= 0xff;
+            hit += 1;
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    hit
 }
 
 /// See the module docs. A cheap handle: clone it freely; give
@@ -225,13 +272,21 @@ struct ResponseScan {
     pending: std::collections::VecDeque<i16>,
     header: Vec<u8>,
     remaining: u64,
-    dropping: bool,
+    verdict: Verdict,
+    /// The body of a held response so far.
+    held: Vec<u8>,
 }
 
 impl ResponseScan {
-    /// The bytes of `input` to pass on; `drop(key)` decides, once per
-    /// response, whether a response to a request with `key` vanishes.
-    fn filter(&mut self, mut input: &[u8], mut drop: impl FnMut(i16) -> bool) -> Vec<u8> {
+    /// The bytes of `input` to pass on. `decide(key)` gives, once per
+    /// response, the verdict for a response to a request with `key`; a
+    /// held response's body goes through `alter` when complete.
+    fn filter(
+        &mut self,
+        mut input: &[u8],
+        mut decide: impl FnMut(i16) -> Verdict,
+        mut alter: impl FnMut(&mut Vec<u8>),
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(input.len());
         while !input.is_empty() {
             if self.remaining == 0 {
@@ -242,19 +297,25 @@ impl ResponseScan {
                     let len = i32::from_be_bytes(self.header[..4].try_into().expect("4 bytes"));
                     self.remaining = u64::try_from(len).unwrap_or(0);
                     let key = self.pending.pop_front();
-                    self.dropping = key.is_some_and(&mut drop);
-                    if !self.dropping {
+                    self.verdict = key.map_or(Verdict::Pass, &mut decide);
+                    if self.verdict != Verdict::Drop {
                         out.extend_from_slice(&self.header);
                     }
                     self.header.clear();
                 }
             } else {
                 let take = (self.remaining as usize).min(input.len());
-                if !self.dropping {
-                    out.extend_from_slice(&input[..take]);
+                match self.verdict {
+                    Verdict::Pass => out.extend_from_slice(&input[..take]),
+                    Verdict::Drop => {}
+                    Verdict::Hold => self.held.extend_from_slice(&input[..take]),
                 }
                 self.remaining -= take as u64;
                 input = &input[take..];
+                if self.remaining == 0 && self.verdict == Verdict::Hold {
+                    alter(&mut self.held);
+                    out.append(&mut self.held);
+                }
             }
         }
         out
@@ -336,23 +397,37 @@ impl AsyncRead for FaultStream {
             match Pin::new(&mut this.inner).poll_read(cx, &mut tmp) {
                 Poll::Ready(Ok(())) if tmp.filled().is_empty() => return Poll::Ready(Ok(())), // EOF
                 Poll::Ready(Ok(())) => {
-                    let drop_rule = this.proxy.faults().drop_response;
+                    let faults = this.proxy.faults();
                     let stats = &this.proxy.stats;
-                    let kept = this.responses.filter(tmp.filled(), |key| {
-                        let Some((k, nth)) = drop_rule else {
-                            return false;
-                        };
-                        if key != k {
-                            return false;
+                    let decide = |key: i16| {
+                        if let Some((k, nth)) = faults.drop_response {
+                            if key == k {
+                                let seen =
+                                    stats.responses_counted.fetch_add(1, Ordering::SeqCst) + 1;
+                                if seen == nth {
+                                    stats.responses_dropped.fetch_add(1, Ordering::Relaxed);
+                                    return Verdict::Drop;
+                                }
+                            }
                         }
-                        let seen = stats.responses_counted.fetch_add(1, Ordering::SeqCst) + 1;
-                        let drop = seen == nth;
-                        if drop {
-                            stats.responses_dropped.fetch_add(1, Ordering::Relaxed);
+                        let corrupted = stats.responses_corrupted.load(Ordering::SeqCst);
+                        if key == FETCH && corrupted < faults.corrupt_fetch_responses {
+                            return Verdict::Hold;
                         }
-                        drop
-                    });
-                    this.ready = kept;
+                        Verdict::Pass
+                    };
+                    let alter = |body: &mut Vec<u8>| {
+                        let corrupted = stats.responses_corrupted.load(Ordering::SeqCst);
+                        if corrupted >= faults.corrupt_fetch_responses {
+                            return;
+                        }
+                        let hit = corrupt_batches(body);
+                        if hit > 0 {
+                            stats.responses_corrupted.fetch_add(1, Ordering::SeqCst);
+                            stats.batches_corrupted.fetch_add(hit, Ordering::SeqCst);
+                        }
+                    };
+                    this.ready = this.responses.filter(tmp.filled(), decide, alter);
                 }
                 other => return other,
             }
@@ -468,12 +543,47 @@ mod tests {
             let mut fetches = 0;
             let mut drop_second_fetch = |key: i16| {
                 fetches += i32::from(key == 1);
-                key == 1 && fetches == 2
+                if key == 1 && fetches == 2 {
+                    Verdict::Drop
+                } else {
+                    Verdict::Pass
+                }
             };
-            let mut out = s.filter(&bytes[..split], &mut drop_second_fetch);
-            out.extend(s.filter(&bytes[split..], &mut drop_second_fetch));
+            let mut out = s.filter(&bytes[..split], &mut drop_second_fetch, |_| {});
+            out.extend(s.filter(&bytes[split..], &mut drop_second_fetch, |_| {}));
             assert_eq!(out, [a.clone(), b.clone()].concat(), "split at {split}");
         }
+    }
+
+    #[test]
+    fn corruption_hits_a_real_batch_and_breaks_its_crc() {
+        use kafka_wire::records::{encode_batch, BatchOptions, BatchReader, NewRecord};
+        let mut buf = bytes::BytesMut::from(&[0u8, 2, 0, 0, 0, 7, 2, 2][..]); // decoy bytes
+        let rec = NewRecord {
+            value: Some(bytes::Bytes::from_static(b"value")),
+            ..NewRecord::default()
+        };
+        let opts = |base| BatchOptions {
+            base_offset: base,
+            ..BatchOptions::default()
+        };
+        encode_batch(&mut buf, &opts(0), std::slice::from_ref(&rec));
+        let second = buf.len();
+        encode_batch(&mut buf, &opts(1), &[rec]);
+        let mut body = buf.to_vec();
+        assert_eq!(corrupt_batches(&mut body), 2);
+        for start in [8, second] {
+            let mut reader = BatchReader::new(bytes::Bytes::from(body[start..].to_vec()));
+            assert!(
+                reader.next().expect("a batch").is_err(),
+                "the CRC must fail"
+            );
+        }
+        assert_eq!(
+            corrupt_batches(&mut [0u8; 200]),
+            0,
+            "no batch, nothing hit"
+        );
     }
 
     #[test]

@@ -131,6 +131,11 @@ impl Running {
             .expect("processor run");
     }
 
+    /// Whether `run` is still going (it did not return, with or without error).
+    pub fn is_running(&self) -> bool {
+        !self.join.is_finished()
+    }
+
     /// A crash: the task stops dead, nothing more is committed.
     pub async fn crash(self) {
         self.join.abort();

@@ -186,3 +186,23 @@ async fn slow_lossy_network_loses_nothing() {
     assert_eq!(r.get("fetch responses dropped"), 1);
     assert!(r.get("heartbeats delayed") > 0, "the fault never fired");
 }
+
+#[tokio::test]
+async fn corrupt_batches_are_never_handled_and_the_processor_waits_them_out() {
+    let b = testkit::require_broker!();
+    let r = scenarios::corrupt_batches(&b, 42).await;
+    show(&[&r]);
+    assert!(r.get("batches corrupted") > 0, "the fault never fired");
+    assert_eq!(
+        r.get("handled while corrupt"),
+        0,
+        "a corrupt batch reached the handler"
+    );
+    assert_eq!(
+        r.get("exited"),
+        0,
+        "the processor gave up instead of polling again"
+    );
+    assert!(r.get("poll errors retried") > 0);
+    assert_eq!((r.lost, r.duplicates), (0, 0));
+}

@@ -107,6 +107,8 @@ pub struct Stats {
     pub quarantines: AtomicU64,
     pub peak_in_flight_bytes: AtomicUsize,
     pub peak_in_flight_records: AtomicUsize,
+    /// Polls that failed with a retriable error and were retried.
+    pub poll_errors: AtomicU64,
 }
 
 impl Stats {
@@ -258,11 +260,30 @@ impl Processor {
         // poll briefly, so fetching resumes as soon as they have.
         let mut draining = false;
         let mut last_lag = Instant::now();
+        let mut poll_backoff = POLL_BACKOFF_MIN;
         let result = loop {
             let batches = tokio::select! {
                 _ = &mut shutdown => break Ok(()),
                 r = consumer.poll(poll_wait(draining)) => match r {
-                    Ok(b) => b,
+                    Ok(b) => {
+                        poll_backoff = POLL_BACKOFF_MIN;
+                        b
+                    }
+                    // A corrupt batch or a lost connection: the consumer
+                    // fetches again from the same position, so a corrupt
+                    // batch is never delivered nor skipped; its partition
+                    // waits (and says so) while the others go on.
+                    Err(e) if e.is_retriable() => {
+                        self.stats.poll_errors.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!(observe::POLL_ERRORS).increment(1);
+                        tracing::warn!(error = %e, retry_in = ?poll_backoff, "poll failed; polling again");
+                        tokio::select! {
+                            _ = &mut shutdown => break Ok(()),
+                            _ = tokio::time::sleep(poll_backoff) => {}
+                        }
+                        poll_backoff = (poll_backoff * 2).min(POLL_BACKOFF_MAX);
+                        Vec::new()
+                    }
                     Err(e) => break Err(e),
                 },
             };
@@ -296,6 +317,10 @@ impl Processor {
         result
     }
 }
+
+/// The pause after a failed poll, doubling up to the maximum.
+const POLL_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const POLL_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// How long one poll may wait. While fetching is paused until workers
 /// drain, the loop must come back soon to resume it: a paused consumer has

@@ -21,7 +21,9 @@ pub use classic::{
     crash_with_auto_commit, dlt_unavailable, poison_and_transient, rebalance_duplicates,
 };
 pub use load::{burst_with_slow_downstream, restart_under_load, scale_out_under_lag};
-pub use network::{ambiguous_commit, connection_chaos, slow_lossy_network, startup_race};
+pub use network::{
+    ambiguous_commit, connection_chaos, corrupt_batches, slow_lossy_network, startup_race,
+};
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
@@ -333,7 +335,7 @@ impl NaiveHandoff {
 }
 
 /// Every scenario's name, for `kafka-lab scenario`, in number order.
-pub const NAMES: [&str; 13] = [
+pub const NAMES: [&str; 14] = [
     "rebalance",
     "crash",
     "poison",
@@ -347,6 +349,7 @@ pub const NAMES: [&str; 13] = [
     "ambiguous-commit",
     "dlt-unavailable",
     "slow-network",
+    "corrupt-batch",
 ];
 
 /// Scenarios that stop or restart the shared broker: run them alone.
@@ -371,6 +374,7 @@ pub async fn run_by_name(b: &testkit::BrokerEnv, name: &str) -> Option<Vec<Repor
         "ambiguous-commit" => vec![ambiguous_commit(b, 42).await],
         "dlt-unavailable" => two(dlt_unavailable(b).await),
         "slow-network" => vec![slow_lossy_network(b, 42).await],
+        "corrupt-batch" => vec![corrupt_batches(b, 42).await],
         _ => return None,
     })
 }

@@ -1,5 +1,6 @@
 //! The network misbehaves: every connection reset at random (9), commits
-//! cut off after they were sent (10).
+//! cut off after they were sent (10), a slow and lossy link (12), record
+//! batches corrupted in transit (13).
 
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
@@ -150,4 +151,44 @@ pub async fn slow_lossy_network(b: &testkit::BrokerEnv, seed: u64) -> Report {
         .fact("partitions lost", log.losses());
     r.rebalances = log.assignments() as u64;
     r
+}
+
+/// 13. Record batches corrupted in transit: until the link heals, every
+///     fetched batch arrives with a bad CRC. Nothing is handled meanwhile
+///     (a corrupt batch is never delivered, nor skipped), the processor
+///     keeps polling instead of exiting, and once the link heals every
+///     record is handled exactly once.
+pub async fn corrupt_batches(b: &testkit::BrokerEnv, seed: u64) -> Report {
+    const N: u32 = 1_000;
+    let admin = support::admin(b).await;
+    let topic = numbered(b, &admin, "sc-corrupt", 3, N).await;
+    let proxy = FaultProxy::new(seed);
+    proxy.set(Faults {
+        corrupt_fetch_responses: u64::MAX,
+        ..Faults::default()
+    });
+    let group = testkit::unique_name("sc-corrupt");
+    let mut cfg = resilient(b, &group, &topic);
+    cfg.consumer.client.connector = proxy.connector();
+    let sink = Arc::new(Sink::default());
+    let run = start(cfg, &sink, &taking(Duration::from_millis(1)));
+    let stat = |c: &std::sync::atomic::AtomicU64| c.load(AtomicOrdering::SeqCst);
+    // The group joined and fetched; then let the damage go on for 2 s.
+    support::eventually(Duration::from_secs(30), || {
+        stat(&proxy.stats.responses_corrupted) >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let handled_while_corrupt = sink.distinct_and_duplicates().0.len() as u64;
+    let exited = u64::from(!run.is_running());
+    proxy.set(Faults::default());
+    let damaged = stat(&proxy.stats.batches_corrupted);
+    drained(&sink, N, Duration::from_secs(60)).await;
+    let poll_errors = run.stats.poll_errors.load(AtomicOrdering::SeqCst);
+    run.stop().await;
+    Report::of("13 corrupt batches", "resilient", N, &sink, 0)
+        .fact("batches corrupted", damaged)
+        .fact("handled while corrupt", handled_while_corrupt)
+        .fact("poll errors retried", poll_errors)
+        .fact("exited", exited)
 }
