@@ -51,7 +51,7 @@ use kafka_wire::records::Record;
 use kafka_wire::{Producer, ProducerConfig, ProducerRecord};
 
 use crate::dlt;
-use crate::processor::until_connected;
+use crate::processor::{until_connected, PollBackoff};
 use crate::retry::{BackoffPolicy, Decision, HandlerError};
 
 /// A boxed future returned by [`Transformer::transform`].
@@ -138,11 +138,22 @@ impl TransactionalProcessor {
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let group = self.consumer.group_id.clone().unwrap_or_default();
+        let mut poll_backoff = PollBackoff::default();
         let result = loop {
             let batches = tokio::select! {
                 _ = &mut shutdown => break Ok(()),
                 r = consumer.poll(Duration::from_millis(100)) => match r {
-                    Ok(b) => b,
+                    Ok(b) => {
+                        poll_backoff = PollBackoff::default();
+                        b
+                    }
+                    Err(e) if e.is_retriable() => {
+                        tokio::select! {
+                            _ = &mut shutdown => break Ok(()),
+                            _ = tokio::time::sleep(poll_backoff.failed(&e)) => {}
+                        }
+                        continue;
+                    }
                     Err(e) => break Err(e),
                 },
             };

@@ -579,11 +579,7 @@ mod tests {
                 "the CRC must fail"
             );
         }
-        assert_eq!(
-            corrupt_batches(&mut [0u8; 200]),
-            0,
-            "no batch, nothing hit"
-        );
+        assert_eq!(corrupt_batches(&mut [0u8; 200]), 0, "no batch, nothing hit");
     }
 
     #[test]

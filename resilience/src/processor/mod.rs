@@ -260,28 +260,21 @@ impl Processor {
         // poll briefly, so fetching resumes as soon as they have.
         let mut draining = false;
         let mut last_lag = Instant::now();
-        let mut poll_backoff = POLL_BACKOFF_MIN;
+        let mut poll_backoff = PollBackoff::default();
         let result = loop {
             let batches = tokio::select! {
                 _ = &mut shutdown => break Ok(()),
                 r = consumer.poll(poll_wait(draining)) => match r {
                     Ok(b) => {
-                        poll_backoff = POLL_BACKOFF_MIN;
+                        poll_backoff = PollBackoff::default();
                         b
                     }
-                    // A corrupt batch or a lost connection: the consumer
-                    // fetches again from the same position, so a corrupt
-                    // batch is never delivered nor skipped; its partition
-                    // waits (and says so) while the others go on.
                     Err(e) if e.is_retriable() => {
                         self.stats.poll_errors.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!(observe::POLL_ERRORS).increment(1);
-                        tracing::warn!(error = %e, retry_in = ?poll_backoff, "poll failed; polling again");
                         tokio::select! {
                             _ = &mut shutdown => break Ok(()),
-                            _ = tokio::time::sleep(poll_backoff) => {}
+                            _ = tokio::time::sleep(poll_backoff.failed(&e)) => {}
                         }
-                        poll_backoff = (poll_backoff * 2).min(POLL_BACKOFF_MAX);
                         Vec::new()
                     }
                     Err(e) => break Err(e),
@@ -318,9 +311,29 @@ impl Processor {
     }
 }
 
-/// The pause after a failed poll, doubling up to the maximum.
-const POLL_BACKOFF_MIN: Duration = Duration::from_millis(50);
-const POLL_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The pause after a retriable poll error (a corrupt batch, a lost
+/// connection): 50 ms, doubling to 5 s; a good poll starts over. The
+/// consumer fetches again from the same position, so a corrupt batch is
+/// never delivered nor skipped: its partition waits (and says so) while
+/// the others go on.
+pub(crate) struct PollBackoff(Duration);
+
+impl Default for PollBackoff {
+    fn default() -> Self {
+        PollBackoff(Duration::from_millis(50))
+    }
+}
+
+impl PollBackoff {
+    /// Log and count `e`; how long to wait before polling again.
+    pub(crate) fn failed(&mut self, e: &ConsumerError) -> Duration {
+        metrics::counter!(observe::POLL_ERRORS).increment(1);
+        tracing::warn!(error = %e, retry_in = ?self.0, "poll failed; polling again");
+        let wait = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        wait
+    }
+}
 
 /// How long one poll may wait. While fetching is paused until workers
 /// drain, the loop must come back soon to resume it: a paused consumer has
