@@ -56,9 +56,14 @@ pub struct PartitionRecords {
 /// A boxed future for listener callbacks.
 pub type ListenerFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
-/// Rebalance callbacks. They run inside `poll()`, with the rebalance timeout
-/// as deadline; heartbeats continue meanwhile. `on_revoked` may commit
-/// through the [`Committer`]; `on_lost` must not (the partitions are gone).
+/// Rebalance callbacks, with the rebalance timeout as deadline; heartbeats
+/// continue meanwhile. `on_assigned` and `on_lost` run inside `poll()`.
+/// `on_revoked` runs on its own task while `poll()` goes on serving the
+/// partitions that stay (a slow drain of the revoked ones must not stop
+/// the others): from the moment it starts, `poll()` returns no record of
+/// the revoked partitions, and the rebalance goes on only once it ends.
+/// `on_revoked` may commit through the [`Committer`]; `on_lost` must not
+/// (the partitions are gone).
 pub trait RebalanceListener: Send + Sync {
     fn on_assigned<'a>(
         &'a self,
@@ -365,6 +370,8 @@ struct PartState {
     /// `None` until initialised from the committed offset or the reset policy.
     position: Option<i64>,
     paused: bool,
+    /// Its `on_revoked` is running: nothing of it is fetched or returned.
+    revoking: bool,
     /// When the application paused it (see [`HELD_BACK_FETCH_WAIT`]).
     paused_since: Option<Instant>,
     high_watermark: i64,
@@ -419,6 +426,9 @@ pub struct Consumer {
     polled: Option<watch::Sender<std::time::Instant>>,
     close: Option<watch::Sender<bool>>,
     group_task: Option<tokio::task::JoinHandle<()>>,
+    /// A revoke whose `on_revoked` runs on its own task, and its event
+    /// (applied, and acknowledged to the group task, when it ends).
+    pending_revoke: Option<(tokio::task::JoinHandle<()>, GroupEvent)>,
     last_auto_commit: Instant,
     fatal: Option<String>,
 }
@@ -469,6 +479,7 @@ impl Consumer {
             polled: None,
             close: None,
             group_task: None,
+            pending_revoke: None,
             last_auto_commit: Instant::now(),
             fatal: None,
         }
@@ -527,6 +538,7 @@ impl Consumer {
                         position: None,
                         paused: false,
                         paused_since: None,
+                        revoking: false,
                         high_watermark: -1,
                         last_fetched_epoch: -1,
                     },
@@ -656,6 +668,7 @@ impl Consumer {
                         position: None,
                         paused: false,
                         paused_since: None,
+                        revoking: false,
                         high_watermark: -1,
                         last_fetched_epoch: -1,
                     });
@@ -688,10 +701,26 @@ impl Consumer {
                     .await;
                 }
             }
+            GroupEvent::Revoked(parts, _) if listener.is_some() => {
+                // Nothing of these is fetched or returned from now on; the
+                // listener runs on its own task while poll serves the rest.
+                for tp in parts {
+                    if let Some(p) = self.parts.get_mut(tp) {
+                        p.revoking = true;
+                    }
+                }
+                self.buffered.retain(|(tp, _)| !parts.contains(tp));
+                let (l, c, ps) = (listener.clone(), self.committer.clone(), parts.clone());
+                let work = tokio::spawn(async move {
+                    if let Some(l) = l {
+                        bounded(deadline, "on_revoked", l.on_revoked(&c, &ps)).await;
+                    }
+                });
+                self.pending_revoke = Some((work, e));
+                return Ok(());
+            }
             GroupEvent::Revoked(parts, _) => {
-                if let Some(l) = &listener {
-                    bounded(deadline, "on_revoked", l.on_revoked(&self.committer, parts)).await;
-                } else if self.cfg.enable_auto_commit {
+                if self.cfg.enable_auto_commit {
                     let offsets: Vec<_> = parts
                         .iter()
                         .filter_map(|tp| self.position(tp).map(|o| (tp.clone(), o)))
@@ -717,6 +746,25 @@ impl Consumer {
         match &self.fatal {
             Some(msg) => Err(ConsumerError::Fatal(msg.clone())),
             None => Ok(()),
+        }
+    }
+
+    /// The revoke's listener ended (or panicked): apply the event and let
+    /// the group task go on.
+    fn finish_revoke(&mut self) {
+        if let Some((_, e)) = self.pending_revoke.take() {
+            self.apply_event(&e);
+            if let GroupEvent::Revoked(_, done) = e {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Wait for a running revoke's listener to end (close, shutdown).
+    async fn finish_pending_revoke(&mut self) {
+        if let Some((work, _)) = self.pending_revoke.as_mut() {
+            let _ = work.await;
+            self.finish_revoke();
         }
     }
 
@@ -794,6 +842,9 @@ impl Consumer {
         // Leaders with a partition sitting out that will want data soon.
         let mut held_back: BTreeSet<i32> = BTreeSet::new();
         for (tp, p) in &self.parts {
+            if p.revoking {
+                continue;
+            }
             if buffered.contains(tp) {
                 // At most one undrained response per partition.
                 let soon = p.paused_since.is_none_or(|t| t.elapsed() < LONG_PAUSE);
@@ -912,9 +963,9 @@ impl Consumer {
                 let Some(requested_pos) = requested.get(&tp).copied() else {
                     continue;
                 };
-                let Some(state) = self.parts.get_mut(&tp) else {
+                let Some(state) = self.parts.get_mut(&tp).filter(|s| !s.revoking) else {
                     continue;
-                }; // revoked meanwhile
+                }; // revoked (or being revoked) meanwhile
                 if state.position != Some(requested_pos) {
                     continue; // a seek happened: this data is stale
                 }
@@ -1037,7 +1088,19 @@ impl Consumer {
             if let Some(msg) = &self.fatal {
                 return Err(ConsumerError::Fatal(msg.clone()));
             }
-            while let Some(e) = self.events.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            if self
+                .pending_revoke
+                .as_ref()
+                .is_some_and(|(work, _)| work.is_finished())
+            {
+                self.finish_revoke();
+            }
+            // Events wait while a revoke runs: the group sends none before
+            // it is acknowledged, and their order matters.
+            while self.pending_revoke.is_none() {
+                let Some(e) = self.events.as_mut().and_then(|rx| rx.try_recv().ok()) else {
+                    break;
+                };
                 self.handle_event(e).await?;
             }
             self.init_positions().await?;
@@ -1050,7 +1113,9 @@ impl Consumer {
                 return Err(e);
             }
             self.send_fetches().await;
-            let events = self.events.as_mut();
+            let revoking = self.pending_revoke.is_some();
+            let events = self.events.as_mut().filter(|_| !revoking);
+            let revoke = self.pending_revoke.as_mut().map(|(work, _)| work);
             tokio::select! {
                 Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
                     if let Ok(outcome) = done {
@@ -1061,6 +1126,11 @@ impl Consumer {
                     match events { Some(rx) => rx.recv().await, None => std::future::pending().await }
                 } => {
                     self.handle_event(e).await?;
+                }
+                _ = async {
+                    match revoke { Some(work) => { let _ = work.await; } None => std::future::pending().await }
+                } => {
+                    self.finish_revoke();
                 }
                 _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
             }
@@ -1092,6 +1162,7 @@ impl Consumer {
     /// Not cancel safe: dropping it mid-way may skip the LeaveGroup (the
     /// group then waits for the session timeout).
     pub async fn close(mut self, timeout: Duration) {
+        self.finish_pending_revoke().await;
         if self.cfg.enable_auto_commit {
             let _ = self.commit_positions().await;
         }
@@ -1102,7 +1173,13 @@ impl Consumer {
         while let Some(rx) = self.events.as_mut() {
             tokio::select! {
                 e = rx.recv() => match e {
-                    Some(e) => { let _ = self.handle_event(e).await; }
+                    Some(e) => {
+                        let _ = self.handle_event(e).await;
+                        // A revoke's listener runs on its own task; the group
+                        // goes on (to leave) once it is acknowledged.
+                        let left = end.saturating_duration_since(Instant::now());
+                        let _ = tokio::time::timeout(left, self.finish_pending_revoke()).await;
+                    }
                     None => break,
                 },
                 _ = tokio::time::sleep_until(end) => break,
@@ -1118,6 +1195,9 @@ impl Drop for Consumer {
     fn drop(&mut self) {
         if let Some(t) = &self.group_task {
             t.abort();
+        }
+        if let Some((work, _)) = &self.pending_revoke {
+            work.abort();
         }
     }
 }

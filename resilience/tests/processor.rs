@@ -237,3 +237,108 @@ async fn a_batch_handler_gets_consecutive_records_of_a_partition() {
     );
     assert!(sizes.iter().any(|s| *s > 1), "never batched: {sizes:?}");
 }
+
+/// When each partition's ordinary records were handled.
+#[derive(Default)]
+struct Timeline(std::sync::Mutex<Vec<(i32, std::time::Instant)>>);
+
+impl Timeline {
+    fn partitions(&self) -> BTreeSet<i32> {
+        self.0.lock().unwrap().iter().map(|e| e.0).collect()
+    }
+    fn first(&self) -> Option<std::time::Instant> {
+        self.0.lock().unwrap().first().map(|e| e.1)
+    }
+}
+
+/// A record whose value is "slow" takes 4 s; the others none.
+struct SlowOnMarker(Arc<Timeline>);
+
+impl resilience::Handler for SlowOnMarker {
+    fn handle<'a>(
+        &'a self,
+        tp: &'a consumer_core::TopicPartition,
+        r: &'a Record,
+    ) -> resilience::processor::HandlerFuture<'a> {
+        Box::pin(async move {
+            if r.value.as_deref() == Some(&b"slow"[..]) {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+            } else {
+                let now = std::time::Instant::now();
+                self.0 .0.lock().unwrap().push((tp.partition, now));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Cooperative rebalancing keeps the partitions that stay flowing, even
+/// while the revoked ones take seconds to drain: the revoke's listener
+/// runs beside the poll loop, not inside it.
+#[tokio::test]
+async fn a_slow_revoke_does_not_stop_the_partitions_that_stay() {
+    let b = testkit::require_broker!();
+    let admin = admin(&b).await;
+    let topic = create_topic(&admin, "slow-revoke", 4).await;
+    let group = testkit::unique_name("slow-revoke");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producing = tokio::spawn(produce_steadily(
+        producer_config(&b),
+        topic.clone(),
+        0,
+        400,
+        stop.clone(),
+    ));
+    let strategy = [("partition.assignment.strategy", "cooperative-sticky")];
+    let cfg = || {
+        ProcessorConfig::new(group_consumer_with(&b, &group, &strategy), &[&topic])
+            .ordering(Ordering::Unordered)
+            .concurrency(32)
+    };
+    let first = Arc::new(Timeline::default());
+    let a = start(Processor::new(cfg(), SlowOnMarker(first.clone())));
+    assert!(eventually(Duration::from_secs(30), || first.partitions().len() == 4).await);
+    // A slow record in flight on every partition: a revoke waits for it.
+    let slow = (0..4).map(|p| {
+        kafka_wire::ProducerRecord::new(&topic)
+            .partition(p)
+            .value("slow")
+    });
+    produce(&admin, &b, slow).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let joined = std::time::Instant::now();
+    let second = Arc::new(Timeline::default());
+    let member_b = start(Processor::new(cfg(), SlowOnMarker(second.clone())));
+    assert!(eventually(Duration::from_secs(60), || second.first().is_some()).await);
+    let b_started = second.first().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, AtomicOrdering::SeqCst);
+    let _ = producing.await;
+    member_b.stop().await;
+    a.stop().await;
+
+    assert!(
+        b_started - joined >= Duration::from_secs(3),
+        "the moved partitions were handed over after {:?}: the revoke did not wait for the slow records, so this test proves nothing",
+        b_started - joined
+    );
+    let moved = second.partitions();
+    let events = first.0.lock().unwrap().clone();
+    let kept: Vec<i32> = (0..4).filter(|p| !moved.contains(p)).collect();
+    assert!(!kept.is_empty() && kept.len() < 4, "kept {kept:?}");
+    for p in kept {
+        let mut times: Vec<_> = events
+            .iter()
+            .filter(|e| e.0 == p && e.1 >= joined && e.1 <= b_started)
+            .map(|e| e.1)
+            .collect();
+        times.insert(0, joined);
+        times.push(b_started);
+        let gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+        assert!(
+            gap < Duration::from_secs(1),
+            "partition {p} stayed with the first member but stopped for {gap:?} while it drained the revoked ones"
+        );
+    }
+}
