@@ -2,7 +2,8 @@
 //! bench`) can read this process's CPU time and peak RSS with `wait4`:
 //!
 //! ```text
-//! bench-peer <peer> <bootstrap> <topic> <count> [size=<bytes>] [<kafka.property>=<value> ...]
+//! bench-peer <peer> <bootstrap> <topic> <count> [size=<bytes>] [rate=<records/s>]
+//!            [<kafka.property>=<value> ...] [producer.<kafka.property>=<value> ...]
 //! ```
 //!
 //! Peers: `ours-consume`, `ours-runtime-partition`, `ours-runtime-key`,
@@ -12,7 +13,14 @@
 //! from the first record received (consumers; the group join is excluded,
 //! as Java's `ConsumerPerformance` excludes it) or the first send
 //! (producers) to the last record or acknowledgement. The last line printed
-//! is `RESULT records=<n> bytes=<n> secs=<f>`.
+//! is `RESULT records=<n> bytes=<n> secs=<f>` (the runtime peers also
+//! print their pauses and peak in-flight records to stderr).
+//!
+//! Also `ours-latency` / `rdkafka-latency` (workload 5, [`latency`]),
+//! `ours-rebalance` (workload 6, [`rebalance`]) and `create-topic
+//! <bootstrap> <topic> <partitions>`. Plain properties go to the consumer
+//! (or the producer of a throughput run), `producer.`-prefixed ones to the
+//! producer of a latency or rebalance run.
 
 mod latency;
 mod rebalance;
