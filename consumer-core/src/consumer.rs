@@ -370,8 +370,6 @@ struct PartState {
     /// `None` until initialised from the committed offset or the reset policy.
     position: Option<i64>,
     paused: bool,
-    /// Its `on_revoked` is running: nothing of it is fetched or returned.
-    revoking: bool,
     /// When the application paused it (see [`HELD_BACK_FETCH_WAIT`]).
     paused_since: Option<Instant>,
     high_watermark: i64,
@@ -538,7 +536,6 @@ impl Consumer {
                         position: None,
                         paused: false,
                         paused_since: None,
-                        revoking: false,
                         high_watermark: -1,
                         last_fetched_epoch: -1,
                     },
@@ -668,7 +665,6 @@ impl Consumer {
                         position: None,
                         paused: false,
                         paused_since: None,
-                        revoking: false,
                         high_watermark: -1,
                         last_fetched_epoch: -1,
                     });
@@ -702,13 +698,9 @@ impl Consumer {
                 }
             }
             GroupEvent::Revoked(parts, _) if listener.is_some() => {
-                // Nothing of these is fetched or returned from now on; the
-                // listener runs on its own task while poll serves the rest.
-                for tp in parts {
-                    if let Some(p) = self.parts.get_mut(tp) {
-                        p.revoking = true;
-                    }
-                }
+                // Nothing of these is fetched or returned from now on (see
+                // `revoking`); the listener runs on its own task while poll
+                // serves the rest.
                 self.buffered.retain(|(tp, _)| !parts.contains(tp));
                 let (l, c, ps) = (listener.clone(), self.committer.clone(), parts.clone());
                 let work = tokio::spawn(async move {
@@ -747,6 +739,12 @@ impl Consumer {
             Some(msg) => Err(ConsumerError::Fatal(msg.clone())),
             None => Ok(()),
         }
+    }
+
+    /// Is `tp` being revoked (its `on_revoked` running)? Then nothing of it
+    /// is fetched or returned.
+    fn revoking(&self, tp: &TopicPartition) -> bool {
+        matches!(&self.pending_revoke, Some((_, GroupEvent::Revoked(parts, _))) if parts.contains(tp))
     }
 
     /// The revoke's listener ended (or panicked): apply the event and let
@@ -842,7 +840,7 @@ impl Consumer {
         // Leaders with a partition sitting out that will want data soon.
         let mut held_back: BTreeSet<i32> = BTreeSet::new();
         for (tp, p) in &self.parts {
-            if p.revoking {
+            if self.revoking(tp) {
                 continue;
             }
             if buffered.contains(tp) {
@@ -963,9 +961,12 @@ impl Consumer {
                 let Some(requested_pos) = requested.get(&tp).copied() else {
                     continue;
                 };
-                let Some(state) = self.parts.get_mut(&tp).filter(|s| !s.revoking) else {
+                if self.revoking(&tp) {
+                    continue; // being revoked: its listener runs
+                }
+                let Some(state) = self.parts.get_mut(&tp) else {
                     continue;
-                }; // revoked (or being revoked) meanwhile
+                }; // revoked meanwhile
                 if state.position != Some(requested_pos) {
                     continue; // a seek happened: this data is stale
                 }

@@ -91,7 +91,7 @@ impl PartitionCursor {
 
     /// Whether the response held no bytes at all (nothing to buffer).
     pub fn is_empty_response(&self) -> bool {
-        self.reader.peek_base_offset().is_none() && self.current.is_empty()
+        self.reader.peek_base_offset().is_none()
     }
 
     /// Everything was taken (and any error reported): drop it.

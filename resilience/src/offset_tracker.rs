@@ -27,8 +27,6 @@ pub struct OffsetTracker {
     /// Dispatched offsets from the lowest one still in flight on, with
     /// whether each is done. The front is always in flight.
     window: VecDeque<(i64, bool)>,
-    /// How many entries of `window` are not done.
-    in_flight: usize,
     /// One past the last dispatched offset (or a later position).
     end: i64,
     /// The last commit point returned by `take_commit`.
@@ -50,7 +48,6 @@ impl OffsetTracker {
         Self {
             epoch,
             window: VecDeque::new(),
-            in_flight: 0,
             end: start,
             committed: start,
         }
@@ -78,7 +75,6 @@ impl OffsetTracker {
                 Err(i) => self.window.insert(i, (offset, false)),
             }
         }
-        self.in_flight += 1;
         self.end = self.end.max(offset + 1);
     }
 
@@ -109,7 +105,6 @@ impl OffsetTracker {
             return Err(Ignored::NotInFlight);
         }
         *done = true;
-        self.in_flight -= 1;
         // Completed offsets below the first in-flight one need no memory.
         while self.window.front().is_some_and(|(_, done)| *done) {
             self.window.pop_front();
@@ -132,7 +127,7 @@ impl OffsetTracker {
 
     /// Number of records in flight.
     pub fn in_flight(&self) -> usize {
-        self.in_flight
+        self.window.iter().filter(|(_, done)| !done).count()
     }
 
     /// The commit point if it moved since the last call. Never goes backwards.

@@ -86,6 +86,19 @@ impl BackoffPolicy {
         }
     }
 
+    /// Retry for ever: `initial`, doubling up to `max_delay`, no jitter.
+    /// The runtime's own waits (polling again, the idempotency store, the
+    /// DLT, the first connection) use it.
+    pub fn forever(initial: Duration, max_delay: Duration) -> Self {
+        Self {
+            initial,
+            multiplier: 2.0,
+            max_delay,
+            max_attempts: u32::MAX,
+            jitter: 0.0,
+        }
+    }
+
     /// What to do after attempt number `attempt` (1-based) failed with `err`.
     pub fn decide(&self, attempt: u32, err: &HandlerError, delay: Option<Duration>) -> Decision {
         match (err.is_retryable(), attempt < self.max_attempts, delay) {
@@ -100,6 +113,17 @@ impl BackoffPolicy {
 pub enum Decision {
     RetryAfter(Duration),
     DeadLetter,
+}
+
+/// The delays of the runtime's own retries (polling again, the
+/// idempotency store, the DLT): 50 ms doubling to 5 s, for ever, exact.
+pub(crate) fn runtime_delays() -> Delays<fn() -> f64> {
+    BackoffPolicy::forever(Duration::from_millis(50), Duration::from_secs(5)).delays(no_jitter)
+}
+
+/// For the runtime's own waits: jitter is for handler retries.
+pub(crate) fn no_jitter() -> f64 {
+    0.0
 }
 
 /// Iterator of retry delays (see [`BackoffPolicy::delays`]).
@@ -120,7 +144,11 @@ impl<R: FnMut() -> f64> Iterator for Delays<R> {
         }
         self.given += 1;
         let base = self.next.min(self.policy.max_delay);
-        self.next = self.next.mul_f64(self.policy.multiplier.max(1.0));
+        // Capped, so a long run of retries never overflows the Duration.
+        self.next = self
+            .next
+            .mul_f64(self.policy.multiplier.max(1.0))
+            .min(self.policy.max_delay);
         let spread = self.policy.jitter.clamp(0.0, 1.0);
         let factor = 1.0 - spread + 2.0 * spread * (self.random)().clamp(0.0, 1.0);
         Some(base.mul_f64(factor).min(self.policy.max_delay))
@@ -136,6 +164,18 @@ mod tests {
     fn seeds_defaults_give_one_then_two_seconds() {
         let d: Vec<Duration> = BackoffPolicy::default().delays(|| 0.5).collect();
         assert_eq!(d, [Duration::from_secs(1), Duration::from_secs(2)]);
+    }
+
+    #[test]
+    fn forever_doubles_to_the_cap_and_keeps_going() {
+        let d: Vec<Duration> =
+            BackoffPolicy::forever(Duration::from_millis(50), Duration::from_secs(5))
+                .delays(|| 0.0)
+                .take(200)
+                .collect();
+        assert_eq!(d[..3], [50, 100, 200].map(Duration::from_millis));
+        assert_eq!(d.len(), 200, "never runs out");
+        assert_eq!(d[199], Duration::from_secs(5), "capped, no overflow");
     }
 
     #[test]

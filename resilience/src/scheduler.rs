@@ -265,6 +265,21 @@ mod tests {
     }
 
     #[test]
+    fn items_given_back_run_next_and_in_order() {
+        let mut s = Scheduler::new(Ordering::PerPartition, 3);
+        s.push_all(&tp(0), 0..5, |_| None);
+        let (lane, items) = s.next_unit().unwrap();
+        assert_eq!(items, [0, 1, 2]);
+        s.push_all(&tp(0), [5], |_| None); // arrives while the unit runs
+                                           // The unit handled 0 only (its time budget ran out).
+        s.give_back(&lane, vec![1, 2]);
+        assert_eq!(s.pending(), 5);
+        assert!(s.next_unit().is_none(), "still busy until done");
+        s.done(&lane);
+        assert_eq!(s.next_unit().unwrap().1, [1, 2, 3]);
+    }
+
+    #[test]
     fn per_key_runs_keys_in_parallel_and_each_key_in_order() {
         let mut s = Scheduler::new(Ordering::PerKey, 1);
         s.push(&tp(0), Some(b"a"), 1);

@@ -36,6 +36,7 @@ use tokio::time::Instant;
 
 use crate::config::{CommitPolicy, ProcessorConfig};
 use crate::observe::{self, Event};
+use crate::retry::{no_jitter, runtime_delays, BackoffPolicy, Delays};
 use listener::RuntimeListener;
 use runtime::Runtime;
 
@@ -316,21 +317,20 @@ impl Processor {
 /// consumer fetches again from the same position, so a corrupt batch is
 /// never delivered nor skipped: its partition waits (and says so) while
 /// the others go on.
-pub(crate) struct PollBackoff(Duration);
+pub(crate) struct PollBackoff(Delays<fn() -> f64>);
 
 impl Default for PollBackoff {
     fn default() -> Self {
-        PollBackoff(Duration::from_millis(50))
+        PollBackoff(runtime_delays())
     }
 }
 
 impl PollBackoff {
     /// Log and count `e`; how long to wait before polling again.
     pub(crate) fn failed(&mut self, e: &ConsumerError) -> Duration {
+        let wait = self.0.next().unwrap_or(Duration::from_secs(5));
         metrics::counter!(observe::POLL_ERRORS).increment(1);
-        tracing::warn!(error = %e, retry_in = ?self.0, "poll failed; polling again");
-        let wait = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        tracing::warn!(error = %e, retry_in = ?wait, "poll failed; polling again");
         wait
     }
 }
@@ -478,10 +478,12 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: Into<ConsumerError>,
 {
-    let mut wait = Duration::from_millis(200);
+    let mut delays = BackoffPolicy::forever(Duration::from_millis(200), Duration::from_secs(10))
+        .delays(no_jitter);
     let mut attempt = 0u32;
     loop {
         attempt += 1;
+        let wait = delays.next().unwrap_or(Duration::from_secs(10));
         let err: ConsumerError = match connect().await {
             Ok(t) => return Ok(Some(t)),
             Err(e) => e.into(),
@@ -500,6 +502,5 @@ where
             _ = shutdown.as_mut() => return Ok(None),
             _ = tokio::time::sleep(wait) => {}
         }
-        wait = (wait * 2).min(Duration::from_secs(10));
     }
 }

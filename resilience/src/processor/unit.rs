@@ -290,13 +290,13 @@ impl Runtime {
     where
         Fut: std::future::Future<Output = Result<T, E>>,
     {
-        let mut delay = Duration::from_millis(50);
+        let mut delays = crate::retry::runtime_delays();
         loop {
             match op().await {
                 Ok(v) => return Some(v),
                 Err(e) => failed(&e),
             }
-            let until = Instant::now() + delay;
+            let until = Instant::now() + delays.next().unwrap_or(Duration::from_secs(5));
             match fence {
                 Some((tp, epoch)) => {
                     if !self.sleep_unless_stopped(tp, epoch, until).await {
@@ -305,7 +305,6 @@ impl Runtime {
                 }
                 None => tokio::time::sleep_until(until).await,
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
