@@ -17,13 +17,8 @@ pub enum OffsetReset {
     None,
 }
 
-/// `isolation.level`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IsolationLevel {
-    ReadUncommitted,
-    /// Never return records of aborted transactions, nor any past the last stable offset.
-    ReadCommitted,
-}
+/// `isolation.level` (one type for the whole stack; see its docs).
+pub use kafka_wire::IsolationLevel;
 
 /// Consumer settings; see [`ConsumerConfig::builder`].
 #[derive(Debug, Clone)]

@@ -49,8 +49,43 @@ use crate::tp::TopicPartition;
 pub struct PartitionRecords {
     pub tp: TopicPartition,
     pub records: Vec<Record>,
-    /// The partition's high watermark at fetch time (for lag).
+    /// The partition's high watermark at fetch time (offset), -1 if unknown.
     pub high_watermark: i64,
+    /// The partition's last stable offset at fetch time (offset; the
+    /// readable end for `read_committed`), -1 if unknown.
+    pub last_stable_offset: i64,
+}
+
+/// Where the consumer stands on one partition it serves, from
+/// [`Consumer::positions`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionPosition {
+    pub tp: TopicPartition,
+    /// The next offset `poll` returns. It moves past records handed out
+    /// *and* past offsets that are not records (transaction markers,
+    /// aborted data under `read_committed`, compaction gaps), so it is the
+    /// offset to commit once everything handed out is handled.
+    pub position: i64,
+    /// Bumped whenever the position jumps instead of advancing: an
+    /// out-of-range reset, a log truncation (KIP-320), the topic deleted
+    /// and recreated. Offsets tracked under an older incarnation belong to
+    /// another log: drop them, never commit them (see
+    /// [`OffsetToCommit::incarnation`]).
+    pub incarnation: u64,
+}
+
+/// One partition's commit for [`Committer::commit_offsets`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetToCommit {
+    pub tp: TopicPartition,
+    /// The next offset to consume.
+    pub offset: i64,
+    /// Stored next to the offset (up to `offset.metadata.max.bytes`).
+    pub metadata: Option<String>,
+    /// The [`PartitionPosition::incarnation`] the offset was computed in;
+    /// the commit of this partition is dropped if the consumer's position
+    /// has been reset since. `None`: no check.
+    pub incarnation: Option<u64>,
 }
 
 /// A boxed future for listener callbacks.
@@ -103,8 +138,17 @@ pub struct Committer {
     instance_id: Option<String>,
     /// `None` in manual-assignment mode (commits as a simple consumer).
     snapshot: Option<Arc<Mutex<GroupSnapshot>>>,
-    /// Highest offset committed per partition: commits never go backwards.
-    committed: Arc<Mutex<HashMap<TopicPartition, i64>>>,
+    /// Per partition: the position incarnation and the highest offset
+    /// committed in it. Commits never go backwards within an incarnation.
+    committed: Arc<Mutex<HashMap<TopicPartition, CommitGuard>>>,
+}
+
+/// See [`Committer::committed`] (the field).
+#[derive(Debug, Clone, Copy, Default)]
+struct CommitGuard {
+    incarnation: u64,
+    /// -1 before the first commit of this incarnation.
+    highest: i64,
 }
 
 impl std::fmt::Debug for Committer {
@@ -150,6 +194,49 @@ impl Committer {
         &self,
         offsets: &[(TopicPartition, i64, Option<String>)],
     ) -> Result<()> {
+        let offsets: Vec<OffsetToCommit> = offsets
+            .iter()
+            .map(|(tp, offset, metadata)| OffsetToCommit {
+                tp: tp.clone(),
+                offset: *offset,
+                metadata: metadata.clone(),
+                incarnation: None,
+            })
+            .collect();
+        self.commit_offsets(&offsets).await
+    }
+
+    /// The current position incarnation of `tp` (0 until its first reset).
+    pub fn incarnation(&self, tp: &TopicPartition) -> u64 {
+        let done = self.committed.lock().expect("committed lock");
+        done.get(tp).map_or(0, |g| g.incarnation)
+    }
+
+    /// The consumer reset its position of `tp` (see
+    /// [`PartitionPosition::incarnation`]): commits of older incarnations
+    /// are dropped from now on, and the new log may commit lower offsets.
+    fn new_incarnation(&self, tp: &TopicPartition, incarnation: u64) {
+        let mut done = self.committed.lock().expect("committed lock");
+        done.insert(
+            tp.clone(),
+            CommitGuard {
+                incarnation,
+                highest: -1,
+            },
+        );
+    }
+
+    /// [`Committer::commit_with_metadata`], each partition fenced by its
+    /// position incarnation: a partition whose offset was computed before
+    /// a reset (out of range, truncation, topic recreated) is dropped
+    /// silently, so an offset of an old log never lands on a new one.
+    ///
+    /// # Errors
+    /// As [`Committer::commit`].
+    ///
+    /// # Cancel safety
+    /// As [`Committer::commit`].
+    pub async fn commit_offsets(&self, offsets: &[OffsetToCommit]) -> Result<()> {
         let group = self
             .group_id
             .clone()
@@ -157,7 +244,7 @@ impl Committer {
         let (generation, member_id) = match &self.snapshot {
             Some(snap) => {
                 let s = snap.lock().expect("snapshot lock");
-                for (tp, _, _) in offsets {
+                for OffsetToCommit { tp, .. } in offsets {
                     if !s.may_commit(tp) {
                         return Err(ConsumerError::NotOwned {
                             tp: tp.clone(),
@@ -169,20 +256,30 @@ impl Committer {
             }
             None => (-1, String::new()),
         };
-        // Never move an offset backwards.
-        let offsets: Vec<(TopicPartition, i64, Option<String>)> = {
+        // Never move an offset backwards, nor commit one of an old log.
+        let offsets: Vec<(TopicPartition, i64, Option<String>, u64)> = {
             let done = self.committed.lock().expect("committed lock");
             offsets
                 .iter()
-                .filter(|(tp, o, _)| done.get(tp).is_none_or(|c| o >= c))
-                .cloned()
+                .filter_map(|o| {
+                    let guard = done.get(&o.tp).copied().unwrap_or_default();
+                    let current = o.incarnation.is_none_or(|i| i == guard.incarnation);
+                    (current && o.offset >= guard.highest).then(|| {
+                        (
+                            o.tp.clone(),
+                            o.offset,
+                            o.metadata.clone(),
+                            guard.incarnation,
+                        )
+                    })
+                })
                 .collect()
         };
         if offsets.is_empty() {
             return Ok(());
         }
         let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
-        for (tp, o, meta) in &offsets {
+        for (tp, o, meta, _) in &offsets {
             topics.entry(&tp.topic).or_default().push(
                 OffsetCommitRequestPartition::default()
                     .with_partition_index(tp.partition)
@@ -258,8 +355,12 @@ impl Committer {
             }
             if !retry {
                 let mut done = self.committed.lock().expect("committed lock");
-                for (tp, o, _) in offsets {
-                    done.insert(tp, o);
+                for (tp, o, _, incarnation) in offsets {
+                    let guard = done.entry(tp).or_default();
+                    // A reset while the commit was in flight keeps its new guard.
+                    if guard.incarnation == incarnation {
+                        guard.highest = guard.highest.max(o);
+                    }
                 }
                 return Ok(());
             }
@@ -369,12 +470,44 @@ impl Committer {
 struct PartState {
     /// `None` until initialised from the committed offset or the reset policy.
     position: Option<i64>,
+    /// Where an unset position starts.
+    start: Start,
+    /// See [`PartitionPosition::incarnation`].
+    incarnation: u64,
     paused: bool,
     /// When the application paused it (see [`HELD_BACK_FETCH_WAIT`]).
     paused_since: Option<Instant>,
     high_watermark: i64,
+    last_stable_offset: i64,
     /// Epoch of the last batch handed out (KIP-320), -1 if unknown.
     last_fetched_epoch: i32,
+}
+
+/// Where a partition without a position starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// The group's committed offset, else `auto.offset.reset`.
+    Committed,
+    /// The log start offset, whatever is committed: the topic was deleted
+    /// and recreated, so a committed offset (if the coordinator has not
+    /// dropped it yet) belongs to the old log, and every record of the new
+    /// one is new.
+    LogStart,
+}
+
+impl PartState {
+    fn new(incarnation: u64) -> Self {
+        PartState {
+            position: None,
+            start: Start::Committed,
+            incarnation,
+            paused: false,
+            paused_since: None,
+            high_watermark: -1,
+            last_stable_offset: -1,
+            last_fetched_epoch: -1,
+        }
+    }
 }
 
 /// The longest a fetch may wait on the broker while some partition of
@@ -429,6 +562,14 @@ pub struct Consumer {
     pending_revoke: Option<(tokio::task::JoinHandle<()>, GroupEvent)>,
     last_auto_commit: Instant,
     fatal: Option<String>,
+    /// The id of every topic this consumer has read from, as metadata
+    /// (v10+) reported it when first seen: a different id later means the
+    /// topic was deleted and recreated.
+    topic_ids: HashMap<String, [u8; 16]>,
+    /// The metadata snapshot `topic_ids` was last checked against.
+    checked_metadata: Option<Arc<kafka_wire::metadata::Metadata>>,
+    /// The last incarnation handed out (see [`PartitionPosition`]).
+    last_incarnation: u64,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -480,6 +621,9 @@ impl Consumer {
             pending_revoke: None,
             last_auto_commit: Instant::now(),
             fatal: None,
+            topic_ids: HashMap::new(),
+            checked_metadata: None,
+            last_incarnation: 0,
         }
     }
 
@@ -529,18 +673,7 @@ impl Consumer {
     pub fn assign(&mut self, parts: &[TopicPartition]) {
         self.parts = parts
             .iter()
-            .map(|tp| {
-                (
-                    tp.clone(),
-                    PartState {
-                        position: None,
-                        paused: false,
-                        paused_since: None,
-                        high_watermark: -1,
-                        last_fetched_epoch: -1,
-                    },
-                )
-            })
+            .map(|tp| (tp.clone(), PartState::new(self.committer.incarnation(tp))))
             .collect();
         self.buffered.clear();
         for s in self.sessions.values_mut() {
@@ -594,10 +727,71 @@ impl Consumer {
         self.parts.get(tp).and_then(|p| p.position)
     }
 
-    /// High watermark minus position, as of the last fetch.
+    /// The position of every partition this consumer serves: assigned,
+    /// initialised, and not being revoked. See [`PartitionPosition`]; the
+    /// processing runtime commits from these, so transaction markers and
+    /// aborted ranges never leave lag behind.
+    pub fn positions(&self) -> Vec<PartitionPosition> {
+        self.parts
+            .iter()
+            .filter(|(tp, _)| !self.revoking(tp))
+            .filter_map(|(tp, p)| {
+                Some(PartitionPosition {
+                    tp: tp.clone(),
+                    position: p.position?,
+                    incarnation: p.incarnation,
+                })
+            })
+            .collect()
+    }
+
+    /// Records this consumer may still read from `tp`: the readable end
+    /// (the high watermark, or the last stable offset under
+    /// `read_committed`) minus the position, as of the last fetch. `None`
+    /// before the first fetch answered.
     pub fn lag(&self, tp: &TopicPartition) -> Option<i64> {
         let p = self.parts.get(tp)?;
-        (p.high_watermark >= 0).then(|| p.high_watermark - p.position.unwrap_or(0))
+        let end = match self.cfg.isolation_level {
+            IsolationLevel::ReadCommitted => p.last_stable_offset,
+            IsolationLevel::ReadUncommitted => p.high_watermark,
+        };
+        (end >= 0).then(|| (end - p.position.unwrap_or(0)).max(0))
+    }
+
+    /// Move `tps` to their log start offset. The next `poll` returns
+    /// records from there.
+    ///
+    /// # Errors
+    /// ListOffsets errors (a partition that does not exist).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: positions change only once the offsets are known.
+    pub async fn seek_to_beginning(&mut self, tps: &[TopicPartition]) -> Result<()> {
+        self.seek_to(tps, OffsetSpec::Earliest).await
+    }
+
+    /// Move `tps` to their end: the high watermark, or the last stable
+    /// offset under `read_committed` (an open transaction's records,
+    /// committed later, are then still read).
+    ///
+    /// # Errors
+    /// As [`Consumer::seek_to_beginning`].
+    ///
+    /// # Cancel safety
+    /// As [`Consumer::seek_to_beginning`].
+    pub async fn seek_to_end(&mut self, tps: &[TopicPartition]) -> Result<()> {
+        self.seek_to(tps, OffsetSpec::Latest).await
+    }
+
+    async fn seek_to(&mut self, tps: &[TopicPartition], spec: OffsetSpec) -> Result<()> {
+        let offsets = self
+            .client
+            .partition_offsets(tps, spec, self.cfg.isolation_level)
+            .await?;
+        for (tp, o) in offsets {
+            self.seek(&tp, o);
+        }
+        Ok(())
     }
 
     /// Commit `offsets` (next offsets to consume). See [`Committer::commit`].
@@ -661,13 +855,10 @@ impl Consumer {
         match e {
             GroupEvent::Assigned(parts) => {
                 for tp in parts {
-                    self.parts.entry(tp.clone()).or_insert(PartState {
-                        position: None,
-                        paused: false,
-                        paused_since: None,
-                        high_watermark: -1,
-                        last_fetched_epoch: -1,
-                    });
+                    let incarnation = self.committer.incarnation(tp);
+                    self.parts
+                        .entry(tp.clone())
+                        .or_insert_with(|| PartState::new(incarnation));
                 }
             }
             GroupEvent::Revoked(parts, _) | GroupEvent::Lost(parts, _) => {
@@ -766,13 +957,15 @@ impl Consumer {
         }
     }
 
-    /// Positions for partitions that have none: committed offsets, else reset.
+    /// Positions for partitions that have none: committed offsets, else
+    /// reset (a recreated topic's partitions: the log start).
     async fn init_positions(&mut self) -> Result<()> {
-        let missing: Vec<TopicPartition> = self
+        self.check_topic_ids();
+        let missing: Vec<(TopicPartition, Start)> = self
             .parts
             .iter()
             .filter(|(_, p)| p.position.is_none())
-            .map(|(tp, _)| tp.clone())
+            .map(|(tp, p)| (tp.clone(), p.start))
             .collect();
         if missing.is_empty() {
             return Ok(());
@@ -780,8 +973,15 @@ impl Consumer {
         // Retriable failures (coordinator loading, leader moving) leave the
         // position unset; the next poll iteration tries again.
         let retriable = |e: &ConsumerError| e.action() != kafka_wire::ErrorAction::Fatal;
-        let committed = if self.cfg.group_id.is_some() {
-            match self.committed(&missing).await {
+        let (from_log_start, from_committed): (Vec<_>, Vec<_>) = missing
+            .into_iter()
+            .partition(|(_, s)| *s == Start::LogStart);
+        let from_log_start: Vec<TopicPartition> =
+            from_log_start.into_iter().map(|(tp, _)| tp).collect();
+        let from_committed: Vec<TopicPartition> =
+            from_committed.into_iter().map(|(tp, _)| tp).collect();
+        let committed = if self.cfg.group_id.is_some() && !from_committed.is_empty() {
+            match self.committed(&from_committed).await {
                 Ok(c) => c,
                 Err(e) if retriable(&e) => {
                     tracing::debug!(error = %e, "committed offsets not available yet; retrying");
@@ -792,42 +992,192 @@ impl Consumer {
         } else {
             BTreeMap::new()
         };
-        for tp in &missing {
-            let pos = match committed.get(tp) {
-                Some(o) => *o,
-                None => match self.reset_offset(tp, "no committed offset").await {
-                    Ok(o) => o,
-                    Err(e) if retriable(&e) => {
-                        tracing::debug!(%tp, error = %e, "offset reset failed; retrying");
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                },
+        let mut positions = committed;
+        let no_commit: Vec<TopicPartition> = from_committed
+            .into_iter()
+            .filter(|tp| !positions.contains_key(tp))
+            .collect();
+        for (tps, spec) in [
+            (from_log_start, Some(OffsetSpec::Earliest)),
+            (no_commit, self.reset_spec()),
+        ] {
+            if tps.is_empty() {
+                continue;
+            }
+            let Some(spec) = spec else {
+                return Err(ConsumerError::NoOffset {
+                    tp: tps[0].clone(),
+                    reason: "no committed offset".into(),
+                });
             };
-            if let Some(p) = self.parts.get_mut(tp) {
-                p.position = Some(pos);
+            match self
+                .client
+                .partition_offsets(&tps, spec, self.cfg.isolation_level)
+                .await
+            {
+                Ok(o) => positions.extend(o),
+                Err(e) if e.action() != kafka_wire::ErrorAction::Fatal => {
+                    tracing::debug!(error = %e, "offset reset failed; retrying");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for (tp, pos) in positions {
+            if let Some(p) = self.parts.get_mut(&tp) {
+                if p.position.is_none() {
+                    p.position = Some(pos);
+                    p.start = Start::Committed;
+                }
             }
         }
         Ok(())
     }
 
-    async fn reset_offset(&self, tp: &TopicPartition, why: &str) -> Result<i64> {
-        let spec = match self.cfg.auto_offset_reset {
-            OffsetReset::Earliest => OffsetSpec::Earliest,
-            OffsetReset::Latest => OffsetSpec::Latest,
+    /// `auto.offset.reset` as a ListOffsets spec; `None` for `none`.
+    fn reset_spec(&self) -> Option<OffsetSpec> {
+        match self.cfg.auto_offset_reset {
+            OffsetReset::Earliest => Some(OffsetSpec::Earliest),
+            OffsetReset::Latest => Some(OffsetSpec::Latest),
+            OffsetReset::None => None,
+        }
+    }
+
+    /// Compare the ids of the topics we read with the metadata cache (once
+    /// per new snapshot): a topic whose id changed was deleted and
+    /// recreated, and its partitions start over at the new log's start,
+    /// in a new incarnation (nothing of the old log is ever committed to
+    /// the new one).
+    fn check_topic_ids(&mut self) {
+        let md = self.client.metadata();
+        if self
+            .checked_metadata
+            .as_ref()
+            .is_some_and(|m| Arc::ptr_eq(m, &md))
+        {
+            return;
+        }
+        let mut recreated: Vec<String> = Vec::new();
+        for tp in self.parts.keys() {
+            let Some(info) = md.topics.get(&tp.topic) else {
+                continue;
+            };
+            if info.id == [0; 16] {
+                continue; // a broker without topic ids (Metadata < v10)
+            }
+            match self.topic_ids.get(&tp.topic) {
+                None => {
+                    self.topic_ids.insert(tp.topic.clone(), info.id);
+                }
+                Some(old) if *old != info.id && !recreated.contains(&tp.topic) => {
+                    recreated.push(tp.topic.clone());
+                }
+                Some(_) => {}
+            }
+        }
+        for topic in recreated {
+            if let Some(info) = md.topics.get(&topic) {
+                self.topic_ids.insert(topic.clone(), info.id);
+            }
+            let tps: Vec<TopicPartition> = self
+                .parts
+                .keys()
+                .filter(|tp| tp.topic == topic)
+                .cloned()
+                .collect();
+            tracing::warn!(
+                topic,
+                partitions = tps.len(),
+                "topic was deleted and recreated (its id changed): reading the new log from its start; \
+                 nothing of the old log is committed to it"
+            );
+            for tp in &tps {
+                self.restart_partition(tp, Start::LogStart, None);
+            }
+        }
+        self.checked_metadata = Some(md);
+    }
+
+    /// The position of `tp` jumps (reset, truncation, recreated topic):
+    /// a new incarnation, nothing buffered, a new commit guard.
+    fn restart_partition(&mut self, tp: &TopicPartition, start: Start, position: Option<i64>) {
+        self.last_incarnation += 1;
+        let incarnation = self
+            .last_incarnation
+            .max(self.committer.incarnation(tp) + 1);
+        self.last_incarnation = incarnation;
+        if let Some(p) = self.parts.get_mut(tp) {
+            p.position = position;
+            p.start = start;
+            p.incarnation = incarnation;
+            p.last_fetched_epoch = -1;
+            p.high_watermark = -1;
+            p.last_stable_offset = -1;
+        }
+        self.buffered.retain(|(t, _)| t != tp);
+        for s in self.sessions.values_mut() {
+            s.reset();
+        }
+        self.committer.new_incarnation(tp, incarnation);
+    }
+
+    /// A fetch at `pos` answered OFFSET_OUT_OF_RANGE. Below the log start
+    /// (retention or DeleteRecords removed what we had not read yet):
+    /// resume at the log start, whatever `auto.offset.reset` says, so the
+    /// retained backlog is not skipped (franz-go's rule; Java applies the
+    /// reset policy, and `latest` skips it). Past the end (the log was
+    /// truncated or recreated): the reset policy. With `none`: an error
+    /// naming the partition, the offset and the log's range.
+    async fn out_of_range(&mut self, tp: &TopicPartition, pos: i64) -> Result<()> {
+        // Recreated under us? Then the new log is read from its start.
+        let _ = self
+            .client
+            .refresh_metadata(Some(&[tp.topic.clone()]))
+            .await;
+        self.check_topic_ids();
+        if self.parts.get(tp).is_none_or(|p| p.position != Some(pos)) {
+            return Ok(());
+        }
+        let tps = [tp.clone()];
+        let iso = self.cfg.isolation_level;
+        let log_start = self
+            .client
+            .partition_offsets(&tps, OffsetSpec::Earliest, iso)
+            .await?;
+        let end = self
+            .client
+            .partition_offsets(&tps, OffsetSpec::Latest, iso)
+            .await?;
+        let (Some(&log_start), Some(&end)) = (log_start.get(tp), end.get(tp)) else {
+            return Ok(()); // not answered: the next fetch tries again
+        };
+        let next = match self.cfg.auto_offset_reset {
             OffsetReset::None => {
                 return Err(ConsumerError::NoOffset {
                     tp: tp.clone(),
-                    reason: why.to_string(),
+                    reason: format!(
+                        "offset {pos} is out of range: the log holds {log_start}..{end} \
+                         (log start offset {log_start})"
+                    ),
                 })
             }
+            _ if pos < log_start => {
+                tracing::warn!(
+                    %tp, offset = pos, log_start,
+                    "position below the log start offset (retention or DeleteRecords removed \
+                     records this group had not read): resuming at the log start"
+                );
+                log_start
+            }
+            OffsetReset::Earliest => log_start,
+            OffsetReset::Latest => end,
         };
-        let offsets = self.client.list_offsets(&tp.topic, spec).await?;
-        Ok(offsets
-            .iter()
-            .find(|(p, _)| *p == tp.partition)
-            .map(|(_, o)| *o)
-            .unwrap_or(0))
+        if next < pos {
+            tracing::warn!(%tp, offset = pos, next, end, "position past the log end: auto.offset.reset applies");
+            self.restart_partition(tp, Start::Committed, Some(next));
+        } else {
+            self.seek(tp, next);
+        }
+        Ok(())
     }
 
     /// Send a fetch to every broker that has fetchable partitions and none in flight.
@@ -901,10 +1251,7 @@ impl Consumer {
                 .with_max_wait_ms(wait.as_millis() as i32)
                 .with_min_bytes(self.cfg.fetch_min_bytes)
                 .with_max_bytes(self.cfg.fetch_max_bytes)
-                .with_isolation_level(match self.cfg.isolation_level {
-                    IsolationLevel::ReadUncommitted => 0,
-                    IsolationLevel::ReadCommitted => 1,
-                })
+                .with_isolation_level(self.cfg.isolation_level.wire())
                 .with_session_id(s.session_id)
                 .with_session_epoch(s.epoch)
                 .with_topics(
@@ -973,10 +1320,12 @@ impl Consumer {
                 match KafkaCode::try_from_code(p.error_code) {
                     None => {}
                     Some(KafkaCode::OffsetOutOfRange) => {
-                        state.position = None;
-                        let pos = self.reset_offset(&tp, "offset out of range").await?;
-                        if let Some(s) = self.parts.get_mut(&tp) {
-                            s.position = Some(pos);
+                        match self.out_of_range(&tp, requested_pos).await {
+                            Ok(()) => {}
+                            Err(e) if e.action() != kafka_wire::ErrorAction::Fatal => {
+                                tracing::debug!(%tp, error = %e, "offset reset failed; retrying");
+                            }
+                            Err(e) => return Err(e),
                         }
                         continue;
                     }
@@ -999,10 +1348,11 @@ impl Consumer {
                             ),
                         });
                     }
-                    state.position = Some(to);
+                    self.restart_partition(&tp, Start::Committed, Some(to));
                     continue;
                 }
                 state.high_watermark = p.high_watermark;
+                state.last_stable_offset = p.last_stable_offset;
                 let cursor = PartitionCursor::new(
                     p,
                     requested_pos,
@@ -1066,6 +1416,7 @@ impl Consumer {
                 tp,
                 records,
                 high_watermark: state.high_watermark,
+                last_stable_offset: state.last_stable_offset,
             });
         }
         self.buffered = keep;

@@ -77,7 +77,10 @@ pub mod tp;
 
 pub use assignor::{Assignor, RebalanceProtocol};
 pub use config::{ConsumerConfig, IsolationLevel, OffsetReset};
-pub use consumer::{CommittedOffset, Committer, Consumer, PartitionRecords, RebalanceListener};
+pub use consumer::{
+    CommittedOffset, Committer, Consumer, OffsetToCommit, PartitionPosition, PartitionRecords,
+    RebalanceListener,
+};
 pub use error::ConsumerError;
 pub use membership::{Action, Membership, MembershipConfig, State};
 pub use protocol::{Assignment, Subscription};

@@ -129,32 +129,53 @@ pub async fn run(connect: &ConnectArgs, args: ConsumeArgs) -> anyhow::Result<()>
     let started = Instant::now();
     let mut last_record = Instant::now();
     let mut count: u64 = 0;
-    let mut printed: Vec<(TopicPartition, i64)> = Vec::new();
+    // With --max, the first offset not printed of each partition of the
+    // last poll: the commit stops there, not at the consumer's position.
+    let mut unprinted: Vec<(TopicPartition, i64)> = Vec::new();
     'outer: loop {
         if let Some(ms) = args.idle_exit_ms {
             if last_record.elapsed() >= Duration::from_millis(ms) {
                 break;
             }
         }
-        for batch in consumer.poll(Duration::from_millis(200)).await? {
-            for r in &batch.records {
+        let batches = consumer.poll(Duration::from_millis(200)).await?;
+        for (i, batch) in batches.iter().enumerate() {
+            for (j, r) in batch.records.iter().enumerate() {
                 if !args.quiet {
                     print(&batch.tp, r, args.json);
                 }
                 count += 1;
                 last_record = Instant::now();
-                match printed.iter_mut().find(|(tp, _)| *tp == batch.tp) {
-                    Some(e) => e.1 = r.offset + 1,
-                    None => printed.push((batch.tp.clone(), r.offset + 1)),
-                }
                 if args.max.is_some_and(|m| count >= m) {
+                    let rest = batch
+                        .records
+                        .get(j + 1)
+                        .map(|r| (batch.tp.clone(), r.offset));
+                    unprinted.extend(rest);
+                    for later in &batches[i + 1..] {
+                        if let Some(first) = later.records.first() {
+                            unprinted.push((later.tp.clone(), first.offset));
+                        }
+                    }
                     break 'outer;
                 }
             }
         }
     }
-    if args.commit && !printed.is_empty() {
-        consumer.commit(&printed).await?;
+    if args.commit {
+        // The positions, which move past transaction markers and aborted
+        // data too: committing the last record + 1 left lag behind them.
+        let mut offsets: Vec<(TopicPartition, i64)> = consumer
+            .positions()
+            .into_iter()
+            .map(|p| (p.tp, p.position))
+            .collect();
+        for (tp, first) in &unprinted {
+            for o in offsets.iter_mut().filter(|(t, _)| t == tp) {
+                o.1 = o.1.min(*first);
+            }
+        }
+        consumer.commit(&offsets).await?;
     }
     consumer.close(Duration::from_secs(10)).await;
     // Exclude the trailing idle wait from the rate.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use clap::Subcommand;
 use consumer_core::{Assignment, Consumer, ConsumerConfig, TopicPartition};
-use kafka_wire::{Client, OffsetSpec};
+use kafka_wire::{Client, IsolationLevel, OffsetSpec};
 
 use crate::connect::ConnectArgs;
 
@@ -13,7 +13,14 @@ pub enum GroupsCommand {
     /// List consumer groups with their state.
     List,
     /// Members, assignment, committed offset, end offset and lag per partition.
-    Describe { group: String },
+    Describe {
+        group: String,
+        /// The end lag is measured to: read_uncommitted (the high watermark,
+        /// as kafka-consumer-groups) or read_committed (the last stable
+        /// offset: what a read_committed group can reach).
+        #[arg(long, default_value = "read_uncommitted")]
+        isolation: String,
+    },
 }
 
 pub async fn run(connect: &ConnectArgs, client: &Client, cmd: GroupsCommand) -> anyhow::Result<()> {
@@ -23,7 +30,14 @@ pub async fn run(connect: &ConnectArgs, client: &Client, cmd: GroupsCommand) -> 
                 println!("{}\t{}\t{}", g.group_id, g.state, g.protocol_type);
             }
         }
-        GroupsCommand::Describe { group } => {
+        GroupsCommand::Describe { group, isolation } => {
+            let isolation = match isolation.as_str() {
+                "read_uncommitted" => IsolationLevel::ReadUncommitted,
+                "read_committed" => IsolationLevel::ReadCommitted,
+                other => anyhow::bail!(
+                    "--isolation {other:?}: expected read_uncommitted or read_committed"
+                ),
+            };
             let d = client.describe_group(&group).await?;
             println!(
                 "group {} state {} assignor {}",
@@ -77,7 +91,7 @@ pub async fn run(connect: &ConnectArgs, client: &Client, cmd: GroupsCommand) -> 
                     continue;
                 }
                 let ends: BTreeMap<i32, i64> = client
-                    .list_offsets(&topic, OffsetSpec::Latest)
+                    .list_offsets_with(&topic, OffsetSpec::Latest, isolation)
                     .await?
                     .into_iter()
                     .collect();

@@ -3,6 +3,7 @@
 //! Today: create and delete topics. Each waits until metadata agrees, so a
 //! caller can produce to a topic as soon as `create_topic` returns.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
@@ -13,6 +14,10 @@ use tokio::time::Instant;
 
 use crate::client::{Client, Lane};
 use crate::error::{Error, KafkaCode, Result};
+use crate::topic_partition::{IsolationLevel, TopicPartition};
+
+/// For [`Client::delete_records`]: delete up to the high watermark.
+pub const DELETE_TO_END: i64 = -1;
 
 /// A topic to create.
 #[derive(Debug, Clone)]
@@ -162,7 +167,8 @@ impl Client {
 pub enum OffsetSpec {
     /// The log start offset.
     Earliest,
-    /// The log end offset (high watermark, or last stable offset with read_committed).
+    /// The log end offset: the high watermark, or, for a `read_committed`
+    /// reader ([`Client::list_offsets_with`]), the last stable offset.
     Latest,
     /// The first offset whose timestamp is at or after this (ms since epoch).
     Timestamp(i64),
@@ -241,30 +247,31 @@ fn s(v: &StrBytes) -> String {
 }
 
 impl Client {
-    /// Offsets of `topic` per partition for `spec`, asking each leader.
+    /// Offsets of every partition of `topic` for `spec`, as a
+    /// `read_uncommitted` reader sees them (`latest` = the high watermark),
+    /// sorted by partition.
     ///
     /// # Errors
-    /// [`Error::Broker`] naming the partition.
+    /// [`Error::Broker`] naming the partition (UNKNOWN_TOPIC_OR_PARTITION
+    /// for a topic that does not exist).
     pub async fn list_offsets(&self, topic: &str, spec: OffsetSpec) -> Result<Vec<(i32, i64)>> {
-        // A new or moving leader answers NOT_LEADER_OR_FOLLOWER and friends
-        // for a moment: refresh and retry those briefly.
-        let mut attempt = 0;
-        loop {
-            match self.list_offsets_once(topic, spec).await {
-                Err(e) if e.is_retriable() && attempt < 20 => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(50 * attempt.min(4))).await;
-                }
-                other => return other,
-            }
-        }
+        self.list_offsets_with(topic, spec, IsolationLevel::ReadUncommitted)
+            .await
     }
 
-    async fn list_offsets_once(&self, topic: &str, spec: OffsetSpec) -> Result<Vec<(i32, i64)>> {
-        use kafka_protocol::messages::list_offsets_request::{
-            ListOffsetsPartition, ListOffsetsTopic,
-        };
-        use kafka_protocol::messages::ListOffsetsRequest;
+    /// [`Client::list_offsets`] for a reader at `isolation`: with
+    /// `read_committed`, [`OffsetSpec::Latest`] answers the last stable
+    /// offset, so a consumer that starts there never skips an open
+    /// transaction's records (they commit below it).
+    ///
+    /// # Errors
+    /// As [`Client::list_offsets`].
+    pub async fn list_offsets_with(
+        &self,
+        topic: &str,
+        spec: OffsetSpec,
+        isolation: IsolationLevel,
+    ) -> Result<Vec<(i32, i64)>> {
         let md = self.refresh_metadata(Some(&[topic.to_string()])).await?;
         let info = md.topics.get(topic).ok_or_else(|| {
             Error::broker_for(
@@ -274,40 +281,215 @@ impl Client {
                 -1,
             )
         })?;
-        let mut by_leader: std::collections::HashMap<i32, Vec<i32>> = Default::default();
-        for p in &info.partitions {
-            by_leader.entry(p.leader).or_default().push(p.partition);
+        let tps: Vec<TopicPartition> = info
+            .partitions
+            .iter()
+            .map(|p| TopicPartition::new(topic, p.partition))
+            .collect();
+        Ok(self
+            .partition_offsets(&tps, spec, isolation)
+            .await?
+            .into_iter()
+            .map(|(tp, o)| (tp.partition, o))
+            .collect())
+    }
+
+    /// Offsets of the given partitions for `spec`, asking each leader once
+    /// (ListOffsets v1+). Leaders that are moving (NOT_LEADER_OR_FOLLOWER,
+    /// a fresh topic) are retried briefly after a metadata refresh.
+    ///
+    /// # Errors
+    /// [`Error::Broker`] naming the first partition that failed.
+    ///
+    /// # Cancel safety
+    /// Cancel safe (read only).
+    pub async fn partition_offsets(
+        &self,
+        tps: &[TopicPartition],
+        spec: OffsetSpec,
+        isolation: IsolationLevel,
+    ) -> Result<BTreeMap<TopicPartition, i64>> {
+        let mut attempt = 0;
+        loop {
+            match self.partition_offsets_once(tps, spec, isolation).await {
+                Err(e) if e.is_retriable() && attempt < 20 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50 * attempt.min(4))).await;
+                }
+                other => return other,
+            }
         }
-        let mut out = Vec::new();
-        for (leader, partitions) in by_leader {
-            let req = ListOffsetsRequest::default().with_topics(vec![ListOffsetsTopic::default()
-                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_partitions(
-                    partitions
-                        .iter()
-                        .map(|&p| {
-                            ListOffsetsPartition::default()
-                                .with_partition_index(p)
-                                .with_timestamp(spec.wire())
+    }
+
+    async fn partition_offsets_once(
+        &self,
+        tps: &[TopicPartition],
+        spec: OffsetSpec,
+        isolation: IsolationLevel,
+    ) -> Result<BTreeMap<TopicPartition, i64>> {
+        use kafka_protocol::messages::list_offsets_request::{
+            ListOffsetsPartition, ListOffsetsTopic,
+        };
+        use kafka_protocol::messages::ListOffsetsRequest;
+        let by_leader = self.by_leader(ApiKey::ListOffsets, tps).await?;
+        let mut out = BTreeMap::new();
+        for (leader, topics) in by_leader {
+            let req = ListOffsetsRequest::default()
+                .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+                .with_isolation_level(isolation.wire())
+                .with_topics(
+                    topics
+                        .into_iter()
+                        .map(|(topic, partitions)| {
+                            ListOffsetsTopic::default()
+                                .with_name(TopicName(StrBytes::from_string(topic)))
+                                .with_partitions(
+                                    partitions
+                                        .into_iter()
+                                        .map(|p| {
+                                            ListOffsetsPartition::default()
+                                                .with_partition_index(p)
+                                                .with_timestamp(spec.wire())
+                                        })
+                                        .collect(),
+                                )
                         })
                         .collect(),
-                )]);
+                );
             let resp = self
                 .send_to(leader, Lane::Control, &req, Duration::ZERO)
                 .await?;
-            for p in resp.topics.iter().flat_map(|t| &t.partitions) {
-                if let Some(code) = KafkaCode::try_from_code(p.error_code) {
-                    return Err(Error::broker_for(
-                        ApiKey::ListOffsets,
-                        code,
-                        topic,
-                        p.partition_index,
-                    ));
+            for t in &resp.topics {
+                for p in &t.partitions {
+                    if let Some(code) = KafkaCode::try_from_code(p.error_code) {
+                        return Err(Error::broker_for(
+                            ApiKey::ListOffsets,
+                            code,
+                            t.name.0.as_str(),
+                            p.partition_index,
+                        ));
+                    }
+                    out.insert(
+                        TopicPartition::new(t.name.0.as_str(), p.partition_index),
+                        p.offset,
+                    );
                 }
-                out.push((p.partition_index, p.offset));
             }
         }
-        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Group `tps` by their leader, from freshly refreshed metadata.
+    ///
+    /// # Errors
+    /// UNKNOWN_TOPIC_OR_PARTITION for a partition metadata does not know,
+    /// LEADER_NOT_AVAILABLE (retriable) for one without a leader.
+    async fn by_leader(
+        &self,
+        api: ApiKey,
+        tps: &[TopicPartition],
+    ) -> Result<BTreeMap<i32, BTreeMap<String, Vec<i32>>>> {
+        let mut topics: Vec<String> = tps.iter().map(|tp| tp.topic.clone()).collect();
+        topics.sort();
+        topics.dedup();
+        let md = self.refresh_metadata(Some(&topics)).await?;
+        let mut by_leader: BTreeMap<i32, BTreeMap<String, Vec<i32>>> = BTreeMap::new();
+        for tp in tps {
+            let p = md.partition(&tp.topic, tp.partition).ok_or_else(|| {
+                Error::broker_for(
+                    api,
+                    KafkaCode::UnknownTopicOrPartition,
+                    &tp.topic,
+                    tp.partition,
+                )
+            })?;
+            if p.leader < 0 {
+                return Err(Error::broker_for(
+                    api,
+                    KafkaCode::LeaderNotAvailable,
+                    &tp.topic,
+                    tp.partition,
+                ));
+            }
+            by_leader
+                .entry(p.leader)
+                .or_default()
+                .entry(tp.topic.clone())
+                .or_default()
+                .push(tp.partition);
+        }
+        Ok(by_leader)
+    }
+
+    /// Delete the records of each partition below the given offset
+    /// (DeleteRecords; what retention does to a consumer that fell behind).
+    /// The offset [`DELETE_TO_END`] (-1) means up to the high watermark.
+    /// Returns each partition's new log start offset (low watermark).
+    ///
+    /// # Errors
+    /// [`Error::Broker`] naming the partition: OFFSET_OUT_OF_RANGE for an
+    /// offset past the high watermark, POLICY_VIOLATION on a compacted topic.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe in effect: records may be deleted even if the
+    /// future is dropped.
+    pub async fn delete_records(
+        &self,
+        before: &[(TopicPartition, i64)],
+    ) -> Result<BTreeMap<TopicPartition, i64>> {
+        use kafka_protocol::messages::delete_records_request::{
+            DeleteRecordsPartition, DeleteRecordsTopic,
+        };
+        use kafka_protocol::messages::DeleteRecordsRequest;
+        let tps: Vec<TopicPartition> = before.iter().map(|(tp, _)| tp.clone()).collect();
+        let offset_of = |topic: &str, p: i32| {
+            before
+                .iter()
+                .find(|(tp, _)| tp.topic == topic && tp.partition == p)
+                .map_or(DELETE_TO_END, |(_, o)| *o)
+        };
+        let mut out = BTreeMap::new();
+        for (leader, topics) in self.by_leader(ApiKey::DeleteRecords, &tps).await? {
+            let req = DeleteRecordsRequest::default()
+                .with_timeout_ms(PROPAGATION_TIMEOUT.as_millis() as i32)
+                .with_topics(
+                    topics
+                        .into_iter()
+                        .map(|(topic, partitions)| {
+                            let parts = partitions
+                                .into_iter()
+                                .map(|p| {
+                                    DeleteRecordsPartition::default()
+                                        .with_partition_index(p)
+                                        .with_offset(offset_of(&topic, p))
+                                })
+                                .collect();
+                            DeleteRecordsTopic::default()
+                                .with_name(TopicName(StrBytes::from_string(topic)))
+                                .with_partitions(parts)
+                        })
+                        .collect(),
+                );
+            let resp = self
+                .send_to(leader, Lane::Control, &req, PROPAGATION_TIMEOUT)
+                .await?;
+            for t in &resp.topics {
+                for p in &t.partitions {
+                    if let Some(code) = KafkaCode::try_from_code(p.error_code) {
+                        return Err(Error::broker_for(
+                            ApiKey::DeleteRecords,
+                            code,
+                            t.name.0.as_str(),
+                            p.partition_index,
+                        ));
+                    }
+                    out.insert(
+                        TopicPartition::new(t.name.0.as_str(), p.partition_index),
+                        p.low_watermark,
+                    );
+                }
+            }
+        }
         Ok(out)
     }
 

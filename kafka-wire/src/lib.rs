@@ -61,9 +61,10 @@ pub mod producer;
 pub mod records;
 pub mod sasl;
 pub mod tls;
+mod topic_partition;
 pub mod versions;
 
-pub use admin::{ConfigResource, NewTopic, OffsetSpec};
+pub use admin::{ConfigResource, NewTopic, OffsetSpec, DELETE_TO_END};
 pub use client::{Client, Lane};
 pub use config::{ClientConfig, ClientConfigBuilder, SecurityProtocol};
 pub use connection::Connection;
@@ -74,6 +75,7 @@ pub use producer::{
 };
 pub use sasl::{SaslConfig, TokenProvider, UnsecuredJwt};
 pub use tls::TlsConfig;
+pub use topic_partition::{IsolationLevel, TopicPartition};
 
 /// The generated protocol messages this crate speaks, re-exported so
 /// callers need not depend on `kafka-protocol` themselves.

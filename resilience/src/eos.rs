@@ -38,6 +38,7 @@
 //! failed transaction is aborted and its inputs are read again from where
 //! the last committed transaction left them.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,7 +46,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consumer_core::{
-    Consumer, ConsumerConfig, ConsumerError, IsolationLevel, PartitionRecords, TopicPartition,
+    Consumer, ConsumerConfig, ConsumerError, IsolationLevel, PartitionPosition, PartitionRecords,
+    TopicPartition,
 };
 use kafka_wire::records::Record;
 use kafka_wire::{Producer, ProducerConfig, ProducerRecord};
@@ -138,6 +140,8 @@ impl TransactionalProcessor {
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let group = self.consumer.group_id.clone().unwrap_or_default();
+        // Per partition, the offset known committed (or where reading began).
+        let mut settled: HashMap<TopicPartition, i64> = HashMap::new();
         let mut poll_backoff = PollBackoff::default();
         let result = loop {
             let batches = tokio::select! {
@@ -157,7 +161,45 @@ impl TransactionalProcessor {
                     Err(e) => break Err(e),
                 },
             };
+            let positions = consumer.positions();
+            settled.retain(|tp, _| positions.iter().any(|p| p.tp == *tp));
+            let unknown: Vec<TopicPartition> = positions
+                .iter()
+                .filter(|p| !settled.contains_key(&p.tp))
+                .map(|p| p.tp.clone())
+                .collect();
+            if !unknown.is_empty() {
+                // What the group has committed for newly served partitions
+                // (-1: nothing), to see positions move past markers.
+                match consumer.committed(&unknown).await {
+                    Ok(c) => {
+                        for tp in unknown {
+                            let at = c.get(&tp).copied().unwrap_or(-1);
+                            settled.insert(tp, at);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reading committed offsets failed; retried next poll")
+                    }
+                }
+            }
             if batches.is_empty() {
+                // Positions that moved past offsets that are not records
+                // (transaction markers, aborted data) with nothing to
+                // handle: commit them, or lag never drains to zero.
+                let moved: Vec<(TopicPartition, i64)> = positions
+                    .iter()
+                    .filter(|p| settled.get(&p.tp).is_some_and(|s| *s < p.position))
+                    .map(|p| (p.tp.clone(), p.position))
+                    .collect();
+                if !moved.is_empty() && consumer.group_metadata().is_some() {
+                    match consumer.commit(&moved).await {
+                        Ok(()) => settled.extend(moved),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "commit past markers failed; retried next poll")
+                        }
+                    }
+                }
                 continue;
             }
             let Some(gm) = consumer.group_metadata() else {
@@ -166,11 +208,14 @@ impl TransactionalProcessor {
                 continue;
             };
             match self
-                .transaction(&producer, &transformer, &batches, &gm, &group)
+                .transaction(&producer, &transformer, &batches, &positions, &gm, &group)
                 .await
             {
-                Ok(()) => {
+                Ok(offsets) => {
                     self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                    for (topic, partition, next) in offsets {
+                        settled.insert(TopicPartition::new(topic, partition), next);
+                    }
                 }
                 Err(e) => {
                     self.stats.aborted.fetch_add(1, Ordering::Relaxed);
@@ -193,9 +238,10 @@ impl TransactionalProcessor {
         producer: &Producer,
         transformer: &impl Transformer,
         batches: &[PartitionRecords],
+        positions: &[PartitionPosition],
         gm: &kafka_wire::producer::GroupMetadata,
         group: &str,
-    ) -> kafka_wire::Result<()> {
+    ) -> kafka_wire::Result<Vec<(String, i32, i64)>> {
         producer.begin_transaction().await?;
         let mut offsets: Vec<(String, i32, i64)> = Vec::with_capacity(batches.len());
         for batch in batches {
@@ -209,6 +255,11 @@ impl TransactionalProcessor {
                 continue;
             };
             let tp = &batch.tp;
+            // The position may be past markers right after the last record.
+            let next = positions
+                .iter()
+                .find(|p| p.tp == *tp)
+                .map_or(next, |p| p.position.max(next));
             match offsets
                 .iter_mut()
                 .find(|(t, p, _)| *t == tp.topic && *p == tp.partition)
@@ -221,7 +272,7 @@ impl TransactionalProcessor {
         producer.commit_transaction().await?;
         let n: usize = batches.iter().map(|b| b.records.len()).sum();
         self.stats.records_in.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(())
+        Ok(offsets)
     }
 
     /// The outputs of one record: the transformer's, or (after retries)

@@ -28,9 +28,11 @@ impl RebalanceListener for RuntimeListener {
                     let mut st = rt.lock();
                     for (tp, co) in committed {
                         let done = commit_metadata::decode(co.offset, &co.metadata);
+                        let incarnation = c.incarnation(&tp);
                         st.loaded.insert(
                             tp,
                             Loaded {
+                                incarnation,
                                 committed: co.offset,
                                 metadata: co.metadata,
                                 done,

@@ -281,9 +281,14 @@ impl Processor {
                     Err(e) => break Err(e),
                 },
             };
+            // Positions after this poll: resets first (so its records go to
+            // a fresh tracker), then the records, then the ends (markers).
+            let positions = consumer.positions();
+            rt.sync_incarnations(&positions);
             for batch in batches {
                 rt.dispatch(batch);
             }
+            rt.advance(&positions);
             draining = apply_backpressure(&rt, &mut consumer, &mut paused, &mut globally_paused);
             if last_lag.elapsed() >= Duration::from_secs(1) {
                 last_lag = Instant::now();

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use consumer_core::{Committer, PartitionRecords, TopicPartition};
+use consumer_core::{
+    Committer, OffsetToCommit, PartitionPosition, PartitionRecords, TopicPartition,
+};
 use kafka_wire::records::Record;
 use kafka_wire::Producer;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -72,6 +74,9 @@ pub(crate) struct Unit {
 /// What the committed metadata said was already done beyond the offset.
 #[derive(Debug, Clone)]
 pub(crate) struct Loaded {
+    /// The consumer's position incarnation when it was read: a reset since
+    /// (a recreated topic) makes it describe another log.
+    pub incarnation: u64,
     pub committed: i64,
     pub metadata: String,
     pub done: Vec<(i64, i64)>,
@@ -81,6 +86,9 @@ pub(crate) struct Loaded {
 #[derive(Debug)]
 pub(crate) struct PartRuntime {
     pub tracker: OffsetTracker,
+    /// The consumer's position incarnation this tracker follows (see
+    /// [`PartitionPosition::incarnation`]): its commits are fenced by it.
+    pub incarnation: u64,
     /// Dispatched and not yet finished or skipped.
     pub queued: usize,
     /// Paused because `queued` reached the per-partition bound.
@@ -100,6 +108,8 @@ pub(crate) struct PartRuntime {
 
 pub(crate) struct State {
     pub parts: HashMap<TopicPartition, PartRuntime>,
+    /// The consumer's position incarnation per partition, as of the last poll.
+    pub incarnations: HashMap<TopicPartition, u64>,
     pub sched: Scheduler<Work>,
     pub loaded: HashMap<TopicPartition, Loaded>,
 }
@@ -165,6 +175,7 @@ impl Runtime {
             permits: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
             state: Mutex::new(State {
                 parts: HashMap::new(),
+                incarnations: HashMap::new(),
                 sched: Scheduler::new(cfg.ordering, max_batch),
                 loaded: HashMap::new(),
             }),
@@ -231,28 +242,9 @@ impl Runtime {
         let added;
         {
             let mut st = self.lock();
-            let State {
-                parts,
-                sched,
-                loaded,
-            } = &mut *st;
-            let p = parts.entry(tp.clone()).or_insert_with(|| {
-                let l = loaded.remove(&tp);
-                PartRuntime {
-                    tracker: OffsetTracker::new(
-                        self.next_epoch.fetch_add(1, Ordering::Relaxed),
-                        first,
-                    ),
-                    queued: 0,
-                    full: false,
-                    last_commit: l.as_ref().map(|l| (l.committed, l.metadata.clone())),
-                    loaded_done: l.map(|l| l.done).unwrap_or_default(),
-                    metadata_full: false,
-                    failures_in_row: 0,
-                    quarantined_until: None,
-                    stop: Arc::new(AtomicBool::new(false)),
-                }
-            });
+            let st = &mut *st;
+            let p = self.part_entry(&mut st.parts, &mut st.loaded, &st.incarnations, &tp, first);
+            let sched = &mut st.sched;
             let epoch = p.tracker.epoch();
             let mut work = Vec::with_capacity(batch.records.len());
             for record in batch.records {
@@ -289,6 +281,87 @@ impl Runtime {
             .peak_in_flight_records
             .fetch_max(records, Ordering::Relaxed);
         self.pump();
+    }
+
+    /// The runtime state of `tp`, created at `start` (the first offset
+    /// seen in this incarnation) if it has none.
+    fn part_entry<'a>(
+        &self,
+        parts: &'a mut HashMap<TopicPartition, PartRuntime>,
+        loaded: &mut HashMap<TopicPartition, Loaded>,
+        incarnations: &HashMap<TopicPartition, u64>,
+        tp: &TopicPartition,
+        start: i64,
+    ) -> &'a mut PartRuntime {
+        parts.entry(tp.clone()).or_insert_with(|| {
+            let incarnation = incarnations.get(tp).copied().unwrap_or_default();
+            // Metadata read before a reset describes the old log.
+            let l = loaded.remove(tp).filter(|l| l.incarnation == incarnation);
+            PartRuntime {
+                tracker: OffsetTracker::new(self.next_epoch.fetch_add(1, Ordering::Relaxed), start),
+                incarnation,
+                queued: 0,
+                full: false,
+                last_commit: l.as_ref().map(|l| (l.committed, l.metadata.clone())),
+                loaded_done: l.map(|l| l.done).unwrap_or_default(),
+                metadata_full: false,
+                failures_in_row: 0,
+                quarantined_until: None,
+                stop: Arc::new(AtomicBool::new(false)),
+            }
+        })
+    }
+
+    /// Before dispatching a poll's records: a partition whose position was
+    /// reset since its tracker began (out of range, truncation, recreated
+    /// topic) drops that tracker: its queued records are skipped, running
+    /// ones finish into a dead epoch, and nothing of it is committed.
+    pub fn sync_incarnations(&self, positions: &[PartitionPosition]) {
+        let mut stale = Vec::new();
+        {
+            let mut st = self.lock();
+            for pos in positions {
+                st.incarnations.insert(pos.tp.clone(), pos.incarnation);
+                if st
+                    .parts
+                    .get(&pos.tp)
+                    .is_some_and(|p| p.incarnation != pos.incarnation)
+                {
+                    stale.push(pos.tp.clone());
+                }
+            }
+        }
+        if !stale.is_empty() {
+            tracing::info!(partitions = ?stale, "positions were reset: their offsets start over");
+            self.stop_partitions(&stale);
+            let mut st = self.lock();
+            for tp in &stale {
+                if let Some(p) = st.parts.remove(tp) {
+                    p.stop.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    /// After dispatching a poll's records: the consumer's positions have
+    /// also moved past offsets that are not records (transaction markers,
+    /// aborted data, compaction gaps), with or without records returned.
+    /// The commit point follows them, so lag drains to zero.
+    pub fn advance(&self, positions: &[PartitionPosition]) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        for pos in positions {
+            let p = self.part_entry(
+                &mut st.parts,
+                &mut st.loaded,
+                &st.incarnations,
+                &pos.tp,
+                pos.position,
+            );
+            if p.incarnation == pos.incarnation && !p.stop.load(Ordering::Acquire) {
+                p.tracker.advance_to(pos.position);
+            }
+        }
     }
 
     /// Start workers while permits and ready lanes last.
@@ -454,6 +527,7 @@ impl Runtime {
                 p.stop.store(true, Ordering::Release);
             }
             st.loaded.remove(tp);
+            st.incarnations.remove(tp);
         }
     }
 
@@ -471,13 +545,22 @@ impl Runtime {
             return;
         }
         let started = std::time::Instant::now();
-        let result = committer.commit_with_metadata(&offsets).await;
+        let fenced: Vec<OffsetToCommit> = offsets
+            .iter()
+            .map(|(tp, o, m, incarnation)| OffsetToCommit {
+                tp: tp.clone(),
+                offset: *o,
+                metadata: m.clone(),
+                incarnation: Some(*incarnation),
+            })
+            .collect();
+        let result = committer.commit_offsets(&fenced).await;
         metrics::histogram!(observe::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
                 {
                     let mut st = self.lock();
-                    for (tp, o, m) in &offsets {
+                    for (tp, o, m, _) in &offsets {
                         if let Some(p) = st.parts.get_mut(tp) {
                             p.last_commit = Some((*o, m.clone().unwrap_or_default()));
                         }
@@ -488,7 +571,7 @@ impl Runtime {
                 self.observe(Event::Committed(
                     offsets
                         .into_iter()
-                        .map(|(tp, o, m)| (tp, o, m.unwrap_or_default()))
+                        .map(|(tp, o, m, _)| (tp, o, m.unwrap_or_default()))
                         .collect(),
                 ));
             }
@@ -503,7 +586,7 @@ impl Runtime {
     fn commit_points(
         &self,
         only: Option<&[TopicPartition]>,
-    ) -> Vec<(TopicPartition, i64, Option<String>)> {
+    ) -> Vec<(TopicPartition, i64, Option<String>, u64)> {
         let limit = self.cfg.metadata_limit;
         let mut st = self.lock();
         let mut out = Vec::new();
@@ -527,7 +610,7 @@ impl Runtime {
             p.metadata_full = fitted < ranges.len();
             let next = (point, meta);
             if p.last_commit.as_ref() != Some(&next) {
-                out.push((tp.clone(), next.0, Some(next.1)));
+                out.push((tp.clone(), next.0, Some(next.1), p.incarnation));
             }
         }
         out
