@@ -300,15 +300,25 @@ impl ProducerRecord {
     }
 
     fn size_estimate(&self) -> usize {
-        // record framing (varints, attributes) ≈ 16 bytes
-        16 + self.key.as_ref().map_or(0, |k| k.len())
-            + self.value.as_ref().map_or(0, |v| v.len())
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| 4 + k.len() + v.as_ref().map_or(0, |v| v.len()))
-                .sum::<usize>()
+        estimated_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
     }
+}
+
+/// A record's estimated encoded size in bytes: what it counts against
+/// `batch.size` and `buffer.memory`. One formula for `send` and for a
+/// batch split later, so a split divides the memory permit exactly.
+pub(crate) fn estimated_size(
+    key: Option<&Bytes>,
+    value: Option<&Bytes>,
+    headers: &[(String, Option<Bytes>)],
+) -> usize {
+    // record framing (varints, attributes) ≈ 16 bytes
+    16 + key.map_or(0, |k| k.len())
+        + value.map_or(0, |v| v.len())
+        + headers
+            .iter()
+            .map(|(k, v)| 4 + k.len() + v.as_ref().map_or(0, |v| v.len()))
+            .sum::<usize>()
 }
 
 /// Where a record landed.
