@@ -119,6 +119,11 @@ struct PartitionQueue {
     /// were never written. Later batches are renumbered over them once
     /// nothing of the partition is in flight (see [`close_holes`]).
     holes: Vec<(i32, i32)>,
+    /// Estimated bytes the broker refused in one batch, halved: new
+    /// batches close at this size instead of `batch.size`, so a steady
+    /// stream to a topic with a small `max.message.bytes` is not refused
+    /// and split batch after batch. Only ever lowered.
+    size_cap: Option<usize>,
     /// A batch of this producer id has been acknowledged on this partition.
     /// Until then only one batch may be in flight: a broker with no state
     /// for a producer accepts any first sequence, so if batch 0 failed while
@@ -169,8 +174,10 @@ impl Accumulator {
         memory: OwnedSemaphorePermit,
         now: impl FnOnce() -> Instant,
     ) -> Appended {
-        let batch_size = self.cfg.batch_size;
         let q = self.queues.entry(tp.clone()).or_default();
+        let batch_size = q
+            .size_cap
+            .map_or(self.cfg.batch_size, |cap| cap.min(self.cfg.batch_size));
         self.pending_records += 1;
         let open = q
             .queued
@@ -292,6 +299,7 @@ impl Accumulator {
     /// are re-encoded on their next send, keep the original creation time
     /// (so `delivery.timeout.ms` still counts from `send`), and share its
     /// `buffer.memory` permit between them (each half releases its part).
+    /// Later batches of the partition close at half the refused size.
     ///
     /// Returns `None` when it was split, or the batch itself when it holds
     /// a single record (it cannot be split: that record fails alone).
@@ -342,6 +350,8 @@ impl Accumulator {
         b.ever_sent = true;
         b.retry_at = Some(now);
         let q = self.queues.entry(b.tp.clone()).or_default();
+        let cap = (total / 2).max(1);
+        q.size_cap = Some(q.size_cap.map_or(cap, |c| c.min(cap)));
         let pos = retry_position(q, b.base_sequence);
         q.queued.insert(pos, tail);
         q.queued.insert(pos, b);
@@ -634,9 +644,13 @@ mod tests {
             .map(|mut rx| rx.try_recv().unwrap().unwrap().offset)
             .collect();
         assert_eq!(offsets, vec![10, 11, 12, 13, 14]);
-        // New records continue after the whole original range.
-        push_value(&mut a, &tp, 1, &sem, now);
-        assert_eq!(a.take(&tp, (7, 0)).unwrap().base_sequence, 5);
+        // New records continue after the whole original range, in batches
+        // of at most half the refused size (240 bytes) now, not batch.size.
+        for _ in 0..3 {
+            push_value(&mut a, &tp, 100, &sem, now);
+        }
+        let next = a.take(&tp, (7, 0)).unwrap();
+        assert_eq!((next.base_sequence, next.records.len()), (5, 2));
     }
 
     #[tokio::test]

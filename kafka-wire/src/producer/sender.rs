@@ -313,7 +313,7 @@ fn settle(
                             size: b.encoded.as_ref().map_or(b.bytes, |e| e.len()),
                             code,
                         };
-                        tracing::warn!(error = %err, "record failed alone");
+                        tracing::debug!(error = %err, "record failed alone");
                         st.acc.skip_sequences(&b);
                         if cfg.transactional_id.is_some() && st.txn_error.is_none() {
                             st.txn_error = Some(err.clone());
