@@ -61,11 +61,18 @@ pub struct ProduceArgs {
 /// Deliveries awaited in order, so output and errors follow send order.
 const MAX_OUTSTANDING: usize = 50_000;
 
+/// Failed records reported one by one; the rest are only counted.
+const FAILURES_SHOWN: u64 = 10;
+
 struct Progress {
     started: Instant,
     last_print: Instant,
     sent: u64,
     delivered: u64,
+    /// Records that failed for good (e.g. one larger than the topic accepts).
+    /// The others still go out; the run ends with an error naming the count.
+    failed: u64,
+    first_error: Option<kafka_wire::Error>,
     bytes: u64,
     show: bool,
 }
@@ -85,13 +92,27 @@ impl Progress {
     }
 }
 
-async fn settle(
-    pending: &mut VecDeque<(Option<String>, DeliveryFuture)>,
-    json: bool,
-    progress: &mut Progress,
-) -> anyhow::Result<()> {
-    let (key, delivery) = pending.pop_front().expect("caller checks non-empty");
-    let md = delivery.await.context("a record was not delivered")?;
+/// One sent record: its number (from 0, in send order), key and delivery.
+type Pending = (u64, Option<String>, DeliveryFuture);
+
+/// Await the oldest delivery. A failed record is reported and counted, not
+/// fatal: the producer fails only that record (a record too large for the
+/// topic fails alone), so the records after it are still delivered.
+async fn settle(pending: &mut VecDeque<Pending>, json: bool, progress: &mut Progress) {
+    let (n, key, delivery) = pending.pop_front().expect("caller checks non-empty");
+    let md = match delivery.await {
+        Ok(md) => md,
+        Err(e) => {
+            progress.failed += 1;
+            if progress.failed <= FAILURES_SHOWN {
+                eprintln!("error: record #{n} was not delivered: {e}");
+            } else if progress.failed == FAILURES_SHOWN + 1 {
+                eprintln!("error: more records were not delivered (counted, not shown)");
+            }
+            progress.first_error.get_or_insert(e);
+            return;
+        }
+    };
     progress.delivered += 1;
     if json {
         println!(
@@ -104,7 +125,6 @@ async fn settle(
                 .unwrap_or_else(|| "null".into())
         );
     }
-    Ok(())
 }
 
 fn config(args: &ProduceArgs, connect: &ConnectArgs) -> anyhow::Result<ProducerConfig> {
@@ -152,10 +172,12 @@ pub async fn run(connect: &ConnectArgs, client: &Client, args: ProduceArgs) -> a
         last_print: Instant::now(),
         sent: 0,
         delivered: 0,
+        failed: 0,
+        first_error: None,
         bytes: 0,
         show: args.count.is_some_and(|c| c >= 100_000),
     };
-    let mut pending: VecDeque<(Option<String>, DeliveryFuture)> = VecDeque::new();
+    let mut pending: VecDeque<Pending> = VecDeque::new();
     let payload: Bytes = Bytes::from(vec![b'x'; args.size]);
     let mut stdin =
         (args.count.is_none()).then(|| tokio::io::BufReader::new(tokio::io::stdin()).lines());
@@ -183,17 +205,35 @@ pub async fn run(connect: &ConnectArgs, client: &Client, args: ProduceArgs) -> a
             rec = rec.partition(p);
         }
         progress.bytes += value.len() as u64;
-        pending.push_back((key, producer.send(rec).await?));
+        pending.push_back((i, key, producer.send(rec).await?));
         progress.sent += 1;
         i += 1;
         while pending.len() > MAX_OUTSTANDING {
-            settle(&mut pending, args.json, &mut progress).await?;
+            settle(&mut pending, args.json, &mut progress).await;
         }
         progress.tick();
     }
     producer.flush().await;
     while !pending.is_empty() {
-        settle(&mut pending, args.json, &mut progress).await?;
+        settle(&mut pending, args.json, &mut progress).await;
+    }
+    if let Some(first) = progress.first_error.take() {
+        // A transaction with a failed record cannot commit: abort it.
+        let aborted = if args.transactional_id.is_some() {
+            producer
+                .abort_transaction()
+                .await
+                .context("aborting the transaction after a failed record")?;
+            " (transaction aborted)"
+        } else {
+            ""
+        };
+        producer.close().await;
+        bail!(
+            "{} of {} records not delivered{aborted}; the first: {first}",
+            progress.failed,
+            progress.sent
+        );
     }
     let outcome = match (&args.transactional_id, args.abort) {
         (Some(_), false) => {

@@ -47,6 +47,13 @@ fn unknown_property_is_named_in_the_error() {
 }
 
 fn run_ok(args: &[&str], stdin: Option<&str>) -> String {
+    let (ok, out) = run(args, stdin);
+    assert!(ok, "{args:?}\n{out}");
+    out
+}
+
+/// Run the CLI; whether it exited 0, and stdout followed by stderr.
+fn run(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     use std::io::Write;
     let mut child = lab()
         .args(args)
@@ -64,8 +71,7 @@ fn run_ok(args: &[&str], stdin: Option<&str>) -> String {
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{args:?}\n{stdout}\n{stderr}");
-    stdout + &stderr
+    (out.status.success(), stdout + &stderr)
 }
 
 #[test]
@@ -310,4 +316,98 @@ fn process_dead_letters_poison_and_serves_prometheus_metrics() {
         4,
         "{dlt}"
     );
+}
+
+#[test]
+fn produce_splits_batches_too_large_for_the_topic_and_fails_only_a_record_too_large() {
+    let broker = testkit::require_broker!();
+    let b = broker.bootstrap.as_str();
+    let offsets = |topic: &str| -> Vec<i64> {
+        let out = run_ok(
+            &[
+                "-b",
+                b,
+                "consume",
+                "--topic",
+                topic,
+                "--partitions",
+                "0",
+                "--json",
+                "--idle-exit-ms",
+                "1500",
+            ],
+            None,
+        );
+        out.lines()
+            .filter_map(|l| l.split("\"offset\":").nth(1))
+            .map(|rest| rest.split([',', '}']).next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let create = |prefix: &str| {
+        let topic = testkit::unique_name(prefix);
+        run_ok(
+            &[
+                "-b",
+                b,
+                "topics",
+                "create",
+                &topic,
+                "--partitions",
+                "1",
+                "--config",
+                "max.message.bytes=65536",
+            ],
+            None,
+        );
+        topic
+    };
+    // The repro: one 200 KB linger batch for a 64 KiB limit.
+    let topic = create("cli-smallmax");
+    let out = run_ok(
+        &[
+            "-b",
+            b,
+            "produce",
+            "--topic",
+            &topic,
+            "--count",
+            "200",
+            "--size",
+            "1000",
+            "-P",
+            "batch.size=1048576",
+            "-P",
+            "linger.ms=200",
+        ],
+        None,
+    );
+    assert!(out.contains("produced 200 records"), "{out}");
+    assert_eq!(offsets(&topic), (0..200).collect::<Vec<i64>>());
+
+    // A 100 KB line among small ones: it alone fails, the run says so.
+    let topic = create("cli-smallmax-big");
+    let mut input: String = (0..30).map(|i| format!("small-{i}\n")).collect();
+    input.push_str(&"B".repeat(100_000));
+    input.push('\n');
+    input.extend((30..60).map(|i| format!("small-{i}\n")));
+    let (ok, out) = run(
+        &[
+            "-b",
+            b,
+            "produce",
+            "--topic",
+            &topic,
+            "-P",
+            "batch.size=1048576",
+            "-P",
+            "linger.ms=200",
+        ],
+        Some(&input),
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("record #30 was not delivered"), "{out}");
+    assert!(out.contains(&format!("{topic}-0")), "{out}");
+    assert!(out.contains("max.message.bytes"), "{out}");
+    assert!(out.contains("1 of 61 records not delivered"), "{out}");
+    assert_eq!(offsets(&topic), (0..60).collect::<Vec<i64>>());
 }

@@ -146,6 +146,22 @@ pub enum Error {
         limit_name: &'static str,
         limit: usize,
     },
+    /// The broker refused a record as too large even alone in its batch:
+    /// batches holding more records were split until this one stood alone
+    /// (as Java's producer does). `size` is the encoded one-record batch,
+    /// the figure the broker compares with its limit: the topic's
+    /// `max.message.bytes` (default the broker's `message.max.bytes`, 1 MiB)
+    /// for MESSAGE_TOO_LARGE, its `segment.bytes` for RECORD_LIST_TOO_LARGE.
+    /// Not retriable. Only this record fails: the partition's other records
+    /// are delivered, in order, and the producer stays usable (in a
+    /// transaction, the transaction must be aborted).
+    #[error("record for {topic}-{partition} is too large for the broker: {size} bytes as a batch of one ({code}); the limit is {}", broker_limit_name(code))]
+    RecordTooLargeForBroker {
+        topic: String,
+        partition: i32,
+        size: usize,
+        code: KafkaCode,
+    },
     /// A transactional call out of order, or on a failed transaction; the
     /// message says which call is allowed next.
     #[error("transaction: {0}")]
@@ -166,6 +182,15 @@ fn scope_suffix(topic: &Option<String>, partition: Option<i32>) -> String {
         (Some(t), Some(p)) => format!(" for {t}-{p}"),
         (Some(t), None) => format!(" for {t}"),
         _ => String::new(),
+    }
+}
+
+fn broker_limit_name(code: &KafkaCode) -> &'static str {
+    match code {
+        KafkaCode::RecordListTooLarge => {
+            "the topic's segment.bytes (default the broker's log.segment.bytes)"
+        }
+        _ => "the topic's max.message.bytes (default the broker's message.max.bytes)",
     }
 }
 
@@ -233,6 +258,7 @@ impl Error {
             Error::DeliveryTimeout { .. } => ErrorAction::Retry,
             Error::Tls { .. }
             | Error::RecordTooLarge { .. }
+            | Error::RecordTooLargeForBroker { .. }
             | Error::Transaction(_)
             | Error::Auth { .. }
             | Error::UnsupportedVersion { .. }
@@ -262,7 +288,7 @@ impl Error {
     /// The Kafka error code, if the broker sent one.
     pub fn code(&self) -> Option<KafkaCode> {
         match self {
-            Error::Broker { code, .. } => Some(*code),
+            Error::Broker { code, .. } | Error::RecordTooLargeForBroker { code, .. } => Some(*code),
             _ => None,
         }
     }

@@ -379,3 +379,177 @@ async fn try_send_hands_the_record_back_when_buffer_memory_is_full() {
     producer.flush().await;
     last.await.unwrap();
 }
+
+// ---- A broker-side size limit (the topic's max.message.bytes) ----
+
+/// A one-partition topic whose broker accepts batches of at most 64 KiB.
+async fn small_max_topic(client: &Client, prefix: &str) -> String {
+    let name = testkit::unique_name(prefix);
+    client
+        .create_topic(NewTopic::new(&name, 1).config("max.message.bytes", "65536"))
+        .await
+        .unwrap();
+    name
+}
+
+/// A value of `len` bytes that starts with `n` (big-endian), so read-back
+/// can tell records apart.
+fn numbered(n: u32, len: usize) -> Vec<u8> {
+    let mut v = vec![b'x'; len.max(4)];
+    v[..4].copy_from_slice(&n.to_be_bytes());
+    v
+}
+
+fn number_of(r: &kafka_wire::records::Record) -> u32 {
+    u32::from_be_bytes(r.value.as_ref().unwrap()[..4].try_into().unwrap())
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_the_topic_accepts_is_split_until_every_record_fits() {
+    let broker = testkit::require_broker!();
+    let client = common::plaintext_client(&broker).await;
+    let t = small_max_topic(&client, "split").await;
+    // One linger window gathers all 200 records (≈ 200 KB) into one batch.
+    let producer = Producer::with_client(
+        client.clone(),
+        producer_config(&broker.bootstrap)
+            .batch_size(1 << 20)
+            .linger(Duration::from_millis(200))
+            .build()
+            .unwrap(),
+    );
+    let mut deliveries = Vec::new();
+    for i in 0..200u32 {
+        let rec = ProducerRecord::new(&t)
+            .partition(0)
+            .value(numbered(i, 1000));
+        deliveries.push(producer.send(rec).await.unwrap());
+    }
+    producer.flush().await;
+    for (i, d) in deliveries.into_iter().enumerate() {
+        let md = d.await.unwrap_or_else(|e| panic!("record #{i}: {e}"));
+        assert_eq!(md.offset, i as i64, "send order");
+    }
+    let got: Vec<u32> = common::fetch_all(&client, &t, 0, 200)
+        .await
+        .iter()
+        .map(number_of)
+        .collect();
+    assert_eq!(got, (0..200).collect::<Vec<_>>(), "each once, in order");
+    assert_eq!(admin_end_offset(&client, &t, 0).await, 200, "no duplicates");
+    let batches: Vec<usize> = BatchReader::new(common::fetch_raw(&client, &t, 0).await)
+        .map(|b| b.unwrap().records(1 << 20).unwrap().count())
+        .collect();
+    assert!(
+        batches.len() > 1 && batches.len() <= 8,
+        "split in halves, not one batch per record: {batches:?}"
+    );
+    producer.close().await;
+}
+
+/// Send records `range` (1000 bytes each) to partition 0 of `t`, and a
+/// 100 KB record numbered `u32::MAX` just before record `big_before`.
+async fn send_with_one_big(
+    producer: &Producer,
+    t: &str,
+    range: std::ops::Range<u32>,
+    big_before: u32,
+) -> Vec<(u32, kafka_wire::DeliveryFuture)> {
+    let mut out = Vec::new();
+    for i in range {
+        if i == big_before {
+            let rec = ProducerRecord::new(t)
+                .partition(0)
+                .value(numbered(u32::MAX, 100_000));
+            out.push((u32::MAX, producer.send(rec).await.unwrap()));
+        }
+        let rec = ProducerRecord::new(t).partition(0).value(numbered(i, 1000));
+        out.push((i, producer.send(rec).await.unwrap()));
+    }
+    producer.flush().await;
+    out
+}
+
+#[tokio::test]
+async fn only_a_record_larger_than_the_topic_accepts_fails_and_the_others_are_delivered() {
+    let broker = testkit::require_broker!();
+    let client = common::plaintext_client(&broker).await;
+    let t = small_max_topic(&client, "too-large").await;
+    // Round 1: the big record shares one linger batch with 100 small ones,
+    // so it is split down to a batch of its own.
+    let one_batch = Producer::with_client(
+        client.clone(),
+        producer_config(&broker.bootstrap)
+            .batch_size(1 << 20)
+            .linger(Duration::from_millis(100))
+            .build()
+            .unwrap(),
+    );
+    let mut deliveries = send_with_one_big(&one_batch, &t, 0..100, 50).await;
+    // Round 2 (another producer id): batches of 16 small records pipelined
+    // around the big record's own batch, so later batches are in flight
+    // when it fails and must be renumbered over its sequence.
+    let pipelined = Producer::with_client(
+        client.clone(),
+        producer_config(&broker.bootstrap)
+            .batch_size(16_384)
+            .linger(Duration::from_millis(1))
+            .build()
+            .unwrap(),
+    );
+    deliveries.extend(send_with_one_big(&pipelined, &t, 100..300, 150).await);
+
+    let mut delivered = Vec::new();
+    let mut failures = 0;
+    for (n, d) in deliveries {
+        match d.await {
+            Ok(md) => delivered.push((n, md.offset)),
+            Err(e) => {
+                assert_eq!(n, u32::MAX, "only the big record fails, not #{n}: {e}");
+                failures += 1;
+                assert!(
+                    matches!(
+                        &e,
+                        kafka_wire::Error::RecordTooLargeForBroker { topic, partition: 0, size, .. }
+                            if *topic == t && *size > 100_000
+                    ),
+                    "{e:?}"
+                );
+                let msg = e.to_string();
+                assert!(msg.contains(&format!("{t}-0")), "{msg}");
+                assert!(msg.contains("max.message.bytes"), "{msg}");
+                assert!(!e.is_retriable());
+            }
+        }
+    }
+    assert_eq!(failures, 2, "the big record of each round");
+    let numbers: Vec<u32> = delivered.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, (0..300).collect::<Vec<_>>());
+    let offsets: Vec<i64> = delivered.iter().map(|(_, o)| *o).collect();
+    assert_eq!(offsets, (0..300).collect::<Vec<i64>>(), "send order");
+
+    // Both producers still work: no fatal error, no sequence gap.
+    for p in [&one_batch, &pipelined] {
+        let d = p
+            .send(
+                ProducerRecord::new(&t)
+                    .partition(0)
+                    .value(numbered(1000, 10)),
+            )
+            .await
+            .unwrap();
+        p.flush().await;
+        d.await.expect("a send after the failure succeeds");
+    }
+    let got: Vec<u32> = common::fetch_all(&client, &t, 0, 302)
+        .await
+        .iter()
+        .map(number_of)
+        .collect();
+    let mut want: Vec<u32> = (0..300).collect();
+    want.extend([1000, 1000]);
+    assert_eq!(got, want, "each small record once, in order");
+    assert_eq!(admin_end_offset(&client, &t, 0).await, 302, "no duplicates");
+    one_batch.close().await;
+    pipelined.close().await;
+}

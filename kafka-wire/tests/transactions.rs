@@ -211,3 +211,47 @@ async fn try_send_inside_a_transaction_adds_the_partition_too() {
         d.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_record_too_large_for_the_topic_makes_the_transaction_abortable_not_fatal() {
+    let broker = testkit::require_broker!();
+    let client = common::plaintext_client(&broker).await;
+    let topic = testkit::unique_name("txn-too-large");
+    client
+        .create_topic(NewTopic::new(&topic, 1).config("max.message.bytes", "65536"))
+        .await
+        .unwrap();
+    let p = transactional(&client, &broker, &testkit::unique_name("txn-id")).await;
+    p.begin_transaction().await.unwrap();
+    let mut deliveries = Vec::new();
+    for i in 0..40usize {
+        let len = if i == 20 { 100_000 } else { 1000 };
+        let rec = ProducerRecord::new(&topic)
+            .partition(0)
+            .value(vec![b'x'; len]);
+        deliveries.push((i, p.send(rec).await.unwrap()));
+    }
+    let err = p
+        .commit_transaction()
+        .await
+        .expect_err("a record of the transaction failed");
+    assert!(
+        matches!(err, kafka_wire::Error::RecordTooLargeForBroker { .. }),
+        "{err:?}"
+    );
+    for (i, d) in deliveries {
+        match d.await {
+            Ok(_) => assert_ne!(i, 20),
+            Err(e) => assert_eq!(i, 20, "only the big record fails: {e}"),
+        }
+    }
+    p.abort_transaction()
+        .await
+        .expect("an abortable transaction aborts");
+    // Not fatal: the next transaction commits.
+    p.begin_transaction().await.unwrap();
+    send_all(&p, &topic, &["after"]).await;
+    p.commit_transaction()
+        .await
+        .expect("the producer is still usable");
+}

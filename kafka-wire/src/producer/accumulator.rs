@@ -12,6 +12,15 @@
 //! a failure the partition sends nothing new until every earlier request has
 //! come back, then resends the failed batches in sequence order, so the
 //! broker never sees a gap.
+//!
+//! A batch the broker refuses as too large (MESSAGE_TOO_LARGE,
+//! RECORD_LIST_TOO_LARGE) was not written: [`Accumulator::split`] cuts it in
+//! two halves that cover the same sequence range, in order, and they go back
+//! like retries. A single record that is too large fails alone; its sequence
+//! range becomes a *hole* ([`Accumulator::skip_sequences`]) and, once
+//! nothing of the partition is in flight, every later batch is renumbered
+//! down over it (as Java's `adjustSequencesDueToFailedBatch`), so the broker
+//! sees no gap and the producer id stays valid.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -24,7 +33,7 @@ use tokio::time::Instant;
 use crate::error::Error;
 use crate::records::NewRecord;
 
-use super::RecordMetadata;
+use super::{estimated_size, RecordMetadata};
 
 /// A topic and partition.
 pub type TopicPartition = (Arc<str>, i32);
@@ -82,11 +91,39 @@ impl Batch {
     }
 }
 
+/// `seq + n` as Kafka counts: sequences wrap from `i32::MAX` to 0.
+fn seq_add(seq: i32, n: i32) -> i32 {
+    if seq > i32::MAX - n {
+        n - (i32::MAX - seq) - 1
+    } else {
+        seq + n
+    }
+}
+
+/// `seq - n`, the inverse of [`seq_add`].
+fn seq_sub(seq: i32, n: i32) -> i32 {
+    if seq < n {
+        i32::MAX - (n - seq) + 1
+    } else {
+        seq - n
+    }
+}
+
 #[derive(Default)]
 struct PartitionQueue {
     queued: VecDeque<Batch>,
-    in_flight: usize,
+    /// Base sequences of the batches in flight (-1 without idempotence).
+    in_flight: Vec<i32>,
     next_sequence: i32,
+    /// Sequence ranges `(base, count)` of records that failed alone and
+    /// were never written. Later batches are renumbered over them once
+    /// nothing of the partition is in flight (see [`close_holes`]).
+    holes: Vec<(i32, i32)>,
+    /// Estimated bytes the broker refused in one batch, halved: new
+    /// batches close at this size instead of `batch.size`, so a steady
+    /// stream to a topic with a small `max.message.bytes` is not refused
+    /// and split batch after batch. Only ever lowered.
+    size_cap: Option<usize>,
     /// A batch of this producer id has been acknowledged on this partition.
     /// Until then only one batch may be in flight: a broker with no state
     /// for a producer accepts any first sequence, so if batch 0 failed while
@@ -137,8 +174,10 @@ impl Accumulator {
         memory: OwnedSemaphorePermit,
         now: impl FnOnce() -> Instant,
     ) -> Appended {
-        let batch_size = self.cfg.batch_size;
         let q = self.queues.entry(tp.clone()).or_default();
+        let batch_size = q
+            .size_cap
+            .map_or(self.cfg.batch_size, |cap| cap.min(self.cfg.batch_size));
         self.pending_records += 1;
         let open = q
             .queued
@@ -192,15 +231,18 @@ impl Accumulator {
         };
         if b.ever_sent {
             // A retry: only once everything earlier has come back, and after backoff.
-            return q.in_flight == 0 && b.retry_at.is_none_or(|t| t <= now);
+            return q.in_flight.is_empty() && b.retry_at.is_none_or(|t| t <= now);
         }
         let any_retry_pending = q.queued.iter().any(|b| b.ever_sent);
-        let capacity = if self.cfg.idempotent && !q.confirmed {
-            q.in_flight == 0
+        let in_flight = q.in_flight.len();
+        let capacity = if self.cfg.idempotent && (!q.confirmed || !q.holes.is_empty()) {
+            // Unconfirmed: see `confirmed`. Holes: later sequences are
+            // renumbered only once every request of the partition is back.
+            in_flight == 0
         } else if self.cfg.idempotent {
-            q.in_flight < self.cfg.max_in_flight.min(5)
+            in_flight < self.cfg.max_in_flight.min(5)
         } else {
-            q.in_flight < self.cfg.max_in_flight
+            in_flight < self.cfg.max_in_flight
         };
         !any_retry_pending && capacity && (b.sealed || flush || now >= b.created + self.cfg.linger)
     }
@@ -218,32 +260,113 @@ impl Accumulator {
     pub fn take(&mut self, tp: &TopicPartition, producer: (i64, i16)) -> Option<Batch> {
         let idempotent = self.cfg.idempotent;
         let q = self.queues.get_mut(tp)?;
+        close_holes(q);
         let mut b = q.queued.pop_front()?;
         b.sealed = true;
         if idempotent && b.base_sequence < 0 {
             b.base_sequence = q.next_sequence;
             b.producer_id = producer.0;
             b.producer_epoch = producer.1;
-            q.next_sequence = q.next_sequence.wrapping_add(b.records.len() as i32);
-            if q.next_sequence < 0 {
-                q.next_sequence = 0; // sequences wrap at i32::MAX
-            }
+            q.next_sequence = seq_add(q.next_sequence, b.records.len() as i32);
         }
-        q.in_flight += 1;
+        q.in_flight.push(b.base_sequence);
         Some(b)
     }
 
-    /// A request carrying `tp`'s batch came back (whatever the outcome).
-    pub fn returned(&mut self, tp: &TopicPartition) {
-        if let Some(q) = self.queues.get_mut(tp) {
-            q.in_flight = q.in_flight.saturating_sub(1);
+    /// A request carrying `b` came back (whatever the outcome).
+    pub fn returned(&mut self, b: &Batch) {
+        if let Some(q) = self.queues.get_mut(&b.tp) {
+            if let Some(i) = q.in_flight.iter().position(|s| *s == b.base_sequence) {
+                q.in_flight.swap_remove(i);
+            }
         }
     }
 
-    /// A batch of `tp` was acknowledged under the current producer id.
-    pub fn confirm(&mut self, tp: &TopicPartition) {
-        if let Some(q) = self.queues.get_mut(tp) {
+    /// `b` was acknowledged under the current producer id. A hole below it
+    /// is then already bridged on the broker (it accepted the gap: it had
+    /// no state for this producer), so it is no longer closed.
+    pub fn confirm(&mut self, b: &Batch) {
+        if let Some(q) = self.queues.get_mut(&b.tp) {
             q.confirmed = true;
+            q.holes.retain(|(start, _)| *start > b.base_sequence);
+        }
+    }
+
+    /// Split a batch the broker refused as too large into two halves by
+    /// estimated bytes (each with at least one record) and put them back
+    /// at the front like retries, in sequence order. The halves cover
+    /// exactly the original sequence range (`base..base+k`, `base+k..base+n`),
+    /// are re-encoded on their next send, keep the original creation time
+    /// (so `delivery.timeout.ms` still counts from `send`), and share its
+    /// `buffer.memory` permit between them (each half releases its part).
+    /// Later batches of the partition close at half the refused size.
+    ///
+    /// Returns `None` when it was split, or the batch itself when it holds
+    /// a single record (it cannot be split: that record fails alone).
+    pub fn split(&mut self, mut b: Batch, now: Instant) -> Option<Batch> {
+        let n = b.records.len();
+        if n < 2 {
+            return Some(b);
+        }
+        let sizes: Vec<usize> = b
+            .records
+            .iter()
+            .map(|r| estimated_size(r.key.as_ref(), r.value.as_ref(), &r.headers))
+            .collect();
+        let total: usize = sizes.iter().sum();
+        let mut k = 0;
+        let mut head = 0;
+        while k < n - 1 && (k == 0 || head * 2 < total) {
+            head += sizes[k];
+            k += 1;
+        }
+        let tail_bytes = total - head;
+        let tail_memory = b.memory.as_mut().and_then(|m| {
+            let take = tail_bytes.min(m.num_permits());
+            m.split(take)
+        });
+        let tail = Batch {
+            tp: b.tp.clone(),
+            records: b.records.split_off(k),
+            replies: b.replies.split_off(k),
+            memory: tail_memory,
+            bytes: b.bytes.saturating_sub(head),
+            created: b.created,
+            sealed: true,
+            base_sequence: if b.base_sequence >= 0 {
+                seq_add(b.base_sequence, k as i32)
+            } else {
+                -1
+            },
+            producer_id: b.producer_id,
+            producer_epoch: b.producer_epoch,
+            encoded: None,
+            attempts: b.attempts,
+            ever_sent: true,
+            retry_at: Some(now),
+        };
+        b.bytes = head.min(b.bytes);
+        b.encoded = None;
+        b.ever_sent = true;
+        b.retry_at = Some(now);
+        let q = self.queues.entry(b.tp.clone()).or_default();
+        let cap = (total / 2).max(1);
+        q.size_cap = Some(q.size_cap.map_or(cap, |c| c.min(cap)));
+        let pos = retry_position(q, b.base_sequence);
+        q.queued.insert(pos, tail);
+        q.queued.insert(pos, b);
+        None
+    }
+
+    /// `b` failed for good and was never written (the broker refused it):
+    /// its sequence range becomes a hole that later batches of the
+    /// partition are renumbered over. No-op without idempotence.
+    pub fn skip_sequences(&mut self, b: &Batch) {
+        if !self.cfg.idempotent || b.base_sequence < 0 {
+            return;
+        }
+        if let Some(q) = self.queues.get_mut(&b.tp) {
+            q.holes.push((b.base_sequence, b.records.len() as i32));
         }
     }
 
@@ -258,21 +381,23 @@ impl Accumulator {
         b.ever_sent = true;
         b.retry_at = Some(retry_at);
         let q = self.queues.entry(b.tp.clone()).or_default();
-        let pos = q
-            .queued
-            .iter()
-            .position(|x| !x.ever_sent || x.base_sequence > b.base_sequence)
-            .unwrap_or(q.queued.len());
+        let pos = retry_position(q, b.base_sequence);
         q.queued.insert(pos, b);
     }
 
-    /// Is a batch of `tp` with a sequence below `seq` waiting for a retry?
-    /// Then an OUT_OF_ORDER_SEQUENCE_NUMBER for `seq` is expected, not fatal.
-    pub fn earlier_retry_pending(&self, tp: &TopicPartition, seq: i32) -> bool {
+    /// Does something below `seq` on `tp` explain an
+    /// OUT_OF_ORDER_SEQUENCE_NUMBER for `seq`? An earlier batch waiting for
+    /// a retry, one still in flight (its response may not be settled yet:
+    /// responses of one connection can settle out of order), or a hole to
+    /// be renumbered over. Then the error is expected and the batch is
+    /// retried, not fatal.
+    pub fn gap_expected(&self, tp: &TopicPartition, seq: i32) -> bool {
         self.queues.get(tp).is_some_and(|q| {
             q.queued
                 .iter()
                 .any(|b| b.ever_sent && b.base_sequence < seq)
+                || q.in_flight.iter().any(|s| *s < seq)
+                || q.holes.iter().any(|(start, _)| *start < seq)
         })
     }
 
@@ -293,6 +418,7 @@ impl Accumulator {
         for q in self.queues.values_mut() {
             q.next_sequence = 0;
             q.confirmed = false;
+            q.holes.clear();
             for b in &mut q.queued {
                 b.base_sequence = -1;
                 b.encoded = None;
@@ -313,12 +439,49 @@ impl Accumulator {
     pub fn is_idle(&self) -> bool {
         self.queues
             .values()
-            .all(|q| q.queued.is_empty() && q.in_flight == 0)
+            .all(|q| q.queued.is_empty() && q.in_flight.is_empty())
     }
 
     pub fn in_flight_total(&self) -> usize {
-        self.queues.values().map(|q| q.in_flight).sum()
+        self.queues.values().map(|q| q.in_flight.len()).sum()
     }
+}
+
+/// Where a retried batch with `seq` goes: after the retries below it,
+/// before every other queued batch.
+fn retry_position(q: &PartitionQueue, seq: i32) -> usize {
+    q.queued
+        .iter()
+        .position(|x| !x.ever_sent || x.base_sequence > seq)
+        .unwrap_or(q.queued.len())
+}
+
+/// Renumber the partition's queued batches down over its holes, once no
+/// request of it is in flight. Safe: a batch above a hole was refused by
+/// the broker (OUT_OF_ORDER_SEQUENCE_NUMBER, or never reached it), because
+/// the broker has state for this producer and rejects a gap. Where it had
+/// none (one batch in flight until confirmed), the batch above it was
+/// never sent, or its success removed the hole (`confirm`). The renumbered
+/// batches are re-encoded on their next send.
+fn close_holes(q: &mut PartitionQueue) {
+    if q.holes.is_empty() || !q.in_flight.is_empty() {
+        return;
+    }
+    for b in q.queued.iter_mut().filter(|b| b.base_sequence >= 0) {
+        let shift: i32 = q
+            .holes
+            .iter()
+            .filter(|(start, _)| *start < b.base_sequence)
+            .map(|(_, n)| n)
+            .sum();
+        if shift > 0 {
+            b.base_sequence = seq_sub(b.base_sequence, shift);
+            b.encoded = None;
+        }
+    }
+    let total: i32 = q.holes.iter().map(|(_, n)| n).sum();
+    q.next_sequence = seq_sub(q.next_sequence, total);
+    q.holes.clear();
 }
 
 #[cfg(test)]
@@ -368,8 +531,8 @@ mod tests {
         let b0 = a.take(&tp, (7, 0)).unwrap();
         assert_eq!(b0.base_sequence, 0);
         assert!(a.ready(t0, false).is_empty(), "first batch unconfirmed");
-        a.returned(&tp);
-        a.confirm(&tp);
+        a.returned(&b0);
+        a.confirm(&b0);
         let b1 = a.take(&tp, (7, 0)).unwrap();
         assert!(
             !a.ready(t0, false).is_empty(),
@@ -388,19 +551,233 @@ mod tests {
             push(&mut a, &tp, 100, t0);
         }
         let b0 = a.take(&tp, (7, 0)).unwrap();
-        a.returned(&tp);
-        a.confirm(&tp);
+        a.returned(&b0);
+        a.confirm(&b0);
         let b1 = a.take(&tp, (7, 0)).unwrap();
         let b2 = a.take(&tp, (7, 0)).unwrap();
-        drop(b0);
         // b2 comes back first (out of order), then b1.
-        a.returned(&tp);
+        a.returned(&b2);
         a.requeue(b2, t0);
         assert!(a.ready(t0, false).is_empty(), "b1 still in flight");
-        a.returned(&tp);
+        a.returned(&b1);
         a.requeue(b1, t0);
         let first = a.take(&tp, (7, 0)).unwrap();
         assert_eq!(first.base_sequence, 1, "lowest sequence first");
         assert!(first.encoded.is_none() || first.ever_sent);
+    }
+
+    /// Queue one record with a value of `len` bytes, its permit from `sem`.
+    fn push_value(
+        a: &mut Accumulator,
+        tp: &TopicPartition,
+        len: usize,
+        sem: &Arc<tokio::sync::Semaphore>,
+        now: Instant,
+    ) -> oneshot::Receiver<Result<RecordMetadata, Error>> {
+        let record = NewRecord {
+            value: Some(Bytes::from(vec![b'x'; len])),
+            ..NewRecord::default()
+        };
+        let size = estimated_size(None, record.value.as_ref(), &[]);
+        let permit = sem.clone().try_acquire_many_owned(size as u32).unwrap();
+        let (tx, rx) = oneshot::channel();
+        a.append(tp.clone(), record, size, tx, permit, || now);
+        rx
+    }
+
+    fn big_batches() -> Accumulator {
+        Accumulator::new(AccumulatorConfig {
+            batch_size: 1 << 20,
+            linger: Duration::from_millis(5),
+            max_in_flight: 5,
+            idempotent: true,
+        })
+    }
+
+    /// Stand-in for the encoded bytes a sent batch keeps.
+    fn sent(mut b: Batch) -> Batch {
+        b.encoded = Some(Bytes::from_static(b"wire"));
+        b
+    }
+
+    #[tokio::test]
+    async fn a_split_covers_the_same_sequences_in_order_and_divides_the_permit() {
+        let tp: TopicPartition = (Arc::from("t"), 0);
+        let mut a = big_batches();
+        let sem = Arc::new(tokio::sync::Semaphore::new(1 << 20));
+        let t0 = Instant::now();
+        // Sizes 116, 16, 16, 216, 116: the head takes records until half the bytes.
+        let rxs: Vec<_> = [100, 0, 0, 200, 100]
+            .into_iter()
+            .map(|len| push_value(&mut a, &tp, len, &sem, t0))
+            .collect();
+        let b = sent(a.take(&tp, (7, 0)).unwrap());
+        assert_eq!((b.base_sequence, b.records.len(), b.bytes), (0, 5, 480));
+        assert_eq!(sem.available_permits(), (1 << 20) - 480);
+        a.returned(&b);
+        let now = t0 + Duration::from_millis(1);
+        assert!(a.split(b, now).is_none());
+        let head = a.take(&tp, (7, 0)).unwrap();
+        assert!(a.ready(now, true).is_empty(), "one retry at a time");
+        assert_eq!(
+            (head.base_sequence, head.records.len(), head.bytes),
+            (0, 4, 364)
+        );
+        assert!(head.encoded.is_none(), "re-encoded: it holds fewer records");
+        assert_eq!(head.created, t0, "delivery.timeout.ms counts from send");
+        assert_eq!(head.memory.as_ref().unwrap().num_permits(), 364);
+        a.returned(&head);
+        a.confirm(&head);
+        let tail = a.take(&tp, (7, 0)).unwrap();
+        assert_eq!(
+            (tail.base_sequence, tail.records.len(), tail.bytes),
+            (4, 1, 116)
+        );
+        assert_eq!(tail.memory.as_ref().unwrap().num_permits(), 116);
+        a.returned(&tail);
+        head.succeed(10, -1);
+        tail.succeed(14, -1);
+        // Every permit came back exactly once, every record has its offset.
+        assert_eq!(sem.available_permits(), 1 << 20);
+        let offsets: Vec<i64> = rxs
+            .into_iter()
+            .map(|mut rx| rx.try_recv().unwrap().unwrap().offset)
+            .collect();
+        assert_eq!(offsets, vec![10, 11, 12, 13, 14]);
+        // New records continue after the whole original range, in batches
+        // of at most half the refused size (240 bytes) now, not batch.size.
+        for _ in 0..3 {
+            push_value(&mut a, &tp, 100, &sem, now);
+        }
+        let next = a.take(&tp, (7, 0)).unwrap();
+        assert_eq!((next.base_sequence, next.records.len()), (5, 2));
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_one_record_cannot_be_split() {
+        let tp: TopicPartition = (Arc::from("t"), 0);
+        let mut a = big_batches();
+        let sem = Arc::new(tokio::sync::Semaphore::new(1 << 20));
+        let t0 = Instant::now();
+        push_value(&mut a, &tp, 10, &sem, t0);
+        let b = a.take(&tp, (7, 0)).unwrap();
+        a.returned(&b);
+        let back = a.split(b, t0).expect("one record: handed back");
+        assert_eq!(back.records.len(), 1);
+        assert!(a.is_idle());
+    }
+
+    #[tokio::test]
+    async fn halves_go_before_later_batches_that_came_back_out_of_order() {
+        let tp: TopicPartition = (Arc::from("t"), 0);
+        let mut a = acc(true); // batch.size 100: one 84-byte record per batch
+        let sem = Arc::new(tokio::sync::Semaphore::new(1 << 20));
+        let t0 = Instant::now();
+        push_value(&mut a, &tp, 68, &sem, t0); // 84 bytes: batch 0
+        let b0 = a.take(&tp, (7, 0)).unwrap();
+        a.returned(&b0);
+        a.confirm(&b0);
+        push_value(&mut a, &tp, 20, &sem, t0); // batch 1: two records of 36
+        push_value(&mut a, &tp, 20, &sem, t0);
+        push_value(&mut a, &tp, 68, &sem, t0); // batch 2
+        let b1 = sent(a.take(&tp, (7, 0)).unwrap());
+        let b2 = sent(a.take(&tp, (7, 0)).unwrap());
+        assert_eq!((b1.base_sequence, b2.base_sequence), (1, 3));
+        // b2's OUT_OF_ORDER_SEQUENCE_NUMBER may settle before b1's answer.
+        a.returned(&b2);
+        assert!(a.gap_expected(&tp, b2.base_sequence), "b1 still in flight");
+        a.requeue(b2, t0);
+        a.returned(&b1);
+        assert!(a.split(b1, t0).is_none());
+        let order: Vec<(i32, usize)> = std::iter::from_fn(|| {
+            let b = a.take(&tp, (7, 0))?;
+            a.returned(&b);
+            Some((b.base_sequence, b.records.len()))
+        })
+        .collect();
+        assert_eq!(order, vec![(1, 1), (2, 1), (3, 1)]);
+    }
+
+    #[tokio::test]
+    async fn later_batches_are_renumbered_over_a_record_that_failed_alone() {
+        let tp: TopicPartition = (Arc::from("t"), 0);
+        let mut a = acc(true);
+        let sem = Arc::new(tokio::sync::Semaphore::new(1 << 20));
+        let t0 = Instant::now();
+        push_value(&mut a, &tp, 68, &sem, t0);
+        let b0 = a.take(&tp, (7, 0)).unwrap();
+        a.returned(&b0);
+        a.confirm(&b0);
+        for _ in 0..4 {
+            push_value(&mut a, &tp, 68, &sem, t0);
+        }
+        // b1 (seq 1) is the record too large; b2 and b3 are in flight behind it.
+        let b1 = sent(a.take(&tp, (7, 0)).unwrap());
+        let b2 = sent(a.take(&tp, (7, 0)).unwrap());
+        let b3 = sent(a.take(&tp, (7, 0)).unwrap());
+        assert_eq!(
+            (b1.base_sequence, b2.base_sequence, b3.base_sequence),
+            (1, 2, 3)
+        );
+        a.returned(&b1);
+        let b1 = a.split(b1, t0).expect("one record");
+        a.skip_sequences(&b1);
+        b1.fail(&Error::Closed);
+        assert!(
+            a.ready(t0, true).is_empty(),
+            "nothing new while b2 and b3 are out: they carry old numbers"
+        );
+        for b in [b2, b3] {
+            a.returned(&b);
+            assert!(a.gap_expected(&tp, b.base_sequence), "the hole explains it");
+            a.requeue(b, t0);
+        }
+        assert_eq!(a.ready(t0, true), vec![tp.clone()]);
+        let r2 = a.take(&tp, (7, 0)).unwrap();
+        assert_eq!(r2.base_sequence, 1, "renumbered over the hole");
+        assert!(r2.encoded.is_none(), "re-encoded with its new sequence");
+        a.returned(&r2);
+        a.confirm(&r2);
+        let r3 = a.take(&tp, (7, 0)).unwrap();
+        assert_eq!(r3.base_sequence, 2);
+        a.returned(&r3);
+        let b4 = a.take(&tp, (7, 0)).unwrap();
+        assert_eq!(b4.base_sequence, 3, "fresh batches continue without a gap");
+        a.returned(&b4);
+        assert!(!a.gap_expected(&tp, 4), "nothing explains a later gap now");
+    }
+
+    #[tokio::test]
+    async fn a_hole_the_broker_already_bridged_is_not_closed_again() {
+        // A broker without state for the producer accepted the batch above
+        // the hole: its numbering is the broker's now, so nothing shifts.
+        let tp: TopicPartition = (Arc::from("t"), 0);
+        let mut a = acc(true);
+        let sem = Arc::new(tokio::sync::Semaphore::new(1 << 20));
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            push_value(&mut a, &tp, 68, &sem, t0);
+        }
+        let b0 = a.take(&tp, (7, 0)).unwrap();
+        a.returned(&b0);
+        a.confirm(&b0);
+        let b1 = a.take(&tp, (7, 0)).unwrap();
+        let b2 = a.take(&tp, (7, 0)).unwrap();
+        a.returned(&b1);
+        a.skip_sequences(&b1);
+        a.returned(&b2);
+        a.confirm(&b2);
+        push_value(&mut a, &tp, 68, &sem, t0);
+        assert_eq!(a.take(&tp, (7, 0)).unwrap().base_sequence, 3);
+    }
+
+    #[test]
+    fn sequences_wrap_like_kafkas() {
+        assert_eq!(seq_add(i32::MAX, 1), 0);
+        assert_eq!(seq_add(i32::MAX - 1, 3), 1);
+        assert_eq!(seq_sub(1, 3), i32::MAX - 1);
+        for (s, n) in [(0, 1), (5, 5), (i32::MAX, 7), (3, 10)] {
+            assert_eq!(seq_sub(seq_add(s, n), n), s);
+        }
     }
 }

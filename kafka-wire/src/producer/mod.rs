@@ -13,6 +13,12 @@
 //! `delivery.timeout.ms=120000`. With idempotence the broker drops
 //! duplicates of retried batches, so a retry after a lost connection does
 //! not write a record twice.
+//!
+//! A batch larger than the topic accepts (`max.message.bytes`, answered
+//! MESSAGE_TOO_LARGE or RECORD_LIST_TOO_LARGE) is split in halves and sent
+//! again, as Java's producer does; only a record too large alone fails,
+//! with [`Error::RecordTooLargeForBroker`], and the records around it are
+//! delivered in order (DESIGN.md, invariant 38).
 
 mod accumulator;
 pub mod partitioner;
@@ -68,7 +74,9 @@ pub struct ProducerConfig {
     pub acks: Acks,
     /// `linger.ms`: wait this long for a batch to fill. Default 5 ms.
     pub linger: Duration,
-    /// `batch.size`: bytes per partition batch. Default 16384.
+    /// `batch.size`: bytes per partition batch. Default 16384. After the
+    /// broker refused a batch as too large, that partition's batches close
+    /// at half the refused size instead.
     pub batch_size: usize,
     /// `max.request.size`: cap on one request and one record. Default 1 MiB.
     pub max_request_size: usize,
@@ -300,15 +308,25 @@ impl ProducerRecord {
     }
 
     fn size_estimate(&self) -> usize {
-        // record framing (varints, attributes) ≈ 16 bytes
-        16 + self.key.as_ref().map_or(0, |k| k.len())
-            + self.value.as_ref().map_or(0, |v| v.len())
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| 4 + k.len() + v.as_ref().map_or(0, |v| v.len()))
-                .sum::<usize>()
+        estimated_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
     }
+}
+
+/// A record's estimated encoded size in bytes: what it counts against
+/// `batch.size` and `buffer.memory`. One formula for `send` and for a
+/// batch split later, so a split divides the memory permit exactly.
+pub(crate) fn estimated_size(
+    key: Option<&Bytes>,
+    value: Option<&Bytes>,
+    headers: &[(String, Option<Bytes>)],
+) -> usize {
+    // record framing (varints, attributes) ≈ 16 bytes
+    16 + key.map_or(0, |k| k.len())
+        + value.map_or(0, |v| v.len())
+        + headers
+            .iter()
+            .map(|(k, v)| 4 + k.len() + v.as_ref().map_or(0, |v| v.len()))
+            .sum::<usize>()
 }
 
 /// Where a record landed.
@@ -321,7 +339,10 @@ pub struct RecordMetadata {
     pub timestamp: i64,
 }
 
-/// Resolves when the record is acknowledged, or fails.
+/// Resolves when the record is acknowledged, or fails: with
+/// [`Error::DeliveryTimeout`] after `delivery.timeout.ms`, with
+/// [`Error::RecordTooLargeForBroker`] when the record alone exceeds the
+/// topic's `max.message.bytes`, or with the broker's error for its batch.
 #[derive(Debug)]
 pub struct DeliveryFuture {
     rx: oneshot::Receiver<Result<RecordMetadata>>,

@@ -255,7 +255,7 @@ fn settle(
     let mut refresh = Vec::new();
     let mut st = shared.state.lock().expect("producer state lock");
     for b in &batches {
-        st.acc.returned(&b.tp);
+        st.acc.returned(b);
     }
     let resp = match result {
         Ok(resp) => resp,
@@ -292,16 +292,44 @@ fn settle(
         let n = b.records.len();
         match KafkaCode::try_from_code(code) {
             None | Some(KafkaCode::DuplicateSequenceNumber) => {
-                st.acc.confirm(&b.tp);
+                st.acc.confirm(&b);
                 b.succeed(base_offset, append_time);
                 st.acc.completed(n);
+            }
+            Some(code @ (KafkaCode::MessageTooLarge | KafkaCode::RecordListTooLarge)) => {
+                // Refused before it was written: split it, or fail its one record alone.
+                let (topic, partition, bytes) = (b.tp.0.clone(), b.tp.1, b.bytes);
+                match st.acc.split(b, now) {
+                    None => {
+                        tracing::debug!(
+                            %topic, partition, %code, records = n, bytes,
+                            "batch too large for the broker; split in two"
+                        );
+                    }
+                    Some(b) => {
+                        let err = Error::RecordTooLargeForBroker {
+                            topic: topic.to_string(),
+                            partition,
+                            size: b.encoded.as_ref().map_or(b.bytes, |e| e.len()),
+                            code,
+                        };
+                        tracing::debug!(error = %err, "record failed alone");
+                        st.acc.skip_sequences(&b);
+                        if cfg.transactional_id.is_some() && st.txn_error.is_none() {
+                            st.txn_error = Some(err.clone());
+                        }
+                        b.fail(&err);
+                        st.acc.completed(n);
+                    }
+                }
             }
             Some(code) => {
                 let err = Error::broker_for(ApiKey::Produce, code, &b.tp.0, b.tp.1);
                 let expected_gap = code == KafkaCode::OutOfOrderSequenceNumber
-                    && st.acc.earlier_retry_pending(&b.tp, b.base_sequence);
+                    && st.acc.gap_expected(&b.tp, b.base_sequence);
                 match err.action() {
-                    _ if expected_gap => st.acc.requeue(b, now + cfg.retry_backoff),
+                    // An earlier batch explains the gap; it goes first anyway.
+                    _ if expected_gap => st.acc.requeue(b, now),
                     ErrorAction::ResetProducerId
                         if cfg.idempotent && cfg.transactional_id.is_none() =>
                     {
