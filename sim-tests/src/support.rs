@@ -504,3 +504,78 @@ impl BatchHandler for SinkHandler {
         })
     }
 }
+
+/// One transaction of `values` to `topic` partition 0 by a new
+/// transactional producer, committed or aborted; waits until the
+/// transaction's marker is in the log (markers land after EndTxn returns).
+pub async fn transaction(
+    b: &testkit::BrokerEnv,
+    admin: &Client,
+    topic: &str,
+    values: &[String],
+    commit: bool,
+) {
+    let before = log_end(admin, topic).await;
+    let p = open_transaction(b, topic, values).await;
+    if commit {
+        p.commit_transaction().await.expect("commit");
+    } else {
+        p.abort_transaction().await.expect("abort");
+    }
+    p.close().await;
+    let want = before + values.len() as i64 + 1;
+    assert!(
+        eventually_async(Duration::from_secs(10), || async {
+            log_end(admin, topic).await >= want
+        })
+        .await,
+        "the transaction marker of {topic} never landed"
+    );
+}
+
+/// A transactional producer with `values` sent to `topic` partition 0 in
+/// a transaction left open (commit or abort it).
+pub async fn open_transaction(b: &testkit::BrokerEnv, topic: &str, values: &[String]) -> Producer {
+    let cfg = ProducerConfig::builder()
+        .bootstrap(&b.bootstrap)
+        .expect("bootstrap")
+        .transactional_id(testkit::unique_name("txn"))
+        .build()
+        .expect("config");
+    let p = Producer::connect(cfg).await.expect("connect");
+    p.init_transactions().await.expect("init transactions");
+    p.begin_transaction().await.expect("begin");
+    for v in values {
+        let ack = p
+            .send(ProducerRecord::new(topic).partition(0).value(v.clone()))
+            .await
+            .expect("send");
+        ack.await.expect("ack");
+    }
+    p
+}
+
+/// The high watermark of `topic` partition 0.
+pub async fn log_end(admin: &Client, topic: &str) -> i64 {
+    admin
+        .list_offsets(topic, OffsetSpec::Latest)
+        .await
+        .expect("list offsets")
+        .first()
+        .map_or(0, |(_, o)| *o)
+}
+
+/// [`eventually`] for an async condition.
+pub async fn eventually_async<F: std::future::Future<Output = bool>>(
+    timeout: Duration,
+    mut cond: impl FnMut() -> F,
+) -> bool {
+    let end = Instant::now() + timeout;
+    while !cond().await {
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
