@@ -411,3 +411,99 @@ fn produce_splits_batches_too_large_for_the_topic_and_fails_only_a_record_too_la
     assert!(out.contains("1 of 61 records not delivered"), "{out}");
     assert_eq!(offsets(&topic), (0..60).collect::<Vec<i64>>());
 }
+
+/// The `groups describe` row of `topic`-0: committed, end, lag.
+fn described_row(b: &str, group: &str, topic: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["--bootstrap", b, "groups", "describe", group];
+    args.extend_from_slice(extra);
+    let described = run_ok(&args, None);
+    let row = described
+        .lines()
+        .find(|l| l.starts_with(&format!("{topic}-0 ")))
+        .unwrap_or_else(|| panic!("{described}"));
+    row.split_whitespace()
+        .skip(1)
+        .take(3)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn consume_and_process_commit_past_transaction_markers_and_aborted_ranges() {
+    let broker = testkit::require_broker!();
+    let b = broker.bootstrap.as_str();
+    let topic = testkit::unique_name("cli-txlag");
+    run_ok(
+        &[
+            "--bootstrap",
+            b,
+            "topics",
+            "create",
+            &topic,
+            "--partitions",
+            "1",
+        ],
+        None,
+    );
+    for (n, abort) in [("10", false), ("5", true), ("10", false)] {
+        let txn = testkit::unique_name("cli-tx");
+        let mut args = vec!["--bootstrap", b, "produce", "--topic", &topic, "--count", n];
+        args.extend(["--transactional-id", &txn]);
+        if abort {
+            args.push("--abort");
+        }
+        run_ok(&args, None);
+    }
+    // 10 + marker + 5 aborted + marker + 10 + marker: end 28, 20 records.
+    let group = testkit::unique_name("cli-txg");
+    let out = run_ok(
+        &[
+            "--bootstrap",
+            b,
+            "consume",
+            "--topic",
+            &topic,
+            "--group",
+            &group,
+            "--from",
+            "earliest",
+            "--isolation",
+            "read_committed",
+            "--idle-exit-ms",
+            "2000",
+            "--commit",
+            "--quiet",
+        ],
+        None,
+    );
+    assert!(out.contains("consumed 20 records"), "{out}");
+    assert_eq!(
+        described_row(b, &group, &topic, &[]),
+        ["28", "28", "0"],
+        "consume --commit"
+    );
+    let group = testkit::unique_name("cli-txp");
+    run_ok(
+        &[
+            "--bootstrap",
+            b,
+            "process",
+            "--topic",
+            &topic,
+            "--group",
+            &group,
+            "--seconds",
+            "4",
+            "-C",
+            "auto.offset.reset=earliest",
+            "-C",
+            "isolation.level=read_committed",
+        ],
+        None,
+    );
+    assert_eq!(
+        described_row(b, &group, &topic, &["--isolation", "read_committed"]),
+        ["28", "28", "0"],
+        "process"
+    );
+}
