@@ -42,6 +42,7 @@ use crate::error::{ConsumerError, Result};
 use crate::fetch_session::FetchSession;
 use crate::fetcher::{truncation_point, PartitionCursor};
 use crate::group::{GroupEvent, GroupSnapshot, GroupTask};
+use crate::membership::TopicSubscription;
 use crate::tp::TopicPartition;
 
 /// Records of one partition returned by [`Consumer::poll`].
@@ -429,6 +430,9 @@ pub struct Consumer {
     pending_revoke: Option<(tokio::task::JoinHandle<()>, GroupEvent)>,
     last_auto_commit: Instant,
     fatal: Option<String>,
+    /// Assigned partitions that appeared after subscribe and have no
+    /// position yet: uncommitted, they start at the earliest offset.
+    appeared_after_subscribe: BTreeSet<TopicPartition>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -480,6 +484,7 @@ impl Consumer {
             pending_revoke: None,
             last_auto_commit: Instant::now(),
             fatal: None,
+            appeared_after_subscribe: BTreeSet::new(),
         }
     }
 
@@ -493,11 +498,38 @@ impl Consumer {
         &self.committer
     }
 
-    /// Join the group and consume `topics`.
+    /// Join the group and consume `topics`. A topic that does not exist
+    /// yet is picked up once created, and a topic's added partitions once
+    /// they appear: the group checks metadata every `metadata.max.age.ms`
+    /// and rebalances on a change (as Java's consumer).
     ///
     /// # Errors
     /// [`ConsumerError::NoGroup`] without `group.id`.
     pub fn subscribe(&mut self, topics: &[&str]) -> Result<()> {
+        let topics = topics.iter().map(|t| t.to_string()).collect();
+        self.subscribe_to(TopicSubscription::Topics(topics))
+    }
+
+    /// Join the group and consume every topic whose whole name matches
+    /// the regular expression `pattern` (Java's `subscribe(Pattern)`;
+    /// `regex` crate syntax), internal topics excluded. Matches are read
+    /// from the full topic list before joining and every
+    /// `metadata.max.age.ms` after: a topic created later that matches is
+    /// picked up with one rebalance.
+    ///
+    /// # Errors
+    /// [`ConsumerError::NoGroup`] without `group.id`; an invalid regex as
+    /// [`kafka_wire::Error::Config`] naming it.
+    pub fn subscribe_pattern(&mut self, pattern: &str) -> Result<()> {
+        let sub = TopicSubscription::pattern(pattern).map_err(|e| {
+            kafka_wire::Error::Config(format!(
+                "topic pattern {pattern:?} is not a valid regex: {e}"
+            ))
+        })?;
+        self.subscribe_to(sub)
+    }
+
+    fn subscribe_to(&mut self, subscription: TopicSubscription) -> Result<()> {
         let group_id = self
             .cfg
             .group_id
@@ -512,7 +544,7 @@ impl Consumer {
             client: self.client.clone(),
             cfg: self.cfg.clone(),
             group_id,
-            topics: topics.iter().map(|t| t.to_string()).collect(),
+            subscription,
             snapshot,
             events: events_tx,
             polled: polled_rx,
@@ -659,7 +691,8 @@ impl Consumer {
 
     fn apply_event(&mut self, e: &GroupEvent) {
         match e {
-            GroupEvent::Assigned(parts) => {
+            GroupEvent::Assigned(parts, fresh) => {
+                self.appeared_after_subscribe.extend(fresh.iter().cloned());
                 for tp in parts {
                     self.parts.entry(tp.clone()).or_insert(PartState {
                         position: None,
@@ -673,6 +706,7 @@ impl Consumer {
             GroupEvent::Revoked(parts, _) | GroupEvent::Lost(parts, _) => {
                 for tp in parts {
                     self.parts.remove(tp);
+                    self.appeared_after_subscribe.remove(tp);
                 }
                 self.buffered.retain(|(tp, _)| !parts.contains(tp));
             }
@@ -686,7 +720,7 @@ impl Consumer {
         let listener = self.listener.clone();
         let deadline = self.cfg.max_poll_interval;
         match &e {
-            GroupEvent::Assigned(parts) => {
+            GroupEvent::Assigned(parts, _) => {
                 self.apply_event(&e);
                 if let Some(l) = &listener {
                     bounded(
@@ -795,6 +829,25 @@ impl Consumer {
         for tp in &missing {
             let pos = match committed.get(tp) {
                 Some(o) => *o,
+                // Appeared after subscribe: from its start, or the records
+                // produced before the group assigned it are skipped forever.
+                None if self.appeared_after_subscribe.contains(tp) => {
+                    match self
+                        .client
+                        .list_offsets(&tp.topic, OffsetSpec::Earliest)
+                        .await
+                    {
+                        Ok(offsets) => offsets
+                            .iter()
+                            .find(|(p, _)| *p == tp.partition)
+                            .map_or(0, |(_, o)| *o),
+                        Err(e) if e.is_retriable() => {
+                            tracing::debug!(%tp, error = %e, "earliest offset not available yet; retrying");
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
                 None => match self.reset_offset(tp, "no committed offset").await {
                     Ok(o) => o,
                     Err(e) if retriable(&e) => {
@@ -807,6 +860,7 @@ impl Consumer {
             if let Some(p) = self.parts.get_mut(tp) {
                 p.position = Some(pos);
             }
+            self.appeared_after_subscribe.remove(tp);
         }
         Ok(())
     }
