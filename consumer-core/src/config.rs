@@ -282,3 +282,34 @@ impl ConsumerConfigBuilder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builder() -> ConsumerConfigBuilder {
+        ConsumerConfig::builder()
+            .bootstrap("127.0.0.1:9092")
+            .unwrap()
+    }
+
+    #[test]
+    fn new_partitions_start_earliest_by_default_and_the_property_turns_it_off() {
+        assert!(builder().build().unwrap().new_partitions_from_earliest);
+        let off = builder()
+            .set("new.partitions.from.earliest", "false")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert!(!off.new_partitions_from_earliest);
+        assert!(builder()
+            .set("new.partitions.from.earliest", "yes")
+            .is_err());
+        let aged = builder()
+            .set("metadata.max.age.ms", "1000")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(aged.client.metadata_max_age, Duration::from_secs(1));
+    }
+}

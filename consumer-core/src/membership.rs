@@ -540,7 +540,9 @@ impl Membership {
         if self.first_seen.is_none() {
             self.first_seen = Some(self.subscribed(partitions_per_topic));
         }
-        self.next_metadata_refresh = Some(now + self.cfg.metadata_max_age);
+        // Keep an earlier check (a failed refresh retries soon).
+        let next = now + self.cfg.metadata_max_age;
+        self.next_metadata_refresh = Some(self.next_metadata_refresh.map_or(next, |t| t.min(next)));
         let assignments = if leader {
             self.assign_as_leader(&r, partitions_per_topic)
         } else {
