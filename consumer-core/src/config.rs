@@ -23,6 +23,10 @@ pub use kafka_wire::IsolationLevel;
 /// Consumer settings; see [`ConsumerConfig::builder`].
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
+    /// Connection settings. Its `metadata.max.age.ms` (default 5 min) is
+    /// also how often a group member checks for partition-count changes,
+    /// subscribed topics created since, and new pattern matches; a change
+    /// causes one rebalance.
     pub client: ClientConfig,
     /// `group.id`; `None` for manual assignment only.
     pub group_id: Option<String>,
@@ -34,8 +38,24 @@ pub struct ConsumerConfig {
     pub heartbeat_interval: Duration,
     /// `max.poll.interval.ms`: also the rebalance timeout. Default 300 s.
     pub max_poll_interval: Duration,
-    /// `auto.offset.reset`. Default latest (as Java).
+    /// `auto.offset.reset`. Default latest (as Java). Partitions that
+    /// appear after `subscribe` start at the earliest offset instead; see
+    /// [`ConsumerConfig::new_partitions_from_earliest`].
     pub auto_offset_reset: OffsetReset,
+    /// `new.partitions.from.earliest` (this client's own property; Java has
+    /// none). Default **true**: a partition that did not exist when the
+    /// consumer first saw its subscription's metadata (a topic grown with
+    /// CreatePartitions, a topic created after `subscribe`, or one a
+    /// pattern matches later) starts at the EARLIEST offset when the group
+    /// has no committed offset for it, whatever `auto.offset.reset` says
+    /// (even `none`). With `latest`, the records produced to such a
+    /// partition between its creation and the rebalance that assigns it
+    /// (up to `metadata.max.age.ms` plus a rebalance) would be skipped
+    /// forever (Java's KAFKA-12478). `false`: `auto.offset.reset` applies
+    /// to them too, as in Java. Partitions that existed at subscribe (and
+    /// every partition of a consumer started later) follow
+    /// `auto.offset.reset`.
+    pub new_partitions_from_earliest: bool,
     /// `enable.auto.commit`. Default **false**: commit after processing.
     pub enable_auto_commit: bool,
     /// `auto.commit.interval.ms`. Default 5 s.
@@ -68,6 +88,7 @@ impl ConsumerConfig {
             heartbeat_interval: Duration::from_secs(3),
             max_poll_interval: Duration::from_secs(300),
             auto_offset_reset: OffsetReset::Latest,
+            new_partitions_from_earliest: true,
             enable_auto_commit: false,
             auto_commit_interval: Duration::from_secs(5),
             fetch_min_bytes: 1,
@@ -95,6 +116,7 @@ pub struct ConsumerConfigBuilder {
     heartbeat_interval: Duration,
     max_poll_interval: Duration,
     auto_offset_reset: OffsetReset,
+    new_partitions_from_earliest: bool,
     enable_auto_commit: bool,
     auto_commit_interval: Duration,
     fetch_min_bytes: i32,
@@ -129,6 +151,9 @@ impl ConsumerConfigBuilder {
                         )))
                     }
                 }
+            }
+            "new.partitions.from.earliest" => {
+                self.new_partitions_from_earliest = boolean(key, value)?
             }
             "enable.auto.commit" => self.enable_auto_commit = boolean(key, value)?,
             "auto.commit.interval.ms" => self.auto_commit_interval = ms(key, value)?,
@@ -238,6 +263,7 @@ impl ConsumerConfigBuilder {
             heartbeat_interval: self.heartbeat_interval,
             max_poll_interval: self.max_poll_interval,
             auto_offset_reset: self.auto_offset_reset,
+            new_partitions_from_earliest: self.new_partitions_from_earliest,
             enable_auto_commit: self.enable_auto_commit,
             auto_commit_interval: self.auto_commit_interval,
             fetch_min_bytes: self.fetch_min_bytes,
@@ -249,5 +275,36 @@ impl ConsumerConfigBuilder {
             assignors: self.assignors,
             max_decompressed_bytes: self.max_decompressed_bytes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builder() -> ConsumerConfigBuilder {
+        ConsumerConfig::builder()
+            .bootstrap("127.0.0.1:9092")
+            .unwrap()
+    }
+
+    #[test]
+    fn new_partitions_start_earliest_by_default_and_the_property_turns_it_off() {
+        assert!(builder().build().unwrap().new_partitions_from_earliest);
+        let off = builder()
+            .set("new.partitions.from.earliest", "false")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert!(!off.new_partitions_from_earliest);
+        assert!(builder()
+            .set("new.partitions.from.earliest", "yes")
+            .is_err());
+        let aged = builder()
+            .set("metadata.max.age.ms", "1000")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(aged.client.metadata_max_age, Duration::from_secs(1));
     }
 }

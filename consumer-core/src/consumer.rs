@@ -42,6 +42,7 @@ use crate::error::{ConsumerError, Result};
 use crate::fetch_session::FetchSession;
 use crate::fetcher::{truncation_point, PartitionCursor};
 use crate::group::{GroupEvent, GroupSnapshot, GroupTask};
+use crate::membership::TopicSubscription;
 use crate::tp::TopicPartition;
 
 /// Records of one partition returned by [`Consumer::poll`].
@@ -570,6 +571,9 @@ pub struct Consumer {
     checked_metadata: Option<Arc<kafka_wire::metadata::Metadata>>,
     /// The last incarnation handed out (see [`PartitionPosition`]).
     last_incarnation: u64,
+    /// Assigned partitions that appeared after subscribe and have no
+    /// position yet: uncommitted, they start at the earliest offset.
+    appeared_after_subscribe: BTreeSet<TopicPartition>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -624,6 +628,7 @@ impl Consumer {
             topic_ids: HashMap::new(),
             checked_metadata: None,
             last_incarnation: 0,
+            appeared_after_subscribe: BTreeSet::new(),
         }
     }
 
@@ -637,11 +642,38 @@ impl Consumer {
         &self.committer
     }
 
-    /// Join the group and consume `topics`.
+    /// Join the group and consume `topics`. A topic that does not exist
+    /// yet is picked up once created, and a topic's added partitions once
+    /// they appear: the group checks metadata every `metadata.max.age.ms`
+    /// and rebalances on a change (as Java's consumer).
     ///
     /// # Errors
     /// [`ConsumerError::NoGroup`] without `group.id`.
     pub fn subscribe(&mut self, topics: &[&str]) -> Result<()> {
+        let topics = topics.iter().map(|t| t.to_string()).collect();
+        self.subscribe_to(TopicSubscription::Topics(topics))
+    }
+
+    /// Join the group and consume every topic whose whole name matches
+    /// the regular expression `pattern` (Java's `subscribe(Pattern)`;
+    /// `regex` crate syntax), internal topics excluded. Matches are read
+    /// from the full topic list before joining and every
+    /// `metadata.max.age.ms` after: a topic created later that matches is
+    /// picked up with one rebalance.
+    ///
+    /// # Errors
+    /// [`ConsumerError::NoGroup`] without `group.id`; an invalid regex as
+    /// [`kafka_wire::Error::Config`] naming it.
+    pub fn subscribe_pattern(&mut self, pattern: &str) -> Result<()> {
+        let sub = TopicSubscription::pattern(pattern).map_err(|e| {
+            kafka_wire::Error::Config(format!(
+                "topic pattern {pattern:?} is not a valid regex: {e}"
+            ))
+        })?;
+        self.subscribe_to(sub)
+    }
+
+    fn subscribe_to(&mut self, subscription: TopicSubscription) -> Result<()> {
         let group_id = self
             .cfg
             .group_id
@@ -656,7 +688,7 @@ impl Consumer {
             client: self.client.clone(),
             cfg: self.cfg.clone(),
             group_id,
-            topics: topics.iter().map(|t| t.to_string()).collect(),
+            subscription,
             snapshot,
             events: events_tx,
             polled: polled_rx,
@@ -853,7 +885,8 @@ impl Consumer {
 
     fn apply_event(&mut self, e: &GroupEvent) {
         match e {
-            GroupEvent::Assigned(parts) => {
+            GroupEvent::Assigned(parts, fresh) => {
+                self.appeared_after_subscribe.extend(fresh.iter().cloned());
                 for tp in parts {
                     let incarnation = self.committer.incarnation(tp);
                     self.parts
@@ -864,6 +897,7 @@ impl Consumer {
             GroupEvent::Revoked(parts, _) | GroupEvent::Lost(parts, _) => {
                 for tp in parts {
                     self.parts.remove(tp);
+                    self.appeared_after_subscribe.remove(tp);
                 }
                 self.buffered.retain(|(tp, _)| !parts.contains(tp));
             }
@@ -877,7 +911,7 @@ impl Consumer {
         let listener = self.listener.clone();
         let deadline = self.cfg.max_poll_interval;
         match &e {
-            GroupEvent::Assigned(parts) => {
+            GroupEvent::Assigned(parts, _) => {
                 self.apply_event(&e);
                 if let Some(l) = &listener {
                     bounded(
@@ -993,10 +1027,15 @@ impl Consumer {
             BTreeMap::new()
         };
         let mut positions = committed;
-        let no_commit: Vec<TopicPartition> = from_committed
+        // Uncommitted partitions that appeared after subscribe start at
+        // their earliest offset, or the records produced before the group
+        // assigned them are skipped forever; the others follow the policy.
+        let (appeared, no_commit): (Vec<TopicPartition>, Vec<TopicPartition>) = from_committed
             .into_iter()
             .filter(|tp| !positions.contains_key(tp))
-            .collect();
+            .partition(|tp| self.appeared_after_subscribe.contains(tp));
+        let mut from_log_start = from_log_start;
+        from_log_start.extend(appeared);
         for (tps, spec) in [
             (from_log_start, Some(OffsetSpec::Earliest)),
             (no_commit, self.reset_spec()),
@@ -1029,6 +1068,7 @@ impl Consumer {
                     p.start = Start::Committed;
                 }
             }
+            self.appeared_after_subscribe.remove(&tp);
         }
         Ok(())
     }

@@ -23,13 +23,18 @@ use kafka_wire::{Client, KafkaCode, Lane, StrBytes};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::ConsumerConfig;
-use crate::membership::{Action, JoinResult, Membership, MembershipConfig, State};
+use crate::membership::{
+    Action, JoinResult, Membership, MembershipConfig, PartitionCounts, State, TopicSubscription,
+};
 use crate::tp::TopicPartition;
 
 /// What the group task tells the consumer.
 #[derive(Debug)]
 pub(crate) enum GroupEvent {
-    Assigned(Vec<TopicPartition>),
+    /// Newly assigned partitions, and those of them that appeared after
+    /// subscribe (they start at the earliest offset when uncommitted;
+    /// empty when `new.partitions.from.earliest` is off).
+    Assigned(Vec<TopicPartition>, BTreeSet<TopicPartition>),
     /// Commits for these are still valid until `done` is sent.
     Revoked(Vec<TopicPartition>, oneshot::Sender<()>),
     /// Never commit these.
@@ -59,7 +64,7 @@ pub(crate) struct GroupTask {
     pub client: Client,
     pub cfg: Arc<ConsumerConfig>,
     pub group_id: String,
-    pub topics: Vec<String>,
+    pub subscription: TopicSubscription,
     pub snapshot: Arc<Mutex<GroupSnapshot>>,
     pub events: mpsc::Sender<GroupEvent>,
     pub polled: watch::Receiver<std::time::Instant>,
@@ -82,9 +87,10 @@ impl GroupTask {
                 heartbeat_interval: self.cfg.heartbeat_interval,
                 max_poll_interval: self.cfg.max_poll_interval,
                 retry_backoff: Duration::from_millis(100),
+                metadata_max_age: self.cfg.client.metadata_max_age,
             },
             self.cfg.assignors.clone(),
-            self.topics.clone(),
+            self.subscription.clone(),
             now,
         );
         let mut protocol_name: Option<String> = None;
@@ -207,7 +213,7 @@ impl GroupTask {
                 {
                     Ok(r) => {
                         *protocol = r.protocol_name.as_ref().map(|p| p.to_string());
-                        let parts = self.partitions_per_topic(&r.members).await;
+                        let parts = self.partitions_per_topic(m.topics(), &r.members).await;
                         m.handle_join(
                             JoinResult {
                                 error: KafkaCode::try_from_code(r.error_code),
@@ -347,7 +353,26 @@ impl GroupTask {
                 }
             }
             Action::Assign(parts) => {
-                let _ = self.events.send(GroupEvent::Assigned(parts)).await;
+                let fresh: BTreeSet<TopicPartition> = parts
+                    .iter()
+                    .filter(|tp| {
+                        self.cfg.new_partitions_from_earliest && m.appeared_after_subscribe(tp)
+                    })
+                    .cloned()
+                    .collect();
+                if !fresh.is_empty() {
+                    tracing::info!(group = %self.group_id, partitions = ?fresh, "assigned partitions that appeared after subscribe: they start at the earliest offset when the group has none committed");
+                }
+                let _ = self.events.send(GroupEvent::Assigned(parts, fresh)).await;
+            }
+            Action::RefreshMetadata { topics } => {
+                match self.client.refresh_metadata(topics.as_deref()).await {
+                    Ok(md) => m.handle_metadata(&counts(&md, topics.as_deref()), now()),
+                    Err(e) => {
+                        tracing::warn!(group = %self.group_id, error = %e, "metadata refresh failed; retrying");
+                        m.handle_metadata_failed(now());
+                    }
+                }
             }
             Action::Fatal(_) => unreachable!("handled by run()"),
         }
@@ -382,12 +407,14 @@ impl GroupTask {
         }
     }
 
-    /// Partition counts for every topic the members subscribe to (the leader assigns them).
+    /// Partition counts for our topics and every topic the members
+    /// subscribe to (the leader assigns them), freshly read.
     async fn partitions_per_topic(
         &self,
+        ours: &[String],
         members: &[kafka_wire::messages::join_group_response::JoinGroupResponseMember],
     ) -> BTreeMap<String, i32> {
-        let mut topics: BTreeSet<String> = self.topics.iter().cloned().collect();
+        let mut topics: BTreeSet<String> = ours.iter().cloned().collect();
         for mm in members {
             if let Ok(sub) = crate::protocol::Subscription::decode(&Bytes::clone(&mm.metadata)) {
                 topics.extend(sub.topics);
@@ -398,9 +425,75 @@ impl GroupTask {
             Ok(md) => md,
             Err(_) => self.client.metadata(),
         };
-        topics
+        counts(&md, Some(&topics))
+    }
+}
+
+/// Partition counts per existing topic from `md`: of `topics`, or of every
+/// non-internal topic (`None`). A topic with no partitions yet (being
+/// created) counts as absent.
+fn counts(md: &kafka_wire::metadata::Metadata, topics: Option<&[String]>) -> PartitionCounts {
+    let count = |t: &kafka_wire::metadata::TopicInfo| {
+        (!t.partitions.is_empty()).then(|| (t.name.clone(), t.partitions.len() as i32))
+    };
+    match topics {
+        Some(ts) => ts
             .iter()
-            .filter_map(|t| md.partition_count(t).map(|n| (t.clone(), n as i32)))
-            .collect()
+            .filter_map(|t| md.topics.get(t).and_then(count))
+            .collect(),
+        None => md
+            .topics
+            .values()
+            .filter(|t| !t.is_internal)
+            .filter_map(count)
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_wire::metadata::{Metadata, PartitionInfo, TopicInfo};
+
+    fn topic(name: &str, partitions: i32, is_internal: bool) -> (String, TopicInfo) {
+        let info = TopicInfo {
+            name: name.into(),
+            id: [0; 16],
+            is_internal,
+            error: None,
+            partitions: (0..partitions)
+                .map(|p| PartitionInfo {
+                    partition: p,
+                    leader: 1,
+                    leader_epoch: 0,
+                    replicas: vec![1],
+                    isr: vec![1],
+                    error: None,
+                })
+                .collect(),
+        };
+        (name.into(), info)
+    }
+
+    #[test]
+    fn counts_skip_internal_topics_and_topics_without_partitions() {
+        let md = Metadata {
+            topics: [
+                topic("orders", 3, false),
+                topic("__consumer_offsets", 50, true),
+                topic("__transaction_state", 50, true),
+                topic("being-created", 0, false),
+            ]
+            .into_iter()
+            .collect(),
+            ..Metadata::default()
+        };
+        let all = counts(&md, None);
+        assert_eq!(all, [("orders".to_string(), 3)].into_iter().collect());
+        let some = counts(
+            &md,
+            Some(&["orders".into(), "missing".into(), "being-created".into()]),
+        );
+        assert_eq!(some, all, "absent and partitionless topics do not exist");
     }
 }

@@ -12,7 +12,7 @@
 //! | [`config`] | [`ConsumerConfig`]: defaults in one place, Kafka property names |
 //! | [`fetch_session`] | KIP-227 fetch sessions per broker (pure bookkeeping) |
 //! | [`fetcher`] | one partition's fetch response → records (CRC, read_committed) |
-//! | [`consumer`] | [`Consumer`]: subscribe/assign, poll, commit, pause/resume/seek |
+//! | [`consumer`] | [`Consumer`]: subscribe (names or a pattern)/assign, poll, commit, pause/resume/seek |
 //! | [`stream`] | [`stream::RecordStream`]: the consumer as a `Stream` |
 //! | `group` | the async driver of the membership state machine (one task per consumer) |
 //! | [`error`] | [`ConsumerError`] |
@@ -82,6 +82,6 @@ pub use consumer::{
     RebalanceListener,
 };
 pub use error::ConsumerError;
-pub use membership::{Action, Membership, MembershipConfig, State};
+pub use membership::{Action, Membership, MembershipConfig, State, TopicSubscription};
 pub use protocol::{Assignment, Subscription};
 pub use tp::TopicPartition;

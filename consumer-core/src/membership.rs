@@ -21,6 +21,16 @@
 //!                           max.poll.interval exceeded (leave on purpose, then wait for poll)
 //! ```
 //!
+//! Metadata (`metadata.max.age.ms`): a stable member asks for a metadata
+//! refresh on that period ([`Action::RefreshMetadata`]) and rejoins when
+//! what its last assignment was computed from changed: a watched topic's
+//! partition count (the leader watches every member's topics, a follower
+//! its own), a subscribed topic appearing or disappearing, or a pattern
+//! subscription matching other topics (Java's
+//! `ConsumerCoordinator.rejoinNeededOrPending`). Metadata is also refreshed
+//! before the first join, and before every join of a pattern subscription,
+//! so the JoinGroup names the topics the pattern matches now.
+//!
 //! Invariants:
 //! - Partitions are *revoked* (commit allowed) only while this member still
 //!   owns them in the current generation; they are *lost* (no commit) when
@@ -29,6 +39,10 @@
 //! - Cooperative (KIP-429): only partitions that move are revoked; a
 //!   revocation is followed by an immediate rejoin (the second phase).
 //! - Every rejoin carries a reason, logged by the driver.
+//! - Partitions that did not exist when the member first saw its
+//!   subscription's metadata are reported by
+//!   [`Membership::appeared_after_subscribe`] (the consumer starts them at
+//!   the earliest offset when uncommitted).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -52,7 +66,61 @@ pub struct MembershipConfig {
     pub heartbeat_interval: Duration,
     pub max_poll_interval: Duration,
     pub retry_backoff: Duration,
+    /// `metadata.max.age.ms`: how often a stable member checks metadata for
+    /// partition-count changes, new topics and new pattern matches.
+    pub metadata_max_age: Duration,
 }
+
+/// What a member subscribes to: Java's `subscribe(Collection)` or
+/// `subscribe(Pattern)`.
+#[derive(Debug, Clone)]
+pub enum TopicSubscription {
+    /// These topics, whether they exist yet or not: one created later is
+    /// picked up at the next metadata check (`metadata.max.age.ms`).
+    Topics(Vec<String>),
+    /// Every non-internal topic whose whole name matches, now or later
+    /// (build it with [`TopicSubscription::pattern`]).
+    Pattern(regex::Regex),
+}
+
+impl TopicSubscription {
+    /// A pattern subscription. The regex must match a topic's *whole*
+    /// name, as Java's `Pattern.matcher(topic).matches()`: `orders-.*`
+    /// matches `orders-eu`, `orders` does not. Internal topics
+    /// (`__consumer_offsets`, `__transaction_state`) never match (Java's
+    /// `exclude.internal.topics=true`).
+    ///
+    /// # Errors
+    /// The regex's syntax error.
+    pub fn pattern(regex: &str) -> Result<Self, regex::Error> {
+        regex::Regex::new(&format!("^(?:{regex})$")).map(TopicSubscription::Pattern)
+    }
+
+    fn is_pattern(&self) -> bool {
+        matches!(self, TopicSubscription::Pattern(_))
+    }
+
+    /// Is `topic` part of this subscription?
+    pub fn includes(&self, topic: &str) -> bool {
+        match self {
+            TopicSubscription::Topics(ts) => ts.iter().any(|t| t == topic),
+            TopicSubscription::Pattern(re) => re.is_match(topic),
+        }
+    }
+}
+
+impl From<Vec<String>> for TopicSubscription {
+    fn from(topics: Vec<String>) -> Self {
+        TopicSubscription::Topics(topics)
+    }
+}
+
+/// Partition count per existing topic (a topic absent from the map does
+/// not exist), as the driver reads it from metadata.
+pub type PartitionCounts = BTreeMap<String, i32>;
+
+/// The longest a failed metadata check waits before the next try.
+const METADATA_RETRY: Duration = Duration::from_secs(1);
 
 /// Where the member is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +174,12 @@ pub enum Action {
     Assign(Vec<TopicPartition>),
     /// Call `on_lost`; never commit these.
     Lose(Vec<TopicPartition>),
+    /// Refresh metadata, then answer with [`Membership::handle_metadata`]
+    /// (or [`Membership::handle_metadata_failed`]). `None`: every topic (a
+    /// pattern subscription); else these topics.
+    RefreshMetadata {
+        topics: Option<Vec<String>>,
+    },
     /// Give up; the string tells the user what to fix.
     Fatal(String),
 }
@@ -128,7 +202,22 @@ pub struct JoinResult {
 pub struct Membership {
     cfg: MembershipConfig,
     assignors: Vec<Arc<dyn Assignor>>,
+    subscription: TopicSubscription,
+    /// What we subscribe to now (a pattern's current matches, sorted).
     topics: Vec<String>,
+    /// The topics the last JoinGroup named.
+    joined_topics: Vec<String>,
+    /// Topics the last assignment depended on: every member's if we led
+    /// it, else our own.
+    watched: BTreeSet<String>,
+    /// Partition counts of `watched` when the last assignment was made.
+    assignment_metadata: Option<PartitionCounts>,
+    /// Partition counts of the subscription when first seen.
+    first_seen: Option<PartitionCounts>,
+    /// Refresh metadata before the next JoinGroup.
+    metadata_before_join: bool,
+    /// When a stable member checks metadata next (`None` while one is out).
+    next_metadata_refresh: Option<Instant>,
     state: State,
     member_id: String,
     /// The generation of the last successful sync (-1 before).
@@ -150,17 +239,30 @@ fn describe(code: KafkaCode) -> String {
 }
 
 impl Membership {
-    /// Start looking for the coordinator of `cfg.group_id`.
+    /// Start looking for the coordinator of `cfg.group_id`, subscribed to
+    /// `subscription` (a `Vec<String>` of topic names converts).
     pub fn new(
         cfg: MembershipConfig,
         assignors: Vec<Arc<dyn Assignor>>,
-        topics: Vec<String>,
+        subscription: impl Into<TopicSubscription>,
         now: Instant,
     ) -> Self {
+        let subscription = subscription.into();
+        let topics = match &subscription {
+            TopicSubscription::Topics(ts) => ts.clone(),
+            TopicSubscription::Pattern(_) => Vec::new(),
+        };
         let mut m = Self {
             cfg,
             assignors,
+            subscription,
             topics,
+            joined_topics: Vec::new(),
+            watched: BTreeSet::new(),
+            assignment_metadata: None,
+            first_seen: None,
+            metadata_before_join: true,
+            next_metadata_refresh: None,
             state: State::FindingCoordinator,
             member_id: String::new(),
             generation: -1,
@@ -190,6 +292,25 @@ impl Membership {
     /// Partitions this member owns in the current generation.
     pub fn owned(&self) -> &BTreeSet<TopicPartition> {
         &self.owned
+    }
+    /// The topics this member subscribes to now (for a pattern, the
+    /// existing topics it matched at the last metadata check).
+    pub fn topics(&self) -> &[String] {
+        &self.topics
+    }
+
+    /// Did `tp` not exist yet when this member first saw its
+    /// subscription's metadata? True for a partition added to a topic
+    /// since, and for every partition of a subscribed topic created (or
+    /// first matched by the pattern) since. The consumer starts such a
+    /// partition at the earliest offset when the group has no committed
+    /// offset for it: with `latest`, records produced to it before the
+    /// group assigned it would be skipped forever (KAFKA-12478). False
+    /// before any metadata was seen.
+    pub fn appeared_after_subscribe(&self, tp: &TopicPartition) -> bool {
+        self.first_seen
+            .as_ref()
+            .is_some_and(|seen| tp.partition >= seen.get(&tp.topic).copied().unwrap_or(0))
     }
 
     /// May offsets for `tp` be committed now? Only for partitions owned in
@@ -241,6 +362,8 @@ impl Membership {
         self.heartbeat_in_flight = false;
         self.pending_join_reason = Some(reason);
         self.retry_at = backoff.then(|| now + self.cfg.retry_backoff);
+        // A pattern's matches may have changed since the last join.
+        self.metadata_before_join |= self.subscription.is_pattern();
     }
 
     fn find_coordinator(&mut self, now: Instant) {
@@ -251,7 +374,27 @@ impl Membership {
         self.actions.push_back(Action::FindCoordinator);
     }
 
+    fn refresh_action(&self) -> Action {
+        let topics = (!self.subscription.is_pattern()).then(|| {
+            let mut ts: BTreeSet<String> = self.watched.clone();
+            ts.extend(self.topics.iter().cloned());
+            ts.into_iter().collect()
+        });
+        Action::RefreshMetadata { topics }
+    }
+
+    /// The counts of `counts` that belong to our subscription.
+    fn subscribed(&self, counts: &PartitionCounts) -> PartitionCounts {
+        counts
+            .iter()
+            .filter(|(t, n)| **n > 0 && self.subscription.includes(t))
+            .map(|(t, n)| (t.clone(), *n))
+            .collect()
+    }
+
     fn join_action(&mut self) -> Action {
+        self.metadata_before_join = false;
+        self.joined_topics = self.topics.clone();
         let owned: Vec<TopicPartition> = self.owned.iter().cloned().collect();
         let protocols = self
             .assignors
@@ -379,6 +522,27 @@ impl Membership {
         }
         self.member_id = r.member_id.clone();
         let leader = r.leader == r.member_id;
+        self.watched = self.joined_topics.iter().cloned().collect();
+        if leader {
+            for (_, _, meta) in &r.members {
+                if let Ok(sub) = Subscription::decode(meta) {
+                    self.watched.extend(sub.topics);
+                }
+            }
+        }
+        self.assignment_metadata = Some(
+            partitions_per_topic
+                .iter()
+                .filter(|(t, n)| **n > 0 && self.watched.contains(*t))
+                .map(|(t, n)| (t.clone(), *n))
+                .collect(),
+        );
+        if self.first_seen.is_none() {
+            self.first_seen = Some(self.subscribed(partitions_per_topic));
+        }
+        // Keep an earlier check (a failed refresh retries soon).
+        let next = now + self.cfg.metadata_max_age;
+        self.next_metadata_refresh = Some(self.next_metadata_refresh.map_or(next, |t| t.min(next)));
         let assignments = if leader {
             self.assign_as_leader(&r, partitions_per_topic)
         } else {
@@ -517,6 +681,70 @@ impl Membership {
         }
     }
 
+    /// The answer to [`Action::RefreshMetadata`]: partition counts of the
+    /// topics it asked for that exist (every non-internal topic when it
+    /// asked for all). A stable member rejoins, with the change as the
+    /// reason, when its subscription now names other topics (a pattern
+    /// matching a new topic) or when a watched topic's partition count
+    /// differs from the one its last assignment was computed with (grown,
+    /// created, deleted).
+    pub fn handle_metadata(&mut self, counts: &PartitionCounts, now: Instant) {
+        self.next_metadata_refresh = Some(now + self.cfg.metadata_max_age);
+        if matches!(
+            self.state,
+            State::Fatal(_) | State::Left | State::LeftForPollTimeout
+        ) {
+            return;
+        }
+        if self.subscription.is_pattern() {
+            self.topics = self.subscribed(counts).into_keys().collect();
+        }
+        if self.first_seen.is_none() {
+            self.first_seen = Some(self.subscribed(counts));
+        }
+        if matches!(self.state, State::Stable { .. }) {
+            let mut changes = Vec::new();
+            if self.topics != self.joined_topics {
+                changes.push(format!(
+                    "the subscription now matches {:?} (joined with {:?})",
+                    self.topics, self.joined_topics
+                ));
+            }
+            if let Some(before) = &self.assignment_metadata {
+                let now_count = |t: &str| counts.get(t).copied().filter(|n| *n > 0);
+                for t in &self.watched {
+                    match (before.get(t).copied(), now_count(t)) {
+                        (a, b) if a == b => {}
+                        (None, Some(n)) => {
+                            changes.push(format!("topic {t} appeared ({n} partitions)"))
+                        }
+                        (Some(_), None) => changes.push(format!("topic {t} disappeared")),
+                        (Some(a), Some(b)) => {
+                            changes.push(format!("topic {t} went from {a} to {b} partitions"))
+                        }
+                        (None, None) => {}
+                    }
+                }
+            }
+            if !changes.is_empty() {
+                self.rejoin(
+                    format!("metadata changed: {}", changes.join("; ")),
+                    now,
+                    false,
+                );
+            }
+        }
+        // Fresh metadata in hand: a join that follows needs no other.
+        self.metadata_before_join = false;
+    }
+
+    /// [`Action::RefreshMetadata`] failed: check again soon (at most
+    /// [`METADATA_RETRY`] later); a join that waited for it goes ahead.
+    pub fn handle_metadata_failed(&mut self, now: Instant) {
+        self.next_metadata_refresh = Some(now + self.cfg.metadata_max_age.min(METADATA_RETRY));
+        self.metadata_before_join = false;
+    }
+
     /// When the application last polled (as told by [`Membership::polled`]).
     pub fn last_poll(&self) -> Instant {
         self.last_poll
@@ -562,6 +790,12 @@ impl Membership {
         match self.state {
             State::Joining if self.pending_join_reason.is_some() => {
                 self.retry_at = None;
+                if self.metadata_before_join {
+                    // First join (first sight of the subscription), or a
+                    // pattern's join: name the topics it matches now.
+                    self.metadata_before_join = false;
+                    return Some(self.refresh_action());
+                }
                 Some(self.join_action())
             }
             State::Stable { generation } => {
@@ -581,6 +815,10 @@ impl Membership {
                         generation,
                         member_id: self.member_id.clone(),
                     });
+                }
+                if self.next_metadata_refresh.is_some_and(|t| now >= t) {
+                    self.next_metadata_refresh = None; // until answered
+                    return Some(self.refresh_action());
                 }
                 None
             }
@@ -633,10 +871,20 @@ impl Membership {
     /// When the driver should call [`Membership::poll_action`] again at the latest.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let poll_deadline = self.last_poll + self.cfg.max_poll_interval;
-        [self.retry_at, self.next_heartbeat, Some(poll_deadline)]
-            .into_iter()
-            .flatten()
-            .min()
+        // Metadata checks run only while stable (elsewhere a past instant
+        // would have the driver spin).
+        let metadata = self
+            .next_metadata_refresh
+            .filter(|_| matches!(self.state, State::Stable { .. }));
+        [
+            self.retry_at,
+            self.next_heartbeat,
+            metadata,
+            Some(poll_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 

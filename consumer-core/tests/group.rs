@@ -372,3 +372,215 @@ async fn a_member_that_keeps_polling_stays_past_max_poll_interval() {
     );
     c.close(Duration::from_secs(5)).await;
 }
+
+// ---- the group follows metadata: added partitions, topics created later, patterns ----
+
+type Seen = BTreeMap<TopicPartition, Vec<i64>>;
+
+/// Poll until `done(seen)` (records' offsets per partition), failing after `within`.
+async fn poll_until(
+    c: &mut Consumer,
+    seen: &mut Seen,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&Consumer, &Seen) -> bool,
+) {
+    let end = Instant::now() + within;
+    while !done(c, seen) {
+        assert!(
+            Instant::now() < end,
+            "{what}: not within {within:?}; consumed {seen:?}, assigned {:?}",
+            c.assignment()
+        );
+        for batch in c.poll(Duration::from_millis(50)).await.unwrap() {
+            seen.entry(batch.tp)
+                .or_default()
+                .extend(batch.records.iter().map(|r| r.offset));
+        }
+    }
+}
+
+/// A group member that starts at the end (`latest`) and checks metadata every second.
+async fn latest_member(b: &testkit::BrokerEnv, group: &str) -> Consumer {
+    common::connect(
+        b,
+        Some(group),
+        &[
+            ("auto.offset.reset", "latest"),
+            ("metadata.max.age.ms", "1000"),
+        ],
+    )
+    .await
+}
+
+fn tp(topic: &str, partition: i32) -> TopicPartition {
+    TopicPartition::new(topic, partition)
+}
+
+// The member stops polling while partitions appear and records are
+// produced, so its position on them is set only after the records exist:
+// with `latest` they would be skipped; they are consumed because
+// partitions that appear after subscribe start at the earliest offset.
+
+#[tokio::test]
+async fn added_partitions_are_assigned_and_consumed_from_their_start_even_with_latest() {
+    let b = testkit::require_broker!();
+    let admin = common::client(&b).await;
+    let topic = common::topic(&admin, "grow", 1).await;
+    let group = testkit::unique_name("grow-group");
+    let mut c = latest_member(&b, &group).await;
+    c.subscribe(&[&topic]).unwrap();
+    let mut seen = Seen::new();
+    poll_until(
+        &mut c,
+        &mut seen,
+        Duration::from_secs(20),
+        "join",
+        |c, _| c.generation().is_some() && c.assignment() == [tp(&topic, 0)],
+    )
+    .await;
+
+    admin.create_partitions(&topic, 3).await.unwrap();
+    common::produce(&admin, &b, 10, |i| {
+        ProducerRecord::new(&topic)
+            .partition(2)
+            .value(format!("{i}"))
+    })
+    .await;
+
+    let started = Instant::now();
+    poll_until(
+        &mut c,
+        &mut seen,
+        Duration::from_secs(30),
+        "10 records of the added partition",
+        |_, seen| seen.get(&tp(&topic, 2)).map_or(0, Vec::len) >= 10,
+    )
+    .await;
+    println!(
+        "added partition consumed {:?} after the records were produced",
+        started.elapsed()
+    );
+    assert_eq!(
+        seen.get(&tp(&topic, 2)),
+        Some(&(0..10).collect::<Vec<i64>>()),
+        "every record of the added partition, once, in order"
+    );
+    assert_eq!(
+        c.assignment(),
+        vec![tp(&topic, 0), tp(&topic, 1), tp(&topic, 2)]
+    );
+    c.close(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_topic_subscribed_before_it_exists_is_consumed_once_created() {
+    let b = testkit::require_broker!();
+    let admin = common::client(&b).await;
+    let topic = testkit::unique_name("later");
+    let group = testkit::unique_name("later-group");
+    let mut c = latest_member(&b, &group).await;
+    c.subscribe(&[&topic]).unwrap();
+    let mut seen = Seen::new();
+    poll_until(
+        &mut c,
+        &mut seen,
+        Duration::from_secs(20),
+        "join",
+        |c, _| c.generation().is_some(),
+    )
+    .await;
+    assert!(c.assignment().is_empty());
+
+    admin
+        .create_topic(kafka_wire::NewTopic::new(&topic, 2))
+        .await
+        .unwrap();
+    common::produce(&admin, &b, 10, |i| {
+        ProducerRecord::new(&topic)
+            .partition((i % 2) as i32)
+            .value(format!("{i}"))
+    })
+    .await;
+
+    poll_until(
+        &mut c,
+        &mut seen,
+        Duration::from_secs(30),
+        "10 records of the topic created after subscribe",
+        |_, seen| seen.values().map(Vec::len).sum::<usize>() >= 10,
+    )
+    .await;
+    for p in 0..2 {
+        assert_eq!(
+            seen.get(&tp(&topic, p)),
+            Some(&(0..5).collect::<Vec<i64>>()),
+            "partition {p}: every record, once"
+        );
+    }
+    c.close(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_pattern_subscription_picks_up_a_matching_topic_created_later_and_only_that() {
+    let b = testkit::require_broker!();
+    let admin = common::client(&b).await;
+    let prefix = testkit::unique_name("pat");
+    let first = common::topic(&admin, &format!("{prefix}-a"), 1).await;
+    let group = testkit::unique_name("pat-group");
+    let mut c = latest_member(&b, &group).await;
+    c.subscribe_pattern(&format!("^{prefix}-.*")).unwrap();
+    let mut seen = Seen::new();
+    poll_until(
+        &mut c,
+        &mut seen,
+        Duration::from_secs(20),
+        "join",
+        |c, _| c.generation().is_some() && c.assignment() == [tp(&first, 0)],
+    )
+    .await;
+
+    // Created first, so any metadata that shows the matching topic shows it too.
+    let other = format!("x{prefix}-c");
+    admin
+        .create_topic(kafka_wire::NewTopic::new(&other, 1))
+        .await
+        .unwrap();
+    let matching = format!("{prefix}-b");
+    admin
+        .create_topic(kafka_wire::NewTopic::new(&matching, 2))
+        .await
+        .unwrap();
+    for t in [&matching, &other] {
+        common::produce(&admin, &b, 10, |i| {
+            ProducerRecord::new(t)
+                .partition((i % 2) as i32 % if t == &other { 1 } else { 2 })
+                .value(format!("{i}"))
+        })
+        .await;
+    }
+
+    poll_until(
+        &mut c,
+        &mut seen,
+        Duration::from_secs(30),
+        "10 records of the topic matched later",
+        |_, seen| {
+            (0..2)
+                .map(|p| seen.get(&tp(&matching, p)).map_or(0, Vec::len))
+                .sum::<usize>()
+                >= 10
+        },
+    )
+    .await;
+    assert_eq!(
+        c.assignment(),
+        vec![tp(&first, 0), tp(&matching, 0), tp(&matching, 1)],
+        "the non-matching topic is not assigned"
+    );
+    assert!(
+        !seen.keys().any(|k| k.topic == other),
+        "nothing consumed from {other}: {seen:?}"
+    );
+    c.close(Duration::from_secs(5)).await;
+}

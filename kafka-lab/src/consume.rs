@@ -13,8 +13,12 @@ use crate::json::json_str;
 
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
-    #[arg(long)]
-    topic: String,
+    #[arg(long, required_unless_present = "topic_pattern")]
+    topic: Option<String>,
+    /// Consume every topic whose whole name matches this regex, including
+    /// topics created later (needs --group).
+    #[arg(long, conflicts_with = "topic", requires = "group")]
+    topic_pattern: Option<String>,
     /// Consume as a member of this group.
     #[arg(long, conflicts_with = "partitions")]
     group: Option<String>,
@@ -116,16 +120,26 @@ pub async fn run(connect: &ConnectArgs, args: ConsumeArgs) -> anyhow::Result<()>
         b = b.set(k, v)?;
     }
     let mut consumer = Consumer::connect(b.build()?).await?;
-    if args.group.is_some() {
-        consumer.subscribe(&[&args.topic])?;
-    } else {
-        let parts: Vec<TopicPartition> = args
-            .partitions
-            .iter()
-            .map(|p| TopicPartition::new(&args.topic, *p))
-            .collect();
-        consumer.assign(&parts);
-    }
+    let source = match (&args.topic, &args.topic_pattern) {
+        (_, Some(pattern)) => {
+            consumer.subscribe_pattern(pattern)?;
+            format!("topics matching {pattern:?}")
+        }
+        (Some(topic), None) if args.group.is_some() => {
+            consumer.subscribe(&[topic])?;
+            topic.clone()
+        }
+        (Some(topic), None) => {
+            let parts: Vec<TopicPartition> = args
+                .partitions
+                .iter()
+                .map(|p| TopicPartition::new(topic, *p))
+                .collect();
+            consumer.assign(&parts);
+            topic.clone()
+        }
+        (None, None) => bail!("give --topic T or --topic-pattern REGEX"),
+    };
     let started = Instant::now();
     let mut last_record = Instant::now();
     let mut count: u64 = 0;
@@ -182,7 +196,7 @@ pub async fn run(connect: &ConnectArgs, args: ConsumeArgs) -> anyhow::Result<()>
     let busy = last_record.duration_since(started).as_secs_f64().max(1e-9);
     eprintln!(
         "consumed {count} records from {} in {:.2} s ({:.0} records/s while records flowed){}",
-        args.topic,
+        source,
         started.elapsed().as_secs_f64(),
         count as f64 / busy,
         if args.commit { " (committed)" } else { "" }

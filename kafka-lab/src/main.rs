@@ -36,7 +36,7 @@ struct Cli {
 enum Command {
     /// Connect to the cluster and print the brokers, API versions and topics.
     Check,
-    /// Create, list or delete topics.
+    /// Create, list, delete topics, or add partitions to one.
     Topics {
         #[command(subcommand)]
         command: topics::TopicsCommand,

@@ -1,4 +1,4 @@
-//! `kafka-lab topics create | list | delete`.
+//! `kafka-lab topics create | list | delete | add-partitions`.
 
 use clap::Subcommand;
 use kafka_wire::{Client, NewTopic};
@@ -25,6 +25,16 @@ pub enum TopicsCommand {
     },
     /// Delete a topic.
     Delete { topic: String },
+    /// Grow a topic to this many partitions (never fewer); waits until
+    /// metadata shows them. Subscribed groups rebalance within their
+    /// metadata.max.age.ms.
+    AddPartitions {
+        #[arg(long)]
+        topic: String,
+        /// The new total partition count.
+        #[arg(long)]
+        partitions: i32,
+    },
 }
 
 pub async fn run(client: &Client, cmd: TopicsCommand) -> anyhow::Result<()> {
@@ -59,6 +69,10 @@ pub async fn run(client: &Client, cmd: TopicsCommand) -> anyhow::Result<()> {
         TopicsCommand::Delete { topic } => {
             client.delete_topic(&topic).await?;
             println!("deleted {topic}");
+        }
+        TopicsCommand::AddPartitions { topic, partitions } => {
+            client.create_partitions(&topic, partitions).await?;
+            println!("{topic} now has {partitions} partitions");
         }
     }
     Ok(())

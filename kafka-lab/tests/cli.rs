@@ -507,3 +507,50 @@ fn consume_and_process_commit_past_transaction_markers_and_aborted_ranges() {
         "process"
     );
 }
+
+#[test]
+fn topics_add_partitions_grows_a_topic_and_prints_the_brokers_refusal() {
+    let broker = testkit::require_broker!();
+    let b = broker.bootstrap.as_str();
+    let topic = testkit::unique_name("cli-grow");
+    run_ok(
+        &["-b", b, "topics", "create", &topic, "--partitions", "1"],
+        None,
+    );
+    let out = run_ok(
+        &[
+            "-b",
+            b,
+            "topics",
+            "add-partitions",
+            "--topic",
+            &topic,
+            "--partitions",
+            "3",
+        ],
+        None,
+    );
+    assert!(out.contains("now has 3 partitions"), "{out}");
+    let listed = run_ok(&["-b", b, "topics", "list"], None);
+    assert!(listed.contains(&format!("{topic}\t3")), "{listed}");
+
+    let out = lab()
+        .args([
+            "-b",
+            b,
+            "topics",
+            "add-partitions",
+            "--topic",
+            &topic,
+            "--partitions",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("InvalidPartitions") && stderr.contains("3 partition"),
+        "the broker's own explanation: {stderr}"
+    );
+}

@@ -1,14 +1,18 @@
 //! Admin calls the other crates, the lab and the tests use.
 //!
-//! Today: create and delete topics. Each waits until metadata agrees, so a
-//! caller can produce to a topic as soon as `create_topic` returns.
+//! Topics: create, delete, add partitions. Each waits until metadata agrees,
+//! so a caller can produce to a topic (or a new partition) as soon as the
+//! call returns.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
-use kafka_protocol::messages::{ApiKey, CreateTopicsRequest, DeleteTopicsRequest, TopicName};
+use kafka_protocol::messages::{
+    ApiKey, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use tokio::time::Instant;
 
@@ -159,6 +163,49 @@ impl Client {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Grow `topic` to `new_total` partitions (CreatePartitions), then wait
+    /// until metadata shows `new_total` partitions, each with a leader, so
+    /// a caller can produce to the new ones as soon as this returns.
+    /// Partitions can only be added, never removed; keyed records of the
+    /// existing partitions do not move, so a key's later records may land
+    /// on another partition than its earlier ones (as with Kafka's
+    /// `kafka-topics --alter --partitions`). Consumer groups subscribed to
+    /// the topic notice within their `metadata.max.age.ms` and rebalance.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] with the broker's code and message:
+    /// INVALID_PARTITIONS when `new_total` is not above the current count,
+    /// UNKNOWN_TOPIC_OR_PARTITION, TOPIC_AUTHORIZATION_FAILED, …; or
+    /// [`Error::Metadata`] when the new partitions have no leader after 30 s.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe in effect: the partitions may be added even if the
+    /// future is dropped.
+    pub async fn create_partitions(&self, topic: &str, new_total: i32) -> Result<()> {
+        let req = CreatePartitionsRequest::default()
+            .with_timeout_ms(PROPAGATION_TIMEOUT.as_millis() as i32)
+            .with_topics(vec![CreatePartitionsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_count(new_total)
+                .with_assignments(None)]);
+        let conn = self.any_connection(Lane::Control).await?;
+        let resp = conn
+            .send(&req, self.config().request_timeout, PROPAGATION_TIMEOUT)
+            .await?;
+        for r in &resp.results {
+            if let Some(code) = KafkaCode::try_from_code(r.error_code) {
+                return Err(Error::Refused {
+                    api: ApiKey::CreatePartitions,
+                    code,
+                    resource: topic.to_string(),
+                    message: r.error_message.as_ref().map(|m| m.to_string()),
+                });
+            }
+        }
+        self.wait_for_topic(topic, usize::try_from(new_total).unwrap_or(0))
+            .await
     }
 }
 

@@ -102,6 +102,18 @@ pub enum Error {
         topic: Option<String>,
         partition: Option<i32>,
     },
+    /// An admin request the broker refused, with the broker's own
+    /// explanation when it sent one (CreatePartitions: "Topic currently has
+    /// 3 partitions, which is higher than the requested 2.").
+    #[error("{api:?} for {resource} failed: {code}{}", refusal_suffix(message))]
+    Refused {
+        api: ApiKey,
+        code: KafkaCode,
+        /// The topic (or other resource) the request was about.
+        resource: String,
+        /// The broker's `error_message`, if any.
+        message: Option<String>,
+    },
     /// The broker does not support any version of an API that we can speak.
     #[error("the broker at {broker} supports no version of {api:?} this client speaks (we speak {ours}, it speaks {theirs})")]
     UnsupportedVersion {
@@ -194,6 +206,13 @@ fn broker_limit_name(code: &KafkaCode) -> &'static str {
     }
 }
 
+fn refusal_suffix(message: &Option<String>) -> String {
+    match message {
+        Some(m) if !m.is_empty() => format!(": {m}"),
+        _ => String::new(),
+    }
+}
+
 fn code_hint(code: &KafkaCode) -> &'static str {
     match action_for_code(*code) {
         ErrorAction::Retry => "retriable",
@@ -250,7 +269,7 @@ impl Error {
     pub fn action(&self) -> ErrorAction {
         match self {
             Error::Connection { .. } | Error::Timeout { .. } => ErrorAction::Reconnect,
-            Error::Broker { code, .. } => action_for_code(*code),
+            Error::Broker { code, .. } | Error::Refused { code, .. } => action_for_code(*code),
             Error::Metadata(_) => ErrorAction::RefreshMetadataAndRetry,
             // A corrupt batch can be a transient network corruption: refetch.
             Error::CorruptBatch { .. } => ErrorAction::Retry,
@@ -288,7 +307,9 @@ impl Error {
     /// The Kafka error code, if the broker sent one.
     pub fn code(&self) -> Option<KafkaCode> {
         match self {
-            Error::Broker { code, .. } | Error::RecordTooLargeForBroker { code, .. } => Some(*code),
+            Error::Broker { code, .. }
+            | Error::RecordTooLargeForBroker { code, .. }
+            | Error::Refused { code, .. } => Some(*code),
             _ => None,
         }
     }

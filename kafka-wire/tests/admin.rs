@@ -112,6 +112,50 @@ async fn topics_configs_and_offsets() {
 }
 
 #[tokio::test]
+async fn create_partitions_grows_a_topic_and_refusals_carry_the_broker_message() {
+    let broker = testkit::require_broker!();
+    let client = common::plaintext_client(&broker).await;
+    let topic = testkit::unique_name("grow");
+    client.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+
+    client.create_partitions(&topic, 3).await.unwrap();
+    assert_eq!(
+        client.metadata().partition_count(&topic),
+        Some(3),
+        "metadata shows the new count when the call returns"
+    );
+    // The new partitions take records at once.
+    assert_eq!(
+        client
+            .list_offsets(&topic, OffsetSpec::Latest)
+            .await
+            .unwrap(),
+        vec![(0, 0), (1, 0), (2, 0)]
+    );
+
+    // Shrinking is refused: the broker's code and its own explanation.
+    let err = client.create_partitions(&topic, 2).await.unwrap_err();
+    assert_eq!(err.code(), Some(KafkaCode::InvalidPartitions));
+    let kafka_wire::Error::Refused {
+        resource, message, ..
+    } = &err
+    else {
+        panic!("expected Error::Refused, got {err:?}")
+    };
+    assert_eq!(resource, &topic);
+    let message = message.as_deref().unwrap_or_default();
+    assert!(message.contains('3'), "broker message: {message:?}");
+    assert!(err.to_string().contains(message), "{err}");
+
+    let err = client
+        .create_partitions(&testkit::unique_name("missing"), 2)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(KafkaCode::UnknownTopicOrPartition));
+    client.delete_topic(&topic).await.unwrap();
+}
+
+#[tokio::test]
 async fn describe_cluster_names_the_single_broker() {
     let broker = testkit::require_broker!();
     let client = common::plaintext_client(&broker).await;

@@ -107,6 +107,15 @@ pub struct Quarantine {
 pub struct ProcessorConfig {
     pub consumer: ConsumerConfig,
     pub topics: Vec<String>,
+    /// Consume every topic whose whole name matches this regex instead of
+    /// `topics` (Java's `subscribe(Pattern)`; see
+    /// `Consumer::subscribe_pattern`): topics created later that match are
+    /// picked up within `metadata.max.age.ms`. Default none. DLT topics are
+    /// not created at start for the matched topics, and retry topics
+    /// cannot be combined with a pattern; keep the DLT's name (default
+    /// `<topic>.DLT`) out of the pattern, or the processor consumes its
+    /// own dead letters.
+    pub topic_pattern: Option<String>,
     /// Default [`Ordering::PerPartition`].
     pub ordering: Ordering,
     /// Units of work (records, or batches) handled at once. Default 8.
@@ -156,6 +165,7 @@ impl std::fmt::Debug for ProcessorConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProcessorConfig")
             .field("topics", &self.topics)
+            .field("topic_pattern", &self.topic_pattern)
             .field("ordering", &self.ordering)
             .field("concurrency", &self.concurrency)
             .field("max_batch", &self.max_batch)
@@ -171,6 +181,7 @@ impl ProcessorConfig {
         Self {
             consumer,
             topics: topics.iter().map(|t| t.to_string()).collect(),
+            topic_pattern: None,
             ordering: Ordering::PerPartition,
             concurrency: 8,
             max_batch: 1,
@@ -194,6 +205,13 @@ impl ProcessorConfig {
             metadata_limit: DEFAULT_METADATA_LIMIT,
             observer: None,
         }
+    }
+
+    /// Subscribe by regex instead of topic names; see
+    /// [`ProcessorConfig::topic_pattern`](ProcessorConfig#structfield.topic_pattern).
+    pub fn topic_pattern(mut self, regex: impl Into<String>) -> Self {
+        self.topic_pattern = Some(regex.into());
+        self
     }
 
     pub fn ordering(mut self, o: Ordering) -> Self {

@@ -342,3 +342,121 @@ async fn a_slow_revoke_does_not_stop_the_partitions_that_stay() {
         );
     }
 }
+
+/// Wait (up to `within`) until `group` has committed the log end of every
+/// partition of `topic`; the partitions that never got there otherwise.
+async fn fully_committed(
+    b: &testkit::BrokerEnv,
+    admin: &kafka_wire::Client,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+    within: Duration,
+) -> BTreeMap<i32, (Option<i64>, i64)> {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        let missing = uncommitted_partitions(b, admin, group, topic, partitions).await;
+        if missing.is_empty() || tokio::time::Instant::now() > end {
+            return missing;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_running_processor_picks_up_added_partitions_and_commits_their_records() {
+    let b = testkit::require_broker!();
+    let (admin, topic) = topic_with_records(&b, "grow-proc", 1, 20).await;
+    let group = testkit::unique_name("grow-proc-group");
+    let consumer = group_consumer_with(&b, &group, &[("metadata.max.age.ms", "1000")]);
+    let cfg = ProcessorConfig::new(consumer, &[&topic]).commit_policy(
+        resilience::CommitPolicy::Interval(Duration::from_millis(100)),
+    );
+    let sink = Arc::new(Sink::default());
+    let run = start(Processor::new(cfg, SinkHandler::new(&sink, instant())));
+    assert_eq!(run.wait_finished(20, Duration::from_secs(30)).await, 20);
+
+    admin.create_partitions(&topic, 3).await.unwrap();
+    produce(
+        &admin,
+        &b,
+        (20..50u32).map(|i| {
+            kafka_wire::ProducerRecord::new(&topic)
+                .partition((i % 3) as i32)
+                .value(i.to_string())
+        }),
+    )
+    .await;
+    assert_eq!(
+        run.wait_finished(50, Duration::from_secs(30)).await,
+        50,
+        "the records of the added partitions were handled"
+    );
+    let missing = fully_committed(&b, &admin, &group, &topic, 3, Duration::from_secs(15)).await;
+    assert!(
+        missing.is_empty(),
+        "committed offset is not the log end (partition → (committed, end)): {missing:?}"
+    );
+    run.stop().await;
+
+    let (distinct, dups) = sink.distinct_and_duplicates();
+    assert_eq!(dups, 0);
+    assert_eq!(distinct, (0..50).collect::<BTreeSet<u32>>());
+}
+
+#[tokio::test]
+async fn a_processor_with_a_topic_pattern_handles_a_matching_topic_created_later() {
+    let b = testkit::require_broker!();
+    let admin = admin(&b).await;
+    let prefix = testkit::unique_name("proc-pat");
+    let group = testkit::unique_name("proc-pat-group");
+    let consumer = group_consumer_with(&b, &group, &[("metadata.max.age.ms", "1000")]);
+    let cfg = ProcessorConfig::new(consumer, &[])
+        .topic_pattern(format!("{prefix}-.*"))
+        .commit_policy(resilience::CommitPolicy::Interval(Duration::from_millis(
+            100,
+        )));
+    let sink = Arc::new(Sink::default());
+    let run = start(Processor::new(cfg, SinkHandler::new(&sink, instant())));
+
+    let topic = format!("{prefix}-orders");
+    admin.create_topic(NewTopic::new(&topic, 2)).await.unwrap();
+    produce(
+        &admin,
+        &b,
+        (0..20u32).map(|i| {
+            kafka_wire::ProducerRecord::new(&topic)
+                .partition((i % 2) as i32)
+                .value(i.to_string())
+        }),
+    )
+    .await;
+    assert_eq!(run.wait_finished(20, Duration::from_secs(30)).await, 20);
+    let missing = fully_committed(&b, &admin, &group, &topic, 2, Duration::from_secs(15)).await;
+    assert!(
+        missing.is_empty(),
+        "not committed to the log end: {missing:?}"
+    );
+    run.stop().await;
+    assert_eq!(sink.distinct(), 20);
+}
+
+#[tokio::test]
+async fn a_topic_pattern_cannot_be_combined_with_retry_topics() {
+    // Refused before connecting: no broker needed.
+    let consumer = consumer_core::ConsumerConfig::builder()
+        .bootstrap("127.0.0.1:1")
+        .unwrap()
+        .group_id("g")
+        .build()
+        .unwrap();
+    let cfg = ProcessorConfig::new(consumer, &[])
+        .topic_pattern("orders-.*")
+        .retry_topics(&[Duration::from_secs(1)]);
+    let sink = Arc::new(Sink::default());
+    let err = Processor::new(cfg, SinkHandler::new(&sink, instant()))
+        .run(std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("topic_pattern"), "{err}");
+}

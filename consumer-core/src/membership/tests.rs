@@ -14,6 +14,7 @@ fn cfg(instance: Option<&str>) -> MembershipConfig {
         heartbeat_interval: 3 * SEC,
         max_poll_interval: 60 * SEC,
         retry_backoff: Duration::from_millis(100),
+        metadata_max_age: 300 * SEC,
     }
 }
 
@@ -26,8 +27,23 @@ fn joining(instance: Option<&str>, t0: Instant) -> Membership {
     let mut m = machine(Arc::new(RangeAssignor), instance, t0);
     m.poll_action(t0);
     m.coordinator_found(t0);
-    assert!(matches!(m.poll_action(t0), Some(Action::Join { .. })));
+    assert!(matches!(
+        after_metadata(&mut m, t0),
+        Some(Action::Join { .. })
+    ));
     m
+}
+
+/// The next action; a metadata refresh first asked for is answered with
+/// [`parts`] (a fresh member reads metadata before its first join).
+fn after_metadata(m: &mut Membership, now: Instant) -> Option<Action> {
+    match m.poll_action(now) {
+        Some(Action::RefreshMetadata { .. }) => {
+            m.handle_metadata(&parts(), now);
+            m.poll_action(now)
+        }
+        other => other,
+    }
 }
 
 /// A JoinGroup answered with `code`.
@@ -50,7 +66,7 @@ fn drain(m: &mut Membership, now: Instant) -> Vec<Action> {
 fn stable(m: &mut Membership, now: Instant) -> Vec<TopicPartition> {
     assert_eq!(m.poll_action(now), Some(Action::FindCoordinator));
     m.coordinator_found(now);
-    let Some(Action::Join { protocols, .. }) = m.poll_action(now) else {
+    let Some(Action::Join { protocols, .. }) = after_metadata(m, now) else {
         panic!("expected join")
     };
     let (name, meta) = protocols[0].clone();
@@ -102,7 +118,7 @@ fn member_id_required_rejoins_with_the_assigned_id() {
     let mut m = machine(Arc::new(RangeAssignor), None, t0);
     m.poll_action(t0);
     m.coordinator_found(t0);
-    let Some(Action::Join { member_id, .. }) = m.poll_action(t0) else {
+    let Some(Action::Join { member_id, .. }) = after_metadata(&mut m, t0) else {
         panic!()
     };
     assert_eq!(member_id, "");
@@ -223,7 +239,7 @@ fn sync_errors() {
     let to_sync = |m: &mut Membership| {
         m.poll_action(t0);
         m.coordinator_found(t0);
-        let Some(Action::Join { protocols, .. }) = m.poll_action(t0) else {
+        let Some(Action::Join { protocols, .. }) = after_metadata(m, t0) else {
             panic!()
         };
         m.handle_join(
@@ -394,4 +410,357 @@ fn connection_failure_during_join_finds_the_coordinator_and_rejoins() {
     assert_eq!(m.poll_action(t0), Some(Action::FindCoordinator));
     m.coordinator_found(t0 + SEC);
     assert!(matches!(m.poll_action(t0 + SEC), Some(Action::Join { .. })));
+}
+
+// ---- metadata: partition counts, topics created later, patterns ----
+
+/// `metadata.max.age.ms` of the members below.
+const AGE: Duration = Duration::from_secs(5);
+
+fn counts(entries: &[(&str, i32)]) -> PartitionCounts {
+    entries.iter().map(|(t, n)| (t.to_string(), *n)).collect()
+}
+
+fn tp(t: &str, p: i32) -> TopicPartition {
+    TopicPartition::new(t, p)
+}
+
+fn subscription_bytes(topics: &[&str]) -> Bytes {
+    Subscription {
+        topics: topics.iter().map(|t| t.to_string()).collect(),
+        ..Subscription::default()
+    }
+    .encode(CONSUMER_PROTOCOL_VERSION)
+}
+
+/// Answer a Join as the leader ("m1") of itself and `others` (id, topics),
+/// with `md` as the metadata the assignment is computed from; the actions
+/// that follow the sync.
+fn lead(
+    m: &mut Membership,
+    join: Action,
+    others: &[(&str, &[&str])],
+    md: &PartitionCounts,
+    now: Instant,
+) -> Vec<Action> {
+    let Action::Join { protocols, .. } = join else {
+        panic!("expected join, got {join:?}")
+    };
+    let (name, meta) = protocols[0].clone();
+    let mut members = vec![("m1".to_string(), None, meta)];
+    for (id, topics) in others {
+        members.push((id.to_string(), None, subscription_bytes(topics)));
+    }
+    m.handle_join(
+        JoinResult {
+            generation: m.generation().max(0) + 1,
+            member_id: "m1".into(),
+            leader: "m1".into(),
+            protocol_name: Some(name),
+            members,
+            ..JoinResult::default()
+        },
+        md,
+        now,
+    );
+    let Some(Action::Sync { assignments, .. }) = m.poll_action(now) else {
+        panic!("expected sync")
+    };
+    let ours = assignments.iter().find(|(id, _)| id == "m1").unwrap();
+    m.handle_sync(None, &ours.1.clone(), now);
+    drain(m, now)
+}
+
+/// A member (`metadata.max.age.ms` = 5 s) subscribed to `sub`, made stable
+/// as the leader of itself and `others`, the metadata being `md` all along.
+/// Returns it with what it was assigned.
+fn led(
+    sub: TopicSubscription,
+    others: &[(&str, &[&str])],
+    md: &PartitionCounts,
+    t0: Instant,
+) -> (Membership, Vec<TopicPartition>) {
+    let cfg = MembershipConfig {
+        metadata_max_age: AGE,
+        ..cfg(None)
+    };
+    let mut m = Membership::new(cfg, vec![Arc::new(RangeAssignor)], sub, t0);
+    assert_eq!(m.poll_action(t0), Some(Action::FindCoordinator));
+    m.coordinator_found(t0);
+    let Some(Action::RefreshMetadata { .. }) = m.poll_action(t0) else {
+        panic!("metadata is read before the first join")
+    };
+    m.handle_metadata(md, t0);
+    let join = m.poll_action(t0).unwrap();
+    let assigned = match lead(&mut m, join, others, md, t0).as_slice() {
+        [Action::Assign(p)] => p.clone(),
+        [] => Vec::new(),
+        other => panic!("expected assign, got {other:?}"),
+    };
+    (m, assigned)
+}
+
+/// Run the member at `at` (answering heartbeats) until it checks
+/// metadata; answer with `md`. Returns the topics it asked for and the
+/// actions that follow.
+fn metadata_check(
+    m: &mut Membership,
+    at: Instant,
+    md: &PartitionCounts,
+) -> (Option<Vec<String>>, Vec<Action>) {
+    loop {
+        match m.poll_action(at) {
+            Some(Action::Heartbeat { .. }) => m.handle_heartbeat(None, at),
+            Some(Action::RefreshMetadata { topics }) => {
+                m.handle_metadata(md, at);
+                return (topics, drain(m, at));
+            }
+            other => panic!("expected a metadata check at {at:?}, got {other:?}"),
+        }
+    }
+}
+
+fn join_reason(actions: &[Action]) -> &str {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Join { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no join in {actions:?}"))
+}
+
+#[test]
+fn leader_rejoins_when_a_subscribed_topic_grows_and_new_partitions_are_flagged() {
+    let t0 = Instant::now();
+    let md = counts(&[("t", 1)]);
+    let (mut m, assigned) = led(vec!["t".to_string()].into(), &[], &md, t0);
+    assert_eq!(assigned, vec![tp("t", 0)]);
+    assert!(!m.appeared_after_subscribe(&tp("t", 0)));
+
+    // Nothing changed: no rejoin, and no other check before one more age.
+    let (asked, actions) = metadata_check(&mut m, t0 + AGE, &md);
+    assert_eq!(asked, Some(vec!["t".to_string()]));
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(m.poll_action(t0 + AGE + SEC), None);
+
+    // Grown to 3: eager revoke, then a join that says why.
+    let grown = counts(&[("t", 3)]);
+    let (_, actions) = metadata_check(&mut m, t0 + 2 * AGE, &grown);
+    assert_eq!(actions[0], Action::Revoke(vec![tp("t", 0)]));
+    assert!(
+        join_reason(&actions).contains("topic t went from 1 to 3 partitions"),
+        "{actions:?}"
+    );
+    let join = actions.last().unwrap().clone();
+    let actions = lead(&mut m, join, &[], &grown, t0 + 2 * AGE);
+    assert_eq!(
+        actions,
+        vec![Action::Assign(vec![tp("t", 0), tp("t", 1), tp("t", 2)])]
+    );
+    assert!(!m.appeared_after_subscribe(&tp("t", 0)));
+    assert!(m.appeared_after_subscribe(&tp("t", 1)));
+    assert!(m.appeared_after_subscribe(&tp("t", 2)));
+    // The new assignment is the new baseline: no second rebalance.
+    let (_, actions) = metadata_check(&mut m, t0 + 3 * AGE, &grown);
+    assert!(actions.is_empty(), "{actions:?}");
+}
+
+#[test]
+fn the_leader_watches_every_members_topics() {
+    let t0 = Instant::now();
+    let md = counts(&[("t", 1), ("u", 2)]);
+    let (mut m, _) = led(vec!["t".to_string()].into(), &[("m2", &["u"])], &md, t0);
+    let (asked, actions) = metadata_check(&mut m, t0 + AGE, &counts(&[("t", 1), ("u", 4)]));
+    assert_eq!(asked, Some(vec!["t".to_string(), "u".to_string()]));
+    assert!(
+        join_reason(&actions).contains("topic u went from 2 to 4 partitions"),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_follower_rejoins_when_its_own_topic_grows_and_ignores_others() {
+    let t0 = Instant::now();
+    let cfg = MembershipConfig {
+        metadata_max_age: AGE,
+        ..cfg(None)
+    };
+    let mut m = Membership::new(
+        cfg,
+        vec![Arc::new(RangeAssignor)],
+        vec!["t".to_string()],
+        t0,
+    );
+    m.poll_action(t0);
+    m.coordinator_found(t0);
+    let md = counts(&[("t", 2)]);
+    let Some(Action::Join { protocols, .. }) = after_metadata(&mut m, t0) else {
+        panic!()
+    };
+    m.handle_join(
+        JoinResult {
+            generation: 1,
+            member_id: "m1".into(),
+            leader: "m2".into(),
+            protocol_name: Some(protocols[0].0.clone()),
+            ..JoinResult::default()
+        },
+        &md,
+        t0,
+    );
+    m.poll_action(t0);
+    let mine = Assignment {
+        partitions: vec![tp("t", 0)],
+        user_data: None,
+    };
+    m.handle_sync(None, &mine.encode(3), t0);
+    assert_eq!(drain(&mut m, t0), vec![Action::Assign(vec![tp("t", 0)])]);
+
+    // Another member's topic changing is the leader's business.
+    let (asked, actions) = metadata_check(&mut m, t0 + AGE, &counts(&[("t", 2), ("u", 9)]));
+    assert_eq!(asked, Some(vec!["t".to_string()]));
+    assert!(actions.is_empty(), "{actions:?}");
+    let (_, actions) = metadata_check(&mut m, t0 + 2 * AGE, &counts(&[("t", 3)]));
+    assert!(
+        join_reason(&actions).contains("topic t went from 2 to 3"),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_subscribed_topic_created_later_is_picked_up_and_starts_as_new() {
+    let t0 = Instant::now();
+    let sub: TopicSubscription = vec!["t".to_string(), "later".to_string()].into();
+    let md = counts(&[("t", 1)]); // `later` does not exist yet
+    let (mut m, assigned) = led(sub, &[], &md, t0);
+    assert_eq!(assigned, vec![tp("t", 0)]);
+
+    let created = counts(&[("t", 1), ("later", 2)]);
+    let (asked, actions) = metadata_check(&mut m, t0 + AGE, &created);
+    assert_eq!(asked, Some(vec!["later".to_string(), "t".to_string()]));
+    assert!(
+        join_reason(&actions).contains("topic later appeared (2 partitions)"),
+        "{actions:?}"
+    );
+    let join = actions.last().unwrap().clone();
+    let actions = lead(&mut m, join, &[], &created, t0 + AGE);
+    let [Action::Assign(now_assigned)] = actions.as_slice() else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(now_assigned.len(), 3);
+    assert!(m.appeared_after_subscribe(&tp("later", 0)));
+    assert!(m.appeared_after_subscribe(&tp("later", 1)));
+    assert!(!m.appeared_after_subscribe(&tp("t", 0)));
+
+    // Deleted again: the group rebalances it away.
+    let (_, actions) = metadata_check(&mut m, t0 + 2 * AGE, &md);
+    assert!(
+        join_reason(&actions).contains("topic later disappeared"),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_pattern_reads_every_topic_before_joining_and_rejoins_on_a_new_match() {
+    let t0 = Instant::now();
+    let sub = TopicSubscription::pattern("pre-.*").unwrap();
+    let md = counts(&[("pre-a", 1), ("xpre-b", 1), ("other", 1)]);
+    let cfg = MembershipConfig {
+        metadata_max_age: AGE,
+        ..cfg(None)
+    };
+    let mut m = Membership::new(cfg, vec![Arc::new(RangeAssignor)], sub, t0);
+    m.poll_action(t0);
+    m.coordinator_found(t0);
+    assert_eq!(
+        m.poll_action(t0),
+        Some(Action::RefreshMetadata { topics: None }),
+        "a pattern needs the full topic list"
+    );
+    m.handle_metadata(&md, t0);
+    assert_eq!(m.topics(), ["pre-a"], "the whole name must match");
+    let join = m.poll_action(t0).unwrap();
+    let Action::Join { protocols, .. } = &join else {
+        panic!("{join:?}")
+    };
+    assert_eq!(
+        Subscription::decode(&protocols[0].1).unwrap().topics,
+        ["pre-a"]
+    );
+    assert_eq!(
+        lead(&mut m, join, &[], &md, t0),
+        vec![Action::Assign(vec![tp("pre-a", 0)])]
+    );
+
+    let more = counts(&[("pre-a", 1), ("pre-c", 2), ("xpre-b", 1), ("other", 1)]);
+    let (asked, actions) = metadata_check(&mut m, t0 + AGE, &more);
+    assert_eq!(asked, None);
+    assert_eq!(actions[0], Action::Revoke(vec![tp("pre-a", 0)]));
+    assert!(join_reason(&actions).contains("pre-c"), "{actions:?}");
+    let join = actions.last().unwrap().clone();
+    let Action::Join { protocols, .. } = &join else {
+        panic!("{join:?}")
+    };
+    assert_eq!(
+        Subscription::decode(&protocols[0].1).unwrap().topics,
+        ["pre-a", "pre-c"],
+        "joined with the fresh matches, without a second metadata round"
+    );
+    lead(&mut m, join, &[], &more, t0 + AGE);
+    assert!(m.appeared_after_subscribe(&tp("pre-c", 0)));
+    assert!(m.appeared_after_subscribe(&tp("pre-c", 1)));
+    assert!(!m.appeared_after_subscribe(&tp("pre-a", 0)));
+
+    // The next join of a pattern reads metadata first again.
+    m.poll_action(t0 + AGE + 3 * SEC);
+    m.handle_heartbeat(Some(KafkaCode::RebalanceInProgress), t0 + AGE + 3 * SEC);
+    let actions = drain(&mut m, t0 + AGE + 3 * SEC);
+    assert!(matches!(actions[0], Action::Revoke(_)));
+    assert_eq!(actions[1], Action::RefreshMetadata { topics: None });
+}
+
+#[test]
+fn topic_patterns_match_whole_names_and_bad_ones_are_errors() {
+    let p = TopicSubscription::pattern("orders-.*").unwrap();
+    assert!(p.includes("orders-eu"));
+    assert!(!p.includes("old-orders-eu"));
+    assert!(!TopicSubscription::pattern("orders")
+        .unwrap()
+        .includes("orders-eu"));
+    assert!(TopicSubscription::pattern("a|b").unwrap().includes("b"));
+    assert!(TopicSubscription::pattern("orders-(").is_err());
+}
+
+#[test]
+fn a_failed_metadata_refresh_neither_blocks_the_join_nor_waits_a_whole_age() {
+    let t0 = Instant::now();
+    let mut m = machine(Arc::new(RangeAssignor), None, t0);
+    m.poll_action(t0);
+    m.coordinator_found(t0);
+    assert!(matches!(
+        m.poll_action(t0),
+        Some(Action::RefreshMetadata { .. })
+    ));
+    m.handle_metadata_failed(t0);
+    assert!(matches!(m.poll_action(t0), Some(Action::Join { .. })));
+    // Joining: no metadata timer, so the driver does not spin.
+    assert_eq!(m.poll_timeout(), Some(t0 + 60 * SEC));
+    assert!(
+        !m.appeared_after_subscribe(&tp("t", 0)),
+        "no baseline before any metadata"
+    );
+
+    // Stable: a failed check is retried within a second, not a whole age.
+    let (mut m, _) = led(vec!["t".to_string()].into(), &[], &parts(), t0);
+    m.poll_action(t0 + 3 * SEC); // heartbeat
+    m.handle_heartbeat(None, t0 + 3 * SEC);
+    assert!(matches!(
+        m.poll_action(t0 + AGE),
+        Some(Action::RefreshMetadata { .. })
+    ));
+    m.handle_metadata_failed(t0 + AGE);
+    assert_eq!(m.poll_action(t0 + AGE), None);
+    let (asked, _) = metadata_check(&mut m, t0 + AGE + SEC, &parts());
+    assert_eq!(asked, Some(vec!["t".to_string()]));
 }

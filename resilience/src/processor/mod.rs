@@ -180,6 +180,12 @@ impl Processor {
     /// offset with `auto.offset.reset=none`, …).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ConsumerError> {
         let cfg = self.cfg;
+        if cfg.topic_pattern.is_some() && cfg.retry_topics.is_some() {
+            return Err(kafka_wire::Error::Config(
+                "retry topics need named topics: they cannot be combined with topic_pattern".into(),
+            )
+            .into());
+        }
         tokio::pin!(shutdown);
         let started = Instant::now();
         let deadline = cfg.startup_timeout.map(|t| started + t);
@@ -226,8 +232,13 @@ impl Processor {
         ));
         let _abort_on_drop = AbortTasksOnDrop(rt.clone());
         consumer.set_listener(Arc::new(RuntimeListener(rt.clone())));
-        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topic_refs)?;
+        match &rt.cfg.topic_pattern {
+            Some(pattern) => consumer.subscribe_pattern(pattern)?,
+            None => {
+                let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+                consumer.subscribe(&topic_refs)?;
+            }
+        }
 
         let committer = consumer.committer().clone();
         let commit_task = match rt.cfg.commit_policy {
