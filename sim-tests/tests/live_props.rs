@@ -1,15 +1,21 @@
 //! Property tests against the real broker: proptest generates sequences of
 //! operations (produce records, some poison and some transient; start a
 //! member; stop one gracefully; kill one; slow the handler; reset every
-//! connection; let time pass), runs them on a live group, and checks the
-//! runtime's promises after every step and at the end:
+//! connection; let time pass) and Kafka's own semantics (transactions
+//! committed and aborted, so markers and aborted ranges; partitions added
+//! to the topic; DeleteRecords, as retention does), runs them on a live
+//! read_committed group, and checks the runtime's promises after every
+//! step and at the end:
 //!
-//! - committed ≤ handled, per partition (every offset below a committed
-//!   offset was handled or dead-lettered);
+//! - committed ≤ handled, per partition (every record below a committed
+//!   offset was handled or dead-lettered, unless DeleteRecords removed it);
 //! - committed offsets never decrease;
-//! - every produced record is handled or dead-lettered (at the end);
+//! - every produced record is handled or dead-lettered (at the end),
+//!   except aborted ones (never handled) and deleted ones;
 //! - no side effect is applied twice (members share a DedupStore);
-//! - no commit lands for a partition its member does not own.
+//! - no commit lands for a partition its member does not own;
+//! - at the end every partition is committed to its log end (so markers,
+//!   aborted ranges and added partitions leave no lag).
 //!
 //! `SIM_CASES` sets the number of cases (default 8, for CI); `SIM_SEED`
 //! fixes the generator's seed. A failing case, shrunk, is saved to
@@ -21,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use consumer_core::{Consumer, TopicPartition};
-use kafka_wire::{NewTopic, OffsetSpec, ProducerRecord};
+use kafka_wire::{IsolationLevel, NewTopic, OffsetSpec, Producer, ProducerConfig, ProducerRecord};
 use proptest::prelude::*;
 use proptest::test_runner::{
     Config, FileFailurePersistence, RngSeed, TestCaseError, TestError, TestRunner,
@@ -34,6 +40,7 @@ use sim_tests::proxy::FaultProxy;
 use sim_tests::support::{self, Behaviour, Running, Sink, SinkHandler};
 
 const PARTITIONS: i32 = 3;
+const MAX_PARTITIONS: i32 = 6;
 const MAX_MEMBERS: usize = 3;
 
 #[derive(Debug, Clone)]
@@ -55,6 +62,17 @@ enum Op {
     Fault,
     /// Let this many milliseconds pass.
     Advance(u64),
+    /// Produce `count` records in one transaction, committed or aborted.
+    Transaction {
+        count: u32,
+        commit: bool,
+    },
+    /// Add a partition to the topic (and its DLT), up to `MAX_PARTITIONS`.
+    AddPartition,
+    /// DeleteRecords: drop the first half of a partition's log.
+    DeleteRecords {
+        partition: i32,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -70,6 +88,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u64..10).prop_map(Op::Slow),
         1 => Just(Op::Fault),
         2 => (100u64..1_500).prop_map(Op::Advance),
+        2 => (1u32..50, any::<bool>()).prop_map(|(count, commit)| Op::Transaction { count, commit }),
+        1 => Just(Op::AddPartition),
+        1 => (0..PARTITIONS).prop_map(|partition| Op::DeleteRecords { partition }),
     ]
 }
 
@@ -91,6 +112,13 @@ struct World {
     transient: Arc<Mutex<HashSet<u32>>>,
     slow_ms: Arc<AtomicU64>,
     produced: u32,
+    partitions: i32,
+    /// Where each produced record landed (number → partition, offset).
+    placed: HashMap<u32, (i32, i64)>,
+    /// Numbers of aborted records: never to be handled.
+    aborted: HashSet<u32>,
+    /// Numbers DeleteRecords removed before they were finished: excused.
+    deleted: HashSet<u32>,
     members: Vec<Running>,
     logs: Vec<Arc<EventLog>>,
     /// Highest committed offset seen so far, per partition.
@@ -124,6 +152,10 @@ impl World {
             transient: Arc::default(),
             slow_ms: Arc::default(),
             produced: 0,
+            partitions: PARTITIONS,
+            placed: HashMap::new(),
+            aborted: HashSet::new(),
+            deleted: HashSet::new(),
             members: Vec::new(),
             logs: Vec::new(),
             committed: BTreeMap::new(),
@@ -150,18 +182,23 @@ impl World {
 
     fn start_member(&mut self) {
         let log = Arc::new(EventLog::default());
-        let mut cfg = ProcessorConfig::new(
-            support::group_consumer(&self.b, &self.group),
-            &[&self.topic],
-        )
-        .commit_policy(CommitPolicy::Interval(Duration::from_millis(100)))
-        .dead_letter(support::producer_config(&self.b))
-        .backoff(BackoffPolicy {
-            initial: Duration::from_millis(10),
-            ..BackoffPolicy::default()
-        })
-        .idempotency(KeySource::RecordKey, self.store.clone())
-        .observer(log.clone());
+        let consumer = support::group_consumer_with(
+            &self.b,
+            &self.group,
+            &[
+                ("isolation.level", "read_committed"),
+                ("metadata.max.age.ms", "1000"),
+            ],
+        );
+        let mut cfg = ProcessorConfig::new(consumer, &[&self.topic])
+            .commit_policy(CommitPolicy::Interval(Duration::from_millis(100)))
+            .dead_letter(support::producer_config(&self.b))
+            .backoff(BackoffPolicy {
+                initial: Duration::from_millis(10),
+                ..BackoffPolicy::default()
+            })
+            .idempotency(KeySource::RecordKey, self.store.clone())
+            .observer(log.clone());
         cfg.create_topics = false;
         cfg.consumer.client.connector = self.proxy.connector();
         self.members.push(support::start(Processor::new(
@@ -189,18 +226,67 @@ impl World {
                     }
                 }
                 let admin = support::admin(&self.b).await;
-                let topic = self.topic.clone();
-                support::produce(
-                    &admin,
-                    &self.b,
-                    (first..first + count).map(|n| {
-                        ProducerRecord::new(&topic)
-                            .key(format!("k{n}"))
-                            .value(n.to_string())
-                    }),
-                )
-                .await;
-                self.produced += count;
+                let p = Producer::with_client(admin, support::producer_config(&self.b));
+                self.send_numbered(&p, count).await;
+                p.close().await;
+            }
+            Op::Transaction { count, commit } => {
+                let cfg = ProducerConfig::builder()
+                    .bootstrap(&self.b.bootstrap)
+                    .expect("bootstrap")
+                    .transactional_id(testkit::unique_name("live-txn"))
+                    .build()
+                    .expect("config");
+                let p = Producer::connect(cfg).await.expect("producer");
+                p.init_transactions().await.expect("init transactions");
+                p.begin_transaction().await.expect("begin");
+                let first = self.produced;
+                self.send_numbered(&p, count).await;
+                if commit {
+                    p.commit_transaction().await.expect("commit");
+                } else {
+                    p.abort_transaction().await.expect("abort");
+                    self.aborted.extend(first..first + count);
+                }
+                p.close().await;
+            }
+            Op::AddPartition if self.partitions < MAX_PARTITIONS => {
+                let admin = support::admin(&self.b).await;
+                self.partitions += 1;
+                for t in [self.topic.clone(), resilience::dlt::dlt_topic(&self.topic)] {
+                    admin
+                        .create_partitions(&t, self.partitions)
+                        .await
+                        .expect("create partitions");
+                }
+            }
+            Op::AddPartition => {}
+            Op::DeleteRecords { partition } => {
+                let admin = support::admin(&self.b).await;
+                let tp = TopicPartition::new(&self.topic, partition);
+                let end = admin
+                    .partition_offsets(
+                        std::slice::from_ref(&tp),
+                        OffsetSpec::Latest,
+                        IsolationLevel::ReadUncommitted,
+                    )
+                    .await
+                    .expect("list offsets")
+                    .get(&tp)
+                    .copied()
+                    .unwrap_or(0);
+                let before = end / 2;
+                // Not finished yet: excused (they may still finish).
+                let finished = self.finished_numbers();
+                for (n, (p, o)) in &self.placed {
+                    if *p == partition && *o < before && !finished.contains(n) {
+                        self.deleted.insert(*n);
+                    }
+                }
+                admin
+                    .delete_records(&[(tp, before)])
+                    .await
+                    .expect("delete records");
             }
             Op::Start if self.members.len() < MAX_MEMBERS => self.start_member(),
             Op::Start => {}
@@ -213,31 +299,47 @@ impl World {
         }
     }
 
-    /// (partition, offset) of every record that reached an end: applied,
-    /// or acknowledged by the DLT.
-    fn finished(&self) -> HashSet<(i32, i64)> {
-        let positions = self.sink.positions();
-        let by_number: HashMap<u32, (i32, i64)> =
-            positions.iter().map(|(pos, n)| (*n, *pos)).collect();
-        let mut done: HashSet<(i32, i64)> = self
-            .sink
-            .applied_numbers()
-            .into_iter()
-            .filter_map(|n| by_number.get(&n).copied())
-            .collect();
+    /// Send `count` numbered records (keyed, so spread over every
+    /// partition) and remember where each landed.
+    async fn send_numbered(&mut self, p: &Producer, count: u32) {
+        let first = self.produced;
+        let mut acks = Vec::new();
+        for n in first..first + count {
+            let r = ProducerRecord::new(&self.topic)
+                .key(format!("k{n}"))
+                .value(n.to_string());
+            acks.push((n, p.send(r).await.expect("send")));
+        }
+        for (n, ack) in acks {
+            let md = ack.await.expect("ack");
+            self.placed.insert(n, (md.partition, md.offset));
+        }
+        self.produced += count;
+    }
+
+    /// Numbers of every record that reached an end: applied, or
+    /// acknowledged by the DLT.
+    fn finished_numbers(&self) -> HashSet<u32> {
+        let at: HashMap<(i32, i64), u32> = self.placed.iter().map(|(n, pos)| (*pos, *n)).collect();
+        let mut done: HashSet<u32> = self.sink.applied_numbers().into_iter().collect();
         for log in &self.logs {
             for e in log.events() {
                 if let Event::DeadLettered { tp, offset } = e {
-                    done.insert((tp.partition, offset));
+                    done.extend(at.get(&(tp.partition, offset)));
                 }
             }
         }
         done
     }
 
+    /// Numbers that must reach an end: not aborted, not deleted.
+    fn expected(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.produced).filter(|n| !self.aborted.contains(n) && !self.deleted.contains(n))
+    }
+
     /// The invariants that hold at every moment.
     async fn check(&mut self, step: &str) -> Result<(), String> {
-        let tps: Vec<TopicPartition> = (0..PARTITIONS)
+        let tps: Vec<TopicPartition> = (0..self.partitions)
             .map(|p| TopicPartition::new(&self.topic, p))
             .collect();
         let committed = self
@@ -245,19 +347,34 @@ impl World {
             .committed(&tps)
             .await
             .map_err(|e| format!("{step}: reading committed offsets: {e}"))?;
-        let finished = self.finished();
-        for (tp, c) in committed {
-            let before = self.committed.insert(tp.partition, c).unwrap_or(0);
-            if c < before {
+        let finished = self.finished_numbers();
+        for (tp, c) in &committed {
+            let before = self.committed.insert(tp.partition, *c).unwrap_or(0);
+            if *c < before {
                 return Err(format!(
                     "{step}: committed offset of {tp} went back from {before} to {c}"
                 ));
             }
-            if let Some(missing) = (0..c).find(|o| !finished.contains(&(tp.partition, *o))) {
+        }
+        for n in self.expected() {
+            let (p, o) = self.placed[&n];
+            let c = self.committed.get(&p).copied().unwrap_or(0);
+            if o < c && !finished.contains(&n) {
                 return Err(format!(
-                    "{step}: {tp} committed up to {c} but offset {missing} was neither handled nor dead-lettered"
+                    "{step}: {}-{p} committed up to {c} but record {n} at offset {o} was neither handled nor dead-lettered",
+                    self.topic
                 ));
             }
+        }
+        if let Some(n) = self
+            .sink
+            .applied_numbers()
+            .iter()
+            .find(|n| self.aborted.contains(n))
+        {
+            return Err(format!(
+                "{step}: record {n} of an aborted transaction was handled"
+            ));
         }
         let dups = self.sink.duplicated();
         if !dups.is_empty() {
@@ -284,21 +401,42 @@ impl World {
         if self.members.is_empty() {
             self.start_member();
         }
-        let want = self.produced as usize;
-        let done =
-            support::eventually(Duration::from_secs(60), || self.finished().len() >= want).await;
-        tokio::time::sleep(Duration::from_millis(300)).await; // a last commit
+        let want: HashSet<u32> = self.expected().collect();
+        let done = support::eventually(Duration::from_secs(60), || {
+            self.finished_numbers().is_superset(&want)
+        })
+        .await;
+        // Lag drains to zero while the members run (markers included).
+        let admin = support::admin(&self.b).await;
+        let tps: Vec<TopicPartition> = (0..self.partitions)
+            .map(|p| TopicPartition::new(&self.topic, p))
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while done && std::time::Instant::now() < deadline {
+            let ends = admin
+                .partition_offsets(&tps, OffsetSpec::Latest, IsolationLevel::ReadUncommitted)
+                .await;
+            let committed = self.checker.committed(&tps).await;
+            if let (Ok(ends), Ok(committed)) = (ends, committed) {
+                if ends.iter().all(|(tp, end)| committed.get(tp) == Some(end)) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         for m in self.members.drain(..) {
             m.stop().await;
         }
         self.check("end").await?;
         if !done {
+            let finished = self.finished_numbers();
+            let missing: Vec<&u32> = want.difference(&finished).take(10).collect();
             return Err(format!(
-                "end: only {} of {want} records were handled or dead-lettered",
-                self.finished().len()
+                "end: {} of {} records were neither handled nor dead-lettered, e.g. {missing:?}",
+                want.len() - want.intersection(&finished).count(),
+                want.len()
             ));
         }
-        let admin = support::admin(&self.b).await;
         let ends = admin
             .list_offsets(&self.topic, OffsetSpec::Latest)
             .await
