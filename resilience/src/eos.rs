@@ -141,7 +141,9 @@ impl TransactionalProcessor {
         consumer.subscribe(&topics)?;
         let group = self.consumer.group_id.clone().unwrap_or_default();
         // Per partition, the offset known committed (or where reading began).
+        // (A reset of the position, e.g. a recreated topic, starts over.)
         let mut settled: HashMap<TopicPartition, i64> = HashMap::new();
+        let mut incarnations: HashMap<TopicPartition, u64> = HashMap::new();
         let mut poll_backoff = PollBackoff::default();
         let result = loop {
             let batches = tokio::select! {
@@ -162,7 +164,14 @@ impl TransactionalProcessor {
                 },
             };
             let positions = consumer.positions();
-            settled.retain(|tp, _| positions.iter().any(|p| p.tp == *tp));
+            settled.retain(|tp, _| {
+                positions
+                    .iter()
+                    .any(|p| p.tp == *tp && incarnations.get(tp) == Some(&p.incarnation))
+            });
+            for p in &positions {
+                incarnations.insert(p.tp.clone(), p.incarnation);
+            }
             let unknown: Vec<TopicPartition> = positions
                 .iter()
                 .filter(|p| !settled.contains_key(&p.tp))
