@@ -58,7 +58,8 @@ struct Inner {
     tls: Option<TlsConnector>,
     slots: Mutex<Slots>,
     metadata: RwLock<Arc<Metadata>>,
-    /// Serialises refreshes; the generation lets waiters skip a redundant one.
+    /// Serialises refreshes; the count of full refreshes lets a full one
+    /// that waited skip a redundant request.
     refresh_lock: tokio::sync::Mutex<()>,
     refresh_generation: AtomicU64,
 }
@@ -136,7 +137,9 @@ impl Client {
     pub async fn refresh_metadata(&self, topics: Option<&[String]>) -> Result<Arc<Metadata>> {
         let generation_before = self.inner.refresh_generation.load(Ordering::Acquire);
         let _guard = self.inner.refresh_lock.lock().await;
-        // A full refresh finished while we waited: it covers us.
+        // A full refresh finished while we waited: it covers us. (Only a
+        // full one: a targeted refresh finishing meanwhile once answered a
+        // full request, so a topic created later never showed up.)
         if self.inner.refresh_generation.load(Ordering::Acquire) != generation_before
             && topics.is_none()
         {
@@ -175,7 +178,9 @@ impl Client {
                     next.merge(&resp, topics.is_none());
                     let next = Arc::new(next);
                     *self.inner.metadata.write().expect("metadata lock poisoned") = next.clone();
-                    self.inner.refresh_generation.fetch_add(1, Ordering::AcqRel);
+                    if topics.is_none() {
+                        self.inner.refresh_generation.fetch_add(1, Ordering::AcqRel);
+                    }
                     return Ok(next);
                 }
                 Err(e) => last_err = Some(e),
