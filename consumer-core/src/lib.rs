@@ -85,3 +85,8 @@ pub use error::ConsumerError;
 pub use membership::{Action, Membership, MembershipConfig, State, TopicSubscription};
 pub use protocol::{Assignment, Subscription};
 pub use tp::TopicPartition;
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -81,3 +81,8 @@ pub use topic_partition::{IsolationLevel, TopicPartition};
 /// callers need not depend on `kafka-protocol` themselves.
 pub use kafka_protocol::messages;
 pub use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

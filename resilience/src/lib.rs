@@ -111,3 +111,8 @@ pub use offset_tracker::OffsetTracker;
 pub use processor::{BatchHandler, Handler, Processor, Stats};
 pub use retry::HandlerError;
 pub use scheduler::Ordering;
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

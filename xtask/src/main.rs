@@ -5,6 +5,7 @@
 //! - [`certs`]: the test CA and the broker certificate for the SSL listeners.
 //! - [`postgres`]: a throwaway PostgreSQL server for the idempotency-store tests.
 //! - [`pure`]: `check-pure`, the proof that the library crates need no C toolchain.
+//! - [`publish`]: `cargo doc` and `cargo package` of the library crates, as publishing needs.
 //! - [`test`]: `cargo xtask test`, the README's test command and what CI runs.
 //! - [`lab`]: `cargo xtask lab`, the README's "main job".
 
@@ -13,6 +14,7 @@ mod broker;
 mod certs;
 mod lab;
 mod postgres;
+mod publish;
 mod pure;
 mod shell;
 mod test;

@@ -1,9 +1,11 @@
 //! `cargo xtask test`: the README's test command and exactly what CI runs.
 //!
-//! fmt, clippy and check-pure first (fail fast), then the broker (ours, or the
-//! one `KAFKA_BOOTSTRAP` names), then every test in the workspace with the
-//! broker's env exported, then the broker is stopped if we started it, even
-//! when tests fail. The last line is a plain `summary: N passed, N failed`.
+//! fmt, clippy, check-pure, rustdoc and `cargo package` first (fail fast),
+//! then the broker (ours, or the one `KAFKA_BOOTSTRAP` names), then every
+//! test in the workspace with the broker's env exported, then the tests of
+//! `examples/downstream` (an application outside the workspace), then the
+//! broker is stopped if we started it, even when tests fail. The last line is
+//! a plain `summary: N passed, N failed`.
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -12,12 +14,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::broker::{self, Engine};
+use crate::publish;
 use crate::pure;
 use crate::shell;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Skip fmt, clippy and check-pure; only run the tests.
+    /// Skip fmt, clippy, check-pure, docs and package; only run the tests.
     #[arg(long)]
     no_lint: bool,
     /// Apache Kafka version to test against.
@@ -151,6 +154,8 @@ fn run_steps(
             pure::check_pure()?;
             Ok(pure::LIBRARY_CRATES.join(", "))
         })?;
+        timed(steps, "docs", publish::docs)?;
+        timed(steps, "package", publish::package)?;
     }
 
     // The caller's cluster: one run, no other versions to try.
@@ -240,6 +245,13 @@ fn tests(
         c.passed += alone.passed;
         c.failed += alone.failed;
     }
+    if args.cargo_test_args.is_empty() {
+        eprintln!("\n==> {label}examples/downstream: an application outside the workspace");
+        let d = downstream(env)?;
+        c.passed += d.passed;
+        c.failed += d.failed;
+        c.ignored += d.ignored;
+    }
     counts.passed += c.passed;
     counts.failed += c.failed;
     counts.ignored += c.ignored;
@@ -252,6 +264,32 @@ fn tests(
     }
     Ok(line)
 }
+
+/// The application in `examples/downstream/`: its own workspace and
+/// Cargo.lock (`--locked`: the committed one), our crates by path, so it
+/// builds exactly what an embedder gets (no `[patch]` of ours reaches it).
+/// Built with `CC=/bin/false CXX=/bin/false`, into the workspace's target
+/// directory so that the dependencies the workspace already built are
+/// reused.
+fn downstream(env: &[(String, String)]) -> anyhow::Result<Counts> {
+    let mut env = env.to_vec();
+    env.push(("CC".into(), "/bin/false".into()));
+    env.push(("CXX".into(), "/bin/false".into()));
+    if std::env::var_os("CARGO_TARGET_DIR").is_none() {
+        let target = shell::workspace_root().join("target");
+        env.push(("CARGO_TARGET_DIR".into(), target.display().to_string()));
+    }
+    let manifest = ["--manifest-path", DOWNSTREAM, "--locked"].map(String::from);
+    cargo_test(&env, &manifest, &[]).with_context(|| {
+        format!(
+            "{DOWNSTREAM}: if its Cargo.lock is stale (a library crate gained a \
+             dependency), run `cargo update --workspace --manifest-path {DOWNSTREAM}` \
+             and commit the lock"
+        )
+    })
+}
+
+const DOWNSTREAM: &str = "examples/downstream/Cargo.toml";
 
 /// Run `cargo test <cargo_args> -- <test_args>`, echoing its output and
 /// counting results.

@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | [`InMemoryDedup`] | no | no | bounded; tests and single processes |
 //! | [`FileDedup`] | yes | no | embedded append-only log, fsync per mark, no server |
-//! | `PgDedup` (feature `postgres`) | yes | yes | `processed_events` table; [`postgres::PgDedup::process_once`] runs your write and the mark in one transaction (the inbox pattern) |
+//! | `PgDedup` (feature `postgres`) | yes | yes | `processed_events` table; `postgres::PgDedup::process_once` runs your write and the mark in one transaction (the inbox pattern) |
 //!
 //! The generic path is check, process, mark, then commit: a crash between
 //! the side effect and the mark can still repeat that one side effect. The
