@@ -1131,7 +1131,7 @@ impl Consumer {
         // Recreated under us? Then the new log is read from its start.
         let _ = self
             .client
-            .refresh_metadata(Some(&[tp.topic.clone()]))
+            .refresh_metadata(Some(std::slice::from_ref(&tp.topic)))
             .await;
         self.check_topic_ids();
         if self.parts.get(tp).is_none_or(|p| p.position != Some(pos)) {

@@ -15,6 +15,20 @@ fn help_lists_the_subcommands() {
 }
 
 #[test]
+fn scenario_help_lists_every_scenario() {
+    let out = lab().args(["scenario", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for name in sim_tests::scenarios::NAMES {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+    let out = lab().args(["scenario", "no-such"]).output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("corrupt-batch"), "{text}");
+}
+
+#[test]
 fn check_prints_broker_versions_and_topics() {
     let broker = testkit::require_broker!();
     let out = lab()
@@ -25,8 +39,18 @@ fn check_prints_broker_versions_and_topics() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("brokers (1)"), "{stdout}");
-    assert!(stdout.contains("Fetch"), "{stdout}");
+    assert!(stdout.contains("APIs negotiated"), "{stdout}");
+    assert!(
+        !stdout.contains("Fetch"),
+        "no version table by default: {stdout}"
+    );
     assert!(stdout.contains("topics ("), "{stdout}");
+    let out = lab()
+        .args(["--bootstrap", &broker.bootstrap, "check", "--versions"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Fetch"), "{stdout}");
 }
 
 #[test]
