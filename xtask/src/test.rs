@@ -70,6 +70,9 @@ impl Counts {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // Our own broker (target/broker-test, own ports), never the user's: the
+    // suite creates ~120 topics and ~90 groups, and restarts its broker.
+    broker::use_instance(broker::TEST_INSTANCE);
     let started = Instant::now();
     let mut steps: Vec<Step> = Vec::new();
     let mut counts = Counts::default();
@@ -136,11 +139,11 @@ fn run_steps(
             Ok(String::new())
         })?;
         timed(steps, "clippy", || {
+            // Not --quiet: cargo's own progress shows while it checks.
             shell::run(shell::cargo().args([
                 "clippy",
                 "--workspace",
                 "--all-targets",
-                "--quiet",
                 "--",
                 "-D",
                 "warnings",
