@@ -97,6 +97,8 @@ pub async fn run(connect: &ConnectArgs, args: ConsumeArgs) -> anyhow::Result<()>
     if args.group.is_none() && args.partitions.is_empty() {
         bail!("give --group G to consume as a group member, or --partitions 0,1,… to read partitions directly");
     }
+    let admin = kafka_wire::Client::connect(connect.client_config()?).await?;
+    crate::exists::require_topic(&admin, &args.topic).await?;
     let client = connect.client_builder()?;
     let mut b = ConsumerConfig::builder()
         .client(|_| client)

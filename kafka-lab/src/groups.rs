@@ -39,7 +39,8 @@ pub async fn run(connect: &ConnectArgs, client: &Client, cmd: GroupsCommand) -> 
                 ),
             };
             let d = client.describe_group(&group).await?;
-            println!(
+            let mut lines: Vec<String> = Vec::new();
+            lines.push(format!(
                 "group {} state {} assignor {}",
                 d.group_id,
                 d.state,
@@ -48,7 +49,7 @@ pub async fn run(connect: &ConnectArgs, client: &Client, cmd: GroupsCommand) -> 
                 } else {
                     &d.protocol
                 }
-            );
+            ));
             // Who owns what.
             let mut owner: BTreeMap<TopicPartition, String> = BTreeMap::new();
             for m in &d.members {
@@ -75,10 +76,11 @@ pub async fn run(connect: &ConnectArgs, client: &Client, cmd: GroupsCommand) -> 
             }
             topics.sort();
             topics.dedup();
-            println!(
+            lines.push(format!(
                 "{:<40} {:>14} {:>14} {:>8}  member",
                 "topic-partition", "committed", "end", "lag"
-            );
+            ));
+            let mut any_committed = false;
             for topic in topics {
                 let Some(n) = md.partition_count(&topic) else {
                     continue;
@@ -90,6 +92,7 @@ pub async fn run(connect: &ConnectArgs, client: &Client, cmd: GroupsCommand) -> 
                 if committed.is_empty() && !owner.keys().any(|tp| tp.topic == topic) {
                     continue;
                 }
+                any_committed |= !committed.is_empty();
                 let ends: BTreeMap<i32, i64> = client
                     .list_offsets_with(&topic, OffsetSpec::Latest, isolation)
                     .await?
@@ -101,15 +104,19 @@ pub async fn run(connect: &ConnectArgs, client: &Client, cmd: GroupsCommand) -> 
                     let lag = c
                         .map(|c| (end - c).to_string())
                         .unwrap_or_else(|| "-".into());
-                    println!(
+                    lines.push(format!(
                         "{:<40} {:>14} {:>14} {:>8}  {}",
                         tp.to_string(),
                         c.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
                         end,
                         lag,
                         owner.get(&tp).map(String::as_str).unwrap_or("-")
-                    );
+                    ));
                 }
+            }
+            crate::exists::require_group(client, &group, any_committed).await?;
+            for l in lines {
+                println!("{l}");
             }
         }
     }

@@ -6,6 +6,7 @@
 
 mod connect;
 mod consume;
+mod exists;
 mod groups;
 mod json;
 mod logging;

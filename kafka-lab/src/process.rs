@@ -84,6 +84,8 @@ pub async fn run(connect: &ConnectArgs, args: ProcessArgs) -> anyhow::Result<()>
     if let Some(addr) = &args.metrics_addr {
         crate::prometheus::Prometheus::install_and_serve(addr).await?;
     }
+    let admin = kafka_wire::Client::connect(connect.client_config()?).await?;
+    crate::exists::require_topic(&admin, &args.topic).await?;
     let (consumer_client, dlt_client) = (connect.client_builder()?, connect.client_builder()?);
     let mut b = ConsumerConfig::builder()
         .client(|_| consumer_client)

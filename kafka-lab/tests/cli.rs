@@ -68,6 +68,104 @@ fn unknown_property_is_named_in_the_error() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bootstrap.srevers"), "{stderr}");
+    assert!(
+        stderr.contains("did you mean `bootstrap.servers`?"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_consumer_or_producer_property_under_x_points_to_c_or_p() {
+    for (kv, flag) in [
+        ("group.id=g", "-C group.id=g"),
+        ("linger.ms=5", "-P linger.ms=5"),
+    ] {
+        let (ok, out) = run(&["--bootstrap", "127.0.0.1:1", "-X", kv, "check"], None);
+        assert!(!ok, "{out}");
+        assert!(out.contains(flag), "{kv}: {out}");
+    }
+}
+
+#[test]
+fn a_missing_topic_or_group_is_an_error_that_says_so() {
+    let broker = testkit::require_broker!();
+    let b = broker.bootstrap.as_str();
+    let topic = testkit::unique_name("cli-missing");
+    for args in [
+        vec![
+            "-b",
+            b,
+            "consume",
+            "--topic",
+            &topic,
+            "--partitions",
+            "0",
+            "--idle-exit-ms",
+            "500",
+        ],
+        vec![
+            "-b",
+            b,
+            "consume",
+            "--topic",
+            &topic,
+            "--group",
+            "g",
+            "--idle-exit-ms",
+            "500",
+        ],
+        vec![
+            "-b",
+            b,
+            "process",
+            "--topic",
+            &topic,
+            "--group",
+            "g",
+            "--seconds",
+            "1",
+        ],
+    ] {
+        let (ok, out) = run(&args, None);
+        assert!(!ok, "{args:?} exited 0: {out}");
+        assert!(
+            out.contains(&format!("topic {topic:?} does not exist")),
+            "{args:?}: {out}"
+        );
+        // The harness runs with auto.create.topics.enable=false.
+        assert!(out.contains("auto-creation is off"), "{args:?}: {out}");
+        assert!(!out.contains("consumed 0 records"), "{out}");
+    }
+    let group = testkit::unique_name("cli-missing-group");
+    let (ok, out) = run(&["-b", b, "groups", "describe", &group], None);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("consumer group {group:?} does not exist")),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_refused_topic_creation_shows_the_brokers_own_message() {
+    let broker = testkit::require_broker!();
+    let topic = testkit::unique_name("cli-rf3");
+    let (ok, out) = run(
+        &[
+            "-b",
+            &broker.bootstrap,
+            "topics",
+            "create",
+            &topic,
+            "--replication-factor",
+            "3",
+        ],
+        None,
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("InvalidReplicationFactor"), "{out}");
+    // The broker's explanation, not just the code's name.
+    assert!(out.contains("the broker says:"), "{out}");
+    assert!(out.contains("broker(s)"), "{out}");
 }
 
 fn run_ok(args: &[&str], stdin: Option<&str>) -> String {
