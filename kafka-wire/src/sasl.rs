@@ -2,7 +2,7 @@
 //!
 //! The mechanisms are pure message transformers ([`ScramClient`] is a small
 //! state machine with the nonce injected, so RFC 7677's test vector runs as a
-//! unit test). [`authenticate`] drives one through SaslHandshake and
+//! unit test). `authenticate` drives one through SaslHandshake and
 //! SaslAuthenticate on the normal request path. A failure is
 //! [`Error::Auth`]: fatal, never retried, naming the mechanism and broker.
 
