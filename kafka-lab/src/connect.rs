@@ -6,6 +6,7 @@ use clap::Args;
 use kafka_wire::{ClientConfig, ClientConfigBuilder};
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Connection options (any subcommand)")]
 pub struct ConnectArgs {
     /// bootstrap.servers (host:port,…).
     #[arg(

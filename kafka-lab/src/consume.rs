@@ -3,27 +3,46 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use base64::Engine;
 use clap::Args;
 use consumer_core::{Consumer, ConsumerConfig, TopicPartition};
-use kafka_wire::records::Record;
+use kafka_wire::IsolationLevel;
 
 use crate::connect::ConnectArgs;
-use crate::json::json_str;
+use crate::position::StartAt;
 
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
-    #[arg(long)]
+    /// The topic to read (alone: every partition, without a group, like kcat).
+    #[arg(short = 't', long)]
     topic: String,
-    /// Consume as a member of this group.
-    #[arg(long, conflicts_with = "partitions")]
+    /// Consume as a member of this group (partitions assigned by the group;
+    /// starts at the committed offsets).
+    #[arg(short = 'G', long, conflicts_with = "partitions")]
     group: Option<String>,
-    /// Consume these partitions (comma-separated) without a group.
-    #[arg(long, value_delimiter = ',')]
+    /// Read only these partitions (comma-separated), without a group.
+    #[arg(short = 'p', long, value_delimiter = ',')]
     partitions: Vec<i32>,
-    /// Where to start without a committed offset: earliest or latest.
-    #[arg(long, default_value = "earliest")]
-    from: String,
+    /// Where to start: earliest, latest, an offset, -N (N records before the
+    /// end), @MS or a time like 2026-11-30T08:00:00Z (the first record at or
+    /// after it). With --group only earliest or latest, used where the group
+    /// has no committed offset.
+    #[arg(
+        short = 'o',
+        long,
+        default_value = "earliest",
+        allow_hyphen_values = true
+    )]
+    from: StartAt,
+    /// kcat-style output format: %t topic, %p partition, %o offset, %T
+    /// timestamp, %k key, %s value, %S value size, %h headers, \n \t.
+    #[arg(short = 'f', long, conflicts_with_all = ["json", "print_key", "print_headers"])]
+    format: Option<String>,
+    /// Print each record's key before its value (plain output).
+    #[arg(long)]
+    print_key: bool,
+    /// Print each record's headers (k=v,…) before its value (plain output).
+    #[arg(long)]
+    print_headers: bool,
     /// Stop after this many records.
     #[arg(long)]
     max: Option<u64>,
@@ -42,7 +61,9 @@ pub struct ConsumeArgs {
     /// Commit what was printed, then leave the group.
     #[arg(long, requires = "group")]
     commit: bool,
-    /// One JSON object per record.
+    /// One JSON object per record. Keys, values and headers are strings
+    /// when they are text, {"base64": "…"} when binary; `kafka_dlt-*`
+    /// numbers are numbers.
     #[arg(long)]
     json: bool,
     /// Print nothing per record (for throughput runs); the summary still prints.
@@ -53,56 +74,34 @@ pub struct ConsumeArgs {
     consumer_properties: Vec<String>,
 }
 
-fn bytes_json(b: &Option<bytes::Bytes>) -> String {
-    match b {
-        None => "null".into(),
-        Some(b) => match std::str::from_utf8(b) {
-            Ok(s) => json_str(s),
-            Err(_) => format!(
-                "{{\"base64\":\"{}\"}}",
-                base64::engine::general_purpose::STANDARD.encode(b)
-            ),
-        },
-    }
-}
-
-fn print(tp: &TopicPartition, r: &Record, json: bool) {
+fn print(tp: &TopicPartition, r: &kafka_wire::records::Record, json: bool, format: &str) {
     if json {
-        let headers: Vec<String> = r
-            .headers
-            .iter()
-            .map(|h| format!("{}:{}", json_str(&h.key_str()), bytes_json(&h.value)))
-            .collect();
-        println!(
-            "{{\"topic\":{},\"partition\":{},\"offset\":{},\"timestamp\":{},\"key\":{},\"value\":{},\"headers\":{{{}}}}}",
-            json_str(&tp.topic),
-            tp.partition,
-            r.offset,
-            r.timestamp,
-            bytes_json(&r.key),
-            bytes_json(&r.value),
-            headers.join(",")
-        );
+        println!("{}", crate::output::json(tp, r));
     } else {
-        let value = r
-            .value
-            .as_ref()
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default();
-        println!("{}\t{}\t{}", tp, r.offset, value);
+        print!("{}", crate::output::format(format, tp, r));
     }
 }
 
 pub async fn run(connect: &ConnectArgs, args: ConsumeArgs) -> anyhow::Result<()> {
-    if args.group.is_none() && args.partitions.is_empty() {
-        bail!("give --group G to consume as a group member, or --partitions 0,1,… to read partitions directly");
-    }
     let admin = kafka_wire::Client::connect(connect.client_config()?).await?;
-    crate::exists::require_topic(&admin, &args.topic).await?;
+    let n = crate::exists::require_topic(&admin, &args.topic).await?;
+    let reset = match (args.from, &args.group) {
+        (StartAt::Earliest, _) => "earliest",
+        (StartAt::Latest, _) => "latest",
+        (_, Some(_)) => bail!(
+            "--from with an offset, -N or a time reads partitions directly: drop --group, \
+             or move the group with `kafka-lab groups reset-offsets`"
+        ),
+        (_, None) => "earliest",
+    };
+    let format = args
+        .format
+        .clone()
+        .unwrap_or_else(|| crate::output::plain_format(args.print_key, args.print_headers));
     let client = connect.client_builder()?;
     let mut b = ConsumerConfig::builder()
         .client(|_| client)
-        .set("auto.offset.reset", &args.from)?
+        .set("auto.offset.reset", reset)?
         .set("isolation.level", &args.isolation)?;
     if let Some(g) = &args.group {
         b = b.group_id(g);
@@ -121,13 +120,23 @@ pub async fn run(connect: &ConnectArgs, args: ConsumeArgs) -> anyhow::Result<()>
     if args.group.is_some() {
         consumer.subscribe(&[&args.topic])?;
     } else {
-        let parts: Vec<TopicPartition> = args
-            .partitions
-            .iter()
-            .map(|p| TopicPartition::new(&args.topic, *p))
-            .collect();
+        let parts = crate::position::partitions(&args.topic, &args.partitions, n)?;
+        let isolation = if args.isolation == "read_committed" {
+            IsolationLevel::ReadCommitted
+        } else {
+            IsolationLevel::ReadUncommitted
+        };
+        let starts = crate::position::resolve(&admin, &parts, args.from, isolation).await?;
         consumer.assign(&parts);
+        for (tp, offset) in &starts {
+            consumer.seek(tp, *offset);
+        }
     }
+    // Ctrl-C ends the loop like --max does: commit (with --commit), leave
+    // the group at once (no session timeout for the next member), summary.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let mut stopped_by_user = false;
     let started = Instant::now();
     let mut last_record = Instant::now();
     let mut count: u64 = 0;
@@ -140,11 +149,17 @@ pub async fn run(connect: &ConnectArgs, args: ConsumeArgs) -> anyhow::Result<()>
                 break;
             }
         }
-        let batches = consumer.poll(Duration::from_millis(200)).await?;
+        let batches = tokio::select! {
+            polled = consumer.poll(Duration::from_millis(200)) => polled?,
+            _ = &mut interrupted => {
+                stopped_by_user = true;
+                break;
+            }
+        };
         for (i, batch) in batches.iter().enumerate() {
             for (j, r) in batch.records.iter().enumerate() {
                 if !args.quiet {
-                    print(&batch.tp, r, args.json);
+                    print(&batch.tp, r, args.json, &format);
                 }
                 count += 1;
                 last_record = Instant::now();
@@ -182,6 +197,9 @@ pub async fn run(connect: &ConnectArgs, args: ConsumeArgs) -> anyhow::Result<()>
     consumer.close(Duration::from_secs(10)).await;
     // Exclude the trailing idle wait from the rate.
     let busy = last_record.duration_since(started).as_secs_f64().max(1e-9);
+    if stopped_by_user {
+        eprintln!("interrupted: left the group");
+    }
     eprintln!(
         "consumed {count} records from {} in {:.2} s ({:.0} records/s while records flowed){}",
         args.topic,

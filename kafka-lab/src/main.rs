@@ -6,10 +6,13 @@
 
 mod connect;
 mod consume;
+mod describe;
 mod exists;
 mod groups;
 mod json;
 mod logging;
+mod output;
+mod position;
 mod process;
 mod produce;
 mod prometheus;
@@ -262,4 +265,35 @@ async fn scenario(
     }
     println!("{}", Report::table(&all));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand says what it does and every option has a help text.
+    #[test]
+    fn no_empty_help_texts() {
+        fn walk(cmd: &clap::Command, path: &str, empty: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    empty.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    empty.push(format!("{p} (about)"));
+                }
+                walk(sub, &p, empty);
+            }
+        }
+        let mut empty = Vec::new();
+        walk(&super::Cli::command(), "kafka-lab", &mut empty);
+        assert!(empty.is_empty(), "no help text: {empty:#?}");
+    }
 }

@@ -17,9 +17,12 @@ use crate::connect::ConnectArgs;
 
 #[derive(Debug, Args)]
 pub struct ProcessArgs {
-    #[arg(long)]
+    /// The topic to process.
+    #[arg(short = 't', long)]
     topic: String,
-    #[arg(long)]
+    /// The consumer group (members share the partitions; a new group starts
+    /// at the earliest offset).
+    #[arg(short = 'G', long)]
     group: String,
     /// per-partition, per-key or unordered.
     #[arg(long, default_value = "per-partition")]
