@@ -199,6 +199,7 @@ pub async fn run(connect: &ConnectArgs, client: &Client, args: ProduceArgs) -> a
     let payload: Bytes = Bytes::from(vec![b'x'; args.size]);
     let mut stdin = (args.count.is_none()).then(|| tokio::io::BufReader::new(tokio::io::stdin()));
     let mut i: u64 = 0;
+    let mut bad_line: Option<String> = None;
     loop {
         let mut line_key: Option<String> = None;
         let value = match (&mut stdin, args.count) {
@@ -215,12 +216,15 @@ pub async fn run(connect: &ConnectArgs, client: &Client, args: ProduceArgs) -> a
                 }
                 if !args.binary {
                     if let Err(e) = std::str::from_utf8(&line) {
-                        bail!(
+                        bad_line = Some(format!(
                             "stdin line {} is not UTF-8 (invalid byte at column {}); \
-                             pass --binary to send lines as raw bytes",
+                             pass --binary to send lines as raw bytes ({} line(s) before it \
+                             were sent)",
                             i + 1,
-                            e.valid_up_to() + 1
-                        );
+                            e.valid_up_to() + 1,
+                            i
+                        ));
+                        break;
                     }
                 }
                 match &args.key_delimiter {
@@ -262,6 +266,10 @@ pub async fn run(connect: &ConnectArgs, client: &Client, args: ProduceArgs) -> a
     producer.flush().await;
     while !pending.is_empty() {
         settle(&mut pending, args.json, &mut progress).await;
+    }
+    if let Some(bad) = bad_line {
+        producer.close().await;
+        bail!("{bad}");
     }
     if let Some(first) = progress.first_error.take() {
         // A transaction with a failed record cannot commit: abort it.

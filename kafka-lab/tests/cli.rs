@@ -660,6 +660,7 @@ fn produce_names_a_line_that_is_not_utf8_and_binary_sends_it() {
     assert!(!ok, "{err}");
     assert!(err.contains("stdin line 2 is not UTF-8"), "{err}");
     assert!(err.contains("--binary"), "{err}");
+    assert!(err.contains("1 line(s) before it were sent"), "{err}");
     let (ok, err) = send(&["--binary"]);
     assert!(ok, "{err}");
     let out = run_ok(
@@ -675,8 +676,10 @@ fn produce_names_a_line_that_is_not_utf8_and_binary_sends_it() {
         ],
         None,
     );
-    // Binary values are marked as such in JSON.
+    // Binary values are marked as such in JSON; the line before the bad
+    // one was sent by the first run too.
     assert!(out.contains("\"value\":{\"base64\":\"YmFkIP/+\"}"), "{out}");
+    assert_eq!(out.matches("\"value\":\"ok\"").count(), 2, "{out}");
 }
 
 #[test]
