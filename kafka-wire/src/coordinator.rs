@@ -82,8 +82,9 @@ impl Client {
         };
         if let Some(code) = KafkaCode::try_from_code(code) {
             // Unavailable or loading coordinators are retriable: the caller loop waits.
-            return Err(Error::broker(ApiKey::FindCoordinator, code)
-                .with_message(message.as_deref()));
+            return Err(
+                Error::broker(ApiKey::FindCoordinator, code).with_message(message.as_deref())
+            );
         }
         if !self.metadata().brokers.contains_key(&node) {
             self.refresh_metadata(Some(&[])).await?;
