@@ -199,13 +199,12 @@ fn run_steps(
             format!("Kafka {version}: ")
         };
         let result = timed(steps, names[1], || tests(&env, args, &label, true, counts));
-        // Stop what we started, even when tests failed.
-        if started {
-            let _ = timed(steps, names[2], || {
-                broker::down(version)?;
-                Ok(String::new())
-            });
-        }
+        // Stop the test broker, even when tests failed: it is the test run's
+        // own (target/broker-test), also when reused from an interrupted run.
+        let _ = timed(steps, names[2], || {
+            broker::down(version)?;
+            Ok(String::new())
+        });
         result?;
     }
     Ok(())
