@@ -334,12 +334,12 @@ impl Committer {
             for t in &resp.topics {
                 for p in &t.partitions {
                     if let Some(code) = KafkaCode::try_from_code(p.error_code) {
-                        let e = Error::Broker {
-                            api: ApiKey::OffsetCommit,
+                        let e = Error::broker_for(
+                            ApiKey::OffsetCommit,
                             code,
-                            topic: Some(t.name.0.to_string()),
-                            partition: Some(p.partition_index),
-                        };
+                            &t.name.0,
+                            p.partition_index,
+                        );
                         if matches!(
                             code,
                             KafkaCode::NotCoordinator

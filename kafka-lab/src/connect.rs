@@ -6,6 +6,7 @@ use clap::Args;
 use kafka_wire::{ClientConfig, ClientConfigBuilder};
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Connection options (any subcommand)")]
 pub struct ConnectArgs {
     /// bootstrap.servers (host:port,…).
     #[arg(
@@ -66,10 +67,128 @@ impl ConnectArgs {
         }
         for kv in &self.properties {
             let (k, v) = key_value("-X", kv)?;
-            b = b.set(k, v)?;
+            b = b.set(k, v).map_err(|e| explain_x(k, v, e))?;
         }
         Ok(b)
     }
+}
+
+/// Client, consumer and producer property names (the ones the builders take).
+const KNOWN: &[&str] = &[
+    "bootstrap.servers",
+    "client.id",
+    "security.protocol",
+    "ssl.ca.location",
+    "ssl.truststore.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "sasl.mechanism",
+    "sasl.username",
+    "sasl.password",
+    "request.timeout.ms",
+    "socket.connection.setup.timeout.ms",
+    "reconnect.backoff.ms",
+    "reconnect.backoff.max.ms",
+    "metadata.max.age.ms",
+    "max.in.flight.requests.per.connection",
+    "receive.message.max.bytes",
+    "group.id",
+    "group.instance.id",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "auto.offset.reset",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "fetch.min.bytes",
+    "fetch.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.max.wait.ms",
+    "isolation.level",
+    "max.poll.records",
+    "partition.assignment.strategy",
+    "acks",
+    "linger.ms",
+    "batch.size",
+    "max.request.size",
+    "compression.type",
+    "enable.idempotence",
+    "buffer.memory",
+    "delivery.timeout.ms",
+    "retry.backoff.ms",
+    "transactional.id",
+    "transaction.timeout.ms",
+    "retries",
+    "max.block.ms",
+];
+
+/// Why `-X key=value` failed, and what to pass instead: `-C`/`-P` for a
+/// consumer or producer property, the nearest known name for a typo.
+fn explain_x(key: &str, value: &str, e: kafka_wire::Error) -> anyhow::Error {
+    let client_known = kafka_wire::ClientConfig::builder()
+        .try_set(key, value)
+        .unwrap_or(true);
+    if !client_known {
+        let consumer = consumer_core::ConsumerConfig::builder()
+            .set(key, value)
+            .is_ok();
+        let producer = kafka_wire::ProducerConfig::builder()
+            .set(key, value)
+            .is_ok();
+        match (consumer, producer) {
+            (true, _) => {
+                return anyhow::anyhow!(
+                    "-X {key}: a consumer property; pass it with -C {key}={value} \
+                     (after `consume` or `process`)"
+                )
+            }
+            (_, true) => {
+                return anyhow::anyhow!(
+                    "-X {key}: a producer property; pass it with -P {key}={value} (after `produce`)"
+                )
+            }
+            _ => {}
+        }
+        if let Some(near) = nearest(key) {
+            return anyhow::anyhow!("-X {key}: unknown property; did you mean `{near}`?");
+        }
+    }
+    anyhow::Error::new(e).context(format!("-X {key}={value}"))
+}
+
+/// The known property name closest to `key`, if it is a near miss (a few
+/// letters swapped, missing or extra).
+fn nearest(key: &str) -> Option<&'static str> {
+    KNOWN
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, k)| *d <= (k.len() / 4).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance, with a transposition costing 1.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// Split a `key=value` flag argument (both sides trimmed); the error names the flag.
@@ -78,4 +197,17 @@ pub fn key_value<'a>(flag: &str, kv: &'a str) -> anyhow::Result<(&'a str, &'a st
         .split_once('=')
         .with_context(|| format!("{flag} {kv:?}: expected key=value"))?;
     Ok((k.trim(), v.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn near_misses_suggest_the_property() {
+        assert_eq!(nearest("bootstrap.srevers"), Some("bootstrap.servers"));
+        assert_eq!(nearest("bootstrap.server"), Some("bootstrap.servers"));
+        assert_eq!(nearest("client.di"), Some("client.id"));
+        assert_eq!(nearest("completely.different"), None);
+    }
 }

@@ -3,31 +3,50 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use base64::Engine;
 use clap::Args;
 use consumer_core::{Consumer, ConsumerConfig, TopicPartition};
-use kafka_wire::records::Record;
+use kafka_wire::IsolationLevel;
 
 use crate::connect::ConnectArgs;
-use crate::json::json_str;
+use crate::position::StartAt;
 
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
-    #[arg(long, required_unless_present = "topic_pattern")]
+    /// The topic to read (alone: every partition, without a group, like kcat).
+    #[arg(short = 't', long, required_unless_present = "topic_pattern")]
     topic: Option<String>,
     /// Consume every topic whose whole name matches this regex, including
     /// topics created later (needs --group).
     #[arg(long, conflicts_with = "topic", requires = "group")]
     topic_pattern: Option<String>,
-    /// Consume as a member of this group.
-    #[arg(long, conflicts_with = "partitions")]
+    /// Consume as a member of this group (partitions assigned by the group;
+    /// starts at the committed offsets).
+    #[arg(short = 'G', long, conflicts_with = "partitions")]
     group: Option<String>,
-    /// Consume these partitions (comma-separated) without a group.
-    #[arg(long, value_delimiter = ',')]
+    /// Read only these partitions (comma-separated), without a group.
+    #[arg(short = 'p', long, value_delimiter = ',')]
     partitions: Vec<i32>,
-    /// Where to start without a committed offset: earliest or latest.
-    #[arg(long, default_value = "earliest")]
-    from: String,
+    /// Where to start: earliest, latest, an offset, -N (N records before the
+    /// end), @MS or a time like 2026-11-30T08:00:00Z (the first record at or
+    /// after it). With --group only earliest or latest, used where the group
+    /// has no committed offset.
+    #[arg(
+        short = 'o',
+        long,
+        default_value = "earliest",
+        allow_hyphen_values = true
+    )]
+    from: StartAt,
+    /// kcat-style output format: %t topic, %p partition, %o offset, %T
+    /// timestamp, %k key, %s value, %S value size, %h headers, \n \t.
+    #[arg(short = 'f', long, conflicts_with_all = ["json", "print_key", "print_headers"])]
+    format: Option<String>,
+    /// Print each record's key before its value (plain output).
+    #[arg(long)]
+    print_key: bool,
+    /// Print each record's headers (k=v,…) before its value (plain output).
+    #[arg(long)]
+    print_headers: bool,
     /// Stop after this many records.
     #[arg(long)]
     max: Option<u64>,
@@ -46,7 +65,9 @@ pub struct ConsumeArgs {
     /// Commit what was printed, then leave the group.
     #[arg(long, requires = "group")]
     commit: bool,
-    /// One JSON object per record.
+    /// One JSON object per record. Keys, values and headers are strings
+    /// when they are text, {"base64": "…"} when binary; `kafka_dlt-*`
+    /// numbers are numbers.
     #[arg(long)]
     json: bool,
     /// Print nothing per record (for throughput runs); the summary still prints.
@@ -57,54 +78,51 @@ pub struct ConsumeArgs {
     consumer_properties: Vec<String>,
 }
 
-fn bytes_json(b: &Option<bytes::Bytes>) -> String {
-    match b {
-        None => "null".into(),
-        Some(b) => match std::str::from_utf8(b) {
-            Ok(s) => json_str(s),
-            Err(_) => format!(
-                "{{\"base64\":\"{}\"}}",
-                base64::engine::general_purpose::STANDARD.encode(b)
-            ),
-        },
-    }
-}
-
-fn print(tp: &TopicPartition, r: &Record, json: bool) {
+fn print(tp: &TopicPartition, r: &kafka_wire::records::Record, json: bool, format: &str) {
     if json {
-        let headers: Vec<String> = r
-            .headers
-            .iter()
-            .map(|h| format!("{}:{}", json_str(&h.key_str()), bytes_json(&h.value)))
-            .collect();
-        println!(
-            "{{\"topic\":{},\"partition\":{},\"offset\":{},\"timestamp\":{},\"key\":{},\"value\":{},\"headers\":{{{}}}}}",
-            json_str(&tp.topic),
-            tp.partition,
-            r.offset,
-            r.timestamp,
-            bytes_json(&r.key),
-            bytes_json(&r.value),
-            headers.join(",")
-        );
+        println!("{}", crate::output::json(tp, r));
     } else {
-        let value = r
-            .value
-            .as_ref()
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default();
-        println!("{}\t{}\t{}", tp, r.offset, value);
+        print!("{}", crate::output::format(format, tp, r));
     }
 }
 
 pub async fn run(connect: &ConnectArgs, args: ConsumeArgs) -> anyhow::Result<()> {
-    if args.group.is_none() && args.partitions.is_empty() {
-        bail!("give --group G to consume as a group member, or --partitions 0,1,… to read partitions directly");
-    }
+    let admin = kafka_wire::Client::connect(connect.client_config()?).await?;
+    // A group member may subscribe before its topic exists (the group picks
+    // it up once created, like Java's); reading partitions directly may not.
+    // Still missing at the end with nothing read: the error, non-zero exit.
+    let mut missing = None;
+    let n = match &args.topic {
+        Some(topic) if args.group.is_some() => {
+            match crate::exists::require_topic(&admin, topic).await {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("warning: {e:#}\nsubscribed anyway: waiting for it to be created");
+                    missing = Some(topic.clone());
+                    0
+                }
+            }
+        }
+        Some(topic) => crate::exists::require_topic(&admin, topic).await?,
+        None => 0, // a pattern: topics may appear later
+    };
+    let reset = match (args.from, &args.group) {
+        (StartAt::Earliest, _) => "earliest",
+        (StartAt::Latest, _) => "latest",
+        (_, Some(_)) => bail!(
+            "--from with an offset, -N or a time reads partitions directly: drop --group, \
+             or move the group with `kafka-lab groups reset-offsets`"
+        ),
+        (_, None) => "earliest",
+    };
+    let format = args
+        .format
+        .clone()
+        .unwrap_or_else(|| crate::output::plain_format(args.print_key, args.print_headers));
     let client = connect.client_builder()?;
     let mut b = ConsumerConfig::builder()
         .client(|_| client)
-        .set("auto.offset.reset", &args.from)?
+        .set("auto.offset.reset", reset)?
         .set("isolation.level", &args.isolation)?;
     if let Some(g) = &args.group {
         b = b.group_id(g);
@@ -130,16 +148,26 @@ pub async fn run(connect: &ConnectArgs, args: ConsumeArgs) -> anyhow::Result<()>
             topic.clone()
         }
         (Some(topic), None) => {
-            let parts: Vec<TopicPartition> = args
-                .partitions
-                .iter()
-                .map(|p| TopicPartition::new(topic, *p))
-                .collect();
+            let parts = crate::position::partitions(topic, &args.partitions, n)?;
+            let isolation = if args.isolation == "read_committed" {
+                IsolationLevel::ReadCommitted
+            } else {
+                IsolationLevel::ReadUncommitted
+            };
+            let starts = crate::position::resolve(&admin, &parts, args.from, isolation).await?;
             consumer.assign(&parts);
+            for (tp, offset) in &starts {
+                consumer.seek(tp, *offset);
+            }
             topic.clone()
         }
         (None, None) => bail!("give --topic T or --topic-pattern REGEX"),
     };
+    // Ctrl-C ends the loop like --max does: commit (with --commit), leave
+    // the group at once (no session timeout for the next member), summary.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let mut stopped_by_user = false;
     let started = Instant::now();
     let mut last_record = Instant::now();
     let mut count: u64 = 0;
@@ -152,11 +180,17 @@ pub async fn run(connect: &ConnectArgs, args: ConsumeArgs) -> anyhow::Result<()>
                 break;
             }
         }
-        let batches = consumer.poll(Duration::from_millis(200)).await?;
+        let batches = tokio::select! {
+            polled = consumer.poll(Duration::from_millis(200)) => polled?,
+            _ = &mut interrupted => {
+                stopped_by_user = true;
+                break;
+            }
+        };
         for (i, batch) in batches.iter().enumerate() {
             for (j, r) in batch.records.iter().enumerate() {
                 if !args.quiet {
-                    print(&batch.tp, r, args.json);
+                    print(&batch.tp, r, args.json, &format);
                 }
                 count += 1;
                 last_record = Instant::now();
@@ -192,8 +226,14 @@ pub async fn run(connect: &ConnectArgs, args: ConsumeArgs) -> anyhow::Result<()>
         consumer.commit(&offsets).await?;
     }
     consumer.close(Duration::from_secs(10)).await;
+    if let (Some(topic), 0) = (&missing, count) {
+        crate::exists::require_topic(&admin, topic).await?;
+    }
     // Exclude the trailing idle wait from the rate.
     let busy = last_record.duration_since(started).as_secs_f64().max(1e-9);
+    if stopped_by_user {
+        eprintln!("interrupted: left the group");
+    }
     eprintln!(
         "consumed {count} records from {} in {:.2} s ({:.0} records/s while records flowed){}",
         source,

@@ -1,12 +1,99 @@
 //! `kafka-lab groups list | describe G`, like `kafka-consumer-groups`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use clap::Subcommand;
 use consumer_core::{Assignment, Consumer, ConsumerConfig, TopicPartition};
 use kafka_wire::{Client, IsolationLevel, OffsetSpec};
 
 use crate::connect::ConnectArgs;
+use crate::position::StartAt;
+
+/// Where `reset-offsets` moves each partition.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    At(StartAt),
+    Shift(i64),
+}
+
+/// Plan (and with `execute`, commit) new offsets for `group` on `topic`.
+async fn reset_offsets(
+    connect: &ConnectArgs,
+    client: &Client,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+    target: Target,
+    execute: bool,
+) -> anyhow::Result<()> {
+    let n = crate::exists::require_topic(client, topic).await?;
+    let tps = crate::position::partitions(topic, partitions, n)?;
+    let d = client.describe_group(group).await?;
+    if !d.members.is_empty() {
+        anyhow::bail!(
+            "group {group:?} has {} active members (state {}): stop them first; offsets \
+             can only be reset while the group is empty",
+            d.members.len(),
+            d.state
+        );
+    }
+    let mut consumer = Consumer::connect(
+        ConsumerConfig::builder()
+            .client(|_| connect.client_builder().expect("validated already"))
+            .group_id(group)
+            .build()?,
+    )
+    .await?;
+    let committed = consumer.committed(&tps).await?;
+    let iso = IsolationLevel::ReadUncommitted;
+    let new: BTreeMap<TopicPartition, i64> = match target {
+        Target::At(at) => crate::position::resolve(client, &tps, at, iso).await?,
+        Target::Shift(by) => {
+            let lo = client
+                .partition_offsets(&tps, OffsetSpec::Earliest, iso)
+                .await?;
+            let hi = client
+                .partition_offsets(&tps, OffsetSpec::Latest, iso)
+                .await?;
+            let mut out = BTreeMap::new();
+            for tp in &tps {
+                let (lo, hi) = (
+                    lo.get(tp).copied().unwrap_or(0),
+                    hi.get(tp).copied().unwrap_or(0),
+                );
+                // No committed offset: shift from where a new member starts (the start).
+                let from = committed.get(tp).copied().unwrap_or(lo);
+                out.insert(tp.clone(), (from + by).clamp(lo, hi));
+            }
+            out
+        }
+    };
+    println!(
+        "{:<40} {:>14} {:>14}",
+        "topic-partition", "committed", "new"
+    );
+    for (tp, o) in &new {
+        println!(
+            "{:<40} {:>14} {:>14}",
+            tp.to_string(),
+            committed
+                .get(tp)
+                .map_or_else(|| "-".to_string(), |c| c.to_string()),
+            o
+        );
+    }
+    if execute {
+        let offsets: Vec<(TopicPartition, i64)> = new.into_iter().collect();
+        consumer.assign(&tps);
+        consumer.commit(&offsets).await?;
+        println!("committed the new offsets of group {group}");
+    } else {
+        println!("dry run: nothing changed; add --execute to commit these offsets");
+    }
+    consumer.close(Duration::from_secs(5)).await;
+    Ok(())
+}
 
 #[derive(Debug, Subcommand)]
 pub enum GroupsCommand {
@@ -14,6 +101,7 @@ pub enum GroupsCommand {
     List,
     /// Members, assignment, committed offset, end offset and lag per partition.
     Describe {
+        /// The group id.
         group: String,
         /// The end lag is measured to: read_uncommitted (the high watermark,
         /// as kafka-consumer-groups) or read_committed (the last stable
@@ -21,10 +109,102 @@ pub enum GroupsCommand {
         #[arg(long, default_value = "read_uncommitted")]
         isolation: String,
     },
+    /// Move a group's committed offsets, as kafka-consumer-groups
+    /// --reset-offsets: a dry run (prints the plan) unless --execute. The
+    /// group must have no members.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(
+        ["to_earliest", "to_latest", "to_offset", "to_datetime", "shift_by"]
+    )))]
+    ResetOffsets {
+        /// The group id.
+        group: String,
+        /// The topic whose offsets move.
+        #[arg(short = 't', long)]
+        topic: String,
+        /// Only these partitions (comma-separated; default: all).
+        #[arg(short = 'p', long, value_delimiter = ',')]
+        partitions: Vec<i32>,
+        /// To the log start.
+        #[arg(long)]
+        to_earliest: bool,
+        /// To the log end (skip everything there now).
+        #[arg(long)]
+        to_latest: bool,
+        /// To this offset (clamped to the log).
+        #[arg(long, value_name = "OFFSET")]
+        to_offset: Option<i64>,
+        /// To the first record at or after this time: RFC 3339
+        /// (2026-11-30T08:00:00Z) or @MS since the epoch.
+        #[arg(long, value_name = "TIME")]
+        to_datetime: Option<String>,
+        /// Move each committed offset by N (negative: back), clamped to the log.
+        #[arg(long, value_name = "N", allow_hyphen_values = true)]
+        shift_by: Option<i64>,
+        /// Commit the new offsets (without it, only print the plan).
+        #[arg(long)]
+        execute: bool,
+    },
+    /// Delete a group that has no members, with its committed offsets.
+    Delete {
+        /// The group id.
+        group: String,
+    },
 }
 
 pub async fn run(connect: &ConnectArgs, client: &Client, cmd: GroupsCommand) -> anyhow::Result<()> {
     match cmd {
+        GroupsCommand::ResetOffsets {
+            group,
+            topic,
+            partitions,
+            to_earliest,
+            to_latest,
+            to_offset,
+            to_datetime,
+            shift_by,
+            execute,
+        } => {
+            let target = if to_earliest {
+                Target::At(StartAt::Earliest)
+            } else if to_latest {
+                Target::At(StartAt::Latest)
+            } else if let Some(o) = to_offset {
+                Target::At(StartAt::Offset(o))
+            } else if let Some(t) = to_datetime {
+                let at: StartAt = t
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("--to-datetime {e}"))?;
+                anyhow::ensure!(
+                    matches!(at, StartAt::Time(_)),
+                    "--to-datetime {t:?}: expected a time like 2026-11-30T08:00:00Z or @MS"
+                );
+                Target::At(at)
+            } else {
+                Target::Shift(shift_by.unwrap_or(0))
+            };
+            reset_offsets(
+                connect,
+                client,
+                &group,
+                &topic,
+                &partitions,
+                target,
+                execute,
+            )
+            .await?;
+        }
+        GroupsCommand::Delete { group } => {
+            let d = client.describe_group(&group).await?;
+            if !d.members.is_empty() {
+                anyhow::bail!(
+                    "group {group:?} has {} members: stop them first (a group with members \
+                     cannot be deleted)",
+                    d.members.len()
+                );
+            }
+            client.delete_group(&group).await?;
+            println!("deleted group {group}");
+        }
         GroupsCommand::List => {
             for g in client.list_groups().await? {
                 println!("{}\t{}\t{}", g.group_id, g.state, g.protocol_type);
@@ -39,7 +219,8 @@ pub async fn run(connect: &ConnectArgs, client: &Client, cmd: GroupsCommand) -> 
                 ),
             };
             let d = client.describe_group(&group).await?;
-            println!(
+            let mut lines: Vec<String> = Vec::new();
+            lines.push(format!(
                 "group {} state {} assignor {}",
                 d.group_id,
                 d.state,
@@ -48,7 +229,7 @@ pub async fn run(connect: &ConnectArgs, client: &Client, cmd: GroupsCommand) -> 
                 } else {
                     &d.protocol
                 }
-            );
+            ));
             // Who owns what.
             let mut owner: BTreeMap<TopicPartition, String> = BTreeMap::new();
             for m in &d.members {
@@ -75,10 +256,11 @@ pub async fn run(connect: &ConnectArgs, client: &Client, cmd: GroupsCommand) -> 
             }
             topics.sort();
             topics.dedup();
-            println!(
+            lines.push(format!(
                 "{:<40} {:>14} {:>14} {:>8}  member",
                 "topic-partition", "committed", "end", "lag"
-            );
+            ));
+            let mut any_committed = false;
             for topic in topics {
                 let Some(n) = md.partition_count(&topic) else {
                     continue;
@@ -90,6 +272,7 @@ pub async fn run(connect: &ConnectArgs, client: &Client, cmd: GroupsCommand) -> 
                 if committed.is_empty() && !owner.keys().any(|tp| tp.topic == topic) {
                     continue;
                 }
+                any_committed |= !committed.is_empty();
                 let ends: BTreeMap<i32, i64> = client
                     .list_offsets_with(&topic, OffsetSpec::Latest, isolation)
                     .await?
@@ -101,15 +284,19 @@ pub async fn run(connect: &ConnectArgs, client: &Client, cmd: GroupsCommand) -> 
                     let lag = c
                         .map(|c| (end - c).to_string())
                         .unwrap_or_else(|| "-".into());
-                    println!(
+                    lines.push(format!(
                         "{:<40} {:>14} {:>14} {:>8}  {}",
                         tp.to_string(),
                         c.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
                         end,
                         lag,
                         owner.get(&tp).map(String::as_str).unwrap_or("-")
-                    );
+                    ));
                 }
+            }
+            crate::exists::require_group(client, &group, any_committed).await?;
+            for l in lines {
+                println!("{l}");
             }
         }
     }

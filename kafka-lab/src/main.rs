@@ -6,8 +6,13 @@
 
 mod connect;
 mod consume;
+mod describe;
+mod exists;
 mod groups;
 mod json;
+mod logging;
+mod output;
+mod position;
 mod process;
 mod produce;
 mod prometheus;
@@ -34,9 +39,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Connect to the cluster and print the brokers, API versions and topics.
-    Check,
-    /// Create, list, delete topics, or add partitions to one.
+    /// Connect to the cluster and print the brokers, the API versions and topics.
+    Check {
+        /// List every API with the version used and the broker's range
+        /// (by default one line says how many were negotiated).
+        #[arg(long)]
+        versions: bool,
+    },
+    /// Create, list, describe or delete topics, or add partitions to one.
     Topics {
         #[command(subcommand)]
         command: topics::TopicsCommand,
@@ -49,15 +59,39 @@ enum Command {
     /// (poison, transient failures, latency), DLT and optional Prometheus metrics.
     Process(process::ProcessArgs),
     /// Run a failure scenario (naive vs resilient) and print its report.
+    #[command(after_help = scenario_help())]
     Scenario {
-        /// rebalance, crash, poison, chaos, ambiguous-commit, dlt-unavailable, or all.
+        /// The scenario to run (listed below), or `all`.
+        #[arg(value_parser = scenario_names())]
         name: String,
+        /// Where the client's log goes while scenarios run (their injected
+        /// faults log warnings on purpose). With RUST_LOG set, logs go to
+        /// stderr instead.
+        #[arg(long, value_name = "PATH")]
+        log_file: Option<std::path::PathBuf>,
     },
     /// List or describe consumer groups (members, offsets, lag).
     Groups {
         #[command(subcommand)]
         command: groups::GroupsCommand,
     },
+}
+
+/// Every scenario name and `all`, for clap.
+fn scenario_names() -> clap::builder::PossibleValuesParser {
+    let mut names: Vec<&'static str> = sim_tests::scenarios::NAMES.to_vec();
+    names.push("all");
+    clap::builder::PossibleValuesParser::new(names)
+}
+
+/// The scenarios, one line each, under `scenario --help`.
+fn scenario_help() -> String {
+    let mut s = String::from("Scenarios:\n");
+    for (name, about) in sim_tests::scenarios::ABOUT {
+        s.push_str(&format!("  {name:<22} {about}\n"));
+    }
+    s.push_str("  all                    every scenario, then one table");
+    s
 }
 
 #[tokio::main]
@@ -73,22 +107,17 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let log = logging::init(&cli.command)?;
     match cli.command {
-        Command::Check => check(&cli.connect).await,
+        Command::Check { versions } => check(&cli.connect, versions).await,
         Command::Topics { command } => {
             let client = Client::connect(cli.connect.client_config()?).await?;
             topics::run(&client, command).await
         }
         Command::Consume(args) => consume::run(&cli.connect, args).await,
         Command::Process(args) => process::run(&cli.connect, args).await,
-        Command::Scenario { name } => scenario(&cli.connect, &name).await,
+        Command::Scenario { name, .. } => scenario(&cli.connect, &name, log.as_ref()).await,
         Command::Groups { command } => {
             let client = Client::connect(cli.connect.client_config()?).await?;
             groups::run(&cli.connect, &client, command).await
@@ -100,7 +129,7 @@ async fn run() -> anyhow::Result<()> {
     }
 }
 
-async fn check(args: &connect::ConnectArgs) -> anyhow::Result<()> {
+async fn check(args: &connect::ConnectArgs, list_versions: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let client = Client::connect(args.client_config()?).await?;
     let md = client.refresh_metadata(None).await?;
@@ -120,6 +149,22 @@ async fn check(args: &connect::ConnectArgs) -> anyhow::Result<()> {
     }
 
     if let Some(first) = brokers.first() {
+        let conn = client.connection(first.id, Lane::Control).await?;
+        let versions = &conn.info().versions;
+        if !list_versions {
+            let known = versions
+                .broker_apis()
+                .iter()
+                .filter_map(|(key, _, _)| ApiKey::try_from(*key).ok())
+                .filter(|api| versions.version(*api).is_some())
+                .count();
+            println!(
+                "\nAPI versions: {known} APIs negotiated with broker {} (`check --versions` lists them)",
+                first.id
+            );
+        }
+    }
+    if let (Some(first), true) = (brokers.first(), list_versions) {
         let conn = client.connection(first.id, Lane::Control).await?;
         println!(
             "\nAPI versions with broker {} (used / broker's range):",
@@ -158,7 +203,11 @@ async fn check(args: &connect::ConnectArgs) -> anyhow::Result<()> {
 }
 
 /// Run one scenario (or all) against `--bootstrap` and print the table.
-async fn scenario(connect: &connect::ConnectArgs, name: &str) -> anyhow::Result<()> {
+async fn scenario(
+    connect: &connect::ConnectArgs,
+    name: &str,
+    log: Option<&logging::LogFile>,
+) -> anyhow::Result<()> {
     use sim_tests::scenarios::{self, Report};
     let broker = testkit::BrokerEnv::plaintext(connect.bootstrap.clone());
     // Scenarios that restart the broker need the harness's own broker.
@@ -181,21 +230,70 @@ async fn scenario(connect: &connect::ConnectArgs, name: &str) -> anyhow::Result<
         vec![name]
     };
     let mut all = Vec::new();
+    if let Some(log) = log {
+        eprintln!(
+            "The scenarios inject faults on purpose, so the client logs warnings;\n\
+             they are expected, and go to {}.",
+            log.path.display()
+        );
+    }
     for n in names {
-        eprintln!("scenario {n}: running (naive, then resilient)…");
+        if scenarios::RESILIENT_ONLY.contains(&n) {
+            eprintln!("scenario {n}: running (resilient only)…");
+        } else {
+            eprintln!("scenario {n}: running (naive, then resilient)…");
+        }
         let started = Instant::now();
+        let logged_before = log.map_or(0, |l| l.lines());
         let reports = scenarios::run_by_name(&broker, n).await.ok_or_else(|| {
             anyhow::anyhow!(
                 "unknown scenario {n}; one of: {}",
                 scenarios::NAMES.join(", ")
             )
         })?;
+        let logged = log.map_or(0, |l| l.lines()) - logged_before;
         eprintln!(
-            "scenario {n}: done in {:.1} s",
-            started.elapsed().as_secs_f64()
+            "scenario {n}: done in {:.1} s{}",
+            started.elapsed().as_secs_f64(),
+            if logged > 0 {
+                format!(" ({logged} log lines, expected from the injected faults, in the log file)")
+            } else {
+                String::new()
+            }
         );
         all.extend(reports);
     }
     println!("{}", Report::table(&all));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand says what it does and every option has a help text.
+    #[test]
+    fn no_empty_help_texts() {
+        fn walk(cmd: &clap::Command, path: &str, empty: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    empty.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    empty.push(format!("{p} (about)"));
+                }
+                walk(sub, &p, empty);
+            }
+        }
+        let mut empty = Vec::new();
+        walk(&super::Cli::command(), "kafka-lab", &mut empty);
+        assert!(empty.is_empty(), "no help text: {empty:#?}");
+    }
 }

@@ -17,9 +17,12 @@ use crate::connect::ConnectArgs;
 
 #[derive(Debug, Args)]
 pub struct ProcessArgs {
-    #[arg(long)]
+    /// The topic to process.
+    #[arg(short = 't', long)]
     topic: String,
-    #[arg(long)]
+    /// The consumer group (members share the partitions; a new group starts
+    /// at the earliest offset).
+    #[arg(short = 'G', long)]
     group: String,
     /// per-partition, per-key or unordered.
     #[arg(long, default_value = "per-partition")]
@@ -84,6 +87,8 @@ pub async fn run(connect: &ConnectArgs, args: ProcessArgs) -> anyhow::Result<()>
     if let Some(addr) = &args.metrics_addr {
         crate::prometheus::Prometheus::install_and_serve(addr).await?;
     }
+    let admin = kafka_wire::Client::connect(connect.client_config()?).await?;
+    crate::exists::require_topic(&admin, &args.topic).await?;
     let (consumer_client, dlt_client) = (connect.client_builder()?, connect.client_builder()?);
     let mut b = ConsumerConfig::builder()
         .client(|_| consumer_client)

@@ -16,8 +16,17 @@ use crate::json::json_str;
 
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
-    #[arg(long)]
+    /// The topic to write to.
+    #[arg(short = 't', long)]
     topic: String,
+    /// Split each stdin line at the first DELIM into key and value (kcat's
+    /// -K), e.g. -K: for `key:value`. A line without it has no key.
+    #[arg(short = 'K', long, value_name = "DELIM", conflicts_with_all = ["key", "key_prefix"])]
+    key_delimiter: Option<String>,
+    /// Send stdin lines as raw bytes even when they are not UTF-8 (by
+    /// default a line that is not UTF-8 is an error naming it).
+    #[arg(long)]
+    binary: bool,
     /// Generate this many records instead of reading lines from stdin.
     #[arg(long)]
     count: Option<u64>,
@@ -30,6 +39,7 @@ pub struct ProduceArgs {
     /// Keys P0, P1, … cycling over --distinct-keys.
     #[arg(long)]
     key_prefix: Option<String>,
+    /// How many keys --key-prefix cycles over.
     #[arg(long, default_value_t = 1000, requires = "key_prefix")]
     distinct_keys: u64,
     /// Record header as key=value (repeatable).
@@ -56,6 +66,14 @@ pub struct ProduceArgs {
     /// Producer property as key=value (repeatable), e.g. -P linger.ms=20.
     #[arg(short = 'P', value_name = "KEY=VALUE")]
     producer_properties: Vec<String>,
+}
+
+/// Where `needle` first occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Deliveries awaited in order, so output and errors follow send order.
@@ -179,22 +197,54 @@ pub async fn run(connect: &ConnectArgs, client: &Client, args: ProduceArgs) -> a
     };
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let payload: Bytes = Bytes::from(vec![b'x'; args.size]);
-    let mut stdin =
-        (args.count.is_none()).then(|| tokio::io::BufReader::new(tokio::io::stdin()).lines());
+    let mut stdin = (args.count.is_none()).then(|| tokio::io::BufReader::new(tokio::io::stdin()));
     let mut i: u64 = 0;
+    let mut bad_line: Option<String> = None;
     loop {
+        let mut line_key: Option<String> = None;
         let value = match (&mut stdin, args.count) {
-            (Some(lines), _) => match lines.next_line().await? {
-                Some(line) => Bytes::from(line),
-                None => break,
-            },
+            (Some(input), _) => {
+                let mut line = Vec::new();
+                if input.read_until(b'\n', &mut line).await? == 0 {
+                    break;
+                }
+                if line.ends_with(b"\n") {
+                    line.pop();
+                    if line.ends_with(b"\r") {
+                        line.pop();
+                    }
+                }
+                if !args.binary {
+                    if let Err(e) = std::str::from_utf8(&line) {
+                        bad_line = Some(format!(
+                            "stdin line {} is not UTF-8 (invalid byte at column {}); \
+                             pass --binary to send lines as raw bytes ({} line(s) before it \
+                             were sent)",
+                            i + 1,
+                            e.valid_up_to() + 1,
+                            i
+                        ));
+                        break;
+                    }
+                }
+                match &args.key_delimiter {
+                    Some(d) => match find(&line, d.as_bytes()) {
+                        Some(at) => {
+                            line_key = Some(String::from_utf8_lossy(&line[..at]).into_owned());
+                            Bytes::copy_from_slice(&line[at + d.len()..])
+                        }
+                        None => Bytes::from(line),
+                    },
+                    None => Bytes::from(line),
+                }
+            }
             (None, Some(n)) if i < n => payload.clone(),
             _ => break,
         };
         let key = match (&args.key, &args.key_prefix) {
             (Some(k), _) => Some(k.clone()),
             (None, Some(p)) => Some(format!("{p}{}", i % args.distinct_keys.max(1))),
-            _ => None,
+            _ => line_key,
         };
         let mut rec = ProducerRecord::new(&args.topic).value(value.clone());
         rec.headers = headers.clone();
@@ -216,6 +266,10 @@ pub async fn run(connect: &ConnectArgs, client: &Client, args: ProduceArgs) -> a
     producer.flush().await;
     while !pending.is_empty() {
         settle(&mut pending, args.json, &mut progress).await;
+    }
+    if let Some(bad) = bad_line {
+        producer.close().await;
+        bail!("{bad}");
     }
     if let Some(first) = progress.first_error.take() {
         // A transaction with a failed record cannot commit: abort it.

@@ -7,7 +7,9 @@ use kafka_wire::{Client, NewTopic};
 pub enum TopicsCommand {
     /// Create a topic.
     Create {
+        /// The topic's name.
         topic: String,
+        /// Number of partitions.
         #[arg(long, default_value_t = 1)]
         partitions: i32,
         /// -1: the broker's default.
@@ -24,16 +26,28 @@ pub enum TopicsCommand {
         all: bool,
     },
     /// Delete a topic.
-    Delete { topic: String },
+    Delete {
+        /// The topic to delete.
+        topic: String,
+    },
     /// Grow a topic to this many partitions (never fewer); waits until
     /// metadata shows them. Subscribed groups rebalance within their
     /// metadata.max.age.ms.
     AddPartitions {
+        /// The topic to grow.
         #[arg(long)]
         topic: String,
         /// The new total partition count.
         #[arg(long)]
         partitions: i32,
+    },
+    /// Partitions (leader, replicas, ISR, start and end offsets) and configs.
+    Describe {
+        /// The topic to describe.
+        topic: String,
+        /// Every config with its value, not only those set on the topic.
+        #[arg(long)]
+        all_configs: bool,
     },
 }
 
@@ -65,6 +79,9 @@ pub async fn run(client: &Client, cmd: TopicsCommand) -> anyhow::Result<()> {
             for t in topics {
                 println!("{}\t{}", t.name, t.partitions.len());
             }
+        }
+        TopicsCommand::Describe { topic, all_configs } => {
+            crate::describe::topic(client, &topic, all_configs).await?;
         }
         TopicsCommand::Delete { topic } => {
             client.delete_topic(&topic).await?;

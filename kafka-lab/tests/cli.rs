@@ -15,6 +15,20 @@ fn help_lists_the_subcommands() {
 }
 
 #[test]
+fn scenario_help_lists_every_scenario() {
+    let out = lab().args(["scenario", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for name in sim_tests::scenarios::NAMES {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+    let out = lab().args(["scenario", "no-such"]).output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("corrupt-batch"), "{text}");
+}
+
+#[test]
 fn check_prints_broker_versions_and_topics() {
     let broker = testkit::require_broker!();
     let out = lab()
@@ -25,8 +39,18 @@ fn check_prints_broker_versions_and_topics() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("brokers (1)"), "{stdout}");
-    assert!(stdout.contains("Fetch"), "{stdout}");
+    assert!(stdout.contains("APIs negotiated"), "{stdout}");
+    assert!(
+        !stdout.contains("Fetch"),
+        "no version table by default: {stdout}"
+    );
     assert!(stdout.contains("topics ("), "{stdout}");
+    let out = lab()
+        .args(["--bootstrap", &broker.bootstrap, "check", "--versions"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Fetch"), "{stdout}");
 }
 
 #[test]
@@ -44,6 +68,104 @@ fn unknown_property_is_named_in_the_error() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bootstrap.srevers"), "{stderr}");
+    assert!(
+        stderr.contains("did you mean `bootstrap.servers`?"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_consumer_or_producer_property_under_x_points_to_c_or_p() {
+    for (kv, flag) in [
+        ("group.id=g", "-C group.id=g"),
+        ("linger.ms=5", "-P linger.ms=5"),
+    ] {
+        let (ok, out) = run(&["--bootstrap", "127.0.0.1:1", "-X", kv, "check"], None);
+        assert!(!ok, "{out}");
+        assert!(out.contains(flag), "{kv}: {out}");
+    }
+}
+
+#[test]
+fn a_missing_topic_or_group_is_an_error_that_says_so() {
+    let broker = testkit::require_broker!();
+    let b = broker.bootstrap.as_str();
+    let topic = testkit::unique_name("cli-missing");
+    for args in [
+        vec![
+            "-b",
+            b,
+            "consume",
+            "--topic",
+            &topic,
+            "--partitions",
+            "0",
+            "--idle-exit-ms",
+            "500",
+        ],
+        vec![
+            "-b",
+            b,
+            "consume",
+            "--topic",
+            &topic,
+            "--group",
+            "g",
+            "--idle-exit-ms",
+            "500",
+        ],
+        vec![
+            "-b",
+            b,
+            "process",
+            "--topic",
+            &topic,
+            "--group",
+            "g",
+            "--seconds",
+            "1",
+        ],
+    ] {
+        let (ok, out) = run(&args, None);
+        assert!(!ok, "{args:?} exited 0: {out}");
+        assert!(
+            out.contains(&format!("topic {topic:?} does not exist")),
+            "{args:?}: {out}"
+        );
+        // The harness runs with auto.create.topics.enable=false.
+        assert!(out.contains("auto-creation is off"), "{args:?}: {out}");
+        assert!(!out.contains("consumed 0 records"), "{out}");
+    }
+    let group = testkit::unique_name("cli-missing-group");
+    let (ok, out) = run(&["-b", b, "groups", "describe", &group], None);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("consumer group {group:?} does not exist")),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_refused_topic_creation_shows_the_brokers_own_message() {
+    let broker = testkit::require_broker!();
+    let topic = testkit::unique_name("cli-rf3");
+    let (ok, out) = run(
+        &[
+            "-b",
+            &broker.bootstrap,
+            "topics",
+            "create",
+            &topic,
+            "--replication-factor",
+            "3",
+        ],
+        None,
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("InvalidReplicationFactor"), "{out}");
+    // The broker's explanation, not just the code's name.
+    assert!(out.contains("the broker says:"), "{out}");
+    assert!(out.contains("broker(s)"), "{out}");
 }
 
 fn run_ok(args: &[&str], stdin: Option<&str>) -> String {
@@ -316,6 +438,9 @@ fn process_dead_letters_poison_and_serves_prometheus_metrics() {
         4,
         "{dlt}"
     );
+    // Provenance headers are readable: numbers, not base64 of big-endian bytes.
+    assert!(dlt.contains("\"kafka_dlt-original-offset\":50"), "{dlt}");
+    assert!(dlt.contains("\"kafka_dlt-original-partition\":0"), "{dlt}");
 }
 
 #[test]
@@ -410,6 +535,293 @@ fn produce_splits_batches_too_large_for_the_topic_and_fails_only_a_record_too_la
     assert!(out.contains("max.message.bytes"), "{out}");
     assert!(out.contains("1 of 61 records not delivered"), "{out}");
     assert_eq!(offsets(&topic), (0..60).collect::<Vec<i64>>());
+}
+
+/// A new topic with `partitions` partitions.
+fn topic_with(b: &str, prefix: &str, partitions: &str) -> String {
+    let topic = testkit::unique_name(prefix);
+    run_ok(
+        &[
+            "-b",
+            b,
+            "topics",
+            "create",
+            &topic,
+            "--partitions",
+            partitions,
+        ],
+        None,
+    );
+    topic
+}
+
+fn records_in(out: &str) -> usize {
+    out.split("consumed ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary: {out}"))
+}
+
+#[test]
+fn consume_alone_reads_every_partition_from_an_offset_the_end_or_a_time_in_kcat_formats() {
+    let broker = testkit::require_broker!();
+    let b = broker.bootstrap.as_str();
+    let topic = topic_with(b, "cli-kcat", "3");
+    // Keys from the line (-K:), spread over the partitions by key.
+    let input: String = (0..30).map(|i| format!("key{i}:value{i}\n")).collect();
+    run_ok(
+        &[
+            "-b", b, "produce", "-t", &topic, "-K:", "--header", "src=cli",
+        ],
+        Some(&input),
+    );
+    let read = |extra: &[&str]| {
+        let mut args = vec!["-b", b, "consume", "-t", &topic, "--idle-exit-ms", "1500"];
+        args.extend_from_slice(extra);
+        run_ok(&args, None)
+    };
+    // --topic alone: every partition, no group.
+    let all = read(&["--print-key", "--print-headers"]);
+    assert_eq!(records_in(&all), 30, "{all}");
+    assert!(all.contains("\tkey7\tsrc=cli\tvalue7\n"), "{all}");
+    let partitions: std::collections::BTreeSet<&str> = all
+        .lines()
+        .filter_map(|l| l.split('\t').next())
+        .filter(|tp| tp.starts_with(&topic))
+        .collect();
+    assert_eq!(partitions.len(), 3, "{all}");
+    // -N from the end: the last record of each partition.
+    assert_eq!(records_in(&read(&["-o", "-1"])), 3);
+    // An offset, on one partition; and the end.
+    let p0_total = records_in(&read(&["-p", "0"]));
+    assert_eq!(
+        records_in(&read(&["-p", "0", "--from", "1"])),
+        p0_total.saturating_sub(1)
+    );
+    assert_eq!(records_in(&read(&["--from", "latest"])), 0);
+    // A time: everything is after 2020, nothing after 2100.
+    assert_eq!(records_in(&read(&["--from", "2020-01-01T00:00:00Z"])), 30);
+    assert_eq!(records_in(&read(&["--from", "@4102444800000"])), 0);
+    // kcat's -f.
+    let f = read(&["-p", "0", "-f", "%t|%p|%o|%k|%s|%h\\n"]);
+    let first = f
+        .lines()
+        .find(|l| l.starts_with(&topic))
+        .unwrap_or_else(|| panic!("{f}"));
+    let cols: Vec<&str> = first.split('|').collect();
+    assert_eq!(cols.len(), 6, "{first}");
+    assert_eq!(
+        (cols[1], cols[2], cols[5]),
+        ("0", "0", "src=cli"),
+        "{first}"
+    );
+    assert_eq!(
+        cols[3].replace("key", ""),
+        cols[4].replace("value", ""),
+        "{first}"
+    );
+    // With a group, an offset or time is refused with the way out.
+    let (ok, out) = run(
+        &["-b", b, "consume", "-t", &topic, "-G", "g", "-o", "-1"],
+        None,
+    );
+    assert!(!ok && out.contains("groups reset-offsets"), "{out}");
+}
+
+#[test]
+fn produce_names_a_line_that_is_not_utf8_and_binary_sends_it() {
+    use std::io::Write;
+    let broker = testkit::require_broker!();
+    let b = broker.bootstrap.as_str();
+    let topic = topic_with(b, "cli-binary", "1");
+    let send = |extra: &[&str]| {
+        let mut child = lab()
+            .args(["-b", b, "produce", "-t", &topic])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"ok\nbad \xff\xfe\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = send(&[]);
+    assert!(!ok, "{err}");
+    assert!(err.contains("stdin line 2 is not UTF-8"), "{err}");
+    assert!(err.contains("--binary"), "{err}");
+    assert!(err.contains("1 line(s) before it were sent"), "{err}");
+    let (ok, err) = send(&["--binary"]);
+    assert!(ok, "{err}");
+    let out = run_ok(
+        &[
+            "-b",
+            b,
+            "consume",
+            "-t",
+            &topic,
+            "--json",
+            "--idle-exit-ms",
+            "1500",
+        ],
+        None,
+    );
+    // Binary values are marked as such in JSON; the line before the bad
+    // one was sent by the first run too.
+    assert!(out.contains("\"value\":{\"base64\":\"YmFkIP/+\"}"), "{out}");
+    assert_eq!(out.matches("\"value\":\"ok\"").count(), 2, "{out}");
+}
+
+#[test]
+fn groups_reset_offsets_is_a_dry_run_until_execute_and_delete_removes_the_group() {
+    let broker = testkit::require_broker!();
+    let b = broker.bootstrap.as_str();
+    let topic = topic_with(b, "cli-reset", "1");
+    let group = testkit::unique_name("cli-reset");
+    run_ok(
+        &[
+            "-b", b, "produce", "-t", &topic, "--count", "10", "--size", "5",
+        ],
+        None,
+    );
+    run_ok(
+        &[
+            "-b", b, "consume", "-t", &topic, "-G", &group, "--max", "10", "--commit",
+        ],
+        None,
+    );
+    let committed = || {
+        let d = run_ok(&["-b", b, "groups", "describe", &group], None);
+        let row = d
+            .lines()
+            .find(|l| l.starts_with(&format!("{topic}-0")))
+            .unwrap_or_else(|| panic!("{d}"))
+            .to_string();
+        row.split_whitespace().nth(1).unwrap().to_string()
+    };
+    assert_eq!(committed(), "10");
+    let plan = run_ok(
+        &[
+            "-b",
+            b,
+            "groups",
+            "reset-offsets",
+            &group,
+            "-t",
+            &topic,
+            "--shift-by",
+            "-3",
+        ],
+        None,
+    );
+    assert!(plan.contains("dry run"), "{plan}");
+    assert_eq!(committed(), "10", "a dry run changes nothing");
+    for (how, want) in [
+        (vec!["--shift-by", "-3"], "7"),
+        (vec!["--to-earliest"], "0"),
+        (vec!["--to-offset", "4"], "4"),
+        (vec!["--to-datetime", "2100-01-01T00:00:00Z"], "10"),
+        (vec!["--to-latest"], "10"),
+    ] {
+        let mut args = vec![
+            "-b",
+            b,
+            "groups",
+            "reset-offsets",
+            &group,
+            "-t",
+            &topic,
+            "--execute",
+        ];
+        args.extend(how.iter().copied());
+        run_ok(&args, None);
+        assert_eq!(committed(), want, "{how:?}");
+    }
+    assert!(run_ok(&["-b", b, "groups", "delete", &group], None).contains("deleted"));
+    let (ok, out) = run(&["-b", b, "groups", "describe", &group], None);
+    assert!(!ok && out.contains("does not exist"), "{out}");
+}
+
+#[test]
+fn topics_describe_shows_partitions_leaders_isr_and_configs() {
+    let broker = testkit::require_broker!();
+    let b = broker.bootstrap.as_str();
+    let topic = testkit::unique_name("cli-describe");
+    run_ok(
+        &[
+            "-b",
+            b,
+            "topics",
+            "create",
+            &topic,
+            "--partitions",
+            "2",
+            "--config",
+            "retention.ms=123456",
+        ],
+        None,
+    );
+    let out = run_ok(&["-b", b, "topics", "describe", &topic], None);
+    assert!(out.contains("partitions 2"), "{out}");
+    assert!(out.contains("leader") && out.contains("isr"), "{out}");
+    assert!(out.contains("retention.ms=123456"), "{out}");
+    let rows = out
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|p| p == "0" || p == "1")
+        })
+        .count();
+    assert_eq!(rows, 2, "{out}");
+}
+
+#[test]
+fn ctrl_c_on_a_group_consumer_leaves_the_group_and_prints_the_summary() {
+    let broker = testkit::require_broker!();
+    let b = broker.bootstrap.as_str();
+    let topic = topic_with(b, "cli-ctrlc", "1");
+    let group = testkit::unique_name("cli-ctrlc");
+    run_ok(&["-b", b, "produce", "-t", &topic, "--count", "5"], None);
+    let child = lab()
+        .args(["-b", b, "consume", "-t", &topic, "-G", &group, "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it is a member, then interrupt it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, d) = run(&["-b", b, "groups", "describe", &group], None);
+        if d.contains(&format!("{topic}-0")) && !d.contains("  -\n") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never joined: {d}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("interrupted: left the group"), "{stderr}");
+    assert!(stderr.contains("consumed 5 records"), "{stderr}");
+    // It left: the group is empty at once, not after the session timeout.
+    let d = run_ok(&["-b", b, "groups", "describe", &group], None);
+    assert!(d.contains("state Empty"), "{d}");
 }
 
 /// The `groups describe` row of `topic`-0: committed, end, lag.

@@ -50,16 +50,17 @@ impl NewTopic {
     }
 }
 
-/// A topic-scoped error code as an [`Error::Broker`] naming the topic.
-fn check_topic_code(api: ApiKey, code: i16, topic: &str) -> Result<()> {
+/// A topic-scoped error code as an [`Error::Broker`] naming the topic,
+/// with the broker's own message when the response carries one.
+fn check_topic_code(api: ApiKey, code: i16, topic: &str, message: Option<&StrBytes>) -> Result<()> {
     match KafkaCode::try_from_code(code) {
         None => Ok(()),
-        Some(code) => Err(Error::Broker {
+        Some(code) => Err(Error::broker_with_message(
             api,
             code,
-            topic: Some(topic.to_string()),
-            partition: None,
-        }),
+            Some(topic),
+            message.map(|m| m.as_str()),
+        )),
     }
 }
 
@@ -99,7 +100,12 @@ impl Client {
             .send(&req, self.config().request_timeout, PROPAGATION_TIMEOUT)
             .await?;
         for t in &resp.topics {
-            check_topic_code(ApiKey::CreateTopics, t.error_code, &topic.name)?;
+            check_topic_code(
+                ApiKey::CreateTopics,
+                t.error_code,
+                &topic.name,
+                t.error_message.as_ref(),
+            )?;
         }
         self.wait_for_topic(&topic.name, topic.partitions as usize)
             .await
@@ -147,7 +153,12 @@ impl Client {
             .send(&req, self.config().request_timeout, PROPAGATION_TIMEOUT)
             .await?;
         for r in &resp.responses {
-            check_topic_code(ApiKey::DeleteTopics, r.error_code, name)?;
+            check_topic_code(
+                ApiKey::DeleteTopics,
+                r.error_code,
+                name,
+                r.error_message.as_ref(),
+            )?;
         }
         // Deletion is asynchronous: wait until metadata forgets the topic.
         let deadline = Instant::now() + PROPAGATION_TIMEOUT;
@@ -554,7 +565,8 @@ impl Client {
                 Duration::ZERO,
             )
             .await?;
-        crate::error::check_code(ApiKey::DescribeCluster, resp.error_code)?;
+        crate::error::check_code(ApiKey::DescribeCluster, resp.error_code)
+            .map_err(|e| e.with_message(resp.error_message.as_deref()))?;
         let mut md = crate::metadata::Metadata {
             cluster_id: Some(s(&resp.cluster_id)),
             controller_id: resp.controller_id.0,
@@ -621,7 +633,8 @@ impl Client {
         let g = resp.groups.into_iter().next().ok_or_else(|| {
             Error::Metadata(format!("DescribeGroups returned nothing for {group}"))
         })?;
-        crate::error::check_code(ApiKey::DescribeGroups, g.error_code)?;
+        crate::error::check_code(ApiKey::DescribeGroups, g.error_code)
+            .map_err(|e| e.with_message(g.error_message.as_deref()))?;
         Ok(GroupDescription {
             group_id: g.group_id.0.to_string(),
             state: s(&g.group_state),
@@ -685,7 +698,12 @@ impl Client {
         let r = resp.results.into_iter().next().ok_or_else(|| {
             Error::Metadata(format!("DescribeConfigs returned nothing for {name}"))
         })?;
-        check_topic_code(ApiKey::DescribeConfigs, r.error_code, &name)?;
+        check_topic_code(
+            ApiKey::DescribeConfigs,
+            r.error_code,
+            &name,
+            r.error_message.as_ref(),
+        )?;
         Ok(r.configs
             .iter()
             .map(|c| ConfigEntry {
@@ -733,7 +751,12 @@ impl Client {
             .send(&req, self.config().request_timeout, Duration::ZERO)
             .await?;
         for r in &resp.responses {
-            check_topic_code(ApiKey::IncrementalAlterConfigs, r.error_code, &name)?;
+            check_topic_code(
+                ApiKey::IncrementalAlterConfigs,
+                r.error_code,
+                &name,
+                r.error_message.as_ref(),
+            )?;
         }
         Ok(())
     }

@@ -458,6 +458,8 @@ async fn run_task(
     let reason = match &poison {
         Poison::Io(e) => format!("I/O error: {e}"),
         Poison::Closed => "closed by the broker".to_string(),
+        // Another protocol answered: its name is the whole story.
+        Poison::Frame(e @ (DecodeError::Tls | DecodeError::Http(_))) => e.to_string(),
         Poison::Frame(e) => format!("bad frame: {e}"),
         Poison::Correlation { expected, got } => {
             format!("correlation id mismatch: expected {expected}, got {got}")

@@ -70,19 +70,21 @@ impl Client {
         let resp = conn
             .send(&req, self.config().request_timeout, Duration::ZERO)
             .await?;
-        let (code, node) = if version >= 4 {
+        let (code, node, message) = if version >= 4 {
             let c = resp.coordinators.first().ok_or_else(|| {
                 Error::Metadata(format!(
                     "FindCoordinator for {key:?} returned no coordinator"
                 ))
             })?;
-            (c.error_code, c.node_id.0)
+            (c.error_code, c.node_id.0, c.error_message.clone())
         } else {
-            (resp.error_code, resp.node_id.0)
+            (resp.error_code, resp.node_id.0, resp.error_message.clone())
         };
         if let Some(code) = KafkaCode::try_from_code(code) {
             // Unavailable or loading coordinators are retriable: the caller loop waits.
-            return Err(Error::broker(ApiKey::FindCoordinator, code));
+            return Err(
+                Error::broker(ApiKey::FindCoordinator, code).with_message(message.as_deref())
+            );
         }
         if !self.metadata().brokers.contains_key(&node) {
             self.refresh_metadata(Some(&[])).await?;

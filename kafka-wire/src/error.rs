@@ -60,6 +60,16 @@ pub enum DecodeError {
     DecompressLimit { codec: &'static str, limit: usize },
     #[error("malformed {what}: {reason}")]
     Malformed { what: &'static str, reason: String },
+    /// The first bytes are a TLS record (an alert or a handshake), not a
+    /// Kafka frame: a plaintext client reached a TLS listener.
+    #[error(
+        "the server is speaking TLS, not plaintext Kafka (set security.protocol=SSL, or SASL_SSL)"
+    )]
+    Tls,
+    /// The first bytes are an HTTP response: the address is not a Kafka
+    /// broker (a web server, a proxy, a console or a schema registry).
+    #[error("the server is not a Kafka broker (it answered HTTP: {0:?}); check bootstrap.servers")]
+    Http(String),
 }
 
 /// Errors from this crate. `Clone`, because one failure completes every
@@ -94,13 +104,17 @@ pub enum Error {
         broker: String,
         reason: String,
     },
-    /// The broker answered with an error code.
-    #[error("{api:?} failed{}: {code} ({})", scope_suffix(topic, *partition), code_hint(code))]
+    /// The broker answered with an error code (and, in the responses that
+    /// carry one, its own message, which usually names the exact cause).
+    #[error("{api:?} failed{}: {code} ({}){}", scope_suffix(topic, *partition), code_hint(code), message_suffix(message))]
     Broker {
         api: ApiKey,
         code: KafkaCode,
         topic: Option<String>,
+        /// `None` (or a negative number) for a topic-wide error.
         partition: Option<i32>,
+        /// The broker's `error_message`, when the response has one.
+        message: Option<String>,
     },
     /// An admin request the broker refused, with the broker's own
     /// explanation when it sent one (CreatePartitions: "Topic currently has
@@ -191,8 +205,16 @@ pub enum Error {
 
 fn scope_suffix(topic: &Option<String>, partition: Option<i32>) -> String {
     match (topic, partition) {
-        (Some(t), Some(p)) => format!(" for {t}-{p}"),
-        (Some(t), None) => format!(" for {t}"),
+        // -1 is "no partition" on the wire: never print `topic--1`.
+        (Some(t), Some(p)) if p >= 0 => format!(" for {t}-{p}"),
+        (Some(t), _) => format!(" for {t}"),
+        _ => String::new(),
+    }
+}
+
+fn message_suffix(message: &Option<String>) -> String {
+    match message.as_deref().map(str::trim) {
+        Some(m) if !m.is_empty() => format!("; the broker says: {m}"),
         _ => String::new(),
     }
 }
@@ -214,6 +236,21 @@ fn refusal_suffix(message: &Option<String>) -> String {
 }
 
 fn code_hint(code: &KafkaCode) -> &'static str {
+    // Codes whose usual cause is not what the generic action suggests.
+    match code {
+        KafkaCode::UnknownTopicOrPartition => {
+            return "the topic or partition does not exist: create it or check the name; \
+                    a topic created a moment ago may not be known to every broker yet"
+        }
+        KafkaCode::TopicAuthorizationFailed => {
+            return "not allowed to access the topic: check the ACLs of this principal"
+        }
+        KafkaCode::GroupAuthorizationFailed => {
+            return "not allowed to use the group: check the ACLs of this principal"
+        }
+        KafkaCode::GroupIdNotFound => return "the group does not exist",
+        _ => {}
+    }
     match action_for_code(*code) {
         ErrorAction::Retry => "retriable",
         ErrorAction::RefreshMetadataAndRetry => "refresh metadata and retry",
@@ -321,6 +358,39 @@ impl Error {
             code,
             topic: None,
             partition: None,
+            message: None,
+        }
+    }
+
+    /// This error with the broker's own message attached (for
+    /// [`Error::Broker`]; other errors are returned as they are). An empty
+    /// or missing message changes nothing.
+    pub fn with_message(mut self, msg: Option<&str>) -> Self {
+        if let Error::Broker { message, .. } = &mut self {
+            if let Some(m) = msg.map(str::trim).filter(|m| !m.is_empty()) {
+                *message = Some(m.to_string());
+            }
+        }
+        self
+    }
+
+    /// A broker error code with the broker's own message (from the
+    /// response's `error_message`; empty or missing is `None`).
+    pub fn broker_with_message(
+        api: ApiKey,
+        code: KafkaCode,
+        topic: Option<&str>,
+        message: Option<&str>,
+    ) -> Self {
+        Error::Broker {
+            api,
+            code,
+            topic: topic.map(str::to_string),
+            partition: None,
+            message: message
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(str::to_string),
         }
     }
 
@@ -331,6 +401,7 @@ impl Error {
             code,
             topic: Some(topic.to_string()),
             partition: Some(partition),
+            message: None,
         }
     }
 }
@@ -352,6 +423,40 @@ impl fmt::Display for ErrorAction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_topic_wide_error_never_prints_partition_minus_one() {
+        let e = Error::broker_for(
+            ApiKey::ListOffsets,
+            KafkaCode::UnknownTopicOrPartition,
+            "t",
+            -1,
+        );
+        let text = e.to_string();
+        assert!(text.contains("for t:"), "{text}");
+        assert!(!text.contains("t--1"), "{text}");
+        assert!(text.contains("does not exist"), "{text}");
+        assert!(!text.contains("refresh metadata"), "{text}");
+    }
+
+    #[test]
+    fn the_brokers_own_message_is_shown_next_to_the_code() {
+        let e = Error::broker_with_message(
+            ApiKey::CreateTopics,
+            KafkaCode::InvalidReplicationFactor,
+            Some("t"),
+            Some("Unable to replicate the partition 3 time(s)"),
+        );
+        let text = e.to_string();
+        assert!(text.contains("InvalidReplicationFactor"), "{text}");
+        assert!(
+            text.contains("the broker says: Unable to replicate"),
+            "{text}"
+        );
+        let plain =
+            Error::broker(ApiKey::Produce, KafkaCode::InvalidRecord).with_message(Some(" "));
+        assert!(!plain.to_string().contains("the broker says"), "{plain}");
+    }
 
     #[test]
     fn every_code_has_one_action_and_group_codes_rejoin() {

@@ -35,6 +35,12 @@ impl FrameDecoder {
             return Ok(None);
         }
         let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        if len < 0 || len as usize > self.max_frame {
+            // No Kafka frame this long: is it another protocol talking?
+            if let Some(e) = other_protocol(buf) {
+                return Err(e);
+            }
+        }
         if len < 0 {
             return Err(DecodeError::NegativeLength(len.into()));
         }
@@ -54,6 +60,23 @@ impl FrameDecoder {
     }
 }
 
+/// A TLS record (content type 20-23, version 3.x) or an HTTP status line
+/// at the front of `buf`, which begins with an impossible frame length.
+fn other_protocol(buf: &[u8]) -> Option<DecodeError> {
+    if (0x14..=0x17).contains(&buf[0]) && buf[1] == 0x03 {
+        return Some(DecodeError::Tls);
+    }
+    if buf.starts_with(b"HTTP") {
+        let line = buf
+            .split(|b| *b == b'\r' || *b == b'\n')
+            .next()
+            .unwrap_or_default();
+        let line = String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned();
+        return Some(DecodeError::Http(line));
+    }
+    None
+}
+
 /// Prefix `body` with its length. Used by the connection writer.
 pub fn encode_frame(body: &[u8], out: &mut BytesMut) {
     out.reserve(4 + body.len());
@@ -65,6 +88,25 @@ pub fn encode_frame(body: &[u8], out: &mut BytesMut) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_tls_alert_or_handshake_is_named_not_read_as_a_length() {
+        let d = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        for first in [[0x15, 0x03, 0x03, 0x00], [0x16, 0x03, 0x01, 0x02]] {
+            let mut buf = BytesMut::from(&first[..]);
+            buf.extend_from_slice(&[0x02, 0x02, 0x50]);
+            assert_eq!(d.decode(&mut buf), Err(DecodeError::Tls));
+        }
+    }
+
+    #[test]
+    fn an_http_answer_is_named_not_read_as_a_length() {
+        let d = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        let mut buf = BytesMut::from(&b"HTTP/1.1 400 Bad Request\r\n\r\n"[..]);
+        let err = d.decode(&mut buf).unwrap_err();
+        assert_eq!(err, DecodeError::Http("HTTP/1.1 400 Bad Request".into()));
+        assert!(err.to_string().contains("not a Kafka broker"), "{err}");
+    }
 
     #[test]
     fn truncated_frame_waits_for_more() {

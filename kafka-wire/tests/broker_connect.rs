@@ -227,3 +227,63 @@ async fn wrong_password_fails_fast_with_auth_error() {
         assert!(took < Duration::from_secs(5), "{name} took {took:?}");
     }
 }
+
+fn plaintext_to(bootstrap: &str) -> ClientConfig {
+    ClientConfig::builder()
+        .set("bootstrap.servers", bootstrap)
+        .unwrap()
+        .set("socket.connection.setup.timeout.ms", "3000")
+        .unwrap()
+        .set("request.timeout.ms", "3000")
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn plaintext_against_the_tls_port_says_the_server_speaks_tls() {
+    let broker = testkit::require_broker!();
+    let Some(ssl) = broker.bootstrap_ssl.clone() else {
+        return assert!(!testkit::broker_required(), "harness has no SSL listener");
+    };
+    let started = Instant::now();
+    let err = Client::connect(plaintext_to(&ssl))
+        .await
+        .expect_err("plaintext against a TLS listener must fail");
+    let text = err.to_string();
+    assert!(text.contains("speaking TLS"), "{text}");
+    assert!(text.contains("security.protocol=SSL"), "{text}");
+    assert!(text.contains(&ssl), "names the server: {text}");
+    assert!(!text.contains("frame length"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_http_server_is_named_as_not_a_kafka_broker() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A tiny HTTP server: reads the request, answers 400, closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            // A short read is fine: any bytes of the request will do.
+            let mut buf = Vec::with_capacity(1024);
+            let _ = s.read_buf(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let err = Client::connect(plaintext_to(&addr))
+        .await
+        .expect_err("an HTTP server is not a broker");
+    let text = err.to_string();
+    assert!(text.contains("not a Kafka broker"), "{text}");
+    assert!(text.contains("HTTP/1.1 400 Bad Request"), "{text}");
+    assert!(text.contains(&addr), "names the server: {text}");
+    assert!(!text.contains("frame length"), "{text}");
+}

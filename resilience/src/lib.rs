@@ -31,34 +31,79 @@
 //! | [`eos`] | [`eos::TransactionalProcessor`]: consume-transform-produce in Kafka transactions |
 //! | [`observe`] | metric names and the [`observe::Observer`] hook |
 //!
+//! ## Before the first run
+//!
+//! - **A new group starts at the end of each partition** unless you say
+//!   otherwise: `auto.offset.reset` defaults to `latest`, so records already
+//!   in the topic are *skipped*. Set `auto.offset.reset=earliest` to
+//!   process them (the examples do).
+//! - **Logs need a `tracing` subscriber.** Without one, connection retries
+//!   and errors are silent. Two lines (crate `tracing-subscriber`, feature
+//!   `env-filter`):
+//!   ```no_run
+//!   tracing_subscriber::fmt()
+//!       .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+//!       .init();
+//!   ```
+//! - **A tokio runtime** with its I/O and time drivers: `#[tokio::main]` (or
+//!   `Builder::new_multi_thread().enable_all()`), with
+//!   `tokio = { version = "1", features = ["macros", "rt-multi-thread"] }`.
+//!   The runtime spawns its own tasks (one per broker connection, the poll
+//!   loop, the handlers); a current-thread runtime works too, with every
+//!   handler on that one thread.
+//!
 //! ## Per-partition ordering, DLT after 3 attempts (the default)
 //!
+//! A handler returns `Ok(())` when the record's work is done; an `Err` is
+//! retried (a [`HandlerError::Retryable`], 1 s then 2 s later) and then
+//! dead-lettered, or dead-lettered at once ([`HandlerError::fatal`]).
+//! Without a DLT, a record that cannot be handled stalls its partition
+//! instead of being skipped. `?` works on I/O, Kafka, UTF-8 and parse
+//! errors (see [`HandlerError`]).
+//!
 //! ```no_run
-//! use resilience::{Processor, ProcessorConfig, Handler, processor::HandlerFuture, HandlerError};
-//! use resilience::consumer_core::{ConsumerConfig, TopicPartition};
-//! use kafka_wire::{ProducerConfig, records::Record};
+//! use resilience::{handler_fn, HandlerError, Processor, ProcessorConfig};
+//! use resilience::consumer_core::ConsumerConfig;
+//! use kafka_wire::ProducerConfig;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     tracing_subscriber::fmt().init(); // or you see no logs at all
+//!     let consumer = ConsumerConfig::builder()
+//!         .set("bootstrap.servers", "localhost:9092")?
+//!         .set("group.id", "orders-service")?
+//!         .set("auto.offset.reset", "earliest")? // the default, latest, skips existing records
+//!         .build()?;
+//!     let dlt = ProducerConfig::builder().set("bootstrap.servers", "localhost:9092")?.build()?;
+//!     let cfg = ProcessorConfig::new(consumer, &["orders"]).dead_letter(dlt);
+//!     let save_order = handler_fn(|_tp, record| async move {
+//!         let body = record.value.ok_or(HandlerError::fatal("empty order"))?;
+//!         let _order = std::str::from_utf8(&body)?; // write it to your database here
+//!         Ok(())
+//!     });
+//!     let shutdown = async { let _ = tokio::signal::ctrl_c().await; };
+//!     Processor::new(cfg, save_order).run(shutdown).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The same handler as a type, for one that holds state (a pool, a client):
+//!
+//! ```no_run
+//! use resilience::{Handler, HandlerError, processor::HandlerFuture};
+//! use resilience::consumer_core::TopicPartition;
+//! use kafka_wire::records::Record;
 //!
 //! struct SaveOrder;
 //! impl Handler for SaveOrder {
 //!     fn handle<'a>(&'a self, _tp: &'a TopicPartition, r: &'a Record) -> HandlerFuture<'a> {
 //!         Box::pin(async move {
-//!             let body = r.value.as_deref().ok_or(HandlerError::NonRetryable("empty".into()))?;
-//!             let _ = body; // write to your database here
+//!             let body = r.value.as_deref().ok_or(HandlerError::fatal("empty order"))?;
+//!             let _order = std::str::from_utf8(body)?;
 //!             Ok(())
 //!         })
 //!     }
 //! }
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let consumer = ConsumerConfig::builder()
-//!     .set("bootstrap.servers", "localhost:9092")?
-//!     .set("group.id", "orders-service")?
-//!     .build()?;
-//! let dlt = ProducerConfig::builder().set("bootstrap.servers", "localhost:9092")?.build()?;
-//! let cfg = ProcessorConfig::new(consumer, &["orders"]).dead_letter(dlt);
-//! let shutdown = async { /* e.g. tokio::signal::ctrl_c() */ };
-//! Processor::new(cfg, SaveOrder).run(shutdown).await?;
-//! # Ok(()) }
 //! ```
 //!
 //! ## Per-key ordering, batches, retry topics, idempotency
@@ -98,6 +143,7 @@ pub mod config;
 pub mod dedup;
 pub mod dlt;
 pub mod eos;
+mod handler_fn;
 pub mod observe;
 pub mod offset_tracker;
 pub mod processor;
@@ -107,6 +153,7 @@ pub mod scheduler;
 
 pub use config::{CommitPolicy, KeySource, ProcessorConfig};
 pub use consumer_core;
+pub use handler_fn::{handler_fn, HandlerFn};
 pub use offset_tracker::OffsetTracker;
 pub use processor::{BatchHandler, Handler, Processor, Stats};
 pub use retry::HandlerError;

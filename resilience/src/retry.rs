@@ -6,6 +6,38 @@
 use std::time::Duration;
 
 /// How a handler failed: decides retry, dead-letter, or both after attempts.
+///
+/// - [`Retryable`](HandlerError::Retryable): retried with the
+///   [`BackoffPolicy`] (default: 3 attempts in all, 1 s then 2 s apart; or
+///   through the retry topics if configured), then dead-lettered.
+/// - [`NonRetryable`](HandlerError::NonRetryable) and
+///   [`Deserialization`](HandlerError::Deserialization): dead-lettered at once.
+///
+/// Dead-lettering needs a DLT producer (`ProcessorConfig::dead_letter`).
+/// Without one, a record that cannot be handled **stalls its partition**
+/// (logged at error level) rather than be committed past: nothing is lost,
+/// and nothing behind it on that partition (or key) is handled.
+///
+/// `?` works in a handler: `From` turns [`std::io::Error`] and
+/// [`kafka_wire::Error`] into `Retryable` (a Kafka error that
+/// retrying cannot fix into `NonRetryable`), UTF-8 and number parsing
+/// errors into `Deserialization`, and boxed errors into `Retryable`. For
+/// anything else, [`HandlerError::retryable`] and [`HandlerError::fatal`]
+/// take any `Display`:
+///
+/// ```
+/// use resilience::HandlerError;
+/// fn parse(v: &[u8]) -> Result<u64, HandlerError> {
+///     let text = std::str::from_utf8(v)?;              // Deserialization
+///     let n: u64 = text.trim().parse()?;                // Deserialization
+///     if n == 0 {
+///         return Err(HandlerError::fatal("order id 0")); // NonRetryable
+///     }
+///     Ok(n)
+/// }
+/// assert!(matches!(parse(b"0"), Err(HandlerError::NonRetryable(_))));
+/// assert!(matches!(parse(b"x"), Err(HandlerError::Deserialization(_))));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandlerError {
     /// Worth retrying (timeouts, unavailable dependencies). The default.
@@ -20,6 +52,18 @@ impl HandlerError {
     /// Any other error is retryable unless the handler says otherwise.
     pub fn from_display(e: impl std::fmt::Display) -> Self {
         HandlerError::Retryable(e.to_string())
+    }
+
+    /// Worth retrying (a timeout, a dependency down): retried, then
+    /// dead-lettered.
+    pub fn retryable(e: impl std::fmt::Display) -> Self {
+        HandlerError::Retryable(e.to_string())
+    }
+
+    /// Retrying cannot help (invalid data, a poison record): dead-lettered
+    /// at once.
+    pub fn fatal(e: impl std::fmt::Display) -> Self {
+        HandlerError::NonRetryable(e.to_string())
     }
 
     pub fn is_retryable(&self) -> bool {
@@ -43,6 +87,46 @@ impl HandlerError {
         }
     }
 }
+
+impl std::error::Error for HandlerError {}
+
+impl From<std::io::Error> for HandlerError {
+    fn from(e: std::io::Error) -> Self {
+        HandlerError::Retryable(e.to_string())
+    }
+}
+
+impl From<kafka_wire::Error> for HandlerError {
+    /// `NonRetryable` when the error's action is fatal, else `Retryable`.
+    fn from(e: kafka_wire::Error) -> Self {
+        match e.action() {
+            kafka_wire::ErrorAction::Fatal => HandlerError::NonRetryable(e.to_string()),
+            _ => HandlerError::Retryable(e.to_string()),
+        }
+    }
+}
+
+impl From<Box<dyn std::error::Error + Send + Sync>> for HandlerError {
+    fn from(e: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        HandlerError::Retryable(e.to_string())
+    }
+}
+
+macro_rules! deserialization_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for HandlerError {
+            fn from(e: $t) -> Self {
+                HandlerError::Deserialization(e.to_string())
+            }
+        }
+    )*};
+}
+deserialization_from!(
+    std::str::Utf8Error,
+    std::string::FromUtf8Error,
+    std::num::ParseIntError,
+    std::num::ParseFloatError
+);
 
 impl std::fmt::Display for HandlerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -82,9 +82,17 @@ fn env_file_pairs() -> Vec<(String, String)> {
     std::fs::read_to_string(env_file())
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .filter_map(env_line)
         .collect()
+}
+
+/// One `KEY=value` line of an env file (an `export ` prefix is optional,
+/// so that `source target/broker/env` exports it).
+fn env_line(line: &str) -> Option<(String, String)> {
+    let line = line.trim_start();
+    let line = line.strip_prefix("export ").unwrap_or(line);
+    let (k, v) = line.split_once('=')?;
+    Some((k.trim().to_string(), v.to_string()))
 }
 
 /// A harness variable: the process env, else `target/broker/env`.
@@ -239,7 +247,12 @@ pub fn restart_broker(hard: bool, down_for: Duration) -> Result<(), String> {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target/debug/xtask"));
     let mut cmd = std::process::Command::new(&xtask);
-    cmd.args(["broker", "restart", "--down-for"])
+    cmd.arg("broker");
+    // The broker `cargo xtask test` started (target/broker-test), or yours.
+    if let Some(instance) = env_var("KAFKA_BROKER_INSTANCE") {
+        cmd.args(["--instance", &instance]);
+    }
+    cmd.args(["restart", "--down-for"])
         .arg(down_for.as_secs_f64().to_string());
     if let Some(v) = env_var("KAFKA_BROKER_VERSION") {
         cmd.args(["--kafka-version", &v]);
@@ -257,5 +270,21 @@ pub fn restart_broker(hard: bool, down_for: Duration) -> Result<(), String> {
             "`xtask broker restart` failed: {}",
             String::from_utf8_lossy(&out.stderr)
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn env_lines_parse_with_or_without_export() {
+        assert_eq!(
+            super::env_line("export KAFKA_BOOTSTRAP=127.0.0.1:9092"),
+            Some(("KAFKA_BOOTSTRAP".into(), "127.0.0.1:9092".into()))
+        );
+        assert_eq!(
+            super::env_line("KAFKA_SASL_USER=alice"),
+            Some(("KAFKA_SASL_USER".into(), "alice".into()))
+        );
+        assert_eq!(super::env_line("# nothing"), None);
     }
 }

@@ -13,11 +13,17 @@
 //!   data/            log.dirs; wiped on every fresh start
 //!   broker.pid       pid of the java process we started (only that is ever killed)
 //!   broker.log       its stdout and stderr
-//!   env              KEY=value lines for tests and users (`source target/broker/env`)
+//!   env              `export KEY=value` lines for tests and users (`source target/broker/env`)
 //! ```
 //!
 //! `--engine redpanda` runs the repo's `docker-compose.yml` instead, when a
 //! Docker engine answers.
+//!
+//! `cargo xtask test` runs its own instance, `target/broker-test/` (same
+//! layout, own ports; `cargo xtask broker --instance broker-test status`), so
+//! that its topics, groups and restarts never touch the broker a user
+//! explores. Cleaning up after the suite instead would miss whatever a failed
+//! or interrupted run left behind; a separate broker cannot.
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
@@ -129,6 +135,27 @@ pub fn run(action: Action) -> anyhow::Result<()> {
     }
 }
 
+/// The default instance: the broker `cargo xtask broker up` and `cargo
+/// xtask lab` start for the user, in `target/broker/`.
+pub const USER_INSTANCE: &str = "broker";
+
+/// The instance `cargo xtask test` starts, in `target/broker-test/`: its own
+/// data and ports, so the test topics and groups never land on the broker a
+/// user explores, and a test run never stops or restarts that broker.
+pub const TEST_INSTANCE: &str = "broker-test";
+
+static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Make every later call in this process use `instance` (before the first
+/// call; later calls are ignored).
+pub fn use_instance(instance: &str) {
+    let _ = INSTANCE.set(instance.to_string());
+}
+
+fn instance() -> &'static str {
+    INSTANCE.get().map_or(USER_INSTANCE, String::as_str)
+}
+
 /// Where the harness keeps its state.
 struct Dirs {
     version: String,
@@ -143,17 +170,21 @@ struct Dirs {
 }
 
 impl Dirs {
-    /// `target/broker` for the default version, `target/broker-<version>` otherwise.
+    /// `target/<instance>` for the default version, `target/<instance>-<version>`
+    /// otherwise; the jars are shared by every instance of a version.
     fn new(version: &str) -> Self {
-        let name = if version == KAFKA_VERSION {
-            "broker".to_string()
-        } else {
-            format!("broker-{version}")
+        let dir = |instance: &str| {
+            let name = if version == KAFKA_VERSION {
+                instance.to_string()
+            } else {
+                format!("{instance}-{version}")
+            };
+            workspace_root().join("target").join(name)
         };
-        let root = workspace_root().join("target").join(name);
+        let root = dir(instance());
         Self {
             version: version.to_string(),
-            jars: root.join("jars"),
+            jars: dir(USER_INSTANCE).join("jars"),
             certs: root.join("certs"),
             config: root.join("config"),
             data: root.join("data"),
@@ -199,8 +230,13 @@ impl RunningBroker {
         }
     }
 
+    /// `export KEY=value` lines: `source target/broker/env` exports them.
+    /// Values are plain (addresses, paths, names) and need no quoting.
     fn env_lines(&self) -> String {
-        self.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+        self.env
+            .iter()
+            .map(|(k, v)| format!("export {k}={v}\n"))
+            .collect()
     }
 }
 
@@ -227,11 +263,7 @@ fn find_running(dirs: &Dirs) -> anyhow::Result<Option<RunningBroker>> {
     let Ok(text) = fs::read_to_string(&dirs.env) else {
         return Ok(None);
     };
-    let env: Vec<(String, String)> = text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let env = parse_env(&text);
     let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     let engine = match get("KAFKA_BROKER_ENGINE").as_deref() {
         Some("redpanda") => Engine::Redpanda,
@@ -253,6 +285,15 @@ fn find_running(dirs: &Dirs) -> anyhow::Result<Option<RunningBroker>> {
     } else {
         Ok(None)
     }
+}
+
+/// The `KEY=value` pairs of an env file; an `export ` prefix is optional.
+pub fn parse_env(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(|l| l.trim_start().strip_prefix("export ").unwrap_or(l))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .collect()
 }
 
 /// Is `pid` the java process we started with our config? Guards `down` from
@@ -517,6 +558,7 @@ fn start_kafka(dirs: &Dirs) -> anyhow::Result<RunningBroker> {
         ("KAFKA_BROKER_ENGINE".into(), "kafka".into()),
         ("KAFKA_BROKER_VERSION".into(), dirs.version.clone()),
         ("KAFKA_BROKER_PID".into(), pid.to_string()),
+        ("KAFKA_BROKER_INSTANCE".into(), instance().to_string()),
     ];
     let running = RunningBroker {
         engine: Engine::Kafka,
@@ -633,7 +675,11 @@ fn start_redpanda(dirs: &Dirs) -> anyhow::Result<RunningBroker> {
 pub fn down(version: &str) -> anyhow::Result<()> {
     let dirs = Dirs::new(version);
     let engine_is_redpanda = fs::read_to_string(&dirs.env)
-        .map(|t| t.contains("KAFKA_BROKER_ENGINE=redpanda"))
+        .map(|t| {
+            parse_env(&t)
+                .iter()
+                .any(|(k, v)| k == "KAFKA_BROKER_ENGINE" && v == "redpanda")
+        })
         .unwrap_or(false);
     if engine_is_redpanda {
         shell::run(
@@ -691,11 +737,8 @@ fn restart(version: &str, hard: bool, down_for: Duration) -> anyhow::Result<()> 
             dirs.env.display()
         )
     })?;
-    let value = |key: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-            .map(str::to_string)
-    };
+    let pairs = parse_env(&env);
+    let value = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     if value("KAFKA_BROKER_ENGINE").as_deref() != Some("kafka") {
         bail!("`broker restart` drives the Apache Kafka engine only");
     }
@@ -714,14 +757,15 @@ fn restart(version: &str, hard: bool, down_for: Duration) -> anyhow::Result<()> 
     );
     std::thread::sleep(down_for);
     let pid = launch(&dirs, &bootstrap)?;
-    let env: String = env
-        .lines()
-        .map(|l| {
-            if l.starts_with("KAFKA_BROKER_PID=") {
-                format!("KAFKA_BROKER_PID={pid}\n")
+    let env: String = pairs
+        .iter()
+        .map(|(k, v)| {
+            let v = if k == "KAFKA_BROKER_PID" {
+                pid.to_string()
             } else {
-                format!("{l}\n")
-            }
+                v.clone()
+            };
+            format!("export {k}={v}\n")
         })
         .collect();
     fs::write(&dirs.env, env)?;
@@ -767,5 +811,22 @@ fn logs(version: &str, lines: usize, follow: bool) -> anyhow::Result<()> {
     } else {
         println!("{}", tail(&dirs.log, lines));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_files_parse_with_or_without_export() {
+        let text = "export KAFKA_BOOTSTRAP=127.0.0.1:1\nKAFKA_SASL_USER=alice\n\n# comment\n";
+        assert_eq!(
+            parse_env(text),
+            vec![
+                ("KAFKA_BOOTSTRAP".to_string(), "127.0.0.1:1".to_string()),
+                ("KAFKA_SASL_USER".to_string(), "alice".to_string()),
+            ]
+        );
     }
 }

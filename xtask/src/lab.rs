@@ -35,8 +35,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         vec![args.lab_args]
     };
-    let mut result = Ok(());
+    // Build first, with cargo's own progress: the first build takes minutes.
+    eprintln!(
+        "\n==> building kafka-lab (release; a few minutes the first time, seconds after that)"
+    );
+    let mut result =
+        shell::run(shell::cargo().args(["build", "--release", "--package", "kafka-lab"]))
+            .context("building kafka-lab failed");
     for lab_args in runs {
+        if result.is_err() {
+            break;
+        }
+        eprintln!("\n==> kafka-lab {}", lab_args.join(" "));
         result = shell::run(
             shell::cargo()
                 .args([
@@ -51,16 +61,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
         )
         .with_context(|| format!("kafka-lab {} failed", lab_args.join(" ")));
-        if result.is_err() {
-            break;
-        }
     }
     if args.down && started {
         broker::down(broker::KAFKA_VERSION)?;
     } else if started {
         eprintln!(
-            "\nThe broker keeps running (`source target/broker/env` to use it); \
-             stop it with `cargo xtask broker down`."
+            "\nThe broker keeps running. To use it from this shell: `source target/broker/env` \
+             (it exports KAFKA_BOOTSTRAP and the rest), then e.g. \
+             `cargo run -p kafka-lab -- topics list`. Stop it with `cargo xtask broker down`."
         );
     }
     result

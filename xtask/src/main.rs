@@ -33,8 +33,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start, stop or inspect the local test broker.
+    /// Start, stop or inspect the local broker.
     Broker {
+        /// Which broker: `broker` (yours, in target/broker) or `broker-test`
+        /// (the one `cargo xtask test` starts, in target/broker-test).
+        #[arg(long, default_value = broker::USER_INSTANCE)]
+        instance: String,
         #[command(subcommand)]
         action: broker::Action,
     },
@@ -65,7 +69,10 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Broker { action } => broker::run(action),
+        Command::Broker { instance, action } => {
+            broker::use_instance(&instance);
+            broker::run(action)
+        }
         Command::Postgres { action } => postgres::run(action),
         Command::CheckPure => pure::check_pure(),
         Command::Test(args) => test::run(args),

@@ -75,9 +75,14 @@ pub fn check_pure() -> anyhow::Result<()> {
         FORBIDDEN.join("/")
     );
 
+    eprintln!(
+        "check-pure: building the library crates from scratch with CC=/bin/false \
+         (its own target dir; a few minutes the first time)"
+    );
+    // Not --quiet: cargo's own progress shows while it builds.
     let mut build = shell::cargo();
     build
-        .args(["build", "--quiet", "--all-features", "--target-dir"])
+        .args(["build", "--all-features", "--target-dir"])
         .arg(workspace_root().join("target").join("check-pure"))
         .env("CC", "/bin/false")
         .env("CXX", "/bin/false");

@@ -73,6 +73,9 @@ impl Counts {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // Our own broker (target/broker-test, own ports), never the user's: the
+    // suite creates ~120 topics and ~90 groups, and restarts its broker.
+    broker::use_instance(broker::TEST_INSTANCE);
     let started = Instant::now();
     let mut steps: Vec<Step> = Vec::new();
     let mut counts = Counts::default();
@@ -139,11 +142,11 @@ fn run_steps(
             Ok(String::new())
         })?;
         timed(steps, "clippy", || {
+            // Not --quiet: cargo's own progress shows while it checks.
             shell::run(shell::cargo().args([
                 "clippy",
                 "--workspace",
                 "--all-targets",
-                "--quiet",
                 "--",
                 "-D",
                 "warnings",
@@ -201,13 +204,12 @@ fn run_steps(
             format!("Kafka {version}: ")
         };
         let result = timed(steps, names[1], || tests(&env, args, &label, true, counts));
-        // Stop what we started, even when tests failed.
-        if started {
-            let _ = timed(steps, names[2], || {
-                broker::down(version)?;
-                Ok(String::new())
-            });
-        }
+        // Stop the test broker, even when tests failed: it is the test run's
+        // own (target/broker-test), also when reused from an interrupted run.
+        let _ = timed(steps, names[2], || {
+            broker::down(version)?;
+            Ok(String::new())
+        });
         result?;
     }
     Ok(())

@@ -90,7 +90,10 @@ pub fn broker() -> Option<String> {
         std::fs::read_to_string(file)
             .ok()?
             .lines()
-            .find_map(|l| l.strip_prefix("KAFKA_BOOTSTRAP=").map(str::to_string))
+            .find_map(|l| {
+                let l = l.strip_prefix("export ").unwrap_or(l);
+                l.strip_prefix("KAFKA_BOOTSTRAP=").map(str::to_string)
+            })
     };
     let problem = match std::env::var("KAFKA_BOOTSTRAP").ok().or_else(from_file) {
         None => "KAFKA_BOOTSTRAP is not set and target/broker/env does not exist".to_string(),

@@ -282,12 +282,15 @@ fn settle(
                 .filter(|t| t.name.0.as_str() == &*b.tp.0)
                 .flat_map(|t| &t.partition_responses)
                 .find(|p| p.index == b.tp.1)
-                .map(|p| (p.error_code, p.base_offset, p.log_append_time_ms))
+                .map(|p| {
+                    let msg = p.error_message.as_ref().map(|m| m.to_string());
+                    (p.error_code, p.base_offset, p.log_append_time_ms, msg)
+                })
         });
-        let (code, base_offset, append_time) = match (&resp, code_and_info) {
-            (None, _) => (0, -1, -1), // acks=0
+        let (code, base_offset, append_time, message) = match (&resp, code_and_info) {
+            (None, _) => (0, -1, -1, None), // acks=0
             (Some(_), Some(x)) => x,
-            (Some(_), None) => (KafkaCode::UnknownServerError.code(), -1, -1),
+            (Some(_), None) => (KafkaCode::UnknownServerError.code(), -1, -1, None),
         };
         let n = b.records.len();
         match KafkaCode::try_from_code(code) {
@@ -324,7 +327,8 @@ fn settle(
                 }
             }
             Some(code) => {
-                let err = Error::broker_for(ApiKey::Produce, code, &b.tp.0, b.tp.1);
+                let err = Error::broker_for(ApiKey::Produce, code, &b.tp.0, b.tp.1)
+                    .with_message(message.as_deref());
                 let expected_gap = code == KafkaCode::OutOfOrderSequenceNumber
                     && st.acc.gap_expected(&b.tp, b.base_sequence);
                 match err.action() {

@@ -47,6 +47,16 @@ pub use crate::retry::HandlerError;
 pub use runtime::record_bytes;
 
 /// The application's code for one record.
+///
+/// Return `Ok(())` once the record's work is done: only then can its offset
+/// be committed. An `Err` says what to do next (see [`HandlerError`]):
+/// `Retryable` is retried with backoff (default 3 attempts, 1 s then 2 s
+/// apart) and then dead-lettered; `NonRetryable` and `Deserialization` are
+/// dead-lettered at once. Without a DLT (`ProcessorConfig::dead_letter`) a
+/// record that cannot be handled stalls its partition instead of being
+/// skipped. `?` works on common errors (I/O, Kafka, UTF-8, number parsing:
+/// see [`HandlerError`]'s `From` impls). For a small handler,
+/// [`handler_fn`](crate::handler_fn) takes an async closure instead.
 pub trait Handler: Send + Sync + 'static {
     fn handle<'a>(&'a self, tp: &'a TopicPartition, record: &'a Record) -> HandlerFuture<'a>;
 }
@@ -176,8 +186,14 @@ impl Processor {
     /// leave the group.
     ///
     /// # Errors
-    /// Connection failures at start, and fatal consumer errors (fenced, no
-    /// offset with `auto.offset.reset=none`, …).
+    /// Fatal consumer errors (authentication or authorization refused, a
+    /// fenced static member, no offset with `auto.offset.reset=none`, …).
+    /// A cluster that cannot be reached at start is *not* an error by
+    /// default: with `startup_timeout = None` (the default) `run` retries
+    /// with backoff, logging each attempt, until the cluster answers or
+    /// `shutdown` completes (then it returns `Ok(())`). With
+    /// [`ProcessorConfig::startup_timeout`] set, it returns the last
+    /// connection error once that time has passed.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ConsumerError> {
         let cfg = self.cfg;
         if cfg.topic_pattern.is_some() && cfg.retry_topics.is_some() {

@@ -53,8 +53,15 @@ pub async fn consumer_before_broker(b: &testkit::BrokerEnv) -> (Report, Report) 
     drained(&sink, N, Duration::from_secs(60)).await;
     let took = up.elapsed();
     run.stop().await;
-    let res = Report::of(NAME, "resilient", N, &sink, 0)
-        .millis("all consumed after the broker was back, ms", took);
+    let res = Report::of(NAME, "resilient", N, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await
+        .millis("all consumed after the broker was back, ms", took)
+        .verdict(format!(
+            "kept retrying while the broker was down, then consumed everything {:.1} s after \
+             it was back",
+            took.as_secs_f64()
+        ));
     (naive, res)
 }
 
@@ -81,8 +88,9 @@ pub async fn broker_restart(b: &testkit::BrokerEnv) -> (Report, Report) {
 
     let naive_sink = Arc::new(Sink::default());
     let until = Instant::now() + Duration::from_secs(60);
+    let naive_group = testkit::unique_name("sc-restart-naive");
     let naive = tokio::spawn(naive_inline_loop(
-        naive_config(b, &testkit::unique_name("sc-restart-naive"), &[]),
+        naive_config(b, &naive_group, &[]),
         naive_topic.clone(),
         naive_sink.clone(),
         taking(Duration::ZERO),
@@ -130,16 +138,21 @@ pub async fn broker_restart(b: &testkit::BrokerEnv) -> (Report, Report) {
 
     // No fact when a run did not resume: the test then says so.
     let resumed = |r: Report, after: Option<Duration>| match after {
-        Some(d) => r.millis("resumed after the broker was back, ms", d),
-        None => r.note("did not resume within 60 s"),
+        Some(d) => r
+            .millis("resumed after the broker was back, ms", d)
+            .verdict(format!(
+                "survived the restart: resumed {:.1} s after the broker was back",
+                d.as_secs_f64()
+            )),
+        None => r.verdict("did NOT resume within 60 s of the broker being back"),
     };
-    let naive = resumed(
-        Report::of(NAME, "naive", naive_produced, &naive_sink, 0),
-        naive_resumed,
-    );
-    let res = resumed(
-        Report::of(NAME, "resilient", produced, &sink, 0),
-        res_resumed,
-    );
+    let naive = Report::of(NAME, "naive", naive_produced, &naive_sink, None)
+        .split_missing(b, &naive_group, &naive_topic, &naive_sink)
+        .await;
+    let naive = resumed(naive, naive_resumed);
+    let res = Report::of(NAME, "resilient", produced, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await;
+    let res = resumed(res, res_resumed);
     (naive, res)
 }

@@ -47,8 +47,20 @@ pub async fn rebalance_duplicates(b: &testkit::BrokerEnv) -> (Report, Report) {
     for m in members {
         rebalances += m.await.unwrap_or(0);
     }
-    let mut naive = Report::of(NAME, "naive", N, &sink, 0);
-    naive.rebalances = rebalances;
+    let mut naive = Report::of(NAME, "naive", N, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await;
+    naive.rebalances = Some(rebalances);
+    let dups = naive.duplicates;
+    naive = if dups > 0 {
+        naive.verdict(format!(
+            "handling a poll took longer than max.poll.interval.ms, so members were dropped \
+             and their partitions moved before auto-commit covered the work: {dups} records \
+             handled again"
+        ))
+    } else {
+        naive.verdict("no redelivery this run")
+    };
 
     let sink = Arc::new(Sink::default());
     let group = testkit::unique_name("sc-rebalance");
@@ -65,13 +77,20 @@ pub async fn rebalance_duplicates(b: &testkit::BrokerEnv) -> (Report, Report) {
     for r in runs {
         r.stop().await;
     }
-    let mut res = Report::of(NAME, "resilient", N, &sink, 0);
-    res.rebalances = logs.iter().map(|l| l.assignments() as u64).sum();
+    let mut res = Report::of(NAME, "resilient", N, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await;
+    res.rebalances = Some(logs.iter().map(|l| l.assignments() as u64).sum());
     let lost: usize = logs.iter().map(|l| l.losses()).sum();
     let late: usize = logs.iter().map(|l| l.commits_after_revoke().len()).sum();
     let res = res
         .fact("partitions lost", lost)
-        .fact("commits after revoke", late);
+        .fact("commits after revoke", late)
+        .verdict(format!(
+            "polling never waits for handlers, so no member was dropped \
+             ({lost} partitions lost) and every record was handled once; \
+             {late} commits after a revoke"
+        ));
     (naive, res)
 }
 
@@ -101,7 +120,18 @@ pub async fn crash_with_auto_commit(b: &testkit::BrokerEnv) -> (Report, Report) 
         until,
     )
     .await;
-    let naive = Report::of(NAME, "naive", N, &sink, 0);
+    let naive = Report::of(NAME, "naive", N, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await;
+    let naive = if naive.lost > 0 {
+        let lost = naive.lost;
+        naive.verdict(format!(
+            "auto-commit committed {lost} records the worker had not processed yet; the crash \
+             dropped them and the restarted consumer began after them: committed, never processed"
+        ))
+    } else {
+        naive.verdict("nothing committed ahead of the worker this run")
+    };
 
     let sink = Arc::new(Sink::default());
     let group = testkit::unique_name("sc-crash");
@@ -112,8 +142,14 @@ pub async fn crash_with_auto_commit(b: &testkit::BrokerEnv) -> (Report, Report) 
     let run = start(resilient(b, &group, &topic), &sink, &instant());
     drained(&sink, N, Duration::from_secs(40)).await;
     run.stop().await;
-    let res = Report::of(NAME, "resilient", N, &sink, 0)
-        .note("duplicates are the uncommitted window redone (at-least-once)");
+    let res = Report::of(NAME, "resilient", N, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await;
+    let dups = res.duplicates;
+    let res = res.verdict(format!(
+        "only handled records are committed, so the crash lost nothing; the {dups} duplicates \
+         are records handled after the last commit and redone after the restart (at-least-once)"
+    ));
     (naive, res)
 }
 
@@ -141,8 +177,21 @@ pub async fn poison_and_transient(b: &testkit::BrokerEnv) -> (Report, Report) {
         until,
     )
     .await;
-    let naive = Report::of(NAME, "naive", N, &sink, 0)
-        .note("stuck retrying the first poison record of each partition");
+    let naive = Report::of(NAME, "naive", N, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await;
+    let (lost, unhandled) = (naive.lost, naive.unhandled);
+    let mut verdict = format!(
+        "stuck retrying the first poison record of each partition: {unhandled} records still \
+         waiting when the run ended (not committed: a restart would get stuck again)"
+    );
+    if lost > 0 {
+        verdict.push_str(&format!(
+            "; {lost} committed past by auto-commit when the consumer closed (the rest of \
+             what it had polled), never processed"
+        ));
+    }
+    let naive = naive.verdict(verdict);
 
     let sink = Arc::new(Sink::default());
     let group = testkit::unique_name("sc-poison");
@@ -162,15 +211,22 @@ pub async fn poison_and_transient(b: &testkit::BrokerEnv) -> (Report, Report) {
     let expected: Vec<u32> = (0..N).filter(|n| n % 20 != 0).collect();
     let avg = |v: &[u32]| v.iter().map(|x| f64::from(*x)).sum::<f64>() / v.len().max(1) as f64;
     let dead = stats.dead_lettered.load(AtomicOrdering::Relaxed);
-    let res = Report::of(NAME, "resilient", N, &sink, dead)
-        .fact(
-            "sink average ×1000",
-            (avg(&applied) * 1000.0).round() as u64,
-        )
-        .fact(
-            "expected average ×1000",
-            (avg(&expected) * 1000.0).round() as u64,
-        );
+    let (got, want) = (avg(&applied), avg(&expected));
+    let res = Report::of(NAME, "resilient", N, &sink, Some(dead))
+        .split_missing(b, &group, &topic, &sink)
+        .await
+        .fact("sink average ×1000", (got * 1000.0).round() as u64)
+        .fact("expected average ×1000", (want * 1000.0).round() as u64)
+        .verdict(format!(
+            "each record in exactly one place: poison records went to the DLT, transient \
+             failures were retried and handled; the sink's running average ({got:.3}) {} the \
+             average of the records that are not poison ({want:.3})",
+            if (got - want).abs() < 0.0005 {
+                "equals"
+            } else {
+                "DIFFERS FROM"
+            }
+        ));
     (naive, res)
 }
 
@@ -207,8 +263,15 @@ pub async fn dlt_unavailable(b: &testkit::BrokerEnv) -> (Report, Report) {
     }
     c.close(Duration::from_secs(5)).await;
     let behind = support::uncommitted_partitions(b, &admin, &group, &topic, 1).await;
-    let naive = Report::of(NAME, "naive", N, &sink, 0)
+    let naive = Report::of(NAME, "naive", N, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await
         .fact("partitions not committed to the end", behind.len());
+    let lost = naive.lost;
+    let naive = naive.verdict(format!(
+        "the failed record was logged and skipped, and its offset committed: {lost} record \
+         committed, never processed, and in no DLT"
+    ));
 
     let sink = Arc::new(Sink::default());
     let group = testkit::unique_name("sc-dlt");
@@ -233,11 +296,26 @@ pub async fn dlt_unavailable(b: &testkit::BrokerEnv) -> (Report, Report) {
     run.stop().await;
     let behind = support::uncommitted_partitions(b, &admin, &group, &topic, 1).await;
     let dead = stats.dead_lettered.load(AtomicOrdering::Relaxed);
-    let mut res = Report::of(NAME, "resilient", N, &sink, dead)
+    let mut res = Report::of(NAME, "resilient", N, &sink, Some(dead))
+        .split_missing(b, &group, &topic, &sink)
+        .await
         .fact("handled while the DLT was missing", handled_while_stalled)
         .fact("partitions not committed to the end", behind.len());
     if let Some(offset) = stalled_at {
         res = res.fact("committed while the DLT was missing", offset);
     }
+    let stalled = match stalled_at {
+        Some(o) => format!("the committed offset stayed at {o} (the failed record's)"),
+        None => "nothing was committed".to_string(),
+    };
+    let finished = if behind.is_empty() {
+        "it dead-lettered the record, finished and committed to the end"
+    } else {
+        "it did NOT commit to the end"
+    };
+    res = res.verdict(format!(
+        "while the DLT was missing the partition stalled: {stalled} and no later offset was \
+         committed; once the DLT existed, {finished}"
+    ));
     (naive, res)
 }

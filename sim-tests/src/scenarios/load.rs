@@ -49,9 +49,15 @@ pub async fn burst_with_slow_downstream(b: &testkit::BrokerEnv) -> (Report, Repo
     eventually(Duration::from_secs(60), || sink.distinct() >= N as usize).await;
     let peak = naive.peak();
     naive.stop().await;
-    let mut naive = Report::of(NAME, "naive", N, &sink, 0)
-        .note("unbounded hand-off queue: memory grows with the burst");
-    naive.peak_in_flight_bytes = peak;
+    let mut naive = Report::of(NAME, "naive", N, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await
+        .verdict(format!(
+            "poll hands everything to an unbounded queue: {:.1} MB of records sat in memory \
+             at once, and memory grows with the size of the burst",
+            peak as f64 / 1e6
+        ));
+    naive.peak_in_flight_bytes = Some(peak);
 
     let sink = Arc::new(Sink::default());
     let group = testkit::unique_name("sc-burst");
@@ -73,14 +79,27 @@ pub async fn burst_with_slow_downstream(b: &testkit::BrokerEnv) -> (Report, Repo
         .iter()
         .filter(|e| matches!(e, Event::Resumed(_)))
         .count();
-    let mut res = Report::of(NAME, "resilient", N, &sink, 0)
+    let pauses = stats.pauses.load(AtomicOrdering::Relaxed);
+    let peak = stats.peak_in_flight_bytes.load(AtomicOrdering::Relaxed) as u64;
+    let mut res = Report::of(NAME, "resilient", N, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await
         .fact("bound bytes", BOUND)
-        .fact("pauses", stats.pauses.load(AtomicOrdering::Relaxed))
+        .fact("pauses", pauses)
         .fact("resumes", resumes)
         .fact("partitions with lag after the run", lagging.len())
-        .millis("drained in ms", took);
-    res.peak_in_flight_bytes = stats.peak_in_flight_bytes.load(AtomicOrdering::Relaxed) as u64;
-    res.rebalances = log.assignments() as u64;
+        .millis("drained in ms", took)
+        .verdict(format!(
+            "memory stayed at the bound: at most {:.2} MB in flight for a {:.2} MB bound; \
+             fetching paused {pauses} times instead of buffering; drained in {:.1} s, \
+             {} partitions left with lag",
+            peak as f64 / 1e6,
+            BOUND as f64 / 1e6,
+            took.as_secs_f64(),
+            lagging.len()
+        ));
+    res.peak_in_flight_bytes = Some(peak);
+    res.rebalances = Some(log.assignments() as u64);
     (naive, res)
 }
 
@@ -191,7 +210,19 @@ pub async fn restart_under_load(b: &testkit::BrokerEnv) -> [Report; 3] {
         ))
     })
     .await;
-    let naive = Report::of(NAME, "naive", run.produced, &sink, 0);
+    let naive = Report::of(NAME, "naive", run.produced, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await;
+    let (lost, unhandled) = (naive.lost, naive.unhandled);
+    let naive = naive.verdict(format!(
+        "the stopped and the killed members' queues were dropped: {lost} records that \
+         auto-commit had already committed were never processed{}",
+        if unhandled > 0 {
+            format!("; {unhandled} more not handled by the end")
+        } else {
+            String::new()
+        }
+    ));
 
     let mut reports = vec![naive];
     for with_store in [false, true] {
@@ -226,13 +257,28 @@ pub async fn restart_under_load(b: &testkit::BrokerEnv) -> [Report; 3] {
             .iter()
             .map(|l| l.commits_after_revoke().len())
             .sum();
-        let mut r = Report::of(NAME, mode, run.produced, &sink, 0)
+        let mut r = Report::of(NAME, mode, run.produced, &sink, None)
+            .split_missing(b, &group, &topic, &sink)
+            .await
             .fact(
                 "redeliveries outside the killed member's uncommitted window",
                 outside,
             )
             .fact("commits after revoke", late);
-        r.rebalances = run.logs.iter().map(|l| l.assignments() as u64).sum();
+        let dups = r.duplicates;
+        r = r.verdict(if with_store {
+            format!(
+                "nothing lost; the shared DedupStore skipped every redelivered record: \
+                 {dups} duplicate side effects"
+            )
+        } else {
+            format!(
+                "nothing lost: stops drain and commit, the killed member's records are \
+                 redelivered; {dups} duplicates, {outside} of them outside the killed member's \
+                 uncommitted window; {late} commits after a revoke"
+            )
+        });
+        r.rebalances = Some(run.logs.iter().map(|l| l.assignments() as u64).sum());
         reports.push(r);
     }
     reports.try_into().expect("three reports")
@@ -291,8 +337,14 @@ async fn one_then_three<M>(
 fn scaled(r: Report, alone: usize, drained: Option<Duration>) -> Report {
     let r = r.fact("handled alone in 3 s", alone);
     match drained {
-        Some(d) => r.millis("drained after two joined, ms", d),
-        None => r.note("not drained 35 s after two joined"),
+        Some(d) => r.millis("drained after two joined, ms", d).verdict(format!(
+            "one member handled {alone} records in 3 s; the lag drained {:.1} s after \
+                 two more joined",
+            d.as_secs_f64()
+        )),
+        None => r.verdict(format!(
+            "one member handled {alone} records in 3 s; NOT drained 35 s after two more joined"
+        )),
     }
 }
 
@@ -322,8 +374,11 @@ pub async fn scale_out_under_lag(b: &testkit::BrokerEnv) -> (Report, Report) {
     for m in members {
         rebalances += m.await.unwrap_or(0);
     }
-    let mut naive = scaled(Report::of(NAME, "naive", N, &sink, 0), alone, drained);
-    naive.rebalances = rebalances;
+    let naive = Report::of(NAME, "naive", N, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await;
+    let mut naive = scaled(naive, alone, drained);
+    naive.rebalances = Some(rebalances);
 
     let topic = numbered(b, &admin, "sc-scale", 6, N).await;
     let sink = Arc::new(Sink::default());
@@ -342,9 +397,12 @@ pub async fn scale_out_under_lag(b: &testkit::BrokerEnv) -> (Report, Report) {
     }
     let lagging = support::uncommitted_partitions(b, &admin, &group, &topic, 6).await;
     let late: usize = logs.iter().map(|l| l.commits_after_revoke().len()).sum();
-    let mut res = scaled(Report::of(NAME, "resilient", N, &sink, 0), alone, drained)
+    let res = Report::of(NAME, "resilient", N, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await;
+    let mut res = scaled(res, alone, drained)
         .fact("commits after revoke", late)
         .fact("partitions with lag after the run", lagging.len());
-    res.rebalances = logs.iter().map(|l| l.assignments() as u64).sum();
+    res.rebalances = Some(logs.iter().map(|l| l.assignments() as u64).sum());
     (naive, res)
 }

@@ -25,12 +25,13 @@ pub use network::{
     ambiguous_commit, connection_chaos, corrupt_batches, slow_lossy_network, startup_race,
 };
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use consumer_core::{Consumer, ConsumerConfig};
+use consumer_core::{Consumer, ConsumerConfig, TopicPartition};
 use kafka_wire::records::Record;
 use kafka_wire::Client;
 use resilience::{CommitPolicy, Processor, ProcessorConfig};
@@ -38,6 +39,15 @@ use resilience::{CommitPolicy, Processor, ProcessorConfig};
 use crate::support::{self, eventually, number, Behaviour, Running, Sink, SinkHandler};
 
 /// The counts of one run.
+///
+/// Records that were produced but neither handled nor dead-lettered are
+/// split in two, because they are different failures:
+/// - [`lost`](Report::lost): the group committed past them (or they were
+///   never written): nothing will ever process them;
+/// - [`unhandled`](Report::unhandled): not committed past, so a restart of
+///   the group would still process them (stuck, queued, never started).
+///
+/// Columns a scenario does not measure are `None` and print as "–".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     pub scenario: &'static str,
@@ -48,27 +58,40 @@ pub struct Report {
     /// Side effects applied in all (handled + duplicates).
     pub side_effects: u64,
     pub duplicates: u64,
-    /// Produced, and neither handled nor dead-lettered.
+    /// Neither handled nor dead-lettered, and committed past (or never
+    /// written): really lost. Until [`Report::split_missing`] has looked at
+    /// the group's committed offsets, every missing record counts here.
     pub lost: u64,
-    pub dead_lettered: u64,
-    pub rebalances: u64,
-    /// Most record bytes held in memory at once (queued or being handled).
-    pub peak_in_flight_bytes: u64,
+    /// Neither handled nor dead-lettered by the end of the run, but not
+    /// committed past: a restart would still process them.
+    pub unhandled: u64,
+    /// Records written to the dead-letter topic; `None` without a DLT.
+    pub dead_lettered: Option<u64>,
+    /// Assignments seen by the members; `None` when not measured.
+    pub rebalances: Option<u64>,
+    /// Most record bytes held in memory at once (queued or being handled);
+    /// `None` when not measured.
+    pub peak_in_flight_bytes: Option<u64>,
     /// Scenario-specific measurements by name, e.g. ("commits regressed",
     /// 0): what the tests assert (see [`Report::get`]).
     pub facts: Vec<(&'static str, u64)>,
-    /// Free text for the reader, e.g. the error a naive consumer exited with.
-    pub notes: Vec<String>,
+    /// In words: for a naive run what went wrong, for a resilient run what
+    /// held (with the error a naive consumer exited with, if any). Printed
+    /// under the table.
+    pub verdict: String,
 }
 
 impl Report {
-    /// The counts of `sink` after a run of `produced` records.
+    /// The counts of `sink` after a run of `produced` records numbered
+    /// `0..produced`, `dead` of them dead-lettered (`None`: no DLT in this
+    /// run). Every missing record counts as lost until
+    /// [`Report::split_missing`] looks at what was committed.
     pub(crate) fn of(
         scenario: &'static str,
         mode: &'static str,
         produced: u32,
         sink: &Sink,
-        dead: u64,
+        dead: Option<u64>,
     ) -> Self {
         let (distinct, dups) = sink.distinct_and_duplicates();
         let handled = distinct.len() as u64;
@@ -79,13 +102,109 @@ impl Report {
             handled,
             side_effects: handled + dups as u64,
             duplicates: dups as u64,
-            lost: u64::from(produced).saturating_sub(handled + dead),
+            lost: u64::from(produced).saturating_sub(handled + dead.unwrap_or(0)),
+            unhandled: 0,
             dead_lettered: dead,
-            rebalances: 0,
-            peak_in_flight_bytes: 0,
+            rebalances: None,
+            peak_in_flight_bytes: None,
             facts: Vec::new(),
-            notes: Vec::new(),
+            verdict: String::new(),
         }
+    }
+
+    /// Split the missing records (counted as lost by [`Report::of`]) into
+    /// lost and unhandled: a record at or past `group`'s committed offset
+    /// of its partition is unhandled (a restart would process it); one
+    /// below it was committed past and is lost, as is one that is not in
+    /// the topic at all. Records are found by reading `topic` back.
+    /// Dead-lettered records are taken to be committed past (the runtime
+    /// commits a record once its DLT write is acknowledged).
+    pub(crate) async fn split_missing(
+        mut self,
+        b: &testkit::BrokerEnv,
+        group: &str,
+        topic: &str,
+        sink: &Sink,
+    ) -> Self {
+        if self.lost == 0 {
+            return self;
+        }
+        let admin = support::admin(b).await;
+        let ends: Vec<(i32, i64)> = admin
+            .list_offsets(topic, kafka_wire::OffsetSpec::Latest)
+            .await
+            .expect("list offsets");
+        let tps: Vec<TopicPartition> = ends
+            .iter()
+            .map(|(p, _)| TopicPartition::new(topic, *p))
+            .collect();
+        let committed = Consumer::connect(support::group_consumer(b, group))
+            .await
+            .expect("connect")
+            .committed(&tps)
+            .await
+            .expect("committed");
+        if committed.is_empty() {
+            // Nothing committed: a restart would start from the beginning.
+            self.unhandled = self.lost;
+            self.lost = 0;
+            return self;
+        }
+        // Where each record sits.
+        let mut reader = Consumer::connect(
+            ConsumerConfig::builder()
+                .bootstrap(&b.bootstrap)
+                .expect("bootstrap")
+                .set("auto.offset.reset", "earliest")
+                .expect("reset")
+                .build()
+                .expect("config"),
+        )
+        .await
+        .expect("connect");
+        reader.assign(&tps);
+        let want: i64 = ends.iter().map(|(_, e)| *e).sum();
+        let mut position: HashMap<u32, (i32, i64)> = HashMap::new();
+        let mut read = 0i64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while read < want && Instant::now() < deadline {
+            for batch in reader
+                .poll(Duration::from_millis(200))
+                .await
+                .unwrap_or_default()
+            {
+                for r in &batch.records {
+                    read += 1;
+                    position
+                        .entry(number(r))
+                        .or_insert((batch.tp.partition, r.offset));
+                }
+            }
+        }
+        let handled = sink.distinct_and_duplicates().0;
+        let (mut below, mut at_or_past) = (0u64, 0u64);
+        for n in 0..self.produced as u32 {
+            if handled.contains(&n) {
+                continue;
+            }
+            match position.get(&n) {
+                Some((p, o)) => {
+                    let c = committed
+                        .get(&TopicPartition::new(topic, *p))
+                        .copied()
+                        .unwrap_or(0);
+                    if *o < c {
+                        below += 1;
+                    } else {
+                        at_or_past += 1;
+                    }
+                }
+                None => below += 1, // never written
+            }
+        }
+        self.lost = below.saturating_sub(self.dead_lettered.unwrap_or(0));
+        self.unhandled = at_or_past;
+        self
     }
 
     pub(crate) fn fact(mut self, name: &'static str, value: impl TryInto<u64>) -> Self {
@@ -105,43 +224,140 @@ impl Report {
     /// If the run did not record it (a scenario that did not get that far),
     /// naming the facts it did record.
     pub fn get(&self, name: &str) -> u64 {
-        self.facts
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| *v)
-            .unwrap_or_else(|| {
-                panic!(
-                    "{} ({}) recorded no {name:?}: {self}",
-                    self.scenario, self.mode
-                )
-            })
+        self.find(name).unwrap_or_else(|| {
+            panic!(
+                "{} ({}) recorded no {name:?}: {self}",
+                self.scenario, self.mode
+            )
+        })
     }
 
-    pub(crate) fn note(mut self, note: impl Into<String>) -> Self {
-        self.notes.push(note.into());
+    /// The fact called `name`, if the run recorded it.
+    pub fn find(&self, name: &str) -> Option<u64> {
+        self.facts.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+
+    /// What went wrong (naive) or what held (resilient), in words.
+    pub(crate) fn verdict(mut self, verdict: impl Into<String>) -> Self {
+        self.verdict = verdict.into();
         self
     }
 
-    /// A markdown table of `reports`, header first.
+    /// The table of `reports`: an aligned markdown table of the counts
+    /// (under 120 columns), then one line per row saying in words what
+    /// happened, with any notes.
     pub fn table<'a>(reports: impl IntoIterator<Item = &'a Report>) -> String {
-        let mut t = Report::header().to_string();
-        for r in reports {
+        let reports: Vec<&Report> = reports.into_iter().collect();
+        let dash = |v: Option<u64>| v.map_or_else(|| "–".to_string(), |v| v.to_string());
+        let header = [
+            "#",
+            "scenario",
+            "mode",
+            "produced",
+            "handled",
+            "effects",
+            "dups",
+            "lost",
+            "unhandled",
+            "DLT",
+        ];
+        let mut rows: Vec<[String; 10]> = Vec::new();
+        let mut last = "";
+        for (i, r) in reports.iter().enumerate() {
+            let scenario = if r.scenario == last {
+                String::new()
+            } else {
+                r.scenario.to_string()
+            };
+            last = r.scenario;
+            rows.push([
+                (i + 1).to_string(),
+                scenario,
+                r.mode.to_string(),
+                r.produced.to_string(),
+                r.handled.to_string(),
+                r.side_effects.to_string(),
+                r.duplicates.to_string(),
+                r.lost.to_string(),
+                r.unhandled.to_string(),
+                dash(r.dead_lettered),
+            ]);
+        }
+        let mut width = header.map(|h| h.chars().count());
+        for row in &rows {
+            for (w, cell) in width.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        // Text columns left-aligned, counts right-aligned.
+        let line = |cells: &[String]| {
+            let mut s = String::from("|");
+            for (i, (cell, w)) in cells.iter().zip(width).enumerate() {
+                let pad = w - cell.chars().count();
+                if (1..=2).contains(&i) {
+                    s.push_str(&format!(" {cell}{} |", " ".repeat(pad)));
+                } else {
+                    s.push_str(&format!(" {}{cell} |", " ".repeat(pad)));
+                }
+            }
+            s
+        };
+        let mut t = line(&header.map(String::from));
+        t.push('\n');
+        t.push('|');
+        for (i, w) in width.iter().enumerate() {
+            let dashes = "-".repeat(*w);
+            t.push_str(&if (1..=2).contains(&i) {
+                format!(":{dashes}-|")
+            } else {
+                format!("-{dashes}:|")
+            });
+        }
+        for row in &rows {
             t.push('\n');
-            t.push_str(&r.to_string());
+            t.push_str(&line(row));
+        }
+        t.push_str("\n\n");
+        t.push_str(&wrap(
+            "lost: committed past (or never written) and never handled: gone for good. \
+             unhandled: not handled by the end of the run and not committed past: a restart \
+             would process them. effects: side effects applied (handled + dups). \
+             DLT: dead-lettered. \"–\": not measured in that run.",
+            118,
+            "",
+        ));
+        t.push('\n');
+        for (i, r) in reports.iter().enumerate() {
+            let text = format!("{}. {} ({}): {}", i + 1, r.scenario, r.mode, r.describe());
+            t.push('\n');
+            t.push_str(&wrap(&text, 118, "    "));
         }
         t
     }
 
-    pub fn header() -> &'static str {
-        "| scenario | mode | produced | handled | side effects | duplicates | lost | DLT | rebalances | peak in-flight bytes | notes |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    /// The verdict, then the measurements that are not columns.
+    fn describe(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        if !self.verdict.is_empty() {
+            parts.push(self.verdict.clone());
+        }
+        if let Some(r) = self.rebalances {
+            parts.push(format!("{r} assignments"));
+        }
+        if let Some(p) = self.peak_in_flight_bytes {
+            parts.push(format!("peak in memory {:.2} MB", p as f64 / 1e6));
+        }
+        parts.join("; ")
     }
 }
 
 impl fmt::Display for Report {
+    /// One line with every count and fact (for assertion messages).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "{} ({}): produced {}, handled {}, side effects {}, duplicates {}, lost {}, \
+             unhandled {}, DLT {:?}, rebalances {:?}, peak in-flight bytes {:?}; {}",
             self.scenario,
             self.mode,
             self.produced,
@@ -149,17 +365,36 @@ impl fmt::Display for Report {
             self.side_effects,
             self.duplicates,
             self.lost,
+            self.unhandled,
             self.dead_lettered,
             self.rebalances,
             self.peak_in_flight_bytes,
             self.facts
                 .iter()
                 .map(|(n, v)| format!("{n}: {v}"))
-                .chain(self.notes.iter().cloned())
+                .chain(std::iter::once(self.verdict.clone()))
                 .collect::<Vec<_>>()
                 .join("; ")
         )
     }
+}
+
+/// `text` wrapped at `width` columns, continuation lines indented by `indent`.
+fn wrap(text: &str, width: usize, indent: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split(' ') {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line = indent.to_string();
+        } else if !line.is_empty() && line != indent {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out
 }
 
 /// The seeds' consumer: auto-commit every 100 ms, plus `props`.
@@ -248,10 +483,15 @@ pub(crate) async fn drained(sink: &Sink, n: u32, timeout: Duration) {
 /// The seeds' start-up: connect once, and exit if that fails. Records
 /// "exited at start" (1 or 0) and the error.
 pub(crate) async fn naive_start(name: &'static str, n: u32, cfg: ConsumerConfig) -> Report {
-    let report = Report::of(name, "naive", n, &Sink::default(), 0);
+    let mut report = Report::of(name, "naive", n, &Sink::default(), None);
+    // It never joined, so nothing was committed: every record waits.
+    report.unhandled = report.lost;
+    report.lost = 0;
     match Consumer::connect(cfg).await {
         Ok(_) => report.fact("exited at start", 0u64),
-        Err(e) => report.fact("exited at start", 1u64).note(e.to_string()),
+        Err(e) => report.fact("exited at start", 1u64).verdict(format!(
+            "connect failed once and the consumer exited: nothing consumed (error: {e})"
+        )),
     }
 }
 
@@ -352,6 +592,65 @@ pub const NAMES: [&str; 14] = [
     "corrupt-batch",
 ];
 
+/// Scenarios with only a resilient run (the fault needs the runtime's
+/// retries to be survivable at all; a naive run would only hang).
+pub const RESILIENT_ONLY: [&str; 4] =
+    ["chaos", "ambiguous-commit", "slow-network", "corrupt-batch"];
+
+/// One line per scenario for `--help`: its name and what it shows.
+pub const ABOUT: [(&str, &str); 14] = [
+    (
+        "rebalance",
+        "1: a handler slower than max.poll.interval.ms (duplicates)",
+    ),
+    (
+        "crash",
+        "2: a crash with auto-commit and a worker queue (loss)",
+    ),
+    (
+        "poison",
+        "3: poison records (5 %) and transient failures (5 %)",
+    ),
+    (
+        "burst",
+        "4: a burst of 100,000 records against a 25,000/s downstream (memory)",
+    ),
+    (
+        "restart-under-load",
+        "5: members stop, die and join at 2,000 records/s",
+    ),
+    ("scale-out", "6: two members join a lagging group"),
+    ("startup-race", "7: connections refused for the first 3 s"),
+    (
+        "broker-down-at-start",
+        "7: the broker really down at start (restarts our broker)",
+    ),
+    (
+        "broker-restart",
+        "8: the broker restarts mid-run (restarts our broker)",
+    ),
+    (
+        "chaos",
+        "9: every connection reset every 0.5-1.5 s (resilient only)",
+    ),
+    (
+        "ambiguous-commit",
+        "10: connections cut right after OffsetCommit (resilient only)",
+    ),
+    (
+        "dlt-unavailable",
+        "11: the dead-letter topic cannot be written",
+    ),
+    (
+        "slow-network",
+        "12: 256 KiB/s, delayed heartbeats, a dropped Fetch (resilient only)",
+    ),
+    (
+        "corrupt-batch",
+        "13: every fetched batch corrupted until the link heals (resilient only)",
+    ),
+];
+
 /// Scenarios that stop or restart the shared broker: run them alone.
 pub const STOPS_THE_BROKER: [&str; 2] = ["broker-down-at-start", "broker-restart"];
 
@@ -377,4 +676,58 @@ pub async fn run_by_name(b: &testkit::BrokerEnv, name: &str) -> Option<Vec<Repor
         "corrupt-batch" => vec![corrupt_batches(b, 42).await],
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(mode: &'static str, lost: u64, unhandled: u64, dlt: Option<u64>) -> Report {
+        Report {
+            scenario: "3 poison + transient",
+            mode,
+            produced: 1000,
+            handled: 1000 - lost - unhandled - dlt.unwrap_or(0),
+            lost,
+            unhandled,
+            dead_lettered: dlt,
+            verdict: "what happened".into(),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn the_table_splits_lost_from_unhandled_dashes_what_was_not_measured_and_fits_120_columns() {
+        let t = Report::table(&[
+            report("naive", 3, 552, None),
+            report("resilient", 0, 0, Some(50)),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].contains("| lost | unhandled |"), "{t}");
+        assert!(lines[2].contains("|    3 |       552 |   – |"), "{t}");
+        assert!(lines[3].contains("|    0 |         0 |  50 |"), "{t}");
+        // The second row of a scenario does not repeat its name.
+        assert!(!lines[3].contains("poison"), "{t}");
+        for l in &lines[..4] {
+            assert!(
+                l.chars().count() <= 120,
+                "{} columns: {l}",
+                l.chars().count()
+            );
+        }
+        assert!(
+            t.contains("\n1. 3 poison + transient (naive): what happened"),
+            "{t}"
+        );
+        assert!(t.lines().all(|l| l.chars().count() <= 120), "{t}");
+    }
+
+    #[test]
+    fn every_scenario_has_a_line_of_help() {
+        let names: Vec<&str> = ABOUT.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, NAMES);
+        for n in RESILIENT_ONLY.iter().chain(&STOPS_THE_BROKER) {
+            assert!(NAMES.contains(n), "{n}");
+        }
+    }
 }

@@ -33,14 +33,19 @@ pub async fn connection_chaos(b: &testkit::BrokerEnv, seed: u64, duration: Durat
     }
     drained(&sink, N, Duration::from_secs(60)).await;
     run.stop().await;
-    let mut r = Report::of("9 connection chaos", "resilient", N, &sink, 0)
-        .fact(
-            "connection resets",
-            proxy.stats.resets.load(AtomicOrdering::Relaxed),
-        )
-        .fact("partitions out of order", sink.partitions_out_of_order())
-        .fact("commits regressed", log.commit_regressions());
-    r.rebalances = log.assignments() as u64;
+    let resets = proxy.stats.resets.load(AtomicOrdering::Relaxed);
+    let (unordered, regressed) = (sink.partitions_out_of_order(), log.commit_regressions());
+    let mut r = Report::of("9 connection chaos", "resilient", N, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await
+        .fact("connection resets", resets)
+        .fact("partitions out of order", unordered)
+        .fact("commits regressed", regressed)
+        .verdict(format!(
+            "{resets} resets of every connection: each request was retried on a new \
+             connection; {unordered} partitions out of order, {regressed} commits went backwards"
+        ));
+    r.rebalances = Some(log.assignments() as u64);
     r
 }
 
@@ -66,13 +71,20 @@ pub async fn ambiguous_commit(b: &testkit::BrokerEnv, seed: u64) -> Report {
     drained(&sink, N, Duration::from_secs(60)).await;
     run.stop().await;
     let behind = support::uncommitted_partitions(b, &admin, &group, &topic, 2).await;
-    Report::of("10 ambiguous commit", "resilient", N, &sink, 0)
-        .fact(
-            "commit requests cut",
-            proxy.stats.requests_cut.load(AtomicOrdering::Relaxed),
-        )
-        .fact("commits regressed", log.commit_regressions())
+    let cut = proxy.stats.requests_cut.load(AtomicOrdering::Relaxed);
+    let regressed = log.commit_regressions();
+    Report::of("10 ambiguous commit", "resilient", N, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await
+        .fact("commit requests cut", cut)
+        .fact("commits regressed", regressed)
         .fact("partitions not committed to the end", behind.len())
+        .verdict(format!(
+            "{cut} commits cut off after they were sent (did they land?): the next commit \
+             carries the same or a later offset, so none went backwards ({regressed}), and \
+             {} partitions ended short of the log end",
+            behind.len()
+        ))
 }
 
 /// 7. Startup race: the cluster refuses connections for the first 3 s (the
@@ -109,9 +121,16 @@ pub async fn startup_race(b: &testkit::BrokerEnv) -> (Report, Report) {
     drained(&sink, N, Duration::from_secs(30)).await;
     let took = up.elapsed();
     run.stop().await;
-    let res = Report::of(NAME, "resilient", N, &sink, 0)
+    let res = Report::of(NAME, "resilient", N, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await
         .fact("connection attempts refused", refused)
-        .millis("all consumed after the broker answered, ms", took);
+        .millis("all consumed after the broker answered, ms", took)
+        .verdict(format!(
+            "kept retrying with backoff ({refused} connection attempts refused), then \
+             consumed everything {:.2} s after the broker answered",
+            took.as_secs_f64()
+        ));
     (naive, res)
 }
 
@@ -142,14 +161,23 @@ pub async fn slow_lossy_network(b: &testkit::BrokerEnv, seed: u64) -> Report {
     drained(&sink, N, Duration::from_secs(60)).await;
     run.stop().await;
     let stat = |c: &std::sync::atomic::AtomicU64| c.load(AtomicOrdering::Relaxed);
-    let mut r = Report::of("12 slow, lossy network", "resilient", N, &sink, 0)
-        .fact("heartbeats delayed", stat(&proxy.stats.requests_delayed))
-        .fact(
-            "fetch responses dropped",
-            stat(&proxy.stats.responses_dropped),
-        )
-        .fact("partitions lost", log.losses());
-    r.rebalances = log.assignments() as u64;
+    let (delayed, dropped, lost) = (
+        stat(&proxy.stats.requests_delayed),
+        stat(&proxy.stats.responses_dropped),
+        log.losses(),
+    );
+    let mut r = Report::of("12 slow, lossy network", "resilient", N, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await
+        .fact("heartbeats delayed", delayed)
+        .fact("fetch responses dropped", dropped)
+        .fact("partitions lost", lost)
+        .verdict(format!(
+            "at 256 KiB/s with {delayed} heartbeats held back 1 s and {dropped} Fetch response \
+             dropped (re-sent after its timeout), the member stayed in the group \
+             ({lost} partitions lost)"
+        ));
+    r.rebalances = Some(log.assignments() as u64);
     r
 }
 
@@ -186,9 +214,21 @@ pub async fn corrupt_batches(b: &testkit::BrokerEnv, seed: u64) -> Report {
     drained(&sink, N, Duration::from_secs(60)).await;
     let poll_errors = run.stats.poll_errors.load(AtomicOrdering::SeqCst);
     run.stop().await;
-    Report::of("13 corrupt batches", "resilient", N, &sink, 0)
+    Report::of("13 corrupt batches", "resilient", N, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await
         .fact("batches corrupted", damaged)
         .fact("handled while corrupt", handled_while_corrupt)
         .fact("poll errors retried", poll_errors)
         .fact("exited", exited)
+        .verdict(format!(
+            "{damaged} batches arrived corrupted: {handled_while_corrupt} records of them \
+             reached the handler and none was skipped; {poll_errors} poll errors were \
+             retried, the processor {} and handled everything once the link healed",
+            if exited == 0 {
+                "never exited"
+            } else {
+                "EXITED"
+            }
+        ))
 }
