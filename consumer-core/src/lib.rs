@@ -10,9 +10,9 @@
 //! | [`protocol`] | consumer-protocol subscription/assignment bytes (Java/librdkafka compatible) |
 //! | [`assignor`] | the [`Assignor`] trait; range, roundrobin, sticky, cooperative-sticky |
 //! | [`config`] | [`ConsumerConfig`]: defaults in one place, Kafka property names |
-//! | [`fetch_session`] | KIP-227 fetch sessions per broker (pure bookkeeping) |
-//! | [`fetcher`] | one partition's fetch response → records (CRC, read_committed) |
-//! | [`consumer`] | [`Consumer`]: subscribe (names or a pattern)/assign, poll, commit, pause/resume/seek |
+//! | [`fetch`] | the fetch path: positions, pure build-request/apply-response steps, [`fetch::cursor`] (one partition's response → records: CRC, read_committed), [`fetch::session`] (KIP-227, pure) |
+//! | [`consumer`] | [`Consumer`]: subscribe (names or a pattern)/assign, poll, pause/resume/seek; the fetch path's I/O |
+//! | `committer` | [`Committer`]: generation- and incarnation-fenced commits, committed offsets |
 //! | [`stream`] | [`stream::RecordStream`]: the consumer as a `Stream` |
 //! | `group` | the async driver of the membership state machine (one task per consumer) |
 //! | [`error`] | [`ConsumerError`] |
@@ -64,11 +64,11 @@
 #![forbid(unsafe_code)]
 
 pub mod assignor;
+mod committer;
 pub mod config;
 pub mod consumer;
 pub mod error;
-pub mod fetch_session;
-pub mod fetcher;
+pub mod fetch;
 mod group;
 pub mod membership;
 pub mod protocol;
@@ -85,3 +85,8 @@ pub use error::ConsumerError;
 pub use membership::{Action, Membership, MembershipConfig, State, TopicSubscription};
 pub use protocol::{Assignment, Subscription};
 pub use tp::TopicPartition;
+
+/// The former path of [`fetch::cursor`].
+pub use fetch::cursor as fetcher;
+/// The former path of [`fetch::session`].
+pub use fetch::session as fetch_session;
