@@ -14,9 +14,9 @@
 //! | [`consumer`] | [`Consumer`]: subscribe (names or a pattern)/assign, poll, pause/resume/seek; the fetch path's I/O |
 //! | `committer` | [`Committer`]: generation- and incarnation-fenced commits, committed offsets |
 //! | [`stream`] | [`stream::RecordStream`]: the consumer as a `Stream` |
-//! | `group` | the async driver of the membership state machine (one task per consumer) |
+//! | `group` | the seam the consumer sees (events in, snapshots out); `group/classic.rs`: the classic protocol's thin driver |
+//! | [`membership`] | the classic protocol as a pure state machine (events + `now` in, [`Action`]s out); lives in `group/classic/` |
 //! | [`error`] | [`ConsumerError`] |
-//! | [`membership`] | group membership as a pure state machine (events + `now` in, [`Action`]s out) |
 //!
 //! ## Example
 //!
@@ -70,7 +70,6 @@ pub mod consumer;
 pub mod error;
 pub mod fetch;
 mod group;
-pub mod membership;
 pub mod protocol;
 pub mod stream;
 pub mod tp;
@@ -85,6 +84,9 @@ pub use error::ConsumerError;
 pub use membership::{Action, Membership, MembershipConfig, State, TopicSubscription};
 pub use protocol::{Assignment, Subscription};
 pub use tp::TopicPartition;
+
+/// The classic group protocol's state machine (`group/classic/membership.rs`).
+pub use group::classic::membership;
 
 /// The former path of [`fetch::cursor`].
 pub use fetch::cursor as fetcher;

@@ -4,8 +4,8 @@
 //! `handle_heartbeat`, `handle_request_failed`, `polled`, …); actions come
 //! out ([`Membership::poll_action`]) with the next deadline
 //! ([`Membership::poll_timeout`]). It never awaits and never reads a clock,
-//! so every transition is unit-tested below with a fake clock. A thin async
-//! driver (not built yet) executes the actions on the Group lane.
+//! so every transition is unit-tested below with a fake clock. The thin async
+//! driver in `group/classic.rs` executes the actions on the Group lane.
 //!
 //! ```text
 //!            ┌──────────────────────── NOT_COORDINATOR / coordinator lost ◀───────────┐
@@ -52,6 +52,7 @@ use bytes::Bytes;
 use kafka_wire::KafkaCode;
 
 use crate::assignor::{Assignor, Member, RebalanceProtocol};
+pub use crate::group::subscription::TopicSubscription;
 use crate::protocol::{Assignment, Subscription, CONSUMER_PROTOCOL_VERSION};
 use crate::tp::TopicPartition;
 
@@ -69,50 +70,6 @@ pub struct MembershipConfig {
     /// `metadata.max.age.ms`: how often a stable member checks metadata for
     /// partition-count changes, new topics and new pattern matches.
     pub metadata_max_age: Duration,
-}
-
-/// What a member subscribes to: Java's `subscribe(Collection)` or
-/// `subscribe(Pattern)`.
-#[derive(Debug, Clone)]
-pub enum TopicSubscription {
-    /// These topics, whether they exist yet or not: one created later is
-    /// picked up at the next metadata check (`metadata.max.age.ms`).
-    Topics(Vec<String>),
-    /// Every non-internal topic whose whole name matches, now or later
-    /// (build it with [`TopicSubscription::pattern`]).
-    Pattern(regex::Regex),
-}
-
-impl TopicSubscription {
-    /// A pattern subscription. The regex must match a topic's *whole*
-    /// name, as Java's `Pattern.matcher(topic).matches()`: `orders-.*`
-    /// matches `orders-eu`, `orders` does not. Internal topics
-    /// (`__consumer_offsets`, `__transaction_state`) never match (Java's
-    /// `exclude.internal.topics=true`).
-    ///
-    /// # Errors
-    /// The regex's syntax error.
-    pub fn pattern(regex: &str) -> Result<Self, regex::Error> {
-        regex::Regex::new(&format!("^(?:{regex})$")).map(TopicSubscription::Pattern)
-    }
-
-    fn is_pattern(&self) -> bool {
-        matches!(self, TopicSubscription::Pattern(_))
-    }
-
-    /// Is `topic` part of this subscription?
-    pub fn includes(&self, topic: &str) -> bool {
-        match self {
-            TopicSubscription::Topics(ts) => ts.iter().any(|t| t == topic),
-            TopicSubscription::Pattern(re) => re.is_match(topic),
-        }
-    }
-}
-
-impl From<Vec<String>> for TopicSubscription {
-    fn from(topics: Vec<String>) -> Self {
-        TopicSubscription::Topics(topics)
-    }
 }
 
 /// Partition count per existing topic (a topic absent from the map does
@@ -739,7 +696,7 @@ impl Membership {
     }
 
     /// [`Action::RefreshMetadata`] failed: check again soon (at most
-    /// [`METADATA_RETRY`] later); a join that waited for it goes ahead.
+    /// `METADATA_RETRY` later); a join that waited for it goes ahead.
     pub fn handle_metadata_failed(&mut self, now: Instant) {
         self.next_metadata_refresh = Some(now + self.cfg.metadata_max_age.min(METADATA_RETRY));
         self.metadata_before_join = false;

@@ -1,6 +1,8 @@
-//! The thin async driver of [`Membership`]: one task per consumer that
-//! executes its actions against the coordinator and reports assignment
-//! changes to the consumer.
+//! The classic group protocol (JoinGroup/SyncGroup/Heartbeat/LeaveGroup):
+//! the thin async driver of [`Membership`], its pure state machine
+//! ([`membership`]). One task per consumer executes the machine's actions
+//! against the coordinator and reports assignment changes to the consumer
+//! as [`GroupEvent`]s.
 //!
 //! It runs independently of `poll()`: heartbeats continue however long the
 //! application takes to process, on the Group lane (its own connection, so a
@@ -8,7 +10,6 @@
 //! `max.poll.interval.ms` through the `polled` watch channel.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,64 +20,22 @@ use kafka_wire::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_wire::messages::{
     ApiKey, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, SyncGroupRequest,
 };
-use kafka_wire::{Client, KafkaCode, Lane, StrBytes};
-use tokio::sync::{mpsc, oneshot, watch};
+use kafka_wire::{KafkaCode, Lane, StrBytes};
+use tokio::sync::oneshot;
 
-use crate::config::ConsumerConfig;
-use crate::membership::{
-    Action, JoinResult, Membership, MembershipConfig, PartitionCounts, State, TopicSubscription,
-};
+pub mod membership;
+
+use super::{counts, GroupEvent, GroupTask};
 use crate::tp::TopicPartition;
-
-/// What the group task tells the consumer.
-#[derive(Debug)]
-pub(crate) enum GroupEvent {
-    /// Newly assigned partitions, and those of them that appeared after
-    /// subscribe (they start at the earliest offset when uncommitted;
-    /// empty when `new.partitions.from.earliest` is off).
-    Assigned(Vec<TopicPartition>, BTreeSet<TopicPartition>),
-    /// Commits for these are still valid until `done` is sent.
-    Revoked(Vec<TopicPartition>, oneshot::Sender<()>),
-    /// Never commit these.
-    Lost(Vec<TopicPartition>, oneshot::Sender<()>),
-    Fatal(String),
-}
-
-/// What commits are checked against; updated by the group task.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct GroupSnapshot {
-    pub generation: i32,
-    pub member_id: String,
-    pub stable: bool,
-    pub owned: BTreeSet<TopicPartition>,
-    /// Being revoked right now: commits still allowed (eager `on_revoked`).
-    pub revoking: BTreeSet<TopicPartition>,
-    pub coordinator: Option<i32>,
-}
-
-impl GroupSnapshot {
-    pub fn may_commit(&self, tp: &TopicPartition) -> bool {
-        (self.stable && self.owned.contains(tp)) || self.revoking.contains(tp)
-    }
-}
-
-pub(crate) struct GroupTask {
-    pub client: Client,
-    pub cfg: Arc<ConsumerConfig>,
-    pub group_id: String,
-    pub subscription: TopicSubscription,
-    pub snapshot: Arc<Mutex<GroupSnapshot>>,
-    pub events: mpsc::Sender<GroupEvent>,
-    pub polled: watch::Receiver<std::time::Instant>,
-    pub close: watch::Receiver<bool>,
-}
+use membership::{Action, JoinResult, Membership, MembershipConfig, State};
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
 impl GroupTask {
-    pub async fn run(mut self) {
+    /// The classic protocol's loop: until closed (left) or fatal.
+    pub(super) async fn run_classic(mut self) {
         let now = std::time::Instant::now();
         let mut m = Membership::new(
             MembershipConfig {
@@ -426,74 +385,5 @@ impl GroupTask {
             Err(_) => self.client.metadata(),
         };
         counts(&md, Some(&topics))
-    }
-}
-
-/// Partition counts per existing topic from `md`: of `topics`, or of every
-/// non-internal topic (`None`). A topic with no partitions yet (being
-/// created) counts as absent.
-fn counts(md: &kafka_wire::metadata::Metadata, topics: Option<&[String]>) -> PartitionCounts {
-    let count = |t: &kafka_wire::metadata::TopicInfo| {
-        (!t.partitions.is_empty()).then(|| (t.name.clone(), t.partitions.len() as i32))
-    };
-    match topics {
-        Some(ts) => ts
-            .iter()
-            .filter_map(|t| md.topics.get(t).and_then(count))
-            .collect(),
-        None => md
-            .topics
-            .values()
-            .filter(|t| !t.is_internal)
-            .filter_map(count)
-            .collect(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kafka_wire::metadata::{Metadata, PartitionInfo, TopicInfo};
-
-    fn topic(name: &str, partitions: i32, is_internal: bool) -> (String, TopicInfo) {
-        let info = TopicInfo {
-            name: name.into(),
-            id: [0; 16],
-            is_internal,
-            error: None,
-            partitions: (0..partitions)
-                .map(|p| PartitionInfo {
-                    partition: p,
-                    leader: 1,
-                    leader_epoch: 0,
-                    replicas: vec![1],
-                    isr: vec![1],
-                    error: None,
-                })
-                .collect(),
-        };
-        (name.into(), info)
-    }
-
-    #[test]
-    fn counts_skip_internal_topics_and_topics_without_partitions() {
-        let md = Metadata {
-            topics: [
-                topic("orders", 3, false),
-                topic("__consumer_offsets", 50, true),
-                topic("__transaction_state", 50, true),
-                topic("being-created", 0, false),
-            ]
-            .into_iter()
-            .collect(),
-            ..Metadata::default()
-        };
-        let all = counts(&md, None);
-        assert_eq!(all, [("orders".to_string(), 3)].into_iter().collect());
-        let some = counts(
-            &md,
-            Some(&["orders".into(), "missing".into(), "being-created".into()]),
-        );
-        assert_eq!(some, all, "absent and partitionless topics do not exist");
     }
 }
