@@ -8,6 +8,12 @@
 //! application takes to process, on the Group lane (its own connection, so a
 //! fetch long poll never delays them). Liveness is still enforced by
 //! `max.poll.interval.ms` through the `polled` watch channel.
+//!
+//! Every clock is the machine's: the driver sleeps until
+//! [`Membership::poll_timeout`], a poll, a close, or a listener's ack,
+//! whichever comes first, and sends whatever [`Membership::poll_action`]
+//! says. While a rebalance listener runs, that is heartbeats only
+//! ([`Membership::listener_started`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -54,8 +60,11 @@ impl GroupTask {
         );
         let mut protocol_name: Option<String> = None;
         let mut closing = false;
+        // The ack of the rebalance listener the machine waits for.
+        let mut listener: Option<oneshot::Receiver<()>> = None;
         loop {
-            if *self.close.borrow() && !closing {
+            // A close waits for a running listener, as every other decision.
+            if *self.close.borrow() && !closing && !m.listener_running() {
                 closing = true;
                 m.close();
             }
@@ -64,7 +73,9 @@ impl GroupTask {
                 // (a JoinGroup can block for the whole rebalance) may have
                 // taken long while the application kept polling.
                 self.feed_poll_time(&mut m);
-                let Some(action) = m.poll_action(std::time::Instant::now()) else {
+                let action = m.poll_action(std::time::Instant::now());
+                self.publish(&m);
+                let Some(action) = action else {
                     break;
                 };
                 if let Action::Fatal(msg) = &action {
@@ -72,10 +83,14 @@ impl GroupTask {
                     let _ = self.events.send(GroupEvent::Fatal(msg.clone())).await;
                     return;
                 }
-                self.execute(&mut m, action, &mut protocol_name).await;
+                self.execute(&mut m, action, &mut protocol_name, &mut listener)
+                    .await;
                 self.publish(&m);
             }
-            if closing && matches!(m.state(), State::Left) {
+            if !m.listener_running() {
+                listener = None; // past the rebalance timeout: go on without it
+            }
+            if closing && matches!(m.state(), State::Left) && !m.listener_running() {
                 return;
             }
             let wait = m
@@ -87,6 +102,17 @@ impl GroupTask {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.polled.changed() => {}
                 _ = self.close.changed() => {}
+                _ = async {
+                    match listener.as_mut() {
+                        Some(ack) => { let _ = ack.await; }
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Acknowledged, or the consumer is gone.
+                    listener = None;
+                    m.listener_done();
+                    self.publish(&m);
+                }
             }
         }
     }
@@ -107,6 +133,7 @@ impl GroupTask {
         snap.member_id = m.member_id().to_string();
         snap.stable = matches!(m.state(), State::Stable { .. });
         snap.owned = m.owned().clone();
+        snap.revoking = m.revoking();
     }
 
     fn coordinator(&self) -> Option<i32> {
@@ -116,7 +143,15 @@ impl GroupTask {
             .coordinator
     }
 
-    async fn execute(&mut self, m: &mut Membership, action: Action, protocol: &mut Option<String>) {
+    /// Execute one action; a listener the machine must wait for leaves its
+    /// ack in `listener`.
+    async fn execute(
+        &mut self,
+        m: &mut Membership,
+        action: Action,
+        protocol: &mut Option<String>,
+        listener: &mut Option<oneshot::Receiver<()>>,
+    ) {
         let now = std::time::Instant::now;
         match action {
             Action::FindCoordinator => {
@@ -285,30 +320,25 @@ impl GroupTask {
                 }
             }
             Action::Revoke(parts) => {
-                self.snapshot.lock().expect("lock").revoking = parts.iter().cloned().collect();
-                let (done, wait) = oneshot::channel();
-                if self
-                    .events
-                    .send(GroupEvent::Revoked(parts, done))
-                    .await
-                    .is_ok()
-                {
-                    // on_revoked runs inside poll(), up to the rebalance timeout;
-                    // a cooperative member is still Stable and keeps heartbeating.
-                    self.wait_heartbeating(m, wait).await;
+                // on_revoked runs beside poll(), up to the rebalance timeout;
+                // a cooperative member is still Stable and keeps heartbeating
+                // (the machine's output while it waits). Commits of `parts`
+                // stay valid meanwhile: published before the consumer hears.
+                m.listener_started(&parts, now());
+                self.publish(m);
+                let (done, ack) = oneshot::channel();
+                match self.events.send(GroupEvent::Revoked(parts, done)).await {
+                    Ok(()) => *listener = Some(ack),
+                    Err(_) => m.listener_done(),
                 }
-                self.snapshot.lock().expect("lock").revoking.clear();
             }
             Action::Lose(parts) => {
-                self.snapshot.lock().expect("lock").owned.clear();
-                let (done, wait) = oneshot::channel();
-                if self
-                    .events
-                    .send(GroupEvent::Lost(parts, done))
-                    .await
-                    .is_ok()
-                {
-                    let _ = tokio::time::timeout(self.cfg.max_poll_interval, wait).await;
+                m.listener_started(&[], now());
+                self.publish(m);
+                let (done, ack) = oneshot::channel();
+                match self.events.send(GroupEvent::Lost(parts, done)).await {
+                    Ok(()) => *listener = Some(ack),
+                    Err(_) => m.listener_done(),
                 }
             }
             Action::Assign(parts) => {
@@ -334,35 +364,6 @@ impl GroupTask {
                 }
             }
             Action::Fatal(_) => unreachable!("handled by run()"),
-        }
-    }
-
-    /// Wait for a listener's ack (bounded by the rebalance timeout) while
-    /// heartbeats continue, so a slow callback cannot get the member expelled.
-    async fn wait_heartbeating(&mut self, m: &mut Membership, wait: oneshot::Receiver<()>) {
-        let deadline = tokio::time::Instant::now() + self.cfg.max_poll_interval;
-        tokio::pin!(wait);
-        loop {
-            tokio::select! {
-                _ = &mut wait => return,
-                _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(group = %self.group_id, "rebalance listener exceeded the rebalance timeout; continuing without it");
-                    return;
-                }
-                _ = tokio::time::sleep(self.cfg.heartbeat_interval) => {
-                    let State::Stable { generation } = *m.state() else { continue };
-                    let Some(node) = self.coordinator() else { continue };
-                    let req = HeartbeatRequest::default()
-                        .with_group_id(GroupId(s(&self.group_id)))
-                        .with_generation_id(generation)
-                        .with_member_id(s(m.member_id()))
-                        .with_group_instance_id(self.cfg.group_instance_id.as_deref().map(s));
-                    match self.client.send_to(node, Lane::Group, &req, Duration::ZERO).await {
-                        Ok(r) => m.handle_heartbeat(KafkaCode::try_from_code(r.error_code), std::time::Instant::now()),
-                        Err(_) => m.handle_request_failed(std::time::Instant::now()),
-                    }
-                }
-            }
         }
     }
 

@@ -189,6 +189,18 @@ pub struct Membership {
     last_heartbeat_ok: Instant,
     last_poll: Instant,
     rejoin_after_sync: bool,
+    /// The application's rebalance listener runs (see
+    /// [`Membership::listener_started`]).
+    listener: Option<RunningListener>,
+}
+
+/// A rebalance listener the driver waits for.
+#[derive(Debug)]
+struct RunningListener {
+    /// The rebalance timeout: the member goes on without it then.
+    deadline: Instant,
+    /// The partitions it revokes (commits still valid); empty for lost ones.
+    revoking: BTreeSet<TopicPartition>,
 }
 
 fn describe(code: KafkaCode) -> String {
@@ -232,6 +244,7 @@ impl Membership {
             last_heartbeat_ok: now,
             last_poll: now,
             rejoin_after_sync: false,
+            listener: None,
         };
         m.actions.push_back(Action::FindCoordinator);
         m
@@ -735,8 +748,69 @@ impl Membership {
         self.next_heartbeat = None;
     }
 
+    /// The driver hands [`Action::Revoke`] (`revoking` are its partitions)
+    /// or [`Action::Lose`] (`revoking` empty) to the application's listener
+    /// and waits for it. Until [`Membership::listener_done`], or the
+    /// rebalance timeout, [`Membership::poll_action`] gives only the
+    /// heartbeats a stable member owes (a slow `on_revoked` must not get
+    /// the member expelled), and nothing else is decided: the actions
+    /// queued behind the listener (an assignment, a join) wait for it, and
+    /// neither the poll nor the session timeout is checked meanwhile.
+    pub fn listener_started(&mut self, revoking: &[TopicPartition], now: Instant) {
+        self.listener = Some(RunningListener {
+            deadline: now + self.cfg.rebalance_timeout,
+            revoking: revoking.iter().cloned().collect(),
+        });
+    }
+
+    /// The listener [`Membership::listener_started`] waits for has ended
+    /// (or will never be heard of).
+    pub fn listener_done(&mut self) {
+        self.listener = None;
+    }
+
+    /// Is the driver waiting for a rebalance listener?
+    pub fn listener_running(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    /// The partitions a running listener revokes: commits for them are
+    /// still valid until it ends.
+    pub fn revoking(&self) -> BTreeSet<TopicPartition> {
+        self.listener
+            .as_ref()
+            .map(|l| l.revoking.clone())
+            .unwrap_or_default()
+    }
+
+    /// The heartbeat a stable member owes at `now`, if any.
+    fn heartbeat_due(&mut self, now: Instant) -> Option<Action> {
+        let State::Stable { generation } = self.state else {
+            return None;
+        };
+        if self.heartbeat_in_flight || self.next_heartbeat.is_none_or(|t| now < t) {
+            return None;
+        }
+        self.heartbeat_in_flight = true;
+        self.next_heartbeat = None;
+        Some(Action::Heartbeat {
+            generation,
+            member_id: self.member_id.clone(),
+        })
+    }
+
     /// The next action, taking time into account.
     pub fn poll_action(&mut self, now: Instant) -> Option<Action> {
+        if let Some(l) = &self.listener {
+            if now < l.deadline {
+                return self.heartbeat_due(now);
+            }
+            tracing::warn!(
+                group = %self.cfg.group_id,
+                "rebalance listener exceeded the rebalance timeout; continuing without it"
+            );
+            self.listener = None;
+        }
         self.check_timers(now);
         if let Some(a) = self.actions.pop_front() {
             return Some(a);
@@ -755,7 +829,7 @@ impl Membership {
                 }
                 Some(self.join_action())
             }
-            State::Stable { generation } => {
+            State::Stable { .. } => {
                 if self.rejoin_after_sync {
                     self.rejoin_after_sync = false;
                     self.rejoin(
@@ -765,13 +839,8 @@ impl Membership {
                     );
                     return Some(self.join_action());
                 }
-                if !self.heartbeat_in_flight && self.next_heartbeat.is_some_and(|t| now >= t) {
-                    self.heartbeat_in_flight = true;
-                    self.next_heartbeat = None;
-                    return Some(Action::Heartbeat {
-                        generation,
-                        member_id: self.member_id.clone(),
-                    });
+                if let Some(heartbeat) = self.heartbeat_due(now) {
+                    return Some(heartbeat);
                 }
                 if self.next_metadata_refresh.is_some_and(|t| now >= t) {
                     self.next_metadata_refresh = None; // until answered
@@ -827,6 +896,13 @@ impl Membership {
 
     /// When the driver should call [`Membership::poll_action`] again at the latest.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if let Some(l) = &self.listener {
+            // Only heartbeats and the listener's deadline count meanwhile.
+            let heartbeat = self.next_heartbeat.filter(|_| {
+                matches!(self.state, State::Stable { .. }) && !self.heartbeat_in_flight
+            });
+            return [Some(l.deadline), heartbeat].into_iter().flatten().min();
+        }
         let poll_deadline = self.last_poll + self.cfg.max_poll_interval;
         // Metadata checks run only while stable (elsewhere a past instant
         // would have the driver spin).
