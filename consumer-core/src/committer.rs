@@ -24,11 +24,23 @@ use kafka_wire::messages::offset_fetch_request::{
     OffsetFetchRequestGroup, OffsetFetchRequestTopics,
 };
 use kafka_wire::messages::{ApiKey, GroupId, OffsetCommitRequest, OffsetFetchRequest, TopicName};
-use kafka_wire::{Client, Error, KafkaCode, Lane, StrBytes};
+use kafka_wire::{Backoff, Client, Error, KafkaCode, Lane, StrBytes, Throttle};
 
 use crate::error::{ConsumerError, Result};
 use crate::group::GroupSnapshot;
 use crate::tp::TopicPartition;
+
+/// Commit retries while the coordinator moves or loads: 50 ms doubling to
+/// 300 ms, 29 at most (about 8 s), each re-finding the coordinator.
+const COMMIT_BACKOFF: Backoff =
+    Backoff::exponential(Duration::from_millis(50), Duration::from_millis(300))
+        .with_max_retries(29);
+
+/// OffsetFetch retries while a transaction's offsets are not stable yet
+/// (KIP-447): 20 ms doubling to 500 ms, 49 at most (about 23 s).
+const UNSTABLE_BACKOFF: Backoff =
+    Backoff::exponential(Duration::from_millis(20), Duration::from_millis(500))
+        .with_max_retries(49);
 
 /// One partition's commit for [`Committer::commit_offsets`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,11 +269,8 @@ impl Committer {
                     .collect(),
             );
         // NOT_COORDINATOR / loading: re-find and retry, with backoff, for a while.
-        let mut last_err = None;
-        for attempt in 0..30u32 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt.min(6)))).await;
-            }
+        let mut delays = COMMIT_BACKOFF.delays();
+        loop {
             let node = self
                 .client
                 .find_coordinator(CoordinatorKind::Group, &group)
@@ -272,12 +281,16 @@ impl Committer {
                 .await
             {
                 Ok(r) => r,
-                Err(e) => {
-                    last_err = Some(e);
-                    continue;
-                }
+                Err(e) => match delays.next() {
+                    Some(delay) => {
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    None => return Err(e.into()),
+                },
             };
             let mut retry = false;
+            let mut last_err = None;
             for t in &resp.topics {
                 for p in &t.partitions {
                     if let Some(code) = KafkaCode::try_from_code(p.error_code) {
@@ -312,10 +325,15 @@ impl Committer {
                 }
                 return Ok(());
             }
+            match delays.next_after(Throttle::from_ms(resp.throttle_time_ms)) {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => {
+                    return Err(last_err
+                        .map(ConsumerError::from)
+                        .unwrap_or(ConsumerError::Closed))
+                }
+            }
         }
-        Err(last_err
-            .map(ConsumerError::from)
-            .unwrap_or(ConsumerError::Closed))
     }
 
     /// Committed offsets (with their metadata) of `tps` for this group.
@@ -351,7 +369,8 @@ impl Committer {
                         })
                         .collect(),
                 ))]);
-        for attempt in 0..50 {
+        let mut delays = UNSTABLE_BACKOFF.delays();
+        loop {
             let node = self
                 .client
                 .find_coordinator(CoordinatorKind::Group, &group)
@@ -406,7 +425,10 @@ impl Committer {
                 }
             }
             // A transaction is still committing offsets: wait for it (KIP-447).
-            tokio::time::sleep(Duration::from_millis(20 * (attempt + 1))).await;
+            match delays.next_after(Throttle::from_ms(resp.throttle_time_ms)) {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => break,
+            }
         }
         Err(ConsumerError::Wire(Error::Metadata(format!(
             "offsets of group {group} stayed unstable"
