@@ -819,6 +819,7 @@ impl Consumer {
             result,
             revoking(&self.pending_revoke),
             &self.cfg,
+            Instant::now(),
         );
         for action in actions {
             match action {
@@ -899,6 +900,7 @@ impl Consumer {
             let revoking = self.pending_revoke.is_some();
             let events = self.events.as_mut().filter(|_| !revoking);
             let revoke = self.pending_revoke.as_mut().map(|(work, _)| work);
+            let unthrottled = self.fetch.throttled_until(Instant::now());
             tokio::select! {
                 Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
                     if let Ok(outcome) = done {
@@ -915,6 +917,9 @@ impl Consumer {
                 } => {
                     self.finish_revoke();
                 }
+                _ = async {
+                    match unthrottled { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await }
+                } => {} // a throttled broker may be fetched from again
                 _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
             }
             if Instant::now() >= deadline {

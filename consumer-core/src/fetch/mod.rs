@@ -20,7 +20,9 @@
 //!   builds, and executes the `FetchAction`s a response produces.
 //!
 //! Rules kept here:
-//! - at most one fetch in flight per broker;
+//! - at most one fetch in flight per broker, and none while the broker
+//!   throttles us (a response's `throttle_time_ms`, KIP-219: the broker
+//!   would not read it before then anyway);
 //! - at most one undrained response buffered per partition;
 //! - a response whose partition moved meanwhile (seek, reset, revoke) is
 //!   dropped: its data belongs to another position.
@@ -35,7 +37,7 @@ use kafka_wire::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenT
 use kafka_wire::messages::{FetchRequest, FetchResponse, TopicName};
 use kafka_wire::metadata::Metadata;
 use kafka_wire::records::Record;
-use kafka_wire::{Error, KafkaCode, StrBytes};
+use kafka_wire::{Error, KafkaCode, StrBytes, Throttle};
 use tokio::time::Instant;
 
 use crate::config::{ConsumerConfig, OffsetReset};
@@ -162,6 +164,8 @@ struct BrokerFetch {
     session: FetchSession,
     /// A fetch to this broker is in flight.
     in_flight: bool,
+    /// The broker asked for no request before then (`throttle_time_ms`).
+    throttled_until: Option<Instant>,
 }
 
 /// The fetch state of one consumer. See the module docs.
@@ -287,7 +291,7 @@ impl Fetcher {
         let mut fetches = Vec::new();
         for (leader, wanted) in by_leader {
             let broker = self.brokers.entry(leader).or_default();
-            if broker.in_flight {
+            if broker.in_flight || broker.throttled_until.is_some_and(|t| now < t) {
                 continue;
             }
             let s = broker.session.next_request(&wanted);
@@ -352,8 +356,19 @@ impl Fetcher {
         }
     }
 
+    /// The earliest moment a throttled broker may be fetched from again,
+    /// if one is throttled past `now`: the caller wakes up then.
+    pub fn throttled_until(&self, now: Instant) -> Option<Instant> {
+        self.brokers
+            .values()
+            .filter_map(|b| b.throttled_until)
+            .filter(|t| *t > now)
+            .min()
+    }
+
     /// Fold the outcome of the fetch [`Fetcher::build_requests`] planned
-    /// for `broker` into the state (pure): the broker is free again, its
+    /// for `broker`, answered at `now`, into the state (pure): the broker is
+    /// free again (after its throttle time, if it asked for one), its
     /// session advances (or starts over), and each partition's data is
     /// buffered as a cursor, unless the partition moved since the request
     /// (seek, reset, revoked), is `revoking`, or answered an error. What
@@ -365,6 +380,7 @@ impl Fetcher {
         result: Result<FetchResponse, Error>,
         revoking: &[TopicPartition],
         cfg: &ConsumerConfig,
+        now: Instant,
     ) -> Vec<FetchAction> {
         if let Some(b) = self.brokers.get_mut(&broker) {
             b.in_flight = false;
@@ -381,6 +397,11 @@ impl Fetcher {
         };
         if let Some(b) = self.brokers.get_mut(&broker) {
             b.session.handle_response(resp.error_code, resp.session_id);
+            let throttle = Throttle::from_ms(resp.throttle_time_ms);
+            b.throttled_until = throttle.is_throttled().then(|| {
+                tracing::debug!(broker, ?throttle, "fetch throttled by the broker (quota)");
+                now + throttle.duration()
+            });
         }
         let mut actions = Vec::new();
         let mut refresh = Vec::new();

@@ -197,6 +197,7 @@ fn revoking_partitions_are_neither_fetched_nor_buffered() {
         Ok(response(vec![data(0, 0, 2), data(1, 0, 2)])),
         &[tp(1)],
         &cfg,
+        Instant::now(),
     );
     assert!(actions.is_empty());
     let (out, err) = f.drain(100);
@@ -213,7 +214,14 @@ fn a_buffered_partition_sits_out_and_shortens_its_leaders_wait() {
     let now = Instant::now();
     let plan = f.build_requests(&md, &[], &cfg, now);
     let requested = plan.fetches[0].requested.clone();
-    f.apply_response(1, &requested, Ok(response(vec![data(0, 0, 3)])), &[], &cfg);
+    f.apply_response(
+        1,
+        &requested,
+        Ok(response(vec![data(0, 0, 3)])),
+        &[],
+        &cfg,
+        Instant::now(),
+    );
     // Paused while its response is undrained: it will want data soon.
     f.parts.get_mut(&tp(0)).unwrap().paused = true;
     f.parts.get_mut(&tp(0)).unwrap().paused_since = Some(now);
@@ -229,7 +237,14 @@ fn a_buffered_partition_sits_out_and_shortens_its_leaders_wait() {
 
     // Paused for long (a quarantine): the leader long-polls again.
     let requested = plan.fetches[0].requested.clone();
-    f.apply_response(1, &requested, Ok(response(vec![])), &[], &cfg);
+    f.apply_response(
+        1,
+        &requested,
+        Ok(response(vec![])),
+        &[],
+        &cfg,
+        Instant::now(),
+    );
     let plan = f.build_requests(&md, &[], &cfg, now + LONG_PAUSE * 2);
     assert_eq!(plan.fetches[0].wait, Duration::from_millis(500));
 }
@@ -246,6 +261,7 @@ fn drain_hands_out_records_and_advances_positions() {
         Ok(response(vec![data(0, 10, 5)])),
         &[],
         &cfg,
+        Instant::now(),
     );
     assert!(actions.is_empty());
     assert_eq!(f.parts[&tp(0)].high_watermark, 15);
@@ -277,6 +293,7 @@ fn data_for_a_position_that_moved_is_dropped() {
         Ok(response(vec![data(0, 10, 5), data(1, 0, 1)])),
         &[],
         &cfg,
+        Instant::now(),
     );
     assert!(actions.is_empty());
     assert!(
@@ -310,6 +327,7 @@ fn partition_errors_become_actions_in_order() {
         ])),
         &[],
         &cfg,
+        Instant::now(),
     );
     let shown: Vec<String> = actions.iter().map(|a| format!("{a:?}")).collect();
     assert_eq!(actions.len(), 3, "{shown:?}");
@@ -340,6 +358,7 @@ fn truncation_without_a_reset_policy_fails_and_stops_there() {
         Ok(response(vec![truncated, data(1, 0, 1)])),
         &[],
         &cfg,
+        Instant::now(),
     );
     assert_eq!(actions.len(), 1);
     assert!(matches!(
@@ -364,6 +383,7 @@ fn a_failed_fetch_frees_the_broker_and_starts_a_full_session() {
         Ok(response(vec![])),
         &[],
         &cfg,
+        Instant::now(),
     );
     let plan = f.build_requests(&md, &[], &cfg, Instant::now());
     assert_eq!(
@@ -380,6 +400,7 @@ fn a_failed_fetch_frees_the_broker_and_starts_a_full_session() {
         Err(Error::Metadata("connection lost".into())),
         &[],
         &cfg,
+        Instant::now(),
     );
     assert!(matches!(&actions[..], [FetchAction::RefreshMetadata(ts)] if ts.is_empty()));
     let plan = f.build_requests(&md, &[], &cfg, Instant::now());
@@ -405,6 +426,7 @@ fn restart_drops_the_buffer_and_resets_what_the_old_log_said() {
         Ok(response(vec![data(0, 10, 5)])),
         &[],
         &cfg,
+        Instant::now(),
     );
     f.restart(&tp(0), Start::LogStart, None, 3);
     let p = &f.parts[&tp(0)];
@@ -413,4 +435,34 @@ fn restart_drops_the_buffer_and_resets_what_the_old_log_said() {
         (None, Start::LogStart, 3, -1)
     );
     assert!(f.drain(100).0.is_empty());
+}
+
+#[test]
+fn a_throttled_broker_is_not_fetched_from_before_its_throttle_time() {
+    let md = metadata(&[1, 2]);
+    let mut f = fetcher(&[(0, Some(0)), (1, Some(0))]);
+    let cfg = cfg("earliest");
+    let t = Instant::now();
+    let plan = f.build_requests(&md, &[], &cfg, t);
+    assert_eq!(plan.fetches.len(), 2);
+    let throttled = response(vec![]).with_throttle_time_ms(200);
+    f.apply_response(1, &plan.fetches[0].requested, Ok(throttled), &[], &cfg, t);
+    f.apply_response(
+        2,
+        &plan.fetches[1].requested,
+        Ok(response(vec![])),
+        &[],
+        &cfg,
+        t,
+    );
+    assert_eq!(f.throttled_until(t), Some(t + Duration::from_millis(200)));
+
+    let plan = f.build_requests(&md, &[], &cfg, t + Duration::from_millis(199));
+    let brokers: Vec<i32> = plan.fetches.iter().map(|f| f.broker).collect();
+    assert_eq!(brokers, vec![2], "broker 1 asked for 200 ms of quiet");
+    let later = t + Duration::from_millis(200);
+    assert_eq!(f.throttled_until(later), None);
+    let plan = f.build_requests(&md, &[], &cfg, later);
+    let brokers: Vec<i32> = plan.fetches.iter().map(|f| f.broker).collect();
+    assert_eq!(brokers, vec![1]);
 }
