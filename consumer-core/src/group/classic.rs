@@ -73,9 +73,12 @@ impl GroupTask {
                 // (a JoinGroup can block for the whole rebalance) may have
                 // taken long while the application kept polling.
                 self.feed_poll_time(&mut m);
-                let action = m.poll_action(std::time::Instant::now());
-                self.publish(&m);
-                let Some(action) = action else {
+                // Published after each action, and when none is left (a
+                // listener's deadline may have passed): never between an
+                // action handed out and its execution, where a revoke's
+                // partitions would be neither owned nor revoking.
+                let Some(action) = m.poll_action(std::time::Instant::now()) else {
+                    self.publish(&m);
                     break;
                 };
                 if let Action::Fatal(msg) = &action {

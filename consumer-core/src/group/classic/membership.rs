@@ -774,13 +774,22 @@ impl Membership {
         self.listener.is_some()
     }
 
-    /// The partitions a running listener revokes: commits for them are
-    /// still valid until it ends.
+    /// The partitions being revoked: those of a running listener, and
+    /// those of an [`Action::Revoke`] not handed out yet (no longer
+    /// [`Membership::owned`], still this member's). Commits for them stay
+    /// valid until the listener ends.
     pub fn revoking(&self) -> BTreeSet<TopicPartition> {
-        self.listener
+        let mut out = self
+            .listener
             .as_ref()
             .map(|l| l.revoking.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        for a in &self.actions {
+            if let Action::Revoke(parts) = a {
+                out.extend(parts.iter().cloned());
+            }
+        }
+        out
     }
 
     /// The heartbeat a stable member owes at `now`, if any.

@@ -793,6 +793,11 @@ fn only_heartbeats_go_out_while_a_revoke_listener_runs() {
         user_data: None,
     };
     m.handle_sync(None, &keep.encode(3), t);
+    assert_eq!(
+        m.revoking(),
+        [tp("t", 2), tp("t", 3)].into_iter().collect(),
+        "commits stay valid from the moment they stop being owned"
+    );
     let Some(Action::Revoke(revoked)) = m.poll_action(t) else {
         panic!("expected revoke")
     };
