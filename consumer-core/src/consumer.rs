@@ -12,50 +12,31 @@
 //!
 //! Positions advance only when records are handed out. Commits are checked
 //! against the current generation's ownership before they are sent.
+//!
+//! The fetch path's state and its pure steps live in [`crate::fetch`]; this
+//! file does its I/O (sending the fetches, resetting positions) and runs
+//! the group's events. Commits: [`Committer`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kafka_wire::coordinator::CoordinatorKind;
-use kafka_wire::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
-use kafka_wire::messages::offset_commit_request::{
-    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
-};
-use kafka_wire::messages::offset_fetch_request::{
-    OffsetFetchRequestGroup, OffsetFetchRequestTopics,
-};
-use kafka_wire::messages::{
-    ApiKey, FetchRequest, FetchResponse, GroupId, OffsetCommitRequest, OffsetFetchRequest,
-    TopicName,
-};
-use kafka_wire::records::Record;
-use kafka_wire::{Client, Error, KafkaCode, Lane, OffsetSpec, StrBytes};
+use kafka_wire::messages::FetchResponse;
+use kafka_wire::{Client, Error, Lane, OffsetSpec};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+pub use crate::committer::{CommittedOffset, Committer, OffsetToCommit};
 use crate::config::{ConsumerConfig, IsolationLevel, OffsetReset};
 use crate::error::{ConsumerError, Result};
-use crate::fetch_session::FetchSession;
-use crate::fetcher::{truncation_point, PartitionCursor};
+pub use crate::fetch::PartitionRecords;
+use crate::fetch::{FetchAction, Fetcher, PartState, Start};
 use crate::group::{GroupEvent, GroupSnapshot, GroupTask};
 use crate::membership::TopicSubscription;
 use crate::tp::TopicPartition;
-
-/// Records of one partition returned by [`Consumer::poll`].
-#[derive(Debug, Clone)]
-pub struct PartitionRecords {
-    pub tp: TopicPartition,
-    pub records: Vec<Record>,
-    /// The partition's high watermark at fetch time (offset), -1 if unknown.
-    pub high_watermark: i64,
-    /// The partition's last stable offset at fetch time (offset; the
-    /// readable end for `read_committed`), -1 if unknown.
-    pub last_stable_offset: i64,
-}
 
 /// Where the consumer stands on one partition it serves, from
 /// [`Consumer::positions`].
@@ -73,20 +54,6 @@ pub struct PartitionPosition {
     /// another log: drop them, never commit them (see
     /// [`OffsetToCommit::incarnation`]).
     pub incarnation: u64,
-}
-
-/// One partition's commit for [`Committer::commit_offsets`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OffsetToCommit {
-    pub tp: TopicPartition,
-    /// The next offset to consume.
-    pub offset: i64,
-    /// Stored next to the offset (up to `offset.metadata.max.bytes`).
-    pub metadata: Option<String>,
-    /// The [`PartitionPosition::incarnation`] the offset was computed in;
-    /// the commit of this partition is dropped if the consumer's position
-    /// has been reset since. `None`: no check.
-    pub incarnation: Option<u64>,
 }
 
 /// A boxed future for listener callbacks.
@@ -124,409 +91,6 @@ pub trait RebalanceListener: Send + Sync {
     }
 }
 
-/// An offset committed for the group, with the metadata string stored next to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommittedOffset {
-    pub offset: i64,
-    pub metadata: String,
-}
-
-/// Commits offsets for the group, fenced by generation. Cheap to clone.
-#[derive(Clone)]
-pub struct Committer {
-    client: Client,
-    group_id: Option<String>,
-    instance_id: Option<String>,
-    /// `None` in manual-assignment mode (commits as a simple consumer).
-    snapshot: Option<Arc<Mutex<GroupSnapshot>>>,
-    /// Per partition: the position incarnation and the highest offset
-    /// committed in it. Commits never go backwards within an incarnation.
-    committed: Arc<Mutex<HashMap<TopicPartition, CommitGuard>>>,
-}
-
-/// See [`Committer::committed`] (the field).
-#[derive(Debug, Clone, Copy, Default)]
-struct CommitGuard {
-    incarnation: u64,
-    /// -1 before the first commit of this incarnation.
-    highest: i64,
-}
-
-impl std::fmt::Debug for Committer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Committer")
-            .field("group_id", &self.group_id)
-            .finish()
-    }
-}
-
-impl Committer {
-    /// Commit `offsets` (the *next* offset to consume, per partition).
-    ///
-    /// A commit lower than one this consumer already made for a partition is
-    /// skipped: a late commit (from a slow task, or a retry that lost a race)
-    /// never moves an offset backwards. To rewind on purpose, commit from a
-    /// new consumer or reset the group's offsets with admin tools.
-    ///
-    /// # Errors
-    /// [`ConsumerError::NotOwned`] (refused locally) for a partition this
-    /// member does not own in the current generation; broker codes such as
-    /// ILLEGAL_GENERATION and REBALANCE_IN_PROGRESS as [`ConsumerError::Wire`].
-    ///
-    /// # Cancel safety
-    /// Not cancel safe in effect: the commit may land even if the future is dropped.
-    pub async fn commit(&self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
-        let with: Vec<(TopicPartition, i64, Option<String>)> = offsets
-            .iter()
-            .map(|(tp, o)| (tp.clone(), *o, None))
-            .collect();
-        self.commit_with_metadata(&with).await
-    }
-
-    /// [`Committer::commit`] with a metadata string per partition (kept by
-    /// the broker next to the offset, up to `offset.metadata.max.bytes`).
-    ///
-    /// # Errors
-    /// As [`Committer::commit`].
-    ///
-    /// # Cancel safety
-    /// As [`Committer::commit`].
-    pub async fn commit_with_metadata(
-        &self,
-        offsets: &[(TopicPartition, i64, Option<String>)],
-    ) -> Result<()> {
-        let offsets: Vec<OffsetToCommit> = offsets
-            .iter()
-            .map(|(tp, offset, metadata)| OffsetToCommit {
-                tp: tp.clone(),
-                offset: *offset,
-                metadata: metadata.clone(),
-                incarnation: None,
-            })
-            .collect();
-        self.commit_offsets(&offsets).await
-    }
-
-    /// The current position incarnation of `tp` (0 until its first reset).
-    pub fn incarnation(&self, tp: &TopicPartition) -> u64 {
-        let done = self.committed.lock().expect("committed lock");
-        done.get(tp).map_or(0, |g| g.incarnation)
-    }
-
-    /// The consumer reset its position of `tp` (see
-    /// [`PartitionPosition::incarnation`]): commits of older incarnations
-    /// are dropped from now on, and the new log may commit lower offsets.
-    fn new_incarnation(&self, tp: &TopicPartition, incarnation: u64) {
-        let mut done = self.committed.lock().expect("committed lock");
-        done.insert(
-            tp.clone(),
-            CommitGuard {
-                incarnation,
-                highest: -1,
-            },
-        );
-    }
-
-    /// [`Committer::commit_with_metadata`], each partition fenced by its
-    /// position incarnation: a partition whose offset was computed before
-    /// a reset (out of range, truncation, topic recreated) is dropped
-    /// silently, so an offset of an old log never lands on a new one.
-    ///
-    /// # Errors
-    /// As [`Committer::commit`].
-    ///
-    /// # Cancel safety
-    /// As [`Committer::commit`].
-    pub async fn commit_offsets(&self, offsets: &[OffsetToCommit]) -> Result<()> {
-        let group = self
-            .group_id
-            .clone()
-            .ok_or(ConsumerError::NoGroup("commit"))?;
-        let (generation, member_id) = match &self.snapshot {
-            Some(snap) => {
-                let s = snap.lock().expect("snapshot lock");
-                for OffsetToCommit { tp, .. } in offsets {
-                    if !s.may_commit(tp) {
-                        return Err(ConsumerError::NotOwned {
-                            tp: tp.clone(),
-                            generation: s.generation,
-                        });
-                    }
-                }
-                (s.generation, s.member_id.clone())
-            }
-            None => (-1, String::new()),
-        };
-        // Never move an offset backwards, nor commit one of an old log.
-        let offsets: Vec<(TopicPartition, i64, Option<String>, u64)> = {
-            let done = self.committed.lock().expect("committed lock");
-            offsets
-                .iter()
-                .filter_map(|o| {
-                    let guard = done.get(&o.tp).copied().unwrap_or_default();
-                    let current = o.incarnation.is_none_or(|i| i == guard.incarnation);
-                    (current && o.offset >= guard.highest).then(|| {
-                        (
-                            o.tp.clone(),
-                            o.offset,
-                            o.metadata.clone(),
-                            guard.incarnation,
-                        )
-                    })
-                })
-                .collect()
-        };
-        if offsets.is_empty() {
-            return Ok(());
-        }
-        let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
-        for (tp, o, meta, _) in &offsets {
-            topics.entry(&tp.topic).or_default().push(
-                OffsetCommitRequestPartition::default()
-                    .with_partition_index(tp.partition)
-                    .with_committed_offset(*o)
-                    .with_committed_leader_epoch(-1)
-                    .with_committed_metadata(meta.clone().map(StrBytes::from_string)),
-            );
-        }
-        let req = OffsetCommitRequest::default()
-            .with_group_id(GroupId(StrBytes::from_string(group.clone())))
-            .with_generation_id_or_member_epoch(generation)
-            .with_member_id(StrBytes::from_string(member_id))
-            .with_group_instance_id(
-                self.instance_id
-                    .as_ref()
-                    .filter(|_| generation >= 0)
-                    .map(|i| StrBytes::from_string(i.clone())),
-            )
-            .with_topics(
-                topics
-                    .into_iter()
-                    .map(|(t, ps)| {
-                        OffsetCommitRequestTopic::default()
-                            .with_name(TopicName(StrBytes::from_string(t.to_string())))
-                            .with_partitions(ps)
-                    })
-                    .collect(),
-            );
-        // NOT_COORDINATOR / loading: re-find and retry, with backoff, for a while.
-        let mut last_err = None;
-        for attempt in 0..30u32 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt.min(6)))).await;
-            }
-            let node = self
-                .client
-                .find_coordinator(CoordinatorKind::Group, &group)
-                .await?;
-            let resp = match self
-                .client
-                .send_to(node, Lane::Control, &req, Duration::ZERO)
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    last_err = Some(e);
-                    continue;
-                }
-            };
-            let mut retry = false;
-            for t in &resp.topics {
-                for p in &t.partitions {
-                    if let Some(code) = KafkaCode::try_from_code(p.error_code) {
-                        let e = Error::broker_for(
-                            ApiKey::OffsetCommit,
-                            code,
-                            &t.name.0,
-                            p.partition_index,
-                        );
-                        if matches!(
-                            code,
-                            KafkaCode::NotCoordinator
-                                | KafkaCode::CoordinatorNotAvailable
-                                | KafkaCode::CoordinatorLoadInProgress
-                        ) {
-                            retry = true;
-                            last_err = Some(e);
-                        } else {
-                            return Err(e.into());
-                        }
-                    }
-                }
-            }
-            if !retry {
-                let mut done = self.committed.lock().expect("committed lock");
-                for (tp, o, _, incarnation) in offsets {
-                    let guard = done.entry(tp).or_default();
-                    // A reset while the commit was in flight keeps its new guard.
-                    if guard.incarnation == incarnation {
-                        guard.highest = guard.highest.max(o);
-                    }
-                }
-                return Ok(());
-            }
-        }
-        Err(last_err
-            .map(ConsumerError::from)
-            .unwrap_or(ConsumerError::Closed))
-    }
-
-    /// Committed offsets (with their metadata) of `tps` for this group.
-    ///
-    /// # Errors
-    /// Coordinator errors.
-    ///
-    /// # Cancel safety
-    /// Cancel safe (read only).
-    pub async fn committed(
-        &self,
-        tps: &[TopicPartition],
-    ) -> Result<BTreeMap<TopicPartition, CommittedOffset>> {
-        let group = self
-            .group_id
-            .clone()
-            .ok_or(ConsumerError::NoGroup("committed"))?;
-        let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-        for tp in tps {
-            by_topic.entry(&tp.topic).or_default().push(tp.partition);
-        }
-        let req = OffsetFetchRequest::default()
-            .with_require_stable(true)
-            .with_groups(vec![OffsetFetchRequestGroup::default()
-                .with_group_id(GroupId(StrBytes::from_string(group.clone())))
-                .with_topics(Some(
-                    by_topic
-                        .into_iter()
-                        .map(|(t, ps)| {
-                            OffsetFetchRequestTopics::default()
-                                .with_name(TopicName(StrBytes::from_string(t.to_string())))
-                                .with_partition_indexes(ps)
-                        })
-                        .collect(),
-                ))]);
-        for attempt in 0..50 {
-            let node = self
-                .client
-                .find_coordinator(CoordinatorKind::Group, &group)
-                .await?;
-            let resp = self
-                .client
-                .send_to(node, Lane::Control, &req, Duration::ZERO)
-                .await?;
-            let Some(g) = resp.groups.first() else {
-                return Ok(BTreeMap::new());
-            };
-            let mut out = BTreeMap::new();
-            let mut unstable = false;
-            for t in &g.topics {
-                for p in &t.partitions {
-                    match KafkaCode::try_from_code(p.error_code) {
-                        None => {
-                            if p.committed_offset >= 0 {
-                                out.insert(
-                                    TopicPartition::new(t.name.0.to_string(), p.partition_index),
-                                    CommittedOffset {
-                                        offset: p.committed_offset,
-                                        metadata: p
-                                            .metadata
-                                            .as_ref()
-                                            .map(|m| m.to_string())
-                                            .unwrap_or_default(),
-                                    },
-                                );
-                            }
-                        }
-                        Some(KafkaCode::UnstableOffsetCommit) => unstable = true,
-                        Some(code) => {
-                            return Err(Error::broker_for(
-                                ApiKey::OffsetFetch,
-                                code,
-                                &t.name.0,
-                                p.partition_index,
-                            )
-                            .into())
-                        }
-                    }
-                }
-            }
-            let group_error = KafkaCode::try_from_code(g.error_code);
-            if !unstable && group_error.is_none() {
-                return Ok(out);
-            }
-            if let Some(code) = group_error {
-                if !code.is_retriable() {
-                    return Err(Error::broker_for(ApiKey::OffsetFetch, code, &group, -1).into());
-                }
-            }
-            // A transaction is still committing offsets: wait for it (KIP-447).
-            tokio::time::sleep(Duration::from_millis(20 * (attempt + 1))).await;
-        }
-        Err(ConsumerError::Wire(Error::Metadata(format!(
-            "offsets of group {group} stayed unstable"
-        ))))
-    }
-}
-
-#[derive(Debug, Clone)]
-struct PartState {
-    /// `None` until initialised from the committed offset or the reset policy.
-    position: Option<i64>,
-    /// Where an unset position starts.
-    start: Start,
-    /// See [`PartitionPosition::incarnation`].
-    incarnation: u64,
-    paused: bool,
-    /// When the application paused it (see [`HELD_BACK_FETCH_WAIT`]).
-    paused_since: Option<Instant>,
-    high_watermark: i64,
-    last_stable_offset: i64,
-    /// Epoch of the last batch handed out (KIP-320), -1 if unknown.
-    last_fetched_epoch: i32,
-}
-
-/// Where a partition without a position starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Start {
-    /// The group's committed offset, else `auto.offset.reset`.
-    Committed,
-    /// The log start offset, whatever is committed: the topic was deleted
-    /// and recreated, so a committed offset (if the coordinator has not
-    /// dropped it yet) belongs to the old log, and every record of the new
-    /// one is new.
-    LogStart,
-}
-
-impl PartState {
-    fn new(incarnation: u64) -> Self {
-        PartState {
-            position: None,
-            start: Start::Committed,
-            incarnation,
-            paused: false,
-            paused_since: None,
-            high_watermark: -1,
-            last_stable_offset: -1,
-            last_fetched_epoch: -1,
-        }
-    }
-}
-
-/// The longest a fetch may wait on the broker while some partition of
-/// the same leader sits out because its last response is not drained yet.
-///
-/// One fetch per leader is in flight at a time, and it leaves out
-/// partitions with an undrained response. If it long-polls the caught-up
-/// rest for `fetch.max.wait.ms`, a partition that drains meanwhile cannot
-/// be fetched until the long poll ends: measured in the processor bench,
-/// the tail of a backlog crawled at one partition per 500 ms. A short wait
-/// bounds that stall. Partitions paused for longer than
-/// [`LONG_PAUSE`] (a quarantine) no longer count, so they do not turn
-/// the consumer into a busy poller.
-const HELD_BACK_FETCH_WAIT: Duration = Duration::from_millis(5);
-
-/// See [`HELD_BACK_FETCH_WAIT`].
-const LONG_PAUSE: Duration = Duration::from_secs(1);
-
 /// Run a listener callback, abandoning it after `deadline`.
 async fn bounded(deadline: Duration, what: &str, f: ListenerFuture<'_>) {
     if tokio::time::timeout(deadline, f).await.is_err() {
@@ -534,6 +98,16 @@ async fn bounded(deadline: Duration, what: &str, f: ListenerFuture<'_>) {
     }
 }
 
+/// The partitions being revoked (their `on_revoked` running): nothing of
+/// them is fetched or returned.
+fn revoking(pending: &Option<(tokio::task::JoinHandle<()>, GroupEvent)>) -> &[TopicPartition] {
+    match pending {
+        Some((_, GroupEvent::Revoked(parts, _))) => parts,
+        _ => &[],
+    }
+}
+
+/// A planned fetch's broker, the positions it asked at, and its outcome.
 type FetchOutcome = (
     i32,
     BTreeMap<TopicPartition, i64>,
@@ -544,11 +118,10 @@ type FetchOutcome = (
 pub struct Consumer {
     client: Client,
     cfg: Arc<ConsumerConfig>,
-    parts: BTreeMap<TopicPartition, PartState>,
-    sessions: HashMap<i32, FetchSession>,
+    /// Positions, fetch sessions and undrained responses (pure state).
+    fetch: Fetcher,
+    /// The fetches [`Fetcher::build_requests`] planned, being sent.
     in_flight: JoinSet<FetchOutcome>,
-    busy: BTreeSet<i32>,
-    buffered: VecDeque<(TopicPartition, PartitionCursor)>,
     /// A corrupt batch found while draining after other records were
     /// taken: those are returned first, this with the next poll.
     deferred_error: Option<ConsumerError>,
@@ -580,7 +153,7 @@ impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
             .field("group_id", &self.cfg.group_id)
-            .field("partitions", &self.parts.len())
+            .field("partitions", &self.fetch.parts.len())
             .finish_non_exhaustive()
     }
 }
@@ -600,21 +173,16 @@ impl Consumer {
 
     /// Build on an existing client (sharing its connections).
     pub fn with_client(client: Client, cfg: ConsumerConfig) -> Consumer {
-        let committer = Committer {
-            client: client.clone(),
-            group_id: cfg.group_id.clone(),
-            instance_id: cfg.group_instance_id.clone(),
-            snapshot: None,
-            committed: Arc::default(),
-        };
+        let committer = Committer::new(
+            client.clone(),
+            cfg.group_id.clone(),
+            cfg.group_instance_id.clone(),
+        );
         Consumer {
             client,
             cfg: Arc::new(cfg),
-            parts: BTreeMap::new(),
-            sessions: HashMap::new(),
+            fetch: Fetcher::default(),
             in_flight: JoinSet::new(),
-            busy: BTreeSet::new(),
-            buffered: VecDeque::new(),
             deferred_error: None,
             committer,
             listener: None,
@@ -680,7 +248,7 @@ impl Consumer {
             .clone()
             .ok_or(ConsumerError::NoGroup("subscribe"))?;
         let snapshot = Arc::new(Mutex::new(GroupSnapshot::default()));
-        self.committer.snapshot = Some(snapshot.clone());
+        self.committer.join(snapshot.clone());
         let (events_tx, events_rx) = mpsc::channel(16);
         let (polled_tx, polled_rx) = watch::channel(std::time::Instant::now());
         let (close_tx, close_rx) = watch::channel(false);
@@ -703,32 +271,29 @@ impl Consumer {
 
     /// Consume exactly these partitions (no group membership).
     pub fn assign(&mut self, parts: &[TopicPartition]) {
-        self.parts = parts
+        let parts = parts
             .iter()
             .map(|tp| (tp.clone(), PartState::new(self.committer.incarnation(tp))))
             .collect();
-        self.buffered.clear();
-        for s in self.sessions.values_mut() {
-            s.reset();
-        }
+        self.fetch.assign(parts);
     }
 
     /// The group generation this member is in, if it is a stable member.
     pub fn generation(&self) -> Option<i32> {
-        let snap = self.committer.snapshot.as_ref()?;
+        let snap = self.committer.snapshot()?;
         let s = snap.lock().expect("snapshot lock");
         (s.stable && s.generation >= 0).then_some(s.generation)
     }
 
     /// Partitions currently assigned.
     pub fn assignment(&self) -> Vec<TopicPartition> {
-        self.parts.keys().cloned().collect()
+        self.fetch.parts.keys().cloned().collect()
     }
 
     /// Stop fetching `tp`; records already buffered are kept for resume.
     pub fn pause(&mut self, tps: &[TopicPartition]) {
         for tp in tps {
-            if let Some(p) = self.parts.get_mut(tp) {
+            if let Some(p) = self.fetch.parts.get_mut(tp) {
                 if !p.paused {
                     p.paused_since = Some(Instant::now());
                 }
@@ -739,7 +304,7 @@ impl Consumer {
 
     pub fn resume(&mut self, tps: &[TopicPartition]) {
         for tp in tps {
-            if let Some(p) = self.parts.get_mut(tp) {
+            if let Some(p) = self.fetch.parts.get_mut(tp) {
                 p.paused = false;
                 p.paused_since = None;
             }
@@ -748,15 +313,12 @@ impl Consumer {
 
     /// Next `poll` returns records of `tp` from `offset`.
     pub fn seek(&mut self, tp: &TopicPartition, offset: i64) {
-        if let Some(p) = self.parts.get_mut(tp) {
-            p.position = Some(offset);
-        }
-        self.buffered.retain(|(t, _)| t != tp);
+        self.fetch.seek(tp, offset);
     }
 
     /// The next offset `poll` returns for `tp`.
     pub fn position(&self, tp: &TopicPartition) -> Option<i64> {
-        self.parts.get(tp).and_then(|p| p.position)
+        self.fetch.parts.get(tp).and_then(|p| p.position)
     }
 
     /// The position of every partition this consumer serves: assigned,
@@ -764,7 +326,8 @@ impl Consumer {
     /// processing runtime commits from these, so transaction markers and
     /// aborted ranges never leave lag behind.
     pub fn positions(&self) -> Vec<PartitionPosition> {
-        self.parts
+        self.fetch
+            .parts
             .iter()
             .filter(|(tp, _)| !self.revoking(tp))
             .filter_map(|(tp, p)| {
@@ -782,7 +345,7 @@ impl Consumer {
     /// `read_committed`) minus the position, as of the last fetch. `None`
     /// before the first fetch answered.
     pub fn lag(&self, tp: &TopicPartition) -> Option<i64> {
-        let p = self.parts.get(tp)?;
+        let p = self.fetch.parts.get(tp)?;
         let end = match self.cfg.isolation_level {
             IsolationLevel::ReadCommitted => p.last_stable_offset,
             IsolationLevel::ReadUncommitted => p.high_watermark,
@@ -846,6 +409,7 @@ impl Consumer {
     /// As [`Committer::commit`].
     pub async fn commit_positions(&self) -> Result<()> {
         let offsets: Vec<_> = self
+            .fetch
             .parts
             .iter()
             .filter_map(|(tp, p)| p.position.map(|o| (tp.clone(), o)))
@@ -873,7 +437,7 @@ impl Consumer {
     /// The group identity a transactional producer needs to commit this
     /// consumer's offsets (KIP-447); `None` outside a stable group.
     pub fn group_metadata(&self) -> Option<kafka_wire::producer::GroupMetadata> {
-        let snap = self.committer.snapshot.as_ref()?;
+        let snap = self.committer.snapshot()?;
         let s = snap.lock().expect("snapshot lock");
         (s.stable && s.generation >= 0).then(|| kafka_wire::producer::GroupMetadata {
             group_id: self.cfg.group_id.clone().unwrap_or_default(),
@@ -889,17 +453,17 @@ impl Consumer {
                 self.appeared_after_subscribe.extend(fresh.iter().cloned());
                 for tp in parts {
                     let incarnation = self.committer.incarnation(tp);
-                    self.parts
+                    self.fetch
+                        .parts
                         .entry(tp.clone())
                         .or_insert_with(|| PartState::new(incarnation));
                 }
             }
             GroupEvent::Revoked(parts, _) | GroupEvent::Lost(parts, _) => {
                 for tp in parts {
-                    self.parts.remove(tp);
                     self.appeared_after_subscribe.remove(tp);
                 }
-                self.buffered.retain(|(tp, _)| !parts.contains(tp));
+                self.fetch.remove(parts);
             }
             GroupEvent::Fatal(msg) => self.fatal = Some(msg.clone()),
         }
@@ -926,7 +490,7 @@ impl Consumer {
                 // Nothing of these is fetched or returned from now on (see
                 // `revoking`); the listener runs on its own task while poll
                 // serves the rest.
-                self.buffered.retain(|(tp, _)| !parts.contains(tp));
+                self.fetch.discard_buffered(parts);
                 let (l, c, ps) = (listener.clone(), self.committer.clone(), parts.clone());
                 let work = tokio::spawn(async move {
                     if let Some(l) = l {
@@ -969,7 +533,7 @@ impl Consumer {
     /// Is `tp` being revoked (its `on_revoked` running)? Then nothing of it
     /// is fetched or returned.
     fn revoking(&self, tp: &TopicPartition) -> bool {
-        matches!(&self.pending_revoke, Some((_, GroupEvent::Revoked(parts, _))) if parts.contains(tp))
+        revoking(&self.pending_revoke).contains(tp)
     }
 
     /// The revoke's listener ended (or panicked): apply the event and let
@@ -996,6 +560,7 @@ impl Consumer {
     async fn init_positions(&mut self) -> Result<()> {
         self.check_topic_ids();
         let missing: Vec<(TopicPartition, Start)> = self
+            .fetch
             .parts
             .iter()
             .filter(|(_, p)| p.position.is_none())
@@ -1062,7 +627,7 @@ impl Consumer {
             }
         }
         for (tp, pos) in positions {
-            if let Some(p) = self.parts.get_mut(&tp) {
+            if let Some(p) = self.fetch.parts.get_mut(&tp) {
                 if p.position.is_none() {
                     p.position = Some(pos);
                     p.start = Start::Committed;
@@ -1097,7 +662,7 @@ impl Consumer {
             return;
         }
         let mut recreated: Vec<String> = Vec::new();
-        for tp in self.parts.keys() {
+        for tp in self.fetch.parts.keys() {
             let Some(info) = md.topics.get(&tp.topic) else {
                 continue;
             };
@@ -1119,6 +684,7 @@ impl Consumer {
                 self.topic_ids.insert(topic.clone(), info.id);
             }
             let tps: Vec<TopicPartition> = self
+                .fetch
                 .parts
                 .keys()
                 .filter(|tp| tp.topic == topic)
@@ -1145,18 +711,7 @@ impl Consumer {
             .last_incarnation
             .max(self.committer.incarnation(tp) + 1);
         self.last_incarnation = incarnation;
-        if let Some(p) = self.parts.get_mut(tp) {
-            p.position = position;
-            p.start = start;
-            p.incarnation = incarnation;
-            p.last_fetched_epoch = -1;
-            p.high_watermark = -1;
-            p.last_stable_offset = -1;
-        }
-        self.buffered.retain(|(t, _)| t != tp);
-        for s in self.sessions.values_mut() {
-            s.reset();
-        }
+        self.fetch.restart(tp, start, position, incarnation);
         self.committer.new_incarnation(tp, incarnation);
     }
 
@@ -1174,7 +729,12 @@ impl Consumer {
             .refresh_metadata(Some(std::slice::from_ref(&tp.topic)))
             .await;
         self.check_topic_ids();
-        if self.parts.get(tp).is_none_or(|p| p.position != Some(pos)) {
+        if self
+            .fetch
+            .parts
+            .get(tp)
+            .is_none_or(|p| p.position != Some(pos))
+        {
             return Ok(());
         }
         let tps = [tp.clone()];
@@ -1220,246 +780,78 @@ impl Consumer {
         Ok(())
     }
 
-    /// Send a fetch to every broker that has fetchable partitions and none in flight.
+    /// Send a fetch to every broker that has fetchable partitions and none
+    /// in flight (planned by [`Fetcher::build_requests`]).
     async fn send_fetches(&mut self) {
         let md = self.client.metadata();
-        let buffered: BTreeSet<&TopicPartition> = self.buffered.iter().map(|(tp, _)| tp).collect();
-        let mut by_leader: BTreeMap<i32, BTreeMap<TopicPartition, i64>> = BTreeMap::new();
-        let mut epochs: BTreeMap<TopicPartition, (i32, i32)> = BTreeMap::new();
-        let mut unknown = Vec::new();
-        // Leaders with a partition sitting out that will want data soon.
-        let mut held_back: BTreeSet<i32> = BTreeSet::new();
-        for (tp, p) in &self.parts {
-            if self.revoking(tp) {
-                continue;
-            }
-            if buffered.contains(tp) {
-                // At most one undrained response per partition.
-                let soon = p.paused_since.is_none_or(|t| t.elapsed() < LONG_PAUSE);
-                if let (true, Some(b)) = (soon, md.leader(&tp.topic, tp.partition)) {
-                    held_back.insert(b.id);
-                }
-                continue;
-            }
-            let (Some(pos), false) = (p.position, p.paused) else {
-                continue;
-            };
-            match md.leader(&tp.topic, tp.partition) {
-                Some(b) => {
-                    by_leader.entry(b.id).or_default().insert(tp.clone(), pos);
-                    // KIP-320: fence stale leaders and detect log divergence.
-                    let current = md
-                        .partition(&tp.topic, tp.partition)
-                        .map_or(-1, |p| p.leader_epoch);
-                    epochs.insert(tp.clone(), (current, p.last_fetched_epoch));
-                }
-                None => unknown.push(tp.topic.clone()),
-            }
-        }
-        if !unknown.is_empty() {
-            unknown.sort();
-            unknown.dedup();
-            let _ = self.client.refresh_metadata(Some(&unknown)).await;
-        }
-        for (leader, wanted) in by_leader {
-            if self.busy.contains(&leader) {
-                continue;
-            }
-            let session = self.sessions.entry(leader).or_default();
-            let s = session.next_request(&wanted);
-            let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
-            for (tp, offset) in &s.partitions {
-                topics.entry(&tp.topic).or_default().push(
-                    FetchPartition::default()
-                        .with_partition(tp.partition)
-                        .with_fetch_offset(*offset)
-                        .with_current_leader_epoch(epochs.get(tp).map_or(-1, |e| e.0))
-                        .with_last_fetched_epoch(epochs.get(tp).map_or(-1, |e| e.1))
-                        .with_partition_max_bytes(self.cfg.max_partition_fetch_bytes),
-                );
-            }
-            let mut forgotten: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-            for tp in &s.forgotten {
-                forgotten.entry(&tp.topic).or_default().push(tp.partition);
-            }
-            let wait = if held_back.contains(&leader) {
-                self.cfg.fetch_max_wait.min(HELD_BACK_FETCH_WAIT)
-            } else {
-                self.cfg.fetch_max_wait
-            };
-            let req = FetchRequest::default()
-                .with_max_wait_ms(wait.as_millis() as i32)
-                .with_min_bytes(self.cfg.fetch_min_bytes)
-                .with_max_bytes(self.cfg.fetch_max_bytes)
-                .with_isolation_level(self.cfg.isolation_level.wire())
-                .with_session_id(s.session_id)
-                .with_session_epoch(s.epoch)
-                .with_topics(
-                    topics
-                        .into_iter()
-                        .map(|(t, ps)| {
-                            FetchTopic::default()
-                                .with_topic(TopicName(StrBytes::from_string(t.to_string())))
-                                .with_partitions(ps)
-                        })
-                        .collect(),
-                )
-                .with_forgotten_topics_data(
-                    forgotten
-                        .into_iter()
-                        .map(|(t, ps)| {
-                            ForgottenTopic::default()
-                                .with_topic(TopicName(StrBytes::from_string(t.to_string())))
-                                .with_partitions(ps)
-                        })
-                        .collect(),
-                );
+        let plan = self.fetch.build_requests(
+            &md,
+            revoking(&self.pending_revoke),
+            &self.cfg,
+            Instant::now(),
+        );
+        // Spawned before any await: a cancelled poll must not leave a
+        // broker marked in flight with no fetch behind it.
+        for f in plan.fetches {
             let client = self.client.clone();
-            self.busy.insert(leader);
             self.in_flight.spawn(async move {
-                let r = client.send_to(leader, Lane::Fetch, &req, wait).await;
-                (leader, wanted, r)
+                let r = client
+                    .send_to(f.broker, Lane::Fetch, &f.request, f.wait)
+                    .await;
+                (f.broker, f.requested, r)
             });
+        }
+        if !plan.unknown_leaders.is_empty() {
+            let _ = self
+                .client
+                .refresh_metadata(Some(&plan.unknown_leaders))
+                .await;
         }
     }
 
-    /// Fold one fetch response into the buffer.
+    /// Fold one fetch response into the buffer ([`Fetcher::apply_response`]),
+    /// then do what it asks for.
     async fn complete_fetch(&mut self, outcome: FetchOutcome) -> Result<()> {
-        let (leader, requested, result) = outcome;
-        self.busy.remove(&leader);
-        let resp = match result {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(broker = leader, error = %e, "fetch failed; retrying");
-                if let Some(s) = self.sessions.get_mut(&leader) {
-                    s.reset();
-                }
-                let _ = self.client.refresh_metadata(Some(&[])).await;
-                return Ok(());
-            }
-        };
-        if let Some(s) = self.sessions.get_mut(&leader) {
-            s.handle_response(resp.error_code, resp.session_id);
-        }
-        let mut refresh = Vec::new();
-        for t in &resp.responses {
-            for p in &t.partitions {
-                let tp = TopicPartition::new(t.topic.0.to_string(), p.partition_index);
-                let Some(requested_pos) = requested.get(&tp).copied() else {
-                    continue;
-                };
-                if self.revoking(&tp) {
-                    continue; // being revoked: its listener runs
-                }
-                let Some(state) = self.parts.get_mut(&tp) else {
-                    continue;
-                }; // revoked meanwhile
-                if state.position != Some(requested_pos) {
-                    continue; // a seek happened: this data is stale
-                }
-                match KafkaCode::try_from_code(p.error_code) {
-                    None => {}
-                    Some(KafkaCode::OffsetOutOfRange) => {
-                        match self.out_of_range(&tp, requested_pos).await {
-                            Ok(()) => {}
-                            Err(e) if e.action() != kafka_wire::ErrorAction::Fatal => {
-                                tracing::debug!(%tp, error = %e, "offset reset failed; retrying");
-                            }
-                            Err(e) => return Err(e),
+        let (broker, requested, result) = outcome;
+        let actions = self.fetch.apply_response(
+            broker,
+            &requested,
+            result,
+            revoking(&self.pending_revoke),
+            &self.cfg,
+            Instant::now(),
+        );
+        for action in actions {
+            match action {
+                FetchAction::OutOfRange { tp, offset } => {
+                    match self.out_of_range(&tp, offset).await {
+                        Ok(()) => {}
+                        Err(e) if e.action() != kafka_wire::ErrorAction::Fatal => {
+                            tracing::debug!(%tp, error = %e, "offset reset failed; retrying");
                         }
-                        continue;
-                    }
-                    Some(_) => {
-                        refresh.push(tp.topic.clone());
-                        continue;
+                        Err(e) => return Err(e),
                     }
                 }
-                if let Some(to) = truncation_point(
-                    requested_pos,
-                    p.diverging_epoch.epoch,
-                    p.diverging_epoch.end_offset,
-                ) {
-                    tracing::warn!(%tp, from = requested_pos, to, "log truncation detected (KIP-320): rewinding");
-                    if self.cfg.auto_offset_reset == OffsetReset::None {
-                        return Err(ConsumerError::NoOffset {
-                            tp,
-                            reason: format!(
-                                "log truncated below our position {requested_pos} (to {to})"
-                            ),
-                        });
-                    }
+                FetchAction::Truncated { tp, to } => {
                     self.restart_partition(&tp, Start::Committed, Some(to));
-                    continue;
                 }
-                state.high_watermark = p.high_watermark;
-                state.last_stable_offset = p.last_stable_offset;
-                let cursor = PartitionCursor::new(
-                    p,
-                    requested_pos,
-                    self.cfg.isolation_level,
-                    self.cfg.max_decompressed_bytes,
-                );
-                if !cursor.is_empty_response() {
-                    // Decoded as drained (markers and aborted data too).
-                    self.buffered.push_back((tp, cursor));
+                FetchAction::RefreshMetadata(topics) => {
+                    let _ = self.client.refresh_metadata(Some(&topics)).await;
                 }
+                FetchAction::Fail(e) => return Err(e),
             }
-        }
-        if !refresh.is_empty() {
-            refresh.sort();
-            refresh.dedup();
-            for s in self.sessions.values_mut() {
-                s.reset();
-            }
-            let _ = self.client.refresh_metadata(Some(&refresh)).await;
         }
         Ok(())
     }
 
-    /// Take up to `max.poll.records` buffered records (unpaused partitions),
-    /// decoding them as they are taken. Records are moved out, never cloned.
-    /// A corrupt batch ends its partition's buffer (the position stays at
-    /// it, so the next fetch meets it again) and is returned by the next
-    /// poll, after the records taken before it.
+    /// Take up to `max.poll.records` buffered records ([`Fetcher::drain`]).
+    /// A corrupt batch is returned by the next poll, after the records
+    /// taken before it.
     fn drain(&mut self) -> Vec<PartitionRecords> {
-        let mut out = Vec::new();
-        let mut budget = self.cfg.max_poll_records;
-        let mut keep = VecDeque::new();
-        while let Some((tp, mut cursor)) = self.buffered.pop_front() {
-            let Some(state) = self.parts.get_mut(&tp) else {
-                continue;
-            };
-            if state.paused || budget == 0 {
-                keep.push_back((tp, cursor));
-                continue;
-            }
-            let taken = cursor.take(&tp, budget);
-            state.position = Some(cursor.position());
-            if cursor.last_epoch >= 0 {
-                state.last_fetched_epoch = cursor.last_epoch;
-            }
-            let records = match taken {
-                Ok(records) => records,
-                Err(e) => {
-                    self.deferred_error.get_or_insert(e.into());
-                    continue; // dropped: never read past a corrupt batch
-                }
-            };
-            if !cursor.is_finished() {
-                keep.push_back((tp.clone(), cursor));
-            }
-            if records.is_empty() {
-                continue; // only markers or aborted data: the position moved past them
-            }
-            budget -= records.len();
-            out.push(PartitionRecords {
-                tp,
-                records,
-                high_watermark: state.high_watermark,
-                last_stable_offset: state.last_stable_offset,
-            });
+        let (out, error) = self.fetch.drain(self.cfg.max_poll_records);
+        if let Some(e) = error {
+            self.deferred_error.get_or_insert(e.into());
         }
-        self.buffered = keep;
         out
     }
 
@@ -1508,6 +900,7 @@ impl Consumer {
             let revoking = self.pending_revoke.is_some();
             let events = self.events.as_mut().filter(|_| !revoking);
             let revoke = self.pending_revoke.as_mut().map(|(work, _)| work);
+            let unthrottled = self.fetch.throttled_until(Instant::now());
             tokio::select! {
                 Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
                     if let Ok(outcome) = done {
@@ -1524,6 +917,9 @@ impl Consumer {
                 } => {
                     self.finish_revoke();
                 }
+                _ = async {
+                    match unthrottled { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await }
+                } => {} // a throttled broker may be fetched from again
                 _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
             }
             if Instant::now() >= deadline {

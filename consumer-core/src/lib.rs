@@ -10,13 +10,13 @@
 //! | [`protocol`] | consumer-protocol subscription/assignment bytes (Java/librdkafka compatible) |
 //! | [`assignor`] | the [`Assignor`] trait; range, roundrobin, sticky, cooperative-sticky |
 //! | [`config`] | [`ConsumerConfig`]: defaults in one place, Kafka property names |
-//! | [`fetch_session`] | KIP-227 fetch sessions per broker (pure bookkeeping) |
-//! | [`fetcher`] | one partition's fetch response → records (CRC, read_committed) |
-//! | [`consumer`] | [`Consumer`]: subscribe (names or a pattern)/assign, poll, commit, pause/resume/seek |
+//! | [`fetch`] | the fetch path: positions, pure build-request/apply-response steps, [`fetch::cursor`] (one partition's response → records: CRC, read_committed), [`fetch::session`] (KIP-227, pure) |
+//! | [`consumer`] | [`Consumer`]: subscribe (names or a pattern)/assign, poll, pause/resume/seek; the fetch path's I/O |
+//! | `committer` | [`Committer`]: generation- and incarnation-fenced commits, committed offsets |
 //! | [`stream`] | [`stream::RecordStream`]: the consumer as a `Stream` |
-//! | `group` | the async driver of the membership state machine (one task per consumer) |
+//! | `group` | the seam the consumer sees (events in, snapshots out); `group/classic.rs`: the classic protocol's thin driver |
+//! | [`membership`] | the classic protocol as a pure state machine (events + `now` in, [`Action`]s out); lives in `group/classic/` |
 //! | [`error`] | [`ConsumerError`] |
-//! | [`membership`] | group membership as a pure state machine (events + `now` in, [`Action`]s out) |
 //!
 //! ## Example
 //!
@@ -64,13 +64,12 @@
 #![forbid(unsafe_code)]
 
 pub mod assignor;
+mod committer;
 pub mod config;
 pub mod consumer;
 pub mod error;
-pub mod fetch_session;
-pub mod fetcher;
+pub mod fetch;
 mod group;
-pub mod membership;
 pub mod protocol;
 pub mod stream;
 pub mod tp;
@@ -85,6 +84,14 @@ pub use error::ConsumerError;
 pub use membership::{Action, Membership, MembershipConfig, State, TopicSubscription};
 pub use protocol::{Assignment, Subscription};
 pub use tp::TopicPartition;
+
+/// The classic group protocol's state machine (`group/classic/membership.rs`).
+pub use group::classic::membership;
+
+/// The former path of [`fetch::cursor`].
+pub use fetch::cursor as fetcher;
+/// The former path of [`fetch::session`].
+pub use fetch::session as fetch_session;
 
 /// The README's examples, compiled as doctests so they cannot rot.
 #[cfg(doctest)]

@@ -16,6 +16,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use tokio::time::Instant;
 
+use crate::backoff::{Backoff, Throttle};
 use crate::client::{Client, Lane};
 use crate::error::{Error, KafkaCode, Result};
 use crate::topic_partition::{IsolationLevel, TopicPartition};
@@ -66,6 +67,12 @@ fn check_topic_code(api: ApiKey, code: i16, topic: &str, message: Option<&StrByt
 
 /// How long create/delete wait for metadata to agree.
 const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// ListOffsets retries while leaders move: 50 ms doubling to 200 ms, 20 at
+/// most (about 3.7 s).
+const OFFSETS_BACKOFF: Backoff =
+    Backoff::exponential(Duration::from_millis(50), Duration::from_millis(200))
+        .with_max_retries(20);
 
 impl Client {
     /// Create a topic and wait until every partition has a leader.
@@ -367,23 +374,30 @@ impl Client {
         spec: OffsetSpec,
         isolation: IsolationLevel,
     ) -> Result<BTreeMap<TopicPartition, i64>> {
-        let mut attempt = 0;
+        let mut delays = OFFSETS_BACKOFF.delays();
         loop {
-            match self.partition_offsets_once(tps, spec, isolation).await {
-                Err(e) if e.is_retriable() && attempt < 20 => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(50 * attempt.min(4))).await;
-                }
+            let mut throttle = Throttle::default();
+            match self
+                .partition_offsets_once(tps, spec, isolation, &mut throttle)
+                .await
+            {
+                Err(e) if e.is_retriable() => match delays.next_after(throttle) {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => return Err(e),
+                },
                 other => return other,
             }
         }
     }
 
+    /// One ListOffsets per leader; `throttle` receives the longest any
+    /// leader asked for.
     async fn partition_offsets_once(
         &self,
         tps: &[TopicPartition],
         spec: OffsetSpec,
         isolation: IsolationLevel,
+        throttle: &mut Throttle,
     ) -> Result<BTreeMap<TopicPartition, i64>> {
         use kafka_protocol::messages::list_offsets_request::{
             ListOffsetsPartition, ListOffsetsTopic,
@@ -417,6 +431,7 @@ impl Client {
             let resp = self
                 .send_to(leader, Lane::Control, &req, Duration::ZERO)
                 .await?;
+            *throttle = (*throttle).max(Throttle::from_ms(resp.throttle_time_ms));
             for t in &resp.topics {
                 for p in &t.partitions {
                     if let Some(code) = KafkaCode::try_from_code(p.error_code) {

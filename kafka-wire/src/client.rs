@@ -22,6 +22,7 @@ use kafka_protocol::protocol::{Request, StrBytes};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
+use crate::backoff::Backoff;
 use crate::config::ClientConfig;
 use crate::connection::{Connection, ConnectionInfo, RawConnection};
 use crate::connector::BrokerAddress;
@@ -258,12 +259,9 @@ impl Client {
     /// `reconnect.backoff.ms × 2^(n-1)`, capped, with ±20 % jitter.
     fn backoff(&self, failures: u32) -> Duration {
         let c = &self.inner.config;
-        let base = c
-            .reconnect_backoff
-            .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-            .min(c.reconnect_backoff_max);
-        let jitter: f64 = rand::random_range(0.8..1.2);
-        base.mul_f64(jitter)
+        Backoff::exponential(c.reconnect_backoff, c.reconnect_backoff_max)
+            .with_jitter(0.2)
+            .delay(failures)
     }
 
     /// Dial, TLS, ApiVersions, SASL; all within `socket.connection.setup.timeout.ms`.

@@ -6,6 +6,7 @@ use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest};
 use kafka_protocol::protocol::StrBytes;
 use tokio::time::Instant;
 
+use crate::backoff::{Backoff, Throttle};
 use crate::client::{Client, Lane};
 use crate::error::{Error, KafkaCode, Result};
 
@@ -21,6 +22,10 @@ pub enum CoordinatorKind {
 /// How long to keep asking while the coordinator is unavailable or loading.
 const COORDINATOR_WAIT: Duration = Duration::from_secs(30);
 
+/// The delays between those tries.
+const COORDINATOR_BACKOFF: Backoff =
+    Backoff::exponential(Duration::from_millis(50), Duration::from_secs(1));
+
 impl Client {
     /// The broker id of the coordinator for `key`. Retries (with backoff)
     /// while the broker answers COORDINATOR_NOT_AVAILABLE or
@@ -34,23 +39,32 @@ impl Client {
     /// Cancel safe.
     pub async fn find_coordinator(&self, kind: CoordinatorKind, key: &str) -> Result<i32> {
         let deadline = Instant::now() + COORDINATOR_WAIT;
-        let mut backoff = Duration::from_millis(50);
+        let mut delays = COORDINATOR_BACKOFF.delays();
         loop {
-            let err = match self.find_coordinator_once(kind, key).await {
+            let mut throttle = Throttle::default();
+            let err = match self.find_coordinator_once(kind, key, &mut throttle).await {
                 Ok(id) => return Ok(id),
                 Err(e) if !e.is_retriable() => return Err(e),
                 Err(e) => e,
             };
-            if Instant::now() + backoff > deadline {
+            let Some(delay) = delays.next_after(throttle) else {
+                return Err(err);
+            };
+            if Instant::now() + delay > deadline {
                 return Err(err);
             }
             tracing::debug!(%key, error = %err, "coordinator not ready; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            tokio::time::sleep(delay).await;
         }
     }
 
-    async fn find_coordinator_once(&self, kind: CoordinatorKind, key: &str) -> Result<i32> {
+    /// One FindCoordinator; `throttle` receives the response's.
+    async fn find_coordinator_once(
+        &self,
+        kind: CoordinatorKind,
+        key: &str,
+        throttle: &mut Throttle,
+    ) -> Result<i32> {
         let conn = self.any_connection(Lane::Control).await?;
         let version = conn.version(ApiKey::FindCoordinator)?;
         let key_type = match kind {
@@ -70,6 +84,7 @@ impl Client {
         let resp = conn
             .send(&req, self.config().request_timeout, Duration::ZERO)
             .await?;
+        *throttle = Throttle::from_ms(resp.throttle_time_ms);
         let (code, node, message) = if version >= 4 {
             let c = resp.coordinators.first().ok_or_else(|| {
                 Error::Metadata(format!(

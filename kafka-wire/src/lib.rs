@@ -22,6 +22,7 @@
 //! | [`admin`] | topics, offsets, groups, configs, cluster |
 //! | [`tls`], [`sasl`] | rustls with the graviola provider; PLAIN, SCRAM, OAUTHBEARER |
 //! | [`error`] | [`Error`] and its [`ErrorAction`]: what to do next |
+//! | [`backoff`] | [`Backoff`] (capped exponential retry delays with jitter) and [`Throttle`] (a response's `throttle_time_ms`) |
 //!
 //! ## Example: produce
 //!
@@ -49,6 +50,7 @@
 #![deny(clippy::disallowed_methods)]
 
 pub mod admin;
+pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod connection;
@@ -65,6 +67,7 @@ mod topic_partition;
 pub mod versions;
 
 pub use admin::{ConfigResource, NewTopic, OffsetSpec, DELETE_TO_END};
+pub use backoff::{Backoff, Delays, Throttle};
 pub use client::{Client, Lane};
 pub use config::{ClientConfig, ClientConfigBuilder, SecurityProtocol};
 pub use connection::Connection;

@@ -1,14 +1,21 @@
-//! The thin async driver of [`Membership`]: one task per consumer that
-//! executes its actions against the coordinator and reports assignment
-//! changes to the consumer.
+//! The classic group protocol (JoinGroup/SyncGroup/Heartbeat/LeaveGroup):
+//! the thin async driver of [`Membership`], its pure state machine
+//! ([`membership`]). One task per consumer executes the machine's actions
+//! against the coordinator and reports assignment changes to the consumer
+//! as [`GroupEvent`]s.
 //!
 //! It runs independently of `poll()`: heartbeats continue however long the
 //! application takes to process, on the Group lane (its own connection, so a
 //! fetch long poll never delays them). Liveness is still enforced by
 //! `max.poll.interval.ms` through the `polled` watch channel.
+//!
+//! Every clock is the machine's: the driver sleeps until
+//! [`Membership::poll_timeout`], a poll, a close, or a listener's ack,
+//! whichever comes first, and sends whatever [`Membership::poll_action`]
+//! says. While a rebalance listener runs, that is heartbeats only
+//! ([`Membership::listener_started`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,64 +26,22 @@ use kafka_wire::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_wire::messages::{
     ApiKey, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, SyncGroupRequest,
 };
-use kafka_wire::{Client, KafkaCode, Lane, StrBytes};
-use tokio::sync::{mpsc, oneshot, watch};
+use kafka_wire::{KafkaCode, Lane, StrBytes};
+use tokio::sync::oneshot;
 
-use crate::config::ConsumerConfig;
-use crate::membership::{
-    Action, JoinResult, Membership, MembershipConfig, PartitionCounts, State, TopicSubscription,
-};
+pub mod membership;
+
+use super::{counts, GroupEvent, GroupTask};
 use crate::tp::TopicPartition;
-
-/// What the group task tells the consumer.
-#[derive(Debug)]
-pub(crate) enum GroupEvent {
-    /// Newly assigned partitions, and those of them that appeared after
-    /// subscribe (they start at the earliest offset when uncommitted;
-    /// empty when `new.partitions.from.earliest` is off).
-    Assigned(Vec<TopicPartition>, BTreeSet<TopicPartition>),
-    /// Commits for these are still valid until `done` is sent.
-    Revoked(Vec<TopicPartition>, oneshot::Sender<()>),
-    /// Never commit these.
-    Lost(Vec<TopicPartition>, oneshot::Sender<()>),
-    Fatal(String),
-}
-
-/// What commits are checked against; updated by the group task.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct GroupSnapshot {
-    pub generation: i32,
-    pub member_id: String,
-    pub stable: bool,
-    pub owned: BTreeSet<TopicPartition>,
-    /// Being revoked right now: commits still allowed (eager `on_revoked`).
-    pub revoking: BTreeSet<TopicPartition>,
-    pub coordinator: Option<i32>,
-}
-
-impl GroupSnapshot {
-    pub fn may_commit(&self, tp: &TopicPartition) -> bool {
-        (self.stable && self.owned.contains(tp)) || self.revoking.contains(tp)
-    }
-}
-
-pub(crate) struct GroupTask {
-    pub client: Client,
-    pub cfg: Arc<ConsumerConfig>,
-    pub group_id: String,
-    pub subscription: TopicSubscription,
-    pub snapshot: Arc<Mutex<GroupSnapshot>>,
-    pub events: mpsc::Sender<GroupEvent>,
-    pub polled: watch::Receiver<std::time::Instant>,
-    pub close: watch::Receiver<bool>,
-}
+use membership::{Action, JoinResult, Membership, MembershipConfig, State};
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
 impl GroupTask {
-    pub async fn run(mut self) {
+    /// The classic protocol's loop: until closed (left) or fatal.
+    pub(super) async fn run_classic(mut self) {
         let now = std::time::Instant::now();
         let mut m = Membership::new(
             MembershipConfig {
@@ -95,8 +60,11 @@ impl GroupTask {
         );
         let mut protocol_name: Option<String> = None;
         let mut closing = false;
+        // The ack of the rebalance listener the machine waits for.
+        let mut listener: Option<oneshot::Receiver<()>> = None;
         loop {
-            if *self.close.borrow() && !closing {
+            // A close waits for a running listener, as every other decision.
+            if *self.close.borrow() && !closing && !m.listener_running() {
                 closing = true;
                 m.close();
             }
@@ -105,7 +73,12 @@ impl GroupTask {
                 // (a JoinGroup can block for the whole rebalance) may have
                 // taken long while the application kept polling.
                 self.feed_poll_time(&mut m);
+                // Published after each action, and when none is left (a
+                // listener's deadline may have passed): never between an
+                // action handed out and its execution, where a revoke's
+                // partitions would be neither owned nor revoking.
                 let Some(action) = m.poll_action(std::time::Instant::now()) else {
+                    self.publish(&m);
                     break;
                 };
                 if let Action::Fatal(msg) = &action {
@@ -113,10 +86,14 @@ impl GroupTask {
                     let _ = self.events.send(GroupEvent::Fatal(msg.clone())).await;
                     return;
                 }
-                self.execute(&mut m, action, &mut protocol_name).await;
+                self.execute(&mut m, action, &mut protocol_name, &mut listener)
+                    .await;
                 self.publish(&m);
             }
-            if closing && matches!(m.state(), State::Left) {
+            if !m.listener_running() {
+                listener = None; // past the rebalance timeout: go on without it
+            }
+            if closing && matches!(m.state(), State::Left) && !m.listener_running() {
                 return;
             }
             let wait = m
@@ -128,6 +105,17 @@ impl GroupTask {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.polled.changed() => {}
                 _ = self.close.changed() => {}
+                _ = async {
+                    match listener.as_mut() {
+                        Some(ack) => { let _ = ack.await; }
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Acknowledged, or the consumer is gone.
+                    listener = None;
+                    m.listener_done();
+                    self.publish(&m);
+                }
             }
         }
     }
@@ -148,6 +136,7 @@ impl GroupTask {
         snap.member_id = m.member_id().to_string();
         snap.stable = matches!(m.state(), State::Stable { .. });
         snap.owned = m.owned().clone();
+        snap.revoking = m.revoking();
     }
 
     fn coordinator(&self) -> Option<i32> {
@@ -157,7 +146,15 @@ impl GroupTask {
             .coordinator
     }
 
-    async fn execute(&mut self, m: &mut Membership, action: Action, protocol: &mut Option<String>) {
+    /// Execute one action; a listener the machine must wait for leaves its
+    /// ack in `listener`.
+    async fn execute(
+        &mut self,
+        m: &mut Membership,
+        action: Action,
+        protocol: &mut Option<String>,
+        listener: &mut Option<oneshot::Receiver<()>>,
+    ) {
         let now = std::time::Instant::now;
         match action {
             Action::FindCoordinator => {
@@ -326,30 +323,25 @@ impl GroupTask {
                 }
             }
             Action::Revoke(parts) => {
-                self.snapshot.lock().expect("lock").revoking = parts.iter().cloned().collect();
-                let (done, wait) = oneshot::channel();
-                if self
-                    .events
-                    .send(GroupEvent::Revoked(parts, done))
-                    .await
-                    .is_ok()
-                {
-                    // on_revoked runs inside poll(), up to the rebalance timeout;
-                    // a cooperative member is still Stable and keeps heartbeating.
-                    self.wait_heartbeating(m, wait).await;
+                // on_revoked runs beside poll(), up to the rebalance timeout;
+                // a cooperative member is still Stable and keeps heartbeating
+                // (the machine's output while it waits). Commits of `parts`
+                // stay valid meanwhile: published before the consumer hears.
+                m.listener_started(&parts, now());
+                self.publish(m);
+                let (done, ack) = oneshot::channel();
+                match self.events.send(GroupEvent::Revoked(parts, done)).await {
+                    Ok(()) => *listener = Some(ack),
+                    Err(_) => m.listener_done(),
                 }
-                self.snapshot.lock().expect("lock").revoking.clear();
             }
             Action::Lose(parts) => {
-                self.snapshot.lock().expect("lock").owned.clear();
-                let (done, wait) = oneshot::channel();
-                if self
-                    .events
-                    .send(GroupEvent::Lost(parts, done))
-                    .await
-                    .is_ok()
-                {
-                    let _ = tokio::time::timeout(self.cfg.max_poll_interval, wait).await;
+                m.listener_started(&[], now());
+                self.publish(m);
+                let (done, ack) = oneshot::channel();
+                match self.events.send(GroupEvent::Lost(parts, done)).await {
+                    Ok(()) => *listener = Some(ack),
+                    Err(_) => m.listener_done(),
                 }
             }
             Action::Assign(parts) => {
@@ -378,35 +370,6 @@ impl GroupTask {
         }
     }
 
-    /// Wait for a listener's ack (bounded by the rebalance timeout) while
-    /// heartbeats continue, so a slow callback cannot get the member expelled.
-    async fn wait_heartbeating(&mut self, m: &mut Membership, wait: oneshot::Receiver<()>) {
-        let deadline = tokio::time::Instant::now() + self.cfg.max_poll_interval;
-        tokio::pin!(wait);
-        loop {
-            tokio::select! {
-                _ = &mut wait => return,
-                _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(group = %self.group_id, "rebalance listener exceeded the rebalance timeout; continuing without it");
-                    return;
-                }
-                _ = tokio::time::sleep(self.cfg.heartbeat_interval) => {
-                    let State::Stable { generation } = *m.state() else { continue };
-                    let Some(node) = self.coordinator() else { continue };
-                    let req = HeartbeatRequest::default()
-                        .with_group_id(GroupId(s(&self.group_id)))
-                        .with_generation_id(generation)
-                        .with_member_id(s(m.member_id()))
-                        .with_group_instance_id(self.cfg.group_instance_id.as_deref().map(s));
-                    match self.client.send_to(node, Lane::Group, &req, Duration::ZERO).await {
-                        Ok(r) => m.handle_heartbeat(KafkaCode::try_from_code(r.error_code), std::time::Instant::now()),
-                        Err(_) => m.handle_request_failed(std::time::Instant::now()),
-                    }
-                }
-            }
-        }
-    }
-
     /// Partition counts for our topics and every topic the members
     /// subscribe to (the leader assigns them), freshly read.
     async fn partitions_per_topic(
@@ -426,74 +389,5 @@ impl GroupTask {
             Err(_) => self.client.metadata(),
         };
         counts(&md, Some(&topics))
-    }
-}
-
-/// Partition counts per existing topic from `md`: of `topics`, or of every
-/// non-internal topic (`None`). A topic with no partitions yet (being
-/// created) counts as absent.
-fn counts(md: &kafka_wire::metadata::Metadata, topics: Option<&[String]>) -> PartitionCounts {
-    let count = |t: &kafka_wire::metadata::TopicInfo| {
-        (!t.partitions.is_empty()).then(|| (t.name.clone(), t.partitions.len() as i32))
-    };
-    match topics {
-        Some(ts) => ts
-            .iter()
-            .filter_map(|t| md.topics.get(t).and_then(count))
-            .collect(),
-        None => md
-            .topics
-            .values()
-            .filter(|t| !t.is_internal)
-            .filter_map(count)
-            .collect(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kafka_wire::metadata::{Metadata, PartitionInfo, TopicInfo};
-
-    fn topic(name: &str, partitions: i32, is_internal: bool) -> (String, TopicInfo) {
-        let info = TopicInfo {
-            name: name.into(),
-            id: [0; 16],
-            is_internal,
-            error: None,
-            partitions: (0..partitions)
-                .map(|p| PartitionInfo {
-                    partition: p,
-                    leader: 1,
-                    leader_epoch: 0,
-                    replicas: vec![1],
-                    isr: vec![1],
-                    error: None,
-                })
-                .collect(),
-        };
-        (name.into(), info)
-    }
-
-    #[test]
-    fn counts_skip_internal_topics_and_topics_without_partitions() {
-        let md = Metadata {
-            topics: [
-                topic("orders", 3, false),
-                topic("__consumer_offsets", 50, true),
-                topic("__transaction_state", 50, true),
-                topic("being-created", 0, false),
-            ]
-            .into_iter()
-            .collect(),
-            ..Metadata::default()
-        };
-        let all = counts(&md, None);
-        assert_eq!(all, [("orders".to_string(), 3)].into_iter().collect());
-        let some = counts(
-            &md,
-            Some(&["orders".into(), "missing".into(), "being-created".into()]),
-        );
-        assert_eq!(some, all, "absent and partitionless topics do not exist");
     }
 }

@@ -4,8 +4,8 @@
 //! `handle_heartbeat`, `handle_request_failed`, `polled`, …); actions come
 //! out ([`Membership::poll_action`]) with the next deadline
 //! ([`Membership::poll_timeout`]). It never awaits and never reads a clock,
-//! so every transition is unit-tested below with a fake clock. A thin async
-//! driver (not built yet) executes the actions on the Group lane.
+//! so every transition is unit-tested below with a fake clock. The thin async
+//! driver in `group/classic.rs` executes the actions on the Group lane.
 //!
 //! ```text
 //!            ┌──────────────────────── NOT_COORDINATOR / coordinator lost ◀───────────┐
@@ -52,6 +52,7 @@ use bytes::Bytes;
 use kafka_wire::KafkaCode;
 
 use crate::assignor::{Assignor, Member, RebalanceProtocol};
+pub use crate::group::subscription::TopicSubscription;
 use crate::protocol::{Assignment, Subscription, CONSUMER_PROTOCOL_VERSION};
 use crate::tp::TopicPartition;
 
@@ -69,50 +70,6 @@ pub struct MembershipConfig {
     /// `metadata.max.age.ms`: how often a stable member checks metadata for
     /// partition-count changes, new topics and new pattern matches.
     pub metadata_max_age: Duration,
-}
-
-/// What a member subscribes to: Java's `subscribe(Collection)` or
-/// `subscribe(Pattern)`.
-#[derive(Debug, Clone)]
-pub enum TopicSubscription {
-    /// These topics, whether they exist yet or not: one created later is
-    /// picked up at the next metadata check (`metadata.max.age.ms`).
-    Topics(Vec<String>),
-    /// Every non-internal topic whose whole name matches, now or later
-    /// (build it with [`TopicSubscription::pattern`]).
-    Pattern(regex::Regex),
-}
-
-impl TopicSubscription {
-    /// A pattern subscription. The regex must match a topic's *whole*
-    /// name, as Java's `Pattern.matcher(topic).matches()`: `orders-.*`
-    /// matches `orders-eu`, `orders` does not. Internal topics
-    /// (`__consumer_offsets`, `__transaction_state`) never match (Java's
-    /// `exclude.internal.topics=true`).
-    ///
-    /// # Errors
-    /// The regex's syntax error.
-    pub fn pattern(regex: &str) -> Result<Self, regex::Error> {
-        regex::Regex::new(&format!("^(?:{regex})$")).map(TopicSubscription::Pattern)
-    }
-
-    fn is_pattern(&self) -> bool {
-        matches!(self, TopicSubscription::Pattern(_))
-    }
-
-    /// Is `topic` part of this subscription?
-    pub fn includes(&self, topic: &str) -> bool {
-        match self {
-            TopicSubscription::Topics(ts) => ts.iter().any(|t| t == topic),
-            TopicSubscription::Pattern(re) => re.is_match(topic),
-        }
-    }
-}
-
-impl From<Vec<String>> for TopicSubscription {
-    fn from(topics: Vec<String>) -> Self {
-        TopicSubscription::Topics(topics)
-    }
 }
 
 /// Partition count per existing topic (a topic absent from the map does
@@ -232,6 +189,18 @@ pub struct Membership {
     last_heartbeat_ok: Instant,
     last_poll: Instant,
     rejoin_after_sync: bool,
+    /// The application's rebalance listener runs (see
+    /// [`Membership::listener_started`]).
+    listener: Option<RunningListener>,
+}
+
+/// A rebalance listener the driver waits for.
+#[derive(Debug)]
+struct RunningListener {
+    /// The rebalance timeout: the member goes on without it then.
+    deadline: Instant,
+    /// The partitions it revokes (commits still valid); empty for lost ones.
+    revoking: BTreeSet<TopicPartition>,
 }
 
 fn describe(code: KafkaCode) -> String {
@@ -275,6 +244,7 @@ impl Membership {
             last_heartbeat_ok: now,
             last_poll: now,
             rejoin_after_sync: false,
+            listener: None,
         };
         m.actions.push_back(Action::FindCoordinator);
         m
@@ -739,7 +709,7 @@ impl Membership {
     }
 
     /// [`Action::RefreshMetadata`] failed: check again soon (at most
-    /// [`METADATA_RETRY`] later); a join that waited for it goes ahead.
+    /// `METADATA_RETRY` later); a join that waited for it goes ahead.
     pub fn handle_metadata_failed(&mut self, now: Instant) {
         self.next_metadata_refresh = Some(now + self.cfg.metadata_max_age.min(METADATA_RETRY));
         self.metadata_before_join = false;
@@ -778,8 +748,78 @@ impl Membership {
         self.next_heartbeat = None;
     }
 
+    /// The driver hands [`Action::Revoke`] (`revoking` are its partitions)
+    /// or [`Action::Lose`] (`revoking` empty) to the application's listener
+    /// and waits for it. Until [`Membership::listener_done`], or the
+    /// rebalance timeout, [`Membership::poll_action`] gives only the
+    /// heartbeats a stable member owes (a slow `on_revoked` must not get
+    /// the member expelled), and nothing else is decided: the actions
+    /// queued behind the listener (an assignment, a join) wait for it, and
+    /// neither the poll nor the session timeout is checked meanwhile.
+    pub fn listener_started(&mut self, revoking: &[TopicPartition], now: Instant) {
+        self.listener = Some(RunningListener {
+            deadline: now + self.cfg.rebalance_timeout,
+            revoking: revoking.iter().cloned().collect(),
+        });
+    }
+
+    /// The listener [`Membership::listener_started`] waits for has ended
+    /// (or will never be heard of).
+    pub fn listener_done(&mut self) {
+        self.listener = None;
+    }
+
+    /// Is the driver waiting for a rebalance listener?
+    pub fn listener_running(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    /// The partitions being revoked: those of a running listener, and
+    /// those of an [`Action::Revoke`] not handed out yet (no longer
+    /// [`Membership::owned`], still this member's). Commits for them stay
+    /// valid until the listener ends.
+    pub fn revoking(&self) -> BTreeSet<TopicPartition> {
+        let mut out = self
+            .listener
+            .as_ref()
+            .map(|l| l.revoking.clone())
+            .unwrap_or_default();
+        for a in &self.actions {
+            if let Action::Revoke(parts) = a {
+                out.extend(parts.iter().cloned());
+            }
+        }
+        out
+    }
+
+    /// The heartbeat a stable member owes at `now`, if any.
+    fn heartbeat_due(&mut self, now: Instant) -> Option<Action> {
+        let State::Stable { generation } = self.state else {
+            return None;
+        };
+        if self.heartbeat_in_flight || self.next_heartbeat.is_none_or(|t| now < t) {
+            return None;
+        }
+        self.heartbeat_in_flight = true;
+        self.next_heartbeat = None;
+        Some(Action::Heartbeat {
+            generation,
+            member_id: self.member_id.clone(),
+        })
+    }
+
     /// The next action, taking time into account.
     pub fn poll_action(&mut self, now: Instant) -> Option<Action> {
+        if let Some(l) = &self.listener {
+            if now < l.deadline {
+                return self.heartbeat_due(now);
+            }
+            tracing::warn!(
+                group = %self.cfg.group_id,
+                "rebalance listener exceeded the rebalance timeout; continuing without it"
+            );
+            self.listener = None;
+        }
         self.check_timers(now);
         if let Some(a) = self.actions.pop_front() {
             return Some(a);
@@ -798,7 +838,7 @@ impl Membership {
                 }
                 Some(self.join_action())
             }
-            State::Stable { generation } => {
+            State::Stable { .. } => {
                 if self.rejoin_after_sync {
                     self.rejoin_after_sync = false;
                     self.rejoin(
@@ -808,13 +848,8 @@ impl Membership {
                     );
                     return Some(self.join_action());
                 }
-                if !self.heartbeat_in_flight && self.next_heartbeat.is_some_and(|t| now >= t) {
-                    self.heartbeat_in_flight = true;
-                    self.next_heartbeat = None;
-                    return Some(Action::Heartbeat {
-                        generation,
-                        member_id: self.member_id.clone(),
-                    });
+                if let Some(heartbeat) = self.heartbeat_due(now) {
+                    return Some(heartbeat);
                 }
                 if self.next_metadata_refresh.is_some_and(|t| now >= t) {
                     self.next_metadata_refresh = None; // until answered
@@ -870,6 +905,13 @@ impl Membership {
 
     /// When the driver should call [`Membership::poll_action`] again at the latest.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if let Some(l) = &self.listener {
+            // Only heartbeats and the listener's deadline count meanwhile.
+            let heartbeat = self.next_heartbeat.filter(|_| {
+                matches!(self.state, State::Stable { .. }) && !self.heartbeat_in_flight
+            });
+            return [Some(l.deadline), heartbeat].into_iter().flatten().min();
+        }
         let poll_deadline = self.last_poll + self.cfg.max_poll_interval;
         // Metadata checks run only while stable (elsewhere a past instant
         // would have the driver spin).

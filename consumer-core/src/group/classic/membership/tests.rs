@@ -764,3 +764,122 @@ fn a_failed_metadata_refresh_neither_blocks_the_join_nor_waits_a_whole_age() {
     let (asked, _) = metadata_check(&mut m, t0 + AGE + SEC, &parts());
     assert_eq!(asked, Some(vec!["t".to_string()]));
 }
+
+#[test]
+fn only_heartbeats_go_out_while_a_revoke_listener_runs() {
+    let t0 = Instant::now();
+    let mut m = machine(Arc::new(CooperativeStickyAssignor), None, t0);
+    stable(&mut m, t0);
+    let t = t0 + 3 * SEC;
+    m.poll_action(t);
+    m.handle_heartbeat(Some(KafkaCode::RebalanceInProgress), t);
+    let Some(Action::Join { .. }) = m.poll_action(t) else {
+        panic!("expected join")
+    };
+    m.handle_join(
+        JoinResult {
+            generation: 2,
+            member_id: "m1".into(),
+            leader: "m2".into(),
+            protocol_name: Some("cooperative-sticky".into()),
+            ..JoinResult::default()
+        },
+        &parts(),
+        t,
+    );
+    m.poll_action(t);
+    let keep = Assignment {
+        partitions: vec![tp("t", 0), tp("t", 1)],
+        user_data: None,
+    };
+    m.handle_sync(None, &keep.encode(3), t);
+    assert_eq!(
+        m.revoking(),
+        [tp("t", 2), tp("t", 3)].into_iter().collect(),
+        "commits stay valid from the moment they stop being owned"
+    );
+    let Some(Action::Revoke(revoked)) = m.poll_action(t) else {
+        panic!("expected revoke")
+    };
+    m.listener_started(&revoked, t);
+    assert_eq!(m.revoking(), [tp("t", 2), tp("t", 3)].into_iter().collect());
+    assert_eq!(
+        m.poll_action(t),
+        None,
+        "the second phase waits for the listener"
+    );
+    assert_eq!(m.poll_timeout(), Some(t + 3 * SEC), "the next heartbeat");
+    // A slow on_revoked: the member keeps heartbeating, past the session timeout.
+    for beat in 1..=4u32 {
+        let at = t + 3 * beat * SEC;
+        assert!(
+            matches!(
+                m.poll_action(at),
+                Some(Action::Heartbeat { generation: 2, .. })
+            ),
+            "heartbeat {beat}"
+        );
+        m.handle_heartbeat(None, at);
+        assert_eq!(m.poll_action(at), None);
+    }
+    m.listener_done();
+    assert!(m.revoking().is_empty());
+    assert!(
+        matches!(m.poll_action(t + 12 * SEC), Some(Action::Join { reason, .. }) if reason.contains("second phase"))
+    );
+}
+
+#[test]
+fn a_listener_past_the_rebalance_timeout_is_left_behind() {
+    let t0 = Instant::now();
+    let mut m = machine(Arc::new(RangeAssignor), None, t0);
+    stable(&mut m, t0);
+    let t = t0 + 3 * SEC;
+    m.poll_action(t);
+    m.handle_heartbeat(Some(KafkaCode::RebalanceInProgress), t);
+    let Some(Action::Revoke(revoked)) = m.poll_action(t) else {
+        panic!("eager: revoke first")
+    };
+    m.listener_started(&revoked, t);
+    assert!(
+        m.revoking().contains(&tp("t", 0)),
+        "commits of revoked partitions stay valid"
+    );
+    assert_eq!(
+        m.poll_action(t + 29 * SEC),
+        None,
+        "joining: no heartbeats either"
+    );
+    assert_eq!(
+        m.poll_timeout(),
+        Some(t + 30 * SEC),
+        "the rebalance timeout"
+    );
+    assert!(matches!(
+        m.poll_action(t + 30 * SEC),
+        Some(Action::Join { .. })
+    ));
+    assert!(!m.listener_running());
+    assert!(m.revoking().is_empty());
+}
+
+#[test]
+fn lost_partitions_wait_for_their_listener_too() {
+    let t0 = Instant::now();
+    let mut m = machine(Arc::new(RangeAssignor), None, t0);
+    stable(&mut m, t0);
+    let t = t0 + 3 * SEC;
+    m.poll_action(t);
+    m.handle_heartbeat(Some(KafkaCode::IllegalGeneration), t);
+    let Some(Action::Lose(_)) = m.poll_action(t) else {
+        panic!("expected lose")
+    };
+    m.listener_started(&[], t);
+    assert!(
+        m.revoking().is_empty(),
+        "lost partitions are never committed"
+    );
+    assert_eq!(m.poll_action(t), None);
+    m.listener_done();
+    assert!(matches!(m.poll_action(t), Some(Action::Join { .. })));
+}

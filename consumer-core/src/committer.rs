@@ -1,0 +1,437 @@
+//! Generation-fenced commits: [`Committer`] (cheap to clone, usable from
+//! any task and from rebalance listeners), the offsets it sends
+//! ([`OffsetToCommit`]) and reads back ([`CommittedOffset`]).
+//!
+//! Three fences, checked locally before anything is sent:
+//! - ownership: a partition this member does not own in the current,
+//!   stable generation (or is not revoking right now) is refused
+//!   ([`GroupSnapshot::may_commit`]);
+//! - never backwards: a commit lower than one this consumer already made
+//!   for the partition is skipped;
+//! - incarnations: an offset computed before the consumer's position of
+//!   the partition was reset (out of range, truncation, recreated topic)
+//!   is dropped (DESIGN.md, invariant 40).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kafka_wire::coordinator::CoordinatorKind;
+use kafka_wire::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_wire::messages::offset_fetch_request::{
+    OffsetFetchRequestGroup, OffsetFetchRequestTopics,
+};
+use kafka_wire::messages::{ApiKey, GroupId, OffsetCommitRequest, OffsetFetchRequest, TopicName};
+use kafka_wire::{Backoff, Client, Error, KafkaCode, Lane, StrBytes, Throttle};
+
+use crate::error::{ConsumerError, Result};
+use crate::group::GroupSnapshot;
+use crate::tp::TopicPartition;
+
+/// Commit retries while the coordinator moves or loads: 50 ms doubling to
+/// 300 ms, 29 at most (about 8 s), each re-finding the coordinator.
+const COMMIT_BACKOFF: Backoff =
+    Backoff::exponential(Duration::from_millis(50), Duration::from_millis(300))
+        .with_max_retries(29);
+
+/// OffsetFetch retries while a transaction's offsets are not stable yet
+/// (KIP-447): 20 ms doubling to 500 ms, 49 at most (about 23 s).
+const UNSTABLE_BACKOFF: Backoff =
+    Backoff::exponential(Duration::from_millis(20), Duration::from_millis(500))
+        .with_max_retries(49);
+
+/// One partition's commit for [`Committer::commit_offsets`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetToCommit {
+    pub tp: TopicPartition,
+    /// The next offset to consume.
+    pub offset: i64,
+    /// Stored next to the offset (up to `offset.metadata.max.bytes`).
+    pub metadata: Option<String>,
+    /// The [`PartitionPosition::incarnation`](crate::PartitionPosition::incarnation) the offset was computed in;
+    /// the commit of this partition is dropped if the consumer's position
+    /// has been reset since. `None`: no check.
+    pub incarnation: Option<u64>,
+}
+
+/// An offset committed for the group, with the metadata string stored next to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    pub metadata: String,
+}
+
+/// Commits offsets for the group, fenced by generation. Cheap to clone.
+#[derive(Clone)]
+pub struct Committer {
+    client: Client,
+    group_id: Option<String>,
+    instance_id: Option<String>,
+    /// `None` in manual-assignment mode (commits as a simple consumer).
+    snapshot: Option<Arc<Mutex<GroupSnapshot>>>,
+    /// Per partition: the position incarnation and the highest offset
+    /// committed in it. Commits never go backwards within an incarnation.
+    committed: Arc<Mutex<HashMap<TopicPartition, CommitGuard>>>,
+}
+
+/// See [`Committer::committed`] (the field).
+#[derive(Debug, Clone, Copy, Default)]
+struct CommitGuard {
+    incarnation: u64,
+    /// -1 before the first commit of this incarnation.
+    highest: i64,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer")
+            .field("group_id", &self.group_id)
+            .finish()
+    }
+}
+
+impl Committer {
+    /// A committer for `group_id` (none: manual assignment without a
+    /// group, where every commit is refused), outside any group until
+    /// [`Committer::join`].
+    pub(crate) fn new(
+        client: Client,
+        group_id: Option<String>,
+        instance_id: Option<String>,
+    ) -> Self {
+        Committer {
+            client,
+            group_id,
+            instance_id,
+            snapshot: None,
+            committed: Arc::default(),
+        }
+    }
+
+    /// Fence commits by this group membership's snapshot from now on.
+    pub(crate) fn join(&mut self, snapshot: Arc<Mutex<GroupSnapshot>>) {
+        self.snapshot = Some(snapshot);
+    }
+
+    /// The membership snapshot commits are fenced by (`None` outside a group).
+    pub(crate) fn snapshot(&self) -> Option<&Arc<Mutex<GroupSnapshot>>> {
+        self.snapshot.as_ref()
+    }
+
+    /// Commit `offsets` (the *next* offset to consume, per partition).
+    ///
+    /// A commit lower than one this consumer already made for a partition is
+    /// skipped: a late commit (from a slow task, or a retry that lost a race)
+    /// never moves an offset backwards. To rewind on purpose, commit from a
+    /// new consumer or reset the group's offsets with admin tools.
+    ///
+    /// # Errors
+    /// [`ConsumerError::NotOwned`] (refused locally) for a partition this
+    /// member does not own in the current generation; broker codes such as
+    /// ILLEGAL_GENERATION and REBALANCE_IN_PROGRESS as [`ConsumerError::Wire`].
+    ///
+    /// # Cancel safety
+    /// Not cancel safe in effect: the commit may land even if the future is dropped.
+    pub async fn commit(&self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+        let with: Vec<(TopicPartition, i64, Option<String>)> = offsets
+            .iter()
+            .map(|(tp, o)| (tp.clone(), *o, None))
+            .collect();
+        self.commit_with_metadata(&with).await
+    }
+
+    /// [`Committer::commit`] with a metadata string per partition (kept by
+    /// the broker next to the offset, up to `offset.metadata.max.bytes`).
+    ///
+    /// # Errors
+    /// As [`Committer::commit`].
+    ///
+    /// # Cancel safety
+    /// As [`Committer::commit`].
+    pub async fn commit_with_metadata(
+        &self,
+        offsets: &[(TopicPartition, i64, Option<String>)],
+    ) -> Result<()> {
+        let offsets: Vec<OffsetToCommit> = offsets
+            .iter()
+            .map(|(tp, offset, metadata)| OffsetToCommit {
+                tp: tp.clone(),
+                offset: *offset,
+                metadata: metadata.clone(),
+                incarnation: None,
+            })
+            .collect();
+        self.commit_offsets(&offsets).await
+    }
+
+    /// The current position incarnation of `tp` (0 until its first reset).
+    pub fn incarnation(&self, tp: &TopicPartition) -> u64 {
+        let done = self.committed.lock().expect("committed lock");
+        done.get(tp).map_or(0, |g| g.incarnation)
+    }
+
+    /// The consumer reset its position of `tp` (see
+    /// [`PartitionPosition::incarnation`](crate::PartitionPosition::incarnation)): commits of older incarnations
+    /// are dropped from now on, and the new log may commit lower offsets.
+    pub(crate) fn new_incarnation(&self, tp: &TopicPartition, incarnation: u64) {
+        let mut done = self.committed.lock().expect("committed lock");
+        done.insert(
+            tp.clone(),
+            CommitGuard {
+                incarnation,
+                highest: -1,
+            },
+        );
+    }
+
+    /// [`Committer::commit_with_metadata`], each partition fenced by its
+    /// position incarnation: a partition whose offset was computed before
+    /// a reset (out of range, truncation, topic recreated) is dropped
+    /// silently, so an offset of an old log never lands on a new one.
+    ///
+    /// # Errors
+    /// As [`Committer::commit`].
+    ///
+    /// # Cancel safety
+    /// As [`Committer::commit`].
+    pub async fn commit_offsets(&self, offsets: &[OffsetToCommit]) -> Result<()> {
+        let group = self
+            .group_id
+            .clone()
+            .ok_or(ConsumerError::NoGroup("commit"))?;
+        let (generation, member_id) = match &self.snapshot {
+            Some(snap) => {
+                let s = snap.lock().expect("snapshot lock");
+                for OffsetToCommit { tp, .. } in offsets {
+                    if !s.may_commit(tp) {
+                        return Err(ConsumerError::NotOwned {
+                            tp: tp.clone(),
+                            generation: s.generation,
+                        });
+                    }
+                }
+                (s.generation, s.member_id.clone())
+            }
+            None => (-1, String::new()),
+        };
+        // Never move an offset backwards, nor commit one of an old log.
+        let offsets: Vec<(TopicPartition, i64, Option<String>, u64)> = {
+            let done = self.committed.lock().expect("committed lock");
+            offsets
+                .iter()
+                .filter_map(|o| {
+                    let guard = done.get(&o.tp).copied().unwrap_or_default();
+                    let current = o.incarnation.is_none_or(|i| i == guard.incarnation);
+                    (current && o.offset >= guard.highest).then(|| {
+                        (
+                            o.tp.clone(),
+                            o.offset,
+                            o.metadata.clone(),
+                            guard.incarnation,
+                        )
+                    })
+                })
+                .collect()
+        };
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
+        for (tp, o, meta, _) in &offsets {
+            topics.entry(&tp.topic).or_default().push(
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(tp.partition)
+                    .with_committed_offset(*o)
+                    .with_committed_leader_epoch(-1)
+                    .with_committed_metadata(meta.clone().map(StrBytes::from_string)),
+            );
+        }
+        let req = OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.clone())))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(StrBytes::from_string(member_id))
+            .with_group_instance_id(
+                self.instance_id
+                    .as_ref()
+                    .filter(|_| generation >= 0)
+                    .map(|i| StrBytes::from_string(i.clone())),
+            )
+            .with_topics(
+                topics
+                    .into_iter()
+                    .map(|(t, ps)| {
+                        OffsetCommitRequestTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(t.to_string())))
+                            .with_partitions(ps)
+                    })
+                    .collect(),
+            );
+        // NOT_COORDINATOR / loading: re-find and retry, with backoff, for a while.
+        let mut delays = COMMIT_BACKOFF.delays();
+        loop {
+            let node = self
+                .client
+                .find_coordinator(CoordinatorKind::Group, &group)
+                .await?;
+            let resp = match self
+                .client
+                .send_to(node, Lane::Control, &req, Duration::ZERO)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => match delays.next() {
+                    Some(delay) => {
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    None => return Err(e.into()),
+                },
+            };
+            let mut retry = false;
+            let mut last_err = None;
+            for t in &resp.topics {
+                for p in &t.partitions {
+                    if let Some(code) = KafkaCode::try_from_code(p.error_code) {
+                        let e = Error::broker_for(
+                            ApiKey::OffsetCommit,
+                            code,
+                            &t.name.0,
+                            p.partition_index,
+                        );
+                        if matches!(
+                            code,
+                            KafkaCode::NotCoordinator
+                                | KafkaCode::CoordinatorNotAvailable
+                                | KafkaCode::CoordinatorLoadInProgress
+                        ) {
+                            retry = true;
+                            last_err = Some(e);
+                        } else {
+                            return Err(e.into());
+                        }
+                    }
+                }
+            }
+            if !retry {
+                let mut done = self.committed.lock().expect("committed lock");
+                for (tp, o, _, incarnation) in offsets {
+                    let guard = done.entry(tp).or_default();
+                    // A reset while the commit was in flight keeps its new guard.
+                    if guard.incarnation == incarnation {
+                        guard.highest = guard.highest.max(o);
+                    }
+                }
+                return Ok(());
+            }
+            match delays.next_after(Throttle::from_ms(resp.throttle_time_ms)) {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => {
+                    return Err(last_err
+                        .map(ConsumerError::from)
+                        .unwrap_or(ConsumerError::Closed))
+                }
+            }
+        }
+    }
+
+    /// Committed offsets (with their metadata) of `tps` for this group.
+    ///
+    /// # Errors
+    /// Coordinator errors.
+    ///
+    /// # Cancel safety
+    /// Cancel safe (read only).
+    pub async fn committed(
+        &self,
+        tps: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, CommittedOffset>> {
+        let group = self
+            .group_id
+            .clone()
+            .ok_or(ConsumerError::NoGroup("committed"))?;
+        let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+        for tp in tps {
+            by_topic.entry(&tp.topic).or_default().push(tp.partition);
+        }
+        let req = OffsetFetchRequest::default()
+            .with_require_stable(true)
+            .with_groups(vec![OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(StrBytes::from_string(group.clone())))
+                .with_topics(Some(
+                    by_topic
+                        .into_iter()
+                        .map(|(t, ps)| {
+                            OffsetFetchRequestTopics::default()
+                                .with_name(TopicName(StrBytes::from_string(t.to_string())))
+                                .with_partition_indexes(ps)
+                        })
+                        .collect(),
+                ))]);
+        let mut delays = UNSTABLE_BACKOFF.delays();
+        loop {
+            let node = self
+                .client
+                .find_coordinator(CoordinatorKind::Group, &group)
+                .await?;
+            let resp = self
+                .client
+                .send_to(node, Lane::Control, &req, Duration::ZERO)
+                .await?;
+            let Some(g) = resp.groups.first() else {
+                return Ok(BTreeMap::new());
+            };
+            let mut out = BTreeMap::new();
+            let mut unstable = false;
+            for t in &g.topics {
+                for p in &t.partitions {
+                    match KafkaCode::try_from_code(p.error_code) {
+                        None => {
+                            if p.committed_offset >= 0 {
+                                out.insert(
+                                    TopicPartition::new(t.name.0.to_string(), p.partition_index),
+                                    CommittedOffset {
+                                        offset: p.committed_offset,
+                                        metadata: p
+                                            .metadata
+                                            .as_ref()
+                                            .map(|m| m.to_string())
+                                            .unwrap_or_default(),
+                                    },
+                                );
+                            }
+                        }
+                        Some(KafkaCode::UnstableOffsetCommit) => unstable = true,
+                        Some(code) => {
+                            return Err(Error::broker_for(
+                                ApiKey::OffsetFetch,
+                                code,
+                                &t.name.0,
+                                p.partition_index,
+                            )
+                            .into())
+                        }
+                    }
+                }
+            }
+            let group_error = KafkaCode::try_from_code(g.error_code);
+            if !unstable && group_error.is_none() {
+                return Ok(out);
+            }
+            if let Some(code) = group_error {
+                if !code.is_retriable() {
+                    return Err(Error::broker_for(ApiKey::OffsetFetch, code, &group, -1).into());
+                }
+            }
+            // A transaction is still committing offsets: wait for it (KIP-447).
+            match delays.next_after(Throttle::from_ms(resp.throttle_time_ms)) {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => break,
+            }
+        }
+        Err(ConsumerError::Wire(Error::Metadata(format!(
+            "offsets of group {group} stayed unstable"
+        ))))
+    }
+}

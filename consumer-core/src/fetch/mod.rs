@@ -1,0 +1,529 @@
+//! The fetch path: per-partition positions and cursors, per-broker fetch
+//! sessions, and the two pure steps between them.
+//!
+//! ```text
+//!  Consumer::poll ─▶ Fetcher::build_requests (pure) ─▶ one Fetch per broker, spawned by the caller
+//!        ▲                                                   │ (Fetch lane, KIP-227 session)
+//!        │                                                   ▼
+//!  Fetcher::drain ◀─ buffered cursors ◀─ Fetcher::apply_response (pure) ─▶ FetchAction, awaited by
+//!   (max.poll.records,                     (stale data dropped,              the caller: out of range,
+//!    positions advance)                     session advanced)                truncation, refresh metadata
+//! ```
+//!
+//! - [`cursor`]: one partition's fetched data, decoded as it is taken
+//!   (franz-go's `cursor`).
+//! - [`session`]: one broker's KIP-227 fetch session (pure bookkeeping).
+//! - `Fetcher`: every assigned partition's state (`PartState`), each
+//!   broker's session and whether a fetch to it is in flight, and the
+//!   responses not drained yet. It never awaits and never reads the clock:
+//!   the consumer passes `now` and metadata in, sends the requests it
+//!   builds, and executes the `FetchAction`s a response produces.
+//!
+//! Rules kept here:
+//! - at most one fetch in flight per broker, and none while the broker
+//!   throttles us (a response's `throttle_time_ms`, KIP-219: the broker
+//!   would not read it before then anyway);
+//! - at most one undrained response buffered per partition;
+//! - a response whose partition moved meanwhile (seek, reset, revoke) is
+//!   dropped: its data belongs to another position.
+
+pub mod cursor;
+pub mod session;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use kafka_wire::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
+use kafka_wire::messages::{FetchRequest, FetchResponse, TopicName};
+use kafka_wire::metadata::Metadata;
+use kafka_wire::records::Record;
+use kafka_wire::{Error, KafkaCode, StrBytes, Throttle};
+use tokio::time::Instant;
+
+use crate::config::{ConsumerConfig, OffsetReset};
+use crate::error::ConsumerError;
+use crate::tp::TopicPartition;
+use cursor::{truncation_point, PartitionCursor};
+use session::FetchSession;
+
+/// Records of one partition returned by [`Consumer::poll`](crate::Consumer::poll).
+#[derive(Debug, Clone)]
+pub struct PartitionRecords {
+    pub tp: TopicPartition,
+    pub records: Vec<Record>,
+    /// The partition's high watermark at fetch time (offset), -1 if unknown.
+    pub high_watermark: i64,
+    /// The partition's last stable offset at fetch time (offset; the
+    /// readable end for `read_committed`), -1 if unknown.
+    pub last_stable_offset: i64,
+}
+
+/// One assigned partition, as the fetch path sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct PartState {
+    /// `None` until initialised from the committed offset or the reset policy.
+    pub position: Option<i64>,
+    /// Where an unset position starts.
+    pub start: Start,
+    /// See [`PartitionPosition::incarnation`](crate::PartitionPosition::incarnation).
+    pub incarnation: u64,
+    pub paused: bool,
+    /// When the application paused it (see [`HELD_BACK_FETCH_WAIT`]).
+    pub paused_since: Option<Instant>,
+    pub high_watermark: i64,
+    pub last_stable_offset: i64,
+    /// Epoch of the last batch handed out (KIP-320), -1 if unknown.
+    pub last_fetched_epoch: i32,
+}
+
+/// Where a partition without a position starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// The group's committed offset, else `auto.offset.reset`.
+    Committed,
+    /// The log start offset, whatever is committed: the topic was deleted
+    /// and recreated, so a committed offset (if the coordinator has not
+    /// dropped it yet) belongs to the old log, and every record of the new
+    /// one is new.
+    LogStart,
+}
+
+impl PartState {
+    pub fn new(incarnation: u64) -> Self {
+        PartState {
+            position: None,
+            start: Start::Committed,
+            incarnation,
+            paused: false,
+            paused_since: None,
+            high_watermark: -1,
+            last_stable_offset: -1,
+            last_fetched_epoch: -1,
+        }
+    }
+}
+
+/// The longest a fetch may wait on the broker while some partition of
+/// the same leader sits out because its last response is not drained yet.
+///
+/// One fetch per leader is in flight at a time, and it leaves out
+/// partitions with an undrained response. If it long-polls the caught-up
+/// rest for `fetch.max.wait.ms`, a partition that drains meanwhile cannot
+/// be fetched until the long poll ends: measured in the processor bench,
+/// the tail of a backlog crawled at one partition per 500 ms. A short wait
+/// bounds that stall. Partitions paused for longer than
+/// [`LONG_PAUSE`] (a quarantine) no longer count, so they do not turn
+/// the consumer into a busy poller.
+const HELD_BACK_FETCH_WAIT: Duration = Duration::from_millis(5);
+
+/// See [`HELD_BACK_FETCH_WAIT`].
+const LONG_PAUSE: Duration = Duration::from_secs(1);
+
+/// One Fetch to send, from [`Fetcher::build_requests`].
+#[derive(Debug)]
+pub(crate) struct PlannedFetch {
+    pub broker: i32,
+    pub request: FetchRequest,
+    /// The request's `max_wait_ms`: the caller's timeout adds it.
+    pub wait: Duration,
+    /// Every partition the session asks for, with the position asked at
+    /// (an incremental request lists only the changed ones): hand it back
+    /// to [`Fetcher::apply_response`].
+    pub requested: BTreeMap<TopicPartition, i64>,
+}
+
+/// What [`Fetcher::build_requests`] decided.
+#[derive(Debug, Default)]
+pub(crate) struct FetchPlan {
+    /// Send these, one per broker; each broker is marked in flight until
+    /// its response (or failure) goes to [`Fetcher::apply_response`].
+    pub fetches: Vec<PlannedFetch>,
+    /// Topics with a fetchable partition whose leader is unknown: refresh
+    /// their metadata (sorted, no duplicates).
+    pub unknown_leaders: Vec<String>,
+}
+
+/// What the caller must do after a response, in order (each may await).
+#[derive(Debug)]
+pub(crate) enum FetchAction {
+    /// The fetch of `tp` at `offset` answered OFFSET_OUT_OF_RANGE.
+    OutOfRange { tp: TopicPartition, offset: i64 },
+    /// KIP-320: the leader's log diverged below our position; restart the
+    /// partition at `to` in a new incarnation.
+    Truncated { tp: TopicPartition, to: i64 },
+    /// Refresh metadata of these topics (empty: the topics already known).
+    /// Every fetch session was reset already.
+    RefreshMetadata(Vec<String>),
+    /// Give up: return this from `poll` (nothing after it was applied).
+    Fail(ConsumerError),
+}
+
+/// One broker's fetch state.
+#[derive(Debug, Default)]
+struct BrokerFetch {
+    session: FetchSession,
+    /// A fetch to this broker is in flight.
+    in_flight: bool,
+    /// The broker asked for no request before then (`throttle_time_ms`).
+    throttled_until: Option<Instant>,
+}
+
+/// The fetch state of one consumer. See the module docs.
+#[derive(Debug, Default)]
+pub(crate) struct Fetcher {
+    /// Every assigned partition.
+    pub parts: BTreeMap<TopicPartition, PartState>,
+    brokers: HashMap<i32, BrokerFetch>,
+    /// Responses not drained yet, in arrival order; at most one per partition.
+    buffered: VecDeque<(TopicPartition, PartitionCursor)>,
+}
+
+impl Fetcher {
+    /// Serve exactly `parts` from now on (manual assignment).
+    pub fn assign(&mut self, parts: BTreeMap<TopicPartition, PartState>) {
+        self.parts = parts;
+        self.buffered.clear();
+        self.reset_sessions();
+    }
+
+    /// Forget `parts` (revoked or lost) and their buffered data.
+    pub fn remove(&mut self, parts: &[TopicPartition]) {
+        for tp in parts {
+            self.parts.remove(tp);
+        }
+        self.discard_buffered(parts);
+    }
+
+    /// Drop the buffered data of `parts` (their positions stay).
+    pub fn discard_buffered(&mut self, parts: &[TopicPartition]) {
+        self.buffered.retain(|(tp, _)| !parts.contains(tp));
+    }
+
+    /// The next fetch of `tp` starts at `offset`.
+    pub fn seek(&mut self, tp: &TopicPartition, offset: i64) {
+        if let Some(p) = self.parts.get_mut(tp) {
+            p.position = Some(offset);
+        }
+        self.buffered.retain(|(t, _)| t != tp);
+    }
+
+    /// The position of `tp` jumps (reset, truncation, recreated topic):
+    /// `position` (`None`: from `start`) in `incarnation`, nothing
+    /// buffered, every fetch session started over.
+    pub fn restart(
+        &mut self,
+        tp: &TopicPartition,
+        start: Start,
+        position: Option<i64>,
+        incarnation: u64,
+    ) {
+        if let Some(p) = self.parts.get_mut(tp) {
+            p.position = position;
+            p.start = start;
+            p.incarnation = incarnation;
+            p.last_fetched_epoch = -1;
+            p.high_watermark = -1;
+            p.last_stable_offset = -1;
+        }
+        self.buffered.retain(|(t, _)| t != tp);
+        self.reset_sessions();
+    }
+
+    /// The next fetch to every broker is a full one.
+    pub fn reset_sessions(&mut self) {
+        for b in self.brokers.values_mut() {
+            b.session.reset();
+        }
+    }
+
+    /// One Fetch for every broker that leads a fetchable partition and has
+    /// none in flight (pure: `now` and `md` come in, the requests go out).
+    ///
+    /// A partition is fetchable when it has a position, is not paused, is
+    /// not being `revoking`, and has no undrained response buffered. The
+    /// leader of a partition that sits out because of its buffered
+    /// response gets a short wait ([`HELD_BACK_FETCH_WAIT`]) unless it has
+    /// been paused for long.
+    pub fn build_requests(
+        &mut self,
+        md: &Metadata,
+        revoking: &[TopicPartition],
+        cfg: &ConsumerConfig,
+        now: Instant,
+    ) -> FetchPlan {
+        let buffered: BTreeSet<&TopicPartition> = self.buffered.iter().map(|(tp, _)| tp).collect();
+        let mut by_leader: BTreeMap<i32, BTreeMap<TopicPartition, i64>> = BTreeMap::new();
+        let mut epochs: BTreeMap<TopicPartition, (i32, i32)> = BTreeMap::new();
+        let mut unknown = Vec::new();
+        // Leaders with a partition sitting out that will want data soon.
+        let mut held_back: BTreeSet<i32> = BTreeSet::new();
+        for (tp, p) in &self.parts {
+            if revoking.contains(tp) {
+                continue;
+            }
+            if buffered.contains(tp) {
+                // At most one undrained response per partition.
+                let soon = p
+                    .paused_since
+                    .is_none_or(|t| now.saturating_duration_since(t) < LONG_PAUSE);
+                if let (true, Some(b)) = (soon, md.leader(&tp.topic, tp.partition)) {
+                    held_back.insert(b.id);
+                }
+                continue;
+            }
+            let (Some(pos), false) = (p.position, p.paused) else {
+                continue;
+            };
+            match md.leader(&tp.topic, tp.partition) {
+                Some(b) => {
+                    by_leader.entry(b.id).or_default().insert(tp.clone(), pos);
+                    // KIP-320: fence stale leaders and detect log divergence.
+                    let current = md
+                        .partition(&tp.topic, tp.partition)
+                        .map_or(-1, |p| p.leader_epoch);
+                    epochs.insert(tp.clone(), (current, p.last_fetched_epoch));
+                }
+                None => unknown.push(tp.topic.clone()),
+            }
+        }
+        unknown.sort();
+        unknown.dedup();
+        let mut fetches = Vec::new();
+        for (leader, wanted) in by_leader {
+            let broker = self.brokers.entry(leader).or_default();
+            if broker.in_flight || broker.throttled_until.is_some_and(|t| now < t) {
+                continue;
+            }
+            let s = broker.session.next_request(&wanted);
+            let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+            for (tp, offset) in &s.partitions {
+                topics.entry(&tp.topic).or_default().push(
+                    FetchPartition::default()
+                        .with_partition(tp.partition)
+                        .with_fetch_offset(*offset)
+                        .with_current_leader_epoch(epochs.get(tp).map_or(-1, |e| e.0))
+                        .with_last_fetched_epoch(epochs.get(tp).map_or(-1, |e| e.1))
+                        .with_partition_max_bytes(cfg.max_partition_fetch_bytes),
+                );
+            }
+            let mut forgotten: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+            for tp in &s.forgotten {
+                forgotten.entry(&tp.topic).or_default().push(tp.partition);
+            }
+            let wait = if held_back.contains(&leader) {
+                cfg.fetch_max_wait.min(HELD_BACK_FETCH_WAIT)
+            } else {
+                cfg.fetch_max_wait
+            };
+            let request = FetchRequest::default()
+                .with_max_wait_ms(wait.as_millis() as i32)
+                .with_min_bytes(cfg.fetch_min_bytes)
+                .with_max_bytes(cfg.fetch_max_bytes)
+                .with_isolation_level(cfg.isolation_level.wire())
+                .with_session_id(s.session_id)
+                .with_session_epoch(s.epoch)
+                .with_topics(
+                    topics
+                        .into_iter()
+                        .map(|(t, ps)| {
+                            FetchTopic::default()
+                                .with_topic(TopicName(StrBytes::from_string(t.to_string())))
+                                .with_partitions(ps)
+                        })
+                        .collect(),
+                )
+                .with_forgotten_topics_data(
+                    forgotten
+                        .into_iter()
+                        .map(|(t, ps)| {
+                            ForgottenTopic::default()
+                                .with_topic(TopicName(StrBytes::from_string(t.to_string())))
+                                .with_partitions(ps)
+                        })
+                        .collect(),
+                );
+            broker.in_flight = true;
+            fetches.push(PlannedFetch {
+                broker: leader,
+                request,
+                wait,
+                requested: wanted,
+            });
+        }
+        FetchPlan {
+            fetches,
+            unknown_leaders: unknown,
+        }
+    }
+
+    /// The earliest moment a throttled broker may be fetched from again,
+    /// if one is throttled past `now`: the caller wakes up then.
+    pub fn throttled_until(&self, now: Instant) -> Option<Instant> {
+        self.brokers
+            .values()
+            .filter_map(|b| b.throttled_until)
+            .filter(|t| *t > now)
+            .min()
+    }
+
+    /// Fold the outcome of the fetch [`Fetcher::build_requests`] planned
+    /// for `broker`, answered at `now`, into the state (pure): the broker is
+    /// free again (after its throttle time, if it asked for one), its
+    /// session advances (or starts over), and each partition's data is
+    /// buffered as a cursor, unless the partition moved since the request
+    /// (seek, reset, revoked), is `revoking`, or answered an error. What
+    /// needs I/O comes back as [`FetchAction`]s, in order.
+    pub fn apply_response(
+        &mut self,
+        broker: i32,
+        requested: &BTreeMap<TopicPartition, i64>,
+        result: Result<FetchResponse, Error>,
+        revoking: &[TopicPartition],
+        cfg: &ConsumerConfig,
+        now: Instant,
+    ) -> Vec<FetchAction> {
+        if let Some(b) = self.brokers.get_mut(&broker) {
+            b.in_flight = false;
+        }
+        let resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(broker, error = %e, "fetch failed; retrying");
+                if let Some(b) = self.brokers.get_mut(&broker) {
+                    b.session.reset();
+                }
+                return vec![FetchAction::RefreshMetadata(Vec::new())];
+            }
+        };
+        if let Some(b) = self.brokers.get_mut(&broker) {
+            b.session.handle_response(resp.error_code, resp.session_id);
+            let throttle = Throttle::from_ms(resp.throttle_time_ms);
+            b.throttled_until = throttle.is_throttled().then(|| {
+                tracing::debug!(broker, ?throttle, "fetch throttled by the broker (quota)");
+                now + throttle.duration()
+            });
+        }
+        let mut actions = Vec::new();
+        let mut refresh = Vec::new();
+        for t in &resp.responses {
+            for p in &t.partitions {
+                let tp = TopicPartition::new(t.topic.0.to_string(), p.partition_index);
+                let Some(requested_pos) = requested.get(&tp).copied() else {
+                    continue;
+                };
+                if revoking.contains(&tp) {
+                    continue; // being revoked: its listener runs
+                }
+                let Some(state) = self.parts.get_mut(&tp) else {
+                    continue;
+                }; // revoked meanwhile
+                if state.position != Some(requested_pos) {
+                    continue; // a seek happened: this data is stale
+                }
+                match KafkaCode::try_from_code(p.error_code) {
+                    None => {}
+                    Some(KafkaCode::OffsetOutOfRange) => {
+                        actions.push(FetchAction::OutOfRange {
+                            tp,
+                            offset: requested_pos,
+                        });
+                        continue;
+                    }
+                    Some(_) => {
+                        refresh.push(tp.topic.clone());
+                        continue;
+                    }
+                }
+                if let Some(to) = truncation_point(
+                    requested_pos,
+                    p.diverging_epoch.epoch,
+                    p.diverging_epoch.end_offset,
+                ) {
+                    tracing::warn!(%tp, from = requested_pos, to, "log truncation detected (KIP-320): rewinding");
+                    if cfg.auto_offset_reset == OffsetReset::None {
+                        actions.push(FetchAction::Fail(ConsumerError::NoOffset {
+                            tp,
+                            reason: format!(
+                                "log truncated below our position {requested_pos} (to {to})"
+                            ),
+                        }));
+                        return actions;
+                    }
+                    actions.push(FetchAction::Truncated { tp, to });
+                    continue;
+                }
+                state.high_watermark = p.high_watermark;
+                state.last_stable_offset = p.last_stable_offset;
+                let cursor = PartitionCursor::new(
+                    p,
+                    requested_pos,
+                    cfg.isolation_level,
+                    cfg.max_decompressed_bytes,
+                );
+                if !cursor.is_empty_response() {
+                    // Decoded as drained (markers and aborted data too).
+                    self.buffered.push_back((tp, cursor));
+                }
+            }
+        }
+        if !refresh.is_empty() {
+            refresh.sort();
+            refresh.dedup();
+            self.reset_sessions();
+            actions.push(FetchAction::RefreshMetadata(refresh));
+        }
+        actions
+    }
+
+    /// Take up to `max` buffered records (unpaused partitions), decoding
+    /// them as they are taken. Records are moved out, never cloned. A
+    /// corrupt batch ends its partition's buffer (the position stays at
+    /// it, so the next fetch meets it again) and comes back beside the
+    /// records taken (the first one, if several), for the caller to
+    /// return after them.
+    pub fn drain(&mut self, max: usize) -> (Vec<PartitionRecords>, Option<Error>) {
+        let mut out = Vec::new();
+        let mut error = None;
+        let mut budget = max;
+        let mut keep = VecDeque::new();
+        while let Some((tp, mut cursor)) = self.buffered.pop_front() {
+            let Some(state) = self.parts.get_mut(&tp) else {
+                continue;
+            };
+            if state.paused || budget == 0 {
+                keep.push_back((tp, cursor));
+                continue;
+            }
+            let taken = cursor.take(&tp, budget);
+            state.position = Some(cursor.position());
+            if cursor.last_epoch >= 0 {
+                state.last_fetched_epoch = cursor.last_epoch;
+            }
+            let records = match taken {
+                Ok(records) => records,
+                Err(e) => {
+                    error.get_or_insert(e);
+                    continue; // dropped: never read past a corrupt batch
+                }
+            };
+            if !cursor.is_finished() {
+                keep.push_back((tp.clone(), cursor));
+            }
+            if records.is_empty() {
+                continue; // only markers or aborted data: the position moved past them
+            }
+            budget -= records.len();
+            out.push(PartitionRecords {
+                tp,
+                records,
+                high_watermark: state.high_watermark,
+                last_stable_offset: state.last_stable_offset,
+            });
+        }
+        self.buffered = keep;
+        (out, error)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,468 @@
+//! The pure fetch steps, without a broker: what goes into each Fetch, and
+//! what a response does to the state.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_wire::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_wire::metadata::{BrokerInfo, Metadata, PartitionInfo, TopicInfo};
+use kafka_wire::records::{encode_batch, BatchOptions, NewRecord};
+use kafka_wire::BrokerAddress;
+
+use super::*;
+
+fn tp(p: i32) -> TopicPartition {
+    TopicPartition::new("t", p)
+}
+
+fn cfg(reset: &str) -> ConsumerConfig {
+    ConsumerConfig::builder()
+        .set("bootstrap.servers", "127.0.0.1:9092")
+        .unwrap()
+        .set("auto.offset.reset", reset)
+        .unwrap()
+        .set("fetch.max.wait.ms", "500")
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
+/// Topic `t`: partition p led by `leaders[p]` at leader epoch 7; brokers 1
+/// and 2 are alive (a leader outside them is unknown).
+fn metadata(leaders: &[i32]) -> Metadata {
+    let broker = |id| {
+        (
+            id,
+            BrokerInfo {
+                id,
+                address: BrokerAddress {
+                    host: "localhost".into(),
+                    port: 9092,
+                },
+                rack: None,
+            },
+        )
+    };
+    let info = TopicInfo {
+        name: "t".into(),
+        id: [1; 16],
+        is_internal: false,
+        error: None,
+        partitions: leaders
+            .iter()
+            .enumerate()
+            .map(|(p, leader)| PartitionInfo {
+                partition: p as i32,
+                leader: *leader,
+                leader_epoch: 7,
+                replicas: vec![*leader],
+                isr: vec![*leader],
+                error: None,
+            })
+            .collect(),
+    };
+    Metadata {
+        brokers: [broker(1), broker(2)].into_iter().collect(),
+        topics: [("t".to_string(), info)].into_iter().collect(),
+        ..Metadata::default()
+    }
+}
+
+/// A fetcher serving `positions` (partition → position; `None`: not
+/// initialised yet).
+fn fetcher(positions: &[(i32, Option<i64>)]) -> Fetcher {
+    let mut f = Fetcher::default();
+    f.assign(
+        positions
+            .iter()
+            .map(|(p, pos)| {
+                let mut s = PartState::new(0);
+                s.position = *pos;
+                (tp(*p), s)
+            })
+            .collect(),
+    );
+    f
+}
+
+/// `n` plain records from `base`.
+fn records(base: i64, n: usize) -> Bytes {
+    let mut b = BytesMut::new();
+    let recs: Vec<NewRecord> = (0..n)
+        .map(|i| NewRecord {
+            value: Some(Bytes::from(format!("r{i}"))),
+            ..NewRecord::default()
+        })
+        .collect();
+    encode_batch(
+        &mut b,
+        &BatchOptions {
+            base_offset: base,
+            ..BatchOptions::default()
+        },
+        &recs,
+    );
+    b.freeze()
+}
+
+fn response(partitions: Vec<PartitionData>) -> FetchResponse {
+    FetchResponse::default()
+        .with_session_id(42)
+        .with_responses(vec![FetchableTopicResponse::default()
+            .with_topic(TopicName(StrBytes::from_static_str("t")))
+            .with_partitions(partitions)])
+}
+
+fn data(p: i32, base: i64, n: usize) -> PartitionData {
+    PartitionData::default()
+        .with_partition_index(p)
+        .with_high_watermark(base + n as i64)
+        .with_last_stable_offset(base + n as i64)
+        .with_records(Some(records(base, n)))
+}
+
+fn asked(f: &PlannedFetch) -> Vec<(i32, i64, i32, i32)> {
+    f.request
+        .topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .map(|p| {
+            (
+                p.partition,
+                p.fetch_offset,
+                p.current_leader_epoch,
+                p.last_fetched_epoch,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn build_sends_one_fetch_per_leader_with_positions_and_epochs() {
+    let md = metadata(&[1, 2, 1, 9, 1]);
+    let mut f = fetcher(&[
+        (0, Some(5)),
+        (1, Some(7)),
+        (2, None),
+        (3, Some(1)),
+        (4, Some(3)),
+    ]);
+    f.parts.get_mut(&tp(0)).unwrap().last_fetched_epoch = 6;
+    f.parts.get_mut(&tp(4)).unwrap().paused = true;
+    let cfg = cfg("earliest");
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+
+    assert_eq!(
+        plan.unknown_leaders,
+        vec!["t".to_string()],
+        "partition 3's leader 9 is unknown"
+    );
+    let brokers: Vec<i32> = plan.fetches.iter().map(|f| f.broker).collect();
+    assert_eq!(brokers, vec![1, 2]);
+    // Uninitialised (2) and paused (4) partitions are not fetched.
+    assert_eq!(asked(&plan.fetches[0]), vec![(0, 5, 7, 6)]);
+    assert_eq!(asked(&plan.fetches[1]), vec![(1, 7, 7, -1)]);
+    assert_eq!(
+        plan.fetches[0].requested,
+        [(tp(0), 5)].into_iter().collect()
+    );
+    assert_eq!(plan.fetches[0].wait, Duration::from_millis(500));
+    assert_eq!(plan.fetches[0].request.max_wait_ms, 500);
+    assert_eq!(
+        (
+            plan.fetches[0].request.session_id,
+            plan.fetches[0].request.session_epoch
+        ),
+        (0, 0),
+        "the first fetch is a full one"
+    );
+
+    // One fetch in flight per broker.
+    let again = f.build_requests(&md, &[], &cfg, Instant::now());
+    assert!(again.fetches.is_empty());
+}
+
+#[test]
+fn revoking_partitions_are_neither_fetched_nor_buffered() {
+    let md = metadata(&[1, 1]);
+    let mut f = fetcher(&[(0, Some(0)), (1, Some(0))]);
+    let cfg = cfg("earliest");
+    let plan = f.build_requests(&md, &[tp(1)], &cfg, Instant::now());
+    assert_eq!(asked(&plan.fetches[0]), vec![(0, 0, 7, -1)]);
+
+    let requested = [(tp(0), 0), (tp(1), 0)].into_iter().collect();
+    let actions = f.apply_response(
+        1,
+        &requested,
+        Ok(response(vec![data(0, 0, 2), data(1, 0, 2)])),
+        &[tp(1)],
+        &cfg,
+        Instant::now(),
+    );
+    assert!(actions.is_empty());
+    let (out, err) = f.drain(100);
+    assert!(err.is_none());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].tp, tp(0));
+}
+
+#[test]
+fn a_buffered_partition_sits_out_and_shortens_its_leaders_wait() {
+    let md = metadata(&[1, 1]);
+    let mut f = fetcher(&[(0, Some(0)), (1, Some(0))]);
+    let cfg = cfg("earliest");
+    let now = Instant::now();
+    let plan = f.build_requests(&md, &[], &cfg, now);
+    let requested = plan.fetches[0].requested.clone();
+    f.apply_response(
+        1,
+        &requested,
+        Ok(response(vec![data(0, 0, 3)])),
+        &[],
+        &cfg,
+        Instant::now(),
+    );
+    // Paused while its response is undrained: it will want data soon.
+    f.parts.get_mut(&tp(0)).unwrap().paused = true;
+    f.parts.get_mut(&tp(0)).unwrap().paused_since = Some(now);
+
+    let plan = f.build_requests(&md, &[], &cfg, now);
+    assert_eq!(
+        asked(&plan.fetches[0]),
+        vec![],
+        "incremental: partition 1 unchanged, 0 sits out"
+    );
+    assert_eq!(plan.fetches[0].wait, HELD_BACK_FETCH_WAIT);
+    assert_eq!(plan.fetches[0].request.forgotten_topics_data.len(), 1);
+
+    // Paused for long (a quarantine): the leader long-polls again.
+    let requested = plan.fetches[0].requested.clone();
+    f.apply_response(
+        1,
+        &requested,
+        Ok(response(vec![])),
+        &[],
+        &cfg,
+        Instant::now(),
+    );
+    let plan = f.build_requests(&md, &[], &cfg, now + LONG_PAUSE * 2);
+    assert_eq!(plan.fetches[0].wait, Duration::from_millis(500));
+}
+
+#[test]
+fn drain_hands_out_records_and_advances_positions() {
+    let md = metadata(&[1]);
+    let mut f = fetcher(&[(0, Some(10))]);
+    let cfg = cfg("earliest");
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    let actions = f.apply_response(
+        1,
+        &plan.fetches[0].requested,
+        Ok(response(vec![data(0, 10, 5)])),
+        &[],
+        &cfg,
+        Instant::now(),
+    );
+    assert!(actions.is_empty());
+    assert_eq!(f.parts[&tp(0)].high_watermark, 15);
+    assert_eq!(
+        f.parts[&tp(0)].position,
+        Some(10),
+        "not before it is handed out"
+    );
+
+    let (out, _) = f.drain(3);
+    assert_eq!(out[0].records.len(), 3);
+    assert_eq!(f.parts[&tp(0)].position, Some(13));
+    let (out, _) = f.drain(100);
+    assert_eq!(out[0].records.len(), 2);
+    assert_eq!(f.parts[&tp(0)].position, Some(15));
+    assert!(f.drain(100).0.is_empty());
+}
+
+#[test]
+fn data_for_a_position_that_moved_is_dropped() {
+    let md = metadata(&[1]);
+    let mut f = fetcher(&[(0, Some(10))]);
+    let cfg = cfg("earliest");
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    f.seek(&tp(0), 100);
+    let actions = f.apply_response(
+        1,
+        &plan.fetches[0].requested,
+        Ok(response(vec![data(0, 10, 5), data(1, 0, 1)])),
+        &[],
+        &cfg,
+        Instant::now(),
+    );
+    assert!(actions.is_empty());
+    assert!(
+        f.drain(100).0.is_empty(),
+        "stale data and unrequested partitions are dropped"
+    );
+    assert_eq!(f.parts[&tp(0)].position, Some(100));
+}
+
+#[test]
+fn partition_errors_become_actions_in_order() {
+    let md = metadata(&[1, 1, 1, 1]);
+    let mut f = fetcher(&[(0, Some(10)), (1, Some(20)), (2, Some(30)), (3, Some(0))]);
+    let cfg = cfg("earliest");
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    let mut truncated = data(1, 20, 1);
+    truncated.diverging_epoch.epoch = 5;
+    truncated.diverging_epoch.end_offset = 12;
+    let actions = f.apply_response(
+        1,
+        &plan.fetches[0].requested,
+        Ok(response(vec![
+            PartitionData::default()
+                .with_partition_index(0)
+                .with_error_code(1 /* OFFSET_OUT_OF_RANGE */),
+            truncated,
+            PartitionData::default()
+                .with_partition_index(2)
+                .with_error_code(6 /* NOT_LEADER_OR_FOLLOWER */),
+            data(3, 0, 1),
+        ])),
+        &[],
+        &cfg,
+        Instant::now(),
+    );
+    let shown: Vec<String> = actions.iter().map(|a| format!("{a:?}")).collect();
+    assert_eq!(actions.len(), 3, "{shown:?}");
+    assert!(matches!(&actions[0], FetchAction::OutOfRange { tp: t, offset: 10 } if *t == tp(0)));
+    assert!(matches!(&actions[1], FetchAction::Truncated { tp: t, to: 12 } if *t == tp(1)));
+    assert!(matches!(&actions[2], FetchAction::RefreshMetadata(ts) if ts == &["t".to_string()]));
+    // The healthy partition's data is buffered all the same.
+    let (out, _) = f.drain(100);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].tp, tp(3));
+    // A partition error started every session over.
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    assert_eq!(plan.fetches[0].request.session_epoch, 0);
+}
+
+#[test]
+fn truncation_without_a_reset_policy_fails_and_stops_there() {
+    let md = metadata(&[1, 1]);
+    let mut f = fetcher(&[(0, Some(20)), (1, Some(0))]);
+    let cfg = cfg("none");
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    let mut truncated = data(0, 20, 1);
+    truncated.diverging_epoch.epoch = 5;
+    truncated.diverging_epoch.end_offset = 12;
+    let actions = f.apply_response(
+        1,
+        &plan.fetches[0].requested,
+        Ok(response(vec![truncated, data(1, 0, 1)])),
+        &[],
+        &cfg,
+        Instant::now(),
+    );
+    assert_eq!(actions.len(), 1);
+    assert!(matches!(
+        &actions[0],
+        FetchAction::Fail(ConsumerError::NoOffset { tp: t, .. }) if *t == tp(0)
+    ));
+    assert!(
+        f.drain(100).0.is_empty(),
+        "nothing after the failure was applied"
+    );
+}
+
+#[test]
+fn a_failed_fetch_frees_the_broker_and_starts_a_full_session() {
+    let md = metadata(&[1]);
+    let mut f = fetcher(&[(0, Some(0))]);
+    let cfg = cfg("earliest");
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    f.apply_response(
+        1,
+        &plan.fetches[0].requested,
+        Ok(response(vec![])),
+        &[],
+        &cfg,
+        Instant::now(),
+    );
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    assert_eq!(
+        (
+            plan.fetches[0].request.session_id,
+            plan.fetches[0].request.session_epoch
+        ),
+        (42, 1),
+        "incremental after the broker opened a session"
+    );
+    let actions = f.apply_response(
+        1,
+        &plan.fetches[0].requested,
+        Err(Error::Metadata("connection lost".into())),
+        &[],
+        &cfg,
+        Instant::now(),
+    );
+    assert!(matches!(&actions[..], [FetchAction::RefreshMetadata(ts)] if ts.is_empty()));
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    assert_eq!(plan.fetches.len(), 1, "the broker is free again");
+    assert_eq!(
+        (
+            plan.fetches[0].request.session_id,
+            plan.fetches[0].request.session_epoch
+        ),
+        (0, 0)
+    );
+}
+
+#[test]
+fn restart_drops_the_buffer_and_resets_what_the_old_log_said() {
+    let md = metadata(&[1]);
+    let mut f = fetcher(&[(0, Some(10))]);
+    let cfg = cfg("earliest");
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    f.apply_response(
+        1,
+        &plan.fetches[0].requested,
+        Ok(response(vec![data(0, 10, 5)])),
+        &[],
+        &cfg,
+        Instant::now(),
+    );
+    f.restart(&tp(0), Start::LogStart, None, 3);
+    let p = &f.parts[&tp(0)];
+    assert_eq!(
+        (p.position, p.start, p.incarnation, p.high_watermark),
+        (None, Start::LogStart, 3, -1)
+    );
+    assert!(f.drain(100).0.is_empty());
+}
+
+#[test]
+fn a_throttled_broker_is_not_fetched_from_before_its_throttle_time() {
+    let md = metadata(&[1, 2]);
+    let mut f = fetcher(&[(0, Some(0)), (1, Some(0))]);
+    let cfg = cfg("earliest");
+    let t = Instant::now();
+    let plan = f.build_requests(&md, &[], &cfg, t);
+    assert_eq!(plan.fetches.len(), 2);
+    let throttled = response(vec![]).with_throttle_time_ms(200);
+    f.apply_response(1, &plan.fetches[0].requested, Ok(throttled), &[], &cfg, t);
+    f.apply_response(
+        2,
+        &plan.fetches[1].requested,
+        Ok(response(vec![])),
+        &[],
+        &cfg,
+        t,
+    );
+    assert_eq!(f.throttled_until(t), Some(t + Duration::from_millis(200)));
+
+    let plan = f.build_requests(&md, &[], &cfg, t + Duration::from_millis(199));
+    let brokers: Vec<i32> = plan.fetches.iter().map(|f| f.broker).collect();
+    assert_eq!(brokers, vec![2], "broker 1 asked for 200 ms of quiet");
+    let later = t + Duration::from_millis(200);
+    assert_eq!(f.throttled_until(later), None);
+    let plan = f.build_requests(&md, &[], &cfg, later);
+    let brokers: Vec<i32> = plan.fetches.iter().map(|f| f.broker).collect();
+    assert_eq!(brokers, vec![1]);
+}

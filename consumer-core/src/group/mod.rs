@@ -1,0 +1,153 @@
+//! Group membership: the seam the consumer sees, and one directory per
+//! group protocol behind it.
+//!
+//! ```text
+//!  Consumer ──subscribe──▶ GroupTask::run (one task) ──▶ classic: JoinGroup/SyncGroup/Heartbeat
+//!     ▲   poll() stamps `polled`; close() sets `close`      (classic.rs drives classic/membership.rs)
+//!     │
+//!     └── GroupEvent (Assigned / Revoked / Lost / Fatal; Revoked and Lost wait for the consumer's ack)
+//!         GroupSnapshot (generation, member, owned, revoking): what commits are fenced by
+//! ```
+//!
+//! The consumer never learns which protocol runs: it reads only
+//! [`GroupEvent`]s and the [`GroupSnapshot`]. A second protocol (KIP-848's
+//! `consumer`) gets a file beside [`classic`]: its pure state machine and
+//! its driver, chosen in [`GroupTask::run`]. What both share lives here
+//! ([`subscription`], partition counts from metadata).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use kafka_wire::Client;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub(crate) mod classic;
+pub mod subscription;
+
+use crate::config::ConsumerConfig;
+use crate::tp::TopicPartition;
+use classic::membership::PartitionCounts;
+use subscription::TopicSubscription;
+
+/// What the group task tells the consumer.
+#[derive(Debug)]
+pub(crate) enum GroupEvent {
+    /// Newly assigned partitions, and those of them that appeared after
+    /// subscribe (they start at the earliest offset when uncommitted;
+    /// empty when `new.partitions.from.earliest` is off).
+    Assigned(Vec<TopicPartition>, BTreeSet<TopicPartition>),
+    /// Commits for these are still valid until `done` is sent.
+    Revoked(Vec<TopicPartition>, oneshot::Sender<()>),
+    /// Never commit these.
+    Lost(Vec<TopicPartition>, oneshot::Sender<()>),
+    Fatal(String),
+}
+
+/// What commits are checked against; updated by the group task.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GroupSnapshot {
+    pub generation: i32,
+    pub member_id: String,
+    pub stable: bool,
+    pub owned: BTreeSet<TopicPartition>,
+    /// Being revoked right now: commits still allowed (eager `on_revoked`).
+    pub revoking: BTreeSet<TopicPartition>,
+    pub coordinator: Option<i32>,
+}
+
+impl GroupSnapshot {
+    pub fn may_commit(&self, tp: &TopicPartition) -> bool {
+        (self.stable && self.owned.contains(tp)) || self.revoking.contains(tp)
+    }
+}
+
+/// Everything a group member's task needs; [`GroupTask::run`] is spawned
+/// once per subscribing consumer.
+pub(crate) struct GroupTask {
+    pub client: Client,
+    pub cfg: Arc<ConsumerConfig>,
+    pub group_id: String,
+    pub subscription: TopicSubscription,
+    pub snapshot: Arc<Mutex<GroupSnapshot>>,
+    pub events: mpsc::Sender<GroupEvent>,
+    pub polled: watch::Receiver<std::time::Instant>,
+    pub close: watch::Receiver<bool>,
+}
+
+impl GroupTask {
+    /// Run the group protocol until the member leaves (close) or fails
+    /// (a [`GroupEvent::Fatal`] is sent). Only the classic protocol exists
+    /// yet.
+    pub async fn run(self) {
+        self.run_classic().await;
+    }
+}
+
+/// Partition counts per existing topic from `md`: of `topics`, or of every
+/// non-internal topic (`None`). A topic with no partitions yet (being
+/// created) counts as absent.
+fn counts(md: &kafka_wire::metadata::Metadata, topics: Option<&[String]>) -> PartitionCounts {
+    let count = |t: &kafka_wire::metadata::TopicInfo| {
+        (!t.partitions.is_empty()).then(|| (t.name.clone(), t.partitions.len() as i32))
+    };
+    match topics {
+        Some(ts) => ts
+            .iter()
+            .filter_map(|t| md.topics.get(t).and_then(count))
+            .collect(),
+        None => md
+            .topics
+            .values()
+            .filter(|t| !t.is_internal)
+            .filter_map(count)
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_wire::metadata::{Metadata, PartitionInfo, TopicInfo};
+
+    fn topic(name: &str, partitions: i32, is_internal: bool) -> (String, TopicInfo) {
+        let info = TopicInfo {
+            name: name.into(),
+            id: [0; 16],
+            is_internal,
+            error: None,
+            partitions: (0..partitions)
+                .map(|p| PartitionInfo {
+                    partition: p,
+                    leader: 1,
+                    leader_epoch: 0,
+                    replicas: vec![1],
+                    isr: vec![1],
+                    error: None,
+                })
+                .collect(),
+        };
+        (name.into(), info)
+    }
+
+    #[test]
+    fn counts_skip_internal_topics_and_topics_without_partitions() {
+        let md = Metadata {
+            topics: [
+                topic("orders", 3, false),
+                topic("__consumer_offsets", 50, true),
+                topic("__transaction_state", 50, true),
+                topic("being-created", 0, false),
+            ]
+            .into_iter()
+            .collect(),
+            ..Metadata::default()
+        };
+        let all = counts(&md, None);
+        assert_eq!(all, [("orders".to_string(), 3)].into_iter().collect());
+        let some = counts(
+            &md,
+            Some(&["orders".into(), "missing".into(), "being-created".into()]),
+        );
+        assert_eq!(some, all, "absent and partitionless topics do not exist");
+    }
+}
