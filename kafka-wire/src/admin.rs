@@ -307,6 +307,15 @@ pub struct ConfigEntry {
     pub is_override: bool,
 }
 
+/// One partition of a per-partition admin answer: `tp` back, or the error
+/// its code names (topic and partition in it).
+fn partition_answer(api: ApiKey, tp: TopicPartition, code: i16) -> Result<TopicPartition> {
+    match KafkaCode::try_from_code(code) {
+        Some(code) => Err(Error::broker_for(api, code, &tp.topic, tp.partition)),
+        None => Ok(tp),
+    }
+}
+
 fn s(v: &StrBytes) -> String {
     v.as_str().to_string()
 }
@@ -434,16 +443,9 @@ impl Client {
             *throttle = (*throttle).max(Throttle::from_ms(resp.throttle_time_ms));
             for t in &resp.topics {
                 for p in &t.partitions {
-                    if let Some(code) = KafkaCode::try_from_code(p.error_code) {
-                        return Err(Error::broker_for(
-                            ApiKey::ListOffsets,
-                            code,
-                            t.name.0.as_str(),
-                            p.partition_index,
-                        ));
-                    }
+                    let tp = TopicPartition::new(t.name.0.as_str(), p.partition_index);
                     out.insert(
-                        TopicPartition::new(t.name.0.as_str(), p.partition_index),
+                        partition_answer(ApiKey::ListOffsets, tp, p.error_code)?,
                         p.offset,
                     );
                 }
@@ -548,16 +550,9 @@ impl Client {
                 .await?;
             for t in &resp.topics {
                 for p in &t.partitions {
-                    if let Some(code) = KafkaCode::try_from_code(p.error_code) {
-                        return Err(Error::broker_for(
-                            ApiKey::DeleteRecords,
-                            code,
-                            t.name.0.as_str(),
-                            p.partition_index,
-                        ));
-                    }
+                    let tp = TopicPartition::new(t.name.0.as_str(), p.partition_index);
                     out.insert(
-                        TopicPartition::new(t.name.0.as_str(), p.partition_index),
+                        partition_answer(ApiKey::DeleteRecords, tp, p.error_code)?,
                         p.low_watermark,
                     );
                 }

@@ -30,6 +30,18 @@ async fn txlag(b: &testkit::BrokerEnv, admin: &kafka_wire::Client) -> String {
     topic
 }
 
+/// A consumer without a group, starting at `latest`, with one more property.
+async fn direct_reader(b: &testkit::BrokerEnv, (k, v): (&str, &str)) -> Consumer {
+    let cfg = ConsumerConfig::builder()
+        .bootstrap(&b.bootstrap)
+        .unwrap()
+        .set("auto.offset.reset", "latest")
+        .unwrap()
+        .set(k, v)
+        .unwrap();
+    Consumer::connect(cfg.build().unwrap()).await.unwrap()
+}
+
 fn read_committed_group(b: &testkit::BrokerEnv, group: &str) -> consumer_core::ConsumerConfig {
     group_consumer_with(b, group, &[("isolation.level", "read_committed")])
 }
@@ -193,19 +205,7 @@ async fn latest_under_read_committed_is_the_last_stable_offset() {
     let topic = create_topic(&admin, "lso", 1).await;
     let tp = TopicPartition::new(&topic, 0);
     let open = open_transaction(&b, &topic, &values("t", 5)).await;
-    let mut c = Consumer::connect(
-        ConsumerConfig::builder()
-            .bootstrap(&b.bootstrap)
-            .unwrap()
-            .set("auto.offset.reset", "latest")
-            .unwrap()
-            .set("isolation.level", "read_committed")
-            .unwrap()
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut c = direct_reader(&b, ("isolation.level", "read_committed")).await;
     c.assign(std::slice::from_ref(&tp));
     let end = Instant::now() + Duration::from_secs(10);
     while c.position(&tp).is_none() && Instant::now() < end {
@@ -383,19 +383,7 @@ async fn the_raw_consumer_follows_a_recreated_topic_to_its_new_log() {
     let admin = admin(&b).await;
     let topic = numbered_topic(&b, &admin, "rec-raw", 1, 100, |i| format!("k{i}")).await;
     let tp = TopicPartition::new(&topic, 0);
-    let mut c = Consumer::connect(
-        ConsumerConfig::builder()
-            .bootstrap(&b.bootstrap)
-            .unwrap()
-            .set("auto.offset.reset", "latest")
-            .unwrap()
-            .set("metadata.max.age.ms", "1000")
-            .unwrap()
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut c = direct_reader(&b, ("metadata.max.age.ms", "1000")).await;
     c.assign(std::slice::from_ref(&tp));
     c.seek_to_beginning(std::slice::from_ref(&tp))
         .await
