@@ -226,7 +226,7 @@ async fn ours_produce(a: &Args) {
     let acks = tokio::spawn(async move {
         let mut failed = 0u64;
         while let Some(f) = rx.recv().await {
-            let f: kafka_wire::producer::DeliveryFuture = f;
+            let f: kafka_wire::DeliveryFuture = f;
             if f.await.is_err() {
                 failed += 1;
             }

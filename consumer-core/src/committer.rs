@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kafka_wire::coordinator::CoordinatorKind;
 use kafka_wire::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
@@ -24,6 +23,7 @@ use kafka_wire::messages::offset_fetch_request::{
     OffsetFetchRequestGroup, OffsetFetchRequestTopics,
 };
 use kafka_wire::messages::{ApiKey, GroupId, OffsetCommitRequest, OffsetFetchRequest, TopicName};
+use kafka_wire::CoordinatorKind;
 use kafka_wire::{Backoff, Client, Error, KafkaCode, Lane, StrBytes, Throttle};
 
 use crate::error::{ConsumerError, Result};

@@ -129,7 +129,7 @@ pub struct ConsumerConfigBuilder {
     max_decompressed_bytes: usize,
 }
 
-use kafka_wire::config::parse::{boolean, ms, number as int};
+use kafka_wire::__private::parse::{boolean, ms, number as int};
 
 impl ConsumerConfigBuilder {
     /// Set one Kafka property (consumer or client). Unknown keys are an error.

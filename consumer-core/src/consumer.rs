@@ -141,7 +141,7 @@ pub struct Consumer {
     /// topic was deleted and recreated.
     topic_ids: HashMap<String, [u8; 16]>,
     /// The metadata snapshot `topic_ids` was last checked against.
-    checked_metadata: Option<Arc<kafka_wire::metadata::Metadata>>,
+    checked_metadata: Option<Arc<kafka_wire::Metadata>>,
     /// The last incarnation handed out (see [`PartitionPosition`]).
     last_incarnation: u64,
     /// Assigned partitions that appeared after subscribe and have no
@@ -234,7 +234,7 @@ impl Consumer {
     /// [`kafka_wire::Error::Config`] naming it.
     pub fn subscribe_pattern(&mut self, pattern: &str) -> Result<()> {
         let sub = TopicSubscription::pattern(pattern).map_err(|e| {
-            kafka_wire::Error::Config(format!(
+            Error::Config(format!(
                 "topic pattern {pattern:?} is not a valid regex: {e}"
             ))
         })?;
@@ -436,10 +436,10 @@ impl Consumer {
 
     /// The group identity a transactional producer needs to commit this
     /// consumer's offsets (KIP-447); `None` outside a stable group.
-    pub fn group_metadata(&self) -> Option<kafka_wire::producer::GroupMetadata> {
+    pub fn group_metadata(&self) -> Option<kafka_wire::GroupMetadata> {
         let snap = self.committer.snapshot()?;
         let s = snap.lock().expect("snapshot lock");
-        (s.stable && s.generation >= 0).then(|| kafka_wire::producer::GroupMetadata {
+        (s.stable && s.generation >= 0).then(|| kafka_wire::GroupMetadata {
             group_id: self.cfg.group_id.clone().unwrap_or_default(),
             generation_id: s.generation,
             member_id: s.member_id.clone(),

@@ -62,6 +62,14 @@
 //! **Not built yet:** KIP-848 (the new group protocol).
 
 #![forbid(unsafe_code)]
+#![warn(
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub,
+    unused_qualifications,
+    clippy::dbg_macro,
+    clippy::todo
+)]
 
 pub mod assignor;
 mod committer;

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
-use kafka_wire::producer::ProducerConfigBuilder;
 use kafka_wire::records::Compression;
+use kafka_wire::ProducerConfigBuilder;
 use kafka_wire::{Client, DeliveryFuture, Producer, ProducerConfig, ProducerRecord};
 use tokio::io::AsyncBufReadExt;
 

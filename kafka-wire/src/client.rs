@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
+use crate::tls::TlsConnector;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, MetadataRequest, TopicName};
 use kafka_protocol::protocol::{Request, StrBytes};
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 
 use crate::backoff::Backoff;
 use crate::config::ClientConfig;

@@ -332,6 +332,13 @@ impl ClientConfigBuilder {
 mod tests {
     use super::*;
 
+    /// SCRAM when this build has it, PLAIN otherwise.
+    const MECHANISM: &str = if cfg!(feature = "scram") {
+        "SCRAM-SHA-512"
+    } else {
+        "PLAIN"
+    };
+
     #[test]
     fn kafka_property_names_are_accepted() {
         let cfg = ClientConfig::builder()
@@ -339,7 +346,7 @@ mod tests {
                 ("bootstrap.servers", "a:9092,b:9093"),
                 ("client.id", "svc"),
                 ("security.protocol", "sasl_ssl"),
-                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.mechanism", MECHANISM),
                 ("sasl.username", "u"),
                 ("sasl.password", "p"),
                 ("ssl.ca.location", "/tmp/ca.pem"),
@@ -351,7 +358,29 @@ mod tests {
         assert_eq!(cfg.bootstrap_servers.len(), 2);
         assert_eq!(cfg.security_protocol, SecurityProtocol::SaslSsl);
         assert_eq!(cfg.request_timeout, Duration::from_secs(5));
-        assert_eq!(cfg.sasl.unwrap().mechanism_name(), "SCRAM-SHA-512");
+        assert_eq!(cfg.sasl.unwrap().mechanism_name(), MECHANISM);
+    }
+
+    #[cfg(not(feature = "scram"))]
+    #[test]
+    fn scram_without_its_feature_is_a_config_error_naming_it() {
+        let err = ClientConfig::builder()
+            .properties([
+                ("security.protocol", "sasl_plaintext"),
+                ("sasl.mechanism", "SCRAM-SHA-256"),
+                ("sasl.username", "u"),
+                ("sasl.password", "p"),
+            ])
+            .and_then(|b| b.build())
+            .unwrap_err();
+        assert!(err.to_string().contains("`scram` feature"), "{err}");
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_without_its_feature_is_a_config_error_naming_it() {
+        let err = crate::tls::build_connector(&crate::tls::TlsConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("`tls` feature"), "{err}");
     }
 
     #[test]

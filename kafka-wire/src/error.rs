@@ -52,6 +52,10 @@ pub enum DecodeError {
     Magic(i8),
     #[error("unknown compression codec id {0}")]
     UnknownCodec(u8),
+    /// The batch is compressed with a codec whose cargo feature this build
+    /// of `kafka-wire` left out (the name is the codec's and the feature's).
+    #[error("records are compressed with {0}, but kafka-wire was built without its `{0}` feature: enable it (it is on by default)")]
+    CodecNotBuilt(&'static str),
     #[error("{codec} payload is corrupt: {reason}")]
     Decompress { codec: &'static str, reason: String },
     #[error(
@@ -263,7 +267,7 @@ fn code_hint(code: &KafkaCode) -> &'static str {
 }
 
 /// The reaction to a Kafka error code. One table, used by every layer.
-pub fn action_for_code(code: KafkaCode) -> ErrorAction {
+pub(crate) fn action_for_code(code: KafkaCode) -> ErrorAction {
     use KafkaCode as C;
     match code {
         C::NotLeaderOrFollower

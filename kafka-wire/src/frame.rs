@@ -1,3 +1,4 @@
+#![cfg_attr(not(feature = "unstable-internals"), allow(unreachable_pub, dead_code))]
 //! Length-prefixed frames: `[i32 length][length bytes]`.
 //!
 //! Pure and allocation-bounded: the length is checked (negative, over the

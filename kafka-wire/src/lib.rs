@@ -9,20 +9,36 @@
 //!
 //! | module | what lives there |
 //! |---|---|
-//! | [`config`] | [`ClientConfig`]: every default in one place; accepts Kafka property names |
-//! | [`client`] | [`Client`]: connections per (broker, [`Lane`]), metadata refresh, routing |
-//! | [`connection`] | one task owns each socket; callers hold a cheap [`Connection`] handle |
-//! | [`connector`] | the [`Connector`] seam every dial goes through (fault proxies plug in here) |
-//! | [`frame`] | length-prefixed frames, bounded before allocation |
-//! | [`versions`] | the one table of API versions this client speaks, and negotiation |
-//! | [`metadata`] | the metadata cache (pure) |
+//! | `config` | [`ClientConfig`]: every default in one place; accepts Kafka property names |
+//! | `client` | [`Client`]: connections per (broker, [`Lane`]), metadata refresh, routing |
+//! | `connection` | one task owns each socket; callers hold a cheap [`Connection`] handle |
+//! | `connector` | the [`Connector`] seam every dial goes through (fault proxies plug in here) |
+//! | `frame` | length-prefixed frames, bounded before allocation |
+//! | `versions` | the one table of API versions this client speaks, and negotiation |
+//! | `metadata` | the [`Metadata`] cache (pure) |
 //! | [`records`] | record batches v2: lazy zero-copy decode, CRC32C, gzip/snappy/lz4/zstd |
-//! | [`producer`] | [`Producer`]: accumulator (pure), sender task, partitioner, transactions |
-//! | [`coordinator`] | FindCoordinator for groups and transactions |
-//! | [`admin`] | topics, offsets, groups, configs, cluster |
-//! | [`tls`], [`sasl`] | rustls with the graviola provider; PLAIN, SCRAM, OAUTHBEARER |
-//! | [`error`] | [`Error`] and its [`ErrorAction`]: what to do next |
-//! | [`backoff`] | [`Backoff`] (capped exponential retry delays with jitter) and [`Throttle`] (a response's `throttle_time_ms`) |
+//! | `producer` | [`Producer`]: accumulator (pure), sender task, partitioner, transactions |
+//! | `coordinator` | FindCoordinator for groups and transactions ([`CoordinatorKind`]) |
+//! | `admin` | topics, offsets, groups, configs, cluster (methods on [`Client`]) |
+//! | `tls`, `sasl` | [`TlsConfig`] (rustls, graviola provider); [`SaslConfig`]: PLAIN, SCRAM, OAUTHBEARER |
+//! | `error` | [`Error`] and its [`ErrorAction`]: what to do next |
+//! | `backoff` | [`Backoff`] (capped exponential retry delays with jitter) and [`Throttle`] (a response's `throttle_time_ms`) |
+//!
+//! Modules are private: the types above are re-exported at the crate root,
+//! and that list is the API. `records` and `messages` are public whole.
+//!
+//! ## Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `tls` | on | `security.protocol=SSL`/`SASL_SSL` (rustls + graviola, pure Rust) |
+//! | `scram` | on | `sasl.mechanism=SCRAM-SHA-256`/`512` |
+//! | `gzip`, `snappy`, `lz4`, `zstd` | on | reading and writing batches in that codec |
+//! | `unstable-internals` | off | `frame`, for the fuzz targets; no stability promise |
+//!
+//! Without a feature, the configuration that needs it fails with an
+//! [`Error::Config`] naming the feature, and a batch in a left-out codec is
+//! [`DecodeError::CodecNotBuilt`].
 //!
 //! ## Example: produce
 //!
@@ -48,42 +64,76 @@
 //! ```
 
 #![deny(clippy::disallowed_methods)]
+#![forbid(unsafe_code)]
+#![warn(
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub,
+    unused_qualifications,
+    clippy::dbg_macro,
+    clippy::todo
+)]
 
-pub mod admin;
-pub mod backoff;
-pub mod client;
-pub mod config;
-pub mod connection;
-pub mod connector;
-pub mod coordinator;
-pub mod error;
+// Private modules: what an embedder can reach is the re-exports below (a
+// promise), plus `records` (the batch codec) and `messages` (the protocol).
+mod admin;
+mod backoff;
+mod client;
+mod config;
+mod connection;
+mod connector;
+mod coordinator;
+mod error;
+#[cfg(not(feature = "unstable-internals"))]
+mod frame;
+/// Length-prefixed frames. Not a stable API: public only with the
+/// `unstable-internals` feature, for the fuzz targets.
+#[cfg(feature = "unstable-internals")]
 pub mod frame;
-pub mod metadata;
-pub mod producer;
+mod metadata;
+mod producer;
 pub mod records;
-pub mod sasl;
-pub mod tls;
+mod sasl;
+mod tls;
 mod topic_partition;
-pub mod versions;
+mod versions;
 
-pub use admin::{ConfigResource, NewTopic, OffsetSpec, DELETE_TO_END};
+pub use admin::{
+    ConfigEntry, ConfigResource, GroupDescription, GroupListing, GroupMember, NewTopic, OffsetSpec,
+    DELETE_TO_END,
+};
 pub use backoff::{Backoff, Delays, Throttle};
 pub use client::{Client, Lane};
 pub use config::{ClientConfig, ClientConfigBuilder, SecurityProtocol};
-pub use connection::Connection;
-pub use connector::{BrokerAddress, Connector, TcpConnector};
-pub use error::{Error, ErrorAction, KafkaCode, Result};
-pub use producer::{
-    Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+pub use connection::{Connection, ConnectionInfo, PendingResponse};
+pub use connector::{
+    BoxTransport, BrokerAddress, ConnectFuture, Connector, TcpConnector, Transport,
 };
-pub use sasl::{SaslConfig, TokenProvider, UnsecuredJwt};
+pub use coordinator::CoordinatorKind;
+pub use error::{DecodeError, Error, ErrorAction, KafkaCode, Result};
+pub use metadata::{BrokerInfo, Metadata, PartitionInfo, TopicInfo};
+pub use producer::partitioner::partition_for_key;
+pub use producer::{
+    Acks, DeliveryFuture, GroupMetadata, Producer, ProducerConfig, ProducerConfigBuilder,
+    ProducerRecord, RecordMetadata, TrySendError,
+};
+pub use records::{Compression, Header, Record};
+pub use sasl::{SaslConfig, TokenFuture, TokenProvider, UnsecuredJwt};
 pub use tls::TlsConfig;
 pub use topic_partition::{IsolationLevel, TopicPartition};
+pub use versions::ApiVersionTable;
 
 /// The generated protocol messages this crate speaks, re-exported so
 /// callers need not depend on `kafka-protocol` themselves.
 pub use kafka_protocol::messages;
 pub use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+/// For this project's own crates (consumer-core parses Kafka properties with
+/// the same helpers). Not a stable API: not covered by semver.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::config::parse;
+}
 
 /// The README's examples, compiled as doctests so they cannot rot.
 #[cfg(doctest)]

@@ -3,16 +3,33 @@
 //! Verification is on by default: the broker's certificate must chain to a
 //! trusted CA (the configured PEM, or the Mozilla roots) and name the host we
 //! dialed, as a DNS name or an IP SAN. Client certificates enable mTLS.
+//!
+//! All of it is kafka-wire's `tls` feature (on by default). Without it,
+//! [`TlsConfig`] still parses, and a client whose `security.protocol` uses
+//! TLS fails at connect with an [`Error::Config`] that names the feature.
 
-use std::path::{Path, PathBuf};
+#[cfg(feature = "tls")]
+use std::path::Path;
+use std::path::PathBuf;
+#[cfg(feature = "tls")]
 use std::sync::Arc;
 
+#[cfg(feature = "tls")]
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+#[cfg(feature = "tls")]
 use rustls::RootCertStore;
-use tokio_rustls::TlsConnector;
 
 use crate::connector::{BoxTransport, BrokerAddress};
 use crate::error::{Error, Result};
+
+/// The connector a client builds once and shares between its connections.
+#[cfg(feature = "tls")]
+pub(crate) type TlsConnector = tokio_rustls::TlsConnector;
+
+/// Without the `tls` feature no connector can exist.
+#[cfg(not(feature = "tls"))]
+#[derive(Debug, Clone)]
+pub(crate) enum TlsConnector {}
 
 /// TLS settings (`ssl.*` properties).
 #[derive(Debug, Clone, Default)]
@@ -26,6 +43,7 @@ pub struct TlsConfig {
     pub client_key_pem: Option<PathBuf>,
 }
 
+#[cfg(feature = "tls")]
 fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let data = std::fs::read(path).map_err(|e| {
         Error::Config(format!(
@@ -45,6 +63,7 @@ fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
+#[cfg(feature = "tls")]
 fn read_pem_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     let data = std::fs::read(path)
         .map_err(|e| Error::Config(format!("cannot read key file {}: {e}", path.display())))?;
@@ -54,6 +73,7 @@ fn read_pem_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
 }
 
 /// Build the rustls connector once per client.
+#[cfg(feature = "tls")]
 pub(crate) fn build_connector(cfg: &TlsConfig) -> Result<TlsConnector> {
     let provider = Arc::new(rustls_graviola::default_provider());
     let mut roots = RootCertStore::empty();
@@ -85,7 +105,27 @@ pub(crate) fn build_connector(cfg: &TlsConfig) -> Result<TlsConnector> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
+/// Without the `tls` feature: the error that says how to get it.
+#[cfg(not(feature = "tls"))]
+pub(crate) fn build_connector(_: &TlsConfig) -> Result<TlsConnector> {
+    Err(Error::Config(
+        "security.protocol uses TLS (SSL or SASL_SSL), but this build of kafka-wire left out \
+         the `tls` feature: enable it in Cargo.toml (it is on by default)"
+            .into(),
+    ))
+}
+
+#[cfg(not(feature = "tls"))]
+pub(crate) async fn handshake(
+    connector: &TlsConnector,
+    _: BoxTransport,
+    _: &BrokerAddress,
+) -> Result<BoxTransport> {
+    match *connector {}
+}
+
 /// Run the TLS handshake over `stream`, verifying `addr.host`.
+#[cfg(feature = "tls")]
 pub(crate) async fn handshake(
     connector: &TlsConnector,
     stream: BoxTransport,

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use kafka_protocol::messages::ApiKey;
 
 /// Our supported range for `api`, or `None` if we never send it.
-pub fn client_range(api: ApiKey) -> Option<(i16, i16)> {
+pub(crate) fn client_range(api: ApiKey) -> Option<(i16, i16)> {
     use ApiKey as K;
     let range = match api {
         K::Produce => (3, 11),

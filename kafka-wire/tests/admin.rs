@@ -4,11 +4,11 @@ mod common;
 
 use std::time::Duration;
 
-use kafka_wire::coordinator::CoordinatorKind;
 use kafka_wire::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_wire::messages::{GroupId, OffsetCommitRequest, TopicName};
+use kafka_wire::CoordinatorKind;
 use kafka_wire::{
     ConfigResource, KafkaCode, Lane, NewTopic, OffsetSpec, Producer, ProducerConfig,
     ProducerRecord, StrBytes,
@@ -34,7 +34,7 @@ async fn topics_configs_and_offsets() {
     assert!(err.to_string().contains(&topic));
 
     let res = ConfigResource::Topic(topic.clone());
-    let retention = |entries: &[kafka_wire::admin::ConfigEntry]| {
+    let retention = |entries: &[kafka_wire::ConfigEntry]| {
         entries
             .iter()
             .find(|c| c.name == "retention.ms")

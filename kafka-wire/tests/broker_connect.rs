@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kafka_wire::connector::{BoxTransport, ConnectFuture};
 use kafka_wire::messages::ApiKey;
+use kafka_wire::{BoxTransport, ConnectFuture};
 use kafka_wire::{
     BrokerAddress, Client, ClientConfig, Connector, Error, Lane, SaslConfig, SecurityProtocol,
     TcpConnector, TlsConfig, UnsecuredJwt,

@@ -11,9 +11,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use kafka_wire::connector::{BoxTransport, ConnectFuture};
-use kafka_wire::producer::partitioner::partition_for_key;
+use kafka_wire::partition_for_key;
 use kafka_wire::records::{BatchReader, Compression};
+use kafka_wire::{BoxTransport, ConnectFuture};
 use kafka_wire::{
     BrokerAddress, Client, Connector, NewTopic, Producer, ProducerConfig, ProducerRecord,
     TcpConnector,
@@ -29,7 +29,7 @@ async fn topic(client: &Client, prefix: &str, partitions: i32) -> String {
     name
 }
 
-fn producer_config(bootstrap: &str) -> kafka_wire::producer::ProducerConfigBuilder {
+fn producer_config(bootstrap: &str) -> kafka_wire::ProducerConfigBuilder {
     ProducerConfig::builder().bootstrap(bootstrap).unwrap()
 }
 
@@ -367,7 +367,7 @@ async fn try_send_hands_the_record_back_when_buffer_memory_is_full() {
         accepted.push(producer.try_send(record(i)).await.unwrap());
     }
     match producer.try_send(record(9)).await {
-        Err(kafka_wire::producer::TrySendError::BufferFull(back)) => assert_eq!(back, record(9)),
+        Err(kafka_wire::TrySendError::BufferFull(back)) => assert_eq!(back, record(9)),
         other => panic!("expected BufferFull, got {other:?}"),
     }
     producer.flush().await;

@@ -8,11 +8,10 @@ use kafka_wire::messages::offset_fetch_request::{
     OffsetFetchRequestGroup, OffsetFetchRequestTopics,
 };
 use kafka_wire::messages::{GroupId, OffsetFetchRequest, TopicName};
-use kafka_wire::producer::GroupMetadata;
 use kafka_wire::records::{BatchReader, ControlType};
+use kafka_wire::GroupMetadata;
 use kafka_wire::{
-    coordinator::CoordinatorKind, Client, Lane, NewTopic, Producer, ProducerConfig, ProducerRecord,
-    StrBytes,
+    Client, CoordinatorKind, Lane, NewTopic, Producer, ProducerConfig, ProducerRecord, StrBytes,
 };
 
 async fn transactional(client: &Client, broker: &testkit::BrokerEnv, id: &str) -> Producer {

@@ -248,7 +248,7 @@ impl TransactionalProcessor {
         transformer: &impl Transformer,
         batches: &[PartitionRecords],
         positions: &[PartitionPosition],
-        gm: &kafka_wire::producer::GroupMetadata,
+        gm: &kafka_wire::GroupMetadata,
         group: &str,
     ) -> kafka_wire::Result<Vec<(String, i32, i64)>> {
         producer.begin_transaction().await?;

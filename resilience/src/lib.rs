@@ -137,6 +137,14 @@
 //! consume-transform-produce: see [`eos`].
 
 #![forbid(unsafe_code)]
+#![warn(
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub,
+    unused_qualifications,
+    clippy::dbg_macro,
+    clippy::todo
+)]
 
 pub mod commit_metadata;
 pub mod config;

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use kafka_wire::connector::{BoxTransport, BrokerAddress, ConnectFuture, Connector, TcpConnector};
+use kafka_wire::{BoxTransport, BrokerAddress, ConnectFuture, Connector, TcpConnector};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};

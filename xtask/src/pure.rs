@@ -99,6 +99,25 @@ pub fn check_pure() -> anyhow::Result<()> {
         "check-pure: library crates build with CC=/bin/false CXX=/bin/false ({:.0} s)",
         started.elapsed().as_secs_f64()
     );
+
+    // The smallest build an embedder can choose: no TLS, no SCRAM, no codecs.
+    eprintln!("check-pure: the same with --no-default-features");
+    let mut minimal = shell::cargo();
+    minimal
+        .args(["build", "--no-default-features", "--target-dir"])
+        .arg(workspace_root().join("target").join("check-pure"))
+        .env("CC", "/bin/false")
+        .env("CXX", "/bin/false");
+    for krate in LIBRARY_CRATES {
+        minimal.args(["--package", krate]);
+    }
+    shell::run(&mut minimal).map_err(|e| {
+        anyhow::anyhow!(
+            "check-pure: the library crates do not build with --no-default-features \
+             (a feature-gated item is used unconditionally): {e}"
+        )
+    })?;
+    println!("check-pure: --no-default-features builds too");
     Ok(())
 }
 

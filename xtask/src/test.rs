@@ -157,6 +157,26 @@ fn run_steps(
             pure::check_pure()?;
             Ok(pure::LIBRARY_CRATES.join(", "))
         })?;
+        timed(steps, "minimal tests", || {
+            // The unit tests of the smallest feature set: a left-out codec,
+            // TLS or SCRAM is a typed error naming its feature.
+            let args = [
+                "-p",
+                "kafka-wire",
+                "-p",
+                "consumer-core",
+                "--no-default-features",
+                "--lib",
+            ]
+            .map(String::from);
+            let c = cargo_test(extra_env, &args, &[])?;
+            counts.passed += c.passed;
+            counts.failed += c.failed;
+            if c.failed > 0 {
+                bail!("{} failed with --no-default-features", c.failed);
+            }
+            Ok(format!("{} passed with --no-default-features", c.passed))
+        })?;
         timed(steps, "docs", publish::docs)?;
         timed(steps, "package", publish::package)?;
     }

@@ -34,7 +34,7 @@ pub struct CooperativeStickyAssignor;
 /// Java's `StickyAssignor` user data (v1): the previous assignment and its
 /// generation, so Java leaders and ours can read each other's state.
 /// Schema: `[topic: string, partitions: [i32]]`, then `generation: i32`.
-pub fn encode_sticky_user_data(owned: &[TopicPartition], generation: i32) -> Bytes {
+pub(super) fn encode_sticky_user_data(owned: &[TopicPartition], generation: i32) -> Bytes {
     let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
     for tp in owned {
         by_topic.entry(&tp.topic).or_default().push(tp.partition);
@@ -55,7 +55,7 @@ pub fn encode_sticky_user_data(owned: &[TopicPartition], generation: i32) -> Byt
 
 /// Decode Java's sticky user data; `None` when absent or malformed (then
 /// the member simply has no claims).
-pub fn decode_sticky_user_data(data: &Bytes) -> Option<(Vec<TopicPartition>, i32)> {
+pub(super) fn decode_sticky_user_data(data: &Bytes) -> Option<(Vec<TopicPartition>, i32)> {
     let mut b = data.clone();
     let mut owned = Vec::new();
     if b.remaining() < 4 {

@@ -137,7 +137,7 @@ fn java_sticky_user_data_round_trips() {
     let bytes = sticky::encode_sticky_user_data(&owned, 9);
     assert_eq!(sticky::decode_sticky_user_data(&bytes), Some((owned, 9)));
     assert_eq!(
-        sticky::decode_sticky_user_data(&bytes::Bytes::from_static(&[0xff; 3])),
+        sticky::decode_sticky_user_data(&Bytes::from_static(&[0xff; 3])),
         None
     );
 }

@@ -35,8 +35,8 @@ use std::time::Duration;
 
 use kafka_wire::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_wire::messages::{FetchRequest, FetchResponse, TopicName};
-use kafka_wire::metadata::Metadata;
 use kafka_wire::records::Record;
+use kafka_wire::Metadata;
 use kafka_wire::{Error, KafkaCode, StrBytes, Throttle};
 use tokio::time::Instant;
 
@@ -89,7 +89,7 @@ pub(crate) enum Start {
 }
 
 impl PartState {
-    pub fn new(incarnation: u64) -> Self {
+    pub(crate) fn new(incarnation: u64) -> Self {
         PartState {
             position: None,
             start: Start::Committed,
@@ -180,14 +180,14 @@ pub(crate) struct Fetcher {
 
 impl Fetcher {
     /// Serve exactly `parts` from now on (manual assignment).
-    pub fn assign(&mut self, parts: BTreeMap<TopicPartition, PartState>) {
+    pub(crate) fn assign(&mut self, parts: BTreeMap<TopicPartition, PartState>) {
         self.parts = parts;
         self.buffered.clear();
         self.reset_sessions();
     }
 
     /// Forget `parts` (revoked or lost) and their buffered data.
-    pub fn remove(&mut self, parts: &[TopicPartition]) {
+    pub(crate) fn remove(&mut self, parts: &[TopicPartition]) {
         for tp in parts {
             self.parts.remove(tp);
         }
@@ -195,12 +195,12 @@ impl Fetcher {
     }
 
     /// Drop the buffered data of `parts` (their positions stay).
-    pub fn discard_buffered(&mut self, parts: &[TopicPartition]) {
+    pub(crate) fn discard_buffered(&mut self, parts: &[TopicPartition]) {
         self.buffered.retain(|(tp, _)| !parts.contains(tp));
     }
 
     /// The next fetch of `tp` starts at `offset`.
-    pub fn seek(&mut self, tp: &TopicPartition, offset: i64) {
+    pub(crate) fn seek(&mut self, tp: &TopicPartition, offset: i64) {
         if let Some(p) = self.parts.get_mut(tp) {
             p.position = Some(offset);
         }
@@ -210,7 +210,7 @@ impl Fetcher {
     /// The position of `tp` jumps (reset, truncation, recreated topic):
     /// `position` (`None`: from `start`) in `incarnation`, nothing
     /// buffered, every fetch session started over.
-    pub fn restart(
+    pub(crate) fn restart(
         &mut self,
         tp: &TopicPartition,
         start: Start,
@@ -230,7 +230,7 @@ impl Fetcher {
     }
 
     /// The next fetch to every broker is a full one.
-    pub fn reset_sessions(&mut self) {
+    pub(crate) fn reset_sessions(&mut self) {
         for b in self.brokers.values_mut() {
             b.session.reset();
         }
@@ -244,7 +244,7 @@ impl Fetcher {
     /// leader of a partition that sits out because of its buffered
     /// response gets a short wait ([`HELD_BACK_FETCH_WAIT`]) unless it has
     /// been paused for long.
-    pub fn build_requests(
+    pub(crate) fn build_requests(
         &mut self,
         md: &Metadata,
         revoking: &[TopicPartition],
@@ -358,7 +358,7 @@ impl Fetcher {
 
     /// The earliest moment a throttled broker may be fetched from again,
     /// if one is throttled past `now`: the caller wakes up then.
-    pub fn throttled_until(&self, now: Instant) -> Option<Instant> {
+    pub(crate) fn throttled_until(&self, now: Instant) -> Option<Instant> {
         self.brokers
             .values()
             .filter_map(|b| b.throttled_until)
@@ -373,7 +373,7 @@ impl Fetcher {
     /// buffered as a cursor, unless the partition moved since the request
     /// (seek, reset, revoked), is `revoking`, or answered an error. What
     /// needs I/O comes back as [`FetchAction`]s, in order.
-    pub fn apply_response(
+    pub(crate) fn apply_response(
         &mut self,
         broker: i32,
         requested: &BTreeMap<TopicPartition, i64>,
@@ -481,7 +481,7 @@ impl Fetcher {
     /// it, so the next fetch meets it again) and comes back beside the
     /// records taken (the first one, if several), for the caller to
     /// return after them.
-    pub fn drain(&mut self, max: usize) -> (Vec<PartitionRecords>, Option<Error>) {
+    pub(crate) fn drain(&mut self, max: usize) -> (Vec<PartitionRecords>, Option<Error>) {
         let mut out = Vec::new();
         let mut error = None;
         let mut budget = max;

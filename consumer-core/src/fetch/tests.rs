@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_wire::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_wire::metadata::{BrokerInfo, Metadata, PartitionInfo, TopicInfo};
 use kafka_wire::records::{encode_batch, BatchOptions, NewRecord};
 use kafka_wire::BrokerAddress;
+use kafka_wire::{BrokerInfo, Metadata, PartitionInfo, TopicInfo};
 
 use super::*;
 

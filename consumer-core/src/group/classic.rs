@@ -19,13 +19,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
-use kafka_wire::coordinator::CoordinatorKind;
 use kafka_wire::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_wire::messages::leave_group_request::MemberIdentity;
 use kafka_wire::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_wire::messages::{
     ApiKey, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, SyncGroupRequest,
 };
+use kafka_wire::CoordinatorKind;
 use kafka_wire::{KafkaCode, Lane, StrBytes};
 use tokio::sync::oneshot;
 

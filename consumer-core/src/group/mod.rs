@@ -22,7 +22,7 @@ use kafka_wire::Client;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub(crate) mod classic;
-pub mod subscription;
+pub(crate) mod subscription;
 
 use crate::config::ConsumerConfig;
 use crate::tp::TopicPartition;
@@ -56,7 +56,7 @@ pub(crate) struct GroupSnapshot {
 }
 
 impl GroupSnapshot {
-    pub fn may_commit(&self, tp: &TopicPartition) -> bool {
+    pub(crate) fn may_commit(&self, tp: &TopicPartition) -> bool {
         (self.stable && self.owned.contains(tp)) || self.revoking.contains(tp)
     }
 }
@@ -78,7 +78,7 @@ impl GroupTask {
     /// Run the group protocol until the member leaves (close) or fails
     /// (a [`GroupEvent::Fatal`] is sent). Only the classic protocol exists
     /// yet.
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         self.run_classic().await;
     }
 }
@@ -86,8 +86,8 @@ impl GroupTask {
 /// Partition counts per existing topic from `md`: of `topics`, or of every
 /// non-internal topic (`None`). A topic with no partitions yet (being
 /// created) counts as absent.
-fn counts(md: &kafka_wire::metadata::Metadata, topics: Option<&[String]>) -> PartitionCounts {
-    let count = |t: &kafka_wire::metadata::TopicInfo| {
+fn counts(md: &kafka_wire::Metadata, topics: Option<&[String]>) -> PartitionCounts {
+    let count = |t: &kafka_wire::TopicInfo| {
         (!t.partitions.is_empty()).then(|| (t.name.clone(), t.partitions.len() as i32))
     };
     match topics {
@@ -107,7 +107,7 @@ fn counts(md: &kafka_wire::metadata::Metadata, topics: Option<&[String]>) -> Par
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_wire::metadata::{Metadata, PartitionInfo, TopicInfo};
+    use kafka_wire::{Metadata, PartitionInfo, TopicInfo};
 
     fn topic(name: &str, partitions: i32, is_internal: bool) -> (String, TopicInfo) {
         let info = TopicInfo {

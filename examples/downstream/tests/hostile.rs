@@ -8,8 +8,7 @@
 //! dependency graph has the unpatched `kafka-protocol` again.
 
 use bytes::{Bytes, BytesMut};
-use kafka_wire::error::DecodeError;
-use kafka_wire::frame::FrameDecoder;
+use kafka_wire::{Client, ClientConfig, DecodeError};
 use kafka_wire::messages::{
     ApiVersionsResponse, FetchResponse, JoinGroupResponse, MetadataResponse, ProduceResponse,
 };
@@ -69,23 +68,49 @@ fn arbitrary_bodies_never_panic() {
     }
 }
 
-#[test]
-fn hostile_frame_lengths_are_typed_errors_before_any_allocation() {
-    let frames = FrameDecoder::new(1024 * 1024);
-    let mut negative = BytesMut::from(&[0xff, 0xff, 0xff, 0xfe][..]);
-    assert_eq!(
-        frames.decode(&mut negative),
-        Err(DecodeError::NegativeLength(-2))
-    );
-    let mut huge = BytesMut::from(&[0x7f, 0xff, 0xff, 0xff][..]);
-    assert!(matches!(
-        frames.decode(&mut huge),
-        Err(DecodeError::FrameTooLarge { .. })
-    ));
-    assert!(
-        huge.capacity() < 1024 * 1024,
-        "reserved for a hostile length"
-    );
+/// A server that answers every request with `reply` and closes; its address.
+async fn hostile_server(reply: &'static [u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut request = BytesMut::with_capacity(1024);
+            let _ = s.read_buf(&mut request).await;
+            let _ = s.write_all(reply).await;
+        }
+    });
+    addr
+}
+
+/// Connect through the public `Client`; the error's text.
+async fn connect_err(addr: &str) -> String {
+    let config = ClientConfig::builder()
+        .set("bootstrap.servers", addr)
+        .unwrap()
+        .set("socket.connection.setup.timeout.ms", "5000")
+        .unwrap()
+        .build()
+        .unwrap();
+    match Client::connect(config).await {
+        Ok(_) => panic!("a hostile server was taken for a broker"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn a_server_announcing_a_2_gib_frame_is_a_typed_error_not_an_allocation() {
+    let addr = hostile_server(&[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]).await;
+    let e = connect_err(&addr).await;
+    assert!(e.contains("exceeds the limit"), "{e}");
+    assert!(e.contains(&addr), "names the server: {e}");
+}
+
+#[tokio::test]
+async fn a_server_announcing_a_negative_frame_is_a_typed_error() {
+    let addr = hostile_server(&[0xff, 0xff, 0xff, 0xfe]).await;
+    let e = connect_err(&addr).await;
+    assert!(e.contains("negative"), "{e}");
 }
 
 #[test]

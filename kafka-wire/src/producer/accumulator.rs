@@ -33,16 +33,18 @@ use tokio::time::Instant;
 use crate::error::Error;
 use crate::records::NewRecord;
 
-use super::{estimated_size, RecordMetadata};
+use super::{estimated_size, ProducerIdEpoch, RecordMetadata};
 
-/// A topic and partition.
-pub type TopicPartition = (Arc<str>, i32);
+/// The accumulator's key for one partition's queue: (topic, partition), with
+/// one shared `Arc<str>` per topic so queuing a record allocates nothing.
+/// Internal; the public name for a partition is [`crate::TopicPartition`].
+pub(crate) type QueueKey = (Arc<str>, i32);
 
 pub(crate) type Reply = oneshot::Sender<Result<RecordMetadata, Error>>;
 
 /// A batch of records for one partition.
 pub(crate) struct Batch {
-    pub tp: TopicPartition,
+    pub tp: QueueKey,
     pub records: Vec<NewRecord>,
     pub replies: Vec<Reply>,
     /// Buffer memory held until the batch completes.
@@ -63,7 +65,7 @@ pub(crate) struct Batch {
 
 impl Batch {
     /// Complete every record with its offset.
-    pub fn succeed(self, base_offset: i64, log_append_time: i64) {
+    pub(super) fn succeed(self, base_offset: i64, log_append_time: i64) {
         let topic = self.tp.0.to_string();
         for (i, (reply, rec)) in self.replies.into_iter().zip(&self.records).enumerate() {
             let _ = reply.send(Ok(RecordMetadata {
@@ -84,7 +86,7 @@ impl Batch {
     }
 
     /// Fail every record with `err`.
-    pub fn fail(self, err: &Error) {
+    pub(super) fn fail(self, err: &Error) {
         for reply in self.replies {
             let _ = reply.send(Err(err.clone()));
         }
@@ -143,7 +145,7 @@ pub(crate) struct AccumulatorConfig {
 /// All partitions' queues.
 pub(crate) struct Accumulator {
     cfg: AccumulatorConfig,
-    queues: HashMap<TopicPartition, PartitionQueue>,
+    queues: HashMap<QueueKey, PartitionQueue>,
     /// Records accepted and not yet completed (for `flush`).
     pub pending_records: usize,
 }
@@ -157,7 +159,7 @@ pub(crate) struct Appended {
 }
 
 impl Accumulator {
-    pub fn new(cfg: AccumulatorConfig) -> Self {
+    pub(super) fn new(cfg: AccumulatorConfig) -> Self {
         Self {
             cfg,
             queues: HashMap::new(),
@@ -165,9 +167,9 @@ impl Accumulator {
         }
     }
 
-    pub fn append(
+    pub(super) fn append(
         &mut self,
-        tp: TopicPartition,
+        tp: QueueKey,
         record: NewRecord,
         size: usize,
         reply: Reply,
@@ -248,7 +250,7 @@ impl Accumulator {
     }
 
     /// Partitions whose front batch can be sent now.
-    pub fn ready(&self, now: Instant, flush: bool) -> Vec<TopicPartition> {
+    pub(super) fn ready(&self, now: Instant, flush: bool) -> Vec<QueueKey> {
         self.queues
             .iter()
             .filter(|(_, q)| self.front_ready(q, now, flush))
@@ -257,7 +259,7 @@ impl Accumulator {
     }
 
     /// Take the front batch of `tp` for sending, assigning its sequence.
-    pub fn take(&mut self, tp: &TopicPartition, producer: (i64, i16)) -> Option<Batch> {
+    pub(super) fn take(&mut self, tp: &QueueKey, producer: ProducerIdEpoch) -> Option<Batch> {
         let idempotent = self.cfg.idempotent;
         let q = self.queues.get_mut(tp)?;
         close_holes(q);
@@ -265,8 +267,8 @@ impl Accumulator {
         b.sealed = true;
         if idempotent && b.base_sequence < 0 {
             b.base_sequence = q.next_sequence;
-            b.producer_id = producer.0;
-            b.producer_epoch = producer.1;
+            b.producer_id = producer.id;
+            b.producer_epoch = producer.epoch;
             q.next_sequence = seq_add(q.next_sequence, b.records.len() as i32);
         }
         q.in_flight.push(b.base_sequence);
@@ -274,7 +276,7 @@ impl Accumulator {
     }
 
     /// A request carrying `b` came back (whatever the outcome).
-    pub fn returned(&mut self, b: &Batch) {
+    pub(super) fn returned(&mut self, b: &Batch) {
         if let Some(q) = self.queues.get_mut(&b.tp) {
             if let Some(i) = q.in_flight.iter().position(|s| *s == b.base_sequence) {
                 q.in_flight.swap_remove(i);
@@ -285,7 +287,7 @@ impl Accumulator {
     /// `b` was acknowledged under the current producer id. A hole below it
     /// is then already bridged on the broker (it accepted the gap: it had
     /// no state for this producer), so it is no longer closed.
-    pub fn confirm(&mut self, b: &Batch) {
+    pub(super) fn confirm(&mut self, b: &Batch) {
         if let Some(q) = self.queues.get_mut(&b.tp) {
             q.confirmed = true;
             q.holes.retain(|(start, _)| *start > b.base_sequence);
@@ -303,7 +305,7 @@ impl Accumulator {
     ///
     /// Returns `None` when it was split, or the batch itself when it holds
     /// a single record (it cannot be split: that record fails alone).
-    pub fn split(&mut self, mut b: Batch, now: Instant) -> Option<Batch> {
+    pub(super) fn split(&mut self, mut b: Batch, now: Instant) -> Option<Batch> {
         let n = b.records.len();
         if n < 2 {
             return Some(b);
@@ -361,7 +363,7 @@ impl Accumulator {
     /// `b` failed for good and was never written (the broker refused it):
     /// its sequence range becomes a hole that later batches of the
     /// partition are renumbered over. No-op without idempotence.
-    pub fn skip_sequences(&mut self, b: &Batch) {
+    pub(super) fn skip_sequences(&mut self, b: &Batch) {
         if !self.cfg.idempotent || b.base_sequence < 0 {
             return;
         }
@@ -371,12 +373,12 @@ impl Accumulator {
     }
 
     /// Records completed (success or failure).
-    pub fn completed(&mut self, records: usize) {
+    pub(super) fn completed(&mut self, records: usize) {
         self.pending_records = self.pending_records.saturating_sub(records);
     }
 
     /// Put a failed batch back at the front, in sequence order among retries.
-    pub fn requeue(&mut self, mut b: Batch, retry_at: Instant) {
+    pub(super) fn requeue(&mut self, mut b: Batch, retry_at: Instant) {
         b.attempts += 1;
         b.ever_sent = true;
         b.retry_at = Some(retry_at);
@@ -391,7 +393,7 @@ impl Accumulator {
     /// responses of one connection can settle out of order), or a hole to
     /// be renumbered over. Then the error is expected and the batch is
     /// retried, not fatal.
-    pub fn gap_expected(&self, tp: &TopicPartition, seq: i32) -> bool {
+    pub(super) fn gap_expected(&self, tp: &QueueKey, seq: i32) -> bool {
         self.queues.get(tp).is_some_and(|q| {
             q.queued
                 .iter()
@@ -402,7 +404,7 @@ impl Accumulator {
     }
 
     /// Remove batches older than `timeout` that are not in flight.
-    pub fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<Batch> {
+    pub(super) fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<Batch> {
         let mut expired = Vec::new();
         for q in self.queues.values_mut() {
             while q.queued.front().is_some_and(|b| now >= b.created + timeout) {
@@ -414,7 +416,7 @@ impl Accumulator {
 
     /// Forget all sequence state (after a new producer id): queued batches
     /// get fresh sequences from 0 when next drained.
-    pub fn reset_sequences(&mut self) {
+    pub(super) fn reset_sequences(&mut self) {
         for q in self.queues.values_mut() {
             q.next_sequence = 0;
             q.confirmed = false;
@@ -427,7 +429,7 @@ impl Accumulator {
     }
 
     /// The earliest instant a queued batch becomes ready by time.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.queues
             .values()
             .filter_map(|q| q.queued.front())
@@ -436,13 +438,13 @@ impl Accumulator {
     }
 
     /// Nothing queued and nothing in flight.
-    pub fn is_idle(&self) -> bool {
+    pub(super) fn is_idle(&self) -> bool {
         self.queues
             .values()
             .all(|q| q.queued.is_empty() && q.in_flight.is_empty())
     }
 
-    pub fn in_flight_total(&self) -> usize {
+    pub(super) fn in_flight_total(&self) -> usize {
         self.queues.values().map(|q| q.in_flight.len()).sum()
     }
 }
@@ -488,6 +490,10 @@ fn close_holes(q: &mut PartitionQueue) {
 mod tests {
     use super::*;
 
+    fn pid(id: i64, epoch: i16) -> ProducerIdEpoch {
+        ProducerIdEpoch { id, epoch }
+    }
+
     fn acc(idempotent: bool) -> Accumulator {
         Accumulator::new(AccumulatorConfig {
             batch_size: 100,
@@ -497,7 +503,7 @@ mod tests {
         })
     }
 
-    fn push(a: &mut Accumulator, tp: &TopicPartition, size: usize, now: Instant) {
+    fn push(a: &mut Accumulator, tp: &QueueKey, size: usize, now: Instant) {
         let sem = Arc::new(tokio::sync::Semaphore::new(1 << 20));
         let permit = sem.try_acquire_many_owned(size as u32).unwrap();
         let (tx, _rx) = oneshot::channel();
@@ -506,7 +512,7 @@ mod tests {
 
     #[tokio::test]
     async fn linger_then_ready_and_full_batches_ready_at_once() {
-        let tp: TopicPartition = (Arc::from("t"), 0);
+        let tp: QueueKey = (Arc::from("t"), 0);
         let mut a = acc(false);
         let t0 = Instant::now();
         push(&mut a, &tp, 10, t0);
@@ -522,46 +528,46 @@ mod tests {
 
     #[tokio::test]
     async fn unconfirmed_partition_allows_one_batch_in_flight() {
-        let tp: TopicPartition = (Arc::from("t"), 0);
+        let tp: QueueKey = (Arc::from("t"), 0);
         let mut a = acc(true);
         let t0 = Instant::now();
         for _ in 0..3 {
             push(&mut a, &tp, 100, t0); // each fills a batch
         }
-        let b0 = a.take(&tp, (7, 0)).unwrap();
+        let b0 = a.take(&tp, pid(7, 0)).unwrap();
         assert_eq!(b0.base_sequence, 0);
         assert!(a.ready(t0, false).is_empty(), "first batch unconfirmed");
         a.returned(&b0);
         a.confirm(&b0);
-        let b1 = a.take(&tp, (7, 0)).unwrap();
+        let b1 = a.take(&tp, pid(7, 0)).unwrap();
         assert!(
             !a.ready(t0, false).is_empty(),
             "confirmed: pipelining allowed"
         );
-        let b2 = a.take(&tp, (7, 0)).unwrap();
+        let b2 = a.take(&tp, pid(7, 0)).unwrap();
         assert_eq!((b1.base_sequence, b2.base_sequence), (1, 2));
     }
 
     #[tokio::test]
     async fn retries_go_back_in_sequence_order_after_everything_returned() {
-        let tp: TopicPartition = (Arc::from("t"), 0);
+        let tp: QueueKey = (Arc::from("t"), 0);
         let mut a = acc(true);
         let t0 = Instant::now();
         for _ in 0..3 {
             push(&mut a, &tp, 100, t0);
         }
-        let b0 = a.take(&tp, (7, 0)).unwrap();
+        let b0 = a.take(&tp, pid(7, 0)).unwrap();
         a.returned(&b0);
         a.confirm(&b0);
-        let b1 = a.take(&tp, (7, 0)).unwrap();
-        let b2 = a.take(&tp, (7, 0)).unwrap();
+        let b1 = a.take(&tp, pid(7, 0)).unwrap();
+        let b2 = a.take(&tp, pid(7, 0)).unwrap();
         // b2 comes back first (out of order), then b1.
         a.returned(&b2);
         a.requeue(b2, t0);
         assert!(a.ready(t0, false).is_empty(), "b1 still in flight");
         a.returned(&b1);
         a.requeue(b1, t0);
-        let first = a.take(&tp, (7, 0)).unwrap();
+        let first = a.take(&tp, pid(7, 0)).unwrap();
         assert_eq!(first.base_sequence, 1, "lowest sequence first");
         assert!(first.encoded.is_none() || first.ever_sent);
     }
@@ -569,7 +575,7 @@ mod tests {
     /// Queue one record with a value of `len` bytes, its permit from `sem`.
     fn push_value(
         a: &mut Accumulator,
-        tp: &TopicPartition,
+        tp: &QueueKey,
         len: usize,
         sem: &Arc<tokio::sync::Semaphore>,
         now: Instant,
@@ -602,7 +608,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_split_covers_the_same_sequences_in_order_and_divides_the_permit() {
-        let tp: TopicPartition = (Arc::from("t"), 0);
+        let tp: QueueKey = (Arc::from("t"), 0);
         let mut a = big_batches();
         let sem = Arc::new(tokio::sync::Semaphore::new(1 << 20));
         let t0 = Instant::now();
@@ -611,13 +617,13 @@ mod tests {
             .into_iter()
             .map(|len| push_value(&mut a, &tp, len, &sem, t0))
             .collect();
-        let b = sent(a.take(&tp, (7, 0)).unwrap());
+        let b = sent(a.take(&tp, pid(7, 0)).unwrap());
         assert_eq!((b.base_sequence, b.records.len(), b.bytes), (0, 5, 480));
         assert_eq!(sem.available_permits(), (1 << 20) - 480);
         a.returned(&b);
         let now = t0 + Duration::from_millis(1);
         assert!(a.split(b, now).is_none());
-        let head = a.take(&tp, (7, 0)).unwrap();
+        let head = a.take(&tp, pid(7, 0)).unwrap();
         assert!(a.ready(now, true).is_empty(), "one retry at a time");
         assert_eq!(
             (head.base_sequence, head.records.len(), head.bytes),
@@ -628,7 +634,7 @@ mod tests {
         assert_eq!(head.memory.as_ref().unwrap().num_permits(), 364);
         a.returned(&head);
         a.confirm(&head);
-        let tail = a.take(&tp, (7, 0)).unwrap();
+        let tail = a.take(&tp, pid(7, 0)).unwrap();
         assert_eq!(
             (tail.base_sequence, tail.records.len(), tail.bytes),
             (4, 1, 116)
@@ -649,18 +655,18 @@ mod tests {
         for _ in 0..3 {
             push_value(&mut a, &tp, 100, &sem, now);
         }
-        let next = a.take(&tp, (7, 0)).unwrap();
+        let next = a.take(&tp, pid(7, 0)).unwrap();
         assert_eq!((next.base_sequence, next.records.len()), (5, 2));
     }
 
     #[tokio::test]
     async fn a_batch_of_one_record_cannot_be_split() {
-        let tp: TopicPartition = (Arc::from("t"), 0);
+        let tp: QueueKey = (Arc::from("t"), 0);
         let mut a = big_batches();
         let sem = Arc::new(tokio::sync::Semaphore::new(1 << 20));
         let t0 = Instant::now();
         push_value(&mut a, &tp, 10, &sem, t0);
-        let b = a.take(&tp, (7, 0)).unwrap();
+        let b = a.take(&tp, pid(7, 0)).unwrap();
         a.returned(&b);
         let back = a.split(b, t0).expect("one record: handed back");
         assert_eq!(back.records.len(), 1);
@@ -669,19 +675,19 @@ mod tests {
 
     #[tokio::test]
     async fn halves_go_before_later_batches_that_came_back_out_of_order() {
-        let tp: TopicPartition = (Arc::from("t"), 0);
+        let tp: QueueKey = (Arc::from("t"), 0);
         let mut a = acc(true); // batch.size 100: one 84-byte record per batch
         let sem = Arc::new(tokio::sync::Semaphore::new(1 << 20));
         let t0 = Instant::now();
         push_value(&mut a, &tp, 68, &sem, t0); // 84 bytes: batch 0
-        let b0 = a.take(&tp, (7, 0)).unwrap();
+        let b0 = a.take(&tp, pid(7, 0)).unwrap();
         a.returned(&b0);
         a.confirm(&b0);
         push_value(&mut a, &tp, 20, &sem, t0); // batch 1: two records of 36
         push_value(&mut a, &tp, 20, &sem, t0);
         push_value(&mut a, &tp, 68, &sem, t0); // batch 2
-        let b1 = sent(a.take(&tp, (7, 0)).unwrap());
-        let b2 = sent(a.take(&tp, (7, 0)).unwrap());
+        let b1 = sent(a.take(&tp, pid(7, 0)).unwrap());
+        let b2 = sent(a.take(&tp, pid(7, 0)).unwrap());
         assert_eq!((b1.base_sequence, b2.base_sequence), (1, 3));
         // b2's OUT_OF_ORDER_SEQUENCE_NUMBER may settle before b1's answer.
         a.returned(&b2);
@@ -690,7 +696,7 @@ mod tests {
         a.returned(&b1);
         assert!(a.split(b1, t0).is_none());
         let order: Vec<(i32, usize)> = std::iter::from_fn(|| {
-            let b = a.take(&tp, (7, 0))?;
+            let b = a.take(&tp, pid(7, 0))?;
             a.returned(&b);
             Some((b.base_sequence, b.records.len()))
         })
@@ -700,21 +706,21 @@ mod tests {
 
     #[tokio::test]
     async fn later_batches_are_renumbered_over_a_record_that_failed_alone() {
-        let tp: TopicPartition = (Arc::from("t"), 0);
+        let tp: QueueKey = (Arc::from("t"), 0);
         let mut a = acc(true);
         let sem = Arc::new(tokio::sync::Semaphore::new(1 << 20));
         let t0 = Instant::now();
         push_value(&mut a, &tp, 68, &sem, t0);
-        let b0 = a.take(&tp, (7, 0)).unwrap();
+        let b0 = a.take(&tp, pid(7, 0)).unwrap();
         a.returned(&b0);
         a.confirm(&b0);
         for _ in 0..4 {
             push_value(&mut a, &tp, 68, &sem, t0);
         }
         // b1 (seq 1) is the record too large; b2 and b3 are in flight behind it.
-        let b1 = sent(a.take(&tp, (7, 0)).unwrap());
-        let b2 = sent(a.take(&tp, (7, 0)).unwrap());
-        let b3 = sent(a.take(&tp, (7, 0)).unwrap());
+        let b1 = sent(a.take(&tp, pid(7, 0)).unwrap());
+        let b2 = sent(a.take(&tp, pid(7, 0)).unwrap());
+        let b3 = sent(a.take(&tp, pid(7, 0)).unwrap());
         assert_eq!(
             (b1.base_sequence, b2.base_sequence, b3.base_sequence),
             (1, 2, 3)
@@ -733,15 +739,15 @@ mod tests {
             a.requeue(b, t0);
         }
         assert_eq!(a.ready(t0, true), vec![tp.clone()]);
-        let r2 = a.take(&tp, (7, 0)).unwrap();
+        let r2 = a.take(&tp, pid(7, 0)).unwrap();
         assert_eq!(r2.base_sequence, 1, "renumbered over the hole");
         assert!(r2.encoded.is_none(), "re-encoded with its new sequence");
         a.returned(&r2);
         a.confirm(&r2);
-        let r3 = a.take(&tp, (7, 0)).unwrap();
+        let r3 = a.take(&tp, pid(7, 0)).unwrap();
         assert_eq!(r3.base_sequence, 2);
         a.returned(&r3);
-        let b4 = a.take(&tp, (7, 0)).unwrap();
+        let b4 = a.take(&tp, pid(7, 0)).unwrap();
         assert_eq!(b4.base_sequence, 3, "fresh batches continue without a gap");
         a.returned(&b4);
         assert!(!a.gap_expected(&tp, 4), "nothing explains a later gap now");
@@ -751,24 +757,24 @@ mod tests {
     async fn a_hole_the_broker_already_bridged_is_not_closed_again() {
         // A broker without state for the producer accepted the batch above
         // the hole: its numbering is the broker's now, so nothing shifts.
-        let tp: TopicPartition = (Arc::from("t"), 0);
+        let tp: QueueKey = (Arc::from("t"), 0);
         let mut a = acc(true);
         let sem = Arc::new(tokio::sync::Semaphore::new(1 << 20));
         let t0 = Instant::now();
         for _ in 0..3 {
             push_value(&mut a, &tp, 68, &sem, t0);
         }
-        let b0 = a.take(&tp, (7, 0)).unwrap();
+        let b0 = a.take(&tp, pid(7, 0)).unwrap();
         a.returned(&b0);
         a.confirm(&b0);
-        let b1 = a.take(&tp, (7, 0)).unwrap();
-        let b2 = a.take(&tp, (7, 0)).unwrap();
+        let b1 = a.take(&tp, pid(7, 0)).unwrap();
+        let b2 = a.take(&tp, pid(7, 0)).unwrap();
         a.returned(&b1);
         a.skip_sequences(&b1);
         a.returned(&b2);
         a.confirm(&b2);
         push_value(&mut a, &tp, 68, &sem, t0);
-        assert_eq!(a.take(&tp, (7, 0)).unwrap().base_sequence, 3);
+        assert_eq!(a.take(&tp, pid(7, 0)).unwrap().base_sequence, 3);
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! delivered in order (DESIGN.md, invariant 38).
 
 mod accumulator;
-pub mod partitioner;
+pub(crate) mod partitioner;
 mod sender;
 mod transaction;
 
@@ -38,7 +38,7 @@ use crate::config::{ClientConfig, ClientConfigBuilder};
 use crate::error::{Error, KafkaCode, Result};
 use crate::records::{Compression, NewRecord};
 
-pub use accumulator::TopicPartition;
+pub(crate) use accumulator::QueueKey;
 use accumulator::{Accumulator, AccumulatorConfig};
 use partitioner::StickyPartitioner;
 pub use transaction::GroupMetadata;
@@ -244,6 +244,13 @@ impl ProducerConfigBuilder {
                 "transactional.id requires enable.idempotence=true".into(),
             ));
         }
+        if !self.compression.is_built() {
+            let codec = self.compression.name();
+            return Err(Error::Config(format!(
+                "compression.type={codec}: this build of kafka-wire left out the `{codec}` \
+                 feature; enable it in Cargo.toml (it is on by default), or choose another codec"
+            )));
+        }
         if self.batch_size == 0 || self.buffer_memory < self.batch_size {
             return Err(Error::Config(
                 "batch.size must be > 0 and buffer.memory at least batch.size".into(),
@@ -371,10 +378,27 @@ pub enum TrySendError {
     Failed(#[from] Error),
 }
 
+/// A producer id and its epoch (KIP-98): what InitProducerId returns, and
+/// what every idempotent or transactional batch carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProducerIdEpoch {
+    pub(crate) id: i64,
+    pub(crate) epoch: i16,
+}
+
+impl ProducerIdEpoch {
+    /// Before the first InitProducerId answers.
+    pub(crate) const NONE: Self = Self { id: -1, epoch: -1 };
+
+    pub(crate) fn is_none(self) -> bool {
+        self.id < 0
+    }
+}
+
 pub(crate) struct State {
     acc: Accumulator,
     sticky: StickyPartitioner,
-    producer: (i64, i16),
+    producer: ProducerIdEpoch,
     reset_producer_id: bool,
     flushing: usize,
     closing: bool,
@@ -454,7 +478,7 @@ impl Producer {
                     idempotent: cfg.idempotent,
                 }),
                 sticky: StickyPartitioner::default(),
-                producer: (-1, -1),
+                producer: ProducerIdEpoch::NONE,
                 reset_producer_id: false,
                 flushing: 0,
                 closing: false,
@@ -534,7 +558,7 @@ impl Producer {
     fn enqueue(
         &self,
         rec: ProducerRecord,
-        tp: TopicPartition,
+        tp: QueueKey,
         size: usize,
         memory: tokio::sync::OwnedSemaphorePermit,
     ) -> DeliveryFuture {
@@ -570,7 +594,7 @@ impl Producer {
 
     /// What `send` and `try_send` share: size check, partition choice,
     /// the interned topic key, and (in a transaction) AddPartitionsToTxn.
-    async fn prepare(&self, rec: &ProducerRecord) -> Result<(TopicPartition, usize)> {
+    async fn prepare(&self, rec: &ProducerRecord) -> Result<(QueueKey, usize)> {
         let size = rec.size_estimate();
         self.check_size(size)?;
         let partition = self.partition_for(rec).await?;
@@ -654,5 +678,32 @@ impl Producer {
             .expect("producer state lock")
             .closing = true;
         self.shared.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_codec_is_accepted_exactly_when_this_build_has_its_feature() {
+        for codec in Compression::ALL {
+            let built = ProducerConfig::builder()
+                .set("bootstrap.servers", "127.0.0.1:9092")
+                .and_then(|b| b.set("compression.type", codec.name()))
+                .and_then(|b| b.build());
+            match built {
+                Ok(cfg) => {
+                    assert!(codec.is_built(), "{codec:?}");
+                    assert_eq!(cfg.compression, codec);
+                }
+                Err(e) => {
+                    assert!(!codec.is_built(), "{codec:?}: {e}");
+                    assert!(e
+                        .to_string()
+                        .contains(&format!("`{}` feature", codec.name())));
+                }
+            }
+        }
     }
 }

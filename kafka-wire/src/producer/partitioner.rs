@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 /// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils#murmur2`), the
 /// 32-bit MurmurHash2 with seed `0x9747b28c`, bytes read little-endian.
-pub fn murmur2(data: &[u8]) -> i32 {
+pub(crate) fn murmur2(data: &[u8]) -> i32 {
     const SEED: u32 = 0x9747_b28c;
     const M: u32 = 0x5bd1_e995;
     const R: u32 = 24;
@@ -47,13 +47,13 @@ pub fn partition_for_key(key: &[u8], partitions: usize) -> i32 {
 /// is sent, then move on (KIP-480), so batches fill up instead of spreading
 /// one record per partition.
 #[derive(Debug, Default)]
-pub struct StickyPartitioner {
+pub(crate) struct StickyPartitioner {
     current: HashMap<String, i32>,
 }
 
 impl StickyPartitioner {
     /// The sticky partition for `topic`, choosing one at random if none.
-    pub fn partition(&mut self, topic: &str, partitions: usize) -> i32 {
+    pub(crate) fn partition(&mut self, topic: &str, partitions: usize) -> i32 {
         if let Some(&p) = self.current.get(topic) {
             if (p as usize) < partitions {
                 return p;
@@ -65,7 +65,7 @@ impl StickyPartitioner {
     }
 
     /// A batch for `topic`-`partition` was sealed: pick another next time.
-    pub fn batch_sealed(&mut self, topic: &str, partition: i32, partitions: usize) {
+    pub(crate) fn batch_sealed(&mut self, topic: &str, partition: i32, partitions: usize) {
         if self.current.get(topic) == Some(&partition) && partitions > 1 {
             let mut next = rand::random_range(0..partitions - 1) as i32;
             if next >= partition {

@@ -20,8 +20,8 @@ use crate::connection::PendingResponse;
 use crate::error::{Error, ErrorAction, KafkaCode, Result};
 use crate::records::{encode_batch, BatchOptions};
 
-use super::accumulator::{Batch, TopicPartition};
-use super::{Acks, ProducerConfig, Shared};
+use super::accumulator::{Batch, QueueKey};
+use super::{Acks, ProducerConfig, ProducerIdEpoch, Shared};
 
 type Outcome = (i32, Vec<Batch>, Result<Option<ProduceResponse>>);
 
@@ -54,9 +54,9 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
             // Transactional producers get their id from init_transactions.
             let need_pid = cfg.idempotent
                 && cfg.transactional_id.is_none()
-                && (st.producer.0 < 0 || st.reset_producer_id)
+                && (st.producer.is_none() || st.reset_producer_id)
                 && st.acc.in_flight_total() == 0;
-            let ready = if need_pid || (cfg.idempotent && st.producer.0 < 0) {
+            let ready = if need_pid || (cfg.idempotent && st.producer.is_none()) {
                 Vec::new()
             } else {
                 st.acc.ready(now, flush)
@@ -75,7 +75,11 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
                     st.producer = pid;
                     st.reset_producer_id = false;
                     st.acc.reset_sequences();
-                    tracing::debug!(producer_id = pid.0, epoch = pid.1, "producer id assigned");
+                    tracing::debug!(
+                        producer_id = pid.id,
+                        epoch = pid.epoch,
+                        "producer id assigned"
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "InitProducerId failed; retrying");
@@ -90,7 +94,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
 
         // Group ready partitions by leader; at most one batch per partition per request.
         let md = client.metadata();
-        let mut by_leader: HashMap<i32, Vec<TopicPartition>> = HashMap::new();
+        let mut by_leader: HashMap<i32, Vec<QueueKey>> = HashMap::new();
         let mut unknown_leader = Vec::new();
         for tp in ready {
             match md.leader(&tp.0, tp.1) {
@@ -373,7 +377,10 @@ async fn refresh_topics(client: &Client, mut topics: Vec<String>) {
 }
 
 /// InitProducerId for an idempotent (non-transactional) producer.
-pub(crate) async fn init_producer_id(client: &Client, cfg: &ProducerConfig) -> Result<(i64, i16)> {
+pub(crate) async fn init_producer_id(
+    client: &Client,
+    cfg: &ProducerConfig,
+) -> Result<ProducerIdEpoch> {
     let req = InitProducerIdRequest::default()
         .with_transactional_id(
             cfg.transactional_id
@@ -386,5 +393,8 @@ pub(crate) async fn init_producer_id(client: &Client, cfg: &ProducerConfig) -> R
         .send(&req, client.config().request_timeout, Duration::ZERO)
         .await?;
     crate::error::check_code(ApiKey::InitProducerId, resp.error_code)?;
-    Ok((resp.producer_id.0, resp.producer_epoch))
+    Ok(ProducerIdEpoch {
+        id: resp.producer_id.0,
+        epoch: resp.producer_epoch,
+    })
 }

@@ -31,7 +31,7 @@ use crate::client::Lane;
 use crate::coordinator::CoordinatorKind;
 use crate::error::{Error, ErrorAction, KafkaCode, Result};
 
-use super::{Producer, TopicPartition};
+use super::{Producer, ProducerIdEpoch, QueueKey};
 
 /// The consumer group a transaction commits offsets for (KIP-447: the
 /// generation and member id let the coordinator fence zombie members).
@@ -58,7 +58,7 @@ pub(crate) enum TxnStatus {
 pub(crate) struct TxnState {
     pub status: TxnStatus,
     coordinator: Option<i32>,
-    partitions: HashSet<TopicPartition>,
+    partitions: HashSet<QueueKey>,
 }
 
 impl Default for TxnState {
@@ -142,7 +142,7 @@ impl Producer {
         }
     }
 
-    fn producer_id(&self) -> (i64, i16) {
+    fn producer_id(&self) -> ProducerIdEpoch {
         self.shared
             .state
             .lock()
@@ -187,7 +187,10 @@ impl Producer {
             .await?;
         {
             let mut st = self.shared.state.lock().expect("producer state lock");
-            st.producer = (resp.producer_id.0, resp.producer_epoch);
+            st.producer = ProducerIdEpoch {
+                id: resp.producer_id.0,
+                epoch: resp.producer_epoch,
+            };
             st.acc.reset_sequences();
         }
         self.txn.lock().await.status = TxnStatus::Ready;
@@ -218,7 +221,7 @@ impl Producer {
 
     /// Called by `send` for transactional producers: add `tp` to the
     /// transaction if it is new to it.
-    pub(crate) async fn add_to_transaction(&self, tp: &TopicPartition) -> Result<()> {
+    pub(crate) async fn add_to_transaction(&self, tp: &QueueKey) -> Result<()> {
         let id = self.transactional_id()?.to_string();
         {
             let txn = self.txn.lock().await;
@@ -228,7 +231,7 @@ impl Producer {
                 other => return Err(state_error("send", other)),
             }
         }
-        let (pid, epoch) = self.producer_id();
+        let ProducerIdEpoch { id: pid, epoch } = self.producer_id();
         let req = AddPartitionsToTxnRequest::default()
             .with_v3_and_below_transactional_id(txn_id(&id))
             .with_v3_and_below_producer_id(ProducerId(pid))
@@ -272,7 +275,7 @@ impl Producer {
                 return Err(state_error("send_offsets_to_transaction", &txn.status));
             }
         }
-        let (pid, epoch) = self.producer_id();
+        let ProducerIdEpoch { id: pid, epoch } = self.producer_id();
         let add = AddOffsetsToTxnRequest::default()
             .with_transactional_id(txn_id(&id))
             .with_producer_id(ProducerId(pid))
@@ -362,7 +365,7 @@ impl Producer {
                 }
             }
         }
-        let (pid, epoch) = self.producer_id();
+        let ProducerIdEpoch { id: pid, epoch } = self.producer_id();
         let req = EndTxnRequest::default()
             .with_transactional_id(txn_id(&id))
             .with_producer_id(ProducerId(pid))

@@ -4,7 +4,13 @@
 //! is an error ([`DecodeError::DecompressLimit`]) before it is buffered, so a
 //! compression bomb costs at most `limit` bytes. Snappy checks each block's
 //! declared length against the remaining budget before allocating.
+//!
+//! Each codec is a cargo feature of `kafka-wire` (`gzip`, `snappy`, `lz4`,
+//! `zstd`; all on by default). Without its feature, reading a batch in that
+//! codec is [`DecodeError::CodecNotBuilt`], and a producer configured with
+//! it fails at `build()`.
 
+#[allow(unused_imports)] // with every codec feature off, neither is used
 use std::io::{Read, Write};
 
 use crate::error::DecodeError;
@@ -65,6 +71,19 @@ impl Compression {
         })
     }
 
+    /// Whether this build can read and write the codec: `None` always, the
+    /// others when their cargo feature is on.
+    pub fn is_built(self) -> bool {
+        match self {
+            Compression::None => true,
+            Compression::Gzip => cfg!(feature = "gzip"),
+            Compression::Snappy => cfg!(feature = "snappy"),
+            Compression::Lz4 => cfg!(feature = "lz4"),
+            Compression::Zstd => cfg!(feature = "zstd"),
+        }
+    }
+
+    /// The name `compression.type` uses for this codec (also its cargo feature).
     pub fn name(self) -> &'static str {
         match self {
             Compression::None => "none",
@@ -77,6 +96,7 @@ impl Compression {
 }
 
 /// The xerial snappy-java stream header the Java client writes.
+#[cfg(feature = "snappy")]
 const XERIAL_MAGIC: [u8; 8] = [0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0];
 
 fn corrupt(codec: &'static str, e: impl std::fmt::Display) -> DecodeError {
@@ -87,6 +107,7 @@ fn corrupt(codec: &'static str, e: impl std::fmt::Display) -> DecodeError {
 }
 
 /// Read all of `reader`, failing once more than `limit` bytes come out.
+#[allow(dead_code)] // unused when every streaming codec's feature is off
 fn read_bounded(
     reader: impl Read,
     codec: &'static str,
@@ -104,20 +125,41 @@ fn read_bounded(
 }
 
 /// Decompress a batch's records section, producing at most `limit` bytes.
+///
+/// # Errors
+/// [`DecodeError::Decompress`] for a corrupt payload,
+/// [`DecodeError::DecompressLimit`] past `limit` bytes, and
+/// [`DecodeError::CodecNotBuilt`] when this build left the codec's feature out.
+#[cfg_attr(
+    not(any(
+        feature = "gzip",
+        feature = "snappy",
+        feature = "lz4",
+        feature = "zstd"
+    )),
+    allow(unused_variables)
+)]
 pub fn decompress(codec: Compression, input: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
     match codec {
         Compression::None => Ok(input.to_vec()),
+        #[cfg(feature = "gzip")]
         Compression::Gzip => read_bounded(flate2::read::GzDecoder::new(input), "gzip", limit),
+        #[cfg(feature = "lz4")]
         Compression::Lz4 => read_bounded(lz4_flex::frame::FrameDecoder::new(input), "lz4", limit),
+        #[cfg(feature = "zstd")]
         Compression::Zstd => {
             let decoder =
                 ruzstd::decoding::StreamingDecoder::new(input).map_err(|e| corrupt("zstd", e))?;
             read_bounded(decoder, "zstd", limit)
         }
+        #[cfg(feature = "snappy")]
         Compression::Snappy => decompress_snappy(input, limit),
+        #[allow(unreachable_patterns)]
+        other => Err(DecodeError::CodecNotBuilt(other.name())),
     }
 }
 
+#[cfg(feature = "snappy")]
 fn snappy_block(block: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), DecodeError> {
     let len = snap::raw::decompress_len(block).map_err(|e| corrupt("snappy", e))?;
     if out.len() + len > limit {
@@ -135,6 +177,7 @@ fn snappy_block(block: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), Dec
 }
 
 /// Snappy as Kafka clients write it: xerial framing (Java) or one raw block.
+#[cfg(feature = "snappy")]
 fn decompress_snappy(input: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
     let mut out = Vec::new();
     if input.len() >= 16 && input[..8] == XERIAL_MAGIC {
@@ -159,22 +202,30 @@ fn decompress_snappy(input: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError>
 
 /// Compress a records section. Snappy uses xerial framing, so that the Java
 /// client (which expects it) can read what we write.
-pub fn compress(codec: Compression, input: &[u8]) -> Vec<u8> {
-    match codec {
+///
+/// Returns `None` when this build left the codec's feature out (callers
+/// then write the batch uncompressed; a producer rejects such a codec at
+/// `build()` already).
+pub fn compress(codec: Compression, input: &[u8]) -> Option<Vec<u8>> {
+    Some(match codec {
         Compression::None => input.to_vec(),
+        #[cfg(feature = "gzip")]
         Compression::Gzip => {
             let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
             enc.write_all(input).expect("writing to a Vec cannot fail");
             enc.finish().expect("writing to a Vec cannot fail")
         }
+        #[cfg(feature = "lz4")]
         Compression::Lz4 => {
             let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::new());
             enc.write_all(input).expect("writing to a Vec cannot fail");
             enc.finish().expect("writing to a Vec cannot fail")
         }
+        #[cfg(feature = "zstd")]
         Compression::Zstd => {
             ruzstd::encoding::compress_to_vec(input, ruzstd::encoding::CompressionLevel::Fastest)
         }
+        #[cfg(feature = "snappy")]
         Compression::Snappy => {
             let mut out = Vec::with_capacity(16 + input.len());
             out.extend_from_slice(&XERIAL_MAGIC);
@@ -191,7 +242,9 @@ pub fn compress(codec: Compression, input: &[u8]) -> Vec<u8> {
             }
             out
         }
-    }
+        #[allow(unreachable_patterns)]
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -205,9 +258,9 @@ mod tests {
         let bomb_source = vec![0u8; 16 * 1024 * 1024];
         for codec in Compression::ALL
             .into_iter()
-            .filter(|c| *c != Compression::None)
+            .filter(|c| *c != Compression::None && c.is_built())
         {
-            let bomb = compress(codec, &bomb_source);
+            let bomb = compress(codec, &bomb_source).expect("built");
             assert!(bomb.len() < 1024 * 1024, "{codec:?} compresses zeros well");
             let err = decompress(codec, &bomb, 64 * 1024).unwrap_err();
             assert!(
@@ -222,7 +275,7 @@ mod tests {
         let garbage = b"definitely not a compressed payload \x00\x01\x02";
         for codec in Compression::ALL
             .into_iter()
-            .filter(|c| *c != Compression::None)
+            .filter(|c| *c != Compression::None && c.is_built())
         {
             let err = decompress(codec, garbage, 1 << 20).unwrap_err();
             assert!(
@@ -235,6 +288,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_codec_left_out_of_the_build_is_a_typed_error_naming_its_feature() {
+        for codec in Compression::ALL.into_iter().filter(|c| !c.is_built()) {
+            assert_eq!(compress(codec, b"x"), None);
+            let err = decompress(codec, b"x", 1024).unwrap_err();
+            assert_eq!(err, DecodeError::CodecNotBuilt(codec.name()));
+            assert!(err
+                .to_string()
+                .contains(&format!("`{}` feature", codec.name())));
+        }
+    }
+
+    #[cfg(feature = "snappy")]
     #[test]
     fn raw_snappy_blocks_are_read_too() {
         let raw = snap::raw::Encoder::new()
@@ -249,8 +315,9 @@ mod tests {
     proptest! {
         #[test]
         fn every_codec_round_trips(data in prop::collection::vec(any::<u8>(), 0..5000), pick in 0usize..5) {
-            let codec = Compression::ALL[pick];
-            let packed = compress(codec, &data);
+            let built: Vec<Compression> = Compression::ALL.into_iter().filter(|c| c.is_built()).collect();
+            let codec = built[pick % built.len()];
+            let packed = compress(codec, &data).expect("built");
             prop_assert_eq!(decompress(codec, &packed, 1 << 20).unwrap(), data);
         }
 

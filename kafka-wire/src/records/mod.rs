@@ -444,12 +444,18 @@ pub fn encode_batch(out: &mut BytesMut, opts: &BatchOptions, records: &[NewRecor
             put_nullable(&mut body, v.as_deref());
         }
     }
-    let payload = match opts.compression {
-        Compression::None => body.freeze(),
-        codec => Bytes::from(compression::compress(codec, &body)),
+    // A codec this build left out (its cargo feature is off) is written
+    // uncompressed: a valid batch, never a panic. Producers reject such a
+    // codec at `build()`, so only a hand-made `BatchOptions` gets here.
+    let (payload, codec) = match opts.compression {
+        Compression::None => (body.freeze(), Compression::None),
+        codec => match compression::compress(codec, &body) {
+            Some(packed) => (Bytes::from(packed), codec),
+            None => (body.freeze(), Compression::None),
+        },
     };
 
-    let mut attributes = opts.compression.id();
+    let mut attributes = codec.id();
     if opts.transactional {
         attributes |= ATTR_TRANSACTIONAL;
     }

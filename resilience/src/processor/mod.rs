@@ -483,7 +483,7 @@ async fn create_failure_topics(client: &Client, cfg: &ProcessorConfig) {
                 Ok(()) => tracing::info!(topic = %name, partitions, "created"),
                 // Another member created it first.
                 Err(kafka_wire::Error::Broker {
-                    code: kafka_wire::error::KafkaCode::TopicAlreadyExists,
+                    code: kafka_wire::KafkaCode::TopicAlreadyExists,
                     ..
                 }) => {}
                 Err(e) => {

@@ -155,7 +155,7 @@ pub fn record_bytes(r: &Record) -> usize {
 }
 
 impl Runtime {
-    pub fn new(
+    pub(super) fn new(
         cfg: ProcessorConfig,
         handler: AnyHandler,
         stats: Arc<Stats>,
@@ -195,36 +195,36 @@ impl Runtime {
     }
 
     /// Spawn a task owned by this runtime (see `tasks`).
-    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> AbortHandle {
+    pub(super) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> AbortHandle {
         let mut tasks = self.tasks.lock().expect("runtime tasks lock");
         while tasks.try_join_next().is_some() {} // reap finished ones
         tasks.spawn(task)
     }
 
     /// Abort every task this runtime spawned.
-    pub fn abort_tasks(&self) {
+    pub(super) fn abort_tasks(&self) {
         if let Ok(mut tasks) = self.tasks.lock() {
             tasks.abort_all();
         }
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().expect("runtime state lock")
     }
 
-    pub fn observe(&self, e: Event) {
+    pub(super) fn observe(&self, e: Event) {
         if let Some(o) = &self.cfg.observer {
             o.on_event(&e);
         }
     }
 
-    pub fn idempotency(&self) -> Option<&Idempotency> {
+    pub(super) fn idempotency(&self) -> Option<&Idempotency> {
         self.cfg.idempotency.as_ref()
     }
 
     /// The source topic of `topic` (itself, unless it is a retry topic),
     /// and its step in the retry chain.
-    pub fn source_of<'a>(&'a self, topic: &'a str) -> (&'a str, Option<usize>) {
+    pub(super) fn source_of<'a>(&'a self, topic: &'a str) -> (&'a str, Option<usize>) {
         match self.retry_index.get(topic) {
             Some((src, step)) => (src.as_str(), Some(*step)),
             None => (topic, None),
@@ -233,7 +233,7 @@ impl Runtime {
 
     /// Hand polled records to the scheduler (skipping those the committed
     /// metadata says are done), then start what may start.
-    pub fn dispatch(self: &Arc<Self>, batch: PartitionRecords) {
+    pub(super) fn dispatch(self: &Arc<Self>, batch: PartitionRecords) {
         let Some(first) = batch.records.first().map(|r| r.offset) else {
             return;
         };
@@ -316,7 +316,7 @@ impl Runtime {
     /// reset since its tracker began (out of range, truncation, recreated
     /// topic) drops that tracker: its queued records are skipped, running
     /// ones finish into a dead epoch, and nothing of it is committed.
-    pub fn sync_incarnations(&self, positions: &[PartitionPosition]) {
+    pub(super) fn sync_incarnations(&self, positions: &[PartitionPosition]) {
         let mut stale = Vec::new();
         {
             let mut st = self.lock();
@@ -347,7 +347,7 @@ impl Runtime {
     /// also moved past offsets that are not records (transaction markers,
     /// aborted data, compaction gaps), with or without records returned.
     /// The commit point follows them, so lag drains to zero.
-    pub fn advance(&self, positions: &[PartitionPosition]) {
+    pub(super) fn advance(&self, positions: &[PartitionPosition]) {
         let mut st = self.lock();
         let st = &mut *st;
         for pos in positions {
@@ -370,7 +370,7 @@ impl Runtime {
     /// it releases the permit and ends. Permits are taken and released
     /// under the state lock, so a record pushed after a worker found
     /// nothing always finds a permit here.
-    pub fn pump(self: &Arc<Self>) {
+    pub(super) fn pump(self: &Arc<Self>) {
         let mut st = self.lock();
         loop {
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
@@ -409,14 +409,14 @@ impl Runtime {
 
     /// Give up this worker's permit while it waits (a retry's backoff, a
     /// quarantine), so other lanes go on meanwhile.
-    pub fn release(self: &Arc<Self>, permit: &mut Option<OwnedSemaphorePermit>) {
+    pub(super) fn release(self: &Arc<Self>, permit: &mut Option<OwnedSemaphorePermit>) {
         if permit.take().is_some() {
             self.pump();
         }
     }
 
     /// Take a permit back after [`Runtime::release`].
-    pub async fn reacquire(&self, permit: &mut Option<OwnedSemaphorePermit>) {
+    pub(super) async fn reacquire(&self, permit: &mut Option<OwnedSemaphorePermit>) {
         if permit.is_none() {
             let p = self.permits.clone().acquire_owned().await;
             *permit = Some(p.expect("the permits are never closed"));
@@ -424,14 +424,14 @@ impl Runtime {
     }
 
     /// A worker is done with a record (see [`Done`]).
-    pub fn finish(&self, tp: &TopicPartition, t: Ticket, done: Done) {
+    pub(super) fn finish(&self, tp: &TopicPartition, t: Ticket, done: Done) {
         self.finish_all(tp, [t], done);
     }
 
     /// A worker is done with these records of `tp`: handled or forwarded
     /// ones complete in the tracker; skipped ones do not, so they are never
     /// committed. A stale epoch touches no tracker.
-    pub fn finish_all(
+    pub(super) fn finish_all(
         &self,
         tp: &TopicPartition,
         tickets: impl IntoIterator<Item = Ticket>,
@@ -468,7 +468,7 @@ impl Runtime {
 
     /// May work of this epoch start or go on (retry, forward)? Not once
     /// the partition is revoked, reassigned, lost, or being revoked.
-    pub fn may_continue(&self, tp: &TopicPartition, epoch: u64) -> bool {
+    pub(super) fn may_continue(&self, tp: &TopicPartition, epoch: u64) -> bool {
         self.lock()
             .parts
             .get(tp)
@@ -477,7 +477,7 @@ impl Runtime {
 
     /// Stop starting records of `tps` (revoke or shutdown): queued records
     /// are skipped (the next owner gets them) and running ones may finish.
-    pub fn stop_partitions(&self, tps: &[TopicPartition]) {
+    pub(super) fn stop_partitions(&self, tps: &[TopicPartition]) {
         for tp in tps {
             let removed = {
                 let mut st = self.lock();
@@ -492,7 +492,11 @@ impl Runtime {
     }
 
     /// Wait (up to `timeout`) until no record of `tps` (all if `None`) runs.
-    pub async fn wait_idle(&self, tps: Option<&[TopicPartition]>, timeout: Duration) -> bool {
+    pub(super) async fn wait_idle(
+        &self,
+        tps: Option<&[TopicPartition]>,
+        timeout: Duration,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             let busy: usize = {
@@ -520,7 +524,7 @@ impl Runtime {
     }
 
     /// Forget `tps`: later completions find no epoch and are discarded.
-    pub fn forget(&self, tps: &[TopicPartition]) {
+    pub(super) fn forget(&self, tps: &[TopicPartition]) {
         let mut st = self.lock();
         for tp in tps {
             if let Some(p) = st.parts.remove(tp) {
@@ -533,13 +537,17 @@ impl Runtime {
 
     /// Commit the completed prefix (and the completed-beyond map as
     /// metadata) of `only` (all if `None`), if it changed.
-    pub async fn commit(&self, committer: &Committer, only: Option<&[TopicPartition]>) {
+    pub(super) async fn commit(&self, committer: &Committer, only: Option<&[TopicPartition]>) {
         let _one_at_a_time = self.commit_lock.lock().await;
         self.commit_locked(committer, only).await;
     }
 
     /// [`Runtime::commit`] for a caller already holding `commit_lock`.
-    pub async fn commit_locked(&self, committer: &Committer, only: Option<&[TopicPartition]>) {
+    pub(super) async fn commit_locked(
+        &self,
+        committer: &Committer,
+        only: Option<&[TopicPartition]>,
+    ) {
         let offsets = self.commit_points(only);
         if offsets.is_empty() {
             return;

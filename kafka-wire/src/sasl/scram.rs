@@ -1,137 +1,15 @@
-//! SASL: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 and OAUTHBEARER.
-//!
-//! The mechanisms are pure message transformers ([`ScramClient`] is a small
-//! state machine with the nonce injected, so RFC 7677's test vector runs as a
-//! unit test). `authenticate` (crate-private) drives one through SaslHandshake and
-//! SaslAuthenticate on the normal request path. A failure is
-//! [`Error::Auth`]: fatal, never retried, naming the mechanism and broker.
+//! SCRAM-SHA-256/512 (RFC 5802, RFC 7677): a pure message transformer with
+//! the nonce injected, behind kafka-wire's `scram` feature (on by default;
+//! it brings sha2, hmac and pbkdf2, all pure Rust).
 
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
-
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
-use kafka_protocol::protocol::StrBytes;
 use sha2::{Digest, Sha256, Sha512};
-
-use crate::connection::RawConnection;
-use crate::error::{Error, Result};
-use crate::versions::ApiVersionTable;
-
-/// A boxed future returned by a [`TokenProvider`].
-pub type TokenFuture<'a> =
-    Pin<Box<dyn Future<Output = std::result::Result<String, String>> + Send + 'a>>;
-
-/// Supplies OAUTHBEARER tokens (fetch or refresh them however you like).
-pub trait TokenProvider: Send + Sync + fmt::Debug {
-    /// A bearer token (a JWT for most brokers), or why none is available.
-    fn token(&self) -> TokenFuture<'_>;
-}
-
-/// A [`TokenProvider`] that mints *unsecured* JWTs (`alg: none`), which
-/// Kafka's default OAUTHBEARER validator accepts. For tests and development
-/// only: never configure a production broker to accept these.
-#[derive(Debug, Clone)]
-pub struct UnsecuredJwt {
-    pub principal: String,
-    pub lifetime: Duration,
-}
-
-impl TokenProvider for UnsecuredJwt {
-    fn token(&self) -> TokenFuture<'_> {
-        Box::pin(async move {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_err(|e| e.to_string())?
-                .as_secs();
-            let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
-            let claims = format!(
-                r#"{{"sub":"{}","iat":{now},"exp":{}}}"#,
-                self.principal.replace('"', ""),
-                now + self.lifetime.as_secs()
-            );
-            Ok(format!("{header}.{}.", URL_SAFE_NO_PAD.encode(claims)))
-        })
-    }
-}
-
-/// Which SASL mechanism, with its credentials.
-#[derive(Clone)]
-pub enum SaslConfig {
-    Plain { username: String, password: String },
-    ScramSha256 { username: String, password: String },
-    ScramSha512 { username: String, password: String },
-    OAuthBearer { provider: Arc<dyn TokenProvider> },
-}
-
-impl fmt::Debug for SaslConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never print passwords.
-        write!(f, "SaslConfig({})", self.mechanism_name())
-    }
-}
-
-impl SaslConfig {
-    /// The mechanism's name as brokers spell it.
-    pub fn mechanism_name(&self) -> &'static str {
-        match self {
-            SaslConfig::Plain { .. } => "PLAIN",
-            SaslConfig::ScramSha256 { .. } => "SCRAM-SHA-256",
-            SaslConfig::ScramSha512 { .. } => "SCRAM-SHA-512",
-            SaslConfig::OAuthBearer { .. } => "OAUTHBEARER",
-        }
-    }
-
-    /// From `sasl.mechanism`, `sasl.username`, `sasl.password`.
-    pub fn from_properties(
-        mechanism: &str,
-        username: Option<&str>,
-        password: Option<&str>,
-    ) -> Result<Self> {
-        let creds = || -> Result<(String, String)> {
-            match (username, password) {
-                (Some(u), Some(p)) => Ok((u.to_string(), p.to_string())),
-                _ => Err(Error::Config(format!(
-                    "sasl.mechanism={mechanism} needs sasl.username and sasl.password"
-                ))),
-            }
-        };
-        Ok(match mechanism.to_ascii_uppercase().as_str() {
-            "PLAIN" => {
-                let (username, password) = creds()?;
-                SaslConfig::Plain { username, password }
-            }
-            "SCRAM-SHA-256" => {
-                let (username, password) = creds()?;
-                SaslConfig::ScramSha256 { username, password }
-            }
-            "SCRAM-SHA-512" => {
-                let (username, password) = creds()?;
-                SaslConfig::ScramSha512 { username, password }
-            }
-            "OAUTHBEARER" => {
-                return Err(Error::Config(
-                    "sasl.mechanism=OAUTHBEARER needs a token provider: use SaslConfig::OAuthBearer in code".into(),
-                ))
-            }
-            other => {
-                return Err(Error::Config(format!(
-                    "sasl.mechanism={other:?}: expected PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER"
-                )))
-            }
-        })
-    }
-}
 
 /// SCRAM hash choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScramHash {
+pub(crate) enum ScramHash {
     Sha256,
     Sha512,
 }
@@ -177,7 +55,7 @@ impl ScramHash {
 
 /// The client side of RFC 5802 SCRAM, as a state machine.
 #[derive(Debug)]
-pub struct ScramClient {
+pub(crate) struct ScramClient {
     hash: ScramHash,
     password: String,
     client_nonce: String,
@@ -196,7 +74,12 @@ fn scram_escape(name: &str) -> String {
 }
 
 impl ScramClient {
-    pub fn new(hash: ScramHash, username: &str, password: &str, client_nonce: String) -> Self {
+    pub(crate) fn new(
+        hash: ScramHash,
+        username: &str,
+        password: &str,
+        client_nonce: String,
+    ) -> Self {
         let client_first_bare = format!("n={},r={client_nonce}", scram_escape(username));
         Self {
             hash,
@@ -208,18 +91,18 @@ impl ScramClient {
     }
 
     /// A fresh random nonce (printable, no commas).
-    pub fn random_nonce() -> String {
+    pub(crate) fn random_nonce() -> String {
         let bytes: [u8; 24] = rand::random();
         STANDARD.encode(bytes)
     }
 
     /// The client-first message (`n,,n=user,r=nonce`).
-    pub fn client_first(&self) -> Vec<u8> {
+    pub(crate) fn client_first(&self) -> Vec<u8> {
         format!("n,,{}", self.client_first_bare).into_bytes()
     }
 
     /// Take the server-first message, return the client-final message.
-    pub fn handle_server_first(&mut self, msg: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    pub(crate) fn handle_server_first(&mut self, msg: &[u8]) -> Result<Vec<u8>, String> {
         let msg = std::str::from_utf8(msg).map_err(|_| "server-first is not UTF-8".to_string())?;
         let mut nonce = None;
         let mut salt = None;
@@ -269,7 +152,7 @@ impl ScramClient {
     }
 
     /// Verify the server-final message: the server must prove it knows the password.
-    pub fn handle_server_final(&self, msg: &[u8]) -> std::result::Result<(), String> {
+    pub(crate) fn handle_server_final(&self, msg: &[u8]) -> Result<(), String> {
         let msg = std::str::from_utf8(msg).map_err(|_| "server-final is not UTF-8".to_string())?;
         if let Some(e) = msg.strip_prefix("e=") {
             return Err(format!("server error: {e}"));
@@ -287,93 +170,6 @@ impl ScramClient {
             None => Err("server-final before server-first".into()),
         }
     }
-}
-
-/// Authenticate `conn` with `cfg`: SaslHandshake, then SaslAuthenticate rounds.
-pub(crate) async fn authenticate(
-    conn: &RawConnection,
-    versions: &ApiVersionTable,
-    cfg: &SaslConfig,
-    broker: &str,
-    timeout: Duration,
-) -> Result<()> {
-    use kafka_protocol::messages::ApiKey;
-    let mechanism = cfg.mechanism_name();
-    let fail = |reason: String| Error::Auth {
-        mechanism: mechanism.to_string(),
-        broker: broker.to_string(),
-        reason,
-    };
-    let hs_version = versions
-        .version(ApiKey::SaslHandshake)
-        .ok_or_else(|| fail("the broker does not offer SaslHandshake".into()))?;
-    if hs_version < 1 {
-        return Err(fail(
-            "the broker only supports SaslHandshake v0 (no SaslAuthenticate)".into(),
-        ));
-    }
-    let auth_version = versions
-        .version(ApiKey::SaslAuthenticate)
-        .ok_or_else(|| fail("the broker does not offer SaslAuthenticate".into()))?;
-    let hs = conn
-        .call(
-            &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism)),
-            hs_version,
-            timeout,
-        )
-        .await?;
-    if hs.error_code != 0 {
-        let enabled: Vec<&str> = hs.mechanisms.iter().map(|m| m.as_str()).collect();
-        return Err(fail(format!(
-            "the broker does not enable this mechanism; it enables [{}]",
-            enabled.join(", ")
-        )));
-    }
-
-    let round = |bytes: Vec<u8>| async move {
-        let resp = conn
-            .call(
-                &SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(bytes)),
-                auth_version,
-                timeout,
-            )
-            .await?;
-        if resp.error_code != 0 {
-            let msg = resp
-                .error_message
-                .map(|m| m.to_string())
-                .unwrap_or_else(|| format!("error code {}", resp.error_code));
-            return Err(fail(msg));
-        }
-        Ok::<Bytes, Error>(resp.auth_bytes)
-    };
-
-    match cfg {
-        SaslConfig::Plain { username, password } => {
-            round(format!("\0{username}\0{password}").into_bytes()).await?;
-        }
-        SaslConfig::ScramSha256 { username, password }
-        | SaslConfig::ScramSha512 { username, password } => {
-            let hash = if matches!(cfg, SaslConfig::ScramSha256 { .. }) {
-                ScramHash::Sha256
-            } else {
-                ScramHash::Sha512
-            };
-            let mut scram = ScramClient::new(hash, username, password, ScramClient::random_nonce());
-            let server_first = round(scram.client_first()).await?;
-            let client_final = scram.handle_server_first(&server_first).map_err(fail)?;
-            let server_final = round(client_final).await?;
-            scram.handle_server_final(&server_final).map_err(fail)?;
-        }
-        SaslConfig::OAuthBearer { provider } => {
-            let token = provider
-                .token()
-                .await
-                .map_err(|e| fail(format!("the token provider failed: {e}")))?;
-            round(format!("n,,\x01auth=Bearer {token}\x01\x01").into_bytes()).await?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
