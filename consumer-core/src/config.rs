@@ -17,6 +17,20 @@ pub enum OffsetReset {
     None,
 }
 
+/// `group.protocol`: which group protocol a subscribing consumer speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupProtocol {
+    /// JoinGroup/SyncGroup/Heartbeat, client-side assignors.
+    Classic,
+    /// KIP-848's ConsumerGroupHeartbeat: the broker assigns, members
+    /// reconcile incrementally. Fails (naming the fix) on a broker without it.
+    Consumer,
+    /// The consumer protocol when the broker speaks it (it advertises
+    /// ConsumerGroupHeartbeat and the first heartbeat is not refused),
+    /// otherwise classic, with one info line saying why.
+    Auto,
+}
+
 /// `isolation.level` (one type for the whole stack; see its docs).
 pub use kafka_wire::IsolationLevel;
 
@@ -76,6 +90,11 @@ pub struct ConsumerConfig {
     pub assignors: Vec<Arc<dyn Assignor>>,
     /// Ceiling on one batch's decompressed size. Default 64 MiB.
     pub max_decompressed_bytes: usize,
+    /// `group.protocol`: classic, consumer (KIP-848) or auto. Default classic.
+    pub group_protocol: GroupProtocol,
+    /// `group.remote.assignor`: the broker-side assignor under the consumer
+    /// protocol (`uniform`, `range`); `None`: the broker's default.
+    pub group_remote_assignor: Option<String>,
 }
 
 impl ConsumerConfig {
@@ -102,6 +121,9 @@ impl ConsumerConfig {
                 Arc::new(assignor::CooperativeStickyAssignor),
             ],
             max_decompressed_bytes: 64 * 1024 * 1024,
+            group_protocol: GroupProtocol::Classic,
+            group_remote_assignor: None,
+            classic_only_set: Vec::new(),
         }
     }
 }
@@ -127,6 +149,10 @@ pub struct ConsumerConfigBuilder {
     max_poll_records: usize,
     assignors: Vec<Arc<dyn Assignor>>,
     max_decompressed_bytes: usize,
+    group_protocol: GroupProtocol,
+    group_remote_assignor: Option<String>,
+    /// Classic-only properties the user set (refused under `consumer`).
+    classic_only_set: Vec<&'static str>,
 }
 
 use kafka_wire::__private::parse::{boolean, ms, number as int};
@@ -137,8 +163,30 @@ impl ConsumerConfigBuilder {
         match key {
             "group.id" => self.group_id = Some(value.to_string()),
             "group.instance.id" => self.group_instance_id = Some(value.to_string()),
-            "session.timeout.ms" => self.session_timeout = ms(key, value)?,
-            "heartbeat.interval.ms" => self.heartbeat_interval = ms(key, value)?,
+            "session.timeout.ms" => {
+                self.session_timeout = ms(key, value)?;
+                self.classic_only_set.push("session.timeout.ms");
+            }
+            "heartbeat.interval.ms" => {
+                self.heartbeat_interval = ms(key, value)?;
+                self.classic_only_set.push("heartbeat.interval.ms");
+            }
+            "group.protocol" => {
+                self.group_protocol = match value.trim().to_ascii_lowercase().as_str() {
+                    "classic" => GroupProtocol::Classic,
+                    "consumer" => GroupProtocol::Consumer,
+                    "auto" => GroupProtocol::Auto,
+                    _ => {
+                        return Err(Error::Config(format!(
+                            "group.protocol={value:?}: expected classic, consumer or auto"
+                        )))
+                    }
+                }
+            }
+            "group.remote.assignor" => {
+                self.group_remote_assignor =
+                    Some(value.trim().to_string()).filter(|v| !v.is_empty())
+            }
             "max.poll.interval.ms" => self.max_poll_interval = ms(key, value)?,
             "auto.offset.reset" => {
                 self.auto_offset_reset = match value.trim() {
@@ -182,6 +230,7 @@ impl ConsumerConfigBuilder {
                 }
             }
             "partition.assignment.strategy" => {
+                self.classic_only_set.push("partition.assignment.strategy");
                 self.assignors = value
                     .split(',')
                     .map(str::trim)
@@ -222,6 +271,7 @@ impl ConsumerConfigBuilder {
     }
 
     pub fn assignor(mut self, a: Arc<dyn Assignor>) -> Self {
+        self.classic_only_set.push("partition.assignment.strategy");
         self.assignors = vec![a];
         self
     }
@@ -255,6 +305,17 @@ impl ConsumerConfigBuilder {
         if self.group_instance_id.is_some() && self.group_id.is_none() {
             return Err(Error::Config("group.instance.id needs group.id".into()));
         }
+        if self.group_protocol == GroupProtocol::Consumer {
+            if let Some(key) = self.classic_only_set.first() {
+                return Err(Error::Config(format!(
+                    "{key} is a classic-protocol setting and group.protocol=consumer does not \
+                     use it: the broker assigns partitions (choose its assignor with \
+                     group.remote.assignor) and sets the session timeout and heartbeat \
+                     interval (group.consumer.* broker configs). Remove {key}, or use \
+                     group.protocol=classic"
+                )));
+            }
+        }
         Ok(ConsumerConfig {
             client,
             group_id: self.group_id,
@@ -274,6 +335,8 @@ impl ConsumerConfigBuilder {
             max_poll_records: self.max_poll_records.max(1),
             assignors: self.assignors,
             max_decompressed_bytes: self.max_decompressed_bytes,
+            group_protocol: self.group_protocol,
+            group_remote_assignor: self.group_remote_assignor,
         })
     }
 }
@@ -306,5 +369,50 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(aged.client.metadata_max_age, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn group_protocol_is_classic_by_default_and_consumer_refuses_classic_only_settings() {
+        assert_eq!(
+            builder().build().unwrap().group_protocol,
+            GroupProtocol::Classic
+        );
+        let c = builder()
+            .set("group.protocol", "consumer")
+            .unwrap()
+            .set("group.remote.assignor", "uniform")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(c.group_protocol, GroupProtocol::Consumer);
+        assert_eq!(c.group_remote_assignor.as_deref(), Some("uniform"));
+        for key in ["partition.assignment.strategy", "session.timeout.ms"] {
+            let value = if key.ends_with(".ms") {
+                "30000"
+            } else {
+                "range"
+            };
+            let err = builder()
+                .set("group.protocol", "consumer")
+                .unwrap()
+                .set(key, value)
+                .unwrap()
+                .build()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains("group.protocol=classic"),
+                "{err}"
+            );
+        }
+        // auto keeps them for the classic fallback.
+        assert!(builder()
+            .set("group.protocol", "auto")
+            .unwrap()
+            .set("partition.assignment.strategy", "range")
+            .unwrap()
+            .build()
+            .is_ok());
+        assert!(builder().set("group.protocol", "new").is_err());
     }
 }

@@ -278,11 +278,21 @@ impl Consumer {
         self.fetch.assign(parts);
     }
 
-    /// The group generation this member is in, if it is a stable member.
+    /// The group generation this member is in, if it is a stable member
+    /// (under the consumer protocol, KIP-848, its member epoch).
     pub fn generation(&self) -> Option<i32> {
         let snap = self.committer.snapshot()?;
         let s = snap.lock().expect("snapshot lock");
         (s.stable && s.generation >= 0).then_some(s.generation)
+    }
+
+    /// The group protocol this member speaks now: `group.protocol`, or
+    /// under `auto` the one the broker accepted (classic after a fallback).
+    /// `None` before the member's first answer, and without a group.
+    pub fn group_protocol(&self) -> Option<crate::GroupProtocol> {
+        let snap = self.committer.snapshot()?;
+        let s = snap.lock().expect("snapshot lock");
+        s.protocol
     }
 
     /// Partitions currently assigned.

@@ -83,7 +83,7 @@ pub mod stream;
 pub mod tp;
 
 pub use assignor::{Assignor, RebalanceProtocol};
-pub use config::{ConsumerConfig, IsolationLevel, OffsetReset};
+pub use config::{ConsumerConfig, GroupProtocol, IsolationLevel, OffsetReset};
 pub use consumer::{
     CommittedOffset, Committer, Consumer, OffsetToCommit, PartitionPosition, PartitionRecords,
     RebalanceListener,

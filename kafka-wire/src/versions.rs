@@ -23,6 +23,8 @@ pub(crate) fn client_range(api: ApiKey) -> Option<(i16, i16)> {
         K::FindCoordinator => (0, 4),
         K::JoinGroup => (0, 9),
         K::Heartbeat => (0, 4),
+        K::ConsumerGroupHeartbeat => (0, 1),
+        K::ConsumerGroupDescribe => (0, 1),
         K::LeaveGroup => (0, 5),
         K::SyncGroup => (0, 5),
         K::DescribeGroups => (0, 5),

@@ -137,6 +137,9 @@ impl GroupTask {
         snap.stable = matches!(m.state(), State::Stable { .. });
         snap.owned = m.owned().clone();
         snap.revoking = m.revoking();
+        if m.generation() >= 0 {
+            snap.protocol = Some(crate::GroupProtocol::Classic);
+        }
     }
 
     fn coordinator(&self) -> Option<i32> {

@@ -10,10 +10,12 @@
 //! ```
 //!
 //! The consumer never learns which protocol runs: it reads only
-//! [`GroupEvent`]s and the [`GroupSnapshot`]. A second protocol (KIP-848's
-//! `consumer`) gets a file beside [`classic`]: its pure state machine and
-//! its driver, chosen in [`GroupTask::run`]. What both share lives here
-//! ([`subscription`], partition counts from metadata).
+//! [`GroupEvent`]s and the [`GroupSnapshot`]. Each protocol has a file with
+//! its driver and a directory with its pure state machine: [`classic`]
+//! (`classic/membership.rs`) and [`consumer_protocol`] (KIP-848,
+//! `consumer_protocol/member.rs`), chosen in [`GroupTask::run`] by
+//! `group.protocol`. What both share lives here ([`subscription`],
+//! partition counts from metadata).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -22,9 +24,10 @@ use kafka_wire::Client;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub(crate) mod classic;
+pub(crate) mod consumer_protocol;
 pub(crate) mod subscription;
 
-use crate::config::ConsumerConfig;
+use crate::config::{ConsumerConfig, GroupProtocol};
 use crate::tp::TopicPartition;
 use classic::membership::PartitionCounts;
 use subscription::TopicSubscription;
@@ -53,6 +56,8 @@ pub(crate) struct GroupSnapshot {
     /// Being revoked right now: commits still allowed (eager `on_revoked`).
     pub revoking: BTreeSet<TopicPartition>,
     pub coordinator: Option<i32>,
+    /// The protocol that answered: `Classic` or `Consumer` (never `Auto`).
+    pub protocol: Option<GroupProtocol>,
 }
 
 impl GroupSnapshot {
@@ -75,11 +80,23 @@ pub(crate) struct GroupTask {
 }
 
 impl GroupTask {
-    /// Run the group protocol until the member leaves (close) or fails
-    /// (a [`GroupEvent::Fatal`] is sent). Only the classic protocol exists
-    /// yet.
-    pub(crate) async fn run(self) {
-        self.run_classic().await;
+    /// Run the group protocol `group.protocol` names until the member
+    /// leaves (close) or fails (a [`GroupEvent::Fatal`] is sent). Under
+    /// `auto`, the consumer protocol first, and classic when the broker
+    /// does not speak it (one info line says why).
+    pub(crate) async fn run(mut self) {
+        match self.cfg.group_protocol {
+            GroupProtocol::Classic => self.run_classic().await,
+            GroupProtocol::Consumer => {
+                let _ = self.run_consumer_protocol(false).await;
+            }
+            GroupProtocol::Auto => {
+                if let Some(why) = self.run_consumer_protocol(true).await {
+                    tracing::info!(group = %self.group_id, "group.protocol=auto: using the classic protocol, because {why}");
+                    self.run_classic().await;
+                }
+            }
+        }
     }
 }
 

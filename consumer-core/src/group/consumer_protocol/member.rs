@@ -1,0 +1,764 @@
+//! A KIP-848 group member (the `consumer` group protocol) as a pure state
+//! machine.
+//!
+//! The broker computes the assignment; the member heartbeats
+//! (ConsumerGroupHeartbeat), reconciles what the broker assigns (revoke
+//! first, then assign), and acknowledges by sending the partitions it owns.
+//! Events and `now` go in ([`Member::handle_heartbeat`],
+//! [`Member::handle_request_failed`], [`Member::handle_metadata`],
+//! [`Member::polled`], [`Member::listener_done`], …); actions come out
+//! ([`Member::poll_action`]) with the next deadline
+//! ([`Member::poll_timeout`]). It never awaits and never reads a clock; the
+//! driver in `group/consumer_protocol.rs` executes the actions.
+//!
+//! ```text
+//!                ┌──── NOT_COORDINATOR / COORDINATOR_NOT_AVAILABLE / request failed ◀──┐
+//!                ▼                                                                     │
+//!   FindCoordinator ──found──▶ Joining (epoch 0, full heartbeat) ──ok──▶ Stable (epoch > 0)
+//!        ▲                          │                                    │  heartbeat every interval the
+//!        │                          │ UNSUPPORTED_VERSION (auto)          │  broker returns; reconcile each
+//!        │                          ▼                                    │  new assignment: Revoke, Assign,
+//!        │                    FellBack (classic runs instead)            │  then an immediate heartbeat with
+//!        │                                                               │  the owned partitions (the ack)
+//!        ├── rejoin, epoch 0 ◀── FENCED_MEMBER_EPOCH (same member id) ───┤  partitions lost
+//!        │                   ◀── UNKNOWN_MEMBER_ID (a fresh member id) ──┤  partitions lost
+//!        └── next poll ◀── LeftForPollTimeout ◀── max.poll.interval.ms ──┘  partitions lost, epoch -1 sent
+//!   Fatal ◀── GROUP_AUTHORIZATION_FAILED, UNRELEASED_INSTANCE_ID, UNSUPPORTED_ASSIGNOR,
+//!             GROUP_MAX_SIZE_REACHED, FENCED_INSTANCE_ID, INVALID_REQUEST, INVALID_REGULAR_EXPRESSION, …
+//!   close: Revoke(owned), then a heartbeat with epoch -1 (-2 for a static member: KIP-345's
+//!          temporary leave, so a restart within the session timeout keeps the assignment)
+//! ```
+//!
+//! Invariants:
+//! - A heartbeat is **full** (every field) when joining and after any
+//!   error or failed request; otherwise it carries only what changed
+//!   (KIP-848: null means unchanged).
+//! - At most one heartbeat is in flight.
+//! - Partitions are revoked (commits still valid) only while the member
+//!   epoch is current; on fencing they are lost (never committed).
+//! - Assigned partitions whose topic id metadata does not resolve yet are
+//!   kept in the target, and metadata is refreshed; they are assigned
+//!   once resolved.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kafka_wire::KafkaCode;
+
+use crate::group::subscription::TopicSubscription;
+use crate::tp::TopicPartition;
+
+/// A topic id (KIP-516), as metadata and ConsumerGroupHeartbeat carry it.
+pub(crate) type TopicId = [u8; 16];
+
+/// An assignment as the broker sends it: partitions per topic id.
+pub(crate) type TopicIdPartitions = Vec<(TopicId, Vec<i32>)>;
+
+/// Member settings (the `group.*` consumer properties that 848 uses).
+#[derive(Clone)]
+pub(crate) struct MemberConfig {
+    pub group_id: String,
+    /// `group.instance.id`: static membership.
+    pub group_instance_id: Option<String>,
+    /// `client.rack`.
+    pub rack_id: Option<String>,
+    /// `group.remote.assignor`: a server-side assignor (`uniform`,
+    /// `range`), or the broker's default.
+    pub server_assignor: Option<String>,
+    /// Sent as the rebalance timeout (`max.poll.interval.ms`, as Java).
+    pub max_poll_interval: Duration,
+    pub retry_backoff: Duration,
+    /// Until the broker's first answer says otherwise.
+    pub heartbeat_interval: Duration,
+    /// `group.protocol=auto`: an UNSUPPORTED_VERSION answer before the
+    /// first successful heartbeat means "use classic", not an error.
+    pub may_fall_back: bool,
+    /// A fresh member id (a random UUID in production): at start, and
+    /// after UNKNOWN_MEMBER_ID.
+    pub new_member_id: Arc<dyn Fn() -> String + Send + Sync>,
+}
+
+impl std::fmt::Debug for MemberConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberConfig")
+            .field("group_id", &self.group_id)
+            .field("group_instance_id", &self.group_instance_id)
+            .field("server_assignor", &self.server_assignor)
+            .field("max_poll_interval", &self.max_poll_interval)
+            .field("may_fall_back", &self.may_fall_back)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the member is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum State {
+    FindingCoordinator,
+    /// A heartbeat with epoch 0 is due or in flight.
+    Joining,
+    /// In the group with a member epoch > 0.
+    Stable,
+    /// Left because the application stopped polling; rejoins on the next poll.
+    LeftForPollTimeout,
+    /// Left on close.
+    Left,
+    /// The broker does not speak the protocol; the classic one runs instead.
+    FellBack(String),
+    /// Unrecoverable; the message says what to fix.
+    Fatal(String),
+}
+
+/// One ConsumerGroupHeartbeat to send. `None` fields are "unchanged".
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Heartbeat {
+    pub member_id: String,
+    /// 0 to join, the current epoch, -1 to leave, -2 for a static member's
+    /// temporary leave.
+    pub member_epoch: i32,
+    pub instance_id: Option<String>,
+    pub rack_id: Option<String>,
+    pub rebalance_timeout_ms: Option<i32>,
+    pub subscribed_topic_names: Option<Vec<String>>,
+    /// A server-side regex (v1; RE2/J, whole-name match).
+    pub subscribed_topic_regex: Option<String>,
+    pub server_assignor: Option<String>,
+    /// The partitions this member owns (the reconciliation's ack).
+    pub owned: Option<TopicIdPartitions>,
+}
+
+/// A ConsumerGroupHeartbeat response, as the driver decodes it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HeartbeatResult {
+    pub error: Option<KafkaCode>,
+    pub error_message: Option<String>,
+    /// The broker may assign the member id (v0).
+    pub member_id: Option<String>,
+    pub member_epoch: i32,
+    pub heartbeat_interval_ms: i32,
+    /// `None`: unchanged.
+    pub assignment: Option<TopicIdPartitions>,
+}
+
+/// What the driver should do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    FindCoordinator,
+    Heartbeat(Heartbeat),
+    /// Resolve topic ids: answer with [`Member::handle_metadata`].
+    RefreshMetadata,
+    /// Call `on_revoked`; commits for these stay valid until it returns.
+    Revoke(Vec<TopicPartition>),
+    /// Call `on_assigned`; start fetching these.
+    Assign(Vec<TopicPartition>),
+    /// Call `on_lost`; never commit these.
+    Lose(Vec<TopicPartition>),
+    /// Leave the group: a heartbeat with this epoch (-1, or -2 for a
+    /// static member); the answer is not awaited by the machine.
+    Leave(Heartbeat),
+    /// The broker does not support the consumer protocol: run classic.
+    FallBack(String),
+    Fatal(String),
+}
+
+/// Queued work: an action, or the ack heartbeat that ends a reconciliation.
+#[derive(Debug)]
+enum Step {
+    Out(Action),
+    Ack,
+}
+
+#[derive(Debug)]
+struct RunningListener {
+    deadline: Instant,
+    revoking: BTreeSet<TopicPartition>,
+}
+
+/// The pure KIP-848 member.
+#[derive(Debug)]
+pub(crate) struct Member {
+    cfg: MemberConfig,
+    subscription: TopicSubscription,
+    state: State,
+    member_id: String,
+    member_epoch: i32,
+    owned: BTreeSet<TopicPartition>,
+    /// The broker's latest assignment (by topic id).
+    target: Option<BTreeMap<TopicId, BTreeSet<i32>>>,
+    /// Topic names by id, and ids by name, from metadata.
+    names: HashMap<TopicId, String>,
+    ids: HashMap<String, TopicId>,
+    /// Partition counts when the subscription's metadata was first seen.
+    first_seen: Option<HashMap<String, i32>>,
+    metadata_wanted: bool,
+    metadata_in_flight: bool,
+    steps: VecDeque<Step>,
+    /// Send every field in the next heartbeat.
+    full: bool,
+    /// What the broker last heard as our owned partitions.
+    acked: Option<BTreeSet<TopicPartition>>,
+    /// The next heartbeat acknowledges a reconciliation (carries `owned`).
+    ack_due: bool,
+    heartbeat_interval: Duration,
+    next_heartbeat: Option<Instant>,
+    heartbeat_in_flight: bool,
+    retry_at: Option<Instant>,
+    /// A successful heartbeat was answered since start (no fallback after).
+    ever_joined: bool,
+    last_poll: Instant,
+    listener: Option<RunningListener>,
+}
+
+/// The name Kafka's docs and logs use: `GROUP_MAX_SIZE_REACHED`.
+fn kafka_name(code: KafkaCode) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+impl Member {
+    /// A member of `cfg.group_id` subscribed to `subscription`, looking for
+    /// its coordinator.
+    pub(crate) fn new(cfg: MemberConfig, subscription: TopicSubscription, now: Instant) -> Self {
+        let member_id = (cfg.new_member_id)();
+        let heartbeat_interval = cfg.heartbeat_interval;
+        Self {
+            cfg,
+            subscription,
+            state: State::FindingCoordinator,
+            member_id,
+            member_epoch: 0,
+            owned: BTreeSet::new(),
+            target: None,
+            names: HashMap::new(),
+            ids: HashMap::new(),
+            first_seen: None,
+            metadata_wanted: false,
+            metadata_in_flight: false,
+            steps: VecDeque::from([Step::Out(Action::FindCoordinator)]),
+            full: true,
+            acked: None,
+            ack_due: false,
+            heartbeat_interval,
+            next_heartbeat: None,
+            heartbeat_in_flight: false,
+            retry_at: None,
+            ever_joined: false,
+            last_poll: now,
+            listener: None,
+        }
+    }
+
+    pub(crate) fn state(&self) -> &State {
+        &self.state
+    }
+    pub(crate) fn member_id(&self) -> &str {
+        &self.member_id
+    }
+    /// The member epoch: what commits are fenced by (OffsetCommit v9).
+    pub(crate) fn member_epoch(&self) -> i32 {
+        self.member_epoch
+    }
+    pub(crate) fn owned(&self) -> &BTreeSet<TopicPartition> {
+        &self.owned
+    }
+    pub(crate) fn last_poll(&self) -> Instant {
+        self.last_poll
+    }
+    /// The interval the broker asked for (`group.consumer.heartbeat.interval.ms`).
+    #[cfg(test)]
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+
+    /// Did `tp` appear after this member first saw its subscription's
+    /// metadata (see the classic `Membership::appeared_after_subscribe`)?
+    pub(crate) fn appeared_after_subscribe(&self, tp: &TopicPartition) -> bool {
+        self.first_seen
+            .as_ref()
+            .is_some_and(|seen| tp.partition >= seen.get(&tp.topic).copied().unwrap_or(0))
+    }
+
+    /// Partitions being revoked: commits stay valid until the listener ends.
+    pub(crate) fn revoking(&self) -> BTreeSet<TopicPartition> {
+        let mut out = self
+            .listener
+            .as_ref()
+            .map(|l| l.revoking.clone())
+            .unwrap_or_default();
+        for s in &self.steps {
+            if let Step::Out(Action::Revoke(parts)) = s {
+                out.extend(parts.iter().cloned());
+            }
+        }
+        out
+    }
+
+    fn push(&mut self, a: Action) {
+        self.steps.push_back(Step::Out(a));
+    }
+
+    fn lose_all(&mut self) {
+        let lost: Vec<_> = std::mem::take(&mut self.owned).into_iter().collect();
+        // Queued reconciliation steps are void: the epoch is gone.
+        self.steps.retain(|s| {
+            !matches!(
+                s,
+                Step::Ack | Step::Out(Action::Revoke(_) | Action::Assign(_))
+            )
+        });
+        if !lost.is_empty() {
+            self.push(Action::Lose(lost));
+        }
+        self.target = None;
+        self.acked = None;
+    }
+
+    fn fatal(&mut self, msg: String) {
+        self.lose_all();
+        self.push(Action::Fatal(msg.clone()));
+        self.state = State::Fatal(msg);
+        self.next_heartbeat = None;
+    }
+
+    /// Rejoin with epoch 0 and a full heartbeat.
+    fn rejoin(&mut self, now: Instant, backoff: bool) {
+        self.member_epoch = 0;
+        self.state = State::Joining;
+        self.full = true;
+        self.next_heartbeat = Some(if backoff {
+            now + self.cfg.retry_backoff
+        } else {
+            now
+        });
+    }
+
+    fn find_coordinator(&mut self, now: Instant) {
+        self.state = State::FindingCoordinator;
+        self.full = true;
+        self.next_heartbeat = None;
+        self.retry_at = Some(now + self.cfg.retry_backoff);
+        self.push(Action::FindCoordinator);
+    }
+
+    /// The coordinator is known: join (or resume heartbeating).
+    pub(crate) fn coordinator_found(&mut self, now: Instant) {
+        if self.state != State::FindingCoordinator {
+            return;
+        }
+        self.retry_at = None;
+        if self.member_epoch > 0 {
+            self.state = State::Stable;
+            self.next_heartbeat = Some(now);
+        } else {
+            self.rejoin(now, false);
+        }
+    }
+
+    /// A request (heartbeat, find-coordinator) failed on the network or
+    /// timed out: find the coordinator again; the next heartbeat is full.
+    pub(crate) fn handle_request_failed(&mut self, now: Instant) {
+        self.heartbeat_in_flight = false;
+        if matches!(
+            self.state,
+            State::Joining | State::Stable | State::FindingCoordinator
+        ) {
+            self.find_coordinator(now);
+        }
+    }
+
+    /// What the broker hears this member owns: what the application has,
+    /// including partitions whose revocation is still running.
+    fn reported(&self) -> BTreeSet<TopicPartition> {
+        let mut out = self.owned.clone();
+        if let Some(l) = &self.listener {
+            out.extend(l.revoking.iter().cloned());
+        }
+        out
+    }
+
+    fn heartbeat(&mut self, epoch: i32) -> Heartbeat {
+        let full = self.full || epoch == 0;
+        let ack = std::mem::take(&mut self.ack_due);
+        let mut hb = Heartbeat {
+            member_id: self.member_id.clone(),
+            member_epoch: epoch,
+            ..Heartbeat::default()
+        };
+        if full {
+            hb.instance_id = self.cfg.group_instance_id.clone();
+            hb.rack_id = self.cfg.rack_id.clone();
+            hb.rebalance_timeout_ms = Some(self.cfg.max_poll_interval.as_millis() as i32);
+            hb.server_assignor = self.cfg.server_assignor.clone();
+            match &self.subscription {
+                TopicSubscription::Topics(ts) => hb.subscribed_topic_names = Some(ts.clone()),
+                TopicSubscription::Pattern(re) => {
+                    hb.subscribed_topic_regex = Some(re.as_str().to_string())
+                }
+            }
+        }
+        if full || ack {
+            let reported = self.reported();
+            let mut by_id: BTreeMap<TopicId, Vec<i32>> = BTreeMap::new();
+            for tp in &reported {
+                if let Some(id) = self.ids.get(&tp.topic) {
+                    by_id.entry(*id).or_default().push(tp.partition);
+                }
+            }
+            hb.owned = Some(by_id.into_iter().collect());
+            self.acked = Some(reported);
+        }
+        self.full = false;
+        hb
+    }
+
+    /// Handle the heartbeat's answer.
+    pub(crate) fn handle_heartbeat(&mut self, r: HeartbeatResult, now: Instant) {
+        self.heartbeat_in_flight = false;
+        if !matches!(self.state, State::Joining | State::Stable) {
+            return; // left or failed meanwhile
+        }
+        let Some(code) = r.error else {
+            if let Some(id) = r.member_id.filter(|id| !id.is_empty()) {
+                self.member_id = id;
+            }
+            self.member_epoch = r.member_epoch;
+            if r.heartbeat_interval_ms > 0 {
+                self.heartbeat_interval = Duration::from_millis(r.heartbeat_interval_ms as u64);
+            }
+            self.ever_joined = true;
+            self.state = State::Stable;
+            self.next_heartbeat = Some(now + self.heartbeat_interval);
+            if let Some(assignment) = r.assignment {
+                let mut target: BTreeMap<TopicId, BTreeSet<i32>> = BTreeMap::new();
+                for (id, parts) in assignment {
+                    target.entry(id).or_default().extend(parts);
+                }
+                self.target = Some(target);
+                self.reconcile();
+            }
+            return;
+        };
+        let detail = r
+            .error_message
+            .filter(|m| !m.is_empty())
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        // Any error: the next heartbeat carries every field.
+        self.full = true;
+        use KafkaCode as K;
+        match code {
+            K::NotCoordinator | K::CoordinatorNotAvailable => self.find_coordinator(now),
+            K::CoordinatorLoadInProgress => {
+                self.next_heartbeat = Some(now + self.cfg.retry_backoff);
+            }
+            K::FencedMemberEpoch => {
+                tracing::info!(group = %self.cfg.group_id, member_epoch = self.member_epoch, "fenced (FENCED_MEMBER_EPOCH): partitions lost; rejoining with the same member id");
+                self.lose_all();
+                self.rejoin(now, false);
+            }
+            K::UnknownMemberId => {
+                tracing::info!(group = %self.cfg.group_id, "the coordinator does not know this member (UNKNOWN_MEMBER_ID): partitions lost; rejoining with a fresh member id");
+                self.lose_all();
+                self.member_id = (self.cfg.new_member_id)();
+                self.rejoin(now, false);
+            }
+            K::UnsupportedVersion if self.cfg.may_fall_back && !self.ever_joined => {
+                let why = format!(
+                    "the broker answered UNSUPPORTED_VERSION to ConsumerGroupHeartbeat{detail}"
+                );
+                self.state = State::FellBack(why.clone());
+                self.next_heartbeat = None;
+                self.push(Action::FallBack(why));
+            }
+            K::UnsupportedVersion => self.fatal(format!(
+                "group {}: the broker does not support the consumer group protocol (KIP-848){detail}; \
+                 set group.protocol=classic, or enable it on the broker \
+                 (group.coordinator.rebalance.protocols=classic,consumer)",
+                self.cfg.group_id
+            )),
+            K::GroupAuthorizationFailed
+            | K::TopicAuthorizationFailed
+            | K::InvalidRequest
+            | K::UnreleasedInstanceId
+            | K::UnsupportedAssignor
+            | K::GroupMaxSizeReached
+            | K::FencedInstanceId
+            | K::InvalidRegularExpression
+            | K::GroupIdNotFound
+            | K::InconsistentGroupProtocol => {
+                let hint = match code {
+                    K::UnreleasedInstanceId | K::FencedInstanceId => {
+                        "; another live member uses this group.instance.id"
+                    }
+                    K::UnsupportedAssignor => {
+                        "; check group.remote.assignor (the broker offers uniform and range by default)"
+                    }
+                    K::InconsistentGroupProtocol => {
+                        "; the group's members use a protocol this one cannot join"
+                    }
+                    _ => "",
+                };
+                self.fatal(format!(
+                    "group {}: ConsumerGroupHeartbeat failed with {}{detail}{hint}",
+                    self.cfg.group_id,
+                    kafka_name(code)
+                ))
+            }
+            other => {
+                tracing::warn!(group = %self.cfg.group_id, error = %other, "ConsumerGroupHeartbeat failed{detail}; retrying");
+                self.next_heartbeat = Some(now + self.cfg.retry_backoff);
+            }
+        }
+    }
+
+    /// Topic names for ids, and partition counts, from a metadata refresh.
+    pub(crate) fn handle_metadata(
+        &mut self,
+        topics: impl IntoIterator<Item = (TopicId, String, i32)>,
+        _now: Instant,
+    ) {
+        self.metadata_in_flight = false;
+        let mut counts = HashMap::new();
+        for (id, name, partitions) in topics {
+            if id != [0; 16] {
+                self.names.insert(id, name.clone());
+                self.ids.insert(name.clone(), id);
+            }
+            if partitions > 0 && self.subscription.includes(&name) {
+                counts.insert(name, partitions);
+            }
+        }
+        if self.first_seen.is_none() {
+            self.first_seen = Some(counts);
+        }
+        self.metadata_wanted = false;
+        self.reconcile();
+    }
+
+    /// The metadata refresh failed: try again later.
+    pub(crate) fn handle_metadata_failed(&mut self) {
+        self.metadata_in_flight = false;
+    }
+
+    /// Compare the target with what is owned, and queue the steps: revoke
+    /// first, then assign, then the ack heartbeat. Waits while a previous
+    /// reconciliation's steps are queued or its listener runs.
+    fn reconcile(&mut self) {
+        if self.state != State::Stable || self.listener.is_some() || !self.steps.is_empty() {
+            return;
+        }
+        let Some(target) = &self.target else {
+            return;
+        };
+        let mut resolved = BTreeSet::new();
+        let mut unresolved = false;
+        for (id, parts) in target {
+            match self.names.get(id) {
+                Some(name) => resolved.extend(parts.iter().map(|p| TopicPartition::new(name, *p))),
+                None => unresolved = true,
+            }
+        }
+        if unresolved {
+            // Keep them in the target; assign them once metadata knows them.
+            self.metadata_wanted = true;
+        }
+        let revoke: Vec<_> = self.owned.difference(&resolved).cloned().collect();
+        let assign: Vec<_> = resolved.difference(&self.owned).cloned().collect();
+        if revoke.is_empty() && assign.is_empty() {
+            if self.acked.as_ref() != Some(&self.owned) {
+                self.steps.push_back(Step::Ack);
+            }
+            return;
+        }
+        if !revoke.is_empty() {
+            for tp in &revoke {
+                self.owned.remove(tp);
+            }
+            self.push(Action::Revoke(revoke));
+        }
+        if !assign.is_empty() {
+            // Owned once handed to the application (in `poll_action`).
+            self.push(Action::Assign(assign));
+        }
+        self.steps.push_back(Step::Ack);
+    }
+
+    /// The application polled: it is alive.
+    pub(crate) fn polled(&mut self, now: Instant) {
+        self.last_poll = now;
+        if self.state == State::LeftForPollTimeout {
+            tracing::info!(group = %self.cfg.group_id, "the application polled again after a poll timeout: rejoining");
+            self.state = State::FindingCoordinator;
+            self.push(Action::FindCoordinator);
+        }
+    }
+
+    /// The epoch a leaving member sends: -2 keeps a static member's
+    /// assignment for the session timeout (KIP-345 under 848).
+    fn leave_epoch(&self) -> i32 {
+        if self.cfg.group_instance_id.is_some() {
+            -2
+        } else {
+            -1
+        }
+    }
+
+    /// Leave on close: revoke what is owned (commits still valid), then
+    /// send the leave heartbeat.
+    pub(crate) fn close(&mut self) {
+        if matches!(
+            self.state,
+            State::Left | State::Fatal(_) | State::FellBack(_)
+        ) {
+            return;
+        }
+        self.steps
+            .retain(|s| !matches!(s, Step::Ack | Step::Out(Action::Assign(_))));
+        let owned: Vec<_> = std::mem::take(&mut self.owned).into_iter().collect();
+        if !owned.is_empty() {
+            self.push(Action::Revoke(owned));
+        }
+        if self.member_epoch > 0 {
+            let hb = Heartbeat {
+                member_id: self.member_id.clone(),
+                member_epoch: self.leave_epoch(),
+                instance_id: self.cfg.group_instance_id.clone(),
+                ..Heartbeat::default()
+            };
+            self.push(Action::Leave(hb));
+        }
+        self.member_epoch = -1;
+        self.state = State::Left;
+        self.next_heartbeat = None;
+    }
+
+    /// See the classic `Membership::listener_started`: while the listener
+    /// runs only heartbeats go out, up to the rebalance timeout.
+    pub(crate) fn listener_started(&mut self, revoking: &[TopicPartition], now: Instant) {
+        self.listener = Some(RunningListener {
+            deadline: now + self.cfg.max_poll_interval,
+            revoking: revoking.iter().cloned().collect(),
+        });
+    }
+
+    pub(crate) fn listener_done(&mut self) {
+        self.listener = None;
+        // A newer assignment may have arrived meanwhile.
+        self.reconcile();
+    }
+
+    pub(crate) fn listener_running(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    fn heartbeat_due(&mut self, now: Instant) -> Option<Action> {
+        if !matches!(self.state, State::Joining | State::Stable)
+            || self.heartbeat_in_flight
+            || self.next_heartbeat.is_none_or(|t| now < t)
+        {
+            return None;
+        }
+        self.heartbeat_in_flight = true;
+        self.next_heartbeat = None;
+        let epoch = self.member_epoch;
+        Some(Action::Heartbeat(self.heartbeat(epoch)))
+    }
+
+    /// The next action, taking time into account.
+    pub(crate) fn poll_action(&mut self, now: Instant) -> Option<Action> {
+        if let Some(l) = &self.listener {
+            if now < l.deadline {
+                return self.heartbeat_due(now);
+            }
+            tracing::warn!(group = %self.cfg.group_id, "rebalance listener exceeded max.poll.interval.ms; continuing without it");
+            self.listener = None;
+        }
+        self.check_poll_timer(now);
+        // An assignment that arrived while a reconciliation ran.
+        self.reconcile();
+        match self.steps.front() {
+            Some(Step::Out(Action::FindCoordinator)) if self.retry_at.is_some_and(|t| now < t) => {
+                return None
+            }
+            Some(Step::Out(_)) => {
+                let Some(Step::Out(a)) = self.steps.pop_front() else {
+                    unreachable!("front is an action")
+                };
+                match &a {
+                    Action::FindCoordinator => self.retry_at = None,
+                    Action::Assign(parts) => self.owned.extend(parts.iter().cloned()),
+                    _ => {}
+                }
+                return Some(a);
+            }
+            Some(Step::Ack) => {
+                if self.state != State::Stable {
+                    self.steps.pop_front();
+                } else if !self.heartbeat_in_flight {
+                    // The ack goes out now, whatever the interval says.
+                    self.steps.pop_front();
+                    self.ack_due = true;
+                    self.next_heartbeat = Some(now);
+                    return self.heartbeat_due(now);
+                }
+            }
+            None => {}
+        }
+        if self.metadata_wanted && !self.metadata_in_flight {
+            self.metadata_in_flight = true;
+            return Some(Action::RefreshMetadata);
+        }
+        self.heartbeat_due(now)
+    }
+
+    fn check_poll_timer(&mut self, now: Instant) {
+        if !matches!(self.state, State::Joining | State::Stable) {
+            return;
+        }
+        if now.duration_since(self.last_poll) <= self.cfg.max_poll_interval {
+            return;
+        }
+        tracing::warn!(
+            group = %self.cfg.group_id,
+            "leaving the group: the application did not poll within max.poll.interval.ms ({:?})",
+            self.cfg.max_poll_interval
+        );
+        self.lose_all();
+        if self.member_epoch > 0 {
+            let hb = Heartbeat {
+                member_id: self.member_id.clone(),
+                member_epoch: self.leave_epoch(),
+                instance_id: self.cfg.group_instance_id.clone(),
+                ..Heartbeat::default()
+            };
+            self.push(Action::Leave(hb));
+        }
+        self.member_epoch = 0;
+        self.full = true;
+        self.state = State::LeftForPollTimeout;
+        self.next_heartbeat = None;
+    }
+
+    /// When the driver should call [`Member::poll_action`] again at the latest.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        let heartbeat = self.next_heartbeat.filter(|_| !self.heartbeat_in_flight);
+        if let Some(l) = &self.listener {
+            return [Some(l.deadline), heartbeat].into_iter().flatten().min();
+        }
+        let poll_deadline = matches!(self.state, State::Joining | State::Stable)
+            .then(|| self.last_poll + self.cfg.max_poll_interval);
+        [self.retry_at, heartbeat, poll_deadline]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,196 @@
+//! `group.protocol` against the real broker: KIP-848's consumer protocol
+//! where the broker speaks it (Kafka 4.x), the classic one where it does
+//! not (Kafka 3.9 by default), and `auto` choosing between them.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use consumer_core::{Consumer, ConsumerConfig, GroupProtocol, TopicPartition};
+use kafka_wire::messages::ApiKey;
+use kafka_wire::{Lane, ProducerRecord};
+
+/// Does the broker advertise ConsumerGroupHeartbeat (KIP-848 on)?
+async fn speaks_848(b: &testkit::BrokerEnv) -> bool {
+    let client = common::client(b).await;
+    let md = client.refresh_metadata(None).await.unwrap();
+    let id = *md.brokers.keys().next().expect("a broker");
+    let conn = client.connection(id, Lane::Group).await.unwrap();
+    conn.version(ApiKey::ConsumerGroupHeartbeat).is_ok()
+}
+
+/// Settings without the classic-only ones (refused under `consumer`).
+fn member(b: &testkit::BrokerEnv, group: &str, protocol: &str) -> ConsumerConfig {
+    ConsumerConfig::builder()
+        .bootstrap(&b.bootstrap)
+        .unwrap()
+        .set("group.id", group)
+        .unwrap()
+        .set("group.protocol", protocol)
+        .unwrap()
+        .set("auto.offset.reset", "earliest")
+        .unwrap()
+        .set("fetch.max.wait.ms", "50")
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
+type Seen = Arc<Mutex<Vec<(TopicPartition, i64)>>>;
+
+/// Poll and commit until `stop`; every record seen goes to `seen`.
+fn spawn_member(
+    mut c: Consumer,
+    seen: Seen,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Consumer> {
+    tokio::spawn(async move {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match c.poll(Duration::from_millis(100)).await {
+                Ok(batches) => {
+                    let mut s = seen.lock().unwrap();
+                    for b in batches {
+                        for r in &b.records {
+                            s.push((b.tp.clone(), r.offset));
+                        }
+                    }
+                }
+                Err(e) => panic!("poll failed: {e}"),
+            }
+            let _ = c.commit_positions().await;
+        }
+        c
+    })
+}
+
+#[tokio::test]
+async fn two_members_share_the_partitions_and_consume_every_record_once_committed() {
+    let b = testkit::require_broker!();
+    let kip848 = speaks_848(&b).await;
+    // Explicit `consumer` where the broker has it; `auto` must end on
+    // classic where it does not.
+    let (protocol, expected) = if kip848 {
+        ("consumer", GroupProtocol::Consumer)
+    } else {
+        ("auto", GroupProtocol::Classic)
+    };
+    let admin = common::client(&b).await;
+    let topic = common::topic(&admin, "kip848", 4).await;
+    let group = testkit::unique_name("kip848-group");
+    let t = topic.clone();
+    common::produce(&admin, &b, 200, |i| {
+        ProducerRecord::new(&t)
+            .partition((i % 4) as i32)
+            .value(format!("{i}"))
+    })
+    .await;
+
+    let seen: Seen = Default::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut handles = Vec::new();
+    let mut first = Consumer::connect(member(&b, &group, protocol))
+        .await
+        .unwrap();
+    first.subscribe(&[&topic]).unwrap();
+    handles.push(spawn_member(first, seen.clone(), stop.clone()));
+    // The second joins while the first consumes: the broker moves half.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut second = Consumer::connect(member(&b, &group, protocol))
+        .await
+        .unwrap();
+    second.subscribe(&[&topic]).unwrap();
+    handles.push(spawn_member(second, seen.clone(), stop.clone()));
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let distinct: BTreeSet<_> = seen.lock().unwrap().iter().cloned().collect();
+        if distinct.len() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 200 records consumed",
+            distinct.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both members end with two partitions each, under the expected protocol.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let members = loop {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut members = Vec::new();
+        for h in handles.drain(..) {
+            members.push(h.await.unwrap());
+        }
+        let sizes: Vec<usize> = members.iter().map(|c| c.assignment().len()).collect();
+        if sizes == [2, 2] || Instant::now() > deadline {
+            assert_eq!(
+                sizes,
+                [2, 2],
+                "the broker balances 4 partitions over 2 members"
+            );
+            break members;
+        }
+        stop.store(false, std::sync::atomic::Ordering::Relaxed);
+        for c in members {
+            handles.push(spawn_member(c, seen.clone(), stop.clone()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for c in &members {
+        assert_eq!(c.group_protocol(), Some(expected));
+        assert!(
+            c.generation().is_some_and(|g| g > 0),
+            "a member epoch / generation"
+        );
+    }
+    let parts: Vec<TopicPartition> = (0..4).map(|p| TopicPartition::new(&topic, p)).collect();
+    // Every partition's position was committed by its owner.
+    let committed = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut all = std::collections::BTreeMap::new();
+            for c in &members {
+                c.commit_positions().await.unwrap();
+                all.extend(c.committed(&parts).await.unwrap());
+            }
+            if all.values().all(|o| *o == 50) && all.len() == 4 || Instant::now() > deadline {
+                break all;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert_eq!(committed.len(), 4, "{committed:?}");
+    assert!(committed.values().all(|o| *o == 50), "{committed:?}");
+    for c in members {
+        c.close(Duration::from_secs(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn explicit_consumer_on_a_broker_without_kip_848_fails_naming_the_fix() {
+    let b = testkit::require_broker!();
+    if speaks_848(&b).await {
+        return; // Kafka 4.x: the test above covers it; this one is for 3.9
+    }
+    let admin = common::client(&b).await;
+    let topic = common::topic(&admin, "kip848-off", 1).await;
+    let group = testkit::unique_name("kip848-off");
+    let mut c = Consumer::connect(member(&b, &group, "consumer"))
+        .await
+        .unwrap();
+    c.subscribe(&[&topic]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let err = loop {
+        match c.poll(Duration::from_millis(200)).await {
+            Err(e) => break e.to_string(),
+            Ok(_) => assert!(
+                Instant::now() < deadline,
+                "no error on a broker without KIP-848"
+            ),
+        }
+    };
+    assert!(err.contains("group.protocol=classic"), "{err}");
+}
