@@ -248,7 +248,7 @@ impl Committer {
                     .with_committed_metadata(meta.clone().map(StrBytes::from_string)),
             );
         }
-        let req = OffsetCommitRequest::default()
+        let mut req = OffsetCommitRequest::default()
             .with_group_id(GroupId(StrBytes::from_string(group.clone())))
             .with_generation_id_or_member_epoch(generation)
             .with_member_id(StrBytes::from_string(member_id))
@@ -290,6 +290,7 @@ impl Committer {
                 },
             };
             let mut retry = false;
+            let mut stale = false;
             let mut last_err = None;
             for t in &resp.topics {
                 for p in &t.partitions {
@@ -308,11 +309,32 @@ impl Committer {
                         ) {
                             retry = true;
                             last_err = Some(e);
+                        } else if code == KafkaCode::StaleMemberEpoch && self.snapshot.is_some() {
+                            // KIP-848: the member epoch moved on since the
+                            // commit was built. Retried with the current one
+                            // while the partitions are still ours (below).
+                            retry = true;
+                            stale = true;
+                            last_err = Some(e);
                         } else {
                             return Err(e.into());
                         }
                     }
                 }
+            }
+            if stale {
+                let snap = self.snapshot.as_ref().expect("checked above");
+                let s = snap.lock().expect("snapshot lock");
+                for (tp, ..) in &offsets {
+                    if !s.may_commit(tp) {
+                        return Err(ConsumerError::NotOwned {
+                            tp: tp.clone(),
+                            generation: s.generation,
+                        });
+                    }
+                }
+                req.generation_id_or_member_epoch = s.generation;
+                req.member_id = StrBytes::from_string(s.member_id.clone());
             }
             if !retry {
                 let mut done = self.committed.lock().expect("committed lock");
