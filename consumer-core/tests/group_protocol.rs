@@ -139,6 +139,34 @@ async fn two_members_share_the_partitions_and_consume_every_record_once_committe
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // The admin view (kafka-lab groups describe): ConsumerGroupDescribe for
+    // a KIP-848 group, with member epochs, types and assignments.
+    let d = admin.describe_group(&group).await.unwrap();
+    assert_eq!(d.members.len(), 2, "{d:?}");
+    let owned: usize = d
+        .members
+        .iter()
+        .map(|m| {
+            if kip848 {
+                m.assigned.len()
+            } else {
+                consumer_core::Assignment::decode(&m.assignment)
+                    .unwrap()
+                    .partitions
+                    .len()
+            }
+        })
+        .sum();
+    assert_eq!(owned, 4, "{d:?}");
+    if kip848 {
+        assert!(d.group_epoch.is_some_and(|e| e > 0), "{d:?}");
+        for m in &d.members {
+            assert_eq!(m.member_type, Some("consumer"));
+            assert!(m.member_epoch.is_some_and(|e| e > 0), "{m:?}");
+        }
+    } else {
+        assert_eq!(d.group_epoch, None);
+    }
     for c in &members {
         assert_eq!(c.group_protocol(), Some(expected));
         assert!(

@@ -221,21 +221,38 @@ pub async fn run(connect: &ConnectArgs, client: &Client, cmd: GroupsCommand) -> 
             let d = client.describe_group(&group).await?;
             let mut lines: Vec<String> = Vec::new();
             lines.push(format!(
-                "group {} state {} assignor {}",
+                "group {} state {} assignor {} protocol {}",
                 d.group_id,
                 d.state,
                 if d.protocol.is_empty() {
                     "-"
                 } else {
                     &d.protocol
+                },
+                match d.group_epoch {
+                    Some(epoch) => format!("consumer (KIP-848), group epoch {epoch}"),
+                    None => "classic".into(),
                 }
             ));
             // Who owns what.
             let mut owner: BTreeMap<TopicPartition, String> = BTreeMap::new();
             for m in &d.members {
-                let a = Assignment::decode(&m.assignment).unwrap_or_default();
-                for tp in a.partitions {
-                    owner.insert(tp, format!("{} ({})", m.member_id, m.client_host));
+                // Classic: the assignment bytes; KIP-848: the broker's own list.
+                let parts = if m.member_epoch.is_some() {
+                    m.assigned.clone()
+                } else {
+                    Assignment::decode(&m.assignment)
+                        .unwrap_or_default()
+                        .partitions
+                };
+                let who = match (m.member_type, m.member_epoch) {
+                    (Some(kind), Some(epoch)) => {
+                        format!("{} ({}, {kind}, epoch {epoch})", m.member_id, m.client_host)
+                    }
+                    _ => format!("{} ({})", m.member_id, m.client_host),
+                };
+                for tp in parts {
+                    owner.insert(tp, who.clone());
                 }
             }
             // Committed offsets: read through a consumer of the group that never joins.

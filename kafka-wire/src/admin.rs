@@ -265,8 +265,19 @@ pub struct GroupMember {
     pub group_instance_id: Option<String>,
     pub client_id: String,
     pub client_host: String,
+    /// Classic members: the consumer-protocol subscription bytes (empty
+    /// for a KIP-848 group).
     pub metadata: bytes::Bytes,
+    /// Classic members: the consumer-protocol assignment bytes (empty for
+    /// a KIP-848 group: see `assigned`).
     pub assignment: bytes::Bytes,
+    /// KIP-848 groups: the member epoch (`None` for a classic group).
+    pub member_epoch: Option<i32>,
+    /// KIP-848 groups: `"consumer"` or `"classic"` (a classic-protocol
+    /// member in a consumer group, KIP-1099), `None` for a classic group.
+    pub member_type: Option<&'static str>,
+    /// KIP-848 groups: the partitions the member owns now (resolved names).
+    pub assigned: Vec<TopicPartition>,
 }
 
 /// A described group.
@@ -274,10 +285,14 @@ pub struct GroupMember {
 pub struct GroupDescription {
     pub group_id: String,
     pub state: String,
+    /// `consumer` for consumer groups of either protocol.
     pub protocol_type: String,
-    /// The assignor the group chose (e.g. `range`).
+    /// The assignor the group chose (e.g. `range`; for a KIP-848 group the
+    /// server-side assignor, e.g. `uniform`).
     pub protocol: String,
     pub members: Vec<GroupMember>,
+    /// KIP-848 groups: the group epoch (`None` for a classic group).
+    pub group_epoch: Option<i32>,
 }
 
 /// A config resource.
@@ -643,6 +658,15 @@ impl Client {
         let g = resp.groups.into_iter().next().ok_or_else(|| {
             Error::Metadata(format!("DescribeGroups returned nothing for {group}"))
         })?;
+        // DescribeGroups does not see a KIP-848 group: Kafka 4.x answers
+        // Dead with no members (or GROUP_ID_NOT_FOUND, "not a classic group").
+        let unseen = g.error_code == KafkaCode::GroupIdNotFound.code()
+            || (g.error_code == 0 && g.members.is_empty() && g.group_state.as_str() == "Dead");
+        if unseen {
+            if let Some(d) = self.describe_consumer_group(coordinator, group).await? {
+                return Ok(d);
+            }
+        }
         crate::error::check_code(ApiKey::DescribeGroups, g.error_code)
             .map_err(|e| e.with_message(g.error_message.as_deref()))?;
         Ok(GroupDescription {
@@ -660,9 +684,76 @@ impl Client {
                     client_host: s(&m.client_host),
                     metadata: m.member_metadata,
                     assignment: m.member_assignment,
+                    member_epoch: None,
+                    member_type: None,
+                    assigned: Vec::new(),
                 })
                 .collect(),
+            group_epoch: None,
         })
+    }
+
+    /// ConsumerGroupDescribe (KIP-848): `None` when the coordinator does
+    /// not speak it or `group` is not a consumer-protocol group.
+    async fn describe_consumer_group(
+        &self,
+        coordinator: i32,
+        group: &str,
+    ) -> Result<Option<GroupDescription>> {
+        use kafka_protocol::messages::{ConsumerGroupDescribeRequest, GroupId};
+        let conn = self.connection(coordinator, Lane::Control).await?;
+        if conn.version(ApiKey::ConsumerGroupDescribe).is_err() {
+            return Ok(None);
+        }
+        let req = ConsumerGroupDescribeRequest::default()
+            .with_group_ids(vec![GroupId(StrBytes::from_string(group.to_string()))]);
+        let resp = self
+            .send_to(coordinator, Lane::Control, &req, Duration::ZERO)
+            .await?;
+        let Some(g) = resp.groups.into_iter().next() else {
+            return Ok(None);
+        };
+        if g.error_code == KafkaCode::GroupIdNotFound.code() {
+            return Ok(None);
+        }
+        crate::error::check_code(ApiKey::ConsumerGroupDescribe, g.error_code)
+            .map_err(|e| e.with_message(g.error_message.as_deref()))?;
+        let s = |v: &StrBytes| v.to_string();
+        Ok(Some(GroupDescription {
+            group_id: g.group_id.0.to_string(),
+            state: s(&g.group_state),
+            protocol_type: "consumer".into(),
+            protocol: s(&g.assignor_name),
+            group_epoch: Some(g.group_epoch),
+            members: g
+                .members
+                .into_iter()
+                .map(|m| GroupMember {
+                    member_id: s(&m.member_id),
+                    group_instance_id: m.instance_id.as_ref().map(s),
+                    client_id: s(&m.client_id),
+                    client_host: s(&m.client_host),
+                    metadata: bytes::Bytes::new(),
+                    assignment: bytes::Bytes::new(),
+                    member_epoch: Some(m.member_epoch),
+                    // KIP-1099: 0 classic, 1 consumer (-1: an older broker).
+                    member_type: Some(match m.member_type {
+                        0 => "classic",
+                        _ => "consumer",
+                    }),
+                    assigned: m
+                        .assignment
+                        .topic_partitions
+                        .iter()
+                        .flat_map(|t| {
+                            t.partitions
+                                .iter()
+                                .map(|p| TopicPartition::new(t.topic_name.0.to_string(), *p))
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }))
     }
 
     /// Delete an empty consumer group (and its committed offsets).
