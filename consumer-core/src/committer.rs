@@ -377,7 +377,7 @@ impl Committer {
         for tp in tps {
             by_topic.entry(&tp.topic).or_default().push(tp.partition);
         }
-        let req = OffsetFetchRequest::default()
+        let mut req = OffsetFetchRequest::default()
             .with_require_stable(true)
             .with_groups(vec![OffsetFetchRequestGroup::default()
                 .with_group_id(GroupId(StrBytes::from_string(group.clone())))
@@ -397,6 +397,20 @@ impl Committer {
                 .client
                 .find_coordinator(CoordinatorKind::Group, &group)
                 .await?;
+            // KIP-848: a member reads under its member epoch (v9), so the
+            // coordinator can tell it its epoch is stale.
+            let version = self
+                .client
+                .connection(node, Lane::Control)
+                .await?
+                .version(ApiKey::OffsetFetch)?;
+            if let (Some(snap), true) = (&self.snapshot, version >= 9) {
+                let s = snap.lock().expect("snapshot lock");
+                let member = s.protocol == Some(crate::GroupProtocol::Consumer) && s.generation > 0;
+                req.groups[0].member_id =
+                    member.then(|| StrBytes::from_string(s.member_id.clone()));
+                req.groups[0].member_epoch = if member { s.generation } else { -1 };
+            }
             let resp = self
                 .client
                 .send_to(node, Lane::Control, &req, Duration::ZERO)
@@ -424,7 +438,11 @@ impl Committer {
                                 );
                             }
                         }
-                        Some(KafkaCode::UnstableOffsetCommit) => unstable = true,
+                        // Retried, never read as "no committed offset":
+                        // a consumer elsewhere lost data exactly that way.
+                        Some(KafkaCode::UnstableOffsetCommit | KafkaCode::StaleMemberEpoch) => {
+                            unstable = true
+                        }
                         Some(code) => {
                             return Err(Error::broker_for(
                                 ApiKey::OffsetFetch,
@@ -441,7 +459,7 @@ impl Committer {
             if !unstable && group_error.is_none() {
                 return Ok(out);
             }
-            if let Some(code) = group_error {
+            if let Some(code) = group_error.filter(|c| *c != KafkaCode::StaleMemberEpoch) {
                 if !code.is_retriable() {
                     return Err(Error::broker_for(ApiKey::OffsetFetch, code, &group, -1).into());
                 }

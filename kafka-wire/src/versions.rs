@@ -19,7 +19,7 @@ pub(crate) fn client_range(api: ApiKey) -> Option<(i16, i16)> {
         K::ListOffsets => (1, 8),
         K::Metadata => (1, 12),
         K::OffsetCommit => (2, 9),
-        K::OffsetFetch => (1, 8),
+        K::OffsetFetch => (1, 9),
         K::FindCoordinator => (0, 4),
         K::JoinGroup => (0, 9),
         K::Heartbeat => (0, 4),
