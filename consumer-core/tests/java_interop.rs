@@ -34,13 +34,40 @@ fn java_client_jars() -> Option<PathBuf> {
 #[tokio::test]
 async fn our_member_and_a_java_member_share_one_group() {
     let b = testkit::require_broker!();
+    let protocol = common::kip848_protocol().unwrap_or_else(|| "classic".into());
+    interop(&b, &protocol).await;
+}
+
+/// The mixed group of KIP-848: the Java console consumer with
+/// `group.protocol=consumer` beside ours; the broker assigns both.
+#[tokio::test]
+async fn our_member_and_a_java_member_share_one_kip_848_group() {
+    let b = testkit::require_broker!();
+    let client = common::client(&b).await;
+    let md = client.refresh_metadata(None).await.unwrap();
+    let id = *md.brokers.keys().next().expect("a broker");
+    let conn = client
+        .connection(id, kafka_wire::Lane::Group)
+        .await
+        .unwrap();
+    if conn
+        .version(kafka_wire::messages::ApiKey::ConsumerGroupHeartbeat)
+        .is_err()
+    {
+        return; // Kafka 3.9 by default: no KIP-848 to mix
+    }
+    interop(&b, "consumer").await;
+}
+
+async fn interop(b: &testkit::BrokerEnv, protocol: &str) {
+    let kip848 = protocol == "consumer";
     let Some(jars) = java_client_jars() else {
         return;
     };
-    let admin = common::client(&b).await;
+    let admin = common::client(b).await;
     let topic = testkit::unique_name("interop");
     admin.create_topic(NewTopic::new(&topic, 6)).await.unwrap();
-    common::produce(&admin, &b, 600, |i| {
+    common::produce(&admin, b, 600, |i| {
         ProducerRecord::new(&topic)
             .partition((i % 6) as i32)
             .value(format!("{i}"))
@@ -48,7 +75,19 @@ async fn our_member_and_a_java_member_share_one_group() {
     .await;
     let group = testkit::unique_name("interop-group");
 
-    // The Java member, range assignor, classic protocol.
+    // The Java member: range assignor under classic; under KIP-848 the
+    // broker's uniform assignor for both.
+    let java_props: Vec<String> = if kip848 {
+        vec![
+            "group.protocol=consumer".into(),
+            "group.remote.assignor=uniform".into(),
+        ]
+    } else {
+        vec![
+            "group.protocol=classic".into(),
+            "partition.assignment.strategy=org.apache.kafka.clients.consumer.RangeAssignor".into(),
+        ]
+    };
     let mut java = Command::new("java")
         .arg("-cp")
         .arg(format!("{}/*", jars.display()))
@@ -62,11 +101,11 @@ async fn our_member_and_a_java_member_share_one_group() {
             &group,
         ])
         .args(["--consumer-property", "auto.offset.reset=earliest"])
-        .args(["--consumer-property", "group.protocol=classic"])
-        .args([
-            "--consumer-property",
-            "partition.assignment.strategy=org.apache.kafka.clients.consumer.RangeAssignor",
-        ])
+        .args(
+            java_props
+                .iter()
+                .flat_map(|p| ["--consumer-property", p.as_str()]),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -90,15 +129,23 @@ async fn our_member_and_a_java_member_share_one_group() {
     while java_seen.lock().unwrap().is_empty() && Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut ours = Consumer::connect(
-        common::config(&b, Some(&group))
+    let ours_cfg = if kip848 {
+        consumer_core::ConsumerConfig::builder()
+            .bootstrap(&b.bootstrap)
+            .unwrap()
+            .group_id(&group)
+            .set("auto.offset.reset", "earliest")
+            .unwrap()
+            .set("group.protocol", "consumer")
+            .unwrap()
+            .set("group.remote.assignor", "uniform")
+            .unwrap()
+    } else {
+        common::config(b, Some(&group))
             .set("partition.assignment.strategy", "range")
             .unwrap()
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    };
+    let mut ours = Consumer::connect(ours_cfg.build().unwrap()).await.unwrap();
     ours.subscribe(&[&topic]).unwrap();
     let mut ours_seen: Vec<String> = Vec::new();
     let mut split = false;
@@ -115,16 +162,20 @@ async fn our_member_and_a_java_member_share_one_group() {
                     .members
                     .iter()
                     .map(|m| {
-                        Assignment::decode(&m.assignment)
-                            .unwrap_or_default()
-                            .partitions
-                            .into_iter()
-                            .collect()
+                        if kip848 {
+                            m.assigned.iter().cloned().collect()
+                        } else {
+                            Assignment::decode(&m.assignment)
+                                .unwrap_or_default()
+                                .partitions
+                                .into_iter()
+                                .collect()
+                        }
                     })
                     .collect();
                 let union: BTreeSet<&TopicPartition> = sets.iter().flatten().collect();
                 split = d.members.len() == 2
-                    && d.protocol == "range"
+                    && d.protocol == if kip848 { "uniform" } else { "range" }
                     && union.len() == 6
                     && sets.iter().all(|s| s.len() == 3);
             }

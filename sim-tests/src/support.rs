@@ -78,6 +78,21 @@ pub async fn numbered_topic(
     topic
 }
 
+/// Whether the suites run under KIP-848 (`KAFKA_GROUP_PROTOCOL=consumer`).
+pub fn kip848() -> bool {
+    std::env::var("KAFKA_GROUP_PROTOCOL").is_ok_and(|p| p == "consumer")
+}
+
+/// The API key of the group heartbeat under the protocol the suite runs:
+/// Heartbeat (12), or ConsumerGroupHeartbeat (68) under KIP-848.
+pub fn heartbeat_api() -> i16 {
+    if kip848() {
+        68
+    } else {
+        12
+    }
+}
+
 /// A group member reading from the earliest offset, with a short session,
 /// plus `props` (Kafka property names).
 pub fn group_consumer_with(
@@ -89,11 +104,31 @@ pub fn group_consumer_with(
         .bootstrap(&b.bootstrap)
         .expect("bootstrap")
         .group_id(group);
-    let defaults = [
-        ("auto.offset.reset", "earliest"),
-        ("session.timeout.ms", "6000"),
-        ("heartbeat.interval.ms", "300"),
+    // KAFKA_GROUP_PROTOCOL=consumer runs a suite under KIP-848, where the
+    // broker owns the session timeout and heartbeat interval.
+    let protocol = std::env::var("KAFKA_GROUP_PROTOCOL").unwrap_or_default();
+    let defaults: Vec<(&str, &str)> = if protocol.is_empty() || protocol == "classic" {
+        vec![
+            ("auto.offset.reset", "earliest"),
+            ("session.timeout.ms", "6000"),
+            ("heartbeat.interval.ms", "300"),
+        ]
+    } else {
+        vec![
+            ("auto.offset.reset", "earliest"),
+            ("group.protocol", protocol.as_str()),
+        ]
+    };
+    // Under KIP-848 every rebalance is incremental and the broker assigns:
+    // a test's classic-only settings do not apply.
+    let classic_only = [
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "partition.assignment.strategy",
     ];
+    let props = props
+        .iter()
+        .filter(|(k, _)| defaults.len() == 3 || !classic_only.contains(k));
     for (k, v) in defaults.iter().chain(props) {
         builder = builder.set(k, v).expect("a valid consumer property");
     }

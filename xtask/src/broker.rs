@@ -438,6 +438,12 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 group.min.session.timeout.ms=1000
+# KIP-848 groups: the broker owns the session timeout and heartbeat
+# interval; as short as the classic tests' own (6 s, sub-second).
+group.consumer.min.session.timeout.ms=1000
+group.consumer.session.timeout.ms=6000
+group.consumer.min.heartbeat.interval.ms=100
+group.consumer.heartbeat.interval.ms=500
 auto.create.topics.enable=false
 # TLS: PEM keystore (PKCS#8 key + chain) and the test CA as truststore.
 ssl.keystore.type=PEM

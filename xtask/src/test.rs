@@ -223,7 +223,12 @@ fn run_steps(
         } else {
             format!("Kafka {version}: ")
         };
-        let result = timed(steps, names[1], || tests(&env, args, &label, true, counts));
+        let mut result = timed(steps, names[1], || tests(&env, args, &label, true, counts));
+        if i == 0 && result.is_ok() && args.cargo_test_args.is_empty() {
+            // KIP-848 on the main version: the group, runtime and semantics
+            // suites again under group.protocol=consumer.
+            result = timed(steps, "kip-848 tests", || kip848_tests(&env, counts));
+        }
         // Stop the test broker, even when tests failed: it is the test run's
         // own (target/broker-test), also when reused from an interrupted run.
         let _ = timed(steps, names[2], || {
@@ -280,6 +285,44 @@ fn tests(
     let line = format!(
         "{label}{} passed, {} failed, {} skipped",
         c.passed, c.failed, c.ignored
+    );
+    if c.failed > 0 {
+        bail!("{line}");
+    }
+    Ok(line)
+}
+
+/// The suites that exercise group membership, run again with
+/// `KAFKA_GROUP_PROTOCOL=consumer` (the tests' helpers then configure
+/// `group.protocol=consumer`). `--workspace` with `--test` filters keeps
+/// the workspace run's feature set, so nothing is rebuilt.
+const KIP848_SUITES: [&str; 7] = [
+    "group",
+    "group_protocol",
+    "java_interop",
+    "processor",
+    "offsets",
+    "kafka_semantics",
+    "live_props",
+];
+
+fn kip848_tests(env: &[(String, String)], counts: &mut Counts) -> anyhow::Result<String> {
+    let mut env = env.to_vec();
+    env.push(("KAFKA_GROUP_PROTOCOL".into(), "consumer".into()));
+    let mut args = vec!["--workspace".to_string()];
+    for t in KIP848_SUITES {
+        args.extend(["--test".to_string(), t.to_string()]);
+    }
+    eprintln!("\n==> the group suites again under group.protocol=consumer (KIP-848)");
+    let c = cargo_test(&env, &args, &[])?;
+    counts.passed += c.passed;
+    counts.failed += c.failed;
+    counts.ignored += c.ignored;
+    let line = format!(
+        "group.protocol=consumer: {} passed, {} failed ({})",
+        c.passed,
+        c.failed,
+        KIP848_SUITES.join(", ")
     );
     if c.failed > 0 {
         bail!("{line}");

@@ -18,18 +18,26 @@ pub async fn client(b: &testkit::BrokerEnv) -> Client {
 }
 
 /// Test-friendly consumer settings: earliest, short session, fast fetches.
+/// Under `KAFKA_GROUP_PROTOCOL=consumer` (KIP-848) the broker owns the
+/// session timeout and heartbeat interval, and assigns partitions.
 pub fn config(b: &testkit::BrokerEnv, group: Option<&str>) -> ConsumerConfigBuilder {
     let mut c = ConsumerConfig::builder()
         .bootstrap(&b.bootstrap)
         .unwrap()
         .set("auto.offset.reset", "earliest")
         .unwrap()
-        .set("session.timeout.ms", "6000")
-        .unwrap()
-        .set("heartbeat.interval.ms", "300")
-        .unwrap()
         .set("fetch.max.wait.ms", "50")
         .unwrap();
+    match kip848_protocol() {
+        Some(p) => c = c.set("group.protocol", &p).unwrap(),
+        None => {
+            c = c
+                .set("session.timeout.ms", "6000")
+                .unwrap()
+                .set("heartbeat.interval.ms", "300")
+                .unwrap()
+        }
+    }
     if let Some(g) = group {
         c = c.group_id(g);
     }
@@ -75,7 +83,34 @@ pub async fn connect(
 ) -> Consumer {
     let mut c = config(b, group);
     for (k, v) in props {
+        if kip848_protocol().is_some() && CLASSIC_ONLY.contains(k) {
+            continue;
+        }
         c = c.set(k, v).unwrap();
     }
     Consumer::connect(c.build().unwrap()).await.unwrap()
+}
+
+/// `KAFKA_GROUP_PROTOCOL` when it asks for another protocol than classic.
+pub fn kip848_protocol() -> Option<String> {
+    std::env::var("KAFKA_GROUP_PROTOCOL")
+        .ok()
+        .filter(|p| !p.is_empty() && p != "classic")
+}
+
+/// Settings the consumer protocol refuses (the broker owns them).
+pub const CLASSIC_ONLY: [&str; 3] = [
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "partition.assignment.strategy",
+];
+
+/// Set a classic-only property, except under KIP-848 (where the broker
+/// assigns and every rebalance is incremental).
+pub fn classic(c: ConsumerConfigBuilder, key: &str, value: &str) -> ConsumerConfigBuilder {
+    if kip848_protocol().is_some() {
+        c
+    } else {
+        c.set(key, value).unwrap()
+    }
 }

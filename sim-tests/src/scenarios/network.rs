@@ -140,14 +140,14 @@ pub async fn startup_race(b: &testkit::BrokerEnv) -> (Report, Report) {
 ///     no member dropped from the group.
 pub async fn slow_lossy_network(b: &testkit::BrokerEnv, seed: u64) -> Report {
     const N: u32 = 2_000;
-    const HEARTBEAT: i16 = 12;
+    let heartbeat = support::heartbeat_api();
     const FETCH: i16 = 1;
     let admin = support::admin(b).await;
     let topic = numbered(b, &admin, "sc-network", 2, N).await;
     let proxy = FaultProxy::new(seed);
     proxy.set(Faults {
         bandwidth: Some(256 * 1024),
-        delay_request: Some((HEARTBEAT, Duration::from_secs(1))),
+        delay_request: Some((heartbeat, Duration::from_secs(1))),
         drop_response: Some((FETCH, 1)),
         ..Faults::default()
     });

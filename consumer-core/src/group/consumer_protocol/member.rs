@@ -238,7 +238,9 @@ impl Member {
             names: HashMap::new(),
             ids: HashMap::new(),
             first_seen: None,
-            metadata_wanted: false,
+            // Before the first join: what exists now, so partitions that
+            // appear later start at the earliest offset (invariant 45).
+            metadata_wanted: true,
             metadata_in_flight: false,
             steps: VecDeque::from([Step::Out(Action::FindCoordinator)]),
             full: true,
