@@ -119,6 +119,7 @@ const KNOWN: &[&str] = &[
     "buffer.memory",
     "delivery.timeout.ms",
     "retry.backoff.ms",
+    "retry.backoff.max.ms",
     "transactional.id",
     "transaction.timeout.ms",
     "retries",

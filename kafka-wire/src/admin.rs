@@ -16,9 +16,10 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use tokio::time::Instant;
 
-use crate::backoff::{Backoff, Throttle};
+use crate::backoff::Backoff;
 use crate::client::{Client, Lane};
 use crate::error::{Error, KafkaCode, Result};
+use crate::throttle::Throttle;
 use crate::topic_partition::{IsolationLevel, TopicPartition};
 
 /// For [`Client::delete_records`]: delete up to the high watermark.
@@ -67,6 +68,11 @@ fn check_topic_code(api: ApiKey, code: i16, topic: &str, message: Option<&StrByt
 
 /// How long create/delete wait for metadata to agree.
 const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Metadata is asked again after 20 ms, doubling to 200 ms, until it agrees
+/// (`PROPAGATION_TIMEOUT`).
+const PROPAGATION_POLL: Backoff =
+    Backoff::exponential(Duration::from_millis(20), Duration::from_millis(200));
 
 /// ListOffsets retries while leaders move: 50 ms doubling to 200 ms, 20 at
 /// most (about 3.7 s).
@@ -119,24 +125,43 @@ impl Client {
     }
 
     async fn wait_for_topic(&self, name: &str, partitions: usize) -> Result<()> {
+        let ready = self
+            .wait_for_metadata(name, |md| {
+                md.topics.get(name).is_some_and(|t| {
+                    t.partitions.len() == partitions
+                        && t.partitions
+                            .iter()
+                            .all(|p| p.leader >= 0 && p.error.is_none())
+                })
+            })
+            .await?;
+        if !ready {
+            return Err(Error::Metadata(format!(
+                "topic {name} has no leader for every partition after {PROPAGATION_TIMEOUT:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refresh `topic`'s metadata until it `agrees` (true), or
+    /// `PROPAGATION_TIMEOUT` passed (false).
+    async fn wait_for_metadata(
+        &self,
+        topic: &str,
+        agrees: impl Fn(&crate::metadata::Metadata) -> bool,
+    ) -> Result<bool> {
         let deadline = Instant::now() + PROPAGATION_TIMEOUT;
+        let mut delays = PROPAGATION_POLL.delays();
         loop {
-            let md = self.refresh_metadata(Some(&[name.to_string()])).await?;
-            let ready = md.topics.get(name).is_some_and(|t| {
-                t.partitions.len() == partitions
-                    && t.partitions
-                        .iter()
-                        .all(|p| p.leader >= 0 && p.error.is_none())
-            });
-            if ready {
-                return Ok(());
+            let md = self.refresh_metadata(Some(&[topic.to_string()])).await?;
+            if agrees(&md) {
+                return Ok(true);
             }
             if Instant::now() > deadline {
-                return Err(Error::Metadata(format!(
-                    "topic {name} has no leader for every partition after {PROPAGATION_TIMEOUT:?}"
-                )));
+                return Ok(false);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let delay = delays.next().unwrap_or(PROPAGATION_POLL.max);
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -168,19 +193,15 @@ impl Client {
             )?;
         }
         // Deletion is asynchronous: wait until metadata forgets the topic.
-        let deadline = Instant::now() + PROPAGATION_TIMEOUT;
-        loop {
-            let md = self.refresh_metadata(Some(&[name.to_string()])).await?;
-            if !md.topics.contains_key(name) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Metadata(format!(
-                    "topic {name} still in metadata {PROPAGATION_TIMEOUT:?} after deletion"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let gone = self
+            .wait_for_metadata(name, |md| !md.topics.contains_key(name))
+            .await?;
+        if !gone {
+            return Err(Error::Metadata(format!(
+                "topic {name} still in metadata {PROPAGATION_TIMEOUT:?} after deletion"
+            )));
         }
+        Ok(())
     }
 
     /// Grow `topic` to `new_total` partitions (CreatePartitions), then wait

@@ -1,18 +1,19 @@
 //! Retry delays and broker throttling: the one backoff type of the stack
 //! below `resilience` (which keeps its own record-retry policy).
 //!
-//! - [`Backoff`] is a small value: the first delay, the cap, the jitter and
-//!   how many retries at most. [`Backoff::delays`] turns it into an
-//!   iterator of delays, doubling from the first up to the cap; it ends
-//!   when the retries are used up. The random source is injectable
+//! - [`Backoff`] is a small value: the first delay, the growth factor
+//!   (2 unless set), the cap, the jitter and how many retries at most.
+//!   [`Backoff::delays`] turns it into an iterator of delays, growing from
+//!   the first up to the cap; it ends when the retries are used up. The random source is injectable
 //!   ([`Backoff::delays_with`]), so schedules are unit-tested exactly.
-//! - [`Throttle`] is its own case, not a failure: a response's
-//!   `throttle_time_ms` (a quota exceeded, KIP-219) says how long the
-//!   broker wants no further request from us. It never counts as a retry;
-//!   [`Delays::next_after`] waits at least as long before the next one.
+//! - [`Throttle`] (in [`crate::throttle`]) is its own case, not a failure:
+//!   a response's `throttle_time_ms` (a quota exceeded, KIP-219) says how
+//!   long the broker wants no further request from us. It never counts as
+//!   a retry; [`Delays::next_after`] waits at least as long before the next
+//!   one, and every connection holds its next request back that long.
 //!
 //! ```text
-//!  retry n:   delay = min(initial × 2^(n-1), max) × (1 ± jitter)
+//!  retry n:   delay = min(initial × factor^(n-1), max) × (1 ± jitter)
 //!  throttled: delay = max(delay, throttle_time_ms)
 //! ```
 //!
@@ -20,12 +21,17 @@
 
 use std::time::Duration;
 
+use crate::throttle::Throttle;
+
 /// Capped exponential backoff with jitter. `Copy`: a policy, not a state;
 /// the state of one retry loop is its [`Delays`] iterator.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
     /// The delay before the first retry.
     pub initial: Duration,
+    /// Each retry waits this many times longer than the one before (2 by
+    /// default; below 1 counts as 1).
+    pub factor: f64,
     /// No delay grows past this (before jitter).
     pub max: Duration,
     /// Each delay is scaled by a random factor in `[1 - jitter, 1 + jitter)`;
@@ -40,6 +46,7 @@ impl Backoff {
     pub const fn exponential(initial: Duration, max: Duration) -> Self {
         Backoff {
             initial,
+            factor: 2.0,
             max,
             jitter: 0.0,
             max_retries: None,
@@ -58,6 +65,12 @@ impl Backoff {
         self
     }
 
+    /// Grow each delay by `factor` instead of doubling it.
+    pub const fn with_factor(mut self, factor: f64) -> Self {
+        self.factor = factor;
+        self
+    }
+
     /// Yield at most `retries` delays.
     pub const fn with_max_retries(mut self, retries: u32) -> Self {
         self.max_retries = Some(retries);
@@ -66,8 +79,17 @@ impl Backoff {
 
     /// The delay before retry `retry` (1 for the first) without jitter.
     pub fn nominal(&self, retry: u32) -> Duration {
-        let doublings = retry.saturating_sub(1).min(63) as i32;
-        Duration::try_from_secs_f64(self.initial.as_secs_f64() * 2f64.powi(doublings))
+        if self.initial.is_zero() {
+            return Duration::ZERO;
+        }
+        let growths = retry.saturating_sub(1).min(1023) as i32;
+        let factor = if self.factor.is_nan() {
+            1.0
+        } else {
+            self.factor.max(1.0)
+        };
+        // Far out the product is infinite: `try_from_secs_f64` fails, the cap holds.
+        Duration::try_from_secs_f64(self.initial.as_secs_f64() * factor.powi(growths))
             .unwrap_or(self.max)
             .min(self.max)
     }
@@ -146,43 +168,6 @@ impl<R: FnMut() -> f64> Iterator for Delays<R> {
     }
 }
 
-/// A broker's request to slow down: a response's `throttle_time_ms`
-/// (KIP-219: the broker answered at once and will not read our next
-/// request before this has passed). Zero when not throttled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord)]
-pub struct Throttle(Duration);
-
-impl Throttle {
-    /// From a response's `throttle_time_ms` (0 or negative: none).
-    pub fn from_ms(throttle_time_ms: i32) -> Self {
-        Throttle(Duration::from_millis(
-            u64::try_from(throttle_time_ms).unwrap_or(0),
-        ))
-    }
-
-    /// Did the broker ask us to wait?
-    pub fn is_throttled(&self) -> bool {
-        !self.0.is_zero()
-    }
-
-    /// How long.
-    pub fn duration(&self) -> Duration {
-        self.0
-    }
-
-    /// Wait it out before the next request to that broker (at once when
-    /// not throttled).
-    ///
-    /// # Cancel safety
-    /// Cancel safe.
-    pub async fn wait(self, what: &str) {
-        if self.is_throttled() {
-            tracing::debug!(throttle = ?self.0, "{what}: throttled by the broker (quota); waiting");
-            tokio::time::sleep(self.0).await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +186,16 @@ mod tests {
         );
         assert_eq!(b.nominal(10_000), 1000 * MS, "no overflow far out");
         assert_eq!(b.nominal(0), 50 * MS);
+    }
+
+    #[test]
+    fn another_factor_grows_by_it() {
+        let b = Backoff::exponential(100 * MS, 10_000 * MS).with_factor(3.0);
+        let d: Vec<Duration> = b.delays().take(4).collect();
+        assert_eq!(d, [100, 300, 900, 2700].map(|ms| ms * MS).to_vec());
+        assert_eq!(b.nominal(u32::MAX), 10_000 * MS, "no overflow far out");
+        let flat = Backoff::exponential(100 * MS, 10_000 * MS).with_factor(0.5);
+        assert_eq!(flat.nominal(5), 100 * MS, "a factor below 1 never shrinks");
     }
 
     #[test]

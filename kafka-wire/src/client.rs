@@ -333,7 +333,10 @@ impl Client {
         lane: Lane,
         req: &R,
         extra_timeout: Duration,
-    ) -> Result<R::Response> {
+    ) -> Result<R::Response>
+    where
+        R::Response: crate::ThrottleTime,
+    {
         let conn = self.connection(broker_id, lane).await?;
         conn.send(req, self.inner.config.request_timeout, extra_timeout)
             .await

@@ -20,6 +20,12 @@
 //!   connection: every request in flight fails with a retriable
 //!   [`Error::Connection`] that says whether it may have been written, and
 //!   the task exits. The owner ([`crate::client`]) dials a fresh one.
+//! - A response's `throttle_time_ms` (KIP-219) closes the connection's
+//!   [`ThrottleGate`]: the broker has muted it, so the task accepts no
+//!   further request until then, and a request's timeout starts only once
+//!   the task takes it. Handles note the throttle as they decode (a
+//!   cancelled caller's response is never decoded: its throttle goes
+//!   unseen, and the broker's own mute is the fallback).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -36,6 +42,7 @@ use tokio::time::Instant;
 use crate::connector::{BoxTransport, BrokerAddress};
 use crate::error::{DecodeError, Error, Result};
 use crate::frame::FrameDecoder;
+use crate::throttle::{ThrottleGate, ThrottleTime};
 use crate::versions::ApiVersionTable;
 
 /// Stop accepting new requests while this many bytes wait to be written.
@@ -153,7 +160,10 @@ impl Connection {
         req: &R,
         request_timeout: Duration,
         extra_timeout: Duration,
-    ) -> Result<R::Response> {
+    ) -> Result<R::Response>
+    where
+        R::Response: ThrottleTime,
+    {
         let api = api_key::<R>();
         let version = self.version(api)?;
         self.raw
@@ -218,8 +228,11 @@ impl<R: Request> fmt::Debug for PendingResponse<R> {
     }
 }
 
-impl<R: Request> PendingResponse<R> {
-    /// Wait for and decode the response.
+impl<R: Request> PendingResponse<R>
+where
+    R::Response: ThrottleTime,
+{
+    /// Wait for and decode the response (noting its throttle).
     ///
     /// # Errors
     /// Connection, timeout and decode errors.
@@ -239,6 +252,7 @@ pub(crate) struct RawConnection {
     tx: mpsc::Sender<Envelope>,
     label: Arc<str>,
     client_id: StrBytes,
+    throttle: Arc<ThrottleGate>,
 }
 
 impl RawConnection {
@@ -252,17 +266,20 @@ impl RawConnection {
     ) -> Self {
         let (tx, rx) = mpsc::channel(max_in_flight.max(1));
         let label: Arc<str> = label.into();
+        let throttle = Arc::new(ThrottleGate::default());
         tokio::spawn(run_task(
             stream,
             rx,
             label.clone(),
             FrameDecoder::new(max_frame),
             max_in_flight.max(1),
+            throttle.clone(),
         ));
         Self {
             tx,
             label,
             client_id: StrBytes::from_string(client_id.to_string()),
+            throttle,
         }
     }
 
@@ -305,14 +322,21 @@ impl RawConnection {
         req: &R,
         version: i16,
         timeout: Duration,
-    ) -> Result<R::Response> {
+    ) -> Result<R::Response>
+    where
+        R::Response: ThrottleTime,
+    {
         let rx = self.enqueue(req, version, timeout, true).await?;
         let body = rx.await.map_err(|_| self.closed_error(true))??;
         self.decode::<R>(body, version)
     }
 
-    fn decode<R: Request>(&self, mut body: Bytes, version: i16) -> Result<R::Response> {
-        R::Response::decode(&mut body, version).map_err(|e| Error::Decode {
+    /// Decode a response and note its throttle on the connection's gate.
+    fn decode<R: Request>(&self, mut body: Bytes, version: i16) -> Result<R::Response>
+    where
+        R::Response: ThrottleTime,
+    {
+        let resp = R::Response::decode(&mut body, version).map_err(|e| Error::Decode {
             context: format!(
                 "{:?} v{version} response from {}",
                 api_key::<R>(),
@@ -322,7 +346,16 @@ impl RawConnection {
                 what: "response body",
                 reason: e.to_string(),
             },
-        })
+        })?;
+        let throttle = resp.throttle();
+        if throttle.is_throttled() {
+            tracing::debug!(
+                broker = %self.label, api = ?api_key::<R>(), ?throttle,
+                "throttled by the broker (quota): holding this connection's next request back"
+            );
+            self.throttle.note(throttle, Instant::now());
+        }
+        Ok(resp)
     }
 }
 
@@ -371,6 +404,7 @@ async fn run_task(
     label: Arc<str>,
     decoder: FrameDecoder,
     max_in_flight: usize,
+    throttle: Arc<ThrottleGate>,
 ) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut read_buf = BytesMut::with_capacity(64 * 1024);
@@ -381,14 +415,39 @@ async fn run_task(
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut next_correlation: i32 = 1;
     let mut handles_gone = false;
+    // A request received just as a throttled response was decoded: taken
+    // once the gate opens (nothing else is taken meanwhile).
+    let mut held: Option<Envelope> = None;
 
     let poison: Poison = loop {
-        if handles_gone && in_flight.is_empty() && write_buf.is_empty() && !needs_flush {
+        if handles_gone
+            && held.is_none()
+            && in_flight.is_empty()
+            && write_buf.is_empty()
+            && !needs_flush
+        {
             return; // every handle dropped and nothing owed: close quietly
         }
+        let throttled_until = throttle.closed_until(Instant::now());
+        if throttled_until.is_none() {
+            if let Some(env) = held.take() {
+                let correlation_id = next_correlation;
+                next_correlation = next_correlation.wrapping_add(1).max(1);
+                accept(
+                    env,
+                    correlation_id,
+                    &mut queued,
+                    &mut write_buf,
+                    &mut in_flight,
+                );
+            }
+        }
         let front_deadline = in_flight.front().map(|f| f.deadline);
-        let can_accept =
-            !handles_gone && in_flight.len() < max_in_flight && write_buf.len() < WRITE_BUFFER_HIGH;
+        let can_accept = !handles_gone
+            && held.is_none()
+            && throttled_until.is_none()
+            && in_flight.len() < max_in_flight
+            && write_buf.len() < WRITE_BUFFER_HIGH;
         tokio::select! {
             read = reader.read_buf(&mut read_buf) => {
                 match read {
@@ -425,28 +484,17 @@ async fn run_task(
                 }
             }
             env = rx.recv(), if can_accept => {
-                let Some(mut env) = env else { handles_gone = true; continue };
+                let Some(env) = env else { handles_gone = true; continue };
+                if throttle.closed_until(Instant::now()).is_some() {
+                    held = Some(env); // throttled since this turn began
+                    continue;
+                }
                 let correlation_id = next_correlation;
                 next_correlation = next_correlation.wrapping_add(1).max(1);
-                env.frame[8..12].copy_from_slice(&correlation_id.to_be_bytes());
-                let start = queued;
-                queued += env.frame.len() as u64;
-                write_buf.extend_from_slice(&env.frame);
-                if env.expects_response {
-                    in_flight.push_back(InFlight {
-                        correlation_id,
-                        api: env.api,
-                        response_header_version: env.response_header_version,
-                        deadline: Instant::now() + env.timeout,
-                        timeout: env.timeout,
-                        start,
-                        reply: env.reply,
-                    });
-                } else {
-                    // acks=0: queued in order behind everything before it.
-                    let _ = env.reply.send(Ok(Bytes::new()));
-                }
+                accept(env, correlation_id, &mut queued, &mut write_buf, &mut in_flight);
             }
+            // The broker reads requests again.
+            _ = sleep_until_opt(throttled_until) => {}
             _ = sleep_until_opt(front_deadline) => {
                 let f = in_flight.front().expect("deadline implies a request");
                 break Poison::Timeout { api: f.api, timeout: f.timeout };
@@ -486,12 +534,41 @@ async fn run_task(
         let _ = f.reply.send(Err(err));
     }
     rx.close();
-    while let Ok(env) = rx.try_recv() {
+    while let Some(env) = held.take().or_else(|| rx.try_recv().ok()) {
         let _ = env.reply.send(Err(Error::Connection {
             broker: label.to_string(),
             reason: reason.clone(),
             maybe_written: false,
         }));
+    }
+}
+
+/// Take one request: stamp its correlation id, queue its frame for writing
+/// and (unless it expects no response) start its timeout.
+fn accept(
+    mut env: Envelope,
+    correlation_id: i32,
+    queued: &mut u64,
+    write_buf: &mut BytesMut,
+    in_flight: &mut VecDeque<InFlight>,
+) {
+    env.frame[8..12].copy_from_slice(&correlation_id.to_be_bytes());
+    let start = *queued;
+    *queued += env.frame.len() as u64;
+    write_buf.extend_from_slice(&env.frame);
+    if env.expects_response {
+        in_flight.push_back(InFlight {
+            correlation_id,
+            api: env.api,
+            response_header_version: env.response_header_version,
+            deadline: Instant::now() + env.timeout,
+            timeout: env.timeout,
+            start,
+            reply: env.reply,
+        });
+    } else {
+        // acks=0: queued in order behind everything before it.
+        let _ = env.reply.send(Ok(Bytes::new()));
     }
 }
 
@@ -634,6 +711,44 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
         assert!(err.maybe_written());
+    }
+
+    /// An ApiVersions v1 response asking for `throttle_ms` of quiet.
+    fn throttled_response(corr: i32, throttle_ms: i32) -> Vec<u8> {
+        let resp = ApiVersionsResponse::default().with_throttle_time_ms(throttle_ms);
+        let mut body = BytesMut::new();
+        body.put_i32(corr);
+        resp.encode(&mut body, 1).unwrap();
+        let mut out = BytesMut::new();
+        crate::frame::encode_frame(&body, &mut out);
+        out.to_vec()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_connection_writes_nothing_until_the_throttle_time_passed() {
+        let (client, server) = duplex(1 << 16);
+        let raw = RawConnection::spawn(Box::new(client), "test".into(), "t", 1 << 20, 4);
+        // The peer answers the first request with a 500 ms throttle, then
+        // notes when the second request reaches it.
+        let peer = tokio::spawn(async move {
+            let s = peer_once(server, |corr| throttled_response(corr, 500)).await;
+            let answered = Instant::now();
+            let s = peer_once(s, |corr| throttled_response(corr, 0)).await;
+            (answered, Instant::now(), s)
+        });
+        let req = ApiVersionsRequest::default();
+        let first = raw.call(&req, 1, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(first.throttle_time_ms, 500);
+        // A timeout shorter than the throttle: it runs from the write, so
+        // the held request does not time out.
+        let second = raw.call(&req, 1, Duration::from_millis(100)).await;
+        assert!(second.is_ok(), "{second:?}");
+        let (answered, second_arrived, _s) = peer.await.unwrap();
+        assert!(
+            second_arrived >= answered + Duration::from_millis(500),
+            "the second request was written {:?} after the throttled response",
+            second_arrived - answered
+        );
     }
 
     #[tokio::test]

@@ -6,9 +6,10 @@ use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest};
 use kafka_protocol::protocol::StrBytes;
 use tokio::time::Instant;
 
-use crate::backoff::{Backoff, Throttle};
+use crate::backoff::Backoff;
 use crate::client::{Client, Lane};
 use crate::error::{Error, KafkaCode, Result};
+use crate::throttle::Throttle;
 
 /// Which coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

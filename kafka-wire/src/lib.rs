@@ -22,7 +22,8 @@
 //! | `admin` | topics, offsets, groups, configs, cluster (methods on [`Client`]) |
 //! | `tls`, `sasl` | [`TlsConfig`] (rustls, graviola provider); [`SaslConfig`]: PLAIN, SCRAM, OAUTHBEARER |
 //! | `error` | [`Error`] and its [`ErrorAction`]: what to do next |
-//! | `backoff` | [`Backoff`] (capped exponential retry delays with jitter) and [`Throttle`] (a response's `throttle_time_ms`) |
+//! | `backoff` | [`Backoff`]: capped exponential retry delays with jitter, for every retry loop |
+//! | `throttle` | [`Throttle`] (a response's `throttle_time_ms`, KIP-219, [`ThrottleTime`]): connections and planners hold requests back |
 //!
 //! Modules are private: the types above are re-exported at the crate root,
 //! and that list is the API. `records` and `messages` are public whole.
@@ -94,6 +95,7 @@ mod metadata;
 mod producer;
 pub mod records;
 mod sasl;
+mod throttle;
 mod tls;
 mod topic_partition;
 mod versions;
@@ -102,7 +104,7 @@ pub use admin::{
     ConfigEntry, ConfigResource, GroupDescription, GroupListing, GroupMember, NewTopic, OffsetSpec,
     DELETE_TO_END,
 };
-pub use backoff::{Backoff, Delays, Throttle};
+pub use backoff::{Backoff, Delays};
 pub use client::{Client, Lane};
 pub use config::{ClientConfig, ClientConfigBuilder, SecurityProtocol};
 pub use connection::{Connection, ConnectionInfo, PendingResponse};
@@ -119,6 +121,7 @@ pub use producer::{
 };
 pub use records::{Compression, Header, Record};
 pub use sasl::{SaslConfig, TokenFuture, TokenProvider, UnsecuredJwt};
+pub use throttle::{Throttle, ThrottleTime};
 pub use tls::TlsConfig;
 pub use topic_partition::{IsolationLevel, TopicPartition};
 pub use versions::ApiVersionTable;

@@ -145,6 +145,8 @@ impl TransactionalProcessor {
         let mut settled: HashMap<TopicPartition, i64> = HashMap::new();
         let mut incarnations: HashMap<TopicPartition, u64> = HashMap::new();
         let mut poll_backoff = PollBackoff::default();
+        // Failed transactions in a row: each waits longer before reading again.
+        let mut txn_delays = crate::retry::runtime_delays();
         let result = loop {
             let batches = tokio::select! {
                 _ = &mut shutdown => break Ok(()),
@@ -221,6 +223,7 @@ impl TransactionalProcessor {
                 .await
             {
                 Ok(offsets) => {
+                    txn_delays = crate::retry::runtime_delays();
                     self.stats.transactions.fetch_add(1, Ordering::Relaxed);
                     for (topic, partition, next) in offsets {
                         settled.insert(TopicPartition::new(topic, partition), next);
@@ -233,7 +236,8 @@ impl TransactionalProcessor {
                         break Err(ConsumerError::Wire(abort));
                     }
                     rewind(&mut consumer, &batches);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let wait = txn_delays.next().unwrap_or(Duration::from_secs(5));
+                    tokio::time::sleep(wait).await;
                 }
             }
         };

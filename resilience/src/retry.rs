@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use kafka_wire::Backoff;
+
 /// How a handler failed: decides retry, dead-letter, or both after attempts.
 ///
 /// - [`Retryable`](HandlerError::Retryable): retried with the
@@ -134,8 +136,12 @@ impl std::fmt::Display for HandlerError {
     }
 }
 
-/// Exponential backoff with jitter. Defaults match the seeds: 1 s initial,
-/// ×2, 3 attempts in all (so 2 retries: 1 s then 2 s), 30 s cap, ±20 % jitter.
+/// A handler's retry policy: how often and how long apart a failing record
+/// is tried again before it goes to the dead-letter topic. Defaults match
+/// the seeds: 1 s initial, ×2, 3 attempts in all (so 2 retries: 1 s then
+/// 2 s), 30 s cap, ±20 % jitter. The delays are kafka-wire's
+/// [`Backoff`](kafka_wire::Backoff) ([`BackoffPolicy::as_backoff`]), the
+/// one backoff of the stack, with the cap also holding after jitter.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BackoffPolicy {
     pub initial: Duration,
@@ -163,16 +169,21 @@ impl BackoffPolicy {
     /// The delays before attempt 2, 3, …; `random` yields values in [0, 1).
     pub fn delays<R: FnMut() -> f64>(&self, random: R) -> Delays<R> {
         Delays {
-            policy: *self,
-            next: self.initial,
-            given: 0,
-            random,
+            inner: self.as_backoff().delays_with(random),
+            max_delay: self.max_delay,
         }
     }
 
+    /// The same schedule as a kafka-wire [`Backoff`]: `max_attempts - 1`
+    /// retries.
+    pub fn as_backoff(&self) -> Backoff {
+        Backoff::exponential(self.initial, self.max_delay)
+            .with_factor(self.multiplier)
+            .with_jitter(self.jitter)
+            .with_max_retries(self.max_attempts.saturating_sub(1))
+    }
+
     /// Retry for ever: `initial`, doubling up to `max_delay`, no jitter.
-    /// The runtime's own waits (polling again, the idempotency store, the
-    /// DLT, the first connection) use it.
     pub fn forever(initial: Duration, max_delay: Duration) -> Self {
         Self {
             initial,
@@ -199,43 +210,30 @@ pub enum Decision {
     DeadLetter,
 }
 
-/// The delays of the runtime's own retries (polling again, the
-/// idempotency store, the DLT): 50 ms doubling to 5 s, for ever, exact.
-pub(crate) fn runtime_delays() -> Delays<fn() -> f64> {
-    BackoffPolicy::forever(Duration::from_millis(50), Duration::from_secs(5)).delays(no_jitter)
+/// The runtime's own retries (polling again, a failed transaction, the
+/// idempotency store, the DLT): 50 ms doubling to 5 s, for ever, exact
+/// (jitter is for handler retries).
+pub(crate) const RUNTIME_BACKOFF: Backoff =
+    Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5));
+
+/// The delays of one of the runtime's own retry loops ([`RUNTIME_BACKOFF`]).
+pub(crate) fn runtime_delays() -> kafka_wire::Delays<fn() -> f64> {
+    RUNTIME_BACKOFF.delays()
 }
 
-/// For the runtime's own waits: jitter is for handler retries.
-pub(crate) fn no_jitter() -> f64 {
-    0.0
-}
-
-/// Iterator of retry delays (see [`BackoffPolicy::delays`]).
+/// Iterator of retry delays (see [`BackoffPolicy::delays`]): kafka-wire's,
+/// capped at `max_delay` after jitter too.
 #[derive(Debug, Clone)]
 pub struct Delays<R> {
-    policy: BackoffPolicy,
-    next: Duration,
-    given: u32,
-    random: R,
+    inner: kafka_wire::Delays<R>,
+    max_delay: Duration,
 }
 
 impl<R: FnMut() -> f64> Iterator for Delays<R> {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        if self.given + 1 >= self.policy.max_attempts {
-            return None;
-        }
-        self.given += 1;
-        let base = self.next.min(self.policy.max_delay);
-        // Capped, so a long run of retries never overflows the Duration.
-        self.next = self
-            .next
-            .mul_f64(self.policy.multiplier.max(1.0))
-            .min(self.policy.max_delay);
-        let spread = self.policy.jitter.clamp(0.0, 1.0);
-        let factor = 1.0 - spread + 2.0 * spread * (self.random)().clamp(0.0, 1.0);
-        Some(base.mul_f64(factor).min(self.policy.max_delay))
+        self.inner.next().map(|d| d.min(self.max_delay))
     }
 }
 

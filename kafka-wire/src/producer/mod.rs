@@ -21,6 +21,7 @@
 //! delivered in order (DESIGN.md, invariant 38).
 
 mod accumulator;
+mod brokers;
 pub(crate) mod partitioner;
 mod sender;
 mod transaction;
@@ -33,6 +34,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch, Notify, Semaphore};
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::config::{ClientConfig, ClientConfigBuilder};
 use crate::error::{Error, KafkaCode, Result};
@@ -88,8 +90,16 @@ pub struct ProducerConfig {
     pub buffer_memory: usize,
     /// `delivery.timeout.ms`: from `send` to acknowledgement. Default 120 s.
     pub delivery_timeout: Duration,
-    /// `retry.backoff.ms`. Default 100 ms.
+    /// `retry.backoff.ms`: the delay before a batch's first retry (and
+    /// between InitProducerId and transaction-coordinator attempts).
+    /// Default 100 ms.
     pub retry_backoff: Duration,
+    /// `retry.backoff.max.ms`: each further retry of the same batch waits
+    /// twice as long, up to this, ±20 % jitter (Java's KIP-580); below
+    /// `retry.backoff.ms` it caps every delay, as in Java. A broker's
+    /// throttle time is waited out separately and never shortened. Default
+    /// 1 s.
+    pub retry_backoff_max: Duration,
     /// `transactional.id`. Default none.
     pub transactional_id: Option<String>,
     /// `transaction.timeout.ms`. Default 60 s.
@@ -97,6 +107,12 @@ pub struct ProducerConfig {
 }
 
 impl ProducerConfig {
+    /// The retry delays of one batch (or one coordinator request):
+    /// `retry.backoff.ms` doubling to `retry.backoff.max.ms`, ±20 % jitter.
+    pub fn retry_policy(&self) -> Backoff {
+        Backoff::exponential(self.retry_backoff, self.retry_backoff_max).with_jitter(0.2)
+    }
+
     pub fn builder() -> ProducerConfigBuilder {
         ProducerConfigBuilder {
             client: ClientConfig::builder(),
@@ -110,6 +126,7 @@ impl ProducerConfig {
             buffer_memory: 32 * 1024 * 1024,
             delivery_timeout: Duration::from_secs(120),
             retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(1),
             transactional_id: None,
             transaction_timeout: Duration::from_secs(60),
         }
@@ -130,6 +147,7 @@ pub struct ProducerConfigBuilder {
     buffer_memory: usize,
     delivery_timeout: Duration,
     retry_backoff: Duration,
+    retry_backoff_max: Duration,
     transactional_id: Option<String>,
     transaction_timeout: Duration,
 }
@@ -167,6 +185,7 @@ impl ProducerConfigBuilder {
             "buffer.memory" => self.buffer_memory = size(key, value)?,
             "delivery.timeout.ms" | "message.timeout.ms" => self.delivery_timeout = ms(key, value)?,
             "retry.backoff.ms" => self.retry_backoff = ms(key, value)?,
+            "retry.backoff.max.ms" => self.retry_backoff_max = ms(key, value)?,
             "transactional.id" => self.transactional_id = Some(value.to_string()),
             "transaction.timeout.ms" => self.transaction_timeout = ms(key, value)?,
             // Accepted for compatibility; retries are bounded by delivery.timeout.ms.
@@ -267,6 +286,7 @@ impl ProducerConfigBuilder {
             buffer_memory: self.buffer_memory,
             delivery_timeout: self.delivery_timeout,
             retry_backoff: self.retry_backoff,
+            retry_backoff_max: self.retry_backoff_max,
             transactional_id: self.transactional_id,
             transaction_timeout: self.transaction_timeout,
         })

@@ -1,6 +1,9 @@
 //! The sender task: drains ready batches, groups them by leader, sends
-//! Produce requests (up to `max.in.flight` per broker) and settles each
-//! batch: delivered, requeued for retry, or failed.
+//! Produce requests (up to `max.in.flight` per broker, none to a broker
+//! still throttled: [`Brokers`]) and settles each batch: delivered,
+//! requeued for retry after the producer's [`Backoff`](crate::Backoff)
+//! (`retry.backoff.ms` doubling to `retry.backoff.max.ms` per attempt of
+//! that batch), or failed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,15 +22,19 @@ use crate::client::{Client, Lane};
 use crate::connection::PendingResponse;
 use crate::error::{Error, ErrorAction, KafkaCode, Result};
 use crate::records::{encode_batch, BatchOptions};
+use crate::throttle::{Throttle, ThrottleTime};
 
 use super::accumulator::{Batch, QueueKey};
+use super::brokers::Brokers;
 use super::{Acks, ProducerConfig, ProducerIdEpoch, Shared};
 
 type Outcome = (i32, Vec<Batch>, Result<Option<ProduceResponse>>);
 
 pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerConfig>) {
     let mut in_flight: JoinSet<Outcome> = JoinSet::new();
-    let mut per_broker: HashMap<i32, usize> = HashMap::new();
+    let mut brokers = Brokers::new(client.config().max_in_flight);
+    // InitProducerId attempts since the last success.
+    let mut pid_delays = None;
     loop {
         let now = Instant::now();
         let (ready, deadline, closing_done, need_pid) = {
@@ -71,6 +78,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
         if need_pid {
             match init_producer_id(&client, &cfg).await {
                 Ok(pid) => {
+                    pid_delays = None;
                     let mut st = shared.state.lock().expect("producer state lock");
                     st.producer = pid;
                     st.reset_producer_id = false;
@@ -86,7 +94,11 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
                     if !e.is_retriable() {
                         shared.fail_all(&e);
                     }
-                    tokio::time::sleep(cfg.retry_backoff).await;
+                    let delay = pid_delays
+                        .get_or_insert_with(|| cfg.retry_policy().delays())
+                        .next()
+                        .unwrap_or(cfg.retry_backoff_max);
+                    tokio::time::sleep(delay).await;
                 }
             }
             continue;
@@ -108,9 +120,8 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
             let _ = client.refresh_metadata(Some(&unknown_leader)).await;
         }
         for (leader, tps) in by_leader {
-            let busy = per_broker.get(&leader).copied().unwrap_or(0);
-            if busy >= client.config().max_in_flight {
-                continue;
+            if !brokers.may_send(leader, now) {
+                continue; // busy, or throttled: its batches wait in the accumulator
             }
             let batches = {
                 let mut st = shared.state.lock().expect("producer state lock");
@@ -133,7 +144,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
             if batches.is_empty() {
                 continue;
             }
-            *per_broker.entry(leader).or_default() += 1;
+            brokers.sent(leader);
             // Queue the request here, in drain order, so a partition's
             // sequences reach the broker in order; only the wait for the
             // response runs concurrently.
@@ -163,15 +174,20 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
         if !unknown_leader.is_empty() {
             wake_at = wake_at.min(now + cfg.retry_backoff);
         }
+        if let Some(open) = brokers.next_open(now) {
+            wake_at = wake_at.min(open); // a throttled leader takes requests again
+        }
         let sleep_until = wake_at;
         tokio::select! {
             _ = shared.wake.notified() => {}
             _ = tokio::time::sleep_until(sleep_until) => {}
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                 let Ok((leader, batches, result)) = done else { continue };
-                if let Some(n) = per_broker.get_mut(&leader) {
-                    *n = n.saturating_sub(1);
-                }
+                let throttle = match &result {
+                    Ok(Some(resp)) => resp.throttle(),
+                    _ => Throttle::default(),
+                };
+                brokers.returned(leader, throttle, Instant::now());
                 let refresh = settle(&shared, &cfg, batches, result);
                 refresh_topics(&client, refresh).await;
                 shared.wake.notify_one();
@@ -268,7 +284,8 @@ fn settle(
             for b in batches {
                 if e.is_retriable() {
                     refresh.push(b.tp.0.to_string());
-                    st.acc.requeue(b, now + cfg.retry_backoff);
+                    let retry_at = now + retry_delay(cfg, &b);
+                    st.acc.requeue(b, retry_at);
                 } else {
                     let n = b.records.len();
                     b.fail(&e);
@@ -343,7 +360,8 @@ fn settle(
                     {
                         tracing::warn!(topic = %b.tp.0, partition = b.tp.1, %code, "resetting the producer id");
                         st.reset_producer_id = true;
-                        st.acc.requeue(b, now + cfg.retry_backoff);
+                        let retry_at = now + retry_delay(cfg, &b);
+                        st.acc.requeue(b, retry_at);
                     }
                     ErrorAction::Fatal | ErrorAction::ResetProducerId => {
                         if cfg.transactional_id.is_some() && st.txn_error.is_none() {
@@ -354,15 +372,25 @@ fn settle(
                     }
                     ErrorAction::RefreshMetadataAndRetry => {
                         refresh.push(b.tp.0.to_string());
-                        st.acc.requeue(b, now + cfg.retry_backoff);
+                        let retry_at = now + retry_delay(cfg, &b);
+                        st.acc.requeue(b, retry_at);
                     }
-                    _ => st.acc.requeue(b, now + cfg.retry_backoff),
+                    _ => {
+                        let retry_at = now + retry_delay(cfg, &b);
+                        st.acc.requeue(b, retry_at);
+                    }
                 }
             }
         }
     }
     shared.pending.send_replace(st.acc.pending_records);
     refresh
+}
+
+/// The wait before `b`'s next attempt: the producer's backoff for its
+/// retry number (`attempts` counts the retries so far).
+fn retry_delay(cfg: &ProducerConfig, b: &Batch) -> Duration {
+    cfg.retry_policy().delay(b.attempts + 1)
 }
 
 async fn refresh_topics(client: &Client, mut topics: Vec<String>) {

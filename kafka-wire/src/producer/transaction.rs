@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use crate::client::Lane;
 use crate::coordinator::CoordinatorKind;
 use crate::error::{Error, ErrorAction, KafkaCode, Result};
+use crate::throttle::{Throttle, ThrottleTime};
 
 use super::{Producer, ProducerIdEpoch, QueueKey};
 
@@ -88,20 +89,26 @@ impl Producer {
     }
 
     /// Send a request to a coordinator, retrying retriable codes and
-    /// re-finding the coordinator when it moved.
+    /// re-finding the coordinator when it moved, after the producer's
+    /// backoff (at least the broker's throttle time), for up to
+    /// `TXN_RETRY_WINDOW`.
     async fn to_coordinator<R: Request>(
         &self,
         kind: CoordinatorKind,
         key: &str,
         req: &R,
         code_of: impl Fn(&R::Response) -> i16,
-    ) -> Result<R::Response> {
+    ) -> Result<R::Response>
+    where
+        R::Response: ThrottleTime,
+    {
         let api = crate::connection::api_key::<R>();
         let deadline = Instant::now() + TXN_RETRY_WINDOW;
         let mut coordinator = match kind {
             CoordinatorKind::Transaction => self.txn.lock().await.coordinator,
             CoordinatorKind::Group => None,
         };
+        let mut delays = self.cfg.retry_policy().delays();
         loop {
             let node = match coordinator {
                 Some(n) => n,
@@ -111,13 +118,17 @@ impl Producer {
             if kind == CoordinatorKind::Transaction {
                 self.txn.lock().await.coordinator = Some(node);
             }
+            let mut throttle = Throttle::default();
             let outcome = self
                 .client
                 .send_to(node, Lane::Control, req, Duration::ZERO)
                 .await
-                .and_then(|resp| match KafkaCode::try_from_code(code_of(&resp)) {
-                    None => Ok(resp),
-                    Some(code) => Err(Error::broker(api, code)),
+                .and_then(|resp| {
+                    throttle = resp.throttle();
+                    match KafkaCode::try_from_code(code_of(&resp)) {
+                        None => Ok(resp),
+                        Some(code) => Err(Error::broker(api, code)),
+                    }
                 });
             let err = match outcome {
                 Ok(resp) => return Ok(resp),
@@ -138,7 +149,10 @@ impl Producer {
             if Instant::now() > deadline {
                 return Err(err);
             }
-            tokio::time::sleep(self.cfg.retry_backoff).await;
+            let delay = delays
+                .next_after(throttle)
+                .unwrap_or(self.cfg.retry_backoff_max);
+            tokio::time::sleep(delay).await;
         }
     }
 

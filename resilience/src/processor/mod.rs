@@ -36,7 +36,7 @@ use tokio::time::Instant;
 
 use crate::config::{CommitPolicy, ProcessorConfig};
 use crate::observe::{self, Event};
-use crate::retry::{no_jitter, runtime_delays, BackoffPolicy, Delays};
+use crate::retry::runtime_delays;
 use listener::RuntimeListener;
 use runtime::Runtime;
 
@@ -349,7 +349,7 @@ impl Processor {
 /// consumer fetches again from the same position, so a corrupt batch is
 /// never delivered nor skipped: its partition waits (and says so) while
 /// the others go on.
-pub(crate) struct PollBackoff(Delays<fn() -> f64>);
+pub(crate) struct PollBackoff(kafka_wire::Delays<fn() -> f64>);
 
 impl Default for PollBackoff {
     fn default() -> Self {
@@ -494,6 +494,10 @@ async fn create_failure_topics(client: &Client, cfg: &ProcessorConfig) {
     }
 }
 
+/// The start-up retries of [`until_connected`]: 200 ms doubling to 10 s.
+const START_BACKOFF: kafka_wire::Backoff =
+    kafka_wire::Backoff::exponential(Duration::from_millis(200), Duration::from_secs(10));
+
 /// Connect, retrying retriable failures (broker not up yet, coordinator
 /// loading, connection refused) with capped exponential backoff until it
 /// works, `shutdown` fires (`Ok(None)`), or `deadline` passes. A fatal
@@ -510,8 +514,7 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: Into<ConsumerError>,
 {
-    let mut delays = BackoffPolicy::forever(Duration::from_millis(200), Duration::from_secs(10))
-        .delays(no_jitter);
+    let mut delays = START_BACKOFF.delays();
     let mut attempt = 0u32;
     loop {
         attempt += 1;

@@ -49,7 +49,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kafka_wire::KafkaCode;
+use kafka_wire::{Backoff, KafkaCode};
 
 use crate::assignor::{Assignor, Member, RebalanceProtocol};
 pub use crate::group::subscription::TopicSubscription;
@@ -66,7 +66,11 @@ pub struct MembershipConfig {
     pub rebalance_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub max_poll_interval: Duration,
-    pub retry_backoff: Duration,
+    /// The wait before a join or coordinator lookup is retried, and before
+    /// a failed heartbeat is sent again: the n-th consecutive retry waits
+    /// [`Backoff::nominal`]`(n)` (no jitter: the machine is deterministic).
+    /// A stable generation or a good heartbeat starts over.
+    pub retry_backoff: Backoff,
     /// `metadata.max.age.ms`: how often a stable member checks metadata for
     /// partition-count changes, new topics and new pattern matches.
     pub metadata_max_age: Duration,
@@ -183,6 +187,9 @@ pub struct Membership {
     actions: VecDeque<Action>,
     /// Wait until then before the next join/find (backoff).
     retry_at: Option<Instant>,
+    /// Consecutive retries since the member was last stable and heard
+    /// from: the next backoff is `cfg.retry_backoff.nominal(retries + 1)`.
+    retries: u32,
     pending_join_reason: Option<String>,
     next_heartbeat: Option<Instant>,
     heartbeat_in_flight: bool,
@@ -238,6 +245,7 @@ impl Membership {
             owned: BTreeSet::new(),
             actions: VecDeque::new(),
             retry_at: None,
+            retries: 0,
             pending_join_reason: Some("initial join".into()),
             next_heartbeat: None,
             heartbeat_in_flight: false,
@@ -331,7 +339,7 @@ impl Membership {
         self.next_heartbeat = None;
         self.heartbeat_in_flight = false;
         self.pending_join_reason = Some(reason);
-        self.retry_at = backoff.then(|| now + self.cfg.retry_backoff);
+        self.retry_at = backoff.then(|| now + self.next_backoff());
         // A pattern's matches may have changed since the last join.
         self.metadata_before_join |= self.subscription.is_pattern();
     }
@@ -340,8 +348,14 @@ impl Membership {
         self.state = State::FindingCoordinator;
         self.next_heartbeat = None;
         self.heartbeat_in_flight = false;
-        self.retry_at = Some(now + self.cfg.retry_backoff);
+        self.retry_at = Some(now + self.next_backoff());
         self.actions.push_back(Action::FindCoordinator);
+    }
+
+    /// The wait before the next retry; counts it.
+    fn next_backoff(&mut self) -> Duration {
+        self.retries = self.retries.saturating_add(1);
+        self.cfg.retry_backoff.nominal(self.retries)
     }
 
     fn refresh_action(&self) -> Action {
@@ -606,6 +620,7 @@ impl Membership {
             self.actions.push_back(Action::Assign(added));
         }
         self.state = State::Stable { generation };
+        self.retries = 0;
         self.last_heartbeat_ok = now;
         self.next_heartbeat = Some(now + self.cfg.heartbeat_interval);
         if !revoked.is_empty() && self.protocol() == RebalanceProtocol::Cooperative {
@@ -623,6 +638,7 @@ impl Membership {
         use KafkaCode as C;
         match error {
             None => {
+                self.retries = 0;
                 self.last_heartbeat_ok = now;
                 self.next_heartbeat = Some(now + self.cfg.heartbeat_interval);
             }
@@ -645,7 +661,7 @@ impl Membership {
                 self.cfg.group_instance_id.as_deref().unwrap_or("")
             )),
             Some(code) if code.is_retriable() => {
-                self.next_heartbeat = Some(now + self.cfg.retry_backoff);
+                self.next_heartbeat = Some(now + self.next_backoff());
             }
             Some(code) => self.fatal(format!("Heartbeat failed with {code}")),
         }

@@ -13,7 +13,7 @@ fn cfg(instance: Option<&str>) -> MembershipConfig {
         rebalance_timeout: 30 * SEC,
         heartbeat_interval: 3 * SEC,
         max_poll_interval: 60 * SEC,
-        retry_backoff: Duration::from_millis(100),
+        retry_backoff: Backoff::exponential(Duration::from_millis(100), SEC),
         metadata_max_age: 300 * SEC,
     }
 }
@@ -155,6 +155,41 @@ fn rebalance_in_progress_on_join_retries_after_backoff() {
             matches!(m.poll_action(t0 + SEC), Some(Action::Join { .. })),
             "{code:?}"
         );
+    }
+}
+
+#[test]
+fn consecutive_retries_back_off_exponentially_and_start_over_once_heard_from() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    // Joins refused again and again: 100 ms doubling, capped at 1 s.
+    let mut m = joining(None, t0);
+    let mut now = t0;
+    for wait in [100, 200, 400, 800, 1000, 1000] {
+        let refused = join_error(KafkaCode::CoordinatorLoadInProgress);
+        m.handle_join(refused, &parts(), now);
+        assert_eq!(m.poll_action(now + ms(wait - 1)), None, "waits {wait} ms");
+        now += ms(wait);
+        assert!(
+            matches!(m.poll_action(now), Some(Action::Join { .. })),
+            "joins again after {wait} ms"
+        );
+    }
+    // A stable member's failed heartbeats: 100, 200 ms, then one gets
+    // through (the interval again), and the next failure starts over.
+    let mut m = machine(Arc::new(RangeAssignor), None, t0);
+    stable(&mut m, t0);
+    let mut now = t0 + 3 * SEC;
+    for (error, wait) in [
+        (Some(KafkaCode::CoordinatorLoadInProgress), 100),
+        (Some(KafkaCode::CoordinatorLoadInProgress), 200),
+        (None, 3000),
+        (Some(KafkaCode::CoordinatorLoadInProgress), 100),
+    ] {
+        assert!(matches!(m.poll_action(now), Some(Action::Heartbeat { .. })));
+        m.handle_heartbeat(error, now);
+        assert_eq!(m.poll_timeout(), Some(now + ms(wait)), "{error:?}");
+        now += ms(wait);
     }
 }
 
