@@ -6,16 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use consumer_core::{Consumer, ConsumerError, IsolationLevel, OffsetReset, TopicPartition};
-use kafka_wire::{Client, Producer, ProducerConfig, ProducerRecord};
-
-async fn produce(client: &Client, b: &testkit::BrokerEnv, topic: &str, n: u32) {
-    common::produce(client, b, n, |i| {
-        ProducerRecord::new(topic)
-            .key(format!("k{i}"))
-            .value(format!("{i}"))
-    })
-    .await;
-}
+use kafka_wire::{Producer, ProducerRecord};
 
 /// Poll until `n` records arrived or `limit` passed.
 async fn consume(
@@ -42,9 +33,14 @@ async fn consume(
 #[tokio::test]
 async fn assign_mode_reads_everything_in_order_and_seek_pause_resume_work() {
     let b = testkit::require_broker!();
-    let admin = common::client(&b).await;
-    let topic = common::topic(&admin, "consume-assign", 3).await;
-    produce(&admin, &b, &topic, 1_000).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "consume-assign", 3).await;
+    testkit::produce(
+        &admin,
+        &b,
+        testkit::numbered_records(&topic, 1_000, |i| format!("k{i}")),
+    )
+    .await;
 
     let mut c = common::connect(&b, None, &[]).await;
     let parts: Vec<TopicPartition> = (0..3).map(|p| TopicPartition::new(&topic, p)).collect();
@@ -67,7 +63,12 @@ async fn assign_mode_reads_everything_in_order_and_seek_pause_resume_work() {
     assert!(again.iter().all(|(tp, _, _)| *tp == parts[0]));
 
     // pause partition 1: new records there are not returned until resume
-    produce(&admin, &b, &topic, 300).await;
+    testkit::produce(
+        &admin,
+        &b,
+        testkit::numbered_records(&topic, 300, |i| format!("k{i}")),
+    )
+    .await;
     c.pause(&[parts[1].clone()]);
     let during = consume(&mut c, 300, Duration::from_secs(3)).await;
     assert!(
@@ -82,9 +83,14 @@ async fn assign_mode_reads_everything_in_order_and_seek_pause_resume_work() {
 #[tokio::test]
 async fn offset_reset_policies() {
     let b = testkit::require_broker!();
-    let admin = common::client(&b).await;
-    let topic = common::topic(&admin, "consume-reset", 1).await;
-    produce(&admin, &b, &topic, 10).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "consume-reset", 1).await;
+    testkit::produce(
+        &admin,
+        &b,
+        testkit::numbered_records(&topic, 10, |i| format!("k{i}")),
+    )
+    .await;
     let tp = TopicPartition::new(&topic, 0);
 
     let mut latest = Consumer::connect(
@@ -129,9 +135,14 @@ async fn offset_reset_policies() {
 #[tokio::test]
 async fn three_members_split_twelve_partitions_and_read_everything() {
     let b = testkit::require_broker!();
-    let admin = common::client(&b).await;
-    let topic = common::topic(&admin, "consume-group", 12).await;
-    produce(&admin, &b, &topic, 3_000).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "consume-group", 12).await;
+    testkit::produce(
+        &admin,
+        &b,
+        testkit::numbered_records(&topic, 3_000, |i| format!("k{i}")),
+    )
+    .await;
     let group = testkit::unique_name("group3");
 
     let mut members = Vec::new();
@@ -177,13 +188,11 @@ async fn three_members_split_twelve_partitions_and_read_everything() {
 #[tokio::test]
 async fn read_committed_returns_exactly_the_committed_records() {
     let b = testkit::require_broker!();
-    let admin = common::client(&b).await;
-    let topic = common::topic(&admin, "consume-txn", 1).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "consume-txn", 1).await;
     let p = Producer::with_client(
         admin.clone(),
-        ProducerConfig::builder()
-            .bootstrap(&b.bootstrap)
-            .unwrap()
+        testkit::producer_builder(&b)
             .transactional_id(testkit::unique_name("tx"))
             .build()
             .unwrap(),
@@ -233,9 +242,14 @@ async fn read_committed_returns_exactly_the_committed_records() {
 #[tokio::test]
 async fn stuck_member_leaves_and_its_late_commit_is_refused_locally() {
     let b = testkit::require_broker!();
-    let admin = common::client(&b).await;
-    let topic = common::topic(&admin, "consume-stuck", 2).await;
-    produce(&admin, &b, &topic, 20).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "consume-stuck", 2).await;
+    testkit::produce(
+        &admin,
+        &b,
+        testkit::numbered_records(&topic, 20, |i| format!("k{i}")),
+    )
+    .await;
     let group = testkit::unique_name("stuck");
     let mut c = common::connect(&b, Some(&group), &[("max.poll.interval.ms", "2000")]).await;
     c.subscribe(&[&topic]).unwrap();
@@ -245,8 +259,12 @@ async fn stuck_member_leaves_and_its_late_commit_is_refused_locally() {
     c.commit(&[(tp.clone(), 1)])
         .await
         .expect("owned: commit allowed");
-    // "Process" for longer than max.poll.interval.ms without polling.
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    // "Process" for longer than max.poll.interval.ms without polling,
+    // until the member has left the group.
+    assert!(
+        testkit::eventually(Duration::from_secs(15), || c.group_metadata().is_none()).await,
+        "the member never left although it stopped polling"
+    );
     let err = c.commit(&[(tp.clone(), 5)]).await.unwrap_err();
     assert!(matches!(err, ConsumerError::NotOwned { .. }), "{err}");
     // Nothing moved backwards or forwards.
@@ -263,9 +281,14 @@ async fn stuck_member_leaves_and_its_late_commit_is_refused_locally() {
 async fn auto_commit_commits_what_poll_returned_even_if_it_was_never_processed() {
     // Why auto-commit is off by default: it commits positions, not completions.
     let b = testkit::require_broker!();
-    let admin = common::client(&b).await;
-    let topic = common::topic(&admin, "auto-commit", 1).await;
-    produce(&admin, &b, &topic, 50).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "auto-commit", 1).await;
+    testkit::produce(
+        &admin,
+        &b,
+        testkit::numbered_records(&topic, 50, |i| format!("k{i}")),
+    )
+    .await;
     let group = testkit::unique_name("auto");
     let mut c = common::connect(
         &b,
@@ -282,8 +305,15 @@ async fn auto_commit_commits_what_poll_returned_even_if_it_was_never_processed()
     assert_eq!(got.len(), 50);
     // The application "crashes" before processing anything; one more poll
     // after the interval is all it takes for the offsets to be committed.
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    c.poll(Duration::from_millis(50)).await.unwrap();
+    let c = tokio::sync::Mutex::new(c);
+    testkit::eventually_async(Duration::from_secs(10), || async {
+        let mut c = c.lock().await;
+        c.poll(Duration::from_millis(50)).await.unwrap();
+        let committed = c.committed(std::slice::from_ref(&tp)).await.unwrap();
+        committed.get(&tp) == Some(&50)
+    })
+    .await;
+    let c = c.into_inner();
     let committed = c.committed(std::slice::from_ref(&tp)).await.unwrap();
     assert_eq!(
         committed.get(&tp),
@@ -300,9 +330,14 @@ async fn the_consumer_as_a_stream() {
     use futures_core::Stream;
 
     let b = testkit::require_broker!();
-    let admin = common::client(&b).await;
-    let topic = common::topic(&admin, "stream", 2).await;
-    produce(&admin, &b, &topic, 100).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "stream", 2).await;
+    testkit::produce(
+        &admin,
+        &b,
+        testkit::numbered_records(&topic, 100, |i| format!("k{i}")),
+    )
+    .await;
     let mut c = common::connect(&b, None, &[]).await;
     c.assign(&[
         TopicPartition::new(&topic, 0),
@@ -321,8 +356,8 @@ async fn the_consumer_as_a_stream() {
 #[tokio::test]
 async fn commits_never_move_an_offset_backwards() {
     let b = testkit::require_broker!();
-    let admin = common::client(&b).await;
-    let topic = common::topic(&admin, "no-backwards", 1).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "no-backwards", 1).await;
     let group = testkit::unique_name("no-backwards");
     let c = common::connect(&b, Some(&group), &[]).await;
     let tp = TopicPartition::new(&topic, 0);

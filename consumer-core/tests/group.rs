@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use consumer_core::consumer::ListenerFuture;
 use consumer_core::{Committer, Consumer, RebalanceListener, TopicPartition};
-use kafka_wire::{Producer, ProducerConfig, ProducerRecord};
+use kafka_wire::{Producer, ProducerRecord};
 
 #[derive(Default)]
 struct Revocations(Mutex<Vec<TopicPartition>>);
@@ -53,17 +53,15 @@ fn spawn_member(
 #[tokio::test]
 async fn cooperative_join_revokes_only_moved_partitions_and_others_keep_flowing() {
     let b = testkit::require_broker!();
-    let admin = common::client(&b).await;
-    let topic = common::topic(&admin, "coop", 12).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "coop", 12).await;
     let group = testkit::unique_name("coop-group");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     // Steady traffic on every partition: one record per partition every 10 ms.
     let producer = Producer::with_client(
         admin.clone(),
-        ProducerConfig::builder()
-            .bootstrap(&b.bootstrap)
-            .unwrap()
+        testkit::producer_builder(&b)
             .linger(Duration::from_millis(1))
             .build()
             .unwrap(),
@@ -113,16 +111,18 @@ async fn cooperative_join_revokes_only_moved_partitions_and_others_keep_flowing(
             .map(|(tp, _)| tp.clone())
             .collect()
     };
-    let settle = Instant::now() + Duration::from_secs(30);
-    let owned_before = loop {
-        let sets: Vec<BTreeSet<TopicPartition>> = seen.iter().map(&recent).collect();
+    // Every member delivers from `each` partitions, together all 12.
+    let settled = |members: &[&Deliveries], each: usize| {
+        let sets: Vec<BTreeSet<TopicPartition>> = members.iter().map(|s| recent(s)).collect();
         let union: BTreeSet<&TopicPartition> = sets.iter().flatten().collect();
-        if sets.iter().all(|s| s.len() == 4) && union.len() == 12 {
-            break sets;
-        }
-        assert!(Instant::now() < settle, "the group never settled: {sets:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        sets.iter().all(|s| s.len() == each) && union.len() == 12
     };
+    let three: Vec<&Deliveries> = seen.iter().collect();
+    assert!(
+        testkit::eventually(Duration::from_secs(30), || settled(&three, 4)).await,
+        "the group never settled"
+    );
+    let owned_before: Vec<BTreeSet<TopicPartition>> = seen.iter().map(&recent).collect();
     for l in &listeners {
         l.0.lock().unwrap().clear(); // count only revocations caused by the join
     }
@@ -138,11 +138,9 @@ async fn cooperative_join_revokes_only_moved_partitions_and_others_keep_flowing(
     c4.subscribe(&[&topic]).unwrap();
     let s4: Deliveries = Arc::default();
     members.push(spawn_member(c4, s4.clone(), stop.clone()));
-    let until = Instant::now() + Duration::from_secs(30);
-    while s4.lock().unwrap().len() < 3 && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Until the group settles again: four members, three partitions each.
+    let four: Vec<&Deliveries> = seen.iter().chain([&s4]).collect();
+    testkit::eventually(Duration::from_secs(30), || settled(&four, 3)).await;
     let revoked_at_join: Vec<Vec<TopicPartition>> = listeners
         .iter()
         .map(|l| l.0.lock().unwrap().clone())
@@ -185,8 +183,8 @@ async fn cooperative_join_revokes_only_moved_partitions_and_others_keep_flowing(
 #[tokio::test]
 async fn static_member_restart_within_session_timeout_causes_no_rebalance() {
     let b = testkit::require_broker!();
-    let admin = common::client(&b).await;
-    let topic = common::topic(&admin, "static", 4).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "static", 4).await;
     let group = testkit::unique_name("static-group");
     let make = |instance: &str| {
         common::config(&b, Some(&group))
@@ -241,13 +239,17 @@ async fn static_member_restart_within_session_timeout_causes_no_rebalance() {
 #[tokio::test]
 async fn killed_member_partitions_move_after_session_timeout_and_nothing_committed_is_lost() {
     let b = testkit::require_broker!();
-    let admin = common::client(&b).await;
-    let topic = common::topic(&admin, "killed", 2).await;
-    common::produce(&admin, &b, 200, |i| {
-        ProducerRecord::new(&topic)
-            .partition((i % 2) as i32)
-            .value(format!("{i}"))
-    })
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "killed", 2).await;
+    testkit::produce(
+        &admin,
+        &b,
+        (0..200u32).map(|i| {
+            ProducerRecord::new(&topic)
+                .partition((i % 2) as i32)
+                .value(format!("{i}"))
+        }),
+    )
     .await;
     let group = testkit::unique_name("killed-group");
 
@@ -305,8 +307,8 @@ impl RebalanceListener for SlowRevoke {
 #[tokio::test]
 async fn heartbeats_continue_while_a_slow_revoke_callback_runs() {
     let b = testkit::require_broker!();
-    let admin = common::client(&b).await;
-    let topic = common::topic(&admin, "slow-revoke", 4).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "slow-revoke", 4).await;
     let group = testkit::unique_name("slow-revoke-group");
     let coop = || {
         common::classic(
@@ -347,8 +349,8 @@ async fn a_member_that_keeps_polling_stays_past_max_poll_interval() {
     // recording them, so a member polling every 50 ms still "timed out"
     // after max.poll.interval.ms and left (losing its partitions).
     let b = testkit::require_broker!();
-    let admin = common::client(&b).await;
-    let topic = common::topic(&admin, "keeps-polling", 2).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "keeps-polling", 2).await;
     let group = testkit::unique_name("keeps-polling");
     let mut c = common::connect(&b, Some(&group), &[("max.poll.interval.ms", "1500")]).await;
     let revoked = Arc::new(Revocations::default());
@@ -363,7 +365,7 @@ async fn a_member_that_keeps_polling_stays_past_max_poll_interval() {
     while Instant::now() < end {
         c.poll(Duration::from_millis(50)).await.unwrap();
     }
-    if common::kip848_protocol().is_none() {
+    if testkit::group_protocol().is_none() {
         assert_eq!(
             c.generation(),
             Some(generation),
@@ -433,8 +435,8 @@ fn tp(topic: &str, partition: i32) -> TopicPartition {
 #[tokio::test]
 async fn added_partitions_are_assigned_and_consumed_from_their_start_even_with_latest() {
     let b = testkit::require_broker!();
-    let admin = common::client(&b).await;
-    let topic = common::topic(&admin, "grow", 1).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "grow", 1).await;
     let group = testkit::unique_name("grow-group");
     let mut c = latest_member(&b, &group).await;
     c.subscribe(&[&topic]).unwrap();
@@ -449,11 +451,15 @@ async fn added_partitions_are_assigned_and_consumed_from_their_start_even_with_l
     .await;
 
     admin.create_partitions(&topic, 3).await.unwrap();
-    common::produce(&admin, &b, 10, |i| {
-        ProducerRecord::new(&topic)
-            .partition(2)
-            .value(format!("{i}"))
-    })
+    testkit::produce(
+        &admin,
+        &b,
+        (0..10u32).map(|i| {
+            ProducerRecord::new(&topic)
+                .partition(2)
+                .value(format!("{i}"))
+        }),
+    )
     .await;
 
     let started = Instant::now();
@@ -484,7 +490,7 @@ async fn added_partitions_are_assigned_and_consumed_from_their_start_even_with_l
 #[tokio::test]
 async fn a_topic_subscribed_before_it_exists_is_consumed_once_created() {
     let b = testkit::require_broker!();
-    let admin = common::client(&b).await;
+    let admin = testkit::client(&b).await;
     let topic = testkit::unique_name("later");
     let group = testkit::unique_name("later-group");
     let mut c = latest_member(&b, &group).await;
@@ -504,11 +510,15 @@ async fn a_topic_subscribed_before_it_exists_is_consumed_once_created() {
         .create_topic(kafka_wire::NewTopic::new(&topic, 2))
         .await
         .unwrap();
-    common::produce(&admin, &b, 10, |i| {
-        ProducerRecord::new(&topic)
-            .partition((i % 2) as i32)
-            .value(format!("{i}"))
-    })
+    testkit::produce(
+        &admin,
+        &b,
+        (0..10u32).map(|i| {
+            ProducerRecord::new(&topic)
+                .partition((i % 2) as i32)
+                .value(format!("{i}"))
+        }),
+    )
     .await;
 
     poll_until(
@@ -532,9 +542,9 @@ async fn a_topic_subscribed_before_it_exists_is_consumed_once_created() {
 #[tokio::test]
 async fn a_pattern_subscription_picks_up_a_matching_topic_created_later_and_only_that() {
     let b = testkit::require_broker!();
-    let admin = common::client(&b).await;
+    let admin = testkit::client(&b).await;
     let prefix = testkit::unique_name("pat");
-    let first = common::topic(&admin, &format!("{prefix}-a"), 1).await;
+    let first = testkit::create_topic(&admin, &format!("{prefix}-a"), 1).await;
     let group = testkit::unique_name("pat-group");
     let mut c = latest_member(&b, &group).await;
     c.subscribe_pattern(&format!("^{prefix}-.*")).unwrap();
@@ -560,11 +570,15 @@ async fn a_pattern_subscription_picks_up_a_matching_topic_created_later_and_only
         .await
         .unwrap();
     for t in [&matching, &other] {
-        common::produce(&admin, &b, 10, |i| {
-            ProducerRecord::new(t)
-                .partition((i % 2) as i32 % if t == &other { 1 } else { 2 })
-                .value(format!("{i}"))
-        })
+        testkit::produce(
+            &admin,
+            &b,
+            (0..10u32).map(|i| {
+                ProducerRecord::new(t)
+                    .partition((i % 2) as i32 % if t == &other { 1 } else { 2 })
+                    .value(format!("{i}"))
+            }),
+        )
         .await;
     }
 

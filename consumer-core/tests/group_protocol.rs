@@ -14,7 +14,7 @@ use kafka_wire::{Lane, ProducerRecord};
 
 /// Does the broker advertise ConsumerGroupHeartbeat (KIP-848 on)?
 async fn speaks_848(b: &testkit::BrokerEnv) -> bool {
-    let client = common::client(b).await;
+    let client = testkit::client(b).await;
     let md = client.refresh_metadata(None).await.unwrap();
     let id = *md.brokers.keys().next().expect("a broker");
     let conn = client.connection(id, Lane::Group).await.unwrap();
@@ -76,15 +76,19 @@ async fn two_members_share_the_partitions_and_consume_every_record_once_committe
     } else {
         ("auto", GroupProtocol::Classic)
     };
-    let admin = common::client(&b).await;
-    let topic = common::topic(&admin, "kip848", 4).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "kip848", 4).await;
     let group = testkit::unique_name("kip848-group");
     let t = topic.clone();
-    common::produce(&admin, &b, 200, |i| {
-        ProducerRecord::new(&t)
-            .partition((i % 4) as i32)
-            .value(format!("{i}"))
-    })
+    testkit::produce(
+        &admin,
+        &b,
+        (0..200u32).map(|i| {
+            ProducerRecord::new(&t)
+                .partition((i % 4) as i32)
+                .value(format!("{i}"))
+        }),
+    )
     .await;
 
     let seen: Seen = Default::default();
@@ -96,26 +100,22 @@ async fn two_members_share_the_partitions_and_consume_every_record_once_committe
     first.subscribe(&[&topic]).unwrap();
     handles.push(spawn_member(first, seen.clone(), stop.clone()));
     // The second joins while the first consumes: the broker moves half.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    testkit::eventually(Duration::from_secs(30), || !seen.lock().unwrap().is_empty()).await;
     let mut second = Consumer::connect(member(&b, &group, protocol))
         .await
         .unwrap();
     second.subscribe(&[&topic]).unwrap();
     handles.push(spawn_member(second, seen.clone(), stop.clone()));
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let distinct: BTreeSet<_> = seen.lock().unwrap().iter().cloned().collect();
-        if distinct.len() == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of 200 records consumed",
-            distinct.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let distinct = || -> usize {
+        let seen = seen.lock().unwrap();
+        seen.iter().cloned().collect::<BTreeSet<_>>().len()
+    };
+    assert!(
+        testkit::eventually(Duration::from_secs(60), || distinct() == 200).await,
+        "only {} of 200 records consumed",
+        distinct()
+    );
     // Both members end with two partitions each, under the expected protocol.
     let deadline = Instant::now() + Duration::from_secs(60);
     let members = loop {
@@ -203,8 +203,8 @@ async fn explicit_consumer_on_a_broker_without_kip_848_fails_naming_the_fix() {
     if speaks_848(&b).await {
         return; // Kafka 4.x: the test above covers it; this one is for 3.9
     }
-    let admin = common::client(&b).await;
-    let topic = common::topic(&admin, "kip848-off", 1).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "kip848-off", 1).await;
     let group = testkit::unique_name("kip848-off");
     let mut c = Consumer::connect(member(&b, &group, "consumer"))
         .await

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use consumer_core::{Assignment, Consumer, TopicPartition};
-use kafka_wire::{NewTopic, ProducerRecord};
+use kafka_wire::ProducerRecord;
 
 fn java_client_jars() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/broker/jars");
@@ -34,7 +34,7 @@ fn java_client_jars() -> Option<PathBuf> {
 #[tokio::test]
 async fn our_member_and_a_java_member_share_one_group() {
     let b = testkit::require_broker!();
-    let protocol = common::kip848_protocol().unwrap_or_else(|| "classic".into());
+    let protocol = testkit::group_protocol().unwrap_or_else(|| "classic".into());
     interop(&b, &protocol).await;
 }
 
@@ -43,7 +43,7 @@ async fn our_member_and_a_java_member_share_one_group() {
 #[tokio::test]
 async fn our_member_and_a_java_member_share_one_kip_848_group() {
     let b = testkit::require_broker!();
-    let client = common::client(&b).await;
+    let client = testkit::client(&b).await;
     let md = client.refresh_metadata(None).await.unwrap();
     let id = *md.brokers.keys().next().expect("a broker");
     let conn = client
@@ -64,14 +64,17 @@ async fn interop(b: &testkit::BrokerEnv, protocol: &str) {
     let Some(jars) = java_client_jars() else {
         return;
     };
-    let admin = common::client(b).await;
-    let topic = testkit::unique_name("interop");
-    admin.create_topic(NewTopic::new(&topic, 6)).await.unwrap();
-    common::produce(&admin, b, 600, |i| {
-        ProducerRecord::new(&topic)
-            .partition((i % 6) as i32)
-            .value(format!("{i}"))
-    })
+    let admin = testkit::client(b).await;
+    let topic = testkit::create_topic(&admin, "interop", 6).await;
+    testkit::produce(
+        &admin,
+        b,
+        (0..600u32).map(|i| {
+            ProducerRecord::new(&topic)
+                .partition((i % 6) as i32)
+                .value(format!("{i}"))
+        }),
+    )
     .await;
     let group = testkit::unique_name("interop-group");
 
@@ -125,10 +128,12 @@ async fn interop(b: &testkit::BrokerEnv, protocol: &str) {
     };
 
     // Our member joins once the Java one is in; same protocol name ("range").
+    // (One minute for all of it.)
     let end = Instant::now() + Duration::from_secs(60);
-    while java_seen.lock().unwrap().is_empty() && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    testkit::eventually(Duration::from_secs(60), || {
+        !java_seen.lock().unwrap().is_empty()
+    })
+    .await;
     let ours_cfg = if kip848 {
         consumer_core::ConsumerConfig::builder()
             .bootstrap(&b.bootstrap)

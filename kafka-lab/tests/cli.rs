@@ -390,16 +390,23 @@ fn process_dead_letters_poison_and_serves_prometheus_metrics() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(4));
-    let metrics = {
+    // Scrape while it runs, once the four poison records are dead-lettered.
+    let scrape = || {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&addr).expect("metrics endpoint");
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
         s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-            .unwrap();
+            .ok()?;
         let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text
+        s.read_to_string(&mut text).ok()?;
+        Some(text)
     };
+    let mut metrics = String::new();
+    testkit::eventually_blocking(std::time::Duration::from_secs(6), || {
+        if let Some(text) = scrape() {
+            metrics = text; // the last answer, if it exits meanwhile
+        }
+        metrics.contains("resilience_records_dead_lettered_total 4")
+    });
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -800,15 +807,12 @@ fn ctrl_c_on_a_group_consumer_leaves_the_group_and_prints_the_summary() {
         .spawn()
         .unwrap();
     // Wait until it is a member, then interrupt it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let (_, d) = run(&["-b", b, "groups", "describe", &group], None);
-        if d.contains(&format!("{topic}-0")) && !d.contains("  -\n") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never joined: {d}");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let mut d = String::new();
+    let joined = testkit::eventually_blocking(std::time::Duration::from_secs(30), || {
+        d = run(&["-b", b, "groups", "describe", &group], None).1;
+        d.contains(&format!("{topic}-0")) && !d.contains("  -\n")
+    });
+    assert!(joined, "never joined: {d}");
     let sent = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

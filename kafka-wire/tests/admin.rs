@@ -10,19 +10,18 @@ use kafka_wire::messages::offset_commit_request::{
 use kafka_wire::messages::{GroupId, OffsetCommitRequest, TopicName};
 use kafka_wire::CoordinatorKind;
 use kafka_wire::{
-    ConfigResource, KafkaCode, Lane, NewTopic, OffsetSpec, Producer, ProducerConfig,
-    ProducerRecord, StrBytes,
+    ConfigResource, KafkaCode, Lane, NewTopic, OffsetSpec, Producer, ProducerRecord, StrBytes,
 };
 
 #[tokio::test]
 async fn topics_configs_and_offsets() {
     let broker = testkit::require_broker!();
-    let client = common::plaintext_client(&broker).await;
-    let topic = testkit::unique_name("admin");
-    client
-        .create_topic(NewTopic::new(&topic, 3).config("retention.ms", "3600000"))
-        .await
-        .unwrap();
+    let client = testkit::client(&broker).await;
+    let topic = testkit::create_topic_with(
+        &client,
+        NewTopic::new(testkit::unique_name("admin"), 3).config("retention.ms", "3600000"),
+    )
+    .await;
     assert_eq!(client.metadata().partition_count(&topic), Some(3));
 
     // Creating it again names the topic and the code.
@@ -71,14 +70,7 @@ async fn topics_configs_and_offsets() {
             .unwrap(),
         vec![(0, 0), (1, 0), (2, 0)]
     );
-    let producer = Producer::with_client(
-        client.clone(),
-        ProducerConfig::builder()
-            .bootstrap(&broker.bootstrap)
-            .unwrap()
-            .build()
-            .unwrap(),
-    );
+    let producer = Producer::with_client(client.clone(), testkit::producer_config(&broker));
     for i in 0..5 {
         producer
             .send(
@@ -114,9 +106,8 @@ async fn topics_configs_and_offsets() {
 #[tokio::test]
 async fn create_partitions_grows_a_topic_and_refusals_carry_the_broker_message() {
     let broker = testkit::require_broker!();
-    let client = common::plaintext_client(&broker).await;
-    let topic = testkit::unique_name("grow");
-    client.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    let client = testkit::client(&broker).await;
+    let topic = testkit::create_topic(&client, "grow", 1).await;
 
     client.create_partitions(&topic, 3).await.unwrap();
     assert_eq!(
@@ -158,7 +149,7 @@ async fn create_partitions_grows_a_topic_and_refusals_carry_the_broker_message()
 #[tokio::test]
 async fn describe_cluster_names_the_single_broker() {
     let broker = testkit::require_broker!();
-    let client = common::plaintext_client(&broker).await;
+    let client = testkit::client(&broker).await;
     let md = client.describe_cluster().await.unwrap();
     assert_eq!(md.brokers.len(), 1);
     assert!(md.controller_id >= -1);
@@ -168,9 +159,8 @@ async fn describe_cluster_names_the_single_broker() {
 #[tokio::test]
 async fn groups_list_describe_delete() {
     let broker = testkit::require_broker!();
-    let client = common::plaintext_client(&broker).await;
-    let topic = testkit::unique_name("admin-groups");
-    client.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    let client = testkit::client(&broker).await;
+    let topic = testkit::create_topic(&client, "admin-groups", 1).await;
     let group = testkit::unique_name("admin-group");
     // A simple (memberless) commit creates an Empty group with offsets.
     let coordinator = client

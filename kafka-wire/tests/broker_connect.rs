@@ -61,7 +61,7 @@ async fn api_versions_and_metadata_against_real_broker() {
 #[tokio::test]
 async fn lanes_are_separate_connections() {
     let broker = testkit::require_broker!();
-    let client = common::plaintext_client(&broker).await;
+    let client = testkit::client(&broker).await;
     let a = client.connection(1, Lane::Fetch).await.unwrap();
     let b = client.connection(1, Lane::Group).await.unwrap();
     let a2 = client.connection(1, Lane::Fetch).await.unwrap();

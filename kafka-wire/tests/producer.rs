@@ -20,28 +20,15 @@ use kafka_wire::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-async fn topic(client: &Client, prefix: &str, partitions: i32) -> String {
-    let name = testkit::unique_name(prefix);
-    client
-        .create_topic(NewTopic::new(&name, partitions))
-        .await
-        .unwrap();
-    name
-}
-
-fn producer_config(bootstrap: &str) -> kafka_wire::ProducerConfigBuilder {
-    ProducerConfig::builder().bootstrap(bootstrap).unwrap()
-}
-
 #[tokio::test]
 async fn keyed_records_round_trip_with_every_codec_and_land_where_java_puts_them() {
     let broker = testkit::require_broker!();
-    let client = common::plaintext_client(&broker).await;
+    let client = testkit::client(&broker).await;
     for codec in Compression::ALL {
-        let t = topic(&client, &format!("produce-{}", codec.name()), 6).await;
+        let t = testkit::create_topic(&client, &format!("produce-{}", codec.name()), 6).await;
         let producer = Producer::with_client(
             client.clone(),
-            producer_config(&broker.bootstrap)
+            testkit::producer_builder(&broker)
                 .compression(codec)
                 .build()
                 .unwrap(),
@@ -89,11 +76,11 @@ async fn keyed_records_round_trip_with_every_codec_and_land_where_java_puts_them
 #[tokio::test]
 async fn small_records_are_batched_not_sent_one_per_batch() {
     let broker = testkit::require_broker!();
-    let client = common::plaintext_client(&broker).await;
-    let t = topic(&client, "batching", 1).await;
+    let client = testkit::client(&broker).await;
+    let t = testkit::create_topic(&client, "batching", 1).await;
     let producer = Producer::with_client(
         client.clone(),
-        producer_config(&broker.bootstrap)
+        testkit::producer_builder(&broker)
             .linger(Duration::from_millis(50))
             .build()
             .unwrap(),
@@ -199,8 +186,8 @@ impl Connector for KillSwitch {
 #[tokio::test]
 async fn idempotent_producer_writes_each_record_once_in_order_despite_killed_connections() {
     let broker = testkit::require_broker!();
-    let admin = common::plaintext_client(&broker).await;
-    let t = topic(&admin, "idempotence", 2).await;
+    let admin = testkit::client(&broker).await;
+    let t = testkit::create_topic(&admin, "idempotence", 2).await;
     let switch = Arc::new(KillSwitch::default());
     let generation = switch.generation.clone();
     let cfg = ProducerConfig::builder()
@@ -266,14 +253,9 @@ async fn admin_end_offset(client: &Client, topic: &str, partition: i32) -> i64 {
 #[tokio::test]
 async fn unknown_topic_is_an_error_naming_it() {
     let broker = testkit::require_broker!();
-    let producer = Producer::connect(
-        ProducerConfig::builder()
-            .client(|c| c.bootstrap(&broker.bootstrap).unwrap())
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let producer = Producer::connect(testkit::producer_config(&broker))
+        .await
+        .unwrap();
     let err = producer
         .send(ProducerRecord::new("no-such-topic-xyz").value("v"))
         .await
@@ -316,11 +298,11 @@ async fn pipelined_batches_keep_send_order_under_load() {
     // Small batches and many partitions put several requests in flight per
     // broker at once; offsets must still follow send order in every partition.
     let broker = testkit::require_broker!();
-    let client = common::plaintext_client(&broker).await;
-    let t = topic(&client, "pipelined", 12).await;
+    let client = testkit::client(&broker).await;
+    let t = testkit::create_topic(&client, "pipelined", 12).await;
     let producer = Producer::with_client(
         client.clone(),
-        producer_config(&broker.bootstrap)
+        testkit::producer_builder(&broker)
             .batch_size(1024)
             .linger(Duration::from_millis(1))
             .build()
@@ -349,12 +331,12 @@ async fn pipelined_batches_keep_send_order_under_load() {
 #[tokio::test]
 async fn try_send_hands_the_record_back_when_buffer_memory_is_full() {
     let broker = testkit::require_broker!();
-    let client = common::plaintext_client(&broker).await;
-    let t = topic(&client, "buffer-full", 1).await;
+    let client = testkit::client(&broker).await;
+    let t = testkit::create_topic(&client, "buffer-full", 1).await;
     // One 2 KiB buffer, one open batch that never fills or lingers out.
     let producer = Producer::with_client(
         client.clone(),
-        producer_config(&broker.bootstrap)
+        testkit::producer_builder(&broker)
             .buffer_memory(2048)
             .batch_size(2048)
             .linger(Duration::from_secs(30))
@@ -384,12 +366,8 @@ async fn try_send_hands_the_record_back_when_buffer_memory_is_full() {
 
 /// A one-partition topic whose broker accepts batches of at most 64 KiB.
 async fn small_max_topic(client: &Client, prefix: &str) -> String {
-    let name = testkit::unique_name(prefix);
-    client
-        .create_topic(NewTopic::new(&name, 1).config("max.message.bytes", "65536"))
-        .await
-        .unwrap();
-    name
+    let topic = NewTopic::new(testkit::unique_name(prefix), 1).config("max.message.bytes", "65536");
+    testkit::create_topic_with(client, topic).await
 }
 
 /// A value of `len` bytes that starts with `n` (big-endian), so read-back
@@ -407,12 +385,12 @@ fn number_of(r: &kafka_wire::records::Record) -> u32 {
 #[tokio::test]
 async fn a_batch_larger_than_the_topic_accepts_is_split_until_every_record_fits() {
     let broker = testkit::require_broker!();
-    let client = common::plaintext_client(&broker).await;
+    let client = testkit::client(&broker).await;
     let t = small_max_topic(&client, "split").await;
     // One linger window gathers all 200 records (≈ 200 KB) into one batch.
     let producer = Producer::with_client(
         client.clone(),
-        producer_config(&broker.bootstrap)
+        testkit::producer_builder(&broker)
             .batch_size(1 << 20)
             .linger(Duration::from_millis(200))
             .build()
@@ -473,13 +451,13 @@ async fn send_with_one_big(
 #[tokio::test]
 async fn only_a_record_larger_than_the_topic_accepts_fails_and_the_others_are_delivered() {
     let broker = testkit::require_broker!();
-    let client = common::plaintext_client(&broker).await;
+    let client = testkit::client(&broker).await;
     let t = small_max_topic(&client, "too-large").await;
     // Round 1: the big record shares one linger batch with 100 small ones,
     // so it is split down to a batch of its own.
     let one_batch = Producer::with_client(
         client.clone(),
-        producer_config(&broker.bootstrap)
+        testkit::producer_builder(&broker)
             .batch_size(1 << 20)
             .linger(Duration::from_millis(100))
             .build()
@@ -491,7 +469,7 @@ async fn only_a_record_larger_than_the_topic_accepts_fails_and_the_others_are_de
     // when it fails and must be renumbered over its sequence.
     let pipelined = Producer::with_client(
         client.clone(),
-        producer_config(&broker.bootstrap)
+        testkit::producer_builder(&broker)
             .batch_size(16_384)
             .linger(Duration::from_millis(1))
             .build()

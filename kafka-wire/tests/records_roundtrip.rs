@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use kafka_wire::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_wire::messages::{ProduceRequest, TopicName};
 use kafka_wire::records::{encode_batch, BatchOptions, Compression, NewRecord};
-use kafka_wire::{Client, KafkaCode, Lane, NewTopic, StrBytes};
+use kafka_wire::{Client, KafkaCode, Lane, StrBytes};
 
 const PARTITIONS: i32 = 6;
 const RECORDS: usize = 10_000;
@@ -67,13 +67,10 @@ async fn produce(client: &Client, topic: &str, partition: i32, batch: Bytes) -> 
 #[tokio::test]
 async fn produce_fetch_round_trip_every_codec() {
     let broker = testkit::require_broker!();
-    let client = common::plaintext_client(&broker).await;
+    let client = testkit::client(&broker).await;
     for codec in Compression::ALL {
-        let topic = testkit::unique_name(&format!("roundtrip-{}", codec.name()));
-        client
-            .create_topic(NewTopic::new(&topic, PARTITIONS))
-            .await
-            .unwrap();
+        let prefix = format!("roundtrip-{}", codec.name());
+        let topic = testkit::create_topic(&client, &prefix, PARTITIONS).await;
         // Records i go to partition i % PARTITIONS, in batches of up to 500.
         let mut expected: Vec<Vec<NewRecord>> = vec![Vec::new(); PARTITIONS as usize];
         for i in 0..RECORDS {

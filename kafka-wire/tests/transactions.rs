@@ -10,16 +10,12 @@ use kafka_wire::messages::offset_fetch_request::{
 use kafka_wire::messages::{GroupId, OffsetFetchRequest, TopicName};
 use kafka_wire::records::{BatchReader, ControlType};
 use kafka_wire::GroupMetadata;
-use kafka_wire::{
-    Client, CoordinatorKind, Lane, NewTopic, Producer, ProducerConfig, ProducerRecord, StrBytes,
-};
+use kafka_wire::{Client, CoordinatorKind, Lane, NewTopic, Producer, ProducerRecord, StrBytes};
 
 async fn transactional(client: &Client, broker: &testkit::BrokerEnv, id: &str) -> Producer {
     let p = Producer::with_client(
         client.clone(),
-        ProducerConfig::builder()
-            .bootstrap(&broker.bootstrap)
-            .unwrap()
+        testkit::producer_builder(broker)
             .transactional_id(id)
             .build()
             .unwrap(),
@@ -39,9 +35,8 @@ async fn send_all(p: &Producer, topic: &str, values: &[&str]) {
 #[tokio::test]
 async fn committed_and_aborted_transactions_with_markers() {
     let broker = testkit::require_broker!();
-    let client = common::plaintext_client(&broker).await;
-    let topic = testkit::unique_name("txn");
-    client.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    let client = testkit::client(&broker).await;
+    let topic = testkit::create_topic(&client, "txn", 1).await;
     let p = transactional(&client, &broker, &testkit::unique_name("txn-id")).await;
 
     p.begin_transaction().await.unwrap();
@@ -87,9 +82,8 @@ async fn committed_and_aborted_transactions_with_markers() {
 #[tokio::test]
 async fn calls_out_of_order_say_what_to_call_next() {
     let broker = testkit::require_broker!();
-    let client = common::plaintext_client(&broker).await;
-    let topic = testkit::unique_name("txn-order");
-    client.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    let client = testkit::client(&broker).await;
+    let topic = testkit::create_topic(&client, "txn-order", 1).await;
     let p = transactional(&client, &broker, &testkit::unique_name("txn-id")).await;
     let err = p
         .send(ProducerRecord::new(&topic).value("x"))
@@ -103,9 +97,8 @@ async fn calls_out_of_order_say_what_to_call_next() {
 #[tokio::test]
 async fn offsets_sent_to_a_committed_transaction_are_committed() {
     let broker = testkit::require_broker!();
-    let client = common::plaintext_client(&broker).await;
-    let topic = testkit::unique_name("txn-offsets");
-    client.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    let client = testkit::client(&broker).await;
+    let topic = testkit::create_topic(&client, "txn-offsets", 1).await;
     let group = testkit::unique_name("txn-group");
     let p = transactional(&client, &broker, &testkit::unique_name("txn-id")).await;
     p.begin_transaction().await.unwrap();
@@ -164,9 +157,8 @@ async fn offsets_sent_to_a_committed_transaction_are_committed() {
 #[tokio::test]
 async fn a_second_producer_with_the_same_id_fences_the_first() {
     let broker = testkit::require_broker!();
-    let client = common::plaintext_client(&broker).await;
-    let topic = testkit::unique_name("txn-fence");
-    client.create_topic(NewTopic::new(&topic, 1)).await.unwrap();
+    let client = testkit::client(&broker).await;
+    let topic = testkit::create_topic(&client, "txn-fence", 1).await;
     let id = testkit::unique_name("txn-id");
     let old = transactional(&client, &broker, &id).await;
     old.begin_transaction().await.unwrap();
@@ -186,9 +178,8 @@ async fn a_second_producer_with_the_same_id_fences_the_first() {
 #[tokio::test]
 async fn try_send_inside_a_transaction_adds_the_partition_too() {
     let broker = testkit::require_broker!();
-    let client = common::plaintext_client(&broker).await;
-    let topic = testkit::unique_name("txn-try-send");
-    client.create_topic(NewTopic::new(&topic, 2)).await.unwrap();
+    let client = testkit::client(&broker).await;
+    let topic = testkit::create_topic(&client, "txn-try-send", 2).await;
     let p = transactional(&client, &broker, &testkit::unique_name("txn-id")).await;
     p.begin_transaction().await.unwrap();
     let mut deliveries = Vec::new();
@@ -214,12 +205,13 @@ async fn try_send_inside_a_transaction_adds_the_partition_too() {
 #[tokio::test]
 async fn a_record_too_large_for_the_topic_makes_the_transaction_abortable_not_fatal() {
     let broker = testkit::require_broker!();
-    let client = common::plaintext_client(&broker).await;
-    let topic = testkit::unique_name("txn-too-large");
-    client
-        .create_topic(NewTopic::new(&topic, 1).config("max.message.bytes", "65536"))
-        .await
-        .unwrap();
+    let client = testkit::client(&broker).await;
+    let topic = testkit::create_topic_with(
+        &client,
+        NewTopic::new(testkit::unique_name("txn-too-large"), 1)
+            .config("max.message.bytes", "65536"),
+    )
+    .await;
     let p = transactional(&client, &broker, &testkit::unique_name("txn-id")).await;
     p.begin_transaction().await.unwrap();
     let mut deliveries = Vec::new();

@@ -7,13 +7,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use consumer_core::TopicPartition;
 use kafka_wire::records::Record;
-use kafka_wire::{NewTopic, ProducerConfig, ProducerRecord};
+use kafka_wire::{NewTopic, ProducerRecord};
 use resilience::eos::{TransactionalProcessor, TransformFuture, Transformer};
 use resilience::HandlerError;
 
@@ -21,6 +22,8 @@ struct Doubler {
     out: String,
     /// Hang (a dying member) when this record comes.
     hang_at: Option<u32>,
+    /// Set once it hangs: the member is stuck mid-transaction.
+    hung: Arc<AtomicBool>,
 }
 
 impl Transformer for Doubler {
@@ -28,6 +31,7 @@ impl Transformer for Doubler {
         Box::pin(async move {
             let n = number(r);
             if self.hang_at == Some(n) {
+                self.hung.store(true, AtomicOrdering::SeqCst);
                 std::future::pending::<()>().await;
             }
             if n % 50 == 7 {
@@ -45,20 +49,18 @@ async fn outputs_and_offsets_commit_together_exactly_once_across_a_crash() {
     const N: u32 = 400;
     let b = testkit::require_broker!();
     let (admin, input) = topic_with_records(&b, "eos-in", 2, N).await;
-    let out = testkit::unique_name("eos-out");
-    admin.create_topic(NewTopic::new(&out, 1)).await.unwrap();
+    let out = testkit::create_topic(&admin, "eos-out", 1).await;
     admin
         .create_topic(NewTopic::new(format!("{input}.DLT"), 1))
         .await
         .unwrap();
     let group = testkit::unique_name("eos");
     let txn_id = testkit::unique_name("eos-txn");
-    let producer = ProducerConfig::builder()
-        .bootstrap(&b.bootstrap)
-        .unwrap()
+    let producer = testkit::producer_builder(&b)
         .transactional_id(&txn_id)
         .build()
         .unwrap();
+    let hung = Arc::new(AtomicBool::new(false));
     let start_eos = |hang_at: Option<u32>| {
         let mut consumer = group_consumer(&b, &group);
         consumer.max_poll_records = 20; // many transactions, not one
@@ -67,6 +69,7 @@ async fn outputs_and_offsets_commit_together_exactly_once_across_a_crash() {
         let t = Doubler {
             out: out.clone(),
             hang_at,
+            hung: hung.clone(),
         };
         (tokio::spawn(p.run(t, std::future::pending())), stats)
     };
@@ -74,13 +77,18 @@ async fn outputs_and_offsets_commit_together_exactly_once_across_a_crash() {
     // The first member dies mid-transaction at record 250.
     let (first, stats1) = start_eos(Some(250));
     assert!(
-        eventually(Duration::from_secs(30), || stats1
+        testkit::eventually(Duration::from_secs(30), || stats1
             .transactions
             .load(AtomicOrdering::Relaxed)
             > 0)
         .await
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        testkit::eventually(Duration::from_secs(30), || hung
+            .load(AtomicOrdering::SeqCst))
+        .await,
+        "the first member never reached record 250"
+    );
     first.abort();
     let _ = first.await;
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use consumer_core::TopicPartition;
-use kafka_wire::{NewTopic, ProducerRecord};
+use kafka_wire::ProducerRecord;
 use resilience::config::Quarantine;
 use resilience::dlt;
 use resilience::{CommitPolicy, HandlerError, Processor, ProcessorConfig};
@@ -68,7 +68,7 @@ async fn retry_topics_move_failures_off_the_partition_then_to_the_dlt() {
     });
     let mut cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
         .retry_topics(&[Duration::from_millis(200), Duration::from_millis(400)])
-        .dead_letter(producer_config(&b))
+        .dead_letter(testkit::producer_config(&b))
         .commit_policy(CommitPolicy::Interval(Duration::from_millis(100)));
     cfg.quarantine.after_failures = 0; // ten exhausted records in a row would trip it
     let run = start(Processor::new(cfg, SinkHandler::new(&sink, behaviour)));
@@ -77,7 +77,14 @@ async fn retry_topics_move_failures_off_the_partition_then_to_the_dlt() {
     let hops = 10 + 10 + 10; // →retry.200ms (always + once), →retry.400ms (always)
     run.wait_finished(u64::from(N) + hops, Duration::from_secs(60))
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Until every hop's commits land (checked again after the stop).
+    for t in [
+        topic.clone(),
+        format!("{topic}.retry.200ms"),
+        format!("{topic}.retry.400ms"),
+    ] {
+        committed_to_end(&b, &group, &t, Duration::from_secs(15)).await;
+    }
     run.stop().await;
 
     let (distinct, dups) = sink.distinct_and_duplicates();
@@ -140,10 +147,9 @@ async fn retry_topics_move_failures_off_the_partition_then_to_the_dlt() {
 #[tokio::test]
 async fn a_failing_partition_quarantines_only_itself() {
     let b = testkit::require_broker!();
-    let admin = admin(&b).await;
-    let topic = testkit::unique_name("quarantine");
-    admin.create_topic(NewTopic::new(&topic, 2)).await.unwrap();
-    let p = kafka_wire::Producer::with_client(admin.clone(), producer_config(&b));
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "quarantine", 2).await;
+    let p = kafka_wire::Producer::with_client(admin.clone(), testkit::producer_config(&b));
     for i in 0..20u32 {
         p.send(
             ProducerRecord::new(&topic)
@@ -171,7 +177,7 @@ async fn a_failing_partition_quarantines_only_itself() {
     });
     let mut cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
         .backoff(fast_backoff())
-        .dead_letter(producer_config(&b))
+        .dead_letter(testkit::producer_config(&b))
         .commit_policy(CommitPolicy::Interval(Duration::from_millis(100)));
     cfg.quarantine = Quarantine {
         after_failures: 3,
@@ -179,11 +185,16 @@ async fn a_failing_partition_quarantines_only_itself() {
     };
     let run = start(Processor::new(cfg, SinkHandler::new(&sink, behaviour)));
     let stats = run.stats.clone();
-    let healthy_done = eventually(Duration::from_secs(30), || {
+    let healthy_done = testkit::eventually(Duration::from_secs(30), || {
         sink.applied_numbers().len() == 200
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The stuck partition: three records dead-lettered, then quarantined.
+    testkit::eventually(Duration::from_secs(30), || {
+        stats.dead_lettered.load(AtomicOrdering::Relaxed) >= 3
+            && stats.quarantines.load(AtomicOrdering::Relaxed) >= 1
+    })
+    .await;
     let dead = stats.dead_lettered.load(AtomicOrdering::Relaxed);
     let quarantines = stats.quarantines.load(AtomicOrdering::Relaxed);
     run.stop().await;
@@ -222,7 +233,7 @@ async fn without_a_writable_dlt_the_partition_stalls_and_nothing_commits_past_th
     let run = start(Processor::new(cfg, SinkHandler::new(&sink, behaviour)));
     let stats = run.stats.clone();
     assert!(
-        eventually(Duration::from_secs(30), || stats
+        testkit::eventually(Duration::from_secs(30), || stats
             .dlt_write_failures
             .load(AtomicOrdering::Relaxed)
             >= 3)

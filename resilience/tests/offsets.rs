@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use consumer_core::{Consumer, TopicPartition};
-use kafka_wire::{NewTopic, ProducerRecord};
+use kafka_wire::ProducerRecord;
 use resilience::dedup::{DedupStore, FileDedup, InMemoryDedup};
 use resilience::{CommitPolicy, KeySource, Ordering, Processor, ProcessorConfig};
 
@@ -41,11 +41,17 @@ async fn completed_offsets_travel_in_commit_metadata_and_are_not_redone_after_a_
     };
     let run = start(Processor::new(cfg(), SinkHandler::new(&first, hang_on_0)));
     assert!(
-        eventually(Duration::from_secs(30), || first.applied_numbers().len()
+        testkit::eventually(Duration::from_secs(30), || first.applied_numbers().len()
             == N as usize - 1)
         .await
     );
-    tokio::time::sleep(Duration::from_millis(600)).await; // a few commit intervals
+    // Until a commit carries every completed offset (1..N) in its metadata.
+    let done_beyond_0 = [(1, i64::from(N))];
+    let landed = committed_with(&b, &group, &tp, |c| {
+        c.offset == 0 && resilience::commit_metadata::decode(0, &c.metadata) == done_beyond_0
+    })
+    .await;
+    assert!(landed, "no commit carried the completed offsets");
     run.crash().await;
 
     let checker = Consumer::connect(group_consumer(&b, &group)).await.unwrap();
@@ -144,15 +150,15 @@ async fn a_dedup_store_makes_the_redelivery_after_a_crash_harmless() {
 async fn copies_of_an_event_side_by_side_apply_once() {
     const EVENTS: u32 = 300;
     let b = testkit::require_broker!();
-    let admin = admin(&b).await;
-    let topic = create_topic(&admin, "adjacent-dups", 1).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "adjacent-dups", 1).await;
     let records = (0..EVENTS).flat_map(|i| {
         let rec = ProducerRecord::new(&topic)
             .value(i.to_string())
             .header("event-id", format!("e-{i}"));
         [rec.clone(), rec]
     });
-    produce(&admin, &b, records).await;
+    testkit::produce(&admin, &b, records).await;
     let sink = Arc::new(Sink::default());
     let group = testkit::unique_name("adjacent-dups");
     let store: Arc<dyn DedupStore> = Arc::new(InMemoryDedup::new(10_000));
@@ -177,10 +183,9 @@ async fn in_flight_bytes_stay_within_the_bound_under_a_burst() {
     const BOUND: usize = 1024 * 1024;
     const MAX_POLL: usize = 50;
     let b = testkit::require_broker!();
-    let admin = admin(&b).await;
-    let topic = testkit::unique_name("burst");
-    admin.create_topic(NewTopic::new(&topic, 2)).await.unwrap();
-    let p = kafka_wire::Producer::with_client(admin.clone(), producer_config(&b));
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "burst", 2).await;
+    let p = kafka_wire::Producer::with_client(admin.clone(), testkit::producer_config(&b));
     for i in 0..N {
         let mut value = format!("{i}:").into_bytes();
         value.resize(VALUE, b'x');
@@ -195,16 +200,8 @@ async fn in_flight_bytes_stay_within_the_bound_under_a_burst() {
     p.flush().await;
 
     let group = testkit::unique_name("burst");
-    let consumer = consumer_core::ConsumerConfig::builder()
-        .bootstrap(&b.bootstrap)
-        .unwrap()
-        .group_id(&group)
-        .set("auto.offset.reset", "earliest")
-        .unwrap()
-        .set("max.poll.records", &MAX_POLL.to_string())
-        .unwrap()
-        .build()
-        .unwrap();
+    let max_poll = MAX_POLL.to_string();
+    let consumer = group_consumer_with(&b, &group, &[("max.poll.records", &max_poll)]);
     let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
     let handler = BurstHandler(seen.clone());
     let cfg = ProcessorConfig::new(consumer, &[&topic]).max_in_flight(100_000, BOUND);
@@ -279,8 +276,8 @@ fn paused(log: &resilience::observe::EventLog, tp: &TopicPartition) -> bool {
 #[tokio::test]
 async fn a_full_partition_queue_pauses_that_partition_only() {
     let b = testkit::require_broker!();
-    let admin = admin(&b).await;
-    let topic = create_topic(&admin, "queue-bound", 2).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "queue-bound", 2).await;
     let records = (0..200u32).flat_map(|i| {
         [
             ProducerRecord::new(&topic)
@@ -291,7 +288,7 @@ async fn a_full_partition_queue_pauses_that_partition_only() {
                 .value((1000 + i).to_string()),
         ]
     });
-    produce(&admin, &b, records).await;
+    testkit::produce(&admin, &b, records).await;
     let group = testkit::unique_name("queue-bound");
     let log = Arc::new(resilience::observe::EventLog::default());
     let consumer = group_consumer_with(&b, &group, &[("max.poll.records", "20")]);
@@ -305,8 +302,11 @@ async fn a_full_partition_queue_pauses_that_partition_only() {
         SinkHandler::new(&sink, hang_below_1000()),
     ));
     let stats = run.stats.clone();
-    let other_done = eventually(Duration::from_secs(30), || sink.distinct() == 200).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other_done = testkit::eventually(Duration::from_secs(30), || sink.distinct() == 200).await;
+    testkit::eventually(Duration::from_secs(10), || {
+        paused(&log, &TopicPartition::new(&topic, 0))
+    })
+    .await;
     run.stop().await;
     assert!(other_done, "the healthy partition did not finish");
     assert!(
@@ -349,8 +349,13 @@ async fn an_outgrown_completed_offset_map_is_cut_to_the_limit_and_pauses_its_par
     });
     let sink = Arc::new(Sink::default());
     let run = start(Processor::new(cfg, SinkHandler::new(&sink, every_tenth)));
-    assert!(eventually(Duration::from_secs(30), || sink.distinct() == 180).await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(testkit::eventually(Duration::from_secs(30), || sink.distinct() == 180).await);
+    // Until the cut map is committed and the partition paused for it.
+    committed_with(&b, &group, &tp, |c| {
+        !resilience::commit_metadata::decode(0, &c.metadata).is_empty()
+    })
+    .await;
+    testkit::eventually(Duration::from_secs(10), || paused(&log, &tp)).await;
     run.crash().await;
     let checker = Consumer::connect(group_consumer(&b, &group)).await.unwrap();
     let c = checker
@@ -388,7 +393,17 @@ async fn each_commit_policy_commits_when_it_says() {
         let run = start(Processor::new(cfg, SinkHandler::new(&sink, instant())));
         run.wait_finished(u64::from(N), Duration::from_secs(30))
             .await;
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        match policy {
+            // Until the last completion's commit lands.
+            CommitPolicy::AfterEachCompletion => {
+                testkit::eventually_async(Duration::from_secs(10), || async {
+                    committed_offset(&b, &group, &tp).await == Some(i64::from(N))
+                })
+                .await;
+            }
+            // The point: a while in which no commit may land.
+            _ => tokio::time::sleep(Duration::from_millis(1_500)).await,
+        }
         let while_running = committed_offset(&b, &group, &tp).await;
         run.stop().await;
         let after_stop = committed_offset(&b, &group, &tp).await;
@@ -427,7 +442,7 @@ async fn a_dropped_processor_stops_handling_and_committing_at_once() {
         cfg,
         SinkHandler::new(&sink, taking(Duration::from_millis(5))),
     ));
-    eventually(Duration::from_secs(30), || sink.distinct() >= 200).await;
+    testkit::eventually(Duration::from_secs(30), || sink.distinct() >= 200).await;
     run.crash().await;
     let applied_at_crash = sink.applied().len();
     let committed_at_crash = [0, 1].map(|p| TopicPartition::new(&topic, p));
@@ -457,4 +472,25 @@ async fn committed_offsets(
         out.push(committed_offset(b, group, tp).await);
     }
     out
+}
+
+/// Wait (up to 10 s) until `group`'s commit for `tp` satisfies `ok`;
+/// returns whether it did.
+async fn committed_with(
+    b: &testkit::BrokerEnv,
+    group: &str,
+    tp: &TopicPartition,
+    ok: impl Fn(&consumer_core::CommittedOffset) -> bool,
+) -> bool {
+    let checker = Consumer::connect(group_consumer(b, group)).await.unwrap();
+    testkit::eventually_async(Duration::from_secs(10), || async {
+        checker
+            .committer()
+            .committed(std::slice::from_ref(tp))
+            .await
+            .ok()
+            .and_then(|mut c| c.remove(tp))
+            .is_some_and(|c| ok(&c))
+    })
+    .await
 }

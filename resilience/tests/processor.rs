@@ -31,7 +31,7 @@ async fn poison_and_transient_failures_end_in_exactly_one_place() {
         .commit_policy(resilience::CommitPolicy::Interval(Duration::from_millis(
             200,
         )))
-        .dead_letter(producer_config(&b));
+        .dead_letter(testkit::producer_config(&b));
     // Every 20th record is poison; every 20th+1 fails once.
     let sink = Arc::new(Sink::default());
     let behaviour: Behaviour = Arc::new(|n, attempt| match n % 20 {
@@ -42,7 +42,7 @@ async fn poison_and_transient_failures_end_in_exactly_one_place() {
     let run = start(Processor::new(cfg, SinkHandler::new(&sink, behaviour)));
     run.wait_finished(u64::from(N), Duration::from_secs(60))
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // one more commit interval
+    committed_to_end(&b, &group, &topic, Duration::from_secs(15)).await;
     run.stop().await;
 
     let (distinct, dups) = sink.distinct_and_duplicates();
@@ -123,10 +123,10 @@ async fn a_member_joining_mid_run_causes_no_duplicate_no_loss_and_no_commit_afte
             .observer(log.clone())
     };
     let run1 = start(Processor::new(cfg(&log1), handler()));
-    assert!(eventually(Duration::from_secs(30), || sink.applied().len() >= 300).await);
+    assert!(testkit::eventually(Duration::from_secs(30), || sink.applied().len() >= 300).await);
     let run2 = start(Processor::new(cfg(&log2), handler()));
     let stats2 = run2.stats.clone();
-    eventually(Duration::from_secs(60), || {
+    testkit::eventually(Duration::from_secs(60), || {
         sink.distinct_and_duplicates().0.len() as u32 == TOTAL
     })
     .await;
@@ -157,8 +157,9 @@ async fn every_ordering_mode_handles_each_record_once_and_keeps_its_order() {
     let b = testkit::require_broker!();
     // 8 keys over 2 partitions: per-key mode may run keys of one partition
     // in parallel, and must keep each key's order.
-    let admin = admin(&b).await;
-    let topic = numbered_topic(&b, &admin, "proc-modes", 2, N, |i| format!("key{}", i % 8)).await;
+    let admin = testkit::client(&b).await;
+    let topic =
+        testkit::numbered_topic(&b, &admin, "proc-modes", 2, N, |i| format!("key{}", i % 8)).await;
     for mode in [
         Ordering::PerPartition,
         Ordering::PerKey,
@@ -238,11 +239,18 @@ async fn a_batch_handler_gets_consecutive_records_of_a_partition() {
     assert!(sizes.iter().any(|s| *s > 1), "never batched: {sizes:?}");
 }
 
-/// When each partition's ordinary records were handled.
+/// When each partition's ordinary records were handled, and how many
+/// slow ones started.
 #[derive(Default)]
-struct Timeline(std::sync::Mutex<Vec<(i32, std::time::Instant)>>);
+struct Timeline(
+    std::sync::Mutex<Vec<(i32, std::time::Instant)>>,
+    std::sync::atomic::AtomicUsize,
+);
 
 impl Timeline {
+    fn slow_started(&self) -> usize {
+        self.1.load(AtomicOrdering::SeqCst)
+    }
     fn partitions(&self) -> BTreeSet<i32> {
         self.0.lock().unwrap().iter().map(|e| e.0).collect()
     }
@@ -262,6 +270,7 @@ impl resilience::Handler for SlowOnMarker {
     ) -> resilience::processor::HandlerFuture<'a> {
         Box::pin(async move {
             if r.value.as_deref() == Some(&b"slow"[..]) {
+                self.0 .1.fetch_add(1, AtomicOrdering::SeqCst);
                 tokio::time::sleep(Duration::from_secs(4)).await;
             } else {
                 let now = std::time::Instant::now();
@@ -278,12 +287,12 @@ impl resilience::Handler for SlowOnMarker {
 #[tokio::test]
 async fn a_slow_revoke_does_not_stop_the_partitions_that_stay() {
     let b = testkit::require_broker!();
-    let admin = admin(&b).await;
-    let topic = create_topic(&admin, "slow-revoke", 4).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "slow-revoke", 4).await;
     let group = testkit::unique_name("slow-revoke");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producing = tokio::spawn(produce_steadily(
-        producer_config(&b),
+        testkit::producer_config(&b),
         topic.clone(),
         0,
         400,
@@ -297,22 +306,23 @@ async fn a_slow_revoke_does_not_stop_the_partitions_that_stay() {
     };
     let first = Arc::new(Timeline::default());
     let a = start(Processor::new(cfg(), SlowOnMarker(first.clone())));
-    assert!(eventually(Duration::from_secs(30), || first.partitions().len() == 4).await);
+    assert!(testkit::eventually(Duration::from_secs(30), || first.partitions().len() == 4).await);
     // A slow record in flight on every partition: a revoke waits for it.
     let slow = (0..4).map(|p| {
         kafka_wire::ProducerRecord::new(&topic)
             .partition(p)
             .value("slow")
     });
-    produce(&admin, &b, slow).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    testkit::produce(&admin, &b, slow).await;
+    assert!(testkit::eventually(Duration::from_secs(30), || first.slow_started() == 4).await);
 
     let joined = std::time::Instant::now();
     let second = Arc::new(Timeline::default());
     let member_b = start(Processor::new(cfg(), SlowOnMarker(second.clone())));
-    assert!(eventually(Duration::from_secs(60), || second.first().is_some()).await);
+    assert!(testkit::eventually(Duration::from_secs(60), || second.first().is_some()).await);
     let b_started = second.first().unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until the second member handles every partition it got (2 of 4).
+    testkit::eventually(Duration::from_secs(30), || second.partitions().len() >= 2).await;
     stop.store(true, AtomicOrdering::SeqCst);
     let _ = producing.await;
     member_b.stop().await;
@@ -377,7 +387,7 @@ async fn a_running_processor_picks_up_added_partitions_and_commits_their_records
     assert_eq!(run.wait_finished(20, Duration::from_secs(30)).await, 20);
 
     admin.create_partitions(&topic, 3).await.unwrap();
-    produce(
+    testkit::produce(
         &admin,
         &b,
         (20..50u32).map(|i| {
@@ -407,7 +417,7 @@ async fn a_running_processor_picks_up_added_partitions_and_commits_their_records
 #[tokio::test]
 async fn a_processor_with_a_topic_pattern_handles_a_matching_topic_created_later() {
     let b = testkit::require_broker!();
-    let admin = admin(&b).await;
+    let admin = testkit::client(&b).await;
     let prefix = testkit::unique_name("proc-pat");
     let group = testkit::unique_name("proc-pat-group");
     let consumer = group_consumer_with(&b, &group, &[("metadata.max.age.ms", "1000")]);
@@ -421,7 +431,7 @@ async fn a_processor_with_a_topic_pattern_handles_a_matching_topic_created_later
 
     let topic = format!("{prefix}-orders");
     admin.create_topic(NewTopic::new(&topic, 2)).await.unwrap();
-    produce(
+    testkit::produce(
         &admin,
         &b,
         (0..20u32).map(|i| {

@@ -1,138 +1,57 @@
 //! What every real-broker test of the runtime shares (the scenarios here,
-//! `resilience`'s own integration tests, the PostgreSQL tests): topics of
-//! numbered records, group consumers, a running processor, and a
-//! [`Sink`] that records side effects with injectable failures and delays.
+//! `resilience`'s own integration tests, the PostgreSQL tests): group
+//! consumers (`testkit`'s settings on consumer-core's builder), a running
+//! processor, and a [`Sink`] that records side effects with injectable
+//! failures and delays. Clients, topics, producing and `eventually` are
+//! `testkit`'s, shared with the lower crates' tests.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use consumer_core::config::ConsumerConfigBuilder;
 use consumer_core::{Consumer, ConsumerConfig, ConsumerError, TopicPartition};
 use kafka_wire::records::Record;
-use kafka_wire::{
-    Client, ClientConfig, NewTopic, OffsetSpec, Producer, ProducerConfig, ProducerRecord,
-};
+use kafka_wire::{Client, OffsetSpec, Producer, ProducerConfig, ProducerRecord};
 use resilience::processor::{BatchHandler, HandlerFuture};
 use resilience::{Handler, HandlerError, Processor, Stats};
 
-pub async fn admin(b: &testkit::BrokerEnv) -> Client {
-    Client::connect(
-        ClientConfig::builder()
-            .bootstrap(&b.bootstrap)
-            .expect("bootstrap")
-            .build()
-            .expect("config"),
-    )
-    .await
-    .expect("connect to the test broker")
-}
-
-pub fn producer_config(b: &testkit::BrokerEnv) -> ProducerConfig {
-    ProducerConfig::builder()
-        .bootstrap(&b.bootstrap)
-        .expect("bootstrap")
-        .build()
-        .expect("config")
-}
-
-/// A new uniquely named topic.
-pub async fn create_topic(admin: &Client, prefix: &str, partitions: i32) -> String {
-    let topic = testkit::unique_name(prefix);
-    admin
-        .create_topic(NewTopic::new(&topic, partitions))
-        .await
-        .expect("create topic");
-    topic
-}
-
-/// Produce and wait for every acknowledgement.
-pub async fn produce(
-    admin: &Client,
-    b: &testkit::BrokerEnv,
-    records: impl IntoIterator<Item = ProducerRecord>,
-) {
-    let p = Producer::with_client(admin.clone(), producer_config(b));
-    for r in records {
-        p.send(r).await.expect("send");
-    }
-    p.flush().await;
-}
-
-/// A new topic holding values "0".."n-1", keyed by `key(i)`.
-pub async fn numbered_topic(
-    b: &testkit::BrokerEnv,
-    admin: &Client,
-    prefix: &str,
-    partitions: i32,
-    n: u32,
-    key: impl Fn(u32) -> String,
-) -> String {
-    let topic = create_topic(admin, prefix, partitions).await;
-    produce(
-        admin,
-        b,
-        (0..n).map(|i| ProducerRecord::new(&topic).key(key(i)).value(i.to_string())),
-    )
-    .await;
-    topic
-}
-
-/// Whether the suites run under KIP-848 (`KAFKA_GROUP_PROTOCOL=consumer`).
-pub fn kip848() -> bool {
-    std::env::var("KAFKA_GROUP_PROTOCOL").is_ok_and(|p| p == "consumer")
-}
-
 /// The API key of the group heartbeat under the protocol the suite runs:
-/// Heartbeat (12), or ConsumerGroupHeartbeat (68) under KIP-848.
+/// Heartbeat (12), or ConsumerGroupHeartbeat (68) under KIP-848
+/// ([`testkit::kip848`]).
 pub fn heartbeat_api() -> i16 {
-    if kip848() {
+    if testkit::kip848() {
         68
     } else {
         12
     }
 }
 
-/// A group member reading from the earliest offset, with a short session,
-/// plus `props` (Kafka property names).
+/// A group member with [`testkit::consumer_props`] (earliest, a short
+/// session under classic), plus `props` (Kafka property names;
+/// classic-only ones dropped under KIP-848).
 pub fn group_consumer_with(
     b: &testkit::BrokerEnv,
     group: &str,
     props: &[(&str, &str)],
 ) -> ConsumerConfig {
-    let mut builder = ConsumerConfig::builder()
-        .bootstrap(&b.bootstrap)
-        .expect("bootstrap")
-        .group_id(group);
-    // KAFKA_GROUP_PROTOCOL=consumer runs a suite under KIP-848, where the
-    // broker owns the session timeout and heartbeat interval.
-    let protocol = std::env::var("KAFKA_GROUP_PROTOCOL").unwrap_or_default();
-    let defaults: Vec<(&str, &str)> = if protocol.is_empty() || protocol == "classic" {
-        vec![
-            ("auto.offset.reset", "earliest"),
-            ("session.timeout.ms", "6000"),
-            ("heartbeat.interval.ms", "300"),
-        ]
-    } else {
-        vec![
-            ("auto.offset.reset", "earliest"),
-            ("group.protocol", protocol.as_str()),
-        ]
-    };
-    // Under KIP-848 every rebalance is incremental and the broker assigns:
-    // a test's classic-only settings do not apply.
-    let classic_only = [
-        "session.timeout.ms",
-        "heartbeat.interval.ms",
-        "partition.assignment.strategy",
-    ];
-    let props = props
-        .iter()
-        .filter(|(k, _)| defaults.len() == 3 || !classic_only.contains(k));
-    for (k, v) in defaults.iter().chain(props) {
-        builder = builder.set(k, v).expect("a valid consumer property");
-    }
-    builder.build().expect("config")
+    consumer_builder(b, Some(group), props)
+        .build()
+        .expect("config")
+}
+
+/// A consumer builder with [`testkit::consumer_props`] and `extra`.
+pub fn consumer_builder(
+    b: &testkit::BrokerEnv,
+    group: Option<&str>,
+    extra: &[(&str, &str)],
+) -> ConsumerConfigBuilder {
+    testkit::consumer_props(b, group, extra)
+        .into_iter()
+        .fold(ConsumerConfig::builder(), |c, (k, v)| {
+            c.set(k, &v).expect("a valid consumer property")
+        })
 }
 
 pub fn group_consumer(b: &testkit::BrokerEnv, group: &str) -> ConsumerConfig {
@@ -179,21 +98,9 @@ impl Running {
 
     /// Wait until `n` records reached an end (or `timeout`); returns how many did.
     pub async fn wait_finished(&self, n: u64, timeout: Duration) -> u64 {
-        eventually(timeout, || self.stats.finished() >= n).await;
+        testkit::eventually(timeout, || self.stats.finished() >= n).await;
         self.stats.finished()
     }
-}
-
-/// Wait until `cond` holds (or `timeout`); returns whether it did.
-pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while !cond() {
-        if Instant::now() > end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    true
 }
 
 /// Every record of `topic` (read_committed if `committed_only`), until
@@ -206,16 +113,12 @@ pub async fn read_all(
     committed_only: bool,
     timeout: Duration,
 ) -> Vec<Record> {
-    let mut cfg = ConsumerConfig::builder()
-        .bootstrap(&b.bootstrap)
-        .expect("bootstrap")
-        .set("auto.offset.reset", "earliest")
-        .expect("reset");
-    if committed_only {
-        cfg = cfg
-            .set("isolation.level", "read_committed")
-            .expect("isolation");
-    }
+    let isolation = if committed_only {
+        "read_committed"
+    } else {
+        "read_uncommitted"
+    };
+    let cfg = consumer_builder(b, None, &[("isolation.level", isolation)]);
     let mut c = Consumer::connect(cfg.build().expect("config"))
         .await
         .expect("connect");
@@ -234,6 +137,36 @@ pub async fn read_all(
         out.extend(batch.records);
     }
     out
+}
+
+/// Wait (up to `timeout`) until `group` has committed the log end of every
+/// partition of `topic`; returns whether it did. What a test waited "one
+/// more commit interval" for.
+pub async fn committed_to_end(
+    b: &testkit::BrokerEnv,
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+) -> bool {
+    let admin = testkit::client(b).await;
+    let checker = Consumer::connect(group_consumer(b, group))
+        .await
+        .expect("connect");
+    testkit::eventually_async(timeout, || async {
+        let Ok(ends) = admin.list_offsets(topic, OffsetSpec::Latest).await else {
+            return false;
+        };
+        let tps: Vec<TopicPartition> = ends
+            .iter()
+            .map(|(p, _)| TopicPartition::new(topic, *p))
+            .collect();
+        let Ok(committed) = checker.committed(&tps).await else {
+            return false;
+        };
+        ends.iter()
+            .all(|(p, end)| committed.get(&TopicPartition::new(topic, *p)) == Some(end))
+    })
+    .await
 }
 
 /// The partitions of `topic` whose committed offset (for `group`) is not
@@ -560,7 +493,7 @@ pub async fn transaction(
     p.close().await;
     let want = before + values.len() as i64 + 1;
     assert!(
-        eventually_async(Duration::from_secs(10), || async {
+        testkit::eventually_async(Duration::from_secs(10), || async {
             log_end(admin, topic).await >= want
         })
         .await,
@@ -571,9 +504,7 @@ pub async fn transaction(
 /// A transactional producer with `values` sent to `topic` partition 0 in
 /// a transaction left open (commit or abort it).
 pub async fn open_transaction(b: &testkit::BrokerEnv, topic: &str, values: &[String]) -> Producer {
-    let cfg = ProducerConfig::builder()
-        .bootstrap(&b.bootstrap)
-        .expect("bootstrap")
+    let cfg = testkit::producer_builder(b)
         .transactional_id(testkit::unique_name("txn"))
         .build()
         .expect("config");
@@ -598,19 +529,4 @@ pub async fn log_end(admin: &Client, topic: &str) -> i64 {
         .expect("list offsets")
         .first()
         .map_or(0, |(_, o)| *o)
-}
-
-/// [`eventually`] for an async condition.
-pub async fn eventually_async<F: std::future::Future<Output = bool>>(
-    timeout: Duration,
-    mut cond: impl FnMut() -> F,
-) -> bool {
-    let end = Instant::now() + timeout;
-    while !cond().await {
-        if Instant::now() > end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    true
 }

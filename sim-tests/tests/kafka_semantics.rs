@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use consumer_core::{Consumer, ConsumerError, TopicPartition};
 use kafka_wire::records::Record;
-use kafka_wire::{NewTopic, ProducerConfig, ProducerRecord};
+use kafka_wire::{NewTopic, ProducerRecord};
 use resilience::eos::{TransactionalProcessor, TransformFuture, Transformer};
 use resilience::{CommitPolicy, Processor, ProcessorConfig};
 use sim_tests::support::*;
@@ -22,7 +22,7 @@ fn values(prefix: &str, n: usize) -> Vec<String> {
 /// The issue's `txlag` log: 10 committed, 5 aborted, 10 committed records,
 /// each transaction followed by its marker: 28 offsets, 20 records.
 async fn txlag(b: &testkit::BrokerEnv, admin: &kafka_wire::Client) -> String {
-    let topic = create_topic(admin, "txlag", 1).await;
+    let topic = testkit::create_topic(admin, "txlag", 1).await;
     transaction(b, admin, &topic, &values("a", 10), true).await;
     transaction(b, admin, &topic, &values("b", 5), false).await;
     transaction(b, admin, &topic, &values("c", 10), true).await;
@@ -32,13 +32,7 @@ async fn txlag(b: &testkit::BrokerEnv, admin: &kafka_wire::Client) -> String {
 
 /// A consumer without a group, starting at `latest`, with one more property.
 async fn direct_reader(b: &testkit::BrokerEnv, (k, v): (&str, &str)) -> Consumer {
-    let cfg = ConsumerConfig::builder()
-        .bootstrap(&b.bootstrap)
-        .unwrap()
-        .set("auto.offset.reset", "latest")
-        .unwrap()
-        .set(k, v)
-        .unwrap();
+    let cfg = consumer_builder(b, None, &[("auto.offset.reset", "latest"), (k, v)]);
     Consumer::connect(cfg.build().unwrap()).await.unwrap()
 }
 
@@ -79,20 +73,17 @@ async fn wait_committed(
     tp: &TopicPartition,
     want: i64,
 ) -> Option<i64> {
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        let c = committed_offset(b, group, tp).await;
-        if c == Some(want) || Instant::now() > end {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    testkit::eventually_async(Duration::from_secs(30), || async {
+        committed_offset(b, group, tp).await == Some(want)
+    })
+    .await;
+    committed_offset(b, group, tp).await
 }
 
 #[tokio::test]
 async fn the_processor_commits_past_transaction_markers_and_aborted_ranges() {
     let b = testkit::require_broker!();
-    let admin = admin(&b).await;
+    let admin = testkit::client(&b).await;
     let topic = txlag(&b, &admin).await;
     let group = testkit::unique_name("g-proc");
     let sink = Arc::new(Values::default());
@@ -117,8 +108,8 @@ async fn the_processor_commits_past_transaction_markers_and_aborted_ranges() {
 #[tokio::test]
 async fn the_processor_commits_a_partition_that_holds_only_aborted_data() {
     let b = testkit::require_broker!();
-    let admin = admin(&b).await;
-    let topic = create_topic(&admin, "txabort", 1).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "txabort", 1).await;
     transaction(&b, &admin, &topic, &values("x", 100), false).await;
     let group = testkit::unique_name("g-ab");
     let sink = Arc::new(Values::default());
@@ -132,7 +123,7 @@ async fn the_processor_commits_a_partition_that_holds_only_aborted_data() {
 #[tokio::test]
 async fn the_raw_consumer_commits_its_position_past_the_last_marker() {
     let b = testkit::require_broker!();
-    let admin = admin(&b).await;
+    let admin = testkit::client(&b).await;
     let topic = txlag(&b, &admin).await;
     let group = testkit::unique_name("g-cli");
     let mut c = Consumer::connect(read_committed_group(&b, &group))
@@ -171,16 +162,14 @@ impl Transformer for Copy {
 #[tokio::test]
 async fn the_exactly_once_processor_commits_past_markers_and_aborted_ranges() {
     let b = testkit::require_broker!();
-    let admin = admin(&b).await;
+    let admin = testkit::client(&b).await;
     let lag_topic = txlag(&b, &admin).await;
-    let aborted = create_topic(&admin, "txabort-eos", 1).await;
+    let aborted = testkit::create_topic(&admin, "txabort-eos", 1).await;
     transaction(&b, &admin, &aborted, &values("x", 100), false).await;
-    let out = create_topic(&admin, "eos-copy", 1).await;
+    let out = testkit::create_topic(&admin, "eos-copy", 1).await;
     for (topic, want) in [(&lag_topic, 28), (&aborted, 101)] {
         let group = testkit::unique_name("g-eos");
-        let producer = ProducerConfig::builder()
-            .bootstrap(&b.bootstrap)
-            .unwrap()
+        let producer = testkit::producer_builder(&b)
             .transactional_id(testkit::unique_name("eos-semantics"))
             .build()
             .unwrap();
@@ -201,8 +190,8 @@ async fn the_exactly_once_processor_commits_past_markers_and_aborted_ranges() {
 #[tokio::test]
 async fn latest_under_read_committed_is_the_last_stable_offset() {
     let b = testkit::require_broker!();
-    let admin = admin(&b).await;
-    let topic = create_topic(&admin, "lso", 1).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "lso", 1).await;
     let tp = TopicPartition::new(&topic, 0);
     let open = open_transaction(&b, &topic, &values("t", 5)).await;
     let mut c = direct_reader(&b, ("isolation.level", "read_committed")).await;
@@ -220,7 +209,7 @@ async fn latest_under_read_committed_is_the_last_stable_offset() {
     c.seek_to_end(std::slice::from_ref(&tp)).await.unwrap();
     assert_eq!(c.position(&tp), Some(0));
     open.commit_transaction().await.unwrap();
-    produce(
+    testkit::produce(
         &admin,
         &b,
         values("n", 3)
@@ -248,15 +237,15 @@ async fn latest_under_read_committed_is_the_last_stable_offset() {
 /// 100 records, the group committed at 10, DeleteRecords before 50, then
 /// 20 more: what retention does to a group that fell behind.
 async fn behind_the_log_start(b: &testkit::BrokerEnv) -> (kafka_wire::Client, String, String) {
-    let admin = admin(b).await;
-    let topic = numbered_topic(b, &admin, "oor", 1, 100, |i| format!("k{i}")).await;
+    let admin = testkit::client(b).await;
+    let topic = testkit::numbered_topic(b, &admin, "oor", 1, 100, |i| format!("k{i}")).await;
     let group = testkit::unique_name("g-oor");
     let tp = TopicPartition::new(&topic, 0);
     let c = Consumer::connect(group_consumer(b, &group)).await.unwrap();
     c.commit(&[(tp.clone(), 10)]).await.unwrap();
     let low = admin.delete_records(&[(tp.clone(), 50)]).await.unwrap();
     assert_eq!(low.get(&tp), Some(&50));
-    produce(
+    testkit::produce(
         &admin,
         b,
         (100..120).map(|i| {
@@ -342,8 +331,8 @@ async fn recreate(admin: &kafka_wire::Client, topic: &str) {
 #[tokio::test]
 async fn a_recreated_topic_is_handled_once_and_committed_in_its_own_right() {
     let b = testkit::require_broker!();
-    let admin = admin(&b).await;
-    let topic = numbered_topic(&b, &admin, "rec", 1, 1_000, |i| format!("k{i}")).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::numbered_topic(&b, &admin, "rec", 1, 1_000, |i| format!("k{i}")).await;
     let tp = TopicPartition::new(&topic, 0);
     let group = testkit::unique_name("g-rec");
     let sink = Arc::new(Sink::default());
@@ -355,7 +344,7 @@ async fn a_recreated_topic_is_handled_once_and_committed_in_its_own_right() {
     let run = start(Processor::new(cfg, SinkHandler::new(&sink, instant())));
     assert_eq!(wait_committed(&b, &group, &tp, 1_000).await, Some(1_000));
     recreate(&admin, &topic).await;
-    produce(
+    testkit::produce(
         &admin,
         &b,
         (1_000..1_010).map(|i| {
@@ -380,8 +369,8 @@ async fn a_recreated_topic_is_handled_once_and_committed_in_its_own_right() {
 #[tokio::test]
 async fn the_raw_consumer_follows_a_recreated_topic_to_its_new_log() {
     let b = testkit::require_broker!();
-    let admin = admin(&b).await;
-    let topic = numbered_topic(&b, &admin, "rec-raw", 1, 100, |i| format!("k{i}")).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::numbered_topic(&b, &admin, "rec-raw", 1, 100, |i| format!("k{i}")).await;
     let tp = TopicPartition::new(&topic, 0);
     let mut c = direct_reader(&b, ("metadata.max.age.ms", "1000")).await;
     c.assign(std::slice::from_ref(&tp));
@@ -398,7 +387,7 @@ async fn the_raw_consumer_follows_a_recreated_topic_to_its_new_log() {
     assert_eq!(offsets.len(), 100);
     let before = c.positions()[0].incarnation;
     recreate(&admin, &topic).await;
-    produce(
+    testkit::produce(
         &admin,
         &b,
         (0..10).map(|i| ProducerRecord::new(&topic).value(i.to_string())),
@@ -423,5 +412,3 @@ async fn the_raw_consumer_follows_a_recreated_topic_to_its_new_log() {
     );
     assert!(c.positions()[0].incarnation > before, "a new incarnation");
 }
-
-use consumer_core::ConsumerConfig;

@@ -128,8 +128,8 @@ struct World {
 
 impl World {
     async fn new(b: &testkit::BrokerEnv, seed: u64) -> World {
-        let admin = support::admin(b).await;
-        let topic = support::create_topic(&admin, "live", PARTITIONS).await;
+        let admin = testkit::client(b).await;
+        let topic = testkit::create_topic(&admin, "live", PARTITIONS).await;
         admin
             .create_topic(NewTopic::new(
                 resilience::dlt::dlt_topic(&topic),
@@ -192,7 +192,7 @@ impl World {
         );
         let mut cfg = ProcessorConfig::new(consumer, &[&self.topic])
             .commit_policy(CommitPolicy::Interval(Duration::from_millis(100)))
-            .dead_letter(support::producer_config(&self.b))
+            .dead_letter(testkit::producer_config(&self.b))
             .backoff(BackoffPolicy {
                 initial: Duration::from_millis(10),
                 ..BackoffPolicy::default()
@@ -225,8 +225,8 @@ impl World {
                         self.transient.lock().expect("lock").insert(n);
                     }
                 }
-                let admin = support::admin(&self.b).await;
-                let p = Producer::with_client(admin, support::producer_config(&self.b));
+                let admin = testkit::client(&self.b).await;
+                let p = Producer::with_client(admin, testkit::producer_config(&self.b));
                 self.send_numbered(&p, count).await;
                 p.close().await;
             }
@@ -251,7 +251,7 @@ impl World {
                 p.close().await;
             }
             Op::AddPartition if self.partitions < MAX_PARTITIONS => {
-                let admin = support::admin(&self.b).await;
+                let admin = testkit::client(&self.b).await;
                 self.partitions += 1;
                 for t in [self.topic.clone(), resilience::dlt::dlt_topic(&self.topic)] {
                     admin
@@ -262,7 +262,7 @@ impl World {
             }
             Op::AddPartition => {}
             Op::DeleteRecords { partition } => {
-                let admin = support::admin(&self.b).await;
+                let admin = testkit::client(&self.b).await;
                 let tp = TopicPartition::new(&self.topic, partition);
                 let end = admin
                     .partition_offsets(
@@ -402,12 +402,12 @@ impl World {
             self.start_member();
         }
         let want: HashSet<u32> = self.expected().collect();
-        let done = support::eventually(Duration::from_secs(60), || {
+        let done = testkit::eventually(Duration::from_secs(60), || {
             self.finished_numbers().is_superset(&want)
         })
         .await;
         // Lag drains to zero while the members run (markers included).
-        let admin = support::admin(&self.b).await;
+        let admin = testkit::client(&self.b).await;
         let tps: Vec<TopicPartition> = (0..self.partitions)
             .map(|p| TopicPartition::new(&self.topic, p))
             .collect();

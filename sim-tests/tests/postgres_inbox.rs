@@ -74,8 +74,8 @@ async fn the_inbox_applies_each_event_once_across_duplicates_and_a_crash() {
     .unwrap();
 
     // Each event twice, as a retrying producer would write it.
-    let admin = support::admin(&b).await;
-    let topic = support::create_topic(&admin, "inbox", 3).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "inbox", 3).await;
     let prefix = testkit::unique_name("evt");
     let records = (0..EVENTS).flat_map(|i| {
         let rec = ProducerRecord::new(&topic)
@@ -84,7 +84,7 @@ async fn the_inbox_applies_each_event_once_across_duplicates_and_a_crash() {
             .header("event-id", format!("{prefix}-{i}"));
         [rec.clone(), rec]
     });
-    support::produce(&admin, &b, records).await;
+    testkit::produce(&admin, &b, records).await;
     let total = u64::from(EVENTS) * 2;
 
     let group = testkit::unique_name("inbox");
@@ -148,8 +148,8 @@ async fn the_postgres_dedup_store_skips_marked_events_in_the_generic_path() {
     let b = testkit::require_broker!();
     let pg_url = testkit::require_postgres!();
     let store = Arc::new(PgDedup::connect(&pg_url, 2).await.unwrap());
-    let admin = support::admin(&b).await;
-    let topic = support::create_topic(&admin, "pg-dedup", 2).await;
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "pg-dedup", 2).await;
     let prefix = testkit::unique_name("e");
     let records = (0..EVENTS).flat_map(|i| {
         let rec = ProducerRecord::new(&topic)
@@ -157,7 +157,7 @@ async fn the_postgres_dedup_store_skips_marked_events_in_the_generic_path() {
             .header("event-id", format!("{prefix}-{i}"));
         [rec.clone(), rec]
     });
-    support::produce(&admin, &b, records).await;
+    testkit::produce(&admin, &b, records).await;
 
     let sink = Arc::new(support::Sink::default());
     let group = testkit::unique_name("pg-dedup");

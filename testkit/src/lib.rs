@@ -11,9 +11,29 @@
 //! #[tokio::test]
 //! async fn talks_to_kafka() {
 //!     let broker = testkit::require_broker!();
-//!     println!("{}", broker.bootstrap);
+//!     let client = testkit::client(&broker).await;
+//!     let topic = testkit::numbered_topic(&broker, &client, "demo", 3, 100, |i| format!("k{i}")).await;
+//!     assert!(testkit::eventually(Duration::from_secs(10), || /* what the test waits for */ true).await);
 //! }
 //! ```
+//!
+//! ## Layout
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | this file | broker (and PostgreSQL) discovery, [`unique_name`], [`restart_broker`] |
+//! | `fixtures` | [`client`], [`create_topic`], [`produce`], [`numbered_topic`], producer configs, [`consumer_props`] (classic, or the protocol `KAFKA_GROUP_PROTOCOL` names): one version for every crate |
+//! | `wait` | [`eventually`], [`eventually_async`], [`eventually_blocking`]: wait for a condition, never a fixed sleep |
+
+mod fixtures;
+mod wait;
+
+pub use fixtures::{
+    client, consumer_props, create_topic, create_topic_with, group_protocol, kip848,
+    numbered_records, numbered_topic, produce, producer_builder, producer_config, CLASSIC_ONLY,
+    CONSUMER_DEFAULTS,
+};
+pub use wait::{eventually, eventually_async, eventually_blocking};
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;

@@ -1,4 +1,5 @@
-//! Helpers shared by kafka-wire's integration tests.
+//! Raw fetches for kafka-wire's integration tests (clients, topics and
+//! producers come from `testkit`).
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -7,19 +8,7 @@ use std::time::Duration;
 use kafka_wire::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_wire::messages::{FetchRequest, TopicName};
 use kafka_wire::records::{BatchReader, Record};
-use kafka_wire::{Client, ClientConfig, Lane, StrBytes};
-
-/// A client on the harness's PLAINTEXT listener.
-pub async fn plaintext_client(broker: &testkit::BrokerEnv) -> Client {
-    let config = ClientConfig::builder()
-        .bootstrap(&broker.bootstrap)
-        .expect("bootstrap address")
-        .build()
-        .expect("valid config");
-    Client::connect(config)
-        .await
-        .expect("connect to the test broker")
-}
+use kafka_wire::{Client, Lane, StrBytes};
 
 /// Fetch `topic`-`partition` from offset 0 until `until`, decoding every batch.
 pub async fn fetch_all(client: &Client, topic: &str, partition: i32, until: i64) -> Vec<Record> {

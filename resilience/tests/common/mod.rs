@@ -15,8 +15,9 @@ pub async fn topic_with_records(
     partitions: i32,
     n: u32,
 ) -> (Client, String) {
-    let admin = admin(b).await;
-    let topic = numbered_topic(b, &admin, prefix, partitions, n, |i| format!("k{i}")).await;
+    let admin = testkit::client(b).await;
+    let topic =
+        testkit::numbered_topic(b, &admin, prefix, partitions, n, |i| format!("k{i}")).await;
     (admin, topic)
 }
 

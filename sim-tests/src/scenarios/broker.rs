@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::support::{self, eventually, taking, Sink};
+use crate::support::{self, taking, Sink};
 
 /// Restart the broker on a blocking thread: stopped, down for `down_for`,
 /// started again. Resolves once it serves.
@@ -32,12 +32,12 @@ fn answers(bootstrap: &str) -> bool {
 pub async fn consumer_before_broker(b: &testkit::BrokerEnv) -> (Report, Report) {
     const N: u32 = 500;
     const NAME: &str = "7 consumer starts before the broker";
-    let admin = support::admin(b).await;
+    let admin = testkit::client(b).await;
     let topic = numbered(b, &admin, "sc-before", 2, N).await;
     drop(admin);
 
     let restart = restart_in_background(Duration::from_secs(6));
-    let went_down = eventually(Duration::from_secs(40), || !answers(&b.bootstrap)).await;
+    let went_down = testkit::eventually(Duration::from_secs(40), || !answers(&b.bootstrap)).await;
     assert!(went_down, "the broker did not stop");
     let cfg = naive_config(b, &testkit::unique_name("sc-before-naive"), &[]);
     let naive = naive_start(NAME, N, cfg).await;
@@ -50,7 +50,7 @@ pub async fn consumer_before_broker(b: &testkit::BrokerEnv) -> (Report, Report) 
         .expect("restart task")
         .expect("xtask broker restart");
     let up = Instant::now();
-    drained(&sink, N, Duration::from_secs(60)).await;
+    drained(b, (&group, &topic), &sink, N, Duration::from_secs(60)).await;
     let took = up.elapsed();
     run.stop().await;
     let res = Report::of(NAME, "resilient", N, &sink, None)
@@ -70,13 +70,13 @@ pub async fn consumer_before_broker(b: &testkit::BrokerEnv) -> (Report, Report) 
 ///    resumes within 30 s of the broker serving again.
 pub async fn broker_restart(b: &testkit::BrokerEnv) -> (Report, Report) {
     const NAME: &str = "8 broker restart";
-    let admin = support::admin(b).await;
-    let naive_topic = support::create_topic(&admin, "sc-restart-naive", 2).await;
-    let topic = support::create_topic(&admin, "sc-restart", 2).await;
+    let admin = testkit::client(b).await;
+    let naive_topic = testkit::create_topic(&admin, "sc-restart-naive", 2).await;
+    let topic = testkit::create_topic(&admin, "sc-restart", 2).await;
     drop(admin);
     let stop = Arc::new(AtomicBool::new(false));
     let producers = [&naive_topic, &topic].map(|t| {
-        let cfg = support::producer_config(b);
+        let cfg = testkit::producer_config(b);
         tokio::spawn(support::produce_steadily(
             cfg,
             t.clone(),
@@ -127,9 +127,16 @@ pub async fn broker_restart(b: &testkit::BrokerEnv) -> (Report, Report) {
             b.await.expect("producer task"),
         ]
     };
-    drained(&sink, produced, Duration::from_secs(30)).await;
+    drained(
+        b,
+        (&group, &topic),
+        &sink,
+        produced,
+        Duration::from_secs(30),
+    )
+    .await;
     run.stop().await;
-    eventually(Duration::from_secs(10), || {
+    testkit::eventually(Duration::from_secs(10), || {
         naive_sink.distinct() >= naive_produced as usize
     })
     .await;

@@ -12,14 +12,14 @@ use resilience::retry::BackoffPolicy;
 use resilience::HandlerError;
 
 use super::*;
-use crate::support::{self, eventually, instant, number, taking, Behaviour, Running, Sink};
+use crate::support::{self, instant, number, taking, Behaviour, Running, Sink};
 
 /// 1. Processing slower than `max.poll.interval.ms`: the naive member is
 ///    dropped, its partitions move, and records are processed again.
 pub async fn rebalance_duplicates(b: &testkit::BrokerEnv) -> (Report, Report) {
     const N: u32 = 200;
     const NAME: &str = "1 rebalance duplicates";
-    let admin = support::admin(b).await;
+    let admin = testkit::client(b).await;
     let topic = numbered(b, &admin, "sc-rebalance", 2, N).await;
     let slow = taking(Duration::from_millis(40));
     // 100 records × 40 ms per poll > 3 s.
@@ -73,7 +73,7 @@ pub async fn rebalance_duplicates(b: &testkit::BrokerEnv) -> (Report, Report) {
             start(cfg, &sink, &slow)
         })
         .collect();
-    drained(&sink, N, Duration::from_secs(30)).await;
+    drained(b, (&group, &topic), &sink, N, Duration::from_secs(30)).await;
     for r in runs {
         r.stop().await;
     }
@@ -99,7 +99,7 @@ pub async fn rebalance_duplicates(b: &testkit::BrokerEnv) -> (Report, Report) {
 pub async fn crash_with_auto_commit(b: &testkit::BrokerEnv) -> (Report, Report) {
     const N: u32 = 300;
     const NAME: &str = "2 crash with auto-commit";
-    let admin = support::admin(b).await;
+    let admin = testkit::client(b).await;
     let topic = numbered(b, &admin, "sc-crash", 1, N).await;
     let slow = taking(Duration::from_millis(10));
 
@@ -107,8 +107,8 @@ pub async fn crash_with_auto_commit(b: &testkit::BrokerEnv) -> (Report, Report) 
     let sink = Arc::new(Sink::default());
     let group = testkit::unique_name("sc-crash-naive");
     let naive = NaiveHandoff::start(naive_config(b, &group, &[]), &topic, &sink, &slow);
-    eventually(Duration::from_secs(30), || sink.distinct() >= 100).await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // a few auto-commits
+    testkit::eventually(Duration::from_secs(30), || sink.distinct() >= 100).await;
+    committed_at_least(b, &group, &topic, 100).await; // auto-commits landed
     naive.crash().await;
     // Restart in the same group and read to the end.
     let until = Instant::now() + Duration::from_secs(12);
@@ -136,11 +136,11 @@ pub async fn crash_with_auto_commit(b: &testkit::BrokerEnv) -> (Report, Report) 
     let sink = Arc::new(Sink::default());
     let group = testkit::unique_name("sc-crash");
     let run = start(resilient(b, &group, &topic), &sink, &slow);
-    eventually(Duration::from_secs(30), || sink.distinct() >= 100).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    testkit::eventually(Duration::from_secs(30), || sink.distinct() >= 100).await;
+    committed_at_least(b, &group, &topic, 100).await;
     run.crash().await;
     let run = start(resilient(b, &group, &topic), &sink, &instant());
-    drained(&sink, N, Duration::from_secs(40)).await;
+    drained(b, (&group, &topic), &sink, N, Duration::from_secs(40)).await;
     run.stop().await;
     let res = Report::of(NAME, "resilient", N, &sink, None)
         .split_missing(b, &group, &topic, &sink)
@@ -158,7 +158,7 @@ pub async fn crash_with_auto_commit(b: &testkit::BrokerEnv) -> (Report, Report) 
 pub async fn poison_and_transient(b: &testkit::BrokerEnv) -> (Report, Report) {
     const N: u32 = 1_000;
     const NAME: &str = "3 poison + transient";
-    let admin = support::admin(b).await;
+    let admin = testkit::client(b).await;
     let topic = numbered(b, &admin, "sc-poison", 2, N).await;
     let behaviour: Behaviour = Arc::new(|n, attempt| match n % 20 {
         0 => Err(HandlerError::NonRetryable(format!("poison {n}"))),
@@ -196,7 +196,7 @@ pub async fn poison_and_transient(b: &testkit::BrokerEnv) -> (Report, Report) {
     let sink = Arc::new(Sink::default());
     let group = testkit::unique_name("sc-poison");
     let cfg = resilient(b, &group, &topic)
-        .dead_letter(support::producer_config(b))
+        .dead_letter(testkit::producer_config(b))
         .backoff(BackoffPolicy {
             initial: Duration::from_millis(20),
             ..BackoffPolicy::default()
@@ -236,7 +236,7 @@ pub async fn poison_and_transient(b: &testkit::BrokerEnv) -> (Report, Report) {
 pub async fn dlt_unavailable(b: &testkit::BrokerEnv) -> (Report, Report) {
     const N: u32 = 100;
     const NAME: &str = "11 DLT unavailable";
-    let admin = support::admin(b).await;
+    let admin = testkit::client(b).await;
     let topic = numbered(b, &admin, "sc-dlt", 1, N).await;
     let poison: Behaviour = Arc::new(|n, _| {
         if n == 5 {
@@ -275,11 +275,11 @@ pub async fn dlt_unavailable(b: &testkit::BrokerEnv) -> (Report, Report) {
 
     let sink = Arc::new(Sink::default());
     let group = testkit::unique_name("sc-dlt");
-    let mut cfg = resilient(b, &group, &topic).dead_letter(support::producer_config(b));
+    let mut cfg = resilient(b, &group, &topic).dead_letter(testkit::producer_config(b));
     cfg.create_topics = false;
     let run = start(cfg, &sink, &poison);
     let stats = run.stats.clone();
-    eventually(Duration::from_secs(30), || {
+    testkit::eventually(Duration::from_secs(30), || {
         stats.dlt_write_failures.load(AtomicOrdering::Relaxed) >= 3
     })
     .await;
@@ -292,7 +292,7 @@ pub async fn dlt_unavailable(b: &testkit::BrokerEnv) -> (Report, Report) {
         .expect("create DLT");
     run.wait_finished(u64::from(N), Duration::from_secs(30))
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    support::committed_to_end(b, &group, &topic, Duration::from_secs(10)).await;
     run.stop().await;
     let behind = support::uncommitted_partitions(b, &admin, &group, &topic, 1).await;
     let dead = stats.dead_lettered.load(AtomicOrdering::Relaxed);
@@ -318,4 +318,16 @@ pub async fn dlt_unavailable(b: &testkit::BrokerEnv) -> (Report, Report) {
          committed; once the DLT existed, {finished}"
     ));
     (naive, res)
+}
+
+/// Wait (up to 10 s) until `group` committed at least `offset` on `topic`
+/// partition 0: the crash comes after commits, not after a guessed time.
+async fn committed_at_least(b: &testkit::BrokerEnv, group: &str, topic: &str, offset: i64) {
+    let tp = TopicPartition::new(topic, 0);
+    testkit::eventually_async(Duration::from_secs(10), || async {
+        support::committed_offset(b, group, &tp)
+            .await
+            .is_some_and(|c| c >= offset)
+    })
+    .await;
 }

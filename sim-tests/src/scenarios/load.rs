@@ -12,7 +12,7 @@ use resilience::observe::{Event, EventLog};
 use resilience::{KeySource, Processor};
 
 use super::*;
-use crate::support::{self, eventually, rate_limited, taking, Sink};
+use crate::support::{self, rate_limited, taking, Sink};
 
 /// 4. A burst of 100,000 records (≈100-byte values) against a downstream
 ///    that takes 25,000 records/s. Naive: poll hands everything to an
@@ -24,10 +24,10 @@ pub async fn burst_with_slow_downstream(b: &testkit::BrokerEnv) -> (Report, Repo
     const RATE: u32 = 25_000;
     const BOUND: usize = 1024 * 1024;
     const NAME: &str = "4 burst vs slow downstream";
-    let admin = support::admin(b).await;
-    let topic = support::create_topic(&admin, "sc-burst", 4).await;
+    let admin = testkit::client(b).await;
+    let topic = testkit::create_topic(&admin, "sc-burst", 4).await;
     let pad = "x".repeat(94);
-    support::produce(
+    testkit::produce(
         &admin,
         b,
         (0..N).map(|i| {
@@ -46,7 +46,7 @@ pub async fn burst_with_slow_downstream(b: &testkit::BrokerEnv) -> (Report, Repo
         &sink,
         &rate_limited(RATE),
     );
-    eventually(Duration::from_secs(60), || sink.distinct() >= N as usize).await;
+    testkit::eventually(Duration::from_secs(60), || sink.distinct() >= N as usize).await;
     let peak = naive.peak();
     naive.stop().await;
     let mut naive = Report::of(NAME, "naive", N, &sink, None)
@@ -71,7 +71,7 @@ pub async fn burst_with_slow_downstream(b: &testkit::BrokerEnv) -> (Report, Repo
     run.wait_finished(u64::from(N), Duration::from_secs(60))
         .await;
     let took = started.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await; // a last interval commit
+    support::committed_to_end(b, &group, &topic, Duration::from_secs(10)).await;
     run.stop().await;
     let lagging = support::uncommitted_partitions(b, &admin, &group, &topic, 4).await;
     let resumes = log
@@ -145,13 +145,14 @@ struct Churn {
 /// joins at 5 s. Then the survivors drain.
 async fn churn(
     b: &testkit::BrokerEnv,
+    group: &str,
     topic: &str,
     sink: &Arc<Sink>,
     mut member: impl FnMut() -> Member,
 ) -> Churn {
     let stop_producing = Arc::new(AtomicBool::new(false));
     let producer = tokio::spawn(support::produce_steadily(
-        support::producer_config(b),
+        testkit::producer_config(b),
         topic.to_string(),
         0,
         2_000,
@@ -175,11 +176,11 @@ async fn churn(
     stop_producing.store(true, AtomicOrdering::SeqCst);
     let produced = producer.await.expect("producer task");
     // The killed member's partitions move after its session times out (6 s).
-    eventually(Duration::from_secs(40), || {
+    testkit::eventually(Duration::from_secs(40), || {
         sink.distinct() >= produced as usize
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    support::committed_to_end(b, group, topic, Duration::from_secs(10)).await;
     c.stop().await;
     d.stop().await;
     Churn {
@@ -195,13 +196,13 @@ async fn churn(
 ///    the killed member's uncommitted window; with one, 0 duplicates.
 pub async fn restart_under_load(b: &testkit::BrokerEnv) -> [Report; 3] {
     const NAME: &str = "5 restart + rebalance under load";
-    let admin = support::admin(b).await;
+    let admin = testkit::client(b).await;
     let work = taking(Duration::from_millis(1));
 
-    let topic = support::create_topic(&admin, "sc-churn-naive", 4).await;
+    let topic = testkit::create_topic(&admin, "sc-churn-naive", 4).await;
     let sink = Arc::new(Sink::default());
     let group = testkit::unique_name("sc-churn-naive");
-    let run = churn(b, &topic, &sink, || {
+    let run = churn(b, &group, &topic, &sink, || {
         Member::Naive(NaiveHandoff::start(
             naive_config(b, &group, &[]),
             &topic,
@@ -226,12 +227,12 @@ pub async fn restart_under_load(b: &testkit::BrokerEnv) -> [Report; 3] {
 
     let mut reports = vec![naive];
     for with_store in [false, true] {
-        let topic = support::create_topic(&admin, "sc-churn", 4).await;
+        let topic = testkit::create_topic(&admin, "sc-churn", 4).await;
         let sink = Arc::new(Sink::default());
         let group = testkit::unique_name("sc-churn");
         // One store shared by every member, as a database would be.
         let store = Arc::new(InMemoryDedup::new(1_000_000));
-        let run = churn(b, &topic, &sink, || {
+        let run = churn(b, &group, &topic, &sink, || {
             let log = Arc::new(EventLog::default());
             let mut cfg = resilient(b, &group, &topic).observer(log.clone());
             if with_store {
@@ -329,7 +330,8 @@ async fn one_then_three<M>(
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (alone, joined) = (sink.distinct(), Instant::now());
     members.extend([member(), member()]);
-    let drained = eventually(Duration::from_secs(35), || sink.distinct() >= n as usize).await;
+    let drained =
+        testkit::eventually(Duration::from_secs(35), || sink.distinct() >= n as usize).await;
     (alone, drained.then(|| joined.elapsed()), members)
 }
 
@@ -353,7 +355,7 @@ fn scaled(r: Report, alone: usize, drained: Option<Duration>) -> Report {
 pub async fn scale_out_under_lag(b: &testkit::BrokerEnv) -> (Report, Report) {
     const N: u32 = 12_000;
     const NAME: &str = "6 scale out under lag";
-    let admin = support::admin(b).await;
+    let admin = testkit::client(b).await;
     let work = taking(Duration::from_millis(2));
 
     let topic = numbered(b, &admin, "sc-scale-naive", 6, N).await;
@@ -391,7 +393,7 @@ pub async fn scale_out_under_lag(b: &testkit::BrokerEnv) -> (Report, Report) {
         start(cfg, &sink, &work)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // a last interval commit
+    support::committed_to_end(b, &group, &topic, Duration::from_secs(10)).await;
     for m in members {
         m.stop().await;
     }

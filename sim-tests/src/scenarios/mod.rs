@@ -36,7 +36,7 @@ use kafka_wire::records::Record;
 use kafka_wire::Client;
 use resilience::{CommitPolicy, Processor, ProcessorConfig};
 
-use crate::support::{self, eventually, number, Behaviour, Running, Sink, SinkHandler};
+use crate::support::{self, number, Behaviour, Running, Sink, SinkHandler};
 
 /// The counts of one run.
 ///
@@ -129,7 +129,7 @@ impl Report {
         if self.lost == 0 {
             return self;
         }
-        let admin = support::admin(b).await;
+        let admin = testkit::client(b).await;
         let ends: Vec<(i32, i64)> = admin
             .list_offsets(topic, kafka_wire::OffsetSpec::Latest)
             .await
@@ -471,13 +471,20 @@ pub(crate) async fn numbered(
     partitions: i32,
     n: u32,
 ) -> String {
-    support::numbered_topic(b, admin, prefix, partitions, n, |i| format!("k{i}")).await
+    testkit::numbered_topic(b, admin, prefix, partitions, n, |i| format!("k{i}")).await
 }
 
-/// Wait until `sink` holds `n` distinct records; then let a commit land.
-pub(crate) async fn drained(sink: &Sink, n: u32, timeout: Duration) {
-    eventually(timeout, || sink.distinct() >= n as usize).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+/// Wait until `sink` holds `n` distinct records; then until `group`'s
+/// commits reach the end of `topic` (at most 10 s: the report says if not).
+pub(crate) async fn drained(
+    b: &testkit::BrokerEnv,
+    (group, topic): (&str, &str),
+    sink: &Sink,
+    n: u32,
+    timeout: Duration,
+) {
+    testkit::eventually(timeout, || sink.distinct() >= n as usize).await;
+    support::committed_to_end(b, group, topic, Duration::from_secs(10)).await;
 }
 
 /// The seeds' start-up: connect once, and exit if that fails. Records

@@ -16,7 +16,7 @@ use crate::support::{self, taking, Sink};
 /// 9. Every connection reset at random every 0.5–1.5 s under load.
 pub async fn connection_chaos(b: &testkit::BrokerEnv, seed: u64, duration: Duration) -> Report {
     const N: u32 = 3_000;
-    let admin = support::admin(b).await;
+    let admin = testkit::client(b).await;
     let topic = numbered(b, &admin, "sc-chaos", 3, N).await;
     let proxy = FaultProxy::new(seed);
     let group = testkit::unique_name("sc-chaos");
@@ -31,7 +31,7 @@ pub async fn connection_chaos(b: &testkit::BrokerEnv, seed: u64, duration: Durat
         tokio::time::sleep(wait).await;
         proxy.reset_all();
     }
-    drained(&sink, N, Duration::from_secs(60)).await;
+    drained(b, (&group, &topic), &sink, N, Duration::from_secs(60)).await;
     run.stop().await;
     let resets = proxy.stats.resets.load(AtomicOrdering::Relaxed);
     let (unordered, regressed) = (sink.partitions_out_of_order(), log.commit_regressions());
@@ -53,7 +53,7 @@ pub async fn connection_chaos(b: &testkit::BrokerEnv, seed: u64, duration: Durat
 pub async fn ambiguous_commit(b: &testkit::BrokerEnv, seed: u64) -> Report {
     const N: u32 = 1_000;
     const OFFSET_COMMIT: i16 = 8;
-    let admin = support::admin(b).await;
+    let admin = testkit::client(b).await;
     let topic = numbered(b, &admin, "sc-ambiguous", 2, N).await;
     let proxy = FaultProxy::new(seed);
     proxy.set(Faults {
@@ -68,7 +68,7 @@ pub async fn ambiguous_commit(b: &testkit::BrokerEnv, seed: u64) -> Report {
     cfg.consumer.client.connector = proxy.connector();
     let sink = Arc::new(Sink::default());
     let run = start(cfg, &sink, &taking(Duration::from_millis(2)));
-    drained(&sink, N, Duration::from_secs(60)).await;
+    drained(b, (&group, &topic), &sink, N, Duration::from_secs(60)).await;
     run.stop().await;
     let behind = support::uncommitted_partitions(b, &admin, &group, &topic, 2).await;
     let cut = proxy.stats.requests_cut.load(AtomicOrdering::Relaxed);
@@ -94,7 +94,7 @@ pub async fn ambiguous_commit(b: &testkit::BrokerEnv, seed: u64) -> Report {
 pub async fn startup_race(b: &testkit::BrokerEnv) -> (Report, Report) {
     const N: u32 = 500;
     const NAME: &str = "7 startup race (refused)";
-    let admin = support::admin(b).await;
+    let admin = testkit::client(b).await;
     let topic = numbered(b, &admin, "sc-startup", 2, N).await;
     let refusing = Faults {
         refuse_connections: true,
@@ -118,7 +118,7 @@ pub async fn startup_race(b: &testkit::BrokerEnv) -> (Report, Report) {
     let refused = proxy.stats.refused.load(AtomicOrdering::Relaxed);
     proxy.set(Faults::default()); // the broker is up
     let up = Instant::now();
-    drained(&sink, N, Duration::from_secs(30)).await;
+    drained(b, (&group, &topic), &sink, N, Duration::from_secs(30)).await;
     let took = up.elapsed();
     run.stop().await;
     let res = Report::of(NAME, "resilient", N, &sink, None)
@@ -142,7 +142,7 @@ pub async fn slow_lossy_network(b: &testkit::BrokerEnv, seed: u64) -> Report {
     const N: u32 = 2_000;
     let heartbeat = support::heartbeat_api();
     const FETCH: i16 = 1;
-    let admin = support::admin(b).await;
+    let admin = testkit::client(b).await;
     let topic = numbered(b, &admin, "sc-network", 2, N).await;
     let proxy = FaultProxy::new(seed);
     proxy.set(Faults {
@@ -158,7 +158,7 @@ pub async fn slow_lossy_network(b: &testkit::BrokerEnv, seed: u64) -> Report {
     cfg.consumer.client.connector = proxy.connector();
     let sink = Arc::new(Sink::default());
     let run = start(cfg, &sink, &taking(Duration::from_millis(1)));
-    drained(&sink, N, Duration::from_secs(60)).await;
+    drained(b, (&group, &topic), &sink, N, Duration::from_secs(60)).await;
     run.stop().await;
     let stat = |c: &std::sync::atomic::AtomicU64| c.load(AtomicOrdering::Relaxed);
     let (delayed, dropped, lost) = (
@@ -188,7 +188,7 @@ pub async fn slow_lossy_network(b: &testkit::BrokerEnv, seed: u64) -> Report {
 ///     record is handled exactly once.
 pub async fn corrupt_batches(b: &testkit::BrokerEnv, seed: u64) -> Report {
     const N: u32 = 1_000;
-    let admin = support::admin(b).await;
+    let admin = testkit::client(b).await;
     let topic = numbered(b, &admin, "sc-corrupt", 3, N).await;
     let proxy = FaultProxy::new(seed);
     proxy.set(Faults {
@@ -202,7 +202,7 @@ pub async fn corrupt_batches(b: &testkit::BrokerEnv, seed: u64) -> Report {
     let run = start(cfg, &sink, &taking(Duration::from_millis(1)));
     let stat = |c: &std::sync::atomic::AtomicU64| c.load(AtomicOrdering::SeqCst);
     // The group joined and fetched; then let the damage go on for 2 s.
-    support::eventually(Duration::from_secs(30), || {
+    testkit::eventually(Duration::from_secs(30), || {
         stat(&proxy.stats.responses_corrupted) >= 3
     })
     .await;
@@ -211,7 +211,7 @@ pub async fn corrupt_batches(b: &testkit::BrokerEnv, seed: u64) -> Report {
     let exited = u64::from(!run.is_running());
     proxy.set(Faults::default());
     let damaged = stat(&proxy.stats.batches_corrupted);
-    drained(&sink, N, Duration::from_secs(60)).await;
+    drained(b, (&group, &topic), &sink, N, Duration::from_secs(60)).await;
     let poll_errors = run.stats.poll_errors.load(AtomicOrdering::SeqCst);
     run.stop().await;
     Report::of("13 corrupt batches", "resilient", N, &sink, None)

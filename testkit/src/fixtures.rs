@@ -1,0 +1,155 @@
+//! The one version of what every crate's real-broker tests start from: a
+//! client, a uniquely named topic, records produced and acknowledged, and
+//! the consumer settings a test group uses. Only kafka-wire types: the
+//! consumer settings are Kafka property names, which every crate feeds to
+//! its own config builder (testkit depending on consumer-core would make
+//! kafka-wire's tests depend on a crate above it).
+
+use kafka_wire::{
+    Client, ClientConfig, NewTopic, Producer, ProducerConfig, ProducerConfigBuilder, ProducerRecord,
+};
+
+use crate::BrokerEnv;
+
+/// A client on the harness's PLAINTEXT listener, with every default.
+///
+/// # Panics
+/// When the broker does not answer.
+pub async fn client(b: &BrokerEnv) -> Client {
+    let config = ClientConfig::builder()
+        .bootstrap(&b.bootstrap)
+        .expect("bootstrap address")
+        .build()
+        .expect("valid client config");
+    Client::connect(config)
+        .await
+        .expect("connect to the test broker")
+}
+
+/// Producer settings for the test broker, every other default kept; add
+/// to them before `build`.
+pub fn producer_builder(b: &BrokerEnv) -> ProducerConfigBuilder {
+    ProducerConfig::builder()
+        .bootstrap(&b.bootstrap)
+        .expect("bootstrap address")
+}
+
+/// [`producer_builder`], built.
+pub fn producer_config(b: &BrokerEnv) -> ProducerConfig {
+    producer_builder(b).build().expect("valid producer config")
+}
+
+/// A new topic named `prefix-<unique>` with `partitions` partitions; every
+/// partition has a leader when this returns.
+pub async fn create_topic(admin: &Client, prefix: &str, partitions: i32) -> String {
+    create_topic_with(admin, NewTopic::new(crate::unique_name(prefix), partitions)).await
+}
+
+/// Create `topic` (a [`NewTopic`] with configs, say); returns its name.
+pub async fn create_topic_with(admin: &Client, topic: NewTopic) -> String {
+    let name = topic.name.clone();
+    admin.create_topic(topic).await.expect("create topic");
+    name
+}
+
+/// Produce `records` through a producer sharing `client`, and wait until
+/// every one is acknowledged.
+pub async fn produce(
+    client: &Client,
+    b: &BrokerEnv,
+    records: impl IntoIterator<Item = ProducerRecord>,
+) {
+    let p = Producer::with_client(client.clone(), producer_config(b));
+    for r in records {
+        p.send(r).await.expect("send");
+    }
+    p.flush().await;
+}
+
+/// Records with values "0".."n-1" for `topic`, the i-th keyed `key(i)`
+/// (so placed by the key's hash).
+pub fn numbered_records<'a>(
+    topic: &'a str,
+    n: u32,
+    key: impl Fn(u32) -> String + 'a,
+) -> impl Iterator<Item = ProducerRecord> + 'a {
+    (0..n).map(move |i| ProducerRecord::new(topic).key(key(i)).value(i.to_string()))
+}
+
+/// A new topic (as [`create_topic`]) holding [`numbered_records`].
+pub async fn numbered_topic(
+    b: &BrokerEnv,
+    admin: &Client,
+    prefix: &str,
+    partitions: i32,
+    n: u32,
+    key: impl Fn(u32) -> String,
+) -> String {
+    let topic = create_topic(admin, prefix, partitions).await;
+    produce(admin, b, numbered_records(&topic, n, key)).await;
+    topic
+}
+
+/// What a test consumer sets beyond the broker's address under the classic
+/// protocol (Kafka property names): read from the earliest offset; a 6 s
+/// session and 300 ms heartbeats, so a dead member or a rebalance is
+/// noticed in seconds.
+pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("auto.offset.reset", "earliest"),
+    ("session.timeout.ms", "6000"),
+    ("heartbeat.interval.ms", "300"),
+];
+
+/// Settings the consumer group protocol (KIP-848) refuses: the broker owns
+/// the session and the heartbeat interval, and assigns partitions.
+pub const CLASSIC_ONLY: [&str; 3] = [
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "partition.assignment.strategy",
+];
+
+/// The group protocol a suite runs under when it is not classic:
+/// `KAFKA_GROUP_PROTOCOL` (`consumer` for KIP-848, or `auto`), as
+/// `cargo xtask test` sets it for its second pass.
+pub fn group_protocol() -> Option<String> {
+    std::env::var("KAFKA_GROUP_PROTOCOL")
+        .ok()
+        .filter(|p| !p.is_empty() && p != "classic")
+}
+
+/// Whether the suite runs under KIP-848 (`KAFKA_GROUP_PROTOCOL=consumer`).
+pub fn kip848() -> bool {
+    group_protocol().is_some_and(|p| p == "consumer")
+}
+
+/// Every property of a test consumer, in the order to apply them (a later
+/// one wins): `bootstrap.servers`, `group.id` (when a member of `group`),
+/// then under classic [`CONSUMER_DEFAULTS`] and `extra`; under another
+/// [`group_protocol`], `auto.offset.reset=earliest`, `group.protocol` and
+/// `extra` without its [`CLASSIC_ONLY`] settings. Feed each to the
+/// consumer config builder's `set`.
+pub fn consumer_props<'a>(
+    b: &'a BrokerEnv,
+    group: Option<&'a str>,
+    extra: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, String)> {
+    let mut props = vec![("bootstrap.servers", b.bootstrap.clone())];
+    if let Some(g) = group {
+        props.push(("group.id", g.to_string()));
+    }
+    let protocol = group_protocol();
+    match &protocol {
+        None => props.extend(CONSUMER_DEFAULTS.iter().map(|(k, v)| (*k, v.to_string()))),
+        Some(p) => {
+            props.push(("auto.offset.reset", "earliest".into()));
+            props.push(("group.protocol", p.clone()));
+        }
+    }
+    props.extend(
+        extra
+            .iter()
+            .filter(|(k, _)| protocol.is_none() || !CLASSIC_ONLY.contains(k))
+            .map(|(k, v)| (*k, v.to_string())),
+    );
+    props
+}
