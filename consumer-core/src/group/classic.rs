@@ -26,7 +26,7 @@ use kafka_wire::messages::{
     ApiKey, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, SyncGroupRequest,
 };
 use kafka_wire::CoordinatorKind;
-use kafka_wire::{Backoff, KafkaCode, Lane, StrBytes};
+use kafka_wire::{KafkaCode, Lane, StrBytes};
 use tokio::sync::oneshot;
 
 pub mod membership;
@@ -34,11 +34,6 @@ pub mod membership;
 use super::{counts, GroupEvent, GroupTask};
 use crate::tp::TopicPartition;
 use membership::{Action, JoinResult, Membership, MembershipConfig, State};
-
-/// Join, coordinator and heartbeat retries: 100 ms doubling to 1 s (Java's
-/// `retry.backoff.ms` and `retry.backoff.max.ms` defaults).
-const RETRY_BACKOFF: Backoff =
-    Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1));
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
@@ -56,7 +51,7 @@ impl GroupTask {
                 rebalance_timeout: self.cfg.max_poll_interval,
                 heartbeat_interval: self.cfg.heartbeat_interval,
                 max_poll_interval: self.cfg.max_poll_interval,
-                retry_backoff: RETRY_BACKOFF,
+                retry_backoff: super::RETRY_BACKOFF,
                 metadata_max_age: self.cfg.client.metadata_max_age,
             },
             self.cfg.assignors.clone(),

@@ -55,7 +55,7 @@ impl GroupTask {
                 rack_id: None,
                 server_assignor: self.cfg.group_remote_assignor.clone(),
                 max_poll_interval: self.cfg.max_poll_interval,
-                retry_backoff: Duration::from_millis(100),
+                retry_backoff: super::RETRY_BACKOFF,
                 heartbeat_interval: self.cfg.heartbeat_interval,
                 may_fall_back,
                 new_member_id: Arc::new(new_member_id),

@@ -20,7 +20,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use kafka_wire::Client;
+use kafka_wire::{Backoff, Client};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub(crate) mod classic;
@@ -31,6 +31,14 @@ use crate::config::{ConsumerConfig, GroupProtocol};
 use crate::tp::TopicPartition;
 use classic::membership::PartitionCounts;
 use subscription::TopicSubscription;
+
+/// Both protocols' coordinator, join and heartbeat retries: 100 ms
+/// doubling to 1 s (Java's `retry.backoff.ms` and `retry.backoff.max.ms`
+/// defaults), starting over once the member is heard from.
+const RETRY_BACKOFF: Backoff = Backoff::exponential(
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_secs(1),
+);
 
 /// What the group task tells the consumer.
 #[derive(Debug)]

@@ -44,7 +44,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kafka_wire::KafkaCode;
+use kafka_wire::{Backoff, KafkaCode};
 
 use crate::group::subscription::TopicSubscription;
 use crate::tp::TopicPartition;
@@ -68,7 +68,11 @@ pub(crate) struct MemberConfig {
     pub server_assignor: Option<String>,
     /// Sent as the rebalance timeout (`max.poll.interval.ms`, as Java).
     pub max_poll_interval: Duration,
-    pub retry_backoff: Duration,
+    /// The wait before the coordinator is looked up again and before a
+    /// failed heartbeat is retried: the n-th consecutive retry waits
+    /// [`Backoff::nominal`]`(n)` (no jitter: the machine is deterministic).
+    /// A successful heartbeat starts over.
+    pub retry_backoff: Backoff,
     /// Until the broker's first answer says otherwise.
     pub heartbeat_interval: Duration,
     /// `group.protocol=auto`: an UNSUPPORTED_VERSION answer before the
@@ -203,6 +207,8 @@ pub(crate) struct Member {
     next_heartbeat: Option<Instant>,
     heartbeat_in_flight: bool,
     retry_at: Option<Instant>,
+    /// Consecutive retries since the last successful heartbeat.
+    retries: u32,
     /// A successful heartbeat was answered since start (no fallback after).
     ever_joined: bool,
     last_poll: Instant,
@@ -250,6 +256,7 @@ impl Member {
             next_heartbeat: None,
             heartbeat_in_flight: false,
             retry_at: None,
+            retries: 0,
             ever_joined: false,
             last_poll: now,
             listener: None,
@@ -334,7 +341,7 @@ impl Member {
         self.state = State::Joining;
         self.full = true;
         self.next_heartbeat = Some(if backoff {
-            now + self.cfg.retry_backoff
+            now + self.next_backoff()
         } else {
             now
         });
@@ -344,8 +351,14 @@ impl Member {
         self.state = State::FindingCoordinator;
         self.full = true;
         self.next_heartbeat = None;
-        self.retry_at = Some(now + self.cfg.retry_backoff);
+        self.retry_at = Some(now + self.next_backoff());
         self.push(Action::FindCoordinator);
+    }
+
+    /// The wait before the next retry; counts it.
+    fn next_backoff(&mut self) -> Duration {
+        self.retries = self.retries.saturating_add(1);
+        self.cfg.retry_backoff.nominal(self.retries)
     }
 
     /// The coordinator is known: join (or resume heartbeating).
@@ -434,6 +447,7 @@ impl Member {
                 self.heartbeat_interval = Duration::from_millis(r.heartbeat_interval_ms as u64);
             }
             self.ever_joined = true;
+            self.retries = 0;
             self.state = State::Stable;
             self.next_heartbeat = Some(now + self.heartbeat_interval);
             if let Some(assignment) = r.assignment {
@@ -457,7 +471,7 @@ impl Member {
         match code {
             K::NotCoordinator | K::CoordinatorNotAvailable => self.find_coordinator(now),
             K::CoordinatorLoadInProgress => {
-                self.next_heartbeat = Some(now + self.cfg.retry_backoff);
+                self.next_heartbeat = Some(now + self.next_backoff());
             }
             K::FencedMemberEpoch => {
                 tracing::info!(group = %self.cfg.group_id, member_epoch = self.member_epoch, "fenced (FENCED_MEMBER_EPOCH): partitions lost; rejoining with the same member id");
@@ -514,7 +528,7 @@ impl Member {
             }
             other => {
                 tracing::warn!(group = %self.cfg.group_id, error = %other, "ConsumerGroupHeartbeat failed{detail}; retrying");
-                self.next_heartbeat = Some(now + self.cfg.retry_backoff);
+                self.next_heartbeat = Some(now + self.next_backoff());
             }
         }
     }

@@ -13,7 +13,7 @@ fn cfg(static_id: Option<&str>, may_fall_back: bool) -> MemberConfig {
         rack_id: None,
         server_assignor: Some("uniform".into()),
         max_poll_interval: Duration::from_secs(300),
-        retry_backoff: Duration::from_millis(100),
+        retry_backoff: Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1)),
         heartbeat_interval: Duration::from_secs(3),
         may_fall_back,
         new_member_id: Arc::new(move || {
@@ -221,12 +221,35 @@ fn any_error_makes_the_next_heartbeat_full() {
     // And a lost request re-finds the coordinator, then sends in full.
     m.handle_request_failed(t1);
     assert_eq!(m.poll_action(t1), None, "backoff before re-finding");
-    let t2 = t1 + Duration::from_millis(100);
+    // The second failure in a row: twice the first backoff.
+    assert_eq!(m.poll_action(t1 + Duration::from_millis(199)), None);
+    let t2 = t1 + Duration::from_millis(200);
     assert_eq!(m.poll_action(t2), Some(Action::FindCoordinator));
     m.coordinator_found(t2);
     let hb = heartbeat(&mut m, t2);
     assert_eq!(hb.member_epoch, 1);
     assert!(hb.rebalance_timeout_ms.is_some());
+}
+
+#[test]
+fn failed_heartbeats_back_off_exponentially_and_start_over_after_a_good_one() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut m = joined(t0, cfg(None, false));
+    let mut now = t0 + ms(5000);
+    for (answer, wait) in [
+        (err(KafkaCode::CoordinatorLoadInProgress), 100),
+        (err(KafkaCode::CoordinatorLoadInProgress), 200),
+        (err(KafkaCode::CoordinatorLoadInProgress), 400),
+        (ok(1, None), 5000), // the broker's interval
+        (err(KafkaCode::CoordinatorLoadInProgress), 100),
+    ] {
+        let _ = heartbeat(&mut m, now);
+        let failed = answer.error;
+        m.handle_heartbeat(answer, now);
+        assert_eq!(m.poll_timeout(), Some(now + ms(wait)), "{failed:?}");
+        now += ms(wait);
+    }
 }
 
 #[test]
