@@ -350,17 +350,29 @@ impl Consumer {
             .collect()
     }
 
-    /// Records this consumer may still read from `tp`: the readable end
-    /// (the high watermark, or the last stable offset under
-    /// `read_committed`) minus the position, as of the last fetch. `None`
-    /// before the first fetch answered.
+    /// Records this consumer may still read from `tp`: its
+    /// [`log_end`](Consumer::log_end) minus the position, as of the last
+    /// fetch. `None` before the first fetch answered. Records already
+    /// returned by `poll` but not yet committed are not in it: that is the
+    /// group's lag (log end minus the committed offset).
     pub fn lag(&self, tp: &TopicPartition) -> Option<i64> {
+        let end = self.log_end(tp)?;
+        let position = self.fetch.parts.get(tp)?.position.unwrap_or(0);
+        Some((end - position).max(0))
+    }
+
+    /// The readable end of `tp` (an offset): the high watermark, or the
+    /// last stable offset under `read_committed`, as of the last fetch
+    /// answer that carried `tp` (a paused partition is not fetched, so its
+    /// end is as of before the pause). `None` before the first fetch
+    /// answered, and for a partition this consumer does not serve.
+    pub fn log_end(&self, tp: &TopicPartition) -> Option<i64> {
         let p = self.fetch.parts.get(tp)?;
         let end = match self.cfg.isolation_level {
             IsolationLevel::ReadCommitted => p.last_stable_offset,
             IsolationLevel::ReadUncommitted => p.high_watermark,
         };
-        (end >= 0).then(|| (end - p.position.unwrap_or(0)).max(0))
+        (end >= 0).then_some(end)
     }
 
     /// Move `tps` to their log start offset. The next `poll` returns

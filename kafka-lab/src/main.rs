@@ -15,7 +15,6 @@ mod output;
 mod position;
 mod process;
 mod produce;
-mod prometheus;
 mod topics;
 
 use std::time::Instant;

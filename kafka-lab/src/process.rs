@@ -1,7 +1,9 @@
 //! `kafka-lab process`: run the resilient runtime on a topic with a
 //! simulated handler (latency, poison and transient failures on demand),
 //! printing progress each second and a summary at the end; optionally
-//! exposing Prometheus metrics.
+//! exposing Prometheus metrics (`resilience::observe::prometheus`: every
+//! metric with `# HELP`/`# TYPE`, labelled by group, the two lags by
+//! topic and partition).
 
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::time::{Duration, Instant};
@@ -42,7 +44,7 @@ pub struct ProcessArgs {
     /// Stop after this many seconds (default: at Ctrl-C).
     #[arg(long)]
     seconds: Option<u64>,
-    /// Serve Prometheus metrics here, e.g. 127.0.0.1:9464.
+    /// Serve Prometheus metrics here (GET /metrics), e.g. 127.0.0.1:9464.
     #[arg(long)]
     metrics_addr: Option<String>,
     /// Consumer property as key=value (repeatable).
@@ -85,7 +87,12 @@ impl Handler for Simulated {
 
 pub async fn run(connect: &ConnectArgs, args: ProcessArgs) -> anyhow::Result<()> {
     if let Some(addr) = &args.metrics_addr {
-        crate::prometheus::Prometheus::install_and_serve(addr).await?;
+        let socket = std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| anyhow::anyhow!("--metrics-addr: not an address: {addr}"))?;
+        resilience::observe::prometheus::install(socket)?;
+        eprintln!("metrics: http://{addr}/metrics");
     }
     let admin = kafka_wire::Client::connect(connect.client_config()?).await?;
     crate::exists::require_topic(&admin, &args.topic).await?;

@@ -174,6 +174,20 @@ fn run_ok(args: &[&str], stdin: Option<&str>) -> String {
     out
 }
 
+/// `GET /metrics` at `addr`: the body, or `None` while nothing answers.
+fn scrape(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
 /// Run the CLI; whether it exited 0, and stdout followed by stderr.
 fn run(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     use std::io::Write;
@@ -382,7 +396,7 @@ fn process_dead_letters_poison_and_serves_prometheus_metrics() {
             "--poison-every",
             "50",
             "--seconds",
-            "6",
+            "8",
             "--metrics-addr",
             &addr,
         ])
@@ -390,23 +404,24 @@ fn process_dead_letters_poison_and_serves_prometheus_metrics() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Scrape while it runs, once the four poison records are dead-lettered.
-    let scrape = || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&addr).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-            .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        Some(text)
-    };
+    // Scrape until everything is handled and committed (or the run ends).
+    let labels = format!(r#"{{topic="{topic}",partition="0",group="{group}"}}"#);
+    let settled = [
+        format!(r#"resilience_records_dead_lettered_total{{group="{group}"}} 4"#),
+        format!("resilience_commit_lag_records{labels} 0"),
+        format!("resilience_consumer_lag_records{labels} 0"),
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(7);
     let mut metrics = String::new();
-    testkit::eventually_blocking(std::time::Duration::from_secs(6), || {
-        if let Some(text) = scrape() {
-            metrics = text; // the last answer, if it exits meanwhile
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if let Some(text) = scrape(&addr) {
+            metrics = text;
+            if settled.iter().all(|l| metrics.lines().any(|m| m == l)) {
+                break;
+            }
         }
-        metrics.contains("resilience_records_dead_lettered_total 4")
-    });
+    }
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -417,13 +432,25 @@ fn process_dead_letters_poison_and_serves_prometheus_metrics() {
     // Offsets 0, 50, 100, 150 are poison.
     assert!(stdout.contains("196 handled"), "{stdout}");
     assert!(stdout.contains("4 dead-lettered"), "{stdout}");
+    for line in &settled {
+        assert!(metrics.lines().any(|m| m == line), "{line}:\n{metrics}");
+    }
+    for line in [
+        "# HELP resilience_records_dead_lettered_total ",
+        "# TYPE resilience_records_dead_lettered_total counter",
+        "# HELP resilience_commit_lag_records ",
+        "# TYPE resilience_commit_lag_records gauge",
+        "# HELP resilience_consumer_lag_records ",
+        "# TYPE resilience_consumer_lag_records gauge",
+        "# TYPE resilience_handler_seconds histogram",
+        &format!(r#"resilience_handler_seconds_count{{group="{group}"}}"#),
+        &format!(r#"resilience_rebalances_total{{group="{group}",kind="assigned"}} 1"#),
+    ] {
+        assert!(metrics.contains(line), "{line}:\n{metrics}");
+    }
     assert!(
-        metrics.contains("resilience_records_dead_lettered_total 4"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("resilience_handler_seconds_count"),
-        "{metrics}"
+        !metrics.contains("resilience_partition_lag"),
+        "the old name is gone: {metrics}"
     );
     let dlt = run_ok(
         &[

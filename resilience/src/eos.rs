@@ -144,7 +144,8 @@ impl TransactionalProcessor {
         // (A reset of the position, e.g. a recreated topic, starts over.)
         let mut settled: HashMap<TopicPartition, i64> = HashMap::new();
         let mut incarnations: HashMap<TopicPartition, u64> = HashMap::new();
-        let mut poll_backoff = PollBackoff::default();
+        crate::observe::describe();
+        let mut poll_backoff = PollBackoff::new(crate::observe::poll_errors(&group));
         // Failed transactions in a row: each waits longer before reading again.
         let mut txn_delays = crate::retry::runtime_delays();
         let result = loop {
@@ -152,7 +153,7 @@ impl TransactionalProcessor {
                 _ = &mut shutdown => break Ok(()),
                 r = consumer.poll(Duration::from_millis(100)) => match r {
                     Ok(b) => {
-                        poll_backoff = PollBackoff::default();
+                        poll_backoff.reset();
                         b
                     }
                     Err(e) if e.is_retriable() => {

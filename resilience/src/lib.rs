@@ -29,7 +29,7 @@
 //! | [`dlt`] | dead-letter records with `kafka_dlt-*` provenance headers |
 //! | [`dedup`] | [`dedup::DedupStore`]: in-memory, embedded file log, PostgreSQL (feature `postgres`) |
 //! | [`eos`] | [`eos::TransactionalProcessor`]: consume-transform-produce in Kafka transactions |
-//! | [`observe`] | metric names and the [`observe::Observer`] hook |
+//! | [`observe`] | metrics (names, help, the two lags: consumer and commit), the [`observe::Observer`] hook; Prometheus `/metrics` (feature `prometheus`) |
 //!
 //! ## Before the first run
 //!
@@ -135,6 +135,18 @@
 //!
 //! Unordered: `.ordering(Ordering::Unordered)`. Exactly-once
 //! consume-transform-produce: see [`eos`].
+//!
+//! ## Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `tls`, `scram`, `gzip`, `snappy`, `lz4`, `zstd` | on by default; forwarded to kafka-wire and consumer-core |
+//! | `postgres` | `dedup::postgres`: the PostgreSQL `DedupStore` (tokio-postgres) |
+//! | `prometheus` | `observe::prometheus`: installs the global `metrics` recorder and serves `GET /metrics` (metrics-exporter-prometheus) |
+//!
+//! `postgres` and `prometheus` are off by default; all are pure Rust.
+//! Without `prometheus` the metrics go to whatever `metrics` recorder the
+//! application installs (with none installed, recording does nothing).
 
 #![forbid(unsafe_code)]
 #![warn(

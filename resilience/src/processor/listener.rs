@@ -8,7 +8,7 @@ use consumer_core::{Committer, RebalanceListener, TopicPartition};
 
 use super::runtime::{Loaded, Runtime};
 use crate::commit_metadata;
-use crate::observe::{self, Event};
+use crate::observe::Event;
 
 pub(crate) struct RuntimeListener(pub Arc<Runtime>);
 
@@ -20,7 +20,7 @@ impl RebalanceListener for RuntimeListener {
     ) -> ListenerFuture<'a> {
         Box::pin(async move {
             let rt = &self.0;
-            metrics::counter!(observe::REBALANCES, "kind" => "assigned").increment(1);
+            rt.metrics.assigned.increment(1);
             // The committed metadata names offsets beyond the committed one
             // that are already done: they are not handled again.
             match c.committed(parts).await {
@@ -55,7 +55,7 @@ impl RebalanceListener for RuntimeListener {
     ) -> ListenerFuture<'a> {
         Box::pin(async move {
             let rt = &self.0;
-            metrics::counter!(observe::REBALANCES, "kind" => "revoked").increment(1);
+            rt.metrics.revoked.increment(1);
             rt.stop_partitions(parts);
             rt.wait_idle(Some(parts), rt.cfg.drain_timeout).await;
             let _one_at_a_time = rt.commit_lock.lock().await;
@@ -68,7 +68,7 @@ impl RebalanceListener for RuntimeListener {
     fn on_lost<'a>(&'a self, _c: &'a Committer, parts: &'a [TopicPartition]) -> ListenerFuture<'a> {
         Box::pin(async move {
             let rt = &self.0;
-            metrics::counter!(observe::REBALANCES, "kind" => "lost").increment(1);
+            rt.metrics.lost.increment(1);
             rt.stop_partitions(parts);
             let _one_at_a_time = rt.commit_lock.lock().await;
             rt.forget(parts); // never commit lost partitions

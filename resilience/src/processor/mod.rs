@@ -35,7 +35,7 @@ use kafka_wire::{Client, NewTopic, Producer};
 use tokio::time::Instant;
 
 use crate::config::{CommitPolicy, ProcessorConfig};
-use crate::observe::{self, Event};
+use crate::observe::{self, Event, LagGauges};
 use crate::retry::runtime_delays;
 use listener::RuntimeListener;
 use runtime::Runtime;
@@ -203,6 +203,7 @@ impl Processor {
             .into());
         }
         tokio::pin!(shutdown);
+        observe::describe();
         let started = Instant::now();
         let deadline = cfg.startup_timeout.map(|t| started + t);
         let producer = match &cfg.dlt_producer {
@@ -288,13 +289,14 @@ impl Processor {
         // poll briefly, so fetching resumes as soon as they have.
         let mut draining = false;
         let mut last_lag = Instant::now();
-        let mut poll_backoff = PollBackoff::default();
+        let mut lag_gauges = rt.metrics.lag_gauges();
+        let mut poll_backoff = PollBackoff::new(rt.metrics.poll_errors.clone());
         let result = loop {
             let batches = tokio::select! {
                 _ = &mut shutdown => break Ok(()),
                 r = consumer.poll(poll_wait(draining)) => match r {
                     Ok(b) => {
-                        poll_backoff = PollBackoff::default();
+                        poll_backoff.reset();
                         b
                     }
                     Err(e) if e.is_retriable() => {
@@ -319,12 +321,7 @@ impl Processor {
             draining = apply_backpressure(&rt, &mut consumer, &mut paused, &mut globally_paused);
             if last_lag.elapsed() >= Duration::from_secs(1) {
                 last_lag = Instant::now();
-                for tp in consumer.assignment() {
-                    if let Some(lag) = consumer.lag(&tp) {
-                        metrics::gauge!(observe::PARTITION_LAG, "topic" => tp.topic.clone(), "partition" => tp.partition.to_string())
-                            .set(lag as f64);
-                    }
-                }
+                report_lag(&rt, &consumer, &mut lag_gauges);
             }
         };
 
@@ -344,24 +341,61 @@ impl Processor {
     }
 }
 
+/// Both lags of every assigned partition (see [`observe`]'s "Two lags"):
+/// log end minus the fetch position, and log end minus the committed
+/// offset this runtime knows (found on assignment, or its last commit).
+fn report_lag(rt: &Runtime, consumer: &Consumer, gauges: &mut LagGauges) {
+    let assigned = consumer.assignment();
+    let committed: Vec<Option<i64>> = {
+        let st = rt.lock();
+        assigned
+            .iter()
+            .map(|tp| {
+                st.parts
+                    .get(tp)
+                    .and_then(|p| p.last_commit.as_ref())
+                    .map(|(offset, _)| *offset)
+            })
+            .collect()
+    };
+    for (tp, committed) in assigned.iter().zip(committed) {
+        let Some(end) = consumer.log_end(tp) else {
+            continue; // no fetch answered yet
+        };
+        let commit_lag = committed.map(|c| (end - c).max(0));
+        gauges.set(tp, consumer.lag(tp), commit_lag);
+    }
+    gauges.retain(&assigned);
+}
+
 /// The pause after a retriable poll error (a corrupt batch, a lost
 /// connection): 50 ms, doubling to 5 s; a good poll starts over. The
 /// consumer fetches again from the same position, so a corrupt batch is
 /// never delivered nor skipped: its partition waits (and says so) while
 /// the others go on.
-pub(crate) struct PollBackoff(kafka_wire::Delays<fn() -> f64>);
-
-impl Default for PollBackoff {
-    fn default() -> Self {
-        PollBackoff(runtime_delays())
-    }
+pub(crate) struct PollBackoff {
+    delays: kafka_wire::Delays<fn() -> f64>,
+    /// `resilience_poll_errors_total` of this run.
+    errors: metrics::Counter,
 }
 
 impl PollBackoff {
+    pub(crate) fn new(errors: metrics::Counter) -> Self {
+        PollBackoff {
+            delays: runtime_delays(),
+            errors,
+        }
+    }
+
+    /// A good poll: the next failure waits the shortest time again.
+    pub(crate) fn reset(&mut self) {
+        self.delays = runtime_delays();
+    }
+
     /// Log and count `e`; how long to wait before polling again.
     pub(crate) fn failed(&mut self, e: &ConsumerError) -> Duration {
-        let wait = self.0.next().unwrap_or(Duration::from_secs(5));
-        metrics::counter!(observe::POLL_ERRORS).increment(1);
+        let wait = self.delays.next().unwrap_or(Duration::from_secs(5));
+        self.errors.increment(1);
         tracing::warn!(error = %e, retry_in = ?wait, "poll failed; polling again");
         wait
     }
@@ -404,8 +438,7 @@ fn apply_backpressure(
     let cfg = &rt.cfg;
     let bytes = rt.in_flight_bytes.load(Ordering::Acquire);
     let records = rt.in_flight_records.load(Ordering::Acquire);
-    metrics::gauge!(observe::IN_FLIGHT_BYTES).set(bytes as f64);
-    metrics::gauge!(observe::IN_FLIGHT_RECORDS).set(records as f64);
+    rt.metrics.in_flight(records, bytes);
     if bytes >= cfg.max_in_flight_bytes || records >= cfg.max_in_flight_records {
         if !*globally {
             rt.stats.pauses.fetch_add(1, Ordering::Relaxed);
@@ -449,7 +482,7 @@ fn apply_backpressure(
         rt.observe(Event::Resumed(to_resume));
     }
     *paused = want;
-    metrics::gauge!(observe::PAUSED_PARTITIONS).set(paused.len() as f64);
+    rt.metrics.paused(paused.len());
     *globally || queue_full
 }
 

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::{AnyHandler, Stats};
 use crate::commit_metadata::{self, encode_ranges, merge_ranges, ranges_of};
 use crate::config::{Idempotency, ProcessorConfig};
-use crate::observe::{self, Event};
+use crate::observe::{Event, RuntimeMetrics};
 use crate::offset_tracker::OffsetTracker;
 use crate::scheduler::{LaneId, Scheduler};
 
@@ -131,6 +131,8 @@ pub(crate) struct Runtime {
     pub permits: Arc<Semaphore>,
     pub producer: Option<Producer>,
     pub group: String,
+    /// This run's metric handles (labelled with the group).
+    pub metrics: RuntimeMetrics,
     /// Retry topic → (source topic, step).
     pub retry_index: HashMap<String, (String, usize)>,
     /// One commit at a time, so commits never reorder and a revoke can
@@ -170,8 +172,10 @@ impl Runtime {
             .as_ref()
             .map(|r| r.index(&cfg.topics))
             .unwrap_or_default();
+        let group = cfg.consumer.group_id.clone().unwrap_or_default();
         Self {
-            group: cfg.consumer.group_id.clone().unwrap_or_default(),
+            metrics: RuntimeMetrics::new(&group),
+            group,
             permits: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
             state: Mutex::new(State {
                 parts: HashMap::new(),
@@ -563,7 +567,9 @@ impl Runtime {
             })
             .collect();
         let result = committer.commit_offsets(&fenced).await;
-        metrics::histogram!(observe::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        self.metrics
+            .commit_seconds
+            .record(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
                 {
@@ -575,7 +581,7 @@ impl Runtime {
                     }
                 }
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(observe::COMMITS).increment(1);
+                self.metrics.commits.increment(1);
                 self.observe(Event::Committed(
                     offsets
                         .into_iter()
@@ -585,7 +591,7 @@ impl Runtime {
             }
             Err(e) => {
                 self.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(observe::COMMIT_FAILURES).increment(1);
+                self.metrics.commit_failures.increment(1);
                 tracing::warn!(error = %e, "commit failed; the next one retries (nothing is lost: uncommitted work is redone)");
             }
         }

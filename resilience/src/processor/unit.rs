@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use super::runtime::{Done, Runtime, Ticket, Unit, Work, UNIT_TIME_BUDGET};
 use super::AnyHandler;
-use crate::observe::{self, Event};
+use crate::observe::Event;
 use crate::retry::{Decision, HandlerError};
 use crate::retry_topics::{self, NextHop};
 
@@ -150,12 +150,14 @@ impl Runtime {
             self.call_handler(tp, records).instrument(span).await
         };
         let ended = std::time::Instant::now();
-        metrics::histogram!(observe::HANDLER_SECONDS).record((ended - started).as_secs_f64());
+        self.metrics
+            .handler_seconds
+            .record((ended - started).as_secs_f64());
         if result.is_ok() {
             self.stats
                 .handled
                 .fetch_add(records.len() as u64, Ordering::Relaxed);
-            metrics::counter!(observe::HANDLED).increment(records.len() as u64);
+            self.metrics.handled.increment(records.len() as u64);
         }
         (result, ended)
     }
@@ -188,7 +190,7 @@ impl Runtime {
             match self.cfg.backoff.decide(attempt, &err, delays.next()) {
                 Decision::RetryAfter(d) => {
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(observe::RETRIED).increment(1);
+                    self.metrics.retried.increment(1);
                     tracing::debug!(%tp, offset = records[0].offset, attempt, error = %err, delay = ?d, "retrying");
                     self.release(permit); // only this lane waits
                     if !self
@@ -352,7 +354,7 @@ impl Runtime {
                 }
                 Some(true) => {
                     self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(observe::DEDUPLICATED).increment(1);
+                    self.metrics.deduplicated.increment(1);
                     self.finish(tp, w.ticket, Done::Handled);
                 }
                 Some(false) => {
@@ -437,7 +439,7 @@ impl Runtime {
             match &hop {
                 NextHop::Retry { topic, .. } => {
                     self.stats.sent_to_retry.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(observe::SENT_TO_RETRY_TOPIC).increment(1);
+                    self.metrics.sent_to_retry_topic.increment(1);
                     let topic = topic.clone();
                     self.observe(Event::SentToRetryTopic {
                         tp: tp.clone(),
@@ -447,7 +449,7 @@ impl Runtime {
                 }
                 NextHop::DeadLetter => {
                     self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(observe::DEAD_LETTERED).increment(1);
+                    self.metrics.dead_lettered.increment(1);
                     self.observe(Event::DeadLettered {
                         tp: tp.clone(),
                         offset,
@@ -485,7 +487,7 @@ impl Runtime {
             delivery.await.map(|_| ()).map_err(|e| e.to_string())
         };
         let failed = |e: &String| {
-            metrics::counter!(observe::DLT_WRITE_FAILURES).increment(1);
+            self.metrics.dlt_write_failures.increment(1);
             self.stats
                 .dlt_write_failures
                 .fetch_add(1, Ordering::Relaxed);
@@ -518,7 +520,7 @@ impl Runtime {
         };
         if quarantined {
             self.stats.quarantines.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(observe::QUARANTINED).increment(1);
+            self.metrics.quarantined.increment(1);
             tracing::warn!(%tp, pause = ?q.pause, failures = q.after_failures, "partition quarantined after failures in a row; the others go on");
             self.observe(Event::Quarantined(tp.clone()));
         }
