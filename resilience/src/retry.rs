@@ -140,7 +140,7 @@ impl std::fmt::Display for HandlerError {
 /// is tried again before it goes to the dead-letter topic. Defaults match
 /// the seeds: 1 s initial, ×2, 3 attempts in all (so 2 retries: 1 s then
 /// 2 s), 30 s cap, ±20 % jitter. The delays are kafka-wire's
-/// [`Backoff`](kafka_wire::Backoff) ([`BackoffPolicy::as_backoff`]), the
+/// [`Backoff`] ([`BackoffPolicy::as_backoff`]), the
 /// one backoff of the stack, with the cap also holding after jitter.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BackoffPolicy {
