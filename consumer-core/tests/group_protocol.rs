@@ -9,16 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use consumer_core::{Consumer, ConsumerConfig, GroupProtocol, TopicPartition};
-use kafka_wire::messages::ApiKey;
-use kafka_wire::{Lane, ProducerRecord};
+use kafka_wire::ProducerRecord;
 
-/// Does the broker advertise ConsumerGroupHeartbeat (KIP-848 on)?
+/// Is KIP-848 on at the broker (see `common::speaks_848`)?
 async fn speaks_848(b: &testkit::BrokerEnv) -> bool {
-    let client = testkit::client(b).await;
-    let md = client.refresh_metadata(None).await.unwrap();
-    let id = *md.brokers.keys().next().expect("a broker");
-    let conn = client.connection(id, Lane::Group).await.unwrap();
-    conn.version(ApiKey::ConsumerGroupHeartbeat).is_ok()
+    common::speaks_848(b).await
 }
 
 /// Settings without the classic-only ones (refused under `consumer`).

@@ -43,17 +43,7 @@ async fn our_member_and_a_java_member_share_one_group() {
 #[tokio::test]
 async fn our_member_and_a_java_member_share_one_kip_848_group() {
     let b = testkit::require_broker!();
-    let client = testkit::client(&b).await;
-    let md = client.refresh_metadata(None).await.unwrap();
-    let id = *md.brokers.keys().next().expect("a broker");
-    let conn = client
-        .connection(id, kafka_wire::Lane::Group)
-        .await
-        .unwrap();
-    if conn
-        .version(kafka_wire::messages::ApiKey::ConsumerGroupHeartbeat)
-        .is_err()
-    {
+    if !common::speaks_848(&b).await {
         return; // Kafka 3.9 by default: no KIP-848 to mix
     }
     interop(&b, "consumer").await;

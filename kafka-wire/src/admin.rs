@@ -734,7 +734,11 @@ impl Client {
         let Some(g) = resp.groups.into_iter().next() else {
             return Ok(None);
         };
-        if g.error_code == KafkaCode::GroupIdNotFound.code() {
+        // Kafka 3.9 advertises the API but answers UNSUPPORTED_VERSION while
+        // KIP-848 is off: then there are no consumer-protocol groups.
+        if g.error_code == KafkaCode::GroupIdNotFound.code()
+            || g.error_code == KafkaCode::UnsupportedVersion.code()
+        {
             return Ok(None);
         }
         crate::error::check_code(ApiKey::ConsumerGroupDescribe, g.error_code)

@@ -379,7 +379,7 @@ mod tests {
     #[cfg(not(feature = "tls"))]
     #[test]
     fn tls_without_its_feature_is_a_config_error_naming_it() {
-        let err = crate::tls::build_connector(&crate::tls::TlsConfig::default()).unwrap_err();
+        let err = crate::tls::build_connector(&TlsConfig::default()).unwrap_err();
         assert!(err.to_string().contains("`tls` feature"), "{err}");
     }
 
