@@ -25,14 +25,12 @@ use kafka_wire::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_wire::messages::{
     ApiKey, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, SyncGroupRequest,
 };
-use kafka_wire::CoordinatorKind;
 use kafka_wire::{KafkaCode, Lane, StrBytes};
 use tokio::sync::oneshot;
 
 pub mod membership;
 
 use super::{counts, GroupEvent, GroupTask};
-use crate::tp::TopicPartition;
 use membership::{Action, JoinResult, Membership, MembershipConfig, State};
 
 fn s(v: &str) -> StrBytes {
@@ -161,19 +159,10 @@ impl GroupTask {
         let now = std::time::Instant::now;
         match action {
             Action::FindCoordinator => {
-                match self
-                    .client
-                    .find_coordinator(CoordinatorKind::Group, &self.group_id)
-                    .await
-                {
-                    Ok(node) => {
-                        self.snapshot.lock().expect("lock").coordinator = Some(node);
-                        m.coordinator_found(now());
-                    }
-                    Err(e) => {
-                        tracing::warn!(group = %self.group_id, error = %e, "cannot find the group coordinator; retrying");
-                        m.handle_request_failed(now());
-                    }
+                if self.find_group_coordinator().await {
+                    m.coordinator_found(now());
+                } else {
+                    m.handle_request_failed(now());
                 }
             }
             Action::Join {
@@ -332,33 +321,26 @@ impl GroupTask {
                 // stay valid meanwhile: published before the consumer hears.
                 m.listener_started(&parts, now());
                 self.publish(m);
-                let (done, ack) = oneshot::channel();
-                match self.events.send(GroupEvent::Revoked(parts, done)).await {
-                    Ok(()) => *listener = Some(ack),
-                    Err(_) => m.listener_done(),
+                *listener = self
+                    .listener_event(|done| GroupEvent::Revoked(parts, done))
+                    .await;
+                if listener.is_none() {
+                    m.listener_done();
                 }
             }
             Action::Lose(parts) => {
                 m.listener_started(&[], now());
                 self.publish(m);
-                let (done, ack) = oneshot::channel();
-                match self.events.send(GroupEvent::Lost(parts, done)).await {
-                    Ok(()) => *listener = Some(ack),
-                    Err(_) => m.listener_done(),
+                *listener = self
+                    .listener_event(|done| GroupEvent::Lost(parts, done))
+                    .await;
+                if listener.is_none() {
+                    m.listener_done();
                 }
             }
             Action::Assign(parts) => {
-                let fresh: BTreeSet<TopicPartition> = parts
-                    .iter()
-                    .filter(|tp| {
-                        self.cfg.new_partitions_from_earliest && m.appeared_after_subscribe(tp)
-                    })
-                    .cloned()
-                    .collect();
-                if !fresh.is_empty() {
-                    tracing::info!(group = %self.group_id, partitions = ?fresh, "assigned partitions that appeared after subscribe: they start at the earliest offset when the group has none committed");
-                }
-                let _ = self.events.send(GroupEvent::Assigned(parts, fresh)).await;
+                self.assigned(parts, |tp| m.appeared_after_subscribe(tp))
+                    .await;
             }
             Action::RefreshMetadata { topics } => {
                 match self.client.refresh_metadata(topics.as_deref()).await {

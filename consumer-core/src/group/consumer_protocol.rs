@@ -12,13 +12,12 @@
 //! ConsumerGroupHeartbeat or refuses the first one with UNSUPPORTED_VERSION;
 //! `GroupTask::run` then runs the classic protocol.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_wire::messages::consumer_group_heartbeat_request::TopicPartitions;
 use kafka_wire::messages::{ApiKey, ConsumerGroupHeartbeatRequest, GroupId, TopicName};
-use kafka_wire::{CoordinatorKind, KafkaCode, Lane, StrBytes};
+use kafka_wire::{KafkaCode, Lane, StrBytes};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -26,7 +25,6 @@ pub(crate) mod member;
 
 use super::{GroupEvent, GroupTask};
 use crate::group::subscription::TopicSubscription;
-use crate::tp::TopicPartition;
 use member::{Action, Heartbeat, HeartbeatResult, Member, MemberConfig, State};
 
 fn s(v: &str) -> StrBytes {
@@ -140,19 +138,10 @@ impl GroupTask {
         let now = std::time::Instant::now;
         match action {
             Action::FindCoordinator => {
-                match self
-                    .client
-                    .find_coordinator(CoordinatorKind::Group, &self.group_id)
-                    .await
-                {
-                    Ok(node) => {
-                        self.snapshot.lock().expect("lock").coordinator = Some(node);
-                        m.coordinator_found(now());
-                    }
-                    Err(e) => {
-                        tracing::warn!(group = %self.group_id, error = %e, "cannot find the group coordinator; retrying");
-                        m.handle_request_failed(now());
-                    }
+                if self.find_group_coordinator().await {
+                    m.coordinator_found(now());
+                } else {
+                    m.handle_request_failed(now());
                 }
             }
             Action::Heartbeat(hb) => match self.heartbeat(hb).await {
@@ -189,30 +178,26 @@ impl GroupTask {
             Action::Revoke(parts) => {
                 m.listener_started(&parts, now());
                 self.publish_member(m);
-                let (done, ack) = oneshot::channel();
-                match self.events.send(GroupEvent::Revoked(parts, done)).await {
-                    Ok(()) => *listener = Some(ack),
-                    Err(_) => m.listener_done(),
+                *listener = self
+                    .listener_event(|done| GroupEvent::Revoked(parts, done))
+                    .await;
+                if listener.is_none() {
+                    m.listener_done();
                 }
             }
             Action::Lose(parts) => {
                 m.listener_started(&[], now());
                 self.publish_member(m);
-                let (done, ack) = oneshot::channel();
-                match self.events.send(GroupEvent::Lost(parts, done)).await {
-                    Ok(()) => *listener = Some(ack),
-                    Err(_) => m.listener_done(),
+                *listener = self
+                    .listener_event(|done| GroupEvent::Lost(parts, done))
+                    .await;
+                if listener.is_none() {
+                    m.listener_done();
                 }
             }
             Action::Assign(parts) => {
-                let fresh: BTreeSet<TopicPartition> = parts
-                    .iter()
-                    .filter(|tp| {
-                        self.cfg.new_partitions_from_earliest && m.appeared_after_subscribe(tp)
-                    })
-                    .cloned()
-                    .collect();
-                let _ = self.events.send(GroupEvent::Assigned(parts, fresh)).await;
+                self.assigned(parts, |tp| m.appeared_after_subscribe(tp))
+                    .await;
             }
             Action::Fatal(_) | Action::FallBack(_) => unreachable!("handled by the loop"),
         }

@@ -108,6 +108,59 @@ impl GroupTask {
     }
 }
 
+impl GroupTask {
+    /// FindCoordinator for the group; remembered in the snapshot. The
+    /// caller feeds the outcome to its protocol's machine.
+    async fn find_group_coordinator(&self) -> bool {
+        match self
+            .client
+            .find_coordinator(kafka_wire::CoordinatorKind::Group, &self.group_id)
+            .await
+        {
+            Ok(node) => {
+                self.snapshot
+                    .lock()
+                    .expect("group snapshot lock")
+                    .coordinator = Some(node);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(group = %self.group_id, error = %e, "cannot find the group coordinator; retrying");
+                false
+            }
+        }
+    }
+
+    /// Hand a Revoked/Lost event (`make` wraps the ack sender) to the
+    /// consumer: the ack the machine waits for, or `None` when the consumer
+    /// is gone (then the listener is done).
+    async fn listener_event(
+        &self,
+        make: impl FnOnce(oneshot::Sender<()>) -> GroupEvent,
+    ) -> Option<oneshot::Receiver<()>> {
+        let (done, ack) = oneshot::channel();
+        self.events.send(make(done)).await.ok().map(|()| ack)
+    }
+
+    /// Tell the consumer about newly assigned partitions; `appeared` says
+    /// which appeared after subscribe (they start at the earliest offset).
+    async fn assigned(
+        &self,
+        parts: Vec<TopicPartition>,
+        appeared: impl Fn(&TopicPartition) -> bool,
+    ) {
+        let fresh: BTreeSet<TopicPartition> = parts
+            .iter()
+            .filter(|tp| self.cfg.new_partitions_from_earliest && appeared(tp))
+            .cloned()
+            .collect();
+        if !fresh.is_empty() {
+            tracing::info!(group = %self.group_id, partitions = ?fresh, "assigned partitions that appeared after subscribe: they start at the earliest offset when the group has none committed");
+        }
+        let _ = self.events.send(GroupEvent::Assigned(parts, fresh)).await;
+    }
+}
+
 /// Partition counts per existing topic from `md`: of `topics`, or of every
 /// non-internal topic (`None`). A topic with no partitions yet (being
 /// created) counts as absent.

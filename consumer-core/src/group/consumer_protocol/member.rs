@@ -625,6 +625,19 @@ impl Member {
         }
     }
 
+    /// Queue the leave heartbeat, if the member is in the group.
+    fn push_leave(&mut self) {
+        if self.member_epoch > 0 {
+            let hb = Heartbeat {
+                member_id: self.member_id.clone(),
+                member_epoch: self.leave_epoch(),
+                instance_id: self.cfg.group_instance_id.clone(),
+                ..Heartbeat::default()
+            };
+            self.push(Action::Leave(hb));
+        }
+    }
+
     /// Leave on close: revoke what is owned (commits still valid), then
     /// send the leave heartbeat.
     pub(crate) fn close(&mut self) {
@@ -640,15 +653,7 @@ impl Member {
         if !owned.is_empty() {
             self.push(Action::Revoke(owned));
         }
-        if self.member_epoch > 0 {
-            let hb = Heartbeat {
-                member_id: self.member_id.clone(),
-                member_epoch: self.leave_epoch(),
-                instance_id: self.cfg.group_instance_id.clone(),
-                ..Heartbeat::default()
-            };
-            self.push(Action::Leave(hb));
-        }
+        self.push_leave();
         self.member_epoch = -1;
         self.state = State::Left;
         self.next_heartbeat = None;
@@ -746,15 +751,7 @@ impl Member {
             self.cfg.max_poll_interval
         );
         self.lose_all();
-        if self.member_epoch > 0 {
-            let hb = Heartbeat {
-                member_id: self.member_id.clone(),
-                member_epoch: self.leave_epoch(),
-                instance_id: self.cfg.group_instance_id.clone(),
-                ..Heartbeat::default()
-            };
-            self.push(Action::Leave(hb));
-        }
+        self.push_leave();
         self.member_epoch = 0;
         self.full = true;
         self.state = State::LeftForPollTimeout;
