@@ -129,8 +129,13 @@ impl Committer {
     ///
     /// # Errors
     /// [`ConsumerError::NotOwned`] (refused locally) for a partition this
-    /// member does not own in the current generation; broker codes such as
-    /// ILLEGAL_GENERATION and REBALANCE_IN_PROGRESS as [`ConsumerError::Wire`].
+    /// member does not own in the current generation, and for one that
+    /// moved to another member while the commit was in flight (KIP-848:
+    /// the broker answered STALE_MEMBER_EPOCH and the partition is no
+    /// longer ours; the call's other partitions are still committed, those
+    /// the member kept retried under its current epoch); broker codes such
+    /// as ILLEGAL_GENERATION and REBALANCE_IN_PROGRESS as
+    /// [`ConsumerError::Wire`].
     ///
     /// # Cancel safety
     /// Not cancel safe in effect: the commit may land even if the future is dropped.
@@ -238,16 +243,6 @@ impl Committer {
         if offsets.is_empty() {
             return Ok(());
         }
-        let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
-        for (tp, o, meta, _) in &offsets {
-            topics.entry(&tp.topic).or_default().push(
-                OffsetCommitRequestPartition::default()
-                    .with_partition_index(tp.partition)
-                    .with_committed_offset(*o)
-                    .with_committed_leader_epoch(-1)
-                    .with_committed_metadata(meta.clone().map(StrBytes::from_string)),
-            );
-        }
         let mut req = OffsetCommitRequest::default()
             .with_group_id(GroupId(StrBytes::from_string(group.clone())))
             .with_generation_id_or_member_epoch(generation)
@@ -257,20 +252,19 @@ impl Committer {
                     .as_ref()
                     .filter(|_| generation >= 0)
                     .map(|i| StrBytes::from_string(i.clone())),
-            )
-            .with_topics(
-                topics
-                    .into_iter()
-                    .map(|(t, ps)| {
-                        OffsetCommitRequestTopic::default()
-                            .with_name(TopicName(StrBytes::from_string(t.to_string())))
-                            .with_partitions(ps)
-                    })
-                    .collect(),
             );
+        // What is still to be committed: partitions leave it as the broker
+        // accepts them (each partition has its own answer: under KIP-1251 a
+        // commit racing an epoch bump is accepted for the partitions the
+        // member kept and refused for the ones that moved).
+        let mut pending = offsets;
+        // A partition that moved to another member while its commit was in
+        // flight: never retried, reported once the rest is done.
+        let mut moved: Option<ConsumerError> = None;
         // NOT_COORDINATOR / loading: re-find and retry, with backoff, for a while.
         let mut delays = COMMIT_BACKOFF.delays();
         loop {
+            req.topics = commit_topics(&pending);
             let node = self
                 .client
                 .find_coordinator(CoordinatorKind::Group, &group)
@@ -289,64 +283,72 @@ impl Committer {
                     None => return Err(e.into()),
                 },
             };
-            let mut retry = false;
+            let mut again: Vec<(TopicPartition, i64, Option<String>, u64)> = Vec::new();
+            let mut accepted = Vec::new();
             let mut stale = false;
             let mut last_err = None;
+            let mut answers: HashMap<(&str, i32), i16> = HashMap::new();
             for t in &resp.topics {
                 for p in &t.partitions {
-                    if let Some(code) = KafkaCode::try_from_code(p.error_code) {
-                        let e = Error::broker_for(
-                            ApiKey::OffsetCommit,
-                            code,
-                            &t.name.0,
-                            p.partition_index,
-                        );
-                        if matches!(
-                            code,
-                            KafkaCode::NotCoordinator
-                                | KafkaCode::CoordinatorNotAvailable
-                                | KafkaCode::CoordinatorLoadInProgress
-                        ) {
-                            retry = true;
-                            last_err = Some(e);
-                        } else if code == KafkaCode::StaleMemberEpoch && self.snapshot.is_some() {
-                            // KIP-848: the member epoch moved on since the
-                            // commit was built. Retried with the current one
-                            // while the partitions are still ours (below).
-                            retry = true;
-                            stale = true;
-                            last_err = Some(e);
-                        } else {
-                            return Err(e.into());
-                        }
-                    }
+                    answers.insert((t.name.0.as_str(), p.partition_index), p.error_code);
                 }
             }
+            for entry in pending {
+                let code = answers
+                    .get(&(entry.0.topic.as_str(), entry.0.partition))
+                    .copied()
+                    .and_then(KafkaCode::try_from_code);
+                let Some(code) = code else {
+                    accepted.push(entry);
+                    continue;
+                };
+                let e = Error::broker_for(
+                    ApiKey::OffsetCommit,
+                    code,
+                    &entry.0.topic,
+                    entry.0.partition,
+                );
+                if matches!(
+                    code,
+                    KafkaCode::NotCoordinator
+                        | KafkaCode::CoordinatorNotAvailable
+                        | KafkaCode::CoordinatorLoadInProgress
+                ) {
+                    last_err = Some(e);
+                    again.push(entry);
+                } else if code == KafkaCode::StaleMemberEpoch && self.snapshot.is_some() {
+                    // KIP-848: the member epoch moved on since the commit
+                    // was built. Retried with the current one if the
+                    // partition is still ours (below).
+                    stale = true;
+                    last_err = Some(e);
+                    again.push(entry);
+                } else {
+                    self.record_committed(accepted);
+                    return Err(e.into());
+                }
+            }
+            self.record_committed(accepted);
             if stale {
                 let snap = self.snapshot.as_ref().expect("checked above");
                 let s = snap.lock().expect("snapshot lock");
-                for (tp, ..) in &offsets {
-                    if !s.may_commit(tp) {
-                        return Err(ConsumerError::NotOwned {
+                again.retain(|(tp, ..)| {
+                    let ours = s.may_commit(tp);
+                    if !ours && moved.is_none() {
+                        moved = Some(ConsumerError::NotOwned {
                             tp: tp.clone(),
                             generation: s.generation,
                         });
                     }
-                }
+                    ours
+                });
                 req.generation_id_or_member_epoch = s.generation;
                 req.member_id = StrBytes::from_string(s.member_id.clone());
             }
-            if !retry {
-                let mut done = self.committed.lock().expect("committed lock");
-                for (tp, o, _, incarnation) in offsets {
-                    let guard = done.entry(tp).or_default();
-                    // A reset while the commit was in flight keeps its new guard.
-                    if guard.incarnation == incarnation {
-                        guard.highest = guard.highest.max(o);
-                    }
-                }
-                return Ok(());
+            if again.is_empty() {
+                return moved.map_or(Ok(()), Err);
             }
+            pending = again;
             match delays.next_after(Throttle::from_ms(resp.throttle_time_ms)) {
                 Some(delay) => tokio::time::sleep(delay).await,
                 None => {
@@ -354,6 +356,19 @@ impl Committer {
                         .map(ConsumerError::from)
                         .unwrap_or(ConsumerError::Closed))
                 }
+            }
+        }
+    }
+
+    /// Remember what the broker accepted: the highest offset committed per
+    /// partition, unless its position was reset while the commit was in
+    /// flight (then the reset's new guard stays).
+    fn record_committed(&self, accepted: Vec<(TopicPartition, i64, Option<String>, u64)>) {
+        let mut done = self.committed.lock().expect("committed lock");
+        for (tp, o, _, incarnation) in accepted {
+            let guard = done.entry(tp).or_default();
+            if guard.incarnation == incarnation {
+                guard.highest = guard.highest.max(o);
             }
         }
     }
@@ -474,4 +489,28 @@ impl Committer {
             "offsets of group {group} stayed unstable"
         ))))
     }
+}
+
+/// The request's topics for `offsets`, grouped by topic.
+fn commit_topics(
+    offsets: &[(TopicPartition, i64, Option<String>, u64)],
+) -> Vec<OffsetCommitRequestTopic> {
+    let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
+    for (tp, o, meta, _) in offsets {
+        topics.entry(&tp.topic).or_default().push(
+            OffsetCommitRequestPartition::default()
+                .with_partition_index(tp.partition)
+                .with_committed_offset(*o)
+                .with_committed_leader_epoch(-1)
+                .with_committed_metadata(meta.clone().map(StrBytes::from_string)),
+        );
+    }
+    topics
+        .into_iter()
+        .map(|(t, ps)| {
+            OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_string(t.to_string())))
+                .with_partitions(ps)
+        })
+        .collect()
 }

@@ -68,6 +68,13 @@ enum Command {
         /// stderr instead.
         #[arg(long, value_name = "PATH")]
         log_file: Option<std::path::PathBuf>,
+        /// The group protocol the scenarios' members speak: `classic`,
+        /// `consumer` (KIP-848), or `both` (each scenario under classic,
+        /// then under KIP-848; the table gains a column). `both` runs
+        /// classic only when the broker has KIP-848 off.
+        #[arg(long, value_name = "PROTOCOL", default_value = "both",
+              value_parser = ["classic", "consumer", "both"])]
+        group_protocol: String,
     },
     /// List or describe consumer groups (members, offsets, lag).
     Groups {
@@ -116,7 +123,11 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Consume(args) => consume::run(&cli.connect, args).await,
         Command::Process(args) => process::run(&cli.connect, args).await,
-        Command::Scenario { name, .. } => scenario(&cli.connect, &name, log.as_ref()).await,
+        Command::Scenario {
+            name,
+            group_protocol,
+            ..
+        } => scenario(&cli.connect, &name, &group_protocol, log.as_ref()).await,
         Command::Groups { command } => {
             let client = Client::connect(cli.connect.client_config()?).await?;
             groups::run(&cli.connect, &client, command).await
@@ -201,10 +212,12 @@ async fn check(args: &connect::ConnectArgs, list_versions: bool) -> anyhow::Resu
     Ok(())
 }
 
-/// Run one scenario (or all) against `--bootstrap` and print the table.
+/// Run one scenario (or all) against `--bootstrap` under `protocol`
+/// (`classic`, `consumer` or `both`) and print the table.
 async fn scenario(
     connect: &connect::ConnectArgs,
     name: &str,
+    protocol: &str,
     log: Option<&logging::LogFile>,
 ) -> anyhow::Result<()> {
     use sim_tests::scenarios::{self, Report};
@@ -228,7 +241,23 @@ async fn scenario(
     } else {
         vec![name]
     };
-    let mut all = Vec::new();
+    let protocols: Vec<&str> = match protocol {
+        "both" if testkit::speaks_848(&broker).await => vec!["classic", "consumer"],
+        "both" => {
+            eprintln!(
+                "the broker at {} has KIP-848 off: the scenarios run under the classic protocol only",
+                connect.bootstrap
+            );
+            vec!["classic"]
+        }
+        "consumer" if !testkit::speaks_848(&broker).await => anyhow::bail!(
+            "the broker at {} has KIP-848 off (Kafka 4.0 and later have it on; 3.9 needs \
+             group.coordinator.rebalance.protocols=classic,consumer): use \
+             --group-protocol classic",
+            connect.bootstrap
+        ),
+        p => vec![p],
+    };
     if let Some(log) = log {
         eprintln!(
             "The scenarios inject faults on purpose, so the client logs warnings;\n\
@@ -236,33 +265,54 @@ async fn scenario(
             log.path.display()
         );
     }
+    let mut runs: Vec<Vec<Report>> = vec![Vec::new(); protocols.len()];
     for n in names {
-        if scenarios::RESILIENT_ONLY.contains(&n) {
-            eprintln!("scenario {n}: running (resilient only)…");
-        } else {
-            eprintln!("scenario {n}: running (naive, then resilient)…");
-        }
-        let started = Instant::now();
-        let logged_before = log.map_or(0, |l| l.lines());
-        let reports = scenarios::run_by_name(&broker, n).await.ok_or_else(|| {
-            anyhow::anyhow!(
-                "unknown scenario {n}; one of: {}",
-                scenarios::NAMES.join(", ")
-            )
-        })?;
-        let logged = log.map_or(0, |l| l.lines()) - logged_before;
-        eprintln!(
-            "scenario {n}: done in {:.1} s{}",
-            started.elapsed().as_secs_f64(),
-            if logged > 0 {
-                format!(" ({logged} log lines, expected from the injected faults, in the log file)")
+        for (p, protocol) in protocols.iter().enumerate() {
+            testkit::set_group_protocol(protocol);
+            let what = if scenarios::RESILIENT_ONLY.contains(&n) {
+                "resilient only"
             } else {
-                String::new()
-            }
-        );
-        all.extend(reports);
+                "naive, then resilient"
+            };
+            let under = match *protocol {
+                "consumer" => "group.protocol=consumer (KIP-848)",
+                _ => "group.protocol=classic",
+            };
+            eprintln!("scenario {n}: running ({what}; {under})…");
+            let started = Instant::now();
+            let logged_before = log.map_or(0, |l| l.lines());
+            let reports = scenarios::run_by_name(&broker, n).await.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown scenario {n}; one of: {}",
+                    scenarios::NAMES.join(", ")
+                )
+            })?;
+            let logged = log.map_or(0, |l| l.lines()) - logged_before;
+            eprintln!(
+                "scenario {n}: done in {:.1} s{}",
+                started.elapsed().as_secs_f64(),
+                if logged > 0 {
+                    format!(
+                        " ({logged} log lines, expected from the injected faults, in the log file)"
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            runs[p].extend(reports);
+        }
     }
-    println!("{}", Report::table(&all));
+    let first: Vec<&Report> = runs[0].iter().collect();
+    let table = match runs.get(1) {
+        Some(kip848) if protocols[0] == "classic" => {
+            Report::table_with_848(&first, &kip848.iter().collect::<Vec<_>>())
+        }
+        _ => Report::table(first),
+    };
+    if protocols == ["consumer"] {
+        println!("Every run below used group.protocol=consumer (KIP-848).\n");
+    }
+    println!("{table}");
     Ok(())
 }
 

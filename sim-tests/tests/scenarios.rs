@@ -237,3 +237,23 @@ async fn corrupt_batches_are_never_handled_and_the_processor_waits_them_out() {
     assert!(r.get("poll errors retried") > 0);
     assert_eq!((r.lost, r.duplicates), (0, 0));
 }
+
+#[tokio::test]
+async fn a_fenced_member_gives_its_partitions_up_uncommitted_and_rejoins() {
+    let b = testkit::require_broker!();
+    let r = scenarios::fenced_member(&b, 42).await;
+    show(&[&r]);
+    assert!(r.get("heartbeats held") > 0, "the fault never fired");
+    assert!(
+        r.get("losses seen by the fenced member") > 0,
+        "the member never learned it was fenced: {r}"
+    );
+    assert_eq!(
+        r.get("commits after revoke"),
+        0,
+        "a commit landed for a partition after it was lost"
+    );
+    assert_eq!(r.get("commits regressed"), 0);
+    assert_eq!(r.get("rejoined"), 1, "the fenced member did not join again");
+    assert_eq!((r.lost, r.unhandled), (0, 0), "{r}");
+}

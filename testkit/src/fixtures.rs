@@ -108,12 +108,24 @@ pub const CLASSIC_ONLY: [&str; 3] = [
     "partition.assignment.strategy",
 ];
 
-/// The group protocol a suite runs under when it is not classic:
-/// `KAFKA_GROUP_PROTOCOL` (`consumer` for KIP-848, or `auto`), as
-/// `cargo xtask test` sets it for its second pass.
+/// The protocol [`set_group_protocol`] chose for this process, if it did.
+static CHOSEN_PROTOCOL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Run this process's group members under `protocol` (`classic`,
+/// `consumer` or `auto`) from now on, whatever `KAFKA_GROUP_PROTOCOL` says:
+/// the lab runs its scenarios under each protocol in turn this way.
+pub fn set_group_protocol(protocol: &str) {
+    *CHOSEN_PROTOCOL.lock().expect("protocol lock") = Some(protocol.to_string());
+}
+
+/// The group protocol a suite runs under when it is not classic: the one
+/// [`set_group_protocol`] chose, else `KAFKA_GROUP_PROTOCOL` (`consumer`
+/// for KIP-848, or `auto`), as `cargo xtask test` sets it for its second
+/// pass.
 pub fn group_protocol() -> Option<String> {
-    std::env::var("KAFKA_GROUP_PROTOCOL")
-        .ok()
+    let chosen = CHOSEN_PROTOCOL.lock().expect("protocol lock").clone();
+    chosen
+        .or_else(|| std::env::var("KAFKA_GROUP_PROTOCOL").ok())
         .filter(|p| !p.is_empty() && p != "classic")
 }
 
@@ -152,4 +164,36 @@ pub fn consumer_props<'a>(
             .map(|(k, v)| (*k, v.to_string())),
     );
     props
+}
+
+/// Is KIP-848 on at the broker? Kafka 3.9 advertises ConsumerGroupHeartbeat
+/// and ConsumerGroupDescribe even while the feature is off, and answers
+/// UNSUPPORTED_VERSION in the response body: ask, do not read the API list.
+pub async fn speaks_848(b: &BrokerEnv) -> bool {
+    use kafka_wire::messages::{ApiKey, ConsumerGroupDescribeRequest, GroupId};
+    let client = client(b).await;
+    let md = client.refresh_metadata(None).await.unwrap();
+    let id = *md.brokers.keys().next().expect("a broker");
+    let conn = client
+        .connection(id, kafka_wire::Lane::Control)
+        .await
+        .unwrap();
+    if conn.version(ApiKey::ConsumerGroupDescribe).is_err() {
+        return false;
+    }
+    let req = ConsumerGroupDescribeRequest::default().with_group_ids(vec![GroupId(
+        kafka_wire::StrBytes::from_string(crate::unique_name("probe-848")),
+    )]);
+    let resp = client
+        .send_to(
+            id,
+            kafka_wire::Lane::Control,
+            &req,
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    resp.groups
+        .first()
+        .is_some_and(|g| g.error_code != kafka_wire::KafkaCode::UnsupportedVersion.code())
 }

@@ -22,7 +22,7 @@
 //! | module | what lives there |
 //! |---|---|
 //! | this file | broker (and PostgreSQL) discovery, [`unique_name`], [`restart_broker`] |
-//! | `fixtures` | [`client`], [`create_topic`], [`produce`], [`numbered_topic`], producer configs, [`consumer_props`] (classic, or the protocol `KAFKA_GROUP_PROTOCOL` names): one version for every crate |
+//! | `fixtures` | [`client`], [`create_topic`], [`produce`], [`numbered_topic`], producer configs, [`consumer_props`] (classic, or the protocol `KAFKA_GROUP_PROTOCOL` or [`set_group_protocol`] names), [`speaks_848`]: one version for every crate |
 //! | `wait` | [`eventually`], [`eventually_async`], [`eventually_blocking`]: wait for a condition, never a fixed sleep |
 
 mod fixtures;
@@ -30,8 +30,8 @@ mod wait;
 
 pub use fixtures::{
     client, consumer_props, create_topic, create_topic_with, group_protocol, kip848,
-    numbered_records, numbered_topic, produce, producer_builder, producer_config, CLASSIC_ONLY,
-    CONSUMER_DEFAULTS,
+    numbered_records, numbered_topic, produce, producer_builder, producer_config,
+    set_group_protocol, speaks_848, CLASSIC_ONLY, CONSUMER_DEFAULTS,
 };
 pub use wait::{eventually, eventually_async, eventually_blocking};
 

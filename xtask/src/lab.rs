@@ -2,7 +2,8 @@
 //!
 //! By default: `kafka-lab check` (connect, negotiate versions, list topics),
 //! then `kafka-lab scenario all`: each classic failure run by a naive
-//! consumer and by the runtime, with a table of counts.
+//! consumer and by the runtime, under the classic group protocol and then
+//! under KIP-848, with a table of counts.
 
 use anyhow::Context;
 

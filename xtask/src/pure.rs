@@ -3,8 +3,11 @@
 //! Two independent checks, because each alone can be fooled:
 //! 1. the dependency tree (normal + build edges, every target platform) names
 //!    none of the crates that compile or link C;
-//! 2. a fresh build of the library crates succeeds with `CC` and `CXX` set to
-//!    `/bin/false`, in its own target directory so nothing cached hides a C build.
+//! 2. a fresh `cargo check` of the library crates (every build script runs,
+//!    which is where C would be compiled) succeeds with `CC` and `CXX` set to
+//!    `/bin/false`, in its own target directory so nothing cached hides a C
+//!    build. The downstream application's tests then build and link for real
+//!    with the same settings.
 
 use std::time::Instant;
 
@@ -76,13 +79,17 @@ pub fn check_pure() -> anyhow::Result<()> {
     );
 
     eprintln!(
-        "check-pure: building the library crates from scratch with CC=/bin/false \
-         (its own target dir; a few minutes the first time)"
+        "check-pure: checking the library crates from scratch with CC=/bin/false \
+         (its own target dir; build scripts run, as in a build; a few minutes the first time)"
     );
-    // Not --quiet: cargo's own progress shows while it builds.
+    // `cargo check` runs every build script (where a C compiler would be
+    // called) and compiles proc macros, as a build does; it skips only the
+    // library crates' code generation, which never calls a C compiler. The
+    // downstream application's tests do the full build with CC=/bin/false.
+    // Not --quiet: cargo's own progress shows while it checks.
     let mut build = shell::cargo();
     build
-        .args(["build", "--all-features", "--target-dir"])
+        .args(["check", "--all-features", "--target-dir"])
         .arg(workspace_root().join("target").join("check-pure"))
         .env("CC", "/bin/false")
         .env("CXX", "/bin/false");
@@ -96,7 +103,7 @@ pub fn check_pure() -> anyhow::Result<()> {
         )
     })?;
     println!(
-        "check-pure: library crates build with CC=/bin/false CXX=/bin/false ({:.0} s)",
+        "check-pure: library crates check (build scripts included) with CC=/bin/false CXX=/bin/false ({:.0} s)",
         started.elapsed().as_secs_f64()
     );
 
@@ -104,7 +111,7 @@ pub fn check_pure() -> anyhow::Result<()> {
     eprintln!("check-pure: the same with --no-default-features");
     let mut minimal = shell::cargo();
     minimal
-        .args(["build", "--no-default-features", "--target-dir"])
+        .args(["check", "--no-default-features", "--target-dir"])
         .arg(workspace_root().join("target").join("check-pure"))
         .env("CC", "/bin/false")
         .env("CXX", "/bin/false");
@@ -117,7 +124,7 @@ pub fn check_pure() -> anyhow::Result<()> {
              (a feature-gated item is used unconditionally): {e}"
         )
     })?;
-    println!("check-pure: --no-default-features builds too");
+    println!("check-pure: --no-default-features checks too");
     Ok(())
 }
 

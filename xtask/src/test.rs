@@ -296,7 +296,7 @@ fn tests(
 /// `KAFKA_GROUP_PROTOCOL=consumer` (the tests' helpers then configure
 /// `group.protocol=consumer`). `--workspace` with `--test` filters keeps
 /// the workspace run's feature set, so nothing is rebuilt.
-const KIP848_SUITES: [&str; 7] = [
+const KIP848_SUITES: [&str; 8] = [
     "group",
     "group_protocol",
     "java_interop",
@@ -304,6 +304,7 @@ const KIP848_SUITES: [&str; 7] = [
     "offsets",
     "kafka_semantics",
     "live_props",
+    "scenarios",
 ];
 
 fn kip848_tests(env: &[(String, String)], counts: &mut Counts) -> anyhow::Result<String> {

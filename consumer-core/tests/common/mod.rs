@@ -50,34 +50,7 @@ pub fn classic(c: ConsumerConfigBuilder, key: &str, value: &str) -> ConsumerConf
     }
 }
 
-/// Is KIP-848 on at the broker? Kafka 3.9 advertises ConsumerGroupHeartbeat
-/// and ConsumerGroupDescribe even while the feature is off, and answers
-/// UNSUPPORTED_VERSION in the response body: ask, do not read the API list.
+/// Is KIP-848 on at the broker? ([`testkit::speaks_848`].)
 pub async fn speaks_848(b: &testkit::BrokerEnv) -> bool {
-    use kafka_wire::messages::{ApiKey, ConsumerGroupDescribeRequest, GroupId};
-    let client = testkit::client(b).await;
-    let md = client.refresh_metadata(None).await.unwrap();
-    let id = *md.brokers.keys().next().expect("a broker");
-    let conn = client
-        .connection(id, kafka_wire::Lane::Control)
-        .await
-        .unwrap();
-    if conn.version(ApiKey::ConsumerGroupDescribe).is_err() {
-        return false;
-    }
-    let req = ConsumerGroupDescribeRequest::default().with_group_ids(vec![GroupId(
-        kafka_wire::StrBytes::from_string(testkit::unique_name("probe-848")),
-    )]);
-    let resp = client
-        .send_to(
-            id,
-            kafka_wire::Lane::Control,
-            &req,
-            std::time::Duration::ZERO,
-        )
-        .await
-        .unwrap();
-    resp.groups
-        .first()
-        .is_some_and(|g| g.error_code != kafka_wire::KafkaCode::UnsupportedVersion.code())
+    testkit::speaks_848(b).await
 }

@@ -31,7 +31,7 @@ fn answers(bootstrap: &str) -> bool {
 /// also has to load its state first).
 pub async fn consumer_before_broker(b: &testkit::BrokerEnv) -> (Report, Report) {
     const N: u32 = 500;
-    const NAME: &str = "7 consumer starts before the broker";
+    const NAME: &str = "7 broker down at start";
     let admin = testkit::client(b).await;
     let topic = numbered(b, &admin, "sc-before", 2, N).await;
     drop(admin);

@@ -195,7 +195,7 @@ async fn churn(
 ///    lost. Resilient: 0 lost; without a DedupStore, redeliveries only from
 ///    the killed member's uncommitted window; with one, 0 duplicates.
 pub async fn restart_under_load(b: &testkit::BrokerEnv) -> [Report; 3] {
-    const NAME: &str = "5 restart + rebalance under load";
+    const NAME: &str = "5 stop, kill, join";
     let admin = testkit::client(b).await;
     let work = taking(Duration::from_millis(1));
 

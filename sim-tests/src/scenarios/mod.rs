@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `classic.rs` | 1 rebalance duplicates, 2 crash with auto-commit, 3 poison + transient, 11 DLT unavailable |
 //! | `load.rs` | 4 burst vs a slow downstream, 5 restart and rebalance under load, 6 scaling out under lag |
-//! | `network.rs` | 7 startup race, 9 connection chaos, 10 ambiguous commit, 12 slow and lossy network |
+//! | `network.rs` | 7 startup race, 9 connection chaos, 10 ambiguous commit, 12 slow and lossy network, 13 corrupt batches, 14 a fenced member |
 //! | `broker.rs` | 7 with the real broker down, 8 broker restart (these stop the shared broker) |
 
 mod broker;
@@ -22,7 +22,8 @@ pub use classic::{
 };
 pub use load::{burst_with_slow_downstream, restart_under_load, scale_out_under_lag};
 pub use network::{
-    ambiguous_commit, connection_chaos, corrupt_batches, slow_lossy_network, startup_race,
+    ambiguous_commit, connection_chaos, corrupt_batches, fenced_member, slow_lossy_network,
+    startup_race,
 };
 
 use std::collections::HashMap;
@@ -248,42 +249,67 @@ impl Report {
     /// happened, with any notes.
     pub fn table<'a>(reports: impl IntoIterator<Item = &'a Report>) -> String {
         let reports: Vec<&Report> = reports.into_iter().collect();
+        Self::table_with_848(&reports, &[])
+    }
+
+    /// [`Report::table`] of the runs under the classic protocol, with a
+    /// column for the same runs under KIP-848 (`group.protocol=consumer`):
+    /// their duplicates and lost records, "–" where there is no such run.
+    /// `kip848[i]` is the run of `classic[i]`'s scenario and mode. A
+    /// KIP-848 run whose counts differ from its classic run adds its own
+    /// line under the classic run's.
+    pub fn table_with_848(classic: &[&Report], kip848: &[&Report]) -> String {
         let dash = |v: Option<u64>| v.map_or_else(|| "–".to_string(), |v| v.to_string());
-        let header = [
+        let with_848 = !kip848.is_empty();
+        let twin = |i: usize, r: &Report| {
+            kip848
+                .get(i)
+                .copied()
+                .filter(|k| k.scenario == r.scenario && k.mode == r.mode)
+        };
+        let mut header = vec![
             "#",
             "scenario",
             "mode",
             "produced",
             "handled",
-            "effects",
             "dups",
             "lost",
             "unhandled",
             "DLT",
         ];
-        let mut rows: Vec<[String; 10]> = Vec::new();
+        if with_848 {
+            header.push("848 dups/lost");
+        }
+        let mut rows: Vec<Vec<String>> = Vec::new();
         let mut last = "";
-        for (i, r) in reports.iter().enumerate() {
+        for (i, r) in classic.iter().enumerate() {
             let scenario = if r.scenario == last {
                 String::new()
             } else {
                 r.scenario.to_string()
             };
             last = r.scenario;
-            rows.push([
+            let mut row = vec![
                 (i + 1).to_string(),
                 scenario,
                 r.mode.to_string(),
                 r.produced.to_string(),
                 r.handled.to_string(),
-                r.side_effects.to_string(),
                 r.duplicates.to_string(),
                 r.lost.to_string(),
                 r.unhandled.to_string(),
                 dash(r.dead_lettered),
-            ]);
+            ];
+            if with_848 {
+                row.push(twin(i, r).map_or_else(
+                    || "–".to_string(),
+                    |k| format!("{}/{}", k.duplicates, k.lost),
+                ));
+            }
+            rows.push(row);
         }
-        let mut width = header.map(|h| h.chars().count());
+        let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
         for row in &rows {
             for (w, cell) in width.iter_mut().zip(row) {
                 *w = (*w).max(cell.chars().count());
@@ -292,7 +318,7 @@ impl Report {
         // Text columns left-aligned, counts right-aligned.
         let line = |cells: &[String]| {
             let mut s = String::from("|");
-            for (i, (cell, w)) in cells.iter().zip(width).enumerate() {
+            for (i, (cell, w)) in cells.iter().zip(&width).enumerate() {
                 let pad = w - cell.chars().count();
                 if (1..=2).contains(&i) {
                     s.push_str(&format!(" {cell}{} |", " ".repeat(pad)));
@@ -302,7 +328,8 @@ impl Report {
             }
             s
         };
-        let mut t = line(&header.map(String::from));
+        let header: Vec<String> = header.into_iter().map(String::from).collect();
+        let mut t = line(&header);
         t.push('\n');
         t.push('|');
         for (i, w) in width.iter().enumerate() {
@@ -318,19 +345,47 @@ impl Report {
             t.push_str(&line(row));
         }
         t.push_str("\n\n");
-        t.push_str(&wrap(
+        let mut legend = String::from(
             "lost: committed past (or never written) and never handled: gone for good. \
              unhandled: not handled by the end of the run and not committed past: a restart \
-             would process them. effects: side effects applied (handled + dups). \
-             DLT: dead-lettered. \"–\": not measured in that run.",
-            118,
-            "",
-        ));
+             would process them. dups: side effects applied twice or more. DLT: \
+             dead-lettered. \"–\": not measured in that run.",
+        );
+        if with_848 {
+            legend.push_str(
+                " 848 dups/lost: the same run with group.protocol=consumer (KIP-848); its own \
+                 line follows the classic one where its counts differ.",
+            );
+        }
+        t.push_str(&wrap(&legend, 118, ""));
         t.push('\n');
-        for (i, r) in reports.iter().enumerate() {
+        for (i, r) in classic.iter().enumerate() {
             let text = format!("{}. {} ({}): {}", i + 1, r.scenario, r.mode, r.describe());
             t.push('\n');
             t.push_str(&wrap(&text, 118, "    "));
+            if let Some(k) = twin(i, r) {
+                let counts = |r: &Report| {
+                    (
+                        r.handled,
+                        r.duplicates,
+                        r.lost,
+                        r.unhandled,
+                        r.dead_lettered,
+                    )
+                };
+                if counts(k) != counts(r) {
+                    let text = format!(
+                        "under KIP-848: handled {}, dups {}, lost {}, unhandled {}: {}",
+                        k.handled,
+                        k.duplicates,
+                        k.lost,
+                        k.unhandled,
+                        k.describe()
+                    );
+                    t.push_str("\n    ");
+                    t.push_str(&wrap(&text, 114, "      "));
+                }
+            }
         }
         t
     }
@@ -582,7 +637,7 @@ impl NaiveHandoff {
 }
 
 /// Every scenario's name, for `kafka-lab scenario`, in number order.
-pub const NAMES: [&str; 14] = [
+pub const NAMES: [&str; 15] = [
     "rebalance",
     "crash",
     "poison",
@@ -597,15 +652,21 @@ pub const NAMES: [&str; 14] = [
     "dlt-unavailable",
     "slow-network",
     "corrupt-batch",
+    "fenced",
 ];
 
 /// Scenarios with only a resilient run (the fault needs the runtime's
 /// retries to be survivable at all; a naive run would only hang).
-pub const RESILIENT_ONLY: [&str; 4] =
-    ["chaos", "ambiguous-commit", "slow-network", "corrupt-batch"];
+pub const RESILIENT_ONLY: [&str; 5] = [
+    "chaos",
+    "ambiguous-commit",
+    "slow-network",
+    "corrupt-batch",
+    "fenced",
+];
 
 /// One line per scenario for `--help`: its name and what it shows.
-pub const ABOUT: [(&str, &str); 14] = [
+pub const ABOUT: [(&str, &str); 15] = [
     (
         "rebalance",
         "1: a handler slower than max.poll.interval.ms (duplicates)",
@@ -656,6 +717,10 @@ pub const ABOUT: [(&str, &str); 14] = [
         "corrupt-batch",
         "13: every fetched batch corrupted until the link heals (resilient only)",
     ),
+    (
+        "fenced",
+        "14: a member's heartbeats held past the session: fenced, rejoins (resilient only)",
+    ),
 ];
 
 /// Scenarios that stop or restart the shared broker: run them alone.
@@ -681,6 +746,7 @@ pub async fn run_by_name(b: &testkit::BrokerEnv, name: &str) -> Option<Vec<Repor
         "dlt-unavailable" => two(dlt_unavailable(b).await),
         "slow-network" => vec![slow_lossy_network(b, 42).await],
         "corrupt-batch" => vec![corrupt_batches(b, 42).await],
+        "fenced" => vec![fenced_member(b, 42).await],
         _ => return None,
     })
 }
@@ -710,7 +776,7 @@ mod tests {
             report("resilient", 0, 0, Some(50)),
         ]);
         let lines: Vec<&str> = t.lines().collect();
-        assert!(lines[0].contains("| lost | unhandled |"), "{t}");
+        assert!(lines[0].contains("| dups | lost | unhandled |"), "{t}");
         assert!(lines[2].contains("|    3 |       552 |   – |"), "{t}");
         assert!(lines[3].contains("|    0 |         0 |  50 |"), "{t}");
         // The second row of a scenario does not repeat its name.
@@ -727,6 +793,44 @@ mod tests {
             "{t}"
         );
         assert!(t.lines().all(|l| l.chars().count() <= 120), "{t}");
+    }
+
+    #[test]
+    fn the_848_column_shows_the_same_runs_under_kip_848_and_a_line_where_they_differ() {
+        let classic = [
+            report("naive", 3, 552, None),
+            report("resilient", 0, 0, Some(50)),
+        ];
+        let mut naive_848 = report("naive", 0, 555, None);
+        naive_848.duplicates = 7;
+        naive_848.verdict = "stuck".into();
+        let kip848 = [naive_848, report("resilient", 0, 0, Some(50))];
+        let t = Report::table_with_848(
+            &classic.iter().collect::<Vec<_>>(),
+            &kip848.iter().collect::<Vec<_>>(),
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].ends_with("| DLT | 848 dups/lost |"), "{t}");
+        assert!(lines[2].ends_with("|   – |           7/0 |"), "{t}");
+        assert!(lines[3].ends_with("|  50 |           0/0 |"), "{t}");
+        // Only the run whose counts differ gets its own line.
+        assert_eq!(t.matches("under KIP-848:").count(), 1, "{t}");
+        assert!(
+            t.contains("under KIP-848: handled 445, dups 7, lost 0, unhandled 555: stuck"),
+            "{t}"
+        );
+        // The widest names the lab prints still fit 120 columns.
+        let mut wide = report("+ DedupStore", 0, 0, None);
+        wide.scenario = "4 burst vs slow downstream";
+        wide.produced = 100_000;
+        let t = Report::table_with_848(&[&wide], &[&wide]);
+        assert!(t.lines().all(|l| l.chars().count() <= 120), "{t}");
+        // A scenario without a KIP-848 run shows a dash.
+        let t = Report::table_with_848(&[&wide], &[&classic[0]]);
+        assert!(
+            t.lines().nth(2).unwrap().ends_with("|             – |"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The network misbehaves: every connection reset at random (9), commits
 //! cut off after they were sent (10), a slow and lossy link (12), record
-//! batches corrupted in transit (13).
+//! batches corrupted in transit (13), a member fenced by the group (14).
 
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
@@ -231,4 +231,82 @@ pub async fn corrupt_batches(b: &testkit::BrokerEnv, seed: u64) -> Report {
                 "EXITED"
             }
         ))
+}
+
+/// 14. A member fenced by the group: its heartbeats are held back 10 s,
+///     past the group's 6 s session, while a second member joins. The group
+///     removes it and hands its partitions to the other member. When the
+///     held heartbeat lands, the fenced member learns it (KIP-848:
+///     UNKNOWN_MEMBER_ID or FENCED_MEMBER_EPOCH; classic: UNKNOWN_MEMBER_ID
+///     or ILLEGAL_GENERATION), gives its partitions up as lost without
+///     committing them, and joins again. Nothing is lost and no commit
+///     lands for a partition after its loss; the records the fenced member
+///     handled while it did not yet know are handled again by the new
+///     owner (at-least-once, counted as duplicates).
+pub async fn fenced_member(b: &testkit::BrokerEnv, seed: u64) -> Report {
+    const N: u32 = 4_000;
+    const HELD: Duration = Duration::from_secs(10);
+    let heartbeat = support::heartbeat_api();
+    let admin = testkit::client(b).await;
+    let topic = numbered(b, &admin, "sc-fenced", 4, N).await;
+    let group = testkit::unique_name("sc-fenced");
+    let proxy = FaultProxy::new(seed);
+    let sink = Arc::new(Sink::default());
+    let slow = taking(Duration::from_millis(10));
+    let (log_a, log_b) = (Arc::new(EventLog::default()), Arc::new(EventLog::default()));
+    let mut cfg = resilient(b, &group, &topic).observer(log_a.clone());
+    cfg.consumer.client.connector = proxy.connector();
+    let a = start(cfg, &sink, &slow);
+    // The member owns every partition and is working.
+    testkit::eventually(Duration::from_secs(30), || sink.distinct() >= 200).await;
+    proxy.set(Faults {
+        delay_request: Some((heartbeat, HELD)),
+        ..Faults::default()
+    });
+    let held_at = Instant::now();
+    let other = start(
+        resilient(b, &group, &topic).observer(log_b.clone()),
+        &sink,
+        &slow,
+    );
+    // The held heartbeat lands; the member learns it was fenced.
+    let learned = testkit::eventually(Duration::from_secs(40), || log_a.losses() > 0).await;
+    let learned_after = held_at.elapsed();
+    proxy.set(Faults::default());
+    drained(b, (&group, &topic), &sink, N, Duration::from_secs(90)).await;
+    // The fenced member joined again and took part: it holds partitions.
+    let rejoined = testkit::eventually(Duration::from_secs(20), || log_a.assignments() >= 2).await;
+    a.stop().await;
+    other.stop().await;
+    let late: usize = [&log_a, &log_b]
+        .iter()
+        .map(|l| l.commits_after_revoke().len())
+        .sum();
+    let regressed = log_a.commit_regressions() + log_b.commit_regressions();
+    let delayed = proxy.stats.requests_delayed.load(AtomicOrdering::Relaxed);
+    let mut r = Report::of("14 fenced member", "resilient", N, &sink, None)
+        .split_missing(b, &group, &topic, &sink)
+        .await
+        .fact("heartbeats held", delayed)
+        .fact("losses seen by the fenced member", log_a.losses())
+        .millis("fence learned after, ms", learned_after)
+        .fact("rejoined", u64::from(rejoined))
+        .fact("commits after revoke", late)
+        .fact("commits regressed", regressed);
+    r = if learned {
+        let dups = r.duplicates;
+        r.verdict(format!(
+            "with every heartbeat held {} s against a 6 s session, the member found itself \
+             fenced {:.1} s after the hold began, gave its partitions up as lost ({late} \
+             commits after the loss) and joined again; nothing lost; {dups} duplicates: \
+             records it handled before it knew, handled again by their new owner \
+             (at-least-once)",
+            HELD.as_secs(),
+            learned_after.as_secs_f64()
+        ))
+    } else {
+        r.verdict("the fenced member never learned it was fenced")
+    };
+    r.rebalances = Some((log_a.assignments() + log_b.assignments()) as u64);
+    r
 }
