@@ -56,6 +56,12 @@ pub enum Action {
         /// Apache Kafka version from Maven Central (3.9+ for `--standalone` KRaft).
         #[arg(long, default_value = KAFKA_VERSION)]
         kafka_version: String,
+        /// An extra line for the broker's server.properties (repeatable),
+        /// e.g. `group.coordinator.rebalance.protocols=classic,consumer`
+        /// to turn KIP-848 on in Kafka 3.9. Applies when the broker starts
+        /// fresh; a running one is reused as it is.
+        #[arg(long = "server-property", value_name = "KEY=VALUE")]
+        server_properties: Vec<String>,
     },
     /// Stop the broker this harness started (by pid), and nothing else.
     Down {
@@ -105,8 +111,16 @@ pub fn run(action: Action) -> anyhow::Result<()> {
         Action::Up {
             engine,
             kafka_version,
+            server_properties,
         } => {
+            set_server_properties(&server_properties);
             let up = up(engine, &kafka_version)?;
+            if !up.started_now && !server_properties.is_empty() {
+                eprintln!(
+                    "note: the broker was already running, so --server-property did not apply; \
+                     `cargo xtask broker down` first"
+                );
+            }
             println!(
                 "{} broker {} ({})",
                 if up.started_now { "started" } else { "reusing" },
@@ -145,6 +159,15 @@ pub const USER_INSTANCE: &str = "broker";
 pub const TEST_INSTANCE: &str = "broker-test";
 
 static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Extra server.properties lines for the brokers this process starts next.
+static EXTRA_PROPERTIES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Add `lines` (`key=value`) to the server.properties of every broker this
+/// process starts from now on (replacing earlier ones; empty: none).
+pub fn set_server_properties(lines: &[String]) {
+    *EXTRA_PROPERTIES.lock().expect("properties lock") = lines.to_vec();
+}
 
 /// Make every later call in this process use `instance` (before the first
 /// call; later calls are ignored).
@@ -465,7 +488,21 @@ listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.secu
         data = dirs.data.display(),
         keystore = certs.broker_keystore.display(),
         ca = certs.ca_pem.display(),
-    )
+    ) + &extra_properties()
+}
+
+/// The [`set_server_properties`] lines, under a comment; empty without any.
+fn extra_properties() -> String {
+    let extra = EXTRA_PROPERTIES.lock().expect("properties lock");
+    if extra.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("# Added with --server-property:\n");
+    for line in extra.iter() {
+        s.push_str(line);
+        s.push('\n');
+    }
+    s
 }
 
 const LOG4J2_PROPERTIES: &str = "status = warn

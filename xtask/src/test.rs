@@ -229,6 +229,15 @@ fn run_steps(
             // suites again under group.protocol=consumer.
             result = timed(steps, "kip-848 tests", || kip848_tests(&env, counts));
         }
+        if i > 0 && result.is_ok() && args.cargo_test_args.is_empty() && version.starts_with("3.9")
+        {
+            // Kafka 3.9 has KIP-848 off by default (the run above checked
+            // that `auto` falls back); turned on, it speaks
+            // ConsumerGroupHeartbeat v0.
+            result = timed(steps, "compat kip-848", || {
+                kip848_on_3_9(&env, version, counts)
+            });
+        }
         // Stop the test broker, even when tests failed: it is the test run's
         // own (target/broker-test), also when reused from an interrupted run.
         let _ = timed(steps, names[2], || {
@@ -296,7 +305,7 @@ fn tests(
 /// `KAFKA_GROUP_PROTOCOL=consumer` (the tests' helpers then configure
 /// `group.protocol=consumer`). `--workspace` with `--test` filters keeps
 /// the workspace run's feature set, so nothing is rebuilt.
-const KIP848_SUITES: [&str; 8] = [
+const KIP848_SUITES: [&str; 9] = [
     "group",
     "group_protocol",
     "java_interop",
@@ -305,6 +314,7 @@ const KIP848_SUITES: [&str; 8] = [
     "kafka_semantics",
     "live_props",
     "scenarios",
+    "eos",
 ];
 
 fn kip848_tests(env: &[(String, String)], counts: &mut Counts) -> anyhow::Result<String> {
@@ -324,6 +334,53 @@ fn kip848_tests(env: &[(String, String)], counts: &mut Counts) -> anyhow::Result
         c.passed,
         c.failed,
         KIP848_SUITES.join(", ")
+    );
+    if c.failed > 0 {
+        bail!("{line}");
+    }
+    Ok(line)
+}
+
+/// The setting that turns KIP-848 on in Kafka 3.9.
+const KIP848_ON_3_9: &str = "group.coordinator.rebalance.protocols=classic,consumer";
+
+/// Restart the compat broker `version` (3.9) with [`KIP848_ON_3_9`] and run
+/// the KIP-848 group tests against it: ConsumerGroupHeartbeat v0, no
+/// server-side regex.
+fn kip848_on_3_9(
+    env: &[(String, String)],
+    version: &str,
+    counts: &mut Counts,
+) -> anyhow::Result<String> {
+    broker::down(version)?;
+    broker::set_server_properties(&[KIP848_ON_3_9.to_string()]);
+    let running = broker::up(Engine::Kafka, version);
+    broker::set_server_properties(&[]);
+    let running = running?;
+    let mut env: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| !running.env.iter().any(|(r, _)| r == k))
+        .cloned()
+        .collect();
+    env.extend(running.env.iter().cloned());
+    env.push(("KAFKA_GROUP_PROTOCOL".into(), "consumer".into()));
+    eprintln!(
+        "\n==> Kafka {version} with {KIP848_ON_3_9}: the KIP-848 group tests (v0 heartbeats)"
+    );
+    let suites = ["group_protocol", "member_epoch"];
+    let mut args = vec!["--workspace".to_string()];
+    for t in suites {
+        args.extend(["--test".to_string(), t.to_string()]);
+    }
+    let c = cargo_test(&env, &args, &[])?;
+    counts.passed += c.passed;
+    counts.failed += c.failed;
+    counts.ignored += c.ignored;
+    let line = format!(
+        "Kafka {version} with KIP-848 on: {} passed, {} failed ({})",
+        c.passed,
+        c.failed,
+        suites.join(", ")
     );
     if c.failed > 0 {
         bail!("{line}");
