@@ -95,6 +95,12 @@ pub struct ConsumerConfig {
     /// `group.remote.assignor`: the broker-side assignor under the consumer
     /// protocol (`uniform`, `range`); `None`: the broker's default.
     pub group_remote_assignor: Option<String>,
+    /// `client.rack`: the rack (or availability zone) this consumer runs
+    /// in. Sent in every Fetch (KIP-392: a broker with a `replica.selector`
+    /// may point the consumer at a replica in its rack), in the classic
+    /// subscription (v3, for rack-aware assignors) and in KIP-848
+    /// heartbeats (the broker's rack-aware assignment). Default none.
+    pub client_rack: Option<String>,
 }
 
 impl ConsumerConfig {
@@ -123,6 +129,7 @@ impl ConsumerConfig {
             max_decompressed_bytes: 64 * 1024 * 1024,
             group_protocol: GroupProtocol::Classic,
             group_remote_assignor: None,
+            client_rack: None,
             classic_only_set: Vec::new(),
         }
     }
@@ -151,6 +158,7 @@ pub struct ConsumerConfigBuilder {
     max_decompressed_bytes: usize,
     group_protocol: GroupProtocol,
     group_remote_assignor: Option<String>,
+    client_rack: Option<String>,
     /// Classic-only properties the user set (refused under `consumer`).
     classic_only_set: Vec<&'static str>,
 }
@@ -182,6 +190,9 @@ impl ConsumerConfigBuilder {
                         )))
                     }
                 }
+            }
+            "client.rack" => {
+                self.client_rack = Some(value.trim().to_string()).filter(|v| !v.is_empty())
             }
             "group.remote.assignor" => {
                 self.group_remote_assignor =
@@ -337,6 +348,7 @@ impl ConsumerConfigBuilder {
             max_decompressed_bytes: self.max_decompressed_bytes,
             group_protocol: self.group_protocol,
             group_remote_assignor: self.group_remote_assignor,
+            client_rack: self.client_rack,
         })
     }
 }
@@ -349,6 +361,24 @@ mod tests {
         ConsumerConfig::builder()
             .bootstrap("127.0.0.1:9092")
             .unwrap()
+    }
+
+    #[test]
+    fn client_rack_is_kept_and_an_empty_one_means_none() {
+        let base = || {
+            ConsumerConfig::builder()
+                .set("bootstrap.servers", "127.0.0.1:9092")
+                .unwrap()
+        };
+        let c = base()
+            .set("client.rack", " rack-a ")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(c.client_rack.as_deref(), Some("rack-a"));
+        let c = base().set("client.rack", "").unwrap().build().unwrap();
+        assert_eq!(c.client_rack, None);
+        assert_eq!(base().build().unwrap().client_rack, None, "default: none");
     }
 
     #[test]

@@ -321,6 +321,9 @@ pub struct GroupDescription {
 pub enum ConfigResource {
     Topic(String),
     Broker(i32),
+    /// A consumer group's configs (KIP-848, Kafka 4.0+), e.g.
+    /// `consumer.session.timeout.ms`; every broker answers for them.
+    Group(String),
 }
 
 impl ConfigResource {
@@ -328,6 +331,7 @@ impl ConfigResource {
         match self {
             ConfigResource::Topic(t) => (2, t.clone()),
             ConfigResource::Broker(b) => (4, b.to_string()),
+            ConfigResource::Group(g) => (32, g.clone()),
         }
     }
 }
@@ -801,7 +805,7 @@ impl Client {
         Ok(())
     }
 
-    /// The configs of a topic or broker.
+    /// The configs of a topic, broker or group.
     ///
     /// # Errors
     /// Broker errors naming the resource.
@@ -816,7 +820,9 @@ impl Client {
         ]);
         let broker = match resource {
             ConfigResource::Broker(id) => *id,
-            ConfigResource::Topic(_) => self.any_connection(Lane::Control).await?.info().broker_id,
+            ConfigResource::Topic(_) | ConfigResource::Group(_) => {
+                self.any_connection(Lane::Control).await?.info().broker_id
+            }
         };
         let resp = self
             .send_to(broker, Lane::Control, &req, Duration::ZERO)

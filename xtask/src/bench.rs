@@ -30,6 +30,10 @@ pub struct Args {
     /// Rounds of alternating peers (default 3; 1 with --quick).
     #[arg(long)]
     rounds: Option<usize>,
+    /// Only the workloads whose name contains this (e.g. `rebalance`); the
+    /// report goes to `target/bench/only-<this>/`, beside the full one.
+    #[arg(long, value_name = "TEXT")]
+    only: Option<String>,
 }
 
 /// Settings every consumer gets (Kafka's names; librdkafka's where they differ).
@@ -88,6 +92,7 @@ enum Peer {
     RdkafkaLatency,
     OursRebalanceCooperative,
     OursRebalanceEager,
+    OursRebalanceConsumer,
 }
 
 impl Peer {
@@ -105,6 +110,7 @@ impl Peer {
             Peer::RdkafkaLatency => "librdkafka (BaseProducer → BaseConsumer)",
             Peer::OursRebalanceCooperative => "ours (runtime, cooperative-sticky)",
             Peer::OursRebalanceEager => "ours (runtime, eager range)",
+            Peer::OursRebalanceConsumer => "ours (runtime, KIP-848 consumer protocol)",
         }
     }
 
@@ -188,7 +194,13 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
     } else {
         (5_000_000, 1_000_000)
     };
-    let out = workspace_root().join("target/bench");
+    let out = match &args.only {
+        Some(only) => workspace_root().join("target/bench").join(format!(
+            "only-{}",
+            only.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+        )),
+        None => workspace_root().join("target/bench"),
+    };
     fs::create_dir_all(&out)?;
 
     let bootstrap = b.bootstrap().to_string();
@@ -278,9 +290,27 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
             count: 0,
             size: 100,
             compression: "none",
-            peers: vec![OursRebalanceCooperative, OursRebalanceEager],
+            peers: vec![
+                OursRebalanceCooperative,
+                OursRebalanceEager,
+                OursRebalanceConsumer,
+            ],
         },
     ];
+    let workloads: Vec<Workload> = workloads
+        .into_iter()
+        .filter(|w| {
+            args.only
+                .as_ref()
+                .is_none_or(|o| w.name.contains(o.as_str()))
+        })
+        .collect();
+    if workloads.is_empty() {
+        bail!(
+            "--only {:?} matches no workload",
+            args.only.as_deref().unwrap_or_default()
+        );
+    }
 
     eprintln!("==> topics (12 partitions) and data, produced once (not timed)");
     for w in &workloads {
@@ -387,7 +417,9 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
         .filter(|(w, _)| matches!(w.kind, Kind::Consume | Kind::Produce))
         .cloned()
         .collect();
-    fs::write(out.join("chart.svg"), chart(&throughput))?;
+    if !throughput.is_empty() {
+        fs::write(out.join("chart.svg"), chart(&throughput))?;
+    }
     println!("{md}");
     println!(
         "bench: {} workloads × {rounds} round(s), every peer read or wrote every record, in {:.0} s; wrote {}/report.md, report.json, chart.svg",
@@ -434,7 +466,7 @@ fn command(peer: Peer, w: &Workload, bin: &Path, bootstrap: &str, java_cfg: &Pat
             stream_producer(&mut c, LATENCY_RATE);
             c
         }
-        Peer::OursRebalanceCooperative | Peer::OursRebalanceEager => {
+        Peer::OursRebalanceCooperative | Peer::OursRebalanceEager | Peer::OursRebalanceConsumer => {
             let mut c = bench_peer("ours-rebalance");
             consumer_knobs(&mut c, false);
             stream_producer(&mut c, REBALANCE_RATE);
@@ -442,7 +474,9 @@ fn command(peer: Peer, w: &Workload, bin: &Path, bootstrap: &str, java_cfg: &Pat
                 Peer::OursRebalanceCooperative => {
                     "partition.assignment.strategy=cooperative-sticky"
                 }
-                _ => "partition.assignment.strategy=range",
+                Peer::OursRebalanceEager => "partition.assignment.strategy=range",
+                // The broker assigns (its default assignor, uniform).
+                _ => "group.protocol=consumer",
             });
             c
         }
@@ -853,7 +887,7 @@ fn rebalance_table(md: &mut String, w: &Workload, runs: &[Run]) {
     }
     let _ = writeln!(
         md,
-        "\nA kept partition has the same owner before the join and at the end. Its gap runs from its last record handled before the join; records arrive every {:.0} ms per partition. The noise floor is the same measure over the 2 s of steady consumption before the join. Members start 1.37 s apart, but every member's heartbeat timer restarts when a rebalance completes, so all of them hear of the next one on the same heartbeat.\n",
+        "\nA kept partition has the same owner before the join and at the end. Its gap runs from its last record handled before the join; records arrive every {:.0} ms per partition. The noise floor is the same measure over the 2 s of steady consumption before the join. Members start 1.37 s apart, but every member's heartbeat timer restarts when a rebalance completes, so all of them hear of the next one on the same heartbeat. Heartbeat intervals differ by protocol: the classic members use the client default (`heartbeat.interval.ms=3000`); under KIP-848 the broker sets it (`group.consumer.heartbeat.interval.ms`, 500 ms in the harness broker, 5 s by Kafka's default), so KIP-848's figures here are for a 500 ms interval.\n",
         12e3 / REBALANCE_RATE as f64
     );
 }

@@ -320,6 +320,10 @@ impl Fetcher {
                 .with_min_bytes(cfg.fetch_min_bytes)
                 .with_max_bytes(cfg.fetch_max_bytes)
                 .with_isolation_level(cfg.isolation_level.wire())
+                // KIP-392 (Fetch v11+): "" when no rack is set.
+                .with_rack_id(StrBytes::from_string(
+                    cfg.client_rack.clone().unwrap_or_default(),
+                ))
                 .with_session_id(s.session_id)
                 .with_session_epoch(s.epoch)
                 .with_topics(

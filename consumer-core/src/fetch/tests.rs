@@ -177,9 +177,28 @@ fn build_sends_one_fetch_per_leader_with_positions_and_epochs() {
         "the first fetch is a full one"
     );
 
+    assert_eq!(
+        plan.fetches[0].request.rack_id.as_str(),
+        "",
+        "no client.rack"
+    );
+
     // One fetch in flight per broker.
     let again = f.build_requests(&md, &[], &cfg, Instant::now());
     assert!(again.fetches.is_empty());
+}
+
+#[test]
+fn client_rack_goes_into_every_fetch() {
+    let md = metadata(&[1, 2]);
+    let mut f = fetcher(&[(0, Some(0)), (1, Some(0))]);
+    let mut cfg = cfg("earliest");
+    cfg.client_rack = Some("eu-west-1a".into());
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    assert_eq!(plan.fetches.len(), 2);
+    for fetch in &plan.fetches {
+        assert_eq!(fetch.request.rack_id.as_str(), "eu-west-1a", "KIP-392");
+    }
 }
 
 #[test]

@@ -51,6 +51,7 @@ impl GroupTask {
                 max_poll_interval: self.cfg.max_poll_interval,
                 retry_backoff: super::RETRY_BACKOFF,
                 metadata_max_age: self.cfg.client.metadata_max_age,
+                rack: self.cfg.client_rack.clone(),
             },
             self.cfg.assignors.clone(),
             self.subscription.clone(),
@@ -280,13 +281,22 @@ impl GroupTask {
                 let Some(node) = self.coordinator() else {
                     return m.handle_request_failed(now());
                 };
-                match self
-                    .client
-                    .send_to(node, Lane::Group, &req, Duration::ZERO)
-                    .await
-                {
-                    Ok(r) => m.handle_heartbeat(KafkaCode::try_from_code(r.error_code), now()),
-                    Err(_) => m.handle_request_failed(now()),
+                // Wait for the answer at most until the session ends: past
+                // it the coordinator has expired this member, answer or not.
+                let send = self.client.send_to(node, Lane::Group, &req, Duration::ZERO);
+                let answer = match m.session_deadline() {
+                    Some(deadline) => tokio::select! {
+                        r = send => Some(r),
+                        _ = tokio::time::sleep_until(deadline.into()) => None,
+                    },
+                    None => Some(send.await),
+                };
+                match answer {
+                    None => m.heartbeat_abandoned(now()),
+                    Some(Ok(r)) => {
+                        m.handle_heartbeat(KafkaCode::try_from_code(r.error_code), now())
+                    }
+                    Some(Err(_)) => m.handle_request_failed(now()),
                 }
             }
             Action::Leave { member_id, reason } => {

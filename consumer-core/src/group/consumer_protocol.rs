@@ -50,7 +50,7 @@ impl GroupTask {
             MemberConfig {
                 group_id: self.group_id.clone(),
                 group_instance_id: self.cfg.group_instance_id.clone(),
-                rack_id: None,
+                rack_id: self.cfg.client_rack.clone(),
                 server_assignor: self.cfg.group_remote_assignor.clone(),
                 max_poll_interval: self.cfg.max_poll_interval,
                 retry_backoff: super::RETRY_BACKOFF,
@@ -63,7 +63,14 @@ impl GroupTask {
         );
         let mut closing = false;
         let mut listener: Option<oneshot::Receiver<()>> = None;
+        let mut asked_session_timeout = false;
         loop {
+            if !asked_session_timeout && m.member_epoch() > 0 {
+                // Once in the group: how long the broker waits for a
+                // heartbeat before it removes a member.
+                asked_session_timeout = true;
+                m.session_timeout_learned(self.group_session_timeout().await);
+            }
             if *self.close.borrow() && !closing && !m.listener_running() {
                 closing = true;
                 m.close();
@@ -144,13 +151,25 @@ impl GroupTask {
                     m.handle_request_failed(now());
                 }
             }
-            Action::Heartbeat(hb) => match self.heartbeat(hb).await {
-                Ok(r) => m.handle_heartbeat(r, now()),
-                Err(e) => {
-                    tracing::warn!(group = %self.group_id, error = %e, "ConsumerGroupHeartbeat failed; finding the coordinator again");
-                    m.handle_request_failed(now());
+            Action::Heartbeat(hb) => {
+                // Wait for the answer at most until the session ends: past
+                // it the broker has removed this member, answer or not.
+                let answer = match m.session_deadline() {
+                    Some(deadline) => tokio::select! {
+                        r = self.heartbeat(hb) => Some(r),
+                        _ = tokio::time::sleep_until(deadline.into()) => None,
+                    },
+                    None => Some(self.heartbeat(hb).await),
+                };
+                match answer {
+                    None => m.session_expired(now()),
+                    Some(Ok(r)) => m.handle_heartbeat(r, now()),
+                    Some(Err(e)) => {
+                        tracing::warn!(group = %self.group_id, error = %e, "ConsumerGroupHeartbeat failed; finding the coordinator again");
+                        m.handle_request_failed(now());
+                    }
                 }
-            },
+            }
             Action::Leave(hb) => {
                 tracing::info!(group = %self.group_id, member_epoch = hb.member_epoch, "leaving the group");
                 if let Err(e) = self.heartbeat(hb).await {
@@ -200,6 +219,31 @@ impl GroupTask {
                     .await;
             }
             Action::Fatal(_) | Action::FallBack(_) => unreachable!("handled by the loop"),
+        }
+    }
+
+    /// The group's session timeout: `consumer.session.timeout.ms` of the
+    /// group's configs (DescribeConfigs on the group, Kafka 4.0+; the
+    /// broker's `group.consumer.session.timeout.ms` unless the group
+    /// overrides it). `None` when the broker does not say (Kafka 3.9, an
+    /// authorization error): then only the broker's answer fences.
+    async fn group_session_timeout(&self) -> Option<Duration> {
+        let resource = kafka_wire::ConfigResource::Group(self.group_id.clone());
+        match self.client.describe_configs(&resource).await {
+            Ok(entries) => {
+                let ms = entries
+                    .iter()
+                    .find(|e| e.name == "consumer.session.timeout.ms")
+                    .and_then(|e| e.value.as_deref())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .filter(|ms| *ms > 0)?;
+                tracing::debug!(group = %self.group_id, session_timeout_ms = ms, "the group's session timeout");
+                Some(Duration::from_millis(ms))
+            }
+            Err(e) => {
+                tracing::debug!(group = %self.group_id, error = %e, "the group's session timeout is unknown; only the broker's answers fence this member");
+                None
+            }
         }
     }
 

@@ -74,6 +74,8 @@ pub struct MembershipConfig {
     /// `metadata.max.age.ms`: how often a stable member checks metadata for
     /// partition-count changes, new topics and new pattern matches.
     pub metadata_max_age: Duration,
+    /// `client.rack`, sent in the subscription (v3) for rack-aware assignors.
+    pub rack: Option<String>,
 }
 
 /// Partition count per existing topic (a topic absent from the map does
@@ -389,7 +391,7 @@ impl Membership {
                     user_data: a.subscription_user_data(&owned, self.generation),
                     owned: owned.clone(),
                     generation: self.generation,
-                    rack: None,
+                    rack: self.cfg.rack.clone(),
                 };
                 (a.name().to_string(), sub.encode(CONSUMER_PROTOCOL_VERSION))
             })
@@ -627,6 +629,23 @@ impl Membership {
             // KIP-429 second phase: rejoin so the revoked partitions can move.
             self.rejoin_after_sync = true;
         }
+    }
+
+    /// When a stable member must consider itself expired if no heartbeat
+    /// is answered before: the last good heartbeat plus `session.timeout.ms`.
+    /// The driver waits for a heartbeat's answer at most until then.
+    pub fn session_deadline(&self) -> Option<Instant> {
+        matches!(self.state, State::Stable { .. })
+            .then(|| self.last_heartbeat_ok + self.cfg.session_timeout)
+    }
+
+    /// The driver stopped waiting for a heartbeat's answer at
+    /// [`Membership::session_deadline`]: the coordinator has expired this
+    /// member, so its partitions are lost and it rejoins (as when no
+    /// heartbeat gets through for a session).
+    pub fn heartbeat_abandoned(&mut self, now: Instant) {
+        self.heartbeat_in_flight = false;
+        self.check_timers(now);
     }
 
     /// The Heartbeat response.

@@ -21,6 +21,8 @@
 //!        │                    FellBack (classic runs instead)            │  then an immediate heartbeat with
 //!        │                                                               │  the owned partitions (the ack)
 //!        ├── rejoin, epoch 0 ◀── FENCED_MEMBER_EPOCH (same member id) ───┤  partitions lost
+//!        ├── rejoin, epoch 0 ◀── no heartbeat answered in the group's ───┤  partitions lost
+//!        │                       session timeout (same member id)        │
 //!        │                   ◀── UNKNOWN_MEMBER_ID (a fresh member id) ──┤  partitions lost
 //!        └── next poll ◀── LeftForPollTimeout ◀── max.poll.interval.ms ──┘  partitions lost, epoch -1 sent
 //!   Fatal ◀── GROUP_AUTHORIZATION_FAILED, UNRELEASED_INSTANCE_ID, UNSUPPORTED_ASSIGNOR,
@@ -213,6 +215,13 @@ pub(crate) struct Member {
     ever_joined: bool,
     last_poll: Instant,
     listener: Option<RunningListener>,
+    /// The group's session timeout (`consumer.session.timeout.ms`, the
+    /// broker's to set under KIP-848), once the driver learned it; `None`
+    /// before, or when the broker would not say.
+    session_timeout: Option<Duration>,
+    /// When a heartbeat was last answered without error (or the member
+    /// last started joining).
+    last_heartbeat_ok: Instant,
 }
 
 /// The name Kafka's docs and logs use: `GROUP_MAX_SIZE_REACHED`.
@@ -260,6 +269,8 @@ impl Member {
             ever_joined: false,
             last_poll: now,
             listener: None,
+            session_timeout: None,
+            last_heartbeat_ok: now,
         }
     }
 
@@ -338,6 +349,7 @@ impl Member {
     /// Rejoin with epoch 0 and a full heartbeat.
     fn rejoin(&mut self, now: Instant, backoff: bool) {
         self.member_epoch = 0;
+        self.last_heartbeat_ok = now;
         self.state = State::Joining;
         self.full = true;
         self.next_heartbeat = Some(if backoff {
@@ -448,6 +460,7 @@ impl Member {
             }
             self.ever_joined = true;
             self.retries = 0;
+            self.last_heartbeat_ok = now;
             self.state = State::Stable;
             self.next_heartbeat = Some(now + self.heartbeat_interval);
             if let Some(assignment) = r.assignment {
@@ -678,6 +691,53 @@ impl Member {
         self.listener.is_some()
     }
 
+    /// The group's session timeout, as the driver learned it from the
+    /// broker (DescribeConfigs on the group, `consumer.session.timeout.ms`);
+    /// `None` when the broker would not say (then only the broker's answer
+    /// tells this member it was fenced).
+    pub(crate) fn session_timeout_learned(&mut self, timeout: Option<Duration>) {
+        self.session_timeout = timeout;
+    }
+
+    /// When this member must consider itself removed from the group if no
+    /// heartbeat is answered before: the last answered heartbeat plus the
+    /// group's session timeout. `None` outside the group or while the
+    /// session timeout is unknown.
+    pub(crate) fn session_deadline(&self) -> Option<Instant> {
+        let timeout = self.session_timeout?;
+        (self.member_epoch > 0 && matches!(self.state, State::Stable | State::FindingCoordinator))
+            .then(|| self.last_heartbeat_ok + timeout)
+    }
+
+    /// No heartbeat was answered for a whole session (the driver gave up
+    /// waiting for the one in flight, or the coordinator cannot be found):
+    /// the broker has removed this member, so its partitions belong to
+    /// someone else. They are lost (never committed) and the member joins
+    /// again with epoch 0 and the same member id, as after
+    /// FENCED_MEMBER_EPOCH. A no-op before [`Member::session_deadline`].
+    pub(crate) fn session_expired(&mut self, now: Instant) {
+        if self.session_deadline().is_none_or(|d| now < d) {
+            return;
+        }
+        tracing::warn!(
+            group = %self.cfg.group_id,
+            member_epoch = self.member_epoch,
+            "no heartbeat answered within the group's session timeout ({:?}): the coordinator has \
+             removed this member; partitions lost, rejoining",
+            self.session_timeout.unwrap_or_default()
+        );
+        self.heartbeat_in_flight = false;
+        self.full = true;
+        self.lose_all();
+        if self.state == State::Stable {
+            self.rejoin(now, false);
+        } else {
+            // Joins once the coordinator is found (epoch 0).
+            self.member_epoch = 0;
+            self.last_heartbeat_ok = now;
+        }
+    }
+
     fn heartbeat_due(&mut self, now: Instant) -> Option<Action> {
         if !matches!(self.state, State::Joining | State::Stable)
             || self.heartbeat_in_flight
@@ -701,6 +761,7 @@ impl Member {
             self.listener = None;
         }
         self.check_poll_timer(now);
+        self.session_expired(now);
         // An assignment that arrived while a reconciliation ran.
         self.reconcile();
         match self.steps.front() {
@@ -766,10 +827,15 @@ impl Member {
         }
         let poll_deadline = matches!(self.state, State::Joining | State::Stable)
             .then(|| self.last_poll + self.cfg.max_poll_interval);
-        [self.retry_at, heartbeat, poll_deadline]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.retry_at,
+            heartbeat,
+            poll_deadline,
+            self.session_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 

@@ -15,6 +15,7 @@ fn cfg(instance: Option<&str>) -> MembershipConfig {
         max_poll_interval: 60 * SEC,
         retry_backoff: Backoff::exponential(Duration::from_millis(100), SEC),
         metadata_max_age: 300 * SEC,
+        rack: None,
     }
 }
 
@@ -398,6 +399,29 @@ fn session_timeout_without_heartbeats_loses_partitions() {
     let actions = drain(&mut m, t0 + 11 * SEC);
     assert_eq!(actions[0], Action::Lose(assigned));
     assert!(actions.contains(&Action::FindCoordinator));
+}
+
+#[test]
+fn a_heartbeat_unanswered_until_the_session_ends_is_abandoned_and_the_partitions_lost() {
+    let t0 = Instant::now();
+    let mut m = machine(Arc::new(RangeAssignor), None, t0);
+    let assigned = stable(&mut m, t0);
+    let deadline = m.session_deadline().expect("stable");
+    // A heartbeat goes out and hangs; the driver waits until the deadline.
+    let hb = m.poll_action(t0 + 3 * SEC);
+    assert!(matches!(hb, Some(Action::Heartbeat { .. })), "{hb:?}");
+    m.polled(deadline);
+    m.heartbeat_abandoned(deadline - Duration::from_millis(1));
+    assert_eq!(
+        m.owned().len(),
+        assigned.len(),
+        "not before the session ends"
+    );
+    m.heartbeat_abandoned(deadline + Duration::from_millis(1));
+    let actions = drain(&mut m, deadline + Duration::from_millis(1));
+    assert_eq!(actions[0], Action::Lose(assigned));
+    assert!(actions.contains(&Action::FindCoordinator));
+    assert_eq!(m.session_deadline(), None, "rejoining: no session");
 }
 
 #[test]

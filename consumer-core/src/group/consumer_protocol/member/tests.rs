@@ -105,6 +105,23 @@ fn the_join_is_a_full_heartbeat_with_epoch_0_and_a_client_member_id() {
 }
 
 #[test]
+fn client_rack_is_sent_in_full_heartbeats_only() {
+    let t0 = Instant::now();
+    let mut c = cfg(None, false);
+    c.rack_id = Some("rack-a".into());
+    let mut m = joined(t0, c);
+    let steady = heartbeat(&mut m, t0 + Duration::from_secs(5));
+    assert_eq!(steady.rack_id, None, "unchanged: not sent");
+    m.handle_heartbeat(
+        err(KafkaCode::FencedMemberEpoch),
+        t0 + Duration::from_secs(5),
+    );
+    let _lost = m.poll_action(t0 + Duration::from_secs(5));
+    let rejoin = heartbeat(&mut m, t0 + Duration::from_secs(5));
+    assert_eq!(rejoin.rack_id.as_deref(), Some("rack-a"), "full: sent");
+}
+
+#[test]
 fn an_assignment_of_unknown_topic_ids_refreshes_metadata_then_assigns_and_acks_at_once() {
     let t0 = Instant::now();
     let mut m = Member::new(
@@ -204,6 +221,73 @@ fn unknown_member_id_loses_partitions_and_rejoins_with_a_fresh_member_id() {
     let hb = heartbeat(&mut m, t1);
     assert_eq!(hb.member_id, "member-1");
     assert_eq!(hb.member_epoch, 0);
+}
+
+#[test]
+fn no_heartbeat_answered_for_the_session_loses_partitions_and_rejoins_with_the_same_member_id() {
+    let t0 = Instant::now();
+    let mut m = joined(t0, cfg(None, false));
+    m.session_timeout_learned(Some(Duration::from_secs(6)));
+    // The last answer came at t0; the next heartbeat goes out and hangs.
+    let t1 = t0 + Duration::from_secs(5);
+    heartbeat(&mut m, t1);
+    assert_eq!(m.session_deadline(), Some(t0 + Duration::from_secs(6)));
+    assert_eq!(
+        m.poll_timeout(),
+        Some(t0 + Duration::from_secs(6)),
+        "the driver wakes at the session's end"
+    );
+    let early = t0 + Duration::from_millis(5_999);
+    m.session_expired(early);
+    assert_eq!(m.poll_action(early), None, "not before the session ends");
+    assert_eq!(m.owned().len(), 2);
+    let t2 = t0 + Duration::from_secs(6);
+    m.session_expired(t2);
+    assert_eq!(
+        m.poll_action(t2),
+        Some(Action::Lose(vec![tp("a", 0), tp("a", 1)])),
+        "lost, never revoked: no commit for them"
+    );
+    let hb = heartbeat(&mut m, t2);
+    assert_eq!(hb.member_id, "member-0", "the same member id");
+    assert_eq!(hb.member_epoch, 0);
+    assert!(hb.subscribed_topic_names.is_some(), "a full heartbeat");
+    assert_eq!(m.session_deadline(), None, "no session while joining");
+}
+
+#[test]
+fn a_member_that_cannot_find_its_coordinator_for_a_session_loses_its_partitions() {
+    let t0 = Instant::now();
+    let mut m = joined(t0, cfg(None, false));
+    m.session_timeout_learned(Some(Duration::from_secs(6)));
+    let t1 = t0 + Duration::from_secs(5);
+    heartbeat(&mut m, t1);
+    m.handle_request_failed(t1);
+    let t1b = t1 + Duration::from_millis(500);
+    assert_eq!(m.poll_action(t1b), Some(Action::FindCoordinator));
+    m.handle_request_failed(t1b);
+    let t2 = t0 + Duration::from_secs(6);
+    let actions: Vec<Action> = std::iter::from_fn(|| m.poll_action(t2)).take(3).collect();
+    assert!(
+        actions.contains(&Action::Lose(vec![tp("a", 0), tp("a", 1)])),
+        "{actions:?}"
+    );
+    assert_eq!(m.member_epoch(), 0);
+    // Once found, it joins afresh.
+    m.coordinator_found(t2);
+    assert_eq!(heartbeat(&mut m, t2).member_epoch, 0);
+}
+
+#[test]
+fn without_a_known_session_timeout_only_the_broker_fences() {
+    let t0 = Instant::now();
+    let mut m = joined(t0, cfg(None, false));
+    let t1 = t0 + Duration::from_secs(5);
+    heartbeat(&mut m, t1);
+    let late = t0 + Duration::from_secs(600);
+    m.session_expired(late);
+    assert_eq!(m.session_deadline(), None);
+    assert_eq!(m.owned().len(), 2, "kept until the broker says otherwise");
 }
 
 #[test]
