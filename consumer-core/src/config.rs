@@ -104,6 +104,27 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
+    /// The classic-protocol settings this config changes from their
+    /// defaults (`session.timeout.ms`, `heartbeat.interval.ms`,
+    /// `partition.assignment.strategy`): unused when the consumer protocol
+    /// (KIP-848) runs, which `group.protocol=auto` may choose.
+    pub(crate) fn classic_settings_changed(&self) -> Vec<&'static str> {
+        let default = Self::builder();
+        let mut changed = Vec::new();
+        if self.session_timeout != default.session_timeout {
+            changed.push("session.timeout.ms");
+        }
+        if self.heartbeat_interval != default.heartbeat_interval {
+            changed.push("heartbeat.interval.ms");
+        }
+        let names =
+            |a: &[Arc<dyn Assignor>]| a.iter().map(|a| a.name().to_string()).collect::<Vec<_>>();
+        if names(&self.assignors) != names(&default.assignors) {
+            changed.push("partition.assignment.strategy");
+        }
+        changed
+    }
+
     pub fn builder() -> ConsumerConfigBuilder {
         ConsumerConfigBuilder {
             client: ClientConfig::builder(),
@@ -361,6 +382,29 @@ mod tests {
         ConsumerConfig::builder()
             .bootstrap("127.0.0.1:9092")
             .unwrap()
+    }
+
+    #[test]
+    fn classic_settings_changed_names_what_auto_would_leave_unused() {
+        let c = builder()
+            .set("group.protocol", "auto")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert!(c.classic_settings_changed().is_empty(), "defaults only");
+        let c = builder()
+            .set("group.protocol", "auto")
+            .unwrap()
+            .set("session.timeout.ms", "10000")
+            .unwrap()
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(
+            c.classic_settings_changed(),
+            vec!["session.timeout.ms", "partition.assignment.strategy"]
+        );
     }
 
     #[test]

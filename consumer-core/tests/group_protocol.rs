@@ -217,3 +217,59 @@ async fn explicit_consumer_on_a_broker_without_kip_848_fails_naming_the_fix() {
     };
     assert!(err.contains("group.protocol=classic"), "{err}");
 }
+
+/// KIP-848's static membership: while a member with a `group.instance.id`
+/// is alive, a second member with the same id is refused
+/// (UNRELEASED_INSTANCE_ID), and its poll says so; the first keeps its
+/// partitions.
+#[tokio::test]
+async fn a_second_live_member_with_the_same_instance_id_is_refused_naming_it() {
+    let b = testkit::require_broker!();
+    if !speaks_848(&b).await {
+        return; // Kafka 3.9 by default: no KIP-848 rules to check
+    }
+    let admin = testkit::client(&b).await;
+    let topic = testkit::create_topic(&admin, "static848", 2).await;
+    let group = testkit::unique_name("static848");
+    let make = || {
+        let mut c = member(&b, &group, "consumer");
+        c.group_instance_id = Some("instance-1".into());
+        c
+    };
+    let mut first = Consumer::connect(make()).await.unwrap();
+    first.subscribe(&[&topic]).unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    while first.assignment().len() < 2 && Instant::now() < end {
+        first.poll(Duration::from_millis(50)).await.unwrap();
+    }
+    assert_eq!(first.assignment().len(), 2, "the first member owns both");
+
+    let mut second = Consumer::connect(make()).await.unwrap();
+    second.subscribe(&[&topic]).unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        first.poll(Duration::from_millis(50)).await.unwrap();
+        match second.poll(Duration::from_millis(50)).await {
+            Err(e) => break e.to_string(),
+            Ok(_) if Instant::now() > end => panic!("the second member was never refused"),
+            Ok(_) => {}
+        }
+    };
+    assert!(
+        refused.contains("UNRELEASED_INSTANCE_ID") && refused.contains("group.instance.id"),
+        "the error names the cause and the setting: {refused}"
+    );
+    assert!(
+        second.assignment().is_empty(),
+        "the refused member owns nothing"
+    );
+    for _ in 0..5 {
+        first.poll(Duration::from_millis(50)).await.unwrap();
+    }
+    assert_eq!(
+        first.assignment().len(),
+        2,
+        "the live member keeps its partitions"
+    );
+    first.close(Duration::from_secs(5)).await;
+}

@@ -199,3 +199,30 @@ async fn groups_list_describe_delete() {
     let groups = client.list_groups().await.unwrap();
     assert!(!groups.iter().any(|g| g.group_id == group));
 }
+
+/// A consumer group's configs (KIP-848, Kafka 4.0+): the session timeout a
+/// KIP-848 member is held to, as the broker sets it (the harness broker's
+/// `group.consumer.session.timeout.ms=6000`). Kafka 3.9 refuses the
+/// resource type with an error naming it.
+#[tokio::test]
+async fn a_groups_configs_give_its_session_timeout() {
+    let b = testkit::require_broker!();
+    let client = testkit::client(&b).await;
+    let group = testkit::unique_name("group-configs");
+    match client
+        .describe_configs(&ConfigResource::Group(group.clone()))
+        .await
+    {
+        Ok(entries) => {
+            let session = entries
+                .iter()
+                .find(|c| c.name == "consumer.session.timeout.ms")
+                .and_then(|c| c.value.clone());
+            assert_eq!(session.as_deref(), Some("6000"), "{entries:?}");
+        }
+        Err(e) => assert!(
+            e.to_string().contains(&group),
+            "a refusal names the group: {e}"
+        ),
+    }
+}

@@ -218,7 +218,7 @@ impl Connector for FaultProxy {
 
 /// Follows the request frames in the client's byte stream: a 4-byte
 /// length, then the body, whose first two bytes are the API key.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct FrameScan {
     header: Vec<u8>,
     remaining: u64,
@@ -226,13 +226,24 @@ struct FrameScan {
 }
 
 impl FrameScan {
-    /// Is the next byte written the first of a new frame?
-    fn at_boundary(&self) -> bool {
-        self.remaining == 0 && self.header.is_empty()
+    /// The API keys of the frames whose header (length and API key) ends
+    /// within `bytes`, were they written next. The client batches frames,
+    /// so one write may carry several, and a frame may start mid-write.
+    fn keys_starting_in(&self, bytes: &[u8]) -> Vec<i16> {
+        let mut probe = self.clone();
+        let mut started = Vec::new();
+        probe.scan(bytes, &mut started);
+        started
     }
 
     /// Feed written bytes; returns the API keys of frames completed.
-    fn feed(&mut self, mut bytes: &[u8]) -> Vec<i16> {
+    fn feed(&mut self, bytes: &[u8]) -> Vec<i16> {
+        self.scan(bytes, &mut Vec::new())
+    }
+
+    /// [`FrameScan::feed`], also noting in `started` the API key of each
+    /// frame whose header ends within `bytes`.
+    fn scan(&mut self, mut bytes: &[u8], started: &mut Vec<i16>) -> Vec<i16> {
         let mut done = Vec::new();
         while !bytes.is_empty() {
             if self.remaining == 0 {
@@ -243,7 +254,9 @@ impl FrameScan {
                 bytes = &bytes[take..];
                 if self.header.len() == 6 {
                     let len = i32::from_be_bytes(self.header[..4].try_into().expect("4 bytes"));
-                    self.api_key = Some(i16::from_be_bytes([self.header[4], self.header[5]]));
+                    let key = i16::from_be_bytes([self.header[4], self.header[5]]);
+                    started.push(key);
+                    self.api_key = Some(key);
                     self.remaining = u64::try_from(len).unwrap_or(0).saturating_sub(2);
                     self.header.clear();
                     if self.remaining == 0 {
@@ -453,8 +466,9 @@ impl AsyncWrite for FaultStream {
         if self.delay.is_none() {
             let mut d = self.proxy.write_delay() + std::mem::take(&mut self.write_debt);
             if let Some((key, by)) = self.proxy.faults().delay_request {
-                // Our client writes each frame whole, so a frame starts here.
-                if self.scan.at_boundary() && buf.len() >= 6 && buf[4..6] == key.to_be_bytes() {
+                // Hold the whole write back if a request of that kind starts
+                // in it (the client batches frames: it need not be first).
+                if self.scan.keys_starting_in(buf).contains(&key) {
                     d += by;
                     self.proxy
                         .stats
@@ -524,6 +538,29 @@ mod tests {
             let mut keys = s.feed(&bytes[..split]);
             keys.extend(s.feed(&bytes[split..]));
             assert_eq!(keys, [8, 1], "split at {split}");
+        }
+    }
+
+    #[test]
+    fn a_request_is_found_wherever_it_starts_in_a_batched_write() {
+        // Fetch (1) first, then OffsetCommit (8): one write carries both.
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&2i32.to_be_bytes());
+        bytes.extend_from_slice(&1i16.to_be_bytes());
+        bytes.extend_from_slice(&6i32.to_be_bytes());
+        bytes.extend_from_slice(&8i16.to_be_bytes());
+        bytes.extend_from_slice(&[1, 2, 3, 4]);
+        let s = FrameScan::default();
+        assert_eq!(s.keys_starting_in(&bytes), [1, 8]);
+        // Split anywhere: the commit is seen in the write where its header
+        // ends, and only there; looking does not advance the scan.
+        for split in 0..bytes.len() {
+            let mut s = FrameScan::default();
+            let first = s.keys_starting_in(&bytes[..split]);
+            s.feed(&bytes[..split]);
+            let second = s.keys_starting_in(&bytes[split..]);
+            let commits = [&first, &second].iter().filter(|k| k.contains(&8)).count();
+            assert_eq!(commits, 1, "split at {split}: {first:?} then {second:?}");
         }
     }
 

@@ -70,6 +70,17 @@ impl GroupTask {
                 // heartbeat before it removes a member.
                 asked_session_timeout = true;
                 m.session_timeout_learned(self.group_session_timeout().await);
+                let unused = self.cfg.classic_settings_changed();
+                if may_fall_back && !unused.is_empty() {
+                    tracing::warn!(
+                        group = %self.group_id,
+                        "group.protocol=auto chose the consumer protocol (KIP-848), which does not \
+                         use {}: the broker assigns partitions and sets the session timeout and \
+                         heartbeat interval (its group.consumer.* configs). Remove them, or set \
+                         group.protocol=classic to keep them",
+                        unused.join(", ")
+                    );
+                }
             }
             if *self.close.borrow() && !closing && !m.listener_running() {
                 closing = true;
@@ -225,26 +236,47 @@ impl GroupTask {
     /// The group's session timeout: `consumer.session.timeout.ms` of the
     /// group's configs (DescribeConfigs on the group, Kafka 4.0+; the
     /// broker's `group.consumer.session.timeout.ms` unless the group
-    /// overrides it). `None` when the broker does not say (Kafka 3.9, an
-    /// authorization error): then only the broker's answer fences.
+    /// overrides it). Asked of the coordinator on the Group lane, this
+    /// task's own connection: on the shared Control lane it could wait
+    /// behind slow commits while no heartbeat goes out. `None` when the
+    /// broker does not say (Kafka 3.9, an authorization error): then only
+    /// the broker's answer fences.
     async fn group_session_timeout(&self) -> Option<Duration> {
-        let resource = kafka_wire::ConfigResource::Group(self.group_id.clone());
-        match self.client.describe_configs(&resource).await {
-            Ok(entries) => {
-                let ms = entries
-                    .iter()
-                    .find(|e| e.name == "consumer.session.timeout.ms")
-                    .and_then(|e| e.value.as_deref())
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .filter(|ms| *ms > 0)?;
-                tracing::debug!(group = %self.group_id, session_timeout_ms = ms, "the group's session timeout");
-                Some(Duration::from_millis(ms))
-            }
+        use kafka_wire::messages::describe_configs_request::DescribeConfigsResource;
+        use kafka_wire::messages::DescribeConfigsRequest;
+        const GROUP_RESOURCE: i8 = 32;
+        let node = self
+            .snapshot
+            .lock()
+            .expect("group snapshot lock")
+            .coordinator?;
+        let req = DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(GROUP_RESOURCE)
+                .with_resource_name(s(&self.group_id))
+                .with_configuration_keys(Some(vec![s("consumer.session.timeout.ms")])),
+        ]);
+        let resp = match self
+            .client
+            .send_to(node, Lane::Group, &req, Duration::ZERO)
+            .await
+        {
+            Ok(r) => r,
             Err(e) => {
                 tracing::debug!(group = %self.group_id, error = %e, "the group's session timeout is unknown; only the broker's answers fence this member");
-                None
+                return None;
             }
-        }
+        };
+        let result = resp.results.first().filter(|r| r.error_code == 0)?;
+        let ms = result
+            .configs
+            .iter()
+            .find(|c| c.name.as_str() == "consumer.session.timeout.ms")
+            .and_then(|c| c.value.as_ref())
+            .and_then(|v| v.as_str().parse::<u64>().ok())
+            .filter(|ms| *ms > 0)?;
+        tracing::debug!(group = %self.group_id, session_timeout_ms = ms, "the group's session timeout");
+        Some(Duration::from_millis(ms))
     }
 
     /// Send one ConsumerGroupHeartbeat to the coordinator. A coordinator
