@@ -353,10 +353,20 @@ impl GroupTask {
                     .await;
             }
             Action::RefreshMetadata { topics } => {
-                match self.client.refresh_metadata(topics.as_deref()).await {
-                    Ok(md) => m.handle_metadata(&counts(&md, topics.as_deref()), now()),
-                    Err(e) => {
+                // At most a heartbeat interval: the Control lane it uses
+                // may be slow (behind held commits), and heartbeats wait
+                // while this task waits.
+                let bound = self.cfg.heartbeat_interval;
+                match tokio::time::timeout(bound, self.client.refresh_metadata(topics.as_deref()))
+                    .await
+                {
+                    Ok(Ok(md)) => m.handle_metadata(&counts(&md, topics.as_deref()), now()),
+                    Ok(Err(e)) => {
                         tracing::warn!(group = %self.group_id, error = %e, "metadata refresh failed; retrying");
+                        m.handle_metadata_failed(now());
+                    }
+                    Err(_) => {
+                        tracing::warn!(group = %self.group_id, "metadata refresh took longer than heartbeat.interval.ms ({bound:?}); heartbeating first, then retrying");
                         m.handle_metadata_failed(now());
                     }
                 }

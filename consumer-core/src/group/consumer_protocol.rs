@@ -192,15 +192,25 @@ impl GroupTask {
                     TopicSubscription::Topics(ts) => Some(ts.clone()),
                     TopicSubscription::Pattern(_) => None,
                 };
-                match self.client.refresh_metadata(topics.as_deref()).await {
-                    Ok(md) => m.handle_metadata(
+                // At most a heartbeat interval: the Control lane it uses
+                // may be slow (behind held commits), and heartbeats wait
+                // while this task waits.
+                let bound = m.heartbeat_interval();
+                match tokio::time::timeout(bound, self.client.refresh_metadata(topics.as_deref()))
+                    .await
+                {
+                    Ok(Ok(md)) => m.handle_metadata(
                         md.topics
                             .values()
                             .map(|t| (t.id, t.name.clone(), t.partitions.len() as i32)),
                         now(),
                     ),
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         tracing::warn!(group = %self.group_id, error = %e, "metadata refresh failed; retrying");
+                        m.handle_metadata_failed();
+                    }
+                    Err(_) => {
+                        tracing::warn!(group = %self.group_id, "metadata refresh took longer than the heartbeat interval ({bound:?}); heartbeating first, then retrying");
                         m.handle_metadata_failed();
                     }
                 }

@@ -291,7 +291,6 @@ impl Member {
         self.last_poll
     }
     /// The interval the broker asked for (`group.consumer.heartbeat.interval.ms`).
-    #[cfg(test)]
     pub(crate) fn heartbeat_interval(&self) -> Duration {
         self.heartbeat_interval
     }
@@ -791,6 +790,14 @@ impl Member {
                 }
             }
             None => {}
+        }
+        // In the group, a heartbeat that is due goes before a metadata
+        // refresh: the driver bounds a refresh by the heartbeat interval,
+        // and one that keeps failing must not starve the heartbeats.
+        if self.state == State::Stable {
+            if let Some(hb) = self.heartbeat_due(now) {
+                return Some(hb);
+            }
         }
         if self.metadata_wanted && !self.metadata_in_flight {
             self.metadata_in_flight = true;

@@ -471,3 +471,32 @@ fn partitions_of_a_topic_metadata_does_not_know_yet_are_kept_and_assigned_once_i
     );
     assert!(!m.appeared_after_subscribe(&tp("a", 0)));
 }
+
+#[test]
+fn a_failing_metadata_refresh_does_not_starve_heartbeats() {
+    let t0 = Instant::now();
+    let mut m = Member::new(
+        cfg(None, false),
+        TopicSubscription::Topics(vec!["a".into(), "b".into()]),
+        t0,
+    );
+    join(&mut m, t0, &[(A, "a", 1)]);
+    m.handle_heartbeat(ok(1, Some(vec![(A, vec![0]), (B, vec![0])])), t0);
+    assert_eq!(m.poll_action(t0), Some(Action::Assign(vec![tp("a", 0)])));
+    heartbeat(&mut m, t0); // the ack
+    m.handle_heartbeat(ok(1, None), t0);
+    // b's topic id is unknown: metadata is wanted, and the refresh fails
+    // (the driver gives up after a heartbeat interval).
+    assert_eq!(m.poll_action(t0), Some(Action::RefreshMetadata));
+    m.handle_metadata_failed();
+    let t1 = t0 + Duration::from_secs(5);
+    assert!(
+        matches!(m.poll_action(t1), Some(Action::Heartbeat(_))),
+        "the due heartbeat goes first"
+    );
+    assert_eq!(
+        m.poll_action(t1),
+        Some(Action::RefreshMetadata),
+        "then the retry"
+    );
+}
