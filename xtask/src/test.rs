@@ -318,22 +318,34 @@ const KIP848_SUITES: [&str; 9] = [
 ];
 
 fn kip848_tests(env: &[(String, String)], counts: &mut Counts) -> anyhow::Result<String> {
+    eprintln!("\n==> the group suites again under group.protocol=consumer (KIP-848)");
+    under_kip848(env, &KIP848_SUITES, "group.protocol=consumer", counts)
+}
+
+/// `cargo test --workspace --test <suite>…` with `KAFKA_GROUP_PROTOCOL=consumer`
+/// (the tests' helpers then configure `group.protocol=consumer`); added to
+/// `counts`; fails if a test did. The summary line starts with `label`.
+fn under_kip848(
+    env: &[(String, String)],
+    suites: &[&str],
+    label: &str,
+    counts: &mut Counts,
+) -> anyhow::Result<String> {
     let mut env = env.to_vec();
     env.push(("KAFKA_GROUP_PROTOCOL".into(), "consumer".into()));
     let mut args = vec!["--workspace".to_string()];
-    for t in KIP848_SUITES {
+    for t in suites {
         args.extend(["--test".to_string(), t.to_string()]);
     }
-    eprintln!("\n==> the group suites again under group.protocol=consumer (KIP-848)");
     let c = cargo_test(&env, &args, &[])?;
     counts.passed += c.passed;
     counts.failed += c.failed;
     counts.ignored += c.ignored;
     let line = format!(
-        "group.protocol=consumer: {} passed, {} failed ({})",
+        "{label}: {} passed, {} failed ({})",
         c.passed,
         c.failed,
-        KIP848_SUITES.join(", ")
+        suites.join(", ")
     );
     if c.failed > 0 {
         bail!("{line}");
@@ -363,29 +375,15 @@ fn kip848_on_3_9(
         .cloned()
         .collect();
     env.extend(running.env.iter().cloned());
-    env.push(("KAFKA_GROUP_PROTOCOL".into(), "consumer".into()));
     eprintln!(
         "\n==> Kafka {version} with {KIP848_ON_3_9}: the KIP-848 group tests (v0 heartbeats)"
     );
-    let suites = ["group_protocol", "member_epoch"];
-    let mut args = vec!["--workspace".to_string()];
-    for t in suites {
-        args.extend(["--test".to_string(), t.to_string()]);
-    }
-    let c = cargo_test(&env, &args, &[])?;
-    counts.passed += c.passed;
-    counts.failed += c.failed;
-    counts.ignored += c.ignored;
-    let line = format!(
-        "Kafka {version} with KIP-848 on: {} passed, {} failed ({})",
-        c.passed,
-        c.failed,
-        suites.join(", ")
-    );
-    if c.failed > 0 {
-        bail!("{line}");
-    }
-    Ok(line)
+    under_kip848(
+        &env,
+        &["group_protocol", "member_epoch"],
+        &format!("Kafka {version} with KIP-848 on"),
+        counts,
+    )
 }
 
 /// The application in `examples/downstream/`: its own workspace and

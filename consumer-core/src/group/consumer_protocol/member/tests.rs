@@ -442,9 +442,10 @@ fn close_revokes_then_leaves_with_minus_1_or_minus_2_for_a_static_member() {
     }
 }
 
-#[test]
-fn partitions_of_a_topic_metadata_does_not_know_yet_are_kept_and_assigned_once_it_does() {
-    let t0 = Instant::now();
+/// A member subscribed to `a` and `b` that metadata knew only `a` of when
+/// it joined; assigned `a-0` and `b-0`, it has taken `a-0` and its ack
+/// heartbeat (returned) is in flight.
+fn assigned_a_topic_metadata_does_not_know(t0: Instant) -> (Member, Heartbeat) {
     let mut m = Member::new(
         cfg(None, false),
         TopicSubscription::Topics(vec!["a".into(), "b".into()]),
@@ -454,6 +455,13 @@ fn partitions_of_a_topic_metadata_does_not_know_yet_are_kept_and_assigned_once_i
     m.handle_heartbeat(ok(1, Some(vec![(A, vec![0]), (B, vec![0])])), t0);
     assert_eq!(m.poll_action(t0), Some(Action::Assign(vec![tp("a", 0)])));
     let ack = heartbeat(&mut m, t0);
+    (m, ack)
+}
+
+#[test]
+fn partitions_of_a_topic_metadata_does_not_know_yet_are_kept_and_assigned_once_it_does() {
+    let t0 = Instant::now();
+    let (mut m, ack) = assigned_a_topic_metadata_does_not_know(t0);
     assert_eq!(
         ack.owned,
         Some(vec![(A, vec![0])]),
@@ -475,15 +483,7 @@ fn partitions_of_a_topic_metadata_does_not_know_yet_are_kept_and_assigned_once_i
 #[test]
 fn a_failing_metadata_refresh_does_not_starve_heartbeats() {
     let t0 = Instant::now();
-    let mut m = Member::new(
-        cfg(None, false),
-        TopicSubscription::Topics(vec!["a".into(), "b".into()]),
-        t0,
-    );
-    join(&mut m, t0, &[(A, "a", 1)]);
-    m.handle_heartbeat(ok(1, Some(vec![(A, vec![0]), (B, vec![0])])), t0);
-    assert_eq!(m.poll_action(t0), Some(Action::Assign(vec![tp("a", 0)])));
-    heartbeat(&mut m, t0); // the ack
+    let (mut m, _ack) = assigned_a_topic_metadata_does_not_know(t0);
     m.handle_heartbeat(ok(1, None), t0);
     // b's topic id is unknown: metadata is wanted, and the refresh fails
     // (the driver gives up after a heartbeat interval).
