@@ -63,6 +63,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
         .with_context(|| format!("kafka-lab {} failed", lab_args.join(" ")));
     }
+    if result.is_ok() {
+        eprintln!("\n{}", crate::example::listing());
+    }
     if args.down && started {
         broker::down(broker::KAFKA_VERSION)?;
     } else if started {

@@ -8,10 +8,12 @@
 //! - [`publish`]: `cargo doc` and `cargo package` of the library crates, as publishing needs.
 //! - [`test`]: `cargo xtask test`, the README's test command and what CI runs.
 //! - [`lab`]: `cargo xtask lab`, the README's "main job".
+//! - [`example`]: `cargo xtask example <name>`, the seeds' systems under `examples/`.
 
 mod bench;
 mod broker;
 mod certs;
+mod example;
 mod lab;
 mod postgres;
 mod publish;
@@ -53,6 +55,8 @@ enum Command {
     Test(test::Args),
     /// Start the broker and run the lab.
     Lab(lab::Args),
+    /// Run one of the seeds' systems (examples/), or list them.
+    Example(example::Args),
     /// Benchmarks side by side with librdkafka and the Java client.
     Bench(bench::Args),
 }
@@ -77,6 +81,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckPure => pure::check_pure(),
         Command::Test(args) => test::run(args),
         Command::Lab(args) => lab::run(args),
+        Command::Example(args) => example::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }

@@ -229,6 +229,9 @@ fn run_steps(
             // suites again under group.protocol=consumer.
             result = timed(steps, "kip-848 tests", || kip848_tests(&env, counts));
         }
+        if i == 0 && result.is_ok() && args.cargo_test_args.is_empty() {
+            result = timed(steps, "examples", || examples_tests(&env, counts));
+        }
         if i > 0 && result.is_ok() && args.cargo_test_args.is_empty() && version.starts_with("3.9")
         {
             // Kafka 3.9 has KIP-848 off by default (the run above checked
@@ -265,7 +268,8 @@ fn tests(
 ) -> anyhow::Result<String> {
     let mut workspace = vec!["--workspace".to_string()];
     workspace.extend(args.cargo_test_args.iter().cloned());
-    let mut c = cargo_test(env, &workspace, &[])?;
+    // The seeds' systems run once, in their own step (see `examples_tests`).
+    let mut c = cargo_test(env, &workspace, &["--skip", SEED_SYSTEM])?;
     if restartable && args.cargo_test_args.is_empty() {
         let mut env = env.to_vec();
         let xtask = std::env::current_exe().context("the xtask binary's path")?;
@@ -346,6 +350,48 @@ fn under_kip848(
         c.passed,
         c.failed,
         suites.join(", ")
+    );
+    if c.failed > 0 {
+        bail!("{line}");
+    }
+    Ok(line)
+}
+
+/// The seeds' systems' end-to-end tests: `examples/<name>/tests/seed_system.rs`,
+/// every test named `seed_system_*`. They run once, on the main version,
+/// instead of in every workspace run (`--skip`); `--workspace --test`
+/// keeps the workspace run's feature set, so nothing is rebuilt.
+const SEED_SYSTEM: &str = "seed_system_";
+
+fn examples_tests(env: &[(String, String)], counts: &mut Counts) -> anyhow::Result<String> {
+    let with_tests: Vec<&str> = crate::example::EXAMPLES
+        .iter()
+        .filter(|e| {
+            shell::workspace_root()
+                .join("examples")
+                .join(e.name)
+                .join("tests/seed_system.rs")
+                .exists()
+        })
+        .map(|e| e.name)
+        .collect();
+    if with_tests.is_empty() {
+        return Ok("no example has tests/seed_system.rs yet".into());
+    }
+    eprintln!(
+        "\n==> the seeds' systems end to end: {}",
+        with_tests.join(", ")
+    );
+    let args = ["--workspace", "--test", "seed_system"].map(String::from);
+    let c = cargo_test(env, &args, &[SEED_SYSTEM])?;
+    counts.passed += c.passed;
+    counts.failed += c.failed;
+    counts.ignored += c.ignored;
+    let line = format!(
+        "{} passed, {} failed ({})",
+        c.passed,
+        c.failed,
+        with_tests.join(", ")
     );
     if c.failed > 0 {
         bail!("{line}");

@@ -1,0 +1,1 @@
+//! Confluent schema registry client and Avro serdes (stub).
