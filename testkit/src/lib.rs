@@ -23,9 +23,11 @@
 //! |---|---|
 //! | this file | broker (and PostgreSQL) discovery, [`unique_name`], [`restart_broker`] |
 //! | `fixtures` | [`client`], [`create_topic`], [`produce`], [`numbered_topic`], producer configs, [`consumer_props`] (classic, or the protocol `KAFKA_GROUP_PROTOCOL` or [`set_group_protocol`] names), [`speaks_848`]: one version for every crate |
+//! | `schema_registry` | [`StandInSchemaRegistry`]: the documented subset of the Confluent schema registry REST API, in process (no real registry can be installed here) |
 //! | `wait` | [`eventually`], [`eventually_async`], [`eventually_blocking`]: wait for a condition, never a fixed sleep |
 
 mod fixtures;
+mod schema_registry;
 mod wait;
 
 pub use fixtures::{
@@ -33,6 +35,7 @@ pub use fixtures::{
     numbered_records, numbered_topic, produce, producer_builder, producer_config,
     set_group_protocol, speaks_848, CLASSIC_ONLY, CONSUMER_DEFAULTS,
 };
+pub use schema_registry::StandInSchemaRegistry;
 pub use wait::{eventually, eventually_async, eventually_blocking};
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
