@@ -29,7 +29,7 @@
 //! | [`dlt`] | dead-letter records with `kafka_dlt-*` provenance headers |
 //! | [`dedup`] | [`dedup::DedupStore`]: in-memory, embedded file log, PostgreSQL (feature `postgres`) |
 //! | [`eos`] | [`eos::TransactionalProcessor`]: consume-transform-produce in Kafka transactions |
-//! | [`observe`] | metrics (names, help, the two lags: consumer and commit), the [`observe::Observer`] hook; Prometheus `/metrics` (feature `prometheus`) |
+//! | [`observe`] | metrics (names, help, the two lags: consumer and commit), the [`observe::Observer`] hook, the live [`observe::Snapshot`] (`Processor::snapshots`); Prometheus `/metrics` (feature `prometheus`) |
 //!
 //! ## Before the first run
 //!

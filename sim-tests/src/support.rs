@@ -14,6 +14,7 @@ use consumer_core::config::ConsumerConfigBuilder;
 use consumer_core::{Consumer, ConsumerConfig, ConsumerError, TopicPartition};
 use kafka_wire::records::Record;
 use kafka_wire::{Client, OffsetSpec, Producer, ProducerConfig, ProducerRecord};
+use resilience::observe::Snapshot;
 use resilience::processor::{BatchHandler, HandlerFuture};
 use resilience::{Handler, HandlerError, Processor, Stats};
 
@@ -64,15 +65,23 @@ pub struct Running {
     stop: tokio::sync::oneshot::Sender<()>,
     join: tokio::task::JoinHandle<Result<(), ConsumerError>>,
     pub stats: Arc<Stats>,
+    /// Its live state ([`Processor::snapshots`]).
+    pub snapshots: tokio::sync::watch::Receiver<Snapshot>,
 }
 
 pub fn start(processor: Processor) -> Running {
     let stats = processor.stats();
+    let snapshots = processor.snapshots();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let join = tokio::spawn(processor.run(async move {
         let _ = stopped.await;
     }));
-    Running { stop, join, stats }
+    Running {
+        stop,
+        join,
+        stats,
+        snapshots,
+    }
 }
 
 impl Running {
@@ -139,6 +148,102 @@ pub async fn read_all(
     out
 }
 
+/// Where `group` stands on `topic`, read from outside the group (one
+/// client and one group-less consumer, kept): each partition's committed
+/// offset and log end. For a lag line every second, and for "committed
+/// to the end" at the end of a run.
+#[derive(Debug)]
+pub struct GroupLag {
+    admin: Client,
+    checker: Consumer,
+    group: String,
+    topic: String,
+}
+
+/// One partition in a [`GroupLag::read`]: offsets, and the lag in records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub partition: i32,
+    /// The group's committed offset, `None` before its first commit.
+    pub committed: Option<i64>,
+    /// The high watermark.
+    pub end: i64,
+}
+
+impl PartitionLag {
+    /// `end - committed` in records (the whole log before a first commit).
+    pub fn lag(&self) -> i64 {
+        (self.end - self.committed.unwrap_or(0)).max(0)
+    }
+}
+
+impl GroupLag {
+    /// # Panics
+    /// When the broker does not answer.
+    pub async fn connect(b: &testkit::BrokerEnv, group: &str, topic: &str) -> GroupLag {
+        GroupLag {
+            admin: testkit::client(b).await,
+            checker: Consumer::connect(group_consumer(b, group))
+                .await
+                .expect("connect"),
+            group: group.to_string(),
+            topic: topic.to_string(),
+        }
+    }
+
+    /// Every partition of the topic, by partition.
+    ///
+    /// # Errors
+    /// When the broker does not answer ListOffsets or OffsetFetch.
+    pub async fn read(&self) -> Result<Vec<PartitionLag>, ConsumerError> {
+        let ends = self
+            .admin
+            .list_offsets(&self.topic, OffsetSpec::Latest)
+            .await?;
+        let tps: Vec<TopicPartition> = ends
+            .iter()
+            .map(|(p, _)| TopicPartition::new(&self.topic, *p))
+            .collect();
+        let committed = self.checker.committed(&tps).await?;
+        let mut out: Vec<PartitionLag> = ends
+            .into_iter()
+            .map(|(partition, end)| PartitionLag {
+                partition,
+                committed: committed
+                    .get(&TopicPartition::new(&self.topic, partition))
+                    .copied(),
+                end,
+            })
+            .collect();
+        out.sort_by_key(|p| p.partition);
+        Ok(out)
+    }
+
+    /// The group's lag summed over the partitions, in records.
+    ///
+    /// # Errors
+    /// As [`GroupLag::read`].
+    pub async fn total(&self) -> Result<i64, ConsumerError> {
+        Ok(self.read().await?.iter().map(PartitionLag::lag).sum())
+    }
+
+    /// Wait (up to `timeout`) until the group has committed the log end
+    /// of every partition; returns whether it did.
+    pub async fn wait_committed_to_end(&self, timeout: Duration) -> bool {
+        testkit::eventually_async(timeout, || async {
+            self.read()
+                .await
+                .is_ok_and(|ps| ps.iter().all(|p| p.committed == Some(p.end)))
+        })
+        .await
+    }
+
+    /// The group's name.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+}
+
 /// Wait (up to `timeout`) until `group` has committed the log end of every
 /// partition of `topic`; returns whether it did. What a test waited "one
 /// more commit interval" for.
@@ -148,25 +253,10 @@ pub async fn committed_to_end(
     topic: &str,
     timeout: Duration,
 ) -> bool {
-    let admin = testkit::client(b).await;
-    let checker = Consumer::connect(group_consumer(b, group))
+    GroupLag::connect(b, group, topic)
         .await
-        .expect("connect");
-    testkit::eventually_async(timeout, || async {
-        let Ok(ends) = admin.list_offsets(topic, OffsetSpec::Latest).await else {
-            return false;
-        };
-        let tps: Vec<TopicPartition> = ends
-            .iter()
-            .map(|(p, _)| TopicPartition::new(topic, *p))
-            .collect();
-        let Ok(committed) = checker.committed(&tps).await else {
-            return false;
-        };
-        ends.iter()
-            .all(|(p, end)| committed.get(&TopicPartition::new(topic, *p)) == Some(end))
-    })
-    .await
+        .wait_committed_to_end(timeout)
+        .await
 }
 
 /// The partitions of `topic` whose committed offset (for `group`) is not

@@ -2,7 +2,9 @@
 //! facade (install any recorder to collect them; with feature `prometheus`,
 //! `prometheus::install` serves them on `GET /metrics`), and an
 //! [`Observer`] hook that sees every commit and rebalance (tests and
-//! fault-injection suites use it to prove "no commit after revoke").
+//! fault-injection suites use it to prove "no commit after revoke"), and a
+//! [`Snapshot`] of the same numbers for code in the process (a status line:
+//! `Processor::snapshots`).
 //!
 //! ## Metrics
 //!
@@ -69,7 +71,9 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 pub mod prometheus;
 
 mod handles;
+mod snapshot;
 pub(crate) use handles::{poll_errors, LagGauges, RuntimeMetrics};
+pub use snapshot::{PartitionSnapshot, Snapshot, SNAPSHOT_INTERVAL};
 
 /// Records whose handler succeeded.
 pub const HANDLED: &str = "resilience_records_handled_total";

@@ -35,7 +35,7 @@ use kafka_wire::{Client, NewTopic, Producer};
 use tokio::time::Instant;
 
 use crate::config::{CommitPolicy, ProcessorConfig};
-use crate::observe::{self, Event, LagGauges};
+use crate::observe::{self, Event, LagGauges, PartitionSnapshot, Snapshot, SNAPSHOT_INTERVAL};
 use crate::retry::runtime_delays;
 use listener::RuntimeListener;
 use runtime::Runtime;
@@ -144,6 +144,7 @@ pub struct Processor {
     cfg: ProcessorConfig,
     handler: AnyHandler,
     stats: Arc<Stats>,
+    snapshots: tokio::sync::watch::Sender<Snapshot>,
 }
 
 impl std::fmt::Debug for Processor {
@@ -161,6 +162,7 @@ impl Processor {
             cfg,
             handler: AnyHandler::One(Arc::new(handler)),
             stats: Arc::default(),
+            snapshots: tokio::sync::watch::Sender::default(),
         }
     }
 
@@ -173,12 +175,23 @@ impl Processor {
             cfg,
             handler: AnyHandler::Batch(Arc::new(handler)),
             stats: Arc::default(),
+            snapshots: tokio::sync::watch::Sender::default(),
         }
     }
 
     /// Live counters.
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
+    }
+
+    /// Live state: in-flight records and bytes, paused partitions, both
+    /// lags and the committed offset of every assigned partition (see
+    /// [`Snapshot`]). Take receivers before `run`; the poll task
+    /// publishes at most every [`SNAPSHOT_INTERVAL`] (100 ms), and once
+    /// more after the shutdown's final commit. A receiver outliving the run
+    /// keeps that last snapshot, and `changed()` then returns an error.
+    pub fn snapshots(&self) -> tokio::sync::watch::Receiver<Snapshot> {
+        self.snapshots.subscribe()
     }
 
     /// Consume and process until `shutdown` completes; then stop starting
@@ -289,6 +302,7 @@ impl Processor {
         // poll briefly, so fetching resumes as soon as they have.
         let mut draining = false;
         let mut last_lag = Instant::now();
+        let mut last_snapshot = Instant::now();
         let mut lag_gauges = rt.metrics.lag_gauges();
         let mut poll_backoff = PollBackoff::new(rt.metrics.poll_errors.clone());
         let result = loop {
@@ -323,6 +337,11 @@ impl Processor {
                 last_lag = Instant::now();
                 report_lag(&rt, &consumer, &mut lag_gauges);
             }
+            if last_snapshot.elapsed() >= SNAPSHOT_INTERVAL {
+                last_snapshot = Instant::now();
+                self.snapshots
+                    .send_replace(snapshot(&rt, &consumer, &paused));
+            }
         };
 
         // Shutdown: stop polling and starting records, drain, commit, leave.
@@ -333,6 +352,8 @@ impl Processor {
             t.abort();
         }
         rt.commit(&committer, None).await;
+        self.snapshots
+            .send_replace(snapshot(&rt, &consumer, &paused));
         if let Some(p) = &rt.producer {
             p.close().await;
         }
@@ -366,6 +387,39 @@ fn report_lag(rt: &Runtime, consumer: &Consumer, gauges: &mut LagGauges) {
         gauges.set(tp, consumer.lag(tp), commit_lag);
     }
     gauges.retain(&assigned);
+}
+
+/// The state the poll task publishes (see [`Snapshot`]).
+fn snapshot(rt: &Runtime, consumer: &Consumer, paused: &HashSet<TopicPartition>) -> Snapshot {
+    let mut assigned = consumer.assignment();
+    assigned.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    let st = rt.lock();
+    let partitions = assigned
+        .into_iter()
+        .map(|tp| {
+            let part = st.parts.get(&tp);
+            let committed = part
+                .and_then(|p| p.last_commit.as_ref())
+                .map(|(offset, _)| *offset);
+            let log_end = consumer.log_end(&tp);
+            PartitionSnapshot {
+                paused: paused.contains(&tp),
+                queued: part.map_or(0, |p| p.queued),
+                position: consumer.position(&tp),
+                log_end,
+                committed,
+                consumer_lag: consumer.lag(&tp),
+                commit_lag: log_end.zip(committed).map(|(e, c)| (e - c).max(0)),
+                tp,
+            }
+        })
+        .collect();
+    Snapshot {
+        in_flight_records: rt.in_flight_records.load(Ordering::Acquire),
+        in_flight_bytes: rt.in_flight_bytes.load(Ordering::Acquire),
+        generation: consumer.generation(),
+        partitions,
+    }
 }
 
 /// The pause after a retriable poll error (a corrupt batch, a lost

@@ -288,7 +288,7 @@ pub async fn restart_under_load(b: &testkit::BrokerEnv) -> [Report; 3] {
 /// Duplicated records that the killed member (events in `log`) cannot
 /// explain: on a partition it did not own when it died, or below the
 /// offset it had committed there.
-fn outside_uncommitted_window(log: &EventLog, topic: &str, sink: &Sink) -> usize {
+pub fn outside_uncommitted_window(log: &EventLog, topic: &str, sink: &Sink) -> usize {
     let mut owned: BTreeSet<i32> = BTreeSet::new();
     let mut committed: HashMap<i32, i64> = HashMap::new();
     for e in log.events() {

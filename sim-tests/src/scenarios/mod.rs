@@ -20,7 +20,9 @@ pub use broker::{broker_restart, consumer_before_broker};
 pub use classic::{
     crash_with_auto_commit, dlt_unavailable, poison_and_transient, rebalance_duplicates,
 };
-pub use load::{burst_with_slow_downstream, restart_under_load, scale_out_under_lag};
+pub use load::{
+    burst_with_slow_downstream, outside_uncommitted_window, restart_under_load, scale_out_under_lag,
+};
 pub use network::{
     ambiguous_commit, connection_chaos, corrupt_batches, fenced_member, slow_lossy_network,
     startup_race,
@@ -87,7 +89,7 @@ impl Report {
     /// `0..produced`, `dead` of them dead-lettered (`None`: no DLT in this
     /// run). Every missing record counts as lost until
     /// [`Report::split_missing`] looks at what was committed.
-    pub(crate) fn of(
+    pub fn of(
         scenario: &'static str,
         mode: &'static str,
         produced: u32,
@@ -120,7 +122,7 @@ impl Report {
     /// the topic at all. Records are found by reading `topic` back.
     /// Dead-lettered records are taken to be committed past (the runtime
     /// commits a record once its DLT write is acknowledged).
-    pub(crate) async fn split_missing(
+    pub async fn split_missing(
         mut self,
         b: &testkit::BrokerEnv,
         group: &str,
@@ -208,14 +210,14 @@ impl Report {
         self
     }
 
-    pub(crate) fn fact(mut self, name: &'static str, value: impl TryInto<u64>) -> Self {
+    pub fn fact(mut self, name: &'static str, value: impl TryInto<u64>) -> Self {
         self.facts
             .push((name, value.try_into().unwrap_or(u64::MAX)));
         self
     }
 
     /// A duration fact, in milliseconds (named "… ms").
-    pub(crate) fn millis(self, name: &'static str, d: Duration) -> Self {
+    pub fn millis(self, name: &'static str, d: Duration) -> Self {
         self.fact(name, d.as_millis())
     }
 
@@ -239,7 +241,7 @@ impl Report {
     }
 
     /// What went wrong (naive) or what held (resilient), in words.
-    pub(crate) fn verdict(mut self, verdict: impl Into<String>) -> Self {
+    pub fn verdict(mut self, verdict: impl Into<String>) -> Self {
         self.verdict = verdict.into();
         self
     }
