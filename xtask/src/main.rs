@@ -5,6 +5,7 @@
 //! - [`certs`]: the test CA and the broker certificate for the SSL listeners.
 //! - [`postgres`]: a throwaway PostgreSQL server for the idempotency-store tests.
 //! - [`pure`]: `check-pure`, the proof that the library crates need no C toolchain.
+//! - [`python`]: the venv with confluent-kafka's Avro serdes (schema-registry's compatibility test).
 //! - [`publish`]: `cargo doc` and `cargo package` of the library crates, as publishing needs.
 //! - [`test`]: `cargo xtask test`, the README's test command and what CI runs.
 //! - [`lab`]: `cargo xtask lab`, the README's "main job".
@@ -18,6 +19,7 @@ mod lab;
 mod postgres;
 mod publish;
 mod pure;
+mod python;
 mod shell;
 mod test;
 

@@ -181,6 +181,17 @@ fn run_steps(
         timed(steps, "package", publish::package)?;
     }
 
+    // schema-registry's wire-compatibility test runs confluent-kafka's
+    // Python serdes: their venv (target/python-venv, made once), passed to
+    // the tests as CONFLUENT_PYTHON.
+    let mut extra_env = extra_env.to_vec();
+    timed(steps, "python venv", || {
+        let python = crate::python::confluent_python()?;
+        extra_env.push((crate::python::ENV.into(), python.display().to_string()));
+        Ok(python.display().to_string())
+    })?;
+    let extra_env = extra_env.as_slice();
+
     // The caller's cluster: one run, no other versions to try.
     if let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP") {
         steps.push(Step {
