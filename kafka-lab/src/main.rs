@@ -7,6 +7,7 @@
 mod connect;
 mod consume;
 mod describe;
+mod dlt;
 mod exists;
 mod groups;
 mod json;
@@ -76,6 +77,11 @@ enum Command {
               value_parser = ["classic", "consumer", "both"])]
         group_protocol: String,
     },
+    /// Dead-letter topics: tail them with provenance, replay their records.
+    Dlt {
+        #[command(subcommand)]
+        command: dlt::DltCommand,
+    },
     /// List or describe consumer groups (members, offsets, lag).
     Groups {
         #[command(subcommand)]
@@ -128,6 +134,7 @@ async fn run() -> anyhow::Result<()> {
             group_protocol,
             ..
         } => scenario(&cli.connect, &name, &group_protocol, log.as_ref()).await,
+        Command::Dlt { command } => dlt::run(&cli.connect, command).await,
         Command::Groups { command } => {
             let client = Client::connect(cli.connect.client_config()?).await?;
             groups::run(&cli.connect, &client, command).await

@@ -2,6 +2,16 @@
 //! provenance headers under the `kafka_dlt-*` names Spring Kafka uses, so
 //! existing DLT tooling can read them. Numbers are big-endian binary, as
 //! Spring writes them (partition: 4 bytes; offset and timestamp: 8 bytes).
+//!
+//! - [`dead_record`]: a DLT record read back ([`DeadRecord`]) and a
+//!   [`Filter`] over its provenance;
+//! - [`replay`]: send dead records back once their cause is fixed, exactly
+//!   once ([`replay::replay`], `kafka-lab dlt replay`).
+
+pub mod dead_record;
+pub mod replay;
+
+pub use dead_record::{DeadRecord, Filter};
 
 use bytes::Bytes;
 use kafka_wire::records::Record;
@@ -37,7 +47,7 @@ pub struct Provenance {
     pub timestamp: i64,
 }
 
-fn header<'a>(record: &'a Record, name: &str) -> Option<&'a [u8]> {
+pub(crate) fn header<'a>(record: &'a Record, name: &str) -> Option<&'a [u8]> {
     record
         .headers
         .iter()
