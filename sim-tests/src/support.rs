@@ -312,8 +312,9 @@ pub fn number(r: &Record) -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-/// Produce records numbered from `first`, keyed "k<n>", at about
-/// `per_second`, until `stop` is set; every record is retried until
+/// Produce records numbered from `first`, keyed "k<n>", at `per_second`
+/// (paced from the start: a tick whose acknowledgements were slow is made
+/// up by the next), until `stop` is set; every record is retried until
 /// acknowledged (through broker restarts). Returns how many were acked:
 /// numbers `first..first + count`.
 pub async fn produce_steadily(
@@ -330,17 +331,20 @@ pub async fn produce_steadily(
             .value(n.to_string())
     };
     let tick = Duration::from_millis(20);
-    let per_tick = (per_second / 50).max(1);
     // Sent and acknowledged, or the error.
     let deliver = |n: u32| {
         let send = p.send(record(n));
         async move { send.await?.await.map(|_| ()) }
     };
+    let started = Instant::now();
     let mut n = first;
     while !stop.load(Ordering::SeqCst) {
-        // A tick's records are all sent before the first ack is awaited.
+        // Every record due by now (at least one a tick), all sent before
+        // the first ack is awaited.
+        let due = (started.elapsed().as_secs_f64() * f64::from(per_second)) as u32;
+        let upto = (first + due).max(n + 1);
         let mut pending = Vec::new();
-        for i in n..n + per_tick {
+        for i in n..upto {
             pending.push((i, p.send(record(i)).await));
         }
         for (i, sent) in pending {
@@ -353,7 +357,7 @@ pub async fn produce_steadily(
                 outcome = deliver(i).await;
             }
         }
-        n += per_tick;
+        n = upto;
         tokio::time::sleep(tick).await;
     }
     p.close().await;

@@ -25,7 +25,7 @@ use sim_tests::support::{rate_limited, Behaviour};
 
 /// The properties this service reads itself (everything else is a Kafka
 /// consumer property): name, default, meaning.
-pub const SERVICE_PROPERTIES: [(&str, &str, &str); 6] = [
+pub const SERVICE_PROPERTIES: [(&str, &str, &str); 7] = [
     (
         "processor.max.in.flight.records",
         "1000",
@@ -35,6 +35,12 @@ pub const SERVICE_PROPERTIES: [(&str, &str, &str); 6] = [
         "processor.max.in.flight.bytes",
         "65536",
         "pause fetching at this many bytes polled and not finished (bytes)",
+    ),
+    (
+        "processor.max.queued.per.partition",
+        "150",
+        "pause one partition at this many of its records in flight (records), so one \
+         partition cannot fill the whole bound and leave the other workers idle",
     ),
     (
         "processor.concurrency",
@@ -76,6 +82,8 @@ pub struct ServiceConfig {
     pub max_in_flight_records: usize,
     /// Bytes bound (bytes, as `resilience::processor::record_bytes` counts).
     pub max_in_flight_bytes: usize,
+    /// One partition's share (records).
+    pub max_queued_per_partition: usize,
     pub concurrency: usize,
     pub commit_interval: Duration,
     /// The downstream's capacity (records/s, all workers together).
@@ -119,6 +127,7 @@ impl ServiceConfig {
             consumer,
             max_in_flight_records: num("processor.max.in.flight.records")? as usize,
             max_in_flight_bytes: num("processor.max.in.flight.bytes")? as usize,
+            max_queued_per_partition: num("processor.max.queued.per.partition")? as usize,
             concurrency: num("processor.concurrency")? as usize,
             commit_interval: Duration::from_millis(num("processor.commit.interval.ms")?),
             downstream_per_second: num("downstream.records.per.second")? as u32,
@@ -128,8 +137,9 @@ impl ServiceConfig {
 
     /// The runtime's settings.
     pub fn processor_config(&self) -> ProcessorConfig {
-        ProcessorConfig::new(self.consumer.clone(), &[&self.topic])
-            .concurrency(self.concurrency)
+        let mut cfg = ProcessorConfig::new(self.consumer.clone(), &[&self.topic]);
+        cfg.max_queued_per_partition = self.max_queued_per_partition.max(1);
+        cfg.concurrency(self.concurrency)
             .max_in_flight(self.max_in_flight_records, self.max_in_flight_bytes)
             .commit_policy(CommitPolicy::Interval(self.commit_interval))
     }
