@@ -27,8 +27,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::{Client, NoTls, Transaction};
+
+/// The tokio-postgres this module is built on. [`PgDedup::process_once`]
+/// hands your closure its [`Transaction`]: use these types (and
+/// `tokio_postgres::GenericClient` for code shared with a plain `Client`)
+/// instead of a separate `tokio-postgres` dependency whose version would
+/// have to match.
+pub use tokio_postgres;
 
 use super::{DedupStore, StoreFuture};
 use crate::retry::HandlerError;
@@ -45,7 +52,10 @@ pub enum Outcome<T> {
 /// The inbox closure's future, borrowing the transaction.
 pub type TxFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, HandlerError>> + Send + 't>>;
 
-/// A small pool of connections to one database.
+/// A small pool of connections to one database. Each call holds one
+/// connection until it finishes (an inbox closure: until its transaction
+/// commits), so give it as many connections as handlers run at once
+/// (`ProcessorConfig::concurrency`); a call waits when all are busy.
 pub struct PgDedup {
     clients: Vec<Mutex<Client>>,
     next: AtomicUsize,
@@ -98,9 +108,19 @@ impl PgDedup {
         })
     }
 
-    fn pick(&self) -> &Mutex<Client> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        &self.clients[i]
+    /// A free connection if there is one (starting from a rotating index),
+    /// else wait for the next in turn. Without the free-first scan, a call
+    /// waited behind a slow transaction on "its" connection while others
+    /// sat idle.
+    async fn pick(&self) -> MutexGuard<'_, Client> {
+        let n = self.clients.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for k in 0..n {
+            if let Ok(free) = self.clients[(start + k) % n].try_lock() {
+                return free;
+            }
+        }
+        self.clients[start % n].lock().await
     }
 
     /// The inbox pattern: in one transaction, mark `event_id` processed and
@@ -114,7 +134,7 @@ impl PgDedup {
         F: for<'t> FnOnce(&'t Transaction<'t>) -> TxFuture<'t, T>,
     {
         let db = |e: tokio_postgres::Error| HandlerError::Retryable(format!("PostgreSQL: {e}"));
-        let mut client = self.pick().lock().await;
+        let mut client = self.pick().await;
         let tx = client.transaction().await.map_err(db)?;
         // The insert takes the row lock: a concurrent duplicate waits here,
         // then sees the row and does nothing.
@@ -140,7 +160,6 @@ impl PgDedup {
     /// The database's.
     pub async fn batch_execute(&self, sql: &str) -> Result<(), String> {
         self.pick()
-            .lock()
             .await
             .batch_execute(sql)
             .await
@@ -154,7 +173,6 @@ impl PgDedup {
     pub async fn query_i64(&self, sql: &str) -> Result<i64, String> {
         let row = self
             .pick()
-            .lock()
             .await
             .query_one(sql, &[])
             .await
@@ -166,7 +184,7 @@ impl PgDedup {
 impl DedupStore for PgDedup {
     fn seen<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let client = self.pick().lock().await;
+            let client = self.pick().await;
             let rows = client
                 .query("SELECT 1 FROM processed_events WHERE event_id = $1", &[&id])
                 .await
@@ -177,7 +195,7 @@ impl DedupStore for PgDedup {
 
     fn mark<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let client = self.pick().lock().await;
+            let client = self.pick().await;
             client
                 .execute(
                     "INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING",

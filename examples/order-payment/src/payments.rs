@@ -1,0 +1,128 @@
+//! The `payments` table: one row per payment made.
+//!
+//! ```sql
+//! CREATE TABLE payments (
+//!     id           bigserial   PRIMARY KEY,
+//!     event_id     text        NOT NULL,  -- the OrderCreated's event id
+//!     order_id     text        NOT NULL,
+//!     amount_cents bigint      NOT NULL,
+//!     paid_by      text        NOT NULL,  -- which instance paid
+//!     paid_at      timestamptz NOT NULL DEFAULT now())
+//! ```
+//!
+//! There is deliberately no `UNIQUE (event_id)`: the seed's table has none,
+//! and the naive mode's duplicates must be visible. The framework mode
+//! needs none: its `processed_events` row (primary key `event_id`) commits
+//! in the same transaction as the payment. (In production, add the
+//! constraint too: a second line of defence costs one index.)
+
+use anyhow::Context;
+use resilience::dedup::postgres::tokio_postgres::{self, Client, GenericClient, NoTls};
+
+use crate::order::OrderCreated;
+
+/// Under an advisory lock: concurrent `CREATE TABLE IF NOT EXISTS` race.
+const CREATE: &str = "BEGIN;
+SELECT pg_advisory_xact_lock(7262535);
+CREATE TABLE IF NOT EXISTS payments (
+    id bigserial PRIMARY KEY,
+    event_id text NOT NULL,
+    order_id text NOT NULL,
+    amount_cents bigint NOT NULL,
+    paid_by text NOT NULL,
+    paid_at timestamptz NOT NULL DEFAULT now());
+CREATE INDEX IF NOT EXISTS payments_event_id ON payments (event_id);
+COMMIT;";
+
+/// Connect to `pg_url` (libpq style) and create `payments` if missing.
+///
+/// # Errors
+/// The server is unreachable or refuses, naming `pg_url`.
+pub async fn connect(pg_url: &str) -> anyhow::Result<Client> {
+    let (client, connection) = tokio_postgres::connect(pg_url, NoTls)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to PostgreSQL at '{pg_url}' (is `cargo xtask postgres up` running?)"
+            )
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "PostgreSQL connection ended");
+        }
+    });
+    client
+        .batch_execute(CREATE)
+        .await
+        .context("creating the payments table")?;
+    Ok(client)
+}
+
+/// Record a payment, on a plain connection (naive) or inside the inbox's
+/// transaction (framework).
+///
+/// # Errors
+/// The database's.
+pub async fn insert(
+    db: &impl GenericClient,
+    order: &OrderCreated,
+    paid_by: &str,
+) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        "INSERT INTO payments (event_id, order_id, amount_cents, paid_by) VALUES ($1, $2, $3, $4)",
+        &[
+            &order.event_id,
+            &order.order_id,
+            &order.amount_cents,
+            &paid_by,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// What the table holds for a set of event ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Payment rows.
+    pub rows: i64,
+    /// Event ids with at least one row.
+    pub paid: Vec<String>,
+    /// Event ids with more than one row (paid twice), with their row count.
+    pub duplicated: Vec<(String, i64)>,
+}
+
+/// Count the payments of `event_ids`.
+///
+/// # Errors
+/// The database's.
+pub async fn count(db: &Client, event_ids: &[String]) -> anyhow::Result<Counts> {
+    let rows = db
+        .query(
+            "SELECT event_id, count(*) FROM payments WHERE event_id = ANY($1) GROUP BY event_id",
+            &[&event_ids],
+        )
+        .await
+        .context("counting payments")?;
+    Ok(Counts {
+        rows: rows.iter().map(|r| r.get::<_, i64>(1)).sum(),
+        paid: rows.iter().map(|r| r.get(0)).collect(),
+        duplicated: duplicated(db, event_ids).await?,
+    })
+}
+
+/// The seed's evidence query: event ids paid more than once, with how often.
+///
+/// # Errors
+/// The database's.
+pub async fn duplicated(db: &Client, event_ids: &[String]) -> anyhow::Result<Vec<(String, i64)>> {
+    let rows = db
+        .query(
+            "SELECT event_id, count(*) FROM payments WHERE event_id = ANY($1) \
+             GROUP BY event_id HAVING count(*) > 1 ORDER BY event_id",
+            &[&event_ids],
+        )
+        .await
+        .context("finding duplicated payments")?;
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
