@@ -189,7 +189,8 @@ impl AvroSerializer {
         topic: &str,
         value: &T,
     ) -> Result<Vec<u8>, SerializeError> {
-        let value = apache_avro::to_value(value).map_err(|e| SerializeError::Schema(e.to_string()))?;
+        let value =
+            apache_avro::to_value(value).map_err(|e| SerializeError::Schema(e.to_string()))?;
         self.serialize(topic, value).await
     }
 
@@ -262,12 +263,13 @@ impl AvroDeserializer {
                 DeserializeError::Registry { id, source }
             }
         })?;
-        let schema = Arc::new(Schema::parse_str(&text).map_err(|e| {
-            DeserializeError::WriterSchema {
-                id,
-                reason: e.to_string(),
-            }
-        })?);
+        let schema =
+            Arc::new(
+                Schema::parse_str(&text).map_err(|e| DeserializeError::WriterSchema {
+                    id,
+                    reason: e.to_string(),
+                })?,
+            );
         let mut cache = self.lock();
         if cache.len() >= crate::client::MAX_CACHED {
             cache.clear();
@@ -339,10 +341,12 @@ pub fn decode(
         }
     })?;
     match reader {
-        Some(reader) => value.resolve(reader).map_err(|e| DeserializeError::Mismatch {
-            id,
-            reason: e.to_string(),
-        }),
+        Some(reader) => value
+            .resolve(reader)
+            .map_err(|e| DeserializeError::Mismatch {
+                id,
+                reason: e.to_string(),
+            }),
         None => Ok(value),
     }
 }
@@ -364,7 +368,9 @@ mod tests {
             ("id".into(), Value::String("a".into())),
             ("price".into(), Value::Double(9.99)),
         ]);
-        let bytes = serializer().serialize_with_id(SchemaId(1), v.clone()).unwrap();
+        let bytes = serializer()
+            .serialize_with_id(SchemaId(1), v.clone())
+            .unwrap();
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, "000000000102617b14ae47e1fa2340");
         let schema = Schema::parse_str(ORDER).unwrap();

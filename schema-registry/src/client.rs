@@ -143,7 +143,9 @@ impl RegistryConfig {
             }
         }
         if urls.is_empty() {
-            return Err(RegistryError::Config("schema.registry.url is required".into()));
+            return Err(RegistryError::Config(
+                "schema.registry.url is required".into(),
+            ));
         }
         Ok(Self {
             urls,
@@ -155,7 +157,10 @@ impl RegistryConfig {
 
 fn parse_url(url: &str) -> Result<Uri, RegistryError> {
     let bad = |why: &str| RegistryError::Config(format!("schema.registry.url {url:?}: {why}"));
-    let uri: Uri = url.trim_end_matches('/').parse().map_err(|_| bad("not a URL"))?;
+    let uri: Uri = url
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|_| bad("not a URL"))?;
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => return Err(bad("https is not supported yet (plain http only)")),
@@ -355,7 +360,10 @@ impl RegistryClient {
     ) -> Result<T, RegistryError> {
         let mut last = None;
         for base in &self.inner.config.urls {
-            match self.call_one(operation, base, &method, path, body.clone()).await {
+            match self
+                .call_one(operation, base, &method, path, body.clone())
+                .await
+            {
                 Err(e @ RegistryError::Transport { .. }) => {
                     tracing::debug!(%base, error = %e, "schema registry unreachable, next URL");
                     last = Some(e);

@@ -67,7 +67,10 @@ pub fn check(schema: &Schema, body: &[u8]) -> Result<(), Corrupt> {
     let mut walk = Walk {
         body,
         pos: 0,
-        values_left: body.len().saturating_mul(2).saturating_add(ZERO_SIZE_BUDGET),
+        values_left: body
+            .len()
+            .saturating_mul(2)
+            .saturating_add(ZERO_SIZE_BUDGET),
     };
     walk.value(schema, names, &None, 0)?;
     if walk.pos != body.len() {
@@ -130,7 +133,8 @@ impl Walk<'_> {
     /// A byte length: non-negative and within the bytes that remain.
     fn len(&mut self, what: &str) -> Result<usize, Corrupt> {
         let n = self.long()?;
-        let n = usize::try_from(n).map_err(|_| self.corrupt(format!("negative {what} length {n}")))?;
+        let n =
+            usize::try_from(n).map_err(|_| self.corrupt(format!("negative {what} length {n}")))?;
         self.take(n, what)?;
         Ok(n)
     }
@@ -329,7 +333,10 @@ mod tests {
         let s = schema(r#"{"type":"array","items":"null"}"#);
         // count = i64::MAX / 2-ish, then the terminating 0.
         let body = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0x00];
-        assert!(check(&s, &body).unwrap_err().what.contains("more than the body"));
+        assert!(check(&s, &body)
+            .unwrap_err()
+            .what
+            .contains("more than the body"));
         // A thousand nulls is fine.
         assert_eq!(check(&s, &[0xd0, 0x0f, 0x00]), Ok(()));
     }

@@ -142,9 +142,16 @@ async fn our_bytes_and_confluents_are_the_same_both_ways() {
             assert_eq!(hex(&frames[j]), their_hex, "{topic} value {j}: {value}");
             // 2. Theirs decoded by us.
             let back = de.deserialize(&unhex(their_hex)).await.unwrap();
-            assert_eq!(Json::try_from(back).unwrap(), *value, "{topic} value {j}: ours of theirs");
+            assert_eq!(
+                Json::try_from(back).unwrap(),
+                *value,
+                "{topic} value {j}: ours of theirs"
+            );
             // 3. Ours decoded by them.
-            assert_eq!(theirs["decoded"][j], *value, "{topic} value {j}: theirs of ours");
+            assert_eq!(
+                theirs["decoded"][j], *value,
+                "{topic} value {j}: theirs of ours"
+            );
             println!("{topic} #{j}: {their_hex} == ours, decoded both ways");
             compared += 1;
         }

@@ -49,7 +49,10 @@ async fn register_then_look_up_by_id_and_by_version() {
         .subject_version("orders-value", Version::Number(1))
         .await
         .unwrap();
-    assert_eq!((first.id, first.version, first.schema.as_str()), (SchemaId(1), 1, ORDER));
+    assert_eq!(
+        (first.id, first.version, first.schema.as_str()),
+        (SchemaId(1), 1, ORDER)
+    );
     // The same schema under another subject keeps its global id.
     assert_eq!(client.register("other-value", ORDER).await.unwrap(), id);
 }
@@ -63,21 +66,42 @@ async fn errors_carry_the_registrys_error_code_and_message() {
         Some(codes::SCHEMA_NOT_FOUND)
     );
     assert_eq!(
-        code(client.subject_version("nope", Version::Latest).await.map(|_| ())),
+        code(
+            client
+                .subject_version("nope", Version::Latest)
+                .await
+                .map(|_| ())
+        ),
         Some(codes::SUBJECT_NOT_FOUND)
     );
     client.register("orders-value", ORDER).await.unwrap();
     assert_eq!(
-        code(client.subject_version("orders-value", Version::Number(9)).await.map(|_| ())),
+        code(
+            client
+                .subject_version("orders-value", Version::Number(9))
+                .await
+                .map(|_| ())
+        ),
         Some(codes::VERSION_NOT_FOUND)
     );
     assert_eq!(
-        code(client.register("orders-value", "{not json").await.map(|_| ())),
+        code(
+            client
+                .register("orders-value", "{not json")
+                .await
+                .map(|_| ())
+        ),
         Some(codes::INVALID_SCHEMA)
     );
-    let err = client.register("orders-value", ORDER_BAD).await.unwrap_err();
+    let err = client
+        .register("orders-value", ORDER_BAD)
+        .await
+        .unwrap_err();
     assert_eq!(err.error_code(), Some(codes::INCOMPATIBLE_SCHEMA));
-    assert!(matches!(err, RegistryError::Api { status: 409, .. }), "{err}");
+    assert!(
+        matches!(err, RegistryError::Api { status: 409, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("incompatible"), "{err}");
     assert!(!err.is_retryable());
 }
@@ -107,9 +131,15 @@ async fn the_serdes_register_once_and_fetch_each_id_once() {
     let ser = AvroSerializer::new(client.clone(), ORDER).unwrap();
     let de = AvroDeserializer::new(RegistryClient::from_url(registry.url()).unwrap());
     for i in 0..20 {
-        let bytes = ser.serialize("orders", order(&format!("o{i}"), 9.99)).await.unwrap();
+        let bytes = ser
+            .serialize("orders", order(&format!("o{i}"), 9.99))
+            .await
+            .unwrap();
         assert_eq!(&bytes[..5], &[0, 0, 0, 0, 1]);
-        assert_eq!(de.deserialize(&bytes).await.unwrap(), order(&format!("o{i}"), 9.99));
+        assert_eq!(
+            de.deserialize(&bytes).await.unwrap(),
+            order(&format!("o{i}"), 9.99)
+        );
     }
     assert_eq!(
         registry.requests(),
@@ -121,7 +151,9 @@ async fn the_serdes_register_once_and_fetch_each_id_once() {
 async fn a_reader_schema_resolves_old_data() {
     let (_registry, client) = setup().await;
     let ser = AvroSerializer::new(client.clone(), ORDER).unwrap();
-    let de = AvroDeserializer::new(client).with_reader_schema(ORDER_V2).unwrap();
+    let de = AvroDeserializer::new(client)
+        .with_reader_schema(ORDER_V2)
+        .unwrap();
     let bytes = ser.serialize("orders", order("a", 1.5)).await.unwrap();
     let Value::Record(fields) = de.deserialize(&bytes).await.unwrap() else {
         panic!("a record")
@@ -147,32 +179,60 @@ async fn hostile_payloads_are_typed_errors() {
     let (registry, client) = setup().await;
     registry.register("orders-value", ORDER);
     let de = AvroDeserializer::new(client);
-    let good: Vec<u8> = vec![0, 0, 0, 0, 1, 0x02, b'a', 0x7b, 0x14, 0xae, 0x47, 0xe1, 0xfa, 0x23, 0x40];
+    let good: Vec<u8> = vec![
+        0, 0, 0, 0, 1, 0x02, b'a', 0x7b, 0x14, 0xae, 0x47, 0xe1, 0xfa, 0x23, 0x40,
+    ];
     assert!(de.deserialize(&good).await.is_ok());
 
     let err = |r: Result<Value, DeserializeError>| r.unwrap_err();
-    assert!(matches!(err(de.deserialize(&[]).await), DeserializeError::Wire(_)));
-    assert!(matches!(err(de.deserialize(&good[..4]).await), DeserializeError::Wire(_)));
-    assert!(matches!(err(de.deserialize(b"{\"id\":\"a\"}").await), DeserializeError::Wire(_)));
+    assert!(matches!(
+        err(de.deserialize(&[]).await),
+        DeserializeError::Wire(_)
+    ));
+    assert!(matches!(
+        err(de.deserialize(&good[..4]).await),
+        DeserializeError::Wire(_)
+    ));
+    assert!(matches!(
+        err(de.deserialize(b"{\"id\":\"a\"}").await),
+        DeserializeError::Wire(_)
+    ));
     let mut unknown = good.clone();
     unknown[4] = 99;
     assert!(matches!(
         err(de.deserialize(&unknown).await),
-        DeserializeError::UnknownSchema { id: SchemaId(99), .. }
+        DeserializeError::UnknownSchema {
+            id: SchemaId(99),
+            ..
+        }
     ));
     // Every truncation, and trailing garbage.
     for cut in 5..good.len() {
-        assert!(matches!(err(de.deserialize(&good[..cut]).await), DeserializeError::Corrupt { .. }));
+        assert!(matches!(
+            err(de.deserialize(&good[..cut]).await),
+            DeserializeError::Corrupt { .. }
+        ));
     }
     let mut long = good.clone();
     long.extend_from_slice(b"junk");
-    assert!(matches!(err(de.deserialize(&long).await), DeserializeError::Corrupt { .. }));
+    assert!(matches!(
+        err(de.deserialize(&long).await),
+        DeserializeError::Corrupt { .. }
+    ));
     // A string length of 2^62 and invalid UTF-8.
-    let huge = [0, 0, 0, 0, 1, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
-    assert!(matches!(err(de.deserialize(&huge).await), DeserializeError::Corrupt { .. }));
+    let huge = [
+        0, 0, 0, 0, 1, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+    ];
+    assert!(matches!(
+        err(de.deserialize(&huge).await),
+        DeserializeError::Corrupt { .. }
+    ));
     let mut latin1 = good.clone();
     latin1[6] = 0xe9;
-    assert!(matches!(err(de.deserialize(&latin1).await), DeserializeError::Corrupt { .. }));
+    assert!(matches!(
+        err(de.deserialize(&latin1).await),
+        DeserializeError::Corrupt { .. }
+    ));
 
     // Pseudo-random bytes behind a valid header: never a panic.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;

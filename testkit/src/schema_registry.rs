@@ -294,7 +294,9 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Full<B
         .map(|s| s.as_deref().unwrap_or("\u{0}"))
         .collect();
     let (status, json) = {
-        let mut st = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut st = state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         st.requests.push(format!("{method} {path}"));
         if method == Method::POST && !type_ok {
             error(
