@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use kafka_wire::records::Record;
-use kafka_wire::{Client, NewTopic};
+use kafka_wire::{Client, NewTopic, Producer, ProducerRecord};
 use resilience::dlt::replay::{self, ReplayOptions, ReplayReport, TopicReader};
 use schema_registry::{AvroDeserializer, AvroSerializer, RegistryClient};
 use testkit::StandInSchemaRegistry;
@@ -23,6 +23,10 @@ use crate::producer::{self, Delivered};
 use crate::service::{self, OrderService, Verbosity};
 use crate::settings::Settings;
 use crate::summary::{money, Summary};
+
+/// Records produced besides the orders whose value is not Avro (plain
+/// JSON): each must be dead-lettered as a deserialization failure.
+pub const UNDECODABLE: u64 = 1;
 
 /// What a demo run did.
 #[derive(Debug)]
@@ -85,6 +89,18 @@ pub async fn run(
 
     let ser = AvroSerializer::new(registry.clone(), SCHEMA)?;
     let produced = producer::produce(settings, &ser, count, seed).await?;
+    // One payload that is not Avro at all: a deserialization failure, to
+    // the DLQ at once, never blocking its partition.
+    let raw = Producer::connect(settings.producer()?).await?;
+    raw.send(
+        ProducerRecord::new(settings.topic.as_str())
+            .key("not-avro")
+            .value(&br#"{"order_id":"plain JSON, no schema id"}"#[..]),
+    )
+    .await?
+    .await?;
+    raw.close().await;
+    let total = count + UNDECODABLE;
 
     let service = OrderService::new(
         AvroDeserializer::new(registry),
@@ -101,7 +117,7 @@ pub async fn run(
                 + stats
                     .dead_lettered
                     .load(std::sync::atomic::Ordering::Relaxed)
-                >= count
+                >= total
         }
     };
     let until = Instant::now() + deadline;
@@ -114,7 +130,7 @@ pub async fn run(
         .await?;
     anyhow::ensure!(
         done(),
-        "the processor did not finish {count} orders within {deadline:?}"
+        "the processor did not finish {total} records within {deadline:?}"
     );
     let summary = Summary::new(
         tally.snapshot(),
@@ -152,7 +168,7 @@ pub async fn run(
     );
     Ok(Report {
         expected_processed: ok.len() as u64,
-        expected_dead: produced.len() as u64 - ok.len() as u64,
+        expected_dead: produced.len() as u64 - ok.len() as u64 + UNDECODABLE,
         expected_average,
         produced,
         summary,
@@ -182,108 +198,129 @@ pub async fn read_topic(
 }
 
 impl Report {
+    /// Records produced: the orders and the undecodable payloads.
+    pub fn produced_records(&self) -> u64 {
+        self.produced.len() as u64 + UNDECODABLE
+    }
+
     /// The demo's table: what happened, and what it should have been.
     pub fn print(&self) {
         let s = &self.summary;
-        let count = |f: Fate| {
-            self.produced
+        let fates = |f: Fate| {
+            let n = self
+                .produced
                 .iter()
-                .filter(|d| Fate::of(&d.order.order_id) == f)
-                .count()
+                .filter(|d| Fate::of(&d.order.order_id) == f);
+            n.count().to_string()
         };
         let check = |ok: bool| if ok { "✓" } else { "✗" };
-        let rows: Vec<(String, String, String)> = vec![
-            (
+        let expect = |ok: bool, what: String| format!("{} {what}", check(ok));
+        let [first, second] = &self.replays;
+        let sum = s.processed + s.dead_lettered;
+        let rows: Vec<[String; 3]> = vec![
+            [
                 "orders produced".into(),
                 self.produced.len().to_string(),
                 String::new(),
-            ),
-            (
-                "received by the consumer".into(),
+            ],
+            [
+                "+ payloads that are not Avro".into(),
+                UNDECODABLE.to_string(),
+                String::new(),
+            ],
+            [
+                "orders received".into(),
                 s.received.to_string(),
-                check(s.received == self.produced.len() as u64).into(),
-            ),
-            (
+                String::new(),
+            ],
+            [
                 "processed".into(),
                 s.processed.to_string(),
-                format!(
-                    "{} expected {}",
-                    check(s.processed == self.expected_processed),
-                    self.expected_processed
+                expect(
+                    s.processed == self.expected_processed,
+                    format!("expected {}", self.expected_processed),
                 ),
-            ),
-            (
-                "  of which after a retry".into(),
-                count(Fate::TransientOnce).to_string(),
+            ],
+            [
+                "  after one retry".into(),
+                fates(Fate::TransientOnce),
                 String::new(),
-            ),
-            (
+            ],
+            [
                 "sent to DLQ".into(),
                 s.dead_lettered.to_string(),
-                format!(
-                    "{} expected {}",
-                    check(s.dead_lettered == self.expected_dead),
-                    self.expected_dead
+                expect(
+                    s.dead_lettered == self.expected_dead,
+                    format!("expected {}", self.expected_dead),
                 ),
-            ),
-            (
+            ],
+            [
                 "  poison (fatal, no retry)".into(),
-                count(Fate::Poison).to_string(),
+                fates(Fate::Poison),
                 String::new(),
-            ),
-            (
-                "  transient, 3 retries exhausted".into(),
-                count(Fate::TransientAlways).to_string(),
+            ],
+            [
+                "  3 retries exhausted".into(),
+                fates(Fate::TransientAlways),
                 String::new(),
-            ),
-            (
-                "processed + DLQ = produced".into(),
-                (s.processed + s.dead_lettered).to_string(),
-                check(s.processed + s.dead_lettered == self.produced.len() as u64).into(),
-            ),
-            (
+            ],
+            [
+                "  not Avro (deserialization)".into(),
+                UNDECODABLE.to_string(),
+                String::new(),
+            ],
+            [
+                "processed + DLQ".into(),
+                sum.to_string(),
+                expect(
+                    sum == self.produced_records(),
+                    format!("= produced {}", self.produced_records()),
+                ),
+            ],
+            [
                 "total revenue".into(),
                 format!("${}", money(s.revenue)),
                 String::new(),
-            ),
-            (
-                "running average".into(),
+            ],
+            [
+                "average order value".into(),
                 format!("${:.4}", s.average),
-                format!(
-                    "{} average of processed prices ${:.4}",
-                    check(s.average == self.expected_average),
-                    self.expected_average
+                expect(
+                    s.average == self.expected_average,
+                    format!("= mean of processed prices ${:.4}", self.expected_average),
                 ),
-            ),
-            (
+            ],
+            [
                 "DLQ records read back".into(),
                 self.dlq.len().to_string(),
-                "with kafka_dlt-original-topic/partition/offset, exception message".into(),
-            ),
-            (
-                "replay #1: moved back".into(),
-                self.replays[0].replayed.to_string(),
-                check(self.replays[0].replayed == s.dead_lettered).into(),
-            ),
-            (
-                "replay #2: moved back".into(),
-                self.replays[1].replayed.to_string(),
-                format!(
-                    "{} ({} already replayed)",
-                    check(self.replays[1].replayed == 0),
-                    self.replays[1].already_replayed
+                "kafka_dlt-original-topic/-partition/-offset, -exception-message".into(),
+            ],
+            [
+                "replay 1: moved back".into(),
+                first.replayed.to_string(),
+                expect(first.replayed == s.dead_lettered, "= sent to DLQ".into()),
+            ],
+            [
+                "replay 2: moved back".into(),
+                second.replayed.to_string(),
+                expect(
+                    second.replayed == 0,
+                    format!("{} already replayed", second.already_replayed),
                 ),
-            ),
-            (
+            ],
+            [
                 "replayed records in orders".into(),
                 self.replayed_back.len().to_string(),
-                check(self.replayed_back.len() as u64 == s.dead_lettered).into(),
-            ),
+                expect(
+                    self.replayed_back.len() as u64 == s.dead_lettered,
+                    "exactly once".into(),
+                ),
+            ],
         ];
-        let w = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
+        let w = rows.iter().map(|r| r[0].chars().count()).max().unwrap_or(0);
         println!("\n| {:<w$} | {:>12} | check", "avro-orders demo", "value");
         println!("|{}|{}|------", "-".repeat(w + 2), "-".repeat(14));
-        for (what, value, note) in rows {
+        for [what, value, note] in rows {
             println!("| {what:<w$} | {value:>12} | {note}");
         }
         println!("took {:.1} s", self.took.as_secs_f64());
