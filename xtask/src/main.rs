@@ -4,6 +4,7 @@
 //! - [`broker`]: a real Apache Kafka broker (KRaft, from Maven Central jars) on demand.
 //! - [`certs`]: the test CA and the broker certificate for the SSL listeners.
 //! - [`postgres`]: a throwaway PostgreSQL server for the idempotency-store tests.
+//! - [`redis`]: a throwaway Redis server for the examples that aggregate in Redis.
 //! - [`pure`]: `check-pure`, the proof that the library crates need no C toolchain.
 //! - [`python`]: the venv with confluent-kafka's Avro serdes (schema-registry's compatibility test).
 //! - [`publish`]: `cargo doc` and `cargo package` of the library crates, as publishing needs.
@@ -20,6 +21,7 @@ mod postgres;
 mod publish;
 mod pure;
 mod python;
+mod redis;
 mod shell;
 mod test;
 
@@ -51,6 +53,11 @@ enum Command {
         #[command(subcommand)]
         action: postgres::Action,
     },
+    /// Start, stop or inspect the local Redis (the examples that aggregate in Redis).
+    Redis {
+        #[command(subcommand)]
+        action: redis::Action,
+    },
     /// Prove the library crates build without a C toolchain.
     CheckPure,
     /// fmt + clippy + check-pure + every test against a real broker (what CI runs).
@@ -80,6 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             broker::run(action)
         }
         Command::Postgres { action } => postgres::run(action),
+        Command::Redis { action } => redis::run(action),
         Command::CheckPure => pure::check_pure(),
         Command::Test(args) => test::run(args),
         Command::Lab(args) => lab::run(args),
