@@ -271,7 +271,7 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Full<B
         .headers()
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map_or(true, |t| {
+        .is_none_or(|t| {
             let t = t.split(';').next().unwrap_or("").trim();
             [
                 CONTENT_TYPE_V1,
