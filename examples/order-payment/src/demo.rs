@@ -13,8 +13,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
-use kafka_wire::{Client, ClientConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -46,7 +44,7 @@ impl DemoConfig {
             bootstrap: bootstrap.into(),
             pg_url: pg_url.into(),
             orders: 48,
-            partitions: 4,
+            partitions: crate::PARTITIONS,
             gateway: GatewayConfig::default(),
             mode_timeout: Duration::from_secs(25),
         }
@@ -112,100 +110,82 @@ fn stamp() -> String {
     format!("{ms}-{}", std::process::id())
 }
 
+/// One run's names: fresh per mode, so runs never see each other's records.
+struct Names {
+    run: String,
+    topic: String,
+    dlt_topic: String,
+    group: String,
+}
+
+impl Names {
+    fn new(mode: Mode) -> Names {
+        let run = format!("demo-{}-{}", stamp(), mode.name());
+        let topic = format!("{run}.{}", crate::ORDERS_TOPIC);
+        Names {
+            dlt_topic: resilience::dlt::dlt_topic(&topic),
+            group: format!("{run}.{}", payment_service::GROUP),
+            topic,
+            run,
+        }
+    }
+}
+
+/// A service running on its own task.
+type Service = JoinHandle<anyhow::Result<()>>;
+
 /// One mode, from fresh topics to the counts.
 ///
 /// # Errors
 /// Kafka or PostgreSQL unreachable, or a topic that cannot be created.
 pub async fn run_mode(cfg: &DemoConfig, mode: Mode) -> anyhow::Result<ModeReport> {
     let started = Instant::now();
-    let run = format!("demo-{}-{}", stamp(), mode.name());
-    let topic = format!("{run}.{}", crate::ORDERS_TOPIC);
-    let dlt_topic = resilience::dlt::dlt_topic(&topic);
-    let group = format!("{run}.{}", payment_service::GROUP);
-
-    let admin = Client::connect(
-        ClientConfig::builder()
-            .set("bootstrap.servers", &cfg.bootstrap)?
-            .build()?,
+    let names = Names::new(mode);
+    crate::ensure_topics(
+        &cfg.bootstrap,
+        &[&names.topic, &names.dlt_topic],
+        cfg.partitions,
     )
-    .await
-    .with_context(|| format!("connecting to Kafka at {}", cfg.bootstrap))?;
-    order_service::ensure_topic(&admin, &topic, cfg.partitions).await?;
-    order_service::ensure_topic(&admin, &dlt_topic, cfg.partitions).await?;
-
+    .await?;
     let orders: Vec<OrderCreated> = (0..cfg.orders)
-        .map(|n| OrderCreated::numbered(&run, n))
+        .map(|n| OrderCreated::numbered(&names.run, n))
         .collect();
     let producer = crate::producer_config(&cfg.bootstrap, order_service::PRODUCER)?;
-    order_service::publish(producer, &topic, &orders).await?;
+    order_service::publish(producer, &names.topic, &orders).await?;
     let ids: Vec<String> = orders.iter().map(|o| o.event_id.clone()).collect();
     let refused = order::failing_count(cfg.orders);
-    let payable = orders.len() - refused;
 
+    // Two payment instances in one group, one gateway (slow for a moment).
     let db = Arc::new(payments::connect(&cfg.pg_url).await?);
     let gateway = Arc::new(Gateway::new(cfg.gateway));
     let (stop, stopped) = watch::channel(false);
-    let dead_letters = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
+    let mut services = Vec::new();
     for instance in ["payment-a", "payment-b"] {
-        let (topic, gateway, stopped) = (topic.clone(), gateway.clone(), stopped.clone());
-        tasks.push(match mode {
-            Mode::Naive => {
-                let consumer = naive::consumer_config(&cfg.bootstrap, &group)?;
-                let db = db.clone();
-                tokio::spawn(async move {
-                    naive::run(consumer, &topic, db, gateway, instance, stopped).await?;
-                    Ok(())
-                })
-            }
-            Mode::Framework => {
-                let consumer = crate::consumer_config(&cfg.bootstrap, &group, PAYMENT_CONSUMER)?;
-                let dlt = crate::producer_config(&cfg.bootstrap, order_service::PRODUCER)?;
-                let pcfg = payment_service::processor_config(consumer, &topic, dlt);
-                let processor =
-                    payment_service::processor(pcfg, &cfg.pg_url, gateway, instance).await?;
-                tokio::spawn(async move {
-                    let mut stopped = stopped;
-                    let shutdown = async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    };
-                    processor.run(shutdown).await?;
-                    Ok(())
-                })
-            }
+        let (gateway, stopped) = (gateway.clone(), stopped.clone());
+        services.push(match mode {
+            Mode::Naive => start_naive(cfg, &names, &db, gateway, instance, stopped)?,
+            Mode::Framework => start_processor(cfg, &names, gateway, instance, stopped).await?,
         });
     }
-    if mode == Mode::Framework {
-        let consumer = dlt_consumer::consumer_config(&cfg.bootstrap, &format!("{run}.dlt"))?;
-        let (sink, stopped, dlt_topic) = (dead_letters.clone(), stopped.clone(), dlt_topic.clone());
-        tasks.push(tokio::spawn(async move {
-            let keep = move |d| sink.lock().expect("dead letters").push(d);
-            dlt_consumer::run(consumer, &dlt_topic, keep, stopped).await
-        }));
-    }
+    let dead_letters = Arc::new(Mutex::new(Vec::new()));
+    let expect_dlt = match mode {
+        Mode::Naive => 0,
+        Mode::Framework => {
+            services.push(start_dlt_consumer(cfg, &names, &dead_letters, stopped)?);
+            refused
+        }
+    };
 
     // Until every order has an outcome, or the time is up.
     let deadline = Instant::now() + cfg.mode_timeout;
-    let expect_dlt = if mode == Mode::Framework { refused } else { 0 };
     let mut settled = false;
-    while Instant::now() < deadline {
+    while !settled && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
         let paid = payments::count(&db, &ids).await?.paid.len();
         let dead = dead_letters.lock().expect("dead letters").len();
-        if paid >= payable && dead >= expect_dlt {
-            settled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        settled = paid + refused >= orders.len() && dead >= expect_dlt;
     }
-    let _ = stop.send(true);
-    for task in tasks {
-        match tokio::time::timeout(Duration::from_secs(10), task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "a service failed"),
-            Ok(Err(e)) => tracing::error!(error = %e, "a service panicked"),
-            Err(_) => tracing::error!("a service did not stop within 10 s"),
-        }
-    }
+    stop_all(stop, services).await;
 
     let counts = payments::count(&db, &ids).await?;
     let dead_letters = dead_letters.lock().expect("dead letters").clone();
@@ -215,23 +195,85 @@ pub async fn run_mode(cfg: &DemoConfig, mode: Mode) -> anyhow::Result<ModeReport
         .map(String::as_str)
         .chain(dead_letters.iter().filter_map(|d| d.event_id.as_deref()))
         .collect();
-    let missing = ids
-        .iter()
-        .filter(|id| !accounted.contains(id.as_str()))
-        .cloned()
-        .collect();
     Ok(ModeReport {
         mode,
-        topic,
+        topic: names.topic,
         orders: orders.len(),
         refused,
         payment_rows: counts.rows,
         duplicated: counts.duplicated,
-        missing,
+        missing: ids
+            .iter()
+            .filter(|id| !accounted.contains(id.as_str()))
+            .cloned()
+            .collect(),
         dead_letters,
         settled,
         elapsed: started.elapsed(),
     })
+}
+
+fn start_naive(
+    cfg: &DemoConfig,
+    names: &Names,
+    db: &Arc<payments::Client>,
+    gateway: Arc<Gateway>,
+    instance: &'static str,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<Service> {
+    let consumer = naive::consumer_config(&cfg.bootstrap, &names.group)?;
+    let (topic, db) = (names.topic.clone(), db.clone());
+    Ok(tokio::spawn(async move {
+        naive::run(consumer, &topic, db, gateway, instance, stopped).await?;
+        Ok(())
+    }))
+}
+
+async fn start_processor(
+    cfg: &DemoConfig,
+    names: &Names,
+    gateway: Arc<Gateway>,
+    instance: &str,
+    mut stopped: watch::Receiver<bool>,
+) -> anyhow::Result<Service> {
+    let consumer = crate::consumer_config(&cfg.bootstrap, &names.group, PAYMENT_CONSUMER)?;
+    let dlt = crate::producer_config(&cfg.bootstrap, order_service::PRODUCER)?;
+    let pcfg = payment_service::processor_config(consumer, &names.topic, dlt);
+    let processor = payment_service::processor(pcfg, &cfg.pg_url, gateway, instance).await?;
+    Ok(tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        processor.run(shutdown).await?;
+        Ok(())
+    }))
+}
+
+fn start_dlt_consumer(
+    cfg: &DemoConfig,
+    names: &Names,
+    sink: &Arc<Mutex<Vec<DeadLetter>>>,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<Service> {
+    let consumer = dlt_consumer::consumer_config(&cfg.bootstrap, &format!("{}.dlt", names.run))?;
+    let (sink, dlt_topic) = (sink.clone(), names.dlt_topic.clone());
+    Ok(tokio::spawn(async move {
+        let keep = move |d| sink.lock().expect("dead letters").push(d);
+        dlt_consumer::run(consumer, &dlt_topic, keep, stopped).await
+    }))
+}
+
+/// Tell every service to stop, and wait for each (10 s at most).
+async fn stop_all(stop: watch::Sender<bool>, services: Vec<Service>) {
+    let _ = stop.send(true);
+    for service in services {
+        match tokio::time::timeout(Duration::from_secs(10), service).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "a service failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "a service panicked"),
+            Err(_) => tracing::error!("a service did not stop within 10 s"),
+        }
+    }
 }
 
 /// The summary table, and a line on each mode.

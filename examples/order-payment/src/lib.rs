@@ -53,11 +53,14 @@ pub mod payment_service;
 pub mod payments;
 
 use anyhow::Context;
-use kafka_wire::ProducerConfig;
+use kafka_wire::{Client, ClientConfig, KafkaCode, NewTopic, ProducerConfig};
 use resilience::consumer_core::ConsumerConfig;
 
 /// The topic orders are published to (its DLT is `orders.created.DLT`).
 pub const ORDERS_TOPIC: &str = "orders.created";
+
+/// Partitions of the orders topic and its DLT, when a service creates them.
+pub const PARTITIONS: i32 = 4;
 
 /// Settings every payment instance shares, naive or not (Kafka property
 /// names). `max.poll.interval.ms` is short so that the demo's slow moment
@@ -102,6 +105,34 @@ pub fn producer_config(bootstrap: &str, props: &[(&str, &str)]) -> anyhow::Resul
             .with_context(|| format!("producer property {k}={v}"))?;
     }
     Ok(builder.build()?)
+}
+
+/// Create each of `topics` with `partitions` partitions unless it exists.
+/// Services call it before subscribing: a consumer that subscribes to a
+/// topic created later sees it only at its next metadata refresh
+/// (`metadata.max.age.ms`, default 5 minutes).
+///
+/// # Errors
+/// Kafka is unreachable, or refused a topic (other than "already exists").
+pub async fn ensure_topics(
+    bootstrap: &str,
+    topics: &[&str],
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let cfg = ClientConfig::builder()
+        .set("bootstrap.servers", bootstrap)?
+        .build()?;
+    let admin = Client::connect(cfg)
+        .await
+        .with_context(|| format!("connecting to Kafka at {bootstrap}"))?;
+    for topic in topics {
+        match admin.create_topic(NewTopic::new(*topic, partitions)).await {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(KafkaCode::TopicAlreadyExists) => {}
+            Err(e) => return Err(e).with_context(|| format!("creating topic {topic}")),
+        }
+    }
+    Ok(())
 }
 
 /// `PG_URL` from the environment.

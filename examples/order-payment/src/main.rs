@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use order_payment::gateway::{Gateway, GatewayConfig};
 use order_payment::order::OrderCreated;
 use order_payment::{
-    demo, dlt_consumer, naive, order_service, payment_service, payments, ORDERS_TOPIC,
+    demo, dlt_consumer, naive, order_service, payment_service, payments, ORDERS_TOPIC, PARTITIONS,
     PAYMENT_CONSUMER,
 };
 use tokio::sync::watch;
@@ -106,11 +106,7 @@ async fn main() -> anyhow::Result<()> {
             println!("\n{}", demo::summary(&reports));
         }
         Command::OrderService { orders, topic } => {
-            let admin_cfg = kafka_wire::ClientConfig::builder()
-                .set("bootstrap.servers", &bootstrap)?
-                .build()?;
-            let admin = kafka_wire::Client::connect(admin_cfg).await?;
-            order_service::ensure_topic(&admin, &topic, 4).await?;
+            order_payment::ensure_topics(&bootstrap, &[&topic], PARTITIONS).await?;
             let run = format!("run-{}", std::process::id());
             let batch: Vec<_> = (0..orders)
                 .map(|n| OrderCreated::numbered(&run, n))
@@ -126,6 +122,8 @@ async fn main() -> anyhow::Result<()> {
             slow_ms,
         } => {
             let pg_url = order_payment::pg_url()?;
+            let dlt_topic = resilience::dlt::dlt_topic(&topic);
+            order_payment::ensure_topics(&bootstrap, &[&topic, &dlt_topic], PARTITIONS).await?;
             let gateway = Arc::new(Gateway::new(GatewayConfig {
                 slow_latency: std::time::Duration::from_millis(slow_ms),
                 ..GatewayConfig::default()
@@ -152,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::DltConsumer { topic, group } => {
             let dlt_topic = resilience::dlt::dlt_topic(&topic);
+            order_payment::ensure_topics(&bootstrap, &[&dlt_topic], PARTITIONS).await?;
             let consumer = dlt_consumer::consumer_config(&bootstrap, &group)?;
             dlt_consumer::run(consumer, &dlt_topic, |_| {}, ctrl_c()).await?;
         }

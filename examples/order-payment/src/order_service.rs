@@ -2,7 +2,7 @@
 //! by customer (one customer's orders stay in order on one partition).
 
 use anyhow::Context;
-use kafka_wire::{Client, KafkaCode, NewTopic, Producer, ProducerConfig, ProducerRecord};
+use kafka_wire::{Producer, ProducerConfig, ProducerRecord};
 
 use crate::order::{OrderCreated, EVENT_ID_HEADER};
 
@@ -20,18 +20,6 @@ pub fn record(topic: &str, order: &OrderCreated) -> ProducerRecord {
         .key(order.customer_id.clone())
         .value(serde_json::to_vec(order).expect("an OrderCreated always serializes"))
         .header(EVENT_ID_HEADER, order.event_id.clone())
-}
-
-/// Create `topic` with `partitions` partitions unless it exists.
-///
-/// # Errors
-/// The broker refused (other than "already exists"), or is unreachable.
-pub async fn ensure_topic(client: &Client, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    match client.create_topic(NewTopic::new(topic, partitions)).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.code() == Some(KafkaCode::TopicAlreadyExists) => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("creating topic {topic}")),
-    }
 }
 
 /// Publish `orders` to `topic` and wait until the broker acknowledged each.

@@ -17,7 +17,9 @@
 //! constraint too: a second line of defence costs one index.)
 
 use anyhow::Context;
-use resilience::dedup::postgres::tokio_postgres::{self, Client, GenericClient, NoTls};
+use resilience::dedup::postgres::tokio_postgres::{self, GenericClient, NoTls};
+
+pub use resilience::dedup::postgres::tokio_postgres::Client;
 
 use crate::order::OrderCreated;
 
