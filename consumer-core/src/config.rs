@@ -187,6 +187,21 @@ pub struct ConsumerConfigBuilder {
 use kafka_wire::__private::parse::{boolean, ms, number as int};
 
 impl ConsumerConfigBuilder {
+    /// Set many Kafka properties (`key=value` pairs from a Java or
+    /// librdkafka config, or a service's own settings), in order.
+    ///
+    /// # Errors
+    /// As [`Self::set`]: the first unknown key or bad value, named.
+    pub fn properties<'a>(
+        mut self,
+        props: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self> {
+        for (k, v) in props {
+            self = self.set(k, v)?;
+        }
+        Ok(self)
+    }
+
     /// Set one Kafka property (consumer or client). Unknown keys are an error.
     pub fn set(mut self, key: &str, value: &str) -> Result<Self> {
         match key {
@@ -405,6 +420,25 @@ mod tests {
             c.classic_settings_changed(),
             vec!["session.timeout.ms", "partition.assignment.strategy"]
         );
+    }
+
+    #[test]
+    fn properties_set_client_and_consumer_keys_and_name_a_bad_one() {
+        let c = ConsumerConfig::builder()
+            .properties([
+                ("bootstrap.servers", "127.0.0.1:9092"),
+                ("group.id", "billing"),
+                ("max.poll.interval.ms", "3000"),
+            ])
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(c.group_id.as_deref(), Some("billing"));
+        let err = ConsumerConfig::builder()
+            .properties([("group.id", "g"), ("max.pol.records", "5")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max.pol.records"), "{err}");
     }
 
     #[test]

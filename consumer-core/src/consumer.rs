@@ -211,9 +211,11 @@ impl Consumer {
     }
 
     /// Join the group and consume `topics`. A topic that does not exist
-    /// yet is picked up once created, and a topic's added partitions once
-    /// they appear: the group checks metadata every `metadata.max.age.ms`
-    /// and rebalances on a change (as Java's consumer).
+    /// yet is picked up within about a second of its creation (metadata is
+    /// checked every second while one is missing), and a topic's added
+    /// partitions once they appear (checked every `metadata.max.age.ms`);
+    /// the group rebalances on a change, as Java's consumer does. Under
+    /// KIP-848 the broker notices both and assigns.
     ///
     /// # Errors
     /// [`ConsumerError::NoGroup`] without `group.id`.

@@ -108,6 +108,15 @@ impl From<kafka_wire::Error> for HandlerError {
     }
 }
 
+/// A database error is worth retrying (a lost connection, a serialization
+/// failure, a deadlock); a handler that knows better maps it itself.
+#[cfg(feature = "postgres")]
+impl From<tokio_postgres::Error> for HandlerError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        HandlerError::Retryable(e.to_string())
+    }
+}
+
 impl From<Box<dyn std::error::Error + Send + Sync>> for HandlerError {
     fn from(e: Box<dyn std::error::Error + Send + Sync>) -> Self {
         HandlerError::Retryable(e.to_string())
@@ -183,6 +192,33 @@ impl BackoffPolicy {
             .with_max_retries(self.max_attempts.saturating_sub(1))
     }
 
+    /// `retries` retries `delay` apart, no jitter (Spring's `FixedBackOff`):
+    /// `fixed(Duration::from_millis(500), 3)` tries a record 4 times in all,
+    /// then dead-letters it.
+    pub fn fixed(delay: Duration, retries: u32) -> Self {
+        Self {
+            initial: delay,
+            multiplier: 1.0,
+            max_delay: delay,
+            max_attempts: retries.saturating_add(1),
+            jitter: 0.0,
+        }
+    }
+
+    /// `retries` retries after `initial`, `initial × 2`, `initial × 4`, …,
+    /// no jitter (Spring's `ExponentialBackOff`, the seeds' "1, 2 and 4 s"):
+    /// `exponential(Duration::from_secs(1), 3)` waits 1 s, 2 s, 4 s, then
+    /// dead-letters. Delays are capped at 30 s.
+    pub fn exponential(initial: Duration, retries: u32) -> Self {
+        Self {
+            initial,
+            multiplier: 2.0,
+            max_delay: Duration::from_secs(30).max(initial),
+            max_attempts: retries.saturating_add(1),
+            jitter: 0.0,
+        }
+    }
+
     /// Retry for ever: `initial`, doubling up to `max_delay`, no jitter.
     pub fn forever(initial: Duration, max_delay: Duration) -> Self {
         Self {
@@ -246,6 +282,23 @@ mod tests {
     fn seeds_defaults_give_one_then_two_seconds() {
         let d: Vec<Duration> = BackoffPolicy::default().delays(|| 0.5).collect();
         assert_eq!(d, [Duration::from_secs(1), Duration::from_secs(2)]);
+    }
+
+    #[test]
+    fn fixed_and_exponential_count_retries_not_attempts() {
+        let fixed = BackoffPolicy::fixed(Duration::from_millis(500), 3);
+        let d: Vec<Duration> = fixed.delays(|| 0.9).collect();
+        assert_eq!(d, [Duration::from_millis(500); 3], "3 retries, no jitter");
+        assert_eq!(fixed.max_attempts, 4);
+        let seed = BackoffPolicy::exponential(Duration::from_secs(1), 3);
+        let d: Vec<Duration> = seed.delays(|| 0.9).collect();
+        assert_eq!(
+            d,
+            [1, 2, 4].map(Duration::from_secs),
+            "the seeds' 1, 2, 4 s"
+        );
+        let err = HandlerError::Retryable("down".into());
+        assert!(matches!(seed.decide(4, &err, None), Decision::DeadLetter));
     }
 
     #[test]

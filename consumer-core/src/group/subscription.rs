@@ -5,8 +5,9 @@
 /// `subscribe(Pattern)`.
 #[derive(Debug, Clone)]
 pub enum TopicSubscription {
-    /// These topics, whether they exist yet or not: one created later is
-    /// picked up at the next metadata check (`metadata.max.age.ms`).
+    /// These topics, whether they exist yet or not: while one is missing,
+    /// metadata is checked every second, so it is picked up soon after it
+    /// is created (then every `metadata.max.age.ms`).
     Topics(Vec<String>),
     /// Every non-internal topic whose whole name matches, now or later
     /// (build it with [`TopicSubscription::pattern`]).

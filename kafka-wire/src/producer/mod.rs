@@ -155,6 +155,21 @@ pub struct ProducerConfigBuilder {
 use crate::config::parse::{boolean, ms, number as size};
 
 impl ProducerConfigBuilder {
+    /// Set many Kafka properties (`key=value` pairs from a Java or
+    /// librdkafka config, or a service's own settings), in order.
+    ///
+    /// # Errors
+    /// As [`Self::set`]: the first unknown key or bad value, named.
+    pub fn properties<'a>(
+        mut self,
+        props: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self> {
+        for (k, v) in props {
+            self = self.set(k, v)?;
+        }
+        Ok(self)
+    }
+
     /// Set one Kafka property (producer or client). Unknown keys are an error.
     pub fn set(mut self, key: &str, value: &str) -> Result<Self> {
         match key {

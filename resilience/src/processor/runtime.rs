@@ -515,10 +515,14 @@ impl Runtime {
                 return true;
             }
             if Instant::now() >= deadline {
+                // `busy` counts records handed to workers and not finished:
+                // the running ones and those behind them in the same unit.
                 tracing::warn!(
-                    records = busy,
+                    unfinished = busy,
                     ?timeout,
-                    "drain deadline passed; their completions will be discarded"
+                    "drain deadline passed with records unfinished (running, or waiting behind \
+                     a running one); their results will be discarded and the partitions' next \
+                     owner handles them (raise drain_timeout, or shorten the handler)"
                 );
                 return false;
             }

@@ -370,6 +370,28 @@ impl Membership {
     }
 
     /// The counts of `counts` that belong to our subscription.
+    /// When to check metadata next, given what it says now: after
+    /// `metadata.max.age.ms`, or after [`METADATA_RETRY`] while a topic
+    /// subscribed by name does not exist yet, so that a topic created after
+    /// `subscribe` is picked up within a second, not minutes later (Java
+    /// refreshes at once for an unknown subscribed topic, too). A pattern
+    /// that matches nothing waits the whole age: it may match nothing for
+    /// good.
+    fn next_check(&self, counts: &PartitionCounts, now: Instant) -> Instant {
+        let missing = match &self.subscription {
+            TopicSubscription::Topics(ts) => {
+                ts.iter().any(|t| counts.get(t).is_none_or(|n| *n <= 0))
+            }
+            TopicSubscription::Pattern(_) => false,
+        };
+        let age = if missing {
+            self.cfg.metadata_max_age.min(METADATA_RETRY)
+        } else {
+            self.cfg.metadata_max_age
+        };
+        now + age
+    }
+
     fn subscribed(&self, counts: &PartitionCounts) -> PartitionCounts {
         counts
             .iter()
@@ -527,7 +549,7 @@ impl Membership {
             self.first_seen = Some(self.subscribed(partitions_per_topic));
         }
         // Keep an earlier check (a failed refresh retries soon).
-        let next = now + self.cfg.metadata_max_age;
+        let next = self.next_check(partitions_per_topic, now);
         self.next_metadata_refresh = Some(self.next_metadata_refresh.map_or(next, |t| t.min(next)));
         let assignments = if leader {
             self.assign_as_leader(&r, partitions_per_topic)
@@ -694,7 +716,7 @@ impl Membership {
     /// differs from the one its last assignment was computed with (grown,
     /// created, deleted).
     pub fn handle_metadata(&mut self, counts: &PartitionCounts, now: Instant) {
-        self.next_metadata_refresh = Some(now + self.cfg.metadata_max_age);
+        self.next_metadata_refresh = Some(self.next_check(counts, now));
         if matches!(
             self.state,
             State::Fatal(_) | State::Left | State::LeftForPollTimeout

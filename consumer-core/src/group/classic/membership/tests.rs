@@ -688,6 +688,39 @@ fn a_follower_rejoins_when_its_own_topic_grows_and_ignores_others() {
 }
 
 #[test]
+fn a_missing_subscribed_topic_is_looked_for_every_second_then_every_age() {
+    let t0 = Instant::now();
+    let sub: TopicSubscription = vec!["t".to_string(), "later".to_string()].into();
+    let (mut m, _) = led(sub, &[], &counts(&[("t", 1)]), t0);
+    // `later` is missing: the next check is a second away, not an age.
+    let (asked, _) = metadata_check(&mut m, t0 + METADATA_RETRY, &counts(&[("t", 1)]));
+    assert!(asked.is_some());
+    let at = t0 + 2 * METADATA_RETRY;
+    let (_, actions) = metadata_check(&mut m, at, &counts(&[("t", 1), ("later", 2)]));
+    assert!(
+        join_reason(&actions).contains("topic later appeared"),
+        "{actions:?}"
+    );
+    // A pattern matching nothing waits the whole age.
+    let (mut p, _) = led(
+        TopicSubscription::pattern("^nothing-yet").unwrap(),
+        &[],
+        &counts(&[("t", 1)]),
+        t0,
+    );
+    let next_check = |m: &mut Membership| {
+        (1..=10).map(|s| t0 + s * SEC).find(|at| loop {
+            match m.poll_action(*at) {
+                Some(Action::Heartbeat { .. }) => m.handle_heartbeat(None, *at),
+                Some(Action::RefreshMetadata { .. }) => break true,
+                _ => break false,
+            }
+        })
+    };
+    assert_eq!(next_check(&mut p), Some(t0 + AGE));
+}
+
+#[test]
 fn a_subscribed_topic_created_later_is_picked_up_and_starts_as_new() {
     let t0 = Instant::now();
     let sub: TopicSubscription = vec!["t".to_string(), "later".to_string()].into();
