@@ -48,15 +48,9 @@ impl Default for Settings {
 
 impl Settings {
     /// The seed's schedule: `retry_backoff × 2^(n-1)` before retry n, no
-    /// jitter, `max_retries + 1` attempts in all.
+    /// jitter, `max_retries` retries (Spring's `ExponentialBackOff`).
     pub fn backoff(&self) -> BackoffPolicy {
-        BackoffPolicy {
-            initial: self.retry_backoff,
-            multiplier: 2.0,
-            max_delay: Duration::from_secs(60),
-            max_attempts: self.max_retries + 1,
-            jitter: 0.0,
-        }
+        BackoffPolicy::exponential(self.retry_backoff, self.max_retries)
     }
 
     /// The consumer: `bootstrap.servers`, `group.id`,
