@@ -252,6 +252,20 @@ impl ProcessorConfig {
         self
     }
 
+    /// Dead-letter every source topic's records into `topic` (one DLT for
+    /// all, like the seeds' `orders_dlq`), instead of `<topic>.DLT`.
+    pub fn dlt_topic(mut self, topic: impl Into<String>) -> Self {
+        let topic: String = topic.into();
+        self.dlt_topic = Arc::new(move |_| topic.clone());
+        self
+    }
+
+    /// Name the DLT of each source topic with `name` (default `<topic>.DLT`).
+    pub fn dlt_topic_with(mut self, name: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        self.dlt_topic = Arc::new(name);
+        self
+    }
+
     pub fn retry_topics(mut self, delays: &[Duration]) -> Self {
         self.retry_topics = Some(RetryTopics::new(delays));
         self

@@ -14,6 +14,7 @@ pub const PACKAGED: &[&str] = &[
     "kafka-wire",
     "consumer-core",
     "resilience",
+    "schema-registry",
 ];
 
 /// `cargo doc --no-deps` of the library crates with `RUSTDOCFLAGS=-D
@@ -52,6 +53,7 @@ pub fn package() -> anyhow::Result<String> {
         ("kafka-protocol-bounded", "vendor/kafka-protocol"),
         ("kafka-wire", "kafka-wire"),
         ("consumer-core", "consumer-core"),
+        ("resilience", "resilience"),
     ] {
         cmd.arg("--config")
             .arg(format!("patch.crates-io.{krate}.path=\"{dir}\""));

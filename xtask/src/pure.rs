@@ -16,7 +16,12 @@ use anyhow::bail;
 use crate::shell::{self, workspace_root};
 
 /// The crates users embed. Everything else (lab, tests, xtask, bench) may use C.
-pub const LIBRARY_CRATES: &[&str] = &["kafka-wire", "consumer-core", "resilience"];
+pub const LIBRARY_CRATES: &[&str] = &[
+    "kafka-wire",
+    "consumer-core",
+    "resilience",
+    "schema-registry",
+];
 
 /// Crates that build or link C/C++ code, or need a system library.
 pub const FORBIDDEN: &[&str] = &[

@@ -113,11 +113,10 @@ impl OrderService {
     /// The processor: the orders topic, DLQ writes to [`Settings::dlq`],
     /// the seed's backoff.
     pub fn processor(self, settings: &Settings) -> anyhow::Result<Processor> {
-        let mut cfg = ProcessorConfig::new(settings.consumer()?, &[settings.topic.as_str()])
+        let cfg = ProcessorConfig::new(settings.consumer()?, &[settings.topic.as_str()])
             .dead_letter(settings.producer()?)
+            .dlt_topic(&settings.dlq)
             .backoff(settings.backoff());
-        let dlq = settings.dlq.clone();
-        cfg.dlt_topic = Arc::new(move |_| dlq.clone());
         Ok(Processor::new(cfg, self))
     }
 
