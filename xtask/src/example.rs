@@ -9,7 +9,7 @@
 use anyhow::{bail, Context};
 
 use crate::broker::{self, Engine};
-use crate::{postgres, shell};
+use crate::{postgres, redis, shell};
 
 /// One seed's system.
 #[derive(Debug)]
@@ -24,16 +24,19 @@ pub struct Example {
     pub about: &'static str,
     /// Whether it needs PostgreSQL (started here, passed as `PG_URL`).
     pub postgres: bool,
+    /// Whether it needs Redis (started here, passed as `REDIS_URL`).
+    pub redis: bool,
 }
 
 /// Every example, in seed order.
-pub const EXAMPLES: [Example; 3] = [
+pub const EXAMPLES: [Example; 5] = [
     Example {
         name: "order-payment",
         package: "order-payment",
         seed: "000",
         about: "orders → payments in PostgreSQL: two slow instances, naive duplicates vs 0 with the inbox",
         postgres: true,
+        redis: false,
     },
     Example {
         name: "backpressure",
@@ -41,6 +44,7 @@ pub const EXAMPLES: [Example; 3] = [
         seed: "001",
         about: "a slow downstream: queue depth, paused partitions, lag and throughput in five situations",
         postgres: false,
+        redis: false,
     },
     Example {
         name: "avro-orders",
@@ -48,6 +52,23 @@ pub const EXAMPLES: [Example; 3] = [
         seed: "002",
         about: "Avro orders through a schema registry: retries, a DLQ, running average, DLQ replay",
         postgres: false,
+        redis: false,
+    },
+    Example {
+        name: "order-saga",
+        package: "order-saga",
+        seed: "003",
+        about: "an order saga across three services: payment, stock, refund on shortage, poison, lag and scale-out",
+        postgres: true,
+        redis: false,
+    },
+    Example {
+        name: "log-pipeline",
+        package: "log-pipeline",
+        seed: "004",
+        about: "HTTP gateway → 12 partitions → 3×10 workers → PostgreSQL batches + Redis counts, Prometheus metrics",
+        postgres: true,
+        redis: true,
     },
 ];
 
@@ -90,6 +111,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if example.postgres && std::env::var_os("PG_URL").is_none() {
         let pg = postgres::up()?;
         env.push(("PG_URL".into(), pg.url));
+    }
+    if example.redis && std::env::var_os("REDIS_URL").is_none() {
+        let r = redis::up()?;
+        env.push(("REDIS_URL".into(), r.url));
     }
     eprintln!(
         "\n==> building {} (release; a few minutes the first time)",

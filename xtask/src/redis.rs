@@ -45,6 +45,7 @@ pub fn run(action: Action) -> anyhow::Result<()> {
 #[derive(Debug)]
 pub struct RunningRedis {
     pub url: String,
+    pub started_now: bool,
 }
 
 fn dir() -> PathBuf {
@@ -88,7 +89,10 @@ fn running() -> anyhow::Result<Option<String>> {
 pub fn up() -> anyhow::Result<RunningRedis> {
     if let Some(url) = running()? {
         eprintln!("xtask: reusing Redis ({url})");
-        return Ok(RunningRedis { url });
+        return Ok(RunningRedis {
+            url,
+            started_now: false,
+        });
     }
     find_server()?;
     let dir = dir();
@@ -119,7 +123,10 @@ pub fn up() -> anyhow::Result<RunningRedis> {
     let url = format!("redis://127.0.0.1:{port}/");
     fs::write(dir.join("env"), format!("REDIS_URL={url}\n"))?;
     eprintln!("xtask: Redis up at 127.0.0.1:{port}");
-    Ok(RunningRedis { url })
+    Ok(RunningRedis {
+        url,
+        started_now: true,
+    })
 }
 
 pub fn down() -> anyhow::Result<()> {

@@ -82,19 +82,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // PostgreSQL for the idempotency-store tests: the caller's (PG_URL), or ours.
     let mut pg_env: Vec<(String, String)> = Vec::new();
     let mut started_pg = false;
-    let outcome = if std::env::var_os("PG_URL").is_some() {
-        run_steps(&args, &pg_env, &mut steps, &mut counts)
+    let mut outcome = if std::env::var_os("PG_URL").is_some() {
+        Ok(())
     } else {
-        match timed(&mut steps, "postgres up", || {
+        timed(&mut steps, "postgres up", || {
             let pg = crate::postgres::up()?;
             started_pg = pg.started_now;
             pg_env.push(("PG_URL".into(), pg.url.clone()));
             Ok(pg.url)
-        }) {
-            Ok(()) => run_steps(&args, &pg_env, &mut steps, &mut counts),
-            Err(e) => Err(e),
-        }
+        })
     };
+    // Redis for the log-pipeline example: the caller's (REDIS_URL), or ours.
+    let mut started_redis = false;
+    if outcome.is_ok() && std::env::var_os("REDIS_URL").is_none() {
+        outcome = timed(&mut steps, "redis up", || {
+            let r = crate::redis::up()?;
+            started_redis = r.started_now;
+            pg_env.push(("REDIS_URL".into(), r.url.clone()));
+            Ok(r.url)
+        });
+    }
+    if outcome.is_ok() {
+        outcome = run_steps(&args, &pg_env, &mut steps, &mut counts);
+    }
+    if started_redis {
+        let _ = timed(&mut steps, "redis down", || {
+            crate::redis::down()?;
+            Ok(String::new())
+        });
+    }
     if started_pg {
         let _ = timed(&mut steps, "postgres down", || {
             crate::postgres::down()?;
