@@ -96,7 +96,14 @@ async fn main() -> anyhow::Result<()> {
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
             let cfg = ServiceConfig::from_properties(&topic, &refs)?;
-            println!("{topic} as {}: {cfg:?}", refs[1].1);
+            println!(
+                "{topic} as group {}: bound {} records / {} bytes, {} workers, downstream {} records/s",
+                refs[1].1,
+                cfg.max_in_flight_records,
+                cfg.max_in_flight_bytes,
+                cfg.concurrency,
+                cfg.downstream_per_second
+            );
             service::run(&cfg, async {
                 let _ = tokio::signal::ctrl_c().await;
             })

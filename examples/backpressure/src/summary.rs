@@ -35,16 +35,10 @@ pub fn table(rows: &[Row]) -> String {
                 r.report.lost.to_string(),
                 r.peak_lag.to_string(),
                 r.end_lag.to_string(),
-                format!("{:.1}", r.drained_after.as_secs_f64()),
-                format!("{rebalances} (exp. {expected})"),
+                format!("{rebalances}/{expected}"),
                 r.commit_regressions.to_string(),
-                format!(
-                    "{} / {} (≤ {} / {})",
-                    r.peak_in_flight.0,
-                    kib(r.peak_in_flight.1),
-                    r.bound.0,
-                    kib(r.bound.1)
-                ),
+                r.peak_in_flight.0.to_string(),
+                kib(r.peak_in_flight.1),
             ]
         })
         .collect();
@@ -79,14 +73,25 @@ pub fn table(rows: &[Row]) -> String {
         t += "\n";
         t += &line(row);
     }
-    t += "\n\nlag: log end minus the group's committed offsets, records, read every second from \
-          outside the group. rebalances: assignments the members saw (expected: one per \
-          membership change each member lived through). regress: committed offsets that went \
-          backwards (per member, and group-wide across members). max in flight: the most \
-          records / KiB any member held polled and unfinished, against the configured bound \
-          (the runtime may pass it by one poll: max.poll.records records).\n";
+    if let Some(r) = rows.first() {
+        t += &format!(
+            "\n\nlag: log end minus the group's committed offsets (records), read every second\n\
+             from outside the group. rebal./exp.: assignments the members saw / one per membership\n\
+             change each member lived through. regress: committed offsets that went backwards\n\
+             (each member's commits, and group-wide across members). max rec / KiB: the most any\n\
+             member held polled and unfinished; bound {} records / {} KiB, which the runtime may\n\
+             pass by one poll ({} records / {} KiB).\n",
+            r.bound.0,
+            kib(r.bound.1),
+            r.one_poll.0,
+            kib(r.one_poll.1)
+        );
+    }
     for (i, r) in rows.iter().enumerate() {
-        t += &format!("\n{}. {}: {}", i + 1, r.report.scenario, verdict(r));
+        t += &wrap(
+            &format!("\n{}. {}: {}", i + 1, r.report.scenario, verdict(r)),
+            100,
+        );
     }
     t
 }
@@ -127,4 +132,22 @@ fn verdict(r: &Row) -> String {
         (d, None) => format!("{d} duplicates where none were expected"),
     });
     parts.join("; ")
+}
+
+/// `text` wrapped at `width` columns, continuation lines indented.
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split(' ') {
+        if !line.trim().is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            out += &line;
+            out.push('\n');
+            line = "   ".to_string();
+        }
+        if !line.trim().is_empty() {
+            line.push(' ');
+        }
+        line += word;
+    }
+    out + &line
 }
