@@ -12,12 +12,12 @@ pub fn table(rows: &[Row]) -> String {
         "handled",
         "dups",
         "lost",
-        "lag peak",
+        "lag max",
         "lag end",
-        "drain s",
-        "rebalances",
+        "rebal./exp.",
         "regress",
-        "max in flight rec / KiB",
+        "max rec",
+        "max KiB",
     ];
     let kib = |b: usize| format!("{:.0}", b as f64 / 1024.0);
     let body: Vec<Vec<String>> = rows
@@ -150,4 +150,14 @@ fn wrap(text: &str, width: usize) -> String {
         line += word;
     }
     out + &line
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_column_has_a_header() {
+        let t = super::table(&[]);
+        assert!(t.starts_with("| # | situation |"), "{t}");
+        assert_eq!(t.lines().next().unwrap().matches('|').count(), 13, "{t}");
+    }
 }
