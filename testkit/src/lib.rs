@@ -21,7 +21,7 @@
 //!
 //! | module | what lives there |
 //! |---|---|
-//! | this file | broker (and PostgreSQL) discovery, [`unique_name`], [`restart_broker`] |
+//! | this file | broker (and PostgreSQL, Redis) discovery, [`unique_name`], [`restart_broker`] |
 //! | `fixtures` | [`client`], [`create_topic`], [`produce`], [`numbered_topic`], producer configs, [`consumer_props`] (classic, or the protocol `KAFKA_GROUP_PROTOCOL` or [`set_group_protocol`] names), [`speaks_848`]: one version for every crate |
 //! | `schema_registry` | [`StandInSchemaRegistry`]: the documented subset of the Confluent schema registry REST API, in process (no real registry can be installed here) |
 //! | `wait` | [`eventually`], [`eventually_async`], [`eventually_blocking`]: wait for a condition, never a fixed sleep |
@@ -255,6 +255,42 @@ macro_rules! require_postgres {
             None => return,
         }
     };
+}
+
+/// The Redis server of `cargo xtask redis up` (or `REDIS_URL`), as a
+/// `redis://host:port` URL; `None` (skip) when there is none and none is
+/// required, as for the broker and PostgreSQL.
+///
+/// # Panics
+/// When no server is reachable and [`broker_required`] is true.
+pub fn redis() -> Option<String> {
+    let file = workspace_root().join("target/redis/env");
+    let url = std::env::var("REDIS_URL").ok().or_else(|| {
+        std::fs::read_to_string(file)
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("REDIS_URL=").map(str::to_string))
+    });
+    let problem = match &url {
+        None => "REDIS_URL is not set and target/redis/env does not exist".to_string(),
+        Some(u) => {
+            let rest = u.split_once("://").map_or(u.as_str(), |(_, r)| r);
+            let hostport = rest.rsplit('@').next().unwrap_or(rest);
+            let hostport = hostport.split('/').next().unwrap_or(hostport);
+            if reachable(hostport) {
+                return url;
+            }
+            format!("no Redis answers at {hostport}")
+        }
+    };
+    if broker_required() {
+        panic!(
+            "this test needs Redis and none is reachable: {problem}. \
+             Start one with `cargo xtask redis up`, or run `cargo xtask test`"
+        );
+    }
+    eprintln!("SKIPPED (no Redis): {problem}. Start one with `cargo xtask redis up`.");
+    None
 }
 
 /// Restart the test broker through the harness (`xtask broker restart`):

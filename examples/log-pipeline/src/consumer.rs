@@ -1,0 +1,141 @@
+//! The consumer side: a batch handler that enriches, stores and counts,
+//! and the `Processor` settings every instance shares.
+//!
+//! One batch is up to [`MAX_BATCH`] consecutive records of one partition.
+//! The handler
+//! 1. decodes and enriches each record ([`Enriched`]),
+//! 2. inserts the batch into PostgreSQL in one statement (`ON CONFLICT
+//!    DO NOTHING`: what a redelivery brings again is skipped),
+//! 3. adds every event of the batch to its Redis bucket (a set of ids:
+//!    idempotent too, see [`crate::aggregates`]),
+//!
+//! and only then returns `Ok`, after which the runtime may commit the
+//! batch's offsets. A failure at 2 or 3 is retryable: the runtime retries
+//! the whole batch after 1, 2 and 4 s (the partition waits, the others go
+//! on), then writes it to `logs-dlq` with provenance headers. Dead-letters
+//! in a row quarantine the partition for [`QUARANTINE`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_wire::records::Record;
+use kafka_wire::ProducerConfig;
+use resilience::config::Quarantine;
+use resilience::consumer_core::{ConsumerConfig, TopicPartition};
+use resilience::processor::{BatchHandler, HandlerFuture};
+use resilience::retry::BackoffPolicy;
+use resilience::{HandlerError, Processor, ProcessorConfig};
+
+use crate::aggregates::Aggregates;
+use crate::event::{Enriched, LogEvent};
+use crate::metrics::{BATCH_FAILURES, END_TO_END_SECONDS, EVENTS_STORED};
+use crate::store::Store;
+
+/// Workers per instance (the seed's thread pool of 10).
+pub const WORKERS: usize = 10;
+/// Records per batch (the seed's batch size).
+pub const MAX_BATCH: usize = 500;
+/// A partition whose batches keep being dead-lettered after all their
+/// retries (an outage longer than the 7 s of retries) waits this long
+/// before its next batch, instead of dead-lettering everything behind.
+pub const QUARANTINE: Quarantine = Quarantine {
+    after_failures: 1,
+    pause: Duration::from_secs(15),
+};
+
+/// Enrich, store, count.
+#[derive(Debug)]
+pub struct LogHandler {
+    pub store: Arc<Store>,
+    pub aggregates: Arc<Aggregates>,
+    /// Written to every row's `processed_by`.
+    pub instance: String,
+}
+
+impl LogHandler {
+    fn enrich(
+        &self,
+        tp: &TopicPartition,
+        records: &[Record],
+    ) -> Result<Vec<Enriched>, HandlerError> {
+        records
+            .iter()
+            .map(|r| {
+                let body = r
+                    .value
+                    .as_deref()
+                    .ok_or(HandlerError::Deserialization(format!(
+                        "offset {}: no value",
+                        r.offset
+                    )))?;
+                let event: LogEvent = serde_json::from_slice(body).map_err(|e| {
+                    HandlerError::Deserialization(format!("offset {}: {e}", r.offset))
+                })?;
+                Ok(Enriched::new(event, tp.partition, r.offset, &self.instance))
+            })
+            .collect()
+    }
+
+    async fn handle(&self, tp: &TopicPartition, records: &[Record]) -> Result<(), HandlerError> {
+        let fail = |stage: &'static str| metrics::counter!(BATCH_FAILURES, "stage" => stage);
+        let rows = self
+            .enrich(tp, records)
+            .inspect_err(|_| fail("decode").increment(1))?;
+        let inserted = self
+            .store
+            .insert(tp.partition as usize, &rows)
+            .await
+            .inspect_err(|e| {
+                fail("postgres").increment(1);
+                tracing::warn!(%tp, rows = rows.len(), error = %e, "batch insert failed; the runtime retries it");
+            })?;
+        let now = crate::now_micros();
+        let e2e = metrics::histogram!(END_TO_END_SECONDS);
+        for r in rows.iter().filter(|r| inserted.contains(&r.event.id)) {
+            e2e.record((now - r.event.accepted_us) as f64 / 1e6);
+        }
+        metrics::counter!(EVENTS_STORED).increment(inserted.len() as u64);
+        self.aggregates.add(&rows).await.map_err(|e| {
+            fail("redis").increment(1);
+            HandlerError::retryable(format!("redis: {e}"))
+        })?;
+        Ok(())
+    }
+}
+
+impl BatchHandler for LogHandler {
+    fn handle_batch<'a>(
+        &'a self,
+        tp: &'a TopicPartition,
+        records: &'a [Record],
+    ) -> HandlerFuture<'a> {
+        Box::pin(self.handle(tp, records))
+    }
+}
+
+/// The settings of one instance: [`WORKERS`] concurrent batches, retries
+/// after 1, 2 and 4 s, then `dlq` through `dlt_producer`, [`QUARANTINE`].
+///
+/// Per-partition ordering: a batch is consecutive records of one
+/// partition, so with 12 partitions over 3 instances at most 4 of an
+/// instance's 10 workers are busy at once (all 10 with 1 instance).
+pub fn processor_config(
+    consumer: ConsumerConfig,
+    topic: &str,
+    dlq: &str,
+    dlt_producer: ProducerConfig,
+) -> ProcessorConfig {
+    let mut cfg = ProcessorConfig::new(consumer, &[topic])
+        .concurrency(WORKERS)
+        .backoff(BackoffPolicy::exponential(Duration::from_secs(1), 3))
+        .dead_letter(dlt_producer)
+        .dlt_topic(dlq)
+        .drain_timeout(Duration::from_secs(10));
+    cfg.quarantine = QUARANTINE;
+    cfg
+}
+
+/// One consumer instance.
+pub fn processor(cfg: ProcessorConfig, handler: LogHandler) -> Processor {
+    Processor::batched(cfg, handler, MAX_BATCH)
+}

@@ -1,0 +1,301 @@
+//! The seed's load test, measured from PostgreSQL: every row holds the
+//! gateway's accept time (`accepted_us`) and its insert time
+//! (`inserted_us`, PostgreSQL's `clock_timestamp()`), so end-to-end latency
+//! is a `percentile_cont` over the rows; both clocks are this machine's.
+//!
+//! One phase per consumer-instance count, each on its own topic, group
+//! and table:
+//! 1. **backlog**: `backlog` events through the gateway before any
+//!    consumer runs; then the consumers start, and the time from the
+//!    first to the last insert gives the drain throughput (capacity);
+//! 2. **burst**: the seed's 1,000 events, one `POST /logs` each, 32 at once;
+//! 3. **sustained**: `rate` events/s for `secs` seconds (`POST
+//!    /logs/batch` of 20, on a ticker).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use tokio::task::JoinSet;
+
+use crate::event::LogEventIn;
+use crate::pipeline::{self, Settings};
+
+/// An HTTP client for the gateway.
+pub type Http = Client<HttpConnector, Full<Bytes>>;
+
+const SERVICES: &[&str] = &[
+    "checkout", "payments", "search", "catalog", "auth", "shipping", "cart", "reviews",
+];
+const LEVELS: &[&str] = &[
+    "INFO", "INFO", "INFO", "DEBUG", "WARN", "INFO", "ERROR", "INFO",
+];
+/// Events per `POST /logs/batch` in the sustained phase.
+const PER_REQUEST: usize = 20;
+
+pub fn http() -> Http {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// The `n`-th generated event.
+pub fn event(n: u64) -> LogEventIn {
+    LogEventIn {
+        service: SERVICES[(n % SERVICES.len() as u64) as usize].into(),
+        level: LEVELS[(n / 3 % LEVELS.len() as u64) as usize].into(),
+        message: format!("request {n} handled"),
+        timestamp_ms: None,
+        id: None,
+    }
+}
+
+/// POST `body` to `path`; the ids the gateway stored.
+///
+/// # Errors
+/// Not a 2xx, or the connection failed.
+pub async fn post(
+    http: &Http,
+    gateway: SocketAddr,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<Vec<String>> {
+    let req = hyper::Request::post(format!("http://{gateway}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))?;
+    let resp = http.request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(
+        status.is_success(),
+        "{path}: {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(v["ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.as_str().map(String::from))
+        .collect())
+}
+
+/// `n` events from `first`, one `POST /logs` each, `parallel` at once.
+pub async fn singles(
+    http: &Http,
+    gw: SocketAddr,
+    first: u64,
+    n: u64,
+    parallel: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::with_capacity(n as usize);
+    let mut set = JoinSet::new();
+    for i in first..first + n {
+        if set.len() >= parallel {
+            ids.extend(set.join_next().await.expect("not empty")??);
+        }
+        let (http, body) = (http.clone(), serde_json::to_vec(&event(i))?);
+        set.spawn(async move { post(&http, gw, "/logs", body).await });
+    }
+    while let Some(r) = set.join_next().await {
+        ids.extend(r??);
+    }
+    Ok(ids)
+}
+
+/// `rate` events/s from `first` for `secs`, in batch requests on a ticker.
+pub async fn sustained(
+    http: &Http,
+    gw: SocketAddr,
+    first: u64,
+    rate: u64,
+    secs: u64,
+) -> anyhow::Result<Vec<String>> {
+    let requests = rate * secs / PER_REQUEST as u64;
+    let period = Duration::from_secs_f64(PER_REQUEST as f64 / rate.max(1) as f64);
+    let mut tick = tokio::time::interval(period);
+    let mut set = JoinSet::new();
+    let mut ids = Vec::new();
+    for r in 0..requests {
+        tick.tick().await;
+        let start = first + r * PER_REQUEST as u64;
+        let batch: Vec<_> = (start..start + PER_REQUEST as u64).map(event).collect();
+        let (http, body) = (http.clone(), serde_json::to_vec(&batch)?);
+        set.spawn(async move { post(&http, gw, "/logs/batch", body).await });
+        while let Some(r) = set.try_join_next() {
+            ids.extend(r??);
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        ids.extend(r??);
+    }
+    Ok(ids)
+}
+
+/// Latency and throughput of the rows accepted in `[from_us, to_us)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Window {
+    pub rows: i64,
+    /// End-to-end (accept → insert) p50, p95, p99, in ms.
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    /// Rows over first-to-last insert, per second.
+    pub stored_per_sec: f64,
+}
+
+/// Measure the rows of `table` accepted in `[from_us, to_us)`.
+///
+/// # Errors
+/// PostgreSQL unreachable.
+pub async fn window(pg_url: &str, table: &str, from_us: i64, to_us: i64) -> anyhow::Result<Window> {
+    let db = crate::store::connect(pg_url).await?;
+    let sql = format!(
+        "SELECT count(*), percentile_cont(ARRAY[0.5, 0.95, 0.99]::float8[]) WITHIN GROUP (ORDER BY (inserted_us - accepted_us)::float8),
+                coalesce(max(inserted_us) - min(inserted_us), 0)
+         FROM {table} WHERE accepted_us >= $1 AND accepted_us < $2"
+    );
+    let row = db.query_one(&sql, &[&from_us, &to_us]).await?;
+    let rows: i64 = row.get(0);
+    let p: Option<Vec<f64>> = row.get(1);
+    let p = p.unwrap_or_else(|| vec![0.0; 3]);
+    let span_us: i64 = row.get(2);
+    Ok(Window {
+        rows,
+        p50: p[0] / 1e3,
+        p95: p[1] / 1e3,
+        p99: p[2] / 1e3,
+        stored_per_sec: if span_us > 0 {
+            rows as f64 * 1e6 / span_us as f64
+        } else {
+            0.0
+        },
+    })
+}
+
+/// Rows in `table`.
+pub async fn count(pg_url: &str, table: &str) -> anyhow::Result<i64> {
+    let db = crate::store::connect(pg_url).await?;
+    Ok(db
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await?
+        .get(0))
+}
+
+/// Wait until `table` holds `n` rows (or `deadline` passed); the count.
+pub async fn wait_rows(
+    pg_url: &str,
+    table: &str,
+    n: i64,
+    deadline: Duration,
+) -> anyhow::Result<i64> {
+    let until = Instant::now() + deadline;
+    loop {
+        let have = count(pg_url, table).await.unwrap_or(0);
+        if have >= n || Instant::now() > until {
+            return Ok(have);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What one phase measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub instances: usize,
+    pub backlog: Window,
+    pub burst: Window,
+    pub burst_accept_per_sec: f64,
+    pub sustained: Window,
+    pub offered_per_sec: f64,
+    pub accepted: usize,
+    pub stored: i64,
+    pub dead_lettered: u64,
+}
+
+/// The load test's knobs.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    pub backlog: u64,
+    pub burst: u64,
+    pub rate: u64,
+    pub secs: u64,
+}
+
+/// One phase with `instances` consumers (see the module doc).
+///
+/// # Errors
+/// Kafka, PostgreSQL, Redis or the gateway failing.
+pub async fn phase(s: &Settings, instances: usize, cfg: &LoadConfig) -> anyhow::Result<Report> {
+    s.prepare().await?;
+    let gw = pipeline::start_gateway(s, "127.0.0.1:0".parse()?).await?;
+    let http = http();
+    let t0 = crate::now_micros();
+    // The backlog in one second of batch requests, before any consumer.
+    let mut accepted = sustained(&http, gw.addr, 0, cfg.backlog, 1).await?;
+    let consumers = pipeline::start_consumers(s, instances).await?;
+    let t1 = crate::now_micros();
+    let backlog_n = accepted.len() as i64;
+    wait_rows(&s.pg_url, &s.table, backlog_n, Duration::from_secs(120)).await?;
+    let started = Instant::now();
+    accepted.extend(singles(&http, gw.addr, 1_000_000, cfg.burst, 32).await?);
+    let burst_accept_per_sec = cfg.burst as f64 / started.elapsed().as_secs_f64();
+    let t2 = crate::now_micros();
+    let started = Instant::now();
+    accepted.extend(sustained(&http, gw.addr, 2_000_000, cfg.rate, cfg.secs).await?);
+    let offered = (accepted.len() as i64 - backlog_n - cfg.burst as i64) as f64
+        / started.elapsed().as_secs_f64();
+    let t3 = crate::now_micros();
+    let stored = wait_rows(
+        &s.pg_url,
+        &s.table,
+        accepted.len() as i64,
+        Duration::from_secs(120),
+    )
+    .await?;
+    let report = Report {
+        instances,
+        backlog: window(&s.pg_url, &s.table, t0, t1).await?,
+        burst: window(&s.pg_url, &s.table, t1, t2).await?,
+        burst_accept_per_sec,
+        sustained: window(&s.pg_url, &s.table, t2, t3).await?,
+        offered_per_sec: offered,
+        accepted: accepted.len(),
+        stored,
+        dead_lettered: consumers.dead_lettered(),
+    };
+    consumers.stop().await?;
+    gw.stop().await?;
+    Ok(report)
+}
+
+/// The table: ours beside the seed's targets.
+pub fn table(reports: &[Report], build: &str) -> String {
+    let mut s = format!(
+        "log-pipeline load test ({build} build, this machine; end-to-end = gateway accept -> row in PostgreSQL)\n\
+         {:<22} {:>14} {:>22} {:>10} {:>10} {:>22} {:>9} {:>4}\n",
+        "", "drain ev/s", "burst e2e p50/95/99 ms", "offered/s", "stored/s", "sust. e2e p50/95/99 ms", "stored", "dlq"
+    );
+    for r in reports {
+        s.push_str(&format!(
+            "{:<22} {:>14.0} {:>22} {:>10.0} {:>10.0} {:>22} {:>9} {:>4}\n",
+            format!("ours, {} instance(s)", r.instances),
+            r.backlog.stored_per_sec,
+            format!("{:.0}/{:.0}/{:.0}", r.burst.p50, r.burst.p95, r.burst.p99),
+            r.offered_per_sec,
+            r.sustained.stored_per_sec,
+            format!(
+                "{:.0}/{:.0}/{:.0}",
+                r.sustained.p50, r.sustained.p95, r.sustained.p99
+            ),
+            format!("{}/{}", r.stored, r.accepted),
+            r.dead_lettered,
+        ));
+    }
+    s.push_str(&format!(
+        "{:<22} {:>14} {:>22}\n{:<22} {:>14} {:>22}\n",
+        "seed, 1 instance", "~560", "", "seed, 3 instances", "~1,680", "<50/<150/<500"
+    ));
+    s
+}
