@@ -84,13 +84,9 @@ pub fn consumer_config(
     props: &[(&str, &str)],
 ) -> anyhow::Result<ConsumerConfig> {
     let base = [("bootstrap.servers", bootstrap), ("group.id", group)];
-    let mut builder = ConsumerConfig::builder();
-    for (k, v) in base.iter().chain(props) {
-        builder = builder
-            .set(k, v)
-            .with_context(|| format!("consumer property {k}={v}"))?;
-    }
-    Ok(builder.build()?)
+    Ok(ConsumerConfig::builder()
+        .properties(base.into_iter().chain(props.iter().copied()))?
+        .build()?)
 }
 
 /// A producer config from `bootstrap.servers` and further Kafka properties.
@@ -98,19 +94,19 @@ pub fn consumer_config(
 /// # Errors
 /// An unknown property or a bad value, naming it.
 pub fn producer_config(bootstrap: &str, props: &[(&str, &str)]) -> anyhow::Result<ProducerConfig> {
-    let mut builder = ProducerConfig::builder();
-    for (k, v) in [("bootstrap.servers", bootstrap)].iter().chain(props) {
-        builder = builder
-            .set(k, v)
-            .with_context(|| format!("producer property {k}={v}"))?;
-    }
-    Ok(builder.build()?)
+    Ok(ProducerConfig::builder()
+        .properties(
+            [("bootstrap.servers", bootstrap)]
+                .into_iter()
+                .chain(props.iter().copied()),
+        )?
+        .build()?)
 }
 
 /// Create each of `topics` with `partitions` partitions unless it exists.
-/// Services call it before subscribing: a consumer that subscribes to a
-/// topic created later sees it only at its next metadata refresh
-/// (`metadata.max.age.ms`, default 5 minutes).
+/// Services call it before subscribing, so the first records are not
+/// waited for: a consumer subscribed to a missing topic looks for it every
+/// second.
 ///
 /// # Errors
 /// Kafka is unreachable, or refused a topic (other than "already exists").

@@ -42,13 +42,7 @@ pub const CONCURRENCY: usize = 8;
 /// 3 retries 500 ms apart, then the DLT (Spring's `FixedBackOff(500, 3)`):
 /// 4 attempts in all.
 pub fn fixed_retries() -> BackoffPolicy {
-    BackoffPolicy {
-        initial: Duration::from_millis(500),
-        multiplier: 1.0,
-        max_delay: Duration::from_millis(500),
-        max_attempts: 4,
-        jitter: 0.0,
-    }
+    BackoffPolicy::fixed(Duration::from_millis(500), 3)
 }
 
 /// The Processor's settings for the payment service: fixed-backoff

@@ -59,12 +59,17 @@ async fn seed_system_naive_pays_twice_and_the_inbox_pays_once() {
             dead.has_provenance(),
             "missing provenance headers: {dead:?}"
         );
+        let origin = dead.dead.origin.as_ref().expect("origin");
+        assert_eq!(origin.topic, framework.topic, "{dead:?}");
         assert_eq!(
-            dead.original_topic.as_deref(),
-            Some(framework.topic.as_str()),
+            dead.dead.attempts,
+            Some(4),
+            "1 attempt + 3 retries: {dead:?}"
+        );
+        assert_eq!(
+            dead.dead.error_class.as_deref(),
+            Some("Retryable"),
             "{dead:?}"
         );
-        assert_eq!(dead.attempts, Some(4), "1 attempt + 3 retries: {dead:?}");
-        assert_eq!(dead.error_class.as_deref(), Some("Retryable"), "{dead:?}");
     }
 }
