@@ -110,7 +110,7 @@ impl InventoryHandler {
 
 impl Handler for InventoryHandler {
     fn handle<'a>(&'a self, _tp: &'a TopicPartition, record: &'a Record) -> HandlerFuture<'a> {
-        let span = tracing::info_span!("inventory", correlation_id = %event::correlation_id(record), instance = %self.opts.instance);
+        let span = tracing::warn_span!("inventory", correlation_id = %event::correlation_id(record), instance = %self.opts.instance);
         Box::pin(
             async move {
                 let event = Event::from_record(record).map_err(HandlerError::Deserialization)?;

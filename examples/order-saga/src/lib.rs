@@ -20,7 +20,9 @@
 //! Every record carries an `event-type` and a `correlation-id` header, and
 //! every service handles a record inside a `tracing` span with that
 //! `correlation_id`: `grep <correlation id>` over the three services' logs
-//! follows one order's journey.
+//! follows one order's journey. The spans are `WARN`-level on purpose: a
+//! span below the log filter's level is disabled, and its fields then
+//! vanish from the lines logged inside it (the demo logs at `warn`).
 //!
 //! ## Layout
 //!

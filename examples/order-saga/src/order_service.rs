@@ -88,7 +88,7 @@ async fn create(State(api): State<Api>, headers: HeaderMap, Json(new): Json<NewO
         quantity: new.quantity,
         amount_cents: (new.amount * 100.0).round() as i64,
     };
-    let span = tracing::info_span!("order-api", correlation_id = %correlation_id);
+    let span = tracing::warn_span!("order-api", correlation_id = %correlation_id);
     async move {
         if let Err(e) = db::insert_order(&api.db, &order, &correlation_id).await {
             tracing::error!(error = %e, "storing the order failed");
@@ -149,7 +149,7 @@ pub struct StatusHandler {
 
 impl Handler for StatusHandler {
     fn handle<'a>(&'a self, _tp: &'a TopicPartition, record: &'a Record) -> HandlerFuture<'a> {
-        let span = tracing::info_span!("order", correlation_id = %event::correlation_id(record));
+        let span = tracing::warn_span!("order", correlation_id = %event::correlation_id(record));
         Box::pin(
             async move {
                 let event = Event::from_record(record).map_err(HandlerError::Deserialization)?;

@@ -90,7 +90,7 @@ impl PaymentHandler {
 
 impl Handler for PaymentHandler {
     fn handle<'a>(&'a self, _tp: &'a TopicPartition, record: &'a Record) -> HandlerFuture<'a> {
-        let span = tracing::info_span!("payment", correlation_id = %event::correlation_id(record));
+        let span = tracing::warn_span!("payment", correlation_id = %event::correlation_id(record));
         Box::pin(
             async move {
                 let event = Event::from_record(record).map_err(HandlerError::Deserialization)?;
