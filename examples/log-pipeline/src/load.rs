@@ -274,12 +274,12 @@ pub async fn phase(s: &Settings, instances: usize, cfg: &LoadConfig) -> anyhow::
 pub fn table(reports: &[Report], build: &str) -> String {
     let mut s = format!(
         "log-pipeline load test ({build} build, this machine; end-to-end = gateway accept -> row in PostgreSQL)\n\
-         {:<22} {:>14} {:>22} {:>10} {:>10} {:>22} {:>9} {:>4}\n",
+         {:<22} {:>14} {:>22} {:>10} {:>10} {:>22} {:>15} {:>4}\n",
         "", "drain ev/s", "burst e2e p50/95/99 ms", "offered/s", "stored/s", "sust. e2e p50/95/99 ms", "stored", "dlq"
     );
     for r in reports {
         s.push_str(&format!(
-            "{:<22} {:>14.0} {:>22} {:>10.0} {:>10.0} {:>22} {:>9} {:>4}\n",
+            "{:<22} {:>14.0} {:>22} {:>10.0} {:>10.0} {:>22} {:>15} {:>4}\n",
             format!("ours, {} instance(s)", r.instances),
             r.backlog.stored_per_sec,
             format!("{:.0}/{:.0}/{:.0}", r.burst.p50, r.burst.p95, r.burst.p99),
