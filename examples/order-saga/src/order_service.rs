@@ -70,7 +70,7 @@ fn error(code: StatusCode, message: impl std::fmt::Display) -> Response {
 }
 
 async fn create(State(api): State<Api>, headers: HeaderMap, Json(new): Json<NewOrder>) -> Response {
-    if new.quantity <= 0 || !(new.amount > 0.0) {
+    if new.quantity <= 0 || !new.amount.is_finite() || new.amount <= 0.0 {
         return error(
             StatusCode::BAD_REQUEST,
             "quantity and amount must be positive",
