@@ -40,7 +40,7 @@ pub const MAX_BATCH: usize = 500;
 /// before its next batch, instead of dead-lettering everything behind.
 pub const QUARANTINE: Quarantine = Quarantine {
     after_failures: 1,
-    pause: Duration::from_secs(15),
+    pause: Duration::from_secs(10),
 };
 
 /// Enrich, store, count.

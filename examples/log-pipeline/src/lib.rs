@@ -30,6 +30,7 @@
 //! | [`event`] | the log event: what clients send, what travels on Kafka, the enriched row |
 //! | [`gateway`] | axum: `POST /logs`, `POST /logs/batch`, `GET /health` |
 //! | [`consumer`] | the batch handler and the `Processor` settings (concurrency, retries, DLQ, quarantine) |
+//! | [`dlq`] | reading the event ids in `logs-dlq` back |
 //! | [`store`] | PostgreSQL: the table, the idempotent batch insert, a small reconnecting pool |
 //! | [`aggregates`] | Redis: per service, level and minute counts |
 //! | [`metrics`] | the pipeline's own Prometheus metrics beside the runtime's |
@@ -46,6 +47,7 @@
 
 pub mod aggregates;
 pub mod consumer;
+pub mod dlq;
 pub mod event;
 pub mod gateway;
 pub mod load;
