@@ -128,8 +128,11 @@ pub struct ProcessorConfig {
     pub max_in_flight_bytes: usize,
     /// Pause fetching at this many in-flight records, resume below half. Default 10,000.
     pub max_in_flight_records: usize,
-    /// Pause one partition at this many queued records, resume below half,
-    /// so one slow partition cannot fill the global bound. Default 2,000.
+    /// Pause one partition at this many queued records, or at its fair
+    /// share of `max_in_flight_records` (the bound divided by the assigned
+    /// partitions) when that is lower; resume below half. So one busy
+    /// partition cannot fill the global bound and leave the workers of the
+    /// others idle. Default 2,000.
     pub max_queued_per_partition: usize,
     /// Default `Interval(1 s)`.
     pub commit_policy: CommitPolicy,
@@ -176,7 +179,118 @@ impl std::fmt::Debug for ProcessorConfig {
     }
 }
 
+/// The runtime's own property names for [`ProcessorConfig::set`], with
+/// what each sets: names in Kafka's style, so a service can keep all its
+/// settings in one `key=value` file.
+pub const PROPERTIES: &[(&str, &str)] = &[
+    ("processor.concurrency", "units of work at once (records)"),
+    ("processor.ordering", "partition, key or none"),
+    ("processor.max.in.flight.records", "global bound (records)"),
+    ("processor.max.in.flight.bytes", "global bound (bytes)"),
+    (
+        "processor.max.queued.per.partition",
+        "per-partition bound (records)",
+    ),
+    (
+        "processor.commit.interval.ms",
+        "commit interval (ms); 0 = after each completion",
+    ),
+    (
+        "processor.handler.timeout.ms",
+        "handler deadline (ms); 0 = none",
+    ),
+    (
+        "processor.drain.timeout.ms",
+        "how long a revoke waits for running work (ms)",
+    ),
+    ("processor.retry.backoff.ms", "first retry delay (ms)"),
+    ("processor.retry.backoff.max.ms", "largest retry delay (ms)"),
+    (
+        "processor.retry.attempts",
+        "attempts in all, the first included",
+    ),
+    (
+        "processor.dlt.topic",
+        "one dead-letter topic for every source topic",
+    ),
+];
+
 impl ProcessorConfig {
+    /// Set one runtime property by name (see [`PROPERTIES`]).
+    ///
+    /// # Errors
+    /// A message naming the key: unknown (with the known names), or a
+    /// value that does not parse (with what it expects).
+    pub fn set(mut self, key: &str, value: &str) -> Result<Self, String> {
+        let v = value.trim();
+        let number = || {
+            v.parse::<u64>()
+                .map_err(|_| format!("{key}={value:?}: expected a whole number"))
+        };
+        let ms = || number().map(Duration::from_millis);
+        match key {
+            "processor.concurrency" => self.concurrency = (number()? as usize).max(1),
+            "processor.ordering" => {
+                self.ordering = match v {
+                    "partition" => Ordering::PerPartition,
+                    "key" => Ordering::PerKey,
+                    "none" => Ordering::Unordered,
+                    _ => return Err(format!("{key}={value:?}: expected partition, key or none")),
+                }
+            }
+            "processor.max.in.flight.records" => {
+                self.max_in_flight_records = (number()? as usize).max(1)
+            }
+            "processor.max.in.flight.bytes" => {
+                self.max_in_flight_bytes = (number()? as usize).max(1)
+            }
+            "processor.max.queued.per.partition" => {
+                self.max_queued_per_partition = (number()? as usize).max(1)
+            }
+            "processor.commit.interval.ms" => {
+                self.commit_policy = match ms()? {
+                    d if d.is_zero() => CommitPolicy::AfterEachCompletion,
+                    d => CommitPolicy::Interval(d),
+                }
+            }
+            "processor.handler.timeout.ms" => {
+                self.handler_timeout = Some(ms()?).filter(|d| !d.is_zero())
+            }
+            "processor.drain.timeout.ms" => self.drain_timeout = ms()?,
+            "processor.retry.backoff.ms" => {
+                self.backoff.initial = ms()?;
+                self.backoff.max_delay = self.backoff.max_delay.max(self.backoff.initial);
+            }
+            "processor.retry.backoff.max.ms" => self.backoff.max_delay = ms()?,
+            "processor.retry.attempts" => {
+                self.backoff.max_attempts = u32::try_from(number()?.max(1)).unwrap_or(u32::MAX)
+            }
+            "processor.dlt.topic" => return Ok(self.dlt_topic(v)),
+            _ => {
+                let known: Vec<&str> = PROPERTIES.iter().map(|(k, _)| *k).collect();
+                return Err(format!(
+                    "unknown runtime property {key:?} (known: {})",
+                    known.join(", ")
+                ));
+            }
+        }
+        Ok(self)
+    }
+
+    /// [`ProcessorConfig::set`] for each pair, in order.
+    ///
+    /// # Errors
+    /// As [`ProcessorConfig::set`], for the first bad pair.
+    pub fn properties<'a>(
+        mut self,
+        props: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, String> {
+        for (k, v) in props {
+            self = self.set(k, v)?;
+        }
+        Ok(self)
+    }
+
     pub fn new(consumer: ConsumerConfig, topics: &[&str]) -> Self {
         Self {
             consumer,
@@ -290,5 +404,73 @@ impl ProcessorConfig {
     pub fn observer(mut self, o: Arc<dyn Observer>) -> Self {
         self.observer = Some(o);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> ProcessorConfig {
+        let consumer = ConsumerConfig::builder()
+            .bootstrap("127.0.0.1:9092")
+            .unwrap()
+            .build()
+            .unwrap();
+        ProcessorConfig::new(consumer, &["orders"])
+    }
+
+    #[test]
+    fn runtime_properties_by_name() {
+        let c = base()
+            .properties([
+                ("processor.concurrency", "10"),
+                ("processor.ordering", "key"),
+                ("processor.max.in.flight.records", "1000"),
+                ("processor.max.in.flight.bytes", "65536"),
+                ("processor.max.queued.per.partition", "150"),
+                ("processor.commit.interval.ms", "0"),
+                ("processor.handler.timeout.ms", "2500"),
+                ("processor.drain.timeout.ms", "2000"),
+                ("processor.retry.backoff.ms", "1000"),
+                ("processor.retry.attempts", "4"),
+                ("processor.dlt.topic", "logs-dlq"),
+            ])
+            .unwrap();
+        assert_eq!(c.concurrency, 10);
+        assert_eq!(c.ordering, Ordering::PerKey);
+        assert_eq!(
+            (c.max_in_flight_records, c.max_in_flight_bytes),
+            (1000, 65536)
+        );
+        assert_eq!(c.max_queued_per_partition, 150);
+        assert!(matches!(c.commit_policy, CommitPolicy::AfterEachCompletion));
+        assert_eq!(c.handler_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(c.drain_timeout, Duration::from_secs(2));
+        assert_eq!(c.backoff.initial, Duration::from_secs(1));
+        assert_eq!(c.backoff.max_attempts, 4);
+        assert_eq!((c.dlt_topic)("orders"), "logs-dlq");
+        assert_eq!(PROPERTIES.len(), 12, "every name documented");
+        for (key, _) in PROPERTIES {
+            let value = match *key {
+                "processor.ordering" => "none",
+                "processor.dlt.topic" => "x",
+                _ => "5",
+            };
+            assert!(base().set(key, value).is_ok(), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_bad_runtime_property_is_named() {
+        let e = base().set("processor.concurency", "4").unwrap_err();
+        assert!(
+            e.contains("processor.concurency") && e.contains("processor.concurrency"),
+            "{e}"
+        );
+        let e = base().set("processor.concurrency", "many").unwrap_err();
+        assert!(e.contains("whole number"), "{e}");
+        let e = base().set("processor.ordering", "offset").unwrap_err();
+        assert!(e.contains("partition, key or none"), "{e}");
     }
 }

@@ -38,9 +38,10 @@ pub const SERVICE_PROPERTIES: [(&str, &str, &str); 7] = [
     ),
     (
         "processor.max.queued.per.partition",
-        "150",
-        "pause one partition at this many of its records in flight (records), so one \
-         partition cannot fill the whole bound and leave the other workers idle",
+        "2000",
+        "pause one partition at this many of its records in flight (records); the runtime \
+         also caps it at the partition's share of the records bound (1000 / 6 = 166 here), \
+         so one partition cannot fill the whole bound and leave the other workers idle",
     ),
     (
         "processor.concurrency",

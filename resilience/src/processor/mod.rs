@@ -115,6 +115,9 @@ pub struct Stats {
     pub dlt_write_failures: AtomicU64,
     /// Times the global in-flight bound paused every partition.
     pub pauses: AtomicU64,
+    /// Times one partition was paused because its own queue was full
+    /// (`max_queued_per_partition`, or its share of the global bound).
+    pub partition_pauses: AtomicU64,
     pub quarantines: AtomicU64,
     pub peak_in_flight_bytes: AtomicUsize,
     pub peak_in_flight_records: AtomicUsize,
@@ -507,7 +510,11 @@ fn apply_backpressure(
         assigned.into_iter().collect()
     } else {
         let now = Instant::now();
-        let per_part = cfg.max_queued_per_partition.max(1);
+        // The configured bound, or the partition's fair share of the global
+        // one when lower: one busy partition must not fill the global bound
+        // (every partition paused) while the others' workers sit idle.
+        let share = cfg.max_in_flight_records / assigned.len().max(1);
+        let per_part = cfg.max_queued_per_partition.min(share).max(1);
         let mut st = rt.lock();
         assigned
             .into_iter()
@@ -516,6 +523,9 @@ fn apply_backpressure(
                     return false;
                 };
                 if p.queued >= per_part {
+                    if !p.full {
+                        rt.stats.partition_pauses.fetch_add(1, Ordering::Relaxed);
+                    }
                     p.full = true;
                 } else if p.queued <= per_part / 2 {
                     p.full = false;
