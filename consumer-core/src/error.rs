@@ -27,6 +27,24 @@ pub enum ConsumerError {
     /// The consumer was closed.
     #[error("the consumer is closed")]
     Closed,
+    /// The cluster could not be reached within a start-up deadline
+    /// (`resilience`'s `startup_timeout`); `source` is the last failure,
+    /// which names the address tried.
+    #[error(
+        "{what} could not reach the Kafka cluster in {waited_ms} ms ({attempts} attempts): \
+         {source}. Check bootstrap.servers (host and port), that the brokers are up, and that \
+         the addresses they advertise (advertised.listeners) are reachable from here"
+    )]
+    Unreachable {
+        /// Which client: `consumer`, `dead-letter producer`, …
+        what: String,
+        /// Connection attempts made.
+        attempts: u32,
+        /// Time spent trying (ms).
+        waited_ms: u64,
+        /// The last failure.
+        source: Box<ConsumerError>,
+    },
 }
 
 impl ConsumerError {
@@ -34,6 +52,7 @@ impl ConsumerError {
     pub fn action(&self) -> ErrorAction {
         match self {
             ConsumerError::Wire(e) => e.action(),
+            ConsumerError::Unreachable { source, .. } => source.action(),
             ConsumerError::NotOwned { .. } => ErrorAction::Rejoin,
             ConsumerError::NoOffset { .. }
             | ConsumerError::Fatal(_)

@@ -52,6 +52,11 @@ async fn run_gives_up_only_after_the_startup_timeout() {
     let took = started.elapsed();
     let err = result.expect_err("nothing to connect to");
     assert!(err.is_retriable(), "a connection failure, not fatal: {err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("127.0.0.1:") && text.contains("Check bootstrap.servers"),
+        "names the address and what to check: {text}"
+    );
     assert!(
         took >= Duration::from_millis(500),
         "retried before giving up (took {took:?})"

@@ -613,6 +613,7 @@ where
 {
     let mut delays = START_BACKOFF.delays();
     let mut attempt = 0u32;
+    let started = Instant::now();
     loop {
         attempt += 1;
         let wait = delays.next().unwrap_or(Duration::from_secs(10));
@@ -620,9 +621,16 @@ where
             Ok(t) => return Ok(Some(t)),
             Err(e) => e.into(),
         };
-        let past_deadline = deadline.is_some_and(|d| Instant::now() + wait > d);
-        if !err.is_retriable() || past_deadline {
+        if !err.is_retriable() {
             return Err(err);
+        }
+        if deadline.is_some_and(|d| Instant::now() + wait > d) {
+            return Err(ConsumerError::Unreachable {
+                what: what.to_string(),
+                attempts: attempt,
+                waited_ms: started.elapsed().as_millis() as u64,
+                source: Box::new(err),
+            });
         }
         tracing::warn!(
             attempt,
