@@ -75,10 +75,7 @@ impl Gateway {
     async fn store(&self, events: &[LogEvent]) -> Result<(), String> {
         let mut acks = Vec::with_capacity(events.len());
         for e in events {
-            let rec = ProducerRecord::new(&*self.topic)
-                .key(e.service.clone())
-                .value(serde_json::to_vec(e).expect("a LogEvent always serializes"))
-                .header(EVENT_ID_HEADER, e.id.clone());
+            let rec = record(&self.topic, e);
             acks.push(self.producer.send(rec).await.map_err(|e| e.to_string())?);
         }
         for ack in acks {
@@ -124,6 +121,15 @@ impl Gateway {
         metrics::histogram!(GATEWAY_SECONDS).record(started.elapsed().as_secs_f64());
         answer
     }
+}
+
+/// The record for `e` on `topic`: keyed by service (one service's events
+/// stay in order on one partition), the id also in a header.
+pub fn record(topic: &str, e: &LogEvent) -> ProducerRecord {
+    ProducerRecord::new(topic)
+        .key(e.service.clone())
+        .value(serde_json::to_vec(e).expect("a LogEvent always serializes"))
+        .header(EVENT_ID_HEADER, e.id.clone())
 }
 
 async fn one(State(gw): State<Gateway>, Json(e): Json<LogEventIn>) -> (StatusCode, Json<Value>) {

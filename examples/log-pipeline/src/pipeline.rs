@@ -166,11 +166,17 @@ impl RunningConsumers {
             .sum()
     }
 
-    /// Wait until `partitions` are assigned (the group settled).
+    /// Wait until `partitions` are assigned and every instance has some
+    /// (the group settled: the first instance to join takes them all, and
+    /// gives some up when the others join).
     pub async fn wait_assigned(&self, partitions: usize, deadline: Duration) -> bool {
         let until = tokio::time::Instant::now() + deadline;
         while tokio::time::Instant::now() < until {
-            if self.assigned() >= partitions {
+            let each = self
+                .snapshots
+                .iter()
+                .all(|s| !s.borrow().partitions.is_empty());
+            if self.assigned() >= partitions && each {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
