@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! log-pipeline demo                      # 1 and 3 instances, short load test, the table
-//! log-pipeline load --secs 60            # the seed's load test (1,000 events, then 60 s)
+//! log-pipeline load --secs 60            # the seed's load test (1,000 events, then 1,680/s for 60 s)
 //! log-pipeline gateway --listen 0.0.0.0:8080
 //! log-pipeline consumer --instances 1    # run one per process, three processes
 //! ```
@@ -41,10 +41,11 @@ enum Command {
     Load {
         #[arg(long, default_value_t = 60)]
         secs: u64,
-        #[arg(long, default_value_t = 1000)]
+        /// The seed's 3-instance target.
+        #[arg(long, default_value_t = 1680)]
         rate: u64,
-        /// Events queued before the consumers start (drain throughput).
-        #[arg(long, default_value_t = 5000)]
+        /// Events produced straight to Kafka once the group settled (capacity).
+        #[arg(long, default_value_t = 20_000)]
         backlog: u64,
         /// Consumer instance counts, one phase each.
         #[arg(long, value_delimiter = ',', default_value = "1,3")]
