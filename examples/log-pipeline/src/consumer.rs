@@ -113,26 +113,42 @@ impl BatchHandler for LogHandler {
     }
 }
 
-/// The settings of one instance: [`WORKERS`] concurrent batches, retries
-/// after 1, 2 and 4 s, then `dlq` through `dlt_producer`, [`QUARANTINE`].
+/// The runtime's settings as properties (`resilience::config::PROPERTIES`),
+/// beside the Kafka ones: [`WORKERS`] batches at once, one partition's
+/// records in order.
+pub const PROCESSOR: &[(&str, &str)] = &[
+    ("processor.concurrency", "10"),
+    ("processor.ordering", "partition"),
+    ("processor.drain.timeout.ms", "10000"),
+];
+
+/// The settings of one instance: [`PROCESSOR`]; retries after exactly 1,
+/// 2 and 4 s (`BackoffPolicy::exponential`, no jitter: the properties
+/// `processor.retry.backoff.ms=1000` and `processor.retry.attempts=4` would
+/// keep the default ±20 % jitter, and no property sets it), then dead
+/// letters to `dlq` through `dlt_producer`; [`QUARANTINE`] (no property
+/// for it either).
 ///
 /// Per-partition ordering: a batch is consecutive records of one
 /// partition, so with 12 partitions over 3 instances at most 4 of an
 /// instance's 10 workers are busy at once (all 10 with 1 instance).
+///
+/// # Errors
+/// A bad property, naming it.
 pub fn processor_config(
     consumer: ConsumerConfig,
     topic: &str,
     dlq: &str,
     dlt_producer: ProducerConfig,
-) -> ProcessorConfig {
+) -> anyhow::Result<ProcessorConfig> {
     let mut cfg = ProcessorConfig::new(consumer, &[topic])
-        .concurrency(WORKERS)
+        .properties(PROCESSOR.iter().copied())
+        .map_err(anyhow::Error::msg)?
         .backoff(BackoffPolicy::exponential(Duration::from_secs(1), 3))
         .dead_letter(dlt_producer)
-        .dlt_topic(dlq)
-        .drain_timeout(Duration::from_secs(10));
+        .dlt_topic(dlq);
     cfg.quarantine = QUARANTINE;
-    cfg
+    Ok(cfg)
 }
 
 /// One consumer instance.

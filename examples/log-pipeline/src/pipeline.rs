@@ -140,7 +140,7 @@ pub async fn start_consumers(s: &Settings, instances: usize) -> anyhow::Result<R
     for i in 0..instances {
         let consumer = crate::consumer_config(&s.bootstrap, &s.group, crate::CONSUMER)?;
         let dlt = crate::producer_config(&s.bootstrap, crate::PRODUCER)?;
-        let cfg = consumer::processor_config(consumer, &s.topic, &s.dlq, dlt);
+        let cfg = consumer::processor_config(consumer, &s.topic, &s.dlq, dlt)?;
         let handler = LogHandler {
             store: s.store().await?,
             aggregates: s.aggregates().await?,
