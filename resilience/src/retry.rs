@@ -12,6 +12,11 @@ use kafka_wire::Backoff;
 /// - [`Retryable`](HandlerError::Retryable): retried with the
 ///   [`BackoffPolicy`] (default: 3 attempts in all, 1 s then 2 s apart; or
 ///   through the retry topics if configured), then dead-lettered.
+/// - [`Unavailable`](HandlerError::Unavailable): a dependency is down (the
+///   database, a downstream service); the record is fine. Retried for as
+///   long as it takes (the policy's delays, then every `max_delay`), never
+///   dead-lettered and never sent down retry topics: its partition (or
+///   key) waits, and backpressure pauses fetching as the queues fill.
 /// - [`NonRetryable`](HandlerError::NonRetryable) and
 ///   [`Deserialization`](HandlerError::Deserialization): dead-lettered at once.
 ///
@@ -48,6 +53,9 @@ pub enum HandlerError {
     NonRetryable(String),
     /// The bytes could not be decoded: dead-letter now.
     Deserialization(String),
+    /// A dependency is down; the record is fine: retry until it is back,
+    /// never dead-letter. A PostgreSQL connection failure converts to it.
+    Unavailable(String),
 }
 
 impl HandlerError {
@@ -62,6 +70,12 @@ impl HandlerError {
         HandlerError::Retryable(e.to_string())
     }
 
+    /// A dependency is down (a lost connection, a refused one): retried
+    /// until it is back, never dead-lettered.
+    pub fn unavailable(e: impl std::fmt::Display) -> Self {
+        HandlerError::Unavailable(e.to_string())
+    }
+
     /// Retrying cannot help (invalid data, a poison record): dead-lettered
     /// at once.
     pub fn fatal(e: impl std::fmt::Display) -> Self {
@@ -69,7 +83,10 @@ impl HandlerError {
     }
 
     pub fn is_retryable(&self) -> bool {
-        matches!(self, HandlerError::Retryable(_))
+        matches!(
+            self,
+            HandlerError::Retryable(_) | HandlerError::Unavailable(_)
+        )
     }
 
     /// A short class name for the DLT's exception header.
@@ -78,6 +95,7 @@ impl HandlerError {
             HandlerError::Retryable(_) => "Retryable",
             HandlerError::NonRetryable(_) => "NonRetryable",
             HandlerError::Deserialization(_) => "Deserialization",
+            HandlerError::Unavailable(_) => "Unavailable",
         }
     }
 
@@ -85,7 +103,8 @@ impl HandlerError {
         match self {
             HandlerError::Retryable(m)
             | HandlerError::NonRetryable(m)
-            | HandlerError::Deserialization(m) => m,
+            | HandlerError::Deserialization(m)
+            | HandlerError::Unavailable(m) => m,
         }
     }
 }
@@ -108,12 +127,28 @@ impl From<kafka_wire::Error> for HandlerError {
     }
 }
 
-/// A database error is worth retrying (a lost connection, a serialization
-/// failure, a deadlock); a handler that knows better maps it itself.
+/// A database error: `Unavailable` when the server cannot be reached or
+/// refuses work for now (no SQL state: a closed or refused connection;
+/// classes 08 connection exception, 53 insufficient resources, 57 operator
+/// intervention such as a shutdown; 55000, e.g. a database not accepting
+/// connections), so an outage waits instead of dead-lettering;
+/// `Retryable` otherwise (a serialization failure, a deadlock). A handler
+/// that knows better maps it itself.
 #[cfg(feature = "postgres")]
 impl From<tokio_postgres::Error> for HandlerError {
     fn from(e: tokio_postgres::Error) -> Self {
-        HandlerError::Retryable(e.to_string())
+        let down = match e.code() {
+            None => true,
+            Some(code) => {
+                let c = code.code();
+                c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || c == "55000"
+            }
+        };
+        if down {
+            HandlerError::Unavailable(e.to_string())
+        } else {
+            HandlerError::Retryable(e.to_string())
+        }
     }
 }
 
@@ -231,7 +266,16 @@ impl BackoffPolicy {
     }
 
     /// What to do after attempt number `attempt` (1-based) failed with `err`.
+    /// [`HandlerError::Unavailable`] is always retried: after the policy's
+    /// delays run out, every `max_delay`.
     pub fn decide(&self, attempt: u32, err: &HandlerError, delay: Option<Duration>) -> Decision {
+        if let HandlerError::Unavailable(_) = err {
+            return Decision::RetryAfter(
+                delay
+                    .unwrap_or(self.max_delay)
+                    .min(self.max_delay.max(self.initial)),
+            );
+        }
         match (err.is_retryable(), attempt < self.max_attempts, delay) {
             (true, true, Some(d)) => Decision::RetryAfter(d),
             _ => Decision::DeadLetter,
@@ -299,6 +343,23 @@ mod tests {
         );
         let err = HandlerError::Retryable("down".into());
         assert!(matches!(seed.decide(4, &err, None), Decision::DeadLetter));
+    }
+
+    #[test]
+    fn unavailable_is_retried_past_the_attempts_and_never_dead_lettered() {
+        let p = BackoffPolicy::exponential(Duration::from_secs(1), 3);
+        let down = HandlerError::unavailable("connection refused");
+        assert_eq!(down.class(), "Unavailable");
+        assert!(down.is_retryable());
+        assert_eq!(
+            p.decide(2, &down, Some(Duration::from_secs(2))),
+            Decision::RetryAfter(Duration::from_secs(2))
+        );
+        assert_eq!(
+            p.decide(1000, &down, None),
+            Decision::RetryAfter(Duration::from_secs(30)),
+            "after the policy's delays, every max_delay"
+        );
     }
 
     #[test]

@@ -252,3 +252,42 @@ async fn without_a_writable_dlt_the_partition_stalls_and_nothing_commits_past_th
         "committed up to, never past, the record that could not be dead-lettered"
     );
 }
+
+#[tokio::test]
+async fn an_unavailable_dependency_is_waited_for_never_dead_lettered() {
+    const N: u32 = 20;
+    let b = testkit::require_broker!();
+    let (admin, topic) = topic_with_records(&b, "unavailable", 1, N).await;
+    let group = testkit::unique_name("unavailable");
+    // The dependency is down for the first 8 attempts of every record that
+    // reaches it while it is down: far past the policy's 3 attempts, and
+    // the retry topics, if any, must not see it either.
+    let sink = Arc::new(Sink::default());
+    let behaviour = failing(|n, attempt| {
+        (n == 3 && attempt <= 8).then(|| HandlerError::unavailable("connection refused"))
+    });
+    let mut backoff = fast_backoff();
+    backoff.max_delay = Duration::from_millis(40);
+    let cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
+        .backoff(backoff)
+        .dead_letter(testkit::producer_config(&b))
+        .retry_topics(&[Duration::from_millis(100)])
+        .commit_policy(CommitPolicy::Interval(Duration::from_millis(100)));
+    let run = start(Processor::new(cfg, SinkHandler::new(&sink, behaviour)));
+    let stats = run.stats.clone();
+    run.wait_finished(u64::from(N), Duration::from_secs(30))
+        .await;
+    committed_to_end(&b, &group, &topic, Duration::from_secs(15)).await;
+    run.stop().await;
+    assert_eq!(
+        sink.applied_numbers(),
+        (0..N).collect::<Vec<_>>(),
+        "each once, in order: the partition waited for record 3"
+    );
+    assert_eq!(stats.retried.load(AtomicOrdering::Relaxed), 8);
+    assert_eq!(stats.dead_lettered.load(AtomicOrdering::Relaxed), 0);
+    assert_eq!(stats.sent_to_retry.load(AtomicOrdering::Relaxed), 0);
+    assert!(uncommitted_partitions(&b, &admin, &group, &topic, 1)
+        .await
+        .is_empty());
+}

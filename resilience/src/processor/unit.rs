@@ -184,14 +184,21 @@ impl Runtime {
                 // Revoked meanwhile: the next owner handles these records.
                 return self.finish_all(tp, tickets_(), Done::Skipped);
             }
-            if self.cfg.retry_topics.is_some() {
+            if self.cfg.retry_topics.is_some() && !matches!(err, HandlerError::Unavailable(_)) {
                 break; // no blocking retry: the retry topic is the retry
             }
             match self.cfg.backoff.decide(attempt, &err, delays.next()) {
                 Decision::RetryAfter(d) => {
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
                     self.metrics.retried.increment(1);
-                    tracing::debug!(%tp, offset = records[0].offset, attempt, error = %err, delay = ?d, "retrying");
+                    if matches!(err, HandlerError::Unavailable(_))
+                        && attempt >= self.cfg.backoff.max_attempts
+                    {
+                        tracing::warn!(%tp, offset = records[0].offset, attempt, error = %err, delay = ?d,
+                            "a dependency is unavailable; waiting for it (never dead-lettered)");
+                    } else {
+                        tracing::debug!(%tp, offset = records[0].offset, attempt, error = %err, delay = ?d, "retrying");
+                    }
                     self.release(permit); // only this lane waits
                     if !self
                         .sleep_unless_stopped(tp, epoch, Instant::now() + d)
