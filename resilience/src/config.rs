@@ -210,6 +210,19 @@ pub const PROPERTIES: &[(&str, &str)] = &[
         "attempts in all, the first included",
     ),
     (
+        "processor.retry.jitter",
+        "fraction of each retry delay randomised, 0 to 1",
+    ),
+    (
+        "processor.quarantine.after.failures",
+        "exhausted records in a row that pause a partition; 0 = never",
+    ),
+    (
+        "processor.quarantine.pause.ms",
+        "how long a quarantined partition waits (ms)",
+    ),
+    ("processor.max.batch", "records per batch-handler call"),
+    (
         "processor.dlt.topic",
         "one dead-letter topic for every source topic",
     ),
@@ -265,6 +278,19 @@ impl ProcessorConfig {
             "processor.retry.attempts" => {
                 self.backoff.max_attempts = u32::try_from(number()?.max(1)).unwrap_or(u32::MAX)
             }
+            "processor.retry.jitter" => {
+                let j: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|j: &f64| (0.0..=1.0).contains(j))
+                    .ok_or_else(|| format!("{key}={value:?}: expected a fraction from 0 to 1"))?;
+                self.backoff.jitter = j;
+            }
+            "processor.quarantine.after.failures" => {
+                self.quarantine.after_failures = u32::try_from(number()?).unwrap_or(u32::MAX)
+            }
+            "processor.quarantine.pause.ms" => self.quarantine.pause = ms()?,
+            "processor.max.batch" => self.max_batch = (number()? as usize).max(1),
             "processor.dlt.topic" => return Ok(self.dlt_topic(v)),
             _ => {
                 let known: Vec<&str> = PROPERTIES.iter().map(|(k, _)| *k).collect();
@@ -450,11 +476,12 @@ mod tests {
         assert_eq!(c.backoff.initial, Duration::from_secs(1));
         assert_eq!(c.backoff.max_attempts, 4);
         assert_eq!((c.dlt_topic)("orders"), "logs-dlq");
-        assert_eq!(PROPERTIES.len(), 12, "every name documented");
+        assert_eq!(PROPERTIES.len(), 16, "every name documented");
         for (key, _) in PROPERTIES {
             let value = match *key {
                 "processor.ordering" => "none",
                 "processor.dlt.topic" => "x",
+                "processor.retry.jitter" => "0.5",
                 _ => "5",
             };
             assert!(base().set(key, value).is_ok(), "{key}");
