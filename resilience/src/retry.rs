@@ -14,7 +14,7 @@ use kafka_wire::Backoff;
 ///   through the retry topics if configured), then dead-lettered.
 /// - [`Unavailable`](HandlerError::Unavailable): a dependency is down (the
 ///   database, a downstream service); the record is fine. Retried for as
-///   long as it takes (the policy's delays, then every `max_delay`), never
+///   long as it takes (the policy's delays, growing on to `max_delay`), never
 ///   dead-lettered and never sent down retry topics: its partition (or
 ///   key) waits, and backpressure pauses fetching as the queues fill.
 /// - [`NonRetryable`](HandlerError::NonRetryable) and
@@ -267,14 +267,19 @@ impl BackoffPolicy {
 
     /// What to do after attempt number `attempt` (1-based) failed with `err`.
     /// [`HandlerError::Unavailable`] is always retried: after the policy's
-    /// delays run out, every `max_delay`.
+    /// delays run out, the delays keep growing by the multiplier up to
+    /// `max_delay`.
     pub fn decide(&self, attempt: u32, err: &HandlerError, delay: Option<Duration>) -> Decision {
         if let HandlerError::Unavailable(_) = err {
-            return Decision::RetryAfter(
-                delay
-                    .unwrap_or(self.max_delay)
-                    .min(self.max_delay.max(self.initial)),
-            );
+            // Past the policy's retries the delays keep growing by the
+            // multiplier, up to `max_delay`, without jitter.
+            let cap = self.max_delay.max(self.initial);
+            let grown = || {
+                let exp = attempt.saturating_sub(1).min(63) as i32;
+                let secs = self.initial.as_secs_f64() * self.multiplier.max(1.0).powi(exp);
+                Duration::try_from_secs_f64(secs).unwrap_or(cap)
+            };
+            return Decision::RetryAfter(delay.unwrap_or_else(grown).min(cap));
         }
         match (err.is_retryable(), attempt < self.max_attempts, delay) {
             (true, true, Some(d)) => Decision::RetryAfter(d),
@@ -356,9 +361,14 @@ mod tests {
             Decision::RetryAfter(Duration::from_secs(2))
         );
         assert_eq!(
+            p.decide(4, &down, None),
+            Decision::RetryAfter(Duration::from_secs(8)),
+            "after the policy's 1, 2, 4 s, growing on"
+        );
+        assert_eq!(
             p.decide(1000, &down, None),
             Decision::RetryAfter(Duration::from_secs(30)),
-            "after the policy's delays, every max_delay"
+            "up to max_delay"
         );
     }
 

@@ -10,10 +10,14 @@
 //!    idempotent too, see [`crate::aggregates`]),
 //!
 //! and only then returns `Ok`, after which the runtime may commit the
-//! batch's offsets. A failure at 2 or 3 is retryable: the runtime retries
-//! the whole batch after 1, 2 and 4 s (the partition waits, the others go
-//! on), then writes it to `logs-dlq` with provenance headers. Dead-letters
-//! in a row quarantine the partition for [`QUARANTINE`].
+//! batch's offsets. PostgreSQL being down (a lost or refused connection)
+//! is `HandlerError::Unavailable` (the `?` converts it): the batch waits
+//! for the database, retried after 1, 2, 4, 8, 16 s and then every 30 s, and is
+//! never dead-lettered, while the partition's queue fills and backpressure
+//! pauses fetching. Any other failure at 2 or 3 is retried after 1, 2 and
+//! 4 s (the partition waits, the others go on), then written to `logs-dlq`
+//! with provenance headers; dead-letters in a row quarantine the partition
+//! for [`QUARANTINE`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,8 +40,8 @@ pub const WORKERS: usize = 10;
 /// Records per batch (the seed's batch size).
 pub const MAX_BATCH: usize = 500;
 /// A partition whose batches keep being dead-lettered after all their
-/// retries (an outage longer than the 7 s of retries) waits this long
-/// before its next batch, instead of dead-lettering everything behind.
+/// retries (Redis down longer than the 7 s of retries, say) waits this
+/// long before its next batch, instead of dead-lettering everything behind.
 pub const QUARANTINE: Quarantine = Quarantine {
     after_failures: 1,
     pause: Duration::from_secs(10),

@@ -214,7 +214,7 @@ async fn seed_system_a_short_postgres_outage_waits_and_every_event_is_stored_onc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_system_a_long_postgres_outage_quarantines_and_dead_letters_without_loss() {
+async fn seed_system_a_long_postgres_outage_is_waited_for_and_loses_nothing() {
     let Some(f) = start().await else { return };
     let accepted = f.send_through_outage(Duration::from_secs(11)).await;
     let dead = f
@@ -227,18 +227,16 @@ async fn seed_system_a_long_postgres_outage_quarantines_and_dead_letters_without
         f.consumers.dead_lettered(),
         f.consumers.quarantines()
     );
+    // An outage longer than the 1 + 2 + 4 s of retries: PostgreSQL's
+    // connection errors are `HandlerError::Unavailable`, waited for, never
+    // dead-lettered (before, 21 good events went to the DLQ here).
+    assert!(f.retried() > 0, "the outage was felt");
     assert!(
-        !dead.is_empty(),
-        "batches waiting through an 11 s outage exhaust 1+2+4 s of retries"
+        dead.is_empty(),
+        "an unavailable database dead-letters nothing: {} dead",
+        dead.len()
     );
-    assert!(
-        f.consumers.quarantines() > 0,
-        "a dead-lettered batch quarantines its partition"
-    );
-    assert!(
-        dead.len() < accepted.len(),
-        "after the outage, events are stored again"
-    );
+    assert_eq!(f.consumers.quarantines(), 0);
     println!("long outage test wall time: {:?}", f.started.elapsed());
     f.stop().await;
 }
