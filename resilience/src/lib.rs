@@ -29,6 +29,7 @@
 //! | [`dlt`] | dead-letter records with `kafka_dlt-*` provenance headers |
 //! | [`dedup`] | [`dedup::DedupStore`]: in-memory, embedded file log, PostgreSQL (feature `postgres`) |
 //! | [`eos`] | [`eos::TransactionalProcessor`]: consume-transform-produce in Kafka transactions |
+//! | [`shutdown`] | [`shutdown::signal`]: SIGINT or SIGTERM, for `Processor::run` |
 //! | [`observe`] | metrics (names, help, the two lags: consumer and commit), the [`observe::Observer`] hook, the live [`observe::Snapshot`] (`Processor::snapshots`); Prometheus `/metrics` (feature `prometheus`) |
 //!
 //! ## Before the first run
@@ -170,6 +171,7 @@ pub mod processor;
 pub mod retry;
 pub mod retry_topics;
 pub mod scheduler;
+pub mod shutdown;
 
 pub use config::{CommitPolicy, KeySource, ProcessorConfig};
 pub use consumer_core;

@@ -78,8 +78,9 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
     Ok((k.trim().to_string(), v.trim().to_string()))
 }
 
+/// Ctrl-C or SIGTERM: the processor drains, commits and leaves the group.
 async fn ctrl_c() {
-    let _ = tokio::signal::ctrl_c().await;
+    resilience::shutdown::signal().await;
 }
 
 #[tokio::main]

@@ -104,10 +104,7 @@ async fn main() -> anyhow::Result<()> {
                 cfg.concurrency,
                 cfg.downstream_per_second
             );
-            service::run(&cfg, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
+            service::run(&cfg, resilience::shutdown::signal()).await
         }
         Command::Properties => {
             for (name, default, about) in SERVICE_PROPERTIES {

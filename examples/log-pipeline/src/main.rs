@@ -107,8 +107,9 @@ async fn load_test(cfg: LoadConfig, instances: &[usize]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Ctrl-C or SIGTERM: the processors drain, commit and leave the group.
 async fn ctrl_c() {
-    let _ = tokio::signal::ctrl_c().await;
+    resilience::shutdown::signal().await;
 }
 
 #[tokio::main]

@@ -68,11 +68,11 @@ enum Command {
     },
 }
 
-/// A watch that turns true on Ctrl-C.
+/// A watch that turns true on Ctrl-C or SIGTERM.
 fn ctrl_c() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        resilience::shutdown::signal().await;
         let _ = tx.send(true);
     });
     rx

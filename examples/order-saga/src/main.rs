@@ -80,7 +80,7 @@ enum Command {
 fn ctrl_c() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        resilience::shutdown::signal().await;
         let _ = tx.send(true);
     });
     rx
