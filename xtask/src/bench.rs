@@ -1,19 +1,21 @@
 //! `cargo xtask bench`: this project's consumer, runtime and producer side
-//! by side with librdkafka (rust-rdkafka, in `bench/`, its own workspace)
-//! and the Java client (`ConsumerPerformance`, `ProducerPerformance` from
-//! the broker's `kafka-tools` jar), on one broker, the same pre-produced
-//! topics and the same knobs, in the same run.
+//! by side with librdkafka (rust-rdkafka, in `bench/`, its own workspace),
+//! franz-go (Go, `bench/franz/`, built with `go build`) and the Java client
+//! (`ConsumerPerformance`, `ProducerPerformance` from the broker's
+//! `kafka-tools` jar), on one broker, the same pre-produced topics and the
+//! same knobs, in the same run.
 //!
 //! Every measurement is its own process; `wait4` gives its CPU time (user +
 //! sys) and peak RSS. Peers alternate (A B C A B C …) for `rounds` rounds;
-//! the report gives median, min and max, and the ratio to librdkafka from
-//! the same round. Output: `target/bench/report.json`, `report.md` and
-//! `chart.svg`. `--quick` (small counts, one round) is the CI smoke test: it
-//! asserts only that every peer read or wrote every record.
+//! the report gives median, min and max, the ratio to librdkafka from the
+//! same round, and the ratio to the best other client in the workload.
+//! Output: `target/bench/report.json`, `report.md` and `chart.svg`.
+//! `--quick` (small counts, one round) is the CI smoke test: it asserts only
+//! that every peer read or wrote every record.
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -58,6 +60,18 @@ const CONSUMER_KNOBS: &[(&str, &str, &str)] = &[
 /// which cut its throughput here to a third (446k vs 1.29M records/s).
 const RDKAFKA_CONSUMER_EXTRA: &[(&str, &str)] = &[("fetch.queue.backoff.ms", "0")];
 
+/// franz-go's producer only: its buffer limits, equalised with the others.
+/// kgo's default `MaxBufferedRecords` (50,000) would make `Produce` block
+/// long before ours (`buffer.memory`, 32 MiB ≈ 290k records of 100 B) or
+/// librdkafka (`queue.buffering.max.messages=1000000`, as bench-peer sets
+/// it) wait. The record cap is librdkafka's; the byte cap is ours and
+/// Java's `buffer.memory` (kgo counts key + value bytes). The partitioner is
+/// fixed in `bench/franz/main.go`: KIP-480 sticky, as ours.
+const FRANZ_PRODUCER_EXTRA: &[(&str, &str)] = &[
+    ("max.buffered.records", "1000000"),
+    ("max.buffered.bytes", "33554432"),
+];
+
 /// Settings every producer gets.
 const PRODUCER_KNOBS: &[(&str, &str)] = &[
     ("acks", "all"),
@@ -94,6 +108,9 @@ enum Peer {
     OursRebalanceEager,
     OursRebalanceConsumer,
     OursRebalanceCooperativeFast,
+    FranzConsume,
+    FranzProduce,
+    FranzLatency,
 }
 
 impl Peer {
@@ -115,7 +132,23 @@ impl Peer {
             Peer::OursRebalanceCooperativeFast => {
                 "ours (runtime, cooperative-sticky, 500 ms heartbeat)"
             }
+            Peer::FranzConsume => "franz-go (kgo, direct partitions)",
+            Peer::FranzProduce => "franz-go (kgo)",
+            Peer::FranzLatency => "franz-go (kgo producer → consumer)",
         }
+    }
+
+    /// This project's own peers (never the "best peer" of a workload).
+    fn is_ours(self) -> bool {
+        self.name().starts_with("ours ")
+    }
+
+    /// Run by `target/bench/franz-peer` (Go).
+    fn is_franz(self) -> bool {
+        matches!(
+            self,
+            Peer::FranzConsume | Peer::FranzProduce | Peer::FranzLatency
+        )
     }
 
     fn is_reference(self) -> bool {
@@ -219,19 +252,24 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
         "bench/Cargo.toml",
     ]))?;
     let peer_bin = workspace_root().join("bench/target/release/bench-peer");
+    let franz_bin = workspace_root().join("target/bench/franz-peer");
 
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     let topic = |what: &str| format!("bench-{what}-{stamp}");
     use Peer::*;
+    // Other clients at the same positions in every workload, so the
+    // chart's colours (by position) mean the same client throughout.
     let consumers = vec![
         OursConsume,
         RdkafkaConsume,
         JavaConsume,
+        FranzConsume,
         OursRuntimePartition,
         OursRuntimeKey,
     ];
+    let producers = vec![OursProduce, RdkafkaProduce, JavaProduce, FranzProduce];
     let workloads = vec![
         Workload {
             name: "consume 100 B, uncompressed",
@@ -258,7 +296,7 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
             count: small,
             size: 1024,
             compression: "zstd",
-            peers: vec![OursConsume, RdkafkaConsume, JavaConsume],
+            peers: vec![OursConsume, RdkafkaConsume, JavaConsume, FranzConsume],
         },
         Workload {
             name: "produce 100 B, uncompressed",
@@ -267,7 +305,7 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
             count: big,
             size: 100,
             compression: "none",
-            peers: vec![OursProduce, RdkafkaProduce, JavaProduce],
+            peers: producers.clone(),
         },
         Workload {
             name: "produce 100 B, lz4",
@@ -276,7 +314,7 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
             count: big,
             size: 100,
             compression: "lz4",
-            peers: vec![OursProduce, RdkafkaProduce, JavaProduce],
+            peers: producers,
         },
         Workload {
             name: "latency at 10k records/s",
@@ -285,7 +323,7 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
             count: LATENCY_RATE * if args.quick { 2 } else { 30 },
             size: 100,
             compression: "none",
-            peers: vec![OursLatency, RdkafkaLatency],
+            peers: vec![OursLatency, RdkafkaLatency, FranzLatency],
         },
         Workload {
             name: "rebalance: a 4th member joins",
@@ -316,6 +354,17 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
             args.only.as_deref().unwrap_or_default()
         );
     }
+
+    if workloads
+        .iter()
+        .any(|w| w.peers.iter().any(|p| p.is_franz()))
+    {
+        build_franz(&franz_bin)?;
+    }
+    let bins = Bins {
+        peer: peer_bin.clone(),
+        franz: franz_bin,
+    };
 
     eprintln!("==> topics (12 partitions) and data, produced once (not timed)");
     for w in &workloads {
@@ -361,7 +410,7 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
                     w.name,
                     peer.name()
                 );
-                let mut cmd = command(peer, w, &peer_bin, &bootstrap, &java_config);
+                let mut cmd = command(peer, w, &bins, &bootstrap, &java_config);
                 let broker_before = broker_pid.and_then(process_cpu_secs);
                 let m = measure(&mut cmd, Some(peer))
                     .with_context(|| format!("{} on {}", peer.name(), w.name))?;
@@ -435,9 +484,57 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn command(peer: Peer, w: &Workload, bin: &Path, bootstrap: &str, java_cfg: &Path) -> Command {
+/// The Go toolchain: `go` on PATH, else Go's default install directory.
+fn go() -> anyhow::Result<PathBuf> {
+    if shell::available("go", "version") {
+        return Ok(PathBuf::from("go"));
+    }
+    let fallback = PathBuf::from("/usr/local/go/bin/go");
+    if fallback.is_file() {
+        return Ok(fallback);
+    }
+    bail!(
+        "the franz-go peer needs Go 1.26 or newer: `go` is not on PATH and {} does not exist (install it from https://go.dev/dl/, or leave franz-go out with --only)",
+        fallback.display()
+    )
+}
+
+/// `go build` the franz-go peer (`bench/franz/`) into `bin`. The module
+/// versions are pinned by the committed go.mod and go.sum (`-mod=readonly`
+/// refuses to change them), so every machine builds the same peer.
+fn build_franz(bin: &Path) -> anyhow::Result<()> {
+    eprintln!("==> building franz-go peer (Go, first build downloads modules)");
+    shell::run(
+        Command::new(go()?)
+            .args([
+                "build",
+                "-mod=readonly",
+                "-trimpath",
+                "-buildvcs=false",
+                "-o",
+            ])
+            .arg(bin)
+            .arg(".")
+            .current_dir(workspace_root().join("bench/franz")),
+    )
+}
+
+/// The peers' executables.
+struct Bins {
+    /// `bench-peer` (Rust: ours and librdkafka).
+    peer: PathBuf,
+    /// `franz-peer` (Go: franz-go).
+    franz: PathBuf,
+}
+
+fn command(peer: Peer, w: &Workload, bins: &Bins, bootstrap: &str, java_cfg: &Path) -> Command {
     let count = w.count.to_string();
     let bench_peer = |role: &str| {
+        let bin = if peer.is_franz() {
+            &bins.franz
+        } else {
+            &bins.peer
+        };
         let mut c = Command::new(bin);
         c.args([role, bootstrap, &w.topic, &count]);
         c
@@ -460,6 +557,23 @@ fn command(peer: Peer, w: &Workload, bin: &Path, bootstrap: &str, java_cfg: &Pat
         );
     };
     match peer {
+        Peer::FranzConsume => {
+            let mut c = bench_peer("franz-consume");
+            consumer_knobs(&mut c, false);
+            c
+        }
+        Peer::FranzProduce => {
+            let mut c = bench_peer("franz-produce");
+            producer_knobs(&mut c);
+            c.args(FRANZ_PRODUCER_EXTRA.iter().map(|(k, v)| format!("{k}={v}")));
+            c
+        }
+        Peer::FranzLatency => {
+            let mut c = bench_peer("franz-latency");
+            consumer_knobs(&mut c, false);
+            stream_producer(&mut c, LATENCY_RATE);
+            c
+        }
         Peer::OursLatency | Peer::RdkafkaLatency => {
             let rd = peer == Peer::RdkafkaLatency;
             let mut c = bench_peer(if rd {
@@ -765,6 +879,29 @@ fn spread(runs: &[Run], peer: Peer, f: impl Fn(&Run) -> f64) -> (f64, f64, f64) 
     (median(v), min, max)
 }
 
+/// The other client (not ours) with the best median of a figure in a
+/// workload: the highest if `higher_is_better`, else the lowest.
+fn best_peer(
+    w: &Workload,
+    runs: &[Run],
+    f: impl Fn(&Run) -> f64,
+    higher_is_better: bool,
+) -> Option<(Peer, f64)> {
+    w.peers
+        .iter()
+        .filter(|p| !p.is_ours())
+        .map(|&p| (p, spread(runs, p, &f).0))
+        .filter(|(_, m)| m.is_finite() && *m > 0.0)
+        .max_by(|a, b| {
+            let o = a.1.total_cmp(&b.1);
+            if higher_is_better {
+                o
+            } else {
+                o.reverse()
+            }
+        })
+}
+
 /// Median over rounds of (peer's figure / librdkafka's figure in the same round).
 fn ratio(runs: &[Run], peer: Peer, f: impl Fn(&Run) -> f64) -> Option<f64> {
     let reference = runs.iter().find(|r| r.peer.is_reference())?.peer;
@@ -785,7 +922,7 @@ fn markdown(results: &[(&Workload, Vec<Run>)], rounds: usize, quick: bool) -> St
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# Benchmark report{}\n\n{} round(s), peers alternating; median (min–max). Ratios are to librdkafka in the same round. CPU is the client process's user + sys time (whole process: start-up and group join included; for Java, JVM start-up and JIT too); throughput runs from the first record to the last. Broker CPU is the broker's user + sys time during the run.\n",
+        "# Benchmark report{}\n\n{} round(s), peers alternating; median (min–max). \"vs librdkafka\" is the median over rounds of the ratio to librdkafka in the same round; \"vs best\" is the ratio of medians to the best other client in the workload (ours excluded: the highest records/s, the lowest CPU s per M records), named under each table. CPU is the client process's user + sys time (whole process: start-up and group join included; for Java, JVM start-up and JIT too); throughput runs from the first record to the last. Broker CPU is the broker's user + sys time during the run.\n",
         if quick { " (--quick smoke test: small counts, not for comparison)" } else { "" },
         rounds
     );
@@ -796,7 +933,16 @@ fn markdown(results: &[(&Workload, Vec<Run>)], rounds: usize, quick: bool) -> St
         "librdkafka consumer only: {}  ",
         settings(RDKAFKA_CONSUMER_EXTRA)
     );
+    let _ = writeln!(
+        md,
+        "franz-go consumer: no group (`ConsumeTopics` without `ConsumerGroup`, every partition from the start; the others join a fresh group, whose join is outside the clock); CRC32C is always checked (kgo's default)  "
+    );
     let _ = writeln!(md, "Producer settings: {}  ", settings(PRODUCER_KNOBS));
+    let _ = writeln!(
+        md,
+        "franz-go producer only: {}, `RecordPartitioner(StickyPartitioner())` (KIP-480, as ours; librdkafka sticks for `sticky.partitioning.linger.ms=10`, Java uses KIP-794's uniform sticky); librdkafka producer only: `queue.buffering.max.messages=1000000`  ",
+        settings(FRANZ_PRODUCER_EXTRA)
+    );
     let _ = writeln!(
         md,
         "Latency and rebalance producers: {}; latency at {LATENCY_RATE} records/s, measured from each record's scheduled send time to its handler call (after 1 s of warm-up); rebalance stream at {REBALANCE_RATE} records/s round-robin over the partitions\n",
@@ -815,9 +961,12 @@ fn markdown(results: &[(&Workload, Vec<Run>)], rounds: usize, quick: bool) -> St
 fn throughput_table(md: &mut String, w: &Workload, runs: &[Run]) {
     let _ = writeln!(
         md,
-        "## {} ({} records × {} B, 12 partitions)\n\n| peer | records/s | MB/s | CPU s per M records | peak RSS MB | broker CPU s per M | records/s vs librdkafka | CPU vs librdkafka |\n|---|---|---|---|---|---|---|---|",
+        "## {} ({} records × {} B, 12 partitions)\n\n| peer | records/s | MB/s | CPU s per M records | peak RSS MB | broker CPU s per M | records/s vs librdkafka | records/s vs best | CPU vs librdkafka | CPU vs best |\n|---|---|---|---|---|---|---|---|---|---|",
         w.name, w.count, w.size
     );
+    let best_rps = best_peer(w, runs, Run::records_per_sec, true);
+    let best_cpu = best_peer(w, runs, Run::cpu_per_million, false);
+    let vs_best = |x: f64, best: Option<(Peer, f64)>| best.map(|(_, b)| x / b);
     for &peer in &w.peers {
         let (rps, rmin, rmax) = spread(runs, peer, Run::records_per_sec);
         let (cpu, cmin, cmax) = spread(runs, peer, Run::cpu_per_million);
@@ -828,7 +977,7 @@ fn throughput_table(md: &mut String, w: &Workload, runs: &[Run]) {
         let fmt_ratio = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.2}×"));
         let _ = writeln!(
             md,
-            "| {} | {:.0} ({:.0}–{:.0}) | {:.1} | {:.2} ({:.2}–{:.2}) | {:.0} | {:.2} | {} | {} |",
+            "| {} | {:.0} ({:.0}–{:.0}) | {:.1} | {:.2} ({:.2}–{:.2}) | {:.0} | {:.2} | {} | {} | {} | {} |",
             peer.name(),
             rps,
             rmin,
@@ -840,10 +989,18 @@ fn throughput_table(md: &mut String, w: &Workload, runs: &[Run]) {
             rss,
             bcpu,
             fmt_ratio(ratio(runs, peer, Run::records_per_sec)),
+            fmt_ratio(vs_best(rps, best_rps)),
             fmt_ratio(ratio(runs, peer, Run::cpu_per_million)),
+            fmt_ratio(vs_best(cpu, best_cpu)),
         );
     }
-    let _ = writeln!(md);
+    let name = |b: Option<(Peer, f64)>| b.map_or("–", |(p, _)| p.name());
+    let _ = writeln!(
+        md,
+        "\nBest other client: records/s {}; CPU {}.\n",
+        name(best_rps),
+        name(best_cpu)
+    );
 }
 
 /// `median (min–max)` of a figure, scaled.
@@ -953,7 +1110,9 @@ fn json(results: &[(&Workload, Vec<Run>)]) -> String {
 fn chart(results: &[(&Workload, Vec<Run>)]) -> String {
     const W: f64 = 1000.0;
     const PANEL: f64 = 300.0;
-    let colors = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f"];
+    let colors = [
+        "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948",
+    ];
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
         2.0 * PANEL + 140.0
@@ -1062,6 +1221,38 @@ mod tests {
         assert_eq!(f[0], ("p50_us".to_string(), 800.0));
         assert_eq!(f.len(), 6, "records is not a figure");
         assert_eq!(f[5], ("unmoved_max_gap_ms".to_string(), 12.5));
+    }
+
+    #[test]
+    fn the_best_peer_is_another_client_never_ours() {
+        let run = |peer, records, secs, cpu_secs| Run {
+            round: 1,
+            peer,
+            records,
+            secs,
+            cpu_secs,
+            max_rss_kb: 0,
+            broker_cpu_secs: 0.0,
+            figures: Vec::new(),
+        };
+        let w = Workload {
+            name: "produce",
+            topic: String::new(),
+            kind: Kind::Produce,
+            count: 100,
+            size: 100,
+            compression: "none",
+            peers: vec![Peer::OursProduce, Peer::RdkafkaProduce, Peer::FranzProduce],
+        };
+        let runs = [
+            run(Peer::OursProduce, 100, 0.5, 0.1), // fastest and cheapest: ours
+            run(Peer::RdkafkaProduce, 100, 2.0, 0.2),
+            run(Peer::FranzProduce, 100, 1.0, 0.4),
+        ];
+        let (fastest, rps) = best_peer(&w, &runs, Run::records_per_sec, true).unwrap();
+        assert_eq!((fastest, rps), (Peer::FranzProduce, 100.0));
+        let (cheapest, _) = best_peer(&w, &runs, Run::cpu_per_million, false).unwrap();
+        assert_eq!(cheapest, Peer::RdkafkaProduce);
     }
 
     #[test]
