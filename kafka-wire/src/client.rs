@@ -63,6 +63,8 @@ struct Inner {
     /// that waited skip a redundant request.
     refresh_lock: tokio::sync::Mutex<()>,
     refresh_generation: AtomicU64,
+    /// Bumped on every metadata replacement (see [`Client::metadata_version`]).
+    metadata_version: AtomicU64,
 }
 
 /// A connection to a Kafka cluster. Clone it freely; clones share everything.
@@ -107,6 +109,7 @@ impl Client {
                 metadata: RwLock::new(Arc::new(Metadata::default())),
                 refresh_lock: tokio::sync::Mutex::new(()),
                 refresh_generation: AtomicU64::new(0),
+                metadata_version: AtomicU64::new(1),
             }),
         };
         client.refresh_metadata(Some(&[])).await?;
@@ -119,6 +122,13 @@ impl Client {
     }
 
     /// The latest metadata snapshot (no I/O).
+    /// A counter that changes whenever [`Self::metadata`] is replaced
+    /// (starts at 1): a cache of something read from the metadata is
+    /// still good while this has not moved.
+    pub fn metadata_version(&self) -> u64 {
+        self.inner.metadata_version.load(Ordering::Acquire)
+    }
+
     pub fn metadata(&self) -> Arc<Metadata> {
         self.inner
             .metadata
@@ -179,6 +189,7 @@ impl Client {
                     next.merge(&resp, topics.is_none());
                     let next = Arc::new(next);
                     *self.inner.metadata.write().expect("metadata lock poisoned") = next.clone();
+                    self.inner.metadata_version.fetch_add(1, Ordering::AcqRel);
                     if topics.is_none() {
                         self.inner.refresh_generation.fetch_add(1, Ordering::AcqRel);
                     }

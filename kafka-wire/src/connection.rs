@@ -555,7 +555,13 @@ fn accept(
     env.frame[8..12].copy_from_slice(&correlation_id.to_be_bytes());
     let start = *queued;
     *queued += env.frame.len() as u64;
-    write_buf.extend_from_slice(&env.frame);
+    if write_buf.is_empty() {
+        // Nothing waiting: write this frame's own buffer, no copy (a
+        // Produce request is megabytes).
+        *write_buf = std::mem::take(&mut env.frame);
+    } else {
+        write_buf.extend_from_slice(&env.frame);
+    }
     if env.expects_response {
         in_flight.push_back(InFlight {
             correlation_id,

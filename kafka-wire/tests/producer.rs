@@ -113,11 +113,14 @@ async fn small_records_are_batched_not_sent_one_per_batch() {
     );
 }
 
-/// Kills every connection it made whenever the generation is bumped.
+/// Kills every connection it made whenever the generation is bumped, and
+/// refuses new ones while `refuse` is set.
 #[derive(Debug, Default)]
 struct KillSwitch {
     generation: Arc<AtomicU64>,
     dials: AtomicU64,
+    /// Refuse new connections (the broker is unreachable).
+    refuse: std::sync::atomic::AtomicBool,
 }
 
 struct Killable {
@@ -172,6 +175,12 @@ impl Connector for KillSwitch {
     fn connect<'a>(&'a self, addr: &'a BrokerAddress, timeout: Duration) -> ConnectFuture<'a> {
         Box::pin(async move {
             self.dials.fetch_add(1, Ordering::Relaxed);
+            if self.refuse.load(Ordering::Relaxed) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "refused by the test",
+                ));
+            }
             let inner = TcpConnector.connect(addr, timeout).await?;
             let s: BoxTransport = Box::new(Killable {
                 inner,
@@ -530,4 +539,62 @@ async fn only_a_record_larger_than_the_topic_accepts_fails_and_the_others_are_de
     assert_eq!(admin_end_offset(&client, &t, 0).await, 302, "no duplicates");
     one_batch.close().await;
     pipelined.close().await;
+}
+
+/// A record that cannot reach its broker (every connection is cut, and
+/// every new one refused) fails with `DeliveryTimeout` once
+/// `delivery.timeout.ms` has passed since `send`, not sooner and not
+/// never, and gives its `buffer.memory` back: once the broker is
+/// reachable again, a record as large as the whole buffer is accepted.
+#[tokio::test]
+async fn an_undeliverable_record_fails_with_delivery_timeout_and_frees_its_memory() {
+    let broker = testkit::require_broker!();
+    let admin = testkit::client(&broker).await;
+    let t = testkit::create_topic(&admin, "delivery-timeout", 1).await;
+    let switch = Arc::new(KillSwitch::default());
+    let cfg = ProducerConfig::builder()
+        .client(|c| {
+            c.bootstrap(&broker.bootstrap)
+                .unwrap()
+                .connector(switch.clone())
+                .request_timeout(Duration::from_millis(500))
+        })
+        .buffer_memory(4096)
+        .batch_size(4096)
+        .delivery_timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    let producer = Producer::connect(cfg).await.unwrap();
+    let record = |len: usize| ProducerRecord::new(&t).partition(0).value(vec![1u8; len]);
+    producer.send(record(10)).await.unwrap().await.unwrap();
+
+    switch.refuse.store(true, Ordering::Relaxed);
+    switch.generation.fetch_add(1, Ordering::Relaxed);
+    let sent_at = std::time::Instant::now();
+    let undeliverable = producer.send(record(2000)).await.unwrap();
+    match undeliverable.await {
+        Err(kafka_wire::Error::DeliveryTimeout {
+            topic,
+            partition,
+            timeout_ms,
+            ..
+        }) => assert_eq!(
+            (topic.as_str(), partition, timeout_ms),
+            (t.as_str(), 0, 1500)
+        ),
+        other => panic!("expected DeliveryTimeout, got {other:?}"),
+    }
+    let waited = sent_at.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(10),
+        "failed after {waited:?}"
+    );
+
+    switch.refuse.store(false, Ordering::Relaxed);
+    // The whole buffer is free again: a record of almost 4 KiB fits.
+    let big = producer
+        .try_send(record(4000))
+        .await
+        .expect("buffer.memory came back");
+    big.await.expect("delivered once the broker is reachable");
 }

@@ -22,33 +22,72 @@
 //! down over it (as Java's `adjustSequencesDueToFailedBatch`), so the broker
 //! sees no gap and the producer id stays valid.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::records::NewRecord;
 
-use super::{estimated_size, ProducerIdEpoch, RecordMetadata};
+use super::delivery::{Deliveries, DeliveryFuture};
+use super::{estimated_size, ProducerIdEpoch};
+
+/// A hash map with a fast non-cryptographic hasher: the accumulator's keys
+/// come from the application, not from the network.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The accumulator's key for one partition's queue: (topic, partition), with
 /// one shared `Arc<str>` per topic so queuing a record allocates nothing.
 /// Internal; the public name for a partition is [`crate::TopicPartition`].
 pub(crate) type QueueKey = (Arc<str>, i32);
 
-pub(crate) type Reply = oneshot::Sender<Result<RecordMetadata, Error>>;
+/// `buffer.memory` bytes a batch holds, given back to the producer's
+/// semaphore when the batch is dropped (delivered, failed or expired).
+/// `send` takes its record's bytes from the semaphore and forgets the
+/// permit; the batch counts them here, so queuing a record costs one
+/// atomic operation on the semaphore and no reference count.
+pub(crate) struct MemoryHold {
+    memory: Arc<Semaphore>,
+    bytes: usize,
+}
+
+impl MemoryHold {
+    #[cfg(test)]
+    pub(crate) fn num_permits(&self) -> usize {
+        self.bytes
+    }
+
+    /// Move `n` bytes (at most all) into a hold of their own.
+    fn split(&mut self, n: usize) -> MemoryHold {
+        let n = n.min(self.bytes);
+        self.bytes -= n;
+        MemoryHold {
+            memory: self.memory.clone(),
+            bytes: n,
+        }
+    }
+}
+
+impl Drop for MemoryHold {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.memory.add_permits(self.bytes);
+        }
+    }
+}
 
 /// A batch of records for one partition.
 pub(crate) struct Batch {
     pub tp: QueueKey,
     pub records: Vec<NewRecord>,
-    pub replies: Vec<Reply>,
+    /// Its records' delivery reports.
+    pub deliveries: Deliveries,
     /// Buffer memory held until the batch completes.
-    pub memory: Option<OwnedSemaphorePermit>,
+    pub memory: MemoryHold,
     pub bytes: usize,
     pub created: Instant,
     pub sealed: bool,
@@ -64,32 +103,15 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    /// Complete every record with its offset.
+    /// Complete every record with its offset (`base_offset` + its index;
+    /// -1 with acks=0) and, under LogAppendTime, the broker's timestamp.
     pub(super) fn succeed(self, base_offset: i64, log_append_time: i64) {
-        let topic = self.tp.0.to_string();
-        for (i, (reply, rec)) in self.replies.into_iter().zip(&self.records).enumerate() {
-            let _ = reply.send(Ok(RecordMetadata {
-                topic: topic.clone(),
-                partition: self.tp.1,
-                offset: if base_offset >= 0 {
-                    base_offset + i as i64
-                } else {
-                    -1
-                },
-                timestamp: if log_append_time >= 0 {
-                    log_append_time
-                } else {
-                    rec.timestamp
-                },
-            }));
-        }
+        self.deliveries.succeed(base_offset, log_append_time);
     }
 
     /// Fail every record with `err`.
     pub(super) fn fail(self, err: &Error) {
-        for reply in self.replies {
-            let _ = reply.send(Err(err.clone()));
-        }
+        self.deliveries.fail(err);
     }
 }
 
@@ -145,7 +167,9 @@ pub(crate) struct AccumulatorConfig {
 /// All partitions' queues.
 pub(crate) struct Accumulator {
     cfg: AccumulatorConfig,
-    queues: HashMap<QueueKey, PartitionQueue>,
+    queues: FastMap<QueueKey, PartitionQueue>,
+    /// `buffer.memory`, shared with `send`.
+    memory: Arc<Semaphore>,
     /// Records accepted and not yet completed (for `flush`).
     pub pending_records: usize,
 }
@@ -159,24 +183,29 @@ pub(crate) struct Appended {
 }
 
 impl Accumulator {
-    pub(super) fn new(cfg: AccumulatorConfig) -> Self {
+    pub(super) fn new(cfg: AccumulatorConfig, memory: Arc<Semaphore>) -> Self {
         Self {
             cfg,
-            queues: HashMap::new(),
+            queues: FastMap::default(),
+            memory,
             pending_records: 0,
         }
     }
 
+    /// Queue `record`, whose `size` bytes of `buffer.memory` the caller
+    /// already took from the semaphore (and forgot): the batch gives them
+    /// back when it completes.
     pub(super) fn append(
         &mut self,
-        tp: QueueKey,
+        tp: &QueueKey,
         record: NewRecord,
         size: usize,
-        reply: Reply,
-        memory: OwnedSemaphorePermit,
         now: impl FnOnce() -> Instant,
-    ) -> Appended {
-        let q = self.queues.entry(tp.clone()).or_default();
+    ) -> (Appended, DeliveryFuture) {
+        let q = match self.queues.get_mut(tp) {
+            Some(q) => q,
+            None => self.queues.entry(tp.clone()).or_default(),
+        };
         let batch_size = q
             .size_cap
             .map_or(self.cfg.batch_size, |cap| cap.min(self.cfg.batch_size));
@@ -191,11 +220,17 @@ impl Accumulator {
                 if let Some(last) = q.queued.back_mut() {
                     last.sealed = true;
                 }
+                // Room for the records that fill it at this size (bounded),
+                // so filling a batch does not move its records again and again.
+                let expected = (batch_size / size.max(1)).clamp(1, 1024);
                 q.queued.push_back(Batch {
-                    tp,
-                    records: Vec::new(),
-                    replies: Vec::new(),
-                    memory: None,
+                    tp: tp.clone(),
+                    records: Vec::with_capacity(expected),
+                    deliveries: Deliveries::new(tp.0.clone(), tp.1),
+                    memory: MemoryHold {
+                        memory: self.memory.clone(),
+                        bytes: 0,
+                    },
                     bytes: 0,
                     created: now(),
                     sealed: false,
@@ -210,20 +245,20 @@ impl Accumulator {
                 (q.queued.back_mut().expect("just pushed"), true)
             }
         };
+        let delivery = batch.deliveries.push(record.timestamp);
         batch.records.push(record);
-        batch.replies.push(reply);
         batch.bytes += size;
-        match &mut batch.memory {
-            Some(m) => m.merge(memory),
-            None => batch.memory = Some(memory),
-        }
+        batch.memory.bytes += size;
         if batch.bytes >= batch_size {
             batch.sealed = true;
         }
-        Appended {
-            batch_full: batch.sealed,
-            new_batch,
-        }
+        (
+            Appended {
+                batch_full: batch.sealed,
+                new_batch,
+            },
+            delivery,
+        )
     }
 
     /// Is the front batch of `q` ready to go at `now`?
@@ -323,14 +358,11 @@ impl Accumulator {
             k += 1;
         }
         let tail_bytes = total - head;
-        let tail_memory = b.memory.as_mut().and_then(|m| {
-            let take = tail_bytes.min(m.num_permits());
-            m.split(take)
-        });
+        let tail_memory = b.memory.split(tail_bytes);
         let tail = Batch {
             tp: b.tp.clone(),
             records: b.records.split_off(k),
-            replies: b.replies.split_off(k),
+            deliveries: b.deliveries.split_off(k),
             memory: tail_memory,
             bytes: b.bytes.saturating_sub(head),
             created: b.created,
@@ -495,19 +527,24 @@ mod tests {
     }
 
     fn acc(idempotent: bool) -> Accumulator {
-        Accumulator::new(AccumulatorConfig {
-            batch_size: 100,
-            linger: Duration::from_millis(5),
-            max_in_flight: 5,
-            idempotent,
-        })
+        acc_with(idempotent, &Arc::new(Semaphore::new(1 << 20)))
+    }
+
+    fn acc_with(idempotent: bool, sem: &Arc<Semaphore>) -> Accumulator {
+        Accumulator::new(
+            AccumulatorConfig {
+                batch_size: 100,
+                linger: Duration::from_millis(5),
+                max_in_flight: 5,
+                idempotent,
+            },
+            sem.clone(),
+        )
     }
 
     fn push(a: &mut Accumulator, tp: &QueueKey, size: usize, now: Instant) {
-        let sem = Arc::new(tokio::sync::Semaphore::new(1 << 20));
-        let permit = sem.try_acquire_many_owned(size as u32).unwrap();
-        let (tx, _rx) = oneshot::channel();
-        a.append(tp.clone(), NewRecord::default(), size, tx, permit, || now);
+        a.memory.try_acquire_many(size as u32).unwrap().forget();
+        a.append(tp, NewRecord::default(), size, || now);
     }
 
     #[tokio::test]
@@ -577,27 +614,29 @@ mod tests {
         a: &mut Accumulator,
         tp: &QueueKey,
         len: usize,
-        sem: &Arc<tokio::sync::Semaphore>,
+        sem: &Arc<Semaphore>,
         now: Instant,
-    ) -> oneshot::Receiver<Result<RecordMetadata, Error>> {
+    ) -> DeliveryFuture {
+        assert!(Arc::ptr_eq(sem, &a.memory), "one buffer.memory");
         let record = NewRecord {
             value: Some(Bytes::from(vec![b'x'; len])),
             ..NewRecord::default()
         };
         let size = estimated_size(None, record.value.as_ref(), &[]);
-        let permit = sem.clone().try_acquire_many_owned(size as u32).unwrap();
-        let (tx, rx) = oneshot::channel();
-        a.append(tp.clone(), record, size, tx, permit, || now);
-        rx
+        sem.try_acquire_many(size as u32).unwrap().forget();
+        a.append(tp, record, size, || now).1
     }
 
-    fn big_batches() -> Accumulator {
-        Accumulator::new(AccumulatorConfig {
-            batch_size: 1 << 20,
-            linger: Duration::from_millis(5),
-            max_in_flight: 5,
-            idempotent: true,
-        })
+    fn big_batches(sem: &Arc<Semaphore>) -> Accumulator {
+        Accumulator::new(
+            AccumulatorConfig {
+                batch_size: 1 << 20,
+                linger: Duration::from_millis(5),
+                max_in_flight: 5,
+                idempotent: true,
+            },
+            sem.clone(),
+        )
     }
 
     /// Stand-in for the encoded bytes a sent batch keeps.
@@ -609,8 +648,8 @@ mod tests {
     #[tokio::test]
     async fn a_split_covers_the_same_sequences_in_order_and_divides_the_permit() {
         let tp: QueueKey = (Arc::from("t"), 0);
-        let mut a = big_batches();
-        let sem = Arc::new(tokio::sync::Semaphore::new(1 << 20));
+        let sem = Arc::new(Semaphore::new(1 << 20));
+        let mut a = big_batches(&sem);
         let t0 = Instant::now();
         // Sizes 116, 16, 16, 216, 116: the head takes records until half the bytes.
         let rxs: Vec<_> = [100, 0, 0, 200, 100]
@@ -631,7 +670,7 @@ mod tests {
         );
         assert!(head.encoded.is_none(), "re-encoded: it holds fewer records");
         assert_eq!(head.created, t0, "delivery.timeout.ms counts from send");
-        assert_eq!(head.memory.as_ref().unwrap().num_permits(), 364);
+        assert_eq!(head.memory.num_permits(), 364);
         a.returned(&head);
         a.confirm(&head);
         let tail = a.take(&tp, pid(7, 0)).unwrap();
@@ -639,7 +678,7 @@ mod tests {
             (tail.base_sequence, tail.records.len(), tail.bytes),
             (4, 1, 116)
         );
-        assert_eq!(tail.memory.as_ref().unwrap().num_permits(), 116);
+        assert_eq!(tail.memory.num_permits(), 116);
         a.returned(&tail);
         head.succeed(10, -1);
         tail.succeed(14, -1);
@@ -647,7 +686,7 @@ mod tests {
         assert_eq!(sem.available_permits(), 1 << 20);
         let offsets: Vec<i64> = rxs
             .into_iter()
-            .map(|mut rx| rx.try_recv().unwrap().unwrap().offset)
+            .map(|f| futures_now(f).unwrap().offset)
             .collect();
         assert_eq!(offsets, vec![10, 11, 12, 13, 14]);
         // New records continue after the whole original range, in batches
@@ -662,8 +701,8 @@ mod tests {
     #[tokio::test]
     async fn a_batch_of_one_record_cannot_be_split() {
         let tp: QueueKey = (Arc::from("t"), 0);
-        let mut a = big_batches();
-        let sem = Arc::new(tokio::sync::Semaphore::new(1 << 20));
+        let sem = Arc::new(Semaphore::new(1 << 20));
+        let mut a = big_batches(&sem);
         let t0 = Instant::now();
         push_value(&mut a, &tp, 10, &sem, t0);
         let b = a.take(&tp, pid(7, 0)).unwrap();
@@ -676,8 +715,8 @@ mod tests {
     #[tokio::test]
     async fn halves_go_before_later_batches_that_came_back_out_of_order() {
         let tp: QueueKey = (Arc::from("t"), 0);
-        let mut a = acc(true); // batch.size 100: one 84-byte record per batch
-        let sem = Arc::new(tokio::sync::Semaphore::new(1 << 20));
+        let sem = Arc::new(Semaphore::new(1 << 20));
+        let mut a = acc_with(true, &sem); // batch.size 100: one 84-byte record per batch
         let t0 = Instant::now();
         push_value(&mut a, &tp, 68, &sem, t0); // 84 bytes: batch 0
         let b0 = a.take(&tp, pid(7, 0)).unwrap();
@@ -707,8 +746,8 @@ mod tests {
     #[tokio::test]
     async fn later_batches_are_renumbered_over_a_record_that_failed_alone() {
         let tp: QueueKey = (Arc::from("t"), 0);
-        let mut a = acc(true);
-        let sem = Arc::new(tokio::sync::Semaphore::new(1 << 20));
+        let sem = Arc::new(Semaphore::new(1 << 20));
+        let mut a = acc_with(true, &sem);
         let t0 = Instant::now();
         push_value(&mut a, &tp, 68, &sem, t0);
         let b0 = a.take(&tp, pid(7, 0)).unwrap();
@@ -758,8 +797,8 @@ mod tests {
         // A broker without state for the producer accepted the batch above
         // the hole: its numbering is the broker's now, so nothing shifts.
         let tp: QueueKey = (Arc::from("t"), 0);
-        let mut a = acc(true);
-        let sem = Arc::new(tokio::sync::Semaphore::new(1 << 20));
+        let sem = Arc::new(Semaphore::new(1 << 20));
+        let mut a = acc_with(true, &sem);
         let t0 = Instant::now();
         for _ in 0..3 {
             push_value(&mut a, &tp, 68, &sem, t0);
@@ -775,6 +814,19 @@ mod tests {
         a.confirm(&b2);
         push_value(&mut a, &tp, 68, &sem, t0);
         assert_eq!(a.take(&tp, pid(7, 0)).unwrap().base_sequence, 3);
+    }
+
+    /// A delivery future's outcome, which must be there already.
+    fn futures_now(f: DeliveryFuture) -> Result<super::super::RecordMetadata, Error> {
+        use std::future::Future;
+        let mut f = std::pin::pin!(f);
+        match f
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => panic!("not delivered yet"),
+        }
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The producer: batching per partition, idempotent by default.
 //!
 //! ```text
-//!  send / try_send ──▶ partition (murmur2 | sticky) ──▶ buffer.memory permit
+//!  send / try_send ──▶ partition (murmur2 | sticky) ──▶ buffer.memory bytes
 //!        │                                                     │
-//!        └── DeliveryFuture ◀── oneshot ── Accumulator (one lock) ◀┘
+//!        └── DeliveryFuture ◀── batch outcome ── Accumulator (one lock) ◀┘
 //!                                              │ ready batches
 //!                                      sender task ──▶ Produce to the leader (≤ 5 in flight)
 //! ```
@@ -22,16 +22,16 @@
 
 mod accumulator;
 mod brokers;
+mod delivery;
 pub(crate) mod partitioner;
 mod sender;
 mod transaction;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
@@ -41,8 +41,9 @@ use crate::error::{Error, KafkaCode, Result};
 use crate::records::{Compression, NewRecord};
 
 pub(crate) use accumulator::QueueKey;
-use accumulator::{Accumulator, AccumulatorConfig};
-use partitioner::StickyPartitioner;
+use accumulator::{Accumulator, AccumulatorConfig, FastMap};
+pub use delivery::DeliveryFuture;
+use partitioner::StickyPartition;
 pub use transaction::GroupMetadata;
 use transaction::TxnState;
 
@@ -374,32 +375,12 @@ pub(crate) fn estimated_size(
 /// Where a record landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordMetadata {
-    pub topic: String,
+    /// The topic, shared with the producer's other reports (no copy per record).
+    pub topic: Arc<str>,
     pub partition: i32,
     /// -1 with acks=0 (unknown).
     pub offset: i64,
     pub timestamp: i64,
-}
-
-/// Resolves when the record is acknowledged, or fails: with
-/// [`Error::DeliveryTimeout`] after `delivery.timeout.ms`, with
-/// [`Error::RecordTooLargeForBroker`] when the record alone exceeds the
-/// topic's `max.message.bytes`, or with the broker's error for its batch.
-#[derive(Debug)]
-pub struct DeliveryFuture {
-    rx: oneshot::Receiver<Result<RecordMetadata>>,
-}
-
-impl std::future::Future for DeliveryFuture {
-    type Output = Result<RecordMetadata>;
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(Error::Closed)))
-    }
 }
 
 /// Why `try_send` handed the record back.
@@ -432,7 +413,6 @@ impl ProducerIdEpoch {
 
 pub(crate) struct State {
     acc: Accumulator,
-    sticky: StickyPartitioner,
     producer: ProducerIdEpoch,
     reset_producer_id: bool,
     flushing: usize,
@@ -441,16 +421,56 @@ pub(crate) struct State {
     txn_error: Option<Error>,
 }
 
+/// What `send` keeps per topic, so the path of a record takes no lock but
+/// one read lock: the shared name, the sticky partition and the partition
+/// count of the metadata it was last read from.
+pub(crate) struct TopicEntry {
+    /// The topic's one shared name: batches key on it, so a send allocates no string.
+    name: Arc<str>,
+    sticky: StickyPartition,
+    /// `(metadata version << 32) | partition count`; 0 until first read.
+    partitions: std::sync::atomic::AtomicU64,
+}
+
+impl TopicEntry {
+    /// The partition count, if metadata has not changed since it was cached.
+    fn partition_count(&self, metadata_version: u64) -> Option<usize> {
+        let v = self.partitions.load(std::sync::atomic::Ordering::Acquire);
+        (v != 0 && v >> 32 == metadata_version & 0xffff_ffff).then_some((v & 0xffff_ffff) as usize)
+    }
+
+    fn cache_partition_count(&self, metadata_version: u64, count: usize) {
+        self.partitions.store(
+            (metadata_version & 0xffff_ffff) << 32 | (count as u64 & 0xffff_ffff),
+            std::sync::atomic::Ordering::Release,
+        );
+    }
+}
+
 pub(crate) struct Shared {
     state: Mutex<State>,
-    /// One shared `Arc<str>` per topic, so queuing a record allocates no key.
-    topics: std::sync::RwLock<HashMap<String, Arc<str>>>,
+    topics: std::sync::RwLock<FastMap<String, Arc<TopicEntry>>>,
     wake: Notify,
     memory: Arc<Semaphore>,
     pending: watch::Sender<usize>,
 }
 
 impl Shared {
+    /// Batches of these partitions were taken for sending: their topics'
+    /// keyless records move to another partition (KIP-480).
+    fn move_sticky(&self, taken: &[QueueKey], md: &crate::metadata::Metadata) {
+        if taken.is_empty() {
+            return;
+        }
+        let topics = self.topics.read().expect("topics lock");
+        for (topic, partition) in taken {
+            if let Some(t) = topics.get(&**topic) {
+                t.sticky
+                    .batch_sealed(*partition, md.partition_count(topic).unwrap_or(1));
+            }
+        }
+    }
+
     /// A fatal error before any batch could be sent: fail everything queued.
     fn fail_all(&self, err: &Error) {
         let mut st = self.state.lock().expect("producer state lock");
@@ -504,24 +524,27 @@ impl Producer {
     /// Start a producer on an existing client (sharing its connections).
     pub fn with_client(client: Client, cfg: ProducerConfig) -> Producer {
         let cfg = Arc::new(cfg);
+        let memory = Arc::new(Semaphore::new(cfg.buffer_memory));
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                acc: Accumulator::new(AccumulatorConfig {
-                    batch_size: cfg.batch_size,
-                    linger: cfg.linger,
-                    max_in_flight: client.config().max_in_flight,
-                    idempotent: cfg.idempotent,
-                }),
-                sticky: StickyPartitioner::default(),
+                acc: Accumulator::new(
+                    AccumulatorConfig {
+                        batch_size: cfg.batch_size,
+                        linger: cfg.linger,
+                        max_in_flight: client.config().max_in_flight,
+                        idempotent: cfg.idempotent,
+                    },
+                    memory.clone(),
+                ),
                 producer: ProducerIdEpoch::NONE,
                 reset_producer_id: false,
                 flushing: 0,
                 closing: false,
                 txn_error: None,
             }),
-            topics: std::sync::RwLock::new(HashMap::new()),
+            topics: std::sync::RwLock::new(FastMap::default()),
             wake: Notify::new(),
-            memory: Arc::new(Semaphore::new(cfg.buffer_memory)),
+            memory,
             pending: watch::channel(0).0,
         });
         tokio::spawn(sender::run(shared.clone(), client.clone(), cfg.clone()));
@@ -537,22 +560,32 @@ impl Producer {
         &self.client
     }
 
-    async fn partition_for(&self, rec: &ProducerRecord) -> Result<i32> {
-        let count = match self.client.metadata().partition_count(&rec.topic) {
+    async fn partition_for(&self, rec: &ProducerRecord, topic: &TopicEntry) -> Result<i32> {
+        let version = self.client.metadata_version();
+        let count = match topic.partition_count(version) {
             Some(n) => n,
-            None => self
-                .client
-                .refresh_metadata(Some(std::slice::from_ref(&rec.topic)))
-                .await?
-                .partition_count(&rec.topic)
-                .ok_or_else(|| {
-                    Error::broker_for(
-                        crate::messages::ApiKey::Metadata,
-                        KafkaCode::UnknownTopicOrPartition,
-                        &rec.topic,
-                        rec.partition.unwrap_or(-1),
-                    )
-                })?,
+            None => {
+                let count = match self.client.metadata().partition_count(&rec.topic) {
+                    Some(n) => n,
+                    None => self
+                        .client
+                        .refresh_metadata(Some(std::slice::from_ref(&rec.topic)))
+                        .await?
+                        .partition_count(&rec.topic)
+                        .ok_or_else(|| {
+                            Error::broker_for(
+                                crate::messages::ApiKey::Metadata,
+                                KafkaCode::UnknownTopicOrPartition,
+                                &rec.topic,
+                                rec.partition.unwrap_or(-1),
+                            )
+                        })?,
+                };
+                // Cached under the version read before: a refresh since
+                // then makes the next send read the metadata again.
+                topic.cache_partition_count(version, count);
+                count
+            }
         };
         if let Some(p) = rec.partition {
             if p < 0 || p as usize >= count {
@@ -567,10 +600,7 @@ impl Producer {
         }
         Ok(match &rec.key {
             Some(k) => partitioner::partition_for_key(k, count),
-            None => {
-                let mut st = self.shared.state.lock().expect("producer state lock");
-                st.sticky.partition(&rec.topic, count)
-            }
+            None => topic.sticky.partition(count),
         })
     }
 
@@ -590,40 +620,41 @@ impl Producer {
         Ok(())
     }
 
-    fn enqueue(
-        &self,
-        rec: ProducerRecord,
-        tp: QueueKey,
-        size: usize,
-        memory: tokio::sync::OwnedSemaphorePermit,
-    ) -> DeliveryFuture {
-        let (tx, rx) = oneshot::channel();
+    /// Queue `rec`, whose `size` bytes of `buffer.memory` were taken (and
+    /// the permit forgotten): its batch gives them back.
+    fn enqueue(&self, rec: ProducerRecord, tp: QueueKey, size: usize) -> DeliveryFuture {
         let record = NewRecord {
             key: rec.key,
             value: rec.value,
             headers: rec.headers,
             timestamp: rec.timestamp.unwrap_or_else(now_ms),
         };
-        let appended = {
+        let (appended, delivery) = {
             let mut st = self.shared.state.lock().expect("producer state lock");
-            st.acc.append(tp, record, size, tx, memory, Instant::now)
+            st.acc.append(&tp, record, size, Instant::now)
         };
         if appended.batch_full || appended.new_batch {
             self.shared.wake.notify_one();
         }
-        DeliveryFuture { rx }
+        delivery
     }
 
-    /// The shared name of `topic` (batches key on it, so a send allocates
-    /// no string). A read lock: every send of every task passes here.
-    fn interned(&self, topic: &str) -> Arc<str> {
+    /// What the producer keeps for `topic`. A read lock: every send of
+    /// every task passes here.
+    fn topic_entry(&self, topic: &str) -> Arc<TopicEntry> {
         if let Some(t) = self.shared.topics.read().expect("topics lock").get(topic) {
             return t.clone();
         }
         let mut topics = self.shared.topics.write().expect("topics lock");
         topics
             .entry(topic.to_string())
-            .or_insert_with(|| Arc::from(topic))
+            .or_insert_with(|| {
+                Arc::new(TopicEntry {
+                    name: Arc::from(topic),
+                    sticky: StickyPartition::default(),
+                    partitions: Default::default(),
+                })
+            })
             .clone()
     }
 
@@ -632,9 +663,9 @@ impl Producer {
     async fn prepare(&self, rec: &ProducerRecord) -> Result<(QueueKey, usize)> {
         let size = rec.size_estimate();
         self.check_size(size)?;
-        let partition = self.partition_for(rec).await?;
-        let topic = self.interned(&rec.topic);
-        let tp = (topic, partition);
+        let topic = self.topic_entry(&rec.topic);
+        let partition = self.partition_for(rec, &topic).await?;
+        let tp = (topic.name.clone(), partition);
         if self.cfg.transactional_id.is_some() {
             self.add_to_transaction(&tp).await?;
         }
@@ -652,14 +683,18 @@ impl Producer {
     /// Cancel safe until it returns: a cancelled `send` queued nothing.
     pub async fn send(&self, rec: ProducerRecord) -> Result<DeliveryFuture> {
         let (tp, size) = self.prepare(&rec).await?;
-        let memory = self
-            .shared
-            .memory
-            .clone()
-            .acquire_many_owned(size as u32)
-            .await
-            .map_err(|_| Error::Closed)?;
-        Ok(self.enqueue(rec, tp, size, memory))
+        // `check_size` bounds `size` by `buffer.memory`, so it fits a u32.
+        match self.shared.memory.try_acquire_many(size as u32) {
+            Ok(permit) => permit.forget(),
+            Err(_) => self
+                .shared
+                .memory
+                .acquire_many(size as u32)
+                .await
+                .map_err(|_| Error::Closed)?
+                .forget(),
+        }
+        Ok(self.enqueue(rec, tp, size))
     }
 
     /// Queue a record if buffer memory allows, without waiting. A full
@@ -672,13 +707,11 @@ impl Producer {
     /// Cancel safe (it waits only for metadata of an unknown topic).
     pub async fn try_send(&self, rec: ProducerRecord) -> Result<DeliveryFuture, TrySendError> {
         let (tp, size) = self.prepare(&rec).await?;
-        match self
-            .shared
-            .memory
-            .clone()
-            .try_acquire_many_owned(size as u32)
-        {
-            Ok(memory) => Ok(self.enqueue(rec, tp, size, memory)),
+        match self.shared.memory.try_acquire_many(size as u32) {
+            Ok(permit) => {
+                permit.forget();
+                Ok(self.enqueue(rec, tp, size))
+            }
             Err(_) => Err(TrySendError::BufferFull(rec)),
         }
     }

@@ -2,7 +2,7 @@
 //! partition as the Java client and librdkafka's `murmur2_random`), sticky
 //! for records without a key.
 
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils#murmur2`), the
 /// 32-bit MurmurHash2 with seed `0x9747b28c`, bytes read little-endian.
@@ -43,35 +43,58 @@ pub fn partition_for_key(key: &[u8], partitions: usize) -> i32 {
     ((murmur2(key) & 0x7fff_ffff) as u32 % partitions as u32) as i32
 }
 
-/// Keyless records stick to one partition per topic until the batch there
-/// is sent, then move on (KIP-480), so batches fill up instead of spreading
-/// one record per partition.
-#[derive(Debug, Default)]
-pub(crate) struct StickyPartitioner {
-    current: HashMap<String, i32>,
+/// Keyless records of one topic stick to one partition until the batch
+/// there is taken for sending, then move on (KIP-480), so batches fill up
+/// instead of spreading one record per partition. An atomic, so choosing
+/// a partition takes no lock; a race between two senders at the moment of
+/// a move at worst puts a record in the batch it would have joined anyway.
+#[derive(Debug)]
+pub(crate) struct StickyPartition {
+    /// The current partition; -1 before the first record.
+    current: AtomicI32,
 }
 
-impl StickyPartitioner {
-    /// The sticky partition for `topic`, choosing one at random if none.
-    pub(crate) fn partition(&mut self, topic: &str, partitions: usize) -> i32 {
-        if let Some(&p) = self.current.get(topic) {
-            if (p as usize) < partitions {
-                return p;
-            }
+impl Default for StickyPartition {
+    fn default() -> Self {
+        Self {
+            current: AtomicI32::new(-1),
         }
-        let p = rand::random_range(0..partitions.max(1)) as i32;
-        self.current.insert(topic.to_string(), p);
-        p
+    }
+}
+
+impl StickyPartition {
+    /// The sticky partition of a topic with `partitions` partitions,
+    /// choosing one at random if none yet (or the topic shrank under it).
+    pub(crate) fn partition(&self, partitions: usize) -> i32 {
+        let p = self.current.load(Ordering::Relaxed);
+        if p >= 0 && (p as usize) < partitions {
+            return p;
+        }
+        let next = rand::random_range(0..partitions.max(1)) as i32;
+        match self
+            .current
+            .compare_exchange(p, next, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => next,
+            Err(now) if now >= 0 && (now as usize) < partitions => now,
+            Err(_) => next,
+        }
     }
 
-    /// A batch for `topic`-`partition` was sealed: pick another next time.
-    pub(crate) fn batch_sealed(&mut self, topic: &str, partition: i32, partitions: usize) {
-        if self.current.get(topic) == Some(&partition) && partitions > 1 {
+    /// The batch on `partition` was taken for sending: pick another next
+    /// time (unless another move happened already).
+    pub(crate) fn batch_sealed(&self, partition: i32, partitions: usize) {
+        if partitions > 1 {
             let mut next = rand::random_range(0..partitions - 1) as i32;
             if next >= partition {
                 next += 1;
             }
-            self.current.insert(topic.to_string(), next);
+            let _ = self.current.compare_exchange(
+                partition,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
     }
 }
@@ -124,12 +147,19 @@ mod tests {
 
     #[test]
     fn sticky_partition_moves_after_a_batch_is_sealed() {
-        let mut s = StickyPartitioner::default();
-        let first = s.partition("t", 6);
-        assert_eq!(s.partition("t", 6), first);
-        s.batch_sealed("t", first, 6);
-        let second = s.partition("t", 6);
+        let s = StickyPartition::default();
+        let first = s.partition(6);
+        assert_eq!(s.partition(6), first);
+        s.batch_sealed(first, 6);
+        let second = s.partition(6);
         assert_ne!(second, first);
         assert!((0..6).contains(&second));
+        s.batch_sealed(first, 6);
+        assert_eq!(
+            s.partition(6),
+            second,
+            "an old batch does not move it again"
+        );
+        assert!(s.partition(2) < 2, "a shrunk count picks again");
     }
 }

@@ -123,6 +123,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
             if !brokers.may_send(leader, now) {
                 continue; // busy, or throttled: its batches wait in the accumulator
             }
+            let mut sealed = Vec::new();
             let batches = {
                 let mut st = shared.state.lock().expect("producer state lock");
                 let producer = st.producer;
@@ -134,13 +135,13 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
                     }
                     if let Some(b) = st.acc.take(&tp, producer) {
                         bytes += b.bytes;
-                        st.sticky
-                            .batch_sealed(&tp.0, tp.1, md.partition_count(&tp.0).unwrap_or(1));
+                        sealed.push(tp);
                         out.push(b);
                     }
                 }
                 out
             };
+            shared.move_sticky(&sealed, &md);
             if batches.is_empty() {
                 continue;
             }

@@ -422,8 +422,98 @@ pub fn encode_batch(out: &mut BytesMut, opts: &BatchOptions, records: &[NewRecor
     );
     let base_ts = records.iter().map(|r| r.timestamp).min().unwrap_or(0);
     let max_ts = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
+    // Bytes of the records' payloads, plus framing: the body's size to
+    // reserve once, so encoding never grows a buffer record by record.
+    let estimate: usize = records
+        .iter()
+        .map(|r| {
+            24 + r.key.as_ref().map_or(0, |k| k.len())
+                + r.value.as_ref().map_or(0, |v| v.len())
+                + r.headers
+                    .iter()
+                    .map(|(k, v)| 10 + k.len() + v.as_ref().map_or(0, |v| v.len()))
+                    .sum::<usize>()
+        })
+        .sum();
 
-    let mut body = BytesMut::new();
+    let start = out.len();
+    // Uncompressed, the records go straight after the header (one copy of
+    // each value); compressed, they go to a scratch body first. A codec
+    // this build left out (its cargo feature is off) is written
+    // uncompressed: a valid batch, never a panic. Producers reject such a
+    // codec at `build()`, so only a hand-made `BatchOptions` gets here.
+    let codec = match opts.compression {
+        Compression::None => Compression::None,
+        c if c.is_built() => c,
+        _ => Compression::None,
+    };
+    let codec = if codec == Compression::None {
+        out.reserve(BATCH_HEADER_LEN + estimate);
+        put_batch_header(out, opts, codec, records.len(), base_ts, max_ts);
+        put_records(out, records, base_ts);
+        Compression::None
+    } else {
+        let mut body = BytesMut::with_capacity(estimate);
+        put_records(&mut body, records, base_ts);
+        match compression::compress(codec, &body) {
+            Some(packed) => {
+                out.reserve(BATCH_HEADER_LEN + packed.len());
+                put_batch_header(out, opts, codec, records.len(), base_ts, max_ts);
+                out.put_slice(&packed);
+                codec
+            }
+            None => {
+                out.reserve(BATCH_HEADER_LEN + body.len());
+                put_batch_header(out, opts, Compression::None, records.len(), base_ts, max_ts);
+                out.put_slice(&body);
+                Compression::None
+            }
+        }
+    };
+    debug_assert_eq!(
+        i16::from_be_bytes([out[start + 21], out[start + 22]]) & 0x07,
+        codec.id()
+    );
+    let batch_len = (out.len() - start - LOG_OVERHEAD) as i32;
+    out[start + 8..start + 12].copy_from_slice(&batch_len.to_be_bytes());
+    let crc = crc32c::crc32c(&out[start + CRC_START..]);
+    out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// The 61-byte v2 batch header, with its length and CRC left zero for
+/// [`encode_batch`] to patch once the payload is written.
+fn put_batch_header(
+    out: &mut BytesMut,
+    opts: &BatchOptions,
+    codec: Compression,
+    count: usize,
+    base_ts: i64,
+    max_ts: i64,
+) {
+    let mut attributes = codec.id();
+    if opts.transactional {
+        attributes |= ATTR_TRANSACTIONAL;
+    }
+    if opts.control {
+        attributes |= ATTR_CONTROL;
+    }
+    out.put_i64(opts.base_offset);
+    out.put_i32(0); // batch length, patched
+    out.put_i32(opts.partition_leader_epoch);
+    out.put_i8(2);
+    out.put_u32(0); // CRC, patched
+    out.put_i16(attributes);
+    out.put_i32(count as i32 - 1);
+    out.put_i64(base_ts);
+    out.put_i64(max_ts);
+    out.put_i64(opts.producer_id);
+    out.put_i16(opts.producer_epoch);
+    out.put_i32(opts.base_sequence);
+    out.put_i32(count as i32);
+}
+
+/// Each record in the v2 format: length, attributes, deltas, key, value, headers.
+fn put_records(body: &mut BytesMut, records: &[NewRecord], base_ts: i64) {
     for (i, r) in records.iter().enumerate() {
         let ts_delta = r.timestamp - base_ts;
         let mut len = 1 + varlong_len(ts_delta) + varlong_len(i as i64);
@@ -432,54 +522,18 @@ pub fn encode_batch(out: &mut BytesMut, opts: &BatchOptions, records: &[NewRecor
         for (k, v) in &r.headers {
             len += nullable_len(Some(k.as_bytes())) + nullable_len(v.as_deref());
         }
-        put_varint(&mut body, len as i32);
+        put_varint(body, len as i32);
         body.put_i8(0);
-        put_varlong(&mut body, ts_delta);
-        put_varint(&mut body, i as i32);
-        put_nullable(&mut body, r.key.as_deref());
-        put_nullable(&mut body, r.value.as_deref());
-        put_varint(&mut body, r.headers.len() as i32);
+        put_varlong(body, ts_delta);
+        put_varint(body, i as i32);
+        put_nullable(body, r.key.as_deref());
+        put_nullable(body, r.value.as_deref());
+        put_varint(body, r.headers.len() as i32);
         for (k, v) in &r.headers {
-            put_nullable(&mut body, Some(k.as_bytes()));
-            put_nullable(&mut body, v.as_deref());
+            put_nullable(body, Some(k.as_bytes()));
+            put_nullable(body, v.as_deref());
         }
     }
-    // A codec this build left out (its cargo feature is off) is written
-    // uncompressed: a valid batch, never a panic. Producers reject such a
-    // codec at `build()`, so only a hand-made `BatchOptions` gets here.
-    let (payload, codec) = match opts.compression {
-        Compression::None => (body.freeze(), Compression::None),
-        codec => match compression::compress(codec, &body) {
-            Some(packed) => (Bytes::from(packed), codec),
-            None => (body.freeze(), Compression::None),
-        },
-    };
-
-    let mut attributes = codec.id();
-    if opts.transactional {
-        attributes |= ATTR_TRANSACTIONAL;
-    }
-    if opts.control {
-        attributes |= ATTR_CONTROL;
-    }
-    let start = out.len();
-    out.reserve(BATCH_HEADER_LEN + payload.len());
-    out.put_i64(opts.base_offset);
-    out.put_i32((BATCH_HEADER_LEN - LOG_OVERHEAD + payload.len()) as i32);
-    out.put_i32(opts.partition_leader_epoch);
-    out.put_i8(2);
-    out.put_u32(0); // CRC, patched below
-    out.put_i16(attributes);
-    out.put_i32(records.len() as i32 - 1);
-    out.put_i64(base_ts);
-    out.put_i64(max_ts);
-    out.put_i64(opts.producer_id);
-    out.put_i16(opts.producer_epoch);
-    out.put_i32(opts.base_sequence);
-    out.put_i32(records.len() as i32);
-    out.put_slice(&payload);
-    let crc = crc32c::crc32c(&out[start + CRC_START..]);
-    out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
 }
 
 #[cfg(test)]
