@@ -191,6 +191,12 @@ async fn ours_runtime(a: &Args, ordering: Ordering) {
         .ordering(ordering)
         .concurrency(8)
         .commit_policy(CommitPolicy::Interval(Duration::from_secs(1)));
+    let cfg = match std::env::var("BENCH_RT_PROPS") {
+        Ok(props) => cfg
+            .properties(props.split(',').filter_map(|kv| kv.split_once('=')))
+            .expect("BENCH_RT_PROPS"),
+        Err(_) => cfg,
+    };
     let p = Processor::new(cfg, Noop);
     let stats = p.stats();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -302,7 +302,12 @@ impl Consumer {
         self.fetch.parts.keys().cloned().collect()
     }
 
-    /// Stop fetching `tp`; records already buffered are kept for resume.
+    /// Stop returning records of `tps` from [`Consumer::poll`] until
+    /// [`Consumer::resume`]. Records already buffered are kept for resume.
+    /// In its first second paused a partition may still get one response
+    /// fetched (at most one undrained response per partition, as always),
+    /// so a short pause for backpressure resumes without a fetch round
+    /// trip; after that it is not fetched at all.
     pub fn pause(&mut self, tps: &[TopicPartition]) {
         for tp in tps {
             if let Some(p) = self.fetch.parts.get_mut(tp) {

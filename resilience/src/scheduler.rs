@@ -13,14 +13,18 @@
 //! Records without a key share one lane per partition in key mode. Two keys
 //! whose hashes collide share a lane: still ordered, only less parallel.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use consumer_core::TopicPartition;
 
 /// How records are ordered while they are handled.
+/// Maps keyed by partitions and lane numbers, with a fast hasher (the keys
+/// are the application's topics and record keys, not an attacker's
+/// choice of collisions against a long-lived table).
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Ordering {
     /// Offset order within each partition (the default).
@@ -43,10 +47,11 @@ const NO_KEY_LANE: u64 = u64::MAX;
 fn lane_of(ordering: Ordering, next_record_lane: &mut u64, key: Option<&[u8]>) -> u64 {
     match ordering {
         Ordering::PerPartition => 0,
+        // A fixed seed: the same key maps to the same lane for the life of
+        // the process (any seed would do; keys are the application's).
         Ordering::PerKey => key.map_or(NO_KEY_LANE, |k| {
-            let mut h = DefaultHasher::new();
-            k.hash(&mut h);
-            h.finish() & !(1 << 63) // never NO_KEY_LANE
+            foldhash::fast::FixedState::with_seed(0x006b_6166_6b61).hash_one(k) & !(1 << 63)
+            // never NO_KEY_LANE
         }),
         Ordering::Unordered => {
             *next_record_lane = next_record_lane.wrapping_add(1);
@@ -65,7 +70,7 @@ struct Lane<T> {
 #[derive(Debug)]
 struct PartitionLanes<T> {
     tp: Arc<TopicPartition>,
-    lanes: HashMap<u64, Lane<T>>,
+    lanes: FastMap<u64, Lane<T>>,
 }
 
 /// Lanes of pending work and which of them may start.
@@ -73,7 +78,7 @@ struct PartitionLanes<T> {
 pub struct Scheduler<T> {
     ordering: Ordering,
     max_batch: usize,
-    partitions: HashMap<TopicPartition, PartitionLanes<T>>,
+    partitions: FastMap<TopicPartition, PartitionLanes<T>>,
     /// Lanes that were idle with pending work when last touched (may hold
     /// lanes emptied since by `remove_partition`; `next_unit` skips them).
     ready: VecDeque<LaneId>,
@@ -87,7 +92,7 @@ impl<T> Scheduler<T> {
         Self {
             ordering,
             max_batch: max_batch.max(1),
-            partitions: HashMap::new(),
+            partitions: FastMap::default(),
             ready: VecDeque::new(),
             next_record_lane: 0,
             pending: 0,
@@ -106,13 +111,33 @@ impl<T> Scheduler<T> {
     }
 
     /// Queue `items` of partition `tp` in order (`key_of` gives each one's
-    /// record key), looking the partition up once.
+    /// record key), looking the partition up once. Per partition (one
+    /// lane) they move in one copy, not one by one.
     pub fn push_all(
         &mut self,
         tp: &TopicPartition,
-        items: impl IntoIterator<Item = T>,
+        items: Vec<T>,
         key_of: impl Fn(&T) -> Option<&[u8]>,
     ) {
+        if self.ordering == Ordering::PerPartition && !items.is_empty() {
+            let part = self
+                .partitions
+                .entry(tp.clone())
+                .or_insert_with(|| PartitionLanes {
+                    tp: Arc::new(tp.clone()),
+                    lanes: FastMap::default(),
+                });
+            let lane = part.lanes.entry(0).or_insert_with(|| Lane {
+                pending: VecDeque::new(),
+                busy: false,
+            });
+            if lane.pending.is_empty() && !lane.busy {
+                self.ready.push_back((part.tp.clone(), 0));
+            }
+            self.pending += items.len();
+            lane.pending.extend(items);
+            return;
+        }
         self.push_with(tp, items, |ordering, counter, item| {
             lane_of(ordering, counter, key_of(item))
         });
@@ -127,7 +152,7 @@ impl<T> Scheduler<T> {
         if !self.partitions.contains_key(tp) {
             let lanes = PartitionLanes {
                 tp: Arc::new(tp.clone()),
-                lanes: HashMap::new(),
+                lanes: FastMap::default(),
             };
             self.partitions.insert(tp.clone(), lanes);
         }
@@ -140,19 +165,29 @@ impl<T> Scheduler<T> {
             ..
         } = self;
         let part = partitions.get_mut(tp).expect("inserted above");
-        for item in items {
-            let sub = sub_lane(*ordering, next_record_lane, &item);
-            let lane = part.lanes.entry(sub).or_insert_with(|| Lane {
+        let PartitionLanes { tp: part_tp, lanes } = part;
+        // A run of items for one lane (all of them, per partition) looks
+        // the lane up once.
+        let mut items = items
+            .into_iter()
+            .map(|item| (sub_lane(*ordering, next_record_lane, &item), item))
+            .peekable();
+        while let Some((sub, item)) = items.next() {
+            let lane = lanes.entry(sub).or_insert_with(|| Lane {
                 pending: VecDeque::new(),
                 busy: false,
             });
             if lane.pending.is_empty() && !lane.busy {
-                ready.push_back((part.tp.clone(), sub));
+                ready.push_back((part_tp.clone(), sub));
             }
             lane.pending.push_back(item);
             *pending += 1;
+            while let Some((_, item)) = items.next_if(|(s, _)| *s == sub) {
+                lane.pending.push_back(item);
+                *pending += 1;
+            }
         }
-        if part.lanes.is_empty() {
+        if lanes.is_empty() {
             partitions.remove(tp); // nothing was pushed
         }
     }
@@ -267,11 +302,11 @@ mod tests {
     #[test]
     fn items_given_back_run_next_and_in_order() {
         let mut s = Scheduler::new(Ordering::PerPartition, 3);
-        s.push_all(&tp(0), 0..5, |_| None);
+        s.push_all(&tp(0), (0..5).collect(), |_| None);
         let (lane, items) = s.next_unit().unwrap();
         assert_eq!(items, [0, 1, 2]);
-        s.push_all(&tp(0), [5], |_| None); // arrives while the unit runs
-                                           // The unit handled 0 only (its time budget ran out).
+        s.push_all(&tp(0), vec![5], |_| None); // arrives while the unit runs
+                                               // The unit handled 0 only (its time budget ran out).
         s.give_back(&lane, vec![1, 2]);
         assert_eq!(s.pending(), 5);
         assert!(s.next_unit().is_none(), "still busy until done");
@@ -377,7 +412,7 @@ mod tests {
             // Order: within a partition (partition mode) or a (partition, key)
             // (key mode), items start in push order.
             if mode != Ordering::Unordered {
-                let pos: HashMap<u32, usize> = started.iter().enumerate().map(|(i, x)| (*x, i)).collect();
+                let pos: std::collections::HashMap<u32, usize> = started.iter().enumerate().map(|(i, x)| (*x, i)).collect();
                 for a in &pushed {
                     for b in &pushed {
                         let same = a.0 == b.0 && (mode == Ordering::PerPartition || a.1 == b.1);

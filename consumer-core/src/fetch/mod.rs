@@ -239,7 +239,8 @@ impl Fetcher {
     /// One Fetch for every broker that leads a fetchable partition and has
     /// none in flight (pure: `now` and `md` come in, the requests go out).
     ///
-    /// A partition is fetchable when it has a position, is not paused, is
+    /// A partition is fetchable when it has a position, is not paused (or
+    /// paused for less than [`LONG_PAUSE`]: one response is prefetched), is
     /// not being `revoking`, and has no undrained response buffered. The
     /// leader of a partition that sits out because of its buffered
     /// response gets a short wait ([`HELD_BACK_FETCH_WAIT`]) unless it has
@@ -271,7 +272,16 @@ impl Fetcher {
                 }
                 continue;
             }
-            let (Some(pos), false) = (p.position, p.paused) else {
+            // A partition paused only briefly (the processing runtime's
+            // backpressure) still gets its next response fetched, so that
+            // it resumes without waiting a fetch round trip; memory stays
+            // bounded by the one undrained response per partition above.
+            // Paused for long (a quarantine, or an application's pause),
+            // it is not fetched.
+            let briefly_paused = p
+                .paused_since
+                .is_some_and(|t| now.saturating_duration_since(t) < LONG_PAUSE);
+            let (Some(pos), true) = (p.position, !p.paused || briefly_paused) else {
                 continue;
             };
             match md.leader(&tp.topic, tp.partition) {

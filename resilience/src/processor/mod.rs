@@ -326,6 +326,8 @@ impl Processor {
                     }
                     Err(e) => break Err(e),
                 },
+                // Workers made room: resume now (the poll is cancel safe).
+                _ = rt.capacity.notified(), if draining => Vec::new(),
             };
             // Positions after this poll: resets first (so its records go to
             // a fresh tracker), then the records, then the ends (markers).
@@ -504,6 +506,7 @@ fn apply_backpressure(
     } else if bytes <= cfg.max_in_flight_bytes / 2 && records <= cfg.max_in_flight_records / 2 {
         *globally = false;
     }
+    rt.globally_paused.store(*globally, Ordering::Release);
     let assigned = consumer.assignment();
     let mut queue_full = false;
     let want: HashSet<TopicPartition> = if *globally {
@@ -527,6 +530,7 @@ fn apply_backpressure(
                         rt.stats.partition_pauses.fetch_add(1, Ordering::Relaxed);
                     }
                     p.full = true;
+                    p.resume_at = per_part / 2;
                 } else if p.queued <= per_part / 2 {
                     p.full = false;
                 }

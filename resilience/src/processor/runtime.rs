@@ -93,6 +93,8 @@ pub(crate) struct PartRuntime {
     pub queued: usize,
     /// Paused because `queued` reached the per-partition bound.
     pub full: bool,
+    /// While `full`: the `queued` count at or below which it resumes.
+    pub resume_at: usize,
     /// The last (offset, metadata) the broker accepted, to skip no-op commits.
     pub last_commit: Option<(i64, String)>,
     /// Done offsets from the committed metadata (not redone).
@@ -106,8 +108,12 @@ pub(crate) struct PartRuntime {
     pub stop: Arc<AtomicBool>,
 }
 
+/// Per-partition maps, with a fast hasher: the keys are the group's
+/// assigned partitions, looked up for every poll and every unit.
+pub(crate) type PartMap<V> = HashMap<TopicPartition, V, foldhash::fast::RandomState>;
+
 pub(crate) struct State {
-    pub parts: HashMap<TopicPartition, PartRuntime>,
+    pub parts: PartMap<PartRuntime>,
     /// The consumer's position incarnation per partition, as of the last poll.
     pub incarnations: HashMap<TopicPartition, u64>,
     pub sched: Scheduler<Work>,
@@ -122,6 +128,14 @@ pub(crate) struct Runtime {
     pub state: Mutex<State>,
     /// Signalled whenever work finishes (drains wait on it).
     pub changed: Notify,
+    /// Signalled when finished work takes a paused partition (or the
+    /// global bound) down to where fetching resumes: the poll loop, waiting
+    /// in a poll while paused, goes back to resume at once instead of when
+    /// its poll times out, so workers never sit idle while fetched records
+    /// wait behind a pause.
+    pub capacity: Notify,
+    /// Set while fetching is paused at the global bound.
+    pub globally_paused: AtomicBool,
     /// Signalled when partitions stop (revoke, loss, shutdown): sleeping
     /// retries and quarantines wake up and give their records back.
     pub stopped: Notify,
@@ -178,7 +192,7 @@ impl Runtime {
             group,
             permits: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
             state: Mutex::new(State {
-                parts: HashMap::new(),
+                parts: PartMap::default(),
                 incarnations: HashMap::new(),
                 sched: Scheduler::new(cfg.ordering, max_batch),
                 loaded: HashMap::new(),
@@ -187,6 +201,8 @@ impl Runtime {
             handler,
             stats,
             changed: Notify::new(),
+            capacity: Notify::new(),
+            globally_paused: AtomicBool::new(false),
             stopped: Notify::new(),
             in_flight_bytes: AtomicUsize::new(0),
             in_flight_records: AtomicUsize::new(0),
@@ -248,8 +264,8 @@ impl Runtime {
             let mut st = self.lock();
             let st = &mut *st;
             let p = self.part_entry(&mut st.parts, &mut st.loaded, &st.incarnations, &tp, first);
-            let sched = &mut st.sched;
             let epoch = p.tracker.epoch();
+            let mut already_done = 0;
             let mut work = Vec::with_capacity(batch.records.len());
             for record in batch.records {
                 p.tracker.dispatch(record.offset);
@@ -257,7 +273,7 @@ impl Runtime {
                     && commit_metadata::is_done(&p.loaded_done, record.offset)
                 {
                     let _ = p.tracker.complete(epoch, record.offset);
-                    self.stats.already_done.fetch_add(1, Ordering::Relaxed);
+                    already_done += 1;
                     continue;
                 }
                 let bytes = record_bytes(&record);
@@ -270,8 +286,13 @@ impl Runtime {
                 work.push(Work { record, ticket });
             }
             added = work.len();
+            st.sched.push_all(&tp, work, |w| w.record.key.as_deref());
             p.queued += added;
-            sched.push_all(&tp, work, |w| w.record.key.as_deref());
+            if already_done > 0 {
+                self.stats
+                    .already_done
+                    .fetch_add(already_done, Ordering::Relaxed);
+            }
         }
         let now = self
             .in_flight_bytes
@@ -291,7 +312,7 @@ impl Runtime {
     /// seen in this incarnation) if it has none.
     fn part_entry<'a>(
         &self,
-        parts: &'a mut HashMap<TopicPartition, PartRuntime>,
+        parts: &'a mut PartMap<PartRuntime>,
         loaded: &mut HashMap<TopicPartition, Loaded>,
         incarnations: &HashMap<TopicPartition, u64>,
         tp: &TopicPartition,
@@ -306,6 +327,7 @@ impl Runtime {
                 incarnation,
                 queued: 0,
                 full: false,
+                resume_at: 0,
                 last_commit: l.as_ref().map(|l| (l.committed, l.metadata.clone())),
                 loaded_done: l.map(|l| l.done).unwrap_or_default(),
                 metadata_full: false,
@@ -442,6 +464,7 @@ impl Runtime {
         done: Done,
     ) {
         let (mut records, mut bytes) = (0, 0);
+        let mut resume = false;
         {
             let mut st = self.lock();
             let mut part = st.parts.get_mut(tp);
@@ -456,17 +479,24 @@ impl Runtime {
                     p.queued = p.queued.saturating_sub(1);
                 }
             }
-            if done == Done::Handled && records > 0 {
-                if let Some(p) = part {
+            if let Some(p) = part {
+                if done == Done::Handled && records > 0 {
                     p.failures_in_row = 0;
                 }
+                resume = p.full && p.queued <= p.resume_at;
             }
         }
         if records == 0 {
             return;
         }
-        self.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel);
-        self.in_flight_records.fetch_sub(records, Ordering::AcqRel);
+        let bytes_left = self.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel) - bytes;
+        let records_left = self.in_flight_records.fetch_sub(records, Ordering::AcqRel) - records;
+        resume |= self.globally_paused.load(Ordering::Acquire)
+            && bytes_left <= self.cfg.max_in_flight_bytes / 2
+            && records_left <= self.cfg.max_in_flight_records / 2;
+        if resume {
+            self.capacity.notify_one();
+        }
         self.changed.notify_waiters();
     }
 

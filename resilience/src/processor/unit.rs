@@ -31,6 +31,65 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A unit's records with their tickets. A one-record handler reads them
+/// in place; a batch handler needs its records contiguous, so they are
+/// split from their tickets once.
+enum Slab {
+    InPlace(Vec<Work>),
+    Split {
+        records: Vec<Record>,
+        tickets: Vec<Ticket>,
+    },
+}
+
+impl Slab {
+    fn len(&self) -> usize {
+        match self {
+            Slab::InPlace(w) => w.len(),
+            Slab::Split { records, .. } => records.len(),
+        }
+    }
+
+    /// Records `i..j` (in place: one record, `j == i + 1`).
+    fn records(&self, i: usize, j: usize) -> &[Record] {
+        match self {
+            Slab::InPlace(w) => {
+                debug_assert_eq!(j, i + 1, "a one-record handler takes one record at a time");
+                std::slice::from_ref(&w[i].record)
+            }
+            Slab::Split { records, .. } => &records[i..j],
+        }
+    }
+
+    /// The tickets of records `i..j`.
+    fn tickets(&self, i: usize, j: usize) -> &[Ticket] {
+        match self {
+            Slab::InPlace(w) => {
+                debug_assert_eq!(j, i + 1, "a one-record handler takes one record at a time");
+                std::slice::from_ref(&w[i].ticket)
+            }
+            Slab::Split { tickets, .. } => &tickets[i..j],
+        }
+    }
+
+    /// The records from `i` on, as work again.
+    fn into_rest(self, i: usize) -> Box<dyn Iterator<Item = Work>> {
+        match self {
+            Slab::InPlace(mut w) => Box::new(w.split_off(i).into_iter()),
+            Slab::Split {
+                mut records,
+                tickets,
+            } => Box::new(
+                records
+                    .split_off(i)
+                    .into_iter()
+                    .zip(tickets[i..].to_vec())
+                    .map(|(record, ticket)| Work { record, ticket }),
+            ),
+        }
+    }
+}
+
 impl Runtime {
     /// Run `unit`: call the handler for each record in turn (a one-record
     /// handler) or once for them all (a batch handler). Returns the records
@@ -50,12 +109,15 @@ impl Runtime {
         let Some((items, keys, later)) = self.skip_duplicates(tp, items).await else {
             return Vec::new();
         };
-        let (mut records, tickets): (Vec<Record>, Vec<Ticket>) =
-            items.into_iter().map(|w| (w.record, w.ticket)).unzip();
-        let per_call = match self.handler {
-            AnyHandler::One(_) => 1,
-            AnyHandler::Batch(_) => records.len().max(1),
+        let (slab, per_call) = match self.handler {
+            AnyHandler::One(_) => (Slab::InPlace(items), 1),
+            AnyHandler::Batch(_) => {
+                let n = items.len().max(1);
+                let (records, tickets) = items.into_iter().map(|w| (w.record, w.ticket)).unzip();
+                (Slab::Split { records, tickets }, n)
+            }
         };
+        let len = slab.len();
         let from_retry_topic = self.retry_index.contains_key(&tp.topic);
         let started = std::time::Instant::now();
         // One clock read per call: a call's end is the next one's start.
@@ -64,22 +126,20 @@ impl Runtime {
         let mut handled: Vec<Ticket> = Vec::new();
         let mut failed_before = false;
         let mut i = 0;
-        while i < records.len() {
-            let j = (i + per_call).min(records.len());
+        while i < len {
+            let j = (i + per_call).min(len);
             if i > 0 {
                 if stop.load(Ordering::Acquire) {
                     break; // revoked: the rest is the next owner's
                 }
                 if now - started >= UNIT_TIME_BUDGET {
                     self.finish_all(tp, handled, Done::Handled);
-                    let rest = records.drain(i..).zip(&tickets[i..]);
-                    let rest = rest.map(|(record, &ticket)| Work { record, ticket });
-                    return rest.chain(later).collect();
+                    return slab.into_rest(i).chain(later).collect();
                 }
             }
             // Wait without a permit: the other lanes go on meanwhile.
             if i == 0 || failed_before || from_retry_topic {
-                if let Some(until) = self.wait_until(tp, &records[i..j]) {
+                if let Some(until) = self.wait_until(tp, slab.records(i, j)) {
                     self.finish_all(tp, std::mem::take(&mut handled), Done::Handled);
                     self.release(permit);
                     if !self.sleep_unless_stopped(tp, epoch, until).await {
@@ -91,19 +151,19 @@ impl Runtime {
             }
             let keys = keys.get(i..j).unwrap_or_default();
             let result;
-            (result, now) = self.attempt(tp, &records[i..j], 1, now).await;
+            (result, now) = self.attempt(tp, slab.records(i, j), 1, now).await;
             match result {
                 Ok(()) => {
                     if !keys.is_empty() {
                         self.mark_done(keys).await;
                         now = std::time::Instant::now();
                     }
-                    handled.extend_from_slice(&tickets[i..j]);
+                    handled.extend_from_slice(slab.tickets(i, j));
                 }
                 Err(err) => {
                     self.finish_all(tp, std::mem::take(&mut handled), Done::Handled);
                     failed_before = true;
-                    let (records, tickets) = (&records[i..j], &tickets[i..j]);
+                    let (records, tickets) = (slab.records(i, j), slab.tickets(i, j));
                     self.after_failure(tp, epoch, records, tickets, keys, err, permit)
                         .await;
                     now = std::time::Instant::now();
@@ -112,9 +172,9 @@ impl Runtime {
             i = j;
         }
         self.finish_all(tp, handled, Done::Handled);
-        if i < records.len() {
+        if i < len {
             // Stopped early: the rest is the next owner's.
-            let rest = tickets[i..].iter().copied();
+            let rest = slab.into_rest(i).map(|w| w.ticket);
             self.finish_all(
                 tp,
                 rest.chain(later.iter().map(|w| w.ticket)),
