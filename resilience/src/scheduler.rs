@@ -116,10 +116,11 @@ impl<T> Scheduler<T> {
     pub fn push_all(
         &mut self,
         tp: &TopicPartition,
-        items: Vec<T>,
+        items: impl IntoIterator<Item = T>,
         key_of: impl Fn(&T) -> Option<&[u8]>,
     ) {
-        if self.ordering == Ordering::PerPartition && !items.is_empty() {
+        let mut items = items.into_iter().peekable();
+        if self.ordering == Ordering::PerPartition && items.peek().is_some() {
             let part = self
                 .partitions
                 .entry(tp.clone())
@@ -134,8 +135,9 @@ impl<T> Scheduler<T> {
             if lane.pending.is_empty() && !lane.busy {
                 self.ready.push_back((part.tp.clone(), 0));
             }
-            self.pending += items.len();
+            let before = lane.pending.len();
             lane.pending.extend(items);
+            self.pending += lane.pending.len() - before;
             return;
         }
         self.push_with(tp, items, |ordering, counter, item| {
@@ -302,7 +304,7 @@ mod tests {
     #[test]
     fn items_given_back_run_next_and_in_order() {
         let mut s = Scheduler::new(Ordering::PerPartition, 3);
-        s.push_all(&tp(0), (0..5).collect(), |_| None);
+        s.push_all(&tp(0), 0..5, |_| None);
         let (lane, items) = s.next_unit().unwrap();
         assert_eq!(items, [0, 1, 2]);
         s.push_all(&tp(0), vec![5], |_| None); // arrives while the unit runs

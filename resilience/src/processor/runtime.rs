@@ -41,6 +41,20 @@ pub(crate) struct Ticket {
     pub bytes: usize,
 }
 
+/// What [`Runtime::count`] counts: each is a [`Stats`] field and a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Count {
+    Handled,
+    Retried,
+    Deduplicated,
+    SentToRetryTopic,
+    DeadLettered,
+    DltWriteFailures,
+    Quarantines,
+    Commits,
+    CommitFailures,
+}
+
 /// How a record's work ended, for [`Runtime::finish_all`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Done {
@@ -159,6 +173,11 @@ pub(crate) struct Runtime {
     tasks: Mutex<tokio::task::JoinSet<()>>,
 }
 
+/// A work item's record key: its lane under [`crate::Ordering::PerKey`].
+fn key_of(w: &Work) -> Option<&[u8]> {
+    w.record.key.as_deref()
+}
+
 /// Bytes a record holds in memory (payloads plus a fixed overhead): what
 /// `max_in_flight_bytes` counts.
 pub fn record_bytes(r: &Record) -> usize {
@@ -232,6 +251,29 @@ impl Runtime {
         self.state.lock().expect("runtime state lock")
     }
 
+    /// Add `n` to one count: its [`Stats`] field and its metric together,
+    /// so the two never disagree.
+    pub(super) fn count(&self, what: Count, n: u64) {
+        let (stat, metric) = match what {
+            Count::Handled => (&self.stats.handled, &self.metrics.handled),
+            Count::Retried => (&self.stats.retried, &self.metrics.retried),
+            Count::Deduplicated => (&self.stats.deduplicated, &self.metrics.deduplicated),
+            Count::SentToRetryTopic => {
+                (&self.stats.sent_to_retry, &self.metrics.sent_to_retry_topic)
+            }
+            Count::DeadLettered => (&self.stats.dead_lettered, &self.metrics.dead_lettered),
+            Count::DltWriteFailures => (
+                &self.stats.dlt_write_failures,
+                &self.metrics.dlt_write_failures,
+            ),
+            Count::Quarantines => (&self.stats.quarantines, &self.metrics.quarantined),
+            Count::Commits => (&self.stats.commits, &self.metrics.commits),
+            Count::CommitFailures => (&self.stats.commit_failures, &self.metrics.commit_failures),
+        };
+        stat.fetch_add(n, Ordering::Relaxed);
+        metric.increment(n);
+    }
+
     pub(super) fn observe(&self, e: Event) {
         if let Some(o) = &self.cfg.observer {
             o.on_event(&e);
@@ -266,27 +308,46 @@ impl Runtime {
             let p = self.part_entry(&mut st.parts, &mut st.loaded, &st.incarnations, &tp, first);
             let epoch = p.tracker.epoch();
             let mut already_done = 0;
-            let mut work = Vec::with_capacity(batch.records.len());
-            for record in batch.records {
-                p.tracker.dispatch(record.offset);
-                if !p.loaded_done.is_empty()
-                    && commit_metadata::is_done(&p.loaded_done, record.offset)
-                {
-                    let _ = p.tracker.complete(epoch, record.offset);
-                    already_done += 1;
-                    continue;
-                }
-                let bytes = record_bytes(&record);
-                added_bytes += bytes;
-                let ticket = Ticket {
-                    offset: record.offset,
-                    epoch,
-                    bytes,
+            if p.loaded_done.is_empty() {
+                // The usual case: every record goes to the lanes, moved once.
+                let tracker = &mut p.tracker;
+                let work = |record: Record| {
+                    tracker.dispatch(record.offset);
+                    let bytes = record_bytes(&record);
+                    added_bytes += bytes;
+                    let ticket = Ticket {
+                        offset: record.offset,
+                        epoch,
+                        bytes,
+                    };
+                    Work { record, ticket }
                 };
-                work.push(Work { record, ticket });
+                let n = batch.records.len();
+                st.sched
+                    .push_all(&tp, batch.records.into_iter().map(work), key_of);
+                added = n;
+            } else {
+                // Some were done before a restart (committed metadata): skip those.
+                let mut work = Vec::with_capacity(batch.records.len());
+                for record in batch.records {
+                    p.tracker.dispatch(record.offset);
+                    if commit_metadata::is_done(&p.loaded_done, record.offset) {
+                        let _ = p.tracker.complete(epoch, record.offset);
+                        already_done += 1;
+                        continue;
+                    }
+                    let bytes = record_bytes(&record);
+                    added_bytes += bytes;
+                    let ticket = Ticket {
+                        offset: record.offset,
+                        epoch,
+                        bytes,
+                    };
+                    work.push(Work { record, ticket });
+                }
+                added = work.len();
+                st.sched.push_all(&tp, work, key_of);
             }
-            added = work.len();
-            st.sched.push_all(&tp, work, |w| w.record.key.as_deref());
             p.queued += added;
             if already_done > 0 {
                 self.stats
@@ -614,8 +675,7 @@ impl Runtime {
                         }
                     }
                 }
-                self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                self.metrics.commits.increment(1);
+                self.count(Count::Commits, 1);
                 self.observe(Event::Committed(
                     offsets
                         .into_iter()
@@ -624,8 +684,7 @@ impl Runtime {
                 ));
             }
             Err(e) => {
-                self.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-                self.metrics.commit_failures.increment(1);
+                self.count(Count::CommitFailures, 1);
                 tracing::warn!(error = %e, "commit failed; the next one retries (nothing is lost: uncommitted work is redone)");
             }
         }
