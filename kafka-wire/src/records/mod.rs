@@ -453,22 +453,29 @@ pub fn encode_batch(out: &mut BytesMut, opts: &BatchOptions, records: &[NewRecor
         put_records(out, records, base_ts);
         Compression::None
     } else {
-        let mut body = BytesMut::with_capacity(estimate);
-        put_records(&mut body, records, base_ts);
-        match compression::compress(codec, &body) {
-            Some(packed) => {
-                out.reserve(BATCH_HEADER_LEN + packed.len());
-                put_batch_header(out, opts, codec, records.len(), base_ts, max_ts);
-                out.put_slice(&packed);
+        // The uncompressed body goes to a scratch buffer kept per thread
+        // (a producer's sender encodes batch after batch), then the codec
+        // writes straight after the header.
+        SCRATCH.with(|scratch| {
+            let mut body = scratch.take();
+            body.clear();
+            body.reserve(estimate);
+            put_records(&mut body, records, base_ts);
+            put_batch_header(out, opts, codec, records.len(), base_ts, max_ts);
+            let codec = if compression::compress_into(codec, &body, out) {
                 codec
-            }
-            None => {
-                out.reserve(BATCH_HEADER_LEN + body.len());
+            } else {
+                // Left out of this build after all: rewrite uncompressed.
+                out.truncate(start);
                 put_batch_header(out, opts, Compression::None, records.len(), base_ts, max_ts);
                 out.put_slice(&body);
                 Compression::None
+            };
+            if body.capacity() <= SCRATCH_KEEP {
+                scratch.set(body);
             }
-        }
+            codec
+        })
     };
     debug_assert_eq!(
         i16::from_be_bytes([out[start + 21], out[start + 22]]) & 0x07,
@@ -479,6 +486,15 @@ pub fn encode_batch(out: &mut BytesMut, opts: &BatchOptions, records: &[NewRecor
     let crc = crc32c::crc32c(&out[start + CRC_START..]);
     out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
 }
+
+thread_local! {
+    /// [`encode_batch`]'s buffer for a body before compression.
+    static SCRATCH: std::cell::Cell<BytesMut> = std::cell::Cell::new(BytesMut::new());
+}
+
+/// The largest scratch body kept between batches (bytes): a rare huge
+/// batch does not pin its buffer for the life of the thread.
+const SCRATCH_KEEP: usize = 4 * 1024 * 1024;
 
 /// The 61-byte v2 batch header, with its length and CRC left zero for
 /// [`encode_batch`] to patch once the payload is written.
