@@ -10,7 +10,7 @@ use super::runtime::{Loaded, Runtime};
 use crate::commit_metadata;
 use crate::observe::Event;
 
-pub(crate) struct RuntimeListener(pub Arc<Runtime>);
+pub(super) struct RuntimeListener(pub(super) Arc<Runtime>);
 
 impl RebalanceListener for RuntimeListener {
     fn on_assigned<'a>(
@@ -20,26 +20,21 @@ impl RebalanceListener for RuntimeListener {
     ) -> ListenerFuture<'a> {
         Box::pin(async move {
             let rt = &self.0;
-            rt.metrics.assigned.increment(1);
+            rt.metrics().assigned.increment(1);
             // The committed metadata names offsets beyond the committed one
             // that are already done: they are not handled again.
             match c.committed(parts).await {
-                Ok(committed) => {
-                    let mut st = rt.lock();
-                    for (tp, co) in committed {
-                        let done = commit_metadata::decode(co.offset, &co.metadata);
-                        let incarnation = c.incarnation(&tp);
-                        st.loaded.insert(
-                            tp,
-                            Loaded {
-                                incarnation,
-                                committed: co.offset,
-                                metadata: co.metadata,
-                                done,
-                            },
-                        );
-                    }
-                }
+                Ok(committed) => rt.load(committed.into_iter().map(|(tp, co)| {
+                    let done = commit_metadata::decode(co.offset, &co.metadata);
+                    let incarnation = c.incarnation(&tp);
+                    let loaded = Loaded {
+                        incarnation,
+                        committed: co.offset,
+                        metadata: co.metadata,
+                        done,
+                    };
+                    (tp, loaded)
+                })),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not read committed metadata; finished work beyond the committed offsets may be redone")
                 }
@@ -55,10 +50,10 @@ impl RebalanceListener for RuntimeListener {
     ) -> ListenerFuture<'a> {
         Box::pin(async move {
             let rt = &self.0;
-            rt.metrics.revoked.increment(1);
+            rt.metrics().revoked.increment(1);
             rt.stop_partitions(parts);
-            rt.wait_idle(Some(parts), rt.cfg.drain_timeout).await;
-            let _one_at_a_time = rt.commit_lock.lock().await;
+            rt.wait_idle(Some(parts), rt.cfg().drain_timeout).await;
+            let _one_at_a_time = rt.one_commit_at_a_time().await;
             rt.commit_locked(c, Some(parts)).await;
             rt.forget(parts);
             rt.observe(Event::Revoked(parts.to_vec()));
@@ -68,9 +63,9 @@ impl RebalanceListener for RuntimeListener {
     fn on_lost<'a>(&'a self, _c: &'a Committer, parts: &'a [TopicPartition]) -> ListenerFuture<'a> {
         Box::pin(async move {
             let rt = &self.0;
-            rt.metrics.lost.increment(1);
+            rt.metrics().lost.increment(1);
             rt.stop_partitions(parts);
-            let _one_at_a_time = rt.commit_lock.lock().await;
+            let _one_at_a_time = rt.one_commit_at_a_time().await;
             rt.forget(parts); // never commit lost partitions
             rt.observe(Event::Lost(parts.to_vec()));
         })

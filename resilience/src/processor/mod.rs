@@ -17,10 +17,29 @@
 //! `drain_timeout` for the running ones, commits, and forgets the
 //! partitions: completions that arrive later carry a dead epoch and never
 //! commit. Queued records go to the next owner, from the committed offset.
+//!
+//! # Layout
+//!
+//! One file per concern. Each keeps its own fields in a struct of its own
+//! inside `Runtime`, private to that file; the partitions, lanes and
+//! loaded metadata sit behind the one state lock, in `runtime.rs`.
+//!
+//! ```text
+//!  mod.rs           Processor, handlers, Stats; the poll loop (reads the runtime through accessors)
+//!  runtime.rs       Runtime: config, counters, the state lock and State; dispatch, finish, stop, forget
+//!  workers.rs       Workers: permits and every spawned task; pump, worker, release/reacquire
+//!  unit.rs          Unit, Handling (handler, DLT/retry-topic producer): one unit of work, start to finish
+//!  commit.rs        Commits: one commit at a time; commit points with metadata, the commit loop
+//!  backpressure.rs  InFlight: in-flight totals, the global pause; which partitions to pause
+//!  listener.rs      the rebalance listener: load on assign, drain+commit+forget on revoke
+//! ```
 
+mod backpressure;
+mod commit;
 mod listener;
 mod runtime;
 mod unit;
+mod workers;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -34,9 +53,10 @@ use kafka_wire::records::Record;
 use kafka_wire::{Client, NewTopic, Producer};
 use tokio::time::Instant;
 
-use crate::config::{CommitPolicy, ProcessorConfig};
-use crate::observe::{self, Event, LagGauges, PartitionSnapshot, Snapshot, SNAPSHOT_INTERVAL};
+use crate::config::ProcessorConfig;
+use crate::observe::{self, LagGauges, PartitionSnapshot, Snapshot, SNAPSHOT_INTERVAL};
 use crate::retry::runtime_delays;
+use backpressure::{apply_backpressure, poll_wait};
 use listener::RuntimeListener;
 use runtime::Runtime;
 
@@ -56,7 +76,7 @@ pub use runtime::record_bytes;
 /// record that cannot be handled stalls its partition instead of being
 /// skipped. `?` works on common errors (I/O, Kafka, UTF-8, number parsing:
 /// see [`HandlerError`]'s `From` impls). For a small handler,
-/// [`handler_fn`](crate::handler_fn) takes an async closure instead.
+/// [`handler_fn`](crate::handler_fn()) takes an async closure instead.
 pub trait Handler: Send + Sync + 'static {
     fn handle<'a>(&'a self, tp: &'a TopicPartition, record: &'a Record) -> HandlerFuture<'a>;
 }
@@ -265,7 +285,7 @@ impl Processor {
         ));
         let _abort_on_drop = AbortTasksOnDrop(rt.clone());
         consumer.set_listener(Arc::new(RuntimeListener(rt.clone())));
-        match &rt.cfg.topic_pattern {
+        match &rt.cfg().topic_pattern {
             Some(pattern) => consumer.subscribe_pattern(pattern)?,
             None => {
                 let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -274,30 +294,7 @@ impl Processor {
         }
 
         let committer = consumer.committer().clone();
-        let commit_task = match rt.cfg.commit_policy {
-            CommitPolicy::Interval(every) => {
-                let (task_rt, c) = (rt.clone(), committer.clone());
-                Some(rt.spawn(async move {
-                    let rt = task_rt;
-                    loop {
-                        tokio::time::sleep(every).await;
-                        rt.commit(&c, None).await;
-                    }
-                }))
-            }
-            CommitPolicy::AfterEachCompletion => {
-                let (task_rt, c) = (rt.clone(), committer.clone());
-                Some(rt.spawn(async move {
-                    let rt = task_rt;
-                    loop {
-                        let changed = rt.changed.notified();
-                        let _ = tokio::time::timeout(Duration::from_millis(100), changed).await;
-                        rt.commit(&c, None).await;
-                    }
-                }))
-            }
-            CommitPolicy::OnRevokeAndShutdown => None,
-        };
+        let commit_task = rt.start_commit_loop(&committer);
 
         let mut paused: HashSet<TopicPartition> = HashSet::new();
         let mut globally_paused = false;
@@ -306,8 +303,8 @@ impl Processor {
         let mut draining = false;
         let mut last_lag = Instant::now();
         let mut last_snapshot = Instant::now();
-        let mut lag_gauges = rt.metrics.lag_gauges();
-        let mut poll_backoff = PollBackoff::new(rt.metrics.poll_errors.clone());
+        let mut lag_gauges = rt.metrics().lag_gauges();
+        let mut poll_backoff = PollBackoff::new(rt.metrics().poll_errors.clone());
         let result = loop {
             let batches = tokio::select! {
                 _ = &mut shutdown => break Ok(()),
@@ -327,7 +324,7 @@ impl Processor {
                     Err(e) => break Err(e),
                 },
                 // Workers made room: resume now (the poll is cancel safe).
-                _ = rt.capacity.notified(), if draining => Vec::new(),
+                _ = rt.capacity_freed(), if draining => Vec::new(),
             };
             // Positions after this poll: resets first (so its records go to
             // a fresh tracker), then the records, then the ends (markers).
@@ -350,19 +347,19 @@ impl Processor {
         };
 
         // Shutdown: stop polling and starting records, drain, commit, leave.
-        let all: Vec<TopicPartition> = rt.lock().parts.keys().cloned().collect();
+        let all = rt.partitions();
         rt.stop_partitions(&all);
-        rt.wait_idle(None, rt.cfg.drain_timeout).await;
+        rt.wait_idle(None, rt.cfg().drain_timeout).await;
         if let Some(t) = commit_task {
             t.abort();
         }
         rt.commit(&committer, None).await;
         self.snapshots
             .send_replace(snapshot(&rt, &consumer, &paused));
-        if let Some(p) = &rt.producer {
+        if let Some(p) = rt.producer() {
             p.close().await;
         }
-        consumer.close(rt.cfg.drain_timeout).await;
+        consumer.close(rt.cfg().drain_timeout).await;
         result
     }
 }
@@ -372,23 +369,12 @@ impl Processor {
 /// offset this runtime knows (found on assignment, or its last commit).
 fn report_lag(rt: &Runtime, consumer: &Consumer, gauges: &mut LagGauges) {
     let assigned = consumer.assignment();
-    let committed: Vec<Option<i64>> = {
-        let st = rt.lock();
-        assigned
-            .iter()
-            .map(|tp| {
-                st.parts
-                    .get(tp)
-                    .and_then(|p| p.last_commit.as_ref())
-                    .map(|(offset, _)| *offset)
-            })
-            .collect()
-    };
-    for (tp, committed) in assigned.iter().zip(committed) {
+    let status = rt.part_status(&assigned);
+    for (tp, status) in assigned.iter().zip(status) {
         let Some(end) = consumer.log_end(tp) else {
             continue; // no fetch answered yet
         };
-        let commit_lag = committed.map(|c| (end - c).max(0));
+        let commit_lag = status.committed.map(|c| (end - c).max(0));
         gauges.set(tp, consumer.lag(tp), commit_lag);
     }
     gauges.retain(&assigned);
@@ -398,18 +384,16 @@ fn report_lag(rt: &Runtime, consumer: &Consumer, gauges: &mut LagGauges) {
 fn snapshot(rt: &Runtime, consumer: &Consumer, paused: &HashSet<TopicPartition>) -> Snapshot {
     let mut assigned = consumer.assignment();
     assigned.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    let st = rt.lock();
+    let status = rt.part_status(&assigned);
     let partitions = assigned
         .into_iter()
-        .map(|tp| {
-            let part = st.parts.get(&tp);
-            let committed = part
-                .and_then(|p| p.last_commit.as_ref())
-                .map(|(offset, _)| *offset);
+        .zip(status)
+        .map(|(tp, status)| {
+            let committed = status.committed;
             let log_end = consumer.log_end(&tp);
             PartitionSnapshot {
                 paused: paused.contains(&tp),
-                queued: part.map_or(0, |p| p.queued),
+                queued: status.queued,
                 position: consumer.position(&tp),
                 log_end,
                 committed,
@@ -419,9 +403,10 @@ fn snapshot(rt: &Runtime, consumer: &Consumer, paused: &HashSet<TopicPartition>)
             }
         })
         .collect();
+    let (in_flight_records, in_flight_bytes) = rt.in_flight();
     Snapshot {
-        in_flight_records: rt.in_flight_records.load(Ordering::Acquire),
-        in_flight_bytes: rt.in_flight_bytes.load(Ordering::Acquire),
+        in_flight_records,
+        in_flight_bytes,
         generation: consumer.generation(),
         partitions,
     }
@@ -460,20 +445,6 @@ impl PollBackoff {
     }
 }
 
-/// How long one poll may wait. While fetching is paused until workers
-/// drain, the loop must come back soon to resume it: a paused consumer has
-/// nothing to return, so a long wait idles the workers once they are done
-/// (measured: a 100 ms wait capped the runtime at one in-flight bound per
-/// 100 ms, about 100k records/s). Pauses that wait on time (quarantine) or
-/// on a commit (metadata full) keep the normal wait.
-fn poll_wait(draining: bool) -> Duration {
-    if draining {
-        Duration::from_millis(2)
-    } else {
-        Duration::from_millis(100)
-    }
-}
-
 /// Aborts the runtime's tasks when `run` returns or is dropped mid-way.
 struct AbortTasksOnDrop(Arc<Runtime>);
 
@@ -481,77 +452,6 @@ impl Drop for AbortTasksOnDrop {
     fn drop(&mut self) {
         self.0.abort_tasks();
     }
-}
-
-/// Pause what should not be fetched now, resume what may be again:
-/// everything above the global in-flight bound (until below half), and
-/// single partitions that are full, quarantined, or whose completed-offset
-/// map no longer fits the commit metadata. Returns whether a pause waits
-/// only for workers to drain (the global bound or a full queue).
-fn apply_backpressure(
-    rt: &Runtime,
-    consumer: &mut Consumer,
-    paused: &mut HashSet<TopicPartition>,
-    globally: &mut bool,
-) -> bool {
-    let cfg = &rt.cfg;
-    let bytes = rt.in_flight_bytes.load(Ordering::Acquire);
-    let records = rt.in_flight_records.load(Ordering::Acquire);
-    rt.metrics.in_flight(records, bytes);
-    if bytes >= cfg.max_in_flight_bytes || records >= cfg.max_in_flight_records {
-        if !*globally {
-            rt.stats.pauses.fetch_add(1, Ordering::Relaxed);
-        }
-        *globally = true;
-    } else if bytes <= cfg.max_in_flight_bytes / 2 && records <= cfg.max_in_flight_records / 2 {
-        *globally = false;
-    }
-    rt.globally_paused.store(*globally, Ordering::Release);
-    let assigned = consumer.assignment();
-    let mut queue_full = false;
-    let want: HashSet<TopicPartition> = if *globally {
-        assigned.into_iter().collect()
-    } else {
-        let now = Instant::now();
-        // The configured bound, or the partition's fair share of the global
-        // one when lower: one busy partition must not fill the global bound
-        // (every partition paused) while the others' workers sit idle.
-        let share = cfg.max_in_flight_records / assigned.len().max(1);
-        let per_part = cfg.max_queued_per_partition.min(share).max(1);
-        let mut st = rt.lock();
-        assigned
-            .into_iter()
-            .filter(|tp| {
-                let Some(p) = st.parts.get_mut(tp) else {
-                    return false;
-                };
-                if p.queued >= per_part {
-                    if !p.full {
-                        rt.stats.partition_pauses.fetch_add(1, Ordering::Relaxed);
-                    }
-                    p.full = true;
-                    p.resume_at = per_part / 2;
-                } else if p.queued <= per_part / 2 {
-                    p.full = false;
-                }
-                queue_full |= p.full;
-                p.full || p.metadata_full || p.quarantined_until.is_some_and(|u| u > now)
-            })
-            .collect()
-    };
-    let to_pause: Vec<TopicPartition> = want.difference(paused).cloned().collect();
-    let to_resume: Vec<TopicPartition> = paused.difference(&want).cloned().collect();
-    if !to_pause.is_empty() {
-        consumer.pause(&to_pause);
-        rt.observe(Event::Paused(to_pause));
-    }
-    if !to_resume.is_empty() {
-        consumer.resume(&to_resume);
-        rt.observe(Event::Resumed(to_resume));
-    }
-    *paused = want;
-    rt.metrics.paused(paused.len());
-    *globally || queue_full
 }
 
 /// Create the DLT and retry topics that are missing, with the source's

@@ -1,49 +1,52 @@
 //! The state shared by the poll task, the workers, the commit task and the
-//! rebalance listener, and the operations on it. One `std` mutex guards it;
-//! nothing awaits while holding it.
+//! rebalance listener, and the operations on it: dispatch, finish, stop,
+//! forget. One `std` mutex guards [`State`]; nothing awaits while holding
+//! it. The other concerns' fields live in their own files (see the
+//! module's layout): [`Workers`], [`Handling`], [`Commits`], [`InFlight`].
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use consumer_core::{
-    Committer, OffsetToCommit, PartitionPosition, PartitionRecords, TopicPartition,
-};
+use consumer_core::{PartitionPosition, PartitionRecords, TopicPartition};
 use kafka_wire::records::Record;
 use kafka_wire::Producer;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::task::AbortHandle;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::backpressure::InFlight;
+use super::commit::Commits;
+use super::unit::{Handling, UNIT_RECORDS};
+use super::workers::Workers;
 use super::{AnyHandler, Stats};
-use crate::commit_metadata::{self, encode_ranges, merge_ranges, ranges_of};
-use crate::config::{Idempotency, ProcessorConfig};
+use crate::commit_metadata;
+use crate::config::ProcessorConfig;
 use crate::observe::{Event, RuntimeMetrics};
 use crate::offset_tracker::OffsetTracker;
-use crate::scheduler::{LaneId, Scheduler};
+use crate::scheduler::Scheduler;
 
 /// One record on its way through the runtime.
 #[derive(Debug)]
-pub(crate) struct Work {
-    pub record: Record,
-    pub ticket: Ticket,
+pub(super) struct Work {
+    pub(super) record: Record,
+    pub(super) ticket: Ticket,
 }
 
 /// What finishing a record needs to know about it.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Ticket {
-    pub offset: i64,
+pub(super) struct Ticket {
+    pub(super) offset: i64,
     /// The assignment epoch it was dispatched in.
-    pub epoch: u64,
+    pub(super) epoch: u64,
     /// Its share of the in-flight bytes.
-    pub bytes: usize,
+    pub(super) bytes: usize,
 }
 
 /// What [`Runtime::count`] counts: each is a [`Stats`] field and a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Count {
+pub(super) enum Count {
     Handled,
     Retried,
     Deduplicated,
@@ -57,7 +60,7 @@ pub(crate) enum Count {
 
 /// How a record's work ended, for [`Runtime::finish_all`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Done {
+pub(super) enum Done {
     /// The handler succeeded: complete it, and end a run of failures.
     Handled,
     /// Written to a retry topic or the DLT and acknowledged: complete it.
@@ -67,110 +70,122 @@ pub(crate) enum Done {
     Skipped,
 }
 
-/// Up to this many records of one lane make a unit of work for a
-/// one-record handler: the worker calls the handler for each in turn, so
-/// the scheduling and bookkeeping cost is paid once per unit.
-pub(crate) const UNIT_RECORDS: usize = 256;
-
-/// A unit of a one-record handler gives its lane back after this long, so
-/// other lanes get a worker too (records not started go back in front).
-pub(crate) const UNIT_TIME_BUDGET: Duration = Duration::from_millis(5);
-
-/// Some records of one lane, taken by a worker.
-pub(crate) struct Unit {
-    pub lane: LaneId,
-    pub items: Vec<Work>,
-    /// Set when the partition's epoch stops (revoke, loss, shutdown), so
-    /// a unit stops starting records without taking the lock per record.
-    pub stop: Arc<AtomicBool>,
-}
-
 /// What the committed metadata said was already done beyond the offset.
 #[derive(Debug, Clone)]
-pub(crate) struct Loaded {
+pub(super) struct Loaded {
     /// The consumer's position incarnation when it was read: a reset since
     /// (a recreated topic) makes it describe another log.
-    pub incarnation: u64,
-    pub committed: i64,
-    pub metadata: String,
-    pub done: Vec<(i64, i64)>,
+    pub(super) incarnation: u64,
+    pub(super) committed: i64,
+    pub(super) metadata: String,
+    pub(super) done: Vec<(i64, i64)>,
 }
 
-/// One assigned partition in the runtime.
+/// One assigned partition in the runtime. Created and removed only here
+/// (see [`State::part`]); the other files read and update it under the
+/// state lock, each its own fields.
 #[derive(Debug)]
-pub(crate) struct PartRuntime {
-    pub tracker: OffsetTracker,
+pub(super) struct PartRuntime {
+    pub(super) tracker: OffsetTracker,
     /// The consumer's position incarnation this tracker follows (see
     /// [`PartitionPosition::incarnation`]): its commits are fenced by it.
-    pub incarnation: u64,
+    pub(super) incarnation: u64,
     /// Dispatched and not yet finished or skipped.
-    pub queued: usize,
-    /// Paused because `queued` reached the per-partition bound.
-    pub full: bool,
+    pub(super) queued: usize,
+    /// Paused because `queued` reached the per-partition bound
+    /// (backpressure.rs).
+    pub(super) full: bool,
     /// While `full`: the `queued` count at or below which it resumes.
-    pub resume_at: usize,
-    /// The last (offset, metadata) the broker accepted, to skip no-op commits.
-    pub last_commit: Option<(i64, String)>,
+    pub(super) resume_at: usize,
+    /// The last (offset, metadata) the broker accepted, to skip no-op
+    /// commits (commit.rs).
+    pub(super) last_commit: Option<(i64, String)>,
     /// Done offsets from the committed metadata (not redone).
-    pub loaded_done: Vec<(i64, i64)>,
-    /// The completed-offset map no longer fits the metadata limit.
-    pub metadata_full: bool,
-    pub failures_in_row: u32,
-    pub quarantined_until: Option<Instant>,
+    pub(super) loaded_done: Vec<(i64, i64)>,
+    /// The completed-offset map no longer fits the metadata limit
+    /// (commit.rs).
+    pub(super) metadata_full: bool,
+    /// Records that failed for good in a row (unit.rs).
+    pub(super) failures_in_row: u32,
+    /// Paused until then after `failures_in_row` reached the threshold
+    /// (unit.rs).
+    pub(super) quarantined_until: Option<Instant>,
     /// Set once this epoch stops (revoke, loss, shutdown): nothing new
-    /// starts. Shared with its units (see [`Unit::stop`]).
-    pub stop: Arc<AtomicBool>,
+    /// starts. Shared with its units (see [`Unit::stop`](super::unit::Unit)).
+    pub(super) stop: Arc<AtomicBool>,
 }
 
 /// Per-partition maps, with a fast hasher: the keys are the group's
 /// assigned partitions, looked up for every poll and every unit.
-pub(crate) type PartMap<V> = HashMap<TopicPartition, V, foldhash::fast::RandomState>;
+pub(super) type PartMap<V> = HashMap<TopicPartition, V, foldhash::fast::RandomState>;
 
-pub(crate) struct State {
-    pub parts: PartMap<PartRuntime>,
+/// Everything behind the runtime's one lock.
+pub(super) struct State {
+    /// The assigned partitions; reached from other files one at a time
+    /// through [`State::part`] and [`State::part_mut`].
+    parts: PartMap<PartRuntime>,
     /// The consumer's position incarnation per partition, as of the last poll.
-    pub incarnations: HashMap<TopicPartition, u64>,
-    pub sched: Scheduler<Work>,
-    pub loaded: HashMap<TopicPartition, Loaded>,
+    incarnations: HashMap<TopicPartition, u64>,
+    /// Dispatched records by lane (workers.rs takes units from it).
+    pub(super) sched: Scheduler<Work>,
+    /// Committed metadata read on assignment, until the partition's first
+    /// records arrive.
+    loaded: HashMap<TopicPartition, Loaded>,
+}
+
+impl State {
+    /// The runtime state of `tp`, if it has any.
+    pub(super) fn part(&self, tp: &TopicPartition) -> Option<&PartRuntime> {
+        self.parts.get(tp)
+    }
+
+    /// The runtime state of `tp`, to update, if it has any.
+    pub(super) fn part_mut(&mut self, tp: &TopicPartition) -> Option<&mut PartRuntime> {
+        self.parts.get_mut(tp)
+    }
+
+    /// Every partition with runtime state, to update.
+    pub(super) fn parts_mut(
+        &mut self,
+    ) -> impl Iterator<Item = (&TopicPartition, &mut PartRuntime)> {
+        self.parts.iter_mut()
+    }
+}
+
+/// What the poll task reports of one partition (see
+/// [`Runtime::part_status`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct PartStatus {
+    /// The offset of the last commit the broker accepted (or the committed
+    /// offset found on assignment).
+    pub(super) committed: Option<i64>,
+    /// Dispatched and not yet finished or skipped.
+    pub(super) queued: usize,
 }
 
 /// Everything the runtime's tasks share.
-pub(crate) struct Runtime {
-    pub cfg: ProcessorConfig,
-    pub handler: AnyHandler,
-    pub stats: Arc<Stats>,
-    pub state: Mutex<State>,
+pub(super) struct Runtime {
+    cfg: ProcessorConfig,
+    /// The run's counters. Those with a metric beside them go through
+    /// [`Runtime::count`]; backpressure.rs bumps its pause counts and peaks.
+    pub(super) stats: Arc<Stats>,
+    /// This run's metric handles (labelled with the group).
+    metrics: RuntimeMetrics,
+    state: Mutex<State>,
     /// Signalled whenever work finishes (drains wait on it).
-    pub changed: Notify,
-    /// Signalled when finished work takes a paused partition (or the
-    /// global bound) down to where fetching resumes: the poll loop, waiting
-    /// in a poll while paused, goes back to resume at once instead of when
-    /// its poll times out, so workers never sit idle while fetched records
-    /// wait behind a pause.
-    pub capacity: Notify,
-    /// Set while fetching is paused at the global bound.
-    pub globally_paused: AtomicBool,
+    changed: Notify,
     /// Signalled when partitions stop (revoke, loss, shutdown): sleeping
     /// retries and quarantines wake up and give their records back.
-    pub stopped: Notify,
-    pub in_flight_bytes: AtomicUsize,
-    pub in_flight_records: AtomicUsize,
+    stopped: Notify,
     next_epoch: AtomicU64,
-    pub permits: Arc<Semaphore>,
-    pub producer: Option<Producer>,
-    pub group: String,
-    /// This run's metric handles (labelled with the group).
-    pub metrics: RuntimeMetrics,
-    /// Retry topic → (source topic, step).
-    pub retry_index: HashMap<String, (String, usize)>,
-    /// One commit at a time, so commits never reorder and a revoke can
-    /// finish with no commit in flight for its partitions.
-    pub commit_lock: tokio::sync::Mutex<()>,
-    /// Every task the runtime spawned (units of work, the commit loop):
-    /// all are aborted when `run` ends or its future is dropped, so a
-    /// dropped processor stops handling and committing at once, as a
-    /// crashed process would.
-    tasks: Mutex<tokio::task::JoinSet<()>>,
+    /// The handler and where failed records go (unit.rs).
+    pub(super) handling: Handling,
+    /// Worker permits and every spawned task (workers.rs).
+    pub(super) workers: Workers,
+    /// One commit at a time (commit.rs).
+    pub(super) commits: Commits,
+    /// In-flight totals and the global pause (backpressure.rs).
+    pub(super) in_flight: InFlight,
 }
 
 /// A work item's record key: its lane under [`crate::Ordering::PerKey`].
@@ -200,16 +215,13 @@ impl Runtime {
             AnyHandler::One(_) => UNIT_RECORDS,
             AnyHandler::Batch(_) => cfg.max_batch.max(1),
         };
-        let retry_index = cfg
-            .retry_topics
-            .as_ref()
-            .map(|r| r.index(&cfg.topics))
-            .unwrap_or_default();
         let group = cfg.consumer.group_id.clone().unwrap_or_default();
         Self {
             metrics: RuntimeMetrics::new(&group),
-            group,
-            permits: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
+            handling: Handling::new(&cfg, handler, producer, group),
+            workers: Workers::new(cfg.concurrency),
+            commits: Commits::new(),
+            in_flight: InFlight::new(),
             state: Mutex::new(State {
                 parts: PartMap::default(),
                 incarnations: HashMap::new(),
@@ -217,34 +229,24 @@ impl Runtime {
                 loaded: HashMap::new(),
             }),
             cfg,
-            handler,
             stats,
             changed: Notify::new(),
-            capacity: Notify::new(),
-            globally_paused: AtomicBool::new(false),
             stopped: Notify::new(),
-            in_flight_bytes: AtomicUsize::new(0),
-            in_flight_records: AtomicUsize::new(0),
             next_epoch: AtomicU64::new(1),
-            producer,
-            retry_index,
-            commit_lock: tokio::sync::Mutex::new(()),
-            tasks: Mutex::new(tokio::task::JoinSet::new()),
         }
     }
 
-    /// Spawn a task owned by this runtime (see `tasks`).
-    pub(super) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> AbortHandle {
-        let mut tasks = self.tasks.lock().expect("runtime tasks lock");
-        while tasks.try_join_next().is_some() {} // reap finished ones
-        tasks.spawn(task)
+    /// The run's configuration (the poll loop, the listener and every
+    /// concern read it; nothing changes it).
+    pub(super) fn cfg(&self) -> &ProcessorConfig {
+        &self.cfg
     }
 
-    /// Abort every task this runtime spawned.
-    pub(super) fn abort_tasks(&self) {
-        if let Ok(mut tasks) = self.tasks.lock() {
-            tasks.abort_all();
-        }
+    /// This run's metric handles (labelled with the group): the poll loop
+    /// takes its lag gauges and poll-error counter from here, the listener
+    /// counts rebalances.
+    pub(super) fn metrics(&self) -> &RuntimeMetrics {
+        &self.metrics
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
@@ -280,17 +282,42 @@ impl Runtime {
         }
     }
 
-    pub(super) fn idempotency(&self) -> Option<&Idempotency> {
-        self.cfg.idempotency.as_ref()
+    /// Every partition with runtime state (the shutdown stops them all).
+    pub(super) fn partitions(&self) -> Vec<TopicPartition> {
+        self.lock().parts.keys().cloned().collect()
     }
 
-    /// The source topic of `topic` (itself, unless it is a retry topic),
-    /// and its step in the retry chain.
-    pub(super) fn source_of<'a>(&'a self, topic: &'a str) -> (&'a str, Option<usize>) {
-        match self.retry_index.get(topic) {
-            Some((src, step)) => (src.as_str(), Some(*step)),
-            None => (topic, None),
+    /// The last accepted commit and the queue length of each of `tps`, in
+    /// order, for the poll task's lag gauges and snapshots (zero and
+    /// nothing for a partition without runtime state).
+    pub(super) fn part_status(&self, tps: &[TopicPartition]) -> Vec<PartStatus> {
+        let st = self.lock();
+        tps.iter()
+            .map(|tp| {
+                st.parts
+                    .get(tp)
+                    .map_or_else(PartStatus::default, |p| PartStatus {
+                        committed: p.last_commit.as_ref().map(|(offset, _)| *offset),
+                        queued: p.queued,
+                    })
+            })
+            .collect()
+    }
+
+    /// Keep what the committed metadata says is done (the listener reads it
+    /// on assignment), until each partition's first records arrive.
+    pub(super) fn load(&self, loaded: impl IntoIterator<Item = (TopicPartition, Loaded)>) {
+        let mut st = self.lock();
+        for (tp, l) in loaded {
+            st.loaded.insert(tp, l);
         }
+    }
+
+    /// Completes the next time work finishes (any record of any partition).
+    /// Only waiters that exist are woken: create it before checking what it
+    /// waits for.
+    pub(super) fn work_finished(&self) -> Notified<'_> {
+        self.changed.notified()
     }
 
     /// Hand polled records to the scheduler (skipping those the committed
@@ -355,17 +382,7 @@ impl Runtime {
                     .fetch_add(already_done, Ordering::Relaxed);
             }
         }
-        let now = self
-            .in_flight_bytes
-            .fetch_add(added_bytes, Ordering::AcqRel)
-            + added_bytes;
-        let records = self.in_flight_records.fetch_add(added, Ordering::AcqRel) + added;
-        self.stats
-            .peak_in_flight_bytes
-            .fetch_max(now, Ordering::Relaxed);
-        self.stats
-            .peak_in_flight_records
-            .fetch_max(records, Ordering::Relaxed);
+        self.admit(added, added_bytes);
         self.pump();
     }
 
@@ -451,65 +468,6 @@ impl Runtime {
         }
     }
 
-    /// Start workers while permits and ready lanes last.
-    ///
-    /// A worker holds a permit and runs units until no lane is ready; then
-    /// it releases the permit and ends. Permits are taken and released
-    /// under the state lock, so a record pushed after a worker found
-    /// nothing always finds a permit here.
-    pub(super) fn pump(self: &Arc<Self>) {
-        let mut st = self.lock();
-        loop {
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                return;
-            };
-            let Some(unit) = take_unit(&mut st) else {
-                return; // the permit is released under the lock
-            };
-            // Boxed: a worker's future is several KB (retries, DLT writes)
-            // and spawning moves a future several times; a box moves a pointer.
-            self.spawn(Box::pin(self.clone().worker(unit, permit)));
-        }
-    }
-
-    /// Run units until no lane is ready (see [`Runtime::pump`]).
-    async fn worker(self: Arc<Self>, unit: Unit, permit: OwnedSemaphorePermit) {
-        let mut permit = Some(permit);
-        let mut next = Some(unit);
-        while let Some(unit) = next {
-            let lane = unit.lane.clone();
-            let not_started = self.run_unit(unit, &mut permit).await;
-            let mut st = self.lock();
-            st.sched.give_back(&lane, not_started);
-            st.sched.done(&lane);
-            if permit.is_none() {
-                // It waited without one (retry, quarantine): let pump decide.
-                drop(st);
-                return self.pump();
-            }
-            next = take_unit(&mut st);
-            if next.is_none() {
-                permit = None; // released under the lock: see pump
-            }
-        }
-    }
-
-    /// Give up this worker's permit while it waits (a retry's backoff, a
-    /// quarantine), so other lanes go on meanwhile.
-    pub(super) fn release(self: &Arc<Self>, permit: &mut Option<OwnedSemaphorePermit>) {
-        if permit.take().is_some() {
-            self.pump();
-        }
-    }
-
-    /// Take a permit back after [`Runtime::release`].
-    pub(super) async fn reacquire(&self, permit: &mut Option<OwnedSemaphorePermit>) {
-        if permit.is_none() {
-            let p = self.permits.clone().acquire_owned().await;
-            *permit = Some(p.expect("the permits are never closed"));
-        }
-    }
-
     /// A worker is done with a record (see [`Done`]).
     pub(super) fn finish(&self, tp: &TopicPartition, t: Ticket, done: Done) {
         self.finish_all(tp, [t], done);
@@ -550,14 +508,7 @@ impl Runtime {
         if records == 0 {
             return;
         }
-        let bytes_left = self.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel) - bytes;
-        let records_left = self.in_flight_records.fetch_sub(records, Ordering::AcqRel) - records;
-        resume |= self.globally_paused.load(Ordering::Acquire)
-            && bytes_left <= self.cfg.max_in_flight_bytes / 2
-            && records_left <= self.cfg.max_in_flight_records / 2;
-        if resume {
-            self.capacity.notify_one();
-        }
+        self.release_in_flight(records, bytes, resume);
         self.changed.notify_waiters();
     }
 
@@ -568,6 +519,30 @@ impl Runtime {
             .parts
             .get(tp)
             .is_some_and(|p| p.tracker.epoch() == epoch && !p.stop.load(Ordering::Acquire))
+    }
+
+    /// Sleep until `until`, waking early when the partition is revoked or
+    /// the runtime stops; `false` if work of `epoch` may not go on.
+    pub(super) async fn sleep_unless_stopped(
+        &self,
+        tp: &TopicPartition,
+        epoch: u64,
+        until: Instant,
+    ) -> bool {
+        loop {
+            // Created before the check, so a stop in between is not missed.
+            let stopped = self.stopped.notified();
+            if !self.may_continue(tp, epoch) {
+                return false;
+            }
+            if Instant::now() >= until {
+                return true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {}
+                _ = stopped => {}
+            }
+        }
     }
 
     /// Stop starting records of `tps` (revoke or shutdown): queued records
@@ -633,103 +608,4 @@ impl Runtime {
             st.incarnations.remove(tp);
         }
     }
-
-    /// Commit the completed prefix (and the completed-beyond map as
-    /// metadata) of `only` (all if `None`), if it changed.
-    pub(super) async fn commit(&self, committer: &Committer, only: Option<&[TopicPartition]>) {
-        let _one_at_a_time = self.commit_lock.lock().await;
-        self.commit_locked(committer, only).await;
-    }
-
-    /// [`Runtime::commit`] for a caller already holding `commit_lock`.
-    pub(super) async fn commit_locked(
-        &self,
-        committer: &Committer,
-        only: Option<&[TopicPartition]>,
-    ) {
-        let offsets = self.commit_points(only);
-        if offsets.is_empty() {
-            return;
-        }
-        let started = std::time::Instant::now();
-        let fenced: Vec<OffsetToCommit> = offsets
-            .iter()
-            .map(|(tp, o, m, incarnation)| OffsetToCommit {
-                tp: tp.clone(),
-                offset: *o,
-                metadata: m.clone(),
-                incarnation: Some(*incarnation),
-            })
-            .collect();
-        let result = committer.commit_offsets(&fenced).await;
-        self.metrics
-            .commit_seconds
-            .record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(()) => {
-                {
-                    let mut st = self.lock();
-                    for (tp, o, m, _) in &offsets {
-                        if let Some(p) = st.parts.get_mut(tp) {
-                            p.last_commit = Some((*o, m.clone().unwrap_or_default()));
-                        }
-                    }
-                }
-                self.count(Count::Commits, 1);
-                self.observe(Event::Committed(
-                    offsets
-                        .into_iter()
-                        .map(|(tp, o, m, _)| (tp, o, m.unwrap_or_default()))
-                        .collect(),
-                ));
-            }
-            Err(e) => {
-                self.count(Count::CommitFailures, 1);
-                tracing::warn!(error = %e, "commit failed; the next one retries (nothing is lost: uncommitted work is redone)");
-            }
-        }
-    }
-
-    fn commit_points(
-        &self,
-        only: Option<&[TopicPartition]>,
-    ) -> Vec<(TopicPartition, i64, Option<String>, u64)> {
-        let limit = self.cfg.metadata_limit;
-        let mut st = self.lock();
-        let mut out = Vec::new();
-        for (tp, p) in st.parts.iter_mut() {
-            if only.is_some_and(|o| !o.contains(tp)) {
-                continue;
-            }
-            let point = p.tracker.commit_point();
-            let end = p.tracker.end();
-            // Done beyond the point: this run's completions, plus loaded
-            // ones not dispatched yet.
-            let mut ranges = ranges_of(p.tracker.done_beyond_commit_point());
-            ranges.extend(
-                p.loaded_done
-                    .iter()
-                    .filter(|(_, e)| *e > end)
-                    .map(|(s, e)| ((*s).max(end), *e)),
-            );
-            let ranges = merge_ranges(ranges);
-            let (meta, fitted) = encode_ranges(point, &ranges, limit);
-            p.metadata_full = fitted < ranges.len();
-            let next = (point, meta);
-            if p.last_commit.as_ref() != Some(&next) {
-                out.push((tp.clone(), next.0, Some(next.1), p.incarnation));
-            }
-        }
-        out
-    }
-}
-
-/// The next ready lane's unit, with its partition's stop flag.
-fn take_unit(st: &mut State) -> Option<Unit> {
-    let (lane, items) = st.sched.next_unit()?;
-    let stop = match st.parts.get(&*lane.0) {
-        Some(p) => p.stop.clone(),
-        None => Arc::new(AtomicBool::new(true)), // forgotten: nothing starts
-    };
-    Some(Unit { lane, items, stop })
 }

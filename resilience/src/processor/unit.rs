@@ -4,22 +4,76 @@
 //! retry with backoff, and forward failures to a retry topic or the DLT,
 //! completing the offsets only once the write is acknowledged.
 
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use consumer_core::TopicPartition;
 use kafka_wire::records::Record;
-use kafka_wire::ProducerRecord;
+use kafka_wire::{Producer, ProducerRecord};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::runtime::{Count, Done, Runtime, Ticket, Unit, Work, UNIT_TIME_BUDGET};
+use super::runtime::{Count, Done, Runtime, Ticket, Work};
 use super::AnyHandler;
+use crate::config::{Idempotency, ProcessorConfig};
 use crate::observe::Event;
 use crate::retry::{Decision, HandlerError};
 use crate::retry_topics::{self, NextHop};
+use crate::scheduler::LaneId;
+
+/// Up to this many records of one lane make a unit of work for a
+/// one-record handler: the worker calls the handler for each in turn, so
+/// the scheduling and bookkeeping cost is paid once per unit.
+pub(super) const UNIT_RECORDS: usize = 256;
+
+/// A unit of a one-record handler gives its lane back after this long, so
+/// other lanes get a worker too (records not started go back in front).
+pub(super) const UNIT_TIME_BUDGET: Duration = Duration::from_millis(5);
+
+/// Some records of one lane, taken by a worker.
+pub(super) struct Unit {
+    pub(super) lane: LaneId,
+    pub(super) items: Vec<Work>,
+    /// Set when the partition's epoch stops (revoke, loss, shutdown), so
+    /// a unit stops starting records without taking the lock per record.
+    pub(super) stop: Arc<AtomicBool>,
+}
+
+/// What a unit of work needs besides the shared state: the handler, and
+/// where records that fail go (only this file touches it).
+pub(super) struct Handling {
+    handler: AnyHandler,
+    /// Writes to the DLT and the retry topics.
+    producer: Option<Producer>,
+    /// The consumer group, named in the headers of forwarded records.
+    group: String,
+    /// Retry topic → (source topic, step).
+    retry_index: HashMap<String, (String, usize)>,
+}
+
+impl Handling {
+    pub(super) fn new(
+        cfg: &ProcessorConfig,
+        handler: AnyHandler,
+        producer: Option<Producer>,
+        group: String,
+    ) -> Self {
+        let retry_index = cfg
+            .retry_topics
+            .as_ref()
+            .map(|r| r.index(&cfg.topics))
+            .unwrap_or_default();
+        Self {
+            handler,
+            producer,
+            group,
+            retry_index,
+        }
+    }
+}
 
 fn rand_unit() -> f64 {
     rand::random::<f64>()
@@ -31,10 +85,17 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// A unit's records with their tickets. A one-record handler reads them
-/// in place; a batch handler needs its records contiguous, so they are
-/// split from their tickets once.
-enum Slab {
+/// A unit's records with their tickets and idempotency keys, index by
+/// index. A one-record handler reads them in place; a batch handler needs
+/// its records contiguous, so they are split from their tickets once.
+struct Slab {
+    work: Layout,
+    /// One per record, or none at all without an idempotency store.
+    keys: Vec<Option<String>>,
+}
+
+/// How a [`Slab`] holds its records and tickets.
+enum Layout {
     InPlace(Vec<Work>),
     Split {
         records: Vec<Record>,
@@ -43,40 +104,67 @@ enum Slab {
 }
 
 impl Slab {
+    /// `items` in place, with their idempotency `keys` (one each, or none).
+    fn new(items: Vec<Work>, keys: Vec<Option<String>>) -> Self {
+        debug_assert!(keys.is_empty() || keys.len() == items.len());
+        Slab {
+            work: Layout::InPlace(items),
+            keys,
+        }
+    }
+
+    /// For a batch handler: the records contiguous, apart from their tickets.
+    fn split(self) -> Self {
+        let Slab { work, keys } = self;
+        let work = match work {
+            Layout::InPlace(items) => {
+                let (records, tickets) = items.into_iter().map(|w| (w.record, w.ticket)).unzip();
+                Layout::Split { records, tickets }
+            }
+            split @ Layout::Split { .. } => split,
+        };
+        Slab { work, keys }
+    }
+
     fn len(&self) -> usize {
-        match self {
-            Slab::InPlace(w) => w.len(),
-            Slab::Split { records, .. } => records.len(),
+        match &self.work {
+            Layout::InPlace(w) => w.len(),
+            Layout::Split { records, .. } => records.len(),
         }
     }
 
     /// Records `i..j` (in place: one record, `j == i + 1`).
     fn records(&self, i: usize, j: usize) -> &[Record] {
-        match self {
-            Slab::InPlace(w) => {
+        match &self.work {
+            Layout::InPlace(w) => {
                 debug_assert_eq!(j, i + 1, "a one-record handler takes one record at a time");
                 std::slice::from_ref(&w[i].record)
             }
-            Slab::Split { records, .. } => &records[i..j],
+            Layout::Split { records, .. } => &records[i..j],
         }
     }
 
     /// The tickets of records `i..j`.
     fn tickets(&self, i: usize, j: usize) -> &[Ticket] {
-        match self {
-            Slab::InPlace(w) => {
+        match &self.work {
+            Layout::InPlace(w) => {
                 debug_assert_eq!(j, i + 1, "a one-record handler takes one record at a time");
                 std::slice::from_ref(&w[i].ticket)
             }
-            Slab::Split { tickets, .. } => &tickets[i..j],
+            Layout::Split { tickets, .. } => &tickets[i..j],
         }
+    }
+
+    /// The idempotency keys of records `i..j` (empty without a store).
+    fn keys(&self, i: usize, j: usize) -> &[Option<String>] {
+        self.keys.get(i..j).unwrap_or_default()
     }
 
     /// The records from `i` on, as work again.
     fn into_rest(self, i: usize) -> Box<dyn Iterator<Item = Work>> {
-        match self {
-            Slab::InPlace(mut w) => Box::new(w.split_off(i).into_iter()),
-            Slab::Split {
+        match self.work {
+            Layout::InPlace(mut w) => Box::new(w.split_off(i).into_iter()),
+            Layout::Split {
                 mut records,
                 tickets,
             } => Box::new(
@@ -91,10 +179,29 @@ impl Slab {
 }
 
 impl Runtime {
+    /// The producer that writes to the DLT and the retry topics, if one is
+    /// configured (the poll loop closes it at shutdown).
+    pub(super) fn producer(&self) -> Option<&Producer> {
+        self.handling.producer.as_ref()
+    }
+
+    fn idempotency(&self) -> Option<&Idempotency> {
+        self.cfg().idempotency.as_ref()
+    }
+
+    /// The source topic of `topic` (itself, unless it is a retry topic),
+    /// and its step in the retry chain.
+    fn source_of<'a>(&'a self, topic: &'a str) -> (&'a str, Option<usize>) {
+        match self.handling.retry_index.get(topic) {
+            Some((src, step)) => (src.as_str(), Some(*step)),
+            None => (topic, None),
+        }
+    }
+
     /// Run `unit`: call the handler for each record in turn (a one-record
     /// handler) or once for them all (a batch handler). Returns the records
     /// not started when the unit's time budget ran out, for the lane's front.
-    pub(crate) async fn run_unit(
+    pub(super) async fn run_unit(
         self: &Arc<Self>,
         unit: Unit,
         permit: &mut Option<OwnedSemaphorePermit>,
@@ -106,19 +213,18 @@ impl Runtime {
             self.finish_all(tp, items.iter().map(|w| w.ticket), Done::Skipped);
             return Vec::new();
         }
-        let Some((items, keys, later)) = self.skip_duplicates(tp, items).await else {
+        let Some((slab, later)) = self.skip_duplicates(tp, items).await else {
             return Vec::new();
         };
-        let (slab, per_call) = match self.handler {
-            AnyHandler::One(_) => (Slab::InPlace(items), 1),
+        let (slab, per_call) = match self.handling.handler {
+            AnyHandler::One(_) => (slab, 1),
             AnyHandler::Batch(_) => {
-                let n = items.len().max(1);
-                let (records, tickets) = items.into_iter().map(|w| (w.record, w.ticket)).unzip();
-                (Slab::Split { records, tickets }, n)
+                let n = slab.len().max(1);
+                (slab.split(), n)
             }
         };
         let len = slab.len();
-        let from_retry_topic = self.retry_index.contains_key(&tp.topic);
+        let from_retry_topic = self.handling.retry_index.contains_key(&tp.topic);
         let started = std::time::Instant::now();
         // One clock read per call: a call's end is the next one's start.
         let mut now = started;
@@ -149,7 +255,7 @@ impl Runtime {
                     now = std::time::Instant::now();
                 }
             }
-            let keys = keys.get(i..j).unwrap_or_default();
+            let keys = slab.keys(i, j);
             let result;
             (result, now) = self.attempt(tp, slab.records(i, j), 1, now).await;
             match result {
@@ -221,7 +327,7 @@ impl Runtime {
             self.call_handler(tp, records).instrument(span).await
         };
         let ended = std::time::Instant::now();
-        self.metrics
+        self.metrics()
             .handler_seconds
             .record((ended - started).as_secs_f64());
         (result, ended)
@@ -242,21 +348,21 @@ impl Runtime {
         permit: &mut Option<OwnedSemaphorePermit>,
     ) {
         let tickets_ = || tickets.iter().copied();
-        let mut delays = self.cfg.backoff.delays(rand_unit);
+        let mut delays = self.cfg().backoff.delays(rand_unit);
         let mut attempt = 1u32;
         loop {
             if !self.may_continue(tp, epoch) {
                 // Revoked meanwhile: the next owner handles these records.
                 return self.finish_all(tp, tickets_(), Done::Skipped);
             }
-            if self.cfg.retry_topics.is_some() && !matches!(err, HandlerError::Unavailable(_)) {
+            if self.cfg().retry_topics.is_some() && !matches!(err, HandlerError::Unavailable(_)) {
                 break; // no blocking retry: the retry topic is the retry
             }
-            match self.cfg.backoff.decide(attempt, &err, delays.next()) {
+            match self.cfg().backoff.decide(attempt, &err, delays.next()) {
                 Decision::RetryAfter(d) => {
                     self.count(Count::Retried, 1);
                     if matches!(err, HandlerError::Unavailable(_))
-                        && attempt >= self.cfg.backoff.max_attempts
+                        && attempt >= self.cfg().backoff.max_attempts
                     {
                         tracing::warn!(%tp, offset = records[0].offset, attempt, error = %err, delay = ?d,
                             "a dependency is unavailable; waiting for it (never dead-lettered)");
@@ -288,37 +394,18 @@ impl Runtime {
             .await;
     }
 
-    /// Sleep until `until`, waking early when the partition is revoked or
-    /// the runtime stops; `false` if work of `epoch` may not go on.
-    async fn sleep_unless_stopped(&self, tp: &TopicPartition, epoch: u64, until: Instant) -> bool {
-        loop {
-            // Created before the check, so a stop in between is not missed.
-            let stopped = self.stopped.notified();
-            if !self.may_continue(tp, epoch) {
-                return false;
-            }
-            if Instant::now() >= until {
-                return true;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => {}
-                _ = stopped => {}
-            }
-        }
-    }
-
     async fn call_handler(
         &self,
         tp: &TopicPartition,
         records: &[Record],
     ) -> Result<(), HandlerError> {
         let call = async {
-            match &self.handler {
+            match &self.handling.handler {
                 AnyHandler::One(h) => h.handle(tp, &records[0]).await,
                 AnyHandler::Batch(h) => h.handle_batch(tp, records).await,
             }
         };
-        match self.cfg.handler_timeout {
+        match self.cfg().handler_timeout {
             Some(d) => tokio::time::timeout(d, call).await.unwrap_or_else(|_| {
                 Err(HandlerError::Retryable(format!(
                     "handler exceeded its {d:?} deadline"
@@ -333,11 +420,10 @@ impl Runtime {
     fn wait_until(&self, tp: &TopicPartition, records: &[Record]) -> Option<Instant> {
         let quarantine = self
             .lock()
-            .parts
-            .get(tp)
+            .part(tp)
             .and_then(|p| p.quarantined_until)
             .filter(|u| *u > Instant::now());
-        let due = if self.retry_index.contains_key(&tp.topic) {
+        let due = if self.handling.retry_index.contains_key(&tp.topic) {
             records
                 .iter()
                 .filter_map(retry_topics::due_ms)
@@ -392,9 +478,9 @@ impl Runtime {
         &self,
         tp: &TopicPartition,
         items: Vec<Work>,
-    ) -> Option<(Vec<Work>, Vec<Option<String>>, Vec<Work>)> {
+    ) -> Option<(Slab, Vec<Work>)> {
         let Some(idem) = self.idempotency() else {
-            return Some((items, Vec::new(), Vec::new()));
+            return Some((Slab::new(items, Vec::new()), Vec::new()));
         };
         let mut keep = Vec::with_capacity(items.len());
         let mut keys = Vec::with_capacity(items.len());
@@ -408,7 +494,7 @@ impl Runtime {
             };
             if kept_keys.contains(&key) {
                 let later = std::iter::once(w).chain(items).collect();
-                return Some((keep, keys, later));
+                return Some((Slab::new(keep, keys), later));
             }
             let seen = self
                 .until_ok(
@@ -434,7 +520,7 @@ impl Runtime {
                 }
             }
         }
-        Some((keep, keys, Vec::new()))
+        Some((Slab::new(keep, keys), Vec::new()))
     }
 
     /// Record the side effects as applied, before the offsets may commit.
@@ -465,11 +551,11 @@ impl Runtime {
         attempts: u32,
     ) {
         let (source, step) = self.source_of(&tp.topic);
-        let hop = match &self.cfg.retry_topics {
+        let hop = match &self.cfg().retry_topics {
             Some(chain) => retry_topics::next_hop(chain, source, step, err),
             None => NextHop::DeadLetter,
         };
-        let dlt = (self.cfg.dlt_topic)(source);
+        let dlt = (self.cfg().dlt_topic)(source);
         for (record, ticket) in records.iter().zip(tickets) {
             let (out, target) = match &hop {
                 NextHop::Retry { topic, delay } => (
@@ -479,7 +565,7 @@ impl Runtime {
                         now_ms(),
                         &tp.topic,
                         tp.partition,
-                        &self.group,
+                        &self.handling.group,
                         record,
                         err,
                     ),
@@ -490,7 +576,7 @@ impl Runtime {
                         &dlt,
                         &tp.topic,
                         tp.partition,
-                        &self.group,
+                        &self.handling.group,
                         record,
                         err,
                         crate::dlt::attempts_so_far(record) + attempts,
@@ -546,7 +632,7 @@ impl Runtime {
         out: ProducerRecord,
     ) -> bool {
         let write = || async {
-            let Some(p) = &self.producer else {
+            let Some(p) = &self.handling.producer else {
                 return Err(
                     "no dead-letter producer configured (ProcessorConfig::dead_letter)".to_string(),
                 );
@@ -565,13 +651,13 @@ impl Runtime {
 
     /// One more failure in a row; quarantine the partition at the threshold.
     fn count_failure(&self, tp: &TopicPartition) {
-        let q = self.cfg.quarantine;
+        let q = self.cfg().quarantine;
         if q.after_failures == 0 {
             return;
         }
         let quarantined = {
             let mut st = self.lock();
-            let Some(p) = st.parts.get_mut(tp) else {
+            let Some(p) = st.part_mut(tp) else {
                 return;
             };
             p.failures_in_row += 1;
