@@ -935,7 +935,7 @@ fn markdown(results: &[(&Workload, Vec<Run>)], rounds: usize, quick: bool) -> St
     );
     let _ = writeln!(
         md,
-        "franz-go consumer: no group (`ConsumeTopics` without `ConsumerGroup`, every partition from the start; the others join a fresh group, whose join is outside the clock); CRC32C is always checked (kgo's default)  "
+        "franz-go consumer: no group (`ConsumeTopics` without `ConsumerGroup`, every partition from the start; the others join a fresh group, whose join is outside the clock); its clock starts when the client is created, because kgo fetches in the background before the first poll returns (a few ms of metadata and first fetch that the other clocks leave out); CRC32C is always checked (kgo's default)  "
     );
     let _ = writeln!(md, "Producer settings: {}  ", settings(PRODUCER_KNOBS));
     let _ = writeln!(
