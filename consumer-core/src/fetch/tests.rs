@@ -268,6 +268,44 @@ fn a_buffered_partition_sits_out_and_shortens_its_leaders_wait() {
     assert_eq!(plan.fetches[0].wait, Duration::from_millis(500));
 }
 
+/// DESIGN invariant 59: a partition paused briefly (the runtime's
+/// backpressure) is still fetched, so it resumes without a fetch round
+/// trip; paused for longer than [`LONG_PAUSE`], or paused with no pause
+/// time known, it is not.
+#[test]
+fn a_briefly_paused_partition_is_still_fetched_and_a_long_paused_one_is_not() {
+    let md = metadata(&[1, 1]);
+    let cfg = cfg("earliest");
+    let now = Instant::now();
+    let asked_partitions = |f: &mut Fetcher, at: Instant| -> Vec<i32> {
+        let plan = f.build_requests(&md, &[], &cfg, at);
+        let mut ps: Vec<i32> = plan
+            .fetches
+            .iter()
+            .flat_map(|p| p.requested.keys().map(|tp| tp.partition))
+            .collect();
+        ps.sort_unstable();
+        ps
+    };
+    for (paused_for, fetched) in [
+        (Some(Duration::ZERO), true),
+        (Some(LONG_PAUSE / 2), true),
+        (Some(LONG_PAUSE * 2), false),
+        (None, false),
+    ] {
+        let mut f = fetcher(&[(0, Some(5)), (1, Some(7))]);
+        let p = f.parts.get_mut(&tp(1)).unwrap();
+        p.paused = true;
+        p.paused_since = paused_for.map(|d| now - d);
+        let want = if fetched { vec![0, 1] } else { vec![0] };
+        assert_eq!(
+            asked_partitions(&mut f, now),
+            want,
+            "paused for {paused_for:?}"
+        );
+    }
+}
+
 #[test]
 fn drain_hands_out_records_and_advances_positions() {
     let md = metadata(&[1]);
