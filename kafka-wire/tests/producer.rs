@@ -192,6 +192,22 @@ impl Connector for KillSwitch {
     }
 }
 
+impl KillSwitch {
+    /// A producer config whose connections go through this switch.
+    fn producer(
+        self: &Arc<Self>,
+        broker: &testkit::BrokerEnv,
+        request_timeout: Duration,
+    ) -> kafka_wire::ProducerConfigBuilder {
+        ProducerConfig::builder().client(|c| {
+            c.bootstrap(&broker.bootstrap)
+                .unwrap()
+                .connector(self.clone())
+                .request_timeout(request_timeout)
+        })
+    }
+}
+
 #[tokio::test]
 async fn idempotent_producer_writes_each_record_once_in_order_despite_killed_connections() {
     let broker = testkit::require_broker!();
@@ -199,13 +215,8 @@ async fn idempotent_producer_writes_each_record_once_in_order_despite_killed_con
     let t = testkit::create_topic(&admin, "idempotence", 2).await;
     let switch = Arc::new(KillSwitch::default());
     let generation = switch.generation.clone();
-    let cfg = ProducerConfig::builder()
-        .client(|c| {
-            c.bootstrap(&broker.bootstrap)
-                .unwrap()
-                .connector(switch.clone())
-                .request_timeout(Duration::from_secs(5))
-        })
+    let cfg = switch
+        .producer(&broker, Duration::from_secs(5))
         .linger(Duration::from_millis(2))
         .batch_size(2048)
         .build()
@@ -552,13 +563,8 @@ async fn an_undeliverable_record_fails_with_delivery_timeout_and_frees_its_memor
     let admin = testkit::client(&broker).await;
     let t = testkit::create_topic(&admin, "delivery-timeout", 1).await;
     let switch = Arc::new(KillSwitch::default());
-    let cfg = ProducerConfig::builder()
-        .client(|c| {
-            c.bootstrap(&broker.bootstrap)
-                .unwrap()
-                .connector(switch.clone())
-                .request_timeout(Duration::from_millis(500))
-        })
+    let cfg = switch
+        .producer(&broker, Duration::from_millis(500))
         .buffer_memory(4096)
         .batch_size(4096)
         .delivery_timeout(Duration::from_millis(1500))

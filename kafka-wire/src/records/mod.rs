@@ -462,15 +462,8 @@ pub fn encode_batch(out: &mut BytesMut, opts: &BatchOptions, records: &[NewRecor
             body.reserve(estimate);
             put_records(&mut body, records, base_ts);
             put_batch_header(out, opts, codec, records.len(), base_ts, max_ts);
-            let codec = if compression::compress_into(codec, &body, out) {
-                codec
-            } else {
-                // Left out of this build after all: rewrite uncompressed.
-                out.truncate(start);
-                put_batch_header(out, opts, Compression::None, records.len(), base_ts, max_ts);
-                out.put_slice(&body);
-                Compression::None
-            };
+            let written = compression::compress_into(codec, &body, out);
+            debug_assert!(written, "{codec:?} is built: checked above");
             if body.capacity() <= SCRATCH_KEEP {
                 scratch.set(body);
             }

@@ -335,46 +335,30 @@ impl Runtime {
             let p = self.part_entry(&mut st.parts, &mut st.loaded, &st.incarnations, &tp, first);
             let epoch = p.tracker.epoch();
             let mut already_done = 0;
-            if p.loaded_done.is_empty() {
-                // The usual case: every record goes to the lanes, moved once.
-                let tracker = &mut p.tracker;
-                let work = |record: Record| {
-                    tracker.dispatch(record.offset);
-                    let bytes = record_bytes(&record);
-                    added_bytes += bytes;
-                    let ticket = Ticket {
-                        offset: record.offset,
-                        epoch,
-                        bytes,
-                    };
-                    Work { record, ticket }
-                };
-                let n = batch.records.len();
-                st.sched
-                    .push_all(&tp, batch.records.into_iter().map(work), key_of);
-                added = n;
-            } else {
-                // Some were done before a restart (committed metadata): skip those.
-                let mut work = Vec::with_capacity(batch.records.len());
-                for record in batch.records {
-                    p.tracker.dispatch(record.offset);
-                    if commit_metadata::is_done(&p.loaded_done, record.offset) {
-                        let _ = p.tracker.complete(epoch, record.offset);
-                        already_done += 1;
-                        continue;
-                    }
-                    let bytes = record_bytes(&record);
-                    added_bytes += bytes;
-                    let ticket = Ticket {
-                        offset: record.offset,
-                        epoch,
-                        bytes,
-                    };
-                    work.push(Work { record, ticket });
+            // One vector, handed to the lane whole (a per-partition lane
+            // takes it in one copy); records the committed metadata says
+            // were done before a restart complete here instead.
+            let mut work = Vec::with_capacity(batch.records.len());
+            for record in batch.records {
+                p.tracker.dispatch(record.offset);
+                if !p.loaded_done.is_empty()
+                    && commit_metadata::is_done(&p.loaded_done, record.offset)
+                {
+                    let _ = p.tracker.complete(epoch, record.offset);
+                    already_done += 1;
+                    continue;
                 }
-                added = work.len();
-                st.sched.push_all(&tp, work, key_of);
+                let bytes = record_bytes(&record);
+                added_bytes += bytes;
+                let ticket = Ticket {
+                    offset: record.offset,
+                    epoch,
+                    bytes,
+                };
+                work.push(Work { record, ticket });
             }
+            added = work.len();
+            st.sched.push_all(&tp, work, key_of);
             p.queued += added;
             if already_done > 0 {
                 self.stats
