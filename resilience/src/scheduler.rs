@@ -121,13 +121,15 @@ impl<T> Scheduler<T> {
     ) {
         let mut items = items.into_iter().peekable();
         if self.ordering == Ordering::PerPartition && items.peek().is_some() {
-            let part = self
-                .partitions
-                .entry(tp.clone())
-                .or_insert_with(|| PartitionLanes {
+            // Looked up first: cloning the name (an allocation) only for a new partition.
+            if !self.partitions.contains_key(tp) {
+                let lanes = PartitionLanes {
                     tp: Arc::new(tp.clone()),
                     lanes: FastMap::default(),
-                });
+                };
+                self.partitions.insert(tp.clone(), lanes);
+            }
+            let part = self.partitions.get_mut(tp).expect("inserted above");
             let lane = part.lanes.entry(0).or_insert_with(|| Lane {
                 pending: VecDeque::new(),
                 busy: false,
