@@ -27,14 +27,10 @@ use crate::observe::{Event, RuntimeMetrics};
 use crate::offset_tracker::OffsetTracker;
 use crate::scheduler::Scheduler;
 
-/// One record on its way through the runtime.
-#[derive(Debug)]
-pub(super) struct Work {
-    pub(super) record: Record,
-    pub(super) ticket: Ticket,
-}
-
-/// What finishing a record needs to know about it.
+/// What finishing a record needs to know about it. Records wait in the
+/// lanes as they came from the fetch, tagged with the assignment epoch
+/// they were dispatched in; a ticket is made from the record and that
+/// epoch when it finishes.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Ticket {
     pub(super) offset: i64,
@@ -42,6 +38,22 @@ pub(super) struct Ticket {
     pub(super) epoch: u64,
     /// Its share of the in-flight bytes.
     pub(super) bytes: usize,
+}
+
+impl Ticket {
+    /// The ticket of `record`, dispatched in `epoch`.
+    pub(super) fn of(record: &Record, epoch: u64) -> Ticket {
+        Ticket {
+            offset: record.offset,
+            epoch,
+            bytes: record_bytes(record),
+        }
+    }
+
+    /// The tickets of `records`, dispatched in `epoch`.
+    pub(super) fn all(records: &[Record], epoch: u64) -> impl Iterator<Item = Ticket> + '_ {
+        records.iter().map(move |r| Ticket::of(r, epoch))
+    }
 }
 
 /// What [`Runtime::count`] counts: each is a [`Stats`] field and a metric.
@@ -127,7 +139,8 @@ pub(super) struct State {
     /// The consumer's position incarnation per partition, as of the last poll.
     incarnations: HashMap<TopicPartition, u64>,
     /// Dispatched records by lane (workers.rs takes units from it).
-    pub(super) sched: Scheduler<Work>,
+    /// Records waiting for a worker, tagged with their assignment epoch.
+    pub(super) sched: Scheduler<Record>,
     /// Committed metadata read on assignment, until the partition's first
     /// records arrive.
     loaded: HashMap<TopicPartition, Loaded>,
@@ -188,9 +201,9 @@ pub(super) struct Runtime {
     pub(super) in_flight: InFlight,
 }
 
-/// A work item's record key: its lane under [`crate::Ordering::PerKey`].
-fn key_of(w: &Work) -> Option<&[u8]> {
-    w.record.key.as_deref()
+/// A record's key: its lane under [`crate::Ordering::PerKey`].
+fn key_of(r: &Record) -> Option<&[u8]> {
+    r.key.as_deref()
 }
 
 /// Bytes a record holds in memory (payloads plus a fixed overhead): what
@@ -327,7 +340,7 @@ impl Runtime {
             return;
         };
         let tp = batch.tp;
-        let mut added_bytes = 0;
+        let added_bytes;
         let added;
         {
             let mut st = self.lock();
@@ -335,30 +348,29 @@ impl Runtime {
             let p = self.part_entry(&mut st.parts, &mut st.loaded, &st.incarnations, &tp, first);
             let epoch = p.tracker.epoch();
             let mut already_done = 0;
-            // One vector, handed to the lane whole (a per-partition lane
-            // takes it in one copy); records the committed metadata says
-            // were done before a restart complete here instead.
-            let mut work = Vec::with_capacity(batch.records.len());
-            for record in batch.records {
-                p.tracker.dispatch(record.offset);
-                if !p.loaded_done.is_empty()
-                    && commit_metadata::is_done(&p.loaded_done, record.offset)
-                {
-                    let _ = p.tracker.complete(epoch, record.offset);
-                    already_done += 1;
-                    continue;
-                }
-                let bytes = record_bytes(&record);
-                added_bytes += bytes;
-                let ticket = Ticket {
-                    offset: record.offset,
-                    epoch,
-                    bytes,
-                };
-                work.push(Work { record, ticket });
+            let mut records = batch.records;
+            for r in &records {
+                p.tracker.dispatch(r.offset);
             }
-            added = work.len();
-            st.sched.push_all(&tp, work, key_of);
+            if !p.loaded_done.is_empty() {
+                // Done before a restart (the committed metadata says so):
+                // complete here instead.
+                records.retain(|r| {
+                    if commit_metadata::is_done(&p.loaded_done, r.offset) {
+                        let _ = p.tracker.complete(epoch, r.offset);
+                        already_done += 1;
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+            added_bytes = records.iter().map(record_bytes).sum();
+            added = records.len();
+            // The poll's vector goes to the lanes as it is: per partition
+            // it is the lane's next chunk, with no record moved (the poll
+            // task's time is the runtime's critical path).
+            st.sched.push_all(&tp, epoch, records, key_of);
             p.queued += added;
             if already_done > 0 {
                 self.stats
@@ -540,7 +552,9 @@ impl Runtime {
                 }
                 st.sched.remove_partition(tp)
             };
-            self.finish_all(tp, removed.into_iter().map(|w| w.ticket), Done::Skipped);
+            for (epoch, records) in removed {
+                self.finish_all(tp, Ticket::all(&records, epoch), Done::Skipped);
+            }
         }
         self.stopped.notify_waiters();
     }

@@ -16,7 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::runtime::{Count, Done, Runtime, Ticket, Work};
+use super::runtime::{Count, Done, Runtime, Ticket};
 use super::AnyHandler;
 use crate::config::{Idempotency, ProcessorConfig};
 use crate::observe::Event;
@@ -26,8 +26,10 @@ use crate::scheduler::LaneId;
 
 /// Up to this many records of one lane make a unit of work for a
 /// one-record handler: the worker calls the handler for each in turn, so
-/// the scheduling and bookkeeping cost is paid once per unit.
-pub(super) const UNIT_RECORDS: usize = 256;
+/// the scheduling and bookkeeping cost is paid once per unit. Above the
+/// consumer's default `max.poll.records` (500), so a poll's records for a
+/// partition stay one vector from the fetch to the handler.
+pub(super) const UNIT_RECORDS: usize = 512;
 
 /// A unit of a one-record handler gives its lane back after this long, so
 /// other lanes get a worker too (records not started go back in front).
@@ -36,7 +38,9 @@ pub(super) const UNIT_TIME_BUDGET: Duration = Duration::from_millis(5);
 /// Some records of one lane, taken by a worker.
 pub(super) struct Unit {
     pub(super) lane: LaneId,
-    pub(super) items: Vec<Work>,
+    /// The assignment epoch its records were dispatched in.
+    pub(super) epoch: u64,
+    pub(super) records: Vec<Record>,
     /// Set when the partition's epoch stops (revoke, loss, shutdown), so
     /// a unit stops starting records without taking the lock per record.
     pub(super) stop: Arc<AtomicBool>,
@@ -85,74 +89,21 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// A unit's records with their tickets and idempotency keys, index by
-/// index. A one-record handler reads them in place; a batch handler needs
-/// its records contiguous, so they are split from their tickets once.
+/// A unit's records with their idempotency keys, index by index.
 struct Slab {
-    work: Layout,
+    records: Vec<Record>,
     /// One per record, or none at all without an idempotency store.
     keys: Vec<Option<String>>,
 }
 
-/// How a [`Slab`] holds its records and tickets.
-enum Layout {
-    InPlace(Vec<Work>),
-    Split {
-        records: Vec<Record>,
-        tickets: Vec<Ticket>,
-    },
-}
-
 impl Slab {
-    /// `items` in place, with their idempotency `keys` (one each, or none).
-    fn new(items: Vec<Work>, keys: Vec<Option<String>>) -> Self {
-        debug_assert!(keys.is_empty() || keys.len() == items.len());
-        Slab {
-            work: Layout::InPlace(items),
-            keys,
-        }
-    }
-
-    /// For a batch handler: the records contiguous, apart from their tickets.
-    fn split(self) -> Self {
-        let Slab { work, keys } = self;
-        let work = match work {
-            Layout::InPlace(items) => {
-                let (records, tickets) = items.into_iter().map(|w| (w.record, w.ticket)).unzip();
-                Layout::Split { records, tickets }
-            }
-            split @ Layout::Split { .. } => split,
-        };
-        Slab { work, keys }
-    }
-
     fn len(&self) -> usize {
-        match &self.work {
-            Layout::InPlace(w) => w.len(),
-            Layout::Split { records, .. } => records.len(),
-        }
+        self.records.len()
     }
 
-    /// Records `i..j` (in place: one record, `j == i + 1`).
+    /// Records `i..j`.
     fn records(&self, i: usize, j: usize) -> &[Record] {
-        match &self.work {
-            Layout::InPlace(w) => {
-                debug_assert_eq!(j, i + 1, "a one-record handler takes one record at a time");
-                std::slice::from_ref(&w[i].record)
-            }
-            Layout::Split { records, .. } => &records[i..j],
-        }
-    }
-
-    /// The tickets of records `i..j`.
-    fn tickets(&self, i: usize, j: usize) -> &[Ticket] {
-        match &self.work {
-            Layout::InPlace(w) => {
-                debug_assert_eq!(j, i + 1, "a one-record handler takes one record at a time");
-                std::slice::from_ref(&w[i].ticket)
-            }
-            Layout::Split { tickets, .. } => &tickets[i..j],
-        }
+        &self.records[i..j]
     }
 
     /// The idempotency keys of records `i..j` (empty without a store).
@@ -160,21 +111,9 @@ impl Slab {
         self.keys.get(i..j).unwrap_or_default()
     }
 
-    /// The records from `i` on, as work again.
-    fn into_rest(self, i: usize) -> Box<dyn Iterator<Item = Work>> {
-        match self.work {
-            Layout::InPlace(mut w) => Box::new(w.split_off(i).into_iter()),
-            Layout::Split {
-                mut records,
-                tickets,
-            } => Box::new(
-                records
-                    .split_off(i)
-                    .into_iter()
-                    .zip(tickets[i..].to_vec())
-                    .map(|(record, ticket)| Work { record, ticket }),
-            ),
-        }
+    /// The records from `i` on.
+    fn into_rest(mut self, i: usize) -> Vec<Record> {
+        self.records.split_off(i)
     }
 }
 
@@ -205,31 +144,33 @@ impl Runtime {
         self: &Arc<Self>,
         unit: Unit,
         permit: &mut Option<OwnedSemaphorePermit>,
-    ) -> Vec<Work> {
-        let Unit { lane, items, stop } = unit;
+    ) -> Vec<Record> {
+        let Unit {
+            lane,
+            epoch,
+            records,
+            stop,
+        } = unit;
         let tp: &TopicPartition = &lane.0;
-        let epoch = items.first().map_or(0, |w| w.ticket.epoch);
         if !self.may_continue(tp, epoch) {
-            self.finish_all(tp, items.iter().map(|w| w.ticket), Done::Skipped);
+            self.finish_all(tp, Ticket::all(&records, epoch), Done::Skipped);
             return Vec::new();
         }
-        let Some((slab, later)) = self.skip_duplicates(tp, items).await else {
+        let Some((slab, later)) = self.skip_duplicates(tp, epoch, records).await else {
             return Vec::new();
         };
-        let (slab, per_call) = match self.handling.handler {
-            AnyHandler::One(_) => (slab, 1),
-            AnyHandler::Batch(_) => {
-                let n = slab.len().max(1);
-                (slab.split(), n)
-            }
+        let per_call = match self.handling.handler {
+            AnyHandler::One(_) => 1,
+            AnyHandler::Batch(_) => slab.len().max(1),
         };
         let len = slab.len();
         let from_retry_topic = self.handling.retry_index.contains_key(&tp.topic);
         let started = std::time::Instant::now();
         // One clock read per call: a call's end is the next one's start.
         let mut now = started;
-        // Handled, not yet finished: finished together, under one lock.
-        let mut handled: Vec<Ticket> = Vec::new();
+        // Records `handled..i` were handled and are not finished yet: they
+        // are finished together, under one lock.
+        let mut handled = 0;
         let mut failed_before = false;
         let mut i = 0;
         while i < len {
@@ -239,14 +180,17 @@ impl Runtime {
                     break; // revoked: the rest is the next owner's
                 }
                 if now - started >= UNIT_TIME_BUDGET {
-                    self.finish_handled(tp, handled);
-                    return slab.into_rest(i).chain(later).collect();
+                    self.finish_handled(tp, epoch, slab.records(handled, i));
+                    let mut rest = slab.into_rest(i);
+                    rest.extend(later);
+                    return rest;
                 }
             }
             // Wait without a permit: the other lanes go on meanwhile.
             if i == 0 || failed_before || from_retry_topic {
                 if let Some(until) = self.wait_until(tp, slab.records(i, j)) {
-                    self.finish_handled(tp, std::mem::take(&mut handled));
+                    self.finish_handled(tp, epoch, slab.records(handled, i));
+                    handled = i;
                     self.release(permit);
                     if !self.sleep_unless_stopped(tp, epoch, until).await {
                         break;
@@ -264,28 +208,25 @@ impl Runtime {
                         self.mark_done(keys).await;
                         now = std::time::Instant::now();
                     }
-                    handled.extend_from_slice(slab.tickets(i, j));
                 }
                 Err(err) => {
-                    self.finish_handled(tp, std::mem::take(&mut handled));
+                    self.finish_handled(tp, epoch, slab.records(handled, i));
                     failed_before = true;
-                    let (records, tickets) = (slab.records(i, j), slab.tickets(i, j));
-                    self.after_failure(tp, epoch, records, tickets, keys, err, permit)
+                    let records = slab.records(i, j);
+                    self.after_failure(tp, epoch, records, keys, err, permit)
                         .await;
+                    handled = j; // finished by after_failure
                     now = std::time::Instant::now();
                 }
             }
             i = j;
         }
-        self.finish_handled(tp, handled);
+        self.finish_handled(tp, epoch, slab.records(handled, i));
         if i < len {
             // Stopped early: the rest is the next owner's.
-            let rest = slab.into_rest(i).map(|w| w.ticket);
-            self.finish_all(
-                tp,
-                rest.chain(later.iter().map(|w| w.ticket)),
-                Done::Skipped,
-            );
+            let rest = slab.records(i, len);
+            let skipped = Ticket::all(rest, epoch).chain(Ticket::all(&later, epoch));
+            self.finish_all(tp, skipped, Done::Skipped);
             return Vec::new();
         }
         later
@@ -294,12 +235,12 @@ impl Runtime {
     /// Records the handler took successfully: count them (once per unit,
     /// not per record: a shared counter bumped per record by every worker
     /// cost a sixth of a call's own time in the profile) and complete them.
-    fn finish_handled(&self, tp: &TopicPartition, tickets: Vec<Ticket>) {
-        if tickets.is_empty() {
+    fn finish_handled(&self, tp: &TopicPartition, epoch: u64, records: &[Record]) {
+        if records.is_empty() {
             return;
         }
-        self.count(Count::Handled, tickets.len() as u64);
-        self.finish_all(tp, tickets, Done::Handled);
+        self.count(Count::Handled, records.len() as u64);
+        self.finish_all(tp, Ticket::all(records, epoch), Done::Handled);
     }
 
     /// Call the handler once (attempt number `attempt`, from `started`),
@@ -342,12 +283,11 @@ impl Runtime {
         tp: &TopicPartition,
         epoch: u64,
         records: &[Record],
-        tickets: &[Ticket],
         keys: &[Option<String>],
         mut err: HandlerError,
         permit: &mut Option<OwnedSemaphorePermit>,
     ) {
-        let tickets_ = || tickets.iter().copied();
+        let tickets_ = || Ticket::all(records, epoch);
         let mut delays = self.cfg().backoff.delays(rand_unit);
         let mut attempt = 1u32;
         loop {
@@ -382,7 +322,7 @@ impl Runtime {
                     match self.attempt(tp, records, attempt, started).await.0 {
                         Ok(()) => {
                             self.mark_done(keys).await;
-                            return self.finish_handled(tp, tickets.to_vec());
+                            return self.finish_handled(tp, epoch, records);
                         }
                         Err(e) => err = e,
                     }
@@ -390,8 +330,7 @@ impl Runtime {
                 Decision::DeadLetter => break,
             }
         }
-        self.forward_failed(tp, epoch, records, tickets, &err, attempt)
-            .await;
+        self.forward_failed(tp, epoch, records, &err, attempt).await;
     }
 
     async fn call_handler(
@@ -477,50 +416,64 @@ impl Runtime {
     async fn skip_duplicates(
         &self,
         tp: &TopicPartition,
-        items: Vec<Work>,
-    ) -> Option<(Slab, Vec<Work>)> {
+        epoch: u64,
+        records: Vec<Record>,
+    ) -> Option<(Slab, Vec<Record>)> {
         let Some(idem) = self.idempotency() else {
-            return Some((Slab::new(items, Vec::new()), Vec::new()));
+            let keys = Vec::new();
+            return Some((Slab { records, keys }, Vec::new()));
         };
-        let mut keep = Vec::with_capacity(items.len());
-        let mut keys = Vec::with_capacity(items.len());
+        let mut keep = Vec::with_capacity(records.len());
+        let mut keys = Vec::with_capacity(records.len());
         let mut kept_keys = std::collections::HashSet::new();
-        let mut items = items.into_iter();
-        while let Some(w) = items.next() {
-            let Some(key) = idem.key.key_of(tp, &w.record) else {
-                keep.push(w);
+        let mut records = records.into_iter();
+        while let Some(r) = records.next() {
+            let Some(key) = idem.key.key_of(tp, &r) else {
+                keep.push(r);
                 keys.push(None);
                 continue;
             };
             if kept_keys.contains(&key) {
-                let later = std::iter::once(w).chain(items).collect();
-                return Some((Slab::new(keep, keys), later));
+                let later = std::iter::once(r).chain(records).collect();
+                return Some((
+                    Slab {
+                        records: keep,
+                        keys,
+                    },
+                    later,
+                ));
             }
             let seen = self
                 .until_ok(
-                    Some((tp, w.ticket.epoch)),
+                    Some((tp, epoch)),
                     || idem.store.seen(&key),
-                    |e| tracing::error!(%tp, offset = w.record.offset, error = %e, "idempotency store unavailable; partition waits"),
+                    |e| tracing::error!(%tp, offset = r.offset, error = %e, "idempotency store unavailable; partition waits"),
                 )
                 .await;
             match seen {
                 None => {
-                    let rest = std::iter::once(&w).chain(&keep).chain(items.as_slice());
-                    self.finish_all(tp, rest.map(|w| w.ticket), Done::Skipped);
+                    let rest = std::iter::once(&r).chain(&keep).chain(records.as_slice());
+                    self.finish_all(tp, rest.map(|r| Ticket::of(r, epoch)), Done::Skipped);
                     return None;
                 }
                 Some(true) => {
                     self.count(Count::Deduplicated, 1);
-                    self.finish(tp, w.ticket, Done::Handled);
+                    self.finish(tp, Ticket::of(&r, epoch), Done::Handled);
                 }
                 Some(false) => {
                     kept_keys.insert(key.clone());
-                    keep.push(w);
+                    keep.push(r);
                     keys.push(Some(key));
                 }
             }
         }
-        Some((Slab::new(keep, keys), Vec::new()))
+        Some((
+            Slab {
+                records: keep,
+                keys,
+            },
+            Vec::new(),
+        ))
     }
 
     /// Record the side effects as applied, before the offsets may commit.
@@ -546,7 +499,6 @@ impl Runtime {
         tp: &TopicPartition,
         epoch: u64,
         records: &[Record],
-        tickets: &[Ticket],
         err: &HandlerError,
         attempts: u32,
     ) {
@@ -556,7 +508,8 @@ impl Runtime {
             None => NextHop::DeadLetter,
         };
         let dlt = (self.cfg().dlt_topic)(source);
-        for (record, ticket) in records.iter().zip(tickets) {
+        for record in records {
+            let ticket = Ticket::of(record, epoch);
             let (out, target) = match &hop {
                 NextHop::Retry { topic, delay } => (
                     retry_topics::to_retry_topic(
@@ -588,7 +541,7 @@ impl Runtime {
                 .write_until_acked(tp, epoch, record.offset, target, out)
                 .await
             {
-                self.finish(tp, *ticket, Done::Skipped);
+                self.finish(tp, ticket, Done::Skipped);
                 continue;
             }
             let offset = record.offset;
@@ -610,7 +563,7 @@ impl Runtime {
                     });
                 }
             }
-            self.finish(tp, *ticket, Done::Forwarded);
+            self.finish(tp, ticket, Done::Forwarded);
         }
         // Poison (non-retryable) records are the DLT's job and never
         // quarantine; retryable ones that ran out of retries suggest an

@@ -74,10 +74,10 @@ impl Runtime {
         let mut permit = Some(permit);
         let mut next = Some(unit);
         while let Some(unit) = next {
-            let lane = unit.lane.clone();
+            let (lane, epoch) = (unit.lane.clone(), unit.epoch);
             let not_started = self.run_unit(unit, &mut permit).await;
             let mut st = self.lock();
-            st.sched.give_back(&lane, not_started);
+            st.sched.give_back(&lane, epoch, not_started);
             st.sched.done(&lane);
             if permit.is_none() {
                 // It waited without one (retry, quarantine): let pump decide.
@@ -111,11 +111,16 @@ impl Runtime {
 impl State {
     /// The next ready lane's unit, with its partition's stop flag.
     fn take_unit(&mut self) -> Option<Unit> {
-        let (lane, items) = self.sched.next_unit()?;
-        let stop = match self.part(&lane.0) {
+        let taken = self.sched.next_unit()?;
+        let stop = match self.part(&taken.lane.0) {
             Some(p) => p.stop.clone(),
             None => Arc::new(AtomicBool::new(true)), // forgotten: nothing starts
         };
-        Some(Unit { lane, items, stop })
+        Some(Unit {
+            lane: taken.lane,
+            epoch: taken.tag,
+            records: taken.items,
+            stop,
+        })
     }
 }
