@@ -79,6 +79,68 @@ impl Handling {
     }
 }
 
+/// Times a unit's handler calls, for `resilience_handler_seconds` and the
+/// unit's time budget. A clock read costs about as much as a trivial
+/// handler call, so calls that take under [`CallClock::FAST`] are timed in
+/// groups (one read per group of up to [`CallClock::MAX_GROUP`] calls, each
+/// call recorded at the group's mean). A group whose mean is slower sets
+/// the group back to one call, so slow handlers are timed call by call.
+struct CallClock {
+    /// When the current group of calls started.
+    group_start: std::time::Instant,
+    /// Calls ended in the current group.
+    calls: u32,
+    /// Calls per group at present (1 ..= MAX_GROUP).
+    group: u32,
+    /// The last clock read.
+    now: std::time::Instant,
+}
+
+impl CallClock {
+    const FAST: Duration = Duration::from_micros(2);
+    const MAX_GROUP: u32 = 32;
+
+    fn new(now: std::time::Instant) -> Self {
+        CallClock {
+            group_start: now,
+            calls: 0,
+            group: 1,
+            now,
+        }
+    }
+
+    /// A call ended: the clock is read once its group is complete.
+    fn call_ended(&mut self, seconds: &metrics::Histogram) {
+        self.calls += 1;
+        if self.calls >= self.group {
+            self.read(seconds);
+        }
+    }
+
+    /// Read the clock and record the calls of the group so far.
+    fn read(&mut self, seconds: &metrics::Histogram) {
+        let now = std::time::Instant::now();
+        if self.calls > 0 {
+            let mean = (now - self.group_start) / self.calls;
+            seconds.record_many(mean.as_secs_f64(), self.calls as usize);
+            self.group = if mean < Self::FAST {
+                (self.group * 2).min(Self::MAX_GROUP)
+            } else {
+                1
+            };
+        }
+        self.calls = 0;
+        self.group_start = now;
+        self.now = now;
+    }
+
+    /// Time spent outside handler calls (a wait, a store, a retry) ended:
+    /// the next call is timed from now.
+    fn restart(&mut self, seconds: &metrics::Histogram) {
+        self.read(seconds);
+    }
+}
+
 fn rand_unit() -> f64 {
     rand::random::<f64>()
 }
@@ -166,8 +228,8 @@ impl Runtime {
         let len = slab.len();
         let from_retry_topic = self.handling.retry_index.contains_key(&tp.topic);
         let started = std::time::Instant::now();
-        // One clock read per call: a call's end is the next one's start.
-        let mut now = started;
+        let seconds = &self.metrics().handler_seconds;
+        let mut clock = CallClock::new(started);
         // Records `handled..i` were handled and are not finished yet: they
         // are finished together, under one lock.
         let mut handled = 0;
@@ -179,7 +241,7 @@ impl Runtime {
                 if stop.load(Ordering::Acquire) {
                     break; // revoked: the rest is the next owner's
                 }
-                if now - started >= UNIT_TIME_BUDGET {
+                if clock.now - started >= UNIT_TIME_BUDGET {
                     self.finish_handled(tp, epoch, slab.records(handled, i));
                     let mut rest = slab.into_rest(i);
                     rest.extend(later);
@@ -196,27 +258,29 @@ impl Runtime {
                         break;
                     }
                     self.reacquire(permit).await;
-                    now = std::time::Instant::now();
+                    clock.restart(seconds);
                 }
             }
             let keys = slab.keys(i, j);
-            let result;
-            (result, now) = self.attempt(tp, slab.records(i, j), 1, now).await;
+            let result = self.attempt(tp, slab.records(i, j), 1).await;
+            clock.call_ended(seconds);
             match result {
                 Ok(()) => {
                     if !keys.is_empty() {
+                        clock.read(seconds);
                         self.mark_done(keys).await;
-                        now = std::time::Instant::now();
+                        clock.restart(seconds);
                     }
                 }
                 Err(err) => {
+                    clock.read(seconds);
                     self.finish_handled(tp, epoch, slab.records(handled, i));
                     failed_before = true;
                     let records = slab.records(i, j);
                     self.after_failure(tp, epoch, records, keys, err, permit)
                         .await;
                     handled = j; // finished by after_failure
-                    now = std::time::Instant::now();
+                    clock.restart(seconds);
                 }
             }
             i = j;
@@ -243,16 +307,15 @@ impl Runtime {
         self.finish_all(tp, Ticket::all(records, epoch), Done::Handled);
     }
 
-    /// Call the handler once (attempt number `attempt`, from `started`),
-    /// with its deadline, a span and the timing metric. Returns when it
-    /// ended; the caller counts what it handled ([`Self::finish_handled`]).
+    /// Call the handler once (attempt number `attempt`), with its deadline
+    /// and a span. The caller times it (`resilience_handler_seconds`) and
+    /// counts what it handled ([`Self::finish_handled`]).
     async fn attempt(
         &self,
         tp: &TopicPartition,
         records: &[Record],
         attempt: u32,
-        started: std::time::Instant,
-    ) -> (Result<(), HandlerError>, std::time::Instant) {
+    ) -> Result<(), HandlerError> {
         let span = tracing::info_span!(
             "handle",
             topic = %tp.topic,
@@ -262,16 +325,11 @@ impl Runtime {
             attempt,
         );
         // Entering a disabled span on every poll costs more than the check.
-        let result = if span.is_disabled() {
+        if span.is_disabled() {
             self.call_handler(tp, records).await
         } else {
             self.call_handler(tp, records).instrument(span).await
-        };
-        let ended = std::time::Instant::now();
-        self.metrics()
-            .handler_seconds
-            .record((ended - started).as_secs_f64());
-        (result, ended)
+        }
     }
 
     /// The first attempt at `records` failed with `err`: retry with backoff
@@ -319,7 +377,11 @@ impl Runtime {
                     self.reacquire(permit).await;
                     attempt += 1;
                     let started = std::time::Instant::now();
-                    match self.attempt(tp, records, attempt, started).await.0 {
+                    let result = self.attempt(tp, records, attempt).await;
+                    self.metrics()
+                        .handler_seconds
+                        .record(started.elapsed().as_secs_f64());
+                    match result {
                         Ok(()) => {
                             self.mark_done(keys).await;
                             return self.finish_handled(tp, epoch, records);
@@ -627,5 +689,57 @@ impl Runtime {
             tracing::warn!(%tp, pause = ?q.pause, failures = q.after_failures, "partition quarantined after failures in a row; the others go on");
             self.observe(Event::Quarantined(tp.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<f64>>);
+
+    impl metrics::HistogramFn for Recorded {
+        fn record(&self, value: f64) {
+            self.0.lock().unwrap().push(value);
+        }
+    }
+
+    #[test]
+    fn fast_calls_are_timed_in_groups_and_slow_ones_alone_and_every_call_is_recorded() {
+        let recorded = Arc::new(Recorded::default());
+        let seconds = metrics::Histogram::from_arc(recorded.clone());
+        let mut clock = CallClock::new(std::time::Instant::now());
+        for _ in 0..1000 {
+            clock.call_ended(&seconds); // as fast as a call can be
+        }
+        assert_eq!(
+            clock.group,
+            CallClock::MAX_GROUP,
+            "fast calls share a clock read"
+        );
+        clock.read(&seconds);
+        assert_eq!(recorded.0.lock().unwrap().len(), 1000, "one value per call");
+
+        for _ in 0..CallClock::MAX_GROUP {
+            std::thread::sleep(Duration::from_micros(100));
+            clock.call_ended(&seconds);
+        }
+        assert_eq!(
+            clock.group, 1,
+            "a slow group sets the group back to one call"
+        );
+        std::thread::sleep(Duration::from_micros(100));
+        let before = clock.now;
+        clock.call_ended(&seconds);
+        assert!(clock.now > before, "a slow handler's call is timed alone");
+        let values = recorded.0.lock().unwrap();
+        assert_eq!(values.len(), 1000 + 32 + 1);
+        assert!(
+            values[1000..].iter().all(|v| *v >= 100e-6),
+            "{:?}",
+            &values[1000..]
+        );
     }
 }
