@@ -116,38 +116,40 @@ impl PartitionCursor {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
-        let mut out = Vec::with_capacity(max.min(self.current.len().max(64)));
-        while out.len() < max {
-            if self.current.is_empty() {
-                if self.done {
-                    break;
-                }
-                match self.decode_next_batch(tp) {
-                    Ok(true) => continue,
-                    Ok(false) => {
-                        self.done = true;
-                        break;
+        // What is left of the last batch first, then batches decoded
+        // straight into `out`; the part of the last one past `max` waits.
+        let n = max.min(self.current.len());
+        let mut out: Vec<Record> = self.current.drain(..n).collect();
+        while out.len() < max && !self.done {
+            match self.decode_next_batch(tp, &mut out, max) {
+                Ok(true) => {}
+                Ok(false) => self.done = true,
+                Err(e) => {
+                    self.done = true;
+                    if out.is_empty() {
+                        return Err(e);
                     }
-                    Err(e) => {
-                        self.done = true;
-                        if out.is_empty() {
-                            return Err(e);
-                        }
-                        self.failed = Some(e); // after the good records
-                        break;
-                    }
+                    self.failed = Some(e); // after the good records
                 }
             }
-            let n = (max - out.len()).min(self.current.len());
-            out.extend(self.current.drain(..n));
+        }
+        if out.len() > max {
+            self.current = out.split_off(max).into();
         }
         Ok(out)
     }
 
-    /// Decode the next batch with records to deliver into `current`,
-    /// skipping what is before the position, control batches and aborted
-    /// data. `false` when the response is exhausted.
-    fn decode_next_batch(&mut self, tp: &TopicPartition) -> Result<bool, Error> {
+    /// Decode the next batch with records to deliver onto the end of `out`
+    /// (room for `max` records is reserved), skipping what is before the
+    /// position, control batches and aborted data. `false` when the
+    /// response is exhausted. On an error `out` is as it was: no record of
+    /// a corrupt batch is delivered.
+    fn decode_next_batch(
+        &mut self,
+        tp: &TopicPartition,
+        out: &mut Vec<Record>,
+        max: usize,
+    ) -> Result<bool, Error> {
         loop {
             let base = self.reader.peek_base_offset();
             let batch = match self.reader.next() {
@@ -201,17 +203,26 @@ impl PartitionCursor {
                 self.next_offset = batch.next_offset();
                 continue; // markers are never delivered
             }
-            let mut records = VecDeque::new();
-            for r in batch.records(self.max_decompressed).map_err(corrupt)? {
-                let r = r.map_err(corrupt)?;
-                if r.offset >= self.position {
-                    records.push_back(r);
+            let before = out.len();
+            // The count is the batch's own claim: trusted only up to `max`.
+            let claimed = usize::try_from(batch.record_count).unwrap_or(0);
+            out.reserve(claimed.min(max.saturating_sub(before)));
+            let decoded = (|| {
+                for r in batch.records(self.max_decompressed)? {
+                    let r = r?;
+                    if r.offset >= self.position {
+                        out.push(r);
+                    }
                 }
+                Ok(())
+            })();
+            if let Err(source) = decoded {
+                out.truncate(before);
+                return Err(corrupt(source));
             }
             self.last_epoch = batch.partition_leader_epoch;
             self.next_offset = batch.next_offset();
-            if !records.is_empty() {
-                self.current = records;
+            if out.len() > before {
                 return Ok(true);
             }
         }
