@@ -437,6 +437,39 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_with_a_valid_crc_and_a_bad_record_delivers_none_of_its_records() {
+        let tp = TopicPartition::new("orders", 3);
+        let mut b = BytesMut::new();
+        encode_batch(&mut b, &BatchOptions::default(), &[rec("a0"), rec("a1")]);
+        let good_len = b.len();
+        let second = BatchOptions {
+            base_offset: 2,
+            ..BatchOptions::default()
+        };
+        encode_batch(&mut b, &second, &[rec("b0"), rec("b1")]);
+        // The second batch claims a third record it does not hold, under a
+        // CRC that matches (a broker that lies, not a damaged link).
+        let batch = &mut b[good_len..];
+        batch[57..61].copy_from_slice(&3i32.to_be_bytes());
+        let crc = crc32c::crc32c(&batch[21..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        let d = PartitionData::default().with_records(Some(b.freeze()));
+        let mut c = PartitionCursor::new(&d, 0, IsolationLevel::ReadUncommitted, 1 << 20);
+        let got = c.take(&tp, 100).unwrap();
+        assert_eq!(
+            values(&got),
+            ["a0", "a1"],
+            "b0 and b1 decoded, then taken back"
+        );
+        let err = c.take(&tp, 100).unwrap_err().to_string();
+        assert!(
+            err.contains("orders-3") && err.contains("offset 2"),
+            "{err}"
+        );
+        assert_eq!(c.position(), 2);
+    }
+
+    #[test]
     fn corrupt_batch_names_partition_and_offset_and_returns_nothing_of_it() {
         let tp = TopicPartition::new("orders", 3);
         let mut bytes = BytesMut::from(&log()[..]);
