@@ -12,6 +12,9 @@
 //!
 //! Records without a key share one lane per partition in key mode. Two keys
 //! whose hashes collide share a lane: still ordered, only less parallel.
+//!
+//! Items are pushed with a *tag* (the runtime's assignment epoch): one
+//! unit of work never holds items of two tags.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -19,12 +22,12 @@ use std::sync::Arc;
 
 use consumer_core::TopicPartition;
 
-/// How records are ordered while they are handled.
 /// Maps keyed by partitions and lane numbers, with a fast hasher (the keys
 /// are the application's topics and record keys, not an attacker's
 /// choice of collisions against a long-lived table).
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// How records are ordered while they are handled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Ordering {
     /// Offset order within each partition (the default).
@@ -145,8 +148,11 @@ pub struct Scheduler<T> {
 /// lane, all pushed with the same tag.
 #[derive(Debug)]
 pub struct Taken<T> {
+    /// The lane, busy until [`Scheduler::done`].
     pub lane: LaneId,
+    /// The tag its items were pushed with.
     pub tag: u64,
+    /// In arrival order; 1 ..= `max_batch` of them.
     pub items: Vec<T>,
 }
 
@@ -182,17 +188,9 @@ impl<T> Scheduler<T> {
 
     /// Queue `item` of partition `tp`, tagged `tag`, with record key `key`.
     pub fn push(&mut self, tp: &TopicPartition, tag: u64, key: Option<&[u8]>, item: T) {
-        let sub = lane_of(self.ordering, &mut self.next_record_lane, key);
-        let max_batch = self.max_batch;
-        let part = self.partition(tp);
-        let lane = part.lanes.entry(sub).or_insert_with(Lane::new);
-        let was_idle = lane.is_empty() && !lane.busy;
-        lane.push(tag, item, max_batch);
-        if was_idle {
-            let id = (part.tp.clone(), sub);
-            self.ready.push_back(id);
-        }
-        self.pending += 1;
+        self.push_each(tp, tag, [item], |ordering, counter, _| {
+            lane_of(ordering, counter, key)
+        });
     }
 
     /// Queue `items` of partition `tp` in order, tagged `tag` (`key_of`
@@ -222,6 +220,21 @@ impl<T> Scheduler<T> {
             self.pending += n;
             return;
         }
+        self.push_each(tp, tag, items, |ordering, counter, item| {
+            lane_of(ordering, counter, key_of(item))
+        });
+    }
+
+    /// Queue `items` of `tp` one by one, each in the lane `sub_lane` names
+    /// (given the ordering and the unordered mode's record counter),
+    /// looking the partition up once.
+    fn push_each(
+        &mut self,
+        tp: &TopicPartition,
+        tag: u64,
+        items: impl IntoIterator<Item = T>,
+        mut sub_lane: impl FnMut(Ordering, &mut u64, &T) -> u64,
+    ) {
         self.partition(tp);
         let Self {
             ordering,
@@ -233,7 +246,7 @@ impl<T> Scheduler<T> {
         } = self;
         let part = partitions.get_mut(tp).expect("created above");
         for item in items {
-            let sub = lane_of(*ordering, next_record_lane, key_of(&item));
+            let sub = sub_lane(*ordering, next_record_lane, &item);
             let lane = part.lanes.entry(sub).or_insert_with(Lane::new);
             if lane.is_empty() && !lane.busy {
                 ready.push_back((part.tp.clone(), sub));

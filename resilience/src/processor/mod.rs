@@ -117,7 +117,7 @@ pub(crate) enum AnyHandler {
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Records whose handler succeeded. Counted as a unit of work
-    /// finishes (at most 256 records or about 5 ms after the calls), just
+    /// finishes (at most 512 records or about 5 ms after the calls), just
     /// before their offsets may commit, not per call.
     pub handled: AtomicU64,
     /// Blocking retries (attempts after the first).

@@ -27,35 +27,6 @@ use crate::observe::{Event, RuntimeMetrics};
 use crate::offset_tracker::OffsetTracker;
 use crate::scheduler::Scheduler;
 
-/// What finishing a record needs to know about it. Records wait in the
-/// lanes as they came from the fetch, tagged with the assignment epoch
-/// they were dispatched in; a ticket is made from the record and that
-/// epoch when it finishes.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Ticket {
-    pub(super) offset: i64,
-    /// The assignment epoch it was dispatched in.
-    pub(super) epoch: u64,
-    /// Its share of the in-flight bytes.
-    pub(super) bytes: usize,
-}
-
-impl Ticket {
-    /// The ticket of `record`, dispatched in `epoch`.
-    pub(super) fn of(record: &Record, epoch: u64) -> Ticket {
-        Ticket {
-            offset: record.offset,
-            epoch,
-            bytes: record_bytes(record),
-        }
-    }
-
-    /// The tickets of `records`, dispatched in `epoch`.
-    pub(super) fn all(records: &[Record], epoch: u64) -> impl Iterator<Item = Ticket> + '_ {
-        records.iter().map(move |r| Ticket::of(r, epoch))
-    }
-}
-
 /// What [`Runtime::count`] counts: each is a [`Stats`] field and a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Count {
@@ -138,8 +109,8 @@ pub(super) struct State {
     parts: PartMap<PartRuntime>,
     /// The consumer's position incarnation per partition, as of the last poll.
     incarnations: HashMap<TopicPartition, u64>,
-    /// Dispatched records by lane (workers.rs takes units from it).
-    /// Records waiting for a worker, tagged with their assignment epoch.
+    /// Records waiting for a worker, by lane, tagged with the assignment
+    /// epoch they were dispatched in (workers.rs takes units from it).
     pub(super) sched: Scheduler<Record>,
     /// Committed metadata read on assignment, until the partition's first
     /// records arrive.
@@ -464,18 +435,22 @@ impl Runtime {
         }
     }
 
-    /// A worker is done with a record (see [`Done`]).
-    pub(super) fn finish(&self, tp: &TopicPartition, t: Ticket, done: Done) {
-        self.finish_all(tp, [t], done);
+    /// A worker is done with a record of `tp` dispatched in `epoch` (see
+    /// [`Done`]).
+    pub(super) fn finish(&self, tp: &TopicPartition, epoch: u64, record: &Record, done: Done) {
+        self.finish_all(tp, epoch, [record], done);
     }
 
-    /// A worker is done with these records of `tp`: handled or forwarded
-    /// ones complete in the tracker; skipped ones do not, so they are never
-    /// committed. A stale epoch touches no tracker.
-    pub(super) fn finish_all(
+    /// A worker is done with these records of `tp`, dispatched in `epoch`:
+    /// handled or forwarded ones complete in the tracker; skipped ones do
+    /// not, so they are never committed. A stale epoch touches no tracker.
+    /// Their in-flight bytes are [`record_bytes`] again, as at dispatch
+    /// (three lengths: cheaper than carrying the figure through the lanes).
+    pub(super) fn finish_all<'r>(
         &self,
         tp: &TopicPartition,
-        tickets: impl IntoIterator<Item = Ticket>,
+        epoch: u64,
+        finished: impl IntoIterator<Item = &'r Record>,
         done: Done,
     ) {
         let (mut records, mut bytes) = (0, 0);
@@ -483,16 +458,19 @@ impl Runtime {
         {
             let mut st = self.lock();
             let mut part = st.parts.get_mut(tp);
-            for t in tickets {
+            // A stale epoch (revoked, maybe reassigned since) touches no tracker.
+            let mut current = part.as_deref_mut().filter(|p| p.tracker.epoch() == epoch);
+            for r in finished {
                 records += 1;
-                bytes += t.bytes;
-                // A stale epoch (revoked, maybe reassigned since) touches no tracker.
-                if let Some(p) = part.as_deref_mut().filter(|p| p.tracker.epoch() == t.epoch) {
+                bytes += record_bytes(r);
+                if let Some(p) = current.as_deref_mut() {
                     if done != Done::Skipped {
-                        let _ = p.tracker.complete(t.epoch, t.offset);
+                        let _ = p.tracker.complete(epoch, r.offset);
                     }
-                    p.queued = p.queued.saturating_sub(1);
                 }
+            }
+            if let Some(p) = current {
+                p.queued = p.queued.saturating_sub(records);
             }
             if let Some(p) = part {
                 if done == Done::Handled && records > 0 {
@@ -553,7 +531,7 @@ impl Runtime {
                 st.sched.remove_partition(tp)
             };
             for (epoch, records) in removed {
-                self.finish_all(tp, Ticket::all(&records, epoch), Done::Skipped);
+                self.finish_all(tp, epoch, &records, Done::Skipped);
             }
         }
         self.stopped.notify_waiters();

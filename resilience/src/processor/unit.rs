@@ -16,7 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::runtime::{Count, Done, Runtime, Ticket};
+use super::runtime::{Count, Done, Runtime};
 use super::AnyHandler;
 use crate::config::{Idempotency, ProcessorConfig};
 use crate::observe::Event;
@@ -85,6 +85,8 @@ impl Handling {
 /// groups (one read per group of up to [`CallClock::MAX_GROUP`] calls, each
 /// call recorded at the group's mean). A group whose mean is slower sets
 /// the group back to one call, so slow handlers are timed call by call.
+/// Time outside handler calls (a wait, the idempotency store, a retry) is
+/// left out by a [`CallClock::read`] on both sides of it.
 struct CallClock {
     /// When the current group of calls started.
     group_start: std::time::Instant,
@@ -117,7 +119,8 @@ impl CallClock {
         }
     }
 
-    /// Read the clock and record the calls of the group so far.
+    /// Read the clock, record the calls of the group so far, and time the
+    /// next call from now.
     fn read(&mut self, seconds: &metrics::Histogram) {
         let now = std::time::Instant::now();
         if self.calls > 0 {
@@ -132,12 +135,6 @@ impl CallClock {
         self.calls = 0;
         self.group_start = now;
         self.now = now;
-    }
-
-    /// Time spent outside handler calls (a wait, a store, a retry) ended:
-    /// the next call is timed from now.
-    fn restart(&mut self, seconds: &metrics::Histogram) {
-        self.read(seconds);
     }
 }
 
@@ -215,7 +212,7 @@ impl Runtime {
         } = unit;
         let tp: &TopicPartition = &lane.0;
         if !self.may_continue(tp, epoch) {
-            self.finish_all(tp, Ticket::all(&records, epoch), Done::Skipped);
+            self.finish_all(tp, epoch, &records, Done::Skipped);
             return Vec::new();
         }
         let Some((slab, later)) = self.skip_duplicates(tp, epoch, records).await else {
@@ -251,6 +248,7 @@ impl Runtime {
             // Wait without a permit: the other lanes go on meanwhile.
             if i == 0 || failed_before || from_retry_topic {
                 if let Some(until) = self.wait_until(tp, slab.records(i, j)) {
+                    clock.read(seconds);
                     self.finish_handled(tp, epoch, slab.records(handled, i));
                     handled = i;
                     self.release(permit);
@@ -258,7 +256,7 @@ impl Runtime {
                         break;
                     }
                     self.reacquire(permit).await;
-                    clock.restart(seconds);
+                    clock.read(seconds);
                 }
             }
             let keys = slab.keys(i, j);
@@ -269,7 +267,7 @@ impl Runtime {
                     if !keys.is_empty() {
                         clock.read(seconds);
                         self.mark_done(keys).await;
-                        clock.restart(seconds);
+                        clock.read(seconds);
                     }
                 }
                 Err(err) => {
@@ -280,7 +278,7 @@ impl Runtime {
                     self.after_failure(tp, epoch, records, keys, err, permit)
                         .await;
                     handled = j; // finished by after_failure
-                    clock.restart(seconds);
+                    clock.read(seconds);
                 }
             }
             i = j;
@@ -288,9 +286,8 @@ impl Runtime {
         self.finish_handled(tp, epoch, slab.records(handled, i));
         if i < len {
             // Stopped early: the rest is the next owner's.
-            let rest = slab.records(i, len);
-            let skipped = Ticket::all(rest, epoch).chain(Ticket::all(&later, epoch));
-            self.finish_all(tp, skipped, Done::Skipped);
+            let skipped = slab.records(i, len).iter().chain(&later);
+            self.finish_all(tp, epoch, skipped, Done::Skipped);
             return Vec::new();
         }
         later
@@ -304,7 +301,7 @@ impl Runtime {
             return;
         }
         self.count(Count::Handled, records.len() as u64);
-        self.finish_all(tp, Ticket::all(records, epoch), Done::Handled);
+        self.finish_all(tp, epoch, records, Done::Handled);
     }
 
     /// Call the handler once (attempt number `attempt`), with its deadline
@@ -334,7 +331,7 @@ impl Runtime {
 
     /// The first attempt at `records` failed with `err`: retry with backoff
     /// (only this lane waits), then forward them to a retry topic or the
-    /// DLT. Every ticket is finished on return.
+    /// DLT. Every record is finished on return.
     #[allow(clippy::too_many_arguments)]
     async fn after_failure(
         self: &Arc<Self>,
@@ -345,13 +342,12 @@ impl Runtime {
         mut err: HandlerError,
         permit: &mut Option<OwnedSemaphorePermit>,
     ) {
-        let tickets_ = || Ticket::all(records, epoch);
         let mut delays = self.cfg().backoff.delays(rand_unit);
         let mut attempt = 1u32;
         loop {
             if !self.may_continue(tp, epoch) {
                 // Revoked meanwhile: the next owner handles these records.
-                return self.finish_all(tp, tickets_(), Done::Skipped);
+                return self.finish_all(tp, epoch, records, Done::Skipped);
             }
             if self.cfg().retry_topics.is_some() && !matches!(err, HandlerError::Unavailable(_)) {
                 break; // no blocking retry: the retry topic is the retry
@@ -372,7 +368,7 @@ impl Runtime {
                         .sleep_unless_stopped(tp, epoch, Instant::now() + d)
                         .await
                     {
-                        return self.finish_all(tp, tickets_(), Done::Skipped);
+                        return self.finish_all(tp, epoch, records, Done::Skipped);
                     }
                     self.reacquire(permit).await;
                     attempt += 1;
@@ -515,12 +511,12 @@ impl Runtime {
             match seen {
                 None => {
                     let rest = std::iter::once(&r).chain(&keep).chain(records.as_slice());
-                    self.finish_all(tp, rest.map(|r| Ticket::of(r, epoch)), Done::Skipped);
+                    self.finish_all(tp, epoch, rest, Done::Skipped);
                     return None;
                 }
                 Some(true) => {
                     self.count(Count::Deduplicated, 1);
-                    self.finish(tp, Ticket::of(&r, epoch), Done::Handled);
+                    self.finish(tp, epoch, &r, Done::Handled);
                 }
                 Some(false) => {
                     kept_keys.insert(key.clone());
@@ -571,7 +567,6 @@ impl Runtime {
         };
         let dlt = (self.cfg().dlt_topic)(source);
         for record in records {
-            let ticket = Ticket::of(record, epoch);
             let (out, target) = match &hop {
                 NextHop::Retry { topic, delay } => (
                     retry_topics::to_retry_topic(
@@ -603,7 +598,7 @@ impl Runtime {
                 .write_until_acked(tp, epoch, record.offset, target, out)
                 .await
             {
-                self.finish(tp, ticket, Done::Skipped);
+                self.finish(tp, epoch, record, Done::Skipped);
                 continue;
             }
             let offset = record.offset;
@@ -625,7 +620,7 @@ impl Runtime {
                     });
                 }
             }
-            self.finish(tp, ticket, Done::Forwarded);
+            self.finish(tp, epoch, record, Done::Forwarded);
         }
         // Poison (non-retryable) records are the DLT's job and never
         // quarantine; retryable ones that ran out of retries suggest an
@@ -740,6 +735,28 @@ mod tests {
             values[1000..].iter().all(|v| *v >= 100e-6),
             "{:?}",
             &values[1000..]
+        );
+    }
+
+    #[test]
+    fn a_wait_between_reads_is_charged_to_no_call() {
+        let recorded = Arc::new(Recorded::default());
+        let seconds = metrics::Histogram::from_arc(recorded.clone());
+        let mut clock = CallClock::new(std::time::Instant::now());
+        for _ in 0..100 {
+            clock.call_ended(&seconds); // the group grows
+        }
+        clock.call_ended(&seconds); // one call still in its group
+        clock.read(&seconds); // a wait begins (quarantine, retry-topic delay)
+        std::thread::sleep(Duration::from_millis(20));
+        clock.read(&seconds); // and ends
+        clock.call_ended(&seconds);
+        clock.read(&seconds);
+        let values = recorded.0.lock().unwrap();
+        assert_eq!(values.len(), 102);
+        assert!(
+            values.iter().all(|v| *v < 0.01),
+            "the 20 ms wait was charged to a call"
         );
     }
 }
