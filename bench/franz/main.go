@@ -199,8 +199,9 @@ func producerOpts(props [][2]string) []kgo.Opt {
 				fail("acks=%s: expected all, -1, 1 or 0", v)
 			}
 		case "enable.idempotence":
-			// Idempotence is on by default in kgo (and then at most 5
-			// produce requests are in flight per broker, as for ours).
+			// Idempotence is on by default in kgo, and then exactly one
+			// produce request is in flight per broker (ours: up to 5,
+			// the requests after the first carrying full batches only).
 			if !boolean(k, v) {
 				opts = append(opts, kgo.DisableIdempotentWrite())
 			}

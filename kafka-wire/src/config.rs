@@ -57,7 +57,12 @@ pub struct ClientConfig {
     pub reconnect_backoff_max: Duration,
     /// `metadata.max.age.ms`: refresh metadata at least this often. Default 5 min.
     pub metadata_max_age: Duration,
-    /// `max.in.flight.requests.per.connection`. Default 5.
+    /// `max.in.flight.requests.per.connection`: Produce requests out to one
+    /// broker at once (at most 5 for an idempotent producer, the broker's
+    /// per-producer window). Default 5. Requests beyond the first carry
+    /// only batches that can no longer grow (full, or with a newer batch
+    /// behind them): a batch still open waits for the request in flight and
+    /// fills meanwhile (DESIGN.md, invariant 61).
     pub max_in_flight: usize,
     /// `receive.message.max.bytes`: cap on one response frame. Default 100 MiB.
     pub max_frame_bytes: usize,

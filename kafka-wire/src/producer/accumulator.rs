@@ -284,6 +284,15 @@ impl Accumulator {
         !any_retry_pending && capacity && (b.sealed || flush || now >= b.created + self.cfg.linger)
     }
 
+    /// Can the front batch of `tp` still take records: not full, not yet
+    /// sent, and no newer batch behind it? (False without a batch.)
+    pub(super) fn front_open(&self, tp: &QueueKey) -> bool {
+        self.queues
+            .get(tp)
+            .and_then(|q| q.queued.front())
+            .is_some_and(|b| !b.sealed)
+    }
+
     /// Partitions whose front batch can be sent now.
     pub(super) fn ready(&self, now: Instant, flush: bool) -> Vec<QueueKey> {
         self.queues

@@ -7,7 +7,17 @@
 //!  sent ──▶ in_flight + 1
 //!  returned(throttle t) ──▶ in_flight - 1, closed until now + t
 //!  may_send: in_flight < max and not closed
+//!  carries(batch): in_flight == 0, or the batch can no longer grow, or a flush
 //! ```
+//!
+//! Coalescing: while a request to a broker is out, a batch that can still
+//! grow (not full, no newer batch behind it) waits for it to come back and
+//! keeps filling meanwhile, instead of leaving alone in a request of its
+//! own. At `linger.ms=0` a steady trickle then goes as one fuller request
+//! per round trip rather than one tiny request per record, up to
+//! `max.in.flight` of them (less broker work per record, so lower latency
+//! on a busy broker; BENCHMARKS.md, session 11). Full batches still
+//! pipeline up to `max.in.flight`, so bulk throughput keeps its overlap.
 //!
 //! A throttled leader gets nothing new: its partitions' batches stay in the
 //! accumulator (growing, lingering, expiring by `delivery.timeout.ms` as
@@ -48,6 +58,14 @@ impl Brokers {
         self.brokers.get(&broker).is_none_or(|b| {
             b.in_flight < self.max_in_flight && b.throttled_until.is_none_or(|t| now >= t)
         })
+    }
+
+    /// May a request to `broker` (which [`Self::may_send`] admits) carry a
+    /// batch that can still grow (`open`)? Only when nothing is in flight
+    /// to it, or when flushing (`flush`, `close`): see the module's
+    /// coalescing rule. A batch that cannot grow always may.
+    pub(crate) fn carries(&self, broker: i32, open: bool, flush: bool) -> bool {
+        !open || flush || self.brokers.get(&broker).is_none_or(|b| b.in_flight == 0)
     }
 
     /// A request to `broker` went out.
@@ -97,6 +115,21 @@ mod tests {
         b.returned(1, Throttle::default(), now);
         assert!(b.may_send(1, now));
         assert_eq!(b.next_open(now), None, "nothing throttled");
+    }
+
+    #[test]
+    fn an_open_batch_waits_for_the_request_in_flight_and_a_full_one_does_not() {
+        let now = Instant::now();
+        let mut b = Brokers::new(5);
+        assert!(b.carries(1, true, false), "nothing in flight: it goes now");
+        b.sent(1);
+        assert!(b.may_send(1, now), "room for four more requests");
+        assert!(!b.carries(1, true, false), "still open: it keeps filling");
+        assert!(b.carries(1, false, false), "full: it pipelines");
+        assert!(b.carries(1, true, true), "a flush sends everything");
+        assert!(b.carries(2, true, false), "another broker is idle");
+        b.returned(1, Throttle::default(), now);
+        assert!(b.carries(1, true, false), "back: the open batch goes");
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
     let mut pid_delays = None;
     loop {
         let now = Instant::now();
-        let (ready, deadline, closing_done, need_pid) = {
+        let (ready, deadline, closing_done, need_pid, flush) = {
             let mut st = shared.state.lock().expect("producer state lock");
             for b in st.acc.expire(now, cfg.delivery_timeout) {
                 let err = Error::DeliveryTimeout {
@@ -70,7 +70,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
             };
             let done = st.closing && st.acc.is_idle() && in_flight.is_empty();
             shared.pending.send_replace(st.acc.pending_records);
-            (ready, st.acc.next_deadline(), done, need_pid)
+            (ready, st.acc.next_deadline(), done, need_pid, flush)
         };
         if closing_done {
             return;
@@ -132,6 +132,9 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
                 for tp in tps {
                     if bytes >= cfg.max_request_size {
                         break;
+                    }
+                    if !brokers.carries(leader, st.acc.front_open(&tp), flush) {
+                        continue; // still filling while a request is out
                     }
                     if let Some(b) = st.acc.take(&tp, producer) {
                         bytes += b.bytes;
