@@ -220,9 +220,10 @@ impl Accumulator {
                 if let Some(last) = q.queued.back_mut() {
                     last.sealed = true;
                 }
-                // Room for the records that fill it at this size (bounded),
-                // so filling a batch does not move its records again and again.
-                let expected = (batch_size / size.max(1)).clamp(1, 1024);
+                // Room for the records that fill it at this size, up to 64
+                // (doubling after that): a batch that leaves with one record
+                // (`linger.ms=0`) must not reserve 1,024 records' room.
+                let expected = (batch_size / size.max(1)).clamp(1, 64);
                 q.queued.push_back(Batch {
                     tp: tp.clone(),
                     records: Vec::with_capacity(expected),
