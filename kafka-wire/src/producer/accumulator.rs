@@ -153,6 +153,9 @@ struct PartitionQueue {
     /// for a producer accepts any first sequence, so if batch 0 failed while
     /// batch 1 went through, the log would hold them out of order.
     confirmed: bool,
+    /// Records in the last batch taken for sending: the next batch
+    /// reserves room for as many (0: none taken yet).
+    last_batch_records: usize,
 }
 
 /// Settings the accumulator needs.
@@ -220,10 +223,16 @@ impl Accumulator {
                 if let Some(last) = q.queued.back_mut() {
                     last.sealed = true;
                 }
-                // Room for the records that fill it at this size, up to 64
-                // (doubling after that): a batch that leaves with one record
-                // (`linger.ms=0`) must not reserve 1,024 records' room.
-                let expected = (batch_size / size.max(1)).clamp(1, 64);
+                // Room for as many records as the partition's last batch
+                // carried (at most what fills it at this size), or for up
+                // to 64 before its first: a batch that leaves with one
+                // record (`linger.ms=0`) does not reserve a full batch's
+                // room, and a full one is not grown record by record.
+                let fills = (batch_size / size.max(1)).max(1);
+                let expected = match q.last_batch_records {
+                    0 => fills.min(64),
+                    last => fills.min(last),
+                };
                 q.queued.push_back(Batch {
                     tp: tp.clone(),
                     records: Vec::with_capacity(expected),
@@ -310,6 +319,7 @@ impl Accumulator {
         close_holes(q);
         let mut b = q.queued.pop_front()?;
         b.sealed = true;
+        q.last_batch_records = b.records.len();
         if idempotent && b.base_sequence < 0 {
             b.base_sequence = q.next_sequence;
             b.producer_id = producer.id;
