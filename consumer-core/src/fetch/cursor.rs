@@ -20,6 +20,11 @@ use kafka_wire::Error;
 use crate::config::IsolationLevel;
 use crate::tp::TopicPartition;
 
+/// Records reserved for one batch at most on its own claim (≈ 0.5 MB of
+/// `Record`s): a hostile `record_count` cannot make the poll's vector
+/// allocate more; a larger real batch grows it as it decodes.
+const RESERVE_RECORDS: usize = 4096;
+
 /// One partition's fetched data, decoded as it is taken.
 ///
 /// Only one batch is decompressed and decoded at a time, so the memory a
@@ -204,9 +209,12 @@ impl PartitionCursor {
                 continue; // markers are never delivered
             }
             let before = out.len();
-            // The count is the batch's own claim: trusted only up to `max`.
+            // A batch is taken whole, even past `max`, so room for all of
+            // its records is reserved at once (not grown record by record);
+            // the count is the batch's own claim, so trusted only up to
+            // `max` or `RESERVE_RECORDS`, whichever is more.
             let claimed = usize::try_from(batch.record_count).unwrap_or(0);
-            out.reserve(claimed.min(max.saturating_sub(before)));
+            out.reserve(claimed.min(max.saturating_sub(before).max(RESERVE_RECORDS)));
             let decoded = (|| {
                 for r in batch.records(self.max_decompressed)? {
                     let r = r?;

@@ -145,7 +145,12 @@ pub fn decompress(codec: Compression, input: &[u8], limit: usize) -> Result<Vec<
         #[cfg(feature = "gzip")]
         Compression::Gzip => read_bounded(flate2::read::GzDecoder::new(input), "gzip", limit),
         #[cfg(feature = "lz4")]
-        Compression::Lz4 => read_bounded(lz4_flex::frame::FrameDecoder::new(input), "lz4", limit),
+        Compression::Lz4 => match lz4_frame_direct(input, limit) {
+            Some(out) => Ok(out),
+            // Another frame layout, or a block that does not decode within
+            // `limit`: the frame decoder, which names the exact error.
+            None => read_bounded(lz4_flex::frame::FrameDecoder::new(input), "lz4", limit),
+        },
         #[cfg(feature = "zstd")]
         Compression::Zstd => {
             let decoder =
@@ -156,6 +161,69 @@ pub fn decompress(codec: Compression, input: &[u8], limit: usize) -> Result<Vec<
         Compression::Snappy => decompress_snappy(input, limit),
         #[allow(unreachable_patterns)]
         other => Err(DecodeError::CodecNotBuilt(other.name())),
+    }
+}
+
+/// One LZ4 frame as Kafka clients write it (LZ4 frame format 1.6:
+/// independent blocks, no dictionary, one frame), each block decompressed
+/// straight into the output: no copy through the frame decoder's buffer,
+/// and the output grows by whole blocks. Checksums are not verified here:
+/// the record batch's CRC32C covers these bytes. `None` for anything else
+/// (linked blocks, a dictionary, several frames, a block over the frame's
+/// block size, output past `limit`, a corrupt block), which the caller
+/// hands to the full frame decoder. Never holds more than `limit` bytes.
+#[cfg(feature = "lz4")]
+fn lz4_frame_direct(input: &[u8], limit: usize) -> Option<Vec<u8>> {
+    const MAGIC: u32 = 0x184D_2204;
+    let (magic, rest) = input.split_first_chunk::<4>()?;
+    let ([flg, bd], _) = rest.split_first_chunk::<2>()?;
+    let (flg, bd) = (*flg, *bd);
+    let version_01 = flg >> 6 == 0b01;
+    let independent = flg & 0x20 != 0;
+    let reserved_or_dictionary = flg & 0x03 != 0;
+    if u32::from_le_bytes(*magic) != MAGIC || !version_01 || !independent || reserved_or_dictionary
+    {
+        return None;
+    }
+    let block_checksum = if flg & 0x10 != 0 { 4 } else { 0 };
+    let content_size = if flg & 0x08 != 0 { 8 } else { 0 };
+    let content_checksum = if flg & 0x04 != 0 { 4 } else { 0 };
+    let block_max: usize = match (bd >> 4) & 0x07 {
+        4 => 64 << 10,
+        5 => 256 << 10,
+        6 => 1 << 20,
+        7 => 4 << 20,
+        _ => return None,
+    };
+    // FLG, BD, the optional content size, the header checksum.
+    let mut rest = rest.get(2 + content_size + 1..)?;
+    let mut out = Vec::with_capacity(limit.min(input.len().saturating_mul(4)));
+    loop {
+        let (size, tail) = rest.split_first_chunk::<4>()?;
+        let size = u32::from_le_bytes(*size);
+        if size == 0 {
+            // The end mark: then only the content checksum, if any.
+            return (tail.len() == content_checksum).then_some(out);
+        }
+        let len = (size & 0x7FFF_FFFF) as usize;
+        if len > block_max {
+            return None;
+        }
+        let block = tail.get(..len)?;
+        rest = tail.get(len + block_checksum..)?;
+        let start = out.len();
+        if size & 0x8000_0000 != 0 {
+            // Stored uncompressed.
+            if start + len > limit {
+                return None;
+            }
+            out.extend_from_slice(block);
+        } else {
+            let room = block_max.min(limit.saturating_sub(start));
+            out.resize(start + room, 0);
+            let n = lz4_flex::block::decompress_into(block, &mut out[start..]).ok()?;
+            out.truncate(start + n);
+        }
     }
 }
 
@@ -414,7 +482,91 @@ mod tests {
         );
     }
 
+    /// Frames of our writer, of lz4_flex's encoder (with and without
+    /// checksums and content size) are read block by block; frames with
+    /// linked blocks take the frame decoder; both give the same bytes.
+    #[cfg(feature = "lz4")]
+    #[test]
+    fn lz4_frames_are_read_block_by_block_when_their_layout_allows() {
+        use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
+        use std::io::Write;
+        let inputs: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"x".to_vec(),
+            vec![b'x'; 300_000],
+            (0..200_000u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect(),
+            (0..150_000u32).map(|i| (i % 251) as u8).collect(),
+        ];
+        let encode = |info: FrameInfo, input: &[u8]| {
+            let mut e = FrameEncoder::with_frame_info(info, Vec::new());
+            e.write_all(input).unwrap();
+            e.finish().unwrap()
+        };
+        for input in &inputs {
+            let mut ours = bytes::BytesMut::new();
+            assert!(compress_into(Compression::Lz4, input, &mut ours));
+            let checked = FrameInfo::new()
+                .block_size(BlockSize::Max256KB)
+                .block_checksums(true)
+                .content_checksum(true)
+                .content_size(Some(input.len() as u64));
+            for frame in [
+                ours.to_vec(),
+                encode(FrameInfo::new(), input),
+                encode(checked, input),
+            ] {
+                assert_eq!(lz4_frame_direct(&frame, 1 << 30).as_ref(), Some(input));
+                assert_eq!(
+                    &decompress(Compression::Lz4, &frame, 1 << 30).unwrap(),
+                    input
+                );
+            }
+            let linked = encode(FrameInfo::new().block_mode(BlockMode::Linked), input);
+            assert_eq!(lz4_frame_direct(&linked, 1 << 30), None, "linked blocks");
+            assert_eq!(
+                &decompress(Compression::Lz4, &linked, 1 << 30).unwrap(),
+                input
+            );
+            // Two frames back to back: the frame decoder's case.
+            let two = [ours.to_vec(), ours.to_vec()].concat();
+            assert_eq!(lz4_frame_direct(&two, 1 << 30), None, "two frames");
+        }
+        // Past the limit: the frame decoder's typed error, whichever path.
+        let mut big = bytes::BytesMut::new();
+        assert!(compress_into(
+            Compression::Lz4,
+            &vec![b'x'; 300_000],
+            &mut big
+        ));
+        assert_eq!(lz4_frame_direct(&big, 100_000), None);
+        assert!(matches!(
+            decompress(Compression::Lz4, &big, 100_000),
+            Err(DecodeError::DecompressLimit { codec: "lz4", .. })
+        ));
+    }
+
     proptest! {
+        /// A valid frame header followed by anything: a result or a typed
+        /// error, never a panic, never more than the limit.
+        #[cfg(feature = "lz4")]
+        #[test]
+        fn lz4_blocks_after_a_valid_header_never_panic(
+            blocks in prop::collection::vec(any::<u8>(), 0..2048),
+            limit in 0usize..100_000,
+        ) {
+            let mut frame = 0x184D_2204u32.to_le_bytes().to_vec();
+            frame.extend_from_slice(&[0x60, 0x40, 0x82]);
+            frame.extend_from_slice(&blocks);
+            if let Some(out) = lz4_frame_direct(&frame, limit) {
+                prop_assert!(out.len() <= limit);
+            }
+            if let Ok(out) = decompress(Compression::Lz4, &frame, limit) {
+                prop_assert!(out.len() <= limit);
+            }
+        }
+
         #[test]
         fn every_codec_round_trips(data in prop::collection::vec(any::<u8>(), 0..5000), pick in 0usize..5) {
             let built: Vec<Compression> = Compression::ALL.into_iter().filter(|c| c.is_built()).collect();
