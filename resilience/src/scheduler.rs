@@ -194,9 +194,10 @@ impl<T> Scheduler<T> {
     }
 
     /// Queue `items` of partition `tp` in order, tagged `tag` (`key_of`
-    /// gives each one's record key). Per partition (one lane) the vector
-    /// becomes the lane's chunk as it is; by key or unordered, items move
-    /// one by one into their lanes.
+    /// gives each one's record key). When they all go to one lane (per
+    /// partition; by key when every record has the same key, or none) the
+    /// vector becomes that lane's chunk as it is; otherwise items move one
+    /// by one into their lanes.
     pub fn push_all(
         &mut self,
         tp: &TopicPartition,
@@ -204,25 +205,38 @@ impl<T> Scheduler<T> {
         items: Vec<T>,
         key_of: impl Fn(&T) -> Option<&[u8]>,
     ) {
-        if items.is_empty() {
+        let Some(first) = items.first() else {
             return;
-        }
-        if self.ordering == Ordering::PerPartition {
-            let (max_batch, n) = (self.max_batch, items.len());
-            let part = self.partition(tp);
-            let lane = part.lanes.entry(0).or_insert_with(Lane::new);
-            let was_idle = lane.is_empty() && !lane.busy;
-            lane.push_vec(tag, items, max_batch);
-            if was_idle {
-                let id = (part.tp.clone(), 0);
-                self.ready.push_back(id);
+        };
+        let one_lane = match self.ordering {
+            Ordering::PerPartition => Some(0),
+            Ordering::PerKey => {
+                let key = key_of(first);
+                let lane = lane_of(Ordering::PerKey, &mut 0, key);
+                items[1..].iter().all(|i| key_of(i) == key).then_some(lane)
             }
-            self.pending += n;
-            return;
+            Ordering::Unordered => None,
+        };
+        match one_lane {
+            Some(sub) => self.push_chunk(tp, sub, tag, items),
+            None => self.push_each(tp, tag, items, |ordering, counter, item| {
+                lane_of(ordering, counter, key_of(item))
+            }),
         }
-        self.push_each(tp, tag, items, |ordering, counter, item| {
-            lane_of(ordering, counter, key_of(item))
-        });
+    }
+
+    /// Queue `items` as they are in lane `sub` of `tp`.
+    fn push_chunk(&mut self, tp: &TopicPartition, sub: u64, tag: u64, items: Vec<T>) {
+        let (max_batch, n) = (self.max_batch, items.len());
+        let part = self.partition(tp);
+        let lane = part.lanes.entry(sub).or_insert_with(Lane::new);
+        let was_idle = lane.is_empty() && !lane.busy;
+        lane.push_vec(tag, items, max_batch);
+        if was_idle {
+            let id = (part.tp.clone(), sub);
+            self.ready.push_back(id);
+        }
+        self.pending += n;
     }
 
     /// Queue `items` of `tp` one by one, each in the lane `sub_lane` names
@@ -437,6 +451,25 @@ mod tests {
         assert!(s.next_unit().is_none(), "key a's second record waits");
         s.done(&la);
         assert_eq!(take(&mut s).unwrap().1, [2]);
+    }
+
+    #[test]
+    fn per_key_a_poll_of_one_key_stays_one_chunk_and_mixed_keys_split() {
+        let mut s = Scheduler::new(Ordering::PerKey, 10);
+        fn key(i: &i32) -> Option<&[u8]> {
+            Some(if *i < 10 { b"a" } else { b"b" })
+        }
+        s.push_all(&tp(0), 0, vec![0, 1, 2], key); // one key: one chunk
+        s.push_all(&tp(0), 0, vec![3, 10, 4, 11], key); // two keys
+        let (la, a) = take(&mut s).unwrap();
+        assert_eq!(a, [0, 1, 2, 3, 4], "key a, in order, topped up");
+        let (_, b) = take(&mut s).unwrap();
+        assert_eq!(b, [10, 11], "key b in parallel");
+        s.done(&la);
+        // Records without a key share one lane, like one key.
+        s.push_all(&tp(1), 0, vec![20, 21], |_| None);
+        s.push(&tp(1), 0, None, 22);
+        assert_eq!(take(&mut s).unwrap().1, [20, 21, 22]);
     }
 
     #[test]
