@@ -196,35 +196,63 @@ fn lz4_frame_direct(input: &[u8], limit: usize) -> Option<Vec<u8>> {
         _ => return None,
     };
     // FLG, BD, the optional content size, the header checksum.
-    let mut rest = rest.get(2 + content_size + 1..)?;
-    let mut out = Vec::with_capacity(limit.min(input.len().saturating_mul(4)));
+    let blocks = rest.get(2 + content_size + 1..)?;
+    // The layout first: a frame that ends in its end mark (then only the
+    // content checksum), every block within the frame's block size. Its
+    // blocks bound the output, reserved once so it never moves.
+    let mut rest = blocks;
+    let mut bound = 0usize;
+    // (stored uncompressed, bytes) of each block.
+    let mut parts: Vec<(bool, &[u8])> = Vec::new();
     loop {
         let (size, tail) = rest.split_first_chunk::<4>()?;
         let size = u32::from_le_bytes(*size);
         if size == 0 {
-            // The end mark: then only the content checksum, if any.
-            return (tail.len() == content_checksum).then_some(out);
+            if tail.len() != content_checksum {
+                return None;
+            }
+            break;
         }
         let len = (size & 0x7FFF_FFFF) as usize;
         if len > block_max {
             return None;
         }
-        let block = tail.get(..len)?;
+        let stored = size & 0x8000_0000 != 0;
+        parts.push((stored, tail.get(..len)?));
         rest = tail.get(len + block_checksum..)?;
+        // LZ4 writes at most 255 bytes per input byte (a match length
+        // byte of 255), so a small hostile block cannot claim a big room.
+        let most = if stored {
+            len
+        } else {
+            block_max.min(len.saturating_mul(255).saturating_add(64))
+        };
+        bound = bound.saturating_add(most);
+    }
+    let mut out = Vec::with_capacity(bound.min(limit));
+    for (stored, block) in parts {
+        let len = block.len();
         let start = out.len();
-        if size & 0x8000_0000 != 0 {
+        if stored {
             // Stored uncompressed.
             if start + len > limit {
                 return None;
             }
             out.extend_from_slice(block);
         } else {
-            let room = block_max.min(limit.saturating_sub(start));
+            let most = block_max.min(len.saturating_mul(255).saturating_add(64));
+            let room = most.min(limit.saturating_sub(start));
             out.resize(start + room, 0);
             let n = lz4_flex::block::decompress_into(block, &mut out[start..]).ok()?;
             out.truncate(start + n);
         }
     }
+    // Blocks that compressed well ended short of `block_max`: give back
+    // room the records will not use (they share this buffer until dropped).
+    if out.capacity() > out.len() + out.len() / 2 {
+        out.shrink_to_fit();
+    }
+    Some(out)
 }
 
 #[cfg(feature = "snappy")]
