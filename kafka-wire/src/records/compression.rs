@@ -299,7 +299,7 @@ fn decompress_zstd(input: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
         let decoder = StreamingDecoder::new(input).map_err(|e| corrupt("zstd", e))?;
         read_bounded(decoder, "zstd", limit)
     };
-    if !zstd_window(input).is_some_and(|w| w <= ZSTD_KEPT_WINDOW) {
+    if zstd_window(input).is_none_or(|w| w > ZSTD_KEPT_WINDOW) {
         return fresh();
     }
     ZSTD.with(|kept| match kept.try_borrow_mut() {
