@@ -299,7 +299,18 @@ fn decompress_zstd(input: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
         let decoder = StreamingDecoder::new(input).map_err(|e| corrupt("zstd", e))?;
         read_bounded(decoder, "zstd", limit)
     };
-    if zstd_window(input).is_none_or(|w| w > ZSTD_KEPT_WINDOW) {
+    let window = zstd_window(input);
+    // ruzstd reserves the window before decoding (up to its own 100 MiB
+    // cap), so a few hostile bytes asking for a huge window would cost
+    // that much: a window past what this consumer ever decompresses (or
+    // the 8 MiB a kept decoder holds, whichever is more) is refused first.
+    if window.is_some_and(|w| w > (limit as u64).max(ZSTD_KEPT_WINDOW)) {
+        return Err(DecodeError::DecompressLimit {
+            codec: "zstd",
+            limit,
+        });
+    }
+    if window.is_none_or(|w| w > ZSTD_KEPT_WINDOW) {
         return fresh();
     }
     ZSTD.with(|kept| match kept.try_borrow_mut() {
@@ -649,6 +660,14 @@ mod tests {
         assert_eq!(zstd_window(&frame(&[0x60, 0x00, 0x01])), Some(256 + 256));
         assert_eq!(zstd_window(&frame(&[0x20])), None, "truncated");
         assert_eq!(zstd_window(b"not zstd"), None);
+        // A header asking for a 1 GiB window is refused before ruzstd
+        // reserves it, whatever follows.
+        let huge = frame(&[0x00, 20 << 3, 0, 0, 0]);
+        assert_eq!(zstd_window(&huge), Some(1 << 30));
+        assert!(matches!(
+            decompress(Compression::Zstd, &huge, 64 << 20),
+            Err(DecodeError::DecompressLimit { codec: "zstd", .. })
+        ));
         // Frames this build writes decode with the kept decoder, twice.
         let input: Vec<u8> = (0..100_000u32).map(|i| (i % 97) as u8).collect();
         let z = compress(Compression::Zstd, &input).unwrap();
