@@ -201,6 +201,27 @@ async fn interop(b: &testkit::BrokerEnv, protocol: &str) {
     );
 }
 
+/// Records per codec in the codec tests: 30-digit values, about 90 KB a
+/// codec, so a batch spans more than one 64 KiB LZ4 block.
+const PER_CODEC: u64 = 3_000;
+
+/// Each codec this build has (`none` only `with_none`) with the numbers
+/// its run of records carries: codec `n` gets `n * 1,000,000 + i`.
+fn codec_runs(with_none: bool) -> Vec<(kafka_wire::records::Compression, Vec<u64>)> {
+    use kafka_wire::records::Compression;
+    Compression::ALL
+        .into_iter()
+        .filter(|c| c.is_built() && (with_none || *c != Compression::None))
+        .enumerate()
+        .map(|(n, c)| {
+            (
+                c,
+                (0..PER_CODEC).map(|i| n as u64 * 1_000_000 + i).collect(),
+            )
+        })
+        .collect()
+}
+
 /// The Java client reads what our producer writes in every codec this
 /// build has, batches above 64 KiB included (our LZ4 frames are written
 /// block by block, and Java's reader checks the frame's header checksum).
@@ -208,20 +229,14 @@ async fn interop(b: &testkit::BrokerEnv, protocol: &str) {
 /// reads them all and must print every value exactly once.
 #[tokio::test]
 async fn the_java_client_reads_every_codec_our_producer_writes() {
-    use kafka_wire::records::Compression;
     let b = testkit::require_broker!();
     let Some(jars) = java_client_jars() else {
         return;
     };
     let admin = testkit::client(&b).await;
     let topic = testkit::create_topic(&admin, "java-reads-codecs", 1).await;
-    const PER_CODEC: u64 = 3_000;
     let mut want = BTreeSet::new();
-    for (n, codec) in Compression::ALL
-        .into_iter()
-        .filter(|c| c.is_built())
-        .enumerate()
-    {
+    for (codec, numbers) in codec_runs(true) {
         let producer = kafka_wire::Producer::with_client(
             admin.clone(),
             testkit::producer_builder(&b)
@@ -235,11 +250,9 @@ async fn the_java_client_reads_every_codec_our_producer_writes() {
                 .unwrap(),
         );
         let mut deliveries = Vec::new();
-        for i in 0..PER_CODEC {
-            // 30 digits: about 140 KB of values per codec, so a batch
-            // spans several LZ4 blocks.
-            let value = format!("{:030}", n as u64 * 1_000_000 + i);
-            want.insert(n as u64 * 1_000_000 + i);
+        for v in numbers {
+            want.insert(v);
+            let value = format!("{v:030}");
             deliveries.push(
                 producer
                     .send(ProducerRecord::new(&topic).partition(0).value(value))
@@ -277,7 +290,6 @@ async fn the_java_client_reads_every_codec_our_producer_writes() {
 /// batches per codec; our consumer must see every value exactly once.
 #[tokio::test]
 async fn we_read_every_codec_the_java_producer_writes() {
-    use kafka_wire::records::Compression;
     use std::io::Write;
     let b = testkit::require_broker!();
     let Some(jars) = java_client_jars() else {
@@ -285,22 +297,10 @@ async fn we_read_every_codec_the_java_producer_writes() {
     };
     let admin = testkit::client(&b).await;
     let topic = testkit::create_topic(&admin, "reads-java-codecs", 1).await;
-    const PER_CODEC: u64 = 3_000;
     let mut want = BTreeSet::new();
-    for (n, codec) in Compression::ALL
-        .into_iter()
-        .filter(|c| c.is_built() && *c != Compression::None)
-        .enumerate()
-    {
-        // 30 digits: about 90 KB of values per codec, so one batch spans
-        // two LZ4 blocks.
-        let values: String = (0..PER_CODEC)
-            .map(|i| {
-                let v = n as u64 * 1_000_000 + i;
-                want.insert(v);
-                format!("{v:030}\n")
-            })
-            .collect();
+    for (codec, numbers) in codec_runs(false) {
+        want.extend(&numbers);
+        let values: String = numbers.iter().map(|v| format!("{v:030}\n")).collect();
         let mut java = Command::new("java")
             .arg("-cp")
             .arg(format!("{}/*", jars.display()))
