@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::client::{Client, Lane};
 use crate::connection::PendingResponse;
 use crate::error::{Error, ErrorAction, KafkaCode, Result};
-use crate::records::{encode_batch, BatchOptions, Compression};
+use crate::records::{encode_batch, BatchOptions};
 use crate::throttle::{Throttle, ThrottleTime};
 
 use super::accumulator::{Batch, QueueKey};
@@ -213,12 +213,9 @@ async fn start_request(
         let encoded = b
             .encoded
             .get_or_insert_with(|| {
-                // Uncompressed, `encode_batch` reserves the exact room
-                // itself (a guess here too small would copy the batch).
-                let mut buf = match cfg.compression {
-                    Compression::None => BytesMut::new(),
-                    _ => BytesMut::with_capacity(b.bytes + 128),
-                };
+                // `encode_batch` sizes its output itself (a guess here
+                // that fell short copied every batch once).
+                let mut buf = BytesMut::new();
                 encode_batch(
                     &mut buf,
                     &BatchOptions {
