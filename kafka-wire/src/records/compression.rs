@@ -163,7 +163,7 @@ pub fn decompress(codec: Compression, input: &[u8], limit: usize) -> Result<Vec<
 /// One LZ4 frame as Kafka clients write it (LZ4 frame format 1.6:
 /// independent blocks, no dictionary, one frame), each block decompressed
 /// straight into the output: no copy through the frame decoder's buffer,
-/// and the output grows by whole blocks. Checksums are not verified here:
+/// and the output reserved once, from the block list. Checksums are not verified here:
 /// the record batch's CRC32C covers these bytes. `None` for anything else
 /// (linked blocks, a dictionary, several frames, a block over the frame's
 /// block size, output past `limit`, a corrupt block), which the caller
@@ -196,6 +196,17 @@ fn lz4_frame_direct(input: &[u8], limit: usize) -> Option<Vec<u8>> {
     // The layout first: a frame that ends in its end mark (then only the
     // content checksum), every block within the frame's block size. Its
     // blocks bound the output, reserved once so it never moves.
+    // The most a block can hold: a stored block its own bytes; a
+    // compressed one its frame's block size, and at most 255 bytes out
+    // per byte in (an LZ4 match length byte of 255), so a small hostile
+    // block cannot claim a big room.
+    let most = |stored: bool, len: usize| {
+        if stored {
+            len
+        } else {
+            block_max.min(len.saturating_mul(255).saturating_add(64))
+        }
+    };
     let mut rest = blocks;
     let mut bound = 0usize;
     // (stored uncompressed, bytes) of each block.
@@ -216,28 +227,18 @@ fn lz4_frame_direct(input: &[u8], limit: usize) -> Option<Vec<u8>> {
         let stored = size & 0x8000_0000 != 0;
         parts.push((stored, tail.get(..len)?));
         rest = tail.get(len + block_checksum..)?;
-        // LZ4 writes at most 255 bytes per input byte (a match length
-        // byte of 255), so a small hostile block cannot claim a big room.
-        let most = if stored {
-            len
-        } else {
-            block_max.min(len.saturating_mul(255).saturating_add(64))
-        };
-        bound = bound.saturating_add(most);
+        bound = bound.saturating_add(most(stored, len));
     }
     let mut out = Vec::with_capacity(bound.min(limit));
     for (stored, block) in parts {
-        let len = block.len();
         let start = out.len();
         if stored {
-            // Stored uncompressed.
-            if start + len > limit {
+            if start + block.len() > limit {
                 return None;
             }
             out.extend_from_slice(block);
         } else {
-            let most = block_max.min(len.saturating_mul(255).saturating_add(64));
-            let room = most.min(limit.saturating_sub(start));
+            let room = most(false, block.len()).min(limit.saturating_sub(start));
             out.resize(start + room, 0);
             let n = lz4_flex::block::decompress_into(block, &mut out[start..]).ok()?;
             out.truncate(start + n);
@@ -326,6 +327,16 @@ fn decompress_zstd(input: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
 #[cfg(feature = "snappy")]
 fn snappy_block(block: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), DecodeError> {
     let len = snap::raw::decompress_len(block).map_err(|e| corrupt("snappy", e))?;
+    // The block's header claims `len` and the output is zero-filled to it
+    // before decoding: a claim no block of this size can hold is refused
+    // first (snappy's densest element, a 3-byte copy of 64 bytes, is
+    // about 21 bytes out per byte in).
+    if len > block.len().saturating_mul(32).saturating_add(64) {
+        return Err(corrupt(
+            "snappy",
+            format!("a {}-byte block claims {len} bytes", block.len()),
+        ));
+    }
     if out.len() + len > limit {
         return Err(DecodeError::DecompressLimit {
             codec: "snappy",
@@ -641,6 +652,37 @@ mod tests {
             decompress(Compression::Lz4, &big, 100_000),
             Err(DecodeError::DecompressLimit { codec: "lz4", .. })
         ));
+    }
+
+    /// A raw snappy block whose header claims far more than its bytes can
+    /// hold is refused before the output is filled to that size; real
+    /// blocks at snappy's densest (long runs) still decode.
+    #[cfg(feature = "snappy")]
+    #[test]
+    fn a_snappy_block_claiming_more_than_it_can_hold_is_refused_first() {
+        // Varint 60,000,000, then two bytes of nothing.
+        let mut claim = Vec::new();
+        let mut n = 60_000_000u32;
+        while n >= 0x80 {
+            claim.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        claim.extend_from_slice(&[n as u8, 0, 0]);
+        match decompress(Compression::Snappy, &claim, 64 << 20) {
+            Err(DecodeError::Decompress {
+                codec: "snappy",
+                reason,
+            }) => {
+                assert!(reason.contains("claims"), "{reason}")
+            }
+            other => panic!("expected a typed refusal, got {other:?}"),
+        }
+        let run = vec![0u8; 1 << 20];
+        let packed = snap::raw::Encoder::new().compress_vec(&run).unwrap();
+        assert_eq!(
+            decompress(Compression::Snappy, &packed, 2 << 20).unwrap(),
+            run
+        );
     }
 
     /// The window is read from both header forms, as the decoder reads it.
