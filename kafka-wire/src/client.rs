@@ -338,7 +338,7 @@ impl Client {
     ///
     /// # Cancel safety
     /// Cancel safe, as [`Connection::send`].
-    pub async fn send_to<R: Request>(
+    pub async fn send_to<R: Request + 'static>(
         &self,
         broker_id: i32,
         lane: Lane,

@@ -42,6 +42,7 @@ use tokio::time::Instant;
 use crate::connector::{BoxTransport, BrokerAddress};
 use crate::error::{DecodeError, Error, Result};
 use crate::frame::FrameDecoder;
+use crate::segments::{self, OutFrame, WriteQueue};
 use crate::throttle::{ThrottleGate, ThrottleTime};
 use crate::versions::ApiVersionTable;
 
@@ -51,7 +52,7 @@ const WRITE_BUFFER_HIGH: usize = 4 * 1024 * 1024;
 /// A request on its way to the connection task.
 struct Envelope {
     /// Length-prefixed frame; bytes 8..12 are the correlation id placeholder.
-    frame: BytesMut,
+    frame: OutFrame,
     api: ApiKey,
     response_header_version: i16,
     /// `false` for acks=0 produce: the broker sends nothing back.
@@ -155,7 +156,7 @@ impl Connection {
     /// Cancel safe: dropping the future abandons the response only; the
     /// request is written whole or not at all. Whether a cancelled request
     /// reached the broker is unknown.
-    pub async fn send<R: Request>(
+    pub async fn send<R: Request + 'static>(
         &self,
         req: &R,
         request_timeout: Duration,
@@ -179,7 +180,7 @@ impl Connection {
     /// # Cancel safety
     /// Cancel safe: if cancelled, the request was either queued whole (and
     /// its response is dropped) or not at all.
-    pub async fn start<R: Request>(
+    pub async fn start<R: Request + 'static>(
         &self,
         req: &R,
         timeout: Duration,
@@ -199,7 +200,11 @@ impl Connection {
     ///
     /// # Cancel safety
     /// Cancel safe, as [`Connection::send`].
-    pub async fn send_no_response<R: Request>(&self, req: &R, timeout: Duration) -> Result<()> {
+    pub async fn send_no_response<R: Request + 'static>(
+        &self,
+        req: &R,
+        timeout: Duration,
+    ) -> Result<()> {
         let api = api_key::<R>();
         let version = self.version(api)?;
         self.raw
@@ -291,7 +296,7 @@ impl RawConnection {
         }
     }
 
-    async fn enqueue<R: Request>(
+    async fn enqueue<R: Request + 'static>(
         &self,
         req: &R,
         version: i16,
@@ -317,7 +322,7 @@ impl RawConnection {
     }
 
     /// Send at an explicit `version` and decode the response.
-    pub(crate) async fn call<R: Request>(
+    pub(crate) async fn call<R: Request + 'static>(
         &self,
         req: &R,
         version: i16,
@@ -360,13 +365,20 @@ impl RawConnection {
 }
 
 /// Encode header and body into one length-prefixed frame with a zero
-/// correlation id; the task patches in the real one.
-fn encode_request<R: Request>(
+/// correlation id; the task patches in the real one. A Produce request's
+/// record batches stay segments of their own (see [`segments`]).
+fn encode_request<R: Request + 'static>(
     req: &R,
     api: ApiKey,
     version: i16,
     client_id: &StrBytes,
-) -> Result<BytesMut> {
+) -> Result<OutFrame> {
+    let any: &dyn std::any::Any = req;
+    if let Some(produce) = any.downcast_ref::<kafka_protocol::messages::ProduceRequest>() {
+        if let Some(frame) = segments::produce_frame(produce, version, client_id)? {
+            return Ok(frame);
+        }
+    }
     let header = RequestHeader::default()
         .with_request_api_key(R::KEY)
         .with_request_api_version(version)
@@ -385,7 +397,10 @@ fn encode_request<R: Request>(
         .encode(&mut buf, header_version)
         .map_err(encode_err)?;
     req.encode(&mut buf, version).map_err(encode_err)?;
-    Ok(buf)
+    Ok(OutFrame {
+        head: buf,
+        tail: Vec::new(),
+    })
 }
 
 /// Why the task stopped; turned into the error every waiter receives.
@@ -408,7 +423,7 @@ async fn run_task(
 ) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut read_buf = BytesMut::with_capacity(64 * 1024);
-    let mut write_buf = BytesMut::new();
+    let mut write_buf = WriteQueue::default();
     let mut needs_flush = false;
     let mut written: u64 = 0;
     let mut queued: u64 = 0;
@@ -473,7 +488,12 @@ async fn run_task(
                 if write_buf.is_empty() {
                     writer.flush().await.map(|_| None)
                 } else {
-                    writer.write_buf(&mut write_buf).await.map(Some)
+                    // Vectored: a Produce request's batches are segments.
+                    let n = writer.write_vectored(&write_buf.slices()).await;
+                    if let Ok(n) = n {
+                        write_buf.advance(n);
+                    }
+                    n.map(Some)
                 }
             }, if !write_buf.is_empty() || needs_flush => {
                 match res {
@@ -549,19 +569,13 @@ fn accept(
     mut env: Envelope,
     correlation_id: i32,
     queued: &mut u64,
-    write_buf: &mut BytesMut,
+    write_buf: &mut WriteQueue,
     in_flight: &mut VecDeque<InFlight>,
 ) {
-    env.frame[8..12].copy_from_slice(&correlation_id.to_be_bytes());
+    env.frame.set_correlation_id(correlation_id);
     let start = *queued;
     *queued += env.frame.len() as u64;
-    if write_buf.is_empty() {
-        // Nothing waiting: write this frame's own buffer, no copy (a
-        // Produce request is megabytes).
-        *write_buf = std::mem::take(&mut env.frame);
-    } else {
-        write_buf.extend_from_slice(&env.frame);
-    }
+    write_buf.push(env.frame);
     if env.expects_response {
         in_flight.push_back(InFlight {
             correlation_id,

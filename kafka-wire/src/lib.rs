@@ -95,6 +95,7 @@ mod metadata;
 mod producer;
 pub mod records;
 mod sasl;
+mod segments;
 mod throttle;
 mod tls;
 mod topic_partition;

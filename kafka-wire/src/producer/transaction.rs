@@ -92,7 +92,7 @@ impl Producer {
     /// re-finding the coordinator when it moved, after the producer's
     /// backoff (at least the broker's throttle time), for up to
     /// `TXN_RETRY_WINDOW`.
-    async fn to_coordinator<R: Request>(
+    async fn to_coordinator<R: Request + 'static>(
         &self,
         kind: CoordinatorKind,
         key: &str,

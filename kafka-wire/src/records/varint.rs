@@ -42,7 +42,11 @@ pub fn put_varint(buf: &mut impl BufMut, v: i32) {
 
 /// Write a zig-zag varlong.
 pub fn put_varlong(buf: &mut impl BufMut, v: i64) {
-    let mut raw = ((v << 1) ^ (v >> 63)) as u64;
+    put_uvarint(buf, ((v << 1) ^ (v >> 63)) as u64);
+}
+
+/// Write an unsigned varint (no zig-zag: the protocol's compact lengths).
+pub fn put_uvarint(buf: &mut impl BufMut, mut raw: u64) {
     while raw >= 0x80 {
         buf.put_u8((raw as u8) | 0x80);
         raw >>= 7;

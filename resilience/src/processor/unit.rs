@@ -225,6 +225,9 @@ impl Runtime {
         let len = slab.len();
         let from_retry_topic = self.handling.retry_index.contains_key(&tp.topic);
         let started = std::time::Instant::now();
+        // Compared per record: a comparison, where `now - started` is a
+        // checked subtraction (2 % of a no-op handler's profile).
+        let budget_end = started + UNIT_TIME_BUDGET;
         let seconds = &self.metrics().handler_seconds;
         let mut clock = CallClock::new(started);
         // Records `handled..i` were handled and are not finished yet: they
@@ -238,7 +241,7 @@ impl Runtime {
                 if stop.load(Ordering::Acquire) {
                     break; // revoked: the rest is the next owner's
                 }
-                if clock.now - started >= UNIT_TIME_BUDGET {
+                if clock.now >= budget_end {
                     self.finish_handled(tp, epoch, slab.records(handled, i));
                     let mut rest = slab.into_rest(i);
                     rest.extend(later);
