@@ -45,7 +45,8 @@ impl InFlight {
 
 impl Runtime {
     /// `records` dispatched, holding `bytes`: count them in flight (and
-    /// their peaks).
+    /// their peaks). Called before the records are queued, so no worker can
+    /// finish them first (the counters would go below zero).
     #[inline]
     pub(super) fn admit(&self, records: usize, bytes: usize) {
         let now = self.in_flight.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
@@ -176,4 +177,80 @@ pub(super) fn apply_backpressure(
     *paused = want;
     rt.metrics().paused(paused.len());
     *globally || queue_full
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use consumer_core::{ConsumerConfig, PartitionRecords, TopicPartition};
+    use kafka_wire::records::Record;
+
+    use super::super::runtime::Runtime;
+    use super::super::{AnyHandler, HandlerFuture, Stats};
+    use crate::{Handler, ProcessorConfig};
+
+    struct Noop;
+    impl Handler for Noop {
+        fn handle<'a>(&'a self, _: &'a TopicPartition, _: &'a Record) -> HandlerFuture<'a> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn record(offset: i64) -> Record {
+        Record {
+            offset,
+            timestamp: 0,
+            key: None,
+            value: Some(Bytes::from_static(b"v")),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Workers already running take a poll's records the moment they are
+    /// queued, so the records must count in flight before that: counted
+    /// after (as before), a worker could finish them first, the counters
+    /// went below zero for a moment, and a debug build panicked on the
+    /// overflow (the order-saga seed test caught it once).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_count_in_flight_before_a_worker_can_take_them() {
+        let consumer = ConsumerConfig::builder()
+            .bootstrap("127.0.0.1:9092")
+            .unwrap()
+            .build()
+            .unwrap();
+        let cfg = ProcessorConfig::new(consumer, &["t"]).concurrency(4);
+        let rt = Arc::new(Runtime::new(
+            cfg,
+            AnyHandler::One(Arc::new(Noop)),
+            Arc::new(Stats::default()),
+            None,
+        ));
+        let polls: i64 = 20_000;
+        for offset in 0..polls {
+            rt.dispatch(PartitionRecords {
+                tp: TopicPartition::new("t", (offset % 4) as i32),
+                records: vec![record(offset / 4)],
+                high_watermark: -1,
+                last_stable_offset: -1,
+            });
+            if offset % 64 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while rt.stats.handled.load(Ordering::Relaxed) < polls as u64 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "handled {} of {polls}: a worker died",
+                rt.stats.handled.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(rt.in_flight.records.load(Ordering::Acquire), 0);
+        assert_eq!(rt.in_flight.bytes.load(Ordering::Acquire), 0);
+    }
 }

@@ -311,8 +311,6 @@ impl Runtime {
             return;
         };
         let tp = batch.tp;
-        let added_bytes;
-        let added;
         {
             let mut st = self.lock();
             let st = &mut *st;
@@ -336,8 +334,12 @@ impl Runtime {
                     }
                 });
             }
-            added_bytes = records.iter().map(record_bytes).sum();
-            added = records.len();
+            let added_bytes = records.iter().map(record_bytes).sum();
+            let added = records.len();
+            // Counted in flight before they are queued: a running worker
+            // takes them as soon as the lock is released, and could finish
+            // them before this task counted them.
+            self.admit(added, added_bytes);
             // The poll's vector goes to the lanes as it is: per partition
             // it is the lane's next chunk, with no record moved (the poll
             // task's time is the runtime's critical path).
@@ -349,7 +351,6 @@ impl Runtime {
                     .fetch_add(already_done, Ordering::Relaxed);
             }
         }
-        self.admit(added, added_bytes);
         self.pump();
     }
 
