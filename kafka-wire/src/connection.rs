@@ -379,6 +379,19 @@ fn encode_request<R: Request + 'static>(
             return Ok(frame);
         }
     }
+    Ok(OutFrame {
+        head: encode_generic(req, api, version, client_id)?,
+        tail: Vec::new(),
+    })
+}
+
+/// Any request as one buffer: kafka-protocol's encoder.
+pub(crate) fn encode_generic<R: Request>(
+    req: &R,
+    api: ApiKey,
+    version: i16,
+    client_id: &StrBytes,
+) -> Result<BytesMut> {
     let header = RequestHeader::default()
         .with_request_api_key(R::KEY)
         .with_request_api_version(version)
@@ -397,10 +410,7 @@ fn encode_request<R: Request + 'static>(
         .encode(&mut buf, header_version)
         .map_err(encode_err)?;
     req.encode(&mut buf, version).map_err(encode_err)?;
-    Ok(OutFrame {
-        head: buf,
-        tail: Vec::new(),
-    })
+    Ok(buf)
 }
 
 /// Why the task stopped; turned into the error every waiter receives.

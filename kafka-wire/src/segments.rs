@@ -5,7 +5,7 @@
 //! - [`OutFrame`]: one request frame: a head (length prefix, request
 //!   header, and the body up to the first large batch) and the segments
 //!   after it, in order.
-//! - [`produce_frame`]: a Produce request (v3–v11) written field by field,
+//! - [`produce_frame`]: a Produce request (v3–v12) written field by field,
 //!   each record batch of at least [`SPLICE_MIN`] bytes kept as its own
 //!   segment. Byte for byte what the generic encoder writes (a property
 //!   test checks it); any request this file does not know how to write
@@ -74,10 +74,10 @@ impl OutFrame {
 /// become segments of their own.
 struct Builder {
     frame: OutFrame,
-    /// Where small fields go: `frame.head` until the first segment, then a
-    /// buffer closed into the tail before each segment and at the end.
+    /// Where small fields go: what becomes `frame.head` until the first
+    /// segment (the head is empty until then), then a buffer closed into
+    /// the tail before each segment and at the end.
     open: BytesMut,
-    spliced: bool,
 }
 
 impl Builder {
@@ -87,28 +87,24 @@ impl Builder {
         Builder {
             frame: OutFrame::default(),
             open,
-            spliced: false,
         }
     }
 
     fn splice(&mut self, bytes: &Bytes) {
         let open = std::mem::take(&mut self.open);
-        if self.spliced {
-            self.frame.tail.push(open.freeze());
-        } else {
+        if self.frame.head.is_empty() {
             self.frame.head = open;
-            self.spliced = true;
+        } else {
+            self.frame.tail.push(open.freeze());
         }
         self.frame.tail.push(bytes.clone());
     }
 
     fn finish(mut self) -> Result<OutFrame> {
-        if self.spliced {
-            if !self.open.is_empty() {
-                self.frame.tail.push(self.open.freeze());
-            }
-        } else {
+        if self.frame.head.is_empty() {
             self.frame.head = self.open;
+        } else if !self.open.is_empty() {
+            self.frame.tail.push(self.open.freeze());
         }
         let size = self.frame.len() - 4;
         let size = i32::try_from(size).map_err(|_| Error::Encode {
@@ -309,23 +305,6 @@ mod tests {
     use kafka_protocol::messages::{TopicName, TransactionalId};
     use proptest::prelude::*;
 
-    /// What the generic encoder writes: the frame `encode_request` built
-    /// before this file.
-    fn generic(req: &ProduceRequest, version: i16, client_id: &StrBytes) -> Vec<u8> {
-        let header = RequestHeader::default()
-            .with_request_api_key(ApiKey::Produce as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(0)
-            .with_client_id(Some(client_id.clone()));
-        let hv = ProduceRequest::header_version(version);
-        let mut body = BytesMut::new();
-        header.encode(&mut body, hv).unwrap();
-        req.encode(&mut body, version).unwrap();
-        let mut out = (body.len() as i32).to_be_bytes().to_vec();
-        out.extend_from_slice(&body);
-        out
-    }
-
     fn request() -> impl Strategy<Value = ProduceRequest> {
         let batch = prop_oneof![
             Just(None),
@@ -361,7 +340,8 @@ mod tests {
         fn a_produce_frame_is_what_the_generic_encoder_writes(req in request(), version in 3i16..=PRODUCE_MAX) {
             let client = StrBytes::from_static_str("client-1");
             let frame = produce_frame(&req, version, &client).unwrap().unwrap();
-            prop_assert_eq!(frame.to_vec(), generic(&req, version, &client));
+            let generic = crate::connection::encode_generic(&req, ApiKey::Produce, version, &client).unwrap();
+            prop_assert_eq!(frame.to_vec(), generic.to_vec());
             // Every large batch is a segment of its own, not a copy.
             let large = req.topic_data.iter()
                 .flat_map(|t| &t.partition_data)
