@@ -1,6 +1,6 @@
 //! Against the real broker from `cargo xtask broker up`: connect, negotiate
 //! versions, read metadata; TLS and every SASL mechanism on the harness's
-//! listeners.
+//! listeners; a producer's large batches over SASL_SSL.
 
 mod common;
 
@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use kafka_wire::messages::ApiKey;
 use kafka_wire::{BoxTransport, ConnectFuture};
 use kafka_wire::{
-    BrokerAddress, Client, ClientConfig, Connector, Error, Lane, SaslConfig, SecurityProtocol,
-    TcpConnector, TlsConfig, UnsecuredJwt,
+    BrokerAddress, Client, ClientConfig, Connector, Error, Lane, Producer, ProducerRecord,
+    SaslConfig, SecurityProtocol, TcpConnector, TlsConfig, UnsecuredJwt,
 };
 
 fn tls(b: &testkit::BrokerEnv) -> TlsConfig {
@@ -286,4 +286,53 @@ async fn an_http_server_is_named_as_not_a_kafka_broker() {
     assert!(text.contains("HTTP/1.1 400 Bad Request"), "{text}");
     assert!(text.contains(&addr), "names the server: {text}");
     assert!(!text.contains("frame length"), "{text}");
+}
+
+/// A Produce request's batches are written as segments of the frame with
+/// vectored writes (`segments.rs`); over TLS they go through rustls's
+/// writer. Batches over 1 KiB to several partitions in one request, then
+/// every record read back whole over the same connection.
+#[tokio::test]
+async fn a_producer_over_sasl_ssl_writes_large_batches_that_read_back_whole() {
+    let broker = testkit::require_broker!();
+    if broker.bootstrap_sasl_ssl.is_none() {
+        return assert!(
+            !testkit::broker_required(),
+            "harness has no SASL_SSL listener"
+        );
+    }
+    let sasl = SaslConfig::Plain {
+        username: broker.sasl_user.clone().unwrap(),
+        password: broker.sasl_password.clone().unwrap(),
+    };
+    let client = sasl_connect(&broker, sasl).await.expect("SASL_SSL connect");
+    let t = testkit::create_topic(&client, "tls-produce", 3).await;
+    let producer = Producer::with_client(
+        client.clone(),
+        testkit::producer_builder(&broker)
+            .linger(Duration::from_millis(20))
+            .build()
+            .unwrap(),
+    );
+    let value = |i: u32| format!("{i:08}").repeat(128).into_bytes(); // 1 KiB
+    let mut deliveries = Vec::new();
+    for i in 0..3_000u32 {
+        let rec = ProducerRecord::new(&t)
+            .partition((i % 3) as i32)
+            .value(value(i));
+        deliveries.push(producer.send(rec).await.unwrap());
+    }
+    producer.flush().await;
+    for d in deliveries {
+        d.await.expect("delivered over SASL_SSL");
+    }
+    for p in 0..3 {
+        let got = common::fetch_all(&client, &t, p, 1_000).await;
+        assert_eq!(got.len(), 1_000, "partition {p}");
+        for (n, r) in got.iter().enumerate() {
+            let i = n as u32 * 3 + p as u32;
+            assert_eq!(r.value.as_deref(), Some(&value(i)[..]), "p{p} offset {n}");
+        }
+    }
+    producer.close().await;
 }
