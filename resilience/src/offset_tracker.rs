@@ -18,19 +18,30 @@ use std::collections::VecDeque;
 /// The offset bookkeeping of one partition in one assignment epoch.
 ///
 /// Offsets are dispatched in increasing order, so the dispatched ones not
-/// yet behind the commit point form a sorted queue: a dispatch appends, a
-/// completion is a binary search, and the commit point is the front. No
-/// per-offset allocation, and gaps (compaction, markers) cost nothing.
+/// yet behind the commit point form a sorted queue of runs of consecutive
+/// offsets: a poll's records extend the last run, an in-order completion
+/// moves the first run's start, and the commit point is that start. A
+/// completion out of order splits a run (a binary search and a short
+/// insert). No per-offset memory, and gaps (compaction, markers) cost
+/// nothing.
 #[derive(Debug, Clone)]
 pub struct OffsetTracker {
     epoch: u64,
-    /// Dispatched offsets from the lowest one still in flight on, with
-    /// whether each is done. The front is always in flight.
-    window: VecDeque<(i64, bool)>,
+    /// Dispatched offsets from the lowest one still in flight on: sorted,
+    /// not overlapping. The front is always in flight.
+    window: VecDeque<Run>,
     /// One past the last dispatched offset (or a later position).
     end: i64,
     /// The last commit point returned by `take_commit`.
     committed: i64,
+}
+
+/// Offsets `start..end`, every one dispatched, all done or all in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    start: i64,
+    end: i64,
+    done: bool,
 }
 
 /// Why a completion was ignored.
@@ -65,17 +76,48 @@ impl OffsetTracker {
     /// A record at `offset` goes to a worker. Offsets increase (a lower
     /// one, which the runtime never sends, is still tracked correctly, at a
     /// linear cost).
+    #[inline]
     pub fn dispatch(&mut self, offset: i64) {
-        if offset >= self.end {
-            self.window.push_back((offset, false));
-        } else {
-            match self.window.binary_search_by_key(&offset, |(o, _)| *o) {
-                Ok(i) if !self.window[i].1 => return, // already in flight
-                Ok(i) => self.window[i].1 = false,
-                Err(i) => self.window.insert(i, (offset, false)),
+        // The usual case, inline: the next offset extends the last run.
+        if offset == self.end {
+            if let Some(last) = self.window.back_mut() {
+                if !last.done && last.end == offset {
+                    last.end += 1;
+                    self.end += 1;
+                    return;
+                }
             }
         }
-        self.end = self.end.max(offset + 1);
+        self.dispatch_other(offset);
+    }
+
+    /// [`Self::dispatch`] past a gap, or below the end.
+    fn dispatch_other(&mut self, offset: i64) {
+        if offset >= self.end {
+            match self.window.back_mut() {
+                Some(last) if !last.done && last.end == offset => last.end += 1,
+                _ => self.window.push_back(Run {
+                    start: offset,
+                    end: offset + 1,
+                    done: false,
+                }),
+            }
+            self.end = offset + 1;
+            return;
+        }
+        let i = self.window.partition_point(|r| r.end <= offset);
+        match self.window.get(i) {
+            Some(r) if r.start <= offset && !r.done => {} // already in flight
+            Some(r) if r.start <= offset => self.mark(i, offset, false),
+            _ => self.window.insert(
+                i,
+                Run {
+                    start: offset,
+                    end: offset + 1,
+                    done: false,
+                },
+            ),
+        }
     }
 
     /// The fetch position moved to `next` without records in between
@@ -88,46 +130,111 @@ impl OffsetTracker {
     ///
     /// # Errors
     /// [`Ignored`] when the completion is stale or unknown; it changes nothing.
+    #[inline]
     pub fn complete(&mut self, epoch: u64, offset: i64) -> Result<(), Ignored> {
         if epoch != self.epoch {
             return Err(Ignored::StaleEpoch);
         }
-        // Completions mostly come in order: the front is the usual case.
-        let i = if self.window.front().is_some_and(|(o, _)| *o == offset) {
-            0
-        } else {
-            self.window
-                .binary_search_by_key(&offset, |(o, _)| *o)
-                .map_err(|_| Ignored::NotInFlight)?
-        };
-        let done = &mut self.window[i].1;
-        if *done {
-            return Err(Ignored::NotInFlight);
+        // Completions mostly come in order: the front's first offset (in
+        // flight, as the front always is) is the usual case, inline.
+        if let Some(first) = self.window.front_mut() {
+            if first.start == offset && first.start + 1 < first.end {
+                first.start += 1;
+                return Ok(());
+            }
         }
-        *done = true;
-        // Completed offsets below the first in-flight one need no memory.
-        while self.window.front().is_some_and(|(_, done)| *done) {
+        self.complete_other(offset)
+    }
+
+    /// [`Self::complete`] of a front run's last offset, or out of order.
+    fn complete_other(&mut self, offset: i64) -> Result<(), Ignored> {
+        if let Some(first) = self.window.front_mut() {
+            if first.start == offset {
+                // The last offset of the front run (the inline case took
+                // the others): the run is done.
+                self.window.pop_front();
+                self.drop_done_front();
+                return Ok(());
+            }
+        }
+        let i = self.window.partition_point(|r| r.end <= offset);
+        match self.window.get(i) {
+            Some(r) if r.start <= offset && !r.done => {
+                self.mark(i, offset, true);
+                Ok(())
+            }
+            _ => Err(Ignored::NotInFlight),
+        }
+    }
+
+    /// Set `offset`, inside run `i` and not `done` yet, to `done`: the run
+    /// splits around it, and it joins a neighbour run of its kind.
+    fn mark(&mut self, i: usize, offset: i64, done: bool) {
+        let run = self.window[i];
+        debug_assert!(run.start <= offset && offset < run.end && run.done != done);
+        let mut at = i;
+        if run.start < offset {
+            self.window[at].end = offset; // the part before stays as it was
+            at += 1;
+            self.window.insert(at, run);
+        }
+        self.window[at] = Run {
+            start: offset,
+            end: offset + 1,
+            done,
+        };
+        if offset + 1 < run.end {
+            let after = Run {
+                start: offset + 1,
+                ..run
+            };
+            self.window.insert(at + 1, after);
+        }
+        // Join the neighbours of the same kind that touch it.
+        if let Some(next) = self.window.get(at + 1).copied() {
+            if next.done == done && next.start == offset + 1 {
+                self.window[at].end = next.end;
+                self.window.remove(at + 1);
+            }
+        }
+        if at > 0 {
+            let prev = self.window[at - 1];
+            if prev.done == done && prev.end == offset {
+                self.window[at - 1].end = self.window[at].end;
+                self.window.remove(at);
+            }
+        }
+        self.drop_done_front();
+    }
+
+    /// Completed offsets below the first in-flight one need no memory.
+    fn drop_done_front(&mut self) {
+        while self.window.front().is_some_and(|r| r.done) {
             self.window.pop_front();
         }
-        Ok(())
     }
 
     /// The offset a commit would store: every offset below it is done.
     pub fn commit_point(&self) -> i64 {
-        self.window.front().map_or(self.end, |(o, _)| *o)
+        self.window.front().map_or(self.end, |r| r.start)
     }
 
-    /// Completed offsets beyond the commit point (for commit metadata).
+    /// Completed offsets beyond the commit point (for commit metadata), in
+    /// increasing order.
     pub fn done_beyond_commit_point(&self) -> impl Iterator<Item = i64> + '_ {
         self.window
             .iter()
-            .filter(|(_, done)| *done)
-            .map(|(o, _)| *o)
+            .filter(|r| r.done)
+            .flat_map(|r| r.start..r.end)
     }
 
     /// Number of records in flight.
     pub fn in_flight(&self) -> usize {
-        self.window.iter().filter(|(_, done)| !done).count()
+        self.window
+            .iter()
+            .filter(|r| !r.done)
+            .map(|r| (r.end - r.start) as usize)
+            .sum()
     }
 
     /// The commit point if it moved since the last call. Never goes backwards.
@@ -202,7 +309,114 @@ mod tests {
         assert_eq!(t.complete(2, 7), Err(Ignored::NotInFlight));
     }
 
+    /// The tracker's meaning, one map entry per offset (as the tracker
+    /// kept them before it kept runs): dispatched offsets from the lowest
+    /// in flight on, with whether each is done.
+    #[derive(Default)]
+    struct Model {
+        offsets: std::collections::BTreeMap<i64, bool>,
+        end: i64,
+    }
+
+    impl Model {
+        fn dispatch(&mut self, o: i64) {
+            let e = self.offsets.entry(o).or_insert(false);
+            *e = false;
+            self.end = self.end.max(o + 1);
+        }
+
+        fn complete(&mut self, o: i64) -> Result<(), Ignored> {
+            match self.offsets.get_mut(&o) {
+                Some(done) if !*done => *done = true,
+                _ => return Err(Ignored::NotInFlight),
+            }
+            while let Some(entry) = self.offsets.first_entry() {
+                if !*entry.get() {
+                    break;
+                }
+                entry.remove();
+            }
+            Ok(())
+        }
+
+        fn commit_point(&self) -> i64 {
+            self.offsets.keys().next().copied().unwrap_or(self.end)
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Dispatch the next offset after a gap of this many.
+        Next(i64),
+        /// Dispatch an offset below the end again (or into a gap).
+        Again(i64),
+        /// Complete an offset (maybe not in flight).
+        Complete(i64),
+        /// Complete the lowest offset in flight (the usual, in-order case).
+        CompleteFirst,
+        /// The fetch position moved past a gap.
+        Advance(i64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0i64..3).prop_map(Op::Next),
+            1 => (0i64..40).prop_map(Op::Again),
+            4 => (0i64..40).prop_map(Op::Complete),
+            3 => Just(Op::CompleteFirst),
+            1 => (0i64..4).prop_map(Op::Advance),
+        ]
+    }
+
     proptest! {
+        /// Any sequence of dispatches (in order, with gaps, or again below
+        /// the end), completions (in order, out of order, unknown,
+        /// duplicate) and advances: the runs mean what the per-offset
+        /// model means, at every step.
+        #[test]
+        fn runs_agree_with_the_per_offset_model(ops in prop::collection::vec(op(), 1..200)) {
+            let mut t = OffsetTracker::new(1, 0);
+            let mut m = Model::default();
+            for op in ops {
+                match op {
+                    Op::Next(gap) => {
+                        let o = m.end + gap;
+                        t.dispatch(o);
+                        m.dispatch(o);
+                    }
+                    Op::Again(o) => {
+                        if o < m.end {
+                            t.dispatch(o);
+                            m.dispatch(o);
+                        }
+                    }
+                    Op::Complete(o) => prop_assert_eq!(t.complete(1, o), m.complete(o)),
+                    Op::CompleteFirst => {
+                        if let Some((&o, _)) = m.offsets.iter().find(|(_, done)| !**done) {
+                            prop_assert_eq!(t.complete(1, o), Ok(()));
+                            m.complete(o).unwrap();
+                        }
+                    }
+                    Op::Advance(by) => {
+                        t.advance_to(m.end + by);
+                        m.end += by;
+                    }
+                }
+                prop_assert_eq!(t.commit_point(), m.commit_point());
+                prop_assert_eq!(t.end(), m.end);
+                let done: Vec<i64> = m.offsets.iter().filter(|(_, d)| **d).map(|(o, _)| *o).collect();
+                prop_assert_eq!(t.done_beyond_commit_point().collect::<Vec<_>>(), done);
+                prop_assert_eq!(t.in_flight(), m.offsets.values().filter(|d| !**d).count());
+                // Runs are sorted, not empty, and never touch a run of their kind.
+                for pair in t.window.iter().collect::<Vec<_>>().windows(2) {
+                    prop_assert!(pair[0].end <= pair[1].start);
+                    prop_assert!(!(pair[0].done && pair[1].done && pair[0].end == pair[1].start));
+                }
+                prop_assert!(t.window.iter().all(|r| r.start < r.end));
+                prop_assert!(t.window.front().is_none_or(|r| !r.done));
+            }
+        }
+
         /// Whatever the completion order: the commit point never passes an
         /// incomplete offset, never goes backwards, and ends at the end.
         #[test]

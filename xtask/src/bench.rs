@@ -410,6 +410,7 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
                     w.name,
                     peer.name()
                 );
+                settle_disk();
                 let mut cmd = command(peer, w, &bins, &bootstrap, &java_config);
                 let broker_before = broker_pid.and_then(process_cpu_secs);
                 let m = measure(&mut cmd, Some(peer))
@@ -758,6 +759,15 @@ fn stat_fields(pid: &str) -> Option<Vec<f64>> {
     )
 }
 
+/// Write out the page cache's dirty pages (`sync`) before a run, so no
+/// run pays for the disk writes of the one before: the produce workloads
+/// leave gigabytes the kernel writes back later, and a broker appending
+/// while the kernel throttles writers (`vm.dirty_ratio`) acknowledges late.
+fn settle_disk() {
+    // Best effort: a machine without `sync` runs without it.
+    let _ = Command::new("sync").status();
+}
+
 /// user + sys CPU seconds of our reaped children so far (cutime + cstime).
 fn children_cpu_secs() -> anyhow::Result<f64> {
     let f = stat_fields("self").context("reading /proc/self/stat")?;
@@ -922,7 +932,7 @@ fn markdown(results: &[(&Workload, Vec<Run>)], rounds: usize, quick: bool) -> St
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# Benchmark report{}\n\n{} round(s), peers alternating; median (min–max). \"vs librdkafka\" is the median over rounds of the ratio to librdkafka in the same round; \"vs best\" is the ratio of medians to the best other client in the workload (ours excluded: the highest records/s, the lowest CPU s per M records), named under each table. CPU is the client process's user + sys time (whole process: start-up and group join included; for Java, JVM start-up and JIT too); throughput runs from the first record to the last. Broker CPU is the broker's user + sys time during the run.\n",
+        "# Benchmark report{}\n\n{} round(s), peers alternating; median (min–max). \"vs librdkafka\" is the median over rounds of the ratio to librdkafka in the same round; \"vs best\" is the ratio of medians to the best other client in the workload (ours excluded: the highest records/s, the lowest CPU s per M records), named under each table. CPU is the client process's user + sys time (whole process: start-up and group join included; for Java, JVM start-up and JIT too); throughput runs from the first record to the last. Broker CPU is the broker's user + sys time during the run. Each run starts after a `sync`, so none pays for the disk writes of the run before.\n",
         if quick { " (--quick smoke test: small counts, not for comparison)" } else { "" },
         rounds
     );
