@@ -91,17 +91,15 @@ impl OffsetTracker {
         self.dispatch_other(offset);
     }
 
-    /// [`Self::dispatch`] past a gap, or below the end.
+    /// [`Self::dispatch`] of anything but the next offset of an in-flight
+    /// last run: a new run at or past the end, or an offset below it.
     fn dispatch_other(&mut self, offset: i64) {
         if offset >= self.end {
-            match self.window.back_mut() {
-                Some(last) if !last.done && last.end == offset => last.end += 1,
-                _ => self.window.push_back(Run {
-                    start: offset,
-                    end: offset + 1,
-                    done: false,
-                }),
-            }
+            self.window.push_back(Run {
+                start: offset,
+                end: offset + 1,
+                done: false,
+            });
             self.end = offset + 1;
             return;
         }
@@ -167,8 +165,9 @@ impl OffsetTracker {
         }
     }
 
-    /// Set `offset`, inside run `i` and not `done` yet, to `done`: the run
-    /// splits around it, and it joins a neighbour run of its kind.
+    /// Set `offset`, inside run `i` (whose state is not `done`), to `done`
+    /// (completed, or dispatched again): the run splits around it, and it
+    /// joins a neighbour run of its kind.
     fn mark(&mut self, i: usize, offset: i64, done: bool) {
         let run = self.window[i];
         debug_assert!(run.start <= offset && offset < run.end && run.done != done);
