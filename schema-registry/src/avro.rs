@@ -1,6 +1,6 @@
 //! Avro serdes in the Confluent wire format, byte-compatible with
 //! Confluent's `AvroSerializer` / `AvroDeserializer` (checked against
-//! confluent-kafka's Python ones by `tests/confluent_compat.rs`).
+//! confluent-kafka's Python ones by `tests/it/confluent_wire.rs`).
 //!
 //! - [`AvroSerializer`]: one schema; registers it under the subject of
 //!   [`SubjectNameStrategy`] on first use per topic (or only looks it up

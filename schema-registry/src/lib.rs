@@ -15,7 +15,7 @@
 //! - **the bytes**: [`AvroSerializer`] and [`AvroDeserializer`] produce and
 //!   read exactly what confluent-kafka's Python `AvroSerializer` and
 //!   `AvroDeserializer` do, both ways, byte for byte
-//!   (`tests/confluent_compat.rs` runs them, via `CONFLUENT_PYTHON`).
+//!   (`tests/it/confluent_wire.rs` runs them, via `CONFLUENT_PYTHON`).
 //!
 //! ## Layout
 //!

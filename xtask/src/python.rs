@@ -2,7 +2,7 @@
 //! test: a venv in `target/python-venv` with confluent-kafka's Avro
 //! serdes, created on first use (`python3 -m venv` + pip from PyPI),
 //! reused while it imports them. Its interpreter reaches the tests as
-//! `CONFLUENT_PYTHON` (schema-registry/tests/confluent_compat.rs).
+//! `CONFLUENT_PYTHON` (schema-registry/tests/it/confluent_wire.rs).
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,11 +1,20 @@
 //! `cargo xtask test`: the README's test command and exactly what CI runs.
 //!
-//! fmt, clippy, check-pure, rustdoc and `cargo package` first (fail fast),
-//! then the broker (ours, or the one `KAFKA_BOOTSTRAP` names), then every
-//! test in the workspace with the broker's env exported, then the tests of
-//! `examples/downstream` (an application outside the workspace), then the
-//! broker is stopped if we started it, even when tests fail. The last line is
-//! a plain `summary: N passed, N failed`.
+//! Two tiers, fastest first, each step timed in the closing table:
+//! 1. **No service**: fmt, clippy, check-pure, the unit tests (`--lib
+//!    --bins`, then the smallest feature set), the doctests, rustdoc and
+//!    `cargo package`. A broken invariant fails here in minutes.
+//! 2. **Services** (PostgreSQL, Redis, the Python venv, the broker: ours,
+//!    or the one `KAFKA_BOOTSTRAP` names): every crate's one integration
+//!    binary (`tests/it`), the broker-restart tests alone, the seeds'
+//!    systems, `examples/downstream` (an application outside the
+//!    workspace), the KIP-848 pass; then each older broker's compatibility
+//!    pass. Which test a pass reruns is read from its module path
+//!    (`compat::`, `groups::`, `kip848::`, `alone::`; see
+//!    `kafka-wire/tests/it/main.rs`), never from a list here.
+//!
+//! Services we started are stopped, even when tests fail. The last line is a
+//! plain `summary: N passed, N failed, N skipped`.
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -51,6 +60,24 @@ pub struct Counts {
 }
 
 impl Counts {
+    fn add(&mut self, other: &Counts) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+    }
+
+    /// The step's summary line, or an error if a test failed.
+    fn check(&self) -> anyhow::Result<String> {
+        let line = format!(
+            "{} passed, {} failed, {} ignored",
+            self.passed, self.failed, self.ignored
+        );
+        if self.failed > 0 {
+            bail!("{line}");
+        }
+        Ok(line)
+    }
+
     /// Add the counts of one libtest `test result:` line; other lines are ignored.
     pub fn absorb(&mut self, line: &str) {
         let Some(rest) = line.trim().strip_prefix("test result: ") else {
@@ -79,31 +106,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut steps: Vec<Step> = Vec::new();
     let mut counts = Counts::default();
+    // The unit tier first, before any service starts: a broken invariant
+    // fails in minutes, not after PostgreSQL, Redis and a broker are up.
+    let mut outcome = unit_tier(&args, &mut steps, &mut counts);
     // PostgreSQL for the idempotency-store tests: the caller's (PG_URL), or ours.
-    let mut pg_env: Vec<(String, String)> = Vec::new();
+    let mut env: Vec<(String, String)> = Vec::new();
     let mut started_pg = false;
-    let mut outcome = if std::env::var_os("PG_URL").is_some() {
-        Ok(())
-    } else {
-        timed(&mut steps, "postgres up", || {
+    if outcome.is_ok() && std::env::var_os("PG_URL").is_none() {
+        outcome = timed(&mut steps, "postgres up", || {
             let pg = crate::postgres::up()?;
             started_pg = pg.started_now;
-            pg_env.push(("PG_URL".into(), pg.url.clone()));
+            env.push(("PG_URL".into(), pg.url.clone()));
             Ok(pg.url)
-        })
-    };
+        });
+    }
     // Redis for the log-pipeline example: the caller's (REDIS_URL), or ours.
     let mut started_redis = false;
     if outcome.is_ok() && std::env::var_os("REDIS_URL").is_none() {
         outcome = timed(&mut steps, "redis up", || {
             let r = crate::redis::up()?;
             started_redis = r.started_now;
-            pg_env.push(("REDIS_URL".into(), r.url.clone()));
+            env.push(("REDIS_URL".into(), r.url.clone()));
             Ok(r.url)
         });
     }
     if outcome.is_ok() {
-        outcome = run_steps(&args, &pg_env, &mut steps, &mut counts);
+        outcome = broker_tiers(&args, &env, &mut steps, &mut counts);
     }
     if started_redis {
         let _ = timed(&mut steps, "redis down", || {
@@ -145,12 +173,28 @@ fn timed(
     result.map(|_| ())
 }
 
-fn run_steps(
-    args: &Args,
-    extra_env: &[(String, String)],
+/// A step that runs `cargo test <cargo_args> -- <test_args>` with `env`,
+/// adds its results to `counts`, and fails if a test did.
+fn test_step(
     steps: &mut Vec<Step>,
     counts: &mut Counts,
+    name: &'static str,
+    env: &[(String, String)],
+    cargo_args: &[&str],
+    test_args: &[&str],
 ) -> anyhow::Result<()> {
+    timed(steps, name, || {
+        let cargo_args: Vec<String> = cargo_args.iter().map(|a| a.to_string()).collect();
+        let c = cargo_test(env, &cargo_args, test_args)?;
+        counts.add(&c);
+        c.check()
+    })
+}
+
+/// Lints and every test that needs no service: the library and binary unit
+/// tests (default features, then the smallest feature set) and the
+/// doctests; then rustdoc and `cargo package`.
+fn unit_tier(args: &Args, steps: &mut Vec<Step>, counts: &mut Counts) -> anyhow::Result<()> {
     if !args.no_lint {
         timed(steps, "fmt", || {
             shell::run(shell::cargo().args(["fmt", "--all", "--check"]))
@@ -173,42 +217,81 @@ fn run_steps(
             pure::check_pure()?;
             Ok(pure::LIBRARY_CRATES.join(", "))
         })?;
-        timed(steps, "minimal tests", || {
-            // The unit tests of the smallest feature set: a left-out codec,
-            // TLS or SCRAM is a typed error naming its feature.
-            let args = [
-                "-p",
-                "kafka-wire",
-                "-p",
-                "consumer-core",
-                "--no-default-features",
-                "--lib",
-            ]
-            .map(String::from);
-            let c = cargo_test(extra_env, &args, &[])?;
-            counts.passed += c.passed;
-            counts.failed += c.failed;
-            if c.failed > 0 {
-                bail!("{} failed with --no-default-features", c.failed);
-            }
-            Ok(format!("{} passed with --no-default-features", c.passed))
-        })?;
+    }
+    if !args.cargo_test_args.is_empty() {
+        // A filtered run: the filter goes to the broker tiers only.
+        return Ok(());
+    }
+    let none: &[(String, String)] = &[];
+    test_step(
+        steps,
+        counts,
+        "unit tests",
+        none,
+        &["--workspace", "--lib", "--bins"],
+        &[],
+    )?;
+    // The smallest feature set: a left-out codec, TLS or SCRAM is a typed
+    // error naming its feature.
+    let minimal = [
+        "-p",
+        "kafka-wire",
+        "-p",
+        "consumer-core",
+        "--no-default-features",
+        "--lib",
+    ];
+    test_step(steps, counts, "unit, minimal", none, &minimal, &[])?;
+    test_step(
+        steps,
+        counts,
+        "doctests",
+        none,
+        &["--workspace", "--doc"],
+        &[],
+    )?;
+    if !args.no_lint {
         timed(steps, "docs", publish::docs)?;
         timed(steps, "package", publish::package)?;
     }
+    Ok(())
+}
 
+/// Every crate's integration-test binary is `tests/it/main.rs`; its module
+/// paths carry the tags below (a libtest name filter selects them, so a
+/// test joins a pass by where it is written, never by a list here).
+const IT: [&str; 3] = ["--workspace", "--test", "it"];
+/// Rerun on every older broker version: behaviour that depends on it.
+const COMPAT: &str = "compat::";
+/// Rerun under `group.protocol=consumer` (KIP-848): group membership.
+const GROUPS: &str = "groups::";
+/// Run on Kafka 3.9 with KIP-848 turned on (ConsumerGroupHeartbeat v0).
+const KIP848: &str = "kip848::";
+/// Ignored in the shared run (they stop or restart the broker), run alone.
+const ALONE: &str = "alone::";
+
+/// The services' tiers: the python venv, the main broker's passes (every
+/// integration test, the broker-restart tests alone, the seeds' systems,
+/// `examples/downstream`, the KIP-848 pass), then each compatibility
+/// version's passes.
+fn broker_tiers(
+    args: &Args,
+    extra_env: &[(String, String)],
+    steps: &mut Vec<Step>,
+    counts: &mut Counts,
+) -> anyhow::Result<()> {
     // schema-registry's wire-compatibility test runs confluent-kafka's
     // Python serdes: their venv (target/python-venv, made once), passed to
     // the tests as CONFLUENT_PYTHON.
-    let mut extra_env = extra_env.to_vec();
+    let mut env = extra_env.to_vec();
     timed(steps, "python venv", || {
         let python = crate::python::confluent_python()?;
-        extra_env.push((crate::python::ENV.into(), python.display().to_string()));
+        env.push((crate::python::ENV.into(), python.display().to_string()));
         Ok(python.display().to_string())
     })?;
-    let extra_env = extra_env.as_slice();
 
-    // The caller's cluster: one run, no other versions to try.
+    // The caller's cluster: one run, no other versions to try, and never
+    // restarted.
     if let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP") {
         steps.push(Step {
             name: "broker",
@@ -216,61 +299,45 @@ fn run_steps(
             ok: true,
             detail: format!("using KAFKA_BOOTSTRAP={bootstrap}"),
         });
-        return timed(steps, "tests", || tests(extra_env, args, "", false, counts));
+        return main_passes(args, &env, steps, counts, false);
     }
     // Ours: the main version, then each compatibility version.
     let compat = args
         .compat_versions
         .iter()
         .map(|v| v.trim())
-        .filter(|v| !v.is_empty());
+        .filter(|v| !v.is_empty() && args.cargo_test_args.is_empty());
     for (i, version) in std::iter::once(args.kafka_version.as_str())
         .chain(compat)
         .enumerate()
     {
         let names = if i == 0 {
-            ["broker up", "tests", "broker down"]
+            ["broker up", "broker down"]
         } else {
-            ["compat broker", "compat tests", "compat down"]
+            ["compat broker", "compat down"]
         };
-        let mut env = extra_env.to_vec();
-        let mut started = false;
+        let mut env = env.clone();
         timed(steps, names[0], || {
             let running = broker::up(Engine::Kafka, version)?;
-            started = running.started_now;
             env.extend(running.env.iter().cloned());
-            let how = if started { "started" } else { "reused" };
+            let how = if running.started_now {
+                "started"
+            } else {
+                "reused"
+            };
             Ok(format!(
                 "{how} Apache Kafka {version} at {}",
                 running.bootstrap()
             ))
         })?;
-        let label = if i == 0 {
-            String::new()
+        let result = if i == 0 {
+            main_passes(args, &env, steps, counts, true)
         } else {
-            format!("Kafka {version}: ")
+            compat_passes(&env, version, steps, counts)
         };
-        let mut result = timed(steps, names[1], || tests(&env, args, &label, true, counts));
-        if i == 0 && result.is_ok() && args.cargo_test_args.is_empty() {
-            // KIP-848 on the main version: the group, runtime and semantics
-            // suites again under group.protocol=consumer.
-            result = timed(steps, "kip-848 tests", || kip848_tests(&env, counts));
-        }
-        if i == 0 && result.is_ok() && args.cargo_test_args.is_empty() {
-            result = timed(steps, "examples", || examples_tests(&env, counts));
-        }
-        if i > 0 && result.is_ok() && args.cargo_test_args.is_empty() && version.starts_with("3.9")
-        {
-            // Kafka 3.9 has KIP-848 off by default (the run above checked
-            // that `auto` falls back); turned on, it speaks
-            // ConsumerGroupHeartbeat v0.
-            result = timed(steps, "compat kip-848", || {
-                kip848_on_3_9(&env, version, counts)
-            });
-        }
         // Stop the test broker, even when tests failed: it is the test run's
         // own (target/broker-test), also when reused from an interrupted run.
-        let _ = timed(steps, names[2], || {
+        let _ = timed(steps, names[1], || {
             broker::down(version)?;
             Ok(String::new())
         });
@@ -279,124 +346,113 @@ fn run_steps(
     Ok(())
 }
 
-/// The test binary whose tests stop or restart the broker: ignored in the
-/// workspace run (other tests would see the broker vanish), run alone after.
-const ALONE: [&str; 4] = ["-p", "sim-tests", "--test", "broker_restart"];
-
-/// `cargo test --workspace` with `env`, then (with `restartable`, on our
-/// own broker, without a name filter) the broker-restart tests alone; added
-/// to `counts`; fails if a test did.
-fn tests(
-    env: &[(String, String)],
+/// On the main broker: every integration test (or the caller's filter);
+/// then, unfiltered, the broker-restart tests alone (`restartable`: our own
+/// broker), the seeds' systems, `examples/downstream` and the KIP-848 pass.
+fn main_passes(
     args: &Args,
-    label: &str,
-    restartable: bool,
+    env: &[(String, String)],
+    steps: &mut Vec<Step>,
     counts: &mut Counts,
-) -> anyhow::Result<String> {
-    let mut workspace = vec!["--workspace".to_string()];
-    if !label.is_empty() && args.cargo_test_args.is_empty() {
-        // A compatibility version: every test target, not the doctests. They
-        // never touch a broker, ran on the main version, and compiling each
-        // one again costs minutes of CI.
-        workspace.push("--tests".to_string());
+    restartable: bool,
+) -> anyhow::Result<()> {
+    if !args.cargo_test_args.is_empty() {
+        let mut cargo_args = vec!["--workspace"];
+        cargo_args.extend(args.cargo_test_args.iter().map(String::as_str));
+        return test_step(steps, counts, "tests (filtered)", env, &cargo_args, &[]);
     }
-    workspace.extend(args.cargo_test_args.iter().cloned());
-    // The seeds' systems run once, in their own step (see `examples_tests`).
-    let mut c = cargo_test(env, &workspace, &["--skip", SEED_SYSTEM])?;
-    if restartable && args.cargo_test_args.is_empty() {
+    // Every step runs even when one before it failed (a failure in one tier
+    // says nothing about the next); the first failure is returned.
+    let mut first_err: Option<anyhow::Error> = None;
+    let mut keep = |r: anyhow::Result<()>| {
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+    };
+    keep(test_step(steps, counts, "integration", env, &IT, &[]));
+    if restartable {
         let mut env = env.to_vec();
         let xtask = std::env::current_exe().context("the xtask binary's path")?;
         env.push(("KAFKA_BROKER_CONTROL".into(), xtask.display().to_string()));
-        eprintln!("\n==> {label}tests that restart the broker, alone");
-        let alone = cargo_test(
-            &env,
-            &ALONE.map(String::from),
-            &["--ignored", "--test-threads=1"],
-        )?;
-        // They were counted as ignored in the workspace run; now they ran.
-        c.ignored = c.ignored.saturating_sub(alone.passed + alone.failed);
-        c.passed += alone.passed;
-        c.failed += alone.failed;
+        let alone = ["-p", "sim-tests", "--test", "it"].map(String::from);
+        keep(timed(steps, "restarts, alone", || {
+            let c = cargo_test(&env, &alone, &["--ignored", "--test-threads=1", ALONE])?;
+            counts.add(&c);
+            // The integration step counted them as ignored; now they ran.
+            counts.ignored = counts.ignored.saturating_sub(c.passed + c.failed);
+            c.check()
+        }));
     }
-    if args.cargo_test_args.is_empty() {
-        eprintln!("\n==> {label}examples/downstream: an application outside the workspace");
+    keep(examples_tests(env, steps, counts));
+    keep(timed(steps, "downstream", || {
         let d = downstream(env)?;
-        c.passed += d.passed;
-        c.failed += d.failed;
-        c.ignored += d.ignored;
-    }
-    counts.passed += c.passed;
-    counts.failed += c.failed;
-    counts.ignored += c.ignored;
-    let line = format!(
-        "{label}{} passed, {} failed, {} skipped",
-        c.passed, c.failed, c.ignored
-    );
-    if c.failed > 0 {
-        bail!("{line}");
-    }
-    Ok(line)
+        counts.add(&d);
+        d.check()
+    }));
+    // KIP-848 on the main version: the group, runtime and semantics
+    // suites again under group.protocol=consumer.
+    keep(test_step(
+        steps,
+        counts,
+        "kip-848",
+        &under_kip848(env),
+        &IT,
+        &[GROUPS],
+    ));
+    first_err.map_or(Ok(()), Err)
 }
 
-/// The suites that exercise group membership, run again with
-/// `KAFKA_GROUP_PROTOCOL=consumer` (the tests' helpers then configure
-/// `group.protocol=consumer`). `--workspace` with `--test` filters keeps
-/// the workspace run's feature set, so nothing is rebuilt.
-const KIP848_SUITES: [&str; 9] = [
-    "group",
-    "group_protocol",
-    "java_interop",
-    "processor",
-    "offsets",
-    "kafka_semantics",
-    "live_props",
-    "scenarios",
-    "eos",
-];
-
-fn kip848_tests(env: &[(String, String)], counts: &mut Counts) -> anyhow::Result<String> {
-    eprintln!("\n==> the group suites again under group.protocol=consumer (KIP-848)");
-    under_kip848(env, &KIP848_SUITES, "group.protocol=consumer", counts)
-}
-
-/// `cargo test --workspace --test <suite>…` with `KAFKA_GROUP_PROTOCOL=consumer`
-/// (the tests' helpers then configure `group.protocol=consumer`); added to
-/// `counts`; fails if a test did. The summary line starts with `label`.
-fn under_kip848(
+/// On an older broker: what depends on the version (`compat::`), then,
+/// on Kafka 3.9, KIP-848 turned on at the broker: the `kip848::` tests
+/// under `group.protocol=consumer` (ConsumerGroupHeartbeat v0, no
+/// server-side regex).
+fn compat_passes(
     env: &[(String, String)],
-    suites: &[&str],
-    label: &str,
+    version: &str,
+    steps: &mut Vec<Step>,
     counts: &mut Counts,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<()> {
+    test_step(steps, counts, "compat", env, &IT, &[COMPAT])?;
+    if !version.starts_with("3.9") {
+        return Ok(());
+    }
+    broker::down(version)?;
+    broker::set_server_properties(&[KIP848_ON_3_9.to_string()]);
+    let running = broker::up(Engine::Kafka, version);
+    broker::set_server_properties(&[]);
+    let running = running?;
+    let mut env: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| !running.env.iter().any(|(r, _)| r == k))
+        .cloned()
+        .collect();
+    env.extend(running.env.iter().cloned());
+    eprintln!("\n==> Kafka {version} with {KIP848_ON_3_9}");
+    test_step(
+        steps,
+        counts,
+        "compat kip-848",
+        &under_kip848(&env),
+        &IT,
+        &[KIP848],
+    )
+}
+
+/// `env` plus `KAFKA_GROUP_PROTOCOL=consumer`: the tests' helpers then
+/// configure `group.protocol=consumer`.
+fn under_kip848(env: &[(String, String)]) -> Vec<(String, String)> {
     let mut env = env.to_vec();
     env.push(("KAFKA_GROUP_PROTOCOL".into(), "consumer".into()));
-    let mut args = vec!["--workspace".to_string()];
-    for t in suites {
-        args.extend(["--test".to_string(), t.to_string()]);
-    }
-    let c = cargo_test(&env, &args, &[])?;
-    counts.passed += c.passed;
-    counts.failed += c.failed;
-    counts.ignored += c.ignored;
-    let line = format!(
-        "{label}: {} passed, {} failed ({})",
-        c.passed,
-        c.failed,
-        suites.join(", ")
-    );
-    if c.failed > 0 {
-        bail!("{line}");
-    }
-    Ok(line)
+    env
 }
 
 /// The seeds' systems' end-to-end tests: `examples/<name>/tests/seed_system.rs`,
-/// every test named `seed_system_*`. They run once, on the main version,
-/// instead of in every workspace run (`--skip`); `--workspace --test`
-/// keeps the workspace run's feature set, so nothing is rebuilt.
-const SEED_SYSTEM: &str = "seed_system_";
-
-fn examples_tests(env: &[(String, String)], counts: &mut Counts) -> anyhow::Result<String> {
+/// one binary per example, on the main version only.
+fn examples_tests(
+    env: &[(String, String)],
+    steps: &mut Vec<Step>,
+    counts: &mut Counts,
+) -> anyhow::Result<()> {
     let with_tests: Vec<&str> = crate::example::EXAMPLES
         .iter()
         .filter(|e| {
@@ -409,61 +465,24 @@ fn examples_tests(env: &[(String, String)], counts: &mut Counts) -> anyhow::Resu
         .map(|e| e.name)
         .collect();
     if with_tests.is_empty() {
-        return Ok("no example has tests/seed_system.rs yet".into());
+        return Ok(());
     }
     eprintln!(
         "\n==> the seeds' systems end to end: {}",
         with_tests.join(", ")
     );
-    let args = ["--workspace", "--test", "seed_system"].map(String::from);
-    let c = cargo_test(env, &args, &[SEED_SYSTEM])?;
-    counts.passed += c.passed;
-    counts.failed += c.failed;
-    counts.ignored += c.ignored;
-    let line = format!(
-        "{} passed, {} failed ({})",
-        c.passed,
-        c.failed,
-        with_tests.join(", ")
-    );
-    if c.failed > 0 {
-        bail!("{line}");
-    }
-    Ok(line)
+    test_step(
+        steps,
+        counts,
+        "examples",
+        env,
+        &["--workspace", "--test", "seed_system"],
+        &[],
+    )
 }
 
 /// The setting that turns KIP-848 on in Kafka 3.9.
 const KIP848_ON_3_9: &str = "group.coordinator.rebalance.protocols=classic,consumer";
-
-/// Restart the compat broker `version` (3.9) with [`KIP848_ON_3_9`] and run
-/// the KIP-848 group tests against it: ConsumerGroupHeartbeat v0, no
-/// server-side regex.
-fn kip848_on_3_9(
-    env: &[(String, String)],
-    version: &str,
-    counts: &mut Counts,
-) -> anyhow::Result<String> {
-    broker::down(version)?;
-    broker::set_server_properties(&[KIP848_ON_3_9.to_string()]);
-    let running = broker::up(Engine::Kafka, version);
-    broker::set_server_properties(&[]);
-    let running = running?;
-    let mut env: Vec<(String, String)> = env
-        .iter()
-        .filter(|(k, _)| !running.env.iter().any(|(r, _)| r == k))
-        .cloned()
-        .collect();
-    env.extend(running.env.iter().cloned());
-    eprintln!(
-        "\n==> Kafka {version} with {KIP848_ON_3_9}: the KIP-848 group tests (v0 heartbeats)"
-    );
-    under_kip848(
-        &env,
-        &["group_protocol", "member_epoch"],
-        &format!("Kafka {version} with KIP-848 on"),
-        counts,
-    )
-}
 
 /// The application in `examples/downstream/`: its own workspace and
 /// Cargo.lock (`--locked`: the committed one), our crates by path, so it
@@ -523,18 +542,37 @@ fn cargo_test(
     Ok(counts)
 }
 
+/// Past this, the summary names the three slowest steps, loudly.
+const LOUD_AFTER: Duration = Duration::from_secs(40 * 60);
+
 fn print_summary(steps: &[Step], counts: &Counts, total: Duration) {
     println!("\n==> cargo xtask test summary");
     for s in steps {
         println!(
-            "  {:<12} {:>6.1}s  {}  {}",
+            "  {:<16} {:>6.1}s  {}  {}",
             s.name,
             s.took.as_secs_f64(),
             if s.ok { "ok  " } else { "FAIL" },
             s.detail
         );
     }
-    println!("  {:<12} {:>6.1}s", "total", total.as_secs_f64());
+    println!("  {:<16} {:>6.1}s", "total", total.as_secs_f64());
+    if total > LOUD_AFTER {
+        let mut slow: Vec<&Step> = steps.iter().collect();
+        slow.sort_by_key(|s| std::cmp::Reverse(s.took));
+        let names: Vec<String> = slow
+            .iter()
+            .take(3)
+            .map(|s| format!("{} ({:.0} s)", s.name, s.took.as_secs_f64()))
+            .collect();
+        println!(
+            "  !!! this run took {:.0} min, past the {} min mark (CI's budget is 30 min cold, \
+             90 min hard): the slowest steps are {}",
+            total.as_secs_f64() / 60.0,
+            LOUD_AFTER.as_secs() / 60,
+            names.join(", ")
+        );
+    }
     // The plain closing line CI reads.
     println!(
         "summary: {} passed, {} failed, {} skipped",

@@ -1,7 +1,7 @@
 //! The broker itself goes away: the consumer starts while it is down (7),
 //! and it restarts in the middle of a run (8). Both stop the shared test
 //! broker through `xtask broker restart`, so they run alone
-//! (`sim-tests/tests/broker_restart.rs`, run last by `cargo xtask test`).
+//! (`sim-tests/tests/it/alone/broker_restart.rs`, run last by `cargo xtask test`).
 
 use std::net::TcpStream;
 use std::sync::atomic::AtomicBool;

@@ -3,7 +3,7 @@
 //! exhausting their retries, and a DLT that cannot be written (the
 //! partition stalls; nothing commits past the record).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering as AtomicOrdering;

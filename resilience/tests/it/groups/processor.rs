@@ -3,7 +3,7 @@
 //! rebalance in the middle of work loses nothing, duplicates nothing and
 //! commits nothing for partitions already given up.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering as AtomicOrdering;

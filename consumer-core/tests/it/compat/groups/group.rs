@@ -2,7 +2,7 @@
 //! unaffected partitions flowing, static members restart without a
 //! rebalance, and a killed member's partitions move without losing records.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

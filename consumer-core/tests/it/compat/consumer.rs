@@ -1,6 +1,6 @@
 //! The consumer against the real broker.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! versions, read metadata; TLS and every SASL mechanism on the harness's
 //! listeners; a producer's large batches over SASL_SSL.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! between them and every record is read by one of them (at least once).
 //! And the Java client reads every codec our producer writes.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};

@@ -5,7 +5,7 @@
 //! partition whose completed-offset map outgrows the metadata limit, or
 //! whose queue is full, pauses alone; each commit policy commits when it says.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! murmur2 placement, compact batching, and exactly-once-in-order delivery
 //! while connections are killed mid-flight.
 
-mod common;
+use crate::common;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,8 +1,6 @@
 //! Raw fetches for kafka-wire's integration tests (clients, topics and
 //! producers come from `testkit`).
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::time::Duration;
 
 use kafka_wire::messages::fetch_request::{FetchPartition, FetchTopic};

@@ -2,7 +2,7 @@
 //! transactions with their markers, offsets committed inside a transaction,
 //! and fencing of a producer that reuses a transactional id.
 
-mod common;
+use crate::common;
 
 use kafka_wire::messages::offset_fetch_request::{
     OffsetFetchRequestGroup, OffsetFetchRequestTopics,

@@ -4,7 +4,7 @@
 //! is not fetched yet), every metric is described, and every metric
 //! carries the group.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering as AtomicOrdering;

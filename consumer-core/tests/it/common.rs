@@ -1,7 +1,6 @@
 //! consumer-core's integration tests: `testkit`'s fixtures and consumer
 //! settings (classic, or the protocol `KAFKA_GROUP_PROTOCOL` names),
 //! applied to consumer-core's builder.
-#![allow(dead_code)] // each test binary uses a different subset
 
 use consumer_core::config::ConsumerConfigBuilder;
 use consumer_core::{Consumer, ConsumerConfig};

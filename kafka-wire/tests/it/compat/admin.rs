@@ -1,6 +1,5 @@
 //! Admin calls against the real broker.
 
-mod common;
 
 use std::time::Duration;
 

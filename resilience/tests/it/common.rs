@@ -1,8 +1,6 @@
 //! The runtime's real-broker tests build on `sim_tests::support` (shared
 //! with the scenarios); this adds the one shape they all start from.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 pub use sim_tests::support::*;
 
 use kafka_wire::Client;

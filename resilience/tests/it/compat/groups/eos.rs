@@ -4,7 +4,7 @@
 //! read_committed reader sees every input's output exactly once, with
 //! poison records in the DLT, also exactly once.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};

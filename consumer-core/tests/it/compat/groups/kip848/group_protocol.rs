@@ -2,7 +2,7 @@
 //! where the broker speaks it (Kafka 4.x), the classic one where it does
 //! not (Kafka 3.9 by default), and `auto` choosing between them.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};

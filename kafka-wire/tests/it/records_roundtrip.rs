@@ -2,7 +2,7 @@
 //! every codec: proves the Java broker accepts our CRC, xerial snappy, LZ4
 //! frames and ruzstd output, and that we decode what it serves.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
