@@ -1,6 +1,5 @@
 //! Admin calls against the real broker.
 
-
 use std::time::Duration;
 
 use kafka_wire::messages::offset_commit_request::{
