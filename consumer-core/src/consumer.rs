@@ -92,9 +92,27 @@ pub trait RebalanceListener: Send + Sync {
 }
 
 /// Run a listener callback, abandoning it after `deadline`.
-async fn bounded(deadline: Duration, what: &str, f: ListenerFuture<'_>) {
-    if tokio::time::timeout(deadline, f).await.is_err() {
-        tracing::warn!("rebalance listener {what} exceeded max.poll.interval.ms; abandoned");
+async fn bounded(deadline: Duration, what: &str, mut f: ListenerFuture<'_>) {
+    // A panic in the application's callback ends that callback, never the
+    // rebalance: the event is still applied and acknowledged to the group
+    // task (which waits for it), so the member goes on (DESIGN invariant 65).
+    let caught = std::future::poll_fn(|cx| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.as_mut().poll(cx)))
+            .map_or_else(|p| std::task::Poll::Ready(Err(p)), |poll| poll.map(Ok))
+    });
+    match tokio::time::timeout(deadline, caught).await {
+        Ok(Ok(())) => {}
+        Ok(Err(payload)) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(a panic without a text message)");
+            tracing::error!(panic = msg, "rebalance listener {what} panicked; the rebalance goes on");
+        }
+        Err(_) => {
+            tracing::warn!("rebalance listener {what} exceeded max.poll.interval.ms; abandoned")
+        }
     }
 }
 

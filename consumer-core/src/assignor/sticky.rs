@@ -99,39 +99,54 @@ fn claims(m: &Member) -> (Vec<TopicPartition>, i32) {
         .unwrap_or((Vec::new(), s.generation))
 }
 
-/// The balanced, sticky assignment (steps 1–3 above).
-fn sticky_assign(
-    members: &[Member],
+/// Each claimed partition's previous owner: of every member claiming it,
+/// the one with the highest generation (a zombie's stale claim, or a claim
+/// without a generation, loses to the live owner's; on a tie the first in
+/// member order wins, so a duplicate claim never splits a partition). A
+/// claim's subscription is not looked at here: an owner that left the
+/// topic still has to revoke it before anyone else gets it (cooperative).
+fn previous_owners<'m>(sorted: &[&'m Member]) -> BTreeMap<TopicPartition, (i32, &'m Member)> {
+    let mut owner: BTreeMap<TopicPartition, (i32, &'m Member)> = BTreeMap::new();
+    for m in sorted {
+        let (owned, generation) = claims(m);
+        for tp in owned {
+            match owner.get(&tp) {
+                Some((g, _)) if *g >= generation => {}
+                _ => {
+                    owner.insert(tp, (generation, m));
+                }
+            }
+        }
+    }
+    owner
+}
+
+/// The balanced, sticky assignment (steps 1–3 above), and the previous
+/// owners it started from ([`previous_owners`]).
+fn sticky_assign<'m>(
+    members: &'m [Member],
     partitions_per_topic: &BTreeMap<String, i32>,
-) -> GroupAssignment {
+) -> (GroupAssignment, BTreeMap<TopicPartition, (i32, &'m Member)>) {
     let mut out = empty_assignment(members);
     let sorted = sorted_members(members);
     let all = subscribed_partitions(members, partitions_per_topic);
     let eligible = |m: &Member, tp: &TopicPartition| m.subscription.topics.contains(&tp.topic);
     let by_id: HashMap<&str, &Member> = members.iter().map(|m| (m.member_id.as_str(), m)).collect();
 
-    // 1. Keep previous owners; the highest generation wins a contested partition.
-    let mut owner: BTreeMap<TopicPartition, (i32, &str)> = BTreeMap::new();
-    for m in &sorted {
-        let (owned, generation) = claims(m);
-        for tp in owned {
-            if !all.contains(&tp) || !eligible(m, &tp) {
-                continue;
-            }
-            match owner.get(&tp) {
-                Some((g, _)) if *g >= generation => {}
-                _ => {
-                    owner.insert(tp, (generation, &m.member_id));
-                }
-            }
+    // 1. Keep previous owners that still exist and are still subscribed.
+    let previous = previous_owners(&sorted);
+    let mut owner: BTreeMap<&TopicPartition, &str> = BTreeMap::new();
+    for (tp, (_, m)) in &previous {
+        if all.binary_search(tp).is_ok() && eligible(m, tp) {
+            owner.insert(tp, &m.member_id);
         }
     }
-    for (tp, (_, id)) in &owner {
-        out.get_mut(*id).expect("member").push(tp.clone());
+    for (tp, id) in &owner {
+        out.get_mut(*id).expect("member").push((*tp).clone());
     }
 
     // 2. Unowned partitions to the eligible member with the fewest.
-    for tp in all.iter().filter(|tp| !owner.contains_key(*tp)) {
+    for tp in all.iter().filter(|tp| !owner.contains_key(tp)) {
         let target = sorted
             .iter()
             .filter(|m| eligible(m, tp))
@@ -169,7 +184,7 @@ fn sticky_assign(
     for parts in out.values_mut() {
         parts.sort();
     }
-    out
+    (out, previous)
 }
 
 impl Assignor for StickyAssignor {
@@ -186,7 +201,7 @@ impl Assignor for StickyAssignor {
         members: &[Member],
         partitions_per_topic: &BTreeMap<String, i32>,
     ) -> GroupAssignment {
-        sticky_assign(members, partitions_per_topic)
+        sticky_assign(members, partitions_per_topic).0
     }
 }
 
@@ -211,17 +226,14 @@ impl Assignor for CooperativeStickyAssignor {
         members: &[Member],
         partitions_per_topic: &BTreeMap<String, i32>,
     ) -> GroupAssignment {
-        let mut out = sticky_assign(members, partitions_per_topic);
-        // Withhold partitions that change owner: revoke first, assign next round.
-        let mut previous: HashMap<TopicPartition, &str> = HashMap::new();
-        for m in members {
-            for tp in &m.subscription.owned {
-                previous.insert(tp.clone(), &m.member_id);
-            }
-        }
+        let (mut out, previous) = sticky_assign(members, partitions_per_topic);
+        // Withhold partitions that change owner: revoke first, assign next
+        // round. The owner is the one step 1 settled on: a stale or
+        // duplicate claim must not withhold a partition from its live
+        // owner, or nobody would get it (KAFKA-12984, KAFKA-13406).
         for (member, parts) in out.iter_mut() {
             parts.retain(|tp| match previous.get(tp) {
-                Some(prev) => prev == member,
+                Some((_, prev)) => prev.member_id == *member,
                 None => true,
             });
         }

@@ -203,3 +203,112 @@ proptest! {
         }
     }
 }
+
+/// Issue 29, case 6: the live owner of t-0 (generation 5) and a member
+/// whose claim on it is stale (generation 3) or has no generation (-1,
+/// KIP-792): the live owner keeps t-0 in every listing order and member-id
+/// order (listed after it, the stale claim made cooperative-sticky withhold
+/// t-0 from everyone).
+#[test]
+fn the_live_owner_keeps_its_partition_whatever_the_order_of_stale_claims() {
+    for stale_generation in [3, -1] {
+        for (live, stale) in [("a", "b"), ("b", "a")] {
+            let live_m = member(live, &["t"], &[("t", 0)], 5);
+            let stale_m = member(stale, &["t"], &[("t", 0)], stale_generation);
+            for members in [
+                [live_m.clone(), stale_m.clone()],
+                [stale_m.clone(), live_m.clone()],
+            ] {
+                for assignor in [
+                    Box::new(StickyAssignor) as Box<dyn Assignor>,
+                    Box::new(CooperativeStickyAssignor),
+                ] {
+                    let a = assignor.assign(&members, &topics(&[("t", 1)]));
+                    assert_eq!(
+                        a[live],
+                        vec![TopicPartition::new("t", 0)],
+                        "{}: stale claim at {stale_generation}: {a:?}",
+                        assignor.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A member's claims for the property below: partitions (some of them
+/// beyond the topic, or of a topic nobody has) and a generation that may be
+/// stale or missing.
+fn arb_claims() -> impl Strategy<Value = (Vec<(usize, i32)>, i32)> {
+    (
+        prop::collection::vec((0usize..3, 0i32..8), 0..6),
+        prop_oneof![Just(-1), 0i32..6],
+    )
+}
+
+proptest! {
+    /// Stale, duplicate and generation-less claims never lose a partition
+    /// or give it to two members: eager assignors assign each exactly once;
+    /// cooperative-sticky assigns each at most once, withholds only what a
+    /// member it settled on as owner must revoke first, and after that
+    /// follow-up round (each member claiming what it was given) assigns
+    /// each exactly once.
+    #[test]
+    fn claims_of_any_generation_never_lose_or_split_a_partition(
+        claims in prop::collection::vec(arb_claims(), 1..6),
+        per_topic in prop::collection::vec(1i32..6, 3),
+    ) {
+        let names = ["t0", "t1", "t2"];
+        let parts: BTreeMap<String, i32> =
+            names.iter().zip(&per_topic).map(|(t, n)| (t.to_string(), *n)).collect();
+        let total: usize = per_topic.iter().map(|n| *n as usize).sum();
+        let members: Vec<Member> = claims
+            .iter()
+            .enumerate()
+            .map(|(i, (owned, generation))| {
+                let owned: Vec<(&str, i32)> = owned.iter().map(|(t, p)| (names[*t], *p)).collect();
+                member(&format!("m{i}"), &names, &owned, *generation)
+            })
+            .collect();
+        for assignor in all_assignors() {
+            let a = assignor.assign(&members, &parts);
+            if assignor.rebalance_protocol() == RebalanceProtocol::Eager {
+                check_exactly_once(&a, total);
+                continue;
+            }
+            let mut seen = BTreeSet::new();
+            for p in a.values().flatten() {
+                prop_assert!(seen.insert(p.clone()), "{p} twice: {a:?}");
+            }
+            // Withheld only to move: sticky gives it to someone other than
+            // its owner, the claimant with the highest generation.
+            let sticky = StickyAssignor.assign(&members, &parts);
+            for (target, tps) in &sticky {
+                for tp in tps.iter().filter(|tp| !seen.contains(*tp)) {
+                    let owner = members
+                        .iter()
+                        .filter(|m| m.subscription.owned.contains(tp))
+                        .fold(None::<&Member>, |best, m| match best {
+                            Some(b) if b.subscription.generation >= m.subscription.generation => Some(b),
+                            _ => Some(m),
+                        });
+                    prop_assert!(
+                        owner.is_some_and(|o| o.member_id != *target),
+                        "{tp} withheld from {target}, its owner: {a:?}"
+                    );
+                }
+            }
+            // The follow-up round: everyone owns what it was given.
+            let next: Vec<Member> = members
+                .iter()
+                .map(|m| {
+                    let owned: Vec<(&str, i32)> =
+                        a[&m.member_id].iter().map(|tp| (tp.topic.as_str(), tp.partition)).collect();
+                    member(&m.member_id, &names, &owned, 7)
+                })
+                .collect();
+            let b = assignor.assign(&next, &parts);
+            check_exactly_once(&b, total);
+        }
+    }
+}

@@ -631,6 +631,22 @@ impl Membership {
         let new: BTreeSet<TopicPartition> = Assignment::decode(assignment)
             .map(|a| a.partitions.into_iter().collect())
             .unwrap_or_default();
+        // A static member that rejoins a stable group gets its previous
+        // assignment back without a rebalance (KIP-345; as the leader it
+        // is told to skip assigning, KIP-814), even when it restarted with
+        // another subscription. Partitions of topics it no longer
+        // subscribes to are not taken: it rejoins, and a known member
+        // whose metadata changed makes the coordinator rebalance (Java's
+        // `onJoinComplete` check).
+        if let Some(foreign) = new.iter().find(|tp| !self.subscription.includes(&tp.topic)) {
+            let reason = format!(
+                "the assignment ({foreign} and {} more) does not match the subscription: it \
+                 predates a change of subscription (a static member restarted with other \
+                 topics); rejoining with the current one",
+                new.len() - 1
+            );
+            return self.rejoin(reason, now, false);
+        }
         let revoked: Vec<_> = self.owned.difference(&new).cloned().collect();
         let added: Vec<_> = new.difference(&self.owned).cloned().collect();
         if !revoked.is_empty() {

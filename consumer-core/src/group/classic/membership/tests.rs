@@ -975,3 +975,39 @@ fn lost_partitions_wait_for_their_listener_too() {
     m.listener_done();
     assert!(matches!(m.poll_action(t), Some(Action::Join { .. })));
 }
+
+/// A static member restarted subscribed to `t` gets, without a rebalance,
+/// its old assignment of `old` (KIP-345/814): it takes none of it and
+/// rejoins, saying why (issue 29, case 7b).
+#[test]
+fn an_assignment_of_topics_no_longer_subscribed_is_not_taken_and_the_member_rejoins() {
+    let t0 = Instant::now();
+    let mut m = joining(Some("a"), t0);
+    m.handle_join(
+        JoinResult {
+            generation: 5,
+            member_id: "m1".into(),
+            leader: "other".into(),
+            ..JoinResult::default()
+        },
+        &parts(),
+        t0,
+    );
+    assert!(matches!(m.poll_action(t0), Some(Action::Sync { .. })));
+    let old = Assignment {
+        partitions: vec![tp("old", 0), tp("old", 1)],
+        user_data: None,
+    }
+    .encode(CONSUMER_PROTOCOL_VERSION);
+    m.handle_sync(None, &old, t0);
+    let actions = drain(&mut m, t0);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Assign(_))),
+        "{actions:?}"
+    );
+    assert!(
+        join_reason(&actions).contains("does not match the subscription"),
+        "{actions:?}"
+    );
+    assert!(!m.may_commit(&tp("old", 0)));
+}
