@@ -171,6 +171,32 @@ impl Committer {
         self.commit_offsets(&offsets).await
     }
 
+    /// The group coordinator's `offset.metadata.max.bytes` (characters of
+    /// commit metadata it keeps per partition; Kafka's default is 4096),
+    /// read with DescribeConfigs of the coordinator broker. `None` when the
+    /// cluster does not tell (no DESCRIBE_CONFIGS permission, an older or
+    /// different broker): the caller then has to guess below what failed.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn metadata_limit(&self) -> Option<usize> {
+        let group = self.group_id.as_deref()?;
+        let node = self
+            .client
+            .find_coordinator(CoordinatorKind::Group, group)
+            .await
+            .ok()?;
+        let entries = self
+            .client
+            .describe_configs(&kafka_wire::ConfigResource::Broker(node))
+            .await
+            .ok()?;
+        entries
+            .iter()
+            .find(|e| e.name == "offset.metadata.max.bytes")
+            .and_then(|e| e.value.as_deref()?.parse().ok())
+    }
+
     /// The current position incarnation of `tp` (0 until its first reset).
     pub fn incarnation(&self, tp: &TopicPartition) -> u64 {
         let done = self.committed.lock().expect("committed lock");

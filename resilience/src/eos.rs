@@ -89,10 +89,10 @@ pub struct TransactionalProcessor {
 
 impl TransactionalProcessor {
     /// `producer` must have a `transactional.id`; the consumer is switched
-    /// to `read_committed` with auto-commit off.
+    /// to `read_committed` (`run` refuses `enable.auto.commit=true`: the
+    /// offsets commit inside each transaction).
     pub fn new(mut consumer: ConsumerConfig, producer: ProducerConfig, topics: &[&str]) -> Self {
         consumer.isolation_level = IsolationLevel::ReadCommitted;
-        consumer.enable_auto_commit = false;
         Self {
             consumer,
             producer,
@@ -112,13 +112,17 @@ impl TransactionalProcessor {
     /// Run until `shutdown` completes.
     ///
     /// # Errors
-    /// No `transactional.id`; a fenced producer (another instance took the
+    /// `enable.auto.commit=true`; no `transactional.id`; a fenced producer (another instance took the
     /// id over); fatal consumer errors.
     pub async fn run(
         self,
         transformer: impl Transformer,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ConsumerError> {
+        crate::processor::refuse_settings_that_defeat_the_runtime(
+            &self.consumer,
+            "the exactly-once processor",
+        )?;
         if self.producer.transactional_id.is_none() {
             return Err(ConsumerError::Fatal(
                 "exactly-once mode needs a producer with transactional.id".into(),
@@ -219,22 +223,42 @@ impl TransactionalProcessor {
                 rewind(&mut consumer, &batches);
                 continue;
             };
+            let began = std::time::Instant::now();
             match self
                 .transaction(&producer, &transformer, &batches, &positions, &gm, &group)
                 .await
             {
-                Ok(offsets) => {
+                Ok((offsets, not_started)) => {
                     txn_delays = crate::retry::runtime_delays();
                     self.stats.transactions.fetch_add(1, Ordering::Relaxed);
                     for (topic, partition, next) in offsets {
                         settled.insert(TopicPartition::new(topic, partition), next);
+                    }
+                    // Committed early (the next record would not have fit in
+                    // transaction.timeout.ms): read the rest again.
+                    for (tp, offset) in not_started {
+                        consumer.seek(&tp, offset);
                     }
                 }
                 Err(e) => {
                     self.stats.aborted.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "transaction failed; aborting and reading its inputs again");
                     if let Err(abort) = producer.abort_transaction().await {
-                        break Err(ConsumerError::Wire(abort));
+                        // The coordinator aborts a transaction that outlived
+                        // transaction.timeout.ms and bumps the producer's
+                        // epoch: this producer reads as fenced. It was our
+                        // own transaction's age, not another instance taking
+                        // the transactional.id over: take a new epoch and go
+                        // on from the committed offsets. Fenced sooner than
+                        // that, it is another instance: stop.
+                        let timeout = self.producer.transaction_timeout;
+                        if began.elapsed() < timeout {
+                            break Err(ConsumerError::Wire(abort));
+                        }
+                        tracing::warn!(error = %abort, ?timeout, "the transaction outlived transaction.timeout.ms and the coordinator aborted it; initializing the producer again");
+                        if let Err(init) = producer.init_transactions().await {
+                            break Err(ConsumerError::Wire(init));
+                        }
                     }
                     rewind(&mut consumer, &batches);
                     let wait = txn_delays.next().unwrap_or(Duration::from_secs(5));
@@ -247,6 +271,11 @@ impl TransactionalProcessor {
         result
     }
 
+    /// One transaction over `batches`: each record's outputs, then the
+    /// input offsets, committed. Records that would not fit before
+    /// `transaction.timeout.ms` are left out (a transaction that outlives it
+    /// is aborted by the coordinator): the second value lists, per
+    /// partition, the first offset not started, to read again.
     async fn transaction(
         &self,
         producer: &Producer,
@@ -255,25 +284,35 @@ impl TransactionalProcessor {
         positions: &[PartitionPosition],
         gm: &kafka_wire::GroupMetadata,
         group: &str,
-    ) -> kafka_wire::Result<Vec<(String, i32, i64)>> {
+    ) -> kafka_wire::Result<(Vec<(String, i32, i64)>, Vec<(TopicPartition, i64)>)> {
         producer.begin_transaction().await?;
+        let mut budget = TxnBudget::new(self.producer.transaction_timeout);
         let mut offsets: Vec<(String, i32, i64)> = Vec::with_capacity(batches.len());
+        let mut not_started: Vec<(TopicPartition, i64)> = Vec::new();
+        let mut records_in = 0u64;
         for batch in batches {
+            let mut done = 0;
             for r in &batch.records {
+                if records_in > 0 && !budget.fits_another() {
+                    // The first record not started of its partition (a
+                    // poll may hold two batches of one partition).
+                    if !not_started.iter().any(|(tp, _)| *tp == batch.tp) {
+                        not_started.push((batch.tp.clone(), r.offset));
+                    }
+                    break;
+                }
                 for out in self.transform_one(transformer, &batch.tp, r, group).await {
                     producer.send(out).await?;
                     self.stats.records_out.fetch_add(1, Ordering::Relaxed);
                 }
+                budget.record_done();
+                records_in += 1;
+                done += 1;
             }
-            let Some(next) = batch.records.last().map(|r| r.offset + 1) else {
+            let Some(next) = batch.records[..done].last().map(|r| r.offset + 1) else {
                 continue;
             };
             let tp = &batch.tp;
-            // The position may be past markers right after the last record.
-            let next = positions
-                .iter()
-                .find(|p| p.tp == *tp)
-                .map_or(next, |p| p.position.max(next));
             match offsets
                 .iter_mut()
                 .find(|(t, p, _)| *t == tp.topic && *p == tp.partition)
@@ -282,11 +321,25 @@ impl TransactionalProcessor {
                 None => offsets.push((tp.topic.clone(), tp.partition, next)),
             }
         }
+        // A partition whose every record was handled: its position may be
+        // past markers right after its last record.
+        for (topic, partition, next) in &mut offsets {
+            let finished = !not_started
+                .iter()
+                .any(|(tp, _)| tp.topic == *topic && tp.partition == *partition);
+            if let Some(p) = positions
+                .iter()
+                .find(|p| finished && p.tp.topic == *topic && p.tp.partition == *partition)
+            {
+                *next = p.position.max(*next);
+            }
+        }
         producer.send_offsets_to_transaction(&offsets, gm).await?;
         producer.commit_transaction().await?;
-        let n: usize = batches.iter().map(|b| b.records.len()).sum();
-        self.stats.records_in.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(offsets)
+        self.stats
+            .records_in
+            .fetch_add(records_in, Ordering::Relaxed);
+        Ok((offsets, not_started))
     }
 
     /// The outputs of one record: the transformer's, or (after retries)
@@ -301,7 +354,8 @@ impl TransactionalProcessor {
         let mut delays = self.backoff.delays(rand::random::<f64>);
         let mut attempt = 1;
         loop {
-            let err = match transformer.transform(tp, r).await {
+            // A panic is a poison record here too (panics.rs).
+            let err = match crate::panics::call("the transformer", || transformer.transform(tp, r)).await {
                 Ok(outs) => return outs,
                 Err(e) => e,
             };
@@ -324,6 +378,40 @@ impl TransactionalProcessor {
                 }
             }
         }
+    }
+}
+
+/// How much of `transaction.timeout.ms` a transaction may spend on
+/// records: half of it, the rest left for flushing, the offsets and
+/// EndTxn (as Kafka Streams keeps `commit.interval.ms` well under the
+/// transaction timeout). Another record fits if the slowest one so far
+/// would still end within that.
+struct TxnBudget {
+    began: std::time::Instant,
+    last: std::time::Instant,
+    spend: Duration,
+    slowest: Duration,
+}
+
+impl TxnBudget {
+    fn new(timeout: Duration) -> Self {
+        let now = std::time::Instant::now();
+        TxnBudget {
+            began: now,
+            last: now,
+            spend: timeout / 2,
+            slowest: Duration::ZERO,
+        }
+    }
+
+    fn record_done(&mut self) {
+        let now = std::time::Instant::now();
+        self.slowest = self.slowest.max(now - self.last);
+        self.last = now;
+    }
+
+    fn fits_another(&self) -> bool {
+        self.last - self.began + self.slowest <= self.spend
     }
 }
 

@@ -167,6 +167,7 @@ pub mod eos;
 mod handler_fn;
 pub mod observe;
 pub mod offset_tracker;
+mod panics;
 pub mod processor;
 pub mod retry;
 pub mod retry_topics;

@@ -105,6 +105,13 @@ pub struct ProducerConfig {
     pub transactional_id: Option<String>,
     /// `transaction.timeout.ms`. Default 60 s.
     pub transaction_timeout: Duration,
+    /// `max.block.ms`: how long `send` waits for a partition it names to
+    /// appear in metadata (a topic grown by CreatePartitions after this
+    /// producer cached its partition count), refreshing metadata meanwhile,
+    /// as Java's `waitOnMetadata`. Past it, `send` fails with
+    /// UNKNOWN_TOPIC_OR_PARTITION saying so. A topic the cluster does not
+    /// have fails at once. Default 60 s.
+    pub max_block: Duration,
 }
 
 impl ProducerConfig {
@@ -130,6 +137,7 @@ impl ProducerConfig {
             retry_backoff_max: Duration::from_secs(1),
             transactional_id: None,
             transaction_timeout: Duration::from_secs(60),
+            max_block: Duration::from_secs(60),
         }
     }
 }
@@ -151,6 +159,7 @@ pub struct ProducerConfigBuilder {
     retry_backoff_max: Duration,
     transactional_id: Option<String>,
     transaction_timeout: Duration,
+    max_block: Duration,
 }
 
 use crate::config::parse::{boolean, ms, number as size};
@@ -204,8 +213,9 @@ impl ProducerConfigBuilder {
             "retry.backoff.max.ms" => self.retry_backoff_max = ms(key, value)?,
             "transactional.id" => self.transactional_id = Some(value.to_string()),
             "transaction.timeout.ms" => self.transaction_timeout = ms(key, value)?,
+            "max.block.ms" => self.max_block = ms(key, value)?,
             // Accepted for compatibility; retries are bounded by delivery.timeout.ms.
-            "retries" | "max.block.ms" => {}
+            "retries" => {}
             _ => {
                 if !self.client.try_set(key, value)? {
                     return Err(Error::Config(format!("unknown producer property {key:?}")));
@@ -305,6 +315,7 @@ impl ProducerConfigBuilder {
             retry_backoff_max: self.retry_backoff_max,
             transactional_id: self.transactional_id,
             transaction_timeout: self.transaction_timeout,
+            max_block: self.max_block,
         })
     }
 }
@@ -528,6 +539,12 @@ fn choose_partition(rec: &ProducerRecord, topic: &TopicEntry, count: usize) -> R
     })
 }
 
+/// Does `rec` name no partition, or one below `count` (or a negative one,
+/// which no growth can make valid: `choose_partition` refuses it)?
+fn names_a_known_partition(rec: &ProducerRecord, count: usize) -> bool {
+    rec.partition.is_none_or(|p| p < 0 || (p as usize) < count)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -597,29 +614,54 @@ impl Producer {
         })
     }
 
+    /// The partition for `rec`. A partition count not known yet is asked
+    /// for; a named partition past the known count (the topic grew since
+    /// it was cached) is waited for, refreshing metadata with backoff, up to
+    /// `max.block.ms`.
     async fn partition_for(&self, rec: &ProducerRecord, topic: &TopicEntry) -> Result<i32> {
-        let count = match self.known_partition_count(rec, topic) {
-            Some(n) => n,
-            None => {
-                let version = self.client.metadata_version();
-                let count = self
-                    .client
-                    .refresh_metadata(Some(std::slice::from_ref(&rec.topic)))
-                    .await?
-                    .partition_count(&rec.topic)
-                    .ok_or_else(|| {
-                        Error::broker_for(
-                            crate::messages::ApiKey::Metadata,
-                            KafkaCode::UnknownTopicOrPartition,
-                            &rec.topic,
-                            rec.partition.unwrap_or(-1),
-                        )
-                    })?;
-                topic.cache_partition_count(version, count);
-                count
+        if let Some(n) = self.known_partition_count(rec, topic) {
+            if names_a_known_partition(rec, n) {
+                return choose_partition(rec, topic, n);
             }
-        };
-        choose_partition(rec, topic, count)
+        }
+        let deadline = Instant::now() + self.cfg.max_block;
+        let mut delays = self.cfg.retry_policy().delays();
+        loop {
+            let version = self.client.metadata_version();
+            let count = self
+                .client
+                .refresh_metadata(Some(std::slice::from_ref(&rec.topic)))
+                .await?
+                .partition_count(&rec.topic)
+                .ok_or_else(|| {
+                    Error::broker_for(
+                        crate::messages::ApiKey::Metadata,
+                        KafkaCode::UnknownTopicOrPartition,
+                        &rec.topic,
+                        rec.partition.unwrap_or(-1),
+                    )
+                })?;
+            topic.cache_partition_count(version, count);
+            let now = Instant::now();
+            if names_a_known_partition(rec, count) || now >= deadline {
+                return choose_partition(rec, topic, count).map_err(|e| match e {
+                    Error::Broker { api, code, topic, partition, .. } => Error::Broker {
+                        api,
+                        code,
+                        topic,
+                        partition,
+                        message: Some(format!(
+                            "the topic has {count} partitions after waiting {} ms \
+                             (max.block.ms) for it to grow",
+                            self.cfg.max_block.as_millis()
+                        )),
+                    },
+                    other => other,
+                });
+            }
+            let delay = delays.next().unwrap_or(self.cfg.retry_backoff_max);
+            tokio::time::sleep(delay.min(deadline - now)).await;
+        }
     }
 
     fn check_size(&self, size: usize) -> Result<()> {
@@ -690,8 +732,11 @@ impl Producer {
         let size = rec.size_estimate();
         self.check_size(size)?;
         let topic = self.topic_entry(&rec.topic);
-        let Some(count) = self.known_partition_count(rec, &topic) else {
-            return Ok(None);
+        let Some(count) = self
+            .known_partition_count(rec, &topic)
+            .filter(|n| names_a_known_partition(rec, *n))
+        else {
+            return Ok(None); // ask the cluster, or wait for the topic to grow
         };
         let partition = choose_partition(rec, &topic, count)?;
         // `check_size` bounds `size` by `buffer.memory`, so it fits a u32.

@@ -29,6 +29,35 @@ pub const EXCEPTION_MESSAGE: &str = "kafka_dlt-exception-message";
 /// Attempts made before dead-lettering (Spring's retry-topic header name).
 pub const ATTEMPTS: &str = "retry_topic-attempts";
 
+/// Set on a dead letter (or retry-topic copy) written without its value,
+/// because the copy was too large for its target: the value's size in
+/// bytes (decimal text). The record itself is where the provenance
+/// headers point.
+pub const VALUE_DROPPED: &str = "kafka_dlt-value-dropped";
+
+/// Is `e` a refusal that the same record can never get past: too large
+/// for `max.request.size`/`buffer.memory` here, or for the topic's
+/// `max.message.bytes` at the broker?
+pub(crate) fn too_large(e: &kafka_wire::Error) -> bool {
+    use kafka_wire::{Error, KafkaCode};
+    matches!(e, Error::RecordTooLarge { .. } | Error::RecordTooLargeForBroker { .. })
+        || matches!(
+            e.code(),
+            Some(KafkaCode::MessageTooLarge | KafkaCode::RecordListTooLarge)
+        )
+}
+
+/// Drop `out`'s value, once, and say so in a [`VALUE_DROPPED`] header.
+/// `false` if it had none left to drop.
+pub(crate) fn drop_value(out: &mut ProducerRecord) -> bool {
+    let Some(value) = out.value.take() else {
+        return false;
+    };
+    out.headers
+        .push((VALUE_DROPPED.to_string(), Some(Bytes::from(value.len().to_string()))));
+    true
+}
+
 /// When a record in a retry topic is due (big-endian epoch millis).
 pub const BACKOFF_TIMESTAMP: &str = "retry_topic-backoff-timestamp";
 

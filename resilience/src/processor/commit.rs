@@ -3,10 +3,12 @@
 //! the configured policy's schedule (the commit loop), on revoke and at
 //! shutdown.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use consumer_core::{Committer, OffsetToCommit, TopicPartition};
+use consumer_core::{Committer, ConsumerError, OffsetToCommit, TopicPartition};
+use kafka_wire::KafkaCode;
 use tokio::sync::MutexGuard;
 use tokio::task::AbortHandle;
 
@@ -20,14 +22,31 @@ pub(super) struct Commits {
     /// One commit at a time, so commits never reorder and a revoke can
     /// finish with no commit in flight for its partitions.
     lock: tokio::sync::Mutex<()>,
+    /// Bytes of commit metadata per partition the group's coordinator
+    /// keeps: `ProcessorConfig::metadata_limit` until a commit is refused
+    /// with OFFSET_METADATA_TOO_LARGE, then what the broker says
+    /// (`offset.metadata.max.bytes`), or half of what it refused.
+    metadata_limit: AtomicUsize,
 }
 
 impl Commits {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(metadata_limit: usize) -> Self {
         Self {
             lock: tokio::sync::Mutex::new(()),
+            metadata_limit: AtomicUsize::new(metadata_limit),
         }
     }
+}
+
+/// The coordinator refused a commit's metadata as too long; the longest
+/// metadata string the commit carried (bytes).
+struct MetadataTooLarge {
+    longest: usize,
+}
+
+/// Is `e` the coordinator refusing commit metadata as too long?
+fn metadata_too_large(e: &ConsumerError) -> bool {
+    matches!(e, ConsumerError::Wire(w) if w.code() == Some(KafkaCode::OffsetMetadataTooLarge))
 }
 
 impl Runtime {
@@ -85,9 +104,41 @@ impl Runtime {
         committer: &Committer,
         only: Option<&[TopicPartition]>,
     ) {
+        // A refusal of the metadata's size is a limit learned, never a
+        // reason to stop committing: the offsets go again at once with
+        // metadata that fits (the broker's own limit if it says, else half
+        // of what it refused, then none), at most two refusals.
+        for refused in 0..3 {
+            match self.commit_once(committer, only).await {
+                Some(MetadataTooLarge { longest }) if refused < 2 => {
+                    let was = self.commits.metadata_limit.load(Ordering::Relaxed);
+                    let learned = if refused == 0 {
+                        match committer.metadata_limit().await {
+                            Some(broker) => broker,
+                            None => was.min(longest) / 2,
+                        }
+                    } else {
+                        0 // an offset with no metadata always fits
+                    };
+                    let learned = learned.min(was.saturating_sub(1));
+                    self.commits.metadata_limit.store(learned, Ordering::Relaxed);
+                    tracing::warn!(was, now = learned, "the group coordinator refused the commit metadata as too large (offset.metadata.max.bytes); committing again with metadata that fits");
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// One commit attempt. A failure is logged and left to the next commit,
+    /// except a refusal of the metadata's size, returned.
+    async fn commit_once(
+        &self,
+        committer: &Committer,
+        only: Option<&[TopicPartition]>,
+    ) -> Option<MetadataTooLarge> {
         let offsets = self.commit_points(only);
         if offsets.is_empty() {
-            return;
+            return None;
         }
         let started = std::time::Instant::now();
         let fenced: Vec<OffsetToCommit> = offsets
@@ -120,10 +171,18 @@ impl Runtime {
                         .map(|(tp, o, m, _)| (tp, o, m.unwrap_or_default()))
                         .collect(),
                 ));
+                None
             }
             Err(e) => {
                 self.count(Count::CommitFailures, 1);
+                if metadata_too_large(&e) {
+                    let longest = offsets.iter().filter_map(|o| o.2.as_ref()).map(String::len);
+                    return Some(MetadataTooLarge {
+                        longest: longest.max().unwrap_or(0),
+                    });
+                }
                 tracing::warn!(error = %e, "commit failed; the next one retries (nothing is lost: uncommitted work is redone)");
+                None
             }
         }
     }
@@ -132,7 +191,7 @@ impl Runtime {
         &self,
         only: Option<&[TopicPartition]>,
     ) -> Vec<(TopicPartition, i64, Option<String>, u64)> {
-        let limit = self.cfg().metadata_limit;
+        let limit = self.commits.metadata_limit.load(Ordering::Relaxed);
         let mut st = self.lock();
         let mut out = Vec::new();
         for (tp, p) in st.parts_mut() {

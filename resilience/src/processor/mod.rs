@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use consumer_core::{Consumer, ConsumerError, TopicPartition};
+use consumer_core::{Consumer, ConsumerConfig, ConsumerError, TopicPartition};
 use kafka_wire::records::Record;
 use kafka_wire::{Client, NewTopic, Producer};
 use tokio::time::Instant;
@@ -224,7 +224,8 @@ impl Processor {
     /// leave the group.
     ///
     /// # Errors
-    /// Fatal consumer errors (authentication or authorization refused, a
+    /// `enable.auto.commit=true` (refused before connecting: see
+    /// `refuse_settings_that_defeat_the_runtime`). Fatal consumer errors (authentication or authorization refused, a
     /// fenced static member, no offset with `auto.offset.reset=none`, …).
     /// A cluster that cannot be reached at start is *not* an error by
     /// default: with `startup_timeout = None` (the default) `run` retries
@@ -234,6 +235,7 @@ impl Processor {
     /// connection error once that time has passed.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ConsumerError> {
         let cfg = self.cfg;
+        refuse_settings_that_defeat_the_runtime(&cfg.consumer, "the Processor")?;
         if cfg.topic_pattern.is_some() && cfg.retry_topics.is_some() {
             return Err(kafka_wire::Error::Config(
                 "retry topics need named topics: they cannot be combined with topic_pattern".into(),
@@ -506,6 +508,38 @@ const START_BACKOFF: kafka_wire::Backoff =
 /// works, `shutdown` fires (`Ok(None)`), or `deadline` passes. A fatal
 /// error (bad credentials, TLS, config) is returned at once: retrying
 /// cannot fix it.
+/// Consumer settings that would quietly break what the runtime promises
+/// are refused before anything connects, naming the setting and why.
+///
+/// - `enable.auto.commit=true`: the consumer would commit what `poll`
+///   returned every `auto.commit.interval.ms`, while workers are still
+///   handling it; a crash then skips records nobody handled. The runtime
+///   commits each offset only after its record was handled or
+///   dead-lettered (its commit policy, `processor.commit.interval.ms`).
+///
+/// Checked and left alone (they do not defeat a guarantee): `max.poll.records`,
+/// `max.poll.interval.ms` (poll never waits for handlers), `auto.offset.reset`
+/// (where a group with no commit starts), `isolation.level` (the exactly-once
+/// processor sets `read_committed` itself).
+///
+/// # Errors
+/// [`ConsumerError::Wire`] with a configuration error naming the setting.
+pub(crate) fn refuse_settings_that_defeat_the_runtime(
+    consumer: &ConsumerConfig,
+    who: &str,
+) -> Result<(), ConsumerError> {
+    if consumer.enable_auto_commit {
+        return Err(kafka_wire::Error::Config(format!(
+            "enable.auto.commit=true cannot be used with {who}: it commits each offset only \
+             after its record was handled or dead-lettered, and Kafka's auto-commit would commit \
+             records polled but never handled (a crash would skip them). Remove the setting; \
+             processor.commit.interval.ms sets how often the runtime commits"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 pub(crate) async fn until_connected<T, E, F, Fut>(
     what: &str,
     mut connect: F,

@@ -204,7 +204,7 @@ impl Runtime {
             metrics: RuntimeMetrics::new(&group),
             handling: Handling::new(&cfg, handler, producer, group),
             workers: Workers::new(cfg.concurrency),
-            commits: Commits::new(),
+            commits: Commits::new(cfg.metadata_limit),
             in_flight: InFlight::new(),
             state: Mutex::new(State {
                 parts: PartMap::default(),
@@ -262,7 +262,7 @@ impl Runtime {
 
     pub(super) fn observe(&self, e: Event) {
         if let Some(o) = &self.cfg.observer {
-            o.on_event(&e);
+            crate::panics::call_hook("an Observer", || o.on_event(&e));
         }
     }
 

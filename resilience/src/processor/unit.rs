@@ -138,6 +138,11 @@ impl CallClock {
     }
 }
 
+/// A `DedupStore` call that panicked: an error of the store.
+fn store_panicked(message: &str) -> String {
+    format!("the DedupStore panicked: {message}")
+}
+
 fn rand_unit() -> f64 {
     rand::random::<f64>()
 }
@@ -399,12 +404,12 @@ impl Runtime {
         tp: &TopicPartition,
         records: &[Record],
     ) -> Result<(), HandlerError> {
-        let call = async {
-            match &self.handling.handler {
-                AnyHandler::One(h) => h.handle(tp, &records[0]).await,
-                AnyHandler::Batch(h) => h.handle_batch(tp, records).await,
-            }
-        };
+        // A panic fails this call (non-retryable: the DLT), never the
+        // worker: see panics.rs.
+        let call = crate::panics::call("the handler", || match &self.handling.handler {
+            AnyHandler::One(h) => h.handle(tp, &records[0]),
+            AnyHandler::Batch(h) => h.handle_batch(tp, records),
+        });
         match self.cfg().handler_timeout {
             Some(d) => tokio::time::timeout(d, call).await.unwrap_or_else(|_| {
                 Err(HandlerError::Retryable(format!(
@@ -507,7 +512,7 @@ impl Runtime {
             let seen = self
                 .until_ok(
                     Some((tp, epoch)),
-                    || idem.store.seen(&key),
+                    || crate::panics::call_with(|| idem.store.seen(&key), store_panicked),
                     |e| tracing::error!(%tp, offset = r.offset, error = %e, "idempotency store unavailable; partition waits"),
                 )
                 .await;
@@ -546,7 +551,7 @@ impl Runtime {
         for key in keys.iter().flatten() {
             self.until_ok(
                 None,
-                || idem.store.mark(key),
+                || crate::panics::call_with(|| idem.store.mark(key), store_panicked),
                 |e| tracing::error!(key, error = %e, "could not mark an event processed; retrying before its offset may commit"),
             )
             .await;
@@ -636,6 +641,13 @@ impl Runtime {
     /// Write `out` and wait for the acknowledgement, retrying: the
     /// partition stalls (and says so) rather than commit past an unwritten
     /// record. `false` if the partition went away meanwhile.
+    ///
+    /// A write that can never succeed is not retried as is: a record too
+    /// large for the target (its copy carries the provenance headers on
+    /// top of the original, so a record near `max.message.bytes` grows
+    /// past it) is written again without its value, a header saying so
+    /// (`kafka_dlt-value-dropped`: the value's size), so the partition
+    /// moves on; the provenance headers point at the original record.
     async fn write_until_acked(
         &self,
         tp: &TopicPartition,
@@ -644,14 +656,28 @@ impl Runtime {
         target: &str,
         out: ProducerRecord,
     ) -> bool {
+        let out = std::sync::Mutex::new(out);
         let write = || async {
             let Some(p) = &self.handling.producer else {
                 return Err(
                     "no dead-letter producer configured (ProcessorConfig::dead_letter)".to_string(),
                 );
             };
-            let delivery = p.send(out.clone()).await.map_err(|e| e.to_string())?;
-            delivery.await.map(|_| ()).map_err(|e| e.to_string())
+            let record = out.lock().expect("record lock").clone();
+            let sent = match p.send(record).await {
+                Ok(delivery) => delivery.await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match sent {
+                Err(e) if crate::dlt::too_large(&e) => {
+                    let mut out = out.lock().expect("record lock");
+                    if crate::dlt::drop_value(&mut out) {
+                        tracing::warn!(%tp, offset, target, error = %e, "the forwarded record is too large for its target; writing it again without its value (kafka_dlt-value-dropped)");
+                    }
+                    Err(e.to_string())
+                }
+                other => other.map_err(|e| e.to_string()),
+            }
         };
         let failed = |e: &String| {
             self.count(Count::DltWriteFailures, 1);

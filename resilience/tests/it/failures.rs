@@ -291,3 +291,100 @@ async fn an_unavailable_dependency_is_waited_for_never_dead_lettered() {
         .await
         .is_empty());
 }
+
+/// A handler that panics on the record numbered 10 (a batch handler: on
+/// the batch holding it); counts the records it handled.
+#[derive(Default)]
+struct PanicsAt10 {
+    handled: std::sync::atomic::AtomicU64,
+}
+
+impl resilience::Handler for PanicsAt10 {
+    fn handle<'a>(
+        &'a self,
+        _: &'a TopicPartition,
+        r: &'a kafka_wire::records::Record,
+    ) -> resilience::processor::HandlerFuture<'a> {
+        Box::pin(async move {
+            if number(r) == 10 {
+                panic!("handler bug at record {}", number(r));
+            }
+            self.handled.fetch_add(1, AtomicOrdering::Relaxed);
+            Ok(())
+        })
+    }
+}
+
+impl resilience::BatchHandler for PanicsAt10 {
+    fn handle_batch<'a>(
+        &'a self,
+        _: &'a TopicPartition,
+        records: &'a [kafka_wire::records::Record],
+    ) -> resilience::processor::HandlerFuture<'a> {
+        if records.iter().any(|r| number(r) == 10) {
+            panic!("handler bug in a batch of {}", records.len()); // before any future
+        }
+        Box::pin(async move {
+            self.handled
+                .fetch_add(records.len() as u64, AtomicOrdering::Relaxed);
+            Ok(())
+        })
+    }
+}
+
+/// Issue 29, case 1: a handler that panics on one record of 50 (a DLT
+/// configured, everything else default). The panic fails that call as a
+/// non-retryable error: the record (a batch handler: its batch) goes to
+/// the DLT with the panic's message, the lane goes on, the group commits
+/// 50, and `run` returns within its drain deadline after shutdown. In
+/// every ordering, with a batch handler, and with retry topics.
+#[tokio::test]
+async fn a_panicking_handler_dead_letters_its_record_and_the_lane_goes_on() {
+    const N: u32 = 50;
+    let b = testkit::require_broker!();
+    for variant in ["partition", "key", "none", "batch", "retry-topics"] {
+        let (_admin, topic) = topic_with_records(&b, &format!("panic-{variant}"), 1, N).await;
+        let dlt_name = dlt::dlt_topic(&topic); // the runtime creates it
+        let group = testkit::unique_name("panic");
+        let mut cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
+            .set("processor.ordering", if variant == "key" || variant == "none" { variant } else { "partition" })
+            .unwrap()
+            .dead_letter(testkit::producer_config(&b));
+        if variant == "retry-topics" {
+            cfg = cfg.retry_topics(&[Duration::from_millis(100)]);
+        }
+        let handler = Arc::new(PanicsAt10::default());
+        let processor = if variant == "batch" {
+            Processor::batched(cfg, handler.clone(), 10)
+        } else {
+            Processor::new(cfg, handler.clone())
+        };
+        let run = start(processor);
+        let stats = run.stats.clone();
+        let dead = read_all(&b, &dlt_name, 1, 1, false, Duration::from_secs(30)).await;
+        let tp = TopicPartition::new(&topic, 0);
+        let committed = testkit::eventually_async(Duration::from_secs(30), || async {
+            committed_offset(&b, &group, &tp).await == Some(i64::from(N))
+        })
+        .await;
+        let stopped = tokio::time::timeout(Duration::from_secs(20), run.stop()).await;
+        assert!(stopped.is_ok(), "{variant}: run did not return within 20 s of shutdown");
+        assert!(committed, "{variant}: the group did not commit {N}");
+        let dead_n = stats.dead_lettered.load(AtomicOrdering::Relaxed);
+        let handled = handler.handled.load(AtomicOrdering::Relaxed);
+        assert_eq!(handled + dead_n, u64::from(N), "{variant}: every record in one place");
+        if variant != "batch" {
+            assert_eq!((handled, dead_n), (49, 1), "{variant}");
+        }
+        let message = dead
+            .iter()
+            .find(|r| number(r) == 10)
+            .and_then(|r| r.headers.iter().find(|h| h.key.as_ref() == b"kafka_dlt-exception-message"))
+            .and_then(|h| h.value.clone())
+            .unwrap_or_default();
+        assert!(
+            String::from_utf8_lossy(&message).contains("panicked: handler bug"),
+            "{variant}: the DLT record carries the panic: {message:?}"
+        );
+    }
+}

@@ -124,3 +124,56 @@ async fn the_exactly_once_processor_also_waits_for_the_cluster() {
         .expect("task");
     assert!(result.is_ok(), "{result:?}");
 }
+
+/// `enable.auto.commit=true` pasted from a Java config: both processors
+/// refuse it before connecting, naming the setting and what to use instead
+/// (issue 29, case 2: under the Processor it committed 2,000 records while
+/// 281 were handled).
+#[tokio::test]
+async fn auto_commit_is_refused_by_both_processors_naming_the_setting() {
+    let consumer = || {
+        ConsumerConfig::builder()
+            .bootstrap(&closed_port())
+            .and_then(|b| b.group_id("g").set("enable.auto.commit", "true"))
+            .and_then(|b| b.set("auto.commit.interval.ms", "500"))
+            .and_then(|b| b.build())
+            .expect("config")
+    };
+    let started = Instant::now();
+    let cfg = ProcessorConfig::new(consumer(), &["t"]);
+    let err = Processor::new(cfg, Never)
+        .run(std::future::pending())
+        .await
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("enable.auto.commit=true")
+            && text.contains("processor.commit.interval.ms")
+            && !err.is_retriable(),
+        "{text}"
+    );
+    let producer = kafka_wire::ProducerConfig::builder()
+        .set("bootstrap.servers", &closed_port())
+        .and_then(|b| b.set("transactional.id", "t-0"))
+        .and_then(|b| b.build())
+        .expect("producer config");
+    struct Upper;
+    impl resilience::eos::Transformer for Upper {
+        fn transform<'a>(
+            &'a self,
+            _: &'a consumer_core::TopicPartition,
+            _: &'a kafka_wire::records::Record,
+        ) -> resilience::eos::TransformFuture<'a> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+    let err = resilience::eos::TransactionalProcessor::new(consumer(), producer, &["t"])
+        .run(Upper, std::future::pending())
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("enable.auto.commit=true"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused before any connection attempt"
+    );
+}

@@ -628,3 +628,48 @@ async fn the_send_futures_stay_small() {
         std::mem::size_of_val(&try_send)
     );
 }
+
+/// Issue 29, case 7a: a long-lived producer that cached a topic's
+/// partition count sends to a partition added since (explicit partition).
+/// It refreshes metadata and waits for it (up to `max.block.ms`, as
+/// Java's producer), then delivers there at offset 0; a partition that
+/// never appears fails after `max.block.ms`, saying so.
+#[tokio::test]
+async fn a_record_for_a_partition_added_since_the_count_was_cached_waits_for_it_and_lands() {
+    let broker = testkit::require_broker!();
+    let admin = testkit::client(&broker).await;
+    let t = testkit::create_topic(&admin, "grown", 2).await;
+    // Its own client: its metadata knows 2 partitions until it asks again.
+    let producer = Producer::connect(
+        testkit::producer_builder(&broker)
+            .set("max.block.ms", "3000")
+            .unwrap()
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let first = producer.send(ProducerRecord::new(&t).partition(0).value("a")).await;
+    first.unwrap().await.unwrap();
+    admin.create_partitions(&t, 3).await.unwrap();
+    let md = producer
+        .send(ProducerRecord::new(&t).partition(2).value("b"))
+        .await
+        .expect("waits for partition 2 to appear")
+        .await
+        .unwrap();
+    assert_eq!((md.partition, md.offset), (2, 0));
+
+    let started = std::time::Instant::now();
+    let err = producer
+        .send(ProducerRecord::new(&t).partition(7).value("c"))
+        .await
+        .expect_err("partition 7 never appears");
+    let text = err.to_string();
+    assert!(
+        text.contains("max.block.ms") && text.contains(&format!("{t}-7")),
+        "{text}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(3), "waited max.block.ms");
+    producer.close().await;
+}

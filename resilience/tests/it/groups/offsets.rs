@@ -383,6 +383,83 @@ async fn an_outgrown_completed_offset_map_is_cut_to_the_limit_and_pauses_its_par
     assert!(paused(&log, &tp), "the partition did not pause");
 }
 
+/// Issue 29, case 4: the runtime's metadata limit (here 64 KiB) above the
+/// broker's `offset.metadata.max.bytes` (4096 by default), and a map of
+/// completed offsets that outgrows the broker's (2,000 gaps): the first
+/// refusal teaches the runtime the broker's limit, the offset commits with
+/// metadata that fits (not 19 refusals and no commit), and after a crash
+/// the finished work that fit is not redone.
+#[tokio::test]
+async fn commit_metadata_refused_as_too_large_commits_what_fits_and_learns_the_limit() {
+    const N: u32 = 4_000;
+    let b = testkit::require_broker!();
+    let (_admin, topic) = topic_with_records(&b, "metadata-refused", 1, N).await;
+    let group = testkit::unique_name("metadata-refused");
+    let tp = TopicPartition::new(&topic, 0);
+    let cfg = || {
+        let mut cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
+            .ordering(Ordering::Unordered)
+            .concurrency(16)
+            .max_in_flight(2 * N as usize, 64 << 20)
+            .commit_policy(CommitPolicy::Interval(Duration::from_millis(100)))
+            // A failed record waits an hour for its retry, without a worker.
+            .backoff(resilience::retry::BackoffPolicy {
+                initial: Duration::from_secs(3600),
+                max_delay: Duration::from_secs(3600),
+                ..Default::default()
+            });
+        cfg.metadata_limit = 64 << 10;
+        cfg.max_queued_per_partition = 2 * N as usize;
+        cfg
+    };
+    let even_ones_fail: Behaviour = Arc::new(|n, _| {
+        if n % 2 == 0 {
+            Err(resilience::HandlerError::retryable("later"))
+        } else {
+            Ok(Duration::ZERO)
+        }
+    });
+    let first = Arc::new(Sink::default());
+    let run = start(Processor::new(cfg(), SinkHandler::new(&first, even_ones_fail)));
+    let stats = run.stats.clone();
+    // (The partition pauses once its map fills the learned limit.)
+    assert!(testkit::eventually(Duration::from_secs(60), || first.distinct() >= 1_000).await);
+    let landed = committed_with(&b, &group, &tp, |c| {
+        c.offset == 0 && !resilience::commit_metadata::decode(0, &c.metadata).is_empty()
+    })
+    .await;
+    assert!(landed, "no commit with metadata landed");
+    // Let more commits go by: none of them is refused any more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = stats.commit_failures.load(AtomicOrdering::Relaxed);
+    assert!(refused <= 2, "{refused} commits refused");
+    run.crash().await;
+
+    let checker = Consumer::connect(group_consumer(&b, &group)).await.unwrap();
+    let c = checker
+        .committer()
+        .committed(std::slice::from_ref(&tp))
+        .await
+        .unwrap()
+        .remove(&tp)
+        .expect("a commit landed");
+    drop(checker);
+    assert!(c.metadata.len() <= 4096, "{} bytes", c.metadata.len());
+    let kept: u64 = resilience::commit_metadata::decode(0, &c.metadata)
+        .iter()
+        .map(|(s, e)| (e - s) as u64)
+        .sum();
+    assert!(kept > 100, "the runs that fit are kept: {kept}");
+
+    let second = Arc::new(Sink::default());
+    let run = start(Processor::new(cfg(), SinkHandler::new(&second, instant())));
+    let stats = run.stats.clone();
+    run.wait_finished(u64::from(N), Duration::from_secs(60)).await;
+    run.stop().await;
+    assert_eq!(stats.already_done.load(AtomicOrdering::Relaxed), kept);
+    assert_eq!(second.distinct() as u64, u64::from(N) - kept, "only unfinished records redone");
+}
+
 #[tokio::test]
 async fn each_commit_policy_commits_when_it_says() {
     const N: u32 = 50;

@@ -606,3 +606,55 @@ async fn a_pattern_subscription_picks_up_a_matching_topic_created_later_and_only
     );
     c.close(Duration::from_secs(5)).await;
 }
+
+/// Issue 29, case 7b: a static member (alone in its group, so also its
+/// leader) restarts within its session timeout subscribed to topic Y
+/// instead of X. The broker hands a static member that rejoins a stable
+/// group its old assignment (KIP-345; a static leader is told to skip
+/// assigning, KIP-814): partitions of X. Not its subscription: it takes
+/// none of them and rejoins, which rebalances with Y, and it reads Y's 10
+/// records. Under both group protocols (`groups::`).
+#[tokio::test]
+async fn a_static_member_restarted_with_another_subscription_gets_the_new_topic() {
+    let b = testkit::require_broker!();
+    let admin = testkit::client(&b).await;
+    let x = testkit::create_topic(&admin, "static-x", 2).await;
+    let y = testkit::create_topic(&admin, "static-y", 2).await;
+    let records = (0..10).map(|i| ProducerRecord::new(&y).value(format!("{i}")));
+    testkit::produce(&admin, &b, records).await;
+    let group = testkit::unique_name("static-resub");
+    let make = || {
+        common::config(&b, Some(&group))
+            .set("group.instance.id", "a")
+            .unwrap()
+            .set("auto.offset.reset", "earliest")
+            .unwrap()
+            .build()
+            .unwrap()
+    };
+    let mut first = Consumer::connect(make()).await.unwrap();
+    first.subscribe(&[&x]).unwrap();
+    let mut seen = Seen::new();
+    poll_until(&mut first, &mut seen, Duration::from_secs(30), "X assigned", |c, _| {
+        c.assignment().len() == 2
+    })
+    .await;
+    first.close(Duration::from_secs(5)).await; // static: no LeaveGroup
+
+    let mut second = Consumer::connect(make()).await.unwrap();
+    second.subscribe(&[&y]).unwrap();
+    let mut seen = Seen::new();
+    poll_until(&mut second, &mut seen, Duration::from_secs(30), "Y's 10 records", |_, s| {
+        s.values().map(Vec::len).sum::<usize>() == 10
+    })
+    .await;
+    assert!(
+        seen.keys().all(|tp| tp.topic == y),
+        "only Y's records: {seen:?}"
+    );
+    assert!(
+        second.assignment().iter().all(|tp| tp.topic == y),
+        "{:?}",
+        second.assignment()
+    );
+}

@@ -129,3 +129,90 @@ async fn outputs_and_offsets_commit_together_exactly_once_across_a_crash() {
         stats2.transactions.load(AtomicOrdering::Relaxed)
     );
 }
+
+/// Issue 29, case 5 (and case 1's exactly-once sibling): a 3 s
+/// `transaction.timeout.ms` and 300 inputs at 50 ms each (15 s of work in
+/// one poll). Transactions commit early, before the next record would not
+/// fit; one record hangs 6 s once, so its transaction outlives the timeout
+/// and the coordinator aborts it: the processor initializes again and
+/// resumes from the committed offsets. A transformer panic on one record
+/// dead-letters it. `run` ends Ok; every output exactly once; committed 300.
+#[tokio::test]
+async fn a_transaction_never_outlives_its_timeout_and_one_that_did_is_recovered() {
+    const N: u32 = 300;
+    let b = testkit::require_broker!();
+    let (admin, input) = topic_with_records(&b, "eos-timeout-in", 1, N).await;
+    let out = testkit::create_topic(&admin, "eos-timeout-out", 1).await;
+    let dlt = format!("{input}.DLT");
+    admin.create_topic(NewTopic::new(&dlt, 1)).await.unwrap();
+    let group = testkit::unique_name("eos-timeout");
+    let producer = testkit::producer_builder(&b)
+        .transactional_id(testkit::unique_name("eos-timeout-txn"))
+        .set("transaction.timeout.ms", "3000")
+        .unwrap()
+        .build()
+        .unwrap();
+    struct Slow {
+        out: String,
+        hung_once: AtomicBool,
+    }
+    impl Transformer for Slow {
+        fn transform<'a>(&'a self, _: &'a TopicPartition, r: &'a Record) -> TransformFuture<'a> {
+            Box::pin(async move {
+                let n = number(r);
+                if n == 150 {
+                    panic!("transformer bug at record {n}");
+                }
+                let hang = n == 200 && !self.hung_once.swap(true, AtomicOrdering::SeqCst);
+                let wait = if hang { 6_000 } else { 50 };
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                Ok(vec![ProducerRecord::new(&self.out).value(n.to_string())])
+            })
+        }
+    }
+    let p = TransactionalProcessor::new(group_consumer(&b, &group), producer, &[&input]);
+    let stats = p.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let t = Slow {
+        out: out.clone(),
+        hung_once: AtomicBool::new(false),
+    };
+    let run = tokio::spawn(p.run(t, async {
+        let _ = stopped.await;
+    }));
+    let outputs = read_all(&b, &out, 1, N as usize - 1, true, Duration::from_secs(120)).await;
+    let dead = read_all(&b, &dlt, 1, 1, true, Duration::from_secs(10)).await;
+    let tp = TopicPartition::new(&input, 0);
+    let committed = testkit::eventually_async(Duration::from_secs(10), || async {
+        committed_offset(&b, &group, &tp).await == Some(i64::from(N))
+    })
+    .await;
+    let _ = stop.send(());
+    let ended = tokio::time::timeout(Duration::from_secs(30), run).await;
+    let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
+    for r in &outputs {
+        *counts.entry(number(r)).or_default() += 1;
+    }
+    assert!(counts.values().all(|c| *c == 1), "an output twice: {counts:?}");
+    assert_eq!(counts.len(), N as usize - 1, "outputs missing");
+    assert_eq!(dead.len(), 1);
+    let error = dead[0]
+        .headers
+        .iter()
+        .find(|h| h.key.as_ref() == b"kafka_dlt-exception-message")
+        .and_then(|h| h.value.clone())
+        .unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&error).contains("transformer bug at record 150"),
+        "{error:?}"
+    );
+    assert!(committed, "the group's offset did not reach {N}");
+    assert!(
+        stats.aborted.load(AtomicOrdering::Relaxed) >= 1,
+        "the hung record's transaction was aborted"
+    );
+    match ended {
+        Ok(Ok(Ok(()))) => {}
+        other => panic!("run did not end Ok within 30 s of shutdown: {other:?}"),
+    }
+}
