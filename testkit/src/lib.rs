@@ -21,10 +21,10 @@
 //!
 //! | module | what lives there |
 //! |---|---|
-//! | this file | broker (and PostgreSQL, Redis) discovery, [`unique_name`], [`restart_broker`] |
+//! | this file | broker (and PostgreSQL, Redis) discovery, [`unique_name`], [`restart_broker`], [`PostgresServer`] (stop and start the xtask's PostgreSQL) |
 //! | `fixtures` | [`client`], [`create_topic`], [`produce`], [`numbered_topic`], producer configs, [`consumer_props`] (classic, or the protocol `KAFKA_GROUP_PROTOCOL` or [`set_group_protocol`] names), [`speaks_848`]: one version for every crate |
 //! | `schema_registry` | [`StandInSchemaRegistry`]: the documented subset of the Confluent schema registry REST API, in process (no real registry can be installed here) |
-//! | `wait` | [`eventually`], [`eventually_async`], [`eventually_blocking`]: wait for a condition, never a fixed sleep |
+//! | `wait` | [`eventually`], [`eventually_async`], [`eventually_blocking`]: wait for a condition, never a fixed sleep; [`stays_for`], [`stays_for_async`], [`stays_for_blocking`]: prove nothing more happens, failing the moment it does; [`DrainedChild`]: a child process whose output is read as it comes |
 
 mod fixtures;
 mod schema_registry;
@@ -36,7 +36,10 @@ pub use fixtures::{
     set_group_protocol, speaks_848, CLASSIC_ONLY, CONSUMER_DEFAULTS,
 };
 pub use schema_registry::StandInSchemaRegistry;
-pub use wait::{eventually, eventually_async, eventually_blocking};
+pub use wait::{
+    eventually, eventually_async, eventually_blocking, stays_for, stays_for_async,
+    stays_for_blocking, DrainedChild, Finished,
+};
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
@@ -255,6 +258,102 @@ macro_rules! require_postgres {
             None => return,
         }
     };
+}
+
+/// The PostgreSQL server `cargo xtask postgres up` started (its data in
+/// `target/postgres/data`), to stop and start again with the commands the
+/// xtask uses (`pg_ctl`, as the `postgres` user when we are root). Every
+/// other PostgreSQL test shares it: a test that stops it belongs under an
+/// `alone::` module path (run by itself, last, by `cargo xtask test`).
+#[derive(Debug)]
+pub struct PostgresServer {
+    pg_ctl: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+}
+
+impl PostgresServer {
+    /// The xtask's server if it is the one `pg_url` names (same port) and
+    /// it runs; `None` for any other server (`PG_URL` pointing elsewhere).
+    pub fn of(pg_url: &str) -> Option<PostgresServer> {
+        let dir = workspace_root().join("target/postgres");
+        let data = dir.join("data");
+        // postmaster.pid: pid, data dir, start time, port, ...
+        let pid = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+        let port = pid.lines().nth(3)?.trim().to_string();
+        let url_port = pg_url
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("port="))
+            .unwrap_or("5432");
+        if port != url_port {
+            return None;
+        }
+        // postmaster.opts: the server binary (pg_ctl sits beside it), then
+        // its options, each in double quotes.
+        let opts = std::fs::read_to_string(data.join("postmaster.opts")).ok()?;
+        let server = opts.split(" \"").next()?.trim();
+        let pg_ctl = PathBuf::from(server).with_file_name("pg_ctl");
+        pg_ctl.exists().then(|| PostgresServer {
+            pg_ctl,
+            data,
+            log: dir.join("server.log"),
+        })
+    }
+
+    /// `pg_ctl stop -m fast`, as `cargo xtask postgres down`: every session
+    /// is terminated (SQLSTATE 57P01, then its connection closes) and the
+    /// call returns once the server has exited.
+    ///
+    /// # Errors
+    /// `pg_ctl` failed; its output.
+    pub fn stop(&self) -> Result<(), String> {
+        self.pg_ctl(&["-m", "fast", "-w", "-t", "60", "stop"])
+    }
+
+    /// Start the stopped server again with the options it had, on the
+    /// same port: `pg_ctl restart`, which reads them from
+    /// `postmaster.opts` (and, with no server running, just starts one).
+    /// Returns once it accepts connections.
+    ///
+    /// # Errors
+    /// `pg_ctl` failed; its output.
+    pub fn start(&self) -> Result<(), String> {
+        let log = self.log.display().to_string();
+        self.pg_ctl(&["-l", &log, "-w", "-t", "60", "restart"])
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
+        // The server refuses root: as root, run it as the user Debian's
+        // package created (the xtask made it own target/postgres).
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        let mut cmd = if root {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&self.pg_ctl);
+            c
+        } else {
+            std::process::Command::new(&self.pg_ctl)
+        };
+        cmd.arg("-D").arg(&self.data).args(args);
+        // `-l` sends the server's own output to the log: these pipes close
+        // when pg_ctl exits.
+        let out = cmd
+            .output()
+            .map_err(|e| format!("running {}: {e}", self.pg_ctl.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl {}: {}\n{}{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
 }
 
 /// The Redis server of `cargo xtask redis up` (or `REDIS_URL`), as a

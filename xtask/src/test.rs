@@ -269,6 +269,9 @@ const GROUPS: &str = "groups::";
 const KIP848: &str = "kip848::";
 /// Ignored in the shared run (they stop or restart the broker), run alone.
 const ALONE: &str = "alone::";
+/// Broker tests mostly wait (for the broker, a session, a rebalance): four
+/// at a time on two cores, where libtest would run two.
+const THREADS: &str = "--test-threads=4";
 
 /// The services' tiers: the python venv, the main broker's passes (every
 /// integration test, the broker-restart tests alone, the seeds' systems,
@@ -369,12 +372,22 @@ fn main_passes(
             first_err.get_or_insert(e);
         }
     };
-    keep(test_step(steps, counts, "integration", env, &IT, &[]));
+    keep(test_step(
+        steps,
+        counts,
+        "integration",
+        env,
+        &IT,
+        &[THREADS],
+    ));
     if restartable {
         let mut env = env.to_vec();
         let xtask = std::env::current_exe().context("the xtask binary's path")?;
         env.push(("KAFKA_BROKER_CONTROL".into(), xtask.display().to_string()));
-        let alone = ["-p", "sim-tests", "--test", "it"].map(String::from);
+        // The whole workspace's binaries (the filter leaves the others
+        // nothing to run): `-p sim-tests` alone resolves features anew
+        // and rebuilt the stack (94 s of a cold CI run).
+        let alone = IT.map(String::from);
         keep(timed(steps, "restarts, alone", || {
             let c = cargo_test(&env, &alone, &["--ignored", "--test-threads=1", ALONE])?;
             counts.add(&c);
@@ -397,7 +410,7 @@ fn main_passes(
         "kip-848",
         &under_kip848(env),
         &IT,
-        &[GROUPS],
+        &[GROUPS, THREADS],
     ));
     first_err.map_or(Ok(()), Err)
 }
@@ -412,7 +425,7 @@ fn compat_passes(
     steps: &mut Vec<Step>,
     counts: &mut Counts,
 ) -> anyhow::Result<()> {
-    test_step(steps, counts, "compat", env, &IT, &[COMPAT])?;
+    test_step(steps, counts, "compat", env, &IT, &[COMPAT, THREADS])?;
     if !version.starts_with("3.9") {
         return Ok(());
     }
@@ -434,7 +447,7 @@ fn compat_passes(
         "compat kip-848",
         &under_kip848(&env),
         &IT,
-        &[KIP848],
+        &[KIP848, THREADS],
     )
 }
 

@@ -1,43 +1,63 @@
-//! The CLI from the outside, as a user runs it.
+//! The CLI from the outside, as a user runs it. Every child's stdout and
+//! stderr are read as they come (`testkit::DrainedChild`), never only at
+//! the end: a chatty child never blocks on a full pipe while a test waits
+//! for something else.
 
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use testkit::{DrainedChild, Finished};
 
 fn lab() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kafka-lab"))
 }
 
+/// Start the CLI with `args`, its output drained as it comes; `stdin` is
+/// written to it, then closed (`None`: closed at once).
+fn start(args: &[&str], stdin: Option<&[u8]>) -> DrainedChild {
+    let mut child = DrainedChild::spawn(lab().args(args).stdin(Stdio::piped())).unwrap();
+    let mut input = child.take_stdin().unwrap();
+    if let Some(bytes) = stdin {
+        // A child that exits without reading it all says why in its output.
+        match input.write_all(bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            written => written.unwrap(),
+        }
+    }
+    child
+}
+
+/// Run the CLI to its end: its status and whole output.
+fn finish(args: &[&str], stdin: Option<&[u8]>) -> Finished {
+    start(args, stdin).wait().unwrap()
+}
+
 #[test]
 fn help_lists_the_subcommands() {
-    let out = lab().arg("--help").output().unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("check"), "{text}");
+    let out = finish(&["--help"], None);
+    assert!(out.success(), "{}", out.all());
+    assert!(out.stdout.contains("check"), "{}", out.stdout);
 }
 
 #[test]
 fn scenario_help_lists_every_scenario() {
-    let out = lab().args(["scenario", "--help"]).output().unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = finish(&["scenario", "--help"], None);
+    assert!(out.success(), "{}", out.all());
     for name in sim_tests::scenarios::NAMES {
-        assert!(text.contains(name), "{name} missing:\n{text}");
+        assert!(out.stdout.contains(name), "{name} missing:\n{}", out.stdout);
     }
-    let out = lab().args(["scenario", "no-such"]).output().unwrap();
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(text.contains("corrupt-batch"), "{text}");
+    let out = finish(&["scenario", "no-such"], None);
+    assert!(!out.success(), "{}", out.all());
+    assert!(out.stderr.contains("corrupt-batch"), "{}", out.stderr);
 }
 
 #[test]
 fn check_prints_broker_versions_and_topics() {
     let broker = testkit::require_broker!();
-    let out = lab()
-        .args(["--bootstrap", &broker.bootstrap, "check"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let out = finish(&["--bootstrap", &broker.bootstrap, "check"], None);
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
+    assert!(out.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("brokers (1)"), "{stdout}");
     assert!(stdout.contains("APIs negotiated"), "{stdout}");
     assert!(
@@ -45,28 +65,27 @@ fn check_prints_broker_versions_and_topics() {
         "no version table by default: {stdout}"
     );
     assert!(stdout.contains("topics ("), "{stdout}");
-    let out = lab()
-        .args(["--bootstrap", &broker.bootstrap, "check", "--versions"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("Fetch"), "{stdout}");
+    let out = finish(
+        &["--bootstrap", &broker.bootstrap, "check", "--versions"],
+        None,
+    );
+    assert!(out.stdout.contains("Fetch"), "{}", out.all());
 }
 
 #[test]
 fn unknown_property_is_named_in_the_error() {
-    let out = lab()
-        .args([
+    let out = finish(
+        &[
             "--bootstrap",
             "127.0.0.1:1",
             "-X",
             "bootstrap.srevers=x",
             "check",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        ],
+        None,
+    );
+    assert!(!out.success(), "{}", out.all());
+    let stderr = &out.stderr;
     assert!(stderr.contains("bootstrap.srevers"), "{stderr}");
     assert!(
         stderr.contains("did you mean `bootstrap.servers`?"),
@@ -176,10 +195,9 @@ fn run_ok(args: &[&str], stdin: Option<&str>) -> String {
 
 /// `GET /metrics` at `addr`: the body, or `None` while nothing answers.
 fn scrape(addr: &str) -> Option<String> {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .ok()?;
     let mut text = String::new();
@@ -190,24 +208,8 @@ fn scrape(addr: &str) -> Option<String> {
 
 /// Run the CLI; whether it exited 0, and stdout followed by stderr.
 fn run(args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    use std::io::Write;
-    let mut child = lab()
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut input = child.stdin.take().unwrap();
-        if let Some(s) = stdin {
-            input.write_all(s.as_bytes()).unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), stdout + &stderr)
+    let out = finish(args, stdin.map(str::as_bytes));
+    (out.success(), out.all())
 }
 
 #[test]
@@ -384,8 +386,8 @@ fn process_dead_letters_poison_and_serves_prometheus_metrics() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let group = testkit::unique_name("lab-process");
-    let child = lab()
-        .args([
+    let child = start(
+        &[
             "-b",
             b,
             "process",
@@ -399,11 +401,20 @@ fn process_dead_letters_poison_and_serves_prometheus_metrics() {
             "8",
             "--metrics-addr",
             &addr,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+        None,
+    );
+    // It says where it serves its metrics (and then, every second, how far
+    // it got: read as it comes, never blocking it).
+    let serving = format!("metrics: http://{addr}/metrics");
+    assert!(
+        testkit::eventually_blocking(Duration::from_secs(10), || child
+            .stderr()
+            .contains(&serving)),
+        "{}{}",
+        child.stdout(),
+        child.stderr()
+    );
     // Scrape until everything is handled and committed (or the run ends).
     let labels = format!(r#"{{topic="{topic}",partition="0",group="{group}"}}"#);
     let settled = [
@@ -411,24 +422,16 @@ fn process_dead_letters_poison_and_serves_prometheus_metrics() {
         format!("resilience_commit_lag_records{labels} 0"),
         format!("resilience_consumer_lag_records{labels} 0"),
     ];
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(7);
     let mut metrics = String::new();
-    while std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(200));
+    testkit::eventually_blocking(Duration::from_secs(7), || {
         if let Some(text) = scrape(&addr) {
             metrics = text;
-            if settled.iter().all(|l| metrics.lines().any(|m| m == l)) {
-                break;
-            }
         }
-    }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        settled.iter().all(|l| metrics.lines().any(|m| m == l))
+    });
+    let out = child.wait().unwrap();
+    let stdout = &out.stdout;
+    assert!(out.success(), "{stdout}\n{}", out.stderr);
     // Offsets 0, 50, 100, 150 are poison.
     assert!(stdout.contains("196 handled"), "{stdout}");
     assert!(stdout.contains("4 dead-lettered"), "{stdout}");
@@ -665,30 +668,14 @@ fn consume_alone_reads_every_partition_from_an_offset_the_end_or_a_time_in_kcat_
 
 #[test]
 fn produce_names_a_line_that_is_not_utf8_and_binary_sends_it() {
-    use std::io::Write;
     let broker = testkit::require_broker!();
     let b = broker.bootstrap.as_str();
     let topic = topic_with(b, "cli-binary", "1");
     let send = |extra: &[&str]| {
-        let mut child = lab()
-            .args(["-b", b, "produce", "-t", &topic])
-            .args(extra)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"ok\nbad \xff\xfe\n")
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let mut args = vec!["-b", b, "produce", "-t", &topic];
+        args.extend_from_slice(extra);
+        let out = finish(&args, Some(b"ok\nbad \xff\xfe\n"));
+        (out.success(), out.stderr)
     };
     let (ok, err) = send(&[]);
     assert!(!ok, "{err}");
@@ -827,27 +814,30 @@ fn ctrl_c_on_a_group_consumer_leaves_the_group_and_prints_the_summary() {
     let topic = topic_with(b, "cli-ctrlc", "1");
     let group = testkit::unique_name("cli-ctrlc");
     run_ok(&["-b", b, "produce", "-t", &topic, "--count", "5"], None);
-    let child = lab()
-        .args(["-b", b, "consume", "-t", &topic, "-G", &group, "--quiet"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = start(
+        &["-b", b, "consume", "-t", &topic, "-G", &group, "--quiet"],
+        None,
+    );
     // Wait until it is a member, then interrupt it.
     let mut d = String::new();
-    let joined = testkit::eventually_blocking(std::time::Duration::from_secs(30), || {
+    let joined = testkit::eventually_blocking(Duration::from_secs(30), || {
         d = run(&["-b", b, "groups", "describe", &group], None).1;
         d.contains(&format!("{topic}-0")) && !d.contains("  -\n")
     });
-    assert!(joined, "never joined: {d}");
+    assert!(
+        joined,
+        "never joined: {d}\n{}{}",
+        child.stdout(),
+        child.stderr()
+    );
     let sent = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(sent.success());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let out = child.wait().unwrap();
+    let stderr = &out.stderr;
+    assert!(out.success(), "{stderr}");
     assert!(stderr.contains("interrupted: left the group"), "{stderr}");
     assert!(stderr.contains("consumed 5 records"), "{stderr}");
     // It left: the group is empty at once, not after the session timeout.
@@ -977,8 +967,8 @@ fn topics_add_partitions_grows_a_topic_and_prints_the_brokers_refusal() {
     let listed = run_ok(&["-b", b, "topics", "list"], None);
     assert!(listed.contains(&format!("{topic}\t3")), "{listed}");
 
-    let out = lab()
-        .args([
+    let out = finish(
+        &[
             "-b",
             b,
             "topics",
@@ -987,11 +977,11 @@ fn topics_add_partitions_grows_a_topic_and_prints_the_brokers_refusal() {
             &topic,
             "--partitions",
             "2",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        ],
+        None,
+    );
+    assert!(!out.success(), "{}", out.all());
+    let stderr = &out.stderr;
     assert!(
         stderr.contains("InvalidPartitions") && stderr.contains("3 partition"),
         "the broker's own explanation: {stderr}"

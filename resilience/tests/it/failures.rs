@@ -239,7 +239,12 @@ async fn without_a_writable_dlt_the_partition_stalls_and_nothing_commits_past_th
             >= 3)
         .await
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        testkit::stays_for(Duration::from_millis(500), || sink.applied_numbers().len()
+            == 5)
+        .await,
+        "a record after the stalled one was handled"
+    );
     run.stop().await;
     assert_eq!(
         sink.applied_numbers(),
@@ -347,7 +352,14 @@ async fn a_panicking_handler_dead_letters_its_record_and_the_lane_goes_on() {
         let dlt_name = dlt::dlt_topic(&topic); // the runtime creates it
         let group = testkit::unique_name("panic");
         let mut cfg = ProcessorConfig::new(group_consumer(&b, &group), &[&topic])
-            .set("processor.ordering", if variant == "key" || variant == "none" { variant } else { "partition" })
+            .set(
+                "processor.ordering",
+                if variant == "key" || variant == "none" {
+                    variant
+                } else {
+                    "partition"
+                },
+            )
             .unwrap()
             .dead_letter(testkit::producer_config(&b));
         if variant == "retry-topics" {
@@ -368,18 +380,29 @@ async fn a_panicking_handler_dead_letters_its_record_and_the_lane_goes_on() {
         })
         .await;
         let stopped = tokio::time::timeout(Duration::from_secs(20), run.stop()).await;
-        assert!(stopped.is_ok(), "{variant}: run did not return within 20 s of shutdown");
+        assert!(
+            stopped.is_ok(),
+            "{variant}: run did not return within 20 s of shutdown"
+        );
         assert!(committed, "{variant}: the group did not commit {N}");
         let dead_n = stats.dead_lettered.load(AtomicOrdering::Relaxed);
         let handled = handler.handled.load(AtomicOrdering::Relaxed);
-        assert_eq!(handled + dead_n, u64::from(N), "{variant}: every record in one place");
+        assert_eq!(
+            handled + dead_n,
+            u64::from(N),
+            "{variant}: every record in one place"
+        );
         if variant != "batch" {
             assert_eq!((handled, dead_n), (49, 1), "{variant}");
         }
         let message = dead
             .iter()
             .find(|r| number(r) == 10)
-            .and_then(|r| r.headers.iter().find(|h| h.key.as_ref() == b"kafka_dlt-exception-message"))
+            .and_then(|r| {
+                r.headers
+                    .iter()
+                    .find(|h| h.key.as_ref() == b"kafka_dlt-exception-message")
+            })
             .and_then(|h| h.value.clone())
             .unwrap_or_default();
         assert!(

@@ -69,9 +69,8 @@ async fn without_a_timeout_run_keeps_retrying_until_shutdown() {
     let run = tokio::spawn(Processor::new(unreachable(), Never).run(async move {
         let _ = stopped.await;
     }));
-    tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        !run.is_finished(),
+        testkit::stays_for(Duration::from_secs(2), || !run.is_finished()).await,
         "run gave up although no timeout was set"
     );
     let _ = stop.send(());
@@ -112,9 +111,8 @@ async fn the_exactly_once_processor_also_waits_for_the_cluster() {
     let run = tokio::spawn(eos.run(Identity, async move {
         let _ = stopped.await;
     }));
-    tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        !run.is_finished(),
+        testkit::stays_for(Duration::from_secs(2), || !run.is_finished()).await,
         "run exited although the cluster may still come up"
     );
     let _ = stop.send(());

@@ -46,19 +46,15 @@ async fn topics_configs_and_offsets() {
         .await
         .unwrap();
     // Config changes propagate through the controller: eventually visible.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
+    let seen = std::cell::RefCell::new(None);
+    let changed = testkit::eventually_async(Duration::from_secs(15), || async {
         let after = retention(&client.describe_configs(&res).await.unwrap());
-        if after.value.as_deref() == Some("7200000") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still {:?}",
-            after.value
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let changed = after.value.as_deref() == Some("7200000");
+        *seen.borrow_mut() = after.value;
+        changed
+    })
+    .await;
+    assert!(changed, "still {:?}", seen.borrow());
 
     // Offsets: empty, then after 5 records on partition 1.
     assert_eq!(
@@ -174,19 +170,17 @@ async fn groups_list_describe_delete() {
                 .with_partition_index(0)
                 .with_committed_offset(0)])]);
     // On a fresh broker the offsets topic may still be loading: retry those codes.
-    let mut code = -1;
-    for _ in 0..100 {
+    let code = std::cell::Cell::new(-1);
+    testkit::eventually_async(Duration::from_secs(10), || async {
         let resp = client
             .send_to(coordinator, Lane::Control, &commit, Duration::ZERO)
             .await
             .unwrap();
-        code = resp.topics[0].partitions[0].error_code;
-        if !KafkaCode::try_from_code(code).is_some_and(|c| c.is_retriable()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(code, 0);
+        code.set(resp.topics[0].partitions[0].error_code);
+        !KafkaCode::try_from_code(code.get()).is_some_and(|c| c.is_retriable())
+    })
+    .await;
+    assert_eq!(code.get(), 0);
 
     let groups = client.list_groups().await.unwrap();
     assert!(groups.iter().any(|g| g.group_id == group), "{groups:?}");

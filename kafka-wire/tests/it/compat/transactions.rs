@@ -51,11 +51,13 @@ async fn committed_and_aborted_transactions_with_markers() {
 
     // read_uncommitted sees everything, markers included. The coordinator
     // writes markers after EndTxn returns: wait for the last one (offset 8).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while common::high_watermark(&client, &topic, 0).await < 9 {
-        assert!(std::time::Instant::now() < deadline, "markers never landed");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    assert!(
+        testkit::eventually_async(std::time::Duration::from_secs(15), || async {
+            common::high_watermark(&client, &topic, 0).await >= 9
+        })
+        .await,
+        "markers never landed"
+    );
     let raw = common::fetch_raw(&client, &topic, 0).await;
     let mut data = Vec::new();
     let mut markers = Vec::new();
@@ -129,15 +131,14 @@ async fn offsets_sent_to_a_committed_transaction_are_committed() {
                 .with_partition_indexes(vec![0])]))]);
     // The commit marker reaches __consumer_offsets asynchronously: until it
     // does, require_stable answers UNSTABLE_OFFSET_COMMIT (never a wrong offset).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
+    let stable = testkit::eventually_async(std::time::Duration::from_secs(15), || async {
         let resp = client
             .send_to(coordinator, Lane::Control, &req, std::time::Duration::ZERO)
             .await
             .unwrap();
         let p = &resp.groups[0].topics[0].partitions[0];
         if p.error_code == 0 && p.committed_offset == 42 {
-            break;
+            return true;
         }
         assert!(
             p.error_code == kafka_wire::KafkaCode::UnstableOffsetCommit.code()
@@ -146,12 +147,10 @@ async fn offsets_sent_to_a_committed_transaction_are_committed() {
             p.error_code,
             p.committed_offset
         );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "offset never became stable"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+        false
+    })
+    .await;
+    assert!(stable, "offset never became stable");
 }
 
 #[tokio::test]

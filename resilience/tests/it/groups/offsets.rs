@@ -420,7 +420,10 @@ async fn commit_metadata_refused_as_too_large_commits_what_fits_and_learns_the_l
         }
     });
     let first = Arc::new(Sink::default());
-    let run = start(Processor::new(cfg(), SinkHandler::new(&first, even_ones_fail)));
+    let run = start(Processor::new(
+        cfg(),
+        SinkHandler::new(&first, even_ones_fail),
+    ));
     let stats = run.stats.clone();
     // (The partition pauses once its map fills the learned limit.)
     assert!(testkit::eventually(Duration::from_secs(60), || first.distinct() >= 1_000).await);
@@ -429,10 +432,13 @@ async fn commit_metadata_refused_as_too_large_commits_what_fits_and_learns_the_l
     })
     .await;
     assert!(landed, "no commit with metadata landed");
-    // Let more commits go by: none of them is refused any more.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let refused = stats.commit_failures.load(AtomicOrdering::Relaxed);
-    assert!(refused <= 2, "{refused} commits refused");
+    // More commits go by (every 100 ms): none of them is refused any more.
+    let refused = || stats.commit_failures.load(AtomicOrdering::Relaxed);
+    assert!(
+        testkit::stays_for(Duration::from_millis(500), || refused() <= 2).await,
+        "{} commits refused",
+        refused()
+    );
     run.crash().await;
 
     let checker = Consumer::connect(group_consumer(&b, &group)).await.unwrap();
@@ -454,10 +460,15 @@ async fn commit_metadata_refused_as_too_large_commits_what_fits_and_learns_the_l
     let second = Arc::new(Sink::default());
     let run = start(Processor::new(cfg(), SinkHandler::new(&second, instant())));
     let stats = run.stats.clone();
-    run.wait_finished(u64::from(N), Duration::from_secs(60)).await;
+    run.wait_finished(u64::from(N), Duration::from_secs(60))
+        .await;
     run.stop().await;
     assert_eq!(stats.already_done.load(AtomicOrdering::Relaxed), kept);
-    assert_eq!(second.distinct() as u64, u64::from(N) - kept, "only unfinished records redone");
+    assert_eq!(
+        second.distinct() as u64,
+        u64::from(N) - kept,
+        "only unfinished records redone"
+    );
 }
 
 #[tokio::test]
@@ -530,12 +541,12 @@ async fn a_dropped_processor_stops_handling_and_committing_at_once() {
     let applied_at_crash = sink.applied().len();
     let committed_at_crash = [0, 1].map(|p| TopicPartition::new(&topic, p));
     let before = committed_offsets(&b, &group, &committed_at_crash).await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // ten commit intervals
-                                                          // Units already inside the handler when the task died may not finish;
-                                                          // none may start or complete after it.
-    assert_eq!(
-        sink.applied().len(),
-        applied_at_crash,
+    // For ten commit intervals: units already inside the handler when the
+    // task died may not finish; none may start or complete after it.
+    assert!(
+        testkit::stays_for(Duration::from_millis(500), || sink.applied().len()
+            == applied_at_crash)
+        .await,
         "side effects after the crash"
     );
     assert_eq!(

@@ -363,14 +363,15 @@ async fn fully_committed(
     partitions: i32,
     within: Duration,
 ) -> BTreeMap<i32, (Option<i64>, i64)> {
-    let end = tokio::time::Instant::now() + within;
-    loop {
-        let missing = uncommitted_partitions(b, admin, group, topic, partitions).await;
-        if missing.is_empty() || tokio::time::Instant::now() > end {
-            return missing;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let missing = std::cell::RefCell::new(BTreeMap::new());
+    testkit::eventually_async(within, || async {
+        let now = uncommitted_partitions(b, admin, group, topic, partitions).await;
+        let done = now.is_empty();
+        *missing.borrow_mut() = now;
+        done
+    })
+    .await;
+    missing.into_inner()
 }
 
 #[tokio::test]

@@ -315,17 +315,19 @@ async fn out_of_range_with_reset_none_names_the_offset_and_the_log_start() {
 /// a moment to settle: TOPIC_ALREADY_EXISTS is retried).
 async fn recreate(admin: &kafka_wire::Client, topic: &str) {
     admin.delete_topic(topic).await.unwrap();
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
+    let refused = std::cell::RefCell::new(String::new());
+    let created = testkit::eventually_async(Duration::from_secs(30), || async {
         match admin.create_topic(NewTopic::new(topic, 1)).await {
-            Ok(()) => return,
-            Err(e) if Instant::now() < end => {
-                let _ = e; // still being deleted: retried
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(()) => true,
+            Err(e) => {
+                // Still being deleted: retried.
+                *refused.borrow_mut() = e.to_string();
+                false
             }
-            Err(e) => panic!("recreate {topic}: {e}"),
         }
-    }
+    })
+    .await;
+    assert!(created, "recreate {topic}: {}", refused.borrow());
 }
 
 #[tokio::test]
@@ -355,12 +357,16 @@ async fn a_recreated_topic_is_handled_once_and_committed_in_its_own_right() {
     )
     .await;
     let committed = wait_committed(&b, &group, &tp, 10).await;
-    // Let a few more commit intervals pass: nothing of the old log lands.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let later = committed_offset(&b, &group, &tp).await;
+    // For a few more commit intervals, nothing of the old log lands.
+    let later = std::cell::Cell::new(None);
+    let unchanged = testkit::stays_for_async(Duration::from_millis(600), || async {
+        later.set(committed_offset(&b, &group, &tp).await);
+        later.get() == Some(10)
+    })
+    .await;
     run.stop().await;
     assert_eq!(committed, Some(10), "the new log's 10 records committed");
-    assert_eq!(later, Some(10));
+    assert!(unchanged, "a later commit moved it to {:?}", later.get());
     let (distinct, dups) = sink.distinct_and_duplicates();
     assert_eq!(dups, 0, "each record handled once");
     assert_eq!(distinct, (0..1_010).collect());

@@ -1,11 +1,15 @@
 //! Property tests against the real broker: proptest generates sequences of
-//! operations (produce records, some poison and some transient; start a
-//! member; stop one gracefully; kill one; slow the handler; reset every
+//! operations (produce records, some poison, some transient, some whose
+//! handler panics or hangs past its deadline, one near `max.message.bytes`
+//! whose dead letter cannot fit; start a member; stop one gracefully; kill
+//! one; restart a static member, with its subscription or another; try to
+//! start one with `enable.auto.commit=true`; slow the handler; reset every
 //! connection; let time pass) and Kafka's own semantics (transactions
 //! committed and aborted, so markers and aborted ranges; partitions added
-//! to the topic; DeleteRecords, as retention does), runs them on a live
-//! read_committed group, and checks the runtime's promises after every
-//! step and at the end:
+//! to the topic, then written to by a producer that cached the old count;
+//! DeleteRecords, as retention does), runs them on a live read_committed
+//! group, and checks the runtime's promises after every step and at the
+//! end:
 //!
 //! - committed ≤ handled, per partition (every record below a committed
 //!   offset was handled or dead-lettered, unless DeleteRecords removed it);
@@ -15,7 +19,8 @@
 //! - no side effect is applied twice (members share a DedupStore);
 //! - no commit lands for a partition its member does not own;
 //! - at the end every partition is committed to its log end (so markers,
-//!   aborted ranges and added partitions leave no lag).
+//!   aborted ranges and added partitions leave no lag), and every member
+//!   stops within its drain deadline.
 //!
 //! `SIM_CASES` sets the number of cases (default 8, for CI); `SIM_SEED`
 //! fixes the generator's seed. A failing case, shrunk, is saved to
@@ -45,13 +50,28 @@ const MAX_MEMBERS: usize = 3;
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// Produce `count` records; `poison`/`transient` in 100 fail for good / once.
+    /// Produce `count` records; `poison`/`transient`/`panics`/`hangs` in
+    /// 100 fail for good / fail once / panic in the handler / hang past the
+    /// handler's deadline once.
     Produce {
         count: u32,
         poison: u32,
         transient: u32,
+        panics: u32,
+        hangs: u32,
     },
+    /// Produce one poison record near `max.message.bytes`: its dead letter
+    /// (the record plus provenance headers) is too large for the DLT.
+    ProduceLarge,
     Start,
+    /// Kill the member with `group.instance.id=static` if one runs, and
+    /// start it again within its session timeout, subscribed to the topic,
+    /// or (`elsewhere`) only to another topic.
+    RestartStatic {
+        elsewhere: bool,
+    },
+    /// Try to start a member with `enable.auto.commit=true`: refused.
+    StartAutoCommit,
     /// Stop the oldest member gracefully.
     Stop,
     /// Kill the oldest member (no drain, no commit, no leave).
@@ -77,12 +97,19 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (1u32..300, 0u32..8, 0u32..8).prop_map(|(count, poison, transient)| Op::Produce {
-            count,
-            poison,
-            transient
-        }),
+        3 => (1u32..300, 0u32..8, 0u32..8, 0u32..4, 0u32..2).prop_map(
+            |(count, poison, transient, panics, hangs)| Op::Produce {
+                count,
+                poison,
+                transient,
+                panics,
+                hangs,
+            }
+        ),
+        1 => Just(Op::ProduceLarge),
         2 => Just(Op::Start),
+        1 => any::<bool>().prop_map(|elsewhere| Op::RestartStatic { elsewhere }),
+        1 => Just(Op::StartAutoCommit),
         1 => Just(Op::Stop),
         1 => Just(Op::Kill),
         1 => (0u64..10).prop_map(Op::Slow),
@@ -103,13 +130,21 @@ fn case() -> impl Strategy<Value = (u64, Vec<Op>)> {
 struct World {
     b: testkit::BrokerEnv,
     topic: String,
+    /// A topic no record goes to: a static member restarted "elsewhere"
+    /// subscribes only to it.
+    other_topic: String,
     group: String,
+    /// A producer kept for the whole case: it caches partition counts,
+    /// so a partition added later is news to it.
+    producer: Producer,
     proxy: FaultProxy,
     sink: Arc<Sink>,
     store: Arc<InMemoryDedup>,
     /// Record numbers that fail for good / fail once.
     poison: Arc<Mutex<HashSet<u32>>>,
     transient: Arc<Mutex<HashSet<u32>>>,
+    panics: Arc<Mutex<HashSet<u32>>>,
+    hangs: Arc<Mutex<HashSet<u32>>>,
     slow_ms: Arc<AtomicU64>,
     produced: u32,
     partitions: i32,
@@ -119,7 +154,8 @@ struct World {
     aborted: HashSet<u32>,
     /// Numbers DeleteRecords removed before they were finished: excused.
     deleted: HashSet<u32>,
-    members: Vec<Running>,
+    /// Running members, with `true` for the static one.
+    members: Vec<(Running, bool)>,
     logs: Vec<Arc<EventLog>>,
     /// Highest committed offset seen so far, per partition.
     committed: BTreeMap<i32, i64>,
@@ -137,6 +173,8 @@ impl World {
             ))
             .await
             .expect("create DLT");
+        let other_topic = testkit::create_topic(&admin, "live-other", 1).await;
+        let producer = Producer::with_client(admin, testkit::producer_config(b));
         let group = testkit::unique_name("live");
         let checker = Consumer::connect(support::group_consumer(b, &group))
             .await
@@ -144,12 +182,16 @@ impl World {
         World {
             b: b.clone(),
             topic,
+            other_topic,
             group,
+            producer,
             proxy: FaultProxy::new(seed),
             sink: Arc::default(),
             store: Arc::new(InMemoryDedup::new(1_000_000)),
             poison: Arc::default(),
             transient: Arc::default(),
+            panics: Arc::default(),
+            hangs: Arc::default(),
             slow_ms: Arc::default(),
             produced: 0,
             partitions: PARTITIONS,
@@ -169,9 +211,16 @@ impl World {
             self.transient.clone(),
             self.slow_ms.clone(),
         );
+        let (panics, hangs) = (self.panics.clone(), self.hangs.clone());
         Arc::new(move |n, attempt| {
             if poison.lock().expect("lock").contains(&n) {
                 return Err(HandlerError::NonRetryable(format!("poison {n}")));
+            }
+            if panics.lock().expect("lock").contains(&n) {
+                panic!("handler bug on record {n}");
+            }
+            if attempt == 1 && hangs.lock().expect("lock").contains(&n) {
+                return Ok(Duration::from_secs(3600)); // past the handler deadline
             }
             if attempt == 1 && transient.lock().expect("lock").contains(&n) {
                 return Err(HandlerError::Retryable(format!("transient {n}")));
@@ -181,16 +230,29 @@ impl World {
     }
 
     fn start_member(&mut self) {
+        let topic = self.topic.clone();
+        self.start_member_with(&topic, &[], false);
+    }
+
+    /// A member subscribed to `topic`, with `props` on top of the case's
+    /// consumer settings; `is_static` marks the one with a
+    /// `group.instance.id`.
+    fn start_member_with(&mut self, topic: &str, props: &[(&str, &str)], is_static: bool) {
+        let mut all = vec![
+            ("isolation.level", "read_committed"),
+            ("metadata.max.age.ms", "1000"),
+        ];
+        all.extend_from_slice(props);
+        let (running, _) = self.processor(topic, &all);
+        self.members.push((running, is_static));
+    }
+
+    /// A processor on `topic` with `props` (started), and its event log.
+    fn processor(&mut self, topic: &str, props: &[(&str, &str)]) -> (Running, Arc<EventLog>) {
         let log = Arc::new(EventLog::default());
-        let consumer = support::group_consumer_with(
-            &self.b,
-            &self.group,
-            &[
-                ("isolation.level", "read_committed"),
-                ("metadata.max.age.ms", "1000"),
-            ],
-        );
-        let mut cfg = ProcessorConfig::new(consumer, &[&self.topic])
+        let consumer = support::group_consumer_with(&self.b, &self.group, props);
+        let mut cfg = ProcessorConfig::new(consumer, &[topic])
+            .handler_timeout(Duration::from_secs(1))
             .commit_policy(CommitPolicy::Interval(Duration::from_millis(100)))
             .dead_letter(testkit::producer_config(&self.b))
             .backoff(BackoffPolicy {
@@ -201,11 +263,12 @@ impl World {
             .observer(log.clone());
         cfg.create_topics = false;
         cfg.consumer.client.connector = self.proxy.connector();
-        self.members.push(support::start(Processor::new(
+        let running = support::start(Processor::new(
             cfg,
             SinkHandler::new(&self.sink, self.behaviour()),
-        )));
-        self.logs.push(log);
+        ));
+        self.logs.push(log.clone());
+        (running, log)
     }
 
     async fn apply(&mut self, op: &Op) {
@@ -214,21 +277,35 @@ impl World {
                 count,
                 poison,
                 transient,
+                panics,
+                hangs,
             } => {
                 let first = self.produced;
                 for n in first..first + count {
                     // Spread failures deterministically over the numbers.
                     let bucket = n.wrapping_mul(2_654_435_761) % 100;
-                    if bucket < poison {
-                        self.poison.lock().expect("lock").insert(n);
+                    let set = if bucket < poison {
+                        &self.poison
                     } else if bucket < poison + transient {
-                        self.transient.lock().expect("lock").insert(n);
-                    }
+                        &self.transient
+                    } else if bucket < poison + transient + panics {
+                        &self.panics
+                    } else if bucket < poison + transient + panics + hangs {
+                        &self.hangs
+                    } else {
+                        continue;
+                    };
+                    set.lock().expect("lock").insert(n);
                 }
-                let admin = testkit::client(&self.b).await;
-                let p = Producer::with_client(admin, testkit::producer_config(&self.b));
-                self.send_numbered(&p, count).await;
-                p.close().await;
+                let p = self.producer.clone();
+                self.send_numbered(&p, count, None, 0).await;
+            }
+            Op::ProduceLarge => {
+                self.poison.lock().expect("lock").insert(self.produced);
+                let p = self.producer.clone();
+                // The record fits the topic's 1 MiB; its dead letter, with
+                // its provenance headers, does not.
+                self.send_numbered(&p, 1, None, 1_048_400).await;
             }
             Op::Transaction { count, commit } => {
                 let cfg = ProducerConfig::builder()
@@ -241,7 +318,7 @@ impl World {
                 p.init_transactions().await.expect("init transactions");
                 p.begin_transaction().await.expect("begin");
                 let first = self.produced;
-                self.send_numbered(&p, count).await;
+                self.send_numbered(&p, count, None, 0).await;
                 if commit {
                     p.commit_transaction().await.expect("commit");
                 } else {
@@ -259,6 +336,11 @@ impl World {
                         .await
                         .expect("create partitions");
                 }
+                // The case's producer still knows the old count: records
+                // for the new partition wait for it to appear (max.block.ms).
+                let p = self.producer.clone();
+                self.send_numbered(&p, 5, Some(self.partitions - 1), 0)
+                    .await;
             }
             Op::AddPartition => {}
             Op::DeleteRecords { partition } => {
@@ -290,9 +372,28 @@ impl World {
             }
             Op::Start if self.members.len() < MAX_MEMBERS => self.start_member(),
             Op::Start => {}
-            Op::Stop if !self.members.is_empty() => self.members.remove(0).stop().await,
-            Op::Kill if !self.members.is_empty() => self.members.remove(0).crash().await,
+            Op::Stop if !self.members.is_empty() => stop_in_time(self.members.remove(0).0).await,
+            Op::Kill if !self.members.is_empty() => self.members.remove(0).0.crash().await,
             Op::Stop | Op::Kill => {}
+            Op::RestartStatic { elsewhere } => {
+                if let Some(i) = self.members.iter().position(|(_, s)| *s) {
+                    self.members.remove(i).0.crash().await;
+                }
+                let topic = if elsewhere {
+                    self.other_topic.clone()
+                } else {
+                    self.topic.clone()
+                };
+                self.start_member_with(&topic, &[("group.instance.id", "static")], true);
+            }
+            Op::StartAutoCommit => {
+                let topic = self.topic.clone();
+                let (running, _) = self.processor(&topic, &[("enable.auto.commit", "true")]);
+                let refused =
+                    testkit::eventually(Duration::from_secs(5), || !running.is_running()).await;
+                running.crash().await;
+                assert!(refused, "a processor with enable.auto.commit=true ran");
+            }
             Op::Slow(ms) => self.slow_ms.store(ms, AtomicOrdering::Relaxed),
             Op::Fault => self.proxy.reset_all(),
             Op::Advance(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
@@ -300,14 +401,27 @@ impl World {
     }
 
     /// Send `count` numbered records (keyed, so spread over every
-    /// partition) and remember where each landed.
-    async fn send_numbered(&mut self, p: &Producer, count: u32) {
+    /// partition, or to `partition`), each value padded to `size` bytes,
+    /// and remember where each landed.
+    async fn send_numbered(
+        &mut self,
+        p: &Producer,
+        count: u32,
+        partition: Option<i32>,
+        size: usize,
+    ) {
         let first = self.produced;
         let mut acks = Vec::new();
         for n in first..first + count {
-            let r = ProducerRecord::new(&self.topic)
+            let mut value = n.to_string();
+            if value.len() < size {
+                value.push(' ');
+                value.extend(std::iter::repeat_n('.', size - value.len()));
+            }
+            let mut r = ProducerRecord::new(&self.topic)
                 .key(format!("k{n}"))
-                .value(n.to_string());
+                .value(value);
+            r.partition = partition;
             acks.push((n, p.send(r).await.expect("send")));
         }
         for (n, ack) in acks {
@@ -398,7 +512,9 @@ impl World {
     async fn finish(&mut self) -> Result<(), String> {
         self.proxy.set(Default::default());
         self.slow_ms.store(0, AtomicOrdering::Relaxed);
-        if self.members.is_empty() {
+        // Someone must read the topic: a static member restarted
+        // elsewhere does not.
+        if self.members.iter().all(|(_, is_static)| *is_static) {
             self.start_member();
         }
         let want: HashSet<u32> = self.expected().collect();
@@ -424,8 +540,8 @@ impl World {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        for m in self.members.drain(..) {
-            m.stop().await;
+        for (m, _) in self.members.drain(..) {
+            stop_in_time(m).await;
         }
         self.check("end").await?;
         if !done {
@@ -458,10 +574,18 @@ async fn run_case(b: &testkit::BrokerEnv, seed: u64, ops: &[Op]) -> Result<(), S
         world.check(&format!("after step {i} {op:?}")).await?;
     }
     let result = world.finish().await;
-    for m in world.members.drain(..) {
+    for (m, _) in world.members.drain(..) {
         m.crash().await;
     }
     result
+}
+
+/// A graceful stop returns within the drain deadline (30 s by default,
+/// plus the leave): a member that cannot stop is stuck.
+async fn stop_in_time(m: Running) {
+    tokio::time::timeout(Duration::from_secs(40), m.stop())
+        .await
+        .expect("a member did not stop within its drain deadline");
 }
 
 fn env_u64(key: &str) -> Option<u64> {

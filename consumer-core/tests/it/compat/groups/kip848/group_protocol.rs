@@ -171,20 +171,19 @@ async fn two_members_share_the_partitions_and_consume_every_record_once_committe
     }
     let parts: Vec<TopicPartition> = (0..4).map(|p| TopicPartition::new(&topic, p)).collect();
     // Every partition's position was committed by its owner.
-    let committed = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let mut all = std::collections::BTreeMap::new();
-            for c in &members {
-                c.commit_positions().await.unwrap();
-                all.extend(c.committed(&parts).await.unwrap());
-            }
-            if all.values().all(|o| *o == 50) && all.len() == 4 || Instant::now() > deadline {
-                break all;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let committed = std::cell::RefCell::new(std::collections::BTreeMap::new());
+    testkit::eventually_async(Duration::from_secs(20), || async {
+        let mut all = std::collections::BTreeMap::new();
+        for c in &members {
+            c.commit_positions().await.unwrap();
+            all.extend(c.committed(&parts).await.unwrap());
         }
-    };
+        let done = all.values().all(|o| *o == 50) && all.len() == 4;
+        *committed.borrow_mut() = all;
+        done
+    })
+    .await;
+    let committed = committed.into_inner();
     assert_eq!(committed.len(), 4, "{committed:?}");
     assert!(committed.values().all(|o| *o == 50), "{committed:?}");
     for c in members {
