@@ -108,7 +108,10 @@ async fn bounded(deadline: Duration, what: &str, mut f: ListenerFuture<'_>) {
                 .copied()
                 .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
                 .unwrap_or("(a panic without a text message)");
-            tracing::error!(panic = msg, "rebalance listener {what} panicked; the rebalance goes on");
+            tracing::error!(
+                panic = msg,
+                "rebalance listener {what} panicked; the rebalance goes on"
+            );
         }
         Err(_) => {
             tracing::warn!("rebalance listener {what} exceeded max.poll.interval.ms; abandoned")

@@ -355,7 +355,9 @@ impl TransactionalProcessor {
         let mut attempt = 1;
         loop {
             // A panic is a poison record here too (panics.rs).
-            let err = match crate::panics::call("the transformer", || transformer.transform(tp, r)).await {
+            let err = match crate::panics::call("the transformer", || transformer.transform(tp, r))
+                .await
+            {
                 Ok(outs) => return outs,
                 Err(e) => e,
             };

@@ -645,7 +645,13 @@ impl Producer {
             let now = Instant::now();
             if names_a_known_partition(rec, count) || now >= deadline {
                 return choose_partition(rec, topic, count).map_err(|e| match e {
-                    Error::Broker { api, code, topic, partition, .. } => Error::Broker {
+                    Error::Broker {
+                        api,
+                        code,
+                        topic,
+                        partition,
+                        ..
+                    } => Error::Broker {
                         api,
                         code,
                         topic,

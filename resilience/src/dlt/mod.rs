@@ -40,11 +40,13 @@ pub const VALUE_DROPPED: &str = "kafka_dlt-value-dropped";
 /// `max.message.bytes` at the broker?
 pub(crate) fn too_large(e: &kafka_wire::Error) -> bool {
     use kafka_wire::{Error, KafkaCode};
-    matches!(e, Error::RecordTooLarge { .. } | Error::RecordTooLargeForBroker { .. })
-        || matches!(
-            e.code(),
-            Some(KafkaCode::MessageTooLarge | KafkaCode::RecordListTooLarge)
-        )
+    matches!(
+        e,
+        Error::RecordTooLarge { .. } | Error::RecordTooLargeForBroker { .. }
+    ) || matches!(
+        e.code(),
+        Some(KafkaCode::MessageTooLarge | KafkaCode::RecordListTooLarge)
+    )
 }
 
 /// Drop `out`'s value, once, and say so in a [`VALUE_DROPPED`] header.
@@ -53,8 +55,10 @@ pub(crate) fn drop_value(out: &mut ProducerRecord) -> bool {
     let Some(value) = out.value.take() else {
         return false;
     };
-    out.headers
-        .push((VALUE_DROPPED.to_string(), Some(Bytes::from(value.len().to_string()))));
+    out.headers.push((
+        VALUE_DROPPED.to_string(),
+        Some(Bytes::from(value.len().to_string())),
+    ));
     true
 }
 

@@ -121,7 +121,9 @@ impl Runtime {
                         0 // an offset with no metadata always fits
                     };
                     let learned = learned.min(was.saturating_sub(1));
-                    self.commits.metadata_limit.store(learned, Ordering::Relaxed);
+                    self.commits
+                        .metadata_limit
+                        .store(learned, Ordering::Relaxed);
                     tracing::warn!(was, now = learned, "the group coordinator refused the commit metadata as too large (offset.metadata.max.bytes); committing again with metadata that fits");
                 }
                 _ => return,

@@ -649,7 +649,9 @@ async fn a_record_for_a_partition_added_since_the_count_was_cached_waits_for_it_
     )
     .await
     .unwrap();
-    let first = producer.send(ProducerRecord::new(&t).partition(0).value("a")).await;
+    let first = producer
+        .send(ProducerRecord::new(&t).partition(0).value("a"))
+        .await;
     first.unwrap().await.unwrap();
     admin.create_partitions(&t, 3).await.unwrap();
     let md = producer
@@ -670,6 +672,9 @@ async fn a_record_for_a_partition_added_since_the_count_was_cached_waits_for_it_
         text.contains("max.block.ms") && text.contains(&format!("{t}-7")),
         "{text}"
     );
-    assert!(started.elapsed() >= Duration::from_secs(3), "waited max.block.ms");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "waited max.block.ms"
+    );
     producer.close().await;
 }

@@ -635,18 +635,26 @@ async fn a_static_member_restarted_with_another_subscription_gets_the_new_topic(
     let mut first = Consumer::connect(make()).await.unwrap();
     first.subscribe(&[&x]).unwrap();
     let mut seen = Seen::new();
-    poll_until(&mut first, &mut seen, Duration::from_secs(30), "X assigned", |c, _| {
-        c.assignment().len() == 2
-    })
+    poll_until(
+        &mut first,
+        &mut seen,
+        Duration::from_secs(30),
+        "X assigned",
+        |c, _| c.assignment().len() == 2,
+    )
     .await;
     first.close(Duration::from_secs(5)).await; // static: no LeaveGroup
 
     let mut second = Consumer::connect(make()).await.unwrap();
     second.subscribe(&[&y]).unwrap();
     let mut seen = Seen::new();
-    poll_until(&mut second, &mut seen, Duration::from_secs(30), "Y's 10 records", |_, s| {
-        s.values().map(Vec::len).sum::<usize>() == 10
-    })
+    poll_until(
+        &mut second,
+        &mut seen,
+        Duration::from_secs(30),
+        "Y's 10 records",
+        |_, s| s.values().map(Vec::len).sum::<usize>() == 10,
+    )
     .await;
     assert!(
         seen.keys().all(|tp| tp.topic == y),

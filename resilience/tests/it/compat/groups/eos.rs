@@ -193,7 +193,10 @@ async fn a_transaction_never_outlives_its_timeout_and_one_that_did_is_recovered(
     for r in &outputs {
         *counts.entry(number(r)).or_default() += 1;
     }
-    assert!(counts.values().all(|c| *c == 1), "an output twice: {counts:?}");
+    assert!(
+        counts.values().all(|c| *c == 1),
+        "an output twice: {counts:?}"
+    );
     assert_eq!(counts.len(), N as usize - 1, "outputs missing");
     assert_eq!(dead.len(), 1);
     let error = dead[0]
