@@ -133,7 +133,11 @@ async fn outputs_and_offsets_commit_together_exactly_once_across_a_crash() {
 /// Issue 29, case 5 (and case 1's exactly-once sibling): a 3 s
 /// `transaction.timeout.ms` and 300 inputs at 50 ms each (15 s of work in
 /// one poll). Transactions commit early, before the next record would not
-/// fit; one record hangs 6 s once, so its transaction outlives the timeout
+/// fit. Records 200 and 203 hang 6 s, once each: the first record of a
+/// transaction starts it at the broker only when its output is sent, so a
+/// hang is a timeout only in the middle of a transaction, and at least one
+/// of the two is (the one after a hang starts a transaction of its own,
+/// three records before the second). That transaction outlives the timeout
 /// and the coordinator aborts it: the processor initializes again and
 /// resumes from the committed offsets. A transformer panic on one record
 /// dead-letters it. `run` ends Ok; every output exactly once; committed 300.
@@ -154,7 +158,8 @@ async fn a_transaction_never_outlives_its_timeout_and_one_that_did_is_recovered(
         .unwrap();
     struct Slow {
         out: String,
-        hung_once: AtomicBool,
+        /// Records 200 and 203 hang, once each.
+        hung: std::sync::Mutex<std::collections::BTreeSet<u32>>,
     }
     impl Transformer for Slow {
         fn transform<'a>(&'a self, _: &'a TopicPartition, r: &'a Record) -> TransformFuture<'a> {
@@ -163,7 +168,7 @@ async fn a_transaction_never_outlives_its_timeout_and_one_that_did_is_recovered(
                 if n == 150 {
                     panic!("transformer bug at record {n}");
                 }
-                let hang = n == 200 && !self.hung_once.swap(true, AtomicOrdering::SeqCst);
+                let hang = (n == 200 || n == 203) && self.hung.lock().unwrap().insert(n);
                 let wait = if hang { 6_000 } else { 50 };
                 tokio::time::sleep(Duration::from_millis(wait)).await;
                 Ok(vec![ProducerRecord::new(&self.out).value(n.to_string())])
@@ -175,7 +180,7 @@ async fn a_transaction_never_outlives_its_timeout_and_one_that_did_is_recovered(
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let t = Slow {
         out: out.clone(),
-        hung_once: AtomicBool::new(false),
+        hung: Default::default(),
     };
     let run = tokio::spawn(p.run(t, async {
         let _ = stopped.await;
