@@ -127,28 +127,15 @@ impl From<kafka_wire::Error> for HandlerError {
     }
 }
 
-/// A database error: `Unavailable` when the server cannot be reached or
-/// refuses work for now (no SQL state: a closed or refused connection;
-/// classes 08 connection exception, 53 insufficient resources, 57 operator
-/// intervention such as a shutdown; 55000, e.g. a database not accepting
-/// connections), so an outage waits instead of dead-lettering;
-/// `Retryable` otherwise (a serialization failure, a deadlock). A handler
-/// that knows better maps it itself.
+/// A database error, classified once for the whole crate by
+/// [`crate::dedup::postgres::classify`]: `Unavailable` when the server
+/// cannot be reached or refuses work for now (an outage waits, never
+/// dead-letters), `NonRetryable` for what the value itself can never
+/// satisfy (classes 22 and 54), `Retryable` otherwise.
 #[cfg(feature = "postgres")]
 impl From<tokio_postgres::Error> for HandlerError {
     fn from(e: tokio_postgres::Error) -> Self {
-        let down = match e.code() {
-            None => true,
-            Some(code) => {
-                let c = code.code();
-                c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || c == "55000"
-            }
-        };
-        if down {
-            HandlerError::Unavailable(e.to_string())
-        } else {
-            HandlerError::Retryable(e.to_string())
-        }
+        crate::dedup::postgres::classify(&e)
     }
 }
 

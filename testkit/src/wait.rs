@@ -62,56 +62,28 @@ pub fn eventually_blocking(timeout: Duration, mut cond: impl FnMut() -> bool) ->
 /// it fails as soon as the thing happens, instead of sleeping the whole
 /// time and looking once at the end.
 ///
-/// `cond` is looked at once at the start, then every 50 ms (the same
-/// period as [`eventually`]), and a last time once `duration` has passed.
+/// `cond` is looked at once at the start, then every 50 ms, until
+/// `duration` has passed: [`eventually`] waiting for it to fail.
 pub async fn stays_for(duration: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + duration;
-    loop {
-        if !cond() {
-            return false;
-        }
-        let now = Instant::now();
-        if now >= end {
-            return true;
-        }
-        tokio::time::sleep(POLL.min(end - now)).await;
-    }
+    !eventually(duration, || !cond()).await
 }
 
-/// [`stays_for`] for an async condition (one that asks the broker): looked
-/// at every 50 ms after the previous look ended, and a last time once
-/// `duration` has passed.
+/// [`stays_for`] for an async condition (one that asks the broker).
 pub async fn stays_for_async<F: Future<Output = bool>>(
     duration: Duration,
     mut cond: impl FnMut() -> F,
 ) -> bool {
-    let end = Instant::now() + duration;
-    loop {
-        if !cond().await {
-            return false;
-        }
-        let now = Instant::now();
-        if now >= end {
-            return true;
-        }
-        tokio::time::sleep(POLL.min(end - now)).await;
-    }
+    !eventually_async(duration, || {
+        let looked = cond();
+        async move { !looked.await }
+    })
+    .await
 }
 
 /// [`stays_for`] for a test without a runtime (one that drives a child
 /// process): blocks the thread between looks.
 pub fn stays_for_blocking(duration: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + duration;
-    loop {
-        if !cond() {
-            return false;
-        }
-        let now = Instant::now();
-        if now >= end {
-            return true;
-        }
-        std::thread::sleep(POLL.min(end - now));
-    }
+    !eventually_blocking(duration, || !cond())
 }
 
 /// A child process whose stdout and stderr are read as they come, by a

@@ -87,7 +87,7 @@ impl LogHandler {
             .inspect_err(|_| fail("decode").increment(1))?;
         let inserted = self
             .store
-            .insert(tp.partition as usize, &rows)
+            .insert(&rows)
             .await
             .inspect_err(|e| {
                 fail("postgres").increment(1);

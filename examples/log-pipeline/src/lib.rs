@@ -31,7 +31,7 @@
 //! | [`gateway`] | axum: `POST /logs`, `POST /logs/batch`, `GET /health` |
 //! | [`consumer`] | the batch handler and the `Processor` settings (concurrency, retries, DLQ, quarantine) |
 //! | [`dlq`] | reading the event ids in `logs-dlq` back |
-//! | [`store`] | PostgreSQL: the table, the idempotent batch insert, a small reconnecting pool |
+//! | [`store`] | PostgreSQL: the table, the idempotent batch insert, a deadpool-postgres pool (resilience's `dedup::postgres::pool_from`) |
 //! | [`aggregates`] | Redis: per service, level and minute counts |
 //! | [`metrics`] | the pipeline's own Prometheus metrics beside the runtime's |
 //! | [`pipeline`] | the gateway and N consumer instances in one process (demo, load test, test) |

@@ -2,16 +2,18 @@
 //! time with one statement (`INSERT … SELECT FROM unnest(…) ON CONFLICT
 //! (event_id) DO NOTHING`), so a redelivered batch inserts nothing twice.
 //!
-//! A small pool of connections, each reconnected on its next use after an
-//! error: during a PostgreSQL outage every insert fails fast (the
-//! `Processor` retries the batch after 1, 2 and 4 s), and the first insert
-//! after it reconnects.
+//! The connections are a pool (`resilience::dedup::postgres::pool`, i.e.
+//! deadpool-postgres): a connection found closed is replaced on its next
+//! use, so during a PostgreSQL outage every insert fails fast (refused,
+//! `HandlerError::Unavailable`: the `Processor` waits) and the first insert
+//! after it connects anew.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use resilience::dedup::postgres::tokio_postgres::{self, Client, NoTls};
-use tokio::sync::Mutex;
+use resilience::dedup::postgres::deadpool_postgres::Client;
+use resilience::dedup::postgres::tokio_postgres::{self, Config};
+use resilience::dedup::postgres::{pool_from, Pool, PoolError};
 
 use crate::aggregates::Bucket;
 use crate::event::Enriched;
@@ -21,9 +23,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The events table and its connections.
 pub struct Store {
-    url: String,
     table: String,
-    slots: Vec<Mutex<Option<Client>>>,
+    pool: Pool,
 }
 
 impl std::fmt::Debug for Store {
@@ -34,24 +35,25 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Connect once (the connection task runs on the current runtime).
+/// A pool of `size` connections to `url`, each attempt bounded by the
+/// connect timeout.
+fn pool(url: &str, size: usize) -> Result<Pool, PoolError> {
+    let mut cfg: Config = url.parse()?;
+    cfg.connect_timeout(CONNECT_TIMEOUT);
+    Ok(pool_from(cfg, size))
+}
+
+/// One connection (admin statements, checks): from a pool of its own,
+/// closed when dropped.
 ///
 /// # Errors
 /// PostgreSQL unreachable, refusing, or slower than the connect timeout.
-pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let mut cfg: tokio_postgres::Config = url.parse()?;
-    cfg.connect_timeout(CONNECT_TIMEOUT);
-    let (client, conn) = cfg.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "PostgreSQL connection closed");
-        }
-    });
-    Ok(client)
+pub async fn connect(url: &str) -> Result<Client, PoolError> {
+    pool(url, 1)?.get().await
 }
 
 impl Store {
-    /// A store for `table` (a plain identifier) with `connections`
+    /// A store for `table` (a plain identifier) with at most `connections`
     /// connections, creating the table if it is missing.
     ///
     /// # Errors
@@ -61,8 +63,9 @@ impl Store {
             table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "table name {table:?}: letters, digits and _ only"
         );
-        let client = connect(url).await?;
-        client
+        let pool = pool(url, connections)?;
+        pool.get()
+            .await?
             .batch_execute(&format!(
                 "CREATE TABLE IF NOT EXISTS {table} (
                     event_id     text PRIMARY KEY,
@@ -82,13 +85,9 @@ impl Store {
                 )"
             ))
             .await?;
-        let mut slots: Vec<Mutex<Option<Client>>> =
-            (0..connections.max(1)).map(|_| Mutex::new(None)).collect();
-        slots[0] = Mutex::new(Some(client));
         Ok(Self {
-            url: url.to_string(),
             table: table.to_string(),
-            slots,
+            pool,
         })
     }
 
@@ -97,31 +96,19 @@ impl Store {
     }
 
     /// Insert `rows` in one statement; the ids of the rows that were new.
-    /// `slot` picks the connection (a partition number spreads the load).
     ///
     /// # Errors
-    /// PostgreSQL unreachable or failing; the connection is dropped and
-    /// the next call reconnects.
-    pub async fn insert(
-        &self,
-        slot: usize,
-        rows: &[Enriched],
-    ) -> Result<Vec<String>, tokio_postgres::Error> {
-        let mut guard = self.slots[slot % self.slots.len()].lock().await;
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            *guard = Some(connect(&self.url).await?);
-        }
-        let client = guard.as_ref().expect("connected above");
-        let result = self.insert_on(client, rows).await;
-        if result.is_err() {
-            *guard = None; // reconnect next time: the error may be the connection's
-        }
-        result
+    /// PostgreSQL unreachable or failing (`?` in a handler classifies it:
+    /// a lost or refused connection is `HandlerError::Unavailable`); a
+    /// broken connection is replaced on its next use.
+    pub async fn insert(&self, rows: &[Enriched]) -> Result<Vec<String>, PoolError> {
+        let client = self.pool.get().await?;
+        Ok(self.insert_on(&client, rows).await?)
     }
 
     async fn insert_on(
         &self,
-        client: &Client,
+        client: &tokio_postgres::Client,
         rows: &[Enriched],
     ) -> Result<Vec<String>, tokio_postgres::Error> {
         let col = |f: &dyn Fn(&Enriched) -> String| rows.iter().map(f).collect::<Vec<_>>();
@@ -175,7 +162,7 @@ impl Store {
     /// # Errors
     /// PostgreSQL unreachable.
     pub async fn stored_ids(&self) -> anyhow::Result<Vec<String>> {
-        let db = connect(&self.url).await?;
+        let db = self.pool.get().await?;
         let rows = db
             .query(&format!("SELECT event_id FROM {}", self.table), &[])
             .await?;
@@ -188,7 +175,7 @@ impl Store {
     /// # Errors
     /// PostgreSQL unreachable.
     pub async fn group_by(&self) -> anyhow::Result<BTreeMap<Bucket, u64>> {
-        let db = connect(&self.url).await?;
+        let db = self.pool.get().await?;
         let sql = format!(
             "SELECT minute_ms, service, level, count(*) FROM {} GROUP BY 1, 2, 3",
             self.table

@@ -106,24 +106,25 @@ impl Fixture {
     /// The DLQ's ids.
     async fn assert_nothing_lost(&self, accepted: &[String], deadline: Duration) -> Vec<String> {
         let s = &self.s;
-        let until = Instant::now() + deadline;
         let store = Store::open(&s.pg_url, &s.table, 1).await.unwrap();
-        let (ids, dead) = loop {
-            let ids = store.stored_ids().await.unwrap();
-            let dead_n = self.consumers.dead_lettered() as usize;
-            if ids.len() + dead_n >= accepted.len() || Instant::now() > until {
-                let dead = log_pipeline::dlq::event_ids(
-                    &s.bootstrap,
-                    &s.dlq,
-                    dead_n,
-                    Duration::from_secs(15),
-                )
-                .await
-                .unwrap();
-                break (ids, dead);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        // Until every accepted event is stored or dead-lettered.
+        let ids = std::cell::RefCell::new(Vec::new());
+        testkit::eventually_async(deadline, || async {
+            let stored = store.stored_ids().await.unwrap();
+            let all_in = stored.len() + self.consumers.dead_lettered() as usize >= accepted.len();
+            *ids.borrow_mut() = stored;
+            all_in
+        })
+        .await;
+        let ids = ids.into_inner();
+        let dead = log_pipeline::dlq::event_ids(
+            &s.bootstrap,
+            &s.dlq,
+            self.consumers.dead_lettered() as usize,
+            Duration::from_secs(15),
+        )
+        .await
+        .unwrap();
         let stored: HashSet<&String> = ids.iter().collect();
         let dlq: HashSet<&String> = dead.iter().collect();
         let accepted: HashSet<&String> = accepted.iter().collect();
@@ -193,12 +194,12 @@ async fn seed_system_a_short_postgres_outage_waits_and_every_event_is_stored_onc
     again.group = format!("{}-again", f.s.group);
     let second = pipeline::start_consumers(&again, 1).await.unwrap();
     let n = accepted.len() as u64;
-    let until = Instant::now() + Duration::from_secs(30);
-    while second.stats[0].handled.load(Relaxed) < n && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert!(
-        second.stats[0].handled.load(Relaxed) >= n,
+        testkit::eventually(Duration::from_secs(30), || second.stats[0]
+            .handled
+            .load(Relaxed)
+            >= n)
+        .await,
         "the second group re-read everything"
     );
     second.stop().await.unwrap();

@@ -216,7 +216,7 @@ pub async fn run_mode(cfg: &DemoConfig, mode: Mode) -> anyhow::Result<ModeReport
 fn start_naive(
     cfg: &DemoConfig,
     names: &Names,
-    db: &Arc<payments::Client>,
+    db: &Arc<payments::Pool>,
     gateway: Arc<Gateway>,
     instance: &'static str,
     stopped: watch::Receiver<bool>,

@@ -18,12 +18,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use resilience::consumer_core::{Consumer, ConsumerConfig};
-use resilience::dedup::postgres::tokio_postgres::Client;
 use tokio::sync::watch;
 
 use crate::gateway::Gateway;
 use crate::order::OrderCreated;
-use crate::payments;
+use crate::payments::{self, Pool};
 
 /// The naive listener's settings on top of [`crate::PAYMENT_CONSUMER`]:
 /// auto-commit (what poll returned, every 500 ms, at the next poll) and
@@ -55,7 +54,7 @@ pub fn consumer_config(bootstrap: &str, group: &str) -> anyhow::Result<ConsumerC
 pub async fn run(
     cfg: ConsumerConfig,
     topic: &str,
-    db: Arc<Client>,
+    db: Arc<Pool>,
     gateway: Arc<Gateway>,
     instance: &str,
     mut stop: watch::Receiver<bool>,
@@ -89,9 +88,7 @@ pub async fn run(
                     }
                 };
                 let result = match gateway.charge(&order).await {
-                    Ok(()) => payments::insert(db.as_ref(), &order, instance)
-                        .await
-                        .map_err(|e| e.to_string()),
+                    Ok(()) => pay(&db, &order, instance).await,
                     Err(e) => Err(e),
                 };
                 match result {
@@ -108,4 +105,12 @@ pub async fn run(
     }
     consumer.close(Duration::from_secs(5)).await;
     Ok(paid)
+}
+
+/// Insert the payment on one of the pool's connections.
+async fn pay(db: &Pool, order: &OrderCreated, instance: &str) -> Result<(), String> {
+    let conn = db.get().await.map_err(|e| e.to_string())?;
+    payments::insert(&**conn, order, instance)
+        .await
+        .map_err(|e| e.to_string())
 }

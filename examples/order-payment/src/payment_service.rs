@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use kafka_wire::ProducerConfig;
 use resilience::consumer_core::{ConsumerConfig, TopicPartition};
-use resilience::dedup::postgres::{Outcome, PgDedup};
+use resilience::dedup::postgres::{self, Outcome, PgDedup};
 use resilience::processor::HandlerFuture;
 use resilience::retry::BackoffPolicy;
 use resilience::{Handler, HandlerError, Processor, ProcessorConfig};
@@ -112,9 +112,10 @@ impl Handler for PaymentHandler {
                             .charge(&charged)
                             .await
                             .map_err(HandlerError::retryable)?;
+                        // A lost connection waits (Unavailable); see classify.
                         payments::insert(tx, &charged, &instance)
                             .await
-                            .map_err(HandlerError::retryable)?;
+                            .map_err(|e| postgres::classify(&e))?;
                         Ok(())
                     })
                 })

@@ -17,9 +17,11 @@
 //! constraint too: a second line of defence costs one index.)
 
 use anyhow::Context;
-use resilience::dedup::postgres::tokio_postgres::{self, GenericClient, NoTls};
+use resilience::dedup::postgres::tokio_postgres::{self, GenericClient};
 
-pub use resilience::dedup::postgres::tokio_postgres::Client;
+/// The connections: resilience's pool (deadpool-postgres), which replaces a
+/// connection found closed (a PostgreSQL restart) on its next use.
+pub use resilience::dedup::postgres::Pool;
 
 use crate::order::OrderCreated;
 
@@ -36,28 +38,28 @@ CREATE TABLE IF NOT EXISTS payments (
 CREATE INDEX IF NOT EXISTS payments_event_id ON payments (event_id);
 COMMIT;";
 
-/// Connect to `pg_url` (libpq style) and create `payments` if missing.
+/// Connections in [`connect`]'s pool: the naive instances of a demo share
+/// it, one payment at a time each, beside the counting queries.
+pub const POOL_SIZE: usize = 4;
+
+/// A pool of connections to `pg_url` (libpq style); connects one now and
+/// creates `payments` if missing.
 ///
 /// # Errors
 /// The server is unreachable or refuses, naming `pg_url`.
-pub async fn connect(pg_url: &str) -> anyhow::Result<Client> {
-    let (client, connection) = tokio_postgres::connect(pg_url, NoTls)
+pub async fn connect(pg_url: &str) -> anyhow::Result<Pool> {
+    let pool = resilience::dedup::postgres::pool(pg_url, POOL_SIZE).map_err(anyhow::Error::msg)?;
+    pool.get()
         .await
         .with_context(|| {
             format!(
                 "connecting to PostgreSQL at '{pg_url}' (is `cargo xtask postgres up` running?)"
             )
-        })?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "PostgreSQL connection ended");
-        }
-    });
-    client
+        })?
         .batch_execute(CREATE)
         .await
         .context("creating the payments table")?;
-    Ok(client)
+    Ok(pool)
 }
 
 /// Record a payment, on a plain connection (naive) or inside the inbox's
@@ -98,8 +100,10 @@ pub struct Counts {
 ///
 /// # Errors
 /// The database's.
-pub async fn count(db: &Client, event_ids: &[String]) -> anyhow::Result<Counts> {
+pub async fn count(db: &Pool, event_ids: &[String]) -> anyhow::Result<Counts> {
     let rows = db
+        .get()
+        .await?
         .query(
             "SELECT event_id, count(*) FROM payments WHERE event_id = ANY($1) GROUP BY event_id",
             &[&event_ids],
@@ -117,8 +121,10 @@ pub async fn count(db: &Client, event_ids: &[String]) -> anyhow::Result<Counts> 
 ///
 /// # Errors
 /// The database's.
-pub async fn duplicated(db: &Client, event_ids: &[String]) -> anyhow::Result<Vec<(String, i64)>> {
+pub async fn duplicated(db: &Pool, event_ids: &[String]) -> anyhow::Result<Vec<(String, i64)>> {
     let rows = db
+        .get()
+        .await?
         .query(
             "SELECT event_id, count(*) FROM payments WHERE event_id = ANY($1) \
              GROUP BY event_id HAVING count(*) > 1 ORDER BY event_id",

@@ -25,9 +25,14 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
-use resilience::dedup::postgres::tokio_postgres::{self, GenericClient, NoTls};
+use resilience::dedup::postgres::tokio_postgres::{self, GenericClient};
 
 pub use resilience::dedup::postgres::tokio_postgres::Client;
+/// The services' connections: resilience's pool (deadpool-postgres), which
+/// replaces a connection found closed (a PostgreSQL restart) on its next
+/// use; `?` on its error in a handler classifies it (a lost or refused
+/// connection is `HandlerError::Unavailable`: the runtime waits).
+pub use resilience::dedup::postgres::{Pool, PoolError};
 
 use crate::event::Order;
 
@@ -69,28 +74,39 @@ pub mod status {
     pub const CANCELLED: &str = "CANCELLED";
 }
 
-/// Connect to `pg_url` (libpq style) and create the tables if missing.
+/// Connections in a service's [`pool`]: as many as its handlers run at
+/// once (the order service's API shares them).
+pub const POOL_SIZE: usize = 8;
+
+/// A service's pool of connections to `pg_url` (libpq style); connects one
+/// now and creates the tables if missing.
 ///
 /// # Errors
 /// The server is unreachable or refuses, naming `pg_url`.
-pub async fn connect(pg_url: &str) -> anyhow::Result<Client> {
-    let (client, connection) = tokio_postgres::connect(pg_url, NoTls)
+pub async fn pool(pg_url: &str) -> anyhow::Result<Pool> {
+    let pool = resilience::dedup::postgres::pool(pg_url, POOL_SIZE).map_err(anyhow::Error::msg)?;
+    pool.get()
         .await
         .with_context(|| {
             format!(
                 "connecting to PostgreSQL at '{pg_url}' (is `cargo xtask postgres up` running?)"
             )
-        })?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "PostgreSQL connection ended");
-        }
-    });
-    client
+        })?
         .batch_execute(CREATE)
         .await
         .context("creating the saga tables")?;
-    Ok(client)
+    Ok(pool)
+}
+
+/// One connection (the demo's and the CLI's checks, tests), taken from a
+/// [`pool`] of its own: it derefs to a [`Client`], and closes when dropped.
+///
+/// # Errors
+/// The server is unreachable or refuses, naming `pg_url`.
+pub async fn connect(
+    pg_url: &str,
+) -> anyhow::Result<resilience::dedup::postgres::deadpool_postgres::Client> {
+    Ok(pool(pg_url).await?.get().await?)
 }
 
 /// An order row.
@@ -107,12 +123,8 @@ pub struct OrderRow {
 ///
 /// # Errors
 /// The database's.
-pub async fn insert_order(
-    db: &Client,
-    order: &Order,
-    correlation_id: &str,
-) -> Result<(), tokio_postgres::Error> {
-    db.execute(
+pub async fn insert_order(db: &Pool, order: &Order, correlation_id: &str) -> Result<(), PoolError> {
+    db.get().await?.execute(
         "INSERT INTO saga_orders (order_id, correlation_id, customer_id, product_id, quantity, amount_cents, status) \
          VALUES ($1, $2, $3, $4, $5, $6, 'PENDING')",
         &[&order.order_id, &correlation_id, &order.customer_id, &order.product_id, &order.quantity, &order.amount_cents],
@@ -127,13 +139,15 @@ pub async fn insert_order(
 /// # Errors
 /// The database's.
 pub async fn set_status(
-    db: &Client,
+    db: &Pool,
     order_id: &str,
     from: &[&str],
     to: &str,
-) -> Result<bool, tokio_postgres::Error> {
+) -> Result<bool, PoolError> {
     let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
     let n = db
+        .get()
+        .await?
         .execute(
             "UPDATE saga_orders SET status = $2, updated_at = now() WHERE order_id = $1 AND status = ANY($3)",
             &[&order_id, &to, &from],
@@ -163,8 +177,10 @@ const ORDER_COLUMNS: &str =
 ///
 /// # Errors
 /// The database's.
-pub async fn order(db: &Client, order_id: &str) -> Result<Option<OrderRow>, tokio_postgres::Error> {
+pub async fn order(db: &Pool, order_id: &str) -> Result<Option<OrderRow>, PoolError> {
     let row = db
+        .get()
+        .await?
         .query_opt(
             &format!("SELECT {ORDER_COLUMNS} FROM saga_orders WHERE order_id = $1"),
             &[&order_id],
@@ -242,11 +258,10 @@ pub async fn reserve(
 ///
 /// # Errors
 /// The database's.
-pub async fn reservation(
-    db: &Client,
-    order_id: &str,
-) -> Result<Option<bool>, tokio_postgres::Error> {
+pub async fn reservation(db: &Pool, order_id: &str) -> Result<Option<bool>, PoolError> {
     Ok(db
+        .get()
+        .await?
         .query_opt(
             "SELECT reserved FROM saga_reservations WHERE order_id = $1",
             &[&order_id],

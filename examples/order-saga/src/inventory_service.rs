@@ -63,7 +63,7 @@ impl Default for InventoryOptions {
 #[derive(Debug)]
 pub struct InventoryHandler {
     inbox: PgDedup,
-    db: Arc<db::Client>,
+    db: Arc<db::Pool>,
     publisher: Publisher,
     topics: Topics,
     opts: InventoryOptions,
@@ -152,7 +152,7 @@ pub fn processor_config(
 /// # Errors
 /// PostgreSQL or (after `startup_timeout`) Kafka unreachable.
 pub async fn processor(cfg: &ServiceConfig, opts: InventoryOptions) -> anyhow::Result<Processor> {
-    let db = Arc::new(db::connect(&cfg.pg_url).await?);
+    let db = Arc::new(db::pool(&cfg.pg_url).await?);
     let inbox = PgDedup::connect(&cfg.pg_url, opts.concurrency.max(1))
         .await
         .map_err(anyhow::Error::msg)?;

@@ -56,7 +56,7 @@ pub struct NewOrder {
 /// The API's shared state.
 #[derive(Debug, Clone)]
 pub struct Api {
-    db: Arc<db::Client>,
+    db: Arc<db::Pool>,
     publisher: Publisher,
     topics: Topics,
 }
@@ -144,7 +144,7 @@ pub fn router(api: Api) -> Router {
 /// Moves an order's status as the saga's events arrive.
 #[derive(Debug)]
 pub struct StatusHandler {
-    db: Arc<db::Client>,
+    db: Arc<db::Pool>,
 }
 
 impl Handler for StatusHandler {
@@ -183,7 +183,7 @@ impl OrderService {
     /// # Errors
     /// PostgreSQL, the address, or (after `startup_timeout`) Kafka.
     pub async fn start(cfg: &ServiceConfig, http: SocketAddr) -> anyhow::Result<OrderService> {
-        let db = Arc::new(db::connect(&cfg.pg_url).await?);
+        let db = Arc::new(db::pool(&cfg.pg_url).await?);
         let api = Api {
             db: db.clone(),
             publisher: cfg.connect_producer().await?,

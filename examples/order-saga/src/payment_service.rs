@@ -127,7 +127,7 @@ pub fn processor_config(cfg: &ServiceConfig) -> anyhow::Result<ProcessorConfig> 
 /// # Errors
 /// PostgreSQL or (after `startup_timeout`) Kafka unreachable.
 pub async fn processor(cfg: &ServiceConfig) -> anyhow::Result<Processor> {
-    db::connect(&cfg.pg_url).await?; // creates the tables
+    db::pool(&cfg.pg_url).await?; // creates the tables
     let inbox = PgDedup::connect(&cfg.pg_url, CONCURRENCY)
         .await
         .map_err(anyhow::Error::msg)?;

@@ -145,18 +145,6 @@ async fn produce(cfg: &ServiceConfig, topic: &str, event: &Event) {
     p.0.close().await;
 }
 
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_system_payment_charges_once_across_redeliveries_and_restarts() {
     let Some((bootstrap, pg_url)) = env() else {
@@ -183,10 +171,13 @@ async fn seed_system_payment_charges_once_across_redeliveries_and_restarts() {
         }
         let (stop, stopped) = watch::channel(false);
         let service = system::start_payment(&cfg, stopped).await.unwrap();
-        eventually("every copy handled", Duration::from_secs(20), || async {
-            lag_zero(&bootstrap, &cfg).await
-        })
-        .await;
+        assert!(
+            testkit::eventually_async(Duration::from_secs(20), || async {
+                lag_zero(&bootstrap, &cfg).await
+            })
+            .await,
+            "run {run}: timed out waiting for every copy to be handled"
+        );
         let _ = stop.send(true);
         service.await.unwrap().unwrap();
         let ledger = db::ledger(&db, &ids).await.unwrap();
@@ -286,12 +277,13 @@ async fn seed_system_a_service_started_before_the_broker_recovers() {
     .await;
     let db = db::connect(&pg_url).await.unwrap();
     let ids = vec![o.order_id.clone()];
-    eventually(
-        "the late-started payment service to charge",
-        Duration::from_secs(25),
-        || async { db::ledger(&db, &ids).await.unwrap().charges == 1 },
-    )
-    .await;
+    assert!(
+        testkit::eventually_async(Duration::from_secs(25), || async {
+            db::ledger(&db, &ids).await.unwrap().charges == 1
+        })
+        .await,
+        "timed out waiting for the late-started payment service to charge"
+    );
     assert!(started.elapsed() >= Duration::from_secs(2));
     let _ = stop.send(true);
     service.await.unwrap().unwrap();

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::{DedupStore, StoreFuture};
+use crate::retry::HandlerError;
 
 /// Remembers the last `capacity` ids in a file. One process at a time.
 #[derive(Debug, Clone)]
@@ -118,17 +119,20 @@ impl DedupStore for FileDedup {
                 }
                 writeln!(g.file, "{}", escape(&id))
                     .and_then(|()| g.file.sync_data())
-                    .map_err(|e| format!("dedup log {}: {e}", g.path.display()))?;
+                    .map_err(|e| {
+                        HandlerError::Unavailable(format!("dedup log {}: {e}", g.path.display()))
+                    })?;
                 g.lines_in_file += 1;
                 g.remember(id);
                 if g.lines_in_file > 2 * g.capacity {
-                    g.compact()
-                        .map_err(|e| format!("compacting {}: {e}", g.path.display()))?;
+                    g.compact().map_err(|e| {
+                        HandlerError::Unavailable(format!("compacting {}: {e}", g.path.display()))
+                    })?;
                 }
                 Ok(())
             })
             .await
-            .map_err(|e| format!("dedup task: {e}"))?
+            .map_err(|e| HandlerError::Retryable(format!("dedup task: {e}")))?
         })
     }
 }

@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | [`InMemoryDedup`] | no | no | bounded; tests and single processes |
 //! | [`FileDedup`] | yes | no | embedded append-only log, fsync per mark, no server |
-//! | `PgDedup` (feature `postgres`) | yes | yes | `processed_events` table; `postgres::PgDedup::process_once` runs your write and the mark in one transaction (the inbox pattern) |
+//! | `PgDedup` (feature `postgres`) | yes | yes | `processed_events` table; `postgres::PgDedup::process_once` runs your write and the mark in one transaction (the inbox pattern); a pool that replaces broken connections (a server restart is waited out, never rebuilt) |
 //!
 //! The generic path is check, process, mark, then commit: a crash between
 //! the side effect and the mark can still repeat that one side effect. The
@@ -22,11 +22,22 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 
+use crate::retry::HandlerError;
+
 /// A boxed future for store calls.
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, HandlerError>> + Send + 'a>>;
 
 /// Where processed event ids live. `mark` must be durable before the
 /// offset is committed (check, process, mark, then ack).
+///
+/// # Errors
+/// What the runtime does with a store's error depends on its class:
+/// `Unavailable` and `Retryable` are retried with backoff, the partition
+/// waiting (and saying so); `NonRetryable` (an id this store can never
+/// hold, e.g. too long for PostgreSQL's index) is not retried: `seen`
+/// failing so handles the record without the check, `mark` failing so
+/// commits it unmarked, both logged (a redelivery of that one record would
+/// apply it again; it never stalls the partition).
 pub trait DedupStore: Send + Sync {
     fn seen<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool>;
     fn mark<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()>;

@@ -138,9 +138,14 @@ impl CallClock {
     }
 }
 
-/// A `DedupStore` call that panicked: an error of the store.
-fn store_panicked(message: &str) -> String {
-    format!("the DedupStore panicked: {message}")
+/// A `DedupStore` call that panicked: an error of the store (retried).
+fn store_panicked(message: &str) -> HandlerError {
+    HandlerError::Retryable(format!("the DedupStore panicked: {message}"))
+}
+
+/// A store error that retrying cannot fix (an id the store can never hold).
+fn never_stored(e: &HandlerError) -> bool {
+    !e.is_retryable()
 }
 
 fn rand_unit() -> f64 {
@@ -512,21 +517,33 @@ impl Runtime {
             let seen = self
                 .until_ok(
                     Some((tp, epoch)),
-                    || crate::panics::call_with(|| idem.store.seen(&key), store_panicked),
+                    || async {
+                        match crate::panics::call_with(|| idem.store.seen(&key), store_panicked).await {
+                            Err(e) if never_stored(&e) => Ok(None),
+                            other => other.map(Some),
+                        }
+                    },
                     |e| tracing::error!(%tp, offset = r.offset, error = %e, "idempotency store unavailable; partition waits"),
                 )
                 .await;
             match seen {
+                Some(None) => {
+                    // The store can never hold this id: handled without
+                    // the check, and not marked (DedupStore's errors).
+                    tracing::error!(%tp, offset = r.offset, key, "the idempotency store refuses this event id for good; handling it without the duplicate check");
+                    keep.push(r);
+                    keys.push(None);
+                }
                 None => {
                     let rest = std::iter::once(&r).chain(&keep).chain(records.as_slice());
                     self.finish_all(tp, epoch, rest, Done::Skipped);
                     return None;
                 }
-                Some(true) => {
+                Some(Some(true)) => {
                     self.count(Count::Deduplicated, 1);
                     self.finish(tp, epoch, &r, Done::Handled);
                 }
-                Some(false) => {
+                Some(Some(false)) => {
                     kept_keys.insert(key.clone());
                     keep.push(r);
                     keys.push(Some(key));
@@ -551,7 +568,15 @@ impl Runtime {
         for key in keys.iter().flatten() {
             self.until_ok(
                 None,
-                || crate::panics::call_with(|| idem.store.mark(key), store_panicked),
+                || async {
+                    match crate::panics::call_with(|| idem.store.mark(key), store_panicked).await {
+                        Err(e) if never_stored(&e) => {
+                            tracing::error!(key, error = %e, "the idempotency store refuses this event id for good; its offset commits unmarked (a redelivery would apply it again)");
+                            Ok(())
+                        }
+                        other => other,
+                    }
+                },
                 |e| tracing::error!(key, error = %e, "could not mark an event processed; retrying before its offset may commit"),
             )
             .await;
