@@ -25,7 +25,9 @@
 //!        │                       session timeout (same member id)        │
 //!        │                   ◀── UNKNOWN_MEMBER_ID (a fresh member id) ──┤  partitions lost
 //!        └── next poll ◀── LeftForPollTimeout ◀── max.poll.interval.ms ──┘  partitions lost, epoch -1 sent
-//!   Fatal ◀── GROUP_AUTHORIZATION_FAILED, UNRELEASED_INSTANCE_ID, UNSUPPORTED_ASSIGNOR,
+//!   Joining ◀── UNRELEASED_INSTANCE_ID (backoff), for the group's session timeout + 5 s:
+//!               a crashed predecessor holds the group.instance.id until its session ends
+//!   Fatal ◀── GROUP_AUTHORIZATION_FAILED, UNRELEASED_INSTANCE_ID past that, UNSUPPORTED_ASSIGNOR,
 //!             GROUP_MAX_SIZE_REACHED, FENCED_INSTANCE_ID, INVALID_REQUEST, INVALID_REGULAR_EXPRESSION, …
 //!   close: Revoke(owned), then a heartbeat with epoch -1 (-2 for a static member: KIP-345's
 //!          temporary leave, so a restart within the session timeout keeps the assignment)
@@ -222,7 +224,19 @@ pub(crate) struct Member {
     /// When a heartbeat was last answered without error (or the member
     /// last started joining).
     last_heartbeat_ok: Instant,
+    /// Since when joins have been refused with UNRELEASED_INSTANCE_ID (see
+    /// [`UNRELEASED_GRACE`]); `None` once one is answered.
+    unreleased_since: Option<Instant>,
 }
+
+/// How long a static member keeps retrying a join refused with
+/// UNRELEASED_INSTANCE_ID past the group's session timeout (45 s, Kafka's
+/// default, while it is unknown). A member that crashed never left: its
+/// `group.instance.id` stays held until its session ends, so a restart
+/// within the session (a pod killed and started again) is refused until
+/// then. Only after a whole session plus this is it another live member
+/// using the id: fatal.
+const UNRELEASED_GRACE: Duration = Duration::from_secs(5);
 
 /// The name Kafka's docs and logs use: `GROUP_MAX_SIZE_REACHED`.
 fn kafka_name(code: KafkaCode) -> String {
@@ -270,6 +284,7 @@ impl Member {
             last_poll: now,
             listener: None,
             session_timeout: None,
+            unreleased_since: None,
             last_heartbeat_ok: now,
         }
     }
@@ -356,6 +371,15 @@ impl Member {
         } else {
             now
         });
+    }
+
+    /// May a join refused with UNRELEASED_INSTANCE_ID be retried: within
+    /// the group's session timeout (45 s while unknown) plus
+    /// [`UNRELEASED_GRACE`] of the first refusal?
+    fn may_wait_for_release(&mut self, now: Instant) -> bool {
+        let since = *self.unreleased_since.get_or_insert(now);
+        let session = self.session_timeout.unwrap_or(Duration::from_secs(45));
+        now.saturating_duration_since(since) < session + UNRELEASED_GRACE
     }
 
     fn find_coordinator(&mut self, now: Instant) {
@@ -450,6 +474,7 @@ impl Member {
             return; // left or failed meanwhile
         }
         let Some(code) = r.error else {
+            self.unreleased_since = None;
             if let Some(id) = r.member_id.filter(|id| !id.is_empty()) {
                 self.member_id = id;
             }
@@ -480,7 +505,19 @@ impl Member {
         // Any error: the next heartbeat carries every field.
         self.full = true;
         use KafkaCode as K;
+        if code != K::UnreleasedInstanceId {
+            self.unreleased_since = None;
+        }
         match code {
+            K::UnreleasedInstanceId if self.may_wait_for_release(now) => {
+                tracing::warn!(
+                    group = %self.cfg.group_id,
+                    instance = self.cfg.group_instance_id.as_deref().unwrap_or_default(),
+                    "UNRELEASED_INSTANCE_ID{detail}: a member that did not leave (one that crashed) \
+                     still holds this group.instance.id until its session ends; retrying"
+                );
+                self.rejoin(now, true);
+            }
             K::NotCoordinator | K::CoordinatorNotAvailable => self.find_coordinator(now),
             K::CoordinatorLoadInProgress => {
                 self.next_heartbeat = Some(now + self.next_backoff());

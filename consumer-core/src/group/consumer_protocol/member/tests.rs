@@ -368,7 +368,6 @@ fn unsupported_version_falls_back_under_auto_and_is_fatal_under_consumer() {
 fn fatal_codes_name_the_cause() {
     let t0 = Instant::now();
     for (code, hint) in [
-        (KafkaCode::UnreleasedInstanceId, "group.instance.id"),
         (KafkaCode::UnsupportedAssignor, "group.remote.assignor"),
         (KafkaCode::GroupMaxSizeReached, "GROUP_MAX_SIZE"),
     ] {
@@ -499,4 +498,60 @@ fn a_failing_metadata_refresh_does_not_starve_heartbeats() {
         Some(Action::RefreshMetadata),
         "then the retry"
     );
+}
+
+/// A static member restarted after a crash (it never left) is refused with
+/// UNRELEASED_INSTANCE_ID until its predecessor's session ends: it keeps
+/// joining with backoff for the session timeout (plus 5 s), then, if the
+/// id is still held (another live member uses it), stops with an error
+/// naming the id.
+#[test]
+fn an_unreleased_instance_id_is_retried_for_a_session_then_fatal() {
+    let t0 = Instant::now();
+    let mut m = Member::new(
+        cfg(Some("i1"), false),
+        TopicSubscription::Topics(vec!["a".into()]),
+        t0,
+    );
+    m.session_timeout_learned(Some(Duration::from_secs(6)));
+    join(&mut m, t0, &[(A, "a", 2)]);
+    m.handle_heartbeat(err(KafkaCode::UnreleasedInstanceId), t0);
+    assert_eq!(m.poll_action(t0), None, "waits before joining again");
+    let mut now = t0;
+    let mut joins = 0;
+    let fatal = loop {
+        now += Duration::from_millis(500);
+        match m.poll_action(now) {
+            Some(Action::Heartbeat(hb)) => {
+                assert_eq!(hb.member_epoch, 0, "joins again");
+                joins += 1;
+                m.handle_heartbeat(err(KafkaCode::UnreleasedInstanceId), now);
+            }
+            Some(Action::Fatal(msg)) => break msg,
+            None => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(now < t0 + Duration::from_secs(30), "never gave up");
+    };
+    assert!(joins >= 3, "{joins} joins before giving up");
+    assert!(
+        now >= t0 + Duration::from_secs(11),
+        "gave up after {:?}",
+        now - t0
+    );
+    assert!(fatal.contains("group.instance.id"), "{fatal}");
+
+    // Answered once within the session: the wait starts over next time.
+    let mut m = Member::new(
+        cfg(Some("i1"), false),
+        TopicSubscription::Topics(vec!["a".into()]),
+        t0,
+    );
+    m.session_timeout_learned(Some(Duration::from_secs(6)));
+    join(&mut m, t0, &[(A, "a", 2)]);
+    m.handle_heartbeat(err(KafkaCode::UnreleasedInstanceId), t0);
+    let later = t0 + Duration::from_secs(5);
+    assert!(matches!(m.poll_action(later), Some(Action::Heartbeat(_))));
+    m.handle_heartbeat(ok(1, None), later);
+    assert!(matches!(m.state(), State::Stable));
 }
