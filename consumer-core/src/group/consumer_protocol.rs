@@ -65,9 +65,10 @@ impl GroupTask {
         let mut listener: Option<oneshot::Receiver<()>> = None;
         let mut asked_session_timeout = false;
         loop {
-            if !asked_session_timeout && m.member_epoch() > 0 {
-                // Once in the group: how long the broker waits for a
-                // heartbeat before it removes a member.
+            if !asked_session_timeout && (m.member_epoch() > 0 || m.waiting_for_release()) {
+                // Once in the group (or refused while a crashed
+                // predecessor's session runs out): how long the broker
+                // waits for a heartbeat before it removes a member.
                 asked_session_timeout = true;
                 m.session_timeout_learned(self.group_session_timeout().await);
                 let unused = self.cfg.classic_settings_changed();

@@ -373,6 +373,12 @@ impl Member {
         });
     }
 
+    /// Refused with UNRELEASED_INSTANCE_ID, waiting for the holder's
+    /// session to end (the driver then asks the group's session timeout).
+    pub(crate) fn waiting_for_release(&self) -> bool {
+        self.unreleased_since.is_some()
+    }
+
     /// May a join refused with UNRELEASED_INSTANCE_ID be retried: within
     /// the group's session timeout (45 s while unknown) plus
     /// [`UNRELEASED_GRACE`] of the first refusal?
