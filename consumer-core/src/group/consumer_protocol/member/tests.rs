@@ -505,9 +505,9 @@ fn a_failing_metadata_refresh_does_not_starve_heartbeats() {
 /// joining with backoff for the session timeout (plus 5 s), then, if the
 /// id is still held (another live member uses it), stops with an error
 /// naming the id.
-#[test]
-fn an_unreleased_instance_id_is_retried_for_a_session_then_fatal() {
-    let t0 = Instant::now();
+/// A static member of a group with 6 s sessions whose join was refused
+/// with UNRELEASED_INSTANCE_ID at `t0`.
+fn refused_as_unreleased(t0: Instant) -> Member {
     let mut m = Member::new(
         cfg(Some("i1"), false),
         TopicSubscription::Topics(vec!["a".into()]),
@@ -516,6 +516,13 @@ fn an_unreleased_instance_id_is_retried_for_a_session_then_fatal() {
     m.session_timeout_learned(Some(Duration::from_secs(6)));
     join(&mut m, t0, &[(A, "a", 2)]);
     m.handle_heartbeat(err(KafkaCode::UnreleasedInstanceId), t0);
+    m
+}
+
+#[test]
+fn an_unreleased_instance_id_is_retried_for_a_session_then_fatal() {
+    let t0 = Instant::now();
+    let mut m = refused_as_unreleased(t0);
     assert_eq!(m.poll_action(t0), None, "waits before joining again");
     let mut now = t0;
     let mut joins = 0;
@@ -541,17 +548,17 @@ fn an_unreleased_instance_id_is_retried_for_a_session_then_fatal() {
     );
     assert!(fatal.contains("group.instance.id"), "{fatal}");
 
-    // Answered once within the session: the wait starts over next time.
-    let mut m = Member::new(
-        cfg(Some("i1"), false),
-        TopicSubscription::Topics(vec!["a".into()]),
-        t0,
-    );
-    m.session_timeout_learned(Some(Duration::from_secs(6)));
-    join(&mut m, t0, &[(A, "a", 2)]);
-    m.handle_heartbeat(err(KafkaCode::UnreleasedInstanceId), t0);
+    // Answered once within the session: a refusal much later starts a new
+    // wait (retried, not fatal).
+    let mut m = refused_as_unreleased(t0);
     let later = t0 + Duration::from_secs(5);
     assert!(matches!(m.poll_action(later), Some(Action::Heartbeat(_))));
     m.handle_heartbeat(ok(1, None), later);
     assert!(matches!(m.state(), State::Stable));
+    let much_later = t0 + Duration::from_secs(60);
+    m.handle_heartbeat(err(KafkaCode::UnreleasedInstanceId), much_later);
+    assert!(
+        !matches!(m.state(), State::Fatal(_)),
+        "a new refusal is waited out again"
+    );
 }
