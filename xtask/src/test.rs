@@ -387,7 +387,12 @@ fn main_passes(
         // The whole workspace's binaries (the filter leaves the others
         // nothing to run): `-p sim-tests` alone resolves features anew
         // and rebuilt the stack (94 s of a cold CI run).
-        let alone = IT.map(String::from);
+        // The seeds' systems too: their PostgreSQL restarts.
+        let alone: Vec<String> = IT
+            .iter()
+            .chain(&["--test", "seed_system"])
+            .map(|s| s.to_string())
+            .collect();
         keep(timed(steps, "restarts, alone", || {
             let c = cargo_test(&env, &alone, &["--ignored", "--test-threads=1", ALONE])?;
             counts.add(&c);

@@ -181,7 +181,15 @@ pub async fn run_mode(cfg: &DemoConfig, mode: Mode) -> anyhow::Result<ModeReport
     let mut settled = false;
     while !settled && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let paid = payments::count(&db, &ids).await?.paid.len();
+        // PostgreSQL may be down for a while (a restart): count again
+        // on the next turn, as the services wait too.
+        let paid = match payments::count(&db, &ids).await {
+            Ok(counts) => counts.paid.len(),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "counting payments failed; retrying");
+                continue;
+            }
+        };
         let dead = dead_letters.lock().expect("dead letters").len();
         settled = paid + refused >= orders.len() && dead >= expect_dlt;
     }

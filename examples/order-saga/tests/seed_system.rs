@@ -335,3 +335,147 @@ async fn seed_system_a_wrong_bootstrap_fails_naming_the_address() {
         );
     }
 }
+
+/// Tests that stop the shared PostgreSQL: ignored in the shared run,
+/// `cargo xtask test` runs them alone, last (`alone::` in the path).
+mod alone {
+    use std::time::Duration;
+
+    use order_saga::db::{self, status};
+    use order_saga::demo::{self, PRODUCT};
+    use order_saga::inventory_service::{self, InventoryOptions};
+    use order_saga::order_service::NewOrder;
+    use order_saga::system::System;
+    use order_saga::{http, payment_service, ServiceConfig, Topics};
+
+    const ORDERS: usize = 20;
+
+    /// Every order's status, on a fresh connection (the old ones die with
+    /// the server); `None` while the server is down.
+    async fn statuses(pg_url: &str, ids: &[String]) -> Option<Vec<String>> {
+        let db = db::connect(pg_url).await.ok()?;
+        let rows = db::orders(&db, ids).await.ok()?;
+        Some(rows.values().map(|o| o.status.clone()).collect())
+    }
+
+    async fn lag(bootstrap: &str, topics: &Topics, service: &str, topic: &str) -> Option<i64> {
+        let group = topics.group(service);
+        let m = order_saga::lag::LagMonitor::connect(bootstrap, &group, topic)
+            .await
+            .ok()?;
+        m.lag().await.ok()
+    }
+
+    /// Issue 29 case 3 on seed 003: PostgreSQL restarts while the saga's
+    /// three services have events in flight. Every service waits it out
+    /// (`Unavailable`), none dead-letters, each order is charged once and
+    /// confirmed, and every group's lag drains to 0.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "stops and starts the shared PostgreSQL: cargo xtask test runs it alone"]
+    async fn seed_system_a_postgres_restart_charges_each_order_once_and_confirms_all() {
+        let Some((bootstrap, pg_url)) = super::env() else {
+            return;
+        };
+        let server = testkit::PostgresServer::of(&pg_url).unwrap_or_else(|| {
+            panic!("PG_URL ({pg_url}) is not the server of `cargo xtask postgres up`: cannot restart it")
+        });
+        let run = testkit::unique_name("saga-pg-restart");
+        let topics = Topics::new(&run);
+        let cfg = ServiceConfig::new(&bootstrap, &pg_url, topics.clone());
+        {
+            let db = db::connect(&pg_url).await.unwrap();
+            db::restock(&db, &run, PRODUCT, 1_000).await.unwrap();
+        }
+        // One slow inventory instance: the restart finds work in flight.
+        let inventory = InventoryOptions {
+            warehouse: run.clone(),
+            delay: Duration::from_millis(50),
+            concurrency: 1,
+            ..InventoryOptions::default()
+        };
+        let system = System::start(&cfg, inventory, 1).await.expect("the saga");
+        let mut ids = Vec::new();
+        for n in 0..ORDERS {
+            let order = NewOrder {
+                customer_id: "cust_pg_restart".into(),
+                product_id: PRODUCT.into(),
+                quantity: 1,
+                amount: 10.0 + n as f64,
+            };
+            let row = http::place_order(system.api, &order, Some(&format!("{run}-{n}")))
+                .await
+                .expect("order placed");
+            ids.push(row.order.order_id);
+        }
+        let before = statuses(&pg_url, &ids).await.unwrap_or_default();
+        let stop = tokio::task::spawn_blocking(move || {
+            server.stop()?;
+            std::thread::sleep(Duration::from_secs(4));
+            server.start()
+        });
+        stop.await.unwrap().expect("PostgreSQL stopped and started");
+        let confirmed_before = before.iter().filter(|s| *s == status::CONFIRMED).count();
+        println!("confirmed before the restart: {confirmed_before} of {ORDERS}");
+        assert!(
+            confirmed_before < ORDERS,
+            "every order was confirmed before the restart: it tested nothing"
+        );
+
+        let all_confirmed = testkit::eventually_async(Duration::from_secs(60), || async {
+            statuses(&pg_url, &ids)
+                .await
+                .is_some_and(|s| s.len() == ORDERS && s.iter().all(|s| s == status::CONFIRMED))
+        })
+        .await;
+        let after = statuses(&pg_url, &ids).await;
+        let drained = testkit::eventually_async(Duration::from_secs(30), || async {
+            lag(
+                &bootstrap,
+                &topics,
+                payment_service::SERVICE,
+                &topics.orders,
+            )
+            .await
+                == Some(0)
+                && lag(
+                    &bootstrap,
+                    &topics,
+                    inventory_service::SERVICE,
+                    &topics.payments,
+                )
+                .await
+                    == Some(0)
+        })
+        .await;
+        system.stop().await;
+        assert!(
+            all_confirmed,
+            "confirmed before the restart: {confirmed_before}; after 60 s: {after:?}"
+        );
+        assert!(
+            drained,
+            "the payment and inventory groups' lag did not drain to 0"
+        );
+
+        let db = db::connect(&pg_url).await.unwrap();
+        let ledger = db::ledger(&db, &ids).await.unwrap();
+        assert_eq!(
+            (ledger.charges, ledger.charged_twice, ledger.refunds),
+            (ORDERS as i64, 0, 0),
+            "one charge per order, none twice, no refund: {ledger:?}"
+        );
+        let admin = kafka_wire::Client::connect(
+            kafka_wire::ClientConfig::builder()
+                .set("bootstrap.servers", &bootstrap)
+                .unwrap()
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let dead = demo::read_dlt(&admin, &bootstrap, &topics.inventory_dlt)
+            .await
+            .unwrap();
+        assert!(dead.is_empty(), "a good order dead-lettered: {dead:?}");
+    }
+}
