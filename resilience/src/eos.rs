@@ -37,6 +37,13 @@
 //! loop's transaction (heartbeats run on their own task meanwhile). A
 //! failed transaction is aborted and its inputs are read again from where
 //! the last committed transaction left them.
+//!
+//! An output that can never be written (too large for `max.request.size`
+//! or for the target topic's `max.message.bytes`) makes its input a
+//! poison record: the transaction is aborted, and in the next one that
+//! input's dead letter replaces its outputs (a dead letter itself too
+//! large is written without its value, `kafka_dlt-value-dropped`). It
+//! was an endless abort-and-retry.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -152,6 +159,9 @@ impl TransactionalProcessor {
         let mut poll_backoff = PollBackoff::new(crate::observe::poll_errors(&group));
         // Failed transactions in a row: each waits longer before reading again.
         let mut txn_delays = crate::retry::runtime_delays();
+        // Inputs whose outputs can never be written: dead-lettered instead,
+        // until committed.
+        let mut poison = Poison::default();
         let result = loop {
             let batches = tokio::select! {
                 _ = &mut shutdown => break Ok(()),
@@ -225,7 +235,15 @@ impl TransactionalProcessor {
             };
             let began = std::time::Instant::now();
             match self
-                .transaction(&producer, &transformer, &batches, &positions, &gm, &group)
+                .transaction(
+                    &producer,
+                    &transformer,
+                    &batches,
+                    &positions,
+                    &gm,
+                    &group,
+                    &poison,
+                )
                 .await
             {
                 Ok((offsets, not_started)) => {
@@ -234,14 +252,27 @@ impl TransactionalProcessor {
                     for (topic, partition, next) in offsets {
                         settled.insert(TopicPartition::new(topic, partition), next);
                     }
+                    poison.committed(&settled);
                     // Committed early (the next record would not have fit in
                     // transaction.timeout.ms): read the rest again.
                     for (tp, offset) in not_started {
                         consumer.seek(&tp, offset);
                     }
                 }
-                Err(e) => {
+                Err(failure) => {
                     self.stats.aborted.fetch_add(1, Ordering::Relaxed);
+                    let (e, learned) = match failure {
+                        TxnFailure::Wire(e) => (e, false),
+                        TxnFailure::Unwritable {
+                            input,
+                            dead_letter,
+                            error,
+                        } => {
+                            tracing::warn!(tp = %input.0, offset = input.1, dead_letter, error = %error, "an output of this input can never be written; aborting, and its dead letter replaces its outputs");
+                            poison.learn(input, dead_letter, &error);
+                            (error, true)
+                        }
+                    };
                     tracing::warn!(error = %e, "transaction failed; aborting and reading its inputs again");
                     if let Err(abort) = producer.abort_transaction().await {
                         // The coordinator aborts a transaction that outlived
@@ -261,8 +292,12 @@ impl TransactionalProcessor {
                         }
                     }
                     rewind(&mut consumer, &batches);
-                    let wait = txn_delays.next().unwrap_or(Duration::from_secs(5));
-                    tokio::time::sleep(wait).await;
+                    // A poison input learned: the next attempt differs, no
+                    // need to wait for it.
+                    if !learned {
+                        let wait = txn_delays.next().unwrap_or(Duration::from_secs(5));
+                        tokio::time::sleep(wait).await;
+                    }
                 }
             }
         };
@@ -276,6 +311,11 @@ impl TransactionalProcessor {
     /// `transaction.timeout.ms` are left out (a transaction that outlives it
     /// is aborted by the coordinator): the second value lists, per
     /// partition, the first offset not started, to read again.
+    ///
+    /// Every output's delivery is awaited before the offsets go in, so a
+    /// write refused for good ([`dlt::too_large`]) names its input
+    /// ([`TxnFailure::Unwritable`]).
+    #[allow(clippy::too_many_arguments)]
     async fn transaction(
         &self,
         producer: &Producer,
@@ -284,8 +324,10 @@ impl TransactionalProcessor {
         positions: &[PartitionPosition],
         gm: &kafka_wire::GroupMetadata,
         group: &str,
-    ) -> kafka_wire::Result<(Vec<(String, i32, i64)>, Vec<(TopicPartition, i64)>)> {
+        poison: &Poison,
+    ) -> Result<(Vec<(String, i32, i64)>, Vec<(TopicPartition, i64)>), TxnFailure> {
         producer.begin_transaction().await?;
+        let mut deliveries = Vec::new();
         let mut budget = TxnBudget::new(self.producer.transaction_timeout);
         let mut offsets: Vec<(String, i32, i64)> = Vec::with_capacity(batches.len());
         let mut not_started: Vec<(TopicPartition, i64)> = Vec::new();
@@ -301,8 +343,23 @@ impl TransactionalProcessor {
                     }
                     break;
                 }
-                for out in self.transform_one(transformer, &batch.tp, r, group).await {
-                    producer.send(out).await?;
+                let (outs, dead_letter) = match poison.get(&batch.tp, r.offset) {
+                    Some(known) => (vec![self.poison_letter(&batch.tp, r, group, known)], true),
+                    None => self.transform_one(transformer, &batch.tp, r, group).await,
+                };
+                for out in outs {
+                    let input = (batch.tp.clone(), r.offset);
+                    match producer.send(out).await {
+                        Ok(delivery) => deliveries.push((input, dead_letter, delivery)),
+                        Err(error) if dlt::too_large(&error) => {
+                            return Err(TxnFailure::Unwritable {
+                                input,
+                                dead_letter,
+                                error,
+                            })
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                     self.stats.records_out.fetch_add(1, Ordering::Relaxed);
                 }
                 budget.record_done();
@@ -334,6 +391,19 @@ impl TransactionalProcessor {
                 *next = p.position.max(*next);
             }
         }
+        for (input, dead_letter, delivery) in deliveries {
+            match delivery.await {
+                Ok(_) => {}
+                Err(error) if dlt::too_large(&error) => {
+                    return Err(TxnFailure::Unwritable {
+                        input,
+                        dead_letter,
+                        error,
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         producer.send_offsets_to_transaction(&offsets, gm).await?;
         producer.commit_transaction().await?;
         self.stats
@@ -342,15 +412,44 @@ impl TransactionalProcessor {
         Ok((offsets, not_started))
     }
 
+    /// The dead letter of an input whose outputs can never be written,
+    /// without its value if that was too large too.
+    fn poison_letter(
+        &self,
+        tp: &TopicPartition,
+        r: &Record,
+        group: &str,
+        known: &Unwritable,
+    ) -> ProducerRecord {
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        let err = HandlerError::NonRetryable(format!(
+            "an output of this record can never be written: {}",
+            known.error
+        ));
+        let mut out = dlt::dead_letter(
+            &dlt::dlt_topic(&tp.topic),
+            &tp.topic,
+            tp.partition,
+            group,
+            r,
+            &err,
+            1,
+        );
+        if known.without_value {
+            dlt::drop_value(&mut out);
+        }
+        out
+    }
+
     /// The outputs of one record: the transformer's, or (after retries)
-    /// its dead letter, written in the same transaction.
+    /// its dead letter, written in the same transaction (`true`).
     async fn transform_one(
         &self,
         transformer: &impl Transformer,
         tp: &TopicPartition,
         r: &Record,
         group: &str,
-    ) -> Vec<ProducerRecord> {
+    ) -> (Vec<ProducerRecord>, bool) {
         let mut delays = self.backoff.delays(rand::random::<f64>);
         let mut attempt = 1;
         loop {
@@ -358,7 +457,7 @@ impl TransactionalProcessor {
             let err = match crate::panics::call("the transformer", || transformer.transform(tp, r))
                 .await
             {
-                Ok(outs) => return outs,
+                Ok(outs) => return (outs, false),
                 Err(e) => e,
             };
             match self.backoff.decide(attempt, &err, delays.next()) {
@@ -368,7 +467,7 @@ impl TransactionalProcessor {
                 }
                 Decision::DeadLetter => {
                     self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    return vec![dlt::dead_letter(
+                    let letter = dlt::dead_letter(
                         &dlt::dlt_topic(&tp.topic),
                         &tp.topic,
                         tp.partition,
@@ -376,10 +475,70 @@ impl TransactionalProcessor {
                         r,
                         &err,
                         attempt,
-                    )];
+                    );
+                    return (vec![letter], true);
                 }
             }
         }
+    }
+}
+
+/// Why a transaction failed.
+enum TxnFailure {
+    /// The client's or broker's error: abort, read the inputs again.
+    Wire(kafka_wire::Error),
+    /// An output of `input` (its dead letter if `dead_letter`) can never
+    /// be written: abort, and dead-letter that input next time.
+    Unwritable {
+        input: (TopicPartition, i64),
+        dead_letter: bool,
+        error: kafka_wire::Error,
+    },
+}
+
+impl From<kafka_wire::Error> for TxnFailure {
+    fn from(e: kafka_wire::Error) -> Self {
+        TxnFailure::Wire(e)
+    }
+}
+
+/// What is known of an input whose outputs can never be written.
+struct Unwritable {
+    /// The refusal, for the dead letter's error header.
+    error: String,
+    /// Its dead letter was refused too: write it without the value.
+    without_value: bool,
+}
+
+/// The inputs (partition, offset) dead-lettered because their outputs can
+/// never be written, kept until their partition commits past them.
+#[derive(Default)]
+struct Poison(HashMap<(TopicPartition, i64), Unwritable>);
+
+impl Poison {
+    fn get(&self, tp: &TopicPartition, offset: i64) -> Option<&Unwritable> {
+        self.0.get(&(tp.clone(), offset))
+    }
+
+    fn learn(
+        &mut self,
+        input: (TopicPartition, i64),
+        dead_letter: bool,
+        error: &kafka_wire::Error,
+    ) {
+        let known = self.0.entry(input).or_insert(Unwritable {
+            error: error.to_string(),
+            without_value: false,
+        });
+        // Its dead letter was refused as well: once without the value.
+        known.without_value |= dead_letter;
+    }
+
+    /// Forget the inputs at or past which `settled` committed (and the
+    /// partitions no longer served).
+    fn committed(&mut self, settled: &HashMap<TopicPartition, i64>) {
+        self.0
+            .retain(|(tp, offset), _| settled.get(tp).is_some_and(|next| offset >= next));
     }
 }
 

@@ -224,3 +224,108 @@ async fn a_transaction_never_outlives_its_timeout_and_one_that_did_is_recovered(
         other => panic!("run did not end Ok within 30 s of shutdown: {other:?}"),
     }
 }
+
+/// Issue 29's kind ("a write that can never succeed") in the exactly-once
+/// processor: outputs of records 10 and 33 are too large for the output
+/// topic's `max.message.bytes` (2 KiB). The broker refuses them, the
+/// transaction aborts; the next one writes those inputs' dead letters
+/// instead (their error naming the refusal) with every other input's
+/// output, each exactly once, and commits to the end. It was an endless
+/// abort-and-retry.
+#[tokio::test]
+async fn an_output_too_large_for_its_topic_dead_letters_its_input_and_the_rest_commit() {
+    const N: u32 = 60;
+    let big = |n: u32| n == 10 || n == 33;
+    let b = testkit::require_broker!();
+    let (admin, input) = topic_with_records(&b, "eos-large-in", 1, N).await;
+    let out = testkit::unique_name("eos-large-out");
+    admin
+        .create_topic(NewTopic::new(&out, 1).config("max.message.bytes", "2048"))
+        .await
+        .unwrap();
+    let dlt = format!("{input}.DLT");
+    admin.create_topic(NewTopic::new(&dlt, 1)).await.unwrap();
+    let group = testkit::unique_name("eos-large");
+    let producer = testkit::producer_builder(&b)
+        .transactional_id(testkit::unique_name("eos-large-txn"))
+        .build()
+        .unwrap();
+    struct Sized {
+        out: String,
+    }
+    impl Transformer for Sized {
+        fn transform<'a>(&'a self, _: &'a TopicPartition, r: &'a Record) -> TransformFuture<'a> {
+            Box::pin(async move {
+                let n = number(r);
+                let value = if n == 10 || n == 33 {
+                    "x".repeat(8_000)
+                } else {
+                    n.to_string()
+                };
+                Ok(vec![ProducerRecord::new(&self.out)
+                    .key(n.to_string())
+                    .value(value)])
+            })
+        }
+    }
+    let mut consumer = group_consumer(&b, &group);
+    consumer.max_poll_records = 20;
+    let p = TransactionalProcessor::new(consumer, producer, &[&input]);
+    let stats = p.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(p.run(Sized { out: out.clone() }, async {
+        let _ = stopped.await;
+    }));
+    let want = (0..N).filter(|n| !big(*n)).count();
+    let outputs = read_all(&b, &out, 1, want, true, Duration::from_secs(60)).await;
+    let dead = read_all(&b, &dlt, 1, 2, true, Duration::from_secs(20)).await;
+    let tp = TopicPartition::new(&input, 0);
+    let committed = testkit::eventually_async(Duration::from_secs(20), || async {
+        committed_offset(&b, &group, &tp).await == Some(i64::from(N))
+    })
+    .await;
+    let _ = stop.send(());
+    let ended = tokio::time::timeout(Duration::from_secs(30), run).await;
+
+    let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
+    for r in &outputs {
+        *counts.entry(number(r)).or_default() += 1;
+    }
+    assert!(
+        counts.values().all(|c| *c == 1),
+        "an output twice: {counts:?}"
+    );
+    assert_eq!(counts.len(), want, "outputs missing");
+    assert!(
+        !counts.keys().any(|n| big(*n)),
+        "a too-large output was written: {counts:?}"
+    );
+    let mut dead_inputs: Vec<u32> = dead.iter().map(number).collect();
+    dead_inputs.sort_unstable();
+    assert_eq!(
+        dead_inputs,
+        vec![10, 33],
+        "the inputs of the refused outputs, once each"
+    );
+    for d in &dead {
+        let error = d
+            .headers
+            .iter()
+            .find(|h| h.key.as_ref() == b"kafka_dlt-exception-message")
+            .and_then(|h| h.value.clone())
+            .unwrap_or_default();
+        assert!(
+            String::from_utf8_lossy(&error).contains("can never be written"),
+            "{error:?}"
+        );
+    }
+    assert!(committed, "the group's offset did not reach {N}");
+    assert!(
+        stats.aborted.load(AtomicOrdering::Relaxed) >= 2,
+        "each refusal aborted once"
+    );
+    match ended {
+        Ok(Ok(Ok(()))) => {}
+        other => panic!("run did not end Ok within 30 s of shutdown: {other:?}"),
+    }
+}
