@@ -70,7 +70,18 @@ impl KeySource {
                 .map(text),
             KeySource::RecordKey => record.key.as_deref().map(text),
             KeySource::Position => Some(format!("{}/{}/{}", tp.topic, tp.partition, record.offset)),
-            KeySource::Custom(f) => f(tp, record),
+            // A panic in the application's function fails no worker: the
+            // record is handled without the duplicate check, as for an id
+            // the store refuses for good, and the panic is logged.
+            KeySource::Custom(f) => {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(tp, record))) {
+                    Ok(key) => key,
+                    Err(payload) => {
+                        tracing::error!(%tp, offset = record.offset, panic = crate::panics::message(payload.as_ref()), "the idempotency key function panicked; handling the record without the duplicate check");
+                        None
+                    }
+                }
+            }
         }
     }
 }
@@ -401,9 +412,36 @@ impl ProcessorConfig {
     }
 
     /// Name the DLT of each source topic with `name` (default `<topic>.DLT`).
+    /// A panic in `name` (or an empty name) falls back to `<topic>.DLT`,
+    /// logged: a dead letter is never lost to the naming function.
     pub fn dlt_topic_with(mut self, name: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
         self.dlt_topic = Arc::new(name);
         self
+    }
+
+    /// The DLT of `source`: [`ProcessorConfig::dlt_topic`]'s answer, or
+    /// `<source>.DLT` when that function panics or answers an empty name.
+    pub(crate) fn dlt_topic_of(&self, source: &str) -> String {
+        let name =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.dlt_topic)(source)));
+        match name {
+            Ok(name) if !name.is_empty() => name,
+            Ok(_) => {
+                tracing::error!(
+                    source,
+                    "the DLT naming function answered an empty name; using <topic>.DLT"
+                );
+                crate::dlt::dlt_topic(source)
+            }
+            Err(payload) => {
+                tracing::error!(
+                    source,
+                    panic = crate::panics::message(payload.as_ref()),
+                    "the DLT naming function panicked; using <topic>.DLT"
+                );
+                crate::dlt::dlt_topic(source)
+            }
+        }
     }
 
     pub fn retry_topics(mut self, delays: &[Duration]) -> Self {
@@ -499,5 +537,41 @@ mod tests {
         assert!(e.contains("whole number"), "{e}");
         let e = base().set("processor.ordering", "offset").unwrap_err();
         assert!(e.contains("partition, key or none"), "{e}");
+    }
+
+    /// Issue 29's kind: the application's naming and key functions may
+    /// panic; neither fails a worker, and no record is lost to them.
+    #[test]
+    fn a_panicking_dlt_name_or_key_function_falls_back_and_fails_nothing() {
+        let c = base().dlt_topic_with(|t| {
+            assert!(t != "bad", "no DLT name for {t}");
+            if t == "empty" {
+                String::new()
+            } else {
+                format!("{t}-dead")
+            }
+        });
+        assert_eq!(c.dlt_topic_of("orders"), "orders-dead");
+        assert_eq!(c.dlt_topic_of("bad"), "bad.DLT");
+        assert_eq!(c.dlt_topic_of("empty"), "empty.DLT");
+
+        let key = KeySource::Custom(Arc::new(|_, r: &Record| {
+            assert!(r.offset != 3, "no key at offset 3");
+            Some(r.offset.to_string())
+        }));
+        let tp = TopicPartition::new("t", 0);
+        let record = |offset| Record {
+            offset,
+            timestamp: 0,
+            key: None,
+            value: None,
+            headers: Vec::new(),
+        };
+        assert_eq!(key.key_of(&tp, &record(2)).as_deref(), Some("2"));
+        assert_eq!(
+            key.key_of(&tp, &record(3)),
+            None,
+            "handled without the check"
+        );
     }
 }

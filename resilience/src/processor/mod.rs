@@ -470,7 +470,7 @@ async fn create_failure_topics(client: &Client, cfg: &ProcessorConfig) {
             Ok(md) => md.partition_count(source).unwrap_or(1) as i32,
             Err(_) => 1,
         };
-        let mut wanted = vec![(cfg.dlt_topic)(source)];
+        let mut wanted = vec![cfg.dlt_topic_of(source)];
         if let Some(chain) = &cfg.retry_topics {
             wanted.extend(chain.topics_for(source));
         }

@@ -598,7 +598,7 @@ impl Runtime {
             Some(chain) => retry_topics::next_hop(chain, source, step, err),
             None => NextHop::DeadLetter,
         };
-        let dlt = (self.cfg().dlt_topic)(source);
+        let dlt = self.cfg().dlt_topic_of(source);
         for record in records {
             let (out, target) = match &hop {
                 NextHop::Retry { topic, delay } => (
