@@ -60,6 +60,11 @@ pub(crate) struct TxnState {
     pub status: TxnStatus,
     coordinator: Option<i32>,
     partitions: HashSet<QueueKey>,
+    /// The coordinator knows of this transaction: a partition or the
+    /// offsets were added to it. Until then there is nothing to end, and
+    /// EndTxn would be refused (INVALID_TXN_STATE), as Java's
+    /// `transactionStarted`.
+    started: bool,
 }
 
 impl Default for TxnState {
@@ -68,6 +73,7 @@ impl Default for TxnState {
             status: TxnStatus::Uninitialized,
             coordinator: None,
             partitions: HashSet::new(),
+            started: false,
         }
     }
 }
@@ -222,6 +228,7 @@ impl Producer {
             TxnStatus::Ready => {
                 txn.status = TxnStatus::InTransaction;
                 txn.partitions.clear();
+                txn.started = false;
                 self.shared
                     .state
                     .lock()
@@ -265,7 +272,9 @@ impl Producer {
             .await;
         match result {
             Ok(_) => {
-                self.txn.lock().await.partitions.insert(tp.clone());
+                let mut txn = self.txn.lock().await;
+                txn.partitions.insert(tp.clone());
+                txn.started = true;
                 Ok(())
             }
             Err(e) => Err(self.fatal_if_fenced(e).await),
@@ -301,6 +310,7 @@ impl Producer {
         {
             return Err(self.fatal_if_fenced(e).await);
         }
+        self.txn.lock().await.started = true;
         let mut topics: Vec<TxnOffsetCommitRequestTopic> = Vec::new();
         for (topic, partition, offset) in offsets {
             let entry = TxnOffsetCommitRequestPartition::default()
@@ -365,6 +375,17 @@ impl Producer {
                     txn.status = TxnStatus::Abortable(e.clone());
                     return Err(e);
                 }
+                // Nothing reached the coordinator (no partition, no
+                // offsets; say, the only record was refused before it was
+                // sent): end it here.
+                (TxnStatus::InTransaction | TxnStatus::Abortable(_), _, _) if !txn.started => {
+                    if !commit {
+                        let _ = self.shared.log.take();
+                    }
+                    txn.status = TxnStatus::Ready;
+                    txn.partitions.clear();
+                    return Ok(());
+                }
                 (TxnStatus::InTransaction, _, _) => {}
                 (TxnStatus::Abortable(_), false, _) => {}
                 (other, _, _) => {
@@ -390,6 +411,11 @@ impl Producer {
             .await
         {
             Ok(_) => {
+                if !commit {
+                    // Aborted: its failed records are discarded with the
+                    // rest, not reported by the next flush.
+                    let _ = self.shared.log.take();
+                }
                 let mut txn = self.txn.lock().await;
                 txn.status = TxnStatus::Ready;
                 txn.partitions.clear();
