@@ -26,9 +26,25 @@
 //!   the task takes it. Handles note the throttle as they decode (a
 //!   cancelled caller's response is never decoded: its throttle goes
 //!   unseen, and the broker's own mute is the fallback).
+//! - SASL re-authentication (KIP-368): a broker with
+//!   `connections.max.reauth.ms` cuts a connection whose session ran out
+//!   at its next request. When the re-authentication the SASL layer
+//!   scheduled is due, the task takes no new request, lets those in flight
+//!   finish, runs the SASL exchange on a handle of its own (the only
+//!   requests it takes meanwhile), then resumes with the queued ones: no
+//!   request fails because of it.
+//!
+//! ```text
+//!  Open ──due──▶ Draining (no new request) ──in flight empty──▶ Reauthenticating (SASL
+//!   ▲                                                            requests only)
+//!   └──────────── exchange done: next due = 85-95 % of the new lifetime ──┘
+//!                 exchange failed: poisoned (the queued requests fail, retriable)
+//! ```
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +64,21 @@ use crate::versions::ApiVersionTable;
 
 /// Stop accepting new requests while this many bytes wait to be written.
 const WRITE_BUFFER_HIGH: usize = 4 * 1024 * 1024;
+
+/// Runs one SASL re-authentication (KIP-368) over the handle it is given,
+/// whose requests the task takes while it holds every other back; returns
+/// when to re-authenticate next (`None`: never again).
+pub(crate) type Reauthenticate = Arc<
+    dyn Fn(RawConnection) -> Pin<Box<dyn Future<Output = Result<Option<Instant>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// What a handle asks of the task besides requests.
+enum Control {
+    /// Re-authenticate at `due` with `run`.
+    Reauth { due: Instant, run: Reauthenticate },
+}
 
 /// A request on its way to the connection task.
 struct Envelope {
@@ -255,6 +286,7 @@ pub(crate) fn api_key<R: Request>() -> ApiKey {
 #[derive(Clone)]
 pub(crate) struct RawConnection {
     tx: mpsc::Sender<Envelope>,
+    ctl: mpsc::UnboundedSender<Control>,
     label: Arc<str>,
     client_id: StrBytes,
     throttle: Arc<ThrottleGate>,
@@ -270,22 +302,48 @@ impl RawConnection {
         max_in_flight: usize,
     ) -> Self {
         let (tx, rx) = mpsc::channel(max_in_flight.max(1));
+        let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let label: Arc<str> = label.into();
         let throttle = Arc::new(ThrottleGate::default());
-        tokio::spawn(run_task(
-            stream,
-            rx,
-            label.clone(),
-            FrameDecoder::new(max_frame),
-            max_in_flight.max(1),
-            throttle.clone(),
-        ));
-        Self {
+        let raw = Self {
             tx,
+            ctl,
             label,
             client_id: StrBytes::from_string(client_id.to_string()),
             throttle,
+        };
+        tokio::spawn(run_task(
+            stream,
+            rx,
+            ctl_rx,
+            raw.reauth_handle_parts(),
+            FrameDecoder::new(max_frame),
+            max_in_flight.max(1),
+        ));
+        raw
+    }
+
+    /// What the task needs to build its re-authentication handles (never
+    /// the request sender: the task must see every handle go).
+    fn reauth_handle_parts(&self) -> HandleParts {
+        HandleParts {
+            ctl: self.ctl.clone(),
+            label: self.label.clone(),
+            client_id: self.client_id.clone(),
+            throttle: self.throttle.clone(),
         }
+    }
+
+    /// Re-authenticate at `due` with `run` (KIP-368), replacing any
+    /// schedule: see the module docs.
+    pub(crate) fn reauthenticate_at(&self, due: Instant, run: Reauthenticate) {
+        // The task is gone: nothing to re-authenticate.
+        let _ = self.ctl.send(Control::Reauth { due, run });
+    }
+
+    /// The broker this connection talks to, as errors name it.
+    pub(crate) fn label(&self) -> &str {
+        &self.label
     }
 
     fn closed_error(&self, maybe_written: bool) -> Error {
@@ -413,6 +471,33 @@ pub(crate) fn encode_generic<R: Request>(
     Ok(buf)
 }
 
+/// A [`RawConnection`] without its request sender.
+struct HandleParts {
+    ctl: mpsc::UnboundedSender<Control>,
+    label: Arc<str>,
+    client_id: StrBytes,
+    throttle: Arc<ThrottleGate>,
+}
+
+impl HandleParts {
+    /// A handle whose requests go to `tx`.
+    fn handle(&self, tx: mpsc::Sender<Envelope>) -> RawConnection {
+        RawConnection {
+            tx,
+            ctl: self.ctl.clone(),
+            label: self.label.clone(),
+            client_id: self.client_id.clone(),
+            throttle: self.throttle.clone(),
+        }
+    }
+}
+
+/// A re-authentication in progress: its outcome, and how to run the next.
+struct Reauthenticating {
+    done: oneshot::Receiver<Result<Option<Instant>>>,
+    run: Reauthenticate,
+}
+
 /// Why the task stopped; turned into the error every waiter receives.
 enum Poison {
     Io(std::io::Error),
@@ -421,16 +506,19 @@ enum Poison {
     Correlation { expected: i32, got: i32 },
     Unexpected(i32),
     Timeout { api: ApiKey, timeout: Duration },
+    Reauth(Error),
 }
 
 async fn run_task(
     stream: BoxTransport,
     mut rx: mpsc::Receiver<Envelope>,
-    label: Arc<str>,
+    mut ctl_rx: mpsc::UnboundedReceiver<Control>,
+    parts: HandleParts,
     decoder: FrameDecoder,
     max_in_flight: usize,
-    throttle: Arc<ThrottleGate>,
 ) {
+    let label = parts.label.clone();
+    let throttle = parts.throttle.clone();
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut read_buf = BytesMut::with_capacity(64 * 1024);
     let mut write_buf = WriteQueue::default();
@@ -443,6 +531,11 @@ async fn run_task(
     // A request received just as a throttled response was decoded: taken
     // once the gate opens (nothing else is taken meanwhile).
     let mut held: Option<Envelope> = None;
+    // KIP-368: the next re-authentication, and the one running. Its SASL
+    // requests come through `sasl_rx`, the only ones taken meanwhile.
+    let mut reauth: Option<(Instant, Reauthenticate)> = None;
+    let mut reauthenticating: Option<Reauthenticating> = None;
+    let (sasl_tx, mut sasl_rx) = mpsc::channel::<Envelope>(max_in_flight);
 
     let poison: Poison = loop {
         if handles_gone
@@ -467,12 +560,28 @@ async fn run_task(
                 );
             }
         }
+        let reauth_due = reauth.as_ref().map(|(due, _)| *due);
+        let draining =
+            reauthenticating.is_some() || reauth_due.is_some_and(|d| Instant::now() >= d);
+        if draining && reauthenticating.is_none() && held.is_none() && in_flight.is_empty() {
+            // Nothing in flight any more: the SASL exchange, alone.
+            let (_, run) = reauth.take().expect("draining without a schedule");
+            let handle = parts.handle(sasl_tx.clone());
+            let (done_tx, done) = oneshot::channel();
+            let exchange = run(handle);
+            tokio::spawn(async move {
+                let _ = done_tx.send(exchange.await);
+            });
+            tracing::debug!(broker = %label, "re-authenticating (KIP-368)");
+            reauthenticating = Some(Reauthenticating { done, run });
+        }
         let front_deadline = in_flight.front().map(|f| f.deadline);
-        let can_accept = !handles_gone
-            && held.is_none()
+        let room = held.is_none()
             && throttled_until.is_none()
             && in_flight.len() < max_in_flight
             && write_buf.len() < WRITE_BUFFER_HIGH;
+        let can_accept = !handles_gone && !draining && room;
+        let can_accept_sasl = reauthenticating.is_some() && room;
         tokio::select! {
             read = reader.read_buf(&mut read_buf) => {
                 match read {
@@ -523,6 +632,38 @@ async fn run_task(
                 next_correlation = next_correlation.wrapping_add(1).max(1);
                 accept(env, correlation_id, &mut queued, &mut write_buf, &mut in_flight);
             }
+            Some(env) = sasl_rx.recv(), if can_accept_sasl => {
+                let correlation_id = next_correlation;
+                next_correlation = next_correlation.wrapping_add(1).max(1);
+                accept(env, correlation_id, &mut queued, &mut write_buf, &mut in_flight);
+            }
+            Some(Control::Reauth { due, run }) = ctl_rx.recv() => {
+                if reauthenticating.is_none() {
+                    reauth = Some((due, run));
+                }
+            }
+            done = async {
+                match reauthenticating.as_mut() {
+                    Some(r) => (&mut r.done).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let run = reauthenticating.take().expect("a re-authentication ran").run;
+                match done {
+                    Ok(Ok(next)) => {
+                        tracing::debug!(broker = %label, "re-authenticated (KIP-368)");
+                        reauth = next.map(|due| (due, run));
+                    }
+                    Ok(Err(e)) => break Poison::Reauth(e),
+                    Err(_) => break Poison::Reauth(Error::Connection {
+                        broker: label.to_string(),
+                        reason: "the re-authentication was abandoned".into(),
+                        maybe_written: false,
+                    }),
+                }
+            }
+            // Time to stop taking requests and re-authenticate.
+            _ = sleep_until_opt(reauth_due.filter(|_| !draining)) => {}
             // The broker reads requests again.
             _ = sleep_until_opt(throttled_until) => {}
             _ = sleep_until_opt(front_deadline) => {
@@ -546,6 +687,7 @@ async fn run_task(
         Poison::Timeout { api, timeout } => {
             format!("{api:?} got no response within {} ms", timeout.as_millis())
         }
+        Poison::Reauth(e) => format!("SASL re-authentication failed: {e}"),
     };
     tracing::debug!(broker = %label, %reason, in_flight = in_flight.len(), "connection poisoned");
     for f in in_flight.drain(..) {
@@ -779,6 +921,138 @@ mod tests {
             "the second request was written {:?} after the throttled response",
             second_arrived - answered
         );
+    }
+
+    /// Read one request frame: its api key and correlation id.
+    async fn read_request(io: &mut tokio::io::DuplexStream) -> (i16, i32) {
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+        io.read_exact(&mut body).await.unwrap();
+        (
+            i16::from_be_bytes([body[0], body[1]]),
+            i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+        )
+    }
+
+    fn sasl_handshake_response(corr: i32) -> Vec<u8> {
+        let resp = kafka_protocol::messages::SaslHandshakeResponse::default();
+        let mut body = BytesMut::new();
+        body.put_i32(corr);
+        resp.encode(&mut body, 1).unwrap();
+        let mut out = BytesMut::new();
+        crate::frame::encode_frame(&body, &mut out);
+        out.to_vec()
+    }
+
+    /// A stand-in SASL exchange (one SaslHandshake), counted; `fail`: it
+    /// fails after its request.
+    fn stand_in_exchange(runs: Arc<std::sync::atomic::AtomicUsize>, fail: bool) -> Reauthenticate {
+        Arc::new(move |h: RawConnection| {
+            let runs = runs.clone();
+            Box::pin(async move {
+                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let req = kafka_protocol::messages::SaslHandshakeRequest::default();
+                h.call(&req, 1, Duration::from_secs(5)).await?;
+                if fail {
+                    return Err(Error::Auth {
+                        mechanism: "PLAIN".into(),
+                        broker: "test".into(),
+                        reason: "refused".into(),
+                    });
+                }
+                Ok(None)
+            })
+        })
+    }
+
+    const API_VERSIONS: i16 = 18;
+    const SASL_HANDSHAKE: i16 = 17;
+
+    /// KIP-368: a re-authentication that falls due while a request is in
+    /// flight waits for its answer; a request queued meanwhile is written
+    /// only after the SASL exchange; both requests succeed.
+    #[tokio::test(start_paused = true)]
+    async fn a_due_reauthentication_lets_the_request_in_flight_finish_and_holds_new_ones_back() {
+        let (client, mut server) = duplex(1 << 16);
+        let raw = RawConnection::spawn(Box::new(client), "test".into(), "t", 1 << 20, 4);
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let req = ApiVersionsRequest::default();
+        let first = tokio::spawn({
+            let raw = raw.clone();
+            let req = req.clone();
+            async move { raw.call(&req, 0, Duration::from_secs(30)).await }
+        });
+        let (api, corr1) = read_request(&mut server).await;
+        assert_eq!(api, API_VERSIONS);
+        // Due now, with the first request unanswered; then a second request.
+        raw.reauthenticate_at(Instant::now(), stand_in_exchange(runs.clone(), false));
+        let second = tokio::spawn({
+            let raw = raw.clone();
+            async move { raw.call(&req, 0, Duration::from_secs(30)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            runs.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "not while one is in flight"
+        );
+        server
+            .write_all(&api_versions_response(corr1))
+            .await
+            .unwrap();
+        let (api, corr2) = read_request(&mut server).await;
+        assert_eq!(
+            api, SASL_HANDSHAKE,
+            "the exchange comes before the queued request"
+        );
+        server
+            .write_all(&sasl_handshake_response(corr2))
+            .await
+            .unwrap();
+        let (api, corr3) = read_request(&mut server).await;
+        assert_eq!(api, API_VERSIONS);
+        server
+            .write_all(&api_versions_response(corr3))
+            .await
+            .unwrap();
+        assert!(first.await.unwrap().is_ok());
+        assert!(second.await.unwrap().is_ok());
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// A re-authentication that fails poisons the connection: the queued
+    /// request fails as unwritten (retriable on a new connection, whose
+    /// own authentication then says what is wrong).
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_reauthentication_fails_the_queued_requests_as_unwritten() {
+        let (client, mut server) = duplex(1 << 16);
+        let raw = RawConnection::spawn(Box::new(client), "test".into(), "t", 1 << 20, 4);
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        raw.reauthenticate_at(
+            Instant::now() + Duration::from_secs(1),
+            stand_in_exchange(runs.clone(), true),
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let queued = tokio::spawn({
+            let raw = raw.clone();
+            async move {
+                raw.call(&ApiVersionsRequest::default(), 0, Duration::from_secs(30))
+                    .await
+            }
+        });
+        let (api, corr) = read_request(&mut server).await;
+        assert_eq!(api, SASL_HANDSHAKE);
+        server
+            .write_all(&sasl_handshake_response(corr))
+            .await
+            .unwrap();
+        let err = queued.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&err, Error::Connection { maybe_written: false, reason, .. } if reason.contains("re-authentication")),
+            "{err:?}"
+        );
+        assert!(err.is_retriable(), "{err:?}");
     }
 
     #[tokio::test]

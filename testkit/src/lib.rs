@@ -22,14 +22,17 @@
 //! | module | what lives there |
 //! |---|---|
 //! | this file | broker (and PostgreSQL, Redis) discovery, [`unique_name`], [`restart_broker`], [`PostgresServer`] (stop and start the xtask's PostgreSQL) |
+//! | `cluster` | [`cluster()`]: the three-node cluster of `cargo xtask cluster up` ([`ClusterEnv`], racks r1..r3), skipped or failed like [`broker()`]; [`kill_node`], [`stop_node`], [`start_node`] through the xtask |
 //! | `fixtures` | [`client`], [`create_topic`], [`produce`], [`numbered_topic`], producer configs, [`consumer_props`] (classic, or the protocol `KAFKA_GROUP_PROTOCOL` or [`set_group_protocol`] names), [`speaks_848`]: one version for every crate |
 //! | `schema_registry` | [`StandInSchemaRegistry`]: the documented subset of the Confluent schema registry REST API, in process (no real registry can be installed here) |
 //! | `wait` | [`eventually`], [`eventually_async`], [`eventually_blocking`]: wait for a condition, never a fixed sleep; [`stays_for`], [`stays_for_async`], [`stays_for_blocking`]: prove nothing more happens, failing the moment it does; [`DrainedChild`]: a child process whose output is read as it comes |
 
+mod cluster;
 mod fixtures;
 mod schema_registry;
 mod wait;
 
+pub use cluster::{cluster, kill_node, start_node, stop_node, ClusterEnv, ClusterNode};
 pub use fixtures::{
     client, consumer_props, create_topic, create_topic_with, group_protocol, kip848,
     numbered_records, numbered_topic, produce, producer_builder, producer_config,

@@ -43,8 +43,10 @@ use crate::shell::{self, workspace_root};
 
 /// The Kafka version the harness runs; keep in step with `broker/pom.xml`.
 pub const KAFKA_VERSION: &str = "4.3.1";
-const SASL_USER: &str = "alice";
-const SASL_PASSWORD: &str = "alice-secret";
+/// The SASL user every broker of the harness knows (PLAIN and SCRAM).
+pub(crate) const SASL_USER: &str = "alice";
+/// Its password.
+pub(crate) const SASL_PASSWORD: &str = "alice-secret";
 const REDPANDA_BOOTSTRAP: &str = "127.0.0.1:19092";
 
 #[derive(Debug, Subcommand)]
@@ -330,7 +332,8 @@ fn is_our_java(pid: u32, dirs: &Dirs) -> bool {
     cmdline.contains("kafka.Kafka") && cmdline.contains(&*config.to_string_lossy())
 }
 
-fn tcp_ready(addr: &str) -> bool {
+/// Does something accept a TCP connection at `addr` (`ip:port`) within 500 ms?
+pub(crate) fn tcp_ready(addr: &str) -> bool {
     addr.parse::<SocketAddr>()
         .ok()
         .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_millis(500)).ok())
@@ -377,6 +380,15 @@ fn java_major() -> Option<u32> {
     }
 }
 
+/// Java 17+ and the jars of Kafka `version` (fetched once, as for the
+/// broker); the directory that holds them, shared by every instance.
+pub(crate) fn kafka_jars(version: &str) -> anyhow::Result<PathBuf> {
+    let dirs = Dirs::new(version);
+    ensure_java_and_maven()?;
+    ensure_jars(&dirs)?;
+    Ok(dirs.jars)
+}
+
 /// Gather the broker's jars with Maven, once per change of `broker/pom.xml`.
 fn ensure_jars(dirs: &Dirs) -> anyhow::Result<()> {
     let pom = workspace_root().join("broker").join("pom.xml");
@@ -413,7 +425,7 @@ fn ensure_jars(dirs: &Dirs) -> anyhow::Result<()> {
 }
 
 /// `N` distinct free ports on 127.0.0.1 (held together so they differ).
-fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+pub(crate) fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
     let listeners: Vec<TcpListener> = (0..N)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<_, _>>()?;
@@ -508,7 +520,9 @@ fn extra_properties() -> String {
     s
 }
 
-const LOG4J2_PROPERTIES: &str = "status = warn
+/// Everything on stdout (the process's log file), state changes and the
+/// controller only from WARN.
+pub(crate) const LOG4J2_PROPERTIES: &str = "status = warn
 appender.stdout.type = Console
 appender.stdout.name = STDOUT
 appender.stdout.layout.type = PatternLayout
@@ -528,13 +542,16 @@ pub fn java_with_kafka(version: &str) -> Command {
 }
 
 fn java(dirs: &Dirs) -> Command {
+    java_on(&dirs.jars, &dirs.config.join("log4j2.properties"))
+}
+
+/// `java` with the jars in `jars` on the class path and `log4j` as its
+/// log4j2 configuration.
+pub(crate) fn java_on(jars: &Path, log4j: &Path) -> Command {
     let mut cmd = Command::new("java");
     cmd.arg("-cp")
-        .arg(format!("{}/*", dirs.jars.display()))
-        .arg(format!(
-            "-Dlog4j2.configurationFile={}",
-            dirs.config.join("log4j2.properties").display()
-        ));
+        .arg(format!("{}/*", jars.display()))
+        .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()));
     cmd
 }
 
@@ -834,7 +851,8 @@ fn status(version: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+/// The last `lines` lines of the file at `path` (empty if unreadable).
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let Ok(f) = fs::File::open(path) else {
         return String::new();
     };

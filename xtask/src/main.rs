@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`broker`]: a real Apache Kafka broker (KRaft, from Maven Central jars) on demand.
+//! - [`cluster`]: three KRaft nodes in racks r1..r3 from the same jars (follower fetching, node faults).
 //! - [`certs`]: the test CA and the broker certificate for the SSL listeners.
 //! - [`postgres`]: a throwaway PostgreSQL server for the idempotency-store tests.
 //! - [`redis`]: a throwaway Redis server for the examples that aggregate in Redis.
@@ -15,6 +16,7 @@
 mod bench;
 mod broker;
 mod certs;
+mod cluster;
 mod example;
 mod lab;
 mod postgres;
@@ -47,6 +49,11 @@ enum Command {
         instance: String,
         #[command(subcommand)]
         action: broker::Action,
+    },
+    /// Start, stop, kill or inspect the three-node cluster (target/cluster).
+    Cluster {
+        #[command(subcommand)]
+        action: cluster::Action,
     },
     /// Start, stop or inspect the local PostgreSQL (idempotency-store tests).
     Postgres {
@@ -86,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             broker::use_instance(&instance);
             broker::run(action)
         }
+        Command::Cluster { action } => cluster::run(action),
         Command::Postgres { action } => postgres::run(action),
         Command::Redis { action } => redis::run(action),
         Command::CheckPure => pure::check_pure(),

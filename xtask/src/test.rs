@@ -9,9 +9,10 @@
 //!    binary (`tests/it`), the broker-restart tests alone, the seeds'
 //!    systems, `examples/downstream` (an application outside the
 //!    workspace), the KIP-848 pass; then each older broker's compatibility
-//!    pass. Which test a pass reruns is read from its module path
-//!    (`compat::`, `groups::`, `kip848::`, `alone::`; see
-//!    `kafka-wire/tests/it/main.rs`), never from a list here.
+//!    pass; last, the `cluster::` tests on the three-node cluster
+//!    (`cargo xtask cluster`). Which test a pass reruns is read from its
+//!    module path (`compat::`, `groups::`, `kip848::`, `alone::`,
+//!    `cluster::`; see `kafka-wire/tests/it/main.rs`), never from a list here.
 //!
 //! Services we started are stopped, even when tests fail. The last line is a
 //! plain `summary: N passed, N failed, N skipped`.
@@ -269,6 +270,9 @@ const GROUPS: &str = "groups::";
 const KIP848: &str = "kip848::";
 /// Ignored in the shared run (they stop or restart the broker), run alone.
 const ALONE: &str = "alone::";
+/// Ignored in the shared run (they need three nodes in three racks, and
+/// kill nodes), run one at a time on the cluster, in the last step.
+const CLUSTER: &str = "cluster::";
 /// Broker tests mostly wait (for the broker, a session, a rebalance): four
 /// at a time on two cores, where libtest would run two.
 const THREADS: &str = "--test-threads=4";
@@ -302,7 +306,8 @@ fn broker_tiers(
             ok: true,
             detail: format!("using KAFKA_BOOTSTRAP={bootstrap}"),
         });
-        return main_passes(args, &env, steps, counts, false);
+        let result = main_passes(args, &env, steps, counts, false);
+        return result.and(cluster_pass(args, &env, steps, counts));
     }
     // Ours: the main version, then each compatibility version.
     let compat = args
@@ -346,7 +351,59 @@ fn broker_tiers(
         });
         result?;
     }
-    Ok(())
+    cluster_pass(args, &env, steps, counts)
+}
+
+/// The `cluster::` tests (ignored until now) on the three-node cluster,
+/// one at a time (they kill and restart nodes): `cluster up` (ours, in
+/// target/cluster, beside the single broker), the tests, `cluster down`
+/// (even when they failed). Not in a filtered run.
+fn cluster_pass(
+    args: &Args,
+    extra_env: &[(String, String)],
+    steps: &mut Vec<Step>,
+    counts: &mut Counts,
+) -> anyhow::Result<()> {
+    if !args.cargo_test_args.is_empty() {
+        return Ok(());
+    }
+    let mut env = extra_env.to_vec();
+    let up = timed(steps, "cluster up", || {
+        let cluster = crate::cluster::up()?;
+        env.extend(cluster.env.iter().cloned());
+        Ok(format!(
+            "{} three nodes at {}",
+            if cluster.started_now {
+                "started"
+            } else {
+                "reused"
+            },
+            cluster.bootstrap()
+        ))
+    });
+    if up.is_err() {
+        // Whatever started of it.
+        let _ = crate::cluster::down();
+        return up;
+    }
+    let xtask = std::env::current_exe().context("the xtask binary's path")?;
+    env.push(("KAFKA_BROKER_CONTROL".into(), xtask.display().to_string()));
+    let result = timed(steps, "cluster", || {
+        let c = cargo_test(
+            &env,
+            &IT.map(String::from),
+            &["--ignored", "--test-threads=1", CLUSTER],
+        )?;
+        counts.add(&c);
+        // The integration step counted them as ignored; now they ran.
+        counts.ignored = counts.ignored.saturating_sub(c.passed + c.failed);
+        c.check()
+    });
+    let _ = timed(steps, "cluster down", || {
+        crate::cluster::down()?;
+        Ok(String::new())
+    });
+    result
 }
 
 /// On the main broker: every integration test (or the caller's filter);

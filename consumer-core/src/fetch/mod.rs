@@ -3,16 +3,21 @@
 //!
 //! ```text
 //!  Consumer::poll ─▶ Fetcher::build_requests (pure) ─▶ one Fetch per broker, spawned by the caller
-//!        ▲                                                   │ (Fetch lane, KIP-227 session)
-//!        │                                                   ▼
+//!        ▲            (each partition routed to its          │ (Fetch lane, KIP-227 session)
+//!        │             leader or its rack's follower)        ▼
 //!  Fetcher::drain ◀─ buffered cursors ◀─ Fetcher::apply_response (pure) ─▶ FetchAction, awaited by
 //!   (max.poll.records,                     (stale data dropped,              the caller: out of range,
-//!    positions advance)                     session advanced)                truncation, refresh metadata
+//!    positions advance)                     session advanced, a named        truncation, refresh metadata
+//!                                           follower followed, a failed      (never for a follower's error)
+//!                                           follower left)
 //! ```
 //!
 //! - [`cursor`]: one partition's fetched data, decoded as it is taken
 //!   (franz-go's `cursor`).
 //! - [`session`]: one broker's KIP-227 fetch session (pure bookkeeping).
+//! - `replica`: which replica each partition is read from (KIP-392
+//!   follower fetching: the leader's `preferred_read_replica`, its
+//!   lifetime, falling back to the leader).
 //! - `Fetcher`: every assigned partition's state (`PartState`), each
 //!   broker's session and whether a fetch to it is in flight, and the
 //!   responses not drained yet. It never awaits and never reads the clock:
@@ -23,11 +28,16 @@
 //! - at most one fetch in flight per broker, and none while the broker
 //!   throttles us (a response's `throttle_time_ms`, KIP-219: the broker
 //!   would not read it before then anyway);
+//! - a partition is in at most one fetch at a time: one in flight at a
+//!   broker is not asked of another (its leader moved, or it moved between
+//!   leader and follower) before that fetch's answer is applied, or both
+//!   answers would be buffered and their records handed out twice;
 //! - at most one undrained response buffered per partition;
 //! - a response whose partition moved meanwhile (seek, reset, revoke) is
 //!   dropped: its data belongs to another position.
 
 pub mod cursor;
+mod replica;
 pub mod session;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -44,6 +54,7 @@ use crate::config::{ConsumerConfig, OffsetReset};
 use crate::error::ConsumerError;
 use crate::tp::TopicPartition;
 use cursor::{truncation_point, PartitionCursor};
+use replica::ReadReplica;
 use session::FetchSession;
 
 /// Records of one partition returned by [`Consumer::poll`](crate::Consumer::poll).
@@ -74,6 +85,9 @@ pub(crate) struct PartState {
     pub last_stable_offset: i64,
     /// Epoch of the last batch handed out (KIP-320), -1 if unknown.
     pub last_fetched_epoch: i32,
+    /// The replica it is read from (KIP-392): the leader, or the follower
+    /// in our rack the leader named.
+    pub(crate) replica: ReadReplica,
 }
 
 /// Where a partition without a position starts.
@@ -99,6 +113,7 @@ impl PartState {
             high_watermark: -1,
             last_stable_offset: -1,
             last_fetched_epoch: -1,
+            replica: ReadReplica::Leader,
         }
     }
 }
@@ -162,10 +177,20 @@ pub(crate) enum FetchAction {
 #[derive(Debug, Default)]
 struct BrokerFetch {
     session: FetchSession,
-    /// A fetch to this broker is in flight.
-    in_flight: bool,
+    /// The fetch in flight to this broker, if one is.
+    in_flight: Option<InFlight>,
     /// The broker asked for no request before then (`throttle_time_ms`).
     throttled_until: Option<Instant>,
+}
+
+/// The partitions of a fetch in flight.
+#[derive(Debug)]
+struct InFlight {
+    /// Every partition the session asks for.
+    partitions: BTreeSet<TopicPartition>,
+    /// Those asked of the broker as their follower (KIP-392): its errors
+    /// for them are never theirs (see `replica`).
+    from_follower: BTreeSet<TopicPartition>,
 }
 
 /// The fetch state of one consumer. See the module docs.
@@ -236,15 +261,18 @@ impl Fetcher {
         }
     }
 
-    /// One Fetch for every broker that leads a fetchable partition and has
+    /// One Fetch for every broker that a fetchable partition is read from
+    /// (its leader, or the follower the leader named: KIP-392) and that has
     /// none in flight (pure: `now` and `md` come in, the requests go out).
     ///
     /// A partition is fetchable when it has a position, is not paused (or
     /// paused for less than [`LONG_PAUSE`]: one response is prefetched), is
-    /// not being `revoking`, and has no undrained response buffered. The
-    /// leader of a partition that sits out because of its buffered
-    /// response gets a short wait ([`HELD_BACK_FETCH_WAIT`]) unless it has
-    /// been paused for long.
+    /// not being `revoking`, is in no fetch in flight, and has no undrained
+    /// response buffered. The broker of a partition that sits out because
+    /// of its buffered response gets a short wait ([`HELD_BACK_FETCH_WAIT`])
+    /// unless it has been paused for long. A request carries `client.rack`
+    /// unless one of its partitions is read from the leader because its
+    /// follower failed (see `replica`).
     pub(crate) fn build_requests(
         &mut self,
         md: &Metadata,
@@ -253,13 +281,23 @@ impl Fetcher {
         now: Instant,
     ) -> FetchPlan {
         let buffered: BTreeSet<&TopicPartition> = self.buffered.iter().map(|(tp, _)| tp).collect();
-        let mut by_leader: BTreeMap<i32, BTreeMap<TopicPartition, i64>> = BTreeMap::new();
+        let in_flight: BTreeSet<&TopicPartition> = self
+            .brokers
+            .values()
+            .filter_map(|b| b.in_flight.as_ref())
+            .flat_map(|f| &f.partitions)
+            .collect();
+        let mut by_broker: BTreeMap<i32, BTreeMap<TopicPartition, i64>> = BTreeMap::new();
         let mut epochs: BTreeMap<TopicPartition, (i32, i32)> = BTreeMap::new();
         let mut unknown = Vec::new();
-        // Leaders with a partition sitting out that will want data soon.
+        // Brokers with a partition sitting out that will want data soon.
         let mut held_back: BTreeSet<i32> = BTreeSet::new();
-        for (tp, p) in &self.parts {
-            if revoking.contains(tp) {
+        // Brokers asked without client.rack (a partition's follower failed).
+        let mut rackless: BTreeSet<i32> = BTreeSet::new();
+        // Partitions routed to a follower.
+        let mut to_follower: BTreeSet<TopicPartition> = BTreeSet::new();
+        for (tp, p) in self.parts.iter_mut() {
+            if revoking.contains(tp) || in_flight.contains(tp) {
                 continue;
             }
             if buffered.contains(tp) {
@@ -268,7 +306,7 @@ impl Fetcher {
                     .paused_since
                     .is_none_or(|t| now.saturating_duration_since(t) < LONG_PAUSE);
                 if let (true, Some(b)) = (soon, md.leader(&tp.topic, tp.partition)) {
-                    held_back.insert(b.id);
+                    held_back.insert(p.replica.peek(b.id, now));
                 }
                 continue;
             }
@@ -286,7 +324,22 @@ impl Fetcher {
             };
             match md.leader(&tp.topic, tp.partition) {
                 Some(b) => {
-                    by_leader.entry(b.id).or_default().insert(tp.clone(), pos);
+                    let route = p
+                        .replica
+                        .route(b.id, |id| md.brokers.contains_key(&id), now);
+                    if route.refresh {
+                        unknown.push(tp.topic.clone());
+                    }
+                    if !route.rack {
+                        rackless.insert(route.broker);
+                    }
+                    if route.broker != b.id {
+                        to_follower.insert(tp.clone());
+                    }
+                    by_broker
+                        .entry(route.broker)
+                        .or_default()
+                        .insert(tp.clone(), pos);
                     // KIP-320: fence stale leaders and detect log divergence.
                     let current = md
                         .partition(&tp.topic, tp.partition)
@@ -299,9 +352,9 @@ impl Fetcher {
         unknown.sort();
         unknown.dedup();
         let mut fetches = Vec::new();
-        for (leader, wanted) in by_leader {
-            let broker = self.brokers.entry(leader).or_default();
-            if broker.in_flight || broker.throttled_until.is_some_and(|t| now < t) {
+        for (id, wanted) in by_broker {
+            let broker = self.brokers.entry(id).or_default();
+            if broker.in_flight.is_some() || broker.throttled_until.is_some_and(|t| now < t) {
                 continue;
             }
             let s = broker.session.next_request(&wanted);
@@ -320,7 +373,7 @@ impl Fetcher {
             for tp in &s.forgotten {
                 forgotten.entry(&tp.topic).or_default().push(tp.partition);
             }
-            let wait = if held_back.contains(&leader) {
+            let wait = if held_back.contains(&id) {
                 cfg.fetch_max_wait.min(HELD_BACK_FETCH_WAIT)
             } else {
                 cfg.fetch_max_wait
@@ -330,9 +383,13 @@ impl Fetcher {
                 .with_min_bytes(cfg.fetch_min_bytes)
                 .with_max_bytes(cfg.fetch_max_bytes)
                 .with_isolation_level(cfg.isolation_level.wire())
-                // KIP-392 (Fetch v11+): "" when no rack is set.
+                // KIP-392 (Fetch v11+): "" when no rack is set, or when a
+                // partition's follower failed and its leader must serve it.
                 .with_rack_id(StrBytes::from_string(
-                    cfg.client_rack.clone().unwrap_or_default(),
+                    cfg.client_rack
+                        .clone()
+                        .filter(|_| !rackless.contains(&id))
+                        .unwrap_or_default(),
                 ))
                 .with_session_id(s.session_id)
                 .with_session_epoch(s.epoch)
@@ -356,9 +413,16 @@ impl Fetcher {
                         })
                         .collect(),
                 );
-            broker.in_flight = true;
+            broker.in_flight = Some(InFlight {
+                partitions: wanted.keys().cloned().collect(),
+                from_follower: wanted
+                    .keys()
+                    .filter(|tp| to_follower.contains(*tp))
+                    .cloned()
+                    .collect(),
+            });
             fetches.push(PlannedFetch {
-                broker: leader,
+                broker: id,
                 request,
                 wait,
                 requested: wanted,
@@ -387,6 +451,12 @@ impl Fetcher {
     /// buffered as a cursor, unless the partition moved since the request
     /// (seek, reset, revoked), is `revoking`, or answered an error. What
     /// needs I/O comes back as [`FetchAction`]s, in order.
+    ///
+    /// KIP-392: a leader's `preferred_read_replica` moves its partition to
+    /// that follower for `metadata.max.age.ms`. Any error from a follower
+    /// (the request failed, a partition error, OFFSET_OUT_OF_RANGE
+    /// included: the follower lags) sends its partitions back to the
+    /// leader, never to an offset reset (see `replica`).
     pub(crate) fn apply_response(
         &mut self,
         broker: i32,
@@ -396,15 +466,33 @@ impl Fetcher {
         cfg: &ConsumerConfig,
         now: Instant,
     ) -> Vec<FetchAction> {
-        if let Some(b) = self.brokers.get_mut(&broker) {
-            b.in_flight = false;
-        }
+        let from_follower = self
+            .brokers
+            .get_mut(&broker)
+            .and_then(|b| b.in_flight.take())
+            .map(|f| f.from_follower)
+            .unwrap_or_default();
         let resp = match result {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(broker, error = %e, "fetch failed; retrying");
                 if let Some(b) = self.brokers.get_mut(&broker) {
                     b.session.reset();
+                }
+                let mut left = 0;
+                for tp in &from_follower {
+                    if let Some(p) = self.parts.get_mut(tp) {
+                        if p.replica.is_follower(broker) {
+                            p.replica.follower_failed(now);
+                            left += 1;
+                        }
+                    }
+                }
+                if left > 0 {
+                    tracing::info!(
+                        follower = broker, partitions = left, error = %e,
+                        "fetch from a follower failed: reading those partitions from their leaders"
+                    );
                 }
                 return vec![FetchAction::RefreshMetadata(Vec::new())];
             }
@@ -433,6 +521,31 @@ impl Fetcher {
                 }; // revoked meanwhile
                 if state.position != Some(requested_pos) {
                     continue; // a seek happened: this data is stale
+                }
+                if from_follower.contains(&tp) {
+                    if let Some(code) = KafkaCode::try_from_code(p.error_code) {
+                        // Its leader decides: never a reset, never an error.
+                        tracing::debug!(
+                            %tp, follower = broker, offset = requested_pos, ?code,
+                            high_watermark = p.high_watermark,
+                            "the follower could not serve the partition: reading it from its leader"
+                        );
+                        if state.replica.is_follower(broker) {
+                            state.replica.follower_failed(now);
+                        }
+                        continue;
+                    }
+                } else if state.replica.leader_named(
+                    broker,
+                    p.preferred_read_replica.0,
+                    cfg.client.metadata_max_age,
+                    now,
+                ) {
+                    tracing::debug!(
+                        %tp, leader = broker, follower = p.preferred_read_replica.0,
+                        "the leader named a preferred read replica (KIP-392): reading from it"
+                    );
+                    continue; // the leader sends no records with it
                 }
                 match KafkaCode::try_from_code(p.error_code) {
                     None => {}

@@ -523,3 +523,312 @@ fn a_throttled_broker_is_not_fetched_from_before_its_throttle_time() {
     let brokers: Vec<i32> = plan.fetches.iter().map(|f| f.broker).collect();
     assert_eq!(brokers, vec![1]);
 }
+
+/// [`metadata`] with broker 3 alive too (rack r3: the follower the tests'
+/// leader names).
+fn metadata3(leaders: &[i32]) -> Metadata {
+    let mut md = metadata(leaders);
+    let mut three = md.brokers[&1].clone();
+    three.id = 3;
+    three.rack = Some("r3".into());
+    md.brokers.insert(3, three);
+    md
+}
+
+fn racked(rack: &str) -> ConsumerConfig {
+    let mut c = cfg("earliest");
+    c.client_rack = Some(rack.into());
+    c
+}
+
+/// A leader's answer naming `follower` as the preferred read replica
+/// (KIP-392): no records.
+fn named(p: i32, follower: i32) -> PartitionData {
+    PartitionData::default()
+        .with_partition_index(p)
+        .with_high_watermark(100)
+        .with_preferred_read_replica(follower.into())
+}
+
+/// Where each planned fetch goes: (broker, partitions, rack id sent).
+fn routes(plan: &FetchPlan) -> Vec<(i32, Vec<i32>, String)> {
+    plan.fetches
+        .iter()
+        .map(|f| {
+            (
+                f.broker,
+                f.requested.keys().map(|tp| tp.partition).collect(),
+                f.request.rack_id.to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Partition 0 (of leader 1) moved to follower 3 by the leader's answer;
+/// partition 1 stays with the leader.
+fn following(now: Instant) -> (Fetcher, Metadata, ConsumerConfig) {
+    let md = metadata3(&[1, 1]);
+    let cfg = racked("r3");
+    let mut f = fetcher(&[(0, Some(10)), (1, Some(20))]);
+    let plan = f.build_requests(&md, &[], &cfg, now);
+    assert_eq!(routes(&plan), vec![(1, vec![0, 1], "r3".to_string())]);
+    let actions = f.apply_response(
+        1,
+        &plan.fetches[0].requested,
+        Ok(response(vec![named(0, 3), data(1, 20, 2)])),
+        &[],
+        &cfg,
+        now,
+    );
+    assert!(actions.is_empty(), "{actions:?}");
+    (f, md, cfg)
+}
+
+/// DESIGN invariant 77 (issue 31's failing input 1): the leader answers a
+/// consumer in another rack with no records and a preferred read replica;
+/// the partition is fetched from that follower from then on, for
+/// `metadata.max.age.ms`, then from the leader again (which may name it
+/// again).
+#[test]
+fn a_named_follower_is_fetched_from_until_metadata_max_age() {
+    let t = Instant::now();
+    let (mut f, md, cfg) = following(t);
+    assert_eq!(f.drain(100).0.len(), 1, "partition 1's records");
+    let plan = f.build_requests(&md, &[], &cfg, t);
+    assert_eq!(
+        routes(&plan),
+        vec![
+            (1, vec![1], "r3".to_string()),
+            (3, vec![0], "r3".to_string())
+        ],
+        "partition 0 at its follower, with the rack"
+    );
+    assert_eq!(
+        asked(&plan.fetches[1]),
+        vec![(0, 10, 7, -1)],
+        "the leader epoch is checked there too"
+    );
+    // The follower's records are buffered and drained like the leader's.
+    let follower = plan.fetches.iter().find(|p| p.broker == 3).unwrap();
+    let actions = f.apply_response(
+        3,
+        &follower.requested,
+        Ok(response(vec![data(0, 10, 4)])),
+        &[],
+        &cfg,
+        t,
+    );
+    assert!(actions.is_empty());
+    let (out, _) = f.drain(100);
+    assert_eq!((out[0].tp.partition, out[0].records.len()), (0, 4));
+    let leader = plan.fetches.iter().find(|p| p.broker == 1).unwrap();
+    f.apply_response(1, &leader.requested, Ok(response(vec![])), &[], &cfg, t);
+
+    // Just before the lifetime ends: still the follower.
+    let age = cfg.client.metadata_max_age;
+    let plan = f.build_requests(&md, &[], &cfg, t + age - Duration::from_millis(1));
+    assert!(routes(&plan).contains(&(3, vec![0], "r3".to_string())));
+    for p in &plan.fetches {
+        f.apply_response(p.broker, &p.requested, Ok(response(vec![])), &[], &cfg, t);
+    }
+    // Then the leader is asked again, with the rack.
+    let plan = f.build_requests(&md, &[], &cfg, t + age);
+    assert_eq!(routes(&plan), vec![(1, vec![0, 1], "r3".to_string())]);
+}
+
+#[test]
+fn a_failed_follower_sends_its_partitions_to_the_leader_without_the_rack() {
+    let t = Instant::now();
+    let (mut f, md, cfg) = following(t);
+    f.drain(100);
+    let plan = f.build_requests(&md, &[], &cfg, t);
+    let follower = plan.fetches.iter().find(|p| p.broker == 3).unwrap();
+    let leader = plan.fetches.iter().find(|p| p.broker == 1).unwrap();
+    f.apply_response(1, &leader.requested, Ok(response(vec![])), &[], &cfg, t);
+    // The follower's node was killed: its connection broke.
+    let actions = f.apply_response(
+        3,
+        &follower.requested,
+        Err(Error::Metadata("connection reset".into())),
+        &[],
+        &cfg,
+        t,
+    );
+    assert!(matches!(&actions[..], [FetchAction::RefreshMetadata(ts)] if ts.is_empty()));
+    // The metadata still lists node 3 (not fenced yet): the leader is
+    // asked without the rack, so it serves the partition itself.
+    let plan = f.build_requests(&md, &[], &cfg, t);
+    assert_eq!(routes(&plan), vec![(1, vec![0, 1], String::new())]);
+    f.apply_response(
+        1,
+        &plan.fetches[0].requested,
+        Ok(response(vec![data(0, 10, 3)])),
+        &[],
+        &cfg,
+        t,
+    );
+    assert_eq!(f.drain(100).0[0].records.len(), 3, "read from the leader");
+    // After the back-off, the rack again (the leader may name a follower).
+    let plan = f.build_requests(&md, &[], &cfg, t + replica::FOLLOWER_BACKOFF);
+    assert_eq!(routes(&plan), vec![(1, vec![0, 1], "r3".to_string())]);
+}
+
+/// DESIGN invariant 77: a follower's OFFSET_OUT_OF_RANGE at or past its
+/// high watermark means it lags behind the leader: the partition goes back
+/// to the leader, and its position is never reset. The leader's own
+/// OFFSET_OUT_OF_RANGE still is one.
+#[test]
+fn a_followers_out_of_range_goes_back_to_the_leader_and_never_resets() {
+    let t = Instant::now();
+    let (mut f, md, cfg) = following(t);
+    f.drain(100);
+    let plan = f.build_requests(&md, &[], &cfg, t);
+    let follower = plan.fetches.iter().find(|p| p.broker == 3).unwrap();
+    let lagging = PartitionData::default()
+        .with_partition_index(0)
+        .with_error_code(1 /* OFFSET_OUT_OF_RANGE */)
+        .with_high_watermark(8)
+        .with_log_start_offset(0);
+    let actions = f.apply_response(
+        3,
+        &follower.requested,
+        Ok(response(vec![lagging])),
+        &[],
+        &cfg,
+        t,
+    );
+    assert!(
+        actions.is_empty(),
+        "no reset, no metadata refresh: {actions:?}"
+    );
+    assert_eq!(f.parts[&tp(0)].position, Some(10));
+    let leader = plan.fetches.iter().find(|p| p.broker == 1).unwrap();
+    f.apply_response(1, &leader.requested, Ok(response(vec![])), &[], &cfg, t);
+
+    let plan = f.build_requests(&md, &[], &cfg, t);
+    assert_eq!(routes(&plan), vec![(1, vec![0, 1], String::new())]);
+    // The leader says out of range too: now it is one.
+    let actions = f.apply_response(
+        1,
+        &plan.fetches[0].requested,
+        Ok(response(vec![PartitionData::default()
+            .with_partition_index(0)
+            .with_error_code(1)])),
+        &[],
+        &cfg,
+        t,
+    );
+    assert!(
+        matches!(&actions[..], [FetchAction::OutOfRange { tp: p, offset: 10 }] if *p == tp(0)),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn any_partition_error_of_a_follower_goes_back_to_the_leader_without_a_refresh() {
+    let t = Instant::now();
+    for code in [
+        6,  /* NOT_LEADER_OR_FOLLOWER */
+        9,  /* REPLICA_NOT_AVAILABLE */
+        74, /* FENCED_LEADER_EPOCH */
+    ] {
+        let (mut f, md, cfg) = following(t);
+        f.drain(100);
+        let plan = f.build_requests(&md, &[], &cfg, t);
+        let follower = plan.fetches.iter().find(|p| p.broker == 3).unwrap();
+        let actions = f.apply_response(
+            3,
+            &follower.requested,
+            Ok(response(vec![PartitionData::default()
+                .with_partition_index(0)
+                .with_error_code(code)])),
+            &[],
+            &cfg,
+            t,
+        );
+        assert!(actions.is_empty(), "code {code}: {actions:?}");
+        let leader = plan.fetches.iter().find(|p| p.broker == 1).unwrap();
+        f.apply_response(1, &leader.requested, Ok(response(vec![])), &[], &cfg, t);
+        let plan = f.build_requests(&md, &[], &cfg, t);
+        assert_eq!(
+            routes(&plan),
+            vec![(1, vec![0, 1], String::new())],
+            "code {code}"
+        );
+    }
+}
+
+#[test]
+fn a_follower_missing_from_the_metadata_is_read_at_the_leader_and_refreshed() {
+    let t = Instant::now();
+    let (mut f, _, cfg) = following(t);
+    f.drain(100);
+    // Node 3 left the metadata (fenced, or not learned yet).
+    let md = metadata(&[1, 1]);
+    let plan = f.build_requests(&md, &[], &cfg, t);
+    assert_eq!(routes(&plan), vec![(1, vec![0, 1], String::new())]);
+    assert_eq!(plan.unknown_leaders, vec!["t".to_string()]);
+}
+
+/// DESIGN invariant 77: a partition in a fetch in flight is not asked of
+/// another broker before that fetch's answer is applied (its leader moved
+/// meanwhile): both answers would be buffered at the same position, and
+/// its records handed out twice.
+#[test]
+fn a_partition_in_flight_is_not_fetched_from_another_broker_meanwhile() {
+    let t = Instant::now();
+    let cfg = cfg("earliest");
+    let mut f = fetcher(&[(0, Some(10)), (1, Some(20))]);
+    let plan = f.build_requests(&metadata(&[1, 1]), &[], &cfg, t);
+    assert_eq!(plan.fetches.len(), 1);
+    // Partition 0's leadership moves to broker 2 while the fetch is out.
+    let moved = metadata(&[2, 1]);
+    let plan2 = f.build_requests(&moved, &[], &cfg, t);
+    assert!(plan2.fetches.is_empty(), "{:?}", routes(&plan2));
+    f.apply_response(
+        1,
+        &plan.fetches[0].requested,
+        Ok(response(vec![data(0, 10, 2)])),
+        &[],
+        &cfg,
+        t,
+    );
+    let (out, _) = f.drain(100);
+    assert_eq!(out[0].records.len(), 2);
+    let plan3 = f.build_requests(&moved, &[], &cfg, t);
+    let mut r = routes(&plan3);
+    r.sort();
+    assert_eq!(
+        r,
+        vec![(1, vec![1], String::new()), (2, vec![0], String::new())]
+    );
+}
+
+/// Whether an answer is a follower's is decided by how the partition was
+/// asked, not by its state when the answer comes: revoked and assigned
+/// again meanwhile (a fresh state: the leader), a lagging follower's
+/// OFFSET_OUT_OF_RANGE is still no reset.
+#[test]
+fn a_followers_answer_stays_a_followers_when_the_partition_was_assigned_anew_meanwhile() {
+    let t = Instant::now();
+    let (mut f, md, cfg) = following(t);
+    f.drain(100);
+    let plan = f.build_requests(&md, &[], &cfg, t);
+    let follower = plan.fetches.iter().find(|p| p.broker == 3).unwrap();
+    f.remove(&[tp(0)]);
+    let mut again = PartState::new(1);
+    again.position = Some(10);
+    f.parts.insert(tp(0), again);
+    let actions = f.apply_response(
+        3,
+        &follower.requested,
+        Ok(response(vec![PartitionData::default()
+            .with_partition_index(0)
+            .with_error_code(1 /* OFFSET_OUT_OF_RANGE */)])),
+        &[],
+        &cfg,
+        t,
+    );
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(f.parts[&tp(0)].position, Some(10));
+}

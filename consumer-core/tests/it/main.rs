@@ -9,11 +9,20 @@
 //!   classic: it exercises group membership;
 //! - `kip848::` on Kafka 3.9.1 with KIP-848 turned on (v0 heartbeats);
 //! - `alone::` (ignored in the shared run) by itself, last: it stops or
-//!   restarts the broker.
+//!   restarts the broker;
+//! - `cluster::` (ignored in the shared run) on the three-node cluster
+//!   (`cargo xtask cluster up`, racks r1..r3), one at a time, in the
+//!   step after every broker pass: it needs followers and racks, and
+//!   kills nodes.
 //!
 //! Everything else runs once, on the main broker, classic groups.
 
 mod common;
+
+mod cluster {
+    mod follower_fetch;
+    mod sasl_reauth;
+}
 
 mod compat {
     mod consumer;

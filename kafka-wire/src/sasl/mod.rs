@@ -5,6 +5,15 @@
 //! unit test). `authenticate` (crate-private) drives one through SaslHandshake and
 //! SaslAuthenticate on the normal request path. A failure is
 //! [`Error::Auth`]: fatal, never retried, naming the mechanism and broker.
+//!
+//! Re-authentication (KIP-368): a broker with `connections.max.reauth.ms`
+//! answers SaslAuthenticate (v1+) with the session's lifetime and cuts the
+//! connection at the first request after it ends. `authenticate` then
+//! schedules the same exchange again on the connection task at a random
+//! point between 85 % and 95 % of the lifetime (Java's choice), and so on
+//! after each one; the task holds every other request back meanwhile (see
+//! [`crate::connection`]). OAUTHBEARER asks its [`TokenProvider`] for a
+//! token at every exchange.
 
 use std::fmt;
 use std::future::Future;
@@ -18,7 +27,9 @@ use bytes::Bytes;
 use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
 use kafka_protocol::protocol::StrBytes;
 
-use crate::connection::RawConnection;
+use tokio::time::Instant;
+
+use crate::connection::{RawConnection, Reauthenticate};
 use crate::error::{Error, Result};
 use crate::versions::ApiVersionTable;
 
@@ -138,7 +149,9 @@ impl SaslConfig {
     }
 }
 
-/// Authenticate `conn` with `cfg`: SaslHandshake, then SaslAuthenticate rounds.
+/// Authenticate `conn` with `cfg`: SaslHandshake, then SaslAuthenticate
+/// rounds. When the broker bounds the session (KIP-368), the connection
+/// re-authenticates before its end, again and again, until it closes.
 pub(crate) async fn authenticate(
     conn: &RawConnection,
     versions: &ApiVersionTable,
@@ -146,6 +159,51 @@ pub(crate) async fn authenticate(
     broker: &str,
     timeout: Duration,
 ) -> Result<()> {
+    let lifetime = exchange(conn, versions, cfg, broker, timeout).await?;
+    if let Some(due) = next_reauthentication(lifetime, Instant::now(), rand::random()) {
+        let (versions, cfg, broker) = (versions.clone(), cfg.clone(), broker.to_string());
+        let run: Reauthenticate = Arc::new(move |handle: RawConnection| {
+            let (versions, cfg, broker) = (versions.clone(), cfg.clone(), broker.clone());
+            Box::pin(async move {
+                let lifetime = exchange(&handle, &versions, &cfg, &broker, timeout).await?;
+                Ok(next_reauthentication(
+                    lifetime,
+                    Instant::now(),
+                    rand::random(),
+                ))
+            })
+        });
+        tracing::debug!(
+            broker = conn.label(),
+            session_lifetime_ms = lifetime.as_millis() as u64,
+            "the broker bounds the SASL session (KIP-368): re-authenticating before it ends"
+        );
+        conn.reauthenticate_at(due, run);
+    }
+    Ok(())
+}
+
+/// When to re-authenticate a session of `lifetime` that began at `now`
+/// (`None` for a zero lifetime: the broker does not bound it): at
+/// 85 % + `r` × 10 % of it (`r` in [0, 1), random), as Java does, so the
+/// connections of many clients do not all re-authenticate at once and a
+/// request in flight (a fetch's long poll) has time to finish first.
+pub(crate) fn next_reauthentication(lifetime: Duration, now: Instant, r: f64) -> Option<Instant> {
+    if lifetime.is_zero() {
+        return None;
+    }
+    Some(now + lifetime.mul_f64(0.85 + 0.10 * r.clamp(0.0, 1.0)))
+}
+
+/// One SASL exchange on `conn`; the session lifetime the broker answered
+/// (`session_lifetime_ms`, SaslAuthenticate v1+; zero: unbounded).
+async fn exchange(
+    conn: &RawConnection,
+    versions: &ApiVersionTable,
+    cfg: &SaslConfig,
+    broker: &str,
+    timeout: Duration,
+) -> Result<Duration> {
     use kafka_protocol::messages::ApiKey;
     let mechanism = cfg.mechanism_name();
     let fail = |reason: String| Error::Auth {
@@ -194,12 +252,16 @@ pub(crate) async fn authenticate(
                 .unwrap_or_else(|| format!("error code {}", resp.error_code));
             return Err(fail(msg));
         }
-        Ok::<Bytes, Error>(resp.auth_bytes)
+        let lifetime = Duration::from_millis(u64::try_from(resp.session_lifetime_ms).unwrap_or(0));
+        Ok::<(Bytes, Duration), Error>((resp.auth_bytes, lifetime))
     };
 
-    match cfg {
+    // The last round's answer carries the session's lifetime.
+    let lifetime = match cfg {
         SaslConfig::Plain { username, password } => {
-            round(format!("\0{username}\0{password}").into_bytes()).await?;
+            round(format!("\0{username}\0{password}").into_bytes())
+                .await?
+                .1
         }
         #[cfg(feature = "scram")]
         SaslConfig::ScramSha256 { username, password }
@@ -210,17 +272,21 @@ pub(crate) async fn authenticate(
                 ScramHash::Sha512
             };
             let mut scram = ScramClient::new(hash, username, password, ScramClient::random_nonce());
-            let server_first = round(scram.client_first()).await?;
+            let (server_first, _) = round(scram.client_first()).await?;
             let client_final = scram.handle_server_first(&server_first).map_err(fail)?;
-            let server_final = round(client_final).await?;
+            let (server_final, lifetime) = round(client_final).await?;
             scram.handle_server_final(&server_final).map_err(fail)?;
+            lifetime
         }
         SaslConfig::OAuthBearer { provider } => {
+            // Asked again at every (re-)authentication: a fresh token.
             let token = provider
                 .token()
                 .await
                 .map_err(|e| fail(format!("the token provider failed: {e}")))?;
-            round(format!("n,,\x01auth=Bearer {token}\x01\x01").into_bytes()).await?;
+            round(format!("n,,\x01auth=Bearer {token}\x01\x01").into_bytes())
+                .await?
+                .1
         }
         #[cfg(not(feature = "scram"))]
         SaslConfig::ScramSha256 { .. } | SaslConfig::ScramSha512 { .. } => {
@@ -229,6 +295,33 @@ pub(crate) async fn authenticate(
                     .into(),
             ));
         }
+    };
+    Ok(lifetime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reauthentication_falls_between_85_and_95_percent_of_the_lifetime() {
+        let now = Instant::now();
+        let life = Duration::from_secs(10);
+        assert_eq!(
+            next_reauthentication(Duration::ZERO, now, 0.5),
+            None,
+            "unbounded"
+        );
+        assert_eq!(
+            next_reauthentication(life, now, 0.0),
+            Some(now + Duration::from_millis(8_500))
+        );
+        assert_eq!(
+            next_reauthentication(life, now, 0.5),
+            Some(now + Duration::from_millis(9_000))
+        );
+        let late = next_reauthentication(life, now, 0.999_999).unwrap();
+        assert!(late < now + Duration::from_millis(9_500) + Duration::from_micros(10));
+        assert!(late > now + Duration::from_millis(9_499));
     }
-    Ok(())
 }

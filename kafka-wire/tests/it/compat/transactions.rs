@@ -245,3 +245,36 @@ async fn a_record_too_large_for_the_topic_makes_the_transaction_abortable_not_fa
         .await
         .expect("the producer is still usable");
 }
+
+/// A transaction the coordinator never heard of (its only record refused
+/// before it was sent: too large for `max.request.size`) ends here: abort
+/// and commit both succeed without an EndTxn, which the coordinator
+/// refuses with INVALID_TXN_STATE (the exactly-once processor took that
+/// for fencing and stopped; found by the live property test). The next
+/// transaction works.
+#[tokio::test]
+async fn a_transaction_with_nothing_sent_ends_without_the_coordinator() {
+    let broker = testkit::require_broker!();
+    let client = testkit::client(&broker).await;
+    let topic = testkit::create_topic(&client, "txn-empty", 1).await;
+    let p = transactional(&client, &broker, &testkit::unique_name("txn-empty-id")).await;
+
+    p.begin_transaction().await.unwrap();
+    let too_large = ProducerRecord::new(&topic)
+        .partition(0)
+        .value(vec![b'x'; 2 * 1024 * 1024]);
+    let refused = p.send(too_large).await;
+    assert!(refused.is_err(), "a 2 MiB record passed max.request.size");
+    p.abort_transaction()
+        .await
+        .expect("aborting a transaction nothing reached");
+
+    p.begin_transaction().await.unwrap();
+    p.commit_transaction()
+        .await
+        .expect("committing an empty transaction");
+
+    p.begin_transaction().await.unwrap();
+    send_all(&p, &topic, &["after"]).await;
+    p.commit_transaction().await.expect("the next transaction");
+}
