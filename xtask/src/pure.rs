@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::bail;
 
-use crate::shell::{self, workspace_root};
+use crate::shell;
 
 /// The crates users embed. Everything else (lab, tests, xtask, bench) may use C.
 pub const LIBRARY_CRATES: &[&str] = &[
@@ -84,8 +84,9 @@ pub fn check_pure() -> anyhow::Result<()> {
     );
 
     eprintln!(
-        "check-pure: checking the library crates from scratch with CC=/bin/false \
-         (its own target dir; build scripts run, as in a build; a few minutes the first time)"
+        "check-pure: checking the library crates with CC=/bin/false (build scripts run, \
+         as in a build; `cargo xtask test` runs this before clippy, so on a clean clone \
+         every build script's first run is under CC=/bin/false)"
     );
     // `cargo check` runs every build script (where a C compiler would be
     // called) and compiles proc macros, as a build does; it skips only the
@@ -94,8 +95,7 @@ pub fn check_pure() -> anyhow::Result<()> {
     // Not --quiet: cargo's own progress shows while it checks.
     let mut build = shell::cargo();
     build
-        .args(["check", "--all-features", "--target-dir"])
-        .arg(workspace_root().join("target").join("check-pure"))
+        .args(["check", "--all-features"])
         .env("CC", "/bin/false")
         .env("CXX", "/bin/false");
     for krate in LIBRARY_CRATES {
@@ -116,8 +116,7 @@ pub fn check_pure() -> anyhow::Result<()> {
     eprintln!("check-pure: the same with --no-default-features");
     let mut minimal = shell::cargo();
     minimal
-        .args(["check", "--no-default-features", "--target-dir"])
-        .arg(workspace_root().join("target").join("check-pure"))
+        .args(["check", "--no-default-features"])
         .env("CC", "/bin/false")
         .env("CXX", "/bin/false");
     for krate in LIBRARY_CRATES {
