@@ -45,7 +45,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{
     Config, FileFailurePersistence, RngSeed, TestCaseError, TestError, TestRunner,
 };
-use resilience::dedup::InMemoryDedup;
+use resilience::dedup::postgres::PgDedup;
+use resilience::dedup::{DedupStore, InMemoryDedup};
 use resilience::dlt::DeadRecord;
 use resilience::eos::{TransactionalProcessor, TransformFuture, Transformer};
 use resilience::observe::{Event, EventLog};
@@ -105,6 +106,9 @@ enum Op {
     },
     /// Start the exactly-once member, or kill it if it runs.
     ExactlyOnce,
+    /// Stop PostgreSQL (the members' `DedupStore` is `PgDedup` in the
+    /// `alone::` variant) for this many milliseconds, then start it.
+    RestartPostgres(u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -139,6 +143,26 @@ fn case() -> impl Strategy<Value = (u64, Vec<Op>)> {
     (any::<u64>(), prop::collection::vec(op(), 3..9))
 }
 
+/// A case of the PostgreSQL variant: PostgreSQL restarts too.
+fn case_with_postgres() -> impl Strategy<Value = (u64, Vec<Op>)> {
+    let op = prop_oneof![
+        6 => op(),
+        1 => (500u64..4_000).prop_map(Op::RestartPostgres),
+    ];
+    // A member from the start, so the restarts meet running members.
+    (any::<u64>(), prop::collection::vec(op, 3..9)).prop_map(|(seed, mut ops)| {
+        ops.insert(0, Op::Start);
+        (seed, ops)
+    })
+}
+
+/// The members' shared `DedupStore`: in memory, or `PgDedup` on the
+/// server the xtask started (which the case may restart).
+enum Store {
+    Memory(Arc<InMemoryDedup>),
+    Postgres(Arc<PgDedup>, Arc<testkit::PostgresServer>),
+}
+
 /// What one case runs against.
 struct World {
     b: testkit::BrokerEnv,
@@ -152,7 +176,7 @@ struct World {
     producer: Producer,
     proxy: FaultProxy,
     sink: Arc<Sink>,
-    store: Arc<InMemoryDedup>,
+    store: Store,
     /// Record numbers that fail for good / fail once.
     poison: Arc<Mutex<HashSet<u32>>>,
     transient: Arc<Mutex<HashSet<u32>>>,
@@ -239,7 +263,7 @@ impl Transformer for LiveTransformer {
 }
 
 impl World {
-    async fn new(b: &testkit::BrokerEnv, seed: u64) -> World {
+    async fn new(b: &testkit::BrokerEnv, seed: u64, store: Store) -> World {
         let admin = testkit::client(b).await;
         let topic = testkit::create_topic(&admin, "live", PARTITIONS).await;
         admin
@@ -264,7 +288,7 @@ impl World {
             producer,
             proxy: FaultProxy::new(seed),
             sink: Arc::default(),
-            store: Arc::new(InMemoryDedup::new(1_000_000)),
+            store,
             poison: Arc::default(),
             transient: Arc::default(),
             panics: Arc::default(),
@@ -285,6 +309,28 @@ impl World {
             eos_txn_id: testkit::unique_name("live-eos"),
             out_topic,
             deleted_below: BTreeMap::new(),
+        }
+    }
+
+    fn dedup_store(&self) -> Arc<dyn DedupStore> {
+        match &self.store {
+            Store::Memory(m) => m.clone(),
+            Store::Postgres(pg, _) => pg.clone(),
+        }
+    }
+
+    /// The record key, under the case's group in PostgreSQL (its table
+    /// outlives the case: keys repeat from case to case).
+    fn key_source(&self) -> KeySource {
+        match &self.store {
+            Store::Memory(_) => KeySource::RecordKey,
+            Store::Postgres(..) => {
+                let group = self.group.clone();
+                KeySource::Custom(Arc::new(move |_, r| {
+                    let key = r.key.as_deref()?;
+                    Some(format!("{group}/{}", String::from_utf8_lossy(key)))
+                }))
+            }
         }
     }
 
@@ -494,7 +540,7 @@ impl World {
                 initial: Duration::from_millis(10),
                 ..BackoffPolicy::default()
             })
-            .idempotency(KeySource::RecordKey, self.store.clone())
+            .idempotency(self.key_source(), self.dedup_store())
             .observer(log.clone());
         cfg.create_topics = false;
         cfg.consumer.client.connector = self.proxy.connector();
@@ -638,6 +684,19 @@ impl World {
                 }
                 None => self.start_eos(),
             },
+            Op::RestartPostgres(down_ms) => {
+                if let Store::Postgres(_, server) = &self.store {
+                    let server = server.clone();
+                    tokio::task::spawn_blocking(move || {
+                        server.stop()?;
+                        std::thread::sleep(Duration::from_millis(down_ms));
+                        server.start()
+                    })
+                    .await
+                    .expect("restart task")
+                    .expect("PostgreSQL stopped and started");
+                }
+            }
             Op::Slow(ms) => self.slow_ms.store(ms, AtomicOrdering::Relaxed),
             Op::Fault => self.proxy.reset_all(),
             Op::Advance(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
@@ -813,7 +872,17 @@ impl World {
 }
 
 async fn run_case(b: &testkit::BrokerEnv, seed: u64, ops: &[Op]) -> Result<(), String> {
-    let mut world = World::new(b, seed).await;
+    let store = Store::Memory(Arc::new(InMemoryDedup::new(1_000_000)));
+    run_case_with(b, seed, ops, store).await
+}
+
+async fn run_case_with(
+    b: &testkit::BrokerEnv,
+    seed: u64,
+    ops: &[Op],
+    store: Store,
+) -> Result<(), String> {
+    let mut world = World::new(b, seed, store).await;
     for (i, op) in ops.iter().enumerate() {
         world.apply(op).await;
         world.check(&format!("after step {i} {op:?}")).await?;
@@ -844,13 +913,25 @@ fn env_u64(key: &str) -> Option<u64> {
 fn live_operation_sequences_keep_every_promise() {
     let b = testkit::require_broker!();
     let cases = env_u64("SIM_CASES").unwrap_or(8) as u32;
+    run_property(cases, "live_props.txt", case(), |rt, seed, ops| {
+        rt.block_on(run_case(&b, seed, ops))
+    });
+}
+
+/// Run `cases` cases of `strategy` (`SIM_SEED`, `SIM_SHRINK` as above),
+/// failures saved to `sim-tests/regressions/<regressions>`.
+fn run_property(
+    cases: u32,
+    regressions: &str,
+    strategy: impl Strategy<Value = (u64, Vec<Op>)>,
+    run: impl Fn(&tokio::runtime::Runtime, u64, &[Op]) -> Result<(), String>,
+) {
     let seed = env_u64("SIM_SEED");
     let config = Config {
         cases,
         max_shrink_iters: env_u64("SIM_SHRINK").unwrap_or(12) as u32,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/regressions/live_props.txt"
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(Box::leak(
+            format!("{}/regressions/{regressions}", env!("CARGO_MANIFEST_DIR")).into_boxed_str(),
         )))),
         rng_seed: seed.map_or(RngSeed::Random, RngSeed::Fixed),
         ..Config::default()
@@ -862,10 +943,9 @@ fn live_operation_sequences_keep_every_promise() {
         .expect("tokio runtime");
     let mut runner = TestRunner::new(config);
     let started = std::time::Instant::now();
-    let result = runner.run(&case(), |(seed, ops)| {
+    let result = runner.run(&strategy, |(seed, ops)| {
         println!("case: proxy seed {seed}, {} ops: {ops:?}", ops.len());
-        rt.block_on(run_case(&b, seed, &ops))
-            .map_err(TestCaseError::fail)
+        run(&rt, seed, &ops).map_err(TestCaseError::fail)
     });
     println!(
         "live property test: {cases} cases in {:.0} s",
@@ -877,6 +957,40 @@ fn live_operation_sequences_keep_every_promise() {
             panic!("{why}\nminimal failing case: proxy seed {seed}, ops {ops:?}")
         }
         Err(e) => panic!("{e}"),
+    }
+}
+
+/// Tests that stop the shared PostgreSQL: run alone, last.
+mod alone {
+    use super::*;
+
+    /// The same promises with the members' `DedupStore` in PostgreSQL,
+    /// which the cases stop and start (`RestartPostgres`): a store outage
+    /// is waited out, never a record skipped, dead-lettered or applied
+    /// twice. `SIM_PG_CASES` cases (default 3).
+    #[test]
+    #[ignore = "stops and starts the shared PostgreSQL: cargo xtask test runs it alone"]
+    fn live_operation_sequences_with_postgres_restarts_keep_every_promise() {
+        let b = testkit::require_broker!();
+        let pg_url = testkit::require_postgres!();
+        let server = Arc::new(testkit::PostgresServer::of(&pg_url).unwrap_or_else(|| {
+            panic!("PG_URL ({pg_url}) is not the server of `cargo xtask postgres up`: cannot restart it")
+        }));
+        let cases = env_u64("SIM_PG_CASES").unwrap_or(3) as u32;
+        run_property(
+            cases,
+            "live_props_postgres.txt",
+            case_with_postgres(),
+            |rt, seed, ops| {
+                rt.block_on(async {
+                    let pg = PgDedup::connect(&pg_url, 4)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let store = Store::Postgres(Arc::new(pg), server.clone());
+                    run_case_with(&b, seed, ops, store).await
+                })
+            },
+        );
     }
 }
 
