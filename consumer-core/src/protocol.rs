@@ -249,6 +249,9 @@ mod tests {
             vec![TopicPartition::new("t", 0), TopicPartition::new("t", 2)]
         );
         assert_eq!(back.generation, 7);
+        assert_eq!(back.rack.as_deref(), Some("r1"), "KIP-881: client.rack");
+        // Below v3 there is no rack to send.
+        assert_eq!(Subscription::decode(&s.encode(2)).unwrap().rack, None);
     }
 
     #[test]

@@ -11,7 +11,16 @@
 //! | `roundrobin` | eager | all partitions dealt round the members |
 //! | `sticky` | eager | balanced, moving as little as possible |
 //! | `cooperative-sticky` | cooperative (KIP-429) | as sticky, but a moving partition is first only revoked |
+//!
+//! Rack-aware (KIP-881): when members send `client.rack` (subscription v3)
+//! and the leader knows its replicas' racks ([`ReplicaRacks`], from
+//! metadata), `range`, `sticky` and `cooperative-sticky` place partitions
+//! on members in a rack that holds a replica, as Java's do, without
+//! changing the balance or taking a partition from an owner in a right
+//! rack (`rack.rs`). With no racks on either side the assignment is the
+//! rack-oblivious one. `roundrobin` ignores racks, as Java's does.
 
+mod rack;
 mod range;
 mod roundrobin;
 mod sticky;
@@ -21,6 +30,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
+pub use rack::ReplicaRacks;
 pub use range::RangeAssignor;
 pub use roundrobin::RoundRobinAssignor;
 pub use sticky::{CooperativeStickyAssignor, StickyAssignor};
@@ -80,6 +90,19 @@ pub trait Assignor: Send + Sync + fmt::Debug {
         members: &[Member],
         partitions_per_topic: &BTreeMap<String, i32>,
     ) -> GroupAssignment;
+
+    /// [`assign`](Self::assign), knowing which racks hold each partition's
+    /// replicas (KIP-881); each member's rack is in its subscription. The
+    /// group leader calls this one. By default the racks are ignored.
+    fn assign_with_racks(
+        &self,
+        members: &[Member],
+        partitions_per_topic: &BTreeMap<String, i32>,
+        racks: &ReplicaRacks,
+    ) -> GroupAssignment {
+        let _ = racks;
+        self.assign(members, partitions_per_topic)
+    }
 }
 
 /// Members sorted by [`Member::sort_key`].

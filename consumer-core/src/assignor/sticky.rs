@@ -10,6 +10,15 @@
 //!    could take one of them, move one. Only over-full members lose
 //!    partitions, so the movement is the minimum balance requires.
 //!
+//! Rack-aware (KIP-881, [`super::rack`]): with members' racks and replicas'
+//! racks known, the partitions are then placed again with every member's
+//! count kept: an owner keeps what it may keep when its rack holds a
+//! replica (or racks say nothing); a partition owned in the wrong rack, or
+//! not owned, goes to a member in a replica's rack where the counts allow;
+//! anything else stays where steps 1-3 put it when it can. As Java's:
+//! balance, then racks, then stickiness, except that an owner in the right
+//! rack is never moved for racks.
+//!
 //! `cooperative-sticky` (KIP-429) then withholds every partition that
 //! changes owner: its old owner sees it missing and revokes it, and the
 //! follow-up rebalance hands it to the new owner. Nobody stops consuming the
@@ -19,9 +28,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::rack::{member_rack, mismatched, Capacity, Part, Problem, RackIds};
 use super::{
     empty_assignment, sorted_members, subscribed_partitions, Assignor, GroupAssignment, Member,
-    RebalanceProtocol,
+    RebalanceProtocol, ReplicaRacks,
 };
 use crate::tp::TopicPartition;
 
@@ -121,11 +131,12 @@ fn previous_owners<'m>(sorted: &[&'m Member]) -> BTreeMap<TopicPartition, (i32, 
     owner
 }
 
-/// The balanced, sticky assignment (steps 1–3 above), and the previous
-/// owners it started from ([`previous_owners`]).
+/// The balanced, sticky assignment (steps 1–3 above, then racks), and the
+/// previous owners it started from ([`previous_owners`]).
 fn sticky_assign<'m>(
     members: &'m [Member],
     partitions_per_topic: &BTreeMap<String, i32>,
+    racks: &ReplicaRacks,
 ) -> (GroupAssignment, BTreeMap<TopicPartition, (i32, &'m Member)>) {
     let mut out = empty_assignment(members);
     let sorted = sorted_members(members);
@@ -181,10 +192,104 @@ fn sticky_assign<'m>(
         out.get_mut(&from).expect("member").retain(|x| *x != tp);
         out.get_mut(&to).expect("member").push(tp);
     }
+    if !racks.is_empty() {
+        place_by_rack(&sorted, &all, &owner, &mut out, racks);
+    }
     for parts in out.values_mut() {
         parts.sort();
     }
     (out, previous)
+}
+
+/// Place `all` again by rack ([`super::rack`]), each member keeping the
+/// count `out` gives it; `kept` is step 1's owner of each partition. `out`
+/// stays as it is when racks cannot improve it.
+fn place_by_rack(
+    sorted: &[&Member],
+    all: &[TopicPartition],
+    kept: &BTreeMap<&TopicPartition, &str>,
+    out: &mut GroupAssignment,
+    racks: &ReplicaRacks,
+) {
+    // One index per member id (the first listed, as `out` has one entry).
+    let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut members: Vec<&Member> = Vec::new();
+    for m in sorted {
+        if !index.contains_key(m.member_id.as_str()) {
+            index.insert(&m.member_id, members.len());
+            members.push(m);
+        }
+    }
+    let ids = RackIds::new(members.iter().map(|m| member_rack(m)));
+    if ids.is_empty() {
+        return;
+    }
+    let mut lists: BTreeMap<Vec<usize>, usize> = BTreeMap::new();
+    let mut list_of_topic: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut baseline: BTreeMap<&TopicPartition, usize> = BTreeMap::new();
+    for (id, parts) in out.iter() {
+        for tp in parts {
+            baseline.insert(tp, index[id.as_str()]);
+        }
+    }
+    let mut parts = Vec::with_capacity(all.len());
+    for tp in all {
+        let eligible = match list_of_topic.get(tp.topic.as_str()) {
+            Some(&e) => e,
+            None => {
+                let list: Vec<usize> = (0..members.len())
+                    .filter(|&i| members[i].subscription.topics.contains(&tp.topic))
+                    .collect();
+                let next = lists.len();
+                let e = *lists.entry(list).or_insert(next);
+                list_of_topic.insert(&tp.topic, e);
+                e
+            }
+        };
+        let home = kept
+            .get(tp)
+            .map(|id| index[id])
+            .filter(|&h| members[h].subscription.topics.contains(&tp.topic));
+        let Some(&baseline) = baseline.get(tp) else {
+            return; // steps 1-3 assign every partition; keep theirs if not
+        };
+        parts.push(Part {
+            eligible,
+            racks: ids.weights(racks.of(tp)),
+            home,
+            home_first: home.is_some_and(|h| !mismatched(members[h], racks.of(tp))),
+            baseline,
+        });
+    }
+    let mut eligible = vec![Vec::new(); lists.len()];
+    for (list, e) in lists {
+        eligible[e] = list;
+    }
+    let problem = Problem {
+        member_racks: members.iter().map(|m| ids.id(member_rack(m))).collect(),
+        eligible,
+        parts,
+        capacity: Capacity::Exact(
+            members
+                .iter()
+                .map(|m| out[m.member_id.as_str()].len())
+                .collect(),
+        ),
+    };
+    if !problem.worth_solving() {
+        return;
+    }
+    let Some(placed) = problem.solve() else {
+        return;
+    };
+    for parts in out.values_mut() {
+        parts.clear();
+    }
+    for (tp, m) in all.iter().zip(placed) {
+        out.get_mut(&members[m].member_id)
+            .expect("member")
+            .push(tp.clone());
+    }
 }
 
 impl Assignor for StickyAssignor {
@@ -201,7 +306,16 @@ impl Assignor for StickyAssignor {
         members: &[Member],
         partitions_per_topic: &BTreeMap<String, i32>,
     ) -> GroupAssignment {
-        sticky_assign(members, partitions_per_topic).0
+        self.assign_with_racks(members, partitions_per_topic, &ReplicaRacks::new())
+    }
+
+    fn assign_with_racks(
+        &self,
+        members: &[Member],
+        partitions_per_topic: &BTreeMap<String, i32>,
+        racks: &ReplicaRacks,
+    ) -> GroupAssignment {
+        sticky_assign(members, partitions_per_topic, racks).0
     }
 }
 
@@ -226,7 +340,16 @@ impl Assignor for CooperativeStickyAssignor {
         members: &[Member],
         partitions_per_topic: &BTreeMap<String, i32>,
     ) -> GroupAssignment {
-        let (mut out, previous) = sticky_assign(members, partitions_per_topic);
+        self.assign_with_racks(members, partitions_per_topic, &ReplicaRacks::new())
+    }
+
+    fn assign_with_racks(
+        &self,
+        members: &[Member],
+        partitions_per_topic: &BTreeMap<String, i32>,
+        racks: &ReplicaRacks,
+    ) -> GroupAssignment {
+        let (mut out, previous) = sticky_assign(members, partitions_per_topic, racks);
         // Withhold partitions that change owner: revoke first, assign next
         // round. The owner is the one step 1 settled on: a stale or
         // duplicate claim must not withhold a partition from its live

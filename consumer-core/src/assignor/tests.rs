@@ -7,6 +7,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::protocol::Subscription;
 
+mod racks;
+
 fn member(id: &str, topics: &[&str], owned: &[(&str, i32)], generation: i32) -> Member {
     Member {
         member_id: id.to_string(),

@@ -30,7 +30,8 @@ use tokio::sync::oneshot;
 
 pub mod membership;
 
-use super::{counts, GroupEvent, GroupTask};
+use super::{counts, replica_racks, GroupEvent, GroupTask};
+use crate::assignor::ReplicaRacks;
 use membership::{Action, JoinResult, Membership, MembershipConfig, State};
 
 fn s(v: &str) -> StrBytes {
@@ -203,8 +204,9 @@ impl GroupTask {
                 {
                     Ok(r) => {
                         *protocol = r.protocol_name.as_ref().map(|p| p.to_string());
-                        let parts = self.partitions_per_topic(m.topics(), &r.members).await;
-                        m.handle_join(
+                        let (parts, racks) =
+                            self.partitions_per_topic(m.topics(), &r.members).await;
+                        m.handle_join_with_racks(
                             JoinResult {
                                 error: KafkaCode::try_from_code(r.error_code),
                                 generation: r.generation_id,
@@ -224,6 +226,7 @@ impl GroupTask {
                                     .collect(),
                             },
                             &parts,
+                            &racks,
                             now(),
                         );
                     }
@@ -376,16 +379,21 @@ impl GroupTask {
     }
 
     /// Partition counts for our topics and every topic the members
-    /// subscribe to (the leader assigns them), freshly read.
+    /// subscribe to (the leader assigns them), freshly read; and, when a
+    /// member sent its rack (only the leader is told the members), the
+    /// racks of those partitions' replicas for a rack-aware assignor
+    /// (KIP-881).
     async fn partitions_per_topic(
         &self,
         ours: &[String],
         members: &[kafka_wire::messages::join_group_response::JoinGroupResponseMember],
-    ) -> BTreeMap<String, i32> {
+    ) -> (BTreeMap<String, i32>, ReplicaRacks) {
         let mut topics: BTreeSet<String> = ours.iter().cloned().collect();
+        let mut racked = false;
         for mm in members {
             if let Ok(sub) = crate::protocol::Subscription::decode(&Bytes::clone(&mm.metadata)) {
                 topics.extend(sub.topics);
+                racked |= sub.rack.is_some_and(|r| !r.is_empty());
             }
         }
         let topics: Vec<String> = topics.into_iter().collect();
@@ -393,6 +401,11 @@ impl GroupTask {
             Ok(md) => md,
             Err(_) => self.client.metadata(),
         };
-        counts(&md, Some(&topics))
+        let racks = if racked {
+            replica_racks(&md, &topics)
+        } else {
+            ReplicaRacks::new()
+        };
+        (counts(&md, Some(&topics)), racks)
     }
 }

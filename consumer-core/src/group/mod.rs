@@ -27,6 +27,7 @@ pub(crate) mod classic;
 pub(crate) mod consumer_protocol;
 pub(crate) mod subscription;
 
+use crate::assignor::ReplicaRacks;
 use crate::config::{ConsumerConfig, GroupProtocol};
 use crate::tp::TopicPartition;
 use classic::membership::PartitionCounts;
@@ -182,6 +183,26 @@ fn counts(md: &kafka_wire::Metadata, topics: Option<&[String]>) -> PartitionCoun
     }
 }
 
+/// The racks of the replicas of every partition of `topics` in `md`
+/// (KIP-881): each replica's broker's `broker.rack`. A replica whose
+/// broker is not in the metadata (offline) or has no rack adds none, as in
+/// Java; a partition with none is left out (its racks are unknown).
+fn replica_racks(md: &kafka_wire::Metadata, topics: &[String]) -> ReplicaRacks {
+    let mut racks = ReplicaRacks::new();
+    for t in topics.iter().filter_map(|t| md.topics.get(t)) {
+        for p in &t.partitions {
+            racks.insert(
+                t.name.as_str(),
+                p.partition,
+                p.replicas
+                    .iter()
+                    .filter_map(|id| md.brokers.get(id)?.rack.as_deref()),
+            );
+        }
+    }
+    racks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +248,39 @@ mod tests {
             Some(&["orders".into(), "missing".into(), "being-created".into()]),
         );
         assert_eq!(some, all, "absent and partitionless topics do not exist");
+    }
+
+    /// KIP-881: a replica's rack is its broker's; an offline replica (its
+    /// broker not in the metadata) or a broker without a rack adds none.
+    #[test]
+    fn replica_racks_come_from_the_replicas_brokers() {
+        let broker = |id: i32, rack: Option<&str>| {
+            let address = kafka_wire::BrokerAddress {
+                host: "localhost".into(),
+                port: 9092,
+            };
+            let rack = rack.map(String::from);
+            (id, kafka_wire::BrokerInfo { id, address, rack })
+        };
+        let (name, mut t) = topic("t", 3, false);
+        t.partitions[0].replicas = vec![1, 2];
+        t.partitions[1].replicas = vec![3, 9]; // 3 has no rack, 9 is offline
+        t.partitions[2].replicas = vec![2, 3];
+        let md = Metadata {
+            brokers: [
+                broker(1, Some("r1")),
+                broker(2, Some("r2")),
+                broker(3, None),
+            ]
+            .into_iter()
+            .collect(),
+            topics: [(name, t)].into_iter().collect(),
+            ..Metadata::default()
+        };
+        let racks = replica_racks(&md, &["t".into(), "missing".into()]);
+        let set = |rs: &[&str]| rs.iter().map(|r| r.to_string()).collect();
+        assert_eq!(racks.get("t", 0), Some(&set(&["r1", "r2"])));
+        assert_eq!(racks.get("t", 1), None, "no rack known");
+        assert_eq!(racks.get("t", 2), Some(&set(&["r2"])));
     }
 }

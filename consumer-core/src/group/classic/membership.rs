@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kafka_wire::{Backoff, KafkaCode};
 
-use crate::assignor::{Assignor, Member, RebalanceProtocol};
+use crate::assignor::{Assignor, Member, RebalanceProtocol, ReplicaRacks};
 pub use crate::group::subscription::TopicSubscription;
 use crate::protocol::{Assignment, Subscription, CONSUMER_PROTOCOL_VERSION};
 use crate::tp::TopicPartition;
@@ -470,6 +470,19 @@ impl Membership {
         partitions_per_topic: &BTreeMap<String, i32>,
         now: Instant,
     ) {
+        self.handle_join_with_racks(r, partitions_per_topic, &ReplicaRacks::new(), now);
+    }
+
+    /// [`handle_join`](Self::handle_join), with the racks of the replicas
+    /// of every partition (from metadata) for a leader's rack-aware
+    /// assignor (KIP-881).
+    pub fn handle_join_with_racks(
+        &mut self,
+        r: JoinResult,
+        partitions_per_topic: &BTreeMap<String, i32>,
+        racks: &ReplicaRacks,
+        now: Instant,
+    ) {
         if self.state != State::Joining {
             return;
         }
@@ -552,7 +565,7 @@ impl Membership {
         let next = self.next_check(partitions_per_topic, now);
         self.next_metadata_refresh = Some(self.next_metadata_refresh.map_or(next, |t| t.min(next)));
         let assignments = if leader {
-            self.assign_as_leader(&r, partitions_per_topic)
+            self.assign_as_leader(&r, partitions_per_topic, racks)
         } else {
             Vec::new()
         };
@@ -571,6 +584,7 @@ impl Membership {
         &self,
         r: &JoinResult,
         partitions_per_topic: &BTreeMap<String, i32>,
+        racks: &ReplicaRacks,
     ) -> Vec<(String, Bytes)> {
         let name = r.protocol_name.as_deref().unwrap_or_default();
         let Some(assignor) = self.assignors.iter().find(|a| a.name() == name) else {
@@ -587,7 +601,7 @@ impl Membership {
             })
             .collect();
         assignor
-            .assign(&members, partitions_per_topic)
+            .assign_with_racks(&members, partitions_per_topic, racks)
             .into_iter()
             .map(|(id, partitions)| {
                 let bytes = Assignment {

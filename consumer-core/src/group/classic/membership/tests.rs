@@ -1011,3 +1011,63 @@ fn an_assignment_of_topics_no_longer_subscribed_is_not_taken_and_the_member_rejo
     );
     assert!(!m.may_commit(&tp("old", 0)));
 }
+
+// ---- KIP-881: the rack in the subscription, replica racks to the assignor ----
+
+/// `client.rack` goes into every protocol's subscription (v3), and the
+/// leader hands the replicas' racks to its assignor: range then gives each
+/// member the partitions in its own rack rather than the first half.
+#[test]
+fn the_rack_is_subscribed_and_the_leader_assigns_by_replica_racks() {
+    let t0 = Instant::now();
+    let cfg = MembershipConfig {
+        rack: Some("r1".into()),
+        ..cfg(None)
+    };
+    let mut m = Membership::new(cfg, vec![Arc::new(RangeAssignor)], vec!["t".into()], t0);
+    assert_eq!(m.poll_action(t0), Some(Action::FindCoordinator));
+    m.coordinator_found(t0);
+    let Some(Action::Join { protocols, .. }) = after_metadata(&mut m, t0) else {
+        panic!("expected join")
+    };
+    let (name, meta) = protocols[0].clone();
+    assert_eq!(&meta[..2], &[0, 3], "subscription v3");
+    assert_eq!(
+        Subscription::decode(&meta).unwrap().rack.as_deref(),
+        Some("r1")
+    );
+
+    let other = Subscription {
+        topics: vec!["t".into()],
+        rack: Some("r2".into()),
+        ..Subscription::default()
+    }
+    .encode(CONSUMER_PROTOCOL_VERSION);
+    // Partitions 0 and 1 live in r2, 2 and 3 in r1.
+    let mut racks = ReplicaRacks::new();
+    for (p, rack) in [(0, "r2"), (1, "r2"), (2, "r1"), (3, "r1")] {
+        racks.insert("t", p, [rack]);
+    }
+    m.handle_join_with_racks(
+        JoinResult {
+            generation: 1,
+            member_id: "m1".into(),
+            leader: "m1".into(),
+            protocol_name: Some(name),
+            members: vec![("m1".into(), None, meta), ("m2".into(), None, other)],
+            ..JoinResult::default()
+        },
+        &parts(),
+        &racks,
+        t0,
+    );
+    let Some(Action::Sync { assignments, .. }) = m.poll_action(t0) else {
+        panic!("expected sync")
+    };
+    let of = |id: &str| {
+        let (_, bytes) = assignments.iter().find(|(m, _)| m == id).unwrap();
+        Assignment::decode(bytes).unwrap().partitions
+    };
+    assert_eq!(of("m1"), [tp("t", 2), tp("t", 3)]);
+    assert_eq!(of("m2"), [tp("t", 0), tp("t", 1)]);
+}
