@@ -4,12 +4,18 @@
 //!   Client (cheap clone) ──▶ Inner
 //!                             ├─ config (+ TLS connector, built once)
 //!                             ├─ slots: (broker id, Lane) ──▶ Connection (one task each)
-//!                             └─ metadata: Arc<Metadata>, refreshed with coalescing
+//!                             ├─ metadata: Arc<Metadata>, refreshed with coalescing
+//!                             └─ recovery: whom a refresh asks (KIP-899/1102, `recovery`)
 //! ```
 //!
 //! Lanes keep traffic classes apart: a fetch that long-polls for
 //! `fetch.max.wait.ms` never delays a heartbeat or a metadata request,
 //! because each lane to a broker is its own TCP connection.
+//!
+//! A refresh asks the brokers the metadata lists, then the bootstrap
+//! addresses (`metadata.recovery.strategy=rebootstrap`, the default), or
+//! the known brokers alone (`none`). A broker that leaves the metadata, or
+//! comes back on another address, loses its connections at once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,10 +29,10 @@ use kafka_protocol::protocol::{Request, StrBytes};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, MetadataRecoveryStrategy};
 use crate::connection::{Connection, ConnectionInfo, RawConnection};
 use crate::connector::BrokerAddress;
-use crate::error::{Error, KafkaCode, Result};
+use crate::error::{Error, ErrorAction, KafkaCode, Result};
 use crate::metadata::Metadata;
 use crate::versions::ApiVersionTable;
 
@@ -65,6 +71,9 @@ struct Inner {
     refresh_generation: AtomicU64,
     /// Bumped on every metadata replacement (see [`Client::metadata_version`]).
     metadata_version: AtomicU64,
+    /// Whom a refresh asks: known brokers, bootstrap addresses, or a
+    /// rebootstrap (changed only under `refresh_lock`).
+    recovery: Mutex<recovery::Recovery>,
 }
 
 /// A connection to a Kafka cluster. Clone it freely; clones share everything.
@@ -84,6 +93,16 @@ impl std::fmt::Debug for Client {
 /// Bootstrap addresses get negative pseudo broker ids: -1, -2, …
 fn bootstrap_id(index: usize) -> i32 {
     -(index as i32) - 1
+}
+
+/// How one round of metadata requests ended.
+enum Asked {
+    /// A broker answered; its metadata is merged.
+    Merged(Arc<Metadata>),
+    /// A broker answered REBOOTSTRAP_REQUIRED (KIP-1102).
+    RebootstrapRequired(Error),
+    /// Nobody answered with metadata; the last error.
+    Failed(Error),
 }
 
 impl Client {
@@ -110,6 +129,7 @@ impl Client {
                 refresh_lock: tokio::sync::Mutex::new(()),
                 refresh_generation: AtomicU64::new(0),
                 metadata_version: AtomicU64::new(1),
+                recovery: Mutex::new(recovery::Recovery::default()),
             }),
         };
         client.refresh_metadata(Some(&[])).await?;
@@ -140,8 +160,19 @@ impl Client {
     /// Refresh metadata for `topics` (`None`: all topics; `Some(&[])`:
     /// brokers only). Concurrent callers share one request when they can.
     ///
+    /// Whom it asks is `recovery::Recovery::plan`'s answer: the known
+    /// brokers, then the bootstrap addresses; or, in a rebootstrap (a
+    /// broker answered REBOOTSTRAP_REQUIRED, or no refresh got metadata for
+    /// `metadata.recovery.rebootstrap.trigger.ms`), the bootstrap addresses
+    /// alone, dialed anew. Under `metadata.recovery.strategy=none` the
+    /// bootstrap addresses serve the first metadata only.
+    ///
     /// # Errors
-    /// The last connection error when no broker answers.
+    /// The last connection error when no broker answers (under `none`,
+    /// [`Error::Metadata`] saying the bootstrap addresses were not asked);
+    /// [`Error::Broker`] for a top-level error in the response (Metadata
+    /// v13), REBOOTSTRAP_REQUIRED included when a rebootstrap did not cure
+    /// it or the strategy is `none`.
     ///
     /// # Cancel safety
     /// Cancel safe.
@@ -166,48 +197,171 @@ impl Client {
                     .collect()
             }))
             .with_allow_auto_topic_creation(false);
+        let c = &self.inner.config;
+        // At most two rounds: the second is the rebootstrap a broker asked
+        // for in the first.
+        let mut rebootstrapped = false;
+        loop {
+            let now = Instant::now();
+            let plan = {
+                let mut r = self.recovery();
+                r.attempt(now);
+                let plan = self.plan_with(&r, now);
+                if plan.rebootstrap.is_some() {
+                    r.rebootstrapping(now);
+                }
+                plan
+            };
+            if let Some(why) = plan.rebootstrap {
+                tracing::info!(
+                    reason = %why,
+                    bootstrap = ?c.bootstrap_servers,
+                    "metadata recovery: rebootstrapping (asking the bootstrap addresses, dialed anew)"
+                );
+                self.forget_bootstrap_connections();
+                rebootstrapped = true;
+            }
+            match self.ask_metadata(&plan.ask, &req, topics.is_none()).await {
+                Asked::Merged(md) => {
+                    self.recovery().succeeded();
+                    return Ok(md);
+                }
+                Asked::RebootstrapRequired(e)
+                    if c.metadata_recovery_strategy == MetadataRecoveryStrategy::Rebootstrap
+                        && !rebootstrapped =>
+                {
+                    tracing::info!(error = %e, "a broker asked this client to rebootstrap (KIP-1102)");
+                    self.recovery().rebootstrap_required();
+                }
+                Asked::RebootstrapRequired(e) => return Err(e),
+                Asked::Failed(e) => {
+                    let known_only = c.metadata_recovery_strategy == MetadataRecoveryStrategy::None
+                        && plan.ask.iter().all(|&id| id >= 0);
+                    return Err(match e {
+                        Error::Connection { .. } | Error::Timeout { .. } if known_only => {
+                            Error::Metadata(format!(
+                                "none of the {} known brokers answered (last: {e}); with \
+                                 metadata.recovery.strategy=none the bootstrap addresses are not \
+                                 asked again: if the brokers moved, restart the client or set \
+                                 metadata.recovery.strategy=rebootstrap",
+                                plan.ask.len()
+                            ))
+                        }
+                        e => e,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Ask `candidates` in order for metadata; merge the first answer.
+    async fn ask_metadata(&self, candidates: &[i32], req: &MetadataRequest, full: bool) -> Asked {
         let mut last_err = None;
-        for broker_id in self.metadata_candidates() {
+        for &broker_id in candidates {
             let conn = match self.connection(broker_id, Lane::Control).await {
                 Ok(c) => c,
                 Err(e)
                     if matches!(e, Error::Auth { .. } | Error::Tls { .. } | Error::Config(_)) =>
                 {
-                    return Err(e)
+                    return Asked::Failed(e)
                 }
                 Err(e) => {
                     last_err = Some(e);
                     continue;
                 }
             };
-            match conn
-                .send(&req, self.inner.config.request_timeout, Duration::ZERO)
+            let resp = match conn
+                .send(req, self.inner.config.request_timeout, Duration::ZERO)
                 .await
             {
-                Ok(resp) => {
-                    let mut next = (*self.metadata()).clone();
-                    next.merge(&resp, topics.is_none());
-                    let next = Arc::new(next);
-                    *self.inner.metadata.write().expect("metadata lock poisoned") = next.clone();
-                    self.inner.metadata_version.fetch_add(1, Ordering::AcqRel);
-                    if topics.is_none() {
-                        self.inner.refresh_generation.fetch_add(1, Ordering::AcqRel);
-                    }
-                    return Ok(next);
+                Ok(resp) => resp,
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
                 }
-                Err(e) => last_err = Some(e),
+            };
+            // Metadata v13 (KIP-1102): a top-level error means no metadata.
+            if let Some(code) = KafkaCode::try_from_code(resp.error_code) {
+                let e = Error::broker(ApiKey::Metadata, code);
+                tracing::debug!(broker = broker_id, error = %e, "metadata refused");
+                match code {
+                    KafkaCode::RebootstrapRequired => return Asked::RebootstrapRequired(e),
+                    _ if e.action() == ErrorAction::Fatal => return Asked::Failed(e),
+                    _ => {
+                        last_err = Some(e);
+                        continue;
+                    }
+                }
             }
+            let old = self.metadata();
+            let mut next = (*old).clone();
+            next.merge(&resp, full);
+            let next = Arc::new(next);
+            *self.inner.metadata.write().expect("metadata lock poisoned") = next.clone();
+            self.inner.metadata_version.fetch_add(1, Ordering::AcqRel);
+            if full {
+                self.inner.refresh_generation.fetch_add(1, Ordering::AcqRel);
+            }
+            self.forget_departed(&old, &next);
+            return Asked::Merged(next);
         }
-        Err(last_err.unwrap_or_else(|| Error::Metadata("no broker to ask".into())))
+        Asked::Failed(last_err.unwrap_or_else(|| Error::Metadata("no broker to ask".into())))
     }
 
-    /// Brokers to ask for metadata: known brokers first, then bootstrap.
+    fn recovery(&self) -> std::sync::MutexGuard<'_, recovery::Recovery> {
+        self.inner.recovery.lock().expect("recovery lock poisoned")
+    }
+
+    /// The plan for `now`, from the recovery state `r` and the known brokers.
+    fn plan_with(&self, r: &recovery::Recovery, now: Instant) -> recovery::Plan {
+        let c = &self.inner.config;
+        let known: Vec<i32> = self.metadata().brokers.keys().copied().collect();
+        r.plan(
+            c.metadata_recovery_strategy,
+            c.metadata_recovery_rebootstrap_trigger,
+            &known,
+            c.bootstrap_servers.len(),
+            now,
+        )
+    }
+
+    /// Brokers to ask for metadata (or any cluster-wide request), as the
+    /// next refresh would: known brokers first, then bootstrap addresses
+    /// unless the strategy is `none`.
     fn metadata_candidates(&self) -> Vec<i32> {
-        let md = self.metadata();
-        let mut ids: Vec<i32> = md.brokers.keys().copied().collect();
-        ids.sort_unstable();
-        ids.extend((0..self.inner.config.bootstrap_servers.len()).map(bootstrap_id));
-        ids
+        let r = self.recovery();
+        self.plan_with(&r, Instant::now()).ask
+    }
+
+    /// Drop the connections of brokers that left the metadata or moved to
+    /// another address: nothing dials a departed broker again, and a moved
+    /// one is dialed at its new address with no backoff left from the old.
+    fn forget_departed(&self, old: &Metadata, new: &Metadata) {
+        let gone: Vec<i32> = old
+            .brokers
+            .iter()
+            .filter(|(id, b)| new.brokers.get(id).map(|n| &n.address) != Some(&b.address))
+            .map(|(id, _)| *id)
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        tracing::info!(brokers = ?gone, "brokers left the metadata or moved: their connections are dropped");
+        self.inner
+            .slots
+            .lock()
+            .expect("slots lock poisoned")
+            .retain(|(id, _), _| !gone.contains(id));
+    }
+
+    /// Drop the bootstrap connections, so a rebootstrap dials (and
+    /// resolves) each bootstrap address anew, with no backoff left over.
+    fn forget_bootstrap_connections(&self) {
+        self.inner
+            .slots
+            .lock()
+            .expect("slots lock poisoned")
+            .retain(|(id, _), _| *id >= 0);
     }
 
     fn address_of(&self, broker_id: i32) -> Result<BrokerAddress> {
@@ -430,4 +584,604 @@ fn spawn_periodic_refresh(inner: Weak<Inner>) {
             }
         }
     });
+}
+
+/// KIP-899 and KIP-1102: whom a metadata refresh asks, and when it
+/// rebootstraps. Sans-IO: events and `now` go in, a [`Plan`] comes out;
+/// [`Client::refresh_metadata`] carries it out.
+///
+/// ```text
+///   metadata.recovery.strategy=rebootstrap (the default)
+///
+///   Healthy ──refresh starts──▶ Attempting { since }       (Java's metadataAttemptStartMs)
+///      ▲                          │ ask: known brokers, then bootstrap addresses
+///      │ metadata merged          │ (every known broker failing is a rebootstrap of
+///      ├──────────────────────────┤  its own: KIP-899)
+///      │                          │ now - since > rebootstrap.trigger.ms,
+///      │                          │ or a broker answered REBOOTSTRAP_REQUIRED (129)
+///      │                          ▼
+///      └────────────────── Rebootstrap: ask the bootstrap addresses alone, their
+///                          connections dropped first (names resolved anew);
+///                          since = now, so a failed one waits a trigger again
+///
+///   metadata.recovery.strategy=none: bootstrap addresses until the first metadata,
+///   the known brokers alone after it; 129 is an error.
+/// ```
+///
+/// The brokers that left the metadata are dropped when the answer is
+/// merged (`Metadata::merge` replaces the broker list; the client drops
+/// their connections).
+pub(crate) mod recovery {
+    use std::fmt;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use crate::config::MetadataRecoveryStrategy;
+
+    /// Why a refresh rebootstraps.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Why {
+        /// A broker answered REBOOTSTRAP_REQUIRED (KIP-1102).
+        Requested,
+        /// Refreshes have been failing this long, more than
+        /// `metadata.recovery.rebootstrap.trigger.ms` (KIP-1102).
+        NoMetadataFor(Duration),
+    }
+
+    impl fmt::Display for Why {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                Why::Requested => f.write_str("a broker answered REBOOTSTRAP_REQUIRED"),
+                Why::NoMetadataFor(d) => write!(
+                    f,
+                    "no metadata for {} ms (metadata.recovery.rebootstrap.trigger.ms)",
+                    d.as_millis()
+                ),
+            }
+        }
+    }
+
+    /// What one refresh does.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) struct Plan {
+        /// Whom to ask, in order: broker ids (ascending), and the bootstrap
+        /// addresses as pseudo ids -1, -2, … in their configured order.
+        pub(crate) ask: Vec<i32>,
+        /// Set when this refresh is a rebootstrap.
+        pub(crate) rebootstrap: Option<Why>,
+    }
+
+    /// The recovery state between refreshes.
+    #[derive(Debug, Default)]
+    pub(crate) struct Recovery {
+        /// When the current run of refreshes without metadata began; `None`
+        /// after a success.
+        attempting_since: Option<Instant>,
+        /// A broker answered REBOOTSTRAP_REQUIRED; the next plan rebootstraps.
+        requested: bool,
+    }
+
+    impl Recovery {
+        /// Whom the refresh at `now` asks, knowing brokers `known` (from
+        /// metadata; empty before the first) and `bootstrap` addresses.
+        pub(crate) fn plan(
+            &self,
+            strategy: MetadataRecoveryStrategy,
+            trigger: Duration,
+            known: &[i32],
+            bootstrap: usize,
+            now: Instant,
+        ) -> Plan {
+            let bootstrap_ids = (0..bootstrap).map(super::bootstrap_id);
+            let mut known = known.to_vec();
+            known.sort_unstable();
+            if known.is_empty() {
+                // The first metadata (or none was ever merged): every strategy.
+                return Plan {
+                    ask: bootstrap_ids.collect(),
+                    rebootstrap: None,
+                };
+            }
+            match strategy {
+                MetadataRecoveryStrategy::None => Plan {
+                    ask: known,
+                    rebootstrap: None,
+                },
+                MetadataRecoveryStrategy::Rebootstrap => {
+                    let why = if self.requested {
+                        Some(Why::Requested)
+                    } else {
+                        self.attempting_since
+                            .map(|since| now.saturating_duration_since(since))
+                            .filter(|&failing| failing > trigger)
+                            .map(Why::NoMetadataFor)
+                    };
+                    match why {
+                        Some(why) => Plan {
+                            ask: bootstrap_ids.collect(),
+                            rebootstrap: Some(why),
+                        },
+                        None => Plan {
+                            ask: known.into_iter().chain(bootstrap_ids).collect(),
+                            rebootstrap: None,
+                        },
+                    }
+                }
+            }
+        }
+
+        /// A refresh starts at `now` (the run of attempts starts here
+        /// unless one is already running).
+        pub(crate) fn attempt(&mut self, now: Instant) {
+            self.attempting_since.get_or_insert(now);
+        }
+
+        /// The refresh at `now` carries out a rebootstrap its plan named:
+        /// the request is used up, and the run starts again at `now`.
+        pub(crate) fn rebootstrapping(&mut self, now: Instant) {
+            self.requested = false;
+            self.attempting_since = Some(now);
+        }
+
+        /// A broker answered REBOOTSTRAP_REQUIRED.
+        pub(crate) fn rebootstrap_required(&mut self) {
+            self.requested = true;
+        }
+
+        /// Metadata was merged.
+        pub(crate) fn succeeded(&mut self) {
+            *self = Self::default();
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        const TRIGGER: Duration = Duration::from_secs(300);
+        const REBOOTSTRAP: MetadataRecoveryStrategy = MetadataRecoveryStrategy::Rebootstrap;
+        const NONE: MetadataRecoveryStrategy = MetadataRecoveryStrategy::None;
+
+        fn plan(r: &Recovery, s: MetadataRecoveryStrategy, known: &[i32], now: Instant) -> Plan {
+            r.plan(s, TRIGGER, known, 2, now)
+        }
+
+        fn asks(ask: &[i32]) -> Plan {
+            Plan {
+                ask: ask.to_vec(),
+                rebootstrap: None,
+            }
+        }
+
+        #[test]
+        fn the_first_metadata_comes_from_the_bootstrap_addresses_under_either_strategy() {
+            let r = Recovery::default();
+            let t0 = Instant::now();
+            assert_eq!(plan(&r, REBOOTSTRAP, &[], t0), asks(&[-1, -2]));
+            assert_eq!(plan(&r, NONE, &[], t0), asks(&[-1, -2]));
+        }
+
+        #[test]
+        fn known_brokers_come_first_then_the_bootstrap_addresses_unless_none() {
+            let r = Recovery::default();
+            let t0 = Instant::now();
+            assert_eq!(
+                plan(&r, REBOOTSTRAP, &[3, 1, 2], t0),
+                asks(&[1, 2, 3, -1, -2]),
+                "KIP-899: every known broker failing falls through to bootstrap"
+            );
+            assert_eq!(
+                plan(&r, NONE, &[3, 1, 2], t0),
+                asks(&[1, 2, 3]),
+                "none: never the bootstrap addresses after the first metadata"
+            );
+        }
+
+        #[test]
+        fn refreshes_failing_past_the_trigger_rebootstrap_once_then_wait_a_trigger_again() {
+            let mut r = Recovery::default();
+            let t0 = Instant::now();
+            r.attempt(t0);
+            // Still failing at t0 + trigger (not past it): the usual order.
+            r.attempt(t0 + TRIGGER);
+            assert_eq!(
+                plan(&r, REBOOTSTRAP, &[1, 2], t0 + TRIGGER),
+                asks(&[1, 2, -1, -2])
+            );
+            // Past it: the bootstrap addresses alone.
+            let t1 = t0 + TRIGGER + Duration::from_millis(1);
+            r.attempt(t1);
+            let p = plan(&r, REBOOTSTRAP, &[1, 2], t1);
+            assert_eq!(p.ask, vec![-1, -2]);
+            assert_eq!(
+                p.rebootstrap,
+                Some(Why::NoMetadataFor(TRIGGER + Duration::from_millis(1)))
+            );
+            // The rebootstrap failed too: the next refreshes ask in the usual
+            // order until another trigger has passed.
+            r.rebootstrapping(t1);
+            let t2 = t1 + Duration::from_secs(1);
+            r.attempt(t2);
+            assert_eq!(plan(&r, REBOOTSTRAP, &[1, 2], t2), asks(&[1, 2, -1, -2]));
+            let t3 = t1 + TRIGGER + Duration::from_secs(1);
+            r.attempt(t3);
+            assert!(plan(&r, REBOOTSTRAP, &[1, 2], t3).rebootstrap.is_some());
+            // Under none the trigger never fires.
+            assert_eq!(plan(&r, NONE, &[1, 2], t3), asks(&[1, 2]));
+        }
+
+        #[test]
+        fn a_success_ends_the_run_so_an_idle_client_is_not_rebootstrapped_on_its_next_refresh() {
+            let mut r = Recovery::default();
+            let t0 = Instant::now();
+            r.attempt(t0);
+            r.succeeded();
+            // Idle for an hour (metadata.max.age.ms): the next refresh starts a
+            // new run, and asks the known brokers first.
+            let later = t0 + Duration::from_secs(3600);
+            r.attempt(later);
+            assert_eq!(plan(&r, REBOOTSTRAP, &[1], later), asks(&[1, -1, -2]));
+        }
+
+        #[test]
+        fn rebootstrap_required_asks_the_bootstrap_addresses_alone_at_once_and_only_once() {
+            let mut r = Recovery::default();
+            let t0 = Instant::now();
+            r.attempt(t0);
+            r.rebootstrap_required();
+            let p = plan(&r, REBOOTSTRAP, &[1, 2, 3], t0);
+            assert_eq!(p.ask, vec![-1, -2]);
+            assert_eq!(p.rebootstrap, Some(Why::Requested));
+            r.rebootstrapping(t0);
+            assert_eq!(
+                plan(&r, REBOOTSTRAP, &[1, 2, 3], t0),
+                asks(&[1, 2, 3, -1, -2]),
+                "used up by the rebootstrap that served it"
+            );
+            // Under none a request changes nothing (the client reports the error).
+            r.rebootstrap_required();
+            assert_eq!(plan(&r, NONE, &[1, 2, 3], t0), asks(&[1, 2, 3]));
+            r.succeeded();
+            assert_eq!(plan(&r, REBOOTSTRAP, &[1], t0), asks(&[1, -1, -2]));
+        }
+    }
+}
+
+/// The client against scripted brokers (no network): which addresses a
+/// refresh asks, and what it makes of a Metadata v13 top-level error.
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use bytes::{BufMut, BytesMut};
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
+    use kafka_protocol::messages::{
+        ApiKey, ApiVersionsResponse, BrokerId, MetadataResponse, ResponseHeader,
+    };
+    use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::config::MetadataRecoveryStrategy;
+    use crate::connector::{BoxTransport, ConnectFuture, Connector};
+
+    /// What the broker at one port does.
+    #[derive(Debug, Clone)]
+    enum Script {
+        /// Refuses connections.
+        Down,
+        /// Answers every Metadata request with this.
+        Answer(MetadataResponse),
+    }
+
+    /// Brokers by port on 127.0.0.1, each answering ApiVersions (Metadata
+    /// up to v13) and Metadata as scripted at the time of the request.
+    #[derive(Debug, Clone, Default)]
+    struct FakeCluster {
+        scripts: Arc<Mutex<HashMap<u16, Script>>>,
+        /// Ports in the order their Metadata requests arrived.
+        asked: Arc<Mutex<Vec<u16>>>,
+        /// Ports in the order they were dialed.
+        dialed: Arc<Mutex<Vec<u16>>>,
+    }
+
+    impl FakeCluster {
+        fn set(&self, port: u16, script: Script) {
+            self.scripts.lock().unwrap().insert(port, script);
+        }
+
+        /// Take the ports asked so far.
+        fn asked(&self) -> Vec<u16> {
+            std::mem::take(&mut *self.asked.lock().unwrap())
+        }
+
+        fn dialed(&self) -> Vec<u16> {
+            std::mem::take(&mut *self.dialed.lock().unwrap())
+        }
+    }
+
+    /// Metadata listing `brokers` as (id, port).
+    fn metadata(brokers: &[(i32, u16)]) -> Script {
+        Script::Answer(
+            MetadataResponse::default().with_brokers(
+                brokers
+                    .iter()
+                    .map(|&(id, port)| {
+                        MetadataResponseBroker::default()
+                            .with_node_id(BrokerId(id))
+                            .with_host(StrBytes::from_static_str("127.0.0.1"))
+                            .with_port(i32::from(port))
+                    })
+                    .collect(),
+            ),
+        )
+    }
+
+    /// A Metadata v13 answer with a top-level error and nothing else.
+    fn refusal(code: KafkaCode) -> Script {
+        Script::Answer(MetadataResponse::default().with_error_code(code.code()))
+    }
+
+    fn frame(correlation: i32, header_version: i16, body: impl Encodable, version: i16) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        ResponseHeader::default()
+            .with_correlation_id(correlation)
+            .encode(&mut buf, header_version)
+            .unwrap();
+        body.encode(&mut buf, version).unwrap();
+        let mut out = BytesMut::new();
+        out.put_i32(buf.len() as i32);
+        out.extend_from_slice(&buf);
+        out.to_vec()
+    }
+
+    async fn serve(cluster: FakeCluster, port: u16, mut io: tokio::io::DuplexStream) {
+        loop {
+            let mut len = [0u8; 4];
+            if io.read_exact(&mut len).await.is_err() {
+                return;
+            }
+            let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+            if io.read_exact(&mut body).await.is_err() {
+                return;
+            }
+            let api = i16::from_be_bytes([body[0], body[1]]);
+            let version = i16::from_be_bytes([body[2], body[3]]);
+            let correlation = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+            let reply = if api == ApiKey::ApiVersions as i16 {
+                let keys = [(ApiKey::ApiVersions, 0, 3), (ApiKey::Metadata, 0, 13)]
+                    .map(|(k, lo, hi)| {
+                        ApiVersion::default()
+                            .with_api_key(k as i16)
+                            .with_min_version(lo)
+                            .with_max_version(hi)
+                    })
+                    .to_vec();
+                frame(
+                    correlation,
+                    ApiVersionsResponse::header_version(version),
+                    ApiVersionsResponse::default().with_api_keys(keys),
+                    version,
+                )
+            } else if api == ApiKey::Metadata as i16 {
+                assert_eq!(version, 13, "Metadata v13 negotiated");
+                cluster.asked.lock().unwrap().push(port);
+                let script = cluster.scripts.lock().unwrap().get(&port).cloned();
+                match script {
+                    Some(Script::Answer(resp)) => frame(
+                        correlation,
+                        MetadataResponse::header_version(version),
+                        resp,
+                        version,
+                    ),
+                    _ => return,
+                }
+            } else {
+                return;
+            };
+            if io.write_all(&reply).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    impl Connector for FakeCluster {
+        fn connect<'a>(&'a self, addr: &'a BrokerAddress, _timeout: Duration) -> ConnectFuture<'a> {
+            Box::pin(async move {
+                self.dialed.lock().unwrap().push(addr.port);
+                let script = self.scripts.lock().unwrap().get(&addr.port).cloned();
+                match script {
+                    Some(Script::Answer(_)) => {
+                        let (client, server) = tokio::io::duplex(1 << 16);
+                        tokio::spawn(serve(self.clone(), addr.port, server));
+                        Ok(Box::new(client) as BoxTransport)
+                    }
+                    _ => Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        "scripted down",
+                    )),
+                }
+            })
+        }
+    }
+
+    /// The bootstrap address of these tests.
+    const BOOTSTRAP: u16 = 9000;
+
+    async fn connect(cluster: &FakeCluster, strategy: MetadataRecoveryStrategy) -> Client {
+        let config = ClientConfig::builder()
+            .bootstrap(&format!("127.0.0.1:{BOOTSTRAP}"))
+            .unwrap()
+            .connector(Arc::new(cluster.clone()))
+            .metadata_recovery_strategy(strategy)
+            .metadata_max_age(Duration::from_secs(3600))
+            .set("reconnect.backoff.ms", "1")
+            .unwrap()
+            .set("reconnect.backoff.max.ms", "1")
+            .unwrap()
+            .build()
+            .unwrap();
+        Client::connect(config).await.unwrap()
+    }
+
+    fn ports(client: &Client) -> Vec<(i32, u16)> {
+        let mut b: Vec<(i32, u16)> = client
+            .metadata()
+            .brokers
+            .values()
+            .map(|b| (b.id, b.address.port))
+            .collect();
+        b.sort_unstable();
+        b
+    }
+
+    fn slot_ids(client: &Client) -> Vec<i32> {
+        let mut ids: Vec<i32> = client
+            .inner
+            .slots
+            .lock()
+            .unwrap()
+            .keys()
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Two brokers on 9101, 9102 behind the bootstrap address; the client
+    /// connected and knowing both.
+    async fn two_brokers(strategy: MetadataRecoveryStrategy) -> (FakeCluster, Client) {
+        let cluster = FakeCluster::default();
+        let old = metadata(&[(1, 9101), (2, 9102)]);
+        for port in [BOOTSTRAP, 9101, 9102] {
+            cluster.set(port, old.clone());
+        }
+        let client = connect(&cluster, strategy).await;
+        assert_eq!(ports(&client), vec![(1, 9101), (2, 9102)]);
+        assert_eq!(cluster.asked(), vec![BOOTSTRAP]);
+        cluster.dialed();
+        (cluster, client)
+    }
+
+    /// The nodes were replaced on 9201, 9202; the bootstrap address (and
+    /// the old brokers, when `old_answers`) answer with the new ones.
+    fn move_brokers(cluster: &FakeCluster, old: Script) {
+        let new = metadata(&[(1, 9201), (2, 9202)]);
+        for port in [BOOTSTRAP, 9201, 9202] {
+            cluster.set(port, new.clone());
+        }
+        cluster.set(9101, old.clone());
+        cluster.set(9102, old);
+    }
+
+    #[tokio::test]
+    async fn rebootstrap_required_sends_the_refresh_to_the_bootstrap_address_at_once() {
+        let (cluster, client) = two_brokers(MetadataRecoveryStrategy::Rebootstrap).await;
+        move_brokers(&cluster, refusal(KafkaCode::RebootstrapRequired));
+        let md = client.refresh_metadata(Some(&[])).await.unwrap();
+        assert_eq!(
+            cluster.asked(),
+            vec![9101, BOOTSTRAP],
+            "broker 1 said 129: broker 2 is not asked, the bootstrap address is"
+        );
+        assert!(
+            cluster.dialed().contains(&BOOTSTRAP),
+            "the bootstrap address dialed anew"
+        );
+        assert_eq!(md.brokers.len(), 2);
+        assert_eq!(ports(&client), vec![(1, 9201), (2, 9202)]);
+        // Both brokers moved: their connections to the old ports are gone.
+        client.refresh_metadata(Some(&[])).await.unwrap();
+        assert_eq!(
+            cluster.asked(),
+            vec![9201],
+            "the moved broker 1 is asked next"
+        );
+        assert!(
+            cluster.dialed().contains(&9201),
+            "at its new address, dialed afresh"
+        );
+    }
+
+    #[tokio::test]
+    async fn rebootstrap_required_under_none_is_a_typed_error_and_the_bootstrap_is_not_asked() {
+        let (cluster, client) = two_brokers(MetadataRecoveryStrategy::None).await;
+        move_brokers(&cluster, refusal(KafkaCode::RebootstrapRequired));
+        let err = client.refresh_metadata(Some(&[])).await.unwrap_err();
+        assert_eq!(err.code(), Some(KafkaCode::RebootstrapRequired), "{err}");
+        assert_eq!(err.action(), ErrorAction::RefreshMetadataAndRetry);
+        assert!(
+            err.to_string().contains("metadata.recovery.strategy"),
+            "{err}"
+        );
+        assert_eq!(cluster.asked(), vec![9101]);
+        assert_eq!(ports(&client), vec![(1, 9101), (2, 9102)], "nothing merged");
+    }
+
+    #[tokio::test]
+    async fn other_top_level_errors_are_typed_and_the_next_broker_is_asked() {
+        let (cluster, client) = two_brokers(MetadataRecoveryStrategy::Rebootstrap).await;
+        cluster.set(9101, refusal(KafkaCode::RequestTimedOut));
+        client.refresh_metadata(Some(&[])).await.unwrap();
+        assert_eq!(
+            cluster.asked(),
+            vec![9101, 9102],
+            "retriable: the next broker"
+        );
+
+        // A fatal one ends the refresh with it, nothing merged.
+        cluster.set(9101, refusal(KafkaCode::ClusterAuthorizationFailed));
+        let err = client.refresh_metadata(Some(&[])).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(KafkaCode::ClusterAuthorizationFailed),
+            "{err}"
+        );
+        assert_eq!(cluster.asked(), vec![9101]);
+    }
+
+    #[tokio::test]
+    async fn every_known_broker_gone_the_bootstrap_address_finds_the_new_ones() {
+        let (cluster, client) = two_brokers(MetadataRecoveryStrategy::Rebootstrap).await;
+        move_brokers(&cluster, Script::Down);
+        client.refresh_metadata(Some(&[])).await.unwrap();
+        assert_eq!(cluster.asked(), vec![BOOTSTRAP]);
+        assert_eq!(ports(&client), vec![(1, 9201), (2, 9202)]);
+    }
+
+    #[tokio::test]
+    async fn under_none_every_known_broker_gone_is_an_error_naming_the_strategy() {
+        let (cluster, client) = two_brokers(MetadataRecoveryStrategy::None).await;
+        move_brokers(&cluster, Script::Down);
+        let err = client.refresh_metadata(Some(&[])).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("metadata.recovery.strategy=none") && text.contains("2 known brokers"),
+            "{text}"
+        );
+        assert!(
+            !cluster.dialed().contains(&BOOTSTRAP),
+            "the bootstrap address is not dialed after the first metadata"
+        );
+        assert!(client.any_connection(Lane::Control).await.is_err());
+        assert!(!cluster.dialed().contains(&BOOTSTRAP));
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_left_the_metadata_loses_its_connections() {
+        let (cluster, client) = two_brokers(MetadataRecoveryStrategy::Rebootstrap).await;
+        client.connection(1, Lane::Control).await.unwrap();
+        client.connection(2, Lane::Fetch).await.unwrap();
+        assert_eq!(slot_ids(&client), vec![-1, 1, 2]);
+        cluster.set(9101, metadata(&[(1, 9101)]));
+        client.refresh_metadata(Some(&[])).await.unwrap();
+        assert_eq!(ports(&client), vec![(1, 9101)]);
+        assert_eq!(slot_ids(&client), vec![-1, 1], "broker 2's slots dropped");
+        assert!(client.connection(2, Lane::Fetch).await.is_err());
+    }
 }

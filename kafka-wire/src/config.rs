@@ -25,6 +25,21 @@ pub enum SecurityProtocol {
     SaslSsl,
 }
 
+/// `metadata.recovery.strategy` (KIP-899): what the client does when the
+/// brokers it knows from metadata no longer answer (every one replaced, on
+/// new addresses, behind the same bootstrap address), or a broker answers
+/// REBOOTSTRAP_REQUIRED (KIP-1102).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetadataRecoveryStrategy {
+    /// Ask `bootstrap.servers` again (each name resolved anew) and forget
+    /// the brokers that left the cluster. The default, as in Java 4.x.
+    #[default]
+    Rebootstrap,
+    /// Never ask `bootstrap.servers` after the first metadata: a client
+    /// whose every known broker went away fails until it is restarted.
+    None,
+}
+
 impl SecurityProtocol {
     pub fn uses_tls(self) -> bool {
         matches!(self, Self::Ssl | Self::SaslSsl)
@@ -57,6 +72,22 @@ pub struct ClientConfig {
     pub reconnect_backoff_max: Duration,
     /// `metadata.max.age.ms`: refresh metadata at least this often. Default 5 min.
     pub metadata_max_age: Duration,
+    /// `metadata.recovery.strategy`: `rebootstrap` (default) or `none`.
+    /// With `rebootstrap`, a refresh that no known broker answers asks
+    /// `bootstrap.servers` next, and a rebootstrap (bootstrap addresses
+    /// only, known brokers forgotten) happens after
+    /// [`Self::metadata_recovery_rebootstrap_trigger`] without metadata or
+    /// at once on REBOOTSTRAP_REQUIRED. With `none`, the bootstrap
+    /// addresses serve the first metadata only: cheaper to reason about,
+    /// but a client whose brokers all moved must be restarted.
+    pub metadata_recovery_strategy: MetadataRecoveryStrategy,
+    /// `metadata.recovery.rebootstrap.trigger.ms` (KIP-1102): how long
+    /// refreshes may fail (or hang: each known broker takes up to
+    /// `request.timeout.ms`) before the next one goes to the bootstrap
+    /// addresses first. Shorter recovers sooner from brokers that answer
+    /// nothing; too short abandons a cluster that is merely slow. Default
+    /// 5 min.
+    pub metadata_recovery_rebootstrap_trigger: Duration,
     /// `max.in.flight.requests.per.connection`: Produce requests out to one
     /// broker at once (at most 5 for an idempotent producer, the broker's
     /// per-producer window). Default 5. Requests beyond the first carry
@@ -97,6 +128,8 @@ impl ClientConfig {
                 reconnect_backoff: Duration::from_millis(50),
                 reconnect_backoff_max: Duration::from_secs(1),
                 metadata_max_age: Duration::from_secs(300),
+                metadata_recovery_strategy: MetadataRecoveryStrategy::Rebootstrap,
+                metadata_recovery_rebootstrap_trigger: Duration::from_secs(300),
                 max_in_flight: 5,
                 max_frame_bytes: DEFAULT_MAX_FRAME,
                 connector: Arc::new(TcpConnector),
@@ -200,6 +233,19 @@ impl ClientConfigBuilder {
         self
     }
 
+    /// `metadata.recovery.strategy`; see [`ClientConfig::metadata_recovery_strategy`].
+    pub fn metadata_recovery_strategy(mut self, s: MetadataRecoveryStrategy) -> Self {
+        self.cfg.metadata_recovery_strategy = s;
+        self
+    }
+
+    /// `metadata.recovery.rebootstrap.trigger.ms`; see
+    /// [`ClientConfig::metadata_recovery_rebootstrap_trigger`].
+    pub fn metadata_recovery_rebootstrap_trigger(mut self, d: Duration) -> Self {
+        self.cfg.metadata_recovery_rebootstrap_trigger = d;
+        self
+    }
+
     /// Route every connection through `connector` (fault injection, proxies).
     pub fn connector(mut self, connector: Arc<dyn Connector>) -> Self {
         self.cfg.connector = connector;
@@ -274,6 +320,20 @@ impl ClientConfigBuilder {
             "reconnect.backoff.max.ms" => c.reconnect_backoff_max = parse_ms(key, value)?,
             "metadata.max.age.ms" | "topic.metadata.refresh.interval.ms" => {
                 c.metadata_max_age = parse_ms(key, value)?
+            }
+            "metadata.recovery.strategy" => {
+                c.metadata_recovery_strategy = match value.trim().to_ascii_lowercase().as_str() {
+                    "rebootstrap" => MetadataRecoveryStrategy::Rebootstrap,
+                    "none" => MetadataRecoveryStrategy::None,
+                    _ => {
+                        return Err(Error::Config(format!(
+                            "metadata.recovery.strategy={value:?}: expected rebootstrap or none"
+                        )))
+                    }
+                }
+            }
+            "metadata.recovery.rebootstrap.trigger.ms" => {
+                c.metadata_recovery_rebootstrap_trigger = parse_ms(key, value)?
             }
             "max.in.flight.requests.per.connection" | "max.in.flight" => {
                 c.max_in_flight = number(key, value)?
@@ -386,6 +446,44 @@ mod tests {
     fn tls_without_its_feature_is_a_config_error_naming_it() {
         let err = crate::tls::build_connector(&TlsConfig::default()).unwrap_err();
         assert!(err.to_string().contains("`tls` feature"), "{err}");
+    }
+
+    #[test]
+    fn metadata_recovery_defaults_as_java_4_and_accepts_kafka_names() {
+        let cfg = ClientConfig::builder()
+            .bootstrap("a:9092")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(
+            cfg.metadata_recovery_strategy,
+            MetadataRecoveryStrategy::Rebootstrap
+        );
+        assert_eq!(
+            cfg.metadata_recovery_rebootstrap_trigger,
+            Duration::from_secs(300)
+        );
+        let cfg = ClientConfig::builder()
+            .properties([
+                ("bootstrap.servers", "a:9092"),
+                ("metadata.recovery.strategy", "NONE"),
+                ("metadata.recovery.rebootstrap.trigger.ms", "1500"),
+            ])
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(
+            cfg.metadata_recovery_strategy,
+            MetadataRecoveryStrategy::None
+        );
+        assert_eq!(
+            cfg.metadata_recovery_rebootstrap_trigger,
+            Duration::from_millis(1500)
+        );
+        let err = ClientConfig::builder()
+            .set("metadata.recovery.strategy", "reboot")
+            .unwrap_err();
+        assert!(err.to_string().contains("rebootstrap or none"), "{err}");
     }
 
     #[test]

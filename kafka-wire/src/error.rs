@@ -253,6 +253,10 @@ fn code_hint(code: &KafkaCode) -> &'static str {
             return "not allowed to use the group: check the ACLs of this principal"
         }
         KafkaCode::GroupIdNotFound => return "the group does not exist",
+        KafkaCode::RebootstrapRequired => {
+            return "the broker says this client's metadata is stale: ask bootstrap.servers \
+                    again (metadata.recovery.strategy=rebootstrap does it at the next refresh)"
+        }
         _ => {}
     }
     match action_for_code(*code) {
@@ -281,6 +285,10 @@ pub(crate) fn action_for_code(code: KafkaCode) -> ErrorAction {
         | C::UnknownTopicId
         | C::InconsistentTopicId
         | C::NotController => ErrorAction::RefreshMetadataAndRetry,
+        // KIP-1102. Not retriable by the protocol's table, but the refresh
+        // is the cure: under metadata.recovery.strategy=rebootstrap it asks
+        // the bootstrap addresses (client.rs, `recovery`).
+        C::RebootstrapRequired => ErrorAction::RefreshMetadataAndRetry,
         C::NotCoordinator | C::CoordinatorNotAvailable => ErrorAction::FindCoordinatorAndRetry,
         C::IllegalGeneration
         | C::UnknownMemberId
@@ -490,6 +498,12 @@ mod tests {
             action_for_code(KafkaCode::RequestTimedOut),
             ErrorAction::Retry
         );
+        assert_eq!(
+            action_for_code(KafkaCode::RebootstrapRequired),
+            ErrorAction::RefreshMetadataAndRetry,
+            "KIP-1102: the refresh rebootstraps"
+        );
+        assert_eq!(KafkaCode::RebootstrapRequired.code(), 129);
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub use admin::{
 };
 pub use backoff::{Backoff, Delays};
 pub use client::{Client, Lane};
-pub use config::{ClientConfig, ClientConfigBuilder, SecurityProtocol};
+pub use config::{ClientConfig, ClientConfigBuilder, MetadataRecoveryStrategy, SecurityProtocol};
 pub use connection::{Connection, ConnectionInfo, PendingResponse};
 pub use connector::{
     BoxTransport, BrokerAddress, ConnectFuture, Connector, TcpConnector, Transport,

@@ -17,7 +17,9 @@ pub(crate) fn client_range(api: ApiKey) -> Option<(i16, i16)> {
         K::Produce => (3, 11),
         K::Fetch => (4, 12),
         K::ListOffsets => (1, 8),
-        K::Metadata => (1, 12),
+        // v13 (KIP-1102): a top-level error_code, REBOOTSTRAP_REQUIRED
+        // among them (client.rs reads it before merging anything).
+        K::Metadata => (1, 13),
         K::OffsetCommit => (2, 9),
         K::OffsetFetch => (1, 9),
         K::FindCoordinator => (0, 4),
@@ -109,8 +111,14 @@ mod tests {
             (ApiKey::Fetch as i16, 4, 17),
             (ApiKey::Produce as i16, 3, 8),
             (ApiKey::JoinGroup as i16, 0, 9),
+            (ApiKey::Metadata as i16, 0, 13),
         ]);
         assert_eq!(t.version(ApiKey::Fetch), Some(12));
+        assert_eq!(
+            t.version(ApiKey::Metadata),
+            Some(13),
+            "KIP-1102's error_code"
+        );
         assert_eq!(t.version(ApiKey::Produce), Some(8));
         assert_eq!(t.version(ApiKey::JoinGroup), Some(9));
         assert_eq!(t.version(ApiKey::Heartbeat), None, "not advertised");

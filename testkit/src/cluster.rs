@@ -1,6 +1,6 @@
 //! The three-node cluster of `cargo xtask cluster up` (`target/cluster/`):
 //! where it is ([`cluster`]), and its nodes' faults ([`kill_node`],
-//! [`stop_node`], [`start_node`]), driven through the xtask.
+//! [`stop_node`], [`start_node`], [`move_node`]), driven through the xtask.
 //!
 //! Tests that use it sit under a `cluster::` module path and are
 //! `#[ignore]`d in the shared run; `cargo xtask test` brings the cluster up
@@ -94,23 +94,43 @@ fn cluster_env_file() -> PathBuf {
 /// Every node must answer: a test starts from a whole cluster.
 ///
 /// Read from the process env (`KAFKA_CLUSTER_*`, as `cargo xtask test`
-/// passes it), else from `target/cluster/env`.
+/// passes it), else from `target/cluster/env`. When the process env names
+/// its env file (`KAFKA_CLUSTER_ENV_FILE`, the xtask's own cluster) and the
+/// file exists, the file: [`move_node`] rewrites it with the new ports
+/// after the process env was handed out.
 ///
 /// # Panics
 /// When a node does not answer (or there is no cluster) and
 /// [`broker_required`] is true (`CI=true`, `KAFKA_REQUIRE_BROKER=1`).
 pub fn cluster() -> Option<ClusterEnv> {
-    // With KAFKA_CLUSTER_BOOTSTRAP in the env, the env is the whole truth.
-    let file: Vec<(String, String)> = if std::env::var_os("KAFKA_CLUSTER_BOOTSTRAP").is_some() {
-        Vec::new()
-    } else {
-        std::fs::read_to_string(cluster_env_file())
+    // With KAFKA_CLUSTER_BOOTSTRAP in the env, the env is the whole truth,
+    // unless it names the file that is (moved nodes).
+    let named_file = std::env::var_os("KAFKA_CLUSTER_ENV_FILE")
+        .map(PathBuf::from)
+        .filter(|f| f.exists());
+    let read = |path: PathBuf| -> Vec<(String, String)> {
+        std::fs::read_to_string(path)
             .unwrap_or_default()
             .lines()
             .filter_map(env_line)
             .collect()
     };
-    let get = |k: &str| crate::lookup(k, &file);
+    let file_first = named_file.is_some();
+    let file = match named_file {
+        Some(path) => read(path),
+        None if std::env::var_os("KAFKA_CLUSTER_BOOTSTRAP").is_some() => Vec::new(),
+        None => read(cluster_env_file()),
+    };
+    let get = |k: &str| {
+        if file_first {
+            file.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var(k).ok())
+        } else {
+            crate::lookup(k, &file)
+        }
+    };
     let problem = match parse(&get) {
         Err(problem) => problem,
         Ok(env) => match env.nodes.iter().find(|n| !reachable(&n.address)) {
@@ -202,6 +222,19 @@ pub fn stop_node(id: i32) -> Result<(), String> {
 /// The xtask failed (no cluster, the node exited or did not serve in time); its stderr.
 pub fn start_node(id: i32) -> Result<(), String> {
     xtask_cluster("start", id)
+}
+
+/// Restart node `id` with its broker listeners on new ports (`cargo xtask
+/// cluster move`: a clean stop, the controller port, data and id kept).
+/// Returns once it serves and every running node's metadata lists it at
+/// its new address; [`cluster`] then gives the new addresses. A client
+/// that knew only the old ones must find it through its bootstrap
+/// addresses (KIP-899).
+///
+/// # Errors
+/// The xtask failed (no cluster, the node did not serve in time); its stderr.
+pub fn move_node(id: i32) -> Result<(), String> {
+    xtask_cluster("move", id)
 }
 
 /// Run `xtask cluster <action> <id>`: the xtask binary in

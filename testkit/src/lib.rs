@@ -32,7 +32,7 @@ mod fixtures;
 mod schema_registry;
 mod wait;
 
-pub use cluster::{cluster, kill_node, start_node, stop_node, ClusterEnv, ClusterNode};
+pub use cluster::{cluster, kill_node, move_node, start_node, stop_node, ClusterEnv, ClusterNode};
 pub use fixtures::{
     client, consumer_props, create_topic, create_topic_with, group_protocol, kip848,
     numbered_records, numbered_topic, produce, producer_builder, producer_config,

@@ -1,4 +1,4 @@
-//! `cargo xtask cluster up | down | status | kill N | stop N | start N | logs N`:
+//! `cargo xtask cluster up | down | status | kill N | stop N | start N | move N | logs N`:
 //! a three-node Apache Kafka cluster on demand, for what only a cluster
 //! shows (followers, racks, a node dying under load).
 //!
@@ -24,7 +24,8 @@
 //!   env              `export KEY=value` lines (`source target/cluster/env`), see below
 //! ```
 //!
-//! The env file (written by a fresh `up`; the ports never change until `down`):
+//! The env file (written by a fresh `up`, rewritten by `move`: it always
+//! holds the current ports):
 //!
 //! | key | value |
 //! |---|---|
@@ -36,6 +37,7 @@
 //! | `KAFKA_CLUSTER_CA_PEM`, `KAFKA_CLUSTER_SASL_USER`, `KAFKA_CLUSTER_SASL_PASSWORD` | TLS trust and SASL credentials |
 //! | `KAFKA_CLUSTER_REAUTH_MS` | the SASL listeners' `connections.max.reauth.ms` |
 //! | `KAFKA_CLUSTER_VERSION` | the Kafka version |
+//! | `KAFKA_CLUSTER_ENV_FILE` | this file: a test handed these variables reads the file instead, so it sees the ports `move` changed |
 //!
 //! - `up` is idempotent: a running cluster is reused; one with nodes down
 //!   gets them started again on their ports and data; with none of ours
@@ -44,6 +46,13 @@
 //! - `kill N` is `kill -9` (a power cut); `stop N` a clean shutdown
 //!   (SIGTERM, controlled shutdown: leadership moves first); `start N`
 //!   starts it again on the same ports and data and waits as `up` does.
+//! - `move N` stops node N cleanly and starts it again with its broker
+//!   listeners (PLAINTEXT, SASL_SSL, SASL_PLAINTEXT) on new free ports; the
+//!   controller port stays (the static voter set names it), as do the
+//!   data and the node id. It waits until every running node's metadata
+//!   lists node N at its new address. Clients that knew the old address
+//!   must find the new one through their bootstrap addresses (KIP-899
+//!   rebootstrap, `consumer-core/tests/it/cluster/rebootstrap.rs`).
 //! - `down` stops all three at once (a quorum losing its last voters cannot
 //!   shut down cleanly one by one), SIGKILL after 30 s.
 
@@ -95,6 +104,13 @@ pub enum Action {
     /// Start node N again on its ports and data; wait until it serves and
     /// the metadata lists all three brokers.
     Start {
+        #[arg(value_parser = clap::value_parser!(u8).range(1..=3))]
+        node: u8,
+    },
+    /// Restart node N with its broker listeners on new free ports (the
+    /// controller port, data and id kept); rewrite the env file; wait until
+    /// every running node's metadata lists it at the new address.
+    Move {
         #[arg(value_parser = clap::value_parser!(u8).range(1..=3))]
         node: u8,
     },
@@ -150,6 +166,21 @@ pub fn run(action: Action) -> anyhow::Result<()> {
             let pid = start(node)?;
             println!(
                 "node {node} serves (pid {pid}) and the metadata lists every running node, {:.1} s after the start",
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Action::Move { node } => {
+            let t = Instant::now();
+            let (pid, p) = move_node(node)?;
+            println!(
+                "node {node} serves (pid {pid}) on new ports, PLAINTEXT 127.0.0.1:{}, SASL_SSL 127.0.0.1:{}, \
+                 SASL_PLAINTEXT 127.0.0.1:{} (controller 127.0.0.1:{} kept), and every running node's \
+                 metadata lists it there, {:.1} s after the stop",
+                p.plaintext,
+                p.sasl_ssl,
+                p.sasl_plaintext,
+                p.controller,
                 t.elapsed().as_secs_f64()
             );
             Ok(())
@@ -227,10 +258,66 @@ impl RunningCluster {
 
     /// Node `node`'s PLAINTEXT address.
     fn node_address(&self, node: u8) -> anyhow::Result<String> {
-        let key = format!("KAFKA_CLUSTER_NODE_{node}");
+        self.node_listener(node, "")
+    }
+
+    /// Node `node`'s address of the listener whose env key ends in
+    /// `suffix` (`""` PLAINTEXT, `_SASL_SSL`, `_SASL_PLAINTEXT`, `_CONTROLLER`).
+    fn node_listener(&self, node: u8, suffix: &str) -> anyhow::Result<String> {
+        let key = format!("KAFKA_CLUSTER_NODE_{node}{suffix}");
         self.get(&key)
             .map(str::to_string)
             .with_context(|| format!("the cluster's env file has no {key}"))
+    }
+
+    /// Node `node`'s ports, as the env file gives them.
+    fn node_ports(&self, node: u8) -> anyhow::Result<NodePorts> {
+        let port = |suffix: &str| -> anyhow::Result<u16> {
+            let addr = self.node_listener(node, suffix)?;
+            addr.rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .with_context(|| format!("node {node}'s address {addr:?} has no port"))
+        };
+        Ok(NodePorts {
+            plaintext: port("")?,
+            sasl_ssl: port("_SASL_SSL")?,
+            sasl_plaintext: port("_SASL_PLAINTEXT")?,
+            controller: port("_CONTROLLER")?,
+        })
+    }
+
+    /// Set `key` (appended if new).
+    fn set(&mut self, key: &str, value: String) {
+        match self.env.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value,
+            None => self.env.push((key.to_string(), value)),
+        }
+    }
+
+    /// Node `node`'s broker listeners at ports `p`, and the bootstrap
+    /// lists rebuilt from every node's.
+    fn set_node_ports(&mut self, node: u8, p: &NodePorts) {
+        let addr = |port: u16| format!("127.0.0.1:{port}");
+        self.set(&format!("KAFKA_CLUSTER_NODE_{node}"), addr(p.plaintext));
+        self.set(
+            &format!("KAFKA_CLUSTER_NODE_{node}_SASL_SSL"),
+            addr(p.sasl_ssl),
+        );
+        self.set(
+            &format!("KAFKA_CLUSTER_NODE_{node}_SASL_PLAINTEXT"),
+            addr(p.sasl_plaintext),
+        );
+        for (list, suffix) in [
+            ("KAFKA_CLUSTER_BOOTSTRAP", ""),
+            ("KAFKA_CLUSTER_BOOTSTRAP_SASL_SSL", "_SASL_SSL"),
+            ("KAFKA_CLUSTER_BOOTSTRAP_SASL_PLAINTEXT", "_SASL_PLAINTEXT"),
+        ] {
+            let all: Vec<String> = NODES
+                .iter()
+                .filter_map(|&n| self.node_listener(n, suffix).ok())
+                .collect();
+            self.set(list, all.join(","));
+        }
     }
 }
 
@@ -240,13 +327,32 @@ fn env_lines(env: &[(String, String)]) -> String {
         .collect()
 }
 
-/// The env file of the last fresh `up`, if there is one.
+/// The env file (of the last fresh `up`, with the ports `move` changed),
+/// if there is one.
 fn read_env(layout: &Layout) -> Option<RunningCluster> {
     let text = fs::read_to_string(&layout.env).ok()?;
-    Some(RunningCluster {
+    let mut cluster = RunningCluster {
         started_now: false,
         env: broker::parse_env(&text),
-    })
+    };
+    // Files written before the key existed.
+    if cluster.get(ENV_FILE).is_none() {
+        cluster.set(ENV_FILE, layout.env.display().to_string());
+    }
+    Some(cluster)
+}
+
+/// The env key naming the env file: tests handed the cluster's variables
+/// read the file instead while it exists, because `move` changes ports
+/// after the variables were handed out.
+const ENV_FILE: &str = "KAFKA_CLUSTER_ENV_FILE";
+
+/// Write the env file whole, or not at all.
+fn write_env(layout: &Layout, cluster: &RunningCluster) -> anyhow::Result<()> {
+    let tmp = layout.env.with_extension("tmp");
+    fs::write(&tmp, env_lines(&cluster.env))?;
+    fs::rename(&tmp, &layout.env)?;
+    Ok(())
 }
 
 /// Start the cluster unless it runs; start the nodes of ours that are down.
@@ -399,6 +505,7 @@ fn start_fresh(layout: &Layout) -> anyhow::Result<RunningCluster> {
         ("KAFKA_CLUSTER_SASL_PASSWORD".into(), SASL_PASSWORD.into()),
         ("KAFKA_CLUSTER_REAUTH_MS".into(), REAUTH_MS.to_string()),
         ("KAFKA_CLUSTER_VERSION".into(), KAFKA_VERSION.into()),
+        (ENV_FILE.into(), path(&layout.env)),
     ]);
     let cluster = RunningCluster {
         started_now: true,
@@ -411,7 +518,7 @@ fn start_fresh(layout: &Layout) -> anyhow::Result<RunningCluster> {
         launch(layout, n)?;
     }
     wait_serving(layout, &cluster, &NODES)?;
-    fs::write(&layout.env, env_lines(&cluster.env))?;
+    write_env(layout, &cluster)?;
     eprintln!(
         "xtask: cluster ready in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -462,6 +569,11 @@ transaction.state.log.num.partitions=4
 transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 share.coordinator.state.topic.replication.factor=3
 share.coordinator.state.topic.min.isr=2
+# Heartbeats to the controller every 0.5 s (default 2 s): a controlled
+# shutdown and a restarted node's unfencing each wait for heartbeats, so
+# `stop`, `start` and `move` take seconds less. The session (9 s, the
+# fencing of a killed node) is the default.
+broker.heartbeat.interval.ms=500
 group.initial.rebalance.delay.ms=0
 group.min.session.timeout.ms=1000
 group.consumer.min.session.timeout.ms=1000
@@ -603,9 +715,14 @@ fn is_our_node(pid: u32, layout: &Layout, node: u8) -> bool {
 }
 
 /// Wait until each of `nodes` serves and its metadata lists exactly those
-/// nodes (registered and unfenced).
+/// nodes (registered and unfenced), each at the PLAINTEXT address the env
+/// gives (after a `move`, the new one).
 fn wait_serving(layout: &Layout, cluster: &RunningCluster, nodes: &[u8]) -> anyhow::Result<()> {
     let want: Vec<i32> = nodes.iter().map(|&n| i32::from(n)).collect();
+    let addresses: Vec<String> = nodes
+        .iter()
+        .map(|&n| cluster.node_address(n))
+        .collect::<anyhow::Result<_>>()?;
     let deadline = Instant::now() + START_TIMEOUT;
     for &n in nodes {
         let addr = cluster.node_address(n)?;
@@ -615,10 +732,10 @@ fn wait_serving(layout: &Layout, cluster: &RunningCluster, nodes: &[u8]) -> anyh
             } else {
                 None
             };
-            if seen
-                .as_ref()
-                .is_some_and(|b| b.iter().map(|b| b.id).eq(want.iter().copied()))
-            {
+            if seen.as_ref().is_some_and(|b| {
+                b.iter().map(|b| b.id).eq(want.iter().copied())
+                    && b.iter().map(|b| &b.address).eq(addresses.iter())
+            }) {
                 break;
             }
             if running_pid(layout, n).is_none() {
@@ -630,11 +747,15 @@ fn wait_serving(layout: &Layout, cluster: &RunningCluster, nodes: &[u8]) -> anyh
             }
             if Instant::now() > deadline {
                 let seen = seen.map_or("nothing (not serving)".to_string(), |b| {
-                    format!("brokers {:?}", b.iter().map(|b| b.id).collect::<Vec<_>>())
+                    let b: Vec<String> = b
+                        .iter()
+                        .map(|b| format!("{} at {}", b.id, b.address))
+                        .collect();
+                    format!("brokers {}", b.join(", "))
                 });
                 bail!(
-                    "node {n} ({addr}) did not list brokers {want:?} within {} s (it lists {seen}); \
-                     see `cargo xtask cluster logs {n}`",
+                    "node {n} ({addr}) did not list brokers {want:?} at {addresses:?} within {} s \
+                     (it lists {seen}); see `cargo xtask cluster logs {n}`",
                     START_TIMEOUT.as_secs()
                 );
             }
@@ -790,6 +911,62 @@ fn start(node: u8) -> anyhow::Result<u32> {
     Ok(pid)
 }
 
+/// Stop node `node` cleanly (if it runs), rewrite its config and the env
+/// file with its broker listeners on new free ports, start it, and wait
+/// until every running node lists it there. Its pid and ports.
+///
+/// The controller port stays: `controller.quorum.voters` (a static
+/// quorum, in every node's config) names it.
+fn move_node(node: u8) -> anyhow::Result<(u32, NodePorts)> {
+    let layout = Layout::new();
+    let mut cluster = existing(&layout)?;
+    let old = cluster.node_ports(node)?;
+    // Every port the env names stays out: a new port must not be one a
+    // client may still know for another node.
+    let mut taken = Vec::new();
+    for n in NODES {
+        let p = cluster.node_ports(n)?;
+        taken.extend([p.plaintext, p.sasl_ssl, p.sasl_plaintext, p.controller]);
+    }
+    let new = loop {
+        let p = broker::free_ports::<3>()?;
+        if p.iter().all(|port| !taken.contains(port)) {
+            break NodePorts {
+                plaintext: p[0],
+                sasl_ssl: p[1],
+                sasl_plaintext: p[2],
+                controller: old.controller,
+            };
+        }
+    };
+    let voters: Vec<String> = NODES
+        .iter()
+        .map(|&n| {
+            cluster
+                .node_ports(n)
+                .map(|p| format!("{n}@127.0.0.1:{}", p.controller))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let certs = certs::ensure(&layout.certs)?;
+    if let Some(pid) = running_pid(&layout, node) {
+        stop_pid(&layout, node, pid, false, Duration::from_secs(60));
+    }
+    let data = layout.data.join(format!("node-{node}"));
+    fs::write(
+        layout.properties(node),
+        node_properties(node, &new, &voters.join(","), &data, &certs),
+    )?;
+    cluster.set_node_ports(node, &new);
+    write_env(&layout, &cluster)?;
+    let pid = launch(&layout, node)?;
+    let up: Vec<u8> = NODES
+        .into_iter()
+        .filter(|&n| running_pid(&layout, n).is_some())
+        .collect();
+    wait_serving(&layout, &cluster, &up)?;
+    Ok((pid, new))
+}
+
 /// Stop every node of ours at once (SIGTERM; SIGKILL after 30 s).
 pub fn down() -> anyhow::Result<()> {
     let layout = Layout::new();
@@ -880,6 +1057,51 @@ mod tests {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         }
+    }
+
+    #[test]
+    fn a_moved_node_changes_its_addresses_and_the_bootstrap_lists_only() {
+        let mut env = Vec::new();
+        for n in NODES {
+            let base = 1000 * u16::from(n);
+            for (suffix, port) in [
+                ("", base),
+                ("_SASL_SSL", base + 1),
+                ("_SASL_PLAINTEXT", base + 2),
+                ("_CONTROLLER", base + 3),
+            ] {
+                env.push((
+                    format!("KAFKA_CLUSTER_NODE_{n}{suffix}"),
+                    format!("127.0.0.1:{port}"),
+                ));
+            }
+        }
+        let mut c = RunningCluster {
+            started_now: false,
+            env,
+        };
+        let p = c.node_ports(2).unwrap();
+        assert_eq!((p.plaintext, p.controller), (2000, 2003));
+        c.set_node_ports(
+            2,
+            &NodePorts {
+                plaintext: 5000,
+                sasl_ssl: 5001,
+                sasl_plaintext: 5002,
+                controller: p.controller,
+            },
+        );
+        assert_eq!(c.node_address(2).unwrap(), "127.0.0.1:5000");
+        assert_eq!(c.node_ports(2).unwrap().controller, 2003, "kept");
+        assert_eq!(
+            c.bootstrap(),
+            "127.0.0.1:1000,127.0.0.1:5000,127.0.0.1:3000"
+        );
+        assert_eq!(
+            c.get("KAFKA_CLUSTER_BOOTSTRAP_SASL_PLAINTEXT"),
+            Some("127.0.0.1:1002,127.0.0.1:5002,127.0.0.1:3002")
+        );
+        assert_eq!(c.node_address(1).unwrap(), "127.0.0.1:1000");
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod common;
 
 mod cluster {
     mod follower_fetch;
+    mod rebootstrap;
     mod sasl_reauth;
 }
 
