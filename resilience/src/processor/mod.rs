@@ -503,11 +503,6 @@ async fn create_failure_topics(client: &Client, cfg: &ProcessorConfig) {
 const START_BACKOFF: kafka_wire::Backoff =
     kafka_wire::Backoff::exponential(Duration::from_millis(200), Duration::from_secs(10));
 
-/// Connect, retrying retriable failures (broker not up yet, coordinator
-/// loading, connection refused) with capped exponential backoff until it
-/// works, `shutdown` fires (`Ok(None)`), or `deadline` passes. A fatal
-/// error (bad credentials, TLS, config) is returned at once: retrying
-/// cannot fix it.
 /// Consumer settings that would quietly break what the runtime promises
 /// are refused before anything connects, naming the setting and why.
 ///
@@ -540,6 +535,11 @@ pub(crate) fn refuse_settings_that_defeat_the_runtime(
     Ok(())
 }
 
+/// Connect, retrying retriable failures (broker not up yet, coordinator
+/// loading, connection refused) with capped exponential backoff until it
+/// works, `shutdown` fires (`Ok(None)`), or `deadline` passes. A fatal
+/// error (bad credentials, TLS, config) is returned at once: retrying
+/// cannot fix it.
 pub(crate) async fn until_connected<T, E, F, Fut>(
     what: &str,
     mut connect: F,
