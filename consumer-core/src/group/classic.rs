@@ -363,7 +363,16 @@ impl GroupTask {
                 match tokio::time::timeout(bound, self.client.refresh_metadata(topics.as_deref()))
                     .await
                 {
-                    Ok(Ok(md)) => m.handle_metadata(&counts(&md, topics.as_deref()), now()),
+                    Ok(Ok(md)) => {
+                        let racks = m
+                            .watches_racks()
+                            .then(|| replica_racks(&md, &m.watched_topics()));
+                        m.handle_metadata_with_racks(
+                            &counts(&md, topics.as_deref()),
+                            racks.as_ref(),
+                            now(),
+                        )
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(group = %self.group_id, error = %e, "metadata refresh failed; retrying");
                         m.handle_metadata_failed(now());

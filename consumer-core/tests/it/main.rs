@@ -21,6 +21,7 @@ mod common;
 
 mod cluster {
     mod follower_fetch;
+    mod rack_assign;
     mod rebootstrap;
     mod sasl_reauth;
 }

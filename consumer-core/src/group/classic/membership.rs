@@ -175,6 +175,10 @@ pub struct Membership {
     watched: BTreeSet<String>,
     /// Partition counts of `watched` when the last assignment was made.
     assignment_metadata: Option<PartitionCounts>,
+    /// As leader with a rack-aware assignment (some member sent a rack):
+    /// the replicas' racks it was computed from. A change rebalances
+    /// (KIP-881), as a partition count change does.
+    assignment_racks: Option<ReplicaRacks>,
     /// Partition counts of the subscription when first seen.
     first_seen: Option<PartitionCounts>,
     /// Refresh metadata before the next JoinGroup.
@@ -238,6 +242,7 @@ impl Membership {
             joined_topics: Vec::new(),
             watched: BTreeSet::new(),
             assignment_metadata: None,
+            assignment_racks: None,
             first_seen: None,
             metadata_before_join: true,
             next_metadata_refresh: None,
@@ -558,6 +563,7 @@ impl Membership {
                 .map(|(t, n)| (t.clone(), *n))
                 .collect(),
         );
+        self.assignment_racks = (leader && !racks.is_empty()).then(|| racks.clone());
         if self.first_seen.is_none() {
             self.first_seen = Some(self.subscribed(partitions_per_topic));
         }
@@ -746,6 +752,32 @@ impl Membership {
     /// differs from the one its last assignment was computed with (grown,
     /// created, deleted).
     pub fn handle_metadata(&mut self, counts: &PartitionCounts, now: Instant) {
+        self.handle_metadata_with_racks(counts, None, now);
+    }
+
+    /// The topics whose metadata the last assignment was computed from.
+    pub fn watched_topics(&self) -> Vec<String> {
+        self.watched.iter().cloned().collect()
+    }
+
+    /// Whether [`handle_metadata_with_racks`](Self::handle_metadata_with_racks)
+    /// wants the replicas' racks of the watched topics: this member led a
+    /// rack-aware assignment (KIP-881).
+    pub fn watches_racks(&self) -> bool {
+        self.assignment_racks.is_some()
+    }
+
+    /// [`handle_metadata`](Self::handle_metadata) with the replicas' racks
+    /// of the watched topics (when [`watches_racks`](Self::watches_racks)):
+    /// a leader whose rack-aware assignment was computed from other racks
+    /// (a partition reassigned to another rack, a broker's rack changed)
+    /// rebalances, as Java's leader does (KIP-881).
+    pub fn handle_metadata_with_racks(
+        &mut self,
+        counts: &PartitionCounts,
+        racks: Option<&ReplicaRacks>,
+        now: Instant,
+    ) {
         self.next_metadata_refresh = Some(self.next_check(counts, now));
         if matches!(
             self.state,
@@ -781,6 +813,11 @@ impl Membership {
                         }
                         (None, None) => {}
                     }
+                }
+            }
+            if let (Some(before), Some(now_racks)) = (&self.assignment_racks, racks) {
+                if before != now_racks {
+                    changes.push("the racks of the assigned partitions' replicas changed".into());
                 }
             }
             if !changes.is_empty() {

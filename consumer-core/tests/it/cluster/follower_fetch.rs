@@ -332,8 +332,9 @@ async fn a_killed_follower_sends_its_reader_back_to_the_leaders_without_a_stall(
 const FENCE: Duration = Duration::from_secs(9);
 
 /// Create `topic` with partition p on `assignments[p]` (the first broker
-/// leads), and wait until every partition has its leader in the metadata.
-async fn create_topic_placed(admin: &Client, topic: &str, assignments: &[Vec<i32>]) {
+/// leads), and wait until every partition has its leader in the metadata
+/// and every replica in sync.
+pub(super) async fn create_topic_placed(admin: &Client, topic: &str, assignments: &[Vec<i32>]) {
     let req = CreateTopicsRequest::default()
         .with_timeout_ms(30_000)
         .with_topics(vec![CreatableTopic::default()
@@ -369,9 +370,10 @@ async fn create_topic_placed(admin: &Client, topic: &str, assignments: &[Vec<i32
         };
         md.topics.get(topic).is_some_and(|t| {
             t.partitions.len() == assignments.len()
-                && t.partitions
-                    .iter()
-                    .all(|p| p.leader == assignments[p.partition as usize][0] && p.isr.len() == 3)
+                && t.partitions.iter().all(|p| {
+                    let replicas = &assignments[p.partition as usize];
+                    p.leader == replicas[0] && p.isr.len() == replicas.len()
+                })
         })
     })
     .await;

@@ -1022,6 +1022,7 @@ fn the_rack_is_subscribed_and_the_leader_assigns_by_replica_racks() {
     let t0 = Instant::now();
     let cfg = MembershipConfig {
         rack: Some("r1".into()),
+        metadata_max_age: AGE,
         ..cfg(None)
     };
     let mut m = Membership::new(cfg, vec![Arc::new(RangeAssignor)], vec!["t".into()], t0);
@@ -1070,4 +1071,35 @@ fn the_rack_is_subscribed_and_the_leader_assigns_by_replica_racks() {
     };
     assert_eq!(of("m1"), [tp("t", 2), tp("t", 3)]);
     assert_eq!(of("m2"), [tp("t", 0), tp("t", 1)]);
+
+    // The leader watches the racks it assigned by (KIP-881): the same
+    // racks change nothing; a partition moved to another rack rebalances.
+    let mine = assignments
+        .iter()
+        .find(|(id, _)| id == "m1")
+        .unwrap()
+        .1
+        .clone();
+    m.handle_sync(None, &mine, t0);
+    drain(&mut m, t0);
+    assert!(m.watches_racks());
+    assert_eq!(m.watched_topics(), ["t"]);
+    let check = |m: &mut Membership, at: Instant, racks: &ReplicaRacks| loop {
+        match m.poll_action(at) {
+            Some(Action::Heartbeat { .. }) => m.handle_heartbeat(None, at),
+            Some(Action::RefreshMetadata { .. }) => {
+                m.handle_metadata_with_racks(&parts(), Some(racks), at);
+                return drain(m, at);
+            }
+            other => panic!("expected a metadata check, got {other:?}"),
+        }
+    };
+    assert_eq!(check(&mut m, t0 + AGE, &racks), Vec::new());
+    let mut moved = racks.clone();
+    moved.insert("t", 3, ["r2"]);
+    let actions = check(&mut m, t0 + 2 * AGE, &moved);
+    assert!(
+        join_reason(&actions).contains("racks"),
+        "a rack change rebalances: {actions:?}"
+    );
 }
