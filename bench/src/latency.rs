@@ -192,7 +192,7 @@ pub async fn ours(a: &Args) {
         rate: a.rate,
         next_seq: 0,
     };
-    let (topic, size) = (a.topic.clone(), a.size);
+    let (topic, size) = (kafka_wire::Topic::new(&a.topic), a.size);
     let took = pacer
         .run(a.count, |seq, sched| {
             let (p, failed, topic) = (producer.clone(), failed.clone(), topic.clone());

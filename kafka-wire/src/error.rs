@@ -205,6 +205,12 @@ pub enum Error {
     /// The client was shut down.
     #[error("the client is closed")]
     Closed,
+    /// Records [`Producer::flush`](crate::Producer::flush) waited for and
+    /// could not deliver, each with its own error (and action): send them
+    /// again, or give up on them. So that `flush().await?` works in a
+    /// function returning this crate's [`Result`].
+    #[error(transparent)]
+    Undelivered(Box<crate::producer::Undelivered>),
 }
 
 fn scope_suffix(topic: &Option<String>, partition: Option<i32>) -> String {
@@ -333,6 +339,8 @@ impl Error {
             | Error::Encode { .. }
             | Error::Config(_)
             | Error::Closed => ErrorAction::Fatal,
+            // Flushing again delivers nothing: the records are in it.
+            Error::Undelivered(_) => ErrorAction::Fatal,
         }
     }
 
@@ -423,6 +431,12 @@ pub(crate) fn check_code(api: ApiKey, code: i16) -> Result<()> {
     match KafkaCode::try_from_code(code) {
         None => Ok(()),
         Some(code) => Err(Error::broker(api, code)),
+    }
+}
+
+impl From<crate::producer::Undelivered> for Error {
+    fn from(u: crate::producer::Undelivered) -> Self {
+        Error::Undelivered(Box::new(u))
     }
 }
 

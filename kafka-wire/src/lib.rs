@@ -17,7 +17,7 @@
 //! | `versions` | the one table of API versions this client speaks, and negotiation |
 //! | `metadata` | the [`Metadata`] cache (pure) |
 //! | [`records`] | record batches v2: lazy zero-copy decode, CRC32C, gzip/snappy/lz4/zstd |
-//! | `producer` | [`Producer`]: accumulator (pure), sender task, partitioner, transactions |
+//! | `producer` | [`Producer`]: accumulator (pure), sender task, partitioner, transactions; [`Topic`] handles; delivery futures and the failure log `flush` reports ([`Undelivered`]) |
 //! | `coordinator` | FindCoordinator for groups and transactions ([`CoordinatorKind`]) |
 //! | `admin` | topics, offsets, groups, configs, cluster (methods on [`Client`]) |
 //! | `tls`, `sasl` | [`TlsConfig`] (rustls, graviola provider); [`SaslConfig`]: PLAIN, SCRAM, OAUTHBEARER |
@@ -43,9 +43,14 @@
 //!
 //! ## Example: produce
 //!
+//! Send in bulk without awaiting each record, then `flush` once: it fails
+//! with [`Undelivered`], handing back every record that failed and why, so
+//! no failure is lost. A record's [`DeliveryFuture`] is there for when its
+//! offset matters; dropping it is fine (its failure then goes to `flush`).
+//!
 //! ```no_run
-//! # async fn demo() -> kafka_wire::Result<()> {
-//! use kafka_wire::{Producer, ProducerConfig, ProducerRecord};
+//! # async fn demo() -> anyhow::Result<()> {
+//! use kafka_wire::{Producer, ProducerConfig, ProducerRecord, Topic};
 //!
 //! // Kafka's own property names work, so existing configs can be pasted.
 //! let config = ProducerConfig::builder()
@@ -55,10 +60,22 @@
 //!     .build()?; // acks=all and idempotence are the defaults
 //! let producer = Producer::connect(config).await?;
 //!
-//! let delivery = producer
-//!     .send(ProducerRecord::new("orders").key("customer-42").value("{\"total\": 99}"))
-//!     .await?; // queued (waits only if buffer.memory is full)
-//! let md = delivery.await?; // acknowledged by every in-sync replica
+//! let orders = Topic::new("orders"); // once: records share the name, no copy each
+//! for customer in 0..10_000 {
+//!     let record = ProducerRecord::new(&orders)
+//!         .key(format!("customer-{customer}"))
+//!         .value("{\"total\": 99}");
+//!     producer.send(record).await?; // queued (waits only if buffer.memory is full)
+//! }
+//! if let Err(undelivered) = producer.flush().await {
+//!     for failed in &undelivered.records {
+//!         eprintln!("not delivered: {:?}: {}", failed.record.key, failed.error);
+//!     }
+//!     return Err(undelivered.into());
+//! }
+//!
+//! // One record whose offset matters: await its delivery.
+//! let md = producer.send(ProducerRecord::new(&orders).value("{}")).await?.await?;
 //! println!("stored at {}-{} offset {}", md.topic, md.partition, md.offset);
 //! producer.close().await;
 //! # Ok(()) }
@@ -117,8 +134,8 @@ pub use error::{DecodeError, Error, ErrorAction, KafkaCode, Result};
 pub use metadata::{BrokerInfo, Metadata, PartitionInfo, TopicInfo};
 pub use producer::partitioner::partition_for_key;
 pub use producer::{
-    Acks, DeliveryFuture, GroupMetadata, Producer, ProducerConfig, ProducerConfigBuilder,
-    ProducerRecord, RecordMetadata, TrySendError,
+    Acks, DeliveryFuture, FailedRecord, GroupMetadata, Producer, ProducerConfig,
+    ProducerConfigBuilder, ProducerRecord, RecordMetadata, Topic, TrySendError, Undelivered,
 };
 pub use records::{Compression, Header, Record};
 pub use sasl::{SaslConfig, TokenFuture, TokenProvider, UnsecuredJwt};

@@ -63,7 +63,7 @@ pub async fn produce(
     for r in records {
         p.send(r).await.expect("send");
     }
-    p.flush().await;
+    p.flush().await.expect("every record acknowledged");
 }
 
 /// Records with values "0".."n-1" for `topic`, the i-th keyed `key(i)`

@@ -64,16 +64,13 @@ async fn every_produced_record_is_handled_once_and_committed_to_the_log_end() {
     )
     .await
     .expect("producer");
-    let mut deliveries = Vec::new();
     for i in 0..RECORDS {
         let record = ProducerRecord::new(&topic)
             .key(format!("k{i}"))
             .value(i.to_string());
-        deliveries.push(producer.send(record).await.expect("queued"));
+        producer.send(record).await.expect("queued");
     }
-    for d in deliveries {
-        d.await.expect("acknowledged");
-    }
+    producer.flush().await.expect("every record acknowledged");
     producer.close().await;
 
     // Process with the runtime until every record was handled, then stop.

@@ -71,7 +71,9 @@ impl Gateway {
         Ok(())
     }
 
-    /// Produce `events` and wait for every acknowledgement.
+    /// Produce `events` and wait for every acknowledgement. Their own
+    /// delivery futures, not `flush`: the producer is shared by concurrent
+    /// requests, and `flush` would wait for (and report) theirs too.
     async fn store(&self, events: &[LogEvent]) -> Result<(), String> {
         let mut acks = Vec::with_capacity(events.len());
         for e in events {

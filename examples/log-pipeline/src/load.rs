@@ -169,17 +169,14 @@ pub async fn produce_backlog(s: &Settings, n: u64) -> anyhow::Result<Vec<String>
     let producer =
         kafka_wire::Producer::connect(crate::producer_config(&s.bootstrap, crate::PRODUCER)?)
             .await?;
-    let mut acks = Vec::with_capacity(n as usize);
     let mut ids = Vec::with_capacity(n as usize);
     for i in 0..n {
         let e = crate::event::LogEvent::accept(event(3_000_000 + i), crate::now_micros())
             .map_err(|e| anyhow::anyhow!(e))?;
-        acks.push(producer.send(crate::gateway::record(&s.topic, &e)).await?);
+        producer.send(crate::gateway::record(&s.topic, &e)).await?;
         ids.push(e.id);
     }
-    for ack in acks {
-        ack.await?;
-    }
+    producer.flush().await?; // every record acknowledged, or the ones that failed
     producer.close().await;
     Ok(ids)
 }

@@ -34,16 +34,14 @@ pub async fn publish(
     let producer = Producer::connect(cfg)
         .await
         .context("connecting the order service's producer")?;
-    let mut acks = Vec::with_capacity(orders.len());
     for order in orders {
-        acks.push(producer.send(record(topic, order)).await?);
+        producer.send(record(topic, order)).await?;
     }
-    for (ack, order) in acks.into_iter().zip(orders) {
-        let at = ack
-            .await
-            .with_context(|| format!("publishing {}", order.order_id))?;
-        tracing::debug!(order = %order.order_id, event_id = %order.event_id, ?at, "OrderCreated published");
-    }
+    // Every record acknowledged, or the ones that were not (with why).
+    producer
+        .flush()
+        .await
+        .with_context(|| format!("publishing {} orders to {topic}", orders.len()))?;
     producer.close().await;
     tracing::info!(orders = orders.len(), topic, "orders published");
     Ok(())

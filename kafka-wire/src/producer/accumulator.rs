@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use crate::error::Error;
 use crate::records::NewRecord;
 
-use super::delivery::{Deliveries, DeliveryFuture};
+use super::delivery::{Deliveries, DeliveryFuture, FailureLog};
 use super::{estimated_size, ProducerIdEpoch};
 
 /// A hash map with a fast non-cryptographic hasher: the accumulator's keys
@@ -43,7 +43,30 @@ pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::
 /// The accumulator's key for one partition's queue: (topic, partition), with
 /// one shared `Arc<str>` per topic so queuing a record allocates nothing.
 /// Internal; the public name for a partition is [`crate::TopicPartition`].
+///
+/// Every `QueueKey` of a topic holds the producer's one interned name for
+/// it (`TopicEntry::name`, made once per producer and topic): the
+/// accumulator finds a queue by the name's address ([`Slot`]).
 pub(crate) type QueueKey = (Arc<str>, i32);
+
+/// Where a partition's queue is in the map: the address of its topic's
+/// interned name, and the partition. Hashing two integers instead of the
+/// name, and comparing addresses instead of strings, was a tenth of
+/// `send`'s instructions. Sound because one topic's keys share one
+/// `Arc<str>` ([`QueueKey`]), and its queue holds a clone of it, so the
+/// address cannot be reused by another name while the queue exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Slot(usize, i32);
+
+impl Slot {
+    fn of(tp: &QueueKey) -> Slot {
+        Slot::at(&tp.0, tp.1)
+    }
+
+    fn at(topic: &Arc<str>, partition: i32) -> Slot {
+        Slot(Arc::as_ptr(topic).cast::<u8>() as usize, partition)
+    }
+}
 
 /// `buffer.memory` bytes a batch holds, given back to the producer's
 /// semaphore when the batch is dropped (delivered, failed or expired).
@@ -109,9 +132,10 @@ impl Batch {
         self.deliveries.succeed(base_offset, log_append_time);
     }
 
-    /// Fail every record with `err`.
+    /// Fail every record with `err`. The records whose futures were
+    /// dropped go to the producer's failure log, for `flush`.
     pub(super) fn fail(self, err: &Error) {
-        self.deliveries.fail(err);
+        self.deliveries.fail(err, self.records);
     }
 }
 
@@ -133,8 +157,9 @@ fn seq_sub(seq: i32, n: i32) -> i32 {
     }
 }
 
-#[derive(Default)]
 struct PartitionQueue {
+    /// The partition (its topic the producer's interned name).
+    tp: QueueKey,
     queued: VecDeque<Batch>,
     /// Base sequences of the batches in flight (-1 without idempotence).
     in_flight: Vec<i32>,
@@ -153,9 +178,26 @@ struct PartitionQueue {
     /// for a producer accepts any first sequence, so if batch 0 failed while
     /// batch 1 went through, the log would hold them out of order.
     confirmed: bool,
-    /// Records in the last batch taken for sending: the next batch
-    /// reserves room for as many (0: none taken yet).
-    last_batch_records: usize,
+    /// The most records of the recent batches taken for sending (each
+    /// batch taken lowers it by an eighth, then raises it to its own
+    /// count): the next batch reserves room for as many (0: none taken
+    /// yet).
+    recent_peak_records: usize,
+}
+
+impl PartitionQueue {
+    fn new(tp: &QueueKey) -> Self {
+        Self {
+            tp: tp.clone(),
+            queued: VecDeque::new(),
+            in_flight: Vec::new(),
+            next_sequence: 0,
+            holes: Vec::new(),
+            size_cap: None,
+            confirmed: false,
+            recent_peak_records: 0,
+        }
+    }
 }
 
 /// Settings the accumulator needs.
@@ -170,11 +212,16 @@ pub(crate) struct AccumulatorConfig {
 /// All partitions' queues.
 pub(crate) struct Accumulator {
     cfg: AccumulatorConfig,
-    queues: FastMap<QueueKey, PartitionQueue>,
+    queues: FastMap<Slot, PartitionQueue>,
     /// `buffer.memory`, shared with `send`.
     memory: Arc<Semaphore>,
+    /// Where failures that no delivery future reports go (for `flush`).
+    log: Arc<FailureLog>,
     /// Records accepted and not yet completed (for `flush`).
     pub pending_records: usize,
+    /// Records accepted so far: the next one's number
+    /// ([`super::FailedRecord::number`]).
+    accepted: u64,
 }
 
 /// What `append` did.
@@ -186,28 +233,46 @@ pub(crate) struct Appended {
 }
 
 impl Accumulator {
-    pub(super) fn new(cfg: AccumulatorConfig, memory: Arc<Semaphore>) -> Self {
+    pub(super) fn new(
+        cfg: AccumulatorConfig,
+        memory: Arc<Semaphore>,
+        log: Arc<FailureLog>,
+    ) -> Self {
         Self {
             cfg,
             queues: FastMap::default(),
             memory,
+            log,
             pending_records: 0,
+            accepted: 0,
         }
     }
 
     /// Queue `record`, whose `size` bytes of `buffer.memory` the caller
     /// already took from the semaphore (and forgot): the batch gives them
     /// back when it completes.
+    /// `topic` is the producer's interned name ([`QueueKey`]).
     pub(super) fn append(
         &mut self,
-        tp: &QueueKey,
+        topic: &Arc<str>,
+        partition: i32,
         record: NewRecord,
         size: usize,
         now: impl FnOnce() -> Instant,
     ) -> (Appended, DeliveryFuture) {
-        let q = match self.queues.get_mut(tp) {
+        let slot = Slot::at(topic, partition);
+        let q = match self.queues.get_mut(&slot) {
             Some(q) => q,
-            None => self.queues.entry(tp.clone()).or_default(),
+            None => {
+                let tp = (topic.clone(), partition);
+                debug_assert!(
+                    !self.queues.values().any(|q| q.tp == tp),
+                    "{tp:?}: a second queue for one partition (a key not made from the interned name)"
+                );
+                self.queues
+                    .entry(slot)
+                    .or_insert_with(|| PartitionQueue::new(&tp))
+            }
         };
         let batch_size = q
             .size_cap
@@ -220,23 +285,35 @@ impl Accumulator {
         let (batch, new_batch) = match open {
             Some(b) => (b, false),
             None => {
+                let mut previous = 0;
                 if let Some(last) = q.queued.back_mut() {
                     last.sealed = true;
+                    previous = last.records.len();
                 }
-                // Room for as many records as the partition's last batch
-                // carried (at most what fills it at this size), or for up
-                // to 64 before its first: a batch that leaves with one
-                // record (`linger.ms=0`) does not reserve a full batch's
-                // room, and a full one is not grown record by record.
+                // Room for as many records as the partition's recent
+                // batches carried at most, taken or still queued (at most
+                // what fills it at this size), or for up to 64 before its
+                // first: a batch that leaves with one record
+                // (`linger.ms=0`) does not reserve a full batch's room, and
+                // a full one is not grown record by record. The recent
+                // peak, not the last count: batch sizes swing (one fills
+                // while a request is out, the next leaves early), and room
+                // for only the last count made `realloc` move every record
+                // of each batch that grew: 4 % of a bulk run's instructions.
                 let fills = (batch_size / size.max(1)).max(1);
-                let expected = match q.last_batch_records {
+                let expected = match q.recent_peak_records.max(previous) {
                     0 => fills.min(64),
-                    last => fills.min(last),
+                    peak => fills.min(peak),
                 };
                 q.queued.push_back(Batch {
-                    tp: tp.clone(),
+                    tp: q.tp.clone(),
                     records: Vec::with_capacity(expected),
-                    deliveries: Deliveries::new(tp.0.clone(), tp.1),
+                    deliveries: Deliveries::new(
+                        q.tp.0.clone(),
+                        partition,
+                        self.log.clone(),
+                        expected,
+                    ),
                     memory: MemoryHold {
                         memory: self.memory.clone(),
                         bytes: 0,
@@ -255,7 +332,8 @@ impl Accumulator {
                 (q.queued.back_mut().expect("just pushed"), true)
             }
         };
-        let delivery = batch.deliveries.push(record.timestamp);
+        let delivery = batch.deliveries.push(record.timestamp, self.accepted);
+        self.accepted += 1;
         batch.records.push(record);
         batch.bytes += size;
         batch.memory.bytes += size;
@@ -298,7 +376,7 @@ impl Accumulator {
     /// sent, and no newer batch behind it? (False without a batch.)
     pub(super) fn front_open(&self, tp: &QueueKey) -> bool {
         self.queues
-            .get(tp)
+            .get(&Slot::of(tp))
             .and_then(|q| q.queued.front())
             .is_some_and(|b| !b.sealed)
     }
@@ -306,20 +384,21 @@ impl Accumulator {
     /// Partitions whose front batch can be sent now.
     pub(super) fn ready(&self, now: Instant, flush: bool) -> Vec<QueueKey> {
         self.queues
-            .iter()
-            .filter(|(_, q)| self.front_ready(q, now, flush))
-            .map(|(tp, _)| tp.clone())
+            .values()
+            .filter(|q| self.front_ready(q, now, flush))
+            .map(|q| q.tp.clone())
             .collect()
     }
 
     /// Take the front batch of `tp` for sending, assigning its sequence.
     pub(super) fn take(&mut self, tp: &QueueKey, producer: ProducerIdEpoch) -> Option<Batch> {
         let idempotent = self.cfg.idempotent;
-        let q = self.queues.get_mut(tp)?;
+        let q = self.queues.get_mut(&Slot::of(tp))?;
         close_holes(q);
         let mut b = q.queued.pop_front()?;
         b.sealed = true;
-        q.last_batch_records = b.records.len();
+        q.recent_peak_records =
+            (q.recent_peak_records - q.recent_peak_records / 8).max(b.records.len());
         if idempotent && b.base_sequence < 0 {
             b.base_sequence = q.next_sequence;
             b.producer_id = producer.id;
@@ -332,7 +411,7 @@ impl Accumulator {
 
     /// A request carrying `b` came back (whatever the outcome).
     pub(super) fn returned(&mut self, b: &Batch) {
-        if let Some(q) = self.queues.get_mut(&b.tp) {
+        if let Some(q) = self.queues.get_mut(&Slot::of(&b.tp)) {
             if let Some(i) = q.in_flight.iter().position(|s| *s == b.base_sequence) {
                 q.in_flight.swap_remove(i);
             }
@@ -343,7 +422,7 @@ impl Accumulator {
     /// is then already bridged on the broker (it accepted the gap: it had
     /// no state for this producer), so it is no longer closed.
     pub(super) fn confirm(&mut self, b: &Batch) {
-        if let Some(q) = self.queues.get_mut(&b.tp) {
+        if let Some(q) = self.queues.get_mut(&Slot::of(&b.tp)) {
             q.confirmed = true;
             q.holes.retain(|(start, _)| *start > b.base_sequence);
         }
@@ -403,7 +482,10 @@ impl Accumulator {
         b.encoded = None;
         b.ever_sent = true;
         b.retry_at = Some(now);
-        let q = self.queues.entry(b.tp.clone()).or_default();
+        let q = self
+            .queues
+            .entry(Slot::of(&b.tp))
+            .or_insert_with(|| PartitionQueue::new(&b.tp));
         let cap = (total / 2).max(1);
         q.size_cap = Some(q.size_cap.map_or(cap, |c| c.min(cap)));
         let pos = retry_position(q, b.base_sequence);
@@ -419,7 +501,7 @@ impl Accumulator {
         if !self.cfg.idempotent || b.base_sequence < 0 {
             return;
         }
-        if let Some(q) = self.queues.get_mut(&b.tp) {
+        if let Some(q) = self.queues.get_mut(&Slot::of(&b.tp)) {
             q.holes.push((b.base_sequence, b.records.len() as i32));
         }
     }
@@ -434,7 +516,10 @@ impl Accumulator {
         b.attempts += 1;
         b.ever_sent = true;
         b.retry_at = Some(retry_at);
-        let q = self.queues.entry(b.tp.clone()).or_default();
+        let q = self
+            .queues
+            .entry(Slot::of(&b.tp))
+            .or_insert_with(|| PartitionQueue::new(&b.tp));
         let pos = retry_position(q, b.base_sequence);
         q.queued.insert(pos, b);
     }
@@ -446,7 +531,7 @@ impl Accumulator {
     /// be renumbered over. Then the error is expected and the batch is
     /// retried, not fatal.
     pub(super) fn gap_expected(&self, tp: &QueueKey, seq: i32) -> bool {
-        self.queues.get(tp).is_some_and(|q| {
+        self.queues.get(&Slot::of(tp)).is_some_and(|q| {
             q.queued
                 .iter()
                 .any(|b| b.ever_sent && b.base_sequence < seq)
@@ -559,12 +644,13 @@ mod tests {
                 idempotent,
             },
             sem.clone(),
+            Arc::new(FailureLog::new(1 << 20)),
         )
     }
 
     fn push(a: &mut Accumulator, tp: &QueueKey, size: usize, now: Instant) {
         a.memory.try_acquire_many(size as u32).unwrap().forget();
-        a.append(tp, NewRecord::default(), size, || now);
+        a.append(&tp.0, tp.1, NewRecord::default(), size, || now);
     }
 
     #[tokio::test]
@@ -644,7 +730,7 @@ mod tests {
         };
         let size = estimated_size(None, record.value.as_ref(), &[]);
         sem.try_acquire_many(size as u32).unwrap().forget();
-        a.append(tp, record, size, || now).1
+        a.append(&tp.0, tp.1, record, size, || now).1
     }
 
     fn big_batches(sem: &Arc<Semaphore>) -> Accumulator {
@@ -656,6 +742,7 @@ mod tests {
                 idempotent: true,
             },
             sem.clone(),
+            Arc::new(FailureLog::new(1 << 20)),
         )
     }
 

@@ -1,12 +1,19 @@
 //! The producer: batching per partition, idempotent by default.
 //!
 //! ```text
-//!  send / try_send ──▶ partition (murmur2 | sticky) ──▶ buffer.memory bytes
-//!        │                                                     │
+//!  send / try_send ──▶ Topic's entry ──▶ partition (murmur2 | sticky) ──▶ buffer.memory bytes
+//!        │                                                             │
 //!        └── DeliveryFuture ◀── batch outcome ── Accumulator (one lock) ◀┘
-//!                                              │ ready batches
-//!                                      sender task ──▶ Produce to the leader (≤ 5 in flight)
+//!              │ dropped unread: a failure goes to   │ ready batches
+//!              ▼                                     ▼
+//!         failure log ──▶ flush() → Err(Undelivered)   sender task ──▶ Produce to the leader (≤ 5 in flight)
 //! ```
+//!
+//! Two ways to send, one mechanism: await a record's [`DeliveryFuture`]
+//! when its offset matters, or drop the futures and call
+//! [`Producer::flush`], which reports every failure no future reported
+//! (the bulk path: nothing per record beyond the record itself). A record
+//! names its topic with a [`Topic`] made once, so no record copies the name.
 //!
 //! Defaults are Kafka 4.x's: `acks=all`, `enable.idempotence=true`,
 //! `linger.ms=5`, `batch.size=16384`, `buffer.memory=32 MiB`,
@@ -25,6 +32,7 @@ mod brokers;
 mod delivery;
 pub(crate) mod partitioner;
 mod sender;
+mod topic;
 mod transaction;
 
 use std::sync::{Arc, Mutex};
@@ -42,8 +50,10 @@ use crate::records::{Compression, NewRecord};
 
 pub(crate) use accumulator::QueueKey;
 use accumulator::{Accumulator, AccumulatorConfig, FastMap};
-pub use delivery::DeliveryFuture;
+use delivery::FailureLog;
+pub use delivery::{DeliveryFuture, FailedRecord, Undelivered};
 use partitioner::StickyPartition;
+pub use topic::Topic;
 pub use transaction::GroupMetadata;
 use transaction::TxnState;
 
@@ -321,9 +331,14 @@ impl ProducerConfigBuilder {
 }
 
 /// A record to send.
+///
+/// The topic is a [`Topic`]: make it once (`Topic::new("orders")`) and
+/// pass `&topic` to [`ProducerRecord::new`] for each record, so no record
+/// copies the name. A `&str` or `String` works too, at the cost of one
+/// allocation per record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProducerRecord {
-    pub topic: String,
+    pub topic: Topic,
     /// Explicit partition; otherwise murmur2(key) or sticky.
     pub partition: Option<i32>,
     pub key: Option<Bytes>,
@@ -334,10 +349,18 @@ pub struct ProducerRecord {
 }
 
 impl ProducerRecord {
-    pub fn new(topic: impl Into<String>) -> Self {
+    /// A record for `topic`: a [`Topic`] or `&Topic` (shared, no copy), or
+    /// a `&str` / `String` (copied into a new `Topic`).
+    pub fn new(topic: impl Into<Topic>) -> Self {
+        // Not `..Self::default()`: that would build (allocate) and drop a
+        // default `Topic` per record.
         Self {
             topic: topic.into(),
-            ..Self::default()
+            partition: None,
+            key: None,
+            value: None,
+            headers: Vec::new(),
+            timestamp: None,
         }
     }
     pub fn key(mut self, key: impl Into<Bytes>) -> Self {
@@ -464,6 +487,8 @@ pub(crate) struct Shared {
     wake: Notify,
     memory: Arc<Semaphore>,
     pending: watch::Sender<usize>,
+    /// Failed records no delivery future reported, for `flush`.
+    log: Arc<FailureLog>,
 }
 
 impl Shared {
@@ -545,6 +570,16 @@ fn names_a_known_partition(rec: &ProducerRecord, count: usize) -> bool {
     rec.partition.is_none_or(|p| p < 0 || (p as usize) < count)
 }
 
+/// What the batch keeps of `rec` (the topic and partition are its queue's).
+fn new_record(rec: ProducerRecord) -> NewRecord {
+    NewRecord {
+        key: rec.key,
+        value: rec.value,
+        headers: rec.headers,
+        timestamp: rec.timestamp.unwrap_or_else(now_ms),
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -566,6 +601,7 @@ impl Producer {
     pub fn with_client(client: Client, cfg: ProducerConfig) -> Producer {
         let cfg = Arc::new(cfg);
         let memory = Arc::new(Semaphore::new(cfg.buffer_memory));
+        let log = Arc::new(FailureLog::new(cfg.buffer_memory));
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 acc: Accumulator::new(
@@ -576,6 +612,7 @@ impl Producer {
                         idempotent: cfg.idempotent,
                     },
                     memory.clone(),
+                    log.clone(),
                 ),
                 producer: ProducerIdEpoch::NONE,
                 reset_producer_id: false,
@@ -587,6 +624,7 @@ impl Producer {
             wake: Notify::new(),
             memory,
             pending: watch::channel(0).0,
+            log,
         });
         tokio::spawn(sender::run(shared.clone(), client.clone(), cfg.clone()));
         Producer {
@@ -630,7 +668,7 @@ impl Producer {
             let version = self.client.metadata_version();
             let count = self
                 .client
-                .refresh_metadata(Some(std::slice::from_ref(&rec.topic)))
+                .refresh_metadata(Some(&[rec.topic.to_string()]))
                 .await?
                 .partition_count(&rec.topic)
                 .ok_or_else(|| {
@@ -686,18 +724,19 @@ impl Producer {
         Ok(())
     }
 
-    /// Queue `rec`, whose `size` bytes of `buffer.memory` were taken (and
-    /// the permit forgotten): its batch gives them back.
-    fn enqueue(&self, rec: ProducerRecord, tp: QueueKey, size: usize) -> DeliveryFuture {
-        let record = NewRecord {
-            key: rec.key,
-            value: rec.value,
-            headers: rec.headers,
-            timestamp: rec.timestamp.unwrap_or_else(now_ms),
-        };
+    /// Queue `record` for `topic` (the producer's interned name)-`partition`;
+    /// its `size` bytes of `buffer.memory` were taken (and the permit
+    /// forgotten): its batch gives them back.
+    fn enqueue(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        record: NewRecord,
+        size: usize,
+    ) -> DeliveryFuture {
         let (appended, delivery) = {
             let mut st = self.shared.state.lock().expect("producer state lock");
-            st.acc.append(&tp, record, size, Instant::now)
+            st.acc.append(topic, partition, record, size, Instant::now)
         };
         if appended.batch_full || appended.new_batch {
             self.shared.wake.notify_one();
@@ -705,52 +744,76 @@ impl Producer {
         delivery
     }
 
-    /// What the producer keeps for `topic`. A read lock: every send of
-    /// every task passes here.
-    fn topic_entry(&self, topic: &str) -> Arc<TopicEntry> {
-        if let Some(t) = self.shared.topics.read().expect("topics lock").get(topic) {
-            return t.clone();
-        }
-        let mut topics = self.shared.topics.write().expect("topics lock");
-        topics
-            .entry(topic.to_string())
-            .or_insert_with(|| {
-                Arc::new(TopicEntry {
-                    name: Arc::from(topic),
-                    sticky: StickyPartition::default(),
-                    partitions: Default::default(),
+    /// What the producer keeps for `topic`, from the producer's map (a
+    /// read lock, a hash and a compare), remembered in the `Topic` handle
+    /// so its next sends take the entry from there (`Topic::cached_entry`).
+    fn topic_entry(&self, topic: &Topic) -> Arc<TopicEntry> {
+        let found = self
+            .shared
+            .topics
+            .read()
+            .expect("topics lock")
+            .get(topic.as_str())
+            .cloned();
+        let entry = found.unwrap_or_else(|| {
+            let mut topics = self.shared.topics.write().expect("topics lock");
+            topics
+                .entry(topic.to_string())
+                .or_insert_with(|| {
+                    Arc::new(TopicEntry {
+                        name: Arc::from(topic.as_str()),
+                        sticky: StickyPartition::default(),
+                        partitions: Default::default(),
+                    })
                 })
-            })
-            .clone()
+                .clone()
+        });
+        topic.remember(&self.shared, &entry);
+        entry
     }
 
     /// `send`'s path with no wait, taken by nearly every record: the
     /// partition count is known, the producer is not transactional (that
-    /// may need AddPartitionsToTxn) and `buffer.memory` has room. `Ok(None)`:
-    /// one of them needs a wait (the caller takes the waiting path).
-    /// Without an `.await` here `send`'s future stays small: before, the
-    /// waiting path's state made every call's future 3.3 KB, copied on
-    /// each call.
-    fn send_now(&self, rec: &ProducerRecord) -> Result<Option<(QueueKey, usize)>> {
+    /// may need AddPartitionsToTxn) and `buffer.memory` has room. `Ok(Err)`
+    /// hands the record back: one of them needs a wait (the caller takes
+    /// the waiting path). Without an `.await` here `send`'s future stays
+    /// small: before, the waiting path's state made every call's future
+    /// 3.3 KB, copied on each call. The record's parts move straight into
+    /// the batch and the topic's name is borrowed from its entry: no copy
+    /// of the whole record, no clone of the name.
+    fn send_now(&self, rec: ProducerRecord) -> Result<Result<DeliveryFuture, ProducerRecord>> {
         if self.cfg.transactional_id.is_some() {
-            return Ok(None);
+            return Ok(Err(rec));
         }
         let size = rec.size_estimate();
         self.check_size(size)?;
-        let topic = self.topic_entry(&rec.topic);
-        let Some(count) = self
-            .known_partition_count(rec, &topic)
-            .filter(|n| names_a_known_partition(rec, *n))
-        else {
-            return Ok(None); // ask the cluster, or wait for the topic to grow
+        let looked_up;
+        let topic = match rec.topic.cached_entry(&self.shared) {
+            Some(entry) => entry,
+            None => {
+                looked_up = self.topic_entry(&rec.topic);
+                &*looked_up
+            }
         };
-        let partition = choose_partition(rec, &topic, count)?;
+        let Some(count) = self
+            .known_partition_count(&rec, topic)
+            .filter(|n| names_a_known_partition(&rec, *n))
+        else {
+            return Ok(Err(rec)); // ask the cluster, or wait for the topic to grow
+        };
+        let partition = choose_partition(&rec, topic, count)?;
         // `check_size` bounds `size` by `buffer.memory`, so it fits a u32.
         match self.shared.memory.try_acquire_many(size as u32) {
             Ok(permit) => permit.forget(),
-            Err(_) => return Ok(None),
+            Err(_) => return Ok(Err(rec)),
         }
-        Ok(Some(((topic.name.clone(), partition), size)))
+        let record = NewRecord {
+            key: rec.key,
+            value: rec.value,
+            headers: rec.headers,
+            timestamp: rec.timestamp.unwrap_or_else(now_ms),
+        };
+        Ok(Ok(self.enqueue(&topic.name, partition, record, size)))
     }
 
     /// What `send` and `try_send` share: size check, partition choice,
@@ -770,17 +833,23 @@ impl Producer {
     /// Queue a record, waiting for buffer memory if it is full. The returned
     /// future resolves when the broker acknowledges the record.
     ///
+    /// Await it when you need the record's offset. In bulk, drop it
+    /// (`producer.send(rec).await?;`) and call [`Producer::flush`] after
+    /// the batch of sends: a record whose future was dropped reports its
+    /// failure there, so none is lost and no future is awaited per record.
+    ///
     /// # Errors
     /// Unknown topic or partition, a record too large, or a closed producer.
-    /// Delivery errors arrive through the [`DeliveryFuture`].
+    /// Delivery errors arrive through the [`DeliveryFuture`], or through
+    /// [`Producer::flush`] when the future was dropped unread.
     ///
     /// # Cancel safety
     /// Cancel safe until it returns: a cancelled `send` queued nothing.
     pub async fn send(&self, rec: ProducerRecord) -> Result<DeliveryFuture> {
-        if let Some((tp, size)) = self.send_now(&rec)? {
-            return Ok(self.enqueue(rec, tp, size));
+        match self.send_now(rec)? {
+            Ok(delivery) => Ok(delivery),
+            Err(rec) => Box::pin(self.send_waiting(rec)).await,
         }
-        Box::pin(self.send_waiting(rec)).await
     }
 
     /// [`Producer::send`] when it may wait: for metadata, for
@@ -798,7 +867,7 @@ impl Producer {
                 .map_err(|_| Error::Closed)?
                 .forget(),
         }
-        Ok(self.enqueue(rec, tp, size))
+        Ok(self.enqueue(&tp.0, tp.1, new_record(rec), size))
     }
 
     /// Queue a record if buffer memory allows, without waiting. A full
@@ -810,10 +879,10 @@ impl Producer {
     /// # Cancel safety
     /// Cancel safe (it waits only for metadata of an unknown topic).
     pub async fn try_send(&self, rec: ProducerRecord) -> Result<DeliveryFuture, TrySendError> {
-        if let Some((tp, size)) = self.send_now(&rec)? {
-            return Ok(self.enqueue(rec, tp, size));
+        match self.send_now(rec)? {
+            Ok(delivery) => Ok(delivery),
+            Err(rec) => Box::pin(self.try_send_waiting(rec)).await,
         }
-        Box::pin(self.try_send_waiting(rec)).await
     }
 
     /// [`Producer::try_send`] when it may wait (metadata, a transaction).
@@ -822,36 +891,82 @@ impl Producer {
         match self.shared.memory.try_acquire_many(size as u32) {
             Ok(permit) => {
                 permit.forget();
-                Ok(self.enqueue(rec, tp, size))
+                Ok(self.enqueue(&tp.0, tp.1, new_record(rec), size))
             }
             Err(_) => Err(TrySendError::BufferFull(rec)),
         }
     }
 
-    /// Send everything queued now (ignoring linger) and wait until every
-    /// record accepted before this call is acknowledged or failed.
+    /// Send everything queued now (ignoring linger), wait until every
+    /// queued record is acknowledged or has failed, and report the records
+    /// that failed and that no [`DeliveryFuture`] reported.
+    ///
+    /// This is the bulk idiom's check: send without awaiting each delivery
+    /// (drop the futures), then flush once.
+    ///
+    /// ```no_run
+    /// # async fn demo(producer: kafka_wire::Producer) -> anyhow::Result<()> {
+    /// use kafka_wire::{ProducerRecord, Topic};
+    ///
+    /// let orders = Topic::new("orders"); // once: records share the name
+    /// for i in 0..10_000 {
+    ///     producer.send(ProducerRecord::new(&orders).value(format!("order {i}"))).await?;
+    /// }
+    /// producer.flush().await?; // Err(Undelivered): the records that failed, to retry or log
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Undelivered`]: every record that failed since the previous
+    /// `flush` returned (or since the producer started) whose delivery
+    /// future was dropped without being read, with its error, in the order
+    /// they failed. Each failure is reported once: by its future if that is
+    /// read, else by one `flush`. The records are handed back (up to
+    /// `buffer.memory` bytes of them; failures past that are counted in
+    /// [`Undelivered::not_kept`]).
     ///
     /// # Cancel safety
-    /// Cancel safe: records are still delivered.
-    pub async fn flush(&self) {
-        let mut pending = {
+    /// Cancel safe: records are still delivered, and failures stay for the
+    /// next `flush`.
+    pub async fn flush(&self) -> Result<(), Undelivered> {
+        self.wait_until_sent().await;
+        match self.shared.log.take() {
+            Some(undelivered) => Err(undelivered),
+            None => Ok(()),
+        }
+    }
+
+    /// Send everything queued now (ignoring linger) and wait until nothing
+    /// is pending. Failures stay in the log.
+    async fn wait_until_sent(&self) {
+        /// Gives back the flush's hold on linger, also when cancelled.
+        struct Flushing<'a>(&'a Shared);
+        impl Drop for Flushing<'_> {
+            fn drop(&mut self) {
+                self.0.state.lock().expect("producer state lock").flushing -= 1;
+            }
+        }
+        let (mut pending, _flushing) = {
             let mut st = self.shared.state.lock().expect("producer state lock");
             st.flushing += 1;
             self.shared.pending.send_replace(st.acc.pending_records);
-            self.shared.pending.subscribe()
+            (self.shared.pending.subscribe(), Flushing(&self.shared))
         };
         self.shared.wake.notify_one();
         let _ = pending.wait_for(|n| *n == 0).await;
-        self.shared
-            .state
-            .lock()
-            .expect("producer state lock")
-            .flushing -= 1;
     }
 
-    /// Flush, then stop the sender task.
+    /// Wait as [`Self::flush`] does, then stop the sender task.
+    ///
+    /// Failed records stay for `flush`: to see them, call
+    /// `producer.flush().await?` before `close`. Failures no `flush` ever
+    /// reports are logged (`tracing`, level error) when the producer is
+    /// dropped, so they are never lost silently.
+    ///
+    /// # Cancel safety
+    /// Cancel safe before it returns: the producer keeps running.
     pub async fn close(&self) {
-        self.flush().await;
+        self.wait_until_sent().await;
         self.shared
             .state
             .lock()

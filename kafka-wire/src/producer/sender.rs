@@ -293,6 +293,11 @@ fn settle(
                     let retry_at = now + retry_delay(cfg, &b);
                     st.acc.requeue(b, retry_at);
                 } else {
+                    // As every other record failure: the transaction
+                    // cannot commit without this batch.
+                    if cfg.transactional_id.is_some() && st.txn_error.is_none() {
+                        st.txn_error = Some(e.clone());
+                    }
                     let n = b.records.len();
                     b.fail(&e);
                     st.acc.completed(n);

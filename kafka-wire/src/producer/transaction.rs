@@ -354,8 +354,10 @@ impl Producer {
 
     async fn end_transaction(&self, commit: bool) -> Result<()> {
         let id = self.transactional_id()?.to_string();
-        // Every record of the transaction must be acknowledged first.
-        self.flush().await;
+        // Every record of the transaction must be acknowledged first. Its
+        // failures are the transaction's: one fails the commit (below,
+        // `txn_error`), and an abort discards every record anyway.
+        self.wait_until_sent().await;
         let failed = self
             .shared
             .state

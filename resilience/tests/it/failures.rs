@@ -168,7 +168,7 @@ async fn a_failing_partition_quarantines_only_itself() {
         .await
         .unwrap();
     }
-    p.flush().await;
+    p.flush().await.expect("every record delivered");
     let group = testkit::unique_name("quarantine");
     // Partition 0's dependency is down: every record exhausts its retries.
     let sink = Arc::new(Sink::default());

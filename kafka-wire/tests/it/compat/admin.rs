@@ -76,7 +76,7 @@ async fn topics_configs_and_offsets() {
             .await
             .unwrap();
     }
-    producer.flush().await;
+    producer.flush().await.unwrap();
     let latest = client
         .list_offsets(&topic, OffsetSpec::Latest)
         .await

@@ -322,7 +322,7 @@ async fn a_producer_over_sasl_ssl_writes_large_batches_that_read_back_whole() {
             .value(value(i));
         deliveries.push(producer.send(rec).await.unwrap());
     }
-    producer.flush().await;
+    producer.flush().await.unwrap();
     for d in deliveries {
         d.await.expect("delivered over SASL_SSL");
     }

@@ -42,7 +42,7 @@ async fn keyed_records_round_trip_with_every_codec_and_land_where_java_puts_them
                 .timestamp(1_700_000_000_000 + i as i64);
             deliveries.push(producer.send(rec).await.unwrap());
         }
-        producer.flush().await;
+        producer.flush().await.unwrap();
         let mut per_partition = [0i64; 6];
         for (i, d) in deliveries.into_iter().enumerate() {
             let md = d.await.unwrap_or_else(|e| panic!("{codec:?} #{i}: {e}"));
@@ -372,13 +372,13 @@ async fn try_send_hands_the_record_back_when_buffer_memory_is_full() {
         Err(kafka_wire::TrySendError::BufferFull(back)) => assert_eq!(back, record(9)),
         other => panic!("expected BufferFull, got {other:?}"),
     }
-    producer.flush().await;
+    producer.flush().await.unwrap();
     for d in accepted {
         d.await.unwrap();
     }
     // Memory came back with the acknowledgements.
     let last = producer.try_send(record(9)).await.unwrap();
-    producer.flush().await;
+    producer.flush().await.unwrap();
     last.await.unwrap();
 }
 
@@ -423,7 +423,7 @@ async fn a_batch_larger_than_the_topic_accepts_is_split_until_every_record_fits(
             .value(numbered(i, 1000));
         deliveries.push(producer.send(rec).await.unwrap());
     }
-    producer.flush().await;
+    producer.flush().await.unwrap();
     for (i, d) in deliveries.into_iter().enumerate() {
         let md = d.await.unwrap_or_else(|e| panic!("record #{i}: {e}"));
         assert_eq!(md.offset, i as i64, "send order");
@@ -464,7 +464,7 @@ async fn send_with_one_big(
         let rec = ProducerRecord::new(t).partition(0).value(numbered(i, 1000));
         out.push((i, producer.send(rec).await.unwrap()));
     }
-    producer.flush().await;
+    producer.flush().await.unwrap();
     out
 }
 
@@ -536,7 +536,7 @@ async fn only_a_record_larger_than_the_topic_accepts_fails_and_the_others_are_de
             )
             .await
             .unwrap();
-        p.flush().await;
+        p.flush().await.unwrap();
         d.await.expect("a send after the failure succeeds");
     }
     let got: Vec<u32> = common::fetch_all(&client, &t, 0, 302)
@@ -550,6 +550,101 @@ async fn only_a_record_larger_than_the_topic_accepts_fails_and_the_others_are_de
     assert_eq!(admin_end_offset(&client, &t, 0).await, 302, "no duplicates");
     one_batch.close().await;
     pipelined.close().await;
+}
+
+/// The bulk idiom: `send(..).await?` per record without keeping its
+/// delivery future, then one `flush`. A record too large for the topic
+/// comes back from `flush` (the record itself, with its error) while every
+/// other record is delivered, in order; a failure whose future is kept and
+/// read is reported there and not again by `flush`; and each failure is
+/// reported once.
+#[tokio::test]
+async fn flush_hands_back_the_record_too_large_for_the_topic_and_the_rest_are_delivered() {
+    let broker = testkit::require_broker!();
+    let client = testkit::client(&broker).await;
+    let t = kafka_wire::Topic::new(small_max_topic(&client, "flush-reports").await);
+    let producer = Producer::with_client(
+        client.clone(),
+        testkit::producer_builder(&broker)
+            .batch_size(16_384)
+            .linger(Duration::from_millis(1))
+            .build()
+            .unwrap(),
+    );
+    let big = |n: u32| {
+        ProducerRecord::new(&t)
+            .partition(0)
+            .value(numbered(n, 100_000))
+    };
+    let mut kept = None;
+    for i in 0..200u32 {
+        if i == 50 {
+            producer.send(big(u32::MAX)).await.unwrap(); // future dropped
+        }
+        if i == 150 {
+            kept = Some(producer.send(big(u32::MAX - 1)).await.unwrap());
+        }
+        let rec = ProducerRecord::new(&t)
+            .partition(0)
+            .value(numbered(i, 1000));
+        producer.send(rec).await.unwrap();
+    }
+    let undelivered = producer
+        .flush()
+        .await
+        .expect_err("the big record whose future was dropped");
+    assert_eq!(undelivered.len(), 1, "{undelivered}");
+    assert!(undelivered.not_kept.is_none());
+    let failed = &undelivered.records[0];
+    assert_eq!(failed.number, 50, "the 51st record this producer queued");
+    assert_eq!(failed.record.topic, t);
+    assert_eq!(failed.record.partition, Some(0));
+    assert_eq!(
+        failed.record.value.as_deref(),
+        Some(&numbered(u32::MAX, 100_000)[..]),
+        "the record itself comes back"
+    );
+    assert!(
+        matches!(
+            &failed.error,
+            kafka_wire::Error::RecordTooLargeForBroker { topic, partition: 0, .. } if *topic == *t
+        ),
+        "{:?}",
+        failed.error
+    );
+    assert!(undelivered
+        .to_string()
+        .starts_with("1 record(s) not delivered; the first: "));
+    // The kept future reports its own failure, and flush did not.
+    assert!(matches!(
+        kept.unwrap().await,
+        Err(kafka_wire::Error::RecordTooLargeForBroker { .. })
+    ));
+    producer
+        .flush()
+        .await
+        .expect("each failure is reported once");
+
+    let got: Vec<u32> = common::fetch_all(&client, &t, 0, 200)
+        .await
+        .iter()
+        .map(number_of)
+        .collect();
+    assert_eq!(
+        got,
+        (0..200).collect::<Vec<_>>(),
+        "the rest, each once, in order"
+    );
+    assert_eq!(admin_end_offset(&client, &t, 0).await, 200, "no duplicates");
+
+    // The record handed back can be sent again as it is (here to a topic
+    // that takes it).
+    let roomy = testkit::create_topic(&client, "flush-resend", 1).await;
+    let mut again = failed.record.clone();
+    again.topic = kafka_wire::Topic::new(&roomy);
+    let md = producer.send(again).await.unwrap().await.unwrap();
+    assert_eq!((md.partition, md.offset), (0, 0));
+    producer.close().await;
 }
 
 /// A record that cannot reach its broker (every connection is cut, and

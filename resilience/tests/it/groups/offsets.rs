@@ -197,7 +197,7 @@ async fn in_flight_bytes_stay_within_the_bound_under_a_burst() {
         .await
         .unwrap();
     }
-    p.flush().await;
+    p.flush().await.expect("every record delivered");
 
     let group = testkit::unique_name("burst");
     let max_poll = MAX_POLL.to_string();
