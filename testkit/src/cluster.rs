@@ -103,6 +103,15 @@ fn cluster_env_file() -> PathBuf {
 /// When a node does not answer (or there is no cluster) and
 /// [`broker_required`] is true (`CI=true`, `KAFKA_REQUIRE_BROKER=1`).
 pub fn cluster() -> Option<ClusterEnv> {
+    cluster_healing(true)
+}
+
+/// [`cluster`]; with `heal`, under `cargo xtask test` (which sets
+/// `KAFKA_BROKER_CONTROL`), a node found not answering (a test before
+/// this one killed it and its restart had not finished, or failed) is
+/// started again once with `cargo xtask cluster up` before giving up:
+/// every cluster test starts from three nodes.
+fn cluster_healing(heal: bool) -> Option<ClusterEnv> {
     // With KAFKA_CLUSTER_BOOTSTRAP in the env, the env is the whole truth,
     // unless it names the file that is (moved nodes).
     let named_file = std::env::var_os("KAFKA_CLUSTER_ENV_FILE")
@@ -134,6 +143,16 @@ pub fn cluster() -> Option<ClusterEnv> {
     let problem = match parse(&get) {
         Err(problem) => problem,
         Ok(env) => match env.nodes.iter().find(|n| !reachable(&n.address)) {
+            Some(n) if heal && std::env::var_os("KAFKA_BROKER_CONTROL").is_some() => {
+                eprintln!(
+                    "node {} does not answer at {}: `cargo xtask cluster up` to start it again",
+                    n.id, n.address
+                );
+                if let Err(e) = xtask_cluster_up() {
+                    eprintln!("cargo xtask cluster up failed: {e}");
+                }
+                return cluster_healing(false);
+            }
             Some(n) => format!(
                 "node {} (rack {}) does not answer at {}; `cargo xtask cluster start {}` \
                  (or `cargo xtask cluster up`)",
@@ -235,6 +254,23 @@ pub fn start_node(id: i32) -> Result<(), String> {
 /// The xtask failed (no cluster, the node did not serve in time); its stderr.
 pub fn move_node(id: i32) -> Result<(), String> {
     xtask_cluster("move", id)
+}
+
+/// `xtask cluster up`: starts every node that is down and waits until all
+/// serve.
+fn xtask_cluster_up() -> Result<(), String> {
+    let xtask = std::env::var_os("KAFKA_BROKER_CONTROL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug/xtask"));
+    let out = std::process::Command::new(&xtask)
+        .args(["cluster", "up"])
+        .output()
+        .map_err(|e| format!("running {}: {e}", xtask.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 /// Run `xtask cluster <action> <id>`: the xtask binary in
