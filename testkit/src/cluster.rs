@@ -259,36 +259,32 @@ pub fn move_node(id: i32) -> Result<(), String> {
 /// `xtask cluster up`: starts every node that is down and waits until all
 /// serve.
 fn xtask_cluster_up() -> Result<(), String> {
-    let xtask = std::env::var_os("KAFKA_BROKER_CONTROL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/debug/xtask"));
-    let out = std::process::Command::new(&xtask)
-        .args(["cluster", "up"])
-        .output()
-        .map_err(|e| format!("running {}: {e}", xtask.display()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    xtask_cluster_args(&["up"])
 }
 
 /// Run `xtask cluster <action> <id>`: the xtask binary in
 /// `KAFKA_BROKER_CONTROL` (set by `cargo xtask test`), else
 /// `target/debug/xtask` (built by any `cargo xtask` call).
 fn xtask_cluster(action: &str, id: i32) -> Result<(), String> {
+    xtask_cluster_args(&[action, &id.to_string()])
+}
+
+/// Run `xtask cluster <args>`.
+fn xtask_cluster_args(args: &[&str]) -> Result<(), String> {
     let xtask = std::env::var_os("KAFKA_BROKER_CONTROL")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target/debug/xtask"));
     let out = std::process::Command::new(&xtask)
-        .args(["cluster", action, &id.to_string()])
+        .arg("cluster")
+        .args(args)
         .output()
         .map_err(|e| format!("could not run {}: {e}", xtask.display()))?;
     if out.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "`xtask cluster {action} {id}` failed: {}{}",
+            "`xtask cluster {}` failed: {}{}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         ))
