@@ -257,7 +257,7 @@ impl Client {
     /// Ask `candidates` in order for metadata; merge the first answer.
     async fn ask_metadata(&self, candidates: &[i32], req: &MetadataRequest, full: bool) -> Asked {
         let mut last_err = None;
-        for &broker_id in candidates {
+        for broker_id in self.ready_first(candidates, Lane::Control) {
             let conn = match self.connection(broker_id, Lane::Control).await {
                 Ok(c) => c,
                 Err(e)
@@ -331,6 +331,34 @@ impl Client {
     fn metadata_candidates(&self) -> Vec<i32> {
         let r = self.recovery();
         self.plan_with(&r, Instant::now()).ask
+    }
+
+    /// `candidates` in order, those whose redial on `lane` waits out a
+    /// reconnect backoff now moved last (the soonest first): any broker
+    /// answers a cluster-wide request, so one that just refused a dial is
+    /// asked only when no other can be.
+    ///
+    /// [`Client::connection`] sleeps a failed broker's backoff off before
+    /// dialing it again. A refresh that asked the known brokers in id order
+    /// slept it each time the lowest id was down: with node 1 killed, every
+    /// metadata refresh and every `any_connection` (FindCoordinator) of a
+    /// group member waited up to `reconnect.backoff.max.ms` (1 s) before it
+    /// asked node 2, until node 1 left the metadata (sim-tests'
+    /// `cluster::coordinator_kill`: the metadata a member reads with each
+    /// JoinGroup answer took 0.8–1.2 s a time, the group's rejoin after the
+    /// failover seconds).
+    fn ready_first(&self, candidates: &[i32], lane: Lane) -> Vec<i32> {
+        let now = Instant::now();
+        let slots = self.inner.slots.lock().expect("slots lock poisoned");
+        let waits: Vec<Option<Instant>> = candidates
+            .iter()
+            .map(|&id| {
+                // A slot in use (dialing, say) is no known wait.
+                let slot = slots.get(&(id, lane))?.try_lock().ok()?;
+                slot.retry_at.filter(|&t| t > now)
+            })
+            .collect();
+        order_by_wait(candidates, &waits)
     }
 
     /// Drop the connections of brokers that left the metadata or moved to
@@ -513,7 +541,7 @@ impl Client {
     /// The last dial error when no broker is reachable.
     pub async fn any_connection(&self, lane: Lane) -> Result<Connection> {
         let mut last_err = None;
-        for id in self.metadata_candidates() {
+        for id in self.ready_first(&self.metadata_candidates(), lane) {
             match self.connection(id, lane).await {
                 Ok(c) => return Ok(c),
                 Err(e) => last_err = Some(e),
@@ -584,6 +612,21 @@ fn spawn_periodic_refresh(inner: Weak<Inner>) {
             }
         }
     });
+}
+
+/// `ids` with those that wait (`waits[i]` is when `ids[i]` may be dialed
+/// again, `None`: now) after those that do not, the soonest first; order
+/// kept otherwise.
+fn order_by_wait(ids: &[i32], waits: &[Option<Instant>]) -> Vec<i32> {
+    let mut order: Vec<(Option<Instant>, usize, i32)> = ids
+        .iter()
+        .zip(waits)
+        .enumerate()
+        .map(|(i, (&id, &wait))| (wait, i, id))
+        .collect();
+    // None sorts before Some: the ones dialable now first.
+    order.sort_by_key(|&(wait, i, _)| (wait, i));
+    order.into_iter().map(|(_, _, id)| id).collect()
 }
 
 /// Which brokers a metadata refresh asks (KIP-899/1102): pure, in its
@@ -819,6 +862,53 @@ mod tests {
         }
         cluster.set(9101, old.clone());
         cluster.set(9102, old);
+    }
+
+    #[test]
+    fn brokers_waiting_out_a_backoff_are_asked_last_the_soonest_first() {
+        let now = Instant::now();
+        let later = |ms| Some(now + Duration::from_millis(ms));
+        assert_eq!(
+            order_by_wait(&[1, 2, 3, -1], &[later(900), None, later(100), None]),
+            vec![2, -1, 3, 1]
+        );
+        assert_eq!(order_by_wait(&[3, 1, 2], &[None; 3]), vec![3, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_refresh_asks_a_live_broker_before_waiting_out_a_dead_ones_backoff() {
+        let cluster = FakeCluster::default();
+        let md = metadata(&[(1, 9101), (2, 9102)]);
+        for port in [BOOTSTRAP, 9101, 9102] {
+            cluster.set(port, md.clone());
+        }
+        let config = ClientConfig::builder()
+            .bootstrap(&format!("127.0.0.1:{BOOTSTRAP}"))
+            .unwrap()
+            .connector(Arc::new(cluster.clone()))
+            .metadata_max_age(Duration::from_secs(3600))
+            .set("reconnect.backoff.ms", "2000")
+            .unwrap()
+            .set("reconnect.backoff.max.ms", "2000")
+            .unwrap()
+            .build()
+            .unwrap();
+        let client = Client::connect(config).await.unwrap();
+        cluster.asked();
+        // Broker 1 dies: the first refresh finds out (a refused dial).
+        cluster.set(9101, Script::Down);
+        client.refresh_metadata(Some(&[])).await.unwrap();
+        assert_eq!(cluster.asked(), vec![9102]);
+        // The next ones ask broker 2 at once, not after broker 1's 2 s.
+        let t = std::time::Instant::now();
+        client.refresh_metadata(Some(&[])).await.unwrap();
+        client.any_connection(Lane::Control).await.unwrap();
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "waited {:?} for the dead broker's backoff",
+            t.elapsed()
+        );
+        assert_eq!(cluster.asked(), vec![9102]);
     }
 
     #[tokio::test]

@@ -35,6 +35,10 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
     let mut brokers = Brokers::new(client.config().max_in_flight);
     // InitProducerId attempts since the last success.
     let mut pid_delays = None;
+    // Leaders whose last request failed whole (refused, reset, timed out):
+    // their partitions' metadata is asked for again before a batch goes
+    // to them (see `leaders_now`).
+    let mut unreachable = LeadersUnreachable::default();
     loop {
         let now = Instant::now();
         let (ready, deadline, closing_done, need_pid, flush) = {
@@ -105,7 +109,9 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
         }
 
         // Group ready partitions by leader; at most one batch per partition per request.
-        let md = client.metadata();
+        let md = unreachable
+            .leaders_now(&client, &ready, now, cfg.retry_backoff)
+            .await;
         let mut by_leader: HashMap<i32, Vec<QueueKey>> = HashMap::new();
         let mut unknown_leader = Vec::new();
         for tp in ready {
@@ -187,6 +193,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
             _ = tokio::time::sleep_until(sleep_until) => {}
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                 let Ok((leader, batches, result)) = done else { continue };
+                unreachable.answered(leader, result.is_ok());
                 let throttle = match &result {
                     Ok(Some(resp)) => resp.throttle(),
                     _ => Throttle::default(),
@@ -195,6 +202,73 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
                 let refresh = settle(&shared, &cfg, batches, result);
                 refresh_topics(&client, refresh).await;
                 shared.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// The leaders whose last Produce request failed whole, and when their
+/// partitions' metadata was last asked for.
+///
+/// A batch whose request failed that way retries after its backoff (up to
+/// `retry.backoff.max.ms`), and the metadata refreshed right after the
+/// failure may predate the failover: a leader killed with `kill -9` keeps
+/// its partitions until the controller fences it. Sent by that metadata,
+/// the retry went to the dead leader once more, and only the retry after
+/// it, a whole backoff later, found the new one: up to two backoffs (2 s)
+/// past the failover with no record written (sim-tests'
+/// `cluster::leader_kill`: 6.0 s without a record for a 4 s broker
+/// session). Asking again just before sending to such a leader bounds it
+/// by one backoff. At most once per `retry.backoff.ms`, however many
+/// batches wait.
+#[derive(Debug, Default)]
+struct LeadersUnreachable {
+    leaders: std::collections::HashSet<i32>,
+    asked_at: Option<Instant>,
+}
+
+impl LeadersUnreachable {
+    /// A request to `leader` came back: answered (`ok`), or failed whole.
+    fn answered(&mut self, leader: i32, ok: bool) {
+        if ok {
+            self.leaders.remove(&leader);
+        } else {
+            self.leaders.insert(leader);
+        }
+    }
+
+    /// The metadata to send `ready` by: asked for again first when one of
+    /// their leaders is unreachable, and not asked for within `every`.
+    async fn leaders_now(
+        &mut self,
+        client: &Client,
+        ready: &[QueueKey],
+        now: Instant,
+        every: Duration,
+    ) -> Arc<crate::metadata::Metadata> {
+        let md = client.metadata();
+        if self.leaders.is_empty() || self.asked_at.is_some_and(|t| now < t + every) {
+            return md;
+        }
+        let mut topics: Vec<String> = ready
+            .iter()
+            .filter(|tp| {
+                md.leader(&tp.0, tp.1)
+                    .is_some_and(|b| self.leaders.contains(&b.id))
+            })
+            .map(|tp| tp.0.to_string())
+            .collect();
+        if topics.is_empty() {
+            return md;
+        }
+        topics.sort();
+        topics.dedup();
+        self.asked_at = Some(now);
+        match client.refresh_metadata(Some(&topics)).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::debug!(error = %e, "metadata refresh before a retry failed");
+                md
             }
         }
     }

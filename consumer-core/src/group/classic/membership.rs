@@ -196,6 +196,10 @@ pub struct Membership {
     /// Consecutive retries since the member was last stable and heard
     /// from: the next backoff is `cfg.retry_backoff.nominal(retries + 1)`.
     retries: u32,
+    /// The coordinator answered NOT_COORDINATOR or COORDINATOR_NOT_AVAILABLE:
+    /// the join or heartbeat after the next FindCoordinator waits for the
+    /// backoff (`retry_at`) instead of going at once.
+    coordinator_refused: bool,
     pending_join_reason: Option<String>,
     next_heartbeat: Option<Instant>,
     heartbeat_in_flight: bool,
@@ -253,6 +257,7 @@ impl Membership {
             actions: VecDeque::new(),
             retry_at: None,
             retries: 0,
+            coordinator_refused: false,
             pending_join_reason: Some("initial join".into()),
             next_heartbeat: None,
             heartbeat_in_flight: false,
@@ -438,7 +443,16 @@ impl Membership {
         if self.state != State::FindingCoordinator {
             return;
         }
-        self.retry_at = None;
+        // After a refusal the node FindCoordinator names may still be the
+        // one that refused: a node that leads the group's
+        // `__consumer_offsets` partition and has not taken the group over
+        // yet (it answers NOT_COORDINATOR until it has). Asked again at
+        // once, it refused some 600 times a second for the 3 s it took
+        // (sim-tests' `cluster::coordinator_kill` on a busy machine): the
+        // backoff stands then, as Java's `retry.backoff.ms` does.
+        if !std::mem::take(&mut self.coordinator_refused) {
+            self.retry_at = None;
+        }
         if self.pending_join_reason.is_none() && self.generation >= 0 {
             // The coordinator moved while we were stable: heartbeat there.
             self.state = State::Stable {
@@ -513,6 +527,7 @@ impl Membership {
             }
             Some(C::NotCoordinator | C::CoordinatorNotAvailable) => {
                 self.pending_join_reason = Some("the coordinator moved".into());
+                self.coordinator_refused = true;
                 return self.find_coordinator(now);
             }
             Some(C::FencedInstanceId) => {
@@ -637,6 +652,7 @@ impl Membership {
             }
             Some(C::NotCoordinator | C::CoordinatorNotAvailable) => {
                 self.pending_join_reason = Some("the coordinator moved during sync".into());
+                self.coordinator_refused = true;
                 return self.find_coordinator(now);
             }
             Some(C::FencedInstanceId) => {
@@ -732,7 +748,10 @@ impl Membership {
                     false,
                 );
             }
-            Some(C::NotCoordinator | C::CoordinatorNotAvailable) => self.find_coordinator(now),
+            Some(C::NotCoordinator | C::CoordinatorNotAvailable) => {
+                self.coordinator_refused = true;
+                self.find_coordinator(now);
+            }
             Some(C::FencedInstanceId) => self.fatal(format!(
                 "FENCED_INSTANCE_ID on heartbeat: group.instance.id {:?} was taken over",
                 self.cfg.group_instance_id.as_deref().unwrap_or("")
@@ -1016,8 +1035,16 @@ impl Membership {
             && now.duration_since(self.last_heartbeat_ok) > self.cfg.session_timeout
         {
             // No heartbeat got through for a whole session: the coordinator
-            // has expired us; our partitions belong to someone else now.
-            self.lose_all_and_reset(true);
+            // has expired us, or died; either way our partitions may belong
+            // to someone else now. The member id is kept for the rejoin:
+            // a coordinator that expired us answers UNKNOWN_MEMBER_ID and
+            // we join anew, one round trip later; but a new coordinator
+            // (the old one's node died) loaded the group with us in it,
+            // and a JoinGroup under a new id left our old id for it to wait
+            // for until that session ended too: the rebalance finished a
+            // whole session late (a controller and coordinator killed:
+            // 13 s without a record instead of 7).
+            self.lose_all_and_reset(false);
             self.rejoin(
                 "no successful heartbeat within session.timeout.ms",
                 now,

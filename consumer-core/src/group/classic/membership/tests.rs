@@ -210,6 +210,38 @@ fn not_coordinator_finds_the_coordinator_again() {
 }
 
 #[test]
+fn a_coordinator_that_refuses_is_asked_again_after_a_growing_backoff_not_at_once() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    // Joining: the node FindCoordinator names keeps answering
+    // NOT_COORDINATOR (it leads the offsets partition, has not loaded it).
+    let mut m = joining(None, t0);
+    let mut now = t0;
+    for wait in [100, 200, 400] {
+        m.handle_join(join_error(KafkaCode::NotCoordinator), &parts(), now);
+        assert_eq!(m.poll_action(now), Some(Action::FindCoordinator));
+        m.coordinator_found(now);
+        assert_eq!(m.poll_action(now), None, "not at once");
+        assert_eq!(m.poll_timeout(), Some(now + ms(wait)));
+        now += ms(wait);
+        assert!(matches!(m.poll_action(now), Some(Action::Join { .. })));
+    }
+    // Stable: a heartbeat refused the same way.
+    let mut m = machine(Arc::new(RangeAssignor), None, t0);
+    stable(&mut m, t0);
+    let at = t0 + 3 * SEC;
+    assert!(matches!(m.poll_action(at), Some(Action::Heartbeat { .. })));
+    m.handle_heartbeat(Some(KafkaCode::NotCoordinator), at);
+    assert_eq!(m.poll_action(at), Some(Action::FindCoordinator));
+    m.coordinator_found(at);
+    assert_eq!(m.poll_action(at), None, "not at once");
+    assert!(matches!(
+        m.poll_action(at + ms(100)),
+        Some(Action::Heartbeat { .. })
+    ));
+}
+
+#[test]
 fn fatal_join_codes_stop_with_a_message_that_says_what_to_fix() {
     let t0 = Instant::now();
     for (code, needle) in [
@@ -399,6 +431,25 @@ fn session_timeout_without_heartbeats_loses_partitions() {
     let actions = drain(&mut m, t0 + 11 * SEC);
     assert_eq!(actions[0], Action::Lose(assigned));
     assert!(actions.contains(&Action::FindCoordinator));
+    // The rejoin keeps the member id: a new coordinator that loaded the
+    // group knows it (a new id would leave the old one for it to wait
+    // for); one that expired us answers UNKNOWN_MEMBER_ID.
+    m.coordinator_found(t0 + 11 * SEC);
+    let join = after_metadata(&mut m, t0 + 11 * SEC);
+    assert!(
+        matches!(&join, Some(Action::Join { member_id, .. }) if member_id == "m1"),
+        "{join:?}"
+    );
+    m.handle_join(
+        join_error(KafkaCode::UnknownMemberId),
+        &parts(),
+        t0 + 11 * SEC,
+    );
+    let rejoin = after_metadata(&mut m, t0 + 11 * SEC);
+    assert!(
+        matches!(&rejoin, Some(Action::Join { member_id, .. }) if member_id.is_empty()),
+        "{rejoin:?}"
+    );
 }
 
 #[test]
