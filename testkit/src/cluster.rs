@@ -216,7 +216,8 @@ macro_rules! require_cluster {
 
 /// `kill -9` node `id` (`cargo xtask cluster kill`): a power cut. Returns
 /// once the process is gone. The controller fences the node after
-/// `broker.session.timeout.ms` (9 s); until then the metadata still lists it.
+/// `broker.session.timeout.ms` (4 s on this cluster, Kafka's default 9 s);
+/// until then the metadata still lists it.
 ///
 /// # Errors
 /// The xtask failed (no cluster, node not running); its stderr.

@@ -5,10 +5,10 @@
 //! Three KRaft nodes, each a combined broker and controller (a static
 //! three-voter quorum), from the same Maven jars as the single broker
 //! (`broker.rs`), beside it: own ports, own directory, small heaps
-//! (-Xms128m -Xmx384m each), so it runs next to the test broker on two
-//! cores. Node `N` (1..=3) sits in rack `rN`; the brokers run the
-//! rack-aware replica selector (KIP-392: a consumer reads from a replica in
-//! its own rack), replicate everything three times with
+//! (-Xms128m -Xmx384m each) and the C1 compiler only, so it runs next to
+//! the test broker on two cores. Node `N` (1..=3) sits in rack `rN`; the
+//! brokers run the rack-aware replica selector (KIP-392: a consumer reads
+//! from a replica in its own rack), replicate everything three times with
 //! `min.insync.replicas=2` (one node may die without stopping acks=all
 //! producers), and listen on PLAINTEXT, SASL_SSL and SASL_PLAINTEXT (PLAIN,
 //! SCRAM-SHA-256/512, OAUTHBEARER like the single broker), the SASL
@@ -571,9 +571,17 @@ share.coordinator.state.topic.replication.factor=3
 share.coordinator.state.topic.min.isr=2
 # Heartbeats to the controller every 0.5 s (default 2 s): a controlled
 # shutdown and a restarted node's unfencing each wait for heartbeats, so
-# `stop`, `start` and `move` take seconds less. The session (9 s, the
-# fencing of a killed node) is the default.
+# `stop`, `start` and `move` take seconds less.
 broker.heartbeat.interval.ms=500
+# The session: a killed node is fenced (its leaderships move, it leaves
+# every ISR, so acks=all producers go on) this long after its last
+# heartbeat, and a restarted node's registration is refused
+# (DUPLICATE_BROKER_REGISTRATION) until its old session ends, stopped
+# cleanly or not. 4 s instead of 9 (the default): every kill's failover
+# and every restart (JVM start ~4 s) take 5 s less. Tests read it from
+# the broker (sim-tests' cluster faults) or name it (FENCE in
+# consumer-core's follower_fetch.rs).
+broker.session.timeout.ms=4000
 group.initial.rebalance.delay.ms=0
 group.min.session.timeout.ms=1000
 group.consumer.min.session.timeout.ms=1000
@@ -662,12 +670,20 @@ fn launch(layout: &Layout, node: u8) -> anyhow::Result<u32> {
         .create(true)
         .append(true)
         .open(layout.log(node))?;
+    // C1 only (`TieredStopAtLevel=1`): a node started again under load
+    // (the fault suite kills, stops and starts nodes while clients run)
+    // otherwise spends more than a core for half a minute compiling with
+    // C2, on a machine of two that the two other nodes and the test share;
+    // with it, sim-tests' `cluster::` faults took 50 s instead of 64–77,
+    // a rolling restart 13 s instead of 20–36. The nodes carry test loads,
+    // which C1's code serves well enough.
     let child = broker::java_on(&jars, &layout.log4j())
         .args([
             "-Xms128m",
             "-Xmx384m",
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
+            "-XX:TieredStopAtLevel=1",
             "-Djava.awt.headless=true",
         ])
         .arg("kafka.Kafka")
@@ -738,7 +754,12 @@ fn wait_serving(layout: &Layout, cluster: &RunningCluster, nodes: &[u8]) -> anyh
             }) {
                 break;
             }
-            if running_pid(layout, n).is_none() {
+            // Asked twice, 50 ms apart: right after `launch` the node's
+            // cmdline may read empty for a moment (see `running_and`).
+            if running_pid(layout, n).is_none() && {
+                std::thread::sleep(Duration::from_millis(50));
+                running_pid(layout, n).is_none()
+            } {
                 bail!(
                     "node {n} exited during start-up; last lines of {}:\n{}",
                     layout.log(n).display(),
@@ -903,12 +924,25 @@ fn start(node: u8) -> anyhow::Result<u32> {
         Some(pid) => pid,
         None => launch(&layout, node)?,
     };
-    let up: Vec<u8> = NODES
-        .into_iter()
-        .filter(|&n| running_pid(&layout, n).is_some())
-        .collect();
+    let up = running_and(&layout, node);
     wait_serving(&layout, &cluster, &up)?;
     Ok(pid)
+}
+
+/// The nodes running now, `node` (just launched) among them whatever its
+/// `/proc` entry says yet.
+///
+/// A child's `spawn` returns once its `execve` has replaced the memory
+/// map, but before the kernel has set the new argument area: for that
+/// moment `/proc/<pid>/cmdline` reads empty, and [`is_our_node`] says no.
+/// Filtering the just-launched node through it left it out of the nodes
+/// to wait for, and `start` then waited 180 s for a metadata listing
+/// without it (seen once in a few `kill 3; start 3`).
+fn running_and(layout: &Layout, node: u8) -> Vec<u8> {
+    NODES
+        .into_iter()
+        .filter(|&n| n == node || running_pid(layout, n).is_some())
+        .collect()
 }
 
 /// Stop node `node` cleanly (if it runs), rewrite its config and the env
@@ -959,10 +993,7 @@ fn move_node(node: u8) -> anyhow::Result<(u32, NodePorts)> {
     cluster.set_node_ports(node, &new);
     write_env(&layout, &cluster)?;
     let pid = launch(&layout, node)?;
-    let up: Vec<u8> = NODES
-        .into_iter()
-        .filter(|&n| running_pid(&layout, n).is_some())
-        .collect();
+    let up = running_and(&layout, node);
     wait_serving(&layout, &cluster, &up)?;
     Ok((pid, new))
 }
