@@ -9,7 +9,11 @@
 //!   classic: it exercises group membership;
 //! - `kip848::` on Kafka 3.9.1 with KIP-848 turned on (v0 heartbeats);
 //! - `alone::` (ignored in the shared run) by itself, last: it stops or
-//!   restarts the broker.
+//!   restarts the broker;
+//! - `cluster::` (ignored in the shared run) on the three-node cluster
+//!   (`cargo xtask cluster up`), one at a time, in the step after every
+//!   broker pass: the fault suite under load (nodes killed, stopped,
+//!   cut off).
 //!
 //! Everything else runs once, on the main broker, classic groups.
 
@@ -29,4 +33,15 @@ mod kip848 {
 
 mod alone {
     mod broker_restart;
+}
+
+mod cluster {
+    mod load;
+    mod nodes;
+
+    mod controller_failover;
+    mod coordinator_kill;
+    mod leader_kill;
+    mod node_cut_off;
+    mod rolling_restart;
 }
