@@ -16,8 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use consumer_core::TopicPartition;
 use kafka_wire::records::Record;
 use kafka_wire::ProducerRecord;
-use resilience::processor::HandlerFuture;
-use resilience::{CommitPolicy, Handler, Processor, ProcessorConfig};
+use resilience::{CommitPolicy, Handler, HandlerError, Processor, ProcessorConfig};
 
 use crate::{group, ours_consumer_config_with, ours_producer, rdkafka_config, report, Args};
 
@@ -167,9 +166,9 @@ impl Pacer {
 struct Stamp(Arc<Samples>);
 
 impl Handler for Stamp {
-    fn handle<'a>(&'a self, _: &'a TopicPartition, r: &'a Record) -> HandlerFuture<'a> {
+    async fn handle(&self, _: &TopicPartition, r: &Record) -> Result<(), HandlerError> {
         self.0.record(r.value.as_deref());
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 }
 

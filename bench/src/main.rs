@@ -32,8 +32,7 @@ use std::time::{Duration, Instant};
 use consumer_core::{Consumer, ConsumerConfig, TopicPartition};
 use kafka_wire::records::Record;
 use kafka_wire::{Producer, ProducerConfig, ProducerRecord, Topic};
-use resilience::processor::HandlerFuture;
-use resilience::{CommitPolicy, Handler, Ordering, Processor, ProcessorConfig};
+use resilience::{CommitPolicy, Handler, HandlerError, Ordering, Processor, ProcessorConfig};
 
 struct Args {
     peer: String,
@@ -181,8 +180,8 @@ async fn create_topic(a: &Args) {
 struct Noop;
 
 impl Handler for Noop {
-    fn handle<'a>(&'a self, _: &'a TopicPartition, _: &'a Record) -> HandlerFuture<'a> {
-        Box::pin(async { Ok(()) })
+    async fn handle(&self, _: &TopicPartition, _: &Record) -> Result<(), HandlerError> {
+        Ok(())
     }
 }
 

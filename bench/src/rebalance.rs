@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 use consumer_core::TopicPartition;
 use kafka_wire::records::Record;
 use kafka_wire::ProducerRecord;
-use resilience::processor::HandlerFuture;
-use resilience::{CommitPolicy, Handler, Processor, ProcessorConfig};
+use resilience::{CommitPolicy, Handler, HandlerError, Processor, ProcessorConfig};
 
 use crate::{group, ours_consumer_config_with, ours_producer, report, Args};
 
@@ -32,10 +31,10 @@ struct Seen(Mutex<Vec<(i32, Instant)>>);
 struct Track(Arc<Seen>);
 
 impl Handler for Track {
-    fn handle<'a>(&'a self, tp: &'a TopicPartition, _: &'a Record) -> HandlerFuture<'a> {
+    async fn handle(&self, tp: &TopicPartition, _: &Record) -> Result<(), HandlerError> {
         let mut seen = self.0 .0.lock().expect("seen");
         seen.push((tp.partition, Instant::now()));
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 }
 

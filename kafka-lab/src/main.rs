@@ -16,6 +16,7 @@ mod output;
 mod position;
 mod process;
 mod produce;
+mod replicas;
 mod topics;
 
 use std::time::Instant;
@@ -46,7 +47,8 @@ enum Command {
         #[arg(long)]
         versions: bool,
     },
-    /// Create, list, describe or delete topics, or add partitions to one.
+    /// Create, list, describe or delete topics, add partitions to one, move
+    /// replicas (reassign) and elect leaders.
     Topics {
         #[command(subcommand)]
         command: topics::TopicsCommand,

@@ -12,7 +12,6 @@ use clap::Args;
 use consumer_core::{ConsumerConfig, TopicPartition};
 use kafka_wire::records::Record;
 use kafka_wire::ProducerConfig;
-use resilience::processor::HandlerFuture;
 use resilience::{Handler, HandlerError, Ordering, Processor, ProcessorConfig};
 
 use crate::connect::ConnectArgs;
@@ -60,28 +59,26 @@ struct Simulated {
 }
 
 impl Handler for Simulated {
-    fn handle<'a>(&'a self, tp: &'a TopicPartition, r: &'a Record) -> HandlerFuture<'a> {
-        Box::pin(async move {
-            let n = r.offset as u64;
-            if self.poison_every.is_some_and(|k| k > 0 && n % k == 0) {
-                return Err(HandlerError::NonRetryable(format!("poison at offset {n}")));
-            }
-            if self.transient_every.is_some_and(|k| k > 0 && n % k == 1)
-                && self
-                    .failed_once
-                    .lock()
-                    .expect("lock")
-                    .insert((tp.partition, r.offset))
-            {
-                return Err(HandlerError::Retryable(
-                    "simulated downstream timeout".into(),
-                ));
-            }
-            if !self.delay.is_zero() {
-                tokio::time::sleep(self.delay).await;
-            }
-            Ok(())
-        })
+    async fn handle(&self, tp: &TopicPartition, r: &Record) -> Result<(), HandlerError> {
+        let n = r.offset as u64;
+        if self.poison_every.is_some_and(|k| k > 0 && n % k == 0) {
+            return Err(HandlerError::NonRetryable(format!("poison at offset {n}")));
+        }
+        if self.transient_every.is_some_and(|k| k > 0 && n % k == 1)
+            && self
+                .failed_once
+                .lock()
+                .expect("lock")
+                .insert((tp.partition, r.offset))
+        {
+            return Err(HandlerError::Retryable(
+                "simulated downstream timeout".into(),
+            ));
+        }
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        Ok(())
     }
 }
 

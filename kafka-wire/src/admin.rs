@@ -2,7 +2,7 @@
 //!
 //! Topics: create, delete, add partitions. Each waits until metadata agrees,
 //! so a caller can produce to a topic (or a new partition) as soon as the
-//! call returns.
+//! call returns. Replicas and leaders (reassignment, elections): `replicas`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,6 +21,9 @@ use crate::client::{Client, Lane};
 use crate::error::{Error, KafkaCode, Result};
 use crate::throttle::Throttle;
 use crate::topic_partition::{IsolationLevel, TopicPartition};
+
+mod replicas;
+pub use replicas::{ElectionType, LeaderElection, OngoingReassignment, PartitionReassignment};
 
 /// For [`Client::delete_records`]: delete up to the high watermark.
 pub const DELETE_TO_END: i64 = -1;
@@ -848,7 +851,10 @@ impl Client {
             .collect())
     }
 
-    /// Set (`Some`) or delete (`None`) configs on a resource (IncrementalAlterConfigs).
+    /// Set (`Some`) or delete (`None`) configs on a resource
+    /// (IncrementalAlterConfigs). A broker's configs go to that broker
+    /// (it refuses another's id: INVALID_REQUEST "Unexpected broker id");
+    /// a topic's or group's to any broker.
     ///
     /// # Errors
     /// INVALID_CONFIG and friends, naming the resource.
@@ -878,7 +884,12 @@ impl Client {
                         .collect(),
                 ),
         ]);
-        let conn = self.any_connection(Lane::Control).await?;
+        let conn = match resource {
+            ConfigResource::Broker(id) => self.connection(*id, Lane::Control).await?,
+            ConfigResource::Topic(_) | ConfigResource::Group(_) => {
+                self.any_connection(Lane::Control).await?
+            }
+        };
         let resp = conn
             .send(&req, self.config().request_timeout, Duration::ZERO)
             .await?;

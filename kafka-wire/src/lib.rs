@@ -19,7 +19,7 @@
 //! | [`records`] | record batches v2: lazy zero-copy decode, CRC32C, gzip/snappy/lz4/zstd |
 //! | `producer` | [`Producer`]: accumulator (pure), sender task, partitioner, transactions; [`Topic`] handles; delivery futures and the failure log `flush` reports ([`Undelivered`]) |
 //! | `coordinator` | FindCoordinator for groups and transactions ([`CoordinatorKind`]) |
-//! | `admin` | topics, offsets, groups, configs, cluster (methods on [`Client`]) |
+//! | `admin` | topics, offsets, groups, configs, cluster, replica reassignment and leader elections (methods on [`Client`]) |
 //! | `tls`, `sasl` | [`TlsConfig`] (rustls, graviola provider); [`SaslConfig`]: PLAIN, SCRAM, OAUTHBEARER |
 //! | `error` | [`Error`] and its [`ErrorAction`]: what to do next |
 //! | `backoff` | [`Backoff`]: capped exponential retry delays with jitter, for every retry loop |
@@ -119,7 +119,8 @@ mod topic_partition;
 mod versions;
 
 pub use admin::{
-    ConfigEntry, ConfigResource, GroupDescription, GroupListing, GroupMember, NewTopic, OffsetSpec,
+    ConfigEntry, ConfigResource, ElectionType, GroupDescription, GroupListing, GroupMember,
+    LeaderElection, NewTopic, OffsetSpec, OngoingReassignment, PartitionReassignment,
     DELETE_TO_END,
 };
 pub use backoff::{Backoff, Delays};

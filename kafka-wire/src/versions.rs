@@ -49,6 +49,11 @@ pub(crate) fn client_range(api: ApiKey) -> Option<(i16, i16)> {
         K::DeleteGroups => (0, 2),
         K::IncrementalAlterConfigs => (0, 1),
         K::DescribeCluster => (0, 1),
+        // KIP-455; v1 (KIP-860) carries allow_replication_factor_change.
+        K::AlterPartitionReassignments => (0, 1),
+        K::ListPartitionReassignments => (0, 0),
+        // KIP-460: v1 brings the election type (unclean) and a top-level code.
+        K::ElectLeaders => (1, 2),
         _ => return None,
     };
     // Never claim a version the codec library cannot encode.

@@ -5,17 +5,20 @@
 //! input's outputs exactly once, or not at all.
 //!
 //! ```no_run
-//! use resilience::eos::{TransactionalProcessor, Transformer, TransformFuture};
+//! use resilience::eos::{TransactionalProcessor, Transformer};
 //! use resilience::consumer_core::{ConsumerConfig, TopicPartition};
+//! use resilience::HandlerError;
 //! use kafka_wire::{ProducerConfig, ProducerRecord, records::Record};
 //!
 //! struct Upper;
 //! impl Transformer for Upper {
-//!     fn transform<'a>(&'a self, _tp: &'a TopicPartition, r: &'a Record) -> TransformFuture<'a> {
-//!         Box::pin(async move {
-//!             let v = r.value.as_deref().unwrap_or_default().to_ascii_uppercase();
-//!             Ok(vec![ProducerRecord::new("orders-upper").value(v)])
-//!         })
+//!     async fn transform(
+//!         &self,
+//!         _tp: &TopicPartition,
+//!         r: &Record,
+//!     ) -> Result<Vec<ProducerRecord>, HandlerError> {
+//!         let v = r.value.as_deref().unwrap_or_default().to_ascii_uppercase();
+//!         Ok(vec![ProducerRecord::new("orders-upper").value(v)])
 //!     }
 //! }
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -47,7 +50,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,13 +65,21 @@ use crate::dlt;
 use crate::processor::{until_connected, PollBackoff};
 use crate::retry::{BackoffPolicy, Decision, HandlerError};
 
-/// A boxed future returned by [`Transformer::transform`].
-pub type TransformFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Vec<ProducerRecord>, HandlerError>> + Send + 'a>>;
-
-/// Turns one input record into output records (none is fine).
+/// Turns one input record into output records (none is fine), written
+/// as an `async fn` whose future is `Send` (like [`Handler`](crate::Handler)).
+///
+/// `Ok` outputs are written in the input's transaction. An `Err` is
+/// retried as [`TransactionalProcessor::backoff`] says and then (or at
+/// once, when not retryable) replaced by the input's dead letter, written
+/// in the same transaction; a panic dead-letters the input at once. The
+/// processor is generic over the transformer: its futures are not boxed.
 pub trait Transformer: Send + Sync + 'static {
-    fn transform<'a>(&'a self, tp: &'a TopicPartition, record: &'a Record) -> TransformFuture<'a>;
+    /// The outputs of `record`, read from `tp`.
+    fn transform<'a>(
+        &'a self,
+        tp: &'a TopicPartition,
+        record: &'a Record,
+    ) -> impl Future<Output = Result<Vec<ProducerRecord>, HandlerError>> + Send + 'a;
 }
 
 /// Counters of a run.

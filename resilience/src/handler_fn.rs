@@ -5,12 +5,14 @@ use std::future::Future;
 use consumer_core::TopicPartition;
 use kafka_wire::records::Record;
 
-use crate::processor::HandlerFuture;
 use crate::{Handler, HandlerError};
 
-/// A [`Handler`] that calls `f` with the record's partition and the record
-/// (both owned: cloning a record copies its header list, while key and
-/// value are shared `Bytes`). Build it with [`handler_fn`].
+/// A [`Handler`] that calls `f` with the record's partition and the record,
+/// both owned, so the closure's future can keep them (`async move`). Each
+/// call clones them: the partition's topic name (a small allocation) and
+/// the record's header list; its key and value are shared `Bytes`. A
+/// [`Handler`] impl borrows both instead, for the hottest paths. Build it
+/// with [`handler_fn`].
 pub struct HandlerFn<F>(F);
 
 impl<F> std::fmt::Debug for HandlerFn<F> {
@@ -20,8 +22,10 @@ impl<F> std::fmt::Debug for HandlerFn<F> {
 }
 
 /// A [`Handler`] from an async closure: `Ok(())` marks the record handled;
-/// an `Err` is retried or dead-lettered as [`HandlerError`] says (see
-/// [`Handler`]).
+/// an `Err` is retried or dead-lettered as [`HandlerError`] says, and a
+/// panic dead-letters the record (see [`Handler`]). The closure's future
+/// must be `Send + 'static` (it owns what it uses; the runtime polls it in
+/// place, without boxing it).
 ///
 /// ```no_run
 /// use resilience::{handler_fn, HandlerError, Processor, ProcessorConfig};
@@ -48,8 +52,12 @@ where
     F: Fn(TopicPartition, Record) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
-    fn handle<'a>(&'a self, tp: &'a TopicPartition, record: &'a Record) -> HandlerFuture<'a> {
-        Box::pin((self.0)(tp.clone(), record.clone()))
+    fn handle<'a>(
+        &'a self,
+        tp: &'a TopicPartition,
+        record: &'a Record,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
+        (self.0)(tp.clone(), record.clone())
     }
 }
 

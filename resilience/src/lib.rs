@@ -88,21 +88,20 @@
 //! }
 //! ```
 //!
-//! The same handler as a type, for one that holds state (a pool, a client):
+//! The same handler as a type, for one that holds state (a pool, a client).
+//! It borrows the record (no copy per call); its future must be `Send`:
 //!
 //! ```no_run
-//! use resilience::{Handler, HandlerError, processor::HandlerFuture};
+//! use resilience::{Handler, HandlerError};
 //! use resilience::consumer_core::TopicPartition;
 //! use kafka_wire::records::Record;
 //!
 //! struct SaveOrder;
 //! impl Handler for SaveOrder {
-//!     fn handle<'a>(&'a self, _tp: &'a TopicPartition, r: &'a Record) -> HandlerFuture<'a> {
-//!         Box::pin(async move {
-//!             let body = r.value.as_deref().ok_or(HandlerError::fatal("empty order"))?;
-//!             let _order = std::str::from_utf8(body)?;
-//!             Ok(())
-//!         })
+//!     async fn handle(&self, _tp: &TopicPartition, r: &Record) -> Result<(), HandlerError> {
+//!         let body = r.value.as_deref().ok_or(HandlerError::fatal("empty order"))?;
+//!         let _order = std::str::from_utf8(body)?;
+//!         Ok(())
 //!     }
 //! }
 //! ```
@@ -110,7 +109,7 @@
 //! ## Per-key ordering, batches, retry topics, idempotency
 //!
 //! ```no_run
-//! # use resilience::{Processor, ProcessorConfig, processor::{BatchHandler, HandlerFuture}, Ordering};
+//! # use resilience::{Processor, ProcessorConfig, BatchHandler, HandlerError, Ordering};
 //! # use resilience::config::KeySource;
 //! # use resilience::dedup::FileDedup;
 //! # use resilience::consumer_core::{ConsumerConfig, TopicPartition};
@@ -118,8 +117,9 @@
 //! # use std::{sync::Arc, time::Duration};
 //! struct Index;
 //! impl BatchHandler for Index {
-//!     fn handle_batch<'a>(&'a self, _tp: &'a TopicPartition, rs: &'a [Record]) -> HandlerFuture<'a> {
-//!         Box::pin(async move { let _ = rs.len(); Ok(()) }) // one bulk write
+//!     async fn handle_batch(&self, _tp: &TopicPartition, rs: &[Record]) -> Result<(), HandlerError> {
+//!         let _ = rs.len(); // one bulk write
+//!         Ok(())
 //!     }
 //! }
 //! # async fn run(consumer: ConsumerConfig, dlt: ProducerConfig) -> Result<(), Box<dyn std::error::Error>> {

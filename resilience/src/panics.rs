@@ -14,19 +14,19 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::task::Poll;
 
 use crate::retry::HandlerError;
 
 /// Call the application's async code: `make` builds its future (which may
-/// panic before it is polled), then it is polled to the end. A panic in
-/// either is returned as a non-retryable error naming `what` and the
+/// panic before it is polled), then it is polled to the end, in place
+/// (pinned inside this future: a handler's future is not boxed). A panic
+/// in either is returned as a non-retryable error naming `what` and the
 /// panic's message. Costs a `catch_unwind` per poll (a landing pad, no
 /// allocation).
 pub(crate) async fn call<T, F>(what: &str, make: impl FnOnce() -> F) -> Result<T, HandlerError>
 where
-    F: Future<Output = Result<T, HandlerError>> + Unpin,
+    F: Future<Output = Result<T, HandlerError>>,
 {
     call_with(make, |m| {
         HandlerError::NonRetryable(format!("{what} panicked: {m}"))
@@ -43,15 +43,16 @@ pub(crate) async fn call_with<T, E, F>(
     on_panic: impl FnOnce(&str) -> E,
 ) -> Result<T, E>
 where
-    F: Future<Output = Result<T, E>> + Unpin,
+    F: Future<Output = Result<T, E>>,
 {
-    let mut fut = match catch_unwind(AssertUnwindSafe(make)) {
+    let fut = match catch_unwind(AssertUnwindSafe(make)) {
         Ok(fut) => fut,
         Err(payload) => return Err(on_panic(message(payload.as_ref()))),
     };
+    let mut fut = std::pin::pin!(fut);
     let mut on_panic = Some(on_panic);
     std::future::poll_fn(move |cx| {
-        match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut fut).poll(cx))) {
+        match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
             Ok(poll) => poll,
             // Never polled again after this: a panicked future may be in
             // any state.
@@ -88,22 +89,16 @@ pub(crate) fn message(payload: &(dyn Any + Send)) -> &str {
 mod tests {
     use super::*;
 
-    fn boxed<'a>(
-        f: impl Future<Output = Result<u32, HandlerError>> + Send + 'a,
-    ) -> Pin<Box<dyn Future<Output = Result<u32, HandlerError>> + Send + 'a>> {
-        Box::pin(f)
-    }
-
+    /// The futures are `async` blocks as a handler's are: not `Unpin`,
+    /// polled in place (never boxed).
     #[tokio::test]
     async fn a_panic_while_polling_or_building_is_a_non_retryable_error_with_its_message() {
-        let ok = call("handler", || boxed(async { Ok(7) })).await;
+        let ok = call("handler", || async { Ok(7) }).await;
         assert_eq!(ok.unwrap(), 7);
 
-        let polled = call("handler", || {
-            boxed(async {
-                tokio::task::yield_now().await;
-                panic!("bad record {}", 10)
-            })
+        let polled: Result<u32, _> = call("handler", || async {
+            tokio::task::yield_now().await;
+            panic!("bad record {}", 10)
         })
         .await;
         match polled {
@@ -113,9 +108,7 @@ mod tests {
 
         let built = call(
             "transformer",
-            || -> Pin<Box<dyn Future<Output = Result<u32, HandlerError>> + Send>> {
-                panic!("before any future")
-            },
+            || -> std::future::Ready<Result<u32, HandlerError>> { panic!("before any future") },
         )
         .await;
         match built {
@@ -124,10 +117,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let err: Result<u32, _> = call("handler", || {
-            boxed(async { Err(HandlerError::fatal("no")) })
-        })
-        .await;
+        let err: Result<u32, _> =
+            call("handler", || async { Err(HandlerError::fatal("no")) }).await;
         assert!(matches!(err, Err(HandlerError::NonRetryable(m)) if m == "no"));
     }
 

@@ -15,8 +15,7 @@ use consumer_core::{Consumer, ConsumerConfig, ConsumerError, TopicPartition};
 use kafka_wire::records::Record;
 use kafka_wire::{Client, OffsetSpec, Producer, ProducerConfig, ProducerRecord};
 use resilience::observe::Snapshot;
-use resilience::processor::{BatchHandler, HandlerFuture};
-use resilience::{Handler, HandlerError, Processor, Stats};
+use resilience::{BatchHandler, Handler, HandlerError, Processor, Stats};
 
 /// The API key of the group heartbeat under the protocol the suite runs:
 /// Heartbeat (12), or ConsumerGroupHeartbeat (68) under KIP-848
@@ -546,24 +545,24 @@ impl SinkHandler {
 }
 
 impl Handler for SinkHandler {
-    fn handle<'a>(&'a self, tp: &'a TopicPartition, r: &'a Record) -> HandlerFuture<'a> {
+    async fn handle(&self, tp: &TopicPartition, r: &Record) -> Result<(), HandlerError> {
         self.sink.saw(number(r), tp.partition, r.offset);
-        Box::pin(self.sink.handle(&self.behaviour, tp.partition, number(r)))
+        self.sink
+            .handle(&self.behaviour, tp.partition, number(r))
+            .await
     }
 }
 
 impl BatchHandler for SinkHandler {
-    fn handle_batch<'a>(&'a self, tp: &'a TopicPartition, rs: &'a [Record]) -> HandlerFuture<'a> {
-        Box::pin(async move {
-            self.sink.batch_sizes.lock().expect("lock").push(rs.len());
-            for r in rs {
-                self.sink.saw(number(r), tp.partition, r.offset);
-                self.sink
-                    .handle(&self.behaviour, tp.partition, number(r))
-                    .await?;
-            }
-            Ok(())
-        })
+    async fn handle_batch(&self, tp: &TopicPartition, rs: &[Record]) -> Result<(), HandlerError> {
+        self.sink.batch_sizes.lock().expect("lock").push(rs.len());
+        for r in rs {
+            self.sink.saw(number(r), tp.partition, r.offset);
+            self.sink
+                .handle(&self.behaviour, tp.partition, number(r))
+                .await?;
+        }
+        Ok(())
     }
 }
 

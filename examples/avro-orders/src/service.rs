@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 
 use kafka_wire::records::Record;
 use resilience::consumer_core::TopicPartition;
-use resilience::processor::HandlerFuture;
 use resilience::{Handler, HandlerError, Processor, ProcessorConfig};
 use schema_registry::AvroDeserializer;
 
@@ -213,15 +212,13 @@ impl OrderService {
 }
 
 impl Handler for OrderService {
-    fn handle<'a>(&'a self, tp: &'a TopicPartition, record: &'a Record) -> HandlerFuture<'a> {
-        Box::pin(async move {
-            let payload = record
-                .value
-                .as_deref()
-                .ok_or_else(|| HandlerError::fatal("an order without a value"))?;
-            // A payload that is not an Order in Avro: dead-lettered at once.
-            let order: Order = self.de.deserialize_into(payload).await?;
-            self.handle_order(tp, record, order)
-        })
+    async fn handle(&self, tp: &TopicPartition, record: &Record) -> Result<(), HandlerError> {
+        let payload = record
+            .value
+            .as_deref()
+            .ok_or_else(|| HandlerError::fatal("an order without a value"))?;
+        // A payload that is not an Order in Avro: dead-lettered at once.
+        let order: Order = self.de.deserialize_into(payload).await?;
+        self.handle_order(tp, record, order)
     }
 }

@@ -19,8 +19,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use kafka_wire::records::Record;
 use resilience::consumer_core::{ConsumerConfig, TopicPartition};
-use resilience::processor::HandlerFuture;
-use resilience::{CommitPolicy, Handler, Processor, ProcessorConfig};
+use resilience::{CommitPolicy, Handler, HandlerError, Processor, ProcessorConfig};
 use sim_tests::support::{rate_limited, Behaviour};
 
 /// The properties this service reads itself (everything else is a Kafka
@@ -176,12 +175,10 @@ impl std::fmt::Debug for SlowDownstream {
 }
 
 impl Handler for SlowDownstream {
-    fn handle<'a>(&'a self, _tp: &'a TopicPartition, _r: &'a Record) -> HandlerFuture<'a> {
-        Box::pin(async move {
-            let took = (self.0)(0, 1)?;
-            tokio::time::sleep(took).await;
-            Ok(())
-        })
+    async fn handle(&self, _tp: &TopicPartition, _r: &Record) -> Result<(), HandlerError> {
+        let took = (self.0)(0, 1)?;
+        tokio::time::sleep(took).await;
+        Ok(())
     }
 }
 

@@ -17,8 +17,7 @@ use std::time::Duration;
 
 use consumer_core::TopicPartition;
 use kafka_wire::records::Record;
-use resilience::processor::HandlerFuture;
-use resilience::Handler;
+use resilience::{Handler, HandlerError};
 
 /// Counts how often each record (partition, offset) was handled.
 #[derive(Debug, Default)]
@@ -62,17 +61,15 @@ impl Tally {
 pub struct TallyHandler(pub std::sync::Arc<Tally>);
 
 impl Handler for TallyHandler {
-    fn handle<'a>(&'a self, tp: &'a TopicPartition, r: &'a Record) -> HandlerFuture<'a> {
-        Box::pin(async move {
-            *self
-                .0
-                .seen
-                .lock()
-                .expect("tally lock")
-                .entry((tp.partition, r.offset))
-                .or_default() += 1;
-            Ok(())
-        })
+    async fn handle(&self, tp: &TopicPartition, r: &Record) -> Result<(), HandlerError> {
+        *self
+            .0
+            .seen
+            .lock()
+            .expect("tally lock")
+            .entry((tp.partition, r.offset))
+            .or_default() += 1;
+        Ok(())
     }
 }
 

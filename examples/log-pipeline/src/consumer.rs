@@ -26,7 +26,7 @@ use kafka_wire::records::Record;
 use kafka_wire::ProducerConfig;
 use resilience::config::Quarantine;
 use resilience::consumer_core::{ConsumerConfig, TopicPartition};
-use resilience::processor::{BatchHandler, HandlerFuture};
+use resilience::processor::BatchHandler;
 use resilience::retry::BackoffPolicy;
 use resilience::{HandlerError, Processor, ProcessorConfig};
 
@@ -108,12 +108,12 @@ impl LogHandler {
 }
 
 impl BatchHandler for LogHandler {
-    fn handle_batch<'a>(
-        &'a self,
-        tp: &'a TopicPartition,
-        records: &'a [Record],
-    ) -> HandlerFuture<'a> {
-        Box::pin(self.handle(tp, records))
+    async fn handle_batch(
+        &self,
+        tp: &TopicPartition,
+        records: &[Record],
+    ) -> Result<(), HandlerError> {
+        self.handle(tp, records).await
     }
 }
 

@@ -22,7 +22,6 @@ use std::time::Duration;
 use kafka_wire::ProducerConfig;
 use resilience::consumer_core::{ConsumerConfig, TopicPartition};
 use resilience::dedup::postgres::{self, Outcome, PgDedup};
-use resilience::processor::HandlerFuture;
 use resilience::retry::BackoffPolicy;
 use resilience::{Handler, HandlerError, Processor, ProcessorConfig};
 
@@ -96,45 +95,43 @@ impl PaymentHandler {
 }
 
 impl Handler for PaymentHandler {
-    fn handle<'a>(&'a self, _tp: &'a TopicPartition, record: &'a Record) -> HandlerFuture<'a> {
-        Box::pin(async move {
-            // Not an order: retrying cannot help, dead-letter it now.
-            let order = OrderCreated::from_record(record).map_err(HandlerError::Deserialization)?;
-            // The closure's future may not borrow from here (it must live
-            // as long as any transaction): it gets its own handles.
-            let (gateway, instance, charged) =
-                (self.gateway.clone(), self.instance.clone(), order.clone());
-            let outcome = self
-                .inbox
-                .process_once(&order.event_id, move |tx| {
-                    Box::pin(async move {
-                        gateway
-                            .charge(&charged)
-                            .await
-                            .map_err(HandlerError::retryable)?;
-                        // A lost connection waits (Unavailable); see classify.
-                        payments::insert(tx, &charged, &instance)
-                            .await
-                            .map_err(|e| postgres::classify(&e))?;
-                        Ok(())
-                    })
+    async fn handle(&self, _tp: &TopicPartition, record: &Record) -> Result<(), HandlerError> {
+        // Not an order: retrying cannot help, dead-letter it now.
+        let order = OrderCreated::from_record(record).map_err(HandlerError::Deserialization)?;
+        // The closure's future may not borrow from here (it must live
+        // as long as any transaction): it gets its own handles.
+        let (gateway, instance, charged) =
+            (self.gateway.clone(), self.instance.clone(), order.clone());
+        let outcome = self
+            .inbox
+            .process_once(&order.event_id, move |tx| {
+                Box::pin(async move {
+                    gateway
+                        .charge(&charged)
+                        .await
+                        .map_err(HandlerError::retryable)?;
+                    // A lost connection waits (Unavailable); see classify.
+                    payments::insert(tx, &charged, &instance)
+                        .await
+                        .map_err(|e| postgres::classify(&e))?;
+                    Ok(())
                 })
-                .await;
-            match &outcome {
-                Ok(Outcome::Applied(())) => {
-                    tracing::info!(event_id = %order.event_id, order = %order.order_id, instance = %self.instance, "PROCESSED")
-                }
-                Ok(Outcome::AlreadyProcessed) => {
-                    tracing::info!(event_id = %order.event_id, instance = %self.instance, "already paid: skipped")
-                }
-                // The Processor retries it, then dead-letters it (logged by
-                // the DLT consumer): one attempt failing is no alarm yet.
-                Err(e) => {
-                    tracing::info!(event_id = %order.event_id, instance = %self.instance, error = %e, "payment attempt failed")
-                }
+            })
+            .await;
+        match &outcome {
+            Ok(Outcome::Applied(())) => {
+                tracing::info!(event_id = %order.event_id, order = %order.order_id, instance = %self.instance, "PROCESSED")
             }
-            outcome.map(|_| ())
-        })
+            Ok(Outcome::AlreadyProcessed) => {
+                tracing::info!(event_id = %order.event_id, instance = %self.instance, "already paid: skipped")
+            }
+            // The Processor retries it, then dead-letters it (logged by
+            // the DLT consumer): one attempt failing is no alarm yet.
+            Err(e) => {
+                tracing::info!(event_id = %order.event_id, instance = %self.instance, error = %e, "payment attempt failed")
+            }
+        }
+        outcome.map(|_| ())
     }
 }
 

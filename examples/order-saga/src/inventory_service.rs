@@ -17,13 +17,13 @@
 //!   the seed's consumer-lag lab. More instances in the group share the
 //!   partitions and drain the lag.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_wire::records::Record;
 use resilience::consumer_core::TopicPartition;
 use resilience::dedup::postgres::{Outcome, PgDedup};
-use resilience::processor::HandlerFuture;
 use resilience::retry::BackoffPolicy;
 use resilience::{Handler, HandlerError, Processor, ProcessorConfig};
 use tracing::Instrument;
@@ -109,21 +109,23 @@ impl InventoryHandler {
 }
 
 impl Handler for InventoryHandler {
-    fn handle<'a>(&'a self, _tp: &'a TopicPartition, record: &'a Record) -> HandlerFuture<'a> {
+    fn handle<'a>(
+        &'a self,
+        _tp: &'a TopicPartition,
+        record: &'a Record,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
         let span = tracing::warn_span!("inventory", correlation_id = %event::correlation_id(record), instance = %self.opts.instance);
-        Box::pin(
-            async move {
-                let event = Event::from_record(record).map_err(HandlerError::Deserialization)?;
-                if event.event_type != EventType::PaymentCharged {
-                    return Ok(());
-                }
-                if !self.opts.delay.is_zero() {
-                    tokio::time::sleep(self.opts.delay).await;
-                }
-                self.reserve(&event).await
+        async move {
+            let event = Event::from_record(record).map_err(HandlerError::Deserialization)?;
+            if event.event_type != EventType::PaymentCharged {
+                return Ok(());
             }
-            .instrument(span),
-        )
+            if !self.opts.delay.is_zero() {
+                tokio::time::sleep(self.opts.delay).await;
+            }
+            self.reserve(&event).await
+        }
+        .instrument(span)
     }
 }
 

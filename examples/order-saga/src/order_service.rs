@@ -14,6 +14,7 @@
 //! Request body (the seed's): `{"customerId": "cust_1", "productId":
 //! "prod_123", "quantity": 2, "amount": 250.50}`.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use kafka_wire::records::Record;
 use resilience::consumer_core::TopicPartition;
-use resilience::processor::HandlerFuture;
 use resilience::retry::BackoffPolicy;
 use resilience::{Handler, HandlerError, Processor, ProcessorConfig};
 use serde::Deserialize;
@@ -148,24 +148,26 @@ pub struct StatusHandler {
 }
 
 impl Handler for StatusHandler {
-    fn handle<'a>(&'a self, _tp: &'a TopicPartition, record: &'a Record) -> HandlerFuture<'a> {
+    fn handle<'a>(
+        &'a self,
+        _tp: &'a TopicPartition,
+        record: &'a Record,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
         let span = tracing::warn_span!("order", correlation_id = %event::correlation_id(record));
-        Box::pin(
-            async move {
-                let event = Event::from_record(record).map_err(HandlerError::Deserialization)?;
-                let (from, to): (&[&str], &str) = match event.event_type {
-                    EventType::PaymentCharged => (&[status::PENDING], status::PAID),
-                    EventType::StockReserved => (&[status::PENDING, status::PAID], status::CONFIRMED),
-                    EventType::PaymentRefunded => (&[status::PENDING, status::PAID], status::CANCELLED),
-                    _ => return Ok(()),
-                };
-                if db::set_status(&self.db, &event.order.order_id, from, to).await? {
-                    tracing::info!(order_id = %event.order.order_id, status = to, "order {}", to.to_lowercase());
-                }
-                Ok(())
+        async move {
+            let event = Event::from_record(record).map_err(HandlerError::Deserialization)?;
+            let (from, to): (&[&str], &str) = match event.event_type {
+                EventType::PaymentCharged => (&[status::PENDING], status::PAID),
+                EventType::StockReserved => (&[status::PENDING, status::PAID], status::CONFIRMED),
+                EventType::PaymentRefunded => (&[status::PENDING, status::PAID], status::CANCELLED),
+                _ => return Ok(()),
+            };
+            if db::set_status(&self.db, &event.order.order_id, from, to).await? {
+                tracing::info!(order_id = %event.order.order_id, status = to, "order {}", to.to_lowercase());
             }
-            .instrument(span),
-        )
+            Ok(())
+        }
+        .instrument(span)
     }
 }
 

@@ -24,13 +24,13 @@
 //! the publish must not stall the saga. Events are therefore at least
 //! once, and every consumer of them is idempotent.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_wire::records::Record;
 use resilience::consumer_core::TopicPartition;
 use resilience::dedup::postgres::{Outcome, PgDedup};
-use resilience::processor::HandlerFuture;
 use resilience::retry::BackoffPolicy;
 use resilience::{Handler, HandlerError, Processor, ProcessorConfig};
 use tracing::Instrument;
@@ -89,21 +89,23 @@ impl PaymentHandler {
 }
 
 impl Handler for PaymentHandler {
-    fn handle<'a>(&'a self, _tp: &'a TopicPartition, record: &'a Record) -> HandlerFuture<'a> {
+    fn handle<'a>(
+        &'a self,
+        _tp: &'a TopicPartition,
+        record: &'a Record,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
         let span = tracing::warn_span!("payment", correlation_id = %event::correlation_id(record));
-        Box::pin(
-            async move {
-                let event = Event::from_record(record).map_err(HandlerError::Deserialization)?;
-                tracing::debug!(order_id = %event.order.order_id, event_type = %event.event_type, "received");
-                match event.event_type {
-                    EventType::OrderCreated => self.step(&event, Entry::Charge).await,
-                    // The compensation: stock is short, give the money back.
-                    EventType::StockInsufficient => self.step(&event, Entry::Refund).await,
-                    _ => Ok(()),
-                }
+        async move {
+            let event = Event::from_record(record).map_err(HandlerError::Deserialization)?;
+            tracing::debug!(order_id = %event.order.order_id, event_type = %event.event_type, "received");
+            match event.event_type {
+                EventType::OrderCreated => self.step(&event, Entry::Charge).await,
+                // The compensation: stock is short, give the money back.
+                EventType::StockInsufficient => self.step(&event, Entry::Refund).await,
+                _ => Ok(()),
             }
-            .instrument(span),
-        )
+        }
+        .instrument(span)
     }
 }
 

@@ -190,13 +190,14 @@ mod tests {
     use kafka_wire::records::Record;
 
     use super::super::runtime::Runtime;
-    use super::super::{AnyHandler, HandlerFuture, Stats};
-    use crate::{Handler, ProcessorConfig};
+    use super::super::unit::OneRecord;
+    use super::super::Stats;
+    use crate::{Handler, HandlerError, ProcessorConfig};
 
     struct Noop;
     impl Handler for Noop {
-        fn handle<'a>(&'a self, _: &'a TopicPartition, _: &'a Record) -> HandlerFuture<'a> {
-            Box::pin(async { Ok(()) })
+        async fn handle(&self, _: &TopicPartition, _: &Record) -> Result<(), HandlerError> {
+            Ok(())
         }
     }
 
@@ -225,7 +226,7 @@ mod tests {
         let cfg = ProcessorConfig::new(consumer, &["t"]).concurrency(4);
         let rt = Arc::new(Runtime::new(
             cfg,
-            AnyHandler::One(Arc::new(Noop)),
+            Arc::new(OneRecord(Noop)),
             Arc::new(Stats::default()),
             None,
         ));

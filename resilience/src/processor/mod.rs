@@ -27,8 +27,8 @@
 //! ```text
 //!  mod.rs           Processor, handlers, Stats; the poll loop (reads the runtime through accessors)
 //!  runtime.rs       Runtime: config, counters, the state lock and State; dispatch, finish, stop, forget
-//!  workers.rs       Workers: permits and every spawned task; pump, worker, release/reacquire
-//!  unit.rs          Unit, Handling (handler, DLT/retry-topic producer): one unit of work, start to finish
+//!  workers.rs       Workers: the handler (typed per worker task), permits and every spawned task; pump, worker, release/reacquire
+//!  unit.rs          Unit, CallHandler (one record or a batch per call), Handling (DLT/retry-topic producer): one unit of work, start to finish
 //!  commit.rs        Commits: one commit at a time; commit points with metadata, the commit loop
 //!  backpressure.rs  InFlight: in-flight totals, the global pause; which partitions to pause
 //!  listener.rs      the rebalance listener: load on assign, drain+commit+forget on revoke
@@ -59,14 +59,36 @@ use crate::retry::runtime_delays;
 use backpressure::{apply_backpressure, poll_wait};
 use listener::RuntimeListener;
 use runtime::Runtime;
-
-/// A boxed future returned by handlers.
-pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
+use unit::{Batched, OneRecord};
+use workers::StartWorker;
 
 pub use crate::retry::HandlerError;
 pub use runtime::record_bytes;
 
 /// The application's code for one record.
+///
+/// Write it as an `async fn`; its future must be `Send` (the runtime runs
+/// handlers on tokio's worker threads), and it may borrow `self`, `tp` and
+/// `record` until it completes:
+///
+/// ```no_run
+/// use resilience::{Handler, HandlerError};
+/// use resilience::consumer_core::TopicPartition;
+/// use kafka_wire::records::Record;
+///
+/// struct SaveOrder;
+/// impl Handler for SaveOrder {
+///     async fn handle(&self, _tp: &TopicPartition, r: &Record) -> Result<(), HandlerError> {
+///         let body = r.value.as_deref().ok_or(HandlerError::fatal("empty order"))?;
+///         let _order = std::str::from_utf8(body)?;
+///         Ok(())
+///     }
+/// }
+/// ```
+///
+/// The runtime is generic over the handler: each call's future lives
+/// inside the worker's own (no allocation per call). A future that is not
+/// `Send` is refused where the `impl` is written.
 ///
 /// Return `Ok(())` once the record's work is done: only then can its offset
 /// be committed. An `Err` says what to do next (see [`HandlerError`]):
@@ -74,26 +96,43 @@ pub use runtime::record_bytes;
 /// apart) and then dead-lettered; `NonRetryable` and `Deserialization` are
 /// dead-lettered at once. Without a DLT (`ProcessorConfig::dead_letter`) a
 /// record that cannot be handled stalls its partition instead of being
-/// skipped. `?` works on common errors (I/O, Kafka, UTF-8, number parsing:
-/// see [`HandlerError`]'s `From` impls). For a small handler,
-/// [`handler_fn`](crate::handler_fn()) takes an async closure instead.
+/// skipped. A handler that panics (building or polling its future) fails
+/// that call as `NonRetryable` with the panic's message: the record is
+/// dead-lettered and its partition goes on. `?` works on common errors
+/// (I/O, Kafka, UTF-8, number parsing: see [`HandlerError`]'s `From`
+/// impls). For a small handler, [`handler_fn`](crate::handler_fn()) takes
+/// an async closure instead.
 pub trait Handler: Send + Sync + 'static {
-    fn handle<'a>(&'a self, tp: &'a TopicPartition, record: &'a Record) -> HandlerFuture<'a>;
+    /// Handle `record`, read from `tp`.
+    fn handle<'a>(
+        &'a self,
+        tp: &'a TopicPartition,
+        record: &'a Record,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
 }
 
-/// The application's code for a batch of one lane's records (in order).
-/// A failure retries, and then dead-letters, the whole batch.
+/// The application's code for a batch of one lane's records (in order:
+/// consecutive records of a partition, or of a key under
+/// [`Ordering::PerKey`](crate::Ordering)), at most `max_batch` of them
+/// ([`Processor::batched`]). Written as an `async fn`, like [`Handler`].
+/// A failure retries, and then dead-letters, the whole batch; a panic
+/// dead-letters it at once.
 pub trait BatchHandler: Send + Sync + 'static {
+    /// Handle `records` (1 ..= `max_batch`), read from `tp`.
     fn handle_batch<'a>(
         &'a self,
         tp: &'a TopicPartition,
         records: &'a [Record],
-    ) -> HandlerFuture<'a>;
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
 }
 
 /// A shared handler is a handler (one instance across runs or processors).
 impl<H: Handler> Handler for Arc<H> {
-    fn handle<'a>(&'a self, tp: &'a TopicPartition, record: &'a Record) -> HandlerFuture<'a> {
+    fn handle<'a>(
+        &'a self,
+        tp: &'a TopicPartition,
+        record: &'a Record,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
         (**self).handle(tp, record)
     }
 }
@@ -103,14 +142,9 @@ impl<H: BatchHandler> BatchHandler for Arc<H> {
         &'a self,
         tp: &'a TopicPartition,
         records: &'a [Record],
-    ) -> HandlerFuture<'a> {
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
         (**self).handle_batch(tp, records)
     }
-}
-
-pub(crate) enum AnyHandler {
-    One(Arc<dyn Handler>),
-    Batch(Arc<dyn BatchHandler>),
 }
 
 /// Counters of a run (shared with the running processor).
@@ -167,7 +201,8 @@ impl Stats {
 /// The runtime. Configure with [`ProcessorConfig`], give it a handler, `run`.
 pub struct Processor {
     cfg: ProcessorConfig,
-    handler: AnyHandler,
+    /// The handler, typed inside each worker task (see workers.rs).
+    handler: Arc<dyn StartWorker>,
     stats: Arc<Stats>,
     snapshots: tokio::sync::watch::Sender<Snapshot>,
 }
@@ -185,7 +220,7 @@ impl Processor {
     pub fn new(cfg: ProcessorConfig, handler: impl Handler) -> Self {
         Self {
             cfg,
-            handler: AnyHandler::One(Arc::new(handler)),
+            handler: Arc::new(OneRecord(handler)),
             stats: Arc::default(),
             snapshots: tokio::sync::watch::Sender::default(),
         }
@@ -198,7 +233,7 @@ impl Processor {
         cfg.max_batch = max_batch.max(1);
         Self {
             cfg,
-            handler: AnyHandler::Batch(Arc::new(handler)),
+            handler: Arc::new(Batched(handler)),
             stats: Arc::default(),
             snapshots: tokio::sync::watch::Sender::default(),
         }

@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use super::backpressure::InFlight;
 use super::commit::Commits;
 use super::unit::{Handling, UNIT_RECORDS};
-use super::workers::Workers;
-use super::{AnyHandler, Stats};
+use super::workers::{StartWorker, Workers};
+use super::Stats;
 use crate::commit_metadata;
 use crate::config::ProcessorConfig;
 use crate::observe::{Event, RuntimeMetrics};
@@ -162,9 +162,9 @@ pub(super) struct Runtime {
     /// retries and quarantines wake up and give their records back.
     stopped: Notify,
     next_epoch: AtomicU64,
-    /// The handler and where failed records go (unit.rs).
+    /// Where failed records go (unit.rs).
     pub(super) handling: Handling,
-    /// Worker permits and every spawned task (workers.rs).
+    /// The handler, worker permits and every spawned task (workers.rs).
     pub(super) workers: Workers,
     /// One commit at a time (commit.rs).
     pub(super) commits: Commits,
@@ -191,19 +191,20 @@ pub fn record_bytes(r: &Record) -> usize {
 impl Runtime {
     pub(super) fn new(
         cfg: ProcessorConfig,
-        handler: AnyHandler,
+        handler: Arc<dyn StartWorker>,
         stats: Arc<Stats>,
         producer: Option<Producer>,
     ) -> Self {
-        let max_batch = match handler {
-            AnyHandler::One(_) => UNIT_RECORDS,
-            AnyHandler::Batch(_) => cfg.max_batch.max(1),
+        let max_batch = if handler.batched() {
+            cfg.max_batch.max(1)
+        } else {
+            UNIT_RECORDS
         };
         let group = cfg.consumer.group_id.clone().unwrap_or_default();
         Self {
             metrics: RuntimeMetrics::new(&group),
-            handling: Handling::new(&cfg, handler, producer, group),
-            workers: Workers::new(cfg.concurrency),
+            handling: Handling::new(&cfg, producer, group),
+            workers: Workers::new(cfg.concurrency, handler),
             commits: Commits::new(cfg.metadata_limit),
             in_flight: InFlight::new(),
             state: Mutex::new(State {

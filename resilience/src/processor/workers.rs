@@ -1,8 +1,16 @@
 //! The workers: a worker holds one of `concurrency` permits and runs units
 //! of work (unit.rs) until no lane is ready. Also every task the runtime
 //! spawns, so that all of them end with it.
+//!
+//! The handler's type is known to the worker task and everything it
+//! calls (typed by [`CallHandler`]), so a handler call's future lives in
+//! the worker's and is never boxed; the rest of the runtime does not know
+//! that type. The one place it is erased is [`StartWorker`]: one dynamic
+//! call and one boxed future per worker task, which runs units until no
+//! lane is ready (hundreds of records or more under load).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -10,11 +18,50 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::runtime::{Runtime, State};
-use super::unit::Unit;
+use super::unit::{CallHandler, Unit};
 
-/// The permits workers hold and the tasks the runtime spawned (only this
-/// file touches them).
+/// A worker task's future, boxed (see [`Runtime::pump`]).
+type WorkerFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The application's handler with its type erased: what the runtime
+/// holds, and calls once per worker task it starts.
+pub(super) trait StartWorker: Send + Sync + 'static {
+    /// Whether one call takes all the records of a unit (a batch handler).
+    fn batched(&self) -> bool;
+
+    /// A worker that runs `unit` and then the next ready ones (see
+    /// [`Runtime::pump`]), calling this handler.
+    fn worker(
+        self: Arc<Self>,
+        rt: Arc<Runtime>,
+        unit: Unit,
+        permit: OwnedSemaphorePermit,
+    ) -> WorkerFuture;
+}
+
+impl<C: CallHandler> StartWorker for C {
+    fn batched(&self) -> bool {
+        C::BATCH
+    }
+
+    fn worker(
+        self: Arc<Self>,
+        rt: Arc<Runtime>,
+        unit: Unit,
+        permit: OwnedSemaphorePermit,
+    ) -> WorkerFuture {
+        // Boxed: a worker's future is several KB (retries, DLT writes,
+        // the handler's own future) and spawning moves a future several
+        // times; a box moves a pointer.
+        Box::pin(rt.worker(self, unit, permit))
+    }
+}
+
+/// The handler, the permits workers hold and the tasks the runtime
+/// spawned (only this file touches them).
 pub(super) struct Workers {
+    /// The application's handler (see [`StartWorker`]).
+    handler: Arc<dyn StartWorker>,
     /// One per worker that may run at once (`concurrency`).
     permits: Arc<Semaphore>,
     /// Every task the runtime spawned (units of work, the commit loop):
@@ -25,8 +72,9 @@ pub(super) struct Workers {
 }
 
 impl Workers {
-    pub(super) fn new(concurrency: usize) -> Self {
+    pub(super) fn new(concurrency: usize, handler: Arc<dyn StartWorker>) -> Self {
         Self {
+            handler,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             tasks: Mutex::new(JoinSet::new()),
         }
@@ -63,19 +111,24 @@ impl Runtime {
             let Some(unit) = st.take_unit() else {
                 return; // the permit is released under the lock
             };
-            // Boxed: a worker's future is several KB (retries, DLT writes)
-            // and spawning moves a future several times; a box moves a pointer.
-            self.spawn(Box::pin(self.clone().worker(unit, permit)));
+            let worker = self.workers.handler.clone();
+            self.spawn(worker.worker(self.clone(), unit, permit));
         }
     }
 
-    /// Run units until no lane is ready (see [`Runtime::pump`]).
-    async fn worker(self: Arc<Self>, unit: Unit, permit: OwnedSemaphorePermit) {
+    /// Run units until no lane is ready (see [`Runtime::pump`]), calling
+    /// `handler`.
+    async fn worker<C: CallHandler>(
+        self: Arc<Self>,
+        handler: Arc<C>,
+        unit: Unit,
+        permit: OwnedSemaphorePermit,
+    ) {
         let mut permit = Some(permit);
         let mut next = Some(unit);
         while let Some(unit) = next {
             let (lane, epoch) = (unit.lane.clone(), unit.epoch);
-            let not_started = self.run_unit(unit, &mut permit).await;
+            let not_started = self.run_unit(&*handler, unit, &mut permit).await;
             let mut st = self.lock();
             st.sched.give_back(&lane, epoch, not_started);
             st.sched.done(&lane);

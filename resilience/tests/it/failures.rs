@@ -305,18 +305,16 @@ struct PanicsAt10 {
 }
 
 impl resilience::Handler for PanicsAt10 {
-    fn handle<'a>(
-        &'a self,
-        _: &'a TopicPartition,
-        r: &'a kafka_wire::records::Record,
-    ) -> resilience::processor::HandlerFuture<'a> {
-        Box::pin(async move {
-            if number(r) == 10 {
-                panic!("handler bug at record {}", number(r));
-            }
-            self.handled.fetch_add(1, AtomicOrdering::Relaxed);
-            Ok(())
-        })
+    async fn handle(
+        &self,
+        _: &TopicPartition,
+        r: &kafka_wire::records::Record,
+    ) -> Result<(), HandlerError> {
+        if number(r) == 10 {
+            panic!("handler bug at record {}", number(r));
+        }
+        self.handled.fetch_add(1, AtomicOrdering::Relaxed);
+        Ok(())
     }
 }
 
@@ -325,15 +323,15 @@ impl resilience::BatchHandler for PanicsAt10 {
         &'a self,
         _: &'a TopicPartition,
         records: &'a [kafka_wire::records::Record],
-    ) -> resilience::processor::HandlerFuture<'a> {
+    ) -> impl std::future::Future<Output = Result<(), HandlerError>> + Send + 'a {
         if records.iter().any(|r| number(r) == 10) {
             panic!("handler bug in a batch of {}", records.len()); // before any future
         }
-        Box::pin(async move {
+        async move {
             self.handled
                 .fetch_add(records.len() as u64, AtomicOrdering::Relaxed);
             Ok(())
-        })
+        }
     }
 }
 

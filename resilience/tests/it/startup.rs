@@ -5,19 +5,16 @@
 
 use std::time::{Duration, Instant};
 
-use consumer_core::ConsumerConfig;
-use resilience::processor::HandlerFuture;
-use resilience::{Handler, Processor, ProcessorConfig};
+use consumer_core::{ConsumerConfig, TopicPartition};
+use kafka_wire::records::Record;
+use kafka_wire::ProducerRecord;
+use resilience::{Handler, HandlerError, Processor, ProcessorConfig};
 
 struct Never;
 
 impl Handler for Never {
-    fn handle<'a>(
-        &'a self,
-        _: &'a consumer_core::TopicPartition,
-        _: &'a kafka_wire::records::Record,
-    ) -> HandlerFuture<'a> {
-        Box::pin(async { panic!("no record can arrive from a closed port") })
+    async fn handle(&self, _: &TopicPartition, _: &Record) -> Result<(), HandlerError> {
+        panic!("no record can arrive from a closed port")
     }
 }
 
@@ -87,12 +84,12 @@ async fn without_a_timeout_run_keeps_retrying_until_shutdown() {
 struct Identity;
 
 impl resilience::eos::Transformer for Identity {
-    fn transform<'a>(
-        &'a self,
-        _: &'a consumer_core::TopicPartition,
-        _: &'a kafka_wire::records::Record,
-    ) -> resilience::eos::TransformFuture<'a> {
-        Box::pin(async { panic!("no record can arrive from a closed port") })
+    async fn transform(
+        &self,
+        _: &TopicPartition,
+        _: &Record,
+    ) -> Result<Vec<ProducerRecord>, HandlerError> {
+        panic!("no record can arrive from a closed port")
     }
 }
 
@@ -157,12 +154,12 @@ async fn auto_commit_is_refused_by_both_processors_naming_the_setting() {
         .expect("producer config");
     struct Upper;
     impl resilience::eos::Transformer for Upper {
-        fn transform<'a>(
-            &'a self,
-            _: &'a consumer_core::TopicPartition,
-            _: &'a kafka_wire::records::Record,
-        ) -> resilience::eos::TransformFuture<'a> {
-            Box::pin(async { Ok(Vec::new()) })
+        async fn transform(
+            &self,
+            _: &TopicPartition,
+            _: &Record,
+        ) -> Result<Vec<ProducerRecord>, HandlerError> {
+            Ok(Vec::new())
         }
     }
     let err = resilience::eos::TransactionalProcessor::new(consumer(), producer, &["t"])

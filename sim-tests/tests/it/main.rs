@@ -43,5 +43,6 @@ mod cluster {
     mod coordinator_kill;
     mod leader_kill;
     mod node_cut_off;
+    mod reassignment;
     mod rolling_restart;
 }

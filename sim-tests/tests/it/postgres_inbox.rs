@@ -13,7 +13,6 @@ use kafka_wire::records::Record;
 use kafka_wire::ProducerRecord;
 use resilience::dedup::postgres::{classify, Outcome, PgDedup};
 use resilience::dedup::DedupStore;
-use resilience::processor::HandlerFuture;
 use resilience::{CommitPolicy, Handler, HandlerError, KeySource, Processor, ProcessorConfig};
 use sim_tests::support;
 
@@ -35,31 +34,29 @@ fn event_id(r: &Record) -> String {
 }
 
 impl Handler for Ledger {
-    fn handle<'a>(&'a self, _tp: &'a TopicPartition, r: &'a Record) -> HandlerFuture<'a> {
-        Box::pin(async move {
-            let id = event_id(r);
-            let sql = format!(
-                "INSERT INTO {} (event_id, amount) VALUES ($1, 10)",
-                self.table
-            );
-            let outcome = self
-                .pg
-                .process_once(&id, |tx| {
-                    let (sql, id) = (sql.clone(), id.clone());
-                    Box::pin(async move {
-                        tx.execute(sql.as_str(), &[&id])
-                            .await
-                            .map_err(HandlerError::from_display)?;
-                        Ok(())
-                    })
+    async fn handle(&self, _tp: &TopicPartition, r: &Record) -> Result<(), HandlerError> {
+        let id = event_id(r);
+        let sql = format!(
+            "INSERT INTO {} (event_id, amount) VALUES ($1, 10)",
+            self.table
+        );
+        let outcome = self
+            .pg
+            .process_once(&id, |tx| {
+                let (sql, id) = (sql.clone(), id.clone());
+                Box::pin(async move {
+                    tx.execute(sql.as_str(), &[&id])
+                        .await
+                        .map_err(HandlerError::from_display)?;
+                    Ok(())
                 })
-                .await?;
-            match outcome {
-                Outcome::Applied(()) => self.applied.fetch_add(1, Ordering::Relaxed),
-                Outcome::AlreadyProcessed => self.skipped.fetch_add(1, Ordering::Relaxed),
-            };
-            Ok(())
-        })
+            })
+            .await?;
+        match outcome {
+            Outcome::Applied(()) => self.applied.fetch_add(1, Ordering::Relaxed),
+            Outcome::AlreadyProcessed => self.skipped.fetch_add(1, Ordering::Relaxed),
+        };
+        Ok(())
     }
 }
 

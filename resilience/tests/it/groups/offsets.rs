@@ -15,7 +15,7 @@ use common::*;
 use consumer_core::{Consumer, TopicPartition};
 use kafka_wire::ProducerRecord;
 use resilience::dedup::{DedupStore, FileDedup, InMemoryDedup};
-use resilience::{CommitPolicy, KeySource, Ordering, Processor, ProcessorConfig};
+use resilience::{CommitPolicy, HandlerError, KeySource, Ordering, Processor, ProcessorConfig};
 
 #[tokio::test]
 async fn completed_offsets_travel_in_commit_metadata_and_are_not_redone_after_a_crash() {
@@ -232,19 +232,17 @@ async fn in_flight_bytes_stay_within_the_bound_under_a_burst() {
 struct BurstHandler(Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
 
 impl resilience::Handler for BurstHandler {
-    fn handle<'a>(
-        &'a self,
-        _tp: &'a TopicPartition,
-        r: &'a kafka_wire::records::Record,
-    ) -> resilience::processor::HandlerFuture<'a> {
-        Box::pin(async move {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            let v = r.value.as_deref().unwrap_or_default();
-            let id = String::from_utf8_lossy(v.split(|b| *b == b':').next().unwrap_or_default())
-                .into_owned();
-            self.0.lock().unwrap().insert(id);
-            Ok(())
-        })
+    async fn handle(
+        &self,
+        _tp: &TopicPartition,
+        r: &kafka_wire::records::Record,
+    ) -> Result<(), HandlerError> {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let v = r.value.as_deref().unwrap_or_default();
+        let id = String::from_utf8_lossy(v.split(|b| *b == b':').next().unwrap_or_default())
+            .into_owned();
+        self.0.lock().unwrap().insert(id);
+        Ok(())
     }
 }
 

@@ -263,21 +263,19 @@ impl Timeline {
 struct SlowOnMarker(Arc<Timeline>);
 
 impl resilience::Handler for SlowOnMarker {
-    fn handle<'a>(
-        &'a self,
-        tp: &'a consumer_core::TopicPartition,
-        r: &'a Record,
-    ) -> resilience::processor::HandlerFuture<'a> {
-        Box::pin(async move {
-            if r.value.as_deref() == Some(&b"slow"[..]) {
-                self.0 .1.fetch_add(1, AtomicOrdering::SeqCst);
-                tokio::time::sleep(Duration::from_secs(4)).await;
-            } else {
-                let now = std::time::Instant::now();
-                self.0 .0.lock().unwrap().push((tp.partition, now));
-            }
-            Ok(())
-        })
+    async fn handle(
+        &self,
+        tp: &consumer_core::TopicPartition,
+        r: &Record,
+    ) -> Result<(), HandlerError> {
+        if r.value.as_deref() == Some(&b"slow"[..]) {
+            self.0 .1.fetch_add(1, AtomicOrdering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(4)).await;
+        } else {
+            let now = std::time::Instant::now();
+            self.0 .0.lock().unwrap().push((tp.partition, now));
+        }
+        Ok(())
     }
 }
 

@@ -28,10 +28,9 @@ use std::time::{Duration, Instant};
 use consumer_core::TopicPartition;
 use kafka_wire::records::Record;
 use kafka_wire::{Client, Connector, Producer, ProducerConfig, ProducerRecord};
-use resilience::eos::{TransactionalProcessor, TransformFuture, Transformer};
+use resilience::eos::{TransactionalProcessor, Transformer};
 use resilience::observe::{Event, EventLog, Observer};
-use resilience::processor::HandlerFuture;
-use resilience::{CommitPolicy, Handler, Processor, ProcessorConfig};
+use resilience::{CommitPolicy, Handler, HandlerError, Processor, ProcessorConfig};
 use sim_tests::support::{self, instant, GroupLag, PartitionLag, Running, Sink, SinkHandler};
 
 /// Records per second the producer writes (a few thousand in a test).
@@ -583,14 +582,16 @@ struct Copy {
 }
 
 impl Transformer for Copy {
-    fn transform<'a>(&'a self, tp: &'a TopicPartition, r: &'a Record) -> TransformFuture<'a> {
-        Box::pin(async move {
-            let n = support::number(r);
-            self.transformed.note(tp.partition);
-            Ok(vec![ProducerRecord::new(&self.out)
-                .key(format!("k{n}"))
-                .value(n.to_string())])
-        })
+    async fn transform(
+        &self,
+        tp: &TopicPartition,
+        r: &Record,
+    ) -> Result<Vec<ProducerRecord>, HandlerError> {
+        let n = support::number(r);
+        self.transformed.note(tp.partition);
+        Ok(vec![ProducerRecord::new(&self.out)
+            .key(format!("k{n}"))
+            .value(n.to_string())])
     }
 }
 
@@ -716,15 +717,13 @@ struct MemberHandler {
 }
 
 impl Handler for MemberHandler {
-    fn handle<'a>(&'a self, tp: &'a TopicPartition, r: &'a Record) -> HandlerFuture<'a> {
-        Box::pin(async move {
-            if let Some(g) = &self.gate {
-                g.pass().await;
-            }
-            self.inner.handle(tp, r).await?;
-            self.handled.note(tp.partition);
-            Ok(())
-        })
+    async fn handle(&self, tp: &TopicPartition, r: &Record) -> Result<(), HandlerError> {
+        if let Some(g) = &self.gate {
+            g.pass().await;
+        }
+        self.inner.handle(tp, r).await?;
+        self.handled.note(tp.partition);
+        Ok(())
     }
 }
 

@@ -1,7 +1,8 @@
 //! Which node is what (partition leaders, the group's coordinator, the
 //! active controller, the brokers' settings), and the nodes' faults run
 //! beside the load: the xtask's kill, stop and start on a blocking thread,
-//! and a guard that starts a node again whatever happens.
+//! a guard that starts a node again whatever happens, and replicas moved
+//! and leaders elected through the admin client (KIP-455, KIP-460).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -10,7 +11,10 @@ use kafka_wire::messages::describe_quorum_request::{PartitionData, TopicData};
 use kafka_wire::messages::{
     ApiKey, DescribeQuorumRequest, DescribeQuorumResponse, RequestHeader, ResponseHeader, TopicName,
 };
-use kafka_wire::{Client, ConfigResource, CoordinatorKind, StrBytes};
+use kafka_wire::{
+    Client, ConfigResource, CoordinatorKind, ElectionType, LeaderElection, PartitionInfo,
+    PartitionReassignment, StrBytes, TopicPartition,
+};
 
 /// Nodes to start again whatever happens (a failed assertion too): the
 /// next test wants three.
@@ -169,4 +173,124 @@ pub async fn broker_config_ms(admin: &Client, node: i32, name: &str) -> Duration
         .and_then(|e| e.value.as_deref()?.parse().ok())
         .unwrap_or_else(|| panic!("{name} among node {node}'s configs"));
     Duration::from_millis(ms)
+}
+
+/// Each partition of `topic`: its leader, replicas and ISR, fresh from the
+/// cluster.
+pub async fn placement(admin: &Client, topic: &str) -> BTreeMap<i32, PartitionInfo> {
+    let md = admin
+        .refresh_metadata(Some(&[topic.to_string()]))
+        .await
+        .expect("metadata");
+    md.topics[topic]
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.clone()))
+        .collect()
+}
+
+/// Move each partition to its target (AlterPartitionReassignments) and
+/// wait until each move is done: no longer listed as under way, the
+/// replicas the target, all of them in sync. Returns how long it took.
+///
+/// # Panics
+/// When the controller refuses a target, or a move is not done in 60 s.
+pub async fn reassign(admin: &Client, moves: &[(TopicPartition, Vec<i32>)]) -> Duration {
+    let t = Instant::now();
+    let changes: Vec<PartitionReassignment> = moves
+        .iter()
+        .map(|(tp, to)| PartitionReassignment::to(tp.clone(), to.clone()))
+        .collect();
+    let answers = admin
+        .alter_partition_reassignments(&changes)
+        .await
+        .expect("AlterPartitionReassignments");
+    for (tp, answer) in &answers {
+        if let Err(e) = answer {
+            panic!("the controller refused to move {tp}: {e}");
+        }
+    }
+    let tps: Vec<TopicPartition> = moves.iter().map(|(tp, _)| tp.clone()).collect();
+    let mut topics: Vec<String> = tps.iter().map(|tp| tp.topic.clone()).collect();
+    topics.sort();
+    topics.dedup();
+    let last_seen = std::sync::Mutex::new(String::new());
+    let done = testkit::eventually_async(Duration::from_secs(60), || async {
+        let Ok(ongoing) = admin.list_partition_reassignments(Some(&tps)).await else {
+            return false;
+        };
+        let Ok(md) = admin.refresh_metadata(Some(&topics)).await else {
+            return false;
+        };
+        let settled = moves.iter().all(|(tp, to)| {
+            md.partition(&tp.topic, tp.partition).is_some_and(|p| {
+                !ongoing.contains_key(tp)
+                    && p.replicas == *to
+                    && to.iter().all(|r| p.isr.contains(r))
+                    && p.leader >= 0
+            })
+        });
+        *last_seen.lock().expect("lock") = format!("under way {ongoing:?}");
+        settled
+    })
+    .await;
+    assert!(
+        done,
+        "the moves {moves:?} are not done 60 s after the controller took them: {}",
+        last_seen.into_inner().expect("lock")
+    );
+    t.elapsed()
+}
+
+/// Elect the preferred leader (the first replica) of each of `tps`
+/// (ElectLeaders) and wait until the metadata shows it leading. Returns
+/// how many partitions changed leader.
+///
+/// # Panics
+/// When the controller refuses an election, or the metadata does not show
+/// the preferred leaders within 30 s.
+pub async fn elect_preferred(admin: &Client, tps: &[TopicPartition]) -> usize {
+    let results = admin
+        .elect_leaders(ElectionType::Preferred, Some(tps))
+        .await
+        .expect("ElectLeaders");
+    let mut elected = 0;
+    for (tp, r) in &results {
+        match r {
+            LeaderElection::Elected => elected += 1,
+            LeaderElection::NotNeeded => {}
+            LeaderElection::Failed(e) => panic!("no preferred leader for {tp}: {e}"),
+        }
+    }
+    let mut topics: Vec<String> = tps.iter().map(|tp| tp.topic.clone()).collect();
+    topics.sort();
+    topics.dedup();
+    let preferred = testkit::eventually_async(Duration::from_secs(30), || async {
+        let Ok(md) = admin.refresh_metadata(Some(&topics)).await else {
+            return false;
+        };
+        tps.iter().all(|tp| {
+            md.partition(&tp.topic, tp.partition)
+                .is_some_and(|p| p.replicas.first() == Some(&p.leader))
+        })
+    })
+    .await;
+    assert!(
+        preferred,
+        "the preferred replicas of {tps:?} do not lead 30 s after the election"
+    );
+    elected
+}
+
+/// The `__consumer_offsets` partition that holds `group` (so its
+/// coordinator is that partition's leader): Java's `String.hashCode` of
+/// the name, made non-negative, modulo `partitions`, as the broker
+/// computes it.
+pub fn offsets_partition(group: &str, partitions: i32) -> i32 {
+    let hash = group
+        .encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
+    // Kafka's Utils.abs: i32::MIN maps to 0.
+    let abs = if hash == i32::MIN { 0 } else { hash.abs() };
+    abs % partitions
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use consumer_core::{Consumer, ConsumerError, TopicPartition};
 use kafka_wire::records::Record;
 use kafka_wire::{NewTopic, ProducerRecord};
-use resilience::eos::{TransactionalProcessor, TransformFuture, Transformer};
-use resilience::{CommitPolicy, Processor, ProcessorConfig};
+use resilience::eos::{TransactionalProcessor, Transformer};
+use resilience::{CommitPolicy, HandlerError, Processor, ProcessorConfig};
 use sim_tests::support::*;
 
 fn values(prefix: &str, n: usize) -> Vec<String> {
@@ -56,14 +56,10 @@ struct Values {
 struct ValueSink(Arc<Values>);
 
 impl resilience::Handler for ValueSink {
-    fn handle<'a>(
-        &'a self,
-        _tp: &'a TopicPartition,
-        r: &'a Record,
-    ) -> resilience::processor::HandlerFuture<'a> {
+    async fn handle(&self, _tp: &TopicPartition, r: &Record) -> Result<(), HandlerError> {
         let v = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned();
         self.0.values.lock().unwrap().push(v);
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 }
 
@@ -153,9 +149,14 @@ async fn the_raw_consumer_commits_its_position_past_the_last_marker() {
 struct Copy(String);
 
 impl Transformer for Copy {
-    fn transform<'a>(&'a self, _tp: &'a TopicPartition, r: &'a Record) -> TransformFuture<'a> {
-        let out = ProducerRecord::new(&self.0).value(r.value.clone().unwrap_or_default());
-        Box::pin(async move { Ok(vec![out]) })
+    async fn transform(
+        &self,
+        _tp: &TopicPartition,
+        r: &Record,
+    ) -> Result<Vec<ProducerRecord>, HandlerError> {
+        Ok(vec![
+            ProducerRecord::new(&self.0).value(r.value.clone().unwrap_or_default())
+        ])
     }
 }
 

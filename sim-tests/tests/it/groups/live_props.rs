@@ -27,7 +27,13 @@
 //!   output or one dead letter (read_committed), never both or two, and
 //!   its group is committed to the log end.
 //!
-//! `SIM_CASES` sets the number of cases (default 8, for CI); `SIM_SEED`
+//! In cluster mode (`cluster::`, on the three-node cluster) the alphabet
+//! also kills nodes (`kill -9`), stops them cleanly and starts them again,
+//! one node down at most (`min.insync.replicas=2`), and every promise
+//! above still holds.
+//!
+//! `SIM_CASES` sets the number of cases (default 8, for CI;
+//! `SIM_CLUSTER_CASES` in cluster mode, default 6); `SIM_SEED`
 //! fixes the generator's seed; `SIM_SHRINK` caps the shrinking steps of a
 //! failing case (default 12; a step can take a minute, the end of a case
 //! waiting for records that never finish). A failing case, shrunk, is saved to
@@ -48,7 +54,7 @@ use proptest::test_runner::{
 use resilience::dedup::postgres::PgDedup;
 use resilience::dedup::{DedupStore, InMemoryDedup};
 use resilience::dlt::DeadRecord;
-use resilience::eos::{TransactionalProcessor, TransformFuture, Transformer};
+use resilience::eos::{TransactionalProcessor, Transformer};
 use resilience::observe::{Event, EventLog};
 use resilience::retry::BackoffPolicy;
 use resilience::{CommitPolicy, HandlerError, KeySource, Processor, ProcessorConfig};
@@ -109,19 +115,36 @@ enum Op {
     /// Stop PostgreSQL (the members' `DedupStore` is `PgDedup` in the
     /// `alone::` variant) for this many milliseconds, then start it.
     RestartPostgres(u64),
+    /// Cluster mode: `kill -9` this node (a power cut) and leave it down,
+    /// unless a node is down already (one at most).
+    KillNode(i32),
+    /// Cluster mode: stop this node cleanly (controlled shutdown: its
+    /// leaderships move first) and leave it down; one down at most.
+    StopNode(i32),
+    /// Cluster mode: `kill -9` this node and start it again at once (a
+    /// crash its supervisor restarts); if it is the node down, start it;
+    /// nothing while another node is down.
+    RestartNode(i32),
+    /// Cluster mode: start the node that is down, if one is.
+    StartNode,
+}
+
+/// [`Op::Produce`]: up to 300 records, some of them failing.
+fn produce() -> impl Strategy<Value = Op> {
+    (1u32..300, 0u32..8, 0u32..8, 0u32..4, 0u32..2).prop_map(
+        |(count, poison, transient, panics, hangs)| Op::Produce {
+            count,
+            poison,
+            transient,
+            panics,
+            hangs,
+        },
+    )
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (1u32..300, 0u32..8, 0u32..8, 0u32..4, 0u32..2).prop_map(
-            |(count, poison, transient, panics, hangs)| Op::Produce {
-                count,
-                poison,
-                transient,
-                panics,
-                hangs,
-            }
-        ),
+        3 => produce(),
         1 => Just(Op::ProduceLarge),
         2 => Just(Op::Start),
         1 => any::<bool>().prop_map(|elsewhere| Op::RestartStatic { elsewhere }),
@@ -154,6 +177,97 @@ fn case_with_postgres() -> impl Strategy<Value = (u64, Vec<Op>)> {
         ops.insert(0, Op::Start);
         (seed, ops)
     })
+}
+
+/// A case of the cluster mode: nodes (`ids`) killed, stopped and started
+/// between the operations. A member and records from the start, so the
+/// nodes' faults meet running members and records in flight; at most
+/// nine operations in all, a node fault taking seconds (a restarted node
+/// serves a few seconds after its start).
+fn case_with_node_faults(ids: Vec<i32>) -> impl Strategy<Value = (u64, Vec<Op>)> {
+    let node = prop::sample::select(ids);
+    let op = prop_oneof![
+        8 => op(),
+        1 => node.clone().prop_map(Op::KillNode),
+        1 => node.clone().prop_map(Op::StopNode),
+        1 => node.prop_map(Op::RestartNode),
+        1 => Just(Op::StartNode),
+    ];
+    (any::<u64>(), produce(), prop::collection::vec(op, 3..8)).prop_map(|(seed, first, mut ops)| {
+        ops.splice(0..0, [Op::Start, first]);
+        (seed, ops)
+    })
+}
+
+/// Cluster mode: the nodes, and which one is down (one at most). Shared
+/// by the cases of a run, so that a case that failed with a node down
+/// starts it again before the next ([`Nodes::heal`]).
+#[derive(Debug, Clone)]
+struct Nodes {
+    ids: Vec<i32>,
+    down: Arc<Mutex<Option<i32>>>,
+}
+
+impl Nodes {
+    fn down(&self) -> Option<i32> {
+        *self.down.lock().expect("lock")
+    }
+
+    /// Run an xtask node command (`testkit::kill_node`, ...) on a blocking
+    /// thread; panics with its error.
+    async fn xtask(what: &'static str, id: i32, f: fn(i32) -> Result<(), String>) {
+        tokio::task::spawn_blocking(move || f(id))
+            .await
+            .expect("node task")
+            .unwrap_or_else(|e| panic!("{what} node {id}: {e}"));
+    }
+
+    /// Kill (`hard`) or stop node `id` and leave it down, unless a node is
+    /// down already.
+    async fn take_down(&self, id: i32, hard: bool) {
+        if self.down().is_some() {
+            return;
+        }
+        *self.down.lock().expect("lock") = Some(id);
+        if hard {
+            Self::xtask("kill", id, testkit::kill_node).await;
+        } else {
+            Self::xtask("stop", id, testkit::stop_node).await;
+        }
+    }
+
+    /// Kill node `id` and start it again at once; start it if it is the
+    /// one down; nothing while another is down.
+    async fn restart(&self, id: i32) {
+        match self.down() {
+            Some(d) if d == id => self.start_down().await,
+            Some(_) => {}
+            None => {
+                *self.down.lock().expect("lock") = Some(id);
+                Self::xtask("kill", id, testkit::kill_node).await;
+                self.start_down().await;
+            }
+        }
+    }
+
+    /// Start the node that is down (returns once it serves).
+    async fn start_down(&self) {
+        if let Some(id) = self.down() {
+            Self::xtask("start", id, testkit::start_node).await;
+            *self.down.lock().expect("lock") = None;
+        }
+    }
+
+    /// [`Nodes::start_down`] outside a runtime: before a case, after the
+    /// run.
+    fn heal(&self) {
+        let down = self.down.lock().expect("lock").take();
+        if let Some(id) = down {
+            if let Err(e) = testkit::start_node(id) {
+                eprintln!("starting node {id} again failed: {e}");
+            }
+        }
+    }
 }
 
 /// The members' shared `DedupStore`: in memory, or `PgDedup` on the
@@ -209,6 +323,8 @@ struct World {
     /// Per partition, the log start DeleteRecords set (the exactly-once
     /// member is excused what it never saw).
     deleted_below: BTreeMap<i32, i64>,
+    /// Cluster mode: the nodes the case kills, stops and starts.
+    nodes: Option<Nodes>,
 }
 
 /// The exactly-once member on its task.
@@ -231,39 +347,41 @@ struct LiveTransformer {
 }
 
 impl Transformer for LiveTransformer {
-    fn transform<'a>(&'a self, _: &'a TopicPartition, r: &'a Record) -> TransformFuture<'a> {
-        Box::pin(async move {
-            let n = support::number(r);
-            let attempt = {
-                let mut a = self.attempts.lock().expect("lock");
-                let e = a.entry(n).or_default();
-                *e += 1;
-                *e
-            };
-            if self.poison.lock().expect("lock").contains(&n) {
-                return Err(HandlerError::NonRetryable(format!("poison {n}")));
-            }
-            if self.panics.lock().expect("lock").contains(&n) {
-                panic!("transformer bug on record {n}");
-            }
-            let wait = if attempt == 1 && self.hangs.lock().expect("lock").contains(&n) {
-                5_000
-            } else {
-                self.slow_ms.load(AtomicOrdering::Relaxed)
-            };
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            if attempt == 1 && self.transient.lock().expect("lock").contains(&n) {
-                return Err(HandlerError::Retryable(format!("transient {n}")));
-            }
-            Ok(vec![ProducerRecord::new(&self.out)
-                .key(format!("k{n}"))
-                .value(n.to_string())])
-        })
+    async fn transform(
+        &self,
+        _: &TopicPartition,
+        r: &Record,
+    ) -> Result<Vec<ProducerRecord>, HandlerError> {
+        let n = support::number(r);
+        let attempt = {
+            let mut a = self.attempts.lock().expect("lock");
+            let e = a.entry(n).or_default();
+            *e += 1;
+            *e
+        };
+        if self.poison.lock().expect("lock").contains(&n) {
+            return Err(HandlerError::NonRetryable(format!("poison {n}")));
+        }
+        if self.panics.lock().expect("lock").contains(&n) {
+            panic!("transformer bug on record {n}");
+        }
+        let wait = if attempt == 1 && self.hangs.lock().expect("lock").contains(&n) {
+            5_000
+        } else {
+            self.slow_ms.load(AtomicOrdering::Relaxed)
+        };
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        if attempt == 1 && self.transient.lock().expect("lock").contains(&n) {
+            return Err(HandlerError::Retryable(format!("transient {n}")));
+        }
+        Ok(vec![ProducerRecord::new(&self.out)
+            .key(format!("k{n}"))
+            .value(n.to_string())])
     }
 }
 
 impl World {
-    async fn new(b: &testkit::BrokerEnv, seed: u64, store: Store) -> World {
+    async fn new(b: &testkit::BrokerEnv, seed: u64, store: Store, nodes: Option<Nodes>) -> World {
         let admin = testkit::client(b).await;
         let topic = testkit::create_topic(&admin, "live", PARTITIONS).await;
         admin
@@ -309,6 +427,7 @@ impl World {
             eos_txn_id: testkit::unique_name("live-eos"),
             out_topic,
             deleted_below: BTreeMap::new(),
+            nodes,
         }
     }
 
@@ -697,6 +816,21 @@ impl World {
                     .expect("PostgreSQL stopped and started");
                 }
             }
+            Op::KillNode(id) | Op::StopNode(id) => {
+                if let Some(nodes) = &self.nodes {
+                    nodes.take_down(id, matches!(op, Op::KillNode(_))).await;
+                }
+            }
+            Op::RestartNode(id) => {
+                if let Some(nodes) = &self.nodes {
+                    nodes.restart(id).await;
+                }
+            }
+            Op::StartNode => {
+                if let Some(nodes) = &self.nodes {
+                    nodes.start_down().await;
+                }
+            }
             Op::Slow(ms) => self.slow_ms.store(ms, AtomicOrdering::Relaxed),
             Op::Fault => self.proxy.reset_all(),
             Op::Advance(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
@@ -754,16 +888,31 @@ impl World {
         (0..self.produced).filter(|n| !self.aborted.contains(n) && !self.deleted.contains(n))
     }
 
+    /// The group's committed offsets of `tps`, asked again for up to 30 s
+    /// while the coordinator cannot answer (its node killed, say).
+    async fn committed(
+        &self,
+        tps: &[TopicPartition],
+        step: &str,
+    ) -> Result<BTreeMap<TopicPartition, i64>, String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.checker.committed(tps).await {
+                Ok(c) => return Ok(c),
+                Err(e) if std::time::Instant::now() > deadline => {
+                    return Err(format!("{step}: reading committed offsets: {e}"))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
     /// The invariants that hold at every moment.
     async fn check(&mut self, step: &str) -> Result<(), String> {
         let tps: Vec<TopicPartition> = (0..self.partitions)
             .map(|p| TopicPartition::new(&self.topic, p))
             .collect();
-        let committed = self
-            .checker
-            .committed(&tps)
-            .await
-            .map_err(|e| format!("{step}: reading committed offsets: {e}"))?;
+        let committed = self.committed(&tps, step).await?;
         let finished = self.finished_numbers();
         for (tp, c) in &committed {
             let before = self.committed.insert(tp.partition, *c).unwrap_or(0);
@@ -814,6 +963,9 @@ impl World {
     /// for every record to reach an end and be committed.
     async fn finish(&mut self) -> Result<(), String> {
         self.proxy.set(Default::default());
+        if let Some(nodes) = &self.nodes {
+            nodes.start_down().await;
+        }
         self.slow_ms.store(0, AtomicOrdering::Relaxed);
         // Someone must read the topic: a static member restarted
         // elsewhere does not.
@@ -872,8 +1024,11 @@ impl World {
 }
 
 async fn run_case(b: &testkit::BrokerEnv, seed: u64, ops: &[Op]) -> Result<(), String> {
-    let store = Store::Memory(Arc::new(InMemoryDedup::new(1_000_000)));
-    run_case_with(b, seed, ops, store).await
+    run_case_with(b, seed, ops, memory_store(), None).await
+}
+
+fn memory_store() -> Store {
+    Store::Memory(Arc::new(InMemoryDedup::new(1_000_000)))
 }
 
 async fn run_case_with(
@@ -881,8 +1036,9 @@ async fn run_case_with(
     seed: u64,
     ops: &[Op],
     store: Store,
+    nodes: Option<Nodes>,
 ) -> Result<(), String> {
-    let mut world = World::new(b, seed, store).await;
+    let mut world = World::new(b, seed, store, nodes).await;
     for (i, op) in ops.iter().enumerate() {
         world.apply(op).await;
         world.check(&format!("after step {i} {op:?}")).await?;
@@ -936,7 +1092,7 @@ fn run_property(
         rng_seed: seed.map_or(RngSeed::Random, RngSeed::Fixed),
         ..Config::default()
     };
-    println!("live property test: {cases} cases, seed {seed:?} (SIM_CASES, SIM_SEED)");
+    println!("live property test: {cases} cases, seed {seed:?} (SIM_SEED)");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -987,8 +1143,55 @@ mod alone {
                         .await
                         .map_err(|e| e.to_string())?;
                     let store = Store::Postgres(Arc::new(pg), server.clone());
-                    run_case_with(&b, seed, ops, store).await
+                    run_case_with(&b, seed, ops, store, None).await
                 })
+            },
+        );
+    }
+}
+
+/// On the three-node cluster (`cluster::` in the path: `cargo xtask test`
+/// runs it in its cluster step, one test at a time).
+mod cluster {
+    use super::*;
+
+    /// The same promises while nodes are killed (`kill -9`), stopped
+    /// cleanly and started again between the operations, one down at
+    /// most: acks=all goes on with two of three replicas
+    /// (`min.insync.replicas=2`). Every case starts and ends with three
+    /// nodes. `SIM_CLUSTER_CASES` cases (default 6: one to two minutes).
+    #[test]
+    #[ignore = "needs the three-node cluster: cargo xtask test runs it in its cluster step"]
+    fn live_operation_sequences_with_node_kills_and_restarts_keep_every_promise() {
+        let cluster = testkit::require_cluster!();
+        let b = cluster.broker_env();
+        let nodes = Nodes {
+            ids: cluster.nodes.iter().map(|n| n.id).collect(),
+            down: Arc::default(),
+        };
+        // Whatever happens (a failed case panics out of the runner):
+        // three nodes for the next test.
+        struct Heal(Nodes);
+        impl Drop for Heal {
+            fn drop(&mut self) {
+                self.0.heal();
+            }
+        }
+        let _heal = Heal(nodes.clone());
+        let cases = env_u64("SIM_CLUSTER_CASES").unwrap_or(6) as u32;
+        run_property(
+            cases,
+            "live_props_cluster.txt",
+            case_with_node_faults(nodes.ids.clone()),
+            |rt, seed, ops| {
+                nodes.heal(); // a failed case may have left one down
+                rt.block_on(run_case_with(
+                    &b,
+                    seed,
+                    ops,
+                    memory_store(),
+                    Some(nodes.clone()),
+                ))
             },
         );
     }

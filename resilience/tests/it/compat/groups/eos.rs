@@ -15,7 +15,7 @@ use common::*;
 use consumer_core::TopicPartition;
 use kafka_wire::records::Record;
 use kafka_wire::{NewTopic, ProducerRecord};
-use resilience::eos::{TransactionalProcessor, TransformFuture, Transformer};
+use resilience::eos::{TransactionalProcessor, Transformer};
 use resilience::HandlerError;
 
 struct Doubler {
@@ -27,20 +27,22 @@ struct Doubler {
 }
 
 impl Transformer for Doubler {
-    fn transform<'a>(&'a self, _tp: &'a TopicPartition, r: &'a Record) -> TransformFuture<'a> {
-        Box::pin(async move {
-            let n = number(r);
-            if self.hang_at == Some(n) {
-                self.hung.store(true, AtomicOrdering::SeqCst);
-                std::future::pending::<()>().await;
-            }
-            if n % 50 == 7 {
-                return Err(HandlerError::NonRetryable(format!("poison {n}")));
-            }
-            Ok(vec![
-                ProducerRecord::new(&self.out).value((n * 2).to_string())
-            ])
-        })
+    async fn transform(
+        &self,
+        _tp: &TopicPartition,
+        r: &Record,
+    ) -> Result<Vec<ProducerRecord>, HandlerError> {
+        let n = number(r);
+        if self.hang_at == Some(n) {
+            self.hung.store(true, AtomicOrdering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+        if n % 50 == 7 {
+            return Err(HandlerError::NonRetryable(format!("poison {n}")));
+        }
+        Ok(vec![
+            ProducerRecord::new(&self.out).value((n * 2).to_string())
+        ])
     }
 }
 
@@ -162,17 +164,19 @@ async fn a_transaction_never_outlives_its_timeout_and_one_that_did_is_recovered(
         hung: std::sync::Mutex<std::collections::BTreeSet<u32>>,
     }
     impl Transformer for Slow {
-        fn transform<'a>(&'a self, _: &'a TopicPartition, r: &'a Record) -> TransformFuture<'a> {
-            Box::pin(async move {
-                let n = number(r);
-                if n == 150 {
-                    panic!("transformer bug at record {n}");
-                }
-                let hang = (n == 200 || n == 203) && self.hung.lock().unwrap().insert(n);
-                let wait = if hang { 6_000 } else { 50 };
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-                Ok(vec![ProducerRecord::new(&self.out).value(n.to_string())])
-            })
+        async fn transform(
+            &self,
+            _: &TopicPartition,
+            r: &Record,
+        ) -> Result<Vec<ProducerRecord>, HandlerError> {
+            let n = number(r);
+            if n == 150 {
+                panic!("transformer bug at record {n}");
+            }
+            let hang = (n == 200 || n == 203) && self.hung.lock().unwrap().insert(n);
+            let wait = if hang { 6_000 } else { 50 };
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            Ok(vec![ProducerRecord::new(&self.out).value(n.to_string())])
         }
     }
     let p = TransactionalProcessor::new(group_consumer(&b, &group), producer, &[&input]);
@@ -254,18 +258,20 @@ async fn an_output_too_large_for_its_topic_dead_letters_its_input_and_the_rest_c
         out: String,
     }
     impl Transformer for Sized {
-        fn transform<'a>(&'a self, _: &'a TopicPartition, r: &'a Record) -> TransformFuture<'a> {
-            Box::pin(async move {
-                let n = number(r);
-                let value = if n == 10 || n == 33 {
-                    "x".repeat(8_000)
-                } else {
-                    n.to_string()
-                };
-                Ok(vec![ProducerRecord::new(&self.out)
-                    .key(n.to_string())
-                    .value(value)])
-            })
+        async fn transform(
+            &self,
+            _: &TopicPartition,
+            r: &Record,
+        ) -> Result<Vec<ProducerRecord>, HandlerError> {
+            let n = number(r);
+            let value = if n == 10 || n == 33 {
+                "x".repeat(8_000)
+            } else {
+                n.to_string()
+            };
+            Ok(vec![ProducerRecord::new(&self.out)
+                .key(n.to_string())
+                .value(value)])
         }
     }
     let mut consumer = group_consumer(&b, &group);
