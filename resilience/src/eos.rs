@@ -284,7 +284,29 @@ impl TransactionalProcessor {
                         }
                     };
                     tracing::warn!(error = %e, "transaction failed; aborting and reading its inputs again");
-                    if let Err(abort) = producer.abort_transaction().await {
+                    // A coordinator that moved or is not reachable yet (a
+                    // broker or controller failing over) fails the abort
+                    // with a retriable error: the transaction is still
+                    // open, ask again after a backoff. Only fencing, or a
+                    // fatal error, reaches the arm below.
+                    let mut abort_delays = crate::retry::runtime_delays();
+                    let aborted = loop {
+                        match producer.abort_transaction().await {
+                            Err(e) if e.is_retriable() => {
+                                let wait = abort_delays.next().unwrap_or(Duration::from_secs(5));
+                                tracing::warn!(error = %e, ?wait, "aborting the transaction failed; trying again");
+                                tokio::select! {
+                                    _ = &mut shutdown => break None,
+                                    _ = tokio::time::sleep(wait) => {}
+                                }
+                            }
+                            r => break Some(r),
+                        }
+                    };
+                    // Stopped meanwhile: the coordinator aborts the open
+                    // transaction when transaction.timeout.ms runs out.
+                    let Some(aborted) = aborted else { break Ok(()) };
+                    if let Err(abort) = aborted {
                         // The coordinator aborts a transaction that outlived
                         // transaction.timeout.ms and bumps the producer's
                         // epoch: this producer reads as fenced. It was our

@@ -38,6 +38,11 @@ pub struct Args {
     /// report goes to `target/bench/only-<this>/`, beside the full one.
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
+    /// Build the peers (release) and stop: no broker, nothing measured.
+    /// CI runs it beside `cargo xtask test`, at the lowest CPU priority,
+    /// so the measuring run after the tests starts with them built.
+    #[arg(long, conflicts_with_all = ["quick", "rounds", "only"])]
+    build_only: bool,
 }
 
 /// Settings every consumer gets (Kafka's names; librdkafka's where they differ).
@@ -215,6 +220,10 @@ impl Run {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.build_only {
+        build_peers()?;
+        return build_franz(&franz_bin());
+    }
     eprintln!("==> broker");
     let b = broker::up(Engine::Kafka, KAFKA_VERSION)?;
     let result = measure_all(&args, &b);
@@ -245,16 +254,8 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
     let bootstrap = b.bootstrap().to_string();
     let broker_pid = b.pid;
 
-    eprintln!("==> building the peers (release; librdkafka's first build takes a few minutes)");
-    shell::run(shell::cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "--manifest-path",
-        "bench/Cargo.toml",
-    ]))?;
-    let peer_bin = workspace_root().join("bench/target/release/bench-peer");
-    let franz_bin = workspace_root().join("target/bench/franz-peer");
+    let peer_bin = build_peers()?;
+    let franz_bin = franz_bin();
 
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -521,11 +522,33 @@ fn go() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// `cargo build --release` of `bench/` (ours and librdkafka, in its own
+/// workspace and target directory): the `bench-peer` executable's path.
+fn build_peers() -> anyhow::Result<PathBuf> {
+    eprintln!("==> building the peers (release; librdkafka's first build takes a few minutes)");
+    shell::run(shell::cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "--manifest-path",
+        "bench/Cargo.toml",
+    ]))?;
+    Ok(workspace_root().join("bench/target/release/bench-peer"))
+}
+
+/// Where [`build_franz`] puts the franz-go peer.
+fn franz_bin() -> PathBuf {
+    workspace_root().join("target/bench/franz-peer")
+}
+
 /// `go build` the franz-go peer (`bench/franz/`) into `bin`. The module
 /// versions are pinned by the committed go.mod and go.sum (`-mod=readonly`
 /// refuses to change them), so every machine builds the same peer.
 fn build_franz(bin: &Path) -> anyhow::Result<()> {
     eprintln!("==> building franz-go peer (Go, first build downloads modules)");
+    if let Some(dir) = bin.parent() {
+        fs::create_dir_all(dir)?;
+    }
     shell::run(
         Command::new(go()?)
             .args([
