@@ -14,7 +14,7 @@
 //! | [`consumer`] | [`Consumer`]: subscribe (names or a pattern)/assign, poll, pause/resume/seek; the fetch path's I/O |
 //! | `committer` | [`Committer`]: generation- and incarnation-fenced commits, committed offsets |
 //! | [`stream`] | [`stream::RecordStream`]: the consumer as a `Stream` |
-//! | `group` | the seam the consumer sees (events in, snapshots out); `group/classic.rs`: the classic protocol's thin driver |
+//! | `group` | the seam the consumer sees (events in, snapshots out); `group/driver.rs`: the one driver of every protocol's pure machine |
 //! | [`membership`] | the classic protocol as a pure state machine (events + `now` in, [`Action`]s out); lives in `group/classic/` |
 //! | [`error`] | [`ConsumerError`] |
 //!
@@ -59,7 +59,8 @@
 //! ```
 //! (Full diagram and every transition: [`membership`].)
 //!
-//! **Not built yet:** KIP-848 (the new group protocol).
+//! KIP-848 (`group.protocol=consumer`) runs on the same driver
+//! (`group/driver.rs`): its member is in `group/consumer_protocol/member.rs`.
 
 #![forbid(unsafe_code)]
 #![warn(

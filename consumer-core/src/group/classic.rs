@@ -1,19 +1,14 @@
 //! The classic group protocol (JoinGroup/SyncGroup/Heartbeat/LeaveGroup):
-//! the thin async driver of [`Membership`], its pure state machine
-//! ([`membership`]). One task per consumer executes the machine's actions
-//! against the coordinator and reports assignment changes to the consumer
-//! as [`GroupEvent`]s.
+//! what [`Membership`], its pure state machine ([`membership`]), sends to
+//! the coordinator, and how the answers go back. The loop, the poll
+//! liveness and the rebalance listener are the group driver's
+//! (`group/driver.rs`), shared with KIP-848; this file is only the
+//! classic [`Protocol`]: one arm per request.
 //!
-//! It runs independently of `poll()`: heartbeats continue however long the
-//! application takes to process, on the Group lane (its own connection, so a
-//! fetch long poll never delays them). Liveness is still enforced by
-//! `max.poll.interval.ms` through the `polled` watch channel.
-//!
-//! Every clock is the machine's: the driver sleeps until
-//! [`Membership::poll_timeout`], a poll, a close, or a listener's ack,
-//! whichever comes first, and sends whatever [`Membership::poll_action`]
-//! says. While a rebalance listener runs, that is heartbeats only
-//! ([`Membership::listener_started`]).
+//! Every request goes on the Group lane (the member's own connection, so a
+//! fetch long poll never delays a heartbeat). A JoinGroup and a SyncGroup
+//! may wait for the whole rebalance; a heartbeat's answer is awaited at
+//! most until the session deadline.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -25,148 +20,80 @@ use kafka_wire::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_wire::messages::{
     ApiKey, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, SyncGroupRequest,
 };
-use kafka_wire::{KafkaCode, Lane, StrBytes};
-use tokio::sync::oneshot;
+use kafka_wire::{KafkaCode, StrBytes};
 
 pub mod membership;
 
-use super::{counts, replica_racks, GroupEvent, GroupTask};
+use super::driver::{until, Coordinator, Protocol};
+use super::io::GroupIo;
+use super::{counts, replica_racks, s};
 use crate::assignor::ReplicaRacks;
-use membership::{Action, JoinResult, Membership, MembershipConfig, State};
+use crate::config::ConsumerConfig;
+use crate::group::subscription::TopicSubscription;
+use membership::{Action, JoinResult, Membership, MembershipConfig};
 
-fn s(v: &str) -> StrBytes {
-    StrBytes::from_string(v.to_string())
+/// A classic member of `group_id` subscribed to `subscription`, from the
+/// consumer's settings, looking for its coordinator at `now`.
+pub(super) fn member(
+    cfg: &ConsumerConfig,
+    group_id: &str,
+    subscription: TopicSubscription,
+    now: std::time::Instant,
+) -> Membership {
+    Membership::new(
+        MembershipConfig {
+            group_id: group_id.to_string(),
+            group_instance_id: cfg.group_instance_id.clone(),
+            session_timeout: cfg.session_timeout,
+            rebalance_timeout: cfg.max_poll_interval,
+            heartbeat_interval: cfg.heartbeat_interval,
+            max_poll_interval: cfg.max_poll_interval,
+            retry_backoff: super::RETRY_BACKOFF,
+            metadata_max_age: cfg.client.metadata_max_age,
+            rack: cfg.client_rack.clone(),
+        },
+        cfg.assignors.clone(),
+        subscription,
+        now,
+    )
 }
 
-impl GroupTask {
-    /// The classic protocol's loop: until closed (left) or fatal.
-    pub(super) async fn run_classic(mut self) {
-        let now = std::time::Instant::now();
-        let mut m = Membership::new(
-            MembershipConfig {
-                group_id: self.group_id.clone(),
-                group_instance_id: self.cfg.group_instance_id.clone(),
-                session_timeout: self.cfg.session_timeout,
-                rebalance_timeout: self.cfg.max_poll_interval,
-                heartbeat_interval: self.cfg.heartbeat_interval,
-                max_poll_interval: self.cfg.max_poll_interval,
-                retry_backoff: super::RETRY_BACKOFF,
-                metadata_max_age: self.cfg.client.metadata_max_age,
-                rack: self.cfg.client_rack.clone(),
-            },
-            self.cfg.assignors.clone(),
-            self.subscription.clone(),
-            now,
-        );
-        let mut protocol_name: Option<String> = None;
-        let mut closing = false;
-        // The ack of the rebalance listener the machine waits for.
-        let mut listener: Option<oneshot::Receiver<()>> = None;
-        loop {
-            // A close waits for a running listener, as every other decision.
-            if *self.close.borrow() && !closing && !m.listener_running() {
-                closing = true;
-                m.close();
-            }
-            loop {
-                // The latest poll time, before every decision: an action
-                // (a JoinGroup can block for the whole rebalance) may have
-                // taken long while the application kept polling.
-                self.feed_poll_time(&mut m);
-                // Published after each action, and when none is left (a
-                // listener's deadline may have passed): never between an
-                // action handed out and its execution, where a revoke's
-                // partitions would be neither owned nor revoking.
-                let Some(action) = m.poll_action(std::time::Instant::now()) else {
-                    self.publish(&m);
-                    break;
-                };
-                if let Action::Fatal(msg) = &action {
-                    tracing::error!(group = %self.group_id, "{msg}");
-                    let _ = self.events.send(GroupEvent::Fatal(msg.clone())).await;
-                    return;
-                }
-                self.execute(&mut m, action, &mut protocol_name, &mut listener)
-                    .await;
-                self.publish(&m);
-            }
-            if !m.listener_running() {
-                listener = None; // past the rebalance timeout: go on without it
-            }
-            if closing && matches!(m.state(), State::Left) && !m.listener_running() {
-                return;
-            }
-            let wait = m
-                .poll_timeout()
-                .map(|t| t.saturating_duration_since(std::time::Instant::now()))
-                .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_secs(1));
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.polled.changed() => {}
-                _ = self.close.changed() => {}
-                _ = async {
-                    match listener.as_mut() {
-                        Some(ack) => { let _ = ack.await; }
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    // Acknowledged, or the consumer is gone.
-                    listener = None;
-                    m.listener_done();
-                    self.publish(&m);
-                }
-            }
+/// The classic protocol's requests (JoinGroup, SyncGroup, Heartbeat,
+/// LeaveGroup) for [`Membership`].
+#[derive(Debug)]
+pub(super) struct Classic {
+    /// `group.instance.id` (KIP-345), sent in SyncGroup and LeaveGroup.
+    group_instance_id: Option<String>,
+    /// `max.poll.interval.ms`: how long a SyncGroup may wait beyond the
+    /// request timeout.
+    max_poll_interval: Duration,
+    /// The assignor the group chose in the last JoinGroup (named again in
+    /// SyncGroup).
+    protocol_name: Option<String>,
+}
+
+impl Classic {
+    pub(super) fn new(cfg: &ConsumerConfig) -> Self {
+        Self {
+            group_instance_id: cfg.group_instance_id.clone(),
+            max_poll_interval: cfg.max_poll_interval,
+            protocol_name: None,
         }
     }
+}
 
-    /// Hand the application's last poll time to the state machine. Read
-    /// with `borrow`, not `has_changed`: `changed()` in the wait below marks
-    /// the value seen, and a poll seen that way must still reach `m`.
-    fn feed_poll_time(&mut self, m: &mut Membership) {
-        let at = *self.polled.borrow_and_update();
-        if at > m.last_poll() {
-            m.polled(at);
-        }
-    }
+impl Protocol for Classic {
+    type Machine = Membership;
 
-    fn publish(&self, m: &Membership) {
-        let mut snap = self.snapshot.lock().expect("group snapshot lock");
-        snap.generation = m.generation();
-        snap.member_id = m.member_id().to_string();
-        snap.stable = matches!(m.state(), State::Stable { .. });
-        snap.owned = m.owned().clone();
-        snap.revoking = m.revoking();
-        if m.generation() >= 0 {
-            snap.protocol = Some(crate::GroupProtocol::Classic);
-        }
-    }
-
-    fn coordinator(&self) -> Option<i32> {
-        self.snapshot
-            .lock()
-            .expect("group snapshot lock")
-            .coordinator
-    }
-
-    /// Execute one action; a listener the machine must wait for leaves its
-    /// ack in `listener`.
-    async fn execute(
+    async fn execute<I: GroupIo>(
         &mut self,
+        c: &Coordinator<'_, I>,
         m: &mut Membership,
         action: Action,
-        protocol: &mut Option<String>,
-        listener: &mut Option<oneshot::Receiver<()>>,
     ) {
-        let now = std::time::Instant::now;
+        let now = super::driver::now;
+        let group_id = c.group_id();
         match action {
-            Action::FindCoordinator => {
-                if self.find_group_coordinator().await {
-                    m.coordinator_found(now());
-                } else {
-                    m.handle_request_failed(now());
-                }
-            }
             Action::Join {
                 member_id,
                 group_instance_id,
@@ -175,9 +102,9 @@ impl GroupTask {
                 protocols,
                 reason,
             } => {
-                tracing::info!(group = %self.group_id, %reason, "joining the group");
+                tracing::info!(group = %group_id, %reason, "joining the group");
                 let req = JoinGroupRequest::default()
-                    .with_group_id(GroupId(s(&self.group_id)))
+                    .with_group_id(GroupId(s(group_id)))
                     .with_session_timeout_ms(session_timeout.as_millis() as i32)
                     .with_rebalance_timeout_ms(rebalance_timeout.as_millis() as i32)
                     .with_member_id(s(&member_id))
@@ -194,25 +121,18 @@ impl GroupTask {
                             .collect(),
                     )
                     .with_reason(Some(s(&reason)));
-                let Some(node) = self.coordinator() else {
-                    return m.handle_request_failed(now());
-                };
-                match self
-                    .client
-                    .send_to(node, Lane::Group, &req, rebalance_timeout)
-                    .await
-                {
+                match c.send(&req, rebalance_timeout).await {
                     Ok(r) => {
-                        *protocol = r.protocol_name.as_ref().map(|p| p.to_string());
+                        self.protocol_name = r.protocol_name.as_ref().map(|p| p.to_string());
                         let (parts, racks) =
-                            self.partitions_per_topic(m.topics(), &r.members).await;
+                            partitions_per_topic(c.io(), m.topics(), &r.members).await;
                         m.handle_join_with_racks(
                             JoinResult {
                                 error: KafkaCode::try_from_code(r.error_code),
                                 generation: r.generation_id,
                                 member_id: r.member_id.to_string(),
                                 leader: r.leader.to_string(),
-                                protocol_name: protocol.clone(),
+                                protocol_name: self.protocol_name.clone(),
                                 members: r
                                     .members
                                     .into_iter()
@@ -231,7 +151,7 @@ impl GroupTask {
                         );
                     }
                     Err(e) => {
-                        tracing::warn!(group = %self.group_id, error = %e, "JoinGroup failed");
+                        tracing::warn!(group = %group_id, error = %e, "JoinGroup failed");
                         m.handle_request_failed(now());
                     }
                 }
@@ -242,12 +162,12 @@ impl GroupTask {
                 assignments,
             } => {
                 let req = SyncGroupRequest::default()
-                    .with_group_id(GroupId(s(&self.group_id)))
+                    .with_group_id(GroupId(s(group_id)))
                     .with_generation_id(generation)
                     .with_member_id(s(&member_id))
-                    .with_group_instance_id(self.cfg.group_instance_id.as_deref().map(s))
+                    .with_group_instance_id(self.group_instance_id.as_deref().map(s))
                     .with_protocol_type(Some(StrBytes::from_static_str("consumer")))
-                    .with_protocol_name(protocol.as_deref().map(s))
+                    .with_protocol_name(self.protocol_name.as_deref().map(s))
                     .with_assignments(
                         assignments
                             .into_iter()
@@ -258,14 +178,7 @@ impl GroupTask {
                             })
                             .collect(),
                     );
-                let Some(node) = self.coordinator() else {
-                    return m.handle_request_failed(now());
-                };
-                match self
-                    .client
-                    .send_to(node, Lane::Group, &req, self.cfg.max_poll_interval)
-                    .await
-                {
+                match c.send(&req, self.max_poll_interval).await {
                     Ok(r) => {
                         m.handle_sync(KafkaCode::try_from_code(r.error_code), &r.assignment, now())
                     }
@@ -277,24 +190,11 @@ impl GroupTask {
                 member_id,
             } => {
                 let req = HeartbeatRequest::default()
-                    .with_group_id(GroupId(s(&self.group_id)))
+                    .with_group_id(GroupId(s(group_id)))
                     .with_generation_id(generation)
                     .with_member_id(s(&member_id))
-                    .with_group_instance_id(self.cfg.group_instance_id.as_deref().map(s));
-                let Some(node) = self.coordinator() else {
-                    return m.handle_request_failed(now());
-                };
-                // Wait for the answer at most until the session ends: past
-                // it the coordinator has expired this member, answer or not.
-                let send = self.client.send_to(node, Lane::Group, &req, Duration::ZERO);
-                let answer = match m.session_deadline() {
-                    Some(deadline) => tokio::select! {
-                        r = send => Some(r),
-                        _ = tokio::time::sleep_until(deadline.into()) => None,
-                    },
-                    None => Some(send.await),
-                };
-                match answer {
+                    .with_group_instance_id(self.group_instance_id.as_deref().map(s));
+                match until(m.session_deadline(), c.send(&req, Duration::ZERO)).await {
                     None => m.heartbeat_abandoned(now()),
                     Some(Ok(r)) => {
                         m.handle_heartbeat(KafkaCode::try_from_code(r.error_code), now())
@@ -303,118 +203,61 @@ impl GroupTask {
                 }
             }
             Action::Leave { member_id, reason } => {
-                tracing::info!(group = %self.group_id, %reason, "leaving the group");
-                if let Some(node) = self.coordinator() {
-                    let mut req =
-                        LeaveGroupRequest::default().with_group_id(GroupId(s(&self.group_id)));
-                    let v = self
-                        .client
-                        .connection(node, Lane::Group)
-                        .await
-                        .and_then(|c| c.version(ApiKey::LeaveGroup))
-                        .unwrap_or(3);
-                    req = if v >= 3 {
-                        req.with_members(vec![MemberIdentity::default()
-                            .with_member_id(s(&member_id))
-                            .with_group_instance_id(self.cfg.group_instance_id.as_deref().map(s))
-                            .with_reason(Some(s(&reason)))])
-                    } else {
-                        req.with_member_id(s(&member_id))
-                    };
-                    let _ = self
-                        .client
-                        .send_to(node, Lane::Group, &req, Duration::ZERO)
-                        .await;
-                }
-            }
-            Action::Revoke(parts) => {
-                // on_revoked runs beside poll(), up to the rebalance timeout;
-                // a cooperative member is still Stable and keeps heartbeating
-                // (the machine's output while it waits). Commits of `parts`
-                // stay valid meanwhile: published before the consumer hears.
-                m.listener_started(&parts, now());
-                self.publish(m);
-                *listener = self
-                    .listener_event(|done| GroupEvent::Revoked(parts, done))
-                    .await;
-                if listener.is_none() {
-                    m.listener_done();
-                }
-            }
-            Action::Lose(parts) => {
-                m.listener_started(&[], now());
-                self.publish(m);
-                *listener = self
-                    .listener_event(|done| GroupEvent::Lost(parts, done))
-                    .await;
-                if listener.is_none() {
-                    m.listener_done();
-                }
-            }
-            Action::Assign(parts) => {
-                self.assigned(parts, |tp| m.appeared_after_subscribe(tp))
-                    .await;
-            }
-            Action::RefreshMetadata { topics } => {
-                // At most a heartbeat interval: the Control lane it uses
-                // may be slow (behind held commits), and heartbeats wait
-                // while this task waits.
-                let bound = self.cfg.heartbeat_interval;
-                match tokio::time::timeout(bound, self.client.refresh_metadata(topics.as_deref()))
+                tracing::info!(group = %group_id, %reason, "leaving the group");
+                let mut req = LeaveGroupRequest::default().with_group_id(GroupId(s(group_id)));
+                // v3+ names the member (and its reason); before, one member id.
+                let v = c
+                    .version(ApiKey::LeaveGroup)
                     .await
-                {
-                    Ok(Ok(md)) => {
-                        let racks = m
-                            .watches_racks()
-                            .then(|| replica_racks(&md, &m.watched_topics()));
-                        m.handle_metadata_with_racks(
-                            &counts(&md, topics.as_deref()),
-                            racks.as_ref(),
-                            now(),
-                        )
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(group = %self.group_id, error = %e, "metadata refresh failed; retrying");
-                        m.handle_metadata_failed(now());
-                    }
-                    Err(_) => {
-                        tracing::warn!(group = %self.group_id, "metadata refresh took longer than heartbeat.interval.ms ({bound:?}); heartbeating first, then retrying");
-                        m.handle_metadata_failed(now());
-                    }
-                }
+                    .ok()
+                    .flatten()
+                    .unwrap_or(3);
+                req = if v >= 3 {
+                    req.with_members(vec![MemberIdentity::default()
+                        .with_member_id(s(&member_id))
+                        .with_group_instance_id(self.group_instance_id.as_deref().map(s))
+                        .with_reason(Some(s(&reason)))])
+                } else {
+                    req.with_member_id(s(&member_id))
+                };
+                let _ = c.send(&req, Duration::ZERO).await;
             }
-            Action::Fatal(_) => unreachable!("handled by run()"),
+            Action::FindCoordinator
+            | Action::RefreshMetadata { .. }
+            | Action::Revoke(_)
+            | Action::Lose(_)
+            | Action::Assign(_)
+            | Action::Fatal(_) => unreachable!("the driver's arms (GroupMachine::step)"),
         }
     }
+}
 
-    /// Partition counts for our topics and every topic the members
-    /// subscribe to (the leader assigns them), freshly read; and, when a
-    /// member sent its rack (only the leader is told the members), the
-    /// racks of those partitions' replicas for a rack-aware assignor
-    /// (KIP-881).
-    async fn partitions_per_topic(
-        &self,
-        ours: &[String],
-        members: &[kafka_wire::messages::join_group_response::JoinGroupResponseMember],
-    ) -> (BTreeMap<String, i32>, ReplicaRacks) {
-        let mut topics: BTreeSet<String> = ours.iter().cloned().collect();
-        let mut racked = false;
-        for mm in members {
-            if let Ok(sub) = crate::protocol::Subscription::decode(&Bytes::clone(&mm.metadata)) {
-                topics.extend(sub.topics);
-                racked |= sub.rack.is_some_and(|r| !r.is_empty());
-            }
+/// Partition counts for our topics and every topic the members subscribe
+/// to (the leader assigns them), freshly read; and, when a member sent its
+/// rack (only the leader is told the members), the racks of those
+/// partitions' replicas for a rack-aware assignor (KIP-881).
+async fn partitions_per_topic(
+    io: &impl GroupIo,
+    ours: &[String],
+    members: &[kafka_wire::messages::join_group_response::JoinGroupResponseMember],
+) -> (BTreeMap<String, i32>, ReplicaRacks) {
+    let mut topics: BTreeSet<String> = ours.iter().cloned().collect();
+    let mut racked = false;
+    for mm in members {
+        if let Ok(sub) = crate::protocol::Subscription::decode(&Bytes::clone(&mm.metadata)) {
+            topics.extend(sub.topics);
+            racked |= sub.rack.is_some_and(|r| !r.is_empty());
         }
-        let topics: Vec<String> = topics.into_iter().collect();
-        let md = match self.client.refresh_metadata(Some(&topics)).await {
-            Ok(md) => md,
-            Err(_) => self.client.metadata(),
-        };
-        let racks = if racked {
-            replica_racks(&md, &topics)
-        } else {
-            ReplicaRacks::new()
-        };
-        (counts(&md, Some(&topics)), racks)
     }
+    let topics: Vec<String> = topics.into_iter().collect();
+    let md = match io.refresh_metadata(Some(&topics)).await {
+        Ok(md) => md,
+        Err(_) => io.metadata(),
+    };
+    let racks = if racked {
+        replica_racks(&md, &topics)
+    } else {
+        ReplicaRacks::new()
+    };
+    (counts(&md, Some(&topics)), racks)
 }

@@ -1,36 +1,45 @@
-//! Group membership: the seam the consumer sees, and one directory per
-//! group protocol behind it.
+//! Group membership: the seam the consumer sees, one driver, and one
+//! directory per group protocol behind it.
 //!
 //! ```text
-//!  Consumer ──subscribe──▶ GroupTask::run (one task) ──▶ classic: JoinGroup/SyncGroup/Heartbeat
-//!     ▲   poll() stamps `polled`; close() sets `close`      (classic.rs drives classic/membership.rs)
-//!     │
+//!  Consumer ──subscribe──▶ GroupTask::run ──▶ Driver::run (driver.rs, one task, the shared arms)
+//!     ▲   poll() stamps `polled`;                  │ GroupMachine (pure; Liveness embedded: liveness.rs)
+//!     │   close() sets `close`                     │   classic/membership.rs · consumer_protocol/member.rs
+//!     │                                            │ Protocol (its own requests, feed back the answers)
+//!     │                                            │   classic.rs · consumer_protocol.rs
+//!     │                                            ▼ GroupIo (io.rs): kafka-wire's Client, Group lane
 //!     └── GroupEvent (Assigned / Revoked / Lost / Fatal; Revoked and Lost wait for the consumer's ack)
 //!         GroupSnapshot (generation, member, owned, revoking): what commits are fenced by
 //! ```
 //!
 //! The consumer never learns which protocol runs: it reads only
-//! [`GroupEvent`]s and the [`GroupSnapshot`]. Each protocol has a file with
-//! its driver and a directory with its pure state machine: [`classic`]
-//! (`classic/membership.rs`) and [`consumer_protocol`] (KIP-848,
-//! `consumer_protocol/member.rs`), chosen in [`GroupTask::run`] by
-//! `group.protocol`. What both share lives here ([`subscription`],
-//! partition counts from metadata).
+//! [`GroupEvent`]s and the [`GroupSnapshot`]. Each protocol has a pure
+//! machine (a [`driver::GroupMachine`]) and a file with its requests (a
+//! [`driver::Protocol`]): [`classic`] (`classic/membership.rs`) and
+//! [`consumer_protocol`] (KIP-848, `consumer_protocol/member.rs`), chosen
+//! in [`GroupTask::run`] by `group.protocol`. What they share lives here
+//! ([`subscription`], partition counts from metadata), in [`driver`] (the
+//! loop: coordinator lookup, metadata, the listener hand-off, the assigned
+//! event), and in [`liveness`] (poll timeout, the running listener).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use kafka_wire::{Backoff, Client};
+use kafka_wire::{Backoff, Client, StrBytes};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub(crate) mod classic;
 pub(crate) mod consumer_protocol;
+pub(crate) mod driver;
+pub(crate) mod io;
+pub(crate) mod liveness;
 pub(crate) mod subscription;
 
 use crate::assignor::ReplicaRacks;
 use crate::config::{ConsumerConfig, GroupProtocol};
 use crate::tp::TopicPartition;
 use classic::membership::PartitionCounts;
+use driver::{Driver, Ended, Seam};
 use subscription::TopicSubscription;
 
 /// Both protocols' coordinator, join and heartbeat retries: 100 ms
@@ -40,6 +49,10 @@ const RETRY_BACKOFF: Backoff = Backoff::exponential(
     std::time::Duration::from_millis(100),
     std::time::Duration::from_secs(1),
 );
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
 
 /// What the group task tells the consumer.
 #[derive(Debug)]
@@ -93,72 +106,65 @@ impl GroupTask {
     /// leaves (close) or fails (a [`GroupEvent::Fatal`] is sent). Under
     /// `auto`, the consumer protocol first, and classic when the broker
     /// does not speak it (one info line says why).
-    pub(crate) async fn run(mut self) {
-        match self.cfg.group_protocol {
-            GroupProtocol::Classic => self.run_classic().await,
+    pub(crate) async fn run(self) {
+        let GroupTask {
+            client,
+            cfg,
+            group_id,
+            subscription,
+            snapshot,
+            events,
+            polled,
+            close,
+        } = self;
+        let seam = Seam {
+            snapshot,
+            events,
+            polled,
+            close,
+        };
+        let mut driver = Driver::new(
+            client,
+            group_id.clone(),
+            cfg.new_partitions_from_earliest,
+            seam,
+        );
+        let classic = || {
+            let m = classic::member(&cfg, &group_id, subscription.clone(), driver::now());
+            (classic::Classic::new(&cfg), m)
+        };
+        let consumer = |may_fall_back| {
+            let now = driver::now();
+            let m = consumer_protocol::member(
+                &cfg,
+                &group_id,
+                subscription.clone(),
+                may_fall_back,
+                now,
+            );
+            (
+                consumer_protocol::ConsumerProtocol::new(&cfg, may_fall_back),
+                m,
+            )
+        };
+        match cfg.group_protocol {
+            GroupProtocol::Classic => {
+                let (mut p, mut m) = classic();
+                driver.run(&mut p, &mut m).await;
+            }
             GroupProtocol::Consumer => {
-                let _ = self.run_consumer_protocol(false).await;
+                let (mut p, mut m) = consumer(false);
+                driver.run(&mut p, &mut m).await;
             }
             GroupProtocol::Auto => {
-                if let Some(why) = self.run_consumer_protocol(true).await {
-                    tracing::info!(group = %self.group_id, "group.protocol=auto: using the classic protocol, because {why}");
-                    self.run_classic().await;
+                let (mut p, mut m) = consumer(true);
+                if let Ended::FallBack(why) = driver.run(&mut p, &mut m).await {
+                    tracing::info!(group = %group_id, "group.protocol=auto: using the classic protocol, because {why}");
+                    let (mut p, mut m) = classic();
+                    driver.run(&mut p, &mut m).await;
                 }
             }
         }
-    }
-}
-
-impl GroupTask {
-    /// FindCoordinator for the group; remembered in the snapshot. The
-    /// caller feeds the outcome to its protocol's machine.
-    async fn find_group_coordinator(&self) -> bool {
-        match self
-            .client
-            .find_coordinator(kafka_wire::CoordinatorKind::Group, &self.group_id)
-            .await
-        {
-            Ok(node) => {
-                self.snapshot
-                    .lock()
-                    .expect("group snapshot lock")
-                    .coordinator = Some(node);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(group = %self.group_id, error = %e, "cannot find the group coordinator; retrying");
-                false
-            }
-        }
-    }
-
-    /// Hand a Revoked/Lost event (`make` wraps the ack sender) to the
-    /// consumer: the ack the machine waits for, or `None` when the consumer
-    /// is gone (then the listener is done).
-    async fn listener_event(
-        &self,
-        make: impl FnOnce(oneshot::Sender<()>) -> GroupEvent,
-    ) -> Option<oneshot::Receiver<()>> {
-        let (done, ack) = oneshot::channel();
-        self.events.send(make(done)).await.ok().map(|()| ack)
-    }
-
-    /// Tell the consumer about newly assigned partitions; `appeared` says
-    /// which appeared after subscribe (they start at the earliest offset).
-    async fn assigned(
-        &self,
-        parts: Vec<TopicPartition>,
-        appeared: impl Fn(&TopicPartition) -> bool,
-    ) {
-        let fresh: BTreeSet<TopicPartition> = parts
-            .iter()
-            .filter(|tp| self.cfg.new_partitions_from_earliest && appeared(tp))
-            .cloned()
-            .collect();
-        if !fresh.is_empty() {
-            tracing::info!(group = %self.group_id, partitions = ?fresh, "assigned partitions that appeared after subscribe: they start at the earliest offset when the group has none committed");
-        }
-        let _ = self.events.send(GroupEvent::Assigned(parts, fresh)).await;
     }
 }
 

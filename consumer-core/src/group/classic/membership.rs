@@ -4,8 +4,11 @@
 //! `handle_heartbeat`, `handle_request_failed`, `polled`, …); actions come
 //! out ([`Membership::poll_action`]) with the next deadline
 //! ([`Membership::poll_timeout`]). It never awaits and never reads a clock,
-//! so every transition is unit-tested below with a fake clock. The thin async
-//! driver in `group/classic.rs` executes the actions on the Group lane.
+//! so every transition is unit-tested below with a fake clock. The group
+//! driver (`group/driver.rs`, through the crate's `GroupMachine` trait)
+//! executes the actions; `group/classic.rs` sends the classic requests on
+//! the Group lane. Poll liveness and the rebalance listener are the
+//! embedded `Liveness` (`group/liveness.rs`), shared with KIP-848.
 //!
 //! ```text
 //!            ┌──────────────────────── NOT_COORDINATOR / coordinator lost ◀───────────┐
@@ -52,7 +55,10 @@ use bytes::Bytes;
 use kafka_wire::{Backoff, KafkaCode};
 
 use crate::assignor::{Assignor, Member, RebalanceProtocol, ReplicaRacks};
+use crate::group::driver::{GroupMachine, Step};
+use crate::group::liveness::Liveness;
 pub use crate::group::subscription::TopicSubscription;
+use crate::group::{counts, replica_racks, GroupSnapshot};
 use crate::protocol::{Assignment, Subscription, CONSUMER_PROTOCOL_VERSION};
 use crate::tp::TopicPartition;
 
@@ -204,20 +210,10 @@ pub struct Membership {
     next_heartbeat: Option<Instant>,
     heartbeat_in_flight: bool,
     last_heartbeat_ok: Instant,
-    last_poll: Instant,
     rejoin_after_sync: bool,
-    /// The application's rebalance listener runs (see
-    /// [`Membership::listener_started`]).
-    listener: Option<RunningListener>,
-}
-
-/// A rebalance listener the driver waits for.
-#[derive(Debug)]
-struct RunningListener {
-    /// The rebalance timeout: the member goes on without it then.
-    deadline: Instant,
-    /// The partitions it revokes (commits still valid); empty for lost ones.
-    revoking: BTreeSet<TopicPartition>,
+    /// When the application last polled, and the rebalance listener that
+    /// runs (see [`Membership::listener_started`]).
+    liveness: Liveness,
 }
 
 fn describe(code: KafkaCode) -> String {
@@ -239,7 +235,6 @@ impl Membership {
             TopicSubscription::Pattern(_) => Vec::new(),
         };
         let mut m = Self {
-            cfg,
             assignors,
             subscription,
             topics,
@@ -262,9 +257,9 @@ impl Membership {
             next_heartbeat: None,
             heartbeat_in_flight: false,
             last_heartbeat_ok: now,
-            last_poll: now,
             rejoin_after_sync: false,
-            listener: None,
+            liveness: Liveness::new(cfg.max_poll_interval, cfg.rebalance_timeout, now),
+            cfg,
         };
         m.actions.push_back(Action::FindCoordinator);
         m
@@ -860,12 +855,12 @@ impl Membership {
 
     /// When the application last polled (as told by [`Membership::polled`]).
     pub fn last_poll(&self) -> Instant {
-        self.last_poll
+        self.liveness.last_poll()
     }
 
     /// The application called poll: it is alive.
     pub fn polled(&mut self, now: Instant) {
-        self.last_poll = now;
+        self.liveness.polled(now);
         if self.state == State::LeftForPollTimeout {
             self.state = State::FindingCoordinator;
             self.pending_join_reason =
@@ -900,21 +895,18 @@ impl Membership {
     /// queued behind the listener (an assignment, a join) wait for it, and
     /// neither the poll nor the session timeout is checked meanwhile.
     pub fn listener_started(&mut self, revoking: &[TopicPartition], now: Instant) {
-        self.listener = Some(RunningListener {
-            deadline: now + self.cfg.rebalance_timeout,
-            revoking: revoking.iter().cloned().collect(),
-        });
+        self.liveness.listener_started(revoking, now);
     }
 
     /// The listener [`Membership::listener_started`] waits for has ended
     /// (or will never be heard of).
     pub fn listener_done(&mut self) {
-        self.listener = None;
+        self.liveness.listener_done();
     }
 
     /// Is the driver waiting for a rebalance listener?
     pub fn listener_running(&self) -> bool {
-        self.listener.is_some()
+        self.liveness.listener_running()
     }
 
     /// The partitions being revoked: those of a running listener, and
@@ -922,17 +914,11 @@ impl Membership {
     /// [`Membership::owned`], still this member's). Commits for them stay
     /// valid until the listener ends.
     pub fn revoking(&self) -> BTreeSet<TopicPartition> {
-        let mut out = self
-            .listener
-            .as_ref()
-            .map(|l| l.revoking.clone())
-            .unwrap_or_default();
-        for a in &self.actions {
-            if let Action::Revoke(parts) = a {
-                out.extend(parts.iter().cloned());
-            }
-        }
-        out
+        self.liveness
+            .revoking(self.actions.iter().filter_map(|a| match a {
+                Action::Revoke(parts) => Some(parts.as_slice()),
+                _ => None,
+            }))
     }
 
     /// The heartbeat a stable member owes at `now`, if any.
@@ -953,15 +939,8 @@ impl Membership {
 
     /// The next action, taking time into account.
     pub fn poll_action(&mut self, now: Instant) -> Option<Action> {
-        if let Some(l) = &self.listener {
-            if now < l.deadline {
-                return self.heartbeat_due(now);
-            }
-            tracing::warn!(
-                group = %self.cfg.group_id,
-                "rebalance listener exceeded the rebalance timeout; continuing without it"
-            );
-            self.listener = None;
+        if self.liveness.listener_holds(now, &self.cfg.group_id) {
+            return self.heartbeat_due(now);
         }
         self.check_timers(now);
         if let Some(a) = self.actions.pop_front() {
@@ -1011,7 +990,7 @@ impl Membership {
         ) {
             return;
         }
-        if now.duration_since(self.last_poll) > self.cfg.max_poll_interval {
+        if self.liveness.poll_expired(now) {
             // Deliberately leave: a stuck application must not hold partitions.
             tracing::warn!(
                 group = %self.cfg.group_id,
@@ -1056,28 +1035,124 @@ impl Membership {
 
     /// When the driver should call [`Membership::poll_action`] again at the latest.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if let Some(l) = &self.listener {
-            // Only heartbeats and the listener's deadline count meanwhile.
-            let heartbeat = self.next_heartbeat.filter(|_| {
-                matches!(self.state, State::Stable { .. }) && !self.heartbeat_in_flight
-            });
-            return [Some(l.deadline), heartbeat].into_iter().flatten().min();
-        }
-        let poll_deadline = self.last_poll + self.cfg.max_poll_interval;
+        let stable = matches!(self.state, State::Stable { .. });
+        // While a listener runs: the heartbeat a stable member owes.
+        let heartbeat = self
+            .next_heartbeat
+            .filter(|_| stable && !self.heartbeat_in_flight);
         // Metadata checks run only while stable (elsewhere a past instant
         // would have the driver spin).
-        let metadata = self
-            .next_metadata_refresh
-            .filter(|_| matches!(self.state, State::Stable { .. }));
-        [
-            self.retry_at,
-            self.next_heartbeat,
-            metadata,
-            Some(poll_deadline),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        let metadata = self.next_metadata_refresh.filter(|_| stable);
+        self.liveness.next_wakeup(
+            heartbeat,
+            [
+                self.retry_at,
+                self.next_heartbeat,
+                metadata,
+                Some(self.liveness.poll_deadline()),
+            ],
+        )
+    }
+}
+
+/// The group driver's view: the public methods above, and what it reads
+/// from metadata and writes to the snapshot.
+impl GroupMachine for Membership {
+    type Action = Action;
+
+    fn poll_action(&mut self, now: Instant) -> Option<Action> {
+        Membership::poll_action(self, now)
+    }
+
+    fn step(&self, action: Action) -> Step<Action> {
+        match action {
+            Action::FindCoordinator => Step::FindCoordinator,
+            Action::RefreshMetadata { topics } => Step::RefreshMetadata(topics),
+            Action::Revoke(parts) => Step::Revoke(parts),
+            Action::Lose(parts) => Step::Lose(parts),
+            Action::Assign(parts) => Step::Assign(parts),
+            Action::Fatal(msg) => Step::Fatal(msg),
+            own @ (Action::Join { .. }
+            | Action::Sync { .. }
+            | Action::Heartbeat { .. }
+            | Action::Leave { .. }) => Step::Protocol(own),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Membership::poll_timeout(self)
+    }
+
+    fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+
+    fn liveness_mut(&mut self) -> &mut Liveness {
+        &mut self.liveness
+    }
+
+    fn polled(&mut self, now: Instant) {
+        Membership::polled(self, now);
+    }
+
+    fn close(&mut self) {
+        Membership::close(self);
+    }
+
+    fn left(&self) -> bool {
+        self.state == State::Left
+    }
+
+    fn listener_done(&mut self) {
+        Membership::listener_done(self);
+    }
+
+    fn coordinator_found(&mut self, now: Instant) {
+        Membership::coordinator_found(self, now);
+    }
+
+    fn handle_request_failed(&mut self, now: Instant) {
+        Membership::handle_request_failed(self, now);
+    }
+
+    fn heartbeat_interval(&self) -> Duration {
+        self.cfg.heartbeat_interval
+    }
+
+    /// Partition counts of the topics asked for (every non-internal topic
+    /// for a pattern), and the replicas' racks when this member led a
+    /// rack-aware assignment.
+    fn metadata_refreshed(
+        &mut self,
+        md: &kafka_wire::Metadata,
+        asked: Option<&[String]>,
+        now: Instant,
+    ) {
+        let racks = self
+            .watches_racks()
+            .then(|| replica_racks(md, &self.watched_topics()));
+        self.handle_metadata_with_racks(&counts(md, asked), racks.as_ref(), now);
+    }
+
+    fn metadata_failed(&mut self, now: Instant) {
+        self.handle_metadata_failed(now);
+    }
+
+    fn appeared_after_subscribe(&self, tp: &TopicPartition) -> bool {
+        Membership::appeared_after_subscribe(self, tp)
+    }
+
+    /// The generation is what commits carry; `Classic` once a generation
+    /// was joined.
+    fn snapshot(&self, snap: &mut GroupSnapshot) {
+        snap.generation = self.generation;
+        snap.member_id = self.member_id.clone();
+        snap.stable = matches!(self.state, State::Stable { .. });
+        snap.owned = self.owned.clone();
+        snap.revoking = self.revoking();
+        if self.generation >= 0 {
+            snap.protocol = Some(crate::GroupProtocol::Classic);
+        }
     }
 }
 

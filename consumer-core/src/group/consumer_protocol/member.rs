@@ -8,8 +8,11 @@
 //! [`Member::handle_request_failed`], [`Member::handle_metadata`],
 //! [`Member::polled`], [`Member::listener_done`], …); actions come out
 //! ([`Member::poll_action`]) with the next deadline
-//! ([`Member::poll_timeout`]). It never awaits and never reads a clock; the
-//! driver in `group/consumer_protocol.rs` executes the actions.
+//! ([`Member::poll_timeout`]), through the crate's [`GroupMachine`] trait.
+//! It never awaits and never reads a clock; the group driver
+//! (`group/driver.rs`) executes the actions, and
+//! `group/consumer_protocol.rs` sends the heartbeats. Poll liveness and the
+//! rebalance listener are the embedded [`Liveness`], shared with classic.
 //!
 //! ```text
 //!                ┌──── NOT_COORDINATOR / COORDINATOR_NOT_AVAILABLE / request failed ◀──┐
@@ -50,7 +53,10 @@ use std::time::{Duration, Instant};
 
 use kafka_wire::{Backoff, KafkaCode};
 
+use crate::group::driver::{GroupMachine, Step};
+use crate::group::liveness::Liveness;
 use crate::group::subscription::TopicSubscription;
+use crate::group::GroupSnapshot;
 use crate::tp::TopicPartition;
 
 /// A topic id (KIP-516), as metadata and ConsumerGroupHeartbeat carry it.
@@ -171,15 +177,9 @@ pub(crate) enum Action {
 
 /// Queued work: an action, or the ack heartbeat that ends a reconciliation.
 #[derive(Debug)]
-enum Step {
+enum Queued {
     Out(Action),
     Ack,
-}
-
-#[derive(Debug)]
-struct RunningListener {
-    deadline: Instant,
-    revoking: BTreeSet<TopicPartition>,
 }
 
 /// The pure KIP-848 member.
@@ -200,7 +200,7 @@ pub(crate) struct Member {
     first_seen: Option<HashMap<String, i32>>,
     metadata_wanted: bool,
     metadata_in_flight: bool,
-    steps: VecDeque<Step>,
+    steps: VecDeque<Queued>,
     /// Send every field in the next heartbeat.
     full: bool,
     /// What the broker last heard as our owned partitions.
@@ -215,8 +215,10 @@ pub(crate) struct Member {
     retries: u32,
     /// A successful heartbeat was answered since start (no fallback after).
     ever_joined: bool,
-    last_poll: Instant,
-    listener: Option<RunningListener>,
+    /// When the application last polled, and the rebalance listener that
+    /// runs (its deadline: `max.poll.interval.ms`, the rebalance timeout
+    /// this member sends).
+    liveness: Liveness,
     /// The group's session timeout (`consumer.session.timeout.ms`, the
     /// broker's to set under KIP-848), once the driver learned it; `None`
     /// before, or when the broker would not say.
@@ -256,6 +258,7 @@ impl Member {
     pub(crate) fn new(cfg: MemberConfig, subscription: TopicSubscription, now: Instant) -> Self {
         let member_id = (cfg.new_member_id)();
         let heartbeat_interval = cfg.heartbeat_interval;
+        let liveness = Liveness::new(cfg.max_poll_interval, cfg.max_poll_interval, now);
         Self {
             cfg,
             subscription,
@@ -271,7 +274,7 @@ impl Member {
             // appear later start at the earliest offset (invariant 45).
             metadata_wanted: true,
             metadata_in_flight: false,
-            steps: VecDeque::from([Step::Out(Action::FindCoordinator)]),
+            steps: VecDeque::from([Queued::Out(Action::FindCoordinator)]),
             full: true,
             acked: None,
             ack_due: false,
@@ -281,8 +284,7 @@ impl Member {
             retry_at: None,
             retries: 0,
             ever_joined: false,
-            last_poll: now,
-            listener: None,
+            liveness,
             session_timeout: None,
             unreleased_since: None,
             last_heartbeat_ok: now,
@@ -302,39 +304,18 @@ impl Member {
     pub(crate) fn owned(&self) -> &BTreeSet<TopicPartition> {
         &self.owned
     }
-    pub(crate) fn last_poll(&self) -> Instant {
-        self.last_poll
-    }
-    /// The interval the broker asked for (`group.consumer.heartbeat.interval.ms`).
-    pub(crate) fn heartbeat_interval(&self) -> Duration {
-        self.heartbeat_interval
-    }
-
-    /// Did `tp` appear after this member first saw its subscription's
-    /// metadata (see the classic `Membership::appeared_after_subscribe`)?
-    pub(crate) fn appeared_after_subscribe(&self, tp: &TopicPartition) -> bool {
-        self.first_seen
-            .as_ref()
-            .is_some_and(|seen| tp.partition >= seen.get(&tp.topic).copied().unwrap_or(0))
-    }
 
     /// Partitions being revoked: commits stay valid until the listener ends.
     pub(crate) fn revoking(&self) -> BTreeSet<TopicPartition> {
-        let mut out = self
-            .listener
-            .as_ref()
-            .map(|l| l.revoking.clone())
-            .unwrap_or_default();
-        for s in &self.steps {
-            if let Step::Out(Action::Revoke(parts)) = s {
-                out.extend(parts.iter().cloned());
-            }
-        }
-        out
+        self.liveness
+            .revoking(self.steps.iter().filter_map(|s| match s {
+                Queued::Out(Action::Revoke(parts)) => Some(parts.as_slice()),
+                _ => None,
+            }))
     }
 
     fn push(&mut self, a: Action) {
-        self.steps.push_back(Step::Out(a));
+        self.steps.push_back(Queued::Out(a));
     }
 
     fn lose_all(&mut self) {
@@ -343,7 +324,7 @@ impl Member {
         self.steps.retain(|s| {
             !matches!(
                 s,
-                Step::Ack | Step::Out(Action::Revoke(_) | Action::Assign(_))
+                Queued::Ack | Queued::Out(Action::Revoke(_) | Action::Assign(_))
             )
         });
         if !lost.is_empty() {
@@ -402,39 +383,11 @@ impl Member {
         self.cfg.retry_backoff.nominal(self.retries)
     }
 
-    /// The coordinator is known: join (or resume heartbeating).
-    pub(crate) fn coordinator_found(&mut self, now: Instant) {
-        if self.state != State::FindingCoordinator {
-            return;
-        }
-        self.retry_at = None;
-        if self.member_epoch > 0 {
-            self.state = State::Stable;
-            self.next_heartbeat = Some(now);
-        } else {
-            self.rejoin(now, false);
-        }
-    }
-
-    /// A request (heartbeat, find-coordinator) failed on the network or
-    /// timed out: find the coordinator again; the next heartbeat is full.
-    pub(crate) fn handle_request_failed(&mut self, now: Instant) {
-        self.heartbeat_in_flight = false;
-        if matches!(
-            self.state,
-            State::Joining | State::Stable | State::FindingCoordinator
-        ) {
-            self.find_coordinator(now);
-        }
-    }
-
     /// What the broker hears this member owns: what the application has,
     /// including partitions whose revocation is still running.
     fn reported(&self) -> BTreeSet<TopicPartition> {
         let mut out = self.owned.clone();
-        if let Some(l) = &self.listener {
-            out.extend(l.revoking.iter().cloned());
-        }
+        out.extend(self.liveness.revoking([]));
         out
     }
 
@@ -621,7 +574,8 @@ impl Member {
     /// first, then assign, then the ack heartbeat. Waits while a previous
     /// reconciliation's steps are queued or its listener runs.
     fn reconcile(&mut self) {
-        if self.state != State::Stable || self.listener.is_some() || !self.steps.is_empty() {
+        if self.state != State::Stable || self.liveness.listener_running() || !self.steps.is_empty()
+        {
             return;
         }
         let Some(target) = &self.target else {
@@ -643,7 +597,7 @@ impl Member {
         let assign: Vec<_> = resolved.difference(&self.owned).cloned().collect();
         if revoke.is_empty() && assign.is_empty() {
             if self.acked.as_ref() != Some(&self.owned) {
-                self.steps.push_back(Step::Ack);
+                self.steps.push_back(Queued::Ack);
             }
             return;
         }
@@ -657,17 +611,7 @@ impl Member {
             // Owned once handed to the application (in `poll_action`).
             self.push(Action::Assign(assign));
         }
-        self.steps.push_back(Step::Ack);
-    }
-
-    /// The application polled: it is alive.
-    pub(crate) fn polled(&mut self, now: Instant) {
-        self.last_poll = now;
-        if self.state == State::LeftForPollTimeout {
-            tracing::info!(group = %self.cfg.group_id, "the application polled again after a poll timeout: rejoining");
-            self.state = State::FindingCoordinator;
-            self.push(Action::FindCoordinator);
-        }
+        self.steps.push_back(Queued::Ack);
     }
 
     /// The epoch a leaving member sends: -2 keeps a static member's
@@ -691,46 +635,6 @@ impl Member {
             };
             self.push(Action::Leave(hb));
         }
-    }
-
-    /// Leave on close: revoke what is owned (commits still valid), then
-    /// send the leave heartbeat.
-    pub(crate) fn close(&mut self) {
-        if matches!(
-            self.state,
-            State::Left | State::Fatal(_) | State::FellBack(_)
-        ) {
-            return;
-        }
-        self.steps
-            .retain(|s| !matches!(s, Step::Ack | Step::Out(Action::Assign(_))));
-        let owned: Vec<_> = std::mem::take(&mut self.owned).into_iter().collect();
-        if !owned.is_empty() {
-            self.push(Action::Revoke(owned));
-        }
-        self.push_leave();
-        self.member_epoch = -1;
-        self.state = State::Left;
-        self.next_heartbeat = None;
-    }
-
-    /// See the classic `Membership::listener_started`: while the listener
-    /// runs only heartbeats go out, up to the rebalance timeout.
-    pub(crate) fn listener_started(&mut self, revoking: &[TopicPartition], now: Instant) {
-        self.listener = Some(RunningListener {
-            deadline: now + self.cfg.max_poll_interval,
-            revoking: revoking.iter().cloned().collect(),
-        });
-    }
-
-    pub(crate) fn listener_done(&mut self) {
-        self.listener = None;
-        // A newer assignment may have arrived meanwhile.
-        self.reconcile();
-    }
-
-    pub(crate) fn listener_running(&self) -> bool {
-        self.listener.is_some()
     }
 
     /// The group's session timeout, as the driver learned it from the
@@ -793,25 +697,49 @@ impl Member {
         Some(Action::Heartbeat(self.heartbeat(epoch)))
     }
 
+    fn check_poll_timer(&mut self, now: Instant) {
+        if !matches!(self.state, State::Joining | State::Stable) {
+            return;
+        }
+        if !self.liveness.poll_expired(now) {
+            return;
+        }
+        tracing::warn!(
+            group = %self.cfg.group_id,
+            "leaving the group: the application did not poll within max.poll.interval.ms ({:?})",
+            self.cfg.max_poll_interval
+        );
+        self.lose_all();
+        self.push_leave();
+        self.member_epoch = 0;
+        self.full = true;
+        self.state = State::LeftForPollTimeout;
+        self.next_heartbeat = None;
+    }
+}
+
+/// The group driver's view of the member: the events and actions of its
+/// diagram above.
+impl GroupMachine for Member {
+    type Action = Action;
+
     /// The next action, taking time into account.
-    pub(crate) fn poll_action(&mut self, now: Instant) -> Option<Action> {
-        if let Some(l) = &self.listener {
-            if now < l.deadline {
-                return self.heartbeat_due(now);
-            }
-            tracing::warn!(group = %self.cfg.group_id, "rebalance listener exceeded max.poll.interval.ms; continuing without it");
-            self.listener = None;
+    fn poll_action(&mut self, now: Instant) -> Option<Action> {
+        if self.liveness.listener_holds(now, &self.cfg.group_id) {
+            return self.heartbeat_due(now);
         }
         self.check_poll_timer(now);
         self.session_expired(now);
         // An assignment that arrived while a reconciliation ran.
         self.reconcile();
         match self.steps.front() {
-            Some(Step::Out(Action::FindCoordinator)) if self.retry_at.is_some_and(|t| now < t) => {
+            Some(Queued::Out(Action::FindCoordinator))
+                if self.retry_at.is_some_and(|t| now < t) =>
+            {
                 return None
             }
-            Some(Step::Out(_)) => {
-                let Some(Step::Out(a)) = self.steps.pop_front() else {
+            Some(Queued::Out(_)) => {
+                let Some(Queued::Out(a)) = self.steps.pop_front() else {
                     unreachable!("front is an action")
                 };
                 match &a {
@@ -821,7 +749,7 @@ impl Member {
                 }
                 return Some(a);
             }
-            Some(Step::Ack) => {
+            Some(Queued::Ack) => {
                 if self.state != State::Stable {
                     self.steps.pop_front();
                 } else if !self.heartbeat_in_flight {
@@ -849,43 +777,156 @@ impl Member {
         self.heartbeat_due(now)
     }
 
-    fn check_poll_timer(&mut self, now: Instant) {
-        if !matches!(self.state, State::Joining | State::Stable) {
+    fn step(&self, action: Action) -> Step<Action> {
+        match action {
+            Action::FindCoordinator => Step::FindCoordinator,
+            // The subscription's topics (every topic for a pattern): their
+            // ids resolve the broker's assignment.
+            Action::RefreshMetadata => Step::RefreshMetadata(match &self.subscription {
+                TopicSubscription::Topics(ts) => Some(ts.clone()),
+                TopicSubscription::Pattern(_) => None,
+            }),
+            Action::Revoke(parts) => Step::Revoke(parts),
+            Action::Lose(parts) => Step::Lose(parts),
+            Action::Assign(parts) => Step::Assign(parts),
+            Action::FallBack(why) => Step::FallBack(why),
+            Action::Fatal(msg) => Step::Fatal(msg),
+            own @ (Action::Heartbeat(_) | Action::Leave(_)) => Step::Protocol(own),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let heartbeat = self.next_heartbeat.filter(|_| !self.heartbeat_in_flight);
+        let in_group = matches!(self.state, State::Joining | State::Stable);
+        self.liveness.next_wakeup(
+            heartbeat,
+            [
+                self.retry_at,
+                heartbeat,
+                in_group.then(|| self.liveness.poll_deadline()),
+                self.session_deadline(),
+            ],
+        )
+    }
+
+    fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+
+    fn liveness_mut(&mut self) -> &mut Liveness {
+        &mut self.liveness
+    }
+
+    /// The application polled: it is alive.
+    fn polled(&mut self, now: Instant) {
+        self.liveness.polled(now);
+        if self.state == State::LeftForPollTimeout {
+            tracing::info!(group = %self.cfg.group_id, "the application polled again after a poll timeout: rejoining");
+            self.state = State::FindingCoordinator;
+            self.push(Action::FindCoordinator);
+        }
+    }
+
+    /// Leave on close: revoke what is owned (commits still valid), then
+    /// send the leave heartbeat.
+    fn close(&mut self) {
+        if matches!(
+            self.state,
+            State::Left | State::Fatal(_) | State::FellBack(_)
+        ) {
             return;
         }
-        if now.duration_since(self.last_poll) <= self.cfg.max_poll_interval {
-            return;
+        self.steps
+            .retain(|s| !matches!(s, Queued::Ack | Queued::Out(Action::Assign(_))));
+        let owned: Vec<_> = std::mem::take(&mut self.owned).into_iter().collect();
+        if !owned.is_empty() {
+            self.push(Action::Revoke(owned));
         }
-        tracing::warn!(
-            group = %self.cfg.group_id,
-            "leaving the group: the application did not poll within max.poll.interval.ms ({:?})",
-            self.cfg.max_poll_interval
-        );
-        self.lose_all();
         self.push_leave();
-        self.member_epoch = 0;
-        self.full = true;
-        self.state = State::LeftForPollTimeout;
+        self.member_epoch = -1;
+        self.state = State::Left;
         self.next_heartbeat = None;
     }
 
-    /// When the driver should call [`Member::poll_action`] again at the latest.
-    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        let heartbeat = self.next_heartbeat.filter(|_| !self.heartbeat_in_flight);
-        if let Some(l) = &self.listener {
-            return [Some(l.deadline), heartbeat].into_iter().flatten().min();
+    fn left(&self) -> bool {
+        self.state == State::Left
+    }
+
+    fn listener_done(&mut self) {
+        self.liveness.listener_done();
+        // A newer assignment may have arrived meanwhile.
+        self.reconcile();
+    }
+
+    /// The coordinator is known: join (or resume heartbeating).
+    fn coordinator_found(&mut self, now: Instant) {
+        if self.state != State::FindingCoordinator {
+            return;
         }
-        let poll_deadline = matches!(self.state, State::Joining | State::Stable)
-            .then(|| self.last_poll + self.cfg.max_poll_interval);
-        [
-            self.retry_at,
-            heartbeat,
-            poll_deadline,
-            self.session_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        self.retry_at = None;
+        if self.member_epoch > 0 {
+            self.state = State::Stable;
+            self.next_heartbeat = Some(now);
+        } else {
+            self.rejoin(now, false);
+        }
+    }
+
+    /// A request (heartbeat, find-coordinator) failed on the network or
+    /// timed out: find the coordinator again; the next heartbeat is full.
+    fn handle_request_failed(&mut self, now: Instant) {
+        self.heartbeat_in_flight = false;
+        if matches!(
+            self.state,
+            State::Joining | State::Stable | State::FindingCoordinator
+        ) {
+            self.find_coordinator(now);
+        }
+    }
+
+    /// The interval the broker asked for (`group.consumer.heartbeat.interval.ms`).
+    fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+
+    /// Resolve topic ids with every topic metadata knows (`asked` is the
+    /// subscription's, or every topic for a pattern).
+    fn metadata_refreshed(
+        &mut self,
+        md: &kafka_wire::Metadata,
+        _asked: Option<&[String]>,
+        now: Instant,
+    ) {
+        self.handle_metadata(
+            md.topics
+                .values()
+                .map(|t| (t.id, t.name.clone(), t.partitions.len() as i32)),
+            now,
+        );
+    }
+
+    fn metadata_failed(&mut self, _now: Instant) {
+        self.handle_metadata_failed();
+    }
+
+    /// See the classic `Membership::appeared_after_subscribe`.
+    fn appeared_after_subscribe(&self, tp: &TopicPartition) -> bool {
+        self.first_seen
+            .as_ref()
+            .is_some_and(|seen| tp.partition >= seen.get(&tp.topic).copied().unwrap_or(0))
+    }
+
+    /// The member epoch is what commits carry (OffsetCommit v9), in the
+    /// snapshot's `generation`; `Consumer` once in the group.
+    fn snapshot(&self, snap: &mut GroupSnapshot) {
+        snap.generation = self.member_epoch();
+        snap.member_id = self.member_id().to_string();
+        snap.stable = *self.state() == State::Stable;
+        snap.owned = self.owned().clone();
+        snap.revoking = self.revoking();
+        if self.member_epoch > 0 {
+            snap.protocol = Some(crate::GroupProtocol::Consumer);
+        }
     }
 }
 
