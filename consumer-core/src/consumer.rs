@@ -885,6 +885,12 @@ impl Consumer {
                 FetchAction::Truncated { tp, to } => {
                     self.restart_partition(&tp, Start::Committed, Some(to));
                 }
+                FetchAction::NewLeaders(hints) => {
+                    let unusable = self.client.apply_leader_hints(&hints).topics_to_refresh();
+                    if !unusable.is_empty() {
+                        let _ = self.client.refresh_metadata(Some(&unusable)).await;
+                    }
+                }
                 FetchAction::RefreshMetadata(topics) => {
                     let _ = self.client.refresh_metadata(Some(&topics)).await;
                 }

@@ -293,11 +293,15 @@ impl Client {
                     }
                 }
             }
-            let old = self.metadata();
-            let mut next = (*old).clone();
-            next.merge(&resp, full);
-            let next = Arc::new(next);
-            *self.inner.metadata.write().expect("metadata lock poisoned") = next.clone();
+            // Merged under the lock: a leader hint applied meanwhile
+            // (`apply_leader_hints`) is not overwritten.
+            let (old, next) = {
+                let mut cached = self.inner.metadata.write().expect("metadata lock poisoned");
+                let mut next = (**cached).clone();
+                next.merge(&resp, full);
+                let next = Arc::new(next);
+                (std::mem::replace(&mut *cached, next.clone()), next)
+            };
             self.inner.metadata_version.fetch_add(1, Ordering::AcqRel);
             if full {
                 self.inner.refresh_generation.fetch_add(1, Ordering::AcqRel);
@@ -306,6 +310,32 @@ impl Client {
             return Asked::Merged(next);
         }
         Asked::Failed(last_err.unwrap_or_else(|| Error::Metadata("no broker to ask".into())))
+    }
+
+    /// Apply leader hints from a Fetch or Produce response (KIP-951) to the
+    /// cached metadata at once, with no Metadata request: see
+    /// [`Metadata::apply_leader_hints`] for which hints move a partition
+    /// (a newer leader epoch only). The next request for a moved partition
+    /// goes to its new leader. Refresh the metadata of
+    /// [`HintsApplied::topics_to_refresh`](crate::HintsApplied::topics_to_refresh).
+    pub fn apply_leader_hints(&self, hints: &crate::LeaderHints) -> crate::HintsApplied {
+        if hints.is_empty() {
+            return crate::HintsApplied::default();
+        }
+        let (applied, old, next) = {
+            let mut cached = self.inner.metadata.write().expect("metadata lock poisoned");
+            let mut next = (**cached).clone();
+            let applied = next.apply_leader_hints(hints);
+            if applied.moved.is_empty() {
+                return applied;
+            }
+            let next = Arc::new(next);
+            (applied, std::mem::replace(&mut *cached, next.clone()), next)
+        };
+        self.inner.metadata_version.fetch_add(1, Ordering::AcqRel);
+        tracing::debug!(partitions = ?applied.moved, "leader hints applied (KIP-951)");
+        self.forget_departed(&old, &next);
+        applied
     }
 
     fn recovery(&self) -> std::sync::MutexGuard<'_, recovery::Recovery> {

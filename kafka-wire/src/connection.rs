@@ -174,6 +174,14 @@ impl Connection {
         })
     }
 
+    /// The version to send `req` at: the negotiated one, except where a
+    /// request's content rules out versions (a Fetch naming a topic with
+    /// no id goes at v12 at most: [`crate::versions::request_version`]).
+    fn version_for<R: Request + 'static>(&self, api: ApiKey, req: &R) -> Result<i16> {
+        let negotiated = self.version(api)?;
+        Ok(crate::versions::request_version(api, negotiated, req))
+    }
+
     /// Send `req` at the negotiated version and wait for its response.
     ///
     /// `extra_timeout` extends the request timeout for long polls (a fetch's
@@ -197,7 +205,7 @@ impl Connection {
         R::Response: ThrottleTime,
     {
         let api = api_key::<R>();
-        let version = self.version(api)?;
+        let version = self.version_for(api, req)?;
         self.raw
             .call(req, version, request_timeout + extra_timeout)
             .await
@@ -217,7 +225,7 @@ impl Connection {
         timeout: Duration,
     ) -> Result<PendingResponse<R>> {
         let api = api_key::<R>();
-        let version = self.version(api)?;
+        let version = self.version_for(api, req)?;
         let rx = self.raw.enqueue(req, version, timeout, true).await?;
         Ok(PendingResponse {
             rx,
@@ -237,7 +245,7 @@ impl Connection {
         timeout: Duration,
     ) -> Result<()> {
         let api = api_key::<R>();
-        let version = self.version(api)?;
+        let version = self.version_for(api, req)?;
         self.raw
             .enqueue(req, version, timeout, false)
             .await?

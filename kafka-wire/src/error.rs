@@ -259,6 +259,30 @@ fn code_hint(code: &KafkaCode) -> &'static str {
             return "not allowed to use the group: check the ACLs of this principal"
         }
         KafkaCode::GroupIdNotFound => return "the group does not exist",
+        KafkaCode::UnknownTopicId => {
+            return "the broker knows no topic with this id: the topic was deleted (or deleted \
+                    and recreated under a new id), or the broker has not learned of it yet; \
+                    refresh metadata: a recreated topic is read under its new id"
+        }
+        KafkaCode::InconsistentTopicId => {
+            return "the partition's log belongs to another topic id than the one asked for: \
+                    the topic was recreated; refresh metadata and retry under the new id"
+        }
+        KafkaCode::InvalidRecordState => {
+            return "the record is no longer acquired by this share consumer (its acquisition \
+                    lock, group.share.record.lock.duration.ms, expired, or it was acknowledged \
+                    already): this acknowledgement is lost and the record is delivered again; \
+                    acknowledge sooner, or RENEW the lock while processing"
+        }
+        KafkaCode::ShareSessionNotFound | KafkaCode::InvalidShareSessionEpoch => {
+            return "the broker's share session for this member is gone or out of step: the \
+                    share consumer opens a new one (epoch 0), and the records it had acquired \
+                    are delivered again"
+        }
+        KafkaCode::ShareSessionLimitReached => {
+            return "the broker holds group.share.max.share.sessions share sessions already: \
+                    retry later, or raise that broker setting"
+        }
         KafkaCode::RebootstrapRequired => {
             return "the broker says this client's metadata is stale: ask bootstrap.servers \
                     again (metadata.recovery.strategy=rebootstrap does it at the next refresh)"
@@ -290,6 +314,9 @@ pub(crate) fn action_for_code(code: KafkaCode) -> ErrorAction {
         | C::OffsetNotAvailable
         | C::UnknownTopicId
         | C::InconsistentTopicId
+        // KIP-516: a fetch session mixed topic ids and names; the next
+        // fetch starts a new one, by what the refreshed metadata says.
+        | C::FetchSessionTopicIdError
         | C::NotController => ErrorAction::RefreshMetadataAndRetry,
         // KIP-1102. Not retriable by the protocol's table, but the refresh
         // is the cure: under metadata.recovery.strategy=rebootstrap it asks
@@ -314,6 +341,16 @@ pub(crate) fn action_for_code(code: KafkaCode) -> ErrorAction {
         | C::TransactionalIdAuthorizationFailed
         | C::FencedInstanceId
         | C::GroupMaxSizeReached => ErrorAction::Fatal,
+        // KIP-932. A share session out of step or evicted: start a new one
+        // (epoch 0) and fetch again; the broker releases what the old one
+        // had acquired. A full session cache clears as members leave.
+        C::ShareSessionNotFound
+        | C::InvalidShareSessionEpoch
+        | C::ShareSessionLimitReached => ErrorAction::Retry,
+        // An acknowledgement of a record no longer acquired (lock expired,
+        // acknowledged already): sending it again cannot succeed; the record
+        // is redelivered.
+        C::InvalidRecordState => ErrorAction::Fatal,
         other if other.is_retriable() => ErrorAction::Retry,
         _ => ErrorAction::Fatal,
     }
@@ -485,6 +522,25 @@ mod tests {
     }
 
     #[test]
+    fn topic_id_errors_refresh_metadata_and_say_why() {
+        for code in [
+            KafkaCode::UnknownTopicId,
+            KafkaCode::InconsistentTopicId,
+            KafkaCode::FetchSessionTopicIdError,
+        ] {
+            assert_eq!(
+                action_for_code(code),
+                ErrorAction::RefreshMetadataAndRetry,
+                "{code:?}"
+            );
+        }
+        let e = Error::broker_for(ApiKey::Fetch, KafkaCode::UnknownTopicId, "t", 0);
+        let text = e.to_string();
+        assert!(text.contains("for t-0"), "{text}");
+        assert!(text.contains("deleted"), "{text}");
+    }
+
+    #[test]
     fn every_code_has_one_action_and_group_codes_rejoin() {
         for code in -1i16..=130 {
             let Some(c) = KafkaCode::try_from_code(code) else {
@@ -518,6 +574,36 @@ mod tests {
             "KIP-1102: the refresh rebootstraps"
         );
         assert_eq!(KafkaCode::RebootstrapRequired.code(), 129);
+    }
+
+    #[test]
+    fn share_group_codes_say_what_happens_to_the_records() {
+        for code in [
+            KafkaCode::ShareSessionNotFound,
+            KafkaCode::InvalidShareSessionEpoch,
+            KafkaCode::ShareSessionLimitReached,
+        ] {
+            assert_eq!(action_for_code(code), ErrorAction::Retry, "{code:?}");
+        }
+        assert_eq!(
+            action_for_code(KafkaCode::InvalidRecordState),
+            ErrorAction::Fatal,
+            "resending an acknowledgement of a released record cannot succeed"
+        );
+        let e = Error::broker_for(
+            ApiKey::ShareAcknowledge,
+            KafkaCode::InvalidRecordState,
+            "t",
+            0,
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("group.share.record.lock.duration.ms"),
+            "{text}"
+        );
+        assert!(text.contains("delivered again"), "{text}");
+        let e = Error::broker(ApiKey::ShareFetch, KafkaCode::InvalidShareSessionEpoch);
+        assert!(e.to_string().contains("new one (epoch 0)"), "{e}");
     }
 
     #[test]

@@ -132,7 +132,9 @@ pub use connector::{
 };
 pub use coordinator::CoordinatorKind;
 pub use error::{DecodeError, Error, ErrorAction, KafkaCode, Result};
-pub use metadata::{BrokerInfo, Metadata, PartitionInfo, TopicInfo};
+pub use metadata::{
+    BrokerInfo, HintsApplied, LeaderHint, LeaderHints, Metadata, PartitionInfo, TopicInfo,
+};
 pub use producer::partitioner::partition_for_key;
 pub use producer::{
     Acks, DeliveryFuture, FailedRecord, GroupMetadata, Producer, ProducerConfig,

@@ -8,6 +8,14 @@
 //! Invariant: a partition's leader epoch never goes backwards in the cache.
 //! A response from a broker that lags behind (KIP-320) cannot undo newer
 //! leadership we already know about.
+//!
+//! Besides Metadata responses, the cache takes [`LeaderHints`] (KIP-951):
+//! a Fetch (v16+) or Produce (v10+) answer refusing a partition with
+//! NOT_LEADER_OR_FOLLOWER or FENCED_LEADER_EPOCH names the partition's
+//! current leader and epoch, and the endpoints of those leaders. Applied
+//! at once ([`Metadata::apply_leader_hints`]), the next request goes to the
+//! new leader with no Metadata round trip, under the same invariant: a
+//! hint moves a partition only to a newer leader epoch.
 
 use std::collections::HashMap;
 
@@ -15,6 +23,7 @@ use kafka_protocol::messages::MetadataResponse;
 
 use crate::connector::BrokerAddress;
 use crate::error::KafkaCode;
+use crate::topic_partition::TopicPartition;
 
 /// One broker as metadata advertises it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +55,83 @@ pub struct TopicInfo {
     pub error: Option<KafkaCode>,
     /// Sorted by partition index.
     pub partitions: Vec<PartitionInfo>,
+}
+
+/// One partition's new leader, as a broker named it in a response
+/// (KIP-951: `current_leader` in Fetch v16+ and Produce v10+ answers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderHint {
+    pub tp: TopicPartition,
+    /// The new leader's node id.
+    pub leader: i32,
+    pub leader_epoch: i32,
+}
+
+/// The leader hints of one response, with the endpoints it sent for the
+/// nodes they name (`node_endpoints`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaderHints {
+    pub partitions: Vec<LeaderHint>,
+    pub nodes: Vec<BrokerInfo>,
+}
+
+impl LeaderHints {
+    /// No partition hint (endpoints alone change nothing).
+    pub fn is_empty(&self) -> bool {
+        self.partitions.is_empty()
+    }
+
+    /// Note `tp`'s `current_leader`. An incomplete one (leader or epoch
+    /// -1: the broker does not know, or predates KIP-951) is no hint and
+    /// is left out; returns whether it was kept.
+    pub fn push(&mut self, tp: TopicPartition, leader: i32, leader_epoch: i32) -> bool {
+        let complete = leader >= 0 && leader_epoch >= 0;
+        if complete {
+            self.partitions.push(LeaderHint {
+                tp,
+                leader,
+                leader_epoch,
+            });
+        }
+        complete
+    }
+
+    /// Note one of `node_endpoints` (left out if `port` is no port).
+    pub fn push_node(&mut self, id: i32, host: &str, port: i32, rack: Option<&str>) {
+        let Ok(port) = u16::try_from(port) else {
+            return;
+        };
+        self.nodes.push(BrokerInfo {
+            id,
+            address: BrokerAddress {
+                host: host.to_string(),
+                port,
+            },
+            rack: rack.map(str::to_string),
+        });
+    }
+}
+
+/// What [`Metadata::apply_leader_hints`] did with each hint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HintsApplied {
+    /// Partitions now led by the hinted leader at the hinted epoch.
+    pub moved: Vec<TopicPartition>,
+    /// Hints that could not be used: the partition is not in the cache, or
+    /// the hinted leader is a node with no known endpoint. Their metadata
+    /// must be refreshed. (A hint whose epoch is not newer than the cached
+    /// one is in neither list: the cache knows better already.)
+    pub unusable: Vec<TopicPartition>,
+}
+
+impl HintsApplied {
+    /// The topics of the unusable hints, sorted, without duplicates.
+    pub fn topics_to_refresh(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.unusable.iter().map(|tp| tp.topic.clone()).collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    }
 }
 
 /// A snapshot of cluster metadata.
@@ -146,6 +232,55 @@ impl Metadata {
             .find(|p| p.partition == partition)
     }
 
+    /// Apply leader hints from a Fetch or Produce response (KIP-951) without
+    /// a Metadata round trip, as Java's `Metadata.updatePartitionLeadership`:
+    /// a hinted partition moves to the hinted leader only when the hint's
+    /// leader epoch is newer than the cached one (so a stale hint, or one a
+    /// refresh already brought, changes nothing), the partition is cached,
+    /// and the leader's endpoint is known (cached, or among the hint's
+    /// `nodes`). When something moved, the hint's `nodes` are added to the
+    /// brokers, replacing a cached endpoint of the same id. Replicas and
+    /// ISR stay as cached until the next refresh.
+    pub fn apply_leader_hints(&mut self, hints: &LeaderHints) -> HintsApplied {
+        let mut applied = HintsApplied::default();
+        let known =
+            |id: i32| self.brokers.contains_key(&id) || hints.nodes.iter().any(|n| n.id == id);
+        let mut moves = Vec::new();
+        for h in &hints.partitions {
+            let Some(cached) = self.partition(&h.tp.topic, h.tp.partition) else {
+                applied.unusable.push(h.tp.clone());
+                continue;
+            };
+            if h.leader_epoch <= cached.leader_epoch {
+                continue; // not newer: the cache knows as much or more
+            }
+            if !known(h.leader) {
+                applied.unusable.push(h.tp.clone());
+                continue;
+            }
+            moves.push(h);
+        }
+        if moves.is_empty() {
+            return applied;
+        }
+        for n in &hints.nodes {
+            self.brokers.insert(n.id, n.clone());
+        }
+        for h in moves {
+            let p = self.topics.get_mut(&h.tp.topic).and_then(|t| {
+                t.partitions
+                    .iter_mut()
+                    .find(|p| p.partition == h.tp.partition)
+            });
+            if let Some(p) = p {
+                p.leader = h.leader;
+                p.leader_epoch = h.leader_epoch;
+                applied.moved.push(h.tp.clone());
+            }
+        }
+        applied
+    }
+
     /// Number of partitions of `topic`, if known.
     pub fn partition_count(&self, topic: &str) -> Option<usize> {
         self.topics.get(topic).map(|t| t.partitions.len())
@@ -185,6 +320,92 @@ mod tests {
         assert_eq!((p.leader, p.leader_epoch), (1, 5));
         m.merge(&response(2, 6), false);
         assert_eq!(m.partition("t", 0).unwrap().leader, 2);
+    }
+
+    fn broker(id: i32, port: u16) -> BrokerInfo {
+        BrokerInfo {
+            id,
+            address: BrokerAddress {
+                host: "127.0.0.1".into(),
+                port,
+            },
+            rack: None,
+        }
+    }
+
+    fn hint(leader: i32, epoch: i32) -> LeaderHints {
+        let mut h = LeaderHints::default();
+        assert!(h.push(TopicPartition::new("t", 0), leader, epoch));
+        h
+    }
+
+    #[test]
+    fn a_hint_with_a_newer_epoch_moves_the_partition() {
+        let mut m = Metadata::default();
+        m.merge(&response(1, 5), true);
+        m.brokers.insert(2, broker(2, 9093));
+        let applied = m.apply_leader_hints(&hint(2, 6));
+        assert_eq!(applied.moved, vec![TopicPartition::new("t", 0)]);
+        assert!(applied.unusable.is_empty());
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!((p.leader, p.leader_epoch), (2, 6));
+        assert_eq!(m.leader("t", 0).unwrap().id, 2);
+    }
+
+    #[test]
+    fn a_hint_with_an_older_or_equal_epoch_is_ignored() {
+        let mut m = Metadata::default();
+        m.merge(&response(1, 5), true);
+        m.brokers.insert(2, broker(2, 9093));
+        for epoch in [4, 5] {
+            let applied = m.apply_leader_hints(&hint(2, epoch));
+            assert_eq!(applied, HintsApplied::default(), "epoch {epoch}");
+            let p = m.partition("t", 0).unwrap();
+            assert_eq!((p.leader, p.leader_epoch), (1, 5));
+        }
+        // And a refresh from a lagging broker cannot undo an applied hint.
+        m.apply_leader_hints(&hint(2, 6));
+        m.merge(&response(1, 5), false);
+        assert_eq!(m.partition("t", 0).unwrap().leader, 2);
+    }
+
+    #[test]
+    fn an_unknown_leaders_endpoint_comes_with_the_hint() {
+        let mut m = Metadata::default();
+        m.merge(&response(1, 5), true);
+        let mut h = hint(3, 6);
+        h.push_node(3, "10.0.0.3", 9094, Some("r3"));
+        let applied = m.apply_leader_hints(&h);
+        assert_eq!(applied.moved, vec![TopicPartition::new("t", 0)]);
+        let b = m.leader("t", 0).expect("node 3 added to the brokers");
+        assert_eq!(
+            (b.id, b.address.port, b.rack.as_deref()),
+            (3, 9094, Some("r3"))
+        );
+    }
+
+    #[test]
+    fn a_hint_naming_a_node_without_an_endpoint_or_an_uncached_partition_asks_for_a_refresh() {
+        let mut m = Metadata::default();
+        m.merge(&response(1, 5), true);
+        let mut h = hint(3, 6); // node 3: no endpoint anywhere
+        h.push(TopicPartition::new("other", 0), 1, 9);
+        let applied = m.apply_leader_hints(&h);
+        assert!(applied.moved.is_empty());
+        assert_eq!(
+            applied.topics_to_refresh(),
+            vec!["other".to_string(), "t".to_string()]
+        );
+        assert_eq!(m.partition("t", 0).unwrap().leader, 1);
+        assert!(!m.brokers.contains_key(&3));
+    }
+
+    #[test]
+    fn an_incomplete_current_leader_is_no_hint() {
+        let mut h = LeaderHints::default();
+        assert!(!h.push(TopicPartition::new("t", 0), -1, 6));
+        assert!(!h.push(TopicPartition::new("t", 0), 2, -1));
+        assert!(h.is_empty());
     }
 
     #[test]

@@ -3,19 +3,28 @@
 //! The ranges are what this client implements correctly. The floors are what
 //! Kafka 4.x still accepts (KIP-896 removed older versions), and every floor
 //! is also served by Kafka 3.x brokers. The ceilings stop before versions that
-//! change semantics we have not implemented yet (for example Fetch v13+ and
-//! OffsetCommit v10+ address topics by id, not name).
+//! change semantics we have not implemented yet (OffsetCommit v10+ addresses
+//! topics by id; Produce v12 belongs to transactions V2, KIP-890).
+//!
+//! Fetch goes up to v17: v13+ addresses topics by id (KIP-516), v16+
+//! answers a refused partition with its new leader (KIP-951), v14, v15 and
+//! v17 change only what followers send. One request's version can depend
+//! on its content: a Fetch naming a topic without an id (a broker that
+//! gave no id in Metadata) goes at v12 at most, by name
+//! ([`request_version`]). The fetcher fills in both names and ids, so the
+//! broker's own range decides otherwise: a broker below v13 reads names.
 
+use std::any::Any;
 use std::collections::HashMap;
 
-use kafka_protocol::messages::ApiKey;
+use kafka_protocol::messages::{ApiKey, FetchRequest};
 
 /// Our supported range for `api`, or `None` if we never send it.
 pub(crate) fn client_range(api: ApiKey) -> Option<(i16, i16)> {
     use ApiKey as K;
     let range = match api {
         K::Produce => (3, 11),
-        K::Fetch => (4, 12),
+        K::Fetch => (4, 17),
         K::ListOffsets => (1, 8),
         // v13 (KIP-1102): a top-level error_code, REBOOTSTRAP_REQUIRED
         // among them (client.rs reads it before merging anything).
@@ -54,12 +63,52 @@ pub(crate) fn client_range(api: ApiKey) -> Option<(i16, i16)> {
         K::ListPartitionReassignments => (0, 0),
         // KIP-460: v1 brings the election type (unclean) and a top-level code.
         K::ElectLeaders => (1, 2),
+        // Share groups (KIP-932; GA in Kafka 4.2). v0 was 4.0's early
+        // access and is gone; ShareFetch/ShareAcknowledge v2 (4.2) carry
+        // `share_acquire_mode` (KIP-1206) and RENEW (KIP-1222).
+        K::ShareGroupHeartbeat => (1, 1),
+        K::ShareFetch => (1, 2),
+        K::ShareAcknowledge => (1, 2),
         _ => return None,
     };
     // Never claim a version the codec library cannot encode.
     let lib = api.valid_versions();
     let (lo, hi) = (range.0.max(lib.min), range.1.min(lib.max));
     (lo <= hi).then_some((lo, hi))
+}
+
+/// The first Fetch version that addresses topics by id, not name (KIP-516).
+pub(crate) const FETCH_TOPIC_IDS_VERSION: i16 = 13;
+
+/// The version to send a Fetch at, where `negotiated` is the one agreed
+/// with the broker: with `by_topic_id` false (some topic in it has no id)
+/// at most v12, the last that carries topic names.
+pub(crate) fn fetch_version(negotiated: i16, by_topic_id: bool) -> i16 {
+    if by_topic_id {
+        negotiated
+    } else {
+        negotiated.min(FETCH_TOPIC_IDS_VERSION - 1)
+    }
+}
+
+/// Does every topic of `req`, fetched or forgotten, carry an id?
+pub(crate) fn fetch_has_topic_ids(req: &FetchRequest) -> bool {
+    req.topics.iter().all(|t| !t.topic_id.is_nil())
+        && req
+            .forgotten_topics_data
+            .iter()
+            .all(|t| !t.topic_id.is_nil())
+}
+
+/// The version to send `req` (of `api`) at on a connection that agreed on
+/// `negotiated`: that one, but for a Fetch without every topic id, at most
+/// v12 ([`fetch_version`]). A Fetch at v13+ with a nil id would be
+/// answered UNKNOWN_TOPIC_ID.
+pub(crate) fn request_version(api: ApiKey, negotiated: i16, req: &dyn Any) -> i16 {
+    match (api, req.downcast_ref::<FetchRequest>()) {
+        (ApiKey::Fetch, Some(fetch)) => fetch_version(negotiated, fetch_has_topic_ids(fetch)),
+        _ => negotiated,
+    }
 }
 
 /// The versions agreed with one broker: per API, the highest version both
@@ -118,7 +167,7 @@ mod tests {
             (ApiKey::JoinGroup as i16, 0, 9),
             (ApiKey::Metadata as i16, 0, 13),
         ]);
-        assert_eq!(t.version(ApiKey::Fetch), Some(12));
+        assert_eq!(t.version(ApiKey::Fetch), Some(17), "KIP-516 and KIP-951");
         assert_eq!(
             t.version(ApiKey::Metadata),
             Some(13),
@@ -127,6 +176,66 @@ mod tests {
         assert_eq!(t.version(ApiKey::Produce), Some(8));
         assert_eq!(t.version(ApiKey::JoinGroup), Some(9));
         assert_eq!(t.version(ApiKey::Heartbeat), None, "not advertised");
+    }
+
+    /// A Fetch of two topics, `with_ids` of them carrying an id, and one
+    /// forgotten topic carrying an id when `forgotten_id`.
+    fn fetch(with_ids: usize, forgotten_id: bool) -> FetchRequest {
+        use kafka_protocol::messages::fetch_request::{FetchTopic, ForgottenTopic};
+        let id = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+        let topics = (0..2)
+            .map(|i| {
+                let mut t = FetchTopic::default();
+                if i < with_ids {
+                    t.topic_id = id.parse().unwrap();
+                }
+                t
+            })
+            .collect();
+        let mut forgotten = ForgottenTopic::default();
+        if forgotten_id {
+            forgotten.topic_id = id.parse().unwrap();
+        }
+        FetchRequest::default()
+            .with_topics(topics)
+            .with_forgotten_topics_data(vec![forgotten])
+    }
+
+    #[test]
+    fn a_fetch_goes_by_topic_id_only_when_every_topic_has_one() {
+        let v = |req: &FetchRequest, negotiated| request_version(ApiKey::Fetch, negotiated, req);
+        // A Kafka 3.1+ broker (Fetch v13+).
+        assert_eq!(v(&fetch(2, true), 17), 17, "every id known: by id");
+        assert_eq!(v(&fetch(1, true), 17), 12, "a topic without an id: by name");
+        assert_eq!(
+            v(&fetch(2, false), 17),
+            12,
+            "a forgotten topic without an id"
+        );
+        assert_eq!(
+            v(&FetchRequest::default(), 17),
+            17,
+            "an empty incremental fetch"
+        );
+        // An older broker (Fetch v12 at most) reads names whatever we know.
+        assert_eq!(v(&fetch(2, true), 12), 12);
+        assert_eq!(v(&fetch(0, false), 11), 11);
+        // Other requests keep the negotiated version.
+        assert_eq!(request_version(ApiKey::Produce, 11, &fetch(0, false)), 11);
+    }
+
+    #[test]
+    fn share_group_apis_speak_v1_to_v2() {
+        // Kafka 4.4 advertises ShareFetch/ShareAcknowledge v1-v2; 4.1 only v1;
+        // 4.0's early access only v0, which this client does not speak.
+        let t = ApiVersionTable::negotiate([
+            (ApiKey::ShareFetch as i16, 1, 2),
+            (ApiKey::ShareAcknowledge as i16, 1, 1),
+            (ApiKey::ShareGroupHeartbeat as i16, 0, 0),
+        ]);
+        assert_eq!(t.version(ApiKey::ShareFetch), Some(2), "KIP-1206/KIP-1222");
+        assert_eq!(t.version(ApiKey::ShareAcknowledge), Some(1));
+        assert_eq!(t.version(ApiKey::ShareGroupHeartbeat), None, "4.0's v0");
     }
 
     #[test]

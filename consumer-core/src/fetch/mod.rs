@@ -7,10 +7,19 @@
 //!        │             leader or its rack's follower)        ▼
 //!  Fetcher::drain ◀─ buffered cursors ◀─ Fetcher::apply_response (pure) ─▶ FetchAction, awaited by
 //!   (max.poll.records,                     (stale data dropped,              the caller: out of range,
-//!    positions advance)                     session advanced, a named        truncation, refresh metadata
-//!                                           follower followed, a failed      (never for a follower's error)
-//!                                           follower left)
+//!    positions advance)                     session advanced, a named        truncation, new leaders,
+//!                                           follower followed, a failed      refresh metadata (never for
+//!                                           follower left)                   a follower's error)
 //! ```
+//!
+//! Topics go by id (Fetch v13+, KIP-516) when every topic of a request has
+//! one in the metadata, else by name; both are filled in, and the
+//! connection sends a request with a topic lacking an id at v12 (see
+//! [`session`]). A v16+ answer refusing a partition with
+//! NOT_LEADER_OR_FOLLOWER or FENCED_LEADER_EPOCH names its new leader
+//! (KIP-951): that hint goes into the client's metadata
+//! (`FetchAction::NewLeaders`) and the next fetch of the partition goes
+//! to the new leader, with no Metadata round trip.
 //!
 //! - [`cursor`]: one partition's fetched data, decoded as it is taken
 //!   (franz-go's `cursor`).
@@ -44,11 +53,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use kafka_wire::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
-use kafka_wire::messages::{FetchRequest, FetchResponse, TopicName};
+use kafka_wire::messages::{ApiKey, FetchRequest, FetchResponse, TopicName};
 use kafka_wire::records::Record;
-use kafka_wire::Metadata;
 use kafka_wire::{Error, KafkaCode, StrBytes, Throttle};
+use kafka_wire::{LeaderHints, Metadata};
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use crate::config::{ConsumerConfig, OffsetReset};
 use crate::error::ConsumerError;
@@ -166,6 +176,11 @@ pub(crate) enum FetchAction {
     /// KIP-320: the leader's log diverged below our position; restart the
     /// partition at `to` in a new incarnation.
     Truncated { tp: TopicPartition, to: i64 },
+    /// KIP-951: partitions refused because their leader moved, with the
+    /// new leader and epoch the broker named: apply them to the client's
+    /// metadata (`Client::apply_leader_hints`), and refresh the metadata
+    /// of the topics whose hints could not be used. Comes first.
+    NewLeaders(LeaderHints),
     /// Refresh metadata of these topics (empty: the topics already known).
     /// Every fetch session was reset already.
     RefreshMetadata(Vec<String>),
@@ -191,6 +206,9 @@ struct InFlight {
     /// Those asked of the broker as their follower (KIP-392): its errors
     /// for them are never theirs (see `replica`).
     from_follower: BTreeSet<TopicPartition>,
+    /// The name of each topic asked by id (KIP-516): a v13+ answer names
+    /// topics by id only.
+    topic_names: HashMap<Uuid, String>,
 }
 
 /// The fetch state of one consumer. See the module docs.
@@ -357,7 +375,16 @@ impl Fetcher {
             if broker.in_flight.is_some() || broker.throttled_until.is_some_and(|t| now < t) {
                 continue;
             }
-            let s = broker.session.next_request(&wanted);
+            let s = broker
+                .session
+                .next_request(&wanted, |topic| topic_id(md, topic));
+            // The id each topic goes by; nil when the request goes by name.
+            let id_of = |topic: &str| {
+                s.topic_ids
+                    .as_ref()
+                    .and_then(|ids| ids.get(topic).copied())
+                    .unwrap_or_default()
+            };
             let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
             for (tp, offset) in &s.partitions {
                 topics.entry(&tp.topic).or_default().push(
@@ -399,6 +426,7 @@ impl Fetcher {
                         .map(|(t, ps)| {
                             FetchTopic::default()
                                 .with_topic(TopicName(StrBytes::from_string(t.to_string())))
+                                .with_topic_id(id_of(t))
                                 .with_partitions(ps)
                         })
                         .collect(),
@@ -409,6 +437,7 @@ impl Fetcher {
                         .map(|(t, ps)| {
                             ForgottenTopic::default()
                                 .with_topic(TopicName(StrBytes::from_string(t.to_string())))
+                                .with_topic_id(id_of(t))
                                 .with_partitions(ps)
                         })
                         .collect(),
@@ -419,6 +448,12 @@ impl Fetcher {
                     .keys()
                     .filter(|tp| to_follower.contains(*tp))
                     .cloned()
+                    .collect(),
+                topic_names: s
+                    .topic_ids
+                    .iter()
+                    .flatten()
+                    .map(|(topic, id)| (*id, topic.clone()))
                     .collect(),
             });
             fetches.push(PlannedFetch {
@@ -466,11 +501,11 @@ impl Fetcher {
         cfg: &ConsumerConfig,
         now: Instant,
     ) -> Vec<FetchAction> {
-        let from_follower = self
+        let (from_follower, topic_names) = self
             .brokers
             .get_mut(&broker)
             .and_then(|b| b.in_flight.take())
-            .map(|f| f.from_follower)
+            .map(|f| (f.from_follower, f.topic_names))
             .unwrap_or_default();
         let resp = match result {
             Ok(r) => r,
@@ -507,9 +542,32 @@ impl Fetcher {
         }
         let mut actions = Vec::new();
         let mut refresh = Vec::new();
+        let mut hints = LeaderHints::default();
+        if resp.error_code == KafkaCode::FetchSessionTopicIdError.code() {
+            // KIP-516: the broker saw this session mix topic ids and names
+            // (its session was reset above).
+            tracing::warn!(
+                broker,
+                "fetch session refused for inconsistent topic id usage: refreshing metadata \
+                 and starting a new session"
+            );
+            refresh.extend(requested.keys().map(|tp| tp.topic.clone()));
+        }
         for t in &resp.responses {
+            // v13+ names topics by id only.
+            let topic = if t.topic_id.is_nil() {
+                t.topic.0.to_string()
+            } else if let Some(name) = topic_names.get(&t.topic_id) {
+                name.clone()
+            } else {
+                tracing::warn!(
+                    broker, topic_id = %t.topic_id,
+                    "fetch answer for a topic id this fetch did not ask for: ignored"
+                );
+                continue;
+            };
             for p in &t.partitions {
-                let tp = TopicPartition::new(t.topic.0.to_string(), p.partition_index);
+                let tp = TopicPartition::new(topic.clone(), p.partition_index);
                 let Some(requested_pos) = requested.get(&tp).copied() else {
                     continue;
                 };
@@ -556,6 +614,21 @@ impl Fetcher {
                         });
                         continue;
                     }
+                    Some(KafkaCode::NotLeaderOrFollower | KafkaCode::FencedLeaderEpoch)
+                        if hints.push(
+                            tp.clone(),
+                            p.current_leader.leader_id.0,
+                            p.current_leader.leader_epoch,
+                        ) =>
+                    {
+                        continue; // KIP-951: its new leader is named, no refresh
+                    }
+                    Some(code @ (KafkaCode::UnknownTopicId | KafkaCode::InconsistentTopicId)) => {
+                        let e = Error::broker_for(ApiKey::Fetch, code, &tp.topic, tp.partition);
+                        tracing::warn!(broker, topic_id = %t.topic_id, error = %e, "refreshing metadata");
+                        refresh.push(tp.topic.clone());
+                        continue;
+                    }
                     Some(_) => {
                         refresh.push(tp.topic.clone());
                         continue;
@@ -592,6 +665,12 @@ impl Fetcher {
                     self.buffered.push_back((tp, cursor));
                 }
             }
+        }
+        if !hints.is_empty() {
+            for n in &resp.node_endpoints {
+                hints.push_node(n.node_id.0, &n.host, n.port, n.rack.as_deref());
+            }
+            actions.insert(0, FetchAction::NewLeaders(hints));
         }
         if !refresh.is_empty() {
             refresh.sort();
@@ -650,6 +729,12 @@ impl Fetcher {
         self.buffered = keep;
         (out, error)
     }
+}
+
+/// `topic`'s id in `md`, if it has one (Metadata v10+).
+fn topic_id(md: &Metadata, topic: &str) -> Option<Uuid> {
+    let id = md.topics.get(topic)?.id;
+    (id != [0; 16]).then(|| Uuid::from_bytes(id))
 }
 
 #[cfg(test)]

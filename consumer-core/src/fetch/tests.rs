@@ -10,6 +10,7 @@ use kafka_wire::BrokerAddress;
 use kafka_wire::{BrokerInfo, Metadata, PartitionInfo, TopicInfo};
 
 use super::*;
+use uuid::Uuid;
 
 fn tp(p: i32) -> TopicPartition {
     TopicPartition::new("t", p)
@@ -831,4 +832,242 @@ fn a_followers_answer_stays_a_followers_when_the_partition_was_assigned_anew_mea
     );
     assert!(actions.is_empty(), "{actions:?}");
     assert_eq!(f.parts[&tp(0)].position, Some(10));
+}
+
+// --- Topic ids (KIP-516) and leader hints (KIP-951) ---
+
+/// The id of topic `t` in [`metadata`].
+fn t_id() -> Uuid {
+    Uuid::from_bytes([1; 16])
+}
+
+/// A v13+ answer: the topic named by id only.
+fn response_by_id(id: Uuid, partitions: Vec<PartitionData>) -> FetchResponse {
+    FetchResponse::default()
+        .with_session_id(42)
+        .with_responses(vec![FetchableTopicResponse::default()
+            .with_topic_id(id)
+            .with_partitions(partitions)])
+}
+
+/// Partition `p` refused with `code`, naming `leader` at `epoch` (KIP-951).
+fn moved(p: i32, code: KafkaCode, leader: i32, epoch: i32) -> PartitionData {
+    use kafka_wire::messages::fetch_response::LeaderIdAndEpoch;
+    use kafka_wire::messages::BrokerId;
+    PartitionData::default()
+        .with_partition_index(p)
+        .with_error_code(code.code())
+        .with_current_leader(
+            LeaderIdAndEpoch::default()
+                .with_leader_id(BrokerId(leader))
+                .with_leader_epoch(epoch),
+        )
+}
+
+#[test]
+fn a_topic_with_an_id_is_asked_by_id_and_its_answer_read_by_id() {
+    let md = metadata(&[1, 1]);
+    let mut f = fetcher(&[(0, Some(5)), (1, Some(0))]);
+    let cfg = cfg("earliest");
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    let topic = &plan.fetches[0].request.topics[0];
+    assert_eq!(topic.topic_id, t_id(), "Fetch v13+ reads the id");
+    assert_eq!(
+        topic.topic.0.as_str(),
+        "t",
+        "a broker below v13 reads the name"
+    );
+
+    let actions = f.apply_response(
+        1,
+        &plan.fetches[0].requested.clone(),
+        Ok(response_by_id(t_id(), vec![data(0, 5, 3)])),
+        &[],
+        &cfg,
+        Instant::now(),
+    );
+    assert!(actions.is_empty(), "{actions:?}");
+    let (out, _) = f.drain(100);
+    assert_eq!((out[0].tp.clone(), out[0].records.len()), (tp(0), 3));
+}
+
+#[test]
+fn a_topic_without_an_id_is_asked_by_name() {
+    let mut md = metadata(&[1]);
+    md.topics.get_mut("t").unwrap().id = [0; 16]; // Metadata < v10
+    let mut f = fetcher(&[(0, Some(0))]);
+    let plan = f.build_requests(&md, &[], &cfg("earliest"), Instant::now());
+    let topic = &plan.fetches[0].request.topics[0];
+    assert!(topic.topic_id.is_nil(), "the connection sends it at v12");
+    assert_eq!(topic.topic.0.as_str(), "t");
+}
+
+#[test]
+fn an_unknown_topic_id_refreshes_metadata_and_starts_the_sessions_over() {
+    let md = metadata(&[1, 1]);
+    let mut f = fetcher(&[(0, Some(0)), (1, Some(0))]);
+    let cfg = cfg("earliest");
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    let actions = f.apply_response(
+        1,
+        &plan.fetches[0].requested,
+        Ok(response_by_id(
+            t_id(),
+            vec![
+                PartitionData::default()
+                    .with_partition_index(0)
+                    .with_error_code(KafkaCode::UnknownTopicId.code()),
+                PartitionData::default()
+                    .with_partition_index(1)
+                    .with_error_code(KafkaCode::InconsistentTopicId.code()),
+            ],
+        )),
+        &[],
+        &cfg,
+        Instant::now(),
+    );
+    assert!(
+        matches!(&actions[..], [FetchAction::RefreshMetadata(ts)] if ts == &["t".to_string()]),
+        "{actions:?}"
+    );
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    assert_eq!(plan.fetches[0].request.session_epoch, 0, "a full fetch");
+}
+
+#[test]
+fn an_answer_for_a_topic_id_not_asked_for_is_ignored() {
+    let md = metadata(&[1]);
+    let mut f = fetcher(&[(0, Some(0))]);
+    let cfg = cfg("earliest");
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    let actions = f.apply_response(
+        1,
+        &plan.fetches[0].requested,
+        Ok(response_by_id(Uuid::from_u128(7), vec![data(0, 0, 1)])),
+        &[],
+        &cfg,
+        Instant::now(),
+    );
+    assert!(actions.is_empty(), "{actions:?}");
+    assert!(f.drain(100).0.is_empty());
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    assert_eq!(plan.fetches.len(), 1, "asked again");
+}
+
+#[test]
+fn a_session_refused_for_its_topic_id_usage_starts_over_after_a_refresh() {
+    let md = metadata(&[1]);
+    let mut f = fetcher(&[(0, Some(0))]);
+    let cfg = cfg("earliest");
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    let actions = f.apply_response(
+        1,
+        &plan.fetches[0].requested,
+        Ok(FetchResponse::default().with_error_code(KafkaCode::FetchSessionTopicIdError.code())),
+        &[],
+        &cfg,
+        Instant::now(),
+    );
+    assert!(
+        matches!(&actions[..], [FetchAction::RefreshMetadata(ts)] if ts == &["t".to_string()]),
+        "the topics it asked for: {actions:?}"
+    );
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    assert_eq!(
+        (
+            plan.fetches[0].request.session_id,
+            plan.fetches[0].request.session_epoch
+        ),
+        (0, 0)
+    );
+}
+
+/// KIP-951: the old leader names the new one; the next fetch goes there,
+/// with the new leader epoch, and no Metadata request is asked for.
+#[test]
+fn a_leader_hint_sends_the_next_fetch_to_the_new_leader_without_a_metadata_request() {
+    let mut md = metadata(&[1, 1]);
+    let mut f = fetcher(&[(0, Some(10)), (1, Some(20))]);
+    let cfg = cfg("earliest");
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    let actions = f.apply_response(
+        1,
+        &plan.fetches[0].requested,
+        Ok(response_by_id(
+            t_id(),
+            vec![
+                moved(0, KafkaCode::NotLeaderOrFollower, 2, 8),
+                data(1, 20, 1),
+            ],
+        )),
+        &[],
+        &cfg,
+        Instant::now(),
+    );
+    let [FetchAction::NewLeaders(hints)] = &actions[..] else {
+        panic!("only the hint, no refresh: {actions:?}");
+    };
+    assert_eq!(md.apply_leader_hints(hints).moved, vec![tp(0)]);
+    f.drain(100);
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    let to_2 = plan
+        .fetches
+        .iter()
+        .find(|p| p.broker == 2)
+        .expect("a fetch to node 2");
+    assert_eq!(asked(to_2), vec![(0, 10, 8, -1)], "at the new leader epoch");
+    assert!(plan.unknown_leaders.is_empty());
+}
+
+#[test]
+fn a_leader_hint_carries_the_new_leaders_endpoint() {
+    let md = metadata(&[1]);
+    let mut f = fetcher(&[(0, Some(0))]);
+    let cfg = cfg("earliest");
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    let mut resp = response_by_id(t_id(), vec![moved(0, KafkaCode::FencedLeaderEpoch, 3, 9)]);
+    resp.node_endpoints = vec![
+        kafka_wire::messages::fetch_response::NodeEndpoint::default()
+            .with_node_id(kafka_wire::messages::BrokerId(3))
+            .with_host(StrBytes::from_static_str("10.0.0.3"))
+            .with_port(9094),
+    ];
+    let actions = f.apply_response(
+        1,
+        &plan.fetches[0].requested,
+        Ok(resp),
+        &[],
+        &cfg,
+        Instant::now(),
+    );
+    let [FetchAction::NewLeaders(hints)] = &actions[..] else {
+        panic!("{actions:?}");
+    };
+    let mut md = md;
+    assert_eq!(md.apply_leader_hints(hints).moved, vec![tp(0)]);
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    assert_eq!(plan.fetches[0].broker, 3, "node 3, unknown before the hint");
+}
+
+#[test]
+fn a_refusal_without_a_new_leader_still_refreshes_metadata() {
+    let md = metadata(&[1]);
+    let mut f = fetcher(&[(0, Some(0))]);
+    let cfg = cfg("earliest");
+    let plan = f.build_requests(&md, &[], &cfg, Instant::now());
+    let actions = f.apply_response(
+        1,
+        &plan.fetches[0].requested,
+        Ok(response_by_id(
+            t_id(),
+            vec![moved(0, KafkaCode::NotLeaderOrFollower, -1, -1)],
+        )),
+        &[],
+        &cfg,
+        Instant::now(),
+    );
+    assert!(
+        matches!(&actions[..], [FetchAction::RefreshMetadata(ts)] if ts == &["t".to_string()]),
+        "{actions:?}"
+    );
 }

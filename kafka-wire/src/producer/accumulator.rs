@@ -123,6 +123,10 @@ pub(crate) struct Batch {
     pub attempts: u32,
     pub ever_sent: bool,
     pub retry_at: Option<Instant>,
+    /// The leader its last request went to (`None`: never sent). A retry
+    /// whose partition has another leader now skips its backoff
+    /// ([`Accumulator::end_backoff`], KIP-951).
+    pub sent_to: Option<i32>,
 }
 
 impl Batch {
@@ -328,6 +332,7 @@ impl Accumulator {
                     attempts: 0,
                     ever_sent: false,
                     retry_at: None,
+                    sent_to: None,
                 });
                 (q.queued.back_mut().expect("just pushed"), true)
             }
@@ -477,6 +482,7 @@ impl Accumulator {
             attempts: b.attempts,
             ever_sent: true,
             retry_at: Some(now),
+            sent_to: b.sent_to,
         };
         b.bytes = head.min(b.bytes);
         b.encoded = None;
@@ -522,6 +528,37 @@ impl Accumulator {
             .or_insert_with(|| PartitionQueue::new(&b.tp));
         let pos = retry_position(q, b.base_sequence);
         q.queued.insert(pos, b);
+    }
+
+    /// Partitions whose front batch is a retry waiting out its backoff at
+    /// `now` (nothing of the partition in flight), with the leader its
+    /// last request went to.
+    pub(super) fn retries_waiting(&self, now: Instant) -> Vec<(QueueKey, i32)> {
+        self.queues
+            .values()
+            .filter(|q| q.in_flight.is_empty())
+            .filter_map(|q| {
+                let b = q.queued.front()?;
+                let waiting = b.ever_sent && b.retry_at.is_some_and(|t| t > now);
+                Some((q.tp.clone(), b.sent_to.filter(|_| waiting)?))
+            })
+            .collect()
+    }
+
+    /// End the backoff of `tps`' waiting retries: they go at `now`. For
+    /// KIP-951, as Java's accumulator: a partition whose leader is no
+    /// longer the one its retry's last request went to (a leader hint, or
+    /// a metadata refresh, found the new one: the backoff was for the old).
+    pub(super) fn end_backoff(&mut self, tps: &[QueueKey], now: Instant) {
+        for tp in tps {
+            let front = self
+                .queues
+                .get_mut(&Slot::of(tp))
+                .and_then(|q| q.queued.front_mut());
+            if let Some(b) = front.filter(|b| b.ever_sent) {
+                b.retry_at = Some(now);
+            }
+        }
     }
 
     /// Does something below `seq` on `tp` explain an
@@ -713,6 +750,30 @@ mod tests {
         let first = a.take(&tp, pid(7, 0)).unwrap();
         assert_eq!(first.base_sequence, 1, "lowest sequence first");
         assert!(first.encoded.is_none() || first.ever_sent);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_retry_is_known_with_its_leader_and_its_backoff_can_end() {
+        let tp: QueueKey = (Arc::from("t"), 0);
+        let other: QueueKey = (Arc::from("t"), 1);
+        let mut a = acc(false);
+        let t0 = Instant::now();
+        push(&mut a, &tp, 100, t0);
+        push(&mut a, &other, 10, t0); // not full: lingers
+        let mut b = a.take(&tp, ProducerIdEpoch::NONE).unwrap();
+        b.sent_to = Some(1);
+        a.returned(&b);
+        a.requeue(b, t0 + Duration::from_secs(60));
+        assert!(!a.ready(t0, false).contains(&tp), "backing off");
+        assert_eq!(a.retries_waiting(t0), vec![(tp.clone(), 1)]);
+
+        a.end_backoff(&[tp.clone(), other.clone()], t0);
+        assert!(a.ready(t0, false).contains(&tp), "goes at once");
+        assert!(a.retries_waiting(t0).is_empty());
+        assert!(
+            !a.ready(t0, false).contains(&other),
+            "a batch never sent has no backoff to end: still lingering"
+        );
     }
 
     /// Queue one record with a value of `len` bytes, its permit from `sem`.

@@ -4,6 +4,17 @@
 //! requeued for retry after the producer's [`Backoff`](crate::Backoff)
 //! (`retry.backoff.ms` doubling to `retry.backoff.max.ms` per attempt of
 //! that batch), or failed.
+//!
+//! KIP-951: a Produce v10+ answer refusing a partition with
+//! NOT_LEADER_OR_FOLLOWER names its current leader and epoch (and that
+//! leader's endpoint). The hints go into the client's metadata at once
+//! ([`Client::apply_leader_hints`]), and a batch whose partition now has
+//! another leader than the one that refused it retries at once, without
+//! its backoff or a Metadata round trip. Likewise a retry already waiting
+//! out its backoff goes as soon as the metadata names another leader
+//! (Java's accumulator does the same); while its old leader is
+//! unreachable, that metadata is asked for every `retry.backoff.ms`
+//! ([`LeadersUnreachable`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +32,7 @@ use tokio::time::Instant;
 use crate::client::{Client, Lane};
 use crate::connection::PendingResponse;
 use crate::error::{Error, ErrorAction, KafkaCode, Result};
+use crate::metadata::{LeaderHints, Metadata};
 use crate::records::{encode_batch, BatchOptions};
 use crate::throttle::{Throttle, ThrottleTime};
 
@@ -41,7 +53,8 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
     let mut unreachable = LeadersUnreachable::default();
     loop {
         let now = Instant::now();
-        let (ready, deadline, closing_done, need_pid, flush) = {
+        let md_now = client.metadata();
+        let (ready, waiting, deadline, closing_done, need_pid, flush) = {
             let mut st = shared.state.lock().expect("producer state lock");
             for b in st.acc.expire(now, cfg.delivery_timeout) {
                 let err = Error::DeliveryTimeout {
@@ -67,6 +80,13 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
                 && cfg.transactional_id.is_none()
                 && (st.producer.is_none() || st.reset_producer_id)
                 && st.acc.in_flight_total() == 0;
+            let mut waiting = st.acc.retries_waiting(now);
+            let moved = led_elsewhere(&md_now, &waiting);
+            if !moved.is_empty() {
+                tracing::debug!(partitions = ?moved, "new leaders known: retrying there without the backoff");
+                st.acc.end_backoff(&moved, now);
+                waiting.retain(|(tp, _)| !moved.contains(tp));
+            }
             let ready = if need_pid || (cfg.idempotent && st.producer.is_none()) {
                 Vec::new()
             } else {
@@ -74,7 +94,14 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
             };
             let done = st.closing && st.acc.is_idle() && in_flight.is_empty();
             shared.pending.send_replace(st.acc.pending_records);
-            (ready, st.acc.next_deadline(), done, need_pid, flush)
+            (
+                ready,
+                waiting,
+                st.acc.next_deadline(),
+                done,
+                need_pid,
+                flush,
+            )
         };
         if closing_done {
             return;
@@ -110,8 +137,11 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
 
         // Group ready partitions by leader; at most one batch per partition per request.
         let md = unreachable
-            .leaders_now(&client, &ready, now, cfg.retry_backoff)
+            .leaders_now(&client, &ready, &waiting, now, cfg.retry_backoff)
             .await;
+        if !Arc::ptr_eq(&md, &md_now) && !led_elsewhere(&md, &waiting).is_empty() {
+            continue; // a waiting retry's partition has a new leader: it goes now
+        }
         let mut by_leader: HashMap<i32, Vec<QueueKey>> = HashMap::new();
         let mut unknown_leader = Vec::new();
         for tp in ready {
@@ -142,7 +172,8 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
                     if !brokers.carries(leader, st.acc.front_open(&tp), flush) {
                         continue; // still filling while a request is out
                     }
-                    if let Some(b) = st.acc.take(&tp, producer) {
+                    if let Some(mut b) = st.acc.take(&tp, producer) {
+                        b.sent_to = Some(leader);
                         bytes += b.bytes;
                         sealed.push(tp);
                         out.push(b);
@@ -187,6 +218,9 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
         if let Some(open) = brokers.next_open(now) {
             wake_at = wake_at.min(open); // a throttled leader takes requests again
         }
+        if let Some(ask) = unreachable.next_ask(&md, &waiting, cfg.retry_backoff) {
+            wake_at = wake_at.min(ask); // has a waiting retry's partition a new leader?
+        }
         let sleep_until = wake_at;
         tokio::select! {
             _ = shared.wake.notified() => {}
@@ -199,7 +233,13 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
                     _ => Throttle::default(),
                 };
                 brokers.returned(leader, throttle, Instant::now());
-                let refresh = settle(&shared, &cfg, batches, result);
+                let mut refresh = Vec::new();
+                if let Ok(Some(resp)) = &result {
+                    let applied = client.apply_leader_hints(&leader_hints(resp));
+                    refresh.extend(applied.topics_to_refresh());
+                }
+                let md = client.metadata();
+                refresh.extend(settle(&shared, &cfg, leader, &md, batches, result));
                 refresh_topics(&client, refresh).await;
                 shared.wake.notify_one();
             }
@@ -219,8 +259,11 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
 /// past the failover with no record written (sim-tests'
 /// `cluster::leader_kill`: 6.0 s without a record for a 4 s broker
 /// session). Asking again just before sending to such a leader bounds it
-/// by one backoff. At most once per `retry.backoff.ms`, however many
-/// batches wait.
+/// by one backoff. And while a retry waits out its backoff for such a
+/// leader, the metadata is asked for every `retry.backoff.ms`: once it
+/// names the new leader the retry goes at once
+/// ([`led_elsewhere`], KIP-951), instead of up to `retry.backoff.max.ms` after the failover.
+/// At most once per `retry.backoff.ms`, however many batches wait.
 #[derive(Debug, Default)]
 struct LeadersUnreachable {
     leaders: std::collections::HashSet<i32>,
@@ -237,25 +280,47 @@ impl LeadersUnreachable {
         }
     }
 
+    /// Are `tp`'s records for an unreachable leader, by `md`?
+    fn for_unreachable(&self, md: &Metadata, tp: &QueueKey) -> bool {
+        md.leader(&tp.0, tp.1)
+            .is_some_and(|b| self.leaders.contains(&b.id))
+    }
+
+    /// When to ask for the metadata again for the retries `waiting` out
+    /// their backoff: `every` after the last ask, if one of them is for an
+    /// unreachable leader.
+    fn next_ask(
+        &self,
+        md: &Metadata,
+        waiting: &[(QueueKey, i32)],
+        every: Duration,
+    ) -> Option<Instant> {
+        let asked = self.asked_at?;
+        waiting
+            .iter()
+            .any(|(tp, _)| self.for_unreachable(md, tp))
+            .then_some(asked + every)
+    }
+
     /// The metadata to send `ready` by: asked for again first when one of
-    /// their leaders is unreachable, and not asked for within `every`.
+    /// their leaders, or of the retries `waiting` out their backoff, is
+    /// unreachable, and not asked for within `every`.
     async fn leaders_now(
         &mut self,
         client: &Client,
         ready: &[QueueKey],
+        waiting: &[(QueueKey, i32)],
         now: Instant,
         every: Duration,
-    ) -> Arc<crate::metadata::Metadata> {
+    ) -> Arc<Metadata> {
         let md = client.metadata();
         if self.leaders.is_empty() || self.asked_at.is_some_and(|t| now < t + every) {
             return md;
         }
         let mut topics: Vec<String> = ready
             .iter()
-            .filter(|tp| {
-                md.leader(&tp.0, tp.1)
-                    .is_some_and(|b| self.leaders.contains(&b.id))
-            })
+            .chain(waiting.iter().map(|(tp, _)| tp))
+            .filter(|tp| self.for_unreachable(&md, tp))
             .map(|tp| tp.0.to_string())
             .collect();
         if topics.is_empty() {
@@ -343,11 +408,70 @@ async fn start_request(
         .map(Some)
 }
 
-/// Decide each batch's fate from the response (or the request's error).
-/// Returns the topics whose metadata should be refreshed.
+/// The leader hints of a Produce v10+ answer (KIP-951): the
+/// `current_leader` of each partition refused with NOT_LEADER_OR_FOLLOWER
+/// or FENCED_LEADER_EPOCH, and `node_endpoints`. Empty for older versions.
+fn leader_hints(resp: &ProduceResponse) -> LeaderHints {
+    let mut hints = LeaderHints::default();
+    for t in &resp.responses {
+        for p in &t.partition_responses {
+            if matches!(
+                KafkaCode::try_from_code(p.error_code),
+                Some(KafkaCode::NotLeaderOrFollower | KafkaCode::FencedLeaderEpoch)
+            ) {
+                hints.push(
+                    crate::TopicPartition::new(t.name.0.to_string(), p.index),
+                    p.current_leader.leader_id.0,
+                    p.current_leader.leader_epoch,
+                );
+            }
+        }
+    }
+    for n in &resp.node_endpoints {
+        hints.push_node(n.node_id.0, &n.host, n.port, n.rack.as_deref());
+    }
+    hints
+}
+
+/// The retries `waiting` out their backoff (partition, leader their last
+/// request went to) whose partition `md` says another node leads now:
+/// their backoff was for the old leader, and they go at once (KIP-951,
+/// as Java's accumulator).
+fn led_elsewhere(md: &Metadata, waiting: &[(QueueKey, i32)]) -> Vec<QueueKey> {
+    waiting
+        .iter()
+        .filter(|(tp, old)| md.leader(&tp.0, tp.1).is_some_and(|b| b.id != *old))
+        .map(|(tp, _)| tp.clone())
+        .collect()
+}
+
+/// When a batch refused by `sent_to` with an error whose action is to
+/// refresh metadata retries, and whether that refresh is needed: at `now`
+/// and without one if `md` already names another leader for its
+/// partition (a leader hint, KIP-951, or a refresh since it was sent),
+/// else after `backoff`, once the metadata is refreshed.
+fn leader_retry(
+    md: &Metadata,
+    tp: &QueueKey,
+    sent_to: i32,
+    now: Instant,
+    backoff: Duration,
+) -> (Instant, bool) {
+    match md.leader(&tp.0, tp.1) {
+        Some(b) if b.id != sent_to => (now, false),
+        _ => (now + backoff, true),
+    }
+}
+
+/// Decide each batch's fate from the response (or the request's error)
+/// of the request sent to `leader`; `md` is the metadata with the
+/// response's leader hints applied. Returns the topics whose metadata
+/// should be refreshed.
 fn settle(
     shared: &Shared,
     cfg: &ProducerConfig,
+    leader: i32,
+    md: &Metadata,
     batches: Vec<Batch>,
     result: Result<Option<ProduceResponse>>,
 ) -> Vec<String> {
@@ -456,8 +580,16 @@ fn settle(
                         st.acc.completed(n);
                     }
                     ErrorAction::RefreshMetadataAndRetry => {
-                        refresh.push(b.tp.0.to_string());
-                        let retry_at = now + retry_delay(cfg, &b);
+                        let (retry_at, refresh_first) =
+                            leader_retry(md, &b.tp, leader, now, retry_delay(cfg, &b));
+                        if refresh_first {
+                            refresh.push(b.tp.0.to_string());
+                        } else {
+                            tracing::debug!(
+                                topic = %b.tp.0, partition = b.tp.1, %code, refused_by = leader,
+                                "the partition has a new leader: retrying there at once"
+                            );
+                        }
                         st.acc.requeue(b, retry_at);
                     }
                     _ => {
@@ -510,4 +642,364 @@ pub(crate) async fn init_producer_id(
         id: resp.producer_id.0,
         epoch: resp.producer_epoch,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use bytes::{BufMut, BytesMut};
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::metadata_response::{
+        MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+    };
+    use kafka_protocol::messages::produce_response::{
+        LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+    };
+    use kafka_protocol::messages::{
+        ApiKey, ApiVersionsResponse, BrokerId, MetadataResponse, ProduceResponse, ResponseHeader,
+        TopicName,
+    };
+    use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::config::ClientConfig;
+    use crate::connector::{BoxTransport, BrokerAddress, ConnectFuture, Connector};
+    use crate::producer::{Producer, ProducerConfig, ProducerRecord};
+
+    /// The old leader of `t`-0 (node 1) and the new one (node 2).
+    const OLD: u16 = 9301;
+    const NEW: u16 = 9302;
+
+    /// How node 1 answers a Produce.
+    #[derive(Debug, Clone, Copy)]
+    enum OldLeader {
+        /// NOT_LEADER_OR_FOLLOWER naming node 2 at epoch 6 and its
+        /// endpoint (KIP-951). Metadata never names node 2 (stale: a
+        /// refresh would not find the new leader).
+        Hints,
+        /// It closes the connection (a dead node, as after `kill -9`).
+        /// Metadata names node 2 at epoch 6 once `failover` is set.
+        Dies,
+    }
+
+    /// Two fake brokers for `t`-0; node 2 writes at offset 42.
+    #[derive(Debug, Clone)]
+    struct Failover {
+        old: OldLeader,
+        failover: Arc<AtomicBool>,
+        /// (port, api key) of every request, in arrival order.
+        requests: Arc<Mutex<Vec<(u16, i16)>>>,
+    }
+
+    impl Failover {
+        fn new(old: OldLeader) -> Failover {
+            Failover {
+                old,
+                failover: Arc::default(),
+                requests: Arc::default(),
+            }
+        }
+
+        fn count(&self, port: u16, api: ApiKey) -> usize {
+            let r = self.requests.lock().unwrap();
+            r.iter()
+                .filter(|(p, a)| *p == port && *a == api as i16)
+                .count()
+        }
+
+        fn metadata_requests(&self) -> usize {
+            let r = self.requests.lock().unwrap();
+            r.iter()
+                .filter(|(_, a)| *a == ApiKey::Metadata as i16)
+                .count()
+        }
+
+        fn metadata(&self) -> MetadataResponse {
+            let moved = self.failover.load(Ordering::SeqCst);
+            let broker = |id: i32, port: u16| {
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(id))
+                    .with_host(StrBytes::from_static_str("127.0.0.1"))
+                    .with_port(i32::from(port))
+            };
+            let (leader, epoch) = if moved { (2, 6) } else { (1, 5) };
+            let mut brokers = vec![broker(1, OLD)];
+            if matches!(self.old, OldLeader::Dies) {
+                brokers.push(broker(2, NEW));
+            }
+            MetadataResponse::default()
+                .with_brokers(brokers)
+                .with_topics(vec![MetadataResponseTopic::default()
+                    .with_name(Some(TopicName(StrBytes::from_static_str("t"))))
+                    .with_partitions(vec![MetadataResponsePartition::default()
+                        .with_partition_index(0)
+                        .with_leader_id(BrokerId(leader))
+                        .with_leader_epoch(epoch)
+                        .with_replica_nodes(vec![BrokerId(1), BrokerId(2)])
+                        .with_isr_nodes(vec![BrokerId(1), BrokerId(2)])])])
+        }
+
+        async fn serve(self, port: u16, mut io: tokio::io::DuplexStream) {
+            loop {
+                let mut len = [0u8; 4];
+                if io.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+                if io.read_exact(&mut body).await.is_err() {
+                    return;
+                }
+                let api = i16::from_be_bytes([body[0], body[1]]);
+                let version = i16::from_be_bytes([body[2], body[3]]);
+                let correlation = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                self.requests.lock().unwrap().push((port, api));
+                let reply = match ApiKey::try_from(api) {
+                    Ok(ApiKey::ApiVersions) => {
+                        let keys = [(ApiKey::Metadata, 1, 13), (ApiKey::Produce, 3, 11)]
+                            .map(|(k, lo, hi)| {
+                                ApiVersion::default()
+                                    .with_api_key(k as i16)
+                                    .with_min_version(lo)
+                                    .with_max_version(hi)
+                            })
+                            .to_vec();
+                        frame(
+                            correlation,
+                            ApiVersionsResponse::header_version(version),
+                            ApiVersionsResponse::default().with_api_keys(keys),
+                            version,
+                        )
+                    }
+                    Ok(ApiKey::Metadata) => frame(
+                        correlation,
+                        MetadataResponse::header_version(version),
+                        self.metadata(),
+                        version,
+                    ),
+                    Ok(ApiKey::Produce) if port == OLD && matches!(self.old, OldLeader::Dies) => {
+                        return
+                    }
+                    Ok(ApiKey::Produce) => {
+                        assert_eq!(version, 11, "Produce v10+ carries the hints");
+                        frame(
+                            correlation,
+                            ProduceResponse::header_version(version),
+                            produce_answer(port),
+                            version,
+                        )
+                    }
+                    _ => return,
+                };
+                if io.write_all(&reply).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    impl Connector for Failover {
+        fn connect<'a>(&'a self, addr: &'a BrokerAddress, _timeout: Duration) -> ConnectFuture<'a> {
+            Box::pin(async move {
+                let (client, server) = tokio::io::duplex(1 << 16);
+                tokio::spawn(self.clone().serve(addr.port, server));
+                Ok(Box::new(client) as BoxTransport)
+            })
+        }
+    }
+
+    fn frame(correlation: i32, header_version: i16, body: impl Encodable, version: i16) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        ResponseHeader::default()
+            .with_correlation_id(correlation)
+            .encode(&mut buf, header_version)
+            .unwrap();
+        body.encode(&mut buf, version).unwrap();
+        let mut out = BytesMut::new();
+        out.put_i32(buf.len() as i32);
+        out.extend_from_slice(&buf);
+        out.to_vec()
+    }
+
+    /// Node 1 refuses with the KIP-951 hint; node 2 writes at offset 42.
+    fn produce_answer(port: u16) -> ProduceResponse {
+        let partition = PartitionProduceResponse::default().with_index(0);
+        let partition = if port == OLD {
+            partition
+                .with_error_code(KafkaCode::NotLeaderOrFollower.code())
+                .with_current_leader(
+                    LeaderIdAndEpoch::default()
+                        .with_leader_id(BrokerId(2))
+                        .with_leader_epoch(6),
+                )
+        } else {
+            partition.with_base_offset(42)
+        };
+        let resp = ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_partition_responses(vec![partition])]);
+        if port == OLD {
+            resp.with_node_endpoints(vec![NodeEndpoint::default()
+                .with_node_id(BrokerId(2))
+                .with_host(StrBytes::from_static_str("127.0.0.1"))
+                .with_port(i32::from(NEW))])
+        } else {
+            resp
+        }
+    }
+
+    /// A non-idempotent producer (no InitProducerId to fake) on `cluster`,
+    /// with retry backoffs from `backoff_ms` doubling to `backoff_max_ms`.
+    async fn producer(cluster: &Failover, backoff_ms: u64, backoff_max_ms: u64) -> Producer {
+        let config = ClientConfig::builder()
+            .bootstrap(&format!("127.0.0.1:{OLD}"))
+            .unwrap()
+            .connector(Arc::new(cluster.clone()))
+            .metadata_max_age(Duration::from_secs(3600))
+            .set("reconnect.backoff.ms", "1")
+            .unwrap()
+            .set("reconnect.backoff.max.ms", "1")
+            .unwrap()
+            .build()
+            .unwrap();
+        let client = Client::connect(config).await.unwrap();
+        let cfg = ProducerConfig::builder()
+            .set("bootstrap.servers", &format!("127.0.0.1:{OLD}"))
+            .unwrap()
+            .set("enable.idempotence", "false")
+            .unwrap()
+            .set("retry.backoff.ms", &backoff_ms.to_string())
+            .unwrap()
+            .set("retry.backoff.max.ms", &backoff_max_ms.to_string())
+            .unwrap()
+            .set("linger.ms", "0")
+            .unwrap()
+            .build()
+            .unwrap();
+        Producer::with_client(client, cfg)
+    }
+
+    #[tokio::test]
+    async fn a_produce_refused_with_a_leader_hint_retries_at_the_hinted_leader_at_once() {
+        let cluster = Failover::new(OldLeader::Hints);
+        // A backoff far longer than the test: only a retry that skips it
+        // (the leader moved) delivers in time.
+        let producer = producer(&cluster, 60_000, 60_000).await;
+        let delivery = producer
+            .send(ProducerRecord::new("t").partition(0).value("v"))
+            .await
+            .unwrap();
+        let metadata_before = cluster.metadata_requests();
+
+        let written = tokio::time::timeout(Duration::from_secs(10), delivery)
+            .await
+            .expect("retried at once, not after retry.backoff.ms")
+            .unwrap();
+
+        assert_eq!(written.offset, 42, "written by the hinted leader");
+        assert_eq!(cluster.count(OLD, ApiKey::Produce), 1);
+        assert_eq!(cluster.count(NEW, ApiKey::Produce), 1);
+        assert_eq!(
+            cluster.metadata_requests(),
+            metadata_before,
+            "no Metadata round trip"
+        );
+        let md = producer.client().metadata();
+        let p = md.partition("t", 0).unwrap();
+        assert_eq!((p.leader, p.leader_epoch), (2, 6));
+        assert_eq!(
+            md.brokers[&2].address.port, NEW,
+            "node 2's endpoint from the hint"
+        );
+    }
+
+    /// The leader dies (no answer, no hint); the metadata names the new
+    /// one only later, while the batch waits out a long backoff. It goes
+    /// as soon as a refresh names the new leader, not when its backoff
+    /// ends (KIP-951; `cluster::leader_kill` measures it on the cluster).
+    #[tokio::test]
+    async fn a_retry_waiting_for_a_dead_leader_goes_once_the_metadata_names_a_new_one() {
+        let cluster = Failover::new(OldLeader::Dies);
+        // 100, 200, 400, 800 ms after the first four failures; 1600 ms
+        // (±20 %) after the fifth.
+        let producer = producer(&cluster, 100, 60_000).await;
+        let delivery = producer
+            .send(ProducerRecord::new("t").partition(0).value("v"))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cluster.count(OLD, ApiKey::Produce) < 5 {
+            assert!(Instant::now() < deadline, "five attempts at node 1");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The fifth attempt failed: its retry waits at least 1280 ms. The
+        // controller moves the partition a little later.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cluster.failover.store(true, Ordering::SeqCst);
+        let moved_at = Instant::now();
+
+        let written = tokio::time::timeout(Duration::from_secs(10), delivery)
+            .await
+            .unwrap()
+            .unwrap();
+
+        let after = moved_at.elapsed();
+        assert_eq!(written.offset, 42);
+        assert_eq!(
+            cluster.count(OLD, ApiKey::Produce),
+            5,
+            "not sent to node 1 again"
+        );
+        assert!(
+            after < Duration::from_millis(700),
+            "written {after:?} after the failover: the rest of the backoff was waited out"
+        );
+    }
+
+    #[test]
+    fn only_refusals_with_a_complete_current_leader_are_hints() {
+        let mut resp = produce_answer(OLD);
+        resp.responses[0].partition_responses.push(
+            PartitionProduceResponse::default()
+                .with_index(1)
+                .with_error_code(KafkaCode::NotLeaderOrFollower.code()),
+        );
+        resp.responses[0].partition_responses.push(
+            PartitionProduceResponse::default()
+                .with_index(2)
+                .with_current_leader(
+                    LeaderIdAndEpoch::default()
+                        .with_leader_id(BrokerId(3))
+                        .with_leader_epoch(1),
+                ),
+        );
+        let hints = leader_hints(&resp);
+        let tps: Vec<_> = hints
+            .partitions
+            .iter()
+            .map(|h| (h.tp.partition, h.leader, h.leader_epoch))
+            .collect();
+        assert_eq!(tps, vec![(0, 2, 6)], "no leader given (1), no error (2)");
+        assert_eq!(hints.nodes.len(), 1);
+        assert_eq!(hints.nodes[0].address.port, NEW);
+    }
+
+    #[test]
+    fn a_refused_batch_waits_its_backoff_unless_its_partition_has_a_new_leader() {
+        let mut md = Metadata::default();
+        md.merge(&Failover::new(OldLeader::Hints).metadata(), true);
+        let tp: QueueKey = (Arc::from("t"), 0);
+        let now = Instant::now();
+        let backoff = Duration::from_millis(100);
+        assert_eq!(
+            leader_retry(&md, &tp, 1, now, backoff),
+            (now + backoff, true),
+            "the cache still names the leader that refused it: refresh and back off"
+        );
+        let _ = md.apply_leader_hints(&leader_hints(&produce_answer(OLD)));
+        assert_eq!(leader_retry(&md, &tp, 1, now, backoff), (now, false));
+    }
 }

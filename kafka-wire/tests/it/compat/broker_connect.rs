@@ -54,8 +54,9 @@ async fn api_versions_and_metadata_against_real_broker() {
         let v = conn.version(api).unwrap_or_else(|e| panic!("{api:?}: {e}"));
         assert!(v >= 0);
     }
-    // Kafka 4.x serves Fetch v12 (our ceiling) and more.
-    assert_eq!(conn.version(ApiKey::Fetch).unwrap(), 12);
+    // Kafka 3.1+ serves Fetch v17 (our ceiling: topic ids, KIP-516, and
+    // leader hints, KIP-951) and more.
+    assert_eq!(conn.version(ApiKey::Fetch).unwrap(), 17);
 }
 
 #[tokio::test]
