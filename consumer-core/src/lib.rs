@@ -80,6 +80,7 @@ pub mod error;
 pub mod fetch;
 mod group;
 pub mod protocol;
+pub mod share;
 pub mod stream;
 pub mod tp;
 

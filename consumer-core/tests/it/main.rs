@@ -18,6 +18,7 @@
 //! Everything else runs once, on the main broker, classic groups.
 
 mod common;
+mod share;
 
 mod cluster {
     mod follower_fetch;
