@@ -76,7 +76,7 @@ pub const NODES: [u8; 3] = [1, 2, 3];
 
 /// `connections.max.reauth.ms` on the SASL listeners (KIP-368): a client
 /// that does not re-authenticate within it has its connection cut.
-pub const REAUTH_MS: u32 = 10_000;
+pub const REAUTH_MS: u32 = 6_000;
 
 /// How long a node may take to serve after its java starts (three JVMs
 /// start at once on two shared cores).

@@ -33,7 +33,7 @@
 //! above still holds.
 //!
 //! `SIM_CASES` sets the number of cases (default 8, for CI;
-//! `SIM_CLUSTER_CASES` in cluster mode, default 6); `SIM_SEED`
+//! `SIM_CLUSTER_CASES` in cluster mode, default 4); `SIM_SEED`
 //! fixes the generator's seed; `SIM_SHRINK` caps the shrinking steps of a
 //! failing case (default 12; a step can take a minute, the end of a case
 //! waiting for records that never finish). A failing case, shrunk, is saved to
@@ -1159,7 +1159,7 @@ mod cluster {
     /// cleanly and started again between the operations, one down at
     /// most: acks=all goes on with two of three replicas
     /// (`min.insync.replicas=2`). Every case starts and ends with three
-    /// nodes. `SIM_CLUSTER_CASES` cases (default 6: one to two minutes).
+    /// nodes. `SIM_CLUSTER_CASES` cases (default 4: about a minute, for CI).
     #[test]
     #[ignore = "needs the three-node cluster: cargo xtask test runs it in its cluster step"]
     fn live_operation_sequences_with_node_kills_and_restarts_keep_every_promise() {
@@ -1178,7 +1178,7 @@ mod cluster {
             }
         }
         let _heal = Heal(nodes.clone());
-        let cases = env_u64("SIM_CLUSTER_CASES").unwrap_or(6) as u32;
+        let cases = env_u64("SIM_CLUSTER_CASES").unwrap_or(4) as u32;
         run_property(
             cases,
             "live_props_cluster.txt",
