@@ -42,7 +42,7 @@ use crate::certs;
 use crate::shell::{self, workspace_root};
 
 /// The Kafka version the harness runs; keep in step with `broker/pom.xml`.
-pub const KAFKA_VERSION: &str = "4.3.1";
+pub const KAFKA_VERSION: &str = "4.4.0";
 /// The SASL user every broker of the harness knows (PLAIN and SCRAM).
 pub(crate) const SASL_USER: &str = "alice";
 /// Its password.
