@@ -623,6 +623,13 @@ async fn negotiate_versions(raw: &RawConnection, timeout: Duration) -> Result<Ap
         resp.api_keys
             .iter()
             .map(|k| (k.api_key, k.min_version, k.max_version)),
+    )
+    // Cluster features (v3+): `transaction.version` picks the transaction
+    // protocol (KIP-890).
+    .with_finalized_features(
+        resp.finalized_features
+            .iter()
+            .map(|f| (f.name.to_string(), f.max_version_level)),
     ))
 }
 

@@ -182,6 +182,46 @@ impl Connection {
         Ok(crate::versions::request_version(api, negotiated, req))
     }
 
+    /// [`Connection::send`] at `ceiling` at most (`None`: as `send`): for a
+    /// request whose protocol, not its content, rules out the newest
+    /// versions (a TV1 transaction's EndTxn stays at v4, KIP-890:
+    /// [`crate::versions::TxnProtocol::ceiling`]).
+    pub(crate) async fn send_at_most<R: Request + 'static>(
+        &self,
+        req: &R,
+        ceiling: Option<i16>,
+        request_timeout: Duration,
+    ) -> Result<R::Response>
+    where
+        R::Response: ThrottleTime,
+    {
+        let api = api_key::<R>();
+        let version = at_most(self.version_for(api, req)?, ceiling);
+        self.raw.call(req, version, request_timeout).await
+    }
+
+    /// [`Connection::start`] at `ceiling` at most (`None`: as `start`): a
+    /// TV1 transaction's Produce stays at v11.
+    ///
+    /// # Cancel safety
+    /// As [`Connection::start`].
+    pub(crate) async fn start_at_most<R: Request + 'static>(
+        &self,
+        req: &R,
+        ceiling: Option<i16>,
+        timeout: Duration,
+    ) -> Result<PendingResponse<R>> {
+        let api = api_key::<R>();
+        let version = at_most(self.version_for(api, req)?, ceiling);
+        let rx = self.raw.enqueue(req, version, timeout, true).await?;
+        Ok(PendingResponse {
+            rx,
+            version,
+            raw: self.raw.clone(),
+            _marker: std::marker::PhantomData,
+        })
+    }
+
     /// Send `req` at the negotiated version and wait for its response.
     ///
     /// `extra_timeout` extends the request timeout for long polls (a fetch's
@@ -204,10 +244,7 @@ impl Connection {
     where
         R::Response: ThrottleTime,
     {
-        let api = api_key::<R>();
-        let version = self.version_for(api, req)?;
-        self.raw
-            .call(req, version, request_timeout + extra_timeout)
+        self.send_at_most(req, None, request_timeout + extra_timeout)
             .await
     }
 
@@ -224,15 +261,7 @@ impl Connection {
         req: &R,
         timeout: Duration,
     ) -> Result<PendingResponse<R>> {
-        let api = api_key::<R>();
-        let version = self.version_for(api, req)?;
-        let rx = self.raw.enqueue(req, version, timeout, true).await?;
-        Ok(PendingResponse {
-            rx,
-            version,
-            raw: self.raw.clone(),
-            _marker: std::marker::PhantomData,
-        })
+        self.start_at_most(req, None, timeout).await
     }
 
     /// Send `req` without waiting for a response (acks=0 produce).
@@ -284,6 +313,11 @@ where
         let body = self.rx.await.map_err(|_| self.raw.closed_error(true))??;
         self.raw.decode::<R>(body, self.version)
     }
+}
+
+/// `version`, lowered to `ceiling` if there is one.
+fn at_most(version: i16, ceiling: Option<i16>) -> i16 {
+    ceiling.map_or(version, |c| version.min(c))
 }
 
 pub(crate) fn api_key<R: Request>() -> ApiKey {

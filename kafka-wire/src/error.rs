@@ -1,10 +1,33 @@
 //! Errors, and what to do about each one.
 //!
 //! Every [`Error`] answers [`Error::action`]: the one next step a caller should
-//! take (retry, refresh metadata, find the coordinator, rejoin, reset the
-//! producer id, reconnect, or give up). Whether a request *may have been
-//! written* is tracked separately by [`Error::maybe_written`], because it is
-//! what makes a produce or commit ambiguous.
+//! take (retry, refresh metadata, find the coordinator, rejoin, abort the
+//! transaction, reset the producer id, reconnect, or give up). Whether a
+//! request *may have been written* is tracked separately by
+//! [`Error::maybe_written`], because it is what makes a produce or commit
+//! ambiguous.
+//!
+//! Transactional errors fall in KIP-1050's classes, each one action:
+//!
+//! | KIP-1050 class | [`ErrorAction`] | transactional codes |
+//! |---|---|---|
+//! | retriable | `Retry`, `Reconnect` | CONCURRENT_TRANSACTIONS, COORDINATOR_LOAD_IN_PROGRESS, NOT_ENOUGH_REPLICAS(_AFTER_APPEND), REQUEST_TIMED_OUT, NETWORK_EXCEPTION |
+//! | refresh-retriable | `FindCoordinatorAndRetry`, `RefreshMetadataAndRetry` | NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE; NOT_LEADER_OR_FOLLOWER, UNKNOWN_TOPIC_OR_PARTITION |
+//! | abortable | `AbortTransaction` | TRANSACTION_ABORTABLE (120) |
+//! | application-recoverable | `ResetProducerId` | PRODUCER_FENCED, INVALID_PRODUCER_EPOCH, INVALID_PRODUCER_ID_MAPPING, UNKNOWN_PRODUCER_ID, OUT_OF_ORDER_SEQUENCE_NUMBER |
+//! | fatal | `Fatal` | TRANSACTIONAL_ID_AUTHORIZATION_FAILED, CLUSTER_AUTHORIZATION_FAILED, INVALID_TXN_STATE, UNSUPPORTED_VERSION, UNSUPPORTED_FOR_MESSAGE_FORMAT, TRANSACTION_COORDINATOR_FENCED |
+//!
+//! The producer retries the first two classes itself (a coordinator
+//! request for up to 30 s, a record until `delivery.timeout.ms`); what
+//! reaches the caller is the rest. Inside a transaction the producer also
+//! decides the transaction's fate: fencing (PRODUCER_FENCED,
+//! INVALID_PRODUCER_EPOCH, INVALID_PRODUCER_ID_MAPPING) and
+//! TRANSACTIONAL_ID_AUTHORIZATION_FAILED leave the producer unusable, and
+//! its calls fail with [`Error::Transaction`] saying so; any other failure
+//! of a record, the partitions or the offsets, and TRANSACTION_ABORTABLE
+//! wherever it comes from, leaves the transaction abortable: only
+//! `abort_transaction` is allowed (DESIGN.md, "Transactions V2", says
+//! what the exactly-once processor does with each).
 
 use std::fmt;
 
@@ -25,7 +48,16 @@ pub enum ErrorAction {
     FindCoordinatorAndRetry,
     /// The group moved on: rejoin before committing or fetching for it.
     Rejoin,
-    /// The producer's id or epoch is no longer valid: get a new one.
+    /// The open transaction cannot commit: abort it, then do its work again
+    /// in a new one (KIP-1050's abortable: TRANSACTION_ABORTABLE). The
+    /// producer stays usable; an abort that fails this way is tried again.
+    AbortTransaction,
+    /// The producer's id or epoch is no longer valid: get a new one. An
+    /// idempotent producer does it itself. A transactional one is
+    /// unusable (KIP-1050's application-recoverable: fenced by a newer
+    /// instance with its `transactional.id`, or its producer id expired):
+    /// drop it, and build a new one only if this instance still owns the
+    /// work (its consumer group says so).
     ResetProducerId,
     /// The connection is gone: reconnect (with backoff), then retry.
     Reconnect,
@@ -283,6 +315,15 @@ fn code_hint(code: &KafkaCode) -> &'static str {
             return "the broker holds group.share.max.share.sessions share sessions already: \
                     retry later, or raise that broker setting"
         }
+        KafkaCode::TransactionAbortable => {
+            return "the transaction cannot commit (KIP-890): abort it and do its work again in \
+                    a new transaction; the producer stays usable"
+        }
+        KafkaCode::ProducerFenced => {
+            return "another producer with this transactional.id started (or this one's \
+                    transaction outlived transaction.timeout.ms): this producer is unusable; \
+                    drop it"
+        }
         KafkaCode::RebootstrapRequired => {
             return "the broker says this client's metadata is stale: ask bootstrap.servers \
                     again (metadata.recovery.strategy=rebootstrap does it at the next refresh)"
@@ -294,6 +335,7 @@ fn code_hint(code: &KafkaCode) -> &'static str {
         ErrorAction::RefreshMetadataAndRetry => "refresh metadata and retry",
         ErrorAction::FindCoordinatorAndRetry => "find the coordinator and retry",
         ErrorAction::Rejoin => "rejoin the group",
+        ErrorAction::AbortTransaction => "abort the transaction and retry its work",
         ErrorAction::ResetProducerId => "reset the producer id",
         ErrorAction::Reconnect => "reconnect",
         ErrorAction::Fatal => "not retriable",
@@ -329,16 +371,22 @@ pub(crate) fn action_for_code(code: KafkaCode) -> ErrorAction {
         | C::MemberIdRequired
         | C::StaleMemberEpoch
         | C::FencedMemberEpoch => ErrorAction::Rejoin,
+        // KIP-1050's application-recoverable (ProducerFenced among them):
+        // this producer id or epoch is done; an idempotent producer takes a
+        // new one itself, a transactional one is unusable.
         C::UnknownProducerId
         | C::InvalidProducerEpoch
         | C::OutOfOrderSequenceNumber
-        | C::InvalidProducerIdMapping => ErrorAction::ResetProducerId,
+        | C::InvalidProducerIdMapping
+        | C::ProducerFenced => ErrorAction::ResetProducerId,
+        // KIP-890/KIP-1050's abortable: not retriable by the protocol's
+        // table, but not fatal either.
+        C::TransactionAbortable => ErrorAction::AbortTransaction,
         C::NetworkException => ErrorAction::Reconnect,
         // Not marked retriable by the protocol, but every client retries it:
         // the coordinator is still finishing the previous transaction.
         C::ConcurrentTransactions => ErrorAction::Retry,
-        C::ProducerFenced
-        | C::TransactionalIdAuthorizationFailed
+        C::TransactionalIdAuthorizationFailed
         | C::FencedInstanceId
         | C::GroupMaxSizeReached => ErrorAction::Fatal,
         // KIP-932. A share session out of step or evicted: start a new one
@@ -574,6 +622,52 @@ mod tests {
             "KIP-1102: the refresh rebootstraps"
         );
         assert_eq!(KafkaCode::RebootstrapRequired.code(), 129);
+    }
+
+    /// KIP-1050's classes for every error a transactional request can
+    /// answer: one action each (the module docs' table).
+    #[test]
+    fn every_transactional_code_has_its_kip_1050_class() {
+        use ErrorAction as A;
+        use KafkaCode as C;
+        let table = [
+            // retriable
+            (C::ConcurrentTransactions, A::Retry),
+            (C::CoordinatorLoadInProgress, A::Retry),
+            (C::NotEnoughReplicas, A::Retry),
+            (C::NotEnoughReplicasAfterAppend, A::Retry),
+            (C::RequestTimedOut, A::Retry),
+            (C::NetworkException, A::Reconnect),
+            // refresh-retriable
+            (C::NotCoordinator, A::FindCoordinatorAndRetry),
+            (C::CoordinatorNotAvailable, A::FindCoordinatorAndRetry),
+            (C::NotLeaderOrFollower, A::RefreshMetadataAndRetry),
+            (C::UnknownTopicOrPartition, A::RefreshMetadataAndRetry),
+            // abortable
+            (C::TransactionAbortable, A::AbortTransaction),
+            // application-recoverable
+            (C::ProducerFenced, A::ResetProducerId),
+            (C::InvalidProducerEpoch, A::ResetProducerId),
+            (C::InvalidProducerIdMapping, A::ResetProducerId),
+            (C::UnknownProducerId, A::ResetProducerId),
+            (C::OutOfOrderSequenceNumber, A::ResetProducerId),
+            // fatal
+            (C::TransactionalIdAuthorizationFailed, A::Fatal),
+            (C::ClusterAuthorizationFailed, A::Fatal),
+            (C::InvalidTxnState, A::Fatal),
+            (C::UnsupportedVersion, A::Fatal),
+            (C::UnsupportedForMessageFormat, A::Fatal),
+            (C::TransactionCoordinatorFenced, A::Fatal),
+        ];
+        for (code, action) in table {
+            assert_eq!(action_for_code(code), action, "{code:?}");
+        }
+        assert_eq!(C::TransactionAbortable.code(), 120);
+        let e = Error::broker(ApiKey::EndTxn, C::TransactionAbortable);
+        assert!(e.is_retriable(), "abortable is not fatal");
+        assert!(e.to_string().contains("abort it"), "{e}");
+        let e = Error::broker(ApiKey::Produce, C::ProducerFenced);
+        assert!(e.to_string().contains("drop it"), "{e}");
     }
 
     #[test]

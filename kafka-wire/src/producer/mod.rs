@@ -47,6 +47,7 @@ use crate::client::Client;
 use crate::config::{ClientConfig, ClientConfigBuilder};
 use crate::error::{Error, KafkaCode, Result};
 use crate::records::{Compression, NewRecord};
+use crate::versions::TxnProtocol;
 
 pub(crate) use accumulator::QueueKey;
 use accumulator::{Accumulator, AccumulatorConfig, FastMap};
@@ -115,6 +116,14 @@ pub struct ProducerConfig {
     pub transactional_id: Option<String>,
     /// `transaction.timeout.ms`. Default 60 s.
     pub transaction_timeout: Duration,
+    /// The highest transaction protocol (KIP-890's `transaction.version`)
+    /// a transactional producer speaks: 2 (the default) speaks
+    /// transactions V2 where the cluster finalized `transaction.version`
+    /// ≥ 2 (Kafka 4.x by default) and V1 elsewhere; 1 keeps V1 everywhere,
+    /// without V2's epoch bump per transaction (a late write of an ended
+    /// transaction can then join the next one: DESIGN.md, "Transactions
+    /// V2"). For comparing the two, or while a cluster's V2 is in doubt.
+    pub max_transaction_version: i16,
     /// `max.block.ms`: how long `send` waits for a partition it names to
     /// appear in metadata (a topic grown by CreatePartitions after this
     /// producer cached its partition count), refreshing metadata meanwhile,
@@ -147,6 +156,7 @@ impl ProducerConfig {
             retry_backoff_max: Duration::from_secs(1),
             transactional_id: None,
             transaction_timeout: Duration::from_secs(60),
+            max_transaction_version: 2,
             max_block: Duration::from_secs(60),
         }
     }
@@ -169,6 +179,7 @@ pub struct ProducerConfigBuilder {
     retry_backoff_max: Duration,
     transactional_id: Option<String>,
     transaction_timeout: Duration,
+    max_transaction_version: i16,
     max_block: Duration,
 }
 
@@ -277,6 +288,12 @@ impl ProducerConfigBuilder {
         self.transactional_id = Some(id.into());
         self
     }
+    /// [`ProducerConfig::max_transaction_version`]: 1 (transactions V1
+    /// everywhere) or 2 (V2 where the cluster finalized it; the default).
+    pub fn max_transaction_version(mut self, version: i16) -> Self {
+        self.max_transaction_version = version;
+        self
+    }
 
     /// Validate and build.
     ///
@@ -298,6 +315,13 @@ impl ProducerConfigBuilder {
             return Err(Error::Config(
                 "transactional.id requires enable.idempotence=true".into(),
             ));
+        }
+        if !(1..=2).contains(&self.max_transaction_version) {
+            return Err(Error::Config(format!(
+                "max_transaction_version={}: expected 1 (transactions V1) or 2 (V2 where the \
+                 cluster finalized transaction.version=2)",
+                self.max_transaction_version
+            )));
         }
         if !self.compression.is_built() {
             let codec = self.compression.name();
@@ -325,6 +349,7 @@ impl ProducerConfigBuilder {
             retry_backoff_max: self.retry_backoff_max,
             transactional_id: self.transactional_id,
             transaction_timeout: self.transaction_timeout,
+            max_transaction_version: self.max_transaction_version,
             max_block: self.max_block,
         })
     }
@@ -453,6 +478,13 @@ pub(crate) struct State {
     closing: bool,
     /// The first delivery failure inside the open transaction.
     txn_error: Option<Error>,
+    /// The transaction protocol (KIP-890), chosen by `init_transactions`
+    /// and again after each transaction; V1 for a producer without a
+    /// `transactional.id`. The sender reads it for a Produce's version.
+    txn_protocol: TxnProtocol,
+    /// A Produce of the open transaction was sent (under V2 that write is
+    /// what tells the coordinator of the transaction).
+    txn_produced: bool,
 }
 
 /// What `send` keeps per topic, so the path of a record takes no lock but
@@ -619,6 +651,8 @@ impl Producer {
                 flushing: 0,
                 closing: false,
                 txn_error: None,
+                txn_protocol: TxnProtocol::V1,
+                txn_produced: false,
             }),
             topics: std::sync::RwLock::new(FastMap::default()),
             wake: Notify::new(),
@@ -637,6 +671,18 @@ impl Producer {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The transaction protocol this producer speaks (KIP-890's
+    /// `transaction.version`): `Some(2)` for transactions V2, `Some(1)`
+    /// for V1, `None` for a producer without a `transactional.id` or
+    /// before [`Producer::init_transactions`]. Chosen from the transaction
+    /// coordinator's finalized features and read again after each
+    /// transaction ([`ProducerConfig::max_transaction_version`] caps it).
+    pub fn transaction_version(&self) -> Option<i16> {
+        let st = self.shared.state.lock().expect("producer state lock");
+        (self.cfg.transactional_id.is_some() && !st.producer.is_none())
+            .then(|| st.txn_protocol.level())
     }
 
     /// The partition count of `rec`'s topic from what this producer (or
@@ -979,6 +1025,24 @@ impl Producer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_transaction_version_cap_is_1_or_2_and_2_by_default() {
+        let builder = || {
+            ProducerConfig::builder()
+                .bootstrap("127.0.0.1:9092")
+                .unwrap()
+        };
+        assert_eq!(builder().build().unwrap().max_transaction_version, 2);
+        for ok in [1, 2] {
+            let cfg = builder().max_transaction_version(ok).build().unwrap();
+            assert_eq!(cfg.max_transaction_version, ok);
+        }
+        for bad in [0, 3] {
+            let err = builder().max_transaction_version(bad).build().unwrap_err();
+            assert!(err.to_string().contains("max_transaction_version"), "{err}");
+        }
+    }
 
     #[test]
     fn a_codec_is_accepted_exactly_when_this_build_has_its_feature() {

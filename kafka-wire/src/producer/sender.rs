@@ -160,7 +160,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
                 continue; // busy, or throttled: its batches wait in the accumulator
             }
             let mut sealed = Vec::new();
-            let batches = {
+            let (batches, ceiling) = {
                 let mut st = shared.state.lock().expect("producer state lock");
                 let producer = st.producer;
                 let mut out = Vec::new();
@@ -179,7 +179,16 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
                         out.push(b);
                     }
                 }
-                out
+                // A transaction's Produce: at the version of its protocol
+                // (V1: v11 at most), and under V2 the write that tells the
+                // coordinator of the transaction.
+                let ceiling = if cfg.transactional_id.is_some() {
+                    st.txn_produced |= !out.is_empty();
+                    st.txn_protocol.ceiling(ApiKey::Produce)
+                } else {
+                    None
+                };
+                (out, ceiling)
             };
             shared.move_sticky(&sealed, &md);
             if batches.is_empty() {
@@ -190,7 +199,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
             // sequences reach the broker in order; only the wait for the
             // response runs concurrently.
             let mut batches = batches;
-            match start_request(&client, &cfg, leader, &mut batches).await {
+            match start_request(&client, &cfg, leader, &mut batches, ceiling).await {
                 Ok(pending) => {
                     in_flight.spawn(async move {
                         let result = match pending {
@@ -339,13 +348,15 @@ impl LeadersUnreachable {
     }
 }
 
-/// Encode (once) and queue one Produce request on the leader's connection.
-/// `None`: acks=0, nothing to wait for.
+/// Encode (once) and queue one Produce request on the leader's connection,
+/// at `ceiling` at most (a TV1 transaction's: v11). `None`: acks=0,
+/// nothing to wait for.
 async fn start_request(
     client: &Client,
     cfg: &ProducerConfig,
     leader: i32,
     batches: &mut [Batch],
+    ceiling: Option<i16>,
 ) -> Result<Option<PendingResponse<ProduceRequest>>> {
     let mut topics: HashMap<Arc<str>, Vec<PartitionProduceData>> = HashMap::new();
     for b in batches.iter_mut() {
@@ -403,7 +414,7 @@ async fn start_request(
             .await?;
         return Ok(None);
     }
-    conn.start(&req, client.config().request_timeout)
+    conn.start_at_most(&req, ceiling, client.config().request_timeout)
         .await
         .map(Some)
 }
@@ -572,7 +583,11 @@ fn settle(
                         let retry_at = now + retry_delay(cfg, &b);
                         st.acc.requeue(b, retry_at);
                     }
-                    ErrorAction::Fatal | ErrorAction::ResetProducerId => {
+                    // TRANSACTION_ABORTABLE (KIP-890): the record fails,
+                    // and with it the transaction, which must be aborted.
+                    ErrorAction::Fatal
+                    | ErrorAction::ResetProducerId
+                    | ErrorAction::AbortTransaction => {
                         if cfg.transactional_id.is_some() && st.txn_error.is_none() {
                             st.txn_error = Some(err.clone());
                         }

@@ -20,6 +20,7 @@
 mod postgres_inbox;
 mod protocol_migration;
 mod slow_control_lane;
+mod transactions_v2;
 
 mod groups {
     mod kafka_semantics;
