@@ -62,8 +62,10 @@ use kafka_wire::records::Record;
 use kafka_wire::{Producer, ProducerConfig, ProducerRecord};
 
 use crate::dlt;
+use crate::failure::executor::{settle, Effects, Failed, Forward, Settled};
+use crate::failure::FailurePolicy;
 use crate::processor::{until_connected, PollBackoff};
-use crate::retry::{BackoffPolicy, Decision, HandlerError};
+use crate::retry::{BackoffPolicy, HandlerError};
 
 /// Turns one input record into output records (none is fine), written
 /// as an `async fn` whose future is `Send` (like [`Handler`](crate::Handler)).
@@ -161,6 +163,8 @@ impl TransactionalProcessor {
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let group = self.consumer.group_id.clone().unwrap_or_default();
+        // Blocking retries inside the transaction, then the DLT.
+        let policy = FailurePolicy::new(self.backoff);
         // Per partition, the offset known committed (or where reading began).
         // (A reset of the position, e.g. a recreated topic, starts over.)
         let mut settled: HashMap<TopicPartition, i64> = HashMap::new();
@@ -252,6 +256,7 @@ impl TransactionalProcessor {
                     &positions,
                     &gm,
                     &group,
+                    &policy,
                     &poison,
                 )
                 .await
@@ -356,6 +361,7 @@ impl TransactionalProcessor {
         positions: &[PartitionPosition],
         gm: &kafka_wire::GroupMetadata,
         group: &str,
+        policy: &FailurePolicy,
         poison: &Poison,
     ) -> Result<(Vec<(String, i32, i64)>, Vec<(TopicPartition, i64)>), TxnFailure> {
         producer.begin_transaction().await?;
@@ -375,9 +381,16 @@ impl TransactionalProcessor {
                     }
                     break;
                 }
+                let input = Transform {
+                    transformer,
+                    tp: &batch.tp,
+                    record: r,
+                    group,
+                    stats: &self.stats,
+                };
                 let (outs, dead_letter) = match poison.get(&batch.tp, r.offset) {
-                    Some(known) => (vec![self.poison_letter(&batch.tp, r, group, known)], true),
-                    None => self.transform_one(transformer, &batch.tp, r, group).await,
+                    Some(known) => (vec![input.poison_letter(policy, known).await], true),
+                    None => input.outputs(policy).await,
                 };
                 for out in outs {
                     let input = (batch.tp.clone(), r.offset);
@@ -443,75 +456,110 @@ impl TransactionalProcessor {
             .fetch_add(records_in, Ordering::Relaxed);
         Ok((offsets, not_started))
     }
+}
 
-    /// The dead letter of an input whose outputs can never be written,
-    /// without its value if that was too large too.
-    fn poison_letter(
-        &self,
-        tp: &TopicPartition,
-        r: &Record,
-        group: &str,
-        known: &Unwritable,
-    ) -> ProducerRecord {
-        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        let err = HandlerError::NonRetryable(format!(
+/// One input of a transaction: the transformer's call, and how the
+/// exactly-once processor carries out its failure policy's decisions (see
+/// `crate::failure::executor`): a retry sleeps inside the open transaction
+/// (the policy's short backoff), and forwarding makes the input's dead
+/// letter its one output, written in the same transaction. No retry
+/// topics, no quarantine, no release: the policy decides none.
+struct Transform<'a, T> {
+    transformer: &'a T,
+    tp: &'a TopicPartition,
+    record: &'a Record,
+    group: &'a str,
+    stats: &'a EosStats,
+}
+
+impl<'a, T: Transformer> Transform<'a, T> {
+    /// The outputs of the input: the transformer's, or (after retries)
+    /// its dead letter (`true`).
+    async fn outputs(mut self, policy: &FailurePolicy) -> (Vec<ProducerRecord>, bool) {
+        // A panic is a poison record here too (panics.rs).
+        let error = match self.call(1).await {
+            Ok(outs) => return (outs, false),
+            Err(e) => e,
+        };
+        match settle(policy, self.failed(), &mut self, error.clone()).await {
+            Settled::Handled(outs) => (outs, false),
+            Settled::Forwarded(letter) => (vec![letter], true),
+            // Never decided here (the policy does not release, and the
+            // work always may go on); were it, the input is kept in the DLT
+            // rather than committed past without outputs.
+            Settled::Released | Settled::Stopped => (vec![self.dead_letter(&error, 1)], true),
+        }
+    }
+
+    /// The dead letter of an input whose outputs can never be written
+    /// (`known`), without its value if that was too large too: a
+    /// non-retryable failure, which the policy dead-letters.
+    async fn poison_letter(mut self, policy: &FailurePolicy, known: &Unwritable) -> ProducerRecord {
+        let error = HandlerError::NonRetryable(format!(
             "an output of this record can never be written: {}",
             known.error
         ));
-        let mut out = dlt::dead_letter(
+        let mut letter = match settle(policy, self.failed(), &mut self, error.clone()).await {
+            Settled::Forwarded(letter) => letter,
+            // The policy dead-letters every non-retryable failure at once.
+            _ => self.dead_letter(&error, 1),
+        };
+        if known.without_value {
+            dlt::drop_value(&mut letter);
+        }
+        letter
+    }
+
+    fn failed(&self) -> Failed<'a> {
+        Failed {
+            tp: self.tp,
+            offset: self.record.offset,
+            source: &self.tp.topic,
+            step: None,
+        }
+    }
+
+    /// The input's dead letter, after `attempts` attempts.
+    fn dead_letter(&self, error: &HandlerError, attempts: u32) -> ProducerRecord {
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        let tp = self.tp;
+        dlt::dead_letter(
             &dlt::dlt_topic(&tp.topic),
             &tp.topic,
             tp.partition,
-            group,
-            r,
-            &err,
-            1,
-        );
-        if known.without_value {
-            dlt::drop_value(&mut out);
-        }
-        out
+            self.group,
+            self.record,
+            error,
+            attempts,
+        )
+    }
+}
+
+impl<T: Transformer> Effects for Transform<'_, T> {
+    type Output = Vec<ProducerRecord>;
+    type Forwarded = ProducerRecord;
+
+    fn may_go_on(&self) -> bool {
+        true
     }
 
-    /// The outputs of one record: the transformer's, or (after retries)
-    /// its dead letter, written in the same transaction (`true`).
-    async fn transform_one(
-        &self,
-        transformer: &impl Transformer,
-        tp: &TopicPartition,
-        r: &Record,
-        group: &str,
-    ) -> (Vec<ProducerRecord>, bool) {
-        let mut delays = self.backoff.delays(rand::random::<f64>);
-        let mut attempt = 1;
-        loop {
-            // A panic is a poison record here too (panics.rs).
-            let err = match crate::panics::call("the transformer", || transformer.transform(tp, r))
-                .await
-            {
-                Ok(outs) => return (outs, false),
-                Err(e) => e,
-            };
-            match self.backoff.decide(attempt, &err, delays.next()) {
-                Decision::RetryAfter(d) => {
-                    tokio::time::sleep(d).await;
-                    attempt += 1;
-                }
-                Decision::DeadLetter => {
-                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    let letter = dlt::dead_letter(
-                        &dlt::dlt_topic(&tp.topic),
-                        &tp.topic,
-                        tp.partition,
-                        group,
-                        r,
-                        &err,
-                        attempt,
-                    );
-                    return (vec![letter], true);
-                }
-            }
-        }
+    async fn wait(&mut self, delay: Duration) -> bool {
+        tokio::time::sleep(delay).await;
+        true
+    }
+
+    async fn call(&mut self, _attempt: u32) -> Result<Vec<ProducerRecord>, HandlerError> {
+        let (transformer, tp, record) = (self.transformer, self.tp, self.record);
+        crate::panics::call("the transformer", || transformer.transform(tp, record)).await
+    }
+
+    async fn forward(
+        &mut self,
+        _to: Forward<'_>,
+        error: &HandlerError,
+        attempts: u32,
+    ) -> ProducerRecord {
+        self.dead_letter(error, attempts)
     }
 }
 

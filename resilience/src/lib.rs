@@ -25,6 +25,7 @@
 //! | [`offset_tracker`] | completions in any order → the safe commit point (pure) |
 //! | [`commit_metadata`] | completed-beyond-the-commit-point offsets in commit metadata (versioned) |
 //! | [`retry`] | [`retry::HandlerError`] classification and [`retry::BackoffPolicy`] |
+//! | [`failure`] | [`failure::FailurePolicy`]: a failure → retry, wait for a dependency, retry topic, DLT, quarantine (pure); its executor, shared by both processors |
 //! | [`retry_topics`] | non-blocking retry chain (`orders.retry.1s` → … → DLT) |
 //! | [`dlt`] | dead-letter records with `kafka_dlt-*` provenance headers |
 //! | [`dedup`] | [`dedup::DedupStore`]: in-memory, embedded file log, PostgreSQL (feature `postgres`) |
@@ -164,6 +165,7 @@ pub mod config;
 pub mod dedup;
 pub mod dlt;
 pub mod eos;
+pub mod failure;
 mod handler_fn;
 pub mod observe;
 pub mod offset_tracker;

@@ -1,7 +1,9 @@
 //! Retry as a small value type: a backoff policy is an iterator of delays
 //! with an injectable random source, and a handler error says whether a
-//! retry can help. The same policy drives blocking retries (only the
-//! record's partition or key waits) and retry topics.
+//! retry can help. What a failure leads to is decided in one place,
+//! [`FailurePolicy::decide`](crate::failure::FailurePolicy::decide), from
+//! both: blocking retries (only the record's partition or key waits),
+//! retry topics, the DLT.
 
 use std::time::Duration;
 
@@ -251,35 +253,6 @@ impl BackoffPolicy {
             jitter: 0.0,
         }
     }
-
-    /// What to do after attempt number `attempt` (1-based) failed with `err`.
-    /// [`HandlerError::Unavailable`] is always retried: after the policy's
-    /// delays run out, the delays keep growing by the multiplier up to
-    /// `max_delay`.
-    pub fn decide(&self, attempt: u32, err: &HandlerError, delay: Option<Duration>) -> Decision {
-        if let HandlerError::Unavailable(_) = err {
-            // Past the policy's retries the delays keep growing by the
-            // multiplier, up to `max_delay`, without jitter.
-            let cap = self.max_delay.max(self.initial);
-            let grown = || {
-                let exp = attempt.saturating_sub(1).min(63) as i32;
-                let secs = self.initial.as_secs_f64() * self.multiplier.max(1.0).powi(exp);
-                Duration::try_from_secs_f64(secs).unwrap_or(cap)
-            };
-            return Decision::RetryAfter(delay.unwrap_or_else(grown).min(cap));
-        }
-        match (err.is_retryable(), attempt < self.max_attempts, delay) {
-            (true, true, Some(d)) => Decision::RetryAfter(d),
-            _ => Decision::DeadLetter,
-        }
-    }
-}
-
-/// What happens to a failed record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    RetryAfter(Duration),
-    DeadLetter,
 }
 
 /// The runtime's own retries (polling again, a failed transaction, the
@@ -333,30 +306,6 @@ mod tests {
             [1, 2, 4].map(Duration::from_secs),
             "the seeds' 1, 2, 4 s"
         );
-        let err = HandlerError::Retryable("down".into());
-        assert!(matches!(seed.decide(4, &err, None), Decision::DeadLetter));
-    }
-
-    #[test]
-    fn unavailable_is_retried_past_the_attempts_and_never_dead_lettered() {
-        let p = BackoffPolicy::exponential(Duration::from_secs(1), 3);
-        let down = HandlerError::unavailable("connection refused");
-        assert_eq!(down.class(), "Unavailable");
-        assert!(down.is_retryable());
-        assert_eq!(
-            p.decide(2, &down, Some(Duration::from_secs(2))),
-            Decision::RetryAfter(Duration::from_secs(2))
-        );
-        assert_eq!(
-            p.decide(4, &down, None),
-            Decision::RetryAfter(Duration::from_secs(8)),
-            "after the policy's 1, 2, 4 s, growing on"
-        );
-        assert_eq!(
-            p.decide(1000, &down, None),
-            Decision::RetryAfter(Duration::from_secs(30)),
-            "up to max_delay"
-        );
     }
 
     #[test]
@@ -372,38 +321,14 @@ mod tests {
     }
 
     #[test]
-    fn decisions() {
-        let p = BackoffPolicy::default();
-        let transient = HandlerError::Retryable("db down".into());
-        assert_eq!(
-            p.decide(1, &transient, Some(Duration::from_secs(1))),
-            Decision::RetryAfter(Duration::from_secs(1))
-        );
-        assert_eq!(
-            p.decide(3, &transient, None),
-            Decision::DeadLetter,
-            "attempts exhausted"
-        );
-        assert_eq!(
-            p.decide(
-                1,
-                &HandlerError::NonRetryable("bad".into()),
-                Some(Duration::ZERO)
-            ),
-            Decision::DeadLetter
-        );
-        assert_eq!(
-            p.decide(
-                1,
-                &HandlerError::Deserialization("?".into()),
-                Some(Duration::ZERO)
-            ),
-            Decision::DeadLetter
-        );
+    fn unknown_errors_are_retryable_and_unavailable_is_its_own_class() {
         assert!(
             HandlerError::from_display("anything").is_retryable(),
             "unknown errors are retryable"
         );
+        let down = HandlerError::unavailable("connection refused");
+        assert_eq!(down.class(), "Unavailable");
+        assert!(down.is_retryable());
     }
 
     proptest! {

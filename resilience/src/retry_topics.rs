@@ -3,11 +3,13 @@
 //! while its source partition goes on. Throughput over order: a record
 //! retried this way is handled after records that came later.
 //!
-//! Each hop carries the origin (`kafka_dlt-original-*`), the attempts so
-//! far (`retry_topic-attempts`) and when it is due
-//! (`retry_topic-backoff-timestamp`). A retry partition's worker waits until
-//! the head record is due; records of one retry topic share a delay, so
-//! they become due in order.
+//! Which hop a failure takes is the failure policy's decision
+//! ([`crate::failure::FailurePolicy`]); this file names the topics and
+//! builds the copies. Each hop carries the origin (`kafka_dlt-original-*`),
+//! the attempts so far (`retry_topic-attempts`) and when it is due
+//! (`retry_topic-backoff-timestamp`). A retry partition's worker waits
+//! until the head record is due; records of one retry topic share a delay,
+//! so they become due in order.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -63,37 +65,6 @@ pub fn topic_name(topic: &str, delay: Duration) -> String {
     format!("{topic}.retry.{label}")
 }
 
-/// Where a failed record goes next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NextHop {
-    /// Retry topic `topic` (its delay is `delay`).
-    Retry {
-        topic: String,
-        delay: Duration,
-    },
-    DeadLetter,
-}
-
-/// The next hop after a failure at step `step` (`None`: the source topic).
-pub fn next_hop(
-    chain: &RetryTopics,
-    source: &str,
-    step: Option<usize>,
-    err: &HandlerError,
-) -> NextHop {
-    if !err.is_retryable() {
-        return NextHop::DeadLetter;
-    }
-    let next = step.map_or(0, |s| s + 1);
-    match chain.delays.get(next) {
-        Some(&delay) => NextHop::Retry {
-            topic: topic_name(source, delay),
-            delay,
-        },
-        None => NextHop::DeadLetter,
-    }
-}
-
 /// The record to write to retry topic `target`, due at `now_ms + delay`.
 #[allow(clippy::too_many_arguments)]
 pub fn to_retry_topic(
@@ -141,34 +112,7 @@ mod tests {
         assert_eq!(topic_name("o", Duration::from_secs(120)), "o.retry.2m");
         let idx = chain.index(&["orders".to_string()]);
         assert_eq!(idx["orders.retry.10s"], ("orders".to_string(), 1));
-        let transient = HandlerError::Retryable("x".into());
-        assert_eq!(
-            next_hop(&chain, "orders", None, &transient),
-            NextHop::Retry {
-                topic: "orders.retry.1s".into(),
-                delay: Duration::from_secs(1)
-            }
-        );
-        assert_eq!(
-            next_hop(&chain, "orders", Some(0), &transient),
-            NextHop::Retry {
-                topic: "orders.retry.10s".into(),
-                delay: Duration::from_secs(10)
-            }
-        );
-        assert_eq!(
-            next_hop(&chain, "orders", Some(1), &transient),
-            NextHop::DeadLetter
-        );
-        assert_eq!(
-            next_hop(
-                &chain,
-                "orders",
-                None,
-                &HandlerError::NonRetryable("p".into())
-            ),
-            NextHop::DeadLetter
-        );
+        assert_eq!(idx["orders.retry.1s"], ("orders".to_string(), 0));
     }
 
     #[test]

@@ -1,23 +1,41 @@
-//! Commits: each partition's completed prefix, with the completed-beyond
-//! map as metadata, fenced by the position incarnation; one at a time; on
-//! the configured policy's schedule (the commit loop), on revoke and at
-//! shutdown.
+//! Commits: one at a time, each partition's commit point with its
+//! completed-beyond map as metadata, fenced by the position incarnation.
+//! The runtime says what to commit (its partitions' [`Offsets`]) and hears
+//! how each attempt went; this file keeps commits in order and learns the
+//! coordinator's metadata limit.
+//!
+//! [`Offsets`]: super::completion::offsets::Offsets
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use consumer_core::{Committer, ConsumerError, OffsetToCommit, TopicPartition};
 use kafka_wire::KafkaCode;
 use tokio::sync::MutexGuard;
-use tokio::task::AbortHandle;
 
-use super::runtime::{Count, Runtime};
-use crate::commit_metadata::{encode_ranges, merge_ranges, ranges_of};
-use crate::config::CommitPolicy;
-use crate::observe::Event;
+/// One partition's offset to commit.
+#[derive(Debug, Clone)]
+pub(super) struct CommitPoint {
+    pub(super) tp: TopicPartition,
+    /// The next offset to read.
+    pub(super) offset: i64,
+    /// The offsets done beyond it (`commit_metadata`).
+    pub(super) metadata: String,
+    /// The consumer's position incarnation the point belongs to: a commit
+    /// of another one is refused.
+    pub(super) incarnation: u64,
+}
 
-/// What keeps commits in order (only this file touches it).
+/// How one commit attempt went, and how long it took.
+#[derive(Debug)]
+pub(super) enum Attempt<'a> {
+    /// The broker accepted these.
+    Accepted(&'a [CommitPoint], Duration),
+    /// It failed (logged; the next commit retries).
+    Failed(Duration),
+}
+
+/// What keeps commits in order.
 pub(super) struct Commits {
     /// One commit at a time, so commits never reorder and a revoke can
     /// finish with no commit in flight for its partitions.
@@ -29,6 +47,25 @@ pub(super) struct Commits {
     metadata_limit: AtomicUsize,
 }
 
+/// Is `e` the coordinator refusing commit metadata as too long?
+fn metadata_too_large(e: &ConsumerError) -> bool {
+    matches!(e, ConsumerError::Wire(w) if w.code() == Some(KafkaCode::OffsetMetadataTooLarge))
+}
+
+/// The metadata limit to try after refusal number `refused` (0 for the
+/// first) of metadata up to `longest` bytes, under limit `was`: the
+/// broker's own limit if it said, else half of what it refused; after a
+/// second refusal none (an offset with no metadata always fits). Always
+/// below `was`.
+fn learned_limit(refused: u32, was: usize, broker: Option<usize>, longest: usize) -> usize {
+    let learned = match (refused, broker) {
+        (0, Some(broker)) => broker,
+        (0, None) => was.min(longest) / 2,
+        _ => 0,
+    };
+    learned.min(was.saturating_sub(1))
+}
+
 impl Commits {
     pub(super) fn new(metadata_limit: usize) -> Self {
         Self {
@@ -36,189 +73,92 @@ impl Commits {
             metadata_limit: AtomicUsize::new(metadata_limit),
         }
     }
-}
-
-/// The coordinator refused a commit's metadata as too long; the longest
-/// metadata string the commit carried (bytes).
-struct MetadataTooLarge {
-    longest: usize,
-}
-
-/// Is `e` the coordinator refusing commit metadata as too long?
-fn metadata_too_large(e: &ConsumerError) -> bool {
-    matches!(e, ConsumerError::Wire(w) if w.code() == Some(KafkaCode::OffsetMetadataTooLarge))
-}
-
-impl Runtime {
-    /// Start the commit loop of the configured [`CommitPolicy`] (none for
-    /// `OnRevokeAndShutdown`); the runtime owns it (see
-    /// [`Runtime::spawn`]), and the poll loop aborts it before the final
-    /// commit.
-    pub(super) fn start_commit_loop(
-        self: &Arc<Self>,
-        committer: &Committer,
-    ) -> Option<AbortHandle> {
-        match self.cfg().commit_policy {
-            CommitPolicy::Interval(every) => {
-                let (rt, c) = (self.clone(), committer.clone());
-                Some(self.spawn(async move {
-                    loop {
-                        tokio::time::sleep(every).await;
-                        rt.commit(&c, None).await;
-                    }
-                }))
-            }
-            CommitPolicy::AfterEachCompletion => {
-                let (rt, c) = (self.clone(), committer.clone());
-                Some(self.spawn(async move {
-                    loop {
-                        let changed = rt.work_finished();
-                        let _ = tokio::time::timeout(Duration::from_millis(100), changed).await;
-                        rt.commit(&c, None).await;
-                    }
-                }))
-            }
-            CommitPolicy::OnRevokeAndShutdown => None,
-        }
-    }
 
     /// Wait for the commit in flight, if any, and hold off the next one
     /// until the guard is dropped: the listener commits and forgets a
     /// revoked partition (or forgets a lost one) with no commit in flight
-    /// for it. Commit meanwhile with [`Runtime::commit_locked`].
-    pub(super) async fn one_commit_at_a_time(&self) -> MutexGuard<'_, ()> {
-        self.commits.lock.lock().await
+    /// for it. Commit meanwhile with [`Commits::commit_locked`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe (tokio's `Mutex::lock`).
+    pub(super) async fn one_at_a_time(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().await
     }
 
-    /// Commit the completed prefix (and the completed-beyond map as
-    /// metadata) of `only` (all if `None`), if it changed.
-    pub(super) async fn commit(&self, committer: &Committer, only: Option<&[TopicPartition]>) {
-        let _one_at_a_time = self.one_commit_at_a_time().await;
-        self.commit_locked(committer, only).await;
-    }
-
-    /// [`Runtime::commit`] for a caller already holding the commit lock
-    /// (see [`Runtime::one_commit_at_a_time`]).
+    /// Commit `points(limit)`: the points that changed, their metadata
+    /// within `limit` bytes. `attempted` hears how each attempt went. A
+    /// failure is logged and left to the next commit, except a refusal of
+    /// the metadata's size: a limit learned, never a reason to stop
+    /// committing. The offsets go again at once with metadata that fits,
+    /// after at most two refusals. For a caller holding
+    /// [`Commits::one_at_a_time`].
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a commit cancelled mid-way may have reached the
+    /// coordinator without `attempted` hearing of it (the next commit
+    /// then sends the same points again, which changes nothing).
     pub(super) async fn commit_locked(
         &self,
         committer: &Committer,
-        only: Option<&[TopicPartition]>,
+        mut points: impl FnMut(usize) -> Vec<CommitPoint>,
+        mut attempted: impl FnMut(Attempt<'_>),
     ) {
-        // A refusal of the metadata's size is a limit learned, never a
-        // reason to stop committing: the offsets go again at once with
-        // metadata that fits (the broker's own limit if it says, else half
-        // of what it refused, then none), at most two refusals.
         for refused in 0..3 {
-            match self.commit_once(committer, only).await {
-                Some(MetadataTooLarge { longest }) if refused < 2 => {
-                    let was = self.commits.metadata_limit.load(Ordering::Relaxed);
-                    let learned = if refused == 0 {
-                        match committer.metadata_limit().await {
-                            Some(broker) => broker,
-                            None => was.min(longest) / 2,
-                        }
-                    } else {
-                        0 // an offset with no metadata always fits
-                    };
-                    let learned = learned.min(was.saturating_sub(1));
-                    self.commits
-                        .metadata_limit
-                        .store(learned, Ordering::Relaxed);
-                    tracing::warn!(was, now = learned, "the group coordinator refused the commit metadata as too large (offset.metadata.max.bytes); committing again with metadata that fits");
-                }
-                _ => return,
+            let points = points(self.metadata_limit.load(Ordering::Relaxed));
+            if points.is_empty() {
+                return;
             }
-        }
-    }
-
-    /// One commit attempt. A failure is logged and left to the next commit,
-    /// except a refusal of the metadata's size, returned.
-    async fn commit_once(
-        &self,
-        committer: &Committer,
-        only: Option<&[TopicPartition]>,
-    ) -> Option<MetadataTooLarge> {
-        let offsets = self.commit_points(only);
-        if offsets.is_empty() {
-            return None;
-        }
-        let started = std::time::Instant::now();
-        let fenced: Vec<OffsetToCommit> = offsets
-            .iter()
-            .map(|(tp, o, m, incarnation)| OffsetToCommit {
-                tp: tp.clone(),
-                offset: *o,
-                metadata: m.clone(),
-                incarnation: Some(*incarnation),
-            })
-            .collect();
-        let result = committer.commit_offsets(&fenced).await;
-        self.metrics()
-            .commit_seconds
-            .record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(()) => {
-                {
-                    let mut st = self.lock();
-                    for (tp, o, m, _) in &offsets {
-                        if let Some(p) = st.part_mut(tp) {
-                            p.last_commit = Some((*o, m.clone().unwrap_or_default()));
-                        }
-                    }
-                }
-                self.count(Count::Commits, 1);
-                self.observe(Event::Committed(
-                    offsets
-                        .into_iter()
-                        .map(|(tp, o, m, _)| (tp, o, m.unwrap_or_default()))
-                        .collect(),
-                ));
-                None
-            }
-            Err(e) => {
-                self.count(Count::CommitFailures, 1);
-                if metadata_too_large(&e) {
-                    let longest = offsets.iter().filter_map(|o| o.2.as_ref()).map(String::len);
-                    return Some(MetadataTooLarge {
-                        longest: longest.max().unwrap_or(0),
-                    });
-                }
+            let fenced: Vec<OffsetToCommit> = points
+                .iter()
+                .map(|p| OffsetToCommit {
+                    tp: p.tp.clone(),
+                    offset: p.offset,
+                    metadata: Some(p.metadata.clone()),
+                    incarnation: Some(p.incarnation),
+                })
+                .collect();
+            let started = Instant::now();
+            let result = committer.commit_offsets(&fenced).await;
+            let took = started.elapsed();
+            let e = match result {
+                Ok(()) => return attempted(Attempt::Accepted(&points, took)),
+                Err(e) => e,
+            };
+            attempted(Attempt::Failed(took));
+            if !metadata_too_large(&e) {
                 tracing::warn!(error = %e, "commit failed; the next one retries (nothing is lost: uncommitted work is redone)");
-                None
+                return;
             }
+            if refused == 2 {
+                return; // refused twice already: left to the next commit
+            }
+            let was = self.metadata_limit.load(Ordering::Relaxed);
+            let broker = match refused {
+                0 => committer.metadata_limit().await,
+                _ => None,
+            };
+            let longest = points.iter().map(|p| p.metadata.len()).max().unwrap_or(0);
+            let learned = learned_limit(refused, was, broker, longest);
+            self.metadata_limit.store(learned, Ordering::Relaxed);
+            tracing::warn!(was, now = learned, "the group coordinator refused the commit metadata as too large (offset.metadata.max.bytes); committing again with metadata that fits");
         }
     }
+}
 
-    fn commit_points(
-        &self,
-        only: Option<&[TopicPartition]>,
-    ) -> Vec<(TopicPartition, i64, Option<String>, u64)> {
-        let limit = self.commits.metadata_limit.load(Ordering::Relaxed);
-        let mut st = self.lock();
-        let mut out = Vec::new();
-        for (tp, p) in st.parts_mut() {
-            if only.is_some_and(|o| !o.contains(tp)) {
-                continue;
-            }
-            let point = p.tracker.commit_point();
-            let end = p.tracker.end();
-            // Done beyond the point: this run's completions, plus loaded
-            // ones not dispatched yet.
-            let mut ranges = ranges_of(p.tracker.done_beyond_commit_point());
-            ranges.extend(
-                p.loaded_done
-                    .iter()
-                    .filter(|(_, e)| *e > end)
-                    .map(|(s, e)| ((*s).max(end), *e)),
-            );
-            let ranges = merge_ranges(ranges);
-            let (meta, fitted) = encode_ranges(point, &ranges, limit);
-            p.metadata_full = fitted < ranges.len();
-            let next = (point, meta);
-            if p.last_commit.as_ref() != Some(&next) {
-                out.push((tp.clone(), next.0, Some(next.1), p.incarnation));
-            }
-        }
-        out
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_metadata_size_teaches_a_smaller_limit_each_time() {
+        assert_eq!(
+            learned_limit(0, 4096, Some(1024), 3000),
+            1024,
+            "the broker's"
+        );
+        assert_eq!(learned_limit(0, 4096, None, 3000), 1500, "half the refused");
+        assert_eq!(learned_limit(0, 1000, None, 3000), 500, "half the limit");
+        assert_eq!(learned_limit(0, 512, Some(4096), 300), 511, "always lower");
+        assert_eq!(learned_limit(1, 512, None, 300), 0, "then none");
     }
 }

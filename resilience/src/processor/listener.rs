@@ -6,11 +6,12 @@ use std::sync::Arc;
 use consumer_core::consumer::ListenerFuture;
 use consumer_core::{Committer, RebalanceListener, TopicPartition};
 
-use super::runtime::{Loaded, Runtime};
+use super::completion::offsets::{Loaded, Offsets};
+use super::runtime::Runtime;
 use crate::commit_metadata;
 use crate::observe::Event;
 
-pub(super) struct RuntimeListener(pub(super) Arc<Runtime>);
+pub(super) struct RuntimeListener(pub(super) Arc<Runtime<Offsets>>);
 
 impl RebalanceListener for RuntimeListener {
     fn on_assigned<'a>(
@@ -28,12 +29,11 @@ impl RebalanceListener for RuntimeListener {
                     let done = commit_metadata::decode(co.offset, &co.metadata);
                     let incarnation = c.incarnation(&tp);
                     let loaded = Loaded {
-                        incarnation,
                         committed: co.offset,
                         metadata: co.metadata,
                         done,
                     };
-                    (tp, loaded)
+                    (tp, incarnation, loaded)
                 })),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not read committed metadata; finished work beyond the committed offsets may be redone")

@@ -4,11 +4,11 @@
 //!
 //! ```text
 //!  poll task ──records──▶ scheduler (lanes by ordering) ──▶ units of work (≤ concurrency)
-//!     │  ▲                                                  │ dedup · deadline · retry
-//!     │  └── pause/resume ◀── in-flight records/bytes,      │ DLT / retry topic, acked
-//!     │                       per-partition queue, quarantine
-//!     └── rebalance listener         commit task ◀── OffsetTracker per partition
-//!          (drain, commit, forget)      (fenced, with completed-offset metadata)
+//!     │  ▲                                                  │ dedup · deadline
+//!     │  └── pause/resume ◀── in-flight records/bytes,      │ failure ─▶ FailurePolicy ─▶ executor:
+//!     │                       per-partition queue, quarantine   retry, retry topic / DLT (acked), release
+//!     └── rebalance listener         commit task ◀── Completion per partition ◀── Outcome of each record
+//!          (drain, commit, forget)      (offsets: fenced, with completed-offset metadata)
 //! ```
 //!
 //! The poll loop never waits for a handler, so heartbeats and
@@ -20,189 +20,74 @@
 //!
 //! # Layout
 //!
-//! One file per concern. Each keeps its own fields in a struct of its own
-//! inside `Runtime`, private to that file; the partitions, lanes and
-//! loaded metadata sit behind the one state lock, in `runtime.rs`.
+//! One file per concern. A concern's type owns its state and does not know
+//! `Runtime`; `runtime.rs` composes them behind its one state lock. The
+//! files that drive the runtime (this one, the worker, the listener) call
+//! it; it starts workers only through `StartWorker`. Imports point one
+//! way:
 //!
 //! ```text
-//!  mod.rs           Processor, handlers, Stats; the poll loop (reads the runtime through accessors)
-//!  runtime.rs       Runtime: config, counters, the state lock and State; dispatch, finish, stop, forget
-//!  workers.rs       Workers: the handler (typed per worker task), permits and every spawned task; pump, worker, release/reacquire
-//!  unit.rs          Unit, CallHandler (one record or a batch per call), Handling (DLT/retry-topic producer): one unit of work, start to finish
-//!  commit.rs        Commits: one commit at a time; commit points with metadata, the commit loop
-//!  backpressure.rs  InFlight: in-flight totals, the global pause; which partitions to pause
+//!  mod.rs ─▶ listener.rs ─▶ runtime.rs ─▶ completion/ backpressure.rs commit.rs forward.rs workers.rs stats.rs
+//!    └─────▶ unit.rs ──────────┘  ▲        (and crate::failure: FailurePolicy, FailureRun, the executor)
+//!    └─────▶ handler.rs ◀─ unit.rs
+//!
+//!  mod.rs           Processor; the poll loop (pauses from Runtime::to_pause), lag and snapshots
+//!  handler.rs       Handler, BatchHandler; CallHandler (OneRecord / Batched: one record or a unit per call)
+//!  stats.rs         Stats: the counters of a run
+//!  runtime.rs       Runtime<C: Completion>: config, counters, the state lock and State; dispatch,
+//!                   finish (to the Completion), stop, forget, pump, to_pause; commits (Runtime<Offsets>)
+//!  unit.rs          the worker (StartWorker for every handler): units of work start to finish; the
+//!                   failure executor's effects (wait without a permit, forward until acknowledged)
+//!  completion/      Completion (the seam: Outcome of each record → the group), offsets.rs (Offsets:
+//!                   OffsetTracker, commit point with metadata, last commit)
+//!  forward.rs       Forwarding: the DLT/retry-topic producer, the retry-topic index, one write
+//!  workers.rs       Workers: permits and every spawned task
+//!  commit.rs        Commits: one commit at a time; the metadata limit learned
+//!  backpressure.rs  InFlight (totals, the global pause), QueueBound, poll_wait
 //!  listener.rs      the rebalance listener: load on assign, drain+commit+forget on revoke
 //! ```
 
 mod backpressure;
 mod commit;
+mod completion;
+mod forward;
+mod handler;
 mod listener;
 mod runtime;
+mod stats;
 mod unit;
 mod workers;
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use consumer_core::{Consumer, ConsumerConfig, ConsumerError, TopicPartition};
-use kafka_wire::records::Record;
 use kafka_wire::{Client, NewTopic, Producer};
 use tokio::time::Instant;
 
 use crate::config::ProcessorConfig;
-use crate::observe::{self, LagGauges, PartitionSnapshot, Snapshot, SNAPSHOT_INTERVAL};
+use crate::observe::{self, Event, LagGauges, PartitionSnapshot, Snapshot, SNAPSHOT_INTERVAL};
 use crate::retry::runtime_delays;
-use backpressure::{apply_backpressure, poll_wait};
+use backpressure::poll_wait;
+use completion::offsets::Offsets;
+use handler::{Batched, OneRecord};
 use listener::RuntimeListener;
-use runtime::Runtime;
-use unit::{Batched, OneRecord};
-use workers::StartWorker;
+use runtime::{Runtime, StartWorker};
 
 pub use crate::retry::HandlerError;
+pub use handler::{BatchHandler, Handler};
 pub use runtime::record_bytes;
-
-/// The application's code for one record.
-///
-/// Write it as an `async fn`; its future must be `Send` (the runtime runs
-/// handlers on tokio's worker threads), and it may borrow `self`, `tp` and
-/// `record` until it completes:
-///
-/// ```no_run
-/// use resilience::{Handler, HandlerError};
-/// use resilience::consumer_core::TopicPartition;
-/// use kafka_wire::records::Record;
-///
-/// struct SaveOrder;
-/// impl Handler for SaveOrder {
-///     async fn handle(&self, _tp: &TopicPartition, r: &Record) -> Result<(), HandlerError> {
-///         let body = r.value.as_deref().ok_or(HandlerError::fatal("empty order"))?;
-///         let _order = std::str::from_utf8(body)?;
-///         Ok(())
-///     }
-/// }
-/// ```
-///
-/// The runtime is generic over the handler: each call's future lives
-/// inside the worker's own (no allocation per call). A future that is not
-/// `Send` is refused where the `impl` is written.
-///
-/// Return `Ok(())` once the record's work is done: only then can its offset
-/// be committed. An `Err` says what to do next (see [`HandlerError`]):
-/// `Retryable` is retried with backoff (default 3 attempts, 1 s then 2 s
-/// apart) and then dead-lettered; `NonRetryable` and `Deserialization` are
-/// dead-lettered at once. Without a DLT (`ProcessorConfig::dead_letter`) a
-/// record that cannot be handled stalls its partition instead of being
-/// skipped. A handler that panics (building or polling its future) fails
-/// that call as `NonRetryable` with the panic's message: the record is
-/// dead-lettered and its partition goes on. `?` works on common errors
-/// (I/O, Kafka, UTF-8, number parsing: see [`HandlerError`]'s `From`
-/// impls). For a small handler, [`handler_fn`](crate::handler_fn()) takes
-/// an async closure instead.
-pub trait Handler: Send + Sync + 'static {
-    /// Handle `record`, read from `tp`.
-    fn handle<'a>(
-        &'a self,
-        tp: &'a TopicPartition,
-        record: &'a Record,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
-}
-
-/// The application's code for a batch of one lane's records (in order:
-/// consecutive records of a partition, or of a key under
-/// [`Ordering::PerKey`](crate::Ordering)), at most `max_batch` of them
-/// ([`Processor::batched`]). Written as an `async fn`, like [`Handler`].
-/// A failure retries, and then dead-letters, the whole batch; a panic
-/// dead-letters it at once.
-pub trait BatchHandler: Send + Sync + 'static {
-    /// Handle `records` (1 ..= `max_batch`), read from `tp`.
-    fn handle_batch<'a>(
-        &'a self,
-        tp: &'a TopicPartition,
-        records: &'a [Record],
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
-}
-
-/// A shared handler is a handler (one instance across runs or processors).
-impl<H: Handler> Handler for Arc<H> {
-    fn handle<'a>(
-        &'a self,
-        tp: &'a TopicPartition,
-        record: &'a Record,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
-        (**self).handle(tp, record)
-    }
-}
-
-impl<H: BatchHandler> BatchHandler for Arc<H> {
-    fn handle_batch<'a>(
-        &'a self,
-        tp: &'a TopicPartition,
-        records: &'a [Record],
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
-        (**self).handle_batch(tp, records)
-    }
-}
-
-/// Counters of a run (shared with the running processor).
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Records whose handler succeeded. Counted as a unit of work
-    /// finishes (at most 512 records or about 5 ms after the calls), just
-    /// before their offsets may commit, not per call.
-    pub handled: AtomicU64,
-    /// Blocking retries (attempts after the first).
-    pub retried: AtomicU64,
-    /// Records written to the DLT (acknowledged).
-    pub dead_lettered: AtomicU64,
-    /// Records written to a retry topic (acknowledged).
-    pub sent_to_retry: AtomicU64,
-    /// Records skipped because the DedupStore had their key.
-    pub deduplicated: AtomicU64,
-    /// Skipped because the committed metadata said they were done.
-    pub already_done: AtomicU64,
-    /// Commits the broker accepted.
-    pub commits: AtomicU64,
-    pub commit_failures: AtomicU64,
-    /// Failed DLT or retry-topic writes (each is retried).
-    pub dlt_write_failures: AtomicU64,
-    /// Times the global in-flight bound paused every partition.
-    pub pauses: AtomicU64,
-    /// Times one partition was paused because its own queue was full
-    /// (`max_queued_per_partition`, or its share of the global bound).
-    pub partition_pauses: AtomicU64,
-    pub quarantines: AtomicU64,
-    pub peak_in_flight_bytes: AtomicUsize,
-    pub peak_in_flight_records: AtomicUsize,
-    /// Polls that failed with a retriable error and were retried.
-    pub poll_errors: AtomicU64,
-}
-
-impl Stats {
-    /// Records that reached an end: handled, dead-lettered, sent to a retry
-    /// topic, skipped as duplicates or as already done.
-    pub fn finished(&self) -> u64 {
-        [
-            &self.handled,
-            &self.dead_lettered,
-            &self.sent_to_retry,
-            &self.deduplicated,
-            &self.already_done,
-        ]
-        .iter()
-        .map(|c| c.load(Ordering::Relaxed))
-        .sum()
-    }
-}
+pub use stats::Stats;
 
 /// The runtime. Configure with [`ProcessorConfig`], give it a handler, `run`.
 pub struct Processor {
     cfg: ProcessorConfig,
-    /// The handler, typed inside each worker task (see workers.rs).
-    handler: Arc<dyn StartWorker>,
+    /// The handler, typed inside each worker task (see unit.rs).
+    handler: Arc<dyn StartWorker<Offsets>>,
     stats: Arc<Stats>,
     snapshots: tokio::sync::watch::Sender<Snapshot>,
 }
@@ -403,10 +288,35 @@ impl Processor {
     }
 }
 
+/// Pause what should not be fetched now, resume what may be again (see
+/// [`Runtime::to_pause`]). Returns whether a pause waits only for workers
+/// to drain (the global bound or a full queue).
+fn apply_backpressure(
+    rt: &Runtime<Offsets>,
+    consumer: &mut Consumer,
+    paused: &mut HashSet<TopicPartition>,
+    globally: &mut bool,
+) -> bool {
+    let (want, draining) = rt.to_pause(consumer.assignment(), globally);
+    let to_pause: Vec<TopicPartition> = want.difference(paused).cloned().collect();
+    let to_resume: Vec<TopicPartition> = paused.difference(&want).cloned().collect();
+    if !to_pause.is_empty() {
+        consumer.pause(&to_pause);
+        rt.observe(Event::Paused(to_pause));
+    }
+    if !to_resume.is_empty() {
+        consumer.resume(&to_resume);
+        rt.observe(Event::Resumed(to_resume));
+    }
+    *paused = want;
+    rt.metrics().paused(paused.len());
+    draining
+}
+
 /// Both lags of every assigned partition (see [`observe`]'s "Two lags"):
 /// log end minus the fetch position, and log end minus the committed
 /// offset this runtime knows (found on assignment, or its last commit).
-fn report_lag(rt: &Runtime, consumer: &Consumer, gauges: &mut LagGauges) {
+fn report_lag(rt: &Runtime<Offsets>, consumer: &Consumer, gauges: &mut LagGauges) {
     let assigned = consumer.assignment();
     let status = rt.part_status(&assigned);
     for (tp, status) in assigned.iter().zip(status) {
@@ -420,7 +330,11 @@ fn report_lag(rt: &Runtime, consumer: &Consumer, gauges: &mut LagGauges) {
 }
 
 /// The state the poll task publishes (see [`Snapshot`]).
-fn snapshot(rt: &Runtime, consumer: &Consumer, paused: &HashSet<TopicPartition>) -> Snapshot {
+fn snapshot(
+    rt: &Runtime<Offsets>,
+    consumer: &Consumer,
+    paused: &HashSet<TopicPartition>,
+) -> Snapshot {
     let mut assigned = consumer.assignment();
     assigned.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     let status = rt.part_status(&assigned);
@@ -485,7 +399,7 @@ impl PollBackoff {
 }
 
 /// Aborts the runtime's tasks when `run` returns or is dropped mid-way.
-struct AbortTasksOnDrop(Arc<Runtime>);
+struct AbortTasksOnDrop(Arc<Runtime<Offsets>>);
 
 impl Drop for AbortTasksOnDrop {
     fn drop(&mut self) {

@@ -1,31 +1,48 @@
 //! The state shared by the poll task, the workers, the commit task and the
 //! rebalance listener, and the operations on it: dispatch, finish, stop,
-//! forget. One `std` mutex guards [`State`]; nothing awaits while holding
-//! it. The other concerns' fields live in their own files (see the
-//! module's layout): [`Workers`], [`Handling`], [`Commits`], [`InFlight`].
+//! forget, start workers, decide pauses, commit. One `std` mutex guards
+//! [`State`]; nothing awaits while holding it.
+//!
+//! Runtime composes the concerns, which own their state and do not know
+//! it: [`Completion`] (what the group is told of finished records, one per
+//! partition), [`FailurePolicy`] and [`FailureRun`] (crate::failure),
+//! [`Forwarding`], [`Workers`], [`Commits`], [`InFlight`] and
+//! [`QueueBound`]. The worker (unit.rs) and the listener call it; it calls
+//! the worker only through [`StartWorker`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use consumer_core::{PartitionPosition, PartitionRecords, TopicPartition};
+use consumer_core::{Committer, PartitionPosition, PartitionRecords, TopicPartition};
 use kafka_wire::records::Record;
 use kafka_wire::Producer;
 use tokio::sync::futures::Notified;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::backpressure::InFlight;
-use super::commit::Commits;
-use super::unit::{Handling, UNIT_RECORDS};
-use super::workers::{StartWorker, Workers};
-use super::Stats;
-use crate::commit_metadata;
-use crate::config::ProcessorConfig;
+use super::backpressure::{partition_bound, Bound, InFlight, QueueBound};
+use super::commit::{Attempt, CommitPoint, Commits};
+use super::completion::offsets::Offsets;
+use super::completion::{Completion, Outcome};
+use super::forward::Forwarding;
+use super::stats::Stats;
+use super::workers::Workers;
+use crate::config::{CommitPolicy, ProcessorConfig};
+use crate::failure::{FailurePolicy, FailureRun};
 use crate::observe::{Event, RuntimeMetrics};
-use crate::offset_tracker::OffsetTracker;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{LaneId, Scheduler};
+
+/// Up to this many records of one lane make a unit of work for a
+/// one-record handler: the worker calls the handler for each in turn, so
+/// the scheduling and bookkeeping cost is paid once per unit. Above the
+/// consumer's default `max.poll.records` (500), so a poll's records for a
+/// partition stay one vector from the fetch to the handler.
+pub(super) const UNIT_RECORDS: usize = 512;
 
 /// What [`Runtime::count`] counts: each is a [`Stats`] field and a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,98 +58,99 @@ pub(super) enum Count {
     CommitFailures,
 }
 
-/// How a record's work ended, for [`Runtime::finish_all`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Done {
-    /// The handler succeeded: complete it, and end a run of failures.
-    Handled,
-    /// Written to a retry topic or the DLT and acknowledged: complete it.
-    Forwarded,
-    /// Not done here (revoked, shutting down): never complete it, so it is
-    /// never committed and the next owner handles it.
-    Skipped,
-}
-
-/// What the committed metadata said was already done beyond the offset.
-#[derive(Debug, Clone)]
-pub(super) struct Loaded {
-    /// The consumer's position incarnation when it was read: a reset since
-    /// (a recreated topic) makes it describe another log.
-    pub(super) incarnation: u64,
-    pub(super) committed: i64,
-    pub(super) metadata: String,
-    pub(super) done: Vec<(i64, i64)>,
-}
-
-/// One assigned partition in the runtime. Created and removed only here
-/// (see [`State::part`]); the other files read and update it under the
-/// state lock, each its own fields.
-#[derive(Debug)]
-pub(super) struct PartRuntime {
-    pub(super) tracker: OffsetTracker,
-    /// The consumer's position incarnation this tracker follows (see
-    /// [`PartitionPosition::incarnation`]): its commits are fenced by it.
-    pub(super) incarnation: u64,
-    /// Dispatched and not yet finished or skipped.
-    pub(super) queued: usize,
-    /// Paused because `queued` reached the per-partition bound
-    /// (backpressure.rs).
-    pub(super) full: bool,
-    /// While `full`: the `queued` count at or below which it resumes.
-    pub(super) resume_at: usize,
-    /// The last (offset, metadata) the broker accepted, to skip no-op
-    /// commits (commit.rs).
-    pub(super) last_commit: Option<(i64, String)>,
-    /// Done offsets from the committed metadata (not redone).
-    pub(super) loaded_done: Vec<(i64, i64)>,
-    /// The completed-offset map no longer fits the metadata limit
-    /// (commit.rs).
-    pub(super) metadata_full: bool,
-    /// Records that failed for good in a row (unit.rs).
-    pub(super) failures_in_row: u32,
-    /// Paused until then after `failures_in_row` reached the threshold
-    /// (unit.rs).
-    pub(super) quarantined_until: Option<Instant>,
-    /// Set once this epoch stops (revoke, loss, shutdown): nothing new
-    /// starts. Shared with its units (see [`Unit::stop`](super::unit::Unit)).
+/// Some records of one lane, taken by a worker.
+pub(super) struct Unit {
+    pub(super) lane: LaneId,
+    /// The assignment epoch its records were dispatched in.
+    pub(super) epoch: u64,
+    pub(super) records: Vec<Record>,
+    /// Set when the partition's epoch stops (revoke, loss, shutdown), so
+    /// a unit stops starting records without taking the lock per record.
     pub(super) stop: Arc<AtomicBool>,
+}
+
+/// A worker task's future, boxed (see [`Runtime::pump`]).
+pub(super) type WorkerFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The application's handler with its type erased: what the runtime
+/// holds, and calls once per worker task it starts. The worker and
+/// everything it calls know the handler's type (unit.rs implements this
+/// for every handler), so a handler call's future lives in the worker's
+/// and is never boxed: one dynamic call and one boxed future per worker
+/// task, which runs units until no lane is ready.
+pub(super) trait StartWorker<C: Completion>: Send + Sync + 'static {
+    /// Whether one call takes all the records of a unit (a batch handler).
+    fn batched(&self) -> bool;
+
+    /// A worker that runs `unit` and then the next ready ones (see
+    /// [`Runtime::pump`]), calling this handler.
+    fn worker(
+        self: Arc<Self>,
+        rt: Arc<Runtime<C>>,
+        unit: Unit,
+        permit: OwnedSemaphorePermit,
+    ) -> WorkerFuture;
+}
+
+/// What the group said was done, read on assignment, with the position
+/// incarnation it belongs to (a reset since makes it describe another log).
+struct LoadedAt<L> {
+    incarnation: u64,
+    loaded: L,
+}
+
+/// One assigned partition in the runtime, in one assignment epoch.
+#[derive(Debug)]
+struct PartRuntime<C> {
+    /// The assignment epoch: work of another epoch touches nothing here.
+    epoch: u64,
+    /// What the group is told of finished records.
+    completion: C,
+    /// The consumer's position incarnation this epoch follows (see
+    /// [`PartitionPosition::incarnation`]): its commits are fenced by it.
+    incarnation: u64,
+    /// Dispatched and not yet finished or skipped.
+    queued: usize,
+    /// Whether `queued` paused the partition.
+    bound: QueueBound,
+    /// Records that failed for good in a row, and the quarantine.
+    failures: FailureRun,
+    /// Set once this epoch stops (revoke, loss, shutdown): nothing new
+    /// starts. Shared with its units (see [`Unit::stop`]).
+    stop: Arc<AtomicBool>,
 }
 
 /// Per-partition maps, with a fast hasher: the keys are the group's
 /// assigned partitions, looked up for every poll and every unit.
-pub(super) type PartMap<V> = HashMap<TopicPartition, V, foldhash::fast::RandomState>;
+type PartMap<V> = HashMap<TopicPartition, V, foldhash::fast::RandomState>;
 
 /// Everything behind the runtime's one lock.
-pub(super) struct State {
-    /// The assigned partitions; reached from other files one at a time
-    /// through [`State::part`] and [`State::part_mut`].
-    parts: PartMap<PartRuntime>,
+struct State<C: Completion> {
+    /// The assigned partitions.
+    parts: PartMap<PartRuntime<C>>,
     /// The consumer's position incarnation per partition, as of the last poll.
     incarnations: HashMap<TopicPartition, u64>,
     /// Records waiting for a worker, by lane, tagged with the assignment
-    /// epoch they were dispatched in (workers.rs takes units from it).
-    pub(super) sched: Scheduler<Record>,
-    /// Committed metadata read on assignment, until the partition's first
-    /// records arrive.
-    loaded: HashMap<TopicPartition, Loaded>,
+    /// epoch they were dispatched in.
+    sched: Scheduler<Record>,
+    /// Read on assignment, until the partition's first records arrive.
+    loaded: HashMap<TopicPartition, LoadedAt<C::Loaded>>,
 }
 
-impl State {
-    /// The runtime state of `tp`, if it has any.
-    pub(super) fn part(&self, tp: &TopicPartition) -> Option<&PartRuntime> {
-        self.parts.get(tp)
-    }
-
-    /// The runtime state of `tp`, to update, if it has any.
-    pub(super) fn part_mut(&mut self, tp: &TopicPartition) -> Option<&mut PartRuntime> {
-        self.parts.get_mut(tp)
-    }
-
-    /// Every partition with runtime state, to update.
-    pub(super) fn parts_mut(
-        &mut self,
-    ) -> impl Iterator<Item = (&TopicPartition, &mut PartRuntime)> {
-        self.parts.iter_mut()
+impl<C: Completion> State<C> {
+    /// The next ready lane's unit, with its partition's stop flag.
+    fn take_unit(&mut self) -> Option<Unit> {
+        let taken = self.sched.next_unit()?;
+        let stop = match self.parts.get(&taken.lane.0) {
+            Some(p) => p.stop.clone(),
+            None => Arc::new(AtomicBool::new(true)), // forgotten: nothing starts
+        };
+        Some(Unit {
+            lane: taken.lane,
+            epoch: taken.tag,
+            records: taken.items,
+            stop,
+        })
     }
 }
 
@@ -148,28 +166,32 @@ pub(super) struct PartStatus {
 }
 
 /// Everything the runtime's tasks share.
-pub(super) struct Runtime {
+pub(super) struct Runtime<C: Completion> {
     cfg: ProcessorConfig,
     /// The run's counters. Those with a metric beside them go through
-    /// [`Runtime::count`]; backpressure.rs bumps its pause counts and peaks.
-    pub(super) stats: Arc<Stats>,
+    /// [`Runtime::count`].
+    stats: Arc<Stats>,
     /// This run's metric handles (labelled with the group).
     metrics: RuntimeMetrics,
-    state: Mutex<State>,
+    state: Mutex<State<C>>,
     /// Signalled whenever work finishes (drains wait on it).
     changed: Notify,
     /// Signalled when partitions stop (revoke, loss, shutdown): sleeping
     /// retries and quarantines wake up and give their records back.
     stopped: Notify,
     next_epoch: AtomicU64,
-    /// Where failed records go (unit.rs).
-    pub(super) handling: Handling,
-    /// The handler, worker permits and every spawned task (workers.rs).
-    pub(super) workers: Workers,
-    /// One commit at a time (commit.rs).
-    pub(super) commits: Commits,
-    /// In-flight totals and the global pause (backpressure.rs).
-    pub(super) in_flight: InFlight,
+    /// What a failure leads to (the worker executes it).
+    policy: FailurePolicy,
+    /// Where failed records go.
+    forwarding: Forwarding,
+    /// The application's handler (see [`StartWorker`]).
+    handler: Arc<dyn StartWorker<C>>,
+    /// Worker permits and every spawned task.
+    workers: Workers,
+    /// One commit at a time.
+    commits: Commits,
+    /// In-flight totals and the global pause.
+    in_flight: InFlight,
 }
 
 /// A record's key: its lane under [`crate::Ordering::PerKey`].
@@ -188,10 +210,10 @@ pub fn record_bytes(r: &Record) -> usize {
     96 + headers + r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len())
 }
 
-impl Runtime {
+impl<C: Completion> Runtime<C> {
     pub(super) fn new(
         cfg: ProcessorConfig,
-        handler: Arc<dyn StartWorker>,
+        handler: Arc<dyn StartWorker<C>>,
         stats: Arc<Stats>,
         producer: Option<Producer>,
     ) -> Self {
@@ -203,10 +225,15 @@ impl Runtime {
         let group = cfg.consumer.group_id.clone().unwrap_or_default();
         Self {
             metrics: RuntimeMetrics::new(&group),
-            handling: Handling::new(&cfg, producer, group),
-            workers: Workers::new(cfg.concurrency, handler),
+            policy: FailurePolicy::of(&cfg).redelivery(C::REDELIVERS),
+            forwarding: Forwarding::new(&cfg, producer, group),
+            handler,
+            workers: Workers::new(cfg.concurrency),
             commits: Commits::new(cfg.metadata_limit),
-            in_flight: InFlight::new(),
+            in_flight: InFlight::new(Bound {
+                records: cfg.max_in_flight_records,
+                bytes: cfg.max_in_flight_bytes,
+            }),
             state: Mutex::new(State {
                 parts: PartMap::default(),
                 incarnations: HashMap::new(),
@@ -221,20 +248,33 @@ impl Runtime {
         }
     }
 
-    /// The run's configuration (the poll loop, the listener and every
-    /// concern read it; nothing changes it).
+    /// The run's configuration (nothing changes it).
     pub(super) fn cfg(&self) -> &ProcessorConfig {
         &self.cfg
     }
 
-    /// This run's metric handles (labelled with the group): the poll loop
-    /// takes its lag gauges and poll-error counter from here, the listener
-    /// counts rebalances.
+    /// This run's metric handles (labelled with the group).
     pub(super) fn metrics(&self) -> &RuntimeMetrics {
         &self.metrics
     }
 
-    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+    /// What a failure leads to.
+    pub(super) fn policy(&self) -> &FailurePolicy {
+        &self.policy
+    }
+
+    /// Where failed records go.
+    pub(super) fn forwarding(&self) -> &Forwarding {
+        &self.forwarding
+    }
+
+    /// The producer that writes to the DLT and the retry topics, if one is
+    /// configured (the poll loop closes it at shutdown).
+    pub(super) fn producer(&self) -> Option<&Producer> {
+        self.forwarding.producer()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<C>> {
         self.state.lock().expect("runtime state lock")
     }
 
@@ -272,29 +312,19 @@ impl Runtime {
         self.lock().parts.keys().cloned().collect()
     }
 
-    /// The last accepted commit and the queue length of each of `tps`, in
-    /// order, for the poll task's lag gauges and snapshots (zero and
-    /// nothing for a partition without runtime state).
-    pub(super) fn part_status(&self, tps: &[TopicPartition]) -> Vec<PartStatus> {
-        let st = self.lock();
-        tps.iter()
-            .map(|tp| {
-                st.parts
-                    .get(tp)
-                    .map_or_else(PartStatus::default, |p| PartStatus {
-                        committed: p.last_commit.as_ref().map(|(offset, _)| *offset),
-                        queued: p.queued,
-                    })
-            })
-            .collect()
-    }
-
-    /// Keep what the committed metadata says is done (the listener reads it
-    /// on assignment), until each partition's first records arrive.
-    pub(super) fn load(&self, loaded: impl IntoIterator<Item = (TopicPartition, Loaded)>) {
+    /// Keep what the group says is done (the listener reads it on
+    /// assignment, with the position incarnation it belongs to), until
+    /// each partition's first records arrive.
+    pub(super) fn load(&self, loaded: impl IntoIterator<Item = (TopicPartition, u64, C::Loaded)>) {
         let mut st = self.lock();
-        for (tp, l) in loaded {
-            st.loaded.insert(tp, l);
+        for (tp, incarnation, loaded) in loaded {
+            st.loaded.insert(
+                tp,
+                LoadedAt {
+                    incarnation,
+                    loaded,
+                },
+            );
         }
     }
 
@@ -305,8 +335,8 @@ impl Runtime {
         self.changed.notified()
     }
 
-    /// Hand polled records to the scheduler (skipping those the committed
-    /// metadata says are done), then start what may start.
+    /// Hand polled records to the scheduler (the completion takes out those
+    /// the group says are done), then start what may start.
     pub(super) fn dispatch(self: &Arc<Self>, batch: PartitionRecords) {
         let Some(first) = batch.records.first().map(|r| r.offset) else {
             return;
@@ -316,25 +346,9 @@ impl Runtime {
             let mut st = self.lock();
             let st = &mut *st;
             let p = self.part_entry(&mut st.parts, &mut st.loaded, &st.incarnations, &tp, first);
-            let epoch = p.tracker.epoch();
-            let mut already_done = 0;
+            let epoch = p.epoch;
             let mut records = batch.records;
-            for r in &records {
-                p.tracker.dispatch(r.offset);
-            }
-            if !p.loaded_done.is_empty() {
-                // Done before a restart (the committed metadata says so):
-                // complete here instead.
-                records.retain(|r| {
-                    if commit_metadata::is_done(&p.loaded_done, r.offset) {
-                        let _ = p.tracker.complete(epoch, r.offset);
-                        already_done += 1;
-                        false
-                    } else {
-                        true
-                    }
-                });
-            }
+            let already_done = p.completion.dispatched(&mut records);
             let added_bytes = records.iter().map(record_bytes).sum();
             let added = records.len();
             // Counted in flight before they are queued: a running worker
@@ -355,39 +369,52 @@ impl Runtime {
         self.pump();
     }
 
+    /// `records` dispatched, holding `bytes`: count them in flight, and
+    /// their peaks.
+    #[inline]
+    fn admit(&self, records: usize, bytes: usize) {
+        let (records, bytes) = self.in_flight.admit(records, bytes);
+        self.stats
+            .peak_in_flight_bytes
+            .fetch_max(bytes, Ordering::Relaxed);
+        self.stats
+            .peak_in_flight_records
+            .fetch_max(records, Ordering::Relaxed);
+    }
+
     /// The runtime state of `tp`, created at `start` (the first offset
     /// seen in this incarnation) if it has none.
     fn part_entry<'a>(
         &self,
-        parts: &'a mut PartMap<PartRuntime>,
-        loaded: &mut HashMap<TopicPartition, Loaded>,
+        parts: &'a mut PartMap<PartRuntime<C>>,
+        loaded: &mut HashMap<TopicPartition, LoadedAt<C::Loaded>>,
         incarnations: &HashMap<TopicPartition, u64>,
         tp: &TopicPartition,
         start: i64,
-    ) -> &'a mut PartRuntime {
+    ) -> &'a mut PartRuntime<C> {
         parts.entry(tp.clone()).or_insert_with(|| {
             let incarnation = incarnations.get(tp).copied().unwrap_or_default();
-            // Metadata read before a reset describes the old log.
-            let l = loaded.remove(tp).filter(|l| l.incarnation == incarnation);
+            // What was read before a reset describes the old log.
+            let loaded = loaded
+                .remove(tp)
+                .filter(|l| l.incarnation == incarnation)
+                .map(|l| l.loaded);
+            let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
             PartRuntime {
-                tracker: OffsetTracker::new(self.next_epoch.fetch_add(1, Ordering::Relaxed), start),
+                epoch,
+                completion: C::new(epoch, start, loaded),
                 incarnation,
                 queued: 0,
-                full: false,
-                resume_at: 0,
-                last_commit: l.as_ref().map(|l| (l.committed, l.metadata.clone())),
-                loaded_done: l.map(|l| l.done).unwrap_or_default(),
-                metadata_full: false,
-                failures_in_row: 0,
-                quarantined_until: None,
+                bound: QueueBound::default(),
+                failures: FailureRun::default(),
                 stop: Arc::new(AtomicBool::new(false)),
             }
         })
     }
 
     /// Before dispatching a poll's records: a partition whose position was
-    /// reset since its tracker began (out of range, truncation, recreated
-    /// topic) drops that tracker: its queued records are skipped, running
+    /// reset since its epoch began (out of range, truncation, recreated
+    /// topic) drops that epoch: its queued records are skipped, running
     /// ones finish into a dead epoch, and nothing of it is committed.
     pub(super) fn sync_incarnations(&self, positions: &[PartitionPosition]) {
         let mut stale = Vec::new();
@@ -419,7 +446,7 @@ impl Runtime {
     /// After dispatching a poll's records: the consumer's positions have
     /// also moved past offsets that are not records (transaction markers,
     /// aborted data, compaction gaps), with or without records returned.
-    /// The commit point follows them, so lag drains to zero.
+    /// The completion follows them, so lag drains to zero.
     pub(super) fn advance(&self, positions: &[PartitionPosition]) {
         let mut st = self.lock();
         let st = &mut *st;
@@ -432,59 +459,62 @@ impl Runtime {
                 pos.position,
             );
             if p.incarnation == pos.incarnation && !p.stop.load(Ordering::Acquire) {
-                p.tracker.advance_to(pos.position);
+                p.completion.passed(pos.position);
             }
         }
     }
 
-    /// A worker is done with a record of `tp` dispatched in `epoch` (see
-    /// [`Done`]).
-    pub(super) fn finish(&self, tp: &TopicPartition, epoch: u64, record: &Record, done: Done) {
-        self.finish_all(tp, epoch, [record], done);
+    /// A worker is done with a record of `tp` dispatched in `epoch`.
+    pub(super) fn finish(
+        &self,
+        tp: &TopicPartition,
+        epoch: u64,
+        record: &Record,
+        outcome: Outcome,
+    ) {
+        self.finish_all(tp, epoch, [record], outcome);
     }
 
     /// A worker is done with these records of `tp`, dispatched in `epoch`:
-    /// handled or forwarded ones complete in the tracker; skipped ones do
-    /// not, so they are never committed. A stale epoch touches no tracker.
-    /// Their in-flight bytes are [`record_bytes`] again, as at dispatch
-    /// (three lengths: cheaper than carrying the figure through the lanes).
+    /// each is reported to the partition's [`Completion`] as `outcome`. A
+    /// stale epoch reports nothing. Their in-flight bytes are
+    /// [`record_bytes`] again, as at dispatch (three lengths: cheaper than
+    /// carrying the figure through the lanes).
     pub(super) fn finish_all<'r>(
         &self,
         tp: &TopicPartition,
         epoch: u64,
         finished: impl IntoIterator<Item = &'r Record>,
-        done: Done,
+        outcome: Outcome,
     ) {
         let (mut records, mut bytes) = (0, 0);
         let mut resume = false;
         {
             let mut st = self.lock();
             let mut part = st.parts.get_mut(tp);
-            // A stale epoch (revoked, maybe reassigned since) touches no tracker.
-            let mut current = part.as_deref_mut().filter(|p| p.tracker.epoch() == epoch);
+            // A stale epoch (revoked, maybe reassigned since) reports nothing.
+            let mut current = part.as_deref_mut().filter(|p| p.epoch == epoch);
             for r in finished {
                 records += 1;
                 bytes += record_bytes(r);
                 if let Some(p) = current.as_deref_mut() {
-                    if done != Done::Skipped {
-                        let _ = p.tracker.complete(epoch, r.offset);
-                    }
+                    p.completion.finished(r.offset, outcome);
                 }
             }
             if let Some(p) = current {
                 p.queued = p.queued.saturating_sub(records);
             }
             if let Some(p) = part {
-                if done == Done::Handled && records > 0 {
-                    p.failures_in_row = 0;
+                if outcome == Outcome::Handled && records > 0 {
+                    p.failures.handled();
                 }
-                resume = p.full && p.queued <= p.resume_at;
+                resume = p.bound.resumes(p.queued);
             }
         }
         if records == 0 {
             return;
         }
-        self.release_in_flight(records, bytes, resume);
+        self.in_flight.release(records, bytes, resume);
         self.changed.notify_waiters();
     }
 
@@ -494,11 +524,14 @@ impl Runtime {
         self.lock()
             .parts
             .get(tp)
-            .is_some_and(|p| p.tracker.epoch() == epoch && !p.stop.load(Ordering::Acquire))
+            .is_some_and(|p| p.epoch == epoch && !p.stop.load(Ordering::Acquire))
     }
 
     /// Sleep until `until`, waking early when the partition is revoked or
     /// the runtime stops; `false` if work of `epoch` may not go on.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits.
     pub(super) async fn sleep_unless_stopped(
         &self,
         tp: &TopicPartition,
@@ -522,7 +555,7 @@ impl Runtime {
     }
 
     /// Stop starting records of `tps` (revoke or shutdown): queued records
-    /// are skipped (the next owner gets them) and running ones may finish.
+    /// are released (the next owner gets them) and running ones may finish.
     pub(super) fn stop_partitions(&self, tps: &[TopicPartition]) {
         for tp in tps {
             let removed = {
@@ -533,13 +566,16 @@ impl Runtime {
                 st.sched.remove_partition(tp)
             };
             for (epoch, records) in removed {
-                self.finish_all(tp, epoch, &records, Done::Skipped);
+                self.finish_all(tp, epoch, &records, Outcome::Released);
             }
         }
         self.stopped.notify_waiters();
     }
 
     /// Wait (up to `timeout`) until no record of `tps` (all if `None`) runs.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits.
     pub(super) async fn wait_idle(
         &self,
         tps: Option<&[TopicPartition]>,
@@ -584,6 +620,292 @@ impl Runtime {
             }
             st.loaded.remove(tp);
             st.incarnations.remove(tp);
+        }
+    }
+
+    /// Until when `tp` is quarantined, if it is now.
+    pub(super) fn quarantined_until(&self, tp: &TopicPartition) -> Option<Instant> {
+        let now = Instant::now();
+        self.lock()
+            .parts
+            .get(tp)
+            .and_then(|p| p.failures.quarantined_until(now))
+    }
+
+    /// A record of `tp` whose decision counted toward quarantine was
+    /// dead-lettered: quarantine the partition at the policy's threshold.
+    pub(super) fn dead_lettered_in_row(&self, tp: &TopicPartition) {
+        let quarantined = {
+            let mut st = self.lock();
+            let Some(p) = st.parts.get_mut(tp) else {
+                return;
+            };
+            self.policy.dead_lettered(&mut p.failures, Instant::now())
+        };
+        if quarantined {
+            let q = self.cfg.quarantine;
+            self.count(Count::Quarantines, 1);
+            tracing::warn!(%tp, pause = ?q.pause, failures = q.after_failures, "partition quarantined after failures in a row; the others go on");
+            self.observe(Event::Quarantined(tp.clone()));
+        }
+    }
+
+    /// Start workers while permits and ready lanes last.
+    ///
+    /// A worker holds a permit and runs units until no lane is ready; then
+    /// it releases the permit and ends. Permits are taken and released
+    /// under the state lock, so a record pushed after a worker found
+    /// nothing always finds a permit here.
+    pub(super) fn pump(self: &Arc<Self>) {
+        let mut st = self.lock();
+        loop {
+            let Some(permit) = self.workers.try_permit() else {
+                return;
+            };
+            let Some(unit) = st.take_unit() else {
+                return; // the permit is released under the lock
+            };
+            let worker = self.handler.clone().worker(self.clone(), unit, permit);
+            self.workers.spawn(worker);
+        }
+    }
+
+    /// A worker finished a unit of `lane` (dispatched in `epoch`): the
+    /// records it did not start go back to the lane's front, and the lane
+    /// may be taken again. Returns the worker's next unit; `None` when no
+    /// lane is ready (its permit is then released under the lock) or when
+    /// it holds no permit (it waited without one: [`Runtime::pump`]
+    /// decides who runs next).
+    pub(super) fn unit_done(
+        self: &Arc<Self>,
+        lane: &LaneId,
+        epoch: u64,
+        not_started: Vec<Record>,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) -> Option<Unit> {
+        let mut st = self.lock();
+        st.sched.give_back(lane, epoch, not_started);
+        st.sched.done(lane);
+        if permit.is_none() {
+            drop(st);
+            self.pump();
+            return None;
+        }
+        let next = st.take_unit();
+        if next.is_none() {
+            *permit = None; // released under the lock: see pump
+        }
+        next
+    }
+
+    /// A worker permit, once one is free (a worker taking one back after
+    /// waiting without it).
+    pub(super) async fn permit(&self) -> OwnedSemaphorePermit {
+        self.workers.permit().await
+    }
+
+    /// Spawn a task owned by this runtime (see [`Workers`]).
+    pub(super) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> AbortHandle {
+        self.workers.spawn(task)
+    }
+
+    /// Abort every task this runtime spawned.
+    pub(super) fn abort_tasks(&self) {
+        self.workers.abort_all();
+    }
+
+    /// Completes when finished work has made room for a paused partition
+    /// (or under the global bound): the poll loop, paused until workers
+    /// drain, stops waiting in its poll and resumes fetching at once.
+    pub(super) fn capacity_freed(&self) -> Notified<'_> {
+        self.in_flight.capacity_freed()
+    }
+
+    /// Records and bytes in flight now, for the poll task's snapshots.
+    pub(super) fn in_flight(&self) -> (usize, usize) {
+        self.in_flight.now()
+    }
+
+    /// Which of `assigned` must not be fetched now: all of them at the
+    /// global in-flight bound (until below half; `globally` says whether
+    /// that pause held, and is updated), else those whose queue is full,
+    /// that are quarantined, or whose completion holds fetching. The
+    /// second value: whether a pause waits only for workers to drain (the
+    /// global bound or a full queue).
+    pub(super) fn to_pause(
+        &self,
+        assigned: Vec<TopicPartition>,
+        globally: &mut bool,
+    ) -> (HashSet<TopicPartition>, bool) {
+        let in_flight = self.in_flight.now();
+        self.metrics.in_flight(in_flight.0, in_flight.1);
+        let paused = self.in_flight.global_pause(in_flight, *globally);
+        if paused && !*globally {
+            self.stats.pauses.fetch_add(1, Ordering::Relaxed);
+        }
+        *globally = paused;
+        if paused {
+            return (assigned.into_iter().collect(), true);
+        }
+        let now = Instant::now();
+        let bound = partition_bound(
+            self.cfg.max_queued_per_partition,
+            self.cfg.max_in_flight_records,
+            assigned.len(),
+        );
+        let mut queue_full = false;
+        let mut st = self.lock();
+        let want = assigned
+            .into_iter()
+            .filter(|tp| {
+                let Some(p) = st.parts.get_mut(tp) else {
+                    return false;
+                };
+                if p.bound.update(p.queued, bound) {
+                    self.stats.partition_pauses.fetch_add(1, Ordering::Relaxed);
+                }
+                queue_full |= p.bound.is_full();
+                p.bound.is_full()
+                    || p.completion.holds_fetching()
+                    || p.failures.quarantined_until(now).is_some()
+            })
+            .collect();
+        (want, queue_full)
+    }
+}
+
+/// What a consumer group adds: offsets, committed.
+impl Runtime<Offsets> {
+    /// The last accepted commit and the queue length of each of `tps`, in
+    /// order, for the poll task's lag gauges and snapshots (zero and
+    /// nothing for a partition without runtime state).
+    pub(super) fn part_status(&self, tps: &[TopicPartition]) -> Vec<PartStatus> {
+        let st = self.lock();
+        tps.iter()
+            .map(|tp| {
+                st.parts
+                    .get(tp)
+                    .map_or_else(PartStatus::default, |p| PartStatus {
+                        committed: p.completion.last_committed(),
+                        queued: p.queued,
+                    })
+            })
+            .collect()
+    }
+
+    /// Start the commit loop of the configured [`CommitPolicy`] (none for
+    /// `OnRevokeAndShutdown`); the runtime owns it (see
+    /// [`Runtime::spawn`]), and the poll loop aborts it before the final
+    /// commit.
+    pub(super) fn start_commit_loop(
+        self: &Arc<Self>,
+        committer: &Committer,
+    ) -> Option<AbortHandle> {
+        match self.cfg.commit_policy {
+            CommitPolicy::Interval(every) => {
+                let (rt, c) = (self.clone(), committer.clone());
+                Some(self.spawn(async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        rt.commit(&c, None).await;
+                    }
+                }))
+            }
+            CommitPolicy::AfterEachCompletion => {
+                let (rt, c) = (self.clone(), committer.clone());
+                Some(self.spawn(async move {
+                    loop {
+                        let changed = rt.work_finished();
+                        let _ = tokio::time::timeout(Duration::from_millis(100), changed).await;
+                        rt.commit(&c, None).await;
+                    }
+                }))
+            }
+            CommitPolicy::OnRevokeAndShutdown => None,
+        }
+    }
+
+    /// Wait for the commit in flight, if any, and hold off the next one
+    /// until the guard is dropped (see [`Commits::one_at_a_time`]).
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub(super) async fn one_commit_at_a_time(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.commits.one_at_a_time().await
+    }
+
+    /// Commit the commit point (and the completed-beyond map as metadata)
+    /// of `only` (all if `None`), where it changed.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe (see [`Commits::commit_locked`]).
+    pub(super) async fn commit(&self, committer: &Committer, only: Option<&[TopicPartition]>) {
+        let _one_at_a_time = self.one_commit_at_a_time().await;
+        self.commit_locked(committer, only).await;
+    }
+
+    /// [`Runtime::commit`] for a caller already holding the commit lock
+    /// (see [`Runtime::one_commit_at_a_time`]).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe (see [`Commits::commit_locked`]).
+    pub(super) async fn commit_locked(
+        &self,
+        committer: &Committer,
+        only: Option<&[TopicPartition]>,
+    ) {
+        let points = |limit| self.commit_points(only, limit);
+        let attempted = |attempt: Attempt<'_>| self.commit_attempted(attempt);
+        self.commits
+            .commit_locked(committer, points, attempted)
+            .await;
+    }
+
+    /// The commit points of `only` (all if `None`) that changed, their
+    /// metadata within `limit` bytes.
+    fn commit_points(&self, only: Option<&[TopicPartition]>, limit: usize) -> Vec<CommitPoint> {
+        let mut st = self.lock();
+        st.parts
+            .iter_mut()
+            .filter(|(tp, _)| only.is_none_or(|o| o.contains(tp)))
+            .filter_map(|(tp, p)| {
+                let (offset, metadata) = p.completion.commit_point(limit)?;
+                Some(CommitPoint {
+                    tp: tp.clone(),
+                    offset,
+                    metadata,
+                    incarnation: p.incarnation,
+                })
+            })
+            .collect()
+    }
+
+    /// A commit attempt ended: count and time it; an accepted one is the
+    /// partitions' last commit.
+    fn commit_attempted(&self, attempt: Attempt<'_>) {
+        match attempt {
+            Attempt::Accepted(points, took) => {
+                self.metrics.commit_seconds.record(took.as_secs_f64());
+                {
+                    let mut st = self.lock();
+                    for c in points {
+                        if let Some(p) = st.parts.get_mut(&c.tp) {
+                            p.completion.committed(c.offset, c.metadata.clone());
+                        }
+                    }
+                }
+                self.count(Count::Commits, 1);
+                self.observe(Event::Committed(
+                    points
+                        .iter()
+                        .map(|c| (c.tp.clone(), c.offset, c.metadata.clone()))
+                        .collect(),
+                ));
+            }
+            Attempt::Failed(took) => {
+                self.metrics.commit_seconds.record(took.as_secs_f64());
+                self.count(Count::CommitFailures, 1);
+            }
         }
     }
 }

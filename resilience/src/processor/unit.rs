@@ -1,123 +1,64 @@
-//! One unit of work (a record, or a batch of one lane's records) from
-//! start to finish: skip what may not start or is already done, wait out a
-//! quarantine or a retry topic's delay, call the handler with its deadline,
-//! retry with backoff, and forward failures to a retry topic or the DLT,
-//! completing the offsets only once the write is acknowledged.
+//! The worker: one of `concurrency` tasks, each running units of work
+//! (a record, or a batch of one lane's records) until no lane is ready.
+//! A unit goes from start to finish: skip what may not start or is already
+//! done, wait out a quarantine or a retry topic's delay, call the handler
+//! with its deadline, and hand a failure to the failure executor
+//! (`crate::failure::executor`), whose effects here are: wait without a
+//! permit, call again, forward to a retry topic or the DLT until the write
+//! is acknowledged. Every record ends reported to the runtime as an
+//! [`Outcome`].
+//!
+//! The handler's type is known here (`Worker<H, C>`), so a handler call's
+//! future lives in the worker's and is never boxed; the runtime starts a
+//! worker through [`StartWorker`], the one place that type is erased.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use consumer_core::TopicPartition;
 use kafka_wire::records::Record;
-use kafka_wire::{Producer, ProducerRecord};
+use kafka_wire::ProducerRecord;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::runtime::{Count, Done, Runtime};
-use super::{BatchHandler, Handler};
-use crate::config::{Idempotency, ProcessorConfig};
+use super::completion::{Completion, Outcome};
+use super::handler::CallHandler;
+use super::runtime::{Count, Runtime, StartWorker, Unit, WorkerFuture};
+use crate::failure::executor::{settle, Effects, Failed, Forward, Settled};
 use crate::observe::Event;
-use crate::retry::{Decision, HandlerError};
-use crate::retry_topics::{self, NextHop};
-use crate::scheduler::LaneId;
-
-/// Up to this many records of one lane make a unit of work for a
-/// one-record handler: the worker calls the handler for each in turn, so
-/// the scheduling and bookkeeping cost is paid once per unit. Above the
-/// consumer's default `max.poll.records` (500), so a poll's records for a
-/// partition stay one vector from the fetch to the handler.
-pub(super) const UNIT_RECORDS: usize = 512;
+use crate::retry::HandlerError;
+use crate::retry_topics;
 
 /// A unit of a one-record handler gives its lane back after this long, so
 /// other lanes get a worker too (records not started go back in front).
-pub(super) const UNIT_TIME_BUDGET: Duration = Duration::from_millis(5);
+const UNIT_TIME_BUDGET: Duration = Duration::from_millis(5);
 
-/// Some records of one lane, taken by a worker.
-pub(super) struct Unit {
-    pub(super) lane: LaneId,
-    /// The assignment epoch its records were dispatched in.
-    pub(super) epoch: u64,
-    pub(super) records: Vec<Record>,
-    /// Set when the partition's epoch stops (revoke, loss, shutdown), so
-    /// a unit stops starting records without taking the lock per record.
-    pub(super) stop: Arc<AtomicBool>,
-}
+/// Every handler starts workers of its own type.
+impl<H: CallHandler, C: Completion> StartWorker<C> for H {
+    fn batched(&self) -> bool {
+        H::BATCH
+    }
 
-/// How a unit calls the application's handler: a [`Handler`] once per
-/// record ([`OneRecord`]), a [`BatchHandler`] once for the unit's records
-/// ([`Batched`]). Calls are static: each call's future is part of the
-/// worker's, with no allocation per call. The handler's type is erased
-/// once per worker task instead (see `StartWorker` in workers.rs).
-pub(super) trait CallHandler: Send + Sync + 'static {
-    /// Whether one call takes all the records of a unit (a batch handler).
-    const BATCH: bool;
-
-    /// Call the handler with `records` (one, unless [`Self::BATCH`]).
-    fn call<'a>(
-        &'a self,
-        tp: &'a TopicPartition,
-        records: &'a [Record],
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
-}
-
-/// A [`Handler`]: one record per call.
-pub(super) struct OneRecord<H>(pub(super) H);
-
-impl<H: Handler> CallHandler for OneRecord<H> {
-    const BATCH: bool = false;
-
-    fn call<'a>(
-        &'a self,
-        tp: &'a TopicPartition,
-        records: &'a [Record],
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
-        self.0.handle(tp, &records[0])
+    fn worker(
+        self: Arc<Self>,
+        rt: Arc<Runtime<C>>,
+        unit: Unit,
+        permit: OwnedSemaphorePermit,
+    ) -> WorkerFuture {
+        // Boxed: a worker's future is several KB (retries, DLT writes,
+        // the handler's own future) and spawning moves a future several
+        // times; a box moves a pointer.
+        Box::pin(Worker { rt, handler: self }.run(unit, permit))
     }
 }
 
-/// A [`BatchHandler`]: a unit's records (at most `max_batch`) per call.
-pub(super) struct Batched<B>(pub(super) B);
-
-impl<B: BatchHandler> CallHandler for Batched<B> {
-    const BATCH: bool = true;
-
-    fn call<'a>(
-        &'a self,
-        tp: &'a TopicPartition,
-        records: &'a [Record],
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
-        self.0.handle_batch(tp, records)
-    }
-}
-
-/// Where records that fail go (only this file touches it). The handler
-/// itself is passed down from the worker (workers.rs), typed.
-pub(super) struct Handling {
-    /// Writes to the DLT and the retry topics.
-    producer: Option<Producer>,
-    /// The consumer group, named in the headers of forwarded records.
-    group: String,
-    /// Retry topic → (source topic, step).
-    retry_index: HashMap<String, (String, usize)>,
-}
-
-impl Handling {
-    pub(super) fn new(cfg: &ProcessorConfig, producer: Option<Producer>, group: String) -> Self {
-        let retry_index = cfg
-            .retry_topics
-            .as_ref()
-            .map(|r| r.index(&cfg.topics))
-            .unwrap_or_default();
-        Self {
-            producer,
-            group,
-            retry_index,
-        }
-    }
+/// A worker task: the runtime and the handler, typed.
+struct Worker<H, C: Completion> {
+    rt: Arc<Runtime<C>>,
+    handler: Arc<H>,
 }
 
 /// Times a unit's handler calls, for `resilience_handler_seconds` and the
@@ -189,10 +130,6 @@ fn never_stored(e: &HandlerError) -> bool {
     !e.is_retryable()
 }
 
-fn rand_unit() -> f64 {
-    rand::random::<f64>()
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -227,35 +164,38 @@ impl Slab {
     }
 }
 
-impl Runtime {
-    /// The producer that writes to the DLT and the retry topics, if one is
-    /// configured (the poll loop closes it at shutdown).
-    pub(super) fn producer(&self) -> Option<&Producer> {
-        self.handling.producer.as_ref()
-    }
-
-    fn idempotency(&self) -> Option<&Idempotency> {
-        self.cfg().idempotency.as_ref()
-    }
-
-    /// The source topic of `topic` (itself, unless it is a retry topic),
-    /// and its step in the retry chain.
-    fn source_of<'a>(&'a self, topic: &'a str) -> (&'a str, Option<usize>) {
-        match self.handling.retry_index.get(topic) {
-            Some((src, step)) => (src.as_str(), Some(*step)),
-            None => (topic, None),
+impl<H: CallHandler, C: Completion> Worker<H, C> {
+    /// Run `unit`, then the next ready ones, until no lane is ready (see
+    /// `Runtime::pump`). The permit is given back while a unit waits.
+    async fn run(self, unit: Unit, permit: OwnedSemaphorePermit) {
+        let mut permit = Some(permit);
+        let mut next = Some(unit);
+        while let Some(unit) = next {
+            let (lane, epoch) = (unit.lane.clone(), unit.epoch);
+            let not_started = self.run_unit(unit, &mut permit).await;
+            next = self.rt.unit_done(&lane, epoch, not_started, &mut permit);
         }
     }
 
-    /// Run `unit`: call `handler` for each record in turn (a one-record
+    /// Give up this worker's permit while it waits (a retry's backoff, a
+    /// quarantine), so other lanes go on meanwhile.
+    fn release(&self, permit: &mut Option<OwnedSemaphorePermit>) {
+        if permit.take().is_some() {
+            self.rt.pump();
+        }
+    }
+
+    /// Take a permit back after [`Worker::release`].
+    async fn reacquire(&self, permit: &mut Option<OwnedSemaphorePermit>) {
+        if permit.is_none() {
+            *permit = Some(self.rt.permit().await);
+        }
+    }
+
+    /// Run `unit`: call the handler for each record in turn (a one-record
     /// handler) or once for them all (a batch handler). Returns the records
     /// not started when the unit's time budget ran out, for the lane's front.
-    pub(super) async fn run_unit<C: CallHandler>(
-        self: &Arc<Self>,
-        handler: &C,
-        unit: Unit,
-        permit: &mut Option<OwnedSemaphorePermit>,
-    ) -> Vec<Record> {
+    async fn run_unit(&self, unit: Unit, permit: &mut Option<OwnedSemaphorePermit>) -> Vec<Record> {
         let Unit {
             lane,
             epoch,
@@ -263,21 +203,21 @@ impl Runtime {
             stop,
         } = unit;
         let tp: &TopicPartition = &lane.0;
-        if !self.may_continue(tp, epoch) {
-            self.finish_all(tp, epoch, &records, Done::Skipped);
+        if !self.rt.may_continue(tp, epoch) {
+            self.rt.finish_all(tp, epoch, &records, Outcome::Released);
             return Vec::new();
         }
         let Some((slab, later)) = self.skip_duplicates(tp, epoch, records).await else {
             return Vec::new();
         };
-        let per_call = if C::BATCH { slab.len().max(1) } else { 1 };
+        let per_call = if H::BATCH { slab.len().max(1) } else { 1 };
         let len = slab.len();
-        let from_retry_topic = self.handling.retry_index.contains_key(&tp.topic);
+        let from_retry_topic = self.rt.forwarding().is_retry_topic(&tp.topic);
         let started = std::time::Instant::now();
         // Compared per record: a comparison, where `now - started` is a
         // checked subtraction (2 % of a no-op handler's profile).
         let budget_end = started + UNIT_TIME_BUDGET;
-        let seconds = &self.metrics().handler_seconds;
+        let seconds = &self.rt.metrics().handler_seconds;
         let mut clock = CallClock::new(started);
         // Records `handled..i` were handled and are not finished yet: they
         // are finished together, under one lock.
@@ -304,7 +244,7 @@ impl Runtime {
                     self.finish_handled(tp, epoch, slab.records(handled, i));
                     handled = i;
                     self.release(permit);
-                    if !self.sleep_unless_stopped(tp, epoch, until).await {
+                    if !self.rt.sleep_unless_stopped(tp, epoch, until).await {
                         break;
                     }
                     self.reacquire(permit).await;
@@ -312,7 +252,7 @@ impl Runtime {
                 }
             }
             let keys = slab.keys(i, j);
-            let result = self.attempt(handler, tp, slab.records(i, j), 1).await;
+            let result = self.attempt(tp, slab.records(i, j), 1).await;
             clock.call_ended(seconds);
             match result {
                 Ok(()) => {
@@ -327,7 +267,7 @@ impl Runtime {
                     self.finish_handled(tp, epoch, slab.records(handled, i));
                     failed_before = true;
                     let records = slab.records(i, j);
-                    self.after_failure(handler, tp, epoch, records, keys, err, permit)
+                    self.after_failure(tp, epoch, records, keys, err, permit)
                         .await;
                     handled = j; // finished by after_failure
                     clock.read(seconds);
@@ -339,7 +279,7 @@ impl Runtime {
         if i < len {
             // Stopped early: the rest is the next owner's.
             let skipped = slab.records(i, len).iter().chain(&later);
-            self.finish_all(tp, epoch, skipped, Done::Skipped);
+            self.rt.finish_all(tp, epoch, skipped, Outcome::Released);
             return Vec::new();
         }
         later
@@ -352,16 +292,15 @@ impl Runtime {
         if records.is_empty() {
             return;
         }
-        self.count(Count::Handled, records.len() as u64);
-        self.finish_all(tp, epoch, records, Done::Handled);
+        self.rt.count(Count::Handled, records.len() as u64);
+        self.rt.finish_all(tp, epoch, records, Outcome::Handled);
     }
 
     /// Call the handler once (attempt number `attempt`), with its deadline
     /// and a span. The caller times it (`resilience_handler_seconds`) and
     /// counts what it handled ([`Self::finish_handled`]).
-    async fn attempt<C: CallHandler>(
+    async fn attempt(
         &self,
-        handler: &C,
         tp: &TopicPartition,
         records: &[Record],
         attempt: u32,
@@ -376,89 +315,62 @@ impl Runtime {
         );
         // Entering a disabled span on every poll costs more than the check.
         if span.is_disabled() {
-            self.call_handler(handler, tp, records).await
+            self.call_handler(tp, records).await
         } else {
-            self.call_handler(handler, tp, records)
-                .instrument(span)
-                .await
+            self.call_handler(tp, records).instrument(span).await
         }
     }
 
-    /// The first attempt at `records` failed with `err`: retry with backoff
-    /// (only this lane waits), then forward them to a retry topic or the
-    /// DLT. Every record is finished on return.
-    #[allow(clippy::too_many_arguments)]
-    async fn after_failure<C: CallHandler>(
-        self: &Arc<Self>,
-        handler: &C,
+    /// The first attempt at `records` failed with `err`: the failure
+    /// policy's executor decides and carries out the rest (see
+    /// [`Failing`]). Every record is finished on return.
+    async fn after_failure(
+        &self,
         tp: &TopicPartition,
         epoch: u64,
         records: &[Record],
         keys: &[Option<String>],
-        mut err: HandlerError,
+        err: HandlerError,
         permit: &mut Option<OwnedSemaphorePermit>,
     ) {
-        let mut delays = self.cfg().backoff.delays(rand_unit);
-        let mut attempt = 1u32;
-        loop {
-            if !self.may_continue(tp, epoch) {
-                // Revoked meanwhile: the next owner handles these records.
-                return self.finish_all(tp, epoch, records, Done::Skipped);
+        let (source, step) = self.rt.forwarding().source_of(&tp.topic);
+        let failed = Failed {
+            tp,
+            offset: records[0].offset,
+            source,
+            step,
+        };
+        let mut failing = Failing {
+            worker: self,
+            tp,
+            epoch,
+            records,
+            permit,
+        };
+        match settle(self.rt.policy(), failed, &mut failing, err).await {
+            Settled::Handled(()) => {
+                self.mark_done(keys).await;
+                self.finish_handled(tp, epoch, records);
             }
-            if self.cfg().retry_topics.is_some() && !matches!(err, HandlerError::Unavailable(_)) {
-                break; // no blocking retry: the retry topic is the retry
-            }
-            match self.cfg().backoff.decide(attempt, &err, delays.next()) {
-                Decision::RetryAfter(d) => {
-                    self.count(Count::Retried, 1);
-                    if matches!(err, HandlerError::Unavailable(_))
-                        && attempt >= self.cfg().backoff.max_attempts
-                    {
-                        tracing::warn!(%tp, offset = records[0].offset, attempt, error = %err, delay = ?d,
-                            "a dependency is unavailable; waiting for it (never dead-lettered)");
-                    } else {
-                        tracing::debug!(%tp, offset = records[0].offset, attempt, error = %err, delay = ?d, "retrying");
-                    }
-                    self.release(permit); // only this lane waits
-                    if !self
-                        .sleep_unless_stopped(tp, epoch, Instant::now() + d)
-                        .await
-                    {
-                        return self.finish_all(tp, epoch, records, Done::Skipped);
-                    }
-                    self.reacquire(permit).await;
-                    attempt += 1;
-                    let started = std::time::Instant::now();
-                    let result = self.attempt(handler, tp, records, attempt).await;
-                    self.metrics()
-                        .handler_seconds
-                        .record(started.elapsed().as_secs_f64());
-                    match result {
-                        Ok(()) => {
-                            self.mark_done(keys).await;
-                            return self.finish_handled(tp, epoch, records);
-                        }
-                        Err(e) => err = e,
-                    }
-                }
-                Decision::DeadLetter => break,
+            Settled::Forwarded(()) => {} // each record finished as its write was acknowledged
+            Settled::Released | Settled::Stopped => {
+                // The next owner (or the broker's next delivery) has them.
+                self.rt.finish_all(tp, epoch, records, Outcome::Released);
             }
         }
-        self.forward_failed(tp, epoch, records, &err, attempt).await;
     }
 
-    /// Call `handler` once, with the deadline (`handler_timeout`). Its
+    /// Call the handler once, with the deadline (`handler_timeout`). Its
     /// future is polled in place, inside this one's: no allocation.
-    async fn call_handler<C: CallHandler>(
+    async fn call_handler(
         &self,
-        handler: &C,
         tp: &TopicPartition,
         records: &[Record],
     ) -> Result<(), HandlerError> {
         // A panic fails this call (non-retryable: the DLT), never the
         // worker: see panics.rs.
-        let call = crate::panics::call("the handler", || handler.call(tp, records));
-        match self.cfg().handler_timeout {
+        let call = crate::panics::call("the handler", || self.handler.call(tp, records));
+        match self.rt.cfg().handler_timeout {
             Some(d) => tokio::time::timeout(d, call).await.unwrap_or_else(|_| {
                 Err(HandlerError::Retryable(format!(
                     "handler exceeded its {d:?} deadline"
@@ -471,12 +383,8 @@ impl Runtime {
     /// When this unit may start: after a quarantine, and (for a retry
     /// topic's records) when the last of them is due.
     fn wait_until(&self, tp: &TopicPartition, records: &[Record]) -> Option<Instant> {
-        let quarantine = self
-            .lock()
-            .part(tp)
-            .and_then(|p| p.quarantined_until)
-            .filter(|u| *u > Instant::now());
-        let due = if self.handling.retry_index.contains_key(&tp.topic) {
+        let quarantine = self.rt.quarantined_until(tp);
+        let due = if self.rt.forwarding().is_retry_topic(&tp.topic) {
             records
                 .iter()
                 .filter_map(retry_topics::due_ms)
@@ -511,7 +419,7 @@ impl Runtime {
             let until = Instant::now() + delays.next().unwrap_or(Duration::from_secs(5));
             match fence {
                 Some((tp, epoch)) => {
-                    if !self.sleep_unless_stopped(tp, epoch, until).await {
+                    if !self.rt.sleep_unless_stopped(tp, epoch, until).await {
                         return None;
                     }
                 }
@@ -533,7 +441,7 @@ impl Runtime {
         epoch: u64,
         records: Vec<Record>,
     ) -> Option<(Slab, Vec<Record>)> {
-        let Some(idem) = self.idempotency() else {
+        let Some(idem) = &self.rt.cfg().idempotency else {
             let keys = Vec::new();
             return Some((Slab { records, keys }, Vec::new()));
         };
@@ -579,12 +487,12 @@ impl Runtime {
                 }
                 None => {
                     let rest = std::iter::once(&r).chain(&keep).chain(records.as_slice());
-                    self.finish_all(tp, epoch, rest, Done::Skipped);
+                    self.rt.finish_all(tp, epoch, rest, Outcome::Released);
                     return None;
                 }
                 Some(Some(true)) => {
-                    self.count(Count::Deduplicated, 1);
-                    self.finish(tp, epoch, &r, Done::Handled);
+                    self.rt.count(Count::Deduplicated, 1);
+                    self.rt.finish(tp, epoch, &r, Outcome::Handled);
                 }
                 Some(Some(false)) => {
                     kept_keys.insert(key.clone());
@@ -605,7 +513,7 @@ impl Runtime {
     /// Record the side effects as applied, before the offsets may commit.
     /// Retries until the store answers: giving up would redo side effects.
     async fn mark_done(&self, keys: &[Option<String>]) {
-        let Some(idem) = self.idempotency() else {
+        let Some(idem) = &self.rt.cfg().idempotency else {
             return;
         };
         for key in keys.iter().flatten() {
@@ -626,96 +534,63 @@ impl Runtime {
         }
     }
 
-    /// The records failed for good here: each goes to its next retry topic
-    /// or the DLT, and completes once the write is acknowledged.
+    /// The records failed for good here: each goes where `to` says (its
+    /// next retry topic or the DLT), and completes once the write is
+    /// acknowledged; one revoked meanwhile is released instead.
     async fn forward_failed(
         &self,
         tp: &TopicPartition,
         epoch: u64,
         records: &[Record],
+        to: Forward<'_>,
         err: &HandlerError,
         attempts: u32,
     ) {
-        let (source, step) = self.source_of(&tp.topic);
-        let hop = match &self.cfg().retry_topics {
-            Some(chain) => retry_topics::next_hop(chain, source, step, err),
-            None => NextHop::DeadLetter,
-        };
-        let dlt = self.cfg().dlt_topic_of(source);
+        let forwarding = self.rt.forwarding();
+        let (source, _) = forwarding.source_of(&tp.topic);
+        let dlt = self.rt.cfg().dlt_topic_of(source);
         for record in records {
-            let (out, target) = match &hop {
-                NextHop::Retry { topic, delay } => (
-                    retry_topics::to_retry_topic(
-                        topic,
-                        *delay,
-                        now_ms(),
-                        &tp.topic,
-                        tp.partition,
-                        &self.handling.group,
-                        record,
-                        err,
-                    ),
-                    topic.as_str(),
-                ),
-                NextHop::DeadLetter => (
-                    crate::dlt::dead_letter(
-                        &dlt,
-                        &tp.topic,
-                        tp.partition,
-                        &self.handling.group,
-                        record,
-                        err,
-                        crate::dlt::attempts_so_far(record) + attempts,
-                    ),
-                    dlt.as_str(),
-                ),
-            };
+            let (out, target) = forwarding.copy(to, &dlt, tp, record, err, attempts, now_ms());
             if !self
                 .write_until_acked(tp, epoch, record.offset, target, out)
                 .await
             {
-                self.finish(tp, epoch, record, Done::Skipped);
+                self.rt.finish(tp, epoch, record, Outcome::Released);
                 continue;
             }
             let offset = record.offset;
-            match &hop {
-                NextHop::Retry { topic, .. } => {
-                    self.count(Count::SentToRetryTopic, 1);
-                    let topic = topic.clone();
-                    self.observe(Event::SentToRetryTopic {
+            match to {
+                Forward::RetryTopic { topic, .. } => {
+                    self.rt.count(Count::SentToRetryTopic, 1);
+                    self.rt.observe(Event::SentToRetryTopic {
                         tp: tp.clone(),
                         offset,
-                        topic,
+                        topic: topic.to_string(),
                     });
                 }
-                NextHop::DeadLetter => {
-                    self.count(Count::DeadLettered, 1);
-                    self.observe(Event::DeadLettered {
+                Forward::DeadLetter { .. } => {
+                    self.rt.count(Count::DeadLettered, 1);
+                    self.rt.observe(Event::DeadLettered {
                         tp: tp.clone(),
                         offset,
                     });
                 }
             }
-            self.finish(tp, epoch, record, Done::Forwarded);
+            self.rt.finish(tp, epoch, record, Outcome::Forwarded);
         }
-        // Poison (non-retryable) records are the DLT's job and never
-        // quarantine; retryable ones that ran out of retries suggest an
-        // outage, and a run of them pauses the partition.
-        if err.is_retryable() && matches!(hop, NextHop::DeadLetter) {
-            self.count_failure(tp);
+        if let Forward::DeadLetter {
+            counts_toward_quarantine: true,
+        } = to
+        {
+            self.rt.dead_lettered_in_row(tp);
         }
     }
 
     /// Write `out` and wait for the acknowledgement, retrying: the
     /// partition stalls (and says so) rather than commit past an unwritten
-    /// record. `false` if the partition went away meanwhile.
-    ///
-    /// A write that can never succeed is not retried as is: a record too
-    /// large for the target (its copy carries the provenance headers on
-    /// top of the original, so a record near `max.message.bytes` grows
-    /// past it) is written again without its value, a header saying so
-    /// (`kafka_dlt-value-dropped`: the value's size), so the partition
-    /// moves on; the provenance headers point at the original record.
+    /// record. A copy too large for its target is written again without
+    /// its value (see `Forwarding::write_once`). `false` if the partition
+    /// went away meanwhile.
     async fn write_until_acked(
         &self,
         tp: &TopicPartition,
@@ -725,62 +600,70 @@ impl Runtime {
         out: ProducerRecord,
     ) -> bool {
         let out = std::sync::Mutex::new(out);
-        let write = || async {
-            let Some(p) = &self.handling.producer else {
-                return Err(
-                    "no dead-letter producer configured (ProcessorConfig::dead_letter)".to_string(),
-                );
-            };
-            let record = out.lock().expect("record lock").clone();
-            let sent = match p.send(record).await {
-                Ok(delivery) => delivery.await.map(|_| ()),
-                Err(e) => Err(e),
-            };
-            match sent {
-                Err(e) if crate::dlt::too_large(&e) => {
-                    let mut out = out.lock().expect("record lock");
-                    if crate::dlt::drop_value(&mut out) {
-                        tracing::warn!(%tp, offset, target, error = %e, "the forwarded record is too large for its target; writing it again without its value (kafka_dlt-value-dropped)");
-                    }
-                    Err(e.to_string())
-                }
-                other => other.map_err(|e| e.to_string()),
-            }
-        };
+        let forwarding = self.rt.forwarding();
+        let write = || forwarding.write_once(&out, tp, offset, target);
         let failed = |e: &String| {
-            self.count(Count::DltWriteFailures, 1);
+            self.rt.count(Count::DltWriteFailures, 1);
             tracing::error!(%tp, offset, error = %e, target, "could not write the failed record; its partition waits and nothing past it commits");
         };
         self.until_ok(Some((tp, epoch)), write, failed)
             .await
             .is_some()
     }
+}
 
-    /// One more failure in a row; quarantine the partition at the threshold.
-    fn count_failure(&self, tp: &TopicPartition) {
-        let q = self.cfg().quarantine;
-        if q.after_failures == 0 {
-            return;
+/// How the Processor carries out its failure policy's decisions for a
+/// unit's failed records (see `crate::failure::executor`): a retry waits
+/// without the worker's permit (only this lane waits) and wakes on
+/// revoke; forwarding writes each record until acknowledged.
+struct Failing<'a, H, C: Completion> {
+    worker: &'a Worker<H, C>,
+    tp: &'a TopicPartition,
+    epoch: u64,
+    records: &'a [Record],
+    permit: &'a mut Option<OwnedSemaphorePermit>,
+}
+
+impl<H: CallHandler, C: Completion> Effects for Failing<'_, H, C> {
+    type Output = ();
+    type Forwarded = ();
+
+    fn may_go_on(&self) -> bool {
+        self.worker.rt.may_continue(self.tp, self.epoch)
+    }
+
+    fn retrying(&mut self) {
+        self.worker.rt.count(Count::Retried, 1);
+    }
+
+    async fn wait(&mut self, delay: Duration) -> bool {
+        self.worker.release(self.permit); // only this lane waits
+        let until = Instant::now() + delay;
+        if !self
+            .worker
+            .rt
+            .sleep_unless_stopped(self.tp, self.epoch, until)
+            .await
+        {
+            return false;
         }
-        let quarantined = {
-            let mut st = self.lock();
-            let Some(p) = st.part_mut(tp) else {
-                return;
-            };
-            p.failures_in_row += 1;
-            if p.failures_in_row >= q.after_failures {
-                p.failures_in_row = 0;
-                p.quarantined_until = Some(Instant::now() + q.pause);
-                true
-            } else {
-                false
-            }
-        };
-        if quarantined {
-            self.count(Count::Quarantines, 1);
-            tracing::warn!(%tp, pause = ?q.pause, failures = q.after_failures, "partition quarantined after failures in a row; the others go on");
-            self.observe(Event::Quarantined(tp.clone()));
-        }
+        self.worker.reacquire(self.permit).await;
+        true
+    }
+
+    async fn call(&mut self, attempt: u32) -> Result<(), HandlerError> {
+        let started = std::time::Instant::now();
+        let result = self.worker.attempt(self.tp, self.records, attempt).await;
+        let seconds = &self.worker.rt.metrics().handler_seconds;
+        seconds.record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn forward(&mut self, to: Forward<'_>, error: &HandlerError, attempts: u32) {
+        let (tp, epoch, records) = (self.tp, self.epoch, self.records);
+        self.worker
+            .forward_failed(tp, epoch, records, to, error, attempts)
+            .await;
     }
 }
 
@@ -789,9 +672,22 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    use consumer_core::ConsumerConfig;
+    use bytes::Bytes;
+    use consumer_core::{ConsumerConfig, PartitionRecords};
 
-    use crate::processor::Stats;
+    use super::super::completion::offsets::Offsets;
+    use super::super::handler::OneRecord;
+    use super::super::stats::Stats;
+    use crate::{Handler, ProcessorConfig};
+
+    fn config(concurrency: usize) -> ProcessorConfig {
+        let consumer = ConsumerConfig::builder()
+            .bootstrap("127.0.0.1:9092")
+            .unwrap()
+            .build()
+            .unwrap();
+        ProcessorConfig::new(consumer, &["t"]).concurrency(concurrency)
+    }
 
     /// A handler whose future keeps 4 KiB across an await.
     struct Big;
@@ -809,18 +705,14 @@ mod tests {
     /// with a no-op handler) would leave only a pointer here.
     #[test]
     fn a_handler_call_holds_the_handlers_future_in_place() {
-        let consumer = ConsumerConfig::builder()
-            .bootstrap("127.0.0.1:9092")
-            .unwrap()
-            .build()
-            .unwrap();
         let handler = Arc::new(OneRecord(Big));
-        let rt = Runtime::new(
-            ProcessorConfig::new(consumer, &["t"]),
+        let rt = Arc::new(Runtime::<Offsets>::new(
+            config(1),
             handler.clone(),
             Arc::new(Stats::default()),
             None,
-        );
+        ));
+        let worker = Worker { rt, handler };
         let tp = TopicPartition::new("t", 0);
         let records = [Record {
             offset: 0,
@@ -829,7 +721,7 @@ mod tests {
             value: None,
             headers: Vec::new(),
         }];
-        let call = rt.attempt(&*handler, &tp, &records, 1);
+        let call = worker.attempt(&tp, &records, 1);
         assert!(
             size_of_val(&call) >= 4096,
             "the handler's future is not inside the call's: {} bytes",
@@ -903,5 +795,60 @@ mod tests {
             values.iter().all(|v| *v < 0.01),
             "the 20 ms wait was charged to a call"
         );
+    }
+
+    struct Noop;
+    impl Handler for Noop {
+        async fn handle(&self, _: &TopicPartition, _: &Record) -> Result<(), HandlerError> {
+            Ok(())
+        }
+    }
+
+    fn record(offset: i64) -> Record {
+        Record {
+            offset,
+            timestamp: 0,
+            key: None,
+            value: Some(Bytes::from_static(b"v")),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Workers already running take a poll's records the moment they are
+    /// queued, so the records must count in flight before that: counted
+    /// after (as before), a worker could finish them first, the counters
+    /// went below zero for a moment, and a debug build panicked on the
+    /// overflow (the order-saga seed test caught it once).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_count_in_flight_before_a_worker_can_take_them() {
+        let stats = Arc::new(Stats::default());
+        let rt = Arc::new(Runtime::<Offsets>::new(
+            config(4),
+            Arc::new(OneRecord(Noop)),
+            stats.clone(),
+            None,
+        ));
+        let polls: i64 = 20_000;
+        for offset in 0..polls {
+            rt.dispatch(PartitionRecords {
+                tp: TopicPartition::new("t", (offset % 4) as i32),
+                records: vec![record(offset / 4)],
+                high_watermark: -1,
+                last_stable_offset: -1,
+            });
+            if offset % 64 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while stats.handled.load(Ordering::Relaxed) < polls as u64 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "handled {} of {polls}: a worker died",
+                stats.handled.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(rt.in_flight(), (0, 0));
     }
 }
