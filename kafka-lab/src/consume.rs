@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Args;
+use consumer_core::share::ShareRecord;
 use consumer_core::{Consumer, ConsumerConfig, TopicPartition};
 use kafka_wire::IsolationLevel;
 
@@ -23,6 +24,23 @@ pub struct ConsumeArgs {
     /// starts at the committed offsets).
     #[arg(short = 'G', long, conflicts_with = "partitions")]
     group: Option<String>,
+    /// Consume as a member of this share group (KIP-932, Kafka 4.1+): the
+    /// group's members share the partitions, each record goes to one of
+    /// them. Nothing to acknowledge: each record is accepted once printed
+    /// (the records of the last poll past --max are released, delivered
+    /// again). A new share group starts where its group config
+    /// share.auto.offset.reset says (default latest).
+    #[arg(
+        long,
+        requires = "topic",
+        conflicts_with_all = ["group", "partitions", "commit", "assignor", "instance_id", "topic_pattern"]
+    )]
+    share_group: Option<String>,
+    /// With --share-group: print each record's delivery count before it
+    /// (1 the first time; more after a release, a lock that ran out, or a
+    /// member that left holding it). JSON: a "delivery_count" field.
+    #[arg(long, requires = "share_group")]
+    print_delivery: bool,
     /// Read only these partitions (comma-separated), without a group.
     #[arg(short = 'p', long, value_delimiter = ',')]
     partitions: Vec<i32>,
@@ -50,7 +68,8 @@ pub struct ConsumeArgs {
     /// Stop after this many records.
     #[arg(long)]
     max: Option<u64>,
-    /// Exit after this many milliseconds without a new record.
+    /// Exit after this many milliseconds without a new record (with
+    /// --share-group, counted from the first assignment).
     #[arg(long)]
     idle_exit_ms: Option<u64>,
     /// read_uncommitted or read_committed.
@@ -86,8 +105,56 @@ fn print(tp: &TopicPartition, r: &kafka_wire::records::Record, json: bool, forma
     }
 }
 
+/// One share record: `delivery=N<TAB>` before it, or a `delivery_count`
+/// field in JSON, when `delivery` is given.
+fn print_share(r: &ShareRecord, delivery: Option<u16>, json: bool, format: &str) {
+    match (delivery, json) {
+        (Some(n), true) => {
+            let line = crate::output::json(&r.tp, &r.record);
+            println!("{{\"delivery_count\":{n},{}", &line[1..]);
+        }
+        (Some(n), false) => {
+            print!("delivery={n}\t");
+            print(&r.tp, &r.record, false, format);
+        }
+        (None, _) => print(&r.tp, &r.record, json, format),
+    }
+}
+
 pub async fn run(connect: &ConnectArgs, args: ConsumeArgs) -> anyhow::Result<()> {
     let admin = kafka_wire::Client::connect(connect.client_config()?).await?;
+    if let Some(group) = &args.share_group {
+        let topic = args.topic.as_deref().expect("clap requires --topic");
+        crate::exists::require_topic(&admin, topic).await?;
+        if args.from != StartAt::Earliest || args.isolation != "read_uncommitted" {
+            bail!(
+                "--from and --isolation do not apply to a share group: it starts where its group \
+                 config share.auto.offset.reset says and reads as share.isolation.level says; set \
+                 them with kafka-configs.sh --entity-type groups --entity-name {group}"
+            );
+        }
+        let format = args
+            .format
+            .clone()
+            .unwrap_or_else(|| crate::output::plain_format(args.print_key, args.print_headers));
+        let json = args.json;
+        let print =
+            |r: &ShareRecord, delivery: Option<u16>| print_share(r, delivery, json, &format);
+        return crate::share_groups::consume(
+            connect,
+            crate::share_groups::ShareConsume {
+                group,
+                topic,
+                properties: &args.consumer_properties,
+                max: args.max,
+                idle_exit: args.idle_exit_ms.map(Duration::from_millis),
+                quiet: args.quiet,
+                print_delivery: args.print_delivery,
+                print: &print,
+            },
+        )
+        .await;
+    }
     // A group member may subscribe before its topic exists (the group picks
     // it up once created, like Java's); reading partitions directly may not.
     // Still missing at the end with nothing read: the error, non-zero exit.

@@ -1,4 +1,6 @@
-//! `kafka-lab groups list | describe G`, like `kafka-consumer-groups`.
+//! `kafka-lab groups list | describe G | reset-offsets G | delete G`, like
+//! `kafka-consumer-groups` (and `kafka-share-groups` for a share group:
+//! `share_groups.rs`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,7 +19,8 @@ enum Target {
     Shift(i64),
 }
 
-/// Plan (and with `execute`, commit) new offsets for `group` on `topic`.
+/// Plan (and with `execute`, commit) new offsets for `group` on `topic`:
+/// its committed offsets, or a share group's start offsets.
 async fn reset_offsets(
     connect: &ConnectArgs,
     client: &Client,
@@ -29,6 +32,32 @@ async fn reset_offsets(
 ) -> anyhow::Result<()> {
     let n = crate::exists::require_topic(client, topic).await?;
     let tps = crate::position::partitions(topic, partitions, n)?;
+    if let Some(d) = crate::share_groups::describe(client, group).await? {
+        crate::share_groups::require_empty(
+            &d,
+            "start offsets can only be reset while it is empty",
+        )?;
+        let start: BTreeMap<TopicPartition, i64> = client
+            .share_group_offsets(group, Some(&[topic]))
+            .await?
+            .into_iter()
+            .filter_map(|(tp, o)| Some((tp, o.start_offset?)))
+            .collect();
+        let new = plan(client, &tps, &start, target).await?;
+        print_plan("start", &start, &new);
+        if !execute {
+            println!("dry run: nothing changed; add --execute to move these start offsets");
+            return Ok(());
+        }
+        for (tp, answer) in client.alter_share_group_offsets(group, &new).await? {
+            answer.map_err(|e| anyhow::anyhow!("{tp}: {e}"))?;
+        }
+        println!(
+            "moved the start offsets of share group {group}: the records from each new start \
+             on are delivered (again)"
+        );
+        return Ok(());
+    }
     let d = client.describe_group(group).await?;
     if !d.members.is_empty() {
         anyhow::bail!(
@@ -46,43 +75,8 @@ async fn reset_offsets(
     )
     .await?;
     let committed = consumer.committed(&tps).await?;
-    let iso = IsolationLevel::ReadUncommitted;
-    let new: BTreeMap<TopicPartition, i64> = match target {
-        Target::At(at) => crate::position::resolve(client, &tps, at, iso).await?,
-        Target::Shift(by) => {
-            let lo = client
-                .partition_offsets(&tps, OffsetSpec::Earliest, iso)
-                .await?;
-            let hi = client
-                .partition_offsets(&tps, OffsetSpec::Latest, iso)
-                .await?;
-            let mut out = BTreeMap::new();
-            for tp in &tps {
-                let (lo, hi) = (
-                    lo.get(tp).copied().unwrap_or(0),
-                    hi.get(tp).copied().unwrap_or(0),
-                );
-                // No committed offset: shift from where a new member starts (the start).
-                let from = committed.get(tp).copied().unwrap_or(lo);
-                out.insert(tp.clone(), (from + by).clamp(lo, hi));
-            }
-            out
-        }
-    };
-    println!(
-        "{:<40} {:>14} {:>14}",
-        "topic-partition", "committed", "new"
-    );
-    for (tp, o) in &new {
-        println!(
-            "{:<40} {:>14} {:>14}",
-            tp.to_string(),
-            committed
-                .get(tp)
-                .map_or_else(|| "-".to_string(), |c| c.to_string()),
-            o
-        );
-    }
+    let new = plan(client, &tps, &committed, target).await?;
+    print_plan("committed", &committed, &new);
     if execute {
         let offsets: Vec<(TopicPartition, i64)> = new.into_iter().collect();
         consumer.assign(&tps);
@@ -95,11 +89,66 @@ async fn reset_offsets(
     Ok(())
 }
 
+/// Where `target` moves each of `tps`, whose offsets are `current` now
+/// (committed offsets, or a share group's start offsets).
+async fn plan(
+    client: &Client,
+    tps: &[TopicPartition],
+    current: &BTreeMap<TopicPartition, i64>,
+    target: Target,
+) -> anyhow::Result<BTreeMap<TopicPartition, i64>> {
+    let iso = IsolationLevel::ReadUncommitted;
+    Ok(match target {
+        Target::At(at) => crate::position::resolve(client, tps, at, iso).await?,
+        Target::Shift(by) => {
+            let lo = client
+                .partition_offsets(tps, OffsetSpec::Earliest, iso)
+                .await?;
+            let hi = client
+                .partition_offsets(tps, OffsetSpec::Latest, iso)
+                .await?;
+            let mut out = BTreeMap::new();
+            for tp in tps {
+                let (lo, hi) = (
+                    lo.get(tp).copied().unwrap_or(0),
+                    hi.get(tp).copied().unwrap_or(0),
+                );
+                // No offset yet: shift from where a new member starts (the start).
+                let from = current.get(tp).copied().unwrap_or(lo);
+                out.insert(tp.clone(), (from + by).clamp(lo, hi));
+            }
+            out
+        }
+    })
+}
+
+/// The plan's table: each partition's `current` offset (named `what`) and its new one.
+fn print_plan(
+    what: &str,
+    current: &BTreeMap<TopicPartition, i64>,
+    new: &BTreeMap<TopicPartition, i64>,
+) {
+    println!("{:<40} {:>14} {:>14}", "topic-partition", what, "new");
+    for (tp, o) in new {
+        println!(
+            "{:<40} {:>14} {:>14}",
+            tp.to_string(),
+            current
+                .get(tp)
+                .map_or_else(|| "-".to_string(), |c| c.to_string()),
+            o
+        );
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum GroupsCommand {
-    /// List consumer groups with their state.
+    /// List groups: id, state, protocol type and group type (classic,
+    /// consumer, share, streams).
     List,
-    /// Members, assignment, committed offset, end offset and lag per partition.
+    /// Members, assignment, committed offset, end offset and lag per
+    /// partition; for a share group, each share-partition's start offset
+    /// and the members it is shared by.
     Describe {
         /// The group id.
         group: String,
@@ -110,8 +159,9 @@ pub enum GroupsCommand {
         isolation: String,
     },
     /// Move a group's committed offsets, as kafka-consumer-groups
-    /// --reset-offsets: a dry run (prints the plan) unless --execute. The
-    /// group must have no members.
+    /// --reset-offsets (a share group's start offsets, as
+    /// kafka-share-groups --reset-offsets): a dry run (prints the plan)
+    /// unless --execute. The group must have no members.
     #[command(group(clap::ArgGroup::new("target").required(true).args(
         ["to_earliest", "to_latest", "to_offset", "to_datetime", "shift_by"]
     )))]
@@ -144,7 +194,8 @@ pub enum GroupsCommand {
         #[arg(long)]
         execute: bool,
     },
-    /// Delete a group that has no members, with its committed offsets.
+    /// Delete a group that has no members, with its committed offsets (a
+    /// share group with its share-partition state).
     Delete {
         /// The group id.
         group: String,
@@ -194,6 +245,12 @@ pub async fn run(connect: &ConnectArgs, client: &Client, cmd: GroupsCommand) -> 
             .await?;
         }
         GroupsCommand::Delete { group } => {
+            if let Some(d) = crate::share_groups::describe(client, &group).await? {
+                crate::share_groups::require_empty(&d, "a group with members cannot be deleted")?;
+                client.delete_group(&group).await?;
+                println!("deleted share group {group}");
+                return Ok(());
+            }
             let d = client.describe_group(&group).await?;
             if !d.members.is_empty() {
                 anyhow::bail!(
@@ -207,7 +264,13 @@ pub async fn run(connect: &ConnectArgs, client: &Client, cmd: GroupsCommand) -> 
         }
         GroupsCommand::List => {
             for g in client.list_groups().await? {
-                println!("{}\t{}\t{}", g.group_id, g.state, g.protocol_type);
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    g.group_id,
+                    g.state,
+                    g.protocol_type,
+                    g.group_type.as_deref().unwrap_or("-")
+                );
             }
         }
         GroupsCommand::Describe { group, isolation } => {
@@ -218,6 +281,12 @@ pub async fn run(connect: &ConnectArgs, client: &Client, cmd: GroupsCommand) -> 
                     "--isolation {other:?}: expected read_uncommitted or read_committed"
                 ),
             };
+            if let Some(d) = crate::share_groups::describe(client, &group).await? {
+                for l in crate::share_groups::describe_lines(client, &d).await? {
+                    println!("{l}");
+                }
+                return Ok(());
+            }
             let d = client.describe_group(&group).await?;
             let mut lines: Vec<String> = Vec::new();
             lines.push(format!(

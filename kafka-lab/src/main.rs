@@ -17,6 +17,7 @@ mod position;
 mod process;
 mod produce;
 mod replicas;
+mod share_groups;
 mod topics;
 
 use std::time::Instant;
@@ -55,7 +56,8 @@ enum Command {
     },
     /// Produce records from stdin (one per line) or generated ones.
     Produce(produce::ProduceArgs),
-    /// Consume a topic as a group member or from given partitions.
+    /// Consume a topic as a group member, a share group member, or from
+    /// given partitions.
     Consume(consume::ConsumeArgs),
     /// Run the resilient runtime on a topic with a simulated handler
     /// (poison, transient failures, latency), DLT and optional Prometheus metrics.
@@ -84,7 +86,8 @@ enum Command {
         #[command(subcommand)]
         command: dlt::DltCommand,
     },
-    /// List or describe consumer groups (members, offsets, lag).
+    /// List, describe, reset or delete groups, consumer and share groups
+    /// (members, offsets, lag).
     Groups {
         #[command(subcommand)]
         command: groups::GroupsCommand,

@@ -23,7 +23,9 @@ use crate::throttle::Throttle;
 use crate::topic_partition::{IsolationLevel, TopicPartition};
 
 mod replicas;
+mod share;
 pub use replicas::{ElectionType, LeaderElection, OngoingReassignment, PartitionReassignment};
+pub use share::{ShareGroupDescription, ShareGroupMember, ShareGroupOffset};
 
 /// For [`Client::delete_records`]: delete up to the high watermark.
 pub const DELETE_TO_END: i64 = -1;
@@ -279,6 +281,9 @@ pub struct GroupListing {
     pub group_id: String,
     pub protocol_type: String,
     pub state: String,
+    /// `classic`, `consumer`, `share` or `streams` (ListGroups v5, Kafka
+    /// 4.0+); `None` from an older broker.
+    pub group_type: Option<String>,
 }
 
 /// One member of a described group. Metadata and assignment are the raw
@@ -641,7 +646,8 @@ impl Client {
         Ok(md)
     }
 
-    /// Every consumer group on every broker.
+    /// Every group on every broker, of every type (share groups too:
+    /// [`GroupListing::group_type`]).
     ///
     /// # Errors
     /// Connection or broker errors.
@@ -663,6 +669,7 @@ impl Client {
                 group_id: g.group_id.0.to_string(),
                 protocol_type: s(&g.protocol_type),
                 state: s(&g.group_state),
+                group_type: Some(s(&g.group_type)).filter(|t| !t.is_empty()),
             }));
         }
         out.sort_by(|a, b| a.group_id.cmp(&b.group_id));

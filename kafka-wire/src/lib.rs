@@ -121,7 +121,7 @@ mod versions;
 pub use admin::{
     ConfigEntry, ConfigResource, ElectionType, GroupDescription, GroupListing, GroupMember,
     LeaderElection, NewTopic, OffsetSpec, OngoingReassignment, PartitionReassignment,
-    DELETE_TO_END,
+    ShareGroupDescription, ShareGroupMember, ShareGroupOffset, DELETE_TO_END,
 };
 pub use backoff::{Backoff, Delays};
 pub use client::{Client, Lane};

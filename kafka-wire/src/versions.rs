@@ -48,7 +48,9 @@ pub(crate) fn client_range(api: ApiKey) -> Option<(i16, i16)> {
         K::LeaveGroup => (0, 5),
         K::SyncGroup => (0, 5),
         K::DescribeGroups => (0, 5),
-        K::ListGroups => (0, 4),
+        // v5 (KIP-848): the group type in the answer, and a type filter
+        // (share groups are listed with `types_filter: ["share"]`).
+        K::ListGroups => (0, 5),
         K::SaslHandshake => (0, 1),
         K::ApiVersions => (0, 3),
         K::CreateTopics => (2, 7),
@@ -84,6 +86,13 @@ pub(crate) fn client_range(api: ApiKey) -> Option<(i16, i16)> {
         K::ShareGroupHeartbeat => (1, 1),
         K::ShareFetch => (1, 2),
         K::ShareAcknowledge => (1, 2),
+        // Share group admin (KIP-932, Kafka 4.1+). DescribeShareGroupOffsets
+        // v1 (the broker's lag, KIP-1226) is not in the codec yet: v0 gives
+        // the start offsets, and the lag is measured from the log end.
+        K::ShareGroupDescribe => (1, 1),
+        K::DescribeShareGroupOffsets => (0, 0),
+        K::AlterShareGroupOffsets => (0, 0),
+        K::DeleteShareGroupOffsets => (0, 0),
         _ => return None,
     };
     // Never claim a version the codec library cannot encode.

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use kafka_wire::messages::consumer_group_heartbeat_request::TopicPartitions;
 use kafka_wire::messages::{ApiKey, ConsumerGroupHeartbeatRequest, GroupId, TopicName};
-use kafka_wire::KafkaCode;
 use uuid::Uuid;
 
 pub(crate) mod member;
@@ -192,18 +191,13 @@ async fn heartbeat(
     c: &Coordinator<'_, impl GroupIo>,
     hb: Heartbeat,
 ) -> kafka_wire::Result<HeartbeatResult> {
-    let unsupported = |why: &str| HeartbeatResult {
-        error: Some(KafkaCode::UnsupportedVersion),
-        error_message: Some(why.to_string()),
-        ..HeartbeatResult::default()
-    };
     let Some(version) = c.version(ApiKey::ConsumerGroupHeartbeat).await? else {
-        return Ok(unsupported(
+        return Ok(HeartbeatResult::unsupported(
             "the coordinator does not advertise ConsumerGroupHeartbeat (KIP-848 is off on this broker)",
         ));
     };
     if hb.subscribed_topic_regex.is_some() && version < 1 {
-        return Ok(unsupported(
+        return Ok(HeartbeatResult::unsupported(
             "a pattern subscription needs ConsumerGroupHeartbeat v1 (Kafka 4.0+)",
         ));
     }
@@ -230,18 +224,5 @@ async fn heartbeat(
                 })
                 .collect()
         }));
-    let r = c.send(&req, Duration::ZERO).await?;
-    Ok(HeartbeatResult {
-        error: KafkaCode::try_from_code(r.error_code),
-        error_message: r.error_message.map(|m| m.to_string()),
-        member_id: r.member_id.map(|id| id.to_string()),
-        member_epoch: r.member_epoch,
-        heartbeat_interval_ms: r.heartbeat_interval_ms,
-        assignment: r.assignment.map(|a| {
-            a.topic_partitions
-                .into_iter()
-                .map(|t| (*t.topic_id.as_bytes(), t.partitions))
-                .collect()
-        }),
-    })
+    Ok(c.send(&req, Duration::ZERO).await?.into())
 }

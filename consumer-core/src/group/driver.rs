@@ -24,12 +24,16 @@
 //! (the same as `std`'s unless a test pauses it).
 //!
 //! As hyper's `Dispatcher<D: Dispatch>` serves client and server, one
-//! [`Driver`] serves the classic protocol ([`Membership`]) and KIP-848
-//! ([`Member`]); a KIP-932 share member would be a third machine with its
-//! own [`Protocol`] (ShareGroupHeartbeat), and no commit-carrying revokes.
+//! [`Driver`] serves the classic protocol ([`Membership`]), KIP-848
+//! ([`Member`]) and KIP-932 share groups ([`ShareMember`], whose revokes
+//! hand partitions back to the share fetch path, not to commits).
+//!
+//! A consumer that drops its side of the [`Seam`] (the `polled` or `close`
+//! sender) without closing is gone: the member leaves, as on close.
 //!
 //! [`Membership`]: super::classic::membership::Membership
 //! [`Member`]: super::consumer_protocol::member::Member
+//! [`ShareMember`]: super::share_protocol::member::ShareMember
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -49,7 +53,7 @@ use crate::tp::TopicPartition;
 mod tests;
 
 /// The driver's clock: tokio's, so a test that pauses time moves it too.
-pub(super) fn now() -> Instant {
+pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
@@ -300,20 +304,27 @@ impl<I: GroupIo> Driver<I> {
         }
     }
 
-    /// Run `m` until it leaves (on close), fails (a [`GroupEvent::Fatal`]
-    /// was sent) or falls back.
+    /// Run `m` until it leaves (on close, or once the consumer dropped
+    /// its `polled` or `close` sender), fails (a [`GroupEvent::Fatal`] was
+    /// sent) or falls back.
     ///
     /// # Cancel safety
     /// Not cancel safe: dropped mid-rebalance, the member simply stops
     /// (the coordinator expires it after the session timeout).
     pub(crate) async fn run<P: Protocol>(&mut self, protocol: &mut P, m: &mut P::Machine) -> Ended {
         let mut closing = false;
+        // The consumer dropped its side of the seam (its `polled` or
+        // `close` sender) without closing: it is gone, so the member
+        // leaves as on close. The closed channels are not waited on again
+        // (a closed channel is always ready: the loop would spin).
+        let mut consumer_gone = false;
         // The ack of the rebalance listener the machine waits for.
         let mut listener: Option<oneshot::Receiver<()>> = None;
         loop {
             protocol.before_round(&self.coordinator(), m).await;
             // A close waits for a running listener, as every other decision.
-            if *self.seam.close.borrow() && !closing && !m.listener_running() {
+            let close = consumer_gone || *self.seam.close.borrow();
+            if close && !closing && !m.listener_running() {
                 closing = true;
                 m.close();
             }
@@ -357,8 +368,12 @@ impl<I: GroupIo> Driver<I> {
                 .min(Duration::from_secs(1));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = self.seam.polled.changed() => {}
-                _ = self.seam.close.changed() => {}
+                polled = self.seam.polled.changed(), if !consumer_gone => {
+                    consumer_gone = polled.is_err();
+                }
+                close = self.seam.close.changed(), if !consumer_gone => {
+                    consumer_gone = close.is_err();
+                }
                 _ = async {
                     match listener.as_mut() {
                         Some(ack) => { let _ = ack.await; }

@@ -72,8 +72,7 @@ pub(crate) trait CoordinatorRequest: Send + Sync + 'static {
     ) -> impl Future<Output = kafka_wire::Result<Self::Response>> + Send + 'a;
 }
 
-/// One line per request a group protocol sends; a share group's
-/// ShareGroupHeartbeat is one more.
+/// One line per request a group protocol sends.
 macro_rules! coordinator_requests {
     ($($req:ident => $resp:ident;)*) => {$(
         impl CoordinatorRequest for messages::$req {
@@ -98,6 +97,7 @@ coordinator_requests! {
     LeaveGroupRequest => LeaveGroupResponse;
     ConsumerGroupHeartbeatRequest => ConsumerGroupHeartbeatResponse;
     DescribeConfigsRequest => DescribeConfigsResponse;
+    ShareGroupHeartbeatRequest => ShareGroupHeartbeatResponse;
 }
 
 impl GroupIo for Client {

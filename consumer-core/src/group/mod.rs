@@ -2,11 +2,13 @@
 //! directory per group protocol behind it.
 //!
 //! ```text
-//!  Consumer ──subscribe──▶ GroupTask::run ──▶ Driver::run (driver.rs, one task, the shared arms)
+//!  Consumer ──subscribe──▶ GroupTask::run ───────┐
+//!  ShareConsumer ──subscribe──▶ share_protocol::run ┴▶ Driver::run (driver.rs, one task, the shared arms)
 //!     ▲   poll() stamps `polled`;                  │ GroupMachine (pure; Liveness embedded: liveness.rs)
 //!     │   close() sets `close`                     │   classic/membership.rs · consumer_protocol/member.rs
+//!     │                                            │   · share_protocol/member.rs
 //!     │                                            │ Protocol (its own requests, feed back the answers)
-//!     │                                            │   classic.rs · consumer_protocol.rs
+//!     │                                            │   classic.rs · consumer_protocol.rs · share_protocol.rs
 //!     │                                            ▼ GroupIo (io.rs): kafka-wire's Client, Group lane
 //!     └── GroupEvent (Assigned / Revoked / Lost / Fatal; Revoked and Lost wait for the consumer's ack)
 //!         GroupSnapshot (generation, member, owned, revoking): what commits are fenced by
@@ -17,10 +19,13 @@
 //! machine (a [`driver::GroupMachine`]) and a file with its requests (a
 //! [`driver::Protocol`]): [`classic`] (`classic/membership.rs`) and
 //! [`consumer_protocol`] (KIP-848, `consumer_protocol/member.rs`), chosen
-//! in [`GroupTask::run`] by `group.protocol`. What they share lives here
+//! in [`GroupTask::run`] by `group.protocol`; and [`share_protocol`]
+//! (KIP-932, `share_protocol/member.rs`), which the share consumer runs
+//! through [`share_protocol::run`]. What they share lives here
 //! ([`subscription`], partition counts from metadata), in [`driver`] (the
 //! loop: coordinator lookup, metadata, the listener hand-off, the assigned
-//! event), and in [`liveness`] (poll timeout, the running listener).
+//! event), in [`liveness`] (poll timeout, the running listener), and in
+//! [`target`] (a broker-computed assignment, KIP-848 and KIP-932).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -33,7 +38,9 @@ pub(crate) mod consumer_protocol;
 pub(crate) mod driver;
 pub(crate) mod io;
 pub(crate) mod liveness;
+pub(crate) mod share_protocol;
 pub(crate) mod subscription;
+pub(crate) mod target;
 
 use crate::assignor::ReplicaRacks;
 use crate::config::{ConsumerConfig, GroupProtocol};
@@ -45,13 +52,25 @@ use subscription::TopicSubscription;
 /// Both protocols' coordinator, join and heartbeat retries: 100 ms
 /// doubling to 1 s (Java's `retry.backoff.ms` and `retry.backoff.max.ms`
 /// defaults), starting over once the member is heard from.
-const RETRY_BACKOFF: Backoff = Backoff::exponential(
+pub(crate) const RETRY_BACKOFF: Backoff = Backoff::exponential(
     std::time::Duration::from_millis(100),
     std::time::Duration::from_secs(1),
 );
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
+}
+
+/// The name Kafka's docs and logs use for `code`: `GROUP_MAX_SIZE_REACHED`.
+pub(crate) fn code_name(code: kafka_wire::KafkaCode) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
 }
 
 /// What the group task tells the consumer.
@@ -214,7 +233,9 @@ mod tests {
     use super::*;
     use kafka_wire::{Metadata, PartitionInfo, TopicInfo};
 
-    fn topic(name: &str, partitions: i32, is_internal: bool) -> (String, TopicInfo) {
+    /// Topic `name` with `partitions` partitions, all led by broker 1;
+    /// no topic id (the machines' tests set theirs).
+    pub(super) fn topic(name: &str, partitions: i32, is_internal: bool) -> (String, TopicInfo) {
         let info = TopicInfo {
             name: name.into(),
             id: [0; 16],

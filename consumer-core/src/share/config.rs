@@ -79,6 +79,13 @@ pub struct ShareConsumerConfig {
     /// `retry.backoff.ms`: the pause before a share session is opened again
     /// after a failure, and between heartbeats retried. Default 100 ms.
     pub retry_backoff: Duration,
+    /// `max.poll.interval.ms`: the longest the application may go between
+    /// polls. Past it the member leaves the share group and gives back
+    /// the records it holds (RELEASE: delivered again, to any member, with
+    /// their delivery count up by one); it joins again at the next poll.
+    /// Default 300 000 ms (5 min). Too low, and a slow batch is handed to
+    /// another member while still being processed.
+    pub max_poll_interval: Duration,
     /// `client.rack`: sent in ShareGroupHeartbeat. Default none.
     pub client_rack: Option<String>,
     /// Ceiling on one batch's decompressed size. Default 64 MiB.
@@ -97,6 +104,7 @@ impl ShareConsumerConfig {
             fetch_min_bytes: 1,
             fetch_max_bytes: 50 * 1024 * 1024,
             retry_backoff: Duration::from_millis(100),
+            max_poll_interval: Duration::from_secs(300),
             client_rack: None,
             max_decompressed_bytes: kafka_wire::records::DEFAULT_MAX_DECOMPRESSED,
         }
@@ -116,6 +124,7 @@ pub struct ShareConsumerConfigBuilder {
     fetch_min_bytes: i32,
     fetch_max_bytes: i32,
     retry_backoff: Duration,
+    max_poll_interval: Duration,
     client_rack: Option<String>,
     max_decompressed_bytes: usize,
 }
@@ -189,6 +198,7 @@ impl ShareConsumerConfigBuilder {
             "fetch.min.bytes" => self.fetch_min_bytes = number(key, value)?,
             "fetch.max.bytes" => self.fetch_max_bytes = number(key, value)?,
             "retry.backoff.ms" => self.retry_backoff = ms(key, value)?,
+            "max.poll.interval.ms" => self.max_poll_interval = ms(key, value)?,
             "client.rack" => {
                 self.client_rack = Some(value.trim().to_string()).filter(|v| !v.is_empty())
             }
@@ -252,6 +262,7 @@ impl ShareConsumerConfigBuilder {
             fetch_min_bytes: self.fetch_min_bytes,
             fetch_max_bytes: self.fetch_max_bytes,
             retry_backoff: self.retry_backoff,
+            max_poll_interval: self.max_poll_interval,
             client_rack: self.client_rack,
             max_decompressed_bytes: self.max_decompressed_bytes,
         })
@@ -281,6 +292,8 @@ mod tests {
             .unwrap()
             .set("fetch.max.wait.ms", "50")
             .unwrap()
+            .set("max.poll.interval.ms", "4000")
+            .unwrap()
             .set("client.id", "me")
             .unwrap()
             .build()
@@ -289,6 +302,7 @@ mod tests {
         assert_eq!(c.acquire_mode, AcquireMode::RecordLimit);
         assert_eq!(c.max_poll_records, 7);
         assert_eq!(c.fetch_max_wait, Duration::from_millis(50));
+        assert_eq!(c.max_poll_interval, Duration::from_secs(4));
         assert_eq!(c.client.client_id, "me");
     }
 
@@ -298,6 +312,7 @@ mod tests {
         assert_eq!(c.acknowledgement_mode, AcknowledgementMode::Implicit);
         assert_eq!(c.acquire_mode, AcquireMode::BatchOptimized);
         assert_eq!(c.max_poll_records, 500);
+        assert_eq!(c.max_poll_interval, Duration::from_secs(300));
     }
 
     #[test]

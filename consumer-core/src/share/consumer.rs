@@ -2,17 +2,17 @@
 //!
 //! ```text
 //!  ShareConsumer ── poll / acknowledge / commit ──▶ ShareFetcher (pure, one lock)
-//!                                                     ▲        │ actions
-//!  member task (ShareGroupHeartbeat) ── assign(parts) ┘        ▼
-//!                                                   driver task: ShareFetch, ShareAcknowledge
+//!     │ poll stamps, close                           ▲        │ actions
+//!     ▼                                              │        ▼
+//!  member task: the group driver (ShareGroupHeartbeat)   fetch task: ShareFetch, ShareAcknowledge
+//!     └── Assigned / Revoked / Lost ── add, take back ┘
 //! ```
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kafka_wire::Client;
-use tokio::sync::watch;
+use kafka_wire::{Backoff, Client};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -20,8 +20,9 @@ use super::config::ShareConsumerConfig;
 use super::driver::{self, Shared};
 use super::error::{Result, ShareError};
 use super::fetcher::{Settings, ShareFetcher};
-use super::member::{self, ShareMember};
+use super::member::MemberTask;
 use super::{AckOutcome, AcknowledgeType, ShareRecord, TopicIdPartition};
+use crate::group::share_protocol::member::ShareMemberConfig;
 use crate::tp::TopicPartition;
 
 /// A random member id: KIP-932 v1 members name themselves.
@@ -34,6 +35,13 @@ fn new_member_id() -> String {
 
 /// How long `close` waits for the last acknowledgements by default.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The heartbeat interval until the broker gives its own
+/// (`group.share.heartbeat.interval.ms`'s default).
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The longest retry backoff of the member (Java's `retry.backoff.max.ms`).
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A member of a share group: records come from partitions other members
 /// read too; each is delivered to one member at a time, under an
@@ -70,7 +78,7 @@ pub struct ShareConsumer {
     member_id: String,
     shared: Arc<Shared>,
     driver: Option<JoinHandle<()>>,
-    member: Option<(JoinHandle<()>, watch::Sender<bool>)>,
+    member: Option<MemberTask>,
     closed: bool,
 }
 
@@ -128,30 +136,33 @@ impl ShareConsumer {
         let mut topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
         topics.sort();
         topics.dedup();
-        let member = ShareMember::new(
-            &self.cfg.group_id,
-            &self.member_id,
-            self.cfg.client_rack.clone(),
+        let cfg = &self.cfg;
+        let member = ShareMemberConfig {
+            group_id: cfg.group_id.clone(),
+            member_id: self.member_id.clone(),
+            rack_id: cfg.client_rack.clone(),
             topics,
-            self.cfg.retry_backoff,
-            Instant::now(),
-        );
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(member::run(
+            max_poll_interval: cfg.max_poll_interval,
+            // Acknowledgements owed to revoked partitions: one request.
+            handover_timeout: cfg.client.request_timeout,
+            retry_backoff: Backoff::exponential(
+                cfg.retry_backoff,
+                MAX_RETRY_BACKOFF.max(cfg.retry_backoff),
+            ),
+            heartbeat_interval: HEARTBEAT_INTERVAL,
+        };
+        self.member = Some(MemberTask::start(
             self.client.clone(),
-            self.shared.clone(),
             member,
-            stopped,
+            self.shared.clone(),
         ));
-        self.member = Some((task, stop));
         Ok(())
     }
 
-    /// Fetch from exactly `partitions`, replacing the assignment: the seam
-    /// the share group membership calls with each new assignment (today
-    /// the minimal heartbeat member in `share/member.rs`; later the group
-    /// driver). Without `subscribe`, ShareFetch still needs the group to
-    /// know the partitions: the broker initializes a share-partition's
+    /// Fetch from exactly `partitions`, replacing the assignment (a
+    /// subscription's member changes it again at its next assignment).
+    /// Without `subscribe`, ShareFetch still needs the group to know the
+    /// partitions: the broker initializes a share-partition's
     /// state only when the group coordinator assigns it to some member.
     ///
     /// # Errors
@@ -208,6 +219,9 @@ impl ShareConsumer {
     /// returns them.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ShareRecord>> {
         let deadline = tokio::time::Instant::now() + timeout;
+        if let Some(m) = &self.member {
+            m.polled();
+        }
         self.shared.fetcher().begin_poll()?;
         self.shared.wake_driver.notify_one();
         loop {
@@ -373,14 +387,12 @@ impl ShareConsumer {
         }
     }
 
-    /// Stop the member task; it leaves the group (epoch -1) first.
+    /// Stop the member task; it hands over what it owns and leaves the
+    /// group (epoch -1) first.
     async fn stop_member(&mut self) {
-        if let Some((task, stop)) = self.member.take() {
-            let _ = stop.send(true);
-            let wait = self.cfg.client.request_timeout + Duration::from_secs(1);
-            if tokio::time::timeout(wait, task).await.is_err() {
-                tracing::debug!("share member did not leave in time");
-            }
+        if let Some(member) = self.member.take() {
+            let wait = 2 * self.cfg.client.request_timeout + Duration::from_secs(1);
+            member.stop(wait).await;
         }
     }
 }
@@ -392,8 +404,8 @@ impl Drop for ShareConsumer {
         if let Some(d) = self.driver.take() {
             d.abort();
         }
-        if let Some((task, _)) = self.member.take() {
-            task.abort();
+        if let Some(member) = self.member.take() {
+            member.abort();
         }
     }
 }

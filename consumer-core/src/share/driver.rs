@@ -20,7 +20,7 @@ use super::error::ShareError;
 use super::fetcher::{Action, ShareFetcher};
 use super::TopicIdPartition;
 
-/// The state the driver, the member and the application share.
+/// The state the fetch task, the member task and the application share.
 #[derive(Debug)]
 pub(crate) struct Shared {
     fetcher: Mutex<ShareFetcher>,
@@ -28,6 +28,9 @@ pub(crate) struct Shared {
     pub(crate) wake_driver: Notify,
     /// Something changed for `poll`/`commit_sync` (records, answers).
     pub(crate) wake_app: Notify,
+    /// An answer was applied, or the fetch task ended: every waiter of the
+    /// member task's hand-over looks again (`notify_waiters`).
+    pub(crate) answered: Notify,
 }
 
 impl Shared {
@@ -36,6 +39,7 @@ impl Shared {
             fetcher: Mutex::new(fetcher),
             wake_driver: Notify::new(),
             wake_app: Notify::new(),
+            answered: Notify::new(),
         }
     }
 
@@ -44,10 +48,32 @@ impl Shared {
         self.fetcher.lock().expect("share fetcher lock poisoned")
     }
 
-    /// The seam membership calls: the whole assignment, each time it
-    /// changes. Nothing comes back.
+    /// The whole assignment (`ShareConsumer::assign`).
     pub(crate) fn assign(&self, parts: BTreeSet<TopicIdPartition>) {
         self.fetcher().assign(parts);
+        self.wake_driver.notify_one();
+    }
+
+    /// The group assigned `parts` too.
+    pub(crate) fn add(&self, parts: impl IntoIterator<Item = TopicIdPartition>) {
+        let mut f = self.fetcher();
+        let mut all = f.assignment().clone();
+        all.extend(parts);
+        f.assign(all);
+        drop(f);
+        self.wake_driver.notify_one();
+    }
+
+    /// The group revoked `parts` ([`ShareFetcher::revoke`]), or this
+    /// member lost them (`lost`: [`ShareFetcher::lose`]).
+    pub(crate) fn take_back(&self, parts: &BTreeSet<TopicIdPartition>, lost: bool) {
+        let mut f = self.fetcher();
+        if lost {
+            f.lose(parts);
+        } else {
+            f.revoke(parts);
+        }
+        drop(f);
         self.wake_driver.notify_one();
     }
 
@@ -83,6 +109,7 @@ pub(crate) async fn run(client: Client, shared: Arc<Shared>) {
         };
         if closed && in_flight.is_empty() {
             shared.wake_app.notify_one();
+            shared.answered.notify_waiters();
             return;
         }
         for action in actions {
@@ -137,6 +164,7 @@ pub(crate) async fn run(client: Client, shared: Arc<Shared>) {
                 let Ok(done) = done else { continue };
                 apply(&client, &shared, done).await;
                 shared.wake_app.notify_one();
+                shared.answered.notify_waiters();
             }
             _ = shared.wake_driver.notified() => {}
             _ = sleep => {}

@@ -262,6 +262,68 @@ impl ShareFetcher {
             .retain(|tip, _| assigned.contains(tip) || held.contains_key(tip));
     }
 
+    /// The group revoked `parts` (the member is still in the group): stop
+    /// fetching them (their buffered records are RELEASEd, as in
+    /// [`assign`](Self::assign)), and release every acknowledgement held
+    /// for them, so they go now. Records the application still holds stay
+    /// its own: acknowledged later, they go by ShareAcknowledge.
+    pub(crate) fn revoke(&mut self, parts: &BTreeSet<TopicIdPartition>) {
+        let kept = self.assigned.difference(parts).cloned().collect();
+        self.assign(kept);
+        for a in self.held_of(parts) {
+            if let Held::Pending { released, .. } = &mut a.state {
+                *released = true;
+            }
+        }
+    }
+
+    /// This member is out of the group (it stopped polling for longer
+    /// than `max.poll.interval.ms`, or the coordinator fenced it): as
+    /// [`revoke`](Self::revoke), and the records the application holds of
+    /// `parts` are RELEASEd too, so that another member gets them now
+    /// rather than when their locks run out. Acknowledging one later is
+    /// refused, naming this.
+    pub(crate) fn lose(&mut self, parts: &BTreeSet<TopicIdPartition>) {
+        self.revoke(parts);
+        for a in self.held_of(parts) {
+            if matches!(a.state, Held::Delivered { .. }) {
+                a.state = Held::Pending {
+                    ack: Ack::Type(AcknowledgeType::Release),
+                    released: true,
+                };
+            }
+        }
+    }
+
+    /// Has the fetch path sent what it owed `parts` after a
+    /// [`revoke`](Self::revoke) or [`lose`](Self::lose), and heard back: no
+    /// acknowledgement of theirs released and unanswered? Also true once
+    /// closing or failed (nothing more will be answered).
+    pub(crate) fn handed_over(&self, parts: &BTreeSet<TopicIdPartition>) -> bool {
+        self.closing
+            || self.fatal.is_some()
+            || parts
+                .iter()
+                .filter_map(|tip| self.held.get(tip))
+                .flat_map(|m| m.values())
+                .all(|a| {
+                    !matches!(
+                        a.state,
+                        Held::Pending { released: true, .. } | Held::Sending { .. }
+                    )
+                })
+    }
+
+    fn held_of<'a>(
+        &'a mut self,
+        parts: &'a BTreeSet<TopicIdPartition>,
+    ) -> impl Iterator<Item = &'a mut Acquired> + 'a {
+        self.held
+            .iter_mut()
+            .filter(|(tip, _)| parts.contains(*tip))
+            .flat_map(|(_, m)| m.values_mut())
+    }
+
     /// How long a ShareFetch may wait at the broker (`fetch.max.wait.ms`).
     pub(crate) fn max_wait(&self) -> Duration {
         self.s.max_wait
@@ -451,7 +513,8 @@ impl ShareFetcher {
         let Some(a) = self.held.get_mut(&tip).and_then(|m| m.get_mut(&offset)) else {
             return Err(refuse(
                 "this consumer does not hold it: it was not delivered here, its acknowledgement \
-                 was answered already, or its share session ended (then it is delivered again)"
+                 was answered already, its share session ended, or this member gave it back when \
+                 it left the group (then it is delivered again)"
                     .into(),
             ));
         };
@@ -483,6 +546,17 @@ impl ShareFetcher {
                     *then = Some(t);
                 }
                 return Ok(());
+            }
+            (Held::Pending { ack, .. } | Held::Sending { ack, .. }, _)
+                if *ack == Ack::Type(AcknowledgeType::Release) && !self.assigned.contains(&tip) =>
+            {
+                return Err(refuse(
+                    "this member gave it back to the group (RELEASE) when it lost the partition: \
+                     it left the group because the application did not poll within \
+                     max.poll.interval.ms, or the coordinator fenced it; the record is \
+                     delivered again"
+                        .into(),
+                ));
             }
             (Held::Pending { ack, .. } | Held::Sending { ack, .. }, _) => {
                 return Err(refuse(format!("it was acknowledged already ({ack:?})")));

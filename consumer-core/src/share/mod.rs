@@ -12,18 +12,25 @@
 //! | `acquired` | one partition of a ShareFetch answer → acquired offsets (record, GAP, or undecodable), and acknowledgement batches (pure) |
 //! | `fetcher` | the share fetch path (pure): acquired records, their delivery counts and lock deadlines, acknowledgements, when a ShareFetch or ShareAcknowledge goes |
 //! | `driver` | the thin task running the fetcher's actions (leaders, connections, requests) |
-//! | `member` | a **minimal** ShareGroupHeartbeat member (join, heartbeat, assignment, leave); to be moved onto the group driver (`crate::group`) |
+//! | `member` | the member task: the one group driver running the share protocol (`crate::group::share_protocol`), and the hand-over of its events to the fetch path |
 //! | `probe` | does the cluster offer share groups? (else an error naming the broker version and the setting) |
 //! | `consumer` | [`ShareConsumer`]: subscribe/assign, poll, acknowledge, commit, close |
 //! | [`error`] | [`ShareError`] |
 //!
 //! ## The seam with membership
 //!
-//! The fetch path needs one thing from membership: the set of assigned
-//! partitions ([`TopicIdPartition`]s), handed over whole each time it
-//! changes. It gives nothing back. The member id is the consumer's own
-//! (generated at start, KIP-932 v1) and given to both. Today `member`
-//! calls that seam; `ShareConsumer::assign` calls it too.
+//! Membership is the group driver's, as for every group protocol: a pure
+//! share member (`group/share_protocol/member.rs`) heartbeats
+//! (ShareGroupHeartbeat) and hands out the group's events. The fetch path
+//! hears them through the member task: Assigned (fetch these too),
+//! Revoked (stop fetching these; RELEASE their buffered records and send
+//! every acknowledgement held for them; the driver waits until they are
+//! answered before the heartbeat that ends the reconciliation), Lost (the
+//! same, and the records the application holds are RELEASEd too: a
+//! member that stopped polling for `max.poll.interval.ms` gives its
+//! records back), Fatal. The member id is the consumer's own (generated
+//! at start, KIP-932 v1) and given to both. `ShareConsumer::assign` sets
+//! the whole assignment directly.
 //!
 //! ## Acknowledgement flow
 //!

@@ -828,3 +828,65 @@ fn offsets_behind_a_corrupt_batch_are_released_not_gapped() {
         "RELEASE goes at once: delivered again, never archived as a gap"
     );
 }
+
+// ---- the group's hand-over: revoked and lost partitions ---------------------
+
+/// A revoked partition's held acknowledgements go at once, with the
+/// RELEASE of its records no poll took; the hand-over is done once the
+/// broker answered them. What the application still holds stays its own.
+#[test]
+fn a_revoke_sends_what_is_owed_and_is_handed_over_once_answered() {
+    let t0 = Instant::now();
+    let mut s = settings(AcknowledgementMode::Explicit);
+    s.max_poll_records = 2;
+    let mut f = ready(s, &[0, 1], 2, t0);
+    let got = poll_with(&mut f, answer(1, Some(batch(0, 4)), &[(0, 3, 1)]), t0);
+    assert_eq!(offsets(&got), [0, 1]);
+    f.acknowledge(&got[0].tp, got[0].topic_id, 0, A::Accept)
+        .unwrap();
+    assert!(f.poll_action(t0).is_none(), "held until the next poll");
+    let revoked = BTreeSet::from([tip(1)]);
+    assert!(f.handed_over(&revoked), "nothing owed yet");
+    f.revoke(&revoked);
+    assert_eq!(f.assignment(), &BTreeSet::from([tip(0)]));
+    assert!(!f.handed_over(&revoked));
+    let (id, req) = acknowledge(&mut f, t0);
+    assert_eq!(
+        ack_acks(&req, 1),
+        [(0, 0, vec![1]), (2, 3, vec![2])],
+        "the accept, and the RELEASE of what no poll took"
+    );
+    assert!(!f.handed_over(&revoked), "sent, not answered");
+    f.handle_acknowledge(BROKER, id, Ok(ack_answer(1, 0, 0)), t0);
+    assert!(f.handed_over(&revoked));
+    // Offset 1 is still the application's: its acknowledgement goes later.
+    f.acknowledge(&got[1].tp, got[1].topic_id, 1, A::Accept)
+        .unwrap();
+}
+
+/// A member out of the group gives back even what the application holds
+/// (RELEASE), and says so when the application acknowledges it later.
+#[test]
+fn a_loss_gives_back_what_the_application_holds() {
+    let t0 = Instant::now();
+    let mut f = ready(settings(AcknowledgementMode::Explicit), &[0], 2, t0);
+    let got = poll_with(&mut f, answer(0, Some(batch(0, 2)), &[(0, 1, 1)]), t0);
+    assert_eq!(offsets(&got), [0, 1]);
+    let lost = BTreeSet::from([tip(0)]);
+    f.lose(&lost);
+    let e = f
+        .acknowledge(&got[0].tp, got[0].topic_id, 0, A::Accept)
+        .unwrap_err();
+    assert!(e.to_string().contains("gave it back"), "{e}");
+    let (id, req) = acknowledge(&mut f, t0);
+    assert_eq!(ack_acks(&req, 0), [(0, 1, vec![2])], "RELEASE both");
+    assert!(!f.handed_over(&lost));
+    f.handle_acknowledge(BROKER, id, Ok(ack_answer(0, 0, 0)), t0);
+    assert!(f.handed_over(&lost));
+    let e = f
+        .acknowledge(&got[1].tp, got[1].topic_id, 1, A::Accept)
+        .unwrap_err();
+    assert!(e.to_string().contains("left the group"), "{e}");
+    f.begin_poll().unwrap();
+    assert!(f.poll_action(t0).is_none(), "nothing assigned: no fetch");
+}

@@ -987,3 +987,172 @@ fn topics_add_partitions_grows_a_topic_and_prints_the_brokers_refusal() {
         "the broker's own explanation: {stderr}"
     );
 }
+
+/// Set `configs` on group `group` (what `kafka-configs.sh --entity-type
+/// groups` does), through kafka-wire.
+fn set_group_configs(
+    b: &str,
+    group: &str,
+    configs: &[(&str, Option<&str>)],
+) -> kafka_wire::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cfg = kafka_wire::ClientConfig::builder()
+            .set("bootstrap.servers", b)
+            .unwrap()
+            .build()
+            .unwrap();
+        let client = kafka_wire::Client::connect(cfg).await.unwrap();
+        client
+            .alter_configs(&kafka_wire::ConfigResource::Group(group.into()), configs)
+            .await
+    })
+}
+
+/// The offsets (third column) of `consume --print-delivery` plain lines
+/// with this delivery count.
+fn delivered(out: &str, count: u16) -> Vec<i64> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix(&format!("delivery={count}\t")))
+        .map(|l| l.split('\t').nth(1).unwrap().parse().unwrap())
+        .collect()
+}
+
+/// A share group from the CLI: `consume --share-group` reads (each record
+/// accepted once printed, the rest of its last poll released), `groups
+/// list` says `share`, `groups describe` shows the start offset, `groups
+/// reset-offsets` moves it back (a dry run first) and the records come
+/// again; `groups delete` removes the group.
+#[test]
+fn consume_as_a_share_group_then_describe_reset_and_delete_it() {
+    let broker = testkit::require_broker!();
+    let b = broker.bootstrap.as_str();
+    let topic = topic_with(b, "cli-share", "1");
+    run_ok(
+        &[
+            "-b", b, "produce", "-t", &topic, "--count", "10", "--size", "5",
+        ],
+        None,
+    );
+    let group = testkit::unique_name("cli-share");
+    let consume = |extra: &[&str]| {
+        let mut args = vec![
+            "-b",
+            b,
+            "consume",
+            "-t",
+            &topic,
+            "--share-group",
+            &group,
+            "--print-delivery",
+            "--idle-exit-ms",
+            "4000",
+        ];
+        args.extend(extra);
+        run(&args, None)
+    };
+    // A new share group starts at the latest offset unless its config says.
+    let earliest = [("share.auto.offset.reset", Some("earliest"))];
+    if let Err(e) = set_group_configs(b, &group, &earliest) {
+        eprintln!("SKIPPED (no share group configs on this broker): {e}");
+        return;
+    }
+    let (ok, out) = consume(&["--max", "4", "--json"]);
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("{\"delivery_count\":1,\"topic\"")),
+        "{out}"
+    );
+    assert!(out.contains("consumed 4 records"), "{out}");
+
+    let list = run_ok(&["-b", b, "groups", "list"], None);
+    let row = list
+        .lines()
+        .find(|l| l.starts_with(&group))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(row.ends_with("\tshare"), "{row}");
+    let start_row = || {
+        let d = run_ok(&["-b", b, "groups", "describe", &group], None);
+        assert!(d.contains("protocol share (KIP-932)"), "{d}");
+        let row = d
+            .lines()
+            .find(|l| l.starts_with(&format!("{topic}-0")))
+            .unwrap_or_else(|| panic!("{d}"));
+        row.split_whitespace()
+            .skip(1)
+            .take(3)
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    // Kafka 4.4 persists a start offset that moved with the
+    // share-partition's next state write: up to 4 here, not always 4.
+    let row = start_row();
+    let start: i64 = row[0].parse().unwrap();
+    assert!((0..=4).contains(&start), "{row:?}");
+    assert_eq!(
+        row[1..],
+        ["10".to_string(), (10 - start).to_string()],
+        "end 10, lag"
+    );
+
+    // The rest: what the first run released comes again.
+    let (ok, out) = consume(&[]);
+    assert!(ok, "{out}");
+    let mut rest = delivered(&out, 1);
+    rest.extend(delivered(&out, 2));
+    rest.sort_unstable();
+    assert_eq!(rest, (4..10).collect::<Vec<i64>>(), "{out}");
+    assert!(!delivered(&out, 2).is_empty(), "the released ones: {out}");
+
+    let plan = run_ok(
+        &[
+            "-b",
+            b,
+            "groups",
+            "reset-offsets",
+            &group,
+            "-t",
+            &topic,
+            "--to-earliest",
+        ],
+        None,
+    );
+    assert!(plan.contains("dry run"), "{plan}");
+    let before = start_row();
+    assert!(
+        plan.lines()
+            .any(|l| l.starts_with(&format!("{topic}-0")) && l.ends_with(" 0")),
+        "to the earliest offset, 0: {plan}"
+    );
+    assert_eq!(start_row(), before, "a dry run changes nothing");
+    run_ok(
+        &[
+            "-b",
+            b,
+            "groups",
+            "reset-offsets",
+            &group,
+            "-t",
+            &topic,
+            "--to-offset",
+            "7",
+            "--execute",
+        ],
+        None,
+    );
+    assert_eq!(start_row()[0], "7");
+    let (ok, out) = consume(&[]);
+    assert!(ok, "{out}");
+    assert_eq!(delivered(&out, 1), [7, 8, 9], "delivered anew: {out}");
+
+    assert!(run_ok(&["-b", b, "groups", "delete", &group], None).contains("deleted share group"));
+    let (ok, out) = run(&["-b", b, "groups", "describe", &group], None);
+    assert!(!ok && out.contains("does not exist"), "{out}");
+}

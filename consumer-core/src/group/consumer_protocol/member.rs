@@ -47,7 +47,7 @@
 //!   kept in the target, and metadata is refreshed; they are assigned
 //!   once resolved.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,14 +56,10 @@ use kafka_wire::{Backoff, KafkaCode};
 use crate::group::driver::{GroupMachine, Step};
 use crate::group::liveness::Liveness;
 use crate::group::subscription::TopicSubscription;
-use crate::group::GroupSnapshot;
+pub(crate) use crate::group::target::{HeartbeatResult, TopicId, TopicIdPartitions};
+use crate::group::target::{Moves, Target, TopicIds};
+use crate::group::{code_name, GroupSnapshot};
 use crate::tp::TopicPartition;
-
-/// A topic id (KIP-516), as metadata and ConsumerGroupHeartbeat carry it.
-pub(crate) type TopicId = [u8; 16];
-
-/// An assignment as the broker sends it: partitions per topic id.
-pub(crate) type TopicIdPartitions = Vec<(TopicId, Vec<i32>)>;
 
 /// Member settings (the `group.*` consumer properties that 848 uses).
 #[derive(Clone)]
@@ -141,19 +137,6 @@ pub(crate) struct Heartbeat {
     pub owned: Option<TopicIdPartitions>,
 }
 
-/// A ConsumerGroupHeartbeat response, as the driver decodes it.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct HeartbeatResult {
-    pub error: Option<KafkaCode>,
-    pub error_message: Option<String>,
-    /// The broker may assign the member id (v0).
-    pub member_id: Option<String>,
-    pub member_epoch: i32,
-    pub heartbeat_interval_ms: i32,
-    /// `None`: unchanged.
-    pub assignment: Option<TopicIdPartitions>,
-}
-
 /// What the driver should do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Action {
@@ -192,10 +175,9 @@ pub(crate) struct Member {
     member_epoch: i32,
     owned: BTreeSet<TopicPartition>,
     /// The broker's latest assignment (by topic id).
-    target: Option<BTreeMap<TopicId, BTreeSet<i32>>>,
+    target: Option<Target>,
     /// Topic names by id, and ids by name, from metadata.
-    names: HashMap<TopicId, String>,
-    ids: HashMap<String, TopicId>,
+    ids: TopicIds,
     /// Partition counts when the subscription's metadata was first seen.
     first_seen: Option<HashMap<String, i32>>,
     metadata_wanted: bool,
@@ -240,18 +222,6 @@ pub(crate) struct Member {
 /// using the id: fatal.
 const UNRELEASED_GRACE: Duration = Duration::from_secs(5);
 
-/// The name Kafka's docs and logs use: `GROUP_MAX_SIZE_REACHED`.
-fn kafka_name(code: KafkaCode) -> String {
-    let mut out = String::new();
-    for (i, c) in format!("{code:?}").chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
-}
-
 impl Member {
     /// A member of `cfg.group_id` subscribed to `subscription`, looking for
     /// its coordinator.
@@ -267,8 +237,7 @@ impl Member {
             member_epoch: 0,
             owned: BTreeSet::new(),
             target: None,
-            names: HashMap::new(),
-            ids: HashMap::new(),
+            ids: TopicIds::default(),
             first_seen: None,
             // Before the first join: what exists now, so partitions that
             // appear later start at the earliest offset (invariant 45).
@@ -413,13 +382,7 @@ impl Member {
         }
         if full || ack {
             let reported = self.reported();
-            let mut by_id: BTreeMap<TopicId, Vec<i32>> = BTreeMap::new();
-            for tp in &reported {
-                if let Some(id) = self.ids.get(&tp.topic) {
-                    by_id.entry(*id).or_default().push(tp.partition);
-                }
-            }
-            hb.owned = Some(by_id.into_iter().collect());
+            hb.owned = Some(self.ids.by_id(&reported));
             self.acked = Some(reported);
         }
         self.full = false;
@@ -447,11 +410,7 @@ impl Member {
             self.state = State::Stable;
             self.next_heartbeat = Some(now + self.heartbeat_interval);
             if let Some(assignment) = r.assignment {
-                let mut target: BTreeMap<TopicId, BTreeSet<i32>> = BTreeMap::new();
-                for (id, parts) in assignment {
-                    target.entry(id).or_default().extend(parts);
-                }
-                self.target = Some(target);
+                self.target = Some(Target::from_wire(assignment));
                 self.reconcile();
             }
             return;
@@ -531,7 +490,7 @@ impl Member {
                 self.fatal(format!(
                     "group {}: ConsumerGroupHeartbeat failed with {}{detail}{hint}",
                     self.cfg.group_id,
-                    kafka_name(code)
+                    code_name(code)
                 ))
             }
             other => {
@@ -550,10 +509,7 @@ impl Member {
         self.metadata_in_flight = false;
         let mut counts = HashMap::new();
         for (id, name, partitions) in topics {
-            if id != [0; 16] {
-                self.names.insert(id, name.clone());
-                self.ids.insert(name.clone(), id);
-            }
+            self.ids.learn(id, &name);
             if partitions > 0 && self.subscription.includes(&name) {
                 counts.insert(name, partitions);
             }
@@ -581,20 +537,12 @@ impl Member {
         let Some(target) = &self.target else {
             return;
         };
-        let mut resolved = BTreeSet::new();
-        let mut unresolved = false;
-        for (id, parts) in target {
-            match self.names.get(id) {
-                Some(name) => resolved.extend(parts.iter().map(|p| TopicPartition::new(name, *p))),
-                None => unresolved = true,
-            }
-        }
+        let (resolved, unresolved) = target.resolve(&self.ids);
         if unresolved {
             // Keep them in the target; assign them once metadata knows them.
             self.metadata_wanted = true;
         }
-        let revoke: Vec<_> = self.owned.difference(&resolved).cloned().collect();
-        let assign: Vec<_> = resolved.difference(&self.owned).cloned().collect();
+        let Moves { revoke, assign } = Moves::between(&self.owned, &resolved);
         if revoke.is_empty() && assign.is_empty() {
             if self.acked.as_ref() != Some(&self.owned) {
                 self.steps.push_back(Queued::Ack);

@@ -1,9 +1,11 @@
 //! Two members driven through a rebalance by the real driver, each with a
-//! consumer that acknowledges every listener at once and polls every
-//! second, against the scripted coordinator (`io/fake.rs`): no broker,
-//! tokio's clock paused (timers fire as soon as every task waits).
+//! consumer that acknowledges every listener (at once, or after a while)
+//! and polls every second, against the scripted coordinator
+//! (`io/fake.rs`): no broker, tokio's clock paused (timers fire as soon
+//! as every task waits). Classic, KIP-848 and share members alike.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,15 +15,16 @@ use tokio::task::JoinHandle;
 use super::{now, Driver, Ended, Seam};
 use crate::config::{ConsumerConfig, GroupProtocol};
 use crate::group::io::fake::{FakeCoordinator, TOPIC};
+use crate::group::share_protocol::member::ShareMemberConfig;
 use crate::group::subscription::TopicSubscription;
-use crate::group::{classic, consumer_protocol, GroupEvent, GroupSnapshot};
+use crate::group::{classic, consumer_protocol, share_protocol, GroupEvent, GroupSnapshot};
 use crate::tp::TopicPartition;
 
 /// One member under test: its driver's task and its consumer's.
 struct Member {
     snapshot: Arc<Mutex<GroupSnapshot>>,
     /// Held here too: a consumer whose check panicked must not close it
-    /// (the driver would spin on the closed channel, and time stand still).
+    /// (the member would leave, and the test wait for nothing).
     _polled: Arc<watch::Sender<std::time::Instant>>,
     close: watch::Sender<bool>,
     driver: JoinHandle<Ended>,
@@ -58,21 +61,10 @@ fn config(protocol: &str, assignor: Option<&str>) -> Arc<ConsumerConfig> {
 
 /// Start member `name` of group `g` on [`TOPIC`] under `cfg.group_protocol`.
 fn start(name: &'static str, fake: &FakeCoordinator, cfg: &Arc<ConsumerConfig>) -> Member {
-    let snapshot = Arc::new(Mutex::new(GroupSnapshot::default()));
-    let (events_tx, events) = mpsc::channel(16);
-    let (polled_tx, polled) = watch::channel(now());
-    let polled_tx = Arc::new(polled_tx);
-    let (close, close_rx) = watch::channel(false);
-    let seam = Seam {
-        snapshot: snapshot.clone(),
-        events: events_tx,
-        polled,
-        close: close_rx,
-    };
-    let mut driver = Driver::new(fake.clone(), "g".into(), true, seam);
-    let sub = TopicSubscription::Topics(vec![TOPIC.into()]);
     let cfg = cfg.clone();
-    let driver = tokio::spawn(async move {
+    let sub = TopicSubscription::Topics(vec![TOPIC.into()]);
+    spawn_member(name, fake, Duration::ZERO, move |io, seam| async move {
+        let mut driver = Driver::new(io, "g".into(), true, seam);
         match cfg.group_protocol {
             GroupProtocol::Classic => {
                 let mut m = classic::member(&cfg, "g", sub, now());
@@ -84,13 +76,61 @@ fn start(name: &'static str, fake: &FakeCoordinator, cfg: &Arc<ConsumerConfig>) 
                 driver.run(&mut p, &mut m).await
             }
         }
-    });
+    })
+}
+
+/// Start share member `name` (member id `share-{name}`) of share group
+/// `g` on [`TOPIC`]; its consumer takes `handover` to hand revoked
+/// partitions over (the fetch path's acknowledgements answered).
+fn start_share(name: &'static str, fake: &FakeCoordinator, handover: Duration) -> Member {
+    let cfg = ShareMemberConfig {
+        group_id: "g".into(),
+        member_id: format!("share-{name}"),
+        rack_id: None,
+        topics: vec![TOPIC.into()],
+        max_poll_interval: Duration::from_secs(300),
+        handover_timeout: Duration::from_secs(30),
+        retry_backoff: crate::group::RETRY_BACKOFF,
+        heartbeat_interval: Duration::from_secs(5),
+    };
+    spawn_member(name, fake, handover, move |io, seam| {
+        share_protocol::run(io, cfg, seam)
+    })
+}
+
+/// Spawn `run` (a driver on the scripted coordinator and a seam) and the
+/// consumer of its events.
+fn spawn_member<F, Fut>(
+    name: &'static str,
+    fake: &FakeCoordinator,
+    handover: Duration,
+    run: F,
+) -> Member
+where
+    F: FnOnce(FakeCoordinator, Seam) -> Fut,
+    Fut: Future<Output = Ended> + Send + 'static,
+{
+    let snapshot = Arc::new(Mutex::new(GroupSnapshot::default()));
+    let (events_tx, events) = mpsc::channel(16);
+    let (polled_tx, polled) = watch::channel(now());
+    let polled_tx = Arc::new(polled_tx);
+    let (close, close_rx) = watch::channel(false);
+    let seam = Seam {
+        snapshot: snapshot.clone(),
+        events: events_tx,
+        polled,
+        close: close_rx,
+    };
+    let driver = tokio::spawn(run(fake.clone(), seam));
     let consumer = tokio::spawn(consume(
-        name,
+        Consumer {
+            name,
+            polled: polled_tx.clone(),
+            snapshot: snapshot.clone(),
+            fake: fake.clone(),
+            handover,
+        },
         events,
-        polled_tx.clone(),
-        snapshot.clone(),
-        fake.clone(),
     ));
     Member {
         snapshot,
@@ -101,16 +141,27 @@ fn start(name: &'static str, fake: &FakeCoordinator, cfg: &Arc<ConsumerConfig>) 
     }
 }
 
-/// The consumer: notes every event in the coordinator's log (`A revoked
-/// 0,1`), checks what commits may do meanwhile, acknowledges listeners at
-/// once, and polls every second.
-async fn consume(
+/// One member's consumer.
+struct Consumer {
     name: &'static str,
-    mut events: mpsc::Receiver<GroupEvent>,
     polled: Arc<watch::Sender<std::time::Instant>>,
     snapshot: Arc<Mutex<GroupSnapshot>>,
     fake: FakeCoordinator,
-) {
+    /// How long its `on_revoked` takes.
+    handover: Duration,
+}
+
+/// The consumer: notes every event in the coordinator's log (`A revoked
+/// 0,1`, once its `on_revoked` is done), checks what commits may do
+/// meanwhile, acknowledges listeners, and polls every second.
+async fn consume(c: Consumer, mut events: mpsc::Receiver<GroupEvent>) {
+    let Consumer {
+        name,
+        polled,
+        snapshot,
+        fake,
+        handover,
+    } = c;
     let committable = |tp: &TopicPartition| snapshot.lock().expect("lock").may_commit(tp);
     loop {
         tokio::select! {
@@ -121,6 +172,7 @@ async fn consume(
                 }
                 Some(GroupEvent::Revoked(parts, done)) => {
                     assert!(parts.iter().all(committable), "{name}: revoked partitions stay committable until the ack");
+                    tokio::time::sleep(handover).await;
                     fake.note(format!("{name} revoked {}", show(&parts)));
                     let _ = done.send(());
                 }
@@ -310,4 +362,109 @@ async fn two_kip848_members_rebalance() {
         .cloned()
         .collect();
     assert!(owners.is_empty(), "nothing lost: {owners:?}");
+}
+
+/// KIP-932: the broker assigns at once (nothing waits for a release). The
+/// member that gives partitions up hands them over (its consumer takes 2 s
+/// to answer what it owed them) before the heartbeat that ends its
+/// reconciliation; closing hands over, then leaves with epoch -1.
+#[tokio::test(start_paused = true)]
+async fn two_share_members_split_the_partitions() {
+    let fake = FakeCoordinator::new(4);
+    let handover = Duration::from_secs(2);
+    let a = start_share("A", &fake, handover);
+    wait_until("A owns every partition", || {
+        a.snap().stable && a.snap().owned.len() == 4
+    })
+    .await;
+    let b = start_share("B", &fake, handover);
+    wait_until("A and B split the partitions", || split(&a, &b, 4)).await;
+    let (sa, sb) = (a.snap(), b.snap());
+    assert_eq!(
+        (sa.member_id.as_str(), sb.member_id.as_str()),
+        ("share-A", "share-B")
+    );
+    assert_eq!(sa.protocol, None, "a share group has no commit protocol");
+    let moved = show(&sb.owned);
+    let handed_over = format!("A revoked {moved}");
+    // B fetches at once; A's reconciliation ends with a heartbeat once its
+    // consumer handed the partitions over.
+    wait_until("A's hand-over and the heartbeat after it", || {
+        let log = fake.log();
+        log.iter().position(|l| *l == handed_over).is_some_and(|i| {
+            log[i..]
+                .iter()
+                .any(|l| l.starts_with("ShareGroupHeartbeat share-A"))
+        })
+    })
+    .await;
+    let log = fake.log();
+    let handed_over = find(&log, &handed_over, 0);
+    assert!(
+        find(&log, "B assigned", 0) < handed_over,
+        "the broker does not wait for a share member's revoke: {log:#?}"
+    );
+    assert!(
+        !log[handed_over..]
+            .iter()
+            .any(|l| l.starts_with("A assigned")),
+        "A kept {}: {log:#?}",
+        show(&sa.owned)
+    );
+
+    let at = fake.log().len();
+    assert_eq!(a.close().await, Ended::Left);
+    let log = fake.log();
+    let revoked = find(&log, &format!("A revoked {}", show(&sa.owned)), at);
+    let leave = find(&log, "ShareGroupHeartbeat share-A epoch -1", at);
+    assert!(revoked < leave, "hand over, then leave: {log:#?}");
+    wait_until("B owns every partition", || b.snap().owned.len() == 4).await;
+    assert_eq!(b.close().await, Ended::Left);
+    assert!(
+        !fake.log().iter().any(|l| l.contains(" lost ")),
+        "nothing lost: {:#?}",
+        fake.log()
+    );
+}
+
+/// A consumer dropped without closing (its `polled` sender gone): the
+/// member leaves as on close, instead of spinning on the closed channel.
+/// Real time: a spinning driver never lets tokio's paused clock move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_consumer_is_gone_leaves() {
+    let fake = FakeCoordinator::new(2);
+    let cfg = config("consumer", None);
+    let (events_tx, mut events) = mpsc::channel(16);
+    let (polled_tx, polled) = watch::channel(now());
+    let (close_tx, close) = watch::channel(false);
+    let seam = Seam {
+        snapshot: Arc::new(Mutex::new(GroupSnapshot::default())),
+        events: events_tx,
+        polled,
+        close,
+    };
+    let mut driver = Driver::new(fake.clone(), "g".into(), true, seam);
+    let task = tokio::spawn(async move {
+        let sub = TopicSubscription::Topics(vec![TOPIC.into()]);
+        let mut m = consumer_protocol::member(&cfg, "g", sub, false, now());
+        let mut p = consumer_protocol::ConsumerProtocol::new(&cfg, false);
+        driver.run(&mut p, &mut m).await
+    });
+    match events.recv().await {
+        Some(GroupEvent::Assigned(parts, _)) => assert_eq!(parts.len(), 2),
+        other => panic!("expected the assignment, got {other:?}"),
+    }
+    drop(polled_tx);
+    drop(events);
+    let ended = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the driver ends instead of spinning on the closed channel")
+        .expect("the driver does not panic");
+    assert_eq!(ended, Ended::Left);
+    assert!(
+        fake.log().iter().any(|l| l.ends_with("epoch -1")),
+        "left the group: {:#?}",
+        fake.log()
+    );
+    drop(close_tx);
 }

@@ -10,6 +10,9 @@
 //! - KIP-848: the broker assigns (contiguous ranges over the members in
 //!   member id order), and hands a member a partition only once no other
 //!   member reports owning it; epoch -1/-2 leaves.
+//! - KIP-932 (share groups): the same ranges, handed out at once (a share
+//!   group's partitions are not exclusive: nothing waits for a release);
+//!   epoch -1 leaves.
 //!
 //! Every request, and what the test notes (its consumers' events), goes
 //! into one [`FakeCoordinator::log`], in order.
@@ -26,9 +29,11 @@ use kafka_wire::messages::describe_configs_response::{
 };
 use kafka_wire::messages::join_group_response::JoinGroupResponseMember;
 use kafka_wire::messages::{
-    ApiKey, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, DescribeConfigsRequest,
-    DescribeConfigsResponse, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, SyncGroupRequest, SyncGroupResponse,
+    share_group_heartbeat_response, ApiKey, ConsumerGroupHeartbeatRequest,
+    ConsumerGroupHeartbeatResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ShareGroupHeartbeatRequest, ShareGroupHeartbeatResponse, SyncGroupRequest,
+    SyncGroupResponse,
 };
 use kafka_wire::{BrokerInfo, KafkaCode, Metadata, PartitionInfo, StrBytes, TopicInfo};
 use tokio::sync::watch;
@@ -71,6 +76,7 @@ struct Shared {
 struct State {
     classic: Classic,
     consumer: Consumer,
+    share: Share,
     log: Vec<String>,
 }
 
@@ -103,6 +109,13 @@ struct Round {
 struct Consumer {
     group_epoch: i32,
     members: BTreeMap<String, ConsumerMember>,
+}
+
+/// The share group: member id → the assignment last sent to it.
+#[derive(Debug, Default)]
+struct Share {
+    group_epoch: i32,
+    members: BTreeMap<String, Option<BTreeSet<i32>>>,
 }
 
 #[derive(Debug, Default)]
@@ -359,6 +372,47 @@ impl FakeCoordinator {
             .with_assignment(assignment)
     }
 
+    fn share_heartbeat(&self, r: &ShareGroupHeartbeatRequest) -> ShareGroupHeartbeatResponse {
+        let partitions = self.shared.partitions;
+        let mut st = self.state();
+        let id = r.member_id.to_string();
+        let epoch = r.member_epoch;
+        st.log
+            .push(format!("ShareGroupHeartbeat {id} epoch {epoch}"));
+        let g = &mut st.share;
+        if epoch < 0 {
+            g.members.remove(&id);
+            g.group_epoch += 1;
+            return ShareGroupHeartbeatResponse::default()
+                .with_member_id(Some(s(&id)))
+                .with_member_epoch(epoch);
+        }
+        if epoch == 0 {
+            g.members.insert(id.clone(), None);
+            g.group_epoch += 1;
+        }
+        let Some(i) = g.members.keys().position(|m| *m == id) else {
+            return ShareGroupHeartbeatResponse::default()
+                .with_error_code(code(KafkaCode::UnknownMemberId));
+        };
+        let (i, k) = (i as i32, g.members.len() as i32);
+        let target: BTreeSet<i32> = (i * partitions / k..(i + 1) * partitions / k).collect();
+        let sent = g.members.get_mut(&id).expect("found above");
+        let assignment = (sent.as_ref() != Some(&target)).then(|| {
+            *sent = Some(target.clone());
+            share_group_heartbeat_response::Assignment::default().with_topic_partitions(vec![
+                share_group_heartbeat_response::TopicPartitions::default()
+                    .with_topic_id(Uuid::from_bytes(TOPIC_ID))
+                    .with_partitions(target.into_iter().collect()),
+            ])
+        });
+        ShareGroupHeartbeatResponse::default()
+            .with_member_id(Some(s(&id)))
+            .with_member_epoch(g.group_epoch)
+            .with_heartbeat_interval_ms(HEARTBEAT_INTERVAL_MS)
+            .with_assignment(assignment)
+    }
+
     /// The group's `consumer.session.timeout.ms`: Kafka's default, 45 s.
     fn describe_configs(&self, _: &DescribeConfigsRequest) -> DescribeConfigsResponse {
         DescribeConfigsResponse::default().with_results(vec![DescribeConfigsResult::default()
@@ -430,6 +484,8 @@ impl GroupIo for FakeCoordinator {
             Box::new(self.consumer_heartbeat(r))
         } else if let Some(r) = req.downcast_ref::<DescribeConfigsRequest>() {
             Box::new(self.describe_configs(r))
+        } else if let Some(r) = req.downcast_ref::<ShareGroupHeartbeatRequest>() {
+            Box::new(self.share_heartbeat(r))
         } else {
             panic!(
                 "the fake coordinator does not answer {}",
@@ -445,6 +501,7 @@ impl GroupIo for FakeCoordinator {
         Ok(match api {
             ApiKey::LeaveGroup => Some(5),
             ApiKey::ConsumerGroupHeartbeat => Some(1),
+            ApiKey::ShareGroupHeartbeat => Some(1),
             _ => None,
         })
     }

@@ -241,3 +241,92 @@ async fn renew_restarts_a_records_acquisition_lock() {
     );
     c.close().await.unwrap();
 }
+
+/// A partition the group moves to a newcomer is handed over first: the
+/// acknowledgements the old member held for it go out (and are answered)
+/// before the heartbeat that ends its reconciliation, without a poll or a
+/// commit of the old member.
+#[tokio::test]
+async fn a_revoked_partitions_held_acknowledgements_are_sent_at_once() {
+    let b = testkit::require_broker!();
+    let admin = testkit::client(&b).await;
+    let topic =
+        testkit::numbered_topic(&b, &admin, "share-revoke", 2, 40, |i| format!("k{i}")).await;
+    let group = share_group(&admin, "share-revoke").await;
+    let explicit = [("share.acknowledgement.mode", "explicit")];
+    let mut a = share_consumer(&b, &group, &explicit).await;
+    if subscribe(&mut a, &[&topic]).await.is_none() {
+        return;
+    }
+    assert!(testkit::eventually(WAIT, || a.assignment().len() == 2).await);
+    // Hold records of both partitions: each poll's are RENEWed (answered,
+    // they no longer block the next poll), then all accepted at the end.
+    let mut held: Vec<consumer_core::share::ShareRecord> = Vec::new();
+    let both = |held: &[consumer_core::share::ShareRecord]| {
+        held.iter()
+            .map(|r| r.tp.partition)
+            .collect::<BTreeSet<_>>()
+            .len()
+            == 2
+    };
+    let end = Instant::now() + WAIT;
+    while !both(&held) && Instant::now() < end {
+        let records = a.poll(Duration::from_millis(500)).await.unwrap();
+        for r in &records {
+            a.acknowledge(r, AcknowledgeType::Renew).unwrap();
+        }
+        for o in a.commit_sync(Duration::from_secs(10)).await.unwrap() {
+            assert!(o.error.is_none(), "{o:?}");
+        }
+        held.extend(records);
+    }
+    assert!(both(&held), "records of both partitions held");
+    for r in &held {
+        a.acknowledge(r, AcknowledgeType::Accept).unwrap();
+    }
+    // Held until a's next poll or commit, which never come: only the
+    // hand-over of a revoked partition sends them.
+    let mut c = share_consumer(&b, &group, &explicit).await;
+    subscribe(&mut c, &[&topic]).await.unwrap();
+    assert!(
+        testkit::eventually(WAIT, || a.assignment().len() < 2).await,
+        "the group gave the newcomer a partition of a's"
+    );
+    let kept = a.assignment();
+    let revoked: BTreeSet<i64> = held
+        .iter()
+        .filter(|r| !kept.contains(&r.tp))
+        .map(|r| r.offset())
+        .collect();
+    assert!(!revoked.is_empty(), "a held partition was revoked");
+    let mut sent: BTreeSet<i64> = BTreeSet::new();
+    testkit::eventually(Duration::from_secs(10), || {
+        for o in a.take_ack_outcomes() {
+            assert!(o.error.is_none(), "{o:?}");
+            if !kept.contains(&o.tp) {
+                sent.extend(o.offsets);
+            }
+        }
+        sent == revoked
+    })
+    .await;
+    assert_eq!(
+        sent, revoked,
+        "the revoked partition's acknowledgements went"
+    );
+    // The newcomer never gets them again.
+    let mut again = Vec::new();
+    poll_until(&mut c, Duration::from_secs(3), |c, records| {
+        for r in records {
+            if !kept.contains(&r.tp) && revoked.contains(&r.offset()) {
+                again.push(r.offset());
+            }
+            c.acknowledge(r, AcknowledgeType::Accept).unwrap();
+        }
+        false
+    })
+    .await;
+    assert!(again.is_empty(), "accepted, yet delivered again: {again:?}");
+    c.close().await.unwrap();
+    a.close().await.unwrap();
+}

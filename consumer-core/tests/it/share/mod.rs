@@ -1,10 +1,14 @@
-//! Share groups (KIP-932) against the real broker: a ShareGroupHeartbeat
-//! member, ShareFetch and ShareAcknowledge. Kafka 4.2+ with the cluster
-//! feature `share.version` at 1 or more (on by default for clusters
-//! formatted at 4.2+); on a broker without share groups each test checks
-//! the error says so, and stops.
+//! Share groups (KIP-932) against the real broker: the share member on
+//! the group driver (ShareGroupHeartbeat), ShareFetch and
+//! ShareAcknowledge. Kafka 4.2+ with the cluster feature `share.version`
+//! at 1 or more (on by default for clusters formatted at 4.2+); on a
+//! broker without share groups each test checks the error says so, and
+//! stops.
 
+mod crash;
 mod delivery;
+mod java_mixed;
+mod outcomes;
 mod seam;
 
 use std::time::{Duration, Instant};
@@ -36,16 +40,24 @@ pub async fn share_consumer(
 /// config `share.auto.offset.reset`; its default, latest, would skip the
 /// records produced before the group first reads).
 pub async fn share_group(admin: &Client, prefix: &str) -> String {
+    share_group_with(admin, prefix, &[]).await
+}
+
+/// [`share_group`] with more group configs (`share.record.lock.duration.ms`, …).
+pub async fn share_group_with(admin: &Client, prefix: &str, configs: &[(&str, &str)]) -> String {
     let group = testkit::unique_name(prefix);
+    let mut set = vec![("share.auto.offset.reset", Some("earliest"))];
+    set.extend(configs.iter().map(|(k, v)| (*k, Some(*v))));
     admin
-        .alter_configs(
-            &ConfigResource::Group(group.clone()),
-            &[("share.auto.offset.reset", Some("earliest"))],
-        )
+        .alter_configs(&ConfigResource::Group(group.clone()), &set)
         .await
-        .expect("set share.auto.offset.reset on the group");
+        .expect("set the share group's configs");
     group
 }
+
+/// The shortest acquisition lock a group may set: the broker's
+/// `group.share.min.record.lock.duration.ms` default.
+pub const SHORTEST_LOCK: Duration = Duration::from_secs(15);
 
 /// Subscribe, or `None` when the broker has no share groups (after
 /// checking the error names the fix).

@@ -9,7 +9,7 @@ use super::{poll_until, share_consumer, share_group, subscribe};
 /// The broker answers ShareFetch for a share-partition only once the
 /// group coordinator has assigned it to some member (that initializes
 /// its state; before, Kafka 4.4 answers UNKNOWN_SERVER_ERROR): the reason
-/// `share/member.rs` heartbeats. ShareFetch itself checks no membership.
+/// the share member heartbeats. ShareFetch itself checks no membership.
 #[tokio::test]
 async fn assign_alone_fetches_once_a_member_has_initialized_the_partition() {
     let b = testkit::require_broker!();
