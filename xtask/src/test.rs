@@ -711,7 +711,7 @@ fn run_binaries(
             c.absorb(line);
         }
         println!(
-            "     Running {}'s tests/it ({})\n{text}",
+            "     Running {}/tests/it ({})\n{text}",
             b.package,
             b.executable.display()
         );
