@@ -393,6 +393,31 @@ impl ConsumerConfigBuilder {
 mod tests {
     use super::*;
 
+    /// The consumer's builder and config, formatted, never show the SASL
+    /// password (their client part redacts it).
+    #[test]
+    fn debug_never_shows_the_sasl_password() {
+        let b = ConsumerConfig::builder()
+            .properties([
+                ("bootstrap.servers", "a:9092"),
+                ("group.id", "g"),
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanism", "PLAIN"),
+                ("sasl.username", "u"),
+                ("sasl.password", "hunter2-s3cr3t"),
+            ])
+            .unwrap();
+        let c = b.clone().build().unwrap();
+        for shown in [
+            format!("{b:?}"),
+            format!("{b:#?}"),
+            format!("{c:?}"),
+            format!("{c:#?}"),
+        ] {
+            assert!(!shown.contains("hunter2-s3cr3t"), "{shown}");
+        }
+    }
+
     fn builder() -> ConsumerConfigBuilder {
         ConsumerConfig::builder()
             .bootstrap("127.0.0.1:9092")

@@ -20,6 +20,29 @@ use crate::tp::TopicPartition;
 /// The highest consumer-protocol version we write and understand.
 pub const CONSUMER_PROTOCOL_VERSION: i16 = 3;
 
+/// Kafka's longest topic name (bytes; `Topic.MAX_NAME_LENGTH`). A member's
+/// bytes naming a longer topic are malformed: each owned partition (4 bytes
+/// on the wire) becomes a [`TopicPartition`] holding its own copy of the
+/// name, so one 32 KB "topic" with 250 k owned partitions in a ~1 MiB
+/// subscription would make the leader allocate ~8 GB. With the cap, a
+/// decoded partition takes at most ~70x its 4 wire bytes.
+pub const MAX_TOPIC_NAME_LEN: usize = 249;
+
+/// Refuse a topic name longer than [`MAX_TOPIC_NAME_LEN`].
+fn check_topic(what: &'static str, name: &str) -> Result<(), ProtocolError> {
+    if name.len() > MAX_TOPIC_NAME_LEN {
+        return Err(ProtocolError {
+            what,
+            reason: format!(
+                "a topic name of {} bytes (Kafka allows {MAX_TOPIC_NAME_LEN}): not a real \
+                 topic; the member sending it is broken or hostile",
+                name.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Why subscription or assignment bytes did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed consumer protocol {what}: {reason}")]
@@ -128,6 +151,12 @@ impl Subscription {
                 what: "subscription",
                 reason: e.to_string(),
             })?;
+        for t in &msg.topics {
+            check_topic("subscription", t)?;
+        }
+        for t in &msg.owned_partitions {
+            check_topic("subscription", &t.topic.0)?;
+        }
         Ok(Subscription {
             topics: msg.topics.iter().map(|t| t.to_string()).collect(),
             user_data: msg.user_data,
@@ -183,6 +212,9 @@ impl Assignment {
                 what: "assignment",
                 reason: e.to_string(),
             })?;
+        for t in &msg.assigned_partitions {
+            check_topic("assignment", &t.topic.0)?;
+        }
         let mut partitions: Vec<TopicPartition> = msg
             .assigned_partitions
             .iter()
@@ -204,6 +236,45 @@ impl Assignment {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// One 30 KB "topic" with 10,000 owned partitions (~70 KB of bytes)
+    /// would decode into ~300 MB of names: refused, as is such a topic in
+    /// the topic list or an assignment. A 249-byte name is fine.
+    #[test]
+    fn topic_names_longer_than_kafkas_limit_are_refused() {
+        let long = "x".repeat(30_000);
+        let hostile = Subscription {
+            topics: vec!["t".into()],
+            owned: (0..10_000)
+                .map(|p| TopicPartition::new(long.clone(), p))
+                .collect(),
+            generation: 1,
+            ..Subscription::default()
+        };
+        let err = Subscription::decode(&hostile.encode(CONSUMER_PROTOCOL_VERSION)).unwrap_err();
+        assert!(err.reason.contains("249"), "{err}");
+        let listed = Subscription {
+            topics: vec![long.clone()],
+            ..Subscription::default()
+        };
+        assert!(Subscription::decode(&listed.encode(0)).is_err());
+        let assigned = Assignment {
+            partitions: vec![TopicPartition::new(long, 0)],
+            user_data: None,
+        };
+        assert!(Assignment::decode(&assigned.encode(0)).is_err());
+        let longest = "y".repeat(MAX_TOPIC_NAME_LEN);
+        let fine = Subscription {
+            topics: vec![longest.clone()],
+            owned: vec![TopicPartition::new(longest, 0)],
+            generation: 1,
+            ..Subscription::default()
+        };
+        assert_eq!(
+            Subscription::decode(&fine.encode(CONSUMER_PROTOCOL_VERSION)).unwrap(),
+            fine
+        );
+    }
 
     /// Byte-exact against the published schema (ConsumerProtocolSubscription.json):
     /// v0 = version i16, topics [string], user_data nullable bytes.

@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Args;
 use kafka_wire::{ClientConfig, ClientConfigBuilder};
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 #[command(next_help_heading = "Connection options (any subcommand)")]
 pub struct ConnectArgs {
     /// bootstrap.servers (host:port,…).
@@ -41,6 +41,41 @@ pub struct ConnectArgs {
     /// Any client property, as key=value (repeatable), e.g. -X client.id=lab.
     #[arg(short = 'X', value_name = "KEY=VALUE", global = true)]
     pub properties: Vec<String>,
+}
+
+/// `-X` keys whose values are secrets (matched as substrings).
+const SECRET_KEYS: [&str; 5] = ["password", "secret", "jaas", "token", "user.info"];
+
+impl std::fmt::Debug for ConnectArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password, nor a secret passed with -X.
+        let properties: Vec<String> = self
+            .properties
+            .iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _))
+                    if SECRET_KEYS
+                        .iter()
+                        .any(|s| k.to_ascii_lowercase().contains(s)) =>
+                {
+                    format!("{k}=<redacted>")
+                }
+                _ => kv.clone(),
+            })
+            .collect();
+        f.debug_struct("ConnectArgs")
+            .field("bootstrap", &self.bootstrap)
+            .field("security_protocol", &self.security_protocol)
+            .field("ssl_ca_location", &self.ssl_ca_location)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field(
+                "sasl_password",
+                &self.sasl_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("properties", &properties)
+            .finish()
+    }
 }
 
 impl ConnectArgs {
@@ -206,6 +241,25 @@ pub fn key_value<'a>(flag: &str, kv: &'a str) -> anyhow::Result<(&'a str, &'a st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_shows_a_password() {
+        let args = ConnectArgs {
+            bootstrap: "a:9092".into(),
+            security_protocol: Some("SASL_SSL".into()),
+            ssl_ca_location: None,
+            sasl_mechanism: Some("PLAIN".into()),
+            sasl_username: Some("u".into()),
+            sasl_password: Some("hunter2-s3cr3t".into()),
+            properties: vec!["client.id=lab".into(), "sasl.password=other-s3cr3t".into()],
+        };
+        for shown in [format!("{args:?}"), format!("{args:#?}")] {
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            assert!(shown.contains("client.id=lab"), "{shown}");
+        }
+        let builder = args.client_builder().unwrap();
+        assert!(!format!("{builder:?}").contains("s3cr3t"));
+    }
 
     #[test]
     fn near_misses_suggest_the_property() {

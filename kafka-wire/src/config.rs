@@ -139,11 +139,22 @@ impl ClientConfig {
     }
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 struct SaslProps {
     mechanism: Option<String>,
     username: Option<String>,
     password: Option<String>,
+}
+
+impl fmt::Debug for SaslProps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the password: builders end up in logs and panics.
+        f.debug_struct("SaslProps")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Builds a [`ClientConfig`]; see the field docs for defaults.
@@ -379,6 +390,19 @@ impl ClientConfigBuilder {
                 c.security_protocol
             )));
         }
+        if let (Some(sasl), false) = (&c.sasl, c.security_protocol.uses_sasl()) {
+            // Over PLAINTEXT, SASL/PLAIN would send the password in clear.
+            return Err(Error::Config(format!(
+                "sasl.mechanism={} is set but security.protocol={} does not use SASL: \
+                 set security.protocol=SASL_SSL (or SASL_PLAINTEXT, which sends the \
+                 credentials unencrypted), or remove the sasl.* settings",
+                sasl.mechanism_name(),
+                match c.security_protocol {
+                    SecurityProtocol::Ssl => "SSL",
+                    _ => "PLAINTEXT",
+                }
+            )));
+        }
         if c.max_in_flight == 0 {
             return Err(Error::Config(
                 "max.in.flight.requests.per.connection must be at least 1".into(),
@@ -424,6 +448,69 @@ mod tests {
         assert_eq!(cfg.security_protocol, SecurityProtocol::SaslSsl);
         assert_eq!(cfg.request_timeout, Duration::from_secs(5));
         assert_eq!(cfg.sasl.unwrap().mechanism_name(), MECHANISM);
+    }
+
+    /// SASL/PLAIN over PLAINTEXT sends the password in clear: refused,
+    /// whether the mechanism comes from properties or from the setter.
+    #[test]
+    fn sasl_without_a_sasl_security_protocol_is_refused() {
+        let err = ClientConfig::builder()
+            .properties([
+                ("bootstrap.servers", "a:9092"),
+                ("sasl.mechanism", "PLAIN"),
+                ("sasl.username", "u"),
+                ("sasl.password", "p"),
+            ])
+            .and_then(|b| b.build())
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
+        for needle in ["security.protocol=PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] {
+            assert!(msg.contains(needle), "{needle} missing: {msg}");
+        }
+        let err = ClientConfig::builder()
+            .bootstrap("a:9092")
+            .unwrap()
+            .security_protocol(SecurityProtocol::Ssl)
+            .sasl(SaslConfig::Plain {
+                username: "u".into(),
+                password: "p".into(),
+            })
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("security.protocol=SSL"), "{err}");
+    }
+
+    /// Every client-level config type, formatted with `{:?}` and `{:#?}`,
+    /// never shows the SASL password.
+    #[test]
+    fn debug_output_never_contains_the_sasl_password() {
+        const SECRET: &str = "hunter2-s3cr3t";
+        let props = [
+            ("bootstrap.servers", "a:9092"),
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "PLAIN"),
+            ("sasl.username", "u"),
+            ("sasl.password", SECRET),
+        ];
+        let builder = ClientConfig::builder().properties(props).unwrap();
+        let config = builder.clone().build().unwrap();
+        let producer = crate::producer::ProducerConfig::builder()
+            .properties(props)
+            .unwrap();
+        let shown = [
+            format!("{builder:?}"),
+            format!("{builder:#?}"),
+            format!("{config:?}"),
+            format!("{config:#?}"),
+            format!("{:?}", config.sasl),
+            format!("{producer:?}"),
+            format!("{:?}", producer.clone().build().unwrap()),
+        ];
+        for s in &shown {
+            assert!(!s.contains(SECRET), "secret printed: {s}");
+        }
+        assert!(shown[0].contains("<redacted>"), "{}", shown[0]);
     }
 
     #[cfg(not(feature = "scram"))]

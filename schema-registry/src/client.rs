@@ -86,11 +86,25 @@ fn avro() -> String {
 /// HTTPS (`https://`) is not supported yet: a [`RegistryError::Config`]
 /// error (the follow-up is tokio-rustls with rustls-graviola, as
 /// kafka-wire's TLS).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RegistryConfig {
     urls: Vec<Uri>,
     basic_auth: Option<String>,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The Basic credentials are base64 of `user:password`: never shown.
+        f.debug_struct("RegistryConfig")
+            .field("urls", &self.urls)
+            .field(
+                "basic_auth",
+                &self.basic_auth.as_ref().map(|_| "<redacted>"),
+            )
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl RegistryConfig {
@@ -474,6 +488,21 @@ fn encode_segment(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_shows_the_basic_credentials() {
+        let c = RegistryConfig::from_properties([
+            ("schema.registry.url", "http://a:1"),
+            ("basic.auth.user.info", "user:hunter2-s3cr3t"),
+        ])
+        .unwrap();
+        let encoded = c.basic_auth.clone().unwrap();
+        for shown in [format!("{c:?}"), format!("{c:#?}")] {
+            assert!(!shown.contains("hunter2-s3cr3t"), "{shown}");
+            assert!(!shown.contains(&encoded[6..]), "base64 shown: {shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+    }
 
     #[test]
     fn subjects_are_percent_encoded() {

@@ -80,7 +80,12 @@ pub(super) fn decode_sticky_user_data(data: &Bytes) -> Option<(Vec<TopicPartitio
             return None;
         }
         let len = b.get_i16();
-        if len < 0 || b.remaining() < len as usize + 4 {
+        // A name past Kafka's limit is no topic: each of its partitions
+        // would copy it (see `protocol::MAX_TOPIC_NAME_LEN`).
+        if len < 0
+            || len as usize > crate::protocol::MAX_TOPIC_NAME_LEN
+            || b.remaining() < len as usize + 4
+        {
             return None;
         }
         let topic = String::from_utf8(b.split_to(len as usize).to_vec()).ok()?;

@@ -144,6 +144,36 @@ fn java_sticky_user_data_round_trips() {
     );
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    /// Any sticky user data: no panic; what decodes names real topics
+    /// (at most 249 bytes) and at most one partition per 4 bytes.
+    #[test]
+    fn any_sticky_user_data_decodes_within_bounds(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let len = bytes.len();
+        if let Some((owned, _)) = sticky::decode_sticky_user_data(&Bytes::from(bytes)) {
+            prop_assert!(owned.len() <= len / 4);
+            prop_assert!(owned.iter().all(|tp| tp.topic.len() <= 249));
+        }
+    }
+}
+
+/// Sticky user data naming a 30 KB "topic" with 10,000 partitions is no
+/// claim at all (it would copy the name 10,000 times); Kafka's longest
+/// name (249 bytes) still is.
+#[test]
+fn sticky_user_data_with_an_impossible_topic_name_claims_nothing() {
+    let long = "x".repeat(30_000);
+    let owned: Vec<_> = (0..10_000)
+        .map(|p| TopicPartition::new(long.clone(), p))
+        .collect();
+    let bytes = sticky::encode_sticky_user_data(&owned, 9);
+    assert_eq!(sticky::decode_sticky_user_data(&bytes), None);
+    let longest = vec![TopicPartition::new("y".repeat(249), 0)];
+    let bytes = sticky::encode_sticky_user_data(&longest, 9);
+    assert_eq!(sticky::decode_sticky_user_data(&bytes), Some((longest, 9)));
+}
+
 #[test]
 fn by_name_accepts_protocol_and_java_class_names() {
     assert_eq!(by_name("range").unwrap().name(), "range");

@@ -40,8 +40,11 @@ pub struct PartitionCursor {
     position: i64,
     isolation: IsolationLevel,
     max_decompressed: usize,
-    /// Aborted transactions: producer id → first offsets, sorted.
-    aborted: BTreeMap<i64, Vec<i64>>,
+    /// Aborted transactions: producer id → first offsets, sorted, consumed
+    /// from the front as the log passes them (a deque: each is popped in
+    /// O(1), so a response listing n aborts costs O(n log n), not the
+    /// O(n²) of `Vec::remove(0)`).
+    aborted: BTreeMap<i64, VecDeque<i64>>,
     /// Producers whose current transaction (at this point of the log) aborted.
     active_aborts: HashSet<i64>,
     /// The decoded records of the current batch not handed out yet.
@@ -67,16 +70,18 @@ impl PartitionCursor {
         isolation: IsolationLevel,
         max_decompressed: usize,
     ) -> Self {
-        let mut aborted: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+        let mut aborted: BTreeMap<i64, VecDeque<i64>> = BTreeMap::new();
         if isolation == IsolationLevel::ReadCommitted {
+            let mut by_producer: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
             for a in data.aborted_transactions.iter().flatten() {
-                aborted
+                by_producer
                     .entry(a.producer_id.0)
                     .or_default()
                     .push(a.first_offset);
             }
-            for offsets in aborted.values_mut() {
+            for (pid, mut offsets) in by_producer {
                 offsets.sort_unstable();
+                aborted.insert(pid, VecDeque::from(offsets));
             }
         }
         Self {
@@ -190,8 +195,8 @@ impl PartitionCursor {
             if self.isolation == IsolationLevel::ReadCommitted && batch.is_transactional() {
                 // A transaction starting at or before this batch that later aborted?
                 if let Some(firsts) = self.aborted.get_mut(&batch.producer_id) {
-                    while firsts.first().is_some_and(|f| *f <= batch.base_offset) {
-                        firsts.remove(0);
+                    while firsts.front().is_some_and(|f| *f <= batch.base_offset) {
+                        firsts.pop_front();
                         self.active_aborts.insert(batch.producer_id);
                     }
                 }
@@ -360,6 +365,17 @@ mod tests {
     ) -> (Vec<Record>, i64) {
         let mut c = PartitionCursor::new(&data(aborted), position, isolation, 1 << 20);
         take_all(&mut c, 100)
+    }
+
+    /// 200,000 aborted transactions of one producer, all passed at one
+    /// batch: popping them from the front of a `Vec` moved 2·10¹⁰ offsets
+    /// (minutes); from a deque it is 200,000 pops.
+    #[test]
+    fn a_long_aborted_transaction_list_is_consumed_in_linear_work() {
+        let aborted = vec![(1, 3); 200_000];
+        let (records, next) = decode_log(aborted, 0, IsolationLevel::ReadCommitted);
+        assert_eq!(values(&records), ["a0", "a1", "c"]);
+        assert_eq!(next, 7);
     }
 
     #[test]

@@ -115,16 +115,28 @@ impl RecordBatch {
         self.attributes & ATTR_TIMESTAMP_LOG_APPEND != 0
     }
     /// Offset of the last record (also valid when compaction removed records).
+    ///
+    /// [`BatchReader`] refuses a batch whose last offset would pass
+    /// `i64::MAX - 1`, so for a decoded batch this never saturates.
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + i64::from(self.last_offset_delta)
+        self.base_offset
+            .saturating_add(i64::from(self.last_offset_delta))
     }
     /// The offset a consumer continues from after this batch.
     pub fn next_offset(&self) -> i64 {
-        self.last_offset() + 1
+        self.last_offset().saturating_add(1)
     }
 
     /// Decode the records lazily. Compressed payloads are inflated first,
     /// up to `max_decompressed` bytes.
+    ///
+    /// `max_decompressed` also bounds the memory of the decoded structs:
+    /// each [`Record`] costs `size_of::<Record>()` bytes and each of its
+    /// headers `size_of::<Header>()`, charged against the same ceiling (see
+    /// [`RecordIter`]). So one batch never takes more than twice the
+    /// ceiling, however its bytes were shaped (a few KB of zstd that
+    /// inflate to two-byte headers would otherwise become ~2 GiB of
+    /// `Header`s).
     ///
     /// # Errors
     /// Unknown codec, corrupt or oversized compressed payloads.
@@ -143,6 +155,8 @@ impl RecordBatch {
             base_offset: self.base_offset,
             base_timestamp: self.base_timestamp,
             log_append_time: self.is_log_append_time().then_some(self.max_timestamp),
+            budget: max_decompressed,
+            ceiling: max_decompressed,
         })
     }
 }
@@ -210,6 +224,22 @@ impl BatchReader {
         let producer_epoch = h.get_i16();
         let base_sequence = h.get_i32();
         let record_count = h.get_i32();
+        // Offsets near i64::MAX: `next_offset` (last offset + 1) must be
+        // representable, or the arithmetic downstream would wrap.
+        if i64::from(last_offset_delta) < 0
+            || base_offset
+                .checked_add(i64::from(last_offset_delta))
+                .and_then(|last| last.checked_add(1))
+                .is_none()
+        {
+            return Err(DecodeError::Malformed {
+                what: "record batch",
+                reason: format!(
+                    "base offset {base_offset} + last offset delta {last_offset_delta} \
+                     is not a valid offset"
+                ),
+            });
+        }
         if record_count < 0 {
             return Err(DecodeError::Malformed {
                 what: "record batch",
@@ -251,6 +281,14 @@ impl Iterator for BatchReader {
 }
 
 /// Decodes one batch's records, slicing keys and values out of its buffer.
+///
+/// The structs it returns are charged against a budget of `ceiling` bytes
+/// (the `max_decompressed` given to [`RecordBatch::records`]):
+/// `size_of::<Record>()` per record and `size_of::<Header>()` per header,
+/// charged before the header vector is reserved. A batch past it is an
+/// error ([`DecodeError::Malformed`], "decoded records"), not an
+/// allocation: the memory a batch's records take is at most the ceiling
+/// on top of its bytes.
 #[derive(Debug, Clone)]
 pub struct RecordIter {
     data: Bytes,
@@ -258,6 +296,10 @@ pub struct RecordIter {
     base_offset: i64,
     base_timestamp: i64,
     log_append_time: Option<i64>,
+    /// Bytes of decoded structs still allowed.
+    budget: usize,
+    /// The budget at the start, for the error message.
+    ceiling: usize,
 }
 
 fn need(buf: &Bytes, n: usize, what: &'static str) -> Result<(), DecodeError> {
@@ -288,7 +330,27 @@ fn get_nullable(buf: &mut Bytes, what: &'static str) -> Result<Option<Bytes>, De
 }
 
 impl RecordIter {
+    /// Charge `bytes` of decoded structs against the budget.
+    fn charge(&mut self, bytes: usize) -> Result<(), DecodeError> {
+        match self.budget.checked_sub(bytes) {
+            Some(left) => {
+                self.budget = left;
+                Ok(())
+            }
+            None => Err(DecodeError::Malformed {
+                what: "decoded records",
+                reason: format!(
+                    "the batch's records and headers would take more than the {}-byte \
+                     ceiling in memory (possible amplification attack); raise \
+                     max_decompressed_bytes if such batches are expected",
+                    self.ceiling
+                ),
+            }),
+        }
+    }
+
     fn decode_one(&mut self) -> Result<Record, DecodeError> {
+        self.charge(size_of::<Record>())?;
         let len = get_varint(&mut self.data, "record length")?;
         if len < 0 {
             return Err(DecodeError::Malformed {
@@ -311,6 +373,9 @@ impl RecordIter {
                 reason: format!("header count {header_count} does not fit the record"),
             });
         }
+        // Charged before reserving: a record claiming len/2 headers of
+        // two bytes each would otherwise reserve ~32x its size.
+        self.charge((header_count as usize).saturating_mul(size_of::<Header>()))?;
         let mut headers = Vec::with_capacity(header_count as usize);
         for _ in 0..header_count {
             let key = get_nullable(&mut r, "header key")?.ok_or(DecodeError::Malformed {
@@ -323,8 +388,18 @@ impl RecordIter {
         let timestamp = self
             .log_append_time
             .unwrap_or_else(|| self.base_timestamp.wrapping_add(timestamp_delta));
+        let offset = self
+            .base_offset
+            .checked_add(i64::from(offset_delta))
+            .ok_or_else(|| DecodeError::Malformed {
+                what: "record offset",
+                reason: format!(
+                    "base offset {} + offset delta {offset_delta} overflows i64",
+                    self.base_offset
+                ),
+            })?;
         Ok(Record {
-            offset: self.base_offset.wrapping_add(i64::from(offset_delta)),
+            offset,
             timestamp,
             key,
             value,

@@ -249,3 +249,131 @@ proptest! {
         prop_assert!(matches!(first, Some(Err(DecodeError::Crc { .. }))), "{:?}", first);
     }
 }
+
+/// One record whose headers are `n` two-byte pairs (`00 01`: an empty key,
+/// a null value): the densest header encoding there is.
+fn header_flood_record(n: usize) -> Vec<u8> {
+    let mut body = BytesMut::new();
+    body.put_i8(0); // attributes
+    put_varlong(&mut body, 0); // timestamp delta
+    put_varint(&mut body, 0); // offset delta
+    put_varint(&mut body, -1); // key
+    put_varint(&mut body, -1); // value
+    put_varint(&mut body, n as i32);
+    for _ in 0..n {
+        body.put_slice(&[0x00, 0x01]);
+    }
+    let mut rec = BytesMut::new();
+    put_varint(&mut rec, body.len() as i32);
+    rec.extend_from_slice(&body);
+    rec.to_vec()
+}
+
+#[test]
+fn header_structs_are_charged_against_the_ceiling() {
+    // 20,000 headers in ~40 KB of bytes would be ~1.3 MB of `Header`s.
+    let n = 20_000;
+    let data = batch_with_payload(1, &header_flood_record(n));
+    let batch = BatchReader::new(data).next().unwrap().unwrap();
+    let need = size_of::<Record>() + n * size_of::<Header>();
+    // Under the ceiling: decoded.
+    let ok = batch.records(need).unwrap().next().unwrap().unwrap();
+    assert_eq!(ok.headers.len(), n);
+    // One byte short: a typed error, and nothing reserved for the headers.
+    let err = batch
+        .records(need - 1)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DecodeError::Malformed {
+                what: "decoded records",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("max_decompressed_bytes"), "{err}");
+}
+
+#[test]
+fn many_small_records_are_charged_against_the_ceiling() {
+    let records: Vec<NewRecord> = (0..1000)
+        .map(|i| NewRecord {
+            timestamp: i,
+            ..NewRecord::default()
+        })
+        .collect();
+    let data = one_batch(&records, Compression::None);
+    let batch = BatchReader::new(data).next().unwrap().unwrap();
+    let per = size_of::<Record>();
+    assert_eq!(batch.records(1000 * per).unwrap().count(), 1000);
+    let decoded: Vec<_> = batch.records(1000 * per - 1).unwrap().collect();
+    assert_eq!(decoded.len(), 1000);
+    assert!(decoded[..999].iter().all(Result::is_ok));
+    assert!(decoded[999].is_err(), "{:?}", decoded[999]);
+}
+
+/// A batch at `base_offset` whose header claims `last_offset_delta`.
+fn batch_at(base_offset: i64, last_offset_delta: i32, offset_delta: i32) -> Bytes {
+    let mut body = BytesMut::new();
+    body.put_i8(0);
+    put_varlong(&mut body, 0);
+    put_varint(&mut body, offset_delta);
+    put_varint(&mut body, -1);
+    put_varint(&mut body, -1);
+    put_varint(&mut body, 0);
+    let mut payload = BytesMut::new();
+    put_varint(&mut payload, body.len() as i32);
+    payload.extend_from_slice(&body);
+    let data = batch_with_payload(1, &payload);
+    let mut b = BytesMut::from(&data[..]);
+    b[0..8].copy_from_slice(&base_offset.to_be_bytes());
+    b[23..27].copy_from_slice(&last_offset_delta.to_be_bytes());
+    let crc = crc32c::crc32c(&b[CRC_START..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b.freeze()
+}
+
+#[test]
+fn offsets_near_i64_max_are_typed_errors_not_wraps() {
+    // The batch's last offset + 1 does not fit an i64.
+    for (base, delta) in [(i64::MAX, 0), (i64::MAX - 3, 3), (0, -1)] {
+        let got = BatchReader::new(batch_at(base, delta, 0)).next().unwrap();
+        assert!(
+            matches!(
+                got,
+                Err(DecodeError::Malformed {
+                    what: "record batch",
+                    ..
+                })
+            ),
+            "base {base} delta {delta}: {got:?}"
+        );
+    }
+    // The last representable batch is fine.
+    let ok = BatchReader::new(batch_at(i64::MAX - 1, 0, 0))
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ok.next_offset(), i64::MAX);
+    // A record whose own delta overflows is an error for that record.
+    let batch = BatchReader::new(batch_at(i64::MAX - 10, 0, 100))
+        .next()
+        .unwrap()
+        .unwrap();
+    let r = batch.records(1 << 20).unwrap().next().unwrap();
+    assert!(
+        matches!(
+            r,
+            Err(DecodeError::Malformed {
+                what: "record offset",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+}

@@ -273,7 +273,19 @@ async fn exchange(
             };
             let mut scram = ScramClient::new(hash, username, password, ScramClient::random_nonce());
             let (server_first, _) = round(scram.client_first()).await?;
-            let client_final = scram.handle_server_first(&server_first).map_err(fail)?;
+            let first = scram.parse_server_first(&server_first).map_err(fail)?;
+            // PBKDF2 (up to 16,384 HMAC rounds) on the blocking pool: never
+            // on the worker that drives this and other connections.
+            let (hash, password) = scram.key_inputs();
+            let salted = scram::salted_password_blocking(
+                hash,
+                password,
+                first.salt.clone(),
+                first.iterations,
+            )
+            .await
+            .map_err(fail)?;
+            let client_final = scram.client_final(&first, &salted);
             let (server_final, lifetime) = round(client_final).await?;
             scram.handle_server_final(&server_final).map_err(fail)?;
             lifetime

@@ -37,6 +37,9 @@ impl ScramHash {
         }
     }
 
+    /// PBKDF2 of `password`: `iterations` (at most 16,384) rounds of HMAC.
+    /// CPU-bound (milliseconds): async code runs it through
+    /// [`salted_password_blocking`], never on a runtime worker.
     fn salted_password(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
         match self {
             ScramHash::Sha256 => {
@@ -53,8 +56,35 @@ impl ScramHash {
     }
 }
 
-/// The client side of RFC 5802 SCRAM, as a state machine.
+/// [`ScramHash::salted_password`] on tokio's blocking pool, so the PBKDF2
+/// rounds never stall the runtime worker that drives the connection.
+///
+/// # Errors
+/// The blocking task panicked or the runtime is shutting down (as text).
+pub(crate) async fn salted_password_blocking(
+    hash: ScramHash,
+    password: String,
+    salt: Vec<u8>,
+    iterations: u32,
+) -> Result<Vec<u8>, String> {
+    tokio::task::spawn_blocking(move || {
+        hash.salted_password(password.as_bytes(), &salt, iterations)
+    })
+    .await
+    .map_err(|e| format!("SCRAM key derivation did not finish: {e}"))
+}
+
+/// What the server's first message asks for: the salt and the rounds, for
+/// [`salted_password_blocking`], before [`ScramClient::client_final`].
 #[derive(Debug)]
+pub(crate) struct ServerFirst {
+    pub(crate) salt: Vec<u8>,
+    pub(crate) iterations: u32,
+    nonce: String,
+    message: String,
+}
+
+/// The client side of RFC 5802 SCRAM, as a state machine.
 pub(crate) struct ScramClient {
     hash: ScramHash,
     password: String,
@@ -64,10 +94,21 @@ pub(crate) struct ScramClient {
     expected_server_signature: Option<Vec<u8>>,
 }
 
+impl std::fmt::Debug for ScramClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password (nor the proof material).
+        f.debug_struct("ScramClient")
+            .field("hash", &self.hash)
+            .field("password", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
 /// Kafka refuses fewer iterations; a server asking for fewer is suspicious.
 const SCRAM_MIN_ITERATIONS: u32 = 4096;
-/// Guard against a hostile server asking for billions of PBKDF2 rounds.
-const SCRAM_MAX_ITERATIONS: u32 = 1_000_000;
+/// Kafka's own maximum (`ScramMechanism.maxIterations`): a server asking
+/// for more is hostile (each round is an HMAC on our CPU).
+pub(crate) const SCRAM_MAX_ITERATIONS: u32 = 16_384;
 
 fn scram_escape(name: &str) -> String {
     name.replace('=', "=3D").replace(',', "=2C")
@@ -101,8 +142,29 @@ impl ScramClient {
         format!("n,,{}", self.client_first_bare).into_bytes()
     }
 
-    /// Take the server-first message, return the client-final message.
+    /// Take the server-first message, return the client-final message
+    /// (PBKDF2 inline: for tests; the connection uses [`Self::parse_server_first`],
+    /// [`salted_password_blocking`] and [`Self::client_final`]).
+    #[cfg(test)]
     pub(crate) fn handle_server_first(&mut self, msg: &[u8]) -> Result<Vec<u8>, String> {
+        let first = self.parse_server_first(msg)?;
+        let salted =
+            self.hash
+                .salted_password(self.password.as_bytes(), &first.salt, first.iterations);
+        Ok(self.client_final(&first, &salted))
+    }
+
+    /// The hash and password, for [`salted_password_blocking`].
+    pub(crate) fn key_inputs(&self) -> (ScramHash, String) {
+        (self.hash, self.password.clone())
+    }
+
+    /// Check the server-first message: the nonce extends ours, the salt is
+    /// base64, the iteration count is within 4096..=16384 (Kafka's bounds).
+    ///
+    /// # Errors
+    /// Each check, as text naming what was wrong.
+    pub(crate) fn parse_server_first(&self, msg: &[u8]) -> Result<ServerFirst, String> {
         let msg = std::str::from_utf8(msg).map_err(|_| "server-first is not UTF-8".to_string())?;
         let mut nonce = None;
         let mut salt = None;
@@ -134,9 +196,20 @@ impl ScramClient {
                 "iteration count {iterations} outside {SCRAM_MIN_ITERATIONS}..={SCRAM_MAX_ITERATIONS}"
             ));
         }
+        Ok(ServerFirst {
+            salt,
+            iterations,
+            nonce: nonce.to_string(),
+            message: msg.to_string(),
+        })
+    }
+
+    /// The client-final message, from the server-first and its salted
+    /// password; remembers the signature the server must send back.
+    pub(crate) fn client_final(&mut self, first: &ServerFirst, salted: &[u8]) -> Vec<u8> {
+        let (nonce, msg) = (&first.nonce, &first.message);
         let h = self.hash;
-        let salted = h.salted_password(self.password.as_bytes(), &salt, iterations);
-        let client_key = h.hmac(&salted, b"Client Key");
+        let client_key = h.hmac(salted, b"Client Key");
         let stored_key = h.hash(&client_key);
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{msg},{without_proof}", self.client_first_bare);
@@ -146,9 +219,9 @@ impl ScramClient {
             .zip(&client_signature)
             .map(|(a, b)| a ^ b)
             .collect();
-        let server_key = h.hmac(&salted, b"Server Key");
+        let server_key = h.hmac(salted, b"Server Key");
         self.expected_server_signature = Some(h.hmac(&server_key, auth_message.as_bytes()));
-        Ok(format!("{without_proof},p={}", STANDARD.encode(proof)).into_bytes())
+        format!("{without_proof},p={}", STANDARD.encode(proof)).into_bytes()
     }
 
     /// Verify the server-final message: the server must prove it knows the password.
@@ -239,6 +312,80 @@ mod tests {
         assert!(c
             .handle_server_first(b"r=abcd,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=1")
             .is_err());
+    }
+
+    /// Kafka's maximum is 16,384 rounds: one more is refused before any
+    /// PBKDF2 runs (1,000,000 used to be accepted).
+    #[test]
+    fn iteration_counts_above_kafkas_maximum_are_refused() {
+        let c = ScramClient::new(ScramHash::Sha512, "u", "p", "abc".into());
+        let ok = c
+            .parse_server_first(b"r=abcd,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=16384")
+            .unwrap();
+        assert_eq!(ok.iterations, 16_384);
+        let err = c
+            .parse_server_first(b"r=abcd,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=16385")
+            .unwrap_err();
+        assert!(err.contains("16384"), "{err}");
+    }
+
+    /// PBKDF2 runs off the runtime's thread: on a current-thread runtime,
+    /// another task makes progress while the key is derived (inline, it
+    /// could not run until the derivation was over).
+    #[tokio::test(flavor = "current_thread")]
+    async fn key_derivation_does_not_block_the_runtime() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let ticks = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = tokio::spawn({
+            let (ticks, stop) = (ticks.clone(), stop.clone());
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let salted = salted_password_blocking(
+            ScramHash::Sha512,
+            "pencil".into(),
+            b"salt".to_vec(),
+            SCRAM_MAX_ITERATIONS,
+        )
+        .await
+        .unwrap();
+        let during = ticks.load(Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
+        ticker.await.unwrap();
+        assert_eq!(salted.len(), 64);
+        assert!(during > 0, "the runtime was blocked during PBKDF2");
+    }
+
+    #[test]
+    fn scram_client_debug_never_prints_the_password() {
+        let c = ScramClient::new(ScramHash::Sha256, "u", "s3cr3t-pw", "n".into());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cr3t-pw"), "{shown}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Any server-first message: no panic, and an accepted one never
+        /// asks for more than Kafka's maximum rounds.
+        #[test]
+        fn any_server_first_is_parsed_without_panic(
+            msg in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128),
+            i in proptest::prelude::any::<u32>(),
+        ) {
+            let c = ScramClient::new(ScramHash::Sha256, "u", "p", "abc".into());
+            let _ = c.parse_server_first(&msg);
+            let framed = format!("r=abcd,s=W22ZaJ0SNY7soEsUEjb6gQ==,i={i}");
+            if let Ok(first) = c.parse_server_first(framed.as_bytes()) {
+                proptest::prop_assert!(first.iterations <= SCRAM_MAX_ITERATIONS);
+            }
+            let _ = c.handle_server_final(&msg);
+        }
     }
 
     #[test]
