@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use consumer_core::share::ShareConsumerConfig;
 use consumer_core::{ConsumerConfig, TopicPartition};
 use kafka_wire::records::Record;
 use kafka_wire::ProducerConfig;
@@ -173,6 +174,9 @@ pub struct ProcessorConfig {
     /// Broker's `offset.metadata.max.bytes`. Default 4096.
     pub metadata_limit: usize,
     pub observer: Option<Arc<dyn Observer>>,
+    /// Run as a member of this share group (KIP-932) instead of a consumer
+    /// group: see [`ProcessorConfig::share_group`]. Default none.
+    pub share: Option<ShareConsumerConfig>,
 }
 
 impl std::fmt::Debug for ProcessorConfig {
@@ -355,7 +359,51 @@ impl ProcessorConfig {
             startup_timeout: None,
             metadata_limit: DEFAULT_METADATA_LIMIT,
             observer: None,
+            share: None,
         }
+    }
+
+    /// A processor in the share group `share` names (KIP-932, Kafka 4.2+):
+    /// the handler API is the same; each record's outcome becomes its
+    /// acknowledgement. Handled (or written to the runtime's DLT) is
+    /// ACCEPT; a retryable failure within `backoff.max_attempts` is
+    /// RELEASE, and the broker delivers the record again (to any member)
+    /// with its delivery count one higher, which is the attempt the
+    /// handler's `handle` span shows and the failure policy counts; a
+    /// non-retryable failure, or the last attempt's, is dead-lettered.
+    /// Where it goes is decided at start: when the group has its own
+    /// dead-letter queue (KIP-1191, Kafka 4.4: the group config
+    /// `errors.deadletterqueue.topic.name`), it is REJECTed and the broker
+    /// writes it there (its `__dlq.errors.*` headers); otherwise, with a
+    /// dead-letter producer ([`ProcessorConfig::dead_letter`]), the
+    /// runtime writes it to its DLT (the same topic, headers and replay as
+    /// a consumer group) and then ACCEPTs it; with neither, it is
+    /// REJECTed and the broker archives it. Keep `backoff.max_attempts`
+    /// below the group's `share.delivery.count.limit` (default 5): past
+    /// that the broker archives the record itself.
+    ///
+    /// **Share groups do not keep order**: records of one partition go to
+    /// several members at once and a released one comes back later. The
+    /// ordering is [`Ordering::Unordered`], and `run` refuses
+    /// `PerPartition` and `PerKey` with an error that says so; retry
+    /// topics and `topic_pattern` are refused too (the broker redelivers;
+    /// a share consumer subscribes by name). `share`'s
+    /// `share.acknowledgement.mode` is set to explicit. In-flight records
+    /// are bounded by `max.poll.records`: the next poll waits until every
+    /// record of the last one is acknowledged, or renewed (RENEW) because
+    /// it is still being handled as its acquisition lock nears its end.
+    pub fn share_group(share: ShareConsumerConfig, topics: &[&str]) -> Self {
+        let mut consumer = ConsumerConfig::builder()
+            .bootstrap("127.0.0.1:9092")
+            .and_then(|b| b.build())
+            .expect("a constant configuration");
+        // Read only for the group's name (metrics) and connections.
+        consumer.client = share.client.clone();
+        consumer.group_id = Some(share.group_id.clone());
+        let mut cfg = Self::new(consumer, topics);
+        cfg.ordering = Ordering::Unordered;
+        cfg.share = Some(share);
+        cfg
     }
 
     /// Subscribe by regex instead of topic names; see

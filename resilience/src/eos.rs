@@ -516,6 +516,7 @@ impl<'a, T: Transformer> Transform<'a, T> {
             offset: self.record.offset,
             source: &self.tp.topic,
             step: None,
+            attempt: 1,
         }
     }
 

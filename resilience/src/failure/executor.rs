@@ -73,6 +73,9 @@ pub(crate) struct Failed<'a> {
     pub(crate) source: &'a str,
     /// Its retry-topic step (`None`: read from `source`).
     pub(crate) step: Option<usize>,
+    /// The attempt whose call failed first: 1, or a share group's
+    /// delivery count (the broker counts the attempts before it).
+    pub(crate) attempt: u32,
 }
 
 /// How the executor left a failed record.
@@ -96,7 +99,7 @@ pub(crate) async fn settle<E: Effects>(
     effects: &mut E,
     mut error: HandlerError,
 ) -> Settled<E::Output, E::Forwarded> {
-    let mut attempt = 1u32;
+    let mut attempt = failed.attempt.max(1);
     loop {
         if !effects.may_go_on() {
             return Settled::Stopped;
@@ -217,6 +220,7 @@ mod tests {
             offset: 7,
             source: "orders",
             step: None,
+            attempt: 1,
         };
         let mut script = Script {
             fail,

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use consumer_core::share::AcknowledgeType;
 use consumer_core::{Committer, PartitionPosition, PartitionRecords, TopicPartition};
 use kafka_wire::records::Record;
 use kafka_wire::Producer;
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 use super::backpressure::{partition_bound, Bound, InFlight, QueueBound};
 use super::commit::{Attempt, CommitPoint, Commits};
 use super::completion::offsets::Offsets;
+use super::completion::share::Acks;
 use super::completion::{Completion, Outcome};
 use super::forward::Forwarding;
 use super::stats::Stats;
@@ -192,6 +194,9 @@ pub(super) struct Runtime<C: Completion> {
     commits: Commits,
     /// In-flight totals and the global pause.
     in_flight: InFlight,
+    /// The share group has its own dead-letter queue (KIP-1191): records
+    /// failed for good are REJECTed for the broker to write there.
+    group_dlq: bool,
 }
 
 /// A record's key: its lane under [`crate::Ordering::PerKey`].
@@ -245,7 +250,15 @@ impl<C: Completion> Runtime<C> {
             changed: Notify::new(),
             stopped: Notify::new(),
             next_epoch: AtomicU64::new(1),
+            group_dlq: false,
         }
+    }
+
+    /// The group writes its own dead letters (a share group's DLQ topic,
+    /// KIP-1191): see [`Runtime::rejects_dead_letters`].
+    pub(super) fn group_dlq(mut self, has_one: bool) -> Self {
+        self.group_dlq = has_one;
+        self
     }
 
     /// The run's configuration (nothing changes it).
@@ -338,6 +351,16 @@ impl<C: Completion> Runtime<C> {
     /// Hand polled records to the scheduler (the completion takes out those
     /// the group says are done), then start what may start.
     pub(super) fn dispatch(self: &Arc<Self>, batch: PartitionRecords) {
+        self.dispatch_with(batch, |_| {});
+    }
+
+    /// [`Runtime::dispatch`], telling the partition's completion about the
+    /// records first (`note`, under the lock).
+    pub(super) fn dispatch_with(
+        self: &Arc<Self>,
+        batch: PartitionRecords,
+        note: impl FnOnce(&mut C),
+    ) {
         let Some(first) = batch.records.first().map(|r| r.offset) else {
             return;
         };
@@ -347,6 +370,7 @@ impl<C: Completion> Runtime<C> {
             let st = &mut *st;
             let p = self.part_entry(&mut st.parts, &mut st.loaded, &st.incarnations, &tp, first);
             let epoch = p.epoch;
+            note(&mut p.completion);
             let mut records = batch.records;
             let already_done = p.completion.dispatched(&mut records);
             let added_bytes = records.iter().map(record_bytes).sum();
@@ -518,6 +542,29 @@ impl<C: Completion> Runtime<C> {
         self.changed.notify_waiters();
     }
 
+    /// The attempt a call of `records` (of `tp`, dispatched in `epoch`)
+    /// is: the highest their completion gives (see
+    /// [`Completion::attempt`]); 1 for a stale epoch.
+    pub(super) fn attempt_of(&self, tp: &TopicPartition, epoch: u64, records: &[Record]) -> u32 {
+        let st = self.lock();
+        let Some(p) = st.parts.get(tp).filter(|p| p.epoch == epoch) else {
+            return 1;
+        };
+        records
+            .iter()
+            .map(|r| p.completion.attempt(r.offset))
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// Whether a record failed for good is REJECTed instead of written to
+    /// the runtime's DLT: a share group (the broker redelivers) with its
+    /// own DLQ (KIP-1191), which the broker writes, or without a
+    /// dead-letter producer (then the broker archives it).
+    pub(super) fn rejects_dead_letters(&self) -> bool {
+        C::REDELIVERS && (self.group_dlq || self.forwarding.producer().is_none())
+    }
+
     /// May work of this epoch start or go on (retry, forward)? Not once
     /// the partition is revoked, reassigned, lost, or being revoked.
     pub(super) fn may_continue(&self, tp: &TopicPartition, epoch: u64) -> bool {
@@ -609,6 +656,11 @@ impl<C: Completion> Runtime<C> {
             let wait = self.changed.notified();
             let _ = tokio::time::timeout(Duration::from_millis(50), wait).await;
         }
+    }
+
+    /// Records dispatched and not yet finished, over every partition.
+    pub(super) fn busy(&self) -> usize {
+        self.lock().parts.values().map(|p| p.queued).sum()
     }
 
     /// Forget `tps`: later completions find no epoch and are discarded.
@@ -771,6 +823,25 @@ impl<C: Completion> Runtime<C> {
             })
             .collect();
         (want, queue_full)
+    }
+}
+
+/// What a share group adds: acknowledgements, which the poll task takes
+/// and hands to its `ShareConsumer`.
+impl Runtime<Acks> {
+    /// Every partition's acknowledgements not taken yet.
+    pub(super) fn take_acks(&self) -> Vec<(TopicPartition, i64, AcknowledgeType)> {
+        let mut st = self.lock();
+        let mut out = Vec::new();
+        for (tp, p) in st.parts.iter_mut() {
+            out.extend(
+                p.completion
+                    .take()
+                    .into_iter()
+                    .map(|(o, a)| (tp.clone(), o, a)),
+            );
+        }
+        out
     }
 }
 

@@ -34,6 +34,20 @@ pub struct Stats {
     pub peak_in_flight_records: AtomicUsize,
     /// Polls that failed with a retriable error and were retried.
     pub poll_errors: AtomicU64,
+    /// A share group's records the broker answered ACCEPT for: handled,
+    /// or written to the runtime's DLT.
+    pub accepted: AtomicU64,
+    /// A share group's records given back (RELEASE) and applied: a
+    /// retryable failure, or a shutdown before they started.
+    pub released: AtomicU64,
+    /// A share group's records rejected (REJECT) and applied: failed for
+    /// good, to the group's own DLQ.
+    pub rejected: AtomicU64,
+    /// A share group's acquisition locks renewed (RENEW) and applied.
+    pub renewed: AtomicU64,
+    /// A share group's acknowledgements refused (locally or by the
+    /// broker): those records are delivered again.
+    pub ack_failures: AtomicU64,
 }
 
 impl Stats {

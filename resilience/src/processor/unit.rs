@@ -252,7 +252,8 @@ impl<H: CallHandler, C: Completion> Worker<H, C> {
                 }
             }
             let keys = slab.keys(i, j);
-            let result = self.attempt(tp, slab.records(i, j), 1).await;
+            let first = self.first_attempt(tp, epoch, slab.records(i, j));
+            let result = self.attempt(tp, slab.records(i, j), first).await;
             clock.call_ended(seconds);
             match result {
                 Ok(()) => {
@@ -321,6 +322,16 @@ impl<H: CallHandler, C: Completion> Worker<H, C> {
         }
     }
 
+    /// The attempt a call of `records` is: 1, or where the group
+    /// redelivers (a share group) the highest delivery count among them.
+    fn first_attempt(&self, tp: &TopicPartition, epoch: u64, records: &[Record]) -> u32 {
+        if C::REDELIVERS {
+            self.rt.attempt_of(tp, epoch, records)
+        } else {
+            1
+        }
+    }
+
     /// The first attempt at `records` failed with `err`: the failure
     /// policy's executor decides and carries out the rest (see
     /// [`Failing`]). Every record is finished on return.
@@ -333,12 +344,14 @@ impl<H: CallHandler, C: Completion> Worker<H, C> {
         err: HandlerError,
         permit: &mut Option<OwnedSemaphorePermit>,
     ) {
+        let first = self.first_attempt(tp, epoch, records);
         let (source, step) = self.rt.forwarding().source_of(&tp.topic);
         let failed = Failed {
             tp,
             offset: records[0].offset,
             source,
             step,
+            attempt: first,
         };
         let mut failing = Failing {
             worker: self,
@@ -546,6 +559,17 @@ impl<H: CallHandler, C: Completion> Worker<H, C> {
         err: &HandlerError,
         attempts: u32,
     ) {
+        if matches!(to, Forward::DeadLetter { .. }) && self.rt.rejects_dead_letters() {
+            // A share group without the runtime's DLT: REJECT, and the
+            // group's own DLQ (KIP-1191) takes it, if it has one.
+            for record in records {
+                tracing::warn!(%tp, offset = record.offset, error = %err, attempts,
+                    "failed for good: rejected (the share group's dead-letter queue gets it if the group has one; else the broker archives it)");
+                self.rt.count(Count::DeadLettered, 1);
+                self.rt.finish(tp, epoch, record, Outcome::Rejected);
+            }
+            return;
+        }
         let forwarding = self.rt.forwarding();
         let (source, _) = forwarding.source_of(&tp.topic);
         let dlt = self.rt.cfg().dlt_topic_of(source);

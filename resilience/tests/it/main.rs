@@ -17,6 +17,7 @@ mod common;
 mod dlt_replay;
 mod failures;
 mod metrics;
+mod share;
 mod startup;
 
 mod groups {

@@ -8,6 +8,7 @@
 //!  Outcome     consumer group (offsets.rs)              share group
 //!  Handled     completed: the commit point may pass it  ACCEPT
 //!  Forwarded   completed (retry topic / DLT acked)      ACCEPT
+//!  Rejected    (never: a consumer group forwards)       REJECT: the group's DLQ (KIP-1191)
 //!  Released    not completed: read again from the       RELEASE: the broker delivers it
 //!              committed offset by the next owner       again, delivery count + 1
 //! ```
@@ -18,6 +19,7 @@
 //! acknowledgement request) is the caller's task.
 
 pub(crate) mod offsets;
+pub(crate) mod share;
 
 use kafka_wire::records::Record;
 
@@ -28,6 +30,10 @@ pub(crate) enum Outcome {
     Handled,
     /// Written to a retry topic or the DLT, and acknowledged.
     Forwarded,
+    /// Failed for good, and left to the group's own dead-letter queue: a
+    /// share group's REJECT where the broker's DLQ is configured
+    /// (KIP-1191). A consumer group never rejects.
+    Rejected,
     /// Not done here: its partition was revoked or the runtime is stopping,
     /// or the failure policy gave it back ([`Decision::Release`]). It is
     /// delivered again and never counted as done.
@@ -72,4 +78,10 @@ pub(crate) trait Completion: Send + 'static {
     /// consumer group: the completed-offset map no longer fits the commit
     /// metadata).
     fn holds_fetching(&self) -> bool;
+
+    /// The attempt the record at `offset` starts at: 1, or (a share
+    /// group) its delivery count.
+    fn attempt(&self, _offset: i64) -> u32 {
+        1
+    }
 }

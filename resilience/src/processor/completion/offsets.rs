@@ -73,7 +73,7 @@ impl Completion for Offsets {
     #[inline]
     fn finished(&mut self, offset: i64, outcome: Outcome) {
         match outcome {
-            Outcome::Handled | Outcome::Forwarded => {
+            Outcome::Handled | Outcome::Forwarded | Outcome::Rejected => {
                 let _ = self.tracker.complete(self.tracker.epoch(), offset);
             }
             // Never completed, so never committed past: the next owner
