@@ -911,3 +911,19 @@ impl Client {
         Ok(())
     }
 }
+
+/// A request-wide (or group-wide) error code as an [`Error::Broker`]
+/// without a topic, with the broker's message (it often names the cause:
+/// "Group g is not a share group."); `Ok` for no error. Shared by the
+/// admin submodules.
+fn request_wide(api: ApiKey, code: i16, message: Option<&StrBytes>) -> Result<()> {
+    match KafkaCode::try_from_code(code) {
+        None => Ok(()),
+        Some(code) => Err(Error::broker_with_message(
+            api,
+            code,
+            None,
+            message.map(|m| m.as_str()),
+        )),
+    }
+}

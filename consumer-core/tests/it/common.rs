@@ -53,3 +53,35 @@ pub fn classic(c: ConsumerConfigBuilder, key: &str, value: &str) -> ConsumerConf
 pub async fn speaks_848(b: &testkit::BrokerEnv) -> bool {
     testkit::speaks_848(b).await
 }
+
+/// The harness's jar directory (`target/broker/jars`, the main version's)
+/// when it holds a jar named `<jar>-<version>.jar` (`kafka-clients`,
+/// `kafka-tools`) and `java` runs; `None` (the test skips) outside CI;
+/// a panic naming the fix under CI.
+pub fn harness_jars(jar: &str) -> Option<std::path::PathBuf> {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/broker/jars");
+    let prefix = format!("{jar}-");
+    let has_jar = std::fs::read_dir(&dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(&prefix) && name.ends_with(".jar")
+        })
+    });
+    let found = has_jar
+        && std::process::Command::new("java")
+            .arg("-version")
+            .output()
+            .is_ok();
+    match (found, testkit::broker_required()) {
+        (true, _) => Some(dir),
+        (false, true) => panic!(
+            "the Java jars ({jar}) are missing from {}: run `cargo xtask broker up` first",
+            dir.display()
+        ),
+        (false, false) => {
+            eprintln!("SKIPPED: no {jar} jar in {}", dir.display());
+            None
+        }
+    }
+}

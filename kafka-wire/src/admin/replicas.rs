@@ -316,7 +316,7 @@ fn read_alter_reassignments(
     asked: &[TopicPartition],
 ) -> Result<BTreeMap<TopicPartition, Result<()>>> {
     const API: ApiKey = ApiKey::AlterPartitionReassignments;
-    request_wide(API, resp.error_code, resp.error_message.as_ref())?;
+    super::request_wide(API, resp.error_code, resp.error_message.as_ref())?;
     let mut out: BTreeMap<TopicPartition, Result<()>> = BTreeMap::new();
     for t in &resp.responses {
         for p in &t.partitions {
@@ -358,7 +358,7 @@ fn build_list_reassignments(
 fn read_list_reassignments(
     resp: &ListPartitionReassignmentsResponse,
 ) -> Result<BTreeMap<TopicPartition, OngoingReassignment>> {
-    request_wide(
+    super::request_wide(
         ApiKey::ListPartitionReassignments,
         resp.error_code,
         resp.error_message.as_ref(),
@@ -411,7 +411,7 @@ fn read_elect_leaders(
     asked: &[TopicPartition],
 ) -> Result<BTreeMap<TopicPartition, LeaderElection>> {
     const API: ApiKey = ApiKey::ElectLeaders;
-    request_wide(API, resp.error_code, None)?;
+    super::request_wide(API, resp.error_code, None)?;
     let mut out = BTreeMap::new();
     for t in &resp.replica_election_results {
         for p in &t.partition_result {
@@ -434,19 +434,6 @@ fn read_elect_leaders(
             .or_insert_with(|| LeaderElection::Failed(unanswered(API, tp)));
     }
     Ok(out)
-}
-
-/// A request-wide error code as an [`Error::Broker`] without a topic.
-fn request_wide(api: ApiKey, code: i16, message: Option<&StrBytes>) -> Result<()> {
-    match KafkaCode::try_from_code(code) {
-        None => Ok(()),
-        Some(code) => Err(Error::broker_with_message(
-            api,
-            code,
-            None,
-            message.map(|m| m.as_str()),
-        )),
-    }
 }
 
 fn partition_error(

@@ -100,20 +100,6 @@ fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
 }
 
-/// A group-wide error code, with the broker's message (it names the cause:
-/// "Group g is not a share group.", "… is not empty").
-fn group_error(api: ApiKey, code: i16, message: Option<&StrBytes>) -> Result<()> {
-    match KafkaCode::try_from_code(code) {
-        None => Ok(()),
-        Some(code) => Err(Error::broker_with_message(
-            api,
-            code,
-            None,
-            message.map(|m| m.as_str()),
-        )),
-    }
-}
-
 /// A partition-scoped error code with the broker's message.
 fn partition_error(
     api: ApiKey,
@@ -308,7 +294,7 @@ fn read_share_group_describe(
     let g = resp.groups.into_iter().next().ok_or_else(|| {
         Error::Metadata(format!("ShareGroupDescribe returned nothing for {group}"))
     })?;
-    group_error(
+    super::request_wide(
         ApiKey::ShareGroupDescribe,
         g.error_code,
         g.error_message.as_ref(),
@@ -376,7 +362,7 @@ fn read_describe_offsets(
     let api = ApiKey::DescribeShareGroupOffsets;
     let mut out = BTreeMap::new();
     for g in &resp.groups {
-        group_error(api, g.error_code, g.error_message.as_ref())?;
+        super::request_wide(api, g.error_code, g.error_message.as_ref())?;
         for t in &g.topics {
             for p in &t.partitions {
                 let tp = TopicPartition::new(t.topic_name.0.to_string(), p.partition_index);
@@ -429,7 +415,7 @@ fn read_alter_offsets(
     asked: &BTreeMap<TopicPartition, i64>,
 ) -> Result<BTreeMap<TopicPartition, Result<()>>> {
     let api = ApiKey::AlterShareGroupOffsets;
-    group_error(api, resp.error_code, resp.error_message.as_ref())?;
+    super::request_wide(api, resp.error_code, resp.error_message.as_ref())?;
     let mut out = BTreeMap::new();
     for t in &resp.responses {
         for p in &t.partitions {
@@ -453,7 +439,7 @@ fn read_delete_offsets(
     asked: &[&str],
 ) -> Result<BTreeMap<String, Result<()>>> {
     let api = ApiKey::DeleteShareGroupOffsets;
-    group_error(api, resp.error_code, resp.error_message.as_ref())?;
+    super::request_wide(api, resp.error_code, resp.error_message.as_ref())?;
     let mut out = BTreeMap::new();
     for t in &resp.responses {
         let topic = t.topic_name.0.to_string();

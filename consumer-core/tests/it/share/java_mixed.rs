@@ -16,28 +16,8 @@ use super::{share_consumer, share_group, subscribe};
 
 const N: usize = 300;
 
-/// The harness's Java tools jars, or `None` (skipped) outside CI.
 fn java_tools_jars() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/broker/jars");
-    let tools = std::fs::read_dir(&dir).ok().is_some_and(|entries| {
-        entries.flatten().any(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("kafka-tools-") && name.ends_with(".jar")
-        })
-    });
-    let found = tools && Command::new("java").arg("-version").output().is_ok();
-    match (found, testkit::broker_required()) {
-        (true, _) => Some(dir),
-        (false, true) => panic!(
-            "the Java tools jars are missing from {}: run `cargo xtask broker up` first",
-            dir.display()
-        ),
-        (false, false) => {
-            eprintln!("SKIPPED: no Java tools jars in {}", dir.display());
-            None
-        }
-    }
+    crate::common::harness_jars("kafka-tools")
 }
 
 /// Kills the Java member when the test ends, whatever happened.

@@ -17,26 +17,7 @@ use consumer_core::{Assignment, Consumer, TopicPartition};
 use kafka_wire::ProducerRecord;
 
 fn java_client_jars() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/broker/jars");
-    // The harness's version, whichever it is (`KAFKA_VERSION` in xtask).
-    let has_client = std::fs::read_dir(&dir).is_ok_and(|entries| {
-        entries.flatten().any(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("kafka-clients-") && name.ends_with(".jar")
-        })
-    });
-    let found = has_client && Command::new("java").arg("-version").output().is_ok();
-    match (found, testkit::broker_required()) {
-        (true, _) => Some(dir),
-        (false, true) => {
-            panic!("the Java client jars are missing: run `cargo xtask broker up` first")
-        }
-        (false, false) => {
-            eprintln!("SKIPPED: no Java client jars in {}", dir.display());
-            None
-        }
-    }
+    crate::common::harness_jars("kafka-clients")
 }
 
 #[tokio::test]
