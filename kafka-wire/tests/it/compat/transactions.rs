@@ -107,26 +107,31 @@ async fn each_protocol_sends_its_own_requests_at_its_own_versions() {
             .unwrap();
         p.commit_transaction().await.unwrap();
 
+        // A request the coordinator answers with a retriable code
+        // (CONCURRENT_TRANSACTIONS, COORDINATOR_LOAD_IN_PROGRESS: a fresh
+        // broker's offsets partition loading) is sent again: counts are
+        // "at least", versions are exact.
         let produce = log.versions(ApiKey::Produce);
         assert!(!produce.is_empty());
+        let all = |api: ApiKey, ok: &dyn Fn(i16) -> bool| {
+            let v = log.versions(api);
+            assert!(!v.is_empty() && v.iter().all(|v| ok(*v)), "{api:?}: {v:?}");
+        };
         if v2 {
             assert!(log.versions(ApiKey::AddPartitionsToTxn).is_empty());
             assert!(log.versions(ApiKey::AddOffsetsToTxn).is_empty());
             assert!(produce.iter().all(|v| *v == 12), "{produce:?}");
-            assert_eq!(log.versions(ApiKey::TxnOffsetCommit), [5]);
-            assert_eq!(log.versions(ApiKey::EndTxn), [5]);
+            all(ApiKey::TxnOffsetCommit, &|v| v == 5);
+            all(ApiKey::EndTxn, &|v| v == 5);
         } else {
-            assert_eq!(
-                log.versions(ApiKey::AddPartitionsToTxn).len(),
-                2,
+            assert!(
+                log.versions(ApiKey::AddPartitionsToTxn).len() >= 2,
                 "one per partition"
             );
-            assert_eq!(log.versions(ApiKey::AddOffsetsToTxn).len(), 1);
+            all(ApiKey::AddOffsetsToTxn, &|_| true);
             assert!(produce.iter().all(|v| *v <= 11), "{produce:?}");
-            let commit = log.versions(ApiKey::TxnOffsetCommit);
-            assert!(commit.len() == 1 && commit[0] <= 4, "{commit:?}");
-            let end = log.versions(ApiKey::EndTxn);
-            assert!(end.len() == 1 && end[0] <= 4, "{end:?}");
+            all(ApiKey::TxnOffsetCommit, &|v| v <= 4);
+            all(ApiKey::EndTxn, &|v| v <= 4);
         }
     }
 }
