@@ -678,18 +678,13 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use bytes::{BufMut, BytesMut};
-    use kafka_protocol::messages::api_versions_response::ApiVersion;
     use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
-    use kafka_protocol::messages::{
-        ApiKey, ApiVersionsResponse, BrokerId, MetadataResponse, ResponseHeader,
-    };
-    use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use kafka_protocol::messages::{ApiKey, BrokerId, MetadataResponse};
+    use kafka_protocol::protocol::StrBytes;
 
     use super::*;
     use crate::config::MetadataRecoveryStrategy;
-    use crate::connector::{BoxTransport, ConnectFuture, Connector};
+    use crate::fake_broker::{answer, api_versions, FakeBrokers};
 
     /// What the broker at one port does.
     #[derive(Debug, Clone)]
@@ -748,86 +743,36 @@ mod tests {
         Script::Answer(MetadataResponse::default().with_error_code(code.code()))
     }
 
-    fn frame(correlation: i32, header_version: i16, body: impl Encodable, version: i16) -> Vec<u8> {
-        let mut buf = BytesMut::new();
-        ResponseHeader::default()
-            .with_correlation_id(correlation)
-            .encode(&mut buf, header_version)
-            .unwrap();
-        body.encode(&mut buf, version).unwrap();
-        let mut out = BytesMut::new();
-        out.put_i32(buf.len() as i32);
-        out.extend_from_slice(&buf);
-        out.to_vec()
-    }
-
-    async fn serve(cluster: FakeCluster, port: u16, mut io: tokio::io::DuplexStream) {
-        loop {
-            let mut len = [0u8; 4];
-            if io.read_exact(&mut len).await.is_err() {
-                return;
-            }
-            let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-            if io.read_exact(&mut body).await.is_err() {
-                return;
-            }
-            let api = i16::from_be_bytes([body[0], body[1]]);
-            let version = i16::from_be_bytes([body[2], body[3]]);
-            let correlation = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
-            let reply = if api == ApiKey::ApiVersions as i16 {
-                let keys = [(ApiKey::ApiVersions, 0, 3), (ApiKey::Metadata, 0, 13)]
-                    .map(|(k, lo, hi)| {
-                        ApiVersion::default()
-                            .with_api_key(k as i16)
-                            .with_min_version(lo)
-                            .with_max_version(hi)
-                    })
-                    .to_vec();
-                frame(
-                    correlation,
-                    ApiVersionsResponse::header_version(version),
-                    ApiVersionsResponse::default().with_api_keys(keys),
-                    version,
-                )
-            } else if api == ApiKey::Metadata as i16 {
-                assert_eq!(version, 13, "Metadata v13 negotiated");
-                cluster.asked.lock().unwrap().push(port);
-                let script = cluster.scripts.lock().unwrap().get(&port).cloned();
-                match script {
-                    Some(Script::Answer(resp)) => frame(
-                        correlation,
-                        MetadataResponse::header_version(version),
-                        resp,
-                        version,
-                    ),
-                    _ => return,
-                }
-            } else {
-                return;
-            };
-            if io.write_all(&reply).await.is_err() {
-                return;
-            }
-        }
-    }
-
-    impl Connector for FakeCluster {
-        fn connect<'a>(&'a self, addr: &'a BrokerAddress, _timeout: Duration) -> ConnectFuture<'a> {
-            Box::pin(async move {
-                self.dialed.lock().unwrap().push(addr.port);
-                let script = self.scripts.lock().unwrap().get(&addr.port).cloned();
-                match script {
-                    Some(Script::Answer(_)) => {
-                        let (client, server) = tokio::io::duplex(1 << 16);
-                        tokio::spawn(serve(self.clone(), addr.port, server));
-                        Ok(Box::new(client) as BoxTransport)
+    impl FakeCluster {
+        /// The scripted brokers as a connector (`crate::fake_broker`):
+        /// ApiVersions (Metadata up to v13), then Metadata as scripted at
+        /// the time of the request; a port scripted `Down` refuses.
+        fn brokers(&self) -> FakeBrokers {
+            let cluster = self.clone();
+            let mut brokers = FakeBrokers::new(move |req| match req.api {
+                Ok(ApiKey::ApiVersions) => Some(api_versions(
+                    req,
+                    &[(ApiKey::ApiVersions, 0, 3), (ApiKey::Metadata, 0, 13)],
+                )),
+                Ok(ApiKey::Metadata) => {
+                    assert_eq!(req.version, 13, "Metadata v13 negotiated");
+                    cluster.asked.lock().unwrap().push(req.port);
+                    match cluster.scripts.lock().unwrap().get(&req.port).cloned() {
+                        Some(Script::Answer(resp)) => Some(answer(req, resp)),
+                        _ => None,
                     }
-                    _ => Err(std::io::Error::new(
-                        std::io::ErrorKind::ConnectionRefused,
-                        "scripted down",
-                    )),
                 }
-            })
+                _ => None,
+            });
+            let cluster = self.clone();
+            brokers.refused = Arc::new(move |port| {
+                cluster.dialed.lock().unwrap().push(port);
+                !matches!(
+                    cluster.scripts.lock().unwrap().get(&port),
+                    Some(Script::Answer(_))
+                )
+            });
+            brokers
         }
     }
 
@@ -838,7 +783,7 @@ mod tests {
         let config = ClientConfig::builder()
             .bootstrap(&format!("127.0.0.1:{BOOTSTRAP}"))
             .unwrap()
-            .connector(Arc::new(cluster.clone()))
+            .connector(Arc::new(cluster.brokers()))
             .metadata_recovery_strategy(strategy)
             .metadata_max_age(Duration::from_secs(3600))
             .set("reconnect.backoff.ms", "1")
@@ -922,7 +867,7 @@ mod tests {
         let config = ClientConfig::builder()
             .bootstrap(&format!("127.0.0.1:{BOOTSTRAP}"))
             .unwrap()
-            .connector(Arc::new(cluster.clone()))
+            .connector(Arc::new(cluster.brokers()))
             .metadata_max_age(Duration::from_secs(3600))
             .set("reconnect.backoff.ms", "2000")
             .unwrap()

@@ -102,6 +102,8 @@ mod connection;
 mod connector;
 mod coordinator;
 mod error;
+#[cfg(test)]
+mod fake_broker;
 #[cfg(not(feature = "unstable-internals"))]
 mod frame;
 /// Length-prefixed frames. Not a stable API: public only with the

@@ -207,7 +207,21 @@ impl Producer {
                     conn.send_at_most(req, ceiling, self.client.config().request_timeout)
                         .await
                 }
-                Err(e) => Err(e),
+                // Whatever the reason (refused, timed out, or the node left
+                // the metadata when the controller fenced it), a coordinator
+                // that cannot be reached is looked up again: its partition of
+                // `__transaction_state` or `__consumer_offsets` has a new
+                // leader by then, or will. Kept, it was dialed again for the
+                // whole window, and every later call started from it
+                // (DESIGN invariant 87).
+                Err(e) => {
+                    tracing::debug!(node, error = %e, "the coordinator cannot be reached; finding it again");
+                    coordinator = None;
+                    if kind == CoordinatorKind::Transaction {
+                        self.txn.lock().await.coordinator = None;
+                    }
+                    Err(e)
+                }
             };
             let outcome = sent.and_then(|resp| {
                 throttle = resp.throttle();
@@ -265,16 +279,23 @@ impl Producer {
     /// # Errors
     /// Dial errors (the coordinator was found just before).
     async fn coordinator_protocol(&self) -> Result<TxnProtocol> {
-        let node = self.txn.lock().await.coordinator;
-        let node = match node {
-            Some(n) => n,
-            None => {
-                self.client
-                    .find_coordinator(CoordinatorKind::Transaction, self.transactional_id()?)
-                    .await?
-            }
+        let known = self.txn.lock().await.coordinator;
+        let find = || async {
+            let node = self
+                .client
+                .find_coordinator(CoordinatorKind::Transaction, self.transactional_id()?)
+                .await?;
+            self.txn.lock().await.coordinator = Some(node);
+            Ok::<_, Error>(node)
         };
-        let conn = self.client.connection(node, Lane::Control).await?;
+        let conn = match known {
+            Some(node) => match self.client.connection(node, Lane::Control).await {
+                Ok(conn) => conn,
+                // It moved (DESIGN invariant 87): ask where it is now.
+                Err(_) => self.client.connection(find().await?, Lane::Control).await?,
+            },
+            None => self.client.connection(find().await?, Lane::Control).await?,
+        };
         Ok(TxnProtocol::choose(
             &conn.info().versions,
             self.cfg.max_transaction_version,
@@ -679,6 +700,112 @@ fn state_error(op: &str, status: &TxnStatus) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// DESIGN invariant 87: the transaction coordinator left the metadata
+    /// (its node was killed and fenced); the producer must find the new
+    /// one, not dial the old one for the whole retry window.
+    #[tokio::test]
+    async fn a_coordinator_gone_from_the_metadata_is_found_again() {
+        use crate::fake_broker::{answer, api_versions, FakeBrokers};
+        use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
+        use kafka_protocol::messages::{
+            BrokerId, EndTxnResponse, FindCoordinatorResponse, InitProducerIdResponse,
+            MetadataResponse,
+        };
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+
+        const PORT: u16 = 9411;
+        let found = Arc::new(AtomicUsize::new(0));
+        let ended = Arc::new(AtomicUsize::new(0));
+        let (f, e) = (found.clone(), ended.clone());
+        // One node (1): the metadata lists no other.
+        let brokers = FakeBrokers::new(move |req| match req.api {
+            Ok(ApiKey::ApiVersions) => Some(api_versions(
+                req,
+                &[
+                    (ApiKey::ApiVersions, 0, 3),
+                    (ApiKey::Metadata, 1, 12),
+                    (ApiKey::FindCoordinator, 0, 4),
+                    (ApiKey::InitProducerId, 0, 4),
+                    (ApiKey::EndTxn, 0, 3),
+                    (ApiKey::Produce, 3, 11),
+                ],
+            )),
+            Ok(ApiKey::Metadata) => Some(answer(
+                req,
+                MetadataResponse::default().with_brokers(vec![MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(1))
+                    .with_host(StrBytes::from_static_str("127.0.0.1"))
+                    .with_port(i32::from(PORT))]),
+            )),
+            Ok(ApiKey::FindCoordinator) => {
+                f.fetch_add(1, Ordering::SeqCst);
+                let resp = FindCoordinatorResponse::default();
+                let resp = if req.version >= 4 {
+                    resp.with_coordinators(vec![
+                        kafka_protocol::messages::find_coordinator_response::Coordinator::default()
+                            .with_node_id(BrokerId(1))
+                            .with_host(StrBytes::from_static_str("127.0.0.1"))
+                            .with_port(i32::from(PORT)),
+                    ])
+                } else {
+                    resp.with_node_id(BrokerId(1))
+                        .with_host(StrBytes::from_static_str("127.0.0.1"))
+                        .with_port(i32::from(PORT))
+                };
+                Some(answer(req, resp))
+            }
+            Ok(ApiKey::InitProducerId) => Some(answer(
+                req,
+                InitProducerIdResponse::default()
+                    .with_producer_id(ProducerId(7))
+                    .with_producer_epoch(0),
+            )),
+            Ok(ApiKey::EndTxn) => {
+                e.fetch_add(1, Ordering::SeqCst);
+                Some(answer(req, EndTxnResponse::default()))
+            }
+            _ => None,
+        });
+        let config = crate::config::ClientConfig::builder()
+            .bootstrap(&format!("127.0.0.1:{PORT}"))
+            .unwrap()
+            .connector(Arc::new(brokers))
+            .build()
+            .unwrap();
+        let client = crate::Client::connect(config).await.unwrap();
+        let cfg = crate::ProducerConfig::builder()
+            .set("bootstrap.servers", &format!("127.0.0.1:{PORT}"))
+            .unwrap()
+            .set("transactional.id", "t-1")
+            .unwrap()
+            .build()
+            .unwrap();
+        let producer = Producer::with_client(client, cfg);
+        producer.init_transactions().await.unwrap();
+        producer.begin_transaction().await.unwrap();
+        let looked_up = found.load(Ordering::SeqCst);
+        {
+            // Offsets went in (something to end), and the coordinator known
+            // is node 3, which has left the metadata since.
+            let mut txn = producer.txn.lock().await;
+            txn.started = true;
+            txn.coordinator = Some(3);
+        }
+        let aborted =
+            tokio::time::timeout(Duration::from_secs(5), producer.abort_transaction()).await;
+        assert!(
+            matches!(aborted, Ok(Ok(()))),
+            "the abort went to the coordinator found again: {aborted:?}"
+        );
+        assert_eq!(ended.load(Ordering::SeqCst), 1, "one EndTxn, to node 1");
+        assert!(
+            found.load(Ordering::SeqCst) > looked_up,
+            "FindCoordinator asked again"
+        );
+        assert_eq!(producer.txn.lock().await.coordinator, Some(1));
+    }
 
     fn broker(code: KafkaCode) -> Error {
         Error::broker(ApiKey::EndTxn, code)

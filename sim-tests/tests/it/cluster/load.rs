@@ -87,6 +87,9 @@ pub struct Setup {
     /// How the producer, the members and the exactly-once processor dial
     /// the nodes. Default: straight TCP.
     pub connector: Option<Arc<dyn Connector>>,
+    /// The exactly-once processor's group and `transactional.id`.
+    /// Default: `{group}-eos` and a unique id.
+    pub eos: Option<(String, String)>,
 }
 
 impl Default for Setup {
@@ -95,6 +98,7 @@ impl Default for Setup {
             gates: vec![None, None],
             group: None,
             connector: None,
+            eos: None,
         }
     }
 }
@@ -106,6 +110,7 @@ struct Eos {
     stop: tokio::sync::oneshot::Sender<()>,
     join: tokio::task::JoinHandle<Result<(), consumer_core::ConsumerError>>,
     transformed: Arc<Handled>,
+    stats: Arc<resilience::eos::EosStats>,
 }
 
 impl Load {
@@ -123,6 +128,14 @@ impl Load {
         setup: Setup,
     ) -> Load {
         let started = Instant::now();
+        // `RUST_LOG=resilience=debug,kafka_wire=debug` to see what the
+        // clients did (stderr; `--nocapture`).
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
         let env = cluster.broker_env();
         let admin = testkit::client(&env).await;
         let topic = testkit::create_topic(&admin, &format!("fault-{name}"), PARTITIONS).await;
@@ -132,11 +145,14 @@ impl Load {
         let handled = Arc::new(Handled::default());
         let connector = setup.connector;
         let out = testkit::create_topic(&admin, &format!("fault-{name}-out"), PARTITIONS).await;
+        let (eos_group, transactional_id) = setup
+            .eos
+            .unwrap_or_else(|| (format!("{group}-eos"), testkit::unique_name("fault-eos")));
         let eos = Eos::start(
             &env,
             &topic,
             out,
-            &format!("{group}-eos"),
+            (&eos_group, &transactional_id),
             connector.as_ref(),
         );
         let mut producer_cfg = testkit::producer_config(&env);
@@ -337,6 +353,11 @@ impl Load {
             eos: counts(out.iter().map(support::number)),
             eos_committed: eos_lag.wait_committed_to_end(DRAIN).await,
             eos_gap: e.transformed.longest_gap(),
+            eos_last: e.transformed.last(),
+            eos_txns: (
+                e.stats.transactions.load(Ordering::Relaxed),
+                e.stats.aborted.load(Ordering::Relaxed),
+            ),
             gap: self.handled.longest_gap(),
             moves: self.moves(),
         };
@@ -384,6 +405,10 @@ struct Outcome {
     eos: Counts,
     eos_committed: bool,
     eos_gap: Gap,
+    /// When the transformer was last called.
+    eos_last: Option<Instant>,
+    /// Transactions committed and aborted.
+    eos_txns: (u64, u64),
     gap: Gap,
     /// Each member's assignments, revocations and losses, in time order.
     moves: Vec<(Instant, String)>,
@@ -413,7 +438,8 @@ impl Outcome {
              began; bound {:.1} s: {}); {acked} acked ({} re-sent after an error, longest wait for an ack \
              {:.2} s), {} handled ({} lost, {} redelivered), the input holds {} once and {} more than \
              once; exactly-once output: {} once, {} more than once, {} never acked, its group committed \
-             to the end: {}, its longest gap {:.2} s; {:.1} s in all",
+             to the end: {}, its longest gap {:.2} s, its last transform {} ({} transactions \
+             committed, {} aborted); {:.1} s in all",
             self.gap.gap.as_secs_f64(),
             self.gap.partition,
             secs_from(fault_at, self.gap.from),
@@ -432,6 +458,10 @@ impl Outcome {
             self.eos.unexpected(acked),
             self.eos_committed,
             self.eos_gap.gap.as_secs_f64(),
+            self.eos_last
+                .map_or("never".to_string(), |t| format!("{:+.2} s", secs_from(fault_at, t))),
+            self.eos_txns.0,
+            self.eos_txns.1,
             wall.as_secs_f64()
         );
         for (n, e) in self.resent.iter().take(5) {
@@ -539,12 +569,12 @@ impl Eos {
         env: &testkit::BrokerEnv,
         topic: &str,
         out: String,
-        group: &str,
+        (group, transactional_id): (&str, &str),
         connector: Option<&Arc<dyn Connector>>,
     ) -> Eos {
         let mut consumer = support::group_consumer(env, group);
         let mut producer = testkit::producer_builder(env)
-            .transactional_id(testkit::unique_name("fault-eos"))
+            .transactional_id(transactional_id)
             .set("transaction.timeout.ms", "10000")
             .expect("transaction.timeout.ms")
             .build()
@@ -555,6 +585,7 @@ impl Eos {
         }
         let transformed = Arc::new(Handled::default());
         let p = TransactionalProcessor::new(consumer, producer, &[topic]);
+        let stats = p.stats();
         let t = Copy {
             out: out.clone(),
             transformed: transformed.clone(),
@@ -569,6 +600,7 @@ impl Eos {
             stop,
             join,
             transformed,
+            stats,
         }
     }
 }
@@ -623,6 +655,15 @@ impl Handled {
     /// Records handled so far (side effects, redeliveries included).
     pub fn count(&self) -> usize {
         self.times.lock().expect("times lock").len()
+    }
+
+    /// When the last record was handled.
+    pub fn last(&self) -> Option<Instant> {
+        self.times
+            .lock()
+            .expect("times lock")
+            .last()
+            .map(|(t, _)| *t)
     }
 
     /// How many partitions handled a record after `since`.

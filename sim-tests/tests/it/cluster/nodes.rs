@@ -93,6 +93,27 @@ pub async fn group_coordinated(
     panic!("no group name of 100 has a coordinator as wanted");
 }
 
+/// A unique `transactional.id` starting with `prefix` whose transaction
+/// coordinator is `wanted`.
+pub async fn transaction_coordinated(
+    cluster: &testkit::ClusterEnv,
+    prefix: &str,
+    wanted: i32,
+) -> String {
+    let admin = testkit::client(&cluster.broker_env()).await;
+    for _ in 0..100 {
+        let id = testkit::unique_name(prefix);
+        let node = admin
+            .find_coordinator(CoordinatorKind::Transaction, &id)
+            .await
+            .expect("find the transaction coordinator");
+        if node == wanted {
+            return id;
+        }
+    }
+    panic!("no transactional.id of 100 has node {wanted} as its coordinator");
+}
+
 /// The node coordinating `group`.
 pub async fn coordinator(admin: &Client, group: &str) -> i32 {
     admin
