@@ -20,11 +20,13 @@ use kafka_wire::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_wire::messages::offset_fetch_request::{
-    OffsetFetchRequestGroup, OffsetFetchRequestTopics,
+    OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
 };
-use kafka_wire::messages::{ApiKey, GroupId, OffsetCommitRequest, OffsetFetchRequest, TopicName};
+use kafka_wire::messages::{
+    ApiKey, GroupId, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, TopicName,
+};
 use kafka_wire::CoordinatorKind;
-use kafka_wire::{Backoff, Client, Error, KafkaCode, Lane, StrBytes, Throttle};
+use kafka_wire::{Backoff, Client, DecodeError, Error, KafkaCode, Lane, StrBytes, Throttle};
 
 use crate::error::{ConsumerError, Result};
 use crate::group::GroupSnapshot;
@@ -309,52 +311,17 @@ impl Committer {
                     None => return Err(e.into()),
                 },
             };
-            let mut again: Vec<(TopicPartition, i64, Option<String>, u64)> = Vec::new();
-            let mut accepted = Vec::new();
-            let mut stale = false;
-            let mut last_err = None;
-            let mut answers: HashMap<(&str, i32), i16> = HashMap::new();
-            for t in &resp.topics {
-                for p in &t.partitions {
-                    answers.insert((t.name.0.as_str(), p.partition_index), p.error_code);
-                }
-            }
-            for entry in pending {
-                let code = answers
-                    .get(&(entry.0.topic.as_str(), entry.0.partition))
-                    .copied()
-                    .and_then(KafkaCode::try_from_code);
-                let Some(code) = code else {
-                    accepted.push(entry);
-                    continue;
-                };
-                let e = Error::broker_for(
-                    ApiKey::OffsetCommit,
-                    code,
-                    &entry.0.topic,
-                    entry.0.partition,
-                );
-                if matches!(
-                    code,
-                    KafkaCode::NotCoordinator
-                        | KafkaCode::CoordinatorNotAvailable
-                        | KafkaCode::CoordinatorLoadInProgress
-                ) {
-                    last_err = Some(e);
-                    again.push(entry);
-                } else if code == KafkaCode::StaleMemberEpoch && self.snapshot.is_some() {
-                    // KIP-848: the member epoch moved on since the commit
-                    // was built. Retried with the current one if the
-                    // partition is still ours (below).
-                    stale = true;
-                    last_err = Some(e);
-                    again.push(entry);
-                } else {
-                    self.record_committed(accepted);
-                    return Err(e.into());
-                }
-            }
+            let CommitAnswer {
+                accepted,
+                mut again,
+                stale,
+                last_err,
+                failed,
+            } = sort_commit_answer(pending, &resp, self.snapshot.is_some(), node);
             self.record_committed(accepted);
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
             if stale {
                 let snap = self.snapshot.as_ref().expect("checked above");
                 let s = snap.lock().expect("snapshot lock");
@@ -424,14 +391,31 @@ impl Committer {
                 .with_group_id(GroupId(StrBytes::from_string(group.clone())))
                 .with_topics(Some(
                     by_topic
-                        .into_iter()
+                        .iter()
                         .map(|(t, ps)| {
                             OffsetFetchRequestTopics::default()
                                 .with_name(TopicName(StrBytes::from_string(t.to_string())))
-                                .with_partition_indexes(ps)
+                                .with_partition_indexes(ps.clone())
                         })
                         .collect(),
                 ))]);
+        // Before v8 (Redpanda's ceiling is v7) one group a request, at the
+        // top level; `require_stable` from v7 (KIP-447).
+        let single_group = |version: i16| {
+            OffsetFetchRequest::default()
+                .with_require_stable(version >= 7)
+                .with_group_id(GroupId(StrBytes::from_string(group.clone())))
+                .with_topics(Some(
+                    by_topic
+                        .iter()
+                        .map(|(t, ps)| {
+                            OffsetFetchRequestTopic::default()
+                                .with_name(TopicName(StrBytes::from_string(t.to_string())))
+                                .with_partition_indexes(ps.clone())
+                        })
+                        .collect(),
+                ))
+        };
         let mut delays = UNSTABLE_BACKOFF.delays();
         loop {
             let node = self
@@ -452,51 +436,77 @@ impl Committer {
                     member.then(|| StrBytes::from_string(s.member_id.clone()));
                 req.groups[0].member_epoch = if member { s.generation } else { -1 };
             }
+            let v1_to_v7;
+            let to_send = if version >= 8 {
+                &req
+            } else {
+                v1_to_v7 = single_group(version);
+                &v1_to_v7
+            };
             let resp = self
                 .client
-                .send_to(node, Lane::Control, &req, Duration::ZERO)
+                .send_to(node, Lane::Control, to_send, Duration::ZERO)
                 .await?;
-            let Some(g) = resp.groups.first() else {
-                return Ok(BTreeMap::new());
+            // (topic, partition, offset, metadata, error code) and the
+            // group's error code, from either layout.
+            let (partitions, group_code): (Vec<_>, i16) = if version >= 8 {
+                let Some(g) = resp.groups.first() else {
+                    return Ok(BTreeMap::new());
+                };
+                let ps = g
+                    .topics
+                    .iter()
+                    .flat_map(|t| {
+                        t.partitions.iter().map(move |p| {
+                            let m = p.metadata.as_ref();
+                            let o = p.committed_offset;
+                            (&t.name.0, p.partition_index, o, m, p.error_code)
+                        })
+                    })
+                    .collect();
+                (ps, g.error_code)
+            } else {
+                let ps = resp
+                    .topics
+                    .iter()
+                    .flat_map(|t| {
+                        t.partitions.iter().map(move |p| {
+                            let m = p.metadata.as_ref();
+                            let o = p.committed_offset;
+                            (&t.name.0, p.partition_index, o, m, p.error_code)
+                        })
+                    })
+                    .collect();
+                (ps, resp.error_code)
             };
             let mut out = BTreeMap::new();
             let mut unstable = false;
-            for t in &g.topics {
-                for p in &t.partitions {
-                    match KafkaCode::try_from_code(p.error_code) {
-                        None => {
-                            if p.committed_offset >= 0 {
-                                out.insert(
-                                    TopicPartition::new(t.name.0.to_string(), p.partition_index),
-                                    CommittedOffset {
-                                        offset: p.committed_offset,
-                                        metadata: p
-                                            .metadata
-                                            .as_ref()
-                                            .map(|m| m.to_string())
-                                            .unwrap_or_default(),
-                                    },
-                                );
-                            }
+            for (topic, partition, offset, metadata, code) in partitions {
+                match KafkaCode::try_from_code(code) {
+                    None => {
+                        if offset >= 0 {
+                            out.insert(
+                                TopicPartition::new(topic.to_string(), partition),
+                                CommittedOffset {
+                                    offset,
+                                    metadata: metadata.map(|m| m.to_string()).unwrap_or_default(),
+                                },
+                            );
                         }
-                        // Retried, never read as "no committed offset":
-                        // a consumer elsewhere lost data exactly that way.
-                        Some(KafkaCode::UnstableOffsetCommit | KafkaCode::StaleMemberEpoch) => {
-                            unstable = true
-                        }
-                        Some(code) => {
-                            return Err(Error::broker_for(
-                                ApiKey::OffsetFetch,
-                                code,
-                                &t.name.0,
-                                p.partition_index,
-                            )
-                            .into())
-                        }
+                    }
+                    // Retried, never read as "no committed offset":
+                    // a consumer elsewhere lost data exactly that way.
+                    Some(KafkaCode::UnstableOffsetCommit | KafkaCode::StaleMemberEpoch) => {
+                        unstable = true
+                    }
+                    Some(code) => {
+                        return Err(
+                            Error::broker_for(ApiKey::OffsetFetch, code, topic, partition).into(),
+                        )
                     }
                 }
             }
-            let group_error = KafkaCode::try_from_code(g.error_code);
+            let group_error = KafkaCode::try_from_code(group_code);
             if !unstable && group_error.is_none() {
                 return Ok(out);
             }
@@ -539,4 +549,165 @@ fn commit_topics(
                 .with_partitions(ps)
         })
         .collect()
+}
+
+/// One partition's offset on its way: partition, offset, metadata, and the
+/// incarnation it was computed in.
+type PendingCommit = (TopicPartition, i64, Option<String>, u64);
+
+/// One OffsetCommit answer, sorted partition by partition.
+#[derive(Debug, Default)]
+struct CommitAnswer {
+    /// Committed.
+    accepted: Vec<PendingCommit>,
+    /// To send again (coordinator moving or loading, a stale member epoch,
+    /// or no answer at all for the partition).
+    again: Vec<PendingCommit>,
+    /// Some partition was answered STALE_MEMBER_EPOCH (KIP-848).
+    stale: bool,
+    /// Why the last of `again` is there: the commit's error if the retries
+    /// run out.
+    last_err: Option<Error>,
+    /// The first error no retry fixes: the commit fails with it.
+    failed: Option<Error>,
+}
+
+/// Sort `pending` by the coordinator's (`node`) answer to their
+/// OffsetCommit. `epochs` says whether STALE_MEMBER_EPOCH is retried (a
+/// group member, whose current epoch the retry takes).
+///
+/// A partition the answer does not mention is not committed: Kafka answers
+/// every partition of the request, so a missing one is a broken answer,
+/// and taking it as a success would lose the commit silently. It is sent
+/// again, and if the retries run out the commit fails with a retriable
+/// error naming it.
+fn sort_commit_answer(
+    pending: Vec<PendingCommit>,
+    resp: &OffsetCommitResponse,
+    epochs: bool,
+    node: i32,
+) -> CommitAnswer {
+    let mut out = CommitAnswer::default();
+    let mut answers: HashMap<(&str, i32), i16> = HashMap::new();
+    for t in &resp.topics {
+        for p in &t.partitions {
+            answers.insert((t.name.0.as_str(), p.partition_index), p.error_code);
+        }
+    }
+    for entry in pending {
+        let Some(&code) = answers.get(&(entry.0.topic.as_str(), entry.0.partition)) else {
+            out.last_err = Some(Error::Decode {
+                context: format!("OffsetCommit response from coordinator {node}"),
+                source: DecodeError::Malformed {
+                    what: "OffsetCommit response",
+                    reason: format!(
+                        "no answer for {}: its offset {} is not committed",
+                        entry.0, entry.1
+                    ),
+                },
+            });
+            out.again.push(entry);
+            continue;
+        };
+        let Some(code) = KafkaCode::try_from_code(code) else {
+            out.accepted.push(entry);
+            continue;
+        };
+        let e = Error::broker_for(
+            ApiKey::OffsetCommit,
+            code,
+            &entry.0.topic,
+            entry.0.partition,
+        );
+        if matches!(
+            code,
+            KafkaCode::NotCoordinator
+                | KafkaCode::CoordinatorNotAvailable
+                | KafkaCode::CoordinatorLoadInProgress
+        ) {
+            out.last_err = Some(e);
+            out.again.push(entry);
+        } else if code == KafkaCode::StaleMemberEpoch && epochs {
+            // KIP-848: the member epoch moved on since the commit was
+            // built. Retried with the current one if the partition is
+            // still ours.
+            out.stale = true;
+            out.last_err = Some(e);
+            out.again.push(entry);
+        } else if out.failed.is_none() {
+            out.failed = Some(e);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_wire::messages::offset_commit_response::{
+        OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+    };
+
+    fn entry(topic: &str, partition: i32, offset: i64) -> PendingCommit {
+        (TopicPartition::new(topic, partition), offset, None, 0)
+    }
+
+    fn answer(topic: &str, partitions: &[(i32, i16)]) -> OffsetCommitResponse {
+        OffsetCommitResponse::default().with_topics(vec![OffsetCommitResponseTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(
+                partitions
+                    .iter()
+                    .map(|&(p, code)| {
+                        OffsetCommitResponsePartition::default()
+                            .with_partition_index(p)
+                            .with_error_code(code)
+                    })
+                    .collect(),
+            )])
+    }
+
+    /// A partition the answer leaves out was not committed: it is sent
+    /// again, and the error kept for it is retriable and names it.
+    #[test]
+    fn a_partition_missing_from_the_answer_is_not_a_success() {
+        let pending = vec![entry("orders", 0, 10), entry("orders", 1, 20)];
+        let out = sort_commit_answer(pending, &answer("orders", &[(0, 0)]), false, 3);
+        assert_eq!(out.accepted, vec![entry("orders", 0, 10)]);
+        assert_eq!(out.again, vec![entry("orders", 1, 20)]);
+        assert!(out.failed.is_none());
+        let err = out.last_err.expect("an error for the missing partition");
+        assert!(err.is_retriable(), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("orders-1"), "{text}");
+        assert!(text.contains("not committed"), "{text}");
+    }
+
+    #[test]
+    fn an_empty_answer_commits_nothing() {
+        let pending = vec![entry("a", 0, 1), entry("b", 2, 3)];
+        let out = sort_commit_answer(pending.clone(), &OffsetCommitResponse::default(), true, 1);
+        assert!(out.accepted.is_empty());
+        assert_eq!(out.again, pending);
+    }
+
+    #[test]
+    fn coordinator_codes_retry_and_other_codes_fail() {
+        let pending = vec![entry("t", 0, 1), entry("t", 1, 1), entry("t", 2, 1)];
+        let resp = answer(
+            "t",
+            &[
+                (0, 0),
+                (1, KafkaCode::NotCoordinator.code()),
+                (2, KafkaCode::OffsetMetadataTooLarge.code()),
+            ],
+        );
+        let out = sort_commit_answer(pending, &resp, false, 1);
+        assert_eq!(out.accepted, vec![entry("t", 0, 1)]);
+        assert_eq!(out.again, vec![entry("t", 1, 1)]);
+        assert_eq!(
+            out.failed.and_then(|e| e.code()),
+            Some(KafkaCode::OffsetMetadataTooLarge)
+        );
+    }
 }

@@ -8,6 +8,7 @@
 //! highest version we know, as Java does: newer versions only append.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_wire::messages::consumer_protocol_assignment::TopicPartition as AssignedTopic;
@@ -21,11 +22,11 @@ use crate::tp::TopicPartition;
 pub const CONSUMER_PROTOCOL_VERSION: i16 = 3;
 
 /// Kafka's longest topic name (bytes; `Topic.MAX_NAME_LENGTH`). A member's
-/// bytes naming a longer topic are malformed: each owned partition (4 bytes
-/// on the wire) becomes a [`TopicPartition`] holding its own copy of the
-/// name, so one 32 KB "topic" with 250 k owned partitions in a ~1 MiB
-/// subscription would make the leader allocate ~8 GB. With the cap, a
-/// decoded partition takes at most ~70x its 4 wire bytes.
+/// bytes naming a longer topic are malformed (a typed [`ProtocolError`]).
+/// Owned partitions keep one copy of their topic's name
+/// ([`OwnedPartitions`]): copied once per partition, one 32 KB "topic"
+/// with 250 k owned partitions in a ~1 MiB subscription made the leader
+/// allocate ~8 GB.
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
 
 /// Refuse a topic name longer than [`MAX_TOPIC_NAME_LEN`].
@@ -51,13 +52,121 @@ pub struct ProtocolError {
     pub reason: String,
 }
 
+/// The partitions a member says it owns, grouped by topic: each topic's
+/// name is held once (an `Arc<str>` shared by its partitions), and each
+/// partition is 4 bytes, as on the wire. So decoding a member's claims
+/// takes memory proportional to the bytes it sent, never "name length x
+/// partition count" (DESIGN.md invariant 86).
+///
+/// Topics in name order, each topic's partitions sorted, without
+/// duplicates: two values are equal when they claim the same partitions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnedPartitions {
+    by_topic: BTreeMap<Arc<str>, Vec<i32>>,
+}
+
+impl OwnedPartitions {
+    /// How many partitions are claimed.
+    pub fn len(&self) -> usize {
+        self.by_topic.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_topic.values().all(Vec::is_empty)
+    }
+
+    /// Every claimed `(topic, partition)`, in order; no name is copied.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, i32)> + '_ {
+        self.by_topic
+            .iter()
+            .flat_map(|(t, ps)| ps.iter().map(move |&p| (&**t, p)))
+    }
+
+    /// Each topic with its claimed partitions (sorted).
+    pub fn topics(&self) -> impl Iterator<Item = (&str, &[i32])> + '_ {
+        self.by_topic.iter().map(|(t, ps)| (&**t, ps.as_slice()))
+    }
+
+    /// Is `tp` claimed?
+    pub fn contains(&self, tp: &TopicPartition) -> bool {
+        self.by_topic
+            .get(tp.topic.as_str())
+            .is_some_and(|ps| ps.binary_search(&tp.partition).is_ok())
+    }
+
+    /// Claim `tp` too.
+    pub fn push(&mut self, tp: TopicPartition) {
+        self.add(&tp.topic, tp.partition);
+    }
+
+    /// Every claim as a [`TopicPartition`] (one name copy each: for a
+    /// member's own, trusted claims, not for a peer's).
+    pub fn to_vec(&self) -> Vec<TopicPartition> {
+        self.iter()
+            .map(|(t, p)| TopicPartition::new(t, p))
+            .collect()
+    }
+
+    fn add(&mut self, topic: &str, partition: i32) {
+        let ps = match self.by_topic.get_mut(topic) {
+            Some(ps) => ps,
+            None => self.by_topic.entry(Arc::from(topic)).or_default(),
+        };
+        if let Err(at) = ps.binary_search(&partition) {
+            ps.insert(at, partition);
+        }
+    }
+
+    /// Build from wire groups `(topic, partitions)`: a topic named twice
+    /// is merged (one name), partitions sorted and deduplicated.
+    pub(crate) fn from_groups<'a>(groups: impl IntoIterator<Item = (&'a str, &'a [i32])>) -> Self {
+        let mut by_topic: BTreeMap<Arc<str>, Vec<i32>> = BTreeMap::new();
+        for (topic, ps) in groups {
+            match by_topic.get_mut(topic) {
+                Some(v) => v.extend_from_slice(ps),
+                None => {
+                    by_topic.insert(Arc::from(topic), ps.to_vec());
+                }
+            }
+        }
+        for ps in by_topic.values_mut() {
+            ps.sort_unstable();
+            ps.dedup();
+        }
+        by_topic.retain(|_, ps| !ps.is_empty());
+        OwnedPartitions { by_topic }
+    }
+}
+
+impl FromIterator<TopicPartition> for OwnedPartitions {
+    fn from_iter<I: IntoIterator<Item = TopicPartition>>(iter: I) -> Self {
+        let mut out = OwnedPartitions::default();
+        for tp in iter {
+            out.push(tp);
+        }
+        out
+    }
+}
+
+impl From<Vec<TopicPartition>> for OwnedPartitions {
+    fn from(v: Vec<TopicPartition>) -> Self {
+        v.into_iter().collect()
+    }
+}
+
+impl From<&[TopicPartition]> for OwnedPartitions {
+    fn from(v: &[TopicPartition]) -> Self {
+        v.iter().cloned().collect()
+    }
+}
+
 /// What a member sends in JoinGroup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Subscription {
     pub topics: Vec<String>,
     pub user_data: Option<Bytes>,
     /// Partitions the member owns now (v1+; cooperative rebalancing needs it).
-    pub owned: Vec<TopicPartition>,
+    pub owned: OwnedPartitions,
     /// The generation those were owned in (v2+), -1 if none.
     pub generation: i32,
     pub rack: Option<String>,
@@ -115,12 +224,12 @@ impl Subscription {
             )
             .with_user_data(self.user_data.clone())
             .with_owned_partitions(if version >= 1 {
-                group_by_topic(&self.owned)
-                    .into_iter()
+                self.owned
+                    .topics()
                     .map(|(t, ps)| {
                         OwnedTopic::default()
                             .with_topic(topic_name(t))
-                            .with_partitions(ps)
+                            .with_partitions(ps.to_vec())
                     })
                     .collect()
             } else {
@@ -160,15 +269,12 @@ impl Subscription {
         Ok(Subscription {
             topics: msg.topics.iter().map(|t| t.to_string()).collect(),
             user_data: msg.user_data,
-            owned: msg
-                .owned_partitions
-                .iter()
-                .flat_map(|t| {
-                    t.partitions
-                        .iter()
-                        .map(|&p| TopicPartition::new(t.topic.0.to_string(), p))
-                })
-                .collect(),
+            // One name per topic, however many partitions it claims.
+            owned: OwnedPartitions::from_groups(
+                msg.owned_partitions
+                    .iter()
+                    .map(|t| (t.topic.0.as_str(), t.partitions.as_slice())),
+            ),
             generation: if version >= 2 { msg.generation_id } else { -1 },
             rack: msg.rack_id.map(|r| r.to_string()),
         })
@@ -266,7 +372,7 @@ mod tests {
         let longest = "y".repeat(MAX_TOPIC_NAME_LEN);
         let fine = Subscription {
             topics: vec![longest.clone()],
-            owned: vec![TopicPartition::new(longest, 0)],
+            owned: vec![TopicPartition::new(longest, 0)].into(),
             generation: 1,
             ..Subscription::default()
         };
@@ -300,7 +406,7 @@ mod tests {
         let s = Subscription {
             topics: vec!["t".into()],
             user_data: Some(Bytes::from_static(&[9])),
-            owned: vec![TopicPartition::new("t", 2), TopicPartition::new("t", 0)],
+            owned: vec![TopicPartition::new("t", 2), TopicPartition::new("t", 0)].into(),
             generation: 7,
             rack: Some("r1".into()),
         };
@@ -316,7 +422,7 @@ mod tests {
         assert_eq!(s.encode(3).as_ref(), expected);
         let back = Subscription::decode(&s.encode(3)).unwrap();
         assert_eq!(
-            back.owned,
+            back.owned.to_vec(),
             vec![TopicPartition::new("t", 0), TopicPartition::new("t", 2)]
         );
         assert_eq!(back.generation, 7);
@@ -367,12 +473,11 @@ mod tests {
                        parts in prop::collection::btree_set(("[a-z]{1,3}", 0i32..50), 0..10),
                        generation in -1i32..1000) {
             let owned: Vec<TopicPartition> = parts.iter().map(|(t, p)| TopicPartition::new(t.clone(), *p)).collect();
-            let s = Subscription { topics: topics.into_iter().collect(), user_data: None, owned: owned.clone(), generation, rack: None };
+            let s = Subscription { topics: topics.into_iter().collect(), user_data: None, owned: owned.clone().into(), generation, rack: None };
             let back = Subscription::decode(&s.encode(3)).unwrap();
             let mut sorted = owned.clone();
             sorted.sort();
-            let mut got = back.owned.clone();
-            got.sort();
+            let got = back.owned.to_vec();
             prop_assert_eq!(got, sorted.clone());
             prop_assert_eq!(back.topics, s.topics);
             let a = Assignment { partitions: sorted.clone(), user_data: None };

@@ -46,6 +46,13 @@ pub struct ReplayArgs {
     /// Send every record to this topic instead of its original one.
     #[arg(long)]
     to: Option<String>,
+    /// Without --to, the topics records may go back to: those this DLT
+    /// takes dead letters of (default: X for a DLT named X.DLT). A record
+    /// whose kafka_dlt-original-topic names another topic is refused and
+    /// counted: anyone who can write that header could otherwise send it
+    /// anywhere the replay may write.
+    #[arg(long = "source", value_name = "TOPIC", conflicts_with = "to")]
+    sources: Vec<String>,
     /// Only records matching every condition: field=value, field~text,
     /// offset>=N, offset<N; fields: topic, partition, offset (the original
     /// record's), group, class, error, key, attempts, header.<name>.
@@ -67,34 +74,43 @@ pub async fn run(connect: &ConnectArgs, command: DltCommand) -> anyhow::Result<(
     }
 }
 
-/// One line for a dead record: where it sits, where it came from, why it died.
+/// Header text as one safe line (see [`crate::output::one_line`]): what
+/// the record's writer put there reaches the terminal with its control
+/// characters (escape sequences) as base64 and its line breaks escaped.
+fn safe(text: &str) -> String {
+    crate::output::one_line(text.as_bytes())
+}
+
+/// One line for a dead record: where it sits, where it came from, why it
+/// died. Every field taken from the record is sanitised ([`safe`]).
 pub fn describe(dlt: &str, dead: &DeadRecord, replayed_to: Option<&str>) -> String {
     let r = &dead.record;
     let origin = match &dead.origin {
-        Some(o) => format!("from {} {}@{}", o.topic, o.partition, o.offset),
+        Some(o) => format!("from {} {}@{}", safe(&o.topic), o.partition, o.offset),
         None => "from ? (no kafka_dlt-original-* headers)".to_string(),
     };
     let group = dead
         .group
         .as_deref()
-        .map(|g| format!(" group {g}"))
+        .map(|g| format!(" group {}", safe(g)))
         .unwrap_or_default();
     let attempts = dead
         .attempts
         .map(|a| format!(" after {a} attempt{}", if a == 1 { "" } else { "s" }))
         .unwrap_or_default();
     let error = match (&dead.error_class, &dead.error_message) {
-        (Some(c), Some(m)) => format!("{c}: {m}"),
-        (None, Some(m)) => m.clone(),
-        (Some(c), None) => c.clone(),
+        (Some(c), Some(m)) => format!("{}: {}", safe(c), safe(m)),
+        (None, Some(m)) => safe(m),
+        (Some(c), None) => safe(c),
         (None, None) => "no error recorded".into(),
     };
-    let key = dead
-        .key_text()
-        .map(|k| format!(" key={k}"))
+    let key = r
+        .key
+        .as_deref()
+        .map(|k| format!(" key={}", crate::output::one_line(k)))
         .unwrap_or_default();
     let replayed = replayed_to
-        .map(|t| format!("  [replayed to {t}]"))
+        .map(|t| format!("  [replayed to {}]", safe(t)))
         .unwrap_or_default();
     format!(
         "{dlt} {}@{}  {origin}{group}{attempts}  {error}{key}{replayed}",
@@ -177,6 +193,7 @@ async fn replay_cmd(connect: &ConnectArgs, args: ReplayArgs) -> anyhow::Result<(
     let options = ReplayOptions {
         dlt: args.dlt.clone(),
         to: args.to,
+        sources: args.sources,
         filter: Filter::parse(&args.conditions).map_err(anyhow::Error::msg)?,
         limit: args.limit,
         dry_run: args.dry_run,
@@ -200,6 +217,25 @@ async fn replay_cmd(connect: &ConnectArgs, args: ReplayArgs) -> anyhow::Result<(
         "skipped: {} already replayed, {} not matching --where, {} with no original topic (give --to)",
         report.already_replayed, report.filtered_out, report.no_target
     );
+    if report.refused > 0 {
+        let sources = if options.sources.is_empty() {
+            replay::default_sources(&args.dlt)
+        } else {
+            options.sources.clone()
+        };
+        println!(
+            "refused {} record{} whose provenance names another topic than {} \
+             (kafka_dlt-original-topic is only as trustworthy as whoever can write it; \
+             give --to TOPIC, or --source TOPIC if this DLT takes that topic's dead letters)",
+            report.refused,
+            if report.refused == 1 { "" } else { "s" },
+            if sources.is_empty() {
+                "this DLT's source (none: its name does not end in .DLT)".to_string()
+            } else {
+                sources.join(", ")
+            }
+        );
+    }
     if !args.dry_run && report.replayed > 0 {
         println!(
             "markers in {} (read_committed consumers see each replayed record once)",
@@ -252,6 +288,41 @@ mod tests {
         assert_eq!(
             describe("x", &DeadRecord::parse(0, bare), None),
             "x 0@0  from ? (no kafka_dlt-original-* headers)  no error recorded"
+        );
+    }
+
+    #[test]
+    fn a_dead_record_line_carries_no_terminal_escapes_or_line_breaks() {
+        let header = |k: &str, v: &[u8]| Header {
+            key: Bytes::from(k.to_string()),
+            value: Some(Bytes::copy_from_slice(v)),
+        };
+        let r = Record {
+            offset: 5,
+            timestamp: 0,
+            key: Some(Bytes::from_static(b"\x1b[2Jk")),
+            value: None,
+            headers: vec![
+                header("kafka_dlt-original-topic", b"orders\x1b]0;pwned\x07"),
+                header("kafka_dlt-original-partition", &2i32.to_be_bytes()),
+                header("kafka_dlt-original-offset", &42i64.to_be_bytes()),
+                header("kafka_dlt-original-consumer-group", b"g\x1b[31m"),
+                header("kafka_dlt-exception-fqcn", b"\x9bclass"),
+                header(
+                    "kafka_dlt-exception-message",
+                    b"bad\norders.DLT 0@0  from payments 0@0",
+                ),
+            ],
+        };
+        let line = describe("orders.DLT", &DeadRecord::parse(1, r), Some("x\x1b[0m"));
+        assert!(
+            !line.chars().any(char::is_control),
+            "control characters reach the terminal: {line:?}"
+        );
+        assert!(line.contains("key=base64:"), "{line}");
+        assert!(
+            line.contains("bad\\norders.DLT"),
+            "a forged second line: {line}"
         );
     }
 }

@@ -56,6 +56,20 @@ fn bytes_text(b: Option<&[u8]>) -> String {
     }
 }
 
+/// Bytes as one line of text (`dlt tail`): as [`bytes_text`] prints them
+/// (binary, and text with control characters such as a terminal escape,
+/// as `base64:…`), with line breaks and tabs written `\n`, `\r`, `\t` so
+/// the bytes cannot start a line of their own.
+pub(crate) fn one_line(b: &[u8]) -> String {
+    let text = bytes_text(Some(b));
+    if !text.contains(['\n', '\r', '\t']) {
+        return text;
+    }
+    text.replace('\n', "\\n")
+        .replace('\r', "\\r")
+        .replace('\t', "\\t")
+}
+
 /// One JSON object: topic, partition, offset, timestamp, key, value, and
 /// headers as an object (a `kafka_dlt-*` number as a JSON number).
 pub fn json(tp: &TopicPartition, r: &Record) -> String {

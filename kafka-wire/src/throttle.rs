@@ -10,8 +10,16 @@
 //! - every response says how long via [`ThrottleTime`] (implemented for
 //!   every response type; zero where the field does not exist);
 //! - every connection honours it: [`crate::connection`] holds the next
-//!   request back until the throttle time has passed, and its request
-//!   timeout starts only when it is written;
+//!   request back until the throttle time has passed; a request's
+//!   timeout still runs from the moment it was queued (as Java's
+//!   `request.timeout.ms` covers an unsent request), so a throttle longer
+//!   than the timeout fails the request with [`crate::Error::Timeout`]
+//!   rather than hanging it;
+//! - a throttle is capped at `MAX_THROTTLE` (60 s): Kafka's own quota managers
+//!   never ask for more than their sample window (`quota.window.num` x
+//!   `quota.window.size.seconds`, 11 s by default), so a larger
+//!   `throttle_time_ms` (up to `i32::MAX`, 24 days) is a broken or hostile
+//!   broker, and would otherwise mute the connection for good;
 //! - the planners that choose a broker (the producer's sender, the
 //!   consumer's fetcher) also keep a per-broker deadline, so they plan
 //!   nothing for a throttled broker (records stay in the accumulator,
@@ -30,18 +38,33 @@ use std::time::Duration;
 use kafka_protocol::messages::*;
 use tokio::time::Instant;
 
+/// The longest throttle honoured: 60 s. Kafka's quota managers bound the
+/// throttle they ask for by their sample window (`quota.window.num` x
+/// `quota.window.size.seconds`: 11 s by default); a longer one is capped
+/// here, so no response can mute a connection, a producer's leader or a
+/// fetcher's broker for longer than this.
+pub(crate) const MAX_THROTTLE: Duration = Duration::from_secs(60);
+
 /// A broker's request to slow down: a response's `throttle_time_ms`
 /// (KIP-219: the broker answered at once and will not read our next
-/// request before this has passed). Zero when not throttled.
+/// request before this has passed). Zero when not throttled; never more
+/// than 60 s (no Kafka quota window is longer: see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord)]
 pub struct Throttle(Duration);
 
 impl Throttle {
-    /// From a response's `throttle_time_ms` (0 or negative: none).
+    /// From a response's `throttle_time_ms` (0 or negative: none; capped
+    /// at 60 s, logged as a warning).
     pub fn from_ms(throttle_time_ms: i32) -> Self {
-        Throttle(Duration::from_millis(
-            u64::try_from(throttle_time_ms).unwrap_or(0),
-        ))
+        let ms = Duration::from_millis(u64::try_from(throttle_time_ms).unwrap_or(0));
+        if ms > MAX_THROTTLE {
+            tracing::warn!(
+                throttle_time_ms,
+                cap_ms = MAX_THROTTLE.as_millis() as u64,
+                "a broker asked for a throttle longer than any Kafka quota window: capped"
+            );
+        }
+        Throttle(ms.min(MAX_THROTTLE))
     }
 
     /// Did the broker ask us to wait?
@@ -143,6 +166,14 @@ mod tests {
         let fetch = FetchResponse::default().with_throttle_time_ms(-5);
         assert!(!fetch.throttle().is_throttled(), "negative: none");
         assert!(!SaslHandshakeResponse::default().throttle().is_throttled());
+    }
+
+    #[test]
+    fn a_throttle_is_capped_at_the_documented_maximum() {
+        assert_eq!(Throttle::from_ms(i32::MAX).duration(), MAX_THROTTLE);
+        let huge = FetchResponse::default().with_throttle_time_ms(i32::MAX);
+        assert_eq!(huge.throttle().duration(), MAX_THROTTLE);
+        assert_eq!(Throttle::from_ms(59_999).duration(), 59_999 * MS);
     }
 
     #[tokio::test(start_paused = true)]

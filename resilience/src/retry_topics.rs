@@ -17,8 +17,27 @@ use std::time::Duration;
 use kafka_wire::records::Record;
 use kafka_wire::ProducerRecord;
 
-use crate::dlt::{self, Provenance};
+use crate::dlt::{self, ReadFrom};
 use crate::retry::HandlerError;
+
+/// A retry header whose value the runtime cannot do arithmetic with: a
+/// forged or corrupt `retry_topic-*` header. Never a panic, never a wrap.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetryHeaderError {
+    /// `retry_topic-attempts` says `so_far` attempts were made; `more` on
+    /// top overflows the count (`u32`).
+    #[error(
+        "retry_topic-attempts says {so_far} attempts were made; {more} more overflows the count"
+    )]
+    AttemptsOverflow { so_far: u32, more: u32 },
+    /// `retry_topic-backoff-timestamp` (`due_ms`, epoch ms) is so far from
+    /// `now_ms` that the time until it overflows an `i64` of milliseconds.
+    #[error(
+        "retry_topic-backoff-timestamp {due_ms} is out of range (now {now_ms} ms since the epoch)"
+    )]
+    DueOutOfRange { due_ms: i64, now_ms: i64 },
+}
 
 /// The chain of delays; one retry topic per delay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,32 +84,54 @@ pub fn topic_name(topic: &str, delay: Duration) -> String {
     format!("{topic}.retry.{label}")
 }
 
-/// The record to write to retry topic `target`, due at `now_ms + delay`.
+/// The record to write to retry topic `target`, due at `now_ms + delay`,
+/// for `record` read where `from` says: its origin and attempts so far are
+/// the ones `from` trusts (see [`ReadFrom`]), plus this attempt.
+///
+/// # Errors
+/// [`RetryHeaderError::AttemptsOverflow`]: the record's own
+/// `retry_topic-attempts` leaves no room for one more (a forged header);
+/// the caller dead-letters it instead.
 #[allow(clippy::too_many_arguments)]
 pub fn to_retry_topic(
     target: &str,
     delay: Duration,
     now_ms: i64,
-    tp_topic: &str,
-    tp_partition: i32,
+    from: ReadFrom<'_>,
     group: &str,
     record: &Record,
     err: &HandlerError,
-) -> ProducerRecord {
-    let origin = Provenance::of(tp_topic, tp_partition, record);
-    let attempts = dlt::attempts_so_far(record) + 1;
+) -> Result<ProducerRecord, RetryHeaderError> {
+    let origin = from.origin(record);
+    let attempts = from.attempts_after(record, 1)?;
     let mut out = dlt::forward(target, &origin, group, record, err, attempts);
     let due = now_ms.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
     out.headers.push((
         dlt::BACKOFF_TIMESTAMP.to_string(),
         Some(bytes::Bytes::copy_from_slice(&due.to_be_bytes())),
     ));
-    out
+    Ok(out)
 }
 
 /// When a retry-topic record is due (epoch ms), if it says.
 pub fn due_ms(record: &Record) -> Option<i64> {
     dlt::int_header(record, dlt::BACKOFF_TIMESTAMP)
+}
+
+/// How long until `due_ms` (epoch ms) from `now_ms`: zero once due, and
+/// at most `at_most` (the retry topic's delay: a hop is written due that
+/// long after it failed, so a later due time is a forged header or a
+/// clock far ahead, and must not hold the retry partition longer).
+///
+/// # Errors
+/// [`RetryHeaderError::DueOutOfRange`]: `due_ms - now_ms` overflows (a
+/// header near `i64::MIN`); never a panic or a wrap.
+pub fn wait_for(due_ms: i64, now_ms: i64, at_most: Duration) -> Result<Duration, RetryHeaderError> {
+    let ms = due_ms
+        .checked_sub(now_ms)
+        .ok_or(RetryHeaderError::DueOutOfRange { due_ms, now_ms })?;
+    let ms = u64::try_from(ms).unwrap_or(0);
+    Ok(Duration::from_millis(ms).min(at_most))
 }
 
 #[cfg(test)]
@@ -129,12 +170,12 @@ mod tests {
             "o.retry.1s",
             Duration::from_secs(1),
             10_000,
-            "o",
-            0,
+            ReadFrom::source("o", 0),
             "g",
             &rec,
             &err,
-        );
+        )
+        .unwrap();
         let back = dlt::consumed(&hop, 0);
         assert_eq!(due_ms(&back), Some(11_000));
         assert_eq!(dlt::attempts_so_far(&back), 1);
@@ -142,12 +183,12 @@ mod tests {
             "o.retry.10s",
             Duration::from_secs(10),
             20_000,
-            "o.retry.1s",
-            0,
+            ReadFrom::retry_topic("o.retry.1s", 0, "o"),
             "g",
             &back,
             &err,
-        );
+        )
+        .unwrap();
         let n = hop2
             .headers
             .iter()
@@ -161,5 +202,95 @@ mod tests {
             .and_then(|(_, v)| v.clone())
             .unwrap();
         assert_eq!(origin.as_ref(), b"o", "the origin survives hops");
+    }
+
+    fn with_headers(headers: &[(&str, Vec<u8>)]) -> Record {
+        Record {
+            offset: i64::MAX,
+            timestamp: 1,
+            key: None,
+            value: None,
+            headers: headers
+                .iter()
+                .map(|(k, v)| kafka_wire::records::Header {
+                    key: Bytes::from(k.to_string()),
+                    value: Some(Bytes::from(v.clone())),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_retry_header_claiming_the_most_attempts_is_an_error_not_a_wrap() {
+        // A hop of `o.retry.1s` (its origin names `o`, so its headers count)
+        // claiming u32::MAX attempts: one more overflows.
+        let rec = with_headers(&[
+            (dlt::ORIGINAL_TOPIC, b"o".to_vec()),
+            (dlt::ORIGINAL_PARTITION, 0i32.to_be_bytes().to_vec()),
+            (dlt::ORIGINAL_OFFSET, i64::MAX.to_be_bytes().to_vec()),
+            (dlt::ATTEMPTS, i64::from(u32::MAX).to_be_bytes().to_vec()),
+        ]);
+        let from = ReadFrom::retry_topic("o.retry.1s", 0, "o");
+        let err = HandlerError::Retryable("x".into());
+        let e = to_retry_topic(
+            "o.retry.10s",
+            Duration::from_secs(10),
+            0,
+            from,
+            "g",
+            &rec,
+            &err,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            RetryHeaderError::AttemptsOverflow {
+                so_far: u32::MAX,
+                more: 1
+            }
+        );
+        assert!(e.to_string().contains("retry_topic-attempts"), "{e}");
+        // The same headers on a source topic are not ours: ignored.
+        let hop = to_retry_topic(
+            "o.retry.1s",
+            Duration::from_secs(1),
+            0,
+            ReadFrom::source("o", 0),
+            "g",
+            &rec,
+            &err,
+        )
+        .unwrap();
+        assert_eq!(dlt::attempts_so_far(&dlt::consumed(&hop, 0)), 1);
+    }
+
+    #[test]
+    fn due_times_near_the_ends_of_i64_neither_panic_nor_wrap() {
+        let delay = Duration::from_secs(10);
+        assert_eq!(
+            wait_for(i64::MIN, 1_000, delay),
+            Err(RetryHeaderError::DueOutOfRange {
+                due_ms: i64::MIN,
+                now_ms: 1_000
+            })
+        );
+        // Far in the future: held at most the topic's delay.
+        assert_eq!(wait_for(i64::MAX, 1_000, delay), Ok(delay));
+        assert!(wait_for(i64::MAX, i64::MIN, delay).is_err());
+        assert_eq!(wait_for(500, 1_000, delay), Ok(Duration::ZERO));
+        assert_eq!(wait_for(3_000, 1_000, delay), Ok(Duration::from_secs(2)));
+        // A hop written at the end of time stays due at i64::MAX.
+        let rec = with_headers(&[]);
+        let hop = to_retry_topic(
+            "o.retry.1s",
+            delay,
+            i64::MAX,
+            ReadFrom::source("o", 0),
+            "g",
+            &rec,
+            &HandlerError::Retryable("x".into()),
+        )
+        .unwrap();
+        assert_eq!(due_ms(&dlt::consumed(&hop, 0)), Some(i64::MAX));
     }
 }

@@ -22,10 +22,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Uri};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
+use crate::connector::Connector;
 use crate::error::RegistryError;
 use crate::SchemaId;
 
@@ -79,18 +80,28 @@ fn avro() -> String {
 ///
 /// | property | default | meaning |
 /// |---|---|---|
-/// | `schema.registry.url` (alias `url`) | required | `http://host:port[/prefix]`; a comma-separated list is tried in order on transport errors |
-/// | `basic.auth.user.info` | none | `user:password`, sent as HTTP Basic auth |
+/// | `schema.registry.url` (alias `url`) | required | `https://host:port[/prefix]` or `http://…`; a comma-separated list is tried in order on transport errors |
+/// | `basic.auth.user.info` | none | `user:password`, sent as HTTP Basic auth; only over `https://` unless [`insecure_allow_basic_auth_over_http`](Self::insecure_allow_basic_auth_over_http) |
 /// | `schema.registry.request.timeout.ms` (alias `timeout.ms`) | `10000` | per request, connect to last body byte |
+/// | `ssl.ca.location` | the Mozilla roots | PEM file of the CAs that sign the registry's certificate |
+/// | `ssl.certificate.location`, `ssl.key.location` | none | client certificate and key (PEM), for a registry that asks for mTLS |
 ///
-/// HTTPS (`https://`) is not supported yet: a [`RegistryError::Config`]
-/// error (the follow-up is tokio-rustls with rustls-graviola, as
-/// kafka-wire's TLS).
+/// HTTPS is rustls with kafka-wire's configuration (the graviola provider,
+/// pure Rust; [`kafka_wire::TlsConfig::rustls_client_config`]): the
+/// registry's certificate must chain to a trusted CA and name the URL's
+/// host (a DNS name or an IP SAN).
+///
+/// Credentials never travel in clear by accident: Basic auth with an
+/// `http://` URL is refused when the client is made, and a URL with
+/// credentials in it (`https://user:pass@host`) is refused (use
+/// `basic.auth.user.info`). `Debug` never shows the credentials.
 #[derive(Clone)]
 pub struct RegistryConfig {
     urls: Vec<Uri>,
     basic_auth: Option<String>,
     timeout: Duration,
+    tls: kafka_wire::TlsConfig,
+    basic_auth_over_http: bool,
 }
 
 impl std::fmt::Debug for RegistryConfig {
@@ -103,15 +114,18 @@ impl std::fmt::Debug for RegistryConfig {
                 &self.basic_auth.as_ref().map(|_| "<redacted>"),
             )
             .field("timeout", &self.timeout)
+            .field("tls", &self.tls)
+            .field("basic_auth_over_http", &self.basic_auth_over_http)
             .finish()
     }
 }
 
 impl RegistryConfig {
-    /// A config for one `http://` URL, every other setting default.
+    /// A config for one `https://` or `http://` URL, every other setting
+    /// default.
     ///
     /// # Errors
-    /// [`RegistryError::Config`] for a URL that is not `http://host:port…`.
+    /// [`RegistryError::Config`] for a URL that is not `http(s)://host:port…`.
     pub fn new(url: &str) -> Result<Self, RegistryError> {
         Self::from_properties([("schema.registry.url", url)])
     }
@@ -127,6 +141,7 @@ impl RegistryConfig {
         let mut urls = Vec::new();
         let mut basic_auth = None;
         let mut timeout = Duration::from_secs(10);
+        let mut tls = kafka_wire::TlsConfig::default();
         for (key, value) in props {
             match key {
                 "schema.registry.url" | "url" => {
@@ -151,6 +166,9 @@ impl RegistryConfig {
                     })?;
                     timeout = Duration::from_millis(ms.max(1));
                 }
+                "ssl.ca.location" => tls.ca_pem = Some(value.into()),
+                "ssl.certificate.location" => tls.client_cert_pem = Some(value.into()),
+                "ssl.key.location" => tls.client_key_pem = Some(value.into()),
                 _ => {
                     return Err(RegistryError::Config(format!("unknown property {key:?}")));
                 }
@@ -165,20 +183,73 @@ impl RegistryConfig {
             urls,
             basic_auth,
             timeout,
+            tls,
+            basic_auth_over_http: false,
         })
+    }
+
+    /// **Insecure.** Send `basic.auth.user.info` over `http://` URLs too,
+    /// where anyone on the path reads the password (Basic auth is only
+    /// base64). Off by default: [`RegistryClient::new`] refuses Basic auth
+    /// with an `http://` URL. For a network you trust end to end (a test,
+    /// a registry on loopback or behind a sidecar that adds TLS); else use
+    /// an `https://` URL.
+    pub fn insecure_allow_basic_auth_over_http(mut self, allow: bool) -> Self {
+        self.basic_auth_over_http = allow;
+        self
+    }
+
+    /// Refuse what would send the credentials in clear; the error says
+    /// what to do instead.
+    fn check_credentials(&self) -> Result<(), RegistryError> {
+        if self.basic_auth.is_none() || self.basic_auth_over_http {
+            return Ok(());
+        }
+        match self.urls.iter().find(|u| u.scheme_str() == Some("http")) {
+            Some(url) => Err(RegistryError::Config(format!(
+                "basic.auth.user.info is set but schema.registry.url {url} is plain http://, \
+                 which would send the password in clear: use an https:// URL (with \
+                 ssl.ca.location for a private CA), or, on a network you trust end to end, \
+                 call RegistryConfig::insecure_allow_basic_auth_over_http(true)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The rustls configuration, when a URL is `https://`.
+    fn rustls_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>, RegistryError> {
+        if !self.urls.iter().any(|u| u.scheme_str() == Some("https")) {
+            return Ok(None);
+        }
+        let config = self
+            .tls
+            .rustls_client_config()
+            .map_err(|e| RegistryError::Config(format!("HTTPS: {e}")))?;
+        Ok(Some(Arc::new(config)))
     }
 }
 
 fn parse_url(url: &str) -> Result<Uri, RegistryError> {
-    let bad = |why: &str| RegistryError::Config(format!("schema.registry.url {url:?}: {why}"));
+    // Credentials in the URL are never repeated in an error.
+    let shown = match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    };
+    let bad = |why: &str| RegistryError::Config(format!("schema.registry.url {shown:?}: {why}"));
+    if shown != url {
+        return Err(bad(
+            "credentials in the URL are not supported: put them in basic.auth.user.info",
+        ));
+    }
     let uri: Uri = url
         .trim_end_matches('/')
         .parse()
         .map_err(|_| bad("not a URL"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(bad("https is not supported yet (plain http only)")),
-        _ => return Err(bad("must start with http://")),
+        Some("http" | "https") => {}
+        _ => return Err(bad("must start with https:// or http://")),
     }
     if uri.host().is_none() {
         return Err(bad("no host"));
@@ -195,7 +266,7 @@ pub struct RegistryClient {
 
 struct Inner {
     config: RegistryConfig,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<Connector, Full<Bytes>>,
     cache: Mutex<Cache>,
 }
 
@@ -236,24 +307,33 @@ struct ErrorAnswer {
 }
 
 impl RegistryClient {
-    /// A client for `config`. Connects lazily, on the first call.
-    pub fn new(config: RegistryConfig) -> Self {
-        let http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-        Self {
+    /// A client for `config`. Connects lazily, on the first call (TCP, then
+    /// TLS for an `https://` URL).
+    ///
+    /// # Errors
+    /// [`RegistryError::Config`]: Basic auth with an `http://` URL (see
+    /// [`RegistryConfig::insecure_allow_basic_auth_over_http`]); an
+    /// `ssl.*` file that cannot be read or is rejected.
+    pub fn new(config: RegistryConfig) -> Result<Self, RegistryError> {
+        config.check_credentials()?;
+        let connector = Connector::new(config.rustls_config()?);
+        let http = Client::builder(TokioExecutor::new()).build(connector);
+        Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 http,
                 cache: Mutex::new(Cache::default()),
             }),
-        }
+        })
     }
 
-    /// A client for one `http://` URL with default settings.
+    /// A client for one `https://` or `http://` URL with default settings
+    /// (no credentials; the Mozilla roots for HTTPS).
     ///
     /// # Errors
     /// [`RegistryError::Config`] for a bad URL.
     pub fn from_url(url: &str) -> Result<Self, RegistryError> {
-        Ok(Self::new(RegistryConfig::new(url)?))
+        Self::new(RegistryConfig::new(url)?)
     }
 
     /// Register `schema` (Avro schema JSON) under `subject`, or find the id
@@ -417,7 +497,7 @@ impl RegistryClient {
                 .http
                 .request(req)
                 .await
-                .map_err(|e| transport(format!("{method} {uri}: {e}")))?;
+                .map_err(|e| transport(format!("{method} {uri}: {}", chain(&e))))?;
             let status = resp.status();
             let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
@@ -472,6 +552,20 @@ impl Cache {
     }
 }
 
+/// An error and its causes on one line: hyper-util's says only "client
+/// error (Connect)", the reason (refused, a TLS certificate rejected) is
+/// in its sources.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// Percent-encode one path segment (RFC 3986 unreserved characters stay).
 fn encode_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -512,18 +606,93 @@ mod tests {
     }
 
     #[test]
-    fn config_accepts_confluent_names_and_refuses_https() {
+    fn config_accepts_confluent_names_and_https() {
         let c = RegistryConfig::from_properties([
-            ("schema.registry.url", "http://a:1,http://b:2/"),
+            ("schema.registry.url", "https://a:1,http://b:2/"),
             ("basic.auth.user.info", "u:p"),
             ("schema.registry.request.timeout.ms", "250"),
+            ("ssl.ca.location", "/etc/ca.pem"),
         ])
         .unwrap();
         assert_eq!(c.urls.len(), 2);
         assert_eq!(c.timeout, Duration::from_millis(250));
         assert_eq!(c.basic_auth.as_deref(), Some("Basic dTpw"));
-        assert!(RegistryConfig::new("https://a:1").is_err());
+        assert_eq!(c.tls.ca_pem.as_deref(), Some("/etc/ca.pem".as_ref()));
+        assert!(RegistryConfig::new("https://a:1").is_ok());
+        assert!(RegistryConfig::new("ftp://a:1").is_err());
         assert!(RegistryConfig::from_properties([("bogus", "1")]).is_err());
         assert!(RegistryConfig::from_properties([]).is_err());
+    }
+
+    /// The message a user sees when Basic auth meets an http:// URL.
+    fn refused(c: RegistryConfig) -> String {
+        match RegistryClient::new(c) {
+            Err(RegistryError::Config(msg)) => msg,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn basic_auth_over_plain_http_is_refused_saying_what_to_do() {
+        for urls in ["http://registry:8081", "https://a:1,http://b:2"] {
+            let c = RegistryConfig::from_properties([
+                ("schema.registry.url", urls),
+                ("basic.auth.user.info", "user:hunter2-s3cr3t"),
+            ])
+            .unwrap();
+            let msg = refused(c);
+            assert!(msg.contains("https://"), "{msg}");
+            assert!(msg.contains("insecure_allow_basic_auth_over_http"), "{msg}");
+            assert!(!msg.contains("hunter2-s3cr3t"), "{msg}");
+        }
+        // Without credentials, plain http stays fine.
+        assert!(RegistryClient::from_url("http://registry:8081").is_ok());
+    }
+
+    #[test]
+    fn basic_auth_over_http_works_with_the_insecure_flag() {
+        let c = RegistryConfig::from_properties([
+            ("schema.registry.url", "http://127.0.0.1:8081"),
+            ("basic.auth.user.info", "u:p"),
+        ])
+        .unwrap()
+        .insecure_allow_basic_auth_over_http(true);
+        assert!(format!("{c:?}").contains("basic_auth_over_http: true"));
+        assert!(RegistryClient::new(c).is_ok());
+    }
+
+    #[test]
+    fn basic_auth_over_https_needs_no_flag() {
+        let c = RegistryConfig::from_properties([
+            ("schema.registry.url", "https://registry:8081"),
+            ("basic.auth.user.info", "u:p"),
+        ])
+        .unwrap();
+        assert!(RegistryClient::new(c).is_ok());
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_refused_and_never_echoed() {
+        for url in [
+            "https://user:hunter2-s3cr3t@registry:8081",
+            "http://user:hunter2-s3cr3t@registry:8081/prefix",
+        ] {
+            let err = RegistryConfig::new(url).unwrap_err();
+            for shown in [err.to_string(), format!("{err:?}")] {
+                assert!(!shown.contains("hunter2-s3cr3t"), "{shown}");
+                assert!(shown.contains("basic.auth.user.info"), "{shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unreadable_ca_file_is_a_config_error_naming_it() {
+        let c = RegistryConfig::from_properties([
+            ("schema.registry.url", "https://registry:8081"),
+            ("ssl.ca.location", "/nonexistent/ca.pem"),
+        ])
+        .unwrap();
+        let msg = refused(c);
+        assert!(msg.contains("/nonexistent/ca.pem"), "{msg}");
     }
 }

@@ -61,8 +61,9 @@ pub enum RegistryError {
         operation: &'static str,
         reason: String,
     },
-    /// The client's configuration is unusable (no URL, an `https://` URL,
-    /// an unknown property).
+    /// The client's configuration is unusable (no URL, an unknown
+    /// property, Basic auth over `http://` without the insecure opt-in,
+    /// credentials in a URL, an `ssl.*` file that cannot be read).
     #[error("schema registry config: {0}")]
     Config(String),
 }

@@ -2,7 +2,7 @@
 //!
 //! A client for the Confluent schema registry's REST API and Avro serdes
 //! in the Confluent wire format, in pure Rust (apache-avro without its
-//! C-backed codecs; hyper over plain TCP).
+//! C-backed codecs; hyper over TCP or rustls TLS).
 //!
 //! What "Confluent-compatible" means here, and how it is checked:
 //!
@@ -23,6 +23,7 @@
 //! |---|---|
 //! | [`wire`] | the framing: magic byte `0`, 4-byte big-endian schema id, body (sans-IO) |
 //! | [`client`] | [`RegistryClient`]: register, by id, by subject and version, compatibility; id and schema caches |
+//! | `connector` | the transport: TCP, then TLS (tokio-rustls) for `https://` |
 //! | [`avro`] | [`AvroSerializer`] (registers on first use, `<topic>-value`), [`AvroDeserializer`] |
 //! | [`guard`] | the bounded walk that vets hostile bytes before apache-avro decodes them (sans-IO) |
 //! | [`error`] | [`RegistryError`], [`SerializeError`], [`DeserializeError`]; with feature `resilience`, both convert into `resilience::HandlerError` |
@@ -57,9 +58,11 @@
 //! |---|---|---|
 //! | `resilience` | on | `From<DeserializeError>`/`From<SerializeError>` for `resilience::HandlerError`: a registry outage is retryable, everything else dead-letters at once |
 //!
-//! HTTPS to the registry is not supported yet (`https://` is a config
-//! error); the follow-up is tokio-rustls with rustls-graviola, as
-//! kafka-wire's TLS.
+//! HTTPS: an `https://` URL is TLS with rustls on kafka-wire's graviola
+//! provider (pure Rust), the registry's certificate checked against
+//! `ssl.ca.location` or the Mozilla roots. Basic auth
+//! (`basic.auth.user.info`) is refused over `http://` unless
+//! [`RegistryConfig::insecure_allow_basic_auth_over_http`] says otherwise.
 
 #![forbid(unsafe_code)]
 #![warn(
@@ -73,6 +76,7 @@
 
 pub mod avro;
 pub mod client;
+mod connector;
 pub mod error;
 pub mod guard;
 pub mod wire;

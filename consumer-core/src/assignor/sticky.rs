@@ -24,6 +24,7 @@
 //! follow-up rebalance hands it to the new owner. Nobody stops consuming the
 //! partitions that stay.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -33,6 +34,7 @@ use super::{
     empty_assignment, sorted_members, subscribed_partitions, Assignor, GroupAssignment, Member,
     RebalanceProtocol, ReplicaRacks,
 };
+use crate::protocol::OwnedPartitions;
 use crate::tp::TopicPartition;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -64,10 +66,13 @@ pub(super) fn encode_sticky_user_data(owned: &[TopicPartition], generation: i32)
 }
 
 /// Decode Java's sticky user data; `None` when absent or malformed (then
-/// the member simply has no claims).
-pub(super) fn decode_sticky_user_data(data: &Bytes) -> Option<(Vec<TopicPartition>, i32)> {
+/// the member simply has no claims). Each topic's name is kept once
+/// ([`OwnedPartitions`]), and a topic's partition count is checked
+/// against the bytes left before anything is read: the claims take memory
+/// proportional to the bytes.
+pub(super) fn decode_sticky_user_data(data: &Bytes) -> Option<(OwnedPartitions, i32)> {
     let mut b = data.clone();
-    let mut owned = Vec::new();
+    let mut groups: Vec<(String, Vec<i32>)> = Vec::new();
     if b.remaining() < 4 {
         return None;
     }
@@ -90,28 +95,32 @@ pub(super) fn decode_sticky_user_data(data: &Bytes) -> Option<(Vec<TopicPartitio
         }
         let topic = String::from_utf8(b.split_to(len as usize).to_vec()).ok()?;
         let n = b.get_i32();
-        if n < 0 || b.remaining() < n as usize * 4 {
+        if n < 0 || b.remaining() / 4 < n as usize {
             return None;
         }
-        for _ in 0..n {
-            owned.push(TopicPartition::new(topic.clone(), b.get_i32()));
-        }
+        let partitions = (0..n).map(|_| b.get_i32()).collect();
+        groups.push((topic, partitions));
     }
     let generation = if b.remaining() >= 4 { b.get_i32() } else { -1 };
+    let owned =
+        OwnedPartitions::from_groups(groups.iter().map(|(t, ps)| (t.as_str(), ps.as_slice())));
     Some((owned, generation))
 }
 
 /// What a member says it owns: subscription v1+ owned partitions, else
 /// Java-style sticky user data.
-fn claims(m: &Member) -> (Vec<TopicPartition>, i32) {
+fn claims(m: &Member) -> (Cow<'_, OwnedPartitions>, i32) {
     let s = &m.subscription;
     if !s.owned.is_empty() {
-        return (s.owned.clone(), s.generation);
+        return (Cow::Borrowed(&s.owned), s.generation);
     }
     s.user_data
         .as_ref()
         .and_then(decode_sticky_user_data)
-        .unwrap_or((Vec::new(), s.generation))
+        .map_or(
+            (Cow::Owned(OwnedPartitions::default()), s.generation),
+            |(o, g)| (Cow::Owned(o), g),
+        )
 }
 
 /// Each claimed partition's previous owner: of every member claiming it,
@@ -120,15 +129,28 @@ fn claims(m: &Member) -> (Vec<TopicPartition>, i32) {
 /// member order wins, so a duplicate claim never splits a partition). A
 /// claim's subscription is not looked at here: an owner that left the
 /// topic still has to revoke it before anyone else gets it (cooperative).
-fn previous_owners<'m>(sorted: &[&'m Member]) -> BTreeMap<TopicPartition, (i32, &'m Member)> {
+///
+/// Only claims on partitions of `all` (sorted: the partitions being
+/// assigned) count; the others (a topic nobody subscribes to, a partition
+/// that does not exist) could change nothing, and are never materialised,
+/// so the map holds at most `all.len()` entries whatever members claim.
+fn previous_owners<'m>(
+    sorted: &[&'m Member],
+    all: &[TopicPartition],
+) -> BTreeMap<TopicPartition, (i32, &'m Member)> {
     let mut owner: BTreeMap<TopicPartition, (i32, &'m Member)> = BTreeMap::new();
     for m in sorted {
         let (owned, generation) = claims(m);
-        for tp in owned {
-            match owner.get(&tp) {
+        for (topic, partition) in owned.iter() {
+            let Ok(i) = all
+                .binary_search_by(|tp| (tp.topic.as_str(), tp.partition).cmp(&(topic, partition)))
+            else {
+                continue;
+            };
+            match owner.get(&all[i]) {
                 Some((g, _)) if *g >= generation => {}
                 _ => {
-                    owner.insert(tp, (generation, m));
+                    owner.insert(all[i].clone(), (generation, m));
                 }
             }
         }
@@ -150,7 +172,7 @@ fn sticky_assign<'m>(
     let by_id: HashMap<&str, &Member> = members.iter().map(|m| (m.member_id.as_str(), m)).collect();
 
     // 1. Keep previous owners that still exist and are still subscribed.
-    let previous = previous_owners(&sorted);
+    let previous = previous_owners(&sorted, &all);
     let mut owner: BTreeMap<&TopicPartition, &str> = BTreeMap::new();
     for (tp, (_, m)) in &previous {
         if all.binary_search(tp).is_ok() && eligible(m, tp) {

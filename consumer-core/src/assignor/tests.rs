@@ -137,7 +137,10 @@ fn stale_claim_from_an_older_generation_loses() {
 fn java_sticky_user_data_round_trips() {
     let owned = vec![TopicPartition::new("a", 1), TopicPartition::new("b", 0)];
     let bytes = sticky::encode_sticky_user_data(&owned, 9);
-    assert_eq!(sticky::decode_sticky_user_data(&bytes), Some((owned, 9)));
+    assert_eq!(
+        sticky::decode_sticky_user_data(&bytes),
+        Some((owned.into(), 9))
+    );
     assert_eq!(
         sticky::decode_sticky_user_data(&Bytes::from_static(&[0xff; 3])),
         None
@@ -153,7 +156,7 @@ proptest! {
         let len = bytes.len();
         if let Some((owned, _)) = sticky::decode_sticky_user_data(&Bytes::from(bytes)) {
             prop_assert!(owned.len() <= len / 4);
-            prop_assert!(owned.iter().all(|tp| tp.topic.len() <= 249));
+            prop_assert!(owned.iter().all(|(topic, _)| topic.len() <= 249));
         }
     }
 }
@@ -171,7 +174,10 @@ fn sticky_user_data_with_an_impossible_topic_name_claims_nothing() {
     assert_eq!(sticky::decode_sticky_user_data(&bytes), None);
     let longest = vec![TopicPartition::new("y".repeat(249), 0)];
     let bytes = sticky::encode_sticky_user_data(&longest, 9);
-    assert_eq!(sticky::decode_sticky_user_data(&bytes), Some((longest, 9)));
+    assert_eq!(
+        sticky::decode_sticky_user_data(&bytes),
+        Some((longest.into(), 9))
+    );
 }
 
 #[test]

@@ -82,14 +82,16 @@ pub const POOL_SIZE: usize = 8;
 /// now and creates the tables if missing.
 ///
 /// # Errors
-/// The server is unreachable or refuses, naming `pg_url`.
+/// The server is unreachable or refuses, naming `pg_url` with its
+/// password redacted.
 pub async fn pool(pg_url: &str) -> anyhow::Result<Pool> {
     let pool = resilience::dedup::postgres::pool(pg_url, POOL_SIZE).map_err(anyhow::Error::msg)?;
     pool.get()
         .await
         .with_context(|| {
             format!(
-                "connecting to PostgreSQL at '{pg_url}' (is `cargo xtask postgres up` running?)"
+                "connecting to PostgreSQL at '{}' (is `cargo xtask postgres up` running?)",
+                resilience::dedup::postgres::redact_password(pg_url)
             )
         })?
         .batch_execute(CREATE)
@@ -102,7 +104,8 @@ pub async fn pool(pg_url: &str) -> anyhow::Result<Pool> {
 /// [`pool`] of its own: it derefs to a [`Client`], and closes when dropped.
 ///
 /// # Errors
-/// The server is unreachable or refuses, naming `pg_url`.
+/// The server is unreachable or refuses, naming `pg_url` with its
+/// password redacted.
 pub async fn connect(
     pg_url: &str,
 ) -> anyhow::Result<resilience::dedup::postgres::deadpool_postgres::Client> {
@@ -341,4 +344,28 @@ pub async fn ledger(db: &Client, ids: &[String]) -> anyhow::Result<Ledger> {
         refunded_cents: row.get(3),
         charged_twice: twice.get(0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The error of a connection that fails (nothing listens on the port)
+    /// names the server but never the password, in either form of the string.
+    #[tokio::test]
+    async fn a_failed_connection_never_shows_the_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        for url in [
+            format!("host=127.0.0.1 port={port} user=app password=hunter2-s3cr3t"),
+            format!("postgres://app:hunter2-s3cr3t@127.0.0.1:{port}/app"),
+        ] {
+            let err = super::pool(&url).await.unwrap_err();
+            for shown in [format!("{err}"), format!("{err:#}"), format!("{err:?}")] {
+                assert!(!shown.contains("hunter2-s3cr3t"), "{shown}");
+                assert!(shown.contains(&port.to_string()), "{shown}");
+            }
+        }
+    }
 }

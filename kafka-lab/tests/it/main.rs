@@ -3,3 +3,4 @@
 //! test` selects by are listed in `kafka-wire/tests/it/main.rs`.
 
 mod cli;
+mod dlt;

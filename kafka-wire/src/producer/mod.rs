@@ -476,6 +476,9 @@ pub(crate) struct State {
     reset_producer_id: bool,
     flushing: usize,
     closing: bool,
+    /// Set when the last [`Producer`] handle was dropped: the sender
+    /// flushes until then at most, fails what is still queued, and stops.
+    close_by: Option<Instant>,
     /// The first delivery failure inside the open transaction.
     txn_error: Option<Error>,
     /// The transaction protocol (KIP-890), chosen by `init_transactions`
@@ -554,13 +557,48 @@ impl Shared {
     }
 }
 
+/// How long a dropped producer goes on flushing at most (or
+/// `delivery.timeout.ms`, if shorter): see [`Producer`]'s drop.
+const DROP_CLOSE_BOUND: Duration = Duration::from_secs(30);
+
 /// A Kafka producer. Cheap to clone; clones share one sender.
+///
+/// Dropping the last clone starts a bounded close: the sender task sends
+/// what is queued (ignoring `linger.ms`) for at most 30 s, or
+/// `delivery.timeout.ms` if that is shorter, then stops and drops its
+/// connections (those of a client the producer made itself close; a
+/// client passed to [`Producer::with_client`] stays the caller's).
+/// Records still queued or unanswered then fail with [`Error::Closed`],
+/// and those whose delivery future was dropped are logged at error level,
+/// as [`Producer::close`] says. Call [`Producer::flush`] (and `close`)
+/// before dropping it to see every outcome.
 #[derive(Clone)]
 pub struct Producer {
     shared: Arc<Shared>,
     client: Client,
     cfg: Arc<ProducerConfig>,
     txn: Arc<tokio::sync::Mutex<TxnState>>,
+    /// Shared by the clones: dropped with the last, it closes the sender.
+    _last: Arc<CloseOnDrop>,
+}
+
+/// Starts the bounded close when the last [`Producer`] clone goes (the
+/// sender task itself holds [`Shared`], so it would otherwise wait for
+/// records forever, with its connections open).
+struct CloseOnDrop {
+    shared: Arc<Shared>,
+    bound: Duration,
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        // A poisoned lock: the sender panicked and is gone already.
+        if let Ok(mut st) = self.shared.state.lock() {
+            st.closing = true;
+            st.close_by = Some(Instant::now() + self.bound);
+        }
+        self.shared.wake.notify_one();
+    }
 }
 
 impl std::fmt::Debug for Producer {
@@ -650,6 +688,7 @@ impl Producer {
                 reset_producer_id: false,
                 flushing: 0,
                 closing: false,
+                close_by: None,
                 txn_error: None,
                 txn_protocol: TxnProtocol::V1,
                 txn_produced: false,
@@ -661,11 +700,16 @@ impl Producer {
             log,
         });
         tokio::spawn(sender::run(shared.clone(), client.clone(), cfg.clone()));
+        let _last = Arc::new(CloseOnDrop {
+            shared: shared.clone(),
+            bound: DROP_CLOSE_BOUND.min(cfg.delivery_timeout),
+        });
         Producer {
             shared,
             client,
             cfg,
             txn: Arc::new(tokio::sync::Mutex::new(TxnState::default())),
+            _last,
         }
     }
 
@@ -1007,7 +1051,9 @@ impl Producer {
     /// Failed records stay for `flush`: to see them, call
     /// `producer.flush().await?` before `close`. Failures no `flush` ever
     /// reports are logged (`tracing`, level error) when the producer is
-    /// dropped, so they are never lost silently.
+    /// dropped, so they are never lost silently. Without `close`, dropping
+    /// the last clone closes the producer too, waiting a bounded time (see
+    /// [`Producer`]).
     ///
     /// # Cancel safety
     /// Cancel safe before it returns: the producer keeps running.

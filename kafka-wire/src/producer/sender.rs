@@ -54,7 +54,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
     loop {
         let now = Instant::now();
         let md_now = client.metadata();
-        let (ready, waiting, deadline, closing_done, need_pid, flush) = {
+        let (ready, waiting, deadline, closing_done, need_pid, flush, close_by) = {
             let mut st = shared.state.lock().expect("producer state lock");
             for b in st.acc.expire(now, cfg.delivery_timeout) {
                 let err = Error::DeliveryTimeout {
@@ -92,7 +92,20 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
             } else {
                 st.acc.ready(now, flush)
             };
-            let done = st.closing && st.acc.is_idle() && in_flight.is_empty();
+            // Dropped (the last handle went) and its time to flush is up:
+            // stop whatever is left.
+            let out_of_time = st.closing && st.close_by.is_some_and(|by| now >= by);
+            if out_of_time {
+                let queued = st.acc.pending_records;
+                if queued > 0 || !in_flight.is_empty() {
+                    tracing::error!(
+                        records = queued,
+                        requests_in_flight = in_flight.len(),
+                        "producer dropped: records still unsent or unanswered when its bounded close ran out fail with Error::Closed"
+                    );
+                }
+            }
+            let done = st.closing && (out_of_time || (st.acc.is_idle() && in_flight.is_empty()));
             shared.pending.send_replace(st.acc.pending_records);
             (
                 ready,
@@ -101,9 +114,16 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
                 done,
                 need_pid,
                 flush,
+                st.close_by,
             )
         };
         if closing_done {
+            // Queued batches fail here; those in flight fail as their
+            // tasks are aborted (a dropped batch completes with
+            // `Error::Closed`). Returning drops this task's client handle,
+            // so a client the producer made closes its connections.
+            shared.fail_all(&Error::Closed);
+            in_flight.abort_all();
             return;
         }
         if need_pid {
@@ -229,6 +249,9 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, cfg: Arc<ProducerCo
         }
         if let Some(ask) = unreachable.next_ask(&md, &waiting, cfg.retry_backoff) {
             wake_at = wake_at.min(ask); // has a waiting retry's partition a new leader?
+        }
+        if let Some(by) = close_by {
+            wake_at = wake_at.min(by); // a dropped producer's close runs out
         }
         let sleep_until = wake_at;
         tokio::select! {

@@ -17,10 +17,23 @@
 //! `isolation.level=read_committed`; a `read_uncommitted` consumer may also
 //! see records of a replay transaction that aborted.
 //!
+//! Where a record goes: with `to`, there; without, back to the topic its
+//! `kafka_dlt-original-topic` names, but only when that is one of the
+//! topics this DLT is the DLT of ([`ReplayOptions::sources`]; by default
+//! `X` for a DLT named `X.DLT`, the runtime's naming,
+//! [`super::dlt_topic`]). Anyone who may write to the DLT (or, before the
+//! runtime stopped believing them, to its source topic) can put any topic
+//! in that header; a replay that followed it would write, with the
+//! operator's rights, into a topic that writer may not: `payments` from
+//! `orders.DLT`. Such records are refused and counted
+//! ([`ReplayReport::refused`]), and stay for a replay with `to`.
+//!
 //! A replayed record keeps its key, value, timestamp and headers, including
-//! the `kafka_dlt-original-*` provenance (so if it fails again, the DLT names
-//! its first origin), minus the `retry_topic-*` retry state (it gets its
-//! retries afresh), plus `kafka_dlt-replayed-from: <dlt>:<partition>:<offset>`.
+//! the `kafka_dlt-original-*` provenance (for the reader; the runtime does
+//! not believe them on a source topic, so if it fails again its dead letter
+//! names where the replayed copy was read), minus the `retry_topic-*` retry
+//! state (it gets its retries afresh), plus
+//! `kafka_dlt-replayed-from: <dlt>:<partition>:<offset>`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -50,8 +63,13 @@ pub struct ReplayOptions {
     pub dlt: String,
     /// Where records go; `None`: each to its original topic
     /// (`kafka_dlt-original-topic`), into its original partition when that
-    /// partition exists.
+    /// partition exists, if that topic is one of [`Self::sources`].
     pub to: Option<String>,
+    /// Without `to`: the topics records may go back to, those the DLT
+    /// takes dead letters of. Empty: the one the DLT's name says
+    /// ([`default_sources`]: `X` for `X.DLT`); give them for a DLT named
+    /// otherwise (`ProcessorConfig::dlt_topic`).
+    pub sources: Vec<String>,
     /// Which records to take (all when empty).
     pub filter: Filter,
     /// Stop after this many records replayed (records).
@@ -71,6 +89,10 @@ pub struct ReplayReport {
     pub filtered_out: u64,
     /// Skipped: no `to` was given and they name no original topic.
     pub no_target: u64,
+    /// Refused: no `to` was given and their `kafka_dlt-original-topic`
+    /// names a topic that is not one of the DLT's sources (forged, or a
+    /// DLT shared by several topics: give `sources` or `to`).
+    pub refused: u64,
     /// Replayed per target topic.
     pub by_target: BTreeMap<String, u64>,
 }
@@ -78,6 +100,38 @@ pub struct ReplayReport {
 /// A replay's or a read's failure: the protocol client's, or the
 /// consumer's (a fetch it does not retry).
 pub type Result<T> = std::result::Result<T, ConsumerError>;
+
+/// The topics a DLT named `dlt` takes dead letters of, by the runtime's
+/// naming ([`super::dlt_topic`]): `["orders"]` for `orders.DLT`, none for
+/// a DLT named otherwise.
+pub fn default_sources(dlt: &str) -> Vec<String> {
+    dlt.strip_suffix(".DLT")
+        .filter(|s| !s.is_empty())
+        .map(|s| vec![s.to_string()])
+        .unwrap_or_default()
+}
+
+/// Where a dead record goes, or why it does not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// To this topic.
+    To(String),
+    /// No `to`, and no `kafka_dlt-original-topic`.
+    None,
+    /// No `to`, and its `kafka_dlt-original-topic` is not a source.
+    Refused,
+}
+
+/// Where `dead` goes: `to` if given, else its original topic when that is
+/// one of `sources`.
+fn target(to: Option<&str>, sources: &[String], dead: &DeadRecord) -> Target {
+    match (to, &dead.origin) {
+        (Some(to), _) => Target::To(to.to_string()),
+        (None, Some(origin)) if sources.contains(&origin.topic) => Target::To(origin.topic.clone()),
+        (None, Some(_)) => Target::Refused,
+        (None, None) => Target::None,
+    }
+}
 
 /// Records per replay transaction (records).
 const BATCH: usize = 500;
@@ -87,7 +141,9 @@ const POLL: Duration = Duration::from_millis(500);
 /// Replay the dead records of `options.dlt` (read from its log start to
 /// its last stable offset when the replay starts) that the filter takes
 /// and no earlier replay sent. `client` names the cluster (bootstrap,
-/// TLS, SASL).
+/// TLS, SASL). Without `to`, a record goes back only to one of the DLT's
+/// sources ([`ReplayOptions::sources`]); one naming another topic is
+/// refused and counted ([`ReplayReport::refused`]), not sent.
 ///
 /// # Errors
 /// [`ConsumerError::Wire`]: the DLT does not exist
@@ -119,6 +175,11 @@ pub async fn replay(client: ClientConfigBuilder, options: &ReplayOptions) -> Res
     let mut partitions_of: BTreeMap<String, Option<usize>> = BTreeMap::new();
     let mut pending: Vec<(DeadRecord, String)> = Vec::new();
     let mut reached_limit = false;
+    let sources = if options.sources.is_empty() {
+        default_sources(dlt)
+    } else {
+        options.sources.clone()
+    };
     let mut reader = TopicReader::open(client.clone(), &admin, dlt).await?;
     while let Some(batch) = reader.next().await? {
         for (partition, record) in batch {
@@ -134,11 +195,14 @@ pub async fn replay(client: ClientConfigBuilder, options: &ReplayOptions) -> Res
                 report.filtered_out += 1;
                 continue;
             }
-            let target = match (&options.to, &dead.origin) {
-                (Some(to), _) => to.clone(),
-                (None, Some(origin)) => origin.topic.clone(),
-                (None, None) => {
+            let target = match target(options.to.as_deref(), &sources, &dead) {
+                Target::To(t) => t,
+                Target::None => {
                     report.no_target += 1;
+                    continue;
+                }
+                Target::Refused => {
+                    report.refused += 1;
                     continue;
                 }
             };
@@ -459,5 +523,54 @@ mod tests {
         assert_eq!(marker.key.as_deref(), Some(&b"0:41"[..]));
         assert_eq!(marker.value.as_deref(), Some(&b"orders"[..]));
         assert_eq!(marker_topic("orders.DLT"), "orders.DLT.replayed");
+    }
+
+    #[test]
+    fn a_record_goes_back_only_to_a_source_of_its_dlt_or_to_to() {
+        let rec = |headers: Vec<Header>| Record {
+            offset: 0,
+            timestamp: 0,
+            key: None,
+            value: None,
+            headers,
+        };
+        let h = |k: &str, v: &[u8]| Header {
+            key: Bytes::from(k.to_string()),
+            value: Some(Bytes::copy_from_slice(v)),
+        };
+        let naming = |topic: &str| {
+            DeadRecord::parse(
+                0,
+                rec(vec![
+                    h(crate::dlt::ORIGINAL_TOPIC, topic.as_bytes()),
+                    h(crate::dlt::ORIGINAL_PARTITION, &0i32.to_be_bytes()),
+                    h(crate::dlt::ORIGINAL_OFFSET, &0i64.to_be_bytes()),
+                ]),
+            )
+        };
+        let sources = default_sources("orders.DLT");
+        assert_eq!(sources, ["orders"]);
+        assert_eq!(
+            target(None, &sources, &naming("orders")),
+            Target::To("orders".into())
+        );
+        // A forged header naming another topic: refused, not followed.
+        assert_eq!(target(None, &sources, &naming("payments")), Target::Refused);
+        assert_eq!(
+            target(None, &sources, &naming("orders.DLT")),
+            Target::Refused
+        );
+        assert_eq!(
+            target(None, &sources, &DeadRecord::parse(0, rec(vec![]))),
+            Target::None
+        );
+        // The operator's --to is where everything goes.
+        assert_eq!(
+            target(Some("fixed"), &sources, &naming("payments")),
+            Target::To("fixed".into())
+        );
+        // A DLT named otherwise has no sources unless given.
+        assert!(default_sources("logs-dlq").is_empty() && default_sources(".DLT").is_empty());
+        assert_eq!(target(None, &[], &naming("orders")), Target::Refused);
     }
 }

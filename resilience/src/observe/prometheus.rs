@@ -5,8 +5,10 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), resilience::observe::prometheus::InstallError> {
-//! // Inside the tokio runtime, before `Processor::run`:
-//! let handle = resilience::observe::prometheus::install("0.0.0.0:9464".parse().unwrap())?;
+//! // Inside the tokio runtime, before `Processor::run`. Loopback: `/metrics`
+//! // has no authentication, so bind a wider address (a pod IP, `0.0.0.0`)
+//! // only where the network in front of it decides who may scrape.
+//! let handle = resilience::observe::prometheus::install("127.0.0.1:9464".parse().unwrap())?;
 //! // … run the processor; `curl localhost:9464/metrics` meanwhile.
 //! let text = handle.render(); // the same text, e.g. for your own endpoint
 //! # let _ = text; Ok(()) }
@@ -163,6 +165,21 @@ impl Exporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_doc_example_binds_loopback_only() {
+        // The example is what users copy: it must not expose `/metrics`
+        // (unauthenticated) on every interface.
+        let doc = include_str!("prometheus.rs");
+        let installs: Vec<&str> = doc
+            .lines()
+            .filter(|l| l.starts_with("//!") && l.contains("prometheus::install("))
+            .collect();
+        assert!(!installs.is_empty());
+        for l in installs {
+            assert!(l.contains("\"127.0.0.1:"), "{l}");
+        }
+    }
 
     #[test]
     fn invalid_buckets_are_refused_before_anything_is_installed() {

@@ -12,6 +12,7 @@ use kafka_wire::records::Record;
 use kafka_wire::{Producer, ProducerRecord};
 
 use crate::config::ProcessorConfig;
+use crate::dlt::ReadFrom;
 use crate::failure::executor::Forward;
 use crate::retry::HandlerError;
 
@@ -62,7 +63,11 @@ impl Forwarding {
     /// The copy of `record` (read from `tp`) to write where `to` says, and
     /// its topic: a retry-topic copy due `delay` after `now_ms`, or a dead
     /// letter to `dlt` counting `attempts` made here on top of those the
-    /// record's headers carry.
+    /// record's headers carry (when they are the runtime's own: see
+    /// [`ReadFrom`]). A record whose `retry_topic-attempts` leaves no room
+    /// for more (a forged header) goes to the DLT, the
+    /// [`crate::retry_topics::RetryHeaderError`] its error, and the
+    /// `Forward` returned says so.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn copy<'a>(
         &self,
@@ -73,34 +78,39 @@ impl Forwarding {
         err: &HandlerError,
         attempts: u32,
         now_ms: i64,
-    ) -> (ProducerRecord, &'a str) {
-        match to {
-            Forward::RetryTopic { topic, delay } => (
-                crate::retry_topics::to_retry_topic(
-                    topic,
-                    delay,
-                    now_ms,
-                    &tp.topic,
-                    tp.partition,
-                    &self.group,
-                    record,
-                    err,
-                ),
+    ) -> (ProducerRecord, &'a str, Forward<'a>) {
+        let from = match self.source_of(&tp.topic) {
+            (source, Some(_)) => ReadFrom::retry_topic(&tp.topic, tp.partition, source),
+            (_, None) => ReadFrom::source(&tp.topic, tp.partition),
+        };
+        let copy = match to {
+            Forward::RetryTopic { topic, delay } => crate::retry_topics::to_retry_topic(
                 topic,
-            ),
-            Forward::DeadLetter { .. } => (
-                crate::dlt::dead_letter(
-                    dlt,
-                    &tp.topic,
-                    tp.partition,
-                    &self.group,
-                    record,
-                    err,
-                    crate::dlt::attempts_so_far(record) + attempts,
-                ),
+                delay,
+                now_ms,
+                from,
+                &self.group,
+                record,
+                err,
+            )
+            .map(|out| (out, topic, to)),
+            Forward::DeadLetter { .. } => {
+                crate::dlt::dead_letter_from(dlt, from, &self.group, record, err, attempts)
+                    .map(|out| (out, dlt, to))
+            }
+        };
+        copy.unwrap_or_else(|e| {
+            tracing::warn!(%tp, offset = record.offset, error = %e, "a retry header the runtime cannot count on; dead-lettering the record");
+            let e = HandlerError::NonRetryable(format!("{e}; it failed with: {}", err.message()));
+            let out = crate::dlt::forward(dlt, &from.origin(record), &self.group, record, &e, u32::MAX);
+            (
+                out,
                 dlt,
-            ),
-        }
+                Forward::DeadLetter {
+                    counts_toward_quarantine: false,
+                },
+            )
+        })
     }
 
     /// Write `out` once and wait for its acknowledgement. A copy too large

@@ -397,16 +397,33 @@ impl<H: CallHandler, C: Completion> Worker<H, C> {
     /// topic's records) when the last of them is due.
     fn wait_until(&self, tp: &TopicPartition, records: &[Record]) -> Option<Instant> {
         let quarantine = self.rt.quarantined_until(tp);
-        let due = if self.rt.forwarding().is_retry_topic(&tp.topic) {
-            records
-                .iter()
-                .filter_map(retry_topics::due_ms)
-                .max()
-                .map(|due| due - now_ms())
-                .filter(|ms| *ms > 0)
-                .map(|ms| Instant::now() + Duration::from_millis(ms as u64))
-        } else {
-            None
+        let due = match self.rt.forwarding().source_of(&tp.topic) {
+            (_, Some(step)) => {
+                // A hop is due at most its topic's delay from now: a
+                // forged far-off (or out-of-range) due time cannot hold
+                // the partition longer, nor overflow.
+                let delay = self
+                    .rt
+                    .cfg()
+                    .retry_topics
+                    .as_ref()
+                    .and_then(|c| c.delays.get(step));
+                let at_most = delay.copied().unwrap_or(Duration::ZERO);
+                let now = now_ms();
+                records
+                    .iter()
+                    .filter_map(retry_topics::due_ms)
+                    .max()
+                    .map(|due| {
+                        retry_topics::wait_for(due, now, at_most).unwrap_or_else(|e| {
+                            tracing::warn!(%tp, error = %e, "treating the retry record as due now");
+                            Duration::ZERO
+                        })
+                    })
+                    .filter(|wait| !wait.is_zero())
+                    .and_then(|wait| Instant::now().checked_add(wait))
+            }
+            (_, None) => None,
         };
         quarantine.max(due)
     }
@@ -573,8 +590,16 @@ impl<H: CallHandler, C: Completion> Worker<H, C> {
         let forwarding = self.rt.forwarding();
         let (source, _) = forwarding.source_of(&tp.topic);
         let dlt = self.rt.cfg().dlt_topic_of(source);
+        let mut quarantine = false;
         for record in records {
-            let (out, target) = forwarding.copy(to, &dlt, tp, record, err, attempts, now_ms());
+            // `to` for this record: a forged retry header sends it to the DLT.
+            let (out, target, to) = forwarding.copy(to, &dlt, tp, record, err, attempts, now_ms());
+            quarantine |= matches!(
+                to,
+                Forward::DeadLetter {
+                    counts_toward_quarantine: true
+                }
+            );
             if !self
                 .write_until_acked(tp, epoch, record.offset, target, out)
                 .await
@@ -602,10 +627,7 @@ impl<H: CallHandler, C: Completion> Worker<H, C> {
             }
             self.rt.finish(tp, epoch, record, Outcome::Forwarded);
         }
-        if let Forward::DeadLetter {
-            counts_toward_quarantine: true,
-        } = to
-        {
+        if quarantine {
             self.rt.dead_lettered_in_row(tp);
         }
     }

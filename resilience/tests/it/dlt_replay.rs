@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use kafka_wire::records::Record;
-use kafka_wire::{ClientConfig, IsolationLevel, OffsetSpec};
+use kafka_wire::{ClientConfig, IsolationLevel, NewTopic, OffsetSpec};
 use resilience::dlt::replay::{
     replay, replayed_markers, ReplayOptions, TopicReader, REPLAYED_FROM,
 };
@@ -35,6 +35,26 @@ fn dead_records(dlt_name: &str, origin: &str, n: i64) -> Vec<kafka_wire::Produce
         .collect()
 }
 
+/// A dead letter whose `kafka_dlt-original-topic` names `elsewhere`, not
+/// the DLT's source; its error matches `error~timeout` too.
+fn forged(dlt_name: &str, elsewhere: &str) -> kafka_wire::ProducerRecord {
+    let rec = Record {
+        offset: 0,
+        timestamp: 1_700_000_000_000,
+        key: Some(Bytes::from_static(b"forged")),
+        value: Some(Bytes::from_static(b"{\"amount\":1000000}")),
+        headers: vec![],
+    };
+    let origin = dlt::Provenance {
+        topic: elsewhere.to_string(),
+        partition: 0,
+        offset: 0,
+        timestamp: rec.timestamp,
+    };
+    let err = HandlerError::Retryable("timeout calling the bank".into());
+    dlt::forward(dlt_name, &origin, "billing", &rec, &err, 1)
+}
+
 async fn read_all(b: &testkit::BrokerEnv, topic: &str) -> Vec<(i32, Record)> {
     let admin = testkit::client(b).await;
     let client = ClientConfig::builder().bootstrap(&b.bootstrap).unwrap();
@@ -52,8 +72,15 @@ async fn dead_records_go_back_exactly_once_with_provenance() {
     let b = testkit::require_broker!();
     let admin = testkit::client(&b).await;
     let origin = testkit::create_topic(&admin, "replay-orders", 2).await;
-    let dlt_name = testkit::create_topic(&admin, "replay-orders-DLT", 1).await;
-    testkit::produce(&admin, &b, dead_records(&dlt_name, &origin, 10)).await;
+    // The runtime's naming: `<origin>.DLT`, whose source is `<origin>`.
+    let dlt_name =
+        testkit::create_topic_with(&admin, NewTopic::new(dlt::dlt_topic(&origin), 1)).await;
+    let payments = testkit::create_topic(&admin, "replay-payments", 1).await;
+    let mut records = dead_records(&dlt_name, &origin, 10);
+    // A forged dead letter (a producer on the DLT, or on the origin before
+    // the runtime replaced such headers) naming `payments` as its origin.
+    records.push(forged(&dlt_name, &payments));
+    testkit::produce(&admin, &b, records).await;
     let client = ClientConfig::builder().bootstrap(&b.bootstrap).unwrap();
 
     // First only the transient failures, and a dry run changes nothing.
@@ -64,15 +91,20 @@ async fn dead_records_go_back_exactly_once_with_provenance() {
         ..ReplayOptions::default()
     };
     let dry = replay(client.clone(), &timeouts).await.unwrap();
-    assert_eq!((dry.replayed, dry.filtered_out), (5, 5));
+    assert_eq!((dry.replayed, dry.filtered_out, dry.refused), (5, 5, 1));
     let timeouts = ReplayOptions {
         dry_run: false,
         ..timeouts
     };
     let first = replay(client.clone(), &timeouts).await.unwrap();
     assert_eq!(
-        (first.replayed, first.filtered_out, first.already_replayed),
-        (5, 5, 0)
+        (
+            first.replayed,
+            first.filtered_out,
+            first.already_replayed,
+            first.refused
+        ),
+        (5, 5, 0, 1)
     );
     assert_eq!(first.by_target, BTreeMap::from([(origin.clone(), 5)]));
 
@@ -82,9 +114,19 @@ async fn dead_records_go_back_exactly_once_with_provenance() {
         ..ReplayOptions::default()
     };
     let second = replay(client.clone(), &all).await.unwrap();
-    assert_eq!((second.replayed, second.already_replayed), (5, 5));
+    assert_eq!(
+        (second.replayed, second.already_replayed, second.refused),
+        (5, 5, 1)
+    );
     let third = replay(client.clone(), &all).await.unwrap();
-    assert_eq!((third.replayed, third.already_replayed), (0, 10));
+    assert_eq!(
+        (third.replayed, third.already_replayed, third.refused),
+        (0, 10, 1)
+    );
+    assert!(
+        read_all(&b, &payments).await.is_empty(),
+        "a forged provenance header sent nothing into the topic it names"
+    );
     assert_eq!(
         replayed_markers(client.clone(), &admin, &dlt_name)
             .await

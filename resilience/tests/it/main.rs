@@ -14,9 +14,11 @@
 //! Everything else runs once, on the main broker, classic groups.
 
 mod common;
+mod dlt_provenance;
 mod dlt_replay;
 mod failures;
 mod metrics;
+mod postgres_tls;
 mod share;
 mod startup;
 

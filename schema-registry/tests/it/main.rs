@@ -4,3 +4,4 @@
 
 mod confluent_wire;
 mod registry_api;
+mod tls;

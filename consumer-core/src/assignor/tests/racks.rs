@@ -20,7 +20,7 @@ fn racks(n: usize) -> Vec<Option<&'static str>> {
 
 fn racked(id: &str, topics: &[&str], owned: &[TopicPartition], rack: Option<&str>) -> Member {
     let mut m = member(id, topics, &[], -1);
-    m.subscription.owned = owned.to_vec();
+    m.subscription.owned = owned.into();
     m.subscription.rack = rack.map(String::from);
     m
 }
@@ -554,7 +554,7 @@ proptest! {
             // Own what the assignor gives without racks, and a little more.
             let before = StickyAssignor.assign(&members, &g.parts);
             for (i, m) in members.iter_mut().enumerate() {
-                m.subscription.owned = before[&m.member_id].clone();
+                m.subscription.owned = before[&m.member_id].as_slice().into();
                 m.subscription.owned.push(TopicPartition::new(TOPICS[i % 3], i as i32));
                 m.subscription.generation = 1;
             }
@@ -656,7 +656,7 @@ proptest! {
             .iter()
             .map(|m| {
                 let mut m = m.clone();
-                m.subscription.owned = first[&m.member_id].clone();
+                m.subscription.owned = first[&m.member_id].as_slice().into();
                 m.subscription.generation = 1;
                 m
             })
@@ -698,7 +698,7 @@ proptest! {
                 .iter()
                 .map(|m| {
                     let mut m = m.clone();
-                    m.subscription.owned = a[&m.member_id].clone();
+                    m.subscription.owned = a[&m.member_id].as_slice().into();
                     m.subscription.generation = generation;
                     m
                 })

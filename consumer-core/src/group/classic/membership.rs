@@ -416,7 +416,7 @@ impl Membership {
                 let sub = Subscription {
                     topics: self.topics.clone(),
                     user_data: a.subscription_user_data(&owned, self.generation),
-                    owned: owned.clone(),
+                    owned: owned.as_slice().into(),
                     generation: self.generation,
                     rack: self.cfg.rack.clone(),
                 };
