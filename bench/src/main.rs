@@ -16,6 +16,12 @@
 //! is `RESULT records=<n> bytes=<n> secs=<f>` (the runtime peers also
 //! print their pauses and peak in-flight records to stderr).
 //!
+//! `ours-share-consume` reads the topic in a fresh share group (KIP-932,
+//! [`share`]): implicit acknowledgement, each poll ACCEPTs the last one's
+//! records; `share-group-earliest <bootstrap> <group> 0` makes `group` a
+//! share group that starts at the earliest offset, for Java's
+//! `ShareConsumerPerformance`, which reads with the group's configs.
+//!
 //! Also `ours-latency` / `rdkafka-latency` (workload 5, [`latency`]),
 //! `ours-rebalance` (workload 6, [`rebalance`]) and `create-topic
 //! <bootstrap> <topic> <partitions>`. Plain properties go to the consumer
@@ -24,6 +30,7 @@
 
 mod latency;
 mod rebalance;
+mod share;
 
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
@@ -115,6 +122,8 @@ async fn main() {
         "ours-latency" => latency::ours(&a).await,
         "rdkafka-latency" => latency::rdkafka(&a).await,
         "ours-rebalance" => rebalance::ours(&a).await,
+        "ours-share-consume" => share::ours(&a).await,
+        "share-group-earliest" => share::earliest(&a.bootstrap, &a.topic).await,
         other => usage(&format!("peer ({other})")),
     }
 }

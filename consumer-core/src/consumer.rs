@@ -168,6 +168,9 @@ pub struct Consumer {
     /// Assigned partitions that appeared after subscribe and have no
     /// position yet: uncommitted, they start at the earliest offset.
     appeared_after_subscribe: BTreeSet<TopicPartition>,
+    /// Client telemetry (KIP-714, `enable.metrics.push`): fetch and lag
+    /// numbers pushed to the broker.
+    telemetry: kafka_wire::Telemetry,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -199,6 +202,7 @@ impl Consumer {
             cfg.group_id.clone(),
             cfg.group_instance_id.clone(),
         );
+        let telemetry = kafka_wire::Telemetry::start(&client, kafka_wire::TelemetryRole::Consumer);
         Consumer {
             client,
             cfg: Arc::new(cfg),
@@ -218,7 +222,13 @@ impl Consumer {
             checked_metadata: None,
             last_incarnation: 0,
             appeared_after_subscribe: BTreeSet::new(),
+            telemetry,
         }
+    }
+
+    /// This consumer's client telemetry (KIP-714): what it pushed so far.
+    pub fn telemetry(&self) -> &kafka_wire::Telemetry {
+        &self.telemetry
     }
 
     /// Set the rebalance listener (before `subscribe`).
@@ -844,10 +854,13 @@ impl Consumer {
         // broker marked in flight with no fetch behind it.
         for f in plan.fetches {
             let client = self.client.clone();
+            let metrics = self.telemetry.metrics().clone();
             self.in_flight.spawn(async move {
+                let started = Instant::now();
                 let r = client
                     .send_to(f.broker, Lane::Fetch, &f.request, f.wait)
                     .await;
+                metrics.fetch_completed(started.elapsed());
                 (f.broker, f.requested, r)
             });
         }
@@ -905,6 +918,16 @@ impl Consumer {
     /// taken before it.
     fn drain(&mut self) -> Vec<PartitionRecords> {
         let (out, error) = self.fetch.drain(self.cfg.max_poll_records);
+        let metrics = self.telemetry.metrics();
+        let records = out.iter().flat_map(|p| &p.records);
+        let size = |r: &kafka_wire::Record| {
+            r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len())
+        };
+        metrics.records_consumed(
+            records.clone().count() as u64,
+            records.map(size).sum::<usize>() as u64,
+        );
+        metrics.set_records_lag_max(self.fetch.parts.keys().filter_map(|tp| self.lag(tp)).max());
         if let Some(e) = error {
             self.deferred_error.get_or_insert(e.into());
         }
@@ -1032,6 +1055,10 @@ impl Consumer {
         if let Some(t) = self.group_task.take() {
             let _ = tokio::time::timeout(end.saturating_duration_since(Instant::now()), t).await;
         }
+        // The terminating push (KIP-714), with what is left of the timeout.
+        self.telemetry
+            .close(end.saturating_duration_since(Instant::now()))
+            .await;
     }
 }
 

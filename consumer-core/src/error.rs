@@ -2,6 +2,7 @@
 
 use kafka_wire::ErrorAction;
 
+use crate::share::ShareError;
 use crate::tp::TopicPartition;
 
 /// Errors from the consumer.
@@ -45,6 +46,32 @@ pub enum ConsumerError {
         /// The last failure.
         source: Box<ConsumerError>,
     },
+    /// From the [`ShareConsumer`](crate::share::ShareConsumer), where
+    /// [`ShareError`] has no consumer counterpart (unacknowledged records,
+    /// a refused acknowledgement, share groups off on the cluster, …);
+    /// its [`ShareError::action`] is kept. See the `From<ShareError>`
+    /// impl.
+    #[error(transparent)]
+    Share(ShareError),
+}
+
+/// A [`ShareError`] as a [`ConsumerError`], so `?` works in code that uses
+/// a [`Consumer`](crate::Consumer) and a
+/// [`ShareConsumer`](crate::share::ShareConsumer) together. The variants
+/// both have map onto each other ([`ShareError::Wire`] →
+/// [`ConsumerError::Wire`], [`ShareError::Closed`] →
+/// [`ConsumerError::Closed`]); every other one is wrapped in
+/// [`ConsumerError::Share`]. [`ConsumerError::action`] is the share
+/// error's own [`ShareError::action`] either way (a record left
+/// unacknowledged stays `Retry`, share groups off stay `Fatal`).
+impl From<ShareError> for ConsumerError {
+    fn from(e: ShareError) -> Self {
+        match e {
+            ShareError::Wire(w) => ConsumerError::Wire(w),
+            ShareError::Closed => ConsumerError::Closed,
+            other => ConsumerError::Share(other),
+        }
+    }
 }
 
 impl ConsumerError {
@@ -54,6 +81,7 @@ impl ConsumerError {
             ConsumerError::Wire(e) => e.action(),
             ConsumerError::Unreachable { source, .. } => source.action(),
             ConsumerError::NotOwned { .. } => ErrorAction::Rejoin,
+            ConsumerError::Share(e) => e.action(),
             ConsumerError::NoOffset { .. }
             | ConsumerError::Fatal(_)
             | ConsumerError::NoGroup(_)
@@ -69,3 +97,40 @@ impl ConsumerError {
 
 /// A `Result` with [`ConsumerError`].
 pub type Result<T, E = ConsumerError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `?` from share-consumer code into consumer code: the shared
+    /// variants map across, the rest keep their own action.
+    #[test]
+    fn a_share_error_becomes_a_consumer_error_with_its_action() {
+        fn mixed() -> Result<()> {
+            Err(ShareError::Unacknowledged {
+                count: 2,
+                tp: TopicPartition::new("t", 0),
+                offset: 7,
+            })?;
+            Ok(())
+        }
+        let e = mixed().unwrap_err();
+        assert!(matches!(
+            e,
+            ConsumerError::Share(ShareError::Unacknowledged { .. })
+        ));
+        assert_eq!(e.action(), ErrorAction::Retry);
+        assert!(e.to_string().contains("not acknowledged"), "{e}");
+
+        let closed: ConsumerError = ShareError::Closed.into();
+        assert!(matches!(closed, ConsumerError::Closed));
+        let wire: ConsumerError = ShareError::Wire(kafka_wire::Error::Config("x".into())).into();
+        assert!(matches!(wire, ConsumerError::Wire(_)));
+        let off: ConsumerError = ShareError::Unsupported {
+            broker: "b".into(),
+            detail: "d".into(),
+        }
+        .into();
+        assert_eq!(off.action(), ErrorAction::Fatal);
+    }
+}

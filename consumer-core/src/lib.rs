@@ -1,6 +1,17 @@
 //! # consumer-core
 //!
-//! The hand-written group coordinator client and fetcher.
+//! The hand-written group coordinator client and fetcher. Built: the three
+//! group protocols Kafka has, on one group driver:
+//!
+//! - **classic** (`group.protocol=classic`, the default): JoinGroup,
+//!   SyncGroup, Heartbeat; eager or cooperative rebalancing (KIP-429),
+//!   static members (KIP-345), client-side assignors;
+//! - **KIP-848** (`group.protocol=consumer`, or `auto`): the broker
+//!   assigns (`group.remote.assignor`), members reconcile by
+//!   ConsumerGroupHeartbeat; Kafka 4.0+ (3.9 with it turned on);
+//! - **share groups** (KIP-932, Kafka 4.2+): [`share::ShareConsumer`],
+//!   records handed to one member at a time under an acquisition lock and
+//!   acknowledged one by one (ACCEPT, RELEASE, REJECT).
 //!
 //! ## Layout
 //!
@@ -14,6 +25,7 @@
 //! | [`consumer`] | [`Consumer`]: subscribe (names or a pattern)/assign, poll, pause/resume/seek; the fetch path's I/O |
 //! | `committer` | [`Committer`]: generation- and incarnation-fenced commits, committed offsets |
 //! | [`stream`] | [`stream::RecordStream`]: the consumer as a `Stream` |
+//! | [`share`] | share groups (KIP-932): [`share::ShareConsumer`], its session, fetch path and member |
 //! | `group` | the seam the consumer sees (events in, snapshots out); `group/driver.rs`: the one driver of every protocol's pure machine |
 //! | [`membership`] | the classic protocol as a pure state machine (events + `now` in, [`Action`]s out); lives in `group/classic/` |
 //! | [`error`] | [`ConsumerError`] |

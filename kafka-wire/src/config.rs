@@ -97,6 +97,12 @@ pub struct ClientConfig {
     pub max_in_flight: usize,
     /// `receive.message.max.bytes`: cap on one response frame. Default 100 MiB.
     pub max_frame_bytes: usize,
+    /// `enable.metrics.push` (KIP-714): push this client's metrics to the
+    /// broker when the cluster subscribes to them ([`crate::Telemetry`]).
+    /// Default true, as in Java. A broker without telemetry is sent
+    /// nothing; one without a subscription for this client, one
+    /// GetTelemetrySubscriptions per push interval (5 min by default).
+    pub enable_metrics_push: bool,
     /// How connections are dialed (tests route them through a fault proxy).
     pub connector: Arc<dyn Connector>,
 }
@@ -132,6 +138,7 @@ impl ClientConfig {
                 metadata_recovery_rebootstrap_trigger: Duration::from_secs(300),
                 max_in_flight: 5,
                 max_frame_bytes: DEFAULT_MAX_FRAME,
+                enable_metrics_push: true,
                 connector: Arc::new(TcpConnector),
             },
             sasl_props: SaslProps::default(),
@@ -350,6 +357,7 @@ impl ClientConfigBuilder {
                 c.max_in_flight = number(key, value)?
             }
             "receive.message.max.bytes" => c.max_frame_bytes = number(key, value)?,
+            "enable.metrics.push" => c.enable_metrics_push = parse::boolean(key, value)?,
             _ => return Ok(false),
         }
         Ok(true)

@@ -22,11 +22,13 @@
 //! | `admin` | topics, offsets, groups, configs, cluster, replica reassignment and leader elections (methods on [`Client`]) |
 //! | `tls`, `sasl` | [`TlsConfig`] (rustls, graviola provider); [`SaslConfig`]: PLAIN, SCRAM, OAUTHBEARER |
 //! | `error` | [`Error`] and its [`ErrorAction`]: what to do next |
+//! | [`suggest`] | "did you mean": the known name nearest a misspelled one (config errors, the CLI) |
 //! | `backoff` | [`Backoff`]: capped exponential retry delays with jitter, for every retry loop |
+//! | `telemetry` | [`Telemetry`]: client metrics pushed to the broker as OTLP (KIP-714, `enable.metrics.push`) |
 //! | `throttle` | [`Throttle`] (a response's `throttle_time_ms`, KIP-219, [`ThrottleTime`]): connections and planners hold requests back |
 //!
 //! Modules are private: the types above are re-exported at the crate root,
-//! and that list is the API. `records` and `messages` are public whole.
+//! and that list is the API. `records`, `suggest` and `messages` are public whole.
 //!
 //! ## Features
 //!
@@ -115,6 +117,8 @@ mod producer;
 pub mod records;
 mod sasl;
 mod segments;
+pub mod suggest;
+mod telemetry;
 mod throttle;
 mod tls;
 mod topic_partition;
@@ -144,6 +148,11 @@ pub use producer::{
 };
 pub use records::{Compression, Header, Record};
 pub use sasl::{SaslConfig, TokenFuture, TokenProvider, UnsecuredJwt};
+pub use telemetry::{
+    Telemetry, TelemetryMetrics, TelemetryRole, TelemetryStats, BYTES_CONSUMED_TOTAL,
+    FETCH_LATENCY_AVG, FETCH_LATENCY_MAX, FETCH_TOTAL, RECORDS_CONSUMED_TOTAL, RECORDS_LAG_MAX,
+    RECORD_SEND_TOTAL,
+};
 pub use throttle::{Throttle, ThrottleTime};
 pub use tls::TlsConfig;
 pub use topic_partition::{IsolationLevel, TopicPartition};

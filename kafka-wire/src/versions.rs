@@ -20,9 +20,20 @@
 //! gave no id in Metadata) goes at v12 at most, by name
 //! ([`request_version`]). The fetcher fills in both names and ids, so the
 //! broker's own range decides otherwise: a broker below v13 reads names.
+//!
+//! **Test only: a broker's shape.** [`TEST_ONLY_VERSION_CAP_ENV`] names a
+//! table of another broker's advertised versions ([`BrokerShape`], today
+//! `redpanda-26.1`); every connection of the process then negotiates as if
+//! the broker advertised no more than that table, and finalized no feature
+//! the table does not. CI runs suites against Apache Kafka under it to send
+//! the versions Redpanda would be sent (Produce v7, OffsetFetch v7, EndTxn
+//! v3, no KIP-848, no TV2). Never set it in production: a connection then
+//! speaks older versions than its broker offers (the client logs a warning
+//! once when it is set).
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use kafka_protocol::messages::{ApiKey, FetchRequest};
 
@@ -93,6 +104,7 @@ pub(crate) fn client_range(api: ApiKey) -> Option<(i16, i16)> {
         K::DescribeShareGroupOffsets => (0, 0),
         K::AlterShareGroupOffsets => (0, 0),
         K::DeleteShareGroupOffsets => (0, 0),
+        K::GetTelemetrySubscriptions | K::PushTelemetry => (0, 0), // KIP-714
         _ => return None,
     };
     // Never claim a version the codec library cannot encode.
@@ -140,16 +152,35 @@ pub(crate) fn request_version(api: ApiKey, negotiated: i16, req: &dyn Any) -> i1
 #[derive(Debug, Clone, Default)]
 pub struct ApiVersionTable {
     negotiated: HashMap<i16, i16>,
-    /// The broker's own ranges, kept for error messages and `kafka-lab check`.
+    /// The broker's own ranges, kept for error messages and `kafka-lab check`
+    /// (under a test-only cap, as capped: what the capped broker would say).
     broker: Vec<(i16, i16, i16)>,
     /// Finalized features (ApiVersions v3+): name and finalized level.
     finalized: Vec<(String, i16)>,
+    /// The test-only shape this table was capped at, if any.
+    cap: Option<&'static BrokerShape>,
 }
 
 impl ApiVersionTable {
     /// Intersect the broker's advertised `(api_key, min, max)` ranges with ours.
+    ///
+    /// Under the test-only `KAFKA_WIRE_TEST_ONLY_VERSION_CAP` the broker's ranges
+    /// are first cut to that broker shape's.
     pub fn negotiate(broker: impl IntoIterator<Item = (i16, i16, i16)>) -> Self {
-        let broker: Vec<(i16, i16, i16)> = broker.into_iter().collect();
+        Self::negotiate_under(broker, test_only_cap())
+    }
+
+    /// [`Self::negotiate`] with the broker's ranges cut to `cap`'s first
+    /// (`None`: as advertised).
+    pub(crate) fn negotiate_under(
+        broker: impl IntoIterator<Item = (i16, i16, i16)>,
+        cap: Option<&'static BrokerShape>,
+    ) -> Self {
+        let advertised: Vec<(i16, i16, i16)> = broker.into_iter().collect();
+        let broker = match cap {
+            Some(shape) => shape.cut(&advertised),
+            None => advertised,
+        };
         let negotiated = broker
             .iter()
             .filter_map(|&(key, bmin, bmax)| {
@@ -163,6 +194,7 @@ impl ApiVersionTable {
             negotiated,
             broker,
             finalized: Vec::new(),
+            cap,
         }
     }
 
@@ -173,7 +205,19 @@ impl ApiVersionTable {
         mut self,
         features: impl IntoIterator<Item = (String, i16)>,
     ) -> Self {
-        self.finalized = features.into_iter().collect();
+        let cap = self.cap;
+        self.finalized = features
+            .into_iter()
+            .filter_map(|(name, level)| match cap {
+                // Capped: only what the shape finalizes, at its level at most.
+                Some(shape) => shape
+                    .finalized
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|&(_, max)| (name, level.min(max))),
+                None => Some((name, level)),
+            })
+            .collect();
         self
     }
 
@@ -205,6 +249,165 @@ impl ApiVersionTable {
     pub fn broker_apis(&self) -> &[(i16, i16, i16)] {
         &self.broker
     }
+}
+
+/// **Test only.** The environment variable that caps every connection of
+/// the process at a named broker shape ([`BrokerShape::named`]; today
+/// `redpanda-26.1`): the broker's advertised ranges are cut to the shape's,
+/// and features it does not finalize are dropped, before negotiation.
+/// `cargo xtask test`'s `redpanda-shape` step sets it; nothing else should.
+/// An unknown name caps at nothing (every request then fails with
+/// [`crate::Error::UnsupportedVersion`], and an error is logged), so a typo
+/// fails the run instead of testing the uncapped client.
+pub(crate) const TEST_ONLY_VERSION_CAP_ENV: &str = "KAFKA_WIRE_TEST_ONLY_VERSION_CAP";
+
+/// Another broker's ApiVersions answer, by name: what it advertises and
+/// which features it finalizes. Test only ([`TEST_ONLY_VERSION_CAP_ENV`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct BrokerShape {
+    pub(crate) name: &'static str,
+    /// `(api, min, max)`: every API the broker advertises.
+    pub(crate) apis: &'static [(ApiKey, i16, i16)],
+    /// `(feature, level)`: every feature it finalizes.
+    pub(crate) finalized: &'static [(&'static str, i16)],
+}
+
+impl BrokerShape {
+    /// The shape called `name`, if there is one.
+    pub(crate) fn named(name: &str) -> Option<&'static BrokerShape> {
+        [&REDPANDA_26_1].into_iter().find(|s| s.name == name)
+    }
+
+    /// `advertised` ranges cut to this shape's: an API it lacks is dropped,
+    /// one it has is narrowed to both ranges (dropped when they do not meet).
+    fn cut(&self, advertised: &[(i16, i16, i16)]) -> Vec<(i16, i16, i16)> {
+        advertised
+            .iter()
+            .filter_map(|&(key, lo, hi)| {
+                let &(_, slo, shi) = self.apis.iter().find(|(api, _, _)| *api as i16 == key)?;
+                let (lo, hi) = (lo.max(slo), hi.min(shi));
+                (lo <= hi).then_some((key, lo, hi))
+            })
+            .collect()
+    }
+
+    /// Its table as an ApiVersions answer's `(api_key, min, max)`.
+    #[cfg(test)]
+    fn advertised(&self) -> Vec<(i16, i16, i16)> {
+        self.apis
+            .iter()
+            .map(|&(api, lo, hi)| (api as i16, lo, hi))
+            .collect()
+    }
+}
+
+/// Redpanda v26.1's ApiVersions answer.
+///
+/// Read from redpanda-data/redpanda `src/v/kafka/server/handlers/*.h` (each
+/// handler's `handler<api, min, max>`; `handlers.h` lists what is served):
+/// - the snapshot of 2024-12-20 (1c6cff34, the v24.3 line) for every range
+///   not named below;
+/// - Produce 0-7 (`produce.h`, unchanged through 2026);
+/// - Fetch 4-13, Metadata and CreateTopics with topic ids: PR #26968
+///   ("Implement Topic IDs for Metadata, Fetch, CreateTopics", merged
+///   2025-09, v25.3). Fetch 13 and CreateTopics 7 are where the ids
+///   start; Metadata's ceiling is not in the sources we could read (topic
+///   ids need v10+; `metadata.h` held it below v11 until DescribeCluster
+///   v0 existed, which it does in 2025's `describe_cluster.h`): 12 here;
+/// - DescribeCluster 0-0 (`describe_cluster.h`, 2025).
+///
+/// Not advertised: ConsumerGroupHeartbeat (served only behind a cluster
+/// setting, hidden from ApiVersions otherwise), ConsumerGroupDescribe, the
+/// share-group APIs (KIP-932), telemetry (KIP-714), ElectLeaders,
+/// DescribeTopicPartitions. No feature is finalized (so no
+/// `transaction.version`: transactions V1).
+pub(crate) const REDPANDA_26_1: BrokerShape = BrokerShape {
+    name: "redpanda-26.1",
+    apis: &[
+        (ApiKey::Produce, 0, 7),
+        (ApiKey::Fetch, 4, 13),
+        (ApiKey::ListOffsets, 0, 4),
+        (ApiKey::Metadata, 0, 12),
+        (ApiKey::OffsetCommit, 1, 8),
+        (ApiKey::OffsetFetch, 1, 7),
+        (ApiKey::FindCoordinator, 0, 3),
+        (ApiKey::JoinGroup, 0, 6),
+        (ApiKey::Heartbeat, 0, 4),
+        (ApiKey::LeaveGroup, 0, 4),
+        (ApiKey::SyncGroup, 0, 4),
+        (ApiKey::DescribeGroups, 0, 5),
+        (ApiKey::ListGroups, 0, 4),
+        (ApiKey::SaslHandshake, 0, 1),
+        (ApiKey::ApiVersions, 0, 3),
+        (ApiKey::CreateTopics, 0, 7),
+        (ApiKey::DeleteTopics, 0, 5),
+        (ApiKey::DeleteRecords, 0, 2),
+        (ApiKey::InitProducerId, 0, 3),
+        (ApiKey::OffsetForLeaderEpoch, 0, 4),
+        (ApiKey::AddPartitionsToTxn, 0, 3),
+        (ApiKey::AddOffsetsToTxn, 0, 1),
+        (ApiKey::EndTxn, 0, 3),
+        (ApiKey::TxnOffsetCommit, 0, 3),
+        (ApiKey::DescribeAcls, 0, 2),
+        (ApiKey::CreateAcls, 0, 2),
+        (ApiKey::DeleteAcls, 0, 2),
+        (ApiKey::DescribeConfigs, 0, 4),
+        (ApiKey::AlterConfigs, 0, 2),
+        (ApiKey::DescribeLogDirs, 0, 2),
+        (ApiKey::SaslAuthenticate, 0, 2),
+        (ApiKey::CreatePartitions, 0, 3),
+        (ApiKey::DeleteGroups, 0, 2),
+        (ApiKey::IncrementalAlterConfigs, 0, 1),
+        (ApiKey::AlterPartitionReassignments, 0, 0),
+        (ApiKey::ListPartitionReassignments, 0, 0),
+        (ApiKey::OffsetDelete, 0, 0),
+        (ApiKey::DescribeClientQuotas, 0, 1),
+        (ApiKey::AlterClientQuotas, 0, 1),
+        (ApiKey::DescribeUserScramCredentials, 0, 0),
+        (ApiKey::AlterUserScramCredentials, 0, 0),
+        (ApiKey::DescribeProducers, 0, 0),
+        (ApiKey::DescribeTransactions, 0, 0),
+        (ApiKey::ListTransactions, 0, 0),
+        (ApiKey::DescribeCluster, 0, 0),
+    ],
+    finalized: &[],
+};
+
+/// What an unknown [`TEST_ONLY_VERSION_CAP_ENV`] name caps at: nothing.
+static NO_API: BrokerShape = BrokerShape {
+    name: "(unknown name: no API)",
+    apis: &[],
+    finalized: &[],
+};
+
+/// The shape [`TEST_ONLY_VERSION_CAP_ENV`] names, read once per process.
+fn test_only_cap() -> Option<&'static BrokerShape> {
+    static CAP: OnceLock<Option<&'static BrokerShape>> = OnceLock::new();
+    *CAP.get_or_init(|| {
+        let name = std::env::var(TEST_ONLY_VERSION_CAP_ENV).ok()?;
+        let name = name.trim();
+        if name.is_empty() {
+            return None;
+        }
+        match BrokerShape::named(name) {
+            Some(shape) => {
+                tracing::warn!(
+                    shape = shape.name,
+                    "{TEST_ONLY_VERSION_CAP_ENV} is set: every connection negotiates as if \
+                     the broker were {} (a test setting; unset it outside tests)",
+                    shape.name
+                );
+                Some(shape)
+            }
+            None => {
+                tracing::error!(
+                    "{TEST_ONLY_VERSION_CAP_ENV}={name} names no broker shape (known: \
+                     redpanda-26.1): every request will fail as unsupported"
+                );
+                Some(&NO_API)
+            }
+        }
+    })
 }
 
 /// The cluster feature that turns transactions V2 on (KIP-890).
@@ -447,6 +650,216 @@ mod tests {
     fn disjoint_ranges_yield_none() {
         let t = ApiVersionTable::negotiate([(ApiKey::Produce as i16, 0, 2)]);
         assert_eq!(t.version(ApiKey::Produce), None);
+    }
+
+    /// Every API this client sends (those [`client_range`] names).
+    fn client_apis() -> impl Iterator<Item = ApiKey> {
+        (0..100i16)
+            .filter_map(|k| ApiKey::try_from(k).ok())
+            .filter(|&api| client_range(api).is_some())
+    }
+
+    /// A Kafka 4.4-like broker: every version the codec knows, and
+    /// `transaction.version`, `group.version` and `share.version` finalized.
+    fn everything_finalized(cap: Option<&'static BrokerShape>) -> ApiVersionTable {
+        let apis = (0..100i16).filter_map(|k| {
+            let api = ApiKey::try_from(k).ok()?;
+            let r = api.valid_versions();
+            Some((k, r.min, r.max))
+        });
+        ApiVersionTable::negotiate_under(apis, cap).with_finalized_features([
+            ("metadata.version".to_string(), 27),
+            (TRANSACTION_VERSION.to_string(), 2),
+            ("group.version".to_string(), 1),
+            ("share.version".to_string(), 1),
+        ])
+    }
+
+    #[test]
+    fn against_redpanda_26_1_every_api_lands_within_its_table() {
+        let rp = ApiVersionTable::negotiate_under(REDPANDA_26_1.advertised(), None);
+        for api in client_apis() {
+            let (cmin, cmax) = client_range(api).unwrap();
+            let theirs = REDPANDA_26_1.apis.iter().find(|(a, _, _)| *a == api);
+            match (theirs, rp.version(api)) {
+                (Some(&(_, lo, hi)), Some(v)) => {
+                    assert!(
+                        lo <= v && v <= hi,
+                        "{api:?} v{v} outside Redpanda's {lo}-{hi}"
+                    );
+                    assert!(cmin <= v && v <= cmax, "{api:?} v{v} outside ours");
+                    assert_eq!(v, hi.min(cmax), "{api:?}: the highest both speak");
+                }
+                (Some(&(_, lo, hi)), None) => {
+                    assert!(hi < cmin || lo > cmax, "{api:?}: {lo}-{hi} meets ours")
+                }
+                (None, v) => assert_eq!(v, None, "{api:?} is not advertised"),
+            }
+        }
+        // The versions this pass exists for: never sent to Kafka 4.x.
+        let at = |api| rp.version(api);
+        assert_eq!(at(ApiKey::Produce), Some(7), "not flexible (v9+)");
+        assert_eq!(at(ApiKey::Fetch), Some(13), "topic ids");
+        assert_eq!(at(ApiKey::OffsetFetch), Some(7), "one group a request");
+        assert_eq!(at(ApiKey::FindCoordinator), Some(3), "one key a request");
+        assert_eq!(at(ApiKey::OffsetCommit), Some(8));
+        assert_eq!(at(ApiKey::JoinGroup), Some(6));
+        assert_eq!(at(ApiKey::SyncGroup), Some(4));
+        assert_eq!(at(ApiKey::ListOffsets), Some(4));
+        assert_eq!(at(ApiKey::InitProducerId), Some(3));
+        assert_eq!(at(ApiKey::AddOffsetsToTxn), Some(1));
+        assert_eq!(at(ApiKey::EndTxn), Some(3));
+        assert_eq!(at(ApiKey::TxnOffsetCommit), Some(3));
+        assert_eq!(at(ApiKey::ListGroups), Some(4), "no type filter");
+        assert_eq!(at(ApiKey::DescribeCluster), Some(0));
+        for api in [
+            ApiKey::ConsumerGroupHeartbeat,
+            ApiKey::ConsumerGroupDescribe,
+            ApiKey::ShareGroupHeartbeat,
+            ApiKey::ShareFetch,
+            ApiKey::ShareAcknowledge,
+            ApiKey::ElectLeaders,
+        ] {
+            assert_eq!(at(api), None, "{api:?}");
+        }
+        assert_eq!(rp.finalized_feature(TRANSACTION_VERSION), None);
+        assert_eq!(TxnProtocol::choose(&rp, 2), TxnProtocol::V1);
+    }
+
+    #[test]
+    fn the_cap_makes_a_kafka_4_4_broker_negotiate_as_redpanda_26_1() {
+        let uncapped = everything_finalized(None);
+        assert_eq!(uncapped.version(ApiKey::Produce), Some(12));
+        assert_eq!(TxnProtocol::choose(&uncapped, 2), TxnProtocol::V2);
+
+        let capped = everything_finalized(Some(&REDPANDA_26_1));
+        let rp = ApiVersionTable::negotiate_under(REDPANDA_26_1.advertised(), None);
+        for key in 0..100i16 {
+            let Ok(api) = ApiKey::try_from(key) else {
+                continue;
+            };
+            assert_eq!(capped.version(api), rp.version(api), "{api:?}");
+            // The ceilings are Redpanda's (the floors the higher of both).
+            assert_eq!(
+                capped.broker_range(api).map(|r| r.1),
+                rp.broker_range(api).map(|r| r.1),
+                "{api:?}"
+            );
+        }
+        // Redpanda finalizes nothing: no TV2, no KIP-848 or share groups.
+        for f in [
+            TRANSACTION_VERSION,
+            "group.version",
+            "share.version",
+            "metadata.version",
+        ] {
+            assert_eq!(capped.finalized_feature(f), None, "{f}");
+        }
+        assert_eq!(TxnProtocol::choose(&capped, 2), TxnProtocol::V1);
+    }
+
+    #[test]
+    fn the_test_only_cap_knows_one_name_and_an_unknown_one_allows_nothing() {
+        assert_eq!(BrokerShape::named("redpanda-26.1"), Some(&REDPANDA_26_1));
+        assert_eq!(BrokerShape::named("redpanda"), None);
+        assert_eq!(BrokerShape::named(""), None);
+        let nothing = everything_finalized(Some(&NO_API));
+        for api in client_apis() {
+            assert_eq!(nothing.version(api), None, "{api:?}");
+        }
+    }
+
+    #[test]
+    fn produce_v7_goes_unflexible_and_reads_back() {
+        use crate::records::{encode_batch, BatchOptions, BatchReader, NewRecord};
+        use bytes::{Buf, Bytes, BytesMut};
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        use kafka_protocol::messages::produce_response::{
+            PartitionProduceResponse, TopicProduceResponse,
+        };
+        use kafka_protocol::messages::{
+            ProduceRequest, ProduceResponse, RequestHeader, TopicName, TransactionalId,
+        };
+        use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+
+        let v = ApiVersionTable::negotiate_under(REDPANDA_26_1.advertised(), None)
+            .version(ApiKey::Produce)
+            .unwrap();
+        assert_eq!(v, 7);
+        // As the producer builds it: one transactional batch, large enough
+        // to go as a segment of its own.
+        let records: Vec<NewRecord> = (0..3)
+            .map(|i| NewRecord {
+                key: Some(Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from(vec![b'v'; 700])),
+                headers: vec![("h".into(), Some(Bytes::from_static(b"x")))],
+                timestamp: 1_700_000_000_000 + i,
+            })
+            .collect();
+        let mut batch = BytesMut::new();
+        let opts = BatchOptions {
+            producer_id: 42,
+            producer_epoch: 3,
+            base_sequence: 0,
+            transactional: true,
+            ..BatchOptions::default()
+        };
+        encode_batch(&mut batch, &opts, &records);
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(30_000)
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("txn-1"))))
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("orders")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(2)
+                    .with_records(Some(batch.freeze()))])]);
+        let frame = crate::segments::produce_frame(&req, v, &StrBytes::from_static_str("c"))
+            .unwrap()
+            .expect("v7 is written by the producer's own encoder");
+        assert!(!frame.tail.is_empty(), "the batch is a segment of its own");
+
+        // What the broker reads: a v1 header (v2 is flexible, v9+), then the body.
+        assert_eq!(ProduceRequest::header_version(v), 1);
+        let mut bytes = Bytes::from(frame.to_vec());
+        assert_eq!(bytes.get_i32() as usize, bytes.len());
+        let header = RequestHeader::decode(&mut bytes, 1).unwrap();
+        assert_eq!(header.request_api_key, ApiKey::Produce as i16);
+        assert_eq!(header.request_api_version, 7);
+        let read = ProduceRequest::decode(&mut bytes, v).unwrap();
+        assert!(!bytes.has_remaining(), "nothing after the body");
+        assert_eq!(read, req);
+        let sent = read.topic_data[0].partition_data[0]
+            .records
+            .clone()
+            .unwrap();
+        let batches: Vec<_> = BatchReader::new(sent).collect::<Result<_, _>>().unwrap();
+        assert_eq!(batches.len(), 1);
+        assert_eq!((batches[0].producer_id, batches[0].producer_epoch), (42, 3));
+        assert!(batches[0].is_transactional());
+        let got: Vec<_> = batches[0]
+            .records(1 << 20)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[2].key.as_deref(), Some(&b"k2"[..]));
+
+        // Its answer at v7: no record errors (v8), no leader hints (v10).
+        let resp = ProduceResponse::default()
+            .with_throttle_time_ms(5)
+            .with_responses(vec![TopicProduceResponse::default()
+                .with_name(TopicName(StrBytes::from_static_str("orders")))
+                .with_partition_responses(vec![PartitionProduceResponse::default()
+                    .with_index(2)
+                    .with_base_offset(100)
+                    .with_log_append_time_ms(-1)
+                    .with_log_start_offset(0)])]);
+        let mut wire = BytesMut::new();
+        resp.encode(&mut wire, v).unwrap();
+        let back = ProduceResponse::decode(&mut wire.freeze(), v).unwrap();
+        assert_eq!(back, resp);
+        assert_eq!(back.responses[0].partition_responses[0].base_offset, 100);
     }
 
     #[test]

@@ -247,14 +247,17 @@ impl ProcessorConfig {
     /// Set one runtime property by name (see [`PROPERTIES`]).
     ///
     /// # Errors
-    /// A message naming the key: unknown (with the known names), or a
-    /// value that does not parse (with what it expects).
-    pub fn set(mut self, key: &str, value: &str) -> Result<Self, String> {
+    /// [`kafka_wire::Error::Config`] (the error of the consumer's and
+    /// producer's `set`, so `?` works beside them, in an `anyhow` function
+    /// too), its message naming the key: unknown (with the nearest known
+    /// name when it looks misspelled, and all the known names), or a value
+    /// that does not parse (with what it expects).
+    pub fn set(mut self, key: &str, value: &str) -> kafka_wire::Result<Self> {
         let v = value.trim();
-        let number = || {
-            v.parse::<u64>()
-                .map_err(|_| format!("{key}={value:?}: expected a whole number"))
+        let bad = |expected: &str| {
+            kafka_wire::Error::Config(format!("{key}={value:?}: expected {expected}"))
         };
+        let number = || v.parse::<u64>().map_err(|_| bad("a whole number"));
         let ms = || number().map(Duration::from_millis);
         match key {
             "processor.concurrency" => self.concurrency = (number()? as usize).max(1),
@@ -263,7 +266,7 @@ impl ProcessorConfig {
                     "partition" => Ordering::PerPartition,
                     "key" => Ordering::PerKey,
                     "none" => Ordering::Unordered,
-                    _ => return Err(format!("{key}={value:?}: expected partition, key or none")),
+                    _ => return Err(bad("partition, key or none")),
                 }
             }
             "processor.max.in.flight.records" => {
@@ -298,7 +301,7 @@ impl ProcessorConfig {
                     .parse()
                     .ok()
                     .filter(|j: &f64| (0.0..=1.0).contains(j))
-                    .ok_or_else(|| format!("{key}={value:?}: expected a fraction from 0 to 1"))?;
+                    .ok_or_else(|| bad("a fraction from 0 to 1"))?;
                 self.backoff.jitter = j;
             }
             "processor.quarantine.after.failures" => {
@@ -309,10 +312,13 @@ impl ProcessorConfig {
             "processor.dlt.topic" => return Ok(self.dlt_topic(v)),
             _ => {
                 let known: Vec<&str> = PROPERTIES.iter().map(|(k, _)| *k).collect();
-                return Err(format!(
-                    "unknown runtime property {key:?} (known: {})",
+                let hint = kafka_wire::suggest::nearest(key, known.iter().copied())
+                    .map(|near| format!("; did you mean {near:?}?"))
+                    .unwrap_or_default();
+                return Err(kafka_wire::Error::Config(format!(
+                    "unknown runtime property {key:?}{hint} (known: {})",
                     known.join(", ")
-                ));
+                )));
             }
         }
         Ok(self)
@@ -325,7 +331,7 @@ impl ProcessorConfig {
     pub fn properties<'a>(
         mut self,
         props: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Result<Self, String> {
+    ) -> kafka_wire::Result<Self> {
         for (k, v) in props {
             self = self.set(k, v)?;
         }
@@ -576,15 +582,35 @@ mod tests {
 
     #[test]
     fn a_bad_runtime_property_is_named() {
-        let e = base().set("processor.concurency", "4").unwrap_err();
+        let e = base()
+            .set("processor.concurency", "4")
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("processor.concurency") && e.contains("processor.concurrency"),
+            e.contains(r#"unknown runtime property "processor.concurency"; did you mean "processor.concurrency"?"#),
             "{e}"
         );
+        let e = base().set("processor.nothing.like.it", "4").unwrap_err();
+        assert!(!e.to_string().contains("did you mean"), "{e}");
         let e = base().set("processor.concurrency", "many").unwrap_err();
-        assert!(e.contains("whole number"), "{e}");
+        assert!(
+            matches!(&e, kafka_wire::Error::Config(m) if m.contains("whole number")),
+            "{e}"
+        );
         let e = base().set("processor.ordering", "offset").unwrap_err();
-        assert!(e.contains("partition, key or none"), "{e}");
+        assert!(e.to_string().contains("partition, key or none"), "{e}");
+    }
+
+    /// Issue 35: `?` on `set` works in an `anyhow` function (the error is
+    /// a `std::error::Error`, the consumer's and producer's type).
+    #[test]
+    fn set_works_with_question_mark_in_an_anyhow_function() {
+        fn build() -> anyhow::Result<ProcessorConfig> {
+            Ok(base()
+                .set("processor.concurrency", "4")?
+                .set("processor.ordering", "key")?)
+        }
+        assert_eq!(build().unwrap().concurrency, 4);
     }
 
     /// Issue 29's kind: the application's naming and key functions may

@@ -524,6 +524,7 @@ impl<'a, T: Transformer> Transform<'a, T> {
     fn dead_letter(&self, error: &HandlerError, attempts: u32) -> ProducerRecord {
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         let tp = self.tp;
+        tracing::info!(%tp, offset = self.record.offset, attempts, reason = %error, "dead-lettered in the transaction (written when it commits)");
         dlt::dead_letter(
             &dlt::dlt_topic(&tp.topic),
             &tp.topic,

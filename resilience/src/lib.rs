@@ -60,13 +60,18 @@
 //! retried (a [`HandlerError::Retryable`], 1 s then 2 s later) and then
 //! dead-lettered, or dead-lettered at once ([`HandlerError::fatal`]).
 //! Without a DLT, a record that cannot be handled stalls its partition
-//! instead of being skipped. `?` works on I/O, Kafka, UTF-8 and parse
-//! errors (see [`HandlerError`]).
+//! instead of being skipped. `?` works on I/O and Kafka errors (retried),
+//! and on JSON, UTF-8 and number decode errors (dead-lettered at once: see
+//! [`HandlerError`]).
+//!
+//! The crates it builds on are re-exported ([`kafka_wire`] for the
+//! producer and records, [`consumer_core`] for the consumer), so
+//! `resilience` is the only Kafka dependency an application needs.
 //!
 //! ```no_run
 //! use resilience::{handler_fn, HandlerError, Processor, ProcessorConfig};
 //! use resilience::consumer_core::ConsumerConfig;
-//! use kafka_wire::ProducerConfig;
+//! use resilience::kafka_wire::ProducerConfig;
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -95,7 +100,7 @@
 //! ```no_run
 //! use resilience::{Handler, HandlerError};
 //! use resilience::consumer_core::TopicPartition;
-//! use kafka_wire::records::Record;
+//! use resilience::kafka_wire::records::Record;
 //!
 //! struct SaveOrder;
 //! impl Handler for SaveOrder {
@@ -114,7 +119,7 @@
 //! # use resilience::config::KeySource;
 //! # use resilience::dedup::FileDedup;
 //! # use resilience::consumer_core::{ConsumerConfig, TopicPartition};
-//! # use kafka_wire::{ProducerConfig, records::Record};
+//! # use resilience::kafka_wire::{ProducerConfig, records::Record};
 //! # use std::{sync::Arc, time::Duration};
 //! struct Index;
 //! impl BatchHandler for Index {
@@ -179,6 +184,7 @@ pub mod shutdown;
 pub use config::{CommitPolicy, KeySource, ProcessorConfig};
 pub use consumer_core;
 pub use handler_fn::{handler_fn, HandlerFn};
+pub use kafka_wire;
 pub use offset_tracker::OffsetTracker;
 pub use processor::{BatchHandler, Handler, Processor, Stats};
 pub use retry::HandlerError;
@@ -188,3 +194,10 @@ pub use scheduler::Ordering;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The workspace README's examples ("Using the library": the runtime and
+/// the producer), compiled as doctests with this crate's dependencies, so
+/// an example that needs more than its Cargo snippet lists fails here.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct WorkspaceReadmeDoctests;

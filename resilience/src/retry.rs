@@ -29,10 +29,16 @@ use kafka_wire::Backoff;
 ///
 /// `?` works in a handler: `From` turns [`std::io::Error`] and
 /// [`kafka_wire::Error`] into `Retryable` (a Kafka error that
-/// retrying cannot fix into `NonRetryable`), UTF-8 and number parsing
-/// errors into `Deserialization`, and boxed errors into `Retryable`. For
-/// anything else, [`HandlerError::retryable`] and [`HandlerError::fatal`]
-/// take any `Display`:
+/// retrying cannot fix into `NonRetryable`); decode errors into
+/// `Deserialization`, dead-lettered on the first attempt: JSON
+/// ([`serde_json::Error`], but an I/O error while reading is `Retryable`),
+/// UTF-8 ([`std::str::Utf8Error`], [`std::string::FromUtf8Error`]) and
+/// numbers ([`std::num::ParseIntError`], [`std::num::ParseFloatError`]);
+/// and boxed errors into `Retryable` (the runtime cannot tell what they
+/// are, so a decode error boxed by `.map_err(Box::from)` *is* retried:
+/// use `?` on it directly, or [`HandlerError::fatal`]). For anything
+/// else, [`HandlerError::retryable`] and [`HandlerError::fatal`] take any
+/// `Display`:
 ///
 /// ```
 /// use resilience::HandlerError;
@@ -46,6 +52,13 @@ use kafka_wire::Backoff;
 /// }
 /// assert!(matches!(parse(b"0"), Err(HandlerError::NonRetryable(_))));
 /// assert!(matches!(parse(b"x"), Err(HandlerError::Deserialization(_))));
+///
+/// fn order_id(v: &[u8]) -> Result<u64, HandlerError> {
+///     let order: serde_json::Value = serde_json::from_slice(v)?; // Deserialization
+///     order["id"].as_u64().ok_or(HandlerError::fatal("no id"))
+/// }
+/// assert_eq!(order_id(br#"{"id": 7}"#), Ok(7));
+/// assert!(matches!(order_id(b"{not json"), Err(HandlerError::Deserialization(_))));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandlerError {
@@ -162,6 +175,18 @@ deserialization_from!(
     std::num::ParseIntError,
     std::num::ParseFloatError
 );
+
+/// A JSON decode error: `Deserialization` (dead-lettered at once, as
+/// retrying the same bytes cannot help), except an I/O error of the reader
+/// (`serde_json::from_reader`), which is `Retryable`.
+impl From<serde_json::Error> for HandlerError {
+    fn from(e: serde_json::Error) -> Self {
+        match e.classify() {
+            serde_json::error::Category::Io => HandlerError::Retryable(e.to_string()),
+            _ => HandlerError::Deserialization(format!("JSON: {e}")),
+        }
+    }
+}
 
 impl std::fmt::Display for HandlerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -286,6 +311,81 @@ impl<R: FnMut() -> f64> Iterator for Delays<R> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A handler that decodes JSON with `?` (what a new user writes first):
+    /// bad JSON is poison, so the policy dead-letters it after the first
+    /// attempt instead of retrying the same bytes (issue 35, item 10).
+    #[tokio::test]
+    async fn question_mark_on_bad_json_dead_letters_after_one_attempt() {
+        use crate::failure::{Decision, Failure, FailurePolicy};
+        use crate::Handler;
+        use consumer_core::TopicPartition;
+        use kafka_wire::records::Record;
+
+        let handler = crate::handler_fn(|_tp, record: Record| async move {
+            let body = record.value.unwrap_or_default();
+            let _order: serde_json::Value = serde_json::from_slice(&body)?;
+            Ok(())
+        });
+        let record = |value: &'static [u8]| Record {
+            offset: 0,
+            timestamp: 0,
+            key: None,
+            value: Some(bytes::Bytes::from_static(value)),
+            headers: Vec::new(),
+        };
+        let tp = TopicPartition::new("orders", 0);
+        assert_eq!(handler.handle(&tp, &record(br#"{"id":1}"#)).await, Ok(()));
+        let err = handler
+            .handle(&tp, &record(b"{\"id\": oops"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, HandlerError::Deserialization(m) if m.contains("JSON")),
+            "{err:?}"
+        );
+        assert!(!err.is_retryable());
+        let policy = FailurePolicy::new(BackoffPolicy::default()); // 3 attempts
+        let decision = policy.decide(&Failure {
+            error: &err,
+            attempt: 1,
+            source: "orders",
+            step: None,
+            random: 0.5,
+        });
+        assert_eq!(
+            decision,
+            Decision::DeadLetter {
+                counts_toward_quarantine: false
+            },
+            "bad JSON goes to the DLT on its first failure"
+        );
+    }
+
+    #[test]
+    fn decode_errors_are_not_retryable_and_a_reader_failure_is() {
+        let bytes = std::hint::black_box(vec![0xff]);
+        let utf8 = std::str::from_utf8(&bytes).unwrap_err();
+        let from_utf8 = String::from_utf8(bytes).unwrap_err();
+        let int = "x".parse::<i32>().unwrap_err();
+        let json = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        for e in [
+            HandlerError::from(utf8),
+            HandlerError::from(from_utf8),
+            HandlerError::from(int),
+            HandlerError::from(json),
+        ] {
+            assert!(matches!(e, HandlerError::Deserialization(_)), "{e:?}");
+        }
+        struct Broken;
+        impl std::io::Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("disk gone"))
+            }
+        }
+        let io = serde_json::from_reader::<_, serde_json::Value>(Broken).unwrap_err();
+        assert!(HandlerError::from(io).is_retryable());
+    }
 
     #[test]
     fn seeds_defaults_give_one_then_two_seconds() {

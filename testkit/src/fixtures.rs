@@ -136,9 +136,10 @@ pub fn kip848() -> bool {
 
 /// Every property of a test consumer, in the order to apply them (a later
 /// one wins): `bootstrap.servers`, `group.id` (when a member of `group`),
-/// then under classic [`CONSUMER_DEFAULTS`] and `extra`; under another
-/// [`group_protocol`], `auto.offset.reset=earliest`, `group.protocol` and
-/// `extra` without its [`CLASSIC_ONLY`] settings. Feed each to the
+/// then under classic [`CONSUMER_DEFAULTS`] and `extra`; under `auto`
+/// the same and `group.protocol=auto`; under `consumer`,
+/// `auto.offset.reset=earliest`, `group.protocol` and `extra` without its
+/// [`CLASSIC_ONLY`] settings. Feed each to the
 /// consumer config builder's `set`.
 pub fn consumer_props<'a>(
     b: &'a BrokerEnv,
@@ -150,17 +151,22 @@ pub fn consumer_props<'a>(
         props.push(("group.id", g.to_string()));
     }
     let protocol = group_protocol();
-    match &protocol {
-        None => props.extend(CONSUMER_DEFAULTS.iter().map(|(k, v)| (*k, v.to_string()))),
-        Some(p) => {
-            props.push(("auto.offset.reset", "earliest".into()));
-            props.push(("group.protocol", p.clone()));
-        }
+    // `auto` keeps the classic settings: it uses them where it falls back
+    // to the classic protocol (a broker without KIP-848, as the
+    // Redpanda-shaped pass's), and leaves them unused otherwise.
+    let classic_settings = protocol.as_deref().is_none_or(|p| p == "auto");
+    if classic_settings {
+        props.extend(CONSUMER_DEFAULTS.iter().map(|(k, v)| (*k, v.to_string())));
+    } else {
+        props.push(("auto.offset.reset", "earliest".into()));
+    }
+    if let Some(p) = &protocol {
+        props.push(("group.protocol", p.clone()));
     }
     props.extend(
         extra
             .iter()
-            .filter(|(k, _)| protocol.is_none() || !CLASSIC_ONLY.contains(k))
+            .filter(|(k, _)| classic_settings || !CLASSIC_ONLY.contains(k))
             .map(|(k, v)| (*k, v.to_string())),
     );
     props

@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: this project's consumer, runtime and producer side
 //! by side with librdkafka (rust-rdkafka, in `bench/`, its own workspace),
 //! franz-go (Go, `bench/franz/`, built with `go build`) and the Java client
-//! (`ConsumerPerformance`, `ProducerPerformance` from the broker's
-//! `kafka-tools` jar), on one broker, the same pre-produced topics and the
+//! (`ConsumerPerformance`, `ProducerPerformance`, and for share groups
+//! `ShareConsumerPerformance`, from the broker's `kafka-tools` jar), on
+//! one broker, the same pre-produced topics and the
 //! same knobs, in the same run.
 //!
 //! Every measurement is its own process; `wait4` gives its CPU time (user +
@@ -118,6 +119,8 @@ enum Peer {
     FranzConsume,
     FranzProduce,
     FranzLatency,
+    OursShareConsume,
+    JavaShareConsume,
 }
 
 impl Peer {
@@ -142,6 +145,8 @@ impl Peer {
             Peer::FranzConsume => "franz-go (kgo, direct partitions)",
             Peer::FranzProduce => "franz-go (kgo)",
             Peer::FranzLatency => "franz-go (kgo producer → consumer)",
+            Peer::OursShareConsume => "ours (ShareConsumer, share group)",
+            Peer::JavaShareConsume => "Java (ShareConsumerPerformance, share group)",
         }
     }
 
@@ -301,6 +306,18 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
             compression: "zstd",
             peers: vec![OursConsume, RdkafkaConsume, JavaConsume, FranzConsume],
         },
+        // KIP-932: the same kind of read in a share group (each record
+        // acquired, then ACCEPTed at the next poll), beside a consumer
+        // group's; on Kafka 4.2+ with share groups on.
+        Workload {
+            name: "share-group consume 100 B, uncompressed",
+            topic: topic("share-100b-none"),
+            kind: Kind::Consume,
+            count: small,
+            size: 100,
+            compression: "none",
+            peers: vec![OursConsume, OursShareConsume, JavaConsume, JavaShareConsume],
+        },
         Workload {
             name: "produce 100 B, uncompressed",
             topic: topic("produce-none"),
@@ -363,6 +380,11 @@ fn measure_all(args: &Args, b: &broker::RunningBroker) -> anyhow::Result<()> {
                 if w.kind == Kind::Rebalance {
                     w.peers
                         .retain(|p| matches!(p, OursRebalanceCooperative | OursRebalanceConsumer));
+                }
+                // The consumer-group peers ran in the consume workload.
+                if w.name.starts_with("share-group") {
+                    w.peers
+                        .retain(|p| matches!(p, OursShareConsume | JavaShareConsume));
                 }
                 w
             })
@@ -706,6 +728,48 @@ fn command(peer: Peer, w: &Workload, bins: &Bins, bootstrap: &str, java_cfg: &Pa
             .arg(java_cfg);
             c
         }
+        Peer::OursShareConsume => {
+            let mut c = bench_peer("ours-share-consume");
+            consumer_knobs(&mut c, false);
+            c
+        }
+        Peer::JavaShareConsume => {
+            // A fresh share group, made to start at the earliest offset
+            // (`share-group-earliest`, a few ms, counted in the CPU time),
+            // then the JVM in its place (`exec`: the measured process).
+            let group = format!(
+                "bench-java-share-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            );
+            let java = broker::java_with_kafka(KAFKA_VERSION);
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(r#"p="$1"; b="$2"; g="$3"; shift 3; "$p" share-group-earliest "$b" "$g" 0 && exec "$@""#)
+                .arg("sh")
+                .arg(&bins.peer)
+                .arg(bootstrap)
+                .arg(&group)
+                .arg(java.get_program())
+                .args(java.get_args())
+                .args([
+                    "org.apache.kafka.tools.ShareConsumerPerformance",
+                    "--bootstrap-server",
+                    bootstrap,
+                    "--topic",
+                    &w.topic,
+                    "--num-records",
+                    &count,
+                    "--timeout",
+                    "120000",
+                    "--group",
+                    &group,
+                    "--command-config",
+                ])
+                .arg(java_cfg);
+            c
+        }
         Peer::JavaProduce => {
             let mut c = broker::java_with_kafka(KAFKA_VERSION);
             c.args([
@@ -775,7 +839,7 @@ fn measure(cmd: &mut Command, peer: Option<Peer>) -> anyhow::Result<Measured> {
         bail!("exited with {status}:\n{stdout}\n{stderr}");
     }
     let (records, secs) = match peer {
-        Some(Peer::JavaConsume) => parse_consumer_performance(&stdout)?,
+        Some(Peer::JavaConsume | Peer::JavaShareConsume) => parse_consumer_performance(&stdout)?,
         Some(Peer::JavaProduce) => parse_producer_performance(&stdout)?,
         _ => parse_result_line(&stdout)?,
     };

@@ -251,7 +251,11 @@ impl RunningBroker {
                 self.pid.unwrap_or(0),
                 self.bootstrap()
             ),
-            Engine::Redpanda => format!("Redpanda (docker compose) at {}", self.bootstrap()),
+            Engine::Redpanda => format!(
+                "Redpanda {} (docker compose) at {}",
+                self.get("KAFKA_BROKER_VERSION").unwrap_or("?"),
+                self.bootstrap()
+            ),
         }
     }
 
@@ -695,28 +699,67 @@ fn write_env(dirs: &Dirs, running: &RunningBroker) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn docker_engine_answers() -> bool {
-    shell::available("docker", "info")
+/// Why Docker cannot run the compose file here, if it cannot: no `docker`
+/// on PATH, no `docker compose` (v2), or no engine answering.
+fn docker_unavailable() -> Option<&'static str> {
+    if !shell::available("docker", "--version") {
+        return Some("`docker` is not installed (not on PATH)");
+    }
+    let compose = Command::new("docker")
+        .args(["compose", "version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !compose {
+        return Some("`docker compose` (Compose v2) is not installed");
+    }
+    if !shell::available("docker", "info") {
+        return Some("no Docker engine answers (`docker info` failed)");
+    }
+    None
 }
 
+/// The Redpanda version the compose file pins (its image tag), for the env
+/// file's `KAFKA_BROKER_VERSION`.
+fn redpanda_version() -> String {
+    fs::read_to_string(workspace_root().join("docker-compose.yml"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| {
+                    l.trim()
+                        .strip_prefix("image: docker.redpanda.com/redpandadata/redpanda:")
+                })
+                .map(|tag| tag.trim().trim_start_matches('v').to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `docker compose up -d redpanda` with the repo's `docker-compose.yml`,
+/// then the same env file as the Kafka engine's (`KAFKA_BOOTSTRAP`, the
+/// engine, version and instance; no TLS or SASL listeners, which the
+/// compose file does not open) plus the schema registry's and admin API's
+/// URLs. Redpanda Console: `docker compose up -d console`.
 fn start_redpanda(dirs: &Dirs) -> anyhow::Result<RunningBroker> {
-    if !docker_engine_answers() {
+    if let Some(why) = docker_unavailable() {
         bail!(
-            "--engine redpanda needs a running Docker engine (`docker info` failed); \
-             use the default engine (Java 17+ and Maven) instead"
+            "--engine redpanda runs `docker compose up -d redpanda`, but {why}; \
+             install Docker (with Compose v2) and start its engine, or use the default \
+             engine (Apache Kafka from Maven jars: Java 17+ and Maven, no Docker)"
         );
     }
     shell::run(
         Command::new("docker")
             .args(["compose", "-f"])
             .arg(workspace_root().join("docker-compose.yml"))
-            .args(["up", "-d"]),
+            .args(["up", "-d", "redpanda"]),
     )?;
     let deadline = Instant::now() + Duration::from_secs(90);
     while !tcp_ready(REDPANDA_BOOTSTRAP) {
         if Instant::now() > deadline {
             bail!(
-                "Redpanda did not open {REDPANDA_BOOTSTRAP} within 90 s; see `docker compose logs`"
+                "Redpanda did not open {REDPANDA_BOOTSTRAP} within 90 s; see `docker compose logs redpanda`"
             );
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -728,9 +771,19 @@ fn start_redpanda(dirs: &Dirs) -> anyhow::Result<RunningBroker> {
         env: vec![
             ("KAFKA_BOOTSTRAP".into(), REDPANDA_BOOTSTRAP.into()),
             ("KAFKA_BROKER_ENGINE".into(), "redpanda".into()),
+            ("KAFKA_BROKER_VERSION".into(), redpanda_version()),
+            ("KAFKA_BROKER_INSTANCE".into(), instance().to_string()),
+            (
+                "SCHEMA_REGISTRY_URL".into(),
+                "http://127.0.0.1:18081".into(),
+            ),
+            ("REDPANDA_ADMIN_URL".into(), "http://127.0.0.1:19644".into()),
         ],
     };
     write_env(dirs, &running)?;
+    eprintln!(
+        "xtask: Redpanda Console too: `docker compose up -d console` (http://127.0.0.1:8080)"
+    );
     Ok(running)
 }
 

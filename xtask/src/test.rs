@@ -3,16 +3,21 @@
 //! Two tiers, fastest first, each step timed in the closing table:
 //! 1. **No service**: fmt, clippy, check-pure, the unit tests (`--lib
 //!    --bins`, then the smallest feature set), the doctests, rustdoc and
-//!    `cargo package`. A broken invariant fails here in minutes.
+//!    `cargo package --no-verify` (the tarballs, which the downstream step
+//!    builds). A broken invariant fails here in minutes.
 //! 2. **Services** (PostgreSQL, Redis, the Python venv, the broker: ours,
 //!    or the one `KAFKA_BOOTSTRAP` names): every crate's one integration
 //!    binary (`tests/it`), the broker-restart tests alone, the seeds'
 //!    systems, `examples/downstream` (an application outside the
-//!    workspace), the KIP-848 pass; then each older broker's compatibility
-//!    pass; last, the `cluster::` tests on the three-node cluster
-//!    (`cargo xtask cluster`). Which test a pass reruns is read from its
-//!    module path (`compat::`, `groups::`, `kip848::`, `alone::`,
-//!    `cluster::`; see `kafka-wire/tests/it/main.rs`), never from a list here.
+//!    workspace, built against the packaged tarballs), the KIP-848 pass
+//!    and beside it the Redpanda-shaped pass (the suites with every
+//!    connection capped at Redpanda 26.1's versions); then each older
+//!    broker's compatibility pass; last, the `cluster::` tests on the
+//!    three-node cluster (`cargo xtask cluster`). Which test a pass reruns
+//!    is read from its module path (`compat::`, `groups::`, `kip848::`,
+//!    `alone::`, `cluster::`; see `kafka-wire/tests/it/main.rs`), never from
+//!    a list here (the Redpanda-shaped pass names its suites' modules:
+//!    `REDPANDA_SHAPE_TESTS`).
 //!
 //! Services we started are stopped, even when tests fail. The last line is a
 //! plain `summary: N passed, N failed, N skipped`.
@@ -158,9 +163,20 @@ fn timed(
     eprintln!("\n==> {name}");
     let t = Instant::now();
     let result = f();
+    record(steps, name, t.elapsed(), result)
+}
+
+/// Add a step that ran for `took` with `result` (its summary line, or
+/// why it failed) to the summary.
+fn record(
+    steps: &mut Vec<Step>,
+    name: &'static str,
+    took: Duration,
+    result: anyhow::Result<String>,
+) -> anyhow::Result<()> {
     steps.push(Step {
         name,
-        took: t.elapsed(),
+        took,
         ok: result.is_ok(),
         detail: match &result {
             Ok(d) => d.clone(),
@@ -463,20 +479,127 @@ fn main_passes(
     }
     keep(examples_tests(env, steps, counts));
     keep(timed(steps, "downstream", || {
-        let d = downstream(env)?;
+        // The package step made the tarballs (not under --no-lint).
+        let d = downstream(env, !args.no_lint)?;
         counts.add(&d);
         d.check()
     }));
     // KIP-848 on the main version: the group, runtime and semantics
-    // suites again under group.protocol=consumer.
-    keep(integration_step(
-        steps,
-        counts,
-        "kip-848",
-        &under_kip848(env),
-        &[GROUPS, THREADS],
-    ));
+    // suites again under group.protocol=consumer; beside it, the
+    // Redpanda-shaped pass.
+    keep(kip848_beside_redpanda_shape(steps, counts, env));
     first_err.map_or(Ok(()), Err)
+}
+
+/// Two steps at once on the main broker, each in the summary with its own
+/// time and counts: "kip-848" (the `groups::` tests under
+/// `group.protocol=consumer`, as [`integration_step`]) and
+/// "redpanda-shape" ([`redpanda_shape`]). Both mostly wait on the broker,
+/// and every test makes its own topics and groups, so the second costs
+/// the run little wall-clock time (the kip-848 step took 184 s of a cold
+/// run; the Redpanda-shaped tests take about a minute).
+fn kip848_beside_redpanda_shape(
+    steps: &mut Vec<Step>,
+    counts: &mut Counts,
+    env: &[(String, String)],
+) -> anyhow::Result<()> {
+    eprintln!("\n==> kip-848, and beside it redpanda-shape");
+    let started = Instant::now();
+    let binaries = match build_it_binaries() {
+        Ok(b) => b,
+        Err(e) => return record(steps, "kip-848", started.elapsed(), Err(e)),
+    };
+    let kip_env = under_kip848(env);
+    let shape_env = under_redpanda_shape(env);
+    let kip_args: Vec<String> = [GROUPS, THREADS].map(String::from).to_vec();
+    let ((kip, kip_took), (shape, shape_took)) = std::thread::scope(|s| {
+        let shape = s.spawn(|| {
+            let t = Instant::now();
+            (redpanda_shape(&shape_env, &binaries), t.elapsed())
+        });
+        let kip = run_it(&kip_env, &binaries, &kip_args);
+        let kip_took = started.elapsed();
+        (
+            (kip, kip_took),
+            shape.join().expect("the redpanda-shape thread panicked"),
+        )
+    });
+    let mut summary = |name, took, c: anyhow::Result<Counts>| {
+        let line = c.and_then(|c| {
+            counts.add(&c);
+            c.check()
+        });
+        record(steps, name, took, line)
+    };
+    let a = summary("kip-848", kip_took, kip);
+    let b = summary("redpanda-shape", shape_took, shape);
+    a.and(b)
+}
+
+/// kafka-wire's test-only setting that caps every connection at a named
+/// broker's advertised versions (`kafka-wire/src/versions.rs`).
+const VERSION_CAP_ENV: &str = "KAFKA_WIRE_TEST_ONLY_VERSION_CAP";
+/// The Redpanda release line whose ApiVersions table the pass uses.
+const REDPANDA_SHAPE: &str = "redpanda-26.1";
+
+/// Per crate, the tests of its `it` binary the Redpanda-shaped pass runs:
+/// the producer, the transactional producer, the consumer, the classic
+/// group (`group.protocol=auto`, which Redpanda answers classic: no
+/// ConsumerGroupHeartbeat), the runtime and the exactly-once processor.
+/// 48 tests; two at a time on a shared 2-core machine they took 6, 17 and
+/// 29 s (kafka-wire, consumer-core, resilience).
+const REDPANDA_SHAPE_TESTS: &[(&str, &[&str])] = &[
+    (
+        "kafka-wire",
+        &["compat::producer::", "compat::transactions::"],
+    ),
+    (
+        "consumer-core",
+        &["compat::consumer::", "compat::groups::group::"],
+    ),
+    (
+        "resilience",
+        &["groups::processor::", "compat::groups::eos::"],
+    ),
+];
+
+/// Tests of those that cannot pass under the cap, and why (each a
+/// `--skip`, a substring of the test's path).
+const REDPANDA_SHAPE_SKIP: &[&str] = &[
+    // The test reads the offsets with a hand-built OffsetFetch in the v8+
+    // layout (`groups`), which a v7 request cannot carry.
+    "compat::transactions::offsets_sent_to_a_committed_transaction_are_committed",
+];
+
+/// `env` plus the cap at [`REDPANDA_SHAPE`] and `group.protocol=auto`.
+fn under_redpanda_shape(env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env = env.to_vec();
+    env.push((VERSION_CAP_ENV.into(), REDPANDA_SHAPE.into()));
+    env.push(("KAFKA_GROUP_PROTOCOL".into(), "auto".into()));
+    env
+}
+
+/// The Redpanda-shaped pass: [`REDPANDA_SHAPE_TESTS`] against the main
+/// Apache Kafka broker, every connection negotiating as if the broker were
+/// Redpanda 26.1 (Produce v7, Fetch v13, OffsetFetch v7, EndTxn v3; no
+/// KIP-848, no transactions V2, no share groups). No Redpanda runs in CI
+/// (no Docker engine there); this is what Redpanda's versions exercise in
+/// the client. Two tests at a time: it runs beside the kip-848 step.
+fn redpanda_shape(env: &[(String, String)], binaries: &[ItBinary]) -> anyhow::Result<Counts> {
+    let mut counts = Counts::default();
+    for (package, filters) in REDPANDA_SHAPE_TESTS {
+        let b = binaries
+            .iter()
+            .find(|b| b.package == *package)
+            .with_context(|| format!("no integration binary for {package}"))?;
+        let mut args: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+        for skip in REDPANDA_SHAPE_SKIP {
+            args.extend(["--skip".to_string(), skip.to_string()]);
+        }
+        args.push("--test-threads=2".into());
+        counts.add(&run_binaries(env, [b], &args)?);
+    }
+    Ok(counts)
 }
 
 /// On an older broker: what depends on the version (`compat::`), then,
@@ -562,27 +685,181 @@ fn examples_tests(
 const KIP848_ON_3_9: &str = "group.coordinator.rebalance.protocols=classic,consumer";
 
 /// The application in `examples/downstream/`: its own workspace and
-/// Cargo.lock (`--locked`: the committed one), our crates by path, so it
-/// builds exactly what an embedder gets (no `[patch]` of ours reaches it).
-/// Built with `CC=/bin/false CXX=/bin/false`, into the workspace's target
-/// directory so that the dependencies the workspace already built are
-/// reused.
-fn downstream(env: &[(String, String)]) -> anyhow::Result<Counts> {
+/// Cargo.lock (`--locked`: the committed one), so it builds exactly what an
+/// embedder gets (no `[patch]` of the workspace reaches it). Built with
+/// `CC=/bin/false CXX=/bin/false`, into the workspace's target directory
+/// so that the dependencies the workspace already built are reused.
+///
+/// With `from_tarballs` (after the package step), against the crates as
+/// crates.io would serve them: a copy of it in `target/downstream-packaged/`
+/// whose dependencies are the tarballs of `target/package/`, unpacked
+/// ([`unpack_tarballs`]). That build is the package step's verification
+/// (`cargo package --no-verify`): a file missing from a tarball, or a
+/// manifest that only builds inside the workspace, fails here. Without it
+/// (`--no-lint`), our crates by path.
+fn downstream(env: &[(String, String)], from_tarballs: bool) -> anyhow::Result<Counts> {
     let mut env = env.to_vec();
     env.push(("CC".into(), "/bin/false".into()));
     env.push(("CXX".into(), "/bin/false".into()));
-    if std::env::var_os("CARGO_TARGET_DIR").is_none() {
-        let target = shell::workspace_root().join("target");
-        env.push(("CARGO_TARGET_DIR".into(), target.display().to_string()));
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(t) => std::path::PathBuf::from(t),
+        None => {
+            let target = shell::workspace_root().join("target");
+            env.push(("CARGO_TARGET_DIR".into(), target.display().to_string()));
+            target
+        }
+    };
+    let mut cargo_args: Vec<String> = Vec::new();
+    if from_tarballs {
+        let unpacked = unpack_tarballs(&target)?;
+        let manifest = copy_against_tarballs(&target, &unpacked)?;
+        cargo_args.extend(["--manifest-path".into(), manifest.display().to_string()]);
+        // Each crate's dependencies on the others are crates.io ones in its
+        // tarball: these, until they are published.
+        for (krate, dir) in &unpacked {
+            if PATCHED_FROM_TARBALLS.contains(&krate.as_str()) {
+                cargo_args.push("--config".into());
+                cargo_args.push(format!(
+                    "patch.crates-io.{krate}.path=\"{}\"",
+                    dir.display()
+                ));
+            }
+        }
+    } else {
+        cargo_args.extend(["--manifest-path".into(), DOWNSTREAM.into()]);
     }
-    let manifest = ["--manifest-path", DOWNSTREAM, "--locked"].map(String::from);
-    cargo_test(&env, &manifest, &[]).with_context(|| {
+    cargo_args.push("--locked".into());
+    cargo_test(&env, &cargo_args, &[]).with_context(|| {
         format!(
             "{DOWNSTREAM}: if its Cargo.lock is stale (a library crate gained a \
              dependency), run `cargo update --workspace --manifest-path {DOWNSTREAM}` \
              and commit the lock"
         )
     })
+}
+
+/// The packaged crates the downstream application builds on, and the
+/// path in its manifest that names each (`None`: reached only through
+/// another's dependency).
+const FROM_TARBALLS: &[(&str, Option<&str>)] = &[
+    ("kafka-protocol-bounded", None),
+    ("kafka-wire", Some("../../kafka-wire")),
+    ("consumer-core", Some("../../consumer-core")),
+    ("resilience", Some("../../resilience")),
+];
+
+/// Those another packaged crate depends on (a crates.io dependency in its
+/// tarball's manifest), patched to their unpacked tarballs. Not
+/// resilience: nothing of ours depends on it, and an unused patch would
+/// change the lock.
+const PATCHED_FROM_TARBALLS: &[&str] = &["kafka-protocol-bounded", "kafka-wire", "consumer-core"];
+
+/// Unpack the newest `target/package/<name>-<version>.crate` of each of
+/// [`FROM_TARBALLS`] into `target/package/unpacked/` (made anew); each
+/// crate's name and directory.
+fn unpack_tarballs(target: &std::path::Path) -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
+    let package = target.join("package");
+    let out = package.join("unpacked");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out)?;
+    let mut unpacked = Vec::new();
+    for (krate, _) in FROM_TARBALLS {
+        let prefix = format!("{krate}-");
+        let mut newest: Option<(std::time::SystemTime, std::path::PathBuf)> = None;
+        for entry in std::fs::read_dir(&package)
+            .with_context(|| format!("{}: run the package step first", package.display()))?
+        {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let version = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(".crate"));
+            if !version.is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit())) {
+                continue;
+            }
+            let modified = path.metadata()?.modified()?;
+            if newest.as_ref().is_none_or(|(m, _)| modified > *m) {
+                newest = Some((modified, path));
+            }
+        }
+        let (_, tarball) = newest.with_context(|| {
+            format!(
+                "no {krate} tarball in {}: run the package step first",
+                package.display()
+            )
+        })?;
+        shell::run(
+            std::process::Command::new("tar")
+                .arg("-xzf")
+                .arg(&tarball)
+                .arg("-C")
+                .arg(&out),
+        )?;
+        let dir = out.join(tarball.file_stem().context("a tarball without a name")?);
+        anyhow::ensure!(
+            dir.join("Cargo.toml").exists(),
+            "{} unpacked no Cargo.toml",
+            tarball.display()
+        );
+        unpacked.push((krate.to_string(), dir));
+    }
+    Ok(unpacked)
+}
+
+/// A copy of `examples/downstream/` in `target/downstream-packaged/` (made
+/// anew) whose path dependencies name the `unpacked` tarballs; its manifest.
+fn copy_against_tarballs(
+    target: &std::path::Path,
+    unpacked: &[(String, std::path::PathBuf)],
+) -> anyhow::Result<std::path::PathBuf> {
+    let from = shell::workspace_root().join("examples/downstream");
+    let to = target.join("downstream-packaged");
+    let _ = std::fs::remove_dir_all(&to);
+    copy_dir(&from, &to)?;
+    let manifest = to.join("Cargo.toml");
+    let mut text = std::fs::read_to_string(&manifest)?;
+    for (krate, path) in FROM_TARBALLS {
+        let Some(path) = path else { continue };
+        let dir = &unpacked
+            .iter()
+            .find(|(k, _)| k == krate)
+            .context("every crate was unpacked")?
+            .1;
+        let before = format!("path = \"{path}\"");
+        anyhow::ensure!(
+            text.contains(&before),
+            "{DOWNSTREAM} no longer says `{before}`: update FROM_TARBALLS in xtask/src/test.rs"
+        );
+        text = text.replace(&before, &format!("path = \"{}\"", dir.display()));
+    }
+    anyhow::ensure!(
+        !text.contains("path = \"../"),
+        "{DOWNSTREAM} names a path dependency FROM_TARBALLS does not know"
+    );
+    std::fs::write(&manifest, text)?;
+    Ok(manifest)
+}
+
+/// Copy `from` into `to` (made), every file and directory but `target/`.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_name() == "target" {
+            continue;
+        }
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&path, &dest)?;
+        } else {
+            std::fs::copy(&path, &dest).with_context(|| format!("copying {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 const DOWNSTREAM: &str = "examples/downstream/Cargo.toml";
@@ -610,19 +887,30 @@ fn integration_step(
 ) -> anyhow::Result<()> {
     timed(steps, name, || {
         let binaries = build_it_binaries()?;
-        let (longest, rest): (Vec<ItBinary>, Vec<ItBinary>) =
-            binaries.into_iter().partition(|b| b.package == LONGEST_IT);
         let test_args: Vec<String> = test_args.iter().map(|a| a.to_string()).collect();
-        let (a, b) = std::thread::scope(|s| {
-            let beside = s.spawn(|| run_binaries(env, &longest, &test_args));
-            let here = run_binaries(env, &rest, &test_args);
-            (beside.join().expect("a test-runner thread panicked"), here)
-        });
-        let mut c = a?;
-        c.add(&b?);
+        let c = run_it(env, &binaries, &test_args)?;
         counts.add(&c);
         c.check()
     })
+}
+
+/// Run `binaries` with `test_args`: the [`LONGEST_IT`] one beside the
+/// others, which run one after another; their counts summed.
+fn run_it(
+    env: &[(String, String)],
+    binaries: &[ItBinary],
+    test_args: &[String],
+) -> anyhow::Result<Counts> {
+    let (longest, rest): (Vec<&ItBinary>, Vec<&ItBinary>) =
+        binaries.iter().partition(|b| b.package == LONGEST_IT);
+    let (a, b) = std::thread::scope(|s| {
+        let beside = s.spawn(|| run_binaries(env, longest, test_args));
+        let here = run_binaries(env, rest, test_args);
+        (beside.join().expect("a test-runner thread panicked"), here)
+    });
+    let mut c = a?;
+    c.add(&b?);
+    Ok(c)
 }
 
 /// One crate's integration test binary.
@@ -688,9 +976,9 @@ fn build_it_binaries() -> anyhow::Result<Vec<ItBinary>> {
 
 /// Run `binaries` one after another with `test_args`, each one's output
 /// printed whole when it ends; their counts summed.
-fn run_binaries(
+fn run_binaries<'a>(
     env: &[(String, String)],
-    binaries: &[ItBinary],
+    binaries: impl IntoIterator<Item = &'a ItBinary>,
     test_args: &[String],
 ) -> anyhow::Result<Counts> {
     let mut counts = Counts::default();

@@ -102,7 +102,7 @@ impl Protocol for ConsumerProtocol {
             return;
         }
         self.asked_session_timeout = true;
-        m.session_timeout_learned(group_session_timeout(c).await);
+        m.session_timeout_learned(group_session_timeout(c, "consumer.session.timeout.ms").await);
         if self.may_fall_back && !self.unused_settings.is_empty() {
             tracing::warn!(
                 group = %c.group_id(),
@@ -148,15 +148,20 @@ impl Protocol for ConsumerProtocol {
     }
 }
 
-/// The group's session timeout: `consumer.session.timeout.ms` of the
-/// group's configs (DescribeConfigs on the group, Kafka 4.0+; the
-/// broker's `group.consumer.session.timeout.ms` unless the group
-/// overrides it). Asked of the coordinator on the Group lane, this
-/// task's own connection: on the shared Control lane it could wait
-/// behind slow commits while no heartbeat goes out. `None` when the
+/// The group's session timeout: the group config `key`
+/// (`consumer.session.timeout.ms` for KIP-848, `share.session.timeout.ms`
+/// for a share group), by DescribeConfigs on the group (Kafka 4.0+; the
+/// broker's `group.consumer.session.timeout.ms` or
+/// `group.share.session.timeout.ms` unless the group overrides it).
+/// Asked of the coordinator on the Group lane, this task's own
+/// connection: on the shared Control lane it could wait behind slow
+/// commits while no heartbeat goes out. `None` when the
 /// broker does not say (Kafka 3.9, an authorization error): then only
 /// the broker's answer fences.
-async fn group_session_timeout(c: &Coordinator<'_, impl GroupIo>) -> Option<Duration> {
+pub(super) async fn group_session_timeout(
+    c: &Coordinator<'_, impl GroupIo>,
+    key: &str,
+) -> Option<Duration> {
     use kafka_wire::messages::describe_configs_request::DescribeConfigsResource;
     use kafka_wire::messages::DescribeConfigsRequest;
     const GROUP_RESOURCE: i8 = 32;
@@ -164,7 +169,7 @@ async fn group_session_timeout(c: &Coordinator<'_, impl GroupIo>) -> Option<Dura
         DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
             .with_resource_type(GROUP_RESOURCE)
             .with_resource_name(s(c.group_id()))
-            .with_configuration_keys(Some(vec![s("consumer.session.timeout.ms")]))]);
+            .with_configuration_keys(Some(vec![s(key)]))]);
     let resp = match c.send(&req, Duration::ZERO).await {
         Ok(r) => r,
         Err(e) => {
@@ -176,7 +181,7 @@ async fn group_session_timeout(c: &Coordinator<'_, impl GroupIo>) -> Option<Dura
     let ms = result
         .configs
         .iter()
-        .find(|c| c.name.as_str() == "consumer.session.timeout.ms")
+        .find(|c| c.name.as_str() == key)
         .and_then(|c| c.value.as_ref())
         .and_then(|v| v.as_str().parse::<u64>().ok())
         .filter(|ms| *ms > 0)?;

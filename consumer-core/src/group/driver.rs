@@ -181,6 +181,32 @@ pub(crate) trait GroupMachine {
     fn snapshot(&self, snap: &mut GroupSnapshot);
 }
 
+/// `m`'s generation (the classic protocol's generation id, KIP-848's and
+/// share groups' member epoch), for the log lines of a rebalance.
+fn generation_of(m: &impl GroupMachine) -> i32 {
+    let mut snap = GroupSnapshot::default();
+    m.snapshot(&mut snap);
+    snap.generation
+}
+
+/// Partitions as `orders-0, orders-1` in a log line.
+struct PartitionList<'a>(&'a [TopicPartition]);
+
+impl std::fmt::Display for PartitionList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        for (i, tp) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{tp}")?;
+        }
+        Ok(())
+    }
+}
+
 /// What one group protocol adds to the [`Driver`]: how its machine's own
 /// requests go to the coordinator, and how their answers come back.
 pub(crate) trait Protocol {
@@ -451,6 +477,7 @@ impl<I: GroupIo> Driver<I> {
                 }
             }
             Step::Revoke(parts) => {
+                tracing::info!(group = %self.group_id, generation = generation_of(m), partitions = %PartitionList(&parts), "revoking partitions");
                 // on_revoked runs beside poll(), up to the rebalance
                 // timeout; a member still in the group keeps heartbeating
                 // (the machine's output while it waits). Commits of
@@ -462,12 +489,16 @@ impl<I: GroupIo> Driver<I> {
                     .await;
             }
             Step::Lose(parts) => {
+                tracing::info!(group = %self.group_id, generation = generation_of(m), partitions = %PartitionList(&parts), "partitions lost (no longer this member's; not committed)");
                 m.listener_started(&[], now());
                 *listener = self
                     .hand_to_listener(m, |done| GroupEvent::Lost(parts, done))
                     .await;
             }
-            Step::Assign(parts) => self.assigned(m, parts).await,
+            Step::Assign(parts) => {
+                tracing::info!(group = %self.group_id, generation = generation_of(m), partitions = %PartitionList(&parts), "assigned partitions");
+                self.assigned(m, parts).await
+            }
             Step::Fatal(_) | Step::FallBack(_) | Step::Protocol(_) => {
                 unreachable!("handled by run()")
             }

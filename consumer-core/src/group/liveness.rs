@@ -12,9 +12,11 @@
 //!  listener_done ──▶ the machine decides again
 //! ```
 //!
-//! Each machine (`classic/membership.rs`, `consumer_protocol/member.rs`)
-//! embeds one and keeps only what differs: what to do when the poll
-//! deadline passes, and which heartbeats it owes meanwhile.
+//! Each machine (`classic/membership.rs`, `consumer_protocol/member.rs`,
+//! `share_protocol/member.rs`) embeds one and keeps only what differs:
+//! what to do when the poll deadline passes, and which heartbeats it owes
+//! meanwhile. The KIP-848 and share members also embed a [`Session`]: how
+//! long the coordinator keeps a member whose heartbeats go unanswered.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -157,6 +159,73 @@ impl Liveness {
     }
 }
 
+/// The member's session as the coordinator keeps it: a member whose
+/// heartbeats go unanswered for the group's session timeout is removed by
+/// the coordinator, answer or not (KIP-848's `consumer.session.timeout.ms`,
+/// KIP-932's `share.session.timeout.ms`: group configs, the broker's to
+/// set). Pure: the machine says when a heartbeat was answered and whether
+/// it is in the group; the deadline comes out.
+///
+/// ```text
+///  heartbeat answered / (re)joining ──answered(now)──▶ last_answered
+///  in the group ──▶ deadline = last_answered + session timeout (None while unknown)
+///  now ≥ deadline ──▶ expired: the member's partitions are someone else's; rejoin with epoch 0
+/// ```
+///
+/// Embedded by the KIP-848 member (`consumer_protocol/member.rs`) and the
+/// share member (`share_protocol/member.rs`); the classic member keeps
+/// `session.timeout.ms`, its own setting.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// The group's session timeout once the driver learned it (`None`
+    /// before, or when the broker would not say: then only the broker's
+    /// answers remove the member).
+    timeout: Option<Duration>,
+    /// When a heartbeat was last answered without error (or the member
+    /// last started joining).
+    last_answered: Instant,
+}
+
+impl Session {
+    /// A session whose clock starts at `now`, its timeout unknown.
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            timeout: None,
+            last_answered: now,
+        }
+    }
+
+    /// The group's session timeout, as the driver learned it (`None`: the
+    /// broker would not say).
+    pub(crate) fn learned(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+    }
+
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// A heartbeat was answered without error at `now`, or the member
+    /// starts joining: the session runs from here.
+    pub(crate) fn answered(&mut self, now: Instant) {
+        self.last_answered = now;
+    }
+
+    /// When the member must count itself removed unless a heartbeat is
+    /// answered before: the last answer plus the session timeout. `None`
+    /// outside the group (`in_group` false) or while the timeout is
+    /// unknown.
+    pub(crate) fn deadline(&self, in_group: bool) -> Option<Instant> {
+        let timeout = self.timeout?;
+        in_group.then(|| self.last_answered + timeout)
+    }
+
+    /// Has the session of a member `in_group` run out at `now`?
+    pub(crate) fn expired(&self, in_group: bool, now: Instant) -> bool {
+        self.deadline(in_group).is_some_and(|d| now >= d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,5 +272,20 @@ mod tests {
         l.listener_started(&[], t0);
         l.listener_done();
         assert!(!l.listener_holds(t0, "g"));
+    }
+
+    #[test]
+    fn a_session_runs_from_the_last_answer_and_only_in_the_group() {
+        let t0 = Instant::now();
+        let mut s = Session::new(t0);
+        assert_eq!(s.deadline(true), None, "the timeout is unknown");
+        assert!(!s.expired(true, t0 + 100 * SEC));
+        s.learned(Some(6 * SEC));
+        assert_eq!(s.deadline(true), Some(t0 + 6 * SEC));
+        assert!(!s.expired(true, t0 + 5 * SEC));
+        assert!(s.expired(true, t0 + 6 * SEC));
+        assert!(!s.expired(false, t0 + 60 * SEC), "outside the group");
+        s.answered(t0 + 4 * SEC);
+        assert_eq!(s.deadline(true), Some(t0 + 10 * SEC));
     }
 }

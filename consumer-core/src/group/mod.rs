@@ -99,6 +99,11 @@ pub(crate) struct GroupSnapshot {
     pub coordinator: Option<i32>,
     /// The protocol that answered: `Classic` or `Consumer` (never `Auto`).
     pub protocol: Option<GroupProtocol>,
+    /// Share groups: the coordinator removed this member (fenced, or its
+    /// session ran out) and the Lost it caused is being handed over, so
+    /// the records held of those partitions are forgotten, not
+    /// acknowledged on the stale session (`share_protocol/member.rs`).
+    pub removed: bool,
 }
 
 impl GroupSnapshot {

@@ -18,7 +18,8 @@ use kafka_wire::messages::{ApiKey, GroupId, ShareGroupHeartbeatRequest, TopicNam
 
 pub(crate) mod member;
 
-use super::driver::{Coordinator, Driver, Ended, GroupMachine, Protocol, Seam};
+use super::consumer_protocol::group_session_timeout;
+use super::driver::{until, Coordinator, Driver, Ended, GroupMachine, Protocol, Seam};
 use super::io::GroupIo;
 use super::s;
 use super::target::HeartbeatResult;
@@ -34,15 +35,30 @@ use member::{Action, ShareHeartbeat, ShareMember, ShareMemberConfig};
 pub(crate) async fn run<I: GroupIo>(io: I, cfg: ShareMemberConfig, seam: Seam) -> Ended {
     let mut driver = Driver::new(io, cfg.group_id.clone(), false, seam);
     let mut member = ShareMember::new(cfg, super::driver::now());
-    driver.run(&mut ShareProtocol, &mut member).await
+    driver.run(&mut ShareProtocol::default(), &mut member).await
 }
 
-/// ShareGroupHeartbeat for [`ShareMember`].
-#[derive(Debug)]
-pub(crate) struct ShareProtocol;
+/// ShareGroupHeartbeat for [`ShareMember`]; DescribeConfigs for the
+/// group's `share.session.timeout.ms`.
+#[derive(Debug, Default)]
+pub(crate) struct ShareProtocol {
+    /// The group's session timeout was asked (once in the group).
+    asked_session_timeout: bool,
+}
 
 impl Protocol for ShareProtocol {
     type Machine = ShareMember;
+
+    /// Once in the group: ask how long the coordinator waits for a
+    /// heartbeat before it removes a member (the same question as
+    /// KIP-848's, about `share.session.timeout.ms`).
+    async fn before_round<I: GroupIo>(&mut self, c: &Coordinator<'_, I>, m: &mut ShareMember) {
+        if self.asked_session_timeout || !m.in_group() {
+            return;
+        }
+        self.asked_session_timeout = true;
+        m.session_timeout_learned(group_session_timeout(c, "share.session.timeout.ms").await);
+    }
 
     async fn execute<I: GroupIo>(
         &mut self,
@@ -52,9 +68,12 @@ impl Protocol for ShareProtocol {
     ) {
         let now = super::driver::now;
         match action {
-            Action::Heartbeat(hb) => match heartbeat(c, hb).await {
-                Ok(r) => m.handle_heartbeat(r, now()),
-                Err(e) => {
+            // Awaited at most until the session deadline: past it the
+            // coordinator has removed the member, answer or not.
+            Action::Heartbeat(hb) => match until(m.session_deadline(), heartbeat(c, hb)).await {
+                None => m.session_expired(now()),
+                Some(Ok(r)) => m.handle_heartbeat(r, now()),
+                Some(Err(e)) => {
                     tracing::warn!(group = %c.group_id(), error = %e, "ShareGroupHeartbeat failed; finding the coordinator again");
                     m.handle_request_failed(now());
                 }

@@ -77,6 +77,14 @@ impl Shared {
         self.wake_driver.notify_one();
     }
 
+    /// The coordinator removed this member: forget what is held of
+    /// `parts` ([`ShareFetcher::forget`]), acknowledging none of it.
+    pub(crate) fn forget(&self, parts: &BTreeSet<TopicIdPartition>, cause: &Error) {
+        self.fetcher().forget(parts, cause);
+        self.wake_driver.notify_one();
+        self.wake_app.notify_one();
+    }
+
     /// Membership failed for good: `poll` reports it.
     pub(crate) fn fail_membership(&self, why: String) {
         self.fetcher().fail(ShareError::Membership(why));

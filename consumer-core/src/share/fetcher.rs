@@ -295,6 +295,39 @@ impl ShareFetcher {
         }
     }
 
+    /// The coordinator removed this member (it fenced it, or its session
+    /// ran out with no heartbeat answered): the broker released every
+    /// record this member had acquired of `parts`, and they may be
+    /// another member's delivery by now. So stop fetching them and forget
+    /// every record held of them, buffered, with the application, or
+    /// acknowledged and not yet answered: none is acknowledged on the
+    /// stale membership (an ACCEPT would be refused as
+    /// INVALID_RECORD_STATE, a RELEASE could end the next delivery of the
+    /// same record to this member id). Acknowledgements the application
+    /// gave for them are reported failed (`cause`); acknowledging one of
+    /// them later is refused. The share sessions go on: the member id
+    /// does not change when it joins again.
+    pub(crate) fn forget(&mut self, parts: &BTreeSet<TopicIdPartition>, cause: &Error) {
+        let mut lost: BTreeMap<OutcomeKey, Vec<i64>> = BTreeMap::new();
+        for tip in parts {
+            for (off, a) in self.held.remove(tip).into_iter().flatten() {
+                if let Held::Pending {
+                    ack: Ack::Type(t), ..
+                }
+                | Held::Sending {
+                    ack: Ack::Type(t), ..
+                } = a.state
+                {
+                    lost.entry((tip.tp.clone(), t)).or_default().push(off);
+                }
+            }
+        }
+        // Nothing of `parts` is held now, so nothing is RELEASEd.
+        let kept = self.assigned.difference(parts).cloned().collect();
+        self.assign(kept);
+        self.report(lost, Some(cause.clone()));
+    }
+
     /// Has the fetch path sent what it owed `parts` after a
     /// [`revoke`](Self::revoke) or [`lose`](Self::lose), and heard back: no
     /// acknowledgement of theirs released and unanswered? Also true once

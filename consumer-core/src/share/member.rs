@@ -11,7 +11,9 @@
 //!                                         │         │   Revoked  ─▶ Shared::take_back, wait   │
 //!                                         │         │     until handed over, then ack         │
 //!                                         │         │   Lost     ─▶ the same, records given   │
-//!                                         │         │     back (RELEASE)                      │
+//!                                         │         │     back (RELEASE); removed by the      │
+//!                                         │         │     coordinator: Shared::forget (none   │
+//!                                         │         │     acknowledged on the stale session)  │
 //!                                         │         │   Fatal    ─▶ Shared::fail_membership   │
 //!                                         │         └─────────────────────────────────────────┘
 //! ```
@@ -56,8 +58,9 @@ impl MemberTask {
         let (polled, polled_rx) = watch::channel(now());
         let (close, close_rx) = watch::channel(false);
         let (events_tx, events) = mpsc::channel(EVENTS);
+        let snapshot = Arc::new(Mutex::new(GroupSnapshot::default()));
         let seam = Seam {
-            snapshot: Arc::new(Mutex::new(GroupSnapshot::default())),
+            snapshot: snapshot.clone(),
             events: events_tx,
             polled: polled_rx,
             close: close_rx,
@@ -65,7 +68,10 @@ impl MemberTask {
         let timeout = cfg.handover_timeout;
         let task = tokio::spawn(async move {
             let group = share_protocol::run(client.clone(), cfg, seam);
-            tokio::join!(group, hand_over(&client, &shared, events, timeout));
+            tokio::join!(
+                group,
+                hand_over(&client, &shared, &snapshot, events, timeout)
+            );
         });
         Self {
             task,
@@ -98,6 +104,7 @@ impl MemberTask {
 async fn hand_over(
     client: &Client,
     shared: &Shared,
+    snapshot: &Mutex<GroupSnapshot>,
     mut events: mpsc::Receiver<GroupEvent>,
     timeout: Duration,
 ) {
@@ -117,7 +124,14 @@ async fn hand_over(
                 let _ = done.send(());
             }
             GroupEvent::Lost(parts, done) => {
-                take_back(shared, &parts, true, timeout).await;
+                // Published before the event, and not cleared before an
+                // Assign, which waits for this ack.
+                let removed = snapshot.lock().map(|s| s.removed).unwrap_or(false);
+                if removed {
+                    forget(shared, &parts);
+                } else {
+                    take_back(shared, &parts, true, timeout).await;
+                }
                 let _ = done.send(());
             }
             GroupEvent::Fatal(why) => shared.fail_membership(why),
@@ -150,6 +164,25 @@ async fn take_back(shared: &Shared, parts: &[TopicPartition], lost: bool, timeou
             return;
         }
     }
+}
+
+/// The coordinator removed this member: forget what the fetch path holds
+/// of `parts`, acknowledging none of it (the broker released it).
+fn forget(shared: &Shared, parts: &[TopicPartition]) {
+    let tips: BTreeSet<TopicIdPartition> = shared
+        .fetcher()
+        .assignment()
+        .iter()
+        .filter(|tip| parts.contains(&tip.tp))
+        .cloned()
+        .collect();
+    tracing::info!(partitions = ?parts, "the share group removed this member: the records it held of these partitions are the group's again (not acknowledged)");
+    let cause = kafka_wire::Error::Metadata(
+        "the share group removed this member (fenced, or no heartbeat answered within \
+         share.session.timeout.ms): the broker released its records, which are delivered again"
+            .into(),
+    );
+    shared.forget(&tips, &cause);
 }
 
 /// `parts` with their topic ids, from metadata (refreshed when it does

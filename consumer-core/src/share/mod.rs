@@ -28,7 +28,11 @@
 //! answered before the heartbeat that ends the reconciliation), Lost (the
 //! same, and the records the application holds are RELEASEd too: a
 //! member that stopped polling for `max.poll.interval.ms` gives its
-//! records back), Fatal. The member id is the consumer's own (generated
+//! records back; but when the coordinator removed the member, fenced or
+//! its `share.session.timeout.ms` run out with no heartbeat answered, the
+//! broker has released those records already, so the fetch path forgets
+//! them instead and acknowledges none on the stale membership), Fatal.
+//! The member id is the consumer's own (generated
 //! at start, KIP-932 v1) and given to both. `ShareConsumer::assign` sets
 //! the whole assignment directly.
 //!

@@ -890,3 +890,40 @@ fn a_loss_gives_back_what_the_application_holds() {
     f.begin_poll().unwrap();
     assert!(f.poll_action(t0).is_none(), "nothing assigned: no fetch");
 }
+
+/// The coordinator removed the member: what it held of the lost
+/// partitions is forgotten, not acknowledged (no RELEASE, no ACCEPT on the
+/// stale membership); acknowledgements the application gave fail with
+/// the cause, and a later acknowledge is refused.
+#[test]
+fn a_removed_member_forgets_its_records_and_acknowledges_none() {
+    let t0 = Instant::now();
+    let mut s = settings(AcknowledgementMode::Explicit);
+    s.max_poll_records = 2;
+    let mut f = ready(s, &[0, 1], 2, t0);
+    let got = poll_with(&mut f, answer(0, Some(batch(0, 4)), &[(0, 3, 1)]), t0);
+    assert_eq!(offsets(&got), [0, 1]);
+    f.acknowledge(&got[0].tp, got[0].topic_id, 0, A::Accept)
+        .unwrap();
+    // Offset 1 is with the application; 2 and 3 are buffered.
+    let cause = Error::Metadata("removed".into());
+    f.forget(&BTreeSet::from([tip(0)]), &cause);
+
+    let outcomes = f.take_outcomes();
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_eq!(outcomes[0].ack, A::Accept);
+    assert_eq!(outcomes[0].offsets, [0]);
+    assert!(outcomes[0].error.is_some());
+    assert_eq!(f.unanswered_acks(), 0);
+    assert!(f.handed_over(&BTreeSet::from([tip(0)])));
+    assert_eq!(f.assignment(), &BTreeSet::from([tip(1)]));
+    let e = f
+        .acknowledge(&got[1].tp, got[1].topic_id, 1, A::Release)
+        .unwrap_err();
+    assert!(e.to_string().contains("does not hold it"), "{e}");
+    // Nothing owed: the next request carries no acknowledgement of p0.
+    f.begin_poll().unwrap();
+    let (_, req) = fetch(&mut f, t0);
+    assert!(fetch_acks(&req, 0).is_empty(), "nothing acknowledged");
+    assert!(f.take_records(t0).is_empty(), "the buffered ones are gone");
+}

@@ -40,9 +40,10 @@ pub async fn connect(
 }
 
 /// Set a classic-only property, except under KIP-848 (where the broker
-/// assigns and every rebalance is incremental).
+/// assigns and every rebalance is incremental); under `auto` too, which
+/// uses it where it falls back to classic (the Redpanda-shaped pass).
 pub fn classic(c: ConsumerConfigBuilder, key: &str, value: &str) -> ConsumerConfigBuilder {
-    if testkit::group_protocol().is_some() {
+    if testkit::kip848() {
         c
     } else {
         c.set(key, value).unwrap()

@@ -19,6 +19,7 @@
 
 mod common;
 mod share;
+mod telemetry;
 
 mod cluster {
     mod follower_fetch;

@@ -207,6 +207,9 @@ impl Processor {
                 "connected to the Kafka cluster"
             );
         }
+        if cfg.topic_pattern.is_none() {
+            start::warn_about_missing_topics(&cfg.consumer.client, &cfg.topics).await;
+        }
         if cfg.create_topics {
             if let Some(p) = &producer {
                 create_failure_topics(p.client(), &cfg).await;

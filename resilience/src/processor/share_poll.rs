@@ -46,11 +46,9 @@ const DEFAULT_LOCK: Duration = Duration::from_secs(30);
 
 /// A [`ShareError`] as the Processor's error.
 pub(super) fn share_error(e: ShareError) -> ConsumerError {
-    match e {
-        ShareError::Wire(w) => ConsumerError::Wire(w),
-        ShareError::Closed => ConsumerError::Closed,
-        other => ConsumerError::Fatal(other.to_string()),
-    }
+    // Keeps the share error's own action (a retriable one is retried by
+    // the poll backoff, not taken as fatal).
+    ConsumerError::from(e)
 }
 
 /// Settings a share group cannot honour, refused before anything
@@ -156,6 +154,7 @@ pub(super) async fn run(
     else {
         return Ok(());
     };
+    super::start::warn_about_missing_topics(&share.client, &cfg.topics).await;
     if cfg.create_topics {
         if let Some(p) = &producer {
             create_failure_topics(p.client(), &cfg).await;

@@ -101,6 +101,79 @@ pub(super) async fn create_failure_topics(client: &Client, cfg: &ProcessorConfig
     }
 }
 
+/// Warn about each subscribed topic the cluster does not have (a
+/// misspelling is otherwise silent: the group is joined, nothing is
+/// assigned of that topic, nothing is read), naming it and the existing
+/// topics with similar names. One Metadata request for all topics, on a
+/// client of its own (dropped after), with `allow_auto_topic_creation`
+/// false: the check never creates the topic. Nothing for a topic pattern;
+/// a failed or slow (over 10 s) request is logged at debug and skipped.
+/// The processor goes on either way: the topic may be created later, and
+/// its partitions are then assigned.
+pub(super) async fn warn_about_missing_topics(
+    client: &kafka_wire::ClientConfig,
+    topics: &[String],
+) {
+    if topics.is_empty() {
+        return;
+    }
+    let md = match Client::connect(client.clone()).await {
+        Ok(c) => tokio::time::timeout(Duration::from_secs(10), c.refresh_metadata(None)).await,
+        Err(e) => Ok(Err(e)),
+    };
+    let md = match md {
+        Ok(Ok(md)) => md,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "could not list the topics to check the subscription");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("listing the topics to check the subscription took over 10 s");
+            return;
+        }
+    };
+    for (topic, similar) in missing_topics(topics, md.topics.keys().map(String::as_str)) {
+        if similar.is_empty() {
+            tracing::warn!(%topic, "subscribed topic {topic:?} does not exist: nothing is read from it until it is created");
+        } else {
+            tracing::warn!(%topic, "subscribed topic {topic:?} does not exist (misspelled? similar existing topics: {}): nothing is read from it until it is created", similar.join(", "));
+        }
+    }
+}
+
+/// Each of `subscribed` not in `existing`, with the existing names similar
+/// to it (nearest first, at most 5): the same name in another case, or a
+/// few letters swapped, missing, extra or changed (see
+/// [`kafka_wire::suggest`]). Pure.
+pub(super) fn missing_topics<'a>(
+    subscribed: &[String],
+    existing: impl Iterator<Item = &'a str> + Clone,
+) -> Vec<(String, Vec<String>)> {
+    subscribed
+        .iter()
+        .filter(|t| !existing.clone().any(|e| e == t.as_str()))
+        .map(|t| {
+            let lower = t.to_lowercase();
+            let mut near: Vec<(usize, &str)> = existing
+                .clone()
+                .filter(|e| !e.starts_with("__")) // internal topics
+                .map(|e| {
+                    let d = kafka_wire::suggest::edit_distance(&lower, &e.to_lowercase());
+                    (d, e)
+                })
+                .filter(|(d, e)| *d <= (e.len().max(t.len()) / 4).max(2))
+                .collect();
+            near.sort();
+            let similar = near
+                .into_iter()
+                .take(5)
+                .map(|(_, e)| e.to_string())
+                .collect();
+            (t.clone(), similar)
+        })
+        .collect()
+}
+
 /// The start-up retries of [`until_connected`]: 200 ms doubling to 10 s.
 const START_BACKOFF: kafka_wire::Backoff =
     kafka_wire::Backoff::exponential(Duration::from_millis(200), Duration::from_secs(10));
@@ -184,5 +257,36 @@ where
             _ = shutdown.as_mut() => return Ok(None),
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_topic_is_named_with_the_similar_existing_ones() {
+        let existing = [
+            "orders",
+            "Orders-v2",
+            "payments",
+            "__consumer_offsets",
+            "ordres.DLT",
+        ];
+        let subscribed = [
+            "ordres".to_string(),
+            "payments".to_string(),
+            "audit".to_string(),
+        ];
+        let missing = missing_topics(&subscribed, existing.iter().copied());
+        assert_eq!(
+            missing,
+            [
+                ("ordres".to_string(), vec!["orders".to_string()]),
+                ("audit".to_string(), vec![]),
+            ]
+        );
+        let upper = missing_topics(&["ORDERS".to_string()], existing.iter().copied());
+        assert_eq!(upper[0].1[0], "orders", "another case is the nearest");
     }
 }

@@ -618,6 +618,7 @@ impl<H: CallHandler, C: Completion> Worker<H, C> {
                     });
                 }
                 Forward::DeadLetter { .. } => {
+                    tracing::info!(%tp, offset, dlt = %target, attempts, reason = %err, "dead-lettered (its dead letter is acknowledged; the record will be committed)");
                     self.rt.count(Count::DeadLettered, 1);
                     self.rt.observe(Event::DeadLettered {
                         tp: tp.clone(),

@@ -17,6 +17,7 @@ mod common;
 mod dlt_provenance;
 mod dlt_replay;
 mod failures;
+mod first_hour;
 mod metrics;
 mod postgres_tls;
 mod share;

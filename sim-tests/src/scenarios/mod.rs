@@ -10,11 +10,13 @@
 //! | `load.rs` | 4 burst vs a slow downstream, 5 restart and rebalance under load, 6 scaling out under lag |
 //! | `network.rs` | 7 startup race, 9 connection chaos, 10 ambiguous commit, 12 slow and lossy network, 13 corrupt batches, 14 a fenced member |
 //! | `broker.rs` | 7 with the real broker down, 8 broker restart (these stop the shared broker) |
+//! | `share.rs` | 15 a slow handler on one partition: naive, the runtime in a consumer group, the runtime in a share group (KIP-932) |
 
 mod broker;
 mod classic;
 mod load;
 mod network;
+mod share;
 
 pub use broker::{broker_restart, consumer_before_broker};
 pub use classic::{
@@ -27,6 +29,7 @@ pub use network::{
     ambiguous_commit, connection_chaos, corrupt_batches, fenced_member, slow_lossy_network,
     startup_race,
 };
+pub use share::slow_handler;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -639,7 +642,7 @@ impl NaiveHandoff {
 }
 
 /// Every scenario's name, for `kafka-lab scenario`, in number order.
-pub const NAMES: [&str; 15] = [
+pub const NAMES: [&str; 16] = [
     "rebalance",
     "crash",
     "poison",
@@ -655,6 +658,7 @@ pub const NAMES: [&str; 15] = [
     "slow-network",
     "corrupt-batch",
     "fenced",
+    "slow-handler",
 ];
 
 /// Scenarios with only a resilient run (the fault needs the runtime's
@@ -668,7 +672,7 @@ pub const RESILIENT_ONLY: [&str; 5] = [
 ];
 
 /// One line per scenario for `--help`: its name and what it shows.
-pub const ABOUT: [(&str, &str); 15] = [
+pub const ABOUT: [(&str, &str); 16] = [
     (
         "rebalance",
         "1: a handler slower than max.poll.interval.ms (duplicates)",
@@ -723,6 +727,10 @@ pub const ABOUT: [(&str, &str); 15] = [
         "fenced",
         "14: a member's heartbeats held past the session: fenced, rejoins (resilient only)",
     ),
+    (
+        "slow-handler",
+        "15: a 20 ms handler, 3 members, 1 partition: consumer group vs share group (KIP-932)",
+    ),
 ];
 
 /// Scenarios that stop or restart the shared broker: run them alone.
@@ -749,6 +757,7 @@ pub async fn run_by_name(b: &testkit::BrokerEnv, name: &str) -> Option<Vec<Repor
         "slow-network" => vec![slow_lossy_network(b, 42).await],
         "corrupt-batch" => vec![corrupt_batches(b, 42).await],
         "fenced" => vec![fenced_member(b, 42).await],
+        "slow-handler" => slow_handler(b).await,
         _ => return None,
     })
 }

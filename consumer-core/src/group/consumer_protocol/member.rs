@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 use kafka_wire::{Backoff, KafkaCode};
 
 use crate::group::driver::{GroupMachine, Step};
-use crate::group::liveness::Liveness;
+use crate::group::liveness::{Liveness, Session};
 use crate::group::subscription::TopicSubscription;
 pub(crate) use crate::group::target::{HeartbeatResult, TopicId, TopicIdPartitions};
 use crate::group::target::{Moves, Target, TopicIds};
@@ -201,13 +201,11 @@ pub(crate) struct Member {
     /// runs (its deadline: `max.poll.interval.ms`, the rebalance timeout
     /// this member sends).
     liveness: Liveness,
-    /// The group's session timeout (`consumer.session.timeout.ms`, the
-    /// broker's to set under KIP-848), once the driver learned it; `None`
-    /// before, or when the broker would not say.
-    session_timeout: Option<Duration>,
-    /// When a heartbeat was last answered without error (or the member
-    /// last started joining).
-    last_heartbeat_ok: Instant,
+    /// The member's session at the coordinator: the group's session
+    /// timeout (`consumer.session.timeout.ms`, the broker's to set under
+    /// KIP-848) once the driver learned it, and the last answered
+    /// heartbeat.
+    session: Session,
     /// Since when joins have been refused with UNRELEASED_INSTANCE_ID (see
     /// [`UNRELEASED_GRACE`]); `None` once one is answered.
     unreleased_since: Option<Instant>,
@@ -254,9 +252,8 @@ impl Member {
             retries: 0,
             ever_joined: false,
             liveness,
-            session_timeout: None,
+            session: Session::new(now),
             unreleased_since: None,
-            last_heartbeat_ok: now,
         }
     }
 
@@ -313,7 +310,7 @@ impl Member {
     /// Rejoin with epoch 0 and a full heartbeat.
     fn rejoin(&mut self, now: Instant, backoff: bool) {
         self.member_epoch = 0;
-        self.last_heartbeat_ok = now;
+        self.session.answered(now);
         self.state = State::Joining;
         self.full = true;
         self.next_heartbeat = Some(if backoff {
@@ -334,7 +331,7 @@ impl Member {
     /// [`UNRELEASED_GRACE`] of the first refusal?
     fn may_wait_for_release(&mut self, now: Instant) -> bool {
         let since = *self.unreleased_since.get_or_insert(now);
-        let session = self.session_timeout.unwrap_or(Duration::from_secs(45));
+        let session = self.session.timeout().unwrap_or(Duration::from_secs(45));
         now.saturating_duration_since(since) < session + UNRELEASED_GRACE
     }
 
@@ -406,7 +403,7 @@ impl Member {
             }
             self.ever_joined = true;
             self.retries = 0;
-            self.last_heartbeat_ok = now;
+            self.session.answered(now);
             self.state = State::Stable;
             self.next_heartbeat = Some(now + self.heartbeat_interval);
             if let Some(assignment) = r.assignment {
@@ -590,7 +587,7 @@ impl Member {
     /// `None` when the broker would not say (then only the broker's answer
     /// tells this member it was fenced).
     pub(crate) fn session_timeout_learned(&mut self, timeout: Option<Duration>) {
-        self.session_timeout = timeout;
+        self.session.learned(timeout);
     }
 
     /// When this member must consider itself removed from the group if no
@@ -598,9 +595,10 @@ impl Member {
     /// group's session timeout. `None` outside the group or while the
     /// session timeout is unknown.
     pub(crate) fn session_deadline(&self) -> Option<Instant> {
-        let timeout = self.session_timeout?;
-        (self.member_epoch > 0 && matches!(self.state, State::Stable | State::FindingCoordinator))
-            .then(|| self.last_heartbeat_ok + timeout)
+        self.session.deadline(
+            self.member_epoch > 0
+                && matches!(self.state, State::Stable | State::FindingCoordinator),
+        )
     }
 
     /// No heartbeat was answered for a whole session (the driver gave up
@@ -618,7 +616,7 @@ impl Member {
             member_epoch = self.member_epoch,
             "no heartbeat answered within the group's session timeout ({:?}): the coordinator has \
              removed this member; partitions lost, rejoining",
-            self.session_timeout.unwrap_or_default()
+            self.session.timeout().unwrap_or_default()
         );
         self.heartbeat_in_flight = false;
         self.full = true;
@@ -628,7 +626,7 @@ impl Member {
         } else {
             // Joins once the coordinator is found (epoch 0).
             self.member_epoch = 0;
-            self.last_heartbeat_ok = now;
+            self.session.answered(now);
         }
     }
 

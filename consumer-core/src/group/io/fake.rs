@@ -413,11 +413,17 @@ impl FakeCoordinator {
             .with_assignment(assignment)
     }
 
-    /// The group's `consumer.session.timeout.ms`: Kafka's default, 45 s.
-    fn describe_configs(&self, _: &DescribeConfigsRequest) -> DescribeConfigsResponse {
+    /// The group's session timeout asked for (`consumer.session.timeout.ms`
+    /// or `share.session.timeout.ms`): Kafka's default, 45 s.
+    fn describe_configs(&self, req: &DescribeConfigsRequest) -> DescribeConfigsResponse {
+        let key = req
+            .resources
+            .first()
+            .and_then(|r| r.configuration_keys.as_ref()?.first().cloned())
+            .unwrap_or_else(|| s("consumer.session.timeout.ms"));
         DescribeConfigsResponse::default().with_results(vec![DescribeConfigsResult::default()
             .with_configs(vec![DescribeConfigsResourceResult::default()
-                .with_name(s("consumer.session.timeout.ms"))
+                .with_name(key)
                 .with_value(Some(s("45000")))])])
     }
 }

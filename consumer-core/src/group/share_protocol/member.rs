@@ -22,9 +22,13 @@
 //!        │                                                                 │ a new assignment: Revoke(owned − target)
 //!        │                                                                 │ ─ fetch path answered ─▶ Assign(target −
 //!        │                                                                 │ owned) ─▶ heartbeat at once
-//!        ├── rejoin, epoch 0, same member id ◀── FENCED_MEMBER_EPOCH, ─────┤ Lose(owned): the fetch path
-//!        │                                      UNKNOWN_MEMBER_ID          │ gives back what it holds
-//!        └── next poll ◀── LeftForPollTimeout ◀── max.poll.interval.ms ────┘ Lose(owned), epoch -1 sent
+//!        ├── rejoin, epoch 0, same member id ◀── FENCED_MEMBER_EPOCH, ─────┤ Lose(owned), removed: the
+//!        │                                      UNKNOWN_MEMBER_ID, no      │ fetch path forgets what it
+//!        │                                      heartbeat answered within  │ holds of them (the broker
+//!        │                                      share.session.timeout.ms   │ released it; nothing is
+//!        │                                                                 │ acknowledged on the stale session)
+//!        └── next poll ◀── LeftForPollTimeout ◀── max.poll.interval.ms ────┘ Lose(owned): the fetch path
+//!                                                                            RELEASEs what it holds; epoch -1 sent
 //!   Fatal ◀── UNSUPPORTED_VERSION (share groups off), GROUP_ID_NOT_FOUND (a group of another type),
 //!             authorization, GROUP_MAX_SIZE_REACHED, INVALID_REQUEST, any other non-retriable code
 //!   close: Revoke(owned) (the fetch path's last acknowledgements), then a heartbeat with epoch -1
@@ -39,6 +43,12 @@
 //!   revoked or lost partitions, only heartbeats go out.
 //! - A partition leaves `owned` when its Revoke or Lose is handed out,
 //!   and joins it when its Assign is.
+//! - `removed` (published in the snapshot) is true from a removal by the
+//!   coordinator (fenced, unknown member, or the session run out with no
+//!   heartbeat answered: the embedded [`Session`], as the KIP-848 member
+//!   keeps it) until the next Assign or poll-timeout Lose; the driver
+//!   hands out no Assign before the removal's Lose is acknowledged, so
+//!   the fetch path reads it for that Lose.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -46,7 +56,7 @@ use std::time::{Duration, Instant};
 use kafka_wire::{Backoff, KafkaCode};
 
 use crate::group::driver::{GroupMachine, Step};
-use crate::group::liveness::Liveness;
+use crate::group::liveness::{Liveness, Session};
 use crate::group::target::{HeartbeatResult, Moves, Target, TopicIds};
 use crate::group::{code_name, GroupSnapshot};
 use crate::tp::TopicPartition;
@@ -164,6 +174,14 @@ pub(crate) struct ShareMember {
     /// Retries in a row since the last answered heartbeat.
     retries: u32,
     liveness: Liveness,
+    /// The member's session at the coordinator: the group's
+    /// `share.session.timeout.ms` once the driver learned it, and the
+    /// last answered heartbeat.
+    session: Session,
+    /// The coordinator removed this member and no Assign has followed:
+    /// what the fetch path holds of the lost partitions is the group's
+    /// again (see the invariants).
+    removed: bool,
 }
 
 impl ShareMember {
@@ -192,6 +210,8 @@ impl ShareMember {
             metadata_in_flight: false,
             retries: 0,
             liveness,
+            session: Session::new(now),
+            removed: false,
         }
     }
 
@@ -235,6 +255,7 @@ impl ShareMember {
 
     fn rejoin(&mut self, now: Instant) {
         self.epoch = JOIN_EPOCH;
+        self.session.answered(now);
         self.state = State::Joining;
         self.full = true;
         self.next_heartbeat = Some(now);
@@ -270,6 +291,7 @@ impl ShareMember {
                 self.epoch = r.member_epoch;
                 self.state = State::Stable;
                 self.retries = 0;
+                self.session.answered(now);
                 if r.heartbeat_interval_ms > 0 {
                     self.heartbeat_interval = Duration::from_millis(r.heartbeat_interval_ms as u64);
                 }
@@ -301,6 +323,7 @@ impl ShareMember {
             }
             K::FencedMemberEpoch | K::UnknownMemberId => {
                 tracing::info!(group = %group, epoch = self.epoch, code = %code_name(code), "the coordinator removed this share member: its partitions are lost; joining again with the same member id");
+                self.removed = true;
                 self.lose_all();
                 self.rejoin(now);
                 return;
@@ -351,6 +374,7 @@ impl ShareMember {
         }
         if !r.moves.assign.is_empty() {
             let assign = std::mem::take(&mut r.moves.assign);
+            self.removed = false;
             self.owned.extend(assign.iter().cloned());
             return Some(Action::Assign(assign));
         }
@@ -415,6 +439,58 @@ impl ShareMember {
         Some(Action::RefreshMetadata)
     }
 
+    /// The group's session timeout, as the driver learned it (DescribeConfigs
+    /// on the group, `share.session.timeout.ms`); `None` when the broker
+    /// would not say (then only the broker's answers remove this member).
+    pub(crate) fn session_timeout_learned(&mut self, timeout: Option<Duration>) {
+        self.session.learned(timeout);
+    }
+
+    /// In the group (epoch 1 or more, not leaving or failed)?
+    pub(crate) fn in_group(&self) -> bool {
+        self.epoch > JOIN_EPOCH && matches!(self.state, State::Stable | State::FindingCoordinator)
+    }
+
+    /// When this member must count itself removed from the group if no
+    /// heartbeat is answered before: the last answered heartbeat plus the
+    /// group's session timeout. `None` outside the group or while the
+    /// session timeout is unknown.
+    pub(crate) fn session_deadline(&self) -> Option<Instant> {
+        self.session.deadline(self.in_group())
+    }
+
+    /// No heartbeat was answered for a whole session (the one in flight
+    /// was given up at the deadline, or the coordinator cannot be found):
+    /// the coordinator has removed this member and released the records
+    /// it had acquired. As after FENCED_MEMBER_EPOCH: its partitions are
+    /// lost (`removed`: the fetch path forgets what it holds of them, and
+    /// acknowledges none of it on the stale session) and it joins again
+    /// with epoch 0 and the same member id. A no-op before
+    /// [`ShareMember::session_deadline`].
+    pub(crate) fn session_expired(&mut self, now: Instant) {
+        if !self.session.expired(self.in_group(), now) {
+            return;
+        }
+        tracing::warn!(
+            group = %self.cfg.group_id,
+            epoch = self.epoch,
+            "no ShareGroupHeartbeat answered within the group's share.session.timeout.ms ({:?}): \
+             the coordinator has removed this member and released its records; rejoining",
+            self.session.timeout().unwrap_or_default()
+        );
+        self.heartbeat_in_flight = false;
+        self.full = true;
+        self.removed = true;
+        self.lose_all();
+        if self.state == State::Stable {
+            self.rejoin(now);
+        } else {
+            // Joins once the coordinator is found (epoch 0).
+            self.epoch = JOIN_EPOCH;
+            self.session.answered(now);
+        }
+    }
+
     fn check_poll_timer(&mut self, now: Instant) {
         if !matches!(self.state, State::Joining | State::Stable) || !self.liveness.poll_expired(now)
         {
@@ -426,6 +502,8 @@ impl ShareMember {
              ({:?}); the records this member holds go back to the group",
             self.cfg.max_poll_interval
         );
+        // Still in the group until the leave heartbeat: RELEASE is valid.
+        self.removed = false;
         self.lose_all();
         self.outbox.extend(self.leave_heartbeat());
         self.epoch = JOIN_EPOCH;
@@ -445,6 +523,7 @@ impl GroupMachine for ShareMember {
             return self.heartbeat_due(now);
         }
         self.check_poll_timer(now);
+        self.session_expired(now);
         if let Some(a) = self.next_queued(now) {
             return Some(a);
         }
@@ -481,6 +560,7 @@ impl GroupMachine for ShareMember {
                 self.lookup_at,
                 metadata,
                 in_group.then(|| self.liveness.poll_deadline()),
+                self.session_deadline(),
             ],
         )
     }
@@ -591,6 +671,7 @@ impl GroupMachine for ShareMember {
         snap.stable = self.state == State::Stable;
         snap.owned = self.owned.clone();
         snap.revoking = self.liveness.revoking([]);
+        snap.removed = self.removed;
     }
 }
 

@@ -9,6 +9,7 @@ mod crash;
 mod delivery;
 mod java_mixed;
 mod outcomes;
+mod parallel;
 mod seam;
 
 use std::time::{Duration, Instant};

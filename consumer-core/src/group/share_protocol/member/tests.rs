@@ -227,6 +227,102 @@ fn fenced_loses_everything_and_rejoins_with_the_same_member_id() {
     }
 }
 
+/// The snapshot says whether the coordinator removed the member (the
+/// fetch path then forgets the records it holds, acknowledging none).
+fn removed(m: &ShareMember) -> bool {
+    let mut snap = GroupSnapshot::default();
+    m.snapshot(&mut snap);
+    snap.removed
+}
+
+/// Heartbeats unanswered for the group's share.session.timeout.ms: the
+/// coordinator has removed the member and released its records. Its
+/// partitions are lost with `removed` set (nothing acknowledged on the
+/// stale session), and it joins again with epoch 0 and its own id; the
+/// next assignment clears `removed`.
+#[test]
+fn a_session_without_answered_heartbeats_expires_loses_its_records_and_rejoins() {
+    let t0 = Instant::now();
+    let mut m = joined(t0);
+    m.session_timeout_learned(Some(45 * SEC));
+    reconcile(&mut m, 2, vec![0, 1], t0);
+    m.handle_heartbeat(ok(2, None), t0);
+    assert_eq!(m.session_deadline(), Some(t0 + 45 * SEC));
+    assert!(m.poll_timeout() <= Some(t0 + 45 * SEC));
+
+    // The next heartbeat goes and is never answered; the driver gives up
+    // on it at the deadline. Before it, nothing changes.
+    let t1 = t0 + 5 * SEC;
+    let hb = heartbeat(&mut m, t1);
+    assert_eq!(hb.member_epoch, 2);
+    m.session_expired(t0 + 44 * SEC);
+    assert_eq!(m.state(), &State::Stable);
+    assert!(!removed(&m));
+    let t2 = t0 + 45 * SEC;
+    m.session_expired(t2);
+    assert!(removed(&m));
+    assert_eq!(
+        m.poll_action(t2),
+        Some(Action::Lose(vec![tp("a", 0), tp("a", 1)]))
+    );
+    m.listener_started(&[], t2);
+    m.listener_done();
+    assert!(removed(&m), "still set when the Lose is handed over");
+    let rejoin = heartbeat(&mut m, t2);
+    assert_eq!(rejoin.member_epoch, 0, "a new session: epoch 0");
+    assert_eq!(rejoin.member_id, "m1", "the same member id");
+    assert!(rejoin.subscribed_topic_names.is_some(), "full");
+    assert!(m.owned().is_empty());
+    assert_eq!(m.session_deadline(), None, "not in the group while joining");
+
+    // Back in the group: the session runs from the answer; the new
+    // assignment clears `removed`.
+    let t3 = t2 + SEC;
+    let steps = reconcile(&mut m, 3, vec![0], t3);
+    assert!(
+        steps.contains(&Action::Assign(vec![tp("a", 0)])),
+        "{steps:?}"
+    );
+    assert!(!removed(&m));
+    assert_eq!(m.session_deadline(), Some(t3 + 45 * SEC));
+}
+
+/// The coordinator unreachable for a whole session: the member counts
+/// itself removed while looking for it, and joins with epoch 0 once found.
+#[test]
+fn a_session_that_runs_out_while_the_coordinator_is_lost_joins_with_epoch_0() {
+    let t0 = Instant::now();
+    let mut m = joined(t0);
+    m.session_timeout_learned(Some(45 * SEC));
+    reconcile(&mut m, 2, vec![0], t0);
+    m.handle_heartbeat(ok(2, None), t0);
+    m.handle_request_failed(t0 + SEC);
+    assert_eq!(m.session_deadline(), Some(t0 + 45 * SEC));
+    let late = t0 + 46 * SEC;
+    // The lookup queued when the request failed, then the loss.
+    assert_eq!(m.poll_action(late), Some(Action::FindCoordinator));
+    assert_eq!(m.poll_action(late), Some(Action::Lose(vec![tp("a", 0)])));
+    assert!(removed(&m));
+    m.listener_started(&[], late);
+    m.listener_done();
+    m.coordinator_found(late);
+    assert_eq!(heartbeat(&mut m, late).member_epoch, 0);
+}
+
+/// Without the group's session timeout (the broker would not say), only
+/// the broker's answers remove the member.
+#[test]
+fn without_a_session_timeout_only_the_broker_removes_the_member() {
+    let t0 = Instant::now();
+    let mut m = joined(t0);
+    reconcile(&mut m, 2, vec![0], t0);
+    m.handle_heartbeat(ok(2, None), t0);
+    assert_eq!(m.session_deadline(), None);
+    m.session_expired(t0 + 3600 * SEC);
+    assert_eq!(m.state(), &State::Stable);
+    assert!(m.owned().contains(&tp("a", 0)));
+}
+
 /// A member that stops polling leaves (its records go back, via the
 /// loss), and joins again at the next poll.
 #[test]
@@ -238,6 +334,7 @@ fn a_member_that_stops_polling_leaves_and_comes_back_at_the_next_poll() {
     assert!(m.poll_timeout() <= Some(t0 + 300 * SEC));
     let late = t0 + 301 * SEC;
     assert_eq!(m.poll_action(late), Some(Action::Lose(vec![tp("a", 0)])));
+    assert!(!removed(&m), "still in the group: RELEASE is valid");
     let Some(Action::Leave(leave)) = m.poll_action(late) else {
         panic!("leave");
     };
