@@ -688,8 +688,6 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use bytes::{BufMut, BytesMut};
-    use kafka_protocol::messages::api_versions_response::ApiVersion;
     use kafka_protocol::messages::metadata_response::{
         MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
     };
@@ -697,15 +695,13 @@ mod tests {
         LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
     };
     use kafka_protocol::messages::{
-        ApiKey, ApiVersionsResponse, BrokerId, MetadataResponse, ProduceResponse, ResponseHeader,
-        TopicName,
+        ApiKey, BrokerId, MetadataResponse, ProduceResponse, TopicName,
     };
-    use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use kafka_protocol::protocol::StrBytes;
 
     use super::*;
     use crate::config::ClientConfig;
-    use crate::connector::{BoxTransport, BrokerAddress, ConnectFuture, Connector};
+    use crate::fake_broker::{answer, api_versions, FakeBrokers, Request};
     use crate::producer::{Producer, ProducerConfig, ProducerRecord};
 
     /// The old leader of `t`-0 (node 1) and the new one (node 2).
@@ -781,85 +777,34 @@ mod tests {
                         .with_isr_nodes(vec![BrokerId(1), BrokerId(2)])])])
         }
 
-        async fn serve(self, port: u16, mut io: tokio::io::DuplexStream) {
-            loop {
-                let mut len = [0u8; 4];
-                if io.read_exact(&mut len).await.is_err() {
-                    return;
+        /// One request's answer (`crate::fake_broker`): `None` closes the
+        /// connection.
+        fn answer(&self, req: &Request) -> Option<Vec<u8>> {
+            if let Ok(api) = req.api {
+                self.requests.lock().unwrap().push((req.port, api as i16));
+            }
+            match req.api {
+                Ok(ApiKey::ApiVersions) => Some(api_versions(
+                    req,
+                    &[(ApiKey::Metadata, 1, 13), (ApiKey::Produce, 3, 11)],
+                )),
+                Ok(ApiKey::Metadata) => Some(answer(req, self.metadata())),
+                Ok(ApiKey::Produce) if req.port == OLD && matches!(self.old, OldLeader::Dies) => {
+                    None
                 }
-                let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-                if io.read_exact(&mut body).await.is_err() {
-                    return;
+                Ok(ApiKey::Produce) => {
+                    assert_eq!(req.version, 11, "Produce v10+ carries the hints");
+                    Some(answer(req, produce_answer(req.port)))
                 }
-                let api = i16::from_be_bytes([body[0], body[1]]);
-                let version = i16::from_be_bytes([body[2], body[3]]);
-                let correlation = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
-                self.requests.lock().unwrap().push((port, api));
-                let reply = match ApiKey::try_from(api) {
-                    Ok(ApiKey::ApiVersions) => {
-                        let keys = [(ApiKey::Metadata, 1, 13), (ApiKey::Produce, 3, 11)]
-                            .map(|(k, lo, hi)| {
-                                ApiVersion::default()
-                                    .with_api_key(k as i16)
-                                    .with_min_version(lo)
-                                    .with_max_version(hi)
-                            })
-                            .to_vec();
-                        frame(
-                            correlation,
-                            ApiVersionsResponse::header_version(version),
-                            ApiVersionsResponse::default().with_api_keys(keys),
-                            version,
-                        )
-                    }
-                    Ok(ApiKey::Metadata) => frame(
-                        correlation,
-                        MetadataResponse::header_version(version),
-                        self.metadata(),
-                        version,
-                    ),
-                    Ok(ApiKey::Produce) if port == OLD && matches!(self.old, OldLeader::Dies) => {
-                        return
-                    }
-                    Ok(ApiKey::Produce) => {
-                        assert_eq!(version, 11, "Produce v10+ carries the hints");
-                        frame(
-                            correlation,
-                            ProduceResponse::header_version(version),
-                            produce_answer(port),
-                            version,
-                        )
-                    }
-                    _ => return,
-                };
-                if io.write_all(&reply).await.is_err() {
-                    return;
-                }
+                _ => None,
             }
         }
-    }
 
-    impl Connector for Failover {
-        fn connect<'a>(&'a self, addr: &'a BrokerAddress, _timeout: Duration) -> ConnectFuture<'a> {
-            Box::pin(async move {
-                let (client, server) = tokio::io::duplex(1 << 16);
-                tokio::spawn(self.clone().serve(addr.port, server));
-                Ok(Box::new(client) as BoxTransport)
-            })
+        /// The two nodes as a connector.
+        fn brokers(&self) -> FakeBrokers {
+            let cluster = self.clone();
+            FakeBrokers::new(move |req| cluster.answer(req))
         }
-    }
-
-    fn frame(correlation: i32, header_version: i16, body: impl Encodable, version: i16) -> Vec<u8> {
-        let mut buf = BytesMut::new();
-        ResponseHeader::default()
-            .with_correlation_id(correlation)
-            .encode(&mut buf, header_version)
-            .unwrap();
-        body.encode(&mut buf, version).unwrap();
-        let mut out = BytesMut::new();
-        out.put_i32(buf.len() as i32);
-        out.extend_from_slice(&buf);
-        out.to_vec()
     }
 
     /// Node 1 refuses with the KIP-951 hint; node 2 writes at offset 42.
@@ -895,7 +840,7 @@ mod tests {
         let config = ClientConfig::builder()
             .bootstrap(&format!("127.0.0.1:{OLD}"))
             .unwrap()
-            .connector(Arc::new(cluster.clone()))
+            .connector(Arc::new(cluster.brokers()))
             .metadata_max_age(Duration::from_secs(3600))
             .set("reconnect.backoff.ms", "1")
             .unwrap()
