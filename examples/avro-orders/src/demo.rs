@@ -142,6 +142,9 @@ pub async fn run(
     let dlq = read_topic(settings, &admin, &settings.dlq).await?;
     let options = ReplayOptions {
         dlt: settings.dlq.clone(),
+        // Its DLQ is not named `orders.DLT`: say what it is the DLQ of
+        // (replay sends a record back only there, whatever its headers say).
+        sources: vec![settings.topic.clone()],
         ..Default::default()
     };
     let first = replay::replay(settings.client()?, &options).await?;

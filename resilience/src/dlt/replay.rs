@@ -150,10 +150,24 @@ const POLL: Duration = Duration::from_millis(500);
 /// (UNKNOWN_TOPIC_OR_PARTITION), the marker topic cannot be created,
 /// a send or commit failed (the open transaction is aborted: nothing of
 /// it is visible, and a new replay takes those records again), or another
-/// replay of the same DLT fenced this one.
+/// replay of the same DLT fenced this one. [`ConsumerError::Fatal`]: no
+/// `to` and no `sources` for a DLT not named `X.DLT` (every record would
+/// be refused: say where its records may go).
 pub async fn replay(client: ClientConfigBuilder, options: &ReplayOptions) -> Result<ReplayReport> {
-    let admin = Client::connect(client.clone().build()?).await?;
     let dlt = options.dlt.as_str();
+    let sources = if options.sources.is_empty() {
+        default_sources(dlt)
+    } else {
+        options.sources.clone()
+    };
+    if options.to.is_none() && sources.is_empty() {
+        return Err(ConsumerError::Fatal(format!(
+            "cannot tell which topics {dlt:?} is the DLT of (it is not named <topic>.DLT): \
+             give its source topics (`sources`, kafka-lab `--source TOPIC`) or a target (`to`, `--to TOPIC`); \
+             a record goes back only to a source, whatever its headers say"
+        )));
+    }
+    let admin = Client::connect(client.clone().build()?).await?;
     let markers = marker_topic(dlt);
     let mut producer = None;
     if !options.dry_run {
@@ -175,11 +189,6 @@ pub async fn replay(client: ClientConfigBuilder, options: &ReplayOptions) -> Res
     let mut partitions_of: BTreeMap<String, Option<usize>> = BTreeMap::new();
     let mut pending: Vec<(DeadRecord, String)> = Vec::new();
     let mut reached_limit = false;
-    let sources = if options.sources.is_empty() {
-        default_sources(dlt)
-    } else {
-        options.sources.clone()
-    };
     let mut reader = TopicReader::open(client.clone(), &admin, dlt).await?;
     while let Some(batch) = reader.next().await? {
         for (partition, record) in batch {
