@@ -20,19 +20,12 @@
 //!   connection: every request in flight fails with a retriable
 //!   [`Error::Connection`] that says whether it may have been written, and
 //!   the task exits. The owner ([`crate::client`]) dials a fresh one.
-//! - A response's `throttle_time_ms` (KIP-219, capped at 60 s:
-//!   `throttle::MAX_THROTTLE`) closes the connection's
+//! - A response's `throttle_time_ms` (KIP-219) closes the connection's
 //!   [`ThrottleGate`]: the broker has muted it, so the task accepts no
-//!   further request until then. Handles note the throttle as they decode
-//!   (a cancelled caller's response is never decoded: its throttle goes
+//!   further request until then, and a request's timeout starts only once
+//!   the task takes it. Handles note the throttle as they decode (a
+//!   cancelled caller's response is never decoded: its throttle goes
 //!   unseen, and the broker's own mute is the fallback).
-//! - A request's deadline starts when it is queued: its timeout covers the
-//!   wait for room in the queue, a throttle, a re-authentication, the
-//!   write and the response, as Java's `request.timeout.ms` expires a
-//!   request never sent. The caller's handle waits until that deadline at
-//!   most and then returns [`Error::Timeout`]; the task drops a request
-//!   whose deadline passed before it was written (nothing reaches the
-//!   broker), and poisons the connection when one it wrote passes it.
 //! - SASL re-authentication (KIP-368): a broker with
 //!   `connections.max.reauth.ms` cuts a connection whose session ran out
 //!   at its next request. When the re-authentication the SASL layer
@@ -96,9 +89,6 @@ struct Envelope {
     /// `false` for acks=0 produce: the broker sends nothing back.
     expects_response: bool,
     timeout: Duration,
-    /// When it was queued plus `timeout`: past it, the request is dropped
-    /// unwritten, or (written) poisons the connection.
-    deadline: Instant,
     reply: oneshot::Sender<Result<Bytes>>,
 }
 
@@ -223,12 +213,10 @@ impl Connection {
     ) -> Result<PendingResponse<R>> {
         let api = api_key::<R>();
         let version = at_most(self.version_for(api, req)?, ceiling);
-        let (rx, deadline) = self.raw.enqueue(req, version, timeout, true).await?;
+        let rx = self.raw.enqueue(req, version, timeout, true).await?;
         Ok(PendingResponse {
             rx,
             version,
-            deadline,
-            timeout,
             raw: self.raw.clone(),
             _marker: std::marker::PhantomData,
         })
@@ -287,10 +275,11 @@ impl Connection {
     ) -> Result<()> {
         let api = api_key::<R>();
         let version = self.version_for(api, req)?;
-        let (rx, deadline) = self.raw.enqueue(req, version, timeout, false).await?;
         self.raw
-            .reply_by(rx, deadline, api, timeout)
+            .enqueue(req, version, timeout, false)
+            .await?
             .await
+            .map_err(|_| self.raw.closed_error(true))?
             .map(|_| ())
     }
 }
@@ -299,9 +288,6 @@ impl Connection {
 pub struct PendingResponse<R: Request> {
     rx: oneshot::Receiver<Result<Bytes>>,
     version: i16,
-    /// When the request was queued plus `timeout`.
-    deadline: Instant,
-    timeout: Duration,
     raw: RawConnection,
     _marker: std::marker::PhantomData<fn() -> R>,
 }
@@ -322,13 +308,9 @@ where
     /// Wait for and decode the response (noting its throttle).
     ///
     /// # Errors
-    /// Connection, timeout and decode errors: [`Error::Timeout`] once the
-    /// request's timeout has passed since it was queued.
+    /// Connection, timeout and decode errors.
     pub async fn response(self) -> Result<R::Response> {
-        let body = self
-            .raw
-            .reply_by(self.rx, self.deadline, api_key::<R>(), self.timeout)
-            .await?;
+        let body = self.rx.await.map_err(|_| self.raw.closed_error(true))??;
         self.raw.decode::<R>(body, self.version)
     }
 }
@@ -414,28 +396,13 @@ impl RawConnection {
         }
     }
 
-    fn timeout_error(&self, api: ApiKey, timeout: Duration) -> Error {
-        Error::Timeout {
-            api,
-            broker: self.label.to_string(),
-            timeout_ms: timeout.as_millis() as u64,
-        }
-    }
-
-    /// Queue a request; returns its reply and its deadline (now plus
-    /// `timeout`: the deadline starts here, not when it is written).
-    ///
-    /// # Errors
-    /// [`Error::Timeout`] when the queue had no room before the deadline;
-    /// a closed connection; an encoding error.
     async fn enqueue<R: Request + 'static>(
         &self,
         req: &R,
         version: i16,
         timeout: Duration,
         expects_response: bool,
-    ) -> Result<(oneshot::Receiver<Result<Bytes>>, Instant)> {
-        let deadline = Instant::now() + timeout;
+    ) -> Result<oneshot::Receiver<Result<Bytes>>> {
         let api = api_key::<R>();
         let frame = encode_request(req, api, version, &self.client_id)?;
         let (reply, rx) = oneshot::channel();
@@ -445,31 +412,13 @@ impl RawConnection {
             response_header_version: R::Response::header_version(version),
             expects_response,
             timeout,
-            deadline,
             reply,
         };
-        match tokio::time::timeout_at(deadline, self.tx.send(env)).await {
-            Ok(sent) => sent.map_err(|_| self.closed_error(false))?,
-            // Never queued: nothing was written.
-            Err(_) => return Err(self.timeout_error(api, timeout)),
-        }
-        Ok((rx, deadline))
-    }
-
-    /// A queued request's reply, or [`Error::Timeout`] at its deadline
-    /// (the task drops it unwritten if it still holds it then, and poisons
-    /// the connection if it wrote it).
-    async fn reply_by(
-        &self,
-        rx: oneshot::Receiver<Result<Bytes>>,
-        deadline: Instant,
-        api: ApiKey,
-        timeout: Duration,
-    ) -> Result<Bytes> {
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(reply) => reply.map_err(|_| self.closed_error(true))?,
-            Err(_) => Err(self.timeout_error(api, timeout)),
-        }
+        self.tx
+            .send(env)
+            .await
+            .map_err(|_| self.closed_error(false))?;
+        Ok(rx)
     }
 
     /// Send at an explicit `version` and decode the response.
@@ -482,8 +431,8 @@ impl RawConnection {
     where
         R::Response: ThrottleTime,
     {
-        let (rx, deadline) = self.enqueue(req, version, timeout, true).await?;
-        let body = self.reply_by(rx, deadline, api_key::<R>(), timeout).await?;
+        let rx = self.enqueue(req, version, timeout, true).await?;
+        let body = rx.await.map_err(|_| self.closed_error(true))??;
         self.decode::<R>(body, version)
     }
 
@@ -641,7 +590,7 @@ async fn run_task(
         }
         let throttled_until = throttle.closed_until(Instant::now());
         if throttled_until.is_none() {
-            if let Some(env) = held.take().and_then(|env| unexpired(env, &label)) {
+            if let Some(env) = held.take() {
                 let correlation_id = next_correlation;
                 next_correlation = next_correlation.wrapping_add(1).max(1);
                 accept(
@@ -669,7 +618,6 @@ async fn run_task(
             reauthenticating = Some(Reauthenticating { done, run });
         }
         let front_deadline = in_flight.front().map(|f| f.deadline);
-        let held_deadline = held.as_ref().map(|env| env.deadline);
         let room = held.is_none()
             && throttled_until.is_none()
             && in_flight.len() < max_in_flight
@@ -718,7 +666,6 @@ async fn run_task(
             }
             env = rx.recv(), if can_accept => {
                 let Some(env) = env else { handles_gone = true; continue };
-                let Some(env) = unexpired(env, &label) else { continue };
                 if throttle.closed_until(Instant::now()).is_some() {
                     held = Some(env); // throttled since this turn began
                     continue;
@@ -728,7 +675,6 @@ async fn run_task(
                 accept(env, correlation_id, &mut queued, &mut write_buf, &mut in_flight);
             }
             Some(env) = sasl_rx.recv(), if can_accept_sasl => {
-                let Some(env) = unexpired(env, &label) else { continue };
                 let correlation_id = next_correlation;
                 next_correlation = next_correlation.wrapping_add(1).max(1);
                 accept(env, correlation_id, &mut queued, &mut write_buf, &mut in_flight);
@@ -762,13 +708,6 @@ async fn run_task(
             _ = sleep_until_opt(reauth_due.filter(|_| !draining)) => {}
             // The broker reads requests again.
             _ = sleep_until_opt(throttled_until) => {}
-            // The held request's time ran out before the gate opened:
-            // dropped unwritten (its caller already has its timeout).
-            _ = sleep_until_opt(held_deadline) => {
-                if let Some(env) = held.take() {
-                    let _ = unexpired(env, &label);
-                }
-            }
             _ = sleep_until_opt(front_deadline) => {
                 let f = in_flight.front().expect("deadline implies a request");
                 break Poison::Timeout { api: f.api, timeout: f.timeout };
@@ -818,25 +757,6 @@ async fn run_task(
     }
 }
 
-/// `env`, unless its deadline has passed: then it is answered
-/// [`Error::Timeout`] and dropped, never written (its caller, if still
-/// waiting, stopped at the same deadline).
-fn unexpired(env: Envelope, label: &str) -> Option<Envelope> {
-    if env.deadline > Instant::now() {
-        return Some(env);
-    }
-    tracing::debug!(
-        broker = %label, api = ?env.api, timeout = ?env.timeout,
-        "request timed out before it was written (throttled, re-authenticating or queued): dropped"
-    );
-    let _ = env.reply.send(Err(Error::Timeout {
-        api: env.api,
-        broker: label.to_string(),
-        timeout_ms: env.timeout.as_millis() as u64,
-    }));
-    None
-}
-
 /// Take one request: stamp its correlation id, queue its frame for writing
 /// and (unless it expects no response) start its timeout.
 fn accept(
@@ -855,8 +775,7 @@ fn accept(
             correlation_id,
             api: env.api,
             response_header_version: env.response_header_version,
-            // From when it was queued: the wait before the write counts.
-            deadline: env.deadline,
+            deadline: Instant::now() + env.timeout,
             timeout: env.timeout,
             start,
             reply: env.reply,
@@ -1034,50 +953,16 @@ mod tests {
         let req = ApiVersionsRequest::default();
         let first = raw.call(&req, 1, Duration::from_secs(5)).await.unwrap();
         assert_eq!(first.throttle_time_ms, 500);
-        // A timeout shorter than the throttle: it runs from the moment the
-        // request is queued, so it times out, unwritten (the peer sees the
-        // third request next).
-        let t0 = Instant::now();
+        // A timeout shorter than the throttle: it runs from the write, so
+        // the held request does not time out.
         let second = raw.call(&req, 1, Duration::from_millis(100)).await;
-        assert!(matches!(second, Err(Error::Timeout { .. })), "{second:?}");
-        assert_eq!(Instant::now() - t0, Duration::from_millis(100));
-        let third = raw.call(&req, 1, Duration::from_secs(5)).await;
-        assert!(third.is_ok(), "{third:?}");
+        assert!(second.is_ok(), "{second:?}");
         let (answered, second_arrived, _s) = peer.await.unwrap();
         assert!(
             second_arrived >= answered + Duration::from_millis(500),
             "the second request was written {:?} after the throttled response",
             second_arrived - answered
         );
-    }
-
-    /// A throttle of `i32::MAX` ms (24 days) is capped, and the requests
-    /// queued behind it time out at their own deadline instead of hanging.
-    #[tokio::test(start_paused = true)]
-    async fn a_huge_throttle_does_not_hang_the_requests_behind_it() {
-        let (client, server) = duplex(1 << 16);
-        let raw = RawConnection::spawn(Box::new(client), "test".into(), "t", 1 << 20, 4);
-        let peer = tokio::spawn(async move {
-            let s = peer_once(server, |corr| throttled_response(corr, i32::MAX)).await;
-            let answered = Instant::now();
-            let s = peer_once(s, |corr| throttled_response(corr, 0)).await;
-            (answered, Instant::now(), s)
-        });
-        let req = ApiVersionsRequest::default();
-        raw.call(&req, 1, Duration::from_secs(5)).await.unwrap();
-        let t0 = Instant::now();
-        let err = raw
-            .call(&req, 1, Duration::from_secs(30))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
-        assert_eq!(Instant::now() - t0, Duration::from_secs(30));
-        // The gate opens at the cap: the connection is usable again.
-        let later = raw.call(&req, 1, Duration::from_secs(60)).await;
-        assert!(later.is_ok(), "{later:?}");
-        let (answered, arrived, _s) = peer.await.unwrap();
-        assert!(arrived - answered >= crate::throttle::MAX_THROTTLE);
-        assert!(arrived - answered < crate::throttle::MAX_THROTTLE + Duration::from_secs(1));
     }
 
     /// Read one request frame: its api key and correlation id.

@@ -17,7 +17,6 @@ mod common;
 mod hostile_responses;
 mod producer_drop;
 mod records_roundtrip;
-mod throttle_timeout;
 
 mod compat {
     mod admin;
