@@ -10,11 +10,8 @@
 //! - every response says how long via [`ThrottleTime`] (implemented for
 //!   every response type; zero where the field does not exist);
 //! - every connection honours it: [`crate::connection`] holds the next
-//!   request back until the throttle time has passed; a request's
-//!   timeout still runs from the moment it was queued (as Java's
-//!   `request.timeout.ms` covers an unsent request), so a throttle longer
-//!   than the timeout fails the request with [`crate::Error::Timeout`]
-//!   rather than hanging it;
+//!   request back until the throttle time has passed (a request's
+//!   timeout starts when the connection task takes it);
 //! - a throttle is capped at `MAX_THROTTLE` (60 s): Kafka's own quota managers
 //!   never ask for more than their sample window (`quota.window.num` x
 //!   `quota.window.size.seconds`, 11 s by default), so a larger
