@@ -347,14 +347,16 @@ pub(crate) fn tcp_ready(addr: &str) -> bool {
 /// Check for Java 17+ and Maven; on a fresh Debian machine where we are root,
 /// install them, because the README's commands must do all the set-up.
 fn ensure_java_and_maven() -> anyhow::Result<()> {
-    let java_ok = java_major().is_some_and(|v| v >= 17);
+    // javac too: tests compile small Java programs against the broker's
+    // jars (the telemetry receiver plugin), which a JRE cannot.
+    let java_ok = java_major().is_some_and(|v| v >= 17) && shell::available("javac", "-version");
     let mvn_ok = shell::available("mvn", "-v");
     if java_ok && mvn_ok {
         return Ok(());
     }
     let mut missing = Vec::new();
     if !java_ok {
-        missing.push("openjdk-17-jre-headless");
+        missing.push("openjdk-17-jdk-headless");
     }
     if !mvn_ok {
         missing.push("maven");
@@ -363,7 +365,7 @@ fn ensure_java_and_maven() -> anyhow::Result<()> {
         return Ok(());
     }
     bail!(
-        "the Kafka broker needs Java 17+ and Maven on PATH. Install them \
+        "the Kafka broker and its tests need a Java 17+ JDK (java and javac) and Maven on PATH. Install them \
          (Debian/Ubuntu: `sudo apt-get install {}`; macOS: `brew install openjdk@17 maven`), \
          or run Redpanda with `cargo xtask broker up --engine redpanda` if Docker is available, \
          or point KAFKA_BOOTSTRAP at an existing cluster",
