@@ -856,11 +856,13 @@ impl Consumer {
             let client = self.client.clone();
             let metrics = self.telemetry.metrics().clone();
             self.in_flight.spawn(async move {
-                let started = Instant::now();
+                let started = metrics.is_recording().then(Instant::now);
                 let r = client
                     .send_to(f.broker, Lane::Fetch, &f.request, f.wait)
                     .await;
-                metrics.fetch_completed(started.elapsed());
+                if let Some(started) = started {
+                    metrics.fetch_completed(started.elapsed());
+                }
                 (f.broker, f.requested, r)
             });
         }
@@ -919,15 +921,19 @@ impl Consumer {
     fn drain(&mut self) -> Vec<PartitionRecords> {
         let (out, error) = self.fetch.drain(self.cfg.max_poll_records);
         let metrics = self.telemetry.metrics();
-        let records = out.iter().flat_map(|p| &p.records);
-        let size = |r: &kafka_wire::Record| {
-            r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len())
-        };
-        metrics.records_consumed(
-            records.clone().count() as u64,
-            records.map(size).sum::<usize>() as u64,
-        );
-        metrics.set_records_lag_max(self.fetch.parts.keys().filter_map(|tp| self.lag(tp)).max());
+        // Per poll, so only while telemetry may push what it gathers.
+        if metrics.is_recording() {
+            let records = out.iter().flat_map(|p| &p.records);
+            let size = |r: &kafka_wire::Record| {
+                r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len())
+            };
+            metrics.records_consumed(
+                records.clone().count() as u64,
+                records.map(size).sum::<usize>() as u64,
+            );
+            metrics
+                .set_records_lag_max(self.fetch.parts.keys().filter_map(|tp| self.lag(tp)).max());
+        }
         if let Some(e) = error {
             self.deferred_error.get_or_insert(e.into());
         }

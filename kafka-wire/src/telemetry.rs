@@ -99,6 +99,7 @@ impl Telemetry {
         let runtime = tokio::runtime::Handle::try_current().ok();
         let (Some(runtime), true) = (runtime, config.enable_metrics_push) else {
             shared.set_state("disabled");
+            metrics.stop_recording();
             return Telemetry {
                 metrics,
                 shared,
@@ -276,6 +277,8 @@ async fn run(
     } else {
         shared.set_state("terminated");
     }
+    // Done: nothing recorded from now on could be pushed.
+    metrics.stop_recording();
 }
 
 /// The connection telemetry uses: the one kept, or any broker's control

@@ -78,6 +78,12 @@ async fn a_broker_without_telemetry_is_sent_nothing_and_the_consumer_consumes() 
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A broker without KIP-714: nothing is gathered per poll or fetch.
+    assert_eq!(
+        consumer.telemetry().metrics().is_recording(),
+        advertised,
+        "recording only while a push may come"
+    );
     let stats = consumer.telemetry().stats();
     eprintln!("telemetry APIs advertised: {advertised}; stats: {stats:?}");
     assert_eq!(stats.state, expected_state, "{stats:?}");
@@ -106,6 +112,8 @@ async fn enable_metrics_push_false_sends_nothing() {
     let stats = consumer.telemetry().stats();
     assert_eq!(stats.state, "disabled");
     assert_eq!((stats.subscription_requests, stats.pushes), (0, 0));
+    // Nothing gathered per poll or fetch for a push that never comes.
+    assert!(!consumer.telemetry().metrics().is_recording());
     consumer.close(Duration::from_secs(5)).await;
 }
 

@@ -12,6 +12,7 @@
 //! fetches since the last push (left out when there were none), and
 //! `records.lag.max` as of the last poll.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -75,6 +76,9 @@ pub struct TelemetryMetrics {
     client_id: String,
     start_unix_nanos: u64,
     values: Mutex<Values>,
+    /// False once nothing will ever be pushed (telemetry disabled, or its
+    /// task ended): the client then skips recording altogether.
+    recording: AtomicBool,
 }
 
 impl TelemetryMetrics {
@@ -86,7 +90,20 @@ impl TelemetryMetrics {
             client_id: client_id.to_string(),
             start_unix_nanos,
             values: Mutex::new(Values::default()),
+            recording: AtomicBool::new(true),
         }
+    }
+
+    /// Whether anything recorded may still be pushed. The client checks it
+    /// before gathering numbers on its hot paths (each poll, each fetch):
+    /// with telemetry off, or a broker without KIP-714, that costs nothing.
+    pub fn is_recording(&self) -> bool {
+        self.recording.load(Ordering::Relaxed)
+    }
+
+    /// Nothing will be pushed any more.
+    pub(crate) fn stop_recording(&self) {
+        self.recording.store(false, Ordering::Relaxed);
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Values) -> R) -> R {
